@@ -1,0 +1,164 @@
+package main
+
+import (
+	"bytes"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"os"
+	"regexp"
+	"strings"
+	"time"
+
+	"go.yaml.in/yaml/v3"
+
+	"meshlet.dev/meshlet/admin"
+	"meshlet.dev/meshlet/proxy"
+)
+
+// fileConfig is the whole config file: the proxy's sections at the top level, plus admin, log and shutdown.
+type fileConfig struct {
+	proxy.Config `yaml:",inline"`
+	Admin        admin.Config   `yaml:"admin" json:"admin"`
+	Log          logConfig      `yaml:"log" json:"log"`
+	Shutdown     shutdownConfig `yaml:"shutdown" json:"shutdown"`
+}
+
+// logConfig is the log section.
+type logConfig struct {
+	Level     string `yaml:"level" json:"level"`           // debug, info, warn, error; default info
+	AccessLog bool   `yaml:"access_log" json:"access_log"` // one line per request; default off
+}
+
+// shutdownConfig is what happens on SIGTERM.
+type shutdownConfig struct {
+	// DrainDelay is how long meshlet keeps accepting new connections after SIGTERM while /ready already fails,
+	// so that callers stop picking this instance first. Default 5s.
+	DrainDelay *time.Duration `yaml:"drain_delay" json:"drain_delay"`
+	// DrainTimeout bounds the wait for in-flight requests after the listeners stop accepting. Default 20s.
+	DrainTimeout time.Duration `yaml:"drain_timeout" json:"drain_timeout"`
+}
+
+// Defaults of the sections owned here.
+const (
+	defaultDrainDelay   = 5 * time.Second
+	defaultDrainTimeout = 20 * time.Second
+)
+
+func (c *fileConfig) setDefaults() {
+	c.Config.SetDefaults()
+	c.Admin.SetDefaults()
+	if c.Log.Level == "" {
+		c.Log.Level = "info"
+	}
+	if c.Shutdown.DrainDelay == nil {
+		d := defaultDrainDelay
+		c.Shutdown.DrainDelay = &d
+	}
+	if c.Shutdown.DrainTimeout == 0 {
+		c.Shutdown.DrainTimeout = defaultDrainTimeout
+	}
+}
+
+func (c *fileConfig) validate() error {
+	var errs []error
+	if err := c.Config.Validate(); err != nil {
+		errs = append(errs, err)
+	}
+	if err := c.Admin.Validate(); err != nil {
+		errs = append(errs, err)
+	}
+	if _, err := parseLevel(c.Log.Level); err != nil {
+		errs = append(errs, fmt.Errorf("log.level: %w", err))
+	}
+	if *c.Shutdown.DrainDelay < 0 {
+		errs = append(errs, errors.New("shutdown.drain_delay: must not be negative"))
+	}
+	if c.Shutdown.DrainTimeout < 0 {
+		errs = append(errs, errors.New("shutdown.drain_timeout: must not be negative"))
+	}
+	return errors.Join(errs...)
+}
+
+func parseLevel(s string) (slog.Level, error) {
+	var l slog.Level
+	if err := l.UnmarshalText([]byte(s)); err != nil {
+		return 0, fmt.Errorf("%q must be debug, info, warn or error", s)
+	}
+	return l, nil
+}
+
+// loadConfig reads, decodes (strictly), applies environment overrides and defaults, and validates the file.
+func loadConfig(path string) (*fileConfig, error) {
+	data, err := os.ReadFile(path)
+	if err != nil {
+		return nil, err
+	}
+	cfg, err := decodeConfig(data)
+	if err != nil {
+		return nil, fmt.Errorf("%s: %w", path, err)
+	}
+	applyEnv(cfg, os.Getenv)
+	cfg.setDefaults()
+	if err := cfg.validate(); err != nil {
+		return nil, err
+	}
+	return cfg, nil
+}
+
+var yamlNotFound = regexp.MustCompile(`field (\S+) not found in type \S+`)
+
+// decodeConfig decodes YAML strictly: unknown fields are errors that name the field and its line.
+func decodeConfig(data []byte) (*fileConfig, error) {
+	var cfg fileConfig
+	dec := yaml.NewDecoder(bytes.NewReader(data))
+	dec.KnownFields(true)
+	if err := dec.Decode(&cfg); err != nil {
+		if errors.Is(err, io.EOF) {
+			return nil, errors.New("config is empty")
+		}
+		var te *yaml.TypeError
+		if errors.As(err, &te) {
+			msgs := make([]string, len(te.Errors))
+			for i, m := range te.Errors {
+				msgs[i] = yamlNotFound.ReplaceAllString(m, "unknown field $1")
+			}
+			return nil, errors.New(strings.Join(msgs, "\n"))
+		}
+		return nil, fmt.Errorf("bad YAML: %w", err)
+	}
+	var extra yaml.Node
+	if err := dec.Decode(&extra); !errors.Is(err, io.EOF) {
+		return nil, errors.New("config must be a single YAML document")
+	}
+	return &cfg, nil
+}
+
+// applyEnv lets MESHLET_* variables override the file.
+func applyEnv(cfg *fileConfig, getenv func(string) string) {
+	if v := getenv("MESHLET_LOG_LEVEL"); v != "" {
+		cfg.Log.Level = v
+	}
+	if v := getenv("MESHLET_ADMIN_LISTEN"); v != "" {
+		cfg.Admin.Listen = v
+	}
+}
+
+// view renders the effective config as JSON-ready data, with durations as strings ("2s"). The config holds no
+// secrets yet; fields that will (tokens, keys) must be redacted here.
+func (c *fileConfig) view() any {
+	y, err := yaml.Marshal(c)
+	if err != nil {
+		return map[string]string{"error": err.Error()}
+	}
+	var v map[string]any
+	if err := yaml.Unmarshal(y, &v); err != nil {
+		return map[string]string{"error": err.Error()}
+	}
+	if _, err := json.Marshal(v); err != nil {
+		return map[string]string{"error": err.Error()}
+	}
+	return v
+}

@@ -1,0 +1,103 @@
+// Command meshlet is a service-mesh sidecar proxy: it carries a local app's calls to its upstreams and other
+// sidecars' calls to the local app, over HTTP/1.1, HTTP/2, gRPC and TCP.
+//
+// Usage:
+//
+//	meshlet run -config meshlet.yaml     run the sidecar
+//	meshlet check -config meshlet.yaml   validate a config file and print every problem
+//	meshlet version                      print the version
+package main
+
+import (
+	"flag"
+	"fmt"
+	"io"
+	"os"
+	"runtime"
+	"runtime/debug"
+)
+
+// version is set at build time with -ldflags "-X main.version=..."; otherwise the module version is used.
+var version = ""
+
+func buildVersion() string {
+	if version != "" {
+		return version
+	}
+	if bi, ok := debug.ReadBuildInfo(); ok && bi.Main.Version != "" && bi.Main.Version != "(devel)" {
+		return bi.Main.Version
+	}
+	return "dev"
+}
+
+const usage = `meshlet is a service-mesh sidecar proxy.
+
+Usage:
+  meshlet run -config FILE     run the sidecar (FILE defaults to $MESHLET_CONFIG)
+  meshlet check -config FILE   validate FILE; print every problem with its field path
+  meshlet version              print the version
+`
+
+func main() {
+	os.Exit(run(os.Args[1:], os.Stdout, os.Stderr))
+}
+
+// run dispatches a subcommand and returns the exit code.
+func run(args []string, stdout, stderr io.Writer) int {
+	if len(args) == 0 {
+		fmt.Fprint(stderr, usage)
+		return 2
+	}
+	switch args[0] {
+	case "run":
+		path, ok := configFlag("run", args[1:], stderr)
+		if !ok {
+			return 2
+		}
+		return runSidecar(path, stderr)
+	case "check":
+		path, ok := configFlag("check", args[1:], stderr)
+		if !ok {
+			return 2
+		}
+		return check(path, stdout, stderr)
+	case "version", "-version", "--version":
+		fmt.Fprintf(stdout, "meshlet %s %s\n", buildVersion(), runtime.Version())
+		return 0
+	case "help", "-h", "-help", "--help":
+		fmt.Fprint(stdout, usage)
+		return 0
+	default:
+		fmt.Fprintf(stderr, "meshlet: unknown command %q\n\n%s", args[0], usage)
+		return 2
+	}
+}
+
+// configFlag parses the flags of run and check.
+func configFlag(name string, args []string, stderr io.Writer) (string, bool) {
+	fs := flag.NewFlagSet(name, flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	path := fs.String("config", os.Getenv("MESHLET_CONFIG"), "config file (YAML); default $MESHLET_CONFIG")
+	if err := fs.Parse(args); err != nil {
+		return "", false
+	}
+	if fs.NArg() > 0 {
+		fmt.Fprintf(stderr, "meshlet %s: unexpected argument %q\n", name, fs.Arg(0))
+		return "", false
+	}
+	if *path == "" {
+		fmt.Fprintf(stderr, "meshlet %s: -config is required (or set MESHLET_CONFIG)\n", name)
+		return "", false
+	}
+	return *path, true
+}
+
+// check validates the config file at path.
+func check(path string, stdout, stderr io.Writer) int {
+	if _, err := loadConfig(path); err != nil {
+		fmt.Fprintln(stderr, err)
+		return 1
+	}
+	fmt.Fprintln(stdout, "config ok")
+	return 0
+}

@@ -1,0 +1,169 @@
+package main
+
+import (
+	"context"
+	"io"
+	"log/slog"
+	"os"
+	"os/signal"
+	"sync"
+	"syscall"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+
+	"meshlet.dev/meshlet/admin"
+	"meshlet.dev/meshlet/metrics"
+	"meshlet.dev/meshlet/proxy"
+)
+
+// sidecar is a running meshlet: the proxy, the admin server and the config they were built from.
+type sidecar struct {
+	path  string
+	log   *slog.Logger
+	level *slog.LevelVar
+	m     *metrics.Metrics
+	proxy *proxy.Proxy
+	admin *admin.Server
+
+	mu  sync.Mutex // serializes reloads and guards cfg
+	cfg *fileConfig
+}
+
+// runSidecar runs meshlet on the config at path until SIGTERM or SIGINT, and returns the exit code.
+func runSidecar(path string, stderr io.Writer) int {
+	level := new(slog.LevelVar)
+	log := slog.New(slog.NewJSONHandler(stderr, &slog.HandlerOptions{Level: level}))
+	cfg, err := loadConfig(path)
+	if err != nil {
+		log.Error("invalid config", "config", path, "error", err.Error())
+		return 1
+	}
+	lv, _ := parseLevel(cfg.Log.Level)
+	level.Set(lv)
+
+	s := &sidecar{path: path, log: log, level: level, cfg: cfg}
+	s.m = metrics.New(prometheus.NewRegistry(), buildVersion())
+	s.proxy, err = proxy.New(cfg.Config, proxy.Options{Logger: log, Metrics: s.m, AccessLog: cfg.Log.AccessLog})
+	if err != nil {
+		log.Error("invalid config", "config", path, "error", err.Error())
+		return 1
+	}
+	s.admin = admin.New(cfg.Admin, admin.Options{
+		Logger:    log,
+		Metrics:   s.m.Handler(),
+		Ready:     s.ready,
+		Upstreams: func() any { return s.proxy.Upstreams() },
+		Config:    s.configView,
+		Reload:    s.reload,
+	})
+
+	// Signals are caught before anything binds, so that a SIGTERM during start-up still drains cleanly.
+	sigs := make(chan os.Signal, 4)
+	signal.Notify(sigs, syscall.SIGTERM, syscall.SIGINT, syscall.SIGHUP)
+	defer signal.Stop(sigs)
+
+	if err := s.admin.Start(); err != nil {
+		log.Error("cannot start", "error", err.Error())
+		return 1
+	}
+	if err := s.proxy.Start(); err != nil {
+		log.Error("cannot start", "error", err.Error())
+		s.admin.Shutdown(context.Background())
+		return 1
+	}
+	log.Info("meshlet started", "version", buildVersion(), "service", cfg.Service.Name, "admin", s.admin.Addr())
+
+	for sig := range sigs {
+		if sig == syscall.SIGHUP {
+			if _, err := s.reload(); err != nil {
+				continue // reload logged it
+			}
+			continue
+		}
+		log.Info("shutting down", "signal", sig.String())
+		break
+	}
+	return s.shutdown(sigs)
+}
+
+// ready is /ready: the proxy can route and meshlet is not draining.
+func (s *sidecar) ready() error {
+	err := s.proxy.Ready()
+	if err != nil {
+		s.m.Ready.Set(0)
+	} else {
+		s.m.Ready.Set(1)
+	}
+	return err
+}
+
+// shutdown drains: /ready fails at once; listeners keep accepting for the drain delay, then stop accepting and
+// in-flight requests get the drain timeout to finish. A second signal skips the rest of the delay.
+func (s *sidecar) shutdown(sigs <-chan os.Signal) int {
+	s.mu.Lock()
+	cfg := s.cfg
+	s.mu.Unlock()
+	s.proxy.Drain()
+	s.m.Ready.Set(0)
+	if d := *cfg.Shutdown.DrainDelay; d > 0 {
+		s.log.Info("draining: still accepting", "drain_delay", d.String())
+		select {
+		case <-time.After(d):
+		case sig := <-sigs:
+			s.log.Info("drain delay cut short", "signal", sig.String())
+		}
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), cfg.Shutdown.DrainTimeout)
+	defer cancel()
+	code := 0
+	if err := s.proxy.Shutdown(ctx); err != nil {
+		s.log.Warn("drain timeout: closed connections still in use", "drain_timeout", cfg.Shutdown.DrainTimeout.String(), "error", err.Error())
+	}
+	actx, acancel := context.WithTimeout(context.Background(), time.Second)
+	defer acancel()
+	s.admin.Shutdown(actx)
+	s.log.Info("meshlet stopped")
+	return code
+}
+
+// reload re-reads the config file and applies it. A bad file changes nothing.
+func (s *sidecar) reload() ([]string, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	cfg, err := loadConfig(s.path)
+	if err != nil {
+		s.m.ConfigReloads.WithLabelValues("failure").Inc()
+		s.log.Error("config reload rejected; the running config stays", "config", s.path, "error", err.Error())
+		return nil, err
+	}
+	warnings, err := s.proxy.Reload(cfg.Config)
+	if err != nil {
+		s.m.ConfigReloads.WithLabelValues("failure").Inc()
+		s.log.Error("config reload rejected; the running config stays", "config", s.path, "error", err.Error())
+		return nil, err
+	}
+	if cfg.Admin != s.cfg.Admin {
+		warnings = append(warnings, "admin.listen changes only on restart")
+		cfg.Admin = s.cfg.Admin
+	}
+	if cfg.Log.AccessLog != s.cfg.Log.AccessLog {
+		warnings = append(warnings, "log.access_log changes only on restart")
+		cfg.Log.AccessLog = s.cfg.Log.AccessLog
+	}
+	lv, _ := parseLevel(cfg.Log.Level)
+	s.level.Set(lv)
+	s.cfg = cfg
+	for _, w := range warnings {
+		s.log.Warn("config reload: " + w)
+	}
+	s.m.ConfigReloads.WithLabelValues("success").Inc()
+	s.log.Info("config reloaded", "config", s.path)
+	return warnings, nil
+}
+
+func (s *sidecar) configView() any {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.cfg.view()
+}

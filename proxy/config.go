@@ -1,0 +1,220 @@
+package proxy
+
+import (
+	"errors"
+	"fmt"
+	"net"
+	"net/netip"
+	"regexp"
+	"strings"
+	"time"
+)
+
+// Protocols an app or upstream speaks.
+const (
+	ProtocolHTTP  = "http"  // HTTP/1.1 (and h2c with prior knowledge from the app)
+	ProtocolHTTP2 = "http2" // HTTP/2 over cleartext (h2c)
+	ProtocolGRPC  = "grpc"  // gRPC over h2c
+	ProtocolTCP   = "tcp"   // opaque byte stream
+)
+
+// Peer kinds: what an upstream's endpoints are.
+const (
+	PeerApp     = "app"     // plain apps, spoken to in the upstream's protocol
+	PeerSidecar = "sidecar" // other meshlets' inbound listeners, spoken to over HTTP/2
+)
+
+// Load-balancing policies.
+const (
+	LBP2C        = "p2c"         // power of two choices over least outstanding requests
+	LBRoundRobin = "round_robin" // strict rotation
+)
+
+// Defaults applied by Config.SetDefaults.
+const (
+	DefaultConnectTimeout = 5 * time.Second
+	DefaultDomain         = "mesh"
+)
+
+// Config is the part of meshlet's config file that the proxy owns.
+type Config struct {
+	Service   ServiceConfig    `yaml:"service" json:"service"`
+	Inbound   InboundConfig    `yaml:"inbound" json:"inbound"`
+	Outbound  OutboundConfig   `yaml:"outbound" json:"outbound"`
+	Upstreams []UpstreamConfig `yaml:"upstreams" json:"upstreams"`
+}
+
+// ServiceConfig describes the local service this sidecar stands beside.
+type ServiceConfig struct {
+	Name     string `yaml:"name" json:"name"`         // required
+	Address  string `yaml:"address" json:"address"`   // the local app, ip:port; required with inbound.listen
+	Protocol string `yaml:"protocol" json:"protocol"` // what the app speaks; default http
+}
+
+// InboundConfig is the listener other sidecars call to reach the local app.
+type InboundConfig struct {
+	Listen  string        `yaml:"listen" json:"listen"`   // host:port; empty means no inbound listener
+	Timeout time.Duration `yaml:"timeout" json:"timeout"` // per request towards the app; 0 means none
+}
+
+// OutboundConfig is the listener that routes to upstreams by Host or :authority.
+type OutboundConfig struct {
+	Listen  string   `yaml:"listen" json:"listen"`   // host:port; empty means none
+	Domains []string `yaml:"domains" json:"domains"` // suffixes accepted after an upstream's name; default [mesh]
+}
+
+// UpstreamConfig is one service the local app calls.
+type UpstreamConfig struct {
+	Name           string        `yaml:"name" json:"name"`
+	Listen         string        `yaml:"listen" json:"listen"`     // host:port; empty: only the name-routed listener
+	Protocol       string        `yaml:"protocol" json:"protocol"` // default http
+	Endpoints      []string      `yaml:"endpoints" json:"endpoints"`
+	Peer           string        `yaml:"peer" json:"peer"` // app or sidecar; default app
+	LB             string        `yaml:"lb" json:"lb"`     // p2c or round_robin; default p2c
+	Timeout        time.Duration `yaml:"timeout" json:"timeout"`
+	ConnectTimeout time.Duration `yaml:"connect_timeout" json:"connect_timeout"`
+}
+
+// SetDefaults fills the zero fields with their documented defaults.
+func (c *Config) SetDefaults() {
+	if c.Service.Protocol == "" {
+		c.Service.Protocol = ProtocolHTTP
+	}
+	if c.Outbound.Domains == nil {
+		c.Outbound.Domains = []string{DefaultDomain}
+	}
+	for i := range c.Upstreams {
+		u := &c.Upstreams[i]
+		if u.Protocol == "" {
+			u.Protocol = ProtocolHTTP
+		}
+		if u.Peer == "" {
+			u.Peer = PeerApp
+		}
+		if u.LB == "" {
+			u.LB = LBP2C
+		}
+		if u.ConnectTimeout == 0 {
+			u.ConnectTimeout = DefaultConnectTimeout
+		}
+	}
+}
+
+var dnsLabel = regexp.MustCompile(`^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$`)
+
+// Validate reports every problem in c, each prefixed with its field path. Call SetDefaults first.
+func (c *Config) Validate() error {
+	var errs []error
+	add := func(path, format string, args ...any) {
+		errs = append(errs, fmt.Errorf("%s: %s", path, fmt.Sprintf(format, args...)))
+	}
+	if c.Service.Name == "" {
+		add("service.name", "required")
+	} else if !dnsLabel.MatchString(c.Service.Name) {
+		add("service.name", "%q must be a lowercase DNS label (a-z, 0-9, -)", c.Service.Name)
+	}
+	checkProtocol(add, "service.protocol", c.Service.Protocol)
+	if c.Inbound.Listen != "" {
+		checkListen(add, "inbound.listen", c.Inbound.Listen)
+		if c.Service.Address == "" {
+			add("service.address", "required when inbound.listen is set")
+		}
+	}
+	if c.Service.Address != "" {
+		if _, err := netip.ParseAddrPort(c.Service.Address); err != nil {
+			add("service.address", "%q must be ip:port", c.Service.Address)
+		}
+	}
+	if c.Inbound.Timeout < 0 {
+		add("inbound.timeout", "must not be negative")
+	}
+	listens := map[string]string{}
+	claim := func(path, addr string) {
+		if strings.HasSuffix(addr, ":0") {
+			return // any free port: never a clash
+		}
+		if prev, ok := listens[addr]; ok {
+			add(path, "%s is already used by %s", addr, prev)
+			return
+		}
+		listens[addr] = path
+	}
+	if c.Inbound.Listen != "" {
+		claim("inbound.listen", c.Inbound.Listen)
+	}
+	if c.Outbound.Listen != "" {
+		checkListen(add, "outbound.listen", c.Outbound.Listen)
+		claim("outbound.listen", c.Outbound.Listen)
+	}
+	for i, d := range c.Outbound.Domains {
+		if d == "" || strings.HasPrefix(d, ".") || strings.HasSuffix(d, ".") {
+			add(fmt.Sprintf("outbound.domains[%d]", i), "%q must be a domain without leading or trailing dot", d)
+		}
+	}
+	names := map[string]int{}
+	for i, u := range c.Upstreams {
+		p := fmt.Sprintf("upstreams[%d]", i)
+		switch {
+		case u.Name == "":
+			add(p+".name", "required")
+		case !dnsLabel.MatchString(u.Name):
+			add(p+".name", "%q must be a lowercase DNS label (a-z, 0-9, -)", u.Name)
+		default:
+			if j, ok := names[u.Name]; ok {
+				add(p+".name", "%q is also upstreams[%d].name", u.Name, j)
+			}
+			names[u.Name] = i
+		}
+		checkProtocol(add, p+".protocol", u.Protocol)
+		if u.Listen != "" {
+			checkListen(add, p+".listen", u.Listen)
+			claim(p+".listen", u.Listen)
+		} else if u.Protocol == ProtocolTCP {
+			add(p+".listen", "required for protocol tcp (tcp cannot be routed by name)")
+		} else if c.Outbound.Listen == "" {
+			add(p+".listen", "required when outbound.listen is not set")
+		}
+		for j, e := range u.Endpoints {
+			if _, err := netip.ParseAddrPort(e); err != nil {
+				add(fmt.Sprintf("%s.endpoints[%d]", p, j), "%q must be ip:port", e)
+			}
+		}
+		if u.Peer != PeerApp && u.Peer != PeerSidecar {
+			add(p+".peer", "%q must be app or sidecar", u.Peer)
+		}
+		if u.LB != LBP2C && u.LB != LBRoundRobin {
+			add(p+".lb", "%q must be p2c or round_robin", u.LB)
+		}
+		if u.Timeout < 0 {
+			add(p+".timeout", "must not be negative")
+		}
+		if u.ConnectTimeout < 0 {
+			add(p+".connect_timeout", "must not be negative")
+		}
+	}
+	return errors.Join(errs...)
+}
+
+func checkProtocol(add func(string, string, ...any), path, p string) {
+	switch p {
+	case ProtocolHTTP, ProtocolHTTP2, ProtocolGRPC, ProtocolTCP:
+	default:
+		add(path, "%q must be one of http, http2, grpc, tcp", p)
+	}
+}
+
+func checkListen(add func(string, string, ...any), path, addr string) {
+	host, port, err := net.SplitHostPort(addr)
+	if err != nil {
+		add(path, "%q must be host:port", addr)
+		return
+	}
+	if host != "" && host != "localhost" {
+		if _, err := netip.ParseAddr(host); err != nil {
+			add(path, "%q: host must be an IP address or localhost", addr)
+		}
+	}
+	if n, err := net.LookupPort("tcp", port); err != nil || n == 0 && port != "0" {
+		add(path, "%q: bad port", addr)
+	}
+}

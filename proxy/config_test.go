@@ -1,0 +1,79 @@
+package proxy
+
+import (
+	"strings"
+	"testing"
+	"time"
+)
+
+func TestConfigValidate(t *testing.T) {
+	valid := func() Config {
+		return Config{
+			Service:   ServiceConfig{Name: "web", Address: "127.0.0.1:8080"},
+			Inbound:   InboundConfig{Listen: "0.0.0.0:21000"},
+			Upstreams: []UpstreamConfig{{Name: "api", Listen: "127.0.0.1:9001", Protocol: "grpc", Endpoints: []string{"127.0.0.1:9101"}}},
+		}
+	}
+	tests := []struct {
+		name   string
+		edit   func(*Config)
+		errors []string // substrings that must all appear; none means valid
+	}{
+		{"valid", func(*Config) {}, nil},
+		{"missing name", func(c *Config) { c.Service.Name = "" }, []string{"service.name: required"}},
+		{"bad protocol", func(c *Config) { c.Upstreams[0].Protocol = "smtp" }, []string{"upstreams[0].protocol"}},
+		{"bad endpoint", func(c *Config) { c.Upstreams[0].Endpoints = []string{"api:80"} }, []string{"upstreams[0].endpoints[0]"}},
+		{"duplicate names", func(c *Config) {
+			c.Upstreams = append(c.Upstreams, UpstreamConfig{Name: "api", Listen: "127.0.0.1:9002"})
+		},
+			[]string{"upstreams[1].name", "also upstreams[0].name"}},
+		{"duplicate listen", func(c *Config) {
+			c.Upstreams = append(c.Upstreams, UpstreamConfig{Name: "b", Listen: "127.0.0.1:9001"})
+		}, []string{"upstreams[1].listen", "already used by upstreams[0].listen"}},
+		{"inbound without address", func(c *Config) { c.Service.Address = "" }, []string{"service.address: required"}},
+		{"no listener for upstream", func(c *Config) { c.Upstreams[0].Listen = "" }, []string{"upstreams[0].listen: required when outbound.listen"}},
+		{"routed upstream", func(c *Config) { c.Upstreams[0].Listen = ""; c.Outbound.Listen = "127.0.0.1:15001" }, nil},
+		{"tcp needs a port", func(c *Config) {
+			c.Upstreams[0].Listen, c.Upstreams[0].Protocol, c.Outbound.Listen = "", "tcp", "127.0.0.1:15001"
+		}, []string{"upstreams[0].listen: required for protocol tcp"}},
+		{"bad peer and lb", func(c *Config) { c.Upstreams[0].Peer, c.Upstreams[0].LB = "proxy", "random" },
+			[]string{"upstreams[0].peer", "upstreams[0].lb"}},
+		{"negative timeout", func(c *Config) { c.Upstreams[0].Timeout = -time.Second }, []string{"upstreams[0].timeout"}},
+		{"bad listen", func(c *Config) { c.Inbound.Listen = "21000" }, []string{"inbound.listen"}},
+		{"hostname listen", func(c *Config) { c.Inbound.Listen = "example.com:21000" }, []string{"inbound.listen"}},
+		{"several at once", func(c *Config) { c.Service.Name = "Web"; c.Upstreams[0].Name = "" },
+			[]string{"service.name", "upstreams[0].name: required"}},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			c := valid()
+			tt.edit(&c)
+			c.SetDefaults()
+			err := c.Validate()
+			if len(tt.errors) == 0 {
+				if err != nil {
+					t.Fatalf("unexpected error: %v", err)
+				}
+				return
+			}
+			if err == nil {
+				t.Fatalf("want errors %q, got none", tt.errors)
+			}
+			for _, want := range tt.errors {
+				if !strings.Contains(err.Error(), want) {
+					t.Errorf("error %q does not mention %q", err, want)
+				}
+			}
+		})
+	}
+}
+
+func TestConfigDefaults(t *testing.T) {
+	c := Config{Upstreams: []UpstreamConfig{{Name: "api"}}}
+	c.SetDefaults()
+	u := c.Upstreams[0]
+	if c.Service.Protocol != ProtocolHTTP || u.Protocol != ProtocolHTTP || u.Peer != PeerApp || u.LB != LBP2C ||
+		u.ConnectTimeout != DefaultConnectTimeout || len(c.Outbound.Domains) != 1 || c.Outbound.Domains[0] != "mesh" {
+		t.Fatalf("defaults not applied: %+v", c)
+	}
+}

@@ -1,0 +1,278 @@
+package proxy
+
+import (
+	"context"
+	"errors"
+	"io"
+	"log/slog"
+	"net/http"
+	"sync/atomic"
+	"time"
+
+	"meshlet.dev/meshlet/metrics"
+)
+
+// Status written for a request whose client went away before its response was complete (nginx's convention).
+const StatusClientClosedRequest = 499
+
+// Reasons for meshlet's own failures: the reason label of meshlet_upstream_errors_total.
+const (
+	reasonNoEndpoint = "no_endpoint"
+	reasonTimeout    = "timeout"
+	reasonConnect    = "connect"
+	reasonCanceled   = "canceled"
+	reasonOther      = "other"
+)
+
+// requestInfo travels in the outbound request's context so that the transport can report what it chose.
+type requestInfo struct {
+	clientCtx context.Context // the inbound request's context, without meshlet's timeout
+	endpoint  string
+	reason    string // set when meshlet failed the request itself
+	errMsg    string
+}
+
+type requestInfoKey struct{}
+
+func requestInfoFrom(ctx context.Context) *requestInfo {
+	ri, _ := ctx.Value(requestInfoKey{}).(*requestInfo)
+	return ri
+}
+
+// ServeHTTP proxies one request to the upstream: it applies the timeout, records metrics and the access log,
+// and leaves the inbound request untouched (the reverse proxy works on a copy).
+func (u *upstream) serveHTTP(w http.ResponseWriter, r *http.Request, alog *slog.Logger) {
+	start := time.Now()
+	grpc := isGRPC(r)
+	rw := &responseWriter{ResponseWriter: w}
+	ri := &requestInfo{clientCtx: r.Context()}
+	var body *countingBody
+
+	u.obs.inFlight.Inc()
+	defer func() {
+		p := recover()
+		u.obs.inFlight.Dec()
+		code := rw.code
+		if p != nil && ri.clientCtx.Err() != nil {
+			code = StatusClientClosedRequest
+		}
+		if code == 0 {
+			code = http.StatusOK
+		}
+		var rx int64
+		if body != nil {
+			rx = body.n
+		}
+		grpcCode := notGRPC
+		if grpc {
+			grpcCode = rw.grpcStatus()
+		}
+		u.obs.record(code, grpcCode, time.Since(start), rx, rw.written)
+		if alog != nil {
+			alog.LogAttrs(r.Context(), slog.LevelInfo, "access",
+				slog.String("direction", u.direction), slog.String("upstream", u.name),
+				slog.String("method", r.Method), slog.String("authority", r.Host), slog.String("path", r.URL.Path),
+				slog.String("proto", r.Proto), slog.Int("status", code), slog.String("grpc_status", grpcCodeName(grpcCode)),
+				slog.Float64("duration_ms", float64(time.Since(start).Microseconds())/1000),
+				slog.Int64("bytes_in", rx), slog.Int64("bytes_out", rw.written),
+				slog.String("endpoint", ri.endpoint), slog.String("error", ri.errMsg))
+		}
+		if p != nil {
+			panic(p)
+		}
+	}()
+
+	if r.Method == http.MethodConnect {
+		u.fail(rw, r, grpc, http.StatusMethodNotAllowed, reasonOther, "CONNECT is not supported", ri)
+		return
+	}
+	cfg := u.cfg.Load()
+	ctx := context.WithValue(r.Context(), requestInfoKey{}, ri)
+	timeout := cfg.Timeout
+	if grpc {
+		if d, ok := parseGRPCTimeout(r.Header.Get("Grpc-Timeout")); ok && (timeout == 0 || d < timeout) {
+			timeout = d
+		}
+	}
+	if timeout > 0 {
+		var cancel context.CancelFunc
+		ctx, cancel = context.WithTimeout(ctx, timeout)
+		defer cancel()
+	}
+	out := r.WithContext(ctx)
+	if r.Body != nil && r.Body != http.NoBody {
+		body = &countingBody{ReadCloser: r.Body}
+		out.Body = body
+		if r.ProtoMajor == 1 {
+			// Let the app stream its request body while the response streams back (bidirectional streams).
+			_ = http.NewResponseController(w).EnableFullDuplex()
+		}
+	}
+	u.rp.ServeHTTP(rw, out)
+}
+
+// proxyError is the reverse proxy's ErrorHandler: it maps a failed round trip to a status.
+func (u *upstream) proxyError(w http.ResponseWriter, r *http.Request, err error) {
+	ri := requestInfoFrom(r.Context())
+	grpc := isGRPC(r)
+	var ce *connectError
+	switch {
+	case ri != nil && ri.clientCtx.Err() != nil:
+		// The client went away: nothing to answer, nothing to hold against the endpoint.
+		u.obs.errors[reasonCanceled].Inc()
+		ri.reason, ri.errMsg = reasonCanceled, err.Error()
+		if rw, ok := w.(*responseWriter); ok {
+			rw.code = StatusClientClosedRequest
+		}
+	case errors.Is(err, ErrNoEndpoint):
+		u.fail(w, r, grpc, http.StatusServiceUnavailable, reasonNoEndpoint,
+			"no endpoint available for upstream "+u.name, ri)
+	case errors.Is(err, context.DeadlineExceeded) || r.Context().Err() == context.DeadlineExceeded:
+		u.fail(w, r, grpc, http.StatusGatewayTimeout, reasonTimeout, "upstream "+u.name+" timed out", ri)
+	case errors.As(err, &ce):
+		u.fail(w, r, grpc, http.StatusBadGateway, reasonConnect, "upstream "+u.name+": "+err.Error(), ri)
+	default:
+		u.fail(w, r, grpc, http.StatusBadGateway, reasonOther, "upstream "+u.name+": "+err.Error(), ri)
+	}
+}
+
+// fail answers a request that meshlet could not proxy: a gRPC status in a trailers-only response for gRPC calls,
+// an HTTP status with a one-line text body otherwise.
+func (u *upstream) fail(w http.ResponseWriter, r *http.Request, grpc bool, status int, reason, msg string, ri *requestInfo) {
+	if c, ok := u.obs.errors[reason]; ok {
+		c.Inc()
+	}
+	if ri != nil {
+		ri.reason, ri.errMsg = reason, msg
+	}
+	u.log.Debug("request failed", "reason", reason, "error", msg, "method", r.Method, "path", r.URL.Path)
+	h := w.Header()
+	h.Set("X-Meshlet-Error", reason)
+	if grpc {
+		writeGRPCStatus(w, grpcCodeForHTTP(status), "meshlet: "+msg)
+		return
+	}
+	h.Set("Content-Type", "text/plain; charset=utf-8")
+	h.Set("X-Content-Type-Options", "nosniff")
+	w.WriteHeader(status)
+	io.WriteString(w, "meshlet: "+msg+"\n")
+}
+
+// responseWriter records the status and body size of a response. It passes flushes, hijacks and full-duplex
+// requests through to the server's writer (http.ResponseController finds it with Unwrap).
+type responseWriter struct {
+	http.ResponseWriter
+	code    int // the final (non-1xx) status, 0 until written
+	written int64
+}
+
+func (w *responseWriter) WriteHeader(code int) {
+	if w.code == 0 && code >= 200 {
+		w.code = code
+	}
+	w.ResponseWriter.WriteHeader(code)
+}
+
+func (w *responseWriter) Write(p []byte) (int, error) {
+	if w.code == 0 {
+		w.code = http.StatusOK
+	}
+	n, err := w.ResponseWriter.Write(p)
+	w.written += int64(n)
+	return n, err
+}
+
+// FlushError flushes buffered data to the client.
+func (w *responseWriter) FlushError() error {
+	return http.NewResponseController(w.ResponseWriter).Flush()
+}
+
+// Unwrap returns the server's writer.
+func (w *responseWriter) Unwrap() http.ResponseWriter { return w.ResponseWriter }
+
+// grpcStatus returns the grpc-status the response carried, as a header, a trailer or a late trailer; Unknown if
+// it carried none.
+func (w *responseWriter) grpcStatus() int {
+	h := w.Header()
+	v := h.Get("Grpc-Status")
+	if v == "" {
+		v = h.Get(http.TrailerPrefix + "Grpc-Status")
+	}
+	return parseGRPCStatus(v)
+}
+
+// countingBody counts the bytes read from a request body.
+type countingBody struct {
+	io.ReadCloser
+	n int64
+}
+
+func (b *countingBody) Read(p []byte) (int, error) {
+	n, err := b.ReadCloser.Read(p)
+	b.n += int64(n)
+	return n, err
+}
+
+// observer holds an upstream's metric children, resolved once so the hot path does no label lookups.
+type observer struct {
+	m         *metrics.Metrics
+	direction string
+	name      string
+	inFlight  interface {
+		Inc()
+		Dec()
+	}
+	rx, tx interface{ Add(float64) }
+	errors map[string]interface{ Inc() }
+	cells  [5][grpcCodeSlots]atomic.Pointer[cell]
+}
+
+func newObserver(m *metrics.Metrics, direction, name string) *observer {
+	o := &observer{m: m, direction: direction, name: name,
+		inFlight: m.RequestsInFlight.WithLabelValues(direction, name),
+		rx:       m.ReceivedBytes.WithLabelValues(direction, name),
+		tx:       m.SentBytes.WithLabelValues(direction, name),
+		errors:   map[string]interface{ Inc() }{},
+	}
+	for _, r := range []string{reasonNoEndpoint, reasonTimeout, reasonConnect, reasonCanceled, reasonOther} {
+		o.errors[r] = m.UpstreamErrors.WithLabelValues(direction, name, r)
+	}
+	return o
+}
+
+// record counts one finished request.
+func (o *observer) record(code int, grpcCode int, d time.Duration, rx, tx int64) {
+	class := code/100 - 1
+	if class < 0 || class > 4 {
+		class = 4
+	}
+	c := o.cell(class, grpcCode)
+	c.requests.Inc()
+	c.duration.Observe(d.Seconds())
+	if rx > 0 {
+		o.rx.Add(float64(rx))
+	}
+	if tx > 0 {
+		o.tx.Add(float64(tx))
+	}
+}
+
+// cell is the pair of collectors for one status class and gRPC code.
+type cell struct {
+	requests interface{ Inc() }
+	duration interface{ Observe(float64) }
+}
+
+// cell returns the collectors for class (0 for 1xx … 4 for 5xx) and grpcCode (notGRPC or 0…16), creating them
+// on first use.
+func (o *observer) cell(class, grpcCode int) *cell {
+	slot := &o.cells[class][grpcCode+1]
+	if c := slot.Load(); c != nil {
+		return c
+	}
+	labels := []string{o.direction, o.name, metrics.CodeClass((class + 1) * 100), grpcCodeName(grpcCode)}
+	c := &cell{requests: o.m.Requests.WithLabelValues(labels...),
+		duration: o.m.RequestDuration.WithLabelValues(labels...)}
+	slot.Store(c)
+	return c
+}

@@ -1,0 +1,106 @@
+package proxy
+
+import (
+	"errors"
+	"math/rand/v2"
+	"net/http"
+	"sync/atomic"
+	"time"
+
+	"meshlet.dev/meshlet/discovery"
+)
+
+// ErrNoEndpoint is returned by a Picker that has no endpoint to offer.
+var ErrNoEndpoint = errors.New("no endpoint available")
+
+// Picker chooses an endpoint for one request. Pick never blocks and is safe for concurrent use. The caller must call
+// done exactly once when the request (including its response body) has finished, with the error it ended with or
+// nil. A picker is an immutable snapshot: endpoint changes build a new one.
+type Picker interface {
+	Pick(r *http.Request) (ep discovery.Endpoint, done func(error), err error)
+}
+
+// endpointState is the per-endpoint state that outlives pickers: rebuilt pickers reuse it by endpoint ID, so
+// in-flight counts and outcomes survive an endpoint update.
+type endpointState struct {
+	ep       discovery.Endpoint
+	hostport string // ep.Addr as "ip:port", computed once
+
+	inFlight atomic.Int64
+	requests atomic.Uint64
+	failures atomic.Uint64
+	lastErr  atomic.Pointer[endpointError]
+}
+
+type endpointError struct {
+	msg string
+	at  time.Time
+}
+
+func newEndpointState(ep discovery.Endpoint) *endpointState {
+	return &endpointState{ep: ep, hostport: ep.Addr.String()}
+}
+
+// finish records the outcome of one request that was counted in flight.
+func (s *endpointState) finish(err error) {
+	s.inFlight.Add(-1)
+	s.requests.Add(1)
+	if err != nil {
+		s.failures.Add(1)
+		s.lastErr.Store(&endpointError{msg: err.Error(), at: time.Now()})
+	}
+}
+
+// picker is the shared shape of meshlet's pickers over a fixed set of endpoints.
+type picker struct {
+	endpoints []*endpointState
+	choose    func(eps []*endpointState) *endpointState
+}
+
+// pick returns an endpoint and counts a request in flight on it.
+func (p *picker) pick() (*endpointState, error) {
+	if len(p.endpoints) == 0 {
+		return nil, ErrNoEndpoint
+	}
+	s := p.choose(p.endpoints)
+	s.inFlight.Add(1)
+	return s, nil
+}
+
+// Pick implements Picker.
+func (p *picker) Pick(*http.Request) (discovery.Endpoint, func(error), error) {
+	s, err := p.pick()
+	if err != nil {
+		return discovery.Endpoint{}, nil, err
+	}
+	return s.ep, s.finish, nil
+}
+
+// newPicker returns a picker over eps using policy lb (LBP2C or LBRoundRobin).
+func newPicker(lb string, eps []*endpointState) *picker {
+	if lb == LBRoundRobin {
+		var next atomic.Uint64
+		return &picker{endpoints: eps, choose: func(eps []*endpointState) *endpointState {
+			return eps[(next.Add(1)-1)%uint64(len(eps))]
+		}}
+	}
+	return &picker{endpoints: eps, choose: chooseP2C}
+}
+
+// chooseP2C samples two distinct endpoints at random and returns the one with fewer requests in flight.
+func chooseP2C(eps []*endpointState) *endpointState {
+	n := len(eps)
+	if n == 1 {
+		return eps[0]
+	}
+	i := rand.IntN(n)
+	j := rand.IntN(n - 1)
+	if j >= i {
+		j++
+	}
+	a, b := eps[i], eps[j]
+	if b.inFlight.Load() < a.inFlight.Load() {
+		return b
+	}
+	return a
+}

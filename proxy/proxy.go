@@ -1,0 +1,287 @@
+// Package proxy carries the local app's calls to its upstreams and other sidecars' calls to the local app: the
+// listeners, the HTTP handler on httputil.ReverseProxy, the transports (HTTP/1.1, h2c), gRPC specifics, TCP
+// passthrough, endpoint pickers and routing by name.
+package proxy
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net/http"
+	"sync"
+	"sync/atomic"
+
+	"meshlet.dev/meshlet/discovery"
+	"meshlet.dev/meshlet/metrics"
+)
+
+// Options are a Proxy's collaborators.
+type Options struct {
+	Logger    *slog.Logger     // required
+	Metrics   *metrics.Metrics // required
+	AccessLog bool             // one log line per request at info level
+}
+
+// Proxy runs all of meshlet's data-plane listeners for one config. Create it with New, bind with Start, change it
+// with Reload and stop it with Shutdown. Its methods are safe for concurrent use.
+type Proxy struct {
+	log       *slog.Logger
+	m         *metrics.Metrics
+	accessLog *slog.Logger // nil when access logging is off
+	static    *discovery.Static
+
+	baseCtx    context.Context // parent of every request; cancelled when Shutdown gives up waiting
+	cancelBase context.CancelFunc
+
+	routes   atomic.Pointer[routeTable]
+	draining atomic.Bool
+
+	mu        sync.Mutex // guards the fields below
+	cfg       Config
+	started   bool
+	stopped   bool
+	inbound   *upstream
+	listeners map[string]listener // by config field path of the listen address ("inbound", "outbound", upstream name)
+	upstreams map[string]*upstreamEntry
+	wg        sync.WaitGroup // serving goroutines and watches
+}
+
+// upstreamEntry is a configured upstream with its watch.
+type upstreamEntry struct {
+	u           *upstream
+	cancelWatch context.CancelFunc
+}
+
+// New validates cfg (after applying defaults) and returns a Proxy that has not bound anything yet.
+func New(cfg Config, opts Options) (*Proxy, error) {
+	cfg.SetDefaults()
+	if err := cfg.Validate(); err != nil {
+		return nil, err
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	p := &Proxy{
+		log:        opts.Logger.With("component", "proxy"),
+		m:          opts.Metrics,
+		static:     discovery.NewStatic(),
+		baseCtx:    ctx,
+		cancelBase: cancel,
+		cfg:        cfg,
+		listeners:  map[string]listener{},
+		upstreams:  map[string]*upstreamEntry{},
+	}
+	if opts.AccessLog {
+		p.accessLog = opts.Logger.With("component", "access")
+	}
+	empty := routeTable{}
+	p.routes.Store(&empty)
+	return p, nil
+}
+
+// Start binds every listener of the config and starts serving. If any address cannot be bound, nothing is left
+// open and the error names the config field and address.
+func (p *Proxy) Start() error {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if p.started {
+		return errors.New("proxy already started")
+	}
+	cfg := p.cfg
+	bound := map[string]listener{}
+	fail := func(err error) error {
+		for _, l := range bound {
+			l.closeUnserved()
+		}
+		return err
+	}
+	if cfg.Inbound.Listen != "" {
+		ucfg := inboundUpstreamConfig(cfg)
+		p.inbound = newUpstream(ucfg, metrics.Inbound, p.m, p.log)
+		eps, err := discovery.ParseAddrs(ucfg.Endpoints)
+		if err != nil {
+			return err
+		}
+		p.inbound.setEndpoints(discovery.Snapshot{Service: cfg.Service.Name, Endpoints: eps, Index: 1})
+		l, err := p.bind("inbound.listen", cfg.Inbound.Listen, metrics.Inbound, "inbound", p.inbound, nil)
+		if err != nil {
+			return fail(err)
+		}
+		bound["inbound"] = l
+	}
+	if cfg.Outbound.Listen != "" {
+		l, err := p.bind("outbound.listen", cfg.Outbound.Listen, metrics.Outbound, "outbound", nil,
+			http.HandlerFunc(p.serveRouted))
+		if err != nil {
+			return fail(err)
+		}
+		bound["outbound"] = l
+	}
+	ups := map[string]*upstream{}
+	for i, uc := range cfg.Upstreams {
+		u := newUpstream(uc, metrics.Outbound, p.m, p.log)
+		ups[uc.Name] = u
+		if uc.Listen == "" {
+			continue
+		}
+		l, err := p.bind(fmt.Sprintf("upstreams[%d].listen", i), uc.Listen, metrics.Outbound, uc.Name, u, nil)
+		if err != nil {
+			return fail(err)
+		}
+		bound["upstream/"+uc.Name] = l
+	}
+	p.started = true
+	for _, uc := range cfg.Upstreams {
+		p.addUpstream(uc, ups[uc.Name])
+	}
+	p.storeRoutes()
+	for key, l := range bound {
+		p.listeners[key] = l
+		p.serve(l)
+	}
+	p.log.Info("proxy started", "listeners", len(bound), "upstreams", len(cfg.Upstreams))
+	return nil
+}
+
+// inboundUpstreamConfig describes the local app as the only endpoint of the inbound direction.
+func inboundUpstreamConfig(cfg Config) UpstreamConfig {
+	return UpstreamConfig{Name: cfg.Service.Name, Listen: cfg.Inbound.Listen, Protocol: cfg.Service.Protocol,
+		Endpoints: []string{cfg.Service.Address}, Peer: PeerApp, LB: LBP2C, Timeout: cfg.Inbound.Timeout,
+		ConnectTimeout: DefaultConnectTimeout}
+}
+
+// bind listens on addr and returns the listener that will serve u (or h, for the name-routed listener).
+func (p *Proxy) bind(field, addr, direction, label string, u *upstream, h http.Handler) (listener, error) {
+	ln, err := listen(field, addr)
+	if err != nil {
+		return nil, err
+	}
+	if u != nil && u.protocol == ProtocolTCP {
+		return newTCPProxy(u, ln, direction, label, p.log), nil
+	}
+	if h == nil {
+		h = http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { u.serveHTTP(w, r, p.accessLog) })
+	}
+	return p.newHTTPListener(ln, direction, label, h), nil
+}
+
+// serve runs l in a goroutine owned by p.
+func (p *Proxy) serve(l listener) {
+	p.wg.Add(1)
+	go func() {
+		defer p.wg.Done()
+		l.serve()
+	}()
+}
+
+// addUpstream registers u and starts watching its endpoints. Call with p.mu held.
+func (p *Proxy) addUpstream(uc UpstreamConfig, u *upstream) {
+	eps, _ := discovery.ParseAddrs(uc.Endpoints) // validated already
+	p.static.Set(uc.Name, eps)
+	ctx, cancel := context.WithCancel(context.Background())
+	p.upstreams[uc.Name] = &upstreamEntry{u: u, cancelWatch: cancel}
+	p.wg.Add(1)
+	go func() {
+		defer p.wg.Done()
+		if err := u.runWatch(ctx, p.static, uc.Name); err != nil {
+			p.log.Error("watch failed", "upstream", uc.Name, "error", err)
+		}
+	}()
+}
+
+// storeRoutes rebuilds the name-routing table. Call with p.mu held.
+func (p *Proxy) storeRoutes() {
+	rt := newRouteTable(p.upstreams, p.cfg.Outbound.Domains)
+	p.routes.Store(&rt)
+}
+
+// Drain marks the proxy as draining: Ready fails from now on, while the listeners keep serving.
+func (p *Proxy) Drain() { p.draining.Store(true) }
+
+// Ready returns nil when the proxy can route: started, not draining, and every upstream has received its first
+// set of endpoints. Otherwise the error says what is missing.
+func (p *Proxy) Ready() error {
+	if p.draining.Load() {
+		return errors.New("draining")
+	}
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if !p.started {
+		return errors.New("listeners not bound yet")
+	}
+	for name, e := range p.upstreams {
+		if !e.u.hasSnapshot() {
+			return fmt.Errorf("upstream %s: waiting for its first endpoints", name)
+		}
+	}
+	return nil
+}
+
+// Upstreams returns the state of every upstream (and of the inbound direction) for /debug/upstreams.
+func (p *Proxy) Upstreams() []UpstreamInfo {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	var out []UpstreamInfo
+	if p.inbound != nil {
+		out = append(out, p.inbound.info())
+	}
+	for _, uc := range p.cfg.Upstreams {
+		if e, ok := p.upstreams[uc.Name]; ok {
+			out = append(out, e.u.info())
+		}
+	}
+	return out
+}
+
+// Shutdown stops accepting on every listener and waits for in-flight requests and connections until ctx ends;
+// then it closes what is left, stops the watches and returns. It is idempotent.
+func (p *Proxy) Shutdown(ctx context.Context) error {
+	p.Drain()
+	p.mu.Lock()
+	if p.stopped {
+		p.mu.Unlock()
+		p.wg.Wait()
+		return nil
+	}
+	p.stopped = true
+	listeners := make([]listener, 0, len(p.listeners))
+	for _, l := range p.listeners {
+		listeners = append(listeners, l)
+	}
+	p.mu.Unlock()
+	err := shutdownAll(ctx, listeners)
+	p.cancelBase() // ends hijacked (upgraded) connections that outlived the drain
+	p.mu.Lock()
+	for _, e := range p.upstreams {
+		e.cancelWatch()
+		e.u.close()
+	}
+	if p.inbound != nil {
+		p.inbound.close()
+	}
+	p.mu.Unlock()
+	p.wg.Wait()
+	return err
+}
+
+// shutdownAll shuts the listeners down in parallel.
+func shutdownAll(ctx context.Context, ls []listener) error {
+	errs := make([]error, len(ls))
+	var wg sync.WaitGroup
+	for i, l := range ls {
+		wg.Go(func() { errs[i] = l.shutdown(ctx) })
+	}
+	wg.Wait()
+	return errors.Join(errs...)
+}
+
+// Addrs returns the bound address of every listener, keyed "inbound", "outbound" or "upstream/<name>"; useful when
+// the config asks for port 0.
+func (p *Proxy) Addrs() map[string]string {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	out := make(map[string]string, len(p.listeners))
+	for k, l := range p.listeners {
+		out[k] = l.addr()
+	}
+	return out
+}

@@ -1,0 +1,234 @@
+package proxy
+
+import (
+	"bytes"
+	"context"
+	"crypto/rand"
+	"crypto/sha256"
+	"encoding/hex"
+	"io"
+	"log/slog"
+	"net/http"
+	"net/http/httptest"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/testutil"
+
+	"meshlet.dev/meshlet/metrics"
+)
+
+// startProxy runs a Proxy for cfg (listen addresses may use port 0) and shuts it down when the test ends.
+func startProxy(t testing.TB, cfg Config) (*Proxy, *metrics.Metrics) {
+	t.Helper()
+	m := metrics.New(prometheus.NewRegistry(), "test")
+	log := slog.New(slog.NewTextHandler(io.Discard, nil))
+	p, err := New(cfg, Options{Logger: log, Metrics: m})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := p.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		defer cancel()
+		if err := p.Shutdown(ctx); err != nil {
+			t.Errorf("shutdown: %v", err)
+		}
+	})
+	deadline := time.Now().Add(5 * time.Second)
+	for p.Ready() != nil {
+		if time.Now().After(deadline) {
+			t.Fatalf("proxy not ready: %v", p.Ready())
+		}
+		time.Sleep(time.Millisecond)
+	}
+	return p, m
+}
+
+// echoServer answers with the request body and the sha256 of it in a header.
+func echoServer(t testing.TB) *httptest.Server {
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		h := sha256.New()
+		b, _ := io.ReadAll(io.TeeReader(r.Body, h))
+		w.Header().Set("X-Sha256", hex.EncodeToString(h.Sum(nil)))
+		w.Header().Set("X-Host", r.Host)
+		w.Write(b)
+	}))
+	t.Cleanup(srv.Close)
+	return srv
+}
+
+func TestProxyForwardsHTTP(t *testing.T) {
+	backend := echoServer(t)
+	cfg := Config{Service: ServiceConfig{Name: "web"}, Upstreams: []UpstreamConfig{{
+		Name: "api", Listen: "127.0.0.1:0", Endpoints: []string{strings.TrimPrefix(backend.URL, "http://")}}}}
+	p, m := startProxy(t, cfg)
+	url := "http://" + p.Addrs()["upstream/api"] + "/echo"
+	body := make([]byte, 1<<20)
+	rand.Read(body)
+	for i := range 20 {
+		req, _ := http.NewRequest("POST", url, bytes.NewReader(body))
+		req.Host = "api.example"
+		resp, err := http.DefaultClient.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		got, _ := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		if resp.StatusCode != 200 || !bytes.Equal(got, body) {
+			t.Fatalf("request %d: status %d, %d bytes back (want %d, equal): %.200s", i, resp.StatusCode, len(got), len(body), got)
+		}
+		if h := resp.Header.Get("X-Host"); h != "api.example" {
+			t.Fatalf("Host at the app = %q, want the one the client sent", h)
+		}
+	}
+	if n := testutil.ToFloat64(m.Requests.WithLabelValues("outbound", "api", "2xx", "")); n != 20 {
+		t.Fatalf("meshlet_requests_total = %v, want 20", n)
+	}
+	if n := testutil.ToFloat64(m.ReceivedBytes.WithLabelValues("outbound", "api")); n != float64(20*len(body)) {
+		t.Fatalf("received bytes = %v, want %d", n, 20*len(body))
+	}
+	if n := testutil.ToFloat64(m.SentBytes.WithLabelValues("outbound", "api")); n != float64(20*len(body)) {
+		t.Fatalf("sent bytes = %v, want %d", n, 20*len(body))
+	}
+}
+
+func TestProxyOwnErrors(t *testing.T) {
+	hang := make(chan struct{})
+	t.Cleanup(func() { close(hang) })
+	slow := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		select {
+		case <-hang:
+		case <-r.Context().Done():
+		}
+	}))
+	t.Cleanup(slow.Close)
+	closed := httptest.NewServer(http.NotFoundHandler())
+	closedAddr := strings.TrimPrefix(closed.URL, "http://")
+	closed.Close()
+	cfg := Config{Service: ServiceConfig{Name: "web"}, Outbound: OutboundConfig{Listen: "127.0.0.1:0"},
+		Upstreams: []UpstreamConfig{
+			{Name: "empty"},
+			{Name: "refused", Endpoints: []string{closedAddr}},
+			{Name: "slow", Endpoints: []string{strings.TrimPrefix(slow.URL, "http://")}, Timeout: 100 * time.Millisecond},
+		}}
+	p, m := startProxy(t, cfg)
+	base := "http://" + p.Addrs()["outbound"]
+	tests := []struct {
+		host       string
+		grpc       bool
+		status     int
+		grpcStatus string
+		reason     string
+	}{
+		{"empty", false, 503, "", "no_endpoint"},
+		{"empty.mesh", true, 200, "14", "no_endpoint"},
+		{"refused", false, 502, "", "connect"},
+		{"refused", true, 200, "14", "connect"},
+		{"slow", false, 504, "", "timeout"},
+		{"slow", true, 200, "4", "timeout"},
+		{"nosuch", false, 404, "", "unknown_upstream"},
+		{"nosuch", true, 200, "12", "unknown_upstream"},
+	}
+	for _, tt := range tests {
+		req, _ := http.NewRequest("GET", base+"/x", nil)
+		req.Host = tt.host
+		if tt.grpc {
+			req.Header.Set("Content-Type", "application/grpc")
+		}
+		resp, err := http.DefaultClient.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		b, _ := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		if resp.StatusCode != tt.status || resp.Header.Get("Grpc-Status") != tt.grpcStatus ||
+			resp.Header.Get("X-Meshlet-Error") != tt.reason {
+			t.Errorf("%s grpc=%v: status %d grpc-status %q reason %q (%s); want %d %q %q", tt.host, tt.grpc,
+				resp.StatusCode, resp.Header.Get("Grpc-Status"), resp.Header.Get("X-Meshlet-Error"), b,
+				tt.status, tt.grpcStatus, tt.reason)
+		}
+		if tt.grpc && len(b) != 0 {
+			t.Errorf("%s: gRPC error response has a body (%q); it must be trailers-only", tt.host, b)
+		}
+	}
+	for up, reason := range map[string]string{"empty": "no_endpoint", "refused": "connect", "slow": "timeout"} {
+		if n := testutil.ToFloat64(m.UpstreamErrors.WithLabelValues("outbound", up, reason)); n != 2 {
+			t.Errorf("meshlet_upstream_errors_total{upstream=%q,reason=%q} = %v, want 2", up, reason, n)
+		}
+	}
+	if n := testutil.ToFloat64(m.Requests.WithLabelValues("outbound", "slow", "2xx", "DeadlineExceeded")); n != 1 {
+		t.Errorf("gRPC timeout not counted as DeadlineExceeded: %v", n)
+	}
+}
+
+func TestProxyReload(t *testing.T) {
+	a, b := echoServer(t), echoServer(t)
+	addr := func(s *httptest.Server) string { return strings.TrimPrefix(s.URL, "http://") }
+	cfg := Config{Service: ServiceConfig{Name: "web"}, Outbound: OutboundConfig{Listen: "127.0.0.1:0"},
+		Upstreams: []UpstreamConfig{{Name: "api", Listen: "127.0.0.1:0", Endpoints: []string{addr(a)}}}}
+	p, _ := startProxy(t, cfg)
+	apiURL := "http://" + p.Addrs()["upstream/api"]
+	client := &http.Client{Transport: &http.Transport{MaxConnsPerHost: 1}}
+	get := func(url, host string) int {
+		req, _ := http.NewRequest("GET", url, nil)
+		req.Host = host
+		resp, err := client.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		io.Copy(io.Discard, resp.Body)
+		resp.Body.Close()
+		return resp.StatusCode
+	}
+	if s := get(apiURL, "api"); s != 200 {
+		t.Fatalf("before reload: %d", s)
+	}
+	// Swap the endpoint to b, add an upstream, and keep the same client connection.
+	next := cfg
+	next.Upstreams = []UpstreamConfig{{Name: "api", Listen: cfg.Upstreams[0].Listen, Endpoints: []string{addr(b)}},
+		{Name: "billing", Endpoints: []string{addr(a)}}}
+	next.Upstreams[0].Listen = p.Addrs()["upstream/api"]
+	p.mu.Lock()
+	p.cfg.Upstreams[0].Listen = next.Upstreams[0].Listen // the running listener's real address
+	p.mu.Unlock()
+	if _, err := p.Reload(next); err != nil {
+		t.Fatal(err)
+	}
+	before := p.Upstreams()
+	if s := get(apiURL, "api"); s != 200 {
+		t.Fatalf("after reload: %d", s)
+	}
+	if s := get("http://"+p.Addrs()["outbound"], "billing"); s != 200 {
+		t.Fatalf("added upstream: %d", s)
+	}
+	var api UpstreamInfo
+	for _, u := range p.Upstreams() {
+		if u.Name == "api" {
+			api = u
+		}
+	}
+	if len(api.Endpoints) != 1 || api.Endpoints[0].Address != addr(b) || api.Endpoints[0].Requests != 1 {
+		t.Fatalf("api after reload: %+v (before: %+v)", api, before)
+	}
+	// A bad config changes nothing.
+	bad := next
+	bad.Upstreams = append(bad.Upstreams, UpstreamConfig{Name: "Bad Name"})
+	if _, err := p.Reload(bad); err == nil || !strings.Contains(err.Error(), "upstreams[2].name") {
+		t.Fatalf("bad reload: %v", err)
+	}
+	if s := get("http://"+p.Addrs()["outbound"], "billing"); s != 200 {
+		t.Fatalf("after bad reload: %d", s)
+	}
+	// Removing an upstream stops its routes.
+	if _, err := p.Reload(Config{Service: cfg.Service, Outbound: cfg.Outbound, Upstreams: next.Upstreams[:1]}); err != nil {
+		t.Fatal(err)
+	}
+	if s := get("http://"+p.Addrs()["outbound"], "billing"); s != 404 {
+		t.Fatalf("removed upstream answered %d, want 404", s)
+	}
+}

@@ -1,0 +1,146 @@
+package proxy
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/http"
+	"strings"
+	"time"
+
+	"meshlet.dev/meshlet/metrics"
+)
+
+// Listener settings for the HTTP listeners (inbound, outbound and per-upstream).
+const (
+	readHeaderTimeout    = 10 * time.Second
+	idleTimeout          = 5 * time.Minute
+	maxHeaderBytes       = 64 << 10
+	maxConcurrentStreams = 1000
+)
+
+// listener is a bound listener that serves until shut down.
+type listener interface {
+	serve()
+	// shutdown stops accepting and waits for in-flight work until ctx ends, then closes what is left.
+	shutdown(ctx context.Context) error
+	// closeUnserved releases a listener that was bound but never served.
+	closeUnserved()
+	addr() string
+}
+
+// httpListener serves HTTP/1.1 and h2c on one socket.
+type httpListener struct {
+	ln  net.Listener
+	srv *http.Server
+	log *slog.Logger
+}
+
+func (p *Proxy) newHTTPListener(ln net.Listener, direction, label string, h http.Handler) *httpListener {
+	open := p.m.ConnectionsOpen.WithLabelValues(direction, label)
+	total := p.m.Connections.WithLabelValues(direction, label)
+	srv := &http.Server{
+		Handler:           h,
+		ReadHeaderTimeout: readHeaderTimeout,
+		IdleTimeout:       idleTimeout,
+		MaxHeaderBytes:    maxHeaderBytes,
+		ErrorLog:          slog.NewLogLogger(p.log.Handler(), slog.LevelDebug),
+		BaseContext:       func(net.Listener) context.Context { return p.baseCtx },
+		HTTP2:             &http.HTTP2Config{MaxConcurrentStreams: maxConcurrentStreams},
+		ConnState: func(_ net.Conn, s http.ConnState) {
+			switch s {
+			case http.StateNew:
+				total.Inc()
+				open.Inc()
+			case http.StateClosed, http.StateHijacked:
+				open.Dec()
+			}
+		},
+	}
+	srv.Protocols = new(http.Protocols)
+	srv.Protocols.SetHTTP1(true)
+	srv.Protocols.SetUnencryptedHTTP2(true)
+	return &httpListener{ln: ln, srv: srv, log: p.log}
+}
+
+func (l *httpListener) serve() {
+	if err := l.srv.Serve(l.ln); err != nil && !errors.Is(err, http.ErrServerClosed) {
+		l.log.Error("listener stopped", "listen", l.ln.Addr().String(), "error", err)
+	}
+}
+
+func (l *httpListener) shutdown(ctx context.Context) error {
+	err := l.srv.Shutdown(ctx)
+	if err != nil {
+		l.srv.Close()
+	}
+	return err
+}
+
+func (l *httpListener) addr() string   { return l.ln.Addr().String() }
+func (l *httpListener) closeUnserved() { l.ln.Close() }
+func (t *tcpProxy) addr() string       { return t.ln.Addr().String() }
+func (t *tcpProxy) closeUnserved()     { t.ln.Close() }
+
+// listen binds addr, naming the config field in the error.
+func listen(field, addr string) (net.Listener, error) {
+	ln, err := net.Listen("tcp", addr)
+	if err != nil {
+		return nil, fmt.Errorf("%s: cannot listen on %s: %w", field, addr, unwrapOpError(err))
+	}
+	return ln, nil
+}
+
+// unwrapOpError drops the "listen tcp <addr>:" prefix that the field and address already say.
+func unwrapOpError(err error) error {
+	var oe *net.OpError
+	if errors.As(err, &oe) && oe.Err != nil {
+		return oe.Err
+	}
+	return err
+}
+
+// routeTable maps the host names an app may use for upstreams to the upstreams.
+type routeTable map[string]*upstream
+
+func newRouteTable(ups map[string]*upstreamEntry, domains []string) routeTable {
+	rt := routeTable{}
+	for name, e := range ups {
+		if e.u.protocol == ProtocolTCP {
+			continue
+		}
+		rt[name] = e.u
+		for _, d := range domains {
+			rt[name+"."+strings.ToLower(d)] = e.u
+		}
+	}
+	return rt
+}
+
+// lookup finds the upstream named by a Host or :authority value, with or without port.
+func (rt routeTable) lookup(host string) *upstream {
+	if h, _, err := net.SplitHostPort(host); err == nil {
+		host = h
+	}
+	host = strings.TrimSuffix(strings.ToLower(host), ".")
+	return rt[host]
+}
+
+// serveRouted is the handler of the name-routed outbound listener.
+func (p *Proxy) serveRouted(w http.ResponseWriter, r *http.Request) {
+	u := (*p.routes.Load()).lookup(r.Host)
+	if u == nil {
+		p.m.UpstreamErrors.WithLabelValues(metrics.Outbound, "", "unknown_upstream").Inc()
+		msg := fmt.Sprintf("no upstream named %q", r.Host)
+		w.Header().Set("X-Meshlet-Error", "unknown_upstream")
+		if isGRPC(r) {
+			writeGRPCStatus(w, grpcCodeForHTTP(http.StatusNotFound), "meshlet: "+msg)
+			return
+		}
+		http.Error(w, "meshlet: "+msg, http.StatusNotFound)
+		return
+	}
+	u.serveHTTP(w, r, p.accessLog)
+}

@@ -1,0 +1,152 @@
+package proxy
+
+import (
+	"context"
+	"errors"
+	"io"
+	"log/slog"
+	"net"
+	"sync"
+	"time"
+)
+
+// tcpProxy carries opaque byte streams from its listener to the upstream's endpoints. Half-close is passed on:
+// when one side stops writing, the other side's write half is closed and the opposite direction goes on.
+type tcpProxy struct {
+	u         *upstream
+	ln        net.Listener
+	direction string
+	label     string
+	log       *slog.Logger
+
+	mu    sync.Mutex
+	conns map[net.Conn]struct{}
+	wg    sync.WaitGroup
+}
+
+func newTCPProxy(u *upstream, ln net.Listener, direction, label string, log *slog.Logger) *tcpProxy {
+	return &tcpProxy{u: u, ln: ln, direction: direction, label: label, log: log, conns: map[net.Conn]struct{}{}}
+}
+
+// serve accepts connections until the listener is closed. Errors such as running out of file descriptors pause
+// accepting briefly instead of ending it.
+func (t *tcpProxy) serve() {
+	open := t.u.m.ConnectionsOpen.WithLabelValues(t.direction, t.label)
+	total := t.u.m.Connections.WithLabelValues(t.direction, t.label)
+	var delay time.Duration
+	for {
+		c, err := t.ln.Accept()
+		if err != nil {
+			if errors.Is(err, net.ErrClosed) {
+				return
+			}
+			delay = min(max(2*delay, 5*time.Millisecond), time.Second)
+			t.log.Warn("accept failed", "listener", t.label, "error", err, "retry_in", delay)
+			time.Sleep(delay)
+			continue
+		}
+		delay = 0
+		total.Inc()
+		open.Inc()
+		t.track(c, true)
+		t.wg.Add(1)
+		go func() {
+			defer t.wg.Done()
+			defer open.Dec()
+			defer t.track(c, false)
+			t.handle(c)
+		}()
+	}
+}
+
+func (t *tcpProxy) track(c net.Conn, add bool) {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	if add {
+		t.conns[c] = struct{}{}
+	} else {
+		delete(t.conns, c)
+	}
+}
+
+// handle proxies one client connection. A failed connect is tried on other endpoints (up to three attempts),
+// since nothing has been sent yet.
+func (t *tcpProxy) handle(client net.Conn) {
+	defer client.Close()
+	var backend net.Conn
+	var lastErr error
+	for attempt := 0; attempt < 3 && backend == nil; attempt++ {
+		st, err := t.u.picker.Load().pick()
+		if err != nil {
+			lastErr = err
+			break
+		}
+		d := net.Dialer{Timeout: t.u.cfg.Load().ConnectTimeout, KeepAlive: 30 * time.Second}
+		c, err := d.Dial("tcp", st.hostport)
+		if err != nil {
+			err = &connectError{addr: st.hostport, err: err}
+			st.finish(err)
+			lastErr = err
+			continue
+		}
+		backend = c
+		defer st.finish(nil)
+	}
+	if backend == nil {
+		reason := reasonConnect
+		if errors.Is(lastErr, ErrNoEndpoint) {
+			reason = reasonNoEndpoint
+		}
+		t.u.obs.errors[reason].Inc()
+		t.log.Debug("tcp connection refused", "upstream", t.u.name, "error", lastErr)
+		return
+	}
+	defer backend.Close()
+	done := make(chan struct{})
+	go func() {
+		n := pipe(backend, client)
+		t.u.obs.rx.Add(float64(n))
+		close(done)
+	}()
+	n := pipe(client, backend)
+	t.u.obs.tx.Add(float64(n))
+	<-done
+}
+
+// pipe copies src to dst until src ends, then closes dst's write half so the far end sees the half-close. When
+// the copy fails (a reset, a write error), both connections are closed: the stream is broken both ways.
+func pipe(dst, src net.Conn) int64 {
+	buf := copyBuffers.Get()
+	defer copyBuffers.Put(buf)
+	n, err := io.CopyBuffer(dst, src, buf)
+	cw, ok := dst.(interface{ CloseWrite() error })
+	if err != nil || !ok {
+		dst.Close()
+		src.Close()
+		return n
+	}
+	cw.CloseWrite()
+	return n
+}
+
+// shutdown stops accepting and waits for open connections to end until ctx ends, then closes them.
+func (t *tcpProxy) shutdown(ctx context.Context) error {
+	t.ln.Close()
+	done := make(chan struct{})
+	go func() {
+		t.wg.Wait()
+		close(done)
+	}()
+	select {
+	case <-done:
+		return nil
+	case <-ctx.Done():
+	}
+	t.mu.Lock()
+	for c := range t.conns {
+		c.Close()
+	}
+	t.mu.Unlock()
+	<-done
+	return ctx.Err()
+}

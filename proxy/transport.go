@@ -1,0 +1,129 @@
+package proxy
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"golang.org/x/net/http/httpguts"
+)
+
+// transports are the base round trippers of one upstream: HTTP/1.1 and HTTP/2 over cleartext (h2c), each with its
+// own connection pool per endpoint. The dial timeout is read from the upstream's current settings at dial time.
+type transports struct {
+	h1  *http.Transport
+	h2c *http.Transport
+}
+
+// Connection-pool settings shared by all upstreams.
+const (
+	maxIdleConnsPerHost = 256
+	idleConnTimeout     = 90 * time.Second
+	h2PingInterval      = 15 * time.Second // send a PING on an HTTP/2 connection idle this long
+	h2PingTimeout       = 10 * time.Second // and close it if the PING is not answered in time
+)
+
+func newTransports(connectTimeout func() time.Duration) *transports {
+	dial := func(ctx context.Context, network, addr string) (net.Conn, error) {
+		d := net.Dialer{Timeout: connectTimeout(), KeepAlive: 30 * time.Second}
+		c, err := d.DialContext(ctx, network, addr)
+		if err != nil {
+			return nil, &connectError{addr: addr, err: err}
+		}
+		return c, nil
+	}
+	h1 := &http.Transport{
+		DialContext:         dial,
+		MaxIdleConns:        0, // no global cap; the per-host cap bounds each endpoint
+		MaxIdleConnsPerHost: maxIdleConnsPerHost,
+		IdleConnTimeout:     idleConnTimeout,
+		DisableCompression:  true, // pass Accept-Encoding and bodies through untouched
+		ForceAttemptHTTP2:   false,
+	}
+	h1.Protocols = new(http.Protocols)
+	h1.Protocols.SetHTTP1(true)
+	h2 := &http.Transport{
+		DialContext:        dial,
+		IdleConnTimeout:    idleConnTimeout,
+		DisableCompression: true,
+		HTTP2: &http.HTTP2Config{
+			SendPingTimeout: h2PingInterval,
+			PingTimeout:     h2PingTimeout,
+		},
+	}
+	h2.Protocols = new(http.Protocols)
+	h2.Protocols.SetUnencryptedHTTP2(true)
+	return &transports{h1: h1, h2c: h2}
+}
+
+// closeIdle closes idle pooled connections of both transports.
+func (t *transports) closeIdle() {
+	t.h1.CloseIdleConnections()
+	t.h2c.CloseIdleConnections()
+}
+
+// connectError is a failure to open a connection to an endpoint: the request never reached it.
+type connectError struct {
+	addr string
+	err  error
+}
+
+func (e *connectError) Error() string { return fmt.Sprintf("connect to %s: %v", e.addr, e.err) }
+func (e *connectError) Unwrap() error { return e.err }
+
+// isUpgrade reports whether r asks for a protocol upgrade (WebSocket and the like).
+func isUpgrade(h http.Header) bool {
+	return httpguts.HeaderValuesContainsToken(h["Connection"], "Upgrade") && h.Get("Upgrade") != ""
+}
+
+// doneBody wraps a response body so that the endpoint's request ends when the body is fully read or closed.
+type doneBody struct {
+	io.ReadCloser
+	st    *endpointState
+	err   error // the outcome to record at the end when the body reaches EOF
+	ended atomic.Bool
+}
+
+func (b *doneBody) Read(p []byte) (int, error) {
+	n, err := b.ReadCloser.Read(p)
+	if err != nil {
+		if err == io.EOF {
+			b.end(b.err)
+		} else if !errors.Is(err, context.Canceled) {
+			b.end(err)
+		}
+	}
+	return n, err
+}
+
+func (b *doneBody) Close() error {
+	err := b.ReadCloser.Close()
+	b.end(b.err)
+	return err
+}
+
+func (b *doneBody) end(err error) {
+	if b.ended.CompareAndSwap(false, true) {
+		b.st.finish(err)
+	}
+}
+
+// bufferPool recycles the 32 KiB copy buffers of httputil.ReverseProxy.
+type bufferPool struct{ p sync.Pool }
+
+func (b *bufferPool) Get() []byte {
+	if v, ok := b.p.Get().(*[]byte); ok {
+		return *v
+	}
+	return make([]byte, 32*1024)
+}
+
+func (b *bufferPool) Put(buf []byte) { b.p.Put(&buf) }
+
+var copyBuffers = &bufferPool{}

@@ -1,0 +1,238 @@
+package proxy
+
+import (
+	"context"
+	"fmt"
+	"log/slog"
+	"net/http"
+	"net/http/httputil"
+	"sort"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"meshlet.dev/meshlet/discovery"
+	"meshlet.dev/meshlet/metrics"
+)
+
+// upstream is one destination of proxied calls: a configured upstream service (outbound) or the local app
+// (inbound). It owns the endpoint picker, the connection pools and the reverse proxy, and it is an
+// http.RoundTripper that picks an endpoint for each attempt.
+type upstream struct {
+	name      string
+	direction string
+	protocol  string // fixed for the life of the upstream; a change replaces it
+	log       *slog.Logger
+	m         *metrics.Metrics
+	obs       *observer
+
+	cfg       atomic.Pointer[UpstreamConfig] // swapped on reload
+	picker    atomic.Pointer[picker]
+	transport *transports
+	rp        *httputil.ReverseProxy
+
+	mu        sync.Mutex // guards states, updatedAt, index
+	states    map[string]*endpointState
+	updatedAt time.Time
+	index     uint64
+	seen      chan struct{} // closed at the first snapshot
+	seenOnce  sync.Once
+}
+
+func newUpstream(cfg UpstreamConfig, direction string, m *metrics.Metrics, log *slog.Logger) *upstream {
+	u := &upstream{
+		name:      cfg.Name,
+		direction: direction,
+		protocol:  cfg.Protocol,
+		log:       log.With("upstream", cfg.Name, "direction", direction),
+		m:         m,
+		obs:       newObserver(m, direction, cfg.Name),
+		states:    map[string]*endpointState{},
+		seen:      make(chan struct{}),
+	}
+	u.cfg.Store(&cfg)
+	u.picker.Store(newPicker(cfg.LB, nil))
+	u.transport = newTransports(func() time.Duration { return u.cfg.Load().ConnectTimeout })
+	u.rp = &httputil.ReverseProxy{
+		Rewrite:      u.rewrite,
+		Transport:    u,
+		BufferPool:   copyBuffers,
+		ErrorHandler: u.proxyError,
+		ErrorLog:     slog.NewLogLogger(u.log.Handler(), slog.LevelDebug),
+	}
+	if cfg.Protocol == ProtocolGRPC || cfg.Protocol == ProtocolHTTP2 {
+		u.rp.FlushInterval = -1
+	}
+	return u
+}
+
+// rewrite edits the outbound copy of the request: the URL names the upstream (RoundTrip puts the endpoint's
+// address in its place); the Host the app sent is kept, so the far side sees what the app asked for.
+func (u *upstream) rewrite(pr *httputil.ProxyRequest) {
+	pr.Out.URL.Scheme = "http"
+	pr.Out.URL.Host = u.name
+	pr.Out.Host = pr.In.Host
+}
+
+// setEndpoints builds a new picker from snap, reusing the state of endpoints that stay.
+func (u *upstream) setEndpoints(snap discovery.Snapshot) {
+	u.mu.Lock()
+	next := make(map[string]*endpointState, len(snap.Endpoints))
+	list := make([]*endpointState, 0, len(snap.Endpoints))
+	for _, ep := range snap.Endpoints {
+		if _, dup := next[ep.ID]; dup {
+			continue
+		}
+		st, ok := u.states[ep.ID]
+		if !ok || st.ep.Addr != ep.Addr {
+			st = newEndpointState(ep)
+		}
+		next[ep.ID] = st
+		list = append(list, st)
+	}
+	u.states = next
+	u.updatedAt = time.Now()
+	u.index = snap.Index
+	u.picker.Store(newPicker(u.cfg.Load().LB, list))
+	u.mu.Unlock()
+	u.m.Endpoints.WithLabelValues(u.name).Set(float64(len(list)))
+	u.seenOnce.Do(func() { close(u.seen) })
+	u.log.Info("endpoints updated", "endpoints", len(list), "index", snap.Index)
+}
+
+// setConfig swaps the settings that can change without replacing the upstream.
+func (u *upstream) setConfig(cfg UpstreamConfig) {
+	old := u.cfg.Swap(&cfg)
+	if old.LB != cfg.LB {
+		u.mu.Lock()
+		list := append([]*endpointState(nil), u.picker.Load().endpoints...)
+		u.picker.Store(newPicker(cfg.LB, list))
+		u.mu.Unlock()
+	}
+}
+
+// watch applies the snapshots of ch until it closes.
+func (u *upstream) watch(ch <-chan discovery.Snapshot) {
+	for snap := range ch {
+		u.setEndpoints(snap)
+	}
+}
+
+// hasEndpoints reports whether the first snapshot has arrived.
+func (u *upstream) hasSnapshot() bool {
+	select {
+	case <-u.seen:
+		return true
+	default:
+		return false
+	}
+}
+
+// RoundTrip implements http.RoundTripper: it picks an endpoint and sends req to it with the base transport the
+// upstream's peer and protocol call for. It never modifies req.
+func (u *upstream) RoundTrip(req *http.Request) (*http.Response, error) {
+	st, err := u.picker.Load().pick()
+	if err != nil {
+		return nil, fmt.Errorf("upstream %s: %w", u.name, err)
+	}
+	if ri := requestInfoFrom(req.Context()); ri != nil {
+		ri.endpoint = st.hostport
+	}
+	out := *req
+	url := *req.URL
+	url.Host = st.hostport
+	out.URL = &url
+	resp, err := u.base(req.Header).RoundTrip(&out)
+	if err != nil {
+		st.finish(err)
+		return nil, err
+	}
+	if resp.StatusCode == http.StatusSwitchingProtocols {
+		st.finish(nil) // an upgraded connection is no longer a request in flight
+		return resp, nil
+	}
+	var outcome error
+	if resp.StatusCode >= 500 {
+		outcome = fmt.Errorf("status %d", resp.StatusCode)
+	}
+	resp.Body = &doneBody{ReadCloser: resp.Body, st: st, err: outcome}
+	return resp, nil
+}
+
+// base returns the transport for a request with header h.
+func (u *upstream) base(h http.Header) http.RoundTripper {
+	cfg := u.cfg.Load()
+	if cfg.Peer == PeerSidecar {
+		if isUpgrade(h) {
+			return u.transport.h1 // HTTP/2 has no Upgrade: tunnel it over HTTP/1.1 between sidecars
+		}
+		return u.transport.h2c
+	}
+	if u.protocol == ProtocolHTTP {
+		return u.transport.h1
+	}
+	return u.transport.h2c
+}
+
+// close releases pooled connections.
+func (u *upstream) close() {
+	u.transport.closeIdle()
+}
+
+// EndpointInfo is one endpoint in the /debug/upstreams view.
+type EndpointInfo struct {
+	ID          string            `json:"id"`
+	Address     string            `json:"address"`
+	Identity    string            `json:"identity,omitempty"`
+	Meta        map[string]string `json:"meta,omitempty"`
+	InFlight    int64             `json:"in_flight"`
+	Requests    uint64            `json:"requests"`
+	Failures    uint64            `json:"failures"`
+	LastError   string            `json:"last_error"`
+	LastErrorAt *time.Time        `json:"last_error_at,omitempty"`
+}
+
+// UpstreamInfo is one upstream in the /debug/upstreams view.
+type UpstreamInfo struct {
+	Name      string         `json:"name"`
+	Direction string         `json:"direction"`
+	Protocol  string         `json:"protocol"`
+	Listen    string         `json:"listen,omitempty"`
+	Peer      string         `json:"peer"`
+	LB        string         `json:"lb"`
+	Timeout   string         `json:"timeout"`
+	Index     uint64         `json:"index"`
+	UpdatedAt time.Time      `json:"updated_at"`
+	InFlight  int64          `json:"in_flight"`
+	Endpoints []EndpointInfo `json:"endpoints"`
+}
+
+func (u *upstream) info() UpstreamInfo {
+	cfg := u.cfg.Load()
+	u.mu.Lock()
+	defer u.mu.Unlock()
+	ui := UpstreamInfo{Name: u.name, Direction: u.direction, Protocol: u.protocol, Listen: cfg.Listen,
+		Peer: cfg.Peer, LB: cfg.LB, Timeout: cfg.Timeout.String(), Index: u.index, UpdatedAt: u.updatedAt,
+		Endpoints: []EndpointInfo{}}
+	for _, st := range u.states {
+		ei := EndpointInfo{ID: st.ep.ID, Address: st.hostport, Identity: st.ep.Identity, Meta: st.ep.Meta,
+			InFlight: st.inFlight.Load(), Requests: st.requests.Load(), Failures: st.failures.Load()}
+		if le := st.lastErr.Load(); le != nil {
+			ei.LastError, ei.LastErrorAt = le.msg, &le.at
+		}
+		ui.InFlight += ei.InFlight
+		ui.Endpoints = append(ui.Endpoints, ei)
+	}
+	sort.Slice(ui.Endpoints, func(i, j int) bool { return ui.Endpoints[i].ID < ui.Endpoints[j].ID })
+	return ui
+}
+
+// runWatch starts watching the upstream's service on src; it returns when ctx ends and the watch has closed.
+func (u *upstream) runWatch(ctx context.Context, src discovery.Source, service string) error {
+	ch, err := src.Watch(ctx, service)
+	if err != nil {
+		return fmt.Errorf("watch %s: %w", service, err)
+	}
+	u.watch(ch)
+	return nil
+}
