@@ -25,7 +25,7 @@ test: vet
 
 demo: build
 	CGO_ENABLED=0 $(GO) build -trimpath -o bin/ ./examples/api ./examples/web ./cmd/meshlet-demo
-	./bin/meshlet-demo -meshlet bin/meshlet -bin bin
+	./bin/meshlet-demo -meshlet bin/meshlet -bin bin $(DEMO_FLAGS)
 
 bench: build
 	$(GO) run ./cmd/meshlet-bench -meshlet bin/meshlet $(BENCH_FLAGS)

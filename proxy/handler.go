@@ -130,9 +130,14 @@ func (u *upstream) proxyError(w http.ResponseWriter, r *http.Request, err error)
 	case errors.Is(err, context.DeadlineExceeded) || r.Context().Err() == context.DeadlineExceeded:
 		u.fail(w, r, grpc, http.StatusGatewayTimeout, reasonTimeout, "upstream "+u.name+" timed out", ri)
 	case errors.As(err, &ce):
-		u.fail(w, r, grpc, http.StatusBadGateway, reasonConnect, "upstream "+u.name+": "+err.Error(), ri)
+		u.fail(w, r, grpc, http.StatusBadGateway, reasonConnect, "upstream "+u.name+": connection to endpoint failed", ri)
 	default:
-		u.fail(w, r, grpc, http.StatusBadGateway, reasonOther, "upstream "+u.name+": "+err.Error(), ri)
+		u.fail(w, r, grpc, http.StatusBadGateway, reasonOther, "upstream "+u.name+": endpoint connection broken", ri)
+	}
+	if ri != nil && ri.reason != reasonCanceled {
+		// The client sees no addresses; the log, the access log and /debug/upstreams have the details.
+		ri.errMsg = err.Error()
+		u.log.Debug("upstream request failed", "reason", ri.reason, "endpoint", ri.endpoint, "error", err.Error())
 	}
 }
 
@@ -145,7 +150,6 @@ func (u *upstream) fail(w http.ResponseWriter, r *http.Request, grpc bool, statu
 	if ri != nil {
 		ri.reason, ri.errMsg = reason, msg
 	}
-	u.log.Debug("request failed", "reason", reason, "error", msg, "method", r.Method, "path", r.URL.Path)
 	h := w.Header()
 	h.Set("X-Meshlet-Error", reason)
 	if grpc {

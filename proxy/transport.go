@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"golang.org/x/net/http/httpguts"
+	"google.golang.org/grpc/codes"
 )
 
 // transports are the base round trippers of one upstream: HTTP/1.1 and HTTP/2 over cleartext (h2c), each with its
@@ -86,7 +87,9 @@ func isUpgrade(h http.Header) bool {
 type doneBody struct {
 	io.ReadCloser
 	st    *endpointState
-	err   error // the outcome to record at the end when the body reaches EOF
+	resp  *http.Response // for the gRPC status in the trailers, read at the end
+	err   error          // the outcome to record at the end when the body reaches EOF
+	grpc  bool
 	ended atomic.Bool
 }
 
@@ -109,9 +112,30 @@ func (b *doneBody) Close() error {
 }
 
 func (b *doneBody) end(err error) {
-	if b.ended.CompareAndSwap(false, true) {
-		b.st.finish(err)
+	if !b.ended.CompareAndSwap(false, true) {
+		return
 	}
+	if err == nil && b.grpc {
+		err = grpcFailure(b.resp)
+	}
+	b.st.finish(err)
+}
+
+// grpcFailure returns an error when a gRPC response's status says the server failed (as opposed to the caller's
+// mistake, such as InvalidArgument or NotFound, which are not the endpoint's fault).
+func grpcFailure(resp *http.Response) error {
+	v := resp.Trailer.Get("Grpc-Status")
+	if v == "" {
+		v = resp.Header.Get("Grpc-Status") // trailers-only response
+	}
+	if v == "" {
+		return nil
+	}
+	switch code := codes.Code(parseGRPCStatus(v)); code {
+	case codes.Unavailable, codes.Internal, codes.Unknown, codes.DataLoss, codes.DeadlineExceeded:
+		return fmt.Errorf("grpc status %s", code)
+	}
+	return nil
 }
 
 // bufferPool recycles the 32 KiB copy buffers of httputil.ReverseProxy.

@@ -155,7 +155,7 @@ func (u *upstream) RoundTrip(req *http.Request) (*http.Response, error) {
 	if resp.StatusCode >= 500 {
 		outcome = fmt.Errorf("status %d", resp.StatusCode)
 	}
-	resp.Body = &doneBody{ReadCloser: resp.Body, st: st, err: outcome}
+	resp.Body = &doneBody{ReadCloser: resp.Body, st: st, err: outcome, resp: resp, grpc: isGRPC(req)}
 	return resp, nil
 }
 
