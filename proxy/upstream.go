@@ -67,11 +67,16 @@ func newUpstream(cfg UpstreamConfig, direction string, m *metrics.Metrics, log *
 }
 
 // rewrite edits the outbound copy of the request: the URL names the upstream (RoundTrip puts the endpoint's
-// address in its place); the Host the app sent is kept, so the far side sees what the app asked for.
+// address in its place); the Host the app sent is kept, so the far side sees what the app asked for. Request
+// trailers are shared with the inbound request: the server fills their values only when the body ends, and the
+// transport reads them only then, so the copy the reverse proxy made would send the keys without values.
 func (u *upstream) rewrite(pr *httputil.ProxyRequest) {
 	pr.Out.URL.Scheme = "http"
 	pr.Out.URL.Host = u.name
 	pr.Out.Host = pr.In.Host
+	if pr.In.Trailer != nil {
+		pr.Out.Trailer = pr.In.Trailer
+	}
 }
 
 // setEndpoints builds a new picker from snap, reusing the state of endpoints that stay.
