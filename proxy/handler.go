@@ -27,6 +27,7 @@ const (
 // requestInfo travels in the outbound request's context so that the transport can report what it chose.
 type requestInfo struct {
 	clientCtx context.Context // the inbound request's context, without meshlet's timeout
+	body      *countingBody   // the inbound request's body; nil when it has none
 	endpoint  string
 	reason    string // set when meshlet failed the request itself
 	errMsg    string
@@ -61,7 +62,7 @@ func (u *upstream) serveHTTP(w http.ResponseWriter, r *http.Request, alog *slog.
 		}
 		var rx int64
 		if body != nil {
-			rx = body.n
+			rx = body.n.Load()
 		}
 		grpcCode := notGRPC
 		if grpc {
@@ -103,6 +104,7 @@ func (u *upstream) serveHTTP(w http.ResponseWriter, r *http.Request, alog *slog.
 	if r.Body != nil && r.Body != http.NoBody {
 		body = &countingBody{ReadCloser: r.Body}
 		out.Body = body
+		ri.body = body
 		if r.ProtoMajor == 1 {
 			// Let the app stream its request body while the response streams back (bidirectional streams).
 			_ = http.NewResponseController(w).EnableFullDuplex()
@@ -205,15 +207,16 @@ func (w *responseWriter) grpcStatus() int {
 	return parseGRPCStatus(v)
 }
 
-// countingBody counts the bytes read from a request body.
+// countingBody counts the bytes read from a request body. The HTTP/2 transport may still read it after the
+// handler has returned, hence the atomic.
 type countingBody struct {
 	io.ReadCloser
-	n int64
+	n atomic.Int64
 }
 
 func (b *countingBody) Read(p []byte) (int, error) {
 	n, err := b.ReadCloser.Read(p)
-	b.n += int64(n)
+	b.n.Add(int64(n))
 	return n, err
 }
 

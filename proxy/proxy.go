@@ -34,6 +34,7 @@ type Proxy struct {
 	baseCtx    context.Context // parent of every request; cancelled when Shutdown gives up waiting
 	cancelBase context.CancelFunc
 
+	unknown  *observer // requests for names that are no upstream
 	routes   atomic.Pointer[routeTable]
 	draining atomic.Bool
 
@@ -69,6 +70,7 @@ func New(cfg Config, opts Options) (*Proxy, error) {
 		cfg:        cfg,
 		listeners:  map[string]listener{},
 		upstreams:  map[string]*upstreamEntry{},
+		unknown:    newObserver(opts.Metrics, metrics.Outbound, ""),
 	}
 	if opts.AccessLog {
 		p.accessLog = opts.Logger.With("component", "access")

@@ -10,6 +10,8 @@ import (
 	"strings"
 	"time"
 
+	"google.golang.org/grpc/codes"
+
 	"meshlet.dev/meshlet/metrics"
 )
 
@@ -128,19 +130,29 @@ func (rt routeTable) lookup(host string) *upstream {
 	return rt[host]
 }
 
-// serveRouted is the handler of the name-routed outbound listener.
+// serveRouted is the handler of the name-routed outbound listener. A name that is no upstream gets 404 (gRPC:
+// UNIMPLEMENTED), counted under upstream="".
 func (p *Proxy) serveRouted(w http.ResponseWriter, r *http.Request) {
 	u := (*p.routes.Load()).lookup(r.Host)
-	if u == nil {
-		p.m.UpstreamErrors.WithLabelValues(metrics.Outbound, "", "unknown_upstream").Inc()
-		msg := fmt.Sprintf("no upstream named %q", r.Host)
-		w.Header().Set("X-Meshlet-Error", "unknown_upstream")
-		if isGRPC(r) {
-			writeGRPCStatus(w, grpcCodeForHTTP(http.StatusNotFound), "meshlet: "+msg)
-			return
-		}
-		http.Error(w, "meshlet: "+msg, http.StatusNotFound)
+	if u != nil {
+		u.serveHTTP(w, r, p.accessLog)
 		return
 	}
-	u.serveHTTP(w, r, p.accessLog)
+	start := time.Now()
+	p.m.UpstreamErrors.WithLabelValues(metrics.Outbound, "", "unknown_upstream").Inc()
+	msg := fmt.Sprintf("meshlet: no upstream named %q", r.Host)
+	w.Header().Set("X-Meshlet-Error", "unknown_upstream")
+	code, grpcCode := http.StatusNotFound, notGRPC
+	if isGRPC(r) {
+		code, grpcCode = http.StatusOK, int(grpcCodeForHTTP(http.StatusNotFound))
+		writeGRPCStatus(w, codes.Code(grpcCode), msg)
+	} else {
+		http.Error(w, msg, http.StatusNotFound)
+	}
+	p.unknown.record(code, grpcCode, time.Since(start), 0, 0)
+	if p.accessLog != nil {
+		p.accessLog.Info("access", "direction", metrics.Outbound, "upstream", "", "method", r.Method,
+			"authority", r.Host, "path", r.URL.Path, "proto", r.Proto, "status", code,
+			"grpc_status", grpcCodeName(grpcCode), "error", "unknown_upstream")
+	}
 }

@@ -91,12 +91,19 @@ type doneBody struct {
 	err   error          // the outcome to record at the end when the body reaches EOF
 	grpc  bool
 	ended atomic.Bool
+	// reqBody, when set, is the HTTP/2 request body to close once the response has ended: the HTTP/2 transport's
+	// Close waits for its request-body writer, which would otherwise wait for a client that is still allowed to
+	// send (a stream the server ended first), and the response's trailers would never be sent (golang/go#80085).
+	reqBody io.Closer
 }
 
 func (b *doneBody) Read(p []byte) (int, error) {
 	n, err := b.ReadCloser.Read(p)
 	if err != nil {
 		if err == io.EOF {
+			if b.reqBody != nil {
+				b.reqBody.Close()
+			}
 			b.end(b.err)
 		} else if !errors.Is(err, context.Canceled) {
 			b.end(err)

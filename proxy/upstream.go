@@ -53,15 +53,15 @@ func newUpstream(cfg UpstreamConfig, direction string, m *metrics.Metrics, log *
 	u.cfg.Store(&cfg)
 	u.picker.Store(newPicker(cfg.LB, nil))
 	u.transport = newTransports(func() time.Duration { return u.cfg.Load().ConnectTimeout })
+	// FlushInterval stays 0: the reverse proxy flushes every write of a response of unknown length (gRPC,
+	// streams, chunked) at once by itself, and buffers only responses whose length is known.
 	u.rp = &httputil.ReverseProxy{
-		Rewrite:      u.rewrite,
-		Transport:    u,
-		BufferPool:   copyBuffers,
-		ErrorHandler: u.proxyError,
-		ErrorLog:     slog.NewLogLogger(u.log.Handler(), slog.LevelDebug),
-	}
-	if cfg.Protocol == ProtocolGRPC || cfg.Protocol == ProtocolHTTP2 {
-		u.rp.FlushInterval = -1
+		Rewrite:        u.rewrite,
+		Transport:      u,
+		BufferPool:     copyBuffers,
+		ErrorHandler:   u.proxyError,
+		ModifyResponse: keepTrailersOnly,
+		ErrorLog:       slog.NewLogLogger(u.log.Handler(), slog.LevelDebug),
 	}
 	return u
 }
@@ -140,7 +140,8 @@ func (u *upstream) RoundTrip(req *http.Request) (*http.Response, error) {
 	if err != nil {
 		return nil, fmt.Errorf("upstream %s: %w", u.name, err)
 	}
-	if ri := requestInfoFrom(req.Context()); ri != nil {
+	ri := requestInfoFrom(req.Context())
+	if ri != nil {
 		ri.endpoint = st.hostport
 	}
 	out := *req
@@ -160,8 +161,25 @@ func (u *upstream) RoundTrip(req *http.Request) (*http.Response, error) {
 	if resp.StatusCode >= 500 {
 		outcome = fmt.Errorf("status %d", resp.StatusCode)
 	}
-	resp.Body = &doneBody{ReadCloser: resp.Body, st: st, err: outcome, resp: resp, grpc: isGRPC(req)}
+	db := &doneBody{ReadCloser: resp.Body, st: st, err: outcome, resp: resp, grpc: isGRPC(req)}
+	if ri != nil && ri.body != nil && req.ProtoMajor == 2 && u.base(req.Header) == u.transport.h2c {
+		// The reverse proxy hands the transport a body whose Close does nothing; close the client's own.
+		db.reqBody = ri.body
+	}
+	resp.Body = db
 	return resp, nil
+}
+
+// keepTrailersOnly makes a gRPC trailers-only response (the status in the headers, no body) leave meshlet as one:
+// the reverse proxy would otherwise flush the headers of a response of unknown length at once, racing with the
+// end of the stream, and a client that gets HEADERS without END_STREAM and then an empty DATA frame sees no
+// status ("server closed the stream without sending trailers"). A known length of 0 lets the headers and the end
+// of the stream go out together. Statuses in headers are only legal in trailers-only responses.
+func keepTrailersOnly(resp *http.Response) error {
+	if resp.ContentLength == -1 && resp.Header.Get("Grpc-Status") != "" && isGRPC(resp.Request) {
+		resp.ContentLength = 0
+	}
+	return nil
 }
 
 // base returns the transport for a request with header h.

@@ -1078,6 +1078,10 @@ func TestGRPCCancellation(t *testing.T) {
 							"(after up to 3s), want io.EOF", err)
 					}
 				} else {
+					if status.Code(err) == codes.DeadlineExceeded {
+						t.Fatalf("server ended the stream with %v while the client's side was open: client got %v "+
+							"(after up to 3s)", end, err)
+					}
 					grpcCheckStatus(t, err, grpcStatusFor(es))
 				}
 			}
@@ -1444,7 +1448,7 @@ func TestGRPCMetrics(t *testing.T) {
 		l := map[string]string{"direction": "outbound", "upstream": "direct", "code_class": "2xx", "grpc_code": "OK"}
 		exact(t, unary(t, app, n, nil), map[*meshletProc][]delta{m.a: {{l, n}}})
 	})
-	t.Run("server status trailers-only", func(t *testing.T) {
+	t.Run("server error status", func(t *testing.T) {
 		es := &testpb.EchoStatus{Code: int32(codes.NotFound), Message: "gone"}
 		out := map[string]string{"direction": "outbound", "upstream": "api", "grpc_code": "NotFound"}
 		in := map[string]string{"direction": "inbound", "upstream": "api", "grpc_code": "NotFound"}
