@@ -1,0 +1,115 @@
+package main
+
+import (
+	"context"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+)
+
+func TestPercentile(t *testing.T) {
+	sorted := make([]time.Duration, 1000)
+	for i := range sorted {
+		sorted[i] = time.Duration(i+1) * time.Microsecond
+	}
+	for _, tc := range []struct {
+		q    float64
+		want time.Duration
+	}{
+		{0.5, 500 * time.Microsecond},
+		{0.99, 990 * time.Microsecond},
+		{0.999, 999 * time.Microsecond},
+		{1, 1000 * time.Microsecond},
+		{0, 1 * time.Microsecond},
+	} {
+		if got := percentile(sorted, tc.q); got != tc.want {
+			t.Errorf("percentile(%v) = %v, want %v", tc.q, got, tc.want)
+		}
+	}
+}
+
+func TestParseSample(t *testing.T) {
+	for _, tc := range []struct {
+		line, name, labels string
+		v                  float64
+		ok                 bool
+	}{
+		{`meshlet_requests_total{direction="outbound",code_class="2xx"} 42`, "meshlet_requests_total", `direction="outbound",code_class="2xx"`, 42, true},
+		{`meshlet_connections_total{direction="inbound",listener="inbound"} 1.5e+03`, "meshlet_connections_total", `direction="inbound",listener="inbound"`, 1500, true},
+		{`# HELP meshlet_requests_total Requests{x}.`, "", "", 0, false},
+		{`go_goroutines 12`, "", "", 0, false},
+	} {
+		name, labels, v, ok := parseSample(tc.line)
+		if name != tc.name || labels != tc.labels || v != tc.v || ok != tc.ok {
+			t.Errorf("parseSample(%q) = %q, %q, %v, %v; want %q, %q, %v, %v", tc.line, name, labels, v, ok, tc.name, tc.labels, tc.v, tc.ok)
+		}
+	}
+}
+
+func TestReadProcSelf(t *testing.T) {
+	s, err := readProc(os.Getpid())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if s.RSSKiB <= 0 || s.HWMKiB < s.RSSKiB {
+		t.Errorf("RSS %d KiB, peak %d KiB: want 0 < RSS <= peak", s.RSSKiB, s.HWMKiB)
+	}
+	if s.CPU < 0 {
+		t.Errorf("CPU %v < 0", s.CPU)
+	}
+}
+
+// TestDirectPath runs both load phases against each in-process backend: every request must succeed.
+func TestDirectPath(t *testing.T) {
+	for _, p := range []protocol{protoHTTP1, protoH2C, protoGRPC} {
+		t.Run(string(p), func(t *testing.T) {
+			be, err := startBackend(p)
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer be.close()
+			c, err := newCaller(p, be.addr, 4)
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer c.close()
+			ctx := context.Background()
+			lat, errs := openLoop(ctx, c, 500, 200*time.Millisecond, 5*time.Second)
+			if n, causes := errs.snapshot("latency"); n > 0 || lat.Count != 100 {
+				t.Errorf("open loop: %d ok of 100, errors %v", lat.Count, causes)
+			}
+			tp, errs := closedLoop(ctx, c, 4, 200*time.Millisecond, 5*time.Second)
+			if n, causes := errs.snapshot("throughput"); n > 0 || tp.Requests == 0 {
+				t.Errorf("closed loop: %d ok, errors %v", tp.Requests, causes)
+			}
+		})
+	}
+}
+
+// TestConfigsPassCheck runs `meshlet check` on each generated config when MESHLET_BIN names a binary.
+func TestConfigsPassCheck(t *testing.T) {
+	bin := os.Getenv("MESHLET_BIN")
+	if bin == "" {
+		t.Skip("MESHLET_BIN not set")
+	}
+	dir := t.TempDir()
+	for _, p := range []protocol{protoHTTP1, protoH2C, protoGRPC} {
+		for name, cfg := range map[string]meshletConfig{
+			"one": {protocol: p, admin: "127.0.0.1:1", upstream: "127.0.0.1:2", endpoints: "127.0.0.1:3", peer: "app"},
+			"B":   {protocol: p, admin: "127.0.0.1:1", inbound: "127.0.0.1:2", backend: "127.0.0.1:3"},
+			"A":   {protocol: p, admin: "127.0.0.1:1", upstream: "127.0.0.1:2", endpoints: "127.0.0.1:3", peer: "sidecar"},
+		} {
+			path := filepath.Join(dir, string(p)+"-"+name+".yaml")
+			if err := os.WriteFile(path, []byte(cfg.yaml()), 0o644); err != nil {
+				t.Fatal(err)
+			}
+			out, err := exec.Command(bin, "check", "-config", path).CombinedOutput()
+			if err != nil || !strings.Contains(string(out), "config ok") {
+				t.Errorf("%s %s: meshlet check: %v\n%s\nconfig:\n%s", p, name, err, out, cfg.yaml())
+			}
+		}
+	}
+}

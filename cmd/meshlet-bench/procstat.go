@@ -1,0 +1,83 @@
+package main
+
+import (
+	"bufio"
+	"bytes"
+	"fmt"
+	"os"
+	"strconv"
+	"strings"
+	"time"
+)
+
+// clockTicks is USER_HZ, the unit of utime and stime in /proc/PID/stat; Linux reports it as 100 on every
+// architecture Go supports.
+const clockTicks = 100
+
+// procSample is one reading of a process's resources.
+type procSample struct {
+	RSSKiB int64         // VmRSS: resident set size now
+	HWMKiB int64         // VmHWM: peak resident set size so far
+	CPU    time.Duration // utime+stime: CPU time consumed so far
+	ok     bool          // the sample was read (set by sampleAll)
+}
+
+// readProc reads pid's memory from /proc/PID/status and its CPU time from /proc/PID/stat.
+func readProc(pid int) (procSample, error) {
+	var s procSample
+	status, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", pid))
+	if err != nil {
+		return s, err
+	}
+	sc := bufio.NewScanner(bytes.NewReader(status))
+	for sc.Scan() {
+		key, val, ok := strings.Cut(sc.Text(), ":")
+		if !ok {
+			continue
+		}
+		switch key {
+		case "VmRSS":
+			s.RSSKiB, err = parseKiB(val)
+		case "VmHWM":
+			s.HWMKiB, err = parseKiB(val)
+		}
+		if err != nil {
+			return s, fmt.Errorf("/proc/%d/status %s: %w", pid, key, err)
+		}
+	}
+	s.CPU, err = readCPU(pid)
+	return s, err
+}
+
+// parseKiB parses a /proc/PID/status value such as "   12345 kB".
+func parseKiB(v string) (int64, error) {
+	f := strings.Fields(v)
+	if len(f) != 2 || f[1] != "kB" {
+		return 0, fmt.Errorf("unexpected value %q", v)
+	}
+	return strconv.ParseInt(f[0], 10, 64)
+}
+
+// readCPU returns utime+stime of pid (all its threads) from /proc/PID/stat.
+func readCPU(pid int) (time.Duration, error) {
+	stat, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+	if err != nil {
+		return 0, err
+	}
+	// The command name (field 2) is in parentheses and may contain spaces: fields count from the last ')'.
+	i := bytes.LastIndexByte(stat, ')')
+	if i < 0 {
+		return 0, fmt.Errorf("/proc/%d/stat: no ')' in %q", pid, stat)
+	}
+	f := strings.Fields(string(stat[i+1:]))
+	// f[0] is field 3 (state), so utime (field 14) is f[11] and stime (field 15) is f[12].
+	if len(f) < 13 {
+		return 0, fmt.Errorf("/proc/%d/stat: only %d fields", pid, len(f)+2)
+	}
+	utime, err1 := strconv.ParseInt(f[11], 10, 64)
+	stime, err2 := strconv.ParseInt(f[12], 10, 64)
+	if err1 != nil || err2 != nil {
+		return 0, fmt.Errorf("/proc/%d/stat: bad utime %q or stime %q", pid, f[11], f[12])
+	}
+	return time.Duration(utime+stime) * time.Second / clockTicks, nil
+}

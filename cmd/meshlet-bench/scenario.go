@@ -1,0 +1,281 @@
+package main
+
+import (
+	"context"
+	"fmt"
+	"io"
+	"os"
+	"runtime"
+	"slices"
+	"time"
+)
+
+// pathKind is how the app reaches the backend.
+type pathKind string
+
+const (
+	pathDirect pathKind = "direct" // app → backend
+	pathOne    pathKind = "one"    // app → meshlet (peer: app) → backend
+	pathTwo    pathKind = "two"    // app → meshlet A (peer: sidecar) → meshlet B inbound → backend
+)
+
+var (
+	allPaths   = []pathKind{pathDirect, pathOne, pathTwo}
+	pathLabels = map[pathKind]string{pathDirect: "direct", pathOne: "1 meshlet", pathTwo: "2 meshlets"}
+)
+
+// bench runs the whole benchmark once.
+type bench struct {
+	opts options
+	log  io.Writer // progress and diagnostics
+	dir  string    // work directory for configs and meshlet logs
+	rep  *report
+}
+
+// run measures every protocol × path and returns the report; failures are recorded in it, not returned.
+func (b *bench) run(ctx context.Context) *report {
+	b.rep = &report{Meta: b.meta()}
+	dir, err := os.MkdirTemp("", "meshlet-bench-")
+	if err != nil {
+		b.rep.Problems = append(b.rep.Problems, "creating work directory: "+err.Error())
+		return b.rep
+	}
+	b.dir = dir
+	fmt.Fprintf(b.log, "meshlet-bench: %d protocol(s) × %d path(s), %s per phase; work directory %s\n",
+		len(b.opts.protocols), len(b.opts.paths), b.opts.duration, dir)
+	for _, p := range b.opts.protocols {
+		if ctx.Err() != nil {
+			b.rep.Problems = append(b.rep.Problems, "interrupted")
+			break
+		}
+		b.runProtocol(ctx, p)
+	}
+	b.rep.Meta.LoadEnd = loadAvg()
+	if b.opts.keep || len(b.rep.problems()) > 0 {
+		fmt.Fprintf(b.log, "meshlet configs and logs kept in %s\n", dir)
+	} else {
+		os.RemoveAll(dir)
+	}
+	return b.rep
+}
+
+func (b *bench) meta() meta {
+	m := meta{
+		GoVersion:   runtime.Version(),
+		OSArch:      runtime.GOOS + "/" + runtime.GOARCH,
+		CPUs:        runtime.NumCPU(),
+		GOMAXPROCS:  runtime.GOMAXPROCS(0),
+		Date:        time.Now().Format(time.RFC3339),
+		Meshlet:     b.opts.meshlet,
+		Rate:        b.opts.rate,
+		Duration:    b.opts.duration.String(),
+		Warmup:      b.opts.warmup.String(),
+		Concurrency: b.opts.concurrency,
+		BodyBytes:   bodySize,
+		Quick:       b.opts.quick,
+		LoadStart:   loadAvg(),
+	}
+	if b.opts.meshlet != "" {
+		m.MeshletVersion = meshletVersion(b.opts.meshlet)
+	}
+	return m
+}
+
+// runProtocol starts p's backend and the meshlets the chosen paths need, measures each path, then stops
+// everything and records what went wrong.
+func (b *bench) runProtocol(ctx context.Context, p protocol) {
+	results := make(map[pathKind]*pathResult)
+	for _, k := range b.opts.paths {
+		r := &pathResult{Protocol: string(p), Path: string(k)}
+		results[k] = r
+		b.rep.Results = append(b.rep.Results, r)
+	}
+	be, err := startBackend(p)
+	if err != nil {
+		for _, r := range results {
+			r.Failed = "starting backend: " + err.Error()
+		}
+		return
+	}
+	defer be.close()
+
+	targets, procs := b.startMeshlets(ctx, p, be.addr, results)
+	defer b.stopMeshlets(p, procs)
+
+	for _, k := range b.opts.paths {
+		r := results[k]
+		if r.Failed != "" {
+			fmt.Fprintf(b.log, "[%s %s] skipped: %s\n", p, pathLabels[k], r.Failed)
+			continue
+		}
+		if ctx.Err() != nil {
+			r.Failed = "interrupted"
+			continue
+		}
+		r.Target = targets[k]
+		r.Meshlets = procs[k]
+		conns := be.conns.Load()
+		b.runPath(ctx, p, k, r)
+		r.BackendConns = be.conns.Load() - conns
+	}
+	if d := results[pathDirect]; d != nil {
+		for _, r := range results {
+			r.compare(d)
+		}
+	}
+}
+
+// startMeshlets starts the meshlets for the one and two paths, waits until they are ready and records their
+// idle memory. It returns each path's target address and processes; a path whose meshlets could not be
+// started is marked failed in results.
+func (b *bench) startMeshlets(ctx context.Context, p protocol, backendAddr string, results map[pathKind]*pathResult) (map[pathKind]string, map[pathKind][]*meshletStats) {
+	targets := map[pathKind]string{pathDirect: backendAddr}
+	procs := map[pathKind][]*meshletStats{}
+	start := func(k pathKind, name, role string, cfg meshletConfig) {
+		if results[k].Failed != "" {
+			return
+		}
+		m, err := startMeshlet(b.opts.meshlet, b.dir, fmt.Sprintf("%s-%s-%s", p, k, name), role, cfg)
+		if err != nil {
+			results[k].Failed = err.Error()
+			return
+		}
+		procs[k] = append(procs[k], &meshletStats{Role: role, PID: m.pid(), proc: m})
+	}
+	for _, k := range b.opts.paths {
+		if k == pathDirect {
+			continue
+		}
+		addrs, err := freeAddrs(4)
+		if err != nil {
+			results[k].Failed = "finding free ports: " + err.Error()
+			continue
+		}
+		switch k {
+		case pathOne:
+			targets[k] = addrs[1]
+			start(k, "meshlet", "meshlet", meshletConfig{protocol: p, admin: addrs[0], upstream: addrs[1], endpoints: backendAddr, peer: "app"})
+		case pathTwo:
+			targets[k] = addrs[3]
+			start(k, "B", "B", meshletConfig{protocol: p, admin: addrs[0], inbound: addrs[1], backend: backendAddr})
+			start(k, "A", "A", meshletConfig{protocol: p, admin: addrs[2], upstream: addrs[3], endpoints: addrs[1], peer: "sidecar"})
+			slices.Reverse(procs[k]) // A (app side) first, as the table prints it
+		}
+	}
+	for k, ms := range procs {
+		for _, m := range ms {
+			if results[k].Failed != "" {
+				break
+			}
+			if err := m.proc.waitReady(ctx); err != nil {
+				results[k].Failed = err.Error()
+				break
+			}
+			if s, err := readProc(m.PID); err == nil {
+				m.RSSIdleKiB = s.RSSKiB
+			}
+		}
+	}
+	return targets, procs
+}
+
+// stopMeshlets stops every process in procs, recording problems (unclean exits) and notes (slow exits,
+// warnings logged).
+func (b *bench) stopMeshlets(p protocol, procs map[pathKind][]*meshletStats) {
+	for _, k := range b.opts.paths {
+		for _, m := range procs[k] {
+			t0 := time.Now()
+			err := m.proc.stop()
+			m.StopSeconds = round1(time.Since(t0).Seconds()*10) / 10
+			if err != nil {
+				b.problem(fmt.Sprintf("%s %s: %v", protocolInfo[p].label, pathLabels[k], err))
+			} else if m.StopSeconds > 2 {
+				b.note(fmt.Sprintf("%s %s, %s took %.1fs to exit after SIGTERM (drain_delay 0s, nothing in flight)",
+					protocolInfo[p].label, pathLabels[k], m.proc.name(), m.StopSeconds))
+			}
+			if n := m.proc.logLines(); n > 0 {
+				m.LogLines = n
+				b.note(fmt.Sprintf("%s %s, %s logged %d line(s) at level warn; first:\n%s",
+					protocolInfo[p].label, pathLabels[k], m.proc.name(), n, m.proc.logHead(3)))
+			}
+		}
+	}
+}
+
+// runPath measures one protocol × path: a probe request, a warm-up, the open-loop latency phase and the
+// closed-loop throughput phase, sampling the path's meshlet processes around the phases.
+func (b *bench) runPath(ctx context.Context, p protocol, k pathKind, r *pathResult) {
+	tag := fmt.Sprintf("[%s %s]", p, pathLabels[k])
+	inner, err := newCaller(p, r.Target, b.opts.concurrency)
+	if err != nil {
+		r.Failed = "client: " + err.Error()
+		return
+	}
+	c := &countingCaller{caller: inner}
+	defer c.close()
+
+	pctx, cancel := context.WithTimeout(ctx, b.opts.timeout)
+	err = c.call(pctx)
+	cancel()
+	if err != nil {
+		r.Failed = "probe request failed: " + errorKey(err)
+		errs := &errorTally{}
+		errs.add(err)
+		r.addErrors("probe", errs)
+		fmt.Fprintf(b.log, "%s %s\n", tag, r.Failed)
+		return
+	}
+	if b.opts.warmup > 0 {
+		_, errs := closedLoop(ctx, c, min(4, b.opts.concurrency), b.opts.warmup, b.opts.timeout)
+		r.addErrors("warmup", errs)
+	}
+
+	before := sampleAll(r.Meshlets)
+	lat, errs := openLoop(ctx, c, b.opts.rate, b.opts.duration, b.opts.timeout)
+	r.Latency = &lat
+	r.addErrors("latency", errs)
+	mid := sampleAll(r.Meshlets)
+	tp, errs := closedLoop(ctx, c, b.opts.concurrency, b.opts.duration, b.opts.timeout)
+	r.Throughput = &tp
+	r.addErrors("throughput", errs)
+	after := sampleAll(r.Meshlets)
+
+	for i, m := range r.Meshlets {
+		if !before[i].ok || !mid[i].ok || !after[i].ok {
+			continue // the process is gone: a problem reported when it is stopped
+		}
+		m.RSSLoadKiB = after[i].RSSKiB
+		m.HWMKiB = after[i].HWMKiB
+		m.CPUSeconds = (after[i].CPU - mid[i].CPU).Seconds()
+		if tp.Requests > 0 {
+			m.CPUPer1k = m.CPUSeconds / float64(tp.Requests) * 1000
+		}
+		if lat.Count > 0 {
+			m.CPUPer1kAtRate = (mid[i].CPU - before[i].CPU).Seconds() / float64(lat.Count) * 1000
+		}
+	}
+	b.crossCheck(p, k, r, c.n.Load())
+	fmt.Fprintf(b.log, "%s latency p50 %s p99 %s p99.9 %s ms (%d sent, max %d in flight, generator lag p99 %.0fµs) | throughput %.0f req/s | errors %d\n",
+		tag, fmtMs(lat.P50us), fmtMs(lat.P99us), fmtMs(lat.P999us), lat.Sent, lat.MaxInFlight, lat.LagP99us, tp.RPS, r.Errors)
+}
+
+// sampleAll reads every process's resources; a process that cannot be read gives a sample that is not ok.
+func sampleAll(ms []*meshletStats) []procSample {
+	out := make([]procSample, len(ms))
+	for i, m := range ms {
+		s, err := readProc(m.PID)
+		s.ok = err == nil
+		out[i] = s
+	}
+	return out
+}
+
+func (b *bench) note(s string) {
+	b.rep.Notes = append(b.rep.Notes, s)
+	fmt.Fprintln(b.log, "note:", s)
+}
+
+func (b *bench) problem(s string) {
+	b.rep.Problems = append(b.rep.Problems, s)
+	fmt.Fprintln(b.log, "PROBLEM:", s)
+}
