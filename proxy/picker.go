@@ -30,7 +30,16 @@ type endpointState struct {
 	requests atomic.Uint64
 	failures atomic.Uint64
 	lastErr  atomic.Pointer[endpointError]
+	recent   [recentOutcomes]atomic.Uint32 // ring of the latest outcomes: outcomeOK or outcomeFailed
 }
+
+// recentOutcomes is how many of an endpoint's latest outcomes /debug/upstreams summarizes.
+const recentOutcomes = 32
+
+const (
+	outcomeOK     = 1
+	outcomeFailed = 2
+)
 
 type endpointError struct {
 	msg string
@@ -44,11 +53,28 @@ func newEndpointState(ep discovery.Endpoint) *endpointState {
 // finish records the outcome of one request that was counted in flight.
 func (s *endpointState) finish(err error) {
 	s.inFlight.Add(-1)
-	s.requests.Add(1)
+	n := s.requests.Add(1)
+	slot := &s.recent[(n-1)%recentOutcomes]
 	if err != nil {
 		s.failures.Add(1)
 		s.lastErr.Store(&endpointError{msg: err.Error(), at: time.Now()})
+		slot.Store(outcomeFailed)
+		return
 	}
+	slot.Store(outcomeOK)
+}
+
+// recentCounts returns how many of the latest outcomes (at most recentOutcomes) succeeded and failed.
+func (s *endpointState) recentCounts() (ok, failed int) {
+	for i := range s.recent {
+		switch s.recent[i].Load() {
+		case outcomeOK:
+			ok++
+		case outcomeFailed:
+			failed++
+		}
+	}
+	return ok, failed
 }
 
 // picker is the shared shape of meshlet's pickers over a fixed set of endpoints.

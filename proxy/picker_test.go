@@ -119,6 +119,14 @@ func TestPickerConcurrent(t *testing.T) {
 			total += st.requests.Load()
 			failed += st.failures.Load()
 		}
+		var recentOK, recentFailed int
+		for _, st := range eps {
+			ok, bad := st.recentCounts()
+			recentOK, recentFailed = recentOK+ok, recentFailed+bad
+		}
+		if recentOK+recentFailed != 4*recentOutcomes || recentFailed == 0 {
+			t.Fatalf("%s: recent outcomes %d ok, %d failed; want %d in all, some failed", lb, recentOK, recentFailed, 4*recentOutcomes)
+		}
 		if total != 8000 || failed != 8000/7+1 {
 			t.Fatalf("%s: %d requests and %d failures recorded, want 8000 and %d", lb, total, failed, 8000/7+1)
 		}

@@ -21,6 +21,11 @@ const (
 	idleTimeout          = 5 * time.Minute
 	maxHeaderBytes       = 64 << 10
 	maxConcurrentStreams = 1000
+	// maxReadFrameSize is the largest HTTP/2 frame meshlet accepts. Go's HTTP/2 client sizes each request's write
+	// buffer by the peer's limit (up to 512 KiB for bodies of unknown length, as every gRPC call has), so the
+	// default of 1 MiB made the calling sidecar hold half a MiB per request in flight. 16 KiB is HTTP/2's default
+	// and what gRPC servers advertise.
+	maxReadFrameSize = 16 << 10
 )
 
 // listener is a bound listener that serves until shut down.
@@ -50,7 +55,7 @@ func (p *Proxy) newHTTPListener(ln net.Listener, direction, label string, h http
 		MaxHeaderBytes:    maxHeaderBytes,
 		ErrorLog:          slog.NewLogLogger(p.log.Handler(), slog.LevelDebug),
 		BaseContext:       func(net.Listener) context.Context { return p.baseCtx },
-		HTTP2:             &http.HTTP2Config{MaxConcurrentStreams: maxConcurrentStreams},
+		HTTP2:             &http.HTTP2Config{MaxConcurrentStreams: maxConcurrentStreams, MaxReadFrameSize: maxReadFrameSize},
 		ConnState: func(_ net.Conn, s http.ConnState) {
 			switch s {
 			case http.StateNew:

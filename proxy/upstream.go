@@ -213,6 +213,13 @@ type EndpointInfo struct {
 	Failures    uint64            `json:"failures"`
 	LastError   string            `json:"last_error"`
 	LastErrorAt *time.Time        `json:"last_error_at,omitempty"`
+	Recent      RecentOutcomes    `json:"recent"`
+}
+
+// RecentOutcomes summarizes an endpoint's latest requests (at most 32).
+type RecentOutcomes struct {
+	Success int `json:"success"`
+	Failure int `json:"failure"`
 }
 
 // UpstreamInfo is one upstream in the /debug/upstreams view.
@@ -240,6 +247,7 @@ func (u *upstream) info() UpstreamInfo {
 	for _, st := range u.states {
 		ei := EndpointInfo{ID: st.ep.ID, Address: st.hostport, Identity: st.ep.Identity, Meta: st.ep.Meta,
 			InFlight: st.inFlight.Load(), Requests: st.requests.Load(), Failures: st.failures.Load()}
+		ei.Recent.Success, ei.Recent.Failure = st.recentCounts()
 		if le := st.lastErr.Load(); le != nil {
 			ei.LastError, ei.LastErrorAt = le.msg, &le.at
 		}
