@@ -65,10 +65,14 @@ type OutboundConfig struct {
 
 // UpstreamConfig is one service the local app calls.
 type UpstreamConfig struct {
-	Name           string        `yaml:"name" json:"name"`
-	Listen         string        `yaml:"listen" json:"listen"`     // host:port; empty: only the name-routed listener
-	Protocol       string        `yaml:"protocol" json:"protocol"` // default http
-	Endpoints      []string      `yaml:"endpoints" json:"endpoints"`
+	Name     string `yaml:"name" json:"name"`
+	Listen   string `yaml:"listen" json:"listen"`     // host:port; empty: only the name-routed listener
+	Protocol string `yaml:"protocol" json:"protocol"` // default http
+	// Endpoints are static endpoints (ip:port). When the field is absent (nil) and a discovery source is
+	// configured, the endpoints are discovered under Service; an explicit empty list means no endpoint.
+	Endpoints []string `yaml:"endpoints" json:"endpoints"`
+	// Service is the name to discover the endpoints under; default Name.
+	Service        string        `yaml:"service" json:"service"`
 	Peer           string        `yaml:"peer" json:"peer"` // app or sidecar; default app
 	LB             string        `yaml:"lb" json:"lb"`     // p2c or round_robin; default p2c
 	Timeout        time.Duration `yaml:"timeout" json:"timeout"`
@@ -87,6 +91,9 @@ func (c *Config) SetDefaults() {
 		u := &c.Upstreams[i]
 		if u.Protocol == "" {
 			u.Protocol = ProtocolHTTP
+		}
+		if u.Service == "" {
+			u.Service = u.Name
 		}
 		if u.Peer == "" {
 			u.Peer = PeerApp
@@ -166,6 +173,9 @@ func (c *Config) Validate() error {
 			names[u.Name] = i
 		}
 		checkProtocol(add, p+".protocol", u.Protocol)
+		if u.Service != "" && !dnsLabel.MatchString(u.Service) {
+			add(p+".service", "%q must be a lowercase DNS label (a-z, 0-9, -)", u.Service)
+		}
 		if u.Listen != "" {
 			checkListen(add, p+".listen", u.Listen)
 			claim(p+".listen", u.Listen)

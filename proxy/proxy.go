@@ -21,6 +21,9 @@ type Options struct {
 	Logger    *slog.Logger     // required
 	Metrics   *metrics.Metrics // required
 	AccessLog bool             // one log line per request at info level
+	// Discovery finds the endpoints of upstreams that list none in the config; nil means such upstreams have no
+	// endpoint (every call gets 503 / UNAVAILABLE).
+	Discovery discovery.Source
 }
 
 // Proxy runs all of meshlet's data-plane listeners for one config. Create it with New, bind with Start, change it
@@ -30,6 +33,7 @@ type Proxy struct {
 	m         *metrics.Metrics
 	accessLog *slog.Logger // nil when access logging is off
 	static    *discovery.Static
+	discovery discovery.Source // nil: static endpoints only
 
 	baseCtx    context.Context // parent of every request; cancelled when Shutdown gives up waiting
 	cancelBase context.CancelFunc
@@ -52,6 +56,8 @@ type Proxy struct {
 type upstreamEntry struct {
 	u           *upstream
 	cancelWatch context.CancelFunc
+	src         discovery.Source // where the endpoints come from
+	service     string           // the name watched on src
 }
 
 // New validates cfg (after applying defaults) and returns a Proxy that has not bound anything yet.
@@ -65,6 +71,7 @@ func New(cfg Config, opts Options) (*Proxy, error) {
 		log:        opts.Logger.With("component", "proxy"),
 		m:          opts.Metrics,
 		static:     discovery.NewStatic(),
+		discovery:  opts.Discovery,
 		baseCtx:    ctx,
 		cancelBase: cancel,
 		cfg:        cfg,
@@ -177,15 +184,29 @@ func (p *Proxy) serve(l listener) {
 
 // addUpstream registers u and starts watching its endpoints. Call with p.mu held.
 func (p *Proxy) addUpstream(uc UpstreamConfig, u *upstream) {
-	eps, _ := discovery.ParseAddrs(uc.Endpoints) // validated already
-	p.static.Set(uc.Name, eps)
+	e := &upstreamEntry{u: u}
+	p.upstreams[uc.Name] = e
+	p.startWatch(e, uc)
+}
+
+// startWatch points e at the source of uc's endpoints: the config's static list, or the discovery source when
+// the config lists none. Call with p.mu held.
+func (p *Proxy) startWatch(e *upstreamEntry, uc UpstreamConfig) {
+	var src discovery.Source = p.static
+	service := uc.Name
+	if uc.Endpoints == nil && p.discovery != nil {
+		src, service = p.discovery, uc.Service
+	} else {
+		eps, _ := discovery.ParseAddrs(uc.Endpoints) // validated already
+		p.static.Set(uc.Name, eps)
+	}
 	ctx, cancel := context.WithCancel(context.Background())
-	p.upstreams[uc.Name] = &upstreamEntry{u: u, cancelWatch: cancel}
+	e.cancelWatch, e.src, e.service = cancel, src, service
 	p.wg.Add(1)
 	go func() {
 		defer p.wg.Done()
-		if err := u.runWatch(ctx, p.static, uc.Name); err != nil {
-			p.log.Error("watch failed", "upstream", uc.Name, "error", err)
+		if err := e.u.runWatch(ctx, src, service); err != nil {
+			p.log.Error("watch failed", "upstream", uc.Name, "service", service, "error", err)
 		}
 	}()
 }

@@ -17,15 +17,21 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/testutil"
 
+	"meshlet.dev/meshlet/discovery"
 	"meshlet.dev/meshlet/metrics"
 )
 
 // startProxy runs a Proxy for cfg (listen addresses may use port 0) and shuts it down when the test ends.
 func startProxy(t testing.TB, cfg Config) (*Proxy, *metrics.Metrics) {
+	return startProxyWith(t, cfg, nil)
+}
+
+// startProxyWith is startProxy with a discovery source for upstreams that list no endpoints.
+func startProxyWith(t testing.TB, cfg Config, src discovery.Source) (*Proxy, *metrics.Metrics) {
 	t.Helper()
 	m := metrics.New(prometheus.NewRegistry(), "test")
 	log := slog.New(slog.NewTextHandler(io.Discard, nil))
-	p, err := New(cfg, Options{Logger: log, Metrics: m})
+	p, err := New(cfg, Options{Logger: log, Metrics: m, Discovery: src})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -230,5 +236,64 @@ func TestProxyReload(t *testing.T) {
 	}
 	if s := get("http://"+p.Addrs()["outbound"], "billing"); s != 404 {
 		t.Fatalf("removed upstream answered %d, want 404", s)
+	}
+}
+
+// TestProxyDiscoverySource: an upstream without endpoints follows the discovery source under its service name,
+// one with endpoints keeps them, and a reload moves an upstream from one to the other.
+func TestProxyDiscoverySource(t *testing.T) {
+	a, b := echoServer(t), echoServer(t)
+	addr := func(s *httptest.Server) string { return strings.TrimPrefix(s.URL, "http://") }
+	src := discovery.NewStatic()
+	cfg := Config{Service: ServiceConfig{Name: "web"}, Outbound: OutboundConfig{Listen: "127.0.0.1:0"},
+		Upstreams: []UpstreamConfig{{Name: "api", Service: "api-svc"}, {Name: "fixed", Endpoints: []string{addr(b)}}}}
+	p, _ := startProxyWith(t, cfg, src)
+	call := func(host string) (int, string) {
+		req, _ := http.NewRequest("GET", "http://"+p.Addrs()["outbound"]+"/", nil)
+		req.Host = host
+		resp, err := http.DefaultClient.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer resp.Body.Close()
+		io.Copy(io.Discard, resp.Body)
+		return resp.StatusCode, resp.Header.Get("X-Meshlet-Error")
+	}
+	if s, reason := call("api"); s != 503 || reason != "no_endpoint" {
+		t.Fatalf("before discovery has endpoints: %d %q", s, reason)
+	}
+	eps, _ := discovery.ParseAddrs([]string{addr(a)})
+	src.Set("api-svc", eps)
+	deadline := time.Now().Add(5 * time.Second)
+	for {
+		if s, _ := call("api"); s == 200 {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("discovered endpoint never used")
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+	if s, _ := call("fixed"); s != 200 {
+		t.Fatalf("static upstream: %d", s)
+	}
+	// Reload: api gets a static list; fixed loses its list and is discovered under "fixed".
+	next := cfg
+	next.Upstreams = []UpstreamConfig{{Name: "api", Endpoints: []string{}}, {Name: "fixed"}}
+	if _, err := p.Reload(next); err != nil {
+		t.Fatal(err)
+	}
+	for host, want := range map[string]int{"api": 503, "fixed": 503} {
+		deadline := time.Now().Add(5 * time.Second)
+		for {
+			s, _ := call(host)
+			if s == want {
+				break
+			}
+			if time.Now().After(deadline) {
+				t.Fatalf("%s after reload: %d, want %d", host, s, want)
+			}
+			time.Sleep(5 * time.Millisecond)
+		}
 	}
 }

@@ -94,6 +94,18 @@ func (p *Proxy) Reload(cfg Config) (warnings []string, err error) {
 		}
 		e := p.upstreams[uc.Name]
 		e.u.setConfig(uc)
+		if uc.Endpoints == nil && p.discovery != nil {
+			if e.src != p.discovery || e.service != uc.Service {
+				e.cancelWatch()
+				p.startWatch(e, uc)
+			}
+			continue
+		}
+		if e.src != p.static {
+			e.cancelWatch()
+			p.startWatch(e, uc)
+			continue
+		}
 		eps, _ := discovery.ParseAddrs(uc.Endpoints)
 		p.static.Set(uc.Name, eps)
 	}
