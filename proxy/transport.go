@@ -2,6 +2,7 @@ package proxy
 
 import (
 	"context"
+	"crypto/tls"
 	"errors"
 	"fmt"
 	"io"
@@ -12,14 +13,16 @@ import (
 	"time"
 
 	"golang.org/x/net/http/httpguts"
+	"golang.org/x/net/http2"
 	"google.golang.org/grpc/codes"
 )
 
 // transports are the base round trippers of one upstream: HTTP/1.1 and HTTP/2 over cleartext (h2c), each with its
 // own connection pool per endpoint. The dial timeout is read from the upstream's current settings at dial time.
+// HTTP/2 uses golang.org/x/net/http2, whose errors are exported types (a refused stream can be told from a reset).
 type transports struct {
 	h1  *http.Transport
-	h2c *http.Transport
+	h2c *http2.Transport
 }
 
 // Connection-pool settings shared by all upstreams.
@@ -49,17 +52,17 @@ func newTransports(connectTimeout func() time.Duration) *transports {
 	}
 	h1.Protocols = new(http.Protocols)
 	h1.Protocols.SetHTTP1(true)
-	h2 := &http.Transport{
-		DialContext:        dial,
-		IdleConnTimeout:    idleConnTimeout,
-		DisableCompression: true,
-		HTTP2: &http.HTTP2Config{
-			SendPingTimeout: h2PingInterval,
-			PingTimeout:     h2PingTimeout,
+	h2 := &http2.Transport{
+		AllowHTTP: true,
+		DialTLSContext: func(ctx context.Context, network, addr string, _ *tls.Config) (net.Conn, error) {
+			return dial(ctx, network, addr)
 		},
+		DisableCompression: true,
+		IdleConnTimeout:    idleConnTimeout,
+		ReadIdleTimeout:    h2PingInterval,
+		PingTimeout:        h2PingTimeout,
+		MaxReadFrameSize:   maxReadFrameSize,
 	}
-	h2.Protocols = new(http.Protocols)
-	h2.Protocols.SetUnencryptedHTTP2(true)
 	return &transports{h1: h1, h2c: h2}
 }
 
