@@ -4,7 +4,7 @@ VERSION ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo dev)
 LDFLAGS := -s -w -X main.version=$(VERSION)
 BENCH_FLAGS ?=
 
-.PHONY: all build test vet demo bench clean help
+.PHONY: all build test vet demo bench clean help consul
 
 all: build
 
@@ -12,6 +12,7 @@ help:
 	@echo "make build   build bin/meshlet (static, CGO_ENABLED=0)"
 	@echo "make test    go vet + go test -race ./..."
 	@echo "make demo    run a local demo mesh on loopback (two services, two sidecars)"
+	@echo "make consul  build a real Consul agent (tools/consul, MPL-2.0) once, cached, into bin/consul"
 	@echo "make bench   measure direct vs one vs two meshlets (HTTP/1.1, h2c, gRPC); BENCH_FLAGS=-quick for a short run"
 
 build:
@@ -26,6 +27,21 @@ test: vet
 demo: build
 	CGO_ENABLED=0 $(GO) build -trimpath -o bin/ ./examples/api ./examples/web ./cmd/meshlet-demo
 	./bin/meshlet-demo -meshlet bin/meshlet -bin bin $(DEMO_FLAGS)
+
+# consul: a real Consul agent for tests, CI and the demo, built from tools/consul (its own module) once and cached
+# under $(CONSUL_CACHE), keyed by the sha256 of tools/consul/go.sum; bin/consul is a copy of the cached binary.
+CONSUL_CACHE ?= $(HOME)/.cache/meshlet
+CONSUL_KEY    = $(shell sha256sum tools/consul/go.sum | cut -c1-16)
+consul:
+	@mkdir -p bin $(CONSUL_CACHE)
+	@if [ ! -x $(CONSUL_CACHE)/consul-$(CONSUL_KEY) ]; then \
+		echo "building Consul (tools/consul, ~7 min on 2 cores) into $(CONSUL_CACHE)/consul-$(CONSUL_KEY)"; \
+		cd tools/consul && CGO_ENABLED=0 $(GO) build -trimpath -ldflags='-s -w' \
+			-o $(CONSUL_CACHE)/consul-$(CONSUL_KEY).tmp github.com/hashicorp/consul && \
+		mv $(CONSUL_CACHE)/consul-$(CONSUL_KEY).tmp $(CONSUL_CACHE)/consul-$(CONSUL_KEY); \
+	fi
+	cp $(CONSUL_CACHE)/consul-$(CONSUL_KEY) bin/consul
+	@bin/consul version | head -1
 
 bench: build
 	$(GO) run ./cmd/meshlet-bench -meshlet bin/meshlet $(BENCH_FLAGS)

@@ -5,6 +5,7 @@ package discovery
 import (
 	"context"
 	"net/netip"
+	"time"
 )
 
 // Endpoint is one instance of a service, as a proxy reaches it.
@@ -27,6 +28,12 @@ type Snapshot struct {
 	Endpoints []Endpoint
 	// Index orders snapshots from one source; it grows with each change.
 	Index uint64
+	// Stale is true when the source has lost contact with where the endpoints come from (Consul unreachable):
+	// the endpoints are the last ones known, kept until contact returns. Static snapshots are never stale.
+	Stale bool
+	// LastContact is when the source last heard from where the endpoints come from; zero for sources that have
+	// no such thing (Static).
+	LastContact time.Time
 }
 
 // Source watches services.

@@ -1,0 +1,292 @@
+package discovery
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"os"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/hashicorp/consul/api"
+	"github.com/prometheus/client_golang/prometheus"
+)
+
+// Consul discovery modes: which instances of a service an upstream's endpoints are.
+const (
+	// ConsulModeAuto prefers the service's sidecars (Consul connect-proxy instances, what a meshlet with
+	// register: true registers) and falls back to the plain service instances while no sidecar passes.
+	ConsulModeAuto = "auto"
+	// ConsulModeConnect uses only the sidecars: /v1/health/connect/<service>.
+	ConsulModeConnect = "connect"
+	// ConsulModeService uses only the plain instances: /v1/health/service/<service>.
+	ConsulModeService = "service"
+)
+
+// Defaults of ConsulConfig.
+const (
+	DefaultConsulAddress        = "127.0.0.1:8500"
+	DefaultConsulWaitTime       = 60 * time.Second
+	DefaultConsulCheckInterval  = 10 * time.Second
+	DefaultConsulResyncInterval = 10 * time.Second
+)
+
+// ConsulConfig is the discovery.consul section of the config file.
+type ConsulConfig struct {
+	// Address of the Consul agent's HTTP API: host:port, or http://host:port, https://host:port. Empty:
+	// $CONSUL_HTTP_ADDR, else 127.0.0.1:8500.
+	Address string `yaml:"address" json:"address"`
+	// Token is the ACL token. Empty: the contents of TokenFile, else $CONSUL_HTTP_TOKEN, else
+	// $CONSUL_HTTP_TOKEN_FILE. Never logged; redacted in /debug/config.
+	Token     string `yaml:"token" json:"token"`
+	TokenFile string `yaml:"token_file" json:"token_file"`
+	// Datacenter to query; empty means the agent's own.
+	Datacenter string `yaml:"datacenter" json:"datacenter"`
+	// Mode is auto (default), connect or service; see ConsulModeAuto.
+	Mode string `yaml:"mode" json:"mode"`
+	// Tag, when set, keeps only instances that carry it.
+	Tag string          `yaml:"tag" json:"tag"`
+	TLS ConsulTLSConfig `yaml:"tls" json:"tls"`
+	// WaitTime is the longest a blocking query waits for a change (Consul caps it at 10m). Default 60s.
+	WaitTime time.Duration `yaml:"wait_time" json:"wait_time"`
+	// CheckInterval is how often Consul checks a registered sidecar's /ready. Default 10s.
+	CheckInterval time.Duration `yaml:"check_interval" json:"check_interval"`
+	// ResyncInterval is how often a registered instance checks that the agent still has it (an agent restarted
+	// without its state forgets it) and registers again. Default 10s.
+	ResyncInterval time.Duration `yaml:"resync_interval" json:"resync_interval"`
+}
+
+// ConsulTLSConfig is how meshlet talks TLS to the Consul agent (https:// addresses only).
+type ConsulTLSConfig struct {
+	CAFile             string `yaml:"ca_file" json:"ca_file"`
+	CertFile           string `yaml:"cert_file" json:"cert_file"`
+	KeyFile            string `yaml:"key_file" json:"key_file"`
+	InsecureSkipVerify bool   `yaml:"insecure_skip_verify" json:"insecure_skip_verify"`
+}
+
+// ApplyEnv fills empty fields from Consul's own environment variables (CONSUL_HTTP_ADDR, CONSUL_HTTP_TOKEN,
+// CONSUL_HTTP_TOKEN_FILE, CONSUL_CACERT, CONSUL_CLIENT_CERT, CONSUL_CLIENT_KEY), the way Consul's tools do,
+// except that what the config file says wins.
+func (c *ConsulConfig) ApplyEnv(getenv func(string) string) {
+	fill := func(dst *string, env string) {
+		if *dst == "" {
+			*dst = getenv(env)
+		}
+	}
+	fill(&c.Address, api.HTTPAddrEnvName)
+	if c.Token == "" && c.TokenFile == "" {
+		fill(&c.Token, api.HTTPTokenEnvName)
+		if c.Token == "" {
+			fill(&c.TokenFile, api.HTTPTokenFileEnvName)
+		}
+	}
+	fill(&c.TLS.CAFile, api.HTTPCAFile)
+	fill(&c.TLS.CertFile, api.HTTPClientCert)
+	fill(&c.TLS.KeyFile, api.HTTPClientKey)
+}
+
+// SetDefaults fills the zero fields with their defaults.
+func (c *ConsulConfig) SetDefaults() {
+	if c.Address == "" {
+		c.Address = DefaultConsulAddress
+	}
+	if c.Mode == "" {
+		c.Mode = ConsulModeAuto
+	}
+	if c.WaitTime == 0 {
+		c.WaitTime = DefaultConsulWaitTime
+	}
+	if c.CheckInterval == 0 {
+		c.CheckInterval = DefaultConsulCheckInterval
+	}
+	if c.ResyncInterval == 0 {
+		c.ResyncInterval = DefaultConsulResyncInterval
+	}
+}
+
+// Validate reports every problem, each with its field path under prefix (e.g. "discovery.consul").
+func (c *ConsulConfig) Validate(prefix string) error {
+	var errs []error
+	bad := func(field, msg string) { errs = append(errs, fmt.Errorf("%s.%s: %s", prefix, field, msg)) }
+	switch c.Mode {
+	case ConsulModeAuto, ConsulModeConnect, ConsulModeService:
+	default:
+		bad("mode", fmt.Sprintf("%q must be auto, connect or service", c.Mode))
+	}
+	if c.Token != "" && c.TokenFile != "" {
+		bad("token_file", "set token or token_file, not both")
+	}
+	if c.WaitTime < time.Second || c.WaitTime > 10*time.Minute {
+		bad("wait_time", "must be between 1s and 10m")
+	}
+	if c.CheckInterval < 100*time.Millisecond {
+		bad("check_interval", "must be at least 100ms")
+	}
+	if c.ResyncInterval < 100*time.Millisecond {
+		bad("resync_interval", "must be at least 100ms")
+	}
+	if (c.TLS.CertFile == "") != (c.TLS.KeyFile == "") {
+		bad("tls", "cert_file and key_file go together")
+	}
+	return errors.Join(errs...)
+}
+
+// apiConfig turns c into the client library's config, reading the token file.
+func (c *ConsulConfig) apiConfig() (*api.Config, error) {
+	ac := &api.Config{Address: c.Address, Datacenter: c.Datacenter, Token: c.Token, Scheme: "http"}
+	if rest, ok := strings.CutPrefix(c.Address, "https://"); ok {
+		ac.Address, ac.Scheme = rest, "https"
+	} else if rest, ok := strings.CutPrefix(c.Address, "http://"); ok {
+		ac.Address = rest
+	}
+	if c.TokenFile != "" {
+		b, err := os.ReadFile(c.TokenFile)
+		if err != nil {
+			return nil, fmt.Errorf("discovery.consul.token_file: %w", err)
+		}
+		ac.Token = strings.TrimSpace(string(b))
+	}
+	ac.TLSConfig = api.TLSConfig{CAFile: c.TLS.CAFile, CertFile: c.TLS.CertFile, KeyFile: c.TLS.KeyFile,
+		InsecureSkipVerify: c.TLS.InsecureSkipVerify}
+	return ac, nil
+}
+
+// ConsulOptions are a Consul source's collaborators.
+type ConsulOptions struct {
+	Logger *slog.Logger // required
+	// Registerer receives the discovery metrics; nil means they are not exported.
+	Registerer prometheus.Registerer
+}
+
+// Consul is a Source backed by Consul's health API with blocking queries. Each service is watched by one
+// goroutine however many callers watch it; each caller gets its own one-slot channel that always holds the
+// latest snapshot. Consul is safe for concurrent use. Close stops every watch.
+type Consul struct {
+	cfg    ConsulConfig
+	client *api.Client
+	log    *slog.Logger
+	m      *consulMetrics
+
+	ctx    context.Context // parent of every watch; cancelled by Close
+	cancel context.CancelFunc
+	wg     sync.WaitGroup
+
+	mu      sync.Mutex
+	watches map[string]*consulWatch
+	trust   string // SPIFFE trust domain, once known
+}
+
+// NewConsul returns a Consul source for cfg (after defaults). It does not contact Consul.
+func NewConsul(cfg ConsulConfig, opts ConsulOptions) (*Consul, error) {
+	cfg.SetDefaults()
+	if err := cfg.Validate("discovery.consul"); err != nil {
+		return nil, err
+	}
+	ac, err := cfg.apiConfig()
+	if err != nil {
+		return nil, err
+	}
+	client, err := api.NewClient(ac)
+	if err != nil {
+		return nil, fmt.Errorf("consul client: %w", err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	return &Consul{cfg: cfg, client: client, log: opts.Logger.With("component", "consul"),
+		m: newConsulMetrics(opts.Registerer), ctx: ctx, cancel: cancel, watches: map[string]*consulWatch{}}, nil
+}
+
+// Client returns the Consul API client.
+func (c *Consul) Client() *api.Client { return c.client }
+
+// Watch implements Source. The first snapshot arrives once the first query has answered; an empty answer (no
+// healthy instance) is a snapshot too. While Consul cannot be reached the last snapshot is sent again with Stale
+// set, and watching resumes by itself when Consul answers again.
+func (c *Consul) Watch(ctx context.Context, service string) (<-chan Snapshot, error) {
+	if service == "" {
+		return nil, errors.New("consul: empty service name")
+	}
+	ch := make(chan Snapshot, 1)
+	c.mu.Lock()
+	if c.ctx.Err() != nil {
+		c.mu.Unlock()
+		return nil, errors.New("consul: source closed")
+	}
+	w := c.watches[service]
+	if w == nil {
+		w = newConsulWatch(c, service)
+		c.watches[service] = w
+		c.wg.Add(1)
+		go func() {
+			defer c.wg.Done()
+			w.run()
+		}()
+	}
+	w.add(ch)
+	c.mu.Unlock()
+	c.wg.Add(1)
+	go func() {
+		defer c.wg.Done()
+		select {
+		case <-ctx.Done():
+		case <-c.ctx.Done():
+		}
+		c.mu.Lock()
+		last := w.remove(ch)
+		if last && c.watches[service] == w {
+			delete(c.watches, service)
+			w.stop()
+		}
+		c.mu.Unlock()
+	}()
+	return ch, nil
+}
+
+// Err returns why some watched service has no snapshot yet, or is stale (Consul unreachable, ACL denied, ...);
+// nil when every watch is current or still waiting for its first answer. It is meant for /ready.
+func (c *Consul) Err() error {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	var errs []error
+	for _, w := range c.watches {
+		if err := w.err(); err != nil {
+			errs = append(errs, err)
+		}
+	}
+	return errors.Join(errs...)
+}
+
+// Close stops every watch and closes the channels; it is idempotent and waits.
+func (c *Consul) Close() {
+	c.cancel()
+	c.mu.Lock()
+	for _, w := range c.watches {
+		w.stop()
+	}
+	c.mu.Unlock()
+	c.wg.Wait()
+}
+
+// trustDomain returns the SPIFFE trust domain of Consul's Connect CA, asking once it is known; "" while unknown.
+func (c *Consul) trustDomain(ctx context.Context) string {
+	c.mu.Lock()
+	td := c.trust
+	c.mu.Unlock()
+	if td != "" {
+		return td
+	}
+	roots, _, err := c.client.Agent().ConnectCARoots((&api.QueryOptions{}).WithContext(ctx))
+	if err != nil || roots == nil || roots.TrustDomain == "" {
+		return ""
+	}
+	c.mu.Lock()
+	c.trust = roots.TrustDomain
+	c.mu.Unlock()
+	return roots.TrustDomain
+}
+
+// SPIFFEID is Consul's SPIFFE ID of a service: spiffe://<trust-domain>/ns/default/dc/<dc>/svc/<service>.
+func SPIFFEID(trustDomain, datacenter, service string) string {
+	return "spiffe://" + trustDomain + "/ns/default/dc/" + datacenter + "/svc/" + service
+}

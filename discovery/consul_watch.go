@@ -1,0 +1,348 @@
+package discovery
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"math/rand/v2"
+	"net"
+	"net/netip"
+	"strconv"
+	"sync"
+	"time"
+
+	"github.com/hashicorp/consul/api"
+)
+
+// Timings of the blocking-query loop (Consul's rules for blocking queries: rate-limit, back off on errors).
+const (
+	consulMinInterval = 100 * time.Millisecond // between two queries of one loop
+	consulBackoffMin  = 200 * time.Millisecond // first retry after an error, before jitter
+	consulBackoffMax  = 5 * time.Second        // longest wait between retries
+)
+
+// Errors a Consul watch reports, to classify with errors.Is.
+var (
+	// ErrConsulUnreachable: the agent could not be reached (refused, timed out, DNS, TLS).
+	ErrConsulUnreachable = errors.New("consul agent unreachable")
+	// ErrConsulDenied: the agent refused the token (unknown, expired, or without the permission).
+	ErrConsulDenied = errors.New("consul denied the request (check the ACL token)")
+)
+
+// Query kinds of one watch.
+const (
+	kindConnect = "connect" // /v1/health/connect/<service>: the service's sidecars
+	kindService = "service" // /v1/health/service/<service>: the plain instances
+)
+
+// consulWatch is the one watch of one service, fanned out to every subscriber.
+type consulWatch struct {
+	c       *Consul
+	service string
+	ctx     context.Context
+	cancel  context.CancelFunc
+
+	mu       sync.Mutex
+	subs     map[chan Snapshot]struct{}
+	results  map[string][]Endpoint // latest answer per query kind
+	failing  map[string]error      // query kinds whose last query failed
+	seq      uint64
+	last     Snapshot
+	hasSnap  bool
+	contact  time.Time
+	firstErr error // the latest error while there is no snapshot yet
+}
+
+func newConsulWatch(c *Consul, service string) *consulWatch {
+	ctx, cancel := context.WithCancel(c.ctx)
+	return &consulWatch{c: c, service: service, ctx: ctx, cancel: cancel, subs: map[chan Snapshot]struct{}{},
+		results: map[string][]Endpoint{}, failing: map[string]error{}}
+}
+
+// kinds are the queries the watch runs for the source's mode.
+func (w *consulWatch) kinds() []string {
+	switch w.c.cfg.Mode {
+	case ConsulModeConnect:
+		return []string{kindConnect}
+	case ConsulModeService:
+		return []string{kindService}
+	}
+	return []string{kindConnect, kindService}
+}
+
+// run runs one blocking-query loop per kind until the watch stops, then closes the subscribers' channels.
+func (w *consulWatch) run() {
+	var wg sync.WaitGroup
+	for _, k := range w.kinds() {
+		wg.Go(func() { w.loop(k) })
+	}
+	wg.Wait()
+	w.c.m.forget(w.service)
+	w.mu.Lock()
+	for ch := range w.subs {
+		close(ch)
+	}
+	w.subs = nil
+	w.mu.Unlock()
+}
+
+func (w *consulWatch) stop() { w.cancel() }
+
+// add subscribes ch and gives it the latest snapshot if there is one.
+func (w *consulWatch) add(ch chan Snapshot) {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	if w.subs == nil { // already stopped
+		close(ch)
+		return
+	}
+	w.subs[ch] = struct{}{}
+	if w.hasSnap {
+		sendLatest(ch, w.last)
+	}
+}
+
+// remove unsubscribes ch (closing it) and reports whether it was the last subscriber.
+func (w *consulWatch) remove(ch chan Snapshot) bool {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	if _, ok := w.subs[ch]; ok {
+		delete(w.subs, ch)
+		close(ch)
+	}
+	return len(w.subs) == 0
+}
+
+// loop runs blocking queries of one kind until the watch stops.
+func (w *consulWatch) loop(kind string) {
+	var index uint64
+	failures := 0
+	var lastQuery time.Time
+	for {
+		if !sleepCtx(w.ctx, consulMinInterval-time.Since(lastQuery)) {
+			return
+		}
+		lastQuery = time.Now()
+		eps, meta, err := w.query(kind, index)
+		if w.ctx.Err() != nil {
+			return
+		}
+		if err != nil {
+			failures++
+			delay := backoff(failures)
+			w.failed(kind, err, delay)
+			if !sleepCtx(w.ctx, delay) {
+				return
+			}
+			continue
+		}
+		failures = 0
+		changed := index == 0 || meta.LastIndex != index
+		switch {
+		case meta.LastIndex < index: // went backwards (a server restored a snapshot, a new leader): start over
+			index = 0
+		case meta.LastIndex == 0: // never valid; 1 keeps the next query blocking
+			index = 1
+		default:
+			index = meta.LastIndex
+		}
+		if meta.ResultsFilteredByACLs {
+			w.c.log.Warn("consul filtered the answer by ACLs: the token may lack service:read", "service", w.service)
+		}
+		w.answered(kind, eps, changed)
+	}
+}
+
+// query runs one blocking query of kind from index and turns the answer into endpoints.
+func (w *consulWatch) query(kind string, index uint64) ([]Endpoint, *api.QueryMeta, error) {
+	wait := w.c.cfg.WaitTime
+	// Consul adds up to wait/16 of jitter; past that plus a margin the connection is dead (a silent partition).
+	ctx, cancel := context.WithTimeout(w.ctx, wait+wait/16+5*time.Second)
+	defer cancel()
+	q := (&api.QueryOptions{WaitIndex: index, WaitTime: wait}).WithContext(ctx)
+	h := w.c.client.Health()
+	var entries []*api.ServiceEntry
+	var meta *api.QueryMeta
+	var err error
+	if kind == kindConnect {
+		entries, meta, err = h.Connect(w.service, w.c.cfg.Tag, true, q)
+	} else {
+		entries, meta, err = h.Service(w.service, w.c.cfg.Tag, true, q)
+	}
+	if err != nil {
+		return nil, nil, classify(err)
+	}
+	trust := ""
+	if kind == kindConnect && len(entries) > 0 {
+		trust = w.c.trustDomain(ctx)
+	}
+	return w.endpoints(kind, entries, trust), meta, nil
+}
+
+// endpoints turns health entries into endpoints; instances whose address is not an IP are skipped.
+func (w *consulWatch) endpoints(kind string, entries []*api.ServiceEntry, trust string) []Endpoint {
+	eps := make([]Endpoint, 0, len(entries))
+	for _, e := range entries {
+		if e.Service == nil || e.Node == nil {
+			continue
+		}
+		host := e.Service.Address
+		if host == "" {
+			host = e.Node.Address
+		}
+		ip, err := netip.ParseAddr(host)
+		if err != nil {
+			w.c.log.Debug("consul instance skipped: address is not an IP", "service", w.service, "address", host)
+			continue
+		}
+		ep := Endpoint{ID: e.Node.Node + "/" + e.Service.ID, Addr: netip.AddrPortFrom(ip.Unmap(), uint16(e.Service.Port)),
+			Weight: e.Service.Weights.Passing, Meta: map[string]string{"consul_node": e.Node.Node, "consul_kind": kind}}
+		if ep.Weight <= 0 {
+			ep.Weight = 1
+		}
+		if kind == kindConnect {
+			ep.Meta["peer"] = "sidecar"
+			if trust != "" {
+				dc := e.Node.Datacenter
+				if dc == "" {
+					dc = w.c.cfg.Datacenter
+				}
+				ep.Identity = SPIFFEID(trust, dc, w.service)
+			}
+		}
+		eps = append(eps, ep)
+	}
+	return eps
+}
+
+// answered records a successful answer and publishes a snapshot when the endpoints changed or were stale.
+func (w *consulWatch) answered(kind string, eps []Endpoint, changed bool) {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	now := time.Now()
+	w.contact = now
+	w.c.m.contact(w.service, now)
+	_, wasFailing := w.failing[kind]
+	delete(w.failing, kind)
+	if wasFailing && w.hasSnap {
+		w.c.log.Info("consul watch resumed", "service", w.service, "query", kind)
+	}
+	w.results[kind] = eps
+	if len(w.results) < len(w.kinds()) {
+		return // auto mode decides once both queries have answered
+	}
+	if !changed && !(w.last.Stale && len(w.failing) == 0) && w.hasSnap {
+		return
+	}
+	w.publish(now)
+}
+
+// failed records a failed query; the first failure after a snapshot makes it stale.
+func (w *consulWatch) failed(kind string, err error, retry time.Duration) {
+	w.c.m.watchError(w.service, err)
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	prev, was := w.failing[kind]
+	w.failing[kind] = err
+	if !w.hasSnap {
+		w.firstErr = err
+	}
+	if !was || prev.Error() != err.Error() {
+		w.c.log.Warn("consul query failed", "service", w.service, "query", kind, "error", err.Error(),
+			"retry_in", retry.Round(time.Millisecond).String(), "have_endpoints", w.hasSnap)
+	}
+	if w.hasSnap && !w.last.Stale {
+		w.publish(w.contact)
+	}
+}
+
+// publish sends the current view to every subscriber. Call with w.mu held.
+func (w *consulWatch) publish(contact time.Time) {
+	eps := w.results[kindService]
+	if w.c.cfg.Mode != ConsulModeService && len(w.results[kindConnect]) > 0 {
+		eps = w.results[kindConnect]
+	}
+	w.seq++
+	stale := len(w.failing) > 0
+	snap := Snapshot{Service: w.service, Endpoints: eps, Index: w.seq, Stale: stale, LastContact: contact}
+	w.last, w.hasSnap, w.firstErr = snap, true, nil
+	w.c.m.published(w.service, len(eps), stale)
+	for ch := range w.subs {
+		sendLatest(ch, snap)
+	}
+}
+
+// err says why the watch has no current snapshot; nil when it has one and is not stale, or is still waiting
+// for its first answer without an error.
+func (w *consulWatch) err() error {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	if !w.hasSnap && w.firstErr != nil {
+		return fmt.Errorf("consul: service %s: no answer yet: %w", w.service, w.firstErr)
+	}
+	if w.hasSnap && w.last.Stale {
+		for _, err := range w.failing {
+			return fmt.Errorf("consul: service %s: endpoints stale since %s: %w", w.service,
+				w.contact.UTC().Format(time.RFC3339), err)
+		}
+	}
+	return nil
+}
+
+// classify wraps err with ErrConsulUnreachable or ErrConsulDenied when it is one of those.
+func classify(err error) error {
+	var se api.StatusError
+	if errors.As(err, &se) && (se.Code == 401 || se.Code == 403) {
+		return fmt.Errorf("%w: %d %s", ErrConsulDenied, se.Code, se.Body)
+	}
+	var ne net.Error
+	var oe *net.OpError
+	if errors.As(err, &oe) || errors.As(err, &ne) {
+		return fmt.Errorf("%w: %v", ErrConsulUnreachable, err)
+	}
+	return err
+}
+
+// backoff is the wait before retry n (1-based): exponential from consulBackoffMin to consulBackoffMax, with
+// the upper half jittered so that many sidecars do not retry in step.
+func backoff(n int) time.Duration {
+	d := consulBackoffMax
+	if n < 16 {
+		d = min(consulBackoffMin<<(n-1), consulBackoffMax)
+	}
+	return d/2 + rand.N(d/2+1)
+}
+
+// sleepCtx waits d (nothing when d <= 0) and reports false if ctx ended first.
+func sleepCtx(ctx context.Context, d time.Duration) bool {
+	if d <= 0 {
+		return ctx.Err() == nil
+	}
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-t.C:
+		return true
+	case <-ctx.Done():
+		return false
+	}
+}
+
+// hostID returns a stable name of this host for instance IDs.
+func hostID() string {
+	h, err := osHostname()
+	if err != nil || h == "" {
+		return "localhost"
+	}
+	return h
+}
+
+// portOf returns the port of a host:port address, or 0.
+func portOf(addr string) int {
+	_, p, err := net.SplitHostPort(addr)
+	if err != nil {
+		return 0
+	}
+	n, _ := strconv.Atoi(p)
+	return n
+}

@@ -1,0 +1,214 @@
+package discovery
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"os"
+	"strconv"
+	"sync"
+	"time"
+
+	"github.com/hashicorp/consul/api"
+)
+
+var osHostname = os.Hostname
+
+// Registration is what a sidecar registers with its local Consul agent: the local service and, for it, a
+// connect-proxy (the sidecar) that callers' meshlets find and call.
+type Registration struct {
+	Service string            // the service name
+	App     string            // the local app, ip:port (the service instance's address and port)
+	Inbound string            // the sidecar's bound inbound listener, ip:port; an unspecified IP means the agent's address
+	Admin   string            // the sidecar's admin listener, for the /ready HTTP check
+	Tags    []string          // on both registrations
+	Meta    map[string]string // on both registrations
+}
+
+// Registrar keeps a Registration registered with the Consul agent until Deregister: it registers at start
+// (retrying with backoff while the agent cannot be reached), and every ResyncInterval checks that the agent still
+// has both registrations, registering again when it lost them (an agent restarted without its state).
+type Registrar struct {
+	c   *Consul
+	reg Registration
+	log *slog.Logger
+	id  string
+
+	mu           sync.Mutex // serializes registering and deregistering
+	deregistered bool
+	registered   bool
+}
+
+// NewRegistrar returns a Registrar for reg on the agent c talks to. Nothing is registered before Run.
+func NewRegistrar(c *Consul, reg Registration) *Registrar {
+	id := fmt.Sprintf("%s-%s-%d", reg.Service, hostID(), portOf(reg.Inbound))
+	return &Registrar{c: c, reg: reg, id: id, log: c.log.With("component", "consul-register", "service_id", id)}
+}
+
+// ServiceID is the stable ID of the service instance: <service>-<host>-<inbound port>.
+func (r *Registrar) ServiceID() string { return r.id }
+
+// ProxyID is the ID of the sidecar's connect-proxy registration.
+func (r *Registrar) ProxyID() string { return r.id + "-sidecar-proxy" }
+
+// Registered reports whether the last registration or check found both registrations in place.
+func (r *Registrar) Registered() bool {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return r.registered
+}
+
+// Run registers and keeps the registration until ctx ends or Deregister is called. It returns nil then.
+func (r *Registrar) Run(ctx context.Context) error {
+	failures := 0
+	wait := time.Duration(0)
+	for {
+		if !sleepCtx(ctx, wait) {
+			return nil
+		}
+		err := r.ensure(ctx)
+		if ctx.Err() != nil {
+			return nil
+		}
+		if err != nil {
+			failures++
+			wait = backoff(failures)
+			if failures == 1 || failures%10 == 0 {
+				r.log.Error("consul registration failed", "error", err.Error(), "retry_in", wait.Round(time.Millisecond).String())
+			}
+			continue
+		}
+		failures = 0
+		wait = r.c.cfg.ResyncInterval
+	}
+}
+
+// ensure registers what the agent does not have.
+func (r *Registrar) ensure(ctx context.Context) error {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if r.deregistered {
+		return nil
+	}
+	agent := r.c.client.Agent()
+	q := (&api.QueryOptions{}).WithContext(ctx)
+	svc, _, err1 := agent.Service(r.id, q)
+	prx, _, err2 := agent.Service(r.ProxyID(), q)
+	if svc != nil && prx != nil && err1 == nil && err2 == nil {
+		r.setRegistered(true)
+		return nil
+	}
+	if err := firstNon404(err1, err2); err != nil {
+		r.setRegistered(false)
+		return classify(err)
+	}
+	again := r.registered
+	r.setRegistered(false)
+	if err := r.register(ctx); err != nil {
+		return classify(err)
+	}
+	r.setRegistered(true)
+	if again {
+		r.log.Warn("consul agent had lost this instance: registered again", "proxy_id", r.ProxyID())
+	} else {
+		r.log.Info("registered with consul", "proxy_id", r.ProxyID(), "inbound", r.reg.Inbound)
+	}
+	return nil
+}
+
+// firstNon404 returns the first error that is not Consul's "unknown service" 404.
+func firstNon404(errs ...error) error {
+	for _, err := range errs {
+		var se api.StatusError
+		if err != nil && !(errors.As(err, &se) && se.Code == 404) {
+			return err
+		}
+	}
+	return nil
+}
+
+func (r *Registrar) setRegistered(v bool) {
+	r.registered = v
+	g := 0.0
+	if v {
+		g = 1
+	}
+	r.c.m.registered.WithLabelValues(r.id).Set(g)
+}
+
+// register sends both registrations.
+func (r *Registrar) register(ctx context.Context) error {
+	appHost, appPort := splitHostPort(r.reg.App)
+	inHost, inPort := splitHostPort(r.reg.Inbound)
+	if ip := net.ParseIP(inHost); ip != nil && ip.IsUnspecified() {
+		inHost = "" // the agent's own address
+	}
+	admin := r.reg.Admin
+	if h, p := splitHostPort(admin); h == "" || net.ParseIP(h).IsUnspecified() {
+		admin = net.JoinHostPort("127.0.0.1", strconv.Itoa(p))
+	}
+	interval := r.c.cfg.CheckInterval.String()
+	opts := api.ServiceRegisterOpts{}.WithContext(ctx)
+	svc := &api.AgentServiceRegistration{ID: r.id, Name: r.reg.Service, Address: appHost, Port: appPort,
+		Tags: r.reg.Tags, Meta: r.reg.Meta}
+	if err := r.c.client.Agent().ServiceRegisterOpts(svc, opts); err != nil {
+		return fmt.Errorf("register service %s: %w", r.id, err)
+	}
+	prx := &api.AgentServiceRegistration{
+		Kind: api.ServiceKindConnectProxy, ID: r.ProxyID(), Name: r.reg.Service + "-sidecar-proxy",
+		Address: inHost, Port: inPort, Tags: r.reg.Tags, Meta: withMeshletMeta(r.reg.Meta),
+		Proxy: &api.AgentServiceConnectProxyConfig{DestinationServiceName: r.reg.Service,
+			DestinationServiceID: r.id, LocalServiceAddress: appHost, LocalServicePort: appPort},
+		Checks: api.AgentServiceChecks{
+			{Name: "meshlet /ready", HTTP: "http://" + admin + "/ready", Interval: interval, Timeout: "2s"},
+			{Name: "destination service", AliasService: r.id},
+		},
+	}
+	if err := r.c.client.Agent().ServiceRegisterOpts(prx, opts); err != nil {
+		return fmt.Errorf("register sidecar %s: %w", r.ProxyID(), err)
+	}
+	return nil
+}
+
+// Deregister removes the sidecar, then the service, and stops Run from registering again. It is idempotent;
+// an agent that no longer has them is not an error.
+func (r *Registrar) Deregister(ctx context.Context) error {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if r.deregistered {
+		return nil
+	}
+	r.deregistered = true
+	r.setRegistered(false)
+	q := (&api.QueryOptions{}).WithContext(ctx)
+	var errs []error
+	for _, id := range []string{r.ProxyID(), r.id} {
+		if err := r.c.client.Agent().ServiceDeregisterOpts(id, q); firstNon404(err) != nil {
+			errs = append(errs, fmt.Errorf("deregister %s: %w", id, classify(err)))
+		}
+	}
+	if err := errors.Join(errs...); err != nil {
+		return err
+	}
+	r.log.Info("deregistered from consul")
+	return nil
+}
+
+func withMeshletMeta(m map[string]string) map[string]string {
+	out := map[string]string{"meshlet": "true"}
+	for k, v := range m {
+		out[k] = v
+	}
+	return out
+}
+
+func splitHostPort(addr string) (string, int) {
+	h, p, err := net.SplitHostPort(addr)
+	if err != nil {
+		return "", 0
+	}
+	n, _ := strconv.Atoi(p)
+	return h, n
+}
