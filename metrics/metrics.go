@@ -33,6 +33,15 @@ type Metrics struct {
 	UpstreamErrors   *prometheus.CounterVec   // direction, upstream, reason
 	ConfigReloads    *prometheus.CounterVec   // result
 	Ready            prometheus.Gauge
+
+	Retries            *prometheus.CounterVec // upstream, reason
+	RetriesSuppressed  *prometheus.CounterVec // upstream, why
+	RetryBudget        *FuncGauges            // upstream
+	BreakerEndpoints   *prometheus.GaugeVec   // upstream, state
+	BreakerTransitions *prometheus.CounterVec // upstream, from, to
+	Ejections          *prometheus.CounterVec // upstream
+	EjectedEndpoints   *prometheus.GaugeVec   // upstream
+	LimitOverflows     *prometheus.CounterVec // upstream, limit
 }
 
 // New creates the collectors and registers them, with the Go runtime and process collectors, on reg.
@@ -86,6 +95,38 @@ func New(reg *prometheus.Registry, version string) *Metrics {
 			Help: "1 when meshlet answers /ready with 200.",
 		}),
 	}
+	m.Retries = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "meshlet_retries_total",
+		Help: "Retries started, by upstream and the retry_on condition that called for them.",
+	}, []string{"upstream", "reason"})
+	m.RetriesSuppressed = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "meshlet_retries_suppressed_total",
+		Help: "Retries a condition called for but meshlet did not make, by why (budget, deadline, body, method).",
+	}, []string{"upstream", "why"})
+	m.RetryBudget = NewFuncGauges("meshlet_retry_budget_remaining",
+		"Retries the upstream's retry budget allows now.", "upstream")
+	m.BreakerEndpoints = prometheus.NewGaugeVec(prometheus.GaugeOpts{
+		Name: "meshlet_breaker_endpoints",
+		Help: "Endpoints by circuit breaker state (closed, half_open, open).",
+	}, []string{"upstream", "state"})
+	m.BreakerTransitions = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "meshlet_breaker_transitions_total",
+		Help: "Circuit breaker state changes of the upstream's endpoints.",
+	}, []string{"upstream", "from", "to"})
+	m.Ejections = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "meshlet_outlier_ejections_total",
+		Help: "Endpoints taken out of load balancing because their breaker opened.",
+	}, []string{"upstream"})
+	m.EjectedEndpoints = prometheus.NewGaugeVec(prometheus.GaugeOpts{
+		Name: "meshlet_outlier_ejected_endpoints",
+		Help: "Endpoints out of load balancing now.",
+	}, []string{"upstream"})
+	m.LimitOverflows = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "meshlet_limit_overflows_total",
+		Help: "Requests refused at once because a limit was full, by limit (requests, pending).",
+	}, []string{"upstream", "limit"})
+	reg.MustRegister(m.Retries, m.RetriesSuppressed, m.RetryBudget, m.BreakerEndpoints, m.BreakerTransitions,
+		m.Ejections, m.EjectedEndpoints, m.LimitOverflows)
 	buildInfo := prometheus.NewGauge(prometheus.GaugeOpts{
 		Name:        "meshlet_build_info",
 		Help:        "Always 1; labels name the build.",

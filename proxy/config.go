@@ -8,6 +8,8 @@ import (
 	"regexp"
 	"strings"
 	"time"
+
+	"meshlet.dev/meshlet/resilience"
 )
 
 // Protocols an app or upstream speaks.
@@ -77,6 +79,8 @@ type UpstreamConfig struct {
 	LB             string        `yaml:"lb" json:"lb"`     // p2c or round_robin; default p2c
 	Timeout        time.Duration `yaml:"timeout" json:"timeout"`
 	ConnectTimeout time.Duration `yaml:"connect_timeout" json:"connect_timeout"`
+	// Resilience is the retry, circuit_breaker, outlier and limits sections; on with defaults when absent.
+	Resilience resilience.Config `yaml:",inline" json:"resilience"`
 }
 
 // SetDefaults fills the zero fields with their documented defaults.
@@ -104,6 +108,7 @@ func (c *Config) SetDefaults() {
 		if u.ConnectTimeout == 0 {
 			u.ConnectTimeout = DefaultConnectTimeout
 		}
+		u.Resilience.SetDefaults()
 	}
 }
 
@@ -200,6 +205,9 @@ func (c *Config) Validate() error {
 		}
 		if u.ConnectTimeout < 0 {
 			add(p+".connect_timeout", "must not be negative")
+		}
+		if err := u.Resilience.Validate(p); err != nil {
+			errs = append(errs, err)
 		}
 	}
 	return errors.Join(errs...)

@@ -9,7 +9,10 @@ import (
 	"sync/atomic"
 	"time"
 
+	"google.golang.org/grpc/codes"
+
 	"meshlet.dev/meshlet/metrics"
+	"meshlet.dev/meshlet/resilience"
 )
 
 // Status written for a request whose client went away before its response was complete (nginx's convention).
@@ -21,6 +24,7 @@ const (
 	reasonTimeout    = "timeout"
 	reasonConnect    = "connect"
 	reasonCanceled   = "canceled"
+	reasonOverflow   = "overflow" // a limit (max_requests, max_pending) was full
 	reasonOther      = "other"
 )
 
@@ -28,6 +32,7 @@ const (
 type requestInfo struct {
 	clientCtx context.Context // the inbound request's context, without meshlet's timeout
 	body      *countingBody   // the inbound request's body; nil when it has none
+	tried     []*endpointState // endpoints the attempts went to, in order
 	endpoint  string
 	reason    string // set when meshlet failed the request itself
 	errMsg    string
@@ -87,6 +92,20 @@ func (u *upstream) serveHTTP(w http.ResponseWriter, r *http.Request, alog *slog.
 		u.fail(rw, r, grpc, http.StatusMethodNotAllowed, reasonOther, "CONNECT is not supported", ri)
 		return
 	}
+	release, err := u.acquire(r.Context())
+	if err != nil {
+		var oe *resilience.OverflowError
+		if errors.As(err, &oe) {
+			u.m.LimitOverflows.WithLabelValues(u.name, oe.Limit).Inc()
+			u.decisions.Add("overflow", "", "max_"+oe.Limit+" full")
+			u.fail(rw, r, grpc, http.StatusServiceUnavailable, reasonOverflow,
+				"upstream "+u.name+": too many requests in flight (max_"+oe.Limit+")", ri)
+		} else {
+			rw.code = StatusClientClosedRequest
+		}
+		return
+	}
+	defer release()
 	cfg := u.cfg.Load()
 	ctx := context.WithValue(r.Context(), requestInfoKey{}, ri)
 	timeout := cfg.Timeout
@@ -155,7 +174,11 @@ func (u *upstream) fail(w http.ResponseWriter, r *http.Request, grpc bool, statu
 	h := w.Header()
 	h.Set("X-Meshlet-Error", reason)
 	if grpc {
-		writeGRPCStatus(w, grpcCodeForHTTP(status), "meshlet: "+msg)
+		code := grpcCodeForHTTP(status)
+		if reason == reasonOverflow {
+			code = codes.ResourceExhausted
+		}
+		writeGRPCStatus(w, code, "meshlet: "+msg)
 		return
 	}
 	h.Set("Content-Type", "text/plain; charset=utf-8")
@@ -241,7 +264,7 @@ func newObserver(m *metrics.Metrics, direction, name string) *observer {
 		tx:       m.SentBytes.WithLabelValues(direction, name),
 		errors:   map[string]interface{ Inc() }{},
 	}
-	for _, r := range []string{reasonNoEndpoint, reasonTimeout, reasonConnect, reasonCanceled, reasonOther} {
+	for _, r := range []string{reasonNoEndpoint, reasonTimeout, reasonConnect, reasonCanceled, reasonOverflow, reasonOther} {
 		o.errors[r] = m.UpstreamErrors.WithLabelValues(direction, name, r)
 	}
 	return o

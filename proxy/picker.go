@@ -8,6 +8,7 @@ import (
 	"time"
 
 	"meshlet.dev/meshlet/discovery"
+	"meshlet.dev/meshlet/resilience"
 )
 
 // ErrNoEndpoint is returned by a Picker that has no endpoint to offer.
@@ -31,6 +32,9 @@ type endpointState struct {
 	failures atomic.Uint64
 	lastErr  atomic.Pointer[endpointError]
 	recent   [recentOutcomes]atomic.Uint32 // ring of the latest outcomes: outcomeOK or outcomeFailed
+
+	breaker atomic.Pointer[resilience.Breaker] // nil when breakers are off
+	ejected atomic.Pointer[resilience.Ejector] // the ejector whose slot it holds while ejected; nil when in
 }
 
 // recentOutcomes is how many of an endpoint's latest outcomes /debug/upstreams summarizes.
@@ -50,9 +54,13 @@ func newEndpointState(ep discovery.Endpoint) *endpointState {
 	return &endpointState{ep: ep, hostport: ep.Addr.String()}
 }
 
-// finish records the outcome of one request that was counted in flight.
+// finish records the outcome of one request that was counted in flight. resilience.ErrExcluded (the client went
+// away) counts as neither success nor failure.
 func (s *endpointState) finish(err error) {
 	s.inFlight.Add(-1)
+	if errors.Is(err, resilience.ErrExcluded) {
+		return
+	}
 	n := s.requests.Add(1)
 	slot := &s.recent[(n-1)%recentOutcomes]
 	if err != nil {
@@ -83,19 +91,45 @@ type picker struct {
 	choose    func(eps []*endpointState) *endpointState
 }
 
-// pick returns an endpoint and counts a request in flight on it.
-func (p *picker) pick() (*endpointState, error) {
+// pick returns an endpoint and counts a request in flight on it. It avoids ejected endpoints and those that
+// avoid names (the endpoints a request already tried), unless nothing else is left: then an ejected endpoint
+// is better than none (panic mode), and a tried one better than failing.
+func (p *picker) pick(avoid func(*endpointState) bool) (*endpointState, error) {
 	if len(p.endpoints) == 0 {
 		return nil, ErrNoEndpoint
 	}
 	s := p.choose(p.endpoints)
+	if !s.eligible(avoid) {
+		s = p.fallback(s, avoid)
+	}
 	s.inFlight.Add(1)
 	return s, nil
 }
 
+func (s *endpointState) eligible(avoid func(*endpointState) bool) bool {
+	return s.ejected.Load() == nil && (avoid == nil || !avoid(s))
+}
+
+// fallback finds an eligible endpoint when the policy's choice was not; first is the policy's choice.
+func (p *picker) fallback(first *endpointState, avoid func(*endpointState) bool) *endpointState {
+	n := len(p.endpoints)
+	start := rand.IntN(n)
+	for i := range n {
+		if s := p.endpoints[(start+i)%n]; s.eligible(avoid) {
+			return s
+		}
+	}
+	for i := range n { // every endpoint is ejected or tried: prefer one not yet tried
+		if s := p.endpoints[(start+i)%n]; avoid == nil || !avoid(s) {
+			return s
+		}
+	}
+	return first
+}
+
 // Pick implements Picker.
 func (p *picker) Pick(*http.Request) (discovery.Endpoint, func(error), error) {
-	s, err := p.pick()
+	s, err := p.pick(nil)
 	if err != nil {
 		return discovery.Endpoint{}, nil, err
 	}

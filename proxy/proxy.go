@@ -152,10 +152,15 @@ func (p *Proxy) Start() error {
 }
 
 // inboundUpstreamConfig describes the local app as the only endpoint of the inbound direction.
+// The local app is not retried and has no breaker (it is the only endpoint), but it has limits.
 func inboundUpstreamConfig(cfg Config) UpstreamConfig {
-	return UpstreamConfig{Name: cfg.Service.Name, Listen: cfg.Inbound.Listen, Protocol: cfg.Service.Protocol,
+	uc := UpstreamConfig{Name: cfg.Service.Name, Listen: cfg.Inbound.Listen, Protocol: cfg.Service.Protocol,
 		Endpoints: []string{cfg.Service.Address}, Peer: PeerApp, LB: LBP2C, Timeout: cfg.Inbound.Timeout,
 		ConnectTimeout: DefaultConnectTimeout}
+	uc.Resilience.Retry.MaxAttempts = 1
+	uc.Resilience.Breaker.Disabled = true
+	uc.Resilience.SetDefaults()
+	return uc
 }
 
 // bind listens on addr and returns the listener that will serve u (or h, for the name-routed listener).

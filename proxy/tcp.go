@@ -6,6 +6,7 @@ import (
 	"io"
 	"log/slog"
 	"net"
+	"slices"
 	"sync"
 	"time"
 )
@@ -75,8 +76,10 @@ func (t *tcpProxy) handle(client net.Conn) {
 	defer client.Close()
 	var backend net.Conn
 	var lastErr error
+	var tried []*endpointState
+	avoid := func(s *endpointState) bool { return slices.Contains(tried, s) }
 	for attempt := 0; attempt < 3 && backend == nil; attempt++ {
-		st, err := t.u.picker.Load().pick()
+		st, err := t.u.picker.Load().pick(avoid)
 		if err != nil {
 			lastErr = err
 			break
@@ -86,6 +89,7 @@ func (t *tcpProxy) handle(client net.Conn) {
 		if err != nil {
 			err = &connectError{addr: st.hostport, err: err}
 			st.finish(err)
+			tried = append(tried, st)
 			lastErr = err
 			continue
 		}

@@ -3,7 +3,6 @@ package proxy
 import (
 	"context"
 	"crypto/tls"
-	"errors"
 	"fmt"
 	"io"
 	"net"
@@ -14,7 +13,8 @@ import (
 
 	"golang.org/x/net/http/httpguts"
 	"golang.org/x/net/http2"
-	"google.golang.org/grpc/codes"
+
+	"meshlet.dev/meshlet/resilience"
 )
 
 // transports are the base round trippers of one upstream: HTTP/1.1 and HTTP/2 over cleartext (h2c), each with its
@@ -86,14 +86,14 @@ func isUpgrade(h http.Header) bool {
 	return httpguts.HeaderValuesContainsToken(h["Connection"], "Upgrade") && h.Get("Upgrade") != ""
 }
 
-// doneBody wraps a response body so that the endpoint's request ends when the body is fully read or closed.
+// doneBody wraps a response body so that the attempt's outcome is recorded (endpoint counts, breaker) when the
+// body is fully read or closed: a response is a failure or a success only once its trailers are known.
 type doneBody struct {
 	io.ReadCloser
-	st    *endpointState
-	resp  *http.Response // for the gRPC status in the trailers, read at the end
-	err   error          // the outcome to record at the end when the body reaches EOF
-	grpc  bool
-	ended atomic.Bool
+	resp      *http.Response
+	clientCtx context.Context // the client's own context: when it is done, the outcome says nothing of the endpoint
+	end       func(error)     // records the outcome; called once
+	ended     atomic.Bool
 	// reqBody, when set, is the HTTP/2 request body to close once the response has ended: the HTTP/2 transport's
 	// Close waits for its request-body writer, which would otherwise wait for a client that is still allowed to
 	// send (a stream the server ended first), and the response's trailers would never be sent (golang/go#80085).
@@ -107,9 +107,9 @@ func (b *doneBody) Read(p []byte) (int, error) {
 			if b.reqBody != nil {
 				b.reqBody.Close()
 			}
-			b.end(b.err)
-		} else if !errors.Is(err, context.Canceled) {
-			b.end(err)
+			b.finish(nil)
+		} else {
+			b.finish(err)
 		}
 	}
 	return n, err
@@ -117,35 +117,25 @@ func (b *doneBody) Read(p []byte) (int, error) {
 
 func (b *doneBody) Close() error {
 	err := b.ReadCloser.Close()
-	b.end(b.err)
+	b.finish(nil)
 	return err
 }
 
-func (b *doneBody) end(err error) {
+// finish records the outcome once: readErr if the body broke, else what the status and trailers say.
+func (b *doneBody) finish(readErr error) {
 	if !b.ended.CompareAndSwap(false, true) {
 		return
 	}
-	if err == nil && b.grpc {
-		err = grpcFailure(b.resp)
+	var outcome error
+	switch {
+	case b.clientCtx != nil && b.clientCtx.Err() != nil:
+		outcome = resilience.ErrExcluded
+	case readErr != nil:
+		outcome = resilience.Outcome(nil, readErr)
+	default:
+		outcome = resilience.Outcome(b.resp, nil)
 	}
-	b.st.finish(err)
-}
-
-// grpcFailure returns an error when a gRPC response's status says the server failed (as opposed to the caller's
-// mistake, such as InvalidArgument or NotFound, which are not the endpoint's fault).
-func grpcFailure(resp *http.Response) error {
-	v := resp.Trailer.Get("Grpc-Status")
-	if v == "" {
-		v = resp.Header.Get("Grpc-Status") // trailers-only response
-	}
-	if v == "" {
-		return nil
-	}
-	switch code := codes.Code(parseGRPCStatus(v)); code {
-	case codes.Unavailable, codes.Internal, codes.Unknown, codes.DataLoss, codes.DeadlineExceeded:
-		return fmt.Errorf("grpc status %s", code)
-	}
-	return nil
+	b.end(outcome)
 }
 
 // bufferPool recycles the 32 KiB copy buffers of httputil.ReverseProxy.

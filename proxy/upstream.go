@@ -6,6 +6,7 @@ import (
 	"log/slog"
 	"net/http"
 	"net/http/httputil"
+	"slices"
 	"sort"
 	"sync"
 	"sync/atomic"
@@ -13,6 +14,7 @@ import (
 
 	"meshlet.dev/meshlet/discovery"
 	"meshlet.dev/meshlet/metrics"
+	"meshlet.dev/meshlet/resilience"
 )
 
 // upstream is one destination of proxied calls: a configured upstream service (outbound) or the local app
@@ -30,11 +32,16 @@ type upstream struct {
 	picker    atomic.Pointer[picker]
 	transport *transports
 	rp        *httputil.ReverseProxy
+	retry     *resilience.RetryTransport // the reverse proxy's transport: retries attempts through u
+	res       atomic.Pointer[resState]
+	decisions *resilience.Decisions
 
-	mu        sync.Mutex // guards states, updatedAt, index
+	mu        sync.Mutex // guards states, updatedAt, index, stale, contact
 	states    map[string]*endpointState
 	updatedAt time.Time
 	index     uint64
+	stale     bool          // the source lost contact; the endpoints are the last known
+	contact   time.Time     // when the source last heard from Consul; zero for static endpoints
 	seen      chan struct{} // closed at the first snapshot
 	seenOnce  sync.Once
 }
@@ -53,11 +60,15 @@ func newUpstream(cfg UpstreamConfig, direction string, m *metrics.Metrics, log *
 	u.cfg.Store(&cfg)
 	u.picker.Store(newPicker(cfg.LB, nil))
 	u.transport = newTransports(func() time.Duration { return u.cfg.Load().ConnectTimeout })
+	if mc := cfg.Resilience.Limits.MaxConnections; mc > 0 {
+		u.transport.h1.MaxConnsPerHost = mc
+	}
+	u.initResilience(cfg.Resilience)
 	// FlushInterval stays 0: the reverse proxy flushes every write of a response of unknown length (gRPC,
 	// streams, chunked) at once by itself, and buffers only responses whose length is known.
 	u.rp = &httputil.ReverseProxy{
 		Rewrite:        u.rewrite,
-		Transport:      u,
+		Transport:      u.retry,
 		BufferPool:     copyBuffers,
 		ErrorHandler:   u.proxyError,
 		ModifyResponse: keepTrailersOnly,
@@ -91,23 +102,31 @@ func (u *upstream) setEndpoints(snap discovery.Snapshot) {
 		st, ok := u.states[ep.ID]
 		if !ok || st.ep.Addr != ep.Addr {
 			st = newEndpointState(ep)
+			u.addBreaker(st)
 		}
 		next[ep.ID] = st
 		list = append(list, st)
 	}
+	for id, st := range u.states {
+		if next[id] != st {
+			u.dropBreaker(st)
+		}
+	}
 	u.states = next
 	u.updatedAt = time.Now()
 	u.index = snap.Index
+	u.stale, u.contact = snap.Stale, snap.LastContact
 	u.picker.Store(newPicker(u.cfg.Load().LB, list))
 	u.mu.Unlock()
 	u.m.Endpoints.WithLabelValues(u.name).Set(float64(len(list)))
 	u.seenOnce.Do(func() { close(u.seen) })
-	u.log.Info("endpoints updated", "endpoints", len(list), "index", snap.Index)
+	u.log.Info("endpoints updated", "endpoints", len(list), "index", snap.Index, "stale", snap.Stale)
 }
 
 // setConfig swaps the settings that can change without replacing the upstream.
 func (u *upstream) setConfig(cfg UpstreamConfig) {
 	old := u.cfg.Swap(&cfg)
+	u.setResilience(cfg.Resilience)
 	if old.LB != cfg.LB {
 		u.mu.Lock()
 		list := append([]*endpointState(nil), u.picker.Load().endpoints...)
@@ -133,41 +152,91 @@ func (u *upstream) hasSnapshot() bool {
 	}
 }
 
-// RoundTrip implements http.RoundTripper: it picks an endpoint and sends req to it with the base transport the
-// upstream's peer and protocol call for. It never modifies req.
+// RoundTrip implements http.RoundTripper for one attempt: it picks an endpoint (avoiding those this request
+// already tried), passes its circuit breaker, and sends req with the base transport the upstream's peer and
+// protocol call for. It never modifies req.
 func (u *upstream) RoundTrip(req *http.Request) (*http.Response, error) {
-	st, err := u.picker.Load().pick()
+	ri := requestInfoFrom(req.Context())
+	st, breakerDone, err := u.choose(ri)
 	if err != nil {
 		return nil, fmt.Errorf("upstream %s: %w", u.name, err)
 	}
-	ri := requestInfoFrom(req.Context())
+	var clientCtx context.Context
 	if ri != nil {
 		ri.endpoint = st.hostport
+		ri.tried = append(ri.tried, st)
+		clientCtx = ri.clientCtx
+	}
+	end := func(outcome error) {
+		if breakerDone != nil {
+			breakerDone(outcome)
+		}
+		st.finish(outcome)
 	}
 	out := *req
 	url := *req.URL
 	url.Host = st.hostport
 	out.URL = &url
-	resp, err := u.base(req.Header).RoundTrip(&out)
+	base := u.base(req.Header)
+	resp, err := base.RoundTrip(&out)
 	if err != nil {
-		st.finish(err)
+		outcome := resilience.Outcome(nil, err)
+		if clientCtx != nil && clientCtx.Err() != nil {
+			outcome = resilience.ErrExcluded
+		}
+		end(outcome)
 		return nil, err
 	}
 	if resp.StatusCode == http.StatusSwitchingProtocols {
-		st.finish(nil) // an upgraded connection is no longer a request in flight
+		end(nil) // an upgraded connection is no longer a request in flight
 		return resp, nil
 	}
-	var outcome error
-	if resp.StatusCode >= 500 {
-		outcome = fmt.Errorf("status %d", resp.StatusCode)
-	}
-	db := &doneBody{ReadCloser: resp.Body, st: st, err: outcome, resp: resp, grpc: isGRPC(req)}
-	if ri != nil && ri.body != nil && req.ProtoMajor == 2 && u.base(req.Header) == u.transport.h2c {
+	db := &doneBody{ReadCloser: resp.Body, resp: resp, clientCtx: clientCtx, end: end}
+	if ri != nil && ri.body != nil && req.ProtoMajor == 2 && base == http.RoundTripper(u.transport.h2c) {
 		// The reverse proxy hands the transport a body whose Close does nothing; close the client's own.
 		db.reqBody = ri.body
 	}
 	resp.Body = db
 	return resp, nil
+}
+
+// choose picks an endpoint whose breaker lets the attempt through. An endpoint whose breaker refuses (open, or
+// half-open with its probes out) is passed over for another, twice at most; then the attempt goes to the last
+// one picked without the breaker's accounting, so an upstream whose endpoints all failed still gets traffic
+// (panic mode) instead of none.
+func (u *upstream) choose(ri *requestInfo) (*endpointState, func(error), error) {
+	p := u.picker.Load()
+	var skip []*endpointState
+	avoid := func(s *endpointState) bool {
+		return slices.Contains(skip, s) || (ri != nil && slices.Contains(ri.tried, s))
+	}
+	if ri == nil || len(ri.tried) == 0 {
+		avoid = nil // the common case: nothing to avoid, no closure call per candidate
+	}
+	for i := 0; ; i++ {
+		st, err := p.pick(avoid)
+		if err != nil {
+			return nil, nil, err
+		}
+		b := st.breaker.Load()
+		if b == nil {
+			return st, nil, nil
+		}
+		done, err := b.Allow()
+		if err == nil {
+			return st, done, nil
+		}
+		if i == 2 {
+			return st, nil, nil
+		}
+		st.inFlight.Add(-1)
+		skip = append(skip, st)
+		if avoid == nil {
+			avoid = func(s *endpointState) bool {
+				return slices.Contains(skip, s) || (ri != nil && slices.Contains(ri.tried, s))
+			}
+		}
+	}
 }
 
 // keepTrailersOnly makes a gRPC trailers-only response (the status in the headers, no body) leave meshlet as one:
@@ -224,17 +293,21 @@ type RecentOutcomes struct {
 
 // UpstreamInfo is one upstream in the /debug/upstreams view.
 type UpstreamInfo struct {
-	Name      string         `json:"name"`
-	Direction string         `json:"direction"`
-	Protocol  string         `json:"protocol"`
-	Listen    string         `json:"listen,omitempty"`
-	Peer      string         `json:"peer"`
-	LB        string         `json:"lb"`
-	Timeout   string         `json:"timeout"`
-	Index     uint64         `json:"index"`
-	UpdatedAt time.Time      `json:"updated_at"`
-	InFlight  int64          `json:"in_flight"`
-	Endpoints []EndpointInfo `json:"endpoints"`
+	Name      string    `json:"name"`
+	Direction string    `json:"direction"`
+	Protocol  string    `json:"protocol"`
+	Listen    string    `json:"listen,omitempty"`
+	Peer      string    `json:"peer"`
+	LB        string    `json:"lb"`
+	Timeout   string    `json:"timeout"`
+	Index     uint64    `json:"index"`
+	UpdatedAt time.Time `json:"updated_at"`
+	// Stale: discovery lost contact (Consul unreachable); the endpoints are the last known ones.
+	Stale bool `json:"stale"`
+	// LastContact is when discovery last heard from Consul; absent for static endpoints.
+	LastContact *time.Time     `json:"last_contact,omitempty"`
+	InFlight    int64          `json:"in_flight"`
+	Endpoints   []EndpointInfo `json:"endpoints"`
 }
 
 func (u *upstream) info() UpstreamInfo {
@@ -242,8 +315,12 @@ func (u *upstream) info() UpstreamInfo {
 	u.mu.Lock()
 	defer u.mu.Unlock()
 	ui := UpstreamInfo{Name: u.name, Direction: u.direction, Protocol: u.protocol, Listen: cfg.Listen,
-		Peer: cfg.Peer, LB: cfg.LB, Timeout: cfg.Timeout.String(), Index: u.index, UpdatedAt: u.updatedAt,
+		Peer: cfg.Peer, LB: cfg.LB, Timeout: cfg.Timeout.String(), Index: u.index, UpdatedAt: u.updatedAt, Stale: u.stale,
 		Endpoints: []EndpointInfo{}}
+	if !u.contact.IsZero() {
+		c := u.contact
+		ui.LastContact = &c
+	}
 	for _, st := range u.states {
 		ei := EndpointInfo{ID: st.ep.ID, Address: st.hostport, Identity: st.ep.Identity, Meta: st.ep.Meta,
 			InFlight: st.inFlight.Load(), Requests: st.requests.Load(), Failures: st.failures.Load()}

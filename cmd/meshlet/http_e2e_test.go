@@ -893,10 +893,13 @@ func TestHTTPErrors(t *testing.T) {
 					"upstream": "api", "reason": tc.aReason}, 1)
 			}
 			if tc.bReason != "" {
+				// B's 502/504 is a gateway error to A, which retries a GET twice by default: B sees 3 attempts.
 				checkCounter(m.B, "meshlet_upstream_errors_total", map[string]string{"direction": "inbound",
-					"upstream": "api", "reason": tc.bReason}, 1)
+					"upstream": "api", "reason": tc.bReason}, 3)
 				checkCounter(m.B, "meshlet_requests_total", map[string]string{"direction": "inbound",
-					"upstream": "api", "code_class": "5xx"}, 1)
+					"upstream": "api", "code_class": "5xx"}, 3)
+				checkCounter(m.A, "meshlet_retries_total", map[string]string{"upstream": "api",
+					"reason": "gateway-error"}, 2)
 			}
 			// A second request gives the same answer (no state left behind).
 			if status, _ := getBody(t, c, m.URL()+"/y"); status != tc.status {
