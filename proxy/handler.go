@@ -30,8 +30,8 @@ const (
 
 // requestInfo travels in the outbound request's context so that the transport can report what it chose.
 type requestInfo struct {
-	clientCtx context.Context // the inbound request's context, without meshlet's timeout
-	body      *countingBody   // the inbound request's body; nil when it has none
+	clientCtx context.Context  // the inbound request's context, without meshlet's timeout
+	body      *countingBody    // the inbound request's body; nil when it has none
 	tried     []*endpointState // endpoints the attempts went to, in order
 	endpoint  string
 	reason    string // set when meshlet failed the request itself

@@ -283,6 +283,8 @@ type EndpointInfo struct {
 	LastError   string            `json:"last_error"`
 	LastErrorAt *time.Time        `json:"last_error_at,omitempty"`
 	Recent      RecentOutcomes    `json:"recent"`
+	Breaker     string            `json:"breaker,omitempty"` // closed, half_open, open; empty when breakers are off
+	Ejected     bool              `json:"ejected"`           // out of load balancing
 }
 
 // RecentOutcomes summarizes an endpoint's latest requests (at most 32).
@@ -308,6 +310,12 @@ type UpstreamInfo struct {
 	LastContact *time.Time     `json:"last_contact,omitempty"`
 	InFlight    int64          `json:"in_flight"`
 	Endpoints   []EndpointInfo `json:"endpoints"`
+	// RetryBudget is the number of retries the budget allows now.
+	RetryBudget float64 `json:"retry_budget_remaining"`
+	// LimitInUse is the number of requests holding a slot of max_requests.
+	LimitInUse int `json:"limit_in_use"`
+	// Decisions are the latest resilience decisions, newest first.
+	Decisions []resilience.Decision `json:"decisions"`
 }
 
 func (u *upstream) info() UpstreamInfo {
@@ -325,6 +333,10 @@ func (u *upstream) info() UpstreamInfo {
 		ei := EndpointInfo{ID: st.ep.ID, Address: st.hostport, Identity: st.ep.Identity, Meta: st.ep.Meta,
 			InFlight: st.inFlight.Load(), Requests: st.requests.Load(), Failures: st.failures.Load()}
 		ei.Recent.Success, ei.Recent.Failure = st.recentCounts()
+		if b := st.breaker.Load(); b != nil {
+			ei.Breaker = b.State()
+		}
+		ei.Ejected = st.ejected.Load() != nil
 		if le := st.lastErr.Load(); le != nil {
 			ei.LastError, ei.LastErrorAt = le.msg, &le.at
 		}
@@ -332,6 +344,9 @@ func (u *upstream) info() UpstreamInfo {
 		ui.Endpoints = append(ui.Endpoints, ei)
 	}
 	sort.Slice(ui.Endpoints, func(i, j int) bool { return ui.Endpoints[i].ID < ui.Endpoints[j].ID })
+	ui.RetryBudget = u.retry.Budget().Remaining()
+	ui.LimitInUse = u.res.Load().limiter.InUse()
+	ui.Decisions = u.decisions.Latest()
 	return ui
 }
 
