@@ -7,7 +7,9 @@ import (
 	"math/rand/v2"
 	"net"
 	"net/netip"
+	"slices"
 	"strconv"
+	"strings"
 	"sync"
 	"time"
 
@@ -129,6 +131,9 @@ func (w *consulWatch) loop(kind string) {
 		}
 		if err != nil {
 			failures++
+			// The agent may come back restarted, with a smaller index: blocking on the old one would wait out
+			// the whole wait time. Start over; an unchanged answer is not published again.
+			index = 0
 			delay := backoff(failures)
 			w.failed(kind, err, delay)
 			if !sleepCtx(w.ctx, delay) {
@@ -137,7 +142,6 @@ func (w *consulWatch) loop(kind string) {
 			continue
 		}
 		failures = 0
-		changed := index == 0 || meta.LastIndex != index
 		switch {
 		case meta.LastIndex < index: // went backwards (a server restored a snapshot, a new leader): start over
 			index = 0
@@ -149,7 +153,7 @@ func (w *consulWatch) loop(kind string) {
 		if meta.ResultsFilteredByACLs {
 			w.c.log.Warn("consul filtered the answer by ACLs: the token may lack service:read", "service", w.service)
 		}
-		w.answered(kind, eps, changed)
+		w.answered(kind, eps)
 	}
 }
 
@@ -212,11 +216,12 @@ func (w *consulWatch) endpoints(kind string, entries []*api.ServiceEntry, trust 
 		}
 		eps = append(eps, ep)
 	}
+	slices.SortFunc(eps, func(a, b Endpoint) int { return strings.Compare(a.ID, b.ID) })
 	return eps
 }
 
 // answered records a successful answer and publishes a snapshot when the endpoints changed or were stale.
-func (w *consulWatch) answered(kind string, eps []Endpoint, changed bool) {
+func (w *consulWatch) answered(kind string, eps []Endpoint) {
 	w.mu.Lock()
 	defer w.mu.Unlock()
 	now := time.Now()
@@ -227,11 +232,13 @@ func (w *consulWatch) answered(kind string, eps []Endpoint, changed bool) {
 	if wasFailing && w.hasSnap {
 		w.c.log.Info("consul watch resumed", "service", w.service, "query", kind)
 	}
+	prev, had := w.results[kind]
 	w.results[kind] = eps
 	if len(w.results) < len(w.kinds()) {
 		return // auto mode decides once both queries have answered
 	}
-	if !changed && !(w.last.Stale && len(w.failing) == 0) && w.hasSnap {
+	changed := !had || !sameEndpoints(prev, eps)
+	if w.hasSnap && !changed && !(w.last.Stale && len(w.failing) == 0) {
 		return
 	}
 	w.publish(now)
@@ -287,6 +294,20 @@ func (w *consulWatch) err() error {
 		}
 	}
 	return nil
+}
+
+// sameEndpoints reports whether a and b list the same endpoints in the same order (endpoints sorts them by ID).
+func sameEndpoints(a, b []Endpoint) bool {
+	if len(a) != len(b) {
+		return false
+	}
+	for i := range a {
+		x, y := a[i], b[i]
+		if x.ID != y.ID || x.Addr != y.Addr || x.Identity != y.Identity || x.Weight != y.Weight {
+			return false
+		}
+	}
+	return true
 }
 
 // classify wraps err with ErrConsulUnreachable or ErrConsulDenied when it is one of those.

@@ -25,6 +25,9 @@ type Registration struct {
 	Admin   string            // the sidecar's admin listener, for the /ready HTTP check
 	Tags    []string          // on both registrations
 	Meta    map[string]string // on both registrations
+	// Ready is the sidecar's readiness; the /ready check starts passing when it returns nil at registration
+	// (so callers need not wait a check interval), critical otherwise. Nil: critical until Consul checks.
+	Ready func() error
 }
 
 // Registrar keeps a Registration registered with the Consul agent until Deregister: it registers at start
@@ -150,6 +153,10 @@ func (r *Registrar) register(ctx context.Context) error {
 		admin = net.JoinHostPort("127.0.0.1", strconv.Itoa(p))
 	}
 	interval := r.c.cfg.CheckInterval.String()
+	status := api.HealthCritical
+	if r.reg.Ready != nil && r.reg.Ready() == nil {
+		status = api.HealthPassing
+	}
 	opts := api.ServiceRegisterOpts{}.WithContext(ctx)
 	svc := &api.AgentServiceRegistration{ID: r.id, Name: r.reg.Service, Address: appHost, Port: appPort,
 		Tags: r.reg.Tags, Meta: r.reg.Meta}
@@ -162,7 +169,8 @@ func (r *Registrar) register(ctx context.Context) error {
 		Proxy: &api.AgentServiceConnectProxyConfig{DestinationServiceName: r.reg.Service,
 			DestinationServiceID: r.id, LocalServiceAddress: appHost, LocalServicePort: appPort},
 		Checks: api.AgentServiceChecks{
-			{Name: "meshlet /ready", HTTP: "http://" + admin + "/ready", Interval: interval, Timeout: "2s"},
+			{Name: "meshlet /ready", HTTP: "http://" + admin + "/ready", Interval: interval, Timeout: "2s",
+				Status: status},
 			{Name: "destination service", AliasService: r.id},
 		},
 	}

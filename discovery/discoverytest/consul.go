@@ -1,0 +1,288 @@
+// Package discoverytest runs a real Consul agent for tests, the way net/http/httptest runs a real server.
+//
+// The agent is `consul agent -dev` bound to 127.0.0.1 on free ports, found through $MESHLET_CONSUL_BIN or
+// bin/consul at the module root (`make consul` builds it). Without a binary the test is skipped with a message
+// saying how to get one, except with CI=true, where it fails.
+package discoverytest
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/hashicorp/consul/api"
+)
+
+// ManagementToken is the ACL token with every permission of an agent started with Options.ACL.
+const ManagementToken = "d3b07384-d113-4ec6-8ab8-5d0c6e1e2f11"
+
+// Options change how the agent starts.
+type Options struct {
+	// ACL turns ACLs on with default_policy deny; ManagementToken is the initial management token.
+	ACL bool
+}
+
+// Agent is a running (or stopped) Consul dev agent. Its ports stay the same across Stop and Start.
+type Agent struct {
+	t        testing.TB
+	bin      string
+	config   string
+	opts     Options
+	HTTPAddr string // 127.0.0.1:port of the HTTP API
+
+	mu   sync.Mutex
+	cmd  *exec.Cmd
+	done chan struct{}
+	out  *lockedBuffer
+}
+
+// Binary returns the path of the Consul binary, or an error saying how to get one.
+func Binary() (string, error) {
+	if p := os.Getenv("MESHLET_CONSUL_BIN"); p != "" {
+		if _, err := os.Stat(p); err != nil {
+			return "", fmt.Errorf("MESHLET_CONSUL_BIN=%s: %w", p, err)
+		}
+		return p, nil
+	}
+	root, err := moduleRoot()
+	if err != nil {
+		return "", err
+	}
+	p := filepath.Join(root, "bin", "consul")
+	if _, err := os.Stat(p); err != nil {
+		return "", fmt.Errorf("no Consul binary at %s: run `make consul` (or set MESHLET_CONSUL_BIN)", p)
+	}
+	return p, nil
+}
+
+// moduleRoot finds the directory of meshlet's go.mod above the working directory.
+func moduleRoot() (string, error) {
+	dir, err := os.Getwd()
+	if err != nil {
+		return "", err
+	}
+	for {
+		if b, err := os.ReadFile(filepath.Join(dir, "go.mod")); err == nil && bytes.Contains(b, []byte("module meshlet.dev/meshlet\n")) {
+			return dir, nil
+		}
+		parent := filepath.Dir(dir)
+		if parent == dir {
+			return "", errors.New("meshlet's go.mod not found above the working directory")
+		}
+		dir = parent
+	}
+}
+
+// StartConsul starts a dev agent and waits until it has a leader and has registered itself; it is stopped when
+// the test ends. Without a binary it skips the test (fails it with CI=true).
+func StartConsul(t testing.TB, opts Options) *Agent {
+	t.Helper()
+	bin, err := Binary()
+	if err != nil {
+		if os.Getenv("CI") == "true" {
+			t.Fatalf("consul: %v", err)
+		}
+		t.Skipf("consul: %v", err)
+	}
+	ports := freePorts(t, 6)
+	a := &Agent{t: t, bin: bin, opts: opts, HTTPAddr: net.JoinHostPort("127.0.0.1", strconv.Itoa(ports[0]))}
+	hcl := fmt.Sprintf(`disable_update_check = true
+node_name = "meshlet-test"
+bind_addr = "127.0.0.1"
+client_addr = "127.0.0.1"
+advertise_addr = "127.0.0.1"
+log_level = "warn"
+ports {
+  http = %d
+  dns = %d
+  serf_lan = %d
+  serf_wan = %d
+  server = %d
+  grpc = %d
+  grpc_tls = -1
+}
+`, ports[0], ports[1], ports[2], ports[3], ports[4], ports[5])
+	if opts.ACL {
+		hcl += fmt.Sprintf(`acl {
+  enabled = true
+  default_policy = "deny"
+  enable_token_persistence = false
+  tokens { initial_management = %q }
+}
+`, ManagementToken)
+	}
+	a.config = filepath.Join(t.TempDir(), "consul.hcl")
+	if err := os.WriteFile(a.config, []byte(hcl), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		a.Stop()
+		if t.Failed() {
+			t.Logf("consul output:\n%s", a.output())
+		}
+	})
+	a.Start()
+	return a
+}
+
+// Start starts the agent (again, on the same ports, with an empty state) and waits until it is ready.
+func (a *Agent) Start() {
+	a.t.Helper()
+	a.mu.Lock()
+	if a.cmd != nil {
+		a.mu.Unlock()
+		a.t.Fatal("consul: already running")
+	}
+	if a.out == nil {
+		a.out = &lockedBuffer{}
+	}
+	cmd := exec.Command(a.bin, "agent", "-dev", "-config-file", a.config)
+	cmd.Stdout, cmd.Stderr = a.out, a.out
+	if err := cmd.Start(); err != nil {
+		a.mu.Unlock()
+		a.t.Fatalf("consul: %v", err)
+	}
+	done := make(chan struct{})
+	go func() {
+		cmd.Wait()
+		close(done)
+	}()
+	a.cmd, a.done = cmd, done
+	a.mu.Unlock()
+	if err := a.waitReady(done, 30*time.Second); err != nil {
+		a.t.Fatalf("consul not ready: %v\noutput:\n%s", err, a.output())
+	}
+}
+
+// Stop stops the agent by its PID (SIGINT; Consul exits 1 on it, which is normal) and waits for it to exit,
+// killing it after 10 s. It does nothing when the agent is not running.
+func (a *Agent) Stop() {
+	a.mu.Lock()
+	cmd, done := a.cmd, a.done
+	a.cmd = nil
+	a.mu.Unlock()
+	if cmd == nil {
+		return
+	}
+	cmd.Process.Signal(syscall.SIGINT)
+	select {
+	case <-done:
+	case <-time.After(10 * time.Second):
+		cmd.Process.Kill()
+		<-done
+	}
+}
+
+// Client returns an API client for the agent, with the management token when ACLs are on.
+func (a *Agent) Client() *api.Client {
+	a.t.Helper()
+	cfg := &api.Config{Address: a.HTTPAddr, Scheme: "http"}
+	if a.opts.ACL {
+		cfg.Token = ManagementToken
+	}
+	c, err := api.NewClient(cfg)
+	if err != nil {
+		a.t.Fatal(err)
+	}
+	return c
+}
+
+// waitReady polls until a leader is elected and the server has registered itself in the catalog.
+func (a *Agent) waitReady(done <-chan struct{}, timeout time.Duration) error {
+	c := &http.Client{Timeout: time.Second}
+	deadline := time.Now().Add(timeout)
+	for time.Now().Before(deadline) {
+		select {
+		case <-done:
+			return errors.New("consul exited")
+		default:
+		}
+		if a.get(c, "/v1/status/leader") != `""` && strings.Contains(a.get(c, "/v1/catalog/service/consul"), `"ServiceID"`) {
+			return nil
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	return fmt.Errorf("no leader after %v", timeout)
+}
+
+func (a *Agent) get(c *http.Client, path string) string {
+	req, _ := http.NewRequestWithContext(context.Background(), "GET", "http://"+a.HTTPAddr+path, nil)
+	if a.opts.ACL {
+		req.Header.Set("X-Consul-Token", ManagementToken)
+	}
+	resp, err := c.Do(req)
+	if err != nil {
+		return `""`
+	}
+	defer resp.Body.Close()
+	var b bytes.Buffer
+	b.ReadFrom(resp.Body)
+	if resp.StatusCode != 200 {
+		return `""`
+	}
+	return strings.TrimSpace(b.String())
+}
+
+func (a *Agent) output() string {
+	if a.out == nil {
+		return ""
+	}
+	return a.out.String()
+}
+
+// freePorts returns n loopback ports that were free (TCP and UDP) a moment ago.
+func freePorts(t testing.TB, n int) []int {
+	t.Helper()
+	var ports []int
+	var closers []func() error
+	defer func() {
+		for _, c := range closers {
+			c()
+		}
+	}()
+	for len(ports) < n {
+		l, err := net.Listen("tcp", "127.0.0.1:0")
+		if err != nil {
+			t.Fatal(err)
+		}
+		closers = append(closers, l.Close)
+		port := l.Addr().(*net.TCPAddr).Port
+		u, err := net.ListenPacket("udp", net.JoinHostPort("127.0.0.1", strconv.Itoa(port)))
+		if err != nil {
+			continue // the UDP port is taken: try another
+		}
+		closers = append(closers, u.Close)
+		ports = append(ports, port)
+	}
+	return ports
+}
+
+// lockedBuffer is a bytes.Buffer safe for a process writing and a test reading.
+type lockedBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (l *lockedBuffer) Write(p []byte) (int, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.b.Write(p)
+}
+
+func (l *lockedBuffer) String() string {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.b.String()
+}
