@@ -165,8 +165,13 @@ func (t *RetryTransport) RoundTrip(req *http.Request) (*http.Response, error) {
 	idempotent := idempotentRequest(req)
 	for attempt := 1; ; attempt++ {
 		actx, cancel := ctx, context.CancelFunc(nil)
+		var timer *time.Timer
+		var expired atomic.Bool
 		if p.perTryTimeout > 0 {
-			actx, cancel = context.WithTimeout(ctx, p.perTryTimeout)
+			// The per-try timeout runs until the response headers; the body then streams under the overall
+			// deadline only (its context is released when the body is closed).
+			actx, cancel = context.WithCancel(ctx)
+			timer = time.AfterFunc(p.perTryTimeout, func() { expired.Store(true); cancel() })
 		}
 		areq := req.WithContext(actx)
 		if body != nil {
@@ -178,7 +183,12 @@ func (t *RetryTransport) RoundTrip(req *http.Request) (*http.Response, error) {
 			areq.Header.Set("Grpc-Timeout", encodeGRPCTimeout(time.Until(deadline)))
 		}
 		resp, err := t.next.RoundTrip(areq)
-		perTryExpired := cancel != nil && actx.Err() == context.DeadlineExceeded && ctx.Err() == nil
+		perTryExpired := false
+		if timer != nil && !timer.Stop() && expired.Load() {
+			perTryExpired = true
+			discard(resp) // headers that came just as the timer fired: their body is cut off
+			resp, err = nil, errPerTryTimeout
+		}
 		reason := p.match(resp, err, perTryExpired)
 		retry := reason != "" && attempt < p.maxAttempts && ctx.Err() == nil
 		if retry {
@@ -304,6 +314,9 @@ func (b *cancelBody) Close() error {
 	b.cancel()
 	return err
 }
+
+// errPerTryTimeout is the error of an attempt that ran out of its per-try timeout; it is a DeadlineExceeded.
+var errPerTryTimeout = fmt.Errorf("per-try timeout: %w", context.DeadlineExceeded)
 
 // errAttemptOver is what a superseded attempt reads from its request body.
 var errAttemptOver = errors.New("request body: attempt is over")

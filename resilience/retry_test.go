@@ -345,3 +345,34 @@ func TestLimiter(t *testing.T) {
 		r()
 	}
 }
+
+func TestPerTryTimeout(t *testing.T) {
+	slow := func(r *http.Request) (*http.Response, error) {
+		select {
+		case <-r.Context().Done():
+			return nil, r.Context().Err()
+		case <-time.After(2 * time.Second):
+			return status(200)(r)
+		}
+	}
+	next := &scripted{script: []func(*http.Request) (*http.Response, error){slow, slow, status(200)}}
+	rt, events := newTestRetry(t, next, func(c *Config) { c.Retry.PerTryTimeout = 50 * time.Millisecond })
+	req, _ := http.NewRequest("GET", "http://api/", nil)
+	start := time.Now()
+	resp, err := rt.RoundTrip(req)
+	if err != nil || resp.StatusCode != 200 || next.n.Load() != 3 {
+		t.Fatalf("%v %v after %d attempts", resp, err, next.n.Load())
+	}
+	if d := time.Since(start); d > time.Second {
+		t.Fatalf("took %v: the per-try timeout did not cut the slow attempts", d)
+	}
+	if got := strings.Join(*events, " "); got != "retried:gateway-error retried:gateway-error" {
+		t.Fatalf("events %q", got)
+	}
+	// The body of the answered attempt outlives the per-try timeout.
+	time.Sleep(80 * time.Millisecond)
+	if _, err := io.ReadAll(resp.Body); err != nil {
+		t.Fatalf("reading the body after the per-try timeout: %v", err)
+	}
+	resp.Body.Close()
+}
