@@ -1,0 +1,82 @@
+package admin
+
+import (
+	"context"
+	"errors"
+	"io"
+	"log/slog"
+	"net/http"
+	"strings"
+	"testing"
+)
+
+func start(t *testing.T, opts Options) string {
+	t.Helper()
+	opts.Logger = slog.New(slog.NewTextHandler(io.Discard, nil))
+	s := New(Config{Listen: "127.0.0.1:0"}, opts)
+	if err := s.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { s.Shutdown(context.Background()) })
+	return "http://" + s.Addr()
+}
+
+func do(t *testing.T, method, url string) (int, string) {
+	t.Helper()
+	req, _ := http.NewRequest(method, url, nil)
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	b, _ := io.ReadAll(resp.Body)
+	return resp.StatusCode, string(b)
+}
+
+func TestAdminEndpoints(t *testing.T) {
+	var notReady error = errors.New("upstream api: waiting for its first endpoints")
+	reloadErr := errors.New("upstreams[0].name: required")
+	base := start(t, Options{
+		Ready:     func() error { return notReady },
+		Upstreams: func() any { return []string{"api"} },
+		Config:    func() any { return map[string]string{"k": "v"} },
+		Reload:    func() ([]string, error) { return nil, reloadErr },
+	})
+	tests := []struct {
+		method, path string
+		status       int
+		contains     string
+	}{
+		{"GET", "/live", 200, "ok"},
+		{"GET", "/ready", 503, "waiting for its first endpoints"},
+		{"GET", "/debug/upstreams", 200, `"upstreams": [`},
+		{"GET", "/debug/config", 200, `"k": "v"`},
+		{"POST", "/debug/reload", 400, "upstreams[0].name: required"},
+		{"GET", "/debug/reload", 405, ""},
+		{"POST", "/ready", 405, ""},
+		{"GET", "/metrics", 404, ""}, // no metrics handler given
+		{"GET", "/nope", 404, ""},
+	}
+	for _, tt := range tests {
+		status, body := do(t, tt.method, base+tt.path)
+		if status != tt.status || !strings.Contains(body, tt.contains) {
+			t.Errorf("%s %s = %d %q, want %d containing %q", tt.method, tt.path, status, body, tt.status, tt.contains)
+		}
+	}
+	notReady, reloadErr = nil, nil
+	if status, _ := do(t, "GET", base+"/ready"); status != 200 {
+		t.Errorf("/ready = %d once ready", status)
+	}
+	if status, body := do(t, "POST", base+"/debug/reload"); status != 200 || !strings.Contains(body, `"reloaded": true`) {
+		t.Errorf("reload = %d %q", status, body)
+	}
+}
+
+func TestAdminListenError(t *testing.T) {
+	base := start(t, Options{})
+	s := New(Config{Listen: strings.TrimPrefix(base, "http://")}, Options{Logger: slog.New(slog.NewTextHandler(io.Discard, nil))})
+	err := s.Start()
+	if err == nil || !strings.Contains(err.Error(), "admin.listen") || !strings.Contains(err.Error(), "address already in use") {
+		t.Fatalf("second bind: %v", err)
+	}
+}
