@@ -21,9 +21,12 @@ import (
 // fileConfig is the whole config file: the proxy's sections at the top level, plus admin, log and shutdown.
 type fileConfig struct {
 	proxy.Config `yaml:",inline"`
-	Admin        admin.Config   `yaml:"admin" json:"admin"`
-	Log          logConfig      `yaml:"log" json:"log"`
-	Shutdown     shutdownConfig `yaml:"shutdown" json:"shutdown"`
+	Admin        admin.Config    `yaml:"admin" json:"admin"`
+	Log          logConfig       `yaml:"log" json:"log"`
+	Shutdown     shutdownConfig  `yaml:"shutdown" json:"shutdown"`
+	Discovery    discoveryConfig `yaml:"discovery" json:"discovery"`
+	// Registration is service.register, service.tags and service.meta (decoded by decodeRegistration).
+	Registration registrationConfig `yaml:"-" json:"-"`
 }
 
 // logConfig is the log section.
@@ -60,6 +63,7 @@ func (c *fileConfig) setDefaults() {
 	if c.Shutdown.DrainTimeout == 0 {
 		c.Shutdown.DrainTimeout = defaultDrainTimeout
 	}
+	c.setDiscoveryDefaults()
 }
 
 func (c *fileConfig) validate() error {
@@ -79,6 +83,7 @@ func (c *fileConfig) validate() error {
 	if c.Shutdown.DrainTimeout < 0 {
 		errs = append(errs, errors.New("shutdown.drain_timeout: must not be negative"))
 	}
+	errs = append(errs, c.validateDiscovery()...)
 	return errors.Join(errs...)
 }
 
@@ -115,11 +120,17 @@ func decodeConfig(data []byte) (*fileConfig, error) {
 	var cfg fileConfig
 	dec := yaml.NewDecoder(bytes.NewReader(data))
 	dec.KnownFields(true)
-	if err := dec.Decode(&cfg); err != nil {
+	err := dec.Decode(&cfg)
+	var te *yaml.TypeError
+	if errors.As(err, &te) {
+		if te.Errors = dropRegistrationErrors(te.Errors); len(te.Errors) == 0 {
+			err = nil
+		}
+	}
+	if err != nil {
 		if errors.Is(err, io.EOF) {
 			return nil, errors.New("config is empty")
 		}
-		var te *yaml.TypeError
 		if errors.As(err, &te) {
 			msgs := make([]string, len(te.Errors))
 			for i, m := range te.Errors {
@@ -133,6 +144,11 @@ func decodeConfig(data []byte) (*fileConfig, error) {
 	if err := dec.Decode(&extra); !errors.Is(err, io.EOF) {
 		return nil, errors.New("config must be a single YAML document")
 	}
+	rc, err := decodeRegistration(data)
+	if err != nil {
+		return nil, err
+	}
+	cfg.Registration = rc
 	return &cfg, nil
 }
 
@@ -144,10 +160,11 @@ func applyEnv(cfg *fileConfig, getenv func(string) string) {
 	if v := getenv("MESHLET_ADMIN_LISTEN"); v != "" {
 		cfg.Admin.Listen = v
 	}
+	applyDiscoveryEnv(cfg, getenv)
 }
 
-// view renders the effective config as JSON-ready data, with durations as strings ("2s"). The config holds no
-// secrets yet; fields that will (tokens, keys) must be redacted here.
+// view renders the effective config as JSON-ready data, with durations as strings ("2s"). Secrets (the Consul
+// token) are redacted by redactView.
 func (c *fileConfig) view() any {
 	y, err := yaml.Marshal(c)
 	if err != nil {
@@ -157,6 +174,7 @@ func (c *fileConfig) view() any {
 	if err := yaml.Unmarshal(y, &v); err != nil {
 		return map[string]string{"error": err.Error()}
 	}
+	c.redactView(v)
 	if _, err := json.Marshal(v); err != nil {
 		return map[string]string{"error": err.Error()}
 	}

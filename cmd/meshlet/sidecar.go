@@ -13,6 +13,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 
 	"meshlet.dev/meshlet/admin"
+	"meshlet.dev/meshlet/discovery"
 	"meshlet.dev/meshlet/metrics"
 	"meshlet.dev/meshlet/proxy"
 )
@@ -25,6 +26,10 @@ type sidecar struct {
 	m     *metrics.Metrics
 	proxy *proxy.Proxy
 	admin *admin.Server
+
+	consul        *discovery.Consul    // nil without discovery.consul
+	registrar     *discovery.Registrar // nil unless service.register
+	stopRegistrar func()
 
 	mu  sync.Mutex // serializes reloads and guards cfg
 	cfg *fileConfig
@@ -44,7 +49,16 @@ func runSidecar(path string, stderr io.Writer) int {
 
 	s := &sidecar{path: path, log: log, level: level, cfg: cfg}
 	s.m = metrics.New(prometheus.NewRegistry(), buildVersion())
-	s.proxy, err = proxy.New(cfg.Config, proxy.Options{Logger: log, Metrics: s.m, AccessLog: cfg.Log.AccessLog})
+	if err := s.startDiscovery(); err != nil {
+		log.Error("invalid config", "config", path, "error", err.Error())
+		return 1
+	}
+	defer s.stopDiscovery()
+	var src discovery.Source // stays a nil interface without Consul
+	if s.consul != nil {
+		src = s.consul
+	}
+	s.proxy, err = proxy.New(cfg.Config, proxy.Options{Logger: log, Metrics: s.m, AccessLog: cfg.Log.AccessLog, Discovery: src})
 	if err != nil {
 		log.Error("invalid config", "config", path, "error", err.Error())
 		return 1
@@ -72,6 +86,7 @@ func runSidecar(path string, stderr io.Writer) int {
 		s.admin.Shutdown(context.Background())
 		return 1
 	}
+	s.startRegistration()
 	log.Info("meshlet started", "version", buildVersion(), "service", cfg.Service.Name, "admin", s.admin.Addr())
 
 	for sig := range sigs {
@@ -89,7 +104,7 @@ func runSidecar(path string, stderr io.Writer) int {
 
 // ready is /ready: the proxy can route and meshlet is not draining.
 func (s *sidecar) ready() error {
-	err := s.proxy.Ready()
+	err := s.readyReason(s.proxy.Ready())
 	if err != nil {
 		s.m.Ready.Set(0)
 	} else {
@@ -106,6 +121,7 @@ func (s *sidecar) shutdown(sigs <-chan os.Signal) int {
 	s.mu.Unlock()
 	s.proxy.Drain()
 	s.m.Ready.Set(0)
+	s.deregister()
 	if d := *cfg.Shutdown.DrainDelay; d > 0 {
 		s.log.Info("draining: still accepting", "drain_delay", d.String())
 		select {
@@ -146,6 +162,10 @@ func (s *sidecar) reload() ([]string, error) {
 	if cfg.Admin != s.cfg.Admin {
 		warnings = append(warnings, "admin.listen changes only on restart")
 		cfg.Admin = s.cfg.Admin
+	}
+	if discoveryChanged(s.cfg, cfg) {
+		warnings = append(warnings, "discovery and service.register/tags/meta change only on restart")
+		cfg.Discovery, cfg.Registration = s.cfg.Discovery, s.cfg.Registration
 	}
 	if cfg.Log.AccessLog != s.cfg.Log.AccessLog {
 		warnings = append(warnings, "log.access_log changes only on restart")

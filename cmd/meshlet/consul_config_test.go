@@ -1,0 +1,87 @@
+package main
+
+import (
+	"encoding/json"
+	"strings"
+	"testing"
+)
+
+func TestConsulConfig(t *testing.T) {
+	api := "service: {name: api, address: 127.0.0.1:8080, protocol: http, register: true}\ninbound: {listen: 127.0.0.1:21001}\ndiscovery:\n  consul: {address: 127.0.0.1:8500}\nadmin: {listen: 127.0.0.1:15001}\n"
+	web := "service: {name: web, address: 127.0.0.1:8081, protocol: http}\ninbound: {listen: 127.0.0.1:21000}\nupstreams:\n  - {name: api, listen: 127.0.0.1:9001, protocol: http}   # no endpoints: found in Consul\ndiscovery:\n  consul: {address: 127.0.0.1:8500}\nadmin: {listen: 127.0.0.1:15000}\n"
+	for _, tt := range []struct {
+		name, yaml string
+		env        map[string]string
+		wantErr    string
+		check      func(t *testing.T, c *fileConfig)
+	}{
+		{name: "issue api", yaml: api, check: func(t *testing.T, c *fileConfig) {
+			if !c.Registration.Register || c.Discovery.Consul == nil || c.Discovery.Consul.Address != "127.0.0.1:8500" {
+				t.Errorf("registration %+v consul %+v", c.Registration, c.Discovery.Consul)
+			}
+		}},
+		{name: "issue web", yaml: web, check: func(t *testing.T, c *fileConfig) {
+			if c.Registration.Register || c.Upstreams[0].Endpoints != nil {
+				t.Errorf("web: %+v", c)
+			}
+		}},
+		{name: "tags and meta", yaml: strings.Replace(api, "register: true}", "register: true, tags: [v1, canary], meta: {team: payments}}", 1),
+			check: func(t *testing.T, c *fileConfig) {
+				if len(c.Registration.Tags) != 2 || c.Registration.Meta["team"] != "payments" {
+					t.Errorf("registration %+v", c.Registration)
+				}
+			}},
+		{name: "unknown service key still an error", yaml: strings.Replace(api, "register: true", "registr: true", 1),
+			wantErr: "unknown field registr"},
+		{name: "register needs consul", yaml: "service: {name: api, address: 127.0.0.1:8080, register: true}\ninbound: {listen: 127.0.0.1:21001}\n",
+			wantErr: "service.register: needs discovery.consul"},
+		{name: "register needs inbound", yaml: "service: {name: api, register: true}\ndiscovery: {consul: {}}\n",
+			wantErr: "service.register: needs inbound.listen"},
+		{name: "bad mode and token twice", yaml: "service: {name: web}\ndiscovery: {consul: {mode: mesh, token: a, token_file: /x}}\n",
+			wantErr: "discovery.consul.mode"},
+		{name: "environment like consul's tools", yaml: "service: {name: web}\ndiscovery: {consul: {}}\n",
+			env: map[string]string{"CONSUL_HTTP_ADDR": "127.0.0.1:18500", "CONSUL_HTTP_TOKEN": "s3cr3t-token"},
+			check: func(t *testing.T, c *fileConfig) {
+				if c.Discovery.Consul.Address != "127.0.0.1:18500" || c.Discovery.Consul.Token != "s3cr3t-token" {
+					t.Errorf("consul %+v", c.Discovery.Consul)
+				}
+				b, _ := json.Marshal(c.view())
+				if strings.Contains(string(b), "s3cr3t") || !strings.Contains(string(b), "redacted") {
+					t.Errorf("view shows the token: %s", b)
+				}
+			}},
+		{name: "the file wins over the environment", yaml: "service: {name: web}\ndiscovery: {consul: {address: 127.0.0.2:8500}}\n",
+			env: map[string]string{"CONSUL_HTTP_ADDR": "127.0.0.1:18500"},
+			check: func(t *testing.T, c *fileConfig) {
+				if c.Discovery.Consul.Address != "127.0.0.2:8500" {
+					t.Errorf("address %q", c.Discovery.Consul.Address)
+				}
+			}},
+		{name: "no discovery section ignores the environment", yaml: "service: {name: web}\n",
+			env: map[string]string{"CONSUL_HTTP_ADDR": "127.0.0.1:18500"},
+			check: func(t *testing.T, c *fileConfig) {
+				if c.Discovery.Consul != nil {
+					t.Errorf("consul %+v", c.Discovery.Consul)
+				}
+			}},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			cfg, err := decodeConfig([]byte(tt.yaml))
+			if err == nil {
+				applyEnv(cfg, func(k string) string { return tt.env[k] })
+				cfg.setDefaults()
+				err = cfg.validate()
+			}
+			if tt.wantErr != "" {
+				if err == nil || !strings.Contains(err.Error(), tt.wantErr) {
+					t.Fatalf("error %v, want %q", err, tt.wantErr)
+				}
+				return
+			}
+			if err != nil {
+				t.Fatal(err)
+			}
+			tt.check(t, cfg)
+		})
+	}
+}

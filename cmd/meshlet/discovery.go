@@ -1,0 +1,213 @@
+package main
+
+// The discovery section of the config file, service registration (service.register), and their wiring into the
+// sidecar.
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"regexp"
+	"strings"
+	"time"
+
+	"go.yaml.in/yaml/v3"
+
+	"meshlet.dev/meshlet/discovery"
+)
+
+// discoveryConfig is the discovery section: where upstreams without static endpoints are found.
+type discoveryConfig struct {
+	// Consul, when present, finds upstreams in Consul (and lets service.register register this instance).
+	Consul *discovery.ConsulConfig `yaml:"consul" json:"consul"`
+}
+
+// registrationConfig is the part of the service section about registering with Consul. The proxy owns the
+// service section's type, so these keys are decoded here (see decodeRegistration).
+type registrationConfig struct {
+	// Register registers the service and its sidecar (a connect-proxy) with the Consul agent at start and
+	// deregisters them on shutdown. Needs discovery.consul and inbound.listen.
+	Register bool              `yaml:"register" json:"register"`
+	Tags     []string          `yaml:"tags" json:"tags"`
+	Meta     map[string]string `yaml:"meta" json:"meta"`
+}
+
+// registrationKeys are the keys of the service section that registrationConfig holds.
+var registrationKeys = map[string]bool{"register": true, "tags": true, "meta": true}
+
+var serviceExtraField = regexp.MustCompile(`field (register|tags|meta) not found in type proxy\.ServiceConfig$`)
+
+// dropRegistrationErrors removes the strict decoder's complaints about the service keys decoded here.
+func dropRegistrationErrors(msgs []string) []string {
+	out := msgs[:0]
+	for _, m := range msgs {
+		if !serviceExtraField.MatchString(m) {
+			out = append(out, m)
+		}
+	}
+	return out
+}
+
+// decodeRegistration decodes the registration keys of the service section of data.
+func decodeRegistration(data []byte) (registrationConfig, error) {
+	var rc registrationConfig
+	var doc yaml.Node
+	if err := yaml.NewDecoder(bytes.NewReader(data)).Decode(&doc); err != nil || len(doc.Content) == 0 {
+		return rc, nil // the strict decode reports it
+	}
+	root := doc.Content[0]
+	if root.Kind != yaml.MappingNode {
+		return rc, nil
+	}
+	for i := 0; i+1 < len(root.Content); i += 2 {
+		if root.Content[i].Value != "service" || root.Content[i+1].Kind != yaml.MappingNode {
+			continue
+		}
+		svc := root.Content[i+1]
+		extra := &yaml.Node{Kind: yaml.MappingNode}
+		for j := 0; j+1 < len(svc.Content); j += 2 {
+			if registrationKeys[svc.Content[j].Value] {
+				extra.Content = append(extra.Content, svc.Content[j], svc.Content[j+1])
+			}
+		}
+		if err := extra.Decode(&rc); err != nil {
+			return rc, fmt.Errorf("service: %w", err)
+		}
+	}
+	return rc, nil
+}
+
+// setDefaults and validate of the discovery section and registration.
+func (c *fileConfig) setDiscoveryDefaults() {
+	if c.Discovery.Consul != nil {
+		c.Discovery.Consul.SetDefaults()
+	}
+}
+
+func (c *fileConfig) validateDiscovery() []error {
+	var errs []error
+	if c.Discovery.Consul != nil {
+		if err := c.Discovery.Consul.Validate("discovery.consul"); err != nil {
+			errs = append(errs, err)
+		}
+	}
+	if c.Registration.Register {
+		if c.Discovery.Consul == nil {
+			errs = append(errs, errors.New("service.register: needs discovery.consul"))
+		}
+		if c.Inbound.Listen == "" {
+			errs = append(errs, errors.New("service.register: needs inbound.listen (what callers reach)"))
+		}
+	}
+	return errs
+}
+
+// applyDiscoveryEnv honours Consul's own environment variables for the consul section.
+func applyDiscoveryEnv(cfg *fileConfig, getenv func(string) string) {
+	if cfg.Discovery.Consul != nil {
+		cfg.Discovery.Consul.ApplyEnv(getenv)
+	}
+}
+
+// redactView hides secrets in the rendered config and adds the registration keys to the service section.
+func (c *fileConfig) redactView(v map[string]any) {
+	if d, ok := v["discovery"].(map[string]any); ok {
+		if cc, ok := d["consul"].(map[string]any); ok {
+			if tok, _ := cc["token"].(string); tok != "" {
+				cc["token"] = "<redacted>"
+			}
+		}
+	}
+	if s, ok := v["service"].(map[string]any); ok {
+		s["register"] = c.Registration.Register
+		if len(c.Registration.Tags) > 0 {
+			s["tags"] = c.Registration.Tags
+		}
+		if len(c.Registration.Meta) > 0 {
+			s["meta"] = c.Registration.Meta
+		}
+	}
+}
+
+// startDiscovery creates the Consul source when the config has one; it contacts nothing yet.
+func (s *sidecar) startDiscovery() error {
+	if s.cfg.Discovery.Consul == nil {
+		return nil
+	}
+	c, err := discovery.NewConsul(*s.cfg.Discovery.Consul, discovery.ConsulOptions{Logger: s.log, Registerer: s.m.Registry})
+	if err != nil {
+		return err
+	}
+	s.consul = c
+	return nil
+}
+
+// startRegistration registers this instance when the config asks for it, once the listeners are bound.
+func (s *sidecar) startRegistration() {
+	if !s.cfg.Registration.Register || s.consul == nil {
+		return
+	}
+	inbound := s.proxy.Addrs()["inbound"]
+	if h, _, err := net.SplitHostPort(s.cfg.Inbound.Listen); err == nil && h != "" {
+		_, p, _ := net.SplitHostPort(inbound)
+		inbound = net.JoinHostPort(h, p) // keep the configured host (0.0.0.0: the agent's address)
+	}
+	s.registrar = discovery.NewRegistrar(s.consul, discovery.Registration{
+		Service: s.cfg.Service.Name, App: s.cfg.Service.Address, Inbound: inbound, Admin: s.admin.Addr(),
+		Tags: s.cfg.Registration.Tags, Meta: s.cfg.Registration.Meta, Ready: s.ready,
+	})
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		s.registrar.Run(ctx)
+	}()
+	s.stopRegistrar = func() { cancel(); <-done }
+}
+
+// deregister removes this instance from Consul at the start of shutdown, so that callers stop picking it while
+// the listeners still accept during the drain delay.
+func (s *sidecar) deregister() {
+	if s.registrar == nil {
+		return
+	}
+	s.stopRegistrar()
+	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Second)
+	defer cancel()
+	if err := s.registrar.Deregister(ctx); err != nil {
+		s.log.Warn("consul deregistration failed; the agent's check will mark this instance critical", "error", err.Error())
+	}
+}
+
+// stopDiscovery ends the Consul watches after the proxy has stopped.
+func (s *sidecar) stopDiscovery() {
+	if s.consul != nil {
+		s.consul.Close()
+	}
+}
+
+// readyReason adds what Consul said to a readiness error, so /ready tells why an upstream has no endpoints yet.
+func (s *sidecar) readyReason(err error) error {
+	if err == nil || s.consul == nil {
+		return err
+	}
+	if cerr := s.consul.Err(); cerr != nil {
+		return fmt.Errorf("%w: %s", err, strings.ReplaceAll(cerr.Error(), "\n", "; "))
+	}
+	return err
+}
+
+// discoveryChanged reports a change that needs a restart.
+func discoveryChanged(old, cur *fileConfig) bool {
+	a, _ := yaml.Marshal(struct {
+		D discoveryConfig
+		R registrationConfig
+	}{old.Discovery, old.Registration})
+	b, _ := yaml.Marshal(struct {
+		D discoveryConfig
+		R registrationConfig
+	}{cur.Discovery, cur.Registration})
+	return !bytes.Equal(a, b)
+}
