@@ -263,6 +263,24 @@ func TestConsulBadAddressAndToken(t *testing.T) {
 			}
 		})
 	}
+	t.Run("token without service:read", func(t *testing.T) {
+		acl := agent.Client().ACL()
+		pol, _, err := acl.PolicyCreate(&api.ACLPolicy{Name: "nodes-only", Rules: `node_prefix "" { policy = "read" }`}, nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		tok, _, err := acl.TokenCreate(&api.ACLToken{Policies: []*api.ACLTokenPolicyLink{{ID: pol.ID}}}, nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		registerInstance(t, agent.Client(), "api-1", "api", 9101)
+		src := newConsul(t, discovery.ConsulConfig{Address: agent.HTTPAddr, Token: tok.SecretID})
+		src.Watch(t.Context(), "api")
+		waitFor(t, 5*time.Second, "denied", func() bool { return errors.Is(src.Err(), discovery.ErrConsulDenied) })
+		if !strings.Contains(src.Err().Error(), "may not read service api") {
+			t.Errorf("Err() = %v", src.Err())
+		}
+	})
 	t.Run("management token", func(t *testing.T) {
 		src := newConsul(t, discovery.ConsulConfig{Address: agent.HTTPAddr, Token: discoverytest.ManagementToken})
 		ch, _ := src.Watch(t.Context(), "api")

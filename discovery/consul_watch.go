@@ -150,9 +150,6 @@ func (w *consulWatch) loop(kind string) {
 		default:
 			index = meta.LastIndex
 		}
-		if meta.ResultsFilteredByACLs {
-			w.c.log.Warn("consul filtered the answer by ACLs: the token may lack service:read", "service", w.service)
-		}
 		w.answered(kind, eps)
 	}
 }
@@ -175,6 +172,13 @@ func (w *consulWatch) query(kind string, index uint64) ([]Endpoint, *api.QueryMe
 	}
 	if err != nil {
 		return nil, nil, classify(err)
+	}
+	if meta.ResultsFilteredByACLs && len(entries) == 0 {
+		// Consul hides what the token may not read instead of refusing: an empty answer is ACL denied.
+		return nil, nil, fmt.Errorf("%w: the token may not read service %s (results filtered by ACLs)", ErrConsulDenied, w.service)
+	}
+	if meta.ResultsFilteredByACLs {
+		w.c.log.Debug("consul filtered some instances by ACLs", "service", w.service, "query", kind)
 	}
 	trust := ""
 	if kind == kindConnect && len(entries) > 0 {
