@@ -35,6 +35,10 @@ type endpointState struct {
 
 	breaker atomic.Pointer[resilience.Breaker] // nil when breakers are off
 	ejected atomic.Pointer[resilience.Ejector] // the ejector whose slot it holds while ejected; nil when in
+	// ejectedUntil (Unix nanoseconds) is when the breaker's open timeout ends: from then on the endpoint is
+	// eligible again, so that a request reaches its breaker, which half-opens (gobreaker changes state only
+	// when asked) and lets a probe through.
+	ejectedUntil atomic.Int64
 }
 
 // recentOutcomes is how many of an endpoint's latest outcomes /debug/upstreams summarizes.
@@ -107,7 +111,10 @@ func (p *picker) pick(avoid func(*endpointState) bool) (*endpointState, error) {
 }
 
 func (s *endpointState) eligible(avoid func(*endpointState) bool) bool {
-	return s.ejected.Load() == nil && (avoid == nil || !avoid(s))
+	if s.ejected.Load() != nil && time.Now().UnixNano() < s.ejectedUntil.Load() {
+		return false
+	}
+	return avoid == nil || !avoid(s)
 }
 
 // fallback finds an eligible endpoint when the policy's choice was not; first is the policy's choice.

@@ -3,6 +3,7 @@ package proxy
 import (
 	"context"
 	"reflect"
+	"time"
 
 	"meshlet.dev/meshlet/resilience"
 )
@@ -63,7 +64,7 @@ func (u *upstream) setResilience(cfg resilience.Config) {
 		}
 	}
 	next := &resState{cfg: cfg, limiter: old.limiter, ejector: old.ejector}
-	if old.cfg.Limits != cfg.Limits {
+	if !reflect.DeepEqual(old.cfg.Limits, cfg.Limits) {
 		next.limiter = resilience.NewLimiter(cfg.Limits)
 	}
 	breakersChanged := old.cfg.Breaker != cfg.Breaker || old.cfg.Outlier != cfg.Outlier
@@ -120,6 +121,7 @@ func (u *upstream) breakerChanged(st *endpointState, from, to string) {
 		u.decisions.Add("opened", st.ep.ID, "breaker opened after failures")
 		ej := u.res.Load().ejector
 		if ej.TryEject(len(u.picker.Load().endpoints)) {
+			st.ejectedUntil.Store(time.Now().Add(u.res.Load().cfg.Breaker.OpenTimeout).UnixNano())
 			st.ejected.Store(ej)
 			u.m.Ejections.WithLabelValues(u.name).Inc()
 			u.m.EjectedEndpoints.WithLabelValues(u.name).Inc()

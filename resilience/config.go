@@ -76,11 +76,13 @@ type OutlierConfig struct {
 }
 
 // LimitsConfig bounds the load meshlet puts on an upstream. Overflow is answered at once with 503
-// (RESOURCE_EXHAUSTED for gRPC). Zero means the default; a negative value means no limit.
+// (RESOURCE_EXHAUSTED for gRPC). Zero (absent) means the default; a negative value means no limit.
 type LimitsConfig struct {
-	MaxRequests    int `yaml:"max_requests" json:"max_requests"`       // concurrent requests; default 1024
-	MaxPending     int `yaml:"max_pending" json:"max_pending"`         // requests waiting for a slot; default 1024
-	MaxConnections int `yaml:"max_connections" json:"max_connections"` // HTTP/1.1 connections per endpoint; default 1024
+	MaxRequests int `yaml:"max_requests" json:"max_requests"` // concurrent requests; default 1024
+	// MaxPending is the number of requests that may wait for a slot; default 1024. Unlike the other limits, 0
+	// is a value: no waiting, a request finding every slot busy is refused at once.
+	MaxPending     *int `yaml:"max_pending" json:"max_pending"`
+	MaxConnections int  `yaml:"max_connections" json:"max_connections"` // HTTP/1.1 connections per endpoint; default 1024
 }
 
 // Defaults.
@@ -160,8 +162,9 @@ func (c *Config) SetDefaults() {
 	if l.MaxRequests == 0 {
 		l.MaxRequests = DefaultMaxRequests
 	}
-	if l.MaxPending == 0 {
-		l.MaxPending = DefaultMaxPending
+	if l.MaxPending == nil {
+		n := DefaultMaxPending
+		l.MaxPending = &n
 	}
 	if l.MaxConnections == 0 {
 		l.MaxConnections = DefaultMaxConnections

@@ -36,7 +36,10 @@ func NewLimiter(cfg LimitsConfig) *Limiter {
 	if cfg.MaxRequests < 0 {
 		return nil
 	}
-	mp := int64(cfg.MaxPending)
+	mp := int64(DefaultMaxPending)
+	if cfg.MaxPending != nil {
+		mp = int64(*cfg.MaxPending)
+	}
 	if mp < 0 {
 		mp = 1 << 62
 	}
@@ -53,6 +56,9 @@ func (l *Limiter) Acquire(ctx context.Context) (release func(), err error) {
 	case l.slots <- struct{}{}:
 		return l.release, nil
 	default:
+	}
+	if l.maxPending == 0 {
+		return nil, &OverflowError{Limit: LimitRequests}
 	}
 	if l.pending.Add(1) > l.maxPending {
 		l.pending.Add(-1)

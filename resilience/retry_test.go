@@ -309,7 +309,14 @@ func TestBreakerOpensAndRecovers(t *testing.T) {
 }
 
 func TestLimiter(t *testing.T) {
-	l := NewLimiter(LimitsConfig{MaxRequests: 2, MaxPending: 1})
+	one, zero := 1, 0
+	noQueue := NewLimiter(LimitsConfig{MaxRequests: 1, MaxPending: &zero})
+	r0, _ := noQueue.Acquire(context.Background())
+	if _, err := noQueue.Acquire(context.Background()); !errors.Is(err, ErrOverflow) || err.(*OverflowError).Limit != LimitRequests {
+		t.Fatalf("max_pending 0: %v, want a requests overflow at once", err)
+	}
+	r0()
+	l := NewLimiter(LimitsConfig{MaxRequests: 2, MaxPending: &one})
 	r1, _ := l.Acquire(context.Background())
 	r2, _ := l.Acquire(context.Background())
 	got := make(chan error, 1)
