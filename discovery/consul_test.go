@@ -143,6 +143,21 @@ func TestConsulModes(t *testing.T) {
 			next(t, ch, 5*time.Second, tc.mode, func(s discovery.Snapshot) bool { return addrs(s) == tc.want })
 		})
 	}
+	t.Run("an instance with a meshlet sidecar is never called directly", func(t *testing.T) {
+		err := client.Agent().ServiceRegister(&api.AgentServiceRegistration{ID: "billing-1", Name: "billing",
+			Address: "127.0.0.1", Port: 9201, Meta: map[string]string{discovery.MetaSidecar: "billing-1-sidecar-proxy"}})
+		if err != nil {
+			t.Fatal(err)
+		}
+		auto := newConsul(t, discovery.ConsulConfig{Address: agent.HTTPAddr})
+		ch, _ := auto.Watch(t.Context(), "billing")
+		next(t, ch, 5*time.Second, "auto: none until the sidecar registers", func(s discovery.Snapshot) bool { return len(s.Endpoints) == 0 })
+		plain := newConsul(t, discovery.ConsulConfig{Address: agent.HTTPAddr, Mode: discovery.ConsulModeService})
+		pch, _ := plain.Watch(t.Context(), "billing")
+		next(t, pch, 5*time.Second, "service mode: the instance", func(s discovery.Snapshot) bool { return addrs(s) == "127.0.0.1:9201" })
+		registerSidecar(t, client, "billing-1", "billing", 21201)
+		next(t, ch, time.Second, "auto: the sidecar", func(s discovery.Snapshot) bool { return addrs(s) == "127.0.0.1:21201" })
+	})
 	t.Run("connect only, none registered", func(t *testing.T) {
 		src := newConsul(t, discovery.ConsulConfig{Address: agent.HTTPAddr, Mode: discovery.ConsulModeConnect})
 		ch, _ := src.Watch(t.Context(), "web")

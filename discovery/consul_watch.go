@@ -25,7 +25,8 @@ const (
 
 // Errors a Consul watch reports, to classify with errors.Is.
 var (
-	// ErrConsulUnreachable: the agent could not be reached (refused, timed out, DNS, TLS).
+	// ErrConsulUnreachable: the agent could not be reached (refused, timed out, DNS, TLS) or could not serve
+	// (5xx, such as no cluster leader).
 	ErrConsulUnreachable = errors.New("consul agent unreachable")
 	// ErrConsulDenied: the agent refused the token (unknown, expired, or without the permission).
 	ErrConsulDenied = errors.New("consul denied the request (check the ACL token)")
@@ -194,6 +195,9 @@ func (w *consulWatch) endpoints(kind string, entries []*api.ServiceEntry, trust 
 		if e.Service == nil || e.Node == nil {
 			continue
 		}
+		if kind == kindService && w.c.cfg.Mode == ConsulModeAuto && e.Service.Meta[MetaSidecar] != "" {
+			continue // reached only through its meshlet sidecar, never directly
+		}
 		host := e.Service.Address
 		if host == "" {
 			host = e.Node.Address
@@ -319,6 +323,9 @@ func classify(err error) error {
 	var se api.StatusError
 	if errors.As(err, &se) && (se.Code == 401 || se.Code == 403) {
 		return fmt.Errorf("%w: %d %s", ErrConsulDenied, se.Code, se.Body)
+	}
+	if errors.As(err, &se) && se.Code >= 500 { // e.g. 500 No cluster leader: the agent cannot serve
+		return fmt.Errorf("%w: %d %s", ErrConsulUnreachable, se.Code, se.Body)
 	}
 	var ne net.Error
 	var oe *net.OpError

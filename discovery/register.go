@@ -16,6 +16,11 @@ import (
 
 var osHostname = os.Hostname
 
+// MetaSidecar is the meta key a registered service instance carries with the ID of its meshlet sidecar. In auto
+// mode such an instance is never an endpoint itself: callers reach it through its sidecar only, also in the
+// moment between the two registrations.
+const MetaSidecar = "meshlet_sidecar"
+
 // Registration is what a sidecar registers with its local Consul agent: the local service and, for it, a
 // connect-proxy (the sidecar) that callers' meshlets find and call.
 type Registration struct {
@@ -159,13 +164,13 @@ func (r *Registrar) register(ctx context.Context) error {
 	}
 	opts := api.ServiceRegisterOpts{}.WithContext(ctx)
 	svc := &api.AgentServiceRegistration{ID: r.id, Name: r.reg.Service, Address: appHost, Port: appPort,
-		Tags: r.reg.Tags, Meta: r.reg.Meta}
+		Tags: r.reg.Tags, Meta: withMeta(r.reg.Meta, MetaSidecar, r.ProxyID())}
 	if err := r.c.client.Agent().ServiceRegisterOpts(svc, opts); err != nil {
 		return fmt.Errorf("register service %s: %w", r.id, err)
 	}
 	prx := &api.AgentServiceRegistration{
 		Kind: api.ServiceKindConnectProxy, ID: r.ProxyID(), Name: r.reg.Service + "-sidecar-proxy",
-		Address: inHost, Port: inPort, Tags: r.reg.Tags, Meta: withMeshletMeta(r.reg.Meta),
+		Address: inHost, Port: inPort, Tags: r.reg.Tags, Meta: withMeta(r.reg.Meta, "meshlet", "true"),
 		Proxy: &api.AgentServiceConnectProxyConfig{DestinationServiceName: r.reg.Service,
 			DestinationServiceID: r.id, LocalServiceAddress: appHost, LocalServicePort: appPort},
 		Checks: api.AgentServiceChecks{
@@ -204,10 +209,13 @@ func (r *Registrar) Deregister(ctx context.Context) error {
 	return nil
 }
 
-func withMeshletMeta(m map[string]string) map[string]string {
-	out := map[string]string{"meshlet": "true"}
-	for k, v := range m {
-		out[k] = v
+// withMeta returns a copy of m with k set to v.
+func withMeta(m map[string]string, k, v string) map[string]string {
+	out := map[string]string{k: v}
+	for mk, mv := range m {
+		if mk != k {
+			out[mk] = mv
+		}
 	}
 	return out
 }
