@@ -121,8 +121,8 @@ func (c *ConsulConfig) Validate(prefix string) error {
 	if c.WaitTime < time.Second || c.WaitTime > 10*time.Minute {
 		bad("wait_time", "must be between 1s and 10m")
 	}
-	if c.CheckInterval < 100*time.Millisecond {
-		bad("check_interval", "must be at least 100ms")
+	if c.CheckInterval < time.Second {
+		bad("check_interval", "must be at least 1s (Consul's shortest check interval)")
 	}
 	if c.ResyncInterval < 100*time.Millisecond {
 		bad("resync_interval", "must be at least 100ms")

@@ -305,8 +305,7 @@ func TestConsulBadAddressAndToken(t *testing.T) {
 
 func TestConsulRegistrar(t *testing.T) {
 	agent := discoverytest.StartConsul(t, discoverytest.Options{})
-	src := newConsul(t, discovery.ConsulConfig{Address: agent.HTTPAddr, ResyncInterval: 200 * time.Millisecond,
-		CheckInterval: 200 * time.Millisecond})
+	src := newConsul(t, discovery.ConsulConfig{Address: agent.HTTPAddr, ResyncInterval: 200 * time.Millisecond})
 	r := discovery.NewRegistrar(src, discovery.Registration{Service: "api", App: "127.0.0.1:8080",
 		Inbound: "127.0.0.1:21001", Admin: "127.0.0.1:1", Tags: []string{"v1"}, Meta: map[string]string{"team": "a"}})
 	ctx, cancel := context.WithCancel(t.Context())

@@ -8,6 +8,7 @@ import (
 	"net"
 	"os"
 	"strconv"
+	"strings"
 	"sync"
 	"time"
 
@@ -30,9 +31,55 @@ type Registration struct {
 	Admin   string            // the sidecar's admin listener, for the /ready HTTP check
 	Tags    []string          // on both registrations
 	Meta    map[string]string // on both registrations
+	// AppCheck, when set, is the app's own health check on the service instance; the sidecar's alias check
+	// follows it, so callers stop picking the instance when its app fails.
+	AppCheck *AppCheck
 	// Ready is the sidecar's readiness; the /ready check starts passing when it returns nil at registration
 	// (so callers need not wait a check interval), critical otherwise. Nil: critical until Consul checks.
 	Ready func() error
+}
+
+// AppCheck is the app's own health check, run by the Consul agent: an HTTP GET (2xx passing, 429 warning,
+// anything else critical) or a TCP connect. Exactly one of HTTP and TCP is set.
+type AppCheck struct {
+	HTTP     string        `yaml:"http" json:"http"`         // URL, e.g. http://127.0.0.1:8080/health
+	TCP      string        `yaml:"tcp" json:"tcp"`           // host:port, e.g. the app's address
+	Interval time.Duration `yaml:"interval" json:"interval"` // default 10s
+	Timeout  time.Duration `yaml:"timeout" json:"timeout"`   // default 2s
+}
+
+// Validate reports the check's problems with their field paths under prefix.
+func (c *AppCheck) Validate(prefix string) error {
+	var errs []error
+	if (c.HTTP == "") == (c.TCP == "") {
+		errs = append(errs, fmt.Errorf("%s: set one of http and tcp", prefix))
+	}
+	if c.HTTP != "" && !strings.HasPrefix(c.HTTP, "http://") && !strings.HasPrefix(c.HTTP, "https://") {
+		errs = append(errs, fmt.Errorf("%s.http: %q must be an http:// or https:// URL", prefix, c.HTTP))
+	}
+	if c.TCP != "" {
+		if _, _, err := net.SplitHostPort(c.TCP); err != nil {
+			errs = append(errs, fmt.Errorf("%s.tcp: %q must be host:port", prefix, c.TCP))
+		}
+	}
+	if c.Interval != 0 && c.Interval < time.Second {
+		errs = append(errs, fmt.Errorf("%s.interval: must be at least 1s (Consul's shortest check interval)", prefix))
+	}
+	if c.Timeout < 0 {
+		errs = append(errs, fmt.Errorf("%s.timeout: must not be negative", prefix))
+	}
+	return errors.Join(errs...)
+}
+
+func (c *AppCheck) agentCheck() *api.AgentServiceCheck {
+	interval, timeout := c.Interval, c.Timeout
+	if interval == 0 {
+		interval = 10 * time.Second
+	}
+	if timeout == 0 {
+		timeout = 2 * time.Second
+	}
+	return &api.AgentServiceCheck{Name: "app", HTTP: c.HTTP, TCP: c.TCP, Interval: interval.String(), Timeout: timeout.String()}
 }
 
 // Registrar keeps a Registration registered with the Consul agent until Deregister: it registers at start
@@ -165,6 +212,9 @@ func (r *Registrar) register(ctx context.Context) error {
 	opts := api.ServiceRegisterOpts{}.WithContext(ctx)
 	svc := &api.AgentServiceRegistration{ID: r.id, Name: r.reg.Service, Address: appHost, Port: appPort,
 		Tags: r.reg.Tags, Meta: withMeta(r.reg.Meta, MetaSidecar, r.ProxyID())}
+	if r.reg.AppCheck != nil {
+		svc.Check = r.reg.AppCheck.agentCheck()
+	}
 	if err := r.c.client.Agent().ServiceRegisterOpts(svc, opts); err != nil {
 		return fmt.Errorf("register service %s: %w", r.id, err)
 	}

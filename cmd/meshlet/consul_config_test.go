@@ -4,6 +4,7 @@ import (
 	"encoding/json"
 	"strings"
 	"testing"
+	"time"
 )
 
 func TestConsulConfig(t *testing.T) {
@@ -31,6 +32,24 @@ func TestConsulConfig(t *testing.T) {
 					t.Errorf("registration %+v", c.Registration)
 				}
 			}},
+		{name: "app check", yaml: strings.Replace(api, "register: true}", "register: true, check: {http: 'http://127.0.0.1:8080/health', interval: 5s}}", 1),
+			check: func(t *testing.T, c *fileConfig) {
+				if ch := c.Registration.Check; ch == nil || ch.HTTP != "http://127.0.0.1:8080/health" || ch.Interval != 5*time.Second {
+					t.Errorf("check %+v", ch)
+				}
+				b, _ := json.Marshal(c.view())
+				if !strings.Contains(string(b), `"check":{"http":"http://127.0.0.1:8080/health"`) {
+					t.Errorf("view has no check: %s", b)
+				}
+			}},
+		{name: "app check strict", yaml: strings.Replace(api, "register: true}", "register: true, check: {htp: x}}", 1),
+			wantErr: "unknown field htp"},
+		{name: "app check needs one kind", yaml: strings.Replace(api, "register: true}", "register: true, check: {interval: 5s}}", 1),
+			wantErr: "service.check: set one of http and tcp"},
+		{name: "app check needs register", yaml: "service: {name: api, check: {tcp: '127.0.0.1:8080'}}\n",
+			wantErr: "service.check: needs service.register"},
+		{name: "check interval under consul's minimum", yaml: "service: {name: web}\ndiscovery: {consul: {check_interval: 100ms}}\n",
+			wantErr: "discovery.consul.check_interval"},
 		{name: "unknown service key still an error", yaml: strings.Replace(api, "register: true", "registr: true", 1),
 			wantErr: "unknown field registr"},
 		{name: "register needs consul", yaml: "service: {name: api, address: 127.0.0.1:8080, register: true}\ninbound: {listen: 127.0.0.1:21001}\n",

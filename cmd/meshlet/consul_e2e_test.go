@@ -290,3 +290,48 @@ admin: {listen: %s}
 		})
 	}
 }
+
+// startCheckedApp is startRegisteredApp with the app's own HTTP health check (service.check) answering from healthy.
+func startCheckedApp(t *testing.T, consulAddr, id string, healthy *atomic.Bool) *consulApp {
+	t.Helper()
+	app := startBackend(t, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.URL.Path == "/health" && !healthy.Load() {
+			http.Error(w, "sick", http.StatusInternalServerError)
+			return
+		}
+		fmt.Fprintf(w, "api %s", id)
+	}), false, nil)
+	a := &consulApp{name: "api", inbound: freeAddr(t), app: hostOf(app)}
+	admin := freeAddr(t)
+	cfg := fmt.Sprintf(`service: {name: api, address: %s, protocol: http, register: true, check: {http: 'http://%s/health', interval: 1s}}
+inbound: {listen: %s}
+discovery:
+  consul: {address: %s}
+admin: {listen: %s}
+`, a.app, a.app, a.inbound, consulAddr, admin)
+	a.m = startMeshlet(t, admin, cfg)
+	return a
+}
+
+// TestConsulFailingCheckLeavesRouting: an app whose own health check fails leaves the callers' routing (the
+// sidecar's alias check follows the app's check) within the check interval, and comes back when it passes.
+func TestConsulFailingCheckLeavesRouting(t *testing.T) {
+	agent := discoverytest.StartConsul(t, discoverytest.Options{})
+	var ok1, ok2 atomic.Bool
+	ok1.Store(true)
+	ok2.Store(true)
+	startCheckedApp(t, agent.HTTPAddr, "a1", &ok1)
+	sick := startCheckedApp(t, agent.HTTPAddr, "a2", &ok2)
+	web, _ := startCaller(t, agent.HTTPAddr, "", "api")
+	eventually(t, 5*time.Second, "both instances pass their checks", func() bool { return len(upstreamState(t, web, "api").Endpoints) == 2 })
+
+	ok2.Store(false)
+	start := time.Now()
+	eventually(t, 3*time.Second, "the failing instance leaves routing", func() bool {
+		u := upstreamState(t, web, "api")
+		return len(u.Endpoints) == 1 && u.Endpoints[0].Address != sick.inbound
+	})
+	t.Logf("a failing app check reached web's routing %v after the app started failing (check interval 1s)", time.Since(start))
+	ok2.Store(true)
+	eventually(t, 3*time.Second, "it comes back", func() bool { return len(upstreamState(t, web, "api").Endpoints) == 2 })
+}

@@ -32,12 +32,14 @@ type registrationConfig struct {
 	Register bool              `yaml:"register" json:"register"`
 	Tags     []string          `yaml:"tags" json:"tags"`
 	Meta     map[string]string `yaml:"meta" json:"meta"`
+	// Check is the app's own health check, registered on the service instance.
+	Check *discovery.AppCheck `yaml:"check" json:"check"`
 }
 
 // registrationKeys are the keys of the service section that registrationConfig holds.
-var registrationKeys = map[string]bool{"register": true, "tags": true, "meta": true}
+var registrationKeys = map[string]bool{"register": true, "tags": true, "meta": true, "check": true}
 
-var serviceExtraField = regexp.MustCompile(`field (register|tags|meta) not found in type proxy\.ServiceConfig$`)
+var serviceExtraField = regexp.MustCompile(`field (register|tags|meta|check) not found in type proxy\.ServiceConfig$`)
 
 // dropRegistrationErrors removes the strict decoder's complaints about the service keys decoded here.
 func dropRegistrationErrors(msgs []string) []string {
@@ -72,12 +74,35 @@ func decodeRegistration(data []byte) (registrationConfig, error) {
 				extra.Content = append(extra.Content, svc.Content[j], svc.Content[j+1])
 			}
 		}
-		if err := extra.Decode(&rc); err != nil {
+		if err := decodeStrict(extra, &rc); err != nil {
 			return rc, fmt.Errorf("service: %w", err)
 		}
 	}
 	return rc, nil
 }
+
+// decodeStrict decodes n into v, rejecting unknown fields (a yaml.Node has no strict mode of its own).
+func decodeStrict(n *yaml.Node, v any) error {
+	b, err := yaml.Marshal(n)
+	if err != nil {
+		return err
+	}
+	dec := yaml.NewDecoder(bytes.NewReader(b))
+	dec.KnownFields(true)
+	if err := dec.Decode(v); err != nil {
+		var te *yaml.TypeError
+		if errors.As(err, &te) { // line numbers of the re-encoded part mean nothing: drop them
+			for i, m := range te.Errors {
+				te.Errors[i] = yamlNotFound.ReplaceAllString(lineNo.ReplaceAllString(m, ""), "unknown field $1")
+			}
+			return errors.New(strings.Join(te.Errors, "\n"))
+		}
+		return err
+	}
+	return nil
+}
+
+var lineNo = regexp.MustCompile(`^line \d+: `)
 
 // setDefaults and validate of the discovery section and registration.
 func (c *fileConfig) setDiscoveryDefaults() {
@@ -99,6 +124,14 @@ func (c *fileConfig) validateDiscovery() []error {
 		}
 		if c.Inbound.Listen == "" {
 			errs = append(errs, errors.New("service.register: needs inbound.listen (what callers reach)"))
+		}
+	}
+	if c.Registration.Check != nil {
+		if !c.Registration.Register {
+			errs = append(errs, errors.New("service.check: needs service.register"))
+		}
+		if err := c.Registration.Check.Validate("service.check"); err != nil {
+			errs = append(errs, err)
 		}
 	}
 	return errs
@@ -128,6 +161,9 @@ func (c *fileConfig) redactView(v map[string]any) {
 		if len(c.Registration.Meta) > 0 {
 			s["meta"] = c.Registration.Meta
 		}
+		if ch := c.Registration.Check; ch != nil {
+			s["check"] = map[string]any{"http": ch.HTTP, "tcp": ch.TCP, "interval": ch.Interval.String(), "timeout": ch.Timeout.String()}
+		}
 	}
 }
 
@@ -156,7 +192,7 @@ func (s *sidecar) startRegistration() {
 	}
 	s.registrar = discovery.NewRegistrar(s.consul, discovery.Registration{
 		Service: s.cfg.Service.Name, App: s.cfg.Service.Address, Inbound: inbound, Admin: s.admin.Addr(),
-		Tags: s.cfg.Registration.Tags, Meta: s.cfg.Registration.Meta, Ready: s.ready,
+		Tags: s.cfg.Registration.Tags, Meta: s.cfg.Registration.Meta, AppCheck: s.cfg.Registration.Check, Ready: s.ready,
 	})
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan struct{})
