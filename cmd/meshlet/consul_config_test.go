@@ -104,3 +104,31 @@ func TestConsulConfig(t *testing.T) {
 		})
 	}
 }
+
+func TestConsulConfigChangeNeedsRestart(t *testing.T) {
+	load := func(y string) *fileConfig {
+		t.Helper()
+		c, err := decodeConfig([]byte(y))
+		if err != nil {
+			t.Fatal(err)
+		}
+		c.setDefaults()
+		return c
+	}
+	base := load("service: {name: api, address: 127.0.0.1:8080, register: true}\ninbound: {listen: 127.0.0.1:21001}\ndiscovery: {consul: {address: 127.0.0.1:8500}}\n")
+	for _, tc := range []struct {
+		name, yaml string
+		changed    bool
+	}{
+		{"same", "service: {name: api, address: 127.0.0.1:8080, register: true}\ninbound: {listen: 127.0.0.1:21001}\ndiscovery: {consul: {address: 127.0.0.1:8500}}\nlog: {level: debug}\n", false},
+		{"address", "service: {name: api, address: 127.0.0.1:8080, register: true}\ninbound: {listen: 127.0.0.1:21001}\ndiscovery: {consul: {address: 127.0.0.1:8501}}\n", true},
+		{"tags", "service: {name: api, address: 127.0.0.1:8080, register: true, tags: [v2]}\ninbound: {listen: 127.0.0.1:21001}\ndiscovery: {consul: {address: 127.0.0.1:8500}}\n", true},
+		{"no consul", "service: {name: api, address: 127.0.0.1:8080}\ninbound: {listen: 127.0.0.1:21001}\n", true},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			if got := discoveryChanged(base, load(tc.yaml)); got != tc.changed {
+				t.Errorf("discoveryChanged = %v, want %v", got, tc.changed)
+			}
+		})
+	}
+}

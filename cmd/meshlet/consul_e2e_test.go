@@ -8,6 +8,8 @@ import (
 	"fmt"
 	"io"
 	"net/http"
+	"os"
+	"path/filepath"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -38,9 +40,9 @@ func startRegisteredApp(t *testing.T, consulAddr, name, id, consulExtra, extra s
 	cfg := fmt.Sprintf(`service: {name: %s, address: %s, protocol: http, register: true}
 inbound: {listen: %s}
 discovery:
-  consul: {address: %s%s}
+  consul: {%s}
 admin: {listen: %s}
-%s`, name, a.app, a.inbound, consulAddr, consulExtra, admin, extra)
+%s`, name, a.app, a.inbound, consulFields(consulAddr, consulExtra), admin, extra)
 	a.m = startMeshlet(t, admin, cfg)
 	return a
 }
@@ -60,11 +62,24 @@ func startCaller(t *testing.T, consulAddr, consulExtra string, upstreams ...stri
 inbound: {listen: %s}
 upstreams:
 %sdiscovery:
-  consul: {address: %s%s}
+  consul: {%s}
 admin: {listen: %s}
 shutdown: {drain_delay: 0s}
-`, freeAddr(t), ups.String(), consulAddr, consulExtra, admin)
+`, freeAddr(t), ups.String(), consulFields(consulAddr, consulExtra), admin)
 	return startMeshlet(t, admin, cfg), listens
+}
+
+// consulFields is the inside of the discovery.consul flow map: the address (none: from CONSUL_HTTP_ADDR) and
+// extra fields ("resync_interval: 300ms").
+func consulFields(addr, extra string) string {
+	var f []string
+	if addr != "" {
+		f = append(f, "address: "+addr)
+	}
+	if extra != "" {
+		f = append(f, extra)
+	}
+	return strings.Join(f, ", ")
 }
 
 // debugUpstream is the part of /debug/upstreams these tests read.
@@ -199,7 +214,7 @@ func TestConsulDeregistrationReachesRouting(t *testing.T) {
 // resumes.
 func TestConsulAwayKeepsTraffic(t *testing.T) {
 	agent := discoverytest.StartConsul(t, discoverytest.Options{})
-	startRegisteredApp(t, agent.HTTPAddr, "api", "a1", ", resync_interval: 300ms", "")
+	startRegisteredApp(t, agent.HTTPAddr, "api", "a1", "resync_interval: 300ms", "")
 	web, listen := startCaller(t, agent.HTTPAddr, "", "api")
 	url := "http://" + listen["api"] + "/"
 	eventually(t, 5*time.Second, "web reaches api", func() bool { code, _, _ := call(url); return code == 200 })
@@ -334,4 +349,29 @@ func TestConsulFailingCheckLeavesRouting(t *testing.T) {
 	t.Logf("a failing app check reached web's routing %v after the app started failing (check interval 1s)", time.Since(start))
 	ok2.Store(true)
 	eventually(t, 3*time.Second, "it comes back", func() bool { return len(upstreamState(t, web, "api").Endpoints) == 2 })
+}
+
+// TestConsulACLFromEnvironmentAndTokenFile: an agent with ACLs on, its address from CONSUL_HTTP_ADDR and the
+// token from a token_file (api) or CONSUL_HTTP_TOKEN (web); registration and discovery work, and the token shows
+// in neither /debug/config nor the logs.
+func TestConsulACLFromEnvironmentAndTokenFile(t *testing.T) {
+	agent := discoverytest.StartConsul(t, discoverytest.Options{ACL: true})
+	t.Setenv("CONSUL_HTTP_ADDR", agent.HTTPAddr) // inherited by the meshlet processes
+	tokenFile := filepath.Join(t.TempDir(), "token")
+	if err := os.WriteFile(tokenFile, []byte(discoverytest.ManagementToken+"\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	api := startRegisteredApp(t, "", "api", "a1", "token_file: "+tokenFile, "")
+	t.Setenv("CONSUL_HTTP_TOKEN", discoverytest.ManagementToken)
+	web, listen := startCaller(t, "", "", "api")
+	eventually(t, 5*time.Second, "web finds api's sidecar", func() bool { return len(upstreamState(t, web, "api").Endpoints) == 1 })
+	if code, body, _ := call("http://" + listen["api"] + "/"); code != 200 || body != "api a1" {
+		t.Fatalf("web → api: %d %q", code, body)
+	}
+	for _, p := range []*meshletProc{api.m, web} {
+		_, cfg := p.adminGet(t, "/debug/config")
+		if strings.Contains(cfg, discoverytest.ManagementToken) || strings.Contains(p.stderr.String(), discoverytest.ManagementToken) {
+			t.Errorf("the token shows in /debug/config or the log of %s", p.configPath)
+		}
+	}
 }
