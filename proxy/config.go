@@ -9,6 +9,7 @@ import (
 	"strings"
 	"time"
 
+	"meshlet.dev/meshlet/discovery"
 	"meshlet.dev/meshlet/resilience"
 )
 
@@ -51,6 +52,13 @@ type ServiceConfig struct {
 	Name     string `yaml:"name" json:"name"`         // required
 	Address  string `yaml:"address" json:"address"`   // the local app, ip:port; required with inbound.listen
 	Protocol string `yaml:"protocol" json:"protocol"` // what the app speaks; default http
+	// Register registers the service and its sidecar (a connect-proxy) with the Consul agent at start and
+	// deregisters them on shutdown. Needs discovery.consul and inbound.listen.
+	Register bool              `yaml:"register" json:"register"`
+	Tags     []string          `yaml:"tags" json:"tags"`
+	Meta     map[string]string `yaml:"meta" json:"meta"`
+	// Check is the app's own health check, registered on the service instance; nil means none.
+	Check *discovery.AppCheck `yaml:"check" json:"check"`
 }
 
 // InboundConfig is the listener other sidecars call to reach the local app.

@@ -26,6 +26,7 @@ type Picker interface {
 type endpointState struct {
 	ep       discovery.Endpoint
 	hostport string // ep.Addr as "ip:port", computed once
+	sidecar  bool   // discovery says the endpoint is a meshlet (Meta "peer" is "sidecar")
 
 	inFlight atomic.Int64
 	requests atomic.Uint64
@@ -55,7 +56,7 @@ type endpointError struct {
 }
 
 func newEndpointState(ep discovery.Endpoint) *endpointState {
-	return &endpointState{ep: ep, hostport: ep.Addr.String()}
+	return &endpointState{ep: ep, hostport: ep.Addr.String(), sidecar: ep.Meta["peer"] == PeerSidecar}
 }
 
 // finish records the outcome of one request that was counted in flight. resilience.ErrExcluded (the client went

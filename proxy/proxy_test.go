@@ -6,11 +6,14 @@ import (
 	"crypto/rand"
 	"crypto/sha256"
 	"encoding/hex"
+	"fmt"
 	"io"
 	"log/slog"
 	"net/http"
 	"net/http/httptest"
+	"net/netip"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -292,6 +295,45 @@ func TestProxyDiscoverySource(t *testing.T) {
 			}
 			if time.Now().After(deadline) {
 				t.Fatalf("%s after reload: %d, want %d", host, s, want)
+			}
+			time.Sleep(5 * time.Millisecond)
+		}
+	}
+}
+
+// TestProxyDiscoveredSidecar: an endpoint that discovery marks as a sidecar gets HTTP/2 even on an upstream whose
+// peer setting is app (HTTP/1.1 for protocol http).
+func TestProxyDiscoveredSidecar(t *testing.T) {
+	var proto atomic.Int32
+	backend := httptest.NewUnstartedServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		proto.Store(int32(r.ProtoMajor))
+	}))
+	backend.Config.Protocols = new(http.Protocols)
+	backend.Config.Protocols.SetHTTP1(true)
+	backend.Config.Protocols.SetUnencryptedHTTP2(true)
+	backend.Start()
+	t.Cleanup(backend.Close)
+	src := discovery.NewStatic()
+	cfg := Config{Service: ServiceConfig{Name: "web"}, Upstreams: []UpstreamConfig{{Name: "api", Listen: "127.0.0.1:0"}}}
+	p, _ := startProxyWith(t, cfg, src)
+	for _, tc := range []struct {
+		meta map[string]string
+		want int32
+	}{{nil, 1}, {map[string]string{"peer": "sidecar"}, 2}} {
+		ap := netip.MustParseAddrPort(strings.TrimPrefix(backend.URL, "http://"))
+		src.Set("api", []discovery.Endpoint{{ID: fmt.Sprint(tc.want), Addr: ap, Meta: tc.meta}})
+		deadline := time.Now().Add(5 * time.Second)
+		for {
+			resp, err := http.Get("http://" + p.Addrs()["upstream/api"] + "/")
+			if err != nil {
+				t.Fatal(err)
+			}
+			resp.Body.Close()
+			if resp.StatusCode == 200 && proto.Load() == tc.want {
+				break
+			}
+			if time.Now().After(deadline) {
+				t.Fatalf("meta %v: backend saw HTTP/%d, want HTTP/%d", tc.meta, proto.Load(), tc.want)
 			}
 			time.Sleep(5 * time.Millisecond)
 		}

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"reflect"
 	"time"
 
 	"meshlet.dev/meshlet/discovery"
@@ -29,7 +30,7 @@ func (p *Proxy) Reload(cfg Config) (warnings []string, err error) {
 		return nil, errors.New("proxy is not running")
 	}
 	old := p.cfg
-	if old.Service != cfg.Service || old.Inbound != cfg.Inbound {
+	if !reflect.DeepEqual(old.Service, cfg.Service) || old.Inbound != cfg.Inbound {
 		warnings = append(warnings, "service and inbound settings change only on restart; keeping the running ones")
 		cfg.Service, cfg.Inbound = old.Service, old.Inbound
 	}

@@ -177,7 +177,7 @@ func (u *upstream) RoundTrip(req *http.Request) (*http.Response, error) {
 	url := *req.URL
 	url.Host = st.hostport
 	out.URL = &url
-	base := u.base(req.Header)
+	base := u.base(req.Header, st)
 	resp, err := base.RoundTrip(&out)
 	if err != nil {
 		outcome := resilience.Outcome(nil, err)
@@ -251,10 +251,11 @@ func keepTrailersOnly(resp *http.Response) error {
 	return nil
 }
 
-// base returns the transport for a request with header h.
-func (u *upstream) base(h http.Header) http.RoundTripper {
+// base returns the transport for a request with header h to endpoint st. An endpoint that discovery says is a
+// sidecar (Meta peer=sidecar) is spoken to as one whatever the upstream's peer setting.
+func (u *upstream) base(h http.Header, st *endpointState) http.RoundTripper {
 	cfg := u.cfg.Load()
-	if cfg.Peer == PeerSidecar {
+	if cfg.Peer == PeerSidecar || st.sidecar {
 		if isUpgrade(h) {
 			return u.transport.h1 // HTTP/2 has no Upgrade: tunnel it over HTTP/1.1 between sidecars
 		}

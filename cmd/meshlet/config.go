@@ -25,8 +25,6 @@ type fileConfig struct {
 	Log          logConfig       `yaml:"log" json:"log"`
 	Shutdown     shutdownConfig  `yaml:"shutdown" json:"shutdown"`
 	Discovery    discoveryConfig `yaml:"discovery" json:"discovery"`
-	// Registration is service.register, service.tags and service.meta (decoded by decodeRegistration).
-	Registration registrationConfig `yaml:"-" json:"-"`
 }
 
 // logConfig is the log section.
@@ -120,17 +118,11 @@ func decodeConfig(data []byte) (*fileConfig, error) {
 	var cfg fileConfig
 	dec := yaml.NewDecoder(bytes.NewReader(data))
 	dec.KnownFields(true)
-	err := dec.Decode(&cfg)
-	var te *yaml.TypeError
-	if errors.As(err, &te) {
-		if te.Errors = dropRegistrationErrors(te.Errors); len(te.Errors) == 0 {
-			err = nil
-		}
-	}
-	if err != nil {
+	if err := dec.Decode(&cfg); err != nil {
 		if errors.Is(err, io.EOF) {
 			return nil, errors.New("config is empty")
 		}
+		var te *yaml.TypeError
 		if errors.As(err, &te) {
 			msgs := make([]string, len(te.Errors))
 			for i, m := range te.Errors {
@@ -144,11 +136,6 @@ func decodeConfig(data []byte) (*fileConfig, error) {
 	if err := dec.Decode(&extra); !errors.Is(err, io.EOF) {
 		return nil, errors.New("config must be a single YAML document")
 	}
-	rc, err := decodeRegistration(data)
-	if err != nil {
-		return nil, err
-	}
-	cfg.Registration = rc
 	return &cfg, nil
 }
 

@@ -17,24 +17,24 @@ func TestConsulConfig(t *testing.T) {
 		check      func(t *testing.T, c *fileConfig)
 	}{
 		{name: "issue api", yaml: api, check: func(t *testing.T, c *fileConfig) {
-			if !c.Registration.Register || c.Discovery.Consul == nil || c.Discovery.Consul.Address != "127.0.0.1:8500" {
-				t.Errorf("registration %+v consul %+v", c.Registration, c.Discovery.Consul)
+			if !c.Service.Register || c.Discovery.Consul == nil || c.Discovery.Consul.Address != "127.0.0.1:8500" {
+				t.Errorf("registration %+v consul %+v", c.Service, c.Discovery.Consul)
 			}
 		}},
 		{name: "issue web", yaml: web, check: func(t *testing.T, c *fileConfig) {
-			if c.Registration.Register || c.Upstreams[0].Endpoints != nil {
+			if c.Service.Register || c.Upstreams[0].Endpoints != nil {
 				t.Errorf("web: %+v", c)
 			}
 		}},
 		{name: "tags and meta", yaml: strings.Replace(api, "register: true}", "register: true, tags: [v1, canary], meta: {team: payments}}", 1),
 			check: func(t *testing.T, c *fileConfig) {
-				if len(c.Registration.Tags) != 2 || c.Registration.Meta["team"] != "payments" {
-					t.Errorf("registration %+v", c.Registration)
+				if len(c.Service.Tags) != 2 || c.Service.Meta["team"] != "payments" {
+					t.Errorf("registration %+v", c.Service)
 				}
 			}},
 		{name: "app check", yaml: strings.Replace(api, "register: true}", "register: true, check: {http: 'http://127.0.0.1:8080/health', interval: 5s}}", 1),
 			check: func(t *testing.T, c *fileConfig) {
-				if ch := c.Registration.Check; ch == nil || ch.HTTP != "http://127.0.0.1:8080/health" || ch.Interval != 5*time.Second {
+				if ch := c.Service.Check; ch == nil || ch.HTTP != "http://127.0.0.1:8080/health" || ch.Interval != 5*time.Second {
 					t.Errorf("check %+v", ch)
 				}
 				b, _ := json.Marshal(c.view())
@@ -122,7 +122,8 @@ func TestConsulConfigChangeNeedsRestart(t *testing.T) {
 	}{
 		{"same", "service: {name: api, address: 127.0.0.1:8080, register: true}\ninbound: {listen: 127.0.0.1:21001}\ndiscovery: {consul: {address: 127.0.0.1:8500}}\nlog: {level: debug}\n", false},
 		{"address", "service: {name: api, address: 127.0.0.1:8080, register: true}\ninbound: {listen: 127.0.0.1:21001}\ndiscovery: {consul: {address: 127.0.0.1:8501}}\n", true},
-		{"tags", "service: {name: api, address: 127.0.0.1:8080, register: true, tags: [v2]}\ninbound: {listen: 127.0.0.1:21001}\ndiscovery: {consul: {address: 127.0.0.1:8500}}\n", true},
+		// Tags are part of the service section: a change there is the proxy's to refuse (it warns and keeps it).
+		{"tags", "service: {name: api, address: 127.0.0.1:8080, register: true, tags: [v2]}\ninbound: {listen: 127.0.0.1:21001}\ndiscovery: {consul: {address: 127.0.0.1:8500}}\n", false},
 		{"no consul", "service: {name: api, address: 127.0.0.1:8080}\ninbound: {listen: 127.0.0.1:21001}\n", true},
 	} {
 		t.Run(tc.name, func(t *testing.T) {

@@ -24,63 +24,6 @@ type discoveryConfig struct {
 	Consul *discovery.ConsulConfig `yaml:"consul" json:"consul"`
 }
 
-// registrationConfig is the part of the service section about registering with Consul. The proxy owns the
-// service section's type, so these keys are decoded here (see decodeRegistration).
-type registrationConfig struct {
-	// Register registers the service and its sidecar (a connect-proxy) with the Consul agent at start and
-	// deregisters them on shutdown. Needs discovery.consul and inbound.listen.
-	Register bool              `yaml:"register" json:"register"`
-	Tags     []string          `yaml:"tags" json:"tags"`
-	Meta     map[string]string `yaml:"meta" json:"meta"`
-	// Check is the app's own health check, registered on the service instance.
-	Check *discovery.AppCheck `yaml:"check" json:"check"`
-}
-
-// registrationKeys are the keys of the service section that registrationConfig holds.
-var registrationKeys = map[string]bool{"register": true, "tags": true, "meta": true, "check": true}
-
-var serviceExtraField = regexp.MustCompile(`field (register|tags|meta|check) not found in type proxy\.ServiceConfig$`)
-
-// dropRegistrationErrors removes the strict decoder's complaints about the service keys decoded here.
-func dropRegistrationErrors(msgs []string) []string {
-	out := msgs[:0]
-	for _, m := range msgs {
-		if !serviceExtraField.MatchString(m) {
-			out = append(out, m)
-		}
-	}
-	return out
-}
-
-// decodeRegistration decodes the registration keys of the service section of data.
-func decodeRegistration(data []byte) (registrationConfig, error) {
-	var rc registrationConfig
-	var doc yaml.Node
-	if err := yaml.NewDecoder(bytes.NewReader(data)).Decode(&doc); err != nil || len(doc.Content) == 0 {
-		return rc, nil // the strict decode reports it
-	}
-	root := doc.Content[0]
-	if root.Kind != yaml.MappingNode {
-		return rc, nil
-	}
-	for i := 0; i+1 < len(root.Content); i += 2 {
-		if root.Content[i].Value != "service" || root.Content[i+1].Kind != yaml.MappingNode {
-			continue
-		}
-		svc := root.Content[i+1]
-		extra := &yaml.Node{Kind: yaml.MappingNode}
-		for j := 0; j+1 < len(svc.Content); j += 2 {
-			if registrationKeys[svc.Content[j].Value] {
-				extra.Content = append(extra.Content, svc.Content[j], svc.Content[j+1])
-			}
-		}
-		if err := decodeStrict(extra, &rc); err != nil {
-			return rc, fmt.Errorf("service: %w", err)
-		}
-	}
-	return rc, nil
-}
-
 // decodeStrict decodes n into v, rejecting unknown fields (a yaml.Node has no strict mode of its own).
 func decodeStrict(n *yaml.Node, v any) error {
 	b, err := yaml.Marshal(n)
@@ -118,7 +61,7 @@ func (c *fileConfig) validateDiscovery() []error {
 			errs = append(errs, err)
 		}
 	}
-	if c.Registration.Register {
+	if c.Service.Register {
 		if c.Discovery.Consul == nil {
 			errs = append(errs, errors.New("service.register: needs discovery.consul"))
 		}
@@ -126,11 +69,11 @@ func (c *fileConfig) validateDiscovery() []error {
 			errs = append(errs, errors.New("service.register: needs inbound.listen (what callers reach)"))
 		}
 	}
-	if c.Registration.Check != nil {
-		if !c.Registration.Register {
+	if c.Service.Check != nil {
+		if !c.Service.Register {
 			errs = append(errs, errors.New("service.check: needs service.register"))
 		}
-		if err := c.Registration.Check.Validate("service.check"); err != nil {
+		if err := c.Service.Check.Validate("service.check"); err != nil {
 			errs = append(errs, err)
 		}
 	}
@@ -144,7 +87,7 @@ func applyDiscoveryEnv(cfg *fileConfig, getenv func(string) string) {
 	}
 }
 
-// redactView hides secrets in the rendered config and adds the registration keys to the service section.
+// redactView hides secrets in the rendered config.
 func (c *fileConfig) redactView(v map[string]any) {
 	if d, ok := v["discovery"].(map[string]any); ok {
 		if cc, ok := d["consul"].(map[string]any); ok {
@@ -153,18 +96,7 @@ func (c *fileConfig) redactView(v map[string]any) {
 			}
 		}
 	}
-	if s, ok := v["service"].(map[string]any); ok {
-		s["register"] = c.Registration.Register
-		if len(c.Registration.Tags) > 0 {
-			s["tags"] = c.Registration.Tags
-		}
-		if len(c.Registration.Meta) > 0 {
-			s["meta"] = c.Registration.Meta
-		}
-		if ch := c.Registration.Check; ch != nil {
-			s["check"] = map[string]any{"http": ch.HTTP, "tcp": ch.TCP, "interval": ch.Interval.String(), "timeout": ch.Timeout.String()}
-		}
-	}
+
 }
 
 // startDiscovery creates the Consul source when the config has one; it contacts nothing yet.
@@ -182,7 +114,7 @@ func (s *sidecar) startDiscovery() error {
 
 // startRegistration registers this instance when the config asks for it, once the listeners are bound.
 func (s *sidecar) startRegistration() {
-	if !s.cfg.Registration.Register || s.consul == nil {
+	if !s.cfg.Service.Register || s.consul == nil {
 		return
 	}
 	inbound := s.proxy.Addrs()["inbound"]
@@ -192,7 +124,7 @@ func (s *sidecar) startRegistration() {
 	}
 	s.registrar = discovery.NewRegistrar(s.consul, discovery.Registration{
 		Service: s.cfg.Service.Name, App: s.cfg.Service.Address, Inbound: inbound, Admin: s.admin.Addr(),
-		Tags: s.cfg.Registration.Tags, Meta: s.cfg.Registration.Meta, AppCheck: s.cfg.Registration.Check, Ready: s.ready,
+		Tags: s.cfg.Service.Tags, Meta: s.cfg.Service.Meta, AppCheck: s.cfg.Service.Check, Ready: s.ready,
 	})
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan struct{})
@@ -237,13 +169,7 @@ func (s *sidecar) readyReason(err error) error {
 
 // discoveryChanged reports a change that needs a restart.
 func discoveryChanged(old, cur *fileConfig) bool {
-	a, _ := yaml.Marshal(struct {
-		D discoveryConfig
-		R registrationConfig
-	}{old.Discovery, old.Registration})
-	b, _ := yaml.Marshal(struct {
-		D discoveryConfig
-		R registrationConfig
-	}{cur.Discovery, cur.Registration})
+	a, _ := yaml.Marshal(old.Discovery)
+	b, _ := yaml.Marshal(cur.Discovery)
 	return !bytes.Equal(a, b)
 }

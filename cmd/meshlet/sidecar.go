@@ -164,9 +164,11 @@ func (s *sidecar) reload() ([]string, error) {
 		cfg.Admin = s.cfg.Admin
 	}
 	if discoveryChanged(s.cfg, cfg) {
-		warnings = append(warnings, "discovery and service.register/tags/meta change only on restart")
-		cfg.Discovery, cfg.Registration = s.cfg.Discovery, s.cfg.Registration
+		warnings = append(warnings, "discovery changes only on restart")
+		cfg.Discovery = s.cfg.Discovery
 	}
+	// The proxy kept these (and warned): the effective config shows what runs.
+	cfg.Service, cfg.Inbound, cfg.Outbound.Listen = s.cfg.Service, s.cfg.Inbound, s.cfg.Outbound.Listen
 	if cfg.Log.AccessLog != s.cfg.Log.AccessLog {
 		warnings = append(warnings, "log.access_log changes only on restart")
 		cfg.Log.AccessLog = s.cfg.Log.AccessLog
