@@ -1,0 +1,262 @@
+package mtls
+
+import (
+	"crypto/tls"
+	"crypto/x509"
+	"encoding/pem"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"os"
+	"path/filepath"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+)
+
+func TestParseID(t *testing.T) {
+	id, err := ParseID("spiffe://example.mesh/ns/default/dc/dc1/svc/api")
+	if err != nil || id != (ID{"example.mesh", "default", "dc1", "api"}) {
+		t.Fatalf("%+v %v", id, err)
+	}
+	if id.String() != "spiffe://example.mesh/ns/default/dc/dc1/svc/api" || id.URL().String() != id.String() {
+		t.Fatalf("round trip: %s %s", id, id.URL())
+	}
+	for _, bad := range []string{"", "http://x/ns/a/dc/b/svc/c", "spiffe:///ns/a/dc/b/svc/c", "spiffe://td/ns/a/svc/c",
+		"spiffe://td/ns//dc/b/svc/c", "spiffe://td/ns/a/dc/b/svc/c/extra"} {
+		if _, err := ParseID(bad); err == nil {
+			t.Errorf("%q accepted", bad)
+		}
+	}
+}
+
+// testPKI is a trust domain with a CA, for tests.
+type testPKI struct {
+	ca  *CA
+	dir string
+}
+
+func newTestPKI(t *testing.T, td string) *testPKI {
+	t.Helper()
+	ca, err := NewCA(td, time.Hour)
+	if err != nil {
+		t.Fatal(err)
+	}
+	dir := t.TempDir()
+	if err := ca.WriteCA(dir); err != nil {
+		t.Fatal(err)
+	}
+	return &testPKI{ca: ca, dir: dir}
+}
+
+// bundle issues a leaf for service valid in [from, to] and returns the bundle trusting this PKI's CA (plus extra
+// roots).
+func (p *testPKI) bundle(t *testing.T, service string, from, to time.Time, extraRoots ...*CA) *Bundle {
+	t.Helper()
+	cert, key, err := p.ca.Issue(ServiceID(p.ca.Cert.URIs[0].Host, "", "", service), from, to)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := WriteLeaf(p.dir, service, cert, key); err != nil {
+		t.Fatal(err)
+	}
+	certPEM, _ := os.ReadFile(filepath.Join(p.dir, service+".crt"))
+	keyPEM, _ := os.ReadFile(filepath.Join(p.dir, service+".key"))
+	caPEM := pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: p.ca.Cert.Raw})
+	for _, r := range extraRoots {
+		caPEM = append(caPEM, pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: r.Cert.Raw})...)
+	}
+	// Bypass NewBundle's own chain check for expired leaves: build what it would.
+	b, err := NewBundle(certPEM, keyPEM, caPEM)
+	if err != nil {
+		tc, _ := tls.X509KeyPair(certPEM, keyPEM)
+		leaf, _ := x509.ParseCertificate(tc.Certificate[0])
+		pool := x509.NewCertPool()
+		pool.AddCert(p.ca.Cert)
+		id, _ := CertID(leaf)
+		return &Bundle{Cert: &tc, Leaf: leaf, ID: id, Roots: pool, RootCerts: []*x509.Certificate{p.ca.Cert}, TrustDomain: id.TrustDomain}
+	}
+	return b
+}
+
+type staticSource struct{ b *Bundle }
+
+func (s staticSource) Bundle() *Bundle { return s.b }
+
+// handshake runs a server with server's bundle (mode mtls) and a client with client's bundle expecting want;
+// it returns the reasons of the server-side and client-side failures ("" for success).
+func handshake(t *testing.T, server, client *Bundle, want func(ID) error) (serverReason, clientReason string) {
+	t.Helper()
+	inner, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	scfg, _ := ServerConfig(staticSource{server}, "1.3")
+	var mu sync.Mutex
+	failed := make(chan string, 1)
+	l := NewListener(inner, scfg, ModeMTLS, ListenerHooks{Failed: func(reason string, _ net.Addr, _ error) {
+		mu.Lock()
+		defer mu.Unlock()
+		failed <- reason
+	}})
+	defer l.Close()
+	accepted := make(chan net.Conn, 1)
+	go func() {
+		c, err := l.Accept()
+		if err == nil {
+			accepted <- c
+		}
+	}()
+	ccfg, _ := ClientConfig(staticSource{client}, "1.3", "h2", want)
+	raw, err := net.Dial("tcp", inner.Addr().String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer raw.Close()
+	tc := tls.Client(raw, ccfg)
+	cerr := tc.Handshake()
+	if cerr == nil {
+		// TLS 1.3: the server's verdict on the client certificate arrives with the first read.
+		tc.SetReadDeadline(time.Now().Add(2 * time.Second))
+		_, cerr = tc.Read(make([]byte, 1))
+		if errors.Is(cerr, os.ErrDeadlineExceeded) {
+			cerr = nil
+		}
+	}
+	if cerr != nil {
+		clientReason = Reason(cerr)
+	}
+	select {
+	case r := <-failed:
+		serverReason = r
+	case c := <-accepted:
+		c.Close()
+	case <-time.After(5 * time.Second):
+		t.Fatal("server neither accepted nor failed")
+	}
+	return serverReason, clientReason
+}
+
+func TestHandshakes(t *testing.T) {
+	now := time.Now()
+	pki, other := newTestPKI(t, "example.mesh"), newTestPKI(t, "other.mesh")
+	api := pki.bundle(t, "api", now.Add(-time.Minute), now.Add(time.Hour))
+	web := pki.bundle(t, "web", now.Add(-time.Minute), now.Add(time.Hour))
+	// A client whose leaf comes from another CA but who trusts ours: the server must refuse it as unknown.
+	stranger := other.bundle(t, "web", now.Add(-time.Minute), now.Add(time.Hour))
+	stranger = &Bundle{Cert: stranger.Cert, Leaf: stranger.Leaf, ID: stranger.ID, Roots: api.Roots,
+		RootCerts: api.RootCerts, TrustDomain: api.TrustDomain}
+	expired := pki.bundle(t, "old", now.Add(-2*time.Hour), now.Add(-time.Hour))
+	wantAPI := func(id ID) error {
+		if id.Service != "api" {
+			return fmt.Errorf("want api, got %s", id)
+		}
+		return nil
+	}
+	tests := []struct {
+		name           string
+		server, client *Bundle
+		want           func(ID) error
+		serverReason   string
+		clientReason   string
+	}{
+		{"ok", api, web, wantAPI, "", ""},
+		{"client from another CA", api, stranger, nil, ReasonUnknownCA, "other"},
+		{"client expired", api, expired, nil, ReasonExpired, "other"},
+		{"server is not who the client expects", web, api, wantAPI, "other", ReasonBadIdentity},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			sr, cr := handshake(t, tt.server, tt.client, tt.want)
+			if sr != tt.serverReason || (tt.clientReason != "other" && cr != tt.clientReason) || (tt.clientReason == "other" && cr == "") {
+				t.Fatalf("server reason %q, client reason %q; want %q, %q", sr, cr, tt.serverReason, tt.clientReason)
+			}
+		})
+	}
+}
+
+func TestListenerPlaintext(t *testing.T) {
+	now := time.Now()
+	pki := newTestPKI(t, "example.mesh")
+	api := pki.bundle(t, "api", now.Add(-time.Minute), now.Add(time.Hour))
+	scfg, _ := ServerConfig(staticSource{api}, "1.3")
+	for _, mode := range []string{ModeMTLS, ModePermissive} {
+		t.Run(mode, func(t *testing.T) {
+			inner, _ := net.Listen("tcp", "127.0.0.1:0")
+			reasons := make(chan string, 1)
+			plain := make(chan bool, 1)
+			l := NewListener(inner, scfg, mode, ListenerHooks{
+				Failed:    func(r string, _ net.Addr, _ error) { reasons <- r },
+				Plaintext: func(net.Addr) { plain <- true },
+			})
+			defer l.Close()
+			go func() {
+				c, err := l.Accept()
+				if err != nil {
+					return
+				}
+				io.WriteString(c, "hello")
+				c.Close()
+			}()
+			c, err := net.Dial("tcp", inner.Addr().String())
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer c.Close()
+			io.WriteString(c, "GET / HTTP/1.1\r\n\r\n")
+			c.SetReadDeadline(time.Now().Add(5 * time.Second))
+			got, _ := io.ReadAll(c)
+			if mode == ModeMTLS {
+				if len(got) != 0 || <-reasons != ReasonPlaintext {
+					t.Fatalf("mtls listener let plaintext through: %q", got)
+				}
+				return
+			}
+			if string(got) != "hello" || !<-plain {
+				t.Fatalf("permissive listener: %q", got)
+			}
+		})
+	}
+	// Close does not wait for a client that never speaks.
+	inner, _ := net.Listen("tcp", "127.0.0.1:0")
+	l := NewListener(inner, scfg, ModeMTLS, ListenerHooks{})
+	silent, _ := net.Dial("tcp", inner.Addr().String())
+	defer silent.Close()
+	time.Sleep(20 * time.Millisecond) // let the silent connection reach its handshake goroutine
+	start := time.Now()
+	l.Close()
+	if d := time.Since(start); d > time.Second {
+		t.Fatalf("Close took %v", d)
+	}
+}
+
+func TestFileSourceReload(t *testing.T) {
+	pki := newTestPKI(t, "example.mesh")
+	now := time.Now()
+	pki.bundle(t, "api", now.Add(-time.Minute), now.Add(time.Hour))
+	cfg := FilesConfig{CertFile: filepath.Join(pki.dir, "api.crt"), KeyFile: filepath.Join(pki.dir, "api.key"),
+		CAFile: filepath.Join(pki.dir, "ca.crt")}
+	src, err := NewFileSource(cfg, discardLogger())
+	if err != nil {
+		t.Fatal(err)
+	}
+	first := src.Bundle().Leaf.SerialNumber
+	// A broken key keeps the old bundle.
+	os.WriteFile(cfg.KeyFile, []byte("not a key"), 0o600)
+	src.check()
+	if src.Bundle().Leaf.SerialNumber.Cmp(first) != 0 {
+		t.Fatal("a broken file replaced the bundle")
+	}
+	// A new valid pair is picked up.
+	time.Sleep(10 * time.Millisecond) // a different modification time
+	pki.bundle(t, "api", now.Add(-time.Minute), now.Add(2*time.Hour))
+	src.check()
+	if src.Bundle().Leaf.SerialNumber.Cmp(first) == 0 {
+		t.Fatal("the new certificate was not loaded")
+	}
+	if _, err := NewFileSource(FilesConfig{CertFile: cfg.CertFile, KeyFile: cfg.KeyFile, CAFile: filepath.Join(newTestPKI(t, "other.mesh").dir, "ca.crt")}, discardLogger()); err == nil || !strings.Contains(err.Error(), "does not chain") {
+		t.Fatalf("a leaf from another CA: %v", err)
+	}
+}
