@@ -94,6 +94,8 @@ type Registrar struct {
 	mu           sync.Mutex // serializes registering and deregistering
 	deregistered bool
 	registered   bool
+	everDone     bool  // registered at least once
+	lastErr      error // why the latest attempt failed; nil after a success
 }
 
 // NewRegistrar returns a Registrar for reg on the agent c talks to. Nothing is registered before Run.
@@ -115,6 +117,22 @@ func (r *Registrar) Registered() bool {
 	return r.registered
 }
 
+// Err says why this instance has not been registered yet: nil once a registration has succeeded (a later loss
+// of the agent is logged and shows in meshlet_discovery_registered, but does not undo it), the latest failure
+// (agent unreachable, ACL denied, ...) otherwise, or that the first attempt has not answered yet. It is meant for
+// /ready: a sidecar that should register is not ready until callers can find it.
+func (r *Registrar) Err() error {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	switch {
+	case r.everDone:
+		return nil
+	case r.lastErr != nil:
+		return fmt.Errorf("consul registration of %s failed: %w", r.id, r.lastErr)
+	}
+	return fmt.Errorf("consul registration of %s: not registered yet", r.id)
+}
+
 // Run registers and keeps the registration until ctx ends or Deregister is called. It returns nil then.
 func (r *Registrar) Run(ctx context.Context) error {
 	failures := 0
@@ -127,6 +145,9 @@ func (r *Registrar) Run(ctx context.Context) error {
 		if ctx.Err() != nil {
 			return nil
 		}
+		r.mu.Lock()
+		r.lastErr = err
+		r.mu.Unlock()
 		if err != nil {
 			failures++
 			wait = backoff(failures)
@@ -186,6 +207,7 @@ func firstNon404(errs ...error) error {
 
 func (r *Registrar) setRegistered(v bool) {
 	r.registered = v
+	r.everDone = r.everDone || v
 	g := 0.0
 	if v {
 		g = 1

@@ -122,29 +122,44 @@ func (s *sidecar) startRegistration() {
 		_, p, _ := net.SplitHostPort(inbound)
 		inbound = net.JoinHostPort(h, p) // keep the configured host (0.0.0.0: the agent's address)
 	}
-	s.registrar = discovery.NewRegistrar(s.consul, discovery.Registration{
+	r := discovery.NewRegistrar(s.consul, discovery.Registration{
 		Service: s.cfg.Service.Name, App: s.cfg.Service.Address, Inbound: inbound, Admin: s.admin.Addr(),
-		Tags: s.cfg.Service.Tags, Meta: s.cfg.Service.Meta, AppCheck: s.cfg.Service.Check, Ready: s.ready,
+		Tags: s.cfg.Service.Tags, Meta: s.cfg.Service.Meta, AppCheck: s.cfg.Service.Check, Ready: s.routable,
 	})
+	s.registrar.Store(r)
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan struct{})
 	go func() {
 		defer close(done)
-		s.registrar.Run(ctx)
+		r.Run(ctx)
 	}()
 	s.stopRegistrar = func() { cancel(); <-done }
+}
+
+// registrationErr says why an instance that should register (service.register) is not registered yet; nil
+// once it has been, or when it should not register.
+func (s *sidecar) registrationErr() error {
+	if !s.mustRegister {
+		return nil
+	}
+	r := s.registrar.Load()
+	if r == nil {
+		return errors.New("consul registration: not started yet (listeners not bound)")
+	}
+	return r.Err()
 }
 
 // deregister removes this instance from Consul at the start of shutdown, so that callers stop picking it while
 // the listeners still accept during the drain delay.
 func (s *sidecar) deregister() {
-	if s.registrar == nil {
+	r := s.registrar.Load()
+	if r == nil {
 		return
 	}
 	s.stopRegistrar()
 	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Second)
 	defer cancel()
-	if err := s.registrar.Deregister(ctx); err != nil {
+	if err := r.Deregister(ctx); err != nil {
 		s.log.Warn("consul deregistration failed; the agent's check will mark this instance critical", "error", err.Error())
 	}
 }

@@ -7,6 +7,7 @@ import (
 	"os"
 	"os/signal"
 	"sync"
+	"sync/atomic"
 	"syscall"
 	"time"
 
@@ -27,9 +28,10 @@ type sidecar struct {
 	proxy *proxy.Proxy
 	admin *admin.Server
 
-	consul        *discovery.Consul    // nil without discovery.consul
-	registrar     *discovery.Registrar // nil unless service.register
+	consul        *discovery.Consul                   // nil without discovery.consul
+	registrar     atomic.Pointer[discovery.Registrar] // nil unless service.register, until the listeners are bound
 	stopRegistrar func()
+	mustRegister  bool // service.register with discovery.consul: not ready until registered
 
 	mu  sync.Mutex // serializes reloads and guards cfg
 	cfg *fileConfig
@@ -54,6 +56,7 @@ func runSidecar(path string, stderr io.Writer) int {
 		return 1
 	}
 	defer s.stopDiscovery()
+	s.mustRegister = cfg.Service.Register && s.consul != nil
 	var src discovery.Source // stays a nil interface without Consul
 	if s.consul != nil {
 		src = s.consul
@@ -102,9 +105,13 @@ func runSidecar(path string, stderr io.Writer) int {
 	return s.shutdown(sigs)
 }
 
-// ready is /ready: the proxy can route and meshlet is not draining.
+// ready is /ready: the proxy can route, meshlet is not draining, and with service.register the instance has been
+// registered with Consul.
 func (s *sidecar) ready() error {
-	err := s.readyReason(s.proxy.Ready())
+	err := s.routable()
+	if err == nil {
+		err = s.registrationErr()
+	}
 	if err != nil {
 		s.m.Ready.Set(0)
 	} else {
@@ -112,6 +119,10 @@ func (s *sidecar) ready() error {
 	}
 	return err
 }
+
+// routable is the proxy's readiness with what Consul said: every upstream has its first endpoints and meshlet is
+// not draining. It is the state the sidecar's /ready check starts in when it registers.
+func (s *sidecar) routable() error { return s.readyReason(s.proxy.Ready()) }
 
 // shutdown drains: /ready fails at once; listeners keep accepting for the drain delay, then stop accepting and
 // in-flight requests get the drain timeout to finish. A second signal skips the rest of the delay.
