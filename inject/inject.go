@@ -1,0 +1,310 @@
+// Package inject adds the meshlet sidecar to Kubernetes workloads: the logic behind `meshlet inject` (YAML in,
+// YAML out) and, later, the admission webhook.
+//
+// Injection works on a generic YAML node tree (go.yaml.in/yaml/v3), never on typed Kubernetes objects, so fields
+// meshlet does not know (newer API fields, CRDs in the same stream), key order and comments survive. Documents that
+// injection does not change are copied byte for byte; a changed document is re-encoded with two-space indentation
+// (comments kept, formatting of that document normalised). Injecting twice gives the same bytes as injecting once.
+package inject
+
+import (
+	"bytes"
+	"errors"
+	"fmt"
+	"io"
+	"regexp"
+	"strings"
+
+	"go.yaml.in/yaml/v3"
+)
+
+// Annotations read from a pod (template) and written by injection. All live on the pod template's metadata,
+// which is what the admission webhook sees too.
+const (
+	AnnotationInject      = "meshlet.dev/inject"       // "false" skips the pod
+	AnnotationService     = "meshlet.dev/service"      // service name; default the app.kubernetes.io/name or app label, else the workload's name
+	AnnotationUpstreams   = "meshlet.dev/upstreams"    // "api:9001,billing:9002:grpc": name:local-port[:protocol]
+	AnnotationAppPort     = "meshlet.dev/app-port"     // the app's port; default the first containerPort of the first container; "none": no inbound
+	AnnotationAppProtocol = "meshlet.dev/app-protocol" // http (default), http2, grpc, tcp
+	AnnotationInboundPort = "meshlet.dev/inbound-port" // where other sidecars reach the pod; default 21000
+	AnnotationConsul      = "meshlet.dev/consul"       // Consul agent address; default $(HOST_IP):8500 (an agent per node)
+	AnnotationNative      = "meshlet.dev/native-sidecar"
+	AnnotationLogLevel    = "meshlet.dev/log-level"
+)
+
+// ContainerName is the name of the injected container; a pod that has one is re-injected in place.
+const ContainerName = "meshlet"
+
+// Stats counts what Inject did.
+type Stats struct {
+	Injected int // pod templates that got (or kept) the sidecar
+	Skipped  int // pod templates opted out with meshlet.dev/inject: "false"
+}
+
+// Inject reads a stream of YAML documents from r and writes it to w with the sidecar added to every pod template
+// in it: Pod, Deployment, StatefulSet, DaemonSet, ReplicaSet, Job, CronJob, and the items of a List. Other
+// documents are copied unchanged. An error names the document (1-based) and the problem; nothing is written then.
+func Inject(w io.Writer, r io.Reader, cfg Config) (Stats, error) {
+	var st Stats
+	if err := cfg.validate(); err != nil {
+		return st, err
+	}
+	in, err := io.ReadAll(r)
+	if err != nil {
+		return st, err
+	}
+	var out bytes.Buffer
+	for i, chunk := range splitDocuments(in) {
+		b, err := injectDocument(chunk, cfg, &st)
+		if err != nil {
+			return st, fmt.Errorf("document %d: %w", i+1, err)
+		}
+		out.Write(b)
+	}
+	_, err = w.Write(out.Bytes())
+	return st, err
+}
+
+var docSeparator = regexp.MustCompile(`^---(\s|$)`)
+
+// splitDocuments cuts a YAML stream before each "---" line. Each part keeps its separator line, so that the parts
+// joined are the input.
+func splitDocuments(in []byte) [][]byte {
+	var parts [][]byte
+	start := 0
+	for off := 0; off < len(in); {
+		end := bytes.IndexByte(in[off:], '\n')
+		if end < 0 {
+			end = len(in)
+		} else {
+			end += off + 1
+		}
+		if off > start && docSeparator.Match(in[off:end]) {
+			parts = append(parts, in[start:off])
+			start = off
+		}
+		off = end
+	}
+	return append(parts, in[start:])
+}
+
+// injectDocument returns chunk itself when injection changes nothing, else the re-encoded document.
+func injectDocument(chunk []byte, cfg Config, st *Stats) ([]byte, error) {
+	var doc yaml.Node
+	if err := yaml.Unmarshal(chunk, &doc); err != nil {
+		return nil, fmt.Errorf("bad YAML: %w", err)
+	}
+	if doc.Kind != yaml.DocumentNode || len(doc.Content) == 0 || doc.Content[0].Kind != yaml.MappingNode {
+		return chunk, nil // empty, comments only, or not an object
+	}
+	before, err := encode(&doc)
+	if err != nil {
+		return nil, err
+	}
+	if err := injectObject(doc.Content[0], cfg, st); err != nil {
+		return nil, err
+	}
+	after, err := encode(&doc)
+	if err != nil {
+		return nil, err
+	}
+	if bytes.Equal(before, after) {
+		return chunk, nil
+	}
+	if docSeparator.Match(chunk) {
+		after = append([]byte("---\n"), after...)
+	}
+	return after, nil
+}
+
+func encode(n *yaml.Node) ([]byte, error) {
+	var b bytes.Buffer
+	enc := yaml.NewEncoder(&b)
+	enc.SetIndent(2)
+	enc.CompactSeqIndent()
+	if err := enc.Encode(n); err != nil {
+		return nil, err
+	}
+	if err := enc.Close(); err != nil {
+		return nil, err
+	}
+	return b.Bytes(), nil
+}
+
+// injectObject finds the pod template(s) of one Kubernetes object and injects each.
+func injectObject(obj *yaml.Node, cfg Config, st *Stats) error {
+	kind := scalar(get(obj, "kind"))
+	name := scalar(get(get(obj, "metadata"), "name"))
+	var tmpl *yaml.Node // a node with metadata and spec of a pod
+	switch kind {
+	case "Pod":
+		tmpl = obj
+	case "Deployment", "StatefulSet", "DaemonSet", "ReplicaSet", "Job", "ReplicationController":
+		tmpl = get(get(obj, "spec"), "template")
+	case "CronJob":
+		tmpl = get(get(get(get(obj, "spec"), "jobTemplate"), "spec"), "template")
+	default:
+		if kind == "List" || strings.HasSuffix(kind, "List") {
+			items := get(obj, "items")
+			if items == nil || items.Kind != yaml.SequenceNode {
+				return nil
+			}
+			for i, it := range items.Content {
+				if it.Kind != yaml.MappingNode {
+					continue
+				}
+				if err := injectObject(it, cfg, st); err != nil {
+					return fmt.Errorf("items[%d]: %w", i, err)
+				}
+			}
+		}
+		return nil
+	}
+	if tmpl == nil || tmpl.Kind != yaml.MappingNode || get(tmpl, "spec") == nil {
+		return nil
+	}
+	if err := injectPod(tmpl, name, cfg, st); err != nil {
+		return fmt.Errorf("%s %s: %w", kind, name, err)
+	}
+	return nil
+}
+
+// injectPod adds the sidecar to a pod (or pod template): metadata and spec.
+func injectPod(pod *yaml.Node, workload string, cfg Config, st *Stats) error {
+	meta := ensureMap(pod, "metadata")
+	ann := annotations(meta)
+	if v, ok := ann[AnnotationInject]; ok && strings.EqualFold(v, "false") {
+		st.Skipped++
+		return nil
+	}
+	spec := get(pod, "spec")
+	if spec.Kind != yaml.MappingNode {
+		return errors.New("spec: not a mapping")
+	}
+	p, err := podParamsFrom(meta, spec, ann, workload, cfg)
+	if err != nil {
+		return err
+	}
+	c, err := sidecar(p, cfg)
+	if err != nil {
+		return err
+	}
+	var cn yaml.Node
+	if err := cn.Encode(c); err != nil {
+		return err
+	}
+	hadInit := removeContainer(spec, "initContainers", ContainerName)
+	removeContainer(spec, "containers", ContainerName)
+	if p.native {
+		insertFirst(ensureSeq(spec, "initContainers"), &cn)
+	} else {
+		insertFirst(ensureSeq(spec, "containers"), &cn)
+	}
+	if init := get(spec, "initContainers"); hadInit && init != nil && len(init.Content) == 0 {
+		del(spec, "initContainers") // only the sidecar was there, and it moved to containers
+	}
+	annMap := ensureMap(meta, "annotations")
+	if _, ok := ann["prometheus.io/scrape"]; !ok { // the app's own scrape annotations win: then use the port name
+		setScalar(annMap, "prometheus.io/scrape", "true")
+		setScalar(annMap, "prometheus.io/port", fmt.Sprint(cfg.AdminPort))
+		setScalar(annMap, "prometheus.io/path", "/metrics")
+	}
+	st.Injected++
+	return nil
+}
+
+// annotations reads metadata.annotations as strings.
+func annotations(meta *yaml.Node) map[string]string {
+	m := map[string]string{}
+	a := get(meta, "annotations")
+	if a == nil || a.Kind != yaml.MappingNode {
+		return m
+	}
+	for i := 0; i+1 < len(a.Content); i += 2 {
+		m[a.Content[i].Value] = a.Content[i+1].Value
+	}
+	return m
+}
+
+// get returns the value of key in mapping m, or nil.
+func get(m *yaml.Node, key string) *yaml.Node {
+	if m == nil || m.Kind != yaml.MappingNode {
+		return nil
+	}
+	for i := 0; i+1 < len(m.Content); i += 2 {
+		if m.Content[i].Value == key {
+			return m.Content[i+1]
+		}
+	}
+	return nil
+}
+
+func scalar(n *yaml.Node) string {
+	if n == nil || n.Kind != yaml.ScalarNode {
+		return ""
+	}
+	return n.Value
+}
+
+func set(m *yaml.Node, key string, v *yaml.Node) {
+	for i := 0; i+1 < len(m.Content); i += 2 {
+		if m.Content[i].Value == key {
+			m.Content[i+1] = v
+			return
+		}
+	}
+	m.Content = append(m.Content, &yaml.Node{Kind: yaml.ScalarNode, Tag: "!!str", Value: key}, v)
+}
+
+func del(m *yaml.Node, key string) {
+	for i := 0; i+1 < len(m.Content); i += 2 {
+		if m.Content[i].Value == key {
+			m.Content = append(m.Content[:i], m.Content[i+2:]...)
+			return
+		}
+	}
+}
+
+func setScalar(m *yaml.Node, key, value string) {
+	set(m, key, &yaml.Node{Kind: yaml.ScalarNode, Tag: "!!str", Value: value, Style: yaml.DoubleQuotedStyle})
+}
+
+// ensureMap returns the mapping at key, creating it (or replacing a null) when absent.
+func ensureMap(m *yaml.Node, key string) *yaml.Node {
+	if n := get(m, key); n != nil && n.Kind == yaml.MappingNode {
+		return n
+	}
+	n := &yaml.Node{Kind: yaml.MappingNode, Tag: "!!map"}
+	set(m, key, n)
+	return n
+}
+
+func ensureSeq(m *yaml.Node, key string) *yaml.Node {
+	if n := get(m, key); n != nil && n.Kind == yaml.SequenceNode {
+		return n
+	}
+	n := &yaml.Node{Kind: yaml.SequenceNode, Tag: "!!seq"}
+	set(m, key, n)
+	return n
+}
+
+func insertFirst(seq, n *yaml.Node) {
+	seq.Content = append([]*yaml.Node{n}, seq.Content...)
+}
+
+// removeContainer drops the container called name from spec[key] and reports whether there was one.
+func removeContainer(spec *yaml.Node, key, name string) bool {
+	seq := get(spec, key)
+	if seq == nil || seq.Kind != yaml.SequenceNode {
+		return false
+	}
+	out := seq.Content[:0]
+	for _, c := range seq.Content {
+		if scalar(get(c, "name")) != name {
+			out = append(out, c)
+		}
+	}
+	removed := len(out) != len(seq.Content)
+	seq.Content = out
+	return removed
+}

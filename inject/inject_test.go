@@ -1,0 +1,220 @@
+package inject
+
+import (
+	"bytes"
+	"flag"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+
+	"go.yaml.in/yaml/v3"
+)
+
+var update = flag.Bool("update", false, "rewrite the golden files in testdata")
+
+var testConfig = Config{Image: "registry.example.com/meshlet:v1.0.0"}
+
+// TestGolden injects every testdata/*.in.yaml and compares with its .golden.yaml; then injects the golden file
+// again and expects the very same bytes (idempotence).
+func TestGolden(t *testing.T) {
+	ins, err := filepath.Glob("testdata/*.in.yaml")
+	if err != nil || len(ins) == 0 {
+		t.Fatalf("no testdata: %v", err)
+	}
+	for _, in := range ins {
+		name := strings.TrimSuffix(filepath.Base(in), ".in.yaml")
+		t.Run(name, func(t *testing.T) {
+			src, err := os.ReadFile(in)
+			if err != nil {
+				t.Fatal(err)
+			}
+			var out bytes.Buffer
+			if _, err := Inject(&out, bytes.NewReader(src), testConfig); err != nil {
+				t.Fatal(err)
+			}
+			golden := strings.TrimSuffix(in, ".in.yaml") + ".golden.yaml"
+			if *update {
+				if err := os.WriteFile(golden, out.Bytes(), 0o644); err != nil {
+					t.Fatal(err)
+				}
+			}
+			want, err := os.ReadFile(golden)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if out.String() != string(want) {
+				t.Errorf("output differs from %s (go test ./inject -update rewrites it):\n%s", golden, out.String())
+			}
+			var again bytes.Buffer
+			if _, err := Inject(&again, bytes.NewReader(out.Bytes()), testConfig); err != nil {
+				t.Fatal(err)
+			}
+			if again.String() != out.String() {
+				t.Errorf("injecting twice differs from once:\n%s", again.String())
+			}
+		})
+	}
+}
+
+// TestUnrelatedUntouched: every document the injection does not change is copied byte for byte, and in a changed
+// document every field other than the pod's initContainers/containers and annotations is equal.
+func TestUnrelatedUntouched(t *testing.T) {
+	src, err := os.ReadFile("testdata/multi-doc.in.yaml")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var out bytes.Buffer
+	st, err := Inject(&out, bytes.NewReader(src), testConfig)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if st.Injected != 1 || st.Skipped != 0 {
+		t.Errorf("stats %+v, want 1 injected", st)
+	}
+	inDocs, outDocs := splitDocuments(src), splitDocuments(out.Bytes())
+	if len(inDocs) != len(outDocs) {
+		t.Fatalf("%d documents in, %d out", len(inDocs), len(outDocs))
+	}
+	changed := 0
+	for i := range inDocs {
+		if !bytes.Equal(inDocs[i], outDocs[i]) {
+			changed++
+			if !strings.Contains(string(inDocs[i]), "kind: Deployment") {
+				t.Errorf("document %d changed:\n%s", i+1, outDocs[i])
+			}
+		}
+	}
+	if changed != 1 {
+		t.Errorf("%d documents changed, want 1", changed)
+	}
+	// In the Deployment, remove what injection owns and compare the rest.
+	strip := func(b []byte) any {
+		var v map[string]any
+		if err := yaml.Unmarshal(b, &v); err != nil {
+			t.Fatal(err)
+		}
+		tmpl := v["spec"].(map[string]any)["template"].(map[string]any)
+		delete(tmpl["metadata"].(map[string]any), "annotations")
+		spec := tmpl["spec"].(map[string]any)
+		delete(spec, "initContainers")
+		return v
+	}
+	a, b := strip(inDocs[2]), strip(outDocs[2])
+	ay, _ := yaml.Marshal(a)
+	by, _ := yaml.Marshal(b)
+	if !bytes.Equal(ay, by) {
+		t.Errorf("fields other than the sidecar changed:\n%s\nvs\n%s", ay, by)
+	}
+}
+
+// TestSidecarShape checks what a platform team relies on in the injected container.
+func TestSidecarShape(t *testing.T) {
+	src, _ := os.ReadFile("testdata/deployment.in.yaml")
+	var out bytes.Buffer
+	if _, err := Inject(&out, bytes.NewReader(src), testConfig); err != nil {
+		t.Fatal(err)
+	}
+	var d struct {
+		Spec struct {
+			Template struct {
+				Metadata struct {
+					Annotations map[string]string
+				}
+				Spec struct {
+					InitContainers []map[string]any `yaml:"initContainers"`
+					Containers     []map[string]any
+				}
+			}
+		}
+	}
+	if err := yaml.Unmarshal(out.Bytes(), &d); err != nil {
+		t.Fatal(err)
+	}
+	ps := d.Spec.Template.Spec
+	if len(ps.InitContainers) != 1 || ps.InitContainers[0]["name"] != "meshlet" || ps.InitContainers[0]["restartPolicy"] != "Always" {
+		t.Fatalf("want meshlet as the one native sidecar, got %v", ps.InitContainers)
+	}
+	if len(ps.Containers) != 1 || ps.Containers[0]["name"] != "web" {
+		t.Fatalf("app containers changed: %v", ps.Containers)
+	}
+	c := ps.InitContainers[0]
+	checks := map[string]string{
+		"startupProbe.httpGet.path":                "/ready",
+		"readinessProbe.httpGet.path":              "/ready",
+		"livenessProbe.httpGet.path":               "/live",
+		"livenessProbe.httpGet.port":               PortAdmin,
+		"securityContext.readOnlyRootFilesystem":   "true",
+		"securityContext.runAsNonRoot":             "true",
+		"securityContext.allowPrivilegeEscalation": "false",
+		"securityContext.capabilities.drop":        "[ALL]",
+		"resources.limits.memory":                  "128Mi",
+		"resources.requests.cpu":                   "50m",
+		"image":                                    testConfig.Image,
+		"args":                                     "[run -config env:MESHLET_CONFIG_YAML]",
+	}
+	for path, want := range checks {
+		var v any = c
+		for _, k := range strings.Split(path, ".") {
+			v = v.(map[string]any)[k]
+		}
+		if got := strings.TrimSpace(strings.ReplaceAll(fmtAny(v), "\n", " ")); got != want {
+			t.Errorf("%s = %q, want %q", path, got, want)
+		}
+	}
+	var conf string
+	for _, e := range c["env"].([]any) {
+		if e.(map[string]any)["name"] == ConfigEnv {
+			conf = e.(map[string]any)["value"].(string)
+		}
+	}
+	for _, want := range []string{"name: web", "address: 127.0.0.1:8080", "listen: $(POD_IP):21000",
+		"name: api", "listen: 127.0.0.1:9001", "protocol: grpc", "name: billing", "register: true", "listen: 0.0.0.0:15000"} {
+		if !strings.Contains(conf, want) {
+			t.Errorf("generated config lacks %q:\n%s", want, conf)
+		}
+	}
+	if a := d.Spec.Template.Metadata.Annotations; a["prometheus.io/scrape"] != "true" || a["prometheus.io/port"] != "15000" {
+		t.Errorf("scrape annotations: %v", a)
+	}
+}
+
+func fmtAny(v any) string {
+	b, _ := yaml.Marshal(v)
+	s := strings.TrimSpace(string(b))
+	if strings.HasPrefix(s, "- ") { // a list: render as [a b]
+		return "[" + strings.Join(strings.Split(strings.ReplaceAll(s, "- ", ""), "\n"), " ") + "]"
+	}
+	return s
+}
+
+// TestErrors: bad annotations stop injection with the document, the object and the annotation named.
+func TestErrors(t *testing.T) {
+	pod := func(ann string) string {
+		return "apiVersion: v1\nkind: Pod\nmetadata:\n  name: p\n  annotations:\n    " + ann +
+			"\nspec:\n  containers:\n  - name: app\n    image: app\n    ports: [{containerPort: 8080}]\n"
+	}
+	for _, tc := range []struct{ name, in, want string }{
+		{"upstream without port", pod(`meshlet.dev/upstreams: "api"`), `meshlet.dev/upstreams: "api" must be name:port`},
+		{"bad protocol", pod(`meshlet.dev/upstreams: "api:9001:soap"`), "protocol must be"},
+		{"upstream on app port", pod(`meshlet.dev/upstreams: "api:8080"`), "upstream api's port 8080 is also the app port"},
+		{"bad app port", pod(`meshlet.dev/app-port: "eighty"`), `meshlet.dev/app-port: "eighty"`},
+		{"bad service", pod(`meshlet.dev/service: "Web_1"`), `meshlet.dev/service: "Web_1" must be a lowercase DNS label`},
+		{"bad yaml", "kind: Pod\n  bad: [", "bad YAML"},
+		{"second document", "kind: ConfigMap\n---\n" + pod(`meshlet.dev/app-protocol: soap`), "document 2: Pod p: meshlet.dev/app-protocol"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			var out bytes.Buffer
+			_, err := Inject(&out, strings.NewReader(tc.in), testConfig)
+			if err == nil || !strings.Contains(err.Error(), tc.want) {
+				t.Fatalf("err = %v, want it to contain %q", err, tc.want)
+			}
+			if out.Len() != 0 {
+				t.Errorf("wrote output despite the error: %s", out.String())
+			}
+		})
+	}
+	if _, err := Inject(new(bytes.Buffer), strings.NewReader(""), Config{}); err == nil || !strings.Contains(err.Error(), "image: required") {
+		t.Errorf("missing image: err = %v", err)
+	}
+}

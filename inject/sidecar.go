@@ -1,0 +1,298 @@
+package inject
+
+import (
+	"errors"
+	"fmt"
+	"regexp"
+	"strconv"
+	"strings"
+
+	"go.yaml.in/yaml/v3"
+)
+
+// ConfigEnv is the environment variable of the injected container that holds its generated meshlet config;
+// `meshlet run -config env:MESHLET_CONFIG_YAML` reads it. Kubernetes expands $(POD_IP) and $(HOST_IP) in it.
+const ConfigEnv = "MESHLET_CONFIG_YAML"
+
+// Config is what injection needs to know beyond the pod's annotations. Zero fields mean the documented defaults.
+type Config struct {
+	Image           string // the meshlet image; required
+	ImagePullPolicy string // empty: the cluster's default
+	AdminPort       int    // admin port (probes, /metrics); default 15000
+	InboundPort     int    // default inbound port; default 21000
+	Consul          string // Consul agent address; default "$(HOST_IP):8500", an agent per node
+	CPURequest      string // default "50m"
+	MemoryRequest   string // default "32Mi"
+	MemoryLimit     string // default "128Mi"
+	RunAsUser       int64  // default 65532 (distroless nonroot)
+	// Classic injects a regular container (first in containers, with a postStart hook that runs `meshlet wait`)
+	// instead of a native sidecar, for clusters older than Kubernetes 1.29. A pod can ask for it with
+	// meshlet.dev/native-sidecar: "false".
+	Classic bool
+}
+
+func (c *Config) setDefaults() {
+	if c.AdminPort == 0 {
+		c.AdminPort = 15000
+	}
+	if c.InboundPort == 0 {
+		c.InboundPort = 21000
+	}
+	if c.Consul == "" {
+		c.Consul = "$(HOST_IP):8500"
+	}
+	if c.CPURequest == "" {
+		c.CPURequest = "50m"
+	}
+	if c.MemoryRequest == "" {
+		c.MemoryRequest = "32Mi"
+	}
+	if c.MemoryLimit == "" {
+		c.MemoryLimit = "128Mi"
+	}
+	if c.RunAsUser == 0 {
+		c.RunAsUser = 65532
+	}
+}
+
+func (c *Config) validate() error {
+	c.setDefaults()
+	var errs []error
+	if c.Image == "" {
+		errs = append(errs, errors.New("image: required"))
+	}
+	for name, p := range map[string]int{"admin port": c.AdminPort, "inbound port": c.InboundPort} {
+		if p < 1 || p > 65535 {
+			errs = append(errs, fmt.Errorf("%s: %d must be 1..65535", name, p))
+		}
+	}
+	return errors.Join(errs...)
+}
+
+// upstream is one entry of meshlet.dev/upstreams.
+type upstream struct {
+	Name     string `yaml:"name"`
+	Listen   string `yaml:"listen"`
+	Protocol string `yaml:"protocol,omitempty"`
+}
+
+// podParams is what the sidecar of one pod is built from.
+type podParams struct {
+	service     string
+	appPort     int // 0: no inbound
+	appProtocol string
+	inboundPort int
+	upstreams   []upstream
+	consul      string
+	native      bool
+	logLevel    string
+}
+
+var dnsLabel = regexp.MustCompile(`^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$`)
+
+var protocols = map[string]bool{"http": true, "http2": true, "grpc": true, "tcp": true}
+
+// podParamsFrom reads the pod's annotations, labels and containers. Errors name the annotation.
+func podParamsFrom(meta, spec *yaml.Node, ann map[string]string, workload string, cfg Config) (podParams, error) {
+	p := podParams{appProtocol: "http", inboundPort: cfg.InboundPort, consul: cfg.Consul, native: !cfg.Classic, logLevel: "info"}
+	var errs []error
+	bad := func(key, format string, args ...any) {
+		errs = append(errs, fmt.Errorf("%s: "+format, append([]any{key}, args...)...))
+	}
+	labels := get(meta, "labels")
+	p.service = firstNonEmpty(ann[AnnotationService], scalar(get(labels, "app.kubernetes.io/name")), scalar(get(labels, "app")), workload)
+	if !dnsLabel.MatchString(p.service) {
+		bad(AnnotationService, "%q must be a lowercase DNS label (set the annotation)", p.service)
+	}
+	switch v := ann[AnnotationAppPort]; v {
+	case "none":
+	case "":
+		p.appPort = firstContainerPort(spec)
+	default:
+		n, err := strconv.Atoi(v)
+		if err != nil || n < 1 || n > 65535 {
+			bad(AnnotationAppPort, "%q must be a port (1..65535) or none", v)
+		}
+		p.appPort = n
+	}
+	if v := ann[AnnotationAppProtocol]; v != "" {
+		if !protocols[v] {
+			bad(AnnotationAppProtocol, "%q must be http, http2, grpc or tcp", v)
+		}
+		p.appProtocol = v
+	}
+	if v := ann[AnnotationInboundPort]; v != "" {
+		n, err := strconv.Atoi(v)
+		if err != nil || n < 1 || n > 65535 {
+			bad(AnnotationInboundPort, "%q must be a port (1..65535)", v)
+		}
+		p.inboundPort = n
+	}
+	if v := ann[AnnotationUpstreams]; v != "" {
+		ups, err := parseUpstreams(v)
+		if err != nil {
+			bad(AnnotationUpstreams, "%v", err)
+		}
+		p.upstreams = ups
+	}
+	if v := ann[AnnotationConsul]; v != "" {
+		p.consul = v
+	}
+	if v := ann[AnnotationNative]; v != "" {
+		b, err := strconv.ParseBool(v)
+		if err != nil {
+			bad(AnnotationNative, "%q must be true or false", v)
+		}
+		p.native = b
+	}
+	if v := ann[AnnotationLogLevel]; v != "" {
+		if v != "debug" && v != "info" && v != "warn" && v != "error" {
+			bad(AnnotationLogLevel, "%q must be debug, info, warn or error", v)
+		}
+		p.logLevel = v
+	}
+	errs = append(errs, p.portClashes(cfg)...)
+	return p, errors.Join(errs...)
+}
+
+// portClashes reports two of meshlet's ports (or the app's) that are the same.
+func (p podParams) portClashes(cfg Config) []error {
+	used := map[int]string{cfg.AdminPort: "the admin port"}
+	var errs []error
+	claim := func(port int, what string) {
+		if prev, ok := used[port]; ok {
+			errs = append(errs, fmt.Errorf("%s %d is also %s", what, port, prev))
+			return
+		}
+		used[port] = what
+	}
+	if p.appPort != 0 {
+		claim(p.appPort, "the app port")
+		claim(p.inboundPort, "the inbound port")
+	}
+	for _, u := range p.upstreams {
+		port, _ := strconv.Atoi(u.Listen[strings.LastIndexByte(u.Listen, ':')+1:])
+		claim(port, "upstream "+u.Name+"'s port")
+	}
+	return errs
+}
+
+// parseUpstreams parses "api:9001,billing:9002:grpc".
+func parseUpstreams(v string) ([]upstream, error) {
+	var ups []upstream
+	seen := map[string]bool{}
+	for _, item := range strings.Split(v, ",") {
+		item = strings.TrimSpace(item)
+		if item == "" {
+			continue
+		}
+		parts := strings.Split(item, ":")
+		if len(parts) < 2 || len(parts) > 3 {
+			return nil, fmt.Errorf("%q must be name:port or name:port:protocol", item)
+		}
+		name := parts[0]
+		if !dnsLabel.MatchString(name) {
+			return nil, fmt.Errorf("%q: name must be a lowercase DNS label", item)
+		}
+		if seen[name] {
+			return nil, fmt.Errorf("%q: upstream %s listed twice", item, name)
+		}
+		seen[name] = true
+		port, err := strconv.Atoi(parts[1])
+		if err != nil || port < 1 || port > 65535 {
+			return nil, fmt.Errorf("%q: port must be 1..65535", item)
+		}
+		u := upstream{Name: name, Listen: fmt.Sprintf("127.0.0.1:%d", port)}
+		if len(parts) == 3 {
+			if !protocols[parts[2]] {
+				return nil, fmt.Errorf("%q: protocol must be http, http2, grpc or tcp", item)
+			}
+			u.Protocol = parts[2]
+		}
+		ups = append(ups, u)
+	}
+	return ups, nil
+}
+
+func firstNonEmpty(vs ...string) string {
+	for _, v := range vs {
+		if v != "" {
+			return v
+		}
+	}
+	return ""
+}
+
+// firstContainerPort is the first containerPort of the first app container, or 0.
+func firstContainerPort(spec *yaml.Node) int {
+	cs := get(spec, "containers")
+	if cs == nil || cs.Kind != yaml.SequenceNode {
+		return 0
+	}
+	for _, c := range cs.Content {
+		if scalar(get(c, "name")) == ContainerName {
+			continue
+		}
+		ports := get(c, "ports")
+		if ports == nil || ports.Kind != yaml.SequenceNode {
+			continue
+		}
+		for _, p := range ports.Content {
+			if n, err := strconv.Atoi(scalar(get(p, "containerPort"))); err == nil {
+				return n
+			}
+		}
+	}
+	return 0
+}
+
+// meshletConfig is the generated config file (a subset of meshlet's schema; `meshlet check` accepts it once
+// Kubernetes has expanded $(POD_IP)).
+type meshletConfig struct {
+	Service struct {
+		Name     string `yaml:"name"`
+		Address  string `yaml:"address,omitempty"`
+		Protocol string `yaml:"protocol,omitempty"`
+		Register bool   `yaml:"register,omitempty"`
+	} `yaml:"service"`
+	Inbound *struct {
+		Listen string `yaml:"listen"`
+	} `yaml:"inbound,omitempty"`
+	Upstreams []upstream `yaml:"upstreams,omitempty"`
+	Discovery struct {
+		Consul struct{} `yaml:"consul"` // the address comes from CONSUL_HTTP_ADDR
+	} `yaml:"discovery"`
+	Admin struct {
+		Listen string `yaml:"listen"`
+	} `yaml:"admin"`
+	Log struct {
+		Level string `yaml:"level"`
+	} `yaml:"log"`
+}
+
+// render is the meshlet config of the pod.
+func (p podParams) render(cfg Config) (string, error) {
+	var c meshletConfig
+	c.Service.Name = p.service
+	if p.appPort != 0 {
+		c.Service.Address = fmt.Sprintf("127.0.0.1:%d", p.appPort)
+		c.Service.Protocol = p.appProtocol
+		c.Service.Register = true
+		c.Inbound = &struct {
+			Listen string `yaml:"listen"`
+		}{Listen: fmt.Sprintf("$(POD_IP):%d", p.inboundPort)}
+	}
+	c.Upstreams = p.upstreams
+	// The kubelet probes and Prometheus scrapes the pod IP; /quitquitquit answers loopback clients only.
+	c.Admin.Listen = fmt.Sprintf("0.0.0.0:%d", cfg.AdminPort)
+	c.Log.Level = p.logLevel
+	var b strings.Builder
+	enc := yaml.NewEncoder(&b)
+	enc.SetIndent(2)
+	enc.CompactSeqIndent()
+	if err := enc.Encode(&c); err != nil {
+		return "", err
+	}
+	err := enc.Close()
+	return b.String(), err
+}
