@@ -174,7 +174,7 @@ type Consul struct {
 	wg     sync.WaitGroup
 
 	mu      sync.Mutex
-	watches map[string]*consulWatch
+	watches map[watchKey]*consulWatch
 	trust   string // SPIFFE trust domain, once known
 }
 
@@ -194,7 +194,7 @@ func NewConsul(cfg ConsulConfig, opts ConsulOptions) (*Consul, error) {
 	}
 	ctx, cancel := context.WithCancel(context.Background())
 	return &Consul{cfg: cfg, client: client, log: opts.Logger.With("component", "consul"),
-		m: newConsulMetrics(opts.Registerer), ctx: ctx, cancel: cancel, watches: map[string]*consulWatch{}}, nil
+		m: newConsulMetrics(opts.Registerer), ctx: ctx, cancel: cancel, watches: map[watchKey]*consulWatch{}}, nil
 }
 
 // Client returns the Consul API client.
@@ -204,6 +204,39 @@ func (c *Consul) Client() *api.Client { return c.client }
 // healthy instance) is a snapshot too. While Consul cannot be reached the last snapshot is sent again with Stale
 // set, and watching resumes by itself when Consul answers again.
 func (c *Consul) Watch(ctx context.Context, service string) (<-chan Snapshot, error) {
+	return c.WatchWith(ctx, service, WatchOptions{})
+}
+
+// watchKey names one shared watch: a service with the tag and datacenter it is narrowed to.
+type watchKey struct{ service, tag, dc string }
+
+// label is how metrics, logs and errors name the watch: the service, with the tag and datacenter when they are
+// not the source's defaults ("api", "api[tag=v2,dc=dc2]").
+func (k watchKey) label(cfg ConsulConfig) string {
+	var parts []string
+	if k.tag != cfg.Tag {
+		parts = append(parts, "tag="+k.tag)
+	}
+	if k.dc != cfg.Datacenter {
+		parts = append(parts, "dc="+k.dc)
+	}
+	if len(parts) == 0 {
+		return k.service
+	}
+	return k.service + "[" + strings.Join(parts, ",") + "]"
+}
+
+// WatchWith implements OptionsSource: Watch with the tag and datacenter of opts in place of the config's
+// (discovery.consul.tag, discovery.consul.datacenter) where set. Watches with the same service, tag and
+// datacenter share one blocking-query loop.
+func (c *Consul) WatchWith(ctx context.Context, service string, opts WatchOptions) (<-chan Snapshot, error) {
+	key := watchKey{service: service, tag: opts.Tag, dc: opts.Datacenter}
+	if key.tag == "" {
+		key.tag = c.cfg.Tag
+	}
+	if key.dc == "" {
+		key.dc = c.cfg.Datacenter
+	}
 	if service == "" {
 		return nil, errors.New("consul: empty service name")
 	}
@@ -213,10 +246,10 @@ func (c *Consul) Watch(ctx context.Context, service string) (<-chan Snapshot, er
 		c.mu.Unlock()
 		return nil, errors.New("consul: source closed")
 	}
-	w := c.watches[service]
+	w := c.watches[key]
 	if w == nil {
-		w = newConsulWatch(c, service)
-		c.watches[service] = w
+		w = newConsulWatch(c, key)
+		c.watches[key] = w
 		c.wg.Add(1)
 		go func() {
 			defer c.wg.Done()
@@ -234,8 +267,8 @@ func (c *Consul) Watch(ctx context.Context, service string) (<-chan Snapshot, er
 		}
 		c.mu.Lock()
 		last := w.remove(ch)
-		if last && c.watches[service] == w {
-			delete(c.watches, service)
+		if last && c.watches[key] == w {
+			delete(c.watches, key)
 			w.stop()
 		}
 		c.mu.Unlock()

@@ -42,6 +42,8 @@ const (
 type consulWatch struct {
 	c       *Consul
 	service string
+	tag, dc string // what the queries are narrowed to ("": none, the agent's datacenter)
+	label   string // the service, with its tag and datacenter when not the defaults: for metrics and logs
 	ctx     context.Context
 	cancel  context.CancelFunc
 
@@ -56,9 +58,9 @@ type consulWatch struct {
 	firstErr error // the latest error while there is no snapshot yet
 }
 
-func newConsulWatch(c *Consul, service string) *consulWatch {
+func newConsulWatch(c *Consul, key watchKey) *consulWatch {
 	ctx, cancel := context.WithCancel(c.ctx)
-	return &consulWatch{c: c, service: service, ctx: ctx, cancel: cancel, subs: map[chan Snapshot]struct{}{},
+	return &consulWatch{c: c, service: key.service, tag: key.tag, dc: key.dc, label: key.label(c.cfg), ctx: ctx, cancel: cancel, subs: map[chan Snapshot]struct{}{},
 		results: map[string][]Endpoint{}, failing: map[string]error{}}
 }
 
@@ -80,7 +82,7 @@ func (w *consulWatch) run() {
 		wg.Go(func() { w.loop(k) })
 	}
 	wg.Wait()
-	w.c.m.forget(w.service)
+	w.c.m.forget(w.label)
 	w.mu.Lock()
 	for ch := range w.subs {
 		close(ch)
@@ -161,15 +163,15 @@ func (w *consulWatch) query(kind string, index uint64) ([]Endpoint, *api.QueryMe
 	// Consul adds up to wait/16 of jitter; past that plus a margin the connection is dead (a silent partition).
 	ctx, cancel := context.WithTimeout(w.ctx, wait+wait/16+5*time.Second)
 	defer cancel()
-	q := (&api.QueryOptions{WaitIndex: index, WaitTime: wait}).WithContext(ctx)
+	q := (&api.QueryOptions{WaitIndex: index, WaitTime: wait, Datacenter: w.dc}).WithContext(ctx)
 	h := w.c.client.Health()
 	var entries []*api.ServiceEntry
 	var meta *api.QueryMeta
 	var err error
 	if kind == kindConnect {
-		entries, meta, err = h.Connect(w.service, w.c.cfg.Tag, true, q)
+		entries, meta, err = h.Connect(w.service, w.tag, true, q)
 	} else {
-		entries, meta, err = h.Service(w.service, w.c.cfg.Tag, true, q)
+		entries, meta, err = h.Service(w.service, w.tag, true, q)
 	}
 	if err != nil {
 		return nil, nil, classify(err)
@@ -217,7 +219,7 @@ func (w *consulWatch) endpoints(kind string, entries []*api.ServiceEntry, trust 
 			if trust != "" {
 				dc := e.Node.Datacenter
 				if dc == "" {
-					dc = w.c.cfg.Datacenter
+					dc = w.dc
 				}
 				ep.Identity = SPIFFEID(trust, dc, w.service)
 			}
@@ -234,11 +236,11 @@ func (w *consulWatch) answered(kind string, eps []Endpoint) {
 	defer w.mu.Unlock()
 	now := time.Now()
 	w.contact = now
-	w.c.m.contact(w.service, now)
+	w.c.m.contact(w.label, now)
 	_, wasFailing := w.failing[kind]
 	delete(w.failing, kind)
 	if wasFailing && w.hasSnap {
-		w.c.log.Info("consul watch resumed", "service", w.service, "query", kind)
+		w.c.log.Info("consul watch resumed", "service", w.label, "query", kind)
 	}
 	prev, had := w.results[kind]
 	w.results[kind] = eps
@@ -254,7 +256,7 @@ func (w *consulWatch) answered(kind string, eps []Endpoint) {
 
 // failed records a failed query; the first failure after a snapshot makes it stale.
 func (w *consulWatch) failed(kind string, err error, retry time.Duration) {
-	w.c.m.watchError(w.service, err)
+	w.c.m.watchError(w.label, err)
 	w.mu.Lock()
 	defer w.mu.Unlock()
 	prev, was := w.failing[kind]
@@ -263,7 +265,7 @@ func (w *consulWatch) failed(kind string, err error, retry time.Duration) {
 		w.firstErr = err
 	}
 	if !was || prev.Error() != err.Error() {
-		w.c.log.Warn("consul query failed", "service", w.service, "query", kind, "error", err.Error(),
+		w.c.log.Warn("consul query failed", "service", w.label, "query", kind, "error", err.Error(),
 			"retry_in", retry.Round(time.Millisecond).String(), "have_endpoints", w.hasSnap)
 	}
 	if w.hasSnap && !w.last.Stale {
@@ -281,7 +283,7 @@ func (w *consulWatch) publish(contact time.Time) {
 	stale := len(w.failing) > 0
 	snap := Snapshot{Service: w.service, Endpoints: eps, Index: w.seq, Stale: stale, LastContact: contact}
 	w.last, w.hasSnap, w.firstErr = snap, true, nil
-	w.c.m.published(w.service, len(eps), stale)
+	w.c.m.published(w.label, len(eps), stale)
 	for ch := range w.subs {
 		sendLatest(ch, snap)
 	}
@@ -293,11 +295,11 @@ func (w *consulWatch) err() error {
 	w.mu.Lock()
 	defer w.mu.Unlock()
 	if !w.hasSnap && w.firstErr != nil {
-		return fmt.Errorf("consul: service %s: no answer yet: %w", w.service, w.firstErr)
+		return fmt.Errorf("consul: service %s: no answer yet: %w", w.label, w.firstErr)
 	}
 	if w.hasSnap && w.last.Stale {
 		for _, err := range w.failing {
-			return fmt.Errorf("consul: service %s: endpoints stale since %s: %w", w.service,
+			return fmt.Errorf("consul: service %s: endpoints stale since %s: %w", w.label,
 				w.contact.UTC().Format(time.RFC3339), err)
 		}
 	}

@@ -4,6 +4,7 @@ package discovery
 
 import (
 	"context"
+	"fmt"
 	"net/netip"
 	"time"
 )
@@ -42,4 +43,35 @@ type Source interface {
 	// channel is closed when ctx ends. A receiver that falls behind only ever misses intermediate snapshots,
 	// never the latest one. Watch does not block.
 	Watch(ctx context.Context, service string) (<-chan Snapshot, error)
+}
+
+// WatchOptions narrow a watch. The zero value means the source's defaults.
+type WatchOptions struct {
+	// Tag keeps only instances that carry it; empty means the source's default (discovery.consul.tag).
+	Tag string
+	// Datacenter is where to look; empty means the source's default (discovery.consul.datacenter, else the
+	// agent's own).
+	Datacenter string
+}
+
+// OptionsSource is a Source whose watches can be narrowed by WatchOptions. Consul implements it; Static does not
+// (its endpoints are written out, there is nothing to narrow).
+type OptionsSource interface {
+	Source
+	// WatchWith is Watch narrowed by opts; the same contract otherwise. Watches with different options are
+	// different watches.
+	WatchWith(ctx context.Context, service string, opts WatchOptions) (<-chan Snapshot, error)
+}
+
+// Watch watches service on src, narrowed by opts. A zero opts is src.Watch; a non-zero opts needs a source that
+// implements OptionsSource, else it is an error.
+func Watch(ctx context.Context, src Source, service string, opts WatchOptions) (<-chan Snapshot, error) {
+	if opts == (WatchOptions{}) {
+		return src.Watch(ctx, service)
+	}
+	o, ok := src.(OptionsSource)
+	if !ok {
+		return nil, fmt.Errorf("watch %s: the discovery source does not support tag or datacenter", service)
+	}
+	return o.WatchWith(ctx, service, opts)
 }

@@ -82,13 +82,22 @@ type UpstreamConfig struct {
 	// configured, the endpoints are discovered under Service; an explicit empty list means no endpoint.
 	Endpoints []string `yaml:"endpoints" json:"endpoints"`
 	// Service is the name to discover the endpoints under; default Name.
-	Service        string        `yaml:"service" json:"service"`
+	Service string `yaml:"service" json:"service"`
+	// Tag and Datacenter narrow discovery (discovered upstreams only): only instances with the tag, in that
+	// datacenter. Empty: the discovery source's defaults.
+	Tag            string        `yaml:"tag" json:"tag"`
+	Datacenter     string        `yaml:"datacenter" json:"datacenter"`
 	Peer           string        `yaml:"peer" json:"peer"` // app or sidecar; default app
 	LB             string        `yaml:"lb" json:"lb"`     // p2c or round_robin; default p2c
 	Timeout        time.Duration `yaml:"timeout" json:"timeout"`
 	ConnectTimeout time.Duration `yaml:"connect_timeout" json:"connect_timeout"`
 	// Resilience is the retry, circuit_breaker, outlier and limits sections; on with defaults when absent.
 	Resilience resilience.Config `yaml:",inline" json:"resilience"`
+}
+
+// watchOptions are the discovery options of a discovered upstream.
+func (c *UpstreamConfig) watchOptions() discovery.WatchOptions {
+	return discovery.WatchOptions{Tag: c.Tag, Datacenter: c.Datacenter}
 }
 
 // SetDefaults fills the zero fields with their documented defaults.
@@ -196,6 +205,12 @@ func (c *Config) Validate() error {
 			add(p+".listen", "required for protocol tcp (tcp cannot be routed by name)")
 		} else if c.Outbound.Listen == "" {
 			add(p+".listen", "required when outbound.listen is not set")
+		}
+		if u.Endpoints != nil && u.Tag != "" {
+			add(p+".tag", "only for discovered upstreams (this one lists endpoints)")
+		}
+		if u.Endpoints != nil && u.Datacenter != "" {
+			add(p+".datacenter", "only for discovered upstreams (this one lists endpoints)")
 		}
 		for j, e := range u.Endpoints {
 			if _, err := netip.ParseAddrPort(e); err != nil {

@@ -56,8 +56,9 @@ type Proxy struct {
 type upstreamEntry struct {
 	u           *upstream
 	cancelWatch context.CancelFunc
-	src         discovery.Source // where the endpoints come from
-	service     string           // the name watched on src
+	src         discovery.Source       // where the endpoints come from
+	service     string                 // the name watched on src
+	opts        discovery.WatchOptions // tag and datacenter of a discovered upstream
 }
 
 // New validates cfg (after applying defaults) and returns a Proxy that has not bound anything yet.
@@ -199,18 +200,19 @@ func (p *Proxy) addUpstream(uc UpstreamConfig, u *upstream) {
 func (p *Proxy) startWatch(e *upstreamEntry, uc UpstreamConfig) {
 	var src discovery.Source = p.static
 	service := uc.Name
+	var opts discovery.WatchOptions
 	if uc.Endpoints == nil && p.discovery != nil {
-		src, service = p.discovery, uc.Service
+		src, service, opts = p.discovery, uc.Service, uc.watchOptions()
 	} else {
 		eps, _ := discovery.ParseAddrs(uc.Endpoints) // validated already
 		p.static.Set(uc.Name, eps)
 	}
 	ctx, cancel := context.WithCancel(context.Background())
-	e.cancelWatch, e.src, e.service = cancel, src, service
+	e.cancelWatch, e.src, e.service, e.opts = cancel, src, service, opts
 	p.wg.Add(1)
 	go func() {
 		defer p.wg.Done()
-		if err := e.u.runWatch(ctx, src, service); err != nil {
+		if err := e.u.runWatch(ctx, src, service, opts); err != nil {
 			p.log.Error("watch failed", "upstream", uc.Name, "service", service, "error", err)
 		}
 	}()

@@ -96,7 +96,7 @@ func (p *Proxy) Reload(cfg Config) (warnings []string, err error) {
 		e := p.upstreams[uc.Name]
 		e.u.setConfig(uc)
 		if uc.Endpoints == nil && p.discovery != nil {
-			if e.src != p.discovery || e.service != uc.Service {
+			if e.src != p.discovery || e.service != uc.Service || e.opts != uc.watchOptions() {
 				e.cancelWatch()
 				p.startWatch(e, uc)
 			}

@@ -352,8 +352,8 @@ func (u *upstream) info() UpstreamInfo {
 }
 
 // runWatch starts watching the upstream's service on src; it returns when ctx ends and the watch has closed.
-func (u *upstream) runWatch(ctx context.Context, src discovery.Source, service string) error {
-	ch, err := src.Watch(ctx, service)
+func (u *upstream) runWatch(ctx context.Context, src discovery.Source, service string, opts discovery.WatchOptions) error {
+	ch, err := discovery.Watch(ctx, src, service, opts)
 	if err != nil {
 		return fmt.Errorf("watch %s: %w", service, err)
 	}
