@@ -42,6 +42,10 @@ type Metrics struct {
 	Ejections          *prometheus.CounterVec // upstream
 	EjectedEndpoints   *prometheus.GaugeVec   // upstream
 	LimitOverflows     *prometheus.CounterVec // upstream, limit
+
+	TLSHandshakeFailures *prometheus.CounterVec // direction, reason
+	TLSPlaintext         prometheus.Counter
+	AuthzDenied          *prometheus.CounterVec // source
 }
 
 // New creates the collectors and registers them, with the Go runtime and process collectors, on reg.
@@ -125,6 +129,19 @@ func New(reg *prometheus.Registry, version string) *Metrics {
 		Name: "meshlet_limit_overflows_total",
 		Help: "Requests refused at once because a limit was full, by limit (requests, pending).",
 	}, []string{"upstream", "limit"})
+	m.TLSHandshakeFailures = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "meshlet_tls_handshake_failures_total",
+		Help: "Mutual TLS handshakes that failed, by direction and reason (unknown_ca, bad_identity, expired, no_cert, plaintext, other).",
+	}, []string{"direction", "reason"})
+	m.TLSPlaintext = prometheus.NewCounter(prometheus.CounterOpts{
+		Name: "meshlet_tls_plaintext_connections_total",
+		Help: "Plaintext connections accepted by the inbound listener in permissive mode.",
+	})
+	m.AuthzDenied = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "meshlet_authz_denied_total",
+		Help: "Inbound calls refused by authorization, by the caller's service name (unknown without an identity).",
+	}, []string{"source"})
+	reg.MustRegister(m.TLSHandshakeFailures, m.TLSPlaintext, m.AuthzDenied)
 	reg.MustRegister(m.Retries, m.RetriesSuppressed, m.RetryBudget, m.BreakerEndpoints, m.BreakerTransitions,
 		m.Ejections, m.EjectedEndpoints, m.LimitOverflows)
 	buildInfo := prometheus.NewGauge(prometheus.GaugeOpts{

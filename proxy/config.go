@@ -63,8 +63,9 @@ type ServiceConfig struct {
 
 // InboundConfig is the listener other sidecars call to reach the local app.
 type InboundConfig struct {
-	Listen  string        `yaml:"listen" json:"listen"`   // host:port; empty means no inbound listener
-	Timeout time.Duration `yaml:"timeout" json:"timeout"` // per request towards the app; 0 means none
+	Listen  string           `yaml:"listen" json:"listen"`   // host:port; empty means no inbound listener
+	Timeout time.Duration    `yaml:"timeout" json:"timeout"` // per request towards the app; 0 means none
+	TLS     InboundTLSConfig `yaml:"tls" json:"tls"`
 }
 
 // OutboundConfig is the listener that routes to upstreams by Host or :authority.
@@ -85,12 +86,13 @@ type UpstreamConfig struct {
 	Service string `yaml:"service" json:"service"`
 	// Tag and Datacenter narrow discovery (discovered upstreams only): only instances with the tag, in that
 	// datacenter. Empty: the discovery source's defaults.
-	Tag            string        `yaml:"tag" json:"tag"`
-	Datacenter     string        `yaml:"datacenter" json:"datacenter"`
-	Peer           string        `yaml:"peer" json:"peer"` // app or sidecar; default app
-	LB             string        `yaml:"lb" json:"lb"`     // p2c or round_robin; default p2c
-	Timeout        time.Duration `yaml:"timeout" json:"timeout"`
-	ConnectTimeout time.Duration `yaml:"connect_timeout" json:"connect_timeout"`
+	Tag            string            `yaml:"tag" json:"tag"`
+	Datacenter     string            `yaml:"datacenter" json:"datacenter"`
+	Peer           string            `yaml:"peer" json:"peer"` // app or sidecar; default app
+	LB             string            `yaml:"lb" json:"lb"`     // p2c or round_robin; default p2c
+	Timeout        time.Duration     `yaml:"timeout" json:"timeout"`
+	ConnectTimeout time.Duration     `yaml:"connect_timeout" json:"connect_timeout"`
+	TLS            UpstreamTLSConfig `yaml:"tls" json:"tls"`
 	// Resilience is the retry, circuit_breaker, outlier and limits sections; on with defaults when absent.
 	Resilience resilience.Config `yaml:",inline" json:"resilience"`
 }
@@ -156,6 +158,14 @@ func (c *Config) Validate() error {
 	}
 	if c.Inbound.Timeout < 0 {
 		add("inbound.timeout", "must not be negative")
+	}
+	if m := c.Inbound.TLS.Mode; m != "" && !validTLSMode(m, "mtls", "permissive", "disabled") {
+		add("inbound.tls.mode", "%q must be mtls, permissive or disabled", m)
+	}
+	for i, a := range c.Inbound.TLS.Allow {
+		if !strings.HasPrefix(a, "spiffe://") && !dnsLabel.MatchString(a) {
+			add(fmt.Sprintf("inbound.tls.allow[%d]", i), "%q must be a service name or a spiffe:// ID", a)
+		}
 	}
 	listens := map[string]string{}
 	claim := func(path, addr string) {
@@ -225,6 +235,9 @@ func (c *Config) Validate() error {
 		}
 		if u.Timeout < 0 {
 			add(p+".timeout", "must not be negative")
+		}
+		if m := u.TLS.Mode; m != "" && !validTLSMode(m, "mtls", "disabled") {
+			add(p+".tls.mode", "%q must be mtls or disabled", m)
 		}
 		if u.ConnectTimeout < 0 {
 			add(p+".connect_timeout", "must not be negative")

@@ -25,6 +25,7 @@ const (
 	reasonConnect    = "connect"
 	reasonCanceled   = "canceled"
 	reasonOverflow   = "overflow" // a limit (max_requests, max_pending) was full
+	reasonDenied     = "denied"   // the caller is not allowed (inbound.tls.allow)
 	reasonOther      = "other"
 )
 
@@ -90,6 +91,9 @@ func (u *upstream) serveHTTP(w http.ResponseWriter, r *http.Request, alog *slog.
 
 	if r.Method == http.MethodConnect {
 		u.fail(rw, r, grpc, http.StatusMethodNotAllowed, reasonOther, "CONNECT is not supported", ri)
+		return
+	}
+	if u.direction == metrics.Inbound && !u.authorizeRequest(rw, r, grpc, ri) {
 		return
 	}
 	release, err := u.acquire(r.Context())
@@ -264,7 +268,7 @@ func newObserver(m *metrics.Metrics, direction, name string) *observer {
 		tx:       m.SentBytes.WithLabelValues(direction, name),
 		errors:   map[string]interface{ Inc() }{},
 	}
-	for _, r := range []string{reasonNoEndpoint, reasonTimeout, reasonConnect, reasonCanceled, reasonOverflow, reasonOther} {
+	for _, r := range []string{reasonNoEndpoint, reasonTimeout, reasonConnect, reasonCanceled, reasonOverflow, reasonDenied, reasonOther} {
 		o.errors[r] = m.UpstreamErrors.WithLabelValues(direction, name, r)
 	}
 	return o

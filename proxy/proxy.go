@@ -14,6 +14,7 @@ import (
 
 	"meshlet.dev/meshlet/discovery"
 	"meshlet.dev/meshlet/metrics"
+	"meshlet.dev/meshlet/mtls"
 )
 
 // Options are a Proxy's collaborators.
@@ -24,6 +25,11 @@ type Options struct {
 	// Discovery finds the endpoints of upstreams that list none in the config; nil means such upstreams have no
 	// endpoint (every call gets 503 / UNAVAILABLE).
 	Discovery discovery.Source
+	// TLS is the source of this sidecar's certificate and trust roots; nil means no TLS: the inbound listener
+	// and the calls to other sidecars are plaintext.
+	TLS mtls.Source
+	// TLSMinVersion is "1.3" (default) or "1.2".
+	TLSMinVersion string
 }
 
 // Proxy runs all of meshlet's data-plane listeners for one config. Create it with New, bind with Start, change it
@@ -34,6 +40,7 @@ type Proxy struct {
 	accessLog *slog.Logger // nil when access logging is off
 	static    *discovery.Static
 	discovery discovery.Source // nil: static endpoints only
+	tls       *tlsState        // nil: no TLS
 
 	baseCtx    context.Context // parent of every request; cancelled when Shutdown gives up waiting
 	cancelBase context.CancelFunc
@@ -80,6 +87,10 @@ func New(cfg Config, opts Options) (*Proxy, error) {
 		upstreams:  map[string]*upstreamEntry{},
 		unknown:    newObserver(opts.Metrics, metrics.Outbound, ""),
 	}
+	if opts.TLS != nil {
+		p.tls = &tlsState{src: opts.TLS, minVersion: opts.TLSMinVersion, authz: newAuthorizer(cfg.Inbound.TLS.Allow)}
+	}
+	p.resolveInboundMode(&p.cfg)
 	if opts.AccessLog {
 		p.accessLog = opts.Logger.With("component", "access")
 	}
@@ -106,7 +117,7 @@ func (p *Proxy) Start() error {
 	}
 	if cfg.Inbound.Listen != "" {
 		ucfg := inboundUpstreamConfig(cfg)
-		p.inbound = newUpstream(ucfg, metrics.Inbound, p.m, p.log)
+		p.inbound = newUpstream(ucfg, metrics.Inbound, p.m, p.log, p.tls)
 		eps, err := discovery.ParseAddrs(ucfg.Endpoints)
 		if err != nil {
 			return err
@@ -128,7 +139,7 @@ func (p *Proxy) Start() error {
 	}
 	ups := map[string]*upstream{}
 	for i, uc := range cfg.Upstreams {
-		u := newUpstream(uc, metrics.Outbound, p.m, p.log)
+		u := newUpstream(uc, metrics.Outbound, p.m, p.log, p.tls)
 		ups[uc.Name] = u
 		if uc.Listen == "" {
 			continue
@@ -169,6 +180,11 @@ func (p *Proxy) bind(field, addr, direction, label string, u *upstream, h http.H
 	ln, err := listen(field, addr)
 	if err != nil {
 		return nil, err
+	}
+	if direction == metrics.Inbound {
+		if ln, err = p.secureInbound(ln, p.cfg.Inbound.TLS.Mode); err != nil {
+			return nil, err
+		}
 	}
 	if u != nil && u.protocol == ProtocolTCP {
 		return newTCPProxy(u, ln, direction, label, p.log), nil
@@ -314,4 +330,15 @@ func (p *Proxy) Addrs() map[string]string {
 		out[k] = l.addr()
 	}
 	return out
+}
+
+// resolveInboundMode applies the default of inbound.tls.mode: mtls when TLS is configured, else disabled.
+func (p *Proxy) resolveInboundMode(cfg *Config) {
+	if cfg.Inbound.TLS.Mode != "" {
+		return
+	}
+	cfg.Inbound.TLS.Mode = mtls.ModeDisabled
+	if p.tls != nil {
+		cfg.Inbound.TLS.Mode = mtls.ModeMTLS
+	}
 }

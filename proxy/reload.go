@@ -30,7 +30,8 @@ func (p *Proxy) Reload(cfg Config) (warnings []string, err error) {
 		return nil, errors.New("proxy is not running")
 	}
 	old := p.cfg
-	if !reflect.DeepEqual(old.Service, cfg.Service) || old.Inbound != cfg.Inbound {
+	p.resolveInboundMode(&cfg)
+	if !reflect.DeepEqual(old.Service, cfg.Service) || !reflect.DeepEqual(old.Inbound, cfg.Inbound) {
 		warnings = append(warnings, "service and inbound settings change only on restart; keeping the running ones")
 		cfg.Service, cfg.Inbound = old.Service, old.Inbound
 	}
@@ -54,7 +55,7 @@ func (p *Proxy) Reload(cfg Config) (warnings []string, err error) {
 		if ok && prev.Listen == uc.Listen && prev.Protocol == uc.Protocol {
 			continue
 		}
-		u := newUpstream(uc, metrics.Outbound, p.m, p.log)
+		u := newUpstream(uc, metrics.Outbound, p.m, p.log, p.tls)
 		var l listener
 		if uc.Listen != "" {
 			if ok && prev.Listen == uc.Listen {

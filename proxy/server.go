@@ -69,6 +69,7 @@ func (p *Proxy) newHTTPListener(ln net.Listener, direction, label string, h http
 	srv.Protocols = new(http.Protocols)
 	srv.Protocols.SetHTTP1(true)
 	srv.Protocols.SetUnencryptedHTTP2(true)
+	srv.Protocols.SetHTTP2(true) // over the mutual TLS connections the inbound listener hands over (ALPN h2)
 	return &httpListener{ln: ln, srv: srv, log: p.log}
 }
 

@@ -74,6 +74,10 @@ func (t *tcpProxy) track(c net.Conn, add bool) {
 // since nothing has been sent yet.
 func (t *tcpProxy) handle(client net.Conn) {
 	defer client.Close()
+	if t.direction == "inbound" && !t.u.authorizeConn(client) {
+		t.log.Debug("tcp caller refused by inbound.tls.allow", "remote", client.RemoteAddr().String())
+		return
+	}
 	var backend net.Conn
 	var lastErr error
 	var tried []*endpointState
@@ -86,8 +90,14 @@ func (t *tcpProxy) handle(client net.Conn) {
 		}
 		d := net.Dialer{Timeout: t.u.cfg.Load().ConnectTimeout, KeepAlive: 30 * time.Second}
 		c, err := d.Dial("tcp", st.hostport)
-		if err != nil {
+		if err == nil {
+			ctx, cancel := context.WithTimeout(context.Background(), t.u.cfg.Load().ConnectTimeout)
+			c, err = t.u.secureDial(ctx, c, st.hostport, "")
+			cancel()
+		} else {
 			err = &connectError{addr: st.hostport, err: err}
+		}
+		if err != nil {
 			st.finish(err)
 			tried = append(tried, st)
 			lastErr = err

@@ -33,15 +33,23 @@ const (
 	h2PingTimeout       = 10 * time.Second // and close it if the PING is not answered in time
 )
 
-func newTransports(connectTimeout func() time.Duration) *transports {
-	dial := func(ctx context.Context, network, addr string) (net.Conn, error) {
-		d := net.Dialer{Timeout: connectTimeout(), KeepAlive: 30 * time.Second}
-		c, err := d.DialContext(ctx, network, addr)
-		if err != nil {
-			return nil, &connectError{addr: addr, err: err}
+// secure, when not nil, turns a fresh connection into a mutual TLS one where the endpoint calls for it (alpn is
+// the protocol the transport speaks).
+func newTransports(connectTimeout func() time.Duration, secure func(ctx context.Context, c net.Conn, addr, alpn string) (net.Conn, error)) *transports {
+	dialer := func(alpn string) func(ctx context.Context, network, addr string) (net.Conn, error) {
+		return func(ctx context.Context, network, addr string) (net.Conn, error) {
+			d := net.Dialer{Timeout: connectTimeout(), KeepAlive: 30 * time.Second}
+			c, err := d.DialContext(ctx, network, addr)
+			if err != nil {
+				return nil, &connectError{addr: addr, err: err}
+			}
+			if secure != nil {
+				return secure(ctx, c, addr, alpn)
+			}
+			return c, nil
 		}
-		return c, nil
 	}
+	dial, dialH2 := dialer("http/1.1"), dialer("h2")
 	h1 := &http.Transport{
 		DialContext:         dial,
 		MaxIdleConns:        0, // no global cap; the per-host cap bounds each endpoint
@@ -55,7 +63,7 @@ func newTransports(connectTimeout func() time.Duration) *transports {
 	h2 := &http2.Transport{
 		AllowHTTP: true,
 		DialTLSContext: func(ctx context.Context, network, addr string, _ *tls.Config) (net.Conn, error) {
-			return dial(ctx, network, addr)
+			return dialH2(ctx, network, addr)
 		},
 		DisableCompression: true,
 		IdleConnTimeout:    idleConnTimeout,
@@ -80,6 +88,9 @@ type connectError struct {
 
 func (e *connectError) Error() string { return fmt.Sprintf("connect to %s: %v", e.addr, e.err) }
 func (e *connectError) Unwrap() error { return e.err }
+
+// ConnectFailure marks the error for resilience.ClassifyError: the request never reached the endpoint.
+func (e *connectError) ConnectFailure() bool { return true }
 
 // isUpgrade reports whether r asks for a protocol upgrade (WebSocket and the like).
 func isUpgrade(h http.Header) bool {

@@ -27,6 +27,7 @@ type upstream struct {
 	log       *slog.Logger
 	m         *metrics.Metrics
 	obs       *observer
+	tls       *tlsState // nil: no TLS
 
 	cfg       atomic.Pointer[UpstreamConfig] // swapped on reload
 	picker    atomic.Pointer[picker]
@@ -46,7 +47,7 @@ type upstream struct {
 	seenOnce  sync.Once
 }
 
-func newUpstream(cfg UpstreamConfig, direction string, m *metrics.Metrics, log *slog.Logger) *upstream {
+func newUpstream(cfg UpstreamConfig, direction string, m *metrics.Metrics, log *slog.Logger, tls *tlsState) *upstream {
 	u := &upstream{
 		name:      cfg.Name,
 		direction: direction,
@@ -56,10 +57,11 @@ func newUpstream(cfg UpstreamConfig, direction string, m *metrics.Metrics, log *
 		obs:       newObserver(m, direction, cfg.Name),
 		states:    map[string]*endpointState{},
 		seen:      make(chan struct{}),
+		tls:       tls,
 	}
 	u.cfg.Store(&cfg)
 	u.picker.Store(newPicker(cfg.LB, nil))
-	u.transport = newTransports(func() time.Duration { return u.cfg.Load().ConnectTimeout })
+	u.transport = newTransports(func() time.Duration { return u.cfg.Load().ConnectTimeout }, u.secureDial)
 	if mc := cfg.Resilience.Limits.MaxConnections; mc > 0 {
 		u.transport.h1.MaxConnsPerHost = mc
 	}

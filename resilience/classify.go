@@ -56,6 +56,10 @@ func ClassifyError(err error) Kind {
 	if errors.As(err, &oe) && oe.Op == "dial" {
 		return KindConnectFailure
 	}
+	var cf interface{ ConnectFailure() bool }
+	if errors.As(err, &cf) && cf.ConnectFailure() {
+		return KindConnectFailure // e.g. a failed TLS handshake with the endpoint: nothing was sent
+	}
 	switch {
 	case errors.Is(err, context.Canceled):
 		return KindCanceled

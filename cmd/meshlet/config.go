@@ -15,6 +15,7 @@ import (
 	"go.yaml.in/yaml/v3"
 
 	"meshlet.dev/meshlet/admin"
+	"meshlet.dev/meshlet/mtls"
 	"meshlet.dev/meshlet/proxy"
 )
 
@@ -25,6 +26,8 @@ type fileConfig struct {
 	Log          logConfig       `yaml:"log" json:"log"`
 	Shutdown     shutdownConfig  `yaml:"shutdown" json:"shutdown"`
 	Discovery    discoveryConfig `yaml:"discovery" json:"discovery"`
+	// TLS is this sidecar's certificate and trust roots (files); empty means no mutual TLS.
+	TLS mtls.FilesConfig `yaml:"tls" json:"tls"`
 }
 
 // logConfig is the log section.
@@ -82,6 +85,7 @@ func (c *fileConfig) validate() error {
 		errs = append(errs, errors.New("shutdown.drain_timeout: must not be negative"))
 	}
 	errs = append(errs, c.validateDiscovery()...)
+	errs = append(errs, c.validateTLS()...)
 	return errors.Join(errs...)
 }
 

@@ -35,6 +35,7 @@ const usage = `meshlet is a service-mesh sidecar proxy.
 Usage:
   meshlet run -config FILE     run the sidecar (FILE defaults to $MESHLET_CONFIG)
   meshlet check -config FILE   validate FILE; print every problem with its field path
+  meshlet certs ca|issue ...   make a local trust domain CA and SPIFFE certificates (meshlet certs for help)
   meshlet version              print the version
 `
 
@@ -61,6 +62,8 @@ func run(args []string, stdout, stderr io.Writer) int {
 			return 2
 		}
 		return check(path, stdout, stderr)
+	case "certs":
+		return certs(args[1:], stdout, stderr)
 	case "version", "-version", "--version":
 		fmt.Fprintf(stdout, "meshlet %s %s\n", buildVersion(), runtime.Version())
 		return 0

@@ -16,6 +16,7 @@ import (
 	"meshlet.dev/meshlet/admin"
 	"meshlet.dev/meshlet/discovery"
 	"meshlet.dev/meshlet/metrics"
+	"meshlet.dev/meshlet/mtls"
 	"meshlet.dev/meshlet/proxy"
 )
 
@@ -32,6 +33,8 @@ type sidecar struct {
 	registrar     atomic.Pointer[discovery.Registrar] // nil unless service.register, until the listeners are bound
 	stopRegistrar func()
 	mustRegister  bool // service.register with discovery.consul: not ready until registered
+
+	tls *mtls.FileSource // nil without a tls section
 
 	mu  sync.Mutex // serializes reloads and guards cfg
 	cfg *fileConfig
@@ -61,7 +64,15 @@ func runSidecar(path string, stderr io.Writer) int {
 	if s.consul != nil {
 		src = s.consul
 	}
-	s.proxy, err = proxy.New(cfg.Config, proxy.Options{Logger: log, Metrics: s.m, AccessLog: cfg.Log.AccessLog, Discovery: src})
+	tlsCtx, stopTLS := context.WithCancel(context.Background())
+	defer stopTLS()
+	tlsSrc, err := s.startTLS(tlsCtx)
+	if err != nil {
+		log.Error("invalid certificate", "config", path, "error", err.Error())
+		return 1
+	}
+	s.proxy, err = proxy.New(cfg.Config, proxy.Options{Logger: log, Metrics: s.m, AccessLog: cfg.Log.AccessLog,
+		Discovery: src, TLS: tlsSrc, TLSMinVersion: cfg.TLS.MinVersion})
 	if err != nil {
 		log.Error("invalid config", "config", path, "error", err.Error())
 		return 1
@@ -109,6 +120,9 @@ func runSidecar(path string, stderr io.Writer) int {
 // registered with Consul.
 func (s *sidecar) ready() error {
 	err := s.routable()
+	if err == nil {
+		err = s.tlsErr()
+	}
 	if err == nil {
 		err = s.registrationErr()
 	}

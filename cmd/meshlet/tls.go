@@ -1,0 +1,153 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+
+	"meshlet.dev/meshlet/mtls"
+)
+
+// validateTLS checks the tls section and what depends on it.
+func (c *fileConfig) validateTLS() []error {
+	var errs []error
+	if err := c.TLS.Validate("tls"); err != nil {
+		errs = append(errs, err)
+	}
+	if m := c.Inbound.TLS.Mode; (m == mtls.ModeMTLS || m == mtls.ModePermissive) && !c.TLS.Configured() {
+		errs = append(errs, fmt.Errorf("inbound.tls.mode: %s needs the tls section (cert_file, key_file, ca_file)", m))
+	}
+	if len(c.Inbound.TLS.Allow) > 0 && !c.TLS.Configured() {
+		errs = append(errs, errors.New("inbound.tls.allow: needs the tls section (callers are known by their certificates)"))
+	}
+	return errs
+}
+
+// startTLS loads the certificate files when the tls section is set, watches them for changes, and exposes the
+// certificate's expiry and the rotations as metrics. It returns nil (no TLS) without a tls section.
+func (s *sidecar) startTLS(ctx context.Context) (mtls.Source, error) {
+	if !s.cfg.TLS.Configured() {
+		return nil, nil
+	}
+	src, err := mtls.NewFileSource(s.cfg.TLS, s.log.With("component", "mtls"))
+	if err != nil {
+		return nil, fmt.Errorf("tls: %w", err)
+	}
+	rotations := prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "meshlet_tls_rotations_total",
+		Help: "Certificate reloads, by result (success, failure: the new files did not load and the old certificate stays).",
+	}, []string{"result"})
+	expiry := prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+		Name: "meshlet_tls_certificate_expiry_seconds",
+		Help: "Seconds until the leaf certificate expires (negative once expired).",
+	}, func() float64 { return time.Until(src.Bundle().Leaf.NotAfter).Seconds() })
+	s.m.Registry.MustRegister(rotations, expiry)
+	rotations.WithLabelValues("success")
+	rotations.WithLabelValues("failure")
+	src.OnReload = func(_ *mtls.Bundle, err error) {
+		if err != nil {
+			rotations.WithLabelValues("failure").Inc()
+			return
+		}
+		rotations.WithLabelValues("success").Inc()
+	}
+	go src.Run(ctx)
+	b := src.Bundle()
+	s.log.Info("certificate loaded", "id", b.ID.String(), "not_after", b.Leaf.NotAfter, "trust_domain", b.TrustDomain)
+	s.tls = src
+	return src, nil
+}
+
+// tlsErr is the readiness of the certificate: not ready once the leaf has expired (or before it is valid).
+func (s *sidecar) tlsErr() error {
+	if s.tls == nil {
+		return nil
+	}
+	b := s.tls.Bundle()
+	now := time.Now()
+	switch {
+	case b == nil:
+		return errors.New("no valid certificate loaded")
+	case now.After(b.Leaf.NotAfter):
+		return fmt.Errorf("certificate %s expired at %s", b.ID, b.Leaf.NotAfter.Format(time.RFC3339))
+	case now.Before(b.Leaf.NotBefore):
+		return fmt.Errorf("certificate %s is not valid before %s", b.ID, b.Leaf.NotBefore.Format(time.RFC3339))
+	}
+	return nil
+}
+
+const certsUsage = `Usage:
+  meshlet certs ca -dir DIR -trust-domain DOMAIN       create DIR/ca.crt and DIR/ca.key
+  meshlet certs issue -dir DIR -service NAME            issue DIR/NAME.crt and DIR/NAME.key, signed by DIR/ca.*
+`
+
+// certs is `meshlet certs`: a local trust domain CA and SPIFFE certificates for named services, for the
+// static-discovery demo and tests (Consul's CA or cert-manager issue them in production).
+func certs(args []string, stdout, stderr io.Writer) int {
+	if len(args) == 0 {
+		fmt.Fprint(stderr, certsUsage)
+		return 2
+	}
+	fs := flag.NewFlagSet("certs "+args[0], flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	dir := fs.String("dir", "certs", "directory of the CA and the certificates")
+	switch args[0] {
+	case "ca":
+		td := fs.String("trust-domain", "", "the trust domain, e.g. example.mesh (required)")
+		lifetime := fs.Duration("lifetime", mtls.DefaultCALifetime, "how long the CA is valid")
+		if fs.Parse(args[1:]) != nil {
+			return 2
+		}
+		if *td == "" {
+			fmt.Fprintln(stderr, "meshlet certs ca: -trust-domain is required")
+			return 2
+		}
+		ca, err := mtls.NewCA(*td, *lifetime)
+		if err == nil {
+			err = ca.WriteCA(*dir)
+		}
+		if err != nil {
+			fmt.Fprintln(stderr, "meshlet certs ca:", err)
+			return 1
+		}
+		fmt.Fprintf(stdout, "wrote %s/ca.crt and %s/ca.key for trust domain %s\n", *dir, *dir, *td)
+		return 0
+	case "issue":
+		service := fs.String("service", "", "the service name (required)")
+		ns := fs.String("namespace", mtls.DefaultNamespace, "the namespace in the SPIFFE ID")
+		dc := fs.String("datacenter", mtls.DefaultDatacenter, "the datacenter in the SPIFFE ID")
+		lifetime := fs.Duration("lifetime", mtls.DefaultLeafLifetime, "how long the certificate is valid")
+		if fs.Parse(args[1:]) != nil {
+			return 2
+		}
+		if *service == "" {
+			fmt.Fprintln(stderr, "meshlet certs issue: -service is required")
+			return 2
+		}
+		ca, err := mtls.LoadCA(*dir)
+		if err != nil {
+			fmt.Fprintln(stderr, "meshlet certs issue: no CA (run meshlet certs ca first):", err)
+			return 1
+		}
+		id := mtls.ServiceID(mtls.TrustDomainOf(ca.Cert), *ns, *dc, *service)
+		now := time.Now()
+		cert, key, err := ca.Issue(id, now.Add(-time.Minute), now.Add(*lifetime))
+		if err == nil {
+			err = mtls.WriteLeaf(*dir, *service, cert, key)
+		}
+		if err != nil {
+			fmt.Fprintln(stderr, "meshlet certs issue:", err)
+			return 1
+		}
+		fmt.Fprintf(stdout, "wrote %s/%s.crt and %s/%s.key for %s\n", *dir, *service, *dir, *service, id)
+		return 0
+	default:
+		fmt.Fprintf(stderr, "meshlet certs: unknown command %q\n\n%s", args[0], certsUsage)
+		return 2
+	}
+}

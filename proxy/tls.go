@@ -1,0 +1,184 @@
+package proxy
+
+import (
+	"context"
+	"crypto/tls"
+	"fmt"
+	"net"
+	"net/http"
+	"strings"
+
+	"meshlet.dev/meshlet/metrics"
+	"meshlet.dev/meshlet/mtls"
+)
+
+// InboundTLSConfig is inbound.tls: how other sidecars must connect, and who may call.
+type InboundTLSConfig struct {
+	// Mode is mtls (mutual TLS only), permissive (mutual TLS or plaintext, for migration) or disabled.
+	// Default: mtls when the tls section is configured, else disabled.
+	Mode string `yaml:"mode" json:"mode"`
+	// Allow lists the callers that may call this service, as service names or SPIFFE IDs; empty means any
+	// identity of the trust domain. Plaintext callers (permissive mode) have no identity and are not checked.
+	Allow []string `yaml:"allow" json:"allow"`
+}
+
+// UpstreamTLSConfig is upstreams[].tls.
+type UpstreamTLSConfig struct {
+	// Mode is mtls (default when the tls section is configured: sidecar endpoints are called over mutual TLS)
+	// or disabled (plaintext to sidecars that do not speak TLS yet). Apps (peer: app) are always plaintext.
+	Mode string `yaml:"mode" json:"mode"`
+}
+
+func validTLSMode(m string, modes ...string) bool {
+	for _, x := range modes {
+		if m == x {
+			return true
+		}
+	}
+	return false
+}
+
+// authorizer decides whether a verified caller may call the local service.
+type authorizer struct {
+	names map[string]bool // service names
+	ids   map[string]bool // full SPIFFE IDs
+}
+
+func newAuthorizer(allow []string) *authorizer {
+	if len(allow) == 0 {
+		return nil
+	}
+	a := &authorizer{names: map[string]bool{}, ids: map[string]bool{}}
+	for _, e := range allow {
+		if strings.HasPrefix(e, "spiffe://") {
+			a.ids[e] = true
+		} else {
+			a.names[e] = true
+		}
+	}
+	return a
+}
+
+// allowed reports whether id may call; a nil authorizer allows every identity of the trust domain.
+func (a *authorizer) allowed(id mtls.ID) bool {
+	return a == nil || a.names[id.Service] || a.ids[id.String()]
+}
+
+// tlsState is the proxy's TLS: where certificates come from and the inbound rules.
+type tlsState struct {
+	src        mtls.Source
+	minVersion string
+	authz      *authorizer
+}
+
+// secureInbound wraps the inbound listener in the configured TLS mode.
+func (p *Proxy) secureInbound(ln net.Listener, mode string) (net.Listener, error) {
+	if p.tls == nil || mode == mtls.ModeDisabled {
+		return ln, nil
+	}
+	cfg, err := mtls.ServerConfig(p.tls.src, p.tls.minVersion)
+	if err != nil {
+		return nil, err
+	}
+	failures := p.m.TLSHandshakeFailures
+	plaintext := p.m.TLSPlaintext
+	return mtls.NewListener(ln, cfg, mode, mtls.ListenerHooks{
+		Failed: func(reason string, remote net.Addr, err error) {
+			failures.WithLabelValues(metrics.Inbound, reason).Inc()
+			p.log.Debug("inbound handshake refused", "reason", reason, "remote", remote.String(), "error", err.Error())
+		},
+		Plaintext: func(remote net.Addr) {
+			plaintext.Inc()
+			p.log.Info("plaintext connection accepted (permissive mode)", "remote", remote.String())
+		},
+	}), nil
+}
+
+// authorizeRequest checks the verified caller of an inbound request against inbound.tls.allow. It answers 403
+// (gRPC: PERMISSION_DENIED) itself and returns false when the caller may not call.
+func (u *upstream) authorizeRequest(w *responseWriter, r *http.Request, grpc bool, ri *requestInfo) bool {
+	if u.tls == nil || r.TLS == nil {
+		return true
+	}
+	id, ok := mtls.PeerID(r.TLS)
+	if ok && u.tls.authz.allowed(id) {
+		return true
+	}
+	source := "unknown"
+	if ok {
+		source = id.Service
+	}
+	u.m.AuthzDenied.WithLabelValues(source).Inc()
+	u.fail(w, r, grpc, http.StatusForbidden, reasonDenied, "caller "+source+" is not allowed to call "+u.name, ri)
+	return false
+}
+
+// authorizeConn checks the caller of an inbound TCP connection; a refused one is closed before any byte flows.
+func (u *upstream) authorizeConn(c net.Conn) bool {
+	tc, ok := c.(*tls.Conn)
+	if u.tls == nil || !ok {
+		return true
+	}
+	cs := tc.ConnectionState()
+	id, ok := mtls.PeerID(&cs)
+	if ok && u.tls.authz.allowed(id) {
+		return true
+	}
+	source := "unknown"
+	if ok {
+		source = id.Service
+	}
+	u.m.AuthzDenied.WithLabelValues(source).Inc()
+	return false
+}
+
+// clientTLS returns the TLS config for a connection to addr with ALPN alpn, or nil when the connection is
+// plaintext: the endpoint is an app, TLS is not configured, or the upstream turned it off.
+func (u *upstream) clientTLS(addr, alpn string) (*tls.Config, error) {
+	if u.tls == nil {
+		return nil, nil
+	}
+	cfg := u.cfg.Load()
+	if cfg.TLS.Mode == mtls.ModeDisabled {
+		return nil, nil
+	}
+	var st *endpointState
+	for _, s := range u.picker.Load().endpoints {
+		if s.hostport == addr {
+			st = s
+			break
+		}
+	}
+	if st == nil || !(cfg.Peer == PeerSidecar || st.sidecar) {
+		return nil, nil
+	}
+	want := func(id mtls.ID) error {
+		if st.ep.Identity != "" {
+			if id.String() != st.ep.Identity {
+				return fmt.Errorf("endpoint %s is %s, expected %s", addr, id, st.ep.Identity)
+			}
+			return nil
+		}
+		if id.Service != cfg.Service {
+			return fmt.Errorf("endpoint %s is %s, expected service %s", addr, id, cfg.Service)
+		}
+		return nil
+	}
+	return mtls.ClientConfig(u.tls.src, u.tls.minVersion, alpn, want)
+}
+
+// secureDial upgrades a new connection to addr to mutual TLS when clientTLS says so. A failed handshake is a
+// connect failure: the request never reached the app, and is safe to send elsewhere.
+func (u *upstream) secureDial(ctx context.Context, c net.Conn, addr, alpn string) (net.Conn, error) {
+	cfg, err := u.clientTLS(addr, alpn)
+	if err != nil || cfg == nil {
+		return c, err
+	}
+	tc := tls.Client(c, cfg)
+	if err := tc.HandshakeContext(ctx); err != nil {
+		c.Close()
+		u.m.TLSHandshakeFailures.WithLabelValues(metrics.Outbound, mtls.Reason(err)).Inc()
+		return nil, &connectError{addr: addr, err: fmt.Errorf("tls handshake: %w", err)}
+	}
+	return tc, nil
+}
