@@ -18,12 +18,19 @@ const DefaultListen = "127.0.0.1:15000"
 // Config is the admin section of the config file.
 type Config struct {
 	Listen string `yaml:"listen" json:"listen"` // host:port; default 127.0.0.1:15000
+	// EnableQuit turns on POST /quitquitquit (loopback clients only), which shuts meshlet down like SIGTERM.
+	// Default true; false answers 404.
+	EnableQuit *bool `yaml:"enable_quit" json:"enable_quit"`
 }
 
 // SetDefaults fills zero fields.
 func (c *Config) SetDefaults() {
 	if c.Listen == "" {
 		c.Listen = DefaultListen
+	}
+	if c.EnableQuit == nil {
+		on := true
+		c.EnableQuit = &on
 	}
 }
 
@@ -43,6 +50,9 @@ type Options struct {
 	Upstreams func() any               // /debug/upstreams, rendered as JSON
 	Config    func() any               // /debug/config, rendered as JSON; must not hold secrets
 	Reload    func() ([]string, error) // POST /debug/reload: warnings, or the error that rejected the new config
+	// Quit is POST /quitquitquit: it starts a graceful shutdown and must not block. Off when nil or when
+	// Config.EnableQuit is false.
+	Quit func()
 }
 
 // Server is the admin HTTP server.
@@ -75,6 +85,9 @@ func New(cfg Config, opts Options) *Server {
 	}
 	if opts.Reload != nil {
 		mux.HandleFunc("POST /debug/reload", s.reload)
+	}
+	if opts.Quit != nil && *cfg.EnableQuit {
+		mux.HandleFunc("POST /quitquitquit", s.quit)
 	}
 	mux.HandleFunc("GET /{$}", s.index)
 	s.srv = &http.Server{Handler: mux, ReadHeaderTimeout: 5 * time.Second, IdleTimeout: time.Minute,
@@ -140,8 +153,21 @@ func (s *Server) reload(w http.ResponseWriter, r *http.Request) {
 	writeJSON(w, map[string]any{"reloaded": true, "warnings": warnings})
 }
 
+// quit answers loopback clients only: the admin listener may face the network (Kubernetes probes and scrapes
+// the pod IP), and only the app next to meshlet should be able to stop it.
+func (s *Server) quit(w http.ResponseWriter, r *http.Request) {
+	host, _, _ := net.SplitHostPort(r.RemoteAddr)
+	if ip := net.ParseIP(host); ip == nil || !ip.IsLoopback() {
+		http.Error(w, "quitquitquit: loopback clients only", http.StatusForbidden)
+		return
+	}
+	s.log.Info("quit requested", "remote", r.RemoteAddr)
+	fmt.Fprintln(w, "shutting down")
+	s.opts.Quit()
+}
+
 func (s *Server) index(w http.ResponseWriter, r *http.Request) {
-	fmt.Fprintln(w, "meshlet admin\n\n/live\n/ready\n/metrics\n/debug/config\n/debug/upstreams\nPOST /debug/reload")
+	fmt.Fprintln(w, "meshlet admin\n\n/live\n/ready\n/metrics\n/debug/config\n/debug/upstreams\nPOST /debug/reload\nPOST /quitquitquit")
 }
 
 func writeJSON(w http.ResponseWriter, v any) {

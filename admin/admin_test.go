@@ -6,6 +6,7 @@ import (
 	"io"
 	"log/slog"
 	"net/http"
+	"net/http/httptest"
 	"strings"
 	"testing"
 )
@@ -79,4 +80,60 @@ func TestAdminListenError(t *testing.T) {
 	if err == nil || !strings.Contains(err.Error(), "admin.listen") || !strings.Contains(err.Error(), "address already in use") {
 		t.Fatalf("second bind: %v", err)
 	}
+}
+
+func TestQuitQuitQuit(t *testing.T) {
+	t.Run("on by default, loopback", func(t *testing.T) {
+		quit := make(chan struct{}, 1)
+		base := start(t, Options{Quit: func() { quit <- struct{}{} }})
+		if code, body := do(t, "GET", base+"/quitquitquit"); code != 405 {
+			t.Errorf("GET: %d %s, want 405", code, body)
+		}
+		select {
+		case <-quit:
+			t.Fatal("GET quit")
+		default:
+		}
+		if code, body := do(t, "POST", base+"/quitquitquit"); code != 200 || !strings.Contains(body, "shutting down") {
+			t.Errorf("POST: %d %s", code, body)
+		}
+		select {
+		case <-quit:
+		default:
+			t.Fatal("POST /quitquitquit did not call Quit")
+		}
+	})
+	t.Run("disabled by config", func(t *testing.T) {
+		off := false
+		s := New(Config{Listen: "127.0.0.1:0", EnableQuit: &off}, Options{
+			Logger: slog.New(slog.NewTextHandler(io.Discard, nil)), Quit: func() { t.Error("quit called") }})
+		if err := s.Start(); err != nil {
+			t.Fatal(err)
+		}
+		defer s.Shutdown(context.Background())
+		if code, _ := do(t, "POST", "http://"+s.Addr()+"/quitquitquit"); code != 404 {
+			t.Errorf("disabled: %d, want 404", code)
+		}
+	})
+	t.Run("non-loopback client refused", func(t *testing.T) {
+		s := New(Config{}, Options{Logger: slog.New(slog.NewTextHandler(io.Discard, nil)), Quit: func() { t.Error("quit called") }})
+		for _, remote := range []string{"10.1.2.3:4567", "[fd00::1]:80", "garbage"} {
+			rec := httptest.NewRecorder()
+			req := httptest.NewRequest("POST", "/quitquitquit", nil)
+			req.RemoteAddr = remote
+			s.srv.Handler.ServeHTTP(rec, req)
+			if rec.Code != 403 {
+				t.Errorf("%s: %d, want 403", remote, rec.Code)
+			}
+		}
+		rec := httptest.NewRecorder()
+		req := httptest.NewRequest("POST", "/quitquitquit", nil)
+		req.RemoteAddr = "[::1]:5000"
+		ok := false
+		s.opts.Quit = func() { ok = true }
+		s.srv.Handler.ServeHTTP(rec, req)
+		if rec.Code != 200 || !ok {
+			t.Errorf("::1: %d, quit %v", rec.Code, ok)
+		}
+	})
 }

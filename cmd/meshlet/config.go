@@ -99,7 +99,7 @@ func parseLevel(s string) (slog.Level, error) {
 
 // loadConfig reads, decodes (strictly), applies environment overrides and defaults, and validates the file.
 func loadConfig(path string) (*fileConfig, error) {
-	data, err := os.ReadFile(path)
+	data, err := readConfigSource(path)
 	if err != nil {
 		return nil, err
 	}

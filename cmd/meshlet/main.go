@@ -5,6 +5,8 @@
 //
 //	meshlet run -config meshlet.yaml     run the sidecar
 //	meshlet check -config meshlet.yaml   validate a config file and print every problem
+//	meshlet inject -f app.yaml           add the sidecar to Kubernetes YAML
+//	meshlet wait -admin 127.0.0.1:15000  block until a meshlet is ready
 //	meshlet version                      print the version
 package main
 
@@ -33,9 +35,11 @@ func buildVersion() string {
 const usage = `meshlet is a service-mesh sidecar proxy.
 
 Usage:
-  meshlet run -config FILE     run the sidecar (FILE defaults to $MESHLET_CONFIG)
+  meshlet run -config FILE     run the sidecar (FILE defaults to $MESHLET_CONFIG; env:NAME reads $NAME)
   meshlet check -config FILE   validate FILE; print every problem with its field path
   meshlet certs ca|issue ...   make a local trust domain CA and SPIFFE certificates (meshlet certs for help)
+  meshlet inject -f FILE       add the sidecar to Kubernetes YAML (FILE or stdin), write it to stdout
+  meshlet wait -admin ADDR     block until the meshlet at ADDR answers /ready with 200
   meshlet version              print the version
 `
 
@@ -64,6 +68,10 @@ func run(args []string, stdout, stderr io.Writer) int {
 		return check(path, stdout, stderr)
 	case "certs":
 		return certs(args[1:], stdout, stderr)
+	case "inject":
+		return injectCmd(args[1:], os.Stdin, stdout, stderr)
+	case "wait":
+		return waitCmd(args[1:], stdout, stderr)
 	case "version", "-version", "--version":
 		fmt.Fprintf(stdout, "meshlet %s %s\n", buildVersion(), runtime.Version())
 		return 0

@@ -77,6 +77,10 @@ func runSidecar(path string, stderr io.Writer) int {
 		log.Error("invalid config", "config", path, "error", err.Error())
 		return 1
 	}
+	// Signals are caught before anything binds, so that a SIGTERM during start-up still drains cleanly.
+	sigs := make(chan os.Signal, 4)
+	signal.Notify(sigs, syscall.SIGTERM, syscall.SIGINT, syscall.SIGHUP)
+	defer signal.Stop(sigs)
 	s.admin = admin.New(cfg.Admin, admin.Options{
 		Logger:    log,
 		Metrics:   s.m.Handler(),
@@ -84,12 +88,8 @@ func runSidecar(path string, stderr io.Writer) int {
 		Upstreams: func() any { return s.proxy.Upstreams() },
 		Config:    s.configView,
 		Reload:    s.reload,
+		Quit:      func() { notify(sigs, syscall.SIGTERM) }, // POST /quitquitquit: as if signalled
 	})
-
-	// Signals are caught before anything binds, so that a SIGTERM during start-up still drains cleanly.
-	sigs := make(chan os.Signal, 4)
-	signal.Notify(sigs, syscall.SIGTERM, syscall.SIGINT, syscall.SIGHUP)
-	defer signal.Stop(sigs)
 
 	if err := s.admin.Start(); err != nil {
 		log.Error("cannot start", "error", err.Error())
@@ -114,6 +114,14 @@ func runSidecar(path string, stderr io.Writer) int {
 		break
 	}
 	return s.shutdown(sigs)
+}
+
+// notify delivers sig as if the process had received it; it never blocks (a full queue already holds a signal).
+func notify(sigs chan<- os.Signal, sig os.Signal) {
+	select {
+	case sigs <- sig:
+	default:
+	}
 }
 
 // ready is /ready: the proxy can route, meshlet is not draining, and with service.register the instance has been

@@ -1,0 +1,65 @@
+package main
+
+// meshlet inject, and the env:NAME config source that injected sidecars use.
+
+import (
+	"flag"
+	"fmt"
+	"io"
+	"os"
+	"strings"
+
+	"meshlet.dev/meshlet/inject"
+)
+
+// injectCmd is `meshlet inject`: Kubernetes YAML from a file or stdin to stdout, with the sidecar added.
+func injectCmd(args []string, stdin io.Reader, stdout, stderr io.Writer) int {
+	fs := flag.NewFlagSet("inject", flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	var cfg inject.Config
+	file := fs.String("f", "-", "Kubernetes YAML to inject (one or more documents); - for stdin")
+	fs.StringVar(&cfg.Image, "image", os.Getenv("MESHLET_IMAGE"), "meshlet image (required; default $MESHLET_IMAGE)")
+	fs.StringVar(&cfg.ImagePullPolicy, "image-pull-policy", "", "imagePullPolicy of the sidecar (default: the cluster's)")
+	fs.IntVar(&cfg.AdminPort, "admin-port", 15000, "admin port of the sidecar (probes, /metrics)")
+	fs.IntVar(&cfg.InboundPort, "inbound-port", 21000, "inbound port, unless a pod sets meshlet.dev/inbound-port")
+	fs.StringVar(&cfg.Consul, "consul", "$(HOST_IP):8500", "Consul agent address, unless a pod sets meshlet.dev/consul")
+	fs.BoolVar(&cfg.Classic, "classic", false, "inject a regular container held by `meshlet wait` instead of a native sidecar (Kubernetes < 1.29)")
+	if err := fs.Parse(args); err != nil {
+		return 2
+	}
+	if fs.NArg() > 0 {
+		fmt.Fprintf(stderr, "meshlet inject: unexpected argument %q (use -f FILE)\n", fs.Arg(0))
+		return 2
+	}
+	in := stdin
+	if *file != "-" {
+		f, err := os.Open(*file)
+		if err != nil {
+			fmt.Fprintf(stderr, "meshlet inject: %v\n", err)
+			return 1
+		}
+		defer f.Close()
+		in = f
+	}
+	st, err := inject.Inject(stdout, in, cfg)
+	if err != nil {
+		fmt.Fprintf(stderr, "meshlet inject: %v\n", err)
+		return 1
+	}
+	fmt.Fprintf(stderr, "meshlet inject: %d pod templates injected, %d opted out\n", st.Injected, st.Skipped)
+	return 0
+}
+
+// readConfigSource reads the config named by -config: a file path, or env:NAME for the YAML held in the
+// environment variable NAME (what injected sidecars use: no ConfigMap, no writable file system needed).
+func readConfigSource(path string) ([]byte, error) {
+	name, ok := strings.CutPrefix(path, "env:")
+	if !ok {
+		return os.ReadFile(path)
+	}
+	v, set := os.LookupEnv(name)
+	if !set {
+		return nil, fmt.Errorf("environment variable %s is not set", name)
+	}
+	return []byte(v), nil
+}
