@@ -6,7 +6,6 @@ import (
 	"io"
 	"log/slog"
 	"net"
-	"slices"
 	"sync"
 	"time"
 )
@@ -80,14 +79,20 @@ func (t *tcpProxy) handle(client net.Conn) {
 	}
 	var backend net.Conn
 	var lastErr error
-	var tried []*endpointState
-	avoid := func(s *endpointState) bool { return slices.Contains(tried, s) }
+	ri := &requestInfo{clientCtx: context.Background()} // carries the endpoints tried, for choose to avoid them
 	for attempt := 0; attempt < 3 && backend == nil; attempt++ {
-		st, err := t.u.picker.Load().pick(avoid)
+		st, breakerDone, err := t.u.choose(ri)
 		if err != nil {
 			lastErr = err
 			break
 		}
+		end := func(err error) {
+			if breakerDone != nil {
+				breakerDone(err)
+			}
+			st.finish(err)
+		}
+		ri.tried = append(ri.tried, st)
 		d := net.Dialer{Timeout: t.u.cfg.Load().ConnectTimeout, KeepAlive: 30 * time.Second}
 		c, err := d.Dial("tcp", st.hostport)
 		if err == nil {
@@ -98,13 +103,12 @@ func (t *tcpProxy) handle(client net.Conn) {
 			err = &connectError{addr: st.hostport, err: err}
 		}
 		if err != nil {
-			st.finish(err)
-			tried = append(tried, st)
+			end(err) // a connect failure counts against the endpoint and its breaker
 			lastErr = err
 			continue
 		}
 		backend = c
-		defer st.finish(nil)
+		defer end(nil)
 	}
 	if backend == nil {
 		reason := reasonConnect
