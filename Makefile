@@ -11,7 +11,7 @@ all: build
 help:
 	@echo "make build   build bin/meshlet (static, CGO_ENABLED=0)"
 	@echo "make test    go vet + go test -race ./..."
-	@echo "make demo    run a local demo mesh on loopback (two services, two sidecars)"
+	@echo "make demo    run a local demo mesh on loopback (two services, two sidecars); DISCOVERY=consul: found through a Consul dev agent"
 	@echo "make consul  build a real Consul agent (tools/consul, MPL-2.0) once, cached, into bin/consul"
 	@echo "make bench   measure direct vs one vs two meshlets (HTTP/1.1, h2c, gRPC); BENCH_FLAGS=-quick for a short run"
 
@@ -24,9 +24,14 @@ vet:
 test: vet
 	$(GO) test -race -count=1 -timeout 20m ./...
 
-demo: build
+# DISCOVERY=consul runs the Consul variant (examples/demo/consul): a Consul dev agent from `make consul`, api's
+# sidecar registers itself, web's finds it by name. The default (static) lists the endpoints in the configs.
+DISCOVERY ?= static
+DEMO_CONFIGS = $(if $(filter consul,$(DISCOVERY)),examples/demo/consul,examples/demo)
+demo: build $(if $(filter consul,$(DISCOVERY)),consul)
+	@case "$(DISCOVERY)" in static|consul) ;; *) echo "DISCOVERY must be static or consul"; exit 2;; esac
 	CGO_ENABLED=0 $(GO) build -trimpath -o bin/ ./examples/api ./examples/web ./cmd/meshlet-demo
-	./bin/meshlet-demo -meshlet bin/meshlet -bin bin $(DEMO_FLAGS)
+	./bin/meshlet-demo -meshlet bin/meshlet -bin bin -configs $(DEMO_CONFIGS) -consul bin/consul $(DEMO_FLAGS)
 
 # consul: a real Consul agent for tests, CI and the demo, built from tools/consul (its own module) once and cached
 # under $(CONSUL_CACHE), keyed by the sha256 of tools/consul/go.sum; bin/consul is a copy of the cached binary.

@@ -27,6 +27,7 @@ import (
 
 type options struct {
 	meshlet, bin, configs     string
+	consul                    string
 	requests, concurrency     int
 	rate                      float64
 	keep                      bool
@@ -37,7 +38,8 @@ func main() {
 	var o options
 	flag.StringVar(&o.meshlet, "meshlet", "bin/meshlet", "path of the meshlet binary")
 	flag.StringVar(&o.bin, "bin", "bin", "directory of the api and web binaries (go build -o bin/ ./examples/api ./examples/web)")
-	flag.StringVar(&o.configs, "configs", "examples/demo", "directory of web-meshlet.yaml and api-meshlet.yaml")
+	flag.StringVar(&o.configs, "configs", "examples/demo", "directory of web-meshlet.yaml and api-meshlet.yaml (examples/demo/consul: the Consul variant)")
+	flag.StringVar(&o.consul, "consul", "bin/consul", "path of the Consul binary, for configs that use discovery.consul (make consul builds it)")
 	flag.IntVar(&o.requests, "n", 200, "number of requests to send to web")
 	flag.IntVar(&o.concurrency, "c", 4, "requests in flight at most")
 	flag.Float64Var(&o.rate, "rate", 50, "requests per second at most")
@@ -58,7 +60,7 @@ func run(o options) int {
 
 	topo, err := loadTopology(o.configs)
 	if err == nil {
-		err = checkBinaries(o)
+		err = checkBinaries(o, topo.Consul != "")
 	}
 	if err == nil {
 		err = topo.checkPortsFree()
@@ -74,7 +76,14 @@ func run(o options) int {
 	}
 
 	fmt.Printf("meshlet demo: starting a mesh on 127.0.0.1 (logs in %s)\n", logDir)
-	procs, err := startMesh(ctx, o, topo, logDir)
+	var consul *process
+	if topo.Consul != "" {
+		consul, err = startConsul(ctx, o, topo, logDir)
+	}
+	var procs []*process
+	if err == nil {
+		procs, err = startMesh(ctx, o, topo, logDir)
+	}
 	code, verdict := 2, "the mesh did not start"
 	if err != nil {
 		fmt.Fprintln(os.Stderr, "meshlet-demo:", err)
@@ -89,6 +98,14 @@ func run(o options) int {
 			code, verdict = max(code, 1), verdict+"; the mesh did not stop cleanly"
 		} else {
 			fmt.Printf("stopped in %.1fs\n", time.Since(start).Seconds())
+		}
+	}
+	if consul != nil { // last: the meshlets deregister on their way out
+		if err := stopConsul(consul, o.stopTimeout); err != nil {
+			fmt.Fprintln(os.Stderr, "meshlet-demo:", err)
+			code, verdict = max(code, 1), verdict+"; consul did not stop cleanly"
+		} else {
+			fmt.Println("consul stopped")
 		}
 	}
 	if code == 0 {
@@ -138,13 +155,17 @@ func exercise(ctx context.Context, o options, topo *topology, logDir string, pro
 }
 
 // checkBinaries reports every program of the demo that is missing.
-func checkBinaries(o options) error {
+func checkBinaries(o options, consul bool) error {
 	var errs []error
-	for _, b := range []struct{ path, build, flag string }{
+	bins := []struct{ path, build, flag string }{
 		{o.meshlet, "go build -o bin/meshlet ./cmd/meshlet", "-meshlet"},
 		{o.binPath("api"), "go build -o bin/ ./examples/api", "-bin"},
 		{o.binPath("web"), "go build -o bin/ ./examples/web", "-bin"},
-	} {
+	}
+	if consul {
+		bins = append(bins, struct{ path, build, flag string }{o.consul, "make consul", "-consul"})
+	}
+	for _, b := range bins {
 		if _, err := os.Stat(b.path); err != nil {
 			errs = append(errs, fmt.Errorf("%w\n  build it (make demo does, or: %s) or point %s at it", err, b.build, b.flag))
 		}
@@ -173,6 +194,17 @@ func startMesh(ctx context.Context, o options, t *topology, logDir string) ([]*p
 			t.APIGRPC + " (api-grpc), " + t.APIHTTP + " (api-http) -> api's meshlet; admin http://" + t.WebAdmin},
 		{"web", "web.log", o.binPath("web"), []string{"-listen", t.WebAddr, "-api-grpc", t.APIGRPC, "-api-http", t.APIHTTP},
 			httpOK("http://" + t.WebAddr + "/healthz"), "http://" + t.WebAddr + "/ -> api via " + t.APIGRPC + " (gRPC), " + t.APIHTTP + " (HTTP)"},
+	}
+	if t.Consul != "" {
+		webReady := steps[2].ready
+		steps[2].ready = func(ctx context.Context) error {
+			if err := webReady(ctx); err != nil {
+				return err
+			}
+			return hasEndpoints(t.WebAdmin, "api-grpc", "api-http")(ctx)
+		}
+		steps[1].about += "; registered in Consul"
+		steps[2].about = t.APIGRPC + " (api-grpc), " + t.APIHTTP + " (api-http) -> api found in Consul; admin http://" + t.WebAdmin
 	}
 	var procs []*process
 	for _, s := range steps {

@@ -6,6 +6,7 @@ import (
 	"net"
 	"os"
 	"path/filepath"
+	"strconv"
 	"strings"
 
 	"go.yaml.in/yaml/v3"
@@ -28,6 +29,11 @@ type meshletConfig struct {
 	Admin struct {
 		Listen string `yaml:"listen"`
 	} `yaml:"admin"`
+	Discovery struct {
+		Consul *struct {
+			Address string `yaml:"address"`
+		} `yaml:"consul"`
+	} `yaml:"discovery"`
 }
 
 // topology is the demo mesh, read from the two meshlet configs so that they are the one place that names ports.
@@ -41,6 +47,9 @@ type topology struct {
 	Inbound  string // api's meshlet inbound listener
 	WebAdmin string // web's meshlet admin
 	APIAdmin string // api's meshlet admin
+	// Consul is the address of the Consul agent the meshlets use (discovery.consul.address); empty for the static
+	// demo. The demo runs a dev agent there: HTTP on it, its other ports at Consul+100 and up (consulPorts).
+	Consul string
 }
 
 // loadTopology reads web-meshlet.yaml and api-meshlet.yaml in dir.
@@ -69,6 +78,17 @@ func loadTopology(dir string) (*topology, error) {
 	}
 
 	var errs []error
+	if (web.Discovery.Consul == nil) != (api.Discovery.Consul == nil) {
+		errs = append(errs, errors.New("both meshlet configs use discovery.consul, or neither"))
+	} else if web.Discovery.Consul != nil {
+		t.Consul = web.Discovery.Consul.Address
+		if a := api.Discovery.Consul.Address; a != t.Consul {
+			errs = append(errs, fmt.Errorf("the two configs name different Consul agents (%q, %q)", t.Consul, a))
+		}
+		if _, err := t.consulPorts(); err != nil {
+			errs = append(errs, fmt.Errorf("%s: discovery.consul.address: %w", t.WebConfig, err))
+		}
+	}
 	for _, f := range []struct{ val, what string }{
 		{t.WebAddr, t.WebConfig + ": service.address"},
 		{t.APIAddr, t.APIConfig + ": service.address"},
@@ -105,7 +125,7 @@ func orDefault(admin string) string {
 
 // ports lists every address the demo listens on, with what listens there.
 func (t *topology) ports() [][2]string {
-	return [][2]string{
+	out := [][2]string{
 		{t.WebAddr, "web"},
 		{t.APIGRPC, "web's meshlet, upstream api-grpc"},
 		{t.APIHTTP, "web's meshlet, upstream api-http"},
@@ -114,6 +134,29 @@ func (t *topology) ports() [][2]string {
 		{t.APIAdmin, "api's meshlet, admin"},
 		{t.APIAddr, "api"},
 	}
+	if ps, err := t.consulPorts(); err == nil && t.Consul != "" {
+		for _, name := range []string{"http", "dns", "serf_lan", "serf_wan", "server"} {
+			out = append(out, [2]string{net.JoinHostPort("127.0.0.1", strconv.Itoa(ps[name])), "consul, " + name})
+		}
+	}
+	return out
+}
+
+// consulPorts are the ports of the demo's Consul dev agent: HTTP where the configs say, the others next to it
+// (+100 dns, +101 serf_lan, +102 serf_wan, +103 server), so that a local Consul on its usual ports is left alone.
+func (t *topology) consulPorts() (map[string]int, error) {
+	host, port, err := net.SplitHostPort(strings.TrimPrefix(t.Consul, "http://"))
+	if err != nil {
+		return nil, err
+	}
+	if host != "127.0.0.1" {
+		return nil, fmt.Errorf("%q: the demo runs its Consul agent on 127.0.0.1", t.Consul)
+	}
+	http, err := strconv.Atoi(port)
+	if err != nil || http < 1 || http > 65535-103 {
+		return nil, fmt.Errorf("%q: bad port", t.Consul)
+	}
+	return map[string]int{"http": http, "dns": http + 100, "serf_lan": http + 101, "serf_wan": http + 102, "server": http + 103}, nil
 }
 
 // checkPortsFree reports the demo ports that something already listens on.
