@@ -95,7 +95,7 @@ func parseFlags(args []string, stderr io.Writer) (options, error) {
 	fs.IntVar(&o.concurrency, "concurrency", 32, "closed-loop workers for the throughput phase")
 	fs.DurationVar(&o.timeout, "timeout", 5*time.Second, "per-request timeout")
 	fs.StringVar(&protocols, "protocols", "http1,h2c,grpc", "comma-separated protocols: http1, h2c, grpc")
-	fs.StringVar(&paths, "paths", "direct,one,two", "comma-separated paths: direct, one (1 meshlet), two (2 meshlets)")
+	fs.StringVar(&paths, "paths", "direct,one,two,two-mtls", "comma-separated paths: direct, one (1 meshlet), two (2 meshlets), two-mtls (2 meshlets, mutual TLS between them)")
 	fs.StringVar(&o.jsonFile, "json", "", "write the results as JSON to this file")
 	fs.BoolVar(&o.keep, "keep", false, "keep the work directory with meshlet configs and logs")
 	fs.BoolVar(&o.quick, "quick", false, "short run: 2s phases, 200ms warm-up (explicit -duration/-warmup win)")

@@ -51,6 +51,7 @@ type meshletConfig struct {
 	upstream  string // upstreams[0].listen
 	endpoints string // upstreams[0].endpoints[0]
 	peer      string // upstreams[0].peer: app | sidecar
+	certs     string // directory of certificates made by meshlet certs; empty: no TLS
 }
 
 // yaml renders c in meshlet's config format (see the working spec).
@@ -66,6 +67,14 @@ func (c meshletConfig) yaml() string {
 	if c.upstream != "" {
 		fmt.Fprintf(&b, "upstreams:\n  - name: bench-backend\n    listen: %s\n    protocol: %s\n", c.upstream, proto)
 		fmt.Fprintf(&b, "    endpoints: [%s]\n    peer: %s\n", c.endpoints, c.peer)
+	}
+	if c.certs != "" {
+		name := "bench-client"
+		if c.inbound != "" {
+			name = "bench-backend"
+		}
+		fmt.Fprintf(&b, "tls:\n  cert_file: %s/%s.crt\n  key_file: %s/%s.key\n  ca_file: %s/ca.crt\n",
+			c.certs, name, c.certs, name, c.certs)
 	}
 	fmt.Fprintf(&b, "admin:\n  listen: %s\n", c.admin)
 	b.WriteString("log:\n  level: warn\n  access_log: false\n")
@@ -244,4 +253,23 @@ func freeAddrs(n int) ([]string, error) {
 		out = append(out, l.Addr().String())
 	}
 	return out, errors.Join(errs...)
+}
+
+// makeCerts creates (once per run) a trust domain and the two services' certificates with `meshlet certs`,
+// and returns their directory.
+func (b *bench) makeCerts() (string, error) {
+	dir := filepath.Join(b.dir, "certs")
+	if _, err := os.Stat(filepath.Join(dir, "ca.crt")); err == nil {
+		return dir, nil
+	}
+	for _, args := range [][]string{
+		{"certs", "ca", "-dir", dir, "-trust-domain", "bench.mesh"},
+		{"certs", "issue", "-dir", dir, "-service", "bench-backend"},
+		{"certs", "issue", "-dir", dir, "-service", "bench-client"},
+	} {
+		if out, err := exec.Command(b.opts.meshlet, args...).CombinedOutput(); err != nil {
+			return "", fmt.Errorf("meshlet %s: %v: %s", strings.Join(args, " "), err, out)
+		}
+	}
+	return dir, nil
 }

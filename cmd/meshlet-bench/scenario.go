@@ -14,14 +14,16 @@ import (
 type pathKind string
 
 const (
-	pathDirect pathKind = "direct" // app → backend
-	pathOne    pathKind = "one"    // app → meshlet (peer: app) → backend
-	pathTwo    pathKind = "two"    // app → meshlet A (peer: sidecar) → meshlet B inbound → backend
+	pathDirect pathKind = "direct"   // app → backend
+	pathOne    pathKind = "one"      // app → meshlet (peer: app) → backend
+	pathTwo    pathKind = "two"      // app → meshlet A (peer: sidecar) → meshlet B inbound → backend
+	pathTwoTLS pathKind = "two-mtls" // the same with mutual TLS between A and B (certificates from meshlet certs)
 )
 
 var (
-	allPaths   = []pathKind{pathDirect, pathOne, pathTwo}
-	pathLabels = map[pathKind]string{pathDirect: "direct", pathOne: "1 meshlet", pathTwo: "2 meshlets"}
+	allPaths   = []pathKind{pathDirect, pathOne, pathTwo, pathTwoTLS}
+	pathLabels = map[pathKind]string{pathDirect: "direct", pathOne: "1 meshlet", pathTwo: "2 meshlets",
+		pathTwoTLS: "2 meshlets mTLS"}
 )
 
 // bench runs the whole benchmark once.
@@ -155,10 +157,17 @@ func (b *bench) startMeshlets(ctx context.Context, p protocol, backendAddr strin
 		case pathOne:
 			targets[k] = addrs[1]
 			start(k, "meshlet", "meshlet", meshletConfig{protocol: p, admin: addrs[0], upstream: addrs[1], endpoints: backendAddr, peer: "app"})
-		case pathTwo:
+		case pathTwo, pathTwoTLS:
+			certs := ""
+			if k == pathTwoTLS {
+				if certs, err = b.makeCerts(); err != nil {
+					results[k].Failed = "making certificates: " + err.Error()
+					continue
+				}
+			}
 			targets[k] = addrs[3]
-			start(k, "B", "B", meshletConfig{protocol: p, admin: addrs[0], inbound: addrs[1], backend: backendAddr})
-			start(k, "A", "A", meshletConfig{protocol: p, admin: addrs[2], upstream: addrs[3], endpoints: addrs[1], peer: "sidecar"})
+			start(k, "B", "B", meshletConfig{protocol: p, admin: addrs[0], inbound: addrs[1], backend: backendAddr, certs: certs})
+			start(k, "A", "A", meshletConfig{protocol: p, admin: addrs[2], upstream: addrs[3], endpoints: addrs[1], peer: "sidecar", certs: certs})
 			slices.Reverse(procs[k]) // A (app side) first, as the table prints it
 		}
 	}
