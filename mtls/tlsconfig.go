@@ -91,20 +91,9 @@ func ServerConfig(src Source, minVersion string) (*tls.Config, error) {
 		MinVersion: v,
 		NextProtos: []string{"h2", "http/1.1"},
 		ClientAuth: tls.RequireAnyClientCert, // verified below, against roots that rotate
-		GetCertificate: func(*tls.ClientHelloInfo) (*tls.Certificate, error) {
-			b := src.Bundle()
-			if b == nil {
-				return nil, errors.New("no certificate loaded")
-			}
-			return b.Cert, nil
-		},
+		GetCertificate: func(*tls.ClientHelloInfo) (*tls.Certificate, error) { return leaf(src) },
 		VerifyPeerCertificate: func(raw [][]byte, _ [][]*x509.Certificate) error {
-			b := src.Bundle()
-			if b == nil {
-				return errors.New("no certificate loaded")
-			}
-			_, err := b.verifyPeer(raw, x509.ExtKeyUsageClientAuth, nil)
-			return err
+			return verifyWith(src, raw, x509.ExtKeyUsageClientAuth, nil)
 		},
 	}, nil
 }
@@ -123,20 +112,9 @@ func ClientConfig(src Source, minVersion, alpn string, want func(ID) error) (*tl
 		// The chain and the SPIFFE identity are verified below against roots that rotate; host names mean
 		// nothing between sidecars.
 		InsecureSkipVerify: true,
-		GetClientCertificate: func(*tls.CertificateRequestInfo) (*tls.Certificate, error) {
-			b := src.Bundle()
-			if b == nil {
-				return nil, errors.New("no certificate loaded")
-			}
-			return b.Cert, nil
-		},
+		GetClientCertificate: func(*tls.CertificateRequestInfo) (*tls.Certificate, error) { return leaf(src) },
 		VerifyPeerCertificate: func(raw [][]byte, _ [][]*x509.Certificate) error {
-			b := src.Bundle()
-			if b == nil {
-				return errors.New("no certificate loaded")
-			}
-			_, err := b.verifyPeer(raw, x509.ExtKeyUsageServerAuth, want)
-			return err
+			return verifyWith(src, raw, x509.ExtKeyUsageServerAuth, want)
 		},
 	}, nil
 }
@@ -148,4 +126,25 @@ func PeerID(cs *tls.ConnectionState) (ID, bool) {
 	}
 	id, err := CertID(cs.PeerCertificates[0])
 	return id, err == nil
+}
+
+var errNoBundle = errors.New("no certificate loaded")
+
+// leaf is the current certificate of src, read at each handshake (so a rotation applies at once).
+func leaf(src Source) (*tls.Certificate, error) {
+	b := src.Bundle()
+	if b == nil {
+		return nil, errNoBundle
+	}
+	return b.Cert, nil
+}
+
+// verifyWith checks a peer chain against the current roots of src.
+func verifyWith(src Source, raw [][]byte, usage x509.ExtKeyUsage, want func(ID) error) error {
+	b := src.Bundle()
+	if b == nil {
+		return errNoBundle
+	}
+	_, err := b.verifyPeer(raw, usage, want)
+	return err
 }
