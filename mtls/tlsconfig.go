@@ -88,9 +88,9 @@ func ServerConfig(src Source, minVersion string) (*tls.Config, error) {
 		return nil, err
 	}
 	return &tls.Config{
-		MinVersion: v,
-		NextProtos: []string{"h2", "http/1.1"},
-		ClientAuth: tls.RequireAnyClientCert, // verified below, against roots that rotate
+		MinVersion:     v,
+		NextProtos:     []string{"h2", "http/1.1"},
+		ClientAuth:     tls.RequireAnyClientCert, // verified below, against roots that rotate
 		GetCertificate: func(*tls.ClientHelloInfo) (*tls.Certificate, error) { return leaf(src) },
 		VerifyPeerCertificate: func(raw [][]byte, _ [][]*x509.Certificate) error {
 			return verifyWith(src, raw, x509.ExtKeyUsageClientAuth, nil)
@@ -111,7 +111,7 @@ func ClientConfig(src Source, minVersion, alpn string, want func(ID) error) (*tl
 		NextProtos: []string{alpn},
 		// The chain and the SPIFFE identity are verified below against roots that rotate; host names mean
 		// nothing between sidecars.
-		InsecureSkipVerify: true,
+		InsecureSkipVerify:   true,
 		GetClientCertificate: func(*tls.CertificateRequestInfo) (*tls.Certificate, error) { return leaf(src) },
 		VerifyPeerCertificate: func(raw [][]byte, _ [][]*x509.Certificate) error {
 			return verifyWith(src, raw, x509.ExtKeyUsageServerAuth, want)
