@@ -9,6 +9,7 @@ import (
 	"log/slog"
 	"os"
 	"regexp"
+	"slices"
 	"strings"
 	"time"
 
@@ -28,6 +29,10 @@ type fileConfig struct {
 	Discovery    discoveryConfig `yaml:"discovery" json:"discovery"`
 	// TLS is this sidecar's certificate and trust roots (files); empty means no mutual TLS.
 	TLS mtls.FilesConfig `yaml:"tls" json:"tls"`
+
+	// explicit are the upstreams as the file writes them, before defaults: Consul's config entries fill only
+	// what they leave unset.
+	explicit []proxy.UpstreamConfig
 }
 
 // logConfig is the log section.
@@ -108,6 +113,7 @@ func loadConfig(path string) (*fileConfig, error) {
 		return nil, fmt.Errorf("%s: %w", path, err)
 	}
 	applyEnv(cfg, os.Getenv)
+	cfg.explicit = slices.Clone(cfg.Upstreams)
 	cfg.setDefaults()
 	if err := cfg.validate(); err != nil {
 		return nil, err

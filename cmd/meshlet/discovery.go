@@ -109,6 +109,7 @@ func (s *sidecar) startDiscovery() error {
 		return err
 	}
 	s.consul = c
+	s.entries = discovery.NewConfigEntries(c)
 	return nil
 }
 
@@ -166,6 +167,9 @@ func (s *sidecar) deregister() {
 
 // stopDiscovery ends the Consul watches after the proxy has stopped.
 func (s *sidecar) stopDiscovery() {
+	if s.stopEntries != nil {
+		s.stopEntries()
+	}
 	if s.consul != nil {
 		s.consul.Close()
 	}

@@ -32,7 +32,9 @@ type sidecar struct {
 	consul        *discovery.Consul                   // nil without discovery.consul
 	registrar     atomic.Pointer[discovery.Registrar] // nil unless service.register, until the listeners are bound
 	stopRegistrar func()
-	mustRegister  bool // service.register with discovery.consul: not ready until registered
+	mustRegister  bool                     // service.register with discovery.consul: not ready until registered
+	entries       *discovery.ConfigEntries // nil without discovery.consul
+	stopEntries   func()
 
 	tls *mtls.FileSource // nil without a tls section
 
@@ -100,6 +102,7 @@ func runSidecar(path string, stderr io.Writer) int {
 		s.admin.Shutdown(context.Background())
 		return 1
 	}
+	s.startEntries()
 	s.startRegistration()
 	log.Info("meshlet started", "version", buildVersion(), "service", cfg.Service.Name, "admin", s.admin.Addr())
 
@@ -144,7 +147,12 @@ func (s *sidecar) ready() error {
 
 // routable is the proxy's readiness with what Consul said: every upstream has its first endpoints and meshlet is
 // not draining. It is the state the sidecar's /ready check starts in when it registers.
-func (s *sidecar) routable() error { return s.readyReason(s.proxy.Ready()) }
+func (s *sidecar) routable() error {
+	if err := s.readyReason(s.proxy.Ready()); err != nil {
+		return err
+	}
+	return s.entriesErr()
+}
 
 // shutdown drains: /ready fails at once; listeners keep accepting for the drain delay, then stop accepting and
 // in-flight requests get the drain timeout to finish. A second signal skips the rest of the delay.
@@ -186,7 +194,8 @@ func (s *sidecar) reload() ([]string, error) {
 		s.log.Error("config reload rejected; the running config stays", "config", s.path, "error", err.Error())
 		return nil, err
 	}
-	warnings, err := s.proxy.Reload(cfg.Config)
+	merged := s.withEntries(cfg)
+	warnings, err := s.proxy.Reload(merged)
 	if err != nil {
 		s.m.ConfigReloads.WithLabelValues("failure").Inc()
 		s.log.Error("config reload rejected; the running config stays", "config", s.path, "error", err.Error())

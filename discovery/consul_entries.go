@@ -1,0 +1,294 @@
+package discovery
+
+import (
+	"context"
+	"fmt"
+	"slices"
+	"strconv"
+	"sync"
+	"time"
+
+	"github.com/hashicorp/consul/api"
+)
+
+// UpstreamSettings are what Consul's config entries say about calls from one service (the caller) to one
+// upstream service; zero fields say nothing. See ConfigEntries.Settings for where each comes from.
+type UpstreamSettings struct {
+	Protocol       string        // service-defaults/<upstream>.Protocol: http, http2 or grpc (tcp is left out)
+	ConnectTimeout time.Duration // service-defaults/<caller>.UpstreamConfig ConnectTimeoutMs
+	// Limits from UpstreamConfig.Limits; nil: not set.
+	MaxRequests, MaxPending, MaxConnections *int
+	// Passive health from UpstreamConfig.PassiveHealthCheck: MaxFailures, BaseEjectionTime (else Interval),
+	// EnforcingConsecutive5xx 0 (BreakerOff), MaxEjectionPercent.
+	ConsecutiveFailures uint32
+	OpenTimeout         time.Duration
+	BreakerOff          bool
+	MaxEjectionPercent  int
+	// Route is the retry and timeout of service-router/<upstream>'s catch-all route; nil without one.
+	Route *RouteSettings
+}
+
+// RouteSettings are the retry and timeout settings of a service-router route, in meshlet's terms.
+type RouteSettings struct {
+	MaxAttempts int           // NumRetries + 1; 1 when the route sets no retry (as Envoy does in Consul's mesh)
+	RetryOn     []string      // meshlet retry_on conditions; nil: meshlet's default conditions
+	Timeout     time.Duration // RequestTimeout; 0: not set
+}
+
+// ConfigEntries watches the service-defaults and service-router config entries with one blocking query per kind
+// (/v1/config/<kind>) and turns them into UpstreamSettings. Changed is signalled after every change. It is safe
+// for concurrent use; Run owns its goroutines.
+type ConfigEntries struct {
+	c       *Consul
+	changed chan struct{}
+
+	mu       sync.Mutex
+	defaults map[string]*api.ServiceConfigEntry       // by service name
+	routers  map[string]*api.ServiceRouterConfigEntry // by service name
+	answered map[string]bool                          // kinds that have answered once
+	errs     map[string]error                         // kinds whose latest query failed
+}
+
+// Config entry kinds meshlet reads.
+var entryKinds = []string{api.ServiceDefaults, api.ServiceRouter}
+
+// NewConfigEntries returns a watcher of c's config entries; nothing is queried before Run.
+func NewConfigEntries(c *Consul) *ConfigEntries {
+	return &ConfigEntries{c: c, changed: make(chan struct{}, 1), defaults: map[string]*api.ServiceConfigEntry{},
+		routers: map[string]*api.ServiceRouterConfigEntry{}, answered: map[string]bool{}, errs: map[string]error{}}
+}
+
+// Changed receives a value after each change of the entries (one-slot: changes in a burst coalesce).
+func (e *ConfigEntries) Changed() <-chan struct{} { return e.changed }
+
+// Run watches until ctx ends, following the same rules as the health watches (rate limit, backoff, index reset).
+func (e *ConfigEntries) Run(ctx context.Context) {
+	var wg sync.WaitGroup
+	for _, kind := range entryKinds {
+		wg.Go(func() { e.loop(ctx, kind) })
+	}
+	wg.Wait()
+}
+
+func (e *ConfigEntries) loop(ctx context.Context, kind string) {
+	var index uint64
+	failures := 0
+	var last time.Time
+	for {
+		if !sleepCtx(ctx, consulMinInterval-time.Since(last)) {
+			return
+		}
+		last = time.Now()
+		wait := e.c.cfg.WaitTime
+		qctx, cancel := context.WithTimeout(ctx, wait+wait/16+5*time.Second)
+		entries, meta, err := e.c.client.ConfigEntries().List(kind, (&api.QueryOptions{WaitIndex: index, WaitTime: wait}).WithContext(qctx))
+		cancel()
+		if ctx.Err() != nil {
+			return
+		}
+		if err != nil {
+			failures++
+			index = 0
+			err = classify(err)
+			e.mu.Lock()
+			prev := e.errs[kind]
+			e.errs[kind] = err
+			e.mu.Unlock()
+			if prev == nil || prev.Error() != err.Error() {
+				e.c.log.Warn("consul config entries query failed", "kind", kind, "error", err.Error())
+			}
+			if !sleepCtx(ctx, backoff(failures)) {
+				return
+			}
+			continue
+		}
+		failures = 0
+		switch {
+		case meta.LastIndex < index:
+			index = 0
+		case meta.LastIndex == 0:
+			index = 1
+		default:
+			index = meta.LastIndex
+		}
+		e.store(kind, entries)
+	}
+}
+
+// store keeps the answer of one kind and signals a change when it differs from the last.
+func (e *ConfigEntries) store(kind string, entries []api.ConfigEntry) {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	delete(e.errs, kind)
+	changed := !e.answered[kind]
+	e.answered[kind] = true
+	switch kind {
+	case api.ServiceDefaults:
+		next := map[string]*api.ServiceConfigEntry{}
+		for _, en := range entries {
+			if sd, ok := en.(*api.ServiceConfigEntry); ok {
+				next[sd.Name] = sd
+				if old := e.defaults[sd.Name]; old == nil || old.ModifyIndex != sd.ModifyIndex {
+					changed = true
+				}
+			}
+		}
+		changed = changed || len(next) != len(e.defaults)
+		e.defaults = next
+	case api.ServiceRouter:
+		next := map[string]*api.ServiceRouterConfigEntry{}
+		for _, en := range entries {
+			if sr, ok := en.(*api.ServiceRouterConfigEntry); ok {
+				next[sr.Name] = sr
+				if old := e.routers[sr.Name]; old == nil || old.ModifyIndex != sr.ModifyIndex {
+					changed = true
+				}
+			}
+		}
+		changed = changed || len(next) != len(e.routers)
+		e.routers = next
+	}
+	if changed {
+		select {
+		case e.changed <- struct{}{}:
+		default:
+		}
+	}
+}
+
+// Err says why the entries are not known yet: nil once both kinds have answered (later failures keep the last
+// known entries, like endpoints), the latest error otherwise, or that no answer has come yet.
+func (e *ConfigEntries) Err() error {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	for _, kind := range entryKinds {
+		if e.answered[kind] {
+			continue
+		}
+		if err := e.errs[kind]; err != nil {
+			return fmt.Errorf("consul config entries %s: no answer yet: %w", kind, err)
+		}
+		return fmt.Errorf("consul config entries %s: no answer yet", kind)
+	}
+	return nil
+}
+
+// Settings returns what the entries say about calls from caller to the upstream service: service-defaults of
+// the upstream (Protocol), service-defaults of the caller (UpstreamConfig: the override named after the upstream,
+// field by field over Defaults), and service-router of the upstream (its catch-all route).
+func (e *ConfigEntries) Settings(caller, upstream string) UpstreamSettings {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	var s UpstreamSettings
+	if sd := e.defaults[upstream]; sd != nil {
+		switch sd.Protocol {
+		case "http", "http2", "grpc":
+			s.Protocol = sd.Protocol
+		}
+	}
+	if sd := e.defaults[caller]; sd != nil && sd.UpstreamConfig != nil {
+		applyUpstreamConfig(&s, sd.UpstreamConfig.Defaults)
+		for _, o := range sd.UpstreamConfig.Overrides {
+			if o != nil && o.Name == upstream && o.Peer == "" && (o.Namespace == "" || o.Namespace == "default") {
+				applyUpstreamConfig(&s, o)
+			}
+		}
+	}
+	if sr := e.routers[upstream]; sr != nil {
+		for _, r := range sr.Routes {
+			if catchAll(r.Match) {
+				s.Route = routeSettings(r.Destination)
+				break
+			}
+		}
+	}
+	return s
+}
+
+// applyUpstreamConfig lays the fields u sets over s.
+func applyUpstreamConfig(s *UpstreamSettings, u *api.UpstreamConfig) {
+	if u == nil {
+		return
+	}
+	if u.ConnectTimeoutMs > 0 {
+		s.ConnectTimeout = time.Duration(u.ConnectTimeoutMs) * time.Millisecond
+	}
+	if l := u.Limits; l != nil {
+		if l.MaxConcurrentRequests != nil && *l.MaxConcurrentRequests > 0 {
+			s.MaxRequests = l.MaxConcurrentRequests
+		}
+		if l.MaxPendingRequests != nil && *l.MaxPendingRequests >= 0 {
+			s.MaxPending = l.MaxPendingRequests
+		}
+		if l.MaxConnections != nil && *l.MaxConnections > 0 {
+			s.MaxConnections = l.MaxConnections
+		}
+	}
+	if p := u.PassiveHealthCheck; p != nil {
+		if p.MaxFailures > 0 {
+			s.ConsecutiveFailures = p.MaxFailures
+		}
+		if p.BaseEjectionTime != nil && *p.BaseEjectionTime > 0 {
+			s.OpenTimeout = *p.BaseEjectionTime
+		} else if p.Interval > 0 {
+			s.OpenTimeout = p.Interval
+		}
+		if p.EnforcingConsecutive5xx != nil {
+			s.BreakerOff = *p.EnforcingConsecutive5xx == 0
+		}
+		if p.MaxEjectionPercent != nil && *p.MaxEjectionPercent > 0 && *p.MaxEjectionPercent <= 100 {
+			s.MaxEjectionPercent = int(*p.MaxEjectionPercent)
+		}
+	}
+}
+
+// catchAll reports whether a route matches every request.
+func catchAll(m *api.ServiceRouteMatch) bool {
+	if m == nil || m.HTTP == nil {
+		return true
+	}
+	h := m.HTTP
+	return h.PathExact == "" && h.PathRegex == "" && (h.PathPrefix == "" || h.PathPrefix == "/") &&
+		len(h.Header) == 0 && len(h.QueryParam) == 0 && len(h.Methods) == 0
+}
+
+// routeSettings turns a route destination into retry and timeout settings, the way Consul configures Envoy: a
+// route with no retry setting does not retry; retry conditions without NumRetries mean one retry.
+func routeSettings(d *api.ServiceRouteDestination) *RouteSettings {
+	rs := &RouteSettings{MaxAttempts: 1}
+	if d == nil {
+		return rs
+	}
+	rs.Timeout = d.RequestTimeout
+	var on []string
+	add := func(c string) {
+		if !slices.Contains(on, c) {
+			on = append(on, c)
+		}
+	}
+	for _, c := range d.RetryOn {
+		switch c {
+		case "connect-failure", "reset", "refused-stream", "gateway-error", "unavailable", "cancelled",
+			"deadline-exceeded", "resource-exhausted":
+			add(c)
+		case "5xx":
+			add("gateway-error")
+			add("500")
+		}
+	}
+	if d.RetryOnConnectFailure {
+		add("connect-failure")
+	}
+	for _, code := range d.RetryOnStatusCodes {
+		add(strconv.Itoa(int(code)))
+	}
+	retries := int(d.NumRetries)
+	if retries == 0 && len(on) > 0 {
+		retries = 1
+	}
+	rs.MaxAttempts = min(retries+1, 10)
+	if len(on) > 0 {
+		rs.RetryOn = on
+	}
+	return rs
+}
