@@ -17,6 +17,7 @@ type (
 		ReadinessProbe  probe           `yaml:"readinessProbe" json:"readinessProbe"`
 		LivenessProbe   probe           `yaml:"livenessProbe" json:"livenessProbe"`
 		Lifecycle       *lifecycle      `yaml:"lifecycle,omitempty" json:"lifecycle,omitempty"`
+		VolumeMounts    []volumeMount   `yaml:"volumeMounts,omitempty" json:"volumeMounts,omitempty"`
 		Resources       resources       `yaml:"resources" json:"resources"`
 		SecurityContext securityContext `yaml:"securityContext" json:"securityContext"`
 	}
@@ -29,6 +30,11 @@ type (
 		FieldRef struct {
 			FieldPath string `yaml:"fieldPath" json:"fieldPath"`
 		} `yaml:"fieldRef" json:"fieldRef"`
+	}
+	volumeMount struct {
+		Name      string `yaml:"name" json:"name"`
+		MountPath string `yaml:"mountPath" json:"mountPath"`
+		ReadOnly  bool   `yaml:"readOnly" json:"readOnly"`
 	}
 	containerPort struct {
 		Name          string `yaml:"name" json:"name"`
@@ -111,6 +117,9 @@ func sidecar(p podParams, cfg Config) (*container, error) {
 	}
 	if p.appPort != 0 {
 		c.Ports = append(c.Ports, containerPort{Name: PortInbound, ContainerPort: p.inboundPort, Protocol: "TCP"})
+	}
+	if p.tlsSecret != "" {
+		c.VolumeMounts = []volumeMount{{Name: TLSVolume, MountPath: TLSDir, ReadOnly: true}}
 	}
 	if p.native {
 		c.RestartPolicy = "Always" // a native sidecar: starts before the app containers, stops after them

@@ -30,6 +30,15 @@ const (
 	AnnotationConsul      = "meshlet.dev/consul"       // Consul agent address; default $(HOST_IP):8500 (an agent per node)
 	AnnotationNative      = "meshlet.dev/native-sidecar"
 	AnnotationLogLevel    = "meshlet.dev/log-level"
+	// AnnotationTLSSecret names a Secret in the pod's namespace with tls.crt, tls.key and ca.crt (cert-manager's
+	// layout) holding the sidecar's SPIFFE certificate: mounted read-only, and mutual TLS turns on.
+	AnnotationTLSSecret = "meshlet.dev/tls-secret"
+)
+
+// TLSVolume is the name of the volume injected for meshlet.dev/tls-secret, and TLSDir where it is mounted.
+const (
+	TLSVolume = "meshlet-tls"
+	TLSDir    = "/etc/meshlet/tls"
 )
 
 // ContainerName is the name of the injected container; a pod that has one is re-injected in place.
@@ -203,6 +212,9 @@ func injectPod(pod *yaml.Node, workload string, cfg Config, st *Stats) error {
 	if init := get(spec, "initContainers"); hadInit && init != nil && len(init.Content) == 0 {
 		del(spec, "initContainers") // only the sidecar was there, and it moved to containers
 	}
+	if err := setTLSVolume(spec, p.tlsSecret); err != nil {
+		return err
+	}
 	annMap := ensureMap(meta, "annotations")
 	if _, ok := ann["prometheus.io/scrape"]; !ok { // the app's own scrape annotations win: then use the port name
 		setScalar(annMap, "prometheus.io/scrape", "true")
@@ -210,6 +222,31 @@ func injectPod(pod *yaml.Node, workload string, cfg Config, st *Stats) error {
 		setScalar(annMap, "prometheus.io/path", "/metrics")
 	}
 	st.Injected++
+	return nil
+}
+
+// setTLSVolume adds (or replaces, or removes when secret is empty) the volume of the TLS secret.
+func setTLSVolume(spec *yaml.Node, secret string) error {
+	hadVolume := removeContainer(spec, "volumes", TLSVolume) // volumes are found by name too
+	if secret == "" {
+		if vs := get(spec, "volumes"); hadVolume && vs != nil && len(vs.Content) == 0 {
+			del(spec, "volumes")
+		}
+		return nil
+	}
+	v := struct {
+		Name   string `yaml:"name"`
+		Secret struct {
+			SecretName string `yaml:"secretName"`
+		} `yaml:"secret"`
+	}{Name: TLSVolume}
+	v.Secret.SecretName = secret
+	var n yaml.Node
+	if err := n.Encode(&v); err != nil {
+		return err
+	}
+	vs := ensureSeq(spec, "volumes")
+	vs.Content = append(vs.Content, &n)
 	return nil
 }
 

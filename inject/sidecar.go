@@ -86,9 +86,12 @@ type podParams struct {
 	consul      string
 	native      bool
 	logLevel    string
+	tlsSecret   string // empty: no mutual TLS
 }
 
 var dnsLabel = regexp.MustCompile(`^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$`)
+
+var dnsSubdomain = regexp.MustCompile(`^[a-z0-9]([-a-z0-9.]{0,251}[a-z0-9])?$`)
 
 var protocols = map[string]bool{"http": true, "http2": true, "grpc": true, "tcp": true}
 
@@ -144,6 +147,12 @@ func podParamsFrom(meta, spec *yaml.Node, ann map[string]string, workload string
 			bad(AnnotationNative, "%q must be true or false", v)
 		}
 		p.native = b
+	}
+	if v := ann[AnnotationTLSSecret]; v != "" {
+		if !dnsSubdomain.MatchString(v) {
+			bad(AnnotationTLSSecret, "%q must be a Secret name", v)
+		}
+		p.tlsSecret = v
 	}
 	if v := ann[AnnotationLogLevel]; v != "" {
 		if v != "debug" && v != "info" && v != "warn" && v != "error" {
@@ -262,6 +271,11 @@ type meshletConfig struct {
 	Discovery struct {
 		Consul struct{} `yaml:"consul"` // the address comes from CONSUL_HTTP_ADDR
 	} `yaml:"discovery"`
+	TLS *struct {
+		CertFile string `yaml:"cert_file"`
+		KeyFile  string `yaml:"key_file"`
+		CAFile   string `yaml:"ca_file"`
+	} `yaml:"tls,omitempty"`
 	Admin struct {
 		Listen string `yaml:"listen"`
 	} `yaml:"admin"`
@@ -283,6 +297,13 @@ func (p podParams) render(cfg Config) (string, error) {
 		}{Listen: fmt.Sprintf("$(POD_IP):%d", p.inboundPort)}
 	}
 	c.Upstreams = p.upstreams
+	if p.tlsSecret != "" {
+		c.TLS = &struct {
+			CertFile string `yaml:"cert_file"`
+			KeyFile  string `yaml:"key_file"`
+			CAFile   string `yaml:"ca_file"`
+		}{TLSDir + "/tls.crt", TLSDir + "/tls.key", TLSDir + "/ca.crt"}
+	}
 	// The kubelet probes and Prometheus scrapes the pod IP; /quitquitquit answers loopback clients only.
 	c.Admin.Listen = fmt.Sprintf("0.0.0.0:%d", cfg.AdminPort)
 	c.Log.Level = p.logLevel
