@@ -4,9 +4,13 @@ import "meshlet.dev/meshlet/discovery"
 
 // WithDiscovered returns c with the settings that s (Consul's config entries) gives filled into the fields c
 // leaves unset: call it on an upstream as written in the config file, before SetDefaults, so that what the file
-// says wins and the entries take the place of meshlet's defaults. Protocol is not applied here (a listener's
-// protocol changes only on restart). A zero s returns c unchanged.
+// says wins and the entries take the place of meshlet's defaults. Protocol applies among http, http2 and grpc
+// (a running upstream switches transports in place); tcp is never taken from an entry. A zero s returns c
+// unchanged.
 func (c UpstreamConfig) WithDiscovered(s discovery.UpstreamSettings) UpstreamConfig {
+	if c.Protocol == "" && s.Protocol != "" && s.Protocol != ProtocolTCP {
+		c.Protocol = s.Protocol
+	}
 	if c.ConnectTimeout == 0 {
 		c.ConnectTimeout = s.ConnectTimeout
 	}

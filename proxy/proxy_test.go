@@ -339,3 +339,44 @@ func TestProxyDiscoveredSidecar(t *testing.T) {
 		}
 	}
 }
+
+// TestProxyProtocolSwitch: a reload that changes an upstream's protocol between http and http2 switches its
+// transport in place, on the same listener.
+func TestProxyProtocolSwitch(t *testing.T) {
+	var proto atomic.Int32
+	backend := httptest.NewUnstartedServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		proto.Store(int32(r.ProtoMajor))
+	}))
+	backend.Config.Protocols = new(http.Protocols)
+	backend.Config.Protocols.SetHTTP1(true)
+	backend.Config.Protocols.SetUnencryptedHTTP2(true)
+	backend.Start()
+	t.Cleanup(backend.Close)
+	ep := strings.TrimPrefix(backend.URL, "http://")
+	cfg := Config{Service: ServiceConfig{Name: "web"}, Upstreams: []UpstreamConfig{{Name: "api", Listen: "127.0.0.1:0", Endpoints: []string{ep}}}}
+	p, _ := startProxy(t, cfg)
+	addr := p.Addrs()["upstream/api"]
+	for _, tc := range []struct {
+		protocol string
+		want     int32
+	}{{ProtocolHTTP, 1}, {ProtocolHTTP2, 2}, {ProtocolHTTP, 1}} {
+		next := Config{Service: cfg.Service, Upstreams: []UpstreamConfig{{Name: "api", Listen: addr, Protocol: tc.protocol, Endpoints: []string{ep}}}}
+		p.mu.Lock()
+		p.cfg.Upstreams[0].Listen = addr
+		p.mu.Unlock()
+		if _, err := p.Reload(next); err != nil {
+			t.Fatal(err)
+		}
+		resp, err := http.Get("http://" + addr + "/")
+		if err != nil {
+			t.Fatal(err)
+		}
+		resp.Body.Close()
+		if resp.StatusCode != 200 || proto.Load() != tc.want {
+			t.Fatalf("protocol %s: status %d, backend saw HTTP/%d, want HTTP/%d", tc.protocol, resp.StatusCode, proto.Load(), tc.want)
+		}
+		if p.Addrs()["upstream/api"] != addr {
+			t.Fatal("the listener was replaced")
+		}
+	}
+}

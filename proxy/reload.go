@@ -52,7 +52,8 @@ func (p *Proxy) Reload(cfg Config) (warnings []string, err error) {
 	var added []change
 	for i, uc := range cfg.Upstreams {
 		prev, ok := oldByName[uc.Name]
-		if ok && prev.Listen == uc.Listen && prev.Protocol == uc.Protocol {
+		// http, http2 and grpc switch in place (the transport is chosen per request); tcp is another listener.
+		if ok && prev.Listen == uc.Listen && (prev.Protocol == ProtocolTCP) == (uc.Protocol == ProtocolTCP) {
 			continue
 		}
 		u := newUpstream(uc, metrics.Outbound, p.m, p.log, p.tls)

@@ -23,7 +23,7 @@ import (
 type upstream struct {
 	name      string
 	direction string
-	protocol  string // fixed for the life of the upstream; a change replaces it
+	protocol  string // as created: tcp or one of the HTTP family; a change between tcp and HTTP replaces it
 	log       *slog.Logger
 	m         *metrics.Metrics
 	obs       *observer
@@ -263,7 +263,7 @@ func (u *upstream) base(h http.Header, st *endpointState) http.RoundTripper {
 		}
 		return u.transport.h2c
 	}
-	if u.protocol == ProtocolHTTP {
+	if cfg.Protocol == ProtocolHTTP {
 		return u.transport.h1
 	}
 	return u.transport.h2c
@@ -325,7 +325,7 @@ func (u *upstream) info() UpstreamInfo {
 	cfg := u.cfg.Load()
 	u.mu.Lock()
 	defer u.mu.Unlock()
-	ui := UpstreamInfo{Name: u.name, Direction: u.direction, Protocol: u.protocol, Listen: cfg.Listen,
+	ui := UpstreamInfo{Name: u.name, Direction: u.direction, Protocol: cfg.Protocol, Listen: cfg.Listen,
 		Peer: cfg.Peer, LB: cfg.LB, Timeout: cfg.Timeout.String(), Index: u.index, UpdatedAt: u.updatedAt, Stale: u.stale,
 		Endpoints: []EndpointInfo{}}
 	if !u.contact.IsZero() {
