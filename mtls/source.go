@@ -32,6 +32,9 @@ type Source interface {
 // FilesConfig is the tls section of the config file for certificates on disk (as `meshlet certs`, Kubernetes
 // secrets or cert-manager write them).
 type FilesConfig struct {
+	// Source is where certificates come from: "files" (the default when cert_file is set) or "consul" (the
+	// local agent's Connect CA; needs discovery.consul).
+	Source   string `yaml:"source" json:"source"`
 	CertFile string `yaml:"cert_file" json:"cert_file"` // the leaf, PEM, optionally followed by intermediates
 	KeyFile  string `yaml:"key_file" json:"key_file"`   // its private key, PEM
 	CAFile   string `yaml:"ca_file" json:"ca_file"`     // the trust domain's roots, PEM; several during a CA rotation
@@ -44,11 +47,22 @@ type FilesConfig struct {
 // DefaultReloadInterval is how often file certificates are checked for changes.
 const DefaultReloadInterval = 2 * time.Second
 
+// Certificate sources.
+const (
+	SourceFiles  = "files"
+	SourceConsul = "consul"
+)
+
 // Configured reports whether the section asks for TLS at all.
-func (c *FilesConfig) Configured() bool { return c.CertFile != "" || c.KeyFile != "" || c.CAFile != "" }
+func (c *FilesConfig) Configured() bool {
+	return c.Source == SourceConsul || c.CertFile != "" || c.KeyFile != "" || c.CAFile != ""
+}
 
 // SetDefaults fills zero fields.
 func (c *FilesConfig) SetDefaults() {
+	if c.Source == "" && c.Configured() {
+		c.Source = SourceFiles
+	}
 	if c.ReloadInterval == 0 {
 		c.ReloadInterval = DefaultReloadInterval
 	}
@@ -60,12 +74,22 @@ func (c *FilesConfig) SetDefaults() {
 // Validate reports problems with their field paths under prefix ("tls").
 func (c *FilesConfig) Validate(prefix string) error {
 	var errs []error
-	if c.Configured() {
-		for f, v := range map[string]string{"cert_file": c.CertFile, "key_file": c.KeyFile, "ca_file": c.CAFile} {
-			if v == "" {
-				errs = append(errs, fmt.Errorf("%s.%s: required when %s is set", prefix, f, prefix))
+	switch c.Source {
+	case SourceFiles:
+		for _, f := range []struct{ name, v string }{{"cert_file", c.CertFile}, {"key_file", c.KeyFile}, {"ca_file", c.CAFile}} {
+			if f.v == "" {
+				errs = append(errs, fmt.Errorf("%s.%s: required with certificates from files", prefix, f.name))
 			}
 		}
+	case SourceConsul:
+		for _, f := range []struct{ name, v string }{{"cert_file", c.CertFile}, {"key_file", c.KeyFile}, {"ca_file", c.CAFile}} {
+			if f.v != "" {
+				errs = append(errs, fmt.Errorf("%s.%s: not used with source consul", prefix, f.name))
+			}
+		}
+	case "":
+	default:
+		errs = append(errs, fmt.Errorf("%s.source: %q must be files or consul", prefix, c.Source))
 	}
 	if _, err := tlsVersion(c.MinVersion); err != nil {
 		errs = append(errs, fmt.Errorf("%s.min_version: %w", prefix, err))

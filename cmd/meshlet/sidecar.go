@@ -36,7 +36,8 @@ type sidecar struct {
 	entries       *discovery.ConfigEntries // nil without discovery.consul
 	stopEntries   func()
 
-	tls *mtls.FileSource // nil without a tls section
+	tls        mtls.Source  // nil without a tls section
+	tlsWaiting func() error // why there is no certificate yet (Consul's CA); nil for files
 
 	mu  sync.Mutex // serializes reloads and guards cfg
 	cfg *fileConfig

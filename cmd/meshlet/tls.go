@@ -25,45 +25,71 @@ func (c *fileConfig) validateTLS() []error {
 	if len(c.Inbound.TLS.Allow) > 0 && !c.TLS.Configured() {
 		errs = append(errs, errors.New("inbound.tls.allow: needs the tls section (callers are known by their certificates)"))
 	}
+	if c.TLS.Source == mtls.SourceConsul && c.Discovery.Consul == nil {
+		errs = append(errs, errors.New("tls.source: consul needs discovery.consul"))
+	}
 	return errs
 }
 
-// startTLS loads the certificate files when the tls section is set, watches them for changes, and exposes the
+// startTLS starts the certificate source of the tls section (files, or Consul's Connect CA) and exposes the
 // certificate's expiry and the rotations as metrics. It returns nil (no TLS) without a tls section.
 func (s *sidecar) startTLS(ctx context.Context) (mtls.Source, error) {
 	if !s.cfg.TLS.Configured() {
 		return nil, nil
 	}
-	src, err := mtls.NewFileSource(s.cfg.TLS, s.log.With("component", "mtls"))
-	if err != nil {
-		return nil, fmt.Errorf("tls: %w", err)
-	}
 	rotations := prometheus.NewCounterVec(prometheus.CounterOpts{
 		Name: "meshlet_tls_rotations_total",
-		Help: "Certificate reloads, by result (success, failure: the new files did not load and the old certificate stays).",
+		Help: "Certificate changes, by result (success; failure: the new certificate did not load and the old one stays).",
 	}, []string{"result"})
-	expiry := prometheus.NewGaugeFunc(prometheus.GaugeOpts{
-		Name: "meshlet_tls_certificate_expiry_seconds",
-		Help: "Seconds until the leaf certificate expires (negative once expired).",
-	}, func() float64 { return time.Until(src.Bundle().Leaf.NotAfter).Seconds() })
-	s.m.Registry.MustRegister(rotations, expiry)
 	rotations.WithLabelValues("success")
 	rotations.WithLabelValues("failure")
-	src.OnReload = func(_ *mtls.Bundle, err error) {
+	onReload := func(_ *mtls.Bundle, err error) {
 		if err != nil {
 			rotations.WithLabelValues("failure").Inc()
 			return
 		}
 		rotations.WithLabelValues("success").Inc()
 	}
-	go src.Run(ctx)
-	b := src.Bundle()
-	s.log.Info("certificate loaded", "id", b.ID.String(), "not_after", b.Leaf.NotAfter, "trust_domain", b.TrustDomain)
+	log := s.log.With("component", "mtls")
+	var src mtls.Source
+	if s.cfg.TLS.Source == mtls.SourceConsul {
+		cs := mtls.NewConsulSource(s.consul.Client(), s.cfg.Service.Name, log)
+		cs.OnReload = onReload
+		go cs.Run(ctx)
+		s.tlsWaiting = func() error {
+			if err := cs.Err(); err != nil {
+				return fmt.Errorf("waiting for the certificate from consul: %w", err)
+			}
+			return errors.New("waiting for the certificate from consul")
+		}
+		src = cs
+	} else {
+		fs, err := mtls.NewFileSource(s.cfg.TLS, log)
+		if err != nil {
+			return nil, fmt.Errorf("tls: %w", err)
+		}
+		fs.OnReload = onReload
+		go fs.Run(ctx)
+		b := fs.Bundle()
+		s.log.Info("certificate loaded", "id", b.ID.String(), "not_after", b.Leaf.NotAfter, "trust_domain", b.TrustDomain)
+		src = fs
+	}
+	expiry := prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+		Name: "meshlet_tls_certificate_expiry_seconds",
+		Help: "Seconds until the leaf certificate expires (negative once expired; 0 before one is loaded).",
+	}, func() float64 {
+		if b := src.Bundle(); b != nil {
+			return time.Until(b.Leaf.NotAfter).Seconds()
+		}
+		return 0
+	})
+	s.m.Registry.MustRegister(rotations, expiry)
 	s.tls = src
 	return src, nil
 }
 
-// tlsErr is the readiness of the certificate: not ready once the leaf has expired (or before it is valid).
+// tlsErr is the readiness of the certificate: not ready before one is loaded, or once the leaf has expired (or
+// before it is valid).
 func (s *sidecar) tlsErr() error {
 	if s.tls == nil {
 		return nil
@@ -71,6 +97,8 @@ func (s *sidecar) tlsErr() error {
 	b := s.tls.Bundle()
 	now := time.Now()
 	switch {
+	case b == nil && s.tlsWaiting != nil:
+		return s.tlsWaiting()
 	case b == nil:
 		return errors.New("no valid certificate loaded")
 	case now.After(b.Leaf.NotAfter):

@@ -1,0 +1,170 @@
+package mtls
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"math/rand/v2"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/hashicorp/consul/api"
+)
+
+// Consul blocking-query settings for the Connect CA.
+const (
+	consulWait       = 5 * time.Minute
+	consulMinBackoff = 500 * time.Millisecond
+	consulMaxBackoff = 30 * time.Second
+)
+
+// ConsulSource serves the leaf certificate that the local Consul agent issues for a service and the Connect CA
+// roots, both watched with blocking queries: the agent renews the leaf before it expires and a CA rotation
+// publishes the new root beside the old one (both are trusted while both are listed), so rotation needs nothing
+// from meshlet but to follow. Create it with NewConsulSource and run it with Run.
+type ConsulSource struct {
+	client  *api.Client
+	service string
+	log     *slog.Logger
+
+	cur      atomic.Pointer[Bundle]
+	lastErr  atomic.Pointer[string]
+	ready    chan struct{}
+	readyOne sync.Once
+
+	mu    sync.Mutex // guards leaf and roots
+	leaf  *api.LeafCert
+	roots *api.CARootList
+
+	// OnReload, when set before Run, is called after every change attempt (nil error: a new bundle is in use).
+	OnReload func(*Bundle, error)
+}
+
+// NewConsulSource returns a source for service's certificate from the agent behind client.
+func NewConsulSource(client *api.Client, service string, log *slog.Logger) *ConsulSource {
+	return &ConsulSource{client: client, service: service, log: log, ready: make(chan struct{})}
+}
+
+// Bundle implements Source; nil until the first leaf and roots have arrived.
+func (s *ConsulSource) Bundle() *Bundle { return s.cur.Load() }
+
+// Ready is closed once a first bundle is in use.
+func (s *ConsulSource) Ready() <-chan struct{} { return s.ready }
+
+// Err is the last error fetching or building the bundle, or nil.
+func (s *ConsulSource) Err() error {
+	if p := s.lastErr.Load(); p != nil {
+		return errors.New(*p)
+	}
+	return nil
+}
+
+// Run watches the leaf and the roots until ctx ends.
+func (s *ConsulSource) Run(ctx context.Context) error {
+	var wg sync.WaitGroup
+	wg.Go(func() {
+		s.watch(ctx, "roots", func(q *api.QueryOptions) (uint64, error) {
+			roots, meta, err := s.client.Agent().ConnectCARoots(q)
+			if err != nil {
+				return 0, err
+			}
+			s.mu.Lock()
+			s.roots = roots
+			s.mu.Unlock()
+			return meta.LastIndex, nil
+		})
+	})
+	wg.Go(func() {
+		s.watch(ctx, "leaf", func(q *api.QueryOptions) (uint64, error) {
+			leaf, meta, err := s.client.Agent().ConnectCALeaf(s.service, q)
+			if err != nil {
+				return 0, err
+			}
+			s.mu.Lock()
+			s.leaf = leaf
+			s.mu.Unlock()
+			return meta.LastIndex, nil
+		})
+	})
+	wg.Wait()
+	return nil
+}
+
+// watch runs one blocking query loop; fetch stores what it got and returns the new index. Every answer with a
+// new index rebuilds the bundle.
+func (s *ConsulSource) watch(ctx context.Context, what string, fetch func(*api.QueryOptions) (uint64, error)) {
+	var index uint64
+	backoff := consulMinBackoff
+	for ctx.Err() == nil {
+		q := (&api.QueryOptions{WaitIndex: index, WaitTime: consulWait}).WithContext(ctx)
+		next, err := fetch(q)
+		if err != nil {
+			if ctx.Err() != nil {
+				return
+			}
+			msg := fmt.Sprintf("consul connect CA %s: %v", what, err)
+			if p := s.lastErr.Swap(&msg); p == nil || *p != msg {
+				s.log.Error("cannot fetch the certificate from consul; retrying", "what", what, "error", err.Error())
+			}
+			if s.OnReload != nil {
+				s.OnReload(nil, errors.New(msg))
+			}
+			index = 0
+			select {
+			case <-time.After(backoff/2 + rand.N(backoff/2+1)):
+			case <-ctx.Done():
+				return
+			}
+			backoff = min(2*backoff, consulMaxBackoff)
+			continue
+		}
+		backoff = consulMinBackoff
+		if next < index || next == 0 {
+			next = 0 // the index went backwards (a restarted agent): start over
+		}
+		if next != index {
+			s.rebuild()
+		}
+		index = next
+	}
+}
+
+// rebuild makes a bundle of the latest leaf and all the roots listed (during a CA rotation, old and new).
+func (s *ConsulSource) rebuild() {
+	s.mu.Lock()
+	leaf, roots := s.leaf, s.roots
+	s.mu.Unlock()
+	if leaf == nil || roots == nil || len(roots.Roots) == 0 {
+		return
+	}
+	var ca strings.Builder
+	for _, r := range roots.Roots {
+		ca.WriteString(r.RootCertPEM)
+		ca.WriteString("\n")
+	}
+	certPEM := leaf.CertPEM
+	b, err := NewBundle([]byte(certPEM), []byte(leaf.PrivateKeyPEM), []byte(ca.String()))
+	if err != nil {
+		// A leaf signed by a root that has not arrived yet (mid-rotation): the next answer fixes it.
+		msg := "consul connect CA: " + err.Error()
+		s.lastErr.Store(&msg)
+		s.log.Warn("consul certificate does not verify yet; keeping the current one", "error", err.Error())
+		if s.OnReload != nil {
+			s.OnReload(nil, err)
+		}
+		return
+	}
+	prev := s.cur.Swap(b)
+	s.lastErr.Store(nil)
+	if prev == nil || prev.Leaf.SerialNumber.Cmp(b.Leaf.SerialNumber) != 0 || len(prev.RootCerts) != len(b.RootCerts) {
+		s.log.Info("certificate from consul in use", "id", b.ID.String(), "not_after", b.Leaf.NotAfter,
+			"roots", len(b.RootCerts))
+	}
+	s.readyOne.Do(func() { close(s.ready) })
+	if s.OnReload != nil {
+		s.OnReload(b, nil)
+	}
+}
