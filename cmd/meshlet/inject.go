@@ -16,14 +16,8 @@ import (
 func injectCmd(args []string, stdin io.Reader, stdout, stderr io.Writer) int {
 	fs := flag.NewFlagSet("inject", flag.ContinueOnError)
 	fs.SetOutput(stderr)
-	var cfg inject.Config
+	cfg := injectFlags(fs)
 	file := fs.String("f", "-", "Kubernetes YAML to inject (one or more documents); - for stdin")
-	fs.StringVar(&cfg.Image, "image", os.Getenv("MESHLET_IMAGE"), "meshlet image (required; default $MESHLET_IMAGE)")
-	fs.StringVar(&cfg.ImagePullPolicy, "image-pull-policy", "", "imagePullPolicy of the sidecar (default: the cluster's)")
-	fs.IntVar(&cfg.AdminPort, "admin-port", 15000, "admin port of the sidecar (probes, /metrics)")
-	fs.IntVar(&cfg.InboundPort, "inbound-port", 21000, "inbound port, unless a pod sets meshlet.dev/inbound-port")
-	fs.StringVar(&cfg.Consul, "consul", "$(HOST_IP):8500", "Consul agent address, unless a pod sets meshlet.dev/consul")
-	fs.BoolVar(&cfg.Classic, "classic", false, "inject a regular container held by `meshlet wait` instead of a native sidecar (Kubernetes < 1.29)")
 	if err := fs.Parse(args); err != nil {
 		return 2
 	}
@@ -41,13 +35,25 @@ func injectCmd(args []string, stdin io.Reader, stdout, stderr io.Writer) int {
 		defer f.Close()
 		in = f
 	}
-	st, err := inject.Inject(stdout, in, cfg)
+	st, err := inject.Inject(stdout, in, *cfg)
 	if err != nil {
 		fmt.Fprintf(stderr, "meshlet inject: %v\n", err)
 		return 1
 	}
 	fmt.Fprintf(stderr, "meshlet inject: %d pod templates injected, %d opted out\n", st.Injected, st.Skipped)
 	return 0
+}
+
+// injectFlags defines the flags that say what to inject, shared by inject and webhook.
+func injectFlags(fs *flag.FlagSet) *inject.Config {
+	cfg := new(inject.Config)
+	fs.StringVar(&cfg.Image, "image", os.Getenv("MESHLET_IMAGE"), "meshlet image (required; default $MESHLET_IMAGE)")
+	fs.StringVar(&cfg.ImagePullPolicy, "image-pull-policy", "", "imagePullPolicy of the sidecar (default: the cluster's)")
+	fs.IntVar(&cfg.AdminPort, "admin-port", 15000, "admin port of the sidecar (probes, /metrics)")
+	fs.IntVar(&cfg.InboundPort, "inbound-port", 21000, "inbound port, unless a pod sets meshlet.dev/inbound-port")
+	fs.StringVar(&cfg.Consul, "consul", "$(HOST_IP):8500", "Consul agent address, unless a pod sets meshlet.dev/consul")
+	fs.BoolVar(&cfg.Classic, "classic", false, "inject a regular container held by `meshlet wait` instead of a native sidecar (Kubernetes < 1.29)")
+	return cfg
 }
 
 // readConfigSource reads the config named by -config: a file path, or env:NAME for the YAML held in the

@@ -40,6 +40,7 @@ Usage:
   meshlet certs ca|issue ...   make a local trust domain CA and SPIFFE certificates (meshlet certs for help)
   meshlet inject -f FILE       add the sidecar to Kubernetes YAML (FILE or stdin), write it to stdout
   meshlet wait -admin ADDR     block until the meshlet at ADDR answers /ready with 200
+  meshlet webhook -tls-cert F -tls-key F -image I   the injection as a mutating admission webhook (HTTPS /inject)
   meshlet version              print the version
 `
 
@@ -72,6 +73,8 @@ func run(args []string, stdout, stderr io.Writer) int {
 		return injectCmd(args[1:], os.Stdin, stdout, stderr)
 	case "wait":
 		return waitCmd(args[1:], stdout, stderr)
+	case "webhook":
+		return webhookCmd(args[1:], stderr)
 	case "version", "-version", "--version":
 		fmt.Fprintf(stdout, "meshlet %s %s\n", buildVersion(), runtime.Version())
 		return 0

@@ -1,0 +1,152 @@
+package main_test
+
+import (
+	"bytes"
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/rand"
+	"crypto/tls"
+	"crypto/x509"
+	"crypto/x509/pkix"
+	"encoding/json"
+	"encoding/pem"
+	"math/big"
+	"net"
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+)
+
+// selfSigned writes a certificate for 127.0.0.1 and its key into dir and returns a pool that trusts it.
+func selfSigned(t *testing.T, dir string) (certFile, keyFile string, pool *x509.CertPool) {
+	t.Helper()
+	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		t.Fatal(err)
+	}
+	tmpl := &x509.Certificate{SerialNumber: big.NewInt(1), Subject: pkix.Name{CommonName: "meshlet-webhook"},
+		NotBefore: time.Now().Add(-time.Minute), NotAfter: time.Now().Add(time.Hour),
+		IPAddresses: []net.IP{net.ParseIP("127.0.0.1")}, KeyUsage: x509.KeyUsageDigitalSignature,
+		ExtKeyUsage: []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth}}
+	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, &key.PublicKey, key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	kb, _ := x509.MarshalECPrivateKey(key)
+	certFile, keyFile = filepath.Join(dir, "tls.crt"), filepath.Join(dir, "tls.key")
+	os.WriteFile(certFile, pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der}), 0o600)
+	os.WriteFile(keyFile, pem.EncodeToMemory(&pem.Block{Type: "EC PRIVATE KEY", Bytes: kb}), 0o600)
+	c, _ := x509.ParseCertificate(der)
+	pool = x509.NewCertPool()
+	pool.AddCert(c)
+	return certFile, keyFile, pool
+}
+
+// TestCLIWebhook runs `meshlet webhook` over TLS, posts an AdmissionReview for a pod and expects a JSON patch that
+// adds the native sidecar; SIGTERM stops it with exit 0.
+func TestCLIWebhook(t *testing.T) {
+	cert, key, pool := selfSigned(t, t.TempDir())
+	addr := freeAddr(t)
+	cmd := exec.Command(meshletBin, "webhook", "-listen", addr, "-tls-cert", cert, "-tls-key", key, "-image", goldenImage)
+	var out syncBuffer
+	cmd.Stdout, cmd.Stderr = &out, &out
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	done := make(chan error, 1)
+	go func() { done <- cmd.Wait() }()
+	t.Cleanup(func() {
+		cmd.Process.Signal(syscall.SIGKILL)
+		if t.Failed() {
+			t.Logf("webhook output:\n%s", out.String())
+		}
+	})
+	client := &http.Client{Timeout: 5 * time.Second, Transport: &http.Transport{TLSClientConfig: &tls.Config{RootCAs: pool}}}
+	deadline := time.Now().Add(15 * time.Second)
+	for {
+		resp, err := client.Get("https://" + addr + "/healthz")
+		if err == nil {
+			resp.Body.Close()
+			if resp.StatusCode == 200 {
+				break
+			}
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("webhook not healthy: %v", err)
+		}
+		time.Sleep(20 * time.Millisecond) // poll until it listens
+	}
+
+	review := `{"apiVersion":"admission.k8s.io/v1","kind":"AdmissionReview","request":{"uid":"u-1",
+		"kind":{"group":"","version":"v1","kind":"Pod"},"namespace":"shop","operation":"CREATE",
+		"object":{"apiVersion":"v1","kind":"Pod","metadata":{"generateName":"web-5f-","labels":{"app":"web"},
+		"annotations":{"meshlet.dev/upstreams":"api:9001"}},"spec":{"containers":[{"name":"web","image":"web:1","ports":[{"containerPort":8080}]}]}}}}`
+	resp, err := client.Post("https://"+addr+"/inject", "application/json", strings.NewReader(review))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var ar struct {
+		Response struct {
+			UID       string
+			Allowed   bool
+			PatchType string
+			Patch     []byte
+		}
+	}
+	err = json.NewDecoder(resp.Body).Decode(&ar)
+	resp.Body.Close()
+	if err != nil || resp.StatusCode != 200 {
+		t.Fatalf("%d %v", resp.StatusCode, err)
+	}
+	r := ar.Response
+	if r.UID != "u-1" || !r.Allowed || r.PatchType != "JSONPatch" {
+		t.Fatalf("response %+v", r)
+	}
+	var ops []struct {
+		Op, Path string
+		Value    json.RawMessage
+	}
+	if err := json.Unmarshal(r.Patch, &ops); err != nil {
+		t.Fatalf("patch %s: %v", r.Patch, err)
+	}
+	paths := map[string]string{}
+	for _, op := range ops {
+		paths[op.Path] = string(op.Value)
+	}
+	if v := paths["/spec/initContainers"]; !strings.Contains(v, `"name":"meshlet"`) || !strings.Contains(v, `"restartPolicy":"Always"`) ||
+		!strings.Contains(v, goldenImage) {
+		t.Errorf("patch lacks the native sidecar: %s", r.Patch)
+	}
+	if v := paths["/metadata/annotations"]; !strings.Contains(v, `"prometheus.io/scrape":"true"`) || !strings.Contains(v, `"meshlet.dev/upstreams":"api:9001"`) {
+		t.Errorf("annotations patch: %s", v)
+	}
+	if _, ok := paths["/spec/containers"]; ok {
+		t.Errorf("app containers patched: %s", r.Patch)
+	}
+
+	if err := cmd.Process.Signal(syscall.SIGTERM); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case err := <-done:
+		if err != nil {
+			t.Fatalf("exit: %v", err)
+		}
+	case <-time.After(15 * time.Second):
+		t.Fatal("webhook did not stop on SIGTERM")
+	}
+	if !bytes.Contains([]byte(out.String()), []byte(`"msg":"pod injected"`)) {
+		t.Errorf("no log line for the injection:\n%s", out.String())
+	}
+	if out, code := runMeshlet(t, "webhook", "-image", "x"); code != 2 || !strings.Contains(out, "-tls-cert, -tls-key and -image") {
+		t.Errorf("without a certificate: exit %d, %s", code, out)
+	}
+	if out, code := runMeshlet(t, "webhook", "-image", "x", "-tls-cert", "/nonexistent", "-tls-key", "/nonexistent"); code != 1 || !strings.Contains(out, "cannot load the serving certificate") {
+		t.Errorf("missing certificate files: exit %d, %s", code, out)
+	}
+}
