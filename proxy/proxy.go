@@ -30,6 +30,9 @@ type Options struct {
 	TLS mtls.Source
 	// TLSMinVersion is "1.3" (default) or "1.2".
 	TLSMinVersion string
+	// Authorizer, when set with TLS, decides on each inbound connection and request besides inbound.tls.allow
+	// (Consul's intentions).
+	Authorizer Authorizer
 }
 
 // Proxy runs all of meshlet's data-plane listeners for one config. Create it with New, bind with Start, change it
@@ -88,7 +91,8 @@ func New(cfg Config, opts Options) (*Proxy, error) {
 		unknown:    newObserver(opts.Metrics, metrics.Outbound, ""),
 	}
 	if opts.TLS != nil {
-		p.tls = &tlsState{src: opts.TLS, minVersion: opts.TLSMinVersion, authz: newAuthorizer(cfg.Inbound.TLS.Allow)}
+		p.tls = &tlsState{src: opts.TLS, minVersion: opts.TLSMinVersion, authz: newAuthorizer(cfg.Inbound.TLS.Allow),
+			rules: opts.Authorizer}
 	}
 	p.resolveInboundMode(&p.cfg)
 	if opts.AccessLog {

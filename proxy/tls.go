@@ -64,11 +64,29 @@ func (a *authorizer) allowed(id mtls.ID) bool {
 	return a == nil || a.names[id.Service] || a.ids[id.String()]
 }
 
+// Authorizer decides whether a verified caller may call the local service: r is the request, or nil for a new
+// TCP connection. It must not block. mtls.Intentions (Consul's intentions) is one.
+type Authorizer interface {
+	Allowed(caller mtls.ID, r *http.Request) (bool, string)
+}
+
 // tlsState is the proxy's TLS: where certificates come from and the inbound rules.
 type tlsState struct {
 	src        mtls.Source
 	minVersion string
-	authz      *authorizer
+	authz      *authorizer // inbound.tls.allow; nil: any identity
+	rules      Authorizer  // e.g. Consul intentions; nil: none
+}
+
+// allowed applies both the allow list and the rules.
+func (t *tlsState) allowed(id mtls.ID, r *http.Request) (bool, string) {
+	if !t.authz.allowed(id) {
+		return false, "not in inbound.tls.allow"
+	}
+	if t.rules != nil {
+		return t.rules.Allowed(id, r)
+	}
+	return true, ""
 }
 
 // secureInbound wraps the inbound listener in the configured TLS mode.
@@ -101,15 +119,19 @@ func (u *upstream) authorizeRequest(w *responseWriter, r *http.Request, grpc boo
 		return true
 	}
 	id, ok := mtls.PeerID(r.TLS)
-	if ok && u.tls.authz.allowed(id) {
-		return true
+	why := "no identity"
+	if ok {
+		var allowed bool
+		if allowed, why = u.tls.allowed(id, r); allowed {
+			return true
+		}
 	}
 	source := "unknown"
 	if ok {
 		source = id.Service
 	}
 	u.m.AuthzDenied.WithLabelValues(source).Inc()
-	u.fail(w, r, grpc, http.StatusForbidden, reasonDenied, "caller "+source+" is not allowed to call "+u.name, ri)
+	u.fail(w, r, grpc, http.StatusForbidden, reasonDenied, "caller "+source+" is not allowed to call "+u.name+" ("+why+")", ri)
 	return false
 }
 
@@ -121,8 +143,10 @@ func (u *upstream) authorizeConn(c net.Conn) bool {
 	}
 	cs := tc.ConnectionState()
 	id, ok := mtls.PeerID(&cs)
-	if ok && u.tls.authz.allowed(id) {
-		return true
+	if ok {
+		if allowed, _ := u.tls.allowed(id, nil); allowed {
+			return true
+		}
 	}
 	source := "unknown"
 	if ok {

@@ -142,3 +142,78 @@ shutdown: {drain_delay: 0s}
 	}
 	t.Logf("rotation: %d requests, none failed", ok.Load())
 }
+
+// TestConsulIntentions: Consul's intentions authorize callers: a deny intention refuses web with 403 and nothing
+// reaches the app; switching it to allow takes effect without a restart; an L7 intention allows one path prefix
+// and refuses the rest.
+func TestConsulIntentions(t *testing.T) {
+	agent := discoverytest.StartConsul(t, discoverytest.Options{})
+	var appCalls atomic.Int64
+	app := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		appCalls.Add(1)
+		io.WriteString(w, "api")
+	}))
+	t.Cleanup(app.Close)
+	apiAdmin := freeAddr(t)
+	apiSidecar := startMeshlet(t, apiAdmin, fmt.Sprintf(`service: {name: api, address: %s, protocol: http, register: true}
+inbound: {listen: %s}
+tls: {source: consul}
+discovery:
+  consul: {address: %s}
+admin: {listen: %s}
+shutdown: {drain_delay: 0s}
+`, app.Listener.Addr(), freeAddr(t), agent.HTTPAddr, apiAdmin))
+	webListen, webAdmin := freeAddr(t), freeAddr(t)
+	startMeshlet(t, webAdmin, fmt.Sprintf(`service: {name: web}
+upstreams:
+  - {name: api, listen: %s, protocol: http, retry: {max_attempts: 1}}
+tls: {source: consul}
+discovery:
+  consul: {address: %s}
+admin: {listen: %s}
+shutdown: {drain_delay: 0s}
+`, webListen, agent.HTTPAddr, webAdmin))
+	base := "http://" + webListen
+	eventually(t, 10*time.Second, "no intention: default allow", func() bool { code, _, _ := call(base + "/"); return code == 200 })
+
+	client := agent.Client()
+	set := func(action api.IntentionAction) {
+		t.Helper()
+		if _, err := client.Connect().IntentionUpsert(&api.Intention{SourceName: "web", DestinationName: "api", Action: action}, nil); err != nil {
+			t.Fatal(err)
+		}
+	}
+	set(api.IntentionActionDeny)
+	eventually(t, 5*time.Second, "deny takes effect", func() bool { code, _, _ := call(base + "/"); return code == 403 })
+	before := appCalls.Load()
+	for range 5 {
+		if code, body, reason := call(base + "/x"); code != 403 || reason != "denied" {
+			t.Fatalf("denied call: %d %q %q", code, body, reason)
+		}
+	}
+	if appCalls.Load() != before {
+		t.Fatal("a denied call reached the app")
+	}
+	if n := apiSidecar.metricSum(t, "meshlet_authz_denied_total", map[string]string{"source": "web"}); n < 5 {
+		t.Fatalf("meshlet_authz_denied_total{source=web} = %v", n)
+	}
+	set(api.IntentionActionAllow)
+	eventually(t, 5*time.Second, "allow takes effect without a restart", func() bool { code, _, _ := call(base + "/"); return code == 200 })
+
+	// L7: only /public/ is allowed (the destination must speak HTTP for L7 intentions).
+	if _, _, err := client.ConfigEntries().Set(&api.ServiceConfigEntry{Kind: api.ServiceDefaults, Name: "api", Protocol: "http"}, nil); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := client.Connect().IntentionDeleteExact("web", "api", nil); err != nil {
+		t.Fatal(err)
+	}
+	if _, _, err := client.ConfigEntries().Set(&api.ServiceIntentionsConfigEntry{Kind: api.ServiceIntentions, Name: "api",
+		Sources: []*api.SourceIntention{{Name: "web", Permissions: []*api.IntentionPermission{{
+			Action: api.IntentionActionAllow, HTTP: &api.IntentionHTTPPermission{PathPrefix: "/public/"}}}}}}, nil); err != nil {
+		t.Fatal(err)
+	}
+	eventually(t, 5*time.Second, "the L7 intention refuses other paths", func() bool { code, _, _ := call(base + "/private"); return code == 403 })
+	if code, _, _ := call(base + "/public/page"); code != 200 {
+		t.Fatalf("/public/page under the L7 intention: %d", code)
+	}
+}

@@ -36,8 +36,9 @@ type sidecar struct {
 	entries       *discovery.ConfigEntries // nil without discovery.consul
 	stopEntries   func()
 
-	tls        mtls.Source  // nil without a tls section
-	tlsWaiting func() error // why there is no certificate yet (Consul's CA); nil for files
+	tls        mtls.Source      // nil without a tls section
+	tlsWaiting func() error     // why there is no certificate yet (Consul's CA); nil for files
+	intentions *mtls.Intentions // nil unless mutual TLS inbound with Consul
 
 	mu  sync.Mutex // serializes reloads and guards cfg
 	cfg *fileConfig
@@ -74,8 +75,12 @@ func runSidecar(path string, stderr io.Writer) int {
 		log.Error("invalid certificate", "config", path, "error", err.Error())
 		return 1
 	}
+	var authz proxy.Authorizer // stays a nil interface without intentions
+	if it := s.startIntentions(tlsCtx); it != nil {
+		authz = it
+	}
 	s.proxy, err = proxy.New(cfg.Config, proxy.Options{Logger: log, Metrics: s.m, AccessLog: cfg.Log.AccessLog,
-		Discovery: src, TLS: tlsSrc, TLSMinVersion: cfg.TLS.MinVersion})
+		Discovery: src, TLS: tlsSrc, TLSMinVersion: cfg.TLS.MinVersion, Authorizer: authz})
 	if err != nil {
 		log.Error("invalid config", "config", path, "error", err.Error())
 		return 1
@@ -134,6 +139,9 @@ func (s *sidecar) ready() error {
 	err := s.routable()
 	if err == nil {
 		err = s.tlsErr()
+	}
+	if err == nil {
+		err = s.intentionsErr()
 	}
 	if err == nil {
 		err = s.registrationErr()

@@ -179,3 +179,31 @@ func certs(args []string, stdout, stderr io.Writer) int {
 		return 2
 	}
 }
+
+// startIntentions watches Consul's intentions for this service when callers are verified (mutual TLS inbound)
+// and Consul is configured; it returns nil otherwise.
+func (s *sidecar) startIntentions(ctx context.Context) *mtls.Intentions {
+	if s.tls == nil || s.consul == nil || s.cfg.Inbound.Listen == "" {
+		return nil
+	}
+	it := mtls.NewIntentions(s.consul.Client(), s.cfg.Service.Name, s.log.With("component", "mtls"))
+	go it.Run(ctx)
+	s.intentions = it
+	return it
+}
+
+// intentionsErr is the readiness of authorization: not ready before the intentions are known.
+func (s *sidecar) intentionsErr() error {
+	if s.intentions == nil {
+		return nil
+	}
+	select {
+	case <-s.intentions.Ready():
+		return nil
+	default:
+	}
+	if err := s.intentions.Err(); err != nil {
+		return fmt.Errorf("waiting for intentions: %w", err)
+	}
+	return errors.New("waiting for intentions from consul")
+}
