@@ -40,7 +40,7 @@ func TestIntentionEvaluation(t *testing.T) {
 		{"web", req("GET", "/admin/v1/"), false},
 		{"web", req("POST", "/login", "X-Tenant", "acme-corp"), true},
 		{"web", req("POST", "/login", "X-Tenant", "other"), false},
-		{"web", nil, false}, // L7 intention on a TCP connection
+		{"web", nil, false},                        // L7 intention on a TCP connection
 		{"billing", req("GET", "/anything"), true}, // the wildcard
 	}
 	for _, tt := range tests {
