@@ -260,3 +260,46 @@ func TestFileSourceReload(t *testing.T) {
 		t.Fatalf("a leaf from another CA: %v", err)
 	}
 }
+
+// TestNoClientCertificate: a client that sends no certificate is refused with reason no_cert.
+func TestNoClientCertificate(t *testing.T) {
+	now := time.Now()
+	pki := newTestPKI(t, "example.mesh")
+	api := pki.bundle(t, "api", now.Add(-time.Minute), now.Add(time.Hour))
+	inner, _ := net.Listen("tcp", "127.0.0.1:0")
+	scfg, _ := ServerConfig(staticSource{api}, "1.3")
+	reasons := make(chan string, 1)
+	l := NewListener(inner, scfg, ModeMTLS, ListenerHooks{Failed: func(r string, _ net.Addr, err error) {
+		t.Logf("refused: %s: %v", r, err)
+		reasons <- r
+	}})
+	defer l.Close()
+	go l.Accept()
+	c, err := tls.Dial("tcp", inner.Addr().String(), &tls.Config{InsecureSkipVerify: true, NextProtos: []string{"h2"}})
+	if err == nil {
+		c.SetReadDeadline(time.Now().Add(2 * time.Second))
+		c.Read(make([]byte, 1))
+		c.Close()
+	}
+	select {
+	case r := <-reasons:
+		if r != ReasonNoCert {
+			t.Fatalf("reason %q, want %q", r, ReasonNoCert)
+		}
+	case <-time.After(5 * time.Second):
+		t.Fatal("no failure reported")
+	}
+}
+
+// TestExpiredLeafLoads: an expired leaf still loads (the sidecar runs not ready and picks up a renewal), while a
+// leaf from another CA does not.
+func TestExpiredLeafLoads(t *testing.T) {
+	pki := newTestPKI(t, "example.mesh")
+	now := time.Now()
+	pki.bundle(t, "old", now.Add(-30*time.Second), now.Add(-2*time.Second))
+	b, err := LoadFiles(FilesConfig{CertFile: filepath.Join(pki.dir, "old.crt"), KeyFile: filepath.Join(pki.dir, "old.key"),
+		CAFile: filepath.Join(pki.dir, "ca.crt")})
+	if err != nil || !b.Leaf.NotAfter.Before(now) {
+		t.Fatalf("expired leaf: %v", err)
+	}
+}

@@ -163,7 +163,13 @@ func NewBundle(certPEM, keyPEM, caPEM []byte) (*Bundle, error) {
 		td = id.TrustDomain
 	}
 	b := &Bundle{Cert: &cert, Leaf: leaf, ID: id, Roots: pool, RootCerts: roots, TrustDomain: td}
-	if _, err := b.verify(cert.Certificate, x509.ExtKeyUsageAny); err != nil {
+	// An expired leaf is checked as of its last valid second: it still loads (meshlet then runs not ready, and a
+	// renewed file is picked up), while a leaf from another CA does not.
+	at := time.Now()
+	if last := leaf.NotAfter.Add(-time.Second); last.Before(at) {
+		at = last
+	}
+	if _, err := b.verifyAt(cert.Certificate, x509.ExtKeyUsageAny, at); err != nil {
 		return nil, fmt.Errorf("the certificate does not chain to the CA bundle: %w", err)
 	}
 	if id.TrustDomain != td {
@@ -244,8 +250,13 @@ func (s *FileSource) check() {
 	}
 }
 
-// verify checks a peer's chain against the bundle's roots and returns the leaf.
+// verify checks a peer's chain against the bundle's roots now and returns the leaf.
 func (b *Bundle) verify(raw [][]byte, usage x509.ExtKeyUsage) (*x509.Certificate, error) {
+	return b.verifyAt(raw, usage, time.Time{})
+}
+
+// verifyAt checks a chain as of at (zero: now).
+func (b *Bundle) verifyAt(raw [][]byte, usage x509.ExtKeyUsage, at time.Time) (*x509.Certificate, error) {
 	if len(raw) == 0 {
 		return nil, errNoCert
 	}
@@ -262,7 +273,7 @@ func (b *Bundle) verify(raw [][]byte, usage x509.ExtKeyUsage) (*x509.Certificate
 		inter.AddCert(c)
 	}
 	_, err := certs[0].Verify(x509.VerifyOptions{Roots: b.Roots, Intermediates: inter,
-		KeyUsages: []x509.ExtKeyUsage{usage}})
+		KeyUsages: []x509.ExtKeyUsage{usage}, CurrentTime: at})
 	return certs[0], err
 }
 

@@ -88,9 +88,11 @@ func ServerConfig(src Source, minVersion string) (*tls.Config, error) {
 		return nil, err
 	}
 	return &tls.Config{
-		MinVersion:     v,
-		NextProtos:     []string{"h2", "http/1.1"},
-		ClientAuth:     tls.RequireAnyClientCert, // verified below, against roots that rotate
+		MinVersion: v,
+		NextProtos: []string{"h2", "http/1.1"},
+		// Requested, then required and verified below against roots that rotate, so that a client without a
+		// certificate is refused by verifyPeer with its own reason (no_cert).
+		ClientAuth:     tls.RequestClientCert,
 		GetCertificate: func(*tls.ClientHelloInfo) (*tls.Certificate, error) { return leaf(src) },
 		VerifyPeerCertificate: func(raw [][]byte, _ [][]*x509.Certificate) error {
 			return verifyWith(src, raw, x509.ExtKeyUsageClientAuth, nil)
@@ -100,15 +102,19 @@ func ServerConfig(src Source, minVersion string) (*tls.Config, error) {
 
 // ClientConfig is the TLS of a connection to another sidecar: the current leaf as client certificate, the
 // server verified against the current roots, and its identity checked by want (nil: any identity of the trust
-// domain). alpn is the one protocol to offer ("h2", or "http/1.1" for upgrades).
+// domain). alpn is the one protocol to offer ("h2", or "http/1.1" for upgrades; "" for none, raw TCP).
 func ClientConfig(src Source, minVersion, alpn string, want func(ID) error) (*tls.Config, error) {
 	v, err := tlsVersion(minVersion)
 	if err != nil {
 		return nil, err
 	}
+	var protos []string
+	if alpn != "" {
+		protos = []string{alpn}
+	}
 	return &tls.Config{
 		MinVersion: v,
-		NextProtos: []string{alpn},
+		NextProtos: protos,
 		// The chain and the SPIFFE identity are verified below against roots that rotate; host names mean
 		// nothing between sidecars.
 		InsecureSkipVerify:   true,

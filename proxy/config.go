@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"meshlet.dev/meshlet/discovery"
+	"meshlet.dev/meshlet/mtls"
 	"meshlet.dev/meshlet/resilience"
 )
 
@@ -163,7 +164,11 @@ func (c *Config) Validate() error {
 		add("inbound.tls.mode", "%q must be mtls, permissive or disabled", m)
 	}
 	for i, a := range c.Inbound.TLS.Allow {
-		if !strings.HasPrefix(a, "spiffe://") && !dnsLabel.MatchString(a) {
+		if strings.HasPrefix(a, "spiffe://") {
+			if _, err := mtls.ParseID(a); err != nil {
+				add(fmt.Sprintf("inbound.tls.allow[%d]", i), "%v", err)
+			}
+		} else if !dnsLabel.MatchString(a) {
 			add(fmt.Sprintf("inbound.tls.allow[%d]", i), "%q must be a service name or a spiffe:// ID", a)
 		}
 	}

@@ -59,6 +59,7 @@ const (
 func (c *fileConfig) setDefaults() {
 	c.Config.SetDefaults()
 	c.Admin.SetDefaults()
+	c.TLS.SetDefaults()
 	if c.Log.Level == "" {
 		c.Log.Level = "info"
 	}
