@@ -15,8 +15,10 @@ import (
 	"flag"
 	"fmt"
 	"os"
+	"os/exec"
 	"os/signal"
 	"path/filepath"
+	"strings"
 	"syscall"
 	"time"
 
@@ -77,7 +79,10 @@ func run(o options) int {
 
 	fmt.Printf("meshlet demo: starting a mesh on 127.0.0.1 (logs in %s)\n", logDir)
 	var consul *process
-	if topo.Consul != "" {
+	if topo.CertsDir != "" {
+		err = makeCerts(o.meshlet, topo)
+	}
+	if err == nil && topo.Consul != "" {
 		consul, err = startConsul(ctx, o, topo, logDir)
 	}
 	var procs []*process
@@ -298,4 +303,23 @@ func waitInterrupt(ctx context.Context, procs []*process) {
 			fmt.Printf("%s exited (%s); the rest keeps running, Ctrl-C stops it\n", p.name, how)
 		}
 	}
+}
+
+// makeCerts creates a fresh demo trust domain and the sidecars' SPIFFE certificates with `meshlet certs`, where
+// the configs expect them, so that the sidecars talk over mutual TLS.
+func makeCerts(meshlet string, t *topology) error {
+	if err := os.RemoveAll(t.CertsDir); err != nil {
+		return err
+	}
+	cmds := [][]string{{"certs", "ca", "-dir", t.CertsDir, "-trust-domain", "demo.mesh"}}
+	for _, s := range t.Services {
+		cmds = append(cmds, []string{"certs", "issue", "-dir", t.CertsDir, "-service", s})
+	}
+	for _, args := range cmds {
+		if out, err := exec.Command(meshlet, args...).CombinedOutput(); err != nil {
+			return fmt.Errorf("meshlet %s: %v: %s", strings.Join(args, " "), err, out)
+		}
+	}
+	fmt.Printf("mutual TLS between the sidecars: trust domain demo.mesh, certificates in %s\n", t.CertsDir)
+	return nil
 }

@@ -34,6 +34,10 @@ type meshletConfig struct {
 			Address string `yaml:"address"`
 		} `yaml:"consul"`
 	} `yaml:"discovery"`
+	TLS struct {
+		Source   string `yaml:"source"`
+		CertFile string `yaml:"cert_file"`
+	} `yaml:"tls"`
 }
 
 // topology is the demo mesh, read from the two meshlet configs so that they are the one place that names ports.
@@ -47,6 +51,11 @@ type topology struct {
 	Inbound  string // api's meshlet inbound listener
 	WebAdmin string // web's meshlet admin
 	APIAdmin string // api's meshlet admin
+	// CertsDir is where the configs expect the certificates made by `meshlet certs` (the directory of their
+	// tls.cert_file); empty when they take none from files.
+	CertsDir string
+	// Services are the service names of web's and api's meshlets, whose certificates the demo issues.
+	Services []string
 	// Consul is the address of the Consul agent the meshlets use (discovery.consul.address); empty for the static
 	// demo. The demo runs a dev agent there: HTTP on it, its other ports at Consul+100 and up (consulPorts).
 	Consul string
@@ -67,6 +76,10 @@ func loadTopology(dir string) (*topology, error) {
 		return nil, err
 	}
 	t.WebAddr, t.APIAddr, t.Inbound = web.Service.Address, api.Service.Address, api.Inbound.Listen
+	if api.TLS.CertFile != "" && web.TLS.CertFile != "" {
+		t.CertsDir = filepath.Dir(api.TLS.CertFile)
+		t.Services = []string{web.Service.Name, api.Service.Name}
+	}
 	t.WebAdmin, t.APIAdmin = orDefault(web.Admin.Listen), orDefault(api.Admin.Listen)
 	for _, u := range web.Upstreams {
 		switch u.Name {

@@ -2,6 +2,8 @@ package main
 
 import (
 	"os"
+	"reflect"
+	"slices"
 	"strings"
 	"testing"
 
@@ -25,9 +27,14 @@ func TestTopologies(t *testing.T) {
 	if consul.Consul != "127.0.0.1:18500" {
 		t.Errorf("consul demo: Consul %q", consul.Consul)
 	}
+	if static.CertsDir != "bin/demo-certs" || !slices.Equal(static.Services, []string{"web", "api"}) || consul.CertsDir != "" {
+		t.Errorf("certificates: static %q %v (want bin/demo-certs for web and api), consul %q (want none: Consul's CA)",
+			static.CertsDir, static.Services, consul.CertsDir)
+	}
 	s, c := *static, *consul
 	s.WebConfig, s.APIConfig, c.WebConfig, c.APIConfig, c.Consul = "", "", "", "", ""
-	if s != c {
+	s.CertsDir, s.Services = "", nil
+	if !reflect.DeepEqual(s, c) {
 		t.Errorf("the two variants differ in their addresses:\nstatic %+v\nconsul %+v", s, c)
 	}
 	if n, m := len(static.ports()), len(consul.ports()); m != n+5 {
