@@ -33,6 +33,8 @@ const (
 	// AnnotationTLSSecret names a Secret in the pod's namespace with tls.crt, tls.key and ca.crt (cert-manager's
 	// layout) holding the sidecar's SPIFFE certificate: mounted read-only, and mutual TLS turns on.
 	AnnotationTLSSecret = "meshlet.dev/tls-secret"
+	// AnnotationTLS "consul" takes the sidecar's certificate from the Consul agent's Connect CA (tls.source: consul).
+	AnnotationTLS = "meshlet.dev/tls"
 )
 
 // TLSVolume is the name of the volume injected for meshlet.dev/tls-secret, and TLSDir where it is mounted.

@@ -201,6 +201,7 @@ func TestErrors(t *testing.T) {
 		{"bad app port", pod(`meshlet.dev/app-port: "eighty"`), `meshlet.dev/app-port: "eighty"`},
 		{"bad service", pod(`meshlet.dev/service: "Web_1"`), `meshlet.dev/service: "Web_1" must be a lowercase DNS label`},
 		{"bad yaml", "kind: Pod\n  bad: [", "bad YAML"},
+		{"bad tls", pod(`meshlet.dev/tls: vault`), `meshlet.dev/tls: "vault" must be consul or none`},
 		{"second document", "kind: ConfigMap\n---\n" + pod(`meshlet.dev/app-protocol: soap`), "document 2: Pod p: meshlet.dev/app-protocol"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {

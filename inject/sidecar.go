@@ -86,7 +86,8 @@ type podParams struct {
 	consul      string
 	native      bool
 	logLevel    string
-	tlsSecret   string // empty: no mutual TLS
+	tlsSecret   string // a Secret with the certificate files
+	tlsConsul   bool   // the certificate from Consul's Connect CA
 }
 
 var dnsLabel = regexp.MustCompile(`^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$`)
@@ -153,6 +154,16 @@ func podParamsFrom(meta, spec *yaml.Node, ann map[string]string, workload string
 			bad(AnnotationTLSSecret, "%q must be a Secret name", v)
 		}
 		p.tlsSecret = v
+	}
+	switch v := ann[AnnotationTLS]; v {
+	case "", "none":
+	case "consul":
+		p.tlsConsul = true
+		if p.tlsSecret != "" {
+			bad(AnnotationTLS, "consul and %s are exclusive", AnnotationTLSSecret)
+		}
+	default:
+		bad(AnnotationTLS, "%q must be consul or none", v)
 	}
 	if v := ann[AnnotationLogLevel]; v != "" {
 		if v != "debug" && v != "info" && v != "warn" && v != "error" {
@@ -271,17 +282,21 @@ type meshletConfig struct {
 	Discovery struct {
 		Consul struct{} `yaml:"consul"` // the address comes from CONSUL_HTTP_ADDR
 	} `yaml:"discovery"`
-	TLS *struct {
-		CertFile string `yaml:"cert_file"`
-		KeyFile  string `yaml:"key_file"`
-		CAFile   string `yaml:"ca_file"`
-	} `yaml:"tls,omitempty"`
+	TLS   *tlsConfig `yaml:"tls,omitempty"`
 	Admin struct {
 		Listen string `yaml:"listen"`
 	} `yaml:"admin"`
 	Log struct {
 		Level string `yaml:"level"`
 	} `yaml:"log"`
+}
+
+// tlsConfig is the tls section: files from a mounted Secret, or the Consul CA.
+type tlsConfig struct {
+	Source   string `yaml:"source,omitempty"`
+	CertFile string `yaml:"cert_file,omitempty"`
+	KeyFile  string `yaml:"key_file,omitempty"`
+	CAFile   string `yaml:"ca_file,omitempty"`
 }
 
 // render is the meshlet config of the pod.
@@ -297,12 +312,11 @@ func (p podParams) render(cfg Config) (string, error) {
 		}{Listen: fmt.Sprintf("$(POD_IP):%d", p.inboundPort)}
 	}
 	c.Upstreams = p.upstreams
-	if p.tlsSecret != "" {
-		c.TLS = &struct {
-			CertFile string `yaml:"cert_file"`
-			KeyFile  string `yaml:"key_file"`
-			CAFile   string `yaml:"ca_file"`
-		}{TLSDir + "/tls.crt", TLSDir + "/tls.key", TLSDir + "/ca.crt"}
+	switch {
+	case p.tlsSecret != "":
+		c.TLS = &tlsConfig{CertFile: TLSDir + "/tls.crt", KeyFile: TLSDir + "/tls.key", CAFile: TLSDir + "/ca.crt"}
+	case p.tlsConsul:
+		c.TLS = &tlsConfig{Source: "consul"}
 	}
 	// The kubelet probes and Prometheus scrapes the pod IP; /quitquitquit answers loopback clients only.
 	c.Admin.Listen = fmt.Sprintf("0.0.0.0:%d", cfg.AdminPort)
