@@ -20,7 +20,7 @@ type Config struct {
 	Listen string `yaml:"listen" json:"listen"` // host:port; default 127.0.0.1:15000
 	// EnableQuit turns on POST /quitquitquit (loopback clients only), which shuts meshlet down like SIGTERM.
 	// Default true; false answers 404.
-	EnableQuit *bool `yaml:"enable_quit" json:"enable_quit"`
+	EnableQuit *bool `yaml:"enable_quit" json:"enable_quit"` // callers on the same host or pod only
 }
 
 // SetDefaults fills zero fields.
@@ -153,17 +153,35 @@ func (s *Server) reload(w http.ResponseWriter, r *http.Request) {
 	writeJSON(w, map[string]any{"reloaded": true, "warnings": warnings})
 }
 
-// quit answers loopback clients only: the admin listener may face the network (Kubernetes probes and scrapes
-// the pod IP), and only the app next to meshlet should be able to stop it.
+// quit answers local clients only: the admin listener may face the network (in Kubernetes it listens on the pod
+// IP, which the kubelet probes and Prometheus scrapes), and only the app next to meshlet should be able to stop it.
 func (s *Server) quit(w http.ResponseWriter, r *http.Request) {
-	host, _, _ := net.SplitHostPort(r.RemoteAddr)
-	if ip := net.ParseIP(host); ip == nil || !ip.IsLoopback() {
-		http.Error(w, "quitquitquit: loopback clients only", http.StatusForbidden)
+	if !localClient(r) {
+		http.Error(w, "quitquitquit: local clients only (loopback, or this host's or pod's own address)", http.StatusForbidden)
 		return
 	}
 	s.log.Info("quit requested", "remote", r.RemoteAddr)
 	fmt.Fprintln(w, "shutting down")
 	s.opts.Quit()
+}
+
+// localClient reports whether the request comes from this host or pod: a loopback address, or the very address
+// it was sent to (a process in the same network namespace calling the pod IP).
+func localClient(r *http.Request) bool {
+	host, _, _ := net.SplitHostPort(r.RemoteAddr)
+	ip := net.ParseIP(host)
+	if ip == nil {
+		return false
+	}
+	if ip.IsLoopback() {
+		return true
+	}
+	local, ok := r.Context().Value(http.LocalAddrContextKey).(net.Addr)
+	if !ok {
+		return false
+	}
+	lhost, _, _ := net.SplitHostPort(local.String())
+	return ip.Equal(net.ParseIP(lhost))
 }
 
 func (s *Server) index(w http.ResponseWriter, r *http.Request) {

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"io"
 	"log/slog"
+	"net"
 	"net/http"
 	"net/http/httptest"
 	"strings"
@@ -126,8 +127,19 @@ func TestQuitQuitQuit(t *testing.T) {
 				t.Errorf("%s: %d, want 403", remote, rec.Code)
 			}
 		}
+		// A process in the same pod calling the pod IP: its source is the address it called.
 		rec := httptest.NewRecorder()
 		req := httptest.NewRequest("POST", "/quitquitquit", nil)
+		req.RemoteAddr = "10.1.2.3:4567"
+		req = req.WithContext(context.WithValue(req.Context(), http.LocalAddrContextKey, &net.TCPAddr{IP: net.ParseIP("10.1.2.3"), Port: 15000}))
+		okSame := false
+		s.opts.Quit = func() { okSame = true }
+		s.srv.Handler.ServeHTTP(rec, req)
+		if rec.Code != 200 || !okSame {
+			t.Errorf("same address: %d, quit %v", rec.Code, okSame)
+		}
+		rec = httptest.NewRecorder()
+		req = httptest.NewRequest("POST", "/quitquitquit", nil)
 		req.RemoteAddr = "[::1]:5000"
 		ok := false
 		s.opts.Quit = func() { ok = true }

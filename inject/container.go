@@ -103,6 +103,9 @@ func sidecar(p podParams, cfg Config) (*container, error) {
 			fieldEnv("POD_IP", "status.podIP"),
 			fieldEnv("HOST_IP", "status.hostIP"),
 			{Name: "CONSUL_HTTP_ADDR", Value: p.consul},
+			// The admin listener on the pod IP: the kubelet probes it, Prometheus scrapes it, and the Consul agent on
+			// the node checks /ready there. `meshlet wait` reads it too.
+			{Name: "MESHLET_ADMIN_LISTEN", Value: "$(POD_IP):" + strconv.Itoa(cfg.AdminPort)},
 			{Name: ConfigEnv, Value: conf},
 		},
 		Ports: []containerPort{{Name: PortAdmin, ContainerPort: cfg.AdminPort, Protocol: "TCP"}},
@@ -126,8 +129,7 @@ func sidecar(p podParams, cfg Config) (*container, error) {
 	} else {
 		// Classic: the kubelet starts the next container only once this hook returns, i.e. once meshlet is ready.
 		c.Lifecycle = &lifecycle{}
-		c.Lifecycle.PostStart.Exec.Command = []string{"/meshlet", "wait", "-admin",
-			"127.0.0.1:" + strconv.Itoa(cfg.AdminPort), "-timeout", "2m"}
+		c.Lifecycle.PostStart.Exec.Command = []string{"/meshlet", "wait", "-timeout", "2m"} // -admin: $MESHLET_ADMIN_LISTEN
 	}
 	sc := &c.SecurityContext
 	sc.ReadOnlyRootFilesystem, sc.RunAsNonRoot = true, true

@@ -169,10 +169,13 @@ func TestSidecarShape(t *testing.T) {
 		}
 	}
 	for _, want := range []string{"name: web", "address: 127.0.0.1:8080", "listen: $(POD_IP):21000",
-		"name: api", "listen: 127.0.0.1:9001", "protocol: grpc", "name: billing", "register: true", "listen: 0.0.0.0:15000"} {
+		"name: api", "listen: 127.0.0.1:9001", "protocol: grpc", "name: billing", "register: true"} {
 		if !strings.Contains(conf, want) {
 			t.Errorf("generated config lacks %q:\n%s", want, conf)
 		}
+	}
+	if !strings.Contains(fmtAny(c["env"]), "MESHLET_ADMIN_LISTEN") || !strings.Contains(fmtAny(c["env"]), "$(POD_IP):15000") {
+		t.Errorf("no MESHLET_ADMIN_LISTEN on the pod IP: %v", c["env"])
 	}
 	if a := d.Spec.Template.Metadata.Annotations; a["prometheus.io/scrape"] != "true" || a["prometheus.io/port"] != "15000" {
 		t.Errorf("scrape annotations: %v", a)

@@ -282,10 +282,7 @@ type meshletConfig struct {
 	Discovery struct {
 		Consul struct{} `yaml:"consul"` // the address comes from CONSUL_HTTP_ADDR
 	} `yaml:"discovery"`
-	TLS   *tlsConfig `yaml:"tls,omitempty"`
-	Admin struct {
-		Listen string `yaml:"listen"`
-	} `yaml:"admin"`
+	TLS *tlsConfig `yaml:"tls,omitempty"`
 	Log struct {
 		Level string `yaml:"level"`
 	} `yaml:"log"`
@@ -318,8 +315,6 @@ func (p podParams) render(cfg Config) (string, error) {
 	case p.tlsConsul:
 		c.TLS = &tlsConfig{Source: "consul"}
 	}
-	// The kubelet probes and Prometheus scrapes the pod IP; /quitquitquit answers loopback clients only.
-	c.Admin.Listen = fmt.Sprintf("0.0.0.0:%d", cfg.AdminPort)
 	c.Log.Level = p.logLevel
 	var b strings.Builder
 	enc := yaml.NewEncoder(&b)

@@ -8,7 +8,9 @@ import (
 	"flag"
 	"fmt"
 	"io"
+	"net"
 	"net/http"
+	"os"
 	"strings"
 	"time"
 )
@@ -17,7 +19,7 @@ import (
 func waitCmd(args []string, stdout, stderr io.Writer) int {
 	fs := flag.NewFlagSet("wait", flag.ContinueOnError)
 	fs.SetOutput(stderr)
-	admin := fs.String("admin", "127.0.0.1:15000", "the meshlet's admin address, host:port")
+	admin := fs.String("admin", defaultWaitAdmin(), "the meshlet's admin address, host:port (default $MESHLET_ADMIN_LISTEN, else 127.0.0.1:15000)")
 	timeout := fs.Duration("timeout", time.Minute, "give up after this long")
 	interval := fs.Duration("interval", 200*time.Millisecond, "time between two checks")
 	if err := fs.Parse(args); err != nil {
@@ -40,6 +42,20 @@ func waitCmd(args []string, stdout, stderr io.Writer) int {
 	}
 	fmt.Fprintf(stdout, "meshlet at %s is ready\n", *admin)
 	return 0
+}
+
+// defaultWaitAdmin is where meshlet's admin listener is when -admin is not given: $MESHLET_ADMIN_LISTEN (what the
+// injected container sets), with an unspecified host (0.0.0.0, [::], empty) meaning loopback; else 127.0.0.1:15000.
+func defaultWaitAdmin() string {
+	v := os.Getenv("MESHLET_ADMIN_LISTEN")
+	host, port, err := net.SplitHostPort(v)
+	if v == "" || err != nil {
+		return "127.0.0.1:15000"
+	}
+	if ip := net.ParseIP(host); host == "" || (ip != nil && ip.IsUnspecified()) {
+		host = "127.0.0.1"
+	}
+	return net.JoinHostPort(host, port)
 }
 
 // waitReady polls url until it answers 200 or ctx ends; it returns the last reason it was not ready.
