@@ -16,6 +16,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"reflect"
 	"regexp"
 	"slices"
 	"sort"
@@ -23,6 +24,8 @@ import (
 	"sync"
 	"testing"
 	"time"
+
+	"go.yaml.in/yaml/v3"
 
 	"meshlet.dev/meshlet/discovery/discoverytest"
 )
@@ -145,7 +148,8 @@ func startInstrumentedMeshlet(t *testing.T) string {
 	admin, api, lim, disc := freeAddr(t), freeAddr(t), freeAddr(t), freeAddr(t)
 	p := startMeshlet(t, admin, fmt.Sprintf(`service: {name: web}
 upstreams:
-  - {name: api, listen: %q, endpoints: [%q, %q], retry: {backoff: {base: 1ms, max: 2ms}}}
+  - {name: api, listen: %q, endpoints: [%q, %q], retry: {backoff: {base: 1ms, max: 2ms}},
+      circuit_breaker: {open_timeout: 10m}}   # stays open while Prometheus starts, however slow the machine
   - {name: limited, listen: %q, endpoints: [%q], limits: {max_requests: 1, max_pending: 0}}
   - {name: disc, listen: %q}
 discovery: {consul: {address: %q}}
@@ -186,6 +190,31 @@ shutdown: {drain_delay: 0s}
 		t.Errorf("meshlet_limit_overflows_total = %v", v)
 	}
 	return admin
+}
+
+// TestPrometheusRuleMatches: the Operator's PrometheusRule carries exactly the groups of rules.yaml.
+func TestPrometheusRuleMatches(t *testing.T) {
+	var rules struct{ Groups any }
+	var cr struct {
+		APIVersion string `yaml:"apiVersion"`
+		Kind       string
+		Spec       struct{ Groups any }
+	}
+	for path, v := range map[string]any{rulesFile: &rules, "../../deploy/prometheus/prometheusrule.yaml": &cr} {
+		b, err := os.ReadFile(path)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := yaml.Unmarshal(b, v); err != nil {
+			t.Fatalf("%s: %v", path, err)
+		}
+	}
+	if cr.APIVersion != "monitoring.coreos.com/v1" || cr.Kind != "PrometheusRule" {
+		t.Errorf("prometheusrule.yaml is %s %s", cr.APIVersion, cr.Kind)
+	}
+	if rules.Groups == nil || !reflect.DeepEqual(rules.Groups, cr.Spec.Groups) {
+		t.Error("deploy/prometheus/prometheusrule.yaml and rules.yaml differ: copy the groups of rules.yaml into its spec")
+	}
 }
 
 // TestPromtoolCheckRules: the rules file is valid for Prometheus (and needs no Consul or meshlet to check).
