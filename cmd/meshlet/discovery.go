@@ -132,10 +132,24 @@ func (s *sidecar) startRegistration() {
 	done := make(chan struct{})
 	go func() {
 		defer close(done)
+		// Register once routable (bounded), so that the /ready check starts passing: registered while still
+		// waiting for, say, the first config entries, it would start critical and pass only a check interval later.
+		deadline := time.Now().Add(registerWait)
+		for s.routable() != nil && time.Now().Before(deadline) {
+			select {
+			case <-ctx.Done():
+				return
+			case <-time.After(20 * time.Millisecond):
+			}
+		}
 		r.Run(ctx)
 	}()
 	s.stopRegistrar = func() { cancel(); <-done }
 }
+
+// registerWait bounds how long registration waits for the sidecar to be routable; then it registers anyway (its
+// /ready check starting critical).
+const registerWait = 30 * time.Second
 
 // registrationErr says why an instance that should register (service.register) is not registered yet; nil
 // once it has been, or when it should not register.
