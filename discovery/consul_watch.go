@@ -200,6 +200,11 @@ func (w *consulWatch) endpoints(kind string, entries []*api.ServiceEntry, trust 
 		if kind == kindService && w.c.cfg.Mode == ConsulModeAuto && e.Service.Meta[MetaSidecar] != "" {
 			continue // reached only through its meshlet sidecar, never directly
 		}
+		if w.tag != "" && !slices.Contains(e.Service.Tags, w.tag) {
+			// The agent filters by tag already, but not always on the first answer of a connect query (seen with
+			// Consul 1.14 under load): filter again, so an untagged instance never gets tagged traffic.
+			continue
+		}
 		host := e.Service.Address
 		if host == "" {
 			host = e.Node.Address
