@@ -21,7 +21,8 @@ build:
 vet:
 	$(GO) vet ./...
 
-test: vet
+# test builds Consul first (cached after the first time) so that the Consul tests run, never skip.
+test: vet consul
 	$(GO) test -race -count=1 -timeout 20m ./...
 
 # DISCOVERY=consul runs the Consul variant (examples/demo/consul): a Consul dev agent from `make consul`, api's
