@@ -198,55 +198,18 @@ func (c *Config) Validate() error {
 	names := map[string]int{}
 	for i, u := range c.Upstreams {
 		p := fmt.Sprintf("upstreams[%d]", i)
-		switch {
-		case u.Name == "":
-			add(p+".name", "required")
-		case !dnsLabel.MatchString(u.Name):
-			add(p+".name", "%q must be a lowercase DNS label (a-z, 0-9, -)", u.Name)
-		default:
+		if u.Name != "" && dnsLabel.MatchString(u.Name) {
 			if j, ok := names[u.Name]; ok {
 				add(p+".name", "%q is also upstreams[%d].name", u.Name, j)
 			}
 			names[u.Name] = i
 		}
-		checkProtocol(add, p+".protocol", u.Protocol)
-		if u.Service != "" && !dnsLabel.MatchString(u.Service) {
-			add(p+".service", "%q must be a lowercase DNS label (a-z, 0-9, -)", u.Service)
-		}
 		if u.Listen != "" {
-			checkListen(add, p+".listen", u.Listen)
 			claim(p+".listen", u.Listen)
-		} else if u.Protocol == ProtocolTCP {
-			add(p+".listen", "required for protocol tcp (tcp cannot be routed by name)")
-		} else if c.Outbound.Listen == "" {
+		} else if u.Protocol != ProtocolTCP && c.Outbound.Listen == "" {
 			add(p+".listen", "required when outbound.listen is not set")
 		}
-		if u.Endpoints != nil && u.Tag != "" {
-			add(p+".tag", "only for discovered upstreams (this one lists endpoints)")
-		}
-		if u.Endpoints != nil && u.Datacenter != "" {
-			add(p+".datacenter", "only for discovered upstreams (this one lists endpoints)")
-		}
-		for j, e := range u.Endpoints {
-			if _, err := netip.ParseAddrPort(e); err != nil {
-				add(fmt.Sprintf("%s.endpoints[%d]", p, j), "%q must be ip:port", e)
-			}
-		}
-		if u.Peer != PeerApp && u.Peer != PeerSidecar {
-			add(p+".peer", "%q must be app or sidecar", u.Peer)
-		}
-		if u.LB != LBP2C && u.LB != LBRoundRobin {
-			add(p+".lb", "%q must be p2c or round_robin", u.LB)
-		}
-		if u.Timeout < 0 {
-			add(p+".timeout", "must not be negative")
-		}
-		if m := u.TLS.Mode; m != "" && !validTLSMode(m, "mtls", "disabled") {
-			add(p+".tls.mode", "%q must be mtls or disabled", m)
-		}
-		if u.ConnectTimeout < 0 {
-			add(p+".connect_timeout", "must not be negative")
-		}
+		u.validate(p, add)
 		if err := u.Resilience.Validate(p); err != nil {
 			errs = append(errs, err)
 		}
@@ -275,5 +238,50 @@ func checkListen(add func(string, string, ...any), path, addr string) {
 	}
 	if n, err := net.LookupPort("tcp", port); err != nil || n == 0 && port != "0" {
 		add(path, "%q: bad port", addr)
+	}
+}
+
+// validate reports the problems of one upstream that do not depend on the others, under path p.
+func (u *UpstreamConfig) validate(p string, add func(string, string, ...any)) {
+	switch {
+	case u.Name == "":
+		add(p+".name", "required")
+	case !dnsLabel.MatchString(u.Name):
+		add(p+".name", "%q must be a lowercase DNS label (a-z, 0-9, -)", u.Name)
+	}
+	checkProtocol(add, p+".protocol", u.Protocol)
+	if u.Service != "" && !dnsLabel.MatchString(u.Service) {
+		add(p+".service", "%q must be a lowercase DNS label (a-z, 0-9, -)", u.Service)
+	}
+	if u.Listen != "" {
+		checkListen(add, p+".listen", u.Listen)
+	} else if u.Protocol == ProtocolTCP {
+		add(p+".listen", "required for protocol tcp (tcp cannot be routed by name)")
+	}
+	if u.Endpoints != nil && u.Tag != "" {
+		add(p+".tag", "only for discovered upstreams (this one lists endpoints)")
+	}
+	if u.Endpoints != nil && u.Datacenter != "" {
+		add(p+".datacenter", "only for discovered upstreams (this one lists endpoints)")
+	}
+	for j, e := range u.Endpoints {
+		if _, err := netip.ParseAddrPort(e); err != nil {
+			add(fmt.Sprintf("%s.endpoints[%d]", p, j), "%q must be ip:port", e)
+		}
+	}
+	if u.Peer != PeerApp && u.Peer != PeerSidecar {
+		add(p+".peer", "%q must be app or sidecar", u.Peer)
+	}
+	if u.LB != LBP2C && u.LB != LBRoundRobin {
+		add(p+".lb", "%q must be p2c or round_robin", u.LB)
+	}
+	if u.Timeout < 0 {
+		add(p+".timeout", "must not be negative")
+	}
+	if m := u.TLS.Mode; m != "" && !validTLSMode(m, "mtls", "disabled") {
+		add(p+".tls.mode", "%q must be mtls or disabled", m)
+	}
+	if u.ConnectTimeout < 0 {
+		add(p+".connect_timeout", "must not be negative")
 	}
 }

@@ -192,20 +192,8 @@ func (t *RetryTransport) RoundTrip(req *http.Request) (*http.Response, error) {
 		reason := p.match(resp, err, perTryExpired)
 		retry := reason != "" && attempt < p.maxAttempts && ctx.Err() == nil
 		if retry {
-			why := ""
-			switch {
-			case !idempotent && !neverReachedApp(resp, err, grpc):
-				why = SuppressedMethod
-			case body != nil && !body.replayable():
-				why = SuppressedBody
-			}
 			delay := p.backoff(attempt, resp)
-			if why == "" && hasDeadline && time.Until(deadline) <= delay {
-				why = SuppressedDeadline
-			}
-			if why == "" && !b.TryRetry() {
-				why = SuppressedBudget
-			}
+			why := suppression(idempotent || neverReachedApp(resp, err, grpc), body, deadline, hasDeadline, delay, b)
 			if why == "" {
 				if t.hooks.Retried != nil {
 					t.hooks.Retried(reason)
@@ -234,6 +222,23 @@ func (t *RetryTransport) RoundTrip(req *http.Request) (*http.Response, error) {
 		}
 		return resp, err
 	}
+}
+
+// suppression says why a retry the policy calls for must not be made ("" when it may): a request that may have
+// reached the app and is not safe to repeat, a body that cannot be replayed, a deadline shorter than the backoff,
+// or a spent budget (taken from b only when everything else allows the retry).
+func suppression(safe bool, body *replayBody, deadline time.Time, hasDeadline bool, delay time.Duration, b *Budget) string {
+	switch {
+	case !safe:
+		return SuppressedMethod
+	case body != nil && !body.replayable():
+		return SuppressedBody
+	case hasDeadline && time.Until(deadline) <= delay:
+		return SuppressedDeadline
+	case !b.TryRetry():
+		return SuppressedBudget
+	}
+	return ""
 }
 
 // neverReachedApp reports whether a failed attempt provably did not reach the app, so that even a
@@ -270,14 +275,19 @@ func encodeGRPCTimeout(d time.Duration) string {
 		unit time.Duration
 		c    string
 	}{{time.Nanosecond, "n"}, {time.Microsecond, "u"}, {time.Millisecond, "m"}, {time.Second, "S"}, {time.Minute, "M"}} {
-		if v := d / u.unit; v <= 99999999 {
-			if d%u.unit != 0 && u.unit > time.Nanosecond {
-				v++ // round up: never ask the server to give up before the caller does
-			}
+		v := d / u.unit
+		if d%u.unit != 0 {
+			v++ // round up: never ask the server to give up before the caller does
+		}
+		if v <= 99999999 {
 			return fmt.Sprintf("%d%s", v, u.c)
 		}
 	}
-	return fmt.Sprintf("%dH", min(d/time.Hour, 99999999))
+	v := d / time.Hour
+	if d%time.Hour != 0 {
+		v++
+	}
+	return fmt.Sprintf("%dH", min(v, 99999999))
 }
 
 // discard drains a little of a response that is being retried and closes it, so its connection can be reused.
