@@ -39,78 +39,27 @@ func (p *Proxy) Reload(cfg Config) (warnings []string, err error) {
 		warnings = append(warnings, "outbound.listen changes only on restart; keeping "+old.Outbound.Listen)
 		cfg.Outbound.Listen = old.Outbound.Listen
 	}
-	oldByName := map[string]UpstreamConfig{}
-	for _, uc := range old.Upstreams {
-		oldByName[uc.Name] = uc
+	added, err := p.bindAdded(old, cfg)
+	if err != nil {
+		return nil, err
 	}
-	// Bind the listeners of new and replaced upstreams first, so that a failure leaves everything as it was.
-	type change struct {
-		uc UpstreamConfig
-		u  *upstream
-		l  listener
-	}
-	var added []change
-	for i, uc := range cfg.Upstreams {
-		prev, ok := oldByName[uc.Name]
-		// http, http2 and grpc switch in place (the transport is chosen per request); tcp is another listener.
-		if ok && prev.Listen == uc.Listen && (prev.Protocol == ProtocolTCP) == (uc.Protocol == ProtocolTCP) {
-			continue
-		}
-		u := newUpstream(uc, metrics.Outbound, p.m, p.log, p.tls)
-		var l listener
-		if uc.Listen != "" {
-			if ok && prev.Listen == uc.Listen {
-				// Same address, new protocol: the old listener must go first; we cannot bind twice.
-				return nil, fmt.Errorf("upstreams[%d].protocol: changing the protocol of a listener needs a restart", i)
-			}
-			l, err = p.bind(fmt.Sprintf("upstreams[%d].listen", i), uc.Listen, metrics.Outbound, uc.Name, u, nil)
-			if err != nil {
-				for _, c := range added {
-					if c.l != nil {
-						c.l.closeUnserved()
-					}
-				}
-				return nil, err
-			}
-		}
-		added = append(added, change{uc, u, l})
-	}
-	newNames := map[string]bool{}
+	newNames, addedNames := map[string]bool{}, map[string]bool{}
 	for _, uc := range cfg.Upstreams {
 		newNames[uc.Name] = true
 	}
-	addedNames := map[string]bool{}
 	for _, c := range added {
 		addedNames[c.uc.Name] = true
 	}
 	// Remove upstreams that are gone or replaced.
 	for name, e := range p.upstreams {
-		if newNames[name] && !addedNames[name] {
-			continue
+		if !newNames[name] || addedNames[name] {
+			p.removeUpstream(name, e)
 		}
-		p.removeUpstream(name, e)
 	}
-	// Update the ones that stay.
 	for _, uc := range cfg.Upstreams {
-		if addedNames[uc.Name] {
-			continue
+		if !addedNames[uc.Name] {
+			p.updateUpstream(p.upstreams[uc.Name], uc)
 		}
-		e := p.upstreams[uc.Name]
-		e.u.setConfig(uc)
-		if uc.Endpoints == nil && p.discovery != nil {
-			if e.src != p.discovery || e.service != uc.Service || e.opts != uc.watchOptions() {
-				e.cancelWatch()
-				p.startWatch(e, uc)
-			}
-			continue
-		}
-		if e.src != p.static {
-			e.cancelWatch()
-			p.startWatch(e, uc)
-			continue
-		}
-		eps, _ := discovery.ParseAddrs(uc.Endpoints)
-		p.static.Set(uc.Name, eps)
 	}
 	for _, c := range added {
 		p.addUpstream(c.uc, c.u)
@@ -123,6 +72,73 @@ func (p *Proxy) Reload(cfg Config) (warnings []string, err error) {
 	p.storeRoutes()
 	p.log.Info("config reloaded", "upstreams", len(cfg.Upstreams), "added", len(added))
 	return warnings, nil
+}
+
+// addedUpstream is an upstream a reload creates, with its listener bound but not serving yet.
+type addedUpstream struct {
+	uc UpstreamConfig
+	u  *upstream
+	l  listener // nil without a listen address
+}
+
+// bindAdded creates the upstreams of cfg that are new or replaced (another listen address, or a switch between
+// tcp and HTTP) and binds their listeners; if one cannot be bound, it releases the others and nothing changes.
+// Call with p.mu held.
+func (p *Proxy) bindAdded(old, cfg Config) ([]addedUpstream, error) {
+	oldByName := map[string]UpstreamConfig{}
+	for _, uc := range old.Upstreams {
+		oldByName[uc.Name] = uc
+	}
+	var added []addedUpstream
+	release := func() {
+		for _, c := range added {
+			if c.l != nil {
+				c.l.closeUnserved()
+			}
+		}
+	}
+	for i, uc := range cfg.Upstreams {
+		prev, ok := oldByName[uc.Name]
+		// http, http2 and grpc switch in place (the transport is chosen per request); tcp is another listener.
+		if ok && prev.Listen == uc.Listen && (prev.Protocol == ProtocolTCP) == (uc.Protocol == ProtocolTCP) {
+			continue
+		}
+		u := newUpstream(uc, metrics.Outbound, p.m, p.log, p.tls)
+		var l listener
+		if uc.Listen != "" {
+			if ok && prev.Listen == uc.Listen {
+				release() // same address, tcp ⇄ HTTP: the old listener would have to go first; we cannot bind twice
+				return nil, fmt.Errorf("upstreams[%d].protocol: switching a listener between tcp and HTTP needs a restart", i)
+			}
+			var err error
+			if l, err = p.bind(fmt.Sprintf("upstreams[%d].listen", i), uc.Listen, metrics.Outbound, uc.Name, u, nil); err != nil {
+				release()
+				return nil, err
+			}
+		}
+		added = append(added, addedUpstream{uc, u, l})
+	}
+	return added, nil
+}
+
+// updateUpstream applies uc to an upstream that stays: its settings in place, and its endpoint source (static
+// list, or discovery with its service and options) restarted only when it changed. Call with p.mu held.
+func (p *Proxy) updateUpstream(e *upstreamEntry, uc UpstreamConfig) {
+	e.u.setConfig(uc)
+	if uc.Endpoints == nil && p.discovery != nil {
+		if e.src != p.discovery || e.service != uc.Service || e.opts != uc.watchOptions() {
+			e.cancelWatch()
+			p.startWatch(e, uc)
+		}
+		return
+	}
+	if e.src != p.static {
+		e.cancelWatch()
+		p.startWatch(e, uc)
+		return
+	}
+	eps, _ := discovery.ParseAddrs(uc.Endpoints)
+	p.static.Set(uc.Name, eps)
 }
 
 // removeUpstream stops an upstream's listener (draining it in the background) and its watch. Call with p.mu held.
