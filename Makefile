@@ -4,13 +4,14 @@ VERSION ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo dev)
 LDFLAGS := -s -w -X main.version=$(VERSION)
 BENCH_FLAGS ?=
 
-.PHONY: all build test vet demo bench clean help consul
+.PHONY: all build test vet fuzz demo bench clean help consul
 
 all: build
 
 help:
 	@echo "make build   build bin/meshlet (static, CGO_ENABLED=0)"
 	@echo "make test    go vet + go test -race ./..."
+	@echo "make fuzz    run each fuzz target for FUZZTIME (default 10s), one after another"
 	@echo "make demo    run a local demo mesh on loopback (two services, two sidecars); DISCOVERY=consul: found through a Consul dev agent"
 	@echo "make consul  build a real Consul agent (tools/consul, MPL-2.0) once, cached, into bin/consul"
 	@echo "make bench   measure direct vs one vs two meshlets (HTTP/1.1, h2c, gRPC); BENCH_FLAGS=-quick for a short run"
@@ -24,6 +25,18 @@ vet:
 # test builds Consul first (cached after the first time) so that the Consul tests run, never skip.
 test: vet consul
 	$(GO) test -race -count=1 -timeout 20m ./...
+
+# fuzz runs each fuzz target (package:FuzzName) for FUZZTIME, one after another; the seed corpora (f.Add and
+# testdata/fuzz) also run as plain tests under `make test`. CI runs `make fuzz FUZZTIME=5s`.
+FUZZTIME ?= 10s
+FUZZ_TARGETS = ./cmd/meshlet:FuzzConfig ./proxy:FuzzRouteLookup ./proxy:FuzzGRPCTimeout ./proxy:FuzzGRPCMessage \
+	./resilience:FuzzGRPCTimeoutRoundTrip ./resilience:FuzzRetryCondition ./mtls:FuzzParseID
+fuzz:
+	@set -e; for t in $(FUZZ_TARGETS); do \
+		pkg=$${t%%:*}; name=$${t##*:}; \
+		echo "fuzz $$name ($$pkg) for $(FUZZTIME)"; \
+		$(GO) test -run='^$$' -fuzz="^$$name\$$" -fuzztime=$(FUZZTIME) $$pkg; \
+	done
 
 # DISCOVERY=consul runs the Consul variant (examples/demo/consul): a Consul dev agent from `make consul`, api's
 # sidecar registers itself, web's finds it by name. The default (static) lists the endpoints in the configs.

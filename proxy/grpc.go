@@ -43,7 +43,7 @@ func grpcCodeName(code int) string {
 
 // parseGRPCTimeout parses the grpc-timeout header: at most 8 digits and a unit (H, M, S, m, u, n).
 func parseGRPCTimeout(v string) (time.Duration, bool) {
-	if len(v) < 2 || len(v) > 9 {
+	if len(v) < 2 || len(v) > 9 || v[0] < '0' || v[0] > '9' { // digits only: ParseInt would take a sign
 		return 0, false
 	}
 	n, err := strconv.ParseInt(v[:len(v)-1], 10, 64)
