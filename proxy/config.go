@@ -67,12 +67,69 @@ type InboundConfig struct {
 	Listen  string           `yaml:"listen" json:"listen"`   // host:port; empty means no inbound listener
 	Timeout time.Duration    `yaml:"timeout" json:"timeout"` // per request towards the app; 0 means none
 	TLS     InboundTLSConfig `yaml:"tls" json:"tls"`
+	Limits  ListenerLimits   `yaml:"limits" json:"limits"`
 }
 
 // OutboundConfig is the listener that routes to upstreams by Host or :authority.
 type OutboundConfig struct {
 	Listen  string   `yaml:"listen" json:"listen"`   // host:port; empty means none
 	Domains []string `yaml:"domains" json:"domains"` // suffixes accepted after an upstream's name; default [mesh]
+	// Limits apply to the name-routed listener and to every upstream's own HTTP listener.
+	Limits ListenerLimits `yaml:"limits" json:"limits"`
+}
+
+// ListenerLimits bound what one client may cost an HTTP listener (HTTP/1.1 and HTTP/2). Zero fields mean the
+// defaults (DefaultMaxHeaderBytes and the others below).
+type ListenerLimits struct {
+	// MaxHeaderBytes bounds the request line and headers (HTTP/1.1; net/http allows 4 KiB of slack on top) and the
+	// header list (HTTP/2), in bytes. Larger requests get 431.
+	MaxHeaderBytes int `yaml:"max_header_bytes" json:"max_header_bytes"`
+	// ReadHeaderTimeout is how long a client has to send a request's headers; then the connection is closed.
+	ReadHeaderTimeout time.Duration `yaml:"read_header_timeout" json:"read_header_timeout"`
+	// IdleTimeout closes a keep-alive connection with no request for this long.
+	IdleTimeout time.Duration `yaml:"idle_timeout" json:"idle_timeout"`
+	// MaxConcurrentStreams bounds the HTTP/2 streams open at once on one connection; more are refused.
+	MaxConcurrentStreams int `yaml:"max_concurrent_streams" json:"max_concurrent_streams"`
+}
+
+// Defaults of ListenerLimits.
+const (
+	DefaultMaxHeaderBytes       = 64 << 10
+	DefaultReadHeaderTimeout    = 10 * time.Second
+	DefaultIdleTimeout          = 5 * time.Minute
+	DefaultMaxConcurrentStreams = 1000
+)
+
+// setDefaults fills the zero fields of l.
+func (l *ListenerLimits) setDefaults() {
+	if l.MaxHeaderBytes == 0 {
+		l.MaxHeaderBytes = DefaultMaxHeaderBytes
+	}
+	if l.ReadHeaderTimeout == 0 {
+		l.ReadHeaderTimeout = DefaultReadHeaderTimeout
+	}
+	if l.IdleTimeout == 0 {
+		l.IdleTimeout = DefaultIdleTimeout
+	}
+	if l.MaxConcurrentStreams == 0 {
+		l.MaxConcurrentStreams = DefaultMaxConcurrentStreams
+	}
+}
+
+// validate reports the problems of l under path p.
+func (l *ListenerLimits) validate(p string, add func(string, string, ...any)) {
+	if l.MaxHeaderBytes < 1<<10 || l.MaxHeaderBytes > 16<<20 {
+		add(p+".max_header_bytes", "%d must be between 1024 and 16777216", l.MaxHeaderBytes)
+	}
+	if l.ReadHeaderTimeout < 0 {
+		add(p+".read_header_timeout", "must not be negative")
+	}
+	if l.IdleTimeout < 0 {
+		add(p+".idle_timeout", "must not be negative")
+	}
+	if l.MaxConcurrentStreams < 1 || l.MaxConcurrentStreams > 1<<20 {
+		add(p+".max_concurrent_streams", "%d must be between 1 and 1048576", l.MaxConcurrentStreams)
+	}
 }
 
 // UpstreamConfig is one service the local app calls.
@@ -111,6 +168,8 @@ func (c *Config) SetDefaults() {
 	if c.Outbound.Domains == nil {
 		c.Outbound.Domains = []string{DefaultDomain}
 	}
+	c.Inbound.Limits.setDefaults()
+	c.Outbound.Limits.setDefaults()
 	for i := range c.Upstreams {
 		u := &c.Upstreams[i]
 		if u.Protocol == "" {
@@ -160,6 +219,8 @@ func (c *Config) Validate() error {
 	if c.Inbound.Timeout < 0 {
 		add("inbound.timeout", "must not be negative")
 	}
+	c.Inbound.Limits.validate("inbound.limits", add)
+	c.Outbound.Limits.validate("outbound.limits", add)
 	if m := c.Inbound.TLS.Mode; m != "" && !validTLSMode(m, "mtls", "permissive", "disabled") {
 		add("inbound.tls.mode", "%q must be mtls, permissive or disabled", m)
 	}

@@ -41,6 +41,15 @@ func TestConfigValidate(t *testing.T) {
 		{"negative timeout", func(c *Config) { c.Upstreams[0].Timeout = -time.Second }, []string{"upstreams[0].timeout"}},
 		{"bad listen", func(c *Config) { c.Inbound.Listen = "21000" }, []string{"inbound.listen"}},
 		{"hostname listen", func(c *Config) { c.Inbound.Listen = "example.com:21000" }, []string{"inbound.listen"}},
+		{"limits", func(c *Config) {
+			c.Inbound.Limits = ListenerLimits{MaxHeaderBytes: 4096, ReadHeaderTimeout: time.Second, IdleTimeout: time.Minute,
+				MaxConcurrentStreams: 10}
+		}, nil},
+		{"bad limits", func(c *Config) {
+			c.Inbound.Limits = ListenerLimits{MaxHeaderBytes: 100, ReadHeaderTimeout: -time.Second}
+			c.Outbound.Limits = ListenerLimits{IdleTimeout: -time.Second, MaxConcurrentStreams: -1}
+		}, []string{"inbound.limits.max_header_bytes", "inbound.limits.read_header_timeout",
+			"outbound.limits.idle_timeout", "outbound.limits.max_concurrent_streams"}},
 		{"several at once", func(c *Config) { c.Service.Name = "Web"; c.Upstreams[0].Name = "" },
 			[]string{"service.name", "upstreams[0].name: required"}},
 	}
@@ -75,5 +84,10 @@ func TestConfigDefaults(t *testing.T) {
 	if c.Service.Protocol != ProtocolHTTP || u.Protocol != ProtocolHTTP || u.Peer != PeerApp || u.LB != LBP2C ||
 		u.ConnectTimeout != DefaultConnectTimeout || len(c.Outbound.Domains) != 1 || c.Outbound.Domains[0] != "mesh" {
 		t.Fatalf("defaults not applied: %+v", c)
+	}
+	want := ListenerLimits{MaxHeaderBytes: 64 << 10, ReadHeaderTimeout: 10 * time.Second, IdleTimeout: 5 * time.Minute,
+		MaxConcurrentStreams: 1000}
+	if c.Inbound.Limits != want || c.Outbound.Limits != want {
+		t.Fatalf("limits defaults: inbound %+v outbound %+v, want %+v", c.Inbound.Limits, c.Outbound.Limits, want)
 	}
 }

@@ -196,7 +196,11 @@ func (p *Proxy) bind(field, addr, direction, label string, u *upstream, h http.H
 	if h == nil {
 		h = http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { u.serveHTTP(w, r, p.accessLog) })
 	}
-	return p.newHTTPListener(ln, direction, label, h), nil
+	lim := p.cfg.Outbound.Limits
+	if direction == metrics.Inbound {
+		lim = p.cfg.Inbound.Limits
+	}
+	return p.newHTTPListener(ln, direction, label, lim, h), nil
 }
 
 // serve runs l in a goroutine owned by p.

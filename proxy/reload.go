@@ -16,7 +16,7 @@ const removedListenerDrain = 30 * time.Second
 
 // Reload applies cfg to a running proxy without dropping connections: endpoint lists and per-upstream settings
 // are swapped in place; added upstreams get their listeners; removed ones stop accepting and drain in the
-// background. Changes to the service, the inbound listener or the outbound listener's address need a restart:
+// background. Changes to the service, the inbound listener or the outbound listener's address or limits need a restart:
 // they are reported in the returned warnings and otherwise ignored. If cfg is invalid or a new listener cannot
 // be bound, nothing changes and the error says why.
 func (p *Proxy) Reload(cfg Config) (warnings []string, err error) {
@@ -34,6 +34,10 @@ func (p *Proxy) Reload(cfg Config) (warnings []string, err error) {
 	if !reflect.DeepEqual(old.Service, cfg.Service) || !reflect.DeepEqual(old.Inbound, cfg.Inbound) {
 		warnings = append(warnings, "service and inbound settings change only on restart; keeping the running ones")
 		cfg.Service, cfg.Inbound = old.Service, old.Inbound
+	}
+	if old.Outbound.Limits != cfg.Outbound.Limits {
+		warnings = append(warnings, "outbound.limits change only on restart; keeping the running ones")
+		cfg.Outbound.Limits = old.Outbound.Limits
 	}
 	if old.Outbound.Listen != cfg.Outbound.Listen {
 		warnings = append(warnings, "outbound.listen changes only on restart; keeping "+old.Outbound.Listen)

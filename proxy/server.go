@@ -15,12 +15,8 @@ import (
 	"meshlet.dev/meshlet/metrics"
 )
 
-// Listener settings for the HTTP listeners (inbound, outbound and per-upstream).
+// Fixed settings of the HTTP listeners (inbound, outbound and per-upstream); the others are ListenerLimits.
 const (
-	readHeaderTimeout    = 10 * time.Second
-	idleTimeout          = 5 * time.Minute
-	maxHeaderBytes       = 64 << 10
-	maxConcurrentStreams = 1000
 	// maxReadFrameSize is the largest HTTP/2 frame meshlet accepts. Go's HTTP/2 client sizes each request's write
 	// buffer by the peer's limit (up to 512 KiB for bodies of unknown length, as every gRPC call has), so the
 	// default of 1 MiB made the calling sidecar hold half a MiB per request in flight. 16 KiB is HTTP/2's default
@@ -45,17 +41,17 @@ type httpListener struct {
 	log *slog.Logger
 }
 
-func (p *Proxy) newHTTPListener(ln net.Listener, direction, label string, h http.Handler) *httpListener {
+func (p *Proxy) newHTTPListener(ln net.Listener, direction, label string, lim ListenerLimits, h http.Handler) *httpListener {
 	open := p.m.ConnectionsOpen.WithLabelValues(direction, label)
 	total := p.m.Connections.WithLabelValues(direction, label)
 	srv := &http.Server{
 		Handler:           h,
-		ReadHeaderTimeout: readHeaderTimeout,
-		IdleTimeout:       idleTimeout,
-		MaxHeaderBytes:    maxHeaderBytes,
+		ReadHeaderTimeout: lim.ReadHeaderTimeout,
+		IdleTimeout:       lim.IdleTimeout,
+		MaxHeaderBytes:    lim.MaxHeaderBytes,
 		ErrorLog:          slog.NewLogLogger(p.log.Handler(), slog.LevelDebug),
 		BaseContext:       func(net.Listener) context.Context { return p.baseCtx },
-		HTTP2:             &http.HTTP2Config{MaxConcurrentStreams: maxConcurrentStreams, MaxReadFrameSize: maxReadFrameSize},
+		HTTP2:             &http.HTTP2Config{MaxConcurrentStreams: lim.MaxConcurrentStreams, MaxReadFrameSize: maxReadFrameSize},
 		ConnState: func(_ net.Conn, s http.ConnState) {
 			switch s {
 			case http.StateNew:

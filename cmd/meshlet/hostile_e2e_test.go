@@ -297,6 +297,8 @@ type h2Client struct {
 	hbuf   bytes.Buffer
 	enc    *hpack.Encoder
 	maxHdr uint32 // the server's SETTINGS_MAX_HEADER_LIST_SIZE, 0 if unsent
+	// settings are the server's first SETTINGS.
+	settings map[http2.SettingID]uint32
 }
 
 func dialH2(t *testing.T, addr string) *h2Client {
@@ -324,9 +326,9 @@ func dialH2(t *testing.T, addr string) *h2Client {
 			t.Fatalf("reading server SETTINGS: %v", err)
 		}
 		if sf, ok := f.(*http2.SettingsFrame); ok && !sf.IsAck() {
-			if v, ok := sf.Value(http2.SettingMaxHeaderListSize); ok {
-				h.maxHdr = v
-			}
+			h.settings = map[http2.SettingID]uint32{}
+			sf.ForeachSetting(func(s http2.Setting) error { h.settings[s.ID] = s.Val; return nil })
+			h.maxHdr = h.settings[http2.SettingMaxHeaderListSize]
 			h.write(t, func() error { return h.fr.WriteSettingsAck() })
 			break
 		}
@@ -622,4 +624,84 @@ func testRapidReset(t *testing.T, ht *hostileTarget, addr string) {
 	eventually(t, 20*time.Second, "meshlet goroutines back below 300", func() bool {
 		return ht.m.metricSum(t, "go_goroutines", nil) < 300
 	})
+}
+
+// TestHostileConfiguredLimits sets small inbound.limits and checks that the inbound listener enforces them while
+// the outbound listener keeps the defaults.
+func TestHostileConfiguredLimits(t *testing.T) {
+	app := startBackend(t, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		fmt.Fprintf(w, "ok %s", r.URL.Path)
+	}), true, nil)
+	in, out, admin := freeAddr(t), freeAddr(t), freeAddr(t)
+	cfg := fmt.Sprintf(`service: {name: api, address: %s}
+inbound:
+  listen: %s
+  limits: {max_header_bytes: 4096, read_header_timeout: 1s, idle_timeout: 3s, max_concurrent_streams: 5}
+upstreams:
+  - {name: api, listen: %s, peer: app, endpoints: [%s]}
+admin: {listen: %s}
+shutdown: {drain_delay: 0s, drain_timeout: 5s}
+`, hostOf(app), in, out, hostOf(app), admin)
+	m := startMeshlet(t, admin, cfg)
+	big := "GET /big HTTP/1.1\r\nHost: api\r\nX-Big: " + strings.Repeat("b", 16<<10) + "\r\nConnection: close\r\n\r\n"
+	t.Run("max_header_bytes", func(t *testing.T) {
+		if resp, _ := rawExchange(t, in, big); resp == nil || resp.StatusCode != http.StatusRequestHeaderFieldsTooLarge {
+			t.Errorf("inbound: %v, want 431", resp)
+		}
+		if resp, _ := rawExchange(t, out, big); resp == nil || resp.StatusCode != http.StatusOK {
+			t.Errorf("outbound (default limit): %v, want 200", resp)
+		}
+	})
+	t.Run("max_concurrent_streams", func(t *testing.T) {
+		h := dialH2(t, in)
+		if got, ok := h.settings[http2.SettingMaxConcurrentStreams]; !ok || got != 5 {
+			t.Errorf("SETTINGS_MAX_CONCURRENT_STREAMS %d (sent %v), want 5", got, ok)
+		}
+	})
+	// Both timeouts, well below the defaults: a kept-alive connection that sends nothing more is closed after 3s, one
+	// that stops in the middle of its headers after 1s.
+	for _, tc := range []struct {
+		name, partial string
+		min, max      time.Duration
+	}{
+		{"idle_timeout", "", 2500 * time.Millisecond, 6 * time.Second},
+		{"read_header_timeout", "GET / HTTP/1.1\r\nHo", 500 * time.Millisecond, 2500 * time.Millisecond},
+	} {
+		name, partial := tc.name, tc.partial
+		t.Run(name, func(t *testing.T) {
+			c, err := net.DialTimeout("tcp", in, 5*time.Second)
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer c.Close()
+			if name == "idle_timeout" {
+				// A complete request first, so the connection is idle between requests.
+				io.WriteString(c, "GET /first HTTP/1.1\r\nHost: api\r\n\r\n")
+				c.SetReadDeadline(time.Now().Add(5 * time.Second))
+				resp, err := http.ReadResponse(bufio.NewReader(c), nil)
+				if err != nil || resp.StatusCode != http.StatusOK {
+					t.Fatalf("first request: %v %v", resp, err)
+				}
+				resp.Body.Close()
+			}
+			start := time.Now()
+			io.WriteString(c, partial)
+			c.SetReadDeadline(time.Now().Add(8 * time.Second))
+			_, err = io.Copy(io.Discard, c)
+			var ne net.Error
+			if errors.As(err, &ne) && ne.Timeout() {
+				t.Fatalf("connection still open after %v", time.Since(start).Round(time.Millisecond))
+			}
+			if d := time.Since(start); d < tc.min || d > tc.max {
+				t.Errorf("closed after %v, want between %v and %v", d, tc.min, tc.max)
+			}
+		})
+	}
+	if code, _ := m.adminGet(t, "/ready"); code != http.StatusOK {
+		t.Errorf("/ready %d", code)
+	}
+	out, code := runMeshlet(t, "check", "-config", writeTemp(t, "meshlet.yaml", strings.Replace(cfg, "max_header_bytes: 4096", "max_header_bytes: 10", 1)))
+	if code == 0 || !strings.Contains(out, "inbound.limits.max_header_bytes") {
+		t.Errorf("meshlet check on max_header_bytes 10: exit %d, %s", code, out)
+	}
 }
