@@ -42,6 +42,7 @@ type Metrics struct {
 	Ejections          *prometheus.CounterVec // upstream
 	EjectedEndpoints   *prometheus.GaugeVec   // upstream
 	LimitOverflows     *prometheus.CounterVec // upstream, limit
+	ConnectionsRefused *prometheus.CounterVec // direction, listener: closed at accept beyond max_connections
 
 	TLSHandshakeFailures *prometheus.CounterVec // direction, reason
 	TLSPlaintext         prometheus.Counter
@@ -73,6 +74,10 @@ func New(reg *prometheus.Registry, version string) *Metrics {
 		Connections: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "meshlet_connections_total",
 			Help: "Client connections accepted on meshlet's listeners.",
+		}, []string{"direction", "listener"}),
+		ConnectionsRefused: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "meshlet_connections_refused_total",
+			Help: "Client connections closed at accept because the listener already had its max_connections open.",
 		}, []string{"direction", "listener"}),
 		ReceivedBytes: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "meshlet_received_bytes_total",
@@ -150,7 +155,7 @@ func New(reg *prometheus.Registry, version string) *Metrics {
 		ConstLabels: prometheus.Labels{"version": version, "goversion": runtime.Version()},
 	})
 	buildInfo.Set(1)
-	reg.MustRegister(m.Requests, m.RequestDuration, m.RequestsInFlight, m.ConnectionsOpen, m.Connections,
+	reg.MustRegister(m.Requests, m.RequestDuration, m.RequestsInFlight, m.ConnectionsOpen, m.Connections, m.ConnectionsRefused,
 		m.ReceivedBytes, m.SentBytes, m.Endpoints, m.UpstreamErrors, m.ConfigReloads, m.Ready, buildInfo,
 		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	for _, r := range []string{"success", "failure"} {

@@ -90,6 +90,9 @@ type ListenerLimits struct {
 	IdleTimeout time.Duration `yaml:"idle_timeout" json:"idle_timeout"`
 	// MaxConcurrentStreams bounds the HTTP/2 streams open at once on one connection; more are refused.
 	MaxConcurrentStreams int `yaml:"max_concurrent_streams" json:"max_concurrent_streams"`
+	// MaxConnections bounds the client connections open at once on each HTTP listener; a connection beyond it is
+	// closed at accept and counted in meshlet_connections_refused_total.
+	MaxConnections int `yaml:"max_connections" json:"max_connections"`
 }
 
 // Defaults of ListenerLimits.
@@ -98,6 +101,7 @@ const (
 	DefaultReadHeaderTimeout    = 10 * time.Second
 	DefaultIdleTimeout          = 5 * time.Minute
 	DefaultMaxConcurrentStreams = 1000
+	DefaultMaxConnections       = 10000
 )
 
 // setDefaults fills the zero fields of l.
@@ -114,6 +118,9 @@ func (l *ListenerLimits) setDefaults() {
 	if l.MaxConcurrentStreams == 0 {
 		l.MaxConcurrentStreams = DefaultMaxConcurrentStreams
 	}
+	if l.MaxConnections == 0 {
+		l.MaxConnections = DefaultMaxConnections
+	}
 }
 
 // validate reports the problems of l under path p.
@@ -129,6 +136,9 @@ func (l *ListenerLimits) validate(p string, add func(string, string, ...any)) {
 	}
 	if l.MaxConcurrentStreams < 1 || l.MaxConcurrentStreams > 1<<20 {
 		add(p+".max_concurrent_streams", "%d must be between 1 and 1048576", l.MaxConcurrentStreams)
+	}
+	if l.MaxConnections < 1 || l.MaxConnections > 1<<24 {
+		add(p+".max_connections", "%d must be between 1 and 16777216", l.MaxConnections)
 	}
 }
 

@@ -47,9 +47,9 @@ func TestConfigValidate(t *testing.T) {
 		}, nil},
 		{"bad limits", func(c *Config) {
 			c.Inbound.Limits = ListenerLimits{MaxHeaderBytes: 100, ReadHeaderTimeout: -time.Second}
-			c.Outbound.Limits = ListenerLimits{IdleTimeout: -time.Second, MaxConcurrentStreams: -1}
+			c.Outbound.Limits = ListenerLimits{IdleTimeout: -time.Second, MaxConcurrentStreams: -1, MaxConnections: -1}
 		}, []string{"inbound.limits.max_header_bytes", "inbound.limits.read_header_timeout",
-			"outbound.limits.idle_timeout", "outbound.limits.max_concurrent_streams"}},
+			"outbound.limits.idle_timeout", "outbound.limits.max_concurrent_streams", "outbound.limits.max_connections"}},
 		{"several at once", func(c *Config) { c.Service.Name = "Web"; c.Upstreams[0].Name = "" },
 			[]string{"service.name", "upstreams[0].name: required"}},
 	}
@@ -86,7 +86,7 @@ func TestConfigDefaults(t *testing.T) {
 		t.Fatalf("defaults not applied: %+v", c)
 	}
 	want := ListenerLimits{MaxHeaderBytes: 64 << 10, ReadHeaderTimeout: 10 * time.Second, IdleTimeout: 5 * time.Minute,
-		MaxConcurrentStreams: 1000}
+		MaxConcurrentStreams: 1000, MaxConnections: 10000}
 	if c.Inbound.Limits != want || c.Outbound.Limits != want {
 		t.Fatalf("limits defaults: inbound %+v outbound %+v, want %+v", c.Inbound.Limits, c.Outbound.Limits, want)
 	}

@@ -185,6 +185,13 @@ func (p *Proxy) bind(field, addr, direction, label string, u *upstream, h http.H
 	if err != nil {
 		return nil, err
 	}
+	lim := p.cfg.Outbound.Limits
+	if direction == metrics.Inbound {
+		lim = p.cfg.Inbound.Limits
+	}
+	if u == nil || u.protocol != ProtocolTCP {
+		ln = newConnLimitListener(ln, lim.MaxConnections, p.m.ConnectionsRefused.WithLabelValues(direction, label))
+	}
 	if direction == metrics.Inbound {
 		if ln, err = p.secureInbound(ln, p.cfg.Inbound.TLS.Mode); err != nil {
 			return nil, err
@@ -195,10 +202,6 @@ func (p *Proxy) bind(field, addr, direction, label string, u *upstream, h http.H
 	}
 	if h == nil {
 		h = http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { u.serveHTTP(w, r, p.accessLog) })
-	}
-	lim := p.cfg.Outbound.Limits
-	if direction == metrics.Inbound {
-		lim = p.cfg.Inbound.Limits
 	}
 	return p.newHTTPListener(ln, direction, label, lim, h), nil
 }

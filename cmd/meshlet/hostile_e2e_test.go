@@ -637,6 +637,8 @@ func TestHostileConfiguredLimits(t *testing.T) {
 inbound:
   listen: %s
   limits: {max_header_bytes: 4096, read_header_timeout: 1s, idle_timeout: 3s, max_concurrent_streams: 5}
+outbound:
+  limits: {max_connections: 3}
 upstreams:
   - {name: api, listen: %s, peer: app, endpoints: [%s]}
 admin: {listen: %s}
@@ -652,6 +654,7 @@ shutdown: {drain_delay: 0s, drain_timeout: 5s}
 			t.Errorf("outbound (default limit): %v, want 200", resp)
 		}
 	})
+	t.Run("max_connections", func(t *testing.T) { testMaxConnections(t, m, out) })
 	t.Run("max_concurrent_streams", func(t *testing.T) {
 		h := dialH2(t, in)
 		if got, ok := h.settings[http2.SettingMaxConcurrentStreams]; !ok || got != 5 {
@@ -704,4 +707,54 @@ shutdown: {drain_delay: 0s, drain_timeout: 5s}
 	if code == 0 || !strings.Contains(out, "inbound.limits.max_header_bytes") {
 		t.Errorf("meshlet check on max_header_bytes 10: exit %d, %s", code, out)
 	}
+}
+
+// testMaxConnections: with outbound.limits.max_connections 3 on addr, three kept-alive connections are served, a
+// fourth is closed at accept unanswered and counted, and once one of the three closes a new connection is served.
+func testMaxConnections(t *testing.T, m *meshletProc, addr string) {
+	open := map[string]string{"direction": "outbound", "listener": "api"}
+	eventually(t, 10*time.Second, "connections from earlier subtests closed", func() bool {
+		return m.metricSum(t, "meshlet_connections_open", open) == 0
+	})
+	serve := func(c net.Conn) error {
+		c.SetDeadline(time.Now().Add(5 * time.Second))
+		if _, err := io.WriteString(c, "GET /conn HTTP/1.1\r\nHost: api\r\n\r\n"); err != nil {
+			return err
+		}
+		resp, err := http.ReadResponse(bufio.NewReader(c), nil)
+		if err != nil {
+			return err
+		}
+		resp.Body.Close()
+		if resp.StatusCode != http.StatusOK {
+			return fmt.Errorf("status %d", resp.StatusCode)
+		}
+		return nil
+	}
+	dial := func() net.Conn {
+		c, err := net.DialTimeout("tcp", addr, 5*time.Second)
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { c.Close() })
+		return c
+	}
+	var held []net.Conn
+	for i := range 3 {
+		c := dial()
+		if err := serve(c); err != nil {
+			t.Fatalf("connection %d within the limit: %v", i, err)
+		}
+		held = append(held, c)
+	}
+	if err := serve(dial()); err == nil {
+		t.Fatal("a fourth connection was served beyond max_connections 3")
+	}
+	if v := m.metricSum(t, "meshlet_connections_refused_total", open); v < 1 {
+		t.Errorf("meshlet_connections_refused_total%v = %v, want >= 1", open, v)
+	}
+	held[0].Close()
+	eventually(t, 10*time.Second, "a new connection served after one of the three closed", func() bool {
+		return serve(dial()) == nil
+	})
 }
