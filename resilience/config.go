@@ -7,7 +7,6 @@ package resilience
 import (
 	"errors"
 	"fmt"
-	"strings"
 	"time"
 )
 
@@ -225,6 +224,3 @@ func (c *Config) Validate(path string) error {
 	}
 	return errors.Join(errs...)
 }
-
-// conditionList renders conditions for messages.
-func conditionList(cs []string) string { return strings.Join(cs, ", ") }

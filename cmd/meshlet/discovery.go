@@ -9,7 +9,6 @@ import (
 	"errors"
 	"fmt"
 	"net"
-	"regexp"
 	"strings"
 	"time"
 
@@ -23,29 +22,6 @@ type discoveryConfig struct {
 	// Consul, when present, finds upstreams in Consul (and lets service.register register this instance).
 	Consul *discovery.ConsulConfig `yaml:"consul" json:"consul"`
 }
-
-// decodeStrict decodes n into v, rejecting unknown fields (a yaml.Node has no strict mode of its own).
-func decodeStrict(n *yaml.Node, v any) error {
-	b, err := yaml.Marshal(n)
-	if err != nil {
-		return err
-	}
-	dec := yaml.NewDecoder(bytes.NewReader(b))
-	dec.KnownFields(true)
-	if err := dec.Decode(v); err != nil {
-		var te *yaml.TypeError
-		if errors.As(err, &te) { // line numbers of the re-encoded part mean nothing: drop them
-			for i, m := range te.Errors {
-				te.Errors[i] = yamlNotFound.ReplaceAllString(lineNo.ReplaceAllString(m, ""), "unknown field $1")
-			}
-			return errors.New(strings.Join(te.Errors, "\n"))
-		}
-		return err
-	}
-	return nil
-}
-
-var lineNo = regexp.MustCompile(`^line \d+: `)
 
 // setDefaults and validate of the discovery section and registration.
 func (c *fileConfig) setDiscoveryDefaults() {
