@@ -7,6 +7,8 @@ import (
 	"time"
 
 	"google.golang.org/grpc/codes"
+
+	"meshlet.dev/meshlet/resilience"
 )
 
 // notGRPC stands for "no gRPC status" where a gRPC code is expected.
@@ -16,22 +18,7 @@ const notGRPC = -1
 const grpcCodeSlots = 18
 
 // isGRPC reports whether r is a gRPC call (gRPC-Web is treated as plain HTTP).
-func isGRPC(r *http.Request) bool {
-	ct := r.Header.Get("Content-Type")
-	if !strings.HasPrefix(ct, "application/grpc") {
-		return false
-	}
-	return len(ct) == len("application/grpc") || ct[len("application/grpc")] == '+' || ct[len("application/grpc")] == ';'
-}
-
-// parseGRPCStatus parses a grpc-status value; a missing or malformed one is Unknown, as gRPC clients read it.
-func parseGRPCStatus(v string) int {
-	n, err := strconv.Atoi(v)
-	if err != nil || n < 0 || n > int(codes.Unauthenticated) {
-		return int(codes.Unknown)
-	}
-	return n
-}
+func isGRPC(r *http.Request) bool { return resilience.IsGRPC(r.Header) }
 
 // grpcCodeName returns the label value of a gRPC code: "" for notGRPC, else the code's name ("OK", "Unavailable").
 func grpcCodeName(code int) string {

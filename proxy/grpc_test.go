@@ -5,6 +5,8 @@ import (
 	"net/url"
 	"testing"
 	"time"
+
+	"meshlet.dev/meshlet/resilience"
 )
 
 func TestParseGRPCTimeout(t *testing.T) {
@@ -77,8 +79,8 @@ func TestIsGRPC(t *testing.T) {
 
 func TestParseGRPCStatus(t *testing.T) {
 	for in, want := range map[string]int{"0": 0, "14": 14, "16": 16, "17": 2, "-1": 2, "": 2, "x": 2} {
-		if got := parseGRPCStatus(in); got != want {
-			t.Errorf("parseGRPCStatus(%q) = %d, want %d", in, got, want)
+		if got := int(resilience.ParseGRPCStatus(in)); got != want {
+			t.Errorf("ParseGRPCStatus(%q) = %d, want %d", in, got, want)
 		}
 	}
 }

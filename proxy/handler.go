@@ -231,7 +231,7 @@ func (w *responseWriter) grpcStatus() int {
 	if v == "" {
 		v = h.Get(http.TrailerPrefix + "Grpc-Status")
 	}
-	return parseGRPCStatus(v)
+	return int(resilience.ParseGRPCStatus(v))
 }
 
 // countingBody counts the bytes read from a request body. The HTTP/2 transport may still read it after the

@@ -89,11 +89,27 @@ func GRPCStatus(resp *http.Response) (codes.Code, bool) {
 	if v == "" {
 		return 0, false
 	}
+	return ParseGRPCStatus(v), true
+}
+
+// ParseGRPCStatus parses a grpc-status value; a missing or malformed one is Unknown, as gRPC clients read it.
+func ParseGRPCStatus(v string) codes.Code {
 	n, err := strconv.Atoi(v)
 	if err != nil || n < 0 || n > int(codes.Unauthenticated) {
-		return codes.Unknown, true
+		return codes.Unknown
 	}
-	return codes.Code(n), true
+	return codes.Code(n)
+}
+
+// IsGRPC reports whether a request with header h is a gRPC call: content type application/grpc, alone or with a
+// +suffix or parameters. gRPC-Web (application/grpc-web) is plain HTTP.
+func IsGRPC(h http.Header) bool {
+	ct := h.Get("Content-Type")
+	const base = "application/grpc"
+	if !strings.HasPrefix(ct, base) {
+		return false
+	}
+	return len(ct) == len(base) || ct[len(base)] == '+' || ct[len(base)] == ';'
 }
 
 // ServerFailed reports whether a gRPC code means the server failed (counted against the endpoint), rather than

@@ -9,7 +9,6 @@ import (
 	"math/rand/v2"
 	"net/http"
 	"strconv"
-	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -152,7 +151,7 @@ func (t *RetryTransport) Budget() *Budget { return t.budget.Load() }
 func (t *RetryTransport) RoundTrip(req *http.Request) (*http.Response, error) {
 	p, b := t.policy.Load(), t.budget.Load()
 	b.Request()
-	grpc := isGRPCRequest(req)
+	grpc := IsGRPC(req.Header)
 	if p.maxAttempts <= 1 && p.perTryTimeout == 0 && !grpc {
 		return t.next.RoundTrip(req)
 	}
@@ -259,11 +258,6 @@ func idempotentRequest(r *http.Request) bool {
 		return true
 	}
 	return r.Header.Get("Idempotency-Key") != ""
-}
-
-func isGRPCRequest(r *http.Request) bool {
-	ct := r.Header.Get("Content-Type")
-	return strings.HasPrefix(ct, "application/grpc") && !strings.HasPrefix(ct, "application/grpc-web")
 }
 
 // encodeGRPCTimeout writes d as a grpc-timeout value (at most 8 digits and a unit).
