@@ -93,10 +93,26 @@ func (s *ConsulSource) Run(ctx context.Context) error {
 	return nil
 }
 
-// watch runs one blocking query loop; fetch stores what it got and returns the new index. Every answer with a
-// new index rebuilds the bundle.
+// watch runs the blocking queries of one part of the bundle (what: roots or leaf); every change rebuilds it.
 func (s *ConsulSource) watch(ctx context.Context, what string, fetch func(*api.QueryOptions) (uint64, error)) {
+	blockingQueries(ctx, fetch, s.rebuild, func(err error) {
+		msg := fmt.Sprintf("consul connect CA %s: %v", what, err)
+		if p := s.lastErr.Swap(&msg); p == nil || *p != msg {
+			s.log.Error("cannot fetch the certificate from consul; retrying", "what", what, "error", err.Error())
+		}
+		if s.OnReload != nil {
+			s.OnReload(nil, errors.New(msg))
+		}
+	})
+}
+
+// blockingQueries runs one Consul blocking-query loop until ctx ends: fetch runs the query from the last index
+// and returns the new one; changed is called after the first answer and whenever the index moves; failed is
+// told of each error before a jittered exponential backoff. An index that goes backwards (a restarted agent)
+// starts over; an index of 0 is taken as 1, so that the next query still blocks.
+func blockingQueries(ctx context.Context, fetch func(*api.QueryOptions) (uint64, error), changed func(), failed func(error)) {
 	var index uint64
+	answered := false
 	backoff := consulMinBackoff
 	for ctx.Err() == nil {
 		q := (&api.QueryOptions{WaitIndex: index, WaitTime: consulWait}).WithContext(ctx)
@@ -105,13 +121,7 @@ func (s *ConsulSource) watch(ctx context.Context, what string, fetch func(*api.Q
 			if ctx.Err() != nil {
 				return
 			}
-			msg := fmt.Sprintf("consul connect CA %s: %v", what, err)
-			if p := s.lastErr.Swap(&msg); p == nil || *p != msg {
-				s.log.Error("cannot fetch the certificate from consul; retrying", "what", what, "error", err.Error())
-			}
-			if s.OnReload != nil {
-				s.OnReload(nil, errors.New(msg))
-			}
+			failed(err)
 			index = 0
 			select {
 			case <-time.After(backoff/2 + rand.N(backoff/2+1)):
@@ -122,11 +132,15 @@ func (s *ConsulSource) watch(ctx context.Context, what string, fetch func(*api.Q
 			continue
 		}
 		backoff = consulMinBackoff
-		if next < index || next == 0 {
-			next = 0 // the index went backwards (a restarted agent): start over
+		if next == 0 {
+			next = 1
 		}
-		if next != index {
-			s.rebuild()
+		if !answered || next != index {
+			answered = true
+			changed()
+		}
+		if next < index {
+			next = 0 // went backwards: the next query answers at once with the current state
 		}
 		index = next
 	}

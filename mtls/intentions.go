@@ -4,13 +4,11 @@ import (
 	"context"
 	"fmt"
 	"log/slog"
-	"math/rand/v2"
 	"net/http"
 	"regexp"
 	"strings"
 	"sync"
 	"sync/atomic"
-	"time"
 
 	"github.com/hashicorp/consul/api"
 )
@@ -75,42 +73,29 @@ func (it *Intentions) Err() error {
 // Run reads the default policy once and watches the intentions until ctx ends.
 func (it *Intentions) Run(ctx context.Context) error {
 	it.readDefault()
-	var index uint64
-	backoff := consulMinBackoff
-	for ctx.Err() == nil {
-		q := (&api.QueryOptions{WaitIndex: index, WaitTime: consulWait}).WithContext(ctx)
+	var latest []*api.Intention
+	fetch := func(q *api.QueryOptions) (uint64, error) {
 		m, meta, err := it.client.Connect().IntentionMatch(&api.IntentionMatch{By: api.IntentionMatchDestination,
 			Names: []string{it.service}}, q)
 		if err != nil {
-			if ctx.Err() != nil {
-				return nil
-			}
-			msg := "consul intentions: " + err.Error()
-			if p := it.lastErr.Swap(&msg); p == nil || *p != msg {
-				it.log.Error("cannot read intentions; keeping the last ones", "error", err.Error())
-			}
-			index = 0
-			select {
-			case <-time.After(backoff/2 + rand.N(backoff/2+1)):
-			case <-ctx.Done():
-				return nil
-			}
-			backoff = min(2*backoff, consulMaxBackoff)
-			continue
+			return 0, err
 		}
-		backoff = consulMinBackoff
 		it.lastErr.Store(nil)
-		if meta.LastIndex != index || it.rules.Load() == nil {
-			rules := compile(m[it.service], it.log)
-			it.rules.Store(&rules)
-			it.log.Info("intentions updated", "service", it.service, "intentions", len(rules))
-			it.readyOnce.Do(func() { close(it.ready) })
-		}
-		index = meta.LastIndex
-		if index == 0 {
-			index = 1
-		}
+		latest = m[it.service]
+		return meta.LastIndex, nil
 	}
+	changed := func() {
+		rules := compile(latest, it.log)
+		it.rules.Store(&rules)
+		it.log.Info("intentions updated", "service", it.service, "intentions", len(rules))
+		it.readyOnce.Do(func() { close(it.ready) })
+	}
+	blockingQueries(ctx, fetch, changed, func(err error) {
+		msg := "consul intentions: " + err.Error()
+		if p := it.lastErr.Swap(&msg); p == nil || *p != msg {
+			it.log.Error("cannot read intentions; keeping the last ones", "error", err.Error())
+		}
+	})
 	return nil
 }
 
