@@ -546,19 +546,7 @@ func TestHTTP1Upgrade(t *testing.T) {
 			if strings.Contains(topo, "name-routed") {
 				addr = outbound
 			}
-			conn, err := net.DialTimeout("tcp", addr, 5*time.Second)
-			if err != nil {
-				t.Fatal(err)
-			}
-			defer conn.Close()
-			conn.SetDeadline(time.Now().Add(15 * time.Second))
-			io.WriteString(conn, "GET /ws HTTP/1.1\r\nHost: api\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"+
-				"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n")
-			br := bufio.NewReader(conn)
-			resp, err := http.ReadResponse(br, nil)
-			if err != nil {
-				t.Fatal(err)
-			}
+			conn, br, resp := wsHandshake(t, addr)
 			if resp.StatusCode != http.StatusSwitchingProtocols || !strings.EqualFold(resp.Header.Get("Upgrade"),
 				"websocket") {
 				t.Fatalf("got %s %v, want 101 with Upgrade: websocket", resp.Status, resp.Header)
@@ -726,44 +714,25 @@ type sniffRelay struct {
 
 func startSniffRelay(t testing.TB, target string) *sniffRelay {
 	t.Helper()
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	s := &sniffRelay{addr: l.Addr().String()}
-	var wg sync.WaitGroup
-	t.Cleanup(func() { l.Close(); wg.Wait() })
-	wg.Add(1)
-	go func() {
-		defer wg.Done()
-		for {
-			c, err := l.Accept()
-			if err != nil {
-				return
-			}
-			wg.Add(1)
-			go func() {
-				defer wg.Done()
-				defer c.Close()
-				u, err := net.Dial("tcp", target)
-				if err != nil {
-					return
-				}
-				defer u.Close()
-				head := make([]byte, 24)
-				n, _ := io.ReadFull(c, head)
-				s.mu.Lock()
-				s.heads = append(s.heads, head[:n])
-				s.mu.Unlock()
-				u.Write(head[:n])
-				done := make(chan struct{})
-				go func() { io.Copy(c, u); c.Close(); close(done) }()
-				io.Copy(u, c)
-				u.Close()
-				<-done
-			}()
+	s := &sniffRelay{}
+	s.addr = startTCPServer(t, func(c *net.TCPConn) {
+		u, err := net.Dial("tcp", target)
+		if err != nil {
+			return
 		}
-	}()
+		defer u.Close()
+		head := make([]byte, 24)
+		n, _ := io.ReadFull(c, head)
+		s.mu.Lock()
+		s.heads = append(s.heads, head[:n])
+		s.mu.Unlock()
+		u.Write(head[:n])
+		done := make(chan struct{})
+		go func() { io.Copy(c, u); c.Close(); close(done) }()
+		io.Copy(u, c)
+		u.Close()
+		<-done
+	})
 	return s
 }
 
@@ -1302,4 +1271,24 @@ func TestConnectionGauges(t *testing.T) {
 	if v := m.A.metricSum(t, "meshlet_connections_total", open); v != 1 {
 		t.Errorf("meshlet_connections_total%v = %v, want 1", open, v)
 	}
+}
+
+// wsHandshake opens a connection to addr, sends a WebSocket upgrade request for /ws and reads the response. The
+// connection is closed when the test ends; its deadline is 15 s.
+func wsHandshake(t testing.TB, addr string) (net.Conn, *bufio.Reader, *http.Response) {
+	t.Helper()
+	conn, err := net.DialTimeout("tcp", addr, 5*time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { conn.Close() })
+	conn.SetDeadline(time.Now().Add(15 * time.Second))
+	io.WriteString(conn, "GET /ws HTTP/1.1\r\nHost: api\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"+
+		"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n")
+	br := bufio.NewReader(conn)
+	resp, err := http.ReadResponse(br, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return conn, br, resp
 }

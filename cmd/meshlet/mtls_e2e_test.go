@@ -421,19 +421,7 @@ admin: {listen: %s}
 		}
 	})
 	t.Run("upgrade", func(t *testing.T) {
-		conn, err := net.DialTimeout("tcp", lHTTP, 5*time.Second)
-		if err != nil {
-			t.Fatal(err)
-		}
-		defer conn.Close()
-		conn.SetDeadline(time.Now().Add(15 * time.Second))
-		io.WriteString(conn, "GET /ws HTTP/1.1\r\nHost: api\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"+
-			"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n")
-		br := bufio.NewReader(conn)
-		resp, err := http.ReadResponse(br, nil)
-		if err != nil {
-			t.Fatal(err)
-		}
+		conn, br, resp := wsHandshake(t, lHTTP)
 		if resp.StatusCode != http.StatusSwitchingProtocols {
 			t.Fatalf("got %s, want 101", resp.Status)
 		}
