@@ -4,7 +4,7 @@ VERSION ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo dev)
 LDFLAGS := -s -w -X main.version=$(VERSION)
 BENCH_FLAGS ?=
 
-.PHONY: all build test vet fuzz demo bench clean help consul
+.PHONY: all build test vet fuzz demo bench soak clean help consul
 
 all: build
 
@@ -15,6 +15,7 @@ help:
 	@echo "make demo    run a local demo mesh on loopback (two services, two sidecars); DISCOVERY=consul: found through a Consul dev agent"
 	@echo "make consul  build a real Consul agent (tools/consul, MPL-2.0) once, cached, into bin/consul"
 	@echo "make bench   measure direct vs one vs two meshlets (HTTP/1.1, h2c, gRPC); BENCH_FLAGS=-quick for a short run"
+	@echo "make soak    SOAK_DURATION (default 10m) of mixed HTTP/gRPC traffic through two sidecars while endpoints churn, certificates rotate and the config reloads; fails on any error or unbounded memory growth"
 
 build:
 	CGO_ENABLED=0 $(GO) build -trimpath -ldflags '$(LDFLAGS)' -o bin/meshlet ./cmd/meshlet
@@ -64,6 +65,15 @@ consul:
 
 bench: build
 	$(GO) run ./cmd/meshlet-bench -meshlet bin/meshlet $(BENCH_FLAGS)
+
+# soak: steady mixed HTTP/1.1 and gRPC traffic through meshlet A and three instances behind their own meshlets, over
+# mTLS, while instances churn (A's config rewritten + SIGHUP), certificates rotate (meshlet certs issue) and memory is
+# watched; a report every SOAK_INTERVAL. CI runs `make soak SOAK_DURATION=90s SOAK_INTERVAL=15s`.
+SOAK_DURATION ?= 10m
+SOAK_INTERVAL ?= 1m
+SOAK_FLAGS ?=
+soak: build
+	$(GO) run ./cmd/meshlet-soak -meshlet bin/meshlet -duration $(SOAK_DURATION) -interval $(SOAK_INTERVAL) $(SOAK_FLAGS)
 
 clean:
 	rm -rf bin

@@ -1,0 +1,356 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"syscall"
+	"time"
+)
+
+// Upstream names in meshlet A's config.
+const (
+	upHTTP = "soak-http"
+	upGRPC = "soak-grpc"
+)
+
+// instance is one instance of the server side: a backend and its own meshlet (inbound sidecar). Instance 0
+// is never churned, so it lives the whole run (its memory is judged like A's); the others are stopped and
+// started again (same ports) or replaced (new ports) in turn.
+type instance struct {
+	name    string
+	gen     int    // generation: 1 at start, +1 per restart or replacement
+	backend string // the backend's address
+	inbound string // the sidecar's inbound listener, A's endpoint for this instance
+	admin   string
+	be      *backend
+	proc    *meshletProc
+	served  atomic.Int64 // requests the backend answered, all generations
+	inA     bool         // listed in A's config; written under mesh.mu
+}
+
+// mesh is the whole topology: the load's sidecar A and the server instances.
+type mesh struct {
+	bin, dir string
+	certs    *certs
+
+	a                  *meshletProc
+	aHTTP, aGRPC, aAdm string // A's upstream listeners and admin address
+
+	mu        sync.Mutex // guards the procs and inA of instances (the sampler reads them) and reloads
+	instances []*instance
+	reloads   int // reloads of A so far (also picks lb, to change more than endpoints)
+
+	churns, rotations int
+}
+
+func newMesh(bin, dir string, n int) (*mesh, error) {
+	c, err := newCerts(bin, filepath.Join(dir, "certs"))
+	if err != nil {
+		return nil, err
+	}
+	m := &mesh{bin: bin, dir: dir, certs: c}
+	for i := range n {
+		m.instances = append(m.instances, &instance{name: fmt.Sprintf("B%d", i)})
+	}
+	return m, nil
+}
+
+func (m *mesh) tlsYAML(svc string) string {
+	return fmt.Sprintf("tls:\n  cert_file: %[1]s/%[2]s.crt\n  key_file: %[1]s/%[2]s.key\n  ca_file: %[1]s/ca.crt\n  reload_interval: 1s\n",
+		m.certs.dir, svc)
+}
+
+const commonYAML = "log:\n  level: info\n  access_log: false\nshutdown:\n  drain_delay: 0s\n  drain_timeout: 5s\n"
+
+// aYAML is A's config: both upstreams list the instances in A, round robin or p2c by turns. Call with mu held.
+func (m *mesh) aYAML() string {
+	var eps []string
+	for _, in := range m.instances {
+		if in.inA {
+			eps = append(eps, in.inbound)
+		}
+	}
+	lb := []string{"p2c", "round_robin"}[m.reloads%2]
+	var b strings.Builder
+	fmt.Fprintf(&b, "service:\n  name: %s\nupstreams:\n", clientService)
+	for _, u := range []struct{ name, listen, proto string }{{upHTTP, m.aHTTP, "http"}, {upGRPC, m.aGRPC, "grpc"}} {
+		fmt.Fprintf(&b, "  - name: %s\n    listen: %s\n    protocol: %s\n    service: %s\n    peer: sidecar\n",
+			u.name, u.listen, u.proto, serverService)
+		fmt.Fprintf(&b, "    lb: %s\n    timeout: 4s\n    endpoints: [%s]\n", lb, strings.Join(eps, ", "))
+	}
+	b.WriteString(m.tlsYAML(clientService))
+	fmt.Fprintf(&b, "admin:\n  listen: %s\n", m.aAdm)
+	b.WriteString(commonYAML)
+	return b.String()
+}
+
+func (m *mesh) bYAML(in *instance) string {
+	return fmt.Sprintf("service:\n  name: %s\n  address: %s\n  protocol: http2\n"+
+		"inbound:\n  listen: %s\n  tls:\n    mode: mtls\n    allow: [%s]\n%sadmin:\n  listen: %s\n%s",
+		serverService, in.backend, in.inbound, clientService, m.tlsYAML(serverService), in.admin, commonYAML)
+}
+
+func (m *mesh) setInA(in *instance, v bool) {
+	m.mu.Lock()
+	in.inA = v
+	m.mu.Unlock()
+}
+
+// start brings up every instance, then A with all of them.
+func (m *mesh) start(ctx context.Context) error {
+	for _, in := range m.instances {
+		if err := m.startInstance(ctx, in, true); err != nil {
+			return err
+		}
+		m.setInA(in, true)
+	}
+	addrs, err := freeAddrs(3)
+	if err != nil {
+		return err
+	}
+	m.aHTTP, m.aGRPC, m.aAdm = addrs[0], addrs[1], addrs[2]
+	m.mu.Lock()
+	yaml := m.aYAML()
+	m.mu.Unlock()
+	p, err := startMeshlet(m.bin, "A", m.aAdm, filepath.Join(m.dir, "A.yaml"), filepath.Join(m.dir, "A.log"), yaml)
+	if err != nil {
+		return err
+	}
+	m.a = p
+	if err := p.waitReady(ctx); err != nil {
+		return err
+	}
+	return m.waitEndpoints(ctx, len(m.instances))
+}
+
+// startInstance starts the backend and then the sidecar of in, on new ports when fresh, else on the ports it
+// had (a restart in place).
+func (m *mesh) startInstance(ctx context.Context, in *instance, fresh bool) error {
+	if fresh {
+		addrs, err := freeAddrs(3)
+		if err != nil {
+			return err
+		}
+		in.backend, in.inbound, in.admin = addrs[0], addrs[1], addrs[2]
+	}
+	be, err := listenRetry(ctx, func() (*backend, error) { return startBackend(in.backend, &in.served) })
+	if err != nil {
+		return fmt.Errorf("backend of %s: %w", in.name, err)
+	}
+	in.gen++
+	name := fmt.Sprintf("%s#%d", in.name, in.gen)
+	p, err := startMeshlet(m.bin, name, in.admin, filepath.Join(m.dir, in.name+".yaml"),
+		filepath.Join(m.dir, in.name+".log"), m.bYAML(in))
+	if err != nil {
+		be.stop()
+		return err
+	}
+	m.mu.Lock()
+	in.be, in.proc = be, p
+	m.mu.Unlock()
+	return p.waitReady(ctx)
+}
+
+// listenRetry retries start for a few seconds while the port is still in use (a restart in place).
+func listenRetry(ctx context.Context, start func() (*backend, error)) (*backend, error) {
+	deadline := time.Now().Add(5 * time.Second)
+	for {
+		be, err := start()
+		if err == nil || !errors.Is(err, syscall.EADDRINUSE) || time.Now().After(deadline) || ctx.Err() != nil {
+			return be, err
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+}
+
+// reload rewrites A's config and sends SIGHUP; it returns once A counts a successful reload and both
+// upstreams have the new number of endpoints.
+func (m *mesh) reload(ctx context.Context) error {
+	before, err := m.a.metrics()
+	if err != nil {
+		return err
+	}
+	m.mu.Lock()
+	m.reloads++
+	yaml := m.aYAML()
+	want := 0
+	for _, in := range m.instances {
+		if in.inA {
+			want++
+		}
+	}
+	m.mu.Unlock()
+	tmp := m.a.cfgPath + ".tmp"
+	if err := os.WriteFile(tmp, []byte(yaml), 0o644); err != nil {
+		return err
+	}
+	if err := os.Rename(tmp, m.a.cfgPath); err != nil {
+		return err
+	}
+	if err := m.a.cmd.Process.Signal(syscall.SIGHUP); err != nil {
+		return err
+	}
+	ok := map[string]string{"result": "success"}
+	fail := map[string]string{"result": "failure"}
+	return poll(ctx, 10*time.Second, "A applies the reload", func(p promText) (bool, error) {
+		if p.sum("meshlet_config_reloads_total", fail) > before.sum("meshlet_config_reloads_total", fail) {
+			return false, fmt.Errorf("meshlet A rejected the reload; log:\n%s", logTail(m.a.logPath, 5))
+		}
+		return p.sum("meshlet_config_reloads_total", ok) > before.sum("meshlet_config_reloads_total", ok) &&
+			endpointsAre(p, want), nil
+	}, m.a)
+}
+
+func endpointsAre(p promText, n int) bool {
+	return p.sum("meshlet_upstream_endpoints", map[string]string{"upstream": upHTTP}) == float64(n) &&
+		p.sum("meshlet_upstream_endpoints", map[string]string{"upstream": upGRPC}) == float64(n)
+}
+
+func (m *mesh) waitEndpoints(ctx context.Context, n int) error {
+	return poll(ctx, 10*time.Second, fmt.Sprintf("A has %d endpoints", n), func(p promText) (bool, error) {
+		return endpointsAre(p, n), nil
+	}, m.a)
+}
+
+// poll scrapes p's metrics every 100ms until cond holds, fails, or within passes.
+func poll(ctx context.Context, within time.Duration, what string, cond func(promText) (bool, error), p *meshletProc) error {
+	deadline := time.Now().Add(within)
+	for {
+		t, err := p.metrics()
+		if err == nil {
+			ok, err := cond(t)
+			if err != nil {
+				return err
+			}
+			if ok {
+				return nil
+			}
+		}
+		if !p.alive() {
+			return fmt.Errorf("waiting until %s: meshlet %s exited (%v)", what, p.name, p.waitErr)
+		}
+		if time.Now().After(deadline) {
+			return fmt.Errorf("waiting until %s: not after %s (last scrape error: %v)", what, within, err)
+		}
+		if err := sleep(ctx, 100*time.Millisecond); err != nil {
+			return err
+		}
+	}
+}
+
+// churn takes instance 1+k%(n-1) out of A (reload), stops it, starts it again (in place on even rounds,
+// replaced with new ports on odd rounds) and puts it back into A (reload). Taking it out of A before stopping
+// it is what a registry deregistration does; in-flight requests finish during the sidecar's drain.
+func (m *mesh) churn(ctx context.Context, k int, logf func(string, ...any)) error {
+	n := len(m.instances) - 1
+	in := m.instances[1+k%n]
+	fresh := (k/n)%2 == 1
+	m.setInA(in, false)
+	if err := m.reload(ctx); err != nil {
+		return fmt.Errorf("churn %s: removing it from A: %w", in.name, err)
+	}
+	// Requests that picked the instance just before the reload finish within milliseconds; give them a second.
+	if err := sleep(ctx, time.Second); err != nil {
+		return err
+	}
+	err := in.proc.stop() // SIGTERM: it must drain and exit 0
+	in.be.stop()
+	if err != nil {
+		return fmt.Errorf("churn %s: %w", in.name, err)
+	}
+	if err := m.startInstance(ctx, in, fresh); err != nil {
+		return fmt.Errorf("churn %s: restarting it: %w", in.name, err)
+	}
+	m.setInA(in, true)
+	if err := m.reload(ctx); err != nil {
+		return fmt.Errorf("churn %s: adding it to A: %w", in.name, err)
+	}
+	m.churns++
+	how := "restarted in place"
+	if fresh {
+		how = "replaced (new ports)"
+	}
+	logf("churn %d: %s out of A, stopped, %s as generation %d (endpoint %s), back in A", m.churns, in.name, how, in.gen, in.inbound)
+	return nil
+}
+
+// rotate issues new leaves for A and every B and waits until each running meshlet has loaded its new one.
+func (m *mesh) rotate(ctx context.Context, logf func(string, ...any)) error {
+	procs := m.procs()
+	before := make([]float64, len(procs))
+	ok := map[string]string{"result": "success"}
+	for i, p := range procs {
+		t, err := p.metrics()
+		if err != nil {
+			return err
+		}
+		before[i] = t.sum("meshlet_tls_rotations_total", ok)
+	}
+	if err := m.certs.rotate(); err != nil {
+		return fmt.Errorf("rotating certificates: %w", err)
+	}
+	for i, p := range procs {
+		err := poll(ctx, 15*time.Second, "meshlet "+p.name+" loads its rotated certificate", func(t promText) (bool, error) {
+			return t.sum("meshlet_tls_rotations_total", ok) > before[i], nil
+		}, p)
+		if err != nil {
+			return err
+		}
+	}
+	m.rotations++
+	logf("rotation %d: new leaves for %s and %s, loaded by all %d meshlets", m.rotations, clientService, serverService, len(procs))
+	return nil
+}
+
+// procs returns the meshlets: A first, then the instances' latest sidecars.
+func (m *mesh) procs() []*meshletProc {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	out := []*meshletProc{m.a}
+	for _, in := range m.instances {
+		if in.proc != nil {
+			out = append(out, in.proc)
+		}
+	}
+	return out
+}
+
+// close stops everything that still runs: gracefully (SIGTERM, exit 0 expected) when clean, else at once.
+func (m *mesh) close(clean bool) []error {
+	var errs []error
+	if m.a != nil && m.a.alive() {
+		if clean {
+			errs = append(errs, m.a.stop())
+		}
+		m.a.kill()
+	}
+	for _, in := range m.instances {
+		if in.proc != nil && in.proc.alive() {
+			if clean {
+				errs = append(errs, in.proc.stop())
+			}
+			in.proc.kill()
+		}
+		if in.be != nil {
+			in.be.stop()
+		}
+	}
+	return errs
+}
+
+func sleep(ctx context.Context, d time.Duration) error {
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-ctx.Done():
+		return ctx.Err()
+	case <-t.C:
+		return nil
+	}
+}

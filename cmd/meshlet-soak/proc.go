@@ -1,0 +1,361 @@
+package main
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"syscall"
+	"time"
+)
+
+const (
+	readyTimeout = 15 * time.Second // from start until GET /ready answers 200
+	stopTimeout  = 10 * time.Second // from SIGTERM until the process must have exited (drain_timeout is 5s)
+)
+
+// meshletProc is one running meshlet process.
+type meshletProc struct {
+	name    string // "A", "B0", "B1#3" (instance B1, third generation)
+	admin   string // admin listen address
+	cfgPath string
+	logPath string
+	cmd     *exec.Cmd
+	exited  chan struct{} // closed when the process has exited; waitErr is set then
+	waitErr error
+	http    *http.Client
+}
+
+// startMeshlet writes yaml to cfgPath and starts `bin run -config cfgPath`, its output appended to logPath.
+// The process gets SIGKILL if this program dies first.
+func startMeshlet(bin, name, admin, cfgPath, logPath, yaml string) (*meshletProc, error) {
+	if err := os.WriteFile(cfgPath, []byte(yaml), 0o644); err != nil {
+		return nil, err
+	}
+	f, err := os.OpenFile(logPath, os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o644)
+	if err != nil {
+		return nil, err
+	}
+	m := &meshletProc{name: name, admin: admin, cfgPath: cfgPath, logPath: logPath, exited: make(chan struct{}),
+		http: &http.Client{Timeout: 3 * time.Second}}
+	m.cmd = exec.Command(bin, "run", "-config", cfgPath)
+	m.cmd.Stdout, m.cmd.Stderr = f, f
+	m.cmd.Env = cleanEnv()
+	m.cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
+	if err := m.cmd.Start(); err != nil {
+		f.Close()
+		return nil, fmt.Errorf("starting meshlet %s: %w", name, err)
+	}
+	go func() {
+		m.waitErr = m.cmd.Wait()
+		f.Close()
+		close(m.exited)
+	}()
+	return m, nil
+}
+
+// cleanEnv is the environment without MESHLET_* variables, so the generated config is what runs.
+func cleanEnv() []string {
+	var env []string
+	for _, kv := range os.Environ() {
+		if !strings.HasPrefix(kv, "MESHLET_") {
+			env = append(env, kv)
+		}
+	}
+	return env
+}
+
+func (m *meshletProc) pid() int { return m.cmd.Process.Pid }
+
+// alive reports whether the process has not exited.
+func (m *meshletProc) alive() bool {
+	select {
+	case <-m.exited:
+		return false
+	default:
+		return true
+	}
+}
+
+// waitReady polls GET /ready until it answers 200, the process exits, ctx ends or readyTimeout passes.
+func (m *meshletProc) waitReady(ctx context.Context) error {
+	deadline := time.Now().Add(readyTimeout)
+	last := "no answer"
+	for time.Now().Before(deadline) {
+		if !m.alive() {
+			return fmt.Errorf("meshlet %s exited before it was ready (%v); log:\n%s", m.name, m.waitErr, logTail(m.logPath, 20))
+		}
+		if ctx.Err() != nil {
+			return ctx.Err()
+		}
+		resp, err := m.http.Get("http://" + m.admin + "/ready")
+		if err == nil {
+			body, _ := io.ReadAll(io.LimitReader(resp.Body, 512))
+			resp.Body.Close()
+			if resp.StatusCode == http.StatusOK {
+				return nil
+			}
+			last = fmt.Sprintf("%d %q", resp.StatusCode, bytes.TrimSpace(body))
+		} else {
+			last = err.Error()
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	return fmt.Errorf("meshlet %s not ready after %s (last /ready: %s); log:\n%s", m.name, readyTimeout, last, logTail(m.logPath, 20))
+}
+
+// stop sends SIGTERM and waits up to stopTimeout for the process to exit, then kills it. It returns an error
+// if the process had already exited, did not exit in time, or exited with a non-zero status.
+func (m *meshletProc) stop() error {
+	if !m.alive() {
+		return fmt.Errorf("meshlet %s had already exited (%v)", m.name, m.waitErr)
+	}
+	m.cmd.Process.Signal(syscall.SIGTERM)
+	t := time.NewTimer(stopTimeout)
+	defer t.Stop()
+	select {
+	case <-m.exited:
+	case <-t.C:
+		m.cmd.Process.Kill()
+		<-m.exited
+		return fmt.Errorf("meshlet %s did not exit within %s of SIGTERM; killed", m.name, stopTimeout)
+	}
+	if m.waitErr != nil {
+		return fmt.Errorf("meshlet %s exited with %v after SIGTERM; log:\n%s", m.name, m.waitErr, logTail(m.logPath, 20))
+	}
+	return nil
+}
+
+// kill ends the process at once (cleanup on a failed run) and waits for it.
+func (m *meshletProc) kill() {
+	if m.alive() {
+		m.cmd.Process.Kill()
+		<-m.exited
+	}
+}
+
+// metrics scrapes /metrics.
+func (m *meshletProc) metrics() (promText, error) {
+	resp, err := m.http.Get("http://" + m.admin + "/metrics")
+	if err != nil {
+		return nil, err
+	}
+	defer resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		return nil, fmt.Errorf("meshlet %s /metrics: %s", m.name, resp.Status)
+	}
+	b, err := io.ReadAll(io.LimitReader(resp.Body, 8<<20))
+	return promText(b), err
+}
+
+// promText is a Prometheus text exposition.
+type promText []byte
+
+// sum adds the samples of metric name whose labels include every pair of want (nil: all samples).
+func (p promText) sum(name string, want map[string]string) float64 {
+	var total float64
+	sc := bufio.NewScanner(bytes.NewReader(p))
+	sc.Buffer(make([]byte, 64<<10), 1<<20)
+	for sc.Scan() {
+		line := sc.Text()
+		if !strings.HasPrefix(line, name) {
+			continue
+		}
+		rest := line[len(name):]
+		labels := ""
+		switch {
+		case strings.HasPrefix(rest, "{"):
+			end := strings.LastIndexByte(rest, '}')
+			if end < 0 {
+				continue
+			}
+			labels, rest = rest[1:end], rest[end+1:]
+		case strings.HasPrefix(rest, " "):
+		default:
+			continue // another metric whose name starts with name
+		}
+		if !labelsMatch(labels, want) {
+			continue
+		}
+		f := strings.Fields(rest)
+		if len(f) == 0 {
+			continue
+		}
+		if v, err := strconv.ParseFloat(f[0], 64); err == nil {
+			total += v
+		}
+	}
+	return total
+}
+
+// labelsMatch reports whether the label list `a="x",b="y"` has every pair of want.
+func labelsMatch(labels string, want map[string]string) bool {
+	for k, v := range want {
+		if !strings.Contains(","+labels, ","+k+"="+strconv.Quote(v)) {
+			return false
+		}
+	}
+	return true
+}
+
+// readRSS returns VmRSS of pid in bytes.
+func readRSS(pid int) (int64, error) {
+	status, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", pid))
+	if err != nil {
+		return 0, err
+	}
+	for line := range strings.SplitSeq(string(status), "\n") {
+		if v, ok := strings.CutPrefix(line, "VmRSS:"); ok {
+			f := strings.Fields(v)
+			if len(f) != 2 || f[1] != "kB" {
+				return 0, fmt.Errorf("/proc/%d/status: unexpected VmRSS %q", pid, v)
+			}
+			kib, err := strconv.ParseInt(f[0], 10, 64)
+			return kib << 10, err
+		}
+	}
+	return 0, fmt.Errorf("/proc/%d/status: no VmRSS", pid)
+}
+
+// logTail returns the last n lines of a log file, indented.
+func logTail(path string, n int) string {
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return "    (no log: " + err.Error() + ")"
+	}
+	lines := strings.Split(strings.TrimRight(string(b), "\n"), "\n")
+	if len(lines) > n {
+		lines = lines[len(lines)-n:]
+	}
+	return "    " + strings.Join(lines, "\n    ")
+}
+
+// logErrors returns the lines of a meshlet log at level ERROR (at most max of them) and how many there were.
+func logErrors(path string, max int) ([]string, int) {
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return nil, 0
+	}
+	var out []string
+	n := 0
+	for line := range strings.SplitSeq(string(b), "\n") {
+		if strings.Contains(line, `"level":"ERROR"`) {
+			n++
+			if len(out) < max {
+				out = append(out, line)
+			}
+		}
+	}
+	return out, n
+}
+
+// freeAddrs returns n distinct loopback addresses whose ports were free a moment ago.
+func freeAddrs(n int) ([]string, error) {
+	var out []string
+	for range n {
+		l, err := net.Listen("tcp", "127.0.0.1:0")
+		if err != nil {
+			return nil, err
+		}
+		defer l.Close()
+		out = append(out, l.Addr().String())
+	}
+	return out, nil
+}
+
+// runMeshletCmd runs `bin args...` (the certs subcommands) with a timeout.
+func runMeshletCmd(bin string, args ...string) error {
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	out, err := exec.CommandContext(ctx, bin, args...).CombinedOutput()
+	if err != nil {
+		return fmt.Errorf("meshlet %s: %v: %s", strings.Join(args, " "), err, out)
+	}
+	return nil
+}
+
+// certs manages the trust domain and the two leaves (soak-client for A, soak-server for every B) in dir.
+type certs struct {
+	bin, dir string
+	issued   int // rotations so far
+}
+
+const (
+	clientService = "soak-client"
+	serverService = "soak-server"
+)
+
+func newCerts(bin, dir string) (*certs, error) {
+	c := &certs{bin: bin, dir: dir}
+	if err := runMeshletCmd(bin, "certs", "ca", "-dir", dir, "-trust-domain", "soak.mesh"); err != nil {
+		return nil, err
+	}
+	for _, svc := range []string{clientService, serverService} {
+		if err := runMeshletCmd(bin, "certs", "issue", "-dir", dir, "-service", svc); err != nil {
+			return nil, err
+		}
+	}
+	return c, nil
+}
+
+// rotate issues new leaves for both services. `meshlet certs issue` writes the key and then the certificate,
+// each atomically; it runs in a staging directory (a copy of the CA) and the two files are then renamed into
+// place, key first, so the window in which the live key and certificate disagree is one rename.
+func (c *certs) rotate() error {
+	c.issued++
+	stage := filepath.Join(c.dir, fmt.Sprintf("stage-%d", c.issued))
+	if err := os.MkdirAll(stage, 0o700); err != nil {
+		return err
+	}
+	defer os.RemoveAll(stage)
+	for _, f := range []string{"ca.crt", "ca.key"} {
+		b, err := os.ReadFile(filepath.Join(c.dir, f))
+		if err != nil {
+			return err
+		}
+		if err := os.WriteFile(filepath.Join(stage, f), b, 0o600); err != nil {
+			return err
+		}
+	}
+	// A lifetime that differs per rotation, so the new leaf is visibly new (meshlet_tls_certificate_expiry_seconds).
+	lifetime := fmt.Sprintf("%dh", 2000+c.issued)
+	var errs []error
+	for _, svc := range []string{clientService, serverService} {
+		if err := runMeshletCmd(c.bin, "certs", "issue", "-dir", stage, "-service", svc, "-lifetime", lifetime); err != nil {
+			return err
+		}
+		for _, ext := range []string{".key", ".crt"} {
+			errs = append(errs, os.Rename(filepath.Join(stage, svc+ext), filepath.Join(c.dir, svc+ext)))
+		}
+	}
+	return errors.Join(errs...)
+}
+
+// logWarnings counts a meshlet log's WARN lines by message.
+func logWarnings(path string) map[string]int {
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return nil
+	}
+	out := map[string]int{}
+	for line := range strings.SplitSeq(string(b), "\n") {
+		if !strings.Contains(line, `"level":"WARN"`) {
+			continue
+		}
+		_, msg, _ := strings.Cut(line, `"msg":`)
+		if q, err := strconv.QuotedPrefix(msg); err == nil {
+			msg, _ = strconv.Unquote(q)
+		}
+		out[msg]++
+	}
+	return out
+}
