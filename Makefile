@@ -68,7 +68,7 @@ bench: build
 
 # soak: steady mixed HTTP/1.1 and gRPC traffic through meshlet A and three instances behind their own meshlets, over
 # mTLS, while instances churn (A's config rewritten + SIGHUP), certificates rotate (meshlet certs issue) and memory is
-# watched; a report every SOAK_INTERVAL. CI runs `make soak SOAK_DURATION=90s SOAK_INTERVAL=15s`.
+# watched; a report every SOAK_INTERVAL. CI: `make soak SOAK_DURATION=90s SOAK_INTERVAL=15s SOAK_FLAGS=-churn=10s`.
 SOAK_DURATION ?= 10m
 SOAK_INTERVAL ?= 1m
 SOAK_FLAGS ?=

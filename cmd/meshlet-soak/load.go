@@ -32,11 +32,13 @@ var kinds = []string{"grpc", "http-get", "grpc", "http-post"}
 type window struct {
 	requests map[string]int             // by kind
 	errors   map[string]int             // by cause
+	first    map[string]time.Time       // when each cause was first seen
 	lat      map[string][]time.Duration // successful requests' latencies, by kind
 }
 
 func newWindow() *window {
-	return &window{requests: map[string]int{}, errors: map[string]int{}, lat: map[string][]time.Duration{}}
+	return &window{requests: map[string]int{}, errors: map[string]int{}, first: map[string]time.Time{},
+		lat: map[string][]time.Duration{}}
 }
 
 // all returns the latencies of every kind, sorted.
@@ -126,6 +128,9 @@ func (l *load) record(kind string, d time.Duration, cause string) {
 	defer l.mu.Unlock()
 	l.cur.requests[kind]++
 	if cause != "" {
+		if l.cur.errors[cause] == 0 {
+			l.cur.first[cause] = time.Now()
+		}
 		l.cur.errors[cause]++
 		return
 	}
@@ -162,7 +167,7 @@ func (l *load) run(ctx context.Context, rate int) {
 			case sem <- struct{}{}:
 				wg.Go(func() {
 					defer func() { <-sem }()
-					l.one(ctx)
+					l.one()
 				})
 			default:
 				l.skipped.Add(1)
@@ -171,9 +176,10 @@ func (l *load) run(ctx context.Context, rate int) {
 	}
 }
 
-// one sends one request of the next kind and records its outcome. A request cut short because the run is
-// ending (ctx done) is not recorded.
-func (l *load) one(ctx context.Context) {
+// one sends one request of the next kind and records its outcome. Requests are not cancelled when the load
+// stops: those in flight complete (within requestTimeout) and count, and meshlet never sees a client go away.
+func (l *load) one() {
+	ctx := context.Background()
 	n := l.seq.Add(1)
 	kind := kinds[n%uint64(len(kinds))]
 	id := strconv.FormatUint(n, 10)
@@ -186,9 +192,6 @@ func (l *load) one(ctx context.Context) {
 		cause = l.callHTTP(ctx, http.MethodGet, id)
 	case "http-post":
 		cause = l.callHTTP(ctx, http.MethodPost, id)
-	}
-	if ctx.Err() != nil {
-		return
 	}
 	l.record(kind, time.Since(start), cause)
 }

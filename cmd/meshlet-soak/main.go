@@ -7,15 +7,17 @@
 //	     ──gRPC (unary, h2c)─────▶ meshlet A upstream soak-grpc ┴─mTLS, HTTP/2─▶ B0, B1, B2: meshlet inbound ─▶ backend
 //
 // Each instance Bi is a backend (HTTP/1.1, h2c and gRPC on one port) with its own meshlet. B0 lives the whole
-// run; B1 and B2 are churned in turn every -churn: taken out of A's static endpoint list (config rewritten, SIGHUP,
-// applied), stopped (SIGTERM), started again in place or replaced on new ports, and put back (SIGHUP). Every
-// -rotate (at least once per run) new leaf certificates are issued with `meshlet certs issue` for both services and
-// every meshlet must load its new one.
+// run; B1 and B2 are churned in turn every -churn, in modes by round (see mesh.churn): taken out of A's static
+// endpoint list (config rewritten, SIGHUP, applied), stopped (SIGTERM), started again in place and put back; the
+// same but replaced on new ports; and, with -unannounced, stopped while A still lists it and started again in
+// place, which A's retries must hide. Every -rotate (at least once per run) new leaf certificates are issued
+// with `meshlet certs issue` for both services, and every meshlet must load its new one.
 //
-// Every -interval it prints requests, errors by cause, p50/p99 latency, each meshlet's RSS (VmRSS) and
-// goroutines; at the end a summary. The exit status is 1 when:
-//   - any request failed: with the order above (out of A before stopping), no failure is expected, so every error
-//     is unexpected, whatever its cause;
+// Every -interval it prints requests, errors by cause, p50/p99 latency, A's retries, each meshlet's RSS (VmRSS)
+// and goroutines; at the end a summary. The exit status is 1 when:
+//   - any request failed, whatever the cause: with an instance taken out of A before it stops, no failure is
+//     possible, and when it stops unannounced meshlet's retries must hide it (only requests that never reached
+//     the app fail there, and those are safe to retry), so no cause is expected;
 //   - a churn, reload or rotation did not complete, or a meshlet exited unexpectedly or uncleanly;
 //   - memory grew without bound (see judgeMemory), or the load fell far behind its rate;
 //   - an instance never served a request.
@@ -31,20 +33,23 @@ import (
 	"io"
 	"os"
 	"os/signal"
+	"path/filepath"
 	"sync"
 	"syscall"
 	"time"
 )
 
 type options struct {
-	meshlet   string
-	duration  time.Duration
-	interval  time.Duration
-	rate      int
-	churn     time.Duration
-	rotate    time.Duration
-	instances int
-	keep      bool
+	meshlet     string
+	duration    time.Duration
+	interval    time.Duration
+	rate        int
+	churn       time.Duration
+	rotate      time.Duration
+	instances   int
+	keep        bool
+	logLevel    string
+	unannounced bool
 }
 
 func main() {
@@ -56,19 +61,21 @@ func parseFlags(args []string, stderr io.Writer) (options, error) {
 	fs := flag.NewFlagSet("meshlet-soak", flag.ContinueOnError)
 	fs.SetOutput(stderr)
 	fs.StringVar(&o.meshlet, "meshlet", "bin/meshlet", "the meshlet binary")
-	fs.DurationVar(&o.duration, "duration", 10*time.Minute, "how long the traffic runs (30s..24h)")
+	fs.DurationVar(&o.duration, "duration", 10*time.Minute, "how long the traffic runs (1m..24h)")
 	fs.DurationVar(&o.interval, "interval", time.Minute, "report interval (5s..duration)")
 	fs.IntVar(&o.rate, "rate", 200, "requests per second in all, half gRPC, half HTTP/1.1 (16..5000)")
 	fs.DurationVar(&o.churn, "churn", 30*time.Second, "how often an instance is churned (5s..)")
 	fs.DurationVar(&o.rotate, "rotate", 2*time.Minute, "how often the certificates rotate (at most duration/2, so at least once)")
 	fs.IntVar(&o.instances, "instances", 3, "server instances (2..5); all but the first are churned")
 	fs.BoolVar(&o.keep, "keep", false, "keep the work directory (configs, certificates, meshlet logs)")
+	fs.BoolVar(&o.unannounced, "unannounced", false, "also stop instances while A still lists them (every third round); see mesh.churn")
+	fs.StringVar(&o.logLevel, "log-level", "info", "the meshlets' log.level (debug logs each failed upstream attempt)")
 	if err := fs.Parse(args); err != nil {
 		return o, err
 	}
 	var errs []error
-	if o.duration < 30*time.Second || o.duration > 24*time.Hour {
-		errs = append(errs, fmt.Errorf("-duration %s: want 30s..24h", o.duration))
+	if o.duration < time.Minute || o.duration > 24*time.Hour {
+		errs = append(errs, fmt.Errorf("-duration %s: want 1m..24h", o.duration))
 	}
 	if o.interval < 5*time.Second || o.interval > o.duration {
 		errs = append(errs, fmt.Errorf("-interval %s: want 5s..duration", o.interval))
@@ -106,6 +113,13 @@ func run(args []string, stdout, stderr io.Writer) int {
 		fmt.Fprintln(stderr, err)
 		return 1
 	}
+	// A copy of the binary, so that a rebuild of bin/meshlet during the run does not change what restarts.
+	if err := copyFile(o.meshlet, filepath.Join(dir, "meshlet"), 0o755); err != nil {
+		fmt.Fprintln(stderr, "copying the meshlet binary:", err)
+		os.RemoveAll(dir)
+		return 1
+	}
+	o.meshlet = filepath.Join(dir, "meshlet")
 	s := &soak{opts: o, out: stdout, dir: dir, start: time.Now()}
 	ok := s.run()
 	if o.keep || !ok {
@@ -162,11 +176,12 @@ func (s *soak) run() bool {
 		"meshlet A and %d instances over mTLS; churn every %s, certificate rotation every %s, report every %s\n",
 		o.duration, o.rate, o.instances, o.churn, o.rotate, o.interval)
 
-	m, err := newMesh(o.meshlet, s.dir, o.instances)
+	m, err := newMesh(o.meshlet, s.dir, o.logLevel, o.instances)
 	if err != nil {
 		s.failures = append(s.failures, err.Error())
 		return s.summary()
 	}
+	m.unannounced = o.unannounced
 	s.mesh = m
 	clean := false
 	defer func() {
@@ -203,6 +218,9 @@ func (s *soak) run() bool {
 		s.addReport(w, true) // the remainder after the last full interval
 	}
 	s.finalA, _ = m.a.metrics()
+	if ctx.Err() != nil && len(s.failures) == 0 {
+		s.failures = append(s.failures, "interrupted")
+	}
 	if ctx.Err() == nil {
 		clean = true
 		for _, err := range m.close(true) {
@@ -270,7 +288,7 @@ func (s *soak) observe(ctx context.Context, end time.Time) {
 }
 
 // sample reads the RSS of every running meshlet and checks that none exited unexpectedly: A always runs, and an
-// instance's sidecar runs while A lists it (the churn takes it out of A before stopping it).
+// instance's sidecar runs unless the churn stopped it.
 func (s *soak) sample() {
 	m := s.mesh
 	m.mu.Lock()
@@ -281,7 +299,7 @@ func (s *soak) sample() {
 	}
 	procs := []entry{{"A", m.a, true}}
 	for _, in := range m.instances {
-		procs = append(procs, entry{in.name, in.proc, in.inA})
+		procs = append(procs, entry{in.name, in.proc, in.inA && !in.down})
 	}
 	m.mu.Unlock()
 	for _, e := range procs {
@@ -306,4 +324,12 @@ func (s *soak) names() []string {
 		out = append(out, in.name)
 	}
 	return out
+}
+
+func copyFile(from, to string, mode os.FileMode) error {
+	b, err := os.ReadFile(from)
+	if err != nil {
+		return err
+	}
+	return os.WriteFile(to, b, mode)
 }

@@ -91,7 +91,8 @@ func (s *soak) addReport(w *window, partial bool) {
 	}
 	fmt.Fprintln(s.out, b.String())
 	for _, c := range slices.Sorted(maps.Keys(w.errors)) {
-		fmt.Fprintf(s.out, "%8s   error %6d× %s\n", "", w.errors[c], c)
+		fmt.Fprintf(s.out, "%8s   error %6d× %s (first at %s, %s)\n", "", w.errors[c], c,
+			w.first[c].Sub(s.start).Round(time.Millisecond), w.first[c].UTC().Format("15:04:05.000"))
 	}
 }
 

@@ -1,0 +1,89 @@
+package main
+
+import (
+	"strings"
+	"testing"
+	"time"
+)
+
+func TestPromTextSum(t *testing.T) {
+	p := promText(`# HELP meshlet_config_reloads_total Config reloads.
+meshlet_config_reloads_total{result="failure"} 1
+meshlet_config_reloads_total{result="success"} 7
+meshlet_config_reloads_total_extra 100
+meshlet_upstream_endpoints{upstream="soak-grpc"} 3
+meshlet_upstream_endpoints{upstream="soak-http"} 2
+go_goroutines 42
+`)
+	for _, c := range []struct {
+		name string
+		want map[string]string
+		sum  float64
+	}{
+		{"meshlet_config_reloads_total", nil, 8},
+		{"meshlet_config_reloads_total", map[string]string{"result": "success"}, 7},
+		{"meshlet_upstream_endpoints", map[string]string{"upstream": "soak-http"}, 2},
+		{"meshlet_upstream_endpoints", map[string]string{"upstream": "soak"}, 0},
+		{"go_goroutines", nil, 42},
+	} {
+		if got := p.sum(c.name, c.want); got != c.sum {
+			t.Errorf("sum(%s, %v) = %v, want %v", c.name, c.want, got, c.sum)
+		}
+	}
+}
+
+// reports builds full intervals with the given RSS (MiB) and goroutines of meshlet A.
+func reports(rss []float64, gor []float64) []report {
+	var out []report
+	for i := range rss {
+		out = append(out, report{w: newWindow(), rss: map[string]int64{"A": int64(rss[i] * mib)}, gor: map[string]float64{"A": gor[i]}})
+	}
+	return out
+}
+
+func TestJudgeMemory(t *testing.T) {
+	flat := []float64{30, 30, 30, 30, 30, 30, 30, 30, 30, 30}
+	for _, c := range []struct {
+		name    string
+		rss     []float64
+		gor     []float64
+		judged  bool
+		problem string // a substring of the only problem; "" for none
+	}{
+		{"too short", []float64{20, 90}, []float64{10, 10}, false, ""},
+		{"flat after a warm-up jump", []float64{10, 30, 31, 30, 32, 31, 30, 31, 30, 31}, flat, true, ""},
+		{"noise", []float64{28, 30, 33, 29, 34, 31, 35, 30, 33, 32}, flat, true, ""},
+		{"slow creep below the trend rule", []float64{30, 30, 30.5, 31, 31.5, 32, 32.5, 33, 33.5, 34}, flat, true, ""},
+		{"big growth", []float64{20, 20, 25, 30, 28, 35, 40, 38, 45, 50}, flat, true, "RSS grew from 20.0 to 50.0"},
+		{"steady leak", []float64{30, 30, 31.5, 33, 34.5, 36, 37.5, 39, 40.5, 42}, flat, true, "rose in every one of 8 intervals"},
+		{"goroutine leak", flat, []float64{40, 40, 60, 80, 100, 120, 140, 160, 180, 200}, true, "goroutines grew from 40 to 200"},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			v, judged := judgeMemory("A", reports(c.rss, c.gor))
+			if judged != c.judged {
+				t.Fatalf("judged = %v, want %v", judged, c.judged)
+			}
+			switch {
+			case c.problem == "" && len(v.problems) > 0:
+				t.Errorf("problems %q, want none", v.problems)
+			case c.problem != "" && (len(v.problems) != 1 || !strings.Contains(v.problems[0], c.problem)):
+				t.Errorf("problems %q, want one containing %q", v.problems, c.problem)
+			}
+		})
+	}
+}
+
+func TestPercentile(t *testing.T) {
+	var d []time.Duration
+	for i := 1; i <= 100; i++ {
+		d = append(d, time.Duration(i)*time.Millisecond)
+	}
+	for p, want := range map[float64]time.Duration{50: 50 * time.Millisecond, 99: 99 * time.Millisecond, 100: 100 * time.Millisecond} {
+		if got := percentile(d, p); got != want {
+			t.Errorf("p%v = %v, want %v", p, got, want)
+		}
+	}
+	if got := percentile(nil, 99); got != 0 {
+		t.Errorf("p99 of nothing = %v, want 0", got)
+	}
+}
