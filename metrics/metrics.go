@@ -43,6 +43,7 @@ type Metrics struct {
 	EjectedEndpoints   *prometheus.GaugeVec   // upstream
 	LimitOverflows     *prometheus.CounterVec // upstream, limit
 	ConnectionsRefused *prometheus.CounterVec // direction, listener: closed at accept beyond max_connections
+	RefusedRequests    *prometheus.CounterVec // direction, reason: refused because of what the client sent
 
 	TLSHandshakeFailures *prometheus.CounterVec // direction, reason
 	TLSPlaintext         prometheus.Counter
@@ -79,6 +80,10 @@ func New(reg *prometheus.Registry, version string) *Metrics {
 			Name: "meshlet_connections_refused_total",
 			Help: "Client connections closed at accept because the listener already had its max_connections open.",
 		}, []string{"direction", "listener"}),
+		RefusedRequests: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "meshlet_refused_requests_total",
+			Help: "Requests meshlet refused because of what the client sent (smuggling shapes, invalid headers, oversized heads, broken or stalled bodies, invalid gRPC framing, oversized gRPC messages, invalid grpc-timeout), by direction and reason.",
+		}, []string{"direction", "reason"}),
 		ReceivedBytes: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "meshlet_received_bytes_total",
 			Help: "Bytes received from clients (request bodies; TCP streams), by direction and upstream.",
@@ -156,6 +161,7 @@ func New(reg *prometheus.Registry, version string) *Metrics {
 	})
 	buildInfo.Set(1)
 	reg.MustRegister(m.Requests, m.RequestDuration, m.RequestsInFlight, m.ConnectionsOpen, m.Connections, m.ConnectionsRefused,
+		m.RefusedRequests,
 		m.ReceivedBytes, m.SentBytes, m.Endpoints, m.UpstreamErrors, m.ConfigReloads, m.Ready, buildInfo,
 		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	for _, r := range []string{"success", "failure"} {

@@ -93,6 +93,12 @@ type ListenerLimits struct {
 	// MaxConnections bounds the client connections open at once on each HTTP listener; a connection beyond it is
 	// closed at accept and counted in meshlet_connections_refused_total.
 	MaxConnections int `yaml:"max_connections" json:"max_connections"`
+	// ReadBodyTimeout ends a request whose body stalls (no byte from the client) for this long: 408, and the
+	// connection is closed. gRPC calls (their deadlines bound them) and upgraded connections are exempt.
+	ReadBodyTimeout time.Duration `yaml:"read_body_timeout" json:"read_body_timeout"`
+	// MaxGRPCMessageBytes bounds one message of a gRPC request (its length prefix); a larger one ends the call
+	// with RESOURCE_EXHAUSTED before it is forwarded.
+	MaxGRPCMessageBytes int `yaml:"max_grpc_message_bytes" json:"max_grpc_message_bytes"`
 }
 
 // Defaults of ListenerLimits.
@@ -102,6 +108,8 @@ const (
 	DefaultIdleTimeout          = 5 * time.Minute
 	DefaultMaxConcurrentStreams = 1000
 	DefaultMaxConnections       = 10000
+	DefaultReadBodyTimeout      = time.Minute // as nginx's client_body_timeout
+	DefaultMaxGRPCMessageBytes  = 4 << 20     // gRPC's own default receive limit
 )
 
 // setDefaults fills the zero fields of l.
@@ -121,6 +129,12 @@ func (l *ListenerLimits) setDefaults() {
 	if l.MaxConnections == 0 {
 		l.MaxConnections = DefaultMaxConnections
 	}
+	if l.ReadBodyTimeout == 0 {
+		l.ReadBodyTimeout = DefaultReadBodyTimeout
+	}
+	if l.MaxGRPCMessageBytes == 0 {
+		l.MaxGRPCMessageBytes = DefaultMaxGRPCMessageBytes
+	}
 }
 
 // validate reports the problems of l under path p.
@@ -139,6 +153,12 @@ func (l *ListenerLimits) validate(p string, add func(string, string, ...any)) {
 	}
 	if l.MaxConnections < 1 || l.MaxConnections > 1<<24 {
 		add(p+".max_connections", "%d must be between 1 and 16777216", l.MaxConnections)
+	}
+	if l.ReadBodyTimeout < 0 {
+		add(p+".read_body_timeout", "must not be negative")
+	}
+	if l.MaxGRPCMessageBytes < 1<<10 || l.MaxGRPCMessageBytes > 1<<32-1 {
+		add(p+".max_grpc_message_bytes", "%d must be between 1024 and 4294967295", l.MaxGRPCMessageBytes)
 	}
 }
 

@@ -141,7 +141,26 @@ func (u *upstream) proxyError(w http.ResponseWriter, r *http.Request, err error)
 	ri := requestInfoFrom(r.Context())
 	grpc := isGRPC(r)
 	var ce *connectError
+	var cf *clientFault
+	if ri != nil && ri.body != nil {
+		// A broken or stalled body may surface as another error (HTTP/1.1: a failed read on the connection
+		// cancels the request), so the body says first.
+		cf = ri.body.fault.Load()
+	}
 	switch {
+	case cf != nil || errors.As(err, &cf):
+		// The client's own input broke the request (counted by the listener's guarded handler).
+		if ri != nil {
+			ri.reason, ri.errMsg = "refused", cf.msg
+		}
+		w.Header().Set("X-Meshlet-Error", cf.reason)
+		if grpc {
+			writeGRPCStatus(w, cf.code, cf.msg)
+		} else {
+			w.Header().Set("Connection", "close")
+			http.Error(w, cf.msg, cf.status)
+		}
+		return
 	case ri != nil && ri.clientCtx.Err() != nil:
 		// The client went away: nothing to answer, nothing to hold against the endpoint.
 		u.obs.errors[reasonCanceled].Inc()
@@ -152,7 +171,7 @@ func (u *upstream) proxyError(w http.ResponseWriter, r *http.Request, err error)
 	case errors.Is(err, ErrNoEndpoint):
 		u.fail(w, r, grpc, http.StatusServiceUnavailable, reasonNoEndpoint,
 			"no endpoint available for upstream "+u.name, ri)
-	case errors.Is(err, context.DeadlineExceeded) || r.Context().Err() == context.DeadlineExceeded:
+	case errors.Is(err, context.DeadlineExceeded) || r.Context().Err() == context.DeadlineExceeded || deadlineNear(r):
 		u.fail(w, r, grpc, http.StatusGatewayTimeout, reasonTimeout, "upstream "+u.name+" timed out", ri)
 	case errors.As(err, &ce):
 		u.fail(w, r, grpc, http.StatusBadGateway, reasonConnect, "upstream "+u.name+": connection to endpoint failed", ri)
@@ -164,6 +183,14 @@ func (u *upstream) proxyError(w http.ResponseWriter, r *http.Request, err error)
 		ri.errMsg = err.Error()
 		u.log.Debug("upstream request failed", "reason", ri.reason, "endpoint", ri.endpoint, "error", err.Error())
 	}
+}
+
+// deadlineNear reports whether the request's deadline is all but reached: an endpoint that resets a call at the
+// deadline meshlet handed it (grpc-timeout) may do so a moment before meshlet's own timer fires, and that is a
+// timeout too.
+func deadlineNear(r *http.Request) bool {
+	dl, ok := r.Context().Deadline()
+	return ok && time.Until(dl) < 20*time.Millisecond
 }
 
 // fail answers a request that meshlet could not proxy: a gRPC status in a trailers-only response for gRPC calls,
@@ -238,12 +265,19 @@ func (w *responseWriter) grpcStatus() int {
 // handler has returned, hence the atomic.
 type countingBody struct {
 	io.ReadCloser
-	n atomic.Int64
+	n     atomic.Int64
+	fault atomic.Pointer[clientFault] // the client broke its body (malformed, stalled): no answer of the endpoint goes back
 }
 
 func (b *countingBody) Read(p []byte) (int, error) {
 	n, err := b.ReadCloser.Read(p)
 	b.n.Add(int64(n))
+	if err != nil && err != io.EOF {
+		var cf *clientFault
+		if errors.As(err, &cf) {
+			b.fault.Store(cf)
+		}
+	}
 	return n, err
 }
 

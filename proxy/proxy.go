@@ -38,12 +38,14 @@ type Options struct {
 // Proxy runs all of meshlet's data-plane listeners for one config. Create it with New, bind with Start, change it
 // with Reload and stop it with Shutdown. Its methods are safe for concurrent use.
 type Proxy struct {
-	log       *slog.Logger
-	m         *metrics.Metrics
-	accessLog *slog.Logger // nil when access logging is off
-	static    *discovery.Static
-	discovery discovery.Source // nil: static endpoints only
-	tls       *tlsState        // nil: no TLS
+	log        *slog.Logger
+	m          *metrics.Metrics
+	accessLog  *slog.Logger // nil when access logging is off
+	refusedLog refusedLog
+	budget     *connBudget // file descriptors for client connections, shared by all listeners
+	static     *discovery.Static
+	discovery  discovery.Source // nil: static endpoints only
+	tls        *tlsState        // nil: no TLS
 
 	baseCtx    context.Context // parent of every request; cancelled when Shutdown gives up waiting
 	cancelBase context.CancelFunc
@@ -94,6 +96,8 @@ func New(cfg Config, opts Options) (*Proxy, error) {
 		p.tls = &tlsState{src: opts.TLS, minVersion: opts.TLSMinVersion, authz: newAuthorizer(cfg.Inbound.TLS.Allow),
 			rules: opts.Authorizer}
 	}
+	p.refusedLog.log = p.log
+	p.budget = newConnBudget(p.log)
 	p.resolveInboundMode(&p.cfg)
 	if opts.AccessLog {
 		p.accessLog = opts.Logger.With("component", "access")
@@ -189,9 +193,7 @@ func (p *Proxy) bind(field, addr, direction, label string, u *upstream, h http.H
 	if direction == metrics.Inbound {
 		lim = p.cfg.Inbound.Limits
 	}
-	if u == nil || u.protocol != ProtocolTCP {
-		ln = newConnLimitListener(ln, lim.MaxConnections, p.m.ConnectionsRefused.WithLabelValues(direction, label))
-	}
+	ln = newConnLimitListener(ln, lim.MaxConnections, p.budget, p.m.ConnectionsRefused.WithLabelValues(direction, label))
 	if direction == metrics.Inbound {
 		if ln, err = p.secureInbound(ln, p.cfg.Inbound.TLS.Mode); err != nil {
 			return nil, err

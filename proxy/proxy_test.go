@@ -215,11 +215,19 @@ func TestProxyReload(t *testing.T) {
 	if s := get("http://"+p.Addrs()["outbound"], "billing"); s != 200 {
 		t.Fatalf("added upstream: %d", s)
 	}
+	// The endpoint counts a request when its response body has been copied, which may be just after the client
+	// read it all.
 	var api UpstreamInfo
-	for _, u := range p.Upstreams() {
-		if u.Name == "api" {
-			api = u
+	for range 200 {
+		for _, u := range p.Upstreams() {
+			if u.Name == "api" {
+				api = u
+			}
 		}
+		if len(api.Endpoints) == 1 && api.Endpoints[0].Requests == 1 {
+			break
+		}
+		time.Sleep(10 * time.Millisecond)
 	}
 	if len(api.Endpoints) != 1 || api.Endpoints[0].Address != addr(b) || api.Endpoints[0].Requests != 1 {
 		t.Fatalf("api after reload: %+v (before: %+v)", api, before)

@@ -8,7 +8,6 @@ import (
 	"net"
 	"net/http"
 	"strings"
-	"sync"
 	"time"
 
 	"google.golang.org/grpc/codes"
@@ -45,8 +44,10 @@ type httpListener struct {
 func (p *Proxy) newHTTPListener(ln net.Listener, direction, label string, lim ListenerLimits, h http.Handler) *httpListener {
 	open := p.m.ConnectionsOpen.WithLabelValues(direction, label)
 	total := p.m.Connections.WithLabelValues(direction, label)
+	ln = &guardListener{Listener: ln, maxHead: lim.MaxHeaderBytes}
 	srv := &http.Server{
-		Handler:           h,
+		Handler:           p.guarded(direction, label, lim, h),
+		ConnContext:       guardContext,
 		ReadHeaderTimeout: lim.ReadHeaderTimeout,
 		IdleTimeout:       lim.IdleTimeout,
 		MaxHeaderBytes:    lim.MaxHeaderBytes,
@@ -68,48 +69,6 @@ func (p *Proxy) newHTTPListener(ln net.Listener, direction, label string, lim Li
 	srv.Protocols.SetUnencryptedHTTP2(true)
 	srv.Protocols.SetHTTP2(true) // over the mutual TLS connections the inbound listener hands over (ALPN h2)
 	return &httpListener{ln: ln, srv: srv, log: p.log}
-}
-
-// connLimitListener accepts at most cap(slots) connections open at once; one beyond that is closed at accept and
-// counted in refused.
-type connLimitListener struct {
-	net.Listener
-	slots   chan struct{}
-	refused interface{ Inc() }
-}
-
-func newConnLimitListener(ln net.Listener, max int, refused interface{ Inc() }) *connLimitListener {
-	return &connLimitListener{Listener: ln, slots: make(chan struct{}, max), refused: refused}
-}
-
-// Accept returns the next connection that fits under the limit; it closes the others as they come.
-func (l *connLimitListener) Accept() (net.Conn, error) {
-	for {
-		c, err := l.Listener.Accept()
-		if err != nil {
-			return nil, err
-		}
-		select {
-		case l.slots <- struct{}{}:
-			return &limitedConn{Conn: c, slots: l.slots}, nil
-		default:
-			l.refused.Inc()
-			c.Close()
-		}
-	}
-}
-
-// limitedConn gives its slot back when closed (once, however often Close is called).
-type limitedConn struct {
-	net.Conn
-	once  sync.Once
-	slots chan struct{}
-}
-
-func (c *limitedConn) Close() error {
-	err := c.Conn.Close()
-	c.once.Do(func() { <-c.slots })
-	return err
 }
 
 func (l *httpListener) serve() {

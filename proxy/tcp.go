@@ -136,7 +136,8 @@ func (t *tcpProxy) handle(client net.Conn) {
 func pipe(dst, src net.Conn) int64 {
 	buf := copyBuffers.Get()
 	defer copyBuffers.Put(buf)
-	n, err := io.CopyBuffer(dst, src, buf)
+	// The limit's wrapper is looked through, so that a copy between two TCP connections can splice.
+	n, err := io.CopyBuffer(unlimited(dst), unlimited(src), buf)
 	cw, ok := dst.(interface{ CloseWrite() error })
 	if err != nil || !ok {
 		dst.Close()

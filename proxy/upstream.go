@@ -246,7 +246,16 @@ func (u *upstream) choose(ri *requestInfo) (*endpointState, func(error), error) 
 // end of the stream, and a client that gets HEADERS without END_STREAM and then an empty DATA frame sees no
 // status ("server closed the stream without sending trailers"). A known length of 0 lets the headers and the end
 // of the stream go out together. Statuses in headers are only legal in trailers-only responses.
+//
+// It also drops the endpoint's answer to a request whose body the client broke (malformed, stalled): the endpoint
+// answered a truncated request, and the client gets meshlet's answer instead (proxyError).
 func keepTrailersOnly(resp *http.Response) error {
+	if ri := requestInfoFrom(resp.Request.Context()); ri != nil && ri.body != nil {
+		if f := ri.body.fault.Load(); f != nil {
+			resp.Body.Close()
+			return f
+		}
+	}
 	if resp.ContentLength == -1 && resp.Header.Get("Grpc-Status") != "" && isGRPC(resp.Request) {
 		resp.ContentLength = 0
 	}

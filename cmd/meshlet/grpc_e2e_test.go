@@ -1250,10 +1250,12 @@ func TestGRPCMeshletErrors(t *testing.T) {
 			t.Errorf("unknown authority: meshlet_requests_total%v = %v, want 2; have:%s", unimpl, got,
 				grpcMetricLines(t, m.a, "meshlet_requests_total"))
 		}
+		// The slow upstream is not checked here: meshlet hands the app its deadline (grpc-timeout), and the app
+		// may answer DEADLINE_EXCEEDED itself a moment before meshlet's timer fires; the client gets
+		// DeadlineExceeded either way (checked above).
 		errs := []map[string]string{
 			{"direction": "outbound", "upstream": "empty", "reason": "no_endpoint"},
 			{"direction": "outbound", "upstream": "refused", "reason": "connect"},
-			{"direction": "outbound", "upstream": "slow", "reason": "timeout"},
 		}
 		for _, l := range errs {
 			if got := grpcWaitMetric(t, m.a, "meshlet_upstream_errors_total", l, 1); got < 1 {

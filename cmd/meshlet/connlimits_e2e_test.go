@@ -1,0 +1,199 @@
+package main_test
+
+// Connection limits of TCP passthrough listeners, and a meshlet that runs out of file descriptors: it refuses new
+// client connections (counted, logged) instead of failing, and its admin listener keeps answering.
+
+import (
+	"bufio"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+)
+
+func TestTCPListenerMaxConnections(t *testing.T) {
+	echo := startTCPServer(t, func(c *net.TCPConn) { io.Copy(c, c) })
+	db, admin := freeAddr(t), freeAddr(t)
+	m := startMeshlet(t, admin, fmt.Sprintf(`service: {name: web}
+outbound:
+  limits: {max_connections: 3}
+upstreams:
+  - {name: db, listen: %s, protocol: tcp, endpoints: [%s]}
+admin: {listen: %s}
+shutdown: {drain_delay: 0s, drain_timeout: 5s}
+`, db, echo, admin))
+	labels := map[string]string{"direction": "outbound", "listener": "db"}
+	roundTrip := func(c net.Conn, msg string) error {
+		c.SetDeadline(time.Now().Add(5 * time.Second))
+		if _, err := io.WriteString(c, msg); err != nil {
+			return err
+		}
+		buf := make([]byte, len(msg))
+		if _, err := io.ReadFull(c, buf); err != nil {
+			return err
+		}
+		if string(buf) != msg {
+			return fmt.Errorf("echo %q, want %q", buf, msg)
+		}
+		return nil
+	}
+	dial := func() net.Conn {
+		c, err := net.DialTimeout("tcp", db, 5*time.Second)
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { c.Close() })
+		return c
+	}
+	var held []net.Conn
+	for i := range 3 {
+		c := dial()
+		if err := roundTrip(c, fmt.Sprintf("hello %d", i)); err != nil {
+			t.Fatalf("connection %d within the limit: %v", i, err)
+		}
+		held = append(held, c)
+	}
+	if err := roundTrip(dial(), "fourth"); err == nil {
+		t.Fatal("a fourth connection was served beyond max_connections 3")
+	}
+	if v := m.metricSum(t, "meshlet_connections_refused_total", labels); v < 1 {
+		t.Errorf("meshlet_connections_refused_total%v = %v, want >= 1", labels, v)
+	}
+	held[0].Close()
+	eventually(t, 5*time.Second, "a slot frees when a connection closes", func() bool {
+		return roundTrip(dial(), "again") == nil
+	})
+	for i, c := range held[1:] {
+		if err := roundTrip(c, "still"); err != nil {
+			t.Errorf("held connection %d: %v", i+1, err)
+		}
+	}
+}
+
+// TestFileDescriptorExhaustion runs meshlet with 256 open files (ulimit -n) and opens 200 client connections: it
+// must keep the ones its budget holds working, refuse the rest at accept (counted and logged), keep /live, /ready
+// and /metrics answering, and serve new connections again once the clients close theirs.
+func TestFileDescriptorExhaustion(t *testing.T) {
+	app := startBackend(t, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		fmt.Fprintf(w, "ok %s", r.URL.Path)
+	}), false, nil)
+	api, admin := freeAddr(t), freeAddr(t)
+	config := fmt.Sprintf(`service: {name: web}
+upstreams:
+  - {name: api, listen: %s, peer: app, endpoints: [%s]}
+admin: {listen: %s}
+shutdown: {drain_delay: 0s, drain_timeout: 5s}
+`, api, hostOf(app), admin)
+	path := filepath.Join(t.TempDir(), "meshlet.yaml")
+	if err := os.WriteFile(path, []byte(config), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	// ulimit -n sets the soft and the hard limit, so Go's raise of the soft limit at start cannot undo it.
+	m := &meshletProc{configPath: path, admin: admin, stderr: &syncBuffer{}, done: make(chan struct{})}
+	m.cmd = exec.Command("/bin/sh", "-c", `ulimit -n 256 && exec "$0" "$@"`, meshletBin, "run", "-config", path)
+	m.cmd.Stderr, m.cmd.Stdout = m.stderr, m.stderr
+	if err := m.cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	go func() { m.exitErr = m.cmd.Wait(); close(m.done) }()
+	t.Cleanup(func() {
+		m.cmd.Process.Signal(syscall.SIGKILL)
+		<-m.done
+		if t.Failed() {
+			t.Logf("meshlet stderr:\n%s", m.stderr.String())
+		}
+	})
+	if err := m.waitReady(15 * time.Second); err != nil {
+		t.Fatalf("not ready: %v\n%s", err, m.stderr.String())
+	}
+	limits, err := os.ReadFile(fmt.Sprintf("/proc/%d/limits", m.cmd.Process.Pid))
+	if err != nil || !strings.Contains(string(limits), "Max open files            256                  256") {
+		t.Fatalf("meshlet's open-file limit is not 256:\n%s%v", limits, err)
+	}
+
+	const clients = 200
+	conns := make([]net.Conn, 0, clients)
+	defer func() {
+		for _, c := range conns {
+			c.Close()
+		}
+	}()
+	for range clients {
+		c, err := net.DialTimeout("tcp", api, 5*time.Second)
+		if err != nil {
+			t.Fatalf("dial: %v", err) // the kernel completes the handshake whatever meshlet does
+		}
+		conns = append(conns, c)
+	}
+	// Each connection either is served (a request on it gets 200) or was closed at accept.
+	var mu sync.Mutex
+	served, refused := 0, 0
+	var wg sync.WaitGroup
+	for _, c := range conns {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			c.SetDeadline(time.Now().Add(10 * time.Second))
+			io.WriteString(c, "GET /held HTTP/1.1\r\nHost: api\r\n\r\n")
+			resp, err := http.ReadResponse(bufio.NewReader(c), nil)
+			mu.Lock()
+			defer mu.Unlock()
+			var ne net.Error
+			switch {
+			case err == nil && resp.StatusCode == http.StatusOK:
+				served++
+			case errors.As(err, &ne) && ne.Timeout():
+				t.Errorf("a connection hung: neither served nor refused")
+			case err != nil:
+				refused++
+			default:
+				t.Errorf("a connection got %d", resp.StatusCode)
+			}
+		}()
+	}
+	wg.Wait()
+	t.Logf("%d connections served, %d refused (budget (256-128)/2 = 64)", served, refused)
+	if served < 32 || served > 64 || refused < clients-64 {
+		t.Errorf("served %d and refused %d of %d, want the budget of 64 served and the rest refused", served, refused, clients)
+	}
+	for _, p := range []string{"/live", "/ready", "/metrics"} {
+		if code, _ := m.adminGet(t, p); code != http.StatusOK {
+			t.Errorf("admin %s: %d while client connections are refused", p, code)
+		}
+	}
+	labels := map[string]string{"direction": "outbound", "listener": "api"}
+	if v := m.metricSum(t, "meshlet_connections_refused_total", labels); v < float64(clients-64) {
+		t.Errorf("meshlet_connections_refused_total = %v, want >= %d", v, clients-64)
+	}
+	if !strings.Contains(m.stderr.String(), "file-descriptor budget of client connections is full") {
+		t.Error("no warning about the file-descriptor budget in the log")
+	}
+	for _, c := range conns {
+		c.Close()
+	}
+	eventually(t, 10*time.Second, "new connections served after the clients closed theirs", func() bool {
+		c, err := net.DialTimeout("tcp", api, 5*time.Second)
+		if err != nil {
+			return false
+		}
+		defer c.Close()
+		c.SetDeadline(time.Now().Add(5 * time.Second))
+		io.WriteString(c, "GET /after HTTP/1.1\r\nHost: api\r\n\r\n")
+		resp, err := http.ReadResponse(bufio.NewReader(c), nil)
+		return err == nil && resp.StatusCode == http.StatusOK
+	})
+	select {
+	case <-m.done:
+		t.Fatalf("meshlet exited: %v", m.exitErr)
+	default:
+	}
+}

@@ -1,0 +1,183 @@
+package proxy
+
+import (
+	"bytes"
+	"errors"
+	"io"
+	"net"
+	"strings"
+	"testing"
+)
+
+// chunkConn serves data in reads of at most k bytes, then EOF.
+type chunkConn struct {
+	net.Conn
+	data []byte
+	k    int
+}
+
+func (c *chunkConn) Read(p []byte) (int, error) {
+	if len(c.data) == 0 {
+		return 0, io.EOF
+	}
+	n := min(c.k, len(p), len(c.data))
+	copy(p, c.data[:n])
+	c.data = c.data[n:]
+	return n, nil
+}
+
+// runGuard passes in through a guard in reads of k bytes (net/http's reads are 4 KiB, or 1 byte for its
+// background read; p alternates to cover both) and returns what came out, the rejection and the final error.
+func runGuard(in []byte, k, maxHead int) (out []byte, rej *rejection, err error) {
+	out, g, err := runGuardConn(in, k, maxHead)
+	return out, g.rejected, err
+}
+
+func runGuardConn(in []byte, k, maxHead int) (out []byte, g *guardConn, err error) {
+	g = &guardConn{Conn: &chunkConn{data: in, k: k}, maxHead: maxHead}
+	p := make([]byte, 4096)
+	for i := 0; i < 1<<20; i++ {
+		q := p
+		if i%3 == 2 {
+			q = p[:1]
+		}
+		n, e := g.Read(q)
+		out = append(out, q[:n]...)
+		if e != nil {
+			err = e
+			break
+		}
+	}
+	return out, g, err
+}
+
+func TestGuardPassesValidStreams(t *testing.T) {
+	for name, in := range map[string]string{
+		"get":                  "GET / HTTP/1.1\r\nHost: a\r\n\r\n",
+		"pipelined":            "GET /1 HTTP/1.1\r\nHost: a\r\n\r\nGET /2 HTTP/1.1\r\nHost: a\r\n\r\n",
+		"content-length":       "POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 11\r\n\r\nhello\r\n\r\nxyGET /n HTTP/1.1\r\nHost: a\r\n\r\n",
+		"chunked":              "POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: Chunked\r\n\r\n5\r\nhello\r\nA;ext=\"v\"\r\n0123456789\r\n0\r\n\r\nGET /n HTTP/1.1\r\nHost: a\r\n\r\n",
+		"chunk body with CRLF": "POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n4\r\n\r\n\r\n\r\n0\r\n\r\n",
+		"trailers":             "POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\nTrailer: X-T\r\n\r\n1\r\nx\r\n0\r\nX-T: v\r\nX-U: w\r\n\r\nGET /n HTTP/1.1\r\nHost: a\r\n\r\n",
+		"http/1.0":             "GET / HTTP/1.0\r\n\r\n",
+		"obs-text value":       "GET / HTTP/1.1\r\nHost: a\r\nX-A: caf\xc3\xa9\t x\r\n\r\n",
+		"h2 preface":           "PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\x00\x00\x00\x04\x00\x00\x00\x00\x00GET / HTTP/1.1\r\nContent-Length: 1\r\nTransfer-Encoding: chunked\r\n\r\n",
+		"upgrade":              "GET /ws HTTP/1.1\r\nHost: a\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\n\x81\x05hello\r\n\n\r",
+		"empty header value":   "GET / HTTP/1.1\r\nHost: a\r\nX-Empty:\r\n\r\n",
+	} {
+		for k := 1; k <= len(in); k++ {
+			out, rej, err := runGuard([]byte(in), k, 1024)
+			if rej != nil || !errors.Is(err, io.EOF) || string(out) != in {
+				t.Fatalf("%s, reads of %d: rejection %+v, error %v, out %q", name, k, rej, err, out)
+			}
+		}
+	}
+}
+
+func TestGuardRefuses(t *testing.T) {
+	for _, tc := range []struct {
+		name, in, prefix, reason string
+		status                   int
+	}{
+		{"cl and te", "POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 5\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n", "", malformedCLAndTE, 400},
+		{"te and cl", "POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\nContent-length: 0\r\n\r\n", "", malformedCLAndTE, 400},
+		{"two equal cl", "POST / HTTP/1.1\r\nContent-Length: 1\r\nContent-Length: 1\r\n\r\nx", "", malformedMultipleCL, 400},
+		{"cl sign", "POST / HTTP/1.1\r\nContent-Length: +1\r\n\r\nx", "", malformedCL, 400},
+		{"cl empty", "POST / HTTP/1.1\r\nContent-Length: \r\n\r\n", "", malformedCL, 400},
+		{"cl huge", "POST / HTTP/1.1\r\nContent-Length: 99999999999999999999\r\n\r\n", "", malformedCL, 400},
+		{"te gzip", "POST / HTTP/1.1\r\nTransfer-Encoding: gzip, chunked\r\n\r\n", "", malformedTE, 501},
+		{"two te", "POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\nTransfer-Encoding: chunked\r\n\r\n", "", malformedTE, 501},
+		{"te on 1.0", "POST / HTTP/1.0\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n", "", malformedTE, 400},
+		{"obs-fold", "GET / HTTP/1.1\r\nX-A: a\r\n b\r\n\r\n", "", malformedObsFold, 400},
+		{"bare lf", "GET / HTTP/1.1\nHost: a\n\n", "", malformedLineEnd, 400},
+		{"bare lf end", "GET / HTTP/1.1\r\nHost: a\r\n\n", "", malformedLineEnd, 400},
+		{"bare cr", "GET / HTTP/1.1\r\nX-A: a\rb\r\n\r\n", "", malformedLineEnd, 400},
+		{"bare cr unterminated", "GET / HTTP/1.1\r\nX-A: a\rbbbb", "", malformedLineEnd, 400},
+		{"space in name", "GET / HTTP/1.1\r\nX A: b\r\n\r\n", "", malformedHeaderName, 400},
+		{"space before colon", "GET / HTTP/1.1\r\nX-A : b\r\n\r\n", "", malformedHeaderName, 400},
+		{"no colon", "GET / HTTP/1.1\r\nX-A\r\n\r\n", "", malformedHeaderName, 400},
+		{"empty name", "GET / HTTP/1.1\r\n: b\r\n\r\n", "", malformedHeaderName, 400},
+		{"nul in value", "GET / HTTP/1.1\r\nX-A: a\x00b\r\n\r\n", "", malformedHeaderValue, 400},
+		{"del in value", "GET / HTTP/1.1\r\nX-A: a\x7fb\r\n\r\n", "", malformedHeaderValue, 400},
+		{"request line", "GET /\r\n\r\n", "", malformedRequestLine, 400},
+		{"empty line first", "\r\nGET / HTTP/1.1\r\n\r\n", "", malformedRequestLine, 400},
+		{"space in target", "GET /a b HTTP/1.1\r\n\r\n", "", malformedRequestLine, 400},
+		{"version", "GET / HTTP/1.2\r\n\r\n", "", malformedVersion, 505},
+		{"too large", "GET /" + strings.Repeat("a", 2000) + " HTTP/1.1\r\n\r\n", "", malformedHeadTooLarge, 431},
+		{"too large, no end", "GET / HTTP/1.1\r\nX-A: " + strings.Repeat("a", 2000), "", malformedHeadTooLarge, 431},
+		{"second request bad", "GET /1 HTTP/1.1\r\nHost: a\r\n\r\nPOST /2 HTTP/1.1\r\nContent-Length: 1\r\nTransfer-Encoding: chunked\r\n\r\n",
+			"GET /1 HTTP/1.1\r\nHost: a\r\n\r\n", malformedCLAndTE, 400},
+		{"after a body", "POST /1 HTTP/1.1\r\nContent-Length: 3\r\n\r\nabcGET / HTTP/1.1\r\nX-A: a\r\n\tb\r\n\r\n",
+			"POST /1 HTTP/1.1\r\nContent-Length: 3\r\n\r\nabc", malformedObsFold, 400},
+	} {
+		for k := 1; k <= len(tc.in); k++ {
+			out, rej, err := runGuard([]byte(tc.in), k, 1024)
+			want := tc.prefix + "GET " + rejectedPath + " HTTP/1.1\r\nHost: meshlet\r\nConnection: close\r\n\r\n"
+			if rej == nil || rej.reason != tc.reason || rej.status != tc.status || string(out) != want || !errors.Is(err, io.EOF) {
+				t.Fatalf("%s, reads of %d: rejection %+v, error %v, out %q", tc.name, k, rej, err, out)
+			}
+		}
+	}
+}
+
+func TestGuardBrokenChunkedBody(t *testing.T) {
+	head := "POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n"
+	for name, body := range map[string]string{
+		"not hex":          "zz\r\nhi\r\n0\r\n\r\n",
+		"no digits":        ";ext\r\n",
+		"too many digits":  "1000000000000000\r\n",
+		"bare lf":          "2\nhi\r\n0\r\n\r\n",
+		"data overrun":     "2\r\nhiXX\r\n",
+		"bare cr":          "2\rhi",
+		"trailer bad name": "0\r\nX Y: z\r\n\r\n",
+		"trailer fold":     "0\r\nX-Y: z\r\n  w\r\n\r\n",
+		"long chunk line":  "1;" + strings.Repeat("e", 5000) + "\r\n",
+		"ctl in extension": "1;a\x01b\r\nx\r\n0\r\n\r\n",
+	} {
+		for k := 1; k <= len(head)+len(body); k++ {
+			out, g, err := runGuardConn([]byte(head+body), k, 1024)
+			if g.rejected != nil || !g.broken || !errors.Is(err, errMalformedBody) {
+				t.Fatalf("%s, reads of %d: rejection %+v, error %v", name, k, g.rejected, err)
+			}
+			if !bytes.HasPrefix([]byte(head+body), out) {
+				t.Fatalf("%s, reads of %d: out %q is not a prefix of the input", name, k, out)
+			}
+		}
+	}
+}
+
+// FuzzH1Guard: whatever the bytes and however they are split, the guard either hands on exactly what it read or
+// a prefix of it followed by the synthetic request (refused head) or an error (broken body), and never panics.
+func FuzzH1Guard(f *testing.F) {
+	f.Add([]byte("POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\nX: y\r\n\r\nGET / HTTP/1.1\r\n\r\n"), 3)
+	f.Add([]byte("POST / HTTP/1.1\r\nContent-Length: 3\r\n\r\nabcGET / HTTP/1.1\r\nContent-Length: 1\r\nTransfer-Encoding: chunked\r\n\r\n"), 7)
+	f.Add([]byte("GET / HTTP/1.1\r\nUpgrade: x\r\n\r\n\x00\x01"), 1)
+	f.Add([]byte("PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"), 5)
+	f.Fuzz(func(t *testing.T, in []byte, k int) {
+		if k <= 0 || k > 1<<12 {
+			k = 1 + len(in)%13
+		}
+		out, g, err := runGuardConn(in, k, 512)
+		rej := g.rejected
+		if rej != nil && g.broken {
+			t.Fatal("both a refused head and a broken body")
+		}
+		synthetic := "GET " + rejectedPath + " HTTP/1.1\r\nHost: meshlet\r\nConnection: close\r\n\r\n"
+		switch {
+		case rej == nil && !g.broken:
+			// All of it, or all but a head that the connection's end cut short.
+			cut := g.state == gHead && g.buffered() && len(out)+len(*g.in) == len(in)
+			if !bytes.HasPrefix(in, out) || len(out) < len(in) && !cut || !errors.Is(err, io.EOF) {
+				t.Fatalf("passed %q with %v, want all of %q", out, err, in)
+			}
+		case g.broken:
+			if !errors.Is(err, errMalformedBody) || !bytes.HasPrefix(in, out) {
+				t.Fatalf("broken body: out %q is not a prefix of %q", out, in)
+			}
+		default:
+			if !bytes.HasSuffix(out, []byte(synthetic)) || !bytes.HasPrefix(in, out[:len(out)-len(synthetic)]) {
+				t.Fatalf("refused (%s): out %q", rej.reason, out)
+			}
+		}
+	})
+}

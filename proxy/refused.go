@@ -1,0 +1,211 @@
+package proxy
+
+import (
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net/http"
+	"os"
+	"sync/atomic"
+	"time"
+
+	"google.golang.org/grpc/codes"
+)
+
+// Reasons of meshlet_refused_requests_total beyond the HTTP/1.1 guard's.
+const (
+	refusedBodyTimeout  = "body_read_timeout"
+	refusedGRPCTimeout  = "invalid_grpc_timeout"
+	refusedGRPCFrame    = "invalid_grpc_frame"
+	refusedGRPCTooLarge = "grpc_message_too_large"
+)
+
+// clientFault is a request that broke because of what its client sent (a broken or stalled body, an invalid gRPC
+// message): the answer is the client's status, and the round trip counts neither for nor against the endpoint
+// and is not retried (resilience.ClassifyError takes it as the client's doing).
+type clientFault struct {
+	reason string
+	status int        // HTTP answer
+	code   codes.Code // gRPC answer
+	msg    string
+}
+
+func (e *clientFault) Error() string     { return e.msg }
+func (e *clientFault) ClientFault() bool { return true }
+
+// errMalformedBody ends the body of a request whose chunked framing is broken; the connection is not reused.
+var errMalformedBody error = &clientFault{reason: malformedChunk, status: http.StatusBadRequest, code: codes.Internal,
+	msg: "meshlet: malformed chunked request body"}
+
+// refusedLog logs refused requests, at most one line per second: a client that sends nothing but bad requests
+// must not flood the log. The lines in between are counted, and every one is in meshlet_refused_requests_total.
+type refusedLog struct {
+	log        *slog.Logger
+	last       atomic.Int64 // unix second of the last line
+	suppressed atomic.Int64
+}
+
+func (l *refusedLog) refused(direction, listener, remote, reason string, status int) {
+	now := time.Now().Unix()
+	last := l.last.Load()
+	if last == now || !l.last.CompareAndSwap(last, now) {
+		l.suppressed.Add(1)
+		return
+	}
+	l.log.Info("request refused", "direction", direction, "listener", listener, "remote", remote,
+		"reason", reason, "status", status, "suppressed_since_last", l.suppressed.Swap(0))
+}
+
+// countRefused counts and logs a refused request.
+func (p *Proxy) countRefused(r *http.Request, direction, listener, reason string, status int) {
+	p.m.RefusedRequests.WithLabelValues(direction, reason).Inc()
+	p.refusedLog.refused(direction, listener, r.RemoteAddr, reason, status)
+}
+
+// guarded wraps the handler of an HTTP listener with the checks of the client's input: it answers the requests
+// the HTTP/1.1 guard refused, closes the connection after an upgrade that does not happen, refuses an invalid
+// grpc-timeout, and bounds request bodies (stall timeout, gRPC message size); each refusal is counted.
+func (p *Proxy) guarded(direction, listener string, lim ListenerLimits, h http.Handler) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		g := guardOf(r)
+		if g != nil {
+			if rej := g.rejectionFor(r); rej != nil {
+				p.countRefused(r, direction, listener, rej.reason, rej.status)
+				w.Header().Set("Connection", "close")
+				w.Header().Set("X-Meshlet-Error", "malformed_request")
+				http.Error(w, fmt.Sprintf("meshlet: malformed request (%s)", rej.reason), rej.status)
+				return
+			}
+		}
+		var faulted interface{ fault() *clientFault }
+		switch {
+		case isGRPC(r):
+			if v := r.Header.Get("Grpc-Timeout"); v != "" {
+				if _, ok := parseGRPCTimeout(v); !ok {
+					p.countRefused(r, direction, listener, refusedGRPCTimeout, http.StatusOK)
+					w.Header().Set("X-Meshlet-Error", "malformed_request")
+					writeGRPCStatus(w, codes.Internal, fmt.Sprintf("meshlet: malformed grpc-timeout %q", v))
+					return
+				}
+			}
+			if r.Body != nil && r.Body != http.NoBody {
+				f := &grpcFrames{ReadCloser: r.Body, limit: uint32(lim.MaxGRPCMessageBytes)}
+				r, faulted = withBody(r, f), f
+			}
+		case r.ProtoMajor == 1 && r.Header.Get("Upgrade") != "":
+			if g != nil {
+				w = &closeUnlessSwitching{ResponseWriter: w}
+			}
+		case r.Method != http.MethodConnect && r.Body != nil && r.Body != http.NoBody && lim.ReadBodyTimeout > 0:
+			b := &stallBody{ReadCloser: r.Body, rc: http.NewResponseController(w), d: lim.ReadBodyTimeout}
+			r, faulted = withBody(r, b), b
+		}
+		h.ServeHTTP(w, r)
+		if faulted != nil {
+			if f := faulted.fault(); f != nil {
+				p.countRefused(r, direction, listener, f.reason, f.status)
+			}
+		}
+		if g != nil {
+			if g.brokenBody() {
+				p.countRefused(r, direction, listener, malformedChunk, http.StatusBadRequest)
+			}
+		}
+	})
+}
+
+// withBody returns a shallow copy of r with body b. The server's own request keeps its body: net/http looks at it
+// after the handler (e.g. to close a connection whose Expect: 100-continue body was never read).
+func withBody(r *http.Request, b io.ReadCloser) *http.Request {
+	r2 := r.WithContext(r.Context())
+	r2.Body = b
+	return r2
+}
+
+// stallBody ends a request body that sends nothing for d: each read gets a deadline (the connection's for
+// HTTP/1.1, the stream's for HTTP/2), cleared at the end of the body.
+type stallBody struct {
+	io.ReadCloser
+	rc  *http.ResponseController
+	d   time.Duration
+	err *clientFault
+}
+
+func (b *stallBody) Read(p []byte) (int, error) {
+	if b.err != nil {
+		return 0, b.err
+	}
+	_ = b.rc.SetReadDeadline(time.Now().Add(b.d))
+	n, err := b.ReadCloser.Read(p)
+	switch {
+	case err == nil:
+	case errors.Is(err, os.ErrDeadlineExceeded):
+		b.err = &clientFault{reason: refusedBodyTimeout, status: http.StatusRequestTimeout, code: codes.Canceled,
+			msg: fmt.Sprintf("meshlet: the request body stalled for %s (read_body_timeout)", b.d)}
+		return n, b.err
+	default:
+		// The end of the body (or of the connection): no deadline may outlive it, or it would end the
+		// connection's next read.
+		_ = b.rc.SetReadDeadline(time.Time{})
+	}
+	return n, err
+}
+
+func (b *stallBody) fault() *clientFault { return b.err }
+
+// grpcFrames checks the length-prefixed messages of a gRPC request body as they stream through: a compressed
+// flag other than 0 or 1, a message longer than limit, or a body that ends inside a message ends the call.
+type grpcFrames struct {
+	io.ReadCloser
+	limit  uint32
+	prefix [5]byte
+	have   int    // bytes of the current prefix seen
+	left   uint64 // bytes left of the current message
+	err    *clientFault
+}
+
+func (f *grpcFrames) Read(p []byte) (int, error) {
+	if f.err != nil {
+		return 0, f.err
+	}
+	n, err := f.ReadCloser.Read(p)
+	for b := p[:n]; len(b) > 0; {
+		if f.left > 0 {
+			k := min(f.left, uint64(len(b)))
+			f.left -= k
+			b = b[k:]
+			continue
+		}
+		k := copy(f.prefix[f.have:], b)
+		f.have += k
+		b = b[k:]
+		if f.have < len(f.prefix) {
+			break
+		}
+		f.have = 0
+		size := binary.BigEndian.Uint32(f.prefix[1:])
+		switch {
+		case f.prefix[0] > 1:
+			f.err = &clientFault{reason: refusedGRPCFrame, status: http.StatusBadRequest, code: codes.Internal,
+				msg: fmt.Sprintf("meshlet: invalid gRPC message prefix (compressed flag %d)", f.prefix[0])}
+		case size > f.limit:
+			f.err = &clientFault{reason: refusedGRPCTooLarge, status: http.StatusRequestEntityTooLarge,
+				code: codes.ResourceExhausted, msg: fmt.Sprintf("meshlet: gRPC message of %d bytes is larger "+
+					"than the limit of %d bytes (max_grpc_message_bytes)", size, f.limit)}
+		}
+		if f.err != nil {
+			return 0, f.err
+		}
+		f.left = uint64(size)
+	}
+	if errors.Is(err, io.EOF) && (f.have > 0 || f.left > 0) {
+		f.err = &clientFault{reason: refusedGRPCFrame, status: http.StatusBadRequest, code: codes.Internal,
+			msg: "meshlet: the gRPC request body ends inside a message"}
+		return 0, f.err
+	}
+	return n, err
+}
+
+func (f *grpcFrames) fault() *clientFault { return f.err }
