@@ -93,6 +93,13 @@ func (u *upstream) serveHTTP(w http.ResponseWriter, r *http.Request, alog *slog.
 		u.fail(rw, r, grpc, http.StatusMethodNotAllowed, reasonOther, "CONNECT is not supported", ri)
 		return
 	}
+	if !validTarget(r.URL.RawQuery) || !validTarget(r.URL.Opaque) {
+		// An HTTP/2 :path may carry a space or a control byte in its query, which an HTTP/1.1 request line
+		// cannot: forwarded as is, it would split the line at the endpoint.
+		u.m.RefusedRequests.WithLabelValues(u.direction, refusedTarget).Inc()
+		u.fail(rw, r, grpc, http.StatusBadRequest, reasonOther, "invalid byte in the request target", ri)
+		return
+	}
 	if u.direction == metrics.Inbound && !u.authorizeRequest(rw, r, grpc, ri) {
 		return
 	}
@@ -112,13 +119,14 @@ func (u *upstream) serveHTTP(w http.ResponseWriter, r *http.Request, alog *slog.
 	defer release()
 	cfg := u.cfg.Load()
 	ctx := context.WithValue(r.Context(), requestInfoKey{}, ri)
-	timeout := cfg.Timeout
+	timeout, limited := cfg.Timeout, cfg.Timeout > 0
 	if grpc {
-		if d, ok := parseGRPCTimeout(r.Header.Get("Grpc-Timeout")); ok && (timeout == 0 || d < timeout) {
-			timeout = d
+		// A grpc-timeout of 0 is a deadline already past, not "no deadline".
+		if d, ok := parseGRPCTimeout(r.Header.Get("Grpc-Timeout")); ok && (!limited || d < timeout) {
+			timeout, limited = d, true
 		}
 	}
-	if timeout > 0 {
+	if limited {
 		var cancel context.CancelFunc
 		ctx, cancel = context.WithTimeout(ctx, timeout)
 		defer cancel()

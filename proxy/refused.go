@@ -20,7 +20,18 @@ const (
 	refusedGRPCTimeout  = "invalid_grpc_timeout"
 	refusedGRPCFrame    = "invalid_grpc_frame"
 	refusedGRPCTooLarge = "grpc_message_too_large"
+	refusedTarget       = "invalid_request_target"
 )
+
+// validTarget reports whether s (a raw query) has no byte that ends or breaks an HTTP/1.1 request line.
+func validTarget(s string) bool {
+	for i := 0; i < len(s); i++ {
+		if c := s[i]; c <= ' ' || c == 0x7f {
+			return false
+		}
+	}
+	return true
+}
 
 // clientFault is a request that broke because of what its client sent (a broken or stalled body, an invalid gRPC
 // message): the answer is the client's status, and the round trip counts neither for nor against the endpoint

@@ -124,7 +124,9 @@ func parseFuzzHeaders(s string) http.Header {
 	h := http.Header{}
 	for rec := range strings.SplitSeq(s, "\x1e") {
 		name, value, ok := strings.Cut(rec, ":")
-		if !ok || http.CanonicalHeaderKey(name) == "Host" {
+		// Fields net/http's servers (HTTP/1.1 and HTTP/2) refuse never reach meshlet's handler.
+		if !ok || http.CanonicalHeaderKey(name) == "Host" || !httpguts.ValidHeaderFieldName(name) ||
+			!httpguts.ValidHeaderFieldValue(value) {
 			continue
 		}
 		h.Add(name, value)
