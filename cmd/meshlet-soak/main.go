@@ -63,7 +63,7 @@ func parseFlags(args []string, stderr io.Writer) (options, error) {
 	fs.StringVar(&o.meshlet, "meshlet", "bin/meshlet", "the meshlet binary")
 	fs.DurationVar(&o.duration, "duration", 10*time.Minute, "how long the traffic runs (1m..24h)")
 	fs.DurationVar(&o.interval, "interval", time.Minute, "report interval (5s..duration)")
-	fs.IntVar(&o.rate, "rate", 200, "requests per second in all, half gRPC, half HTTP/1.1 (16..5000)")
+	fs.IntVar(&o.rate, "rate", 200, "requests per second in all, half gRPC, half HTTP/1.1 (10..5000)")
 	fs.DurationVar(&o.churn, "churn", 30*time.Second, "how often an instance is churned (5s..)")
 	fs.DurationVar(&o.rotate, "rotate", 2*time.Minute, "how often the certificates rotate (at most duration/2, so at least once)")
 	fs.IntVar(&o.instances, "instances", 3, "server instances (2..5); all but the first are churned")
@@ -148,6 +148,7 @@ type soak struct {
 	failures []string // why the run fails
 	cancel   context.CancelFunc
 	rss      map[string][]int64 // RSS samples of the current interval, by instance name (A, B0, ...)
+	gor      map[string][]int64 // goroutine samples (go_goroutines) of the current interval, likewise
 	reports  []report
 	finalA   promText // A's metrics at the end, before it stops
 }
@@ -200,7 +201,7 @@ func (s *soak) run() bool {
 	}
 	defer s.load.close()
 	s.start = time.Now()
-	s.rss = map[string][]int64{}
+	s.rss, s.gor = map[string][]int64{}, map[string][]int64{}
 	end := s.start.Add(o.duration)
 	s.logf("mesh up: A upstreams %s (HTTP) and %s (gRPC), admin %s; work directory %s", m.aHTTP, m.aGRPC, m.aAdm, s.dir)
 	s.printHeader()
@@ -287,7 +288,7 @@ func (s *soak) observe(ctx context.Context, end time.Time) {
 	}
 }
 
-// sample reads the RSS of every running meshlet and checks that none exited unexpectedly: A always runs, and an
+// sample reads the RSS and goroutines of every running meshlet and checks that none exited unexpectedly: A always runs, and an
 // instance's sidecar runs unless the churn stopped it.
 func (s *soak) sample() {
 	m := s.mesh
@@ -312,6 +313,11 @@ func (s *soak) sample() {
 		if rss, err := readRSS(e.p.pid()); err == nil {
 			s.mu.Lock()
 			s.rss[e.name] = append(s.rss[e.name], rss)
+			s.mu.Unlock()
+		}
+		if t, err := e.p.metrics(); err == nil {
+			s.mu.Lock()
+			s.gor[e.name] = append(s.gor[e.name], int64(t.sum("go_goroutines", nil)))
 			s.mu.Unlock()
 		}
 	}

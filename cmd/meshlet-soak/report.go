@@ -14,7 +14,8 @@ type report struct {
 	w       *window
 	rss     map[string]int64   // median VmRSS of the interval's samples, bytes, by meshlet (A, B0, ...)
 	rssMin  map[string]int64   // the lowest of them
-	gor     map[string]float64 // go_goroutines at the end of the interval, by meshlet
+	gor     map[string]float64 // median go_goroutines of the interval's samples, by meshlet
+	gorMin  map[string]float64 // the lowest of them
 	gen     map[string]int     // the instance's generation at the end of the interval
 	retries float64            // A's meshlet_retries_total at the end of the interval (cumulative)
 	partial bool               // the remainder after the last full interval
@@ -35,34 +36,29 @@ func (s *soak) printHeader() {
 	fmt.Fprintln(s.out, b.String())
 }
 
-// addReport closes an interval: it takes the RSS samples, scrapes goroutines and retries, and prints a row.
+// addReport closes an interval: it takes the RSS and goroutine samples, scrapes A's retries, and prints a row.
 func (s *soak) addReport(w *window, partial bool) {
-	r := report{at: time.Since(s.start).Round(time.Second), w: w, rss: map[string]int64{}, rssMin: map[string]int64{}, gor: map[string]float64{}, gen: map[string]int{}, partial: partial}
+	r := report{at: time.Since(s.start).Round(time.Second), w: w, rss: map[string]int64{}, rssMin: map[string]int64{},
+		gor: map[string]float64{}, gorMin: map[string]float64{}, gen: map[string]int{}, partial: partial}
 	s.mu.Lock()
 	for n, samples := range s.rss {
 		r.rss[n] = median(samples)
 		r.rssMin[n] = slices.Min(samples)
 	}
-	s.rss = map[string][]int64{}
+	for n, samples := range s.gor {
+		r.gor[n] = float64(median(samples))
+		r.gorMin[n] = float64(slices.Min(samples))
+	}
+	s.rss, s.gor = map[string][]int64{}, map[string][]int64{}
 	s.mu.Unlock()
 	m := s.mesh
 	m.mu.Lock()
-	procs := map[string]*meshletProc{"A": m.a}
 	for _, in := range m.instances {
-		procs[in.name] = in.proc
 		r.gen[in.name] = in.gen
 	}
 	m.mu.Unlock()
-	for n, p := range procs {
-		if !p.alive() {
-			continue
-		}
-		if t, err := p.metrics(); err == nil {
-			r.gor[n] = t.sum("go_goroutines", nil)
-			if n == "A" {
-				r.retries = t.sum("meshlet_retries_total", nil)
-			}
-		}
+	if t, err := m.a.metrics(); err == nil {
+		r.retries = t.sum("meshlet_retries_total", nil)
 	}
 	prevRetries := 0.0
 	if len(s.reports) > 0 {
@@ -135,8 +131,8 @@ type memVerdict struct {
 //   - with at least 6 intervals after warm-up (the default 10m run has 9), a median RSS that rose in every one
 //     of them, by more than 20% + 4 MiB in all: a steady leak too slow for the first rule (a few hundred bytes
 //     per request at 200/s), while noise and a stall do not rise interval after interval;
-//   - goroutines at the end of the last interval above 2× the base + 50 (a goroutine leaked per connection or
-//     per reload).
+//   - the lowest goroutine count of the last interval above 2× the base (median) + 50: a goroutine leaked per
+//     connection or per reload (the lowest, since requests in flight during a stall hold goroutines too).
 //
 // With fewer than three full intervals there is nothing after warm-up to compare, and nothing is judged.
 func judgeMemory(name string, reports []report) (memVerdict, bool) {
@@ -153,7 +149,7 @@ func judgeMemory(name string, reports []report) (memVerdict, bool) {
 	post := full[1:]
 	first, last := post[0], post[len(post)-1]
 	v.base, v.final, v.finalMin = first.rss[name], last.rss[name], last.rssMin[name]
-	v.baseG, v.finalG = first.gor[name], last.gor[name]
+	v.baseG, v.finalG = first.gor[name], last.gorMin[name]
 	if v.base == 0 || v.final == 0 {
 		v.problems = append(v.problems, "no RSS samples")
 		return v, true
@@ -243,7 +239,7 @@ func (s *soak) summary() bool {
 			fmt.Fprintf(s.out, "memory %s: not judged (fewer than 3 full intervals)\n", name)
 			continue
 		}
-		fmt.Fprintf(s.out, "memory %s: RSS %.1f → %.1f MiB, goroutines %.0f → %.0f (first interval after warm-up → last)\n",
+		fmt.Fprintf(s.out, "memory %s: RSS %.1f → %.1f MiB, goroutines %.0f → %.0f (first interval after warm-up, median → last, lowest)\n",
 			name, float64(v.base)/mib, float64(v.final)/mib, v.baseG, v.finalG)
 		for _, p := range v.problems {
 			s.failures = append(s.failures, "memory "+name+": "+p)

@@ -38,6 +38,7 @@ func reports(rss []float64, gor []float64) []report {
 	for i := range rss {
 		r := report{w: newWindow(), rss: map[string]int64{"A": int64(rss[i] * mib)}, gor: map[string]float64{"A": gor[i]}}
 		r.rssMin = map[string]int64{"A": r.rss["A"] - mib/2}
+		r.gorMin = map[string]float64{"A": gor[i] - 2}
 		out = append(out, r)
 	}
 	return out
@@ -58,8 +59,9 @@ func TestJudgeMemory(t *testing.T) {
 		{"slow creep below the trend rule", []float64{30, 30, 30.5, 31, 31.5, 32, 32.5, 33, 33.5, 34}, flat, true, ""},
 		{"big growth", []float64{20, 20, 25, 30, 28, 35, 40, 38, 45, 50}, flat, true, "RSS grew from 20.0 to at least 49.5"},
 		{"a stall in a short run", []float64{19, 19, 22, 26, 31, 33}, []float64{45, 45, 190, 110, 90, 80}, true, ""},
+		{"a stall at the end", []float64{20, 21, 21, 21, 22}, []float64{50, 53, 53, 53, 120}, true, ""},
 		{"steady leak", []float64{30, 30, 31.5, 33, 34.5, 36, 37.5, 39, 40.5, 42}, flat, true, "rose in every one of 8 intervals"},
-		{"goroutine leak", flat, []float64{40, 40, 60, 80, 100, 120, 140, 160, 180, 200}, true, "goroutines grew from 40 to 200"},
+		{"goroutine leak", flat, []float64{40, 40, 60, 80, 100, 120, 140, 160, 180, 200}, true, "goroutines grew from 40 to 198"},
 	} {
 		t.Run(c.name, func(t *testing.T) {
 			v, judged := judgeMemory("A", reports(c.rss, c.gor))
