@@ -96,6 +96,11 @@ type ListenerLimits struct {
 	// ReadBodyTimeout ends a request whose body stalls (no byte from the client) for this long: 408, and the
 	// connection is closed. gRPC calls (their deadlines bound them) and upgraded connections are exempt.
 	ReadBodyTimeout time.Duration `yaml:"read_body_timeout" json:"read_body_timeout"`
+	// WriteTimeout disconnects a client that takes no byte of a response for this long (a stalled reader holds
+	// a connection, a stream and a request to the app). HTTP/2: net/http's WriteByteTimeout; HTTP/1.1 and
+	// upgraded connections: a deadline on each write (plaintext connections; mutual TLS peers are sidecars).
+	// Flow-control waits of long gRPC streams do not count.
+	WriteTimeout time.Duration `yaml:"write_timeout" json:"write_timeout"`
 	// MaxGRPCMessageBytes bounds one message of a gRPC request (its length prefix); a larger one ends the call
 	// with RESOURCE_EXHAUSTED before it is forwarded.
 	MaxGRPCMessageBytes int `yaml:"max_grpc_message_bytes" json:"max_grpc_message_bytes"`
@@ -109,7 +114,8 @@ const (
 	DefaultMaxConcurrentStreams = 1000
 	DefaultMaxConnections       = 10000
 	DefaultReadBodyTimeout      = time.Minute // as nginx's client_body_timeout
-	DefaultMaxGRPCMessageBytes  = 4 << 20     // gRPC's own default receive limit
+	DefaultWriteTimeout         = 30 * time.Second
+	DefaultMaxGRPCMessageBytes  = 4 << 20 // gRPC's own default receive limit
 )
 
 // setDefaults fills the zero fields of l.
@@ -135,6 +141,9 @@ func (l *ListenerLimits) setDefaults() {
 	if l.MaxGRPCMessageBytes == 0 {
 		l.MaxGRPCMessageBytes = DefaultMaxGRPCMessageBytes
 	}
+	if l.WriteTimeout == 0 {
+		l.WriteTimeout = DefaultWriteTimeout
+	}
 }
 
 // validate reports the problems of l under path p.
@@ -156,6 +165,9 @@ func (l *ListenerLimits) validate(p string, add func(string, string, ...any)) {
 	}
 	if l.ReadBodyTimeout < 0 {
 		add(p+".read_body_timeout", "must not be negative")
+	}
+	if l.WriteTimeout < 0 {
+		add(p+".write_timeout", "must not be negative")
 	}
 	if l.MaxGRPCMessageBytes < 1<<10 || l.MaxGRPCMessageBytes > 1<<32-1 {
 		add(p+".max_grpc_message_bytes", "%d must be between 1024 and 4294967295", l.MaxGRPCMessageBytes)

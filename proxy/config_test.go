@@ -86,7 +86,8 @@ func TestConfigDefaults(t *testing.T) {
 		t.Fatalf("defaults not applied: %+v", c)
 	}
 	want := ListenerLimits{MaxHeaderBytes: 64 << 10, ReadHeaderTimeout: 10 * time.Second, IdleTimeout: 5 * time.Minute,
-		MaxConcurrentStreams: 1000, MaxConnections: 10000, ReadBodyTimeout: time.Minute, MaxGRPCMessageBytes: 4 << 20}
+		MaxConcurrentStreams: 1000, MaxConnections: 10000, ReadBodyTimeout: time.Minute, MaxGRPCMessageBytes: 4 << 20,
+		WriteTimeout: 30 * time.Second}
 	if c.Inbound.Limits != want || c.Outbound.Limits != want {
 		t.Fatalf("limits defaults: inbound %+v outbound %+v, want %+v", c.Inbound.Limits, c.Outbound.Limits, want)
 	}

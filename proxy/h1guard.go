@@ -10,6 +10,7 @@ import (
 	"net"
 	"net/http"
 	"sync"
+	"time"
 )
 
 // The HTTP/1.1 guard checks the framing of every request on a plaintext HTTP listener before net/http parses it,
@@ -78,7 +79,8 @@ type rejection struct {
 // included); the handler reads rejected and upgrading under mu.
 type guardConn struct {
 	net.Conn
-	maxHead int // bytes a request head may take, request line included
+	maxHead      int           // bytes a request head may take, request line included
+	writeTimeout time.Duration // a write that makes no progress this long fails (0: none)
 
 	mu       sync.Mutex
 	rejected *rejection // a refused head
@@ -97,7 +99,8 @@ type guardConn struct {
 // guardListener wraps the plaintext connections a listener accepts in a guardConn.
 type guardListener struct {
 	net.Listener
-	maxHead int
+	maxHead      int
+	writeTimeout time.Duration
 }
 
 func (l *guardListener) Accept() (net.Conn, error) {
@@ -108,7 +111,15 @@ func (l *guardListener) Accept() (net.Conn, error) {
 	if _, ok := c.(*tls.Conn); ok {
 		return c, nil
 	}
-	return &guardConn{Conn: c, maxHead: l.maxHead}, nil
+	return &guardConn{Conn: c, maxHead: l.maxHead, writeTimeout: l.writeTimeout}, nil
+}
+
+// Write gives each write writeTimeout to make progress: a client that stops reading is disconnected.
+func (g *guardConn) Write(p []byte) (int, error) {
+	if g.writeTimeout > 0 {
+		_ = g.Conn.SetWriteDeadline(time.Now().Add(g.writeTimeout))
+	}
+	return g.Conn.Write(p)
 }
 
 // CloseWrite lets the half-close of upgraded connections through.

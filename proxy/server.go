@@ -44,7 +44,7 @@ type httpListener struct {
 func (p *Proxy) newHTTPListener(ln net.Listener, direction, label string, lim ListenerLimits, h http.Handler) *httpListener {
 	open := p.m.ConnectionsOpen.WithLabelValues(direction, label)
 	total := p.m.Connections.WithLabelValues(direction, label)
-	ln = &guardListener{Listener: ln, maxHead: lim.MaxHeaderBytes}
+	ln = &guardListener{Listener: ln, maxHead: lim.MaxHeaderBytes, writeTimeout: lim.WriteTimeout}
 	srv := &http.Server{
 		Handler:           p.guarded(direction, label, lim, h),
 		ConnContext:       guardContext,
@@ -53,7 +53,17 @@ func (p *Proxy) newHTTPListener(ln net.Listener, direction, label string, lim Li
 		MaxHeaderBytes:    lim.MaxHeaderBytes,
 		ErrorLog:          slog.NewLogLogger(p.log.Handler(), slog.LevelDebug),
 		BaseContext:       func(net.Listener) context.Context { return p.baseCtx },
-		HTTP2:             &http.HTTP2Config{MaxConcurrentStreams: lim.MaxConcurrentStreams, MaxReadFrameSize: maxReadFrameSize},
+		// HTTP/2 settings, explicit where they are Go's defaults too so that a Go release does not change them
+		// unnoticed (README: Security and limits).
+		HTTP2: &http.HTTP2Config{
+			MaxConcurrentStreams:          lim.MaxConcurrentStreams,
+			MaxReadFrameSize:              maxReadFrameSize,
+			MaxDecoderHeaderTableSize:     4 << 10,
+			MaxEncoderHeaderTableSize:     4 << 10,
+			MaxReceiveBufferPerConnection: 1 << 20,
+			MaxReceiveBufferPerStream:     1 << 20,
+			WriteByteTimeout:              lim.WriteTimeout,
+		},
 		ConnState: func(_ net.Conn, s http.ConnState) {
 			switch s {
 			case http.StateNew:

@@ -197,3 +197,48 @@ shutdown: {drain_delay: 0s, drain_timeout: 5s}
 	default:
 	}
 }
+
+// TestWriteTimeoutHTTP1: a client that asks for a large response and then reads nothing is disconnected after
+// write_timeout (2s here), and its request to the app ends with it.
+func TestWriteTimeoutHTTP1(t *testing.T) {
+	appDone := make(chan error, 1)
+	app := startBackend(t, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		chunk := make([]byte, 64<<10)
+		var err error
+		for i := 0; i < 1024 && err == nil; i++ { // 64 MiB at most
+			_, err = w.Write(chunk)
+		}
+		appDone <- err
+	}), false, nil)
+	api, admin := freeAddr(t), freeAddr(t)
+	m := startMeshlet(t, admin, fmt.Sprintf(`service: {name: web}
+outbound:
+  limits: {write_timeout: 2s}
+upstreams:
+  - {name: api, listen: %s, peer: app, endpoints: [%s]}
+admin: {listen: %s}
+shutdown: {drain_delay: 0s, drain_timeout: 5s}
+`, api, hostOf(app), admin))
+	c, err := net.DialTimeout("tcp", api, 5*time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	c.(*net.TCPConn).SetReadBuffer(4096)
+	io.WriteString(c, "GET /big HTTP/1.1\r\nHost: api\r\n\r\n")
+	open := map[string]string{"direction": "outbound", "listener": "api"}
+	eventually(t, 5*time.Second, "the connection is open", func() bool { return m.metricSum(t, "meshlet_connections_open", open) == 1 })
+	start := time.Now()
+	eventually(t, 60*time.Second, "the stalled reader's connection closed", func() bool {
+		return m.metricSum(t, "meshlet_connections_open", open) == 0
+	})
+	t.Logf("closed %v after the request", time.Since(start).Round(10*time.Millisecond))
+	select {
+	case err := <-appDone:
+		if err == nil {
+			t.Error("the app wrote all 64 MiB to a client that read nothing")
+		}
+	case <-time.After(30 * time.Second):
+		t.Error("the app's response did not end with the client's connection")
+	}
+}
