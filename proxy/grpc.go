@@ -67,6 +67,8 @@ func grpcCodeForHTTP(status int) codes.Code {
 		return codes.DeadlineExceeded
 	case http.StatusNotFound, http.StatusMethodNotAllowed:
 		return codes.Unimplemented
+	case http.StatusBadRequest:
+		return codes.Internal
 	case http.StatusTooManyRequests:
 		return codes.ResourceExhausted
 	case http.StatusForbidden:

@@ -97,7 +97,7 @@ func (u *upstream) serveHTTP(w http.ResponseWriter, r *http.Request, alog *slog.
 		// An HTTP/2 :path may carry a space or a control byte in its query, which an HTTP/1.1 request line
 		// cannot: forwarded as is, it would split the line at the endpoint.
 		u.m.RefusedRequests.WithLabelValues(u.direction, refusedTarget).Inc()
-		u.fail(rw, r, grpc, http.StatusBadRequest, reasonOther, "invalid byte in the request target", ri)
+		u.fail(rw, r, grpc, http.StatusBadRequest, refusedTarget, "invalid byte in the request target", ri)
 		return
 	}
 	if u.direction == metrics.Inbound && !u.authorizeRequest(rw, r, grpc, ri) {
