@@ -4,12 +4,16 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"log/slog"
 	"net"
+	"net/http"
+	"net/url"
 	"os"
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/hashicorp/consul/api"
@@ -46,6 +50,12 @@ type AppCheck struct {
 	TCP      string        `yaml:"tcp" json:"tcp"`           // host:port, e.g. the app's address
 	Interval time.Duration `yaml:"interval" json:"interval"` // default 10s
 	Timeout  time.Duration `yaml:"timeout" json:"timeout"`   // default 2s
+	// Ready, when true, makes meshlet run the check itself as well (at once, then every Interval, see
+	// CheckRunner): while it fails, meshlet's /ready answers 503 with the check's error, and it passes again with
+	// the first passing run. Only readiness follows it: the registrations stay in Consul (an app outage never
+	// deregisters; the sidecar's /ready check goes critical and passes again by itself), registration is not
+	// delayed by it, and /live stays 200. Default false: only the Consul agent runs the check.
+	Ready bool `yaml:"ready" json:"ready"`
 }
 
 // Validate reports the check's problems with their field paths under prefix.
@@ -56,6 +66,9 @@ func (c *AppCheck) Validate(prefix string) error {
 	}
 	if c.HTTP != "" && !strings.HasPrefix(c.HTTP, "http://") && !strings.HasPrefix(c.HTTP, "https://") {
 		errs = append(errs, fmt.Errorf("%s.http: %q must be an http:// or https:// URL", prefix, c.HTTP))
+	}
+	if u, err := url.Parse(c.HTTP); c.HTTP != "" && (err != nil || u.Host == "") {
+		errs = append(errs, fmt.Errorf("%s.http: %q must be a URL with a host", prefix, c.HTTP))
 	}
 	if c.TCP != "" {
 		if _, _, err := net.SplitHostPort(c.TCP); err != nil {
@@ -72,14 +85,99 @@ func (c *AppCheck) Validate(prefix string) error {
 }
 
 func (c *AppCheck) agentCheck() *api.AgentServiceCheck {
-	interval, timeout := c.Interval, c.Timeout
+	interval, timeout := c.intervals()
+	return &api.AgentServiceCheck{Name: "app", HTTP: c.HTTP, TCP: c.TCP, Interval: interval.String(), Timeout: timeout.String()}
+}
+
+// intervals returns Interval and Timeout with their defaults applied.
+func (c *AppCheck) intervals() (interval, timeout time.Duration) {
+	interval, timeout = c.Interval, c.Timeout
 	if interval == 0 {
 		interval = 10 * time.Second
 	}
 	if timeout == 0 {
 		timeout = 2 * time.Second
 	}
-	return &api.AgentServiceCheck{Name: "app", HTTP: c.HTTP, TCP: c.TCP, Interval: interval.String(), Timeout: timeout.String()}
+	return interval, timeout
+}
+
+// Probe runs the check once, within Timeout: an HTTP GET must answer 2xx (Consul's 429 "warning" fails here,
+// as it leaves passing-only routing too), a TCP check must connect. The error says what failed, with the start of
+// a failing response's body; it never blocks longer than Timeout or past ctx.
+func (c *AppCheck) Probe(ctx context.Context) error {
+	_, timeout := c.intervals()
+	ctx, cancel := context.WithTimeout(ctx, timeout)
+	defer cancel()
+	if c.TCP != "" {
+		var d net.Dialer
+		conn, err := d.DialContext(ctx, "tcp", c.TCP)
+		if err != nil {
+			return fmt.Errorf("app check tcp %s: %w", c.TCP, err)
+		}
+		return conn.Close()
+	}
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, c.HTTP, nil)
+	if err != nil {
+		return fmt.Errorf("app check http %s: %w", c.HTTP, err)
+	}
+	req.Header.Set("User-Agent", "meshlet app check")
+	resp, err := probeClient.Do(req)
+	if err != nil {
+		return fmt.Errorf("app check http %s: %w", c.HTTP, err)
+	}
+	defer resp.Body.Close()
+	if resp.StatusCode >= 200 && resp.StatusCode < 300 {
+		return nil
+	}
+	b, _ := io.ReadAll(io.LimitReader(resp.Body, 128))
+	msg := strings.Join(strings.Fields(string(b)), " ")
+	return fmt.Errorf("app check http %s: %s: %q", c.HTTP, resp.Status, msg)
+}
+
+// probeClient runs HTTP app checks: a new connection each time (a probe holds none to the app between runs).
+var probeClient = &http.Client{Transport: &http.Transport{DisableKeepAlives: true, Proxy: nil}}
+
+// CheckRunner runs an AppCheck in meshlet (AppCheck.Ready) and keeps its latest result for /ready.
+type CheckRunner struct {
+	c   AppCheck
+	log *slog.Logger
+	err atomic.Pointer[error] // latest result; nil until the first run
+}
+
+// NewCheckRunner returns a runner of c that logs each change of result on log. Nothing runs before Run.
+func NewCheckRunner(c AppCheck, log *slog.Logger) *CheckRunner {
+	return &CheckRunner{c: c, log: log.With("component", "app-check")}
+}
+
+// Err is the latest result: nil when the check passed, its error when it failed, an error saying so before the
+// first run has finished. Safe for concurrent use; it never blocks.
+func (r *CheckRunner) Err() error {
+	p := r.err.Load()
+	if p == nil {
+		return errors.New("app check: not run yet")
+	}
+	return *p
+}
+
+// Run runs the check at once, then every Interval, until ctx ends; it returns then.
+func (r *CheckRunner) Run(ctx context.Context) {
+	interval, _ := r.c.intervals()
+	for first := true; ; first = false {
+		err := r.c.Probe(ctx)
+		if ctx.Err() != nil {
+			return
+		}
+		prev := r.err.Swap(&err)
+		switch {
+		case err != nil && (first || *prev == nil):
+			r.log.Warn("app check failing: not ready", "error", err.Error())
+		case err == nil && !first && *prev != nil:
+			r.log.Info("app check passing again: ready")
+		}
+		if !sleepCtx(ctx, interval) {
+			return
+		}
+	}
 }
 
 // Registrar keeps a Registration registered with the Consul agent until Deregister: it registers at start
@@ -172,7 +270,9 @@ func (r *Registrar) ensure(ctx context.Context) error {
 	q := (&api.QueryOptions{}).WithContext(ctx)
 	svc, _, err1 := agent.Service(r.id, q)
 	prx, _, err2 := agent.Service(r.ProxyID(), q)
-	if svc != nil && prx != nil && err1 == nil && err2 == nil {
+	// The first time, register even when the agent has both: they may be a killed predecessor's (same IDs), with
+	// its tags, meta, checks and admin address; registering replaces them with this process's.
+	if svc != nil && prx != nil && err1 == nil && err2 == nil && r.everDone {
 		r.setRegistered(true)
 		return nil
 	}

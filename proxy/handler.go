@@ -6,6 +6,7 @@ import (
 	"io"
 	"log/slog"
 	"net/http"
+	"sync"
 	"sync/atomic"
 	"time"
 
@@ -33,6 +34,7 @@ const (
 type requestInfo struct {
 	clientCtx context.Context  // the inbound request's context, without meshlet's timeout
 	body      *countingBody    // the inbound request's body; nil when it has none
+	abortBody func()           // ends a Read blocked on the inbound body (see abortableBody); nil without a body
 	tried     []*endpointState // endpoints the attempts went to, in order
 	endpoint  string
 	reason    string // set when meshlet failed the request itself
@@ -136,9 +138,22 @@ func (u *upstream) serveHTTP(w http.ResponseWriter, r *http.Request, alog *slog.
 		body = &countingBody{ReadCloser: r.Body}
 		out.Body = body
 		ri.body = body
+		ri.abortBody = func() { body.Close() }
 		if r.ProtoMajor == 1 {
 			// Let the app stream its request body while the response streams back (bidirectional streams).
-			_ = http.NewResponseController(w).EnableFullDuplex()
+			rc := http.NewResponseController(w)
+			_ = rc.EnableFullDuplex()
+			// Closing an HTTP/1.1 body waits for a Read under way; a read deadline ends it, while the handler runs.
+			var mu sync.Mutex
+			running := true
+			defer func() { mu.Lock(); running = false; mu.Unlock() }()
+			ri.abortBody = func() {
+				mu.Lock()
+				defer mu.Unlock()
+				if running {
+					_ = rc.SetReadDeadline(time.Now())
+				}
+			}
 		}
 	}
 	u.rp.ServeHTTP(rw, out)
@@ -181,6 +196,9 @@ func (u *upstream) proxyError(w http.ResponseWriter, r *http.Request, err error)
 			"no endpoint available for upstream "+u.name, ri)
 	case errors.Is(err, context.DeadlineExceeded) || r.Context().Err() == context.DeadlineExceeded || deadlineNear(r):
 		u.fail(w, r, grpc, http.StatusGatewayTimeout, reasonTimeout, "upstream "+u.name+" timed out", ri)
+	case errors.As(err, &ce) && u.direction == metrics.Inbound:
+		// The local app is down: this instance is unavailable (503), which callers retry elsewhere.
+		u.fail(w, r, grpc, http.StatusServiceUnavailable, reasonConnect, "upstream "+u.name+": local app unreachable", ri)
 	case errors.As(err, &ce):
 		u.fail(w, r, grpc, http.StatusBadGateway, reasonConnect, "upstream "+u.name+": connection to endpoint failed", ri)
 	default:

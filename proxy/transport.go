@@ -162,3 +162,28 @@ func (b *bufferPool) Get() []byte {
 func (b *bufferPool) Put(buf []byte) { b.p.Put(&buf) }
 
 var copyBuffers = &bufferPool{}
+
+// abortableBody is a request body handed to the HTTP/2 transport. When the transport closes it while a Read is
+// blocked on the client (the stream failed mid-request, or the endpoint answered an error before reading it all:
+// the transport then waits for that Read before RoundTrip or the response body's Close returns), abort ends that
+// Read (the client's body is cut; such a request cannot be replayed anyway). A Close with no Read under way (the
+// end of the body, or a retry's turn) leaves the client's body alone.
+type abortableBody struct {
+	io.ReadCloser
+	abort   func()
+	reading atomic.Int32
+}
+
+func (b *abortableBody) Read(p []byte) (int, error) {
+	b.reading.Add(1)
+	defer b.reading.Add(-1)
+	return b.ReadCloser.Read(p)
+}
+
+func (b *abortableBody) Close() error {
+	err := b.ReadCloser.Close() // first: a Read that starts after it finds the attempt over (resilience)
+	if b.reading.Load() > 0 {
+		b.abort()
+	}
+	return err
+}

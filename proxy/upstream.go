@@ -180,6 +180,11 @@ func (u *upstream) RoundTrip(req *http.Request) (*http.Response, error) {
 	url.Host = st.hostport
 	out.URL = &url
 	base := u.base(req.Header, st)
+	if ri != nil && ri.abortBody != nil && base == http.RoundTripper(u.transport.h2c) && out.Body != nil {
+		// An HTTP/2 stream that fails while its body writer waits for the client makes the HTTP/2 transport close
+		// the body and wait for the writer; the reverse proxy's body does not pass Close on: end that Read.
+		out.Body = &abortableBody{ReadCloser: out.Body, abort: ri.abortBody}
+	}
 	resp, err := base.RoundTrip(&out)
 	if err != nil {
 		outcome := resilience.Outcome(nil, err)

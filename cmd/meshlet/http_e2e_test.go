@@ -812,7 +812,7 @@ func TestHTTPErrors(t *testing.T) {
 		{name: "refused", topo: topoApp, app: refused, status: 502, aReason: "connect"},
 		{name: "sidecar refused", topo: topoSidecar, app: hostOf(ok), endpoints: []string{refused}, status: 502,
 			aReason: "connect"},
-		{name: "app behind sidecar refused", topo: topoSidecar, app: refused, status: 502, bReason: "connect"},
+		{name: "app behind sidecar refused", topo: topoSidecar, app: refused, status: 503, bReason: "connect"},
 		{name: "timeout", topo: topoApp, app: hostOf(hang), aTimeout: "200ms", status: 504, maxTime: 2 * time.Second,
 			aReason: "timeout"},
 		{name: "timeout through sidecar", topo: topoSidecar, app: hostOf(hang), aTimeout: "200ms", status: 504,
@@ -862,7 +862,7 @@ func TestHTTPErrors(t *testing.T) {
 					"upstream": "api", "reason": tc.aReason}, 1)
 			}
 			if tc.bReason != "" {
-				// B's 502/504 is a gateway error to A, which retries a GET twice by default: B sees 3 attempts.
+				// B's 503/504 is a gateway error to A, which retries a GET twice by default: B sees 3 attempts.
 				checkCounter(m.B, "meshlet_upstream_errors_total", map[string]string{"direction": "inbound",
 					"upstream": "api", "reason": tc.bReason}, 3)
 				checkCounter(m.B, "meshlet_requests_total", map[string]string{"direction": "inbound",

@@ -40,6 +40,9 @@ type sidecar struct {
 	tlsWaiting func() error     // why there is no certificate yet (Consul's CA); nil for files
 	intentions *mtls.Intentions // nil unless mutual TLS inbound with Consul
 
+	appCheck     *discovery.CheckRunner // nil unless service.check.ready
+	stopAppCheck func()
+
 	mu  sync.Mutex // serializes reloads and guards cfg
 	cfg *fileConfig
 }
@@ -89,6 +92,9 @@ func runSidecar(path string, stderr io.Writer) int {
 	sigs := make(chan os.Signal, 4)
 	signal.Notify(sigs, syscall.SIGTERM, syscall.SIGINT, syscall.SIGHUP)
 	defer signal.Stop(sigs)
+	if c := cfg.Service.Check; c != nil && c.Ready {
+		s.appCheck = discovery.NewCheckRunner(*c, log) // before the admin server reads it; runs from startAppCheck
+	}
 	s.admin = admin.New(cfg.Admin, admin.Options{
 		Logger:    log,
 		Metrics:   s.m.Handler(),
@@ -109,6 +115,7 @@ func runSidecar(path string, stderr io.Writer) int {
 		return 1
 	}
 	s.startEntries()
+	s.startAppCheck()
 	s.startRegistration()
 	log.Info("meshlet started", "version", buildVersion(), "service", cfg.Service.Name, "admin", s.admin.Addr())
 
@@ -133,8 +140,8 @@ func notify(sigs chan<- os.Signal, sig os.Signal) {
 	}
 }
 
-// ready is /ready: the proxy can route, meshlet is not draining, and with service.register the instance has been
-// registered with Consul.
+// ready is /ready: the proxy can route, meshlet is not draining, with service.register the instance has been
+// registered with Consul, and with service.check.ready the app's check passed its latest run.
 func (s *sidecar) ready() error {
 	err := s.routable()
 	if err == nil {
@@ -145,6 +152,9 @@ func (s *sidecar) ready() error {
 	}
 	if err == nil {
 		err = s.registrationErr()
+	}
+	if err == nil && s.appCheck != nil {
+		err = s.appCheck.Err()
 	}
 	if err != nil {
 		s.m.Ready.Set(0)
@@ -172,6 +182,9 @@ func (s *sidecar) shutdown(sigs <-chan os.Signal) int {
 	s.proxy.Drain()
 	s.m.Ready.Set(0)
 	s.deregister()
+	if s.stopAppCheck != nil {
+		s.stopAppCheck()
+	}
 	if d := *cfg.Shutdown.DrainDelay; d > 0 {
 		s.log.Info("draining: still accepting", "drain_delay", d.String())
 		select {
@@ -239,4 +252,20 @@ func (s *sidecar) configView() any {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	return s.cfg.view()
+}
+
+// startAppCheck runs the app's check in meshlet when service.check.ready asks for it. It is not part of
+// routable(): registration does not wait for the app, and an app outage only fails /ready (the sidecar's Consul
+// check follows it), it never deregisters.
+func (s *sidecar) startAppCheck() {
+	if s.appCheck == nil {
+		return
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		s.appCheck.Run(ctx)
+	}()
+	s.stopAppCheck = func() { cancel(); <-done }
 }
