@@ -85,7 +85,11 @@ func (s *soak) addReport(w *window, partial bool) {
 	}
 	b.WriteString("     |")
 	for _, n := range s.names() {
-		fmt.Fprintf(&b, " %5.0f", r.gor[n])
+		if g, ok := r.gor[n]; ok {
+			fmt.Fprintf(&b, " %5.0f", g)
+		} else {
+			fmt.Fprintf(&b, " %5s", "-")
+		}
 	}
 	fmt.Fprintln(s.out, b.String())
 	for _, c := range slices.Sorted(maps.Keys(w.errors)) {
