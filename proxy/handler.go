@@ -6,7 +6,6 @@ import (
 	"io"
 	"log/slog"
 	"net/http"
-	"sync"
 	"sync/atomic"
 	"time"
 
@@ -34,7 +33,7 @@ const (
 type requestInfo struct {
 	clientCtx context.Context  // the inbound request's context, without meshlet's timeout
 	body      *countingBody    // the inbound request's body; nil when it has none
-	abortBody func()           // ends a Read blocked on the inbound body (see abortableBody); nil without a body
+	abortBody func()           // ends a Read blocked on the inbound body (abortableBody, watchedConn); nil for HTTP/1.1
 	tried     []*endpointState // endpoints the attempts went to, in order
 	endpoint  string
 	reason    string // set when meshlet failed the request itself
@@ -138,22 +137,14 @@ func (u *upstream) serveHTTP(w http.ResponseWriter, r *http.Request, alog *slog.
 		body = &countingBody{ReadCloser: r.Body}
 		out.Body = body
 		ri.body = body
-		ri.abortBody = func() { body.Close() }
 		if r.ProtoMajor == 1 {
 			// Let the app stream its request body while the response streams back (bidirectional streams).
-			rc := http.NewResponseController(w)
-			_ = rc.EnableFullDuplex()
-			// Closing an HTTP/1.1 body waits for a Read under way; a read deadline ends it, while the handler runs.
-			var mu sync.Mutex
-			running := true
-			defer func() { mu.Lock(); running = false; mu.Unlock() }()
-			ri.abortBody = func() {
-				mu.Lock()
-				defer mu.Unlock()
-				if running {
-					_ = rc.SetReadDeadline(time.Now())
-				}
-			}
+			_ = http.NewResponseController(w).EnableFullDuplex()
+		} else {
+			// Closing an HTTP/2 body ends a Read under way. (An HTTP/1.1 body's Close waits for it instead, and a
+			// read deadline would cancel the request: a Read stalled on an HTTP/1.1 client ends with its data, or
+			// with the listener's read_body_timeout.)
+			ri.abortBody = func() { body.Close() }
 		}
 	}
 	u.rp.ServeHTTP(rw, out)

@@ -51,7 +51,13 @@ func newTransports(connectTimeout func() time.Duration, secure func(ctx context.
 	}
 	dial, dialH2 := dialer("http/1.1"), dialer("h2")
 	h1 := &http.Transport{
-		DialContext:         dial,
+		DialContext: func(ctx context.Context, network, addr string) (net.Conn, error) {
+			c, err := dial(ctx, network, addr)
+			if _, ok := c.(*tls.Conn); ok || err != nil {
+				return c, err // net/http reads a response's TLS state from a *tls.Conn (upgrades between sidecars)
+			}
+			return &watchedConn{Conn: c}, nil
+		},
 		MaxIdleConns:        0, // no global cap; the per-host cap bounds each endpoint
 		MaxIdleConnsPerHost: maxIdleConnsPerHost,
 		IdleConnTimeout:     idleConnTimeout,
@@ -186,4 +192,22 @@ func (b *abortableBody) Close() error {
 		b.abort()
 	}
 	return err
+}
+
+// watchedConn is an HTTP/1.1 connection to an endpoint. While a request is being sent on it, onBroken holds what
+// ends a Read blocked on the client's body: net/http's transport, when the connection breaks, waits for its body
+// writer before RoundTrip returns, and that writer may wait for a client that sends nothing more.
+type watchedConn struct {
+	net.Conn
+	onBroken atomic.Pointer[func()]
+}
+
+func (c *watchedConn) Read(p []byte) (int, error) {
+	n, err := c.Conn.Read(p)
+	if err != nil {
+		if f := c.onBroken.Swap(nil); f != nil {
+			(*f)()
+		}
+	}
+	return n, err
 }

@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"log/slog"
 	"net/http"
+	"net/http/httptrace"
 	"net/http/httputil"
 	"slices"
 	"sort"
@@ -185,7 +186,26 @@ func (u *upstream) RoundTrip(req *http.Request) (*http.Response, error) {
 		// the body and wait for the writer; the reverse proxy's body does not pass Close on: end that Read.
 		out.Body = &abortableBody{ReadCloser: out.Body, abort: ri.abortBody}
 	}
-	resp, err := base.RoundTrip(&out)
+	send := &out
+	if ri != nil && ri.abortBody != nil && base == http.RoundTripper(u.transport.h1) && out.Body != nil {
+		// Until the response headers come, a broken connection ends a Read blocked on the client (watchedConn).
+		var held atomic.Pointer[watchedConn]
+		abort := &ri.abortBody
+		send = out.WithContext(httptrace.WithClientTrace(out.Context(), &httptrace.ClientTrace{
+			GotConn: func(info httptrace.GotConnInfo) {
+				if wc, ok := info.Conn.(*watchedConn); ok {
+					wc.onBroken.Store(abort)
+					held.Store(wc)
+				}
+			},
+		}))
+		defer func() {
+			if wc := held.Load(); wc != nil {
+				wc.onBroken.CompareAndSwap(abort, nil) // the connection may already serve another request
+			}
+		}()
+	}
+	resp, err := base.RoundTrip(send)
 	if err != nil {
 		outcome := resilience.Outcome(nil, err)
 		if clientCtx != nil && clientCtx.Err() != nil {
