@@ -3,58 +3,95 @@ package proxy
 import (
 	"log/slog"
 	"net"
+	"net/http"
 	"sync"
 	"sync/atomic"
 	"time"
+
+	"google.golang.org/grpc/codes"
 )
 
 // Connection limits: each data-plane listener (HTTP and TCP) holds at most its max_connections client connections
-// open, and all of them together at most the process's file-descriptor budget. A connection beyond either is
-// closed at accept and counted in meshlet_connections_refused_total, so that running out of file descriptors
-// degrades to refusing new connections: the admin listener, Consul, the upstream connections and certificate
-// reloads keep the descriptors they need.
+// open, and all connections meshlet accepts or opens to endpoints together at most the process's file-descriptor
+// budget: the open-file limit less a reserve. Client connections may take three quarters of the budget, so that
+// upstream connections always have a share. A client connection beyond a limit is closed at accept and counted in
+// meshlet_connections_refused_total; an upstream connection beyond the budget fails at once (503 / UNAVAILABLE,
+// not held against the endpoint). So running out of file descriptors degrades to refusing, and the admin
+// listener, Consul, the log and certificate reloads keep the descriptors they need.
 
-// fdReserve is how many file descriptors are kept out of the budget for everything but client connections (admin,
-// Consul, the log, certificate files, listeners).
+// fdReserve is how many file descriptors are kept out of the budget for everything but client and upstream
+// connections (admin, Consul, the log, certificate files, listeners).
 const fdReserve = 128
 
-// connBudget counts the client connections open on all data-plane listeners against max.
+// errFDBudget fails an upstream connection that the file-descriptor budget has no room for.
+var errFDBudget error = &clientFault{reason: "fd_budget", status: http.StatusServiceUnavailable, code: codes.Unavailable,
+	msg: "meshlet: out of file descriptors for upstream connections (raise the open-file limit)"}
+
+// connBudget counts connections against the file-descriptor budget.
 type connBudget struct {
-	max      int64 // 0: no budget (the limit is unknown)
-	open     atomic.Int64
-	log      *slog.Logger
-	lastWarn atomic.Int64 // unix second of the last warning
+	max       int64 // all connections; 0: no budget (the limit is unknown)
+	clientMax int64 // client connections
+	open      atomic.Int64
+	clients   atomic.Int64
+	log       *slog.Logger
+	lastWarn  atomic.Int64 // unix second of the last warning
 }
 
-// newConnBudget sizes the budget from the open-file limit: half of what the reserve leaves, since a client
-// connection may need an upstream connection too.
 func newConnBudget(log *slog.Logger) *connBudget {
 	b := &connBudget{log: log}
 	if n := openFileLimit(); n > 0 {
-		b.max = max((n-fdReserve)/2, 16)
+		b.max = max(n-fdReserve, 32)
+		b.clientMax = b.max * 3 / 4
 	}
 	return b
 }
 
-func (b *connBudget) take() bool {
+// take counts a new connection (a client's, or one to an endpoint) if the budget has room for it.
+func (b *connBudget) take(client bool) bool {
 	if b.max == 0 {
 		return true
 	}
+	if client && b.clients.Add(1) > b.clientMax {
+		b.clients.Add(-1)
+		b.warn("client")
+		return false
+	}
 	if b.open.Add(1) > b.max {
 		b.open.Add(-1)
-		if now := time.Now().Unix(); b.lastWarn.Swap(now) != now {
-			b.log.Warn("connection refused: the file-descriptor budget of client connections is full",
-				"budget", b.max, "hint", "raise the open-file limit (ulimit -n) or lower max_connections")
+		if client {
+			b.clients.Add(-1)
 		}
+		b.warn("upstream")
 		return false
 	}
 	return true
 }
 
-func (b *connBudget) give() {
-	if b.max != 0 {
-		b.open.Add(-1)
+func (b *connBudget) give(client bool) {
+	if b.max == 0 {
+		return
 	}
+	b.open.Add(-1)
+	if client {
+		b.clients.Add(-1)
+	}
+}
+
+func (b *connBudget) warn(kind string) {
+	if now := time.Now().Unix(); b.lastWarn.Swap(now) != now {
+		b.log.Warn("connection refused: the file-descriptor budget is full", "connection", kind,
+			"budget", b.max, "client_budget", b.clientMax,
+			"hint", "raise the open-file limit (ulimit -n) or lower max_connections")
+	}
+}
+
+// upstreamConn counts a connection meshlet opened to an endpoint, or closes it and fails when the budget is full.
+func (b *connBudget) upstreamConn(c net.Conn) (net.Conn, error) {
+	if !b.take(false) {
+		c.Close()
+		return nil, errFDBudget
+	}
+	return &limitedConn{Conn: c, budget: b}, nil
 }
 
 // connLimitListener accepts at most cap(slots) connections open at once, within the process budget; one beyond
@@ -79,8 +116,8 @@ func (l *connLimitListener) Accept() (net.Conn, error) {
 		}
 		select {
 		case l.slots <- struct{}{}:
-			if l.budget.take() {
-				return &limitedConn{Conn: c, slots: l.slots, budget: l.budget}, nil
+			if l.budget.take(true) {
+				return &limitedConn{Conn: c, slots: l.slots, budget: l.budget, client: true}, nil
 			}
 			<-l.slots
 		default:
@@ -90,19 +127,23 @@ func (l *connLimitListener) Accept() (net.Conn, error) {
 	}
 }
 
-// limitedConn gives its slot back when closed (once, however often Close is called).
+// limitedConn gives its listener slot (client connections) and its share of the budget back when closed (once,
+// however often Close is called).
 type limitedConn struct {
 	net.Conn
 	once   sync.Once
-	slots  chan struct{}
+	slots  chan struct{} // nil for upstream connections
 	budget *connBudget
+	client bool
 }
 
 func (c *limitedConn) Close() error {
 	err := c.Conn.Close()
 	c.once.Do(func() {
-		<-c.slots
-		c.budget.give()
+		if c.slots != nil {
+			<-c.slots
+		}
+		c.budget.give(c.client)
 	})
 	return err
 }

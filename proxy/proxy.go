@@ -42,7 +42,7 @@ type Proxy struct {
 	m          *metrics.Metrics
 	accessLog  *slog.Logger // nil when access logging is off
 	refusedLog refusedLog
-	budget     *connBudget // file descriptors for client connections, shared by all listeners
+	budget     *connBudget // file descriptors for client and upstream connections, shared by all
 	static     *discovery.Static
 	discovery  discovery.Source // nil: static endpoints only
 	tls        *tlsState        // nil: no TLS
@@ -126,6 +126,7 @@ func (p *Proxy) Start() error {
 	if cfg.Inbound.Listen != "" {
 		ucfg := inboundUpstreamConfig(cfg)
 		p.inbound = newUpstream(ucfg, metrics.Inbound, p.m, p.log, p.tls)
+		p.inbound.budget = p.budget
 		eps, err := discovery.ParseAddrs(ucfg.Endpoints)
 		if err != nil {
 			return err
@@ -148,6 +149,7 @@ func (p *Proxy) Start() error {
 	ups := map[string]*upstream{}
 	for i, uc := range cfg.Upstreams {
 		u := newUpstream(uc, metrics.Outbound, p.m, p.log, p.tls)
+		u.budget = p.budget
 		ups[uc.Name] = u
 		if uc.Listen == "" {
 			continue

@@ -35,7 +35,7 @@ func validTarget(s string) bool {
 
 // clientFault is a request that broke because of what its client sent (a broken or stalled body, an invalid gRPC
 // message): the answer is the client's status, and the round trip counts neither for nor against the endpoint
-// and is not retried (resilience.ClassifyError takes it as the client's doing).
+// and is not retried (resilience.ClassifyError takes it as no fault of the endpoint's). errFDBudget is one too.
 type clientFault struct {
 	reason string
 	status int        // HTTP answer
@@ -43,8 +43,8 @@ type clientFault struct {
 	msg    string
 }
 
-func (e *clientFault) Error() string     { return e.msg }
-func (e *clientFault) ClientFault() bool { return true }
+func (e *clientFault) Error() string          { return e.msg }
+func (e *clientFault) NotEndpointFault() bool { return true }
 
 // errMalformedBody ends the body of a request whose chunked framing is broken; the connection is not reused.
 var errMalformedBody error = &clientFault{reason: malformedChunk, status: http.StatusBadRequest, code: codes.Internal,
@@ -148,11 +148,13 @@ func (b *stallBody) Read(p []byte) (int, error) {
 	if b.err != nil {
 		return 0, b.err
 	}
-	_ = b.rc.SetReadDeadline(time.Now().Add(b.d))
+	deadline := time.Now().Add(b.d)
+	_ = b.rc.SetReadDeadline(deadline)
 	n, err := b.ReadCloser.Read(p)
 	switch {
 	case err == nil:
-	case errors.Is(err, os.ErrDeadlineExceeded):
+	case errors.Is(err, os.ErrDeadlineExceeded) && !time.Now().Before(deadline):
+		// (A deadline that fired before ours is the handler ending the read: abortBody.)
 		b.err = &clientFault{reason: refusedBodyTimeout, status: http.StatusRequestTimeout, code: codes.Canceled,
 			msg: fmt.Sprintf("meshlet: the request body stalled for %s (read_body_timeout)", b.d)}
 		return n, b.err

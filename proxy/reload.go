@@ -108,6 +108,7 @@ func (p *Proxy) bindAdded(old, cfg Config) ([]addedUpstream, error) {
 			continue
 		}
 		u := newUpstream(uc, metrics.Outbound, p.m, p.log, p.tls)
+		u.budget = p.budget
 		var l listener
 		if uc.Listen != "" {
 			if ok && prev.Listen == uc.Listen {

@@ -8,6 +8,8 @@ import (
 	"net"
 	"sync"
 	"time"
+
+	"meshlet.dev/meshlet/resilience"
 )
 
 // tcpProxy carries opaque byte streams from its listener to the upstream's endpoints. Half-close is passed on:
@@ -103,7 +105,8 @@ func (t *tcpProxy) handle(client net.Conn) {
 			err = &connectError{addr: st.hostport, err: err}
 		}
 		if err != nil {
-			end(err) // a connect failure counts against the endpoint and its breaker
+			// A connect failure counts against the endpoint and its breaker; a full descriptor budget does not.
+			end(resilience.Outcome(nil, err))
 			lastErr = err
 			continue
 		}

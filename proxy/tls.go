@@ -194,6 +194,12 @@ func (u *upstream) clientTLS(addr, alpn string) (*tls.Config, error) {
 // secureDial upgrades a new connection to addr to mutual TLS when clientTLS says so. A failed handshake is a
 // connect failure: the request never reached the app, and is safe to send elsewhere.
 func (u *upstream) secureDial(ctx context.Context, c net.Conn, addr, alpn string) (net.Conn, error) {
+	if u.budget != nil {
+		var err error
+		if c, err = u.budget.upstreamConn(c); err != nil {
+			return nil, err
+		}
+	}
 	cfg, err := u.clientTLS(addr, alpn)
 	if err != nil || cfg == nil {
 		return c, err

@@ -28,7 +28,8 @@ type upstream struct {
 	log       *slog.Logger
 	m         *metrics.Metrics
 	obs       *observer
-	tls       *tlsState // nil: no TLS
+	tls       *tlsState   // nil: no TLS
+	budget    *connBudget // file descriptors; nil: none
 
 	cfg       atomic.Pointer[UpstreamConfig] // swapped on reload
 	picker    atomic.Pointer[picker]

@@ -33,7 +33,7 @@ const (
 	KindRefusedStream              // HTTP/2 REFUSED_STREAM: the peer did not process the request
 	KindReset                      // connection or stream broke
 	KindTimeout                    // meshlet's deadline (overall or per try) passed
-	KindCanceled                   // the client went away, or broke its own request
+	KindCanceled                   // the client went away, or the failure is no fault of the endpoint
 	KindServerError                // a 5xx, or a gRPC status that says the server failed
 	KindOther                      // any other transport error
 )
@@ -60,12 +60,14 @@ func ClassifyError(err error) Kind {
 	if errors.As(err, &cf) && cf.ConnectFailure() {
 		return KindConnectFailure // e.g. a failed TLS handshake with the endpoint: nothing was sent
 	}
-	var cl interface{ ClientFault() bool }
+	var nf interface{ NotEndpointFault() bool }
 	switch {
 	case errors.Is(err, context.Canceled):
 		return KindCanceled
-	case errors.As(err, &cl) && cl.ClientFault():
-		return KindCanceled // the client's own request broke (e.g. a malformed body): nothing against the endpoint
+	case errors.As(err, &nf) && nf.NotEndpointFault():
+		// The request failed for a reason that says nothing about the endpoint (the client broke its body;
+		// meshlet is out of file descriptors): not retried, not held against it.
+		return KindCanceled
 	case errors.Is(err, context.DeadlineExceeded):
 		return KindTimeout
 	}

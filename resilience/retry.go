@@ -175,6 +175,11 @@ func (t *RetryTransport) RoundTrip(req *http.Request) (*http.Response, error) {
 		areq := req.WithContext(actx)
 		if body != nil {
 			areq.Body = body.attempt()
+			// The transports may resend a request themselves when they know the endpoint never processed it
+			// (HTTP/2: a stream above a graceful GOAWAY's last stream ID, or refused): GetBody lets them do so
+			// after the body started to go out, which is how a call in flight to a sidecar that begins to shut
+			// down still succeeds.
+			areq.GetBody = body.getBody
 		}
 		if grpc && hasDeadline {
 			// Propagate what remains of the caller's deadline, not what it was when the call left the app.
@@ -325,6 +330,9 @@ var errPerTryTimeout = fmt.Errorf("per-try timeout: %w", context.DeadlineExceede
 // errAttemptOver is what a superseded attempt reads from its request body.
 var errAttemptOver = errors.New("request body: attempt is over")
 
+// errNotReplayable is GetBody's answer when the body cannot be sent again.
+var errNotReplayable = errors.New("request body cannot be replayed")
+
 // replayBody records a request body as attempts read it, up to a limit, so that a later attempt can read it again
 // from the start and then go on with what the client has not sent yet. Only one attempt reads at a time: a new
 // attempt supersedes the previous one, whose reads then fail.
@@ -352,6 +360,16 @@ func (rb *replayBody) attempt() io.ReadCloser {
 	a := &attemptBody{rb: rb}
 	rb.cur = a
 	return a
+}
+
+// getBody is the attempt's Request.GetBody: the body from its beginning again, while it can be replayed.
+// A read on the client's body still under way (the earlier attempt's writer) makes it not replayable, for two
+// reads of it must not run at once.
+func (rb *replayBody) getBody() (io.ReadCloser, error) {
+	if !rb.replayable() {
+		return nil, errNotReplayable
+	}
+	return rb.attempt(), nil
 }
 
 // replayable reports whether a new attempt can send the whole body again.
