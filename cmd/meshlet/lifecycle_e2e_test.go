@@ -624,3 +624,37 @@ func TestReloadMoveListener(t *testing.T) {
 		t.Errorf("/debug/upstreams after moving the listener: %+v", doc)
 	}
 }
+
+// TestReloadAdminWarnings: a reload that leaves the admin section as it was warns about nothing; one that changes
+// admin.enable_quit says that it changes only on restart, and the running value stays.
+func TestReloadAdminWarnings(t *testing.T) {
+	admin := freeAddr(t)
+	cfg := func(quit bool) string {
+		return fmt.Sprintf("service: {name: web}\nadmin: {listen: %s, enable_quit: %v}\n"+
+			"shutdown: {drain_delay: 0s, drain_timeout: 5s}\n", admin, quit)
+	}
+	m := startMeshlet(t, admin, cfg(false))
+	reloads := func() float64 {
+		return m.metricSum(t, "meshlet_config_reloads_total", map[string]string{"result": "success"})
+	}
+	m.cmd.Process.Signal(syscall.SIGHUP)
+	eventually(t, 10*time.Second, "first reload", func() bool { return reloads() == 1 })
+	if strings.Contains(m.stderr.String(), "changes only on restart") {
+		t.Errorf("a reload of the same file warned:\n%s", m.stderr.String())
+	}
+	m.rewriteConfig(t, cfg(true))
+	m.cmd.Process.Signal(syscall.SIGHUP)
+	eventually(t, 10*time.Second, "second reload", func() bool { return reloads() == 2 })
+	if !strings.Contains(m.stderr.String(), "admin.enable_quit changes only on restart") {
+		t.Errorf("no warning for a changed enable_quit:\n%s", m.stderr.String())
+	}
+	req, _ := http.NewRequest("POST", "http://"+admin+"/quitquitquit", nil)
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusNotFound {
+		t.Errorf("POST /quitquitquit after the reload: %d, want 404 (enable_quit stays false until restart)", resp.StatusCode)
+	}
+}

@@ -223,10 +223,13 @@ func (s *sidecar) reload() ([]string, error) {
 		s.log.Error("config reload rejected; the running config stays", "config", s.path, "error", err.Error())
 		return nil, err
 	}
-	if cfg.Admin != s.cfg.Admin {
+	if cfg.Admin.Listen != s.cfg.Admin.Listen {
 		warnings = append(warnings, "admin.listen changes only on restart")
-		cfg.Admin = s.cfg.Admin
 	}
+	if *cfg.Admin.EnableQuit != *s.cfg.Admin.EnableQuit {
+		warnings = append(warnings, "admin.enable_quit changes only on restart")
+	}
+	cfg.Admin = s.cfg.Admin
 	if discoveryChanged(s.cfg, cfg) {
 		warnings = append(warnings, "discovery changes only on restart")
 		cfg.Discovery = s.cfg.Discovery
