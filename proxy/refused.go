@@ -110,7 +110,7 @@ func (p *Proxy) guarded(direction, listener string, lim ListenerLimits, h http.H
 				w = &closeUnlessSwitching{ResponseWriter: w}
 			}
 		case r.Method != http.MethodConnect && r.Body != nil && r.Body != http.NoBody && lim.ReadBodyTimeout > 0:
-			b := &stallBody{ReadCloser: r.Body, rc: http.NewResponseController(w), d: lim.ReadBodyTimeout}
+			b := &stallBody{ReadCloser: r.Body, rc: *http.NewResponseController(w), d: lim.ReadBodyTimeout}
 			r, faulted = withBody(r, b), b
 		}
 		h.ServeHTTP(w, r)
@@ -127,19 +127,21 @@ func (p *Proxy) guarded(direction, listener string, lim ListenerLimits, h http.H
 	})
 }
 
-// withBody returns a shallow copy of r with body b. The server's own request keeps its body: net/http looks at it
-// after the handler (e.g. to close a connection whose Expect: 100-continue body was never read).
+// withBody returns r with body b. A request with Expect keeps its own body: net/http looks at it after the
+// handler, to close a connection whose 100-continue body was never read, so that one gets a shallow copy.
 func withBody(r *http.Request, b io.ReadCloser) *http.Request {
-	r2 := r.WithContext(r.Context())
-	r2.Body = b
-	return r2
+	if _, ok := r.Header["Expect"]; ok {
+		r = r.WithContext(r.Context())
+	}
+	r.Body = b
+	return r
 }
 
 // stallBody ends a request body that sends nothing for d: each read gets a deadline (the connection's for
 // HTTP/1.1, the stream's for HTTP/2), cleared at the end of the body.
 type stallBody struct {
 	io.ReadCloser
-	rc  *http.ResponseController
+	rc  http.ResponseController
 	d   time.Duration
 	err *clientFault
 }
