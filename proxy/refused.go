@@ -8,6 +8,7 @@ import (
 	"log/slog"
 	"net/http"
 	"os"
+	"sync"
 	"sync/atomic"
 	"time"
 
@@ -91,6 +92,7 @@ func (p *Proxy) guarded(direction, listener string, lim ListenerLimits, h http.H
 			}
 		}
 		var faulted interface{ fault() *clientFault }
+		var stalled *stallBody
 		switch {
 		case isGRPC(r):
 			if v := r.Header.Get("Grpc-Timeout"); v != "" {
@@ -111,9 +113,12 @@ func (p *Proxy) guarded(direction, listener string, lim ListenerLimits, h http.H
 			}
 		case r.Method != http.MethodConnect && r.Body != nil && r.Body != http.NoBody && lim.ReadBodyTimeout > 0:
 			b := &stallBody{ReadCloser: r.Body, rc: *http.NewResponseController(w), d: lim.ReadBodyTimeout}
-			r, faulted = withBody(r, b), b
+			r, faulted, stalled = withBody(r, b), b, b
 		}
 		h.ServeHTTP(w, r)
+		if stalled != nil {
+			stalled.finish()
+		}
 		if faulted != nil {
 			if f := faulted.fault(); f != nil {
 				p.countRefused(r, direction, listener, f.reason, f.status)
@@ -138,37 +143,72 @@ func withBody(r *http.Request, b io.ReadCloser) *http.Request {
 }
 
 // stallBody ends a request body that sends nothing for d: each read gets a deadline (the connection's for
-// HTTP/1.1, the stream's for HTTP/2), cleared at the end of the body.
+// HTTP/1.1, the stream's for HTTP/2), cleared at the end of the body. The transport may still read the body after
+// the handler returned (an endpoint that answered before reading it all); the response controller must not be
+// used then, so the handler's end (finish) and each deadline change are serialised by mu.
 type stallBody struct {
 	io.ReadCloser
-	rc  http.ResponseController
-	d   time.Duration
-	err *clientFault
+	rc http.ResponseController
+	d  time.Duration
+
+	mu       sync.Mutex
+	finished bool // the handler returned
+	armed    bool // a deadline is set on the connection or stream
+	err      *clientFault
+}
+
+// setDeadline sets (or clears, with the zero time) the read deadline while the handler runs.
+func (b *stallBody) setDeadline(t time.Time) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	if b.finished {
+		return
+	}
+	_ = b.rc.SetReadDeadline(t)
+	b.armed = !t.IsZero()
 }
 
 func (b *stallBody) Read(p []byte) (int, error) {
-	if b.err != nil {
-		return 0, b.err
+	if err := b.fault(); err != nil {
+		return 0, err
 	}
 	deadline := time.Now().Add(b.d)
-	_ = b.rc.SetReadDeadline(deadline)
+	b.setDeadline(deadline)
 	n, err := b.ReadCloser.Read(p)
 	switch {
 	case err == nil:
 	case errors.Is(err, os.ErrDeadlineExceeded) && !time.Now().Before(deadline):
 		// (A deadline that fired before ours is the handler ending the read: abortBody.)
-		b.err = &clientFault{reason: refusedBodyTimeout, status: http.StatusRequestTimeout, code: codes.Canceled,
+		f := &clientFault{reason: refusedBodyTimeout, status: http.StatusRequestTimeout, code: codes.Canceled,
 			msg: fmt.Sprintf("meshlet: the request body stalled for %s (read_body_timeout)", b.d)}
-		return n, b.err
+		b.mu.Lock()
+		b.err = f
+		b.mu.Unlock()
+		return n, f
 	default:
 		// The end of the body (or of the connection): no deadline may outlive it, or it would end the
 		// connection's next read.
-		_ = b.rc.SetReadDeadline(time.Time{})
+		b.setDeadline(time.Time{})
 	}
 	return n, err
 }
 
-func (b *stallBody) fault() *clientFault { return b.err }
+// finish is called when the handler returns: it clears a deadline still set and keeps later reads from
+// touching the response controller.
+func (b *stallBody) finish() {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	if b.armed {
+		_ = b.rc.SetReadDeadline(time.Time{})
+	}
+	b.finished = true
+}
+
+func (b *stallBody) fault() *clientFault {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.err
+}
 
 // grpcFrames checks the length-prefixed messages of a gRPC request body as they stream through: a compressed
 // flag other than 0 or 1, a message longer than limit, or a body that ends inside a message ends the call.
@@ -179,6 +219,7 @@ type grpcFrames struct {
 	have   int    // bytes of the current prefix seen
 	left   uint64 // bytes left of the current message
 	err    *clientFault
+	shared atomic.Pointer[clientFault] // err, for the handler (the transport's goroutine reads the body)
 }
 
 func (f *grpcFrames) Read(p []byte) (int, error) {
@@ -211,6 +252,7 @@ func (f *grpcFrames) Read(p []byte) (int, error) {
 					"than the limit of %d bytes (max_grpc_message_bytes)", size, f.limit)}
 		}
 		if f.err != nil {
+			f.shared.Store(f.err)
 			return 0, f.err
 		}
 		f.left = uint64(size)
@@ -218,9 +260,10 @@ func (f *grpcFrames) Read(p []byte) (int, error) {
 	if errors.Is(err, io.EOF) && (f.have > 0 || f.left > 0) {
 		f.err = &clientFault{reason: refusedGRPCFrame, status: http.StatusBadRequest, code: codes.Internal,
 			msg: "meshlet: the gRPC request body ends inside a message"}
+		f.shared.Store(f.err)
 		return 0, f.err
 	}
 	return n, err
 }
 
-func (f *grpcFrames) fault() *clientFault { return f.err }
+func (f *grpcFrames) fault() *clientFault { return f.shared.Load() }
