@@ -96,8 +96,39 @@ func StartConsul(t testing.TB, opts Options) *Agent {
 		}
 		t.Skipf("consul: %v", err)
 	}
-	ports := freePorts(t, 6)
-	a := &Agent{t: t, bin: bin, opts: opts, HTTPAddr: net.JoinHostPort("127.0.0.1", strconv.Itoa(ports[0]))}
+	a := &Agent{t: t, bin: bin, opts: opts}
+	a.config = filepath.Join(t.TempDir(), "consul.hcl")
+	t.Cleanup(func() {
+		a.Stop()
+		if t.Failed() {
+			t.Logf("consul output:\n%s", a.output())
+		}
+	})
+	// The ports were free a moment ago; another process on the machine may take one before the agent binds it.
+	// Then the agent exits at once, and it is started again on other ports (three times at most).
+	for attempt := 1; ; attempt++ {
+		ports := freePorts(t, 6)
+		a.HTTPAddr = net.JoinHostPort("127.0.0.1", strconv.Itoa(ports[0]))
+		if err := os.WriteFile(a.config, []byte(agentConfig(ports, opts)), 0o600); err != nil {
+			t.Fatal(err)
+		}
+		err := a.start()
+		if err == nil {
+			return a
+		}
+		if attempt == 3 || !strings.Contains(a.output(), "address already in use") {
+			t.Fatalf("consul not ready: %v\noutput:\n%s", err, a.output())
+		}
+		t.Logf("consul: a port was taken before the agent bound it; starting again on other ports")
+		a.Stop()
+		a.mu.Lock()
+		a.out = nil
+		a.mu.Unlock()
+	}
+}
+
+// agentConfig is the agent's HCL config on ports (http, dns, serf_lan, serf_wan, server, grpc).
+func agentConfig(ports []int, opts Options) string {
 	hcl := fmt.Sprintf(`disable_update_check = true
 node_name = "meshlet-test"
 bind_addr = "127.0.0.1"
@@ -123,27 +154,22 @@ ports {
 }
 `, ManagementToken)
 	}
-	a.config = filepath.Join(t.TempDir(), "consul.hcl")
-	if err := os.WriteFile(a.config, []byte(hcl), 0o600); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() {
-		a.Stop()
-		if t.Failed() {
-			t.Logf("consul output:\n%s", a.output())
-		}
-	})
-	a.Start()
-	return a
+	return hcl
 }
 
 // Start starts the agent (again, on the same ports, with an empty state) and waits until it is ready.
 func (a *Agent) Start() {
 	a.t.Helper()
+	if err := a.start(); err != nil {
+		a.t.Fatalf("consul not ready: %v\noutput:\n%s", err, a.output())
+	}
+}
+
+func (a *Agent) start() error {
 	a.mu.Lock()
 	if a.cmd != nil {
 		a.mu.Unlock()
-		a.t.Fatal("consul: already running")
+		return errors.New("already running")
 	}
 	if a.out == nil {
 		a.out = &lockedBuffer{}
@@ -152,7 +178,7 @@ func (a *Agent) Start() {
 	cmd.Stdout, cmd.Stderr = a.out, a.out
 	if err := cmd.Start(); err != nil {
 		a.mu.Unlock()
-		a.t.Fatalf("consul: %v", err)
+		return err
 	}
 	done := make(chan struct{})
 	go func() {
@@ -161,9 +187,7 @@ func (a *Agent) Start() {
 	}()
 	a.cmd, a.done = cmd, done
 	a.mu.Unlock()
-	if err := a.waitReady(done, 30*time.Second); err != nil {
-		a.t.Fatalf("consul not ready: %v\noutput:\n%s", err, a.output())
-	}
+	return a.waitReady(done, 30*time.Second)
 }
 
 // Stop stops the agent by its PID (SIGINT; Consul exits 1 on it, which is normal) and waits for it to exit,
