@@ -76,7 +76,7 @@ type rejection struct {
 }
 
 // guardConn is one guarded connection. net/http calls Read from one goroutine at a time (its background read
-// included); the handler reads rejected and upgrading under mu.
+// included); handlers read rejected and broken under mu.
 type guardConn struct {
 	net.Conn
 	maxHead      int           // bytes a request head may take, request line included
@@ -399,6 +399,9 @@ func (g *guardConn) lineDone() bool {
 	case gTrailer:
 		if len(line) == 0 {
 			g.state = gHead
+			if cap(g.line) > 512 {
+				g.line = nil // long trailers: an idle connection does not keep their buffer
+			}
 			return true
 		}
 		g.trail += len(line) + 2
