@@ -65,6 +65,11 @@ func newRewriteRig(tb testing.TB) *rewriteRig {
 	u.setEndpoints(discovery.Snapshot{Service: "api", Index: 1,
 		Endpoints: []discovery.Endpoint{{ID: "e1", Addr: netip.MustParseAddrPort("192.0.2.10:8080")}}})
 	rig := &rewriteRig{u: u, wire: make(chan wireRequest, 16), deadline: make(chan time.Time, 4)}
+	// Every request on a connection of its own: the transport would otherwise keep a connection dialed for a
+	// request that gave up (a gRPC deadline of a few ns) and hand it to the next one, tagged with the old
+	// generation, and the next request would seem never to reach the endpoint. (A negative idle limit closes
+	// such a connection; DisableKeepAlives would add Connection: close to every request.)
+	u.transport.h1.MaxIdleConnsPerHost = -1
 	u.transport.h1.DialContext = func(ctx context.Context, network, addr string) (net.Conn, error) {
 		client, server := net.Pipe()
 		go rig.serveOne(server, rig.gen.Load())
