@@ -98,7 +98,7 @@ type ListenerLimits struct {
 	ReadBodyTimeout time.Duration `yaml:"read_body_timeout" json:"read_body_timeout"`
 	// WriteTimeout disconnects a client that takes no byte of a response for this long (a stalled reader holds
 	// a connection, a stream and a request to the app). HTTP/2: net/http's WriteByteTimeout; HTTP/1.1 and
-	// upgraded connections: a deadline on each write (plaintext connections; mutual TLS peers are sidecars).
+	// upgraded connections: a deadline on each write.
 	// Flow-control waits of long gRPC streams do not count.
 	WriteTimeout time.Duration `yaml:"write_timeout" json:"write_timeout"`
 	// MaxGRPCMessageBytes bounds one message of a gRPC request (its length prefix); a larger one ends the call

@@ -23,8 +23,8 @@ import (
 // guard hands over a synthetic request that the guard's handler answers (400, 431, 501 or 505 with Connection:
 // close, counted in meshlet_refused_requests_total by reason), and then the connection ends.
 //
-// Mutual TLS connections are not guarded: net/http needs the *tls.Conn itself (for ALPN and Request.TLS), and
-// their peers are sidecars whose own outbound guard already checked what their app sent.
+// Mutual TLS connections that speak HTTP/1.1 are guarded too; HTTP/2 ones (ALPN h2) are not, as net/http needs the
+// *tls.Conn itself for them, and HTTP/2 framing leaves no such ambiguity.
 
 // Reasons the guard refuses a request (the reason label of meshlet_refused_requests_total).
 const (
@@ -79,8 +79,9 @@ type rejection struct {
 // included); handlers read rejected and broken under mu.
 type guardConn struct {
 	net.Conn
-	maxHead      int           // bytes a request head may take, request line included
-	writeTimeout time.Duration // a write that makes no progress this long fails (0: none)
+	maxHead      int                  // bytes a request head may take, request line included
+	writeTimeout time.Duration        // a write that makes no progress this long fails (0: none)
+	tls          *tls.ConnectionState // the handshake of a mutual TLS connection; nil for plaintext
 
 	mu       sync.Mutex
 	rejected *rejection // a refused head
@@ -108,10 +109,31 @@ func (l *guardListener) Accept() (net.Conn, error) {
 	if err != nil {
 		return nil, err
 	}
-	if _, ok := c.(*tls.Conn); ok {
-		return c, nil
+	g := &guardConn{Conn: c, maxHead: l.maxHead, writeTimeout: l.writeTimeout}
+	if tc, ok := c.(*tls.Conn); ok {
+		// The inbound listener hands over mutual TLS connections with the handshake done. HTTP/2 (ALPN h2) needs
+		// the *tls.Conn itself (net/http hands it to its HTTP/2 server); HTTP/1.1 is guarded like plaintext, and
+		// its requests find the peer's certificates through the guard (tlsStateOf), as net/http then leaves
+		// Request.TLS nil.
+		cs := tc.ConnectionState()
+		if cs.NegotiatedProtocol == "h2" {
+			return c, nil
+		}
+		g.tls = &cs
 	}
-	return &guardConn{Conn: c, maxHead: l.maxHead, writeTimeout: l.writeTimeout}, nil
+	return g, nil
+}
+
+// tlsStateOf returns the TLS state of the connection r came on: net/http's, or the guard's for a guarded mutual
+// TLS connection; nil for plaintext.
+func tlsStateOf(r *http.Request) *tls.ConnectionState {
+	if r.TLS != nil {
+		return r.TLS
+	}
+	if g := guardOf(r); g != nil {
+		return g.tls
+	}
+	return nil
 }
 
 // Write gives each write writeTimeout to make progress: a client that stops reading is disconnected.

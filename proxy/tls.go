@@ -115,10 +115,11 @@ func (p *Proxy) secureInbound(ln net.Listener, mode string) (net.Listener, error
 // authorizeRequest checks the verified caller of an inbound request against inbound.tls.allow. It answers 403
 // (gRPC: PERMISSION_DENIED) itself and returns false when the caller may not call.
 func (u *upstream) authorizeRequest(w *responseWriter, r *http.Request, grpc bool, ri *requestInfo) bool {
-	if u.tls == nil || r.TLS == nil {
+	state := tlsStateOf(r)
+	if u.tls == nil || state == nil {
 		return true
 	}
-	id, ok := mtls.PeerID(r.TLS)
+	id, ok := mtls.PeerID(state)
 	why := "no identity"
 	if ok {
 		var allowed bool

@@ -954,3 +954,53 @@ func TestMTLSCheck(t *testing.T) {
 		})
 	}
 }
+
+// TestMTLSHTTP1Guarded calls an inbound listener over mutual TLS with HTTP/1.1 (ALPN http/1.1), as a peer that
+// does not speak HTTP/2 would: inbound.tls.allow still applies (the caller's identity comes through the HTTP/1.1
+// guard), and a smuggling shape is refused with 400 and the connection closed.
+func TestMTLSHTTP1Guarded(t *testing.T) {
+	dir := mtlsCerts(t, "api", "web", "batch")
+	app := mtlsStartApp(t, "api")
+	a := grpcFreeAddrs(t, 2)
+	m := mtlsStart(t, mtlsSidecar{name: "api", app: app.addr, inbound: a[0], mode: "mtls", allow: []string{"web"},
+		certDir: dir, cert: "api", admin: a[1]})
+	for _, tc := range []struct {
+		caller string
+		want   int
+	}{{"web", http.StatusOK}, {"batch", http.StatusForbidden}} {
+		path := "/h1/" + tc.caller
+		code, err := mtlsProbe(a[0], path, mtlsClientTLS(t, dir, tc.caller, "http/1.1"))
+		if err != nil || code != tc.want {
+			t.Errorf("%s over HTTP/1.1: %d %v, want %d", tc.caller, code, err, tc.want)
+		}
+		if want := map[bool]int{true: 1, false: 0}[tc.want == http.StatusOK]; app.saw(path) != want {
+			t.Errorf("the app saw %s %d times, want %d", path, app.saw(path), want)
+		}
+	}
+	c, err := tls.DialWithDialer(&net.Dialer{Timeout: 5 * time.Second}, "tcp", a[0], mtlsClientTLS(t, dir, "web", "http/1.1"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	c.SetDeadline(time.Now().Add(10 * time.Second))
+	io.WriteString(c, "POST /smuggle HTTP/1.1\r\nHost: api\r\nContent-Length: 4\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n")
+	br := bufio.NewReader(c)
+	resp, err := http.ReadResponse(br, nil)
+	if err != nil {
+		t.Fatalf("no answer to a smuggling shape: %v", err)
+	}
+	io.Copy(io.Discard, resp.Body)
+	if resp.StatusCode != http.StatusBadRequest {
+		t.Errorf("smuggling shape over mutual TLS: %d, want 400", resp.StatusCode)
+	}
+	if _, err := br.ReadByte(); err == nil {
+		t.Error("connection left open after the refusal")
+	}
+	if app.saw("/smuggle") != 0 {
+		t.Error("the app received the smuggling shape")
+	}
+	labels := map[string]string{"direction": "inbound", "reason": "content_length_and_transfer_encoding"}
+	if v := m.metricSum(t, "meshlet_refused_requests_total", labels); v != 1 {
+		t.Errorf("meshlet_refused_requests_total%v = %v, want 1", labels, v)
+	}
+}
