@@ -115,20 +115,22 @@ func (p *Proxy) guarded(direction, listener string, lim ListenerLimits, h http.H
 			b := &stallBody{ReadCloser: r.Body, rc: *http.NewResponseController(w), d: lim.ReadBodyTimeout}
 			r, faulted, stalled = withBody(r, b), b, b
 		}
-		h.ServeHTTP(w, r)
-		if stalled != nil {
-			stalled.finish()
-		}
-		if faulted != nil {
-			if f := faulted.fault(); f != nil {
-				p.countRefused(r, direction, listener, f.reason, f.status)
+		// Deferred: the reverse proxy ends a response whose copy failed with a panic (http.ErrAbortHandler), and the
+		// stall timer must not outlive the handler even then.
+		defer func() {
+			if stalled != nil {
+				stalled.finish()
 			}
-		}
-		if g != nil {
-			if g.brokenBody() {
+			if faulted != nil {
+				if f := faulted.fault(); f != nil {
+					p.countRefused(r, direction, listener, f.reason, f.status)
+				}
+			}
+			if g != nil && g.brokenBody() {
 				p.countRefused(r, direction, listener, malformedChunk, http.StatusBadRequest)
 			}
-		}
+		}()
+		h.ServeHTTP(w, r)
 	})
 }
 
