@@ -97,13 +97,13 @@ func (b *bench) crossCheck(p protocol, k pathKind, r *pathResult, calls int64) {
 		var rc requestCount
 		var err error
 		for deadline := time.Now().Add(2 * time.Second); ; {
-			rc, err = scrapeRequests(m.proc.admin, direction)
+			rc, err = scrapeRequests(m.proc.Admin, direction)
 			if (err == nil && rc.Total >= calls) || time.Now().After(deadline) {
 				break
 			}
 			time.Sleep(50 * time.Millisecond)
 		}
-		name := fmt.Sprintf("%s %s, %s", protocolInfo[p].label, pathLabels[k], m.proc.name())
+		name := fmt.Sprintf("%s %s, %s", protocolInfo[p].label, pathLabels[k], m.proc.Name)
 		if err != nil {
 			b.note(fmt.Sprintf("%s: reading /metrics: %v", name, err))
 			continue

@@ -3,43 +3,20 @@ package main
 import (
 	"bytes"
 	"context"
-	"errors"
 	"fmt"
-	"io"
-	"net"
-	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"strings"
-	"syscall"
 	"time"
-)
 
-const (
-	readyTimeout = 15 * time.Second // from start until GET /ready answers 200
-	stopTimeout  = 10 * time.Second // from SIGTERM until the process must have exited (drain_timeout is 5s)
+	"meshlet.dev/meshlet/internal/meshletproc"
 )
 
 // meshletProc is one running meshlet process started by the benchmark.
 type meshletProc struct {
-	role    string // "meshlet", "A" (client-side sidecar) or "B" (server-side sidecar)
-	admin   string // admin listen address
-	cfgPath string
-	logPath string
-	cmd     *exec.Cmd
-	logFile *os.File
-	exited  chan struct{} // closed when the process has exited; waitErr is set then
-	waitErr error
-	failed  bool // waitReady already reported the process's failure
-}
-
-// name is how messages refer to the process.
-func (m *meshletProc) name() string {
-	if m.role == "meshlet" {
-		return "meshlet"
-	}
-	return "meshlet " + m.role
+	*meshletproc.Proc
+	failed bool // waitReady already reported the process's failure
 }
 
 // meshletConfig is what differs between the generated configs.
@@ -85,129 +62,39 @@ func (c meshletConfig) yaml() string {
 // startMeshlet writes cfg to dir and starts `bin run -config` with its output in a log file beside it.
 // The process gets SIGKILL if the benchmark dies first.
 func startMeshlet(bin, dir, name, role string, cfg meshletConfig) (*meshletProc, error) {
-	m := &meshletProc{
-		role:    role,
-		admin:   cfg.admin,
-		cfgPath: filepath.Join(dir, name+".yaml"),
-		logPath: filepath.Join(dir, name+".log"),
-		exited:  make(chan struct{}),
+	display := "meshlet"
+	if role != "meshlet" {
+		display += " " + role // "A" (client-side sidecar) or "B" (server-side sidecar)
 	}
-	if err := os.WriteFile(m.cfgPath, []byte(cfg.yaml()), 0o644); err != nil {
-		return nil, err
-	}
-	f, err := os.Create(m.logPath)
+	p, err := meshletproc.Start(bin, display, cfg.admin, filepath.Join(dir, name+".yaml"),
+		filepath.Join(dir, name+".log"), cfg.yaml())
 	if err != nil {
 		return nil, err
 	}
-	m.logFile = f
-	m.cmd = exec.Command(bin, "run", "-config", m.cfgPath)
-	m.cmd.Stdout, m.cmd.Stderr = f, f
-	m.cmd.Env = cleanEnv()
-	m.cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
-	if err := m.cmd.Start(); err != nil {
-		f.Close()
-		return nil, fmt.Errorf("starting %s: %w", name, err)
-	}
-	go func() {
-		m.waitErr = m.cmd.Wait()
-		f.Close()
-		close(m.exited)
-	}()
-	return m, nil
+	return &meshletProc{Proc: p}, nil
 }
 
-// cleanEnv is the environment without MESHLET_* variables, so the generated config is what runs.
-func cleanEnv() []string {
-	var env []string
-	for _, kv := range os.Environ() {
-		if !strings.HasPrefix(kv, "MESHLET_") {
-			env = append(env, kv)
-		}
-	}
-	return env
-}
-
-func (m *meshletProc) pid() int { return m.cmd.Process.Pid }
-
-// waitReady polls GET /ready on the admin port until it answers 200, the process exits or readyTimeout passes.
+// waitReady waits for /ready (meshletproc.Proc.WaitReady) and remembers when the process failed on the way.
 func (m *meshletProc) waitReady(ctx context.Context) error {
-	client := &http.Client{Timeout: time.Second}
-	defer client.CloseIdleConnections()
-	deadline := time.Now().Add(readyTimeout)
-	last := "no answer"
-	for time.Now().Before(deadline) {
-		select {
-		case <-m.exited:
-			m.failed = true
-			return fmt.Errorf("%s exited before it was ready (%v); log:\n%s", m.name(), m.waitErr, m.logTail(20))
-		case <-ctx.Done():
-			return ctx.Err()
-		default:
-		}
-		resp, err := client.Get("http://" + m.admin + "/ready")
-		if err == nil {
-			body, _ := io.ReadAll(io.LimitReader(resp.Body, 512))
-			resp.Body.Close()
-			if resp.StatusCode == http.StatusOK {
-				return nil
-			}
-			last = fmt.Sprintf("%d %q", resp.StatusCode, bytes.TrimSpace(body))
-		} else {
-			last = err.Error()
-		}
-		time.Sleep(20 * time.Millisecond)
+	err := m.WaitReady(ctx)
+	if err != nil && !m.Alive() {
+		m.failed = true
 	}
-	return fmt.Errorf("%s not ready after %s (last /ready: %s); log:\n%s", m.name(), readyTimeout, last, m.logTail(20))
+	return err
 }
 
-// stop sends SIGTERM and waits up to stopTimeout for the process to exit, then kills it. It returns an error
-// if the process had already exited, did not exit in time, or exited with a non-zero status.
+// stop stops the process (meshletproc.Proc.Stop); one whose failure waitReady already reported is not reported
+// again.
 func (m *meshletProc) stop() error {
-	select {
-	case <-m.exited:
-		if m.failed {
-			return nil
-		}
-		return fmt.Errorf("%s had exited during the run (%v); log:\n%s", m.name(), m.waitErr, m.logTail(20))
-	default:
+	if m.failed && !m.Alive() {
+		return nil
 	}
-	if err := m.cmd.Process.Signal(syscall.SIGTERM); err != nil {
-		return fmt.Errorf("%s: SIGTERM: %w", m.name(), err)
-	}
-	t := time.NewTimer(stopTimeout)
-	defer t.Stop()
-	select {
-	case <-m.exited:
-	case <-t.C:
-		m.cmd.Process.Kill()
-		<-m.exited
-		return fmt.Errorf("%s did not exit within %s of SIGTERM (drain_delay 0s, drain_timeout 5s); killed", m.name(), stopTimeout)
-	}
-	if m.waitErr != nil {
-		return fmt.Errorf("%s exited with %v after SIGTERM; log:\n%s", m.name(), m.waitErr, m.logTail(20))
-	}
-	return nil
-}
-
-// logTail returns the last n lines of the process's log, indented.
-func (m *meshletProc) logTail(n int) string {
-	b, err := os.ReadFile(m.logPath)
-	if err != nil {
-		return "    (no log: " + err.Error() + ")"
-	}
-	lines := strings.Split(strings.TrimRight(string(b), "\n"), "\n")
-	if len(lines) > n {
-		lines = lines[len(lines)-n:]
-	}
-	if len(lines) == 1 && lines[0] == "" {
-		return "    (empty)"
-	}
-	return "    " + strings.Join(lines, "\n    ")
+	return m.Stop()
 }
 
 // logLines returns how many lines the process logged; with log level warn each is a warning or error.
 func (m *meshletProc) logLines() int {
-	b, err := os.ReadFile(m.logPath)
+	b, err := os.ReadFile(m.LogPath)
 	if err != nil {
 		return 0
 	}
@@ -216,7 +103,7 @@ func (m *meshletProc) logLines() int {
 
 // logHead returns the first n lines of the process's log, indented.
 func (m *meshletProc) logHead(n int) string {
-	b, err := os.ReadFile(m.logPath)
+	b, err := os.ReadFile(m.LogPath)
 	if err != nil {
 		return "    (no log: " + err.Error() + ")"
 	}
@@ -236,23 +123,6 @@ func meshletVersion(bin string) string {
 		return fmt.Sprintf("unknown (%s version: %v)", bin, err)
 	}
 	return strings.TrimSpace(string(out))
-}
-
-// freeAddrs returns n distinct loopback addresses whose ports were free a moment ago. All n listeners are
-// open at once, so the ports differ.
-func freeAddrs(n int) ([]string, error) {
-	var out []string
-	var errs []error
-	for range n {
-		l, err := net.Listen("tcp", "127.0.0.1:0")
-		if err != nil {
-			errs = append(errs, err)
-			continue
-		}
-		defer l.Close()
-		out = append(out, l.Addr().String())
-	}
-	return out, errors.Join(errs...)
 }
 
 // makeCerts creates (once per run) a trust domain and the two services' certificates with `meshlet certs`,

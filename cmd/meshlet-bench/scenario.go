@@ -8,6 +8,8 @@ import (
 	"runtime"
 	"slices"
 	"time"
+
+	"meshlet.dev/meshlet/internal/meshletproc"
 )
 
 // pathKind is how the app reaches the backend.
@@ -142,13 +144,13 @@ func (b *bench) startMeshlets(ctx context.Context, p protocol, backendAddr strin
 			results[k].Failed = err.Error()
 			return
 		}
-		procs[k] = append(procs[k], &meshletStats{Role: role, PID: m.pid(), proc: m})
+		procs[k] = append(procs[k], &meshletStats{Role: role, PID: m.PID(), proc: m})
 	}
 	for _, k := range b.opts.paths {
 		if k == pathDirect {
 			continue
 		}
-		addrs, err := freeAddrs(4)
+		addrs, err := meshletproc.FreeAddrs(4)
 		if err != nil {
 			results[k].Failed = "finding free ports: " + err.Error()
 			continue
@@ -200,12 +202,12 @@ func (b *bench) stopMeshlets(p protocol, procs map[pathKind][]*meshletStats) {
 				b.problem(fmt.Sprintf("%s %s: %v", protocolInfo[p].label, pathLabels[k], err))
 			} else if m.StopSeconds > 2 {
 				b.note(fmt.Sprintf("%s %s, %s took %.1fs to exit after SIGTERM (drain_delay 0s, nothing in flight)",
-					protocolInfo[p].label, pathLabels[k], m.proc.name(), m.StopSeconds))
+					protocolInfo[p].label, pathLabels[k], m.proc.Name, m.StopSeconds))
 			}
 			if n := m.proc.logLines(); n > 0 {
 				m.LogLines = n
 				b.note(fmt.Sprintf("%s %s, %s logged %d line(s) at level warn; first:\n%s",
-					protocolInfo[p].label, pathLabels[k], m.proc.name(), n, m.proc.logHead(3)))
+					protocolInfo[p].label, pathLabels[k], m.proc.Name, n, m.proc.logHead(3)))
 			}
 		}
 	}

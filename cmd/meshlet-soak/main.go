@@ -37,6 +37,8 @@ import (
 	"sync"
 	"syscall"
 	"time"
+
+	"meshlet.dev/meshlet/internal/meshletproc"
 )
 
 type options struct {
@@ -304,13 +306,13 @@ func (s *soak) sample() {
 	}
 	m.mu.Unlock()
 	for _, e := range procs {
-		if !e.p.alive() {
+		if !e.p.Alive() {
 			if e.must {
-				s.fail("meshlet %s exited unexpectedly (%v); log:\n%s", e.p.name, e.p.waitErr, logTail(e.p.logPath, 20))
+				s.fail("meshlet %s exited unexpectedly (%v); log:\n%s", e.p.name, e.p.WaitErr(), meshletproc.LogTail(e.p.LogPath, 20))
 			}
 			continue
 		}
-		if rss, err := readRSS(e.p.pid()); err == nil {
+		if rss, err := readRSS(e.p.PID()); err == nil {
 			s.mu.Lock()
 			s.rss[e.name] = append(s.rss[e.name], rss)
 			s.mu.Unlock()

@@ -11,6 +11,8 @@ import (
 	"sync/atomic"
 	"syscall"
 	"time"
+
+	"meshlet.dev/meshlet/internal/meshletproc"
 )
 
 // Upstream names in meshlet A's config.
@@ -122,7 +124,7 @@ func (m *mesh) start(ctx context.Context) error {
 		}
 		m.setInA(in, true)
 	}
-	addrs, err := freeAddrs(3)
+	addrs, err := meshletproc.FreeAddrs(3)
 	if err != nil {
 		return err
 	}
@@ -135,7 +137,7 @@ func (m *mesh) start(ctx context.Context) error {
 		return err
 	}
 	m.a = p
-	if err := p.waitReady(ctx); err != nil {
+	if err := p.WaitReady(ctx); err != nil {
 		return err
 	}
 	return m.waitEndpoints(ctx, len(m.instances))
@@ -145,7 +147,7 @@ func (m *mesh) start(ctx context.Context) error {
 // had (a restart in place).
 func (m *mesh) startInstance(ctx context.Context, in *instance, fresh bool) error {
 	if fresh {
-		addrs, err := freeAddrs(3)
+		addrs, err := meshletproc.FreeAddrs(3)
 		if err != nil {
 			return err
 		}
@@ -166,7 +168,7 @@ func (m *mesh) startInstance(ctx context.Context, in *instance, fresh bool) erro
 	m.mu.Lock()
 	in.be, in.proc = be, p
 	m.mu.Unlock()
-	return p.waitReady(ctx)
+	return p.WaitReady(ctx)
 }
 
 // listenRetry retries start for a few seconds while the port is still in use (a restart in place).
@@ -198,21 +200,21 @@ func (m *mesh) reload(ctx context.Context) error {
 		}
 	}
 	m.mu.Unlock()
-	tmp := m.a.cfgPath + ".tmp"
+	tmp := m.a.CfgPath + ".tmp"
 	if err := os.WriteFile(tmp, []byte(yaml), 0o644); err != nil {
 		return err
 	}
-	if err := os.Rename(tmp, m.a.cfgPath); err != nil {
+	if err := os.Rename(tmp, m.a.CfgPath); err != nil {
 		return err
 	}
-	if err := m.a.cmd.Process.Signal(syscall.SIGHUP); err != nil {
+	if err := m.a.Cmd.Process.Signal(syscall.SIGHUP); err != nil {
 		return err
 	}
 	ok := map[string]string{"result": "success"}
 	fail := map[string]string{"result": "failure"}
 	return poll(ctx, 10*time.Second, "A applies the reload", func(p promText) (bool, error) {
 		if p.sum("meshlet_config_reloads_total", fail) > before.sum("meshlet_config_reloads_total", fail) {
-			return false, fmt.Errorf("meshlet A rejected the reload; log:\n%s", logTail(m.a.logPath, 5))
+			return false, fmt.Errorf("meshlet A rejected the reload; log:\n%s", meshletproc.LogTail(m.a.LogPath, 5))
 		}
 		return p.sum("meshlet_config_reloads_total", ok) > before.sum("meshlet_config_reloads_total", ok) &&
 			endpointsAre(p, want), nil
@@ -244,8 +246,8 @@ func poll(ctx context.Context, within time.Duration, what string, cond func(prom
 				return nil
 			}
 		}
-		if !p.alive() {
-			return fmt.Errorf("waiting until %s: meshlet %s exited (%v)", what, p.name, p.waitErr)
+		if !p.Alive() {
+			return fmt.Errorf("waiting until %s: meshlet %s exited (%v)", what, p.name, p.WaitErr())
 		}
 		if time.Now().After(deadline) {
 			return fmt.Errorf("waiting until %s: not after %s (last scrape error: %v)", what, within, err)
@@ -292,7 +294,7 @@ func (m *mesh) churn(ctx context.Context, k int, logf func(string, ...any)) erro
 		}
 	}
 	m.setDown(in, true)
-	err := in.proc.stop() // SIGTERM: it must drain and exit 0
+	err := in.proc.Stop() // SIGTERM: it must drain and exit 0
 	in.be.stop()
 	if err != nil {
 		return fmt.Errorf("churn %s: %w", in.name, err)
@@ -363,18 +365,18 @@ func (m *mesh) procs() []*meshletProc {
 // close stops everything that still runs: gracefully (SIGTERM, exit 0 expected) when clean, else at once.
 func (m *mesh) close(clean bool) []error {
 	var errs []error
-	if m.a != nil && m.a.alive() {
+	if m.a != nil && m.a.Alive() {
 		if clean {
-			errs = append(errs, m.a.stop())
+			errs = append(errs, m.a.Stop())
 		}
-		m.a.kill()
+		m.a.Kill()
 	}
 	for _, in := range m.instances {
-		if in.proc != nil && in.proc.alive() {
+		if in.proc != nil && in.proc.Alive() {
 			if clean {
-				errs = append(errs, in.proc.stop())
+				errs = append(errs, in.proc.Stop())
 			}
-			in.proc.kill()
+			in.proc.Kill()
 		}
 		if in.be != nil {
 			in.be.stop()

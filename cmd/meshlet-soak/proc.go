@@ -7,145 +7,37 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"net"
 	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"strconv"
 	"strings"
-	"syscall"
 	"time"
-)
 
-const (
-	readyTimeout = 15 * time.Second // from start until GET /ready answers 200
-	stopTimeout  = 10 * time.Second // from SIGTERM until the process must have exited (drain_timeout is 5s)
+	"meshlet.dev/meshlet/internal/meshletproc"
 )
 
 // meshletProc is one running meshlet process.
 type meshletProc struct {
-	name    string // "A", "B0", "B1#3" (instance B1, third generation)
-	admin   string // admin listen address
-	cfgPath string
-	logPath string
-	cmd     *exec.Cmd
-	exited  chan struct{} // closed when the process has exited; waitErr is set then
-	waitErr error
-	http    *http.Client
+	*meshletproc.Proc
+	name string // "A", "B0", "B1#3" (instance B1, third generation)
+	http *http.Client
 }
 
 // startMeshlet writes yaml to cfgPath and starts `bin run -config cfgPath`, its output appended to logPath.
 // The process gets SIGKILL if this program dies first.
 func startMeshlet(bin, name, admin, cfgPath, logPath, yaml string) (*meshletProc, error) {
-	if err := os.WriteFile(cfgPath, []byte(yaml), 0o644); err != nil {
-		return nil, err
-	}
-	f, err := os.OpenFile(logPath, os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o644)
+	p, err := meshletproc.Start(bin, "meshlet "+name, admin, cfgPath, logPath, yaml)
 	if err != nil {
 		return nil, err
 	}
-	m := &meshletProc{name: name, admin: admin, cfgPath: cfgPath, logPath: logPath, exited: make(chan struct{}),
-		http: &http.Client{Timeout: 3 * time.Second}}
-	m.cmd = exec.Command(bin, "run", "-config", cfgPath)
-	m.cmd.Stdout, m.cmd.Stderr = f, f
-	m.cmd.Env = cleanEnv()
-	m.cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
-	if err := m.cmd.Start(); err != nil {
-		f.Close()
-		return nil, fmt.Errorf("starting meshlet %s: %w", name, err)
-	}
-	go func() {
-		m.waitErr = m.cmd.Wait()
-		f.Close()
-		close(m.exited)
-	}()
-	return m, nil
-}
-
-// cleanEnv is the environment without MESHLET_* variables, so the generated config is what runs.
-func cleanEnv() []string {
-	var env []string
-	for _, kv := range os.Environ() {
-		if !strings.HasPrefix(kv, "MESHLET_") {
-			env = append(env, kv)
-		}
-	}
-	return env
-}
-
-func (m *meshletProc) pid() int { return m.cmd.Process.Pid }
-
-// alive reports whether the process has not exited.
-func (m *meshletProc) alive() bool {
-	select {
-	case <-m.exited:
-		return false
-	default:
-		return true
-	}
-}
-
-// waitReady polls GET /ready until it answers 200, the process exits, ctx ends or readyTimeout passes.
-func (m *meshletProc) waitReady(ctx context.Context) error {
-	deadline := time.Now().Add(readyTimeout)
-	last := "no answer"
-	for time.Now().Before(deadline) {
-		if !m.alive() {
-			return fmt.Errorf("meshlet %s exited before it was ready (%v); log:\n%s", m.name, m.waitErr, logTail(m.logPath, 20))
-		}
-		if ctx.Err() != nil {
-			return ctx.Err()
-		}
-		resp, err := m.http.Get("http://" + m.admin + "/ready")
-		if err == nil {
-			body, _ := io.ReadAll(io.LimitReader(resp.Body, 512))
-			resp.Body.Close()
-			if resp.StatusCode == http.StatusOK {
-				return nil
-			}
-			last = fmt.Sprintf("%d %q", resp.StatusCode, bytes.TrimSpace(body))
-		} else {
-			last = err.Error()
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
-	return fmt.Errorf("meshlet %s not ready after %s (last /ready: %s); log:\n%s", m.name, readyTimeout, last, logTail(m.logPath, 20))
-}
-
-// stop sends SIGTERM and waits up to stopTimeout for the process to exit, then kills it. It returns an error
-// if the process had already exited, did not exit in time, or exited with a non-zero status.
-func (m *meshletProc) stop() error {
-	if !m.alive() {
-		return fmt.Errorf("meshlet %s had already exited (%v)", m.name, m.waitErr)
-	}
-	m.cmd.Process.Signal(syscall.SIGTERM)
-	t := time.NewTimer(stopTimeout)
-	defer t.Stop()
-	select {
-	case <-m.exited:
-	case <-t.C:
-		m.cmd.Process.Kill()
-		<-m.exited
-		return fmt.Errorf("meshlet %s did not exit within %s of SIGTERM; killed", m.name, stopTimeout)
-	}
-	if m.waitErr != nil {
-		return fmt.Errorf("meshlet %s exited with %v after SIGTERM; log:\n%s", m.name, m.waitErr, logTail(m.logPath, 20))
-	}
-	return nil
-}
-
-// kill ends the process at once (cleanup on a failed run) and waits for it.
-func (m *meshletProc) kill() {
-	if m.alive() {
-		m.cmd.Process.Kill()
-		<-m.exited
-	}
+	return &meshletProc{Proc: p, name: name, http: &http.Client{Timeout: 3 * time.Second}}, nil
 }
 
 // metrics scrapes /metrics.
 func (m *meshletProc) metrics() (promText, error) {
-	resp, err := m.http.Get("http://" + m.admin + "/metrics")
+	resp, err := m.http.Get("http://" + m.Admin + "/metrics")
 	if err != nil {
 		return nil, err
 	}
@@ -226,19 +118,6 @@ func readRSS(pid int) (int64, error) {
 	return 0, fmt.Errorf("/proc/%d/status: no VmRSS", pid)
 }
 
-// logTail returns the last n lines of a log file, indented.
-func logTail(path string, n int) string {
-	b, err := os.ReadFile(path)
-	if err != nil {
-		return "    (no log: " + err.Error() + ")"
-	}
-	lines := strings.Split(strings.TrimRight(string(b), "\n"), "\n")
-	if len(lines) > n {
-		lines = lines[len(lines)-n:]
-	}
-	return "    " + strings.Join(lines, "\n    ")
-}
-
 // logErrors returns the lines of a meshlet log at level ERROR (at most max of them) and how many there were.
 func logErrors(path string, max int) ([]string, int) {
 	b, err := os.ReadFile(path)
@@ -256,20 +135,6 @@ func logErrors(path string, max int) ([]string, int) {
 		}
 	}
 	return out, n
-}
-
-// freeAddrs returns n distinct loopback addresses whose ports were free a moment ago.
-func freeAddrs(n int) ([]string, error) {
-	var out []string
-	for range n {
-		l, err := net.Listen("tcp", "127.0.0.1:0")
-		if err != nil {
-			return nil, err
-		}
-		defer l.Close()
-		out = append(out, l.Addr().String())
-	}
-	return out, nil
 }
 
 // runMeshletCmd runs `bin args...` (the certs subcommands) with a timeout.

@@ -250,11 +250,11 @@ func (s *soak) summary() bool {
 		}
 	}
 	for _, p := range m.procs() {
-		warns := logWarnings(p.logPath) // the file has every generation of the instance
+		warns := logWarnings(p.LogPath) // the file has every generation of the instance
 		for _, msg := range slices.Sorted(maps.Keys(warns)) {
 			fmt.Fprintf(s.out, "log of meshlet %s: WARN %d× %q\n", strings.Split(p.name, "#")[0], warns[msg], msg)
 		}
-		if lines, n := logErrors(p.logPath, 3); n > 0 {
+		if lines, n := logErrors(p.LogPath, 3); n > 0 {
 			fmt.Fprintf(s.out, "log of meshlet %s: %d ERROR lines, e.g.:\n    %s\n", p.name, n, strings.Join(lines, "\n    "))
 		}
 	}
