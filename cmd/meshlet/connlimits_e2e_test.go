@@ -12,10 +12,8 @@ import (
 	"net/http"
 	"os"
 	"os/exec"
-	"path/filepath"
 	"strings"
 	"sync"
-	"syscall"
 	"testing"
 	"time"
 )
@@ -46,14 +44,7 @@ shutdown: {drain_delay: 0s, drain_timeout: 5s}
 		}
 		return nil
 	}
-	dial := func() net.Conn {
-		c, err := net.DialTimeout("tcp", db, 5*time.Second)
-		if err != nil {
-			t.Fatal(err)
-		}
-		t.Cleanup(func() { c.Close() })
-		return c
-	}
+	dial := func() net.Conn { return dialHeld(t, db) }
 	var held []net.Conn
 	for i := range 3 {
 		c := dial()
@@ -94,25 +85,10 @@ upstreams:
 admin: {listen: %s}
 shutdown: {drain_delay: 0s, drain_timeout: 5s}
 `, api, hostOf(app), admin)
-	path := filepath.Join(t.TempDir(), "meshlet.yaml")
-	if err := os.WriteFile(path, []byte(config), 0o600); err != nil {
-		t.Fatal(err)
-	}
 	// ulimit -n sets the soft and the hard limit, so Go's raise of the soft limit at start cannot undo it.
-	m := &meshletProc{configPath: path, admin: admin, stderr: &syncBuffer{}, done: make(chan struct{})}
-	m.cmd = exec.Command("/bin/sh", "-c", `ulimit -n 256 && exec "$0" "$@"`, meshletBin, "run", "-config", path)
-	m.cmd.Stderr, m.cmd.Stdout = m.stderr, m.stderr
-	if err := m.cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	go func() { m.exitErr = m.cmd.Wait(); close(m.done) }()
-	t.Cleanup(func() {
-		m.cmd.Process.Signal(syscall.SIGKILL)
-		<-m.done
-		if t.Failed() {
-			t.Logf("meshlet stderr:\n%s", m.stderr.String())
-		}
-	})
+	path := writeMeshletConfig(t, config)
+	m := runMeshletCmd(t, path, exec.Command("/bin/sh", "-c", `ulimit -n 256 && exec "$0" "$@"`, meshletBin, "run", "-config", path))
+	m.admin = admin
 	if err := m.waitReady(15 * time.Second); err != nil {
 		t.Fatalf("not ready: %v\n%s", err, m.stderr.String())
 	}

@@ -359,3 +359,14 @@ func rawRequest(t testing.TB, addr, req string) (*http.Response, string) {
 	b, _ := io.ReadAll(resp.Body)
 	return resp, string(b)
 }
+
+// dialHeld opens a TCP connection to addr that stays open until the test ends (or the caller closes it).
+func dialHeld(t testing.TB, addr string) net.Conn {
+	t.Helper()
+	c, err := net.DialTimeout("tcp", addr, 5*time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { c.Close() })
+	return c
+}

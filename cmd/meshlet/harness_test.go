@@ -102,12 +102,25 @@ func startMeshlet(t testing.TB, admin, config string) *meshletProc {
 // launchMeshlet starts meshlet on config without waiting for anything.
 func launchMeshlet(t testing.TB, config string, args ...string) *meshletProc {
 	t.Helper()
+	path := writeMeshletConfig(t, config)
+	return runMeshletCmd(t, path, exec.Command(meshletBin, append([]string{"run", "-config", path}, args...)...))
+}
+
+// writeMeshletConfig writes config to a file of the test's and returns its path.
+func writeMeshletConfig(t testing.TB, config string) string {
+	t.Helper()
 	path := filepath.Join(t.TempDir(), "meshlet.yaml")
 	if err := os.WriteFile(path, []byte(config), 0o600); err != nil {
 		t.Fatal(err)
 	}
-	p := &meshletProc{configPath: path, stderr: &syncBuffer{}, done: make(chan struct{})}
-	p.cmd = exec.Command(meshletBin, append([]string{"run", "-config", path}, args...)...)
+	return path
+}
+
+// runMeshletCmd starts cmd, a meshlet that runs the config at path (directly, in another directory, or wrapped),
+// with its output captured; it is killed when the test ends and its output logged if the test failed.
+func runMeshletCmd(t testing.TB, path string, cmd *exec.Cmd) *meshletProc {
+	t.Helper()
+	p := &meshletProc{cmd: cmd, configPath: path, stderr: &syncBuffer{}, done: make(chan struct{})}
 	p.cmd.Stderr = p.stderr
 	p.cmd.Stdout = p.stderr
 	if err := p.cmd.Start(); err != nil {
@@ -121,7 +134,11 @@ func launchMeshlet(t testing.TB, config string, args ...string) *meshletProc {
 		p.cmd.Process.Signal(syscall.SIGKILL)
 		<-p.done
 		if t.Failed() {
-			t.Logf("meshlet stderr (%s):\n%s", path, p.stderr.String())
+			where := path
+			if p.cmd.Dir != "" {
+				where += ", in " + p.cmd.Dir
+			}
+			t.Logf("meshlet stderr (%s):\n%s", where, p.stderr.String())
 		}
 	})
 	return p

@@ -728,14 +728,7 @@ func testMaxConnections(t *testing.T, m *meshletProc, addr string) {
 		}
 		return nil
 	}
-	dial := func() net.Conn {
-		c, err := net.DialTimeout("tcp", addr, 5*time.Second)
-		if err != nil {
-			t.Fatal(err)
-		}
-		t.Cleanup(func() { c.Close() })
-		return c
-	}
+	dial := func() net.Conn { return dialHeld(t, addr) }
 	var held []net.Conn
 	for i := range 3 {
 		c := dial()

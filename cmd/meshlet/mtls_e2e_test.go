@@ -24,7 +24,6 @@ import (
 	"strings"
 	"sync"
 	"sync/atomic"
-	"syscall"
 	"testing"
 	"time"
 
@@ -178,28 +177,11 @@ func mtlsStart(t testing.TB, c mtlsSidecar) *meshletProc {
 // directory, as in the example.
 func mtlsStartIn(t testing.TB, dir, admin, config string) *meshletProc {
 	t.Helper()
-	path := filepath.Join(t.TempDir(), "meshlet.yaml")
-	if err := os.WriteFile(path, []byte(config), 0o600); err != nil {
-		t.Fatal(err)
-	}
-	p := &meshletProc{configPath: path, admin: admin, stderr: &syncBuffer{}, done: make(chan struct{})}
-	p.cmd = exec.Command(meshletBin, "run", "-config", path)
-	p.cmd.Dir = dir
-	p.cmd.Stdout, p.cmd.Stderr = p.stderr, p.stderr
-	if err := p.cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	go func() {
-		p.exitErr = p.cmd.Wait()
-		close(p.done)
-	}()
-	t.Cleanup(func() {
-		p.cmd.Process.Signal(syscall.SIGKILL)
-		<-p.done
-		if t.Failed() {
-			t.Logf("meshlet stderr (%s, in %s):\n%s", path, dir, p.stderr.String())
-		}
-	})
+	path := writeMeshletConfig(t, config)
+	cmd := exec.Command(meshletBin, "run", "-config", path)
+	cmd.Dir = dir
+	p := runMeshletCmd(t, path, cmd)
+	p.admin = admin
 	if err := p.waitReady(15 * time.Second); err != nil {
 		t.Fatalf("meshlet not ready: %v\nstderr:\n%s", err, p.stderr.String())
 	}
