@@ -75,7 +75,7 @@ func newUpstream(cfg UpstreamConfig, direction string, m *metrics.Metrics, log *
 		Transport:      u.retry,
 		BufferPool:     copyBuffers,
 		ErrorHandler:   u.proxyError,
-		ModifyResponse: keepTrailersOnly,
+		ModifyResponse: modifyResponse,
 		ErrorLog:       slog.NewLogLogger(u.log.Handler(), slog.LevelDebug),
 	}
 	return u
@@ -267,25 +267,36 @@ func (u *upstream) choose(ri *requestInfo) (*endpointState, func(error), error) 
 	}
 }
 
-// keepTrailersOnly makes a gRPC trailers-only response (the status in the headers, no body) leave meshlet as one:
-// the reverse proxy would otherwise flush the headers of a response of unknown length at once, racing with the
-// end of the stream, and a client that gets HEADERS without END_STREAM and then an empty DATA frame sees no
-// status ("server closed the stream without sending trailers"). A known length of 0 lets the headers and the end
-// of the stream go out together. Statuses in headers are only legal in trailers-only responses.
-//
-// It also drops the endpoint's answer to a request whose body the client broke (malformed, stalled): the endpoint
-// answered a truncated request, and the client gets meshlet's answer instead (proxyError).
-func keepTrailersOnly(resp *http.Response) error {
+// modifyResponse is the reverse proxy's ModifyResponse: dropBrokenRequest, then keepTrailersOnly.
+func modifyResponse(resp *http.Response) error {
+	if err := dropBrokenRequest(resp); err != nil {
+		return err
+	}
+	keepTrailersOnly(resp)
+	return nil
+}
+
+// dropBrokenRequest drops the endpoint's answer to a request whose body the client broke (malformed, stalled):
+// the endpoint answered a truncated request, and the client gets meshlet's answer instead (proxyError).
+func dropBrokenRequest(resp *http.Response) error {
 	if ri := requestInfoFrom(resp.Request.Context()); ri != nil && ri.body != nil {
 		if f := ri.body.fault.Load(); f != nil {
 			resp.Body.Close()
 			return f
 		}
 	}
+	return nil
+}
+
+// keepTrailersOnly makes a gRPC trailers-only response (the status in the headers, no body) leave meshlet as one:
+// the reverse proxy would otherwise flush the headers of a response of unknown length at once, racing with the
+// end of the stream, and a client that gets HEADERS without END_STREAM and then an empty DATA frame sees no
+// status ("server closed the stream without sending trailers"). A known length of 0 lets the headers and the end
+// of the stream go out together. Statuses in headers are only legal in trailers-only responses.
+func keepTrailersOnly(resp *http.Response) {
 	if resp.ContentLength == -1 && resp.Header.Get("Grpc-Status") != "" && isGRPC(resp.Request) {
 		resp.ContentLength = 0
 	}
-	return nil
 }
 
 // base returns the transport for a request with header h to endpoint st. An endpoint that discovery says is a
