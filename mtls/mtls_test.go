@@ -18,11 +18,19 @@ import (
 
 func TestParseID(t *testing.T) {
 	id, err := ParseID("spiffe://example.mesh/ns/default/dc/dc1/svc/api")
-	if err != nil || id != (ID{"example.mesh", "default", "dc1", "api"}) {
+	if err != nil || id != (ID{TrustDomain: "example.mesh", Namespace: "default", Datacenter: "dc1", Service: "api"}) {
 		t.Fatalf("%+v %v", id, err)
 	}
 	if id.String() != "spiffe://example.mesh/ns/default/dc/dc1/svc/api" || id.URL().String() != id.String() {
 		t.Fatalf("round trip: %s %s", id, id.URL())
+	}
+	ap, err := ParseID("spiffe://example.mesh/ap/team-a/ns/ops/dc/dc1/svc/api")
+	if err != nil || ap != (ID{TrustDomain: "example.mesh", Partition: "team-a", Namespace: "ops", Datacenter: "dc1", Service: "api"}) ||
+		ap.PartitionName() != "team-a" || id.PartitionName() != DefaultPartition {
+		t.Fatalf("partition: %+v %v", ap, err)
+	}
+	if ap.String() != "spiffe://example.mesh/ap/team-a/ns/ops/dc/dc1/svc/api" || ap.URL().String() != ap.String() {
+		t.Fatalf("partition round trip: %s %s", ap, ap.URL())
 	}
 	for _, bad := range []string{"", "http://x/ns/a/dc/b/svc/c", "spiffe:///ns/a/dc/b/svc/c", "spiffe://td/ns/a/svc/c",
 		"spiffe://td/ns//dc/b/svc/c", "spiffe://td/ns/a/dc/b/svc/c/extra"} {
