@@ -94,8 +94,19 @@ type ListenerLimits struct {
 	// closed at accept and counted in meshlet_connections_refused_total.
 	MaxConnections int `yaml:"max_connections" json:"max_connections"`
 	// ReadBodyTimeout ends a request whose body stalls (no byte from the client) for this long: 408, and the
-	// connection is closed. gRPC calls (their deadlines bound them) and upgraded connections are exempt.
+	// connection is closed. Every request body has it but an HTTP/2 gRPC call's (StreamIdleTimeout bounds those);
+	// an upgrade request's body has it until the protocol has switched.
 	ReadBodyTimeout time.Duration `yaml:"read_body_timeout" json:"read_body_timeout"`
+	// StreamIdleTimeout ends a request (HTTP/1.1, HTTP/2 stream, gRPC call) on which no byte has moved either way
+	// (request body, response) for this long, as Envoy's stream_idle_timeout: before the response has started,
+	// 408 (gRPC: DEADLINE_EXCEEDED) with X-Meshlet-Error stream_idle_timeout; after, the stream is reset (HTTP/1.1:
+	// the connection closed). Waiting for the app's answer counts as idle. Connections that switched protocols
+	// (101) are exempt.
+	StreamIdleTimeout time.Duration `yaml:"stream_idle_timeout" json:"stream_idle_timeout"`
+	// MaxPendingHeaderBytes bounds the memory that the HTTP/1.1 request heads still being received on all the
+	// listeners of this direction may hold together; a head that would pass it is refused with 503 and its
+	// connection closed.
+	MaxPendingHeaderBytes int `yaml:"max_pending_header_bytes" json:"max_pending_header_bytes"`
 	// WriteTimeout disconnects a client that takes no byte of a response for this long (a stalled reader holds
 	// a connection, a stream and a request to the app). HTTP/2: net/http's WriteByteTimeout; HTTP/1.1 and
 	// upgraded connections: a deadline on each write.
@@ -115,7 +126,11 @@ const (
 	DefaultMaxConnections       = 10000
 	DefaultReadBodyTimeout      = time.Minute // as nginx's client_body_timeout
 	DefaultWriteTimeout         = 30 * time.Second
-	DefaultMaxGRPCMessageBytes  = 4 << 20 // gRPC's own default receive limit
+	DefaultMaxGRPCMessageBytes  = 4 << 20         // gRPC's own default receive limit
+	DefaultStreamIdleTimeout    = 5 * time.Minute // as Envoy's
+	// DefaultMaxPendingHeaderBytes: 16 MiB per direction, so that both fit in the injected 128 MiB limit
+	// beside everything else (256 heads of 64 KiB, or 4096 of one 4 KiB read each).
+	DefaultMaxPendingHeaderBytes = 16 << 20
 )
 
 // setDefaults fills the zero fields of l.
@@ -144,6 +159,12 @@ func (l *ListenerLimits) setDefaults() {
 	if l.WriteTimeout == 0 {
 		l.WriteTimeout = DefaultWriteTimeout
 	}
+	if l.StreamIdleTimeout == 0 {
+		l.StreamIdleTimeout = DefaultStreamIdleTimeout
+	}
+	if l.MaxPendingHeaderBytes == 0 {
+		l.MaxPendingHeaderBytes = DefaultMaxPendingHeaderBytes
+	}
 }
 
 // validate reports the problems of l under path p.
@@ -168,6 +189,13 @@ func (l *ListenerLimits) validate(p string, add func(string, string, ...any)) {
 	}
 	if l.WriteTimeout < 0 {
 		add(p+".write_timeout", "must not be negative")
+	}
+	if l.StreamIdleTimeout < 0 {
+		add(p+".stream_idle_timeout", "must not be negative")
+	}
+	if l.MaxPendingHeaderBytes < l.MaxHeaderBytes+guardReadChunk || l.MaxPendingHeaderBytes > 1<<32 {
+		add(p+".max_pending_header_bytes", "%d must be between max_header_bytes + 4096 (%d) and 4294967296",
+			l.MaxPendingHeaderBytes, l.MaxHeaderBytes+guardReadChunk)
 	}
 	if l.MaxGRPCMessageBytes < 1<<10 || l.MaxGRPCMessageBytes > 1<<32-1 {
 		add(p+".max_grpc_message_bytes", "%d must be between 1024 and 4294967295", l.MaxGRPCMessageBytes)

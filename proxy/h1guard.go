@@ -2,31 +2,38 @@ package proxy
 
 import (
 	"bytes"
-	"context"
 	"crypto/rand"
 	"crypto/tls"
 	"encoding/hex"
+	"errors"
 	"io"
 	"net"
 	"net/http"
 	"sync"
+	"sync/atomic"
 	"time"
 )
 
-// The HTTP/1.1 guard checks the framing of every request on a plaintext HTTP listener before net/http parses it,
-// because net/http is lenient where a proxy must not be: it forwards a request with both Content-Length and
+// The HTTP/1.1 guard checks the framing of every request on an HTTP listener before net/http parses it, because
+// net/http is lenient where a proxy must not be: it forwards a request with both Content-Length and
 // Transfer-Encoding as chunked (RFC 9112 section 6.3 allows that), unfolds obsolete line folding, accepts bare LF
 // line ends and identical duplicate Content-Lengths. Any of these lets a front proxy and the app disagree on where
 // a request ends (request smuggling). The guard refuses them as Envoy does: it buffers each request head until it
 // is complete, checks it, and only then hands it to net/http; it follows the body's framing (Content-Length or
-// chunked) so that it finds the next head on a kept-alive connection. A refused head never reaches net/http: the
-// guard hands over a synthetic request that the guard's handler answers (400, 431, 501 or 505 with Connection:
-// close, counted in meshlet_refused_requests_total by reason), and then the connection ends.
+// chunked, by exactly the rules of net/http's chunked reader, so that both find the same end) to find the next
+// head on a kept-alive connection. A refused head never reaches net/http: the guard hands over a synthetic request
+// that the guard's handler answers (400, 431, 501, 503 or 505 with Connection: close, counted in
+// meshlet_refused_requests_total by reason), and then the connection ends.
+//
+// Three more rules keep net/http and the guard in step (h1handoff.go): the handler admits a request only if its
+// request line is the one the guard checked next; a request whose body ended in an error, or was not read to its
+// end, closes its connection; and a connection leaves checking only for the HTTP/2 connection preface at its very
+// start, or once the handler took it over for a protocol switch (101).
 //
 // Mutual TLS connections that speak HTTP/1.1 are guarded too; HTTP/2 ones (ALPN h2) are not, as net/http needs the
 // *tls.Conn itself for them, and HTTP/2 framing leaves no such ambiguity.
 
-// Reasons the guard refuses a request (the reason label of meshlet_refused_requests_total).
+// Reasons the guard refuses a request (the reason label of meshlet_refused_requests_total), and its fixed bounds.
 const (
 	malformedRequestLine   = "invalid_request_line"
 	malformedVersion       = "unsupported_version"
@@ -40,9 +47,17 @@ const (
 	malformedTE            = "unsupported_transfer_encoding"
 	malformedHeadTooLarge  = "headers_too_large"
 	malformedChunk         = "invalid_chunked_body"
-	maxChunkLineBytes      = 4 << 10 // a chunk-size line with its extensions
+	refusedHeadBudget      = "header_budget"     // every byte of max_pending_header_bytes is held: 503
+	refusedUnchecked       = "unchecked_request" // net/http read a request the guard did not check
 	guardReadChunk         = 4 << 10
 	guardMaxContentLenDigs = 18 // below 2^63
+	// net/http reads a request through a 4 KiB buffer: a chunk-size line with its CRLF, and a trailer section
+	// with its final empty line, must fit in it.
+	maxChunkLineBytes = 4 << 10
+	maxTrailerBytes   = 4 << 10
+	// maxChunkOverhead is net/http's bound on chunk-size lines beyond 16 bytes per chunk and twice its data.
+	maxChunkOverhead = 16 << 10
+	h2Preface        = "PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
 )
 
 // rejectedPath is the path of the synthetic request the guard hands to net/http in place of a refused head. It
@@ -52,6 +67,13 @@ var rejectedPath = func() string {
 	_, _ = rand.Read(b[:])
 	return "/.meshlet-rejected/" + hex.EncodeToString(b[:])
 }()
+
+// rejectedLine is the request line of the synthetic request.
+var rejectedLine = "GET " + rejectedPath + " HTTP/1.1"
+
+// errGuardClosed ends the reads of a connection whose request body ended in an error or unread: the next
+// request would start where net/http stopped, which the guard cannot vouch for.
+var errGuardClosed = errors.New("meshlet: connection closed after a request body that did not end cleanly")
 
 var guardBufs = sync.Pool{New: func() any { b := make([]byte, 0, guardReadChunk); return &b }}
 
@@ -64,7 +86,7 @@ const (
 	gChunkData                   // passing chunk data
 	gChunkEnd                    // the CRLF after chunk data
 	gTrailer                     // trailer lines after the last chunk
-	gOpaque                      // HTTP/2 or an upgraded connection: bytes pass unchecked
+	gOpaque                      // HTTP/2 (prior knowledge) or a switched protocol: bytes pass unchecked
 	gRejected                    // a refused head was replaced; the connection ends after its answer
 	gFailed                      // a body's framing broke: reads fail
 )
@@ -76,32 +98,47 @@ type rejection struct {
 }
 
 // guardConn is one guarded connection. net/http calls Read from one goroutine at a time (its background read
-// included); handlers read rejected and broken under mu.
+// included); handlers reach the guard through h1handoff.go, under mu or through atomics.
 type guardConn struct {
 	net.Conn
 	maxHead      int                  // bytes a request head may take, request line included
 	writeTimeout time.Duration        // a write that makes no progress this long fails (0: none)
 	tls          *tls.ConnectionState // the handshake of a mutual TLS connection; nil for plaintext
+	budget       *headBudget          // bytes all guards of a direction may buffer together; nil: no bound
 
 	mu       sync.Mutex
 	rejected *rejection // a refused head
 	broken   bool       // a body's chunked framing broke (counted once, by brokenBody)
+	// brokenWhy says how the body broke: one of the reasons below, or "" (net/http refuses it too).
+	brokenWhy string
+	held      int  // bytes of budget held for in
+	closed    bool // Close was called: the budget is given back, and no more is taken
 
-	state guardState
-	in    *[]byte // bytes read and not yet handed on (pooled); nil when empty
-	out   int     // bytes at the front of *in that are ready for net/http
-	scan  int     // how far the head at the front of *in has been checked
-	left  int64   // bytes left in a Content-Length body or a chunk
-	line  []byte  // the chunk-size or trailer line being read
-	trail int     // bytes of trailers so far
-	err   error   // an error that came with data, returned by the next read
+	heads  atomic.Uint64    // request heads handed to net/http (the synthetic one included)
+	lines  [4]atomic.Uint64 // hash of the request line of head n at n%4
+	served atomic.Uint64    // requests admitted by the handler
+	inBody atomic.Bool      // net/http is being handed a request body
+	dead   atomic.Bool      // reads fail: a body ended in an error or unread, or a switch went wrong
+
+	state   guardState
+	in      *[]byte // bytes read and not yet handed on (pooled); nil when empty
+	out     int     // bytes at the front of *in that are ready for net/http
+	scan    int     // how far the head at the front of *in has been checked, in whole lines
+	seen    int     // bytes after scan known to hold no LF and no bare CR (but maybe a CR last)
+	left    int64   // bytes left in a Content-Length body or a chunk
+	line    []byte  // the chunk-size or trailer line being read
+	trail   int     // bytes of trailers so far
+	excess  int64   // chunk-line overhead, as net/http's chunked reader counts it
+	started bool    // the connection is past its start (the HTTP/2 preface can no longer come)
+	err     error   // an error that came with data, returned by the next read
 }
 
-// guardListener wraps the plaintext connections a listener accepts in a guardConn.
+// guardListener wraps the connections a listener accepts in a guardConn.
 type guardListener struct {
 	net.Listener
 	maxHead      int
 	writeTimeout time.Duration
+	budget       *headBudget
 }
 
 func (l *guardListener) Accept() (net.Conn, error) {
@@ -109,7 +146,7 @@ func (l *guardListener) Accept() (net.Conn, error) {
 	if err != nil {
 		return nil, err
 	}
-	g := &guardConn{Conn: c, maxHead: l.maxHead, writeTimeout: l.writeTimeout}
+	g := &guardConn{Conn: c, maxHead: l.maxHead, writeTimeout: l.writeTimeout, budget: l.budget}
 	if tc, ok := c.(*tls.Conn); ok {
 		// The inbound listener hands over mutual TLS connections with the handshake done. HTTP/2 (ALPN h2) needs
 		// the *tls.Conn itself (net/http hands it to its HTTP/2 server); HTTP/1.1 is guarded like plaintext, and
@@ -122,18 +159,6 @@ func (l *guardListener) Accept() (net.Conn, error) {
 		g.tls = &cs
 	}
 	return g, nil
-}
-
-// tlsStateOf returns the TLS state of the connection r came on: net/http's, or the guard's for a guarded mutual
-// TLS connection; nil for plaintext.
-func tlsStateOf(r *http.Request) *tls.ConnectionState {
-	if r.TLS != nil {
-		return r.TLS
-	}
-	if g := guardOf(r); g != nil {
-		return g.tls
-	}
-	return nil
 }
 
 // Write gives each write writeTimeout to make progress: a client that stops reading is disconnected.
@@ -152,6 +177,17 @@ func (g *guardConn) CloseWrite() error {
 	return nil
 }
 
+// Close gives back the buffer's share of the budget.
+func (g *guardConn) Close() error {
+	err := g.Conn.Close()
+	g.mu.Lock()
+	g.closed = true
+	g.budget.give(g.held)
+	g.held = 0
+	g.mu.Unlock()
+	return err
+}
+
 func (g *guardConn) buffered() bool { return g.in != nil && len(*g.in) > 0 }
 
 func (g *guardConn) Read(p []byte) (int, error) {
@@ -159,6 +195,9 @@ func (g *guardConn) Read(p []byte) (int, error) {
 		return 0, nil
 	}
 	for {
+		if g.dead.Load() {
+			return 0, errGuardClosed
+		}
 		if g.out > 0 {
 			return g.handOut(p), nil
 		}
@@ -188,7 +227,9 @@ func (g *guardConn) Read(p []byte) (int, error) {
 			if n == 0 {
 				return 0, err
 			}
-			g.stash(p[:n])
+			if !g.stash(p[:n]) {
+				continue // refused for the budget
+			}
 		default: // in a body
 			if g.buffered() {
 				g.out = g.body(*g.in)
@@ -199,8 +240,8 @@ func (g *guardConn) Read(p []byte) (int, error) {
 				return 0, err
 			}
 			k := g.body(p[:n])
-			if k < n {
-				g.stash(p[k:n])
+			if k < n && g.state != gFailed {
+				g.stash(p[k:n]) // the start of the next head (refused if the budget cannot hold it)
 			}
 			if k > 0 {
 				return k, nil
@@ -237,12 +278,57 @@ func (g *guardConn) handOut(p []byte) int {
 	return n
 }
 
-// stash appends b to the buffer, taking one from the pool if needed.
-func (g *guardConn) stash(b []byte) {
+// stash appends b to the buffer, taking one from the pool if needed. When the budget cannot hold the buffer, the
+// connection's head is refused instead (503) and stash returns false.
+func (g *guardConn) stash(b []byte) bool {
 	if g.in == nil {
 		g.in = guardBufs.Get().(*[]byte)
 	}
+	if need := len(*g.in) + len(b); need > cap(*g.in) {
+		g.grow(need)
+	}
+	if !g.reserve(cap(*g.in)) {
+		g.refuseForBudget()
+		return false
+	}
 	*g.in = append(*g.in, b...)
+	return true
+}
+
+// grow gives the buffer room for need bytes, at most the head limit plus one read: a head never takes more.
+func (g *guardConn) grow(need int) {
+	b := *g.in
+	size := min(max(2*cap(b)+guardReadChunk, need), max(g.maxHead+guardReadChunk, need))
+	nb := make([]byte, len(b), size)
+	copy(nb, b)
+	*g.in = nb
+}
+
+// reserve makes the budget hold size bytes for the buffer; false when it cannot (or the connection is closed).
+func (g *guardConn) reserve(size int) bool {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	if size <= g.held {
+		return true
+	}
+	if g.closed || !g.budget.take(size-g.held) {
+		return false
+	}
+	g.held = size
+	return true
+}
+
+// refuseForBudget replaces what is buffered by the synthetic request of a 503: the memory for heads is full.
+func (g *guardConn) refuseForBudget() {
+	g.mu.Lock()
+	held := g.held
+	g.mu.Unlock()
+	if g.in != nil && cap(*g.in) > held {
+		// The buffer the budget could not hold is dropped for a small one, uncounted, for the synthetic request.
+		b := make([]byte, 0, len(rejectedLine)+64)
+		g.in = &b
+	}
+	g.reject(refusedHeadBudget, http.StatusServiceUnavailable)
 }
 
 func (g *guardConn) release() {
@@ -250,16 +336,23 @@ func (g *guardConn) release() {
 		*g.in = (*g.in)[:0]
 		guardBufs.Put(g.in)
 	}
-	g.in, g.scan = nil, 0
+	g.in, g.scan, g.seen = nil, 0, 0
+	g.mu.Lock()
+	g.budget.give(g.held)
+	g.held = 0
+	g.mu.Unlock()
 }
 
 // fill reads more of an incomplete head into the buffer.
 func (g *guardConn) fill() error {
 	b := *g.in
-	if cap(b)-len(b) < guardReadChunk/2 {
-		nb := make([]byte, len(b), 2*cap(b)+guardReadChunk)
-		copy(nb, b)
-		b = nb
+	if cap(b)-len(b) < guardReadChunk/2 && cap(b) < g.maxHead+1 {
+		g.grow(len(b) + guardReadChunk/2)
+		if !g.reserve(cap(*g.in)) {
+			g.refuseForBudget()
+			return nil
+		}
+		b = *g.in
 	}
 	n, err := g.connRead(b[len(b):cap(b)])
 	*g.in = b[:len(b)+n]
@@ -274,21 +367,38 @@ func (g *guardConn) fill() error {
 
 // checkHead checks the buffered head line by line; it returns false when the head is not complete yet. A complete
 // head is made ready for net/http (out set, state set for its body) or replaced by the synthetic rejected request.
+// At the start of the connection, the HTTP/2 connection preface (and only the whole of it) lets the connection
+// pass unchecked, as net/http serves it as HTTP/2 then.
 func (g *guardConn) checkHead() bool {
 	b := *g.in
+	if !g.started {
+		n := min(len(b), len(h2Preface))
+		if string(b[:n]) == h2Preface[:n] {
+			if n < len(h2Preface) {
+				return false
+			}
+			g.state, g.out = gOpaque, len(b)
+			return true
+		}
+		g.started = true
+	}
 	for {
-		i := bytes.IndexByte(b[g.scan:], '\n')
+		from := g.scan + g.seen // (bytes before it were scanned by an earlier call: no byte is scanned twice)
+		i := bytes.IndexByte(b[from:], '\n')
 		if i < 0 {
-			rest := b[g.scan:]
-			if k := bytes.IndexByte(rest, '\r'); k >= 0 && k < len(rest)-1 {
+			// No LF after from: a CR there (or just before, the last byte of the earlier scan) before the last byte
+			// is a bare CR.
+			if lo := max(from-1, g.scan); lo < len(b)-1 && bytes.IndexByte(b[lo:len(b)-1], '\r') >= 0 {
 				return g.reject(malformedLineEnd, http.StatusBadRequest)
 			}
 			if len(b) > g.maxHead {
 				return g.reject(malformedHeadTooLarge, http.StatusRequestHeaderFieldsTooLarge)
 			}
+			g.seen = len(b) - g.scan
 			return false
 		}
-		end := g.scan + i
+		g.seen = 0
+		end := from + i
 		line := b[g.scan:end]
 		if len(line) == 0 || line[len(line)-1] != '\r' || bytes.IndexByte(line[:len(line)-1], '\r') >= 0 {
 			return g.reject(malformedLineEnd, http.StatusBadRequest)
@@ -309,21 +419,29 @@ func (g *guardConn) headDone(head []byte) bool {
 	if reason != "" {
 		return g.reject(reason, status)
 	}
+	if reqLine, _, _ := bytes.Cut(head, []byte("\r\n")); string(reqLine) != "OPTIONS * HTTP/1.1" &&
+		string(reqLine) != "OPTIONS * HTTP/1.0" {
+		g.handOver(lineHash(reqLine)) // (net/http answers OPTIONS * itself: no handler admits it)
+	}
 	g.out = len(head)
 	switch {
-	case h.h2:
-		g.state = gOpaque
-	case h.upgrade:
-		// The handler closes the connection after any answer but 101 (closeUnlessSwitching).
-		g.state = gOpaque
 	case h.chunked:
-		g.state, g.line = gChunkLine, g.line[:0]
+		g.state, g.line, g.excess = gChunkLine, g.line[:0], 0
+		g.inBody.Store(true)
 	case h.length > 0:
 		g.state, g.left = gLength, h.length
+		g.inBody.Store(true)
 	default:
 		g.state = gHead
 	}
 	return true
+}
+
+// handOver records the request line of the head about to be handed to net/http.
+func (g *guardConn) handOver(hash uint64) {
+	n := g.heads.Load()
+	g.lines[n%uint64(len(g.lines))].Store(hash)
+	g.heads.Store(n + 1)
 }
 
 // reject replaces the buffered bytes by the synthetic request; the connection ends after its answer.
@@ -331,18 +449,27 @@ func (g *guardConn) reject(reason string, status int) bool {
 	g.mu.Lock()
 	g.rejected = &rejection{reason: reason, status: status}
 	g.mu.Unlock()
-	*g.in = append((*g.in)[:0], "GET "+rejectedPath+" HTTP/1.1\r\nHost: meshlet\r\nConnection: close\r\n\r\n"...)
+	g.handOver(rejectedLineHash)
+	*g.in = append((*g.in)[:0], rejectedLine+"\r\nHost: meshlet\r\nConnection: close\r\n\r\n"...)
 	g.out = len(*g.in)
 	g.state = gRejected
+	g.inBody.Store(false)
 	return true
 }
 
-// fail marks a broken body: reads fail from now on, so the request fails and the connection is not reused.
-func (g *guardConn) fail() {
+// fail marks a broken body (why says how, for tests): reads fail from now on, so the request fails and the
+// connection is not reused.
+func (g *guardConn) fail(why string) {
 	g.mu.Lock()
-	g.broken = true
+	g.broken, g.brokenWhy = true, why
 	g.mu.Unlock()
 	g.state = gFailed
+}
+
+// bodyDone ends a body: the next bytes are a head.
+func (g *guardConn) bodyDone() {
+	g.state = gHead
+	g.inBody.Store(false)
 }
 
 // body follows the framing of the current body over b and returns how many of its bytes belong to it (all of
@@ -356,7 +483,7 @@ func (g *guardConn) body(b []byte) int {
 			i += n
 			if g.left -= int64(n); g.left == 0 {
 				if g.state == gLength {
-					g.state = gHead
+					g.bodyDone()
 					return i
 				}
 				g.state, g.line = gChunkEnd, g.line[:0]
@@ -368,21 +495,26 @@ func (g *guardConn) body(b []byte) int {
 			if j >= 0 {
 				end = i + j + 1
 			}
+			prev := len(g.line)
 			g.line = append(g.line, b[i:end]...)
 			i = end
 			limit := maxChunkLineBytes
 			if g.state == gTrailer {
-				limit = g.maxHead - g.trail
+				limit = maxTrailerBytes - g.trail
 			}
-			if j < 0 {
-				if k := bytes.IndexByte(g.line, '\r'); k >= 0 && k < len(g.line)-1 {
-					g.fail() // a CR not followed by LF
+			if j < 0 && bytes.IndexByte(g.line[max(prev-1, 0):len(g.line)-1], '\r') >= 0 {
+				g.fail("") // a CR not followed by LF (only the new bytes and the one before are looked at)
+				return start
+			}
+			if len(g.line) > limit {
+				g.fail("")
+				return start
+			}
+			if j >= 0 {
+				if ok, why := g.lineDone(); !ok {
+					g.fail(why)
 					return start
 				}
-			}
-			if len(g.line) > limit || j >= 0 && !g.lineDone() {
-				g.fail()
-				return start
 			}
 			if g.state == gHead {
 				return i
@@ -394,292 +526,128 @@ func (g *guardConn) body(b []byte) int {
 	return i
 }
 
-// lineDone takes a complete chunk-size, chunk-end or trailer line.
-func (g *guardConn) lineDone() bool {
+// Reasons the guard refuses a chunked body that net/http would read: the guard is stricter only there.
+const (
+	strictTrailerLF   = "trailer_bare_lf"       // a trailer line ended by a bare LF
+	strictTrailerFold = "trailer_obs_fold"      // a trailer line folded onto the one before it
+	strictTrailerName = "trailer_space_in_name" // a space in a trailer's name (net/http keeps it, uncanonicalized)
+	strictChunkSize   = "chunk_size_2^62"       // a chunk size nobody can send
+)
+
+// lineDone takes a complete chunk-size, chunk-end or trailer line, by the rules of net/http's chunked reader
+// (net/http/internal/chunked.go) and trailer reader (readTrailer in net/http/transfer.go). When it refuses the
+// line, why is "" if net/http refuses it too, else one of the strict* reasons.
+func (g *guardConn) lineDone() (ok bool, why string) {
 	line := g.line
 	g.line = g.line[:0]
 	if len(line) < 2 || line[len(line)-2] != '\r' || bytes.IndexByte(line[:len(line)-2], '\r') >= 0 {
-		return false
+		if g.state == gTrailer && bytes.IndexByte(line[:len(line)-1], '\r') < 0 {
+			return false, strictTrailerLF
+		}
+		return false, ""
 	}
-	line = line[:len(line)-2]
 	switch g.state {
 	case gChunkEnd:
-		if len(line) != 0 {
-			return false
+		if len(line) != 2 {
+			return false, ""
 		}
 		g.state = gChunkLine
 	case gChunkLine:
-		size, ok := parseChunkSize(line)
+		size, ok := parseChunkSize(line[:len(line)-2])
 		if !ok {
-			return false
+			if size >= 1<<62 {
+				return false, strictChunkSize
+			}
+			return false, ""
+		}
+		g.excess += int64(len(line)) - 16 - 2*int64(size)
+		if g.excess = max(g.excess, 0); g.excess > maxChunkOverhead {
+			return false, "" // net/http: "chunked encoding contains too much non-data"
 		}
 		if size == 0 {
 			g.state, g.trail = gTrailer, 0
 		} else {
-			g.state, g.left = gChunkData, size
+			g.state, g.left = gChunkData, int64(size)
 		}
 	case gTrailer:
-		if len(line) == 0 {
-			g.state = gHead
+		g.trail += len(line)
+		if len(line) == 2 {
+			g.bodyDone()
 			if cap(g.line) > 512 {
 				g.line = nil // long trailers: an idle connection does not keep their buffer
 			}
-			return true
+			return true, ""
 		}
-		g.trail += len(line) + 2
-		if _, _, reason := parseHeaderLine(line); reason != "" {
-			return false
+		if g.trail+2 > maxTrailerBytes {
+			return false, "" // no room left for the empty line within net/http's 4 KiB
 		}
-	}
-	return true
-}
-
-// parseChunkSize reads a chunk-size line without its CRLF: hex digits, then optional extensions.
-func parseChunkSize(line []byte) (int64, bool) {
-	var size int64
-	i := 0
-	for ; i < len(line); i++ {
-		c := line[i]
-		var d byte
-		switch {
-		case '0' <= c && c <= '9':
-			d = c - '0'
-		case 'a' <= c && c <= 'f':
-			d = c - 'a' + 10
-		case 'A' <= c && c <= 'F':
-			d = c - 'A' + 10
-		default:
-			goto ext
-		}
-		if i >= 15 {
-			return 0, false
-		}
-		size = size<<4 | int64(d)
-	}
-ext:
-	if i == 0 {
-		return 0, false
-	}
-	rest := bytes.TrimLeft(line[i:], " \t")
-	if len(rest) > 0 && rest[0] != ';' {
-		return 0, false
-	}
-	for _, c := range rest {
-		if c < ' ' && c != '\t' || c == 0x7f {
-			return 0, false
-		}
-	}
-	return size, true
-}
-
-// headInfo is what the guard needs to know of a checked head.
-type headInfo struct {
-	h2      bool // the HTTP/2 connection preface
-	upgrade bool
-	chunked bool
-	length  int64
-}
-
-// parseHead checks a complete head (ending in the empty line): request line, header lines and body framing.
-func parseHead(head []byte) (h headInfo, reason string, status int) {
-	head = head[:len(head)-2] // the empty line
-	nl := bytes.Index(head, []byte("\r\n"))
-	if nl <= 0 { // an empty line before the request line
-		return h, malformedRequestLine, http.StatusBadRequest
-	}
-	reqLine, rest := head[:nl], head[nl+2:]
-	method, after, ok1 := bytes.Cut(reqLine, []byte(" "))
-	target, version, ok2 := bytes.Cut(after, []byte(" "))
-	if !ok1 || !ok2 || !isToken(method) || len(target) == 0 || !visible(target) || !visible(version) {
-		return h, malformedRequestLine, http.StatusBadRequest
-	}
-	if string(method) == "PRI" && string(target) == "*" && string(version) == "HTTP/2.0" && len(rest) == 0 {
-		h.h2 = true
-		return h, "", 0
-	}
-	http10 := string(version) == "HTTP/1.0"
-	if !http10 && string(version) != "HTTP/1.1" {
-		return h, malformedVersion, http.StatusHTTPVersionNotSupported
-	}
-	var cls, tes int
-	for len(rest) > 0 {
-		var line []byte
-		line, rest, _ = bytes.Cut(rest, []byte("\r\n"))
-		name, value, reason := parseHeaderLine(line)
-		if reason != "" {
-			return h, reason, http.StatusBadRequest
-		}
-		switch {
-		case asciiEqualFold(name, "content-length"):
-			if cls++; cls > 1 {
-				return h, malformedMultipleCL, http.StatusBadRequest
+		if _, _, reason := parseHeaderLine(line[:len(line)-2]); reason != "" {
+			switch {
+			case reason == malformedObsFold && g.trail > len(line):
+				return false, strictTrailerFold // (net/http refuses a fold on the first line)
+			case reason == malformedHeaderName && spacedToken(line):
+				return false, strictTrailerName
 			}
-			n, ok := parseContentLength(value)
-			if !ok {
-				return h, malformedCL, http.StatusBadRequest
-			}
-			h.length = n
-		case asciiEqualFold(name, "transfer-encoding"):
-			if tes++; tes > 1 || !asciiEqualFold(value, "chunked") {
-				return h, malformedTE, http.StatusNotImplemented
-			}
-			h.chunked = true
-		case asciiEqualFold(name, "upgrade"):
-			h.upgrade = true
+			return false, ""
 		}
 	}
-	switch {
-	case cls > 0 && tes > 0:
-		return h, malformedCLAndTE, http.StatusBadRequest
-	case tes > 0 && http10:
-		// net/http ignores Transfer-Encoding on HTTP/1.0 requests; the app might not.
-		return h, malformedTE, http.StatusBadRequest
-	}
-	return h, "", 0
+	return true, ""
 }
 
-// parseHeaderLine splits "name: value" and checks both; value comes without surrounding whitespace.
-func parseHeaderLine(line []byte) (name, value []byte, reason string) {
-	if len(line) > 0 && (line[0] == ' ' || line[0] == '\t') {
-		return nil, nil, malformedObsFold
-	}
-	name, value, ok := bytes.Cut(line, []byte(":"))
-	if !ok || !isToken(name) {
-		return nil, nil, malformedHeaderName
-	}
-	value = bytes.Trim(value, " \t")
-	for _, c := range value {
-		if c < ' ' && c != '\t' || c == 0x7f {
-			return nil, nil, malformedHeaderValue
-		}
-	}
-	return name, value, ""
-}
-
-func parseContentLength(v []byte) (int64, bool) {
-	if len(v) == 0 || len(v) > guardMaxContentLenDigs {
-		return 0, false
-	}
-	var n int64
-	for _, c := range v {
-		if c < '0' || c > '9' {
-			return 0, false
-		}
-		n = n*10 + int64(c-'0')
-	}
-	return n, true
-}
-
-// isToken reports whether b is a non-empty RFC 9110 token.
-func isToken(b []byte) bool {
-	if len(b) == 0 {
+// spacedToken reports whether the name of a header line (up to its first colon) is token characters and spaces,
+// which net/http's header reader accepts in trailers.
+func spacedToken(line []byte) bool {
+	name, _, ok := bytes.Cut(line, []byte(":"))
+	if !ok || len(name) == 0 {
 		return false
 	}
-	for _, c := range b {
-		if c >= 0x80 || !tokenChars[c] {
+	for _, c := range name {
+		if c != ' ' && (c >= 0x80 || !tokenChars[c]) {
 			return false
 		}
 	}
 	return true
 }
 
-// visible reports whether b has only visible ASCII and obs-text (no controls, no spaces).
-func visible(b []byte) bool {
-	for _, c := range b {
-		if c <= ' ' || c == 0x7f {
-			return false
-		}
+// lineHash is the FNV-1a hash of a request line.
+func lineHash[T string | []byte](line T) uint64 { return fnvAdd(fnvOffset, line) }
+
+const fnvOffset = 14695981039346656037
+
+// fnvAdd continues the FNV-1a hash h over s.
+func fnvAdd[T string | []byte](h uint64, s T) uint64 {
+	for i := 0; i < len(s); i++ {
+		h = (h ^ uint64(s[i])) * 1099511628211
 	}
-	return true
+	return h
 }
 
-func asciiEqualFold(b []byte, lower string) bool {
-	if len(b) != len(lower) {
+var rejectedLineHash = lineHash(rejectedLine)
+
+// headBudget bounds the bytes that the guards of one direction hold for request heads still being received.
+// A nil budget bounds nothing.
+type headBudget struct {
+	limit int64
+	used  atomic.Int64
+}
+
+func newHeadBudget(limit int) *headBudget { return &headBudget{limit: int64(limit)} }
+
+// take holds n bytes; false when that would pass the limit.
+func (b *headBudget) take(n int) bool {
+	if b == nil {
+		return true
+	}
+	if b.used.Add(int64(n)) > b.limit {
+		b.used.Add(-int64(n))
 		return false
 	}
-	for i, c := range b {
-		if 'A' <= c && c <= 'Z' {
-			c += 'a' - 'A'
-		}
-		if c != lower[i] {
-			return false
-		}
-	}
 	return true
 }
 
-var tokenChars = func() (t [128]bool) {
-	for c := '0'; c <= '9'; c++ {
-		t[c] = true
+// give returns n bytes.
+func (b *headBudget) give(n int) {
+	if b != nil && n != 0 {
+		b.used.Add(-int64(n))
 	}
-	for c := 'a'; c <= 'z'; c++ {
-		t[c] = true
-		t[c-'a'+'A'] = true
-	}
-	for _, c := range "!#$%&'*+-.^_`|~" {
-		t[c] = true
-	}
-	return t
-}()
-
-type guardKey struct{}
-
-// guardContext is the listener's ConnContext: it lets handlers find the guard of their connection.
-func guardContext(ctx context.Context, c net.Conn) context.Context {
-	if g, ok := c.(*guardConn); ok {
-		return context.WithValue(ctx, guardKey{}, g)
-	}
-	return ctx
 }
-
-// guardOf returns the guard of the connection a request came on, or nil.
-func guardOf(r *http.Request) *guardConn {
-	g, _ := r.Context().Value(guardKey{}).(*guardConn)
-	return g
-}
-
-// rejectionFor returns why the guard refused the request r stands for, or nil when r is a real request.
-func (g *guardConn) rejectionFor(r *http.Request) *rejection {
-	if r.URL.Path != rejectedPath {
-		return nil
-	}
-	g.mu.Lock()
-	defer g.mu.Unlock()
-	return g.rejected
-}
-
-// brokenBody reports, once, that a request body on this connection broke its chunked framing.
-func (g *guardConn) brokenBody() bool {
-	g.mu.Lock()
-	defer g.mu.Unlock()
-	b := g.broken
-	g.broken = false
-	return b
-}
-
-// closeUnlessSwitching answers an upgrade request that is not switched (any final status but 101) with
-// Connection: close: the guard passes the connection unchecked after an upgrade request, so it must not carry
-// another request.
-type closeUnlessSwitching struct {
-	http.ResponseWriter
-	wrote bool
-}
-
-func (w *closeUnlessSwitching) WriteHeader(code int) {
-	if code != http.StatusSwitchingProtocols && code >= 200 && !w.wrote {
-		w.Header().Set("Connection", "close")
-	}
-	if code >= 200 {
-		w.wrote = true
-	}
-	w.ResponseWriter.WriteHeader(code)
-}
-
-func (w *closeUnlessSwitching) Write(p []byte) (int, error) {
-	if !w.wrote {
-		w.WriteHeader(http.StatusOK)
-	}
-	return w.ResponseWriter.Write(p)
-}
-
-func (w *closeUnlessSwitching) Unwrap() http.ResponseWriter { return w.ResponseWriter }

@@ -62,7 +62,10 @@ func TestGuardPassesValidStreams(t *testing.T) {
 		"http/1.0":             "GET / HTTP/1.0\r\n\r\n",
 		"obs-text value":       "GET / HTTP/1.1\r\nHost: a\r\nX-A: caf\xc3\xa9\t x\r\n\r\n",
 		"h2 preface":           "PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\x00\x00\x00\x04\x00\x00\x00\x00\x00GET / HTTP/1.1\r\nContent-Length: 1\r\nTransfer-Encoding: chunked\r\n\r\n",
-		"upgrade":              "GET /ws HTTP/1.1\r\nHost: a\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\n\x81\x05hello\r\n\n\r",
+		"ctl in extension":     "POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n1;a\x01b\x00\r\nx\r\n0\r\n\r\n",
+		"space after size":     "POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n1 \t\r\nx\r\n0;e \r\n\r\n",
+		"16 hex digits":        "POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n0000000000000001\r\nx\r\n0\r\n\r\n",
+		"options star":         "OPTIONS * HTTP/1.1\r\nHost: a\r\n\r\nGET / HTTP/1.1\r\nHost: a\r\n\r\n",
 		"empty header value":   "GET / HTTP/1.1\r\nHost: a\r\nX-Empty:\r\n\r\n",
 	} {
 		for k := 1; k <= len(in); k++ {
@@ -123,16 +126,23 @@ func TestGuardRefuses(t *testing.T) {
 func TestGuardBrokenChunkedBody(t *testing.T) {
 	head := "POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n"
 	for name, body := range map[string]string{
-		"not hex":          "zz\r\nhi\r\n0\r\n\r\n",
-		"no digits":        ";ext\r\n",
-		"too many digits":  "1000000000000000\r\n",
-		"bare lf":          "2\nhi\r\n0\r\n\r\n",
-		"data overrun":     "2\r\nhiXX\r\n",
-		"bare cr":          "2\rhi",
-		"trailer bad name": "0\r\nX Y: z\r\n\r\n",
-		"trailer fold":     "0\r\nX-Y: z\r\n  w\r\n\r\n",
-		"long chunk line":  "1;" + strings.Repeat("e", 5000) + "\r\n",
-		"ctl in extension": "1;a\x01b\r\nx\r\n0\r\n\r\n",
+		"not hex":                  "zz\r\nhi\r\n0\r\n\r\n",
+		"no digits":                ";ext\r\n",
+		"size of 2^62":             "4000000000000000\r\n",
+		"bare lf":                  "2\nhi\r\n0\r\n\r\n",
+		"data overrun":             "2\r\nhiXX\r\n",
+		"bare cr":                  "2\rhi",
+		"trailer bad name":         "0\r\nX Y: z\r\n\r\n",
+		"trailer fold":             "0\r\nX-Y: z\r\n  w\r\n\r\n",
+		"long chunk line":          "1;" + strings.Repeat("e", 5000) + "\r\n",
+		"chunk line of 4097 bytes": "1;" + strings.Repeat("e", 4093) + "\r\nx\r\n0\r\n\r\n",
+		"space before extension":   "2 ;e\r\nhi\r\n0\r\n\r\n",
+		"tab before extension":     "2\t;e\r\nhi\r\n0\r\n\r\n",
+		"17 hex digits":            "00000000000000001\r\nx\r\n0\r\n\r\n",
+		"space inside size":        "1 0\r\n",
+		"overhead over 16 KiB": strings.Repeat("1;"+strings.Repeat("e", 4000)+"\r\nx\r\n", 5) +
+			"0\r\n\r\n",
+		"trailers over 4 KiB": "0\r\nX-A: " + strings.Repeat("t", 4088) + "\r\n\r\n",
 	} {
 		for k := 1; k <= len(head)+len(body); k++ {
 			out, g, err := runGuardConn([]byte(head+body), k, 1024)

@@ -3,6 +3,7 @@ package proxy
 import (
 	"context"
 	"errors"
+	"fmt"
 	"io"
 	"log/slog"
 	"net/http"
@@ -26,6 +27,7 @@ const (
 	reasonCanceled   = "canceled"
 	reasonOverflow   = "overflow" // a limit (max_requests, max_pending) was full
 	reasonDenied     = "denied"   // the caller is not allowed (inbound.tls.allow)
+	reasonIdle       = "stream_idle_timeout"
 	reasonOther      = "other"
 )
 
@@ -34,6 +36,7 @@ type requestInfo struct {
 	clientCtx context.Context  // the inbound request's context, without meshlet's timeout
 	body      *countingBody    // the inbound request's body; nil when it has none
 	abortBody func()           // ends a Read blocked on the inbound body (abortableBody, watchedConn); nil for HTTP/1.1
+	idle      *streamIdle      // the request's stream_idle_timeout; nil when off
 	tried     []*endpointState // endpoints the attempts went to, in order
 	endpoint  string
 	reason    string // set when meshlet failed the request itself
@@ -132,9 +135,14 @@ func (u *upstream) serveHTTP(w http.ResponseWriter, r *http.Request, alog *slog.
 		ctx, cancel = context.WithTimeout(ctx, timeout)
 		defer cancel()
 	}
+	if u.streamIdle > 0 {
+		ri.idle, ctx = newStreamIdle(ctx, u.streamIdle)
+		defer ri.idle.stop()
+		rw.idle = ri.idle
+	}
 	out := r.WithContext(ctx)
 	if r.Body != nil && r.Body != http.NoBody {
-		body = &countingBody{ReadCloser: r.Body}
+		body = &countingBody{ReadCloser: r.Body, idle: ri.idle}
 		out.Body = body
 		ri.body = body
 		if r.ProtoMajor == 1 {
@@ -145,6 +153,9 @@ func (u *upstream) serveHTTP(w http.ResponseWriter, r *http.Request, alog *slog.
 			// read deadline would cancel the request: a Read stalled on an HTTP/1.1 client ends with its data, or
 			// with the listener's read_body_timeout.)
 			ri.abortBody = func() { body.Close() }
+			if ri.idle != nil {
+				ri.idle.onIdle = ri.abortBody // a transport waiting for the client's body returns
+			}
 		}
 	}
 	u.rp.ServeHTTP(rw, out)
@@ -182,6 +193,21 @@ func (u *upstream) proxyError(w http.ResponseWriter, r *http.Request, err error)
 		if rw, ok := w.(*responseWriter); ok {
 			rw.code = StatusClientClosedRequest
 		}
+	case idleFired(r.Context()):
+		code := http.StatusRequestTimeout
+		u.obs.errors[reasonIdle].Inc()
+		msg := fmt.Sprintf("upstream %s: no byte either way for %s (stream_idle_timeout)", u.name, u.streamIdle)
+		if ri != nil {
+			ri.reason, ri.errMsg = reasonIdle, msg
+		}
+		w.Header().Set("X-Meshlet-Error", reasonIdle)
+		if grpc {
+			writeGRPCStatus(w, codes.DeadlineExceeded, "meshlet: "+msg)
+		} else {
+			w.Header().Set("Connection", "close")
+			http.Error(w, "meshlet: "+msg, code)
+		}
+		return
 	case errors.Is(err, ErrNoEndpoint):
 		u.fail(w, r, grpc, http.StatusServiceUnavailable, reasonNoEndpoint,
 			"no endpoint available for upstream "+u.name, ri)
@@ -241,12 +267,14 @@ type responseWriter struct {
 	http.ResponseWriter
 	code    int // the final (non-1xx) status, 0 until written
 	written int64
+	idle    *streamIdle // told of every byte written; nil when off
 }
 
 func (w *responseWriter) WriteHeader(code int) {
 	if w.code == 0 && code >= 200 {
 		w.code = code
 	}
+	w.idle.touch()
 	w.ResponseWriter.WriteHeader(code)
 }
 
@@ -256,6 +284,9 @@ func (w *responseWriter) Write(p []byte) (int, error) {
 	}
 	n, err := w.ResponseWriter.Write(p)
 	w.written += int64(n)
+	if n > 0 {
+		w.idle.touch()
+	}
 	return n, err
 }
 
@@ -284,11 +315,15 @@ type countingBody struct {
 	io.ReadCloser
 	n     atomic.Int64
 	fault atomic.Pointer[clientFault] // the client broke its body (malformed, stalled): no answer of the endpoint goes back
+	idle  *streamIdle                 // told of every byte read; nil when off
 }
 
 func (b *countingBody) Read(p []byte) (int, error) {
 	n, err := b.ReadCloser.Read(p)
 	b.n.Add(int64(n))
+	if n > 0 {
+		b.idle.touch()
+	}
 	if err != nil && err != io.EOF {
 		var cf *clientFault
 		if errors.As(err, &cf) {
@@ -319,7 +354,8 @@ func newObserver(m *metrics.Metrics, direction, name string) *observer {
 		tx:       m.SentBytes.WithLabelValues(direction, name),
 		errors:   map[string]interface{ Inc() }{},
 	}
-	for _, r := range []string{reasonNoEndpoint, reasonTimeout, reasonConnect, reasonCanceled, reasonOverflow, reasonDenied, reasonOther} {
+	for _, r := range []string{reasonNoEndpoint, reasonTimeout, reasonConnect, reasonCanceled, reasonOverflow, reasonDenied,
+		reasonIdle, reasonOther} {
 		o.errors[r] = m.UpstreamErrors.WithLabelValues(direction, name, r)
 	}
 	return o

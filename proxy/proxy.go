@@ -42,7 +42,8 @@ type Proxy struct {
 	m          *metrics.Metrics
 	accessLog  *slog.Logger // nil when access logging is off
 	refusedLog refusedLog
-	budget     *connBudget // file descriptors for client and upstream connections, shared by all
+	budget     *connBudget            // file descriptors for client and upstream connections, shared by all
+	heads      map[string]*headBudget // memory for HTTP/1.1 request heads being received, by direction
 	static     *discovery.Static
 	discovery  discovery.Source // nil: static endpoints only
 	tls        *tlsState        // nil: no TLS
@@ -98,6 +99,10 @@ func New(cfg Config, opts Options) (*Proxy, error) {
 	}
 	p.refusedLog.log = p.log
 	p.budget = newConnBudget(p.log)
+	p.heads = map[string]*headBudget{
+		metrics.Inbound:  newHeadBudget(cfg.Inbound.Limits.MaxPendingHeaderBytes),
+		metrics.Outbound: newHeadBudget(cfg.Outbound.Limits.MaxPendingHeaderBytes),
+	}
 	p.resolveInboundMode(&p.cfg)
 	if opts.AccessLog {
 		p.accessLog = opts.Logger.With("component", "access")
@@ -125,8 +130,7 @@ func (p *Proxy) Start() error {
 	}
 	if cfg.Inbound.Listen != "" {
 		ucfg := inboundUpstreamConfig(cfg)
-		p.inbound = newUpstream(ucfg, metrics.Inbound, p.m, p.log, p.tls)
-		p.inbound.budget = p.budget
+		p.inbound = p.newUpstream(ucfg, metrics.Inbound)
 		eps, err := discovery.ParseAddrs(ucfg.Endpoints)
 		if err != nil {
 			return err
@@ -148,8 +152,7 @@ func (p *Proxy) Start() error {
 	}
 	ups := map[string]*upstream{}
 	for i, uc := range cfg.Upstreams {
-		u := newUpstream(uc, metrics.Outbound, p.m, p.log, p.tls)
-		u.budget = p.budget
+		u := p.newUpstream(uc, metrics.Outbound)
 		ups[uc.Name] = u
 		if uc.Listen == "" {
 			continue
@@ -171,6 +174,18 @@ func (p *Proxy) Start() error {
 	}
 	p.log.Info("proxy started", "listeners", len(bound), "upstreams", len(cfg.Upstreams))
 	return nil
+}
+
+// newUpstream creates the upstream of uc in direction, with the proxy's shared budgets and its direction's
+// stream_idle_timeout.
+func (p *Proxy) newUpstream(uc UpstreamConfig, direction string) *upstream {
+	u := newUpstream(uc, direction, p.m, p.log, p.tls)
+	u.budget = p.budget
+	u.streamIdle = p.cfg.Outbound.Limits.StreamIdleTimeout
+	if direction == metrics.Inbound {
+		u.streamIdle = p.cfg.Inbound.Limits.StreamIdleTimeout
+	}
+	return u
 }
 
 // inboundUpstreamConfig describes the local app as the only endpoint of the inbound direction.

@@ -7,11 +7,14 @@ import (
 	"io"
 	"log/slog"
 	"net/http"
+	"net/textproto"
 	"os"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
 
+	"golang.org/x/net/http/httpguts"
 	"google.golang.org/grpc/codes"
 )
 
@@ -76,53 +79,67 @@ func (p *Proxy) countRefused(r *http.Request, direction, listener, reason string
 	p.refusedLog.refused(direction, listener, r.RemoteAddr, reason, status)
 }
 
-// guarded wraps the handler of an HTTP listener with the checks of the client's input: it answers the requests
-// the HTTP/1.1 guard refused, closes the connection after an upgrade that does not happen, refuses an invalid
-// grpc-timeout, and bounds request bodies (stall timeout, gRPC message size); each refusal is counted.
+// guarded wraps the handler of an HTTP listener with the checks of the client's input: it refuses a request the
+// HTTP/1.1 guard did not check, answers the requests the guard refused, serves an h2c upgrade as plain HTTP/1.1,
+// closes the connection after an upgrade that does not happen, refuses an invalid grpc-timeout, and bounds request
+// bodies (stall timeout, gRPC message size); each refusal is counted.
 func (p *Proxy) guarded(direction, listener string, lim ListenerLimits, h http.Handler) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		g := guardOf(r)
 		if g != nil {
+			if !g.admit(r) {
+				p.countRefused(r, direction, listener, refusedUnchecked, http.StatusBadRequest)
+				refuseMalformed(w, refusedUnchecked, http.StatusBadRequest)
+				g.bodyFailed() // nothing more is read from this connection
+				return
+			}
 			if rej := g.rejectionFor(r); rej != nil {
 				p.countRefused(r, direction, listener, rej.reason, rej.status)
-				w.Header().Set("Connection", "close")
+				refuseMalformed(w, rej.reason, rej.status)
+				return
+			}
+			defer g.endRequest()
+		}
+		if r.ProtoMajor == 1 && isH2CUpgrade(r.Header) {
+			r = withoutH2CUpgrade(r)
+		}
+		if g != nil && r.ProtoMajor == 1 && isUpgrade(r.Header) {
+			w = &upgradeWriter{ResponseWriter: w, g: g}
+		}
+		grpc := isGRPC(r)
+		if v := r.Header.Get("Grpc-Timeout"); grpc && v != "" {
+			if _, ok := parseGRPCTimeout(v); !ok {
+				p.countRefused(r, direction, listener, refusedGRPCTimeout, http.StatusOK)
 				w.Header().Set("X-Meshlet-Error", "malformed_request")
-				http.Error(w, fmt.Sprintf("meshlet: malformed request (%s)", rej.reason), rej.status)
+				writeGRPCStatus(w, codes.Internal, fmt.Sprintf("meshlet: malformed grpc-timeout %q", v))
 				return
 			}
 		}
-		var faulted interface{ fault() *clientFault }
+		var frames *grpcFrames
 		var stalled *stallBody
-		switch {
-		case isGRPC(r):
-			if v := r.Header.Get("Grpc-Timeout"); v != "" {
-				if _, ok := parseGRPCTimeout(v); !ok {
-					p.countRefused(r, direction, listener, refusedGRPCTimeout, http.StatusOK)
-					w.Header().Set("X-Meshlet-Error", "malformed_request")
-					writeGRPCStatus(w, codes.Internal, fmt.Sprintf("meshlet: malformed grpc-timeout %q", v))
-					return
-				}
+		if r.Body != nil && r.Body != http.NoBody && r.Method != http.MethodConnect {
+			if grpc {
+				frames = &grpcFrames{ReadCloser: r.Body, limit: uint32(lim.MaxGRPCMessageBytes)}
+				r = withBody(r, frames)
 			}
-			if r.Body != nil && r.Body != http.NoBody {
-				f := &grpcFrames{ReadCloser: r.Body, limit: uint32(lim.MaxGRPCMessageBytes)}
-				r, faulted = withBody(r, f), f
+			// Every body but an HTTP/2 gRPC call's (stream_idle_timeout bounds those) has read_body_timeout: an
+			// upgrade request's body too, as the protocol has not switched while it is read.
+			if lim.ReadBodyTimeout > 0 && (r.ProtoMajor == 1 || !grpc) {
+				stalled = &stallBody{ReadCloser: r.Body, rc: *http.NewResponseController(w), d: lim.ReadBodyTimeout, g: g}
+				r = withBody(r, stalled)
 			}
-		case r.ProtoMajor == 1 && r.Header.Get("Upgrade") != "":
-			if g != nil {
-				w = &closeUnlessSwitching{ResponseWriter: w}
-			}
-		case r.Method != http.MethodConnect && r.Body != nil && r.Body != http.NoBody && lim.ReadBodyTimeout > 0:
-			b := &stallBody{ReadCloser: r.Body, rc: *http.NewResponseController(w), d: lim.ReadBodyTimeout}
-			r, faulted, stalled = withBody(r, b), b, b
 		}
 		// Deferred: the reverse proxy ends a response whose copy failed with a panic (http.ErrAbortHandler), and the
 		// stall timer must not outlive the handler even then.
 		defer func() {
 			if stalled != nil {
 				stalled.finish()
+				if f := stalled.fault(); f != nil {
+					p.countRefused(r, direction, listener, f.reason, f.status)
+				}
 			}
-			if faulted != nil {
-				if f := faulted.fault(); f != nil {
+			if frames != nil {
+				if f := frames.fault(); f != nil {
 					p.countRefused(r, direction, listener, f.reason, f.status)
 				}
 			}
@@ -132,6 +149,53 @@ func (p *Proxy) guarded(direction, listener string, lim ListenerLimits, h http.H
 		}()
 		h.ServeHTTP(w, r)
 	})
+}
+
+// refuseMalformed answers a request the guard refused, or one it did not check, and closes the connection.
+func refuseMalformed(w http.ResponseWriter, reason string, status int) {
+	w.Header().Set("Connection", "close")
+	w.Header().Set("X-Meshlet-Error", "malformed_request")
+	http.Error(w, fmt.Sprintf("meshlet: malformed request (%s)", reason), status)
+}
+
+// isH2CUpgrade reports whether an HTTP/1.1 request asks to switch to HTTP/2 over cleartext (RFC 7540 section 3.2:
+// Upgrade: h2c with HTTP2-Settings).
+func isH2CUpgrade(h http.Header) bool {
+	return httpguts.HeaderValuesContainsToken(h["Upgrade"], "h2c") || h["Http2-Settings"] != nil
+}
+
+// withoutH2CUpgrade returns a copy of r without its h2c upgrade (the h2c token of Upgrade, HTTP2-Settings and
+// their Connection tokens), to be served as HTTP/1.1, as Envoy does. meshlet speaks HTTP/2 to apps by prior
+// knowledge only; an app that switched would give the caller an HTTP/2 connection in which no request passes
+// meshlet's authorization, metrics or limits.
+func withoutH2CUpgrade(r *http.Request) *http.Request {
+	h := r.Header.Clone()
+	h.Del("Http2-Settings")
+	upgrades := keepTokens(h, "Upgrade", func(tok string) bool { return !strings.EqualFold(tok, "h2c") })
+	keepTokens(h, "Connection", func(tok string) bool {
+		return !strings.EqualFold(tok, "http2-settings") && (upgrades > 0 || !strings.EqualFold(tok, "upgrade"))
+	})
+	out := r.WithContext(r.Context())
+	out.Header = h
+	return out
+}
+
+// keepTokens keeps the comma-separated tokens of header name for which keep is true (none left: no header) and
+// returns how many it kept.
+func keepTokens(h http.Header, name string, keep func(string) bool) int {
+	var kept []string
+	for _, v := range h.Values(name) {
+		for tok := range strings.SplitSeq(v, ",") {
+			if tok = textproto.TrimString(tok); tok != "" && keep(tok) {
+				kept = append(kept, tok)
+			}
+		}
+	}
+	h.Del(name)
+	if len(kept) > 0 {
+		h.Set(name, strings.Join(kept, ", "))
+	}
+	return len(kept)
 }
 
 // withBody returns r with body b. A request with Expect keeps its own body: net/http looks at it after the
@@ -152,6 +216,7 @@ type stallBody struct {
 	io.ReadCloser
 	rc http.ResponseController
 	d  time.Duration
+	g  *guardConn // the guard of an HTTP/1.1 connection, told when the body ends in an error; nil otherwise
 
 	mu       sync.Mutex
 	finished bool // the handler returned
@@ -177,6 +242,9 @@ func (b *stallBody) Read(p []byte) (int, error) {
 	deadline := time.Now().Add(b.d)
 	b.setDeadline(deadline)
 	n, err := b.ReadCloser.Read(p)
+	if err != nil && err != io.EOF && b.g != nil {
+		b.g.bodyFailed()
+	}
 	switch {
 	case err == nil:
 	case errors.Is(err, os.ErrDeadlineExceeded) && !time.Now().Before(deadline):

@@ -107,8 +107,7 @@ func (p *Proxy) bindAdded(old, cfg Config) ([]addedUpstream, error) {
 		if ok && prev.Listen == uc.Listen && (prev.Protocol == ProtocolTCP) == (uc.Protocol == ProtocolTCP) {
 			continue
 		}
-		u := newUpstream(uc, metrics.Outbound, p.m, p.log, p.tls)
-		u.budget = p.budget
+		u := p.newUpstream(uc, metrics.Outbound)
 		var l listener
 		if uc.Listen != "" {
 			if ok && prev.Listen == uc.Listen {

@@ -44,7 +44,8 @@ type httpListener struct {
 func (p *Proxy) newHTTPListener(ln net.Listener, direction, label string, lim ListenerLimits, h http.Handler) *httpListener {
 	open := p.m.ConnectionsOpen.WithLabelValues(direction, label)
 	total := p.m.Connections.WithLabelValues(direction, label)
-	ln = &guardListener{Listener: ln, maxHead: lim.MaxHeaderBytes, writeTimeout: lim.WriteTimeout}
+	ln = &guardListener{Listener: ln, maxHead: lim.MaxHeaderBytes, writeTimeout: lim.WriteTimeout,
+		budget: p.heads[direction]}
 	srv := &http.Server{
 		Handler:           p.guarded(direction, label, lim, h),
 		ConnContext:       guardContext,

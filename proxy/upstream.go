@@ -22,14 +22,15 @@ import (
 // (inbound). It owns the endpoint picker, the connection pools and the reverse proxy, and it is an
 // http.RoundTripper that picks an endpoint for each attempt.
 type upstream struct {
-	name      string
-	direction string
-	protocol  string // as created: tcp or one of the HTTP family; a change between tcp and HTTP replaces it
-	log       *slog.Logger
-	m         *metrics.Metrics
-	obs       *observer
-	tls       *tlsState   // nil: no TLS
-	budget    *connBudget // file descriptors; nil: none
+	name       string
+	direction  string
+	protocol   string // as created: tcp or one of the HTTP family; a change between tcp and HTTP replaces it
+	log        *slog.Logger
+	m          *metrics.Metrics
+	obs        *observer
+	tls        *tlsState     // nil: no TLS
+	budget     *connBudget   // file descriptors; nil: none
+	streamIdle time.Duration // stream_idle_timeout of the upstream's direction; 0: none
 
 	cfg       atomic.Pointer[UpstreamConfig] // swapped on reload
 	picker    atomic.Pointer[picker]
@@ -216,6 +217,9 @@ func (u *upstream) RoundTrip(req *http.Request) (*http.Response, error) {
 		return nil, err
 	}
 	if resp.StatusCode == http.StatusSwitchingProtocols {
+		if ri != nil {
+			ri.idle.pause() // a switched protocol is no stream: its tunnel is not timed
+		}
 		end(nil) // an upgraded connection is no longer a request in flight
 		return resp, nil
 	}

@@ -1,0 +1,142 @@
+package proxy
+
+import (
+	"bufio"
+	"context"
+	"crypto/tls"
+	"net"
+	"net/http"
+)
+
+// What the handlers of an HTTP listener ask of the HTTP/1.1 guard of their request's connection (h1guard.go), and
+// what they tell it: which request net/http handed over, how its body ended, and a protocol switch.
+
+type guardKey struct{}
+
+// guardContext is the listener's ConnContext: it lets handlers find the guard of their connection.
+func guardContext(ctx context.Context, c net.Conn) context.Context {
+	if g, ok := c.(*guardConn); ok {
+		return context.WithValue(ctx, guardKey{}, g)
+	}
+	return ctx
+}
+
+// guardOf returns the guard of the connection a request came on, or nil.
+func guardOf(r *http.Request) *guardConn {
+	g, _ := r.Context().Value(guardKey{}).(*guardConn)
+	return g
+}
+
+// tlsStateOf returns the TLS state of the connection r came on: net/http's, or the guard's for a guarded mutual
+// TLS connection; nil for plaintext.
+func tlsStateOf(r *http.Request) *tls.ConnectionState {
+	if r.TLS != nil {
+		return r.TLS
+	}
+	if g := guardOf(r); g != nil {
+		return g.tls
+	}
+	return nil
+}
+
+// admit reports whether r is the request whose head the guard checked next on this connection: same place in the
+// sequence, same request line. Any other request is one net/http read where the guard saw something else (a body
+// net/http stopped reading part-way, bytes of a body merged into a head): the handler refuses it and closes the
+// connection. HTTP/2 requests (prior knowledge, which the guard lets through whole) are not counted.
+func (g *guardConn) admit(r *http.Request) bool {
+	if r.ProtoMajor != 1 {
+		return true
+	}
+	n := g.served.Add(1)
+	heads := g.heads.Load()
+	if n > heads || heads-n >= uint64(len(g.lines)) {
+		return false
+	}
+	h := fnvAdd(fnvOffset, r.Method)
+	h = fnvAdd(h, " ")
+	h = fnvAdd(h, r.RequestURI)
+	h = fnvAdd(h, " ")
+	h = fnvAdd(h, r.Proto)
+	return g.lines[(n-1)%uint64(len(g.lines))].Load() == h
+}
+
+// rejectionFor returns why the guard refused the request r stands for, or nil when r is a real request.
+func (g *guardConn) rejectionFor(r *http.Request) *rejection {
+	if r.URL.Path != rejectedPath {
+		return nil
+	}
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	return g.rejected
+}
+
+// brokenBody reports, once, that a request body on this connection broke its chunked framing.
+func (g *guardConn) brokenBody() bool {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	b := g.broken
+	g.broken = false
+	return b
+}
+
+// bodyFailed tells the guard that a request body ended in an error (net/http's reader or a read deadline): the
+// connection reads nothing more, so net/http closes it instead of reading a next request from where its reader
+// stopped.
+func (g *guardConn) bodyFailed() { g.dead.Store(true) }
+
+// endRequest tells the guard that the handler of a request returned. A body still coming closes the connection:
+// net/http would read it on for the next request, in full-duplex mode without checking how it ended.
+func (g *guardConn) endRequest() {
+	if g.inBody.Load() {
+		g.dead.Store(true)
+	}
+}
+
+// switched tells the guard that the handler took the connection over for a protocol switch (a 101 answer): the
+// bytes that follow are no longer HTTP/1.1 and pass unchecked. A connection with a request body still coming, or
+// one the guard already refused, is closed instead. Called after net/http's Hijack, when no Read is under way.
+func (g *guardConn) switched() {
+	if g.inBody.Load() || g.state == gRejected || g.state == gFailed {
+		g.dead.Store(true)
+		return
+	}
+	g.state = gOpaque
+}
+
+// upgradeWriter is the response writer of an upgrade request on a guarded connection. An answer other than 101
+// closes the connection (Connection: close); a 101 makes the reverse proxy hijack the connection, and only then
+// does the guard stop checking it.
+type upgradeWriter struct {
+	http.ResponseWriter
+	g     *guardConn
+	wrote bool
+}
+
+func (w *upgradeWriter) WriteHeader(code int) {
+	if code != http.StatusSwitchingProtocols && code >= 200 && !w.wrote {
+		w.Header().Set("Connection", "close")
+	}
+	if code >= 200 {
+		w.wrote = true
+	}
+	w.ResponseWriter.WriteHeader(code)
+}
+
+func (w *upgradeWriter) Write(p []byte) (int, error) {
+	if !w.wrote {
+		w.WriteHeader(http.StatusOK)
+	}
+	return w.ResponseWriter.Write(p)
+}
+
+// Hijack takes the connection over from net/http (http.ResponseController finds it) and tells the guard.
+func (w *upgradeWriter) Hijack() (net.Conn, *bufio.ReadWriter, error) {
+	c, brw, err := http.NewResponseController(w.ResponseWriter).Hijack()
+	if err == nil {
+		w.g.switched()
+	}
+	return c, brw, err
+}
+
+// Unwrap returns the server's writer.
+func (w *upgradeWriter) Unwrap() http.ResponseWriter { return w.ResponseWriter }
