@@ -87,7 +87,7 @@ func (b *Bundle) verifyPeer(certs []*x509.Certificate, usage x509.ExtKeyUsage, w
 
 // ServerConfig is the inbound listener's TLS: TLS 1.3 (or minVersion), ALPN h2 and http/1.1, the current leaf
 // from src at every handshake, and a client certificate required and verified (Bundle.verifyPeer) against the
-// current roots: any identity of the local trust domain (authorization
+// current roots at every handshake, full or resumed: any identity of the local trust domain (authorization
 // comes after, per connection or request).
 func ServerConfig(src Source, minVersion string) (*tls.Config, error) {
 	v, err := tlsVersion(minVersion)
@@ -101,14 +101,16 @@ func ServerConfig(src Source, minVersion string) (*tls.Config, error) {
 		// certificate is refused by verifyPeer with its own reason (no_cert).
 		ClientAuth:     tls.RequestClientCert,
 		GetCertificate: func(*tls.ClientHelloInfo) (*tls.Certificate, error) { return leaf(src) },
-		VerifyPeerCertificate: func(raw [][]byte, _ [][]*x509.Certificate) error {
-			return verifyRaw(src, raw, x509.ExtKeyUsageClientAuth, nil)
+		// VerifyConnection, unlike VerifyPeerCertificate, runs on resumed handshakes too: a session ticket
+		// carries the client's certificates, which are checked again against the roots of this moment.
+		VerifyConnection: func(cs tls.ConnectionState) error {
+			return verifyWith(src, cs.PeerCertificates, x509.ExtKeyUsageClientAuth, nil)
 		},
 	}, nil
 }
 
 // ClientConfig is the TLS of a connection to another sidecar: the current leaf as client certificate, the
-// server verified against the current roots, and its identity checked by
+// server verified against the current roots at every handshake (full or resumed), and its identity checked by
 // want (nil: any identity of the local trust domain). alpn is the one protocol to offer ("h2", or "http/1.1" for upgrades; "" for none, raw TCP).
 func ClientConfig(src Source, minVersion, alpn string, want func(ID) error) (*tls.Config, error) {
 	v, err := tlsVersion(minVersion)
@@ -126,8 +128,9 @@ func ClientConfig(src Source, minVersion, alpn string, want func(ID) error) (*tl
 		// nothing between sidecars.
 		InsecureSkipVerify:   true,
 		GetClientCertificate: func(*tls.CertificateRequestInfo) (*tls.Certificate, error) { return leaf(src) },
-		VerifyPeerCertificate: func(raw [][]byte, _ [][]*x509.Certificate) error {
-			return verifyRaw(src, raw, x509.ExtKeyUsageServerAuth, want)
+		// On every handshake, resumed ones too (a caller may set ClientSessionCache).
+		VerifyConnection: func(cs tls.ConnectionState) error {
+			return verifyWith(src, cs.PeerCertificates, x509.ExtKeyUsageServerAuth, want)
 		},
 	}, nil
 }
@@ -160,13 +163,4 @@ func verifyWith(src Source, certs []*x509.Certificate, usage x509.ExtKeyUsage, w
 	}
 	_, err := b.verifyPeer(certs, usage, want)
 	return err
-}
-
-// verifyRaw is verifyWith for a chain in DER.
-func verifyRaw(src Source, raw [][]byte, usage x509.ExtKeyUsage, want func(ID) error) error {
-	certs, err := parseChain(raw)
-	if err != nil {
-		return &HandshakeError{ReasonOther, err}
-	}
-	return verifyWith(src, certs, usage, want)
 }
