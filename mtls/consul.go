@@ -6,7 +6,6 @@ import (
 	"fmt"
 	"log/slog"
 	"math/rand/v2"
-	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -154,13 +153,7 @@ func (s *ConsulSource) rebuild() {
 	if leaf == nil || roots == nil || len(roots.Roots) == 0 {
 		return
 	}
-	var ca strings.Builder
-	for _, r := range roots.Roots {
-		ca.WriteString(r.RootCertPEM)
-		ca.WriteString("\n")
-	}
-	certPEM := leaf.CertPEM
-	b, err := NewBundle([]byte(certPEM), []byte(leaf.PrivateKeyPEM), []byte(ca.String()))
+	b, err := consulBundle(leaf, roots)
 	if err != nil {
 		// A leaf signed by a root that has not arrived yet (mid-rotation): the next answer fixes it.
 		msg := "consul connect CA: " + err.Error()
@@ -173,12 +166,49 @@ func (s *ConsulSource) rebuild() {
 	}
 	prev := s.cur.Swap(b)
 	s.lastErr.Store(nil)
-	if prev == nil || prev.Leaf.SerialNumber.Cmp(b.Leaf.SerialNumber) != 0 || len(prev.RootCerts) != len(b.RootCerts) {
+	if prev == nil || prev.Leaf.SerialNumber.Cmp(b.Leaf.SerialNumber) != 0 || len(prev.Roots) != len(b.Roots) ||
+		len(prev.Warnings) != len(b.Warnings) {
 		s.log.Info("certificate from consul in use", "id", b.ID.String(), "not_after", b.Leaf.NotAfter,
-			"roots", len(b.RootCerts))
+			"roots", len(b.Roots))
+		logWarnings(s.log, b, "source", SourceConsul)
 	}
 	s.readyOne.Do(func() { close(s.ready) })
 	if s.OnReload != nil {
 		s.OnReload(b, nil)
 	}
+}
+
+// consulBundle makes a bundle of a leaf and the Connect CA roots. Consul lists its roots with the trust domain
+// they belong to (CARootList.TrustDomain), and each root is bound to it, whether or not its certificate names a
+// trust domain (Vault and other providers may write none); a root whose certificate names another trust domain,
+// or an invalid one, vouches for nothing (see NewBundle).
+func consulBundle(leaf *api.LeafCert, list *api.CARootList) (*Bundle, error) {
+	cert, leafCert, id, err := keyPair([]byte(leaf.CertPEM), []byte(leaf.PrivateKeyPEM))
+	if err != nil {
+		return nil, err
+	}
+	var roots []Root
+	var warnings []string
+	for _, r := range list.Roots {
+		certs, err := parseCerts([]byte(r.RootCertPEM))
+		if err != nil || len(certs) == 0 {
+			warnings = append(warnings, fmt.Sprintf("root %s from consul does not parse: %v", r.ID, err))
+			continue
+		}
+		for _, c := range certs {
+			named, err := rootTrustDomain(c)
+			switch {
+			case list.TrustDomain == "":
+				warnings = append(warnings, fmt.Sprintf("root %s vouches for nothing: consul names no trust domain", rootName(c)))
+			case err != nil:
+				warnings = append(warnings, fmt.Sprintf("root %s vouches for nothing: %v", rootName(c), err))
+			case named != "" && named != list.TrustDomain:
+				warnings = append(warnings, fmt.Sprintf("root %s vouches for nothing: it names trust domain %s, "+
+					"consul lists it for %s", rootName(c), named, list.TrustDomain))
+			default:
+				roots = append(roots, Root{Cert: c, TrustDomain: list.TrustDomain})
+			}
+		}
+	}
+	return newBundle(cert, leafCert, id, roots, warnings)
 }

@@ -2,7 +2,6 @@ package mtls
 
 import (
 	"crypto/tls"
-	"crypto/x509"
 	"encoding/pem"
 	"errors"
 	"fmt"
@@ -76,15 +75,18 @@ func (p *testPKI) bundle(t *testing.T, service string, from, to time.Time, extra
 	for _, r := range extraRoots {
 		caPEM = append(caPEM, pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: r.Cert.Raw})...)
 	}
-	// Bypass NewBundle's own chain check for expired leaves: build what it would.
 	b, err := NewBundle(certPEM, keyPEM, caPEM)
 	if err != nil {
-		tc, _ := tls.X509KeyPair(certPEM, keyPEM)
-		leaf, _ := x509.ParseCertificate(tc.Certificate[0])
-		pool := x509.NewCertPool()
-		pool.AddCert(p.ca.Cert)
-		id, _ := CertID(leaf)
-		return &Bundle{Cert: &tc, Leaf: leaf, ID: id, Roots: pool, RootCerts: []*x509.Certificate{p.ca.Cert}, TrustDomain: id.TrustDomain}
+		// A leaf that expired before the CA was made does not load: build what NewBundle would.
+		cert, leaf, id, kerr := keyPair(certPEM, keyPEM)
+		if kerr != nil {
+			t.Fatal(kerr)
+		}
+		roots := []Root{{Cert: p.ca.Cert, TrustDomain: id.TrustDomain}}
+		for _, r := range extraRoots {
+			roots = append(roots, Root{Cert: r.Cert, TrustDomain: TrustDomainOf(r.Cert)})
+		}
+		return assemble(cert, leaf, id, roots, nil)
 	}
 	return b
 }
@@ -154,8 +156,9 @@ func TestHandshakes(t *testing.T) {
 	web := pki.bundle(t, "web", now.Add(-time.Minute), now.Add(time.Hour))
 	// A client whose leaf comes from another CA but who trusts ours: the server must refuse it as unknown.
 	stranger := other.bundle(t, "web", now.Add(-time.Minute), now.Add(time.Hour))
-	stranger = &Bundle{Cert: stranger.Cert, Leaf: stranger.Leaf, ID: stranger.ID, Roots: api.Roots,
-		RootCerts: api.RootCerts, TrustDomain: api.TrustDomain}
+	trusting := *api
+	trusting.Cert, trusting.Leaf, trusting.ID = stranger.Cert, stranger.Leaf, stranger.ID
+	stranger = &trusting
 	expired := pki.bundle(t, "old", now.Add(-2*time.Hour), now.Add(-time.Hour))
 	wantAPI := func(id ID) error {
 		if id.Service != "api" {

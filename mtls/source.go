@@ -13,14 +13,29 @@ import (
 	"time"
 )
 
-// Bundle is what a sidecar proves and trusts at one moment: its leaf certificate and identity, and the roots of
-// its trust domain. Bundles are immutable; a rotation makes a new one.
+// Bundle is what a sidecar proves and trusts at one moment: its leaf certificate and identity, and the roots it
+// trusts, each bound to the one trust domain it may vouch for. Bundles are immutable; a rotation makes a new
+// one. Make them with NewBundle (or LoadFiles); a Bundle built otherwise trusts no root.
 type Bundle struct {
-	Cert        *tls.Certificate // the leaf (and its chain) with its private key
-	Leaf        *x509.Certificate
-	ID          ID
-	Roots       *x509.CertPool
-	RootCerts   []*x509.Certificate
+	Cert *tls.Certificate // the leaf (and its chain) with its private key
+	Leaf *x509.Certificate
+	ID   ID
+	// TrustDomain is the local trust domain, the leaf's: only peers of this trust domain are accepted (meshlet
+	// does not federate).
+	TrustDomain string
+	// Roots are the roots that vouch for a trust domain, each with it; a peer's chain is verified against the
+	// roots of the trust domain its SPIFFE ID names, and no other.
+	Roots []Root
+	// Warnings say what the bundle leaves unused: roots that vouch for nothing (see NewBundle) and roots of
+	// another trust domain than the local one. Nil when every root vouches for the local trust domain.
+	Warnings []string
+
+	pools map[string]*x509.CertPool // Roots by trust domain
+}
+
+// Root is a trust anchor and the trust domain it vouches for.
+type Root struct {
+	Cert        *x509.Certificate
 	TrustDomain string
 }
 
@@ -128,54 +143,125 @@ func LoadFiles(c FilesConfig) (*Bundle, error) {
 	return NewBundle(certPEM, keyPEM, caPEM)
 }
 
-// NewBundle builds a bundle from PEM data (see LoadFiles).
+// NewBundle builds a bundle from PEM data: the leaf (with its chain) and its key, and caPEM, the roots (a
+// ca_file). The leaf must be an X.509-SVID (CertID) and chain to a root of its own trust domain, the local one.
+// Each root is bound to the trust domain its spiffe:// URI SAN names (as `meshlet certs` and Consul's CA write
+// it). A root that names none vouches for the local trust domain when no root of caPEM names a trust domain
+// (a private CA or a cert-manager issuer), and for nothing when another root does: nothing then says which
+// trust domain it belongs to. A root whose URI SANs are not a valid SPIFFE ID, or name two trust domains,
+// vouches for nothing. Roots that vouch for nothing, or for another trust domain, are listed in Warnings.
 func NewBundle(certPEM, keyPEM, caPEM []byte) (*Bundle, error) {
+	cert, leaf, id, err := keyPair(certPEM, keyPEM)
+	if err != nil {
+		return nil, err
+	}
+	certs, err := parseCerts(caPEM)
+	if err != nil {
+		return nil, fmt.Errorf("CA bundle: %w", err)
+	}
+	if len(certs) == 0 {
+		return nil, errors.New("CA bundle holds no certificate")
+	}
+	roots, warnings := bindRoots(certs, id.TrustDomain)
+	return newBundle(cert, leaf, id, roots, warnings)
+}
+
+// keyPair parses a leaf (with its chain) and its key, and reads the leaf's identity.
+func keyPair(certPEM, keyPEM []byte) (*tls.Certificate, *x509.Certificate, ID, error) {
 	cert, err := tls.X509KeyPair(certPEM, keyPEM)
 	if err != nil {
-		return nil, fmt.Errorf("certificate and key: %w", err)
+		return nil, nil, ID{}, fmt.Errorf("certificate and key: %w", err)
 	}
 	leaf := cert.Leaf
 	if leaf == nil {
 		if leaf, err = x509.ParseCertificate(cert.Certificate[0]); err != nil {
-			return nil, err
+			return nil, nil, ID{}, err
 		}
 	}
 	id, err := CertID(leaf)
 	if err != nil {
-		return nil, err
+		return nil, nil, ID{}, fmt.Errorf("the certificate: %w", err)
 	}
-	roots, err := parseCerts(caPEM)
-	if err != nil {
-		return nil, fmt.Errorf("CA bundle: %w", err)
+	return &cert, leaf, id, nil
+}
+
+// bindRoots binds the roots of a CA file to their trust domains (see NewBundle); local is the leaf's.
+func bindRoots(certs []*x509.Certificate, local string) ([]Root, []string) {
+	named := make([]string, len(certs))
+	var warnings []string
+	anyNamed := false
+	for i, c := range certs {
+		td, err := rootTrustDomain(c)
+		if err != nil {
+			warnings = append(warnings, fmt.Sprintf("root %s vouches for nothing: %v", rootName(c), err))
+			named[i] = "-"
+			continue
+		}
+		named[i] = td
+		anyNamed = anyNamed || td != ""
 	}
-	if len(roots) == 0 {
-		return nil, errors.New("CA bundle holds no certificate")
-	}
-	pool := x509.NewCertPool()
-	td := ""
-	for _, r := range roots {
-		pool.AddCert(r)
-		if t := TrustDomainOf(r); t != "" && td == "" {
-			td = t
+	var roots []Root
+	for i, c := range certs {
+		switch td := named[i]; {
+		case td == "-":
+		case td != "":
+			roots = append(roots, Root{Cert: c, TrustDomain: td})
+		case !anyNamed:
+			roots = append(roots, Root{Cert: c, TrustDomain: local})
+		default:
+			warnings = append(warnings, fmt.Sprintf("root %s vouches for nothing: it names no trust domain "+
+				"(no spiffe:// URI SAN) while other roots of the file do", rootName(c)))
 		}
 	}
-	if td == "" {
-		td = id.TrustDomain
+	return roots, warnings
+}
+
+// rootName names a root in messages: its subject and serial number.
+func rootName(c *x509.Certificate) string {
+	return fmt.Sprintf("%q (serial %x)", c.Subject.String(), c.SerialNumber)
+}
+
+// newBundle checks that leaf chains to a root of its own trust domain and makes the bundle. An expired leaf is
+// checked as of its last valid second: it still loads (meshlet then runs not ready, and a renewed file is
+// picked up), while a leaf from another CA does not.
+func newBundle(cert *tls.Certificate, leaf *x509.Certificate, id ID, roots []Root, warnings []string) (*Bundle, error) {
+	b := assemble(cert, leaf, id, roots, warnings)
+	pool := b.pools[b.TrustDomain]
+	if pool == nil {
+		return nil, fmt.Errorf("the certificate does not chain to the CA bundle: it holds no root of the "+
+			"certificate's trust domain %s", b.TrustDomain)
 	}
-	b := &Bundle{Cert: &cert, Leaf: leaf, ID: id, Roots: pool, RootCerts: roots, TrustDomain: td}
-	// An expired leaf is checked as of its last valid second: it still loads (meshlet then runs not ready, and a
-	// renewed file is picked up), while a leaf from another CA does not.
 	at := time.Now()
 	if last := leaf.NotAfter.Add(-time.Second); last.Before(at) {
 		at = last
 	}
-	if _, err := b.verifyAt(cert.Certificate, x509.ExtKeyUsageAny, at); err != nil {
-		return nil, fmt.Errorf("the certificate does not chain to the CA bundle: %w", err)
+	chain, err := parseChain(cert.Certificate)
+	if err == nil {
+		err = verifyChain(chain, pool, x509.ExtKeyUsageAny, at)
 	}
-	if id.TrustDomain != td {
-		return nil, fmt.Errorf("the certificate's trust domain %q is not the CA's %q", id.TrustDomain, td)
+	if err != nil {
+		return nil, fmt.Errorf("the certificate does not chain to the CA bundle's roots of trust domain %s: %w",
+			b.TrustDomain, err)
 	}
 	return b, nil
+}
+
+// assemble makes a bundle of its parts without checking them: its pools of roots by trust domain, and a
+// warning for each root of another trust domain than the local one (id's).
+func assemble(cert *tls.Certificate, leaf *x509.Certificate, id ID, roots []Root, warnings []string) *Bundle {
+	b := &Bundle{Cert: cert, Leaf: leaf, ID: id, TrustDomain: id.TrustDomain, Roots: roots, Warnings: warnings,
+		pools: map[string]*x509.CertPool{}}
+	for _, r := range roots {
+		if b.pools[r.TrustDomain] == nil {
+			b.pools[r.TrustDomain] = x509.NewCertPool()
+		}
+		b.pools[r.TrustDomain].AddCert(r.Cert)
+		if r.TrustDomain != b.TrustDomain {
+			b.Warnings = append(b.Warnings, fmt.Sprintf("root %s is of trust domain %s, not the local %s: never "+
+				"used (only peers of the local trust domain are accepted)", rootName(r.Cert), r.TrustDomain, b.TrustDomain))
+		}
+	}
+	return b
 }
 
 // FileSource serves a bundle loaded from files and reloads it when they change. A change that does not load
@@ -198,7 +284,15 @@ func NewFileSource(cfg FilesConfig, log *slog.Logger) (*FileSource, error) {
 	s := &FileSource{cfg: cfg, log: log}
 	s.cur.Store(b)
 	s.stamp = s.fingerprint()
+	logWarnings(log, b, "ca_file", cfg.CAFile)
 	return s, nil
+}
+
+// logWarnings logs the warnings of a bundle just loaded, with the key and value that say where it came from.
+func logWarnings(log *slog.Logger, b *Bundle, key, where string) {
+	for _, w := range b.Warnings {
+		log.Warn("CA bundle: "+w, key, where, "trust_domain", b.TrustDomain)
+	}
 }
 
 // Bundle implements Source.
@@ -243,23 +337,16 @@ func (s *FileSource) check() {
 	} else {
 		s.stamp = fp
 		s.cur.Store(b)
-		s.log.Info("certificate reloaded", "id", b.ID.String(), "not_after", b.Leaf.NotAfter)
+		s.log.Info("certificate reloaded", "id", b.ID.String(), "not_after", b.Leaf.NotAfter, "roots", len(b.Roots))
+		logWarnings(s.log, b, "ca_file", s.cfg.CAFile)
 	}
 	if s.OnReload != nil {
 		s.OnReload(b, err)
 	}
 }
 
-// verify checks a peer's chain against the bundle's roots now and returns the leaf.
-func (b *Bundle) verify(raw [][]byte, usage x509.ExtKeyUsage) (*x509.Certificate, error) {
-	return b.verifyAt(raw, usage, time.Time{})
-}
-
-// verifyAt checks a chain as of at (zero: now).
-func (b *Bundle) verifyAt(raw [][]byte, usage x509.ExtKeyUsage, at time.Time) (*x509.Certificate, error) {
-	if len(raw) == 0 {
-		return nil, errNoCert
-	}
+// parseChain parses a DER chain, leaf first.
+func parseChain(raw [][]byte) ([]*x509.Certificate, error) {
 	certs := make([]*x509.Certificate, len(raw))
 	for i, r := range raw {
 		c, err := x509.ParseCertificate(r)
@@ -268,13 +355,22 @@ func (b *Bundle) verifyAt(raw [][]byte, usage x509.ExtKeyUsage, at time.Time) (*
 		}
 		certs[i] = c
 	}
+	return certs, nil
+}
+
+// verifyChain checks a chain (leaf first, then the intermediates the peer sent) against roots, as of at (zero:
+// now), for usage.
+func verifyChain(certs []*x509.Certificate, roots *x509.CertPool, usage x509.ExtKeyUsage, at time.Time) error {
+	if len(certs) == 0 {
+		return errNoCert
+	}
 	inter := x509.NewCertPool()
 	for _, c := range certs[1:] {
 		inter.AddCert(c)
 	}
-	_, err := certs[0].Verify(x509.VerifyOptions{Roots: b.Roots, Intermediates: inter,
+	_, err := certs[0].Verify(x509.VerifyOptions{Roots: roots, Intermediates: inter,
 		KeyUsages: []x509.ExtKeyUsage{usage}, CurrentTime: at})
-	return certs[0], err
+	return err
 }
 
 var errNoCert = errors.New("no certificate")

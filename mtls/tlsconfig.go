@@ -5,6 +5,7 @@ import (
 	"crypto/x509"
 	"errors"
 	"fmt"
+	"time"
 )
 
 // Reasons a handshake fails: the reason label of meshlet_tls_handshake_failures_total.
@@ -46,14 +47,23 @@ func Reason(err error) string {
 	return ReasonOther
 }
 
-// verifyPeer checks a peer chain against b and the identity rule; usage is what the peer's certificate must
-// allow (server auth for a server, client auth for a client).
-func (b *Bundle) verifyPeer(raw [][]byte, usage x509.ExtKeyUsage, want func(ID) error) (ID, error) {
-	if len(raw) == 0 {
+// verifyPeer checks a peer's chain (leaf first, as the peer sent it) and identity: the leaf must be an
+// X.509-SVID (CertID), chain to a root of the trust domain its SPIFFE ID names (roots are bound to their trust
+// domains: a root of another trust domain cannot vouch for it), be valid now, allow usage (server auth for a
+// server, client auth for a client), and name the local trust domain; then want (nil: any identity) decides.
+func (b *Bundle) verifyPeer(certs []*x509.Certificate, usage x509.ExtKeyUsage, want func(ID) error) (ID, error) {
+	if len(certs) == 0 {
 		return ID{}, &HandshakeError{ReasonNoCert, errNoCert}
 	}
-	leaf, err := b.verify(raw, usage)
+	id, err := CertID(certs[0])
 	if err != nil {
+		return ID{}, &HandshakeError{ReasonBadIdentity, err}
+	}
+	roots := b.pools[id.TrustDomain]
+	if roots == nil {
+		return ID{}, &HandshakeError{ReasonUnknownCA, fmt.Errorf("%s: no root of trust domain %s is trusted", id, id.TrustDomain)}
+	}
+	if err := verifyChain(certs, roots, usage, time.Time{}); err != nil {
 		var ie x509.CertificateInvalidError
 		var ua x509.UnknownAuthorityError
 		switch {
@@ -63,10 +73,6 @@ func (b *Bundle) verifyPeer(raw [][]byte, usage x509.ExtKeyUsage, want func(ID) 
 			return ID{}, &HandshakeError{ReasonUnknownCA, err}
 		}
 		return ID{}, &HandshakeError{ReasonOther, err}
-	}
-	id, err := CertID(leaf)
-	if err != nil {
-		return ID{}, &HandshakeError{ReasonBadIdentity, err}
 	}
 	if id.TrustDomain != b.TrustDomain {
 		return ID{}, &HandshakeError{ReasonBadIdentity, fmt.Errorf("%s is not of trust domain %s", id, b.TrustDomain)}
@@ -80,8 +86,9 @@ func (b *Bundle) verifyPeer(raw [][]byte, usage x509.ExtKeyUsage, want func(ID) 
 }
 
 // ServerConfig is the inbound listener's TLS: TLS 1.3 (or minVersion), ALPN h2 and http/1.1, the current leaf
-// from src at every handshake, and a client certificate required and verified against the current roots: any
-// identity of the trust domain (authorization comes after, per connection or request).
+// from src at every handshake, and a client certificate required and verified (Bundle.verifyPeer) against the
+// current roots at every handshake, full or resumed: any identity of the local trust domain (authorization
+// comes after, per connection or request).
 func ServerConfig(src Source, minVersion string) (*tls.Config, error) {
 	v, err := tlsVersion(minVersion)
 	if err != nil {
@@ -94,15 +101,17 @@ func ServerConfig(src Source, minVersion string) (*tls.Config, error) {
 		// certificate is refused by verifyPeer with its own reason (no_cert).
 		ClientAuth:     tls.RequestClientCert,
 		GetCertificate: func(*tls.ClientHelloInfo) (*tls.Certificate, error) { return leaf(src) },
-		VerifyPeerCertificate: func(raw [][]byte, _ [][]*x509.Certificate) error {
-			return verifyWith(src, raw, x509.ExtKeyUsageClientAuth, nil)
+		// VerifyConnection, unlike VerifyPeerCertificate, runs on resumed handshakes too: a session ticket
+		// carries the client's certificates, which are checked again against the roots of this moment.
+		VerifyConnection: func(cs tls.ConnectionState) error {
+			return verifyWith(src, cs.PeerCertificates, x509.ExtKeyUsageClientAuth, nil)
 		},
 	}, nil
 }
 
 // ClientConfig is the TLS of a connection to another sidecar: the current leaf as client certificate, the
-// server verified against the current roots, and its identity checked by want (nil: any identity of the trust
-// domain). alpn is the one protocol to offer ("h2", or "http/1.1" for upgrades; "" for none, raw TCP).
+// server verified against the current roots at every handshake (full or resumed), and its identity checked by
+// want (nil: any identity of the local trust domain). alpn is the one protocol to offer ("h2", or "http/1.1" for upgrades; "" for none, raw TCP).
 func ClientConfig(src Source, minVersion, alpn string, want func(ID) error) (*tls.Config, error) {
 	v, err := tlsVersion(minVersion)
 	if err != nil {
@@ -119,8 +128,9 @@ func ClientConfig(src Source, minVersion, alpn string, want func(ID) error) (*tl
 		// nothing between sidecars.
 		InsecureSkipVerify:   true,
 		GetClientCertificate: func(*tls.CertificateRequestInfo) (*tls.Certificate, error) { return leaf(src) },
-		VerifyPeerCertificate: func(raw [][]byte, _ [][]*x509.Certificate) error {
-			return verifyWith(src, raw, x509.ExtKeyUsageServerAuth, want)
+		// On every handshake, resumed ones too (a caller may set ClientSessionCache).
+		VerifyConnection: func(cs tls.ConnectionState) error {
+			return verifyWith(src, cs.PeerCertificates, x509.ExtKeyUsageServerAuth, want)
 		},
 	}, nil
 }
@@ -145,12 +155,12 @@ func leaf(src Source) (*tls.Certificate, error) {
 	return b.Cert, nil
 }
 
-// verifyWith checks a peer chain against the current roots of src.
-func verifyWith(src Source, raw [][]byte, usage x509.ExtKeyUsage, want func(ID) error) error {
+// verifyWith checks a peer's chain against the current roots of src; without a bundle it refuses.
+func verifyWith(src Source, certs []*x509.Certificate, usage x509.ExtKeyUsage, want func(ID) error) error {
 	b := src.Bundle()
 	if b == nil {
 		return errNoBundle
 	}
-	_, err := b.verifyPeer(raw, usage, want)
+	_, err := b.verifyPeer(certs, usage, want)
 	return err
 }

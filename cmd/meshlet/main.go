@@ -106,9 +106,19 @@ func configFlag(name string, args []string, stderr io.Writer) (string, bool) {
 	return *path, true
 }
 
-// check validates the config file at path.
+// check validates the config file at path, then the certificate files it names (checkTLSFiles): warnings go
+// to stderr and leave the exit code 0.
 func check(path string, stdout, stderr io.Writer) int {
-	if _, err := loadConfig(path); err != nil {
+	cfg, err := loadConfig(path)
+	if err != nil {
+		fmt.Fprintln(stderr, err)
+		return 1
+	}
+	warnings, err := cfg.checkTLSFiles()
+	for _, w := range warnings {
+		fmt.Fprintln(stderr, "warning:", w)
+	}
+	if err != nil {
 		fmt.Fprintln(stderr, err)
 		return 1
 	}
