@@ -29,8 +29,10 @@ type Intentions struct {
 
 	rules     atomic.Pointer[[]intention] // nil until the first answer
 	def       atomic.Pointer[defaultState]
-	ready     chan struct{}
-	readyOnce sync.Once
+	ready     chan struct{} // closed once both steps below are done
+	steps     atomic.Int32
+	loaded    sync.Once // the first answer about the intentions
+	tried     sync.Once // the first attempt to learn the default policy
 	lastErr   atomic.Pointer[string]
 }
 
@@ -51,11 +53,10 @@ type defaultState struct {
 	err    error  // why the last attempt failed; nil after a success
 }
 
-// How often the default policy is read again once known (a Consul agent restarted with another default policy),
-// and the wait between attempts while it is not.
-const (
-	defaultRecheck = 5 * time.Minute
-)
+// defaultRecheck is how often the default policy is read again once known (a Consul agent may restart with
+// another one); while it is unknown, attempts follow each other with a growing backoff (0.5s to 30s) and at each
+// change of the intentions.
+const defaultRecheck = 5 * time.Minute
 
 // NewIntentions returns an evaluator for the intentions towards service; run it with Run.
 func NewIntentions(client *api.Client, service string, log *slog.Logger) *Intentions {
@@ -64,8 +65,16 @@ func NewIntentions(client *api.Client, service string, log *slog.Logger) *Intent
 	return it
 }
 
-// Ready is closed after the first answer from Consul.
+// Ready is closed after the first answer about the intentions and the first attempt to learn the default policy
+// (which may have failed: DefaultPolicy says).
 func (it *Intentions) Ready() <-chan struct{} { return it.ready }
+
+// step marks one of the two steps Ready waits for as done.
+func (it *Intentions) step() {
+	if it.steps.Add(1) == 2 {
+		close(it.ready)
+	}
+}
 
 // Err is the last error talking to Consul, or nil.
 func (it *Intentions) Err() error {
@@ -106,7 +115,7 @@ func (it *Intentions) Run(ctx context.Context) error {
 		rules := compile(latest, it.log)
 		it.rules.Store(&rules)
 		it.log.Info("intentions updated", "service", it.service, "intentions", len(rules))
-		it.readyOnce.Do(func() { close(it.ready) })
+		it.loaded.Do(it.step)
 		if p, _ := it.DefaultPolicy(); p == DefaultUnknown {
 			select { // try again now: a wildcard intention that hid the default may be gone
 			case nudge <- struct{}{}:
@@ -129,7 +138,12 @@ func (it *Intentions) learnDefaults(ctx context.Context, nudge <-chan struct{}) 
 	backoff := consulMinBackoff
 	for {
 		wait := defaultRecheck
-		if err := it.learnDefault(ctx); err != nil {
+		err := it.learnDefault(ctx)
+		if ctx.Err() != nil {
+			return
+		}
+		it.tried.Do(it.step)
+		if err != nil {
 			wait, backoff = backoff, min(2*backoff, consulMaxBackoff)
 		} else {
 			backoff = consulMinBackoff
