@@ -30,6 +30,7 @@ type upstream struct {
 	obs       *observer
 	tls       *tlsState   // nil: no TLS
 	budget    *connBudget // file descriptors; nil: none
+	refused   refusedLog  // refused and denied requests of the inbound direction, rate limited
 
 	cfg       atomic.Pointer[UpstreamConfig] // swapped on reload
 	picker    atomic.Pointer[picker]
@@ -61,6 +62,7 @@ func newUpstream(cfg UpstreamConfig, direction string, m *metrics.Metrics, log *
 		seen:      make(chan struct{}),
 		tls:       tls,
 	}
+	u.refused.log = u.log
 	u.cfg.Store(&cfg)
 	u.picker.Store(newPicker(cfg.LB, nil))
 	u.transport = newTransports(func() time.Duration { return u.cfg.Load().ConnectTimeout }, u.secureDial)
