@@ -27,13 +27,13 @@ type Intentions struct {
 	service string
 	log     *slog.Logger
 
-	rules     atomic.Pointer[[]intention] // nil until the first answer
-	def       atomic.Pointer[defaultState]
-	ready     chan struct{} // closed once both steps below are done
-	steps     atomic.Int32
-	loaded    sync.Once // the first answer about the intentions
-	tried     sync.Once // the first attempt to learn the default policy
-	lastErr   atomic.Pointer[string]
+	rules   atomic.Pointer[[]intention] // nil until the first answer
+	def     atomic.Pointer[defaultState]
+	ready   chan struct{} // closed once both steps below are done
+	steps   atomic.Int32
+	loaded  sync.Once // the first answer about the intentions
+	tried   sync.Once // the first attempt to learn the default policy
+	lastErr atomic.Pointer[string]
 }
 
 // DefaultPolicy is Consul's decision for a caller that no intention names.
