@@ -108,9 +108,13 @@ func configFlag(name string, args []string, stderr io.Writer) (string, bool) {
 
 // check validates the config file at path.
 func check(path string, stdout, stderr io.Writer) int {
-	if _, err := loadConfig(path); err != nil {
+	cfg, err := loadConfig(path)
+	if err != nil {
 		fmt.Fprintln(stderr, err)
 		return 1
+	}
+	for _, w := range cfg.authzWarnings() {
+		fmt.Fprintln(stderr, "warning: "+w)
 	}
 	fmt.Fprintln(stdout, "config ok")
 	return 0
