@@ -62,7 +62,7 @@ func newUpstream(cfg UpstreamConfig, direction string, m *metrics.Metrics, log *
 		seen:      make(chan struct{}),
 		tls:       tls,
 	}
-	u.refused.log = u.log
+	u.refused.log = log
 	u.cfg.Store(&cfg)
 	u.picker.Store(newPicker(cfg.LB, nil))
 	u.transport = newTransports(func() time.Duration { return u.cfg.Load().ConnectTimeout }, u.secureDial)
