@@ -25,7 +25,6 @@ func (u *upstream) inboundRequest(w *responseWriter, r *http.Request, grpc bool,
 		}
 		u.m.RefusedRequests.WithLabelValues(u.direction, pe.reason).Inc()
 		u.refused.refused(u.direction, u.name, r.RemoteAddr, pe.reason, http.StatusBadRequest)
-		w.Header().Set("Connection", "close")
 		u.fail(w, r, grpc, http.StatusBadRequest, pe.reason, pe.msg, ri)
 		return nil, false
 	}
