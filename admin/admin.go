@@ -47,6 +47,7 @@ type Options struct {
 	Logger    *slog.Logger
 	Metrics   http.Handler             // /metrics
 	Ready     func() error             // /ready: nil error means ready
+	Warnings  func() []string          // /ready: "warning: " lines after "ready" (ready, but degraded); nil: none
 	Upstreams func() any               // /debug/upstreams, rendered as JSON
 	Config    func() any               // /debug/config, rendered as JSON; must not hold secrets
 	Reload    func() ([]string, error) // POST /debug/reload: warnings, or the error that rejected the new config
@@ -142,6 +143,11 @@ func (s *Server) ready(w http.ResponseWriter, r *http.Request) {
 		}
 	}
 	fmt.Fprintln(w, "ready")
+	if s.opts.Warnings != nil {
+		for _, m := range s.opts.Warnings() {
+			fmt.Fprintln(w, "warning: "+m)
+		}
+	}
 }
 
 func (s *Server) reload(w http.ResponseWriter, r *http.Request) {

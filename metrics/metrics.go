@@ -82,7 +82,7 @@ func New(reg *prometheus.Registry, version string) *Metrics {
 		}, []string{"direction", "listener"}),
 		RefusedRequests: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "meshlet_refused_requests_total",
-			Help: "Requests meshlet refused because of what the client sent (smuggling shapes, invalid headers, oversized heads, broken or stalled bodies, invalid gRPC framing, oversized gRPC messages, invalid grpc-timeout), by direction and reason.",
+			Help: "Requests meshlet refused because of what the client sent (smuggling shapes, invalid headers, oversized heads, broken or stalled bodies, invalid gRPC framing, oversized gRPC messages, invalid grpc-timeout, inbound paths with an escaped slash, a backslash or no leading slash), by direction and reason.",
 		}, []string{"direction", "reason"}),
 		ReceivedBytes: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "meshlet_received_bytes_total",
@@ -149,7 +149,7 @@ func New(reg *prometheus.Registry, version string) *Metrics {
 	})
 	m.AuthzDenied = prometheus.NewCounterVec(prometheus.CounterOpts{
 		Name: "meshlet_authz_denied_total",
-		Help: "Inbound calls refused by authorization, by the caller's service name (unknown without an identity).",
+		Help: "Inbound calls refused by authorization, by the caller's service name (unknown without an identity; (plaintext) for a plaintext caller refused because inbound.tls.allow or intentions need an identity).",
 	}, []string{"source"})
 	reg.MustRegister(m.TLSHandshakeFailures, m.TLSPlaintext, m.AuthzDenied)
 	reg.MustRegister(m.Retries, m.RetriesSuppressed, m.RetryBudget, m.BreakerEndpoints, m.BreakerTransitions,

@@ -104,8 +104,12 @@ func (u *upstream) serveHTTP(w http.ResponseWriter, r *http.Request, alog *slog.
 		u.fail(rw, r, grpc, http.StatusBadRequest, refusedTarget, "invalid byte in the request target", ri)
 		return
 	}
-	if u.direction == metrics.Inbound && !u.authorizeRequest(rw, r, grpc, ri) {
-		return
+	in := r // the request to forward: inbound, a copy with the normalized path that was authorized
+	if u.direction == metrics.Inbound {
+		var ok bool
+		if in, ok = u.inboundRequest(rw, r, grpc, ri); !ok {
+			return
+		}
 	}
 	release, err := u.acquire(r.Context())
 	if err != nil {
@@ -140,7 +144,7 @@ func (u *upstream) serveHTTP(w http.ResponseWriter, r *http.Request, alog *slog.
 		defer ri.idle.stop()
 		rw.idle = ri.idle
 	}
-	out := r.WithContext(ctx)
+	out := in.WithContext(ctx)
 	if r.Body != nil && r.Body != http.NoBody {
 		body = &countingBody{ReadCloser: r.Body, idle: ri.idle}
 		out.Body = body

@@ -94,8 +94,7 @@ func New(cfg Config, opts Options) (*Proxy, error) {
 		unknown:    newObserver(opts.Metrics, metrics.Outbound, ""),
 	}
 	if opts.TLS != nil {
-		p.tls = &tlsState{src: opts.TLS, minVersion: opts.TLSMinVersion, authz: newAuthorizer(cfg.Inbound.TLS.Allow),
-			rules: opts.Authorizer}
+		p.tls = newTLSState(opts, cfg.Inbound.TLS)
 	}
 	p.refusedLog.log = p.log
 	p.budget = newConnBudget(p.log)

@@ -18,8 +18,14 @@ type InboundTLSConfig struct {
 	// Default: mtls when the tls section is configured, else disabled.
 	Mode string `yaml:"mode" json:"mode"`
 	// Allow lists the callers that may call this service, as service names or SPIFFE IDs; empty means any
-	// identity of the trust domain. Plaintext callers (permissive mode) have no identity and are not checked.
+	// identity of the trust domain. A service name means that service in this sidecar's own namespace and admin
+	// partition (of the local trust domain, any datacenter); a SPIFFE ID means exactly that identity.
 	Allow []string `yaml:"allow" json:"allow"`
+	// AllowPlaintext lets plaintext callers (permissive mode: no certificate, so no identity) through when Allow
+	// or Consul's intentions decide who may call; they skip authorization. Default false: they are refused (403,
+	// gRPC PERMISSION_DENIED, or a closed TCP connection). Without Allow and intentions, plaintext callers pass in
+	// permissive mode whatever this says.
+	AllowPlaintext bool `yaml:"allow_plaintext" json:"allow_plaintext"`
 }
 
 // UpstreamTLSConfig is upstreams[].tls.
@@ -38,10 +44,10 @@ func validTLSMode(m string, modes ...string) bool {
 	return false
 }
 
-// authorizer decides whether a verified caller may call the local service.
+// authorizer decides whether a verified caller may call the local service (inbound.tls.allow).
 type authorizer struct {
-	names map[string]bool // service names
-	ids   map[string]bool // full SPIFFE IDs
+	names map[string]bool // service names, in this sidecar's namespace and partition
+	ids   map[string]bool // full SPIFFE IDs, in their canonical form (mtls.ID.String)
 }
 
 func newAuthorizer(allow []string) *authorizer {
@@ -51,6 +57,9 @@ func newAuthorizer(allow []string) *authorizer {
 	a := &authorizer{names: map[string]bool{}, ids: map[string]bool{}}
 	for _, e := range allow {
 		if strings.HasPrefix(e, "spiffe://") {
+			if id, err := mtls.ParseID(e); err == nil {
+				e = id.String() // e.g. /ap/default/ is the default partition, written without /ap/
+			}
 			a.ids[e] = true
 		} else {
 			a.names[e] = true
@@ -59,28 +68,38 @@ func newAuthorizer(allow []string) *authorizer {
 	return a
 }
 
-// allowed reports whether id may call; a nil authorizer allows every identity of the trust domain.
-func (a *authorizer) allowed(id mtls.ID) bool {
-	return a == nil || a.names[id.Service] || a.ids[id.String()]
+// allowed reports whether id may call the sidecar whose own identity is self; a nil authorizer allows every
+// identity of the trust domain. A bare service name matches only a caller of self's namespace and partition.
+func (a *authorizer) allowed(id, self mtls.ID) bool {
+	if a == nil || a.ids[id.String()] {
+		return true
+	}
+	return a.names[id.Service] && id.Namespace == self.Namespace && id.PartitionName() == self.PartitionName()
 }
 
-// Authorizer decides whether a verified caller may call the local service: r is the request, or nil for a new
-// TCP connection. It must not block. mtls.Intentions (Consul's intentions) is one.
+// Authorizer decides whether a verified caller of the local trust domain may call the local service: r is the
+// request with its path normalized (normalizePath; the query as sent), or nil for a new TCP connection. It must
+// not block. mtls.Intentions (Consul's intentions) is one.
 type Authorizer interface {
 	Allowed(caller mtls.ID, r *http.Request) (bool, string)
 }
 
 // tlsState is the proxy's TLS: where certificates come from and the inbound rules.
 type tlsState struct {
-	src        mtls.Source
-	minVersion string
-	authz      *authorizer // inbound.tls.allow; nil: any identity
-	rules      Authorizer  // e.g. Consul intentions; nil: none
+	src            mtls.Source
+	minVersion     string
+	authz          *authorizer // inbound.tls.allow; nil: any identity
+	rules          Authorizer  // e.g. Consul intentions; nil: none
+	allowPlaintext bool        // inbound.tls.allow_plaintext
 }
 
-// allowed applies both the allow list and the rules.
+// allowed applies the trust domain, the allow list and the rules, in that order.
 func (t *tlsState) allowed(id mtls.ID, r *http.Request) (bool, string) {
-	if !t.authz.allowed(id) {
+	self, ok := t.local(id)
+	if !ok {
+		return false, "not of the local trust domain"
+	}
+	if !t.authz.allowed(id, self) {
 		return false, "not in inbound.tls.allow"
 	}
 	if t.rules != nil {
@@ -112,48 +131,60 @@ func (p *Proxy) secureInbound(ln net.Listener, mode string) (net.Listener, error
 	}), nil
 }
 
-// authorizeRequest checks the verified caller of an inbound request against inbound.tls.allow. It answers 403
-// (gRPC: PERMISSION_DENIED) itself and returns false when the caller may not call.
+// authorizeRequest checks the caller of an inbound request (r, its path normalized) against inbound.tls.allow and
+// the rules; a plaintext caller is refused when they decide who may call (plaintextDenied). It answers 403 (gRPC:
+// PERMISSION_DENIED) itself and returns false when the caller may not call; every refusal is counted and logged
+// (rate limited).
 func (u *upstream) authorizeRequest(w *responseWriter, r *http.Request, grpc bool, ri *requestInfo) bool {
-	state := tlsStateOf(r)
-	if u.tls == nil || state == nil {
+	if u.tls == nil {
 		return true
 	}
-	id, ok := mtls.PeerID(state)
-	why := "no identity"
-	if ok {
+	source, why := sourcePlaintext, "plaintext caller: inbound.tls.allow or intentions need an identity (inbound.tls.allow_plaintext is false)"
+	if state := tlsStateOf(r); state == nil {
+		if !u.tls.plaintextDenied() {
+			return true
+		}
+	} else if id, ok := mtls.PeerID(state); !ok {
+		source, why = "unknown", "no identity"
+	} else {
 		var allowed bool
 		if allowed, why = u.tls.allowed(id, r); allowed {
 			return true
 		}
-	}
-	source := "unknown"
-	if ok {
 		source = id.Service
 	}
 	u.m.AuthzDenied.WithLabelValues(source).Inc()
+	u.refused.denied(u.direction, u.name, r.RemoteAddr, source, why)
 	u.fail(w, r, grpc, http.StatusForbidden, reasonDenied, "caller "+source+" is not allowed to call "+u.name+" ("+why+")", ri)
 	return false
 }
 
-// authorizeConn checks the caller of an inbound TCP connection; a refused one is closed before any byte flows.
+// authorizeConn checks the caller of an inbound TCP connection; a refused one is closed before any byte flows. A
+// plaintext connection is refused when inbound.tls.allow or the rules decide who may call (plaintextDenied).
 func (u *upstream) authorizeConn(c net.Conn) bool {
-	tc, ok := c.(*tls.Conn)
-	if u.tls == nil || !ok {
+	if u.tls == nil {
 		return true
 	}
-	cs := tc.ConnectionState()
-	id, ok := mtls.PeerID(&cs)
-	if ok {
-		if allowed, _ := u.tls.allowed(id, nil); allowed {
+	source, why := sourcePlaintext, "plaintext caller: inbound.tls.allow or intentions need an identity (inbound.tls.allow_plaintext is false)"
+	if tc, ok := c.(*tls.Conn); !ok {
+		if !u.tls.plaintextDenied() {
 			return true
 		}
-	}
-	source := "unknown"
-	if ok {
-		source = id.Service
+	} else {
+		cs := tc.ConnectionState()
+		id, ok := mtls.PeerID(&cs)
+		if !ok {
+			source, why = "unknown", "no identity"
+		} else {
+			var allowed bool
+			if allowed, why = u.tls.allowed(id, nil); allowed {
+				return true
+			}
+			source = id.Service
+		}
 	}
 	u.m.AuthzDenied.WithLabelValues(source).Inc()
+	u.refused.denied(u.direction, u.name, c.RemoteAddr().String(), source, why)
 	return false
 }
 

@@ -31,6 +31,7 @@ type upstream struct {
 	tls        *tlsState     // nil: no TLS
 	budget     *connBudget   // file descriptors; nil: none
 	streamIdle time.Duration // stream_idle_timeout of the upstream's direction; 0: none
+	refused    refusedLog    // refused and denied requests of the inbound direction, rate limited
 
 	cfg       atomic.Pointer[UpstreamConfig] // swapped on reload
 	picker    atomic.Pointer[picker]
@@ -62,6 +63,7 @@ func newUpstream(cfg UpstreamConfig, direction string, m *metrics.Metrics, log *
 		seen:      make(chan struct{}),
 		tls:       tls,
 	}
+	u.refused.log = log
 	u.cfg.Store(&cfg)
 	u.picker.Store(newPicker(cfg.LB, nil))
 	u.transport = newTransports(func() time.Duration { return u.cfg.Load().ConnectTimeout }, u.secureDial)

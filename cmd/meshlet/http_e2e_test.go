@@ -1188,9 +1188,24 @@ func TestHTTPPassthroughSemantics(t *testing.T) {
 							resp.StatusCode, b, resp.ContentLength, resp.Header.Get("X-Method"))
 					}
 					const uri = "/uri/a%2Fb/%7Euser;p=1?q=a%20b&q=c+d&empty=&x=%2F"
+					want := uri
+					if topo == topoSidecar {
+						// The inbound listener normalizes the path before authorization and forwards what it
+						// authorized (issue 11): an escaped slash is refused, unreserved escapes are decoded; the
+						// query goes as sent.
+						if status, _ := getBody(t, c, m.URL()+uri); status != http.StatusBadRequest {
+							t.Errorf("escaped slash through an inbound listener: %d, want 400", status)
+						}
+						want = "/uri/a%3Ab/~user;p=1?q=a%20b&q=c+d&empty=&x=%2F"
+						status, body := getBody(t, c, m.URL()+"/uri/a%3ab/%7Euser;p=1?q=a%20b&q=c+d&empty=&x=%2F")
+						if status != 200 || body != want {
+							t.Errorf("request URI: app saw %q, want %q", body, want)
+						}
+						return
+					}
 					status, body := getBody(t, c, m.URL()+uri)
-					if status != 200 || body != uri {
-						t.Errorf("request URI: app saw %q, want %q", body, uri)
+					if status != 200 || body != want {
+						t.Errorf("request URI: app saw %q, want %q", body, want)
 					}
 				})
 			}

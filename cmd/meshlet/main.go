@@ -115,7 +115,7 @@ func check(path string, stdout, stderr io.Writer) int {
 		return 1
 	}
 	warnings, err := cfg.checkTLSFiles()
-	for _, w := range warnings {
+	for _, w := range append(warnings, cfg.authzWarnings()...) {
 		fmt.Fprintln(stderr, "warning:", w)
 	}
 	if err != nil {

@@ -99,6 +99,7 @@ func runSidecar(path string, stderr io.Writer) int {
 		Logger:    log,
 		Metrics:   s.m.Handler(),
 		Ready:     s.ready,
+		Warnings:  s.readyWarnings,
 		Upstreams: func() any { return s.proxy.Upstreams() },
 		Config:    s.configView,
 		Reload:    s.reload,

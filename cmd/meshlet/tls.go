@@ -180,19 +180,25 @@ func certs(args []string, stdout, stderr io.Writer) int {
 	}
 }
 
-// startIntentions watches Consul's intentions for this service when callers are verified (mutual TLS inbound)
-// and Consul is configured; it returns nil otherwise.
+// startIntentions logs the config's authorization warnings, then watches Consul's intentions for this service
+// when callers are verified (mutual TLS inbound) and Consul is configured; it returns nil otherwise.
 func (s *sidecar) startIntentions(ctx context.Context) *mtls.Intentions {
+	for _, w := range s.cfg.authzWarnings() {
+		s.log.Warn("config: " + w)
+	}
 	if s.tls == nil || s.consul == nil || s.cfg.Inbound.Listen == "" {
 		return nil
 	}
 	it := mtls.NewIntentions(s.consul.Client(), s.cfg.Service.Name, s.log.With("component", "mtls"))
 	go it.Run(ctx)
 	s.intentions = it
+	s.registerDefaultPolicy(it)
 	return it
 }
 
-// intentionsErr is the readiness of authorization: not ready before the intentions are known.
+// intentionsErr is the readiness of authorization: not ready before the intentions are known and a first attempt
+// to learn the default policy is over. An unknown default keeps /ready at 200 (callers no intention names are
+// denied, which is safe; readyWarnings says so).
 func (s *sidecar) intentionsErr() error {
 	if s.intentions == nil {
 		return nil

@@ -1,0 +1,70 @@
+package proxy
+
+import (
+	"errors"
+	"net/http"
+	"time"
+
+	"meshlet.dev/meshlet/mtls"
+)
+
+// sourcePlaintext is the source label of meshlet_authz_denied_total for a plaintext caller (permissive mode)
+// refused because authorization needs an identity; service names cannot contain parentheses.
+const sourcePlaintext = "(plaintext)"
+
+// inboundRequest prepares an inbound request for the local app: its path normalized (normalizedRequest) and its
+// caller authorized on that path. It returns the request to forward (r itself, or a shallow copy with the
+// normalized URL), or false after answering the client itself: 400 for a path that cannot be normalized safely,
+// 403 (gRPC: PERMISSION_DENIED) for a caller that may not call.
+func (u *upstream) inboundRequest(w *responseWriter, r *http.Request, grpc bool, ri *requestInfo) (*http.Request, bool) {
+	in, err := normalizedRequest(r)
+	if err != nil {
+		var pe *pathError
+		if !errors.As(err, &pe) {
+			pe = &pathError{refusedPathInvalid, err.Error()}
+		}
+		u.m.RefusedRequests.WithLabelValues(u.direction, pe.reason).Inc()
+		u.refused.refused(u.direction, u.name, r.RemoteAddr, pe.reason, http.StatusBadRequest)
+		u.fail(w, r, grpc, http.StatusBadRequest, pe.reason, pe.msg, ri)
+		return nil, false
+	}
+	if !u.authorizeRequest(w, in, grpc, ri) {
+		return nil, false
+	}
+	return in, true
+}
+
+// newTLSState returns the proxy's TLS state for opts and the inbound.tls section.
+func newTLSState(opts Options, in InboundTLSConfig) *tlsState {
+	return &tlsState{src: opts.TLS, minVersion: opts.TLSMinVersion, authz: newAuthorizer(in.Allow),
+		rules: opts.Authorizer, allowPlaintext: in.AllowPlaintext}
+}
+
+// plaintextDenied reports whether a caller without an identity (plaintext, permissive mode) is refused: when
+// inbound.tls.allow or intentions decide who may call, unless inbound.tls.allow_plaintext says otherwise.
+func (t *tlsState) plaintextDenied() bool {
+	return !t.allowPlaintext && (t.authz != nil || t.rules != nil)
+}
+
+// local checks that id is of the local trust domain (the handshake checks it too) and returns this sidecar's
+// own identity, which gives a bare service name of inbound.tls.allow its namespace and partition.
+func (t *tlsState) local(id mtls.ID) (mtls.ID, bool) {
+	b := t.src.Bundle()
+	if b == nil || id.TrustDomain != b.TrustDomain {
+		return mtls.ID{}, false
+	}
+	return b.ID, true
+}
+
+// deniedLog logs one refused caller, at most one line per second per upstream (shared with the refused-request
+// lines); the suppressed lines are counted in the next one, and every refusal is in meshlet_authz_denied_total.
+func (l *refusedLog) denied(direction, listener, remote, source, why string) {
+	now := time.Now().Unix()
+	last := l.last.Load()
+	if l.log == nil || last == now || !l.last.CompareAndSwap(last, now) {
+		l.suppressed.Add(1)
+		return
+	}
+	l.log.Info("caller denied", "direction", direction, "listener", listener, "remote", remote,
+		"source", source, "why", why, "suppressed_since_last", l.suppressed.Swap(0))
+}
