@@ -123,6 +123,15 @@ shutdown: {drain_delay: 0s, drain_timeout: 5s}
 			t.Errorf("no log line for the refusals:\n%s", p.stderr.String())
 		}
 	})
+	t.Run("admin.allowed_hosts changes only on restart", func(t *testing.T) {
+		p.rewriteConfig(t, strings.Replace(cfg, "admin: {listen: "+admin+"}", "admin: {listen: "+admin+", allowed_hosts: [debug.example]}", 1))
+		if code, body := postReload(t, p); code != 200 || !strings.Contains(body, "admin.allowed_hosts changes only on restart") {
+			t.Errorf("reload: %d %q", code, body)
+		}
+		if code, _ := adminDo(t, admin, "GET", "/debug/config", "debug.example:"+port, nil); code != 403 {
+			t.Errorf("a name added by a reload is accepted: %d", code)
+		}
+	})
 	t.Run("curl -X POST quitquitquit as in the README", func(t *testing.T) {
 		if _, err := exec.LookPath("curl"); err != nil {
 			t.Skip("no curl on this machine")
