@@ -9,7 +9,11 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"regexp"
+	"strings"
 	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
 )
 
 // DefaultListen is where the admin listener binds when the config names no address: loopback only.
@@ -21,6 +25,10 @@ type Config struct {
 	// EnableQuit turns on POST /quitquitquit (loopback clients only), which shuts meshlet down like SIGTERM.
 	// Default true; false answers 404.
 	EnableQuit *bool `yaml:"enable_quit" json:"enable_quit"` // callers on the same host or pod only
+	// AllowedHosts are host names (no port) that /debug/* and the POST endpoints accept in the Host header besides
+	// IP addresses, localhost (and names under .localhost) and admin.listen's host. Any other name is refused with
+	// 403, so that a web page cannot reach the admin listener by DNS rebinding. Default none.
+	AllowedHosts []string `yaml:"allowed_hosts" json:"allowed_hosts"`
 }
 
 // SetDefaults fills zero fields.
@@ -36,24 +44,36 @@ func (c *Config) SetDefaults() {
 
 // Validate reports problems with their field paths.
 func (c *Config) Validate() error {
+	var errs []error
 	if _, _, err := net.SplitHostPort(c.Listen); err != nil {
-		return fmt.Errorf("admin.listen: %q must be host:port", c.Listen)
+		errs = append(errs, fmt.Errorf("admin.listen: %q must be host:port", c.Listen))
 	}
-	return nil
+	for i, h := range c.AllowedHosts {
+		if !hostName.MatchString(h) {
+			errs = append(errs, fmt.Errorf("admin.allowed_hosts[%d]: %q must be a host name without a port (IP addresses and localhost are always allowed)", i, h))
+		}
+	}
+	return errors.Join(errs...)
 }
+
+// hostName is a DNS name: labels of letters, digits and hyphens (underscores too, as some DNS names have them).
+var hostName = regexp.MustCompile(`^[A-Za-z0-9_]([A-Za-z0-9_-]{0,61}[A-Za-z0-9_])?(\.[A-Za-z0-9_]([A-Za-z0-9_-]{0,61}[A-Za-z0-9_])?)*\.?$`)
 
 // Options are the views and actions the admin server exposes. Nil functions turn their endpoint off (404).
 type Options struct {
 	Logger    *slog.Logger
-	Metrics   http.Handler             // /metrics
-	Ready     func() error             // /ready: nil error means ready
-	Warnings  func() []string          // /ready: "warning: " lines after "ready" (ready, but degraded); nil: none
-	Upstreams func() any               // /debug/upstreams, rendered as JSON
-	Config    func() any               // /debug/config, rendered as JSON; must not hold secrets
-	Reload    func() ([]string, error) // POST /debug/reload: warnings, or the error that rejected the new config
-	// Quit is POST /quitquitquit: it starts a graceful shutdown and must not block. Off when nil or when
-	// Config.EnableQuit is false.
+	Metrics   http.Handler    // /metrics
+	Ready     func() error    // /ready: nil error means ready
+	Warnings  func() []string // /ready: "warning: " lines after "ready" (ready, but degraded); nil: none
+	Upstreams func() any      // /debug/upstreams, rendered as JSON
+	Config    func() any      // /debug/config, rendered as JSON; must not hold secrets
+	// Reload is POST /debug/reload (local clients only): warnings, or the error that rejected the new config.
+	Reload func() ([]string, error)
+	// Quit is POST /quitquitquit (local clients only): it starts a graceful shutdown and must not block. Off when
+	// nil or when Config.EnableQuit is false.
 	Quit func()
+	// Registerer receives meshlet_admin_requests_refused_total; nil: refusals are logged but not exported.
+	Registerer prometheus.Registerer
 }
 
 // Server is the admin HTTP server.
@@ -64,12 +84,24 @@ type Server struct {
 	srv  *http.Server
 	ln   net.Listener
 	done chan struct{}
+
+	hosts    map[string]bool        // lower-case names accepted in Host besides IP literals and localhost
+	refused  *prometheus.CounterVec // reason
+	logLimit logLimiter
 }
 
 // New returns an admin server for cfg; call Start to bind it.
 func New(cfg Config, opts Options) *Server {
 	cfg.SetDefaults()
-	s := &Server{cfg: cfg, opts: opts, log: opts.Logger.With("component", "admin"), done: make(chan struct{})}
+	s := &Server{cfg: cfg, opts: opts, log: opts.Logger.With("component", "admin"), done: make(chan struct{}),
+		hosts: map[string]bool{}}
+	s.refused = newRefusedCounter(opts.Registerer, s.log)
+	if h, _, err := net.SplitHostPort(cfg.Listen); err == nil && h != "" {
+		s.hosts[strings.TrimSuffix(strings.ToLower(h), ".")] = true
+	}
+	for _, h := range cfg.AllowedHosts {
+		s.hosts[strings.TrimSuffix(strings.ToLower(h), ".")] = true
+	}
 	mux := http.NewServeMux()
 	mux.HandleFunc("GET /live", func(w http.ResponseWriter, r *http.Request) { fmt.Fprintln(w, "ok") })
 	mux.HandleFunc("GET /ready", s.ready)
@@ -77,18 +109,20 @@ func New(cfg Config, opts Options) *Server {
 		mux.Handle("GET /metrics", opts.Metrics)
 	}
 	if opts.Upstreams != nil {
-		mux.HandleFunc("GET /debug/upstreams", func(w http.ResponseWriter, r *http.Request) {
+		mux.HandleFunc("GET /debug/upstreams", s.guard(accessView, func(w http.ResponseWriter, r *http.Request) {
 			writeJSON(w, map[string]any{"upstreams": opts.Upstreams()})
-		})
+		}))
 	}
 	if opts.Config != nil {
-		mux.HandleFunc("GET /debug/config", func(w http.ResponseWriter, r *http.Request) { writeJSON(w, opts.Config()) })
+		mux.HandleFunc("GET /debug/config", s.guard(accessView, func(w http.ResponseWriter, r *http.Request) {
+			writeJSON(w, opts.Config())
+		}))
 	}
 	if opts.Reload != nil {
-		mux.HandleFunc("POST /debug/reload", s.reload)
+		mux.HandleFunc("POST /debug/reload", s.guard(accessMutate, s.reload))
 	}
 	if opts.Quit != nil && *cfg.EnableQuit {
-		mux.HandleFunc("POST /quitquitquit", s.quit)
+		mux.HandleFunc("POST /quitquitquit", s.guard(accessMutate, s.quit))
 	}
 	mux.HandleFunc("GET /{$}", s.index)
 	s.srv = &http.Server{Handler: mux, ReadHeaderTimeout: 5 * time.Second, IdleTimeout: time.Minute,
@@ -150,7 +184,9 @@ func (s *Server) ready(w http.ResponseWriter, r *http.Request) {
 	}
 }
 
+// reload answers what guard let through (accessMutate).
 func (s *Server) reload(w http.ResponseWriter, r *http.Request) {
+	s.log.Info("reload requested", "remote", r.RemoteAddr)
 	warnings, err := s.opts.Reload()
 	if err != nil {
 		http.Error(w, "reload rejected: "+err.Error(), http.StatusBadRequest)
@@ -159,35 +195,11 @@ func (s *Server) reload(w http.ResponseWriter, r *http.Request) {
 	writeJSON(w, map[string]any{"reloaded": true, "warnings": warnings})
 }
 
-// quit answers local clients only: the admin listener may face the network (in Kubernetes it listens on the pod
-// IP, which the kubelet probes and Prometheus scrapes), and only the app next to meshlet should be able to stop it.
+// quit answers what guard let through (accessMutate): only the app next to meshlet should be able to stop it.
 func (s *Server) quit(w http.ResponseWriter, r *http.Request) {
-	if !localClient(r) {
-		http.Error(w, "quitquitquit: local clients only (loopback, or this host's or pod's own address)", http.StatusForbidden)
-		return
-	}
 	s.log.Info("quit requested", "remote", r.RemoteAddr)
 	fmt.Fprintln(w, "shutting down")
 	s.opts.Quit()
-}
-
-// localClient reports whether the request comes from this host or pod: a loopback address, or the very address
-// it was sent to (a process in the same network namespace calling the pod IP).
-func localClient(r *http.Request) bool {
-	host, _, _ := net.SplitHostPort(r.RemoteAddr)
-	ip := net.ParseIP(host)
-	if ip == nil {
-		return false
-	}
-	if ip.IsLoopback() {
-		return true
-	}
-	local, ok := r.Context().Value(http.LocalAddrContextKey).(net.Addr)
-	if !ok {
-		return false
-	}
-	lhost, _, _ := net.SplitHostPort(local.String())
-	return ip.Equal(net.ParseIP(lhost))
 }
 
 func (s *Server) index(w http.ResponseWriter, r *http.Request) {

@@ -129,7 +129,7 @@ func TestQuitQuitQuit(t *testing.T) {
 		}
 		// A process in the same pod calling the pod IP: its source is the address it called.
 		rec := httptest.NewRecorder()
-		req := httptest.NewRequest("POST", "/quitquitquit", nil)
+		req := httptest.NewRequest("POST", "http://10.1.2.3:15000/quitquitquit", nil)
 		req.RemoteAddr = "10.1.2.3:4567"
 		req = req.WithContext(context.WithValue(req.Context(), http.LocalAddrContextKey, &net.TCPAddr{IP: net.ParseIP("10.1.2.3"), Port: 15000}))
 		okSame := false
@@ -139,7 +139,7 @@ func TestQuitQuitQuit(t *testing.T) {
 			t.Errorf("same address: %d, quit %v", rec.Code, okSame)
 		}
 		rec = httptest.NewRecorder()
-		req = httptest.NewRequest("POST", "/quitquitquit", nil)
+		req = httptest.NewRequest("POST", "http://[::1]:15000/quitquitquit", nil)
 		req.RemoteAddr = "[::1]:5000"
 		ok := false
 		s.opts.Quit = func() { ok = true }

@@ -130,6 +130,11 @@ func (c *ConsulConfig) Validate(prefix string) error {
 	if (c.TLS.CertFile == "") != (c.TLS.KeyFile == "") {
 		bad("tls", "cert_file and key_file go together")
 	}
+	// Userinfo in the address is not sent as credentials by Consul's client (it would dial "user:pass@host" as a
+	// host name) and would be printed in every error: refused, without echoing it (issue 11).
+	if authority, _, _ := strings.Cut(strings.TrimPrefix(strings.TrimPrefix(c.Address, "https://"), "http://"), "/"); strings.Contains(authority, "@") {
+		bad("address", "must not hold credentials (user:password@host); Consul takes an ACL token (token, token_file, $CONSUL_HTTP_TOKEN)")
+	}
 	return errors.Join(errs...)
 }
 

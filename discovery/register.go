@@ -118,12 +118,16 @@ func (c *AppCheck) Probe(ctx context.Context) error {
 	}
 	req, err := http.NewRequestWithContext(ctx, http.MethodGet, c.HTTP, nil)
 	if err != nil {
-		return fmt.Errorf("app check http %s: %w", c.HTTP, err)
+		return fmt.Errorf("app check http %s: invalid URL", c.shownURL())
 	}
 	req.Header.Set("User-Agent", "meshlet app check")
 	resp, err := probeClient.Do(req)
 	if err != nil {
-		return fmt.Errorf("app check http %s: %w", c.HTTP, err)
+		var ue *url.Error // its URL holds the user name and the query
+		if errors.As(err, &ue) {
+			err = ue.Err
+		}
+		return fmt.Errorf("app check http %s: %w", c.shownURL(), err)
 	}
 	defer resp.Body.Close()
 	if resp.StatusCode >= 200 && resp.StatusCode < 300 {
@@ -131,7 +135,18 @@ func (c *AppCheck) Probe(ctx context.Context) error {
 	}
 	b, _ := io.ReadAll(io.LimitReader(resp.Body, 128))
 	msg := strings.Join(strings.Fields(string(b)), " ")
-	return fmt.Errorf("app check http %s: %s: %q", c.HTTP, resp.Status, msg)
+	return fmt.Errorf("app check http %s: %s: %q", c.shownURL(), resp.Status, msg)
+}
+
+// shownURL is the check's URL as errors, /ready and logs show it: without userinfo and query, which may hold
+// credentials (issue 11).
+func (c *AppCheck) shownURL() string {
+	u, err := url.Parse(c.HTTP)
+	if err != nil {
+		return "(unparseable URL)"
+	}
+	u.User, u.RawQuery, u.ForceQuery = nil, "", false
+	return u.String()
 }
 
 // probeClient runs HTTP app checks: a new connection each time (a probe holds none to the app between runs).

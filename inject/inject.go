@@ -50,6 +50,19 @@ const ContainerName = "meshlet"
 type Stats struct {
 	Injected int // pod templates that got (or kept) the sidecar
 	Skipped  int // pod templates opted out with meshlet.dev/inject: "false"
+	// Unmeshed are pod templates left unchanged because injecting them would be unsafe (hostNetwork: true); each
+	// has a line in Warnings.
+	Unmeshed int
+	// Warnings say, for each pod template left unchanged for a reason, where it is and why ("document 2:
+	// Deployment web: not injected: ...").
+	Warnings []string
+}
+
+// prefixSince prefixes the warnings added since the first n with where.
+func (st *Stats) prefixSince(n int, where string) {
+	for i := n; i < len(st.Warnings); i++ {
+		st.Warnings[i] = where + st.Warnings[i]
+	}
 }
 
 // Inject reads a stream of YAML documents from r and writes it to w with the sidecar added to every pod template
@@ -66,7 +79,9 @@ func Inject(w io.Writer, r io.Reader, cfg Config) (Stats, error) {
 	}
 	var out bytes.Buffer
 	for i, chunk := range splitDocuments(in) {
+		n := len(st.Warnings)
 		b, err := injectDocument(chunk, cfg, &st)
+		st.prefixSince(n, fmt.Sprintf("document %d: ", i+1))
 		if err != nil {
 			return st, fmt.Errorf("document %d: %w", i+1, err)
 		}
@@ -104,6 +119,14 @@ func injectDocument(chunk []byte, cfg Config, st *Stats) ([]byte, error) {
 	var doc yaml.Node
 	if err := yaml.Unmarshal(chunk, &doc); err != nil {
 		return nil, fmt.Errorf("bad YAML: %w", err)
+	}
+	if needsResolve(&doc) { // aliases, merge keys, duplicate keys: read them as kubectl does
+		var r resolver
+		resolved, err := r.resolve(&doc)
+		if err != nil {
+			return nil, err
+		}
+		doc = *resolved
 	}
 	if doc.Kind != yaml.DocumentNode || len(doc.Content) == 0 || doc.Content[0].Kind != yaml.MappingNode {
 		return chunk, nil // empty, comments only, or not an object
@@ -164,9 +187,11 @@ func injectObject(obj *yaml.Node, cfg Config, st *Stats) error {
 				if it.Kind != yaml.MappingNode {
 					continue
 				}
+				n := len(st.Warnings)
 				if err := injectObject(it, cfg, st); err != nil {
 					return fmt.Errorf("items[%d]: %w", i, err)
 				}
+				st.prefixSince(n, fmt.Sprintf("items[%d]: ", i))
 			}
 		}
 		return nil
@@ -174,9 +199,11 @@ func injectObject(obj *yaml.Node, cfg Config, st *Stats) error {
 	if tmpl == nil || tmpl.Kind != yaml.MappingNode || get(tmpl, "spec") == nil {
 		return nil
 	}
+	n := len(st.Warnings)
 	if err := injectPod(tmpl, name, cfg, st); err != nil {
 		return fmt.Errorf("%s %s: %w", kind, name, err)
 	}
+	st.prefixSince(n, fmt.Sprintf("%s %s: ", kind, name))
 	return nil
 }
 
@@ -191,6 +218,19 @@ func injectPod(pod *yaml.Node, workload string, cfg Config, st *Stats) error {
 	spec := get(pod, "spec")
 	if spec.Kind != yaml.MappingNode {
 		return errors.New("spec: not a mapping")
+	}
+	injected, err := checkMeshletContainers(spec)
+	if err != nil {
+		return err
+	}
+	if v := get(spec, "hostNetwork"); v != nil && !yamlFalse(v) {
+		if injected {
+			return fmt.Errorf("hostNetwork: %s with a meshlet sidecar: the sidecar's identity would be lent to every process on the node; remove hostNetwork or the sidecar", v.Value)
+		}
+		st.Unmeshed++
+		st.Warnings = append(st.Warnings, fmt.Sprintf("not injected: hostNetwork: %s (the sidecar's identity and "+
+			"ports would be shared with every process on the node); set %s: \"false\" to silence this", v.Value, AnnotationInject))
+		return nil
 	}
 	p, err := podParamsFrom(meta, spec, ann, workload, cfg)
 	if err != nil {
@@ -225,6 +265,63 @@ func injectPod(pod *yaml.Node, workload string, cfg Config, st *Stats) error {
 	}
 	st.Injected++
 	return nil
+}
+
+// checkMeshletContainers reports whether the pod has a meshlet sidecar injected earlier (a container named meshlet
+// that carries the generated config), and refuses a container named meshlet that is the pod's own: injection would
+// replace it silently.
+func checkMeshletContainers(spec *yaml.Node) (bool, error) {
+	injected := false
+	for _, key := range []string{"initContainers", "containers"} {
+		seq := get(spec, key)
+		if seq == nil || seq.Kind != yaml.SequenceNode {
+			continue
+		}
+		for i, c := range seq.Content {
+			if scalar(get(c, "name")) != ContainerName {
+				continue
+			}
+			if !hasEnv(c, ConfigEnv) {
+				return false, fmt.Errorf("%s[%d]: the pod has its own container named %q, which injection would "+
+					"replace; rename it, or set %s: \"false\"", key, i, ContainerName, AnnotationInject)
+			}
+			injected = true
+		}
+	}
+	return injected, nil
+}
+
+// hasEnv reports whether container c sets the environment variable name.
+func hasEnv(c *yaml.Node, name string) bool {
+	env := get(c, "env")
+	if env == nil || env.Kind != yaml.SequenceNode {
+		return false
+	}
+	for _, e := range env.Content {
+		if scalar(get(e, "name")) == name {
+			return true
+		}
+	}
+	return false
+}
+
+// yamlFalse reports whether n is false or null as kubectl's YAML reader (YAML 1.1) sees it: false, no, off, n in
+// their spellings, or null, ~ and an empty value. Anything else (true, yes, on, a quoted string) is not false.
+func yamlFalse(n *yaml.Node) bool {
+	if n.Kind != yaml.ScalarNode {
+		return false
+	}
+	if n.Tag == "!!null" {
+		return true
+	}
+	if n.Style&(yaml.DoubleQuotedStyle|yaml.SingleQuotedStyle) != 0 {
+		return false
+	}
+	switch n.Value {
+	case "false", "False", "FALSE", "no", "No", "NO", "off", "Off", "OFF", "n", "N":
+		return true
+	}
+	return false
 }
 
 // setTLSVolume adds (or replaces, or removes when secret is empty) the volume of the TLS secret.

@@ -111,7 +111,11 @@ func podParamsFrom(meta, spec *yaml.Node, ann map[string]string, workload string
 	switch v := ann[AnnotationAppPort]; v {
 	case "none":
 	case "":
-		p.appPort = firstContainerPort(spec)
+		port, err := firstContainerPort(spec)
+		if err != nil {
+			bad(AnnotationAppPort, "not set, and %v", err)
+		}
+		p.appPort = port
 	default:
 		n, err := strconv.Atoi(v)
 		if err != nil || n < 1 || n > 65535 {
@@ -243,27 +247,46 @@ func firstNonEmpty(vs ...string) string {
 	return ""
 }
 
-// firstContainerPort is the first containerPort of the first app container, or 0.
-func firstContainerPort(spec *yaml.Node) int {
+// firstContainerPort is the first containerPort of the first app container that has ports, or 0 when none has.
+// That port must be a decimal number 1..65535 as written (no quotes, sign, leading zero, hex or underscores, which
+// kubectl's YAML 1.1 reader would read otherwise): anything else is an error, not a sidecar that crash-loops.
+func firstContainerPort(spec *yaml.Node) (int, error) {
 	cs := get(spec, "containers")
 	if cs == nil || cs.Kind != yaml.SequenceNode {
-		return 0
+		return 0, nil
 	}
-	for _, c := range cs.Content {
+	for i, c := range cs.Content {
 		if scalar(get(c, "name")) == ContainerName {
 			continue
 		}
 		ports := get(c, "ports")
-		if ports == nil || ports.Kind != yaml.SequenceNode {
+		if ports == nil || ports.Kind != yaml.SequenceNode || len(ports.Content) == 0 {
 			continue
 		}
-		for _, p := range ports.Content {
-			if n, err := strconv.Atoi(scalar(get(p, "containerPort"))); err == nil {
-				return n
-			}
+		v := get(ports.Content[0], "containerPort")
+		if v == nil || v.Kind != yaml.ScalarNode || v.Tag != "!!int" || !decimalPort.MatchString(v.Value) {
+			return 0, fmt.Errorf("containers[%d].ports[0].containerPort %s must be a port number 1..65535 (or set the annotation)", i, describe(v))
 		}
+		n, _ := strconv.Atoi(v.Value)
+		if n > 65535 {
+			return 0, fmt.Errorf("containers[%d].ports[0].containerPort %d must be a port number 1..65535 (or set the annotation)", i, n)
+		}
+		return n, nil
 	}
-	return 0
+	return 0, nil
+}
+
+var decimalPort = regexp.MustCompile(`^[1-9][0-9]{0,4}$`)
+
+// describe shows a scalar's value for an error, or says it is missing or not a scalar.
+func describe(n *yaml.Node) string {
+	switch {
+	case n == nil:
+		return "(missing)"
+	case n.Kind != yaml.ScalarNode:
+		return "(not a number)"
+	}
+	return strconv.Quote(n.Value)
 }
 
 // meshletConfig is the generated config file (a subset of meshlet's schema; `meshlet check` accepts it once

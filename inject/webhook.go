@@ -39,6 +39,8 @@ type (
 		Status    *status `json:"status,omitempty"`
 		PatchType string  `json:"patchType,omitempty"`
 		Patch     []byte  `json:"patch,omitempty"` // JSON, base64 in the review
+		// Warnings are shown by kubectl to whoever created the object (a pod admitted without its sidecar).
+		Warnings []string `json:"warnings,omitempty"`
 	}
 	status struct {
 		Code    int    `json:"code"`
@@ -57,8 +59,13 @@ const maxReviewBytes = 8 << 20
 
 // Webhook is the mutating admission webhook: an http.Handler for POST AdmissionReview (admission.k8s.io/v1) that
 // answers with a JSON patch adding the sidecar to a Pod, exactly as Inject would. Pods that opt out, that are
-// already injected, and objects that are not Pods are allowed unchanged; a pod whose annotations are wrong is
-// denied with the reason, so that the mistake shows up at `kubectl apply` rather than as a pod without its sidecar.
+// already injected, and objects that are not Pods are allowed unchanged. A hostNetwork pod is allowed unchanged
+// with a warning in the answer (the sidecar's identity would be lent to every process on the node; the pod is as
+// it was asked for, and kubectl shows the warning). A pod that injection cannot handle is denied with the reason:
+// wrong annotations, an out-of-range containerPort, or a container of its own named meshlet, which injection
+// would replace. Denying fails closed: admitted with a warning, such a pod would run without its sidecar or
+// without its container, and warnings reach nobody when a controller (a ReplicaSet) creates the pod, while a
+// denial shows in the controller's events and at `kubectl apply` of a bare Pod.
 type Webhook struct {
 	Config Config
 	Log    *slog.Logger // nil: slog.Default()
@@ -92,7 +99,11 @@ func (h *Webhook) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	req := review.Request
 	resp := &admissionResponse{UID: req.UID, Allowed: true}
 	if req.Kind.Kind == "Pod" && req.Kind.Group == "" && (req.Operation == "CREATE" || req.Operation == "") {
-		patch, err := h.patch(req.Object)
+		patch, warnings, err := h.patch(req.Object)
+		resp.Warnings = warnings
+		for _, w := range warnings {
+			log.Warn("pod admitted without the sidecar", "namespace", req.Namespace, "uid", req.UID, "reason", w)
+		}
 		switch {
 		case err != nil:
 			resp.Allowed = false
@@ -107,19 +118,20 @@ func (h *Webhook) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	json.NewEncoder(w).Encode(admissionReview{APIVersion: "admission.k8s.io/v1", Kind: "AdmissionReview", Response: resp})
 }
 
-// patch injects the pod and returns the JSON patch from object to the result, or nil when nothing changes.
-func (h *Webhook) patch(object json.RawMessage) ([]byte, error) {
+// patch injects the pod and returns the JSON patch from object to the result (nil when nothing changes) and the
+// warnings for the answer.
+func (h *Webhook) patch(object json.RawMessage) ([]byte, []string, error) {
 	cfg := h.Config
 	if err := cfg.validate(); err != nil {
-		return nil, err
+		return nil, nil, err
 	}
 	var before map[string]any
 	if err := json.Unmarshal(object, &before); err != nil {
-		return nil, fmt.Errorf("the pod is not a JSON object: %w", err)
+		return nil, nil, fmt.Errorf("the pod is not a JSON object: %w", err)
 	}
 	var doc yaml.Node // JSON is YAML: the same node-tree injection as `meshlet inject`
 	if err := yaml.Unmarshal(object, &doc); err != nil || len(doc.Content) != 1 {
-		return nil, errors.New("the pod is not a JSON object")
+		return nil, nil, errors.New("the pod is not a JSON object")
 	}
 	pod := doc.Content[0]
 	name := scalar(get(get(pod, "metadata"), "name"))
@@ -129,19 +141,24 @@ func (h *Webhook) patch(object json.RawMessage) ([]byte, error) {
 	var st Stats
 	if get(pod, "spec") != nil {
 		if err := injectPod(pod, name, cfg, &st); err != nil {
-			return nil, err
+			return nil, nil, err
 		}
+	}
+	var warnings []string
+	for _, w := range st.Warnings {
+		warnings = append(warnings, "meshlet injection: "+w)
 	}
 	var after map[string]any
 	if err := pod.Decode(&after); err != nil {
-		return nil, err
+		return nil, nil, err
 	}
 	ops := diffFields(before, after, "/metadata", "annotations")
 	ops = append(ops, diffFields(before, after, "/spec", "initContainers", "containers", "volumes")...)
 	if len(ops) == 0 {
-		return nil, nil
+		return nil, warnings, nil
 	}
-	return json.Marshal(ops)
+	p, err := json.Marshal(ops)
+	return p, warnings, err
 }
 
 // diffFields returns add (or replace) and remove operations for the named members of the object at path.

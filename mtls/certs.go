@@ -13,6 +13,7 @@ import (
 	"net/url"
 	"os"
 	"path/filepath"
+	"strings"
 	"time"
 )
 
@@ -94,7 +95,7 @@ func (ca *CA) WriteCA(dir string) error {
 		return err
 	}
 	for _, f := range []string{"ca.crt", "ca.key"} {
-		if _, err := os.Stat(filepath.Join(dir, f)); err == nil {
+		if _, err := os.Lstat(filepath.Join(dir, f)); err == nil { // a symlink, even dangling, is there too
 			return fmt.Errorf("%s already exists: not overwriting a CA", filepath.Join(dir, f))
 		}
 	}
@@ -125,8 +126,12 @@ func LoadCA(dir string) (*CA, error) {
 	return &CA{Cert: certs[0], Key: key}, nil
 }
 
-// WriteLeaf writes <name>.crt (the leaf) and <name>.key into dir.
+// WriteLeaf writes <name>.crt (the leaf) and <name>.key into dir. name must be a single file name (no path
+// separator, not "." or ".."): nothing is ever written outside dir.
 func WriteLeaf(dir, name string, cert *x509.Certificate, key *ecdsa.PrivateKey) error {
+	if name == "" || name == "." || name == ".." || strings.ContainsAny(name, `/\`) || name != filepath.Base(name) {
+		return fmt.Errorf("%q is not a file name: certificates are written into %s only", name, dir)
+	}
 	if err := writePEM(filepath.Join(dir, name+".key"), 0o600, keyBlock(key)); err != nil {
 		return err
 	}
@@ -138,10 +143,32 @@ func keyBlock(key *ecdsa.PrivateKey) *pem.Block {
 	return &pem.Block{Type: "EC PRIVATE KEY", Bytes: der}
 }
 
-// writePEM writes atomically (a temporary file renamed into place), so a reader never sees half a file.
-func writePEM(path string, mode os.FileMode, b *pem.Block) error {
-	tmp := path + ".tmp"
-	if err := os.WriteFile(tmp, pem.EncodeToMemory(b), mode); err != nil {
+// writePEM writes atomically, so a reader never sees half a file: a new temporary file in the same directory,
+// created exclusively under a random name (O_EXCL: no symlink or existing file is followed or reused) with mode
+// 0600, written, set to mode, synced, then renamed over path (a file or symlink already at path is replaced, not
+// written through, and its mode is not kept). The temporary file is removed on failure.
+func writePEM(path string, mode os.FileMode, b *pem.Block) (err error) {
+	f, err := os.CreateTemp(filepath.Dir(path), "."+filepath.Base(path)+".*.tmp")
+	if err != nil {
+		return err
+	}
+	tmp := f.Name()
+	defer func() {
+		if err != nil {
+			f.Close()
+			os.Remove(tmp)
+		}
+	}()
+	if _, err = f.Write(pem.EncodeToMemory(b)); err != nil {
+		return err
+	}
+	if err = f.Chmod(mode); err != nil {
+		return err
+	}
+	if err = f.Sync(); err != nil {
+		return err
+	}
+	if err = f.Close(); err != nil {
 		return err
 	}
 	return os.Rename(tmp, path)

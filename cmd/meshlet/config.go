@@ -161,8 +161,9 @@ func applyEnv(cfg *fileConfig, getenv func(string) string) {
 	applyDiscoveryEnv(cfg, getenv)
 }
 
-// view renders the effective config as JSON-ready data, with durations as strings ("2s"). Secrets (the Consul
-// token) are redacted by redactView.
+// view renders the effective config as JSON-ready data, with durations as strings ("2s"). Secrets are redacted
+// by redactTree: the value of every key that looks secret (the Consul token, service.meta entries such as
+// db_password), and the userinfo and secret query parameters of URLs (service.check.http, discovery.consul.address).
 func (c *fileConfig) view() any {
 	y, err := yaml.Marshal(c)
 	if err != nil {
@@ -172,7 +173,7 @@ func (c *fileConfig) view() any {
 	if err := yaml.Unmarshal(y, &v); err != nil {
 		return map[string]string{"error": err.Error()}
 	}
-	c.redactView(v)
+	redactTree(v)
 	if _, err := json.Marshal(v); err != nil {
 		return map[string]string{"error": err.Error()}
 	}

@@ -63,18 +63,6 @@ func applyDiscoveryEnv(cfg *fileConfig, getenv func(string) string) {
 	}
 }
 
-// redactView hides secrets in the rendered config.
-func (c *fileConfig) redactView(v map[string]any) {
-	if d, ok := v["discovery"].(map[string]any); ok {
-		if cc, ok := d["consul"].(map[string]any); ok {
-			if tok, _ := cc["token"].(string); tok != "" {
-				cc["token"] = "<redacted>"
-			}
-		}
-	}
-
-}
-
 // startDiscovery creates the Consul source when the config has one; it contacts nothing yet.
 func (s *sidecar) startDiscovery() error {
 	if s.cfg.Discovery.Consul == nil {

@@ -40,7 +40,14 @@ func injectCmd(args []string, stdin io.Reader, stdout, stderr io.Writer) int {
 		fmt.Fprintf(stderr, "meshlet inject: %v\n", err)
 		return 1
 	}
-	fmt.Fprintf(stderr, "meshlet inject: %d pod templates injected, %d opted out\n", st.Injected, st.Skipped)
+	for _, w := range st.Warnings {
+		fmt.Fprintf(stderr, "meshlet inject: warning: %s\n", w)
+	}
+	fmt.Fprintf(stderr, "meshlet inject: %d pod templates injected, %d opted out", st.Injected, st.Skipped)
+	if st.Unmeshed > 0 {
+		fmt.Fprintf(stderr, ", %d left without the sidecar (see the warnings)", st.Unmeshed)
+	}
+	fmt.Fprintln(stderr)
 	return 0
 }
 

@@ -6,6 +6,7 @@ import (
 	"log/slog"
 	"os"
 	"os/signal"
+	"slices"
 	"sync"
 	"sync/atomic"
 	"syscall"
@@ -96,14 +97,15 @@ func runSidecar(path string, stderr io.Writer) int {
 		s.appCheck = discovery.NewCheckRunner(*c, log) // before the admin server reads it; runs from startAppCheck
 	}
 	s.admin = admin.New(cfg.Admin, admin.Options{
-		Logger:    log,
-		Metrics:   s.m.Handler(),
-		Ready:     s.ready,
-		Warnings:  s.readyWarnings,
-		Upstreams: func() any { return s.proxy.Upstreams() },
-		Config:    s.configView,
-		Reload:    s.reload,
-		Quit:      func() { notify(sigs, syscall.SIGTERM) }, // POST /quitquitquit: as if signalled
+		Logger:     log,
+		Metrics:    s.m.Handler(),
+		Ready:      s.ready,
+		Warnings:   s.readyWarnings,
+		Upstreams:  func() any { return redactedView(s.proxy.Upstreams()) }, // endpoint meta from Consul
+		Config:     s.configView,
+		Reload:     s.reload,
+		Quit:       func() { notify(sigs, syscall.SIGTERM) }, // POST /quitquitquit: as if signalled
+		Registerer: s.m.Registry,
 	})
 
 	if err := s.admin.Start(); err != nil {
@@ -229,6 +231,9 @@ func (s *sidecar) reload() ([]string, error) {
 	}
 	if *cfg.Admin.EnableQuit != *s.cfg.Admin.EnableQuit {
 		warnings = append(warnings, "admin.enable_quit changes only on restart")
+	}
+	if !slices.Equal(cfg.Admin.AllowedHosts, s.cfg.Admin.AllowedHosts) {
+		warnings = append(warnings, "admin.allowed_hosts changes only on restart")
 	}
 	cfg.Admin = s.cfg.Admin
 	if discoveryChanged(s.cfg, cfg) {

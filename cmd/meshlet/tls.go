@@ -135,6 +135,10 @@ func certs(args []string, stdout, stderr io.Writer) int {
 			fmt.Fprintln(stderr, "meshlet certs ca: -trust-domain is required")
 			return 2
 		}
+		if err := checkCertNames(*td, "", "", ""); err != nil {
+			fmt.Fprintln(stderr, "meshlet certs ca:", err)
+			return 2
+		}
 		ca, err := mtls.NewCA(*td, *lifetime)
 		if err == nil {
 			err = ca.WriteCA(*dir)
@@ -155,6 +159,10 @@ func certs(args []string, stdout, stderr io.Writer) int {
 		}
 		if *service == "" {
 			fmt.Fprintln(stderr, "meshlet certs issue: -service is required")
+			return 2
+		}
+		if err := checkCertNames("", *ns, *dc, *service); err != nil {
+			fmt.Fprintln(stderr, "meshlet certs issue:", err)
 			return 2
 		}
 		ca, err := mtls.LoadCA(*dir)
