@@ -99,7 +99,7 @@ func (t *tcpProxy) handle(client net.Conn) {
 		c, err := d.Dial("tcp", st.hostport)
 		if err == nil {
 			ctx, cancel := context.WithTimeout(context.Background(), t.u.cfg.Load().ConnectTimeout)
-			c, err = t.u.secureDial(ctx, c, st.hostport, "")
+			c, err = t.u.secureDial(ctx, c, t.u.targetOf(st, t.u.cfg.Load()), "")
 			cancel()
 		} else {
 			err = &connectError{addr: st.hostport, err: err}

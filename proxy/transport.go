@@ -33,18 +33,23 @@ const (
 	h2PingTimeout       = 10 * time.Second // and close it if the PING is not answered in time
 )
 
-// secure, when not nil, turns a fresh connection into a mutual TLS one where the endpoint calls for it (alpn is
-// the protocol the transport speaks).
-func newTransports(connectTimeout func() time.Duration, secure func(ctx context.Context, c net.Conn, addr, alpn string) (net.Conn, error)) *transports {
+// newTransports builds transports whose dial function connects to the target the attempt carries in its context
+// (dialtarget.go) and refuses to dial without one. secure, when not nil, turns a fresh connection into a mutual
+// TLS one where the target calls for it (alpn is the protocol the transport speaks).
+func newTransports(connectTimeout func() time.Duration, secure func(ctx context.Context, c net.Conn, t *dialTarget, alpn string) (net.Conn, error)) *transports {
 	dialer := func(alpn string) func(ctx context.Context, network, addr string) (net.Conn, error) {
 		return func(ctx context.Context, network, addr string) (net.Conn, error) {
-			d := net.Dialer{Timeout: connectTimeout(), KeepAlive: 30 * time.Second}
-			c, err := d.DialContext(ctx, network, addr)
+			t, err := targetFor(ctx, addr)
 			if err != nil {
-				return nil, &connectError{addr: addr, err: err}
+				return nil, err
+			}
+			d := net.Dialer{Timeout: connectTimeout(), KeepAlive: 30 * time.Second}
+			c, err := d.DialContext(ctx, network, t.addr)
+			if err != nil {
+				return nil, &connectError{addr: t.addr, err: err}
 			}
 			if secure != nil {
-				return secure(ctx, c, addr, alpn)
+				return secure(ctx, c, t, alpn)
 			}
 			return c, nil
 		}
@@ -78,6 +83,15 @@ func newTransports(connectTimeout func() time.Duration, secure func(ctx context.
 		MaxReadFrameSize:   maxReadFrameSize,
 	}
 	return &transports{h1: h1, h2c: h2}
+}
+
+// newTransports builds the upstream's transports for its settings cfg.
+func (u *upstream) newTransports(cfg *UpstreamConfig) *transports {
+	tr := newTransports(func() time.Duration { return u.cfg.Load().ConnectTimeout }, u.secureDial)
+	if mc := cfg.Resilience.Limits.MaxConnections; mc > 0 {
+		tr.h1.MaxConnsPerHost = mc
+	}
+	return tr
 }
 
 // closeIdle closes idle pooled connections of both transports.
