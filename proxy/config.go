@@ -68,6 +68,10 @@ type InboundConfig struct {
 	Timeout time.Duration    `yaml:"timeout" json:"timeout"` // per request towards the app; 0 means none
 	TLS     InboundTLSConfig `yaml:"tls" json:"tls"`
 	Limits  ListenerLimits   `yaml:"limits" json:"limits"`
+
+	// MaxResponseHeaderBytes bounds the response headers the local app may send, in bytes (HTTP/1.1: the status
+	// line and headers; HTTP/2: the header list as HTTP/2 counts it). Larger: 502. Default 64 KiB.
+	MaxResponseHeaderBytes int `yaml:"max_response_header_bytes" json:"max_response_header_bytes"`
 }
 
 // OutboundConfig is the listener that routes to upstreams by Host or :authority.
@@ -195,6 +199,10 @@ type UpstreamConfig struct {
 	TLS            UpstreamTLSConfig `yaml:"tls" json:"tls"`
 	// Resilience is the retry, circuit_breaker, outlier and limits sections; on with defaults when absent.
 	Resilience resilience.Config `yaml:",inline" json:"resilience"`
+
+	// MaxResponseHeaderBytes bounds the response headers an endpoint may send, in bytes (HTTP/1.1: the status
+	// line and headers; HTTP/2: the header list as HTTP/2 counts it). Larger: 502. Default 64 KiB.
+	MaxResponseHeaderBytes int `yaml:"max_response_header_bytes" json:"max_response_header_bytes"`
 }
 
 // watchOptions are the discovery options of a discovered upstream.
@@ -231,6 +239,7 @@ func (c *Config) SetDefaults() {
 		}
 		u.Resilience.SetDefaults()
 	}
+	c.setTransportDefaults()
 }
 
 var dnsLabel = regexp.MustCompile(`^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$`)
@@ -263,6 +272,7 @@ func (c *Config) Validate() error {
 	}
 	c.Inbound.Limits.validate("inbound.limits", add)
 	c.Outbound.Limits.validate("outbound.limits", add)
+	c.validateTransport(add)
 	if m := c.Inbound.TLS.Mode; m != "" && !validTLSMode(m, "mtls", "permissive", "disabled") {
 		add("inbound.tls.mode", "%q must be mtls, permissive or disabled", m)
 	}

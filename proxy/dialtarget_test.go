@@ -158,7 +158,7 @@ func TestDialUsesPickedTarget(t *testing.T) {
 				func(ctx context.Context, c net.Conn, tgt *dialTarget, alpn string) (net.Conn, error) {
 					once.Do(func() { u.setEndpoints(discovery.Snapshot{Service: "api", Index: 2}) })
 					return u.secureDial(ctx, c, tgt, alpn)
-				}))
+				}, 0))
 			before := len(ep.connections())
 			req, _ := http.NewRequestWithContext(t.Context(), "GET", "http://api/secret", nil)
 			req.Header.Set("Authorization", "Bearer secret-token")

@@ -178,7 +178,7 @@ func (p *Proxy) Start() error {
 func inboundUpstreamConfig(cfg Config) UpstreamConfig {
 	uc := UpstreamConfig{Name: cfg.Service.Name, Listen: cfg.Inbound.Listen, Protocol: cfg.Service.Protocol,
 		Endpoints: []string{cfg.Service.Address}, Peer: PeerApp, LB: LBP2C, Timeout: cfg.Inbound.Timeout,
-		ConnectTimeout: DefaultConnectTimeout}
+		ConnectTimeout: DefaultConnectTimeout, MaxResponseHeaderBytes: cfg.Inbound.MaxResponseHeaderBytes}
 	uc.Resilience.Retry.MaxAttempts = 1
 	uc.Resilience.Breaker.Disabled = true
 	uc.Resilience.SetDefaults()

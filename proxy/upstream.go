@@ -128,6 +128,7 @@ func (u *upstream) setEndpoints(snap discovery.Snapshot) {
 func (u *upstream) setConfig(cfg UpstreamConfig) {
 	old := u.cfg.Swap(&cfg)
 	u.setResilience(cfg.Resilience)
+	u.reloadTransports(old, &cfg)
 	if old.LB != cfg.LB {
 		u.mu.Lock()
 		list := append([]*endpointState(nil), u.picker.Load().endpoints...)
@@ -207,6 +208,7 @@ func (u *upstream) RoundTrip(req *http.Request) (*http.Response, error) {
 	}
 	resp, err := base.RoundTrip(send)
 	if err != nil {
+		err = classifyHeaderOverflow(err, cfg)
 		outcome := resilience.Outcome(nil, err)
 		if clientCtx != nil && clientCtx.Err() != nil {
 			outcome = resilience.ErrExcluded
