@@ -108,6 +108,10 @@ type ListenerLimits struct {
 	// MaxGRPCMessageBytes bounds one message of a gRPC request (its length prefix); a larger one ends the call
 	// with RESOURCE_EXHAUSTED before it is forwarded.
 	MaxGRPCMessageBytes int `yaml:"max_grpc_message_bytes" json:"max_grpc_message_bytes"`
+
+	// TCPIdleTimeout closes a TCP-proxied connection (protocol tcp) with no byte in either direction for this
+	// long. Default 1h (Envoy's tcp_proxy idle_timeout). HTTP listeners ignore it.
+	TCPIdleTimeout time.Duration `yaml:"tcp_idle_timeout" json:"tcp_idle_timeout"`
 }
 
 // Defaults of ListenerLimits.

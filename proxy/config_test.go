@@ -88,6 +88,7 @@ func TestConfigDefaults(t *testing.T) {
 	want := ListenerLimits{MaxHeaderBytes: 64 << 10, ReadHeaderTimeout: 10 * time.Second, IdleTimeout: 5 * time.Minute,
 		MaxConcurrentStreams: 1000, MaxConnections: 10000, ReadBodyTimeout: time.Minute, MaxGRPCMessageBytes: 4 << 20,
 		WriteTimeout: 30 * time.Second}
+	want.TCPIdleTimeout = time.Hour // issue 11: TCP listeners close idle connections
 	if c.Inbound.Limits != want || c.Outbound.Limits != want {
 		t.Fatalf("limits defaults: inbound %+v outbound %+v, want %+v", c.Inbound.Limits, c.Outbound.Limits, want)
 	}

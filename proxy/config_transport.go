@@ -1,12 +1,17 @@
 package proxy
 
-import "fmt"
+import (
+	"fmt"
+	"time"
+)
 
-// Defaults of the transport settings.
+// Defaults of the transport settings: response header limits and the TCP idle timeout.
 const (
 	// DefaultMaxResponseHeaderBytes bounds an endpoint's response headers (upstreams[].max_response_header_bytes,
 	// inbound.max_response_header_bytes); Go's own default, 10 MB, lets one endpoint cost that much per request.
 	DefaultMaxResponseHeaderBytes = 64 << 10
+	// DefaultTCPIdleTimeout closes TCP-proxied connections idle this long (limits.tcp_idle_timeout).
+	DefaultTCPIdleTimeout = time.Hour
 )
 
 // Bounds of max_response_header_bytes: the same as max_header_bytes.
@@ -25,6 +30,11 @@ func (c *Config) setTransportDefaults() {
 			c.Upstreams[i].MaxResponseHeaderBytes = DefaultMaxResponseHeaderBytes
 		}
 	}
+	for _, l := range []*ListenerLimits{&c.Inbound.Limits, &c.Outbound.Limits} {
+		if l.TCPIdleTimeout == 0 {
+			l.TCPIdleTimeout = DefaultTCPIdleTimeout
+		}
+	}
 }
 
 // validateTransport reports the problems of c's transport settings, each with its field path.
@@ -37,5 +47,11 @@ func (c *Config) validateTransport(add func(string, string, ...any)) {
 	checkHeaderLimit("inbound.max_response_header_bytes", c.Inbound.MaxResponseHeaderBytes)
 	for i, u := range c.Upstreams {
 		checkHeaderLimit(fmt.Sprintf("upstreams[%d].max_response_header_bytes", i), u.MaxResponseHeaderBytes)
+	}
+	if c.Inbound.Limits.TCPIdleTimeout < 0 {
+		add("inbound.limits.tcp_idle_timeout", "must not be negative")
+	}
+	if c.Outbound.Limits.TCPIdleTimeout < 0 {
+		add("outbound.limits.tcp_idle_timeout", "must not be negative")
 	}
 }

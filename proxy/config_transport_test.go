@@ -3,6 +3,7 @@ package proxy
 import (
 	"strings"
 	"testing"
+	"time"
 )
 
 // TestTransportConfig: the transport settings' defaults and Validate errors, each with its field path.
@@ -21,6 +22,9 @@ func TestTransportConfig(t *testing.T) {
 		if uc := inboundUpstreamConfig(c); uc.MaxResponseHeaderBytes != DefaultMaxResponseHeaderBytes {
 			t.Fatalf("the inbound direction's limit is %d", uc.MaxResponseHeaderBytes)
 		}
+		if c.Inbound.Limits.TCPIdleTimeout != DefaultTCPIdleTimeout || c.Outbound.Limits.TCPIdleTimeout != DefaultTCPIdleTimeout {
+			t.Fatalf("tcp_idle_timeout defaults: inbound %v, outbound %v", c.Inbound.Limits.TCPIdleTimeout, c.Outbound.Limits.TCPIdleTimeout)
+		}
 	})
 	for _, tc := range []struct {
 		name   string
@@ -36,6 +40,12 @@ func TestTransportConfig(t *testing.T) {
 			"upstreams[0].max_response_header_bytes: 33554432 must be between"}},
 		{"negative limit", func(c *Config) { c.Upstreams[0].MaxResponseHeaderBytes = -1 },
 			[]string{"upstreams[0].max_response_header_bytes"}},
+		{"tcp idle timeouts", func(c *Config) {
+			c.Inbound.Limits.TCPIdleTimeout, c.Outbound.Limits.TCPIdleTimeout = time.Second, 24*time.Hour
+		}, nil},
+		{"negative tcp idle timeouts", func(c *Config) {
+			c.Inbound.Limits.TCPIdleTimeout, c.Outbound.Limits.TCPIdleTimeout = -time.Second, -time.Second
+		}, []string{"inbound.limits.tcp_idle_timeout: must not be negative", "outbound.limits.tcp_idle_timeout: must not be negative"}},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			c := valid()

@@ -202,7 +202,7 @@ func (p *Proxy) bind(field, addr, direction, label string, u *upstream, h http.H
 		}
 	}
 	if u != nil && u.protocol == ProtocolTCP {
-		return newTCPProxy(u, ln, direction, label, p.log), nil
+		return newTCPProxy(u, ln, direction, label, p.log, lim.TCPIdleTimeout), nil
 	}
 	if h == nil {
 		h = http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { u.serveHTTP(w, r, p.accessLog) })

@@ -100,6 +100,7 @@ func (p *Proxy) secureInbound(ln net.Listener, mode string) (net.Listener, error
 	}
 	failures := p.m.TLSHandshakeFailures
 	plaintext := p.m.TLSPlaintext
+	plaintextLog := &logLimiter{} // one line a second at most: every connection is in the metric
 	return mtls.NewListener(ln, cfg, mode, mtls.ListenerHooks{
 		Failed: func(reason string, remote net.Addr, err error) {
 			failures.WithLabelValues(metrics.Inbound, reason).Inc()
@@ -107,7 +108,10 @@ func (p *Proxy) secureInbound(ln net.Listener, mode string) (net.Listener, error
 		},
 		Plaintext: func(remote net.Addr) {
 			plaintext.Inc()
-			p.log.Info("plaintext connection accepted (permissive mode)", "remote", remote.String())
+			if suppressed, ok := plaintextLog.allow(); ok {
+				p.log.Info("plaintext connection accepted (permissive mode)", "remote", remote.String(),
+					"suppressed_since_last", suppressed)
+			}
 		},
 	}), nil
 }
