@@ -209,9 +209,10 @@ type UpstreamConfig struct {
 	MaxResponseHeaderBytes int `yaml:"max_response_header_bytes" json:"max_response_header_bytes"`
 }
 
-// watchOptions are the discovery options of a discovered upstream.
+// watchOptions are the discovery options of a discovered upstream. Call it on a config whose tls.mode is
+// resolved (resolveUpstreamTLS): mtls keeps discovery to the service's sidecars.
 func (c *UpstreamConfig) watchOptions() discovery.WatchOptions {
-	return discovery.WatchOptions{Tag: c.Tag, Datacenter: c.Datacenter}
+	return discovery.WatchOptions{Tag: c.Tag, Datacenter: c.Datacenter, MutualTLS: c.TLS.Mode == mtls.ModeMTLS}
 }
 
 // SetDefaults fills the zero fields with their documented defaults.

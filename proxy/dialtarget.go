@@ -44,6 +44,10 @@ func dialTargetFrom(ctx context.Context) *dialTarget {
 // endpoint's: not retried, not counted against it.
 var errNoDialTarget error = &internalFault{msg: "meshlet: connection without a matching dial target refused"}
 
+// errNoTLS fails a connection to a sidecar of an upstream whose tls.mode is mtls when this meshlet has no TLS
+// (no tls section): it is not made in plaintext instead.
+var errNoTLS error = &internalFault{msg: "meshlet: the upstream requires mutual TLS (tls.mode: mtls) but no tls section is configured"}
+
 // internalFault is a failure of meshlet's own invariants: the request fails (502), and the endpoint is not held
 // responsible for it.
 type internalFault struct{ msg string }
@@ -63,11 +67,12 @@ func (u *upstream) targetOf(st *endpointState, cfg *UpstreamConfig) *dialTarget 
 }
 
 // newDialTarget decides how endpoint st is reached under cfg: an endpoint is a sidecar when the upstream says
-// so (peer: sidecar) or discovery does (Meta peer=sidecar); a sidecar is reached over mutual TLS whenever this
-// meshlet has TLS (withTLS) and the upstream does not turn it off (tls.mode: disabled). Apps are plaintext.
+// so (peer: sidecar) or discovery does (Meta peer=sidecar); a sidecar is reached over mutual TLS when the
+// upstream's tls.mode is mtls (its default when this meshlet has TLS: withTLS). Apps are plaintext. A sidecar
+// of an upstream whose tls.mode says mtls when this meshlet has no TLS is not dialled at all (clientTLS).
 func newDialTarget(st *endpointState, cfg *UpstreamConfig, withTLS bool) *dialTarget {
 	t := &dialTarget{cfg: cfg, addr: st.hostport, sidecar: cfg.Peer == PeerSidecar || st.sidecar}
-	t.tls = t.sidecar && withTLS && cfg.TLS.Mode != mtls.ModeDisabled
+	t.tls = t.sidecar && upstreamTLSMode(cfg.TLS.Mode, withTLS) == mtls.ModeMTLS
 	if t.tls {
 		t.identity = st.ep.Identity
 		if t.identity == "" {
@@ -77,6 +82,26 @@ func newDialTarget(st *endpointState, cfg *UpstreamConfig, withTLS bool) *dialTa
 	t.poolHost = poolHostOf(t)
 	t.poolAddr = t.poolHost + ":80"
 	return t
+}
+
+// upstreamTLSMode is an upstream's tls.mode with its default applied: mtls when this meshlet has TLS
+// (withTLS), else disabled.
+func upstreamTLSMode(mode string, withTLS bool) string {
+	switch {
+	case mode != "":
+		return mode
+	case withTLS:
+		return mtls.ModeMTLS
+	}
+	return mtls.ModeDisabled
+}
+
+// resolveUpstreamTLS applies the default of every upstream's tls.mode (upstreamTLSMode), so that what the
+// discovery watch asks for (watchOptions) and how endpoints are dialled agree.
+func resolveUpstreamTLS(cfg *Config, withTLS bool) {
+	for i := range cfg.Upstreams {
+		cfg.Upstreams[i].TLS.Mode = upstreamTLSMode(cfg.Upstreams[i].TLS.Mode, withTLS)
+	}
 }
 
 // poolHostOf names a target for the connection pools: a DNS name made of a hash of everything that decides what

@@ -6,6 +6,7 @@ import (
 	"crypto/tls"
 	"crypto/x509"
 	"encoding/pem"
+	"errors"
 	"io"
 	"log"
 	"log/slog"
@@ -342,4 +343,22 @@ func startTestServer(t testing.TB, src mtls.Source) *testServer {
 		<-done
 	})
 	return s
+}
+
+// TestMTLSWithoutTLSFailsClosed: an upstream that says tls.mode: mtls on a meshlet without TLS does not call its
+// sidecars in plaintext: the connection is closed before a byte is sent.
+func TestMTLSWithoutTLSFailsClosed(t *testing.T) {
+	ep := newFirstBytes(t)
+	u := testUpstream(t, UpstreamConfig{Name: "api", Peer: PeerSidecar, TLS: UpstreamTLSConfig{Mode: mtls.ModeMTLS}}, nil)
+	u.setEndpoints(discovery.Snapshot{Service: "api", Index: 1, Endpoints: []discovery.Endpoint{{ID: "api-1",
+		Addr: netip.MustParseAddrPort(ep.ln.Addr().String())}}})
+	_, err := roundTrip(t, u)
+	if !errors.Is(err, errNoTLS) {
+		t.Fatalf("error %v, want the refusal to call a sidecar in plaintext", err)
+	}
+	for _, first := range ep.connections() {
+		if len(first) > 0 {
+			t.Fatalf("the endpoint got %q", first)
+		}
+	}
 }

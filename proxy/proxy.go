@@ -347,8 +347,10 @@ func (p *Proxy) Addrs() map[string]string {
 	return out
 }
 
-// resolveInboundMode applies the default of inbound.tls.mode: mtls when TLS is configured, else disabled.
+// resolveInboundMode applies the default of inbound.tls.mode: mtls when TLS is configured, else disabled; and the
+// same default to every upstream's tls.mode (resolveUpstreamTLS).
 func (p *Proxy) resolveInboundMode(cfg *Config) {
+	resolveUpstreamTLS(cfg, p.tls != nil)
 	if cfg.Inbound.TLS.Mode != "" {
 		return
 	}

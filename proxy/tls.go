@@ -170,7 +170,7 @@ func (u *upstream) clientTLS(t *dialTarget, alpn string) (*tls.Config, error) {
 		return nil, nil
 	}
 	if u.tls == nil {
-		return nil, errNoDialTarget
+		return nil, errNoTLS
 	}
 	want := func(id mtls.ID) error {
 		if t.identity != "" {
