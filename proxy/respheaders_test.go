@@ -1,16 +1,19 @@
 package proxy
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"fmt"
 	"io"
+	"net"
 	"net/http"
 	"strings"
 	"testing"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus/testutil"
+	"golang.org/x/net/http2"
 
 	"meshlet.dev/meshlet/proxy/proxytest"
 )
@@ -31,6 +34,8 @@ func TestResponseHeaderLimit(t *testing.T) {
 		{"h2c over the default", true, 0, DefaultMaxResponseHeaderBytes + 4<<10, true},
 		{"http1 over a configured limit", false, 8 << 10, 12 << 10, true},
 		{"h2c over a configured limit", true, 8 << 10, 12 << 10, true},
+		{"http1 far over the limit", false, 0, 1 << 20, true},
+		{"h2c far over the limit", true, 0, 1 << 20, true}, // CONTINUATION frames long past the limit
 		{"http1 under the limit", false, 0, 32 << 10, false},
 		{"h2c under the limit", true, 0, 32 << 10, false},
 	} {
@@ -71,6 +76,60 @@ func TestResponseHeaderLimit(t *testing.T) {
 				t.Errorf("endpoint state %+v, want the failure held against it", eps)
 			}
 		})
+	}
+}
+
+// TestH2HeaderGuard: the guard follows frames however the reads split them, refuses a header block whose frames
+// pass the limit (slack included) as soon as they do, and counts each block on its own.
+func TestH2HeaderGuard(t *testing.T) {
+	const limit = 4 << 10
+	frames := func(blocks ...[]int) []byte { // each block: the payload sizes of HEADERS and its CONTINUATIONs
+		var buf bytes.Buffer
+		fr := http2.NewFramer(&buf, nil)
+		fr.WriteSettings()
+		for i, sizes := range blocks {
+			id := uint32(2*i + 1)
+			fr.WriteData(id, false, make([]byte, 3000)) // a DATA frame between blocks is not counted
+			for j, n := range sizes {
+				end := j == len(sizes)-1
+				if j == 0 {
+					fr.WriteHeaders(http2.HeadersFrameParam{StreamID: id, BlockFragment: make([]byte, n), EndHeaders: end})
+				} else {
+					fr.WriteContinuation(id, end, make([]byte, n))
+				}
+			}
+		}
+		return buf.Bytes()
+	}
+	for _, tc := range []struct {
+		name     string
+		wire     []byte
+		tooLarge bool
+	}{
+		{"blocks within the limit", frames([]int{4096}, []int{2048, 2048, limit + h2BlockSlack - 4096}), false},
+		{"one frame over", frames([]int{limit + h2BlockSlack + 1}), true},
+		{"continuations over", frames([]int{2048}, []int{2048, 2048, 2048}), true},
+	} {
+		for _, chunk := range []int{1, 7, 64 << 10} {
+			t.Run(fmt.Sprintf("%s/reads of %d", tc.name, chunk), func(t *testing.T) {
+				client, server := net.Pipe()
+				go func() {
+					defer server.Close()
+					for b := tc.wire; len(b) > 0; b = b[min(chunk, len(b)):] {
+						if _, err := server.Write(b[:min(chunk, len(b))]); err != nil {
+							return
+						}
+					}
+				}()
+				g := guardH2(client, limit)
+				defer g.Close()
+				_, err := io.Copy(io.Discard, g)
+				var tl *headersTooLargeError
+				if got := errors.As(err, &tl); got != tc.tooLarge {
+					t.Fatalf("error %v, want too large: %v", err, tc.tooLarge)
+				}
+			})
+		}
 	}
 }
 

@@ -80,7 +80,11 @@ func newTransports(connectTimeout func() time.Duration, secure func(ctx context.
 	h2 := &http2.Transport{
 		AllowHTTP: true,
 		DialTLSContext: func(ctx context.Context, network, addr string, _ *tls.Config) (net.Conn, error) {
-			return dialH2(ctx, network, addr)
+			c, err := dialH2(ctx, network, addr)
+			if err != nil {
+				return nil, err
+			}
+			return guardH2(c, maxHeader), nil
 		},
 		DisableCompression: true,
 		IdleConnTimeout:    idleConnTimeout,

@@ -21,11 +21,12 @@ import (
 
 // HeaderBomb is an endpoint that answers every request with a response whose headers are Size bytes (distinct
 // header fields of 1 KiB, so that a client that keeps them holds that much memory), then an empty body. It speaks
-// HTTP/1.1, or HTTP/2 over cleartext with prior knowledge (H2C). Responses counts the requests it answered.
+// HTTP/1.1, or HTTP/2 over cleartext with prior knowledge (H2C). Requests counts the requests it received (and
+// began to answer).
 type HeaderBomb struct {
-	Size      int
-	H2C       bool
-	Responses atomic.Int64
+	Size     int
+	H2C      bool
+	Requests atomic.Int64
 
 	ln net.Listener
 	wg sync.WaitGroup
@@ -111,10 +112,10 @@ func (b *HeaderBomb) serveH1(c net.Conn) {
 			return
 		}
 		io.Copy(io.Discard, req.Body)
+		b.Requests.Add(1)
 		if _, err := c.Write(head.Bytes()); err != nil {
 			return
 		}
-		b.Responses.Add(1)
 	}
 }
 
@@ -166,6 +167,7 @@ func (b *HeaderBomb) serveH2C(c net.Conn) {
 
 // respondH2 writes block as the response headers of stream id, in frames of 16 KiB, and ends the stream.
 func (b *HeaderBomb) respondH2(fr *http2.Framer, id uint32, block []byte) {
+	b.Requests.Add(1)
 	const frame = 16 << 10
 	first := block[:min(frame, len(block))]
 	rest := block[len(first):]
@@ -180,5 +182,4 @@ func (b *HeaderBomb) respondH2(fr *http2.Framer, id uint32, block []byte) {
 			return
 		}
 	}
-	b.Responses.Add(1)
 }
