@@ -15,7 +15,7 @@ import (
 // so that a connection is always made for the endpoint that was picked, even when that endpoint has left the
 // endpoint list (a Consul update, a reload) between the pick and the dial. A dialTarget is immutable.
 //
-// The transports pool connections by the host of the request's URL only; RoundTrip sets that host to poolHost,
+// The transports pool connections by the host of the request's URL only; RoundTrip sets that host to poolAddr,
 // which differs for any two targets that differ in address, TLS requirement or expected identity. So a pooled
 // connection serves only requests for a target equal to the one it was dialled for: the same address
 // re-registered with another identity, or switching between app and sidecar, gets new connections.
@@ -26,8 +26,8 @@ type dialTarget struct {
 	tls      bool            // mutual TLS is required; never false for a sidecar of an upstream with TLS
 	identity string          // the SPIFFE ID the endpoint must prove; "" means any identity of service
 	service  string          // the service the endpoint's identity must name when identity is ""
-	poolHost string          // the URL host the transports see (and key their pools by)
-	poolAddr string          // poolHost with the port the transports add (":80"): the addr the dial function gets
+	poolHost string          // a DNS name for the target, unique to it
+	poolAddr string          // poolHost:80: the URL host the transports see, key their pools by and dial
 }
 
 // dialTargetKey is the context key of an attempt's *dialTarget.
@@ -139,7 +139,7 @@ func targetFor(ctx context.Context, addr string) (*dialTarget, error) {
 func withTarget(req *http.Request, t *dialTarget) *http.Request {
 	out := req.WithContext(context.WithValue(req.Context(), dialTargetKey{}, t))
 	url := *req.URL
-	url.Host = t.poolHost
+	url.Host = t.poolAddr // with its port: the transports would otherwise split it in vain, with an error each time
 	out.URL = &url
 	if out.Host == "" {
 		out.Host = t.addr
