@@ -16,8 +16,11 @@ import (
 
 // Consul discovery modes: which instances of a service an upstream's endpoints are.
 const (
-	// ConsulModeAuto prefers the service's sidecars (Consul connect-proxy instances, what a meshlet with
-	// register: true registers) and falls back to the plain service instances while no sidecar passes.
+	// ConsulModeAuto uses the service's sidecars (Consul connect-proxy instances, what a meshlet with
+	// register: true registers) and, for a caller that does not require mutual TLS (WatchOptions.MutualTLS
+	// false), the plain service instances of a service that has no sidecar registered at all. A service with
+	// sidecars, none of them healthy, has no endpoint: its plain instances would skip its sidecars' mutual TLS
+	// and intentions.
 	ConsulModeAuto = "auto"
 	// ConsulModeConnect uses only the sidecars: /v1/health/connect/<service>.
 	ConsulModeConnect = "connect"
@@ -212,11 +215,16 @@ func (c *Consul) Watch(ctx context.Context, service string) (<-chan Snapshot, er
 	return c.WatchWith(ctx, service, WatchOptions{})
 }
 
-// watchKey names one shared watch: a service with the tag and datacenter it is narrowed to.
-type watchKey struct{ service, tag, dc string }
+// watchKey names one shared watch: a service with the tag and datacenter it is narrowed to, and whether its
+// callers require mutual TLS (auto mode offers them no plain instances).
+type watchKey struct {
+	service, tag, dc string
+	mtls             bool
+}
 
 // label is how metrics, logs and errors name the watch: the service, with the tag and datacenter when they are
-// not the source's defaults ("api", "api[tag=v2,dc=dc2]").
+// not the source's defaults ("api", "api[tag=v2,dc=dc2]"). Two watches that differ only in mtls share a label
+// (and their metric series).
 func (k watchKey) label(cfg ConsulConfig) string {
 	var parts []string
 	if k.tag != cfg.Tag {
@@ -232,10 +240,11 @@ func (k watchKey) label(cfg ConsulConfig) string {
 }
 
 // WatchWith implements OptionsSource: Watch with the tag and datacenter of opts in place of the config's
-// (discovery.consul.tag, discovery.consul.datacenter) where set. Watches with the same service, tag and
-// datacenter share one blocking-query loop.
+// (discovery.consul.tag, discovery.consul.datacenter) where set, and, in auto mode, no plain instances when
+// opts.MutualTLS is set. Watches with the same service, tag, datacenter and MutualTLS share one blocking-query
+// loop.
 func (c *Consul) WatchWith(ctx context.Context, service string, opts WatchOptions) (<-chan Snapshot, error) {
-	key := watchKey{service: service, tag: opts.Tag, dc: opts.Datacenter}
+	key := watchKey{service: service, tag: opts.Tag, dc: opts.Datacenter, mtls: opts.MutualTLS}
 	if key.tag == "" {
 		key.tag = c.cfg.Tag
 	}
@@ -293,6 +302,19 @@ func (c *Consul) Err() error {
 		}
 	}
 	return errors.Join(errs...)
+}
+
+// forget drops the metric series of stopped's label unless another watch still publishes under it. A stopped
+// watch calls it once its loops have ended.
+func (c *Consul) forget(stopped *consulWatch) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	for _, w := range c.watches {
+		if w != stopped && w.label == stopped.label {
+			return
+		}
+	}
+	c.m.forget(stopped.label)
 }
 
 // Close stops every watch and closes the channels; it is idempotent and waits.

@@ -80,4 +80,12 @@ func TestStaticWatchOptions(t *testing.T) {
 	if _, err := discovery.Watch(t.Context(), s, "api", discovery.WatchOptions{Tag: "v1"}); err == nil {
 		t.Fatal("a tag on a static source: no error")
 	}
+	// MutualTLS narrows only sources with plain instances to leave out: a static list is served as it is.
+	ch, err = discovery.Watch(t.Context(), s, "api", discovery.WatchOptions{MutualTLS: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if snap := <-ch; len(snap.Endpoints) != 1 {
+		t.Fatalf("static snapshot with MutualTLS: %+v", snap)
+	}
 }

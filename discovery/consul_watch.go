@@ -43,13 +43,15 @@ type consulWatch struct {
 	c       *Consul
 	service string
 	tag, dc string // what the queries are narrowed to ("": none, the agent's datacenter)
+	mtls    bool   // the callers require mutual TLS: auto mode never offers plain instances
 	label   string // the service, with its tag and datacenter when not the defaults: for metrics and logs
 	ctx     context.Context
 	cancel  context.CancelFunc
 
 	mu       sync.Mutex
 	subs     map[chan Snapshot]struct{}
-	results  map[string][]Endpoint // latest answer per query kind
+	results  map[string][]Endpoint // latest answer per query kind (healthy instances)
+	sidecars int                   // sidecars registered in the latest connect answer, healthy or not (auto mode)
 	failing  map[string]error      // query kinds whose last query failed
 	seq      uint64
 	last     Snapshot
@@ -60,19 +62,37 @@ type consulWatch struct {
 
 func newConsulWatch(c *Consul, key watchKey) *consulWatch {
 	ctx, cancel := context.WithCancel(c.ctx)
-	return &consulWatch{c: c, service: key.service, tag: key.tag, dc: key.dc, label: key.label(c.cfg), ctx: ctx, cancel: cancel, subs: map[chan Snapshot]struct{}{},
-		results: map[string][]Endpoint{}, failing: map[string]error{}}
+	return &consulWatch{c: c, service: key.service, tag: key.tag, dc: key.dc, mtls: key.mtls, label: key.label(c.cfg),
+		ctx: ctx, cancel: cancel, subs: map[chan Snapshot]struct{}{}, results: map[string][]Endpoint{}, failing: map[string]error{}}
 }
 
 // kinds are the queries the watch runs for the source's mode.
 func (w *consulWatch) kinds() []string {
-	switch w.c.cfg.Mode {
-	case ConsulModeConnect:
+	switch {
+	case w.c.cfg.Mode == ConsulModeConnect, w.mtls && w.c.cfg.Mode == ConsulModeAuto:
 		return []string{kindConnect}
-	case ConsulModeService:
+	case w.c.cfg.Mode == ConsulModeService:
 		return []string{kindService}
 	}
 	return []string{kindConnect, kindService}
+}
+
+// countsSidecars reports whether the connect query must see every sidecar, healthy or not: in auto mode, a
+// caller that may use plain instances may do so only while the service has no sidecar registered at all.
+func (w *consulWatch) countsSidecars() bool { return w.c.cfg.Mode == ConsulModeAuto && !w.mtls }
+
+// view is the endpoints the watch offers: the healthy sidecars, or the plain instances (service mode; auto mode
+// when the callers allow plaintext and the service has no sidecar registered). Call with w.mu held.
+func (w *consulWatch) view() []Endpoint {
+	switch w.c.cfg.Mode {
+	case ConsulModeService:
+		return w.results[kindService]
+	case ConsulModeAuto:
+		if !w.mtls && w.sidecars == 0 {
+			return w.results[kindService]
+		}
+	}
+	return w.results[kindConnect]
 }
 
 // run runs one blocking-query loop per kind until the watch stops, then closes the subscribers' channels.
@@ -82,7 +102,7 @@ func (w *consulWatch) run() {
 		wg.Go(func() { w.loop(k) })
 	}
 	wg.Wait()
-	w.c.m.forget(w.label)
+	w.c.forget(w)
 	w.mu.Lock()
 	for ch := range w.subs {
 		close(ch)
@@ -128,7 +148,7 @@ func (w *consulWatch) loop(kind string) {
 			return
 		}
 		lastQuery = time.Now()
-		eps, meta, err := w.query(kind, index)
+		eps, registered, meta, err := w.query(kind, index)
 		if w.ctx.Err() != nil {
 			return
 		}
@@ -153,12 +173,13 @@ func (w *consulWatch) loop(kind string) {
 		default:
 			index = meta.LastIndex
 		}
-		w.answered(kind, eps)
+		w.answered(kind, eps, registered)
 	}
 }
 
-// query runs one blocking query of kind from index and turns the answer into endpoints.
-func (w *consulWatch) query(kind string, index uint64) ([]Endpoint, *api.QueryMeta, error) {
+// query runs one blocking query of kind from index and turns the answer into the healthy endpoints; registered
+// is how many instances the answer held, healthy or not.
+func (w *consulWatch) query(kind string, index uint64) ([]Endpoint, int, *api.QueryMeta, error) {
 	wait := w.c.cfg.WaitTime
 	// Consul adds up to wait/16 of jitter; past that plus a margin the connection is dead (a silent partition).
 	ctx, cancel := context.WithTimeout(w.ctx, wait+wait/16+5*time.Second)
@@ -169,16 +190,16 @@ func (w *consulWatch) query(kind string, index uint64) ([]Endpoint, *api.QueryMe
 	var meta *api.QueryMeta
 	var err error
 	if kind == kindConnect {
-		entries, meta, err = h.Connect(w.service, w.tag, true, q)
+		entries, meta, err = h.Connect(w.service, w.tag, !w.countsSidecars(), q)
 	} else {
 		entries, meta, err = h.Service(w.service, w.tag, true, q)
 	}
 	if err != nil {
-		return nil, nil, classify(err)
+		return nil, 0, nil, classify(err)
 	}
 	if meta.ResultsFilteredByACLs && len(entries) == 0 {
 		// Consul hides what the token may not read instead of refusing: an empty answer is ACL denied.
-		return nil, nil, fmt.Errorf("%w: the token may not read service %s (results filtered by ACLs)", ErrConsulDenied, w.service)
+		return nil, 0, nil, fmt.Errorf("%w: the token may not read service %s (results filtered by ACLs)", ErrConsulDenied, w.service)
 	}
 	if meta.ResultsFilteredByACLs {
 		w.c.log.Debug("consul filtered some instances by ACLs", "service", w.service, "query", kind)
@@ -187,12 +208,15 @@ func (w *consulWatch) query(kind string, index uint64) ([]Endpoint, *api.QueryMe
 	if kind == kindConnect && len(entries) > 0 {
 		trust = w.c.trustDomain(ctx)
 	}
-	return w.endpoints(kind, entries, trust), meta, nil
+	eps, registered := w.endpoints(kind, entries, trust)
+	return eps, registered, meta, nil
 }
 
-// endpoints turns health entries into endpoints; instances whose address is not an IP are skipped.
-func (w *consulWatch) endpoints(kind string, entries []*api.ServiceEntry, trust string) []Endpoint {
+// endpoints turns health entries into the endpoints of the healthy instances (all checks passing), and counts
+// the instances registered, healthy or not; instances whose address is not an IP are skipped.
+func (w *consulWatch) endpoints(kind string, entries []*api.ServiceEntry, trust string) ([]Endpoint, int) {
 	eps := make([]Endpoint, 0, len(entries))
+	registered := 0
 	for _, e := range entries {
 		if e.Service == nil || e.Node == nil {
 			continue
@@ -204,6 +228,10 @@ func (w *consulWatch) endpoints(kind string, entries []*api.ServiceEntry, trust 
 			// The agent filters by tag already, but not always on the first answer of a connect query (seen with
 			// Consul 1.14 under load): filter again, so an untagged instance never gets tagged traffic.
 			continue
+		}
+		registered++
+		if e.Checks.AggregatedStatus() != api.HealthPassing {
+			continue // what ?passing leaves out: any check (the node's too) not passing
 		}
 		host := e.Service.Address
 		if host == "" {
@@ -232,11 +260,12 @@ func (w *consulWatch) endpoints(kind string, entries []*api.ServiceEntry, trust 
 		eps = append(eps, ep)
 	}
 	slices.SortFunc(eps, func(a, b Endpoint) int { return strings.Compare(a.ID, b.ID) })
-	return eps
+	return eps, registered
 }
 
-// answered records a successful answer and publishes a snapshot when the endpoints changed or were stale.
-func (w *consulWatch) answered(kind string, eps []Endpoint) {
+// answered records a successful answer (eps healthy of registered instances) and publishes a snapshot when the
+// endpoints the watch offers changed or were stale.
+func (w *consulWatch) answered(kind string, eps []Endpoint, registered int) {
 	w.mu.Lock()
 	defer w.mu.Unlock()
 	now := time.Now()
@@ -247,12 +276,14 @@ func (w *consulWatch) answered(kind string, eps []Endpoint) {
 	if wasFailing && w.hasSnap {
 		w.c.log.Info("consul watch resumed", "service", w.label, "query", kind)
 	}
-	prev, had := w.results[kind]
 	w.results[kind] = eps
+	if kind == kindConnect {
+		w.sidecars = registered
+	}
 	if len(w.results) < len(w.kinds()) {
 		return // auto mode decides once both queries have answered
 	}
-	changed := !had || !sameEndpoints(prev, eps)
+	changed := !w.hasSnap || !sameEndpoints(w.last.Endpoints, w.view())
 	if w.hasSnap && !changed && !(w.last.Stale && len(w.failing) == 0) {
 		return
 	}
@@ -280,10 +311,7 @@ func (w *consulWatch) failed(kind string, err error, retry time.Duration) {
 
 // publish sends the current view to every subscriber. Call with w.mu held.
 func (w *consulWatch) publish(contact time.Time) {
-	eps := w.results[kindService]
-	if w.c.cfg.Mode != ConsulModeService && len(w.results[kindConnect]) > 0 {
-		eps = w.results[kindConnect]
-	}
+	eps := w.view()
 	w.seq++
 	stale := len(w.failing) > 0
 	snap := Snapshot{Service: w.service, Endpoints: eps, Index: w.seq, Stale: stale, LastContact: contact}

@@ -52,6 +52,11 @@ type WatchOptions struct {
 	// Datacenter is where to look; empty means the source's default (discovery.consul.datacenter, else the
 	// agent's own).
 	Datacenter string
+	// MutualTLS says that the caller reaches the service only over mutual TLS (the upstream's tls.mode is mtls):
+	// then a source that can offer a service's sidecars or its plain instances (Consul's auto mode) offers only
+	// the sidecars, never the plain instances, which speak no TLS and enforce no intentions. False: the plain
+	// instances are offered only while the service has no sidecar registered at all, healthy or not.
+	MutualTLS bool
 }
 
 // OptionsSource is a Source whose watches can be narrowed by WatchOptions. Consul implements it; Static does not
@@ -63,15 +68,15 @@ type OptionsSource interface {
 	WatchWith(ctx context.Context, service string, opts WatchOptions) (<-chan Snapshot, error)
 }
 
-// Watch watches service on src, narrowed by opts. A zero opts is src.Watch; a non-zero opts needs a source that
-// implements OptionsSource, else it is an error.
+// Watch watches service on src, narrowed by opts. A source that implements OptionsSource gets opts; any other
+// source gets src.Watch when opts sets nothing but MutualTLS (such a source has no plain instances to leave out),
+// and an error when opts sets a tag or a datacenter.
 func Watch(ctx context.Context, src Source, service string, opts WatchOptions) (<-chan Snapshot, error) {
-	if opts == (WatchOptions{}) {
-		return src.Watch(ctx, service)
+	if o, ok := src.(OptionsSource); ok && opts != (WatchOptions{}) {
+		return o.WatchWith(ctx, service, opts)
 	}
-	o, ok := src.(OptionsSource)
-	if !ok {
+	if opts.Tag != "" || opts.Datacenter != "" {
 		return nil, fmt.Errorf("watch %s: the discovery source does not support tag or datacenter", service)
 	}
-	return o.WatchWith(ctx, service, opts)
+	return src.Watch(ctx, service)
 }

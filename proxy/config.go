@@ -68,6 +68,10 @@ type InboundConfig struct {
 	Timeout time.Duration    `yaml:"timeout" json:"timeout"` // per request towards the app; 0 means none
 	TLS     InboundTLSConfig `yaml:"tls" json:"tls"`
 	Limits  ListenerLimits   `yaml:"limits" json:"limits"`
+
+	// MaxResponseHeaderBytes bounds the response headers the local app may send, in bytes (HTTP/1.1: the status
+	// line and headers; HTTP/2: the header list as HTTP/2 counts it). Larger: 502. Default 64 KiB.
+	MaxResponseHeaderBytes int `yaml:"max_response_header_bytes" json:"max_response_header_bytes"`
 }
 
 // OutboundConfig is the listener that routes to upstreams by Host or :authority.
@@ -115,6 +119,10 @@ type ListenerLimits struct {
 	// MaxGRPCMessageBytes bounds one message of a gRPC request (its length prefix); a larger one ends the call
 	// with RESOURCE_EXHAUSTED before it is forwarded.
 	MaxGRPCMessageBytes int `yaml:"max_grpc_message_bytes" json:"max_grpc_message_bytes"`
+
+	// TCPIdleTimeout closes a TCP-proxied connection (protocol tcp) with no byte in either direction for this
+	// long. Default 1h (Envoy's tcp_proxy idle_timeout). HTTP listeners ignore it.
+	TCPIdleTimeout time.Duration `yaml:"tcp_idle_timeout" json:"tcp_idle_timeout"`
 }
 
 // Defaults of ListenerLimits.
@@ -223,11 +231,16 @@ type UpstreamConfig struct {
 	TLS            UpstreamTLSConfig `yaml:"tls" json:"tls"`
 	// Resilience is the retry, circuit_breaker, outlier and limits sections; on with defaults when absent.
 	Resilience resilience.Config `yaml:",inline" json:"resilience"`
+
+	// MaxResponseHeaderBytes bounds the response headers an endpoint may send, in bytes (HTTP/1.1: the status
+	// line and headers; HTTP/2: the header list as HTTP/2 counts it). Larger: 502. Default 64 KiB.
+	MaxResponseHeaderBytes int `yaml:"max_response_header_bytes" json:"max_response_header_bytes"`
 }
 
-// watchOptions are the discovery options of a discovered upstream.
+// watchOptions are the discovery options of a discovered upstream. Call it on a config whose tls.mode is
+// resolved (resolveUpstreamTLS): mtls keeps discovery to the service's sidecars.
 func (c *UpstreamConfig) watchOptions() discovery.WatchOptions {
-	return discovery.WatchOptions{Tag: c.Tag, Datacenter: c.Datacenter}
+	return discovery.WatchOptions{Tag: c.Tag, Datacenter: c.Datacenter, MutualTLS: c.TLS.Mode == mtls.ModeMTLS}
 }
 
 // SetDefaults fills the zero fields with their documented defaults.
@@ -259,6 +272,7 @@ func (c *Config) SetDefaults() {
 		}
 		u.Resilience.SetDefaults()
 	}
+	c.setTransportDefaults()
 }
 
 var dnsLabel = regexp.MustCompile(`^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$`)
@@ -291,6 +305,7 @@ func (c *Config) Validate() error {
 	}
 	c.Inbound.Limits.validate("inbound.limits", add)
 	c.Outbound.Limits.validate("outbound.limits", add)
+	c.validateTransport(add)
 	if m := c.Inbound.TLS.Mode; m != "" && !validTLSMode(m, "mtls", "permissive", "disabled") {
 		add("inbound.tls.mode", "%q must be mtls, permissive or disabled", m)
 	}

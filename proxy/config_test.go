@@ -87,7 +87,8 @@ func TestConfigDefaults(t *testing.T) {
 	}
 	want := ListenerLimits{MaxHeaderBytes: 64 << 10, ReadHeaderTimeout: 10 * time.Second, IdleTimeout: 5 * time.Minute,
 		MaxConcurrentStreams: 1000, MaxConnections: 10000, ReadBodyTimeout: time.Minute, MaxGRPCMessageBytes: 4 << 20,
-		WriteTimeout: 30 * time.Second, StreamIdleTimeout: 5 * time.Minute, MaxPendingHeaderBytes: 16 << 20}
+		WriteTimeout: 30 * time.Second, StreamIdleTimeout: 5 * time.Minute, MaxPendingHeaderBytes: 16 << 20,
+		TCPIdleTimeout: time.Hour}
 	if c.Inbound.Limits != want || c.Outbound.Limits != want {
 		t.Fatalf("limits defaults: inbound %+v outbound %+v, want %+v", c.Inbound.Limits, c.Outbound.Limits, want)
 	}

@@ -217,6 +217,8 @@ func (u *upstream) proxyError(w http.ResponseWriter, r *http.Request, err error)
 			"no endpoint available for upstream "+u.name, ri)
 	case errors.Is(err, context.DeadlineExceeded) || r.Context().Err() == context.DeadlineExceeded || deadlineNear(r):
 		u.fail(w, r, grpc, http.StatusGatewayTimeout, reasonTimeout, "upstream "+u.name+" timed out", ri)
+	case errors.As(err, new(*headersTooLargeError)):
+		u.fail(w, r, grpc, http.StatusBadGateway, reasonHeadersTooLarge, "upstream "+u.name+": endpoint response headers too large", ri)
 	case errors.As(err, &ce) && u.direction == metrics.Inbound:
 		// The local app is down: this instance is unavailable (503), which callers retry elsewhere.
 		u.fail(w, r, grpc, http.StatusServiceUnavailable, reasonConnect, "upstream "+u.name+": local app unreachable", ri)
@@ -359,7 +361,7 @@ func newObserver(m *metrics.Metrics, direction, name string) *observer {
 		errors:   map[string]interface{ Inc() }{},
 	}
 	for _, r := range []string{reasonNoEndpoint, reasonTimeout, reasonConnect, reasonCanceled, reasonOverflow, reasonDenied,
-		reasonIdle, reasonOther} {
+		reasonIdle, reasonOther, reasonHeadersTooLarge} {
 		o.errors[r] = m.UpstreamErrors.WithLabelValues(direction, name, r)
 	}
 	return o

@@ -25,8 +25,9 @@ type Picker interface {
 // in-flight counts and outcomes survive an endpoint update.
 type endpointState struct {
 	ep       discovery.Endpoint
-	hostport string // ep.Addr as "ip:port", computed once
-	sidecar  bool   // discovery says the endpoint is a meshlet (Meta "peer" is "sidecar")
+	hostport string                     // ep.Addr as "ip:port", computed once
+	sidecar  bool                       // discovery says the endpoint is a meshlet (Meta "peer" is "sidecar")
+	target   atomic.Pointer[dialTarget] // how to reach it under the upstream's current settings (targetOf)
 
 	inFlight atomic.Int64
 	requests atomic.Uint64
@@ -57,6 +58,13 @@ type endpointError struct {
 
 func newEndpointState(ep discovery.Endpoint) *endpointState {
 	return &endpointState{ep: ep, hostport: ep.Addr.String(), sidecar: ep.Meta["peer"] == PeerSidecar}
+}
+
+// sameTarget reports whether a and b (the same endpoint ID) are reached the same way: same address, identity and
+// kind (sidecar or not). Otherwise the endpoint gets a new state: its per-endpoint state and dial target are
+// those of another endpoint.
+func sameTarget(a, b discovery.Endpoint) bool {
+	return a.Addr == b.Addr && a.Identity == b.Identity && (a.Meta["peer"] == PeerSidecar) == (b.Meta["peer"] == PeerSidecar)
 }
 
 // finish records the outcome of one request that was counted in flight. resilience.ErrExcluded (the client went

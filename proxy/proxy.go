@@ -192,7 +192,7 @@ func (p *Proxy) newUpstream(uc UpstreamConfig, direction string) *upstream {
 func inboundUpstreamConfig(cfg Config) UpstreamConfig {
 	uc := UpstreamConfig{Name: cfg.Service.Name, Listen: cfg.Inbound.Listen, Protocol: cfg.Service.Protocol,
 		Endpoints: []string{cfg.Service.Address}, Peer: PeerApp, LB: LBP2C, Timeout: cfg.Inbound.Timeout,
-		ConnectTimeout: DefaultConnectTimeout}
+		ConnectTimeout: DefaultConnectTimeout, MaxResponseHeaderBytes: cfg.Inbound.MaxResponseHeaderBytes}
 	uc.Resilience.Retry.MaxAttempts = 1
 	uc.Resilience.Breaker.Disabled = true
 	uc.Resilience.SetDefaults()
@@ -216,7 +216,7 @@ func (p *Proxy) bind(field, addr, direction, label string, u *upstream, h http.H
 		}
 	}
 	if u != nil && u.protocol == ProtocolTCP {
-		return newTCPProxy(u, ln, direction, label, p.log), nil
+		return newTCPProxy(u, ln, direction, label, p.log, lim.TCPIdleTimeout), nil
 	}
 	if h == nil {
 		h = http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { u.serveHTTP(w, r, p.accessLog) })
@@ -361,8 +361,10 @@ func (p *Proxy) Addrs() map[string]string {
 	return out
 }
 
-// resolveInboundMode applies the default of inbound.tls.mode: mtls when TLS is configured, else disabled.
+// resolveInboundMode applies the default of inbound.tls.mode: mtls when TLS is configured, else disabled; and the
+// same default to every upstream's tls.mode (resolveUpstreamTLS).
 func (p *Proxy) resolveInboundMode(cfg *Config) {
+	resolveUpstreamTLS(cfg, p.tls != nil)
 	if cfg.Inbound.TLS.Mode != "" {
 		return
 	}

@@ -69,8 +69,8 @@ func newRewriteRig(tb testing.TB) *rewriteRig {
 	// request that gave up (a gRPC deadline of a few ns) and hand it to the next one, tagged with the old
 	// generation, and the next request would seem never to reach the endpoint. (A negative idle limit closes
 	// such a connection; DisableKeepAlives would add Connection: close to every request.)
-	u.transport.h1.MaxIdleConnsPerHost = -1
-	u.transport.h1.DialContext = func(ctx context.Context, network, addr string) (net.Conn, error) {
+	u.transport.Load().h1.MaxIdleConnsPerHost = -1
+	u.transport.Load().h1.DialContext = func(ctx context.Context, network, addr string) (net.Conn, error) {
 		client, server := net.Pipe()
 		go rig.serveOne(server, rig.gen.Load())
 		return client, nil

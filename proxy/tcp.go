@@ -3,7 +3,6 @@ package proxy
 import (
 	"context"
 	"errors"
-	"io"
 	"log/slog"
 	"net"
 	"sync"
@@ -20,14 +19,18 @@ type tcpProxy struct {
 	direction string
 	label     string
 	log       *slog.Logger
+	idle      time.Duration // limits.tcp_idle_timeout; 0: DefaultTCPIdleTimeout
 
 	mu    sync.Mutex
 	conns map[net.Conn]struct{}
 	wg    sync.WaitGroup
 }
 
-func newTCPProxy(u *upstream, ln net.Listener, direction, label string, log *slog.Logger) *tcpProxy {
-	return &tcpProxy{u: u, ln: ln, direction: direction, label: label, log: log, conns: map[net.Conn]struct{}{}}
+func newTCPProxy(u *upstream, ln net.Listener, direction, label string, log *slog.Logger, idle time.Duration) *tcpProxy {
+	if idle <= 0 {
+		idle = DefaultTCPIdleTimeout
+	}
+	return &tcpProxy{u: u, ln: ln, direction: direction, label: label, log: log, idle: idle, conns: map[net.Conn]struct{}{}}
 }
 
 // serve accepts connections until the listener is closed. Errors such as running out of file descriptors pause
@@ -99,7 +102,7 @@ func (t *tcpProxy) handle(client net.Conn) {
 		c, err := d.Dial("tcp", st.hostport)
 		if err == nil {
 			ctx, cancel := context.WithTimeout(context.Background(), t.u.cfg.Load().ConnectTimeout)
-			c, err = t.u.secureDial(ctx, c, st.hostport, "")
+			c, err = t.u.secureDial(ctx, c, t.u.targetOf(st, t.u.cfg.Load()), "")
 			cancel()
 		} else {
 			err = &connectError{addr: st.hostport, err: err}
@@ -123,32 +126,22 @@ func (t *tcpProxy) handle(client net.Conn) {
 		return
 	}
 	defer backend.Close()
+	w := newIdleWatch(t.idle, func() {
+		t.log.Debug("tcp connection idle: closed", "upstream", t.u.name, "remote", client.RemoteAddr().String(),
+			"idle_timeout", t.idle.String())
+		client.Close()
+		backend.Close()
+	})
+	defer w.stop()
 	done := make(chan struct{})
 	go func() {
-		n := pipe(backend, client)
+		n := pipe(backend, client, w)
 		t.u.obs.rx.Add(float64(n))
 		close(done)
 	}()
-	n := pipe(client, backend)
+	n := pipe(client, backend, w)
 	t.u.obs.tx.Add(float64(n))
 	<-done
-}
-
-// pipe copies src to dst until src ends, then closes dst's write half so the far end sees the half-close. When
-// the copy fails (a reset, a write error), both connections are closed: the stream is broken both ways.
-func pipe(dst, src net.Conn) int64 {
-	buf := copyBuffers.Get()
-	defer copyBuffers.Put(buf)
-	// The limit's wrapper is looked through, so that a copy between two TCP connections can splice.
-	n, err := io.CopyBuffer(unlimited(dst), unlimited(src), buf)
-	cw, ok := dst.(interface{ CloseWrite() error })
-	if err != nil || !ok {
-		dst.Close()
-		src.Close()
-		return n
-	}
-	cw.CloseWrite()
-	return n
 }
 
 // shutdown stops accepting and waits for open connections to end until ctx ends, then closes them.

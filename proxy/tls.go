@@ -119,6 +119,7 @@ func (p *Proxy) secureInbound(ln net.Listener, mode string) (net.Listener, error
 	}
 	failures := p.m.TLSHandshakeFailures
 	plaintext := p.m.TLSPlaintext
+	plaintextLog := &logLimiter{} // one line a second at most: every connection is in the metric
 	return mtls.NewListener(ln, cfg, mode, mtls.ListenerHooks{
 		Failed: func(reason string, remote net.Addr, err error) {
 			failures.WithLabelValues(metrics.Inbound, reason).Inc()
@@ -126,7 +127,10 @@ func (p *Proxy) secureInbound(ln net.Listener, mode string) (net.Listener, error
 		},
 		Plaintext: func(remote net.Addr) {
 			plaintext.Inc()
-			p.log.Info("plaintext connection accepted (permissive mode)", "remote", remote.String())
+			if suppressed, ok := plaintextLog.allow(); ok {
+				p.log.Info("plaintext connection accepted (permissive mode)", "remote", remote.String(),
+					"suppressed_since_last", suppressed)
+			}
 		},
 	}), nil
 }
@@ -188,59 +192,54 @@ func (u *upstream) authorizeConn(c net.Conn) bool {
 	return false
 }
 
-// clientTLS returns the TLS config for a connection to addr with ALPN alpn, or nil when the connection is
-// plaintext: the endpoint is an app, TLS is not configured, or the upstream turned it off.
-func (u *upstream) clientTLS(addr, alpn string) (*tls.Config, error) {
+// clientTLS returns the TLS config for a connection to target t with ALPN alpn, or nil when the connection is
+// plaintext: t is an app, this meshlet has no TLS, or the upstream turned TLS off (t.tls says which, decided
+// when the endpoint was picked). A target that requires TLS when this meshlet has none is an error: never
+// plaintext.
+func (u *upstream) clientTLS(t *dialTarget, alpn string) (*tls.Config, error) {
+	if !t.tls {
+		return nil, nil
+	}
 	if u.tls == nil {
-		return nil, nil
-	}
-	cfg := u.cfg.Load()
-	if cfg.TLS.Mode == mtls.ModeDisabled {
-		return nil, nil
-	}
-	var st *endpointState
-	for _, s := range u.picker.Load().endpoints {
-		if s.hostport == addr {
-			st = s
-			break
-		}
-	}
-	if st == nil || !(cfg.Peer == PeerSidecar || st.sidecar) {
-		return nil, nil
+		return nil, errNoTLS
 	}
 	want := func(id mtls.ID) error {
-		if st.ep.Identity != "" {
-			if id.String() != st.ep.Identity {
-				return fmt.Errorf("endpoint %s is %s, expected %s", addr, id, st.ep.Identity)
+		if t.identity != "" {
+			if id.String() != t.identity {
+				return fmt.Errorf("endpoint %s is %s, expected %s", t.addr, id, t.identity)
 			}
 			return nil
 		}
-		if id.Service != cfg.Service {
-			return fmt.Errorf("endpoint %s is %s, expected service %s", addr, id, cfg.Service)
+		if id.Service != t.service {
+			return fmt.Errorf("endpoint %s is %s, expected service %s", t.addr, id, t.service)
 		}
 		return nil
 	}
 	return mtls.ClientConfig(u.tls.src, u.tls.minVersion, alpn, want)
 }
 
-// secureDial upgrades a new connection to addr to mutual TLS when clientTLS says so. A failed handshake is a
+// secureDial upgrades a new connection to target t to mutual TLS when clientTLS says so. A failed handshake is a
 // connect failure: the request never reached the app, and is safe to send elsewhere.
-func (u *upstream) secureDial(ctx context.Context, c net.Conn, addr, alpn string) (net.Conn, error) {
+func (u *upstream) secureDial(ctx context.Context, c net.Conn, t *dialTarget, alpn string) (net.Conn, error) {
 	if u.budget != nil {
 		var err error
 		if c, err = u.budget.upstreamConn(c); err != nil {
 			return nil, err
 		}
 	}
-	cfg, err := u.clientTLS(addr, alpn)
-	if err != nil || cfg == nil {
-		return c, err
+	cfg, err := u.clientTLS(t, alpn)
+	if err != nil {
+		c.Close()
+		return nil, err
+	}
+	if cfg == nil {
+		return c, nil
 	}
 	tc := tls.Client(c, cfg)
 	if err := tc.HandshakeContext(ctx); err != nil {
 		c.Close()
 		u.m.TLSHandshakeFailures.WithLabelValues(metrics.Outbound, mtls.Reason(err)).Inc()
-		return nil, &connectError{addr: addr, err: fmt.Errorf("tls handshake: %w", err)}
+		return nil, &connectError{addr: t.addr, err: fmt.Errorf("tls handshake: %w", err)}
 	}
 	return tc, nil
 }

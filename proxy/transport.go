@@ -21,8 +21,9 @@ import (
 // own connection pool per endpoint. The dial timeout is read from the upstream's current settings at dial time.
 // HTTP/2 uses golang.org/x/net/http2, whose errors are exported types (a refused stream can be told from a reset).
 type transports struct {
-	h1  *http.Transport
-	h2c *http2.Transport
+	h1        *http.Transport
+	h2c       *http2.Transport
+	maxHeader int // the response header limit both enforce, in bytes
 }
 
 // Connection-pool settings shared by all upstreams.
@@ -33,21 +34,30 @@ const (
 	h2PingTimeout       = 10 * time.Second // and close it if the PING is not answered in time
 )
 
-// secure, when not nil, turns a fresh connection into a mutual TLS one where the endpoint calls for it (alpn is
-// the protocol the transport speaks).
-func newTransports(connectTimeout func() time.Duration, secure func(ctx context.Context, c net.Conn, addr, alpn string) (net.Conn, error)) *transports {
+// newTransports builds transports whose dial function connects to the target the attempt carries in its context
+// (dialtarget.go) and refuses to dial without one. secure, when not nil, turns a fresh connection into a mutual
+// TLS one where the target calls for it (alpn is the protocol the transport speaks). maxHeader bounds the
+// response headers an endpoint may send, in bytes (0: DefaultMaxResponseHeaderBytes).
+func newTransports(connectTimeout func() time.Duration, secure func(ctx context.Context, c net.Conn, t *dialTarget, alpn string) (net.Conn, error), maxHeader int) *transports {
 	dialer := func(alpn string) func(ctx context.Context, network, addr string) (net.Conn, error) {
 		return func(ctx context.Context, network, addr string) (net.Conn, error) {
-			d := net.Dialer{Timeout: connectTimeout(), KeepAlive: 30 * time.Second}
-			c, err := d.DialContext(ctx, network, addr)
+			t, err := targetFor(ctx, addr)
 			if err != nil {
-				return nil, &connectError{addr: addr, err: err}
+				return nil, err
+			}
+			d := net.Dialer{Timeout: connectTimeout(), KeepAlive: 30 * time.Second}
+			c, err := d.DialContext(ctx, network, t.addr)
+			if err != nil {
+				return nil, &connectError{addr: t.addr, err: err}
 			}
 			if secure != nil {
-				return secure(ctx, c, addr, alpn)
+				return secure(ctx, c, t, alpn)
 			}
 			return c, nil
 		}
+	}
+	if maxHeader <= 0 {
+		maxHeader = DefaultMaxResponseHeaderBytes
 	}
 	dial, dialH2 := dialer("http/1.1"), dialer("h2")
 	h1 := &http.Transport{
@@ -58,26 +68,52 @@ func newTransports(connectTimeout func() time.Duration, secure func(ctx context.
 			}
 			return &watchedConn{Conn: c}, nil
 		},
-		MaxIdleConns:        0, // no global cap; the per-host cap bounds each endpoint
-		MaxIdleConnsPerHost: maxIdleConnsPerHost,
-		IdleConnTimeout:     idleConnTimeout,
-		DisableCompression:  true, // pass Accept-Encoding and bodies through untouched
-		ForceAttemptHTTP2:   false,
+		MaxIdleConns:           0, // no global cap; the per-host cap bounds each endpoint
+		MaxIdleConnsPerHost:    maxIdleConnsPerHost,
+		IdleConnTimeout:        idleConnTimeout,
+		DisableCompression:     true, // pass Accept-Encoding and bodies through untouched
+		ForceAttemptHTTP2:      false,
+		MaxResponseHeaderBytes: int64(maxHeader),
 	}
 	h1.Protocols = new(http.Protocols)
 	h1.Protocols.SetHTTP1(true)
 	h2 := &http2.Transport{
 		AllowHTTP: true,
 		DialTLSContext: func(ctx context.Context, network, addr string, _ *tls.Config) (net.Conn, error) {
-			return dialH2(ctx, network, addr)
+			c, err := dialH2(ctx, network, addr)
+			if err != nil {
+				return nil, err
+			}
+			return guardH2(c, maxHeader), nil
 		},
 		DisableCompression: true,
 		IdleConnTimeout:    idleConnTimeout,
 		ReadIdleTimeout:    h2PingInterval,
 		PingTimeout:        h2PingTimeout,
 		MaxReadFrameSize:   maxReadFrameSize,
+		MaxHeaderListSize:  uint32(maxHeader),
 	}
-	return &transports{h1: h1, h2c: h2}
+	return &transports{h1: h1, h2c: h2, maxHeader: maxHeader}
+}
+
+// newTransports builds the upstream's transports for its settings cfg.
+func (u *upstream) newTransports(cfg *UpstreamConfig) *transports {
+	tr := newTransports(func() time.Duration { return u.cfg.Load().ConnectTimeout }, u.secureDial, cfg.MaxResponseHeaderBytes)
+	if mc := cfg.Resilience.Limits.MaxConnections; mc > 0 {
+		tr.h1.MaxConnsPerHost = mc
+	}
+	return tr
+}
+
+// reloadTransports replaces the upstream's transports when a reload changed what they are built with (the
+// response header limit): new attempts use new connections; the old pools' idle connections are closed, and
+// those still in use close when idle (idleConnTimeout).
+func (u *upstream) reloadTransports(old, cfg *UpstreamConfig) {
+	if old.MaxResponseHeaderBytes == cfg.MaxResponseHeaderBytes {
+		return
+	}
+	prev := u.transport.Swap(u.newTransports(cfg))
+	prev.closeIdle()
 }
 
 // closeIdle closes idle pooled connections of both transports.

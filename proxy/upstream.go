@@ -35,7 +35,7 @@ type upstream struct {
 
 	cfg       atomic.Pointer[UpstreamConfig] // swapped on reload
 	picker    atomic.Pointer[picker]
-	transport *transports
+	transport atomic.Pointer[transports] // replaced when a reload changes what the transports are built with
 	rp        *httputil.ReverseProxy
 	retry     *resilience.RetryTransport // the reverse proxy's transport: retries attempts through u
 	res       atomic.Pointer[resState]
@@ -66,10 +66,7 @@ func newUpstream(cfg UpstreamConfig, direction string, m *metrics.Metrics, log *
 	u.refused.log = log
 	u.cfg.Store(&cfg)
 	u.picker.Store(newPicker(cfg.LB, nil))
-	u.transport = newTransports(func() time.Duration { return u.cfg.Load().ConnectTimeout }, u.secureDial)
-	if mc := cfg.Resilience.Limits.MaxConnections; mc > 0 {
-		u.transport.h1.MaxConnsPerHost = mc
-	}
+	u.transport.Store(u.newTransports(&cfg))
 	u.initResilience(cfg.Resilience)
 	// FlushInterval stays 0: the reverse proxy flushes every write of a response of unknown length (gRPC,
 	// streams, chunked) at once by itself, and buffers only responses whose length is known.
@@ -107,7 +104,7 @@ func (u *upstream) setEndpoints(snap discovery.Snapshot) {
 			continue
 		}
 		st, ok := u.states[ep.ID]
-		if !ok || st.ep.Addr != ep.Addr {
+		if !ok || !sameTarget(st.ep, ep) {
 			st = newEndpointState(ep)
 			u.addBreaker(st)
 		}
@@ -134,6 +131,7 @@ func (u *upstream) setEndpoints(snap discovery.Snapshot) {
 func (u *upstream) setConfig(cfg UpstreamConfig) {
 	old := u.cfg.Swap(&cfg)
 	u.setResilience(cfg.Resilience)
+	u.reloadTransports(old, &cfg)
 	if old.LB != cfg.LB {
 		u.mu.Lock()
 		list := append([]*endpointState(nil), u.picker.Load().endpoints...)
@@ -180,18 +178,20 @@ func (u *upstream) RoundTrip(req *http.Request) (*http.Response, error) {
 		}
 		st.finish(outcome)
 	}
-	out := *req
-	url := *req.URL
-	url.Host = st.hostport
-	out.URL = &url
-	base := u.base(req.Header, st)
-	if ri != nil && ri.abortBody != nil && base == http.RoundTripper(u.transport.h2c) && out.Body != nil {
+	// The attempt carries its target to the dial function (never looked up again there) and names it in the
+	// URL, so that pooled connections serve only this target (dialtarget.go).
+	cfg := u.cfg.Load()
+	tgt := u.targetOf(st, cfg)
+	out := withTarget(req, tgt)
+	tr := u.transport.Load()
+	base := tr.base(req.Header, tgt, cfg)
+	if ri != nil && ri.abortBody != nil && base == http.RoundTripper(tr.h2c) && out.Body != nil {
 		// An HTTP/2 stream that fails while its body writer waits for the client makes the HTTP/2 transport close
 		// the body and wait for the writer; the reverse proxy's body does not pass Close on: end that Read.
 		out.Body = &abortableBody{ReadCloser: out.Body, abort: ri.abortBody}
 	}
-	send := &out
-	if ri != nil && ri.abortBody != nil && base == http.RoundTripper(u.transport.h1) && out.Body != nil {
+	send := out
+	if ri != nil && ri.abortBody != nil && base == http.RoundTripper(tr.h1) && out.Body != nil {
 		// Until the response headers come, a broken connection ends a Read blocked on the client (watchedConn).
 		var held atomic.Pointer[watchedConn]
 		abort := &ri.abortBody
@@ -211,6 +211,7 @@ func (u *upstream) RoundTrip(req *http.Request) (*http.Response, error) {
 	}
 	resp, err := base.RoundTrip(send)
 	if err != nil {
+		err = classifyHeaderOverflow(err, cfg)
 		outcome := resilience.Outcome(nil, err)
 		if clientCtx != nil && clientCtx.Err() != nil {
 			outcome = resilience.ErrExcluded
@@ -226,7 +227,7 @@ func (u *upstream) RoundTrip(req *http.Request) (*http.Response, error) {
 		return resp, nil
 	}
 	db := &doneBody{ReadCloser: resp.Body, resp: resp, clientCtx: clientCtx, end: end}
-	if ri != nil && ri.body != nil && req.ProtoMajor == 2 && base == http.RoundTripper(u.transport.h2c) {
+	if ri != nil && ri.body != nil && req.ProtoMajor == 2 && base == http.RoundTripper(tr.h2c) {
 		// The reverse proxy hands the transport a body whose Close does nothing; close the client's own.
 		db.reqBody = ri.body
 	}
@@ -305,25 +306,24 @@ func keepTrailersOnly(resp *http.Response) {
 	}
 }
 
-// base returns the transport for a request with header h to endpoint st. An endpoint that discovery says is a
-// sidecar (Meta peer=sidecar) is spoken to as one whatever the upstream's peer setting.
-func (u *upstream) base(h http.Header, st *endpointState) http.RoundTripper {
-	cfg := u.cfg.Load()
-	if cfg.Peer == PeerSidecar || st.sidecar {
+// base returns the transport for a request with header h to target t: sidecars (peer: sidecar, or an endpoint
+// discovery says is one) are spoken to over HTTP/2, apps in the upstream's protocol.
+func (tr *transports) base(h http.Header, t *dialTarget, cfg *UpstreamConfig) http.RoundTripper {
+	if t.sidecar {
 		if isUpgrade(h) {
-			return u.transport.h1 // HTTP/2 has no Upgrade: tunnel it over HTTP/1.1 between sidecars
+			return tr.h1 // HTTP/2 has no Upgrade: tunnel it over HTTP/1.1 between sidecars
 		}
-		return u.transport.h2c
+		return tr.h2c
 	}
 	if cfg.Protocol == ProtocolHTTP {
-		return u.transport.h1
+		return tr.h1
 	}
-	return u.transport.h2c
+	return tr.h2c
 }
 
 // close releases pooled connections.
 func (u *upstream) close() {
-	u.transport.closeIdle()
+	u.transport.Load().closeIdle()
 }
 
 // EndpointInfo is one endpoint in the /debug/upstreams view.
