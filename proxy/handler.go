@@ -139,15 +139,8 @@ func (u *upstream) serveHTTP(w http.ResponseWriter, r *http.Request, alog *slog.
 		ctx, cancel = context.WithTimeout(ctx, timeout)
 		defer cancel()
 	}
-	if u.streamIdle > 0 {
-		ri.idle, ctx = newStreamIdle(ctx, u.streamIdle)
-		defer ri.idle.stop()
-		rw.idle = ri.idle
-	}
-	out := in.WithContext(ctx)
 	if r.Body != nil && r.Body != http.NoBody {
-		body = &countingBody{ReadCloser: r.Body, idle: ri.idle}
-		out.Body = body
+		body = &countingBody{ReadCloser: r.Body}
 		ri.body = body
 		if r.ProtoMajor == 1 {
 			// Let the app stream its request body while the response streams back (bidirectional streams).
@@ -157,10 +150,20 @@ func (u *upstream) serveHTTP(w http.ResponseWriter, r *http.Request, alog *slog.
 			// read deadline would cancel the request: a Read stalled on an HTTP/1.1 client ends with its data, or
 			// with the listener's read_body_timeout.)
 			ri.abortBody = func() { body.Close() }
-			if ri.idle != nil {
-				ri.idle.onIdle = ri.abortBody // a transport waiting for the client's body returns
-			}
 		}
+	}
+	if u.streamIdle > 0 {
+		// When idle, a transport waiting for the client's HTTP/2 body must return too (abortBody).
+		ri.idle, ctx = newStreamIdle(ctx, u.streamIdle, ri.abortBody)
+		defer ri.idle.stop()
+		rw.idle = ri.idle
+		if body != nil {
+			body.idle = ri.idle
+		}
+	}
+	out := in.WithContext(ctx)
+	if body != nil {
+		out.Body = body
 	}
 	u.rp.ServeHTTP(rw, out)
 }

@@ -23,10 +23,10 @@ type streamIdle struct {
 }
 
 // newStreamIdle starts the idle timer of a request; the returned context ends with cause errStreamIdle when it
-// fires. Call stop when the request ends.
-func newStreamIdle(ctx context.Context, d time.Duration) (*streamIdle, context.Context) {
+// fires, and then onIdle (nil: nothing) runs. Call stop when the request ends.
+func newStreamIdle(ctx context.Context, d time.Duration, onIdle func()) (*streamIdle, context.Context) {
 	ctx, cancel := context.WithCancelCause(ctx)
-	s := &streamIdle{d: d, cancel: cancel}
+	s := &streamIdle{d: d, cancel: cancel, onIdle: onIdle}
 	s.touch()
 	s.timer = time.AfterFunc(d, s.expire)
 	return s, ctx
