@@ -4,7 +4,7 @@ VERSION ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo dev)
 LDFLAGS := -s -w -X main.version=$(VERSION)
 BENCH_FLAGS ?=
 
-.PHONY: all build test vet fuzz demo bench soak clean help consul
+.PHONY: all build test vet fuzz demo bench heads soak clean help consul
 
 all: build
 
@@ -15,6 +15,7 @@ help:
 	@echo "make demo    run a local demo mesh on loopback (two services, two sidecars); DISCOVERY=consul: found through a Consul dev agent"
 	@echo "make consul  build a real Consul agent (tools/consul, MPL-2.0) once, cached, into bin/consul"
 	@echo "make bench   measure direct vs one vs two meshlets (HTTP/1.1, h2c, gRPC); BENCH_FLAGS=-quick for a short run"
+	@echo "make heads   hold HEADS (10000) connections with 60 KiB of an unfinished request head each; report meshlet's RSS"
 	@echo "make soak    SOAK_DURATION (default 10m) of mixed HTTP/gRPC traffic through two sidecars while endpoints churn, certificates rotate and the config reloads; fails on any error or unbounded memory growth"
 
 build:
@@ -31,7 +32,8 @@ test: vet consul
 # testdata/fuzz) also run as plain tests under `make test`. CI runs `make fuzz FUZZTIME=5s`.
 FUZZTIME ?= 10s
 FUZZ_TARGETS = ./cmd/meshlet:FuzzConfig ./proxy:FuzzRouteLookup ./proxy:FuzzGRPCTimeout ./proxy:FuzzGRPCMessage \
-	./resilience:FuzzGRPCTimeoutRoundTrip ./resilience:FuzzRetryCondition ./mtls:FuzzParseID ./proxy:FuzzHeaderRewrite ./proxy:FuzzH1Guard
+	./resilience:FuzzGRPCTimeoutRoundTrip ./resilience:FuzzRetryCondition ./mtls:FuzzParseID ./proxy:FuzzHeaderRewrite ./proxy:FuzzH1Guard \
+	./proxy:FuzzH1GuardAgreement ./proxy:FuzzNormalizePath
 fuzz:
 	@set -e; for t in $(FUZZ_TARGETS); do \
 		pkg=$${t%%:*}; name=$${t##*:}; \
@@ -65,6 +67,11 @@ consul:
 
 bench: build
 	$(GO) run ./cmd/meshlet-bench -meshlet bin/meshlet $(BENCH_FLAGS)
+
+# heads: what request heads that never end cost (10,000 connections with 60 KiB each; max_pending_header_bytes).
+HEADS ?= 10000
+heads: build
+	$(GO) run ./cmd/meshlet-bench -meshlet bin/meshlet -heads $(HEADS)
 
 # soak: steady mixed HTTP/1.1 and gRPC traffic through meshlet A and three instances behind their own meshlets, over
 # mTLS, while instances churn (A's config rewritten + SIGHUP), certificates rotate (meshlet certs issue) and memory is

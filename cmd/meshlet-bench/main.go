@@ -46,6 +46,7 @@ type options struct {
 	jsonFile    string // write results here when set
 	keep        bool   // keep the work directory (configs, meshlet logs)
 	quick       bool
+	heads       int // run the heads scenario with this many connections instead (heads.go)
 }
 
 func main() {
@@ -66,6 +67,9 @@ func run(args []string, stdout, stderr io.Writer) int {
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
 
+	if opts.heads > 0 {
+		return runHeads(ctx, opts.meshlet, opts.heads, stdout, stderr)
+	}
 	b := &bench{opts: opts, log: stderr}
 	rep := b.run(ctx)
 	writeTable(stdout, rep)
@@ -98,6 +102,7 @@ func parseFlags(args []string, stderr io.Writer) (options, error) {
 	fs.StringVar(&paths, "paths", "direct,one,two,two-mtls", "comma-separated paths: direct, one (1 meshlet), two (2 meshlets), two-mtls (2 meshlets, mutual TLS between them)")
 	fs.StringVar(&o.jsonFile, "json", "", "write the results as JSON to this file")
 	fs.BoolVar(&o.keep, "keep", false, "keep the work directory with meshlet configs and logs")
+	fs.IntVar(&o.heads, "heads", 0, "instead of the paths: hold this many connections, each with 60 KiB of a request head that never ends, and report meshlet's RSS (needs -meshlet)")
 	fs.BoolVar(&o.quick, "quick", false, "short run: 2s phases, 200ms warm-up (explicit -duration/-warmup win)")
 	if err := fs.Parse(args); err != nil {
 		return o, err
@@ -146,6 +151,9 @@ func (o options) validate() error {
 	}
 	if o.timeout <= 0 {
 		errs = append(errs, fmt.Errorf("-timeout: must be > 0, got %s", o.timeout))
+	}
+	if o.heads < 0 || o.heads > 100000 || o.heads > 0 && o.meshlet == "" {
+		errs = append(errs, fmt.Errorf("-heads: must be in 0..100000 and needs -meshlet, got %d", o.heads))
 	}
 	if o.meshlet != "" {
 		if st, err := os.Stat(o.meshlet); err != nil {
