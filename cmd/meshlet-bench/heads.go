@@ -29,7 +29,7 @@ const headBytes = 60 << 10
 // headsResult is what the scenario measured.
 type headsResult struct {
 	conns, held, refused, closed, failed int
-	base, peak, hwm, after               int64 // KiB
+	base, peak, hwm, after               int64   // KiB
 	heapPeak, heapAfter                  float64 // Go heap in use, bytes
 	budgetRefusals                       float64
 }
