@@ -3,7 +3,6 @@ package proxy
 import (
 	"errors"
 	"net/http"
-	"time"
 
 	"meshlet.dev/meshlet/mtls"
 )
@@ -56,15 +55,10 @@ func (t *tlsState) local(id mtls.ID) (mtls.ID, bool) {
 	return b.ID, true
 }
 
-// deniedLog logs one refused caller, at most one line per second per upstream (shared with the refused-request
-// lines); the suppressed lines are counted in the next one, and every refusal is in meshlet_authz_denied_total.
+// denied logs one refused caller, rate limited with the refused-request lines of the same log.
 func (l *refusedLog) denied(direction, listener, remote, source, why string) {
-	now := time.Now().Unix()
-	last := l.last.Load()
-	if l.log == nil || last == now || !l.last.CompareAndSwap(last, now) {
-		l.suppressed.Add(1)
-		return
+	if suppressed, ok := l.allow(); ok && l.log != nil {
+		l.log.Info("caller denied", "direction", direction, "listener", listener, "remote", remote,
+			"source", source, "why", why, "suppressed_since_last", suppressed)
 	}
-	l.log.Info("caller denied", "direction", direction, "listener", listener, "remote", remote,
-		"source", source, "why", why, "suppressed_since_last", l.suppressed.Swap(0))
 }

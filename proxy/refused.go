@@ -54,23 +54,19 @@ func (e *clientFault) NotEndpointFault() bool { return true }
 var errMalformedBody error = &clientFault{reason: malformedChunk, status: http.StatusBadRequest, code: codes.Internal,
 	msg: "meshlet: malformed chunked request body"}
 
-// refusedLog logs refused requests, at most one line per second: a client that sends nothing but bad requests
-// must not flood the log. The lines in between are counted, and every one is in meshlet_refused_requests_total.
+// refusedLog logs refused requests and denied callers, at most one line per second (logLimiter): a client that
+// sends nothing but bad requests must not flood the log. The lines in between are counted, and every refusal is in
+// meshlet_refused_requests_total or meshlet_authz_denied_total.
 type refusedLog struct {
-	log        *slog.Logger
-	last       atomic.Int64 // unix second of the last line
-	suppressed atomic.Int64
+	log *slog.Logger // nil: nothing is logged
+	logLimiter
 }
 
 func (l *refusedLog) refused(direction, listener, remote, reason string, status int) {
-	now := time.Now().Unix()
-	last := l.last.Load()
-	if last == now || !l.last.CompareAndSwap(last, now) {
-		l.suppressed.Add(1)
-		return
+	if suppressed, ok := l.allow(); ok && l.log != nil {
+		l.log.Info("request refused", "direction", direction, "listener", listener, "remote", remote,
+			"reason", reason, "status", status, "suppressed_since_last", suppressed)
 	}
-	l.log.Info("request refused", "direction", direction, "listener", listener, "remote", remote,
-		"reason", reason, "status", status, "suppressed_since_last", l.suppressed.Swap(0))
 }
 
 // countRefused counts and logs a refused request.
