@@ -902,6 +902,9 @@ func TestMTLSCheck(t *testing.T) {
 		{"bad allow entries", base + "inbound: {listen: 127.0.0.1:21001, tls: {allow: [web, Web_1, \"\"]}}\n" +
 			tlsSection, []string{`inbound.tls.allow[1]: "Web_1" must be a service name or a spiffe:// ID`,
 			`inbound.tls.allow[2]: "" must be`}},
+		{"upstream mtls without tls section", base + "upstreams:\n  - {name: db, listen: 127.0.0.1:9001, " +
+			"endpoints: [127.0.0.1:5432], peer: sidecar, tls: {mode: mtls}}\n",
+			[]string{"upstreams[0].tls.mode: mtls needs the tls section"}},
 		{"allow without tls section", base + "inbound: {listen: 127.0.0.1:21001, tls: {allow: [web]}}\n",
 			[]string{"inbound.tls.allow: needs the tls section"}},
 		{"allow with a malformed SPIFFE ID", base + "inbound: {listen: 127.0.0.1:21001, tls: {allow: " +

@@ -25,6 +25,12 @@ func (c *fileConfig) validateTLS() []error {
 	if len(c.Inbound.TLS.Allow) > 0 && !c.TLS.Configured() {
 		errs = append(errs, errors.New("inbound.tls.allow: needs the tls section (callers are known by their certificates)"))
 	}
+	for i, u := range c.Upstreams {
+		if u.TLS.Mode == mtls.ModeMTLS && !c.TLS.Configured() {
+			// At run time such an upstream refuses every call (never plaintext); say so before.
+			errs = append(errs, fmt.Errorf("upstreams[%d].tls.mode: mtls needs the tls section (cert_file, key_file, ca_file)", i))
+		}
+	}
 	if c.TLS.Source == mtls.SourceConsul && c.Discovery.Consul == nil {
 		errs = append(errs, errors.New("tls.source: consul needs discovery.consul"))
 	}
