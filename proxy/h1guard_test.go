@@ -16,6 +16,8 @@ type chunkConn struct {
 	k    int
 }
 
+func (c *chunkConn) Close() error { return nil }
+
 func (c *chunkConn) Read(p []byte) (int, error) {
 	if len(c.data) == 0 {
 		return 0, io.EOF
@@ -190,4 +192,66 @@ func FuzzH1Guard(f *testing.F) {
 			}
 		}
 	})
+}
+
+// TestGuardHeadMemory: a head's buffer grows to max_header_bytes plus one read at most (it doubled past it before),
+// and the heads of all connections together stay within their budget: a head that would pass it is refused with
+// 503 (header_budget), and closing the connections gives every byte back.
+func TestGuardHeadMemory(t *testing.T) {
+	const maxHead = 64 << 10
+	long := "GET / HTTP/1.1\r\nHost: a\r\n" + strings.Repeat("X-Pad: "+strings.Repeat("p", 1000)+"\r\n", 60)
+	t.Run("one head", func(t *testing.T) {
+		g := &guardConn{Conn: &chunkConn{data: []byte(long), k: 4096}, maxHead: maxHead}
+		p := make([]byte, 4096)
+		for {
+			if _, err := g.Read(p); err != nil {
+				break
+			}
+		}
+		if g.in == nil || cap(*g.in) > maxHead+guardReadChunk {
+			t.Fatalf("buffer of an unfinished %d-byte head: %v, want at most %d", len(long), g.in, maxHead+guardReadChunk)
+		}
+	})
+	t.Run("budget", func(t *testing.T) {
+		b := newHeadBudget(4 * (maxHead + guardReadChunk))
+		var conns []*guardConn
+		refused := 0
+		for range 10 {
+			g := &guardConn{Conn: &chunkConn{data: []byte(long), k: 4096}, maxHead: maxHead, budget: b}
+			conns = append(conns, g)
+			out, err := readAll(g)
+			if g.rejected != nil {
+				if g.rejected.reason != refusedHeadBudget || g.rejected.status != 503 ||
+					!strings.HasSuffix(string(out), rejectedLine+"\r\nHost: meshlet\r\nConnection: close\r\n\r\n") {
+					t.Fatalf("refusal %+v, out %q, err %v", g.rejected, out, err)
+				}
+				refused++
+			}
+			if used := b.used.Load(); used > b.limit {
+				t.Fatalf("budget used %d, limit %d", used, b.limit)
+			}
+		}
+		if refused < 5 || refused == 10 {
+			t.Fatalf("%d of 10 heads refused, want those the budget cannot hold (about 6)", refused)
+		}
+		for _, g := range conns {
+			g.Close()
+		}
+		if used := b.used.Load(); used != 0 {
+			t.Fatalf("after closing every connection the budget still holds %d bytes", used)
+		}
+	})
+}
+
+// readAll reads g until its first error.
+func readAll(g *guardConn) ([]byte, error) {
+	var out []byte
+	p := make([]byte, 4096)
+	for {
+		n, err := g.Read(p)
+		out = append(out, p[:n]...)
+		if err != nil {
+			return out, err
+		}
+	}
 }
