@@ -26,9 +26,11 @@ import (
 // meshlet_refused_requests_total by reason), and then the connection ends.
 //
 // Three more rules keep net/http and the guard in step (h1handoff.go): the handler admits a request only if its
-// request line is the one the guard checked next; a request whose body ended in an error, or was not read to its
-// end, closes its connection; and a connection leaves checking only for the HTTP/2 connection preface at its very
-// start, or once the handler took it over for a protocol switch (101).
+// request line is the one the guard checked next; a request whose body ended in an error closes its connection
+// (in full-duplex mode net/http would read on); and a connection leaves checking only for the HTTP/2 connection
+// preface at its very start, or once the handler took it over for a protocol switch (101). A body the handler did
+// not read to its end is left to net/http, which reads up to 256 KiB of it through the guard (by the same framing)
+// before it reuses the connection, and else closes it after a lingering close.
 //
 // Mutual TLS connections that speak HTTP/1.1 are guarded too; HTTP/2 ones (ALPN h2) are not, as net/http needs the
 // *tls.Conn itself for them, and HTTP/2 framing leaves no such ambiguity.
@@ -71,8 +73,8 @@ var rejectedPath = func() string {
 // rejectedLine is the request line of the synthetic request.
 var rejectedLine = "GET " + rejectedPath + " HTTP/1.1"
 
-// errGuardClosed ends the reads of a connection whose request body ended in an error or unread: the next
-// request would start where net/http stopped, which the guard cannot vouch for.
+// errGuardClosed ends the reads of a connection whose request body ended in an error: the next request would
+// start where net/http stopped, which the guard cannot vouch for.
 var errGuardClosed = errors.New("meshlet: connection closed after a request body that did not end cleanly")
 
 var guardBufs = sync.Pool{New: func() any { b := make([]byte, 0, guardReadChunk); return &b }}
@@ -118,7 +120,7 @@ type guardConn struct {
 	lines  [4]atomic.Uint64 // hash of the request line of head n at n%4
 	served atomic.Uint64    // requests admitted by the handler
 	inBody atomic.Bool      // net/http is being handed a request body
-	dead   atomic.Bool      // reads fail: a body ended in an error or unread, or a switch went wrong
+	dead   atomic.Bool      // reads fail: a body ended in an error, or a switch went wrong
 
 	state   guardState
 	in      *[]byte // bytes read and not yet handed on (pooled); nil when empty

@@ -84,14 +84,6 @@ func (g *guardConn) brokenBody() bool {
 // stopped.
 func (g *guardConn) bodyFailed() { g.dead.Store(true) }
 
-// endRequest tells the guard that the handler of a request returned. A body still coming closes the connection:
-// net/http would read it on for the next request, in full-duplex mode without checking how it ended.
-func (g *guardConn) endRequest() {
-	if g.inBody.Load() {
-		g.dead.Store(true)
-	}
-}
-
 // switched tells the guard that the handler took the connection over for a protocol switch (a 101 answer): the
 // bytes that follow are no longer HTTP/1.1 and pass unchecked. A connection with a request body still coming, or
 // one the guard already refused, is closed instead. Called after net/http's Hijack, when no Read is under way.

@@ -94,7 +94,6 @@ func (p *Proxy) guarded(direction, listener string, lim ListenerLimits, h http.H
 				refuseMalformed(w, rej.reason, rej.status)
 				return
 			}
-			defer g.endRequest()
 		}
 		if r.ProtoMajor == 1 && isH2CUpgrade(r.Header) {
 			r = withoutH2CUpgrade(r)
