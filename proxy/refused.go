@@ -120,7 +120,10 @@ func (p *Proxy) guarded(direction, listener string, lim ListenerLimits, h http.H
 			// Every body but an HTTP/2 gRPC call's (stream_idle_timeout bounds those) has read_body_timeout: an
 			// upgrade request's body too, as the protocol has not switched while it is read.
 			if lim.ReadBodyTimeout > 0 && (r.ProtoMajor == 1 || !grpc) {
-				stalled = &stallBody{ReadCloser: r.Body, rc: *http.NewResponseController(w), d: lim.ReadBodyTimeout, g: g}
+				stalled = &stallBody{ReadCloser: r.Body, rc: *http.NewResponseController(w), d: lim.ReadBodyTimeout}
+				if r.ProtoMajor == 1 {
+					stalled.g = g // (an HTTP/2 connection's guard passes it whole: one stream's body is not its end)
+				}
 				r = withBody(r, stalled)
 			}
 		}
@@ -237,7 +240,8 @@ func (b *stallBody) Read(p []byte) (int, error) {
 	deadline := time.Now().Add(b.d)
 	b.setDeadline(deadline)
 	n, err := b.ReadCloser.Read(p)
-	if err != nil && err != io.EOF && b.g != nil {
+	if err != nil && err != io.EOF && !errors.Is(err, http.ErrBodyReadAfterClose) && b.g != nil {
+		// (A read after Close is the transport's, which stopped sending the body: net/http reads the rest.)
 		b.g.bodyFailed()
 	}
 	switch {

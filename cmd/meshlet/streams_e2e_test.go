@@ -7,6 +7,7 @@ package main_test
 
 import (
 	"bufio"
+	"bytes"
 	"context"
 	"fmt"
 	"io"
@@ -15,6 +16,7 @@ import (
 	"os/exec"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -276,4 +278,63 @@ func TestStreamIdleTimeout(t *testing.T) {
 			t.Errorf("silent app: %d %q, want 408 stream_idle_timeout", resp.StatusCode, resp.Header.Get("X-Meshlet-Error"))
 		}
 	})
+}
+
+// TestH2CStreamErrorsKeepTheConnection: on an h2c connection through the guarded listeners, a stream whose body
+// ends in an error (the client resets it part-way) or that the app answers before reading its body ends that
+// stream only: the connection and its other streams go on (the guard lets HTTP/2 through whole; a body error of
+// one stream once closed the whole connection).
+func TestH2CStreamErrorsKeepTheConnection(t *testing.T) {
+	app := startBackend(t, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.URL.Path == "/early" {
+			w.WriteHeader(http.StatusExpectationFailed) // answers without reading the body
+			return
+		}
+		n, _ := io.Copy(io.Discard, r.Body)
+		fmt.Fprintf(w, "read %d", n)
+	}), true, nil)
+	tg := startStreamsTarget(t, hostOf(app), "http2")
+	for _, ln := range []string{"inbound", "outbound"} {
+		t.Run(ln, func(t *testing.T) {
+			var dials atomic.Int64
+			c := h2cClient(&dials)
+			base := "http://" + tg.listeners[ln]
+			for i := range 3 {
+				// A body cut by the client: the stream is reset while its body is under way.
+				ctx, cancel := context.WithCancel(context.Background())
+				pr, pw := io.Pipe()
+				req, _ := http.NewRequestWithContext(ctx, "POST", base+"/cut", pr)
+				done := make(chan struct{})
+				go func() {
+					defer close(done)
+					if resp, err := c.Do(req); err == nil {
+						resp.Body.Close()
+					}
+				}()
+				pw.Write(bytes.Repeat([]byte("x"), 1000))
+				cancel()
+				pw.Close()
+				<-done
+				// An early answer to a body still coming.
+				req, _ = http.NewRequest("POST", base+"/early", bytes.NewReader(bytes.Repeat([]byte("y"), 256<<10)))
+				if resp, err := c.Do(req); err != nil || resp.StatusCode != http.StatusExpectationFailed {
+					t.Fatalf("round %d: early answer: %v %v", i, resp, err)
+				} else {
+					resp.Body.Close()
+				}
+				resp, err := c.Post(base+"/whole", "text/plain", strings.NewReader("hello"))
+				if err != nil {
+					t.Fatalf("round %d: a request after the broken streams: %v", i, err)
+				}
+				b, _ := io.ReadAll(resp.Body)
+				resp.Body.Close()
+				if string(b) != "read 5" {
+					t.Fatalf("round %d: %q", i, b)
+				}
+			}
+			if n := dials.Load(); n != 1 {
+				t.Errorf("%d connections for all the streams, want 1: a stream's error closed the connection", n)
+			}
+		})
+	}
 }
