@@ -179,15 +179,23 @@ func (g *guardConn) CloseWrite() error {
 	return nil
 }
 
-// Close gives back the buffer's share of the budget.
+// Close gives back the buffer's share of the budget. A connection that ends in doubt (a refused head, a broken
+// body, a body that ended in an error, a switch gone wrong) may have the client still sending: it ends with a
+// lingering close, so that the client reads its answer rather than a reset that discards it.
 func (g *guardConn) Close() error {
-	err := g.Conn.Close()
 	g.mu.Lock()
+	first, doubt := !g.closed, g.rejected != nil || g.broken || g.dead.Load()
 	g.closed = true
 	g.budget.give(g.held)
 	g.held = 0
 	g.mu.Unlock()
-	return err
+	if first && doubt {
+		if cw, ok := g.Conn.(interface{ CloseWrite() error }); ok && cw.CloseWrite() == nil {
+			go lingerClose(g.Conn)
+			return nil
+		}
+	}
+	return g.Conn.Close()
 }
 
 func (g *guardConn) buffered() bool { return g.in != nil && len(*g.in) > 0 }
@@ -652,4 +660,19 @@ func (b *headBudget) give(n int) {
 	if b != nil && n != 0 {
 		b.used.Add(-int64(n))
 	}
+}
+
+// The bounds of a lingering close (RFC 9112 section 9.6; nginx's lingering_close): how long, and how many bytes,
+// a connection meshlet closes in doubt still reads and drops after its half-close.
+const (
+	lingerTime  = time.Second
+	lingerBytes = 1 << 20
+)
+
+// lingerClose reads and drops what the client still sends, after the half-close of c, until the client closes
+// its side or a bound of lingerTime and lingerBytes is reached, and then closes c (a second Close ends it early).
+func lingerClose(c net.Conn) {
+	_ = c.SetReadDeadline(time.Now().Add(lingerTime))
+	_, _ = io.CopyN(io.Discard, c, lingerBytes)
+	_ = c.Close()
 }
