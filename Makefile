@@ -31,8 +31,8 @@ test: vet consul
 # fuzz runs each fuzz target (package:FuzzName) for FUZZTIME, one after another; the seed corpora (f.Add and
 # testdata/fuzz) also run as plain tests under `make test`. CI runs `make fuzz FUZZTIME=5s`.
 FUZZTIME ?= 10s
-FUZZ_TARGETS = ./cmd/meshlet:FuzzConfig ./proxy:FuzzRouteLookup ./proxy:FuzzGRPCTimeout ./proxy:FuzzGRPCMessage \
-	./resilience:FuzzGRPCTimeoutRoundTrip ./resilience:FuzzRetryCondition ./mtls:FuzzParseID ./proxy:FuzzHeaderRewrite ./proxy:FuzzH1Guard \
+FUZZ_TARGETS = ./cmd/meshlet:FuzzConfig ./proxy:FuzzRouteLookup ./grpcwire:FuzzParseTimeout ./grpcwire:FuzzEncodeMessage \
+	./grpcwire:FuzzTimeoutRoundTrip ./resilience:FuzzRetryCondition ./mtls:FuzzParseID ./proxy:FuzzHeaderRewrite ./proxy:FuzzH1Guard \
 	./proxy:FuzzH1GuardAgreement ./proxy:FuzzNormalizePath
 fuzz:
 	@set -e; for t in $(FUZZ_TARGETS); do \

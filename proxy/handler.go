@@ -12,6 +12,7 @@ import (
 
 	"google.golang.org/grpc/codes"
 
+	"meshlet.dev/meshlet/grpcwire"
 	"meshlet.dev/meshlet/metrics"
 	"meshlet.dev/meshlet/resilience"
 )
@@ -54,7 +55,7 @@ func requestInfoFrom(ctx context.Context) *requestInfo {
 // and leaves the inbound request untouched (the reverse proxy works on a copy).
 func (u *upstream) serveHTTP(w http.ResponseWriter, r *http.Request, alog *slog.Logger) {
 	start := time.Now()
-	grpc := isGRPC(r)
+	grpc := grpcwire.IsGRPC(r.Header)
 	rw := &responseWriter{ResponseWriter: w}
 	ri := &requestInfo{clientCtx: r.Context()}
 	var body *countingBody
@@ -130,7 +131,7 @@ func (u *upstream) serveHTTP(w http.ResponseWriter, r *http.Request, alog *slog.
 	timeout, limited := cfg.Timeout, cfg.Timeout > 0
 	if grpc {
 		// A grpc-timeout of 0 is a deadline already past, not "no deadline".
-		if d, ok := parseGRPCTimeout(r.Header.Get("Grpc-Timeout")); ok && (!limited || d < timeout) {
+		if d, ok := grpcwire.ParseTimeout(r.Header.Get(grpcwire.HeaderTimeout)); ok && (!limited || d < timeout) {
 			timeout, limited = d, true
 		}
 	}
@@ -171,7 +172,7 @@ func (u *upstream) serveHTTP(w http.ResponseWriter, r *http.Request, alog *slog.
 // proxyError is the reverse proxy's ErrorHandler: it maps a failed round trip to a status.
 func (u *upstream) proxyError(w http.ResponseWriter, r *http.Request, err error) {
 	ri := requestInfoFrom(r.Context())
-	grpc := isGRPC(r)
+	grpc := grpcwire.IsGRPC(r.Header)
 	var ce *connectError
 	var cf *clientFault
 	if ri != nil && ri.body != nil {
@@ -187,7 +188,7 @@ func (u *upstream) proxyError(w http.ResponseWriter, r *http.Request, err error)
 		}
 		w.Header().Set("X-Meshlet-Error", cf.reason)
 		if grpc {
-			writeGRPCStatus(w, cf.code, cf.msg)
+			grpcwire.WriteStatus(w, cf.code, cf.msg)
 		} else {
 			w.Header().Set("Connection", "close")
 			http.Error(w, cf.msg, cf.status)
@@ -209,7 +210,7 @@ func (u *upstream) proxyError(w http.ResponseWriter, r *http.Request, err error)
 		}
 		w.Header().Set("X-Meshlet-Error", reasonIdle)
 		if grpc {
-			writeGRPCStatus(w, codes.DeadlineExceeded, "meshlet: "+msg)
+			grpcwire.WriteStatus(w, codes.DeadlineExceeded, "meshlet: "+msg)
 		} else {
 			w.Header().Set("Connection", "close")
 			http.Error(w, "meshlet: "+msg, code)
@@ -261,7 +262,7 @@ func (u *upstream) fail(w http.ResponseWriter, r *http.Request, grpc bool, statu
 		if reason == reasonOverflow {
 			code = codes.ResourceExhausted
 		}
-		writeGRPCStatus(w, code, "meshlet: "+msg)
+		grpcwire.WriteStatus(w, code, "meshlet: "+msg)
 		return
 	}
 	h.Set("Content-Type", "text/plain; charset=utf-8")
@@ -311,11 +312,11 @@ func (w *responseWriter) Unwrap() http.ResponseWriter { return w.ResponseWriter 
 // it carried none.
 func (w *responseWriter) grpcStatus() int {
 	h := w.Header()
-	v := h.Get("Grpc-Status")
+	v := h.Get(grpcwire.HeaderStatus)
 	if v == "" {
-		v = h.Get(http.TrailerPrefix + "Grpc-Status")
+		v = h.Get(http.TrailerPrefix + grpcwire.HeaderStatus)
 	}
-	return int(resilience.ParseGRPCStatus(v))
+	return int(grpcwire.ParseStatus(v))
 }
 
 // countingBody counts the bytes read from a request body. The HTTP/2 transport may still read it after the

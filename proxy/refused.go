@@ -1,6 +1,8 @@
 package proxy
 
 import (
+	"meshlet.dev/meshlet/grpcwire"
+
 	"encoding/binary"
 	"errors"
 	"fmt"
@@ -101,12 +103,12 @@ func (p *Proxy) guarded(direction, listener string, lim ListenerLimits, h http.H
 		if g != nil && r.ProtoMajor == 1 && isUpgrade(r.Header) {
 			w = &upgradeWriter{ResponseWriter: w, g: g}
 		}
-		grpc := isGRPC(r)
-		if v := r.Header.Get("Grpc-Timeout"); grpc && v != "" {
-			if _, ok := parseGRPCTimeout(v); !ok {
+		grpc := grpcwire.IsGRPC(r.Header)
+		if v := r.Header.Get(grpcwire.HeaderTimeout); grpc && v != "" {
+			if _, ok := grpcwire.ParseTimeout(v); !ok {
 				p.countRefused(r, direction, listener, refusedGRPCTimeout, http.StatusOK)
 				w.Header().Set("X-Meshlet-Error", "malformed_request")
-				writeGRPCStatus(w, codes.Internal, fmt.Sprintf("meshlet: malformed grpc-timeout %q", v))
+				grpcwire.WriteStatus(w, codes.Internal, fmt.Sprintf("meshlet: malformed grpc-timeout %q", v))
 				return
 			}
 		}

@@ -24,6 +24,7 @@ import (
 	"golang.org/x/net/http/httpguts"
 
 	"meshlet.dev/meshlet/discovery"
+	"meshlet.dev/meshlet/grpcwire"
 	"meshlet.dev/meshlet/metrics"
 )
 
@@ -283,15 +284,15 @@ func (rig *rewriteRig) check(t *testing.T, method, authority, target, headers, b
 			t.Fatalf("nothing reached the endpoint, yet the client got %d without X-Meshlet-Error", rec.Code)
 		}
 		if method == http.MethodConnect && !(rec.Code == http.StatusMethodNotAllowed ||
-			isGRPC(req) && rec.Code == http.StatusOK && rec.Header().Get("Grpc-Status") == "12") {
+			grpcwire.IsGRPC(req.Header) && rec.Code == http.StatusOK && rec.Header().Get("Grpc-Status") == "12") {
 			t.Fatalf("CONNECT answered %d (grpc-status %q), want 405 or, for gRPC, UNIMPLEMENTED", rec.Code,
 				rec.Header().Get("Grpc-Status"))
 		}
 		return
 	}
-	if rec.Header().Get("X-Meshlet-Error") == "timeout" && isGRPC(req) && sent {
+	if rec.Header().Get("X-Meshlet-Error") == "timeout" && grpcwire.IsGRPC(req.Header) && sent {
 		// A gRPC deadline shorter than the round trip ran out on the way: nothing more to compare.
-		if d, ok := parseGRPCTimeout(inCopy.Get("Grpc-Timeout")); ok && dl.After(start.Add(d+time.Second)) {
+		if d, ok := grpcwire.ParseTimeout(inCopy.Get("Grpc-Timeout")); ok && dl.After(start.Add(d+time.Second)) {
 			t.Fatalf("outbound deadline %v, want one by %v (grpc-timeout %q)", dl, start.Add(d), inCopy.Get("Grpc-Timeout"))
 		}
 		return
@@ -306,11 +307,11 @@ func (rig *rewriteRig) check(t *testing.T, method, authority, target, headers, b
 		t.Fatal("the request reached the endpoint without passing the reverse proxy's transport")
 	}
 
-	grpc := isGRPC(req)
+	grpc := grpcwire.IsGRPC(req.Header)
 	wantDeadline := start.Add(rewriteTimeout)
 	inTimeout, inTimeoutOK := time.Duration(0), false
 	if grpc {
-		if d, ok := parseGRPCTimeout(inCopy.Get("Grpc-Timeout")); ok {
+		if d, ok := grpcwire.ParseTimeout(inCopy.Get("Grpc-Timeout")); ok {
 			inTimeout, inTimeoutOK = d, true
 			if d < rewriteTimeout {
 				wantDeadline = start.Add(d)
@@ -445,7 +446,7 @@ func (rig *rewriteRig) check(t *testing.T, method, authority, target, headers, b
 		if len(gt) != 1 {
 			t.Fatalf("gRPC call with grpc-timeout %q reached the app with %q, want one value", inCopy["Grpc-Timeout"], gt)
 		}
-		d, ok := parseGRPCTimeout(gt[0])
+		d, ok := grpcwire.ParseTimeout(gt[0])
 		if !ok {
 			t.Fatalf("grpc-timeout %q on the wire does not parse", gt[0])
 		}

@@ -12,6 +12,7 @@ import (
 
 	"google.golang.org/grpc/codes"
 
+	"meshlet.dev/meshlet/grpcwire"
 	"meshlet.dev/meshlet/metrics"
 )
 
@@ -158,9 +159,9 @@ func (p *Proxy) serveRouted(w http.ResponseWriter, r *http.Request) {
 	msg := fmt.Sprintf("meshlet: no upstream named %q", r.Host)
 	w.Header().Set("X-Meshlet-Error", "unknown_upstream")
 	code, grpcCode := http.StatusNotFound, notGRPC
-	if isGRPC(r) {
+	if grpcwire.IsGRPC(r.Header) {
 		code, grpcCode = http.StatusOK, int(grpcCodeForHTTP(http.StatusNotFound))
-		writeGRPCStatus(w, codes.Code(grpcCode), msg)
+		grpcwire.WriteStatus(w, codes.Code(grpcCode), msg)
 	} else {
 		http.Error(w, msg, http.StatusNotFound)
 	}

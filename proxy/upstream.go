@@ -14,6 +14,7 @@ import (
 	"time"
 
 	"meshlet.dev/meshlet/discovery"
+	"meshlet.dev/meshlet/grpcwire"
 	"meshlet.dev/meshlet/metrics"
 	"meshlet.dev/meshlet/resilience"
 )
@@ -301,7 +302,7 @@ func dropBrokenRequest(resp *http.Response) error {
 // status ("server closed the stream without sending trailers"). A known length of 0 lets the headers and the end
 // of the stream go out together. Statuses in headers are only legal in trailers-only responses.
 func keepTrailersOnly(resp *http.Response) {
-	if resp.ContentLength == -1 && resp.Header.Get("Grpc-Status") != "" && isGRPC(resp.Request) {
+	if resp.ContentLength == -1 && resp.Header.Get(grpcwire.HeaderStatus) != "" && grpcwire.IsGRPC(resp.Request.Header) {
 		resp.ContentLength = 0
 	}
 }

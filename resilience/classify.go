@@ -13,6 +13,8 @@ import (
 
 	"golang.org/x/net/http2"
 	"google.golang.org/grpc/codes"
+
+	"meshlet.dev/meshlet/grpcwire"
 )
 
 // Retry conditions that name kinds of failure (retry_on values besides status codes and gRPC code names).
@@ -84,39 +86,6 @@ func ClassifyError(err error) Kind {
 	return KindOther
 }
 
-// GRPCStatus returns the gRPC status carried by a response's headers (a trailers-only response) or trailers,
-// and whether there was one.
-func GRPCStatus(resp *http.Response) (codes.Code, bool) {
-	v := resp.Header.Get("Grpc-Status")
-	if v == "" && resp.Trailer != nil {
-		v = resp.Trailer.Get("Grpc-Status")
-	}
-	if v == "" {
-		return 0, false
-	}
-	return ParseGRPCStatus(v), true
-}
-
-// ParseGRPCStatus parses a grpc-status value; a missing or malformed one is Unknown, as gRPC clients read it.
-func ParseGRPCStatus(v string) codes.Code {
-	n, err := strconv.Atoi(v)
-	if err != nil || n < 0 || n > int(codes.Unauthenticated) {
-		return codes.Unknown
-	}
-	return codes.Code(n)
-}
-
-// IsGRPC reports whether a request with header h is a gRPC call: content type application/grpc, alone or with a
-// +suffix or parameters. gRPC-Web (application/grpc-web) is plain HTTP.
-func IsGRPC(h http.Header) bool {
-	ct := h.Get("Content-Type")
-	const base = "application/grpc"
-	if !strings.HasPrefix(ct, base) {
-		return false
-	}
-	return len(ct) == len(base) || ct[len(base)] == '+' || ct[len(base)] == ';'
-}
-
 // ServerFailed reports whether a gRPC code means the server failed (counted against the endpoint), rather than
 // the caller's request being wrong.
 func ServerFailed(c codes.Code) bool {
@@ -139,7 +108,7 @@ func Outcome(resp *http.Response, err error) error {
 	if resp.StatusCode >= 500 {
 		return fmt.Errorf("status %d", resp.StatusCode)
 	}
-	if c, ok := GRPCStatus(resp); ok && ServerFailed(c) {
+	if c, ok := grpcwire.Status(resp); ok && ServerFailed(c) {
 		return fmt.Errorf("grpc status %s", c)
 	}
 	return nil

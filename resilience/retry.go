@@ -1,6 +1,8 @@
 package resilience
 
 import (
+	"meshlet.dev/meshlet/grpcwire"
+
 	"context"
 	"errors"
 	"fmt"
@@ -69,7 +71,7 @@ func (p *RetryPolicy) match(resp *http.Response, err error, perTryExpired bool) 
 		}
 		return p.kinds[k]
 	}
-	if c, ok := GRPCStatus(resp); ok && resp.Header.Get("Grpc-Status") != "" {
+	if c, ok := grpcwire.Status(resp); ok && resp.Header.Get(grpcwire.HeaderStatus) != "" {
 		// Only a trailers-only response can be retried: the status is known before any byte of it is sent on.
 		return p.grpcCodes[c]
 	}
@@ -151,7 +153,7 @@ func (t *RetryTransport) Budget() *Budget { return t.budget.Load() }
 func (t *RetryTransport) RoundTrip(req *http.Request) (*http.Response, error) {
 	p, b := t.policy.Load(), t.budget.Load()
 	b.Request()
-	grpc := IsGRPC(req.Header)
+	grpc := grpcwire.IsGRPC(req.Header)
 	if p.maxAttempts <= 1 && p.perTryTimeout == 0 && !grpc {
 		return t.next.RoundTrip(req)
 	}
@@ -184,7 +186,7 @@ func (t *RetryTransport) RoundTrip(req *http.Request) (*http.Response, error) {
 		if grpc && hasDeadline {
 			// Propagate what remains of the caller's deadline, not what it was when the call left the app.
 			areq.Header = req.Header.Clone()
-			areq.Header.Set("Grpc-Timeout", encodeGRPCTimeout(time.Until(deadline)))
+			areq.Header.Set(grpcwire.HeaderTimeout, grpcwire.EncodeTimeout(time.Until(deadline)))
 		}
 		resp, err := t.next.RoundTrip(areq)
 		perTryExpired := false
@@ -253,7 +255,7 @@ func neverReachedApp(resp *http.Response, err error, grpc bool) bool {
 		k := ClassifyError(err)
 		return k == KindConnectFailure || k == KindRefusedStream
 	}
-	return grpc && resp.Header.Get("Grpc-Status") != ""
+	return grpc && resp.Header.Get(grpcwire.HeaderStatus) != ""
 }
 
 // idempotentRequest: the methods HTTP defines as idempotent, and any request with an Idempotency-Key.
@@ -263,30 +265,6 @@ func idempotentRequest(r *http.Request) bool {
 		return true
 	}
 	return r.Header.Get("Idempotency-Key") != ""
-}
-
-// encodeGRPCTimeout writes d as a grpc-timeout value (at most 8 digits and a unit).
-func encodeGRPCTimeout(d time.Duration) string {
-	if d <= 0 {
-		return "1n"
-	}
-	for _, u := range []struct {
-		unit time.Duration
-		c    string
-	}{{time.Nanosecond, "n"}, {time.Microsecond, "u"}, {time.Millisecond, "m"}, {time.Second, "S"}, {time.Minute, "M"}} {
-		v := d / u.unit
-		if d%u.unit != 0 {
-			v++ // round up: never ask the server to give up before the caller does
-		}
-		if v <= 99999999 {
-			return fmt.Sprintf("%d%s", v, u.c)
-		}
-	}
-	v := d / time.Hour
-	if d%time.Hour != 0 {
-		v++
-	}
-	return fmt.Sprintf("%dH", min(v, 99999999))
 }
 
 // discard drains a little of a response that is being retried and closes it, so its connection can be reused.

@@ -249,18 +249,6 @@ func TestReplayBody(t *testing.T) {
 	}
 }
 
-func TestEncodeGRPCTimeout(t *testing.T) {
-	for d, want := range map[time.Duration]string{
-		time.Second: "1000000u", 150 * time.Millisecond: "150000u", 2 * time.Minute: "120000m",
-		0: "1n", 1500 * time.Millisecond: "1500000u", 5 * time.Millisecond: "5000000n",
-		100*time.Second + 1: "100001m", // rounded up, never shorter than what remains
-	} {
-		if got := encodeGRPCTimeout(d); got != want {
-			t.Errorf("encodeGRPCTimeout(%v) = %q, want %q", d, got, want)
-		}
-	}
-}
-
 func TestBreakerOpensAndRecovers(t *testing.T) {
 	var transitions []string
 	b := NewBreaker("t", BreakerConfig{ConsecutiveFailures: 3, FailureRatio: 0.5, MinRequests: 100,

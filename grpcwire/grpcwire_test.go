@@ -1,15 +1,13 @@
-package proxy
+package grpcwire
 
 import (
 	"net/http"
 	"net/url"
 	"testing"
 	"time"
-
-	"meshlet.dev/meshlet/resilience"
 )
 
-func TestParseGRPCTimeout(t *testing.T) {
+func TestParseTimeout(t *testing.T) {
 	tests := []struct {
 		in   string
 		want time.Duration
@@ -31,14 +29,14 @@ func TestParseGRPCTimeout(t *testing.T) {
 		{"1.5S", 0, false},
 	}
 	for _, tt := range tests {
-		got, ok := parseGRPCTimeout(tt.in)
+		got, ok := ParseTimeout(tt.in)
 		if ok != tt.ok || got != tt.want {
-			t.Errorf("parseGRPCTimeout(%q) = %v, %v; want %v, %v", tt.in, got, ok, tt.want, tt.ok)
+			t.Errorf("ParseTimeout(%q) = %v, %v; want %v, %v", tt.in, got, ok, tt.want, tt.ok)
 		}
 	}
 }
 
-func TestEncodeGRPCMessage(t *testing.T) {
+func TestEncodeMessage(t *testing.T) {
 	tests := map[string]string{
 		"plain message":   "plain message",
 		"100% sure":       "100%25 sure",
@@ -48,9 +46,9 @@ func TestEncodeGRPCMessage(t *testing.T) {
 		"tab\tand ~tilde": "tab%09and ~tilde",
 	}
 	for in, want := range tests {
-		got := encodeGRPCMessage(in)
+		got := EncodeMessage(in)
 		if got != want {
-			t.Errorf("encodeGRPCMessage(%q) = %q, want %q", in, got, want)
+			t.Errorf("EncodeMessage(%q) = %q, want %q", in, got, want)
 		}
 		// The gRPC spec's encoding is percent-encoding of those bytes: decoding must give the input back.
 		dec, err := url.PathUnescape(got)
@@ -70,31 +68,28 @@ func TestIsGRPC(t *testing.T) {
 		"application/json":               false,
 		"":                               false,
 	} {
-		r := &http.Request{Header: http.Header{"Content-Type": {ct}}}
-		if got := isGRPC(r); got != want {
-			t.Errorf("isGRPC(%q) = %v, want %v", ct, got, want)
+		if got := IsGRPC(http.Header{"Content-Type": {ct}}); got != want {
+			t.Errorf("IsGRPC(%q) = %v, want %v", ct, got, want)
 		}
 	}
 }
 
-func TestParseGRPCStatus(t *testing.T) {
+func TestParseStatus(t *testing.T) {
 	for in, want := range map[string]int{"0": 0, "14": 14, "16": 16, "17": 2, "-1": 2, "": 2, "x": 2} {
-		if got := int(resilience.ParseGRPCStatus(in)); got != want {
-			t.Errorf("ParseGRPCStatus(%q) = %d, want %d", in, got, want)
+		if got := int(ParseStatus(in)); got != want {
+			t.Errorf("ParseStatus(%q) = %d, want %d", in, got, want)
 		}
 	}
 }
 
-func TestRouteLookup(t *testing.T) {
-	api, tcp := &upstream{name: "api", protocol: ProtocolHTTP}, &upstream{name: "db", protocol: ProtocolTCP}
-	rt := newRouteTable(map[string]*upstreamEntry{"api": {u: api}, "db": {u: tcp}}, []string{"mesh", "svc.cluster.local"})
-	for host, want := range map[string]*upstream{
-		"api": api, "API": api, "api:80": api, "api.mesh": api, "api.mesh.": api, "api.mesh:8080": api,
-		"api.svc.cluster.local": api, "db": nil, "db.mesh": nil, "other": nil, "api.other": nil, "": nil,
-		"127.0.0.1:15001": nil, "[::1]:80": nil, "mesh": nil,
+func TestEncodeTimeout(t *testing.T) {
+	for d, want := range map[time.Duration]string{
+		time.Second: "1000000u", 150 * time.Millisecond: "150000u", 2 * time.Minute: "120000m",
+		0: "1n", 1500 * time.Millisecond: "1500000u", 5 * time.Millisecond: "5000000n",
+		100*time.Second + 1: "100001m", // rounded up, never shorter than what remains
 	} {
-		if got := rt.lookup(host); got != want {
-			t.Errorf("lookup(%q) = %v, want %v", host, got, want)
+		if got := EncodeTimeout(d); got != want {
+			t.Errorf("EncodeTimeout(%v) = %q, want %q", d, got, want)
 		}
 	}
 }
