@@ -9,6 +9,8 @@ import (
 	"time"
 
 	"github.com/hashicorp/consul/api"
+
+	"meshlet.dev/meshlet/consul"
 )
 
 // UpstreamSettings are what Consul's config entries say about calls from one service (the caller) to one
@@ -71,48 +73,25 @@ func (e *ConfigEntries) Run(ctx context.Context) {
 }
 
 func (e *ConfigEntries) loop(ctx context.Context, kind string) {
-	var index uint64
-	failures := 0
-	var last time.Time
-	for {
-		if !sleepCtx(ctx, consulMinInterval-time.Since(last)) {
-			return
-		}
-		last = time.Now()
-		wait := e.c.cfg.WaitTime
-		qctx, cancel := context.WithTimeout(ctx, wait+wait/16+5*time.Second)
-		entries, meta, err := e.c.client.ConfigEntries().List(kind, (&api.QueryOptions{WaitIndex: index, WaitTime: wait}).WithContext(qctx))
-		cancel()
-		if ctx.Err() != nil {
-			return
-		}
+	consul.Watch(ctx, consul.Options{Wait: e.c.cfg.WaitTime}, func(q *api.QueryOptions) (uint64, error) {
+		entries, meta, err := e.c.client.ConfigEntries().List(kind, q)
 		if err != nil {
-			failures++
-			index = 0
-			err = classify(err)
-			e.mu.Lock()
-			prev := e.errs[kind]
-			e.errs[kind] = err
-			e.mu.Unlock()
-			if prev == nil || prev.Error() != err.Error() {
-				e.c.log.Warn("consul config entries query failed", "kind", kind, "error", err.Error())
-			}
-			if !sleepCtx(ctx, backoff(failures)) {
-				return
-			}
-			continue
+			return 0, classify(err)
 		}
-		failures = 0
-		switch {
-		case meta.LastIndex < index:
-			index = 0
-		case meta.LastIndex == 0:
-			index = 1
-		default:
-			index = meta.LastIndex
+		if ctx.Err() != nil {
+			return 0, ctx.Err()
 		}
 		e.store(kind, entries)
-	}
+		return meta.LastIndex, nil
+	}, func(err error, _ time.Duration) {
+		e.mu.Lock()
+		prev := e.errs[kind]
+		e.errs[kind] = err
+		e.mu.Unlock()
+		if prev == nil || prev.Error() != err.Error() {
+			e.c.log.Warn("consul config entries query failed", "kind", kind, "error", err.Error())
+		}
+	})
 }
 
 // store keeps the answer of one kind and signals a change when it differs from the last.

@@ -4,7 +4,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"math/rand/v2"
 	"net"
 	"net/netip"
 	"slices"
@@ -14,13 +13,8 @@ import (
 	"time"
 
 	"github.com/hashicorp/consul/api"
-)
 
-// Timings of the blocking-query loop (Consul's rules for blocking queries: rate-limit, back off on errors).
-const (
-	consulMinInterval = 100 * time.Millisecond // between two queries of one loop
-	consulBackoffMin  = 200 * time.Millisecond // first retry after an error, before jitter
-	consulBackoffMax  = 5 * time.Second        // longest wait between retries
+	"meshlet.dev/meshlet/consul"
 )
 
 // Errors a Consul watch reports, to classify with errors.Is.
@@ -138,53 +132,24 @@ func (w *consulWatch) remove(ch chan Snapshot) bool {
 	return len(w.subs) == 0
 }
 
-// loop runs blocking queries of one kind until the watch stops.
+// loop runs blocking queries of one kind until the watch stops (consul.Watch's rules).
 func (w *consulWatch) loop(kind string) {
-	var index uint64
-	failures := 0
-	var lastQuery time.Time
-	for {
-		if !sleepCtx(w.ctx, consulMinInterval-time.Since(lastQuery)) {
-			return
-		}
-		lastQuery = time.Now()
-		eps, registered, meta, err := w.query(kind, index)
-		if w.ctx.Err() != nil {
-			return
-		}
+	consul.Watch(w.ctx, consul.Options{Wait: w.c.cfg.WaitTime, Datacenter: w.dc}, func(q *api.QueryOptions) (uint64, error) {
+		eps, registered, meta, err := w.query(kind, q)
 		if err != nil {
-			failures++
-			// The agent may come back restarted, with a smaller index: blocking on the old one would wait out
-			// the whole wait time. Start over; an unchanged answer is not published again.
-			index = 0
-			delay := backoff(failures)
-			w.failed(kind, err, delay)
-			if !sleepCtx(w.ctx, delay) {
-				return
-			}
-			continue
+			return 0, err
 		}
-		failures = 0
-		switch {
-		case meta.LastIndex < index: // went backwards (a server restored a snapshot, a new leader): start over
-			index = 0
-		case meta.LastIndex == 0: // never valid; 1 keeps the next query blocking
-			index = 1
-		default:
-			index = meta.LastIndex
+		if w.ctx.Err() != nil {
+			return 0, w.ctx.Err()
 		}
 		w.answered(kind, eps, registered)
-	}
+		return meta.LastIndex, nil
+	}, func(err error, retryIn time.Duration) { w.failed(kind, err, retryIn) })
 }
 
-// query runs one blocking query of kind from index and turns the answer into the healthy endpoints; registered
-// is how many instances the answer held, healthy or not.
-func (w *consulWatch) query(kind string, index uint64) ([]Endpoint, int, *api.QueryMeta, error) {
-	wait := w.c.cfg.WaitTime
-	// Consul adds up to wait/16 of jitter; past that plus a margin the connection is dead (a silent partition).
-	ctx, cancel := context.WithTimeout(w.ctx, wait+wait/16+5*time.Second)
-	defer cancel()
-	q := (&api.QueryOptions{WaitIndex: index, WaitTime: wait, Datacenter: w.dc}).WithContext(ctx)
+// query runs one blocking query of kind with q and turns the answer into the healthy endpoints; registered is
+// how many instances the answer held, healthy or not.
+func (w *consulWatch) query(kind string, q *api.QueryOptions) ([]Endpoint, int, *api.QueryMeta, error) {
 	h := w.c.client.Health()
 	var entries []*api.ServiceEntry
 	var meta *api.QueryMeta
@@ -206,7 +171,7 @@ func (w *consulWatch) query(kind string, index uint64) ([]Endpoint, int, *api.Qu
 	}
 	trust := ""
 	if kind == kindConnect && len(entries) > 0 {
-		trust = w.c.trustDomain(ctx)
+		trust = w.c.trustDomain(q.Context())
 	}
 	eps, registered := w.endpoints(kind, entries, trust)
 	return eps, registered, meta, nil
@@ -368,31 +333,6 @@ func classify(err error) error {
 		return fmt.Errorf("%w: %v", ErrConsulUnreachable, err)
 	}
 	return err
-}
-
-// backoff is the wait before retry n (1-based): exponential from consulBackoffMin to consulBackoffMax, with
-// the upper half jittered so that many sidecars do not retry in step.
-func backoff(n int) time.Duration {
-	d := consulBackoffMax
-	if n < 16 {
-		d = min(consulBackoffMin<<(n-1), consulBackoffMax)
-	}
-	return d/2 + rand.N(d/2+1)
-}
-
-// sleepCtx waits d (nothing when d <= 0) and reports false if ctx ended first.
-func sleepCtx(ctx context.Context, d time.Duration) bool {
-	if d <= 0 {
-		return ctx.Err() == nil
-	}
-	t := time.NewTimer(d)
-	defer t.Stop()
-	select {
-	case <-t.C:
-		return true
-	case <-ctx.Done():
-		return false
-	}
 }
 
 // hostID returns a stable name of this host for instance IDs.

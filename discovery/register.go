@@ -17,6 +17,8 @@ import (
 	"time"
 
 	"github.com/hashicorp/consul/api"
+
+	"meshlet.dev/meshlet/consul"
 )
 
 var osHostname = os.Hostname
@@ -189,7 +191,7 @@ func (r *CheckRunner) Run(ctx context.Context) {
 		case err == nil && !first && *prev != nil:
 			r.log.Info("app check passing again: ready")
 		}
-		if !sleepCtx(ctx, interval) {
+		if !consul.Sleep(ctx, interval) {
 			return
 		}
 	}
@@ -251,7 +253,7 @@ func (r *Registrar) Run(ctx context.Context) error {
 	failures := 0
 	wait := time.Duration(0)
 	for {
-		if !sleepCtx(ctx, wait) {
+		if !consul.Sleep(ctx, wait) {
 			return nil
 		}
 		err := r.ensure(ctx)
@@ -263,7 +265,7 @@ func (r *Registrar) Run(ctx context.Context) error {
 		r.mu.Unlock()
 		if err != nil {
 			failures++
-			wait = backoff(failures)
+			wait = consul.Backoff(failures)
 			if failures == 1 || failures%10 == 0 {
 				r.log.Error("consul registration failed", "error", err.Error(), "retry_in", wait.Round(time.Millisecond).String())
 			}

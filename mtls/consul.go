@@ -5,19 +5,13 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
-	"math/rand/v2"
 	"sync"
 	"sync/atomic"
 	"time"
 
 	"github.com/hashicorp/consul/api"
-)
 
-// Consul blocking-query settings for the Connect CA.
-const (
-	consulWait       = 5 * time.Minute
-	consulMinBackoff = 500 * time.Millisecond
-	consulMaxBackoff = 30 * time.Second
+	"meshlet.dev/meshlet/consul"
 )
 
 // ConsulSource serves the leaf certificate that the local Consul agent issues for a service and the Connect CA
@@ -105,44 +99,25 @@ func (s *ConsulSource) watch(ctx context.Context, what string, fetch func(*api.Q
 	})
 }
 
-// blockingQueries runs one Consul blocking-query loop until ctx ends: fetch runs the query from the last index
-// and returns the new one; changed is called after the first answer and whenever the index moves; failed is
-// told of each error before a jittered exponential backoff. An index that goes backwards (a restarted agent)
-// starts over; an index of 0 is taken as 1, so that the next query still blocks.
-func blockingQueries(ctx context.Context, fetch func(*api.QueryOptions) (uint64, error), changed func(), failed func(error)) {
-	var index uint64
+// blockingQueries runs one Consul blocking-query loop until ctx ends (consul.Watch's rules): fetch runs the
+// query and returns the answer's index; changed is called after the first answer and whenever the index moves;
+// failed is told of each error before the loop backs off.
+func blockingQueries(ctx context.Context, fetch consul.Fetch, changed func(), failed func(error)) {
 	answered := false
-	backoff := consulMinBackoff
-	for ctx.Err() == nil {
-		q := (&api.QueryOptions{WaitIndex: index, WaitTime: consulWait}).WithContext(ctx)
+	consul.Watch(ctx, consul.Options{}, func(q *api.QueryOptions) (uint64, error) {
 		next, err := fetch(q)
 		if err != nil {
-			if ctx.Err() != nil {
-				return
-			}
-			failed(err)
-			index = 0
-			select {
-			case <-time.After(backoff/2 + rand.N(backoff/2+1)):
-			case <-ctx.Done():
-				return
-			}
-			backoff = min(2*backoff, consulMaxBackoff)
-			continue
+			return 0, err
 		}
-		backoff = consulMinBackoff
 		if next == 0 {
 			next = 1
 		}
-		if !answered || next != index {
+		if !answered || next != q.WaitIndex {
 			answered = true
 			changed()
 		}
-		if next < index {
-			next = 0 // went backwards: the next query answers at once with the current state
-		}
-		index = next
-	}
+		return next, nil
+	}, func(err error, _ time.Duration) { failed(err) })
 }
 
 // rebuild makes a bundle of the latest leaf and all the roots listed (during a CA rotation, old and new).

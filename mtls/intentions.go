@@ -13,6 +13,8 @@ import (
 	"time"
 
 	"github.com/hashicorp/consul/api"
+
+	"meshlet.dev/meshlet/consul"
 )
 
 // Intentions authorizes callers by Consul's intentions for one destination service, watched with a blocking query
@@ -54,7 +56,7 @@ type defaultState struct {
 }
 
 // defaultRecheck is how often the default policy is read again once known (a Consul agent may restart with
-// another one); while it is unknown, attempts follow each other with a growing backoff (0.5s to 30s) and at each
+// another one); while it is unknown, attempts follow each other with consul.Backoff and at each
 // change of the intentions.
 const defaultRecheck = 5 * time.Minute
 
@@ -135,7 +137,7 @@ func (it *Intentions) Run(ctx context.Context) error {
 // learnDefaults reads the default policy at once, again every defaultRecheck once known, and with a growing
 // backoff (or when nudged) while it is not, until ctx ends.
 func (it *Intentions) learnDefaults(ctx context.Context, nudge <-chan struct{}) {
-	backoff := consulMinBackoff
+	failures := 0
 	for {
 		wait := defaultRecheck
 		err := it.learnDefault(ctx)
@@ -144,9 +146,10 @@ func (it *Intentions) learnDefaults(ctx context.Context, nudge <-chan struct{}) 
 		}
 		it.tried.Do(it.step)
 		if err != nil {
-			wait, backoff = backoff, min(2*backoff, consulMaxBackoff)
+			failures++
+			wait = consul.Backoff(failures)
 		} else {
-			backoff = consulMinBackoff
+			failures = 0
 		}
 		select {
 		case <-ctx.Done():
