@@ -24,8 +24,8 @@ import (
 const fdReserve = 128
 
 // errFDBudget fails an upstream connection that the file-descriptor budget has no room for.
-var errFDBudget error = &clientFault{reason: "fd_budget", status: http.StatusServiceUnavailable, code: codes.Unavailable,
-	msg: "meshlet: out of file descriptors for upstream connections (raise the open-file limit)"}
+var errFDBudget error = &clientFault{answer{reason: reasonFDBudget, status: http.StatusServiceUnavailable, code: codes.Unavailable,
+	msg: "meshlet: out of file descriptors for upstream connections (raise the open-file limit)"}}
 
 // connBudget counts connections against the file-descriptor budget.
 type connBudget struct {

@@ -35,22 +35,8 @@ import (
 // Mutual TLS connections that speak HTTP/1.1 are guarded too; HTTP/2 ones (ALPN h2) are not, as net/http needs the
 // *tls.Conn itself for them, and HTTP/2 framing leaves no such ambiguity.
 
-// Reasons the guard refuses a request (the reason label of meshlet_refused_requests_total), and its fixed bounds.
+// The guard's fixed bounds (its refusal reasons are in reasons.go).
 const (
-	malformedRequestLine   = "invalid_request_line"
-	malformedVersion       = "unsupported_version"
-	malformedLineEnd       = "bare_cr_lf"
-	malformedObsFold       = "obs_fold"
-	malformedHeaderName    = "invalid_header_name"
-	malformedHeaderValue   = "invalid_header_value"
-	malformedCLAndTE       = "content_length_and_transfer_encoding"
-	malformedMultipleCL    = "multiple_content_length"
-	malformedCL            = "invalid_content_length"
-	malformedTE            = "unsupported_transfer_encoding"
-	malformedHeadTooLarge  = "headers_too_large"
-	malformedChunk         = "invalid_chunked_body"
-	refusedHeadBudget      = "header_budget"     // every byte of max_pending_header_bytes is held: 503
-	refusedUnchecked       = "unchecked_request" // net/http read a request the guard did not check
 	guardReadChunk         = 4 << 10
 	guardMaxContentLenDigs = 18 // below 2^63
 	// net/http reads a request through a 4 KiB buffer: a chunk-size line with its CRLF, and a trailer section

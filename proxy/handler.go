@@ -20,18 +20,6 @@ import (
 // Status written for a request whose client went away before its response was complete (nginx's convention).
 const StatusClientClosedRequest = 499
 
-// Reasons for meshlet's own failures: the reason label of meshlet_upstream_errors_total.
-const (
-	reasonNoEndpoint = "no_endpoint"
-	reasonTimeout    = "timeout"
-	reasonConnect    = "connect"
-	reasonCanceled   = "canceled"
-	reasonOverflow   = "overflow" // a limit (max_requests, max_pending) was full
-	reasonDenied     = "denied"   // the caller is not allowed (inbound.tls.allow)
-	reasonIdle       = "stream_idle_timeout"
-	reasonOther      = "other"
-)
-
 // requestInfo travels in the outbound request's context so that the transport can report what it chose.
 type requestInfo struct {
 	clientCtx context.Context  // the inbound request's context, without meshlet's timeout
@@ -184,15 +172,9 @@ func (u *upstream) proxyError(w http.ResponseWriter, r *http.Request, err error)
 	case cf != nil || errors.As(err, &cf):
 		// The client's own input broke the request (counted by the listener's guarded handler).
 		if ri != nil {
-			ri.reason, ri.errMsg = "refused", cf.msg
+			ri.reason, ri.errMsg = reasonRefused, cf.msg
 		}
-		w.Header().Set("X-Meshlet-Error", cf.reason)
-		if grpc {
-			grpcwire.WriteStatus(w, cf.code, cf.msg)
-		} else {
-			w.Header().Set("Connection", "close")
-			http.Error(w, cf.msg, cf.status)
-		}
+		cf.write(w, grpc, true)
 		return
 	case ri != nil && ri.clientCtx.Err() != nil:
 		// The client went away: nothing to answer, nothing to hold against the endpoint.
@@ -202,19 +184,13 @@ func (u *upstream) proxyError(w http.ResponseWriter, r *http.Request, err error)
 			rw.code = StatusClientClosedRequest
 		}
 	case idleFired(r.Context()):
-		code := http.StatusRequestTimeout
 		u.obs.errors[reasonIdle].Inc()
 		msg := fmt.Sprintf("upstream %s: no byte either way for %s (stream_idle_timeout)", u.name, u.streamIdle)
 		if ri != nil {
 			ri.reason, ri.errMsg = reasonIdle, msg
 		}
-		w.Header().Set("X-Meshlet-Error", reasonIdle)
-		if grpc {
-			grpcwire.WriteStatus(w, codes.DeadlineExceeded, "meshlet: "+msg)
-		} else {
-			w.Header().Set("Connection", "close")
-			http.Error(w, "meshlet: "+msg, code)
-		}
+		a := answer{reason: reasonIdle, status: http.StatusRequestTimeout, code: codes.DeadlineExceeded, msg: "meshlet: " + msg}
+		a.write(w, grpc, true)
 		return
 	case errors.Is(err, ErrNoEndpoint):
 		u.fail(w, r, grpc, http.StatusServiceUnavailable, reasonNoEndpoint,
@@ -255,20 +231,11 @@ func (u *upstream) fail(w http.ResponseWriter, r *http.Request, grpc bool, statu
 	if ri != nil {
 		ri.reason, ri.errMsg = reason, msg
 	}
-	h := w.Header()
-	h.Set("X-Meshlet-Error", reason)
-	if grpc {
-		code := grpcCodeForHTTP(status)
-		if reason == reasonOverflow {
-			code = codes.ResourceExhausted
-		}
-		grpcwire.WriteStatus(w, code, "meshlet: "+msg)
-		return
+	a := answer{reason: reason, status: status, code: grpcCodeForHTTP(status), msg: "meshlet: " + msg}
+	if reason == reasonOverflow {
+		a.code = codes.ResourceExhausted
 	}
-	h.Set("Content-Type", "text/plain; charset=utf-8")
-	h.Set("X-Content-Type-Options", "nosniff")
-	w.WriteHeader(status)
-	io.WriteString(w, "meshlet: "+msg+"\n")
+	a.write(w, grpc, false)
 }
 
 // responseWriter records the status and body size of a response. It passes flushes, hijacks and full-duplex

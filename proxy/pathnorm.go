@@ -6,14 +6,6 @@ import (
 	"strings"
 )
 
-// Reasons of meshlet_refused_requests_total (and X-Meshlet-Error) for inbound request paths that cannot be
-// normalized safely.
-const (
-	refusedPathEscapedSlash = "path_escaped_slash" // %2F in the path: one app reads a separator, another does not
-	refusedPathBackslash    = "path_backslash"     // \ or %5C: some apps read it as /
-	refusedPathInvalid      = "invalid_path"       // not an origin-form path (no leading /), or a broken %-escape
-)
-
 // pathError is why normalizePath refused a path: the reason label and a message for the client.
 type pathError struct {
 	reason string

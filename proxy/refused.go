@@ -20,15 +20,6 @@ import (
 	"google.golang.org/grpc/codes"
 )
 
-// Reasons of meshlet_refused_requests_total beyond the HTTP/1.1 guard's.
-const (
-	refusedBodyTimeout  = "body_read_timeout"
-	refusedGRPCTimeout  = "invalid_grpc_timeout"
-	refusedGRPCFrame    = "invalid_grpc_frame"
-	refusedGRPCTooLarge = "grpc_message_too_large"
-	refusedTarget       = "invalid_request_target"
-)
-
 // validTarget reports whether s (a raw query) has no byte that ends or breaks an HTTP/1.1 request line.
 func validTarget(s string) bool {
 	for i := 0; i < len(s); i++ {
@@ -39,22 +30,43 @@ func validTarget(s string) bool {
 	return true
 }
 
-// clientFault is a request that broke because of what its client sent (a broken or stalled body, an invalid gRPC
-// message): the answer is the client's status, and the round trip counts neither for nor against the endpoint
-// and is not retried (resilience.ClassifyError takes it as no fault of the endpoint's). errFDBudget is one too.
-type clientFault struct {
+// answer is meshlet's own answer to a request it refuses or cannot carry through: the reason (X-Meshlet-Error),
+// the HTTP status, the gRPC status for gRPC calls, and a one-line message (which starts with "meshlet: ").
+// Every error answer meshlet writes itself is written by answer.write.
+type answer struct {
 	reason string
 	status int        // HTTP answer
 	code   codes.Code // gRPC answer
 	msg    string
 }
 
+// write answers with a: a gRPC call gets a trailers-only response (HTTP 200, a.code, a.msg), any other request
+// a.status with a.msg as a text body; both carry X-Meshlet-Error: a.reason. closeConn ends an HTTP/1.1 connection
+// after the answer (Connection: close), for requests whose connection is in doubt; gRPC calls keep theirs.
+func (a *answer) write(w http.ResponseWriter, grpc, closeConn bool) {
+	h := w.Header()
+	h.Set("X-Meshlet-Error", a.reason)
+	if grpc {
+		grpcwire.WriteStatus(w, a.code, a.msg)
+		return
+	}
+	if closeConn {
+		h.Set("Connection", "close")
+	}
+	http.Error(w, a.msg, a.status)
+}
+
+// clientFault is a request that broke because of what its client sent (a broken or stalled body, an invalid gRPC
+// message): the answer is the client's status, and the round trip counts neither for nor against the endpoint
+// and is not retried (resilience.ClassifyError takes it as no fault of the endpoint's). errFDBudget is one too.
+type clientFault struct{ answer }
+
 func (e *clientFault) Error() string          { return e.msg }
 func (e *clientFault) NotEndpointFault() bool { return true }
 
 // errMalformedBody ends the body of a request whose chunked framing is broken; the connection is not reused.
-var errMalformedBody error = &clientFault{reason: malformedChunk, status: http.StatusBadRequest, code: codes.Internal,
-	msg: "meshlet: malformed chunked request body"}
+var errMalformedBody error = &clientFault{answer{reason: malformedChunk, status: http.StatusBadRequest, code: codes.Internal,
+	msg: "meshlet: malformed chunked request body"}}
 
 // refusedLog logs refused requests and denied callers, at most one line per second (logLimiter): a client that
 // sends nothing but bad requests must not flood the log. The lines in between are counted, and every refusal is in
@@ -107,8 +119,9 @@ func (p *Proxy) guarded(direction, listener string, lim ListenerLimits, h http.H
 		if v := r.Header.Get(grpcwire.HeaderTimeout); grpc && v != "" {
 			if _, ok := grpcwire.ParseTimeout(v); !ok {
 				p.countRefused(r, direction, listener, refusedGRPCTimeout, http.StatusOK)
-				w.Header().Set("X-Meshlet-Error", "malformed_request")
-				grpcwire.WriteStatus(w, codes.Internal, fmt.Sprintf("meshlet: malformed grpc-timeout %q", v))
+				a := answer{reason: reasonMalformed, status: http.StatusBadRequest, code: codes.Internal,
+					msg: fmt.Sprintf("meshlet: malformed grpc-timeout %q", v)}
+				a.write(w, true, false)
 				return
 			}
 		}
@@ -153,9 +166,8 @@ func (p *Proxy) guarded(direction, listener string, lim ListenerLimits, h http.H
 
 // refuseMalformed answers a request the guard refused, or one it did not check, and closes the connection.
 func refuseMalformed(w http.ResponseWriter, reason string, status int) {
-	w.Header().Set("Connection", "close")
-	w.Header().Set("X-Meshlet-Error", "malformed_request")
-	http.Error(w, fmt.Sprintf("meshlet: malformed request (%s)", reason), status)
+	a := answer{reason: reasonMalformed, status: status, msg: fmt.Sprintf("meshlet: malformed request (%s)", reason)}
+	a.write(w, false, true)
 }
 
 // isH2CUpgrade reports whether an HTTP/1.1 request asks to switch to HTTP/2 over cleartext (RFC 7540 section 3.2:
@@ -250,8 +262,8 @@ func (b *stallBody) Read(p []byte) (int, error) {
 	case err == nil:
 	case errors.Is(err, os.ErrDeadlineExceeded) && !time.Now().Before(deadline):
 		// (A deadline that fired before ours is the handler ending the read: abortBody.)
-		f := &clientFault{reason: refusedBodyTimeout, status: http.StatusRequestTimeout, code: codes.Canceled,
-			msg: fmt.Sprintf("meshlet: the request body stalled for %s (read_body_timeout)", b.d)}
+		f := &clientFault{answer{reason: refusedBodyTimeout, status: http.StatusRequestTimeout, code: codes.Canceled,
+			msg: fmt.Sprintf("meshlet: the request body stalled for %s (read_body_timeout)", b.d)}}
 		b.mu.Lock()
 		b.err = f
 		b.mu.Unlock()
@@ -315,12 +327,12 @@ func (f *grpcFrames) Read(p []byte) (int, error) {
 		size := binary.BigEndian.Uint32(f.prefix[1:])
 		switch {
 		case f.prefix[0] > 1:
-			f.err = &clientFault{reason: refusedGRPCFrame, status: http.StatusBadRequest, code: codes.Internal,
-				msg: fmt.Sprintf("meshlet: invalid gRPC message prefix (compressed flag %d)", f.prefix[0])}
+			f.err = &clientFault{answer{reason: refusedGRPCFrame, status: http.StatusBadRequest, code: codes.Internal,
+				msg: fmt.Sprintf("meshlet: invalid gRPC message prefix (compressed flag %d)", f.prefix[0])}}
 		case size > f.limit:
-			f.err = &clientFault{reason: refusedGRPCTooLarge, status: http.StatusRequestEntityTooLarge,
+			f.err = &clientFault{answer{reason: refusedGRPCTooLarge, status: http.StatusRequestEntityTooLarge,
 				code: codes.ResourceExhausted, msg: fmt.Sprintf("meshlet: gRPC message of %d bytes is larger "+
-					"than the limit of %d bytes (max_grpc_message_bytes)", size, f.limit)}
+					"than the limit of %d bytes (max_grpc_message_bytes)", size, f.limit)}}
 		}
 		if f.err != nil {
 			f.shared.Store(f.err)
@@ -329,8 +341,8 @@ func (f *grpcFrames) Read(p []byte) (int, error) {
 		f.left = uint64(size)
 	}
 	if errors.Is(err, io.EOF) && (f.have > 0 || f.left > 0) {
-		f.err = &clientFault{reason: refusedGRPCFrame, status: http.StatusBadRequest, code: codes.Internal,
-			msg: "meshlet: the gRPC request body ends inside a message"}
+		f.err = &clientFault{answer{reason: refusedGRPCFrame, status: http.StatusBadRequest, code: codes.Internal,
+			msg: "meshlet: the gRPC request body ends inside a message"}}
 		f.shared.Store(f.err)
 		return 0, f.err
 	}

@@ -10,10 +10,6 @@ import (
 	"golang.org/x/net/http2"
 )
 
-// reasonHeadersTooLarge is the reason (X-Meshlet-Error, meshlet_upstream_errors_total) of a response whose headers
-// passed the upstream's max_response_header_bytes.
-const reasonHeadersTooLarge = "response_headers_too_large"
-
 // headersTooLargeError is an endpoint's response whose headers passed the limit: the endpoint is held responsible
 // (it counts against it, its breaker and outlier detection), and the client gets 502 (gRPC: UNAVAILABLE).
 type headersTooLargeError struct {

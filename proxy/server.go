@@ -10,8 +10,6 @@ import (
 	"strings"
 	"time"
 
-	"google.golang.org/grpc/codes"
-
 	"meshlet.dev/meshlet/grpcwire"
 	"meshlet.dev/meshlet/metrics"
 )
@@ -155,20 +153,19 @@ func (p *Proxy) serveRouted(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	start := time.Now()
-	p.m.UpstreamErrors.WithLabelValues(metrics.Outbound, "", "unknown_upstream").Inc()
+	p.m.UpstreamErrors.WithLabelValues(metrics.Outbound, "", reasonUnknownUpstream).Inc()
 	msg := fmt.Sprintf("meshlet: no upstream named %q", r.Host)
-	w.Header().Set("X-Meshlet-Error", "unknown_upstream")
+	a := answer{reason: reasonUnknownUpstream, status: http.StatusNotFound, code: grpcCodeForHTTP(http.StatusNotFound), msg: msg}
 	code, grpcCode := http.StatusNotFound, notGRPC
-	if grpcwire.IsGRPC(r.Header) {
-		code, grpcCode = http.StatusOK, int(grpcCodeForHTTP(http.StatusNotFound))
-		grpcwire.WriteStatus(w, codes.Code(grpcCode), msg)
-	} else {
-		http.Error(w, msg, http.StatusNotFound)
+	grpc := grpcwire.IsGRPC(r.Header)
+	if grpc {
+		code, grpcCode = http.StatusOK, int(a.code)
 	}
+	a.write(w, grpc, false)
 	p.unknown.record(code, grpcCode, time.Since(start), 0, 0)
 	if p.accessLog != nil {
 		p.accessLog.Info("access", "direction", metrics.Outbound, "upstream", "", "method", r.Method,
 			"authority", r.Host, "path", r.URL.Path, "proto", r.Proto, "status", code,
-			"grpc_status", grpcCodeName(grpcCode), "error", "unknown_upstream")
+			"grpc_status", grpcCodeName(grpcCode), "error", reasonUnknownUpstream)
 	}
 }
