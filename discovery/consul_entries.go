@@ -63,13 +63,14 @@ func NewConfigEntries(c *Consul) *ConfigEntries {
 // Changed receives a value after each change of the entries (one-slot: changes in a burst coalesce).
 func (e *ConfigEntries) Changed() <-chan struct{} { return e.changed }
 
-// Run watches until ctx ends, following the same rules as the health watches (rate limit, backoff, index reset).
-func (e *ConfigEntries) Run(ctx context.Context) {
+// Run watches until ctx ends (consul.Watch, one loop per kind) and returns nil then.
+func (e *ConfigEntries) Run(ctx context.Context) error {
 	var wg sync.WaitGroup
 	for _, kind := range entryKinds {
 		wg.Go(func() { e.loop(ctx, kind) })
 	}
 	wg.Wait()
+	return nil
 }
 
 func (e *ConfigEntries) loop(ctx context.Context, kind string) {
@@ -135,9 +136,9 @@ func (e *ConfigEntries) store(kind string, entries []api.ConfigEntry) {
 	}
 }
 
-// Err says why the entries are not known yet: nil once both kinds have answered (later failures keep the last
+// Ready says why the entries are not known yet: nil once both kinds have answered (later failures keep the last
 // known entries, like endpoints), the latest error otherwise, or that no answer has come yet.
-func (e *ConfigEntries) Err() error {
+func (e *ConfigEntries) Ready() error {
 	e.mu.Lock()
 	defer e.mu.Unlock()
 	for _, kind := range entryKinds {

@@ -166,9 +166,9 @@ func NewCheckRunner(c AppCheck, log *slog.Logger) *CheckRunner {
 	return &CheckRunner{c: c, log: log.With("component", "app-check")}
 }
 
-// Err is the latest result: nil when the check passed, its error when it failed, an error saying so before the
+// Ready is the latest result: nil when the check passed, its error when it failed, an error saying so before the
 // first run has finished. Safe for concurrent use; it never blocks.
-func (r *CheckRunner) Err() error {
+func (r *CheckRunner) Ready() error {
 	p := r.err.Load()
 	if p == nil {
 		return errors.New("app check: not run yet")
@@ -176,13 +176,13 @@ func (r *CheckRunner) Err() error {
 	return *p
 }
 
-// Run runs the check at once, then every Interval, until ctx ends; it returns then.
-func (r *CheckRunner) Run(ctx context.Context) {
+// Run runs the check at once, then every Interval, until ctx ends; it returns nil then.
+func (r *CheckRunner) Run(ctx context.Context) error {
 	interval, _ := r.c.intervals()
 	for first := true; ; first = false {
 		err := r.c.Probe(ctx)
 		if ctx.Err() != nil {
-			return
+			return nil
 		}
 		prev := r.err.Swap(&err)
 		switch {
@@ -192,7 +192,7 @@ func (r *CheckRunner) Run(ctx context.Context) {
 			r.log.Info("app check passing again: ready")
 		}
 		if !consul.Sleep(ctx, interval) {
-			return
+			return nil
 		}
 	}
 }
@@ -232,11 +232,11 @@ func (r *Registrar) Registered() bool {
 	return r.registered
 }
 
-// Err says why this instance has not been registered yet: nil once a registration has succeeded (a later loss
+// Ready says why this instance has not been registered yet: nil once a registration has succeeded (a later loss
 // of the agent is logged and shows in meshlet_discovery_registered, but does not undo it), the latest failure
 // (agent unreachable, ACL denied, ...) otherwise, or that the first attempt has not answered yet. It is meant for
 // /ready: a sidecar that should register is not ready until callers can find it.
-func (r *Registrar) Err() error {
+func (r *Registrar) Ready() error {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	switch {

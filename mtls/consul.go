@@ -23,10 +23,8 @@ type ConsulSource struct {
 	service string
 	log     *slog.Logger
 
-	cur      atomic.Pointer[Bundle]
-	lastErr  atomic.Pointer[string]
-	ready    chan struct{}
-	readyOne sync.Once
+	cur     atomic.Pointer[Bundle]
+	lastErr atomic.Pointer[string]
 
 	mu    sync.Mutex // guards leaf and roots
 	leaf  *api.LeafCert
@@ -38,14 +36,22 @@ type ConsulSource struct {
 
 // NewConsulSource returns a source for service's certificate from the agent behind client.
 func NewConsulSource(client *api.Client, service string, log *slog.Logger) *ConsulSource {
-	return &ConsulSource{client: client, service: service, log: log, ready: make(chan struct{})}
+	return &ConsulSource{client: client, service: service, log: log}
 }
 
 // Bundle implements Source; nil until the first leaf and roots have arrived.
 func (s *ConsulSource) Bundle() *Bundle { return s.cur.Load() }
 
-// Ready is closed once a first bundle is in use.
-func (s *ConsulSource) Ready() <-chan struct{} { return s.ready }
+// Ready is the readiness of the certificate: not ready before the first leaf and roots have arrived (with the
+// last error fetching them, if any), or once the leaf has expired (or before it is valid).
+func (s *ConsulSource) Ready() error {
+	return readyBundle(s.Bundle(), func() error {
+		if err := s.Err(); err != nil {
+			return fmt.Errorf("waiting for the certificate from consul: %w", err)
+		}
+		return errors.New("waiting for the certificate from consul")
+	})
+}
 
 // Err is the last error fetching or building the bundle, or nil.
 func (s *ConsulSource) Err() error {
@@ -147,7 +153,6 @@ func (s *ConsulSource) rebuild() {
 			"roots", len(b.Roots))
 		logWarnings(s.log, b, "source", SourceConsul)
 	}
-	s.readyOne.Do(func() { close(s.ready) })
 	if s.OnReload != nil {
 		s.OnReload(b, nil)
 	}

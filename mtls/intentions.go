@@ -67,11 +67,26 @@ func NewIntentions(client *api.Client, service string, log *slog.Logger) *Intent
 	return it
 }
 
-// Ready is closed after the first answer about the intentions and the first attempt to learn the default policy
-// (which may have failed: DefaultPolicy says).
-func (it *Intentions) Ready() <-chan struct{} { return it.ready }
+// Loaded is closed after the first answer about the intentions and the first attempt to learn the default
+// policy (which may have failed: DefaultPolicy says).
+func (it *Intentions) Loaded() <-chan struct{} { return it.ready }
 
-// step marks one of the two steps Ready waits for as done.
+// Ready is the readiness of authorization: not ready before Loaded (with the last error talking to Consul, if
+// any). An unknown default policy does not make it unready: callers no intention names are denied, which is
+// safe.
+func (it *Intentions) Ready() error {
+	select {
+	case <-it.ready:
+		return nil
+	default:
+	}
+	if err := it.Err(); err != nil {
+		return fmt.Errorf("waiting for intentions: %w", err)
+	}
+	return errors.New("waiting for intentions from consul")
+}
+
+// step marks one of the two steps Loaded waits for as done.
 func (it *Intentions) step() {
 	if it.steps.Add(1) == 2 {
 		close(it.ready)

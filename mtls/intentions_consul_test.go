@@ -20,7 +20,7 @@ func runIntentions(t *testing.T, client *api.Client) *Intentions {
 	wg.Go(func() { it.Run(ctx) })
 	t.Cleanup(func() { cancel(); wg.Wait() })
 	select {
-	case <-it.Ready():
+	case <-it.Loaded():
 	case <-time.After(15 * time.Second):
 		t.Fatalf("intentions not ready after 15s: %v", it.Err())
 	}

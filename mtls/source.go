@@ -39,6 +39,21 @@ type Root struct {
 	TrustDomain string
 }
 
+// readyBundle is the readiness of a source whose current bundle is b: not ready without one (missing says why),
+// or while the leaf is expired or not valid yet.
+func readyBundle(b *Bundle, missing func() error) error {
+	now := time.Now()
+	switch {
+	case b == nil:
+		return missing()
+	case now.After(b.Leaf.NotAfter):
+		return fmt.Errorf("certificate %s expired at %s", b.ID, b.Leaf.NotAfter.Format(time.RFC3339))
+	case now.Before(b.Leaf.NotBefore):
+		return fmt.Errorf("certificate %s is not valid before %s", b.ID, b.Leaf.NotBefore.Format(time.RFC3339))
+	}
+	return nil
+}
+
 // Source provides the current bundle. Bundle never blocks; it returns nil until a first bundle is loaded.
 type Source interface {
 	Bundle() *Bundle
@@ -310,7 +325,12 @@ func (s *FileSource) fingerprint() []byte {
 	return b.Bytes()
 }
 
-// Run checks the files every ReloadInterval until ctx ends.
+// Ready is the readiness of the certificate: not ready once the leaf has expired (or before it is valid).
+func (s *FileSource) Ready() error {
+	return readyBundle(s.Bundle(), func() error { return errors.New("no valid certificate loaded") })
+}
+
+// Run checks the files every ReloadInterval until ctx ends; it returns nil then.
 func (s *FileSource) Run(ctx context.Context) error {
 	t := time.NewTicker(s.cfg.ReloadInterval)
 	defer t.Stop()

@@ -46,7 +46,7 @@ func (s *sidecar) readyWarnings() []string {
 		return nil
 	}
 	select {
-	case <-s.intentions.Ready():
+	case <-s.intentions.Loaded():
 	default:
 		return nil // /ready fails anyway
 	}

@@ -6,34 +6,30 @@ package main
 
 import (
 	"context"
+	"sync"
 
 	"meshlet.dev/meshlet/proxy"
 )
 
-// startEntries starts watching the config entries once the proxy runs; each change is applied at once.
-func (s *sidecar) startEntries() {
-	if s.entries == nil {
-		return
-	}
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan struct{}, 2)
-	go func() {
-		defer func() { done <- struct{}{} }()
-		s.entries.Run(ctx)
-	}()
-	go func() {
-		defer func() { done <- struct{}{} }()
-		for {
-			select {
-			case <-ctx.Done():
-				return
-			case <-s.entries.Changed():
-				s.applyEntries()
-			}
+// entriesPart is the config-entries watch with its applier: each change of the entries is applied at once.
+// Ready is the entries' readiness.
+type entriesPart struct{ s *sidecar }
+
+func (e entriesPart) Run(ctx context.Context) error {
+	var wg sync.WaitGroup
+	wg.Go(func() { e.s.entries.Run(ctx) })
+	defer wg.Wait()
+	for {
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-e.s.entries.Changed():
+			e.s.applyEntries()
 		}
-	}()
-	s.stopEntries = func() { cancel(); <-done; <-done }
+	}
 }
+
+func (e entriesPart) Ready() error { return e.s.entries.Ready() }
 
 // withEntries returns cfg's proxy config with the config entries merged into every upstream found in Consul,
 // defaults applied. Without Consul it is cfg's.
@@ -75,5 +71,5 @@ func (s *sidecar) entriesErr() error {
 	if s.entries == nil {
 		return nil
 	}
-	return s.entries.Err()
+	return s.entries.Ready()
 }

@@ -77,9 +77,36 @@ func (s *sidecar) startDiscovery() error {
 	return nil
 }
 
+// registration is the part that registers this instance (service.register), once the listeners are bound:
+// Run waits until the sidecar is routable (bounded by registerWait), then keeps the registration; Ready says why
+// the instance is not registered yet.
+type registration struct{ s *sidecar }
+
+func (p registration) Run(ctx context.Context) error {
+	// Register once routable (bounded), so that the /ready check starts passing: registered while still waiting
+	// for, say, the first config entries, it would start critical and pass only a check interval later.
+	deadline := time.Now().Add(registerWait)
+	for p.s.routable() != nil && time.Now().Before(deadline) {
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-time.After(20 * time.Millisecond):
+		}
+	}
+	return p.s.registrar.Load().Run(ctx)
+}
+
+func (p registration) Ready() error {
+	r := p.s.registrar.Load()
+	if r == nil {
+		return errors.New("consul registration: not started yet (listeners not bound)")
+	}
+	return r.Ready()
+}
+
 // startRegistration registers this instance when the config asks for it, once the listeners are bound.
 func (s *sidecar) startRegistration() {
-	if !s.cfg.Service.Register || s.consul == nil {
+	if !s.mustRegister {
 		return
 	}
 	inbound := s.proxy.Addrs()["inbound"]
@@ -92,41 +119,12 @@ func (s *sidecar) startRegistration() {
 		Tags: s.cfg.Service.Tags, Meta: s.cfg.Service.Meta, AppCheck: s.cfg.Service.Check, Ready: s.routable,
 	})
 	s.registrar.Store(r)
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan struct{})
-	go func() {
-		defer close(done)
-		// Register once routable (bounded), so that the /ready check starts passing: registered while still
-		// waiting for, say, the first config entries, it would start critical and pass only a check interval later.
-		deadline := time.Now().Add(registerWait)
-		for s.routable() != nil && time.Now().Before(deadline) {
-			select {
-			case <-ctx.Done():
-				return
-			case <-time.After(20 * time.Millisecond):
-			}
-		}
-		r.Run(ctx)
-	}()
-	s.stopRegistrar = func() { cancel(); <-done }
+	s.parts.start(partRegistration)
 }
 
 // registerWait bounds how long registration waits for the sidecar to be routable; then it registers anyway (its
 // /ready check starting critical).
 const registerWait = 30 * time.Second
-
-// registrationErr says why an instance that should register (service.register) is not registered yet; nil
-// once it has been, or when it should not register.
-func (s *sidecar) registrationErr() error {
-	if !s.mustRegister {
-		return nil
-	}
-	r := s.registrar.Load()
-	if r == nil {
-		return errors.New("consul registration: not started yet (listeners not bound)")
-	}
-	return r.Err()
-}
 
 // deregister removes this instance from Consul at the start of shutdown, so that callers stop picking it while
 // the listeners still accept during the drain delay.
@@ -135,7 +133,7 @@ func (s *sidecar) deregister() {
 	if r == nil {
 		return
 	}
-	s.stopRegistrar()
+	s.parts.stop(partRegistration)
 	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Second)
 	defer cancel()
 	if err := r.Deregister(ctx); err != nil {
@@ -143,11 +141,8 @@ func (s *sidecar) deregister() {
 	}
 }
 
-// stopDiscovery ends the Consul watches after the proxy has stopped.
+// stopDiscovery ends the Consul watches after the proxy and the parts have stopped.
 func (s *sidecar) stopDiscovery() {
-	if s.stopEntries != nil {
-		s.stopEntries()
-	}
 	if s.consul != nil {
 		s.consul.Close()
 	}

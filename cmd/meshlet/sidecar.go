@@ -30,19 +30,17 @@ type sidecar struct {
 	proxy *proxy.Proxy
 	admin *admin.Server
 
-	consul        *discovery.Consul                   // nil without discovery.consul
-	registrar     atomic.Pointer[discovery.Registrar] // nil unless service.register, until the listeners are bound
-	stopRegistrar func()
-	mustRegister  bool                     // service.register with discovery.consul: not ready until registered
-	entries       *discovery.ConfigEntries // nil without discovery.consul
-	stopEntries   func()
+	// parts are the background parts, in the order /ready asks them: config entries, certificates,
+	// intentions, registration, the app check (those configured).
+	parts runGroup
+
+	consul       *discovery.Consul                   // nil without discovery.consul
+	registrar    atomic.Pointer[discovery.Registrar] // nil unless service.register, until the listeners are bound
+	mustRegister bool                                // service.register with discovery.consul: not ready until registered
+	entries      *discovery.ConfigEntries            // nil without discovery.consul
 
 	tls        mtls.Source      // nil without a tls section
-	tlsWaiting func() error     // why there is no certificate yet (Consul's CA); nil for files
 	intentions *mtls.Intentions // nil unless mutual TLS inbound with Consul
-
-	appCheck     *discovery.CheckRunner // nil unless service.check.ready
-	stopAppCheck func()
 
 	mu  sync.Mutex // serializes reloads and guards cfg
 	cfg *fileConfig
@@ -60,28 +58,31 @@ func runSidecar(path string, stderr io.Writer) int {
 	lv, _ := parseLevel(cfg.Log.Level)
 	level.Set(lv)
 
-	s := &sidecar{path: path, log: log, level: level, cfg: cfg}
+	s := &sidecar{path: path, log: log, level: level, cfg: cfg, parts: runGroup{log: log}}
 	s.m = metrics.New(prometheus.NewRegistry(), buildVersion())
 	if err := s.startDiscovery(); err != nil {
 		log.Error("invalid config", "config", path, "error", err.Error())
 		return 1
 	}
 	defer s.stopDiscovery()
+	defer s.parts.stopAll() // (before the Consul client closes)
 	s.mustRegister = cfg.Service.Register && s.consul != nil
 	var src discovery.Source // stays a nil interface without Consul
 	if s.consul != nil {
 		src = s.consul
+		s.parts.add(partEntries, entriesPart{s})
 	}
-	tlsCtx, stopTLS := context.WithCancel(context.Background())
-	defer stopTLS()
-	tlsSrc, err := s.startTLS(tlsCtx)
+	tlsSrc, err := s.startTLS()
 	if err != nil {
 		log.Error("invalid certificate", "config", path, "error", err.Error())
 		return 1
 	}
 	var authz proxy.Authorizer // stays a nil interface without intentions
-	if it := s.startIntentions(tlsCtx); it != nil {
+	if it := s.startIntentions(); it != nil {
 		authz = it
+	}
+	if s.mustRegister {
+		s.parts.add(partRegistration, registration{s})
 	}
 	s.proxy, err = proxy.New(cfg.Config, proxy.Options{Logger: log, Metrics: s.m, AccessLog: cfg.Log.AccessLog,
 		Discovery: src, TLS: tlsSrc, TLSMinVersion: cfg.TLS.MinVersion, Authorizer: authz})
@@ -94,7 +95,9 @@ func runSidecar(path string, stderr io.Writer) int {
 	signal.Notify(sigs, syscall.SIGTERM, syscall.SIGINT, syscall.SIGHUP)
 	defer signal.Stop(sigs)
 	if c := cfg.Service.Check; c != nil && c.Ready {
-		s.appCheck = discovery.NewCheckRunner(*c, log) // before the admin server reads it; runs from startAppCheck
+		// Not part of routable(): registration does not wait for the app, and an app outage only fails /ready
+		// (the sidecar's Consul check follows it), it never deregisters.
+		s.parts.add(partAppCheck, discovery.NewCheckRunner(*c, log))
 	}
 	s.admin = admin.New(cfg.Admin, admin.Options{
 		Logger:     log,
@@ -117,8 +120,12 @@ func runSidecar(path string, stderr io.Writer) int {
 		s.admin.Shutdown(context.Background())
 		return 1
 	}
-	s.startEntries()
-	s.startAppCheck()
+	if s.entries != nil {
+		s.parts.start(partEntries)
+	}
+	if c := cfg.Service.Check; c != nil && c.Ready {
+		s.parts.start(partAppCheck)
+	}
 	s.startRegistration()
 	log.Info("meshlet started", "version", buildVersion(), "service", cfg.Service.Name, "admin", s.admin.Addr())
 
@@ -143,21 +150,13 @@ func notify(sigs chan<- os.Signal, sig os.Signal) {
 	}
 }
 
-// ready is /ready: the proxy can route, meshlet is not draining, with service.register the instance has been
-// registered with Consul, and with service.check.ready the app's check passed its latest run.
+// ready is /ready: the proxy can route, meshlet is not draining, and every part is ready (config entries known,
+// a valid certificate, intentions loaded, with service.register the instance registered with Consul, with
+// service.check.ready the app's check passed its latest run).
 func (s *sidecar) ready() error {
-	err := s.routable()
+	err := s.readyReason(s.proxy.Ready())
 	if err == nil {
-		err = s.tlsErr()
-	}
-	if err == nil {
-		err = s.intentionsErr()
-	}
-	if err == nil {
-		err = s.registrationErr()
-	}
-	if err == nil && s.appCheck != nil {
-		err = s.appCheck.Err()
+		err = s.parts.ready()
 	}
 	if err != nil {
 		s.m.Ready.Set(0)
@@ -185,9 +184,7 @@ func (s *sidecar) shutdown(sigs <-chan os.Signal) int {
 	s.proxy.Drain()
 	s.m.Ready.Set(0)
 	s.deregister()
-	if s.stopAppCheck != nil {
-		s.stopAppCheck()
-	}
+	s.parts.stop(partAppCheck)
 	if d := *cfg.Shutdown.DrainDelay; d > 0 {
 		s.log.Info("draining: still accepting", "drain_delay", d.String())
 		select {
@@ -205,6 +202,7 @@ func (s *sidecar) shutdown(sigs <-chan os.Signal) int {
 	actx, acancel := context.WithTimeout(context.Background(), time.Second)
 	defer acancel()
 	s.admin.Shutdown(actx)
+	s.parts.stopAll()
 	s.log.Info("meshlet stopped")
 	return code
 }
@@ -261,20 +259,4 @@ func (s *sidecar) configView() any {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	return s.cfg.view()
-}
-
-// startAppCheck runs the app's check in meshlet when service.check.ready asks for it. It is not part of
-// routable(): registration does not wait for the app, and an app outage only fails /ready (the sidecar's Consul
-// check follows it), it never deregisters.
-func (s *sidecar) startAppCheck() {
-	if s.appCheck == nil {
-		return
-	}
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan struct{})
-	go func() {
-		defer close(done)
-		s.appCheck.Run(ctx)
-	}()
-	s.stopAppCheck = func() { cancel(); <-done }
 }

@@ -1,7 +1,6 @@
 package main
 
 import (
-	"context"
 	"errors"
 	"flag"
 	"fmt"
@@ -37,9 +36,10 @@ func (c *fileConfig) validateTLS() []error {
 	return errs
 }
 
-// startTLS starts the certificate source of the tls section (files, or Consul's Connect CA) and exposes the
-// certificate's expiry and the rotations as metrics. It returns nil (no TLS) without a tls section.
-func (s *sidecar) startTLS(ctx context.Context) (mtls.Source, error) {
+// startTLS starts the certificate source of the tls section (files, or Consul's Connect CA) as the part
+// "certificates" and exposes the certificate's expiry and the rotations as metrics. It returns nil (no TLS)
+// without a tls section.
+func (s *sidecar) startTLS() (mtls.Source, error) {
 	if !s.cfg.TLS.Configured() {
 		return nil, nil
 	}
@@ -61,13 +61,7 @@ func (s *sidecar) startTLS(ctx context.Context) (mtls.Source, error) {
 	if s.cfg.TLS.Source == mtls.SourceConsul {
 		cs := mtls.NewConsulSource(s.consul.Client(), s.cfg.Service.Name, log)
 		cs.OnReload = onReload
-		go cs.Run(ctx)
-		s.tlsWaiting = func() error {
-			if err := cs.Err(); err != nil {
-				return fmt.Errorf("waiting for the certificate from consul: %w", err)
-			}
-			return errors.New("waiting for the certificate from consul")
-		}
+		s.parts.add(partCertificates, cs)
 		src = cs
 	} else {
 		fs, err := mtls.NewFileSource(s.cfg.TLS, log)
@@ -75,7 +69,7 @@ func (s *sidecar) startTLS(ctx context.Context) (mtls.Source, error) {
 			return nil, fmt.Errorf("tls: %w", err)
 		}
 		fs.OnReload = onReload
-		go fs.Run(ctx)
+		s.parts.add(partCertificates, fs)
 		b := fs.Bundle()
 		s.log.Info("certificate loaded", "id", b.ID.String(), "not_after", b.Leaf.NotAfter, "trust_domain", b.TrustDomain)
 		src = fs
@@ -90,29 +84,9 @@ func (s *sidecar) startTLS(ctx context.Context) (mtls.Source, error) {
 		return 0
 	})
 	s.m.Registry.MustRegister(rotations, expiry)
+	s.parts.start(partCertificates)
 	s.tls = src
 	return src, nil
-}
-
-// tlsErr is the readiness of the certificate: not ready before one is loaded, or once the leaf has expired (or
-// before it is valid).
-func (s *sidecar) tlsErr() error {
-	if s.tls == nil {
-		return nil
-	}
-	b := s.tls.Bundle()
-	now := time.Now()
-	switch {
-	case b == nil && s.tlsWaiting != nil:
-		return s.tlsWaiting()
-	case b == nil:
-		return errors.New("no valid certificate loaded")
-	case now.After(b.Leaf.NotAfter):
-		return fmt.Errorf("certificate %s expired at %s", b.ID, b.Leaf.NotAfter.Format(time.RFC3339))
-	case now.Before(b.Leaf.NotBefore):
-		return fmt.Errorf("certificate %s is not valid before %s", b.ID, b.Leaf.NotBefore.Format(time.RFC3339))
-	}
-	return nil
 }
 
 const certsUsage = `Usage:
@@ -196,7 +170,7 @@ func certs(args []string, stdout, stderr io.Writer) int {
 
 // startIntentions logs the config's authorization warnings, then watches Consul's intentions for this service
 // when callers are verified (mutual TLS inbound) and Consul is configured; it returns nil otherwise.
-func (s *sidecar) startIntentions(ctx context.Context) *mtls.Intentions {
+func (s *sidecar) startIntentions() *mtls.Intentions {
 	for _, w := range s.cfg.authzWarnings() {
 		s.log.Warn("config: " + w)
 	}
@@ -204,26 +178,9 @@ func (s *sidecar) startIntentions(ctx context.Context) *mtls.Intentions {
 		return nil
 	}
 	it := mtls.NewIntentions(s.consul.Client(), s.cfg.Service.Name, s.log.With("component", "mtls"))
-	go it.Run(ctx)
+	s.parts.add(partIntentions, it)
+	s.parts.start(partIntentions)
 	s.intentions = it
 	s.registerDefaultPolicy(it)
 	return it
-}
-
-// intentionsErr is the readiness of authorization: not ready before the intentions are known and a first attempt
-// to learn the default policy is over. An unknown default keeps /ready at 200 (callers no intention names are
-// denied, which is safe; readyWarnings says so).
-func (s *sidecar) intentionsErr() error {
-	if s.intentions == nil {
-		return nil
-	}
-	select {
-	case <-s.intentions.Ready():
-		return nil
-	default:
-	}
-	if err := s.intentions.Err(); err != nil {
-		return fmt.Errorf("waiting for intentions: %w", err)
-	}
-	return errors.New("waiting for intentions from consul")
 }
