@@ -32,8 +32,8 @@ test: vet consul
 # testdata/fuzz) also run as plain tests under `make test`. CI runs `make fuzz FUZZTIME=5s`.
 FUZZTIME ?= 10s
 FUZZ_TARGETS = ./cmd/meshlet:FuzzConfig ./proxy:FuzzRouteLookup ./grpcwire:FuzzParseTimeout ./grpcwire:FuzzEncodeMessage \
-	./grpcwire:FuzzTimeoutRoundTrip ./resilience:FuzzRetryCondition ./mtls:FuzzParseID ./proxy:FuzzHeaderRewrite ./proxy:FuzzH1Guard \
-	./proxy:FuzzH1GuardAgreement ./proxy:FuzzNormalizePath
+	./grpcwire:FuzzTimeoutRoundTrip ./resilience:FuzzRetryCondition ./mtls:FuzzParseID ./proxy:FuzzHeaderRewrite ./proxy/h1guard:FuzzH1Guard \
+	./proxy/h1guard:FuzzH1GuardAgreement ./proxy:FuzzNormalizePath
 fuzz:
 	@set -e; for t in $(FUZZ_TARGETS); do \
 		pkg=$${t%%:*}; name=$${t##*:}; \

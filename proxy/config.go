@@ -11,6 +11,7 @@ import (
 
 	"meshlet.dev/meshlet/discovery"
 	"meshlet.dev/meshlet/mtls"
+	"meshlet.dev/meshlet/proxy/h1guard"
 	"meshlet.dev/meshlet/resilience"
 )
 
@@ -201,9 +202,9 @@ func (l *ListenerLimits) validate(p string, add func(string, string, ...any)) {
 	if l.StreamIdleTimeout < 0 {
 		add(p+".stream_idle_timeout", "must not be negative")
 	}
-	if l.MaxPendingHeaderBytes < l.MaxHeaderBytes+guardReadChunk || l.MaxPendingHeaderBytes > 1<<32 {
+	if l.MaxPendingHeaderBytes < l.MaxHeaderBytes+h1guard.ReadChunk || l.MaxPendingHeaderBytes > 1<<32 {
 		add(p+".max_pending_header_bytes", "%d must be between max_header_bytes + 4096 (%d) and 4294967296",
-			l.MaxPendingHeaderBytes, l.MaxHeaderBytes+guardReadChunk)
+			l.MaxPendingHeaderBytes, l.MaxHeaderBytes+h1guard.ReadChunk)
 	}
 	if l.MaxGRPCMessageBytes < 1<<10 || l.MaxGRPCMessageBytes > 1<<32-1 {
 		add(p+".max_grpc_message_bytes", "%d must be between 1024 and 4294967295", l.MaxGRPCMessageBytes)

@@ -14,6 +14,7 @@ import (
 
 	"meshlet.dev/meshlet/grpcwire"
 	"meshlet.dev/meshlet/metrics"
+	"meshlet.dev/meshlet/proxy/h1guard"
 	"meshlet.dev/meshlet/resilience"
 )
 
@@ -302,6 +303,9 @@ func (b *countingBody) Read(p []byte) (int, error) {
 		b.idle.touch()
 	}
 	if err != nil && err != io.EOF {
+		if errors.Is(err, h1guard.ErrMalformedBody) {
+			err = errMalformedBody // the guard's error, as the client's fault and its answer
+		}
 		var cf *clientFault
 		if errors.As(err, &cf) {
 			b.fault.Store(cf)

@@ -15,6 +15,7 @@ import (
 	"meshlet.dev/meshlet/discovery"
 	"meshlet.dev/meshlet/metrics"
 	"meshlet.dev/meshlet/mtls"
+	"meshlet.dev/meshlet/proxy/h1guard"
 )
 
 // Options are a Proxy's collaborators.
@@ -42,8 +43,8 @@ type Proxy struct {
 	m          *metrics.Metrics
 	accessLog  *slog.Logger // nil when access logging is off
 	refusedLog refusedLog
-	budget     *connBudget            // file descriptors for client and upstream connections, shared by all
-	heads      map[string]*headBudget // memory for HTTP/1.1 request heads being received, by direction
+	budget     *connBudget                // file descriptors for client and upstream connections, shared by all
+	heads      map[string]*h1guard.Budget // memory for HTTP/1.1 request heads being received, by direction
 	static     *discovery.Static
 	discovery  discovery.Source // nil: static endpoints only
 	tls        *tlsState        // nil: no TLS
@@ -98,9 +99,9 @@ func New(cfg Config, opts Options) (*Proxy, error) {
 	}
 	p.refusedLog.log = p.log
 	p.budget = newConnBudget(p.log)
-	p.heads = map[string]*headBudget{
-		metrics.Inbound:  newHeadBudget(cfg.Inbound.Limits.MaxPendingHeaderBytes),
-		metrics.Outbound: newHeadBudget(cfg.Outbound.Limits.MaxPendingHeaderBytes),
+	p.heads = map[string]*h1guard.Budget{
+		metrics.Inbound:  h1guard.NewBudget(cfg.Inbound.Limits.MaxPendingHeaderBytes),
+		metrics.Outbound: h1guard.NewBudget(cfg.Outbound.Limits.MaxPendingHeaderBytes),
 	}
 	p.resolveInboundMode(&p.cfg)
 	if opts.AccessLog {

@@ -5,23 +5,9 @@ package proxy
 // it: meshlet_refused_requests_total for the client's input (the guard, the input checks, inbound paths),
 // meshlet_upstream_errors_total for what happened on the way to the endpoint (and limits, authorization).
 
-// Refused heads and bodies of HTTP/1.1 requests (the guard, h1guard.go). Their answer says malformed_request.
-const (
-	malformedRequestLine  = "invalid_request_line"
-	malformedVersion      = "unsupported_version"
-	malformedLineEnd      = "bare_cr_lf"
-	malformedObsFold      = "obs_fold"
-	malformedHeaderName   = "invalid_header_name"
-	malformedHeaderValue  = "invalid_header_value"
-	malformedCLAndTE      = "content_length_and_transfer_encoding"
-	malformedMultipleCL   = "multiple_content_length"
-	malformedCL           = "invalid_content_length"
-	malformedTE           = "unsupported_transfer_encoding"
-	malformedHeadTooLarge = "headers_too_large"
-	malformedChunk        = "invalid_chunked_body"
-	refusedHeadBudget     = "header_budget"     // every byte of max_pending_header_bytes is held: 503
-	refusedUnchecked      = "unchecked_request" // net/http read a request the guard did not check
-)
+// Refused heads and bodies of HTTP/1.1 requests: the guard's reasons are in package h1guard (reasons.go), whose
+// Rejection.Reason the guarded handler counts; their answer says malformed_request.
+const refusedUnchecked = "unchecked_request" // net/http read a request the guard did not check
 
 // Other refused input (refused.go, handler.go), counted in meshlet_refused_requests_total.
 const (

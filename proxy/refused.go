@@ -2,6 +2,7 @@ package proxy
 
 import (
 	"meshlet.dev/meshlet/grpcwire"
+	"meshlet.dev/meshlet/proxy/h1guard"
 
 	"encoding/binary"
 	"errors"
@@ -64,8 +65,9 @@ type clientFault struct{ answer }
 func (e *clientFault) Error() string          { return e.msg }
 func (e *clientFault) NotEndpointFault() bool { return true }
 
-// errMalformedBody ends the body of a request whose chunked framing is broken; the connection is not reused.
-var errMalformedBody error = &clientFault{answer{reason: malformedChunk, status: http.StatusBadRequest, code: codes.Internal,
+// errMalformedBody is h1guard.ErrMalformedBody as the client's fault: a request whose chunked framing is broken
+// (the connection is not reused).
+var errMalformedBody error = &clientFault{answer{reason: h1guard.ReasonBrokenBody, status: http.StatusBadRequest, code: codes.Internal,
 	msg: "meshlet: malformed chunked request body"}}
 
 // refusedLog logs refused requests and denied callers, at most one line per second (logLimiter): a client that
@@ -95,17 +97,17 @@ func (p *Proxy) countRefused(r *http.Request, direction, listener, reason string
 // bodies (stall timeout, gRPC message size); each refusal is counted.
 func (p *Proxy) guarded(direction, listener string, lim ListenerLimits, h http.Handler) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		g := guardOf(r)
+		g := h1guard.Of(r)
 		if g != nil {
-			if !g.admit(r) {
+			if !g.Admit(r) {
 				p.countRefused(r, direction, listener, refusedUnchecked, http.StatusBadRequest)
 				refuseMalformed(w, refusedUnchecked, http.StatusBadRequest)
-				g.bodyFailed() // nothing more is read from this connection
+				g.BodyFailed() // nothing more is read from this connection
 				return
 			}
-			if rej := g.rejectionFor(r); rej != nil {
-				p.countRefused(r, direction, listener, rej.reason, rej.status)
-				refuseMalformed(w, rej.reason, rej.status)
+			if rej := g.Rejection(r); rej != nil {
+				p.countRefused(r, direction, listener, rej.Reason, rej.Status)
+				refuseMalformed(w, rej.Reason, rej.Status)
 				return
 			}
 		}
@@ -113,7 +115,7 @@ func (p *Proxy) guarded(direction, listener string, lim ListenerLimits, h http.H
 			r = withoutH2CUpgrade(r)
 		}
 		if g != nil && r.ProtoMajor == 1 && isUpgrade(r.Header) {
-			w = &upgradeWriter{ResponseWriter: w, g: g}
+			w = g.UpgradeWriter(w)
 		}
 		grpc := grpcwire.IsGRPC(r.Header)
 		if v := r.Header.Get(grpcwire.HeaderTimeout); grpc && v != "" {
@@ -156,8 +158,8 @@ func (p *Proxy) guarded(direction, listener string, lim ListenerLimits, h http.H
 					p.countRefused(r, direction, listener, f.reason, f.status)
 				}
 			}
-			if g != nil && g.brokenBody() {
-				p.countRefused(r, direction, listener, malformedChunk, http.StatusBadRequest)
+			if g != nil && g.BrokenBody() {
+				p.countRefused(r, direction, listener, h1guard.ReasonBrokenBody, http.StatusBadRequest)
 			}
 		}()
 		h.ServeHTTP(w, r)
@@ -228,7 +230,7 @@ type stallBody struct {
 	io.ReadCloser
 	rc http.ResponseController
 	d  time.Duration
-	g  *guardConn // the guard of an HTTP/1.1 connection, told when the body ends in an error; nil otherwise
+	g  *h1guard.Conn // the guard of an HTTP/1.1 connection, told when the body ends in an error; nil otherwise
 
 	mu       sync.Mutex
 	finished bool // the handler returned
@@ -256,7 +258,7 @@ func (b *stallBody) Read(p []byte) (int, error) {
 	n, err := b.ReadCloser.Read(p)
 	if err != nil && err != io.EOF && !errors.Is(err, http.ErrBodyReadAfterClose) && b.g != nil {
 		// (A read after Close is the transport's, which stopped sending the body: net/http reads the rest.)
-		b.g.bodyFailed()
+		b.g.BodyFailed()
 	}
 	switch {
 	case err == nil:

@@ -12,6 +12,7 @@ import (
 
 	"meshlet.dev/meshlet/grpcwire"
 	"meshlet.dev/meshlet/metrics"
+	"meshlet.dev/meshlet/proxy/h1guard"
 )
 
 // Fixed settings of the HTTP listeners (inbound, outbound and per-upstream); the others are ListenerLimits.
@@ -43,11 +44,11 @@ type httpListener struct {
 func (p *Proxy) newHTTPListener(ln net.Listener, direction, label string, lim ListenerLimits, h http.Handler) *httpListener {
 	open := p.m.ConnectionsOpen.WithLabelValues(direction, label)
 	total := p.m.Connections.WithLabelValues(direction, label)
-	ln = &guardListener{Listener: ln, maxHead: lim.MaxHeaderBytes, writeTimeout: lim.WriteTimeout,
-		budget: p.heads[direction]}
+	ln = h1guard.NewListener(ln, h1guard.Options{MaxHead: lim.MaxHeaderBytes, WriteTimeout: lim.WriteTimeout,
+		Budget: p.heads[direction]})
 	srv := &http.Server{
 		Handler:           p.guarded(direction, label, lim, h),
-		ConnContext:       guardContext,
+		ConnContext:       h1guard.ConnContext,
 		ReadHeaderTimeout: lim.ReadHeaderTimeout,
 		IdleTimeout:       lim.IdleTimeout,
 		MaxHeaderBytes:    lim.MaxHeaderBytes,

@@ -10,6 +10,7 @@ import (
 
 	"meshlet.dev/meshlet/metrics"
 	"meshlet.dev/meshlet/mtls"
+	"meshlet.dev/meshlet/proxy/h1guard"
 )
 
 // InboundTLSConfig is inbound.tls: how other sidecars must connect, and who may call.
@@ -144,7 +145,7 @@ func (u *upstream) authorizeRequest(w *responseWriter, r *http.Request, grpc boo
 		return true
 	}
 	source, why := sourcePlaintext, "plaintext caller: inbound.tls.allow or intentions need an identity (inbound.tls.allow_plaintext is false)"
-	if state := tlsStateOf(r); state == nil {
+	if state := h1guard.TLSState(r); state == nil {
 		if !u.tls.plaintextDenied() {
 			return true
 		}

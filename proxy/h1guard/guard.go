@@ -1,4 +1,28 @@
-package proxy
+// Package h1guard is the HTTP/1.1 guard of meshlet's listeners. It checks the framing of every request on an HTTP listener before net/http parses it, because
+// net/http is lenient where a proxy must not be: it forwards a request with both Content-Length and
+// Transfer-Encoding as chunked (RFC 9112 section 6.3 allows that), unfolds obsolete line folding, accepts bare LF
+// line ends and identical duplicate Content-Lengths. Any of these lets a front proxy and the app disagree on where
+// a request ends (request smuggling). The guard refuses them as Envoy does: it buffers each request head until it
+// is complete, checks it, and only then hands it to net/http; it follows the body's framing (Content-Length or
+// chunked, by exactly the rules of net/http's chunked reader, so that both find the same end) to find the next
+// head on a kept-alive connection. A refused head never reaches net/http: the guard hands over a synthetic request
+// that the guard's handler answers (400, 431, 501, 503 or 505 with Connection: close, counted in
+// meshlet_refused_requests_total by reason), and then the connection ends.
+//
+// Three more rules keep net/http and the guard in step (handoff.go): the handler admits a request only if its
+// request line is the one the guard checked next; a request whose body ended in an error closes its connection
+// (in full-duplex mode net/http would read on); and a connection leaves checking only for the HTTP/2 connection
+// preface at its very start, or once the handler took it over for a protocol switch (101). A body the handler did
+// not read to its end is left to net/http, which reads up to 256 KiB of it through the guard (by the same framing)
+// before it reuses the connection, and else closes it after a lingering close.
+//
+// Mutual TLS connections that speak HTTP/1.1 are guarded too; HTTP/2 ones (ALPN h2) are not, as net/http needs the
+// *tls.Conn itself for them, and HTTP/2 framing leaves no such ambiguity.
+//
+// Its interface to the proxy: NewListener wraps a listener; ConnContext and Of find a request's guard, whose Admit,
+// Rejection, BodyFailed, BrokenBody and UpgradeWriter are what the handler asks and tells; TLSState; a Budget bounds
+// the memory of the heads being received.
+package h1guard
 
 import (
 	"bytes"
@@ -14,26 +38,9 @@ import (
 	"time"
 )
 
-// The HTTP/1.1 guard checks the framing of every request on an HTTP listener before net/http parses it, because
-// net/http is lenient where a proxy must not be: it forwards a request with both Content-Length and
-// Transfer-Encoding as chunked (RFC 9112 section 6.3 allows that), unfolds obsolete line folding, accepts bare LF
-// line ends and identical duplicate Content-Lengths. Any of these lets a front proxy and the app disagree on where
-// a request ends (request smuggling). The guard refuses them as Envoy does: it buffers each request head until it
-// is complete, checks it, and only then hands it to net/http; it follows the body's framing (Content-Length or
-// chunked, by exactly the rules of net/http's chunked reader, so that both find the same end) to find the next
-// head on a kept-alive connection. A refused head never reaches net/http: the guard hands over a synthetic request
-// that the guard's handler answers (400, 431, 501, 503 or 505 with Connection: close, counted in
-// meshlet_refused_requests_total by reason), and then the connection ends.
-//
-// Three more rules keep net/http and the guard in step (h1handoff.go): the handler admits a request only if its
-// request line is the one the guard checked next; a request whose body ended in an error closes its connection
-// (in full-duplex mode net/http would read on); and a connection leaves checking only for the HTTP/2 connection
-// preface at its very start, or once the handler took it over for a protocol switch (101). A body the handler did
-// not read to its end is left to net/http, which reads up to 256 KiB of it through the guard (by the same framing)
-// before it reuses the connection, and else closes it after a lingering close.
-//
-// Mutual TLS connections that speak HTTP/1.1 are guarded too; HTTP/2 ones (ALPN h2) are not, as net/http needs the
-// *tls.Conn itself for them, and HTTP/2 framing leaves no such ambiguity.
+// ReadChunk is how much the guard reads at a time: a head's buffer grows to MaxHead plus ReadChunk at most, so a
+// Budget must hold at least that much.
+const ReadChunk = guardReadChunk
 
 // The guard's fixed bounds (its refusal reasons are in reasons.go).
 const (
@@ -79,24 +86,24 @@ const (
 	gFailed                      // a body's framing broke: reads fail
 )
 
-// rejection is why the guard refused a head and what status answers it.
-type rejection struct {
-	reason string
-	status int
+// Rejection is why the guard refused a head and what status answers it.
+type Rejection struct {
+	Reason string // the reason label of meshlet_refused_requests_total
+	Status int    // the HTTP status of the answer
 }
 
-// guardConn is one guarded connection. net/http calls Read from one goroutine at a time (its background read
-// included); handlers reach the guard through h1handoff.go, under mu or through atomics.
-type guardConn struct {
+// Conn is one guarded connection. net/http calls Read from one goroutine at a time (its background read
+// included); handlers reach the guard through handoff.go, under mu or through atomics.
+type Conn struct {
 	net.Conn
 	maxHead      int                  // bytes a request head may take, request line included
 	writeTimeout time.Duration        // a write that makes no progress this long fails (0: none)
 	tls          *tls.ConnectionState // the handshake of a mutual TLS connection; nil for plaintext
-	budget       *headBudget          // bytes all guards of a direction may buffer together; nil: no bound
+	budget       *Budget              // bytes all guards of a direction may buffer together; nil: no bound
 
 	mu       sync.Mutex
-	rejected *rejection // a refused head
-	broken   bool       // a body's chunked framing broke (counted once, by brokenBody)
+	rejected *Rejection // a refused head
+	broken   bool       // a body's chunked framing broke (counted once, by BrokenBody)
 	// brokenWhy says how the body broke: one of the reasons below, or "" (net/http refuses it too).
 	brokenWhy string
 	held      int  // bytes of budget held for in
@@ -121,24 +128,36 @@ type guardConn struct {
 	err     error   // an error that came with data, returned by the next read
 }
 
-// guardListener wraps the connections a listener accepts in a guardConn.
-type guardListener struct {
+// Options are the guard's settings for the connections of one listener.
+type Options struct {
+	MaxHead      int           // bytes a request head may take, request line included
+	WriteTimeout time.Duration // a write that makes no progress this long fails (0: none)
+	Budget       *Budget       // bytes all guards of a direction may buffer together; nil: no bound
+}
+
+// NewListener wraps the connections ln accepts in a guard (a *Conn; HTTP/2 over TLS passes unwrapped).
+func NewListener(ln net.Listener, o Options) net.Listener {
+	return &listener{Listener: ln, maxHead: o.MaxHead, writeTimeout: o.WriteTimeout, budget: o.Budget}
+}
+
+// listener wraps the connections a listener accepts in a Conn.
+type listener struct {
 	net.Listener
 	maxHead      int
 	writeTimeout time.Duration
-	budget       *headBudget
+	budget       *Budget
 }
 
-func (l *guardListener) Accept() (net.Conn, error) {
+func (l *listener) Accept() (net.Conn, error) {
 	c, err := l.Listener.Accept()
 	if err != nil {
 		return nil, err
 	}
-	g := &guardConn{Conn: c, maxHead: l.maxHead, writeTimeout: l.writeTimeout, budget: l.budget}
+	g := &Conn{Conn: c, maxHead: l.maxHead, writeTimeout: l.writeTimeout, budget: l.budget}
 	if tc, ok := c.(*tls.Conn); ok {
 		// The inbound listener hands over mutual TLS connections with the handshake done. HTTP/2 (ALPN h2) needs
 		// the *tls.Conn itself (net/http hands it to its HTTP/2 server); HTTP/1.1 is guarded like plaintext, and
-		// its requests find the peer's certificates through the guard (tlsStateOf), as net/http then leaves
+		// its requests find the peer's certificates through the guard (TLSState), as net/http then leaves
 		// Request.TLS nil.
 		cs := tc.ConnectionState()
 		if cs.NegotiatedProtocol == "h2" {
@@ -150,7 +169,7 @@ func (l *guardListener) Accept() (net.Conn, error) {
 }
 
 // Write gives each write writeTimeout to make progress: a client that stops reading is disconnected.
-func (g *guardConn) Write(p []byte) (int, error) {
+func (g *Conn) Write(p []byte) (int, error) {
 	if g.writeTimeout > 0 {
 		_ = g.Conn.SetWriteDeadline(time.Now().Add(g.writeTimeout))
 	}
@@ -158,7 +177,7 @@ func (g *guardConn) Write(p []byte) (int, error) {
 }
 
 // CloseWrite lets the half-close of upgraded connections through.
-func (g *guardConn) CloseWrite() error {
+func (g *Conn) CloseWrite() error {
 	if cw, ok := g.Conn.(interface{ CloseWrite() error }); ok {
 		return cw.CloseWrite()
 	}
@@ -168,7 +187,7 @@ func (g *guardConn) CloseWrite() error {
 // Close gives back the buffer's share of the budget. A connection that ends in doubt (a refused head, a broken
 // body, a body that ended in an error, a switch gone wrong) may have the client still sending: it ends with a
 // lingering close, so that the client reads its answer rather than a reset that discards it.
-func (g *guardConn) Close() error {
+func (g *Conn) Close() error {
 	g.mu.Lock()
 	first, doubt := !g.closed, g.rejected != nil || g.broken || g.dead.Load()
 	g.closed = true
@@ -184,9 +203,9 @@ func (g *guardConn) Close() error {
 	return g.Conn.Close()
 }
 
-func (g *guardConn) buffered() bool { return g.in != nil && len(*g.in) > 0 }
+func (g *Conn) buffered() bool { return g.in != nil && len(*g.in) > 0 }
 
-func (g *guardConn) Read(p []byte) (int, error) {
+func (g *Conn) Read(p []byte) (int, error) {
 	if len(p) == 0 {
 		return 0, nil
 	}
@@ -201,7 +220,7 @@ func (g *guardConn) Read(p []byte) (int, error) {
 		case gRejected:
 			return 0, io.EOF
 		case gFailed:
-			return 0, errMalformedBody
+			return 0, ErrMalformedBody
 		case gOpaque:
 			if g.buffered() {
 				g.out = len(*g.in)
@@ -247,7 +266,7 @@ func (g *guardConn) Read(p []byte) (int, error) {
 }
 
 // connRead reads from the connection; an error that comes with data is kept for the next call.
-func (g *guardConn) connRead(p []byte) (int, error) {
+func (g *Conn) connRead(p []byte) (int, error) {
 	if g.err != nil {
 		err := g.err
 		g.err = nil
@@ -261,7 +280,7 @@ func (g *guardConn) connRead(p []byte) (int, error) {
 }
 
 // handOut copies ready bytes into p and drops them from the buffer.
-func (g *guardConn) handOut(p []byte) int {
+func (g *Conn) handOut(p []byte) int {
 	b := *g.in
 	n := copy(p, b[:g.out])
 	g.out -= n
@@ -276,7 +295,7 @@ func (g *guardConn) handOut(p []byte) int {
 
 // stash appends b to the buffer, taking one from the pool if needed. When the budget cannot hold the buffer, the
 // connection's head is refused instead (503) and stash returns false.
-func (g *guardConn) stash(b []byte) bool {
+func (g *Conn) stash(b []byte) bool {
 	if g.in == nil {
 		g.in = guardBufs.Get().(*[]byte)
 	}
@@ -292,7 +311,7 @@ func (g *guardConn) stash(b []byte) bool {
 }
 
 // grow gives the buffer room for need bytes, at most the head limit plus one read: a head never takes more.
-func (g *guardConn) grow(need int) {
+func (g *Conn) grow(need int) {
 	b := *g.in
 	size := min(max(2*cap(b)+guardReadChunk, need), max(g.maxHead+guardReadChunk, need))
 	nb := make([]byte, len(b), size)
@@ -301,7 +320,7 @@ func (g *guardConn) grow(need int) {
 }
 
 // reserve makes the budget hold size bytes for the buffer; false when it cannot (or the connection is closed).
-func (g *guardConn) reserve(size int) bool {
+func (g *Conn) reserve(size int) bool {
 	g.mu.Lock()
 	defer g.mu.Unlock()
 	if size <= g.held {
@@ -315,7 +334,7 @@ func (g *guardConn) reserve(size int) bool {
 }
 
 // refuseForBudget replaces what is buffered by the synthetic request of a 503: the memory for heads is full.
-func (g *guardConn) refuseForBudget() {
+func (g *Conn) refuseForBudget() {
 	g.mu.Lock()
 	held := g.held
 	g.mu.Unlock()
@@ -327,7 +346,7 @@ func (g *guardConn) refuseForBudget() {
 	g.reject(refusedHeadBudget, http.StatusServiceUnavailable)
 }
 
-func (g *guardConn) release() {
+func (g *Conn) release() {
 	if g.in != nil && cap(*g.in) <= 4*guardReadChunk {
 		*g.in = (*g.in)[:0]
 		guardBufs.Put(g.in)
@@ -340,7 +359,7 @@ func (g *guardConn) release() {
 }
 
 // fill reads more of an incomplete head into the buffer.
-func (g *guardConn) fill() error {
+func (g *Conn) fill() error {
 	b := *g.in
 	if cap(b)-len(b) < guardReadChunk/2 && cap(b) < g.maxHead+1 {
 		g.grow(len(b) + guardReadChunk/2)
@@ -365,7 +384,7 @@ func (g *guardConn) fill() error {
 // head is made ready for net/http (out set, state set for its body) or replaced by the synthetic rejected request.
 // At the start of the connection, the HTTP/2 connection preface (and only the whole of it) lets the connection
 // pass unchecked, as net/http serves it as HTTP/2 then.
-func (g *guardConn) checkHead() bool {
+func (g *Conn) checkHead() bool {
 	b := *g.in
 	if !g.started {
 		n := min(len(b), len(h2Preface))
@@ -410,7 +429,7 @@ func (g *guardConn) checkHead() bool {
 }
 
 // headDone checks a complete head and sets up its body.
-func (g *guardConn) headDone(head []byte) bool {
+func (g *Conn) headDone(head []byte) bool {
 	h, reason, status := parseHead(head)
 	if reason != "" {
 		return g.reject(reason, status)
@@ -434,16 +453,16 @@ func (g *guardConn) headDone(head []byte) bool {
 }
 
 // handOver records the request line of the head about to be handed to net/http.
-func (g *guardConn) handOver(hash uint64) {
+func (g *Conn) handOver(hash uint64) {
 	n := g.heads.Load()
 	g.lines[n%uint64(len(g.lines))].Store(hash)
 	g.heads.Store(n + 1)
 }
 
 // reject replaces the buffered bytes by the synthetic request; the connection ends after its answer.
-func (g *guardConn) reject(reason string, status int) bool {
+func (g *Conn) reject(reason string, status int) bool {
 	g.mu.Lock()
-	g.rejected = &rejection{reason: reason, status: status}
+	g.rejected = &Rejection{Reason: reason, Status: status}
 	g.mu.Unlock()
 	g.handOver(rejectedLineHash)
 	*g.in = append((*g.in)[:0], rejectedLine+"\r\nHost: meshlet\r\nConnection: close\r\n\r\n"...)
@@ -455,7 +474,7 @@ func (g *guardConn) reject(reason string, status int) bool {
 
 // fail marks a broken body (why says how, for tests): reads fail from now on, so the request fails and the
 // connection is not reused.
-func (g *guardConn) fail(why string) {
+func (g *Conn) fail(why string) {
 	g.mu.Lock()
 	g.broken, g.brokenWhy = true, why
 	g.mu.Unlock()
@@ -463,14 +482,14 @@ func (g *guardConn) fail(why string) {
 }
 
 // bodyDone ends a body: the next bytes are a head.
-func (g *guardConn) bodyDone() {
+func (g *Conn) bodyDone() {
 	g.state = gHead
 	g.inBody.Store(false)
 }
 
 // body follows the framing of the current body over b and returns how many of its bytes belong to it (all of
 // them, unless the body ends inside b; then the rest starts the next head).
-func (g *guardConn) body(b []byte) int {
+func (g *Conn) body(b []byte) int {
 	i := 0
 	for i < len(b) {
 		switch g.state {
@@ -485,7 +504,7 @@ func (g *guardConn) body(b []byte) int {
 				g.state, g.line = gChunkEnd, g.line[:0]
 			}
 		case gChunkEnd, gChunkLine, gTrailer:
-			start := i // a broken line is not handed on: net/http gets errMalformedBody, not its own error
+			start := i // a broken line is not handed on: net/http gets ErrMalformedBody, not its own error
 			j := bytes.IndexByte(b[i:], '\n')
 			end := len(b)
 			if j >= 0 {
@@ -533,7 +552,7 @@ const (
 // lineDone takes a complete chunk-size, chunk-end or trailer line, by the rules of net/http's chunked reader
 // (net/http/internal/chunked.go) and trailer reader (readTrailer in net/http/transfer.go). When it refuses the
 // line, why is "" if net/http refuses it too, else one of the strict* reasons.
-func (g *guardConn) lineDone() (ok bool, why string) {
+func (g *Conn) lineDone() (ok bool, why string) {
 	line := g.line
 	g.line = g.line[:0]
 	if len(line) < 2 || line[len(line)-2] != '\r' || bytes.IndexByte(line[:len(line)-2], '\r') >= 0 {
@@ -620,17 +639,17 @@ func fnvAdd[T string | []byte](h uint64, s T) uint64 {
 
 var rejectedLineHash = lineHash(rejectedLine)
 
-// headBudget bounds the bytes that the guards of one direction hold for request heads still being received.
+// Budget bounds the bytes that the guards of one direction hold for request heads still being received.
 // A nil budget bounds nothing.
-type headBudget struct {
+type Budget struct {
 	limit int64
 	used  atomic.Int64
 }
 
-func newHeadBudget(limit int) *headBudget { return &headBudget{limit: int64(limit)} }
+func NewBudget(limit int) *Budget { return &Budget{limit: int64(limit)} }
 
 // take holds n bytes; false when that would pass the limit.
-func (b *headBudget) take(n int) bool {
+func (b *Budget) take(n int) bool {
 	if b == nil {
 		return true
 	}
@@ -642,7 +661,7 @@ func (b *headBudget) take(n int) bool {
 }
 
 // give returns n bytes.
-func (b *headBudget) give(n int) {
+func (b *Budget) give(n int) {
 	if b != nil && n != 0 {
 		b.used.Add(-int64(n))
 	}

@@ -1,4 +1,4 @@
-package proxy
+package h1guard
 
 import (
 	"bytes"
@@ -29,14 +29,14 @@ func (c *chunkConn) Read(p []byte) (int, error) {
 }
 
 // runGuard passes in through a guard in reads of k bytes (net/http's reads are 4 KiB, or 1 byte for its
-// background read; p alternates to cover both) and returns what came out, the rejection and the final error.
-func runGuard(in []byte, k, maxHead int) (out []byte, rej *rejection, err error) {
+// background read; p alternates to cover both) and returns what came out, the Rejection and the final error.
+func runGuard(in []byte, k, maxHead int) (out []byte, rej *Rejection, err error) {
 	out, g, err := runGuardConn(in, k, maxHead)
 	return out, g.rejected, err
 }
 
-func runGuardConn(in []byte, k, maxHead int) (out []byte, g *guardConn, err error) {
-	g = &guardConn{Conn: &chunkConn{data: in, k: k}, maxHead: maxHead}
+func runGuardConn(in []byte, k, maxHead int) (out []byte, g *Conn, err error) {
+	g = &Conn{Conn: &chunkConn{data: in, k: k}, maxHead: maxHead}
 	p := make([]byte, 4096)
 	for i := 0; i < 1<<20; i++ {
 		q := p
@@ -73,7 +73,7 @@ func TestGuardPassesValidStreams(t *testing.T) {
 		for k := 1; k <= len(in); k++ {
 			out, rej, err := runGuard([]byte(in), k, 1024)
 			if rej != nil || !errors.Is(err, io.EOF) || string(out) != in {
-				t.Fatalf("%s, reads of %d: rejection %+v, error %v, out %q", name, k, rej, err, out)
+				t.Fatalf("%s, reads of %d: Rejection %+v, error %v, out %q", name, k, rej, err, out)
 			}
 		}
 	}
@@ -118,8 +118,8 @@ func TestGuardRefuses(t *testing.T) {
 		for k := 1; k <= len(tc.in); k++ {
 			out, rej, err := runGuard([]byte(tc.in), k, 1024)
 			want := tc.prefix + "GET " + rejectedPath + " HTTP/1.1\r\nHost: meshlet\r\nConnection: close\r\n\r\n"
-			if rej == nil || rej.reason != tc.reason || rej.status != tc.status || string(out) != want || !errors.Is(err, io.EOF) {
-				t.Fatalf("%s, reads of %d: rejection %+v, error %v, out %q", tc.name, k, rej, err, out)
+			if rej == nil || rej.Reason != tc.reason || rej.Status != tc.status || string(out) != want || !errors.Is(err, io.EOF) {
+				t.Fatalf("%s, reads of %d: Rejection %+v, error %v, out %q", tc.name, k, rej, err, out)
 			}
 		}
 	}
@@ -148,8 +148,8 @@ func TestGuardBrokenChunkedBody(t *testing.T) {
 	} {
 		for k := 1; k <= len(head)+len(body); k++ {
 			out, g, err := runGuardConn([]byte(head+body), k, 1024)
-			if g.rejected != nil || !g.broken || !errors.Is(err, errMalformedBody) {
-				t.Fatalf("%s, reads of %d: rejection %+v, error %v", name, k, g.rejected, err)
+			if g.rejected != nil || !g.broken || !errors.Is(err, ErrMalformedBody) {
+				t.Fatalf("%s, reads of %d: Rejection %+v, error %v", name, k, g.rejected, err)
 			}
 			if !bytes.HasPrefix([]byte(head+body), out) {
 				t.Fatalf("%s, reads of %d: out %q is not a prefix of the input", name, k, out)
@@ -183,12 +183,12 @@ func FuzzH1Guard(f *testing.F) {
 				t.Fatalf("passed %q with %v, want all of %q", out, err, in)
 			}
 		case g.broken:
-			if !errors.Is(err, errMalformedBody) || !bytes.HasPrefix(in, out) {
+			if !errors.Is(err, ErrMalformedBody) || !bytes.HasPrefix(in, out) {
 				t.Fatalf("broken body: out %q is not a prefix of %q", out, in)
 			}
 		default:
 			if !bytes.HasSuffix(out, []byte(synthetic)) || !bytes.HasPrefix(in, out[:len(out)-len(synthetic)]) {
-				t.Fatalf("refused (%s): out %q", rej.reason, out)
+				t.Fatalf("refused (%s): out %q", rej.Reason, out)
 			}
 		}
 	})
@@ -201,7 +201,7 @@ func TestGuardHeadMemory(t *testing.T) {
 	const maxHead = 64 << 10
 	long := "GET / HTTP/1.1\r\nHost: a\r\n" + strings.Repeat("X-Pad: "+strings.Repeat("p", 1000)+"\r\n", 60)
 	t.Run("one head", func(t *testing.T) {
-		g := &guardConn{Conn: &chunkConn{data: []byte(long), k: 4096}, maxHead: maxHead}
+		g := &Conn{Conn: &chunkConn{data: []byte(long), k: 4096}, maxHead: maxHead}
 		p := make([]byte, 4096)
 		for {
 			if _, err := g.Read(p); err != nil {
@@ -213,15 +213,15 @@ func TestGuardHeadMemory(t *testing.T) {
 		}
 	})
 	t.Run("budget", func(t *testing.T) {
-		b := newHeadBudget(4 * (maxHead + guardReadChunk))
-		var conns []*guardConn
+		b := NewBudget(4 * (maxHead + guardReadChunk))
+		var conns []*Conn
 		refused := 0
 		for range 10 {
-			g := &guardConn{Conn: &chunkConn{data: []byte(long), k: 4096}, maxHead: maxHead, budget: b}
+			g := &Conn{Conn: &chunkConn{data: []byte(long), k: 4096}, maxHead: maxHead, budget: b}
 			conns = append(conns, g)
 			out, err := readAll(g)
 			if g.rejected != nil {
-				if g.rejected.reason != refusedHeadBudget || g.rejected.status != 503 ||
+				if g.rejected.Reason != refusedHeadBudget || g.rejected.Status != 503 ||
 					!strings.HasSuffix(string(out), rejectedLine+"\r\nHost: meshlet\r\nConnection: close\r\n\r\n") {
 					t.Fatalf("refusal %+v, out %q, err %v", g.rejected, out, err)
 				}
@@ -244,7 +244,7 @@ func TestGuardHeadMemory(t *testing.T) {
 }
 
 // readAll reads g until its first error.
-func readAll(g *guardConn) ([]byte, error) {
+func readAll(g *Conn) ([]byte, error) {
 	var out []byte
 	p := make([]byte, 4096)
 	for {

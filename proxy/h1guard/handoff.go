@@ -1,4 +1,4 @@
-package proxy
+package h1guard
 
 import (
 	"bufio"
@@ -8,32 +8,32 @@ import (
 	"net/http"
 )
 
-// What the handlers of an HTTP listener ask of the HTTP/1.1 guard of their request's connection (h1guard.go), and
+// What the handlers of an HTTP listener ask of the HTTP/1.1 guard of their request's connection (guard.go), and
 // what they tell it: which request net/http handed over, how its body ended, and a protocol switch.
 
 type guardKey struct{}
 
-// guardContext is the listener's ConnContext: it lets handlers find the guard of their connection.
-func guardContext(ctx context.Context, c net.Conn) context.Context {
-	if g, ok := c.(*guardConn); ok {
+// ConnContext is the listener's ConnContext: it lets handlers find the guard of their connection.
+func ConnContext(ctx context.Context, c net.Conn) context.Context {
+	if g, ok := c.(*Conn); ok {
 		return context.WithValue(ctx, guardKey{}, g)
 	}
 	return ctx
 }
 
-// guardOf returns the guard of the connection a request came on, or nil.
-func guardOf(r *http.Request) *guardConn {
-	g, _ := r.Context().Value(guardKey{}).(*guardConn)
+// Of returns the guard of the connection a request came on, or nil.
+func Of(r *http.Request) *Conn {
+	g, _ := r.Context().Value(guardKey{}).(*Conn)
 	return g
 }
 
-// tlsStateOf returns the TLS state of the connection r came on: net/http's, or the guard's for a guarded mutual
+// TLSState returns the TLS state of the connection r came on: net/http's, or the guard's for a guarded mutual
 // TLS connection; nil for plaintext.
-func tlsStateOf(r *http.Request) *tls.ConnectionState {
+func TLSState(r *http.Request) *tls.ConnectionState {
 	if r.TLS != nil {
 		return r.TLS
 	}
-	if g := guardOf(r); g != nil {
+	if g := Of(r); g != nil {
 		return g.tls
 	}
 	return nil
@@ -43,7 +43,7 @@ func tlsStateOf(r *http.Request) *tls.ConnectionState {
 // sequence, same request line. Any other request is one net/http read where the guard saw something else (a body
 // net/http stopped reading part-way, bytes of a body merged into a head): the handler refuses it and closes the
 // connection. HTTP/2 requests (prior knowledge, which the guard lets through whole) are not counted.
-func (g *guardConn) admit(r *http.Request) bool {
+func (g *Conn) Admit(r *http.Request) bool {
 	if r.ProtoMajor != 1 {
 		return true
 	}
@@ -60,8 +60,8 @@ func (g *guardConn) admit(r *http.Request) bool {
 	return g.lines[(n-1)%uint64(len(g.lines))].Load() == h
 }
 
-// rejectionFor returns why the guard refused the request r stands for, or nil when r is a real request.
-func (g *guardConn) rejectionFor(r *http.Request) *rejection {
+// Rejection returns why the guard refused the request r stands for, or nil when r is a real request.
+func (g *Conn) Rejection(r *http.Request) *Rejection {
 	if r.URL.Path != rejectedPath {
 		return nil
 	}
@@ -70,8 +70,8 @@ func (g *guardConn) rejectionFor(r *http.Request) *rejection {
 	return g.rejected
 }
 
-// brokenBody reports, once, that a request body on this connection broke its chunked framing.
-func (g *guardConn) brokenBody() bool {
+// BrokenBody reports, once, that a request body on this connection broke its chunked framing.
+func (g *Conn) BrokenBody() bool {
 	g.mu.Lock()
 	defer g.mu.Unlock()
 	b := g.broken
@@ -79,15 +79,15 @@ func (g *guardConn) brokenBody() bool {
 	return b
 }
 
-// bodyFailed tells the guard that a request body ended in an error (net/http's reader or a read deadline): the
+// BodyFailed tells the guard that a request body ended in an error (net/http's reader or a read deadline): the
 // connection reads nothing more, so net/http closes it instead of reading a next request from where its reader
 // stopped.
-func (g *guardConn) bodyFailed() { g.dead.Store(true) }
+func (g *Conn) BodyFailed() { g.dead.Store(true) }
 
 // switched tells the guard that the handler took the connection over for a protocol switch (a 101 answer): the
 // bytes that follow are no longer HTTP/1.1 and pass unchecked. A connection with a request body still coming, or
 // one the guard already refused, is closed instead. Called after net/http's Hijack, when no Read is under way.
-func (g *guardConn) switched() {
+func (g *Conn) switched() {
 	if g.inBody.Load() || g.state == gRejected || g.state == gFailed {
 		g.dead.Store(true)
 		return
@@ -95,12 +95,17 @@ func (g *guardConn) switched() {
 	g.state = gOpaque
 }
 
+// UpgradeWriter returns the response writer of an upgrade request on g's connection (upgradeWriter).
+func (g *Conn) UpgradeWriter(w http.ResponseWriter) http.ResponseWriter {
+	return &upgradeWriter{ResponseWriter: w, g: g}
+}
+
 // upgradeWriter is the response writer of an upgrade request on a guarded connection. An answer other than 101
 // closes the connection (Connection: close); a 101 makes the reverse proxy hijack the connection, and only then
 // does the guard stop checking it.
 type upgradeWriter struct {
 	http.ResponseWriter
-	g     *guardConn
+	g     *Conn
 	wrote bool
 }
 

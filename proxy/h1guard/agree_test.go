@@ -1,4 +1,4 @@
-package proxy
+package h1guard
 
 import (
 	"bufio"
@@ -63,7 +63,7 @@ func agree(t *testing.T, body []byte, k int) agreeRead {
 	t.Helper()
 	in := []byte(agreeHead + string(body) + agreeNext)
 	goRead := readTwo(bytes.NewReader(in))
-	g := &guardConn{Conn: &chunkConn{data: in, k: k}, maxHead: 64 << 10}
+	g := &Conn{Conn: &chunkConn{data: in, k: k}, maxHead: 64 << 10}
 	gRead := readTwo(g)
 	gRead.strictBy = g.brokenWhy
 	switch {
