@@ -104,8 +104,9 @@ func (p registration) Ready() error {
 	return r.Ready()
 }
 
-// startRegistration registers this instance when the config asks for it, once the listeners are bound.
-func (s *sidecar) startRegistration() {
+// prepareRegistration makes the registrar of this instance when the config asks for it, once the listeners are
+// bound (the registration part then runs it).
+func (s *sidecar) prepareRegistration() {
 	if !s.mustRegister {
 		return
 	}
@@ -119,7 +120,6 @@ func (s *sidecar) startRegistration() {
 		Tags: s.cfg.Service.Tags, Meta: s.cfg.Service.Meta, AppCheck: s.cfg.Service.Check, Ready: s.routable,
 	})
 	s.registrar.Store(r)
-	s.parts.start(partRegistration)
 }
 
 // registerWait bounds how long registration waits for the sidecar to be routable; then it registers anyway (its

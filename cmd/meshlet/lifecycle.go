@@ -69,6 +69,21 @@ func (g *runGroup) start(name string) {
 	}()
 }
 
+// startRest starts every part added and not started yet, in order.
+func (g *runGroup) startRest() {
+	g.mu.Lock()
+	var names []string
+	for _, rp := range g.parts {
+		if rp.cancel == nil {
+			names = append(names, rp.name)
+		}
+	}
+	g.mu.Unlock()
+	for _, name := range names {
+		g.start(name)
+	}
+}
+
 // stop ends the part added under name, if it was started, and waits until its Run has returned.
 func (g *runGroup) stop(name string) {
 	g.mu.Lock()

@@ -68,3 +68,26 @@ func TestRunGroup(t *testing.T) {
 	}
 	g.stopAll() // twice: nothing left to stop
 }
+
+// TestRunGroupStartRest starts the parts not started yet, and only those.
+func TestRunGroupStartRest(t *testing.T) {
+	var mu sync.Mutex
+	var ended []string
+	mk := func(name string) *fakePart {
+		return &fakePart{name: name, started: make(chan struct{}), ended: &ended, mu: &mu}
+	}
+	a, b, c := mk("a"), mk("b"), mk("c")
+	g := &runGroup{log: slog.New(slog.NewTextHandler(io.Discard, nil))}
+	g.add("a", a)
+	g.add("b", b)
+	g.start("a")
+	g.add("c", c)
+	g.startRest() // b and c; a again would panic
+	<-a.started
+	<-b.started
+	<-c.started
+	g.stopAll()
+	if !slices.Equal(ended, []string{"c", "b", "a"}) {
+		t.Fatalf("ended %v, want c, b, a", ended)
+	}
+}

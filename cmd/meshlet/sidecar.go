@@ -81,9 +81,7 @@ func runSidecar(path string, stderr io.Writer) int {
 	if it := s.startIntentions(); it != nil {
 		authz = it
 	}
-	if s.mustRegister {
-		s.parts.add(partRegistration, registration{s})
-	}
+	s.addLateParts()
 	s.proxy, err = proxy.New(cfg.Config, proxy.Options{Logger: log, Metrics: s.m, AccessLog: cfg.Log.AccessLog,
 		Discovery: src, TLS: tlsSrc, TLSMinVersion: cfg.TLS.MinVersion, Authorizer: authz})
 	if err != nil {
@@ -94,11 +92,6 @@ func runSidecar(path string, stderr io.Writer) int {
 	sigs := make(chan os.Signal, 4)
 	signal.Notify(sigs, syscall.SIGTERM, syscall.SIGINT, syscall.SIGHUP)
 	defer signal.Stop(sigs)
-	if c := cfg.Service.Check; c != nil && c.Ready {
-		// Not part of routable(): registration does not wait for the app, and an app outage only fails /ready
-		// (the sidecar's Consul check follows it), it never deregisters.
-		s.parts.add(partAppCheck, discovery.NewCheckRunner(*c, log))
-	}
 	s.admin = admin.New(cfg.Admin, admin.Options{
 		Logger:     log,
 		Metrics:    s.m.Handler(),
@@ -120,13 +113,8 @@ func runSidecar(path string, stderr io.Writer) int {
 		s.admin.Shutdown(context.Background())
 		return 1
 	}
-	if s.entries != nil {
-		s.parts.start(partEntries)
-	}
-	if c := cfg.Service.Check; c != nil && c.Ready {
-		s.parts.start(partAppCheck)
-	}
-	s.startRegistration()
+	s.prepareRegistration()
+	s.parts.startRest()
 	log.Info("meshlet started", "version", buildVersion(), "service", cfg.Service.Name, "admin", s.admin.Addr())
 
 	for sig := range sigs {
@@ -140,6 +128,19 @@ func runSidecar(path string, stderr io.Writer) int {
 		break
 	}
 	return s.shutdown(sigs)
+}
+
+// addLateParts declares the parts that start once the listeners are bound: registration (service.register with
+// Consul) and the app check (service.check.ready). The app check is not part of routable(): registration does
+// not wait for the app, and an app outage only fails /ready (the sidecar's Consul check follows it), it never
+// deregisters.
+func (s *sidecar) addLateParts() {
+	if s.mustRegister {
+		s.parts.add(partRegistration, registration{s})
+	}
+	if c := s.cfg.Service.Check; c != nil && c.Ready {
+		s.parts.add(partAppCheck, discovery.NewCheckRunner(*c, s.log))
+	}
 }
 
 // notify delivers sig as if the process had received it; it never blocks (a full queue already holds a signal).
