@@ -14,6 +14,8 @@ import (
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
+
+	"meshlet.dev/meshlet/metrics"
 )
 
 // DefaultListen is where the admin listener binds when the config names no address: loopback only.
@@ -72,8 +74,9 @@ type Options struct {
 	// Quit is POST /quitquitquit (local clients only): it starts a graceful shutdown and must not block. Off when
 	// nil or when Config.EnableQuit is false.
 	Quit func()
-	// Registerer receives meshlet_admin_requests_refused_total; nil: refusals are logged but not exported.
-	Registerer prometheus.Registerer
+	// Refused counts refused requests by reason (meshlet_admin_requests_refused_total, metrics.Metrics'
+	// AdminRefused); nil: refusals are logged but not exported.
+	Refused *prometheus.CounterVec
 }
 
 // Server is the admin HTTP server.
@@ -95,7 +98,10 @@ func New(cfg Config, opts Options) *Server {
 	cfg.SetDefaults()
 	s := &Server{cfg: cfg, opts: opts, log: opts.Logger.With("component", "admin"), done: make(chan struct{}),
 		hosts: map[string]bool{}}
-	s.refused = newRefusedCounter(opts.Registerer, s.log)
+	s.refused = opts.Refused
+	if s.refused == nil {
+		s.refused = metrics.NewAdminRefused()
+	}
 	if h, _, err := net.SplitHostPort(cfg.Listen); err == nil && h != "" {
 		s.hosts[strings.TrimSuffix(strings.ToLower(h), ".")] = true
 	}

@@ -13,7 +13,6 @@ package admin
 
 import (
 	"fmt"
-	"log/slog"
 	"mime"
 	"net"
 	"net/http"
@@ -23,7 +22,7 @@ import (
 	"sync"
 	"time"
 
-	"github.com/prometheus/client_golang/prometheus"
+	"meshlet.dev/meshlet/metrics"
 )
 
 // access is how much an endpoint is guarded.
@@ -36,10 +35,10 @@ const (
 
 // Reasons an admin request is refused: the reason label of meshlet_admin_requests_refused_total.
 const (
-	RefusedNotLocal    = "not_local"    // a mutating endpoint called from another host or pod
-	RefusedHost        = "host"         // a Host that is not an IP address, localhost or an allowed name
-	RefusedBrowser     = "browser"      // a mutating request with Origin or Sec-Fetch-* (a web page's)
-	RefusedContentType = "content_type" // a mutating request with a body type a web page can send cross-origin
+	RefusedNotLocal    = metrics.AdminRefusedNotLocal    // a mutating endpoint called from another host or pod
+	RefusedHost        = metrics.AdminRefusedHost        // a Host that is not an IP address, localhost or an allowed name
+	RefusedBrowser     = metrics.AdminRefusedBrowser     // a mutating request with Origin or Sec-Fetch-* (a web page's)
+	RefusedContentType = metrics.AdminRefusedContentType // a mutating request with a body type a web page can send cross-origin
 )
 
 // formTypes are the Content-Types of CORS simple requests: what an HTML form or a no-cors fetch can send to any
@@ -158,24 +157,6 @@ func (s *Server) refuse(w http.ResponseWriter, r *http.Request, reason string, c
 			"remote", r.RemoteAddr, "host", r.Host, "error", msg, "lines_left_out", left)
 	}
 	http.Error(w, "admin: "+msg, code)
-}
-
-// newRefusedCounter creates meshlet_admin_requests_refused_total with every reason at 0 and registers it on reg
-// (nil: not registered).
-func newRefusedCounter(reg prometheus.Registerer, log *slog.Logger) *prometheus.CounterVec {
-	c := prometheus.NewCounterVec(prometheus.CounterOpts{
-		Name: "meshlet_admin_requests_refused_total",
-		Help: "Admin requests refused, by reason (not_local, host, browser, content_type).",
-	}, []string{"reason"})
-	for _, r := range []string{RefusedNotLocal, RefusedHost, RefusedBrowser, RefusedContentType} {
-		c.WithLabelValues(r)
-	}
-	if reg != nil {
-		if err := reg.Register(c); err != nil {
-			log.Warn("admin refusals are not counted", "error", err.Error())
-		}
-	}
-	return c
 }
 
 // logLimiter lets one line through per second and counts the lines it held back. The zero value is ready.

@@ -12,6 +12,8 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/testutil"
+
+	"meshlet.dev/meshlet/metrics"
 )
 
 // guardRig is an admin server whose handler is called directly, so that a test can choose the client's and the
@@ -33,14 +35,14 @@ func newGuardRig(t *testing.T, cfg Config) *guardRig {
 		t.Fatal(err)
 	}
 	g.s = New(cfg, Options{
-		Logger:     slog.New(slog.NewTextHandler(io.Discard, nil)),
-		Metrics:    http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { io.WriteString(w, "metrics") }),
-		Ready:      func() error { return nil },
-		Upstreams:  func() any { return []string{"api"} },
-		Config:     func() any { return map[string]string{"k": "v"} },
-		Reload:     func() ([]string, error) { g.reloads++; return nil, nil },
-		Quit:       func() { g.quits++ },
-		Registerer: g.reg,
+		Logger:    slog.New(slog.NewTextHandler(io.Discard, nil)),
+		Metrics:   http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { io.WriteString(w, "metrics") }),
+		Ready:     func() error { return nil },
+		Upstreams: func() any { return []string{"api"} },
+		Config:    func() any { return map[string]string{"k": "v"} },
+		Reload:    func() ([]string, error) { g.reloads++; return nil, nil },
+		Quit:      func() { g.quits++ },
+		Refused:   metrics.New(g.reg, "test").AdminRefused,
 	})
 	g.handlers = g.s.srv.Handler
 	return g

@@ -11,7 +11,8 @@ import (
 	"time"
 
 	"github.com/hashicorp/consul/api"
-	"github.com/prometheus/client_golang/prometheus"
+
+	"meshlet.dev/meshlet/metrics"
 )
 
 // Consul discovery modes: which instances of a service an upstream's endpoints are.
@@ -164,8 +165,8 @@ func (c *ConsulConfig) apiConfig() (*api.Config, error) {
 // ConsulOptions are a Consul source's collaborators.
 type ConsulOptions struct {
 	Logger *slog.Logger // required
-	// Registerer receives the discovery metrics; nil means they are not exported.
-	Registerer prometheus.Registerer
+	// Metrics are the discovery collectors to fill (metrics.Metrics.Discovery); nil: they are not exported.
+	Metrics *metrics.Discovery
 }
 
 // Consul is a Source backed by Consul's health API with blocking queries. Each service is watched by one
@@ -202,7 +203,7 @@ func NewConsul(cfg ConsulConfig, opts ConsulOptions) (*Consul, error) {
 	}
 	ctx, cancel := context.WithCancel(context.Background())
 	return &Consul{cfg: cfg, client: client, log: opts.Logger.With("component", "consul"),
-		m: newConsulMetrics(opts.Registerer), ctx: ctx, cancel: cancel, watches: map[watchKey]*consulWatch{}}, nil
+		m: newConsulMetrics(opts.Metrics), ctx: ctx, cancel: cancel, watches: map[watchKey]*consulWatch{}}, nil
 }
 
 // Client returns the Consul API client.

@@ -14,13 +14,14 @@ import (
 
 	"meshlet.dev/meshlet/discovery"
 	"meshlet.dev/meshlet/discovery/discoverytest"
+	"meshlet.dev/meshlet/metrics"
 )
 
 func quietLog() *slog.Logger { return slog.New(slog.NewTextHandler(io.Discard, nil)) }
 
 func newConsul(t *testing.T, cfg discovery.ConsulConfig) *discovery.Consul {
 	t.Helper()
-	c, err := discovery.NewConsul(cfg, discovery.ConsulOptions{Logger: quietLog(), Registerer: prometheus.NewRegistry()})
+	c, err := discovery.NewConsul(cfg, discovery.ConsulOptions{Logger: quietLog(), Metrics: metrics.New(prometheus.NewRegistry(), "test").Discovery})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -181,7 +182,7 @@ func TestConsulSharedWatch(t *testing.T) {
 	client := agent.Client()
 	registerInstance(t, client, "api-1", "api", 9101)
 	reg := prometheus.NewRegistry()
-	src, err := discovery.NewConsul(discovery.ConsulConfig{Address: agent.HTTPAddr}, discovery.ConsulOptions{Logger: quietLog(), Registerer: reg})
+	src, err := discovery.NewConsul(discovery.ConsulConfig{Address: agent.HTTPAddr}, discovery.ConsulOptions{Logger: quietLog(), Metrics: metrics.New(reg, "test").Discovery})
 	if err != nil {
 		t.Fatal(err)
 	}

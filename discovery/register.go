@@ -329,7 +329,7 @@ func (r *Registrar) setRegistered(v bool) {
 	if v {
 		g = 1
 	}
-	r.c.m.registered.WithLabelValues(r.id).Set(g)
+	r.c.m.Registered.WithLabelValues(r.id).Set(g)
 }
 
 // register sends both registrations.

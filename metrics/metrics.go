@@ -48,6 +48,9 @@ type Metrics struct {
 	TLSHandshakeFailures *prometheus.CounterVec // direction, reason
 	TLSPlaintext         prometheus.Counter
 	AuthzDenied          *prometheus.CounterVec // source
+
+	Discovery    *Discovery             // Consul discovery and registration (parts.go)
+	AdminRefused *prometheus.CounterVec // reason: admin requests refused (parts.go)
 }
 
 // New creates the collectors and registers them, with the Go runtime and process collectors, on reg.
@@ -152,6 +155,9 @@ func New(reg *prometheus.Registry, version string) *Metrics {
 		Help: "Inbound calls refused by authorization, by the caller's service name (unknown without an identity; (plaintext) for a plaintext caller refused because inbound.tls.allow or intentions need an identity).",
 	}, []string{"source"})
 	reg.MustRegister(m.TLSHandshakeFailures, m.TLSPlaintext, m.AuthzDenied)
+	m.Discovery, m.AdminRefused = NewDiscovery(), NewAdminRefused()
+	reg.MustRegister(m.Discovery.collectors()...)
+	reg.MustRegister(m.AdminRefused)
 	reg.MustRegister(m.Retries, m.RetriesSuppressed, m.RetryBudget, m.BreakerEndpoints, m.BreakerTransitions,
 		m.Ejections, m.EjectedEndpoints, m.LimitOverflows)
 	buildInfo := prometheus.NewGauge(prometheus.GaugeOpts{

@@ -1,8 +1,6 @@
 package main
 
 import (
-	"github.com/prometheus/client_golang/prometheus"
-
 	"meshlet.dev/meshlet/mtls"
 )
 
@@ -59,17 +57,6 @@ func (s *sidecar) readyWarnings() []string {
 // registerDefaultPolicy exposes what meshlet knows of Consul's default intention policy:
 // meshlet_authz_default_policy{policy="allow|deny|unknown"} is 1 for the current one, 0 for the others.
 func (s *sidecar) registerDefaultPolicy(it *mtls.Intentions) {
-	for _, p := range []mtls.DefaultPolicy{mtls.DefaultAllow, mtls.DefaultDeny, mtls.DefaultUnknown} {
-		s.m.Registry.MustRegister(prometheus.NewGaugeFunc(prometheus.GaugeOpts{
-			Name: "meshlet_authz_default_policy",
-			Help: "Consul's default for callers no intention names, as meshlet knows it: 1 for the current policy " +
-				"(unknown: meshlet could not learn it and denies them).",
-			ConstLabels: prometheus.Labels{"policy": string(p)},
-		}, func() float64 {
-			if cur, _ := it.DefaultPolicy(); cur == p {
-				return 1
-			}
-			return 0
-		}))
-	}
+	s.m.RegisterAuthzDefault([]string{string(mtls.DefaultAllow), string(mtls.DefaultDeny), string(mtls.DefaultUnknown)},
+		func() string { p, _ := it.DefaultPolicy(); return string(p) })
 }

@@ -68,7 +68,7 @@ func (s *sidecar) startDiscovery() error {
 	if s.cfg.Discovery.Consul == nil {
 		return nil
 	}
-	c, err := discovery.NewConsul(*s.cfg.Discovery.Consul, discovery.ConsulOptions{Logger: s.log, Registerer: s.m.Registry})
+	c, err := discovery.NewConsul(*s.cfg.Discovery.Consul, discovery.ConsulOptions{Logger: s.log, Metrics: s.m.Discovery})
 	if err != nil {
 		return err
 	}

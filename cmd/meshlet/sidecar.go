@@ -93,15 +93,15 @@ func runSidecar(path string, stderr io.Writer) int {
 	signal.Notify(sigs, syscall.SIGTERM, syscall.SIGINT, syscall.SIGHUP)
 	defer signal.Stop(sigs)
 	s.admin = admin.New(cfg.Admin, admin.Options{
-		Logger:     log,
-		Metrics:    s.m.Handler(),
-		Ready:      s.ready,
-		Warnings:   s.readyWarnings,
-		Upstreams:  func() any { return redactedView(s.proxy.Upstreams()) }, // endpoint meta from Consul
-		Config:     s.configView,
-		Reload:     s.reload,
-		Quit:       func() { notify(sigs, syscall.SIGTERM) }, // POST /quitquitquit: as if signalled
-		Registerer: s.m.Registry,
+		Logger:    log,
+		Metrics:   s.m.Handler(),
+		Ready:     s.ready,
+		Warnings:  s.readyWarnings,
+		Upstreams: func() any { return redactedView(s.proxy.Upstreams()) }, // endpoint meta from Consul
+		Config:    s.configView,
+		Reload:    s.reload,
+		Quit:      func() { notify(sigs, syscall.SIGTERM) }, // POST /quitquitquit: as if signalled
+		Refused:   s.m.AdminRefused,
 	})
 
 	if err := s.admin.Start(); err != nil {

@@ -7,8 +7,6 @@ import (
 	"io"
 	"time"
 
-	"github.com/prometheus/client_golang/prometheus"
-
 	"meshlet.dev/meshlet/mtls"
 )
 
@@ -43,12 +41,16 @@ func (s *sidecar) startTLS() (mtls.Source, error) {
 	if !s.cfg.TLS.Configured() {
 		return nil, nil
 	}
-	rotations := prometheus.NewCounterVec(prometheus.CounterOpts{
-		Name: "meshlet_tls_rotations_total",
-		Help: "Certificate changes, by result (success; failure: the new certificate did not load and the old one stays).",
-	}, []string{"result"})
-	rotations.WithLabelValues("success")
-	rotations.WithLabelValues("failure")
+	var src mtls.Source
+	rotations := s.m.RegisterTLS(func() float64 { // (scraped once the admin server runs, src set by then)
+		if src == nil {
+			return 0
+		}
+		if b := src.Bundle(); b != nil {
+			return time.Until(b.Leaf.NotAfter).Seconds()
+		}
+		return 0
+	})
 	onReload := func(_ *mtls.Bundle, err error) {
 		if err != nil {
 			rotations.WithLabelValues("failure").Inc()
@@ -57,7 +59,6 @@ func (s *sidecar) startTLS() (mtls.Source, error) {
 		rotations.WithLabelValues("success").Inc()
 	}
 	log := s.log.With("component", "mtls")
-	var src mtls.Source
 	if s.cfg.TLS.Source == mtls.SourceConsul {
 		cs := mtls.NewConsulSource(s.consul.Client(), s.cfg.Service.Name, log)
 		cs.OnReload = onReload
@@ -74,16 +75,6 @@ func (s *sidecar) startTLS() (mtls.Source, error) {
 		s.log.Info("certificate loaded", "id", b.ID.String(), "not_after", b.Leaf.NotAfter, "trust_domain", b.TrustDomain)
 		src = fs
 	}
-	expiry := prometheus.NewGaugeFunc(prometheus.GaugeOpts{
-		Name: "meshlet_tls_certificate_expiry_seconds",
-		Help: "Seconds until the leaf certificate expires (negative once expired; 0 before one is loaded).",
-	}, func() float64 {
-		if b := src.Bundle(); b != nil {
-			return time.Until(b.Leaf.NotAfter).Seconds()
-		}
-		return 0
-	})
-	s.m.Registry.MustRegister(rotations, expiry)
 	s.parts.start(partCertificates)
 	s.tls = src
 	return src, nil
