@@ -4,20 +4,16 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"io"
 	"log/slog"
 	"net"
-	"net/http"
-	"net/url"
 	"os"
 	"strconv"
-	"strings"
 	"sync"
-	"sync/atomic"
 	"time"
 
 	"github.com/hashicorp/consul/api"
 
+	"meshlet.dev/meshlet/appcheck"
 	"meshlet.dev/meshlet/consul"
 )
 
@@ -39,162 +35,16 @@ type Registration struct {
 	Meta    map[string]string // on both registrations
 	// AppCheck, when set, is the app's own health check on the service instance; the sidecar's alias check
 	// follows it, so callers stop picking the instance when its app fails.
-	AppCheck *AppCheck
+	AppCheck *appcheck.Check
 	// Ready is the sidecar's readiness; the /ready check starts passing when it returns nil at registration
 	// (so callers need not wait a check interval), critical otherwise. Nil: critical until Consul checks.
 	Ready func() error
 }
 
-// AppCheck is the app's own health check, run by the Consul agent: an HTTP GET (2xx passing, 429 warning,
-// anything else critical) or a TCP connect. Exactly one of HTTP and TCP is set.
-type AppCheck struct {
-	HTTP     string        `yaml:"http" json:"http"`         // URL, e.g. http://127.0.0.1:8080/health
-	TCP      string        `yaml:"tcp" json:"tcp"`           // host:port, e.g. the app's address
-	Interval time.Duration `yaml:"interval" json:"interval"` // default 10s
-	Timeout  time.Duration `yaml:"timeout" json:"timeout"`   // default 2s
-	// Ready, when true, makes meshlet run the check itself as well (at once, then every Interval, see
-	// CheckRunner): while it fails, meshlet's /ready answers 503 with the check's error, and it passes again with
-	// the first passing run. Only readiness follows it: the registrations stay in Consul (an app outage never
-	// deregisters; the sidecar's /ready check goes critical and passes again by itself), registration is not
-	// delayed by it, and /live stays 200. Default false: only the Consul agent runs the check.
-	Ready bool `yaml:"ready" json:"ready"`
-}
-
-// Validate reports the check's problems with their field paths under prefix.
-func (c *AppCheck) Validate(prefix string) error {
-	var errs []error
-	if (c.HTTP == "") == (c.TCP == "") {
-		errs = append(errs, fmt.Errorf("%s: set one of http and tcp", prefix))
-	}
-	if c.HTTP != "" && !strings.HasPrefix(c.HTTP, "http://") && !strings.HasPrefix(c.HTTP, "https://") {
-		errs = append(errs, fmt.Errorf("%s.http: %q must be an http:// or https:// URL", prefix, c.HTTP))
-	}
-	if u, err := url.Parse(c.HTTP); c.HTTP != "" && (err != nil || u.Host == "") {
-		errs = append(errs, fmt.Errorf("%s.http: %q must be a URL with a host", prefix, c.HTTP))
-	}
-	if c.TCP != "" {
-		if _, _, err := net.SplitHostPort(c.TCP); err != nil {
-			errs = append(errs, fmt.Errorf("%s.tcp: %q must be host:port", prefix, c.TCP))
-		}
-	}
-	if c.Interval != 0 && c.Interval < time.Second {
-		errs = append(errs, fmt.Errorf("%s.interval: must be at least 1s (Consul's shortest check interval)", prefix))
-	}
-	if c.Timeout < 0 {
-		errs = append(errs, fmt.Errorf("%s.timeout: must not be negative", prefix))
-	}
-	return errors.Join(errs...)
-}
-
-func (c *AppCheck) agentCheck() *api.AgentServiceCheck {
-	interval, timeout := c.intervals()
+// agentCheck is c as the Consul agent runs it, named "app" on the registration.
+func agentCheck(c *appcheck.Check) *api.AgentServiceCheck {
+	interval, timeout := c.Intervals()
 	return &api.AgentServiceCheck{Name: "app", HTTP: c.HTTP, TCP: c.TCP, Interval: interval.String(), Timeout: timeout.String()}
-}
-
-// intervals returns Interval and Timeout with their defaults applied.
-func (c *AppCheck) intervals() (interval, timeout time.Duration) {
-	interval, timeout = c.Interval, c.Timeout
-	if interval == 0 {
-		interval = 10 * time.Second
-	}
-	if timeout == 0 {
-		timeout = 2 * time.Second
-	}
-	return interval, timeout
-}
-
-// Probe runs the check once, within Timeout: an HTTP GET must answer 2xx (Consul's 429 "warning" fails here,
-// as it leaves passing-only routing too), a TCP check must connect. The error says what failed, with the start of
-// a failing response's body; it never blocks longer than Timeout or past ctx.
-func (c *AppCheck) Probe(ctx context.Context) error {
-	_, timeout := c.intervals()
-	ctx, cancel := context.WithTimeout(ctx, timeout)
-	defer cancel()
-	if c.TCP != "" {
-		var d net.Dialer
-		conn, err := d.DialContext(ctx, "tcp", c.TCP)
-		if err != nil {
-			return fmt.Errorf("app check tcp %s: %w", c.TCP, err)
-		}
-		return conn.Close()
-	}
-	req, err := http.NewRequestWithContext(ctx, http.MethodGet, c.HTTP, nil)
-	if err != nil {
-		return fmt.Errorf("app check http %s: invalid URL", c.shownURL())
-	}
-	req.Header.Set("User-Agent", "meshlet app check")
-	resp, err := probeClient.Do(req)
-	if err != nil {
-		var ue *url.Error // its URL holds the user name and the query
-		if errors.As(err, &ue) {
-			err = ue.Err
-		}
-		return fmt.Errorf("app check http %s: %w", c.shownURL(), err)
-	}
-	defer resp.Body.Close()
-	if resp.StatusCode >= 200 && resp.StatusCode < 300 {
-		return nil
-	}
-	b, _ := io.ReadAll(io.LimitReader(resp.Body, 128))
-	msg := strings.Join(strings.Fields(string(b)), " ")
-	return fmt.Errorf("app check http %s: %s: %q", c.shownURL(), resp.Status, msg)
-}
-
-// shownURL is the check's URL as errors, /ready and logs show it: without userinfo and query, which may hold
-// credentials (issue 11).
-func (c *AppCheck) shownURL() string {
-	u, err := url.Parse(c.HTTP)
-	if err != nil {
-		return "(unparseable URL)"
-	}
-	u.User, u.RawQuery, u.ForceQuery = nil, "", false
-	return u.String()
-}
-
-// probeClient runs HTTP app checks: a new connection each time (a probe holds none to the app between runs).
-var probeClient = &http.Client{Transport: &http.Transport{DisableKeepAlives: true, Proxy: nil}}
-
-// CheckRunner runs an AppCheck in meshlet (AppCheck.Ready) and keeps its latest result for /ready.
-type CheckRunner struct {
-	c   AppCheck
-	log *slog.Logger
-	err atomic.Pointer[error] // latest result; nil until the first run
-}
-
-// NewCheckRunner returns a runner of c that logs each change of result on log. Nothing runs before Run.
-func NewCheckRunner(c AppCheck, log *slog.Logger) *CheckRunner {
-	return &CheckRunner{c: c, log: log.With("component", "app-check")}
-}
-
-// Ready is the latest result: nil when the check passed, its error when it failed, an error saying so before the
-// first run has finished. Safe for concurrent use; it never blocks.
-func (r *CheckRunner) Ready() error {
-	p := r.err.Load()
-	if p == nil {
-		return errors.New("app check: not run yet")
-	}
-	return *p
-}
-
-// Run runs the check at once, then every Interval, until ctx ends; it returns nil then.
-func (r *CheckRunner) Run(ctx context.Context) error {
-	interval, _ := r.c.intervals()
-	for first := true; ; first = false {
-		err := r.c.Probe(ctx)
-		if ctx.Err() != nil {
-			return nil
-		}
-		prev := r.err.Swap(&err)
-		switch {
-		case err != nil && (first || *prev == nil):
-			r.log.Warn("app check failing: not ready", "error", err.Error())
-		case err == nil && !first && *prev != nil:
-			r.log.Info("app check passing again: ready")
-		}
-		if !consul.Sleep(ctx, interval) {
-			return nil
-		}
-	}
 }
 
 // Registrar keeps a Registration registered with the Consul agent until Deregister: it registers at start
@@ -352,7 +202,7 @@ func (r *Registrar) register(ctx context.Context) error {
 	svc := &api.AgentServiceRegistration{ID: r.id, Name: r.reg.Service, Address: appHost, Port: appPort,
 		Tags: r.reg.Tags, Meta: withMeta(r.reg.Meta, MetaSidecar, r.ProxyID())}
 	if r.reg.AppCheck != nil {
-		svc.Check = r.reg.AppCheck.agentCheck()
+		svc.Check = agentCheck(r.reg.AppCheck)
 	}
 	if err := r.c.client.Agent().ServiceRegisterOpts(svc, opts); err != nil {
 		return fmt.Errorf("register service %s: %w", r.id, err)

@@ -9,6 +9,7 @@ import (
 	"strings"
 	"time"
 
+	"meshlet.dev/meshlet/appcheck"
 	"meshlet.dev/meshlet/discovery"
 	"meshlet.dev/meshlet/mtls"
 	"meshlet.dev/meshlet/proxy/h1guard"
@@ -60,7 +61,7 @@ type ServiceConfig struct {
 	Tags     []string          `yaml:"tags" json:"tags"`
 	Meta     map[string]string `yaml:"meta" json:"meta"`
 	// Check is the app's own health check, registered on the service instance; nil means none.
-	Check *discovery.AppCheck `yaml:"check" json:"check"`
+	Check *appcheck.Check `yaml:"check" json:"check"`
 }
 
 // InboundConfig is the listener other sidecars call to reach the local app.

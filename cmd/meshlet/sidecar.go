@@ -15,6 +15,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 
 	"meshlet.dev/meshlet/admin"
+	"meshlet.dev/meshlet/appcheck"
 	"meshlet.dev/meshlet/discovery"
 	"meshlet.dev/meshlet/metrics"
 	"meshlet.dev/meshlet/mtls"
@@ -139,7 +140,7 @@ func (s *sidecar) addLateParts() {
 		s.parts.add(partRegistration, registration{s})
 	}
 	if c := s.cfg.Service.Check; c != nil && c.Ready {
-		s.parts.add(partAppCheck, discovery.NewCheckRunner(*c, s.log))
+		s.parts.add(partAppCheck, appcheck.NewRunner(*c, s.log))
 	}
 }
 
