@@ -28,17 +28,16 @@ vet:
 test: vet consul
 	$(GO) test -race -count=1 -timeout 20m ./...
 
-# fuzz runs each fuzz target (package:FuzzName) for FUZZTIME, one after another; the seed corpora (f.Add and
-# testdata/fuzz) also run as plain tests under `make test`. CI runs `make fuzz FUZZTIME=5s`.
+# fuzz runs each fuzz target (package:FuzzName) for FUZZTIME, one after another (tools/fuzz.sh, which runs a target
+# again once after a bare deadline error of Go's fuzz coordinator); the seed corpora (f.Add and testdata/fuzz)
+# also run as plain tests under `make test`. CI runs `make fuzz FUZZTIME=5s`.
 FUZZTIME ?= 10s
 FUZZ_TARGETS = ./cmd/meshlet:FuzzConfig ./proxy:FuzzRouteLookup ./grpcwire:FuzzParseTimeout ./grpcwire:FuzzEncodeMessage \
 	./grpcwire:FuzzTimeoutRoundTrip ./resilience:FuzzRetryCondition ./mtls:FuzzParseID ./proxy:FuzzHeaderRewrite ./proxy/h1guard:FuzzH1Guard \
 	./proxy/h1guard:FuzzH1GuardAgreement ./proxy:FuzzNormalizePath
 fuzz:
 	@set -e; for t in $(FUZZ_TARGETS); do \
-		pkg=$${t%%:*}; name=$${t##*:}; \
-		echo "fuzz $$name ($$pkg) for $(FUZZTIME)"; \
-		$(GO) test -run='^$$' -fuzz="^$$name\$$" -fuzztime=$(FUZZTIME) $$pkg; \
+		GO=$(GO) tools/fuzz.sh $${t%%:*} $${t##*:} $(FUZZTIME); \
 	done
 
 # DISCOVERY=consul runs the Consul variant (examples/demo/consul): a Consul dev agent from `make consul`, api's
