@@ -17,8 +17,8 @@ import (
 	"time"
 )
 
-// Check is the app's own health check (service.check), run by the Consul agent: an HTTP GET (2xx passing, 429 warning,
-// anything else critical) or a TCP connect. Exactly one of HTTP and TCP is set.
+// Check is the app's own health check (service.check), run by the Consul agent: an HTTP GET (2xx passing, 429
+// warning, anything else critical) or a TCP connect. Exactly one of HTTP and TCP is set.
 type Check struct {
 	HTTP     string        `yaml:"http" json:"http"`         // URL, e.g. http://127.0.0.1:8080/health
 	TCP      string        `yaml:"tcp" json:"tcp"`           // host:port, e.g. the app's address
