@@ -1,12 +1,12 @@
-// Package h1guard is the HTTP/1.1 guard of meshlet's listeners. It checks the framing of every request on an HTTP listener before net/http parses it, because
-// net/http is lenient where a proxy must not be: it forwards a request with both Content-Length and
-// Transfer-Encoding as chunked (RFC 9112 section 6.3 allows that), unfolds obsolete line folding, accepts bare LF
-// line ends and identical duplicate Content-Lengths. Any of these lets a front proxy and the app disagree on where
-// a request ends (request smuggling). The guard refuses them as Envoy does: it buffers each request head until it
-// is complete, checks it, and only then hands it to net/http; it follows the body's framing (Content-Length or
-// chunked, by exactly the rules of net/http's chunked reader, so that both find the same end) to find the next
-// head on a kept-alive connection. A refused head never reaches net/http: the guard hands over a synthetic request
-// that the guard's handler answers (400, 431, 501, 503 or 505 with Connection: close, counted in
+// Package h1guard is the HTTP/1.1 guard of meshlet's listeners. It checks the framing of every request on an HTTP
+// listener before net/http parses it, because net/http is lenient where a proxy must not be: it forwards a request
+// with both Content-Length and Transfer-Encoding as chunked (RFC 9112 section 6.3 allows that), unfolds obsolete
+// line folding, accepts bare LF line ends and identical duplicate Content-Lengths. Any of these lets a front proxy
+// and the app disagree on where a request ends (request smuggling). The guard refuses them as Envoy does: it buffers
+// each request head until it is complete, checks it, and only then hands it to net/http; it follows the body's
+// framing (Content-Length or chunked, by exactly the rules of net/http's chunked reader, so that both find the same
+// end) to find the next head on a kept-alive connection. A refused head never reaches net/http: the guard hands over
+// a synthetic request that the guard's handler answers (400, 431, 501, 503 or 505 with Connection: close, counted in
 // meshlet_refused_requests_total by reason), and then the connection ends.
 //
 // Three more rules keep net/http and the guard in step (handoff.go): the handler admits a request only if its
@@ -40,11 +40,10 @@ import (
 
 // ReadChunk is how much the guard reads at a time: a head's buffer grows to MaxHead plus ReadChunk at most, so a
 // Budget must hold at least that much.
-const ReadChunk = guardReadChunk
+const ReadChunk = 4 << 10
 
-// The guard's fixed bounds (its refusal reasons are in reasons.go).
+// The guard's other fixed bounds (its refusal reasons are in reasons.go).
 const (
-	guardReadChunk         = 4 << 10
 	guardMaxContentLenDigs = 18 // below 2^63
 	// net/http reads a request through a 4 KiB buffer: a chunk-size line with its CRLF, and a trailer section
 	// with its final empty line, must fit in it.
@@ -70,7 +69,7 @@ var rejectedLine = "GET " + rejectedPath + " HTTP/1.1"
 // start where net/http stopped, which the guard cannot vouch for.
 var errGuardClosed = errors.New("meshlet: connection closed after a request body that did not end cleanly")
 
-var guardBufs = sync.Pool{New: func() any { b := make([]byte, 0, guardReadChunk); return &b }}
+var guardBufs = sync.Pool{New: func() any { b := make([]byte, 0, ReadChunk); return &b }}
 
 type guardState uint8
 
@@ -136,16 +135,12 @@ type Options struct {
 }
 
 // NewListener wraps the connections ln accepts in a guard (a *Conn; HTTP/2 over TLS passes unwrapped).
-func NewListener(ln net.Listener, o Options) net.Listener {
-	return &listener{Listener: ln, maxHead: o.MaxHead, writeTimeout: o.WriteTimeout, budget: o.Budget}
-}
+func NewListener(ln net.Listener, o Options) net.Listener { return &listener{Listener: ln, o: o} }
 
 // listener wraps the connections a listener accepts in a Conn.
 type listener struct {
 	net.Listener
-	maxHead      int
-	writeTimeout time.Duration
-	budget       *Budget
+	o Options
 }
 
 func (l *listener) Accept() (net.Conn, error) {
@@ -153,7 +148,7 @@ func (l *listener) Accept() (net.Conn, error) {
 	if err != nil {
 		return nil, err
 	}
-	g := &Conn{Conn: c, maxHead: l.maxHead, writeTimeout: l.writeTimeout, budget: l.budget}
+	g := &Conn{Conn: c, maxHead: l.o.MaxHead, writeTimeout: l.o.WriteTimeout, budget: l.o.Budget}
 	if tc, ok := c.(*tls.Conn); ok {
 		// The inbound listener hands over mutual TLS connections with the handshake done. HTTP/2 (ALPN h2) needs
 		// the *tls.Conn itself (net/http hands it to its HTTP/2 server); HTTP/1.1 is guarded like plaintext, and
@@ -313,7 +308,7 @@ func (g *Conn) stash(b []byte) bool {
 // grow gives the buffer room for need bytes, at most the head limit plus one read: a head never takes more.
 func (g *Conn) grow(need int) {
 	b := *g.in
-	size := min(max(2*cap(b)+guardReadChunk, need), max(g.maxHead+guardReadChunk, need))
+	size := min(max(2*cap(b)+ReadChunk, need), max(g.maxHead+ReadChunk, need))
 	nb := make([]byte, len(b), size)
 	copy(nb, b)
 	*g.in = nb
@@ -347,7 +342,7 @@ func (g *Conn) refuseForBudget() {
 }
 
 func (g *Conn) release() {
-	if g.in != nil && cap(*g.in) <= 4*guardReadChunk {
+	if g.in != nil && cap(*g.in) <= 4*ReadChunk {
 		*g.in = (*g.in)[:0]
 		guardBufs.Put(g.in)
 	}
@@ -361,8 +356,8 @@ func (g *Conn) release() {
 // fill reads more of an incomplete head into the buffer.
 func (g *Conn) fill() error {
 	b := *g.in
-	if cap(b)-len(b) < guardReadChunk/2 && cap(b) < g.maxHead+1 {
-		g.grow(len(b) + guardReadChunk/2)
+	if cap(b)-len(b) < ReadChunk/2 && cap(b) < g.maxHead+1 {
+		g.grow(len(b) + ReadChunk/2)
 		if !g.reserve(cap(*g.in)) {
 			g.refuseForBudget()
 			return nil

@@ -208,12 +208,12 @@ func TestGuardHeadMemory(t *testing.T) {
 				break
 			}
 		}
-		if g.in == nil || cap(*g.in) > maxHead+guardReadChunk {
-			t.Fatalf("buffer of an unfinished %d-byte head: %v, want at most %d", len(long), g.in, maxHead+guardReadChunk)
+		if g.in == nil || cap(*g.in) > maxHead+ReadChunk {
+			t.Fatalf("buffer of an unfinished %d-byte head: %v, want at most %d", len(long), g.in, maxHead+ReadChunk)
 		}
 	})
 	t.Run("budget", func(t *testing.T) {
-		b := NewBudget(4 * (maxHead + guardReadChunk))
+		b := NewBudget(4 * (maxHead + ReadChunk))
 		var conns []*Conn
 		refused := 0
 		for range 10 {
