@@ -1,9 +1,6 @@
 package proxy
 
 import (
-	"meshlet.dev/meshlet/grpcwire"
-	"meshlet.dev/meshlet/proxy/h1guard"
-
 	"encoding/binary"
 	"errors"
 	"fmt"
@@ -19,6 +16,9 @@ import (
 
 	"golang.org/x/net/http/httpguts"
 	"google.golang.org/grpc/codes"
+
+	"meshlet.dev/meshlet/grpcwire"
+	"meshlet.dev/meshlet/proxy/h1guard"
 )
 
 // validTarget reports whether s (a raw query) has no byte that ends or breaks an HTTP/1.1 request line.

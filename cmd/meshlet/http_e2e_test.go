@@ -546,14 +546,12 @@ func TestHTTP1EarlyAnswerLingers(t *testing.T) {
 				return
 			}
 			resp, err = http.ReadResponse(br, nil)
-			switch {
-			case err != nil:
+			if err != nil {
 				t.Fatalf("after the answer: %v; want the next answer or the end of the connection (EOF)", err)
-			default:
-				body, err := io.ReadAll(resp.Body)
-				if resp.StatusCode != 200 || string(body) != "next" || err != nil {
-					t.Fatalf("next request: %d %q %v", resp.StatusCode, body, err)
-				}
+			}
+			body, err = io.ReadAll(resp.Body)
+			if resp.StatusCode != 200 || string(body) != "next" || err != nil {
+				t.Fatalf("next request: %d %q %v", resp.StatusCode, body, err)
 			}
 		})
 	}
