@@ -15,19 +15,19 @@ const sourcePlaintext = "(plaintext)"
 // caller authorized on that path. It returns the request to forward (r itself, or a shallow copy with the
 // normalized URL), or false after answering the client itself: 400 for a path that cannot be normalized safely,
 // 403 (gRPC: PERMISSION_DENIED) for a caller that may not call.
-func (u *upstream) inboundRequest(w *responseWriter, r *http.Request, grpc bool, ri *requestInfo) (*http.Request, bool) {
+func (c *cluster) inboundRequest(w *responseWriter, r *http.Request, grpc bool, ri *requestInfo) (*http.Request, bool) {
 	in, err := normalizedRequest(r)
 	if err != nil {
 		var pe *pathError
 		if !errors.As(err, &pe) {
 			pe = &pathError{refusedPathInvalid, err.Error()}
 		}
-		u.m.RefusedRequests.WithLabelValues(u.direction, pe.reason).Inc()
-		u.refused.refused(u.direction, u.name, r.RemoteAddr, pe.reason, http.StatusBadRequest)
-		u.fail(w, r, grpc, http.StatusBadRequest, pe.reason, pe.msg, ri)
+		c.m.RefusedRequests.WithLabelValues(c.direction, pe.reason).Inc()
+		c.refused.refused(c.direction, c.name, r.RemoteAddr, pe.reason, http.StatusBadRequest)
+		c.fail(w, r, grpc, http.StatusBadRequest, pe.reason, pe.msg, ri)
 		return nil, false
 	}
-	if !u.authorizeRequest(w, in, grpc, ri) {
+	if !c.authorizeRequest(w, in, grpc, ri) {
 		return nil, false
 	}
 	return in, true

@@ -57,11 +57,11 @@ func (e *internalFault) NotEndpointFault() bool { return true }
 
 // targetOf returns the dial target of endpoint st under the upstream's settings cfg. It is cached on st per cfg
 // (settings swap on reload), so that the hot path computes it once per endpoint and config.
-func (u *upstream) targetOf(st *endpointState, cfg *UpstreamConfig) *dialTarget {
+func (c *cluster) targetOf(st *endpointState, cfg *UpstreamConfig) *dialTarget {
 	if t := st.target.Load(); t != nil && t.cfg == cfg {
 		return t
 	}
-	t := newDialTarget(st, cfg, u.tls != nil)
+	t := newDialTarget(st, cfg, c.tls != nil)
 	st.target.Store(t)
 	return t
 }

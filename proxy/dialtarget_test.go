@@ -68,8 +68,8 @@ type bundleSource struct{ b *mtls.Bundle }
 
 func (s bundleSource) Bundle() *mtls.Bundle { return s.b }
 
-// testUpstream returns an outbound upstream for cfg (after defaults) with TLS from src (nil: none).
-func testUpstream(t testing.TB, cfg UpstreamConfig, src mtls.Source) *upstream {
+// testCluster returns an outbound upstream for cfg (after defaults) with TLS from src (nil: none).
+func testCluster(t testing.TB, cfg UpstreamConfig, src mtls.Source) *cluster {
 	t.Helper()
 	c := Config{Service: ServiceConfig{Name: "web"}, Outbound: OutboundConfig{Listen: "127.0.0.1:0"}, Upstreams: []UpstreamConfig{cfg}}
 	c.SetDefaults()
@@ -81,7 +81,7 @@ func testUpstream(t testing.TB, cfg UpstreamConfig, src mtls.Source) *upstream {
 		ts = &tlsState{src: src, minVersion: "1.3"}
 	}
 	m := metrics.New(prometheus.NewRegistry(), "test")
-	u := newUpstream(c.Upstreams[0], metrics.Outbound, m, slog.New(slog.NewTextHandler(io.Discard, nil)), ts)
+	u := newCluster(c.Upstreams[0], metrics.Outbound, m, slog.New(slog.NewTextHandler(io.Discard, nil)), ts)
 	t.Cleanup(u.close)
 	return u
 }
@@ -149,7 +149,7 @@ func TestDialUsesPickedTarget(t *testing.T) {
 	ep := newFirstBytes(t)
 	for _, peer := range []string{PeerSidecar, PeerApp} {
 		t.Run("endpoint is a sidecar by "+map[string]string{PeerSidecar: "config", PeerApp: "discovery"}[peer], func(t *testing.T) {
-			u := testUpstream(t, UpstreamConfig{Name: "api", Peer: peer}, pki.source(t, "web"))
+			u := testCluster(t, UpstreamConfig{Name: "api", Peer: peer}, pki.source(t, "web"))
 			addr := netip.MustParseAddrPort(ep.ln.Addr().String())
 			u.setEndpoints(discovery.Snapshot{Service: "api", Index: 1, Endpoints: []discovery.Endpoint{{ID: "api-1", Addr: addr,
 				Identity: pki.id("api"), Meta: map[string]string{"peer": PeerSidecar}}}})
@@ -187,7 +187,7 @@ func TestDialUsesPickedTarget(t *testing.T) {
 func TestDialWithoutTargetFailsClosed(t *testing.T) {
 	pki := newTestPKI(t)
 	ep := newFirstBytes(t)
-	u := testUpstream(t, UpstreamConfig{Name: "api", Peer: PeerSidecar}, pki.source(t, "web"))
+	u := testCluster(t, UpstreamConfig{Name: "api", Peer: PeerSidecar}, pki.source(t, "web"))
 	st := newEndpointState(discovery.Endpoint{ID: "api-1", Addr: netip.MustParseAddrPort(ep.ln.Addr().String()), Identity: pki.id("api")})
 	tgt := u.targetOf(st, u.cfg.Load())
 	other := u.targetOf(newEndpointState(discovery.Endpoint{ID: "api-2", Addr: netip.MustParseAddrPort("127.0.0.1:1")}), u.cfg.Load())
@@ -252,7 +252,7 @@ func TestPooledConnectionsKeepTheirTarget(t *testing.T) {
 			discovery.Endpoint{ID: "api-1", Identity: pki.id("api"), Meta: map[string]string{"peer": PeerSidecar}}},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			u := testUpstream(t, UpstreamConfig{Name: "api", Protocol: tc.protocol}, pki.source(t, "web"))
+			u := testCluster(t, UpstreamConfig{Name: "api", Protocol: tc.protocol}, pki.source(t, "web"))
 			addr := netip.MustParseAddrPort(tc.server.ln.Addr().String())
 			tc.first.Addr, tc.later.Addr = addr, addr
 			u.setEndpoints(discovery.Snapshot{Service: "api", Index: 1, Endpoints: []discovery.Endpoint{tc.first}})
@@ -276,7 +276,7 @@ func TestPooledConnectionsKeepTheirTarget(t *testing.T) {
 }
 
 // roundTrip sends one GET through u and returns its status.
-func roundTrip(t testing.TB, u *upstream) (int, error) {
+func roundTrip(t testing.TB, u *cluster) (int, error) {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(t.Context(), 5*time.Second)
 	defer cancel()
@@ -349,7 +349,7 @@ func startTestServer(t testing.TB, src mtls.Source) *testServer {
 // sidecars in plaintext: the connection is closed before a byte is sent.
 func TestMTLSWithoutTLSFailsClosed(t *testing.T) {
 	ep := newFirstBytes(t)
-	u := testUpstream(t, UpstreamConfig{Name: "api", Peer: PeerSidecar, TLS: UpstreamTLSConfig{Mode: mtls.ModeMTLS}}, nil)
+	u := testCluster(t, UpstreamConfig{Name: "api", Peer: PeerSidecar, TLS: UpstreamTLSConfig{Mode: mtls.ModeMTLS}}, nil)
 	u.setEndpoints(discovery.Snapshot{Service: "api", Index: 1, Endpoints: []discovery.Endpoint{{ID: "api-1",
 		Addr: netip.MustParseAddrPort(ep.ln.Addr().String())}}})
 	_, err := roundTrip(t, u)

@@ -15,7 +15,7 @@ func FuzzRouteLookup(f *testing.F) {
 	} {
 		f.Add(s)
 	}
-	api, web := &upstream{}, &upstream{}
+	api, web := &cluster{}, &cluster{}
 	rt := routeTable{"api": api, "api.mesh": api, "web": web, "web.svc.mesh": web}
 	f.Fuzz(func(t *testing.T, host string) {
 		got := rt.lookup(host)

@@ -42,17 +42,17 @@ func requestInfoFrom(ctx context.Context) *requestInfo {
 
 // ServeHTTP proxies one request to the upstream: it applies the timeout, records metrics and the access log,
 // and leaves the inbound request untouched (the reverse proxy works on a copy).
-func (u *upstream) serveHTTP(w http.ResponseWriter, r *http.Request, alog *slog.Logger) {
+func (c *cluster) serveHTTP(w http.ResponseWriter, r *http.Request, alog *slog.Logger) {
 	start := time.Now()
 	grpc := grpcwire.IsGRPC(r.Header)
 	rw := &responseWriter{ResponseWriter: w}
 	ri := &requestInfo{clientCtx: r.Context()}
 	var body *countingBody
 
-	u.obs.inFlight.Inc()
+	c.obs.inFlight.Inc()
 	defer func() {
 		p := recover()
-		u.obs.inFlight.Dec()
+		c.obs.inFlight.Dec()
 		code := rw.code
 		if p != nil && ri.clientCtx.Err() != nil {
 			code = StatusClientClosedRequest
@@ -68,10 +68,10 @@ func (u *upstream) serveHTTP(w http.ResponseWriter, r *http.Request, alog *slog.
 		if grpc {
 			grpcCode = rw.grpcStatus()
 		}
-		u.obs.record(code, grpcCode, time.Since(start), rx, rw.written)
+		c.obs.record(code, grpcCode, time.Since(start), rx, rw.written)
 		if alog != nil {
 			alog.LogAttrs(r.Context(), slog.LevelInfo, "access",
-				slog.String("direction", u.direction), slog.String("upstream", u.name),
+				slog.String("direction", c.direction), slog.String("upstream", c.name),
 				slog.String("method", r.Method), slog.String("authority", r.Host), slog.String("path", r.URL.Path),
 				slog.String("proto", r.Proto), slog.Int("status", code), slog.String("grpc_status", grpcCodeName(grpcCode)),
 				slog.Float64("duration_ms", float64(time.Since(start).Microseconds())/1000),
@@ -84,38 +84,38 @@ func (u *upstream) serveHTTP(w http.ResponseWriter, r *http.Request, alog *slog.
 	}()
 
 	if r.Method == http.MethodConnect {
-		u.fail(rw, r, grpc, http.StatusMethodNotAllowed, reasonOther, "CONNECT is not supported", ri)
+		c.fail(rw, r, grpc, http.StatusMethodNotAllowed, reasonOther, "CONNECT is not supported", ri)
 		return
 	}
 	if !validTarget(r.URL.RawQuery) || !validTarget(r.URL.Opaque) {
 		// An HTTP/2 :path may carry a space or a control byte in its query, which an HTTP/1.1 request line
 		// cannot: forwarded as is, it would split the line at the endpoint.
-		u.m.RefusedRequests.WithLabelValues(u.direction, refusedTarget).Inc()
-		u.fail(rw, r, grpc, http.StatusBadRequest, refusedTarget, "invalid byte in the request target", ri)
+		c.m.RefusedRequests.WithLabelValues(c.direction, refusedTarget).Inc()
+		c.fail(rw, r, grpc, http.StatusBadRequest, refusedTarget, "invalid byte in the request target", ri)
 		return
 	}
 	in := r // the request to forward: inbound, a copy with the normalized path that was authorized
-	if u.direction == metrics.Inbound {
+	if c.direction == metrics.Inbound {
 		var ok bool
-		if in, ok = u.inboundRequest(rw, r, grpc, ri); !ok {
+		if in, ok = c.inboundRequest(rw, r, grpc, ri); !ok {
 			return
 		}
 	}
-	release, err := u.acquire(r.Context())
+	release, err := c.acquire(r.Context())
 	if err != nil {
 		var oe *resilience.OverflowError
 		if errors.As(err, &oe) {
-			u.m.LimitOverflows.WithLabelValues(u.name, oe.Limit).Inc()
-			u.decisions.Add("overflow", "", "max_"+oe.Limit+" full")
-			u.fail(rw, r, grpc, http.StatusServiceUnavailable, reasonOverflow,
-				"upstream "+u.name+": too many requests in flight (max_"+oe.Limit+")", ri)
+			c.m.LimitOverflows.WithLabelValues(c.name, oe.Limit).Inc()
+			c.decisions.Add("overflow", "", "max_"+oe.Limit+" full")
+			c.fail(rw, r, grpc, http.StatusServiceUnavailable, reasonOverflow,
+				"upstream "+c.name+": too many requests in flight (max_"+oe.Limit+")", ri)
 		} else {
 			rw.code = StatusClientClosedRequest
 		}
 		return
 	}
 	defer release()
-	cfg := u.cfg.Load()
+	cfg := c.cfg.Load()
 	ctx := context.WithValue(r.Context(), requestInfoKey{}, ri)
 	timeout, limited := cfg.Timeout, cfg.Timeout > 0
 	if grpc {
@@ -142,9 +142,9 @@ func (u *upstream) serveHTTP(w http.ResponseWriter, r *http.Request, alog *slog.
 			ri.abortBody = func() { body.Close() }
 		}
 	}
-	if u.streamIdle > 0 {
+	if c.streamIdle > 0 {
 		// When idle, a transport waiting for the client's HTTP/2 body must return too (abortBody).
-		ri.idle, ctx = newStreamIdle(ctx, u.streamIdle, ri.abortBody)
+		ri.idle, ctx = newStreamIdle(ctx, c.streamIdle, ri.abortBody)
 		defer ri.idle.stop()
 		rw.idle = ri.idle
 		if body != nil {
@@ -155,11 +155,11 @@ func (u *upstream) serveHTTP(w http.ResponseWriter, r *http.Request, alog *slog.
 	if body != nil {
 		out.Body = body
 	}
-	u.rp.ServeHTTP(rw, out)
+	c.rp.ServeHTTP(rw, out)
 }
 
 // proxyError is the reverse proxy's ErrorHandler: it maps a failed round trip to a status.
-func (u *upstream) proxyError(w http.ResponseWriter, r *http.Request, err error) {
+func (c *cluster) proxyError(w http.ResponseWriter, r *http.Request, err error) {
 	ri := requestInfoFrom(r.Context())
 	grpc := grpcwire.IsGRPC(r.Header)
 	var ce *connectError
@@ -179,14 +179,14 @@ func (u *upstream) proxyError(w http.ResponseWriter, r *http.Request, err error)
 		return
 	case ri != nil && ri.clientCtx.Err() != nil:
 		// The client went away: nothing to answer, nothing to hold against the endpoint.
-		u.obs.errors[reasonCanceled].Inc()
+		c.obs.errors[reasonCanceled].Inc()
 		ri.reason, ri.errMsg = reasonCanceled, err.Error()
 		if rw, ok := w.(*responseWriter); ok {
 			rw.code = StatusClientClosedRequest
 		}
 	case idleFired(r.Context()):
-		u.obs.errors[reasonIdle].Inc()
-		msg := fmt.Sprintf("upstream %s: no byte either way for %s (stream_idle_timeout)", u.name, u.streamIdle)
+		c.obs.errors[reasonIdle].Inc()
+		msg := fmt.Sprintf("upstream %s: no byte either way for %s (stream_idle_timeout)", c.name, c.streamIdle)
 		if ri != nil {
 			ri.reason, ri.errMsg = reasonIdle, msg
 		}
@@ -194,24 +194,24 @@ func (u *upstream) proxyError(w http.ResponseWriter, r *http.Request, err error)
 		a.write(w, grpc, true)
 		return
 	case errors.Is(err, ErrNoEndpoint):
-		u.fail(w, r, grpc, http.StatusServiceUnavailable, reasonNoEndpoint,
-			"no endpoint available for upstream "+u.name, ri)
+		c.fail(w, r, grpc, http.StatusServiceUnavailable, reasonNoEndpoint,
+			"no endpoint available for upstream "+c.name, ri)
 	case errors.Is(err, context.DeadlineExceeded) || r.Context().Err() == context.DeadlineExceeded || deadlineNear(r):
-		u.fail(w, r, grpc, http.StatusGatewayTimeout, reasonTimeout, "upstream "+u.name+" timed out", ri)
+		c.fail(w, r, grpc, http.StatusGatewayTimeout, reasonTimeout, "upstream "+c.name+" timed out", ri)
 	case errors.As(err, new(*headersTooLargeError)):
-		u.fail(w, r, grpc, http.StatusBadGateway, reasonHeadersTooLarge, "upstream "+u.name+": endpoint response headers too large", ri)
-	case errors.As(err, &ce) && u.direction == metrics.Inbound:
+		c.fail(w, r, grpc, http.StatusBadGateway, reasonHeadersTooLarge, "upstream "+c.name+": endpoint response headers too large", ri)
+	case errors.As(err, &ce) && c.direction == metrics.Inbound:
 		// The local app is down: this instance is unavailable (503), which callers retry elsewhere.
-		u.fail(w, r, grpc, http.StatusServiceUnavailable, reasonConnect, "upstream "+u.name+": local app unreachable", ri)
+		c.fail(w, r, grpc, http.StatusServiceUnavailable, reasonConnect, "upstream "+c.name+": local app unreachable", ri)
 	case errors.As(err, &ce):
-		u.fail(w, r, grpc, http.StatusBadGateway, reasonConnect, "upstream "+u.name+": connection to endpoint failed", ri)
+		c.fail(w, r, grpc, http.StatusBadGateway, reasonConnect, "upstream "+c.name+": connection to endpoint failed", ri)
 	default:
-		u.fail(w, r, grpc, http.StatusBadGateway, reasonOther, "upstream "+u.name+": endpoint connection broken", ri)
+		c.fail(w, r, grpc, http.StatusBadGateway, reasonOther, "upstream "+c.name+": endpoint connection broken", ri)
 	}
 	if ri != nil && ri.reason != reasonCanceled {
 		// The client sees no addresses; the log, the access log and /debug/upstreams have the details.
 		ri.errMsg = err.Error()
-		u.log.Debug("upstream request failed", "reason", ri.reason, "endpoint", ri.endpoint, "error", err.Error())
+		c.log.Debug("upstream request failed", "reason", ri.reason, "endpoint", ri.endpoint, "error", err.Error())
 	}
 }
 
@@ -225,8 +225,8 @@ func deadlineNear(r *http.Request) bool {
 
 // fail answers a request that meshlet could not proxy: a gRPC status in a trailers-only response for gRPC calls,
 // an HTTP status with a one-line text body otherwise.
-func (u *upstream) fail(w http.ResponseWriter, r *http.Request, grpc bool, status int, reason, msg string, ri *requestInfo) {
-	if c, ok := u.obs.errors[reason]; ok {
+func (c *cluster) fail(w http.ResponseWriter, r *http.Request, grpc bool, status int, reason, msg string, ri *requestInfo) {
+	if c, ok := c.obs.errors[reason]; ok {
 		c.Inc()
 	}
 	if ri != nil {

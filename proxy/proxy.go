@@ -60,7 +60,7 @@ type Proxy struct {
 	cfg       Config
 	started   bool
 	stopped   bool
-	inbound   *upstream
+	inbound   *cluster
 	listeners map[string]listener // by config field path of the listen address ("inbound", "outbound", upstream name)
 	upstreams map[string]*upstreamEntry
 	wg        sync.WaitGroup // serving goroutines and watches
@@ -68,7 +68,7 @@ type Proxy struct {
 
 // upstreamEntry is a configured upstream with its watch.
 type upstreamEntry struct {
-	u           *upstream
+	cluster     *cluster
 	cancelWatch context.CancelFunc
 	src         discovery.Source       // where the endpoints come from
 	service     string                 // the name watched on src
@@ -130,7 +130,7 @@ func (p *Proxy) Start() error {
 	}
 	if cfg.Inbound.Listen != "" {
 		ucfg := inboundUpstreamConfig(cfg)
-		p.inbound = p.newUpstream(ucfg, metrics.Inbound)
+		p.inbound = p.newCluster(ucfg, metrics.Inbound)
 		eps, err := discovery.ParseAddrs(ucfg.Endpoints)
 		if err != nil {
 			return err
@@ -150,9 +150,9 @@ func (p *Proxy) Start() error {
 		}
 		bound["outbound"] = l
 	}
-	ups := map[string]*upstream{}
+	ups := map[string]*cluster{}
 	for i, uc := range cfg.Upstreams {
-		u := p.newUpstream(uc, metrics.Outbound)
+		u := p.newCluster(uc, metrics.Outbound)
 		ups[uc.Name] = u
 		if uc.Listen == "" {
 			continue
@@ -176,10 +176,10 @@ func (p *Proxy) Start() error {
 	return nil
 }
 
-// newUpstream creates the upstream of uc in direction, with the proxy's shared budgets and its direction's
+// newCluster creates the upstream of uc in direction, with the proxy's shared budgets and its direction's
 // stream_idle_timeout.
-func (p *Proxy) newUpstream(uc UpstreamConfig, direction string) *upstream {
-	u := newUpstream(uc, direction, p.m, p.log, p.tls)
+func (p *Proxy) newCluster(uc UpstreamConfig, direction string) *cluster {
+	u := newCluster(uc, direction, p.m, p.log, p.tls)
 	u.budget = p.budget
 	u.streamIdle = p.cfg.Outbound.Limits.StreamIdleTimeout
 	if direction == metrics.Inbound {
@@ -201,7 +201,7 @@ func inboundUpstreamConfig(cfg Config) UpstreamConfig {
 }
 
 // bind listens on addr and returns the listener that will serve u (or h, for the name-routed listener).
-func (p *Proxy) bind(field, addr, direction, label string, u *upstream, h http.Handler) (listener, error) {
+func (p *Proxy) bind(field, addr, direction, label string, u *cluster, h http.Handler) (listener, error) {
 	ln, err := listen(field, addr)
 	if err != nil {
 		return nil, err
@@ -235,8 +235,8 @@ func (p *Proxy) serve(l listener) {
 }
 
 // addUpstream registers u and starts watching its endpoints. Call with p.mu held.
-func (p *Proxy) addUpstream(uc UpstreamConfig, u *upstream) {
-	e := &upstreamEntry{u: u}
+func (p *Proxy) addUpstream(uc UpstreamConfig, u *cluster) {
+	e := &upstreamEntry{cluster: u}
 	p.upstreams[uc.Name] = e
 	p.startWatch(e, uc)
 }
@@ -258,7 +258,7 @@ func (p *Proxy) startWatch(e *upstreamEntry, uc UpstreamConfig) {
 	p.wg.Add(1)
 	go func() {
 		defer p.wg.Done()
-		if err := e.u.runWatch(ctx, src, service, opts); err != nil {
+		if err := e.cluster.runWatch(ctx, src, service, opts); err != nil {
 			p.log.Error("watch failed", "upstream", uc.Name, "service", service, "error", err)
 		}
 	}()
@@ -285,7 +285,7 @@ func (p *Proxy) Ready() error {
 		return errors.New("listeners not bound yet")
 	}
 	for name, e := range p.upstreams {
-		if !e.u.hasSnapshot() {
+		if !e.cluster.hasSnapshot() {
 			return fmt.Errorf("upstream %s: waiting for its first endpoints", name)
 		}
 	}
@@ -302,7 +302,7 @@ func (p *Proxy) Upstreams() []UpstreamInfo {
 	}
 	for _, uc := range p.cfg.Upstreams {
 		if e, ok := p.upstreams[uc.Name]; ok {
-			out = append(out, e.u.info())
+			out = append(out, e.cluster.info())
 		}
 	}
 	return out
@@ -329,7 +329,7 @@ func (p *Proxy) Shutdown(ctx context.Context) error {
 	p.mu.Lock()
 	for _, e := range p.upstreams {
 		e.cancelWatch()
-		e.u.close()
+		e.cluster.close()
 	}
 	if p.inbound != nil {
 		p.inbound.close()

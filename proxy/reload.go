@@ -66,7 +66,7 @@ func (p *Proxy) Reload(cfg Config) (warnings []string, err error) {
 		}
 	}
 	for _, c := range added {
-		p.addUpstream(c.uc, c.u)
+		p.addUpstream(c.uc, c.cluster)
 		if c.l != nil {
 			p.listeners["upstream/"+c.uc.Name] = c.l
 			p.serve(c.l)
@@ -80,9 +80,9 @@ func (p *Proxy) Reload(cfg Config) (warnings []string, err error) {
 
 // addedUpstream is an upstream a reload creates, with its listener bound but not serving yet.
 type addedUpstream struct {
-	uc UpstreamConfig
-	u  *upstream
-	l  listener // nil without a listen address
+	uc      UpstreamConfig
+	cluster *cluster
+	l       listener // nil without a listen address
 }
 
 // bindAdded creates the upstreams of cfg that are new or replaced (another listen address, or a switch between
@@ -107,7 +107,7 @@ func (p *Proxy) bindAdded(old, cfg Config) ([]addedUpstream, error) {
 		if ok && prev.Listen == uc.Listen && (prev.Protocol == ProtocolTCP) == (uc.Protocol == ProtocolTCP) {
 			continue
 		}
-		u := p.newUpstream(uc, metrics.Outbound)
+		u := p.newCluster(uc, metrics.Outbound)
 		var l listener
 		if uc.Listen != "" {
 			if ok && prev.Listen == uc.Listen {
@@ -128,7 +128,7 @@ func (p *Proxy) bindAdded(old, cfg Config) ([]addedUpstream, error) {
 // updateUpstream applies uc to an upstream that stays: its settings in place, and its endpoint source (static
 // list, or discovery with its service and options) restarted only when it changed. Call with p.mu held.
 func (p *Proxy) updateUpstream(e *upstreamEntry, uc UpstreamConfig) {
-	e.u.setConfig(uc)
+	e.cluster.setConfig(uc)
 	if uc.Endpoints == nil && p.discovery != nil {
 		if e.src != p.discovery || e.service != uc.Service || e.opts != uc.watchOptions() {
 			e.cancelWatch()
@@ -159,10 +159,10 @@ func (p *Proxy) removeUpstream(name string, e *upstreamEntry) {
 			defer cancel()
 			l.shutdown(ctx)
 			e.cancelWatch()
-			e.u.close()
+			e.cluster.close()
 		}()
 		return
 	}
 	e.cancelWatch()
-	e.u.close()
+	e.cluster.close()
 }

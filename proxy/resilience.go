@@ -19,48 +19,48 @@ type resState struct {
 }
 
 // initResilience builds the retry transport around u, the limiter, the ejector and the decision log.
-func (u *upstream) initResilience(cfg resilience.Config) {
-	u.decisions = resilience.NewDecisions(decisionsKept)
+func (c *cluster) initResilience(cfg resilience.Config) {
+	c.decisions = resilience.NewDecisions(decisionsKept)
 	policy, err := resilience.NewRetryPolicy(cfg.Retry)
 	if err != nil {
 		// Validate has already rejected such a config; fall back to no retries rather than fail.
-		u.log.Error("bad retry policy", "error", err.Error())
+		c.log.Error("bad retry policy", "error", err.Error())
 		policy, _ = resilience.NewRetryPolicy(resilience.RetryConfig{MaxAttempts: 1})
 	}
 	hooks := resilience.Hooks{
 		Retried: func(reason string) {
-			u.m.Retries.WithLabelValues(u.name, reason).Inc()
-			u.decisions.Add("retried", "", reason)
+			c.m.Retries.WithLabelValues(c.name, reason).Inc()
+			c.decisions.Add("retried", "", reason)
 		},
 		Suppressed: func(why, reason string) {
-			u.m.RetriesSuppressed.WithLabelValues(u.name, why).Inc()
-			u.decisions.Add("suppressed", "", why+" (after "+reason+")")
+			c.m.RetriesSuppressed.WithLabelValues(c.name, why).Inc()
+			c.decisions.Add("suppressed", "", why+" (after "+reason+")")
 		},
 		Exhausted: func(reason string, n int) {
-			u.decisions.Add("exhausted", "", reason+" on the last attempt")
+			c.decisions.Add("exhausted", "", reason+" on the last attempt")
 		},
 	}
-	u.retry = resilience.NewRetryTransport(u, policy, resilience.NewBudget(cfg.Retry.Budget), hooks, u.log)
-	u.res.Store(&resState{cfg: cfg, limiter: resilience.NewLimiter(cfg.Limits), ejector: resilience.NewEjector(cfg.Outlier)})
-	if u.direction == "outbound" {
-		u.m.RetryBudget.Set(u.name, func() float64 { return u.retry.Budget().Remaining() })
+	c.retry = resilience.NewRetryTransport(c, policy, resilience.NewBudget(cfg.Retry.Budget), hooks, c.log)
+	c.res.Store(&resState{cfg: cfg, limiter: resilience.NewLimiter(cfg.Limits), ejector: resilience.NewEjector(cfg.Outlier)})
+	if c.direction == "outbound" {
+		c.m.RetryBudget.Set(c.name, func() float64 { return c.retry.Budget().Remaining() })
 	}
 }
 
 // setResilience applies changed resilience settings. Breakers start afresh (closed) when their settings change.
-func (u *upstream) setResilience(cfg resilience.Config) {
-	old := u.res.Load()
+func (c *cluster) setResilience(cfg resilience.Config) {
+	old := c.res.Load()
 	if reflect.DeepEqual(old.cfg, cfg) {
 		return
 	}
 	if !reflect.DeepEqual(old.cfg.Retry, cfg.Retry) {
 		policy, err := resilience.NewRetryPolicy(cfg.Retry)
 		if err == nil {
-			b := u.retry.Budget()
+			b := c.retry.Budget()
 			if old.cfg.Retry.Budget != cfg.Retry.Budget {
 				b = resilience.NewBudget(cfg.Retry.Budget)
 			}
-			u.retry.Set(policy, b)
+			c.retry.Set(policy, b)
 		}
 	}
 	next := &resState{cfg: cfg, limiter: old.limiter, ejector: old.ejector}
@@ -71,78 +71,78 @@ func (u *upstream) setResilience(cfg resilience.Config) {
 	if breakersChanged {
 		next.ejector = resilience.NewEjector(cfg.Outlier)
 	}
-	u.res.Store(next)
+	c.res.Store(next)
 	if breakersChanged {
-		u.mu.Lock()
-		for _, st := range u.states {
-			u.dropBreaker(st)
-			u.addBreaker(st)
+		c.mu.Lock()
+		for _, st := range c.states {
+			c.dropBreaker(st)
+			c.addBreaker(st)
 		}
-		u.mu.Unlock()
+		c.mu.Unlock()
 	}
 }
 
 // addBreaker gives a new endpoint its breaker. Call with u.mu held.
-func (u *upstream) addBreaker(st *endpointState) {
-	cfg := u.res.Load().cfg.Breaker
+func (c *cluster) addBreaker(st *endpointState) {
+	cfg := c.res.Load().cfg.Breaker
 	if cfg.Disabled {
 		return
 	}
-	b := resilience.NewBreaker(u.name+"/"+st.ep.ID, cfg, func(from, to string) { u.breakerChanged(st, from, to) })
+	b := resilience.NewBreaker(c.name+"/"+st.ep.ID, cfg, func(from, to string) { c.breakerChanged(st, from, to) })
 	st.breaker.Store(b)
-	u.m.BreakerEndpoints.WithLabelValues(u.name, resilience.StateClosed).Inc()
+	c.m.BreakerEndpoints.WithLabelValues(c.name, resilience.StateClosed).Inc()
 }
 
 // dropBreaker removes an endpoint's breaker (the endpoint is gone, or the settings changed), giving back its
 // ejection slot. Call with u.mu held.
-func (u *upstream) dropBreaker(st *endpointState) {
+func (c *cluster) dropBreaker(st *endpointState) {
 	b := st.breaker.Swap(nil)
 	if b == nil {
 		return
 	}
-	u.m.BreakerEndpoints.WithLabelValues(u.name, b.State()).Dec()
+	c.m.BreakerEndpoints.WithLabelValues(c.name, b.State()).Dec()
 	if e := st.ejected.Swap(nil); e != nil {
 		e.Return()
-		u.m.EjectedEndpoints.WithLabelValues(u.name).Dec()
+		c.m.EjectedEndpoints.WithLabelValues(c.name).Dec()
 	}
 }
 
 // breakerChanged follows an endpoint's breaker: an opened breaker ejects the endpoint from load balancing if the
 // ejection cap allows; half-open and closed put it back. Called under the breaker's lock: no breaker calls here.
-func (u *upstream) breakerChanged(st *endpointState, from, to string) {
+func (c *cluster) breakerChanged(st *endpointState, from, to string) {
 	if st.breaker.Load() == nil {
 		return // replaced or removed meanwhile
 	}
-	u.m.BreakerEndpoints.WithLabelValues(u.name, from).Dec()
-	u.m.BreakerEndpoints.WithLabelValues(u.name, to).Inc()
-	u.m.BreakerTransitions.WithLabelValues(u.name, from, to).Inc()
+	c.m.BreakerEndpoints.WithLabelValues(c.name, from).Dec()
+	c.m.BreakerEndpoints.WithLabelValues(c.name, to).Inc()
+	c.m.BreakerTransitions.WithLabelValues(c.name, from, to).Inc()
 	switch to {
 	case resilience.StateOpen:
-		u.decisions.Add("opened", st.ep.ID, "breaker opened after failures")
-		ej := u.res.Load().ejector
-		if ej.TryEject(len(u.picker.Load().endpoints)) {
-			st.ejectedUntil.Store(time.Now().Add(u.res.Load().cfg.Breaker.OpenTimeout).UnixNano())
+		c.decisions.Add("opened", st.ep.ID, "breaker opened after failures")
+		ej := c.res.Load().ejector
+		if ej.TryEject(len(c.picker.Load().endpoints)) {
+			st.ejectedUntil.Store(time.Now().Add(c.res.Load().cfg.Breaker.OpenTimeout).UnixNano())
 			st.ejected.Store(ej)
-			u.m.Ejections.WithLabelValues(u.name).Inc()
-			u.m.EjectedEndpoints.WithLabelValues(u.name).Inc()
-			u.decisions.Add("ejected", st.ep.ID, "out of load balancing until its breaker half-opens")
+			c.m.Ejections.WithLabelValues(c.name).Inc()
+			c.m.EjectedEndpoints.WithLabelValues(c.name).Inc()
+			c.decisions.Add("ejected", st.ep.ID, "out of load balancing until its breaker half-opens")
 		} else {
-			u.decisions.Add("not_ejected", st.ep.ID, "ejection cap reached: stays in load balancing (panic mode)")
+			c.decisions.Add("not_ejected", st.ep.ID, "ejection cap reached: stays in load balancing (panic mode)")
 		}
 	case resilience.StateHalfOpen, resilience.StateClosed:
 		if e := st.ejected.Swap(nil); e != nil {
 			e.Return()
-			u.m.EjectedEndpoints.WithLabelValues(u.name).Dec()
+			c.m.EjectedEndpoints.WithLabelValues(c.name).Dec()
 		}
 		kind := "closed"
 		if to == resilience.StateHalfOpen {
 			kind = "half_opened"
 		}
-		u.decisions.Add(kind, st.ep.ID, "breaker "+to)
+		c.decisions.Add(kind, st.ep.ID, "breaker "+to)
 	}
 }
 
 // acquire takes a slot of the upstream's limiter for one request.
-func (u *upstream) acquire(ctx context.Context) (func(), error) {
-	return u.res.Load().limiter.Acquire(ctx)
+func (c *cluster) acquire(ctx context.Context) (func(), error) {
+	return c.res.Load().limiter.Acquire(ctx)
 }

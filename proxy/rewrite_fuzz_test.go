@@ -43,7 +43,7 @@ type wireRequest struct {
 // sends goes through the real reverse proxy (its Rewrite), the retry transport (gRPC deadline propagation),
 // upstream.RoundTrip and net/http's transport, and its bytes on the wire are handed to the test.
 type rewriteRig struct {
-	u        *upstream
+	u        *cluster
 	wire     chan wireRequest
 	deadline chan time.Time // the deadline of the outbound request's context, as the reverse proxy sends it
 	// gen counts the client requests; a connection carries the generation it was dialed in, so that what a
@@ -62,7 +62,7 @@ func newRewriteRig(tb testing.TB) *rewriteRig {
 	}
 	m := metrics.New(prometheus.NewRegistry(), "test")
 	log := slog.New(slog.NewTextHandler(io.Discard, nil))
-	u := newUpstream(cfg.Upstreams[0], metrics.Outbound, m, log, nil)
+	u := newCluster(cfg.Upstreams[0], metrics.Outbound, m, log, nil)
 	u.setEndpoints(discovery.Snapshot{Service: "api", Index: 1,
 		Endpoints: []discovery.Endpoint{{ID: "e1", Addr: netip.MustParseAddrPort("192.0.2.10:8080")}}})
 	rig := &rewriteRig{u: u, wire: make(chan wireRequest, 16), deadline: make(chan time.Time, 4)}

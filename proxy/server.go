@@ -120,24 +120,24 @@ func unwrapOpError(err error) error {
 }
 
 // routeTable maps the host names an app may use for upstreams to the upstreams.
-type routeTable map[string]*upstream
+type routeTable map[string]*cluster
 
 func newRouteTable(ups map[string]*upstreamEntry, domains []string) routeTable {
 	rt := routeTable{}
 	for name, e := range ups {
-		if e.u.protocol == ProtocolTCP {
+		if e.cluster.protocol == ProtocolTCP {
 			continue
 		}
-		rt[name] = e.u
+		rt[name] = e.cluster
 		for _, d := range domains {
-			rt[name+"."+strings.ToLower(d)] = e.u
+			rt[name+"."+strings.ToLower(d)] = e.cluster
 		}
 	}
 	return rt
 }
 
 // lookup finds the upstream named by a Host or :authority value, with or without port.
-func (rt routeTable) lookup(host string) *upstream {
+func (rt routeTable) lookup(host string) *cluster {
 	if h, _, err := net.SplitHostPort(host); err == nil {
 		host = h
 	}

@@ -14,7 +14,7 @@ import (
 // tcpProxy carries opaque byte streams from its listener to the upstream's endpoints. Half-close is passed on:
 // when one side stops writing, the other side's write half is closed and the opposite direction goes on.
 type tcpProxy struct {
-	u         *upstream
+	cluster   *cluster
 	ln        net.Listener
 	direction string
 	label     string
@@ -26,18 +26,18 @@ type tcpProxy struct {
 	wg    sync.WaitGroup
 }
 
-func newTCPProxy(u *upstream, ln net.Listener, direction, label string, log *slog.Logger, idle time.Duration) *tcpProxy {
+func newTCPProxy(u *cluster, ln net.Listener, direction, label string, log *slog.Logger, idle time.Duration) *tcpProxy {
 	if idle <= 0 {
 		idle = DefaultTCPIdleTimeout
 	}
-	return &tcpProxy{u: u, ln: ln, direction: direction, label: label, log: log, idle: idle, conns: map[net.Conn]struct{}{}}
+	return &tcpProxy{cluster: u, ln: ln, direction: direction, label: label, log: log, idle: idle, conns: map[net.Conn]struct{}{}}
 }
 
 // serve accepts connections until the listener is closed. Errors such as running out of file descriptors pause
 // accepting briefly instead of ending it.
 func (t *tcpProxy) serve() {
-	open := t.u.m.ConnectionsOpen.WithLabelValues(t.direction, t.label)
-	total := t.u.m.Connections.WithLabelValues(t.direction, t.label)
+	open := t.cluster.m.ConnectionsOpen.WithLabelValues(t.direction, t.label)
+	total := t.cluster.m.Connections.WithLabelValues(t.direction, t.label)
 	var delay time.Duration
 	for {
 		c, err := t.ln.Accept()
@@ -78,7 +78,7 @@ func (t *tcpProxy) track(c net.Conn, add bool) {
 // since nothing has been sent yet.
 func (t *tcpProxy) handle(client net.Conn) {
 	defer client.Close()
-	if t.direction == "inbound" && !t.u.authorizeConn(client) {
+	if t.direction == "inbound" && !t.cluster.authorizeConn(client) {
 		t.log.Debug("tcp caller refused by inbound.tls.allow", "remote", client.RemoteAddr().String())
 		return
 	}
@@ -86,7 +86,7 @@ func (t *tcpProxy) handle(client net.Conn) {
 	var lastErr error
 	ri := &requestInfo{clientCtx: context.Background()} // carries the endpoints tried, for choose to avoid them
 	for attempt := 0; attempt < 3 && backend == nil; attempt++ {
-		st, breakerDone, err := t.u.choose(ri)
+		st, breakerDone, err := t.cluster.choose(ri)
 		if err != nil {
 			lastErr = err
 			break
@@ -98,11 +98,11 @@ func (t *tcpProxy) handle(client net.Conn) {
 			st.finish(err)
 		}
 		ri.tried = append(ri.tried, st)
-		d := net.Dialer{Timeout: t.u.cfg.Load().ConnectTimeout, KeepAlive: 30 * time.Second}
+		d := net.Dialer{Timeout: t.cluster.cfg.Load().ConnectTimeout, KeepAlive: 30 * time.Second}
 		c, err := d.Dial("tcp", st.hostport)
 		if err == nil {
-			ctx, cancel := context.WithTimeout(context.Background(), t.u.cfg.Load().ConnectTimeout)
-			c, err = t.u.secureDial(ctx, c, t.u.targetOf(st, t.u.cfg.Load()), "")
+			ctx, cancel := context.WithTimeout(context.Background(), t.cluster.cfg.Load().ConnectTimeout)
+			c, err = t.cluster.secureDial(ctx, c, t.cluster.targetOf(st, t.cluster.cfg.Load()), "")
 			cancel()
 		} else {
 			err = &connectError{addr: st.hostport, err: err}
@@ -121,13 +121,13 @@ func (t *tcpProxy) handle(client net.Conn) {
 		if errors.Is(lastErr, ErrNoEndpoint) {
 			reason = reasonNoEndpoint
 		}
-		t.u.obs.errors[reason].Inc()
-		t.log.Debug("tcp connection refused", "upstream", t.u.name, "error", lastErr)
+		t.cluster.obs.errors[reason].Inc()
+		t.log.Debug("tcp connection refused", "upstream", t.cluster.name, "error", lastErr)
 		return
 	}
 	defer backend.Close()
 	w := newIdleWatch(t.idle, func() {
-		t.log.Debug("tcp connection idle: closed", "upstream", t.u.name, "remote", client.RemoteAddr().String(),
+		t.log.Debug("tcp connection idle: closed", "upstream", t.cluster.name, "remote", client.RemoteAddr().String(),
 			"idle_timeout", t.idle.String())
 		client.Close()
 		backend.Close()
@@ -136,11 +136,11 @@ func (t *tcpProxy) handle(client net.Conn) {
 	done := make(chan struct{})
 	go func() {
 		n := pipe(backend, client, w)
-		t.u.obs.rx.Add(float64(n))
+		t.cluster.obs.rx.Add(float64(n))
 		close(done)
 	}()
 	n := pipe(client, backend, w)
-	t.u.obs.tx.Add(float64(n))
+	t.cluster.obs.tx.Add(float64(n))
 	<-done
 }
 

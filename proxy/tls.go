@@ -140,39 +140,39 @@ func (p *Proxy) secureInbound(ln net.Listener, mode string) (net.Listener, error
 // the rules; a plaintext caller is refused when they decide who may call (plaintextDenied). It answers 403 (gRPC:
 // PERMISSION_DENIED) itself and returns false when the caller may not call; every refusal is counted and logged
 // (rate limited).
-func (u *upstream) authorizeRequest(w *responseWriter, r *http.Request, grpc bool, ri *requestInfo) bool {
-	if u.tls == nil {
+func (c *cluster) authorizeRequest(w *responseWriter, r *http.Request, grpc bool, ri *requestInfo) bool {
+	if c.tls == nil {
 		return true
 	}
 	source, why := sourcePlaintext, "plaintext caller: inbound.tls.allow or intentions need an identity (inbound.tls.allow_plaintext is false)"
 	if state := h1guard.TLSState(r); state == nil {
-		if !u.tls.plaintextDenied() {
+		if !c.tls.plaintextDenied() {
 			return true
 		}
 	} else if id, ok := mtls.PeerID(state); !ok {
 		source, why = "unknown", "no identity"
 	} else {
 		var allowed bool
-		if allowed, why = u.tls.allowed(id, r); allowed {
+		if allowed, why = c.tls.allowed(id, r); allowed {
 			return true
 		}
 		source = id.Service
 	}
-	u.m.AuthzDenied.WithLabelValues(source).Inc()
-	u.refused.denied(u.direction, u.name, r.RemoteAddr, source, why)
-	u.fail(w, r, grpc, http.StatusForbidden, reasonDenied, "caller "+source+" is not allowed to call "+u.name+" ("+why+")", ri)
+	c.m.AuthzDenied.WithLabelValues(source).Inc()
+	c.refused.denied(c.direction, c.name, r.RemoteAddr, source, why)
+	c.fail(w, r, grpc, http.StatusForbidden, reasonDenied, "caller "+source+" is not allowed to call "+c.name+" ("+why+")", ri)
 	return false
 }
 
 // authorizeConn checks the caller of an inbound TCP connection; a refused one is closed before any byte flows. A
 // plaintext connection is refused when inbound.tls.allow or the rules decide who may call (plaintextDenied).
-func (u *upstream) authorizeConn(c net.Conn) bool {
-	if u.tls == nil {
+func (c *cluster) authorizeConn(conn net.Conn) bool {
+	if c.tls == nil {
 		return true
 	}
 	source, why := sourcePlaintext, "plaintext caller: inbound.tls.allow or intentions need an identity (inbound.tls.allow_plaintext is false)"
-	if tc, ok := c.(*tls.Conn); !ok {
-		if !u.tls.plaintextDenied() {
+	if tc, ok := conn.(*tls.Conn); !ok {
+		if !c.tls.plaintextDenied() {
 			return true
 		}
 	} else {
@@ -182,14 +182,14 @@ func (u *upstream) authorizeConn(c net.Conn) bool {
 			source, why = "unknown", "no identity"
 		} else {
 			var allowed bool
-			if allowed, why = u.tls.allowed(id, nil); allowed {
+			if allowed, why = c.tls.allowed(id, nil); allowed {
 				return true
 			}
 			source = id.Service
 		}
 	}
-	u.m.AuthzDenied.WithLabelValues(source).Inc()
-	u.refused.denied(u.direction, u.name, c.RemoteAddr().String(), source, why)
+	c.m.AuthzDenied.WithLabelValues(source).Inc()
+	c.refused.denied(c.direction, c.name, conn.RemoteAddr().String(), source, why)
 	return false
 }
 
@@ -197,11 +197,11 @@ func (u *upstream) authorizeConn(c net.Conn) bool {
 // plaintext: t is an app, this meshlet has no TLS, or the upstream turned TLS off (t.tls says which, decided
 // when the endpoint was picked). A target that requires TLS when this meshlet has none is an error: never
 // plaintext.
-func (u *upstream) clientTLS(t *dialTarget, alpn string) (*tls.Config, error) {
+func (c *cluster) clientTLS(t *dialTarget, alpn string) (*tls.Config, error) {
 	if !t.tls {
 		return nil, nil
 	}
-	if u.tls == nil {
+	if c.tls == nil {
 		return nil, errNoTLS
 	}
 	want := func(id mtls.ID) error {
@@ -216,30 +216,30 @@ func (u *upstream) clientTLS(t *dialTarget, alpn string) (*tls.Config, error) {
 		}
 		return nil
 	}
-	return mtls.ClientConfig(u.tls.src, u.tls.minVersion, alpn, want)
+	return mtls.ClientConfig(c.tls.src, c.tls.minVersion, alpn, want)
 }
 
 // secureDial upgrades a new connection to target t to mutual TLS when clientTLS says so. A failed handshake is a
 // connect failure: the request never reached the app, and is safe to send elsewhere.
-func (u *upstream) secureDial(ctx context.Context, c net.Conn, t *dialTarget, alpn string) (net.Conn, error) {
-	if u.budget != nil {
+func (c *cluster) secureDial(ctx context.Context, conn net.Conn, t *dialTarget, alpn string) (net.Conn, error) {
+	if c.budget != nil {
 		var err error
-		if c, err = u.budget.upstreamConn(c); err != nil {
+		if conn, err = c.budget.upstreamConn(conn); err != nil {
 			return nil, err
 		}
 	}
-	cfg, err := u.clientTLS(t, alpn)
+	cfg, err := c.clientTLS(t, alpn)
 	if err != nil {
-		c.Close()
+		conn.Close()
 		return nil, err
 	}
 	if cfg == nil {
-		return c, nil
+		return conn, nil
 	}
-	tc := tls.Client(c, cfg)
+	tc := tls.Client(conn, cfg)
 	if err := tc.HandshakeContext(ctx); err != nil {
-		c.Close()
-		u.m.TLSHandshakeFailures.WithLabelValues(metrics.Outbound, mtls.Reason(err)).Inc()
+		conn.Close()
+		c.m.TLSHandshakeFailures.WithLabelValues(metrics.Outbound, mtls.Reason(err)).Inc()
 		return nil, &connectError{addr: t.addr, err: fmt.Errorf("tls handshake: %w", err)}
 	}
 	return tc, nil

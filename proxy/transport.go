@@ -97,8 +97,8 @@ func newTransports(connectTimeout func() time.Duration, secure func(ctx context.
 }
 
 // newTransports builds the upstream's transports for its settings cfg.
-func (u *upstream) newTransports(cfg *UpstreamConfig) *transports {
-	tr := newTransports(func() time.Duration { return u.cfg.Load().ConnectTimeout }, u.secureDial, cfg.MaxResponseHeaderBytes)
+func (c *cluster) newTransports(cfg *UpstreamConfig) *transports {
+	tr := newTransports(func() time.Duration { return c.cfg.Load().ConnectTimeout }, c.secureDial, cfg.MaxResponseHeaderBytes)
 	if mc := cfg.Resilience.Limits.MaxConnections; mc > 0 {
 		tr.h1.MaxConnsPerHost = mc
 	}
@@ -108,11 +108,11 @@ func (u *upstream) newTransports(cfg *UpstreamConfig) *transports {
 // reloadTransports replaces the upstream's transports when a reload changed what they are built with (the
 // response header limit): new attempts use new connections; the old pools' idle connections are closed, and
 // those still in use close when idle (idleConnTimeout).
-func (u *upstream) reloadTransports(old, cfg *UpstreamConfig) {
+func (c *cluster) reloadTransports(old, cfg *UpstreamConfig) {
 	if old.MaxResponseHeaderBytes == cfg.MaxResponseHeaderBytes {
 		return
 	}
-	prev := u.transport.Swap(u.newTransports(cfg))
+	prev := c.transport.Swap(c.newTransports(cfg))
 	prev.closeIdle()
 }
 

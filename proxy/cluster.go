@@ -19,10 +19,11 @@ import (
 	"meshlet.dev/meshlet/resilience"
 )
 
-// upstream is one destination of proxied calls: a configured upstream service (outbound) or the local app
-// (inbound). It owns the endpoint picker, the connection pools and the reverse proxy, and it is an
-// http.RoundTripper that picks an endpoint for each attempt.
-type upstream struct {
+// cluster is one destination of proxied calls and the endpoints that serve it: a configured upstream service
+// (outbound), or the local app (inbound: the local-app cluster, whose one endpoint is service.address). It owns
+// the endpoint set, the connection pools and the reverse proxy, and it is an http.RoundTripper that picks an
+// endpoint for each attempt.
+type cluster struct {
 	name       string
 	direction  string
 	protocol   string // as created: tcp or one of the HTTP family; a change between tcp and HTTP replaces it
@@ -52,8 +53,8 @@ type upstream struct {
 	seenOnce  sync.Once
 }
 
-func newUpstream(cfg UpstreamConfig, direction string, m *metrics.Metrics, log *slog.Logger, tls *tlsState) *upstream {
-	u := &upstream{
+func newCluster(cfg UpstreamConfig, direction string, m *metrics.Metrics, log *slog.Logger, tls *tlsState) *cluster {
+	c := &cluster{
 		name:      cfg.Name,
 		direction: direction,
 		protocol:  cfg.Protocol,
@@ -64,31 +65,31 @@ func newUpstream(cfg UpstreamConfig, direction string, m *metrics.Metrics, log *
 		seen:      make(chan struct{}),
 		tls:       tls,
 	}
-	u.refused.log = log
-	u.cfg.Store(&cfg)
-	u.picker.Store(newPicker(cfg.LB, nil))
-	u.transport.Store(u.newTransports(&cfg))
-	u.initResilience(cfg.Resilience)
+	c.refused.log = log
+	c.cfg.Store(&cfg)
+	c.picker.Store(newPicker(cfg.LB, nil))
+	c.transport.Store(c.newTransports(&cfg))
+	c.initResilience(cfg.Resilience)
 	// FlushInterval stays 0: the reverse proxy flushes every write of a response of unknown length (gRPC,
 	// streams, chunked) at once by itself, and buffers only responses whose length is known.
-	u.rp = &httputil.ReverseProxy{
-		Rewrite:        u.rewrite,
-		Transport:      u.retry,
+	c.rp = &httputil.ReverseProxy{
+		Rewrite:        c.rewrite,
+		Transport:      c.retry,
 		BufferPool:     copyBuffers,
-		ErrorHandler:   u.proxyError,
+		ErrorHandler:   c.proxyError,
 		ModifyResponse: modifyResponse,
-		ErrorLog:       slog.NewLogLogger(u.log.Handler(), slog.LevelDebug),
+		ErrorLog:       slog.NewLogLogger(c.log.Handler(), slog.LevelDebug),
 	}
-	return u
+	return c
 }
 
 // rewrite edits the outbound copy of the request: the URL names the upstream (RoundTrip puts the endpoint's
 // address in its place); the Host the app sent is kept, so the far side sees what the app asked for. Request
 // trailers are shared with the inbound request: the server fills their values only when the body ends, and the
 // transport reads them only then, so the copy the reverse proxy made would send the keys without values.
-func (u *upstream) rewrite(pr *httputil.ProxyRequest) {
+func (c *cluster) rewrite(pr *httputil.ProxyRequest) {
 	pr.Out.URL.Scheme = "http"
-	pr.Out.URL.Host = u.name
+	pr.Out.URL.Host = c.name
 	pr.Out.Host = pr.In.Host
 	if pr.In.Trailer != nil {
 		pr.Out.Trailer = pr.In.Trailer
@@ -96,62 +97,62 @@ func (u *upstream) rewrite(pr *httputil.ProxyRequest) {
 }
 
 // setEndpoints builds a new picker from snap, reusing the state of endpoints that stay.
-func (u *upstream) setEndpoints(snap discovery.Snapshot) {
-	u.mu.Lock()
+func (c *cluster) setEndpoints(snap discovery.Snapshot) {
+	c.mu.Lock()
 	next := make(map[string]*endpointState, len(snap.Endpoints))
 	list := make([]*endpointState, 0, len(snap.Endpoints))
 	for _, ep := range snap.Endpoints {
 		if _, dup := next[ep.ID]; dup {
 			continue
 		}
-		st, ok := u.states[ep.ID]
+		st, ok := c.states[ep.ID]
 		if !ok || !sameTarget(st.ep, ep) {
 			st = newEndpointState(ep)
-			u.addBreaker(st)
+			c.addBreaker(st)
 		}
 		next[ep.ID] = st
 		list = append(list, st)
 	}
-	for id, st := range u.states {
+	for id, st := range c.states {
 		if next[id] != st {
-			u.dropBreaker(st)
+			c.dropBreaker(st)
 		}
 	}
-	u.states = next
-	u.updatedAt = time.Now()
-	u.index = snap.Index
-	u.stale, u.contact = snap.Stale, snap.LastContact
-	u.picker.Store(newPicker(u.cfg.Load().LB, list))
-	u.mu.Unlock()
-	u.m.Endpoints.WithLabelValues(u.name).Set(float64(len(list)))
-	u.seenOnce.Do(func() { close(u.seen) })
-	u.log.Info("endpoints updated", "endpoints", len(list), "index", snap.Index, "stale", snap.Stale)
+	c.states = next
+	c.updatedAt = time.Now()
+	c.index = snap.Index
+	c.stale, c.contact = snap.Stale, snap.LastContact
+	c.picker.Store(newPicker(c.cfg.Load().LB, list))
+	c.mu.Unlock()
+	c.m.Endpoints.WithLabelValues(c.name).Set(float64(len(list)))
+	c.seenOnce.Do(func() { close(c.seen) })
+	c.log.Info("endpoints updated", "endpoints", len(list), "index", snap.Index, "stale", snap.Stale)
 }
 
 // setConfig swaps the settings that can change without replacing the upstream.
-func (u *upstream) setConfig(cfg UpstreamConfig) {
-	old := u.cfg.Swap(&cfg)
-	u.setResilience(cfg.Resilience)
-	u.reloadTransports(old, &cfg)
+func (c *cluster) setConfig(cfg UpstreamConfig) {
+	old := c.cfg.Swap(&cfg)
+	c.setResilience(cfg.Resilience)
+	c.reloadTransports(old, &cfg)
 	if old.LB != cfg.LB {
-		u.mu.Lock()
-		list := append([]*endpointState(nil), u.picker.Load().endpoints...)
-		u.picker.Store(newPicker(cfg.LB, list))
-		u.mu.Unlock()
+		c.mu.Lock()
+		list := append([]*endpointState(nil), c.picker.Load().endpoints...)
+		c.picker.Store(newPicker(cfg.LB, list))
+		c.mu.Unlock()
 	}
 }
 
 // watch applies the snapshots of ch until it closes.
-func (u *upstream) watch(ch <-chan discovery.Snapshot) {
+func (c *cluster) watch(ch <-chan discovery.Snapshot) {
 	for snap := range ch {
-		u.setEndpoints(snap)
+		c.setEndpoints(snap)
 	}
 }
 
 // hasEndpoints reports whether the first snapshot has arrived.
-func (u *upstream) hasSnapshot() bool {
+func (c *cluster) hasSnapshot() bool {
 	select {
-	case <-u.seen:
+	case <-c.seen:
 		return true
 	default:
 		return false
@@ -161,11 +162,11 @@ func (u *upstream) hasSnapshot() bool {
 // RoundTrip implements http.RoundTripper for one attempt: it picks an endpoint (avoiding those this request
 // already tried), passes its circuit breaker, and sends req with the base transport the upstream's peer and
 // protocol call for. It never modifies req.
-func (u *upstream) RoundTrip(req *http.Request) (*http.Response, error) {
+func (c *cluster) RoundTrip(req *http.Request) (*http.Response, error) {
 	ri := requestInfoFrom(req.Context())
-	st, breakerDone, err := u.choose(ri)
+	st, breakerDone, err := c.choose(ri)
 	if err != nil {
-		return nil, fmt.Errorf("upstream %s: %w", u.name, err)
+		return nil, fmt.Errorf("upstream %s: %w", c.name, err)
 	}
 	var clientCtx context.Context
 	if ri != nil {
@@ -181,10 +182,10 @@ func (u *upstream) RoundTrip(req *http.Request) (*http.Response, error) {
 	}
 	// The attempt carries its target to the dial function (never looked up again there) and names it in the
 	// URL, so that pooled connections serve only this target (dialtarget.go).
-	cfg := u.cfg.Load()
-	tgt := u.targetOf(st, cfg)
+	cfg := c.cfg.Load()
+	tgt := c.targetOf(st, cfg)
 	out := withTarget(req, tgt)
-	tr := u.transport.Load()
+	tr := c.transport.Load()
 	base := tr.base(req.Header, tgt, cfg)
 	if ri != nil && ri.abortBody != nil && base == http.RoundTripper(tr.h2c) && out.Body != nil {
 		// An HTTP/2 stream that fails while its body writer waits for the client makes the HTTP/2 transport close
@@ -240,8 +241,8 @@ func (u *upstream) RoundTrip(req *http.Request) (*http.Response, error) {
 // half-open with its probes out) is passed over for another, twice at most; then the attempt goes to the last
 // one picked without the breaker's accounting, so an upstream whose endpoints all failed still gets traffic
 // (panic mode) instead of none.
-func (u *upstream) choose(ri *requestInfo) (*endpointState, func(error), error) {
-	p := u.picker.Load()
+func (c *cluster) choose(ri *requestInfo) (*endpointState, func(error), error) {
+	p := c.picker.Load()
 	var skip []*endpointState
 	avoid := func(s *endpointState) bool {
 		return slices.Contains(skip, s) || (ri != nil && slices.Contains(ri.tried, s))
@@ -323,8 +324,8 @@ func (tr *transports) base(h http.Header, t *dialTarget, cfg *UpstreamConfig) ht
 }
 
 // close releases pooled connections.
-func (u *upstream) close() {
-	u.transport.Load().closeIdle()
+func (c *cluster) close() {
+	c.transport.Load().closeIdle()
 }
 
 // EndpointInfo is one endpoint in the /debug/upstreams view.
@@ -374,18 +375,18 @@ type UpstreamInfo struct {
 	Decisions []resilience.Decision `json:"decisions"`
 }
 
-func (u *upstream) info() UpstreamInfo {
-	cfg := u.cfg.Load()
-	u.mu.Lock()
-	defer u.mu.Unlock()
-	ui := UpstreamInfo{Name: u.name, Direction: u.direction, Protocol: cfg.Protocol, Listen: cfg.Listen,
-		Peer: cfg.Peer, LB: cfg.LB, Timeout: cfg.Timeout.String(), Index: u.index, UpdatedAt: u.updatedAt, Stale: u.stale,
+func (c *cluster) info() UpstreamInfo {
+	cfg := c.cfg.Load()
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	ui := UpstreamInfo{Name: c.name, Direction: c.direction, Protocol: cfg.Protocol, Listen: cfg.Listen,
+		Peer: cfg.Peer, LB: cfg.LB, Timeout: cfg.Timeout.String(), Index: c.index, UpdatedAt: c.updatedAt, Stale: c.stale,
 		Endpoints: []EndpointInfo{}}
-	if !u.contact.IsZero() {
-		c := u.contact
+	if !c.contact.IsZero() {
+		c := c.contact
 		ui.LastContact = &c
 	}
-	for _, st := range u.states {
+	for _, st := range c.states {
 		ei := EndpointInfo{ID: st.ep.ID, Address: st.hostport, Identity: st.ep.Identity, Meta: st.ep.Meta,
 			InFlight: st.inFlight.Load(), Requests: st.requests.Load(), Failures: st.failures.Load()}
 		ei.Recent.Success, ei.Recent.Failure = st.recentCounts()
@@ -400,18 +401,18 @@ func (u *upstream) info() UpstreamInfo {
 		ui.Endpoints = append(ui.Endpoints, ei)
 	}
 	sort.Slice(ui.Endpoints, func(i, j int) bool { return ui.Endpoints[i].ID < ui.Endpoints[j].ID })
-	ui.RetryBudget = u.retry.Budget().Remaining()
-	ui.LimitInUse = u.res.Load().limiter.InUse()
-	ui.Decisions = u.decisions.Latest()
+	ui.RetryBudget = c.retry.Budget().Remaining()
+	ui.LimitInUse = c.res.Load().limiter.InUse()
+	ui.Decisions = c.decisions.Latest()
 	return ui
 }
 
 // runWatch starts watching the upstream's service on src; it returns when ctx ends and the watch has closed.
-func (u *upstream) runWatch(ctx context.Context, src discovery.Source, service string, opts discovery.WatchOptions) error {
+func (c *cluster) runWatch(ctx context.Context, src discovery.Source, service string, opts discovery.WatchOptions) error {
 	ch, err := discovery.Watch(ctx, src, service, opts)
 	if err != nil {
 		return fmt.Errorf("watch %s: %w", service, err)
 	}
-	u.watch(ch)
+	c.watch(ch)
 	return nil
 }
