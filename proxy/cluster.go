@@ -7,9 +7,6 @@ import (
 	"net/http"
 	"net/http/httptrace"
 	"net/http/httputil"
-	"slices"
-	"sort"
-	"sync"
 	"sync/atomic"
 	"time"
 
@@ -36,21 +33,12 @@ type cluster struct {
 	refused    refusedLog    // refused and denied requests of the inbound direction, rate limited
 
 	cfg       atomic.Pointer[UpstreamConfig] // swapped on reload
-	picker    atomic.Pointer[picker]
+	endpoints *endpointSet
 	transport atomic.Pointer[transports] // replaced when a reload changes what the transports are built with
 	rp        *httputil.ReverseProxy
 	retry     *resilience.RetryTransport // the reverse proxy's transport: retries attempts through u
 	res       atomic.Pointer[resState]
 	decisions *resilience.Decisions
-
-	mu        sync.Mutex // guards states, updatedAt, index, stale, contact
-	states    map[string]*endpointState
-	updatedAt time.Time
-	index     uint64
-	stale     bool          // the source lost contact; the endpoints are the last known
-	contact   time.Time     // when the source last heard from Consul; zero for static endpoints
-	seen      chan struct{} // closed at the first snapshot
-	seenOnce  sync.Once
 }
 
 func newCluster(cfg UpstreamConfig, direction string, m *metrics.Metrics, log *slog.Logger, tls *tlsState) *cluster {
@@ -61,13 +49,12 @@ func newCluster(cfg UpstreamConfig, direction string, m *metrics.Metrics, log *s
 		log:       log.With("upstream", cfg.Name, "direction", direction),
 		m:         m,
 		obs:       newObserver(m, direction, cfg.Name),
-		states:    map[string]*endpointState{},
-		seen:      make(chan struct{}),
 		tls:       tls,
+		decisions: resilience.NewDecisions(decisionsKept),
 	}
+	c.endpoints = newEndpointSet(cfg.Name, cfg.LB, cfg.Resilience, m, c.decisions, c.log)
 	c.refused.log = log
 	c.cfg.Store(&cfg)
-	c.picker.Store(newPicker(cfg.LB, nil))
 	c.transport.Store(c.newTransports(&cfg))
 	c.initResilience(cfg.Resilience)
 	// FlushInterval stays 0: the reverse proxy flushes every write of a response of unknown length (gRPC,
@@ -96,66 +83,18 @@ func (c *cluster) rewrite(pr *httputil.ProxyRequest) {
 	}
 }
 
-// setEndpoints builds a new picker from snap, reusing the state of endpoints that stay.
-func (c *cluster) setEndpoints(snap discovery.Snapshot) {
-	c.mu.Lock()
-	next := make(map[string]*endpointState, len(snap.Endpoints))
-	list := make([]*endpointState, 0, len(snap.Endpoints))
-	for _, ep := range snap.Endpoints {
-		if _, dup := next[ep.ID]; dup {
-			continue
-		}
-		st, ok := c.states[ep.ID]
-		if !ok || !sameTarget(st.ep, ep) {
-			st = newEndpointState(ep)
-			c.addBreaker(st)
-		}
-		next[ep.ID] = st
-		list = append(list, st)
-	}
-	for id, st := range c.states {
-		if next[id] != st {
-			c.dropBreaker(st)
-		}
-	}
-	c.states = next
-	c.updatedAt = time.Now()
-	c.index = snap.Index
-	c.stale, c.contact = snap.Stale, snap.LastContact
-	c.picker.Store(newPicker(c.cfg.Load().LB, list))
-	c.mu.Unlock()
-	c.m.Endpoints.WithLabelValues(c.name).Set(float64(len(list)))
-	c.seenOnce.Do(func() { close(c.seen) })
-	c.log.Info("endpoints updated", "endpoints", len(list), "index", snap.Index, "stale", snap.Stale)
-}
-
 // setConfig swaps the settings that can change without replacing the upstream.
 func (c *cluster) setConfig(cfg UpstreamConfig) {
 	old := c.cfg.Swap(&cfg)
 	c.setResilience(cfg.Resilience)
 	c.reloadTransports(old, &cfg)
-	if old.LB != cfg.LB {
-		c.mu.Lock()
-		list := append([]*endpointState(nil), c.picker.Load().endpoints...)
-		c.picker.Store(newPicker(cfg.LB, list))
-		c.mu.Unlock()
-	}
+	c.endpoints.setLB(cfg.LB)
 }
 
 // watch applies the snapshots of ch until it closes.
 func (c *cluster) watch(ch <-chan discovery.Snapshot) {
 	for snap := range ch {
-		c.setEndpoints(snap)
-	}
-}
-
-// hasEndpoints reports whether the first snapshot has arrived.
-func (c *cluster) hasSnapshot() bool {
-	select {
-	case <-c.seen:
-		return true
-	default:
-		return false
+		c.endpoints.update(snap)
 	}
 }
 
@@ -164,7 +103,11 @@ func (c *cluster) hasSnapshot() bool {
 // protocol call for. It never modifies req.
 func (c *cluster) RoundTrip(req *http.Request) (*http.Response, error) {
 	ri := requestInfoFrom(req.Context())
-	st, breakerDone, err := c.choose(ri)
+	var tried []*endpointState
+	if ri != nil {
+		tried = ri.tried
+	}
+	st, end, err := c.endpoints.choose(tried)
 	if err != nil {
 		return nil, fmt.Errorf("upstream %s: %w", c.name, err)
 	}
@@ -173,12 +116,6 @@ func (c *cluster) RoundTrip(req *http.Request) (*http.Response, error) {
 		ri.endpoint = st.hostport
 		ri.tried = append(ri.tried, st)
 		clientCtx = ri.clientCtx
-	}
-	end := func(outcome error) {
-		if breakerDone != nil {
-			breakerDone(outcome)
-		}
-		st.finish(outcome)
 	}
 	// The attempt carries its target to the dial function (never looked up again there) and names it in the
 	// URL, so that pooled connections serve only this target (dialtarget.go).
@@ -235,45 +172,6 @@ func (c *cluster) RoundTrip(req *http.Request) (*http.Response, error) {
 	}
 	resp.Body = db
 	return resp, nil
-}
-
-// choose picks an endpoint whose breaker lets the attempt through. An endpoint whose breaker refuses (open, or
-// half-open with its probes out) is passed over for another, twice at most; then the attempt goes to the last
-// one picked without the breaker's accounting, so an upstream whose endpoints all failed still gets traffic
-// (panic mode) instead of none.
-func (c *cluster) choose(ri *requestInfo) (*endpointState, func(error), error) {
-	p := c.picker.Load()
-	var skip []*endpointState
-	avoid := func(s *endpointState) bool {
-		return slices.Contains(skip, s) || (ri != nil && slices.Contains(ri.tried, s))
-	}
-	if ri == nil || len(ri.tried) == 0 {
-		avoid = nil // the common case: nothing to avoid, no closure call per candidate
-	}
-	for i := 0; ; i++ {
-		st, err := p.pick(avoid)
-		if err != nil {
-			return nil, nil, err
-		}
-		b := st.breaker.Load()
-		if b == nil {
-			return st, nil, nil
-		}
-		done, err := b.Allow()
-		if err == nil {
-			return st, done, nil
-		}
-		if i == 2 {
-			return st, nil, nil
-		}
-		st.inFlight.Add(-1)
-		skip = append(skip, st)
-		if avoid == nil {
-			avoid = func(s *endpointState) bool {
-				return slices.Contains(skip, s) || (ri != nil && slices.Contains(ri.tried, s))
-			}
-		}
-	}
 }
 
 // modifyResponse is the reverse proxy's ModifyResponse: dropBrokenRequest, then keepTrailersOnly.
@@ -377,30 +275,9 @@ type UpstreamInfo struct {
 
 func (c *cluster) info() UpstreamInfo {
 	cfg := c.cfg.Load()
-	c.mu.Lock()
-	defer c.mu.Unlock()
 	ui := UpstreamInfo{Name: c.name, Direction: c.direction, Protocol: cfg.Protocol, Listen: cfg.Listen,
-		Peer: cfg.Peer, LB: cfg.LB, Timeout: cfg.Timeout.String(), Index: c.index, UpdatedAt: c.updatedAt, Stale: c.stale,
-		Endpoints: []EndpointInfo{}}
-	if !c.contact.IsZero() {
-		c := c.contact
-		ui.LastContact = &c
-	}
-	for _, st := range c.states {
-		ei := EndpointInfo{ID: st.ep.ID, Address: st.hostport, Identity: st.ep.Identity, Meta: st.ep.Meta,
-			InFlight: st.inFlight.Load(), Requests: st.requests.Load(), Failures: st.failures.Load()}
-		ei.Recent.Success, ei.Recent.Failure = st.recentCounts()
-		if b := st.breaker.Load(); b != nil {
-			ei.Breaker = b.State()
-		}
-		ei.Ejected = st.ejected.Load() != nil
-		if le := st.lastErr.Load(); le != nil {
-			ei.LastError, ei.LastErrorAt = le.msg, &le.at
-		}
-		ui.InFlight += ei.InFlight
-		ui.Endpoints = append(ui.Endpoints, ei)
-	}
-	sort.Slice(ui.Endpoints, func(i, j int) bool { return ui.Endpoints[i].ID < ui.Endpoints[j].ID })
+		Peer: cfg.Peer, LB: cfg.LB, Timeout: cfg.Timeout.String()}
+	c.endpoints.info(&ui)
 	ui.RetryBudget = c.retry.Budget().Remaining()
 	ui.LimitInUse = c.res.Load().limiter.InUse()
 	ui.Decisions = c.decisions.Latest()

@@ -151,13 +151,13 @@ func TestDialUsesPickedTarget(t *testing.T) {
 		t.Run("endpoint is a sidecar by "+map[string]string{PeerSidecar: "config", PeerApp: "discovery"}[peer], func(t *testing.T) {
 			u := testCluster(t, UpstreamConfig{Name: "api", Peer: peer}, pki.source(t, "web"))
 			addr := netip.MustParseAddrPort(ep.ln.Addr().String())
-			u.setEndpoints(discovery.Snapshot{Service: "api", Index: 1, Endpoints: []discovery.Endpoint{{ID: "api-1", Addr: addr,
+			u.endpoints.update(discovery.Snapshot{Service: "api", Index: 1, Endpoints: []discovery.Endpoint{{ID: "api-1", Addr: addr,
 				Identity: pki.id("api"), Meta: map[string]string{"peer": PeerSidecar}}}})
 			// Between the pick and the TLS decision: the endpoint leaves the list.
 			var once sync.Once
 			u.transport.Store(newTransports(func() time.Duration { return time.Second },
 				func(ctx context.Context, c net.Conn, tgt *dialTarget, alpn string) (net.Conn, error) {
-					once.Do(func() { u.setEndpoints(discovery.Snapshot{Service: "api", Index: 2}) })
+					once.Do(func() { u.endpoints.update(discovery.Snapshot{Service: "api", Index: 2}) })
 					return u.secureDial(ctx, c, tgt, alpn)
 				}, 0))
 			before := len(ep.connections())
@@ -255,7 +255,7 @@ func TestPooledConnectionsKeepTheirTarget(t *testing.T) {
 			u := testCluster(t, UpstreamConfig{Name: "api", Protocol: tc.protocol}, pki.source(t, "web"))
 			addr := netip.MustParseAddrPort(tc.server.ln.Addr().String())
 			tc.first.Addr, tc.later.Addr = addr, addr
-			u.setEndpoints(discovery.Snapshot{Service: "api", Index: 1, Endpoints: []discovery.Endpoint{tc.first}})
+			u.endpoints.update(discovery.Snapshot{Service: "api", Index: 1, Endpoints: []discovery.Endpoint{tc.first}})
 			dials := tc.server.conns()
 			if code, err := roundTrip(t, u); err != nil || code != 200 {
 				t.Fatalf("first request: %d %v", code, err)
@@ -263,7 +263,7 @@ func TestPooledConnectionsKeepTheirTarget(t *testing.T) {
 			if tc.server.conns() != dials+1 {
 				t.Fatalf("first request: %d new connections, want 1", tc.server.conns()-dials)
 			}
-			u.setEndpoints(discovery.Snapshot{Service: "api", Index: 2, Endpoints: []discovery.Endpoint{tc.later}})
+			u.endpoints.update(discovery.Snapshot{Service: "api", Index: 2, Endpoints: []discovery.Endpoint{tc.later}})
 			code, err := roundTrip(t, u)
 			if err == nil {
 				t.Fatalf("second request answered %d over the connection pooled for the previous target", code)
@@ -350,7 +350,7 @@ func startTestServer(t testing.TB, src mtls.Source) *testServer {
 func TestMTLSWithoutTLSFailsClosed(t *testing.T) {
 	ep := newFirstBytes(t)
 	u := testCluster(t, UpstreamConfig{Name: "api", Peer: PeerSidecar, TLS: UpstreamTLSConfig{Mode: mtls.ModeMTLS}}, nil)
-	u.setEndpoints(discovery.Snapshot{Service: "api", Index: 1, Endpoints: []discovery.Endpoint{{ID: "api-1",
+	u.endpoints.update(discovery.Snapshot{Service: "api", Index: 1, Endpoints: []discovery.Endpoint{{ID: "api-1",
 		Addr: netip.MustParseAddrPort(ep.ln.Addr().String())}}})
 	_, err := roundTrip(t, u)
 	if !errors.Is(err, errNoTLS) {

@@ -135,7 +135,7 @@ func (p *Proxy) Start() error {
 		if err != nil {
 			return err
 		}
-		p.inbound.setEndpoints(discovery.Snapshot{Service: cfg.Service.Name, Endpoints: eps, Index: 1})
+		p.inbound.endpoints.update(discovery.Snapshot{Service: cfg.Service.Name, Endpoints: eps, Index: 1})
 		l, err := p.bind("inbound.listen", cfg.Inbound.Listen, metrics.Inbound, "inbound", p.inbound, nil)
 		if err != nil {
 			return fail(err)
@@ -285,7 +285,7 @@ func (p *Proxy) Ready() error {
 		return errors.New("listeners not bound yet")
 	}
 	for name, e := range p.upstreams {
-		if !e.cluster.hasSnapshot() {
+		if !e.cluster.endpoints.hasSnapshot() {
 			return fmt.Errorf("upstream %s: waiting for its first endpoints", name)
 		}
 	}

@@ -63,7 +63,7 @@ func newRewriteRig(tb testing.TB) *rewriteRig {
 	m := metrics.New(prometheus.NewRegistry(), "test")
 	log := slog.New(slog.NewTextHandler(io.Discard, nil))
 	u := newCluster(cfg.Upstreams[0], metrics.Outbound, m, log, nil)
-	u.setEndpoints(discovery.Snapshot{Service: "api", Index: 1,
+	u.endpoints.update(discovery.Snapshot{Service: "api", Index: 1,
 		Endpoints: []discovery.Endpoint{{ID: "e1", Addr: netip.MustParseAddrPort("192.0.2.10:8080")}}})
 	rig := &rewriteRig{u: u, wire: make(chan wireRequest, 16), deadline: make(chan time.Time, 4)}
 	// Every request on a connection of its own: the transport would otherwise keep a connection dialed for a

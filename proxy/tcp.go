@@ -84,20 +84,14 @@ func (t *tcpProxy) handle(client net.Conn) {
 	}
 	var backend net.Conn
 	var lastErr error
-	ri := &requestInfo{clientCtx: context.Background()} // carries the endpoints tried, for choose to avoid them
+	var tried []*endpointState // for choose to avoid them
 	for attempt := 0; attempt < 3 && backend == nil; attempt++ {
-		st, breakerDone, err := t.cluster.choose(ri)
+		st, end, err := t.cluster.endpoints.choose(tried)
 		if err != nil {
 			lastErr = err
 			break
 		}
-		end := func(err error) {
-			if breakerDone != nil {
-				breakerDone(err)
-			}
-			st.finish(err)
-		}
-		ri.tried = append(ri.tried, st)
+		tried = append(tried, st)
 		d := net.Dialer{Timeout: t.cluster.cfg.Load().ConnectTimeout, KeepAlive: 30 * time.Second}
 		c, err := d.Dial("tcp", st.hostport)
 		if err == nil {

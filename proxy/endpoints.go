@@ -1,0 +1,251 @@
+package proxy
+
+import (
+	"log/slog"
+	"slices"
+	"sort"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"meshlet.dev/meshlet/discovery"
+	"meshlet.dev/meshlet/metrics"
+	"meshlet.dev/meshlet/resilience"
+)
+
+// endpointSet is a cluster's endpoints and what is known of each: their states (requests in flight, outcomes),
+// the picker over them, their circuit breakers and ejection from load balancing. A snapshot from discovery
+// replaces the set; an endpoint that stays keeps its state. choose never blocks and is safe for concurrent use.
+type endpointSet struct {
+	name      string // the cluster's: metric labels and breaker names
+	m         *metrics.Metrics
+	decisions *resilience.Decisions
+	log       *slog.Logger
+
+	picker   atomic.Pointer[picker]
+	breakers atomic.Pointer[breakerSettings] // swapped by setBreakers
+
+	mu        sync.Mutex // guards lb, states, updatedAt, index, stale, contact
+	lb        string
+	states    map[string]*endpointState
+	updatedAt time.Time
+	index     uint64
+	stale     bool          // the source lost contact; the endpoints are the last known
+	contact   time.Time     // when the source last heard from Consul; zero for static endpoints
+	seen      chan struct{} // closed at the first snapshot
+	seenOnce  sync.Once
+}
+
+// breakerSettings are the settings every endpoint's breaker is built with, and the ejector that caps how many
+// endpoints an open breaker takes out of load balancing.
+type breakerSettings struct {
+	breaker resilience.BreakerConfig
+	outlier resilience.OutlierConfig
+	ejector *resilience.Ejector
+}
+
+func newEndpointSet(name, lb string, cfg resilience.Config, m *metrics.Metrics, decisions *resilience.Decisions, log *slog.Logger) *endpointSet {
+	s := &endpointSet{name: name, m: m, decisions: decisions, log: log, lb: lb, states: map[string]*endpointState{},
+		seen: make(chan struct{})}
+	s.picker.Store(newPicker(lb, nil))
+	s.breakers.Store(&breakerSettings{breaker: cfg.Breaker, outlier: cfg.Outlier, ejector: resilience.NewEjector(cfg.Outlier)})
+	return s
+}
+
+// update builds a new picker from snap, reusing the state of endpoints that stay.
+func (s *endpointSet) update(snap discovery.Snapshot) {
+	s.mu.Lock()
+	next := make(map[string]*endpointState, len(snap.Endpoints))
+	list := make([]*endpointState, 0, len(snap.Endpoints))
+	for _, ep := range snap.Endpoints {
+		if _, dup := next[ep.ID]; dup {
+			continue
+		}
+		st, ok := s.states[ep.ID]
+		if !ok || !sameTarget(st.ep, ep) {
+			st = newEndpointState(ep)
+			s.addBreaker(st)
+		}
+		next[ep.ID] = st
+		list = append(list, st)
+	}
+	for id, st := range s.states {
+		if next[id] != st {
+			s.dropBreaker(st)
+		}
+	}
+	s.states = next
+	s.updatedAt = time.Now()
+	s.index = snap.Index
+	s.stale, s.contact = snap.Stale, snap.LastContact
+	s.picker.Store(newPicker(s.lb, list))
+	s.mu.Unlock()
+	s.m.Endpoints.WithLabelValues(s.name).Set(float64(len(list)))
+	s.seenOnce.Do(func() { close(s.seen) })
+	s.log.Info("endpoints updated", "endpoints", len(list), "index", snap.Index, "stale", snap.Stale)
+}
+
+// setLB rebuilds the picker over the same endpoints when the load-balancing policy changed.
+func (s *endpointSet) setLB(lb string) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if lb == s.lb {
+		return
+	}
+	s.lb = lb
+	list := append([]*endpointState(nil), s.picker.Load().endpoints...)
+	s.picker.Store(newPicker(lb, list))
+}
+
+// setBreakers applies changed breaker or outlier settings: every endpoint's breaker starts afresh (closed) and
+// the ejector is new.
+func (s *endpointSet) setBreakers(breaker resilience.BreakerConfig, outlier resilience.OutlierConfig) {
+	old := s.breakers.Load()
+	if old.breaker == breaker && old.outlier == outlier {
+		return
+	}
+	s.breakers.Store(&breakerSettings{breaker: breaker, outlier: outlier, ejector: resilience.NewEjector(outlier)})
+	s.mu.Lock()
+	for _, st := range s.states {
+		s.dropBreaker(st)
+		s.addBreaker(st)
+	}
+	s.mu.Unlock()
+}
+
+// hasSnapshot reports whether the first snapshot has arrived.
+func (s *endpointSet) hasSnapshot() bool {
+	select {
+	case <-s.seen:
+		return true
+	default:
+		return false
+	}
+}
+
+// choose picks an endpoint for one attempt, avoiding those in tried (the attempts of the same request or
+// connection so far) unless nothing else is left, and passes its breaker. An endpoint whose breaker refuses (open,
+// or half-open with its probes out) is passed over for another, twice at most; then the attempt goes to the last
+// one picked without the breaker's accounting, so a cluster whose endpoints all failed still gets traffic (panic
+// mode) instead of none. done must be called once with the attempt's outcome (resilience.ErrExcluded: neither
+// success nor failure). The only error is ErrNoEndpoint.
+func (s *endpointSet) choose(tried []*endpointState) (st *endpointState, done func(error), err error) {
+	p := s.picker.Load()
+	var skip []*endpointState
+	var avoid func(*endpointState) bool // nil in the common case: nothing to avoid, no closure call per candidate
+	if len(tried) > 0 {
+		avoid = func(e *endpointState) bool { return slices.Contains(skip, e) || slices.Contains(tried, e) }
+	}
+	for i := 0; ; i++ {
+		st, err := p.pick(avoid)
+		if err != nil {
+			return nil, nil, err
+		}
+		b := st.breaker.Load()
+		if b == nil {
+			return st, st.finish, nil
+		}
+		breakerDone, err := b.Allow()
+		if err == nil {
+			return st, func(outcome error) {
+				breakerDone(outcome)
+				st.finish(outcome)
+			}, nil
+		}
+		if i == 2 {
+			return st, st.finish, nil
+		}
+		st.inFlight.Add(-1)
+		skip = append(skip, st)
+		if avoid == nil {
+			avoid = func(e *endpointState) bool { return slices.Contains(skip, e) || slices.Contains(tried, e) }
+		}
+	}
+}
+
+// addBreaker gives a new endpoint its breaker. Call with s.mu held.
+func (s *endpointSet) addBreaker(st *endpointState) {
+	cfg := s.breakers.Load().breaker
+	if cfg.Disabled {
+		return
+	}
+	b := resilience.NewBreaker(s.name+"/"+st.ep.ID, cfg, func(from, to string) { s.breakerChanged(st, from, to) })
+	st.breaker.Store(b)
+	s.m.BreakerEndpoints.WithLabelValues(s.name, resilience.StateClosed).Inc()
+}
+
+// dropBreaker removes an endpoint's breaker (the endpoint is gone, or the settings changed), giving back its
+// ejection slot. Call with s.mu held.
+func (s *endpointSet) dropBreaker(st *endpointState) {
+	b := st.breaker.Swap(nil)
+	if b == nil {
+		return
+	}
+	s.m.BreakerEndpoints.WithLabelValues(s.name, b.State()).Dec()
+	if e := st.ejected.Swap(nil); e != nil {
+		e.Return()
+		s.m.EjectedEndpoints.WithLabelValues(s.name).Dec()
+	}
+}
+
+// breakerChanged follows an endpoint's breaker: an opened breaker ejects the endpoint from load balancing if the
+// ejection cap allows; half-open and closed put it back. Called under the breaker's lock: no breaker calls here.
+func (s *endpointSet) breakerChanged(st *endpointState, from, to string) {
+	if st.breaker.Load() == nil {
+		return // replaced or removed meanwhile
+	}
+	s.m.BreakerEndpoints.WithLabelValues(s.name, from).Dec()
+	s.m.BreakerEndpoints.WithLabelValues(s.name, to).Inc()
+	s.m.BreakerTransitions.WithLabelValues(s.name, from, to).Inc()
+	switch to {
+	case resilience.StateOpen:
+		s.decisions.Add("opened", st.ep.ID, "breaker opened after failures")
+		bs := s.breakers.Load()
+		if bs.ejector.TryEject(len(s.picker.Load().endpoints)) {
+			st.ejectedUntil.Store(time.Now().Add(bs.breaker.OpenTimeout).UnixNano())
+			st.ejected.Store(bs.ejector)
+			s.m.Ejections.WithLabelValues(s.name).Inc()
+			s.m.EjectedEndpoints.WithLabelValues(s.name).Inc()
+			s.decisions.Add("ejected", st.ep.ID, "out of load balancing until its breaker half-opens")
+		} else {
+			s.decisions.Add("not_ejected", st.ep.ID, "ejection cap reached: stays in load balancing (panic mode)")
+		}
+	case resilience.StateHalfOpen, resilience.StateClosed:
+		if e := st.ejected.Swap(nil); e != nil {
+			e.Return()
+			s.m.EjectedEndpoints.WithLabelValues(s.name).Dec()
+		}
+		kind := "closed"
+		if to == resilience.StateHalfOpen {
+			kind = "half_opened"
+		}
+		s.decisions.Add(kind, st.ep.ID, "breaker "+to)
+	}
+}
+
+// info fills the endpoint part of ui: the snapshot's index and age, staleness, and each endpoint's state.
+func (s *endpointSet) info(ui *UpstreamInfo) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	ui.Index, ui.UpdatedAt, ui.Stale = s.index, s.updatedAt, s.stale
+	if !s.contact.IsZero() {
+		c := s.contact
+		ui.LastContact = &c
+	}
+	ui.Endpoints = make([]EndpointInfo, 0, len(s.states))
+	for _, st := range s.states {
+		ei := EndpointInfo{ID: st.ep.ID, Address: st.hostport, Identity: st.ep.Identity, Meta: st.ep.Meta,
+			InFlight: st.inFlight.Load(), Requests: st.requests.Load(), Failures: st.failures.Load()}
+		ei.Recent.Success, ei.Recent.Failure = st.recentCounts()
+		if b := st.breaker.Load(); b != nil {
+			ei.Breaker = b.State()
+		}
+		ei.Ejected = st.ejected.Load() != nil
+		if le := st.lastErr.Load(); le != nil {
+			ei.LastError, ei.LastErrorAt = le.msg, &le.at
+		}
+		ui.InFlight += ei.InFlight
+		ui.Endpoints = append(ui.Endpoints, ei)
+	}
+	sort.Slice(ui.Endpoints, func(i, j int) bool { return ui.Endpoints[i].ID < ui.Endpoints[j].ID })
+}
