@@ -15,7 +15,7 @@ const sourcePlaintext = "(plaintext)"
 // caller authorized on that path. It returns the request to forward (r itself, or a shallow copy with the
 // normalized URL), or false after answering the client itself: 400 for a path that cannot be normalized safely,
 // 403 (gRPC: PERMISSION_DENIED) for a caller that may not call.
-func (c *cluster) inboundRequest(w *responseWriter, r *http.Request, grpc bool, ri *requestInfo) (*http.Request, bool) {
+func (c *cluster) inboundRequest(w *responseWriter, r *http.Request, grpc bool) (*http.Request, bool) {
 	in, err := normalizedRequest(r)
 	if err != nil {
 		var pe *pathError
@@ -24,10 +24,10 @@ func (c *cluster) inboundRequest(w *responseWriter, r *http.Request, grpc bool, 
 		}
 		c.m.RefusedRequests.WithLabelValues(c.direction, pe.reason).Inc()
 		c.refused.refused(c.direction, c.name, r.RemoteAddr, pe.reason, http.StatusBadRequest)
-		c.fail(w, r, grpc, http.StatusBadRequest, pe.reason, pe.msg, ri)
+		c.fail(w, r, grpc, http.StatusBadRequest, pe.reason, pe.msg)
 		return nil, false
 	}
-	if !c.authorizeRequest(w, in, grpc, ri) {
+	if !c.authorizeRequest(w, in, grpc) {
 		return nil, false
 	}
 	return in, true

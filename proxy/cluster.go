@@ -4,14 +4,11 @@ import (
 	"context"
 	"fmt"
 	"log/slog"
-	"net/http"
-	"net/http/httptrace"
 	"net/http/httputil"
 	"sync/atomic"
 	"time"
 
 	"meshlet.dev/meshlet/discovery"
-	"meshlet.dev/meshlet/grpcwire"
 	"meshlet.dev/meshlet/metrics"
 	"meshlet.dev/meshlet/resilience"
 )
@@ -96,129 +93,6 @@ func (c *cluster) watch(ch <-chan discovery.Snapshot) {
 	for snap := range ch {
 		c.endpoints.update(snap)
 	}
-}
-
-// RoundTrip implements http.RoundTripper for one attempt: it picks an endpoint (avoiding those this request
-// already tried), passes its circuit breaker, and sends req with the base transport the upstream's peer and
-// protocol call for. It never modifies req.
-func (c *cluster) RoundTrip(req *http.Request) (*http.Response, error) {
-	ri := requestInfoFrom(req.Context())
-	var tried []*endpointState
-	if ri != nil {
-		tried = ri.tried
-	}
-	st, end, err := c.endpoints.choose(tried)
-	if err != nil {
-		return nil, fmt.Errorf("upstream %s: %w", c.name, err)
-	}
-	var clientCtx context.Context
-	if ri != nil {
-		ri.endpoint = st.hostport
-		ri.tried = append(ri.tried, st)
-		clientCtx = ri.clientCtx
-	}
-	// The attempt carries its target to the dial function (never looked up again there) and names it in the
-	// URL, so that pooled connections serve only this target (dialtarget.go).
-	cfg := c.cfg.Load()
-	tgt := c.targetOf(st, cfg)
-	out := withTarget(req, tgt)
-	tr := c.transport.Load()
-	base := tr.base(req.Header, tgt, cfg)
-	if ri != nil && ri.abortBody != nil && base == http.RoundTripper(tr.h2c) && out.Body != nil {
-		// An HTTP/2 stream that fails while its body writer waits for the client makes the HTTP/2 transport close
-		// the body and wait for the writer; the reverse proxy's body does not pass Close on: end that Read.
-		out.Body = &abortableBody{ReadCloser: out.Body, abort: ri.abortBody}
-	}
-	send := out
-	if ri != nil && ri.abortBody != nil && base == http.RoundTripper(tr.h1) && out.Body != nil {
-		// Until the response headers come, a broken connection ends a Read blocked on the client (watchedConn).
-		var held atomic.Pointer[watchedConn]
-		abort := &ri.abortBody
-		send = out.WithContext(httptrace.WithClientTrace(out.Context(), &httptrace.ClientTrace{
-			GotConn: func(info httptrace.GotConnInfo) {
-				if wc, ok := info.Conn.(*watchedConn); ok {
-					wc.onBroken.Store(abort)
-					held.Store(wc)
-				}
-			},
-		}))
-		defer func() {
-			if wc := held.Load(); wc != nil {
-				wc.onBroken.CompareAndSwap(abort, nil) // the connection may already serve another request
-			}
-		}()
-	}
-	resp, err := base.RoundTrip(send)
-	if err != nil {
-		err = classifyHeaderOverflow(err, cfg)
-		outcome := resilience.Outcome(nil, err)
-		if clientCtx != nil && clientCtx.Err() != nil {
-			outcome = resilience.ErrExcluded
-		}
-		end(outcome)
-		return nil, err
-	}
-	if resp.StatusCode == http.StatusSwitchingProtocols {
-		if ri != nil {
-			ri.idle.pause() // a switched protocol is no stream: its tunnel is not timed
-		}
-		end(nil) // an upgraded connection is no longer a request in flight
-		return resp, nil
-	}
-	db := &doneBody{ReadCloser: resp.Body, resp: resp, clientCtx: clientCtx, end: end}
-	if ri != nil && ri.body != nil && req.ProtoMajor == 2 && base == http.RoundTripper(tr.h2c) {
-		// The reverse proxy hands the transport a body whose Close does nothing; close the client's own.
-		db.reqBody = ri.body
-	}
-	resp.Body = db
-	return resp, nil
-}
-
-// modifyResponse is the reverse proxy's ModifyResponse: dropBrokenRequest, then keepTrailersOnly.
-func modifyResponse(resp *http.Response) error {
-	if err := dropBrokenRequest(resp); err != nil {
-		return err
-	}
-	keepTrailersOnly(resp)
-	return nil
-}
-
-// dropBrokenRequest drops the endpoint's answer to a request whose body the client broke (malformed, stalled):
-// the endpoint answered a truncated request, and the client gets meshlet's answer instead (proxyError).
-func dropBrokenRequest(resp *http.Response) error {
-	if ri := requestInfoFrom(resp.Request.Context()); ri != nil && ri.body != nil {
-		if f := ri.body.fault.Load(); f != nil {
-			resp.Body.Close()
-			return f
-		}
-	}
-	return nil
-}
-
-// keepTrailersOnly makes a gRPC trailers-only response (the status in the headers, no body) leave meshlet as one:
-// the reverse proxy would otherwise flush the headers of a response of unknown length at once, racing with the
-// end of the stream, and a client that gets HEADERS without END_STREAM and then an empty DATA frame sees no
-// status ("server closed the stream without sending trailers"). A known length of 0 lets the headers and the end
-// of the stream go out together. Statuses in headers are only legal in trailers-only responses.
-func keepTrailersOnly(resp *http.Response) {
-	if resp.ContentLength == -1 && resp.Header.Get(grpcwire.HeaderStatus) != "" && grpcwire.IsGRPC(resp.Request.Header) {
-		resp.ContentLength = 0
-	}
-}
-
-// base returns the transport for a request with header h to target t: sidecars (peer: sidecar, or an endpoint
-// discovery says is one) are spoken to over HTTP/2, apps in the upstream's protocol.
-func (tr *transports) base(h http.Header, t *dialTarget, cfg *UpstreamConfig) http.RoundTripper {
-	if t.sidecar {
-		if isUpgrade(h) {
-			return tr.h1 // HTTP/2 has no Upgrade: tunnel it over HTTP/1.1 between sidecars
-		}
-		return tr.h2c
-	}
-	if cfg.Protocol == ProtocolHTTP {
-		return tr.h1
-	}
-	return tr.h2c
 }
 
 // close releases pooled connections.

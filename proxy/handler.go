@@ -3,14 +3,11 @@ package proxy
 import (
 	"context"
 	"errors"
-	"fmt"
 	"io"
 	"log/slog"
 	"net/http"
 	"sync/atomic"
 	"time"
-
-	"google.golang.org/grpc/codes"
 
 	"meshlet.dev/meshlet/grpcwire"
 	"meshlet.dev/meshlet/metrics"
@@ -21,85 +18,60 @@ import (
 // Status written for a request whose client went away before its response was complete (nginx's convention).
 const StatusClientClosedRequest = 499
 
-// requestInfo travels in the outbound request's context so that the transport can report what it chose.
-type requestInfo struct {
-	clientCtx context.Context  // the inbound request's context, without meshlet's timeout
-	body      *countingBody    // the inbound request's body; nil when it has none
-	abortBody func()           // ends a Read blocked on the inbound body (abortableBody, watchedConn); nil for HTTP/1.1
-	idle      *streamIdle      // the request's stream_idle_timeout; nil when off
-	tried     []*endpointState // endpoints the attempts went to, in order
-	endpoint  string
-	reason    string // set when meshlet failed the request itself
-	errMsg    string
+// exchange is one proxied request as the cluster's transport sees it. serveHTTP sets it up before the reverse
+// proxy runs, and the outbound request's context carries it (exchangeFrom); its fields are fixed from then on,
+// except the attempt log, which only cluster.RoundTrip writes (a request's attempts are sequential).
+type exchange struct {
+	clientCtx context.Context // the inbound request's context, without meshlet's timeout
+	body      *countingBody   // the inbound request's body; nil when it has none
+	abortBody func()          // ends a Read blocked on the inbound body (abortableBody, watchedConn); nil for HTTP/1.1
+	idle      *streamIdle     // the request's stream_idle_timeout; nil when off
+	attempts  attemptLog
 }
 
-type requestInfoKey struct{}
+// attemptLog is the endpoints a request's attempts went to, in order: the retry transport's attempts avoid them,
+// and the access log names the last.
+type attemptLog struct{ tried []*endpointState }
 
-func requestInfoFrom(ctx context.Context) *requestInfo {
-	ri, _ := ctx.Value(requestInfoKey{}).(*requestInfo)
-	return ri
+func (l *attemptLog) add(st *endpointState) { l.tried = append(l.tried, st) }
+
+// last returns the address of the endpoint of the latest attempt, or "" before any.
+func (l *attemptLog) last() string {
+	if len(l.tried) == 0 {
+		return ""
+	}
+	return l.tried[len(l.tried)-1].hostport
 }
 
-// ServeHTTP proxies one request to the upstream: it applies the timeout, records metrics and the access log,
-// and leaves the inbound request untouched (the reverse proxy works on a copy).
+type exchangeKey struct{}
+
+// exchangeFrom returns the exchange ctx carries, or nil (a request that did not come through serveHTTP).
+func exchangeFrom(ctx context.Context) *exchange {
+	ex, _ := ctx.Value(exchangeKey{}).(*exchange)
+	return ex
+}
+
+// serveHTTP proxies one request to the cluster: it checks what the client sent, applies the limits and the
+// timeout, hands a copy of the request to the reverse proxy (the inbound request is never modified), and records
+// metrics and the access log.
 func (c *cluster) serveHTTP(w http.ResponseWriter, r *http.Request, alog *slog.Logger) {
 	start := time.Now()
 	grpc := grpcwire.IsGRPC(r.Header)
 	rw := &responseWriter{ResponseWriter: w}
-	ri := &requestInfo{clientCtx: r.Context()}
-	var body *countingBody
-
+	ex := &exchange{clientCtx: r.Context()}
 	c.obs.inFlight.Inc()
 	defer func() {
 		p := recover()
 		c.obs.inFlight.Dec()
-		code := rw.code
-		if p != nil && ri.clientCtx.Err() != nil {
-			code = StatusClientClosedRequest
-		}
-		if code == 0 {
-			code = http.StatusOK
-		}
-		var rx int64
-		if body != nil {
-			rx = body.n.Load()
-		}
-		grpcCode := notGRPC
-		if grpc {
-			grpcCode = rw.grpcStatus()
-		}
-		c.obs.record(code, grpcCode, time.Since(start), rx, rw.written)
-		if alog != nil {
-			alog.LogAttrs(r.Context(), slog.LevelInfo, "access",
-				slog.String("direction", c.direction), slog.String("upstream", c.name),
-				slog.String("method", r.Method), slog.String("authority", r.Host), slog.String("path", r.URL.Path),
-				slog.String("proto", r.Proto), slog.Int("status", code), slog.String("grpc_status", grpcCodeName(grpcCode)),
-				slog.Float64("duration_ms", float64(time.Since(start).Microseconds())/1000),
-				slog.Int64("bytes_in", rx), slog.Int64("bytes_out", rw.written),
-				slog.String("endpoint", ri.endpoint), slog.String("error", ri.errMsg))
-		}
+		c.done(rw, r, ex, grpc, start, alog, p != nil)
 		if p != nil {
 			panic(p)
 		}
 	}()
 
-	if r.Method == http.MethodConnect {
-		c.fail(rw, r, grpc, http.StatusMethodNotAllowed, reasonOther, "CONNECT is not supported", ri)
+	in, ok := c.checkRequest(rw, r, grpc)
+	if !ok {
 		return
-	}
-	if !validTarget(r.URL.RawQuery) || !validTarget(r.URL.Opaque) {
-		// An HTTP/2 :path may carry a space or a control byte in its query, which an HTTP/1.1 request line
-		// cannot: forwarded as is, it would split the line at the endpoint.
-		c.m.RefusedRequests.WithLabelValues(c.direction, refusedTarget).Inc()
-		c.fail(rw, r, grpc, http.StatusBadRequest, refusedTarget, "invalid byte in the request target", ri)
-		return
-	}
-	in := r // the request to forward: inbound, a copy with the normalized path that was authorized
-	if c.direction == metrics.Inbound {
-		var ok bool
-		if in, ok = c.inboundRequest(rw, r, grpc, ri); !ok {
-			return
-		}
 	}
 	release, err := c.acquire(r.Context())
 	if err != nil {
@@ -108,30 +80,21 @@ func (c *cluster) serveHTTP(w http.ResponseWriter, r *http.Request, alog *slog.L
 			c.m.LimitOverflows.WithLabelValues(c.name, oe.Limit).Inc()
 			c.decisions.Add("overflow", "", "max_"+oe.Limit+" full")
 			c.fail(rw, r, grpc, http.StatusServiceUnavailable, reasonOverflow,
-				"upstream "+c.name+": too many requests in flight (max_"+oe.Limit+")", ri)
+				"upstream "+c.name+": too many requests in flight (max_"+oe.Limit+")")
 		} else {
 			rw.code = StatusClientClosedRequest
 		}
 		return
 	}
 	defer release()
-	cfg := c.cfg.Load()
-	ctx := context.WithValue(r.Context(), requestInfoKey{}, ri)
-	timeout, limited := cfg.Timeout, cfg.Timeout > 0
-	if grpc {
-		// A grpc-timeout of 0 is a deadline already past, not "no deadline".
-		if d, ok := grpcwire.ParseTimeout(r.Header.Get(grpcwire.HeaderTimeout)); ok && (!limited || d < timeout) {
-			timeout, limited = d, true
-		}
-	}
-	if limited {
+	ctx := context.WithValue(r.Context(), exchangeKey{}, ex)
+	if timeout, limited := c.timeout(r, grpc); limited {
 		var cancel context.CancelFunc
 		ctx, cancel = context.WithTimeout(ctx, timeout)
 		defer cancel()
 	}
 	if r.Body != nil && r.Body != http.NoBody {
-		body = &countingBody{ReadCloser: r.Body}
-		ri.body = body
+		ex.body = &countingBody{ReadCloser: r.Body}
 		if r.ProtoMajor == 1 {
 			// Let the app stream its request body while the response streams back (bidirectional streams).
 			_ = http.NewResponseController(w).EnableFullDuplex()
@@ -139,104 +102,88 @@ func (c *cluster) serveHTTP(w http.ResponseWriter, r *http.Request, alog *slog.L
 			// Closing an HTTP/2 body ends a Read under way. (An HTTP/1.1 body's Close waits for it instead, and a
 			// read deadline would cancel the request: a Read stalled on an HTTP/1.1 client ends with its data, or
 			// with the listener's read_body_timeout.)
-			ri.abortBody = func() { body.Close() }
+			body := ex.body
+			ex.abortBody = func() { body.Close() }
 		}
 	}
 	if c.streamIdle > 0 {
 		// When idle, a transport waiting for the client's HTTP/2 body must return too (abortBody).
-		ri.idle, ctx = newStreamIdle(ctx, c.streamIdle, ri.abortBody)
-		defer ri.idle.stop()
-		rw.idle = ri.idle
-		if body != nil {
-			body.idle = ri.idle
+		ex.idle, ctx = newStreamIdle(ctx, c.streamIdle, ex.abortBody)
+		defer ex.idle.stop()
+		rw.idle = ex.idle
+		if ex.body != nil {
+			ex.body.idle = ex.idle
 		}
 	}
 	out := in.WithContext(ctx)
-	if body != nil {
-		out.Body = body
+	if ex.body != nil {
+		out.Body = ex.body
 	}
 	c.rp.ServeHTTP(rw, out)
 }
 
-// proxyError is the reverse proxy's ErrorHandler: it maps a failed round trip to a status.
-func (c *cluster) proxyError(w http.ResponseWriter, r *http.Request, err error) {
-	ri := requestInfoFrom(r.Context())
-	grpc := grpcwire.IsGRPC(r.Header)
-	var ce *connectError
-	var cf *clientFault
-	if ri != nil && ri.body != nil {
-		// A broken or stalled body may surface as another error (HTTP/1.1: a failed read on the connection
-		// cancels the request), so the body says first.
-		cf = ri.body.fault.Load()
+// checkRequest refuses what the cluster never forwards (CONNECT, a request target with a byte an HTTP/1.1
+// request line cannot carry) and, inbound, normalizes the path and authorizes the caller (inboundRequest). It
+// returns the request to forward, or false after answering the client itself.
+func (c *cluster) checkRequest(rw *responseWriter, r *http.Request, grpc bool) (*http.Request, bool) {
+	if r.Method == http.MethodConnect {
+		c.fail(rw, r, grpc, http.StatusMethodNotAllowed, reasonOther, "CONNECT is not supported")
+		return nil, false
 	}
-	switch {
-	case cf != nil || errors.As(err, &cf):
-		// The client's own input broke the request (counted by the listener's guarded handler).
-		if ri != nil {
-			ri.reason, ri.errMsg = reasonRefused, cf.msg
-		}
-		cf.write(w, grpc, true)
-		return
-	case ri != nil && ri.clientCtx.Err() != nil:
-		// The client went away: nothing to answer, nothing to hold against the endpoint.
-		c.obs.errors[reasonCanceled].Inc()
-		ri.reason, ri.errMsg = reasonCanceled, err.Error()
-		if rw, ok := w.(*responseWriter); ok {
-			rw.code = StatusClientClosedRequest
-		}
-	case idleFired(r.Context()):
-		c.obs.errors[reasonIdle].Inc()
-		msg := fmt.Sprintf("upstream %s: no byte either way for %s (stream_idle_timeout)", c.name, c.streamIdle)
-		if ri != nil {
-			ri.reason, ri.errMsg = reasonIdle, msg
-		}
-		a := answer{reason: reasonIdle, status: http.StatusRequestTimeout, code: codes.DeadlineExceeded, msg: "meshlet: " + msg}
-		a.write(w, grpc, true)
-		return
-	case errors.Is(err, ErrNoEndpoint):
-		c.fail(w, r, grpc, http.StatusServiceUnavailable, reasonNoEndpoint,
-			"no endpoint available for upstream "+c.name, ri)
-	case errors.Is(err, context.DeadlineExceeded) || r.Context().Err() == context.DeadlineExceeded || deadlineNear(r):
-		c.fail(w, r, grpc, http.StatusGatewayTimeout, reasonTimeout, "upstream "+c.name+" timed out", ri)
-	case errors.As(err, new(*headersTooLargeError)):
-		c.fail(w, r, grpc, http.StatusBadGateway, reasonHeadersTooLarge, "upstream "+c.name+": endpoint response headers too large", ri)
-	case errors.As(err, &ce) && c.direction == metrics.Inbound:
-		// The local app is down: this instance is unavailable (503), which callers retry elsewhere.
-		c.fail(w, r, grpc, http.StatusServiceUnavailable, reasonConnect, "upstream "+c.name+": local app unreachable", ri)
-	case errors.As(err, &ce):
-		c.fail(w, r, grpc, http.StatusBadGateway, reasonConnect, "upstream "+c.name+": connection to endpoint failed", ri)
-	default:
-		c.fail(w, r, grpc, http.StatusBadGateway, reasonOther, "upstream "+c.name+": endpoint connection broken", ri)
+	if !validTarget(r.URL.RawQuery) || !validTarget(r.URL.Opaque) {
+		// An HTTP/2 :path may carry a space or a control byte in its query, which an HTTP/1.1 request line
+		// cannot: forwarded as is, it would split the line at the endpoint.
+		c.m.RefusedRequests.WithLabelValues(c.direction, refusedTarget).Inc()
+		c.fail(rw, r, grpc, http.StatusBadRequest, refusedTarget, "invalid byte in the request target")
+		return nil, false
 	}
-	if ri != nil && ri.reason != reasonCanceled {
-		// The client sees no addresses; the log, the access log and /debug/upstreams have the details.
-		ri.errMsg = err.Error()
-		c.log.Debug("upstream request failed", "reason", ri.reason, "endpoint", ri.endpoint, "error", err.Error())
+	if c.direction == metrics.Inbound {
+		return c.inboundRequest(rw, r, grpc)
 	}
+	return r, true
 }
 
-// deadlineNear reports whether the request's deadline is all but reached: an endpoint that resets a call at the
-// deadline meshlet handed it (grpc-timeout) may do so a moment before meshlet's own timer fires, and that is a
-// timeout too.
-func deadlineNear(r *http.Request) bool {
-	dl, ok := r.Context().Deadline()
-	return ok && time.Until(dl) < 20*time.Millisecond
+// timeout returns the request's timeout: the cluster's, or a gRPC call's grpc-timeout when shorter (a
+// grpc-timeout of 0 is a deadline already past, not "no deadline"); false when there is none.
+func (c *cluster) timeout(r *http.Request, grpc bool) (time.Duration, bool) {
+	cfg := c.cfg.Load()
+	timeout, limited := cfg.Timeout, cfg.Timeout > 0
+	if grpc {
+		if d, ok := grpcwire.ParseTimeout(r.Header.Get(grpcwire.HeaderTimeout)); ok && (!limited || d < timeout) {
+			timeout, limited = d, true
+		}
+	}
+	return timeout, limited
 }
 
-// fail answers a request that meshlet could not proxy: a gRPC status in a trailers-only response for gRPC calls,
-// an HTTP status with a one-line text body otherwise.
-func (c *cluster) fail(w http.ResponseWriter, r *http.Request, grpc bool, status int, reason, msg string, ri *requestInfo) {
-	if c, ok := c.obs.errors[reason]; ok {
-		c.Inc()
+// done records a finished request: its metrics and its access-log line (alog nil: none). panicked: the handler
+// is unwinding a panic (the reverse proxy's http.ErrAbortHandler when the client went away mid-response).
+func (c *cluster) done(rw *responseWriter, r *http.Request, ex *exchange, grpc bool, start time.Time, alog *slog.Logger, panicked bool) {
+	code := rw.code
+	if panicked && ex.clientCtx.Err() != nil {
+		code = StatusClientClosedRequest
 	}
-	if ri != nil {
-		ri.reason, ri.errMsg = reason, msg
+	if code == 0 {
+		code = http.StatusOK
 	}
-	a := answer{reason: reason, status: status, code: grpcCodeForHTTP(status), msg: "meshlet: " + msg}
-	if reason == reasonOverflow {
-		a.code = codes.ResourceExhausted
+	var rx int64
+	if ex.body != nil {
+		rx = ex.body.n.Load()
 	}
-	a.write(w, grpc, false)
+	grpcCode := notGRPC
+	if grpc {
+		grpcCode = rw.grpcStatus()
+	}
+	c.obs.record(code, grpcCode, time.Since(start), rx, rw.written)
+	if alog != nil {
+		alog.LogAttrs(r.Context(), slog.LevelInfo, "access",
+			slog.String("direction", c.direction), slog.String("upstream", c.name),
+			slog.String("method", r.Method), slog.String("authority", r.Host), slog.String("path", r.URL.Path),
+			slog.String("proto", r.Proto), slog.Int("status", code), slog.String("grpc_status", grpcCodeName(grpcCode)),
+			slog.Float64("duration_ms", float64(time.Since(start).Microseconds())/1000),
+			slog.Int64("bytes_in", rx), slog.Int64("bytes_out", rw.written),
+			slog.String("endpoint", ex.attempts.last()), slog.String("error", rw.errMsg))
+	}
 }
 
 // responseWriter records the status and body size of a response. It passes flushes, hijacks and full-duplex
@@ -246,6 +193,7 @@ type responseWriter struct {
 	code    int // the final (non-1xx) status, 0 until written
 	written int64
 	idle    *streamIdle // told of every byte written; nil when off
+	errMsg  string      // why meshlet failed the request (noteError), for the access log; "" when it did not
 }
 
 func (w *responseWriter) WriteHeader(code int) {
@@ -312,69 +260,4 @@ func (b *countingBody) Read(p []byte) (int, error) {
 		}
 	}
 	return n, err
-}
-
-// observer holds an upstream's metric children, resolved once so the hot path does no label lookups.
-type observer struct {
-	m         *metrics.Metrics
-	direction string
-	name      string
-	inFlight  interface {
-		Inc()
-		Dec()
-	}
-	rx, tx interface{ Add(float64) }
-	errors map[string]interface{ Inc() }
-	cells  [5][grpcCodeSlots]atomic.Pointer[cell]
-}
-
-func newObserver(m *metrics.Metrics, direction, name string) *observer {
-	o := &observer{m: m, direction: direction, name: name,
-		inFlight: m.RequestsInFlight.WithLabelValues(direction, name),
-		rx:       m.ReceivedBytes.WithLabelValues(direction, name),
-		tx:       m.SentBytes.WithLabelValues(direction, name),
-		errors:   map[string]interface{ Inc() }{},
-	}
-	for _, r := range []string{reasonNoEndpoint, reasonTimeout, reasonConnect, reasonCanceled, reasonOverflow, reasonDenied,
-		reasonIdle, reasonOther, reasonHeadersTooLarge} {
-		o.errors[r] = m.UpstreamErrors.WithLabelValues(direction, name, r)
-	}
-	return o
-}
-
-// record counts one finished request.
-func (o *observer) record(code int, grpcCode int, d time.Duration, rx, tx int64) {
-	class := code/100 - 1
-	if class < 0 || class > 4 {
-		class = 4
-	}
-	c := o.cell(class, grpcCode)
-	c.requests.Inc()
-	c.duration.Observe(d.Seconds())
-	if rx > 0 {
-		o.rx.Add(float64(rx))
-	}
-	if tx > 0 {
-		o.tx.Add(float64(tx))
-	}
-}
-
-// cell is the pair of collectors for one status class and gRPC code.
-type cell struct {
-	requests interface{ Inc() }
-	duration interface{ Observe(float64) }
-}
-
-// cell returns the collectors for class (0 for 1xx … 4 for 5xx) and grpcCode (notGRPC or 0…16), creating them
-// on first use.
-func (o *observer) cell(class, grpcCode int) *cell {
-	slot := &o.cells[class][grpcCode+1]
-	if c := slot.Load(); c != nil {
-		return c
-	}
-	labels := []string{o.direction, o.name, metrics.CodeClass((class + 1) * 100), grpcCodeName(grpcCode)}
-	c := &cell{requests: o.m.Requests.WithLabelValues(labels...),
-		duration: o.m.RequestDuration.WithLabelValues(labels...)}
-	slot.Store(c)
-	return c
 }

@@ -140,7 +140,7 @@ func (p *Proxy) secureInbound(ln net.Listener, mode string) (net.Listener, error
 // the rules; a plaintext caller is refused when they decide who may call (plaintextDenied). It answers 403 (gRPC:
 // PERMISSION_DENIED) itself and returns false when the caller may not call; every refusal is counted and logged
 // (rate limited).
-func (c *cluster) authorizeRequest(w *responseWriter, r *http.Request, grpc bool, ri *requestInfo) bool {
+func (c *cluster) authorizeRequest(w *responseWriter, r *http.Request, grpc bool) bool {
 	if c.tls == nil {
 		return true
 	}
@@ -160,7 +160,7 @@ func (c *cluster) authorizeRequest(w *responseWriter, r *http.Request, grpc bool
 	}
 	c.m.AuthzDenied.WithLabelValues(source).Inc()
 	c.refused.denied(c.direction, c.name, r.RemoteAddr, source, why)
-	c.fail(w, r, grpc, http.StatusForbidden, reasonDenied, "caller "+source+" is not allowed to call "+c.name+" ("+why+")", ri)
+	c.fail(w, r, grpc, http.StatusForbidden, reasonDenied, "caller "+source+" is not allowed to call "+c.name+" ("+why+")")
 	return false
 }
 
