@@ -36,15 +36,16 @@ type listener interface {
 
 // httpListener serves HTTP/1.1 and h2c on one socket.
 type httpListener struct {
-	ln  net.Listener
-	srv *http.Server
-	log *slog.Logger
+	ln    net.Listener
+	guard *h1guard.Listener // ln's guard, whose lingering closes shutdown joins
+	srv   *http.Server
+	log   *slog.Logger
 }
 
 func (p *Proxy) newHTTPListener(ln net.Listener, direction, label string, lim ListenerLimits, h http.Handler) *httpListener {
 	open := p.m.ConnectionsOpen.WithLabelValues(direction, label)
 	total := p.m.Connections.WithLabelValues(direction, label)
-	ln = h1guard.NewListener(ln, h1guard.Options{MaxHead: lim.MaxHeaderBytes, WriteTimeout: lim.WriteTimeout,
+	guard := h1guard.NewListener(ln, h1guard.Options{MaxHead: lim.MaxHeaderBytes, WriteTimeout: lim.WriteTimeout,
 		Budget: p.heads[direction]})
 	srv := &http.Server{
 		Handler:           p.guarded(direction, label, lim, h),
@@ -79,7 +80,7 @@ func (p *Proxy) newHTTPListener(ln net.Listener, direction, label string, lim Li
 	srv.Protocols.SetHTTP1(true)
 	srv.Protocols.SetUnencryptedHTTP2(true)
 	srv.Protocols.SetHTTP2(true) // over the mutual TLS connections the inbound listener hands over (ALPN h2)
-	return &httpListener{ln: ln, srv: srv, log: p.log}
+	return &httpListener{ln: guard, guard: guard, srv: srv, log: p.log}
 }
 
 func (l *httpListener) serve() {
@@ -88,11 +89,15 @@ func (l *httpListener) serve() {
 	}
 }
 
+// shutdown stops the server (Shutdown until ctx ends, then Close), and then waits for the lingering closes of
+// its connections (each at most a second).
 func (l *httpListener) shutdown(ctx context.Context) error {
 	err := l.srv.Shutdown(ctx)
 	if err != nil {
 		l.srv.Close()
+		ctx = context.WithoutCancel(ctx) // the lingering closes end by themselves, within a second
 	}
+	_ = l.guard.Wait(ctx)
 	return err
 }
 

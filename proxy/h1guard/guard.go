@@ -19,13 +19,14 @@
 // Mutual TLS connections that speak HTTP/1.1 are guarded too; HTTP/2 ones (ALPN h2) are not, as net/http needs the
 // *tls.Conn itself for them, and HTTP/2 framing leaves no such ambiguity.
 //
-// Its interface to the proxy: NewListener wraps a listener; ConnContext and Of find a request's guard, whose Admit,
-// Rejection, BodyFailed, BrokenBody and UpgradeWriter are what the handler asks and tells; TLSState; a Budget bounds
-// the memory of the heads being received.
+// Its interface to the proxy: NewListener wraps a listener (whose Wait joins the lingering closes); ConnContext and
+// Of find a request's guard, whose Admit, Rejection, BodyFailed, BrokenBody and UpgradeWriter are what the handler
+// asks and tells; TLSState; a Budget bounds the memory of the heads being received.
 package h1guard
 
 import (
 	"bytes"
+	"context"
 	"crypto/rand"
 	"crypto/tls"
 	"encoding/hex"
@@ -99,6 +100,7 @@ type Conn struct {
 	writeTimeout time.Duration        // a write that makes no progress this long fails (0: none)
 	tls          *tls.ConnectionState // the handshake of a mutual TLS connection; nil for plaintext
 	budget       *Budget              // bytes all guards of a direction may buffer together; nil: no bound
+	lingers      *lingerGroup         // the listener's, which runs the lingering close; nil: uncounted
 
 	mu       sync.Mutex
 	rejected *Rejection // a refused head
@@ -135,20 +137,22 @@ type Options struct {
 }
 
 // NewListener wraps the connections ln accepts in a guard (a *Conn; HTTP/2 over TLS passes unwrapped).
-func NewListener(ln net.Listener, o Options) net.Listener { return &listener{Listener: ln, o: o} }
+func NewListener(ln net.Listener, o Options) *Listener { return &Listener{Listener: ln, o: o} }
 
-// listener wraps the connections a listener accepts in a Conn.
-type listener struct {
+// Listener wraps the connections a listener accepts in a Conn, and owns their lingering closes (Wait).
+type Listener struct {
 	net.Listener
-	o Options
+	o       Options
+	lingers lingerGroup
 }
 
-func (l *listener) Accept() (net.Conn, error) {
+// Accept returns the next connection, guarded.
+func (l *Listener) Accept() (net.Conn, error) {
 	c, err := l.Listener.Accept()
 	if err != nil {
 		return nil, err
 	}
-	g := &Conn{Conn: c, maxHead: l.o.MaxHead, writeTimeout: l.o.WriteTimeout, budget: l.o.Budget}
+	g := &Conn{Conn: c, maxHead: l.o.MaxHead, writeTimeout: l.o.WriteTimeout, budget: l.o.Budget, lingers: &l.lingers}
 	if tc, ok := c.(*tls.Conn); ok {
 		// The inbound listener hands over mutual TLS connections with the handshake done. HTTP/2 (ALPN h2) needs
 		// the *tls.Conn itself (net/http hands it to its HTTP/2 server); HTTP/1.1 is guarded like plaintext, and
@@ -191,7 +195,7 @@ func (g *Conn) Close() error {
 	g.mu.Unlock()
 	if first && doubt {
 		if cw, ok := g.Conn.(interface{ CloseWrite() error }); ok && cw.CloseWrite() == nil {
-			go lingerClose(g.Conn)
+			g.lingers.start(g.Conn)
 			return nil
 		}
 	}
@@ -668,6 +672,56 @@ const (
 	lingerTime  = time.Second
 	lingerBytes = 1 << 20
 )
+
+// Wait returns when the lingering closes of the connections l accepted have ended (each within lingerTime, or at
+// its connection's second Close), or when ctx ends. Call it after the server closed the connections: a close that
+// starts later is not waited for.
+func (l *Listener) Wait(ctx context.Context) error { return l.lingers.wait(ctx) }
+
+// lingerGroup runs and counts the lingering closes of one listener's connections. The zero value is ready; a nil
+// group (a Conn made without a Listener) runs them uncounted.
+type lingerGroup struct {
+	mu   sync.Mutex
+	n    int
+	idle chan struct{} // closed when n drops to 0; made when n rises from 0
+}
+
+// start runs the lingering close of c in a goroutine of its own, counted until it ends.
+func (lg *lingerGroup) start(c net.Conn) {
+	if lg == nil {
+		go lingerClose(c)
+		return
+	}
+	lg.mu.Lock()
+	if lg.n == 0 {
+		lg.idle = make(chan struct{})
+	}
+	lg.n++
+	lg.mu.Unlock()
+	go func() {
+		lingerClose(c)
+		lg.mu.Lock()
+		if lg.n--; lg.n == 0 {
+			close(lg.idle)
+		}
+		lg.mu.Unlock()
+	}()
+}
+
+func (lg *lingerGroup) wait(ctx context.Context) error {
+	lg.mu.Lock()
+	n, idle := lg.n, lg.idle
+	lg.mu.Unlock()
+	if n == 0 {
+		return nil
+	}
+	select {
+	case <-idle:
+		return nil
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+}
 
 // lingerClose reads and drops what the client still sends, after the half-close of c, until the client closes
 // its side or a bound of lingerTime and lingerBytes is reached, and then closes c (a second Close ends it early).
