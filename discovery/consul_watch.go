@@ -117,7 +117,7 @@ func (w *consulWatch) add(ch chan Snapshot) {
 	}
 	w.subs[ch] = struct{}{}
 	if w.hasSnap {
-		sendLatest(ch, w.last)
+		SendLatest(ch, w.last)
 	}
 }
 
@@ -283,7 +283,7 @@ func (w *consulWatch) publish(contact time.Time) {
 	w.last, w.hasSnap, w.firstErr = snap, true, nil
 	w.c.m.published(w.label, len(eps), stale)
 	for ch := range w.subs {
-		sendLatest(ch, snap)
+		SendLatest(ch, snap)
 	}
 }
 

@@ -80,3 +80,20 @@ func Watch(ctx context.Context, src Source, service string, opts WatchOptions) (
 	}
 	return src.Watch(ctx, service)
 }
+
+// SendLatest puts snap into the one-slot channel ch, replacing a snapshot the receiver has not taken yet: how a
+// Source keeps its promise that a receiver that falls behind misses only intermediate snapshots. Sends to one ch
+// must not run concurrently (Static and consul.Source send under their lock).
+func SendLatest(ch chan Snapshot, snap Snapshot) {
+	for {
+		select {
+		case ch <- snap:
+			return
+		default:
+		}
+		select {
+		case <-ch:
+		default:
+		}
+	}
+}
