@@ -1,6 +1,8 @@
-// Package consul is meshlet's home for talking to a Consul agent. Today it holds the one blocking-query loop and
-// the one backoff that every watch of the agent follows (discovery's health watches and config entries, the
-// Connect CA source, intentions), and the backoff of every other retry of the agent (registration).
+// Package consul is meshlet's home for talking to a Consul agent: the discovery source of upstream endpoints
+// (Source, with health queries; Config is the discovery.consul section), Consul's config entries (ConfigEntries),
+// the registration of the service and its sidecar (Registrar), and the one blocking-query loop and backoff that
+// every watch of the agent follows (Watch: health, config entries, the Connect CA source, intentions) and every
+// other retry of the agent (Backoff: registration, the default intention policy).
 package consul
 
 import (

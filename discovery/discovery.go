@@ -59,8 +59,8 @@ type WatchOptions struct {
 	MutualTLS bool
 }
 
-// OptionsSource is a Source whose watches can be narrowed by WatchOptions. Consul implements it; Static does not
-// (its endpoints are written out, there is nothing to narrow).
+// OptionsSource is a Source whose watches can be narrowed by WatchOptions. consul.Source implements it; Static
+// does not (its endpoints are written out, there is nothing to narrow).
 type OptionsSource interface {
 	Source
 	// WatchWith is Watch narrowed by opts; the same contract otherwise. Watches with different options are

@@ -3,7 +3,7 @@ package discovery
 import "time"
 
 // UpstreamSettings are what Consul's config entries say about calls from one service (the caller) to one
-// upstream service; zero fields say nothing. See ConfigEntries.Settings for where each comes from.
+// upstream service; zero fields say nothing. See consul.ConfigEntries.Settings for where each comes from.
 type UpstreamSettings struct {
 	Protocol       string        // service-defaults/<upstream>.Protocol: http, http2 or grpc (tcp is left out)
 	ConnectTimeout time.Duration // service-defaults/<caller>.UpstreamConfig ConnectTimeoutMs

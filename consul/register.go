@@ -1,4 +1,4 @@
-package discovery
+package consul
 
 import (
 	"context"
@@ -14,7 +14,6 @@ import (
 	"github.com/hashicorp/consul/api"
 
 	"meshlet.dev/meshlet/appcheck"
-	"meshlet.dev/meshlet/consul"
 )
 
 var osHostname = os.Hostname
@@ -51,7 +50,7 @@ func agentCheck(c *appcheck.Check) *api.AgentServiceCheck {
 // (retrying with backoff while the agent cannot be reached), and every ResyncInterval checks that the agent still
 // has both registrations, registering again when it lost them (an agent restarted without its state).
 type Registrar struct {
-	c   *Consul
+	c   *Source
 	reg Registration
 	log *slog.Logger
 	id  string
@@ -64,7 +63,7 @@ type Registrar struct {
 }
 
 // NewRegistrar returns a Registrar for reg on the agent c talks to. Nothing is registered before Run.
-func NewRegistrar(c *Consul, reg Registration) *Registrar {
+func NewRegistrar(c *Source, reg Registration) *Registrar {
 	id := fmt.Sprintf("%s-%s-%d", reg.Service, hostID(), portOf(reg.Inbound))
 	return &Registrar{c: c, reg: reg, id: id, log: c.log.With("component", "consul-register", "service_id", id)}
 }
@@ -103,7 +102,7 @@ func (r *Registrar) Run(ctx context.Context) error {
 	failures := 0
 	wait := time.Duration(0)
 	for {
-		if !consul.Sleep(ctx, wait) {
+		if !Sleep(ctx, wait) {
 			return nil
 		}
 		err := r.ensure(ctx)
@@ -115,7 +114,7 @@ func (r *Registrar) Run(ctx context.Context) error {
 		r.mu.Unlock()
 		if err != nil {
 			failures++
-			wait = consul.Backoff(failures)
+			wait = Backoff(failures)
 			if failures == 1 || failures%10 == 0 {
 				r.log.Error("consul registration failed", "error", err.Error(), "retry_in", wait.Round(time.Millisecond).String())
 			}
