@@ -23,6 +23,12 @@ var osHostname = os.Hostname
 // moment between the two registrations.
 const MetaSidecar = "meshlet_sidecar"
 
+// Defaults of Registration (and of discovery.consul.check_interval and resync_interval).
+const (
+	DefaultCheckInterval  = 10 * time.Second
+	DefaultResyncInterval = 10 * time.Second
+)
+
 // Registration is what a sidecar registers with its local Consul agent: the local service and, for it, a
 // connect-proxy (the sidecar) that callers' meshlets find and call.
 type Registration struct {
@@ -38,6 +44,12 @@ type Registration struct {
 	// Ready is the sidecar's readiness; the /ready check starts passing when it returns nil at registration
 	// (so callers need not wait a check interval), critical otherwise. Nil: critical until Consul checks.
 	Ready func() error
+	// CheckInterval is how often the agent checks the sidecar's /ready (discovery.consul.check_interval); 0 means
+	// DefaultCheckInterval.
+	CheckInterval time.Duration
+	// ResyncInterval is how often the Registrar checks that the agent still has both registrations
+	// (discovery.consul.resync_interval); 0 means DefaultResyncInterval.
+	ResyncInterval time.Duration
 }
 
 // agentCheck is c as the Consul agent runs it, named "app" on the registration.
@@ -64,6 +76,12 @@ type Registrar struct {
 
 // NewRegistrar returns a Registrar for reg on the agent c talks to. Nothing is registered before Run.
 func NewRegistrar(c *Source, reg Registration) *Registrar {
+	if reg.CheckInterval == 0 {
+		reg.CheckInterval = DefaultCheckInterval
+	}
+	if reg.ResyncInterval == 0 {
+		reg.ResyncInterval = DefaultResyncInterval
+	}
 	id := fmt.Sprintf("%s-%s-%d", reg.Service, hostID(), portOf(reg.Inbound))
 	return &Registrar{c: c, reg: reg, id: id, log: c.log.With("component", "consul-register", "service_id", id)}
 }
@@ -121,7 +139,7 @@ func (r *Registrar) Run(ctx context.Context) error {
 			continue
 		}
 		failures = 0
-		wait = r.c.cfg.ResyncInterval
+		wait = r.reg.ResyncInterval
 	}
 }
 
@@ -192,7 +210,7 @@ func (r *Registrar) register(ctx context.Context) error {
 	if h, p := splitHostPort(admin); h == "" || net.ParseIP(h).IsUnspecified() {
 		admin = net.JoinHostPort("127.0.0.1", strconv.Itoa(p))
 	}
-	interval := r.c.cfg.CheckInterval.String()
+	interval := r.reg.CheckInterval.String()
 	status := api.HealthCritical
 	if r.reg.Ready != nil && r.reg.Ready() == nil {
 		status = api.HealthPassing

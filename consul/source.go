@@ -31,11 +31,10 @@ const (
 )
 
 // Defaults of Config (DefaultWaitTime is the config's; a Watch without a wait time uses Consul's, DefaultWait).
+// The registration settings default to the Registration's, DefaultCheckInterval and DefaultResyncInterval.
 const (
-	DefaultAddress        = "127.0.0.1:8500"
-	DefaultWaitTime       = 60 * time.Second
-	DefaultCheckInterval  = 10 * time.Second
-	DefaultResyncInterval = 10 * time.Second
+	DefaultAddress  = "127.0.0.1:8500"
+	DefaultWaitTime = 60 * time.Second
 )
 
 // Config is the discovery.consul section of the config file.
@@ -56,10 +55,12 @@ type Config struct {
 	TLS TLSConfig `yaml:"tls" json:"tls"`
 	// WaitTime is the longest a blocking query waits for a change (Consul caps it at 10m). Default 60s.
 	WaitTime time.Duration `yaml:"wait_time" json:"wait_time"`
-	// CheckInterval is how often Consul checks a registered sidecar's /ready. Default 10s.
+	// CheckInterval is how often Consul checks a registered sidecar's /ready. Default 10s. A registration
+	// setting: the Source does not read it, the Registrar gets it as Registration.CheckInterval.
 	CheckInterval time.Duration `yaml:"check_interval" json:"check_interval"`
 	// ResyncInterval is how often a registered instance checks that the agent still has it (an agent restarted
-	// without its state forgets it) and registers again. Default 10s.
+	// without its state forgets it) and registers again. Default 10s. A registration setting, as
+	// Registration.ResyncInterval.
 	ResyncInterval time.Duration `yaml:"resync_interval" json:"resync_interval"`
 }
 

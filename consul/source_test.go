@@ -307,9 +307,10 @@ func TestConsulBadAddressAndToken(t *testing.T) {
 
 func TestConsulRegistrar(t *testing.T) {
 	agent := discoverytest.StartConsul(t, discoverytest.Options{})
-	src := newSource(t, consul.Config{Address: agent.HTTPAddr, ResyncInterval: 200 * time.Millisecond})
+	src := newSource(t, consul.Config{Address: agent.HTTPAddr})
 	r := consul.NewRegistrar(src, consul.Registration{Service: "api", App: "127.0.0.1:8080",
-		Inbound: "127.0.0.1:21001", Admin: "127.0.0.1:1", Tags: []string{"v1"}, Meta: map[string]string{"team": "a"}})
+		Inbound: "127.0.0.1:21001", Admin: "127.0.0.1:1", Tags: []string{"v1"}, Meta: map[string]string{"team": "a"},
+		ResyncInterval: 200 * time.Millisecond})
 	ctx, cancel := context.WithCancel(t.Context())
 	done := make(chan error, 1)
 	go func() { done <- r.Run(ctx) }()

@@ -118,6 +118,7 @@ func (s *sidecar) prepareRegistration() {
 	r := consul.NewRegistrar(s.consul, consul.Registration{
 		Service: s.cfg.Service.Name, App: s.cfg.Service.Address, Inbound: inbound, Admin: s.admin.Addr(),
 		Tags: s.cfg.Service.Tags, Meta: s.cfg.Service.Meta, AppCheck: s.cfg.Service.Check, Ready: s.routable,
+		CheckInterval: s.cfg.Discovery.Consul.CheckInterval, ResyncInterval: s.cfg.Discovery.Consul.ResyncInterval,
 	})
 	s.registrar.Store(r)
 }
