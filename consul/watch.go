@@ -85,6 +85,27 @@ func Watch(ctx context.Context, o Options, fetch Fetch, failed func(err error, r
 	}
 }
 
+// WatchChanges runs Watch with the agent's default wait and no datacenter until ctx ends, for a fetch that only
+// stores its answer: fetch runs the query and returns the answer's index; changed is called after the first
+// answer and whenever the index moves; failed is told of each error before the loop backs off.
+func WatchChanges(ctx context.Context, fetch Fetch, changed func(), failed func(error)) {
+	answered := false
+	Watch(ctx, Options{}, func(q *api.QueryOptions) (uint64, error) {
+		next, err := fetch(q)
+		if err != nil {
+			return 0, err
+		}
+		if next == 0 {
+			next = 1
+		}
+		if !answered || next != q.WaitIndex {
+			answered = true
+			changed()
+		}
+		return next, nil
+	}, func(err error, _ time.Duration) { failed(err) })
+}
+
 // Backoff is the wait before retry n (1-based) of a request to the agent: exponential from BackoffMin to
 // BackoffMax, with the upper half jittered so that many sidecars do not retry in step.
 func Backoff(n int) time.Duration {

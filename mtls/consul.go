@@ -7,7 +7,6 @@ import (
 	"log/slog"
 	"sync"
 	"sync/atomic"
-	"time"
 
 	"github.com/hashicorp/consul/api"
 
@@ -94,7 +93,7 @@ func (s *ConsulSource) Run(ctx context.Context) error {
 
 // watch runs the blocking queries of one part of the bundle (what: roots or leaf); every change rebuilds it.
 func (s *ConsulSource) watch(ctx context.Context, what string, fetch func(*api.QueryOptions) (uint64, error)) {
-	blockingQueries(ctx, fetch, s.rebuild, func(err error) {
+	consul.WatchChanges(ctx, fetch, s.rebuild, func(err error) {
 		msg := fmt.Sprintf("consul connect CA %s: %v", what, err)
 		if p := s.lastErr.Swap(&msg); p == nil || *p != msg {
 			s.log.Error("cannot fetch the certificate from consul; retrying", "what", what, "error", err.Error())
@@ -103,27 +102,6 @@ func (s *ConsulSource) watch(ctx context.Context, what string, fetch func(*api.Q
 			s.OnReload(nil, errors.New(msg))
 		}
 	})
-}
-
-// blockingQueries runs one Consul blocking-query loop until ctx ends (consul.Watch's rules): fetch runs the
-// query and returns the answer's index; changed is called after the first answer and whenever the index moves;
-// failed is told of each error before the loop backs off.
-func blockingQueries(ctx context.Context, fetch consul.Fetch, changed func(), failed func(error)) {
-	answered := false
-	consul.Watch(ctx, consul.Options{}, func(q *api.QueryOptions) (uint64, error) {
-		next, err := fetch(q)
-		if err != nil {
-			return 0, err
-		}
-		if next == 0 {
-			next = 1
-		}
-		if !answered || next != q.WaitIndex {
-			answered = true
-			changed()
-		}
-		return next, nil
-	}, func(err error, _ time.Duration) { failed(err) })
 }
 
 // rebuild makes a bundle of the latest leaf and all the roots listed (during a CA rotation, old and new).

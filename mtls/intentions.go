@@ -140,7 +140,7 @@ func (it *Intentions) Run(ctx context.Context) error {
 			}
 		}
 	}
-	blockingQueries(ctx, fetch, changed, func(err error) {
+	consul.WatchChanges(ctx, fetch, changed, func(err error) {
 		msg := "consul intentions: " + err.Error()
 		if p := it.lastErr.Swap(&msg); p == nil || *p != msg {
 			it.log.Error("cannot read intentions; keeping the last ones", "error", err.Error())
