@@ -85,10 +85,10 @@ func Watch(ctx context.Context, o Options, fetch Fetch, failed func(err error, r
 	}
 }
 
-// WatchChanges runs Watch with the agent's default wait and no datacenter until ctx ends, for a fetch that only
+// watchChanges runs Watch with the agent's default wait and no datacenter until ctx ends, for a fetch that only
 // stores its answer: fetch runs the query and returns the answer's index; changed is called after the first
 // answer and whenever the index moves; failed is told of each error before the loop backs off.
-func WatchChanges(ctx context.Context, fetch Fetch, changed func(), failed func(error)) {
+func watchChanges(ctx context.Context, fetch Fetch, changed func(), failed func(error)) {
 	answered := false
 	Watch(ctx, Options{}, func(q *api.QueryOptions) (uint64, error) {
 		next, err := fetch(q)

@@ -41,8 +41,8 @@ type sidecar struct {
 	mustRegister bool                             // service.register with discovery.consul: not ready until registered
 	entries      *consul.ConfigEntries            // nil without discovery.consul
 
-	tls        mtls.Source      // nil without a tls section
-	intentions *mtls.Intentions // nil unless mutual TLS inbound with Consul
+	tls        mtls.Source        // nil without a tls section
+	intentions *consul.Intentions // nil unless mutual TLS inbound with Consul
 
 	mu  sync.Mutex // serializes reloads and guards cfg
 	cfg *fileConfig

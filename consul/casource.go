@@ -1,4 +1,4 @@
-package mtls
+package consul
 
 import (
 	"context"
@@ -10,19 +10,19 @@ import (
 
 	"github.com/hashicorp/consul/api"
 
-	"meshlet.dev/meshlet/consul"
+	"meshlet.dev/meshlet/mtls"
 )
 
-// ConsulSource serves the leaf certificate that the local Consul agent issues for a service and the Connect CA
+// CASource serves the leaf certificate that the local Consul agent issues for a service and the Connect CA
 // roots, both watched with blocking queries: the agent renews the leaf before it expires and a CA rotation
 // publishes the new root beside the old one (both are trusted while both are listed), so rotation needs nothing
-// from meshlet but to follow. Create it with NewConsulSource and run it with Run.
-type ConsulSource struct {
+// from meshlet but to follow. Create it with NewCASource and run it with Run.
+type CASource struct {
 	client  *api.Client
 	service string
 	log     *slog.Logger
 
-	cur     atomic.Pointer[Bundle]
+	cur     atomic.Pointer[mtls.Bundle]
 	lastErr atomic.Pointer[string]
 
 	mu    sync.Mutex // guards leaf and roots
@@ -30,21 +30,21 @@ type ConsulSource struct {
 	roots *api.CARootList
 
 	// OnReload, when set before Run, is called after every change attempt (nil error: a new bundle is in use).
-	OnReload func(*Bundle, error)
+	OnReload func(*mtls.Bundle, error)
 }
 
-// NewConsulSource returns a source for service's certificate from the agent behind client.
-func NewConsulSource(client *api.Client, service string, log *slog.Logger) *ConsulSource {
-	return &ConsulSource{client: client, service: service, log: log}
+// NewCASource returns a source for service's certificate from the agent behind client.
+func NewCASource(client *api.Client, service string, log *slog.Logger) *CASource {
+	return &CASource{client: client, service: service, log: log}
 }
 
-// Bundle implements Source; nil until the first leaf and roots have arrived.
-func (s *ConsulSource) Bundle() *Bundle { return s.cur.Load() }
+// Bundle implements mtls.Source; nil until the first leaf and roots have arrived.
+func (s *CASource) Bundle() *mtls.Bundle { return s.cur.Load() }
 
 // Ready is the readiness of the certificate: not ready before the first leaf and roots have arrived (with the
 // last error fetching them, if any), or once the leaf has expired (or before it is valid).
-func (s *ConsulSource) Ready() error {
-	return readyBundle(s.Bundle(), func() error {
+func (s *CASource) Ready() error {
+	return mtls.BundleReady(s.Bundle(), func() error {
 		if err := s.Err(); err != nil {
 			return fmt.Errorf("waiting for the certificate from consul: %w", err)
 		}
@@ -53,7 +53,7 @@ func (s *ConsulSource) Ready() error {
 }
 
 // Err is the last error fetching or building the bundle, or nil.
-func (s *ConsulSource) Err() error {
+func (s *CASource) Err() error {
 	if p := s.lastErr.Load(); p != nil {
 		return errors.New(*p)
 	}
@@ -61,7 +61,7 @@ func (s *ConsulSource) Err() error {
 }
 
 // Run watches the leaf and the roots until ctx ends.
-func (s *ConsulSource) Run(ctx context.Context) error {
+func (s *CASource) Run(ctx context.Context) error {
 	var wg sync.WaitGroup
 	wg.Go(func() {
 		s.watch(ctx, "roots", func(q *api.QueryOptions) (uint64, error) {
@@ -92,8 +92,8 @@ func (s *ConsulSource) Run(ctx context.Context) error {
 }
 
 // watch runs the blocking queries of one part of the bundle (what: roots or leaf); every change rebuilds it.
-func (s *ConsulSource) watch(ctx context.Context, what string, fetch func(*api.QueryOptions) (uint64, error)) {
-	consul.WatchChanges(ctx, fetch, s.rebuild, func(err error) {
+func (s *CASource) watch(ctx context.Context, what string, fetch func(*api.QueryOptions) (uint64, error)) {
+	watchChanges(ctx, fetch, s.rebuild, func(err error) {
 		msg := fmt.Sprintf("consul connect CA %s: %v", what, err)
 		if p := s.lastErr.Swap(&msg); p == nil || *p != msg {
 			s.log.Error("cannot fetch the certificate from consul; retrying", "what", what, "error", err.Error())
@@ -105,14 +105,14 @@ func (s *ConsulSource) watch(ctx context.Context, what string, fetch func(*api.Q
 }
 
 // rebuild makes a bundle of the latest leaf and all the roots listed (during a CA rotation, old and new).
-func (s *ConsulSource) rebuild() {
+func (s *CASource) rebuild() {
 	s.mu.Lock()
 	leaf, roots := s.leaf, s.roots
 	s.mu.Unlock()
 	if leaf == nil || roots == nil || len(roots.Roots) == 0 {
 		return
 	}
-	b, err := consulBundle(leaf, roots)
+	b, err := mtls.ConsulBundle(leaf, roots)
 	if err != nil {
 		// A leaf signed by a root that has not arrived yet (mid-rotation): the next answer fixes it.
 		msg := "consul connect CA: " + err.Error()
@@ -129,44 +129,9 @@ func (s *ConsulSource) rebuild() {
 		len(prev.Warnings) != len(b.Warnings) {
 		s.log.Info("certificate from consul in use", "id", b.ID.String(), "not_after", b.Leaf.NotAfter,
 			"roots", len(b.Roots))
-		logWarnings(s.log, b, "source", SourceConsul)
+		mtls.LogWarnings(s.log, b, "source", mtls.SourceConsul)
 	}
 	if s.OnReload != nil {
 		s.OnReload(b, nil)
 	}
-}
-
-// consulBundle makes a bundle of a leaf and the Connect CA roots. Consul lists its roots with the trust domain
-// they belong to (CARootList.TrustDomain), and each root is bound to it, whether or not its certificate names a
-// trust domain (Vault and other providers may write none); a root whose certificate names another trust domain,
-// or an invalid one, vouches for nothing (see NewBundle).
-func consulBundle(leaf *api.LeafCert, list *api.CARootList) (*Bundle, error) {
-	cert, leafCert, id, err := keyPair([]byte(leaf.CertPEM), []byte(leaf.PrivateKeyPEM))
-	if err != nil {
-		return nil, err
-	}
-	var roots []Root
-	var warnings []string
-	for _, r := range list.Roots {
-		certs, err := parseCerts([]byte(r.RootCertPEM))
-		if err != nil || len(certs) == 0 {
-			warnings = append(warnings, fmt.Sprintf("root %s from consul does not parse: %v", r.ID, err))
-			continue
-		}
-		for _, c := range certs {
-			named, err := rootTrustDomain(c)
-			switch {
-			case list.TrustDomain == "":
-				warnings = append(warnings, fmt.Sprintf("root %s vouches for nothing: consul names no trust domain", rootName(c)))
-			case err != nil:
-				warnings = append(warnings, fmt.Sprintf("root %s vouches for nothing: %v", rootName(c), err))
-			case named != "" && named != list.TrustDomain:
-				warnings = append(warnings, fmt.Sprintf("root %s vouches for nothing: it names trust domain %s, "+
-					"consul lists it for %s", rootName(c), named, list.TrustDomain))
-			default:
-				roots = append(roots, Root{Cert: c, TrustDomain: list.TrustDomain})
-			}
-		}
-	}
-	return newBundle(cert, leafCert, id, roots, warnings)
 }
