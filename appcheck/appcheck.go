@@ -1,6 +1,6 @@
 // Package appcheck is the local app's health check (service.check): its settings, one probe (HTTP GET or TCP
 // connect), and the Runner that runs it in meshlet for /ready when service.check.ready asks for it. The Consul
-// agent runs the same check for the registration (package discovery gives it to the agent).
+// agent runs the same check for the registration (package consul gives it to the agent).
 package appcheck
 
 import (

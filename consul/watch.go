@@ -1,6 +1,8 @@
-// Package consul is meshlet's home for talking to a Consul agent. Today it holds the one blocking-query loop and
-// the one backoff that every watch of the agent follows (discovery's health watches and config entries, the
-// Connect CA source, intentions), and the backoff of every other retry of the agent (registration).
+// Package consul is meshlet's home for talking to a Consul agent: the discovery source of upstream endpoints
+// (Source, with health queries; Config is the discovery.consul section), Consul's config entries (ConfigEntries),
+// the registration of the service and its sidecar (Registrar), and the one blocking-query loop and backoff that
+// every watch of the agent follows (Watch: health, config entries, the Connect CA source, intentions) and every
+// other retry of the agent (Backoff: registration, the default intention policy).
 package consul
 
 import (
@@ -81,6 +83,27 @@ func Watch(ctx context.Context, o Options, fetch Fetch, failed func(err error, r
 			index = next
 		}
 	}
+}
+
+// watchChanges runs Watch with the agent's default wait and no datacenter until ctx ends, for a fetch that only
+// stores its answer: fetch runs the query and returns the answer's index; changed is called after the first
+// answer and whenever the index moves; failed is told of each error before the loop backs off.
+func watchChanges(ctx context.Context, fetch Fetch, changed func(), failed func(error)) {
+	answered := false
+	Watch(ctx, Options{}, func(q *api.QueryOptions) (uint64, error) {
+		next, err := fetch(q)
+		if err != nil {
+			return 0, err
+		}
+		if next == 0 {
+			next = 1
+		}
+		if !answered || next != q.WaitIndex {
+			answered = true
+			changed()
+		}
+		return next, nil
+	}, func(err error, _ time.Duration) { failed(err) })
 }
 
 // Backoff is the wait before retry n (1-based) of a request to the agent: exponential from BackoffMin to

@@ -59,8 +59,8 @@ type WatchOptions struct {
 	MutualTLS bool
 }
 
-// OptionsSource is a Source whose watches can be narrowed by WatchOptions. Consul implements it; Static does not
-// (its endpoints are written out, there is nothing to narrow).
+// OptionsSource is a Source whose watches can be narrowed by WatchOptions. consul.Source implements it; Static
+// does not (its endpoints are written out, there is nothing to narrow).
 type OptionsSource interface {
 	Source
 	// WatchWith is Watch narrowed by opts; the same contract otherwise. Watches with different options are
@@ -79,4 +79,21 @@ func Watch(ctx context.Context, src Source, service string, opts WatchOptions) (
 		return nil, fmt.Errorf("watch %s: the discovery source does not support tag or datacenter", service)
 	}
 	return src.Watch(ctx, service)
+}
+
+// SendLatest puts snap into the one-slot channel ch, replacing a snapshot the receiver has not taken yet: how a
+// Source keeps its promise that a receiver that falls behind misses only intermediate snapshots. Sends to one ch
+// must not run concurrently (Static and consul.Source send under their lock).
+func SendLatest(ch chan Snapshot, snap Snapshot) {
+	for {
+		select {
+		case ch <- snap:
+			return
+		default:
+		}
+		select {
+		case <-ch:
+		default:
+		}
+	}
 }

@@ -43,7 +43,7 @@ func (s *Static) Set(service string, eps []Endpoint) {
 	snap := Snapshot{Service: service, Endpoints: append([]Endpoint(nil), eps...), Index: s.index}
 	s.services[service] = snap
 	for ch := range s.watchers[service] {
-		sendLatest(ch, snap)
+		SendLatest(ch, snap)
 	}
 }
 
@@ -69,19 +69,4 @@ func (s *Static) Watch(ctx context.Context, service string) (<-chan Snapshot, er
 		s.mu.Unlock()
 	}()
 	return ch, nil
-}
-
-// sendLatest puts snap into the one-slot channel ch, replacing a snapshot the receiver has not taken yet.
-func sendLatest(ch chan Snapshot, snap Snapshot) {
-	for {
-		select {
-		case ch <- snap:
-			return
-		default:
-		}
-		select {
-		case <-ch:
-		default:
-		}
-	}
 }

@@ -7,11 +7,11 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 )
 
-// The collectors of the sidecar's other parts: Consul discovery and registration (package discovery), the admin
+// The collectors of the sidecar's other parts: Consul discovery and registration (package consul), the admin
 // server, and those registered only when their part is configured (RegisterTLS, RegisterAuthzDefault), so that a
 // sidecar without TLS or intentions exports none of their series.
 
-// Discovery is the collectors of Consul discovery and registration; package discovery fills them.
+// Discovery is the collectors of Consul discovery and registration; package consul fills them (Source, Registrar).
 type Discovery struct {
 	Updates     *prometheus.CounterVec // service: snapshots received (changes and stale marks)
 	Errors      *prometheus.CounterVec // service, reason: failed queries (unreachable, denied, other)

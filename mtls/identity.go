@@ -1,7 +1,8 @@
 // Package mtls gives meshlet its service identity and mutual TLS between sidecars: SPIFFE IDs in Consul's form,
 // certificate sources (files made by `meshlet certs` or cert-manager, reloaded on change), and *tls.Config values
 // that serve the current certificate through GetCertificate/GetClientCertificate, so rotation never closes an
-// open connection and new handshakes use the new certificate at once.
+// open connection and new handshakes use the new certificate at once. Intentions decides callers by Consul's
+// intentions; package consul reads them, and the Connect CA's certificates, from the agent.
 package mtls
 
 import (

@@ -1,14 +1,134 @@
 package mtls
 
 import (
+	"errors"
 	"log/slog"
 	"net/http"
 	"net/url"
 	"regexp"
 	"strings"
+	"sync/atomic"
 
 	"github.com/hashicorp/consul/api"
 )
+
+// Intentions authorizes callers by Consul's intentions for one destination service, evaluated locally: on each
+// new TCP connection (L4 intentions) and on each HTTP request (L7 intentions on path, method and headers). The
+// first intention (by Consul's precedence) whose source is the caller (service, namespace and partition; never a
+// peer's service) decides; an L7 intention decides by its first matching permission, and denies when none
+// matches. Without a matching intention, Consul's default applies (DefaultPolicy); while it is unknown, such
+// callers are denied. What watches the agent (consul.Intentions) sets the intentions (SetIntentions) and the
+// default policy (SetDefaultPolicy); before the first SetIntentions every caller is denied. Safe for concurrent
+// use; Allowed never blocks.
+type Intentions struct {
+	service string
+	log     *slog.Logger
+
+	rules atomic.Pointer[[]intention] // nil until the first SetIntentions
+	def   atomic.Pointer[defaultState]
+}
+
+// DefaultPolicy is Consul's decision for a caller that no intention names.
+type DefaultPolicy string
+
+// Default policies. DefaultUnknown is meshlet's state until it has learned Consul's: such callers are denied.
+const (
+	DefaultAllow   DefaultPolicy = "allow"
+	DefaultDeny    DefaultPolicy = "deny"
+	DefaultUnknown DefaultPolicy = "unknown"
+)
+
+// defaultState is what meshlet knows of the default policy: the policy, or why it is not known.
+type defaultState struct {
+	policy DefaultPolicy
+	err    error // why the policy is DefaultUnknown; nil otherwise
+}
+
+// NewIntentions returns an evaluator for the intentions towards service: none yet (every caller is denied), and
+// the default policy DefaultUnknown. log gets the warnings about intentions that do not compile.
+func NewIntentions(service string, log *slog.Logger) *Intentions {
+	it := &Intentions{service: service, log: log}
+	it.def.Store(&defaultState{policy: DefaultUnknown, err: errors.New("not read yet")})
+	return it
+}
+
+// SetIntentions replaces the intentions with in, in Consul's order of precedence (as /v1/connect/intentions/match
+// answers).
+func (it *Intentions) SetIntentions(in []*api.Intention) {
+	rules := compile(in, it.log)
+	it.rules.Store(&rules)
+}
+
+// DefaultPolicy returns Consul's default for callers no intention names, and, when it is DefaultUnknown, why
+// (nil otherwise).
+func (it *Intentions) DefaultPolicy() (DefaultPolicy, error) {
+	d := it.def.Load()
+	if d.policy == DefaultUnknown {
+		return d.policy, d.err
+	}
+	return d.policy, nil
+}
+
+// SetDefaultPolicy sets Consul's default for callers no intention names; with DefaultUnknown, err says why (it
+// must not be nil then), and is ignored otherwise.
+func (it *Intentions) SetDefaultPolicy(p DefaultPolicy, err error) {
+	if p != DefaultUnknown {
+		err = nil
+	}
+	it.def.Store(&defaultState{policy: p, err: err})
+}
+
+// Names reports whether an intention names caller as its source, and the first that does, by its source as
+// Consul's CLI writes it ("web", "*", "team/web"); false before the first SetIntentions.
+func (it *Intentions) Names(caller ID) (source string, ok bool) {
+	if rules := it.rules.Load(); rules != nil {
+		for _, x := range *rules {
+			if x.matchesSource(caller) {
+				return x.label, true
+			}
+		}
+	}
+	return "", false
+}
+
+// Allowed decides whether caller (verified, of the local trust domain) may call; r is the request with its path
+// normalized, or nil for a TCP connection (an L7 intention then denies). The reason says which rule decided.
+func (it *Intentions) Allowed(caller ID, r *http.Request) (bool, string) {
+	rules := it.rules.Load()
+	if rules == nil {
+		return false, "intentions not loaded yet"
+	}
+	for i := range *rules {
+		x := &(*rules)[i]
+		if !x.matchesSource(caller) {
+			continue
+		}
+		if x.unchecked != "" {
+			return false, "intention " + x.label + " → " + it.service + ": meshlet cannot check its source (" + x.unchecked + ")"
+		}
+		if len(x.permissions) == 0 {
+			return x.allow, "intention " + x.label + " → " + it.service
+		}
+		if r == nil {
+			return false, "L7 intention " + x.label + " → " + it.service + " on a TCP connection"
+		}
+		v := newRequestView(r)
+		for j := range x.permissions {
+			if p := &x.permissions[j]; p.matches(v) {
+				return p.allow, "L7 intention " + x.label + " → " + it.service
+			}
+		}
+		return false, "no permission of L7 intention " + x.label + " → " + it.service + " matches"
+	}
+	switch d := it.def.Load(); d.policy {
+	case DefaultAllow:
+		return true, "no intention; default allow"
+	case DefaultDeny:
+		return false, "no intention; default deny"
+	default:
+		return false, "no intention, and Consul's default policy is unknown: " + d.err.Error()
+	}
+}
 
 // intention is an api.Intention prepared for evaluation (regular expressions compiled). Its source is the whole
 // identity Consul names: service, namespace and admin partition ("" means the default one; "*" any), and a

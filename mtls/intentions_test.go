@@ -88,7 +88,7 @@ func TestIntentionEvaluation(t *testing.T) {
 // TestIntentionDefaultUnknown: while meshlet has not learned Consul's default policy (NewIntentions starts so),
 // a caller no intention names is denied, and the reason says why.
 func TestIntentionDefaultUnknown(t *testing.T) {
-	it := NewIntentions(nil, "api", discardLogger())
+	it := NewIntentions("api", discardLogger())
 	rules := compile([]*api.Intention{{SourceName: "web", Action: api.IntentionActionAllow}}, discardLogger())
 	it.rules.Store(&rules)
 	if p, err := it.DefaultPolicy(); p != DefaultUnknown || err == nil {

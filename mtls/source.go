@@ -11,11 +11,13 @@ import (
 	"os"
 	"sync/atomic"
 	"time"
+
+	"github.com/hashicorp/consul/api"
 )
 
 // Bundle is what a sidecar proves and trusts at one moment: its leaf certificate and identity, and the roots it
 // trusts, each bound to the one trust domain it may vouch for. Bundles are immutable; a rotation makes a new
-// one. Make them with NewBundle (or LoadFiles); a Bundle built otherwise trusts no root.
+// one. Make them with NewBundle (or LoadFiles, ConsulBundle); a Bundle built otherwise trusts no root.
 type Bundle struct {
 	Cert *tls.Certificate // the leaf (and its chain) with its private key
 	Leaf *x509.Certificate
@@ -39,9 +41,9 @@ type Root struct {
 	TrustDomain string
 }
 
-// readyBundle is the readiness of a source whose current bundle is b: not ready without one (missing says why),
-// or while the leaf is expired or not valid yet.
-func readyBundle(b *Bundle, missing func() error) error {
+// BundleReady is the readiness of a Source whose current bundle is b (FileSource, consul.CASource): not ready
+// without one (missing says why), or while the leaf is expired or not valid yet.
+func BundleReady(b *Bundle, missing func() error) error {
 	now := time.Now()
 	switch {
 	case b == nil:
@@ -231,6 +233,41 @@ func bindRoots(certs []*x509.Certificate, local string) ([]Root, []string) {
 	return roots, warnings
 }
 
+// ConsulBundle makes a bundle of a leaf and the Connect CA roots. Consul lists its roots with the trust domain
+// they belong to (CARootList.TrustDomain), and each root is bound to it, whether or not its certificate names a
+// trust domain (Vault and other providers may write none); a root whose certificate names another trust domain,
+// or an invalid one, vouches for nothing (see NewBundle). consul.CASource makes its bundles with it.
+func ConsulBundle(leaf *api.LeafCert, list *api.CARootList) (*Bundle, error) {
+	cert, leafCert, id, err := keyPair([]byte(leaf.CertPEM), []byte(leaf.PrivateKeyPEM))
+	if err != nil {
+		return nil, err
+	}
+	var roots []Root
+	var warnings []string
+	for _, r := range list.Roots {
+		certs, err := parseCerts([]byte(r.RootCertPEM))
+		if err != nil || len(certs) == 0 {
+			warnings = append(warnings, fmt.Sprintf("root %s from consul does not parse: %v", r.ID, err))
+			continue
+		}
+		for _, c := range certs {
+			named, err := rootTrustDomain(c)
+			switch {
+			case list.TrustDomain == "":
+				warnings = append(warnings, fmt.Sprintf("root %s vouches for nothing: consul names no trust domain", rootName(c)))
+			case err != nil:
+				warnings = append(warnings, fmt.Sprintf("root %s vouches for nothing: %v", rootName(c), err))
+			case named != "" && named != list.TrustDomain:
+				warnings = append(warnings, fmt.Sprintf("root %s vouches for nothing: it names trust domain %s, "+
+					"consul lists it for %s", rootName(c), named, list.TrustDomain))
+			default:
+				roots = append(roots, Root{Cert: c, TrustDomain: list.TrustDomain})
+			}
+		}
+	}
+	return newBundle(cert, leafCert, id, roots, warnings)
+}
+
 // rootName names a root in messages: its subject and serial number.
 func rootName(c *x509.Certificate) string {
 	return fmt.Sprintf("%q (serial %x)", c.Subject.String(), c.SerialNumber)
@@ -299,12 +336,13 @@ func NewFileSource(cfg FilesConfig, log *slog.Logger) (*FileSource, error) {
 	s := &FileSource{cfg: cfg, log: log}
 	s.cur.Store(b)
 	s.stamp = s.fingerprint()
-	logWarnings(log, b, "ca_file", cfg.CAFile)
+	LogWarnings(log, b, "ca_file", cfg.CAFile)
 	return s, nil
 }
 
-// logWarnings logs the warnings of a bundle just loaded, with the key and value that say where it came from.
-func logWarnings(log *slog.Logger, b *Bundle, key, where string) {
+// LogWarnings logs the warnings of a bundle just loaded (at Warn, one line each), with the key and value that say
+// where it came from (FileSource: "ca_file" and the file; consul.CASource: "source", SourceConsul).
+func LogWarnings(log *slog.Logger, b *Bundle, key, where string) {
 	for _, w := range b.Warnings {
 		log.Warn("CA bundle: "+w, key, where, "trust_domain", b.TrustDomain)
 	}
@@ -327,7 +365,7 @@ func (s *FileSource) fingerprint() []byte {
 
 // Ready is the readiness of the certificate: not ready once the leaf has expired (or before it is valid).
 func (s *FileSource) Ready() error {
-	return readyBundle(s.Bundle(), func() error { return errors.New("no valid certificate loaded") })
+	return BundleReady(s.Bundle(), func() error { return errors.New("no valid certificate loaded") })
 }
 
 // Run checks the files every ReloadInterval until ctx ends; it returns nil then.
@@ -358,7 +396,7 @@ func (s *FileSource) check() {
 		s.stamp = fp
 		s.cur.Store(b)
 		s.log.Info("certificate reloaded", "id", b.ID.String(), "not_after", b.Leaf.NotAfter, "roots", len(b.Roots))
-		logWarnings(s.log, b, "ca_file", s.cfg.CAFile)
+		LogWarnings(s.log, b, "ca_file", s.cfg.CAFile)
 	}
 	if s.OnReload != nil {
 		s.OnReload(b, err)

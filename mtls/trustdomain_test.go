@@ -244,7 +244,7 @@ func TestConsulBundleBindsRoots(t *testing.T) {
 		{ID: "unnamed", RootCertPEM: string(testRoots(unnamed))},
 		{ID: "foreign", RootCertPEM: string(testRoots(foreign))},
 	}}
-	b, err := consulBundle(&api.LeafCert{CertPEM: string(leafPEM), PrivateKeyPEM: string(keyPEM)}, list)
+	b, err := ConsulBundle(&api.LeafCert{CertPEM: string(leafPEM), PrivateKeyPEM: string(keyPEM)}, list)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -269,7 +269,7 @@ func TestConsulBundleBindsRoots(t *testing.T) {
 		})
 	}
 	list.TrustDomain = ""
-	if _, err := consulBundle(&api.LeafCert{CertPEM: string(leafPEM), PrivateKeyPEM: string(keyPEM)}, list); err == nil {
+	if _, err := ConsulBundle(&api.LeafCert{CertPEM: string(leafPEM), PrivateKeyPEM: string(keyPEM)}, list); err == nil {
 		t.Fatal("a bundle was made without a trust domain from consul")
 	}
 }

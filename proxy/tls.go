@@ -80,7 +80,7 @@ func (a *authorizer) allowed(id, self mtls.ID) bool {
 
 // Authorizer decides whether a verified caller of the local trust domain may call the local service: r is the
 // request with its path normalized (normalizePath; the query as sent), or nil for a new TCP connection. It must
-// not block. mtls.Intentions (Consul's intentions) is one.
+// not block. mtls.Intentions (Consul's intentions) is one, and consul.Intentions, which keeps one current.
 type Authorizer interface {
 	Allowed(caller mtls.ID, r *http.Request) (bool, string)
 }

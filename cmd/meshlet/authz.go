@@ -1,6 +1,7 @@
 package main
 
 import (
+	"meshlet.dev/meshlet/consul"
 	"meshlet.dev/meshlet/mtls"
 )
 
@@ -56,7 +57,7 @@ func (s *sidecar) readyWarnings() []string {
 
 // registerDefaultPolicy exposes what meshlet knows of Consul's default intention policy:
 // meshlet_authz_default_policy{policy="allow|deny|unknown"} is 1 for the current one, 0 for the others.
-func (s *sidecar) registerDefaultPolicy(it *mtls.Intentions) {
+func (s *sidecar) registerDefaultPolicy(it *consul.Intentions) {
 	s.m.RegisterAuthzDefault([]string{string(mtls.DefaultAllow), string(mtls.DefaultDeny), string(mtls.DefaultUnknown)},
 		func() string { p, _ := it.DefaultPolicy(); return string(p) })
 }

@@ -14,13 +14,13 @@ import (
 
 	"go.yaml.in/yaml/v3"
 
-	"meshlet.dev/meshlet/discovery"
+	"meshlet.dev/meshlet/consul"
 )
 
 // discoveryConfig is the discovery section: where upstreams without static endpoints are found.
 type discoveryConfig struct {
 	// Consul, when present, finds upstreams in Consul (and lets service.register register this instance).
-	Consul *discovery.ConsulConfig `yaml:"consul" json:"consul"`
+	Consul *consul.Config `yaml:"consul" json:"consul"`
 }
 
 // setDefaults and validate of the discovery section and registration.
@@ -68,12 +68,12 @@ func (s *sidecar) startDiscovery() error {
 	if s.cfg.Discovery.Consul == nil {
 		return nil
 	}
-	c, err := discovery.NewConsul(*s.cfg.Discovery.Consul, discovery.ConsulOptions{Logger: s.log, Metrics: s.m.Discovery})
+	c, err := consul.NewSource(*s.cfg.Discovery.Consul, consul.SourceOptions{Logger: s.log, Metrics: s.m.Discovery})
 	if err != nil {
 		return err
 	}
 	s.consul = c
-	s.entries = discovery.NewConfigEntries(c)
+	s.entries = consul.NewConfigEntries(c)
 	return nil
 }
 
@@ -115,9 +115,10 @@ func (s *sidecar) prepareRegistration() {
 		_, p, _ := net.SplitHostPort(inbound)
 		inbound = net.JoinHostPort(h, p) // keep the configured host (0.0.0.0: the agent's address)
 	}
-	r := discovery.NewRegistrar(s.consul, discovery.Registration{
+	r := consul.NewRegistrar(s.consul, consul.Registration{
 		Service: s.cfg.Service.Name, App: s.cfg.Service.Address, Inbound: inbound, Admin: s.admin.Addr(),
 		Tags: s.cfg.Service.Tags, Meta: s.cfg.Service.Meta, AppCheck: s.cfg.Service.Check, Ready: s.routable,
+		CheckInterval: s.cfg.Discovery.Consul.CheckInterval, ResyncInterval: s.cfg.Discovery.Consul.ResyncInterval,
 	})
 	s.registrar.Store(r)
 }

@@ -16,6 +16,7 @@ import (
 
 	"meshlet.dev/meshlet/admin"
 	"meshlet.dev/meshlet/appcheck"
+	"meshlet.dev/meshlet/consul"
 	"meshlet.dev/meshlet/discovery"
 	"meshlet.dev/meshlet/metrics"
 	"meshlet.dev/meshlet/mtls"
@@ -35,13 +36,13 @@ type sidecar struct {
 	// intentions, registration, the app check (those configured).
 	parts runGroup
 
-	consul       *discovery.Consul                   // nil without discovery.consul
-	registrar    atomic.Pointer[discovery.Registrar] // nil unless service.register, until the listeners are bound
-	mustRegister bool                                // service.register with discovery.consul: not ready until registered
-	entries      *discovery.ConfigEntries            // nil without discovery.consul
+	consul       *consul.Source                   // nil without discovery.consul
+	registrar    atomic.Pointer[consul.Registrar] // nil unless service.register, until the listeners are bound
+	mustRegister bool                             // service.register with discovery.consul: not ready until registered
+	entries      *consul.ConfigEntries            // nil without discovery.consul
 
-	tls        mtls.Source      // nil without a tls section
-	intentions *mtls.Intentions // nil unless mutual TLS inbound with Consul
+	tls        mtls.Source        // nil without a tls section
+	intentions *consul.Intentions // nil unless mutual TLS inbound with Consul
 
 	mu  sync.Mutex // serializes reloads and guards cfg
 	cfg *fileConfig

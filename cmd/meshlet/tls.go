@@ -7,6 +7,7 @@ import (
 	"io"
 	"time"
 
+	"meshlet.dev/meshlet/consul"
 	"meshlet.dev/meshlet/mtls"
 )
 
@@ -60,7 +61,7 @@ func (s *sidecar) startTLS() (mtls.Source, error) {
 	}
 	log := s.log.With("component", "mtls")
 	if s.cfg.TLS.Source == mtls.SourceConsul {
-		cs := mtls.NewConsulSource(s.consul.Client(), s.cfg.Service.Name, log)
+		cs := consul.NewCASource(s.consul.Client(), s.cfg.Service.Name, log)
 		cs.OnReload = onReload
 		s.parts.add(partCertificates, cs)
 		src = cs
@@ -161,14 +162,14 @@ func certs(args []string, stdout, stderr io.Writer) int {
 
 // startIntentions logs the config's authorization warnings, then watches Consul's intentions for this service
 // when callers are verified (mutual TLS inbound) and Consul is configured; it returns nil otherwise.
-func (s *sidecar) startIntentions() *mtls.Intentions {
+func (s *sidecar) startIntentions() *consul.Intentions {
 	for _, w := range s.cfg.authzWarnings() {
 		s.log.Warn("config: " + w)
 	}
 	if s.tls == nil || s.consul == nil || s.cfg.Inbound.Listen == "" {
 		return nil
 	}
-	it := mtls.NewIntentions(s.consul.Client(), s.cfg.Service.Name, s.log.With("component", "mtls"))
+	it := consul.NewIntentions(s.consul.Client(), s.cfg.Service.Name, s.log.With("component", "mtls"))
 	s.parts.add(partIntentions, it)
 	s.parts.start(partIntentions)
 	s.intentions = it

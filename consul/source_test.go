@@ -1,4 +1,4 @@
-package discovery_test
+package consul_test
 
 import (
 	"context"
@@ -12,6 +12,7 @@ import (
 	"github.com/hashicorp/consul/api"
 	"github.com/prometheus/client_golang/prometheus"
 
+	"meshlet.dev/meshlet/consul"
 	"meshlet.dev/meshlet/discovery"
 	"meshlet.dev/meshlet/discovery/discoverytest"
 	"meshlet.dev/meshlet/metrics"
@@ -19,9 +20,9 @@ import (
 
 func quietLog() *slog.Logger { return slog.New(slog.NewTextHandler(io.Discard, nil)) }
 
-func newConsul(t *testing.T, cfg discovery.ConsulConfig) *discovery.Consul {
+func newSource(t *testing.T, cfg consul.Config) *consul.Source {
 	t.Helper()
-	c, err := discovery.NewConsul(cfg, discovery.ConsulOptions{Logger: quietLog(), Metrics: metrics.New(prometheus.NewRegistry(), "test").Discovery})
+	c, err := consul.NewSource(cfg, consul.SourceOptions{Logger: quietLog(), Metrics: metrics.New(prometheus.NewRegistry(), "test").Discovery})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -84,7 +85,7 @@ func TestConsulWatchFollowsInstances(t *testing.T) {
 	client := agent.Client()
 	registerInstance(t, client, "api-1", "api", 9101)
 	registerInstance(t, client, "api-2", "api", 9102)
-	src := newConsul(t, discovery.ConsulConfig{Address: agent.HTTPAddr})
+	src := newSource(t, consul.Config{Address: agent.HTTPAddr})
 	ch, err := src.Watch(t.Context(), "api")
 	if err != nil {
 		t.Fatal(err)
@@ -134,33 +135,33 @@ func TestConsulModes(t *testing.T) {
 	registerInstance(t, client, "api-1", "api", 9101)
 	registerSidecar(t, client, "api-1", "api", 21001)
 	for _, tc := range []struct{ mode, want string }{
-		{discovery.ConsulModeAuto, "127.0.0.1:21001"},
-		{discovery.ConsulModeConnect, "127.0.0.1:21001"},
-		{discovery.ConsulModeService, "127.0.0.1:9101"},
+		{consul.ModeAuto, "127.0.0.1:21001"},
+		{consul.ModeConnect, "127.0.0.1:21001"},
+		{consul.ModeService, "127.0.0.1:9101"},
 	} {
 		t.Run(tc.mode, func(t *testing.T) {
-			src := newConsul(t, discovery.ConsulConfig{Address: agent.HTTPAddr, Mode: tc.mode})
+			src := newSource(t, consul.Config{Address: agent.HTTPAddr, Mode: tc.mode})
 			ch, _ := src.Watch(t.Context(), "api")
 			next(t, ch, 5*time.Second, tc.mode, func(s discovery.Snapshot) bool { return addrs(s) == tc.want })
 		})
 	}
 	t.Run("an instance with a meshlet sidecar is never called directly", func(t *testing.T) {
 		err := client.Agent().ServiceRegister(&api.AgentServiceRegistration{ID: "billing-1", Name: "billing",
-			Address: "127.0.0.1", Port: 9201, Meta: map[string]string{discovery.MetaSidecar: "billing-1-sidecar-proxy"}})
+			Address: "127.0.0.1", Port: 9201, Meta: map[string]string{consul.MetaSidecar: "billing-1-sidecar-proxy"}})
 		if err != nil {
 			t.Fatal(err)
 		}
-		auto := newConsul(t, discovery.ConsulConfig{Address: agent.HTTPAddr})
+		auto := newSource(t, consul.Config{Address: agent.HTTPAddr})
 		ch, _ := auto.Watch(t.Context(), "billing")
 		next(t, ch, 5*time.Second, "auto: none until the sidecar registers", func(s discovery.Snapshot) bool { return len(s.Endpoints) == 0 })
-		plain := newConsul(t, discovery.ConsulConfig{Address: agent.HTTPAddr, Mode: discovery.ConsulModeService})
+		plain := newSource(t, consul.Config{Address: agent.HTTPAddr, Mode: consul.ModeService})
 		pch, _ := plain.Watch(t.Context(), "billing")
 		next(t, pch, 5*time.Second, "service mode: the instance", func(s discovery.Snapshot) bool { return addrs(s) == "127.0.0.1:9201" })
 		registerSidecar(t, client, "billing-1", "billing", 21201)
 		next(t, ch, time.Second, "auto: the sidecar", func(s discovery.Snapshot) bool { return addrs(s) == "127.0.0.1:21201" })
 	})
 	t.Run("connect only, none registered", func(t *testing.T) {
-		src := newConsul(t, discovery.ConsulConfig{Address: agent.HTTPAddr, Mode: discovery.ConsulModeConnect})
+		src := newSource(t, consul.Config{Address: agent.HTTPAddr, Mode: consul.ModeConnect})
 		ch, _ := src.Watch(t.Context(), "web")
 		next(t, ch, 5*time.Second, "empty", func(s discovery.Snapshot) bool { return len(s.Endpoints) == 0 })
 	})
@@ -168,7 +169,7 @@ func TestConsulModes(t *testing.T) {
 
 func TestConsulEmptyServiceIsASnapshot(t *testing.T) {
 	agent := discoverytest.StartConsul(t, discoverytest.Options{})
-	src := newConsul(t, discovery.ConsulConfig{Address: agent.HTTPAddr})
+	src := newSource(t, consul.Config{Address: agent.HTTPAddr})
 	ch, _ := src.Watch(t.Context(), "nothing")
 	_, took := next(t, ch, 2*time.Second, "empty snapshot", func(s discovery.Snapshot) bool { return len(s.Endpoints) == 0 })
 	t.Logf("empty first answer in %v", took)
@@ -182,7 +183,7 @@ func TestConsulSharedWatch(t *testing.T) {
 	client := agent.Client()
 	registerInstance(t, client, "api-1", "api", 9101)
 	reg := prometheus.NewRegistry()
-	src, err := discovery.NewConsul(discovery.ConsulConfig{Address: agent.HTTPAddr}, discovery.ConsulOptions{Logger: quietLog(), Metrics: metrics.New(reg, "test").Discovery})
+	src, err := consul.NewSource(consul.Config{Address: agent.HTTPAddr}, consul.SourceOptions{Logger: quietLog(), Metrics: metrics.New(reg, "test").Discovery})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -224,7 +225,7 @@ func counter(t *testing.T, reg *prometheus.Registry, name string) float64 {
 func TestConsulAwayKeepsStaleEndpoints(t *testing.T) {
 	agent := discoverytest.StartConsul(t, discoverytest.Options{})
 	registerInstance(t, agent.Client(), "api-1", "api", 9101)
-	src := newConsul(t, discovery.ConsulConfig{Address: agent.HTTPAddr})
+	src := newSource(t, consul.Config{Address: agent.HTTPAddr})
 	ch, _ := src.Watch(t.Context(), "api")
 	first, _ := next(t, ch, 5*time.Second, "first", func(s discovery.Snapshot) bool { return len(s.Endpoints) == 1 })
 
@@ -234,7 +235,7 @@ func TestConsulAwayKeepsStaleEndpoints(t *testing.T) {
 	if addrs(stale) != "127.0.0.1:9101" || !stale.LastContact.Equal(first.LastContact) && stale.LastContact.Before(first.LastContact) {
 		t.Errorf("stale snapshot %+v: want the last endpoints and the last contact time", stale)
 	}
-	if err := src.Err(); !errors.Is(err, discovery.ErrConsulUnreachable) {
+	if err := src.Err(); !errors.Is(err, consul.ErrUnreachable) {
 		t.Errorf("Err() = %v, want ErrConsulUnreachable", err)
 	}
 
@@ -252,14 +253,14 @@ func TestConsulBadAddressAndToken(t *testing.T) {
 	agent := discoverytest.StartConsul(t, discoverytest.Options{ACL: true})
 	for _, tc := range []struct {
 		name string
-		cfg  discovery.ConsulConfig
+		cfg  consul.Config
 		want error
 	}{
-		{"unreachable", discovery.ConsulConfig{Address: "127.0.0.1:1"}, discovery.ErrConsulUnreachable},
-		{"unknown token", discovery.ConsulConfig{Address: agent.HTTPAddr, Token: "00000000-0000-0000-0000-000000000001"}, discovery.ErrConsulDenied},
+		{"unreachable", consul.Config{Address: "127.0.0.1:1"}, consul.ErrUnreachable},
+		{"unknown token", consul.Config{Address: agent.HTTPAddr, Token: "00000000-0000-0000-0000-000000000001"}, consul.ErrDenied},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			src := newConsul(t, tc.cfg)
+			src := newSource(t, tc.cfg)
 			ch, _ := src.Watch(t.Context(), "api")
 			deadline := time.Now().Add(5 * time.Second)
 			var err error
@@ -290,15 +291,15 @@ func TestConsulBadAddressAndToken(t *testing.T) {
 			t.Fatal(err)
 		}
 		registerInstance(t, agent.Client(), "api-1", "api", 9101)
-		src := newConsul(t, discovery.ConsulConfig{Address: agent.HTTPAddr, Token: tok.SecretID})
+		src := newSource(t, consul.Config{Address: agent.HTTPAddr, Token: tok.SecretID})
 		src.Watch(t.Context(), "api")
-		waitFor(t, 5*time.Second, "denied", func() bool { return errors.Is(src.Err(), discovery.ErrConsulDenied) })
+		waitFor(t, 5*time.Second, "denied", func() bool { return errors.Is(src.Err(), consul.ErrDenied) })
 		if !strings.Contains(src.Err().Error(), "may not read service api") {
 			t.Errorf("Err() = %v", src.Err())
 		}
 	})
 	t.Run("management token", func(t *testing.T) {
-		src := newConsul(t, discovery.ConsulConfig{Address: agent.HTTPAddr, Token: discoverytest.ManagementToken})
+		src := newSource(t, consul.Config{Address: agent.HTTPAddr, Token: discoverytest.ManagementToken})
 		ch, _ := src.Watch(t.Context(), "api")
 		next(t, ch, 5*time.Second, "answer", func(s discovery.Snapshot) bool { return true })
 	})
@@ -306,9 +307,10 @@ func TestConsulBadAddressAndToken(t *testing.T) {
 
 func TestConsulRegistrar(t *testing.T) {
 	agent := discoverytest.StartConsul(t, discoverytest.Options{})
-	src := newConsul(t, discovery.ConsulConfig{Address: agent.HTTPAddr, ResyncInterval: 200 * time.Millisecond})
-	r := discovery.NewRegistrar(src, discovery.Registration{Service: "api", App: "127.0.0.1:8080",
-		Inbound: "127.0.0.1:21001", Admin: "127.0.0.1:1", Tags: []string{"v1"}, Meta: map[string]string{"team": "a"}})
+	src := newSource(t, consul.Config{Address: agent.HTTPAddr})
+	r := consul.NewRegistrar(src, consul.Registration{Service: "api", App: "127.0.0.1:8080",
+		Inbound: "127.0.0.1:21001", Admin: "127.0.0.1:1", Tags: []string{"v1"}, Meta: map[string]string{"team": "a"},
+		ResyncInterval: 200 * time.Millisecond})
 	ctx, cancel := context.WithCancel(t.Context())
 	done := make(chan error, 1)
 	go func() { done <- r.Run(ctx) }()

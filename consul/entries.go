@@ -1,4 +1,4 @@
-package discovery
+package consul
 
 import (
 	"context"
@@ -10,38 +10,14 @@ import (
 
 	"github.com/hashicorp/consul/api"
 
-	"meshlet.dev/meshlet/consul"
+	"meshlet.dev/meshlet/discovery"
 )
 
-// UpstreamSettings are what Consul's config entries say about calls from one service (the caller) to one
-// upstream service; zero fields say nothing. See ConfigEntries.Settings for where each comes from.
-type UpstreamSettings struct {
-	Protocol       string        // service-defaults/<upstream>.Protocol: http, http2 or grpc (tcp is left out)
-	ConnectTimeout time.Duration // service-defaults/<caller>.UpstreamConfig ConnectTimeoutMs
-	// Limits from UpstreamConfig.Limits; nil: not set.
-	MaxRequests, MaxPending, MaxConnections *int
-	// Passive health from UpstreamConfig.PassiveHealthCheck: MaxFailures, BaseEjectionTime (else Interval),
-	// EnforcingConsecutive5xx 0 (BreakerOff), MaxEjectionPercent.
-	ConsecutiveFailures uint32
-	OpenTimeout         time.Duration
-	BreakerOff          bool
-	MaxEjectionPercent  int
-	// Route is the retry and timeout of service-router/<upstream>'s catch-all route; nil without one.
-	Route *RouteSettings
-}
-
-// RouteSettings are the retry and timeout settings of a service-router route, in meshlet's terms.
-type RouteSettings struct {
-	MaxAttempts int           // NumRetries + 1; 1 when the route sets no retry (as Envoy does in Consul's mesh)
-	RetryOn     []string      // meshlet retry_on conditions; nil: meshlet's default conditions
-	Timeout     time.Duration // RequestTimeout; 0: not set
-}
-
 // ConfigEntries watches the service-defaults and service-router config entries with one blocking query per kind
-// (/v1/config/<kind>) and turns them into UpstreamSettings. Changed is signalled after every change. It is safe
-// for concurrent use; Run owns its goroutines.
+// (/v1/config/<kind>) and turns them into discovery.UpstreamSettings. Changed is signalled after every change. It
+// is safe for concurrent use; Run owns its goroutines.
 type ConfigEntries struct {
-	c       *Consul
+	c       *Source
 	changed chan struct{}
 
 	mu       sync.Mutex
@@ -55,7 +31,7 @@ type ConfigEntries struct {
 var entryKinds = []string{api.ServiceDefaults, api.ServiceRouter}
 
 // NewConfigEntries returns a watcher of c's config entries; nothing is queried before Run.
-func NewConfigEntries(c *Consul) *ConfigEntries {
+func NewConfigEntries(c *Source) *ConfigEntries {
 	return &ConfigEntries{c: c, changed: make(chan struct{}, 1), defaults: map[string]*api.ServiceConfigEntry{},
 		routers: map[string]*api.ServiceRouterConfigEntry{}, answered: map[string]bool{}, errs: map[string]error{}}
 }
@@ -63,7 +39,7 @@ func NewConfigEntries(c *Consul) *ConfigEntries {
 // Changed receives a value after each change of the entries (one-slot: changes in a burst coalesce).
 func (e *ConfigEntries) Changed() <-chan struct{} { return e.changed }
 
-// Run watches until ctx ends (consul.Watch, one loop per kind) and returns nil then.
+// Run watches until ctx ends (Watch, one loop per kind) and returns nil then.
 func (e *ConfigEntries) Run(ctx context.Context) error {
 	var wg sync.WaitGroup
 	for _, kind := range entryKinds {
@@ -74,7 +50,7 @@ func (e *ConfigEntries) Run(ctx context.Context) error {
 }
 
 func (e *ConfigEntries) loop(ctx context.Context, kind string) {
-	consul.Watch(ctx, consul.Options{Wait: e.c.cfg.WaitTime}, func(q *api.QueryOptions) (uint64, error) {
+	Watch(ctx, Options{Wait: e.c.cfg.WaitTime}, func(q *api.QueryOptions) (uint64, error) {
 		entries, meta, err := e.c.client.ConfigEntries().List(kind, q)
 		if err != nil {
 			return 0, classify(err)
@@ -156,10 +132,10 @@ func (e *ConfigEntries) Ready() error {
 // Settings returns what the entries say about calls from caller to the upstream service: service-defaults of
 // the upstream (Protocol), service-defaults of the caller (UpstreamConfig: the override named after the upstream,
 // field by field over Defaults), and service-router of the upstream (its catch-all route).
-func (e *ConfigEntries) Settings(caller, upstream string) UpstreamSettings {
+func (e *ConfigEntries) Settings(caller, upstream string) discovery.UpstreamSettings {
 	e.mu.Lock()
 	defer e.mu.Unlock()
-	var s UpstreamSettings
+	var s discovery.UpstreamSettings
 	if sd := e.defaults[upstream]; sd != nil {
 		switch sd.Protocol {
 		case "http", "http2", "grpc":
@@ -186,7 +162,7 @@ func (e *ConfigEntries) Settings(caller, upstream string) UpstreamSettings {
 }
 
 // applyUpstreamConfig lays the fields u sets over s.
-func applyUpstreamConfig(s *UpstreamSettings, u *api.UpstreamConfig) {
+func applyUpstreamConfig(s *discovery.UpstreamSettings, u *api.UpstreamConfig) {
 	if u == nil {
 		return
 	}
@@ -234,8 +210,8 @@ func catchAll(m *api.ServiceRouteMatch) bool {
 
 // routeSettings turns a route destination into retry and timeout settings, the way Consul configures Envoy: a
 // route with no retry setting does not retry; retry conditions without NumRetries mean one retry.
-func routeSettings(d *api.ServiceRouteDestination) *RouteSettings {
-	rs := &RouteSettings{MaxAttempts: 1}
+func routeSettings(d *api.ServiceRouteDestination) *discovery.RouteSettings {
+	rs := &discovery.RouteSettings{MaxAttempts: 1}
 	if d == nil {
 		return rs
 	}

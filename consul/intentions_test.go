@@ -1,7 +1,8 @@
-package mtls
+package consul
 
 import (
 	"context"
+	"log/slog"
 	"sync"
 	"testing"
 	"time"
@@ -9,12 +10,15 @@ import (
 	"github.com/hashicorp/consul/api"
 
 	"meshlet.dev/meshlet/discovery/discoverytest"
+	"meshlet.dev/meshlet/mtls"
 )
+
+func callerID(s string) mtls.ID { return mtls.ServiceID("example.mesh", "", "", s) }
 
 // runIntentions runs an evaluator for api with client until the test ends and waits until it is ready.
 func runIntentions(t *testing.T, client *api.Client) *Intentions {
 	t.Helper()
-	it := NewIntentions(client, "api", discardLogger())
+	it := NewIntentions(client, "api", slog.New(slog.DiscardHandler))
 	ctx, cancel := context.WithCancel(context.Background())
 	var wg sync.WaitGroup
 	wg.Go(func() { it.Run(ctx) })
@@ -58,13 +62,13 @@ func TestIntentionsDefaultPolicyFromConsul(t *testing.T) {
 	tests := []struct {
 		name   string
 		client *api.Client
-		want   DefaultPolicy
+		want   mtls.DefaultPolicy
 		via    string // the endpoint that said
 	}{
-		{"ACLs off", open.Client(), DefaultAllow, "/v1/agent/self"},
-		{"ACLs on, management token", acl.Client(), DefaultDeny, "/v1/agent/self"},
-		{"ACLs on, service-identity token", tokenClient(t, acl, "api"), DefaultDeny, "/v1/agent/connect/authorize"},
-		{"ACLs on, another service's token", tokenClient(t, acl, "billing"), DefaultUnknown, ""},
+		{"ACLs off", open.Client(), mtls.DefaultAllow, "/v1/agent/self"},
+		{"ACLs on, management token", acl.Client(), mtls.DefaultDeny, "/v1/agent/self"},
+		{"ACLs on, service-identity token", tokenClient(t, acl, "api"), mtls.DefaultDeny, "/v1/agent/connect/authorize"},
+		{"ACLs on, another service's token", tokenClient(t, acl, "billing"), mtls.DefaultUnknown, ""},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -73,14 +77,14 @@ func TestIntentionsDefaultPolicyFromConsul(t *testing.T) {
 			if got != tt.want {
 				t.Fatalf("DefaultPolicy() = %q (%v), want %q", got, err, tt.want)
 			}
-			if via := it.def.Load().via; via != tt.via {
+			if via := *it.via.Load(); via != tt.via {
 				t.Errorf("learned from %q, want %q", via, tt.via)
 			}
-			if got == DefaultUnknown && err == nil {
+			if got == mtls.DefaultUnknown && err == nil {
 				t.Error("unknown default without a reason")
 			}
-			if ok, why := it.Allowed(callerID("batch"), nil); ok != (tt.want == DefaultAllow) {
-				t.Errorf("batch (no intention): allowed=%v (%s), want %v", ok, why, tt.want == DefaultAllow)
+			if ok, why := it.Allowed(callerID("batch"), nil); ok != (tt.want == mtls.DefaultAllow) {
+				t.Errorf("batch (no intention): allowed=%v (%s), want %v", ok, why, tt.want == mtls.DefaultAllow)
 			}
 		})
 	}

@@ -1,4 +1,4 @@
-package discovery
+package consul
 
 import (
 	"context"
@@ -14,7 +14,6 @@ import (
 	"github.com/hashicorp/consul/api"
 
 	"meshlet.dev/meshlet/appcheck"
-	"meshlet.dev/meshlet/consul"
 )
 
 var osHostname = os.Hostname
@@ -23,6 +22,12 @@ var osHostname = os.Hostname
 // mode such an instance is never an endpoint itself: callers reach it through its sidecar only, also in the
 // moment between the two registrations.
 const MetaSidecar = "meshlet_sidecar"
+
+// Defaults of Registration (and of discovery.consul.check_interval and resync_interval).
+const (
+	DefaultCheckInterval  = 10 * time.Second
+	DefaultResyncInterval = 10 * time.Second
+)
 
 // Registration is what a sidecar registers with its local Consul agent: the local service and, for it, a
 // connect-proxy (the sidecar) that callers' meshlets find and call.
@@ -39,6 +44,12 @@ type Registration struct {
 	// Ready is the sidecar's readiness; the /ready check starts passing when it returns nil at registration
 	// (so callers need not wait a check interval), critical otherwise. Nil: critical until Consul checks.
 	Ready func() error
+	// CheckInterval is how often the agent checks the sidecar's /ready (discovery.consul.check_interval); 0 means
+	// DefaultCheckInterval.
+	CheckInterval time.Duration
+	// ResyncInterval is how often the Registrar checks that the agent still has both registrations
+	// (discovery.consul.resync_interval); 0 means DefaultResyncInterval.
+	ResyncInterval time.Duration
 }
 
 // agentCheck is c as the Consul agent runs it, named "app" on the registration.
@@ -51,7 +62,7 @@ func agentCheck(c *appcheck.Check) *api.AgentServiceCheck {
 // (retrying with backoff while the agent cannot be reached), and every ResyncInterval checks that the agent still
 // has both registrations, registering again when it lost them (an agent restarted without its state).
 type Registrar struct {
-	c   *Consul
+	c   *Source
 	reg Registration
 	log *slog.Logger
 	id  string
@@ -64,7 +75,13 @@ type Registrar struct {
 }
 
 // NewRegistrar returns a Registrar for reg on the agent c talks to. Nothing is registered before Run.
-func NewRegistrar(c *Consul, reg Registration) *Registrar {
+func NewRegistrar(c *Source, reg Registration) *Registrar {
+	if reg.CheckInterval == 0 {
+		reg.CheckInterval = DefaultCheckInterval
+	}
+	if reg.ResyncInterval == 0 {
+		reg.ResyncInterval = DefaultResyncInterval
+	}
 	id := fmt.Sprintf("%s-%s-%d", reg.Service, hostID(), portOf(reg.Inbound))
 	return &Registrar{c: c, reg: reg, id: id, log: c.log.With("component", "consul-register", "service_id", id)}
 }
@@ -103,7 +120,7 @@ func (r *Registrar) Run(ctx context.Context) error {
 	failures := 0
 	wait := time.Duration(0)
 	for {
-		if !consul.Sleep(ctx, wait) {
+		if !Sleep(ctx, wait) {
 			return nil
 		}
 		err := r.ensure(ctx)
@@ -115,14 +132,14 @@ func (r *Registrar) Run(ctx context.Context) error {
 		r.mu.Unlock()
 		if err != nil {
 			failures++
-			wait = consul.Backoff(failures)
+			wait = Backoff(failures)
 			if failures == 1 || failures%10 == 0 {
 				r.log.Error("consul registration failed", "error", err.Error(), "retry_in", wait.Round(time.Millisecond).String())
 			}
 			continue
 		}
 		failures = 0
-		wait = r.c.cfg.ResyncInterval
+		wait = r.reg.ResyncInterval
 	}
 }
 
@@ -193,7 +210,7 @@ func (r *Registrar) register(ctx context.Context) error {
 	if h, p := splitHostPort(admin); h == "" || net.ParseIP(h).IsUnspecified() {
 		admin = net.JoinHostPort("127.0.0.1", strconv.Itoa(p))
 	}
-	interval := r.c.cfg.CheckInterval.String()
+	interval := r.reg.CheckInterval.String()
 	status := api.HealthCritical
 	if r.reg.Ready != nil && r.reg.Ready() == nil {
 		status = api.HealthPassing

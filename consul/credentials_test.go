@@ -1,4 +1,4 @@
-package discovery
+package consul
 
 import (
 	"strings"
@@ -19,7 +19,7 @@ func TestConsulAddressCredentialsRefused(t *testing.T) {
 		{"https://pw-s3cr3t@consul.example:8501/", false},
 		{"user:pw-s3cr3t@127.0.0.1:8500", false},
 	} {
-		c := ConsulConfig{Address: tt.addr}
+		c := Config{Address: tt.addr}
 		c.SetDefaults()
 		err := c.Validate("discovery.consul")
 		if tt.ok != (err == nil) {

@@ -1,4 +1,4 @@
-package discovery
+package consul
 
 import (
 	"context"
@@ -14,16 +14,16 @@ import (
 
 	"github.com/hashicorp/consul/api"
 
-	"meshlet.dev/meshlet/consul"
+	"meshlet.dev/meshlet/discovery"
 )
 
 // Errors a Consul watch reports, to classify with errors.Is.
 var (
-	// ErrConsulUnreachable: the agent could not be reached (refused, timed out, DNS, TLS) or could not serve
+	// ErrUnreachable: the agent could not be reached (refused, timed out, DNS, TLS) or could not serve
 	// (5xx, such as no cluster leader).
-	ErrConsulUnreachable = errors.New("consul agent unreachable")
-	// ErrConsulDenied: the agent refused the token (unknown, expired, or without the permission).
-	ErrConsulDenied = errors.New("consul denied the request (check the ACL token)")
+	ErrUnreachable = errors.New("consul agent unreachable")
+	// ErrDenied: the agent refused the token (unknown, expired, or without the permission).
+	ErrDenied = errors.New("consul denied the request (check the ACL token)")
 )
 
 // Query kinds of one watch.
@@ -32,9 +32,9 @@ const (
 	kindService = "service" // /v1/health/service/<service>: the plain instances
 )
 
-// consulWatch is the one watch of one service, fanned out to every subscriber.
-type consulWatch struct {
-	c       *Consul
+// serviceWatch is the one watch of one service, fanned out to every subscriber.
+type serviceWatch struct {
+	c       *Source
 	service string
 	tag, dc string // what the queries are narrowed to ("": none, the agent's datacenter)
 	mtls    bool   // the callers require mutual TLS: auto mode never offers plain instances
@@ -43,29 +43,30 @@ type consulWatch struct {
 	cancel  context.CancelFunc
 
 	mu       sync.Mutex
-	subs     map[chan Snapshot]struct{}
-	results  map[string][]Endpoint // latest answer per query kind (healthy instances)
-	sidecars int                   // sidecars registered in the latest connect answer, healthy or not (auto mode)
-	failing  map[string]error      // query kinds whose last query failed
+	subs     map[chan discovery.Snapshot]struct{}
+	results  map[string][]discovery.Endpoint // latest answer per query kind (healthy instances)
+	sidecars int                             // sidecars in the latest connect answer, healthy or not (auto mode)
+	failing  map[string]error                // query kinds whose last query failed
 	seq      uint64
-	last     Snapshot
+	last     discovery.Snapshot
 	hasSnap  bool
 	contact  time.Time
 	firstErr error // the latest error while there is no snapshot yet
 }
 
-func newConsulWatch(c *Consul, key watchKey) *consulWatch {
+func newServiceWatch(c *Source, key watchKey) *serviceWatch {
 	ctx, cancel := context.WithCancel(c.ctx)
-	return &consulWatch{c: c, service: key.service, tag: key.tag, dc: key.dc, mtls: key.mtls, label: key.label(c.cfg),
-		ctx: ctx, cancel: cancel, subs: map[chan Snapshot]struct{}{}, results: map[string][]Endpoint{}, failing: map[string]error{}}
+	return &serviceWatch{c: c, service: key.service, tag: key.tag, dc: key.dc, mtls: key.mtls, label: key.label(c.cfg),
+		ctx: ctx, cancel: cancel, subs: map[chan discovery.Snapshot]struct{}{}, results: map[string][]discovery.Endpoint{},
+		failing: map[string]error{}}
 }
 
 // kinds are the queries the watch runs for the source's mode.
-func (w *consulWatch) kinds() []string {
+func (w *serviceWatch) kinds() []string {
 	switch {
-	case w.c.cfg.Mode == ConsulModeConnect, w.mtls && w.c.cfg.Mode == ConsulModeAuto:
+	case w.c.cfg.Mode == ModeConnect, w.mtls && w.c.cfg.Mode == ModeAuto:
 		return []string{kindConnect}
-	case w.c.cfg.Mode == ConsulModeService:
+	case w.c.cfg.Mode == ModeService:
 		return []string{kindService}
 	}
 	return []string{kindConnect, kindService}
@@ -73,15 +74,15 @@ func (w *consulWatch) kinds() []string {
 
 // countsSidecars reports whether the connect query must see every sidecar, healthy or not: in auto mode, a
 // caller that may use plain instances may do so only while the service has no sidecar registered at all.
-func (w *consulWatch) countsSidecars() bool { return w.c.cfg.Mode == ConsulModeAuto && !w.mtls }
+func (w *serviceWatch) countsSidecars() bool { return w.c.cfg.Mode == ModeAuto && !w.mtls }
 
 // view is the endpoints the watch offers: the healthy sidecars, or the plain instances (service mode; auto mode
 // when the callers allow plaintext and the service has no sidecar registered). Call with w.mu held.
-func (w *consulWatch) view() []Endpoint {
+func (w *serviceWatch) view() []discovery.Endpoint {
 	switch w.c.cfg.Mode {
-	case ConsulModeService:
+	case ModeService:
 		return w.results[kindService]
-	case ConsulModeAuto:
+	case ModeAuto:
 		if !w.mtls && w.sidecars == 0 {
 			return w.results[kindService]
 		}
@@ -90,7 +91,7 @@ func (w *consulWatch) view() []Endpoint {
 }
 
 // run runs one blocking-query loop per kind until the watch stops, then closes the subscribers' channels.
-func (w *consulWatch) run() {
+func (w *serviceWatch) run() {
 	var wg sync.WaitGroup
 	for _, k := range w.kinds() {
 		wg.Go(func() { w.loop(k) })
@@ -105,10 +106,10 @@ func (w *consulWatch) run() {
 	w.mu.Unlock()
 }
 
-func (w *consulWatch) stop() { w.cancel() }
+func (w *serviceWatch) stop() { w.cancel() }
 
 // add subscribes ch and gives it the latest snapshot if there is one.
-func (w *consulWatch) add(ch chan Snapshot) {
+func (w *serviceWatch) add(ch chan discovery.Snapshot) {
 	w.mu.Lock()
 	defer w.mu.Unlock()
 	if w.subs == nil { // already stopped
@@ -117,12 +118,12 @@ func (w *consulWatch) add(ch chan Snapshot) {
 	}
 	w.subs[ch] = struct{}{}
 	if w.hasSnap {
-		sendLatest(ch, w.last)
+		discovery.SendLatest(ch, w.last)
 	}
 }
 
 // remove unsubscribes ch (closing it) and reports whether it was the last subscriber.
-func (w *consulWatch) remove(ch chan Snapshot) bool {
+func (w *serviceWatch) remove(ch chan discovery.Snapshot) bool {
 	w.mu.Lock()
 	defer w.mu.Unlock()
 	if _, ok := w.subs[ch]; ok {
@@ -132,9 +133,9 @@ func (w *consulWatch) remove(ch chan Snapshot) bool {
 	return len(w.subs) == 0
 }
 
-// loop runs blocking queries of one kind until the watch stops (consul.Watch's rules).
-func (w *consulWatch) loop(kind string) {
-	consul.Watch(w.ctx, consul.Options{Wait: w.c.cfg.WaitTime, Datacenter: w.dc}, func(q *api.QueryOptions) (uint64, error) {
+// loop runs blocking queries of one kind until the watch stops (Watch's rules).
+func (w *serviceWatch) loop(kind string) {
+	Watch(w.ctx, Options{Wait: w.c.cfg.WaitTime, Datacenter: w.dc}, func(q *api.QueryOptions) (uint64, error) {
 		eps, registered, meta, err := w.query(kind, q)
 		if err != nil {
 			return 0, err
@@ -149,7 +150,7 @@ func (w *consulWatch) loop(kind string) {
 
 // query runs one blocking query of kind with q and turns the answer into the healthy endpoints; registered is
 // how many instances the answer held, healthy or not.
-func (w *consulWatch) query(kind string, q *api.QueryOptions) ([]Endpoint, int, *api.QueryMeta, error) {
+func (w *serviceWatch) query(kind string, q *api.QueryOptions) ([]discovery.Endpoint, int, *api.QueryMeta, error) {
 	h := w.c.client.Health()
 	var entries []*api.ServiceEntry
 	var meta *api.QueryMeta
@@ -164,7 +165,7 @@ func (w *consulWatch) query(kind string, q *api.QueryOptions) ([]Endpoint, int, 
 	}
 	if meta.ResultsFilteredByACLs && len(entries) == 0 {
 		// Consul hides what the token may not read instead of refusing: an empty answer is ACL denied.
-		return nil, 0, nil, fmt.Errorf("%w: the token may not read service %s (results filtered by ACLs)", ErrConsulDenied, w.service)
+		return nil, 0, nil, fmt.Errorf("%w: the token may not read service %s (results filtered by ACLs)", ErrDenied, w.service)
 	}
 	if meta.ResultsFilteredByACLs {
 		w.c.log.Debug("consul filtered some instances by ACLs", "service", w.service, "query", kind)
@@ -179,14 +180,14 @@ func (w *consulWatch) query(kind string, q *api.QueryOptions) ([]Endpoint, int, 
 
 // endpoints turns health entries into the endpoints of the healthy instances (all checks passing), and counts
 // the instances registered, healthy or not; instances whose address is not an IP are skipped.
-func (w *consulWatch) endpoints(kind string, entries []*api.ServiceEntry, trust string) ([]Endpoint, int) {
-	eps := make([]Endpoint, 0, len(entries))
+func (w *serviceWatch) endpoints(kind string, entries []*api.ServiceEntry, trust string) ([]discovery.Endpoint, int) {
+	eps := make([]discovery.Endpoint, 0, len(entries))
 	registered := 0
 	for _, e := range entries {
 		if e.Service == nil || e.Node == nil {
 			continue
 		}
-		if kind == kindService && w.c.cfg.Mode == ConsulModeAuto && e.Service.Meta[MetaSidecar] != "" {
+		if kind == kindService && w.c.cfg.Mode == ModeAuto && e.Service.Meta[MetaSidecar] != "" {
 			continue // reached only through its meshlet sidecar, never directly
 		}
 		if w.tag != "" && !slices.Contains(e.Service.Tags, w.tag) {
@@ -207,7 +208,7 @@ func (w *consulWatch) endpoints(kind string, entries []*api.ServiceEntry, trust 
 			w.c.log.Debug("consul instance skipped: address is not an IP", "service", w.service, "address", host)
 			continue
 		}
-		ep := Endpoint{ID: e.Node.Node + "/" + e.Service.ID, Addr: netip.AddrPortFrom(ip.Unmap(), uint16(e.Service.Port)),
+		ep := discovery.Endpoint{ID: e.Node.Node + "/" + e.Service.ID, Addr: netip.AddrPortFrom(ip.Unmap(), uint16(e.Service.Port)),
 			Weight: e.Service.Weights.Passing, Meta: map[string]string{"consul_node": e.Node.Node, "consul_kind": kind}}
 		if ep.Weight <= 0 {
 			ep.Weight = 1
@@ -224,13 +225,13 @@ func (w *consulWatch) endpoints(kind string, entries []*api.ServiceEntry, trust 
 		}
 		eps = append(eps, ep)
 	}
-	slices.SortFunc(eps, func(a, b Endpoint) int { return strings.Compare(a.ID, b.ID) })
+	slices.SortFunc(eps, func(a, b discovery.Endpoint) int { return strings.Compare(a.ID, b.ID) })
 	return eps, registered
 }
 
 // answered records a successful answer (eps healthy of registered instances) and publishes a snapshot when the
 // endpoints the watch offers changed or were stale.
-func (w *consulWatch) answered(kind string, eps []Endpoint, registered int) {
+func (w *serviceWatch) answered(kind string, eps []discovery.Endpoint, registered int) {
 	w.mu.Lock()
 	defer w.mu.Unlock()
 	now := time.Now()
@@ -256,7 +257,7 @@ func (w *consulWatch) answered(kind string, eps []Endpoint, registered int) {
 }
 
 // failed records a failed query; the first failure after a snapshot makes it stale.
-func (w *consulWatch) failed(kind string, err error, retry time.Duration) {
+func (w *serviceWatch) failed(kind string, err error, retry time.Duration) {
 	w.c.m.watchError(w.label, err)
 	w.mu.Lock()
 	defer w.mu.Unlock()
@@ -275,21 +276,21 @@ func (w *consulWatch) failed(kind string, err error, retry time.Duration) {
 }
 
 // publish sends the current view to every subscriber. Call with w.mu held.
-func (w *consulWatch) publish(contact time.Time) {
+func (w *serviceWatch) publish(contact time.Time) {
 	eps := w.view()
 	w.seq++
 	stale := len(w.failing) > 0
-	snap := Snapshot{Service: w.service, Endpoints: eps, Index: w.seq, Stale: stale, LastContact: contact}
+	snap := discovery.Snapshot{Service: w.service, Endpoints: eps, Index: w.seq, Stale: stale, LastContact: contact}
 	w.last, w.hasSnap, w.firstErr = snap, true, nil
 	w.c.m.published(w.label, len(eps), stale)
 	for ch := range w.subs {
-		sendLatest(ch, snap)
+		discovery.SendLatest(ch, snap)
 	}
 }
 
 // err says why the watch has no current snapshot; nil when it has one and is not stale, or is still waiting
 // for its first answer without an error.
-func (w *consulWatch) err() error {
+func (w *serviceWatch) err() error {
 	w.mu.Lock()
 	defer w.mu.Unlock()
 	if !w.hasSnap && w.firstErr != nil {
@@ -305,7 +306,7 @@ func (w *consulWatch) err() error {
 }
 
 // sameEndpoints reports whether a and b list the same endpoints in the same order (endpoints sorts them by ID).
-func sameEndpoints(a, b []Endpoint) bool {
+func sameEndpoints(a, b []discovery.Endpoint) bool {
 	if len(a) != len(b) {
 		return false
 	}
@@ -318,19 +319,19 @@ func sameEndpoints(a, b []Endpoint) bool {
 	return true
 }
 
-// classify wraps err with ErrConsulUnreachable or ErrConsulDenied when it is one of those.
+// classify wraps err with ErrUnreachable or ErrDenied when it is one of those.
 func classify(err error) error {
 	var se api.StatusError
 	if errors.As(err, &se) && (se.Code == 401 || se.Code == 403) {
-		return fmt.Errorf("%w: %d %s", ErrConsulDenied, se.Code, se.Body)
+		return fmt.Errorf("%w: %d %s", ErrDenied, se.Code, se.Body)
 	}
 	if errors.As(err, &se) && se.Code >= 500 { // e.g. 500 No cluster leader: the agent cannot serve
-		return fmt.Errorf("%w: %d %s", ErrConsulUnreachable, se.Code, se.Body)
+		return fmt.Errorf("%w: %d %s", ErrUnreachable, se.Code, se.Body)
 	}
 	var ne net.Error
 	var oe *net.OpError
 	if errors.As(err, &oe) || errors.As(err, &ne) {
-		return fmt.Errorf("%w: %v", ErrConsulUnreachable, err)
+		return fmt.Errorf("%w: %v", ErrUnreachable, err)
 	}
 	return err
 }

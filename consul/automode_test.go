@@ -1,4 +1,4 @@
-package discovery_test
+package consul_test
 
 import (
 	"fmt"
@@ -7,6 +7,7 @@ import (
 
 	"github.com/hashicorp/consul/api"
 
+	"meshlet.dev/meshlet/consul"
 	"meshlet.dev/meshlet/discovery"
 	"meshlet.dev/meshlet/discovery/discoverytest"
 )
@@ -20,7 +21,7 @@ func TestConsulAutoModeNeverBypassesSidecars(t *testing.T) {
 	client := agent.Client()
 	registerInstance(t, client, "pay-1", "pay", 9301)
 	registerCheckedSidecar(t, client, "pay-1", "pay", 21301, api.HealthCritical)
-	src := newConsul(t, discovery.ConsulConfig{Address: agent.HTTPAddr})
+	src := newSource(t, consul.Config{Address: agent.HTTPAddr})
 	watch := func(mutualTLS bool) <-chan discovery.Snapshot {
 		ch, err := src.WatchWith(t.Context(), "pay", discovery.WatchOptions{MutualTLS: mutualTLS})
 		if err != nil {

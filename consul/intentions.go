@@ -1,4 +1,4 @@
-package mtls
+package consul
 
 import (
 	"context"
@@ -14,58 +14,50 @@ import (
 
 	"github.com/hashicorp/consul/api"
 
-	"meshlet.dev/meshlet/consul"
+	"meshlet.dev/meshlet/mtls"
 )
 
-// Intentions authorizes callers by Consul's intentions for one destination service, watched with a blocking query
-// and evaluated locally: on each new TCP connection (L4 intentions) and on each HTTP request (L7 intentions on
-// path, method and headers). The first intention (by Consul's precedence) whose source is the caller (service,
-// namespace and partition; never a peer's service) decides; an L7 intention decides by its first matching
-// permission, and denies when none matches. Without a matching intention, Consul's default applies, learned from
-// the agent (DefaultPolicy); while it is unknown, such callers are denied. Safe for concurrent use; Allowed never
-// blocks.
+// Intentions keeps an mtls.Intentions, which authorizes callers, current for one destination service: Consul's
+// intentions towards it, watched with a blocking query, and Consul's default for callers no intention names,
+// learned from the agent (DefaultPolicy); while the default is unknown, such callers are denied. Allowed and
+// DefaultPolicy are the mtls.Intentions'. Safe for concurrent use; Allowed never blocks.
 type Intentions struct {
 	client  *api.Client
 	service string
 	log     *slog.Logger
+	eval    *mtls.Intentions
 
-	rules   atomic.Pointer[[]intention] // nil until the first answer
-	def     atomic.Pointer[defaultState]
-	ready   chan struct{} // closed once both steps below are done
+	via     atomic.Pointer[string] // the agent endpoint that said the default policy; "" while it is unknown
+	ready   chan struct{}          // closed once both steps below are done
 	steps   atomic.Int32
 	loaded  sync.Once // the first answer about the intentions
 	tried   sync.Once // the first attempt to learn the default policy
 	lastErr atomic.Pointer[string]
 }
 
-// DefaultPolicy is Consul's decision for a caller that no intention names.
-type DefaultPolicy string
-
-// Default policies. DefaultUnknown is meshlet's state until it has learned Consul's: such callers are denied.
-const (
-	DefaultAllow   DefaultPolicy = "allow"
-	DefaultDeny    DefaultPolicy = "deny"
-	DefaultUnknown DefaultPolicy = "unknown"
-)
-
-// defaultState is what meshlet knows of the default policy: the policy, where it was learned, or why it is not.
-type defaultState struct {
-	policy DefaultPolicy
-	via    string // the agent endpoint that said
-	err    error  // why the last attempt failed; nil after a success
-}
-
 // defaultRecheck is how often the default policy is read again once known (a Consul agent may restart with
-// another one); while it is unknown, attempts follow each other with consul.Backoff and at each
-// change of the intentions.
+// another one); while it is unknown, attempts follow each other with Backoff and at each change of the
+// intentions.
 const defaultRecheck = 5 * time.Minute
 
-// NewIntentions returns an evaluator for the intentions towards service; run it with Run.
+// NewIntentions returns an evaluator for the intentions towards service, read from the agent behind client; run
+// it with Run.
 func NewIntentions(client *api.Client, service string, log *slog.Logger) *Intentions {
-	it := &Intentions{client: client, service: service, log: log, ready: make(chan struct{})}
-	it.def.Store(&defaultState{policy: DefaultUnknown, err: errors.New("not read yet")})
+	it := &Intentions{client: client, service: service, log: log, eval: mtls.NewIntentions(service, log),
+		ready: make(chan struct{})}
+	it.via.Store(new(string))
 	return it
 }
+
+// Allowed decides whether caller (verified, of the local trust domain) may call; r is the request with its path
+// normalized, or nil for a TCP connection. See mtls.Intentions.Allowed.
+func (it *Intentions) Allowed(caller mtls.ID, r *http.Request) (bool, string) {
+	return it.eval.Allowed(caller, r)
+}
+
+// DefaultPolicy returns Consul's default for callers no intention names, and, when it is mtls.DefaultUnknown, why
+// (nil otherwise).
+func (it *Intentions) DefaultPolicy() (mtls.DefaultPolicy, error) { return it.eval.DefaultPolicy() }
 
 // Loaded is closed after the first answer about the intentions and the first attempt to learn the default
 // policy (which may have failed: DefaultPolicy says).
@@ -101,16 +93,6 @@ func (it *Intentions) Err() error {
 	return nil
 }
 
-// DefaultPolicy returns Consul's default for callers no intention names, and, when it is DefaultUnknown, why
-// (nil otherwise).
-func (it *Intentions) DefaultPolicy() (DefaultPolicy, error) {
-	d := it.def.Load()
-	if d.policy == DefaultUnknown {
-		return d.policy, d.err
-	}
-	return d.policy, nil
-}
-
 // Run watches the intentions and learns the default policy until ctx ends; it returns when both have stopped.
 func (it *Intentions) Run(ctx context.Context) error {
 	nudge := make(chan struct{}, 1)
@@ -129,18 +111,17 @@ func (it *Intentions) Run(ctx context.Context) error {
 		return meta.LastIndex, nil
 	}
 	changed := func() {
-		rules := compile(latest, it.log)
-		it.rules.Store(&rules)
-		it.log.Info("intentions updated", "service", it.service, "intentions", len(rules))
+		it.eval.SetIntentions(latest)
+		it.log.Info("intentions updated", "service", it.service, "intentions", len(latest))
 		it.loaded.Do(it.step)
-		if p, _ := it.DefaultPolicy(); p == DefaultUnknown {
+		if p, _ := it.DefaultPolicy(); p == mtls.DefaultUnknown {
 			select { // try again now: a wildcard intention that hid the default may be gone
 			case nudge <- struct{}{}:
 			default:
 			}
 		}
 	}
-	blockingQueries(ctx, fetch, changed, func(err error) {
+	watchChanges(ctx, fetch, changed, func(err error) {
 		msg := "consul intentions: " + err.Error()
 		if p := it.lastErr.Swap(&msg); p == nil || *p != msg {
 			it.log.Error("cannot read intentions; keeping the last ones", "error", err.Error())
@@ -162,7 +143,7 @@ func (it *Intentions) learnDefaults(ctx context.Context, nudge <-chan struct{}) 
 		it.tried.Do(it.step)
 		if err != nil {
 			failures++
-			wait = consul.Backoff(failures)
+			wait = Backoff(failures)
 		} else {
 			failures = 0
 		}
@@ -193,20 +174,24 @@ func (it *Intentions) learnDefault(ctx context.Context) error {
 			}
 			err := fmt.Errorf("cannot learn Consul's default intention policy (/v1/agent/self: %v; /v1/agent/connect/authorize: %v)",
 				selfErr, authErr)
-			prev := it.def.Load()
-			if prev.policy != DefaultUnknown {
+			prev, prevErr := it.eval.DefaultPolicy()
+			if prev != mtls.DefaultUnknown {
 				it.log.Debug("cannot read the default intention policy again; keeping the one learned", "policy",
-					string(prev.policy), "error", err.Error())
+					string(prev), "error", err.Error())
 				return err
 			}
-			it.def.Store(&defaultState{policy: DefaultUnknown, err: err})
-			if prev.err == nil || prev.err.Error() != err.Error() {
+			it.eval.SetDefaultPolicy(mtls.DefaultUnknown, err)
+			it.via.Store(new(string))
+			if prevErr == nil || prevErr.Error() != err.Error() {
 				it.log.Error("default intention policy unknown: callers no intention names are denied", "error", err.Error())
 			}
 			return err
 		}
 	}
-	if prev := it.def.Swap(&defaultState{policy: policy, via: via}); prev.policy != policy {
+	prev, _ := it.eval.DefaultPolicy()
+	it.eval.SetDefaultPolicy(policy, nil)
+	it.via.Store(&via)
+	if prev != policy {
 		it.log.Info("default intention policy learned", "service", it.service, "policy", string(policy), "via", via)
 	}
 	return nil
@@ -214,7 +199,7 @@ func (it *Intentions) learnDefault(ctx context.Context) error {
 
 // defaultFromSelf reads the default from the agent's configuration: default_intention_policy when set (Consul
 // 1.17+), else allow without ACLs and the ACL default policy with them.
-func (it *Intentions) defaultFromSelf(ctx context.Context) (DefaultPolicy, error) {
+func (it *Intentions) defaultFromSelf(ctx context.Context) (mtls.DefaultPolicy, error) {
 	var self map[string]map[string]any
 	if _, err := it.client.Raw().Query("/v1/agent/self", &self, (&api.QueryOptions{}).WithContext(ctx)); err != nil {
 		return "", err
@@ -231,7 +216,7 @@ func (it *Intentions) defaultFromSelf(ctx context.Context) (DefaultPolicy, error
 		return "", errors.New("no DebugConfig.ACLsEnabled in the answer")
 	}
 	if !enabled {
-		return DefaultAllow, nil
+		return mtls.DefaultAllow, nil
 	}
 	resolver, _ := dc["ACLResolverSettings"].(map[string]any)
 	def, _ := resolver["ACLDefaultPolicy"].(string)
@@ -241,12 +226,12 @@ func (it *Intentions) defaultFromSelf(ctx context.Context) (DefaultPolicy, error
 	return parsePolicy("ACLDefaultPolicy", def)
 }
 
-func parsePolicy(field, p string) (DefaultPolicy, error) {
+func parsePolicy(field, p string) (mtls.DefaultPolicy, error) {
 	switch p {
 	case "allow":
-		return DefaultAllow, nil
+		return mtls.DefaultAllow, nil
 	case "deny":
-		return DefaultDeny, nil
+		return mtls.DefaultDeny, nil
 	}
 	return "", fmt.Errorf("%s %q is neither allow nor deny", field, p)
 }
@@ -255,7 +240,7 @@ func parsePolicy(field, p string) (DefaultPolicy, error) {
 // in the default namespace and partition of the local trust domain. A wildcard intention names it too; then the
 // answer is not the default and the attempt fails (the default matters only once that intention is gone, and the
 // next change of the intentions tries again).
-func (it *Intentions) defaultFromAuthorize(ctx context.Context) (DefaultPolicy, error) {
+func (it *Intentions) defaultFromAuthorize(ctx context.Context) (mtls.DefaultPolicy, error) {
 	var roots api.CARootList
 	if _, err := it.client.Raw().Query("/v1/agent/connect/ca/roots", &roots, (&api.QueryOptions{}).WithContext(ctx)); err != nil {
 		return "", err
@@ -263,13 +248,9 @@ func (it *Intentions) defaultFromAuthorize(ctx context.Context) (DefaultPolicy, 
 	if roots.TrustDomain == "" {
 		return "", errors.New("the Connect CA has no trust domain yet")
 	}
-	probe := ServiceID(roots.TrustDomain, "", "", "meshlet-default-probe-"+strings.ToLower(rand.Text()))
-	if rules := it.rules.Load(); rules != nil {
-		for _, x := range *rules {
-			if x.matchesSource(probe) {
-				return "", fmt.Errorf("intention %s → %s names every caller", x.label, it.service)
-			}
-		}
+	probe := mtls.ServiceID(roots.TrustDomain, "", "", "meshlet-default-probe-"+strings.ToLower(rand.Text()))
+	if source, ok := it.eval.Names(probe); ok {
+		return "", fmt.Errorf("intention %s → %s names every caller", source, it.service)
 	}
 	res, err := it.authorize(ctx, &api.AgentAuthorizeParams{Target: it.service, ClientCertURI: probe.String(),
 		ClientCertSerial: "00"})
@@ -280,9 +261,9 @@ func (it *Intentions) defaultFromAuthorize(ctx context.Context) (DefaultPolicy, 
 		return "", fmt.Errorf("an intention names every caller (%s)", res.Reason)
 	}
 	if res.Authorized {
-		return DefaultAllow, nil
+		return mtls.DefaultAllow, nil
 	}
-	return DefaultDeny, nil
+	return mtls.DefaultDeny, nil
 }
 
 // authorize is the agent's POST /v1/agent/connect/authorize, abandoned when ctx ends. The API client takes no
@@ -303,44 +284,5 @@ func (it *Intentions) authorize(ctx context.Context, params *api.AgentAuthorizeP
 		return a.res, a.err
 	case <-ctx.Done():
 		return nil, ctx.Err()
-	}
-}
-
-// Allowed decides whether caller (verified, of the local trust domain) may call; r is the request with its path
-// normalized, or nil for a TCP connection (an L7 intention then denies). The reason says which rule decided.
-func (it *Intentions) Allowed(caller ID, r *http.Request) (bool, string) {
-	rules := it.rules.Load()
-	if rules == nil {
-		return false, "intentions not loaded yet"
-	}
-	for i := range *rules {
-		x := &(*rules)[i]
-		if !x.matchesSource(caller) {
-			continue
-		}
-		if x.unchecked != "" {
-			return false, "intention " + x.label + " → " + it.service + ": meshlet cannot check its source (" + x.unchecked + ")"
-		}
-		if len(x.permissions) == 0 {
-			return x.allow, "intention " + x.label + " → " + it.service
-		}
-		if r == nil {
-			return false, "L7 intention " + x.label + " → " + it.service + " on a TCP connection"
-		}
-		v := newRequestView(r)
-		for j := range x.permissions {
-			if p := &x.permissions[j]; p.matches(v) {
-				return p.allow, "L7 intention " + x.label + " → " + it.service
-			}
-		}
-		return false, "no permission of L7 intention " + x.label + " → " + it.service + " matches"
-	}
-	switch d := it.def.Load(); d.policy {
-	case DefaultAllow:
-		return true, "no intention; default allow"
-	case DefaultDeny:
-		return false, "no intention; default deny"
-	default:
-		return false, "no intention, and Consul's default policy is unknown: " + d.err.Error()
 	}
 }

@@ -1,4 +1,4 @@
-package discovery
+package consul
 
 import (
 	"context"
@@ -12,33 +12,33 @@ import (
 
 	"github.com/hashicorp/consul/api"
 
+	"meshlet.dev/meshlet/discovery"
 	"meshlet.dev/meshlet/metrics"
 )
 
-// Consul discovery modes: which instances of a service an upstream's endpoints are.
+// Discovery modes (Config.Mode): which instances of a service an upstream's endpoints are.
 const (
-	// ConsulModeAuto uses the service's sidecars (Consul connect-proxy instances, what a meshlet with
-	// register: true registers) and, for a caller that does not require mutual TLS (WatchOptions.MutualTLS
-	// false), the plain service instances of a service that has no sidecar registered at all. A service with
-	// sidecars, none of them healthy, has no endpoint: its plain instances would skip its sidecars' mutual TLS
-	// and intentions.
-	ConsulModeAuto = "auto"
-	// ConsulModeConnect uses only the sidecars: /v1/health/connect/<service>.
-	ConsulModeConnect = "connect"
-	// ConsulModeService uses only the plain instances: /v1/health/service/<service>.
-	ConsulModeService = "service"
+	// ModeAuto uses the service's sidecars (Consul connect-proxy instances, what a meshlet with
+	// register: true registers) and, for a caller that does not require mutual TLS
+	// (discovery.WatchOptions.MutualTLS false), the plain service instances of a service that has no sidecar
+	// registered at all. A service with sidecars, none of them healthy, has no endpoint: its plain instances
+	// would skip its sidecars' mutual TLS and intentions.
+	ModeAuto = "auto"
+	// ModeConnect uses only the sidecars: /v1/health/connect/<service>.
+	ModeConnect = "connect"
+	// ModeService uses only the plain instances: /v1/health/service/<service>.
+	ModeService = "service"
 )
 
-// Defaults of ConsulConfig.
+// Defaults of Config (DefaultWaitTime is the config's; a Watch without a wait time uses Consul's, DefaultWait).
+// The registration settings default to the Registration's, DefaultCheckInterval and DefaultResyncInterval.
 const (
-	DefaultConsulAddress        = "127.0.0.1:8500"
-	DefaultConsulWaitTime       = 60 * time.Second
-	DefaultConsulCheckInterval  = 10 * time.Second
-	DefaultConsulResyncInterval = 10 * time.Second
+	DefaultAddress  = "127.0.0.1:8500"
+	DefaultWaitTime = 60 * time.Second
 )
 
-// ConsulConfig is the discovery.consul section of the config file.
-type ConsulConfig struct {
+// Config is the discovery.consul section of the config file.
+type Config struct {
 	// Address of the Consul agent's HTTP API: host:port, or http://host:port, https://host:port. Empty:
 	// $CONSUL_HTTP_ADDR, else 127.0.0.1:8500.
 	Address string `yaml:"address" json:"address"`
@@ -48,22 +48,24 @@ type ConsulConfig struct {
 	TokenFile string `yaml:"token_file" json:"token_file"`
 	// Datacenter to query; empty means the agent's own.
 	Datacenter string `yaml:"datacenter" json:"datacenter"`
-	// Mode is auto (default), connect or service; see ConsulModeAuto.
+	// Mode is auto (default), connect or service; see ModeAuto.
 	Mode string `yaml:"mode" json:"mode"`
 	// Tag, when set, keeps only instances that carry it.
-	Tag string          `yaml:"tag" json:"tag"`
-	TLS ConsulTLSConfig `yaml:"tls" json:"tls"`
+	Tag string    `yaml:"tag" json:"tag"`
+	TLS TLSConfig `yaml:"tls" json:"tls"`
 	// WaitTime is the longest a blocking query waits for a change (Consul caps it at 10m). Default 60s.
 	WaitTime time.Duration `yaml:"wait_time" json:"wait_time"`
-	// CheckInterval is how often Consul checks a registered sidecar's /ready. Default 10s.
+	// CheckInterval is how often Consul checks a registered sidecar's /ready. Default 10s. A registration
+	// setting: the Source does not read it, the Registrar gets it as Registration.CheckInterval.
 	CheckInterval time.Duration `yaml:"check_interval" json:"check_interval"`
 	// ResyncInterval is how often a registered instance checks that the agent still has it (an agent restarted
-	// without its state forgets it) and registers again. Default 10s.
+	// without its state forgets it) and registers again. Default 10s. A registration setting, as
+	// Registration.ResyncInterval.
 	ResyncInterval time.Duration `yaml:"resync_interval" json:"resync_interval"`
 }
 
-// ConsulTLSConfig is how meshlet talks TLS to the Consul agent (https:// addresses only).
-type ConsulTLSConfig struct {
+// TLSConfig is how meshlet talks TLS to the Consul agent (https:// addresses only).
+type TLSConfig struct {
 	CAFile             string `yaml:"ca_file" json:"ca_file"`
 	CertFile           string `yaml:"cert_file" json:"cert_file"`
 	KeyFile            string `yaml:"key_file" json:"key_file"`
@@ -73,7 +75,7 @@ type ConsulTLSConfig struct {
 // ApplyEnv fills empty fields from Consul's own environment variables (CONSUL_HTTP_ADDR, CONSUL_HTTP_TOKEN,
 // CONSUL_HTTP_TOKEN_FILE, CONSUL_CACERT, CONSUL_CLIENT_CERT, CONSUL_CLIENT_KEY), the way Consul's tools do,
 // except that what the config file says wins.
-func (c *ConsulConfig) ApplyEnv(getenv func(string) string) {
+func (c *Config) ApplyEnv(getenv func(string) string) {
 	fill := func(dst *string, env string) {
 		if *dst == "" {
 			*dst = getenv(env)
@@ -92,30 +94,30 @@ func (c *ConsulConfig) ApplyEnv(getenv func(string) string) {
 }
 
 // SetDefaults fills the zero fields with their defaults.
-func (c *ConsulConfig) SetDefaults() {
+func (c *Config) SetDefaults() {
 	if c.Address == "" {
-		c.Address = DefaultConsulAddress
+		c.Address = DefaultAddress
 	}
 	if c.Mode == "" {
-		c.Mode = ConsulModeAuto
+		c.Mode = ModeAuto
 	}
 	if c.WaitTime == 0 {
-		c.WaitTime = DefaultConsulWaitTime
+		c.WaitTime = DefaultWaitTime
 	}
 	if c.CheckInterval == 0 {
-		c.CheckInterval = DefaultConsulCheckInterval
+		c.CheckInterval = DefaultCheckInterval
 	}
 	if c.ResyncInterval == 0 {
-		c.ResyncInterval = DefaultConsulResyncInterval
+		c.ResyncInterval = DefaultResyncInterval
 	}
 }
 
 // Validate reports every problem, each with its field path under prefix (e.g. "discovery.consul").
-func (c *ConsulConfig) Validate(prefix string) error {
+func (c *Config) Validate(prefix string) error {
 	var errs []error
 	bad := func(field, msg string) { errs = append(errs, fmt.Errorf("%s.%s: %s", prefix, field, msg)) }
 	switch c.Mode {
-	case ConsulModeAuto, ConsulModeConnect, ConsulModeService:
+	case ModeAuto, ModeConnect, ModeService:
 	default:
 		bad("mode", fmt.Sprintf("%q must be auto, connect or service", c.Mode))
 	}
@@ -143,7 +145,7 @@ func (c *ConsulConfig) Validate(prefix string) error {
 }
 
 // apiConfig turns c into the client library's config, reading the token file.
-func (c *ConsulConfig) apiConfig() (*api.Config, error) {
+func (c *Config) apiConfig() (*api.Config, error) {
 	ac := &api.Config{Address: c.Address, Datacenter: c.Datacenter, Token: c.Token, Scheme: "http"}
 	if rest, ok := strings.CutPrefix(c.Address, "https://"); ok {
 		ac.Address, ac.Scheme = rest, "https"
@@ -162,33 +164,33 @@ func (c *ConsulConfig) apiConfig() (*api.Config, error) {
 	return ac, nil
 }
 
-// ConsulOptions are a Consul source's collaborators.
-type ConsulOptions struct {
+// SourceOptions are a Consul source's collaborators.
+type SourceOptions struct {
 	Logger *slog.Logger // required
 	// Metrics are the discovery collectors to fill (metrics.Metrics.Discovery); nil: they are not exported.
 	Metrics *metrics.Discovery
 }
 
-// Consul is a Source backed by Consul's health API with blocking queries. Each service is watched by one
-// goroutine however many callers watch it; each caller gets its own one-slot channel that always holds the
-// latest snapshot. Consul is safe for concurrent use. Close stops every watch.
-type Consul struct {
-	cfg    ConsulConfig
+// Source is a discovery.Source backed by Consul's health API with blocking queries. Each service is watched by
+// one goroutine however many callers watch it; each caller gets its own one-slot channel that always holds the
+// latest snapshot. Source is safe for concurrent use. Close stops every watch.
+type Source struct {
+	cfg    Config
 	client *api.Client
 	log    *slog.Logger
-	m      *consulMetrics
+	m      *sourceMetrics
 
 	ctx    context.Context // parent of every watch; cancelled by Close
 	cancel context.CancelFunc
 	wg     sync.WaitGroup
 
 	mu      sync.Mutex
-	watches map[watchKey]*consulWatch
+	watches map[watchKey]*serviceWatch
 	trust   string // SPIFFE trust domain, once known
 }
 
-// NewConsul returns a Consul source for cfg (after defaults). It does not contact Consul.
-func NewConsul(cfg ConsulConfig, opts ConsulOptions) (*Consul, error) {
+// NewSource returns a Consul source for cfg (after defaults). It does not contact Consul.
+func NewSource(cfg Config, opts SourceOptions) (*Source, error) {
 	cfg.SetDefaults()
 	if err := cfg.Validate("discovery.consul"); err != nil {
 		return nil, err
@@ -202,18 +204,18 @@ func NewConsul(cfg ConsulConfig, opts ConsulOptions) (*Consul, error) {
 		return nil, fmt.Errorf("consul client: %w", err)
 	}
 	ctx, cancel := context.WithCancel(context.Background())
-	return &Consul{cfg: cfg, client: client, log: opts.Logger.With("component", "consul"),
-		m: newConsulMetrics(opts.Metrics), ctx: ctx, cancel: cancel, watches: map[watchKey]*consulWatch{}}, nil
+	return &Source{cfg: cfg, client: client, log: opts.Logger.With("component", "consul"),
+		m: newSourceMetrics(opts.Metrics), ctx: ctx, cancel: cancel, watches: map[watchKey]*serviceWatch{}}, nil
 }
 
 // Client returns the Consul API client.
-func (c *Consul) Client() *api.Client { return c.client }
+func (c *Source) Client() *api.Client { return c.client }
 
-// Watch implements Source. The first snapshot arrives once the first query has answered; an empty answer (no
-// healthy instance) is a snapshot too. While Consul cannot be reached the last snapshot is sent again with Stale
-// set, and watching resumes by itself when Consul answers again.
-func (c *Consul) Watch(ctx context.Context, service string) (<-chan Snapshot, error) {
-	return c.WatchWith(ctx, service, WatchOptions{})
+// Watch implements discovery.Source. The first snapshot arrives once the first query has answered; an empty
+// answer (no healthy instance) is a snapshot too. While Consul cannot be reached the last snapshot is sent again
+// with Stale set, and watching resumes by itself when Consul answers again.
+func (c *Source) Watch(ctx context.Context, service string) (<-chan discovery.Snapshot, error) {
+	return c.WatchWith(ctx, service, discovery.WatchOptions{})
 }
 
 // watchKey names one shared watch: a service with the tag and datacenter it is narrowed to, and whether its
@@ -226,7 +228,7 @@ type watchKey struct {
 // label is how metrics, logs and errors name the watch: the service, with the tag and datacenter when they are
 // not the source's defaults ("api", "api[tag=v2,dc=dc2]"). Two watches that differ only in mtls share a label
 // (and their metric series).
-func (k watchKey) label(cfg ConsulConfig) string {
+func (k watchKey) label(cfg Config) string {
 	var parts []string
 	if k.tag != cfg.Tag {
 		parts = append(parts, "tag="+k.tag)
@@ -240,11 +242,11 @@ func (k watchKey) label(cfg ConsulConfig) string {
 	return k.service + "[" + strings.Join(parts, ",") + "]"
 }
 
-// WatchWith implements OptionsSource: Watch with the tag and datacenter of opts in place of the config's
+// WatchWith implements discovery.OptionsSource: Watch with the tag and datacenter of opts in place of the config's
 // (discovery.consul.tag, discovery.consul.datacenter) where set, and, in auto mode, no plain instances when
 // opts.MutualTLS is set. Watches with the same service, tag, datacenter and MutualTLS share one blocking-query
 // loop.
-func (c *Consul) WatchWith(ctx context.Context, service string, opts WatchOptions) (<-chan Snapshot, error) {
+func (c *Source) WatchWith(ctx context.Context, service string, opts discovery.WatchOptions) (<-chan discovery.Snapshot, error) {
 	key := watchKey{service: service, tag: opts.Tag, dc: opts.Datacenter, mtls: opts.MutualTLS}
 	if key.tag == "" {
 		key.tag = c.cfg.Tag
@@ -255,7 +257,7 @@ func (c *Consul) WatchWith(ctx context.Context, service string, opts WatchOption
 	if service == "" {
 		return nil, errors.New("consul: empty service name")
 	}
-	ch := make(chan Snapshot, 1)
+	ch := make(chan discovery.Snapshot, 1)
 	c.mu.Lock()
 	if c.ctx.Err() != nil {
 		c.mu.Unlock()
@@ -263,7 +265,7 @@ func (c *Consul) WatchWith(ctx context.Context, service string, opts WatchOption
 	}
 	w := c.watches[key]
 	if w == nil {
-		w = newConsulWatch(c, key)
+		w = newServiceWatch(c, key)
 		c.watches[key] = w
 		c.wg.Add(1)
 		go func() {
@@ -293,7 +295,7 @@ func (c *Consul) WatchWith(ctx context.Context, service string, opts WatchOption
 
 // Err returns why some watched service has no snapshot yet, or is stale (Consul unreachable, ACL denied, ...);
 // nil when every watch is current or still waiting for its first answer. It is meant for /ready.
-func (c *Consul) Err() error {
+func (c *Source) Err() error {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	var errs []error
@@ -307,7 +309,7 @@ func (c *Consul) Err() error {
 
 // forget drops the metric series of stopped's label unless another watch still publishes under it. A stopped
 // watch calls it once its loops have ended.
-func (c *Consul) forget(stopped *consulWatch) {
+func (c *Source) forget(stopped *serviceWatch) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	for _, w := range c.watches {
@@ -319,7 +321,7 @@ func (c *Consul) forget(stopped *consulWatch) {
 }
 
 // Close stops every watch and closes the channels; it is idempotent and waits.
-func (c *Consul) Close() {
+func (c *Source) Close() {
 	c.cancel()
 	c.mu.Lock()
 	for _, w := range c.watches {
@@ -330,7 +332,7 @@ func (c *Consul) Close() {
 }
 
 // trustDomain returns the SPIFFE trust domain of Consul's Connect CA, asking once it is known; "" while unknown.
-func (c *Consul) trustDomain(ctx context.Context) string {
+func (c *Source) trustDomain(ctx context.Context) string {
 	c.mu.Lock()
 	td := c.trust
 	c.mu.Unlock()

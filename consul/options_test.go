@@ -1,14 +1,14 @@
-package discovery_test
+package consul_test
 
 import (
 	"context"
-	"net/netip"
 	"strings"
 	"testing"
 	"time"
 
 	"github.com/hashicorp/consul/api"
 
+	"meshlet.dev/meshlet/consul"
 	"meshlet.dev/meshlet/discovery"
 	"meshlet.dev/meshlet/discovery/discoverytest"
 )
@@ -29,7 +29,7 @@ func TestConsulWatchOptions(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	c := newConsul(t, discovery.ConsulConfig{Address: agent.HTTPAddr, Mode: discovery.ConsulModeService})
+	c := newSource(t, consul.Config{Address: agent.HTTPAddr, Mode: consul.ModeService})
 	ctx := t.Context()
 	tests := []struct {
 		name string
@@ -63,29 +63,4 @@ func TestConsulWatchOptions(t *testing.T) {
 		return err != nil && strings.Contains(err.Error(), "api[dc=nowhere]") && strings.Contains(err.Error(), "datacenter")
 	})
 	t.Logf("Err: %v", c.Err())
-}
-
-// TestStaticWatchOptions: Static serves plain watches through discovery.Watch, and refuses options it cannot
-// honour instead of ignoring them.
-func TestStaticWatchOptions(t *testing.T) {
-	s := discovery.NewStatic()
-	s.Set("api", []discovery.Endpoint{{ID: "a", Addr: netip.MustParseAddrPort("127.0.0.1:1")}})
-	ch, err := discovery.Watch(t.Context(), s, "api", discovery.WatchOptions{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	if snap := <-ch; len(snap.Endpoints) != 1 {
-		t.Fatalf("static snapshot: %+v", snap)
-	}
-	if _, err := discovery.Watch(t.Context(), s, "api", discovery.WatchOptions{Tag: "v1"}); err == nil {
-		t.Fatal("a tag on a static source: no error")
-	}
-	// MutualTLS narrows only sources with plain instances to leave out: a static list is served as it is.
-	ch, err = discovery.Watch(t.Context(), s, "api", discovery.WatchOptions{MutualTLS: true})
-	if err != nil {
-		t.Fatal(err)
-	}
-	if snap := <-ch; len(snap.Endpoints) != 1 {
-		t.Fatalf("static snapshot with MutualTLS: %+v", snap)
-	}
 }
