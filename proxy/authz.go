@@ -1,10 +1,14 @@
 package proxy
 
 import (
+	"crypto/tls"
 	"errors"
+	"net"
 	"net/http"
+	"strings"
 
 	"meshlet.dev/meshlet/mtls"
+	"meshlet.dev/meshlet/proxy/h1guard"
 )
 
 // sourcePlaintext is the source label of meshlet_authz_denied_total for a plaintext caller (permissive mode)
@@ -33,10 +37,116 @@ func (c *cluster) inboundRequest(w *responseWriter, r *http.Request, grpc bool) 
 	return in, true
 }
 
-// newTLSState returns the proxy's TLS state for opts and the inbound.tls section.
-func newTLSState(opts Options, in InboundTLSConfig) *tlsState {
-	return &tlsState{src: opts.TLS, minVersion: opts.TLSMinVersion, authz: newAuthorizer(in.Allow),
-		rules: opts.Authorizer, allowPlaintext: in.AllowPlaintext}
+// authorizeRequest checks the caller of an inbound request (r, its path normalized) against inbound.tls.allow and
+// the rules; a plaintext caller is refused when they decide who may call (plaintextDenied). It answers 403 (gRPC:
+// PERMISSION_DENIED) itself and returns false when the caller may not call; every refusal is counted and logged
+// (rate limited).
+func (c *cluster) authorizeRequest(w *responseWriter, r *http.Request, grpc bool) bool {
+	if c.tls == nil {
+		return true
+	}
+	source, why := sourcePlaintext, "plaintext caller: inbound.tls.allow or intentions need an identity (inbound.tls.allow_plaintext is false)"
+	if state := h1guard.TLSState(r); state == nil {
+		if !c.tls.plaintextDenied() {
+			return true
+		}
+	} else if id, ok := mtls.PeerID(state); !ok {
+		source, why = "unknown", "no identity"
+	} else {
+		var allowed bool
+		if allowed, why = c.tls.allowed(id, r); allowed {
+			return true
+		}
+		source = id.Service
+	}
+	c.m.AuthzDenied.WithLabelValues(source).Inc()
+	c.refused.denied(c.direction, c.name, r.RemoteAddr, source, why)
+	c.fail(w, r, grpc, http.StatusForbidden, reasonDenied, "caller "+source+" is not allowed to call "+c.name+" ("+why+")")
+	return false
+}
+
+// authorizeConn checks the caller of an inbound TCP connection; a refused one is closed before any byte flows. A
+// plaintext connection is refused when inbound.tls.allow or the rules decide who may call (plaintextDenied).
+func (c *cluster) authorizeConn(conn net.Conn) bool {
+	if c.tls == nil {
+		return true
+	}
+	source, why := sourcePlaintext, "plaintext caller: inbound.tls.allow or intentions need an identity (inbound.tls.allow_plaintext is false)"
+	if tc, ok := conn.(*tls.Conn); !ok {
+		if !c.tls.plaintextDenied() {
+			return true
+		}
+	} else {
+		cs := tc.ConnectionState()
+		id, ok := mtls.PeerID(&cs)
+		if !ok {
+			source, why = "unknown", "no identity"
+		} else {
+			var allowed bool
+			if allowed, why = c.tls.allowed(id, nil); allowed {
+				return true
+			}
+			source = id.Service
+		}
+	}
+	c.m.AuthzDenied.WithLabelValues(source).Inc()
+	c.refused.denied(c.direction, c.name, conn.RemoteAddr().String(), source, why)
+	return false
+}
+
+// authorizer decides whether a verified caller may call the local service (inbound.tls.allow).
+type authorizer struct {
+	names map[string]bool // service names, in this sidecar's namespace and partition
+	ids   map[string]bool // full SPIFFE IDs, in their canonical form (mtls.ID.String)
+}
+
+func newAuthorizer(allow []string) *authorizer {
+	if len(allow) == 0 {
+		return nil
+	}
+	a := &authorizer{names: map[string]bool{}, ids: map[string]bool{}}
+	for _, e := range allow {
+		if strings.HasPrefix(e, "spiffe://") {
+			if id, err := mtls.ParseID(e); err == nil {
+				e = id.String() // e.g. /ap/default/ is the default partition, written without /ap/
+			}
+			a.ids[e] = true
+		} else {
+			a.names[e] = true
+		}
+	}
+	return a
+}
+
+// allowed reports whether id may call the sidecar whose own identity is self; a nil authorizer allows every
+// identity of the trust domain. A bare service name matches only a caller of self's namespace and partition.
+func (a *authorizer) allowed(id, self mtls.ID) bool {
+	if a == nil || a.ids[id.String()] {
+		return true
+	}
+	return a.names[id.Service] && id.Namespace == self.Namespace && id.PartitionName() == self.PartitionName()
+}
+
+// Authorizer decides whether a verified caller of the local trust domain may call the local service: r is the
+// request with its path normalized (normalizePath; the query as sent), or nil for a new TCP connection. It must
+// not block. mtls.Intentions (Consul's intentions) is one, and consul.Intentions, which keeps one current.
+type Authorizer interface {
+	Allowed(caller mtls.ID, r *http.Request) (bool, string)
+}
+
+// allowed applies the trust domain, the allow list and the rules, in that order.
+func (t *tlsState) allowed(id mtls.ID, r *http.Request) (bool, string) {
+	self, ok := t.local(id)
+	if !ok {
+		return false, "not of the local trust domain"
+	}
+	if !t.authz.allowed(id, self) {
+		return false, "not in inbound.tls.allow"
+	}
+	if t.rules != nil {
+		return t.rules.Allowed(id, r)
+	}
+	return true, ""
 }
 
 // plaintextDenied reports whether a caller without an identity (plaintext, permissive mode) is refused: when
