@@ -4,7 +4,7 @@ VERSION ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo dev)
 LDFLAGS := -s -w -X main.version=$(VERSION)
 BENCH_FLAGS ?=
 
-.PHONY: all build test vet fuzz demo bench heads soak clean help consul
+.PHONY: all build test vet fuzz demo bench heads reqpath soak clean help consul
 
 all: build
 
@@ -16,6 +16,7 @@ help:
 	@echo "make consul  build a real Consul agent (tools/consul, MPL-2.0) once, cached, into bin/consul"
 	@echo "make bench   measure direct vs one vs two meshlets (HTTP/1.1, h2c, gRPC); BENCH_FLAGS=-quick for a short run"
 	@echo "make heads   hold HEADS (10000) connections with 60 KiB of an unfinished request head each; report meshlet's RSS"
+	@echo "make reqpath  list the files and functions one outbound HTTP call runs through (app → sidecar → sidecar → app)"
 	@echo "make soak    SOAK_DURATION (default 10m) of mixed HTTP/gRPC traffic through two sidecars while endpoints churn, certificates rotate and the config reloads; fails on any error or unbounded memory growth"
 
 build:
@@ -71,6 +72,18 @@ bench: build
 HEADS ?= 10000
 heads: build
 	$(GO) run ./cmd/meshlet-bench -meshlet bin/meshlet -heads $(HEADS)
+
+# reqpath: the files and functions of meshlet that one outbound HTTP/1.1 call runs through (app → sidecar → sidecar
+# → app, in process on loopback), read from coverage counters cleared after a warm-up call (tools/reqpath): a
+# measure of the request path, compared before and after a change of its layout.
+REQPATH_DIR = .cache/reqpath
+reqpath:
+	@rm -rf $(REQPATH_DIR) && mkdir -p $(REQPATH_DIR)/call $(REQPATH_DIR)/exit
+	@$(GO) build -cover -covermode=atomic -coverpkg=meshlet.dev/meshlet/... -o $(REQPATH_DIR)/reqpath ./tools/reqpath
+	@GOCOVERDIR=$(REQPATH_DIR)/exit $(REQPATH_DIR)/reqpath $(REQPATH_DIR)/call
+	@$(GO) tool covdata func -i $(REQPATH_DIR)/call | awk '$$NF != "0.0%" && $$1 !~ /tools\/reqpath/ && $$1 != "total" \
+		{ sub("meshlet.dev/meshlet/", "", $$1); split($$1, f, ":"); files[f[1]]++; n++; print $$1, $$2 } \
+		END { printf "%d functions in %d files\n", n, length(files) }'
 
 # soak: steady mixed HTTP/1.1 and gRPC traffic through meshlet A and three instances behind their own meshlets, over
 # mTLS, while instances churn (A's config rewritten + SIGHUP), certificates rotate (meshlet certs issue) and memory is
