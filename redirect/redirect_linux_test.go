@@ -4,6 +4,8 @@ import (
 	"net/netip"
 	"strings"
 	"testing"
+
+	"meshlet.dev/meshlet/redirect/redirecttest"
 )
 
 func uid(u uint32) *uint32 { return &u }
@@ -12,9 +14,9 @@ func uid(u uint32) *uint32 { return &u }
 // independently of this package: all of them, once each, however often Install runs; a new config replaces the
 // old rules whole; Delete removes exactly meshlet's table (another table stays), twice in a row.
 func TestInstallDelete(t *testing.T) {
-	needRoot(t)
-	ns := newNetns(t)
-	if out, err := ns.nft(t, "add", "table", "inet", "other"); err != nil {
+	redirecttest.NeedRoot(t)
+	ns := redirecttest.NewNetns(t)
+	if out, err := ns.NFT("add", "table", "inet", "other"); err != nil {
 		t.Fatalf("%v: %s", err, out)
 	}
 	cfg := Config{OutboundPort: 15001, InboundPort: 15006, ProxyUID: uid(5995), ExcludeUIDs: []uint32{100},
@@ -42,14 +44,14 @@ func TestInstallDelete(t *testing.T) {
 		"}",
 	}
 	for range 2 {
-		if err := InstallIn(ns.fd, cfg); err != nil {
+		if err := InstallIn(ns.FD, cfg); err != nil {
 			t.Fatal(err)
 		}
 		checkRules(t, ns, want)
 	}
 	// A new config replaces the rules whole.
 	cfg2 := Config{OutboundPort: 16001, ProxyUID: uid(1337)}
-	if err := InstallIn(ns.fd, cfg2); err != nil {
+	if err := InstallIn(ns.FD, cfg2); err != nil {
 		t.Fatal(err)
 	}
 	checkRules(t, ns, []string{
@@ -61,22 +63,22 @@ func TestInstallDelete(t *testing.T) {
 		"}",
 	})
 	for range 2 {
-		if err := DeleteIn(ns.fd); err != nil {
+		if err := DeleteIn(ns.FD); err != nil {
 			t.Fatal(err)
 		}
-		if out, err := ns.nft(t, "list", "table", "inet", Table); err == nil {
+		if out, err := ns.NFT("list", "table", "inet", Table); err == nil {
 			t.Fatalf("table inet %s still there after Delete:\n%s", Table, out)
 		}
 	}
-	if out, err := ns.nft(t, "list", "table", "inet", "other"); err != nil {
+	if out, err := ns.NFT("list", "table", "inet", "other"); err != nil {
 		t.Fatalf("another table was removed: %v %s", err, out)
 	}
 }
 
 // checkRules compares the body of table inet meshlet, as nft lists it, line by line with want.
-func checkRules(t *testing.T, ns *netns, want []string) {
+func checkRules(t *testing.T, ns *redirecttest.Netns, want []string) {
 	t.Helper()
-	out, err := ns.nft(t, "list", "table", "inet", Table)
+	out, err := ns.NFT("list", "table", "inet", Table)
 	if err != nil {
 		t.Fatalf("nft list: %v\n%s", err, out)
 	}

@@ -9,6 +9,8 @@ import (
 	"net/netip"
 	"strings"
 	"testing"
+
+	"meshlet.dev/meshlet/redirect/redirecttest"
 	"time"
 )
 
@@ -35,11 +37,11 @@ func namedServer(t *testing.T, ln net.Listener, name string) {
 }
 
 // listenIn listens on addr inside ns.
-func listenIn(t *testing.T, ns *netns, addr string) net.Listener {
+func listenIn(t *testing.T, ns *redirecttest.Netns, addr string) net.Listener {
 	t.Helper()
 	var ln net.Listener
 	var err error
-	ns.do(t, func() { ln, err = net.Listen("tcp", addr) })
+	ns.Do(t, func() { ln, err = net.Listen("tcp", addr) })
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -47,11 +49,11 @@ func listenIn(t *testing.T, ns *netns, addr string) net.Listener {
 }
 
 // askFrom connects from inside ns to addr and returns the line the server answered.
-func askFrom(t *testing.T, ns *netns, addr string) string {
+func askFrom(t *testing.T, ns *redirecttest.Netns, addr string) string {
 	t.Helper()
 	var c net.Conn
 	var err error
-	ns.do(t, func() { c, err = net.DialTimeout("tcp", addr, 3*time.Second) })
+	ns.Do(t, func() { c, err = net.DialTimeout("tcp", addr, 3*time.Second) })
 	if err != nil {
 		t.Fatalf("dial %s: %v", addr, err)
 	}
@@ -69,9 +71,9 @@ func askFrom(t *testing.T, ns *netns, addr string) string {
 // destination (IPv4 and IPv6), but for excluded ports, networks and UIDs and loopback; TCP from peer to any port of
 // pod reaches the inbound listener, but for excluded ports.
 func TestRedirectTraffic(t *testing.T) {
-	needRoot(t)
-	pod, peer := newNetns(t), newNetns(t)
-	link(t, pod, peer, "198.18.0.1/24", "198.18.0.2/24", "2001:db8::1/64", "2001:db8::2/64")
+	redirecttest.NeedRoot(t)
+	pod, peer := redirecttest.NewNetns(t), redirecttest.NewNetns(t)
+	redirecttest.Link(t, pod, peer, "198.18.0.1/24", "198.18.0.2/24", "2001:db8::1/64", "2001:db8::2/64")
 	for _, a := range []string{"198.18.0.2:80", "198.18.0.2:22", "[2001:db8::2]:80"} {
 		namedServer(t, listenIn(t, peer, a), "peer "+a)
 	}
@@ -86,7 +88,7 @@ func TestRedirectTraffic(t *testing.T) {
 	cases := []struct {
 		name  string
 		cfg   func(c *Config)
-		from  *netns
+		from  *redirecttest.Netns
 		addr  string
 		reply string
 	}{
@@ -112,7 +114,7 @@ func TestRedirectTraffic(t *testing.T) {
 			if tc.cfg != nil {
 				tc.cfg(&cfg)
 			}
-			if err := InstallIn(pod.fd, cfg); err != nil {
+			if err := InstallIn(pod.FD, cfg); err != nil {
 				t.Fatal(err)
 			}
 			if got := askFrom(t, tc.from, tc.addr); got != tc.reply {
@@ -121,7 +123,7 @@ func TestRedirectTraffic(t *testing.T) {
 		})
 	}
 	// Without the rules, everything goes where it was sent.
-	if err := DeleteIn(pod.fd); err != nil {
+	if err := DeleteIn(pod.FD); err != nil {
 		t.Fatal(err)
 	}
 	if got := askFrom(t, pod, "198.18.0.2:80"); got != "peer 198.18.0.2:80" {
@@ -132,12 +134,12 @@ func TestRedirectTraffic(t *testing.T) {
 // TestRedirectDNS: with a resolver given, DNS from pod over UDP and TCP (port 53, to any address) reaches the
 // resolver instead; meshlet's own queries do not.
 func TestRedirectDNS(t *testing.T) {
-	needRoot(t)
-	pod, peer := newNetns(t), newNetns(t)
-	link(t, pod, peer, "198.18.0.1/24", "198.18.0.2/24", "2001:db8::1/64", "2001:db8::2/64")
+	redirecttest.NeedRoot(t)
+	pod, peer := redirecttest.NewNetns(t), redirecttest.NewNetns(t)
+	redirecttest.Link(t, pod, peer, "198.18.0.1/24", "198.18.0.2/24", "2001:db8::1/64", "2001:db8::2/64")
 	var udp net.PacketConn
 	var err error
-	peer.do(t, func() { udp, err = net.ListenPacket("udp", "198.18.0.2:8600") })
+	peer.Do(t, func() { udp, err = net.ListenPacket("udp", "198.18.0.2:8600") })
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -157,7 +159,7 @@ func TestRedirectDNS(t *testing.T) {
 	askUDP := func() (string, error) {
 		var c net.Conn
 		var err error
-		pod.do(t, func() { c, err = net.Dial("udp", "198.18.0.2:53") })
+		pod.Do(t, func() { c, err = net.Dial("udp", "198.18.0.2:53") })
 		if err != nil {
 			return "", err
 		}
@@ -170,7 +172,7 @@ func TestRedirectDNS(t *testing.T) {
 	}
 	cfg := Config{OutboundPort: 15001, ProxyUID: uid(5995), ExcludeOutboundPorts: []uint16{53},
 		DNS: netip.MustParseAddrPort("198.18.0.2:8600")}
-	if err := InstallIn(pod.fd, cfg); err != nil {
+	if err := InstallIn(pod.FD, cfg); err != nil {
 		t.Fatal(err)
 	}
 	if got, err := askUDP(); err != nil || got != "resolver: query" {
@@ -180,7 +182,7 @@ func TestRedirectDNS(t *testing.T) {
 		t.Fatalf("DNS over TCP reached %q", got)
 	}
 	cfg.ProxyUID = uid(0) // now the test is meshlet: its queries go where they were sent
-	if err := InstallIn(pod.fd, cfg); err != nil {
+	if err := InstallIn(pod.FD, cfg); err != nil {
 		t.Fatal(err)
 	}
 	if got := askFrom(t, pod, "198.18.0.2:53"); got != "peer dns tcp" {
