@@ -41,6 +41,7 @@ Usage:
   meshlet inject -f FILE       add the sidecar to Kubernetes YAML (FILE or stdin), write it to stdout
   meshlet wait -admin ADDR     block until the meshlet at ADDR answers /ready with 200
   meshlet webhook -tls-cert F -tls-key F -image I   the injection as a mutating admission webhook (HTTPS /inject)
+  meshlet redirect-traffic -proxy-uid UID ...   install transparent interception rules (-delete removes them)
   meshlet version              print the version
 `
 
@@ -75,6 +76,8 @@ func run(args []string, stdout, stderr io.Writer) int {
 		return waitCmd(args[1:], stdout, stderr)
 	case "webhook":
 		return webhookCmd(args[1:], stderr)
+	case "redirect-traffic":
+		return redirectCmd(args[1:], stdout, stderr)
 	case "version", "-version", "--version":
 		fmt.Fprintf(stdout, "meshlet %s %s\n", buildVersion(), runtime.Version())
 		return 0
