@@ -31,24 +31,6 @@ func TestPercentile(t *testing.T) {
 	}
 }
 
-func TestParseSample(t *testing.T) {
-	for _, tc := range []struct {
-		line, name, labels string
-		v                  float64
-		ok                 bool
-	}{
-		{`meshlet_requests_total{direction="outbound",code_class="2xx"} 42`, "meshlet_requests_total", `direction="outbound",code_class="2xx"`, 42, true},
-		{`meshlet_connections_total{direction="inbound",listener="inbound"} 1.5e+03`, "meshlet_connections_total", `direction="inbound",listener="inbound"`, 1500, true},
-		{`# HELP meshlet_requests_total Requests{x}.`, "", "", 0, false},
-		{`go_goroutines 12`, "", "", 0, false},
-	} {
-		name, labels, v, ok := parseSample(tc.line)
-		if name != tc.name || labels != tc.labels || v != tc.v || ok != tc.ok {
-			t.Errorf("parseSample(%q) = %q, %q, %v, %v; want %q, %q, %v, %v", tc.line, name, labels, v, ok, tc.name, tc.labels, tc.v, tc.ok)
-		}
-	}
-}
-
 func TestReadProcSelf(t *testing.T) {
 	s, err := readProc(os.Getpid())
 	if err != nil {

@@ -10,12 +10,12 @@ import (
 	"strings"
 	"time"
 
-	"meshlet.dev/meshlet/internal/meshletproc"
+	"meshlet.dev/meshlet/internal/meshlettest"
 )
 
 // meshletProc is one running meshlet process started by the benchmark.
 type meshletProc struct {
-	*meshletproc.Proc
+	*meshlettest.Proc
 	failed bool // waitReady already reported the process's failure
 }
 
@@ -66,7 +66,7 @@ func startMeshlet(bin, dir, name, role string, cfg meshletConfig) (*meshletProc,
 	if role != "meshlet" {
 		display += " " + role // "A" (client-side sidecar) or "B" (server-side sidecar)
 	}
-	p, err := meshletproc.Start(bin, display, cfg.admin, filepath.Join(dir, name+".yaml"),
+	p, err := meshlettest.StartConfig(bin, display, cfg.admin, filepath.Join(dir, name+".yaml"),
 		filepath.Join(dir, name+".log"), cfg.yaml())
 	if err != nil {
 		return nil, err
@@ -74,16 +74,16 @@ func startMeshlet(bin, dir, name, role string, cfg meshletConfig) (*meshletProc,
 	return &meshletProc{Proc: p}, nil
 }
 
-// waitReady waits for /ready (meshletproc.Proc.WaitReady) and remembers when the process failed on the way.
+// waitReady waits for /ready (meshlettest.Proc.WaitReady) and remembers when the process failed on the way.
 func (m *meshletProc) waitReady(ctx context.Context) error {
-	err := m.WaitReady(ctx)
+	err := m.WaitReady(ctx, meshlettest.ReadyTimeout)
 	if err != nil && !m.Alive() {
 		m.failed = true
 	}
 	return err
 }
 
-// stop stops the process (meshletproc.Proc.Stop); one whose failure waitReady already reported is not reported
+// stop stops the process (meshlettest.Proc.Stop); one whose failure waitReady already reported is not reported
 // again.
 func (m *meshletProc) stop() error {
 	if m.failed && !m.Alive() {

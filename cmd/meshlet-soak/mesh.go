@@ -12,7 +12,7 @@ import (
 	"syscall"
 	"time"
 
-	"meshlet.dev/meshlet/internal/meshletproc"
+	"meshlet.dev/meshlet/internal/meshlettest"
 )
 
 // Upstream names in meshlet A's config.
@@ -124,7 +124,7 @@ func (m *mesh) start(ctx context.Context) error {
 		}
 		m.setInA(in, true)
 	}
-	addrs, err := meshletproc.FreeAddrs(3)
+	addrs, err := meshlettest.FreeAddrs(3)
 	if err != nil {
 		return err
 	}
@@ -137,7 +137,7 @@ func (m *mesh) start(ctx context.Context) error {
 		return err
 	}
 	m.a = p
-	if err := p.WaitReady(ctx); err != nil {
+	if err := p.WaitReady(ctx, meshlettest.ReadyTimeout); err != nil {
 		return err
 	}
 	return m.waitEndpoints(ctx, len(m.instances))
@@ -147,7 +147,7 @@ func (m *mesh) start(ctx context.Context) error {
 // had (a restart in place).
 func (m *mesh) startInstance(ctx context.Context, in *instance, fresh bool) error {
 	if fresh {
-		addrs, err := meshletproc.FreeAddrs(3)
+		addrs, err := meshlettest.FreeAddrs(3)
 		if err != nil {
 			return err
 		}
@@ -168,7 +168,7 @@ func (m *mesh) startInstance(ctx context.Context, in *instance, fresh bool) erro
 	m.mu.Lock()
 	in.be, in.proc = be, p
 	m.mu.Unlock()
-	return p.WaitReady(ctx)
+	return p.WaitReady(ctx, meshlettest.ReadyTimeout)
 }
 
 // listenRetry retries start for a few seconds while the port is still in use (a restart in place).
@@ -212,28 +212,28 @@ func (m *mesh) reload(ctx context.Context) error {
 	}
 	ok := map[string]string{"result": "success"}
 	fail := map[string]string{"result": "failure"}
-	return poll(ctx, 10*time.Second, "A applies the reload", func(p promText) (bool, error) {
-		if p.sum("meshlet_config_reloads_total", fail) > before.sum("meshlet_config_reloads_total", fail) {
-			return false, fmt.Errorf("meshlet A rejected the reload; log:\n%s", meshletproc.LogTail(m.a.LogPath, 5))
+	return poll(ctx, 10*time.Second, "A applies the reload", func(p meshlettest.Metrics) (bool, error) {
+		if p.Sum("meshlet_config_reloads_total", fail) > before.Sum("meshlet_config_reloads_total", fail) {
+			return false, fmt.Errorf("meshlet A rejected the reload; log:\n%s", meshlettest.LogTail(m.a.LogPath, 5))
 		}
-		return p.sum("meshlet_config_reloads_total", ok) > before.sum("meshlet_config_reloads_total", ok) &&
+		return p.Sum("meshlet_config_reloads_total", ok) > before.Sum("meshlet_config_reloads_total", ok) &&
 			endpointsAre(p, want), nil
 	}, m.a)
 }
 
-func endpointsAre(p promText, n int) bool {
-	return p.sum("meshlet_upstream_endpoints", map[string]string{"upstream": upHTTP}) == float64(n) &&
-		p.sum("meshlet_upstream_endpoints", map[string]string{"upstream": upGRPC}) == float64(n)
+func endpointsAre(p meshlettest.Metrics, n int) bool {
+	return p.Sum("meshlet_upstream_endpoints", map[string]string{"upstream": upHTTP}) == float64(n) &&
+		p.Sum("meshlet_upstream_endpoints", map[string]string{"upstream": upGRPC}) == float64(n)
 }
 
 func (m *mesh) waitEndpoints(ctx context.Context, n int) error {
-	return poll(ctx, 10*time.Second, fmt.Sprintf("A has %d endpoints", n), func(p promText) (bool, error) {
+	return poll(ctx, 10*time.Second, fmt.Sprintf("A has %d endpoints", n), func(p meshlettest.Metrics) (bool, error) {
 		return endpointsAre(p, n), nil
 	}, m.a)
 }
 
 // poll scrapes p's metrics every 100ms until cond holds, fails, or within passes.
-func poll(ctx context.Context, within time.Duration, what string, cond func(promText) (bool, error), p *meshletProc) error {
+func poll(ctx context.Context, within time.Duration, what string, cond func(meshlettest.Metrics) (bool, error), p *meshletProc) error {
 	deadline := time.Now().Add(within)
 	for {
 		t, err := p.metrics()
@@ -331,14 +331,14 @@ func (m *mesh) rotate(ctx context.Context, logf func(string, ...any)) error {
 		if err != nil {
 			return err
 		}
-		before[i] = t.sum("meshlet_tls_rotations_total", ok)
+		before[i] = t.Sum("meshlet_tls_rotations_total", ok)
 	}
 	if err := m.certs.rotate(); err != nil {
 		return fmt.Errorf("rotating certificates: %w", err)
 	}
 	for i, p := range procs {
-		err := poll(ctx, 15*time.Second, "meshlet "+p.name+" loads its rotated certificate", func(t promText) (bool, error) {
-			return t.sum("meshlet_tls_rotations_total", ok) > before[i], nil
+		err := poll(ctx, 15*time.Second, "meshlet "+p.name+" loads its rotated certificate", func(t meshlettest.Metrics) (bool, error) {
+			return t.Sum("meshlet_tls_rotations_total", ok) > before[i], nil
 		}, p)
 		if err != nil {
 			return err

@@ -1,0 +1,158 @@
+package meshlettest
+
+import (
+	"bufio"
+	"context"
+	"io"
+	"net"
+	"net/http"
+	"net/http/httptest"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"google.golang.org/grpc"
+	testpb "google.golang.org/grpc/interop/grpc_testing"
+)
+
+// StartBackend starts an httptest server on loopback. With h2c it accepts HTTP/1.1 and prior-knowledge h2c.
+// newConns, if not nil, counts accepted connections. It is closed when the test ends.
+func StartBackend(t testing.TB, h http.Handler, h2c bool, newConns *atomic.Int64) *httptest.Server {
+	t.Helper()
+	s := httptest.NewUnstartedServer(h)
+	if h2c {
+		s.Config.Protocols = H2CProtocols()
+	}
+	if newConns != nil {
+		s.Config.ConnState = func(_ net.Conn, st http.ConnState) {
+			if st == http.StateNew {
+				newConns.Add(1)
+			}
+		}
+	}
+	s.Start()
+	t.Cleanup(s.Close)
+	return s
+}
+
+// H2CProtocols is HTTP/1.1 and unencrypted HTTP/2, for servers that take prior-knowledge h2c too.
+func H2CProtocols() *http.Protocols {
+	var p http.Protocols
+	p.SetHTTP1(true)
+	p.SetUnencryptedHTTP2(true)
+	return &p
+}
+
+// HostOf returns host:port of an httptest server.
+func HostOf(s *httptest.Server) string { return s.Listener.Addr().String() }
+
+// StartGRPC serves grpc.testing.TestService srv, and whatever register adds (may be nil), on a loopback port; the
+// server stops when the test ends. It returns the address and the server.
+func StartGRPC(t testing.TB, srv testpb.TestServiceServer, register func(*grpc.Server)) (string, *grpc.Server) {
+	t.Helper()
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	s := grpc.NewServer()
+	testpb.RegisterTestServiceServer(s, srv)
+	if register != nil {
+		register(s)
+	}
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		s.Serve(l)
+	}()
+	t.Cleanup(func() {
+		s.Stop()
+		<-done
+	})
+	return l.Addr().String(), s
+}
+
+// CountingDialer returns a DialContext that counts dials in n.
+func CountingDialer(n *atomic.Int64) func(ctx context.Context, network, addr string) (net.Conn, error) {
+	var d net.Dialer
+	return func(ctx context.Context, network, addr string) (net.Conn, error) {
+		n.Add(1)
+		return d.DialContext(ctx, network, addr)
+	}
+}
+
+// H1Client is an HTTP/1.1 client with at most one connection per host; dials (may be nil) counts its dials.
+func H1Client(dials *atomic.Int64) *http.Client {
+	if dials == nil {
+		dials = new(atomic.Int64)
+	}
+	tr := &http.Transport{
+		DialContext:         CountingDialer(dials),
+		MaxConnsPerHost:     1,
+		MaxIdleConnsPerHost: 1,
+		DisableCompression:  true,
+	}
+	return &http.Client{Transport: tr, Timeout: 30 * time.Second}
+}
+
+// H2CClient is a prior-knowledge HTTP/2 cleartext client; dials (may be nil) counts its dials.
+func H2CClient(dials *atomic.Int64) *http.Client {
+	if dials == nil {
+		dials = new(atomic.Int64)
+	}
+	var p http.Protocols
+	p.SetUnencryptedHTTP2(true)
+	tr := &http.Transport{
+		Protocols:          &p,
+		DialContext:        CountingDialer(dials),
+		DisableCompression: true,
+	}
+	return &http.Client{Transport: tr, Timeout: 30 * time.Second}
+}
+
+// GetBody does a GET and returns status and body.
+func GetBody(t testing.TB, c *http.Client, url string) (int, string) {
+	t.Helper()
+	resp, err := c.Get(url)
+	if err != nil {
+		t.Fatalf("GET %s: %v", url, err)
+	}
+	defer resp.Body.Close()
+	b, err := io.ReadAll(resp.Body)
+	if err != nil {
+		t.Fatalf("GET %s: reading body: %v", url, err)
+	}
+	return resp.StatusCode, string(b)
+}
+
+// RawRequest writes req (a complete HTTP/1.1 request) on a new connection to addr and returns the parsed response
+// with its body read.
+func RawRequest(t testing.TB, addr, req string) (*http.Response, string) {
+	t.Helper()
+	c, err := net.DialTimeout("tcp", addr, 5*time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	c.SetDeadline(time.Now().Add(10 * time.Second))
+	if _, err := io.WriteString(c, req); err != nil {
+		t.Fatal(err)
+	}
+	resp, err := http.ReadResponse(bufio.NewReader(c), nil)
+	if err != nil {
+		t.Fatalf("reading response to %q: %v", req, err)
+	}
+	defer resp.Body.Close()
+	b, _ := io.ReadAll(resp.Body)
+	return resp, string(b)
+}
+
+// DialHeld opens a TCP connection to addr that stays open until the test ends (or the caller closes it).
+func DialHeld(t testing.TB, addr string) net.Conn {
+	t.Helper()
+	c, err := net.DialTimeout("tcp", addr, 5*time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { c.Close() })
+	return c
+}
