@@ -13,6 +13,7 @@ import (
 	"time"
 
 	dto "github.com/prometheus/client_model/go"
+
 	"meshlet.dev/meshlet/internal/meshlettest"
 )
 

@@ -1,6 +1,7 @@
 package meshlettest
 
 import (
+	"bytes"
 	"context"
 	"flag"
 	"fmt"
@@ -9,6 +10,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"sync"
 	"syscall"
 	"testing"
 	"time"
@@ -81,11 +83,35 @@ func Launch(t testing.TB, config string, args ...string) *Proc {
 // WriteConfig writes config to a file of the test's and returns its path.
 func WriteConfig(t testing.TB, config string) string {
 	t.Helper()
-	path := filepath.Join(t.TempDir(), "meshlet.yaml")
-	if err := os.WriteFile(path, []byte(config), 0o600); err != nil {
+	return WriteTemp(t, "meshlet.yaml", config)
+}
+
+// WriteTemp writes content to the file name in a new directory of the test's and returns its path.
+func WriteTemp(t testing.TB, name, content string) string {
+	t.Helper()
+	path := filepath.Join(t.TempDir(), name)
+	if err := os.WriteFile(path, []byte(content), 0o600); err != nil {
 		t.Fatal(err)
 	}
 	return path
+}
+
+// SyncBuffer is a bytes.Buffer safe for a process writing and a test reading.
+type SyncBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (s *SyncBuffer) Write(p []byte) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.Write(p)
+}
+
+func (s *SyncBuffer) String() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.String()
 }
 
 // Command starts cmd (StartCmd), a meshlet that runs the config at path (directly, in another directory, or
