@@ -119,24 +119,9 @@ type grpcBackend struct {
 // grpcStartBackend starts the TestService and health service on a loopback port.
 func grpcStartBackend(t testing.TB) *grpcBackend {
 	t.Helper()
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	b := &grpcBackend{addr: l.Addr().String(), health: health.NewServer()}
-	srv := grpc.NewServer()
-	testpb.RegisterTestServiceServer(srv, b)
-	healthpb.RegisterHealthServer(srv, b.health)
+	b := &grpcBackend{health: health.NewServer()}
+	b.addr, _ = meshlettest.StartGRPC(t, b, func(s *grpc.Server) { healthpb.RegisterHealthServer(s, b.health) })
 	b.health.SetServingStatus("grpc.testing.TestService", healthpb.HealthCheckResponse_SERVING)
-	served := make(chan struct{})
-	go func() {
-		defer close(served)
-		srv.Serve(l)
-	}()
-	t.Cleanup(func() {
-		srv.Stop()
-		<-served
-	})
 	return b
 }
 
@@ -515,112 +500,6 @@ func grpcStatusDiff(err error, want *status.Status) string {
 		}
 	}
 	return ""
-}
-
-// grpcMetric returns the sum of the samples of metric name whose labels include all of want.
-func grpcMetric(t testing.TB, p *meshlettest.Proc, name string, want map[string]string) float64 {
-	t.Helper()
-	_, body := p.AdminGet(t, "/metrics")
-	var sum float64
-	for _, line := range strings.Split(body, "\n") {
-		n, labels, value, ok := grpcParseSample(line)
-		if !ok || n != name {
-			continue
-		}
-		match := true
-		for k, v := range want {
-			if labels[k] != v {
-				match = false
-				break
-			}
-		}
-		if match {
-			sum += value
-		}
-	}
-	return sum
-}
-
-// grpcParseSample parses one line of the Prometheus text format: name{k="v",...} value [timestamp].
-func grpcParseSample(line string) (name string, labels map[string]string, value float64, ok bool) {
-	line = strings.TrimSpace(line)
-	if line == "" || line[0] == '#' {
-		return "", nil, 0, false
-	}
-	labels = map[string]string{}
-	i := strings.IndexAny(line, "{ ")
-	if i < 0 {
-		return "", nil, 0, false
-	}
-	name, rest := line[:i], line[i:]
-	if rest[0] == '{' {
-		rest = rest[1:]
-		for {
-			rest = strings.TrimLeft(rest, ", ")
-			if strings.HasPrefix(rest, "}") {
-				rest = rest[1:]
-				break
-			}
-			eq := strings.Index(rest, `="`)
-			if eq < 0 {
-				return "", nil, 0, false
-			}
-			key := rest[:eq]
-			rest = rest[eq+2:]
-			var v strings.Builder
-			for {
-				if rest == "" {
-					return "", nil, 0, false
-				}
-				ch := rest[0]
-				rest = rest[1:]
-				if ch == '"' {
-					break
-				}
-				if ch == '\\' && rest != "" {
-					ch = rest[0]
-					rest = rest[1:]
-					if ch == 'n' {
-						ch = '\n'
-					}
-				}
-				v.WriteByte(ch)
-			}
-			labels[key] = v.String()
-		}
-	}
-	fields := strings.Fields(rest)
-	if len(fields) == 0 {
-		return "", nil, 0, false
-	}
-	value, err := strconv.ParseFloat(fields[0], 64)
-	return name, labels, value, err == nil
-}
-
-// grpcMetricLines returns the sample lines of metric name, for failure messages.
-func grpcMetricLines(t testing.TB, p *meshlettest.Proc, name string) string {
-	t.Helper()
-	_, body := p.AdminGet(t, "/metrics")
-	var b strings.Builder
-	for _, line := range strings.Split(body, "\n") {
-		if strings.HasPrefix(line, name+"{") || strings.HasPrefix(line, name+" ") {
-			b.WriteString("\n\t" + line)
-		}
-	}
-	return b.String()
-}
-
-// grpcWaitMetric polls until the metric reaches at least want (or a deadline passes) and returns its value.
-func grpcWaitMetric(t testing.TB, p *meshlettest.Proc, name string, labels map[string]string, want float64) float64 {
-	t.Helper()
-	deadline := time.Now().Add(5 * time.Second)
-	for {
-		v := grpcMetric(t, p, name, labels)
-		if v >= want || time.Now().After(deadline) {
-			return v
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
 }
 
 // TestGRPCUnary checks payloads byte for byte, request metadata, and response headers and trailers.
@@ -1241,16 +1120,16 @@ func TestGRPCMeshletErrors(t *testing.T) {
 			{map[string]string{"direction": "outbound", "upstream": "slowsidecar", "grpc_code": "DeadlineExceeded"}, 1},
 		}
 		for _, c := range checks {
-			if got := grpcWaitMetric(t, m.a, "meshlet_requests_total", c.labels, c.want); got != c.want {
+			if got := m.a.WaitMetric(t, 5*time.Second, "meshlet_requests_total", c.labels, c.want); got != c.want {
 				t.Errorf("meshlet_requests_total%v = %v, want %v; have:%s", c.labels, got, c.want,
-					grpcMetricLines(t, m.a, "meshlet_requests_total"))
+					m.a.Metrics(t).Lines("meshlet_requests_total"))
 			}
 		}
 		// The two calls to an unknown authority were answered by meshlet, so they are requests too.
 		unimpl := map[string]string{"direction": "outbound", "grpc_code": "Unimplemented"}
-		if got := grpcWaitMetric(t, m.a, "meshlet_requests_total", unimpl, 2); got != 2 {
+		if got := m.a.WaitMetric(t, 5*time.Second, "meshlet_requests_total", unimpl, 2); got != 2 {
 			t.Errorf("unknown authority: meshlet_requests_total%v = %v, want 2; have:%s", unimpl, got,
-				grpcMetricLines(t, m.a, "meshlet_requests_total"))
+				m.a.Metrics(t).Lines("meshlet_requests_total"))
 		}
 		// The slow upstream is not checked here: meshlet hands the app its deadline (grpc-timeout), and the app
 		// may answer DEADLINE_EXCEEDED itself a moment before meshlet's timer fires; the client gets
@@ -1260,9 +1139,9 @@ func TestGRPCMeshletErrors(t *testing.T) {
 			{"direction": "outbound", "upstream": "refused", "reason": "connect"},
 		}
 		for _, l := range errs {
-			if got := grpcWaitMetric(t, m.a, "meshlet_upstream_errors_total", l, 1); got < 1 {
+			if got := m.a.WaitMetric(t, 5*time.Second, "meshlet_upstream_errors_total", l, 1); got < 1 {
 				t.Errorf("meshlet_upstream_errors_total%v = %v, want >= 1; have:%s", l, got,
-					grpcMetricLines(t, m.a, "meshlet_upstream_errors_total"))
+					m.a.Metrics(t).Lines("meshlet_upstream_errors_total"))
 			}
 		}
 	})
@@ -1412,16 +1291,16 @@ func TestGRPCMetrics(t *testing.T) {
 		before := map[*meshlettest.Proc][]float64{}
 		for p, ds := range deltas {
 			for _, d := range ds {
-				before[p] = append(before[p], grpcMetric(t, p, name, d.labels))
+				before[p] = append(before[p], p.MetricSum(t, name, d.labels))
 			}
 		}
 		calls()
 		for p, ds := range deltas {
 			for i, d := range ds {
 				want := before[p][i] + d.delta
-				if got := grpcWaitMetric(t, p, name, d.labels, want); got != want {
+				if got := p.WaitMetric(t, 5*time.Second, name, d.labels, want); got != want {
 					t.Errorf("%s%v on %s: got %v, want %v (+%v); have:%s", name, d.labels, p.Admin, got, want,
-						d.delta, grpcMetricLines(t, p, name))
+						d.delta, p.Metrics(t).Lines(name))
 				}
 			}
 		}
@@ -1492,7 +1371,7 @@ func TestGRPCMetrics(t *testing.T) {
 		for _, p := range []*meshlettest.Proc{m.a, m.b} {
 			deadline := time.Now().Add(5 * time.Second)
 			for {
-				v := grpcMetric(t, p, "meshlet_requests_in_flight", nil)
+				v := p.MetricSum(t, "meshlet_requests_in_flight", nil)
 				if v == 0 {
 					break
 				}

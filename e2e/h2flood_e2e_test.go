@@ -50,14 +50,9 @@ const (
 	floodRSSBudget = 256 << 20
 )
 
-// floodConn is a raw h2c connection that writes frames as fast as meshlet reads them and reads nothing until told.
-type floodConn struct {
-	c    net.Conn
-	bw   *bufio.Writer
-	fr   *http2.Framer
-	hbuf bytes.Buffer
-	enc  *hpack.Encoder
-}
+// floodConn is a raw h2c connection (meshlettest.H2Conn) that writes frames as fast as meshlet reads them and
+// reads nothing until told.
+type floodConn struct{ *meshlettest.H2Conn }
 
 func dialFlood(t *testing.T, addr string) *floodConn {
 	t.Helper()
@@ -74,59 +69,25 @@ func dialFlood(t *testing.T, addr string) *floodConn {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { c.Close() })
-	f := &floodConn{c: c, bw: bufio.NewWriterSize(c, 64<<10)}
-	f.fr = http2.NewFramer(f.bw, c)
-	f.fr.AllowIllegalWrites = true // zero WINDOW_UPDATE increments
-	f.fr.ReadMetaHeaders = hpack.NewDecoder(4096, nil)
-	f.fr.MaxHeaderListSize = 1 << 20
-	f.enc = hpack.NewEncoder(&f.hbuf)
-	c.SetDeadline(time.Now().Add(10 * time.Second))
-	f.bw.WriteString(http2.ClientPreface)
-	if err := f.fr.WriteSettings(); err != nil {
+	h, err := meshlettest.NewH2Conn(c, 4096)
+	if err != nil {
 		t.Fatal(err)
 	}
-	if err := f.bw.Flush(); err != nil {
-		t.Fatal(err)
-	}
-	for {
-		fr, err := f.fr.ReadFrame()
-		if err != nil {
-			t.Fatalf("reading meshlet's SETTINGS: %v", err)
-		}
-		if sf, ok := fr.(*http2.SettingsFrame); ok && !sf.IsAck() {
-			break
-		}
-	}
-	if err := f.fr.WriteSettingsAck(); err != nil {
-		t.Fatal(err)
-	}
-	if err := f.bw.Flush(); err != nil {
-		t.Fatal(err)
-	}
-	c.SetDeadline(time.Time{})
-	return f
-}
-
-// block returns the HPACK encoding of fields.
-func (f *floodConn) block(fields [][2]string) []byte {
-	f.hbuf.Reset()
-	for _, hf := range fields {
-		f.enc.WriteField(hpack.HeaderField{Name: hf[0], Value: hf[1]})
-	}
-	return bytes.Clone(f.hbuf.Bytes())
+	h.Framer.AllowIllegalWrites = true // zero WINDOW_UPDATE increments
+	return &floodConn{h}
 }
 
 // flood calls write(i) for i from 0 until n frames are written, a write fails (meshlet closed the connection) or
 // floodTime passes (a write then fails with a timeout); it returns the number of frames written and the write error.
 func (f *floodConn) flood(n int, write func(i int) error) (int, error) {
-	f.c.SetWriteDeadline(time.Now().Add(floodTime))
-	defer f.c.SetWriteDeadline(time.Time{})
+	f.Conn.SetWriteDeadline(time.Now().Add(floodTime))
+	defer f.Conn.SetWriteDeadline(time.Time{})
 	for i := range n {
 		if err := write(i); err != nil {
 			return i, err
 		}
 	}
-	return n, f.bw.Flush()
+	return n, f.W.Flush()
 }
 
 // floodOutcome is what meshlet sent on the flooding connection, read after the flood.
@@ -160,8 +121,8 @@ func (f *floodConn) drain(quiet time.Duration, done func(o *floodOutcome) bool) 
 		if rd.After(end) {
 			rd = end
 		}
-		f.c.SetReadDeadline(rd)
-		fr, err := f.fr.ReadFrame()
+		f.Conn.SetReadDeadline(rd)
+		fr, err := f.Framer.ReadFrame()
 		if err != nil {
 			var se http2.StreamError
 			if errors.As(err, &se) {
@@ -404,16 +365,16 @@ func (ft *floodTarget) openConns(t *testing.T) float64 {
 // meshlet owes the client waits in meshlet.
 func (f *floodConn) stallWriter(t *testing.T) {
 	t.Helper()
-	f.fr.WriteSettings(http2.Setting{ID: http2.SettingInitialWindowSize, Val: 1<<31 - 1})
-	f.fr.WriteWindowUpdate(0, 1<<30)
-	f.fr.WriteHeaders(http2.HeadersFrameParam{StreamID: 1, BlockFragment: f.block(getFields("/big")),
+	f.Framer.WriteSettings(http2.Setting{ID: http2.SettingInitialWindowSize, Val: 1<<31 - 1})
+	f.Framer.WriteWindowUpdate(0, 1<<30)
+	f.Framer.WriteHeaders(http2.HeadersFrameParam{StreamID: 1, BlockFragment: f.Block(getFields("/big")),
 		EndStream: true, EndHeaders: true})
-	if err := f.bw.Flush(); err != nil {
+	if err := f.W.Flush(); err != nil {
 		t.Fatal(err)
 	}
 	var last, same int64
 	for range 300 {
-		q, _, ok := socketQueues(f.c.RemoteAddr(), f.c.LocalAddr())
+		q, _, ok := socketQueues(f.Conn.RemoteAddr(), f.Conn.LocalAddr())
 		if !ok {
 			t.Fatal("meshlet's end of the flooding connection is gone")
 		}
@@ -436,7 +397,7 @@ func (f *floodConn) stallWriter(t *testing.T) {
 func (f *floodConn) waitRead() {
 	same := 0
 	for range 1200 {
-		_, rx, ok := socketQueues(f.c.RemoteAddr(), f.c.LocalAddr())
+		_, rx, ok := socketQueues(f.Conn.RemoteAddr(), f.Conn.LocalAddr())
 		if !ok {
 			return
 		}
@@ -497,7 +458,7 @@ func TestHostileHTTP2Floods(t *testing.T) {
 	const sid = 3
 	post := [][2]string{{":method", "POST"}, {":scheme", "http"}, {":authority", "api"}, {":path", "/empty-data"}}
 	openStream := func(t *testing.T, f *floodConn) {
-		if err := f.fr.WriteHeaders(http2.HeadersFrameParam{StreamID: sid, BlockFragment: f.block(post),
+		if err := f.Framer.WriteHeaders(http2.HeadersFrameParam{StreamID: sid, BlockFragment: f.Block(post),
 			EndHeaders: true}); err != nil {
 			t.Fatal(err)
 		}
@@ -517,7 +478,7 @@ func TestHostileHTTP2Floods(t *testing.T) {
 		n:     floodFrames,
 		stall: true,
 		frame: func(f *floodConn, i int) error {
-			return f.fr.WritePing(false, [8]byte{byte(i), byte(i >> 8), byte(i >> 16)})
+			return f.Framer.WritePing(false, [8]byte{byte(i), byte(i >> 8), byte(i >> 16)})
 		},
 		check: func(t *testing.T, sent int, werr error, o floodOutcome) {
 			closedByMeshlet(t, werr, o)
@@ -533,7 +494,7 @@ func TestHostileHTTP2Floods(t *testing.T) {
 		n:     floodFrames,
 		stall: true,
 		frame: func(f *floodConn, i int) error {
-			return f.fr.WriteSettings()
+			return f.Framer.WriteSettings()
 		},
 		check: func(t *testing.T, sent int, werr error, o floodOutcome) {
 			if (werr == nil || isTimeout(werr)) && !o.closed && (sent < floodFrames || o.settingsAcks > 100) {
@@ -549,7 +510,7 @@ func TestHostileHTTP2Floods(t *testing.T) {
 		stall: true,
 		setup: openStream,
 		frame: func(f *floodConn, i int) error {
-			return f.fr.WriteData(sid, i == emptyFrames-1, nil)
+			return f.Framer.WriteData(sid, i == emptyFrames-1, nil)
 		},
 		drainDone: answered,
 		check: func(t *testing.T, sent int, werr error, o floodOutcome) {
@@ -564,7 +525,7 @@ func TestHostileHTTP2Floods(t *testing.T) {
 		n:     floodFrames,
 		stall: true,
 		frame: func(f *floodConn, i int) error {
-			return f.fr.WriteHeaders(http2.HeadersFrameParam{StreamID: uint32(2*i + sid), EndStream: true,
+			return f.Framer.WriteHeaders(http2.HeadersFrameParam{StreamID: uint32(2*i + sid), EndStream: true,
 				EndHeaders: true})
 		},
 		check: func(t *testing.T, sent int, werr error, o floodOutcome) {
@@ -581,7 +542,7 @@ func TestHostileHTTP2Floods(t *testing.T) {
 		name: "zero WINDOW_UPDATE on the connection",
 		n:    floodFrames,
 		frame: func(f *floodConn, i int) error {
-			return f.fr.WriteWindowUpdate(0, 0)
+			return f.Framer.WriteWindowUpdate(0, 0)
 		},
 		check: func(t *testing.T, sent int, werr error, o floodOutcome) {
 			closedByMeshlet(t, werr, o)
@@ -597,7 +558,7 @@ func TestHostileHTTP2Floods(t *testing.T) {
 		stall: true,
 		setup: openStream,
 		frame: func(f *floodConn, i int) error {
-			return f.fr.WriteWindowUpdate(sid, 0)
+			return f.Framer.WriteWindowUpdate(sid, 0)
 		},
 		check: func(t *testing.T, sent int, werr error, o floodOutcome) {
 			closedByMeshlet(t, werr, o)
@@ -609,8 +570,8 @@ func TestHostileHTTP2Floods(t *testing.T) {
 		name: "CONTINUATION",
 		n:    floodFrames, // 200 MiB of header fields, were they all read
 		setup: func(t *testing.T, f *floodConn) {
-			if err := f.fr.WriteHeaders(http2.HeadersFrameParam{StreamID: sid,
-				BlockFragment: f.block(getFields("/continuation")), EndStream: true}); err != nil {
+			if err := f.Framer.WriteHeaders(http2.HeadersFrameParam{StreamID: sid,
+				BlockFragment: f.Block(getFields("/continuation")), EndStream: true}); err != nil {
 				t.Fatal(err)
 			}
 		},
@@ -619,7 +580,7 @@ func TestHostileHTTP2Floods(t *testing.T) {
 			var b bytes.Buffer
 			hpack.NewEncoder(&b).WriteField(hpack.HeaderField{Name: "x-flood", Value: strings.Repeat("c", 4<<10),
 				Sensitive: true})
-			return func(f *floodConn, i int) error { return f.fr.WriteContinuation(sid, false, b.Bytes()) }
+			return func(f *floodConn, i int) error { return f.Framer.WriteContinuation(sid, false, b.Bytes()) }
 		}(),
 		check: func(t *testing.T, sent int, werr error, o floodOutcome) {
 			closedByMeshlet(t, werr, o)
@@ -638,13 +599,13 @@ func TestHostileHTTP2Floods(t *testing.T) {
 		n:     emptyFrames,
 		stall: true,
 		setup: func(t *testing.T, f *floodConn) {
-			if err := f.fr.WriteHeaders(http2.HeadersFrameParam{StreamID: sid,
-				BlockFragment: f.block(getFields("/empty-continuation")), EndStream: true}); err != nil {
+			if err := f.Framer.WriteHeaders(http2.HeadersFrameParam{StreamID: sid,
+				BlockFragment: f.Block(getFields("/empty-continuation")), EndStream: true}); err != nil {
 				t.Fatal(err)
 			}
 		},
 		frame: func(f *floodConn, i int) error {
-			return f.fr.WriteContinuation(sid, i == emptyFrames-1, nil)
+			return f.Framer.WriteContinuation(sid, i == emptyFrames-1, nil)
 		},
 		drainDone: answered,
 		check: func(t *testing.T, sent int, werr error, o floodOutcome) {
@@ -669,15 +630,15 @@ func testSlowFloods(t *testing.T) {
 	// (GOAWAY, then close 1s later).
 	t.Run("endless empty CONTINUATION closed at idle_timeout", func(t *testing.T) {
 		f := dialFlood(t, ft.addr)
-		if err := f.fr.WriteHeaders(http2.HeadersFrameParam{StreamID: 1,
-			BlockFragment: f.block(getFields("/endless")), EndStream: true}); err != nil {
+		if err := f.Framer.WriteHeaders(http2.HeadersFrameParam{StreamID: 1,
+			BlockFragment: f.Block(getFields("/endless")), EndStream: true}); err != nil {
 			t.Fatal(err)
 		}
 		start := time.Now()
 		var err error
 		for n := 0; n < 300 && err == nil; n++ { // 30s
-			if err = f.fr.WriteContinuation(1, false, nil); err == nil {
-				err = f.bw.Flush()
+			if err = f.Framer.WriteContinuation(1, false, nil); err == nil {
+				err = f.W.Flush()
 			}
 			time.Sleep(100 * time.Millisecond)
 		}
@@ -745,8 +706,8 @@ func runFlood(t *testing.T, ft *floodTarget, tc floodCase) {
 	if tc.stall && werr == nil {
 		// Let meshlet read the whole flood while its writes are blocked, then stop /big and read what it sent.
 		f.waitRead()
-		f.fr.WriteRSTStream(1, http2.ErrCodeCancel)
-		f.bw.Flush()
+		f.Framer.WriteRSTStream(1, http2.ErrCodeCancel)
+		f.W.Flush()
 	}
 	// meshlet may still be reading what the kernel buffered: a flood that should end in an answer waits longer.
 	quiet := 5 * time.Second
@@ -779,7 +740,7 @@ func runFlood(t *testing.T, ft *floodTarget, tc floodCase) {
 	if servedDuring == 0 {
 		t.Errorf("the bystander client was not served during the flood (%v)", read.Round(time.Millisecond))
 	}
-	f.c.Close()
+	f.Conn.Close()
 	select {
 	case <-ft.m.Exited():
 		t.Fatalf("meshlet exited: %v", ft.m.WaitErr())

@@ -7,7 +7,6 @@ package e2e_test
 
 import (
 	"bufio"
-	"bytes"
 	"errors"
 	"fmt"
 	"io"
@@ -21,7 +20,6 @@ import (
 	"time"
 
 	"golang.org/x/net/http2"
-	"golang.org/x/net/http2/hpack"
 
 	"meshlet.dev/meshlet/internal/meshlettest"
 )
@@ -287,17 +285,13 @@ type h2Event struct {
 	lastStrm uint32 // GOAWAY
 }
 
-// h2Client is a raw prior-knowledge h2c connection driven frame by frame.
+// h2Client is a raw prior-knowledge h2c connection (meshlettest.H2Conn) driven frame by frame, each frame sent
+// as it is written; a goroutine reads the server's frames into events.
 type h2Client struct {
-	c      net.Conn
-	fr     *http2.Framer
+	*meshlettest.H2Conn
 	wmu    sync.Mutex
 	events chan h2Event
-	hbuf   bytes.Buffer
-	enc    *hpack.Encoder
 	maxHdr uint32 // the server's SETTINGS_MAX_HEADER_LIST_SIZE, 0 if unsent
-	// settings are the server's first SETTINGS.
-	settings map[http2.SettingID]uint32
 }
 
 func dialH2(t *testing.T, addr string) *h2Client {
@@ -307,31 +301,12 @@ func dialH2(t *testing.T, addr string) *h2Client {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { c.Close() })
+	hc, err := meshlettest.NewH2Conn(c, 1<<20)
+	if err != nil {
+		t.Fatal(err)
+	}
 	c.SetDeadline(time.Now().Add(60 * time.Second))
-	if _, err := io.WriteString(c, http2.ClientPreface); err != nil {
-		t.Fatal(err)
-	}
-	h := &h2Client{c: c, fr: http2.NewFramer(c, c), events: make(chan h2Event, 1<<16)}
-	h.enc = hpack.NewEncoder(&h.hbuf)
-	h.fr.ReadMetaHeaders = hpack.NewDecoder(1<<20, nil)
-	h.fr.MaxHeaderListSize = 1 << 20
-	if err := h.fr.WriteSettings(); err != nil {
-		t.Fatal(err)
-	}
-	// Read the server's SETTINGS before handing the reader to its goroutine.
-	for {
-		f, err := h.fr.ReadFrame()
-		if err != nil {
-			t.Fatalf("reading server SETTINGS: %v", err)
-		}
-		if sf, ok := f.(*http2.SettingsFrame); ok && !sf.IsAck() {
-			h.settings = map[http2.SettingID]uint32{}
-			sf.ForeachSetting(func(s http2.Setting) error { h.settings[s.ID] = s.Val; return nil })
-			h.maxHdr = h.settings[http2.SettingMaxHeaderListSize]
-			h.write(t, func() error { return h.fr.WriteSettingsAck() })
-			break
-		}
-	}
+	h := &h2Client{H2Conn: hc, events: make(chan h2Event, 1<<16), maxHdr: hc.Settings[http2.SettingMaxHeaderListSize]}
 	go h.readLoop()
 	return h
 }
@@ -339,7 +314,7 @@ func dialH2(t *testing.T, addr string) *h2Client {
 func (h *h2Client) readLoop() {
 	defer close(h.events)
 	for {
-		f, err := h.fr.ReadFrame()
+		f, err := h.Framer.ReadFrame()
 		if err != nil {
 			var se http2.StreamError
 			if errors.As(err, &se) {
@@ -360,7 +335,8 @@ func (h *h2Client) readLoop() {
 		case *http2.PingFrame:
 			if !f.IsAck() {
 				h.wmu.Lock()
-				h.fr.WritePing(true, f.Data)
+				h.Framer.WritePing(true, f.Data)
+				h.Flush()
 				h.wmu.Unlock()
 			}
 		}
@@ -375,6 +351,9 @@ func (h *h2Client) write(t *testing.T, fn func() error) {
 	if err := fn(); err != nil {
 		t.Fatalf("writing frame: %v", err)
 	}
+	if err := h.Flush(); err != nil {
+		t.Fatalf("writing frame: %v", err)
+	}
 }
 
 // headers sends a HEADERS frame (with CONTINUATION frames when the block is larger than 16 KiB) of fields in order.
@@ -382,20 +361,22 @@ func (h *h2Client) headers(t *testing.T, stream uint32, fields [][2]string, endS
 	t.Helper()
 	h.wmu.Lock()
 	defer h.wmu.Unlock()
-	h.hbuf.Reset()
-	for _, f := range fields {
-		h.enc.WriteField(hpack.HeaderField{Name: f[0], Value: f[1]})
-	}
-	block := h.hbuf.Bytes()
+	block := h.Block(fields)
 	const chunk = 16 << 10
 	first := block[:min(len(block), chunk)]
 	rest := block[len(first):]
-	err := h.fr.WriteHeaders(http2.HeadersFrameParam{StreamID: stream, BlockFragment: first,
+	err := h.Framer.WriteHeaders(http2.HeadersFrameParam{StreamID: stream, BlockFragment: first,
 		EndStream: endStream, EndHeaders: len(rest) == 0})
 	for err == nil && len(rest) > 0 {
+		if err = h.Flush(); err != nil {
+			break
+		}
 		n := min(len(rest), chunk)
-		err = h.fr.WriteContinuation(stream, n == len(rest), rest[:n])
+		err = h.Framer.WriteContinuation(stream, n == len(rest), rest[:n])
 		rest = rest[n:]
+	}
+	if err == nil {
+		err = h.Flush()
 	}
 	if err != nil {
 		t.Fatalf("writing HEADERS: %v", err)
@@ -592,14 +573,16 @@ func testRapidReset(t *testing.T, ht *hostileTarget, addr string) {
 	for i := range n {
 		id := uint32(2*i + 1)
 		h.wmu.Lock()
-		h.hbuf.Reset()
-		for _, f := range getFields("/reset") {
-			h.enc.WriteField(hpack.HeaderField{Name: f[0], Value: f[1]})
-		}
-		werr = h.fr.WriteHeaders(http2.HeadersFrameParam{StreamID: id, BlockFragment: h.hbuf.Bytes(),
+		werr = h.Framer.WriteHeaders(http2.HeadersFrameParam{StreamID: id, BlockFragment: h.Block(getFields("/reset")),
 			EndStream: true, EndHeaders: true})
 		if werr == nil {
-			werr = h.fr.WriteRSTStream(id, http2.ErrCodeCancel)
+			werr = h.Flush()
+		}
+		if werr == nil {
+			werr = h.Framer.WriteRSTStream(id, http2.ErrCodeCancel)
+		}
+		if werr == nil {
+			werr = h.Flush()
 		}
 		h.wmu.Unlock()
 		if werr != nil {
@@ -656,7 +639,7 @@ shutdown: {drain_delay: 0s, drain_timeout: 5s}
 	t.Run("max_connections", func(t *testing.T) { testMaxConnections(t, m, out) })
 	t.Run("max_concurrent_streams", func(t *testing.T) {
 		h := dialH2(t, in)
-		if got, ok := h.settings[http2.SettingMaxConcurrentStreams]; !ok || got != 5 {
+		if got, ok := h.Settings[http2.SettingMaxConcurrentStreams]; !ok || got != 5 {
 			t.Errorf("SETTINGS_MAX_CONCURRENT_STREAMS %d (sent %v), want 5", got, ok)
 		}
 	})

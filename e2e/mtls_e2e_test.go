@@ -277,17 +277,11 @@ func mtlsServedSerial(t testing.TB, addr string, cfg *tls.Config) *big.Int {
 // mtlsWaitMetric polls until metric name with labels reaches at least want and returns its value.
 func mtlsWaitMetric(t testing.TB, p *meshlettest.Proc, name string, labels map[string]string, want float64) float64 {
 	t.Helper()
-	var got float64
-	deadline := time.Now().Add(10 * time.Second)
-	for {
-		if got = p.MetricSum(t, name, labels); got >= want {
-			return got
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("%s%v = %v, want >= %v\n%s", name, labels, got, want, grpcMetricLines(t, p, name))
-		}
-		time.Sleep(20 * time.Millisecond)
+	got := p.WaitMetric(t, 10*time.Second, name, labels, want)
+	if got < want {
+		t.Fatalf("%s%v = %v, want >= %v\n%s", name, labels, got, want, p.Metrics(t).Lines(name))
 	}
+	return got
 }
 
 func mtlsFailures(direction, reason string) map[string]string {
@@ -482,7 +476,7 @@ admin: {listen: %s}
 	})
 	if v := web.MetricSum(t, "meshlet_tls_handshake_failures_total", map[string]string{"direction": "outbound"}); v != 0 {
 		t.Errorf("web counted %v outbound handshake failures, want 0\n%s", v,
-			grpcMetricLines(t, web, "meshlet_tls_handshake_failures_total"))
+			web.Metrics(t).Lines("meshlet_tls_handshake_failures_total"))
 	}
 }
 
@@ -559,7 +553,7 @@ func TestMTLSRefusals(t *testing.T) {
 			for api.MetricSum(t, "meshlet_tls_handshake_failures_total", labels) < before+1 {
 				if time.Now().After(deadline) {
 					t.Fatalf("meshlet_tls_handshake_failures_total%v did not count the refusal\n%s", labels,
-						grpcMetricLines(t, api, "meshlet_tls_handshake_failures_total"))
+						api.Metrics(t).Lines("meshlet_tls_handshake_failures_total"))
 				}
 				time.Sleep(20 * time.Millisecond)
 			}

@@ -26,7 +26,6 @@ import (
 	"testing"
 	"time"
 
-	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 	testpb "google.golang.org/grpc/interop/grpc_testing"
 	"google.golang.org/grpc/status"
@@ -899,22 +898,8 @@ func (s *resGRPCServer) UnaryCall(ctx context.Context, _ *testpb.SimpleRequest) 
 // resStartGRPC serves s on a loopback port and returns its address.
 func resStartGRPC(t testing.TB, s *resGRPCServer) string {
 	t.Helper()
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	srv := grpc.NewServer()
-	testpb.RegisterTestServiceServer(srv, s)
-	done := make(chan struct{})
-	go func() {
-		defer close(done)
-		srv.Serve(l)
-	}()
-	t.Cleanup(func() {
-		srv.Stop()
-		<-done
-	})
-	return l.Addr().String()
+	addr, _ := meshlettest.StartGRPC(t, s, nil)
+	return addr
 }
 
 // TestResilienceLimits: beyond max_requests in flight and max_pending waiting, requests are refused at once with
