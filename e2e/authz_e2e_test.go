@@ -294,7 +294,7 @@ func TestAuthzDefaultUnknownDenies(t *testing.T) {
 	}
 	dir := mtlsCerts(t, "api", "web", "batch")
 	app := startAuthzApp(t)
-	a := grpcFreeAddrs(t, 2)
+	a := meshlettest.FreeAddrs(t, 2)
 	cfg := mtlsSidecar{name: "api", app: app.addr, inbound: a[0], certDir: dir, cert: "api", admin: a[1]}.yaml() +
 		fmt.Sprintf("discovery:\n  consul: {address: %s, token: %s}\n", agent.HTTPAddr, serviceToken(t, client, "billing"))
 	apiSidecar := meshlettest.Start(t, a[1], cfg)
@@ -328,7 +328,7 @@ func TestAuthzDefaultUnknownDenies(t *testing.T) {
 func TestAuthzPermissivePlaintext(t *testing.T) {
 	dir := mtlsCerts(t, "api", "web")
 	app := mtlsStartApp(t, "api")
-	a := grpcFreeAddrs(t, 6)
+	a := meshlettest.FreeAddrs(t, 6)
 	httpAPI := mtlsStart(t, mtlsSidecar{name: "api", app: app.addr, inbound: a[0], mode: "permissive", allow: []string{"web"},
 		certDir: dir, cert: "api", admin: a[1]})
 	tcpAPI := mtlsStart(t, mtlsSidecar{name: "api", protocol: "tcp", app: startTCPServer(t, tcpApp), inbound: a[2],

@@ -18,7 +18,6 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"net"
 	"net/http"
 	"slices"
 	"strconv"
@@ -322,7 +321,7 @@ type grpcUpstream struct {
 // backend), the extra ones, and a name-routed outbound listener.
 func grpcStartMesh(t testing.TB, extra ...grpcUpstream) *grpcMesh {
 	t.Helper()
-	addrs := grpcFreeAddrs(t, 6+len(extra))
+	addrs := meshlettest.FreeAddrs(t, 6+len(extra))
 	m := &grpcMesh{backend: grpcStartBackend(t), inbound: addrs[0], outbound: addrs[1],
 		listen: map[string]string{}}
 	adminB, adminA := addrs[2], addrs[3]
@@ -381,22 +380,6 @@ func grpcFailOnRace(t testing.TB, name string, p *meshlettest.Proc) {
 		}
 		t.Errorf("meshlet %s reported a data race:\n%s", name, race)
 	})
-}
-
-// grpcFreeAddrs returns n distinct loopback addresses whose ports were free a moment ago (freeAddr called n
-// times can return the same port twice).
-func grpcFreeAddrs(t testing.TB, n int) []string {
-	t.Helper()
-	var addrs []string
-	for range n {
-		l, err := net.Listen("tcp", "127.0.0.1:0")
-		if err != nil {
-			t.Fatal(err)
-		}
-		defer l.Close()
-		addrs = append(addrs, l.Addr().String())
-	}
-	return addrs
 }
 
 // grpcDial returns a client connection to target (with authority if not empty), closed when the test ends.

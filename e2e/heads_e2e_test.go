@@ -19,7 +19,7 @@ import (
 
 func TestPendingHeadsBudget(t *testing.T) {
 	app := meshlettest.StartBackend(t, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { fmt.Fprint(w, "ok") }), false, nil)
-	a := grpcFreeAddrs(t, 2)
+	a := meshlettest.FreeAddrs(t, 2)
 	// max_header_bytes 4 KiB, and 16 KiB for all unfinished heads: a few connections' buffers (4 to 8 KiB each).
 	cfg := fmt.Sprintf("service: {name: web}\noutbound:\n  limits: {max_header_bytes: 4096, max_pending_header_bytes: 16384}\n"+
 		"upstreams:\n  - {name: api, listen: %s, protocol: http, endpoints: [%s]}\n"+

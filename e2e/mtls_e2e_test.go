@@ -168,7 +168,7 @@ func (c mtlsSidecar) yaml() string {
 func mtlsStart(t testing.TB, c mtlsSidecar) *meshlettest.Proc {
 	t.Helper()
 	if c.admin == "" {
-		c.admin = grpcFreeAddrs(t, 1)[0]
+		c.admin = meshlettest.FreeAddrs(t, 1)[0]
 	}
 	p := meshlettest.Start(t, c.admin, c.yaml())
 	grpcFailOnRace(t, c.name, p)
@@ -317,7 +317,7 @@ func TestMTLSIssueExample(t *testing.T) {
 	app := mtlsStartApp(t, "api")
 	backend := grpcStartBackend(t)
 	tcpAppAddr := startTCPServer(t, tcpApp)
-	a := grpcFreeAddrs(t, 11)
+	a := meshlettest.FreeAddrs(t, 11)
 	in, inGRPC, inTCP := a[0], a[1], a[2]
 	lHTTP, lGRPC, lTCP := a[3], a[4], a[5]
 
@@ -522,7 +522,7 @@ func TestMTLSRefusals(t *testing.T) {
 	mtlsWriteNoSPIFFE(t, ca, odd, "nospiffe")
 
 	app := mtlsStartApp(t, "api")
-	a := grpcFreeAddrs(t, 2)
+	a := meshlettest.FreeAddrs(t, 2)
 	api := mtlsStart(t, mtlsSidecar{name: "api", app: app.addr, inbound: a[0], mode: "mtls", certDir: dir, cert: "api",
 		admin: a[1]})
 
@@ -565,7 +565,7 @@ func TestMTLSRefusals(t *testing.T) {
 
 	t.Run("outbound: server is another service", func(t *testing.T) {
 		billingApp := mtlsStartApp(t, "billing")
-		b := grpcFreeAddrs(t, 4)
+		b := meshlettest.FreeAddrs(t, 4)
 		mtlsStart(t, mtlsSidecar{name: "billing", app: billingApp.addr, inbound: b[0], certDir: dir, cert: "billing",
 			admin: b[1]})
 		web := mtlsStart(t, mtlsSidecar{name: "web", certDir: dir, cert: "web", admin: b[2],
@@ -612,7 +612,7 @@ func TestMTLSAllow(t *testing.T) {
 	dir := mtlsCerts(t, "api", "web", "batch")
 	app := mtlsStartApp(t, "api")
 	backend := grpcStartBackend(t)
-	a := grpcFreeAddrs(t, 4)
+	a := meshlettest.FreeAddrs(t, 4)
 	inHTTP, inGRPC := a[0], a[1]
 	apiHTTP := mtlsStart(t, mtlsSidecar{name: "api", app: app.addr, inbound: inHTTP, mode: "mtls",
 		allow: []string{"web"}, certDir: dir, cert: "api", admin: a[2]})
@@ -620,7 +620,7 @@ func TestMTLSAllow(t *testing.T) {
 		allow: []string{"web"}, certDir: dir, cert: "api", admin: a[3]})
 	callers := map[string][2]string{} // caller → its HTTP and gRPC listeners
 	for _, caller := range []string{"web", "batch"} {
-		l := grpcFreeAddrs(t, 3)
+		l := meshlettest.FreeAddrs(t, 3)
 		mtlsStart(t, mtlsSidecar{name: caller, certDir: dir, cert: caller, admin: l[2], upstreams: []mtlsUpstream{
 			{name: "api", listen: l[0], peer: "sidecar", endpoint: inHTTP},
 			{name: "api-grpc", service: "api", listen: l[1], protocol: "grpc", peer: "sidecar", endpoint: inGRPC},
@@ -677,7 +677,7 @@ func TestMTLSAllow(t *testing.T) {
 func TestMTLSPermissive(t *testing.T) {
 	dir := mtlsCerts(t, "api", "web")
 	app := mtlsStartApp(t, "api")
-	a := grpcFreeAddrs(t, 5)
+	a := meshlettest.FreeAddrs(t, 5)
 	api := mtlsStart(t, mtlsSidecar{name: "api", app: app.addr, inbound: a[0], mode: "permissive", certDir: dir,
 		cert: "api", admin: a[1]})
 	mtlsStart(t, mtlsSidecar{name: "web", certDir: dir, cert: "web", admin: a[2], upstreams: []mtlsUpstream{
@@ -713,7 +713,7 @@ func TestMTLSPermissive(t *testing.T) {
 func TestMTLSRotation(t *testing.T) {
 	dir := mtlsCerts(t, "api", "web")
 	app := mtlsStartApp(t, "api")
-	a := grpcFreeAddrs(t, 4)
+	a := meshlettest.FreeAddrs(t, 4)
 	api := mtlsStart(t, mtlsSidecar{name: "api", app: app.addr, inbound: a[0], certDir: dir, cert: "api",
 		reload: "200ms", admin: a[1]})
 	mtlsStart(t, mtlsSidecar{name: "web", certDir: dir, cert: "web", admin: a[2],
@@ -808,7 +808,7 @@ func TestMTLSExpiredLeaf(t *testing.T) {
 		// so that a renewal of the files (cert-manager) brings it back without a crash loop.
 		now := time.Now()
 		mtlsWriteOdd(t, ca, dir, "api-expired", "api", now.Add(-30*time.Second), now.Add(-2*time.Second))
-		a := grpcFreeAddrs(t, 2)
+		a := meshlettest.FreeAddrs(t, 2)
 		p := meshlettest.Launch(t, mtlsSidecar{name: "api", app: app.addr, inbound: a[0], certDir: dir,
 			cert: "api-expired", admin: a[1]}.yaml())
 		p.Admin = a[1]
@@ -839,7 +839,7 @@ func TestMTLSExpiredLeaf(t *testing.T) {
 	t.Run("expires while running", func(t *testing.T) {
 		now := time.Now()
 		mtlsWriteOdd(t, ca, dir, "api-short", "api", now.Add(-time.Minute), now.Add(4*time.Second))
-		a := grpcFreeAddrs(t, 2)
+		a := meshlettest.FreeAddrs(t, 2)
 		p := meshlettest.Launch(t, mtlsSidecar{name: "api", app: app.addr, inbound: a[0], certDir: dir,
 			cert: "api-short", admin: a[1]}.yaml())
 		p.Admin = a[1]
@@ -942,7 +942,7 @@ func TestMTLSCheck(t *testing.T) {
 func TestMTLSHTTP1Guarded(t *testing.T) {
 	dir := mtlsCerts(t, "api", "web", "batch")
 	app := mtlsStartApp(t, "api")
-	a := grpcFreeAddrs(t, 2)
+	a := meshlettest.FreeAddrs(t, 2)
 	m := mtlsStart(t, mtlsSidecar{name: "api", app: app.addr, inbound: a[0], mode: "mtls", allow: []string{"web"},
 		certDir: dir, cert: "api", admin: a[1]})
 	for _, tc := range []struct {

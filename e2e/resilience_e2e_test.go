@@ -52,7 +52,7 @@ func (m *resMesh) url(name string) string { return "http://" + m.listen[name] }
 // resStartMeshlet starts meshlet (service "web") with ups, each on a listener of its own, peer app.
 func resStartMeshlet(t testing.TB, ups ...resUpstream) *resMesh {
 	t.Helper()
-	addrs := grpcFreeAddrs(t, len(ups)+1)
+	addrs := meshlettest.FreeAddrs(t, len(ups)+1)
 	m := &resMesh{listen: map[string]string{}}
 	var b strings.Builder
 	b.WriteString("service:\n  name: web\nupstreams:\n")

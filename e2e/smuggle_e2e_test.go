@@ -18,6 +18,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"meshlet.dev/meshlet/internal/meshlettest"
 )
 
 // smuggleTarget is one HTTP/1.1 listener of a real meshlet in front of an app that records the paths it sees.
@@ -39,7 +41,7 @@ func startSmuggleTargets(t *testing.T) []smuggleTarget {
 	}
 	dir := mtlsCerts(t, "api", "web")
 	app := mtlsStartApp(t, "api")
-	a := grpcFreeAddrs(t, 1)
+	a := meshlettest.FreeAddrs(t, 1)
 	mtlsStart(t, mtlsSidecar{name: "api", app: app.addr, inbound: a[0], mode: "mtls", certDir: dir, cert: "api"})
 	clientTLS := mtlsClientTLS(t, dir, "web", "http/1.1")
 	var out []smuggleTarget

@@ -41,7 +41,7 @@ type streamsTarget struct {
 // stream_idle_timeout of 1s on both directions.
 func startStreamsTarget(t *testing.T, app, protocol string) *streamsTarget {
 	t.Helper()
-	a := grpcFreeAddrs(t, 3)
+	a := meshlettest.FreeAddrs(t, 3)
 	limits := "  limits: {read_body_timeout: 1s, stream_idle_timeout: 1s}\n"
 	cfg := fmt.Sprintf("service: {name: api, address: %s, protocol: %s}\ninbound:\n  listen: %s\n%s"+
 		"outbound:\n%supstreams:\n  - {name: api, listen: %s, protocol: %s, peer: app, endpoints: [%s]}\n"+

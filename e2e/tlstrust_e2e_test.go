@@ -95,7 +95,7 @@ func TestTLSTrustResumptionAfterRootRemoved(t *testing.T) {
 	current, retired := mtlsCerts(t, "api"), mtlsCerts(t, "web") // two CAs of trust domain example.mesh
 	dir := trustDir(t, current, "api", filepath.Join(current, "ca.crt"), filepath.Join(retired, "ca.crt"))
 	app := mtlsStartApp(t, "api")
-	a := grpcFreeAddrs(t, 2)
+	a := meshlettest.FreeAddrs(t, 2)
 	api := mtlsStart(t, mtlsSidecar{name: "api", app: app.addr, inbound: a[0], mode: "mtls", certDir: dir,
 		cert: "api", reload: "100ms", admin: a[1]})
 
@@ -199,7 +199,7 @@ func TestTLSTrustForeignTrustDomain(t *testing.T) {
 	apiDir, webDir := trustDir(t, local, "api", mixed...), trustDir(t, local, "web", mixed...)
 
 	app := mtlsStartApp(t, "api")
-	a := grpcFreeAddrs(t, 5)
+	a := meshlettest.FreeAddrs(t, 5)
 	apiCfg := mtlsSidecar{name: "api", app: app.addr, inbound: a[0], mode: "mtls", certDir: apiDir, cert: "api", admin: a[1]}
 	t.Run("check warns about the mix", func(t *testing.T) {
 		out, code := meshlettest.Exec(t, "check", "-config", meshlettest.WriteConfig(t, apiCfg.yaml()))

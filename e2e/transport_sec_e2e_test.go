@@ -51,7 +51,7 @@ func TestAutoModeNeverCallsPlainInstances(t *testing.T) {
 		{"tls disabled, sidecar failing", "svc-c", "disabled", true, http.StatusServiceUnavailable},
 		{"tls disabled, no sidecar at all", "svc-d", "disabled", false, http.StatusOK},
 	}
-	addrs := grpcFreeAddrs(t, len(cases)+1)
+	addrs := meshlettest.FreeAddrs(t, len(cases)+1)
 	var ups strings.Builder
 	for i, tc := range cases {
 		port, _ := strconv.Atoi(strings.TrimPrefix(meshlettest.HostOf(plain), "127.0.0.1:"))
@@ -145,7 +145,7 @@ func TestPooledConnectionAcrossReload(t *testing.T) {
 			}},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			a := grpcFreeAddrs(t, 4)
+			a := meshlettest.FreeAddrs(t, 4)
 			inbound, listen := a[0], a[1]
 			api := mtlsStart(t, mtlsSidecar{name: "api", app: app.addr, inbound: inbound, mode: "permissive",
 				certDir: dir, cert: "api", admin: a[2]})
@@ -178,7 +178,7 @@ func TestResponseHeaderBombs(t *testing.T) {
 	const size, calls = 4 << 20, 24
 	h1, h2c, app := proxytest.NewHeaderBomb(t, size, false), proxytest.NewHeaderBomb(t, size, true),
 		proxytest.NewHeaderBomb(t, size, false)
-	a := grpcFreeAddrs(t, 4)
+	a := meshlettest.FreeAddrs(t, 4)
 	p := meshlettest.Start(t, a[3], fmt.Sprintf(`service: {name: web, address: %s}
 inbound: {listen: %s}
 upstreams:
@@ -268,7 +268,7 @@ func vmHWM(t testing.TB, p *meshlettest.Proc) int64 {
 func TestTCPIdleTimeoutE2E(t *testing.T) {
 	const idle = 500 * time.Millisecond
 	echo := startTCPServer(t, func(c *net.TCPConn) { io.Copy(c, c) })
-	a := grpcFreeAddrs(t, 3)
+	a := meshlettest.FreeAddrs(t, 3)
 	inbound, listen, admin := a[0], a[1], a[2]
 	meshlettest.Start(t, admin, fmt.Sprintf(`service: {name: raw, address: %s, protocol: tcp}
 inbound:

@@ -43,7 +43,7 @@ func runHeads(ctx context.Context, bin string, n int, stdout, stderr io.Writer) 
 		return 1
 	}
 	defer os.RemoveAll(dir)
-	addrs, err := meshlettest.FreeAddrs(2)
+	addrs, err := meshlettest.PickAddrs(2)
 	if err != nil {
 		fmt.Fprintln(stderr, "meshlet-bench:", err)
 		return 1

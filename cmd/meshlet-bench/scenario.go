@@ -150,7 +150,7 @@ func (b *bench) startMeshlets(ctx context.Context, p protocol, backendAddr strin
 		if k == pathDirect {
 			continue
 		}
-		addrs, err := meshlettest.FreeAddrs(4)
+		addrs, err := meshlettest.PickAddrs(4)
 		if err != nil {
 			results[k].Failed = "finding free ports: " + err.Error()
 			continue

@@ -124,7 +124,7 @@ func (m *mesh) start(ctx context.Context) error {
 		}
 		m.setInA(in, true)
 	}
-	addrs, err := meshlettest.FreeAddrs(3)
+	addrs, err := meshlettest.PickAddrs(3)
 	if err != nil {
 		return err
 	}
@@ -147,7 +147,7 @@ func (m *mesh) start(ctx context.Context) error {
 // had (a restart in place).
 func (m *mesh) startInstance(ctx context.Context, in *instance, fresh bool) error {
 	if fresh {
-		addrs, err := meshlettest.FreeAddrs(3)
+		addrs, err := meshlettest.PickAddrs(3)
 		if err != nil {
 			return err
 		}

@@ -35,8 +35,9 @@ func freePort() (string, error) {
 	return l.Addr().String(), nil
 }
 
-// FreeAddrs returns n distinct loopback addresses whose ports were free a moment ago (freePort's rule).
-func FreeAddrs(n int) ([]string, error) {
+// PickAddrs returns n distinct loopback addresses whose ports were free a moment ago (freePort's rule), for the
+// tools; tests call FreeAddr or FreeAddrs.
+func PickAddrs(n int) ([]string, error) {
 	var out []string
 	for range n {
 		a, err := freePort()

@@ -61,6 +61,16 @@ func FreeAddr(t testing.TB) string {
 	return a
 }
 
+// FreeAddrs returns n distinct addresses of FreeAddr.
+func FreeAddrs(t testing.TB, n int) []string {
+	t.Helper()
+	addrs := make([]string, n)
+	for i := range addrs {
+		addrs[i] = FreeAddr(t)
+	}
+	return addrs
+}
+
 // Start writes config (YAML) to a file and runs `meshlet run -config` on it. The config must set admin.listen to
 // admin. It waits until /ready answers 200 and stops the process when the test ends.
 func Start(t testing.TB, admin, config string) *Proc {
