@@ -85,12 +85,16 @@ func TestConfigsPassCheck(t *testing.T) {
 			"A":   {protocol: p, admin: "127.0.0.1:1", upstream: "127.0.0.1:2", endpoints: "127.0.0.1:3", peer: "sidecar"},
 		} {
 			path := filepath.Join(dir, string(p)+"-"+name+".yaml")
-			if err := os.WriteFile(path, []byte(cfg.yaml()), 0o644); err != nil {
+			y, err := cfg.yaml()
+			if err != nil {
+				t.Fatal(err)
+			}
+			if err := os.WriteFile(path, []byte(y), 0o644); err != nil {
 				t.Fatal(err)
 			}
 			out, err := exec.Command(bin, "check", "-config", path).CombinedOutput()
 			if err != nil || !strings.Contains(string(out), "config ok") {
-				t.Errorf("%s %s: meshlet check: %v\n%s\nconfig:\n%s", p, name, err, out, cfg.yaml())
+				t.Errorf("%s %s: meshlet check: %v\n%s\nconfig:\n%s", p, name, err, out, y)
 			}
 		}
 	}

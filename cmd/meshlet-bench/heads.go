@@ -14,6 +14,7 @@ import (
 	"time"
 
 	"meshlet.dev/meshlet/internal/meshlettest"
+	"meshlet.dev/meshlet/proxy"
 )
 
 // The heads scenario (-heads N) measures what request heads that never end cost a meshlet (issue 11, item 14):
@@ -48,9 +49,18 @@ func runHeads(ctx context.Context, bin string, n int, stdout, stderr io.Writer) 
 		fmt.Fprintln(stderr, "meshlet-bench:", err)
 		return 1
 	}
-	yaml := fmt.Sprintf("service: {name: heads-client}\noutbound:\n  limits: {read_header_timeout: 2m}\n"+
-		"upstreams:\n  - {name: heads, listen: %s, protocol: http, endpoints: [127.0.0.1:9]}\n"+
-		"admin: {listen: %s}\nlog: {level: warn}\nshutdown: {drain_delay: 0s, drain_timeout: 5s}\n", addrs[0], addrs[1])
+	var cfg meshlettest.File
+	cfg.Service.Name = "heads-client"
+	cfg.Outbound.Limits.ReadHeaderTimeout = 2 * time.Minute
+	cfg.Upstreams = []proxy.UpstreamConfig{{Name: "heads", Listen: addrs[0], Protocol: "http", Endpoints: []string{"127.0.0.1:9"}}}
+	cfg.Admin.Listen = addrs[1]
+	cfg.Log.Level = "warn"
+	cfg.Shutdown = meshlettest.Shutdown{DrainDelay: meshlettest.Duration(0), DrainTimeout: 5 * time.Second}
+	yaml, err := cfg.YAML()
+	if err != nil {
+		fmt.Fprintln(stderr, "meshlet-bench:", err)
+		return 1
+	}
 	p, err := meshlettest.StartConfig(bin, "meshlet", addrs[1], filepath.Join(dir, "heads.yaml"), filepath.Join(dir, "heads.log"), yaml)
 	if err != nil {
 		fmt.Fprintln(stderr, "meshlet-bench:", err)
