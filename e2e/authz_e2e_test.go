@@ -334,8 +334,7 @@ func TestAuthzPermissivePlaintext(t *testing.T) {
 	tcpAPI := mtlsStart(t, mtlsSidecar{name: "api", protocol: "tcp", app: startTCPServer(t, tcpApp), inbound: a[2],
 		mode: "permissive", allow: []string{"web"}, certDir: dir, cert: "api", admin: a[3]})
 	lenient := mtlsSidecar{name: "api", app: app.addr, inbound: a[4], mode: "permissive", allow: []string{"web"},
-		certDir: dir, cert: "api", admin: a[5]}.yaml()
-	lenient = strings.Replace(lenient, "  tls:\n", "  tls:\n    allow_plaintext: true\n", 1)
+		allowPlaintext: true, certDir: dir, cert: "api", admin: a[5]}.yaml()
 	meshlettest.Start(t, a[5], lenient)
 
 	t.Run("http", func(t *testing.T) {

@@ -4,25 +4,27 @@ package e2e_test
 // test servers and clients, and label-aware metric lookups.
 
 import (
+	"cmp"
 	"crypto/sha256"
 	"encoding/hex"
-	"fmt"
 	"io"
 	"math/rand/v2"
-	"strings"
 	"testing"
+	"time"
 
 	"meshlet.dev/meshlet/internal/meshlettest"
+	"meshlet.dev/meshlet/proxy"
 )
 
-// e2eUpstream is one entry of upstreams in an e2eConfig. Empty fields are left out of the YAML.
+// e2eUpstream is one entry of upstreams in an e2eConfig. Empty fields are left out of the config; endpoints is
+// always written (an empty list when there are none).
 type e2eUpstream struct {
 	Name, Listen, Protocol, Peer, LB, Timeout string
 	Endpoints                                 []string
 }
 
-// e2eConfig is a meshlet config file. Empty fields are left out of the YAML; drain settings default to
-// drain_delay 0s, drain_timeout 5s.
+// e2eConfig is a meshlet config file. Empty fields are left out of the config; log.level defaults to info,
+// drain settings to drain_delay 0s, drain_timeout 5s. Durations are Go duration strings.
 type e2eConfig struct {
 	Name, Address, Protocol       string // service
 	InboundListen, InboundTimeout string
@@ -30,51 +32,51 @@ type e2eConfig struct {
 	Upstreams                     []e2eUpstream
 	Admin                         string
 	DrainDelay, DrainTimeout      string
+	LogLevel                      string
 	AccessLog                     bool
 }
 
-func (c e2eConfig) yaml() string {
-	var b strings.Builder
-	fmt.Fprintf(&b, "service:\n  name: %s\n", c.Name)
-	if c.Address != "" {
-		fmt.Fprintf(&b, "  address: %s\n", c.Address)
-	}
-	if c.Protocol != "" {
-		fmt.Fprintf(&b, "  protocol: %s\n", c.Protocol)
-	}
-	if c.InboundListen != "" {
-		fmt.Fprintf(&b, "inbound:\n  listen: %s\n", c.InboundListen)
-		if c.InboundTimeout != "" {
-			fmt.Fprintf(&b, "  timeout: %s\n", c.InboundTimeout)
-		}
-	}
-	if c.OutboundListen != "" {
-		fmt.Fprintf(&b, "outbound:\n  listen: %s\n", c.OutboundListen)
-	}
-	if len(c.Upstreams) > 0 {
-		b.WriteString("upstreams:\n")
-	}
+// file is c as the config types (meshlettest.File).
+func (c e2eConfig) file() meshlettest.File {
+	var f meshlettest.File
+	f.Service.Name, f.Service.Address, f.Service.Protocol = c.Name, c.Address, c.Protocol
+	f.Inbound.Listen, f.Inbound.Timeout = c.InboundListen, mustDuration(c.InboundTimeout, "")
+	f.Outbound.Listen = c.OutboundListen
 	for _, u := range c.Upstreams {
-		fmt.Fprintf(&b, "  - name: %s\n", u.Name)
-		for _, kv := range [][2]string{{"listen", u.Listen}, {"protocol", u.Protocol}, {"peer", u.Peer},
-			{"lb", u.LB}, {"timeout", u.Timeout}} {
-			if kv[1] != "" {
-				fmt.Fprintf(&b, "    %s: %s\n", kv[0], kv[1])
-			}
+		up := proxy.UpstreamConfig{Name: u.Name, Listen: u.Listen, Protocol: u.Protocol, Peer: u.Peer, LB: u.LB,
+			Timeout: mustDuration(u.Timeout, ""), Endpoints: u.Endpoints}
+		if up.Endpoints == nil {
+			up.Endpoints = []string{}
 		}
-		fmt.Fprintf(&b, "    endpoints: [%s]\n", strings.Join(u.Endpoints, ", "))
+		f.Upstreams = append(f.Upstreams, up)
 	}
-	fmt.Fprintf(&b, "admin:\n  listen: %s\n", c.Admin)
-	fmt.Fprintf(&b, "log:\n  level: info\n  access_log: %v\n", c.AccessLog)
-	dd, dt := c.DrainDelay, c.DrainTimeout
-	if dd == "" {
-		dd = "0s"
+	f.Admin.Listen = c.Admin
+	f.Log = meshlettest.Log{Level: cmp.Or(c.LogLevel, "info"), AccessLog: c.AccessLog}
+	f.Shutdown.DrainDelay = meshlettest.Duration(mustDuration(c.DrainDelay, "0s"))
+	f.Shutdown.DrainTimeout = mustDuration(c.DrainTimeout, "5s")
+	return f
+}
+
+// yaml renders c (meshlettest.File.YAML).
+func (c e2eConfig) yaml() string {
+	y, err := c.file().YAML()
+	if err != nil {
+		panic(err) // the config types always marshal
 	}
-	if dt == "" {
-		dt = "5s"
+	return y
+}
+
+// mustDuration parses s (def when empty; zero when both are empty); a test's bad duration panics.
+func mustDuration(s, def string) time.Duration {
+	s = cmp.Or(s, def)
+	if s == "" {
+		return 0
 	}
-	fmt.Fprintf(&b, "shutdown:\n  drain_delay: %s\n  drain_timeout: %s\n", dd, dt)
-	return b.String()
+	d, err := time.ParseDuration(s)
+	if err != nil {
+		panic(err)
+	}
+	return d
 }
 
 // topology names how the client-side meshlet reaches the app: "sidecar" is client → A → B → app (A's upstream has

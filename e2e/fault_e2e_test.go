@@ -279,7 +279,10 @@ func startFaultMesh(t *testing.T, proto string) *faultMesh {
 	startB := func(app string) (*meshlettest.Proc, string) {
 		in := meshlettest.FreeAddr(t)
 		c := e2eConfig{Name: "api", Address: app, Protocol: proto, InboundListen: in, Admin: meshlettest.FreeAddr(t)}
-		return meshlettest.Start(t, c.Admin, faultDebug(c.yaml())), in
+		if os.Getenv("FAULT_DEBUG") != "" {
+			c.LogLevel, c.AccessLog = "debug", true
+		}
+		return meshlettest.Start(t, c.Admin, c.yaml()), in
 	}
 	m.B1, m.in1 = startB(m.b1.Addr())
 	m.B2, m.in2 = startB(m.b2.Addr())

@@ -39,6 +39,7 @@ import (
 	"google.golang.org/protobuf/proto"
 
 	"meshlet.dev/meshlet/internal/meshlettest"
+	"meshlet.dev/meshlet/proxy"
 )
 
 // grpcCallTimeout bounds every single call or stream in these tests.
@@ -311,10 +312,12 @@ type grpcMesh struct {
 	routes   []grpcRoute       // sidecar, app, named
 }
 
-// grpcUpstream is an extra upstream on A: endpoints is a YAML list (e.g. "[]" or "[127.0.0.1:1]") in which
-// {backend} and {inbound} stand for the backend's and B's inbound addresses.
+// grpcUpstream is an extra upstream on A; in endpoints, {backend} and {inbound} stand for the backend's and B's
+// inbound addresses.
 type grpcUpstream struct {
-	name, peer, endpoints, timeout string
+	name, peer string
+	endpoints  []string
+	timeout    time.Duration
 }
 
 // grpcStartMesh starts the backend, B and A. A has upstreams "api" (peer sidecar → B), "direct" (peer app →
@@ -326,36 +329,33 @@ func grpcStartMesh(t testing.TB, extra ...grpcUpstream) *grpcMesh {
 		listen: map[string]string{}}
 	adminB, adminA := addrs[2], addrs[3]
 	addrs = addrs[4:]
-	m.b = meshlettest.Start(t, adminB, fmt.Sprintf(`service:
-  name: api
-  address: %s
-  protocol: grpc
-inbound:
-  listen: %s
-admin:
-  listen: %s
-shutdown:
-  drain_delay: 0s
-  drain_timeout: 5s
-`, m.backend.addr, m.inbound, adminB))
+	var b meshlettest.File
+	b.Service.Name, b.Service.Address, b.Service.Protocol = "api", m.backend.addr, "grpc"
+	b.Inbound.Listen = m.inbound
+	b.Admin.Listen = adminB
+	b.Shutdown = meshlettest.Shutdown{DrainDelay: meshlettest.Duration(0), DrainTimeout: 5 * time.Second}
+	m.b = meshlettest.Start(t, adminB, b.MustYAML(t))
 
 	ups := append([]grpcUpstream{
-		{name: "api", peer: "sidecar", endpoints: "[{inbound}]"},
-		{name: "direct", peer: "app", endpoints: "[{backend}]"},
+		{name: "api", peer: "sidecar", endpoints: []string{"{inbound}"}},
+		{name: "direct", peer: "app", endpoints: []string{"{backend}"}},
 	}, extra...)
-	var cfg strings.Builder
-	fmt.Fprintf(&cfg, "service:\n  name: web\noutbound:\n  listen: %s\nupstreams:\n", m.outbound)
+	var a meshlettest.File
+	a.Service.Name = "web"
+	a.Outbound.Listen = m.outbound
+	placeholders := strings.NewReplacer("{backend}", m.backend.addr, "{inbound}", m.inbound)
 	for _, u := range ups {
 		m.listen[u.name], addrs = addrs[0], addrs[1:]
-		eps := strings.NewReplacer("{backend}", m.backend.addr, "{inbound}", m.inbound).Replace(u.endpoints)
-		fmt.Fprintf(&cfg, "  - name: %s\n    listen: %s\n    protocol: grpc\n    peer: %s\n    endpoints: %s\n",
-			u.name, m.listen[u.name], u.peer, eps)
-		if u.timeout != "" {
-			fmt.Fprintf(&cfg, "    timeout: %s\n", u.timeout)
+		eps := []string{}
+		for _, e := range u.endpoints {
+			eps = append(eps, placeholders.Replace(e))
 		}
+		a.Upstreams = append(a.Upstreams, proxy.UpstreamConfig{Name: u.name, Listen: m.listen[u.name],
+			Protocol: "grpc", Peer: u.peer, Endpoints: eps, Timeout: u.timeout})
 	}
-	fmt.Fprintf(&cfg, "admin:\n  listen: %s\nshutdown:\n  drain_delay: 0s\n  drain_timeout: 5s\n", adminA)
-	m.a = meshlettest.Start(t, adminA, cfg.String())
+	a.Admin.Listen = adminA
+	a.Shutdown = b.Shutdown
+	m.a = meshlettest.Start(t, adminA, a.MustYAML(t))
 	grpcFailOnRace(t, "A", m.a)
 	grpcFailOnRace(t, "B", m.b)
 	m.routes = []grpcRoute{
@@ -978,10 +978,10 @@ func grpcFromMeshlet(t testing.TB, st *status.Status) {
 func TestGRPCMeshletErrors(t *testing.T) {
 	refused := meshlettest.FreeAddr(t) // nothing listens here
 	m := grpcStartMesh(t,
-		grpcUpstream{name: "empty", peer: "app", endpoints: "[]"},
-		grpcUpstream{name: "refused", peer: "app", endpoints: "[" + refused + "]"},
-		grpcUpstream{name: "slow", peer: "app", endpoints: "[{backend}]", timeout: "200ms"},
-		grpcUpstream{name: "slowsidecar", peer: "sidecar", endpoints: "[{inbound}]", timeout: "200ms"},
+		grpcUpstream{name: "empty", peer: "app", endpoints: []string{}},
+		grpcUpstream{name: "refused", peer: "app", endpoints: []string{refused}},
+		grpcUpstream{name: "slow", peer: "app", endpoints: []string{"{backend}"}, timeout: 200 * time.Millisecond},
+		grpcUpstream{name: "slowsidecar", peer: "sidecar", endpoints: []string{"{inbound}"}, timeout: 200 * time.Millisecond},
 	)
 	cases := []struct {
 		name      string

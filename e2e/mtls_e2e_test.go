@@ -34,6 +34,7 @@ import (
 
 	"meshlet.dev/meshlet/internal/meshlettest"
 	"meshlet.dev/meshlet/mtls"
+	"meshlet.dev/meshlet/proxy"
 )
 
 // mtlsTrustDomain is the trust domain of every CA `meshlet certs` makes in these tests.
@@ -102,11 +103,12 @@ type mtlsUpstream struct {
 	name, service, listen, protocol, peer, endpoint, tlsMode string
 }
 
-// mtlsSidecar is a meshlet config with a tls section (written by hand: e2eConfig knows no tls).
+// mtlsSidecar is a meshlet config with a tls section.
 type mtlsSidecar struct {
 	name, app, protocol string // service
 	inbound, mode       string // inbound.listen and inbound.tls.mode ("" leaves them out)
 	allow               []string
+	allowPlaintext      bool   // inbound.tls.allow_plaintext
 	certDir, cert       string // tls files: certDir/cert.crt, certDir/cert.key, certDir/ca.crt; "" no tls
 	reload              string // tls.reload_interval
 	upstreams           []mtlsUpstream
@@ -114,54 +116,38 @@ type mtlsSidecar struct {
 	logLevel            string // log.level; "" leaves the default
 }
 
+// yaml renders c from the config types (meshlettest.File.YAML).
 func (c mtlsSidecar) yaml() string {
-	var b strings.Builder
-	fmt.Fprintf(&b, "service:\n  name: %s\n", c.name)
-	if c.app != "" {
-		fmt.Fprintf(&b, "  address: %s\n", c.app)
-	}
-	if c.protocol != "" {
-		fmt.Fprintf(&b, "  protocol: %s\n", c.protocol)
-	}
+	var f meshlettest.File
+	f.Service.Name, f.Service.Address, f.Service.Protocol = c.name, c.app, c.protocol
 	if c.inbound != "" {
-		fmt.Fprintf(&b, "inbound:\n  listen: %s\n", c.inbound)
-		if c.mode != "" || len(c.allow) > 0 {
-			b.WriteString("  tls:\n")
-			if c.mode != "" {
-				fmt.Fprintf(&b, "    mode: %s\n", c.mode)
-			}
-			if len(c.allow) > 0 {
-				fmt.Fprintf(&b, "    allow: [%s]\n", strings.Join(c.allow, ", "))
-			}
+		f.Inbound.Listen, f.Inbound.TLS.Mode, f.Inbound.TLS.AllowPlaintext = c.inbound, c.mode, c.allowPlaintext
+		if len(c.allow) > 0 {
+			f.Inbound.TLS.Allow = c.allow
 		}
 	}
 	if c.certDir != "" {
-		fmt.Fprintf(&b, "tls:\n  cert_file: %s\n  key_file: %s\n  ca_file: %s\n",
-			filepath.Join(c.certDir, c.cert+".crt"), filepath.Join(c.certDir, c.cert+".key"),
-			filepath.Join(c.certDir, "ca.crt"))
-		if c.reload != "" {
-			fmt.Fprintf(&b, "  reload_interval: %s\n", c.reload)
-		}
-	}
-	if len(c.upstreams) > 0 {
-		b.WriteString("upstreams:\n")
+		f.TLS.CertFile = filepath.Join(c.certDir, c.cert+".crt")
+		f.TLS.KeyFile = filepath.Join(c.certDir, c.cert+".key")
+		f.TLS.CAFile = filepath.Join(c.certDir, "ca.crt")
+		f.TLS.ReloadInterval = mustDuration(c.reload, "")
 	}
 	for _, u := range c.upstreams {
-		fmt.Fprintf(&b, "  - name: %s\n    listen: %s\n    endpoints: [%s]\n", u.name, u.listen, u.endpoint)
-		for _, kv := range [][2]string{{"service", u.service}, {"protocol", u.protocol}, {"peer", u.peer}} {
-			if kv[1] != "" {
-				fmt.Fprintf(&b, "    %s: %s\n", kv[0], kv[1])
-			}
+		up := proxy.UpstreamConfig{Name: u.name, Listen: u.listen, Endpoints: []string{}, Service: u.service,
+			Protocol: u.protocol, Peer: u.peer, TLS: proxy.UpstreamTLSConfig{Mode: u.tlsMode}}
+		if u.endpoint != "" {
+			up.Endpoints = []string{u.endpoint}
 		}
-		if u.tlsMode != "" {
-			fmt.Fprintf(&b, "    tls: {mode: %s}\n", u.tlsMode)
-		}
+		f.Upstreams = append(f.Upstreams, up)
 	}
-	if c.logLevel != "" {
-		fmt.Fprintf(&b, "log: {level: %s}\n", c.logLevel)
+	f.Log.Level = c.logLevel
+	f.Admin.Listen = c.admin
+	f.Shutdown = meshlettest.Shutdown{DrainDelay: meshlettest.Duration(0), DrainTimeout: 5 * time.Second}
+	y, err := f.YAML()
+	if err != nil {
+		panic(err) // the config types always marshal
 	}
-	fmt.Fprintf(&b, "admin:\n  listen: %s\nshutdown:\n  drain_delay: 0s\n  drain_timeout: 5s\n", c.admin)
-	return b.String()
+	return y
 }
 
 // mtlsStart starts c (admin on a free port if unset) and fails the test if meshlet reports a data race.
@@ -242,25 +228,10 @@ func mtlsClientTLS(t testing.TB, certDir, name, alpn string) *tls.Config {
 	return cfg
 }
 
-// mtlsProbe sends GET path over a new TLS connection to addr with cfg and returns the response status, or the
-// error that ended the attempt (a refused client certificate shows as an error on the first read in TLS 1.3).
+// mtlsProbe sends GET path over TLS with cfg and returns the status (meshlettest.TLSGet).
 func mtlsProbe(addr, path string, cfg *tls.Config) (int, error) {
-	d := &net.Dialer{Timeout: 5 * time.Second}
-	c, err := tls.DialWithDialer(d, "tcp", addr, cfg)
-	if err != nil {
-		return 0, err
-	}
-	defer c.Close()
-	c.SetDeadline(time.Now().Add(10 * time.Second))
-	if _, err := fmt.Fprintf(c, "GET %s HTTP/1.1\r\nHost: api\r\nConnection: close\r\n\r\n", path); err != nil {
-		return 0, err
-	}
-	resp, err := http.ReadResponse(bufio.NewReader(c), nil)
-	if err != nil {
-		return 0, err
-	}
-	resp.Body.Close()
-	return resp.StatusCode, nil
+	code, _, err := meshlettest.TLSGet(addr, path, cfg)
+	return code, err
 }
 
 // mtlsServedSerial completes a handshake with addr and returns the serial of the leaf the server presented.

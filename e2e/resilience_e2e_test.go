@@ -31,14 +31,15 @@ import (
 	"google.golang.org/grpc/status"
 
 	"meshlet.dev/meshlet/internal/meshlettest"
+	"meshlet.dev/meshlet/proxy"
+	"meshlet.dev/meshlet/resilience"
 )
 
-// resUpstream is one upstream of a resilience test config; extra holds YAML lines at the upstream's level (e.g.
-// "retry: {max_attempts: 2}").
+// resUpstream is one upstream of a resilience test config, with its resilience settings.
 type resUpstream struct {
 	name, protocol, lb string
 	endpoints          []string
-	extra              []string
+	res                resilience.Config
 }
 
 // resMesh is a started meshlet with per-upstream listeners.
@@ -54,25 +55,17 @@ func resStartMeshlet(t testing.TB, ups ...resUpstream) *resMesh {
 	t.Helper()
 	addrs := meshlettest.FreeAddrs(t, len(ups)+1)
 	m := &resMesh{listen: map[string]string{}}
-	var b strings.Builder
-	b.WriteString("service:\n  name: web\nupstreams:\n")
+	var f meshlettest.File
+	f.Service.Name = "web"
 	for i, u := range ups {
 		m.listen[u.name] = addrs[i+1]
-		fmt.Fprintf(&b, "  - name: %s\n    listen: %s\n    peer: app\n    endpoints: [%s]\n", u.name, addrs[i+1],
-			strings.Join(u.endpoints, ", "))
-		if u.protocol != "" {
-			fmt.Fprintf(&b, "    protocol: %s\n", u.protocol)
-		}
-		if u.lb != "" {
-			fmt.Fprintf(&b, "    lb: %s\n", u.lb)
-		}
-		for _, l := range u.extra {
-			fmt.Fprintf(&b, "    %s\n", l)
-		}
+		f.Upstreams = append(f.Upstreams, proxy.UpstreamConfig{Name: u.name, Listen: addrs[i+1], Peer: "app",
+			Endpoints: append([]string{}, u.endpoints...), Protocol: u.protocol, LB: u.lb, Resilience: u.res})
 	}
-	fmt.Fprintf(&b, "admin:\n  listen: %s\nlog:\n  level: info\nshutdown:\n  drain_delay: 0s\n  drain_timeout: 5s\n",
-		addrs[0])
-	m.p = meshlettest.Start(t, addrs[0], b.String())
+	f.Admin.Listen = addrs[0]
+	f.Log.Level = "info"
+	f.Shutdown = meshlettest.Shutdown{DrainDelay: meshlettest.Duration(0), DrainTimeout: 5 * time.Second}
+	m.p = meshlettest.Start(t, addrs[0], f.MustYAML(t))
 	grpcFailOnRace(t, "web", m.p)
 	return m
 }
@@ -321,7 +314,7 @@ func resDeadEndpoint(t *testing.T, mode string) {
 	good1, good2 := resStartServer(t, resOK), resStartServer(t, resOK)
 	const openTimeout = 2 * time.Second
 	m := resStartMeshlet(t, resUpstream{name: "api", endpoints: []string{dead.addr, good1.addr, good2.addr},
-		extra: []string{fmt.Sprintf("circuit_breaker: {consecutive_failures: 5, open_timeout: %v}", openTimeout)}})
+		res: resilience.Config{Breaker: resilience.BreakerConfig{ConsecutiveFailures: 5, OpenTimeout: openTimeout}}})
 	c := resClient(1)
 	api := map[string]string{"upstream": "api"}
 	open := map[string]string{"upstream": "api", "state": "open"}
@@ -708,7 +701,7 @@ func TestResilienceGRPCDeadline(t *testing.T) {
 	}
 	s := []*resServer{resStartServer(t, slowUnavailable), resStartServer(t, slowUnavailable), resStartServer(t, slowUnavailable)}
 	m := resStartMeshlet(t, resUpstream{name: "grpc", protocol: "grpc", endpoints: []string{s[0].addr, s[1].addr, s[2].addr},
-		extra: []string{"circuit_breaker: {disabled: true}"}})
+		res: resilience.Config{Breaker: resilience.BreakerConfig{Disabled: true}}})
 	client := testpb.NewTestServiceClient(grpcDial(t, m.listen["grpc"], ""))
 	// Warm the client's connection up, so that the call's time is the mesh's.
 	wctx, wcancel := context.WithTimeout(context.Background(), 5*time.Second)
@@ -788,9 +781,9 @@ func TestResilienceClientCancel(t *testing.T) {
 		return &testpb.SimpleResponse{}, nil
 	}}
 	gaddr := resStartGRPC(t, g)
-	breaker := []string{"circuit_breaker: {consecutive_failures: 3}"}
-	m := resStartMeshlet(t, resUpstream{name: "api", endpoints: []string{srv.addr}, extra: breaker},
-		resUpstream{name: "grpc", protocol: "grpc", endpoints: []string{gaddr}, extra: breaker})
+	breaker := resilience.Config{Breaker: resilience.BreakerConfig{ConsecutiveFailures: 3}}
+	m := resStartMeshlet(t, resUpstream{name: "api", endpoints: []string{srv.addr}, res: breaker},
+		resUpstream{name: "grpc", protocol: "grpc", endpoints: []string{gaddr}, res: breaker})
 	api := map[string]string{"upstream": "api"}
 	const rounds = 4 // per path, more than consecutive_failures
 	for _, path := range []string{"/before-headers", "/mid-body"} {
@@ -934,10 +927,10 @@ func TestResilienceLimits(t *testing.T) {
 		return &testpb.SimpleResponse{}, nil
 	}}
 	gaddr := resStartGRPC(t, g)
-	limits := "limits: {max_requests: 2, max_pending: 1}"
+	limits := resilience.Config{Limits: resilience.LimitsConfig{MaxRequests: 2, MaxPending: new(1)}}
 	m := resStartMeshlet(t,
-		resUpstream{name: "api", endpoints: []string{srv.addr}, extra: []string{limits}},
-		resUpstream{name: "grpc", protocol: "grpc", endpoints: []string{gaddr}, extra: []string{limits}})
+		resUpstream{name: "api", endpoints: []string{srv.addr}, res: limits},
+		resUpstream{name: "grpc", protocol: "grpc", endpoints: []string{gaddr}, res: limits})
 
 	// HTTP: two held, one waiting, the rest refused at once.
 	var wg sync.WaitGroup

@@ -7,7 +7,6 @@ package e2e_test
 // mtls package.
 
 import (
-	"bufio"
 	"crypto/ecdsa"
 	"crypto/elliptic"
 	"crypto/rand"
@@ -17,7 +16,6 @@ import (
 	"encoding/pem"
 	"fmt"
 	"math/big"
-	"net"
 	"net/http"
 	"net/url"
 	"os"
@@ -69,26 +67,6 @@ func trustWriteCA(t testing.TB, dir string, roots ...string) {
 	}
 }
 
-// trustProbe sends GET path over a new TLS connection to addr with cfg and returns the status and whether the
-// session was resumed, or the error that ended the attempt (TLS 1.3: a refused client shows on the first read).
-func trustProbe(addr, path string, cfg *tls.Config) (int, bool, error) {
-	c, err := tls.DialWithDialer(&net.Dialer{Timeout: 5 * time.Second}, "tcp", addr, cfg)
-	if err != nil {
-		return 0, false, err
-	}
-	defer c.Close()
-	c.SetDeadline(time.Now().Add(10 * time.Second))
-	if _, err := fmt.Fprintf(c, "GET %s HTTP/1.1\r\nHost: api\r\nConnection: close\r\n\r\n", path); err != nil {
-		return 0, c.ConnectionState().DidResume, err
-	}
-	resp, err := http.ReadResponse(bufio.NewReader(c), nil)
-	if err != nil {
-		return 0, c.ConnectionState().DidResume, err
-	}
-	resp.Body.Close()
-	return resp.StatusCode, c.ConnectionState().DidResume, nil
-}
-
 // TestTLSTrustResumptionAfterRootRemoved: a client whose CA root is removed from a running meshlet's ca_file
 // (reloaded every reload_interval) is refused, although it holds a session ticket it resumed with before.
 func TestTLSTrustResumptionAfterRootRemoved(t *testing.T) {
@@ -102,7 +80,7 @@ func TestTLSTrustResumptionAfterRootRemoved(t *testing.T) {
 	client := mtlsClientTLS(t, retired, "web", "http/1.1")
 	client.ClientSessionCache = tls.NewLRUClientSessionCache(8)
 	for i, wantResumed := range []bool{false, true} {
-		code, resumed, err := trustProbe(a[0], fmt.Sprintf("/before/%d", i), client)
+		code, resumed, err := meshlettest.TLSGet(a[0], fmt.Sprintf("/before/%d", i), client)
 		if err != nil || code != http.StatusOK || resumed != wantResumed {
 			t.Fatalf("call %d before the change: status %d, resumed %v, error %v; want 200, resumed %v", i, code,
 				resumed, err, wantResumed)
@@ -114,7 +92,7 @@ func TestTLSTrustResumptionAfterRootRemoved(t *testing.T) {
 	trustWriteCA(t, dir, filepath.Join(current, "ca.crt")) // the root that signed web's certificate is gone
 	mtlsWaitMetric(t, api, "meshlet_tls_rotations_total", map[string]string{"result": "success"}, successes+1)
 
-	code, resumed, err := trustProbe(a[0], "/after", client)
+	code, resumed, err := meshlettest.TLSGet(a[0], "/after", client)
 	if err == nil {
 		t.Fatalf("a client whose root was removed got status %d (resumed: %v)", code, resumed)
 	}
@@ -125,7 +103,7 @@ func TestTLSTrustResumptionAfterRootRemoved(t *testing.T) {
 		t.Fatalf("the app saw the request of the removed client %d times", n)
 	}
 	// A client of the root that stays is still served.
-	if code, _, err := trustProbe(a[0], "/still", mtlsClientTLS(t, current, "api", "http/1.1")); err != nil ||
+	if code, _, err := meshlettest.TLSGet(a[0], "/still", mtlsClientTLS(t, current, "api", "http/1.1")); err != nil ||
 		code != http.StatusOK {
 		t.Fatalf("a client of the remaining root: %d %v", code, err)
 	}

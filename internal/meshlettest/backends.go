@@ -3,6 +3,8 @@ package meshlettest
 import (
 	"bufio"
 	"context"
+	"crypto/tls"
+	"fmt"
 	"io"
 	"net"
 	"net/http"
@@ -155,4 +157,25 @@ func DialHeld(t testing.TB, addr string) net.Conn {
 	}
 	t.Cleanup(func() { c.Close() })
 	return c
+}
+
+// TLSGet sends `GET path` (Host: api, Connection: close) over a new TLS connection to addr made with cfg (5 s to
+// connect, 10 s in all) and returns the answer's status and whether the TLS session was resumed, or the error that
+// ended the attempt (TLS 1.3: a refused client shows on the first read).
+func TLSGet(addr, path string, cfg *tls.Config) (status int, resumed bool, err error) {
+	c, err := tls.DialWithDialer(&net.Dialer{Timeout: 5 * time.Second}, "tcp", addr, cfg)
+	if err != nil {
+		return 0, false, err
+	}
+	defer c.Close()
+	c.SetDeadline(time.Now().Add(10 * time.Second))
+	if _, err := fmt.Fprintf(c, "GET %s HTTP/1.1\r\nHost: api\r\nConnection: close\r\n\r\n", path); err != nil {
+		return 0, c.ConnectionState().DidResume, err
+	}
+	resp, err := http.ReadResponse(bufio.NewReader(c), nil)
+	if err != nil {
+		return 0, c.ConnectionState().DidResume, err
+	}
+	resp.Body.Close()
+	return resp.StatusCode, c.ConnectionState().DidResume, nil
 }

@@ -57,8 +57,13 @@ func (f File) YAML() (string, error) {
 	if err != nil {
 		return "", err
 	}
-	b, err := yaml.Marshal(n)
-	return string(b), err
+	var b strings.Builder
+	enc := yaml.NewEncoder(&b)
+	enc.SetIndent(2)
+	if err := enc.Encode(n); err != nil {
+		return "", err
+	}
+	return b.String(), enc.Close()
 }
 
 // MustYAML is YAML for tests: it fails t on an error.
