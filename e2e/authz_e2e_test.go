@@ -331,7 +331,7 @@ func TestAuthzPermissivePlaintext(t *testing.T) {
 	a := meshlettest.FreeAddrs(t, 6)
 	httpAPI := mtlsStart(t, mtlsSidecar{name: "api", app: app.addr, inbound: a[0], mode: "permissive", allow: []string{"web"},
 		certDir: dir, cert: "api", admin: a[1]})
-	tcpAPI := mtlsStart(t, mtlsSidecar{name: "api", protocol: "tcp", app: startTCPServer(t, tcpApp), inbound: a[2],
+	tcpAPI := mtlsStart(t, mtlsSidecar{name: "api", protocol: "tcp", app: meshlettest.StartTCPBackend(t, tcpApp), inbound: a[2],
 		mode: "permissive", allow: []string{"web"}, certDir: dir, cert: "api", admin: a[3]})
 	lenient := mtlsSidecar{name: "api", app: app.addr, inbound: a[4], mode: "permissive", allow: []string{"web"},
 		allowPlaintext: true, certDir: dir, cert: "api", admin: a[5]}.yaml()

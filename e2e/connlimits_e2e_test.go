@@ -22,7 +22,7 @@ import (
 )
 
 func TestTCPListenerMaxConnections(t *testing.T) {
-	echo := startTCPServer(t, func(c *net.TCPConn) { io.Copy(c, c) })
+	echo := meshlettest.StartTCPBackend(t, func(c *net.TCPConn) { io.Copy(c, c) })
 	db, admin := meshlettest.FreeAddr(t), meshlettest.FreeAddr(t)
 	m := meshlettest.Start(t, admin, fmt.Sprintf(`service: {name: web}
 outbound:

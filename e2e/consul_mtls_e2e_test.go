@@ -5,7 +5,6 @@ import (
 	"io"
 	"net"
 	"net/http"
-	"net/http/httptest"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -23,8 +22,7 @@ import (
 // certificates of the new root.
 func TestConsulCAMutualTLS(t *testing.T) {
 	agent := discoverytest.StartConsul(t, discoverytest.Options{})
-	app := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { io.WriteString(w, "api") }))
-	t.Cleanup(app.Close)
+	app := meshlettest.StartBackend(t, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { io.WriteString(w, "api") }), false, nil)
 	apiInbound, apiAdmin := meshlettest.FreeAddr(t), meshlettest.FreeAddr(t)
 	apiSidecar := meshlettest.Start(t, apiAdmin, fmt.Sprintf(`service: {name: api, address: %s, protocol: http, register: true}
 inbound: {listen: %s}
@@ -150,11 +148,10 @@ shutdown: {drain_delay: 0s}
 func TestConsulIntentions(t *testing.T) {
 	agent := discoverytest.StartConsul(t, discoverytest.Options{})
 	var appCalls atomic.Int64
-	app := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+	app := meshlettest.StartBackend(t, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		appCalls.Add(1)
 		io.WriteString(w, "api")
-	}))
-	t.Cleanup(app.Close)
+	}), false, nil)
 	apiAdmin := meshlettest.FreeAddr(t)
 	apiSidecar := meshlettest.Start(t, apiAdmin, fmt.Sprintf(`service: {name: api, address: %s, protocol: http, register: true}
 inbound: {listen: %s}

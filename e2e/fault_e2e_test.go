@@ -103,10 +103,7 @@ func (b *faultBackend) start(t testing.TB) {
 	}
 	srv := &http.Server{Handler: http.HandlerFunc(b.serveHTTP)}
 	if b.proto == "http2" {
-		var p http.Protocols
-		p.SetHTTP1(true)
-		p.SetUnencryptedHTTP2(true)
-		srv.Protocols = &p
+		srv.Protocols = meshlettest.H2CProtocols()
 	}
 	go func() { defer close(done); srv.Serve(tl) }()
 	b.stop = func() { srv.Close(); <-done }

@@ -188,7 +188,7 @@ func TestHTTP1Bodies(t *testing.T) {
 						req.ContentLength = tc.size
 					}
 					want, _, _ := shaReader(randReader(9, tc.size))
-					status, got := doString(t, c, req)
+					status, got := meshlettest.Do(t, c, req)
 					if status != 200 || !strings.HasPrefix(got, fmt.Sprintf("%s %d ", want, tc.size)) {
 						t.Fatalf("got %d %q, want 200 %q", status, got, fmt.Sprintf("%s %d", want, tc.size))
 					}
@@ -214,20 +214,6 @@ func TestHTTP1Bodies(t *testing.T) {
 			}
 		})
 	}
-}
-
-func doString(t testing.TB, c *http.Client, req *http.Request) (int, string) {
-	t.Helper()
-	resp, err := c.Do(req)
-	if err != nil {
-		t.Fatalf("%s %s: %v", req.Method, req.URL, err)
-	}
-	defer resp.Body.Close()
-	b, err := io.ReadAll(resp.Body)
-	if err != nil {
-		t.Fatalf("%s %s: reading body: %v", req.Method, req.URL, err)
-	}
-	return resp.StatusCode, string(b)
 }
 
 // TestHTTP1Streaming proves meshlet does not buffer whole bodies: the app flushes a first chunk of the response and
@@ -316,7 +302,7 @@ func TestHTTP1Streaming(t *testing.T) {
 						}
 					}()
 					req, _ := http.NewRequest("POST", m.URL()+"/up", pr)
-					status, body := doString(t, c, req)
+					status, body := meshlettest.Do(t, c, req)
 					if status != 200 || body != "ok" {
 						t.Fatalf("got %d %q", status, body)
 					}
@@ -446,7 +432,7 @@ func TestHTTP1Trailers(t *testing.T) {
 			t.Run("request trailer", func(t *testing.T) {
 				req, _ := http.NewRequest("POST", m.URL()+"/reqtrailer", onlyReader{strings.NewReader("payload")})
 				req.Trailer = http.Header{"X-Req-Trailer": {"rt-value"}}
-				status, body := doString(t, c, req)
+				status, body := meshlettest.Do(t, c, req)
 				if status != 200 || body != "payload|rt-value" {
 					t.Fatalf("got %d %q, want 200 %q", status, body, "payload|rt-value")
 				}
@@ -491,7 +477,7 @@ func TestHTTP1ExpectContinue(t *testing.T) {
 					req, _ := http.NewRequest("PUT", m.URL()+tc.path, bytes.NewReader(data))
 					req.Header.Set("Expect", "100-continue")
 					start := time.Now()
-					status, body := doString(t, c, req)
+					status, body := meshlettest.Do(t, c, req)
 					if status != tc.status || body != tc.want {
 						t.Fatalf("got %d %q, want %d %q", status, body, tc.status, tc.want)
 					}
@@ -811,7 +797,7 @@ type sniffRelay struct {
 func startSniffRelay(t testing.TB, target string) *sniffRelay {
 	t.Helper()
 	s := &sniffRelay{}
-	s.addr = startTCPServer(t, func(c *net.TCPConn) {
+	s.addr = meshlettest.StartTCPBackend(t, func(c *net.TCPConn) {
 		u, err := net.Dial("tcp", target)
 		if err != nil {
 			return
@@ -1081,7 +1067,7 @@ func TestNameRoutedListener(t *testing.T) {
 				}
 				req, _ := http.NewRequest("GET", "http://"+outbound+"/p", nil)
 				req.Host = tc.host
-				status, body := doString(t, c, req)
+				status, body := meshlettest.Do(t, c, req)
 				if status != tc.status || (tc.body != "" && body != tc.body) {
 					t.Fatalf("Host %q: got %d %q, want %d %q", tc.host, status, body, tc.status, tc.body)
 				}

@@ -5,7 +5,6 @@ import (
 	"fmt"
 	"io"
 	"net/http"
-	"net/http/httptest"
 	"os/exec"
 	"strings"
 	"syscall"
@@ -25,8 +24,7 @@ import (
 // POST /quitquitquit deregister and exit 0.
 func TestInjectedSidecarRuns(t *testing.T) {
 	agent := discoverytest.StartConsul(t, discoverytest.Options{})
-	app := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { fmt.Fprint(w, "hello from web") }))
-	defer app.Close()
+	app := meshlettest.StartBackend(t, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { fmt.Fprint(w, "hello from web") }), false, nil)
 	appPort := app.Listener.Addr().String()[strings.LastIndexByte(app.Listener.Addr().String(), ':')+1:]
 	admin, inbound := meshlettest.FreeAddr(t), meshlettest.FreeAddr(t)
 	port := func(addr string) string { return addr[strings.LastIndexByte(addr, ':')+1:] }

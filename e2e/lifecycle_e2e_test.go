@@ -214,7 +214,7 @@ func TestReload(t *testing.T) {
 				trace := &httptrace.ClientTrace{GotConn: func(ci httptrace.GotConnInfo) { reused = ci.Reused }}
 				req, _ := http.NewRequestWithContext(httptrace.WithClientTrace(context.Background(), trace), "GET",
 					m.URL()+"/", nil)
-				status, body := doString(t, c, req)
+				status, body := meshlettest.Do(t, c, req)
 				if status != 200 {
 					t.Fatalf("got %d %q", status, body)
 				}
@@ -526,7 +526,7 @@ func TestSIGTERMDrainTimeout(t *testing.T) {
 		case <-time.After(20 * time.Second):
 		}
 	}), false, nil)
-	tcpApp := startTCPServer(t, func(c *net.TCPConn) { io.Copy(c, c) })
+	tcpApp := meshlettest.StartTCPBackend(t, func(c *net.TCPConn) { io.Copy(c, c) })
 	for _, tc := range []struct {
 		name     string
 		protocol string

@@ -161,7 +161,7 @@ func mtlsStart(t testing.TB, c mtlsSidecar) *meshlettest.Proc {
 	return p
 }
 
-// mtlsStartIn is startMeshlet for a config with paths relative to dir: meshlet runs with dir as its working
+// mtlsStartIn is meshlettest.Start for a config with paths relative to dir: meshlet runs with dir as its working
 // directory, as in the example.
 func mtlsStartIn(t testing.TB, dir, admin, config string) *meshlettest.Proc {
 	t.Helper()
@@ -171,7 +171,7 @@ func mtlsStartIn(t testing.TB, dir, admin, config string) *meshlettest.Proc {
 	p := meshlettest.Command(t, path, cmd)
 	p.Admin = admin
 	if err := p.WaitReady(context.Background(), 15*time.Second); err != nil {
-		t.Fatalf("meshlet not ready: %v\nstderr:\n%s", err, p.Log())
+		t.Fatalf("meshlet not ready: %v\nlog:\n%s", err, p.Log())
 	}
 	grpcFailOnRace(t, "api", p)
 	return p
@@ -287,7 +287,7 @@ func TestMTLSIssueExample(t *testing.T) {
 
 	app := mtlsStartApp(t, "api")
 	backend := grpcStartBackend(t)
-	tcpAppAddr := startTCPServer(t, tcpApp)
+	tcpAppAddr := meshlettest.StartTCPBackend(t, tcpApp)
 	a := meshlettest.FreeAddrs(t, 11)
 	in, inGRPC, inTCP := a[0], a[1], a[2]
 	lHTTP, lGRPC, lTCP := a[3], a[4], a[5]

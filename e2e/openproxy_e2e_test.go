@@ -234,7 +234,7 @@ func TestOpenProxyAdminDefault(t *testing.T) {
 	p := meshlettest.Launch(t, "service: {name: web}\nshutdown: {drain_delay: 0s, drain_timeout: 5s}\n")
 	p.Admin = def
 	if err := p.WaitReady(context.Background(), 15*time.Second); err != nil {
-		t.Fatalf("no admin listener on %s: %v\nstderr:\n%s", def, err, p.Log())
+		t.Fatalf("no admin listener on %s: %v\nlog:\n%s", def, err, p.Log())
 	}
 	_, port, _ := net.SplitHostPort(def)
 	addrs, _ := net.InterfaceAddrs()

@@ -16,35 +16,6 @@ import (
 	"meshlet.dev/meshlet/internal/meshlettest"
 )
 
-// startTCPServer runs handle for every connection accepted on a loopback listener until the test ends.
-func startTCPServer(t testing.TB, handle func(c *net.TCPConn)) string {
-	t.Helper()
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	var wg sync.WaitGroup
-	t.Cleanup(func() { l.Close(); wg.Wait() })
-	wg.Add(1)
-	go func() {
-		defer wg.Done()
-		for {
-			c, err := l.Accept()
-			if err != nil {
-				return
-			}
-			wg.Add(1)
-			go func() {
-				defer wg.Done()
-				defer c.Close()
-				c.SetDeadline(time.Now().Add(30 * time.Second))
-				handle(c.(*net.TCPConn))
-			}()
-		}
-	}()
-	return l.Addr().String()
-}
-
 // tcpApp is the app for the TCP tests. It reads a one-line command:
 //
 //	"echo\n"  echoes everything until EOF, then closes
@@ -76,7 +47,7 @@ func tcpApp(c *net.TCPConn) {
 // TestTCPPassthrough runs raw TCP through protocol tcp upstreams: byte-exact echo, half-close in both directions,
 // server-speaks-first.
 func TestTCPPassthrough(t *testing.T) {
-	app := startTCPServer(t, tcpApp)
+	app := meshlettest.StartTCPBackend(t, tcpApp)
 	for _, topo := range bothTopologies {
 		t.Run(topo, func(t *testing.T) {
 			m := startMesh(t, topo, app, "tcp", meshOpts{})
@@ -208,7 +179,7 @@ func testTCPUnreachable(t *testing.T, endpoints []string, reason string) {
 // connections reach the new one.
 func TestTCPReload(t *testing.T) {
 	app := func(name string) string {
-		return startTCPServer(t, func(c *net.TCPConn) {
+		return meshlettest.StartTCPBackend(t, func(c *net.TCPConn) {
 			io.WriteString(c, name+"\n")
 			io.Copy(c, c)
 		})

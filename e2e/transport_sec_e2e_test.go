@@ -267,7 +267,7 @@ func vmHWM(t testing.TB, p *meshlettest.Proc) int64 {
 // limits.tcp_idle_timeout, and the closed connection's max_connections slot takes a new connection.
 func TestTCPIdleTimeoutE2E(t *testing.T) {
 	const idle = 500 * time.Millisecond
-	echo := startTCPServer(t, func(c *net.TCPConn) { io.Copy(c, c) })
+	echo := meshlettest.StartTCPBackend(t, func(c *net.TCPConn) { io.Copy(c, c) })
 	a := meshlettest.FreeAddrs(t, 3)
 	inbound, listen, admin := a[0], a[1], a[2]
 	meshlettest.Start(t, admin, fmt.Sprintf(`service: {name: raw, address: %s, protocol: tcp}

@@ -9,6 +9,7 @@ import (
 	"net"
 	"net/http"
 	"net/http/httptest"
+	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -111,17 +112,27 @@ func H2CClient(dials *atomic.Int64) *http.Client {
 	return &http.Client{Transport: tr, Timeout: 30 * time.Second}
 }
 
-// GetBody does a GET and returns status and body.
+// GetBody does a GET and returns status and body (Do).
 func GetBody(t testing.TB, c *http.Client, url string) (int, string) {
 	t.Helper()
-	resp, err := c.Get(url)
+	req, err := http.NewRequest(http.MethodGet, url, nil)
 	if err != nil {
-		t.Fatalf("GET %s: %v", url, err)
+		t.Fatal(err)
+	}
+	return Do(t, c, req)
+}
+
+// Do sends req with c and returns status and body; a failed request or body read fails the test.
+func Do(t testing.TB, c *http.Client, req *http.Request) (int, string) {
+	t.Helper()
+	resp, err := c.Do(req)
+	if err != nil {
+		t.Fatalf("%s %s: %v", req.Method, req.URL, err)
 	}
 	defer resp.Body.Close()
 	b, err := io.ReadAll(resp.Body)
 	if err != nil {
-		t.Fatalf("GET %s: reading body: %v", url, err)
+		t.Fatalf("%s %s: reading body: %v", req.Method, req.URL, err)
 	}
 	return resp.StatusCode, string(b)
 }
@@ -178,4 +189,34 @@ func TLSGet(addr, path string, cfg *tls.Config) (status int, resumed bool, err e
 	}
 	resp.Body.Close()
 	return resp.StatusCode, c.ConnectionState().DidResume, nil
+}
+
+// StartTCPBackend serves TCP on a loopback port: handle gets each connection (30 s deadline) and the connection
+// is closed when it returns. Listener and handlers end with the test. It returns the address.
+func StartTCPBackend(t testing.TB, handle func(c *net.TCPConn)) string {
+	t.Helper()
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var wg sync.WaitGroup
+	t.Cleanup(func() { l.Close(); wg.Wait() })
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		for {
+			c, err := l.Accept()
+			if err != nil {
+				return
+			}
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				defer c.Close()
+				c.SetDeadline(time.Now().Add(30 * time.Second))
+				handle(c.(*net.TCPConn))
+			}()
+		}
+	}()
+	return l.Addr().String()
 }
