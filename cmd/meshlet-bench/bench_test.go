@@ -31,24 +31,6 @@ func TestPercentile(t *testing.T) {
 	}
 }
 
-func TestParseSample(t *testing.T) {
-	for _, tc := range []struct {
-		line, name, labels string
-		v                  float64
-		ok                 bool
-	}{
-		{`meshlet_requests_total{direction="outbound",code_class="2xx"} 42`, "meshlet_requests_total", `direction="outbound",code_class="2xx"`, 42, true},
-		{`meshlet_connections_total{direction="inbound",listener="inbound"} 1.5e+03`, "meshlet_connections_total", `direction="inbound",listener="inbound"`, 1500, true},
-		{`# HELP meshlet_requests_total Requests{x}.`, "", "", 0, false},
-		{`go_goroutines 12`, "", "", 0, false},
-	} {
-		name, labels, v, ok := parseSample(tc.line)
-		if name != tc.name || labels != tc.labels || v != tc.v || ok != tc.ok {
-			t.Errorf("parseSample(%q) = %q, %q, %v, %v; want %q, %q, %v, %v", tc.line, name, labels, v, ok, tc.name, tc.labels, tc.v, tc.ok)
-		}
-	}
-}
-
 func TestReadProcSelf(t *testing.T) {
 	s, err := readProc(os.Getpid())
 	if err != nil {
@@ -103,12 +85,16 @@ func TestConfigsPassCheck(t *testing.T) {
 			"A":   {protocol: p, admin: "127.0.0.1:1", upstream: "127.0.0.1:2", endpoints: "127.0.0.1:3", peer: "sidecar"},
 		} {
 			path := filepath.Join(dir, string(p)+"-"+name+".yaml")
-			if err := os.WriteFile(path, []byte(cfg.yaml()), 0o644); err != nil {
+			y, err := cfg.yaml()
+			if err != nil {
+				t.Fatal(err)
+			}
+			if err := os.WriteFile(path, []byte(y), 0o644); err != nil {
 				t.Fatal(err)
 			}
 			out, err := exec.Command(bin, "check", "-config", path).CombinedOutput()
 			if err != nil || !strings.Contains(string(out), "config ok") {
-				t.Errorf("%s %s: meshlet check: %v\n%s\nconfig:\n%s", p, name, err, out, cfg.yaml())
+				t.Errorf("%s %s: meshlet check: %v\n%s\nconfig:\n%s", p, name, err, out, y)
 			}
 		}
 	}

@@ -1,14 +1,13 @@
 package main
 
 import (
-	"bufio"
 	"context"
 	"fmt"
 	"net/http"
-	"strconv"
-	"strings"
 	"sync/atomic"
 	"time"
+
+	"meshlet.dev/meshlet/internal/meshlettest"
 )
 
 // countingCaller counts every call made through it, successful or not.
@@ -37,52 +36,25 @@ func scrapeRequests(admin, direction string) (requestCount, error) {
 	var rc requestCount
 	client := &http.Client{Timeout: 2 * time.Second}
 	defer client.CloseIdleConnections()
-	resp, err := client.Get("http://" + admin + "/metrics")
+	m, err := meshlettest.Scrape(context.Background(), client, "http://"+admin+"/metrics")
 	if err != nil {
 		return rc, err
 	}
-	defer resp.Body.Close()
-	if resp.StatusCode != http.StatusOK {
-		return rc, fmt.Errorf("GET /metrics: status %d", resp.StatusCode)
-	}
-	want := `direction="` + direction + `"`
-	sc := bufio.NewScanner(resp.Body)
-	sc.Buffer(make([]byte, 64*1024), 1<<20)
-	for sc.Scan() {
-		name, labels, v, ok := parseSample(sc.Text())
-		if !ok || !strings.Contains(labels, want) {
+	for _, s := range m.Samples("meshlet_requests_total") {
+		if s.Labels["direction"] != direction {
 			continue
 		}
-		switch name {
-		case "meshlet_requests_total":
-			rc.Total += int64(v)
-			if !strings.Contains(labels, `code_class="2xx"`) ||
-				(strings.Contains(labels, `grpc_code="`) && !strings.Contains(labels, `grpc_code=""`) && !strings.Contains(labels, `grpc_code="OK"`)) {
-				rc.Non2xx += int64(v)
-			}
-		case "meshlet_connections_total":
-			rc.Connections += int64(v)
+		rc.Total += int64(s.Value)
+		if grpc := s.Labels["grpc_code"]; s.Labels["code_class"] != "2xx" || (grpc != "" && grpc != "OK") {
+			rc.Non2xx += int64(s.Value)
 		}
 	}
-	return rc, sc.Err()
-}
-
-// parseSample splits a Prometheus text-format sample line `name{labels} value` (labels required).
-func parseSample(line string) (name, labels string, v float64, ok bool) {
-	name, rest, ok := strings.Cut(line, "{")
-	if !ok || strings.HasPrefix(line, "#") {
-		return "", "", 0, false
+	for _, s := range m.Samples("meshlet_connections_total") {
+		if s.Labels["direction"] == direction {
+			rc.Connections += int64(s.Value)
+		}
 	}
-	labels, value, ok := strings.Cut(rest, "} ")
-	if !ok {
-		return "", "", 0, false
-	}
-	f := strings.Fields(value)
-	if len(f) == 0 {
-		return "", "", 0, false
-	}
-	v, err := strconv.ParseFloat(f[0], 64)
-	return name, labels, v, err == nil
+	return rc, nil
 }
 
 // crossCheck compares each meshlet's own request count with the calls the benchmark made on the path,

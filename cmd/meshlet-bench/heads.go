@@ -13,7 +13,8 @@ import (
 	"sync"
 	"time"
 
-	"meshlet.dev/meshlet/internal/meshletproc"
+	"meshlet.dev/meshlet/internal/meshlettest"
+	"meshlet.dev/meshlet/proxy"
 )
 
 // The heads scenario (-heads N) measures what request heads that never end cost a meshlet (issue 11, item 14):
@@ -43,27 +44,36 @@ func runHeads(ctx context.Context, bin string, n int, stdout, stderr io.Writer) 
 		return 1
 	}
 	defer os.RemoveAll(dir)
-	addrs, err := meshletproc.FreeAddrs(2)
+	addrs, err := meshlettest.PickAddrs(2)
 	if err != nil {
 		fmt.Fprintln(stderr, "meshlet-bench:", err)
 		return 1
 	}
-	yaml := fmt.Sprintf("service: {name: heads-client}\noutbound:\n  limits: {read_header_timeout: 2m}\n"+
-		"upstreams:\n  - {name: heads, listen: %s, protocol: http, endpoints: [127.0.0.1:9]}\n"+
-		"admin: {listen: %s}\nlog: {level: warn}\nshutdown: {drain_delay: 0s, drain_timeout: 5s}\n", addrs[0], addrs[1])
-	p, err := meshletproc.Start(bin, "meshlet", addrs[1], filepath.Join(dir, "heads.yaml"), filepath.Join(dir, "heads.log"), yaml)
+	var cfg meshlettest.File
+	cfg.Service.Name = "heads-client"
+	cfg.Outbound.Limits.ReadHeaderTimeout = 2 * time.Minute
+	cfg.Upstreams = []proxy.UpstreamConfig{{Name: "heads", Listen: addrs[0], Protocol: "http", Endpoints: []string{"127.0.0.1:9"}}}
+	cfg.Admin.Listen = addrs[1]
+	cfg.Log.Level = "warn"
+	cfg.Shutdown = meshlettest.Shutdown{DrainDelay: meshlettest.Duration(0), DrainTimeout: 5 * time.Second}
+	yaml, err := cfg.YAML()
+	if err != nil {
+		fmt.Fprintln(stderr, "meshlet-bench:", err)
+		return 1
+	}
+	p, err := meshlettest.StartConfig(bin, "meshlet", addrs[1], filepath.Join(dir, "heads.yaml"), filepath.Join(dir, "heads.log"), yaml)
 	if err != nil {
 		fmt.Fprintln(stderr, "meshlet-bench:", err)
 		return 1
 	}
 	defer p.Stop()
-	if err := p.WaitReady(ctx); err != nil {
-		fmt.Fprintln(stderr, "meshlet-bench:", err, "\n", meshletproc.LogTail(p.LogPath, 20))
+	if err := p.WaitReady(ctx, meshlettest.ReadyTimeout); err != nil {
+		fmt.Fprintln(stderr, "meshlet-bench:", err, "\n", meshlettest.LogTail(p.LogPath, 20))
 		return 1
 	}
 	res, err := measureHeads(ctx, p, addrs[0], n)
 	if err != nil {
-		fmt.Fprintln(stderr, "meshlet-bench:", err, "\n", meshletproc.LogTail(p.LogPath, 20))
+		fmt.Fprintln(stderr, "meshlet-bench:", err, "\n", meshlettest.LogTail(p.LogPath, 20))
 		return 1
 	}
 	writeHeads(stdout, res)
@@ -76,7 +86,7 @@ func runHeads(ctx context.Context, bin string, n int, stdout, stderr io.Writer) 
 }
 
 // measureHeads opens the connections, classifies them and samples meshlet's memory.
-func measureHeads(ctx context.Context, p *meshletproc.Proc, addr string, n int) (headsResult, error) {
+func measureHeads(ctx context.Context, p *meshlettest.Proc, addr string, n int) (headsResult, error) {
 	r := headsResult{conns: n}
 	base, err := readProc(p.PID())
 	if err != nil {
@@ -115,7 +125,7 @@ func measureHeads(ctx context.Context, p *meshletproc.Proc, addr string, n int) 
 		return r, err
 	}
 	r.peak, r.hwm = peak.RSSKiB, peak.HWMKiB
-	r.heapPeak = metricValue(p.Admin, "go_memstats_heap_inuse_bytes")
+	r.heapPeak = metricValue(p.Admin, "go_memstats_heap_inuse_bytes", nil)
 	kinds := make([]string, n)
 	var cw sync.WaitGroup
 	for i, c := range conns {
@@ -144,8 +154,8 @@ func measureHeads(ctx context.Context, p *meshletproc.Proc, addr string, n int) 
 		return r, err
 	}
 	r.after = after.RSSKiB
-	r.heapAfter = metricValue(p.Admin, "go_memstats_heap_inuse_bytes")
-	r.budgetRefusals = metricValue(p.Admin, `meshlet_refused_requests_total{direction="outbound",reason="header_budget"}`)
+	r.heapAfter = metricValue(p.Admin, "go_memstats_heap_inuse_bytes", nil)
+	r.budgetRefusals = metricValue(p.Admin, "meshlet_refused_requests_total", map[string]string{"direction": "outbound", "reason": "header_budget"})
 	return r, nil
 }
 
@@ -176,22 +186,14 @@ func classify(c net.Conn) string {
 	return "closed"
 }
 
-// metricValue reads one sample from meshlet's /metrics; 0 when absent.
-func metricValue(admin, series string) float64 {
-	resp, err := http.Get("http://" + admin + "/metrics")
+// metricValue reads the sum of the samples of metric name with labels from meshlet's /metrics; 0 when absent
+// or unreadable.
+func metricValue(admin, name string, labels map[string]string) float64 {
+	m, err := meshlettest.Scrape(context.Background(), nil, "http://"+admin+"/metrics")
 	if err != nil {
 		return 0
 	}
-	defer resp.Body.Close()
-	sc := bufio.NewScanner(resp.Body)
-	for sc.Scan() {
-		if v, ok := strings.CutPrefix(sc.Text(), series+" "); ok {
-			var f float64
-			fmt.Sscan(v, &f)
-			return f
-		}
-	}
-	return 0
+	return m.Sum(name, labels)
 }
 
 func writeHeads(w io.Writer, r headsResult) {

@@ -10,12 +10,13 @@ import (
 	"strings"
 	"time"
 
-	"meshlet.dev/meshlet/internal/meshletproc"
+	"meshlet.dev/meshlet/internal/meshlettest"
+	"meshlet.dev/meshlet/proxy"
 )
 
 // meshletProc is one running meshlet process started by the benchmark.
 type meshletProc struct {
-	*meshletproc.Proc
+	*meshlettest.Proc
 	failed bool // waitReady already reported the process's failure
 }
 
@@ -31,32 +32,30 @@ type meshletConfig struct {
 	certs     string // directory of certificates made by meshlet certs; empty: no TLS
 }
 
-// yaml renders c in meshlet's config format (see the working spec).
-func (c meshletConfig) yaml() string {
-	var b strings.Builder
+// yaml renders c from meshlet's config types (meshlettest.File).
+func (c meshletConfig) yaml() (string, error) {
+	var f meshlettest.File
 	proto := protocolInfo[c.protocol].meshlet
+	name := "bench-client"
 	if c.inbound != "" {
-		fmt.Fprintf(&b, "service:\n  name: bench-backend\n  address: %s\n  protocol: %s\n", c.backend, proto)
-		fmt.Fprintf(&b, "inbound:\n  listen: %s\n", c.inbound)
-	} else {
-		fmt.Fprintf(&b, "service:\n  name: bench-client\n")
+		name = "bench-backend"
+		f.Service.Address, f.Service.Protocol = c.backend, proto
+		f.Inbound.Listen = c.inbound
 	}
+	f.Service.Name = name
 	if c.upstream != "" {
-		fmt.Fprintf(&b, "upstreams:\n  - name: bench-backend\n    listen: %s\n    protocol: %s\n", c.upstream, proto)
-		fmt.Fprintf(&b, "    endpoints: [%s]\n    peer: %s\n", c.endpoints, c.peer)
+		f.Upstreams = []proxy.UpstreamConfig{{Name: "bench-backend", Listen: c.upstream, Protocol: proto,
+			Endpoints: []string{c.endpoints}, Peer: c.peer}}
 	}
 	if c.certs != "" {
-		name := "bench-client"
-		if c.inbound != "" {
-			name = "bench-backend"
-		}
-		fmt.Fprintf(&b, "tls:\n  cert_file: %s/%s.crt\n  key_file: %s/%s.key\n  ca_file: %s/ca.crt\n",
-			c.certs, name, c.certs, name, c.certs)
+		f.TLS.CertFile = c.certs + "/" + name + ".crt"
+		f.TLS.KeyFile = c.certs + "/" + name + ".key"
+		f.TLS.CAFile = c.certs + "/ca.crt"
 	}
-	fmt.Fprintf(&b, "admin:\n  listen: %s\n", c.admin)
-	b.WriteString("log:\n  level: warn\n  access_log: false\n")
-	b.WriteString("shutdown:\n  drain_delay: 0s\n  drain_timeout: 5s\n")
-	return b.String()
+	f.Admin.Listen = c.admin
+	f.Log.Level = "warn"
+	f.Shutdown = meshlettest.Shutdown{DrainDelay: meshlettest.Duration(0), DrainTimeout: 5 * time.Second}
+	return f.YAML()
 }
 
 // startMeshlet writes cfg to dir and starts `bin run -config` with its output in a log file beside it.
@@ -66,24 +65,28 @@ func startMeshlet(bin, dir, name, role string, cfg meshletConfig) (*meshletProc,
 	if role != "meshlet" {
 		display += " " + role // "A" (client-side sidecar) or "B" (server-side sidecar)
 	}
-	p, err := meshletproc.Start(bin, display, cfg.admin, filepath.Join(dir, name+".yaml"),
-		filepath.Join(dir, name+".log"), cfg.yaml())
+	yaml, err := cfg.yaml()
+	if err != nil {
+		return nil, err
+	}
+	p, err := meshlettest.StartConfig(bin, display, cfg.admin, filepath.Join(dir, name+".yaml"),
+		filepath.Join(dir, name+".log"), yaml)
 	if err != nil {
 		return nil, err
 	}
 	return &meshletProc{Proc: p}, nil
 }
 
-// waitReady waits for /ready (meshletproc.Proc.WaitReady) and remembers when the process failed on the way.
+// waitReady waits for /ready (meshlettest.Proc.WaitReady) and remembers when the process failed on the way.
 func (m *meshletProc) waitReady(ctx context.Context) error {
-	err := m.WaitReady(ctx)
+	err := m.WaitReady(ctx, meshlettest.ReadyTimeout)
 	if err != nil && !m.Alive() {
 		m.failed = true
 	}
 	return err
 }
 
-// stop stops the process (meshletproc.Proc.Stop); one whose failure waitReady already reported is not reported
+// stop stops the process (meshlettest.Proc.Stop); one whose failure waitReady already reported is not reported
 // again.
 func (m *meshletProc) stop() error {
 	if m.failed && !m.Alive() {

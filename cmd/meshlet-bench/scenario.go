@@ -9,7 +9,7 @@ import (
 	"slices"
 	"time"
 
-	"meshlet.dev/meshlet/internal/meshletproc"
+	"meshlet.dev/meshlet/internal/meshlettest"
 )
 
 // pathKind is how the app reaches the backend.
@@ -150,7 +150,7 @@ func (b *bench) startMeshlets(ctx context.Context, p protocol, backendAddr strin
 		if k == pathDirect {
 			continue
 		}
-		addrs, err := meshletproc.FreeAddrs(4)
+		addrs, err := meshlettest.PickAddrs(4)
 		if err != nil {
 			results[k].Failed = "finding free ports: " + err.Error()
 			continue

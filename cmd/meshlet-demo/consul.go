@@ -10,6 +10,8 @@ import (
 	"strings"
 	"syscall"
 	"time"
+
+	"meshlet.dev/meshlet/internal/meshlettest"
 )
 
 // consulHCL is the config of the demo's Consul dev agent: loopback only, the ports of t.consulPorts, no update
@@ -66,29 +68,28 @@ func startConsul(ctx context.Context, o options, t *topology, logDir string) (*p
 		}
 		return nil
 	}
-	if err := p.waitReady(readyCtx, leader); err != nil {
+	if err := waitReady(readyCtx, p, leader); err != nil {
 		return p, err
 	}
-	fmt.Printf("  %-13s  pid %-6d  Consul dev agent, http://%s/ui (config %s)\n", "consul", p.cmd.Process.Pid, t.Consul, cfg)
+	fmt.Printf("  %-13s  pid %-6d  Consul dev agent, http://%s/ui (config %s)\n", "consul", p.PID(), t.Consul, cfg)
 	return p, nil
 }
 
 // stopConsul stops the agent by its PID with SIGINT and waits; Consul exits 1 on SIGINT, which is normal.
 func stopConsul(p *process, timeout time.Duration) error {
-	if p.exited() {
-		return p.diedError()
+	if !p.Alive() {
+		return diedError(p)
 	}
-	p.cmd.Process.Signal(syscall.SIGINT)
+	p.Cmd.Process.Signal(syscall.SIGINT)
 	select {
-	case <-p.done:
+	case <-p.Exited():
 	case <-time.After(timeout):
-		p.cmd.Process.Kill()
-		<-p.done
-		return fmt.Errorf("consul still running %v after SIGINT: killed (log: %s)", timeout, p.log)
+		p.Kill()
+		return fmt.Errorf("consul still running %v after SIGINT: killed (log: %s)", timeout, p.LogPath)
 	}
 	var ee *exec.ExitError
-	if p.err != nil && !(errors.As(p.err, &ee) && ee.ExitCode() == 1) {
-		return fmt.Errorf("consul ended with %v (log: %s)", p.err, p.log)
+	if err := p.WaitErr(); err != nil && !(errors.As(err, &ee) && ee.ExitCode() == 1) {
+		return fmt.Errorf("consul ended with %v (log: %s)", err, p.LogPath)
 	}
 	return nil
 }
@@ -99,14 +100,14 @@ func hasEndpoints(admin string, upstreams ...string) func(context.Context) error
 	return func(ctx context.Context) error {
 		ctx, cancel := context.WithTimeout(ctx, time.Second)
 		defer cancel()
-		fams, err := scrape(ctx, "http://"+admin+"/metrics")
+		fams, err := meshlettest.Scrape(ctx, nil, "http://"+admin+"/metrics")
 		if err != nil {
 			return err
 		}
 		have := map[string]bool{}
 		for _, m := range fams["meshlet_upstream_endpoints"].GetMetric() {
 			if m.GetGauge().GetValue() > 0 {
-				have[labels(m)["upstream"]] = true
+				have[meshlettest.Labels(m)["upstream"]] = true
 			}
 		}
 		for _, u := range upstreams {

@@ -132,9 +132,9 @@ func exercise(ctx context.Context, o options, topo *topology, logDir string, pro
 		return 1, "interrupted" // stop without a report
 	}
 	for _, p := range procs {
-		if p.exited() {
-			fmt.Fprintln(os.Stderr, "meshlet-demo:", p.diedError())
-			return 1, p.name + " died"
+		if !p.Alive() {
+			fmt.Fprintln(os.Stderr, "meshlet-demo:", diedError(p))
+			return 1, p.Name + " died"
 		}
 	}
 
@@ -223,10 +223,10 @@ func startMesh(ctx context.Context, o options, t *topology, logDir string) ([]*p
 	readyCtx, cancel := context.WithTimeout(ctx, o.startTimeout)
 	defer cancel()
 	for i, s := range steps {
-		if err := procs[i].waitReady(readyCtx, s.ready); err != nil {
+		if err := waitReady(readyCtx, procs[i], s.ready); err != nil {
 			return procs, err
 		}
-		fmt.Printf("  %-13s  pid %-6d  %s\n", s.name, procs[i].cmd.Process.Pid, s.about)
+		fmt.Printf("  %-13s  pid %-6d  %s\n", s.name, procs[i].PID(), s.about)
 	}
 	fmt.Printf("all ready in %.1fs\n", time.Since(start).Seconds())
 	return procs, nil
@@ -285,7 +285,7 @@ func waitInterrupt(ctx context.Context, procs []*process) {
 	for _, p := range procs {
 		go func() {
 			select {
-			case <-p.done:
+			case <-p.Exited():
 				died <- p
 			case <-ctx.Done():
 			}
@@ -297,10 +297,10 @@ func waitInterrupt(ctx context.Context, procs []*process) {
 			return
 		case p := <-died:
 			how := "exit status 0"
-			if p.err != nil {
-				how = p.err.Error()
+			if err := p.WaitErr(); err != nil {
+				how = err.Error()
 			}
-			fmt.Printf("%s exited (%s); the rest keeps running, Ctrl-C stops it\n", p.name, how)
+			fmt.Printf("%s exited (%s); the rest keeps running, Ctrl-C stops it\n", p.Name, how)
 		}
 	}
 }

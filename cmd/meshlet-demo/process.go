@@ -1,27 +1,20 @@
 package main
 
 import (
-	"bytes"
 	"context"
 	"errors"
 	"fmt"
-	"os"
 	"os/exec"
 	"path/filepath"
-	"strings"
 	"sync"
 	"syscall"
 	"time"
+
+	"meshlet.dev/meshlet/internal/meshlettest"
 )
 
-// process is one program the demo started. Its stdout and stderr go to a log file.
-type process struct {
-	name string // e.g. "api's meshlet"
-	log  string // path of the log file
-	cmd  *exec.Cmd
-	done chan struct{} // closed when the process has exited
-	err  error         // how it exited; read after done
-}
+// process is one program the demo started (meshlettest.StartCmd). Its stdout and stderr go to a log file.
+type process = meshlettest.Proc
 
 // terminatedBySignal reports whether err says that the process was ended by SIGTERM before it could handle it.
 func terminatedBySignal(err error) bool {
@@ -33,71 +26,21 @@ func terminatedBySignal(err error) bool {
 	return ok && ws.Signaled() && ws.Signal() == syscall.SIGTERM
 }
 
-// startProcess starts bin with args, logging to dir/file.
+// startProcess starts bin with args, logging to dir/file, in its own process group.
 func startProcess(name, dir, file, bin string, args ...string) (*process, error) {
-	p := &process{name: name, log: filepath.Join(dir, file), done: make(chan struct{})}
-	f, err := os.Create(p.log)
-	if err != nil {
-		return nil, err
-	}
-	p.cmd = exec.Command(bin, args...)
-	p.cmd.Stdout, p.cmd.Stderr = f, f
-	p.cmd.SysProcAttr = ownProcessGroup() // Ctrl-C reaches the demo only, which then stops the others
-	if err := p.cmd.Start(); err != nil {
-		f.Close()
-		return nil, fmt.Errorf("%s: %w", name, err)
-	}
-	go func() {
-		p.err = p.cmd.Wait()
-		f.Close()
-		close(p.done)
-	}()
-	return p, nil
-}
-
-// exited reports whether the process has ended.
-func (p *process) exited() bool {
-	select {
-	case <-p.done:
-		return true
-	default:
-		return false
-	}
+	cmd := exec.Command(bin, args...)
+	cmd.SysProcAttr = ownProcessGroup() // Ctrl-C reaches the demo only, which then stops the others
+	return meshlettest.StartCmd(name, "", "", filepath.Join(dir, file), cmd)
 }
 
 // diedError describes a process that ended on its own, with the end of its log.
-func (p *process) diedError() error {
-	return fmt.Errorf("%s exited unexpectedly (%v); last lines of %s:\n%s", p.name, p.err, p.log, p.tail(15))
+func diedError(p *process) error {
+	return fmt.Errorf("%s exited unexpectedly (%v); last lines of %s:\n%s", p.Name, p.WaitErr(), p.LogPath, meshlettest.LogTail(p.LogPath, 15))
 }
 
-// tail returns the last n lines of the process log, indented.
-func (p *process) tail(n int) string {
-	b, err := os.ReadFile(p.log)
-	if err != nil {
-		return "  (" + err.Error() + ")"
-	}
-	lines := strings.Split(string(bytes.TrimRight(b, "\n")), "\n")
-	lines = lines[max(0, len(lines)-n):]
-	return "  | " + strings.Join(lines, "\n  | ")
-}
-
-// waitReady polls ready every 50ms until it succeeds, the process exits, or ctx ends.
-func (p *process) waitReady(ctx context.Context, ready func(context.Context) error) error {
-	tick := time.NewTicker(50 * time.Millisecond)
-	defer tick.Stop()
-	for {
-		err := ready(ctx)
-		if err == nil {
-			return nil
-		}
-		select {
-		case <-p.done:
-			return p.diedError()
-		case <-ctx.Done():
-			return fmt.Errorf("%s not ready: %w (log: %s)", p.name, err, p.log)
-		case <-tick.C:
-		}
-	}
+// waitReady polls ready until it succeeds, the process exits, or ctx ends (meshlettest.Proc.WaitFor).
+func waitReady(ctx context.Context, p *process, ready func(context.Context) error) error {
+	return p.WaitFor(ctx, 0, ready)
 }
 
 // stopAll sends SIGTERM to every running process, waits up to timeout for all of them, then kills the rest. It
@@ -111,23 +54,22 @@ func stopAll(procs []*process, timeout time.Duration) error {
 		wg   sync.WaitGroup
 	)
 	for _, p := range procs {
-		if p.exited() {
+		if !p.Alive() {
 			continue
 		}
-		p.cmd.Process.Signal(syscall.SIGTERM)
+		p.Cmd.Process.Signal(syscall.SIGTERM)
 		wg.Go(func() {
 			select {
-			case <-p.done:
-				if p.err != nil && !terminatedBySignal(p.err) {
+			case <-p.Exited():
+				if err := p.WaitErr(); err != nil && !terminatedBySignal(err) {
 					mu.Lock()
-					errs = append(errs, fmt.Errorf("%s ended with %v after SIGTERM (log: %s)", p.name, p.err, p.log))
+					errs = append(errs, fmt.Errorf("%s ended with %v after SIGTERM (log: %s)", p.Name, err, p.LogPath))
 					mu.Unlock()
 				}
 			case <-ctx.Done():
-				p.cmd.Process.Kill()
-				<-p.done
+				p.Kill()
 				mu.Lock()
-				errs = append(errs, fmt.Errorf("%s still running %v after SIGTERM: killed (log: %s)", p.name, timeout, p.log))
+				errs = append(errs, fmt.Errorf("%s still running %v after SIGTERM: killed (log: %s)", p.Name, timeout, p.LogPath))
 				mu.Unlock()
 			}
 		})

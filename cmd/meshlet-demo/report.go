@@ -13,6 +13,8 @@ import (
 	"time"
 
 	dto "github.com/prometheus/client_model/go"
+
+	"meshlet.dev/meshlet/internal/meshlettest"
 )
 
 // printLoad prints what the users of web saw.
@@ -54,12 +56,12 @@ func printMetrics(ctx context.Context, w io.Writer, sidecars []sidecar) error {
 	seconds := map[requestKey]float64{}
 	var errLines []string
 	for i, s := range sidecars {
-		fams, err := scrape(ctx, "http://"+s.Admin+"/metrics")
+		fams, err := meshlettest.Scrape(ctx, nil, "http://"+s.Admin+"/metrics")
 		if err != nil {
 			return err
 		}
 		key := func(m *dto.Metric) requestKey {
-			l := labels(m)
+			l := meshlettest.Labels(m)
 			return requestKey{i, l["direction"], l["upstream"], l["code_class"], l["grpc_code"]}
 		}
 		for _, m := range fams["meshlet_requests_total"].GetMetric() {
@@ -70,7 +72,7 @@ func printMetrics(ctx context.Context, w io.Writer, sidecars []sidecar) error {
 		}
 		for _, m := range fams["meshlet_upstream_errors_total"].GetMetric() {
 			if v := m.GetCounter().GetValue(); v > 0 {
-				l := labels(m)
+				l := meshlettest.Labels(m)
 				errLines = append(errLines, fmt.Sprintf("  %s\t%s\t%s\t%s\t%.0f", s.Name, l["direction"], l["upstream"], l["reason"], v))
 			}
 		}

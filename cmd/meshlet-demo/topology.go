@@ -10,35 +10,12 @@ import (
 	"strings"
 
 	"go.yaml.in/yaml/v3"
+
+	"meshlet.dev/meshlet/internal/meshlettest"
 )
 
-// meshletConfig is the part of a meshlet config file that the demo needs to know: where everything listens.
-type meshletConfig struct {
-	Service struct {
-		Name    string `yaml:"name"`
-		Address string `yaml:"address"`
-	} `yaml:"service"`
-	Inbound struct {
-		Listen string `yaml:"listen"`
-	} `yaml:"inbound"`
-	Upstreams []struct {
-		Name     string `yaml:"name"`
-		Listen   string `yaml:"listen"`
-		Protocol string `yaml:"protocol"`
-	} `yaml:"upstreams"`
-	Admin struct {
-		Listen string `yaml:"listen"`
-	} `yaml:"admin"`
-	Discovery struct {
-		Consul *struct {
-			Address string `yaml:"address"`
-		} `yaml:"consul"`
-	} `yaml:"discovery"`
-	TLS struct {
-		Source   string `yaml:"source"`
-		CertFile string `yaml:"cert_file"`
-	} `yaml:"tls"`
-}
+// meshletConfig is a meshlet config file, in meshlet's own config types; the demo reads where everything listens.
+type meshletConfig = meshlettest.File
 
 // topology is the demo mesh, read from the two meshlet configs so that they are the one place that names ports.
 type topology struct {

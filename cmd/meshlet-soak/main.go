@@ -38,7 +38,7 @@ import (
 	"syscall"
 	"time"
 
-	"meshlet.dev/meshlet/internal/meshletproc"
+	"meshlet.dev/meshlet/internal/meshlettest"
 )
 
 type options struct {
@@ -152,7 +152,7 @@ type soak struct {
 	rss      map[string][]int64 // RSS samples of the current interval, by instance name (A, B0, ...)
 	gor      map[string][]int64 // goroutine samples (go_goroutines) of the current interval, likewise
 	reports  []report
-	finalA   promText // A's metrics at the end, before it stops
+	finalA   meshlettest.Metrics // A's metrics at the end, before it stops
 }
 
 // fail records a reason for failing and ends the run early.
@@ -308,7 +308,7 @@ func (s *soak) sample() {
 	for _, e := range procs {
 		if !e.p.Alive() {
 			if e.must {
-				s.fail("meshlet %s exited unexpectedly (%v); log:\n%s", e.p.name, e.p.WaitErr(), meshletproc.LogTail(e.p.LogPath, 20))
+				s.fail("meshlet %s exited unexpectedly (%v); log:\n%s", e.p.name, e.p.WaitErr(), meshlettest.LogTail(e.p.LogPath, 20))
 			}
 			continue
 		}
@@ -319,7 +319,7 @@ func (s *soak) sample() {
 		}
 		if t, err := e.p.metrics(); err == nil {
 			s.mu.Lock()
-			s.gor[e.name] = append(s.gor[e.name], int64(t.sum("go_goroutines", nil)))
+			s.gor[e.name] = append(s.gor[e.name], int64(t.Sum("go_goroutines", nil)))
 			s.mu.Unlock()
 		}
 	}

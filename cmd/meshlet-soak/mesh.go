@@ -6,13 +6,13 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
-	"strings"
 	"sync"
 	"sync/atomic"
 	"syscall"
 	"time"
 
-	"meshlet.dev/meshlet/internal/meshletproc"
+	"meshlet.dev/meshlet/internal/meshlettest"
+	"meshlet.dev/meshlet/proxy"
 )
 
 // Upstream names in meshlet A's config.
@@ -67,41 +67,53 @@ func newMesh(bin, dir, logLevel string, n int) (*mesh, error) {
 	return m, nil
 }
 
-func (m *mesh) tlsYAML(svc string) string {
-	return fmt.Sprintf("tls:\n  cert_file: %[1]s/%[2]s.crt\n  key_file: %[1]s/%[2]s.key\n  ca_file: %[1]s/ca.crt\n  reload_interval: 1s\n",
-		m.certs.dir, svc)
+// config is what A's and every B's config share: svc's certificates (reloaded every second), admin, log and
+// shutdown.
+func (m *mesh) config(svc, admin string) meshlettest.File {
+	var f meshlettest.File
+	f.Service.Name = svc
+	f.TLS.CertFile = filepath.Join(m.certs.dir, svc+".crt")
+	f.TLS.KeyFile = filepath.Join(m.certs.dir, svc+".key")
+	f.TLS.CAFile = filepath.Join(m.certs.dir, "ca.crt")
+	f.TLS.ReloadInterval = time.Second
+	f.Admin.Listen = admin
+	f.Log.Level = m.logLevel
+	f.Shutdown = meshlettest.Shutdown{DrainDelay: meshlettest.Duration(0), DrainTimeout: 5 * time.Second}
+	return f
 }
 
-func (m *mesh) commonYAML() string {
-	return fmt.Sprintf("log:\n  level: %s\n  access_log: false\nshutdown:\n  drain_delay: 0s\n  drain_timeout: 5s\n", m.logLevel)
+// render is f's YAML; the config types always marshal.
+func render(f meshlettest.File) string {
+	y, err := f.YAML()
+	if err != nil {
+		panic(err)
+	}
+	return y
 }
 
 // aYAML is A's config: both upstreams list the instances in A, round robin or p2c by turns. Call with mu held.
 func (m *mesh) aYAML() string {
-	var eps []string
+	eps := []string{}
 	for _, in := range m.instances {
 		if in.inA {
 			eps = append(eps, in.inbound)
 		}
 	}
 	lb := []string{"p2c", "round_robin"}[m.reloads%2]
-	var b strings.Builder
-	fmt.Fprintf(&b, "service:\n  name: %s\nupstreams:\n", clientService)
+	f := m.config(clientService, m.aAdm)
 	for _, u := range []struct{ name, listen, proto string }{{upHTTP, m.aHTTP, "http"}, {upGRPC, m.aGRPC, "grpc"}} {
-		fmt.Fprintf(&b, "  - name: %s\n    listen: %s\n    protocol: %s\n    service: %s\n    peer: sidecar\n",
-			u.name, u.listen, u.proto, serverService)
-		fmt.Fprintf(&b, "    lb: %s\n    timeout: 4s\n    endpoints: [%s]\n", lb, strings.Join(eps, ", "))
+		f.Upstreams = append(f.Upstreams, proxy.UpstreamConfig{Name: u.name, Listen: u.listen, Protocol: u.proto,
+			Service: serverService, Peer: "sidecar", LB: lb, Timeout: 4 * time.Second, Endpoints: eps})
 	}
-	b.WriteString(m.tlsYAML(clientService))
-	fmt.Fprintf(&b, "admin:\n  listen: %s\n", m.aAdm)
-	b.WriteString(m.commonYAML())
-	return b.String()
+	return render(f)
 }
 
 func (m *mesh) bYAML(in *instance) string {
-	return fmt.Sprintf("service:\n  name: %s\n  address: %s\n  protocol: http2\n"+
-		"inbound:\n  listen: %s\n  tls:\n    mode: mtls\n    allow: [%s]\n%sadmin:\n  listen: %s\n%s",
-		serverService, in.backend, in.inbound, clientService, m.tlsYAML(serverService), in.admin, m.commonYAML())
+	f := m.config(serverService, in.admin)
+	f.Service.Address, f.Service.Protocol = in.backend, "http2"
+	f.Inbound.Listen = in.inbound
+	f.Inbound.TLS = proxy.InboundTLSConfig{Mode: "mtls", Allow: []string{clientService}}
+	return render(f)
 }
 
 func (m *mesh) setInA(in *instance, v bool) {
@@ -124,7 +136,7 @@ func (m *mesh) start(ctx context.Context) error {
 		}
 		m.setInA(in, true)
 	}
-	addrs, err := meshletproc.FreeAddrs(3)
+	addrs, err := meshlettest.PickAddrs(3)
 	if err != nil {
 		return err
 	}
@@ -137,7 +149,7 @@ func (m *mesh) start(ctx context.Context) error {
 		return err
 	}
 	m.a = p
-	if err := p.WaitReady(ctx); err != nil {
+	if err := p.WaitReady(ctx, meshlettest.ReadyTimeout); err != nil {
 		return err
 	}
 	return m.waitEndpoints(ctx, len(m.instances))
@@ -147,7 +159,7 @@ func (m *mesh) start(ctx context.Context) error {
 // had (a restart in place).
 func (m *mesh) startInstance(ctx context.Context, in *instance, fresh bool) error {
 	if fresh {
-		addrs, err := meshletproc.FreeAddrs(3)
+		addrs, err := meshlettest.PickAddrs(3)
 		if err != nil {
 			return err
 		}
@@ -168,7 +180,7 @@ func (m *mesh) startInstance(ctx context.Context, in *instance, fresh bool) erro
 	m.mu.Lock()
 	in.be, in.proc = be, p
 	m.mu.Unlock()
-	return p.WaitReady(ctx)
+	return p.WaitReady(ctx, meshlettest.ReadyTimeout)
 }
 
 // listenRetry retries start for a few seconds while the port is still in use (a restart in place).
@@ -212,28 +224,28 @@ func (m *mesh) reload(ctx context.Context) error {
 	}
 	ok := map[string]string{"result": "success"}
 	fail := map[string]string{"result": "failure"}
-	return poll(ctx, 10*time.Second, "A applies the reload", func(p promText) (bool, error) {
-		if p.sum("meshlet_config_reloads_total", fail) > before.sum("meshlet_config_reloads_total", fail) {
-			return false, fmt.Errorf("meshlet A rejected the reload; log:\n%s", meshletproc.LogTail(m.a.LogPath, 5))
+	return poll(ctx, 10*time.Second, "A applies the reload", func(p meshlettest.Metrics) (bool, error) {
+		if p.Sum("meshlet_config_reloads_total", fail) > before.Sum("meshlet_config_reloads_total", fail) {
+			return false, fmt.Errorf("meshlet A rejected the reload; log:\n%s", meshlettest.LogTail(m.a.LogPath, 5))
 		}
-		return p.sum("meshlet_config_reloads_total", ok) > before.sum("meshlet_config_reloads_total", ok) &&
+		return p.Sum("meshlet_config_reloads_total", ok) > before.Sum("meshlet_config_reloads_total", ok) &&
 			endpointsAre(p, want), nil
 	}, m.a)
 }
 
-func endpointsAre(p promText, n int) bool {
-	return p.sum("meshlet_upstream_endpoints", map[string]string{"upstream": upHTTP}) == float64(n) &&
-		p.sum("meshlet_upstream_endpoints", map[string]string{"upstream": upGRPC}) == float64(n)
+func endpointsAre(p meshlettest.Metrics, n int) bool {
+	return p.Sum("meshlet_upstream_endpoints", map[string]string{"upstream": upHTTP}) == float64(n) &&
+		p.Sum("meshlet_upstream_endpoints", map[string]string{"upstream": upGRPC}) == float64(n)
 }
 
 func (m *mesh) waitEndpoints(ctx context.Context, n int) error {
-	return poll(ctx, 10*time.Second, fmt.Sprintf("A has %d endpoints", n), func(p promText) (bool, error) {
+	return poll(ctx, 10*time.Second, fmt.Sprintf("A has %d endpoints", n), func(p meshlettest.Metrics) (bool, error) {
 		return endpointsAre(p, n), nil
 	}, m.a)
 }
 
 // poll scrapes p's metrics every 100ms until cond holds, fails, or within passes.
-func poll(ctx context.Context, within time.Duration, what string, cond func(promText) (bool, error), p *meshletProc) error {
+func poll(ctx context.Context, within time.Duration, what string, cond func(meshlettest.Metrics) (bool, error), p *meshletProc) error {
 	deadline := time.Now().Add(within)
 	for {
 		t, err := p.metrics()
@@ -331,14 +343,14 @@ func (m *mesh) rotate(ctx context.Context, logf func(string, ...any)) error {
 		if err != nil {
 			return err
 		}
-		before[i] = t.sum("meshlet_tls_rotations_total", ok)
+		before[i] = t.Sum("meshlet_tls_rotations_total", ok)
 	}
 	if err := m.certs.rotate(); err != nil {
 		return fmt.Errorf("rotating certificates: %w", err)
 	}
 	for i, p := range procs {
-		err := poll(ctx, 15*time.Second, "meshlet "+p.name+" loads its rotated certificate", func(t promText) (bool, error) {
-			return t.sum("meshlet_tls_rotations_total", ok) > before[i], nil
+		err := poll(ctx, 15*time.Second, "meshlet "+p.name+" loads its rotated certificate", func(t meshlettest.Metrics) (bool, error) {
+			return t.Sum("meshlet_tls_rotations_total", ok) > before[i], nil
 		}, p)
 		if err != nil {
 			return err

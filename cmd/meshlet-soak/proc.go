@@ -1,12 +1,9 @@
 package main
 
 import (
-	"bufio"
-	"bytes"
 	"context"
 	"errors"
 	"fmt"
-	"io"
 	"net/http"
 	"os"
 	"os/exec"
@@ -15,12 +12,12 @@ import (
 	"strings"
 	"time"
 
-	"meshlet.dev/meshlet/internal/meshletproc"
+	"meshlet.dev/meshlet/internal/meshlettest"
 )
 
 // meshletProc is one running meshlet process.
 type meshletProc struct {
-	*meshletproc.Proc
+	*meshlettest.Proc
 	name string // "A", "B0", "B1#3" (instance B1, third generation)
 	http *http.Client
 }
@@ -28,7 +25,7 @@ type meshletProc struct {
 // startMeshlet writes yaml to cfgPath and starts `bin run -config cfgPath`, its output appended to logPath.
 // The process gets SIGKILL if this program dies first.
 func startMeshlet(bin, name, admin, cfgPath, logPath, yaml string) (*meshletProc, error) {
-	p, err := meshletproc.Start(bin, "meshlet "+name, admin, cfgPath, logPath, yaml)
+	p, err := meshlettest.StartConfig(bin, "meshlet "+name, admin, cfgPath, logPath, yaml)
 	if err != nil {
 		return nil, err
 	}
@@ -36,67 +33,12 @@ func startMeshlet(bin, name, admin, cfgPath, logPath, yaml string) (*meshletProc
 }
 
 // metrics scrapes /metrics.
-func (m *meshletProc) metrics() (promText, error) {
-	resp, err := m.http.Get("http://" + m.Admin + "/metrics")
+func (m *meshletProc) metrics() (meshlettest.Metrics, error) {
+	mt, err := meshlettest.Scrape(context.Background(), m.http, "http://"+m.Admin+"/metrics")
 	if err != nil {
-		return nil, err
+		return nil, fmt.Errorf("meshlet %s: %w", m.name, err)
 	}
-	defer resp.Body.Close()
-	if resp.StatusCode != http.StatusOK {
-		return nil, fmt.Errorf("meshlet %s /metrics: %s", m.name, resp.Status)
-	}
-	b, err := io.ReadAll(io.LimitReader(resp.Body, 8<<20))
-	return promText(b), err
-}
-
-// promText is a Prometheus text exposition.
-type promText []byte
-
-// sum adds the samples of metric name whose labels include every pair of want (nil: all samples).
-func (p promText) sum(name string, want map[string]string) float64 {
-	var total float64
-	sc := bufio.NewScanner(bytes.NewReader(p))
-	sc.Buffer(make([]byte, 64<<10), 1<<20)
-	for sc.Scan() {
-		line := sc.Text()
-		if !strings.HasPrefix(line, name) {
-			continue
-		}
-		rest := line[len(name):]
-		labels := ""
-		switch {
-		case strings.HasPrefix(rest, "{"):
-			end := strings.LastIndexByte(rest, '}')
-			if end < 0 {
-				continue
-			}
-			labels, rest = rest[1:end], rest[end+1:]
-		case strings.HasPrefix(rest, " "):
-		default:
-			continue // another metric whose name starts with name
-		}
-		if !labelsMatch(labels, want) {
-			continue
-		}
-		f := strings.Fields(rest)
-		if len(f) == 0 {
-			continue
-		}
-		if v, err := strconv.ParseFloat(f[0], 64); err == nil {
-			total += v
-		}
-	}
-	return total
-}
-
-// labelsMatch reports whether the label list `a="x",b="y"` has every pair of want.
-func labelsMatch(labels string, want map[string]string) bool {
-	for k, v := range want {
-		if !strings.Contains(","+labels, ","+k+"="+strconv.Quote(v)) {
-			return false
-		}
-	}
-	return true
+	return mt, nil
 }
 
 // readRSS returns VmRSS of pid in bytes.

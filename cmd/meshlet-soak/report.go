@@ -58,7 +58,7 @@ func (s *soak) addReport(w *window, partial bool) {
 	}
 	m.mu.Unlock()
 	if t, err := m.a.metrics(); err == nil {
-		r.retries = t.sum("meshlet_retries_total", nil)
+		r.retries = t.Sum("meshlet_retries_total", nil)
 	}
 	prevRetries := 0.0
 	if len(s.reports) > 0 {
@@ -226,16 +226,16 @@ func (s *soak) summary() bool {
 	if t := s.finalA; t != nil {
 		var reasons []string
 		for _, r := range []string{"no_endpoint", "connect", "timeout", "canceled", "overflow", "other", "unknown_upstream"} {
-			if v := t.sum("meshlet_upstream_errors_total", map[string]string{"reason": r}); v > 0 {
+			if v := t.Sum("meshlet_upstream_errors_total", map[string]string{"reason": r}); v > 0 {
 				reasons = append(reasons, fmt.Sprintf("%s %.0f", r, v))
 			}
 		}
 		fmt.Fprintf(s.out, "meshlet A: retries %.0f, upstream errors %.0f %v, reloads ok %.0f failed %.0f, tls rotations ok %.0f failed %.0f\n",
-			t.sum("meshlet_retries_total", nil), t.sum("meshlet_upstream_errors_total", nil), reasons,
-			t.sum("meshlet_config_reloads_total", map[string]string{"result": "success"}),
-			t.sum("meshlet_config_reloads_total", map[string]string{"result": "failure"}),
-			t.sum("meshlet_tls_rotations_total", map[string]string{"result": "success"}),
-			t.sum("meshlet_tls_rotations_total", map[string]string{"result": "failure"}))
+			t.Sum("meshlet_retries_total", nil), t.Sum("meshlet_upstream_errors_total", nil), reasons,
+			t.Sum("meshlet_config_reloads_total", map[string]string{"result": "success"}),
+			t.Sum("meshlet_config_reloads_total", map[string]string{"result": "failure"}),
+			t.Sum("meshlet_tls_rotations_total", map[string]string{"result": "success"}),
+			t.Sum("meshlet_tls_rotations_total", map[string]string{"result": "failure"}))
 	}
 	for _, name := range []string{"A", "B0"} {
 		v, judged := judgeMemory(name, s.reports)

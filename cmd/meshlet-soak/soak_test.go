@@ -6,32 +6,6 @@ import (
 	"time"
 )
 
-func TestPromTextSum(t *testing.T) {
-	p := promText(`# HELP meshlet_config_reloads_total Config reloads.
-meshlet_config_reloads_total{result="failure"} 1
-meshlet_config_reloads_total{result="success"} 7
-meshlet_config_reloads_total_extra 100
-meshlet_upstream_endpoints{upstream="soak-grpc"} 3
-meshlet_upstream_endpoints{upstream="soak-http"} 2
-go_goroutines 42
-`)
-	for _, c := range []struct {
-		name string
-		want map[string]string
-		sum  float64
-	}{
-		{"meshlet_config_reloads_total", nil, 8},
-		{"meshlet_config_reloads_total", map[string]string{"result": "success"}, 7},
-		{"meshlet_upstream_endpoints", map[string]string{"upstream": "soak-http"}, 2},
-		{"meshlet_upstream_endpoints", map[string]string{"upstream": "soak"}, 0},
-		{"go_goroutines", nil, 42},
-	} {
-		if got := p.sum(c.name, c.want); got != c.sum {
-			t.Errorf("sum(%s, %v) = %v, want %v", c.name, c.want, got, c.sum)
-		}
-	}
-}
-
 // reports builds full intervals with the given RSS (MiB) and goroutines of meshlet A.
 func reports(rss []float64, gor []float64) []report {
 	var out []report

@@ -28,6 +28,7 @@ import (
 	"go.yaml.in/yaml/v3"
 
 	"meshlet.dev/meshlet/discovery/discoverytest"
+	"meshlet.dev/meshlet/internal/meshlettest"
 )
 
 const (
@@ -125,7 +126,7 @@ func startInstrumentedMeshlet(t *testing.T) string {
 	certs := t.TempDir()
 	for _, args := range [][]string{{"certs", "ca", "-dir", certs, "-trust-domain", "example.mesh"},
 		{"certs", "issue", "-dir", certs, "-service", "web"}} {
-		if out, code := runMeshlet(t, args...); code != 0 {
+		if out, code := meshlettest.Exec(t, args...); code != 0 {
 			t.Fatalf("meshlet %v: %d %s", args, code, out)
 		}
 	}
@@ -145,8 +146,8 @@ func startInstrumentedMeshlet(t *testing.T) string {
 	var releaseOnce sync.Once
 	t.Cleanup(func() { releaseOnce.Do(func() { close(release) }); slow.Close() })
 
-	admin, api, lim, disc := freeAddr(t), freeAddr(t), freeAddr(t), freeAddr(t)
-	p := startMeshlet(t, admin, fmt.Sprintf(`service: {name: web}
+	admin, api, lim, disc := meshlettest.FreeAddr(t), meshlettest.FreeAddr(t), meshlettest.FreeAddr(t), meshlettest.FreeAddr(t)
+	p := meshlettest.Start(t, admin, fmt.Sprintf(`service: {name: web}
 upstreams:
   - {name: api, listen: %q, endpoints: [%q, %q], retry: {backoff: {base: 1ms, max: 2ms}},
       circuit_breaker: {open_timeout: 10m}}   # stays open while Prometheus starts, however slow the machine
@@ -156,7 +157,7 @@ discovery: {consul: {address: %q}}
 tls: {cert_file: %q, key_file: %q, ca_file: %q}
 admin: {listen: %q}
 shutdown: {drain_delay: 0s}
-`, api, hostOf(bad1), hostOf(bad2), lim, hostOf(slow), disc, agent.HTTPAddr,
+`, api, meshlettest.HostOf(bad1), meshlettest.HostOf(bad2), lim, meshlettest.HostOf(slow), disc, agent.HTTPAddr,
 		filepath.Join(certs, "web.crt"), filepath.Join(certs, "web.key"), filepath.Join(certs, "ca.crt"), admin))
 
 	client := &http.Client{Timeout: 10 * time.Second}
@@ -186,7 +187,7 @@ shutdown: {drain_delay: 0s}
 	}
 	releaseOnce.Do(func() { close(release) })
 	<-done
-	if v := p.metricValue(t, `meshlet_limit_overflows_total{`); v < 1 {
+	if v := p.MetricSum(t, "meshlet_limit_overflows_total", nil); v < 1 {
 		t.Errorf("meshlet_limit_overflows_total = %v", v)
 	}
 	return admin
@@ -257,11 +258,11 @@ scrape_configs:
 `, rules, admin)), 0o600); err != nil {
 		t.Fatal(err)
 	}
-	listen := freeAddr(t)
+	listen := meshlettest.FreeAddr(t)
 	ctx, cancel := context.WithCancel(context.Background())
 	cmd := exec.CommandContext(ctx, bin, "--config.file="+conf, "--storage.tsdb.path="+filepath.Join(dir, "data"),
 		"--web.listen-address="+listen, "--log.level=warn")
-	var out syncBuffer
+	var out meshlettest.SyncBuffer
 	cmd.Stdout, cmd.Stderr = &out, &out
 	if err := cmd.Start(); err != nil {
 		t.Fatal(err)

@@ -17,6 +17,8 @@ import (
 	"time"
 
 	"go.yaml.in/yaml/v3"
+
+	"meshlet.dev/meshlet/internal/meshlettest"
 )
 
 const goldenImage = "registry.example.com/meshlet:v1.0.0" // the image inject's golden files were made with
@@ -28,7 +30,7 @@ func TestCLIInject(t *testing.T) {
 		t.Fatal(err)
 	}
 	t.Run("file", func(t *testing.T) {
-		cmd := exec.Command(meshletBin, "inject", "-image", goldenImage, "-f", in)
+		cmd := exec.Command(meshlettest.Bin(), "inject", "-image", goldenImage, "-f", in)
 		var stdout, stderr bytes.Buffer
 		cmd.Stdout, cmd.Stderr = &stdout, &stderr
 		if err := cmd.Run(); err != nil {
@@ -42,7 +44,7 @@ func TestCLIInject(t *testing.T) {
 		}
 	})
 	t.Run("stdin, image from the environment", func(t *testing.T) {
-		cmd := exec.Command(meshletBin, "inject")
+		cmd := exec.Command(meshlettest.Bin(), "inject")
 		cmd.Env = append(os.Environ(), "MESHLET_IMAGE="+goldenImage)
 		cmd.Stdin = bytes.NewReader(want) // already injected: unchanged
 		out, err := cmd.Output()
@@ -62,12 +64,12 @@ func TestCLIInject(t *testing.T) {
 		{"no image", []string{"inject", "-f", in}, 1, "image: required"},
 		{"missing file", []string{"inject", "-image", "x", "-f", "/nonexistent.yaml"}, 1, "no such file"},
 		{"stray argument", []string{"inject", "-image", "x", in}, 2, "use -f FILE"},
-		{"bad annotation", []string{"inject", "-image", "x", "-f", writeTemp(t, "bad.yaml",
+		{"bad annotation", []string{"inject", "-image", "x", "-f", meshlettest.WriteTemp(t, "bad.yaml",
 			"kind: Pod\nmetadata:\n  name: p\n  annotations: {meshlet.dev/upstreams: nope}\nspec: {containers: []}\n")}, 1,
 			`document 1: Pod p: meshlet.dev/upstreams: "nope" must be name:port`},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			cmd := exec.Command(meshletBin, tc.args...)
+			cmd := exec.Command(meshlettest.Bin(), tc.args...)
 			cmd.Env = append(os.Environ(), "MESHLET_IMAGE=")
 			out, err := cmd.CombinedOutput()
 			code := 0
@@ -100,7 +102,7 @@ func TestInjectedConfigsCheck(t *testing.T) {
 			for _, conf := range envValues(&doc, "MESHLET_CONFIG_YAML") {
 				n++
 				conf = strings.ReplaceAll(conf, "$(POD_IP)", "10.1.2.3")
-				cmd := exec.Command(meshletBin, "check", "-config", "env:MESHLET_CONFIG_YAML")
+				cmd := exec.Command(meshlettest.Bin(), "check", "-config", "env:MESHLET_CONFIG_YAML")
 				cmd.Env = append(os.Environ(), "MESHLET_CONFIG_YAML="+conf, "CONSUL_HTTP_ADDR=10.0.0.1:8500")
 				if out, err := cmd.CombinedOutput(); err != nil || !strings.Contains(string(out), "config ok") {
 					t.Errorf("%s: generated config rejected: %v\n%s\nconfig:\n%s", filepath.Base(g), err, out, conf)
@@ -139,11 +141,11 @@ func envValues(n *yaml.Node, name string) []string {
 // TestEnvConfigSourceRunsAndWaitAndQuit: meshlet runs on a config held in an environment variable; `meshlet
 // wait`, started before it, returns once it is ready; POST /quitquitquit then shuts it down gracefully (exit 0).
 func TestEnvConfigSourceRunsAndWaitAndQuit(t *testing.T) {
-	admin := freeAddr(t)
+	admin := meshlettest.FreeAddr(t)
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
-	wait := exec.CommandContext(ctx, meshletBin, "wait", "-admin", admin, "-timeout", "20s", "-interval", "20ms")
-	var waitOut syncBuffer
+	wait := exec.CommandContext(ctx, meshlettest.Bin(), "wait", "-admin", admin, "-timeout", "20s", "-interval", "20ms")
+	var waitOut meshlettest.SyncBuffer
 	wait.Stdout, wait.Stderr = &waitOut, &waitOut
 	if err := wait.Start(); err != nil {
 		t.Fatal(err)
@@ -152,9 +154,9 @@ func TestEnvConfigSourceRunsAndWaitAndQuit(t *testing.T) {
 	go func() { waitDone <- wait.Wait() }()
 
 	conf := fmt.Sprintf("service: {name: web}\nadmin: {listen: %q}\nshutdown: {drain_delay: 0s}\n", admin)
-	run := exec.Command(meshletBin, "run", "-config", "env:MY_MESHLET_CONFIG")
+	run := exec.Command(meshlettest.Bin(), "run", "-config", "env:MY_MESHLET_CONFIG")
 	run.Env = append(os.Environ(), "MY_MESHLET_CONFIG="+conf)
-	var runOut syncBuffer
+	var runOut meshlettest.SyncBuffer
 	run.Stdout, run.Stderr = &runOut, &runOut
 	if err := run.Start(); err != nil {
 		t.Fatal(err)
@@ -208,11 +210,11 @@ func TestCLIWaitFails(t *testing.T) {
 		name, admin, want string
 	}{
 		{"503", strings.TrimPrefix(notReady.URL, "http://"), "503 not ready: upstream api: waiting"},
-		{"nothing listening", freeAddr(t), "connection refused"},
+		{"nothing listening", meshlettest.FreeAddr(t), "connection refused"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			start := time.Now()
-			out, code := runMeshlet(t, "wait", "-admin", tc.admin, "-timeout", "300ms", "-interval", "20ms")
+			out, code := meshlettest.Exec(t, "wait", "-admin", tc.admin, "-timeout", "300ms", "-interval", "20ms")
 			if code != 1 || !strings.Contains(out, tc.want) || !strings.Contains(out, "not ready after 300ms") {
 				t.Errorf("exit %d, output %q; want exit 1 and %q", code, out, tc.want)
 			}
@@ -221,7 +223,7 @@ func TestCLIWaitFails(t *testing.T) {
 			}
 		})
 	}
-	if out, code := runMeshlet(t, "run", "-config", "env:MESHLET_TEST_UNSET_VAR"); code != 1 || !strings.Contains(out, "MESHLET_TEST_UNSET_VAR is not set") {
+	if out, code := meshlettest.Exec(t, "run", "-config", "env:MESHLET_TEST_UNSET_VAR"); code != 1 || !strings.Contains(out, "MESHLET_TEST_UNSET_VAR is not set") {
 		t.Errorf("unset env config: exit %d, %s", code, out)
 	}
 }

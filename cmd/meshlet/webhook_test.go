@@ -20,6 +20,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"meshlet.dev/meshlet/internal/meshlettest"
 )
 
 // selfSigned writes a certificate for 127.0.0.1 and its key into dir and returns a pool that trusts it.
@@ -51,9 +53,9 @@ func selfSigned(t *testing.T, dir string) (certFile, keyFile string, pool *x509.
 // adds the native sidecar; SIGTERM stops it with exit 0.
 func TestCLIWebhook(t *testing.T) {
 	cert, key, pool := selfSigned(t, t.TempDir())
-	addr := freeAddr(t)
-	cmd := exec.Command(meshletBin, "webhook", "-listen", addr, "-tls-cert", cert, "-tls-key", key, "-image", goldenImage)
-	var out syncBuffer
+	addr := meshlettest.FreeAddr(t)
+	cmd := exec.Command(meshlettest.Bin(), "webhook", "-listen", addr, "-tls-cert", cert, "-tls-key", key, "-image", goldenImage)
+	var out meshlettest.SyncBuffer
 	cmd.Stdout, cmd.Stderr = &out, &out
 	if err := cmd.Start(); err != nil {
 		t.Fatal(err)
@@ -143,10 +145,10 @@ func TestCLIWebhook(t *testing.T) {
 	if !bytes.Contains([]byte(out.String()), []byte(`"msg":"pod injected"`)) {
 		t.Errorf("no log line for the injection:\n%s", out.String())
 	}
-	if out, code := runMeshlet(t, "webhook", "-image", "x"); code != 2 || !strings.Contains(out, "-tls-cert, -tls-key and -image") {
+	if out, code := meshlettest.Exec(t, "webhook", "-image", "x"); code != 2 || !strings.Contains(out, "-tls-cert, -tls-key and -image") {
 		t.Errorf("without a certificate: exit %d, %s", code, out)
 	}
-	if out, code := runMeshlet(t, "webhook", "-image", "x", "-tls-cert", "/nonexistent", "-tls-key", "/nonexistent"); code != 1 || !strings.Contains(out, "cannot load the serving certificate") {
+	if out, code := meshlettest.Exec(t, "webhook", "-image", "x", "-tls-cert", "/nonexistent", "-tls-key", "/nonexistent"); code != 1 || !strings.Contains(out, "cannot load the serving certificate") {
 		t.Errorf("missing certificate files: exit %d, %s", code, out)
 	}
 }
