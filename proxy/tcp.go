@@ -74,29 +74,35 @@ func (t *tcpProxy) track(c net.Conn, add bool) {
 	}
 }
 
-// handle proxies one client connection. A failed connect is tried on other endpoints (up to three attempts),
-// since nothing has been sent yet.
+// handle proxies one client connection: inbound, its caller authorized first.
 func (t *tcpProxy) handle(client net.Conn) {
 	defer client.Close()
 	if t.direction == "inbound" && !t.cluster.authorizeConn(client) {
 		t.log.Debug("tcp caller refused by inbound.tls.allow", "remote", client.RemoteAddr().String())
 		return
 	}
+	t.cluster.relay(client, t.idle, t.log)
+}
+
+// relay carries client's connection to an endpoint of the cluster and copies bytes both ways until either side
+// closes or nothing moves for idle. A failed connect is tried on other endpoints (up to three attempts), since
+// nothing has been sent yet. It does not close client.
+func (c *cluster) relay(client net.Conn, idle time.Duration, log *slog.Logger) {
 	var backend net.Conn
 	var lastErr error
 	var tried []*endpointState // for choose to avoid them
 	for attempt := 0; attempt < 3 && backend == nil; attempt++ {
-		st, end, err := t.cluster.endpoints.choose(tried)
+		st, end, err := c.endpoints.choose(tried)
 		if err != nil {
 			lastErr = err
 			break
 		}
 		tried = append(tried, st)
-		d := net.Dialer{Timeout: t.cluster.cfg.Load().ConnectTimeout, KeepAlive: 30 * time.Second}
-		c, err := d.Dial("tcp", st.hostport)
+		d := net.Dialer{Timeout: c.cfg.Load().ConnectTimeout, KeepAlive: 30 * time.Second}
+		conn, err := d.Dial("tcp", st.hostport)
 		if err == nil {
-			ctx, cancel := context.WithTimeout(context.Background(), t.cluster.cfg.Load().ConnectTimeout)
-			c, err = t.cluster.secureDial(ctx, c, t.cluster.targetOf(st, t.cluster.cfg.Load()), "")
+			ctx, cancel := context.WithTimeout(context.Background(), c.cfg.Load().ConnectTimeout)
+			conn, err = c.secureDial(ctx, conn, c.targetOf(st, c.cfg.Load()), "")
 			cancel()
 		} else {
 			err = &connectError{addr: st.hostport, err: err}
@@ -107,7 +113,7 @@ func (t *tcpProxy) handle(client net.Conn) {
 			lastErr = err
 			continue
 		}
-		backend = c
+		backend = conn
 		defer end(nil)
 	}
 	if backend == nil {
@@ -115,27 +121,36 @@ func (t *tcpProxy) handle(client net.Conn) {
 		if errors.Is(lastErr, ErrNoEndpoint) {
 			reason = reasonNoEndpoint
 		}
-		t.cluster.obs.errors[reason].Inc()
-		t.log.Debug("tcp connection refused", "upstream", t.cluster.name, "error", lastErr)
+		c.obs.errors[reason].Inc()
+		log.Debug("tcp connection refused", "upstream", c.name, "error", lastErr)
 		return
 	}
 	defer backend.Close()
-	w := newIdleWatch(t.idle, func() {
-		t.log.Debug("tcp connection idle: closed", "upstream", t.cluster.name, "remote", client.RemoteAddr().String(),
-			"idle_timeout", t.idle.String())
+	rx, tx := splice(client, backend, idle, func() {
+		log.Debug("tcp connection idle: closed", "upstream", c.name, "remote", client.RemoteAddr().String(),
+			"idle_timeout", idle.String())
+	})
+	c.obs.rx.Add(float64(rx))
+	c.obs.tx.Add(float64(tx))
+}
+
+// splice copies bytes both ways between client and backend until both directions end; when nothing moved either
+// way for idle, it closes both (onIdle says so first). rx counts the bytes from client, tx those to it.
+func splice(client, backend net.Conn, idle time.Duration, onIdle func()) (rx, tx int64) {
+	w := newIdleWatch(idle, func() {
+		onIdle()
 		client.Close()
 		backend.Close()
 	})
 	defer w.stop()
 	done := make(chan struct{})
 	go func() {
-		n := pipe(backend, client, w)
-		t.cluster.obs.rx.Add(float64(n))
+		rx = pipe(backend, client, w)
 		close(done)
 	}()
-	n := pipe(client, backend, w)
-	t.cluster.obs.tx.Add(float64(n))
+	tx = pipe(client, backend, w)
 	<-done
+	return rx, tx
 }
 
 // shutdown stops accepting and waits for open connections to end until ctx ends, then closes them.
