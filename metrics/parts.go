@@ -132,3 +132,26 @@ func (m *Metrics) RegisterAuthzDefault(policies []string, current func() string)
 		}))
 	}
 }
+
+// Outcomes of a connection the transparent outbound listener took (meshlet_outbound_connections_total).
+const (
+	OutboundMesh        = "mesh"        // its original destination is an upstream's address: carried to the upstream
+	OutboundPassthrough = "passthrough" // a destination outside the mesh: carried to it unchanged
+	OutboundRefused     = "refused"     // refused: outside the mesh with mesh_destinations_only, or meshlet itself
+	OutboundDirect      = "direct"      // not redirected: the app called the listener itself (routed by name)
+)
+
+// RegisterTransparent registers meshlet_outbound_connections_total{outcome}, for a sidecar whose outbound listener
+// takes redirected connections (outbound.transparent), every outcome at 0, and returns it.
+func (m *Metrics) RegisterTransparent() *prometheus.CounterVec {
+	c := prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "meshlet_outbound_connections_total",
+		Help: "Connections the transparent outbound listener took, by outcome: mesh (to an upstream), passthrough " +
+			"(outside the mesh, carried to its destination), refused, direct (not redirected; routed by name).",
+	}, []string{"outcome"})
+	for _, o := range []string{OutboundMesh, OutboundPassthrough, OutboundRefused, OutboundDirect} {
+		c.WithLabelValues(o)
+	}
+	m.Registry.MustRegister(c)
+	return c
+}

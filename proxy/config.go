@@ -82,6 +82,8 @@ type OutboundConfig struct {
 	Domains []string `yaml:"domains" json:"domains"` // suffixes accepted after an upstream's name; default [mesh]
 	// Limits apply to the name-routed listener and to every upstream's own HTTP listener.
 	Limits ListenerLimits `yaml:"limits" json:"limits"`
+	// Transparent makes the outbound listener take redirected connections (meshlet redirect-traffic).
+	Transparent TransparentConfig `yaml:"transparent" json:"transparent"`
 }
 
 // ListenerLimits bound what one client may cost an HTTP listener (HTTP/1.1 and HTTP/2). Zero fields mean the
@@ -220,6 +222,10 @@ type UpstreamConfig struct {
 	// Endpoints are static endpoints (ip:port). When the field is absent (nil) and a discovery source is
 	// configured, the endpoints are discovered under Service; an explicit empty list means no endpoint.
 	Endpoints []string `yaml:"endpoints" json:"endpoints"`
+	// Addresses are the destinations (IPs, CIDRs, ip:port) an app reaches this upstream at when its connections
+	// are redirected to meshlet (outbound.transparent): a connection whose original destination matches goes to
+	// this upstream. The most specific match wins.
+	Addresses []string `yaml:"addresses" json:"addresses"`
 	// Service is the name to discover the endpoints under; default Name.
 	Service string `yaml:"service" json:"service"`
 	// Tag and Datacenter narrow discovery (discovered upstreams only): only instances with the tag, in that
@@ -343,7 +349,11 @@ func (c *Config) Validate() error {
 			add(fmt.Sprintf("outbound.domains[%d]", i), "%q must be a domain without leading or trailing dot", d)
 		}
 	}
+	if c.Outbound.Transparent.Enabled && c.Outbound.Listen == "" {
+		add("outbound.transparent.enabled", "needs outbound.listen (the port redirected connections arrive at)")
+	}
 	names := map[string]int{}
+	claimed := map[address]string{} // upstreams[].addresses: one upstream per address
 	for i, u := range c.Upstreams {
 		p := fmt.Sprintf("upstreams[%d]", i)
 		if u.Name != "" && dnsLabel.MatchString(u.Name) {
@@ -356,6 +366,17 @@ func (c *Config) Validate() error {
 			claim(p+".listen", u.Listen)
 		} else if u.Protocol != ProtocolTCP && c.Outbound.Listen == "" {
 			add(p+".listen", "required when outbound.listen is not set")
+		}
+		if len(u.Addresses) > 0 && !c.Outbound.Transparent.Enabled {
+			add(p+".addresses", "only with outbound.transparent.enabled (addresses are matched against redirected connections)")
+		}
+		for j, a := range u.Addresses {
+			if pa, err := parseAddress(a); err == nil {
+				if prev, ok := claimed[pa]; ok {
+					add(fmt.Sprintf("%s.addresses[%d]", p, j), "%s is also %s", pa, prev)
+				}
+				claimed[pa] = fmt.Sprintf("%s.addresses[%d]", p, j)
+			}
 		}
 		u.validate(p, add)
 		if err := u.Resilience.Validate(p); err != nil {
@@ -403,8 +424,13 @@ func (u *UpstreamConfig) validate(p string, add func(string, string, ...any)) {
 	}
 	if u.Listen != "" {
 		checkListen(add, p+".listen", u.Listen)
-	} else if u.Protocol == ProtocolTCP {
-		add(p+".listen", "required for protocol tcp (tcp cannot be routed by name)")
+	} else if u.Protocol == ProtocolTCP && len(u.Addresses) == 0 {
+		add(p+".listen", "required for protocol tcp (tcp cannot be routed by name) unless addresses are given")
+	}
+	for j, a := range u.Addresses {
+		if _, err := parseAddress(a); err != nil {
+			add(fmt.Sprintf("%s.addresses[%d]", p, j), "%v", err)
+		}
 	}
 	if u.Endpoints != nil && u.Tag != "" {
 		add(p+".tag", "only for discovered upstreams (this one lists endpoints)")

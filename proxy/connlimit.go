@@ -107,6 +107,12 @@ func newConnLimitListener(ln net.Listener, max int, budget *connBudget, refused 
 	return &connLimitListener{Listener: ln, slots: make(chan struct{}, max), budget: budget, refused: refused}
 }
 
+// twin returns a listener for ln that shares l's slots and budget: the two together accept at most cap(slots)
+// connections at once.
+func (l *connLimitListener) twin(ln net.Listener) *connLimitListener {
+	return &connLimitListener{Listener: ln, slots: l.slots, budget: l.budget, refused: l.refused}
+}
+
 // Accept returns the next connection that fits under the limits; it closes the others as they come.
 func (l *connLimitListener) Accept() (net.Conn, error) {
 	for {
@@ -136,6 +142,9 @@ type limitedConn struct {
 	budget *connBudget
 	client bool
 }
+
+// NetConn returns the connection c counts (redirect.OriginalDst reads the socket through it).
+func (c *limitedConn) NetConn() net.Conn { return c.Conn }
 
 func (c *limitedConn) Close() error {
 	err := c.Conn.Close()

@@ -8,9 +8,12 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"net"
 	"net/http"
 	"sync"
 	"sync/atomic"
+
+	"github.com/prometheus/client_golang/prometheus"
 
 	"meshlet.dev/meshlet/discovery"
 	"meshlet.dev/meshlet/metrics"
@@ -52,9 +55,12 @@ type Proxy struct {
 	baseCtx    context.Context // parent of every request; cancelled when Shutdown gives up waiting
 	cancelBase context.CancelFunc
 
-	unknown  *observer // requests for names that are no upstream
-	routes   atomic.Pointer[routeTable]
-	draining atomic.Bool
+	unknown *observer // requests for names that are no upstream
+	routes  atomic.Pointer[routeTable]
+	addrs   atomic.Pointer[addrTable] // upstreams[].addresses, for the transparent listener
+	// transparentOutcomes is meshlet_outbound_connections_total; nil without outbound.transparent.
+	transparentOutcomes *prometheus.CounterVec
+	draining            atomic.Bool
 
 	mu        sync.Mutex // guards the fields below
 	cfg       Config
@@ -109,6 +115,10 @@ func New(cfg Config, opts Options) (*Proxy, error) {
 	}
 	empty := routeTable{}
 	p.routes.Store(&empty)
+	p.addrs.Store(&addrTable{})
+	if cfg.Outbound.Transparent.Enabled {
+		p.transparentOutcomes = opts.Metrics.RegisterTransparent()
+	}
 	return p, nil
 }
 
@@ -210,7 +220,8 @@ func (p *Proxy) bind(field, addr, direction, label string, u *cluster, h http.Ha
 	if direction == metrics.Inbound {
 		lim = p.cfg.Inbound.Limits
 	}
-	ln = newConnLimitListener(ln, lim.MaxConnections, p.budget, p.m.ConnectionsRefused.WithLabelValues(direction, label))
+	limited := newConnLimitListener(ln, lim.MaxConnections, p.budget, p.m.ConnectionsRefused.WithLabelValues(direction, label))
+	ln = limited
 	if direction == metrics.Inbound {
 		if ln, err = p.secureInbound(ln, p.cfg.Inbound.TLS.Mode); err != nil {
 			return nil, err
@@ -218,6 +229,13 @@ func (p *Proxy) bind(field, addr, direction, label string, u *cluster, h http.Ha
 	}
 	if u != nil && u.protocol == ProtocolTCP {
 		return newTCPProxy(u, ln, direction, label, p.log, lim.TCPIdleTimeout), nil
+	}
+	if field == "outbound.listen" && p.cfg.Outbound.Transparent.Enabled {
+		lns := []net.Listener{ln}
+		if twin := loopbackTwin(ln, p.log); twin != nil {
+			lns = append(lns, limited.twin(twin)) // one max_connections for both
+		}
+		return p.newTransparentListener(lns, lim), nil
 	}
 	if h == nil {
 		h = http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { u.serveHTTP(w, r, p.accessLog) })
@@ -268,6 +286,8 @@ func (p *Proxy) startWatch(e *upstreamEntry, uc UpstreamConfig) {
 func (p *Proxy) storeRoutes() {
 	rt := newRouteTable(p.upstreams, p.cfg.Outbound.Domains)
 	p.routes.Store(&rt)
+	at := newAddrTable(p.upstreams)
+	p.addrs.Store(&at)
 }
 
 // Drain marks the proxy as draining: Ready fails from now on, while the listeners keep serving.

@@ -39,6 +39,10 @@ func (p *Proxy) Reload(cfg Config) (warnings []string, err error) {
 		warnings = append(warnings, "outbound.limits change only on restart; keeping the running ones")
 		cfg.Outbound.Limits = old.Outbound.Limits
 	}
+	if old.Outbound.Transparent != cfg.Outbound.Transparent {
+		warnings = append(warnings, "outbound.transparent changes only on restart; keeping the running settings")
+		cfg.Outbound.Transparent = old.Outbound.Transparent
+	}
 	if old.Outbound.Listen != cfg.Outbound.Listen {
 		warnings = append(warnings, "outbound.listen changes only on restart; keeping "+old.Outbound.Listen)
 		cfg.Outbound.Listen = old.Outbound.Listen

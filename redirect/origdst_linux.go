@@ -20,18 +20,27 @@ const soOriginalDst = 80
 var ErrNotRedirected = errors.New("connection was not redirected")
 
 // OriginalDst returns the destination a redirected TCP connection was made to before the rules sent it to the
-// listener that accepted c (conntrack's record, SO_ORIGINAL_DST). A connection made to the listener's own address
-// gives ErrNotRedirected.
+// listener that accepted c (conntrack's record, SO_ORIGINAL_DST). c is a TCP connection, or wraps one and
+// returns it from NetConn (as *tls.Conn does). A connection made to the listener's own address gives
+// ErrNotRedirected.
 func OriginalDst(c net.Conn) (netip.AddrPort, error) {
-	tc, ok := c.(*net.TCPConn)
-	if !ok {
-		return netip.AddrPort{}, fmt.Errorf("original destination: %T is not a TCP connection", c)
+	sc, ok := c.(syscall.Conn)
+	for !ok {
+		w, isWrapper := c.(interface{ NetConn() net.Conn })
+		if !isWrapper {
+			return netip.AddrPort{}, fmt.Errorf("original destination: %T is not a TCP connection", c)
+		}
+		c = w.NetConn()
+		sc, ok = c.(syscall.Conn)
 	}
-	raw, err := tc.SyscallConn()
+	raw, err := sc.SyscallConn()
 	if err != nil {
 		return netip.AddrPort{}, err
 	}
-	local := netip.MustParseAddrPort(tc.LocalAddr().String())
+	local, err := netip.ParseAddrPort(c.LocalAddr().String())
+	if err != nil {
+		return netip.AddrPort{}, fmt.Errorf("original destination: local address: %w", err)
+	}
 	var dst netip.AddrPort
 	var serr error
 	err = raw.Control(func(fd uintptr) { dst, serr = getOriginalDst(int(fd), local.Addr().Is4() || local.Addr().Is4In6()) })

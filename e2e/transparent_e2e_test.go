@@ -1,0 +1,253 @@
+package e2e_test
+
+// Transparent interception (issue 14), on a real kernel: a "pod" and a "peer" network namespace of the test's own,
+// joined by a veth pair; meshlet runs in the pod as its own UID with `meshlet redirect-traffic` applied, and the
+// test is the pod's app (root, UID 0), calling destinations by their usual addresses.
+
+import (
+	"bufio"
+	"context"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"meshlet.dev/meshlet/internal/meshlettest"
+	"meshlet.dev/meshlet/redirect/redirecttest"
+)
+
+// meshletUID is the UID meshlet runs as in the pod; redirect-traffic leaves its connections alone.
+const meshletUID = 5995
+
+type transparentPod struct {
+	pod, peer *redirecttest.Netns
+	dir       string // world-readable: the binary and configs meshlet (not root) reads
+	bin       string
+	client    *http.Client // the pod's app: dials from inside the pod
+}
+
+func newTransparentPod(t *testing.T) *transparentPod {
+	redirecttest.NeedRoot(t)
+	tp := &transparentPod{pod: redirecttest.NewNetns(t), peer: redirecttest.NewNetns(t)}
+	redirecttest.Link(t, tp.pod, tp.peer, "198.18.0.1/24", "198.18.0.2/24", "2001:db8::1/64", "2001:db8::2/64")
+	dir, err := os.MkdirTemp("", "meshlet-transparent-")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { os.RemoveAll(dir) })
+	os.Chmod(dir, 0o755)
+	tp.dir, tp.bin = dir, filepath.Join(dir, "meshlet")
+	b, err := os.ReadFile(meshlettest.Bin())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(tp.bin, b, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	tp.client = &http.Client{Timeout: 5 * time.Second, Transport: &http.Transport{
+		DialContext: func(_ context.Context, network, addr string) (net.Conn, error) { return tp.dial(t, network, addr) },
+	}}
+	return tp
+}
+
+// dial connects from inside the pod.
+func (tp *transparentPod) dial(t *testing.T, network, addr string) (net.Conn, error) {
+	var c net.Conn
+	var err error
+	tp.pod.Do(t, func() { c, err = net.DialTimeout(network, addr, 3*time.Second) })
+	return c, err
+}
+
+// serve runs an HTTP server in the peer at addr that answers "<name> <path>".
+func (tp *transparentPod) serveHTTP(t *testing.T, addr, name string) {
+	var ln net.Listener
+	var err error
+	tp.peer.Do(t, func() { ln, err = net.Listen("tcp", addr) })
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv := &http.Server{Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		io.Copy(io.Discard, r.Body)
+		fmt.Fprintf(w, "%s %s", name, r.URL.Path)
+	})}
+	go srv.Serve(ln)
+	t.Cleanup(func() { srv.Close() })
+}
+
+// serveLine runs a TCP server in the peer at addr that writes name and a newline to each connection.
+func (tp *transparentPod) serveLine(t *testing.T, addr, name string) {
+	var ln net.Listener
+	var err error
+	tp.peer.Do(t, func() { ln, err = net.Listen("tcp", addr) })
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { ln.Close() })
+	go func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			fmt.Fprintln(c, name)
+			c.Close()
+		}
+	}()
+}
+
+// readLine connects from the pod to addr and returns the first line it reads ("" and the error when none).
+func (tp *transparentPod) readLine(t *testing.T, addr string) (string, error) {
+	c, err := tp.dial(t, "tcp", addr)
+	if err != nil {
+		return "", err
+	}
+	defer c.Close()
+	_ = c.SetReadDeadline(time.Now().Add(3 * time.Second))
+	line, err := bufio.NewReader(c).ReadString('\n')
+	return strings.TrimSpace(line), err
+}
+
+// start runs meshlet in the pod as meshletUID on config, and waits until its /ready answers 200.
+func (tp *transparentPod) start(t *testing.T, config string) *meshlettest.Proc {
+	path := filepath.Join(tp.dir, fmt.Sprintf("meshlet-%d.yaml", time.Now().UnixNano()))
+	if err := os.WriteFile(path, []byte(config), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	cmd := exec.Command(tp.bin, "run", "-config", path)
+	// No Pdeathsig: it would fire when the thread that forked meshlet (locked in the pod, then ended) exits. The
+	// harness kills meshlet when the test ends.
+	cmd.SysProcAttr = &syscall.SysProcAttr{Credential: &syscall.Credential{Uid: meshletUID, Gid: meshletUID}}
+	var p *meshlettest.Proc
+	tp.pod.Do(t, func() { p = meshlettest.Command(t, path, cmd) }) // forked on a thread inside the pod
+	deadline := time.Now().Add(meshlettest.ReadyTimeout)
+	for {
+		resp, err := tp.client.Get("http://127.0.0.1:19000/ready")
+		if err == nil {
+			resp.Body.Close()
+			if resp.StatusCode == 200 {
+				return p
+			}
+		}
+		if time.Now().After(deadline) || !p.Alive() {
+			t.Fatalf("meshlet in the pod not ready: %v (exit: %v)\n%s", err, p.WaitErr(), p.Log())
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
+
+// outcomes reads meshlet_outbound_connections_total by outcome from the pod's meshlet.
+func (tp *transparentPod) outcomes(t *testing.T) map[string]float64 {
+	m, err := meshlettest.Scrape(context.Background(), tp.client, "http://127.0.0.1:19000/metrics")
+	if err != nil {
+		t.Fatal(err)
+	}
+	out := map[string]float64{}
+	for _, o := range []string{"mesh", "passthrough", "refused", "direct"} {
+		out[o] = m.Sum("meshlet_outbound_connections_total", map[string]string{"outcome": o})
+	}
+	return out
+}
+
+const transparentConfig = `service:
+  name: web
+outbound:
+  listen: 127.0.0.1:15001
+  transparent:
+    enabled: true
+    mesh_destinations_only: %v
+upstreams:
+  - name: api
+    addresses: ["198.18.0.100:80", "2001:db8:100::1"]
+    endpoints: ["198.18.0.2:8080"]
+  - name: db
+    protocol: tcp
+    addresses: ["198.18.0.101"]
+    endpoints: ["198.18.0.2:7000"]
+admin:
+  listen: 127.0.0.1:19000
+shutdown:
+  drain_delay: 0s
+`
+
+// TestTransparentOutbound: the pod's app calls upstreams at their addresses (HTTP/1.1 and opaque TCP) and gets
+// answers through meshlet; a destination outside the mesh passes through, or is refused with
+// mesh_destinations_only; a call to the listener itself is routed by name; each outcome is counted; once meshlet is killed, the pod's calls fail instead of bypassing it.
+func TestTransparentOutbound(t *testing.T) {
+	tp := newTransparentPod(t)
+	tp.serveHTTP(t, "198.18.0.2:8080", "api")
+	tp.serveLine(t, "198.18.0.2:7000", "db")
+	tp.serveLine(t, "198.18.0.2:9000", "outside")
+	if out, err := exec.Command("ip", "netns", "exec", tp.pod.Name, tp.bin, "redirect-traffic",
+		"-proxy-uid", fmt.Sprint(meshletUID), "-proxy-outbound-port", "15001").CombinedOutput(); err != nil {
+		t.Fatalf("redirect-traffic: %v\n%s", err, out)
+	}
+	// The pod's routes: the upstreams' addresses are reachable (through the veth) like any destination.
+	tp.pod.IP(t, "route", "add", "198.18.0.96/28", "dev", tp.pod.Name+"v")
+	tp.pod.IP(t, "-6", "route", "add", "2001:db8:100::/64", "dev", tp.pod.Name+"v")
+
+	p := tp.start(t, fmt.Sprintf(transparentConfig, false))
+	get := func(url, host string) (int, string, error) {
+		req, _ := http.NewRequest("GET", url, nil)
+		if host != "" {
+			req.Host = host
+		}
+		resp, err := tp.client.Do(req)
+		if err != nil {
+			return 0, "", err
+		}
+		defer resp.Body.Close()
+		b, _ := io.ReadAll(resp.Body)
+		return resp.StatusCode, string(b), nil
+	}
+	for _, tc := range []struct{ url, host, want string }{
+		{"http://198.18.0.100/hello", "", "api /hello"},                      // HTTP by the upstream's address
+		{"http://[2001:db8:100::1]:8443/v6", "", "api /v6"},                  // IPv6, any port of the address
+		{"http://127.0.0.1:15001/direct", "api", "api /direct"},              // not redirected: routed by name
+		{"http://198.18.0.100/host-ignored", "billing", "api /host-ignored"}, // the address decides, not the Host
+	} {
+		code, body, err := get(tc.url, tc.host)
+		if err != nil || code != 200 || body != tc.want {
+			t.Fatalf("GET %s (Host %q): %d %q %v; want 200 %q\n%s", tc.url, tc.host, code, body, err, tc.want, p.Log())
+		}
+	}
+	if line, err := tp.readLine(t, "198.18.0.101:5432"); line != "db" {
+		t.Fatalf("TCP upstream by address: %q %v", line, err)
+	}
+	if line, err := tp.readLine(t, "198.18.0.2:9000"); line != "outside" {
+		t.Fatalf("passthrough: %q %v", line, err)
+	}
+	// Connections, not requests: the client kept its connection to 198.18.0.100:80 for the fourth request.
+	want := map[string]float64{"mesh": 3, "passthrough": 1, "refused": 0, "direct": 1}
+	if got := tp.outcomes(t); fmt.Sprint(got) != fmt.Sprint(want) {
+		t.Fatalf("meshlet_outbound_connections_total: %v, want %v", got, want)
+	}
+
+	// Killed, meshlet takes the pod's outbound traffic down with it: nothing bypasses the sidecar.
+	p.Cmd.Process.Signal(syscall.SIGKILL)
+	<-p.Exited()
+	if _, _, err := get("http://198.18.0.100/after-kill", ""); err == nil {
+		t.Fatal("a call to an upstream succeeded with meshlet killed")
+	}
+	if line, err := tp.readLine(t, "198.18.0.2:9000"); err == nil {
+		t.Fatalf("a call outside the mesh got %q with meshlet killed; want it refused", line)
+	}
+
+	// mesh_destinations_only: outside the mesh is refused, the mesh still works.
+	tp.start(t, fmt.Sprintf(transparentConfig, true))
+	if line, err := tp.readLine(t, "198.18.0.2:9000"); err == nil {
+		t.Fatalf("mesh_destinations_only: outside the mesh answered %q", line)
+	}
+	if code, body, err := get("http://198.18.0.100/still", ""); err != nil || body != "api /still" {
+		t.Fatalf("mesh_destinations_only: upstream call: %d %q %v", code, body, err)
+	}
+	if got := tp.outcomes(t); got["refused"] != 1 || got["passthrough"] != 0 || got["mesh"] != 1 {
+		t.Fatalf("mesh_destinations_only outcomes: %v", got)
+	}
+}
