@@ -127,9 +127,9 @@ type transparentListener struct {
 	idle     time.Duration // tcp_idle_timeout of relayed and passed-through connections
 	meshOnly bool          // outbound.transparent.mesh_destinations_only (changes only on restart)
 
-	mu    sync.Mutex
-	open  map[net.Conn]struct{} // relayed and passed-through connections, closed at shutdown
-	wg    sync.WaitGroup
+	mu   sync.Mutex
+	open map[net.Conn]struct{} // relayed and passed-through connections, closed at shutdown
+	wg   sync.WaitGroup
 }
 
 func (p *Proxy) newTransparentListener(lns []net.Listener, lim ListenerLimits) *transparentListener {
