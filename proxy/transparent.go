@@ -283,6 +283,9 @@ func (l *refusedLog) connection(remote, why, detail string) {
 func (t *transparentListener) passthrough(c net.Conn, dst netip.AddrPort) {
 	d := net.Dialer{Timeout: DefaultConnectTimeout, KeepAlive: 30 * time.Second}
 	backend, err := d.Dial("tcp", dst.String())
+	if err == nil && t.p.budget != nil {
+		backend, err = t.p.budget.upstreamConn(backend) // the file-descriptor budget, as every upstream connection
+	}
 	if err != nil {
 		t.log.Debug("passthrough connect failed", "destination", dst.String(), "error", err.Error())
 		return
@@ -293,13 +296,18 @@ func (t *transparentListener) passthrough(c net.Conn, dst netip.AddrPort) {
 	})
 }
 
+// track records a relayed or passed-through connection while it is open (the HTTP server counts its own in
+// meshlet_connections_open and meshlet_connections_total).
 func (t *transparentListener) track(c net.Conn, add bool) {
 	t.mu.Lock()
 	defer t.mu.Unlock()
 	if add {
 		t.open[c] = struct{}{}
+		t.p.m.Connections.WithLabelValues(metrics.Outbound, "outbound").Inc()
+		t.p.m.ConnectionsOpen.WithLabelValues(metrics.Outbound, "outbound").Inc()
 	} else {
 		delete(t.open, c)
+		t.p.m.ConnectionsOpen.WithLabelValues(metrics.Outbound, "outbound").Dec()
 	}
 }
 
