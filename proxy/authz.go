@@ -38,26 +38,12 @@ func (c *cluster) inboundRequest(w *responseWriter, r *http.Request, grpc bool) 
 }
 
 // authorizeRequest checks the caller of an inbound request (r, its path normalized) against inbound.tls.allow and
-// the rules; a plaintext caller is refused when they decide who may call (plaintextDenied). It answers 403 (gRPC:
-// PERMISSION_DENIED) itself and returns false when the caller may not call; every refusal is counted and logged
-// (rate limited).
+// the rules (decideCaller). It answers 403 (gRPC: PERMISSION_DENIED) itself and returns false when the caller may
+// not call; every refusal is counted and logged (rate limited).
 func (c *cluster) authorizeRequest(w *responseWriter, r *http.Request, grpc bool) bool {
-	if c.tls == nil {
+	allowed, source, why := c.decideCaller(h1guard.TLSState(r), r)
+	if allowed {
 		return true
-	}
-	source, why := sourcePlaintext, "plaintext caller: inbound.tls.allow or intentions need an identity (inbound.tls.allow_plaintext is false)"
-	if state := h1guard.TLSState(r); state == nil {
-		if !c.tls.plaintextDenied() {
-			return true
-		}
-	} else if id, ok := mtls.PeerID(state); !ok {
-		source, why = "unknown", "no identity"
-	} else {
-		var allowed bool
-		if allowed, why = c.tls.allowed(id, r); allowed {
-			return true
-		}
-		source = id.Service
 	}
 	c.m.AuthzDenied.WithLabelValues(source).Inc()
 	c.refused.denied(c.direction, c.name, r.RemoteAddr, source, why)
@@ -65,33 +51,46 @@ func (c *cluster) authorizeRequest(w *responseWriter, r *http.Request, grpc bool
 	return false
 }
 
-// authorizeConn checks the caller of an inbound TCP connection; a refused one is closed before any byte flows. A
-// plaintext connection is refused when inbound.tls.allow or the rules decide who may call (plaintextDenied).
+// authorizeConn checks the caller of an inbound TCP connection (decideCaller); a refused one is closed before any
+// byte flows.
 func (c *cluster) authorizeConn(conn net.Conn) bool {
-	if c.tls == nil {
-		return true
-	}
-	source, why := sourcePlaintext, "plaintext caller: inbound.tls.allow or intentions need an identity (inbound.tls.allow_plaintext is false)"
-	if tc, ok := conn.(*tls.Conn); !ok {
-		if !c.tls.plaintextDenied() {
-			return true
-		}
-	} else {
+	var state *tls.ConnectionState
+	if tc, ok := conn.(*tls.Conn); ok {
 		cs := tc.ConnectionState()
-		id, ok := mtls.PeerID(&cs)
-		if !ok {
-			source, why = "unknown", "no identity"
-		} else {
-			var allowed bool
-			if allowed, why = c.tls.allowed(id, nil); allowed {
-				return true
-			}
-			source = id.Service
-		}
+		state = &cs
+	}
+	allowed, source, why := c.decideCaller(state, nil)
+	if allowed {
+		return true
 	}
 	c.m.AuthzDenied.WithLabelValues(source).Inc()
 	c.refused.denied(c.direction, c.name, conn.RemoteAddr().String(), source, why)
 	return false
+}
+
+// decideCaller decides whether an inbound caller may call: state is its TLS state (nil: plaintext), r its request
+// with the path normalized (nil: a TCP connection). Without TLS every caller may; a plaintext caller may unless
+// inbound.tls.allow or the rules decide who may call (plaintextDenied); a TLS caller needs an identity that the
+// trust domain, the allow list and the rules let through. A refused caller comes with the source label of
+// meshlet_authz_denied_total and the reason.
+func (c *cluster) decideCaller(state *tls.ConnectionState, r *http.Request) (allowed bool, source, why string) {
+	if c.tls == nil {
+		return true, "", ""
+	}
+	if state == nil {
+		if !c.tls.plaintextDenied() {
+			return true, "", ""
+		}
+		return false, sourcePlaintext, "plaintext caller: inbound.tls.allow or intentions need an identity (inbound.tls.allow_plaintext is false)"
+	}
+	id, ok := mtls.PeerID(state)
+	if !ok {
+		return false, "unknown", "no identity"
+	}
+	if allowed, why = c.tls.allowed(id, r); allowed {
+		return true, "", ""
+	}
+	return false, id.Service, why
 }
 
 // authorizer decides whether a verified caller may call the local service (inbound.tls.allow).

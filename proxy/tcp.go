@@ -20,17 +20,14 @@ type tcpProxy struct {
 	label     string
 	log       *slog.Logger
 	idle      time.Duration // limits.tcp_idle_timeout; 0: DefaultTCPIdleTimeout
-
-	mu    sync.Mutex
-	conns map[net.Conn]struct{}
-	wg    sync.WaitGroup
+	conns     connSet
 }
 
 func newTCPProxy(u *cluster, ln net.Listener, direction, label string, log *slog.Logger, idle time.Duration) *tcpProxy {
 	if idle <= 0 {
 		idle = DefaultTCPIdleTimeout
 	}
-	return &tcpProxy{cluster: u, ln: ln, direction: direction, label: label, log: log, idle: idle, conns: map[net.Conn]struct{}{}}
+	return &tcpProxy{cluster: u, ln: ln, direction: direction, label: label, log: log, idle: idle}
 }
 
 // serve accepts connections until the listener is closed. Errors such as running out of file descriptors pause
@@ -53,24 +50,14 @@ func (t *tcpProxy) serve() {
 		delay = 0
 		total.Inc()
 		open.Inc()
-		t.track(c, true)
-		t.wg.Add(1)
+		t.conns.add(c)
+		t.conns.wg.Add(1)
 		go func() {
-			defer t.wg.Done()
+			defer t.conns.wg.Done()
 			defer open.Dec()
-			defer t.track(c, false)
+			defer t.conns.remove(c)
 			t.handle(c)
 		}()
-	}
-}
-
-func (t *tcpProxy) track(c net.Conn, add bool) {
-	t.mu.Lock()
-	defer t.mu.Unlock()
-	if add {
-		t.conns[c] = struct{}{}
-	} else {
-		delete(t.conns, c)
 	}
 }
 
@@ -156,9 +143,38 @@ func splice(client, backend net.Conn, idle time.Duration, onIdle func()) (rx, tx
 // shutdown stops accepting and waits for open connections to end until ctx ends, then closes them.
 func (t *tcpProxy) shutdown(ctx context.Context) error {
 	t.ln.Close()
+	return t.conns.drain(ctx)
+}
+
+// connSet is a listener's open connections and the goroutines serving them, for its shutdown. The zero value is
+// ready.
+type connSet struct {
+	wg   sync.WaitGroup // the goroutines serving the connections
+	mu   sync.Mutex
+	open map[net.Conn]struct{}
+}
+
+func (s *connSet) add(c net.Conn) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.open == nil {
+		s.open = map[net.Conn]struct{}{}
+	}
+	s.open[c] = struct{}{}
+}
+
+func (s *connSet) remove(c net.Conn) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	delete(s.open, c)
+}
+
+// drain waits for the goroutines until ctx ends, then closes the connections still open and waits for the
+// goroutines again; ctx's error tells that it had to close some.
+func (s *connSet) drain(ctx context.Context) error {
 	done := make(chan struct{})
 	go func() {
-		t.wg.Wait()
+		s.wg.Wait()
 		close(done)
 	}()
 	select {
@@ -166,11 +182,11 @@ func (t *tcpProxy) shutdown(ctx context.Context) error {
 		return nil
 	case <-ctx.Done():
 	}
-	t.mu.Lock()
-	for c := range t.conns {
+	s.mu.Lock()
+	for c := range s.open {
 		c.Close()
 	}
-	t.mu.Unlock()
+	s.mu.Unlock()
 	<-done
 	return ctx.Err()
 }

@@ -127,15 +127,13 @@ type transparentListener struct {
 	idle     time.Duration // tcp_idle_timeout of relayed and passed-through connections
 	meshOnly bool          // outbound.transparent.mesh_destinations_only (changes only on restart)
 
-	mu   sync.Mutex
-	open map[net.Conn]struct{} // relayed and passed-through connections, closed at shutdown
-	wg   sync.WaitGroup
+	open connSet // relayed and passed-through connections; its wg counts every goroutine of the listener
 }
 
 func (p *Proxy) newTransparentListener(lns []net.Listener, lim ListenerLimits) *transparentListener {
 	q := newConnQueue(lns[0].Addr())
 	t := &transparentListener{p: p, lns: lns, conns: q, outcomes: p.transparentOutcomes, log: p.log,
-		idle: lim.TCPIdleTimeout, meshOnly: p.cfg.Outbound.Transparent.MeshDestinationsOnly, open: map[net.Conn]struct{}{}}
+		idle: lim.TCPIdleTimeout, meshOnly: p.cfg.Outbound.Transparent.MeshDestinationsOnly}
 	if t.idle <= 0 {
 		t.idle = DefaultTCPIdleTimeout
 	}
@@ -181,14 +179,14 @@ func (t *transparentListener) closeUnserved() {
 }
 
 func (t *transparentListener) serve() {
-	t.wg.Add(len(t.lns))
+	t.open.wg.Add(len(t.lns))
 	go func() {
-		defer t.wg.Done()
+		defer t.open.wg.Done()
 		t.http.serve()
 	}()
 	for _, ln := range t.lns[1:] {
 		go func() {
-			defer t.wg.Done()
+			defer t.open.wg.Done()
 			t.accept(ln)
 		}()
 	}
@@ -211,9 +209,9 @@ func (t *transparentListener) accept(ln net.Listener) {
 			continue
 		}
 		delay = 0
-		t.wg.Add(1)
+		t.open.wg.Add(1)
 		go func() {
-			defer t.wg.Done()
+			defer t.open.wg.Done()
 			t.take(c)
 		}()
 	}
@@ -299,14 +297,12 @@ func (t *transparentListener) passthrough(c net.Conn, dst netip.AddrPort) {
 // track records a relayed or passed-through connection while it is open (the HTTP server counts its own in
 // meshlet_connections_open and meshlet_connections_total).
 func (t *transparentListener) track(c net.Conn, add bool) {
-	t.mu.Lock()
-	defer t.mu.Unlock()
 	if add {
-		t.open[c] = struct{}{}
+		t.open.add(c)
 		t.p.m.Connections.WithLabelValues(metrics.Outbound, "outbound").Inc()
 		t.p.m.ConnectionsOpen.WithLabelValues(metrics.Outbound, "outbound").Inc()
 	} else {
-		delete(t.open, c)
+		t.open.remove(c)
 		t.p.m.ConnectionsOpen.WithLabelValues(metrics.Outbound, "outbound").Dec()
 	}
 }
@@ -316,23 +312,7 @@ func (t *transparentListener) track(c net.Conn, add bool) {
 func (t *transparentListener) shutdown(ctx context.Context) error {
 	t.closeUnserved()
 	err := t.http.shutdown(ctx)
-	done := make(chan struct{})
-	go func() {
-		t.wg.Wait()
-		close(done)
-	}()
-	select {
-	case <-done:
-		return err
-	case <-ctx.Done():
-	}
-	t.mu.Lock()
-	for c := range t.open {
-		c.Close()
-	}
-	t.mu.Unlock()
-	<-done
-	return errors.Join(err, ctx.Err())
+	return errors.Join(err, t.open.drain(ctx))
 }
 
 // isOwnListener reports whether dst is one of meshlet's listeners (its port, on a loopback or local address).
