@@ -349,11 +349,8 @@ func (c *Config) Validate() error {
 			add(fmt.Sprintf("outbound.domains[%d]", i), "%q must be a domain without leading or trailing dot", d)
 		}
 	}
-	if c.Outbound.Transparent.Enabled && c.Outbound.Listen == "" {
-		add("outbound.transparent.enabled", "needs outbound.listen (the port redirected connections arrive at)")
-	}
+	c.validateTransparent(add)
 	names := map[string]int{}
-	claimed := map[address]string{} // upstreams[].addresses: one upstream per address
 	for i, u := range c.Upstreams {
 		p := fmt.Sprintf("upstreams[%d]", i)
 		if u.Name != "" && dnsLabel.MatchString(u.Name) {
@@ -367,6 +364,23 @@ func (c *Config) Validate() error {
 		} else if u.Protocol != ProtocolTCP && c.Outbound.Listen == "" {
 			add(p+".listen", "required when outbound.listen is not set")
 		}
+		u.validate(p, add)
+		if err := u.Resilience.Validate(p); err != nil {
+			errs = append(errs, err)
+		}
+	}
+	return errors.Join(errs...)
+}
+
+// validateTransparent checks outbound.transparent and the upstreams' addresses: they need it, and an address
+// belongs to one upstream.
+func (c *Config) validateTransparent(add func(string, string, ...any)) {
+	if c.Outbound.Transparent.Enabled && c.Outbound.Listen == "" {
+		add("outbound.transparent.enabled", "needs outbound.listen (the port redirected connections arrive at)")
+	}
+	claimed := map[address]string{}
+	for i, u := range c.Upstreams {
+		p := fmt.Sprintf("upstreams[%d]", i)
 		if len(u.Addresses) > 0 && !c.Outbound.Transparent.Enabled {
 			add(p+".addresses", "only with outbound.transparent.enabled (addresses are matched against redirected connections)")
 		}
@@ -378,12 +392,7 @@ func (c *Config) Validate() error {
 				claimed[pa] = fmt.Sprintf("%s.addresses[%d]", p, j)
 			}
 		}
-		u.validate(p, add)
-		if err := u.Resilience.Validate(p); err != nil {
-			errs = append(errs, err)
-		}
 	}
-	return errors.Join(errs...)
 }
 
 func checkProtocol(add func(string, string, ...any), path, p string) {

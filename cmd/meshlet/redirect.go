@@ -38,28 +38,9 @@ func redirectCmd(args []string, stdout, stderr io.Writer) int {
 	var cfg redirect.Config
 	del := fs.Bool("delete", false, "remove the rules meshlet installed (table inet "+redirect.Table+")")
 	configPath := fs.String("config", "", "meshlet's config file: the listener ports and the admin port to exclude")
-	fs.Func("proxy-uid", "the UID meshlet runs as: its connections are never redirected (required)", func(s string) error {
-		u, err := redirect.ParseUIDs(s)
-		if err != nil || len(u) != 1 {
-			return fmt.Errorf("invalid UID %q", s)
-		}
-		cfg.ProxyUID = &u[0]
-		return nil
-	})
 	outPort := fs.Int("proxy-outbound-port", 0, "meshlet's outbound listener port (default: from -config's outbound.listen)")
 	inPort := fs.Int("proxy-inbound-port", 0, "meshlet's inbound listener port (default: from -config's inbound.listen)")
-	listFlag(fs, "exclude-inbound-port", "local ports whose inbound connections are left alone", redirect.ParsePorts, &cfg.ExcludeInboundPorts)
-	listFlag(fs, "exclude-outbound-port", "destination ports whose outbound connections are left alone", redirect.ParsePorts, &cfg.ExcludeOutboundPorts)
-	listFlag(fs, "exclude-outbound-cidr", "destination networks (or addresses) left alone", redirect.ParseCIDRs, &cfg.ExcludeOutboundCIDRs)
-	listFlag(fs, "exclude-uid", "UIDs whose outbound connections are left alone", redirect.ParseUIDs, &cfg.ExcludeUIDs)
-	fs.Func("redirect-dns", "send DNS (UDP and TCP port 53) to this resolver, ADDR:PORT (Consul DNS)", func(s string) error {
-		ap, err := netip.ParseAddrPort(s)
-		if err != nil {
-			return fmt.Errorf("invalid ADDR:PORT %q", s)
-		}
-		cfg.DNS = ap
-		return nil
-	})
+	redirectFlags(fs, &cfg)
 	if err := fs.Parse(args); err != nil {
 		return 2
 	}
@@ -105,6 +86,30 @@ func redirectCmd(args []string, stdout, stderr io.Writer) int {
 	fmt.Fprintf(stdout, "installed table inet %s: outbound port %d, inbound port %d, proxy UID %d\n",
 		redirect.Table, cfg.OutboundPort, cfg.InboundPort, *cfg.ProxyUID)
 	return 0
+}
+
+// redirectFlags defines the flags that fill cfg directly: -proxy-uid, the exclusions and -redirect-dns.
+func redirectFlags(fs *flag.FlagSet, cfg *redirect.Config) {
+	fs.Func("proxy-uid", "the UID meshlet runs as: its connections are never redirected (required)", func(s string) error {
+		u, err := redirect.ParseUIDs(s)
+		if err != nil || len(u) != 1 {
+			return fmt.Errorf("invalid UID %q", s)
+		}
+		cfg.ProxyUID = &u[0]
+		return nil
+	})
+	listFlag(fs, "exclude-inbound-port", "local ports whose inbound connections are left alone", redirect.ParsePorts, &cfg.ExcludeInboundPorts)
+	listFlag(fs, "exclude-outbound-port", "destination ports whose outbound connections are left alone", redirect.ParsePorts, &cfg.ExcludeOutboundPorts)
+	listFlag(fs, "exclude-outbound-cidr", "destination networks (or addresses) left alone", redirect.ParseCIDRs, &cfg.ExcludeOutboundCIDRs)
+	listFlag(fs, "exclude-uid", "UIDs whose outbound connections are left alone", redirect.ParseUIDs, &cfg.ExcludeUIDs)
+	fs.Func("redirect-dns", "send DNS (UDP and TCP port 53) to this resolver, ADDR:PORT (Consul DNS)", func(s string) error {
+		ap, err := netip.ParseAddrPort(s)
+		if err != nil {
+			return fmt.Errorf("invalid ADDR:PORT %q", s)
+		}
+		cfg.DNS = ap
+		return nil
+	})
 }
 
 // listFlag defines a flag that may be repeated and takes comma-separated lists, appending to *dst.
