@@ -251,3 +251,80 @@ func TestTransparentOutbound(t *testing.T) {
 		t.Fatalf("mesh_destinations_only outcomes: %v", got)
 	}
 }
+
+// serveAppHTTP runs an HTTP server inside the pod at addr that answers "<name> <path>": the pod's own app.
+func (tp *transparentPod) serveAppHTTP(t *testing.T, addr, name string) {
+	var ln net.Listener
+	var err error
+	tp.pod.Do(t, func() { ln, err = net.Listen("tcp", addr) })
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv := &http.Server{Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		fmt.Fprintf(w, "%s %s", name, r.URL.Path)
+	})}
+	go srv.Serve(ln)
+	t.Cleanup(func() { srv.Close() })
+}
+
+// TestTransparentInbound: with inbound redirection in the pod, a caller outside it reaches the app at whatever
+// port it dials, through meshlet: the app's port and the inbound listener's go to service.address, another of
+// service.ports to the app at that port, and a port that is none of them is refused (counted).
+func TestTransparentInbound(t *testing.T) {
+	tp := newTransparentPod(t)
+	tp.serveAppHTTP(t, "127.0.0.1:8080", "app")
+	tp.serveAppHTTP(t, "127.0.0.1:9090", "metrics")
+	if out, err := exec.Command("ip", "netns", "exec", tp.pod.Name, tp.bin, "redirect-traffic",
+		"-proxy-uid", fmt.Sprint(meshletUID), "-proxy-inbound-port", "20000").CombinedOutput(); err != nil {
+		t.Fatalf("redirect-traffic: %v\n%s", err, out)
+	}
+	tp.start(t, `service:
+  name: api
+  address: 127.0.0.1:8080
+  ports: [9090]
+inbound:
+  listen: 0.0.0.0:20000
+admin:
+  listen: 127.0.0.1:19000
+shutdown:
+  drain_delay: 0s
+`)
+	// The peer's client: its connections start inside the peer namespace.
+	peer := &http.Client{Timeout: 5 * time.Second, Transport: &http.Transport{DisableKeepAlives: true,
+		DialContext: func(_ context.Context, network, addr string) (net.Conn, error) {
+			var c net.Conn
+			var err error
+			tp.peer.Do(t, func() { c, err = net.DialTimeout(network, addr, 3*time.Second) })
+			return c, err
+		}}}
+	for _, tc := range []struct{ url, want string }{
+		{"http://198.18.0.1:8080/a", "app /a"},        // the app's port, redirected to meshlet
+		{"http://198.18.0.1:20000/b", "app /b"},       // the inbound listener itself
+		{"http://198.18.0.1:9090/c", "metrics /c"},    // another of service.ports
+		{"http://[2001:db8::1]:9090/d", "metrics /d"}, // IPv6
+	} {
+		resp, err := peer.Get(tc.url)
+		if err != nil {
+			t.Fatalf("GET %s: %v", tc.url, err)
+		}
+		b, _ := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		if resp.StatusCode != 200 || string(b) != tc.want {
+			t.Fatalf("GET %s: %d %q, want %q", tc.url, resp.StatusCode, b, tc.want)
+		}
+	}
+	if resp, err := peer.Get("http://198.18.0.1:7777/x"); err == nil {
+		resp.Body.Close()
+		t.Fatalf("a port that is no app port answered %d; want the connection refused", resp.StatusCode)
+	}
+	m, err := meshlettest.Scrape(context.Background(), tp.client, "http://127.0.0.1:19000/metrics")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if n := m.Sum("meshlet_connections_refused_total", map[string]string{"direction": "inbound"}); n != 1 {
+		t.Fatalf("meshlet_connections_refused_total{direction=inbound} = %v, want 1", n)
+	}
+	if n := m.Sum("meshlet_requests_total", map[string]string{"direction": "inbound"}); n != 4 {
+		t.Fatalf("inbound requests %v, want 4", n)
+	}
+}

@@ -175,6 +175,10 @@ type peekedConn struct {
 
 func (c *peekedConn) Read(p []byte) (int, error) { return c.r.Read(p) }
 
+// NetConn returns the wrapped connection (for what its wrappers carry, such as the port a redirected connection
+// was made to).
+func (c *peekedConn) NetConn() net.Conn { return c.Conn }
+
 // CloseWrite half-closes the underlying connection when it can.
 func (c *peekedConn) CloseWrite() error {
 	if cw, ok := c.Conn.(interface{ CloseWrite() error }); ok {

@@ -28,6 +28,12 @@ func (c *cluster) RoundTrip(req *http.Request) (*http.Response, error) {
 	// URL, so that pooled connections serve only this target (dialtarget.go).
 	cfg := c.cfg.Load()
 	tgt := c.targetOf(st, cfg)
+	if ex.appPort != 0 {
+		if tgt = c.appPorts[ex.appPort]; tgt == nil {
+			end(resilience.ErrExcluded)
+			return nil, errNoDialTarget // cannot happen: the listener admits only service.ports
+		}
+	}
 	out := withTarget(req, tgt)
 	tr := c.transport.Load()
 	base := tr.base(req.Header, tgt, cfg)

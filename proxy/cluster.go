@@ -36,6 +36,9 @@ type cluster struct {
 	retry     *resilience.RetryTransport // the reverse proxy's transport: retries attempts through u
 	res       atomic.Pointer[resState]
 	decisions *resilience.Decisions
+	// appPorts are the inbound cluster's targets for the app's other ports (service.ports), fixed at Start; nil
+	// for other clusters.
+	appPorts map[uint16]*dialTarget
 }
 
 func newCluster(cfg UpstreamConfig, direction string, m *metrics.Metrics, log *slog.Logger, tls *tlsState) *cluster {

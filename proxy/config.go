@@ -6,6 +6,7 @@ import (
 	"net"
 	"net/netip"
 	"regexp"
+	"slices"
 	"strings"
 	"time"
 
@@ -52,8 +53,12 @@ type Config struct {
 
 // ServiceConfig describes the local service this sidecar stands beside.
 type ServiceConfig struct {
-	Name     string `yaml:"name" json:"name"`         // required
-	Address  string `yaml:"address" json:"address"`   // the local app, ip:port; required with inbound.listen
+	Name    string `yaml:"name" json:"name"`       // required
+	Address string `yaml:"address" json:"address"` // the local app, ip:port; required with inbound.listen
+	// Ports are the app's other ports on service.address's IP: an inbound connection redirected to one of them
+	// (meshlet redirect-traffic) goes to the app at that port. A redirected connection to a port that is neither
+	// one of these, service.address's nor the inbound listener's is refused. Default none.
+	Ports    []int  `yaml:"ports" json:"ports"`
 	Protocol string `yaml:"protocol" json:"protocol"` // what the app speaks; default http
 	// Register registers the service and its sidecar (a connect-proxy) with the Consul agent at start and
 	// deregisters them on shutdown. Needs discovery.consul and inbound.listen.
@@ -302,6 +307,16 @@ func (c *Config) Validate() error {
 		if c.Service.Address == "" {
 			add("service.address", "required when inbound.listen is set")
 		}
+	}
+	for i, port := range c.Service.Ports {
+		if port < 1 || port > 65535 {
+			add(fmt.Sprintf("service.ports[%d]", i), "%d must be a port (1..65535)", port)
+		} else if slices.Index(c.Service.Ports, port) < i {
+			add(fmt.Sprintf("service.ports[%d]", i), "%d is listed twice", port)
+		}
+	}
+	if len(c.Service.Ports) > 0 && c.Service.Address == "" {
+		add("service.ports", "needs service.address (the app's IP)")
 	}
 	if c.Service.Address != "" {
 		if _, err := netip.ParseAddrPort(c.Service.Address); err != nil {

@@ -31,6 +31,11 @@ func TestConfigValidate(t *testing.T) {
 			c.Upstreams = append(c.Upstreams, UpstreamConfig{Name: "b", Listen: "127.0.0.1:9001"})
 		}, []string{"upstreams[1].listen", "already used by upstreams[0].listen"}},
 		{"inbound without address", func(c *Config) { c.Service.Address = "" }, []string{"service.address: required"}},
+		{"app ports", func(c *Config) { c.Service.Ports = []int{9090, 9091} }, nil},
+		{"bad app ports", func(c *Config) { c.Service.Ports = []int{0, 9090, 9090, 70000} },
+			[]string{"service.ports[0]: 0 must be a port", "service.ports[2]: 9090 is listed twice", "service.ports[3]: 70000 must be a port"}},
+		{"app ports without address", func(c *Config) { c.Service.Ports, c.Service.Address, c.Inbound.Listen = []int{9090}, "", "" },
+			[]string{"service.ports: needs service.address"}},
 		{"no listener for upstream", func(c *Config) { c.Upstreams[0].Listen = "" }, []string{"upstreams[0].listen: required when outbound.listen"}},
 		{"routed upstream", func(c *Config) { c.Upstreams[0].Listen = ""; c.Outbound.Listen = "127.0.0.1:15001" }, nil},
 		{"tcp needs a port", func(c *Config) {

@@ -26,6 +26,7 @@ type exchange struct {
 	body      *countingBody   // the inbound request's body; nil when it has none
 	abortBody func()          // ends a Read blocked on the inbound body (abortableBody, watchedConn); nil for HTTP/1.1
 	idle      *streamIdle     // the request's stream_idle_timeout; nil when off
+	appPort   uint16          // inbound: the app port its connection was redirected to (service.ports); 0: the default
 	attempts  attemptLog
 }
 
@@ -59,6 +60,9 @@ func (c *cluster) serveHTTP(w http.ResponseWriter, r *http.Request, alog *slog.L
 	grpc := grpcwire.IsGRPC(r.Header)
 	rw := &responseWriter{ResponseWriter: w}
 	ex := &exchange{clientCtx: r.Context()}
+	if c.appPorts != nil {
+		ex.appPort = appPortFrom(r.Context())
+	}
 	c.obs.inFlight.Inc()
 	defer func() {
 		p := recover()

@@ -146,6 +146,7 @@ func (p *Proxy) Start() error {
 			return err
 		}
 		p.inbound.endpoints.update(discovery.Snapshot{Service: cfg.Service.Name, Endpoints: eps, Index: 1})
+		p.inbound.appPorts = p.inbound.newAppPortTargets(toPorts(cfg.Service.Ports))
 		l, err := p.bind("inbound.listen", cfg.Inbound.Listen, metrics.Inbound, "inbound", p.inbound, nil)
 		if err != nil {
 			return fail(err)
@@ -223,6 +224,7 @@ func (p *Proxy) bind(field, addr, direction, label string, u *cluster, h http.Ha
 	limited := newConnLimitListener(ln, lim.MaxConnections, p.budget, p.m.ConnectionsRefused.WithLabelValues(direction, label))
 	ln = limited
 	if direction == metrics.Inbound {
+		ln = p.appPortListener(ln, limited.refused)
 		if ln, err = p.secureInbound(ln, p.cfg.Inbound.TLS.Mode); err != nil {
 			return nil, err
 		}
@@ -240,7 +242,11 @@ func (p *Proxy) bind(field, addr, direction, label string, u *cluster, h http.Ha
 	if h == nil {
 		h = http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { u.serveHTTP(w, r, p.accessLog) })
 	}
-	return p.newHTTPListener(ln, direction, label, lim, h), nil
+	l := p.newHTTPListener(ln, direction, label, lim, h)
+	if direction == metrics.Inbound {
+		l.srv.ConnContext = withAppPort
+	}
+	return l, nil
 }
 
 // serve runs l in a goroutine owned by p.

@@ -85,14 +85,23 @@ func (c *cluster) relay(client net.Conn, idle time.Duration, log *slog.Logger) {
 			break
 		}
 		tried = append(tried, st)
-		d := net.Dialer{Timeout: c.cfg.Load().ConnectTimeout, KeepAlive: 30 * time.Second}
-		conn, err := d.Dial("tcp", st.hostport)
+		cfg := c.cfg.Load()
+		tgt := c.targetOf(st, cfg)
+		if port := appPortOf(client); port != 0 {
+			if tgt = c.appPorts[port]; tgt == nil {
+				end(resilience.ErrExcluded)
+				lastErr = errNoDialTarget // cannot happen: the listener admits only service.ports
+				break
+			}
+		}
+		d := net.Dialer{Timeout: cfg.ConnectTimeout, KeepAlive: 30 * time.Second}
+		conn, err := d.Dial("tcp", tgt.addr)
 		if err == nil {
-			ctx, cancel := context.WithTimeout(context.Background(), c.cfg.Load().ConnectTimeout)
-			conn, err = c.secureDial(ctx, conn, c.targetOf(st, c.cfg.Load()), "")
+			ctx, cancel := context.WithTimeout(context.Background(), cfg.ConnectTimeout)
+			conn, err = c.secureDial(ctx, conn, tgt, "")
 			cancel()
 		} else {
-			err = &connectError{addr: st.hostport, err: err}
+			err = &connectError{addr: tgt.addr, err: err}
 		}
 		if err != nil {
 			// A connect failure counts against the endpoint and its breaker; a full descriptor budget does not.

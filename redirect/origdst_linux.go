@@ -61,8 +61,10 @@ func getOriginalDst(fd int, v4 bool) (netip.AddrPort, error) {
 		var sa unix.RawSockaddrInet4
 		size := uint32(unsafe.Sizeof(sa))
 		if err := getsockopt(fd, unix.SOL_IP, soOriginalDst, unsafe.Pointer(&sa), &size); err != nil {
-			if errors.Is(err, unix.ENOENT) {
-				return netip.AddrPort{}, ErrNotRedirected // no conntrack entry with NAT
+			if errors.Is(err, unix.ENOENT) || errors.Is(err, unix.ENOPROTOOPT) {
+				// No conntrack entry (ENOENT), or no connection tracking in the kernel at all (ENOPROTOOPT): no
+				// rule can have redirected the connection.
+				return netip.AddrPort{}, ErrNotRedirected
 			}
 			return netip.AddrPort{}, err
 		}
@@ -72,7 +74,7 @@ func getOriginalDst(fd int, v4 bool) (netip.AddrPort, error) {
 	var sa unix.RawSockaddrInet6
 	size := uint32(unsafe.Sizeof(sa))
 	if err := getsockopt(fd, unix.SOL_IPV6, soOriginalDst, unsafe.Pointer(&sa), &size); err != nil {
-		if errors.Is(err, unix.ENOENT) {
+		if errors.Is(err, unix.ENOENT) || errors.Is(err, unix.ENOPROTOOPT) {
 			return netip.AddrPort{}, ErrNotRedirected
 		}
 		return netip.AddrPort{}, err

@@ -25,5 +25,5 @@ func Delete() error { return errNotLinux }
 // DeleteIn needs Linux.
 func DeleteIn(int) error { return errNotLinux }
 
-// OriginalDst needs Linux.
-func OriginalDst(net.Conn) (netip.AddrPort, error) { return netip.AddrPort{}, errNotLinux }
+// OriginalDst returns ErrNotRedirected: without Linux's rules no connection is redirected.
+func OriginalDst(net.Conn) (netip.AddrPort, error) { return netip.AddrPort{}, ErrNotRedirected }
