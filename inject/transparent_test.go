@@ -426,3 +426,15 @@ func TestWebhookTransparent(t *testing.T) {
 		}
 	})
 }
+
+// TestTransparentExample: the transparent example in deploy/kubernetes/example (validated offline with the others
+// by TestManifestsSchema and TestInjectedSchema) gets meshlet-init, with its probe port left out of the inbound
+// redirection and its exclusions.
+func TestTransparentExample(t *testing.T) {
+	ps, _ := injectSpec(t, string(mustRead(t, "../deploy/kubernetes/example/checkout.yaml")), testConfig)
+	want := "redirect-traffic -proxy-uid 5995 -proxy-outbound-port 15001 -proxy-inbound-port 21000 -exclude-inbound-port 15000,8081 " +
+		"-exclude-outbound-port 5432 -exclude-outbound-cidr 169.254.169.254/32"
+	if got := names(ps.InitContainers); !reflect.DeepEqual(got, []string{"meshlet-init", "meshlet"}) || args(ps.InitContainers[0]) != want {
+		t.Errorf("initContainers %v, meshlet-init args %q, want %q", got, args(ps.InitContainers[0]), want)
+	}
+}
