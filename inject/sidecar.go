@@ -24,7 +24,7 @@ type Config struct {
 	CPURequest      string // default "50m"
 	MemoryRequest   string // default "32Mi"
 	MemoryLimit     string // default "128Mi"
-	RunAsUser       int64  // default 65532 (distroless nonroot)
+	RunAsUser       int64  // default 65532 (distroless nonroot); transparent pods run the sidecar as ProxyUID
 	// Classic injects a regular container (first in containers, with a postStart hook that runs `meshlet wait`)
 	// instead of a native sidecar, for clusters older than Kubernetes 1.29. A pod can ask for it with
 	// meshlet.dev/native-sidecar: "false".
