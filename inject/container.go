@@ -21,6 +21,15 @@ type (
 		Resources       resources       `yaml:"resources" json:"resources"`
 		SecurityContext securityContext `yaml:"securityContext" json:"securityContext"`
 	}
+	// initContainerSpec is the init container of transparent interception (meshlet-init).
+	initContainerSpec struct {
+		Name            string          `yaml:"name" json:"name"`
+		Image           string          `yaml:"image" json:"image"`
+		ImagePullPolicy string          `yaml:"imagePullPolicy,omitempty" json:"imagePullPolicy,omitempty"`
+		Args            []string        `yaml:"args" json:"args"`
+		Resources       resources       `yaml:"resources" json:"resources"`
+		SecurityContext securityContext `yaml:"securityContext" json:"securityContext"`
+	}
 	envVar struct {
 		Name      string     `yaml:"name" json:"name"`
 		Value     string     `yaml:"value,omitempty" json:"value,omitempty"`
@@ -68,6 +77,7 @@ type (
 		RunAsUser                int64 `yaml:"runAsUser" json:"runAsUser"`
 		RunAsGroup               int64 `yaml:"runAsGroup" json:"runAsGroup"`
 		Capabilities             struct {
+			Add  []string `yaml:"add,omitempty" json:"add,omitempty"`
 			Drop []string `yaml:"drop" json:"drop"`
 		} `yaml:"capabilities" json:"capabilities"`
 		SeccompProfile struct {
@@ -134,6 +144,9 @@ func sidecar(p podParams, cfg Config) (*container, error) {
 	sc := &c.SecurityContext
 	sc.ReadOnlyRootFilesystem, sc.RunAsNonRoot = true, true
 	sc.RunAsUser, sc.RunAsGroup = cfg.RunAsUser, cfg.RunAsUser
+	if p.transparent != nil { // the UID whose connections redirect-traffic leaves alone
+		sc.RunAsUser, sc.RunAsGroup = p.transparent.proxyUID, p.transparent.proxyUID
+	}
 	sc.Capabilities.Drop = []string{"ALL"}
 	sc.SeccompProfile.Type = "RuntimeDefault"
 	return c, nil

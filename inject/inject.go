@@ -35,6 +35,15 @@ const (
 	AnnotationTLSSecret = "meshlet.dev/tls-secret"
 	// AnnotationTLS "consul" takes the sidecar's certificate from the Consul agent's Connect CA (tls.source: consul).
 	AnnotationTLS = "meshlet.dev/tls"
+	// AnnotationTransparent "true" adds transparent interception (the meshlet-init container; see
+	// Config.Transparent for the cluster-wide default, which "false" overrides).
+	AnnotationTransparent = "meshlet.dev/transparent"
+	// The exclusions of transparent interception, comma-separated: local ports whose inbound connections, and
+	// destination ports, networks (CIDRs or addresses) and UIDs whose outbound connections are left alone.
+	AnnotationExcludeInboundPorts  = "meshlet.dev/exclude-inbound-ports"
+	AnnotationExcludeOutboundPorts = "meshlet.dev/exclude-outbound-ports"
+	AnnotationExcludeOutboundCIDRs = "meshlet.dev/exclude-outbound-cidrs"
+	AnnotationExcludeUIDs          = "meshlet.dev/exclude-uids"
 )
 
 // TLSVolume is the name of the volume injected for meshlet.dev/tls-secret, and TLSDir where it is mounted.
@@ -240,19 +249,33 @@ func injectPod(pod *yaml.Node, workload string, cfg Config, st *Stats) error {
 	if err != nil {
 		return err
 	}
-	var cn yaml.Node
+	var cn, in yaml.Node
 	if err := cn.Encode(c); err != nil {
 		return err
 	}
+	if p.transparent != nil {
+		if err := checkInitContainers(spec); err != nil {
+			return err
+		}
+		if err := in.Encode(initContainer(p, cfg)); err != nil {
+			return err
+		}
+	}
 	hadInit := removeContainer(spec, "initContainers", ContainerName)
+	if removeInjectedInit(spec) {
+		hadInit = true
+	}
 	removeContainer(spec, "containers", ContainerName)
 	if p.native {
 		insertFirst(ensureSeq(spec, "initContainers"), &cn)
 	} else {
 		insertFirst(ensureSeq(spec, "containers"), &cn)
 	}
+	if p.transparent != nil { // first of all: the rules are in place before any other container runs
+		insertFirst(ensureSeq(spec, "initContainers"), &in)
+	}
 	if init := get(spec, "initContainers"); hadInit && init != nil && len(init.Content) == 0 {
-		del(spec, "initContainers") // only the sidecar was there, and it moved to containers
+		del(spec, "initContainers") // only meshlet's were there, and they moved to containers or went
 	}
 	if err := setTLSVolume(spec, p.tlsSecret); err != nil {
 		return err

@@ -24,11 +24,22 @@ type Config struct {
 	CPURequest      string // default "50m"
 	MemoryRequest   string // default "32Mi"
 	MemoryLimit     string // default "128Mi"
-	RunAsUser       int64  // default 65532 (distroless nonroot)
+	RunAsUser       int64  // default 65532 (distroless nonroot); transparent pods run the sidecar as ProxyUID
 	// Classic injects a regular container (first in containers, with a postStart hook that runs `meshlet wait`)
 	// instead of a native sidecar, for clusters older than Kubernetes 1.29. A pod can ask for it with
 	// meshlet.dev/native-sidecar: "false".
 	Classic bool
+	// Transparent injects transparent interception into every pod (an init container running `meshlet
+	// redirect-traffic`, the outbound listener taking the redirected connections) unless the pod sets
+	// meshlet.dev/transparent: "false"; false: only pods that set it to "true".
+	Transparent bool
+	// OutboundPort is the outbound listener's port (on 127.0.0.1) in transparent pods, where the redirected
+	// connections arrive; default 15001.
+	OutboundPort int
+	// ProxyUID is the UID (and GID) the sidecar runs as in transparent pods: its connections are never redirected,
+	// so no app container may run as it. Default 5995, not RunAsUser: 65532 is distroless's nonroot user, which
+	// many app images run as, and their connections would bypass meshlet.
+	ProxyUID int64
 }
 
 func (c *Config) setDefaults() {
@@ -53,6 +64,12 @@ func (c *Config) setDefaults() {
 	if c.RunAsUser == 0 {
 		c.RunAsUser = 65532
 	}
+	if c.OutboundPort == 0 {
+		c.OutboundPort = 15001
+	}
+	if c.ProxyUID == 0 {
+		c.ProxyUID = 5995
+	}
 }
 
 func (c *Config) validate() error {
@@ -61,10 +78,13 @@ func (c *Config) validate() error {
 	if c.Image == "" {
 		errs = append(errs, errors.New("image: required"))
 	}
-	for name, p := range map[string]int{"admin port": c.AdminPort, "inbound port": c.InboundPort} {
+	for name, p := range map[string]int{"admin port": c.AdminPort, "inbound port": c.InboundPort, "outbound port": c.OutboundPort} {
 		if p < 1 || p > 65535 {
 			errs = append(errs, fmt.Errorf("%s: %d must be 1..65535", name, p))
 		}
+	}
+	if c.ProxyUID < 1 || c.ProxyUID > 1<<31-1 {
+		errs = append(errs, errNoProxyUID)
 	}
 	return errors.Join(errs...)
 }
@@ -86,8 +106,9 @@ type podParams struct {
 	consul      string
 	native      bool
 	logLevel    string
-	tlsSecret   string // a Secret with the certificate files
-	tlsConsul   bool   // the certificate from Consul's Connect CA
+	tlsSecret   string             // a Secret with the certificate files
+	tlsConsul   bool               // the certificate from Consul's Connect CA
+	transparent *transparentParams // nil: no transparent interception
 }
 
 var dnsLabel = regexp.MustCompile(`^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$`)
@@ -175,6 +196,11 @@ func podParamsFrom(meta, spec *yaml.Node, ann map[string]string, workload string
 		}
 		p.logLevel = v
 	}
+	t, terrs := transparentFrom(spec, ann, cfg)
+	errs = append(errs, terrs...)
+	if p.transparent = t; t != nil && p.appPort != 0 {
+		errs = append(errs, t.checkInbound(p.inboundPort)...)
+	}
 	errs = append(errs, p.portClashes(cfg)...)
 	return p, errors.Join(errs...)
 }
@@ -193,6 +219,9 @@ func (p podParams) portClashes(cfg Config) []error {
 	if p.appPort != 0 {
 		claim(p.appPort, "the app port")
 		claim(p.inboundPort, "the inbound port")
+	}
+	if p.transparent != nil {
+		claim(p.transparent.outboundPort, "the outbound port")
 	}
 	for _, u := range p.upstreams {
 		port, _ := strconv.Atoi(u.Listen[strings.LastIndexByte(u.Listen, ':')+1:])
@@ -301,7 +330,8 @@ type meshletConfig struct {
 	Inbound *struct {
 		Listen string `yaml:"listen"`
 	} `yaml:"inbound,omitempty"`
-	Upstreams []upstream `yaml:"upstreams,omitempty"`
+	Outbound  *outboundConfig `yaml:"outbound,omitempty"`
+	Upstreams []upstream      `yaml:"upstreams,omitempty"`
 	Discovery struct {
 		Consul struct{} `yaml:"consul"` // the address comes from CONSUL_HTTP_ADDR
 	} `yaml:"discovery"`
@@ -309,6 +339,14 @@ type meshletConfig struct {
 	Log struct {
 		Level string `yaml:"level"`
 	} `yaml:"log"`
+}
+
+// outboundConfig is the outbound section of a transparent pod.
+type outboundConfig struct {
+	Listen      string `yaml:"listen"`
+	Transparent struct {
+		Enabled bool `yaml:"enabled"`
+	} `yaml:"transparent"`
 }
 
 // tlsConfig is the tls section: files from a mounted Secret, or the Consul CA.
@@ -330,6 +368,10 @@ func (p podParams) render(cfg Config) (string, error) {
 		c.Inbound = &struct {
 			Listen string `yaml:"listen"`
 		}{Listen: fmt.Sprintf("$(POD_IP):%d", p.inboundPort)}
+	}
+	if p.transparent != nil { // redirected connections arrive at 127.0.0.1 (and [::1]); the inbound listener is on the pod IP
+		c.Outbound = &outboundConfig{Listen: fmt.Sprintf("127.0.0.1:%d", p.transparent.outboundPort)}
+		c.Outbound.Transparent.Enabled = true
 	}
 	c.Upstreams = p.upstreams
 	switch {

@@ -6,7 +6,9 @@ import (
 	"flag"
 	"fmt"
 	"io"
+	"math"
 	"os"
+	"strconv"
 	"strings"
 
 	"meshlet.dev/meshlet/inject"
@@ -60,6 +62,17 @@ func injectFlags(fs *flag.FlagSet) *inject.Config {
 	fs.IntVar(&cfg.InboundPort, "inbound-port", 21000, "inbound port, unless a pod sets meshlet.dev/inbound-port")
 	fs.StringVar(&cfg.Consul, "consul", "$(HOST_IP):8500", "Consul agent address, unless a pod sets meshlet.dev/consul")
 	fs.BoolVar(&cfg.Classic, "classic", false, "inject a regular container held by `meshlet wait` instead of a native sidecar (Kubernetes < 1.29)")
+	fs.BoolVar(&cfg.Transparent, "transparent", false, "transparent interception for every pod (the meshlet-init container), unless a pod sets meshlet.dev/transparent: \"false\"")
+	fs.IntVar(&cfg.OutboundPort, "outbound-port", 15001, "outbound listener port (127.0.0.1) of transparent pods, where redirected connections arrive")
+	cfg.ProxyUID = 5995
+	fs.Func("proxy-uid", "UID the sidecar runs as in transparent pods, whose connections are never redirected; no app container may run as it (default 5995)", func(s string) error {
+		u, err := strconv.ParseInt(s, 10, 64)
+		if err != nil || u < 1 || u > math.MaxInt32 {
+			return fmt.Errorf("%q must be a UID 1..%d (not root)", s, math.MaxInt32)
+		}
+		cfg.ProxyUID = u
+		return nil
+	})
 	return cfg
 }
 
