@@ -324,6 +324,7 @@ type meshletConfig struct {
 	Service struct {
 		Name     string `yaml:"name"`
 		Address  string `yaml:"address,omitempty"`
+		Ports    []int  `yaml:"ports,omitempty,flow"` // transparent pods: the app's other ports (service.ports)
 		Protocol string `yaml:"protocol,omitempty"`
 		Register bool   `yaml:"register,omitempty"`
 	} `yaml:"service"`
@@ -372,6 +373,9 @@ func (p podParams) render(cfg Config) (string, error) {
 	if p.transparent != nil { // redirected connections arrive at 127.0.0.1 (and [::1]); the inbound listener is on the pod IP
 		c.Outbound = &outboundConfig{Listen: fmt.Sprintf("127.0.0.1:%d", p.transparent.outboundPort)}
 		c.Outbound.Transparent.Enabled = true
+		if p.appPort != 0 {
+			c.Service.Ports = p.transparent.servicePorts(p.appPort, cfg, p.inboundPort)
+		}
 	}
 	c.Upstreams = p.upstreams
 	switch {

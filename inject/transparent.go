@@ -32,6 +32,7 @@ type transparentParams struct {
 	excludeCIDRs    []netip.Prefix
 	excludeUIDs     []uint32
 	probePorts      []int // the ports the kubelet calls the app containers on (probes, lifecycle hooks)
+	containerPorts  []int // the app containers' TCP containerPorts
 }
 
 // transparentFrom reads meshlet.dev/transparent and the exclusion annotations. The exclusions are checked even
@@ -70,6 +71,7 @@ func transparentFrom(spec *yaml.Node, ann map[string]string, cfg Config) (*trans
 	}
 	ports, perrs := kubeletPorts(spec)
 	t.probePorts = ports
+	t.containerPorts = appContainerPorts(spec)
 	errs = append(errs, perrs...)
 	errs = append(errs, proxyUIDClashes(spec, cfg.ProxyUID)...)
 	return t, errs
@@ -131,6 +133,54 @@ func kubeletPorts(spec *yaml.Node) ([]int, []error) {
 		}
 	}
 	return ports, errs
+}
+
+// appContainerPorts are the TCP containerPorts of the pod's app containers (not meshlet's), each once, in order;
+// ports written otherwise than as a plain number are left out (firstContainerPort reports the app port's).
+func appContainerPorts(spec *yaml.Node) []int {
+	var ports []int
+	cs := get(spec, "containers")
+	if cs == nil || cs.Kind != yaml.SequenceNode {
+		return nil
+	}
+	for _, c := range cs.Content {
+		if scalar(get(c, "name")) == ContainerName {
+			continue
+		}
+		ps := get(c, "ports")
+		if ps == nil || ps.Kind != yaml.SequenceNode {
+			continue
+		}
+		for _, p := range ps.Content {
+			if proto := scalar(get(p, "protocol")); proto != "" && proto != "TCP" {
+				continue
+			}
+			v := get(p, "containerPort")
+			n, err := strconv.Atoi(scalar(v))
+			if v == nil || v.Tag != "!!int" || !decimalPort.MatchString(v.Value) || err != nil || n > 65535 {
+				continue
+			}
+			if !slices.Contains(ports, n) {
+				ports = append(ports, n)
+			}
+		}
+	}
+	return ports
+}
+
+// servicePorts are the app's ports besides appPort that redirected inbound connections reach through meshlet
+// (service.ports): the app containers' ports but those left out of inbound redirection (the kubelet's, the
+// excluded ones) and meshlet's own.
+func (t *transparentParams) servicePorts(appPort int, cfg Config, inboundPort int) []int {
+	var out []int
+	for _, p := range t.containerPorts {
+		if p == appPort || p == cfg.AdminPort || p == inboundPort || slices.Contains(t.probePorts, p) ||
+			slices.Contains(t.excludeInbound, uint16(p)) {
+			continue
+		}
+		out = append(out, p)
+	}
+	return out
 }
 
 // resolvePort reads a probe's port: a number, or the name of one of container c's ports.

@@ -438,3 +438,45 @@ func TestTransparentExample(t *testing.T) {
 		t.Errorf("initContainers %v, meshlet-init args %q, want %q", got, args(ps.InitContainers[0]), want)
 	}
 }
+
+// TestTransparentServicePorts: a transparent pod's config lists the app's other TCP ports as service.ports, so that
+// connections redirected to them reach the app at that port; the app port, meshlet's ports, the kubelet's probe
+// ports, excluded ports and UDP ports are not listed (they never reach meshlet's inbound listener, or are the
+// default).
+func TestTransparentServicePorts(t *testing.T) {
+	on := testConfig
+	on.Transparent = true
+	for _, tc := range []struct {
+		name, ann, ports string
+		want             string // the service.ports line of the generated config; "": none
+	}{
+		{name: "other ports", ports: `[{name: http, containerPort: 8080}, {name: grpc, containerPort: 9090}, {name: dns, containerPort: 5353, protocol: UDP}, {name: x, containerPort: 7000, protocol: TCP}]`,
+			want: "ports: [9090, 7000]"},
+		{name: "excluded and probe ports left out", ann: `meshlet.dev/exclude-inbound-ports: "9090"`,
+			ports: `[{name: http, containerPort: 8080}, {name: grpc, containerPort: 9090}, {name: health, containerPort: 8081}]`},
+		{name: "only the app port", ports: `[{name: http, containerPort: 8080}]`},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			spec := `      containers:
+      - name: web
+        image: web:1
+        ports: ` + tc.ports + `
+        readinessProbe: {httpGet: {path: /healthz, port: 8081}}
+`
+			ann := ""
+			if tc.ann != "" {
+				ann = "        " + tc.ann + "\n"
+			}
+			_, out := injectSpec(t, transparentPod(ann, spec), on)
+			got := ""
+			for _, l := range strings.Split(out, "\n") {
+				if l = strings.TrimSpace(l); strings.HasPrefix(l, "ports: [") && len(l) > 8 && l[8] >= '0' && l[8] <= '9' {
+					got = l
+				}
+			}
+			if got != tc.want {
+				t.Fatalf("service.ports line %q, want %q in:\n%s", got, tc.want, out)
+			}
+		})
+	}
+}
