@@ -217,6 +217,19 @@ func TestTransparentOutbound(t *testing.T) {
 			t.Fatalf("GET %s (Host %q): %d %q %v; want 200 %q\n%s", tc.url, tc.host, code, body, err, tc.want, p.Log())
 		}
 	}
+	// h2c with prior knowledge, by the upstream's address.
+	h2c := &http.Transport{Protocols: new(http.Protocols),
+		DialContext: func(_ context.Context, network, addr string) (net.Conn, error) { return tp.dial(t, network, addr) }}
+	h2c.Protocols.SetUnencryptedHTTP2(true)
+	resp, err := (&http.Client{Timeout: 5 * time.Second, Transport: h2c}).Get("http://198.18.0.100/h2c")
+	if err != nil {
+		t.Fatalf("h2c by address: %v", err)
+	}
+	b, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	if resp.ProtoMajor != 2 || string(b) != "api /h2c" {
+		t.Fatalf("h2c by address: %s %q", resp.Proto, b)
+	}
 	if line, err := tp.readLine(t, "198.18.0.101:5432"); line != "db" {
 		t.Fatalf("TCP upstream by address: %q %v", line, err)
 	}
@@ -224,7 +237,7 @@ func TestTransparentOutbound(t *testing.T) {
 		t.Fatalf("passthrough: %q %v", line, err)
 	}
 	// Connections, not requests: the client kept its connection to 198.18.0.100:80 for the fourth request.
-	want := map[string]float64{"mesh": 3, "passthrough": 1, "refused": 0, "direct": 1}
+	want := map[string]float64{"mesh": 4, "passthrough": 1, "refused": 0, "direct": 1}
 	if got := tp.outcomes(t); fmt.Sprint(got) != fmt.Sprint(want) {
 		t.Fatalf("meshlet_outbound_connections_total: %v, want %v", got, want)
 	}

@@ -158,6 +158,17 @@ type routedConn struct {
 	cluster *cluster
 }
 
+// NetConn returns the wrapped connection.
+func (c *routedConn) NetConn() net.Conn { return c.Conn }
+
+// CloseWrite half-closes the wrapped connection when it can (upgraded tunnels, the guard's lingering close).
+func (c *routedConn) CloseWrite() error {
+	if cw, ok := c.Conn.(interface{ CloseWrite() error }); ok {
+		return cw.CloseWrite()
+	}
+	return c.Conn.Close()
+}
+
 type routedKey struct{}
 
 // serveTransparent serves an HTTP request of the transparent listener: on the cluster its connection's original
