@@ -116,19 +116,25 @@ func (tp *transparentPod) readLine(t *testing.T, addr string) (string, error) {
 
 // start runs meshlet in the pod as meshletUID on config, and waits until its /ready answers 200.
 func (tp *transparentPod) start(t *testing.T, config string) *meshlettest.Proc {
+	return tp.startIn(t, tp.pod, tp.client, config)
+}
+
+// startIn runs meshlet inside ns as meshletUID on config (its admin on 127.0.0.1:19000 there), and waits until
+// its /ready answers 200 to client, whose connections start inside ns.
+func (tp *transparentPod) startIn(t *testing.T, ns *redirecttest.Netns, client *http.Client, config string) *meshlettest.Proc {
 	path := filepath.Join(tp.dir, fmt.Sprintf("meshlet-%d.yaml", time.Now().UnixNano()))
 	if err := os.WriteFile(path, []byte(config), 0o644); err != nil {
 		t.Fatal(err)
 	}
 	cmd := exec.Command(tp.bin, "run", "-config", path)
-	// No Pdeathsig: it would fire when the thread that forked meshlet (locked in the pod, then ended) exits. The
-	// harness kills meshlet when the test ends.
+	// No Pdeathsig: it would fire when the thread that forked meshlet (locked in the namespace, then ended)
+	// exits. The harness kills meshlet when the test ends.
 	cmd.SysProcAttr = &syscall.SysProcAttr{Credential: &syscall.Credential{Uid: meshletUID, Gid: meshletUID}}
 	var p *meshlettest.Proc
-	tp.pod.Do(t, func() { p = meshlettest.Command(t, path, cmd) }) // forked on a thread inside the pod
+	ns.Do(t, func() { p = meshlettest.Command(t, path, cmd) }) // forked on a thread inside ns
 	deadline := time.Now().Add(meshlettest.ReadyTimeout)
 	for {
-		resp, err := tp.client.Get("http://127.0.0.1:19000/ready")
+		resp, err := client.Get("http://127.0.0.1:19000/ready")
 		if err == nil {
 			resp.Body.Close()
 			if resp.StatusCode == 200 {
@@ -136,9 +142,28 @@ func (tp *transparentPod) start(t *testing.T, config string) *meshlettest.Proc {
 			}
 		}
 		if time.Now().After(deadline) || !p.Alive() {
-			t.Fatalf("meshlet in the pod not ready: %v (exit: %v)\n%s", err, p.WaitErr(), p.Log())
+			t.Fatalf("meshlet in %s not ready: %v (exit: %v)\n%s", ns.Name, err, p.WaitErr(), p.Log())
 		}
 		time.Sleep(20 * time.Millisecond)
+	}
+}
+
+// clientIn is an HTTP client whose connections start inside ns.
+func clientIn(t *testing.T, ns *redirecttest.Netns) *http.Client {
+	return &http.Client{Timeout: 5 * time.Second, Transport: &http.Transport{DisableKeepAlives: true,
+		DialContext: func(_ context.Context, network, addr string) (net.Conn, error) {
+			var c net.Conn
+			var err error
+			ns.Do(t, func() { c, err = net.DialTimeout(network, addr, 3*time.Second) })
+			return c, err
+		}}}
+}
+
+// redirectIn runs meshlet redirect-traffic with args inside ns.
+func (tp *transparentPod) redirectIn(t *testing.T, ns *redirecttest.Netns, args ...string) {
+	args = append([]string{"netns", "exec", ns.Name, tp.bin, "redirect-traffic", "-proxy-uid", fmt.Sprint(meshletUID)}, args...)
+	if out, err := exec.Command("ip", args...).CombinedOutput(); err != nil {
+		t.Fatalf("redirect-traffic in %s: %v\n%s", ns.Name, err, out)
 	}
 }
 
@@ -302,14 +327,7 @@ admin:
 shutdown:
   drain_delay: 0s
 `)
-	// The peer's client: its connections start inside the peer namespace.
-	peer := &http.Client{Timeout: 5 * time.Second, Transport: &http.Transport{DisableKeepAlives: true,
-		DialContext: func(_ context.Context, network, addr string) (net.Conn, error) {
-			var c net.Conn
-			var err error
-			tp.peer.Do(t, func() { c, err = net.DialTimeout(network, addr, 3*time.Second) })
-			return c, err
-		}}}
+	peer := clientIn(t, tp.peer) // the peer's client: its connections start inside the peer namespace
 	for _, tc := range []struct{ url, want string }{
 		{"http://198.18.0.1:8080/a", "app /a"},        // the app's port, redirected to meshlet
 		{"http://198.18.0.1:20000/b", "app /b"},       // the inbound listener itself
@@ -339,5 +357,115 @@ shutdown:
 	}
 	if n := m.Sum("meshlet_requests_total", map[string]string{"direction": "inbound"}); n != 4 {
 		t.Fatalf("inbound requests %v, want 4", n)
+	}
+}
+
+// TestTransparentMesh: both namespaces are pods with meshlet and redirect-traffic: web's app calls api's app at its
+// usual address (198.18.0.2:8080) in plain HTTP and gets api's answer over mutual TLS between the sidecars,
+// api's sidecar authorizing web's identity; a caller api does not allow gets 403; a plaintext caller that
+// bypasses web's sidecar (an excluded UID) is refused by api's, whose app is reachable only through it.
+func TestTransparentMesh(t *testing.T) {
+	tp := newTransparentPod(t)
+	web, api := tp.pod, tp.peer
+	certs := mtlsCerts(t, "web", "api", "billing")
+	for _, f := range []string{"ca.crt", "web.crt", "web.key", "api.crt", "api.key", "billing.crt", "billing.key"} {
+		b, err := os.ReadFile(filepath.Join(certs, f))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := os.WriteFile(filepath.Join(tp.dir, f), b, 0o600); err != nil {
+			t.Fatal(err)
+		}
+		os.Chown(filepath.Join(tp.dir, f), meshletUID, meshletUID) // meshlet reads its key as its own UID
+	}
+	var ln net.Listener
+	var err error
+	api.Do(t, func() { ln, err = net.Listen("tcp", "127.0.0.1:8080") })
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv := &http.Server{Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		fmt.Fprintf(w, "api %s", r.URL.Path)
+	})}
+	go srv.Serve(ln)
+	t.Cleanup(func() { srv.Close() })
+
+	tp.redirectIn(t, api, "-proxy-inbound-port", "20000")
+	tp.startIn(t, api, clientIn(t, api), fmt.Sprintf(`service:
+  name: api
+  address: 127.0.0.1:8080
+inbound:
+  listen: 0.0.0.0:20000
+  tls:
+    mode: mtls
+    allow: [web]
+tls:
+  cert_file: %[1]s/api.crt
+  key_file: %[1]s/api.key
+  ca_file: %[1]s/ca.crt
+admin:
+  listen: 127.0.0.1:19000
+shutdown:
+  drain_delay: 0s
+`, tp.dir))
+	tp.redirectIn(t, web, "-proxy-outbound-port", "15001", "-exclude-uid", "1000")
+	webConfig := func(cert string) string {
+		return fmt.Sprintf(`service:
+  name: %[2]s
+outbound:
+  listen: 127.0.0.1:15001
+  transparent:
+    enabled: true
+upstreams:
+  - name: api
+    addresses: ["198.18.0.2:8080"]
+    peer: sidecar
+    endpoints: ["198.18.0.2:20000"]
+tls:
+  cert_file: %[1]s/%[2]s.crt
+  key_file: %[1]s/%[2]s.key
+  ca_file: %[1]s/ca.crt
+admin:
+  listen: 127.0.0.1:19000
+shutdown:
+  drain_delay: 0s
+`, tp.dir, cert)
+	}
+	webMeshlet := tp.start(t, webConfig("web"))
+	get := func(c *http.Client, url string) (int, string, error) {
+		resp, err := c.Get(url)
+		if err != nil {
+			return 0, "", err
+		}
+		defer resp.Body.Close()
+		b, _ := io.ReadAll(resp.Body)
+		return resp.StatusCode, string(b), nil
+	}
+	if code, body, err := get(tp.client, "http://198.18.0.2:8080/hello"); err != nil || code != 200 || body != "api /hello" {
+		t.Fatalf("web → api through both sidecars: %d %q %v", code, body, err)
+	}
+	m, err := meshlettest.Scrape(context.Background(), clientIn(t, api), "http://127.0.0.1:19000/metrics")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if n := m.Sum("meshlet_requests_total", map[string]string{"direction": "inbound", "code_class": "2xx"}); n != 1 {
+		t.Fatalf("api's sidecar served %v inbound requests, want 1:\n%s", n, m.Lines("meshlet_requests_total"))
+	}
+
+	// A caller that bypasses web's sidecar (UID 1000 is excluded) reaches api's pod in plaintext: refused there.
+	wait := exec.Command(tp.bin, "wait", "-admin", "198.18.0.2:8080", "-timeout", "2s") // GET /ready, plaintext
+	wait.SysProcAttr = &syscall.SysProcAttr{Credential: &syscall.Credential{Uid: 1000, Gid: 1000}}
+	var out []byte
+	web.Do(t, func() { out, err = wait.CombinedOutput() }) // forked inside web's pod
+	if err == nil {
+		t.Fatalf("a plaintext caller bypassing web's sidecar got api's app:\n%s", out)
+	}
+
+	// A caller api does not allow: web's sidecar with billing's identity.
+	webMeshlet.Cmd.Process.Signal(syscall.SIGKILL)
+	<-webMeshlet.Exited()
+	tp.start(t, webConfig("billing"))
+	if code, _, err := get(tp.client, "http://198.18.0.2:8080/denied"); err != nil || code != http.StatusForbidden {
+		t.Fatalf("a caller api does not allow: %d %v, want 403", code, err)
 	}
 }
