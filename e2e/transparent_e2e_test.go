@@ -19,6 +19,11 @@ import (
 	"testing"
 	"time"
 
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials/insecure"
+	"google.golang.org/grpc/health"
+	healthpb "google.golang.org/grpc/health/grpc_health_v1"
+
 	"meshlet.dev/meshlet/internal/meshlettest"
 	"meshlet.dev/meshlet/redirect/redirecttest"
 )
@@ -361,7 +366,8 @@ shutdown:
 }
 
 // TestTransparentMesh: both namespaces are pods with meshlet and redirect-traffic: web's app calls api's app at its
-// usual address (198.18.0.2:8080) in plain HTTP and gets api's answer over mutual TLS between the sidecars,
+// usual address (198.18.0.2:8080) in plain HTTP, and its gRPC port (9090, another of api's service.ports), and gets
+// api's answers over mutual TLS between the sidecars,
 // api's sidecar authorizing web's identity; a caller api does not allow gets 403; a plaintext caller that
 // bypasses web's sidecar (an excluded UID) is refused by api's, whose app is reachable only through it.
 func TestTransparentMesh(t *testing.T) {
@@ -386,14 +392,25 @@ func TestTransparentMesh(t *testing.T) {
 	}
 	srv := &http.Server{Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		fmt.Fprintf(w, "api %s", r.URL.Path)
-	})}
+	}), Protocols: meshlettest.H2CProtocols()}
 	go srv.Serve(ln)
 	t.Cleanup(func() { srv.Close() })
+	var gln net.Listener // api's gRPC port, another of its service.ports
+	api.Do(t, func() { gln, err = net.Listen("tcp", "127.0.0.1:9090") })
+	if err != nil {
+		t.Fatal(err)
+	}
+	gs := grpc.NewServer()
+	healthpb.RegisterHealthServer(gs, health.NewServer())
+	go gs.Serve(gln)
+	t.Cleanup(gs.Stop)
 
 	tp.redirectIn(t, api, "-proxy-inbound-port", "20000")
 	tp.startIn(t, api, clientIn(t, api), fmt.Sprintf(`service:
   name: api
   address: 127.0.0.1:8080
+  protocol: http2
+  ports: [9090]
 inbound:
   listen: 0.0.0.0:20000
   tls:
@@ -421,6 +438,12 @@ upstreams:
     addresses: ["198.18.0.2:8080"]
     peer: sidecar
     endpoints: ["198.18.0.2:20000"]
+  - name: api-grpc
+    service: api
+    protocol: grpc
+    addresses: ["198.18.0.2:9090"]
+    peer: sidecar
+    endpoints: ["198.18.0.2:9090"] # api's app port: its pod's rules redirect it to api's sidecar, which keeps the port
 tls:
   cert_file: %[1]s/%[2]s.crt
   key_file: %[1]s/%[2]s.key
@@ -444,12 +467,25 @@ shutdown:
 	if code, body, err := get(tp.client, "http://198.18.0.2:8080/hello"); err != nil || code != 200 || body != "api /hello" {
 		t.Fatalf("web → api through both sidecars: %d %q %v", code, body, err)
 	}
+	// gRPC to api's other port, by its usual address: through both sidecars, to the app at that port.
+	conn, err := grpc.NewClient("198.18.0.2:9090", grpc.WithTransportCredentials(insecure.NewCredentials()),
+		grpc.WithContextDialer(func(_ context.Context, addr string) (net.Conn, error) { return tp.dial(t, "tcp", addr) }))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	if resp, err := healthpb.NewHealthClient(conn).Check(ctx, &healthpb.HealthCheckRequest{}); err != nil ||
+		resp.GetStatus() != healthpb.HealthCheckResponse_SERVING {
+		t.Fatalf("gRPC web → api:9090 through both sidecars: %v %v", resp, err)
+	}
 	m, err := meshlettest.Scrape(context.Background(), clientIn(t, api), "http://127.0.0.1:19000/metrics")
 	if err != nil {
 		t.Fatal(err)
 	}
-	if n := m.Sum("meshlet_requests_total", map[string]string{"direction": "inbound", "code_class": "2xx"}); n != 1 {
-		t.Fatalf("api's sidecar served %v inbound requests, want 1:\n%s", n, m.Lines("meshlet_requests_total"))
+	if n := m.Sum("meshlet_requests_total", map[string]string{"direction": "inbound", "code_class": "2xx"}); n != 2 {
+		t.Fatalf("api's sidecar served %v inbound requests, want 2:\n%s", n, m.Lines("meshlet_requests_total"))
 	}
 
 	// A caller that bypasses web's sidecar (UID 1000 is excluded) reaches api's pod in plaintext: refused there.
