@@ -19,19 +19,15 @@ import (
 	"time"
 
 	"meshlet.dev/meshlet/internal/meshlettest"
+	"meshlet.dev/meshlet/proxy"
 )
 
 func TestTCPListenerMaxConnections(t *testing.T) {
 	echo := meshlettest.StartTCPBackend(t, func(c *net.TCPConn) { io.Copy(c, c) })
 	db, admin := meshlettest.FreeAddr(t), meshlettest.FreeAddr(t)
-	m := meshlettest.Start(t, admin, fmt.Sprintf(`service: {name: web}
-outbound:
-  limits: {max_connections: 3}
-upstreams:
-  - {name: db, listen: %s, protocol: tcp, endpoints: [%s]}
-admin: {listen: %s}
-shutdown: {drain_delay: 0s, drain_timeout: 5s}
-`, db, echo, admin))
+	f := meshlettest.Sidecar("web", admin, proxy.UpstreamConfig{Name: "db", Listen: db, Protocol: "tcp", Endpoints: []string{echo}})
+	f.Outbound.Limits.MaxConnections = 3
+	m := meshlettest.StartFile(t, f)
 	labels := map[string]string{"direction": "outbound", "listener": "db"}
 	roundTrip := func(c net.Conn, msg string) error {
 		c.SetDeadline(time.Now().Add(5 * time.Second))
@@ -82,12 +78,8 @@ func TestFileDescriptorExhaustion(t *testing.T) {
 		fmt.Fprintf(w, "ok %s", r.URL.Path)
 	}), false, nil)
 	api, admin := meshlettest.FreeAddr(t), meshlettest.FreeAddr(t)
-	config := fmt.Sprintf(`service: {name: web}
-upstreams:
-  - {name: api, listen: %s, peer: app, endpoints: [%s]}
-admin: {listen: %s}
-shutdown: {drain_delay: 0s, drain_timeout: 5s}
-`, api, meshlettest.HostOf(app), admin)
+	config := meshlettest.Sidecar("web", admin, proxy.UpstreamConfig{Name: "api", Listen: api, Peer: "app",
+		Endpoints: []string{meshlettest.HostOf(app)}}).MustYAML(t)
 	// ulimit -n sets the soft and the hard limit, so Go's raise of the soft limit at start cannot undo it.
 	path := meshlettest.WriteConfig(t, config)
 	m := meshlettest.Command(t, path, exec.Command("/bin/sh", "-c", `ulimit -n 256 && exec "$0" "$@"`, meshlettest.Bin(), "run", "-config", path))
@@ -195,14 +187,9 @@ func TestWriteTimeoutHTTP1(t *testing.T) {
 		appDone <- err
 	}), false, nil)
 	api, admin := meshlettest.FreeAddr(t), meshlettest.FreeAddr(t)
-	m := meshlettest.Start(t, admin, fmt.Sprintf(`service: {name: web}
-outbound:
-  limits: {write_timeout: 2s}
-upstreams:
-  - {name: api, listen: %s, peer: app, endpoints: [%s]}
-admin: {listen: %s}
-shutdown: {drain_delay: 0s, drain_timeout: 5s}
-`, api, meshlettest.HostOf(app), admin))
+	f := meshlettest.Sidecar("web", admin, proxy.UpstreamConfig{Name: "api", Listen: api, Peer: "app", Endpoints: []string{meshlettest.HostOf(app)}})
+	f.Outbound.Limits.WriteTimeout = 2 * time.Second
+	m := meshlettest.StartFile(t, f)
 	c, err := net.DialTimeout("tcp", api, 5*time.Second)
 	if err != nil {
 		t.Fatal(err)

@@ -31,6 +31,7 @@ import (
 	"golang.org/x/net/http2/hpack"
 
 	"meshlet.dev/meshlet/internal/meshlettest"
+	"meshlet.dev/meshlet/proxy"
 )
 
 const (
@@ -317,7 +318,7 @@ type floodTarget struct {
 	paths map[string]int // requests the app received, by path
 }
 
-func startFloodTarget(t *testing.T, limits string) *floodTarget {
+func startFloodTarget(t *testing.T, limits proxy.ListenerLimits) *floodTarget {
 	t.Helper()
 	ft := &floodTarget{paths: map[string]int{}}
 	app := meshlettest.StartBackend(t, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
@@ -338,14 +339,9 @@ func startFloodTarget(t *testing.T, limits string) *floodTarget {
 	}), true, nil)
 	ft.addr = meshlettest.FreeAddr(t)
 	admin := meshlettest.FreeAddr(t)
-	ft.m = meshlettest.Start(t, admin, fmt.Sprintf(`service: {name: api, address: %s}
-outbound:
-  limits: %s
-upstreams:
-  - {name: api, listen: %s, peer: app, endpoints: [%s]}
-admin: {listen: %s}
-shutdown: {drain_delay: 0s, drain_timeout: 5s}
-`, meshlettest.HostOf(app), limits, ft.addr, meshlettest.HostOf(app), admin))
+	f := meshlettest.Sidecar("api", admin, proxy.UpstreamConfig{Name: "api", Listen: ft.addr, Peer: "app", Endpoints: []string{meshlettest.HostOf(app)}})
+	f.Service.Address, f.Outbound.Limits = meshlettest.HostOf(app), limits
+	ft.m = meshlettest.StartFile(t, f)
 	return ft
 }
 
@@ -453,7 +449,7 @@ type floodCase struct {
 }
 
 func TestHostileHTTP2Floods(t *testing.T) {
-	ft := startFloodTarget(t, "{}")
+	ft := startFloodTarget(t, proxy.ListenerLimits{})
 	// Requests of the flooding client's own run on stream 3 (stream 1 is /big when the writer is stalled).
 	const sid = 3
 	post := [][2]string{{":method", "POST"}, {":scheme", "http"}, {":authority", "api"}, {":path", "/empty-data"}}
@@ -623,7 +619,7 @@ func TestHostileHTTP2Floods(t *testing.T) {
 // testSlowFloods runs the floods that a limit of time rather than of count has to end, against a meshlet whose
 // outbound listener has idle_timeout 2s and write_timeout 3s.
 func testSlowFloods(t *testing.T) {
-	ft := startFloodTarget(t, "{idle_timeout: 2s, write_timeout: 3s}")
+	ft := startFloodTarget(t, proxy.ListenerLimits{IdleTimeout: 2 * time.Second, WriteTimeout: 3 * time.Second})
 
 	// A header block that never ends: empty CONTINUATION frames, one every 100ms. They are not counted (see "empty
 	// CONTINUATION"), but no stream opens before END_HEADERS, so the connection is idle and idle_timeout closes it

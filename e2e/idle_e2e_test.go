@@ -21,6 +21,7 @@ import (
 	"time"
 
 	"meshlet.dev/meshlet/internal/meshlettest"
+	"meshlet.dev/meshlet/proxy"
 )
 
 const (
@@ -276,25 +277,11 @@ func TestIdleConnectionsBounded(t *testing.T) {
 	// max_connections above idleConns (the default is exactly 10,000); read_header_timeout long enough that the
 	// connections that never send a request are still open at the peak (the default 10s is not much more than a
 	// slow run of the opening phase takes).
-	p := meshlettest.Start(t, admin, fmt.Sprintf(`service:
-  name: web
-outbound:
-  listen: %s
-  limits:
-    max_connections: %d
-    read_header_timeout: 2m
-upstreams:
-  - name: api
-    protocol: http
-    endpoints: [%s]
-admin:
-  listen: %s
-log:
-  level: warn
-shutdown:
-  drain_delay: 0s
-  drain_timeout: 5s
-`, out, 2*idleConns, meshlettest.HostOf(backend), admin))
+	f := meshlettest.Sidecar("web", admin, proxy.UpstreamConfig{Name: "api", Protocol: "http", Endpoints: []string{meshlettest.HostOf(backend)}})
+	f.Outbound.Listen = out
+	f.Outbound.Limits = proxy.ListenerLimits{MaxConnections: 2 * idleConns, ReadHeaderTimeout: 2 * time.Minute}
+	f.Log.Level = "warn"
+	p := meshlettest.StartFile(t, f)
 	if n := procNofile(t, p.Cmd.Process.Pid); n < idleConns+500 {
 		t.Fatalf("meshlet's open-files limit is %d, below the %d this test needs", n, idleConns+500)
 	}

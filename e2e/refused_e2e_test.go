@@ -21,6 +21,7 @@ import (
 	"time"
 
 	"meshlet.dev/meshlet/internal/meshlettest"
+	"meshlet.dev/meshlet/proxy"
 )
 
 // refusedTarget is one meshlet in front of an h2c app: an inbound listener (read_body_timeout 1s) and per-upstream
@@ -57,19 +58,13 @@ func startRefusedTarget(t *testing.T) *refusedTarget {
 	}), true, nil)
 	rt.in, rt.api, rt.rpc = meshlettest.FreeAddr(t), meshlettest.FreeAddr(t), meshlettest.FreeAddr(t)
 	admin := meshlettest.FreeAddr(t)
-	cfg := fmt.Sprintf(`service: {name: api, address: %s}
-inbound:
-  listen: %s
-  limits: {read_body_timeout: 1s}
-outbound:
-  limits: {max_grpc_message_bytes: 1024, read_body_timeout: 1s}
-upstreams:
-  - {name: api, listen: %s, peer: app, endpoints: [%s]}
-  - {name: rpc, listen: %s, peer: app, protocol: grpc, endpoints: [%s]}
-admin: {listen: %s}
-shutdown: {drain_delay: 0s, drain_timeout: 5s}
-`, meshlettest.HostOf(app), rt.in, rt.api, meshlettest.HostOf(app), rt.rpc, meshlettest.HostOf(app), admin)
-	rt.m = meshlettest.Start(t, admin, cfg)
+	f := meshlettest.Sidecar("api", admin,
+		proxy.UpstreamConfig{Name: "api", Listen: rt.api, Peer: "app", Endpoints: []string{meshlettest.HostOf(app)}},
+		proxy.UpstreamConfig{Name: "rpc", Listen: rt.rpc, Peer: "app", Protocol: "grpc", Endpoints: []string{meshlettest.HostOf(app)}})
+	f.Service.Address = meshlettest.HostOf(app)
+	f.Inbound.Listen, f.Inbound.Limits.ReadBodyTimeout = rt.in, time.Second
+	f.Outbound.Limits = proxy.ListenerLimits{MaxGRPCMessageBytes: 1024, ReadBodyTimeout: time.Second}
+	rt.m = meshlettest.StartFile(t, f)
 	return rt
 }
 
@@ -395,12 +390,8 @@ func TestReadBodyTimeoutClientResets(t *testing.T) {
 		}
 	}), false, nil)
 	api, admin := meshlettest.FreeAddr(t), meshlettest.FreeAddr(t)
-	m := meshlettest.Start(t, admin, fmt.Sprintf(`service: {name: web}
-upstreams:
-  - {name: api, listen: %s, peer: app, endpoints: [%s]}
-admin: {listen: %s}
-shutdown: {drain_delay: 0s, drain_timeout: 5s}
-`, api, meshlettest.HostOf(app), admin))
+	m := meshlettest.StartFile(t, meshlettest.Sidecar("web", admin,
+		proxy.UpstreamConfig{Name: "api", Listen: api, Peer: "app", Endpoints: []string{meshlettest.HostOf(app)}}))
 	c := meshlettest.H2CClient(nil)
 	for i := range 40 {
 		ctx, cancel := context.WithCancel(context.Background())
