@@ -35,8 +35,11 @@ import (
 	"google.golang.org/grpc/metadata"
 	"google.golang.org/grpc/status"
 
+	"meshlet.dev/meshlet/appcheck"
 	"meshlet.dev/meshlet/discovery/discoverytest"
 	"meshlet.dev/meshlet/internal/meshlettest"
+	"meshlet.dev/meshlet/proxy"
+	"meshlet.dev/meshlet/resilience"
 )
 
 // faultWait bounds every wait of these tests for something that should take milliseconds: far longer than
@@ -284,19 +287,14 @@ func startFaultMesh(t *testing.T, proto string) *faultMesh {
 	m.B1, m.in1 = startB(m.b1.Addr())
 	m.B2, m.in2 = startB(m.b2.Addr())
 	admin := meshlettest.FreeAddr(t)
-	m.A = meshlettest.Start(t, admin, faultDebug(fmt.Sprintf(`service: {name: web}
-upstreams:
-  - name: api
-    listen: %s
-    protocol: %s
-    peer: sidecar
-    lb: round_robin
-    endpoints: [%s, %s]
-    circuit_breaker: {consecutive_failures: 3, open_timeout: 1s}
-admin: {listen: %s}
-shutdown: {drain_delay: 0s, drain_timeout: 5s}
-log: {level: info, access_log: false}
-`, m.listen, proto, m.in1, m.in2, admin)))
+	a := meshlettest.Sidecar("web", admin, proxy.UpstreamConfig{Name: "api", Listen: m.listen, Protocol: proto, Peer: "sidecar",
+		LB: "round_robin", Endpoints: []string{m.in1, m.in2},
+		Resilience: resilience.Config{Breaker: resilience.BreakerConfig{ConsecutiveFailures: 3, OpenTimeout: time.Second}}})
+	a.Log.Level = "info"
+	if os.Getenv("FAULT_DEBUG") != "" {
+		a.Log = meshlettest.Log{Level: "debug", AccessLog: true}
+	}
+	m.A = meshlettest.StartFile(t, a)
 	switch proto {
 	case "http":
 		m.httpClient = meshlettest.H1Client(nil)
@@ -619,14 +617,6 @@ func (m *faultMesh) killAndRecover(t *testing.T, kind string) {
 	})
 }
 
-func faultDebug(y string) string {
-	if os.Getenv("FAULT_DEBUG") == "" {
-		return y
-	}
-	y = strings.Replace(y, "level: info", "level: debug", 1)
-	return strings.Replace(y, "access_log: false", "access_log: true", 1)
-}
-
 // faultLoad calls url from two goroutines until stop is called, counting answers.
 type faultLoad struct {
 	ok, failed atomic.Int64
@@ -729,16 +719,13 @@ func TestFaultSidecarKilledConsul(t *testing.T) {
 	agent := discoverytest.StartConsul(t, discoverytest.Options{})
 	app := meshlettest.StartBackend(t, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { io.WriteString(w, "api") }), false, nil)
 	inbound, admin := meshlettest.FreeAddr(t), meshlettest.FreeAddr(t)
-	config := func(tags string) string {
-		return fmt.Sprintf(`service: {name: api, address: %s, protocol: http, register: true, tags: [%s]}
-inbound: {listen: %s}
-discovery:
-  consul: {address: %s, check_interval: 1s, resync_interval: 1s}
-admin: {listen: %s}
-`, meshlettest.HostOf(app), tags, inbound, agent.HTTPAddr, admin)
+	config := func(tags ...string) string {
+		f := registeredFile("api", meshlettest.HostOf(app), inbound, admin, agent.HTTPAddr)
+		f.Service.Tags, f.Discovery.Consul.CheckInterval, f.Discovery.Consul.ResyncInterval = tags, time.Second, time.Second
+		return f.MustYAML(t)
 	}
 	api := meshlettest.Start(t, admin, config("v1"))
-	web, listen := startCaller(t, agent.HTTPAddr, "", "api")
+	web, listen := startCaller(t, agent.HTTPAddr, "api")
 	meshlettest.Eventually(t, faultWait, "web finds api's sidecar", func() bool { return len(upstreamState(t, web, "api").Endpoints) == 1 })
 	load := startFaultLoad("http://" + listen["api"] + "/")
 	defer load.stop()
@@ -766,7 +753,7 @@ admin: {listen: %s}
 
 		tag := fmt.Sprintf("v%d", round+2)
 		restarted := time.Now()
-		api = relaunch(t, api, config("v1, "+tag))
+		api = relaunch(t, api, config("v1", tag))
 		meshlettest.Eventually(t, faultWait, "the sidecar passes its checks again", func() bool { return passing() == 1 })
 		t.Logf("round %d: passing in Consul %v after the restart", round, time.Since(restarted).Round(time.Millisecond))
 		services, err := agent.Client().Agent().Services()
@@ -851,17 +838,10 @@ func TestFaultAppCheckReady(t *testing.T) {
 	agent := discoverytest.StartConsul(t, discoverytest.Options{})
 	app := newFaultBackend(t, "app", "http", make(chan faultReport, 16), new(sync.Map))
 	admin := meshlettest.FreeAddr(t)
-	p := meshlettest.Start(t, admin, fmt.Sprintf(`service:
-  name: api
-  address: %s
-  protocol: http
-  register: true
-  check: {tcp: '%s', interval: 1s, ready: true}
-inbound: {listen: %s}
-discovery:
-  consul: {address: %s, check_interval: 1s}
-admin: {listen: %s}
-`, app.Addr(), app.Addr(), meshlettest.FreeAddr(t), agent.HTTPAddr, admin))
+	f := registeredFile("api", app.Addr(), meshlettest.FreeAddr(t), admin, agent.HTTPAddr)
+	f.Service.Check = &appcheck.Check{TCP: app.Addr(), Interval: time.Second, Ready: true}
+	f.Discovery.Consul.CheckInterval = time.Second
+	p := meshlettest.StartFile(t, f)
 	health := agent.Client().Health()
 	sidecarPassing := func() int {
 		entries, _, err := health.Connect("api", "", true, nil)

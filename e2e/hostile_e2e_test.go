@@ -22,6 +22,7 @@ import (
 	"golang.org/x/net/http2"
 
 	"meshlet.dev/meshlet/internal/meshlettest"
+	"meshlet.dev/meshlet/proxy"
 )
 
 // hostileTarget is one meshlet with two HTTP listeners in front of the same app: its inbound listener and a
@@ -615,18 +616,11 @@ func TestHostileConfiguredLimits(t *testing.T) {
 		fmt.Fprintf(w, "ok %s", r.URL.Path)
 	}), true, nil)
 	in, out, admin := meshlettest.FreeAddr(t), meshlettest.FreeAddr(t), meshlettest.FreeAddr(t)
-	cfg := fmt.Sprintf(`service: {name: api, address: %s}
-inbound:
-  listen: %s
-  limits: {max_header_bytes: 4096, read_header_timeout: 1s, idle_timeout: 3s, max_concurrent_streams: 5}
-outbound:
-  limits: {max_connections: 3}
-upstreams:
-  - {name: api, listen: %s, peer: app, endpoints: [%s]}
-admin: {listen: %s}
-shutdown: {drain_delay: 0s, drain_timeout: 5s}
-`, meshlettest.HostOf(app), in, out, meshlettest.HostOf(app), admin)
-	m := meshlettest.Start(t, admin, cfg)
+	f := meshlettest.Sidecar("api", admin, proxy.UpstreamConfig{Name: "api", Listen: out, Peer: "app", Endpoints: []string{meshlettest.HostOf(app)}})
+	f.Service.Address, f.Inbound.Listen = meshlettest.HostOf(app), in
+	f.Inbound.Limits = proxy.ListenerLimits{MaxHeaderBytes: 4096, ReadHeaderTimeout: time.Second, IdleTimeout: 3 * time.Second, MaxConcurrentStreams: 5}
+	f.Outbound.Limits.MaxConnections = 3
+	m := meshlettest.StartFile(t, f)
 	big := "GET /big HTTP/1.1\r\nHost: api\r\nX-Big: " + strings.Repeat("b", 16<<10) + "\r\nConnection: close\r\n\r\n"
 	t.Run("max_header_bytes", func(t *testing.T) {
 		if resp, _ := rawExchange(t, in, big); resp == nil || resp.StatusCode != http.StatusRequestHeaderFieldsTooLarge {
@@ -685,7 +679,8 @@ shutdown: {drain_delay: 0s, drain_timeout: 5s}
 	if code, _ := m.AdminGet(t, "/ready"); code != http.StatusOK {
 		t.Errorf("/ready %d", code)
 	}
-	out, code := meshlettest.Exec(t, "check", "-config", meshlettest.WriteTemp(t, "meshlet.yaml", strings.Replace(cfg, "max_header_bytes: 4096", "max_header_bytes: 10", 1)))
+	f.Inbound.Limits.MaxHeaderBytes = 10
+	out, code := meshlettest.Exec(t, "check", "-config", meshlettest.WriteConfig(t, f.MustYAML(t)))
 	if code == 0 || !strings.Contains(out, "inbound.limits.max_header_bytes") {
 		t.Errorf("meshlet check on max_header_bytes 10: exit %d, %s", code, out)
 	}

@@ -632,8 +632,9 @@ func TestReloadMoveListener(t *testing.T) {
 func TestReloadAdminWarnings(t *testing.T) {
 	admin := meshlettest.FreeAddr(t)
 	cfg := func(quit bool) string {
-		return fmt.Sprintf("service: {name: web}\nadmin: {listen: %s, enable_quit: %v}\n"+
-			"shutdown: {drain_delay: 0s, drain_timeout: 5s}\n", admin, quit)
+		f := meshlettest.Sidecar("web", admin)
+		f.Admin.EnableQuit = new(quit)
+		return f.MustYAML(t)
 	}
 	m := meshlettest.Start(t, admin, cfg(false))
 	reloads := func() float64 {

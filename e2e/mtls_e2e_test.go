@@ -116,8 +116,17 @@ type mtlsSidecar struct {
 	logLevel            string // log.level; "" leaves the default
 }
 
-// yaml renders c from the config types (meshlettest.File.YAML).
+// yaml renders c (meshlettest.File.YAML).
 func (c mtlsSidecar) yaml() string {
+	y, err := c.file().YAML()
+	if err != nil {
+		panic(err) // the config types always marshal
+	}
+	return y
+}
+
+// file is c as the config types.
+func (c mtlsSidecar) file() meshlettest.File {
 	var f meshlettest.File
 	f.Service.Name, f.Service.Address, f.Service.Protocol = c.name, c.app, c.protocol
 	if c.inbound != "" {
@@ -143,11 +152,7 @@ func (c mtlsSidecar) yaml() string {
 	f.Log.Level = c.logLevel
 	f.Admin.Listen = c.admin
 	f.Shutdown = meshlettest.Shutdown{DrainDelay: meshlettest.Duration(0), DrainTimeout: 5 * time.Second}
-	y, err := f.YAML()
-	if err != nil {
-		panic(err) // the config types always marshal
-	}
-	return y
+	return f
 }
 
 // mtlsStart starts c (admin on a free port if unset) and fails the test if meshlet reports a data race.
