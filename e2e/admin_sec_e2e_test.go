@@ -6,7 +6,6 @@ package e2e_test
 
 import (
 	"context"
-	"io"
 	"net/http"
 	"os/exec"
 	"strings"
@@ -14,9 +13,8 @@ import (
 	"time"
 
 	"meshlet.dev/meshlet/appcheck"
-	"meshlet.dev/meshlet/proxy"
-
 	"meshlet.dev/meshlet/internal/meshlettest"
+	"meshlet.dev/meshlet/proxy"
 )
 
 // adminDo sends one request to the admin listener at addr, with Host and extra headers, and returns status and body.
@@ -32,13 +30,7 @@ func adminDo(t *testing.T, addr, method, path, host string, header map[string]st
 	for k, v := range header {
 		req.Header.Set(k, v)
 	}
-	resp, err := (&http.Client{Timeout: 10 * time.Second}).Do(req)
-	if err != nil {
-		t.Fatalf("%s %s: %v", method, path, err)
-	}
-	defer resp.Body.Close()
-	b, _ := io.ReadAll(resp.Body)
-	return resp.StatusCode, string(b)
+	return meshlettest.Do(t, &http.Client{Timeout: 10 * time.Second}, req)
 }
 
 // TestAdminSecurityE2E: probes, scrapes, meshlet wait, curl -X POST reload and quitquitquit (as documented) work;

@@ -79,13 +79,11 @@ func tlsExchange(t *testing.T, addr string, cfg *tls.Config, line string, header
 	for _, x := range headers {
 		h.WriteString(x + "\r\n")
 	}
-	fmt.Fprintf(c, "%s HTTP/1.1\r\nHost: api\r\n%sConnection: close\r\n\r\n", line, h.String())
-	resp, err := http.ReadResponse(bufio.NewReader(c), nil)
+	answers, _, err := meshlettest.Answers(c, line+" HTTP/1.1\r\nHost: api\r\n"+h.String()+"Connection: close\r\n\r\n", 1)
 	if err != nil {
 		t.Fatalf("%s: reading the answer: %v", line, err)
 	}
-	resp.Body.Close()
-	return resp.StatusCode, resp.Header.Get("X-Meshlet-Error")
+	return answers[0].StatusCode, answers[0].Header.Get("X-Meshlet-Error")
 }
 
 // consulAPISidecar starts the meshlet of api (certificates from Consul's CA, registered) with discovery.consul
@@ -352,10 +350,7 @@ func TestAuthzPermissivePlaintext(t *testing.T) {
 		}
 	})
 	t.Run("tcp", func(t *testing.T) {
-		c, err := net.DialTimeout("tcp", a[2], 5*time.Second)
-		if err != nil {
-			t.Fatal(err)
-		}
+		c := meshlettest.DialHeld(t, a[2])
 		defer c.Close()
 		c.SetDeadline(time.Now().Add(8 * time.Second)) // within the listener's 10s wait for a first byte
 		io.WriteString(c, "echo\n")                    // (permissive mode tells plaintext by the first byte)

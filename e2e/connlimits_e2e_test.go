@@ -6,7 +6,6 @@ package e2e_test
 import (
 	"bufio"
 	"context"
-	"errors"
 	"fmt"
 	"io"
 	"net"
@@ -119,13 +118,12 @@ func TestFileDescriptorExhaustion(t *testing.T) {
 			resp, err := http.ReadResponse(bufio.NewReader(c), nil)
 			mu.Lock()
 			defer mu.Unlock()
-			var ne net.Error
 			switch {
 			case err == nil && resp.StatusCode == http.StatusOK:
 				served++
 			case err == nil && resp.StatusCode == http.StatusServiceUnavailable && resp.Header.Get("X-Meshlet-Error") == "fd_budget":
 				budget++
-			case errors.As(err, &ne) && ne.Timeout():
+			case meshlettest.IsTimeout(err):
 				t.Errorf("a connection hung: neither served nor refused")
 			case err != nil:
 				refused++
@@ -190,10 +188,7 @@ func TestWriteTimeoutHTTP1(t *testing.T) {
 	f := meshlettest.Sidecar("web", admin, proxy.UpstreamConfig{Name: "api", Listen: api, Peer: "app", Endpoints: []string{meshlettest.HostOf(app)}})
 	f.Outbound.Limits.WriteTimeout = 2 * time.Second
 	m := meshlettest.StartFile(t, f)
-	c, err := net.DialTimeout("tcp", api, 5*time.Second)
-	if err != nil {
-		t.Fatal(err)
-	}
+	c := meshlettest.DialHeld(t, api)
 	defer c.Close()
 	c.(*net.TCPConn).SetReadBuffer(4096)
 	io.WriteString(c, "GET /big HTTP/1.1\r\nHost: api\r\n\r\n")

@@ -276,14 +276,9 @@ func TestConsulBadAddressAndToken(t *testing.T) {
 			p.Admin = admin
 			var body string
 			meshlettest.Eventually(t, 5*time.Second, "/ready says why", func() bool {
-				resp, err := http.Get("http://" + admin + "/ready")
-				if err != nil {
-					return false
-				}
-				defer resp.Body.Close()
-				b, _ := io.ReadAll(resp.Body)
-				body = string(b)
-				return resp.StatusCode == 503 && strings.Contains(body, tc.want)
+				var code int
+				code, body, _ = call("http://" + admin + "/ready")
+				return code == 503 && strings.Contains(body, tc.want)
 			})
 			t.Logf("/ready: %s", strings.TrimSpace(body))
 			meshlettest.Eventually(t, 5*time.Second, "log line", func() bool { return strings.Contains(p.Log(), tc.log) })

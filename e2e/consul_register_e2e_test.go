@@ -2,7 +2,6 @@ package e2e_test
 
 import (
 	"context"
-	"io"
 	"net/http"
 	"strings"
 	"testing"
@@ -37,14 +36,9 @@ node_prefix "" { policy = "read" }`
 	p.Admin = admin
 	var body string
 	meshlettest.Eventually(t, 10*time.Second, "/ready says the registration was denied", func() bool {
-		resp, err := http.Get("http://" + admin + "/ready")
-		if err != nil {
-			return false
-		}
-		defer resp.Body.Close()
-		b, _ := io.ReadAll(resp.Body)
-		body = string(b)
-		return resp.StatusCode == http.StatusServiceUnavailable && strings.Contains(body, "consul registration of api-") &&
+		var code int
+		code, body, _ = call("http://" + admin + "/ready")
+		return code == http.StatusServiceUnavailable && strings.Contains(body, "consul registration of api-") &&
 			strings.Contains(body, "consul denied the request")
 	})
 	t.Logf("/ready: %s", strings.TrimSpace(body))

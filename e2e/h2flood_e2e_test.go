@@ -129,7 +129,7 @@ func (f *floodConn) drain(quiet time.Duration, done func(o *floodOutcome) bool) 
 			if errors.As(err, &se) {
 				continue
 			}
-			o.closed = !isTimeout(err)
+			o.closed = !meshlettest.IsTimeout(err)
 			o.err = err
 			return o
 		}
@@ -157,11 +157,6 @@ func (f *floodConn) drain(quiet time.Duration, done func(o *floodOutcome) bool) 
 			return o
 		}
 	}
-}
-
-func isTimeout(err error) bool {
-	var ne net.Error
-	return errors.As(err, &ne) && ne.Timeout()
 }
 
 // processWatch samples a meshlet process's resident memory, Go heap and goroutines while a flood runs.
@@ -462,7 +457,7 @@ func TestHostileHTTP2Floods(t *testing.T) {
 	// closedByMeshlet: the flood's writes failed (not for a timeout), or meshlet closed the connection once read.
 	closedByMeshlet := func(t *testing.T, werr error, o floodOutcome) {
 		t.Helper()
-		if (werr == nil || isTimeout(werr)) && !o.closed {
+		if (werr == nil || meshlettest.IsTimeout(werr)) && !o.closed {
 			t.Errorf("the flooding connection is still open (write error %v): %v", werr, o)
 		}
 	}
@@ -493,7 +488,7 @@ func TestHostileHTTP2Floods(t *testing.T) {
 			return f.Framer.WriteSettings()
 		},
 		check: func(t *testing.T, sent int, werr error, o floodOutcome) {
-			if (werr == nil || isTimeout(werr)) && !o.closed && (sent < floodFrames || o.settingsAcks > 100) {
+			if (werr == nil || meshlettest.IsTimeout(werr)) && !o.closed && (sent < floodFrames || o.settingsAcks > 100) {
 				t.Errorf("%d SETTINGS sent, %d ACKed to a client that did not read, connection open: %v",
 					sent, o.settingsAcks, o)
 			}

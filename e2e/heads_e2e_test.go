@@ -34,7 +34,7 @@ func TestPendingHeadsBudget(t *testing.T) {
 		c.SetReadDeadline(time.Now().Add(time.Second))
 		resp, err := http.ReadResponse(bufio.NewReader(c), nil)
 		if err != nil {
-			if ne, ok := err.(net.Error); ok && ne.Timeout() {
+			if meshlettest.IsTimeout(err) {
 				held = append(held, c) // meshlet holds the head, waiting for the rest
 				continue
 			}

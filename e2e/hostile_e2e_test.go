@@ -96,37 +96,6 @@ func (ht *hostileTarget) assertHealthy(t *testing.T, addr string) {
 	}
 }
 
-// rawExchange writes req on a new connection to addr, reads one response (nil if the connection closed first) and
-// reports whether meshlet closed the connection afterwards.
-func rawExchange(t *testing.T, addr, req string) (resp *http.Response, closed bool) {
-	t.Helper()
-	c, err := net.DialTimeout("tcp", addr, 5*time.Second)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer c.Close()
-	c.SetDeadline(time.Now().Add(10 * time.Second))
-	// A write may fail when meshlet answers and closes before reading everything; the answer still counts.
-	io.WriteString(c, req)
-	br := bufio.NewReader(c)
-	resp, err = http.ReadResponse(br, nil)
-	if err != nil {
-		var ne net.Error
-		if errors.As(err, &ne) && ne.Timeout() {
-			t.Fatalf("no answer within the deadline (hang) to %.80q", req)
-		}
-		return nil, true
-	}
-	io.Copy(io.Discard, resp.Body)
-	resp.Body.Close()
-	// After the answer the connection must be closed: a read sees EOF (or a reset), not a timeout.
-	c.SetReadDeadline(time.Now().Add(3 * time.Second))
-	_, err = br.ReadByte()
-	var ne net.Error
-	closed = err != nil && !(errors.As(err, &ne) && ne.Timeout())
-	return resp, closed
-}
-
 func TestHostileHTTP1(t *testing.T) {
 	ht := startHostileTarget(t)
 	bigLine := "GET /big-line-" + strings.Repeat("a", 100<<10) + " HTTP/1.1\r\nHost: api\r\n\r\n"
@@ -165,7 +134,7 @@ func TestHostileHTTP1(t *testing.T) {
 	} {
 		for _, ln := range []string{"inbound", "outbound"} {
 			t.Run(tc.name+"/"+ln, func(t *testing.T) {
-				resp, closed := rawExchange(t, ht.listeners[ln], tc.req)
+				resp, closed := meshlettest.RawExchange(t, ht.listeners[ln], tc.req)
 				if resp == nil {
 					t.Fatalf("connection closed without an answer, want %d", tc.status)
 				}
@@ -193,7 +162,7 @@ func TestHostileHTTP1(t *testing.T) {
 	// before forwarding. net/http does the latter, so the app gets one unfolded line and nothing to misparse.
 	for ln, addr := range ht.listeners {
 		t.Run("obsolete line folding/"+ln, func(t *testing.T) {
-			resp, _ := rawExchange(t, addr, "GET /fold HTTP/1.1\r\nHost: api\r\nX-Folded: a\r\n b\r\nConnection: close\r\n\r\n")
+			resp, _ := meshlettest.RawExchange(t, addr, "GET /fold HTTP/1.1\r\nHost: api\r\nX-Folded: a\r\n b\r\nConnection: close\r\n\r\n")
 			if resp == nil || resp.StatusCode != http.StatusOK && resp.StatusCode != http.StatusBadRequest {
 				t.Fatalf("answer %v, want 400 or the request forwarded unfolded", resp)
 			}
@@ -217,7 +186,7 @@ func TestHostileHTTP1ContentLengthAndTransferEncoding(t *testing.T) {
 	ht := startHostileTarget(t)
 	for ln, addr := range ht.listeners {
 		t.Run(ln, func(t *testing.T) {
-			resp, closed := rawExchange(t, addr, "POST /cl-te HTTP/1.1\r\nHost: api\r\nContent-Length: 5\r\n"+
+			resp, closed := meshlettest.RawExchange(t, addr, "POST /cl-te HTTP/1.1\r\nHost: api\r\nContent-Length: 5\r\n"+
 				"Transfer-Encoding: chunked\r\n\r\n0\r\n\r\n")
 			if resp == nil || resp.StatusCode != http.StatusBadRequest || !closed {
 				t.Errorf("answer %v, connection closed %v; want 400 and closed", resp, closed)
@@ -234,10 +203,7 @@ func TestHostileHTTP1ContentLengthAndTransferEncoding(t *testing.T) {
 func TestHostileHTTP1SlowHeaders(t *testing.T) {
 	ht := startHostileTarget(t)
 	addr := ht.listeners["inbound"]
-	c, err := net.DialTimeout("tcp", addr, 5*time.Second)
-	if err != nil {
-		t.Fatal(err)
-	}
+	c := meshlettest.DialHeld(t, addr)
 	defer c.Close()
 	req := "GET /slow HTTP/1.1\r\nHost: api\r\nX-Pad: " + strings.Repeat("s", 200) + "\r\n\r\n" // ~46s at 200ms a byte
 	start := time.Now()
@@ -253,8 +219,7 @@ func TestHostileHTTP1SlowHeaders(t *testing.T) {
 		c.SetReadDeadline(time.Now().Add(200 * time.Millisecond))
 		var b [512]byte
 		n, err := c.Read(b[:])
-		var ne net.Error
-		if err != nil && errors.As(err, &ne) && ne.Timeout() {
+		if meshlettest.IsTimeout(err) {
 			continue
 		}
 		if n > 0 && strings.HasPrefix(string(b[:n]), "HTTP/1.1 2") {
@@ -297,11 +262,7 @@ type h2Client struct {
 
 func dialH2(t *testing.T, addr string) *h2Client {
 	t.Helper()
-	c, err := net.DialTimeout("tcp", addr, 5*time.Second)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { c.Close() })
+	c := meshlettest.DialHeld(t, addr)
 	hc, err := meshlettest.NewH2Conn(c, 1<<20)
 	if err != nil {
 		t.Fatal(err)
@@ -623,10 +584,10 @@ func TestHostileConfiguredLimits(t *testing.T) {
 	m := meshlettest.StartFile(t, f)
 	big := "GET /big HTTP/1.1\r\nHost: api\r\nX-Big: " + strings.Repeat("b", 16<<10) + "\r\nConnection: close\r\n\r\n"
 	t.Run("max_header_bytes", func(t *testing.T) {
-		if resp, _ := rawExchange(t, in, big); resp == nil || resp.StatusCode != http.StatusRequestHeaderFieldsTooLarge {
+		if resp, _ := meshlettest.RawExchange(t, in, big); resp == nil || resp.StatusCode != http.StatusRequestHeaderFieldsTooLarge {
 			t.Errorf("inbound: %v, want 431", resp)
 		}
-		if resp, _ := rawExchange(t, out, big); resp == nil || resp.StatusCode != http.StatusOK {
+		if resp, _ := meshlettest.RawExchange(t, out, big); resp == nil || resp.StatusCode != http.StatusOK {
 			t.Errorf("outbound (default limit): %v, want 200", resp)
 		}
 	})
@@ -648,10 +609,7 @@ func TestHostileConfiguredLimits(t *testing.T) {
 	} {
 		name, partial := tc.name, tc.partial
 		t.Run(name, func(t *testing.T) {
-			c, err := net.DialTimeout("tcp", in, 5*time.Second)
-			if err != nil {
-				t.Fatal(err)
-			}
+			c := meshlettest.DialHeld(t, in)
 			defer c.Close()
 			if name == "idle_timeout" {
 				// A complete request first, so the connection is idle between requests.
@@ -666,9 +624,8 @@ func TestHostileConfiguredLimits(t *testing.T) {
 			start := time.Now()
 			io.WriteString(c, partial)
 			c.SetReadDeadline(time.Now().Add(8 * time.Second))
-			_, err = io.Copy(io.Discard, c)
-			var ne net.Error
-			if errors.As(err, &ne) && ne.Timeout() {
+			_, err := io.Copy(io.Discard, c)
+			if meshlettest.IsTimeout(err) {
 				t.Fatalf("connection still open after %v", time.Since(start).Round(time.Millisecond))
 			}
 			if d := time.Since(start); d < tc.min || d > tc.max {

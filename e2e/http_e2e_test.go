@@ -1374,11 +1374,7 @@ func TestConnectionGauges(t *testing.T) {
 // connection is closed when the test ends; its deadline is 15 s.
 func wsHandshake(t testing.TB, addr string) (net.Conn, *bufio.Reader, *http.Response) {
 	t.Helper()
-	conn, err := net.DialTimeout("tcp", addr, 5*time.Second)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { conn.Close() })
+	conn := meshlettest.DialHeld(t, addr)
 	conn.SetDeadline(time.Now().Add(15 * time.Second))
 	io.WriteString(conn, "GET /ws HTTP/1.1\r\nHost: api\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"+
 		"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n")

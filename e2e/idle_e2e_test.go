@@ -225,11 +225,7 @@ func newChurner(t *testing.T, addr string, n int) *churner {
 	b.WriteString("\r\n")
 	ch := &churner{req: b.String()}
 	for range n {
-		c, err := net.DialTimeout("tcp", addr, 5*time.Second)
-		if err != nil {
-			t.Fatal(err)
-		}
-		t.Cleanup(func() { c.Close() })
+		c := meshlettest.DialHeld(t, addr)
 		ch.conns, ch.readers = append(ch.conns, c), append(ch.readers, bufio.NewReader(c))
 	}
 	return ch

@@ -72,14 +72,9 @@ func TestSIGTERMDrain(t *testing.T) {
 			// /ready must fail at once (well within the 1 s drain delay).
 			var readyBody string
 			meshlettest.Eventually(t, 900*time.Millisecond, "/ready answers 503 after SIGTERM", func() bool {
-				resp, err := http.Get("http://" + target.Admin + "/ready")
-				if err != nil {
-					return false
-				}
-				defer resp.Body.Close()
-				b, _ := io.ReadAll(resp.Body)
-				readyBody = string(b)
-				return resp.StatusCode == http.StatusServiceUnavailable
+				var code int
+				code, readyBody, _ = call("http://" + target.Admin + "/ready")
+				return code == http.StatusServiceUnavailable
 			})
 			if strings.TrimSpace(readyBody) == "" {
 				t.Error("/ready 503 has no reason in its body")

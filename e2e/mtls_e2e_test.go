@@ -13,7 +13,6 @@ import (
 	"crypto/x509"
 	"crypto/x509/pkix"
 	"encoding/pem"
-	"errors"
 	"fmt"
 	"io"
 	"math/big"
@@ -391,10 +390,7 @@ admin: {listen: %s}
 		}
 	})
 	t.Run("tcp", func(t *testing.T) {
-		c, err := net.DialTimeout("tcp", lTCP, 5*time.Second)
-		if err != nil {
-			t.Fatal(err)
-		}
+		c := meshlettest.DialHeld(t, lTCP)
 		defer c.Close()
 		c.SetDeadline(time.Now().Add(15 * time.Second))
 		br := bufio.NewReader(c)
@@ -460,16 +456,12 @@ admin: {listen: %s}
 // connection was closed without an answer) and what followed.
 func mtlsPlaintext(t testing.TB, addr, path string) (string, string) {
 	t.Helper()
-	c, err := net.DialTimeout("tcp", addr, 5*time.Second)
-	if err != nil {
-		t.Fatal(err)
-	}
+	c := meshlettest.DialHeld(t, addr)
 	defer c.Close()
 	c.SetDeadline(time.Now().Add(10 * time.Second))
 	fmt.Fprintf(c, "GET %s HTTP/1.1\r\nHost: api\r\n\r\n", path)
 	b, err := io.ReadAll(c)
-	var ne net.Error
-	if errors.As(err, &ne) && ne.Timeout() {
+	if meshlettest.IsTimeout(err) {
 		t.Fatalf("plaintext request: no answer and no close within 10s")
 	}
 	if len(b) == 0 {

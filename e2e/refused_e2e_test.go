@@ -13,7 +13,6 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"net"
 	"net/http"
 	"strings"
 	"sync"
@@ -102,16 +101,14 @@ func TestRefusedHTTP1(t *testing.T) {
 		for _, ln := range []struct{ name, addr, direction string }{{"inbound", rt.in, "inbound"}, {"outbound", rt.api, "outbound"}} {
 			t.Run(tc.name+"/"+ln.name, func(t *testing.T) {
 				before := rt.refused(t, ln.direction, tc.reason)
-				c, err := net.DialTimeout("tcp", ln.addr, 5*time.Second)
-				if err != nil {
-					t.Fatal(err)
-				}
+				c := meshlettest.DialHeld(t, ln.addr)
 				defer c.Close()
 				c.SetDeadline(time.Now().Add(10 * time.Second))
 				io.WriteString(c, tc.req)
 				br := bufio.NewReader(c)
 				var resp *http.Response
 				for { // a pipelined first request gets its own answer first
+					var err error
 					if resp, err = http.ReadResponse(br, nil); err != nil {
 						t.Fatalf("no answer: %v", err)
 					}
@@ -137,7 +134,7 @@ func TestRefusedHTTP1(t *testing.T) {
 	}
 	t.Run("broken chunked body", func(t *testing.T) {
 		before := rt.refused(t, "outbound", "invalid_chunked_body")
-		resp, closed := rawExchange(t, rt.api, "POST /broken HTTP/1.1\r\nHost: api\r\nTransfer-Encoding: chunked\r\n\r\n"+
+		resp, closed := meshlettest.RawExchange(t, rt.api, "POST /broken HTTP/1.1\r\nHost: api\r\nTransfer-Encoding: chunked\r\n\r\n"+
 			"5\r\nhello\r\nzz\r\n")
 		if resp == nil || resp.StatusCode != http.StatusBadRequest || !closed {
 			t.Errorf("answer %v, closed %v; want 400 and closed", resp, closed)
@@ -206,10 +203,7 @@ func TestReadBodyTimeout(t *testing.T) {
 	rt := startRefusedTarget(t)
 	t.Run("HTTP/1.1 stalled body", func(t *testing.T) {
 		before := rt.refused(t, "inbound", "body_read_timeout")
-		c, err := net.DialTimeout("tcp", rt.in, 5*time.Second)
-		if err != nil {
-			t.Fatal(err)
-		}
+		c := meshlettest.DialHeld(t, rt.in)
 		defer c.Close()
 		c.SetDeadline(time.Now().Add(10 * time.Second))
 		start := time.Now()

@@ -97,7 +97,7 @@ func TestH2CUpgradeServedAsHTTP1(t *testing.T) {
 		} {
 			t.Run(ln+"/"+tc.name, func(t *testing.T) {
 				path := "/h2c/" + ln + "/" + strings.ReplaceAll(tc.name, " ", "-")
-				resp, closed := rawExchange(t, tg.listeners[ln], "GET "+path+" HTTP/1.1\r\nHost: api\r\n"+
+				resp, closed := meshlettest.RawExchange(t, tg.listeners[ln], "GET "+path+" HTTP/1.1\r\nHost: api\r\n"+
 					"Connection: "+tc.connection+"\r\nUpgrade: "+tc.upgrade+"\r\nHTTP2-Settings: AAMAAABkAAQCAAAAAAIAAAAA\r\n\r\n")
 				if resp == nil {
 					t.Fatal("no answer")
@@ -152,7 +152,7 @@ func TestReadBodyTimeoutNoExemptions(t *testing.T) {
 		} {
 			t.Run(ln+"/"+tc.name, func(t *testing.T) {
 				start := time.Now()
-				resp, closed := rawExchange(t, tg.listeners[ln], tc.head)
+				resp, closed := meshlettest.RawExchange(t, tg.listeners[ln], tc.head)
 				took := time.Since(start)
 				if resp == nil {
 					t.Fatalf("connection closed without an answer after %v", took)
@@ -264,10 +264,7 @@ func TestStreamIdleTimeout(t *testing.T) {
 			}
 		}), false, nil)
 		tg := startStreamsTarget(t, meshlettest.HostOf(app), "http")
-		c, err := net.DialTimeout("tcp", tg.listeners["outbound"], 5*time.Second)
-		if err != nil {
-			t.Fatal(err)
-		}
+		c := meshlettest.DialHeld(t, tg.listeners["outbound"])
 		defer c.Close()
 		c.SetDeadline(time.Now().Add(10 * time.Second))
 		io.WriteString(c, "GET /silent HTTP/1.1\r\nHost: api\r\n\r\n")
