@@ -47,7 +47,7 @@ import (
 const faultWait = 20 * time.Second
 
 // faultBackend is an app that the test can kill (listener closed, connections reset) and start again on the same
-// address. proto is "http" (HTTP/1.1), "http2" (h2c) or "grpc".
+// address (meshlettest.Restartable). proto is "http" (HTTP/1.1), "http2" (h2c) or "grpc".
 //
 // HTTP: GET /stream sends 64 KiB of a longer body (Content-Length 1 MiB over HTTP/1.1, unknown length over h2c),
 // then waits; POST /upload reads 1 KiB of the request body, then waits; any other path answers the backend's
@@ -55,108 +55,35 @@ const faultWait = 20 * time.Second
 // StreamingInputCall reads one message, then waits. Each waiting handler first reports its backend's name on
 // started.
 type faultBackend struct {
+	*meshlettest.Restartable
 	name, proto string
 	started     chan faultReport
 	seen        *sync.Map // call IDs some backend of the mesh held: a retry of one is answered at once
 	hits        atomic.Int64
-
-	mu    sync.Mutex
-	addr  string
-	ln    net.Listener
-	conns map[net.Conn]struct{} // nil while killed
-	stop  func()
 }
 
 func newFaultBackend(t testing.TB, name, proto string, started chan faultReport, seen *sync.Map) *faultBackend {
 	b := &faultBackend{name: name, proto: proto, started: started, seen: seen}
-	b.start(t)
-	t.Cleanup(b.kill)
+	b.Restartable = meshlettest.NewRestartable(t, "", b.serve)
+	b.Start(t)
 	return b
 }
 
-// start serves on b's address (a new one the first time). A restart may find the port briefly busy.
-func (b *faultBackend) start(t testing.TB) {
-	t.Helper()
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	addr := b.addr
-	if addr == "" {
-		addr = "127.0.0.1:0"
-	}
-	var ln net.Listener
-	var err error
-	for i := 0; i < 100; i++ { // bounded: 100 × 20 ms
-		if ln, err = net.Listen("tcp", addr); err == nil {
-			break
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
-	if err != nil {
-		t.Fatalf("restarting %s on %s: %v", b.name, addr, err)
-	}
-	b.addr, b.ln, b.conns = ln.Addr().String(), ln, map[net.Conn]struct{}{}
-	tl := &faultListener{Listener: ln, b: b}
+// serve serves l until the returned function is called.
+func (b *faultBackend) serve(l net.Listener) (stop func()) {
 	done := make(chan struct{})
 	if b.proto == "grpc" {
 		srv := grpc.NewServer()
 		testpb.RegisterTestServiceServer(srv, &faultGRPC{b: b})
-		go func() { defer close(done); srv.Serve(tl) }()
-		b.stop = func() { srv.Stop(); <-done }
-		return
+		go func() { defer close(done); srv.Serve(l) }()
+		return func() { srv.Stop(); <-done }
 	}
 	srv := &http.Server{Handler: http.HandlerFunc(b.serveHTTP)}
 	if b.proto == "http2" {
 		srv.Protocols = meshlettest.H2CProtocols()
 	}
-	go func() { defer close(done); srv.Serve(tl) }()
-	b.stop = func() { srv.Close(); <-done }
-}
-
-// kill closes the listener and resets every connection, then lets the server's goroutines end. Idempotent.
-func (b *faultBackend) kill() {
-	b.mu.Lock()
-	if b.conns == nil {
-		b.mu.Unlock()
-		return
-	}
-	b.ln.Close()
-	for c := range b.conns {
-		if tc, ok := c.(*net.TCPConn); ok {
-			tc.SetLinger(0) // close sends RST, as for a killed process
-		}
-		c.Close()
-	}
-	b.conns = nil
-	stop := b.stop
-	b.mu.Unlock()
-	stop()
-}
-
-func (b *faultBackend) Addr() string {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.addr
-}
-
-// faultListener records the connections of its backend so that kill can reset them.
-type faultListener struct {
-	net.Listener
-	b *faultBackend
-}
-
-func (l *faultListener) Accept() (net.Conn, error) {
-	c, err := l.Listener.Accept()
-	if err != nil {
-		return nil, err
-	}
-	l.b.mu.Lock()
-	defer l.b.mu.Unlock()
-	if l.b.conns == nil {
-		c.Close()
-		return nil, net.ErrClosed
-	}
-	l.b.conns[c] = struct{}{}
-	return c, nil
+	go func() { defer close(done); srv.Serve(l) }()
+	return func() { srv.Close(); <-done }
 }
 
 // report tells the test that a waiting handler of b has started the call id; it never blocks. It returns false
@@ -554,7 +481,7 @@ func (m *faultMesh) killAndRecover(t *testing.T, kind string) {
 	refused := m.B1.MetricSum(t, "meshlet_upstream_errors_total", map[string]string{"direction": "inbound", "reason": "connect"})
 
 	fc := m.startOnB1(t, kind)
-	m.b1.kill()
+	m.b1.Kill()
 	killed := time.Now()
 	outcome, err := fc.finish()
 	took := time.Since(killed)
@@ -598,7 +525,7 @@ func (m *faultMesh) killAndRecover(t *testing.T, kind string) {
 	}
 
 	// b1 comes back: A uses B1 again once its breaker half-opens (open_timeout 1 s) and a probe succeeds.
-	m.b1.start(t)
+	m.b1.Start(t)
 	back := time.Now()
 	for i := 0; ; i++ {
 		who, _ := m.call(t)
@@ -804,7 +731,7 @@ func TestFaultLocalAppDown(t *testing.T) {
 			want := map[string]int{"http": http.StatusOK, "grpc": int(codes.OK)}[proto]
 			down := map[string]int{"http": http.StatusServiceUnavailable, "grpc": int(codes.Unavailable)}[proto]
 			for round := range 3 {
-				app.kill()
+				app.Kill()
 				for _, via := range []struct{ name, addr string }{{"B's inbound", m.Inbound}, {"A", m.Listen}} {
 					code, msg, err := callVia(via.addr)
 					if err != nil || code != down {
@@ -817,7 +744,7 @@ func TestFaultLocalAppDown(t *testing.T) {
 				if code, body := m.B.AdminGet(t, "/ready"); code != http.StatusOK {
 					t.Errorf("B's /ready with its app down and no service.check.ready: %d %s, want 200", code, body)
 				}
-				app.start(t)
+				app.Start(t)
 				for _, via := range []string{m.Inbound, m.Listen} {
 					if code, msg, err := callVia(via); err != nil || code != want {
 						t.Fatalf("round %d, app back, via %s: %d %q %v", round, via, code, msg, err)
@@ -852,7 +779,7 @@ func TestFaultAppCheckReady(t *testing.T) {
 	}
 	meshlettest.Eventually(t, faultWait, "api passing in Consul", func() bool { return sidecarPassing() == 1 })
 	for round := range 3 {
-		app.kill()
+		app.Kill()
 		killed := time.Now()
 		var body string
 		meshlettest.Eventually(t, faultWait, "/ready fails with the app check's reason", func() bool {
@@ -873,7 +800,7 @@ func TestFaultAppCheckReady(t *testing.T) {
 			t.Errorf("meshlet_ready = %v with the app down, want 0", v)
 		}
 
-		app.start(t)
+		app.Start(t)
 		back := time.Now()
 		if err := p.WaitReady(context.Background(), faultWait); err != nil {
 			t.Fatalf("/ready after the app came back: %v", err)
