@@ -11,8 +11,8 @@ package e2e_test
 // has to wait in meshlet, which is the attack the queued-control-frame limit is for.
 
 import (
-	"bufio"
 	"bytes"
+	"context"
 	"errors"
 	"fmt"
 	"io"
@@ -169,46 +169,20 @@ type processWatch struct {
 
 // rssOf returns the resident set size of process pid, in bytes.
 func rssOf(pid int) (int64, error) {
-	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", pid))
-	if err != nil {
-		return 0, err
-	}
-	for _, line := range strings.Split(string(b), "\n") {
-		if v, ok := strings.CutPrefix(line, "VmRSS:"); ok {
-			kb, err := strconv.ParseInt(strings.TrimSpace(strings.TrimSuffix(strings.TrimSpace(v), "kB")), 10, 64)
-			return kb << 10, err
-		}
-	}
-	return 0, errors.New("no VmRSS")
+	kb, err := meshlettest.ProcField(pid, "status", "VmRSS:")
+	return kb << 10, err
 }
 
 // runtimeOf returns go_memstats_heap_inuse_bytes and go_goroutines from the admin listener's /metrics.
 func runtimeOf(admin string) (heap, goroutines int64, err error) {
-	c := http.Client{Timeout: 5 * time.Second}
-	resp, err := c.Get("http://" + admin + "/metrics")
+	m, err := meshlettest.Scrape(context.Background(), &http.Client{Timeout: 5 * time.Second}, "http://"+admin+"/metrics")
 	if err != nil {
 		return 0, 0, err
 	}
-	defer resp.Body.Close()
-	sc := bufio.NewScanner(resp.Body)
-	sc.Buffer(make([]byte, 1<<20), 1<<20)
-	found := 0
-	for sc.Scan() {
-		for name, dst := range map[string]*int64{"go_memstats_heap_inuse_bytes ": &heap, "go_goroutines ": &goroutines} {
-			if v, ok := strings.CutPrefix(sc.Text(), name); ok {
-				f, err := strconv.ParseFloat(v, 64)
-				if err != nil {
-					return 0, 0, err
-				}
-				*dst = int64(f)
-				found++
-			}
-		}
-	}
-	if found != 2 {
+	if len(m.Samples("go_memstats_heap_inuse_bytes")) == 0 || len(m.Samples("go_goroutines")) == 0 {
 		return 0, 0, errors.New("no go_memstats_heap_inuse_bytes or go_goroutines")
 	}
-	return heap, goroutines, sc.Err()
+	return int64(m.Sum("go_memstats_heap_inuse_bytes", nil)), int64(m.Sum("go_goroutines", nil)), nil
 }
 
 func watchProcess(pid int, admin string) *processWatch {

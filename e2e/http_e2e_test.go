@@ -550,38 +550,23 @@ func TestHTTP1EarlyAnswerLingers(t *testing.T) {
 // it reads a body of up to 256 KiB before it writes an answer, and its full-duplex mode does not keep the
 // connection.) It returns the app's address.
 func startEarlyAnswerApp(t *testing.T) string {
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { ln.Close() })
-	go func() {
+	return meshlettest.StartTCPBackend(t, func(c *net.TCPConn) {
+		br := bufio.NewReader(c)
 		for {
-			c, err := ln.Accept()
+			req, err := http.ReadRequest(br)
 			if err != nil {
 				return
 			}
-			go func() {
-				defer c.Close()
-				br := bufio.NewReader(c)
-				for {
-					req, err := http.ReadRequest(br)
-					if err != nil {
-						return
-					}
-					answer := "early"
-					if req.URL.Path == "/next" {
-						answer = "next"
-					}
-					fmt.Fprintf(c, "HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n%s", len(answer), answer)
-					if _, err := io.Copy(io.Discard, req.Body); err != nil {
-						return
-					}
-				}
-			}()
+			answer := "early"
+			if req.URL.Path == "/next" {
+				answer = "next"
+			}
+			fmt.Fprintf(c, "HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n%s", len(answer), answer)
+			if _, err := io.Copy(io.Discard, req.Body); err != nil {
+				return
+			}
 		}
-	}()
-	return ln.Addr().String()
+	})
 }
 
 // upgradeEcho is an app that accepts `Upgrade: websocket`, switches protocols, sends a server-initiated line and

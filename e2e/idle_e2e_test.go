@@ -12,8 +12,6 @@ import (
 	"io"
 	"net"
 	"net/http"
-	"os"
-	"strconv"
 	"strings"
 	"sync"
 	"syscall"
@@ -51,22 +49,14 @@ func mib(b int64) float64 { return float64(b) / (1 << 20) }
 // memSample reads meshlet's RSS and, from one scrape of /metrics, its Go runtime figures.
 func memSampleOf(t testing.TB, p *meshlettest.Proc) memSample {
 	t.Helper()
-	_, body := p.AdminGet(t, "/metrics")
+	m := p.Metrics(t)
 	v := map[string]float64{}
-	for _, line := range strings.Split(body, "\n") {
-		name, val, ok := strings.Cut(line, " ")
-		if !ok || strings.HasPrefix(name, "#") {
-			continue
-		}
-		if f, err := strconv.ParseFloat(val, 64); err == nil {
-			v[name] = f
-		}
-	}
 	for _, name := range []string{"go_goroutines", "go_memstats_heap_inuse_bytes", "go_memstats_next_gc_bytes",
 		"go_gc_duration_seconds_count", "go_memstats_heap_idle_bytes", "go_memstats_heap_released_bytes"} {
-		if _, ok := v[name]; !ok {
+		if len(m.Samples(name)) == 0 {
 			t.Fatalf("/metrics has no %s", name)
 		}
+		v[name] = m.Sum(name, nil)
 	}
 	return memSample{rss: procRSS(t, p.Cmd.Process.Pid), goroutines: int(v["go_goroutines"]),
 		heapInuse: int64(v["go_memstats_heap_inuse_bytes"]), nextGC: int64(v["go_memstats_next_gc_bytes"]),
@@ -92,33 +82,23 @@ func raceBuilt(t testing.TB, path string) bool {
 // procRSS returns the resident set size of process pid in bytes.
 func procRSS(t testing.TB, pid int) int64 {
 	t.Helper()
-	return procField(t, fmt.Sprintf("/proc/%d/status", pid), "VmRSS:") << 10
+	return procField(t, pid, "status", "VmRSS:") << 10
 }
 
 // procNofile returns the soft open-files limit of process pid.
 func procNofile(t testing.TB, pid int) int64 {
 	t.Helper()
-	return procField(t, fmt.Sprintf("/proc/%d/limits", pid), "Max open files")
+	return procField(t, pid, "limits", "Max open files")
 }
 
-// procField returns the first number on the line of file that starts with key.
-func procField(t testing.TB, file, key string) int64 {
+// procField is meshlettest.ProcField; an error fails the test.
+func procField(t testing.TB, pid int, file, key string) int64 {
 	t.Helper()
-	b, err := os.ReadFile(file)
+	n, err := meshlettest.ProcField(pid, file, key)
 	if err != nil {
 		t.Fatal(err)
 	}
-	for _, line := range strings.Split(string(b), "\n") {
-		if rest, ok := strings.CutPrefix(line, key); ok {
-			if f := strings.Fields(rest); len(f) > 0 {
-				if n, err := strconv.ParseInt(f[0], 10, 64); err == nil {
-					return n
-				}
-			}
-		}
-	}
-	t.Fatalf("%s: no %q line", file, key)
-	return 0
+	return n
 }
 
 // raiseNofile makes this process's open-files limit at least want if it can: the soft limit up to the hard one,

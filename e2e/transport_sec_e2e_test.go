@@ -5,8 +5,10 @@ package e2e_test
 // headers are bounded, and idle TCP connections are closed.
 
 import (
+	"errors"
 	"fmt"
 	"io"
+	"io/fs"
 	"net"
 	"net/http"
 	"os"
@@ -235,21 +237,14 @@ func bombCall(c *http.Client, url string) (int, string, error) {
 // vmHWM returns the peak resident set size of p, in bytes (/proc/<pid>/status VmHWM).
 func vmHWM(t testing.TB, p *meshlettest.Proc) int64 {
 	t.Helper()
-	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", p.Cmd.Process.Pid))
-	if err != nil {
+	kb, err := meshlettest.ProcField(p.Cmd.Process.Pid, "status", "VmHWM:")
+	if errors.Is(err, fs.ErrNotExist) {
 		t.Skipf("no /proc: %v", err)
 	}
-	for _, line := range strings.Split(string(b), "\n") {
-		if rest, ok := strings.CutPrefix(line, "VmHWM:"); ok {
-			kb, err := strconv.ParseInt(strings.TrimSpace(strings.TrimSuffix(strings.TrimSpace(rest), "kB")), 10, 64)
-			if err != nil {
-				t.Fatalf("VmHWM %q: %v", rest, err)
-			}
-			return kb << 10
-		}
+	if err != nil {
+		t.Fatal(err)
 	}
-	t.Fatal("no VmHWM in /proc/<pid>/status")
-	return 0
+	return kb << 10
 }
 
 // TestTCPIdleTimeoutE2E: outbound and inbound TCP listeners close a connection with no byte either way for
