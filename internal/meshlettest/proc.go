@@ -1,7 +1,8 @@
 // Package meshlettest starts and watches meshlet processes and the servers and clients around them, for the
 // end-to-end tests (e2e), `make bench`, `make soak` and the demo: one process starter (StartCmd), one readiness
 // wait (WaitFor, WaitReady), one log tail (LogTail), one free-port picker (FreeAddr, FreeAddrs, PickAddrs), metrics read with
-// expfmt (Scrape), the HTTP/1.1, h2c and gRPC test backends, and a raw HTTP/2 client. The functions that take a
+// expfmt (Scrape), configs built from the config types (File), the HTTP/1.1, h2c and gRPC test backends, a
+// restartable server (Restartable), raw HTTP/1.1 exchanges and a raw HTTP/2 client. The functions that take a
 // testing.TB are for tests; the rest return errors, for the tools.
 package meshlettest
 
