@@ -6,15 +6,15 @@ package e2e_test
 
 import (
 	"context"
-	"fmt"
-	"io"
 	"net/http"
 	"os/exec"
 	"strings"
 	"testing"
 	"time"
 
+	"meshlet.dev/meshlet/appcheck"
 	"meshlet.dev/meshlet/internal/meshlettest"
+	"meshlet.dev/meshlet/proxy"
 )
 
 // adminDo sends one request to the admin listener at addr, with Host and extra headers, and returns status and body.
@@ -30,13 +30,7 @@ func adminDo(t *testing.T, addr, method, path, host string, header map[string]st
 	for k, v := range header {
 		req.Header.Set(k, v)
 	}
-	resp, err := (&http.Client{Timeout: 10 * time.Second}).Do(req)
-	if err != nil {
-		t.Fatalf("%s %s: %v", method, path, err)
-	}
-	defer resp.Body.Close()
-	b, _ := io.ReadAll(resp.Body)
-	return resp.StatusCode, string(b)
+	return meshlettest.Do(t, &http.Client{Timeout: 10 * time.Second}, req)
 }
 
 // TestAdminSecurityE2E: probes, scrapes, meshlet wait, curl -X POST reload and quitquitquit (as documented) work;
@@ -44,13 +38,8 @@ func adminDo(t *testing.T, addr, method, path, host string, header map[string]st
 func TestAdminSecurityE2E(t *testing.T) {
 	admin := meshlettest.FreeAddr(t)
 	_, port, _ := strings.Cut(admin, ":")
-	cfg := fmt.Sprintf(`service: {name: web}
-upstreams:
-  - {name: api, listen: %s, endpoints: [127.0.0.1:9]}
-admin: {listen: %s}
-shutdown: {drain_delay: 0s, drain_timeout: 5s}
-`, meshlettest.FreeAddr(t), admin)
-	p := meshlettest.Start(t, admin, cfg)
+	f := meshlettest.Sidecar("web", admin, proxy.UpstreamConfig{Name: "api", Listen: meshlettest.FreeAddr(t), Endpoints: []string{"127.0.0.1:9"}})
+	p := meshlettest.StartFile(t, f)
 	reloads := func() float64 {
 		return p.MetricSum(t, "meshlet_config_reloads_total", map[string]string{"result": "success"})
 	}
@@ -126,7 +115,8 @@ shutdown: {drain_delay: 0s, drain_timeout: 5s}
 		}
 	})
 	t.Run("admin.allowed_hosts changes only on restart", func(t *testing.T) {
-		p.RewriteConfig(t, strings.Replace(cfg, "admin: {listen: "+admin+"}", "admin: {listen: "+admin+", allowed_hosts: [debug.example]}", 1))
+		f.Admin.AllowedHosts = []string{"debug.example"}
+		p.RewriteConfig(t, f.MustYAML(t))
 		if code, body := postReload(t, p); code != 200 || !strings.Contains(body, "admin.allowed_hosts changes only on restart") {
 			t.Errorf("reload: %d %q", code, body)
 		}
@@ -156,18 +146,13 @@ func TestAdminShowsNoCredentialsE2E(t *testing.T) {
 	admin := meshlettest.FreeAddr(t)
 	app := meshlettest.FreeAddr(t) // nothing listens: the app check fails and says so in /ready and the log
 	consul := meshlettest.FreeAddr(t)
-	p := meshlettest.Launch(t, fmt.Sprintf(`service:
-  name: web
-  address: %s
-  register: true
-  meta: {version: "1", db_password: meta-s3cr3t, apiToken: meta2-s3cr3t}
-  check: {http: "http://probe:check-s3cr3t@%s/health?token=query-s3cr3t", ready: true}
-inbound: {listen: %s}
-discovery:
-  consul: {address: "http://%s", token: token-s3cr3t}
-admin: {listen: %s}
-shutdown: {drain_delay: 0s, drain_timeout: 5s}
-`, app, app, meshlettest.FreeAddr(t), consul, admin))
+	f := meshlettest.Sidecar("web", admin)
+	f.Service.Address, f.Service.Register = app, true
+	f.Service.Meta = map[string]string{"version": "1", "db_password": "meta-s3cr3t", "apiToken": "meta2-s3cr3t"}
+	f.Service.Check = &appcheck.Check{HTTP: "http://probe:check-s3cr3t@" + app + "/health?token=query-s3cr3t", Ready: true}
+	f.Inbound.Listen = meshlettest.FreeAddr(t)
+	f.Discovery = meshlettest.Consul("http://"+consul, "token-s3cr3t")
+	p := meshlettest.Launch(t, f.MustYAML(t))
 	p.Admin = admin
 	bad := meshlettest.WriteConfig(t, "service: {name: web}\ndiscovery:\n  consul: {address: \"https://u:addr-s3cr3t@"+consul+"\"}\n")
 	if out, code := meshlettest.Exec(t, "check", "-config", bad); code == 0 || strings.Contains(out, "s3cr3t") ||

@@ -19,6 +19,8 @@ import (
 
 	"meshlet.dev/meshlet/discovery/discoverytest"
 	"meshlet.dev/meshlet/internal/meshlettest"
+	"meshlet.dev/meshlet/proxy"
+	"meshlet.dev/meshlet/resilience"
 )
 
 // authzApp is an HTTP app that answers "api <request-uri>" and records the request targets it received.
@@ -77,54 +79,41 @@ func tlsExchange(t *testing.T, addr string, cfg *tls.Config, line string, header
 	for _, x := range headers {
 		h.WriteString(x + "\r\n")
 	}
-	fmt.Fprintf(c, "%s HTTP/1.1\r\nHost: api\r\n%sConnection: close\r\n\r\n", line, h.String())
-	resp, err := http.ReadResponse(bufio.NewReader(c), nil)
+	answers, _, err := meshlettest.Answers(c, line+" HTTP/1.1\r\nHost: api\r\n"+h.String()+"Connection: close\r\n\r\n", 1)
 	if err != nil {
 		t.Fatalf("%s: reading the answer: %v", line, err)
 	}
-	resp.Body.Close()
-	return resp.StatusCode, resp.Header.Get("X-Meshlet-Error")
+	return answers[0].StatusCode, answers[0].Header.Get("X-Meshlet-Error")
 }
 
 // consulAPISidecar starts the meshlet of api (certificates from Consul's CA, registered) with discovery.consul
 // token token ("" for none) in front of app; it returns the meshlet and its inbound address.
 func consulAPISidecar(t *testing.T, consulAddr, token, app string) (*meshlettest.Proc, string) {
 	t.Helper()
-	inbound, admin := meshlettest.FreeAddr(t), meshlettest.FreeAddr(t)
-	tok := ""
-	if token != "" {
-		tok = ", token: " + token
-	}
-	p := meshlettest.Start(t, admin, fmt.Sprintf(`service: {name: api, address: %s, protocol: http, register: true}
-inbound: {listen: %s}
-tls: {source: consul}
-discovery:
-  consul: {address: %s%s}
-admin: {listen: %s}
-shutdown: {drain_delay: 0s}
-`, app, inbound, consulAddr, tok, admin))
+	inbound := meshlettest.FreeAddr(t)
+	f := consulTLSFile(t, "api", consulAddr, token)
+	f.Service.Address, f.Service.Protocol, f.Service.Register, f.Inbound.Listen = app, "http", true, inbound
+	p := meshlettest.StartFile(t, f)
 	grpcFailOnRace(t, "api", p)
 	return p, inbound
+}
+
+// consulTLSFile is the config of service name's meshlet (admin on a free port) with certificates from Consul's CA,
+// discovery.consul at consulAddr with token ("" for none), upstreams ups, and shutdown {drain_delay: 0s}.
+func consulTLSFile(t testing.TB, name, consulAddr, token string, ups ...proxy.UpstreamConfig) meshlettest.File {
+	f := meshlettest.Sidecar(name, meshlettest.FreeAddr(t), ups...)
+	f.TLS.Source, f.Discovery = "consul", meshlettest.Consul(consulAddr, token)
+	f.Shutdown.DrainTimeout = 0 // drain_delay only
+	return f
 }
 
 // consulCaller starts the meshlet of service name with upstream api found in Consul, and returns the address its
 // app calls api on.
 func consulCaller(t *testing.T, consulAddr, token, name string) string {
 	t.Helper()
-	listen, admin := meshlettest.FreeAddr(t), meshlettest.FreeAddr(t)
-	tok := ""
-	if token != "" {
-		tok = ", token: " + token
-	}
-	p := meshlettest.Start(t, admin, fmt.Sprintf(`service: {name: %s}
-upstreams:
-  - {name: api, listen: %s, protocol: http, retry: {max_attempts: 1}}
-tls: {source: consul}
-discovery:
-  consul: {address: %s%s}
-admin: {listen: %s}
-shutdown: {drain_delay: 0s}
-`, name, listen, consulAddr, tok, admin))
+	listen := meshlettest.FreeAddr(t)
+	p := meshlettest.StartFile(t, consulTLSFile(t, name, consulAddr, token, proxy.UpstreamConfig{Name: "api", Listen: listen,
+		Protocol: "http", Resilience: resilience.Config{Retry: resilience.RetryConfig{MaxAttempts: 1}}}))
 	grpcFailOnRace(t, name, p)
 	return listen
 }
@@ -295,9 +284,9 @@ func TestAuthzDefaultUnknownDenies(t *testing.T) {
 	dir := mtlsCerts(t, "api", "web", "batch")
 	app := startAuthzApp(t)
 	a := meshlettest.FreeAddrs(t, 2)
-	cfg := mtlsSidecar{name: "api", app: app.addr, inbound: a[0], certDir: dir, cert: "api", admin: a[1]}.yaml() +
-		fmt.Sprintf("discovery:\n  consul: {address: %s, token: %s}\n", agent.HTTPAddr, serviceToken(t, client, "billing"))
-	apiSidecar := meshlettest.Start(t, a[1], cfg)
+	f := mtlsSidecar{name: "api", app: app.addr, inbound: a[0], certDir: dir, cert: "api", admin: a[1]}.file()
+	f.Discovery = meshlettest.Consul(agent.HTTPAddr, serviceToken(t, client, "billing"))
+	apiSidecar := meshlettest.StartFile(t, f)
 	grpcFailOnRace(t, "api", apiSidecar)
 
 	if code, err := mtlsProbe(a[0], "/web", mtlsClientTLS(t, dir, "web", "http/1.1")); err != nil || code != 200 {
@@ -361,10 +350,7 @@ func TestAuthzPermissivePlaintext(t *testing.T) {
 		}
 	})
 	t.Run("tcp", func(t *testing.T) {
-		c, err := net.DialTimeout("tcp", a[2], 5*time.Second)
-		if err != nil {
-			t.Fatal(err)
-		}
+		c := meshlettest.DialHeld(t, a[2])
 		defer c.Close()
 		c.SetDeadline(time.Now().Add(8 * time.Second)) // within the listener's 10s wait for a first byte
 		io.WriteString(c, "echo\n")                    // (permissive mode tells plaintext by the first byte)

@@ -6,7 +6,6 @@ package e2e_test
 import (
 	"bufio"
 	"context"
-	"errors"
 	"fmt"
 	"io"
 	"net"
@@ -19,19 +18,15 @@ import (
 	"time"
 
 	"meshlet.dev/meshlet/internal/meshlettest"
+	"meshlet.dev/meshlet/proxy"
 )
 
 func TestTCPListenerMaxConnections(t *testing.T) {
 	echo := meshlettest.StartTCPBackend(t, func(c *net.TCPConn) { io.Copy(c, c) })
 	db, admin := meshlettest.FreeAddr(t), meshlettest.FreeAddr(t)
-	m := meshlettest.Start(t, admin, fmt.Sprintf(`service: {name: web}
-outbound:
-  limits: {max_connections: 3}
-upstreams:
-  - {name: db, listen: %s, protocol: tcp, endpoints: [%s]}
-admin: {listen: %s}
-shutdown: {drain_delay: 0s, drain_timeout: 5s}
-`, db, echo, admin))
+	f := meshlettest.Sidecar("web", admin, proxy.UpstreamConfig{Name: "db", Listen: db, Protocol: "tcp", Endpoints: []string{echo}})
+	f.Outbound.Limits.MaxConnections = 3
+	m := meshlettest.StartFile(t, f)
 	labels := map[string]string{"direction": "outbound", "listener": "db"}
 	roundTrip := func(c net.Conn, msg string) error {
 		c.SetDeadline(time.Now().Add(5 * time.Second))
@@ -82,12 +77,8 @@ func TestFileDescriptorExhaustion(t *testing.T) {
 		fmt.Fprintf(w, "ok %s", r.URL.Path)
 	}), false, nil)
 	api, admin := meshlettest.FreeAddr(t), meshlettest.FreeAddr(t)
-	config := fmt.Sprintf(`service: {name: web}
-upstreams:
-  - {name: api, listen: %s, peer: app, endpoints: [%s]}
-admin: {listen: %s}
-shutdown: {drain_delay: 0s, drain_timeout: 5s}
-`, api, meshlettest.HostOf(app), admin)
+	config := meshlettest.Sidecar("web", admin, proxy.UpstreamConfig{Name: "api", Listen: api, Peer: "app",
+		Endpoints: []string{meshlettest.HostOf(app)}}).MustYAML(t)
 	// ulimit -n sets the soft and the hard limit, so Go's raise of the soft limit at start cannot undo it.
 	path := meshlettest.WriteConfig(t, config)
 	m := meshlettest.Command(t, path, exec.Command("/bin/sh", "-c", `ulimit -n 256 && exec "$0" "$@"`, meshlettest.Bin(), "run", "-config", path))
@@ -127,13 +118,12 @@ shutdown: {drain_delay: 0s, drain_timeout: 5s}
 			resp, err := http.ReadResponse(bufio.NewReader(c), nil)
 			mu.Lock()
 			defer mu.Unlock()
-			var ne net.Error
 			switch {
 			case err == nil && resp.StatusCode == http.StatusOK:
 				served++
 			case err == nil && resp.StatusCode == http.StatusServiceUnavailable && resp.Header.Get("X-Meshlet-Error") == "fd_budget":
 				budget++
-			case errors.As(err, &ne) && ne.Timeout():
+			case meshlettest.IsTimeout(err):
 				t.Errorf("a connection hung: neither served nor refused")
 			case err != nil:
 				refused++
@@ -195,18 +185,10 @@ func TestWriteTimeoutHTTP1(t *testing.T) {
 		appDone <- err
 	}), false, nil)
 	api, admin := meshlettest.FreeAddr(t), meshlettest.FreeAddr(t)
-	m := meshlettest.Start(t, admin, fmt.Sprintf(`service: {name: web}
-outbound:
-  limits: {write_timeout: 2s}
-upstreams:
-  - {name: api, listen: %s, peer: app, endpoints: [%s]}
-admin: {listen: %s}
-shutdown: {drain_delay: 0s, drain_timeout: 5s}
-`, api, meshlettest.HostOf(app), admin))
-	c, err := net.DialTimeout("tcp", api, 5*time.Second)
-	if err != nil {
-		t.Fatal(err)
-	}
+	f := meshlettest.Sidecar("web", admin, proxy.UpstreamConfig{Name: "api", Listen: api, Peer: "app", Endpoints: []string{meshlettest.HostOf(app)}})
+	f.Outbound.Limits.WriteTimeout = 2 * time.Second
+	m := meshlettest.StartFile(t, f)
+	c := meshlettest.DialHeld(t, api)
 	defer c.Close()
 	c.(*net.TCPConn).SetReadBuffer(4096)
 	io.WriteString(c, "GET /big HTTP/1.1\r\nHost: api\r\n\r\n")

@@ -17,8 +17,10 @@ import (
 	"testing"
 	"time"
 
+	"meshlet.dev/meshlet/appcheck"
 	"meshlet.dev/meshlet/discovery/discoverytest"
 	"meshlet.dev/meshlet/internal/meshlettest"
+	"meshlet.dev/meshlet/proxy"
 )
 
 // consulApp is one instance of a service with its own meshlet that registers itself.
@@ -29,8 +31,8 @@ type consulApp struct {
 }
 
 // startRegisteredApp starts an HTTP app answering "<name> <id>" and a meshlet for it with the issue's config
-// (register: true), plus extra lines under discovery.consul.
-func startRegisteredApp(t *testing.T, consulAddr, name, id, consulExtra, extra string) *consulApp {
+// (register: true), changed by tweak (may be nil).
+func startRegisteredApp(t *testing.T, consulAddr, name, id string, tweak func(*meshlettest.File)) *consulApp {
 	t.Helper()
 	app := meshlettest.StartBackend(t, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		w.Header().Set("X-Instance", id)
@@ -38,49 +40,36 @@ func startRegisteredApp(t *testing.T, consulAddr, name, id, consulExtra, extra s
 	}), false, nil)
 	a := &consulApp{name: name, inbound: meshlettest.FreeAddr(t), app: meshlettest.HostOf(app)}
 	admin := meshlettest.FreeAddr(t)
-	cfg := fmt.Sprintf(`service: {name: %s, address: %s, protocol: http, register: true}
-inbound: {listen: %s}
-discovery:
-  consul: {%s}
-admin: {listen: %s}
-%s`, name, a.app, a.inbound, consulFields(consulAddr, consulExtra), admin, extra)
-	a.m = meshlettest.Start(t, admin, cfg)
+	f := registeredFile(name, a.app, a.inbound, admin, consulAddr)
+	if tweak != nil {
+		tweak(&f)
+	}
+	a.m = meshlettest.StartFile(t, f)
 	return a
+}
+
+// registeredFile is the config of a meshlet that registers service name (HTTP, its app at app) in the Consul agent
+// at consulAddr, with its inbound listener on inbound and its admin listener on admin.
+func registeredFile(name, app, inbound, admin, consulAddr string) meshlettest.File {
+	f := meshlettest.File{Discovery: meshlettest.Consul(consulAddr, "")}
+	f.Service = proxy.ServiceConfig{Name: name, Address: app, Protocol: "http", Register: true}
+	f.Inbound.Listen, f.Admin.Listen = inbound, admin
+	return f
 }
 
 // startCaller starts the issue's "web" meshlet: upstream api found in Consul by name. It returns the meshlet and
 // the address the app calls for api.
-func startCaller(t *testing.T, consulAddr, consulExtra string, upstreams ...string) (*meshlettest.Proc, map[string]string) {
+func startCaller(t *testing.T, consulAddr string, upstreams ...string) (*meshlettest.Proc, map[string]string) {
 	t.Helper()
-	admin := meshlettest.FreeAddr(t)
+	f := meshlettest.Sidecar("web", meshlettest.FreeAddr(t))
+	f.Service.Address, f.Service.Protocol, f.Inbound.Listen = "127.0.0.1:8081", "http", meshlettest.FreeAddr(t)
+	f.Discovery, f.Shutdown.DrainTimeout = meshlettest.Consul(consulAddr, ""), 0 // drain_delay only
 	listens := map[string]string{}
-	var ups strings.Builder
 	for _, u := range upstreams {
 		listens[u] = meshlettest.FreeAddr(t)
-		fmt.Fprintf(&ups, "  - {name: %s, listen: %s, protocol: http}   # no endpoints: found in Consul\n", u, listens[u])
+		f.Upstreams = append(f.Upstreams, proxy.UpstreamConfig{Name: u, Listen: listens[u], Protocol: "http"}) // no endpoints: found in Consul
 	}
-	cfg := fmt.Sprintf(`service: {name: web, address: 127.0.0.1:8081, protocol: http}
-inbound: {listen: %s}
-upstreams:
-%sdiscovery:
-  consul: {%s}
-admin: {listen: %s}
-shutdown: {drain_delay: 0s}
-`, meshlettest.FreeAddr(t), ups.String(), consulFields(consulAddr, consulExtra), admin)
-	return meshlettest.Start(t, admin, cfg), listens
-}
-
-// consulFields is the inside of the discovery.consul flow map: the address (none: from CONSUL_HTTP_ADDR) and
-// extra fields ("resync_interval: 300ms").
-func consulFields(addr, extra string) string {
-	var f []string
-	if addr != "" {
-		f = append(f, "address: "+addr)
-	}
-	if extra != "" {
-		f = append(f, extra)
-	}
-	return strings.Join(f, ", ")
+	return meshlettest.StartFile(t, f), listens
 }
 
 // debugUpstream is the part of /debug/upstreams these tests read.
@@ -116,6 +105,7 @@ func upstreamState(t testing.TB, p *meshlettest.Proc, name string) debugUpstream
 	return debugUpstream{}
 }
 
+// call GETs url and returns the status, the body and X-Meshlet-Error; status 0 and the error for a failed request.
 func call(url string) (int, string, string) {
 	resp, err := http.Get(url)
 	if err != nil {
@@ -130,8 +120,8 @@ func call(url string) (int, string, string) {
 // calls it through both sidecars.
 func TestConsulTwoSidecarsByName(t *testing.T) {
 	agent := discoverytest.StartConsul(t, discoverytest.Options{})
-	api := startRegisteredApp(t, agent.HTTPAddr, "api", "a1", "", "")
-	web, listen := startCaller(t, agent.HTTPAddr, "", "api")
+	api := startRegisteredApp(t, agent.HTTPAddr, "api", "a1", nil)
+	web, listen := startCaller(t, agent.HTTPAddr, "api")
 	url := "http://" + listen["api"] + "/hello"
 	meshlettest.Eventually(t, 5*time.Second, "web finds api's sidecar", func() bool { return len(upstreamState(t, web, "api").Endpoints) == 1 })
 	if code, body, _ := call(url); code != 200 || body != "api a1" {
@@ -162,9 +152,11 @@ func TestConsulTwoSidecarsByName(t *testing.T) {
 // caller stops picking it within a second and no request to the instances that stay fails.
 func TestConsulDeregistrationReachesRouting(t *testing.T) {
 	agent := discoverytest.StartConsul(t, discoverytest.Options{})
-	startRegisteredApp(t, agent.HTTPAddr, "api", "a1", "", "")
-	leaving := startRegisteredApp(t, agent.HTTPAddr, "api", "a2", "", "shutdown: {drain_delay: 3s}\n")
-	web, listen := startCaller(t, agent.HTTPAddr, "", "api")
+	startRegisteredApp(t, agent.HTTPAddr, "api", "a1", nil)
+	leaving := startRegisteredApp(t, agent.HTTPAddr, "api", "a2", func(f *meshlettest.File) {
+		f.Shutdown.DrainDelay = meshlettest.Duration(3 * time.Second)
+	})
+	web, listen := startCaller(t, agent.HTTPAddr, "api")
 	url := "http://" + listen["api"] + "/"
 	meshlettest.Eventually(t, 5*time.Second, "web sees both instances", func() bool { return len(upstreamState(t, web, "api").Endpoints) == 2 })
 
@@ -215,8 +207,10 @@ func TestConsulDeregistrationReachesRouting(t *testing.T) {
 // resumes.
 func TestConsulAwayKeepsTraffic(t *testing.T) {
 	agent := discoverytest.StartConsul(t, discoverytest.Options{})
-	startRegisteredApp(t, agent.HTTPAddr, "api", "a1", "resync_interval: 300ms", "")
-	web, listen := startCaller(t, agent.HTTPAddr, "", "api")
+	startRegisteredApp(t, agent.HTTPAddr, "api", "a1", func(f *meshlettest.File) {
+		f.Discovery.Consul.ResyncInterval = 300 * time.Millisecond
+	})
+	web, listen := startCaller(t, agent.HTTPAddr, "api")
 	url := "http://" + listen["api"] + "/"
 	meshlettest.Eventually(t, 5*time.Second, "web reaches api", func() bool { code, _, _ := call(url); return code == 200 })
 
@@ -253,7 +247,7 @@ func TestConsulAwayKeepsTraffic(t *testing.T) {
 func TestConsulNoInstanceAnswers503(t *testing.T) {
 	agent := discoverytest.StartConsul(t, discoverytest.Options{})
 	start := time.Now()
-	_, listen := startCaller(t, agent.HTTPAddr, "", "nothing")
+	_, listen := startCaller(t, agent.HTTPAddr, "nothing")
 	t.Logf("ready %v after start", time.Since(start))
 	code, body, kind := call("http://" + listen["nothing"] + "/")
 	if code != 503 || kind != "no_endpoint" {
@@ -266,31 +260,25 @@ func TestConsulBadAddressAndToken(t *testing.T) {
 	agent := discoverytest.StartConsul(t, discoverytest.Options{ACL: true})
 	const badToken = "5f8e5a4e-0000-4000-8000-00000000b4d0"
 	for _, tc := range []struct {
-		name, consul, want, log string
+		name      string
+		consul    meshlettest.Discovery
+		want, log string
 	}{
-		{"bad address", "{address: 127.0.0.1:1}", "consul agent unreachable", "consul query failed"},
-		{"bad token", fmt.Sprintf("{address: %s, token: %s}", agent.HTTPAddr, badToken), "consul denied the request", "ACL not found"},
+		{"bad address", meshlettest.Consul("127.0.0.1:1", ""), "consul agent unreachable", "consul query failed"},
+		{"bad token", meshlettest.Consul(agent.HTTPAddr, badToken), "consul denied the request", "ACL not found"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			admin := meshlettest.FreeAddr(t)
-			p := meshlettest.Launch(t, fmt.Sprintf(`service: {name: web}
-upstreams:
-  - {name: api, listen: %s}
-discovery:
-  consul: %s
-admin: {listen: %s}
-`, meshlettest.FreeAddr(t), tc.consul, admin))
+			f := meshlettest.File{Discovery: tc.consul}
+			f.Service.Name, f.Admin.Listen = "web", admin
+			f.Upstreams = []proxy.UpstreamConfig{{Name: "api", Listen: meshlettest.FreeAddr(t)}}
+			p := meshlettest.Launch(t, f.MustYAML(t))
 			p.Admin = admin
 			var body string
 			meshlettest.Eventually(t, 5*time.Second, "/ready says why", func() bool {
-				resp, err := http.Get("http://" + admin + "/ready")
-				if err != nil {
-					return false
-				}
-				defer resp.Body.Close()
-				b, _ := io.ReadAll(resp.Body)
-				body = string(b)
-				return resp.StatusCode == 503 && strings.Contains(body, tc.want)
+				var code int
+				code, body, _ = call("http://" + admin + "/ready")
+				return code == 503 && strings.Contains(body, tc.want)
 			})
 			t.Logf("/ready: %s", strings.TrimSpace(body))
 			meshlettest.Eventually(t, 5*time.Second, "log line", func() bool { return strings.Contains(p.Log(), tc.log) })
@@ -319,13 +307,9 @@ func startCheckedApp(t *testing.T, consulAddr, id string, healthy *atomic.Bool) 
 	}), false, nil)
 	a := &consulApp{name: "api", inbound: meshlettest.FreeAddr(t), app: meshlettest.HostOf(app)}
 	admin := meshlettest.FreeAddr(t)
-	cfg := fmt.Sprintf(`service: {name: api, address: %s, protocol: http, register: true, check: {http: 'http://%s/health', interval: 1s}}
-inbound: {listen: %s}
-discovery:
-  consul: {address: %s}
-admin: {listen: %s}
-`, a.app, a.app, a.inbound, consulAddr, admin)
-	a.m = meshlettest.Start(t, admin, cfg)
+	f := registeredFile("api", a.app, a.inbound, admin, consulAddr)
+	f.Service.Check = &appcheck.Check{HTTP: "http://" + a.app + "/health", Interval: time.Second}
+	a.m = meshlettest.StartFile(t, f)
 	return a
 }
 
@@ -338,7 +322,7 @@ func TestConsulFailingCheckLeavesRouting(t *testing.T) {
 	ok2.Store(true)
 	startCheckedApp(t, agent.HTTPAddr, "a1", &ok1)
 	sick := startCheckedApp(t, agent.HTTPAddr, "a2", &ok2)
-	web, _ := startCaller(t, agent.HTTPAddr, "", "api")
+	web, _ := startCaller(t, agent.HTTPAddr, "api")
 	meshlettest.Eventually(t, 5*time.Second, "both instances pass their checks", func() bool { return len(upstreamState(t, web, "api").Endpoints) == 2 })
 
 	ok2.Store(false)
@@ -362,9 +346,9 @@ func TestConsulACLFromEnvironmentAndTokenFile(t *testing.T) {
 	if err := os.WriteFile(tokenFile, []byte(discoverytest.ManagementToken+"\n"), 0o600); err != nil {
 		t.Fatal(err)
 	}
-	api := startRegisteredApp(t, "", "api", "a1", "token_file: "+tokenFile, "")
+	api := startRegisteredApp(t, "", "api", "a1", func(f *meshlettest.File) { f.Discovery.Consul.TokenFile = tokenFile })
 	t.Setenv("CONSUL_HTTP_TOKEN", discoverytest.ManagementToken)
-	web, listen := startCaller(t, "", "", "api")
+	web, listen := startCaller(t, "", "api")
 	meshlettest.Eventually(t, 5*time.Second, "web finds api's sidecar", func() bool { return len(upstreamState(t, web, "api").Endpoints) == 1 })
 	if code, body, _ := call("http://" + listen["api"] + "/"); code != 200 || body != "api a1" {
 		t.Fatalf("web → api: %d %q", code, body)

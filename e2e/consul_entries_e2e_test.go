@@ -12,6 +12,8 @@ import (
 
 	"meshlet.dev/meshlet/discovery/discoverytest"
 	"meshlet.dev/meshlet/internal/meshlettest"
+	"meshlet.dev/meshlet/proxy"
+	"meshlet.dev/meshlet/resilience"
 )
 
 // TestConsulConfigEntries: a service-router's catch-all route sets the retries of the upstream at run time
@@ -29,13 +31,11 @@ func TestConsulConfigEntries(t *testing.T) {
 		t.Fatal(err)
 	}
 	admin, listen := meshlettest.FreeAddr(t), meshlettest.FreeAddr(t)
-	web := meshlettest.Start(t, admin, fmt.Sprintf(`service: {name: web}
-upstreams:
-  - {name: api, listen: %s, circuit_breaker: {disabled: true}, limits: {max_connections: 9}}
-discovery:
-  consul: {address: %s}
-admin: {listen: %s}
-`, listen, agent.HTTPAddr, admin))
+	f := meshlettest.File{Discovery: meshlettest.Consul(agent.HTTPAddr, "")}
+	f.Service.Name, f.Admin.Listen = "web", admin
+	f.Upstreams = []proxy.UpstreamConfig{{Name: "api", Listen: listen, Resilience: resilience.Config{
+		Breaker: resilience.BreakerConfig{Disabled: true}, Limits: resilience.LimitsConfig{MaxConnections: 9}}}}
+	web := meshlettest.StartFile(t, f)
 	attempts := func() int64 {
 		hits.Store(0)
 		if code, _, _ := call("http://" + listen + "/"); code != 503 {

@@ -14,6 +14,7 @@ import (
 
 	"meshlet.dev/meshlet/discovery/discoverytest"
 	"meshlet.dev/meshlet/internal/meshlettest"
+	"meshlet.dev/meshlet/proxy"
 )
 
 // TestConsulCAMutualTLS: two sidecars take their certificates from Consul's Connect CA (tls.source: consul) and
@@ -23,25 +24,10 @@ import (
 func TestConsulCAMutualTLS(t *testing.T) {
 	agent := discoverytest.StartConsul(t, discoverytest.Options{})
 	app := meshlettest.StartBackend(t, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { io.WriteString(w, "api") }), false, nil)
-	apiInbound, apiAdmin := meshlettest.FreeAddr(t), meshlettest.FreeAddr(t)
-	apiSidecar := meshlettest.Start(t, apiAdmin, fmt.Sprintf(`service: {name: api, address: %s, protocol: http, register: true}
-inbound: {listen: %s}
-tls: {source: consul}
-discovery:
-  consul: {address: %s}
-admin: {listen: %s}
-shutdown: {drain_delay: 0s}
-`, app.Listener.Addr(), apiInbound, agent.HTTPAddr, apiAdmin))
-	webListen, webAdmin := meshlettest.FreeAddr(t), meshlettest.FreeAddr(t)
-	web := meshlettest.Start(t, webAdmin, fmt.Sprintf(`service: {name: web}
-upstreams:
-  - {name: api, listen: %s, protocol: http}
-tls: {source: consul}
-discovery:
-  consul: {address: %s}
-admin: {listen: %s}
-shutdown: {drain_delay: 0s}
-`, webListen, agent.HTTPAddr, webAdmin))
+	apiSidecar, apiInbound := consulAPISidecar(t, agent.HTTPAddr, "", meshlettest.HostOf(app))
+	webListen := meshlettest.FreeAddr(t)
+	web := meshlettest.StartFile(t, consulTLSFile(t, "web", agent.HTTPAddr, "", proxy.UpstreamConfig{Name: "api", Listen: webListen, Protocol: "http"}))
+	grpcFailOnRace(t, "web", web)
 	url := "http://" + webListen + "/"
 	meshlettest.Eventually(t, 10*time.Second, "web calls api over mTLS", func() bool { code, body, _ := call(url); return code == 200 && body == "api" })
 
@@ -152,26 +138,8 @@ func TestConsulIntentions(t *testing.T) {
 		appCalls.Add(1)
 		io.WriteString(w, "api")
 	}), false, nil)
-	apiAdmin := meshlettest.FreeAddr(t)
-	apiSidecar := meshlettest.Start(t, apiAdmin, fmt.Sprintf(`service: {name: api, address: %s, protocol: http, register: true}
-inbound: {listen: %s}
-tls: {source: consul}
-discovery:
-  consul: {address: %s}
-admin: {listen: %s}
-shutdown: {drain_delay: 0s}
-`, app.Listener.Addr(), meshlettest.FreeAddr(t), agent.HTTPAddr, apiAdmin))
-	webListen, webAdmin := meshlettest.FreeAddr(t), meshlettest.FreeAddr(t)
-	meshlettest.Start(t, webAdmin, fmt.Sprintf(`service: {name: web}
-upstreams:
-  - {name: api, listen: %s, protocol: http, retry: {max_attempts: 1}}
-tls: {source: consul}
-discovery:
-  consul: {address: %s}
-admin: {listen: %s}
-shutdown: {drain_delay: 0s}
-`, webListen, agent.HTTPAddr, webAdmin))
-	base := "http://" + webListen
+	apiSidecar, _ := consulAPISidecar(t, agent.HTTPAddr, "", meshlettest.HostOf(app))
+	base := "http://" + consulCaller(t, agent.HTTPAddr, "", "web")
 	meshlettest.Eventually(t, 10*time.Second, "no intention: default allow", func() bool { code, _, _ := call(base + "/"); return code == 200 })
 
 	client := agent.Client()

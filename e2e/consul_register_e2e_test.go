@@ -2,8 +2,6 @@ package e2e_test
 
 import (
 	"context"
-	"fmt"
-	"io"
 	"net/http"
 	"strings"
 	"testing"
@@ -32,23 +30,15 @@ node_prefix "" { policy = "read" }`
 		t.Fatal(err)
 	}
 	admin := meshlettest.FreeAddr(t)
-	p := meshlettest.Launch(t, fmt.Sprintf(`service: {name: api, address: 127.0.0.1:18999, protocol: http, register: true}
-inbound: {listen: %s}
-discovery:
-  consul: {address: %s, token: %s}
-admin: {listen: %s}
-`, meshlettest.FreeAddr(t), agent.HTTPAddr, tok.SecretID, admin))
+	f := registeredFile("api", "127.0.0.1:18999", meshlettest.FreeAddr(t), admin, agent.HTTPAddr)
+	f.Discovery.Consul.Token = tok.SecretID
+	p := meshlettest.Launch(t, f.MustYAML(t))
 	p.Admin = admin
 	var body string
 	meshlettest.Eventually(t, 10*time.Second, "/ready says the registration was denied", func() bool {
-		resp, err := http.Get("http://" + admin + "/ready")
-		if err != nil {
-			return false
-		}
-		defer resp.Body.Close()
-		b, _ := io.ReadAll(resp.Body)
-		body = string(b)
-		return resp.StatusCode == http.StatusServiceUnavailable && strings.Contains(body, "consul registration of api-") &&
+		var code int
+		code, body, _ = call("http://" + admin + "/ready")
+		return code == http.StatusServiceUnavailable && strings.Contains(body, "consul registration of api-") &&
 			strings.Contains(body, "consul denied the request")
 	})
 	t.Logf("/ready: %s", strings.TrimSpace(body))

@@ -9,6 +9,7 @@ import (
 
 	"meshlet.dev/meshlet/discovery/discoverytest"
 	"meshlet.dev/meshlet/internal/meshlettest"
+	"meshlet.dev/meshlet/proxy"
 )
 
 // TestConsulUpstreamTagAndDatacenter: two upstreams of one service, narrowed by tag (and the agent's datacenter
@@ -18,22 +19,16 @@ func TestConsulUpstreamTagAndDatacenter(t *testing.T) {
 	for _, v := range []string{"v1", "v2"} {
 		app := meshlettest.StartBackend(t, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { fmt.Fprint(w, "api "+v) }), false, nil)
 		admin := meshlettest.FreeAddr(t)
-		meshlettest.Start(t, admin, fmt.Sprintf(`service: {name: api, address: %s, protocol: http, register: true, tags: [%s]}
-inbound: {listen: %s}
-discovery:
-  consul: {address: %s}
-admin: {listen: %s}
-`, meshlettest.HostOf(app), v, meshlettest.FreeAddr(t), agent.HTTPAddr, admin))
+		f := registeredFile("api", meshlettest.HostOf(app), meshlettest.FreeAddr(t), admin, agent.HTTPAddr)
+		f.Service.Tags = []string{v}
+		meshlettest.StartFile(t, f)
 	}
 	admin, l1, l2 := meshlettest.FreeAddr(t), meshlettest.FreeAddr(t), meshlettest.FreeAddr(t)
-	web := meshlettest.Start(t, admin, fmt.Sprintf(`service: {name: web}
-upstreams:
-  - {name: api-v1, service: api, tag: v1, listen: %s}
-  - {name: api-v2, service: api, tag: v2, datacenter: dc1, listen: %s}
-discovery:
-  consul: {address: %s}
-admin: {listen: %s}
-`, l1, l2, agent.HTTPAddr, admin))
+	f := meshlettest.File{Discovery: meshlettest.Consul(agent.HTTPAddr, "")}
+	f.Service.Name, f.Admin.Listen = "web", admin
+	f.Upstreams = []proxy.UpstreamConfig{{Name: "api-v1", Service: "api", Tag: "v1", Listen: l1},
+		{Name: "api-v2", Service: "api", Tag: "v2", Datacenter: "dc1", Listen: l2}}
+	web := meshlettest.StartFile(t, f)
 	for up, want := range map[string]string{l1: "api v1", l2: "api v2"} {
 		meshlettest.Eventually(t, 5*time.Second, want+" found", func() bool {
 			code, body, _ := call("http://" + up + "/")

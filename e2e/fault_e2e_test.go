@@ -35,8 +35,11 @@ import (
 	"google.golang.org/grpc/metadata"
 	"google.golang.org/grpc/status"
 
+	"meshlet.dev/meshlet/appcheck"
 	"meshlet.dev/meshlet/discovery/discoverytest"
 	"meshlet.dev/meshlet/internal/meshlettest"
+	"meshlet.dev/meshlet/proxy"
+	"meshlet.dev/meshlet/resilience"
 )
 
 // faultWait bounds every wait of these tests for something that should take milliseconds: far longer than
@@ -44,7 +47,7 @@ import (
 const faultWait = 20 * time.Second
 
 // faultBackend is an app that the test can kill (listener closed, connections reset) and start again on the same
-// address. proto is "http" (HTTP/1.1), "http2" (h2c) or "grpc".
+// address (meshlettest.Restartable). proto is "http" (HTTP/1.1), "http2" (h2c) or "grpc".
 //
 // HTTP: GET /stream sends 64 KiB of a longer body (Content-Length 1 MiB over HTTP/1.1, unknown length over h2c),
 // then waits; POST /upload reads 1 KiB of the request body, then waits; any other path answers the backend's
@@ -52,108 +55,35 @@ const faultWait = 20 * time.Second
 // StreamingInputCall reads one message, then waits. Each waiting handler first reports its backend's name on
 // started.
 type faultBackend struct {
+	*meshlettest.Restartable
 	name, proto string
 	started     chan faultReport
 	seen        *sync.Map // call IDs some backend of the mesh held: a retry of one is answered at once
 	hits        atomic.Int64
-
-	mu    sync.Mutex
-	addr  string
-	ln    net.Listener
-	conns map[net.Conn]struct{} // nil while killed
-	stop  func()
 }
 
 func newFaultBackend(t testing.TB, name, proto string, started chan faultReport, seen *sync.Map) *faultBackend {
 	b := &faultBackend{name: name, proto: proto, started: started, seen: seen}
-	b.start(t)
-	t.Cleanup(b.kill)
+	b.Restartable = meshlettest.NewRestartable(t, "", b.serve)
+	b.Start(t)
 	return b
 }
 
-// start serves on b's address (a new one the first time). A restart may find the port briefly busy.
-func (b *faultBackend) start(t testing.TB) {
-	t.Helper()
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	addr := b.addr
-	if addr == "" {
-		addr = "127.0.0.1:0"
-	}
-	var ln net.Listener
-	var err error
-	for i := 0; i < 100; i++ { // bounded: 100 × 20 ms
-		if ln, err = net.Listen("tcp", addr); err == nil {
-			break
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
-	if err != nil {
-		t.Fatalf("restarting %s on %s: %v", b.name, addr, err)
-	}
-	b.addr, b.ln, b.conns = ln.Addr().String(), ln, map[net.Conn]struct{}{}
-	tl := &faultListener{Listener: ln, b: b}
+// serve serves l until the returned function is called.
+func (b *faultBackend) serve(l net.Listener) (stop func()) {
 	done := make(chan struct{})
 	if b.proto == "grpc" {
 		srv := grpc.NewServer()
 		testpb.RegisterTestServiceServer(srv, &faultGRPC{b: b})
-		go func() { defer close(done); srv.Serve(tl) }()
-		b.stop = func() { srv.Stop(); <-done }
-		return
+		go func() { defer close(done); srv.Serve(l) }()
+		return func() { srv.Stop(); <-done }
 	}
 	srv := &http.Server{Handler: http.HandlerFunc(b.serveHTTP)}
 	if b.proto == "http2" {
 		srv.Protocols = meshlettest.H2CProtocols()
 	}
-	go func() { defer close(done); srv.Serve(tl) }()
-	b.stop = func() { srv.Close(); <-done }
-}
-
-// kill closes the listener and resets every connection, then lets the server's goroutines end. Idempotent.
-func (b *faultBackend) kill() {
-	b.mu.Lock()
-	if b.conns == nil {
-		b.mu.Unlock()
-		return
-	}
-	b.ln.Close()
-	for c := range b.conns {
-		if tc, ok := c.(*net.TCPConn); ok {
-			tc.SetLinger(0) // close sends RST, as for a killed process
-		}
-		c.Close()
-	}
-	b.conns = nil
-	stop := b.stop
-	b.mu.Unlock()
-	stop()
-}
-
-func (b *faultBackend) Addr() string {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.addr
-}
-
-// faultListener records the connections of its backend so that kill can reset them.
-type faultListener struct {
-	net.Listener
-	b *faultBackend
-}
-
-func (l *faultListener) Accept() (net.Conn, error) {
-	c, err := l.Listener.Accept()
-	if err != nil {
-		return nil, err
-	}
-	l.b.mu.Lock()
-	defer l.b.mu.Unlock()
-	if l.b.conns == nil {
-		c.Close()
-		return nil, net.ErrClosed
-	}
-	l.b.conns[c] = struct{}{}
-	return c, nil
+	go func() { defer close(done); srv.Serve(l) }()
+	return func() { srv.Close(); <-done }
 }
 
 // report tells the test that a waiting handler of b has started the call id; it never blocks. It returns false
@@ -284,19 +214,14 @@ func startFaultMesh(t *testing.T, proto string) *faultMesh {
 	m.B1, m.in1 = startB(m.b1.Addr())
 	m.B2, m.in2 = startB(m.b2.Addr())
 	admin := meshlettest.FreeAddr(t)
-	m.A = meshlettest.Start(t, admin, faultDebug(fmt.Sprintf(`service: {name: web}
-upstreams:
-  - name: api
-    listen: %s
-    protocol: %s
-    peer: sidecar
-    lb: round_robin
-    endpoints: [%s, %s]
-    circuit_breaker: {consecutive_failures: 3, open_timeout: 1s}
-admin: {listen: %s}
-shutdown: {drain_delay: 0s, drain_timeout: 5s}
-log: {level: info, access_log: false}
-`, m.listen, proto, m.in1, m.in2, admin)))
+	a := meshlettest.Sidecar("web", admin, proxy.UpstreamConfig{Name: "api", Listen: m.listen, Protocol: proto, Peer: "sidecar",
+		LB: "round_robin", Endpoints: []string{m.in1, m.in2},
+		Resilience: resilience.Config{Breaker: resilience.BreakerConfig{ConsecutiveFailures: 3, OpenTimeout: time.Second}}})
+	a.Log.Level = "info"
+	if os.Getenv("FAULT_DEBUG") != "" {
+		a.Log = meshlettest.Log{Level: "debug", AccessLog: true}
+	}
+	m.A = meshlettest.StartFile(t, a)
 	switch proto {
 	case "http":
 		m.httpClient = meshlettest.H1Client(nil)
@@ -556,7 +481,7 @@ func (m *faultMesh) killAndRecover(t *testing.T, kind string) {
 	refused := m.B1.MetricSum(t, "meshlet_upstream_errors_total", map[string]string{"direction": "inbound", "reason": "connect"})
 
 	fc := m.startOnB1(t, kind)
-	m.b1.kill()
+	m.b1.Kill()
 	killed := time.Now()
 	outcome, err := fc.finish()
 	took := time.Since(killed)
@@ -600,7 +525,7 @@ func (m *faultMesh) killAndRecover(t *testing.T, kind string) {
 	}
 
 	// b1 comes back: A uses B1 again once its breaker half-opens (open_timeout 1 s) and a probe succeeds.
-	m.b1.start(t)
+	m.b1.Start(t)
 	back := time.Now()
 	for i := 0; ; i++ {
 		who, _ := m.call(t)
@@ -617,14 +542,6 @@ func (m *faultMesh) killAndRecover(t *testing.T, kind string) {
 		m.call(t)
 		return m.A.MetricSum(t, "meshlet_breaker_endpoints", map[string]string{"upstream": "api", "state": "closed"}) == 2
 	})
-}
-
-func faultDebug(y string) string {
-	if os.Getenv("FAULT_DEBUG") == "" {
-		return y
-	}
-	y = strings.Replace(y, "level: info", "level: debug", 1)
-	return strings.Replace(y, "access_log: false", "access_log: true", 1)
 }
 
 // faultLoad calls url from two goroutines until stop is called, counting answers.
@@ -729,16 +646,13 @@ func TestFaultSidecarKilledConsul(t *testing.T) {
 	agent := discoverytest.StartConsul(t, discoverytest.Options{})
 	app := meshlettest.StartBackend(t, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { io.WriteString(w, "api") }), false, nil)
 	inbound, admin := meshlettest.FreeAddr(t), meshlettest.FreeAddr(t)
-	config := func(tags string) string {
-		return fmt.Sprintf(`service: {name: api, address: %s, protocol: http, register: true, tags: [%s]}
-inbound: {listen: %s}
-discovery:
-  consul: {address: %s, check_interval: 1s, resync_interval: 1s}
-admin: {listen: %s}
-`, meshlettest.HostOf(app), tags, inbound, agent.HTTPAddr, admin)
+	config := func(tags ...string) string {
+		f := registeredFile("api", meshlettest.HostOf(app), inbound, admin, agent.HTTPAddr)
+		f.Service.Tags, f.Discovery.Consul.CheckInterval, f.Discovery.Consul.ResyncInterval = tags, time.Second, time.Second
+		return f.MustYAML(t)
 	}
 	api := meshlettest.Start(t, admin, config("v1"))
-	web, listen := startCaller(t, agent.HTTPAddr, "", "api")
+	web, listen := startCaller(t, agent.HTTPAddr, "api")
 	meshlettest.Eventually(t, faultWait, "web finds api's sidecar", func() bool { return len(upstreamState(t, web, "api").Endpoints) == 1 })
 	load := startFaultLoad("http://" + listen["api"] + "/")
 	defer load.stop()
@@ -766,7 +680,7 @@ admin: {listen: %s}
 
 		tag := fmt.Sprintf("v%d", round+2)
 		restarted := time.Now()
-		api = relaunch(t, api, config("v1, "+tag))
+		api = relaunch(t, api, config("v1", tag))
 		meshlettest.Eventually(t, faultWait, "the sidecar passes its checks again", func() bool { return passing() == 1 })
 		t.Logf("round %d: passing in Consul %v after the restart", round, time.Since(restarted).Round(time.Millisecond))
 		services, err := agent.Client().Agent().Services()
@@ -817,7 +731,7 @@ func TestFaultLocalAppDown(t *testing.T) {
 			want := map[string]int{"http": http.StatusOK, "grpc": int(codes.OK)}[proto]
 			down := map[string]int{"http": http.StatusServiceUnavailable, "grpc": int(codes.Unavailable)}[proto]
 			for round := range 3 {
-				app.kill()
+				app.Kill()
 				for _, via := range []struct{ name, addr string }{{"B's inbound", m.Inbound}, {"A", m.Listen}} {
 					code, msg, err := callVia(via.addr)
 					if err != nil || code != down {
@@ -830,7 +744,7 @@ func TestFaultLocalAppDown(t *testing.T) {
 				if code, body := m.B.AdminGet(t, "/ready"); code != http.StatusOK {
 					t.Errorf("B's /ready with its app down and no service.check.ready: %d %s, want 200", code, body)
 				}
-				app.start(t)
+				app.Start(t)
 				for _, via := range []string{m.Inbound, m.Listen} {
 					if code, msg, err := callVia(via); err != nil || code != want {
 						t.Fatalf("round %d, app back, via %s: %d %q %v", round, via, code, msg, err)
@@ -851,17 +765,10 @@ func TestFaultAppCheckReady(t *testing.T) {
 	agent := discoverytest.StartConsul(t, discoverytest.Options{})
 	app := newFaultBackend(t, "app", "http", make(chan faultReport, 16), new(sync.Map))
 	admin := meshlettest.FreeAddr(t)
-	p := meshlettest.Start(t, admin, fmt.Sprintf(`service:
-  name: api
-  address: %s
-  protocol: http
-  register: true
-  check: {tcp: '%s', interval: 1s, ready: true}
-inbound: {listen: %s}
-discovery:
-  consul: {address: %s, check_interval: 1s}
-admin: {listen: %s}
-`, app.Addr(), app.Addr(), meshlettest.FreeAddr(t), agent.HTTPAddr, admin))
+	f := registeredFile("api", app.Addr(), meshlettest.FreeAddr(t), admin, agent.HTTPAddr)
+	f.Service.Check = &appcheck.Check{TCP: app.Addr(), Interval: time.Second, Ready: true}
+	f.Discovery.Consul.CheckInterval = time.Second
+	p := meshlettest.StartFile(t, f)
 	health := agent.Client().Health()
 	sidecarPassing := func() int {
 		entries, _, err := health.Connect("api", "", true, nil)
@@ -872,7 +779,7 @@ admin: {listen: %s}
 	}
 	meshlettest.Eventually(t, faultWait, "api passing in Consul", func() bool { return sidecarPassing() == 1 })
 	for round := range 3 {
-		app.kill()
+		app.Kill()
 		killed := time.Now()
 		var body string
 		meshlettest.Eventually(t, faultWait, "/ready fails with the app check's reason", func() bool {
@@ -893,7 +800,7 @@ admin: {listen: %s}
 			t.Errorf("meshlet_ready = %v with the app down, want 0", v)
 		}
 
-		app.start(t)
+		app.Start(t)
 		back := time.Now()
 		if err := p.WaitReady(context.Background(), faultWait); err != nil {
 			t.Fatalf("/ready after the app came back: %v", err)

@@ -1058,9 +1058,8 @@ func TestGRPCMeshletErrors(t *testing.T) {
 	})
 
 	t.Run("trailers-only on the wire", func(t *testing.T) {
-		var p http.Protocols
-		p.SetUnencryptedHTTP2(true)
-		hc := &http.Client{Transport: &http.Transport{Protocols: &p}, Timeout: grpcCallTimeout}
+		hc := meshlettest.H2CClient(nil)
+		hc.Timeout = grpcCallTimeout
 		defer hc.CloseIdleConnections()
 		req, err := http.NewRequest("POST", "http://"+m.listen["empty"]+"/grpc.testing.TestService/UnaryCall",
 			bytes.NewReader([]byte{0, 0, 0, 0, 0}))

@@ -11,8 +11,8 @@ package e2e_test
 // has to wait in meshlet, which is the attack the queued-control-frame limit is for.
 
 import (
-	"bufio"
 	"bytes"
+	"context"
 	"errors"
 	"fmt"
 	"io"
@@ -31,6 +31,7 @@ import (
 	"golang.org/x/net/http2/hpack"
 
 	"meshlet.dev/meshlet/internal/meshlettest"
+	"meshlet.dev/meshlet/proxy"
 )
 
 const (
@@ -128,7 +129,7 @@ func (f *floodConn) drain(quiet time.Duration, done func(o *floodOutcome) bool) 
 			if errors.As(err, &se) {
 				continue
 			}
-			o.closed = !isTimeout(err)
+			o.closed = !meshlettest.IsTimeout(err)
 			o.err = err
 			return o
 		}
@@ -158,11 +159,6 @@ func (f *floodConn) drain(quiet time.Duration, done func(o *floodOutcome) bool) 
 	}
 }
 
-func isTimeout(err error) bool {
-	var ne net.Error
-	return errors.As(err, &ne) && ne.Timeout()
-}
-
 // processWatch samples a meshlet process's resident memory, Go heap and goroutines while a flood runs.
 type processWatch struct {
 	stop, done chan struct{}
@@ -173,46 +169,20 @@ type processWatch struct {
 
 // rssOf returns the resident set size of process pid, in bytes.
 func rssOf(pid int) (int64, error) {
-	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", pid))
-	if err != nil {
-		return 0, err
-	}
-	for _, line := range strings.Split(string(b), "\n") {
-		if v, ok := strings.CutPrefix(line, "VmRSS:"); ok {
-			kb, err := strconv.ParseInt(strings.TrimSpace(strings.TrimSuffix(strings.TrimSpace(v), "kB")), 10, 64)
-			return kb << 10, err
-		}
-	}
-	return 0, errors.New("no VmRSS")
+	kb, err := meshlettest.ProcField(pid, "status", "VmRSS:")
+	return kb << 10, err
 }
 
 // runtimeOf returns go_memstats_heap_inuse_bytes and go_goroutines from the admin listener's /metrics.
 func runtimeOf(admin string) (heap, goroutines int64, err error) {
-	c := http.Client{Timeout: 5 * time.Second}
-	resp, err := c.Get("http://" + admin + "/metrics")
+	m, err := meshlettest.Scrape(context.Background(), &http.Client{Timeout: 5 * time.Second}, "http://"+admin+"/metrics")
 	if err != nil {
 		return 0, 0, err
 	}
-	defer resp.Body.Close()
-	sc := bufio.NewScanner(resp.Body)
-	sc.Buffer(make([]byte, 1<<20), 1<<20)
-	found := 0
-	for sc.Scan() {
-		for name, dst := range map[string]*int64{"go_memstats_heap_inuse_bytes ": &heap, "go_goroutines ": &goroutines} {
-			if v, ok := strings.CutPrefix(sc.Text(), name); ok {
-				f, err := strconv.ParseFloat(v, 64)
-				if err != nil {
-					return 0, 0, err
-				}
-				*dst = int64(f)
-				found++
-			}
-		}
-	}
-	if found != 2 {
+	if len(m.Samples("go_memstats_heap_inuse_bytes")) == 0 || len(m.Samples("go_goroutines")) == 0 {
 		return 0, 0, errors.New("no go_memstats_heap_inuse_bytes or go_goroutines")
 	}
-	return heap, goroutines, sc.Err()
+	return int64(m.Sum("go_memstats_heap_inuse_bytes", nil)), int64(m.Sum("go_goroutines", nil)), nil
 }
 
 func watchProcess(pid int, admin string) *processWatch {
@@ -317,7 +287,7 @@ type floodTarget struct {
 	paths map[string]int // requests the app received, by path
 }
 
-func startFloodTarget(t *testing.T, limits string) *floodTarget {
+func startFloodTarget(t *testing.T, limits proxy.ListenerLimits) *floodTarget {
 	t.Helper()
 	ft := &floodTarget{paths: map[string]int{}}
 	app := meshlettest.StartBackend(t, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
@@ -338,14 +308,9 @@ func startFloodTarget(t *testing.T, limits string) *floodTarget {
 	}), true, nil)
 	ft.addr = meshlettest.FreeAddr(t)
 	admin := meshlettest.FreeAddr(t)
-	ft.m = meshlettest.Start(t, admin, fmt.Sprintf(`service: {name: api, address: %s}
-outbound:
-  limits: %s
-upstreams:
-  - {name: api, listen: %s, peer: app, endpoints: [%s]}
-admin: {listen: %s}
-shutdown: {drain_delay: 0s, drain_timeout: 5s}
-`, meshlettest.HostOf(app), limits, ft.addr, meshlettest.HostOf(app), admin))
+	f := meshlettest.Sidecar("api", admin, proxy.UpstreamConfig{Name: "api", Listen: ft.addr, Peer: "app", Endpoints: []string{meshlettest.HostOf(app)}})
+	f.Service.Address, f.Outbound.Limits = meshlettest.HostOf(app), limits
+	ft.m = meshlettest.StartFile(t, f)
 	return ft
 }
 
@@ -453,7 +418,7 @@ type floodCase struct {
 }
 
 func TestHostileHTTP2Floods(t *testing.T) {
-	ft := startFloodTarget(t, "{}")
+	ft := startFloodTarget(t, proxy.ListenerLimits{})
 	// Requests of the flooding client's own run on stream 3 (stream 1 is /big when the writer is stalled).
 	const sid = 3
 	post := [][2]string{{":method", "POST"}, {":scheme", "http"}, {":authority", "api"}, {":path", "/empty-data"}}
@@ -466,7 +431,7 @@ func TestHostileHTTP2Floods(t *testing.T) {
 	// closedByMeshlet: the flood's writes failed (not for a timeout), or meshlet closed the connection once read.
 	closedByMeshlet := func(t *testing.T, werr error, o floodOutcome) {
 		t.Helper()
-		if (werr == nil || isTimeout(werr)) && !o.closed {
+		if (werr == nil || meshlettest.IsTimeout(werr)) && !o.closed {
 			t.Errorf("the flooding connection is still open (write error %v): %v", werr, o)
 		}
 	}
@@ -497,7 +462,7 @@ func TestHostileHTTP2Floods(t *testing.T) {
 			return f.Framer.WriteSettings()
 		},
 		check: func(t *testing.T, sent int, werr error, o floodOutcome) {
-			if (werr == nil || isTimeout(werr)) && !o.closed && (sent < floodFrames || o.settingsAcks > 100) {
+			if (werr == nil || meshlettest.IsTimeout(werr)) && !o.closed && (sent < floodFrames || o.settingsAcks > 100) {
 				t.Errorf("%d SETTINGS sent, %d ACKed to a client that did not read, connection open: %v",
 					sent, o.settingsAcks, o)
 			}
@@ -623,7 +588,7 @@ func TestHostileHTTP2Floods(t *testing.T) {
 // testSlowFloods runs the floods that a limit of time rather than of count has to end, against a meshlet whose
 // outbound listener has idle_timeout 2s and write_timeout 3s.
 func testSlowFloods(t *testing.T) {
-	ft := startFloodTarget(t, "{idle_timeout: 2s, write_timeout: 3s}")
+	ft := startFloodTarget(t, proxy.ListenerLimits{IdleTimeout: 2 * time.Second, WriteTimeout: 3 * time.Second})
 
 	// A header block that never ends: empty CONTINUATION frames, one every 100ms. They are not counted (see "empty
 	// CONTINUATION"), but no stream opens before END_HEADERS, so the connection is idle and idle_timeout closes it

@@ -15,16 +15,16 @@ import (
 	"time"
 
 	"meshlet.dev/meshlet/internal/meshlettest"
+	"meshlet.dev/meshlet/proxy"
 )
 
 func TestPendingHeadsBudget(t *testing.T) {
 	app := meshlettest.StartBackend(t, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { fmt.Fprint(w, "ok") }), false, nil)
 	a := meshlettest.FreeAddrs(t, 2)
 	// max_header_bytes 4 KiB, and 16 KiB for all unfinished heads: a few connections' buffers (4 to 8 KiB each).
-	cfg := fmt.Sprintf("service: {name: web}\noutbound:\n  limits: {max_header_bytes: 4096, max_pending_header_bytes: 16384}\n"+
-		"upstreams:\n  - {name: api, listen: %s, protocol: http, endpoints: [%s]}\n"+
-		"admin: {listen: %s}\nshutdown: {drain_delay: 0s, drain_timeout: 5s}\n", a[0], meshlettest.HostOf(app), a[1])
-	m := meshlettest.Start(t, a[1], cfg)
+	f := meshlettest.Sidecar("web", a[1], proxy.UpstreamConfig{Name: "api", Listen: a[0], Protocol: "http", Endpoints: []string{meshlettest.HostOf(app)}})
+	f.Outbound.Limits = proxy.ListenerLimits{MaxHeaderBytes: 4096, MaxPendingHeaderBytes: 16384}
+	m := meshlettest.StartFile(t, f)
 	head := "GET /held HTTP/1.1\r\nHost: api\r\nX-Pad: " + strings.Repeat("p", 3000) // never ends
 	var held []net.Conn
 	refused := 0
@@ -34,7 +34,7 @@ func TestPendingHeadsBudget(t *testing.T) {
 		c.SetReadDeadline(time.Now().Add(time.Second))
 		resp, err := http.ReadResponse(bufio.NewReader(c), nil)
 		if err != nil {
-			if ne, ok := err.(net.Error); ok && ne.Timeout() {
+			if meshlettest.IsTimeout(err) {
 				held = append(held, c) // meshlet holds the head, waiting for the rest
 				continue
 			}

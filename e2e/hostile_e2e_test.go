@@ -22,6 +22,7 @@ import (
 	"golang.org/x/net/http2"
 
 	"meshlet.dev/meshlet/internal/meshlettest"
+	"meshlet.dev/meshlet/proxy"
 )
 
 // hostileTarget is one meshlet with two HTTP listeners in front of the same app: its inbound listener and a
@@ -95,37 +96,6 @@ func (ht *hostileTarget) assertHealthy(t *testing.T, addr string) {
 	}
 }
 
-// rawExchange writes req on a new connection to addr, reads one response (nil if the connection closed first) and
-// reports whether meshlet closed the connection afterwards.
-func rawExchange(t *testing.T, addr, req string) (resp *http.Response, closed bool) {
-	t.Helper()
-	c, err := net.DialTimeout("tcp", addr, 5*time.Second)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer c.Close()
-	c.SetDeadline(time.Now().Add(10 * time.Second))
-	// A write may fail when meshlet answers and closes before reading everything; the answer still counts.
-	io.WriteString(c, req)
-	br := bufio.NewReader(c)
-	resp, err = http.ReadResponse(br, nil)
-	if err != nil {
-		var ne net.Error
-		if errors.As(err, &ne) && ne.Timeout() {
-			t.Fatalf("no answer within the deadline (hang) to %.80q", req)
-		}
-		return nil, true
-	}
-	io.Copy(io.Discard, resp.Body)
-	resp.Body.Close()
-	// After the answer the connection must be closed: a read sees EOF (or a reset), not a timeout.
-	c.SetReadDeadline(time.Now().Add(3 * time.Second))
-	_, err = br.ReadByte()
-	var ne net.Error
-	closed = err != nil && !(errors.As(err, &ne) && ne.Timeout())
-	return resp, closed
-}
-
 func TestHostileHTTP1(t *testing.T) {
 	ht := startHostileTarget(t)
 	bigLine := "GET /big-line-" + strings.Repeat("a", 100<<10) + " HTTP/1.1\r\nHost: api\r\n\r\n"
@@ -164,7 +134,7 @@ func TestHostileHTTP1(t *testing.T) {
 	} {
 		for _, ln := range []string{"inbound", "outbound"} {
 			t.Run(tc.name+"/"+ln, func(t *testing.T) {
-				resp, closed := rawExchange(t, ht.listeners[ln], tc.req)
+				resp, closed := meshlettest.RawExchange(t, ht.listeners[ln], tc.req)
 				if resp == nil {
 					t.Fatalf("connection closed without an answer, want %d", tc.status)
 				}
@@ -192,7 +162,7 @@ func TestHostileHTTP1(t *testing.T) {
 	// before forwarding. net/http does the latter, so the app gets one unfolded line and nothing to misparse.
 	for ln, addr := range ht.listeners {
 		t.Run("obsolete line folding/"+ln, func(t *testing.T) {
-			resp, _ := rawExchange(t, addr, "GET /fold HTTP/1.1\r\nHost: api\r\nX-Folded: a\r\n b\r\nConnection: close\r\n\r\n")
+			resp, _ := meshlettest.RawExchange(t, addr, "GET /fold HTTP/1.1\r\nHost: api\r\nX-Folded: a\r\n b\r\nConnection: close\r\n\r\n")
 			if resp == nil || resp.StatusCode != http.StatusOK && resp.StatusCode != http.StatusBadRequest {
 				t.Fatalf("answer %v, want 400 or the request forwarded unfolded", resp)
 			}
@@ -216,7 +186,7 @@ func TestHostileHTTP1ContentLengthAndTransferEncoding(t *testing.T) {
 	ht := startHostileTarget(t)
 	for ln, addr := range ht.listeners {
 		t.Run(ln, func(t *testing.T) {
-			resp, closed := rawExchange(t, addr, "POST /cl-te HTTP/1.1\r\nHost: api\r\nContent-Length: 5\r\n"+
+			resp, closed := meshlettest.RawExchange(t, addr, "POST /cl-te HTTP/1.1\r\nHost: api\r\nContent-Length: 5\r\n"+
 				"Transfer-Encoding: chunked\r\n\r\n0\r\n\r\n")
 			if resp == nil || resp.StatusCode != http.StatusBadRequest || !closed {
 				t.Errorf("answer %v, connection closed %v; want 400 and closed", resp, closed)
@@ -233,10 +203,7 @@ func TestHostileHTTP1ContentLengthAndTransferEncoding(t *testing.T) {
 func TestHostileHTTP1SlowHeaders(t *testing.T) {
 	ht := startHostileTarget(t)
 	addr := ht.listeners["inbound"]
-	c, err := net.DialTimeout("tcp", addr, 5*time.Second)
-	if err != nil {
-		t.Fatal(err)
-	}
+	c := meshlettest.DialHeld(t, addr)
 	defer c.Close()
 	req := "GET /slow HTTP/1.1\r\nHost: api\r\nX-Pad: " + strings.Repeat("s", 200) + "\r\n\r\n" // ~46s at 200ms a byte
 	start := time.Now()
@@ -252,8 +219,7 @@ func TestHostileHTTP1SlowHeaders(t *testing.T) {
 		c.SetReadDeadline(time.Now().Add(200 * time.Millisecond))
 		var b [512]byte
 		n, err := c.Read(b[:])
-		var ne net.Error
-		if err != nil && errors.As(err, &ne) && ne.Timeout() {
+		if meshlettest.IsTimeout(err) {
 			continue
 		}
 		if n > 0 && strings.HasPrefix(string(b[:n]), "HTTP/1.1 2") {
@@ -296,11 +262,7 @@ type h2Client struct {
 
 func dialH2(t *testing.T, addr string) *h2Client {
 	t.Helper()
-	c, err := net.DialTimeout("tcp", addr, 5*time.Second)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { c.Close() })
+	c := meshlettest.DialHeld(t, addr)
 	hc, err := meshlettest.NewH2Conn(c, 1<<20)
 	if err != nil {
 		t.Fatal(err)
@@ -615,24 +577,17 @@ func TestHostileConfiguredLimits(t *testing.T) {
 		fmt.Fprintf(w, "ok %s", r.URL.Path)
 	}), true, nil)
 	in, out, admin := meshlettest.FreeAddr(t), meshlettest.FreeAddr(t), meshlettest.FreeAddr(t)
-	cfg := fmt.Sprintf(`service: {name: api, address: %s}
-inbound:
-  listen: %s
-  limits: {max_header_bytes: 4096, read_header_timeout: 1s, idle_timeout: 3s, max_concurrent_streams: 5}
-outbound:
-  limits: {max_connections: 3}
-upstreams:
-  - {name: api, listen: %s, peer: app, endpoints: [%s]}
-admin: {listen: %s}
-shutdown: {drain_delay: 0s, drain_timeout: 5s}
-`, meshlettest.HostOf(app), in, out, meshlettest.HostOf(app), admin)
-	m := meshlettest.Start(t, admin, cfg)
+	f := meshlettest.Sidecar("api", admin, proxy.UpstreamConfig{Name: "api", Listen: out, Peer: "app", Endpoints: []string{meshlettest.HostOf(app)}})
+	f.Service.Address, f.Inbound.Listen = meshlettest.HostOf(app), in
+	f.Inbound.Limits = proxy.ListenerLimits{MaxHeaderBytes: 4096, ReadHeaderTimeout: time.Second, IdleTimeout: 3 * time.Second, MaxConcurrentStreams: 5}
+	f.Outbound.Limits.MaxConnections = 3
+	m := meshlettest.StartFile(t, f)
 	big := "GET /big HTTP/1.1\r\nHost: api\r\nX-Big: " + strings.Repeat("b", 16<<10) + "\r\nConnection: close\r\n\r\n"
 	t.Run("max_header_bytes", func(t *testing.T) {
-		if resp, _ := rawExchange(t, in, big); resp == nil || resp.StatusCode != http.StatusRequestHeaderFieldsTooLarge {
+		if resp, _ := meshlettest.RawExchange(t, in, big); resp == nil || resp.StatusCode != http.StatusRequestHeaderFieldsTooLarge {
 			t.Errorf("inbound: %v, want 431", resp)
 		}
-		if resp, _ := rawExchange(t, out, big); resp == nil || resp.StatusCode != http.StatusOK {
+		if resp, _ := meshlettest.RawExchange(t, out, big); resp == nil || resp.StatusCode != http.StatusOK {
 			t.Errorf("outbound (default limit): %v, want 200", resp)
 		}
 	})
@@ -654,10 +609,7 @@ shutdown: {drain_delay: 0s, drain_timeout: 5s}
 	} {
 		name, partial := tc.name, tc.partial
 		t.Run(name, func(t *testing.T) {
-			c, err := net.DialTimeout("tcp", in, 5*time.Second)
-			if err != nil {
-				t.Fatal(err)
-			}
+			c := meshlettest.DialHeld(t, in)
 			defer c.Close()
 			if name == "idle_timeout" {
 				// A complete request first, so the connection is idle between requests.
@@ -672,9 +624,8 @@ shutdown: {drain_delay: 0s, drain_timeout: 5s}
 			start := time.Now()
 			io.WriteString(c, partial)
 			c.SetReadDeadline(time.Now().Add(8 * time.Second))
-			_, err = io.Copy(io.Discard, c)
-			var ne net.Error
-			if errors.As(err, &ne) && ne.Timeout() {
+			_, err := io.Copy(io.Discard, c)
+			if meshlettest.IsTimeout(err) {
 				t.Fatalf("connection still open after %v", time.Since(start).Round(time.Millisecond))
 			}
 			if d := time.Since(start); d < tc.min || d > tc.max {
@@ -685,7 +636,8 @@ shutdown: {drain_delay: 0s, drain_timeout: 5s}
 	if code, _ := m.AdminGet(t, "/ready"); code != http.StatusOK {
 		t.Errorf("/ready %d", code)
 	}
-	out, code := meshlettest.Exec(t, "check", "-config", meshlettest.WriteTemp(t, "meshlet.yaml", strings.Replace(cfg, "max_header_bytes: 4096", "max_header_bytes: 10", 1)))
+	f.Inbound.Limits.MaxHeaderBytes = 10
+	out, code := meshlettest.Exec(t, "check", "-config", meshlettest.WriteConfig(t, f.MustYAML(t)))
 	if code == 0 || !strings.Contains(out, "inbound.limits.max_header_bytes") {
 		t.Errorf("meshlet check on max_header_bytes 10: exit %d, %s", code, out)
 	}

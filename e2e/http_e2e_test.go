@@ -550,38 +550,23 @@ func TestHTTP1EarlyAnswerLingers(t *testing.T) {
 // it reads a body of up to 256 KiB before it writes an answer, and its full-duplex mode does not keep the
 // connection.) It returns the app's address.
 func startEarlyAnswerApp(t *testing.T) string {
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { ln.Close() })
-	go func() {
+	return meshlettest.StartTCPBackend(t, func(c *net.TCPConn) {
+		br := bufio.NewReader(c)
 		for {
-			c, err := ln.Accept()
+			req, err := http.ReadRequest(br)
 			if err != nil {
 				return
 			}
-			go func() {
-				defer c.Close()
-				br := bufio.NewReader(c)
-				for {
-					req, err := http.ReadRequest(br)
-					if err != nil {
-						return
-					}
-					answer := "early"
-					if req.URL.Path == "/next" {
-						answer = "next"
-					}
-					fmt.Fprintf(c, "HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n%s", len(answer), answer)
-					if _, err := io.Copy(io.Discard, req.Body); err != nil {
-						return
-					}
-				}
-			}()
+			answer := "early"
+			if req.URL.Path == "/next" {
+				answer = "next"
+			}
+			fmt.Fprintf(c, "HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n%s", len(answer), answer)
+			if _, err := io.Copy(io.Discard, req.Body); err != nil {
+				return
+			}
 		}
-	}()
-	return ln.Addr().String()
+	})
 }
 
 // upgradeEcho is an app that accepts `Upgrade: websocket`, switches protocols, sends a server-initiated line and
@@ -1374,11 +1359,7 @@ func TestConnectionGauges(t *testing.T) {
 // connection is closed when the test ends; its deadline is 15 s.
 func wsHandshake(t testing.TB, addr string) (net.Conn, *bufio.Reader, *http.Response) {
 	t.Helper()
-	conn, err := net.DialTimeout("tcp", addr, 5*time.Second)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { conn.Close() })
+	conn := meshlettest.DialHeld(t, addr)
 	conn.SetDeadline(time.Now().Add(15 * time.Second))
 	io.WriteString(conn, "GET /ws HTTP/1.1\r\nHost: api\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"+
 		"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n")

@@ -12,8 +12,6 @@ import (
 	"io"
 	"net"
 	"net/http"
-	"os"
-	"strconv"
 	"strings"
 	"sync"
 	"syscall"
@@ -21,6 +19,7 @@ import (
 	"time"
 
 	"meshlet.dev/meshlet/internal/meshlettest"
+	"meshlet.dev/meshlet/proxy"
 )
 
 const (
@@ -50,22 +49,14 @@ func mib(b int64) float64 { return float64(b) / (1 << 20) }
 // memSample reads meshlet's RSS and, from one scrape of /metrics, its Go runtime figures.
 func memSampleOf(t testing.TB, p *meshlettest.Proc) memSample {
 	t.Helper()
-	_, body := p.AdminGet(t, "/metrics")
+	m := p.Metrics(t)
 	v := map[string]float64{}
-	for _, line := range strings.Split(body, "\n") {
-		name, val, ok := strings.Cut(line, " ")
-		if !ok || strings.HasPrefix(name, "#") {
-			continue
-		}
-		if f, err := strconv.ParseFloat(val, 64); err == nil {
-			v[name] = f
-		}
-	}
 	for _, name := range []string{"go_goroutines", "go_memstats_heap_inuse_bytes", "go_memstats_next_gc_bytes",
 		"go_gc_duration_seconds_count", "go_memstats_heap_idle_bytes", "go_memstats_heap_released_bytes"} {
-		if _, ok := v[name]; !ok {
+		if len(m.Samples(name)) == 0 {
 			t.Fatalf("/metrics has no %s", name)
 		}
+		v[name] = m.Sum(name, nil)
 	}
 	return memSample{rss: procRSS(t, p.Cmd.Process.Pid), goroutines: int(v["go_goroutines"]),
 		heapInuse: int64(v["go_memstats_heap_inuse_bytes"]), nextGC: int64(v["go_memstats_next_gc_bytes"]),
@@ -91,33 +82,23 @@ func raceBuilt(t testing.TB, path string) bool {
 // procRSS returns the resident set size of process pid in bytes.
 func procRSS(t testing.TB, pid int) int64 {
 	t.Helper()
-	return procField(t, fmt.Sprintf("/proc/%d/status", pid), "VmRSS:") << 10
+	return procField(t, pid, "status", "VmRSS:") << 10
 }
 
 // procNofile returns the soft open-files limit of process pid.
 func procNofile(t testing.TB, pid int) int64 {
 	t.Helper()
-	return procField(t, fmt.Sprintf("/proc/%d/limits", pid), "Max open files")
+	return procField(t, pid, "limits", "Max open files")
 }
 
-// procField returns the first number on the line of file that starts with key.
-func procField(t testing.TB, file, key string) int64 {
+// procField is meshlettest.ProcField; an error fails the test.
+func procField(t testing.TB, pid int, file, key string) int64 {
 	t.Helper()
-	b, err := os.ReadFile(file)
+	n, err := meshlettest.ProcField(pid, file, key)
 	if err != nil {
 		t.Fatal(err)
 	}
-	for _, line := range strings.Split(string(b), "\n") {
-		if rest, ok := strings.CutPrefix(line, key); ok {
-			if f := strings.Fields(rest); len(f) > 0 {
-				if n, err := strconv.ParseInt(f[0], 10, 64); err == nil {
-					return n
-				}
-			}
-		}
-	}
-	t.Fatalf("%s: no %q line", file, key)
-	return 0
+	return n
 }
 
 // raiseNofile makes this process's open-files limit at least want if it can: the soft limit up to the hard one,
@@ -224,11 +205,7 @@ func newChurner(t *testing.T, addr string, n int) *churner {
 	b.WriteString("\r\n")
 	ch := &churner{req: b.String()}
 	for range n {
-		c, err := net.DialTimeout("tcp", addr, 5*time.Second)
-		if err != nil {
-			t.Fatal(err)
-		}
-		t.Cleanup(func() { c.Close() })
+		c := meshlettest.DialHeld(t, addr)
 		ch.conns, ch.readers = append(ch.conns, c), append(ch.readers, bufio.NewReader(c))
 	}
 	return ch
@@ -276,25 +253,11 @@ func TestIdleConnectionsBounded(t *testing.T) {
 	// max_connections above idleConns (the default is exactly 10,000); read_header_timeout long enough that the
 	// connections that never send a request are still open at the peak (the default 10s is not much more than a
 	// slow run of the opening phase takes).
-	p := meshlettest.Start(t, admin, fmt.Sprintf(`service:
-  name: web
-outbound:
-  listen: %s
-  limits:
-    max_connections: %d
-    read_header_timeout: 2m
-upstreams:
-  - name: api
-    protocol: http
-    endpoints: [%s]
-admin:
-  listen: %s
-log:
-  level: warn
-shutdown:
-  drain_delay: 0s
-  drain_timeout: 5s
-`, out, 2*idleConns, meshlettest.HostOf(backend), admin))
+	f := meshlettest.Sidecar("web", admin, proxy.UpstreamConfig{Name: "api", Protocol: "http", Endpoints: []string{meshlettest.HostOf(backend)}})
+	f.Outbound.Listen = out
+	f.Outbound.Limits = proxy.ListenerLimits{MaxConnections: 2 * idleConns, ReadHeaderTimeout: 2 * time.Minute}
+	f.Log.Level = "warn"
+	p := meshlettest.StartFile(t, f)
 	if n := procNofile(t, p.Cmd.Process.Pid); n < idleConns+500 {
 		t.Fatalf("meshlet's open-files limit is %d, below the %d this test needs", n, idleConns+500)
 	}

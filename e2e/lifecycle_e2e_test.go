@@ -72,14 +72,9 @@ func TestSIGTERMDrain(t *testing.T) {
 			// /ready must fail at once (well within the 1 s drain delay).
 			var readyBody string
 			meshlettest.Eventually(t, 900*time.Millisecond, "/ready answers 503 after SIGTERM", func() bool {
-				resp, err := http.Get("http://" + target.Admin + "/ready")
-				if err != nil {
-					return false
-				}
-				defer resp.Body.Close()
-				b, _ := io.ReadAll(resp.Body)
-				readyBody = string(b)
-				return resp.StatusCode == http.StatusServiceUnavailable
+				var code int
+				code, readyBody, _ = call("http://" + target.Admin + "/ready")
+				return code == http.StatusServiceUnavailable
 			})
 			if strings.TrimSpace(readyBody) == "" {
 				t.Error("/ready 503 has no reason in its body")
@@ -632,8 +627,9 @@ func TestReloadMoveListener(t *testing.T) {
 func TestReloadAdminWarnings(t *testing.T) {
 	admin := meshlettest.FreeAddr(t)
 	cfg := func(quit bool) string {
-		return fmt.Sprintf("service: {name: web}\nadmin: {listen: %s, enable_quit: %v}\n"+
-			"shutdown: {drain_delay: 0s, drain_timeout: 5s}\n", admin, quit)
+		f := meshlettest.Sidecar("web", admin)
+		f.Admin.EnableQuit = new(quit)
+		return f.MustYAML(t)
 	}
 	m := meshlettest.Start(t, admin, cfg(false))
 	reloads := func() float64 {

@@ -13,7 +13,6 @@ import (
 	"crypto/x509"
 	"crypto/x509/pkix"
 	"encoding/pem"
-	"errors"
 	"fmt"
 	"io"
 	"math/big"
@@ -116,8 +115,17 @@ type mtlsSidecar struct {
 	logLevel            string // log.level; "" leaves the default
 }
 
-// yaml renders c from the config types (meshlettest.File.YAML).
+// yaml renders c (meshlettest.File.YAML).
 func (c mtlsSidecar) yaml() string {
+	y, err := c.file().YAML()
+	if err != nil {
+		panic(err) // the config types always marshal
+	}
+	return y
+}
+
+// file is c as the config types.
+func (c mtlsSidecar) file() meshlettest.File {
 	var f meshlettest.File
 	f.Service.Name, f.Service.Address, f.Service.Protocol = c.name, c.app, c.protocol
 	if c.inbound != "" {
@@ -143,11 +151,7 @@ func (c mtlsSidecar) yaml() string {
 	f.Log.Level = c.logLevel
 	f.Admin.Listen = c.admin
 	f.Shutdown = meshlettest.Shutdown{DrainDelay: meshlettest.Duration(0), DrainTimeout: 5 * time.Second}
-	y, err := f.YAML()
-	if err != nil {
-		panic(err) // the config types always marshal
-	}
-	return y
+	return f
 }
 
 // mtlsStart starts c (admin on a free port if unset) and fails the test if meshlet reports a data race.
@@ -386,10 +390,7 @@ admin: {listen: %s}
 		}
 	})
 	t.Run("tcp", func(t *testing.T) {
-		c, err := net.DialTimeout("tcp", lTCP, 5*time.Second)
-		if err != nil {
-			t.Fatal(err)
-		}
+		c := meshlettest.DialHeld(t, lTCP)
 		defer c.Close()
 		c.SetDeadline(time.Now().Add(15 * time.Second))
 		br := bufio.NewReader(c)
@@ -455,16 +456,12 @@ admin: {listen: %s}
 // connection was closed without an answer) and what followed.
 func mtlsPlaintext(t testing.TB, addr, path string) (string, string) {
 	t.Helper()
-	c, err := net.DialTimeout("tcp", addr, 5*time.Second)
-	if err != nil {
-		t.Fatal(err)
-	}
+	c := meshlettest.DialHeld(t, addr)
 	defer c.Close()
 	c.SetDeadline(time.Now().Add(10 * time.Second))
 	fmt.Fprintf(c, "GET %s HTTP/1.1\r\nHost: api\r\n\r\n", path)
 	b, err := io.ReadAll(c)
-	var ne net.Error
-	if errors.As(err, &ne) && ne.Timeout() {
+	if meshlettest.IsTimeout(err) {
 		t.Fatalf("plaintext request: no answer and no close within 10s")
 	}
 	if len(b) == 0 {

@@ -97,7 +97,7 @@ func TestOpenProxyInbound(t *testing.T) {
 		for _, host := range []string{r.victim, "[::1]:" + r.victimPort, "victim.mesh", "api"} {
 			req, _ := http.NewRequest("GET", "http://"+r.inbound+"/", nil)
 			req.Host = host
-			status, body := openProxyDo(t, meshlettest.H1Client(nil), req)
+			status, body := meshlettest.Do(t, meshlettest.H1Client(nil), req)
 			if status != http.StatusOK || body != "app" {
 				t.Errorf("Host %s: %d %q, want 200 from the app", host, status, body)
 			}
@@ -109,7 +109,7 @@ func TestOpenProxyInbound(t *testing.T) {
 		for _, host := range []string{r.victim, "victim.mesh"} {
 			req, _ := http.NewRequest("GET", "http://"+r.inbound+"/", nil)
 			req.Host = host
-			status, body := openProxyDo(t, c, req)
+			status, body := meshlettest.Do(t, c, req)
 			if status != http.StatusOK || body != "app" {
 				t.Errorf(":authority %s: %d %q, want 200 from the app", host, status, body)
 			}
@@ -142,7 +142,7 @@ func TestOpenProxyOutbound(t *testing.T) {
 	// The configured name works, so the refusals below are the routing's doing, not a broken listener.
 	req, _ := http.NewRequest("GET", "http://"+r.outbound+"/", nil)
 	req.Host = "api"
-	if status, body := openProxyDo(t, meshlettest.H1Client(nil), req); status != http.StatusOK || body != "app" {
+	if status, body := meshlettest.Do(t, meshlettest.H1Client(nil), req); status != http.StatusOK || body != "app" {
 		t.Fatalf("Host api: %d %q, want 200 from the app", status, body)
 	}
 	appBefore := r.appReqs.Load()
@@ -254,26 +254,11 @@ func TestOpenProxyAdminDefault(t *testing.T) {
 	t.Logf("admin on %s; refused on %d non-loopback address(es)", def, tried)
 }
 
-// openProxyDo sends req and returns status and body.
-func openProxyDo(t *testing.T, c *http.Client, req *http.Request) (int, string) {
-	t.Helper()
-	resp, err := c.Do(req)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer resp.Body.Close()
-	b, _ := io.ReadAll(resp.Body)
-	return resp.StatusCode, string(b)
-}
-
 // rawConnect writes `CONNECT target` on a new connection to addr and returns the status of the answer and what
 // came after it (if meshlet had opened a tunnel, a request written into it would reach target).
 func rawConnect(t *testing.T, addr, target string) (int, string) {
 	t.Helper()
-	c, err := net.DialTimeout("tcp", addr, 5*time.Second)
-	if err != nil {
-		t.Fatal(err)
-	}
+	c := meshlettest.DialHeld(t, addr)
 	defer c.Close()
 	c.SetDeadline(time.Now().Add(10 * time.Second))
 	fmt.Fprintf(c, "CONNECT %s HTTP/1.1\r\nHost: %s\r\n\r\n", target, target)

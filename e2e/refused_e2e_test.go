@@ -13,7 +13,6 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"net"
 	"net/http"
 	"strings"
 	"sync"
@@ -21,6 +20,7 @@ import (
 	"time"
 
 	"meshlet.dev/meshlet/internal/meshlettest"
+	"meshlet.dev/meshlet/proxy"
 )
 
 // refusedTarget is one meshlet in front of an h2c app: an inbound listener (read_body_timeout 1s) and per-upstream
@@ -57,19 +57,13 @@ func startRefusedTarget(t *testing.T) *refusedTarget {
 	}), true, nil)
 	rt.in, rt.api, rt.rpc = meshlettest.FreeAddr(t), meshlettest.FreeAddr(t), meshlettest.FreeAddr(t)
 	admin := meshlettest.FreeAddr(t)
-	cfg := fmt.Sprintf(`service: {name: api, address: %s}
-inbound:
-  listen: %s
-  limits: {read_body_timeout: 1s}
-outbound:
-  limits: {max_grpc_message_bytes: 1024, read_body_timeout: 1s}
-upstreams:
-  - {name: api, listen: %s, peer: app, endpoints: [%s]}
-  - {name: rpc, listen: %s, peer: app, protocol: grpc, endpoints: [%s]}
-admin: {listen: %s}
-shutdown: {drain_delay: 0s, drain_timeout: 5s}
-`, meshlettest.HostOf(app), rt.in, rt.api, meshlettest.HostOf(app), rt.rpc, meshlettest.HostOf(app), admin)
-	rt.m = meshlettest.Start(t, admin, cfg)
+	f := meshlettest.Sidecar("api", admin,
+		proxy.UpstreamConfig{Name: "api", Listen: rt.api, Peer: "app", Endpoints: []string{meshlettest.HostOf(app)}},
+		proxy.UpstreamConfig{Name: "rpc", Listen: rt.rpc, Peer: "app", Protocol: "grpc", Endpoints: []string{meshlettest.HostOf(app)}})
+	f.Service.Address = meshlettest.HostOf(app)
+	f.Inbound.Listen, f.Inbound.Limits.ReadBodyTimeout = rt.in, time.Second
+	f.Outbound.Limits = proxy.ListenerLimits{MaxGRPCMessageBytes: 1024, ReadBodyTimeout: time.Second}
+	rt.m = meshlettest.StartFile(t, f)
 	return rt
 }
 
@@ -107,16 +101,14 @@ func TestRefusedHTTP1(t *testing.T) {
 		for _, ln := range []struct{ name, addr, direction string }{{"inbound", rt.in, "inbound"}, {"outbound", rt.api, "outbound"}} {
 			t.Run(tc.name+"/"+ln.name, func(t *testing.T) {
 				before := rt.refused(t, ln.direction, tc.reason)
-				c, err := net.DialTimeout("tcp", ln.addr, 5*time.Second)
-				if err != nil {
-					t.Fatal(err)
-				}
+				c := meshlettest.DialHeld(t, ln.addr)
 				defer c.Close()
 				c.SetDeadline(time.Now().Add(10 * time.Second))
 				io.WriteString(c, tc.req)
 				br := bufio.NewReader(c)
 				var resp *http.Response
 				for { // a pipelined first request gets its own answer first
+					var err error
 					if resp, err = http.ReadResponse(br, nil); err != nil {
 						t.Fatalf("no answer: %v", err)
 					}
@@ -142,7 +134,7 @@ func TestRefusedHTTP1(t *testing.T) {
 	}
 	t.Run("broken chunked body", func(t *testing.T) {
 		before := rt.refused(t, "outbound", "invalid_chunked_body")
-		resp, closed := rawExchange(t, rt.api, "POST /broken HTTP/1.1\r\nHost: api\r\nTransfer-Encoding: chunked\r\n\r\n"+
+		resp, closed := meshlettest.RawExchange(t, rt.api, "POST /broken HTTP/1.1\r\nHost: api\r\nTransfer-Encoding: chunked\r\n\r\n"+
 			"5\r\nhello\r\nzz\r\n")
 		if resp == nil || resp.StatusCode != http.StatusBadRequest || !closed {
 			t.Errorf("answer %v, closed %v; want 400 and closed", resp, closed)
@@ -211,10 +203,7 @@ func TestReadBodyTimeout(t *testing.T) {
 	rt := startRefusedTarget(t)
 	t.Run("HTTP/1.1 stalled body", func(t *testing.T) {
 		before := rt.refused(t, "inbound", "body_read_timeout")
-		c, err := net.DialTimeout("tcp", rt.in, 5*time.Second)
-		if err != nil {
-			t.Fatal(err)
-		}
+		c := meshlettest.DialHeld(t, rt.in)
 		defer c.Close()
 		c.SetDeadline(time.Now().Add(10 * time.Second))
 		start := time.Now()
@@ -395,12 +384,8 @@ func TestReadBodyTimeoutClientResets(t *testing.T) {
 		}
 	}), false, nil)
 	api, admin := meshlettest.FreeAddr(t), meshlettest.FreeAddr(t)
-	m := meshlettest.Start(t, admin, fmt.Sprintf(`service: {name: web}
-upstreams:
-  - {name: api, listen: %s, peer: app, endpoints: [%s]}
-admin: {listen: %s}
-shutdown: {drain_delay: 0s, drain_timeout: 5s}
-`, api, meshlettest.HostOf(app), admin))
+	m := meshlettest.StartFile(t, meshlettest.Sidecar("web", admin,
+		proxy.UpstreamConfig{Name: "api", Listen: api, Peer: "app", Endpoints: []string{meshlettest.HostOf(app)}}))
 	c := meshlettest.H2CClient(nil)
 	for i := range 40 {
 		ctx, cancel := context.WithCancel(context.Background())

@@ -8,13 +8,9 @@ package e2e_test
 // connection.
 
 import (
-	"bufio"
 	"crypto/tls"
-	"errors"
 	"fmt"
-	"io"
 	"net"
-	"net/http"
 	"strings"
 	"testing"
 	"time"
@@ -66,20 +62,14 @@ func smuggleExchange(t *testing.T, tg smuggleTarget, payload string) (statuses [
 	}
 	defer c.Close()
 	c.SetDeadline(time.Now().Add(10 * time.Second))
-	go io.WriteString(c, payload) // meshlet may answer and close before it has read everything
-	br := bufio.NewReader(c)
-	for range 10 {
-		resp, err := http.ReadResponse(br, nil)
-		if err != nil {
-			var ne net.Error
-			return statuses, errors.As(err, &ne) && ne.Timeout()
-		}
-		io.Copy(io.Discard, resp.Body)
-		resp.Body.Close()
-		statuses = append(statuses, resp.StatusCode)
+	answers, _, err := meshlettest.Answers(c, payload, 10)
+	for _, a := range answers {
+		statuses = append(statuses, a.StatusCode)
 	}
-	t.Fatalf("more than 10 answers on one connection: %v", statuses)
-	return nil, true
+	if err == nil {
+		t.Fatalf("more than 10 answers on one connection: %v", statuses)
+	}
+	return statuses, meshlettest.IsTimeout(err)
 }
 
 // smuggled is a request for path that the guard never checked, if it reaches net/http as one: Content-Length with

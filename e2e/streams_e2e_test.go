@@ -28,6 +28,7 @@ import (
 	"google.golang.org/grpc/status"
 
 	"meshlet.dev/meshlet/internal/meshlettest"
+	"meshlet.dev/meshlet/proxy"
 )
 
 // streamsTarget is one meshlet in front of one app: its inbound listener and an outbound per-upstream listener
@@ -42,12 +43,11 @@ type streamsTarget struct {
 func startStreamsTarget(t *testing.T, app, protocol string) *streamsTarget {
 	t.Helper()
 	a := meshlettest.FreeAddrs(t, 3)
-	limits := "  limits: {read_body_timeout: 1s, stream_idle_timeout: 1s}\n"
-	cfg := fmt.Sprintf("service: {name: api, address: %s, protocol: %s}\ninbound:\n  listen: %s\n%s"+
-		"outbound:\n%supstreams:\n  - {name: api, listen: %s, protocol: %s, peer: app, endpoints: [%s]}\n"+
-		"admin: {listen: %s}\nshutdown: {drain_delay: 0s, drain_timeout: 5s}\n",
-		app, protocol, a[0], limits, limits, a[1], protocol, app, a[2])
-	m := meshlettest.Start(t, a[2], cfg)
+	f := meshlettest.Sidecar("api", a[2], proxy.UpstreamConfig{Name: "api", Listen: a[1], Protocol: protocol, Peer: "app", Endpoints: []string{app}})
+	f.Service.Address, f.Service.Protocol, f.Inbound.Listen = app, protocol, a[0]
+	f.Inbound.Limits = proxy.ListenerLimits{ReadBodyTimeout: time.Second, StreamIdleTimeout: time.Second}
+	f.Outbound.Limits = f.Inbound.Limits
+	m := meshlettest.StartFile(t, f)
 	grpcFailOnRace(t, "api", m)
 	return &streamsTarget{m: m, listeners: map[string]string{"inbound": a[0], "outbound": a[1]}}
 }
@@ -97,7 +97,7 @@ func TestH2CUpgradeServedAsHTTP1(t *testing.T) {
 		} {
 			t.Run(ln+"/"+tc.name, func(t *testing.T) {
 				path := "/h2c/" + ln + "/" + strings.ReplaceAll(tc.name, " ", "-")
-				resp, closed := rawExchange(t, tg.listeners[ln], "GET "+path+" HTTP/1.1\r\nHost: api\r\n"+
+				resp, closed := meshlettest.RawExchange(t, tg.listeners[ln], "GET "+path+" HTTP/1.1\r\nHost: api\r\n"+
 					"Connection: "+tc.connection+"\r\nUpgrade: "+tc.upgrade+"\r\nHTTP2-Settings: AAMAAABkAAQCAAAAAAIAAAAA\r\n\r\n")
 				if resp == nil {
 					t.Fatal("no answer")
@@ -152,7 +152,7 @@ func TestReadBodyTimeoutNoExemptions(t *testing.T) {
 		} {
 			t.Run(ln+"/"+tc.name, func(t *testing.T) {
 				start := time.Now()
-				resp, closed := rawExchange(t, tg.listeners[ln], tc.head)
+				resp, closed := meshlettest.RawExchange(t, tg.listeners[ln], tc.head)
 				took := time.Since(start)
 				if resp == nil {
 					t.Fatalf("connection closed without an answer after %v", took)
@@ -264,10 +264,7 @@ func TestStreamIdleTimeout(t *testing.T) {
 			}
 		}), false, nil)
 		tg := startStreamsTarget(t, meshlettest.HostOf(app), "http")
-		c, err := net.DialTimeout("tcp", tg.listeners["outbound"], 5*time.Second)
-		if err != nil {
-			t.Fatal(err)
-		}
+		c := meshlettest.DialHeld(t, tg.listeners["outbound"])
 		defer c.Close()
 		c.SetDeadline(time.Now().Add(10 * time.Second))
 		io.WriteString(c, "GET /silent HTTP/1.1\r\nHost: api\r\n\r\n")

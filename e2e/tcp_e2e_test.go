@@ -52,11 +52,7 @@ func TestTCPPassthrough(t *testing.T) {
 		t.Run(topo, func(t *testing.T) {
 			m := startMesh(t, topo, app, "tcp", meshOpts{})
 			dial := func(t *testing.T) (*net.TCPConn, *bufio.Reader) {
-				c, err := net.DialTimeout("tcp", m.Listen, 5*time.Second)
-				if err != nil {
-					t.Fatal(err)
-				}
-				t.Cleanup(func() { c.Close() })
+				c := meshlettest.DialHeld(t, m.Listen)
 				c.SetDeadline(time.Now().Add(20 * time.Second))
 				br := bufio.NewReader(c)
 				// Server speaks first: the banner arrives before the client sends anything.
@@ -159,10 +155,7 @@ func testTCPUnreachable(t *testing.T, endpoints []string, reason string) {
 	m := startMesh(t, topoApp, "127.0.0.1:1", "tcp", meshOpts{a: func(c *e2eConfig) {
 		c.Upstreams[0].Endpoints = endpoints
 	}})
-	c, err := net.DialTimeout("tcp", m.Listen, 5*time.Second)
-	if err != nil {
-		t.Fatal(err)
-	}
+	c := meshlettest.DialHeld(t, m.Listen)
 	defer c.Close()
 	c.SetDeadline(time.Now().Add(10 * time.Second))
 	got, err := io.ReadAll(c)
@@ -187,10 +180,7 @@ func TestTCPReload(t *testing.T) {
 	one, two := app("one"), app("two")
 	m := startMesh(t, topoApp, one, "tcp", meshOpts{})
 	dial := func() (net.Conn, *bufio.Reader, string) {
-		c, err := net.DialTimeout("tcp", m.Listen, 5*time.Second)
-		if err != nil {
-			t.Fatal(err)
-		}
+		c := meshlettest.DialHeld(t, m.Listen)
 		c.SetDeadline(time.Now().Add(15 * time.Second))
 		br := bufio.NewReader(c)
 		name, err := br.ReadString('\n')

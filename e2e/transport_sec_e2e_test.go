@@ -5,8 +5,10 @@ package e2e_test
 // headers are bounded, and idle TCP connections are closed.
 
 import (
+	"errors"
 	"fmt"
 	"io"
+	"io/fs"
 	"net"
 	"net/http"
 	"os"
@@ -21,7 +23,9 @@ import (
 
 	"meshlet.dev/meshlet/discovery/discoverytest"
 	"meshlet.dev/meshlet/internal/meshlettest"
+	"meshlet.dev/meshlet/proxy"
 	"meshlet.dev/meshlet/proxy/proxytest"
+	"meshlet.dev/meshlet/resilience"
 )
 
 // TestAutoModeNeverCallsPlainInstances: with a tls section, discovery mode auto never offers an upstream the
@@ -51,8 +55,8 @@ func TestAutoModeNeverCallsPlainInstances(t *testing.T) {
 		{"tls disabled, sidecar failing", "svc-c", "disabled", true, http.StatusServiceUnavailable},
 		{"tls disabled, no sidecar at all", "svc-d", "disabled", false, http.StatusOK},
 	}
-	addrs := meshlettest.FreeAddrs(t, len(cases)+1)
-	var ups strings.Builder
+	addrs := meshlettest.FreeAddrs(t, len(cases))
+	var ups []proxy.UpstreamConfig
 	for i, tc := range cases {
 		port, _ := strconv.Atoi(strings.TrimPrefix(meshlettest.HostOf(plain), "127.0.0.1:"))
 		err := client.Agent().ServiceRegister(&api.AgentServiceRegistration{ID: tc.service + "-1", Name: tc.service,
@@ -69,21 +73,9 @@ func TestAutoModeNeverCallsPlainInstances(t *testing.T) {
 				t.Fatal(err)
 			}
 		}
-		fmt.Fprintf(&ups, "  - {name: %s, listen: %s, protocol: http", tc.service, addrs[i])
-		if tc.tlsMode != "" {
-			fmt.Fprintf(&ups, ", tls: {mode: %s}", tc.tlsMode)
-		}
-		ups.WriteString("}\n")
+		ups = append(ups, proxy.UpstreamConfig{Name: tc.service, Listen: addrs[i], Protocol: "http", TLS: proxy.UpstreamTLSConfig{Mode: tc.tlsMode}})
 	}
-	admin := addrs[len(cases)]
-	web := meshlettest.Start(t, admin, fmt.Sprintf(`service: {name: web}
-upstreams:
-%stls: {source: consul}
-discovery:
-  consul: {address: %s}
-admin: {listen: %s}
-shutdown: {drain_delay: 0s}
-`, ups.String(), agent.HTTPAddr, admin))
+	web := meshlettest.StartFile(t, consulTLSFile(t, "web", agent.HTTPAddr, "", ups...))
 	grpcFailOnRace(t, "web", web)
 	for i, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
@@ -179,14 +171,13 @@ func TestResponseHeaderBombs(t *testing.T) {
 	h1, h2c, app := proxytest.NewHeaderBomb(t, size, false), proxytest.NewHeaderBomb(t, size, true),
 		proxytest.NewHeaderBomb(t, size, false)
 	a := meshlettest.FreeAddrs(t, 4)
-	p := meshlettest.Start(t, a[3], fmt.Sprintf(`service: {name: web, address: %s}
-inbound: {listen: %s}
-upstreams:
-  - {name: h1, listen: %s, protocol: http, endpoints: [%s], retry: {max_attempts: 1}}
-  - {name: h2c, listen: %s, protocol: http2, endpoints: [%s], retry: {max_attempts: 1}}
-admin: {listen: %s}
-shutdown: {drain_delay: 0s}
-`, app.Addr(), a[0], a[1], h1.Addr(), a[2], h2c.Addr(), a[3]))
+	once := resilience.Config{Retry: resilience.RetryConfig{MaxAttempts: 1}}
+	f := meshlettest.Sidecar("web", a[3],
+		proxy.UpstreamConfig{Name: "h1", Listen: a[1], Protocol: "http", Endpoints: []string{h1.Addr()}, Resilience: once},
+		proxy.UpstreamConfig{Name: "h2c", Listen: a[2], Protocol: "http2", Endpoints: []string{h2c.Addr()}, Resilience: once})
+	f.Service.Address, f.Inbound.Listen = app.Addr(), a[0]
+	f.Shutdown.DrainTimeout = 0 // drain_delay only
+	p := meshlettest.StartFile(t, f)
 	grpcFailOnRace(t, "web", p)
 	before := vmHWM(t, p)
 	for _, tc := range []struct {
@@ -246,21 +237,14 @@ func bombCall(c *http.Client, url string) (int, string, error) {
 // vmHWM returns the peak resident set size of p, in bytes (/proc/<pid>/status VmHWM).
 func vmHWM(t testing.TB, p *meshlettest.Proc) int64 {
 	t.Helper()
-	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", p.Cmd.Process.Pid))
-	if err != nil {
+	kb, err := meshlettest.ProcField(p.Cmd.Process.Pid, "status", "VmHWM:")
+	if errors.Is(err, fs.ErrNotExist) {
 		t.Skipf("no /proc: %v", err)
 	}
-	for _, line := range strings.Split(string(b), "\n") {
-		if rest, ok := strings.CutPrefix(line, "VmHWM:"); ok {
-			kb, err := strconv.ParseInt(strings.TrimSpace(strings.TrimSuffix(strings.TrimSpace(rest), "kB")), 10, 64)
-			if err != nil {
-				t.Fatalf("VmHWM %q: %v", rest, err)
-			}
-			return kb << 10
-		}
+	if err != nil {
+		t.Fatal(err)
 	}
-	t.Fatal("no VmHWM in /proc/<pid>/status")
-	return 0
+	return kb << 10
 }
 
 // TestTCPIdleTimeoutE2E: outbound and inbound TCP listeners close a connection with no byte either way for
@@ -270,17 +254,12 @@ func TestTCPIdleTimeoutE2E(t *testing.T) {
 	echo := meshlettest.StartTCPBackend(t, func(c *net.TCPConn) { io.Copy(c, c) })
 	a := meshlettest.FreeAddrs(t, 3)
 	inbound, listen, admin := a[0], a[1], a[2]
-	meshlettest.Start(t, admin, fmt.Sprintf(`service: {name: raw, address: %s, protocol: tcp}
-inbound:
-  listen: %s
-  limits: {tcp_idle_timeout: %s, max_connections: 1}
-outbound:
-  limits: {tcp_idle_timeout: %s, max_connections: 1}
-upstreams:
-  - {name: echo, listen: %s, protocol: tcp, endpoints: [%s]}
-admin: {listen: %s}
-shutdown: {drain_delay: 0s}
-`, echo, inbound, idle, idle, listen, echo, admin))
+	f := meshlettest.Sidecar("raw", admin, proxy.UpstreamConfig{Name: "echo", Listen: listen, Protocol: "tcp", Endpoints: []string{echo}})
+	f.Service.Address, f.Service.Protocol, f.Inbound.Listen = echo, "tcp", inbound
+	f.Inbound.Limits = proxy.ListenerLimits{TCPIdleTimeout: idle, MaxConnections: 1}
+	f.Outbound.Limits = f.Inbound.Limits
+	f.Shutdown.DrainTimeout = 0 // drain_delay only
+	meshlettest.StartFile(t, f)
 	for _, tc := range []struct{ name, addr string }{{"outbound", listen}, {"inbound", inbound}} {
 		t.Run(tc.name, func(t *testing.T) {
 			c := meshlettest.DialHeld(t, tc.addr)

@@ -4,6 +4,7 @@ import (
 	"bufio"
 	"context"
 	"crypto/tls"
+	"errors"
 	"fmt"
 	"io"
 	"net"
@@ -141,10 +142,7 @@ func Do(t testing.TB, c *http.Client, req *http.Request) (int, string) {
 // with its body read.
 func RawRequest(t testing.TB, addr, req string) (*http.Response, string) {
 	t.Helper()
-	c, err := net.DialTimeout("tcp", addr, 5*time.Second)
-	if err != nil {
-		t.Fatal(err)
-	}
+	c := DialHeld(t, addr)
 	defer c.Close()
 	c.SetDeadline(time.Now().Add(10 * time.Second))
 	if _, err := io.WriteString(c, req); err != nil {
@@ -157,6 +155,53 @@ func RawRequest(t testing.TB, addr, req string) (*http.Response, string) {
 	defer resp.Body.Close()
 	b, _ := io.ReadAll(resp.Body)
 	return resp, string(b)
+}
+
+// Answers writes req on c and reads up to most answers to it (bodies read and closed), until a read fails. It returns
+// the answers, the reader (for what comes after them) and the error that ended the reading (nil once most were read:
+// io.EOF or a reset when meshlet closed the connection, a timeout when it kept it open past c's deadline). The
+// write runs beside the reads and its error is ignored on purpose: meshlet may answer, and close, before it has read
+// all of req, and the answer still counts.
+func Answers(c net.Conn, req string, most int) ([]*http.Response, *bufio.Reader, error) {
+	go io.WriteString(c, req)
+	br := bufio.NewReader(c)
+	var out []*http.Response
+	for len(out) < most {
+		resp, err := http.ReadResponse(br, nil)
+		if err != nil {
+			return out, br, err
+		}
+		io.Copy(io.Discard, resp.Body)
+		resp.Body.Close()
+		out = append(out, resp)
+	}
+	return out, br, nil
+}
+
+// RawExchange writes req on a new connection to addr (10 s deadline), reads one answer (nil if the connection
+// closed first; no answer within the deadline, a hang, fails the test) and reports whether meshlet closed the
+// connection after it: a read then sees EOF or a reset within 3 s, not a timeout.
+func RawExchange(t testing.TB, addr, req string) (resp *http.Response, closed bool) {
+	t.Helper()
+	c := DialHeld(t, addr)
+	defer c.Close()
+	c.SetDeadline(time.Now().Add(10 * time.Second))
+	answers, br, err := Answers(c, req, 1)
+	if err != nil {
+		if IsTimeout(err) {
+			t.Fatalf("no answer within the deadline (hang) to %.80q", req)
+		}
+		return nil, true
+	}
+	c.SetReadDeadline(time.Now().Add(3 * time.Second))
+	_, err = br.ReadByte()
+	return answers[0], err != nil && !IsTimeout(err)
+}
+
+// IsTimeout reports whether err is a network timeout (a deadline passed).
+func IsTimeout(err error) bool {
+	var ne net.Error
+	return errors.As(err, &ne) && ne.Timeout()
 }
 
 // DialHeld opens a TCP connection to addr that stays open until the test ends (or the caller closes it).

@@ -6,6 +6,7 @@ import (
 	"reflect"
 	"slices"
 	"strings"
+	"testing"
 	"time"
 
 	"go.yaml.in/yaml/v3"
@@ -44,6 +45,26 @@ type Shutdown struct {
 // Discovery is the discovery section (cmd/meshlet's discoveryConfig).
 type Discovery struct {
 	Consul *consul.Config `yaml:"consul"`
+}
+
+// Sidecar is the File most tests start from: service name, the admin listener on adminAddr, upstreams ups (none: no
+// upstreams section) and shutdown {drain_delay: 0s, drain_timeout: 5s}, so that a stop does not wait.
+func Sidecar(name, adminAddr string, ups ...proxy.UpstreamConfig) File {
+	f := File{Admin: admin.Config{Listen: adminAddr}, Shutdown: Shutdown{DrainDelay: Duration(0), DrainTimeout: 5 * time.Second}}
+	f.Service.Name, f.Upstreams = name, ups
+	return f
+}
+
+// StartFile starts meshlet on f (Start, with f's admin listener).
+func StartFile(t testing.TB, f File) *Proc {
+	t.Helper()
+	return Start(t, f.Admin.Listen, f.MustYAML(t))
+}
+
+// Consul is the discovery section for the Consul agent at addr ("": from CONSUL_HTTP_ADDR) with token ("": none
+// written).
+func Consul(addr, token string) Discovery {
+	return Discovery{Consul: &consul.Config{Address: addr, Token: token}}
 }
 
 // Duration returns a pointer to d, for the fields where nil means the default and zero means zero.

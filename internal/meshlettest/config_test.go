@@ -38,6 +38,12 @@ func TestFileYAML(t *testing.T) {
 			Discovery: Discovery{Consul: &consul.Config{Address: "127.0.0.1:8500"}},
 		}, []string{"drain_delay: 0s", "timeout: 1.5s", "endpoints: []", "check: {}", `a: "yes"`, "access_log: true"},
 			[]string{"outbound", "register", "lb:"}},
+		{"Sidecar with Consul from the environment", func() File {
+			f := Sidecar("web", "127.0.0.1:15000", proxy.UpstreamConfig{Name: "api", Listen: "127.0.0.1:9001"})
+			f.Discovery = Consul("", "")
+			return f
+		}(), []string{"drain_delay: 0s", "drain_timeout: 5s", "consul: {}", "listen: 127.0.0.1:15000"},
+			[]string{"token", "address", "endpoints"}},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			y := tc.f.MustYAML(t)

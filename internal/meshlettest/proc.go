@@ -1,7 +1,8 @@
 // Package meshlettest starts and watches meshlet processes and the servers and clients around them, for the
 // end-to-end tests (e2e), `make bench`, `make soak` and the demo: one process starter (StartCmd), one readiness
 // wait (WaitFor, WaitReady), one log tail (LogTail), one free-port picker (FreeAddr, FreeAddrs, PickAddrs), metrics read with
-// expfmt (Scrape), the HTTP/1.1, h2c and gRPC test backends, and a raw HTTP/2 client. The functions that take a
+// expfmt (Scrape), configs built from the config types (File), the HTTP/1.1, h2c and gRPC test backends, a
+// restartable server (Restartable), raw HTTP/1.1 exchanges and a raw HTTP/2 client. The functions that take a
 // testing.TB are for tests; the rest return errors, for the tools.
 package meshlettest
 
@@ -14,6 +15,7 @@ import (
 	"net/http"
 	"os"
 	"os/exec"
+	"strconv"
 	"strings"
 	"syscall"
 	"time"
@@ -190,6 +192,24 @@ func (p *Proc) Kill() {
 		p.Cmd.Process.Kill()
 		<-p.exited
 	}
+}
+
+// ProcField returns the first number on the line of /proc/<pid>/<file> that starts with key: ProcField(pid, "status",
+// "VmRSS:") is the resident set size in kB, ProcField(pid, "limits", "Max open files") the soft open-files limit.
+func ProcField(pid int, file, key string) (int64, error) {
+	path := fmt.Sprintf("/proc/%d/%s", pid, file)
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return 0, err
+	}
+	for _, line := range strings.Split(string(b), "\n") {
+		if rest, ok := strings.CutPrefix(line, key); ok {
+			if f := strings.Fields(rest); len(f) > 0 {
+				return strconv.ParseInt(f[0], 10, 64)
+			}
+		}
+	}
+	return 0, fmt.Errorf("%s: no %q line", path, key)
 }
 
 // LogTail returns the last n lines of a log file, indented.
