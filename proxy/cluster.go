@@ -81,6 +81,9 @@ func (c *cluster) rewrite(pr *httputil.ProxyRequest) {
 	if pr.In.Trailer != nil {
 		pr.Out.Trailer = pr.In.Trailer
 	}
+	if ex := exchangeFrom(pr.In.Context()); ex != nil && ex.requestID != "" {
+		pr.Out.Header[HeaderRequestID] = []string{ex.requestID}
+	}
 }
 
 // setConfig swaps the settings that can change without replacing the upstream.

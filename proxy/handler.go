@@ -1,6 +1,7 @@
 package proxy
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"io"
@@ -27,6 +28,7 @@ type exchange struct {
 	abortBody func()          // ends a Read blocked on the inbound body (abortableBody, watchedConn); nil for HTTP/1.1
 	idle      *streamIdle     // the request's stream_idle_timeout; nil when off
 	appPort   uint16          // inbound: the app port its connection was redirected to (service.ports); 0: the default
+	requestID string          // the X-Request-Id meshlet adds to the outbound copy; "": the request had one
 	attempts  attemptLog
 }
 
@@ -60,6 +62,9 @@ func (c *cluster) serveHTTP(w http.ResponseWriter, r *http.Request, alog *slog.L
 	grpc := grpcwire.IsGRPC(r.Header)
 	rw := &responseWriter{ResponseWriter: w}
 	ex := &exchange{clientCtx: r.Context()}
+	if len(r.Header[HeaderRequestID]) == 0 {
+		ex.requestID = newRequestID()
+	}
 	if c.appPorts != nil {
 		ex.appPort = appPortFrom(r.Context())
 	}
@@ -180,13 +185,16 @@ func (c *cluster) done(rw *responseWriter, r *http.Request, ex *exchange, grpc b
 	}
 	c.obs.record(code, grpcCode, time.Since(start), rx, rw.written)
 	if alog != nil {
+		trace, span := traceIDs(r.Header)
 		alog.LogAttrs(r.Context(), slog.LevelInfo, "access",
 			slog.String("direction", c.direction), slog.String("upstream", c.name),
 			slog.String("method", r.Method), slog.String("authority", r.Host), slog.String("path", r.URL.Path),
 			slog.String("proto", r.Proto), slog.Int("status", code), slog.String("grpc_status", grpcCodeName(grpcCode)),
 			slog.Float64("duration_ms", float64(time.Since(start).Microseconds())/1000),
 			slog.Int64("bytes_in", rx), slog.Int64("bytes_out", rw.written),
-			slog.String("endpoint", ex.attempts.last()), slog.String("error", rw.errMsg))
+			slog.String("endpoint", ex.attempts.last()), slog.String("error", rw.errMsg),
+			slog.String("request_id", cmp.Or(ex.requestID, r.Header.Get(HeaderRequestID))),
+			slog.String("trace_id", trace), slog.String("span_id", span))
 	}
 }
 

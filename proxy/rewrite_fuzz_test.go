@@ -14,6 +14,7 @@ import (
 	"net/textproto"
 	"net/url"
 	"reflect"
+	"regexp"
 	"slices"
 	"strings"
 	"sync/atomic"
@@ -178,6 +179,10 @@ func wireHeaders(t *testing.T, head []byte) (target string, fields [][2]string) 
 //     whole;
 //   - the outbound request has a deadline no later than the upstream's timeout, or the client's grpc-timeout
 //     when that is sooner, and a gRPC call carries it on the wire as one valid grpc-timeout no longer than that.
+//
+// requestIDForm is the form of the request IDs meshlet makes: version-4 UUIDs, lowercase.
+var requestIDForm = regexp.MustCompile(`^[0-9a-f]{8}-[0-9a-f]{4}-4[0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-9a-f]{12}$`)
+
 func FuzzHeaderRewrite(f *testing.F) {
 	for _, s := range []struct {
 		method          uint8
@@ -354,8 +359,15 @@ func (rig *rewriteRig) check(t *testing.T, method, authority, target, headers, b
 			return upType != ""
 		case "Grpc-Timeout":
 			return grpc
+		case HeaderRequestID: // added when the client sent none (newRequestID)
+			return len(inCopy[HeaderRequestID]) == 0
 		}
 		return false
+	}
+	if _, sent := inCopy[HeaderRequestID]; !sent {
+		if vs := out[HeaderRequestID]; len(vs) != 1 || !requestIDForm.MatchString(vs[0]) {
+			t.Fatalf("X-Request-Id added to a request without one: %q, want one version-4 UUID", vs)
+		}
 	}
 	for name, vs := range out {
 		if len(vs) > 1 && (name == "Host" || name == "Content-Length") {
