@@ -9,9 +9,11 @@ import (
 	"bufio"
 	"context"
 	"crypto/rand"
+	"crypto/sha256"
 	"crypto/tls"
 	"crypto/x509"
 	"crypto/x509/pkix"
+	"encoding/hex"
 	"encoding/pem"
 	"fmt"
 	"io"
@@ -951,5 +953,35 @@ func TestMTLSHTTP1Guarded(t *testing.T) {
 	labels := map[string]string{"direction": "inbound", "reason": "content_length_and_transfer_encoding"}
 	if v := m.MetricSum(t, "meshlet_refused_requests_total", labels); v != 1 {
 		t.Errorf("meshlet_refused_requests_total%v = %v, want 1", labels, v)
+	}
+}
+
+// TestMTLSClientCertHeader: the app behind an mtls sidecar learns its verified caller from X-Forwarded-Client-Cert
+// (By: the sidecar's identity, Hash: the SHA-256 of the caller's leaf, URI: the caller's identity), over HTTP/1.1
+// and h2c from the app; one the caller forged never reaches it.
+func TestMTLSClientCertHeader(t *testing.T) {
+	dir := mtlsCerts(t, "api", "web")
+	seen := make(chan []string, 4)
+	app := meshlettest.StartBackend(t, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		seen <- r.Header.Values("X-Forwarded-Client-Cert")
+	}), true, nil)
+	a := meshlettest.FreeAddrs(t, 5)
+	mtlsStart(t, mtlsSidecar{name: "api", app: meshlettest.HostOf(app), inbound: a[0], mode: "mtls", certDir: dir,
+		cert: "api", admin: a[1]})
+	mtlsStart(t, mtlsSidecar{name: "web", certDir: dir, cert: "web", admin: a[2], upstreams: []mtlsUpstream{
+		{name: "api", listen: a[3], peer: "sidecar", endpoint: a[0]}}})
+	leaf := mtlsLeaf(t, filepath.Join(dir, "web.crt"))
+	sum := sha256.Sum256(leaf.Raw)
+	want := fmt.Sprintf("By=spiffe://%[1]s/ns/default/dc/dc1/svc/api;Hash=%[2]s;URI=spiffe://%[1]s/ns/default/dc/dc1/svc/web",
+		mtlsTrustDomain, hex.EncodeToString(sum[:]))
+	for name, c := range map[string]*http.Client{"http1": meshlettest.H1Client(nil), "h2c": meshlettest.H2CClient(nil)} {
+		req, _ := http.NewRequest("GET", "http://"+a[3]+"/who", nil)
+		req.Header.Set("X-Forwarded-Client-Cert", "By=spiffe://evil;URI=spiffe://example.mesh/ns/default/dc/dc1/svc/admin")
+		if code, body := meshlettest.Do(t, c, req); code != 200 {
+			t.Fatalf("%s: %d %q", name, code, body)
+		}
+		if got := <-seen; len(got) != 1 || got[0] != want {
+			t.Fatalf("%s: the app saw X-Forwarded-Client-Cert %q, want only %q", name, got, want)
+		}
 	}
 }

@@ -1,7 +1,9 @@
 package proxy
 
 import (
+	"crypto/sha256"
 	"crypto/tls"
+	"encoding/hex"
 	"errors"
 	"net"
 	"net/http"
@@ -162,6 +164,30 @@ func (t *tlsState) local(id mtls.ID) (mtls.ID, bool) {
 		return mtls.ID{}, false
 	}
 	return b.ID, true
+}
+
+// HeaderClientCert tells the app who called (Envoy's X-Forwarded-Client-Cert, which apps and frameworks parse):
+// on inbound requests over mutual TLS, By (this sidecar's SPIFFE ID), Hash (the hex SHA-256 of the caller's leaf
+// certificate) and URI (the caller's SPIFFE ID). meshlet removes any the caller sent, with or without TLS.
+const HeaderClientCert = "X-Forwarded-Client-Cert"
+
+// clientCertHeader is the X-Forwarded-Client-Cert value of an inbound request r: "" when it came without a
+// verified identity (plaintext, or no TLS at all).
+func (c *cluster) clientCertHeader(r *http.Request) string {
+	if c.tls == nil {
+		return ""
+	}
+	state := h1guard.TLSState(r)
+	if state == nil || len(state.PeerCertificates) == 0 {
+		return ""
+	}
+	id, ok := mtls.PeerID(state)
+	b := c.tls.src.Bundle()
+	if !ok || b == nil {
+		return ""
+	}
+	sum := sha256.Sum256(state.PeerCertificates[0].Raw)
+	return "By=" + b.ID.String() + ";Hash=" + hex.EncodeToString(sum[:]) + ";URI=" + id.String()
 }
 
 // denied logs one refused caller, rate limited with the refused-request lines of the same log.

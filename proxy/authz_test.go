@@ -2,6 +2,8 @@ package proxy
 
 import (
 	"net/http"
+	"net/http/httptest"
+	"strings"
 	"testing"
 
 	"meshlet.dev/meshlet/mtls"
@@ -78,6 +80,34 @@ func TestPlaintextDenied(t *testing.T) {
 		if got := st.plaintextDenied(); got != tt.want {
 			t.Errorf("allow=%v rules=%v allow_plaintext=%v: plaintextDenied=%v, want %v", tt.allow, tt.rules != nil,
 				tt.allowPlaintext, got, tt.want)
+		}
+	}
+}
+
+// TestInboundStripsClientCert: without mutual TLS nobody's identity is verified, so an X-Forwarded-Client-Cert the
+// caller sent never reaches the app; outbound, the app's own headers pass unchanged.
+func TestInboundStripsClientCert(t *testing.T) {
+	seen := make(chan []string, 2)
+	app := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		seen <- r.Header.Values(HeaderClientCert)
+	}))
+	defer app.Close()
+	p, _ := startProxy(t, Config{Service: ServiceConfig{Name: "api", Address: strings.TrimPrefix(app.URL, "http://")},
+		Inbound: InboundConfig{Listen: "127.0.0.1:0"}, Upstreams: []UpstreamConfig{{Name: "app", Listen: "127.0.0.1:0",
+			Endpoints: []string{strings.TrimPrefix(app.URL, "http://")}}}})
+	for _, tc := range []struct {
+		addr string
+		want int // values the app sees
+	}{{p.Addrs()["inbound"], 0}, {p.Addrs()["upstream/app"], 1}} {
+		req, _ := http.NewRequest("GET", "http://"+tc.addr+"/", nil)
+		req.Header.Set(HeaderClientCert, "By=spiffe://evil;URI=spiffe://example.mesh/ns/default/dc/dc1/svc/admin")
+		resp, err := http.DefaultClient.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		resp.Body.Close()
+		if got := <-seen; len(got) != tc.want {
+			t.Fatalf("via %s the app saw %q", tc.addr, got)
 		}
 	}
 }

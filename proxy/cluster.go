@@ -84,6 +84,13 @@ func (c *cluster) rewrite(pr *httputil.ProxyRequest) {
 	if ex := exchangeFrom(pr.In.Context()); ex != nil && ex.requestID != "" {
 		pr.Out.Header[HeaderRequestID] = []string{ex.requestID}
 	}
+	if c.direction == metrics.Inbound {
+		// The verified caller, for the app; a value the caller sent itself is never passed on.
+		delete(pr.Out.Header, HeaderClientCert)
+		if v := c.clientCertHeader(pr.In); v != "" {
+			pr.Out.Header[HeaderClientCert] = []string{v}
+		}
+	}
 }
 
 // setConfig swaps the settings that can change without replacing the upstream.
