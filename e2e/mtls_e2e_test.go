@@ -958,7 +958,7 @@ func TestMTLSHTTP1Guarded(t *testing.T) {
 
 // TestMTLSClientCertHeader: the app behind an mtls sidecar learns its verified caller from X-Forwarded-Client-Cert
 // (By: the sidecar's identity, Hash: the SHA-256 of the caller's leaf, URI: the caller's identity), over HTTP/1.1
-// and h2c from the app; one the caller forged never reaches it.
+// and h2c from the app; one the caller forged never reaches it; the inbound requests count under the caller.
 func TestMTLSClientCertHeader(t *testing.T) {
 	dir := mtlsCerts(t, "api", "web")
 	seen := make(chan []string, 4)
@@ -966,7 +966,7 @@ func TestMTLSClientCertHeader(t *testing.T) {
 		seen <- r.Header.Values("X-Forwarded-Client-Cert")
 	}), true, nil)
 	a := meshlettest.FreeAddrs(t, 5)
-	mtlsStart(t, mtlsSidecar{name: "api", app: meshlettest.HostOf(app), inbound: a[0], mode: "mtls", certDir: dir,
+	api := mtlsStart(t, mtlsSidecar{name: "api", app: meshlettest.HostOf(app), inbound: a[0], mode: "mtls", certDir: dir,
 		cert: "api", admin: a[1]})
 	mtlsStart(t, mtlsSidecar{name: "web", certDir: dir, cert: "web", admin: a[2], upstreams: []mtlsUpstream{
 		{name: "api", listen: a[3], peer: "sidecar", endpoint: a[0]}}})
@@ -984,4 +984,6 @@ func TestMTLSClientCertHeader(t *testing.T) {
 			t.Fatalf("%s: the app saw X-Forwarded-Client-Cert %q, want only %q", name, got, want)
 		}
 	}
+	// The inbound requests count under their caller (once done: the response may be read a moment before).
+	mtlsWaitMetric(t, api, "meshlet_requests_total", map[string]string{"direction": "inbound", "caller": "web"}, 2)
 }

@@ -60,8 +60,8 @@ func New(reg *prometheus.Registry, version string) *Metrics {
 		Registry: reg,
 		Requests: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "meshlet_requests_total",
-			Help: "HTTP and gRPC requests proxied, by direction, upstream, status class and gRPC status code.",
-		}, []string{"direction", "upstream", "code_class", "grpc_code"}),
+			Help: "HTTP and gRPC requests proxied, by direction, upstream, status class, gRPC status code and caller (inbound over mutual TLS: the caller's service, at most 100 per upstream, then \"other\"; else empty).",
+		}, []string{"direction", "upstream", "code_class", "grpc_code", "caller"}),
 		RequestDuration: prometheus.NewHistogramVec(prometheus.HistogramOpts{
 			Name:    "meshlet_request_duration_seconds",
 			Help:    "Time from the request's arrival to the end of its response, in seconds.",

@@ -19,9 +19,10 @@ const sourcePlaintext = "(plaintext)"
 
 // inboundRequest prepares an inbound request for the local app: its path normalized (normalizedRequest) and its
 // caller authorized on that path. It returns the request to forward (r itself, or a shallow copy with the
-// normalized URL), or false after answering the client itself: 400 for a path that cannot be normalized safely,
-// 403 (gRPC: PERMISSION_DENIED) for a caller that may not call.
-func (c *cluster) inboundRequest(w *responseWriter, r *http.Request, grpc bool) (*http.Request, bool) {
+// normalized URL) and the verified caller's service ("" without one), or false after answering the client
+// itself: 400 for a path that cannot be normalized safely, 403 (gRPC: PERMISSION_DENIED) for a caller that may
+// not call.
+func (c *cluster) inboundRequest(w *responseWriter, r *http.Request, grpc bool) (*http.Request, string, bool) {
 	in, err := normalizedRequest(r)
 	if err != nil {
 		var pe *pathError
@@ -31,26 +32,28 @@ func (c *cluster) inboundRequest(w *responseWriter, r *http.Request, grpc bool) 
 		c.m.RefusedRequests.WithLabelValues(c.direction, pe.reason).Inc()
 		c.refused.refused(c.direction, c.name, r.RemoteAddr, pe.reason, http.StatusBadRequest)
 		c.fail(w, r, grpc, http.StatusBadRequest, pe.reason, pe.msg)
-		return nil, false
+		return nil, "", false
 	}
-	if !c.authorizeRequest(w, in, grpc) {
-		return nil, false
+	caller, ok := c.authorizeRequest(w, in, grpc)
+	if !ok {
+		return nil, "", false
 	}
-	return in, true
+	return in, caller, true
 }
 
 // authorizeRequest checks the caller of an inbound request (r, its path normalized) against inbound.tls.allow and
 // the rules (decideCaller). It answers 403 (gRPC: PERMISSION_DENIED) itself and returns false when the caller may
-// not call; every refusal is counted and logged (rate limited).
-func (c *cluster) authorizeRequest(w *responseWriter, r *http.Request, grpc bool) bool {
+// not call; every refusal is counted and logged (rate limited). An allowed caller comes with its service when its
+// identity was verified ("" otherwise).
+func (c *cluster) authorizeRequest(w *responseWriter, r *http.Request, grpc bool) (string, bool) {
 	allowed, source, why := c.decideCaller(h1guard.TLSState(r), r)
 	if allowed {
-		return true
+		return source, true
 	}
 	c.m.AuthzDenied.WithLabelValues(source).Inc()
 	c.refused.denied(c.direction, c.name, r.RemoteAddr, source, why)
 	c.fail(w, r, grpc, http.StatusForbidden, reasonDenied, "caller "+source+" is not allowed to call "+c.name+" ("+why+")")
-	return false
+	return "", false
 }
 
 // authorizeConn checks the caller of an inbound TCP connection (decideCaller); a refused one is closed before any
@@ -74,7 +77,7 @@ func (c *cluster) authorizeConn(conn net.Conn) bool {
 // with the path normalized (nil: a TCP connection). Without TLS every caller may; a plaintext caller may unless
 // inbound.tls.allow or the rules decide who may call (plaintextDenied); a TLS caller needs an identity that the
 // trust domain, the allow list and the rules let through. A refused caller comes with the source label of
-// meshlet_authz_denied_total and the reason.
+// meshlet_authz_denied_total and the reason; an allowed one with its service when it was verified.
 func (c *cluster) decideCaller(state *tls.ConnectionState, r *http.Request) (allowed bool, source, why string) {
 	if c.tls == nil {
 		return true, "", ""
@@ -90,7 +93,7 @@ func (c *cluster) decideCaller(state *tls.ConnectionState, r *http.Request) (all
 		return false, "unknown", "no identity"
 	}
 	if allowed, why = c.tls.allowed(id, r); allowed {
-		return true, "", ""
+		return true, id.Service, ""
 	}
 	return false, id.Service, why
 }

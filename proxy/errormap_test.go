@@ -11,6 +11,7 @@ import (
 	"strconv"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/testutil"
@@ -138,6 +139,22 @@ func TestProxyErrorMapping(t *testing.T) {
 					t.Fatalf("access log error %q, want %q", rw.errMsg, want)
 				}
 			})
+		}
+	}
+}
+
+// TestCallerLabel: inbound requests count under their verified caller's service, at most callersCap distinct
+// callers per cluster, then under "other"; requests without one under "".
+func TestCallerLabel(t *testing.T) {
+	m := metrics.New(prometheus.NewRegistry(), "test")
+	o := newObserver(m, metrics.Inbound, "api")
+	o.callersCap = 2
+	for _, caller := range []string{"web", "web", "batch", "billing", "ledger", "", "billing"} {
+		o.record(200, notGRPC, time.Millisecond, 0, 0, caller)
+	}
+	for caller, want := range map[string]float64{"web": 2, "batch": 1, "other": 3, "": 1, "billing": 0, "ledger": 0} {
+		if n := testutil.ToFloat64(m.Requests.WithLabelValues(metrics.Inbound, "api", "2xx", "", caller)); n != want {
+			t.Errorf("meshlet_requests_total{caller=%q} = %v, want %v", caller, n, want)
 		}
 	}
 }

@@ -95,7 +95,7 @@ func TestProxyForwardsHTTP(t *testing.T) {
 			t.Fatalf("Host at the app = %q, want the one the client sent", h)
 		}
 	}
-	if n := testutil.ToFloat64(m.Requests.WithLabelValues("outbound", "api", "2xx", "")); n != 20 {
+	if n := testutil.ToFloat64(m.Requests.WithLabelValues("outbound", "api", "2xx", "", "")); n != 20 {
 		t.Fatalf("meshlet_requests_total = %v, want 20", n)
 	}
 	if n := testutil.ToFloat64(m.ReceivedBytes.WithLabelValues("outbound", "api")); n != float64(20*len(body)) {
@@ -170,7 +170,7 @@ func TestProxyOwnErrors(t *testing.T) {
 			t.Errorf("meshlet_upstream_errors_total{upstream=%q,reason=%q} = %v, want 2", up, reason, n)
 		}
 	}
-	if n := testutil.ToFloat64(m.Requests.WithLabelValues("outbound", "slow", "2xx", "DeadlineExceeded")); n != 1 {
+	if n := testutil.ToFloat64(m.Requests.WithLabelValues("outbound", "slow", "2xx", "DeadlineExceeded", "")); n != 1 {
 		t.Errorf("gRPC timeout not counted as DeadlineExceeded: %v", n)
 	}
 }

@@ -168,7 +168,7 @@ func (p *Proxy) serveRouted(w http.ResponseWriter, r *http.Request) {
 		code, grpcCode = http.StatusOK, int(a.code)
 	}
 	a.write(w, grpc, false)
-	p.unknown.record(code, grpcCode, time.Since(start), 0, 0)
+	p.unknown.record(code, grpcCode, time.Since(start), 0, 0, "")
 	if p.accessLog != nil {
 		p.accessLog.Info("access", "direction", metrics.Outbound, "upstream", "", "method", r.Method,
 			"authority", r.Host, "path", r.URL.Path, "proto", r.Proto, "status", code,
