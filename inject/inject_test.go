@@ -312,7 +312,24 @@ func TestTuningAnnotations(t *testing.T) {
 func TestConfigResources(t *testing.T) {
 	cfg := testConfig
 	cfg.MemoryLimit, cfg.CPULimit = "lots", "2"
-	if _, err := Inject(new(bytes.Buffer), strings.NewReader(""), cfg); err == nil || !strings.Contains(err.Error(), `memory limit: "lots" must be a Kubernetes quantity`) {
+	if _, err := Inject(new(bytes.Buffer), strings.NewReader(""), cfg); err == nil || !strings.Contains(err.Error(), `proxy memory limit: "lots" must be a Kubernetes quantity`) {
 		t.Errorf("err = %v", err)
+	}
+	// Valid defaults apply to every pod that does not set the annotation; a pod's annotation wins.
+	cfg.MemoryLimit, cfg.MemoryRequest, cfg.CPURequest = "512Mi", "256Mi", "1"
+	pod := "kind: Pod\nmetadata:\n  name: p\n  annotations: {meshlet.dev/proxy-cpu-limit: \"4\"}\n" +
+		"spec:\n  containers:\n  - {name: app, image: app, ports: [{containerPort: 8080}]}\n"
+	var out bytes.Buffer
+	if _, err := Inject(&out, strings.NewReader(pod), cfg); err != nil {
+		t.Fatal(err)
+	}
+	for _, want := range []string{"requests:\n        cpu: \"1\"\n        memory: 256Mi", "limits:\n        cpu: \"4\"\n        memory: 512Mi", "value: 460MiB"} {
+		if !strings.Contains(out.String(), want) {
+			t.Errorf("output lacks %q:\n%s", want, out.String())
+		}
+	}
+	cfg.CPURequest = "5"
+	if _, err := Inject(new(bytes.Buffer), strings.NewReader(pod), cfg); err == nil || !strings.Contains(err.Error(), `meshlet.dev/proxy-cpu-request: 5 is more than the limit 4 (meshlet.dev/proxy-cpu-limit)`) {
+		t.Errorf("request from the default above the pod's limit: err = %v", err)
 	}
 }

@@ -89,8 +89,8 @@ func (c *Config) validate() error {
 	if c.ProxyUID < 1 || c.ProxyUID > 1<<31-1 {
 		errs = append(errs, errNoProxyUID)
 	}
-	for _, r := range []struct{ name, v string }{{"cpu request", c.CPURequest}, {"memory request", c.MemoryRequest},
-		{"memory limit", c.MemoryLimit}, {"cpu limit", c.CPULimit}} {
+	for _, r := range []struct{ name, v string }{{"proxy cpu request", c.CPURequest}, {"proxy memory request", c.MemoryRequest},
+		{"proxy memory limit", c.MemoryLimit}, {"proxy cpu limit", c.CPULimit}} {
 		if r.v != "" {
 			if _, err := parseQuantity(r.v); err != nil {
 				errs = append(errs, fmt.Errorf("%s: %w", r.name, err))

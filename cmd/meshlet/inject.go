@@ -77,6 +77,10 @@ func injectFlags(fs *flag.FlagSet) *inject.Config {
 	fs.BoolVar(&cfg.Classic, "classic", false, "inject a regular container held by `meshlet wait` instead of a native sidecar (Kubernetes < 1.29)")
 	fs.BoolVar(&cfg.Transparent, "transparent", false, "transparent interception for every pod (the meshlet-init container), unless a pod sets meshlet.dev/transparent: \"false\"")
 	fs.IntVar(&cfg.OutboundPort, "outbound-port", 15001, "outbound listener port (127.0.0.1) of transparent pods, where redirected connections arrive")
+	fs.StringVar(&cfg.CPURequest, "proxy-cpu-request", "50m", "the sidecar's CPU request, unless a pod sets meshlet.dev/proxy-cpu-request")
+	fs.StringVar(&cfg.CPULimit, "proxy-cpu-limit", "", "the sidecar's CPU limit, unless a pod sets meshlet.dev/proxy-cpu-limit (default none)")
+	fs.StringVar(&cfg.MemoryRequest, "proxy-memory-request", "32Mi", "the sidecar's memory request, unless a pod sets meshlet.dev/proxy-memory-request")
+	fs.StringVar(&cfg.MemoryLimit, "proxy-memory-limit", "128Mi", "the sidecar's memory limit (GOMEMLIMIT: 90% of it), unless a pod sets meshlet.dev/proxy-memory-limit")
 	cfg.ProxyUID = 5995
 	fs.Func("proxy-uid", "UID the sidecar runs as in transparent pods, whose connections are never redirected; no app container may run as it (default 5995)", func(s string) error {
 		u, err := strconv.ParseInt(s, 10, 64)

@@ -83,6 +83,20 @@ func TestCLIInject(t *testing.T) {
 			t.Errorf("output has the golden files' image:\n%s", out)
 		}
 	})
+	t.Run("resource flags, a pod's annotation wins", func(t *testing.T) {
+		pod := meshlettest.WriteTemp(t, "pod.yaml", "kind: Pod\nmetadata:\n  name: p\n  annotations: {meshlet.dev/proxy-cpu-request: 20m}\n"+
+			"spec:\n  containers:\n  - {name: app, image: app, ports: [{containerPort: 8080}]}\n")
+		out, err := exec.Command(meshlettest.Bin(), "inject", "-image", "x", "-proxy-cpu-request", "100m", "-proxy-cpu-limit", "2",
+			"-proxy-memory-request", "64Mi", "-proxy-memory-limit", "1Gi", pod).Output()
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, want := range []string{"cpu: 20m", "memory: 64Mi", `cpu: "2"`, "memory: 1Gi", "value: 921MiB"} {
+			if !strings.Contains(string(out), want) {
+				t.Errorf("output lacks %q:\n%s", want, out)
+			}
+		}
+	})
 	t.Run("stdin, image from the environment", func(t *testing.T) {
 		cmd := exec.Command(meshlettest.Bin(), "inject")
 		cmd.Env = append(os.Environ(), "MESHLET_IMAGE="+goldenImage)
@@ -107,6 +121,7 @@ func TestCLIInject(t *testing.T) {
 		{"stray argument", []string{"inject", "-image", "x", in, "extra.yaml"}, 2, `unexpected argument "extra.yaml" (one FILE, or -f FILE)`},
 		{"both -f and the argument", []string{"inject", "-image", "x", "-f", in, in}, 2, "give one (use -f FILE or FILE)"},
 		{"-f - and the argument", []string{"inject", "-image", "x", "-f", "-", in}, 2, "give one"},
+		{"bad resource flag", []string{"inject", "-image", "x", "-proxy-memory-limit", "1GB", in}, 1, `proxy memory limit: "1GB" must be a Kubernetes quantity`},
 		{"bad annotation", []string{"inject", "-image", "x", "-f", meshlettest.WriteTemp(t, "bad.yaml",
 			"kind: Pod\nmetadata:\n  name: p\n  annotations: {meshlet.dev/upstreams: nope}\nspec: {containers: []}\n")}, 1,
 			`document 1: Pod p: meshlet.dev/upstreams: "nope" must be name:port`},
