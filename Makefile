@@ -2,14 +2,21 @@
 GO      ?= go
 VERSION ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo dev)
 LDFLAGS := -s -w -X main.version=$(VERSION)
+# IMAGE is what `make image` builds from deploy/Dockerfile: the sidecar image that `meshlet inject` and `meshlet
+# webhook` of the same VERSION inject by default (IMAGE_REPO is cmd/meshlet's DefaultImageRepo; a test checks).
+IMAGE_REPO ?= ghcr.io/meshlet-dev/meshlet
+IMAGE      ?= $(IMAGE_REPO):$(shell echo '$(VERSION)' | tr -c 'A-Za-z0-9_.\n-' '-')
+PLATFORMS  ?= linux/amd64,linux/arm64
 BENCH_FLAGS ?=
 
-.PHONY: all build test vet fuzz demo bench heads reqpath soak clean help consul
+.PHONY: image image-multiarch all build test vet fuzz demo bench heads reqpath soak clean help consul
 
 all: build
 
 help:
 	@echo "make build   build bin/meshlet (static, CGO_ENABLED=0)"
+	@echo "make image   docker build deploy/Dockerfile as IMAGE (default: the image meshlet inject uses by default)"
+	@echo "make image-multiarch  docker buildx build for PLATFORMS (cross-compiled, no emulation) and push IMAGE"
 	@echo "make test    go vet + go test -race ./..."
 	@echo "make fuzz    run each fuzz target for FUZZTIME (default 10s), one after another"
 	@echo "make demo    run a local demo mesh on loopback (two services, two sidecars); DISCOVERY=consul: found through a Consul dev agent"
@@ -21,6 +28,13 @@ help:
 
 build:
 	CGO_ENABLED=0 $(GO) build -trimpath -ldflags '$(LDFLAGS)' -o bin/meshlet ./cmd/meshlet
+
+IMAGE_ARGS = -f deploy/Dockerfile --build-arg VERSION=$(VERSION) \
+	--build-arg REVISION=$(shell git rev-parse HEAD 2>/dev/null || echo unknown) -t $(IMAGE)
+image:
+	docker build $(IMAGE_ARGS) .
+image-multiarch:
+	docker buildx build --platform $(PLATFORMS) $(IMAGE_ARGS) --push .
 
 vet:
 	$(GO) vet ./...

@@ -116,7 +116,6 @@ func sidecar(p podParams, cfg Config) (*container, error) {
 			// The admin listener on the pod IP: the kubelet probes it, Prometheus scrapes it, and the Consul agent on
 			// the node checks /ready there. `meshlet wait` reads it too.
 			{Name: "MESHLET_ADMIN_LISTEN", Value: "$(POD_IP):" + strconv.Itoa(cfg.AdminPort)},
-			{Name: ConfigEnv, Value: conf},
 		},
 		Ports: []containerPort{{Name: PortAdmin, ContainerPort: cfg.AdminPort, Protocol: "TCP"}},
 		// Start-up: ready as soon as it can route (checked every second for up to 2 minutes).
@@ -124,10 +123,20 @@ func sidecar(p podParams, cfg Config) (*container, error) {
 		ReadinessProbe: httpProbe("/ready", 5, 2),
 		LivenessProbe:  httpProbe("/live", 10, 3),
 		Resources: resources{
-			Requests: map[string]string{"cpu": cfg.CPURequest, "memory": cfg.MemoryRequest},
-			Limits:   map[string]string{"memory": cfg.MemoryLimit},
+			Requests: map[string]string{"cpu": p.cpuRequest, "memory": p.memoryRequest},
+			Limits:   map[string]string{"memory": p.memoryLimit},
 		},
 	}
+	if p.cpuLimit != "" {
+		c.Resources.Limits["cpu"] = p.cpuLimit
+	}
+	if p.goMemLimit != "" {
+		// 90% of the memory limit: the Go runtime collects harder near it instead of the container being
+		// OOM-killed. A literal value: the downward API (resourceFieldRef limits.memory) gives the whole limit,
+		// and Kubernetes cannot compute 90% of it.
+		c.Env = append(c.Env, envVar{Name: "GOMEMLIMIT", Value: p.goMemLimit})
+	}
+	c.Env = append(c.Env, envVar{Name: ConfigEnv, Value: conf})
 	if p.appPort != 0 {
 		c.Ports = append(c.Ports, containerPort{Name: PortInbound, ContainerPort: p.inboundPort, Protocol: "TCP"})
 	}

@@ -21,7 +21,7 @@ import (
 // Annotations read from a pod (template) and written by injection. All live on the pod template's metadata,
 // which is what the admission webhook sees too.
 const (
-	AnnotationInject      = "meshlet.dev/inject"       // "false" skips the pod
+	AnnotationInject      = "meshlet.dev/inject"       // "false" or "disabled" skips the pod; "true" or "enabled" (or none) injects it
 	AnnotationService     = "meshlet.dev/service"      // service name; default the app.kubernetes.io/name or app label, else the workload's name
 	AnnotationUpstreams   = "meshlet.dev/upstreams"    // "api:9001,billing:9002:grpc": name:local-port[:protocol]
 	AnnotationAppPort     = "meshlet.dev/app-port"     // the app's port; default the first containerPort of the first container; "none": no inbound
@@ -44,7 +44,23 @@ const (
 	AnnotationExcludeOutboundPorts = "meshlet.dev/exclude-outbound-ports"
 	AnnotationExcludeOutboundCIDRs = "meshlet.dev/exclude-outbound-cidrs"
 	AnnotationExcludeUIDs          = "meshlet.dev/exclude-uids"
+	// The sidecar's resources, Kubernetes quantities: requests and limits of cpu and memory (default: Config's).
+	// GOMEMLIMIT is set to 90% of the memory limit.
+	AnnotationCPURequest    = "meshlet.dev/proxy-cpu-request"
+	AnnotationCPULimit      = "meshlet.dev/proxy-cpu-limit"
+	AnnotationMemoryRequest = "meshlet.dev/proxy-memory-request"
+	AnnotationMemoryLimit   = "meshlet.dev/proxy-memory-limit"
+	// AnnotationAccessLog "true" logs one line per request (log.access_log); default off.
+	AnnotationAccessLog = "meshlet.dev/access-log"
+	// AnnotationDrainDelay and AnnotationDrainTimeout set shutdown.drain_delay and shutdown.drain_timeout (Go
+	// durations such as 5s); default meshlet's (5s, 20s).
+	AnnotationDrainDelay   = "meshlet.dev/drain-delay"
+	AnnotationDrainTimeout = "meshlet.dev/drain-timeout"
 )
+
+// AnnotationDefaultContainer is kubectl's annotation naming the container that `kubectl logs` and `kubectl exec`
+// use when none is given: classic injection sets it to the app's container (meshlet comes first in containers).
+const AnnotationDefaultContainer = "kubectl.kubernetes.io/default-container"
 
 // TLSVolume is the name of the volume injected for meshlet.dev/tls-secret, and TLSDir where it is mounted.
 const (
@@ -220,9 +236,13 @@ func injectObject(obj *yaml.Node, cfg Config, st *Stats) error {
 func injectPod(pod *yaml.Node, workload string, cfg Config, st *Stats) error {
 	meta := ensureMap(pod, "metadata")
 	ann := annotations(meta)
-	if v, ok := ann[AnnotationInject]; ok && strings.EqualFold(v, "false") {
+	switch v := ann[AnnotationInject]; strings.ToLower(v) {
+	case "false", "disabled":
 		st.Skipped++
 		return nil
+	case "", "true", "enabled":
+	default:
+		return fmt.Errorf("%s: %q must be enabled or disabled (or true or false)", AnnotationInject, v)
 	}
 	spec := get(pod, "spec")
 	if spec.Kind != yaml.MappingNode {
@@ -261,6 +281,7 @@ func injectPod(pod *yaml.Node, workload string, cfg Config, st *Stats) error {
 			return err
 		}
 	}
+	appContainer := firstAppContainer(spec)
 	hadInit := removeContainer(spec, "initContainers", ContainerName)
 	if removeInjectedInit(spec) {
 		hadInit = true
@@ -281,6 +302,9 @@ func injectPod(pod *yaml.Node, workload string, cfg Config, st *Stats) error {
 		return err
 	}
 	annMap := ensureMap(meta, "annotations")
+	if _, ok := ann[AnnotationDefaultContainer]; !ok && !p.native && appContainer != "" {
+		setScalar(annMap, AnnotationDefaultContainer, appContainer) // kubectl logs/exec: the app, not meshlet
+	}
 	if _, ok := ann["prometheus.io/scrape"]; !ok { // the app's own scrape annotations win: then use the port name
 		setScalar(annMap, "prometheus.io/scrape", "true")
 		setScalar(annMap, "prometheus.io/port", fmt.Sprint(cfg.AdminPort))
@@ -288,6 +312,20 @@ func injectPod(pod *yaml.Node, workload string, cfg Config, st *Stats) error {
 	}
 	st.Injected++
 	return nil
+}
+
+// firstAppContainer is the name of the first container in spec.containers that is not meshlet's, or "".
+func firstAppContainer(spec *yaml.Node) string {
+	cs := get(spec, "containers")
+	if cs == nil || cs.Kind != yaml.SequenceNode {
+		return ""
+	}
+	for _, c := range cs.Content {
+		if n := scalar(get(c, "name")); n != "" && n != ContainerName {
+			return n
+		}
+	}
+	return ""
 }
 
 // checkMeshletContainers reports whether the pod has a meshlet sidecar injected earlier (a container named meshlet

@@ -206,6 +206,20 @@ func TestErrors(t *testing.T) {
 		{"bad yaml", "kind: Pod\n  bad: [", "bad YAML"},
 		{"bad tls", pod(`meshlet.dev/tls: vault`), `meshlet.dev/tls: "vault" must be consul or none`},
 		{"second document", "kind: ConfigMap\n---\n" + pod(`meshlet.dev/app-protocol: soap`), "document 2: Pod p: meshlet.dev/app-protocol"},
+		{"unknown inject value", pod(`meshlet.dev/inject: "maybe"`), `Pod p: meshlet.dev/inject: "maybe" must be enabled or disabled (or true or false)`},
+		{"bad cpu request", pod(`meshlet.dev/proxy-cpu-request: "fast"`), `meshlet.dev/proxy-cpu-request: "fast" must be a Kubernetes quantity`},
+		{"bad cpu limit", pod(`meshlet.dev/proxy-cpu-limit: "1 core"`), `meshlet.dev/proxy-cpu-limit: "1 core" must be a Kubernetes quantity`},
+		{"bad memory request", pod(`meshlet.dev/proxy-memory-request: "64MB"`), `meshlet.dev/proxy-memory-request: "64MB" must be a Kubernetes quantity`},
+		{"bad memory limit", pod(`meshlet.dev/proxy-memory-limit: "-1Gi"`), `meshlet.dev/proxy-memory-limit: "-1Gi" must be more than 0`},
+		{"zero memory limit", pod(`meshlet.dev/proxy-memory-limit: "0"`), `meshlet.dev/proxy-memory-limit: "0" must be more than 0`},
+		{"memory request above limit", pod(`meshlet.dev/proxy-memory-request: 256Mi`),
+			`meshlet.dev/proxy-memory-request: 256Mi is more than the limit 128Mi (meshlet.dev/proxy-memory-limit)`},
+		{"cpu request above limit", pod("meshlet.dev/proxy-cpu-limit: 10m\n    meshlet.dev/proxy-cpu-request: 0.1"),
+			`meshlet.dev/proxy-cpu-request: 0.1 is more than the limit 10m (meshlet.dev/proxy-cpu-limit)`},
+		{"bad access log", pod(`meshlet.dev/access-log: "sometimes"`), `meshlet.dev/access-log: "sometimes" must be true or false`},
+		{"bad drain delay", pod(`meshlet.dev/drain-delay: "5"`), `meshlet.dev/drain-delay: "5" must be a duration such as 5s`},
+		{"negative drain timeout", pod(`meshlet.dev/drain-timeout: "-1s"`), `meshlet.dev/drain-timeout: "-1s" must be a duration`},
+		{"bad log level", pod(`meshlet.dev/log-level: "trace"`), `meshlet.dev/log-level: "trace" must be debug, info, warn or error`},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			var out bytes.Buffer
@@ -220,5 +234,102 @@ func TestErrors(t *testing.T) {
 	}
 	if _, err := Inject(new(bytes.Buffer), strings.NewReader(""), Config{}); err == nil || !strings.Contains(err.Error(), "image: required") {
 		t.Errorf("missing image: err = %v", err)
+	}
+}
+
+// TestInjectOptInOut: meshlet.dev/inject takes Linkerd's enabled/disabled as well as true/false, in any case.
+func TestInjectOptInOut(t *testing.T) {
+	for v, injected := range map[string]bool{"": true, "true": true, "enabled": true, "Enabled": true, "TRUE": true,
+		"false": false, "disabled": false, "Disabled": false, "FALSE": false} {
+		in := "kind: Pod\nmetadata:\n  name: p\n  annotations: {meshlet.dev/inject: \"" + v + "\"}\n" +
+			"spec:\n  containers:\n  - {name: app, image: app, ports: [{containerPort: 8080}]}\n"
+		var out bytes.Buffer
+		st, err := Inject(&out, strings.NewReader(in), testConfig)
+		if err != nil {
+			t.Fatalf("%q: %v", v, err)
+		}
+		if got := st.Injected == 1; got != injected || st.Skipped == 1 == injected {
+			t.Errorf("meshlet.dev/inject: %q: stats %+v, want injected %v", v, st, injected)
+		}
+		if !injected && out.String() != in {
+			t.Errorf("%q: opted-out pod changed:\n%s", v, out.String())
+		}
+	}
+}
+
+// TestTuningAnnotations: each tuning annotation lands where meshlet and the kubelet read it.
+func TestTuningAnnotations(t *testing.T) {
+	for _, tc := range []struct {
+		name, ann string
+		classic   bool
+		want      []string // substrings of the injected pod
+		wantNot   []string
+	}{
+		{"defaults", "", false, []string{"cpu: 50m", "memory: 32Mi", "memory: 128Mi", "name: GOMEMLIMIT\n", "value: 115MiB"},
+			[]string{"access_log", "shutdown:", "default-container"}},
+		{"cpu request and limit", "meshlet.dev/proxy-cpu-request: 200m\n    meshlet.dev/proxy-cpu-limit: 500m", false,
+			[]string{"requests:\n        cpu: 200m", "limits:\n        cpu: 500m"}, nil},
+		{"memory request and limit", "meshlet.dev/proxy-memory-request: 100Mi\n    meshlet.dev/proxy-memory-limit: 256Mi", false,
+			[]string{"memory: 100Mi", "memory: 256Mi", "value: 230MiB"}, []string{"128Mi"}},
+		{"memory limit in decimal", "meshlet.dev/proxy-memory-limit: 1G", false, []string{"memory: 1G", "value: 858MiB"}, nil},
+		{"memory limit with an exponent", "meshlet.dev/proxy-memory-limit: 2e8", false, []string{`memory: "2e8"`, "value: 171MiB"}, nil},
+		{"small memory limit", "meshlet.dev/proxy-memory-limit: 10Mi\n    meshlet.dev/proxy-memory-request: 10Mi", false,
+			[]string{"value: \"9437184\""}, nil},
+		{"access log on", `meshlet.dev/access-log: "true"`, false, []string{"access_log: true"}, nil},
+		{"access log off", `meshlet.dev/access-log: "false"`, false, nil, []string{"access_log"}},
+		{"log level", "meshlet.dev/log-level: warn", false, []string{"level: warn"}, nil},
+		{"drain delay", "meshlet.dev/drain-delay: 15s", false, []string{"shutdown:\n          drain_delay: 15s\n"}, []string{"drain_timeout"}},
+		{"drain timeout", "meshlet.dev/drain-timeout: 1m30s", false, []string{"shutdown:\n          drain_timeout: 1m30s\n"}, []string{"drain_delay"}},
+		{"classic: default container", "", true, []string{`kubectl.kubernetes.io/default-container: "app"`}, nil},
+		{"classic by annotation", `meshlet.dev/native-sidecar: "false"`, false, []string{`kubectl.kubernetes.io/default-container: "app"`}, nil},
+		{"classic: the pod's own default container kept", "kubectl.kubernetes.io/default-container: side", true,
+			[]string{"kubectl.kubernetes.io/default-container: side\n"}, []string{`default-container: "app"`}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			in := "kind: Pod\nmetadata:\n  name: p\n  annotations:\n    meshlet.dev/service: p\n    " + tc.ann +
+				"\nspec:\n  containers:\n  - {name: app, image: app, ports: [{containerPort: 8080}]}\n  - {name: side, image: side}\n"
+			cfg := testConfig
+			cfg.Classic = tc.classic
+			var out bytes.Buffer
+			if _, err := Inject(&out, strings.NewReader(in), cfg); err != nil {
+				t.Fatal(err)
+			}
+			for _, w := range tc.want {
+				if !strings.Contains(out.String(), w) {
+					t.Errorf("output lacks %q:\n%s", w, out.String())
+				}
+			}
+			for _, w := range tc.wantNot {
+				if strings.Contains(out.String(), w) {
+					t.Errorf("output has %q:\n%s", w, out.String())
+				}
+			}
+		})
+	}
+}
+
+// TestConfigResources: the cluster-wide defaults (Config) are checked as quantities too.
+func TestConfigResources(t *testing.T) {
+	cfg := testConfig
+	cfg.MemoryLimit, cfg.CPULimit = "lots", "2"
+	if _, err := Inject(new(bytes.Buffer), strings.NewReader(""), cfg); err == nil || !strings.Contains(err.Error(), `proxy memory limit: "lots" must be a Kubernetes quantity`) {
+		t.Errorf("err = %v", err)
+	}
+	// Valid defaults apply to every pod that does not set the annotation; a pod's annotation wins.
+	cfg.MemoryLimit, cfg.MemoryRequest, cfg.CPURequest = "512Mi", "256Mi", "1"
+	pod := "kind: Pod\nmetadata:\n  name: p\n  annotations: {meshlet.dev/proxy-cpu-limit: \"4\"}\n" +
+		"spec:\n  containers:\n  - {name: app, image: app, ports: [{containerPort: 8080}]}\n"
+	var out bytes.Buffer
+	if _, err := Inject(&out, strings.NewReader(pod), cfg); err != nil {
+		t.Fatal(err)
+	}
+	for _, want := range []string{"requests:\n        cpu: \"1\"\n        memory: 256Mi", "limits:\n        cpu: \"4\"\n        memory: 512Mi", "value: 460MiB"} {
+		if !strings.Contains(out.String(), want) {
+			t.Errorf("output lacks %q:\n%s", want, out.String())
+		}
+	}
+	cfg.CPURequest = "5"
+	if _, err := Inject(new(bytes.Buffer), strings.NewReader(pod), cfg); err == nil || !strings.Contains(err.Error(), `meshlet.dev/proxy-cpu-request: 5 is more than the limit 4 (meshlet.dev/proxy-cpu-limit)`) {
+		t.Errorf("request from the default above the pod's limit: err = %v", err)
 	}
 }

@@ -3,9 +3,11 @@ package inject
 import (
 	"errors"
 	"fmt"
+	"math/big"
 	"regexp"
 	"strconv"
 	"strings"
+	"time"
 
 	"go.yaml.in/yaml/v3"
 )
@@ -23,7 +25,8 @@ type Config struct {
 	Consul          string // Consul agent address; default "$(HOST_IP):8500", an agent per node
 	CPURequest      string // default "50m"
 	MemoryRequest   string // default "32Mi"
-	MemoryLimit     string // default "128Mi"
+	MemoryLimit     string // default "128Mi"; GOMEMLIMIT is 90% of it
+	CPULimit        string // default none
 	RunAsUser       int64  // default 65532 (distroless nonroot); transparent pods run the sidecar as ProxyUID
 	// Classic injects a regular container (first in containers, with a postStart hook that runs `meshlet wait`)
 	// instead of a native sidecar, for clusters older than Kubernetes 1.29. A pod can ask for it with
@@ -86,6 +89,14 @@ func (c *Config) validate() error {
 	if c.ProxyUID < 1 || c.ProxyUID > 1<<31-1 {
 		errs = append(errs, errNoProxyUID)
 	}
+	for _, r := range []struct{ name, v string }{{"proxy cpu request", c.CPURequest}, {"proxy memory request", c.MemoryRequest},
+		{"proxy memory limit", c.MemoryLimit}, {"proxy cpu limit", c.CPULimit}} {
+		if r.v != "" {
+			if _, err := parseQuantity(r.v); err != nil {
+				errs = append(errs, fmt.Errorf("%s: %w", r.name, err))
+			}
+		}
+	}
 	return errors.Join(errs...)
 }
 
@@ -109,6 +120,11 @@ type podParams struct {
 	tlsSecret   string             // a Secret with the certificate files
 	tlsConsul   bool               // the certificate from Consul's Connect CA
 	transparent *transparentParams // nil: no transparent interception
+	// The sidecar's resources (quantities as written; cpuLimit "" for none) and its GOMEMLIMIT.
+	cpuRequest, cpuLimit, memoryRequest, memoryLimit string
+	goMemLimit                                       string
+	accessLog                                        bool
+	drainDelay, drainTimeout                         string // Go durations; "": meshlet's defaults
 }
 
 var dnsLabel = regexp.MustCompile(`^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$`)
@@ -196,6 +212,28 @@ func podParamsFrom(meta, spec *yaml.Node, ann map[string]string, workload string
 		}
 		p.logLevel = v
 	}
+	errs = append(errs, p.resourcesFrom(ann, cfg)...)
+	if v := ann[AnnotationAccessLog]; v != "" {
+		b, err := strconv.ParseBool(v)
+		if err != nil {
+			bad(AnnotationAccessLog, "%q must be true or false", v)
+		}
+		p.accessLog = b
+	}
+	for _, d := range []struct {
+		key string
+		to  *string
+	}{{AnnotationDrainDelay, &p.drainDelay}, {AnnotationDrainTimeout, &p.drainTimeout}} {
+		v := ann[d.key]
+		if v == "" {
+			continue
+		}
+		if dur, err := time.ParseDuration(v); err != nil || dur < 0 {
+			bad(d.key, "%q must be a duration such as 5s or 1m30s, not negative", v)
+			continue
+		}
+		*d.to = v
+	}
 	t, terrs := transparentFrom(spec, ann, cfg)
 	errs = append(errs, terrs...)
 	if p.transparent = t; t != nil && p.appPort != 0 {
@@ -203,6 +241,58 @@ func podParamsFrom(meta, spec *yaml.Node, ann map[string]string, workload string
 	}
 	errs = append(errs, p.portClashes(cfg)...)
 	return p, errors.Join(errs...)
+}
+
+// resourcesFrom reads the resource annotations over cfg's defaults: each a positive Kubernetes quantity, no
+// request above its limit (the API server would refuse the pod). GOMEMLIMIT is 90% of the memory limit.
+func (p *podParams) resourcesFrom(ann map[string]string, cfg Config) []error {
+	var errs []error
+	vals := map[string]*big.Rat{}
+	for _, r := range []struct {
+		key, def string
+		to       *string
+	}{
+		{AnnotationCPURequest, cfg.CPURequest, &p.cpuRequest}, {AnnotationCPULimit, cfg.CPULimit, &p.cpuLimit},
+		{AnnotationMemoryRequest, cfg.MemoryRequest, &p.memoryRequest}, {AnnotationMemoryLimit, cfg.MemoryLimit, &p.memoryLimit},
+	} {
+		v := ann[r.key]
+		if v == "" {
+			v = r.def
+		}
+		*r.to = v
+		if v == "" {
+			continue
+		}
+		q, err := parseQuantity(v)
+		if err != nil {
+			errs = append(errs, fmt.Errorf("%s: %w", r.key, err))
+			continue
+		}
+		vals[r.key] = q
+	}
+	for _, rl := range [][2]string{{AnnotationCPURequest, AnnotationCPULimit}, {AnnotationMemoryRequest, AnnotationMemoryLimit}} {
+		req, lim := vals[rl[0]], vals[rl[1]]
+		if req != nil && lim != nil && req.Cmp(lim) > 0 {
+			errs = append(errs, fmt.Errorf("%s: %s is more than the limit %s (%s)", rl[0], *pick(p, rl[0]), *pick(p, rl[1]), rl[1]))
+		}
+	}
+	if lim := vals[AnnotationMemoryLimit]; lim != nil {
+		p.goMemLimit = goMemLimit(lim)
+	}
+	return errs
+}
+
+// pick is the field of p that holds the resource annotation key.
+func pick(p *podParams, key string) *string {
+	switch key {
+	case AnnotationCPURequest:
+		return &p.cpuRequest
+	case AnnotationCPULimit:
+		return &p.cpuLimit
+	case AnnotationMemoryRequest:
+		return &p.memoryRequest
+	}
+	return &p.memoryLimit
 }
 
 // portClashes reports two of meshlet's ports (or the app's) that are the same.
@@ -338,8 +428,16 @@ type meshletConfig struct {
 	} `yaml:"discovery"`
 	TLS *tlsConfig `yaml:"tls,omitempty"`
 	Log struct {
-		Level string `yaml:"level"`
+		Level     string `yaml:"level"`
+		AccessLog bool   `yaml:"access_log,omitempty"`
 	} `yaml:"log"`
+	Shutdown *shutdownConfig `yaml:"shutdown,omitempty"`
+}
+
+// shutdownConfig is the shutdown section, written only when an annotation sets it.
+type shutdownConfig struct {
+	DrainDelay   string `yaml:"drain_delay,omitempty"`
+	DrainTimeout string `yaml:"drain_timeout,omitempty"`
 }
 
 // outboundConfig is the outbound section of a transparent pod.
@@ -385,6 +483,10 @@ func (p podParams) render(cfg Config) (string, error) {
 		c.TLS = &tlsConfig{Source: "consul"}
 	}
 	c.Log.Level = p.logLevel
+	c.Log.AccessLog = p.accessLog
+	if p.drainDelay != "" || p.drainTimeout != "" {
+		c.Shutdown = &shutdownConfig{DrainDelay: p.drainDelay, DrainTimeout: p.drainTimeout}
+	}
 	var b strings.Builder
 	enc := yaml.NewEncoder(&b)
 	enc.SetIndent(2)

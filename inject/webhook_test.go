@@ -105,6 +105,12 @@ func TestWebhook(t *testing.T) {
 	}{
 		{"classic pod from testdata", yamlToJSON(t, podYAML)},
 		{"native sidecar, pod of a controller", nativePod},
+		{"tuning annotations, classic: default container", []byte(`{"apiVersion":"v1","kind":"Pod","metadata":{"generateName":"legacy-5f-",
+			"labels":{"app":"legacy"},"annotations":{"meshlet.dev/inject":"enabled","meshlet.dev/native-sidecar":"false",
+			"meshlet.dev/proxy-cpu-request":"100m","meshlet.dev/proxy-cpu-limit":"1","meshlet.dev/proxy-memory-request":"64Mi",
+			"meshlet.dev/proxy-memory-limit":"256Mi","meshlet.dev/access-log":"true","meshlet.dev/log-level":"debug",
+			"meshlet.dev/drain-delay":"10s","meshlet.dev/drain-timeout":"45s"}},
+			"spec":{"containers":[{"name":"legacy","image":"legacy:1","ports":[{"containerPort":8080}]}]}}`)},
 		{"no annotations", []byte(`{"apiVersion":"v1","kind":"Pod","metadata":{"name":"solo"},"spec":{"containers":[{"name":"app","image":"a","ports":[{"containerPort":80}]}]}}`)},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
@@ -140,8 +146,9 @@ func TestWebhook(t *testing.T) {
 			kind string
 			obj  string
 		}{
-			"opted out": {"Pod", `{"metadata":{"annotations":{"meshlet.dev/inject":"false"}},"spec":{"containers":[{"name":"a","image":"a"}]}}`},
-			"a Service": {"Service", `{"metadata":{"name":"web"},"spec":{"ports":[{"port":80}]}}`},
+			"opted out":           {"Pod", `{"metadata":{"annotations":{"meshlet.dev/inject":"false"}},"spec":{"containers":[{"name":"a","image":"a"}]}}`},
+			"opted out, disabled": {"Pod", `{"metadata":{"annotations":{"meshlet.dev/inject":"disabled"}},"spec":{"containers":[{"name":"a","image":"a"}]}}`},
+			"a Service":           {"Service", `{"metadata":{"name":"web"},"spec":{"ports":[{"port":80}]}}`},
 		} {
 			code, resp := review(t, srv.URL, obj.kind, []byte(obj.obj))
 			if code != 200 || !resp.Allowed || resp.Patch != nil || resp.PatchType != "" {
@@ -160,6 +167,19 @@ func TestWebhook(t *testing.T) {
 		if code != 200 || resp.Allowed || resp.Status == nil || resp.Status.Code != 400 ||
 			!strings.Contains(resp.Status.Message, `meshlet.dev/upstreams: "api" must be name:port`) {
 			t.Errorf("code %d, response %+v", code, resp)
+		}
+	})
+	t.Run("denied: bad tuning annotations", func(t *testing.T) {
+		for ann, want := range map[string]string{
+			`"meshlet.dev/proxy-memory-limit":"lots"`: `meshlet.dev/proxy-memory-limit: "lots" must be a Kubernetes quantity`,
+			`"meshlet.dev/inject":"maybe"`:            `meshlet.dev/inject: "maybe" must be enabled or disabled`,
+			`"meshlet.dev/drain-delay":"5"`:           `meshlet.dev/drain-delay: "5" must be a duration`,
+			`"meshlet.dev/access-log":"loud"`:         `meshlet.dev/access-log: "loud" must be true or false`,
+		} {
+			code, resp := review(t, srv.URL, "Pod", []byte(`{"metadata":{"name":"p","annotations":{`+ann+`}},"spec":{"containers":[{"name":"a","image":"a","ports":[{"containerPort":80}]}]}}`))
+			if code != 200 || resp.Allowed || resp.Status == nil || !strings.Contains(resp.Status.Message, want) {
+				t.Errorf("%s: code %d, response %+v", ann, code, resp)
+			}
 		}
 	})
 	t.Run("bad requests", func(t *testing.T) {

@@ -11,6 +11,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"regexp"
 	"strings"
 	"syscall"
 	"testing"
@@ -43,6 +44,59 @@ func TestCLIInject(t *testing.T) {
 			t.Errorf("stderr: %s", stderr.String())
 		}
 	})
+	t.Run("file as the argument", func(t *testing.T) { // meshlet inject FILE, as linkerd inject FILE
+		cmd := exec.Command(meshlettest.Bin(), "inject", "-image", goldenImage, in)
+		var stdout, stderr bytes.Buffer
+		cmd.Stdout, cmd.Stderr = &stdout, &stderr
+		if err := cmd.Run(); err != nil {
+			t.Fatalf("%v: %s", err, stderr.String())
+		}
+		if stdout.String() != string(want) {
+			t.Errorf("stdout differs from the golden file:\n%s", stdout.String())
+		}
+	})
+	t.Run("- as the argument is stdin", func(t *testing.T) {
+		cmd := exec.Command(meshlettest.Bin(), "inject", "-image", goldenImage, "-")
+		cmd.Stdin = bytes.NewReader(want)
+		out, err := cmd.Output()
+		if err != nil || string(out) != string(want) {
+			t.Errorf("%v: %s", err, out)
+		}
+	})
+	t.Run("default image: this version's", func(t *testing.T) {
+		v, err := exec.Command(meshlettest.Bin(), "version").Output()
+		if err != nil {
+			t.Fatal(err)
+		}
+		version := strings.Fields(string(v))[1] // meshlet VERSION GOVERSION
+		tag := regexp.MustCompile(`[^A-Za-z0-9_.-]`).ReplaceAllString(version, "-")
+		cmd := exec.Command(meshlettest.Bin(), "inject", in) // a newcomer's first command: no -image, no $MESHLET_IMAGE
+		cmd.Env = append(os.Environ(), "MESHLET_IMAGE=")
+		out, err := cmd.Output()
+		if err != nil {
+			t.Fatal(err)
+		}
+		if wantImage := "image: ghcr.io/meshlet-dev/meshlet:" + tag + "\n"; !strings.Contains(string(out), wantImage) {
+			t.Errorf("output lacks %q:\n%s", wantImage, out)
+		}
+		if strings.Contains(string(out), goldenImage) {
+			t.Errorf("output has the golden files' image:\n%s", out)
+		}
+	})
+	t.Run("resource flags, a pod's annotation wins", func(t *testing.T) {
+		pod := meshlettest.WriteTemp(t, "pod.yaml", "kind: Pod\nmetadata:\n  name: p\n  annotations: {meshlet.dev/proxy-cpu-request: 20m}\n"+
+			"spec:\n  containers:\n  - {name: app, image: app, ports: [{containerPort: 8080}]}\n")
+		out, err := exec.Command(meshlettest.Bin(), "inject", "-image", "x", "-proxy-cpu-request", "100m", "-proxy-cpu-limit", "2",
+			"-proxy-memory-request", "64Mi", "-proxy-memory-limit", "1Gi", pod).Output()
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, want := range []string{"cpu: 20m", "memory: 64Mi", `cpu: "2"`, "memory: 1Gi", "value: 921MiB"} {
+			if !strings.Contains(string(out), want) {
+				t.Errorf("output lacks %q:\n%s", want, out)
+			}
+		}
+	})
 	t.Run("stdin, image from the environment", func(t *testing.T) {
 		cmd := exec.Command(meshlettest.Bin(), "inject")
 		cmd.Env = append(os.Environ(), "MESHLET_IMAGE="+goldenImage)
@@ -61,9 +115,13 @@ func TestCLIInject(t *testing.T) {
 		code int
 		msg  string
 	}{
-		{"no image", []string{"inject", "-f", in}, 1, "image: required"},
+		{"no image", []string{"inject", "-image", "", "-f", in}, 1, "image: required"},
 		{"missing file", []string{"inject", "-image", "x", "-f", "/nonexistent.yaml"}, 1, "no such file"},
-		{"stray argument", []string{"inject", "-image", "x", in}, 2, "use -f FILE"},
+		{"missing file as the argument", []string{"inject", "-image", "x", "/nonexistent.yaml"}, 1, "no such file"},
+		{"stray argument", []string{"inject", "-image", "x", in, "extra.yaml"}, 2, `unexpected argument "extra.yaml" (one FILE, or -f FILE)`},
+		{"both -f and the argument", []string{"inject", "-image", "x", "-f", in, in}, 2, "give one (use -f FILE or FILE)"},
+		{"-f - and the argument", []string{"inject", "-image", "x", "-f", "-", in}, 2, "give one"},
+		{"bad resource flag", []string{"inject", "-image", "x", "-proxy-memory-limit", "1GB", in}, 1, `proxy memory limit: "1GB" must be a Kubernetes quantity`},
 		{"bad annotation", []string{"inject", "-image", "x", "-f", meshlettest.WriteTemp(t, "bad.yaml",
 			"kind: Pod\nmetadata:\n  name: p\n  annotations: {meshlet.dev/upstreams: nope}\nspec: {containers: []}\n")}, 1,
 			`document 1: Pod p: meshlet.dev/upstreams: "nope" must be name:port`},

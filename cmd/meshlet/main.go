@@ -5,7 +5,7 @@
 //
 //	meshlet run -config meshlet.yaml     run the sidecar
 //	meshlet check -config meshlet.yaml   validate a config file and print every problem
-//	meshlet inject -f app.yaml           add the sidecar to Kubernetes YAML
+//	meshlet inject app.yaml              add the sidecar to Kubernetes YAML
 //	meshlet wait -admin 127.0.0.1:15000  block until a meshlet is ready
 //	meshlet version                      print the version
 package main
@@ -38,9 +38,9 @@ Usage:
   meshlet run -config FILE     run the sidecar (FILE defaults to $MESHLET_CONFIG; env:NAME reads $NAME)
   meshlet check -config FILE   validate FILE; print every problem with its field path
   meshlet certs ca|issue ...   make a local trust domain CA and SPIFFE certificates (meshlet certs for help)
-  meshlet inject -f FILE       add the sidecar to Kubernetes YAML (FILE or stdin), write it to stdout
+  meshlet inject [FILE]        add the sidecar to Kubernetes YAML (FILE, -f FILE or stdin), write it to stdout
   meshlet wait -admin ADDR     block until the meshlet at ADDR answers /ready with 200
-  meshlet webhook -tls-cert F -tls-key F -image I   the injection as a mutating admission webhook (HTTPS /inject)
+  meshlet webhook -tls-cert F -tls-key F [-image I]   the injection as a mutating admission webhook (HTTPS /inject)
   meshlet redirect-traffic -proxy-uid UID ...   install transparent interception rules (-delete removes them)
   meshlet version              print the version
 `

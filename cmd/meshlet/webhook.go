@@ -33,7 +33,7 @@ func webhookCmd(args []string, stderr io.Writer) int {
 		return 2
 	}
 	if fs.NArg() > 0 || *certFile == "" || *keyFile == "" || cfg.Image == "" {
-		fmt.Fprintln(stderr, "meshlet webhook: -tls-cert, -tls-key and -image (or $MESHLET_IMAGE) are required, and no arguments")
+		fmt.Fprintln(stderr, "meshlet webhook: -tls-cert, -tls-key and -image are required (-image defaults to $MESHLET_IMAGE, else "+defaultImage()+"), and no arguments")
 		return 2
 	}
 	log := slog.New(slog.NewJSONHandler(stderr, nil)).With("component", "webhook")
