@@ -1,7 +1,8 @@
 # meshlet — build, test, demo and benchmark. `make help` lists the targets.
 GO      ?= go
 VERSION ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo dev)
-LDFLAGS := -s -w -X main.version=$(VERSION)
+COMMIT  ?= $(shell git rev-parse --short=12 HEAD 2>/dev/null)$(shell git diff --quiet HEAD 2>/dev/null || echo -dirty)
+LDFLAGS := -s -w -X main.version=$(VERSION) -X main.commit=$(COMMIT)
 # IMAGE is what `make image` builds from deploy/Dockerfile: the sidecar image that `meshlet inject` and `meshlet
 # webhook` of the same VERSION inject by default (IMAGE_REPO is cmd/meshlet's DefaultImageRepo; a test checks).
 IMAGE_REPO ?= ghcr.io/meshlet-dev/meshlet

@@ -185,9 +185,18 @@ func TestCLIVersion(t *testing.T) {
 	if code != 0 {
 		t.Fatalf("exit code %d:\n%s", code, out)
 	}
-	re := regexp.MustCompile(`^meshlet \S+ ` + regexp.QuoteMeta(runtime.Version()) + `\n?$`)
-	if !re.MatchString(out) {
-		t.Errorf("version output %q does not match %s", out, re)
+	re := regexp.MustCompile(`^meshlet \S+ ` + regexp.QuoteMeta(runtime.Version()) + `( commit ([0-9a-f]{12})(-dirty)?)?\n?$`)
+	m := re.FindStringSubmatch(out)
+	if m == nil {
+		t.Fatalf("version output %q does not match %s", out, re)
+	}
+	// The test binary is built without -ldflags, and with Go's VCS stamp only where GOFLAGS allows it: a commit,
+	// when printed, is this checkout's HEAD.
+	if m[2] != "" {
+		head, err := exec.Command("git", "rev-parse", "HEAD").Output()
+		if err == nil && !strings.HasPrefix(string(head), m[2]) {
+			t.Errorf("version output %q: commit %q, want HEAD %s", out, m[2], strings.TrimSpace(string(head)))
+		}
 	}
 }
 

@@ -22,6 +22,9 @@ import (
 // version is set at build time with -ldflags "-X main.version=..."; otherwise the module version is used.
 var version = ""
 
+// commit is set at build time (-ldflags "-X main.commit=..."; make build sets it from git); empty: Go's VCS stamp.
+var commit = ""
+
 func buildVersion() string {
 	if version != "" {
 		return version
@@ -30,6 +33,36 @@ func buildVersion() string {
 		return bi.Main.Version
 	}
 	return "dev"
+}
+
+// buildCommit is the commit the binary was built from: the one make build sets, else Go's VCS stamp (12 hex
+// digits, "-dirty" when the working tree had changes), or "" when the build recorded none.
+func buildCommit() string {
+	if commit != "" {
+		return commit
+	}
+	bi, ok := debug.ReadBuildInfo()
+	if !ok {
+		return ""
+	}
+	var rev, dirty string
+	for _, s := range bi.Settings {
+		switch s.Key {
+		case "vcs.revision":
+			rev = s.Value
+		case "vcs.modified":
+			if s.Value == "true" {
+				dirty = "-dirty"
+			}
+		}
+	}
+	if len(rev) > 12 {
+		rev = rev[:12]
+	}
+	if rev == "" {
+		return ""
+	}
+	return rev + dirty
 }
 
 const usage = `meshlet is a service-mesh sidecar proxy.
@@ -79,7 +112,13 @@ func run(args []string, stdout, stderr io.Writer) int {
 	case "redirect-traffic":
 		return redirectCmd(args[1:], stdout, stderr)
 	case "version", "-version", "--version":
-		fmt.Fprintf(stdout, "meshlet %s %s\n", buildVersion(), runtime.Version())
+		// "meshlet VERSION GOVERSION", then " commit REV" when the build recorded one: the first three fields stay
+		// where scripts read them.
+		line := fmt.Sprintf("meshlet %s %s", buildVersion(), runtime.Version())
+		if c := buildCommit(); c != "" {
+			line += " commit " + c
+		}
+		fmt.Fprintln(stdout, line)
 		return 0
 	case "help", "-h", "-help", "--help":
 		fmt.Fprint(stdout, usage)
