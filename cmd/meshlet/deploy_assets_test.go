@@ -247,6 +247,117 @@ func TestPromtoolCheckRules(t *testing.T) {
 	}
 }
 
+// TestPromtoolTestRules: the alerts' unit tests (deploy/prometheus/rules_test.yaml) pass, and every alert of
+// rules.yaml has one.
+func TestPromtoolTestRules(t *testing.T) {
+	bin := lookPrometheusTool(t, "promtool")
+	var tests struct {
+		RuleFiles []string `yaml:"rule_files"`
+		Tests     []struct {
+			AlertRuleTest []struct{ Alertname string } `yaml:"alert_rule_test"`
+		}
+	}
+	readYAML(t, rulesTestFile, &tests)
+	if !slices.Equal(tests.RuleFiles, []string{filepath.Base(rulesFile)}) {
+		t.Errorf("rules_test.yaml tests %v, want [rules.yaml]", tests.RuleFiles)
+	}
+	tested := map[string]bool{}
+	for _, tc := range tests.Tests {
+		for _, a := range tc.AlertRuleTest {
+			tested[a.Alertname] = true
+		}
+	}
+	for _, a := range shippedAlerts(t, rulesFile) {
+		if !tested[a.Alert] {
+			t.Errorf("alert %s has no test in %s", a.Alert, rulesTestFile)
+		}
+	}
+	out, err := exec.Command(bin, "test", "rules", rulesTestFile).CombinedOutput()
+	if err != nil || !strings.Contains(string(out), "SUCCESS") {
+		t.Fatalf("promtool test rules: %v\n%s", err, out)
+	}
+}
+
+const (
+	rulesTestFile = "../../deploy/prometheus/rules_test.yaml"
+	runbookFile   = "../../docs/runbook.md"
+	runbookURL    = "https://meshlet.dev/meshlet/docs/runbook.md#"
+)
+
+type shippedAlert struct {
+	Alert       string
+	Expr        string
+	Labels      map[string]string
+	Annotations map[string]string
+}
+
+// shippedAlerts are the alerts of a rules file (rules.yaml, or prometheusrule.yaml's spec).
+func shippedAlerts(t *testing.T, path string) []shippedAlert {
+	t.Helper()
+	type groups struct {
+		Groups []struct{ Rules []shippedAlert }
+	}
+	var f struct {
+		groups `yaml:",inline"`
+		Spec   groups
+	}
+	readYAML(t, path, &f)
+	var alerts []shippedAlert
+	for _, g := range append(f.Groups, f.Spec.Groups...) {
+		for _, r := range g.Rules {
+			if r.Alert != "" {
+				alerts = append(alerts, r)
+			}
+		}
+	}
+	if len(alerts) < 12 {
+		t.Fatalf("%s: %d alerts", path, len(alerts))
+	}
+	return alerts
+}
+
+// TestAlertConventions: in rules.yaml and prometheusrule.yaml, every alert has severity critical or warning (the
+// kube-prometheus mixins' convention), a summary, and a runbook_url pointing at its own section of docs/runbook.md;
+// the alerts for a meshlet target that is down and for high latency exist.
+func TestAlertConventions(t *testing.T) {
+	b, err := os.ReadFile(runbookFile)
+	if err != nil {
+		t.Fatal(err)
+	}
+	sections := map[string]bool{}
+	for _, m := range regexp.MustCompile(`(?m)^## (\S+)$`).FindAllStringSubmatch(string(b), -1) {
+		sections[m[1]] = true
+	}
+	for _, path := range []string{rulesFile, "../../deploy/prometheus/prometheusrule.yaml"} {
+		names := map[string]bool{}
+		for _, a := range shippedAlerts(t, path) {
+			names[a.Alert] = true
+			if s := a.Labels["severity"]; s != "critical" && s != "warning" {
+				t.Errorf("%s: %s: severity %q, want critical or warning", path, a.Alert, s)
+			}
+			if a.Annotations["summary"] == "" {
+				t.Errorf("%s: %s: no summary", path, a.Alert)
+			}
+			if u := a.Annotations["runbook_url"]; u != runbookURL+strings.ToLower(a.Alert) {
+				t.Errorf("%s: %s: runbook_url %q, want %q", path, a.Alert, u, runbookURL+strings.ToLower(a.Alert))
+			}
+			if !sections[a.Alert] {
+				t.Errorf("%s: %s has no section \"## %s\" in %s", path, a.Alert, a.Alert, runbookFile)
+			}
+		}
+		for _, want := range []string{"MeshletTargetDown", "MeshletUpstreamLatencyHigh"} {
+			if !names[want] {
+				t.Errorf("%s: no alert %s", path, want)
+			}
+		}
+		for s := range sections {
+			if !names[s] {
+				t.Errorf("%s has a section for %s, which %s does not have", runbookFile, s, path)
+			}
+		}
+	}
+}
+
 func lookPrometheusTool(t *testing.T, name string) string {
 	t.Helper()
 	p, err := exec.LookPath(name)
