@@ -31,6 +31,9 @@ type Config struct {
 	// IP addresses, localhost (and names under .localhost) and admin.listen's host. Any other name is refused with
 	// 403, so that a web page cannot reach the admin listener by DNS rebinding. Default none.
 	AllowedHosts []string `yaml:"allowed_hosts" json:"allowed_hosts"`
+	// Pprof serves Go's profiles under /debug/pprof/ (local clients only), for measuring a running sidecar.
+	// Default false: 404.
+	Pprof bool `yaml:"pprof" json:"pprof"`
 }
 
 // SetDefaults fills zero fields.
@@ -74,6 +77,9 @@ type Options struct {
 	// Quit is POST /quitquitquit (local clients only): it starts a graceful shutdown and must not block. Off when
 	// nil or when Config.EnableQuit is false.
 	Quit func()
+	// LogLevel is the log's level: GET /debug/log-level reads it and POST /debug/log-level?level=debug sets it
+	// (local clients only) until the next config reload sets log.level again. Nil: 404.
+	LogLevel *slog.LevelVar
 	// Refused counts refused requests by reason (meshlet_admin_requests_refused_total, metrics.Metrics'
 	// AdminRefused); nil: refusals are logged but not exported.
 	Refused *prometheus.CounterVec
@@ -129,6 +135,16 @@ func New(cfg Config, opts Options) *Server {
 	}
 	if opts.Quit != nil && *cfg.EnableQuit {
 		mux.HandleFunc("POST /quitquitquit", s.guard(accessMutate, s.quit))
+	}
+	if opts.LogLevel != nil {
+		mux.HandleFunc("GET /debug/log-level", s.guard(accessLocalView, s.logLevel))
+		mux.HandleFunc("POST /debug/log-level", s.guard(accessMutate, s.setLogLevel))
+	}
+	if cfg.Pprof {
+		mux.HandleFunc("GET /debug/pprof/{$}", s.guard(accessLocalView, pprofIndex))
+		mux.HandleFunc("GET /debug/pprof/profile", s.guard(accessLocalView, pprofCPU))
+		mux.HandleFunc("GET /debug/pprof/trace", s.guard(accessLocalView, pprofTrace))
+		mux.HandleFunc("GET /debug/pprof/{name}", s.guard(accessLocalView, pprofNamed))
 	}
 	mux.HandleFunc("GET /{$}", s.index)
 	s.srv = &http.Server{Handler: mux, ReadHeaderTimeout: 5 * time.Second, IdleTimeout: time.Minute,
@@ -209,7 +225,11 @@ func (s *Server) quit(w http.ResponseWriter, r *http.Request) {
 }
 
 func (s *Server) index(w http.ResponseWriter, r *http.Request) {
-	fmt.Fprintln(w, "meshlet admin\n\n/live\n/ready\n/metrics\n/debug/config\n/debug/upstreams\nPOST /debug/reload\nPOST /quitquitquit")
+	fmt.Fprintln(w, "meshlet admin\n\n/live\n/ready\n/metrics\n/debug/config\n/debug/upstreams\n/debug/log-level\n"+
+		"POST /debug/log-level?level=debug\nPOST /debug/reload\nPOST /quitquitquit")
+	if s.cfg.Pprof {
+		fmt.Fprintln(w, "/debug/pprof/")
+	}
 }
 
 func writeJSON(w http.ResponseWriter, v any) {
@@ -217,4 +237,28 @@ func writeJSON(w http.ResponseWriter, v any) {
 	enc := json.NewEncoder(w)
 	enc.SetIndent("", "  ")
 	enc.Encode(v)
+}
+
+// logLevel answers GET /debug/log-level: the level, one line.
+func (s *Server) logLevel(w http.ResponseWriter, r *http.Request) {
+	fmt.Fprintln(w, strings.ToLower(s.opts.LogLevel.Level().String()))
+}
+
+// setLogLevel answers POST /debug/log-level?level=L (debug, info, warn, error): the log's level until the next
+// config reload.
+func (s *Server) setLogLevel(w http.ResponseWriter, r *http.Request) {
+	v := r.URL.Query().Get("level")
+	var l slog.Level
+	switch v {
+	case "debug", "info", "warn", "error":
+		_ = l.UnmarshalText([]byte(v))
+	default:
+		http.Error(w, fmt.Sprintf("level %q: want ?level=debug, info, warn or error", v), http.StatusBadRequest)
+		return
+	}
+	old := s.opts.LogLevel.Level()
+	s.opts.LogLevel.Set(l)
+	s.log.Warn("log level changed at run time", "from", strings.ToLower(old.String()), "to", v,
+		"remote", r.RemoteAddr)
+	fmt.Fprintln(w, v)
 }

@@ -29,8 +29,9 @@ import (
 type access int
 
 const (
-	accessView   access = iota + 1 // Host checked
-	accessMutate                   // local client, Host, not a browser, no form body type
+	accessView      access = iota + 1 // Host checked
+	accessMutate                      // local client, Host, not a browser, no form body type
+	accessLocalView                   // local client, Host: views that say more than a remote caller may learn
 )
 
 // Reasons an admin request is refused: the reason label of meshlet_admin_requests_refused_total.
@@ -48,7 +49,7 @@ var formTypes = map[string]bool{"application/x-www-form-urlencoded": true, "mult
 // guard wraps h with the checks of a; a refused request gets a status and a message that says why.
 func (s *Server) guard(a access, h http.HandlerFunc) http.HandlerFunc {
 	return func(w http.ResponseWriter, r *http.Request) {
-		if a == accessMutate && !localClient(r) {
+		if (a == accessMutate || a == accessLocalView) && !localClient(r) {
 			s.refuse(w, r, RefusedNotLocal, http.StatusForbidden, fmt.Sprintf(
 				"%s answers local clients only (loopback, or this host's or pod's own address); %s is not one",
 				r.URL.Path, remoteHost(r)))

@@ -25,6 +25,7 @@ type guardRig struct {
 	quits    int
 	podIP    string
 	handlers http.Handler
+	level    slog.LevelVar
 }
 
 func newGuardRig(t *testing.T, cfg Config) *guardRig {
@@ -42,6 +43,7 @@ func newGuardRig(t *testing.T, cfg Config) *guardRig {
 		Config:    func() any { return map[string]string{"k": "v"} },
 		Reload:    func() ([]string, error) { g.reloads++; return nil, nil },
 		Quit:      func() { g.quits++ },
+		LogLevel:  &g.level,
 		Refused:   metrics.New(g.reg, "test").AdminRefused,
 	})
 	g.handlers = g.s.srv.Handler
@@ -104,11 +106,24 @@ func TestAdminGuard(t *testing.T) {
 		{"debug upstreams by [::1]", request{method: "GET", path: "/debug/upstreams", remote: "[::1]:5000", host: "[::1]:15000"}, 200, "api", ""},
 		{"debug by kubectl port-forward", request{method: "GET", path: "/debug/config", remote: "127.0.0.1:5000", host: "localhost:8080"}, 200, `"k"`, ""},
 		{"allowed host", request{method: "GET", path: "/debug/config", host: "Debug.Example.:15000"}, 200, `"k"`, ""},
+		{"log level from the pod", request{method: "GET", path: "/debug/log-level"}, 200, "info", ""},
+		{"curl sets the log level", request{method: "POST", path: "/debug/log-level?level=debug", remote: "127.0.0.1:5000",
+			host: "127.0.0.1:15000", header: map[string]string{"User-Agent": "curl/8.5.0"}}, 200, "debug", ""},
+		{"unknown log level", request{method: "POST", path: "/debug/log-level?level=verbose"}, 400, "want ?level=debug, info, warn or error", ""},
+		{"pprof index from the pod", request{method: "GET", path: "/debug/pprof/"}, 200, "goroutine", ""},
+		{"pprof heap by kubectl port-forward", request{method: "GET", path: "/debug/pprof/heap?debug=1", remote: "127.0.0.1:5000", host: "localhost:8080"}, 200, "heap profile", ""},
 
 		// Another pod or host.
 		{"reload from another pod", request{method: "POST", path: "/debug/reload", remote: otherPod}, 403, "local clients only", RefusedNotLocal},
 		{"quit from another pod", request{method: "POST", path: "/quitquitquit", remote: otherPod}, 403, "local clients only", RefusedNotLocal},
 		{"unparseable remote", request{method: "POST", path: "/debug/reload", remote: "garbage"}, 403, "local clients only", RefusedNotLocal},
+		{"log level read from another pod", request{method: "GET", path: "/debug/log-level", remote: otherPod}, 403, "local clients only", RefusedNotLocal},
+		{"log level set from another pod", request{method: "POST", path: "/debug/log-level?level=debug", remote: otherPod}, 403, "local clients only", RefusedNotLocal},
+		{"pprof from another pod", request{method: "GET", path: "/debug/pprof/goroutine", remote: otherPod}, 403, "local clients only", RefusedNotLocal},
+		{"cpu profile from another pod", request{method: "GET", path: "/debug/pprof/profile?seconds=1", remote: otherPod}, 403, "local clients only", RefusedNotLocal},
+		{"pprof by a rebound name", request{method: "GET", path: "/debug/pprof/", remote: "127.0.0.1:5000", host: "evil.example"}, 403, "DNS rebinding", RefusedHost},
+		{"log level by a page", request{method: "POST", path: "/debug/log-level?level=debug", remote: "127.0.0.1:5000", host: "127.0.0.1:15000",
+			header: map[string]string{"Origin": "https://evil.example"}}, 403, "browser", RefusedBrowser},
 
 		// DNS rebinding: a page's own name pointed at meshlet.
 		{"rebound name reads config", request{method: "GET", path: "/debug/config", remote: "127.0.0.1:5000", host: "evil.example:15000"}, 403, "DNS rebinding", RefusedHost},
@@ -134,7 +149,7 @@ func TestAdminGuard(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			g := newGuardRig(t, Config{AllowedHosts: []string{"debug.example"}})
+			g := newGuardRig(t, Config{AllowedHosts: []string{"debug.example"}, Pprof: true})
 			rec := g.do(tt.rq)
 			if rec.Code != tt.status || !strings.Contains(rec.Body.String(), tt.body) {
 				t.Errorf("%s %s = %d %q, want %d containing %q", tt.rq.method, tt.rq.path, rec.Code, rec.Body.String(), tt.status, tt.body)
@@ -204,6 +219,50 @@ func TestAdminConfigAllowedHosts(t *testing.T) {
 		err := c.Validate()
 		if (tt.err == "") != (err == nil) || (err != nil && !strings.Contains(err.Error(), tt.err)) {
 			t.Errorf("%q: %v, want %q", tt.hosts, err, tt.err)
+		}
+	}
+}
+
+// TestAdminPprofOff: without admin.pprof the profiles are not served; the log level is, and a refused or rejected
+// POST leaves it as it was.
+func TestAdminPprofOff(t *testing.T) {
+	g := newGuardRig(t, Config{})
+	if rec := g.do(request{method: "GET", path: "/debug/pprof/"}); rec.Code != http.StatusNotFound {
+		t.Fatalf("/debug/pprof/ without admin.pprof: %d", rec.Code)
+	}
+	for _, rq := range []request{{method: "POST", path: "/debug/log-level?level=debug", remote: "10.9.9.9:51000"},
+		{method: "POST", path: "/debug/log-level?level=loud"}} {
+		g.do(rq)
+		if g.level.Level() != slog.LevelInfo {
+			t.Fatalf("%s %s changed the level to %v", rq.method, rq.path, g.level.Level())
+		}
+	}
+	if rec := g.do(request{method: "POST", path: "/debug/log-level?level=warn"}); rec.Code != 200 || g.level.Level() != slog.LevelWarn {
+		t.Fatalf("POST ?level=warn: %d, level %v", rec.Code, g.level.Level())
+	}
+}
+
+// TestAdminPprof: with admin.pprof, go tool pprof's paths answer a local client: the index, a named profile (text
+// with ?debug=1, gzipped protobuf without), a CPU profile of ?seconds=; out-of-range seconds and unknown profiles are
+// refused.
+func TestAdminPprof(t *testing.T) {
+	g := newGuardRig(t, Config{Pprof: true})
+	for _, tc := range []struct {
+		path   string
+		status int
+		check  func(body []byte) bool
+	}{
+		{"/debug/pprof/", 200, func(b []byte) bool { return strings.Contains(string(b), "heap (") }},
+		{"/debug/pprof/goroutine?debug=1", 200, func(b []byte) bool { return strings.Contains(string(b), "goroutine profile:") }},
+		{"/debug/pprof/heap", 200, func(b []byte) bool { return len(b) > 2 && b[0] == 0x1f && b[1] == 0x8b }},
+		{"/debug/pprof/profile?seconds=1", 200, func(b []byte) bool { return len(b) > 2 && b[0] == 0x1f && b[1] == 0x8b }},
+		{"/debug/pprof/profile?seconds=0", 400, nil},
+		{"/debug/pprof/trace?seconds=1000", 400, nil},
+		{"/debug/pprof/nosuch", 404, nil},
+	} {
+		rec := g.do(request{method: "GET", path: tc.path})
+		if rec.Code != tc.status || (tc.check != nil && !tc.check(rec.Body.Bytes())) {
+			t.Errorf("GET %s: %d, %d bytes: want %d", tc.path, rec.Code, rec.Body.Len(), tc.status)
 		}
 	}
 }

@@ -103,6 +103,7 @@ func runSidecar(path string, stderr io.Writer) int {
 		Config:    s.configView,
 		Reload:    s.reload,
 		Quit:      func() { notify(sigs, syscall.SIGTERM) }, // POST /quitquitquit: as if signalled
+		LogLevel:  s.level,
 		Refused:   s.m.AdminRefused,
 	})
 

@@ -1,0 +1,99 @@
+package admin
+
+// Go's profiles on the admin listener (admin.pprof), served with runtime/pprof and runtime/trace directly: the
+// paths and formats of net/http/pprof, which `go tool pprof URL` reads, without its HTML index (and the template
+// packages it would link into the binary).
+
+import (
+	"fmt"
+	"net/http"
+	"runtime/pprof"
+	"runtime/trace"
+	"strconv"
+	"time"
+)
+
+// maxProfileSeconds bounds ?seconds= of the CPU profile and the trace.
+const maxProfileSeconds = 300
+
+// pprofIndex lists the profiles, one path a line.
+func pprofIndex(w http.ResponseWriter, r *http.Request) {
+	w.Header().Set("Content-Type", "text/plain; charset=utf-8")
+	fmt.Fprintln(w, "profile?seconds=30 (CPU)")
+	fmt.Fprintln(w, "trace?seconds=5")
+	for _, p := range pprof.Profiles() {
+		fmt.Fprintf(w, "%s (%d)\n", p.Name(), p.Count())
+	}
+}
+
+// pprofNamed writes the profile {name} (heap, goroutine, allocs, block, mutex, threadcreate): ?debug=1 or 2 as
+// text, else the protobuf that go tool pprof reads.
+func pprofNamed(w http.ResponseWriter, r *http.Request) {
+	p := pprof.Lookup(r.PathValue("name"))
+	if p == nil {
+		http.Error(w, "no such profile", http.StatusNotFound)
+		return
+	}
+	debug, _ := strconv.Atoi(r.URL.Query().Get("debug"))
+	if debug > 0 {
+		w.Header().Set("Content-Type", "text/plain; charset=utf-8")
+	} else {
+		w.Header().Set("Content-Type", "application/octet-stream")
+	}
+	_ = p.WriteTo(w, debug)
+}
+
+// seconds reads ?seconds= (default def, at most maxProfileSeconds); false after answering 400.
+func seconds(w http.ResponseWriter, r *http.Request, def int) (time.Duration, bool) {
+	n := def
+	if v := r.URL.Query().Get("seconds"); v != "" {
+		var err error
+		if n, err = strconv.Atoi(v); err != nil || n < 1 || n > maxProfileSeconds {
+			http.Error(w, fmt.Sprintf("seconds=%q: want 1..%d", v, maxProfileSeconds), http.StatusBadRequest)
+			return 0, false
+		}
+	}
+	return time.Duration(n) * time.Second, true
+}
+
+// pprofCPU writes a CPU profile of ?seconds= (default 30); one at a time (409 while another runs).
+func pprofCPU(w http.ResponseWriter, r *http.Request) {
+	d, ok := seconds(w, r, 30)
+	if !ok {
+		return
+	}
+	w.Header().Set("Content-Type", "application/octet-stream")
+	if err := pprof.StartCPUProfile(w); err != nil {
+		w.Header().Set("Content-Type", "text/plain; charset=utf-8")
+		http.Error(w, "cannot start the CPU profile: "+err.Error(), http.StatusConflict)
+		return
+	}
+	sleep(r, d)
+	pprof.StopCPUProfile()
+}
+
+// pprofTrace writes an execution trace of ?seconds= (default 1); one at a time (409 while another runs).
+func pprofTrace(w http.ResponseWriter, r *http.Request) {
+	d, ok := seconds(w, r, 1)
+	if !ok {
+		return
+	}
+	w.Header().Set("Content-Type", "application/octet-stream")
+	if err := trace.Start(w); err != nil {
+		w.Header().Set("Content-Type", "text/plain; charset=utf-8")
+		http.Error(w, "cannot start the trace: "+err.Error(), http.StatusConflict)
+		return
+	}
+	sleep(r, d)
+	trace.Stop()
+}
+
+// sleep waits d, or until the client goes away.
+func sleep(r *http.Request, d time.Duration) {
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-t.C:
+	case <-r.Context().Done():
+	}
+}
