@@ -17,8 +17,7 @@ import (
 // injectCmd is `meshlet inject [FILE]`: Kubernetes YAML from a file (the argument or -f) or stdin to stdout, with
 // the sidecar added.
 func injectCmd(args []string, stdin io.Reader, stdout, stderr io.Writer) int {
-	fs := flag.NewFlagSet("inject", flag.ContinueOnError)
-	fs.SetOutput(stderr)
+	fs := newFlags("inject", stderr)
 	cfg := injectFlags(fs)
 	fileSet := false
 	file := "-"
@@ -26,8 +25,8 @@ func injectCmd(args []string, stdin io.Reader, stdout, stderr io.Writer) int {
 		file, fileSet = s, true
 		return nil
 	})
-	if err := fs.Parse(args); err != nil {
-		return 2
+	if code, ok := parseFlags(fs, injectHelp, args, stdout, stderr); !ok {
+		return code
 	}
 	switch {
 	case fs.NArg() > 1:
@@ -69,12 +68,12 @@ func injectCmd(args []string, stdin io.Reader, stdout, stderr io.Writer) int {
 func injectFlags(fs *flag.FlagSet) *inject.Config {
 	cfg := new(inject.Config)
 	fs.StringVar(&cfg.Image, "image", firstNonEmpty(os.Getenv("MESHLET_IMAGE"), defaultImage()),
-		"meshlet image of the sidecar: $MESHLET_IMAGE if set, else the image this version's deploy/Dockerfile builds ("+DefaultImageRepo+":VERSION, `make image`)")
+		"meshlet image of the sidecar: $MESHLET_IMAGE if set, else the image this version's deploy/Dockerfile builds ("+DefaultImageRepo+":VERSION, built by make image)")
 	fs.StringVar(&cfg.ImagePullPolicy, "image-pull-policy", "", "imagePullPolicy of the sidecar (default: the cluster's)")
 	fs.IntVar(&cfg.AdminPort, "admin-port", 15000, "admin port of the sidecar (probes, /metrics)")
 	fs.IntVar(&cfg.InboundPort, "inbound-port", 21000, "inbound port, unless a pod sets meshlet.dev/inbound-port")
 	fs.StringVar(&cfg.Consul, "consul", "$(HOST_IP):8500", "Consul agent address, unless a pod sets meshlet.dev/consul")
-	fs.BoolVar(&cfg.Classic, "classic", false, "inject a regular container held by `meshlet wait` instead of a native sidecar (Kubernetes < 1.29)")
+	fs.BoolVar(&cfg.Classic, "classic", false, "inject a regular container held by meshlet wait instead of a native sidecar (Kubernetes < 1.29)")
 	fs.BoolVar(&cfg.Transparent, "transparent", false, "transparent interception for every pod (the meshlet-init container), unless a pod sets meshlet.dev/transparent: \"false\"")
 	fs.IntVar(&cfg.OutboundPort, "outbound-port", 15001, "outbound listener port (127.0.0.1) of transparent pods, where redirected connections arrive")
 	fs.StringVar(&cfg.CPURequest, "proxy-cpu-request", "50m", "the sidecar's CPU request, unless a pod sets meshlet.dev/proxy-cpu-request")

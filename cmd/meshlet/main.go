@@ -11,7 +11,6 @@
 package main
 
 import (
-	"flag"
 	"fmt"
 	"io"
 	"os"
@@ -75,7 +74,9 @@ Usage:
   meshlet wait -admin ADDR     block until the meshlet at ADDR answers /ready with 200
   meshlet webhook -tls-cert F -tls-key F [-image I]   the injection as a mutating admission webhook (HTTPS /inject)
   meshlet redirect-traffic -proxy-uid UID ...   install transparent interception rules (-delete removes them)
-  meshlet version              print the version
+  meshlet version              print the version, the Go version and the commit
+
+meshlet COMMAND -h prints a command's usage, examples and flags.
 `
 
 func main() {
@@ -90,15 +91,15 @@ func run(args []string, stdout, stderr io.Writer) int {
 	}
 	switch args[0] {
 	case "run":
-		path, ok := configFlag("run", args[1:], stderr)
+		path, code, ok := configFlag("run", runHelp, args[1:], stdout, stderr)
 		if !ok {
-			return 2
+			return code
 		}
 		return runSidecar(path, stderr)
 	case "check":
-		path, ok := configFlag("check", args[1:], stderr)
+		path, code, ok := configFlag("check", checkHelp, args[1:], stdout, stderr)
 		if !ok {
-			return 2
+			return code
 		}
 		return check(path, stdout, stderr)
 	case "certs":
@@ -108,7 +109,7 @@ func run(args []string, stdout, stderr io.Writer) int {
 	case "wait":
 		return waitCmd(args[1:], stdout, stderr)
 	case "webhook":
-		return webhookCmd(args[1:], stderr)
+		return webhookCmd(args[1:], stdout, stderr)
 	case "redirect-traffic":
 		return redirectCmd(args[1:], stdout, stderr)
 	case "version", "-version", "--version":
@@ -129,23 +130,22 @@ func run(args []string, stdout, stderr io.Writer) int {
 	}
 }
 
-// configFlag parses the flags of run and check.
-func configFlag(name string, args []string, stderr io.Writer) (string, bool) {
-	fs := flag.NewFlagSet(name, flag.ContinueOnError)
-	fs.SetOutput(stderr)
-	path := fs.String("config", os.Getenv("MESHLET_CONFIG"), "config file (YAML); default $MESHLET_CONFIG")
-	if err := fs.Parse(args); err != nil {
-		return "", false
+// configFlag parses the flags of run and check: the config path, or the exit code and false (0 after -h).
+func configFlag(name, help string, args []string, stdout, stderr io.Writer) (string, int, bool) {
+	fs := newFlags(name, stderr)
+	path := fs.String("config", os.Getenv("MESHLET_CONFIG"), "config file (YAML); $MESHLET_CONFIG when not given")
+	if code, ok := parseFlags(fs, help, args, stdout, stderr); !ok {
+		return "", code, false
 	}
 	if fs.NArg() > 0 {
 		fmt.Fprintf(stderr, "meshlet %s: unexpected argument %q\n", name, fs.Arg(0))
-		return "", false
+		return "", 2, false
 	}
 	if *path == "" {
 		fmt.Fprintf(stderr, "meshlet %s: -config is required (or set MESHLET_CONFIG)\n", name)
-		return "", false
+		return "", 2, false
 	}
-	return *path, true
+	return *path, 0, true
 }
 
 // check validates the config file at path, then the certificate files it names (checkTLSFiles): warnings go

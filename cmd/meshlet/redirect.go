@@ -13,7 +13,7 @@ import (
 	"meshlet.dev/meshlet/redirect"
 )
 
-const redirectUsage = `meshlet redirect-traffic installs the rules of transparent interception in the current network namespace:
+const redirectHelp = `meshlet redirect-traffic installs the rules of transparent interception in the current network namespace:
 outbound TCP from every process but meshlet goes to meshlet's outbound listener, TCP from outside to meshlet's
 inbound listener (nftables: table inet meshlet, replaced whole; run it again to change the rules).
 meshlet redirect-traffic -delete removes them. Both are idempotent and need CAP_NET_ADMIN.
@@ -27,22 +27,23 @@ Usage:
 With -config, the ports come from meshlet's config file: outbound.listen, inbound.listen, and the admin port is
 excluded from inbound redirection. The exclusion flags may be repeated and take comma-separated lists.
 
-Flags:
+Examples:
+  meshlet redirect-traffic -proxy-uid 5995 -proxy-outbound-port 15001 -proxy-inbound-port 21000 -exclude-inbound-port 15000
+  meshlet redirect-traffic -proxy-uid 5995 -config /etc/meshlet/meshlet.yaml -exclude-outbound-cidr 10.0.0.0/8
+  meshlet redirect-traffic -delete
 `
 
 // redirectCmd is `meshlet redirect-traffic`.
 func redirectCmd(args []string, stdout, stderr io.Writer) int {
-	fs := flag.NewFlagSet("redirect-traffic", flag.ContinueOnError)
-	fs.SetOutput(stderr)
-	fs.Usage = func() { fmt.Fprint(stderr, redirectUsage); fs.PrintDefaults() }
+	fs := newFlags("redirect-traffic", stderr)
 	var cfg redirect.Config
 	del := fs.Bool("delete", false, "remove the rules meshlet installed (table inet "+redirect.Table+")")
 	configPath := fs.String("config", "", "meshlet's config file: the listener ports and the admin port to exclude")
 	outPort := fs.Int("proxy-outbound-port", 0, "meshlet's outbound listener port (default: from -config's outbound.listen)")
 	inPort := fs.Int("proxy-inbound-port", 0, "meshlet's inbound listener port (default: from -config's inbound.listen)")
 	redirectFlags(fs, &cfg)
-	if err := fs.Parse(args); err != nil {
-		return 2
+	if code, ok := parseFlags(fs, redirectHelp, args, stdout, stderr); !ok {
+		return code
 	}
 	if fs.NArg() > 0 {
 		fmt.Fprintf(stderr, "meshlet redirect-traffic: unexpected argument %q\n", fs.Arg(0))

@@ -2,7 +2,6 @@ package main
 
 import (
 	"errors"
-	"flag"
 	"fmt"
 	"io"
 	"time"
@@ -93,15 +92,19 @@ func certs(args []string, stdout, stderr io.Writer) int {
 		fmt.Fprint(stderr, certsUsage)
 		return 2
 	}
-	fs := flag.NewFlagSet("certs "+args[0], flag.ContinueOnError)
-	fs.SetOutput(stderr)
+	switch args[0] {
+	case "-h", "-help", "--help", "help":
+		fmt.Fprint(stdout, certsUsage)
+		return 0
+	}
+	fs := newFlags("certs "+args[0], stderr)
 	dir := fs.String("dir", "certs", "directory of the CA and the certificates")
 	switch args[0] {
 	case "ca":
 		td := fs.String("trust-domain", "", "the trust domain, e.g. example.mesh (required)")
 		lifetime := fs.Duration("lifetime", mtls.DefaultCALifetime, "how long the CA is valid")
-		if fs.Parse(args[1:]) != nil {
-			return 2
+		if code, ok := parseFlags(fs, certsCAHelp, args[1:], stdout, stderr); !ok {
+			return code
 		}
 		if *td == "" {
 			fmt.Fprintln(stderr, "meshlet certs ca: -trust-domain is required")
@@ -126,8 +129,8 @@ func certs(args []string, stdout, stderr io.Writer) int {
 		ns := fs.String("namespace", mtls.DefaultNamespace, "the namespace in the SPIFFE ID")
 		dc := fs.String("datacenter", mtls.DefaultDatacenter, "the datacenter in the SPIFFE ID")
 		lifetime := fs.Duration("lifetime", mtls.DefaultLeafLifetime, "how long the certificate is valid")
-		if fs.Parse(args[1:]) != nil {
-			return 2
+		if code, ok := parseFlags(fs, certsIssueHelp, args[1:], stdout, stderr); !ok {
+			return code
 		}
 		if *service == "" {
 			fmt.Fprintln(stderr, "meshlet certs issue: -service is required")

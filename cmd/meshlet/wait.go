@@ -5,7 +5,6 @@ package main
 
 import (
 	"context"
-	"flag"
 	"fmt"
 	"io"
 	"net"
@@ -17,13 +16,12 @@ import (
 
 // waitCmd polls http://ADMIN/ready until it answers 200 (exit 0) or the timeout passes (exit 1).
 func waitCmd(args []string, stdout, stderr io.Writer) int {
-	fs := flag.NewFlagSet("wait", flag.ContinueOnError)
-	fs.SetOutput(stderr)
-	admin := fs.String("admin", defaultWaitAdmin(), "the meshlet's admin address, host:port (default $MESHLET_ADMIN_LISTEN, else 127.0.0.1:15000)")
+	fs := newFlags("wait", stderr)
+	admin := fs.String("admin", defaultWaitAdmin(), "the meshlet's admin address, host:port ($MESHLET_ADMIN_LISTEN when set)")
 	timeout := fs.Duration("timeout", time.Minute, "give up after this long")
 	interval := fs.Duration("interval", 200*time.Millisecond, "time between two checks")
-	if err := fs.Parse(args); err != nil {
-		return 2
+	if code, ok := parseFlags(fs, waitHelp, args, stdout, stderr); !ok {
+		return code
 	}
 	if fs.NArg() > 0 {
 		fmt.Fprintf(stderr, "meshlet wait: unexpected argument %q\n", fs.Arg(0))

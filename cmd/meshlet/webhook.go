@@ -6,7 +6,6 @@ import (
 	"context"
 	"crypto/tls"
 	"errors"
-	"flag"
 	"fmt"
 	"io"
 	"log/slog"
@@ -22,15 +21,14 @@ import (
 )
 
 // webhookCmd serves POST /inject (AdmissionReview) and GET /healthz on -listen over TLS until SIGTERM or SIGINT.
-func webhookCmd(args []string, stderr io.Writer) int {
-	fs := flag.NewFlagSet("webhook", flag.ContinueOnError)
-	fs.SetOutput(stderr)
+func webhookCmd(args []string, stdout, stderr io.Writer) int {
+	fs := newFlags("webhook", stderr)
 	cfg := injectFlags(fs)
 	listen := fs.String("listen", ":8443", "host:port to serve HTTPS on")
 	certFile := fs.String("tls-cert", "", "serving certificate, PEM (required; reloaded when the file changes)")
 	keyFile := fs.String("tls-key", "", "its private key, PEM (required)")
-	if err := fs.Parse(args); err != nil {
-		return 2
+	if code, ok := parseFlags(fs, webhookHelp, args, stdout, stderr); !ok {
+		return code
 	}
 	if fs.NArg() > 0 || *certFile == "" || *keyFile == "" || cfg.Image == "" {
 		fmt.Fprintln(stderr, "meshlet webhook: -tls-cert, -tls-key and -image are required (-image defaults to $MESHLET_IMAGE, else "+defaultImage()+"), and no arguments")
