@@ -6,6 +6,7 @@ package admin
 
 import (
 	"fmt"
+	"io"
 	"net/http"
 	"runtime/pprof"
 	"runtime/trace"
@@ -58,34 +59,29 @@ func seconds(w http.ResponseWriter, r *http.Request, def int) (time.Duration, bo
 
 // pprofCPU writes a CPU profile of ?seconds= (default 30); one at a time (409 while another runs).
 func pprofCPU(w http.ResponseWriter, r *http.Request) {
-	d, ok := seconds(w, r, 30)
-	if !ok {
-		return
-	}
-	w.Header().Set("Content-Type", "application/octet-stream")
-	if err := pprof.StartCPUProfile(w); err != nil {
-		w.Header().Set("Content-Type", "text/plain; charset=utf-8")
-		http.Error(w, "cannot start the CPU profile: "+err.Error(), http.StatusConflict)
-		return
-	}
-	sleep(r, d)
-	pprof.StopCPUProfile()
+	record(w, r, 30, "the CPU profile", pprof.StartCPUProfile, pprof.StopCPUProfile)
 }
 
 // pprofTrace writes an execution trace of ?seconds= (default 1); one at a time (409 while another runs).
 func pprofTrace(w http.ResponseWriter, r *http.Request) {
-	d, ok := seconds(w, r, 1)
+	record(w, r, 1, "the trace", trace.Start, trace.Stop)
+}
+
+// record runs start(w), waits ?seconds= (default def) or until the client goes away, and stops: what a CPU
+// profile and a trace share.
+func record(w http.ResponseWriter, r *http.Request, def int, what string, start func(io.Writer) error, stop func()) {
+	d, ok := seconds(w, r, def)
 	if !ok {
 		return
 	}
 	w.Header().Set("Content-Type", "application/octet-stream")
-	if err := trace.Start(w); err != nil {
+	if err := start(w); err != nil {
 		w.Header().Set("Content-Type", "text/plain; charset=utf-8")
-		http.Error(w, "cannot start the trace: "+err.Error(), http.StatusConflict)
+		http.Error(w, "cannot start "+what+": "+err.Error(), http.StatusConflict)
 		return
 	}
 	sleep(r, d)
-	trace.Stop()
+	stop()
 }
 
 // sleep waits d, or until the client goes away.

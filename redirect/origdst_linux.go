@@ -57,31 +57,28 @@ func OriginalDst(c net.Conn) (netip.AddrPort, error) {
 }
 
 func getOriginalDst(fd int, v4 bool) (netip.AddrPort, error) {
+	var sa4 unix.RawSockaddrInet4
+	var sa6 unix.RawSockaddrInet6
+	level, val, size := unix.SOL_IPV6, unsafe.Pointer(&sa6), uint32(unsafe.Sizeof(sa6))
 	if v4 {
-		var sa unix.RawSockaddrInet4
-		size := uint32(unsafe.Sizeof(sa))
-		if err := getsockopt(fd, unix.SOL_IP, soOriginalDst, unsafe.Pointer(&sa), &size); err != nil {
-			if errors.Is(err, unix.ENOENT) || errors.Is(err, unix.ENOPROTOOPT) {
-				// No conntrack entry (ENOENT), or no connection tracking in the kernel at all (ENOPROTOOPT): no
-				// rule can have redirected the connection.
-				return netip.AddrPort{}, ErrNotRedirected
-			}
-			return netip.AddrPort{}, err
-		}
-		port := uint16(sa.Port>>8) | uint16(sa.Port<<8) // network byte order
-		return netip.AddrPortFrom(netip.AddrFrom4(sa.Addr), port), nil
+		level, val, size = unix.SOL_IP, unsafe.Pointer(&sa4), uint32(unsafe.Sizeof(sa4))
 	}
-	var sa unix.RawSockaddrInet6
-	size := uint32(unsafe.Sizeof(sa))
-	if err := getsockopt(fd, unix.SOL_IPV6, soOriginalDst, unsafe.Pointer(&sa), &size); err != nil {
+	if err := getsockopt(fd, level, soOriginalDst, val, &size); err != nil {
 		if errors.Is(err, unix.ENOENT) || errors.Is(err, unix.ENOPROTOOPT) {
+			// No conntrack entry (ENOENT), or no connection tracking in the kernel at all (ENOPROTOOPT): no rule
+			// can have redirected the connection.
 			return netip.AddrPort{}, ErrNotRedirected
 		}
 		return netip.AddrPort{}, err
 	}
-	port := uint16(sa.Port>>8) | uint16(sa.Port<<8)
-	return netip.AddrPortFrom(netip.AddrFrom16(sa.Addr).Unmap(), port), nil
+	if v4 {
+		return netip.AddrPortFrom(netip.AddrFrom4(sa4.Addr), ntohs(sa4.Port)), nil
+	}
+	return netip.AddrPortFrom(netip.AddrFrom16(sa6.Addr).Unmap(), ntohs(sa6.Port)), nil
 }
+
+// ntohs reads a port in network byte order.
+func ntohs(p uint16) uint16 { return p>>8 | p<<8 }
 
 func getsockopt(fd, level, name int, val unsafe.Pointer, size *uint32) error {
 	_, _, errno := syscall.Syscall6(syscall.SYS_GETSOCKOPT, uintptr(fd), uintptr(level), uintptr(name),
