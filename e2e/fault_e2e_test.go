@@ -823,7 +823,7 @@ func TestFaultAppCheckReadyConfig(t *testing.T) {
 	}{
 		{"ready tcp", "{tcp: '127.0.0.1:8080', ready: true}", 0, ""},
 		{"ready http", "{http: 'http://127.0.0.1:8080/health', interval: 2s, ready: true}", 0, ""},
-		{"not a bool", "{tcp: '127.0.0.1:8080', ready: maybe}", 1, "cannot unmarshal"},
+		{"not a bool", "{tcp: '127.0.0.1:8080', ready: maybe}", 1, "service.check.ready: maybe must be true or false (line 1)"},
 		{"misspelt", "{tcp: '127.0.0.1:8080', readiness: true}", 1, "readiness"},
 		{"url without host", "{http: 'http:///health', ready: true}", 1, `service.check.http: "http:///health" must be a URL with a host`},
 	} {

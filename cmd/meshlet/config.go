@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"net"
 	"os"
 	"regexp"
 	"slices"
@@ -92,7 +93,53 @@ func (c *fileConfig) validate() error {
 	}
 	errs = append(errs, c.validateDiscovery()...)
 	errs = append(errs, c.validateTLS()...)
+	errs = append(errs, c.adminClashes()...)
 	return errors.Join(errs...)
+}
+
+// adminClashes reports a listener of the proxy on admin.listen's address: one of the two would fail to bind.
+func (c *fileConfig) adminClashes() []error {
+	var errs []error
+	listens := []struct{ path, addr string }{{"inbound.listen", c.Inbound.Listen}, {"outbound.listen", c.Outbound.Listen}}
+	for i, u := range c.Upstreams {
+		listens = append(listens, struct{ path, addr string }{fmt.Sprintf("upstreams[%d].listen", i), u.Listen})
+	}
+	for _, l := range listens {
+		if l.addr != "" && !strings.HasSuffix(l.addr, ":0") && sameListen(l.addr, c.Admin.Listen) {
+			errs = append(errs, fmt.Errorf("%s: %s is also admin.listen", l.path, l.addr))
+		}
+	}
+	return errs
+}
+
+// sameListen reports whether two listen addresses take the same port on a common address (0.0.0.0 and [::] take
+// every address).
+func sameListen(a, b string) bool {
+	ha, pa, err1 := net.SplitHostPort(a)
+	hb, pb, err2 := net.SplitHostPort(b)
+	if err1 != nil || err2 != nil || pa != pb {
+		return false
+	}
+	wildcard := func(h string) bool { return h == "" || h == "0.0.0.0" || h == "::" }
+	return ha == hb || wildcard(ha) || wildcard(hb) || (ha == "localhost" && hb == "127.0.0.1") || (ha == "127.0.0.1" && hb == "localhost")
+}
+
+// endpointsProblems are check's findings on upstreams without endpoints: without discovery and without an endpoint
+// list, every call gets 503 (an error for check); an explicit empty list (endpoints: []) says it is meant (a
+// warning).
+func (c *fileConfig) endpointsProblems() (warnings []string, errs []error) {
+	if c.Discovery.Consul != nil {
+		return nil, nil
+	}
+	for i, u := range c.explicit {
+		switch {
+		case u.Endpoints == nil:
+			errs = append(errs, fmt.Errorf("upstreams[%d]: %s has no endpoints and there is no discovery: every call would get 503 (list endpoints, configure discovery.consul, or write endpoints: [] if that is meant)", i, u.Name))
+		case len(u.Endpoints) == 0:
+			warnings = append(warnings, fmt.Sprintf("upstreams[%d]: %s has no endpoints (endpoints: []): every call gets 503", i, u.Name))
+		}
+	}
+	return warnings, errs
 }
 
 func parseLevel(s string) (slog.Level, error) {
@@ -111,13 +158,13 @@ func loadConfig(path string) (*fileConfig, error) {
 	}
 	cfg, err := decodeConfig(data)
 	if err != nil {
-		return nil, fmt.Errorf("%s: %w", path, err)
+		return nil, perLine(path, err)
 	}
 	applyEnv(cfg, os.Getenv)
 	cfg.explicit = slices.Clone(cfg.Upstreams)
 	cfg.setDefaults()
 	if err := cfg.validate(); err != nil {
-		return nil, err
+		return nil, perLine(path, err)
 	}
 	return cfg, nil
 }
@@ -135,11 +182,7 @@ func decodeConfig(data []byte) (*fileConfig, error) {
 		}
 		var te *yaml.TypeError
 		if errors.As(err, &te) {
-			msgs := make([]string, len(te.Errors))
-			for i, m := range te.Errors {
-				msgs[i] = yamlNotFound.ReplaceAllString(m, "unknown field $1")
-			}
-			return nil, errors.New(strings.Join(msgs, "\n"))
+			return nil, errors.New(strings.Join(typeErrors(data, te.Errors), "\n"))
 		}
 		return nil, fmt.Errorf("bad YAML: %w", err)
 	}

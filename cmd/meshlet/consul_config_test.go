@@ -43,7 +43,7 @@ func TestConsulConfig(t *testing.T) {
 				}
 			}},
 		{name: "app check strict", yaml: strings.Replace(api, "register: true}", "register: true, check: {htp: x}}", 1),
-			wantErr: "unknown field htp"},
+			wantErr: "service.check.htp: unknown field"},
 		{name: "app check needs one kind", yaml: strings.Replace(api, "register: true}", "register: true, check: {interval: 5s}}", 1),
 			wantErr: "service.check: set one of http and tcp"},
 		{name: "app check needs register", yaml: "service: {name: api, check: {tcp: '127.0.0.1:8080'}}\n",
@@ -51,7 +51,7 @@ func TestConsulConfig(t *testing.T) {
 		{name: "check interval under consul's minimum", yaml: "service: {name: web}\ndiscovery: {consul: {check_interval: 100ms}}\n",
 			wantErr: "discovery.consul.check_interval"},
 		{name: "unknown service key still an error", yaml: strings.Replace(api, "register: true", "registr: true", 1),
-			wantErr: "unknown field registr"},
+			wantErr: "service.registr: unknown field"},
 		{name: "register needs consul", yaml: "service: {name: api, address: 127.0.0.1:8080, register: true}\ninbound: {listen: 127.0.0.1:21001}\n",
 			wantErr: "service.register: needs discovery.consul"},
 		{name: "register needs inbound", yaml: "service: {name: api, register: true}\ndiscovery: {consul: {}}\n",

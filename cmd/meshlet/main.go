@@ -11,6 +11,7 @@
 package main
 
 import (
+	"errors"
 	"fmt"
 	"io"
 	"os"
@@ -157,11 +158,12 @@ func check(path string, stdout, stderr io.Writer) int {
 		return 1
 	}
 	warnings, err := cfg.checkTLSFiles()
-	for _, w := range append(warnings, cfg.authzWarnings()...) {
+	epWarnings, epErrs := cfg.endpointsProblems()
+	for _, w := range append(append(warnings, cfg.authzWarnings()...), epWarnings...) {
 		fmt.Fprintln(stderr, "warning:", w)
 	}
-	if err != nil {
-		fmt.Fprintln(stderr, err)
+	if err = errors.Join(append([]error{err}, epErrs...)...); err != nil {
+		fmt.Fprintln(stderr, perLine(path, err))
 		return 1
 	}
 	fmt.Fprintln(stdout, "config ok")
