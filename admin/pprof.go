@@ -12,6 +12,8 @@ import (
 	"runtime/trace"
 	"strconv"
 	"time"
+
+	"meshlet.dev/meshlet/resilience"
 )
 
 // maxProfileSeconds bounds ?seconds= of the CPU profile and the trace.
@@ -80,16 +82,6 @@ func record(w http.ResponseWriter, r *http.Request, def int, what string, start 
 		http.Error(w, "cannot start "+what+": "+err.Error(), http.StatusConflict)
 		return
 	}
-	sleep(r, d)
+	resilience.Sleep(r.Context(), d) // until d or the client goes away
 	stop()
-}
-
-// sleep waits d, or until the client goes away.
-func sleep(r *http.Request, d time.Duration) {
-	t := time.NewTimer(d)
-	defer t.Stop()
-	select {
-	case <-t.C:
-	case <-r.Context().Done():
-	}
 }

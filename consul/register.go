@@ -14,6 +14,7 @@ import (
 	"github.com/hashicorp/consul/api"
 
 	"meshlet.dev/meshlet/appcheck"
+	"meshlet.dev/meshlet/resilience"
 )
 
 var osHostname = os.Hostname
@@ -120,7 +121,7 @@ func (r *Registrar) Run(ctx context.Context) error {
 	failures := 0
 	wait := time.Duration(0)
 	for {
-		if !Sleep(ctx, wait) {
+		if !resilience.Sleep(ctx, wait) {
 			return nil
 		}
 		err := r.ensure(ctx)

@@ -11,6 +11,8 @@ import (
 	"time"
 
 	"github.com/hashicorp/consul/api"
+
+	"meshlet.dev/meshlet/resilience"
 )
 
 // Timings of the blocking-query loop (Consul's rules for blocking queries: rate-limit, back off on errors).
@@ -51,7 +53,7 @@ func Watch(ctx context.Context, o Options, fetch Fetch, failed func(err error, r
 	failures := 0
 	var last time.Time
 	for {
-		if !Sleep(ctx, MinInterval-time.Since(last)) {
+		if !resilience.Sleep(ctx, MinInterval-time.Since(last)) {
 			return
 		}
 		last = time.Now()
@@ -68,7 +70,7 @@ func Watch(ctx context.Context, o Options, fetch Fetch, failed func(err error, r
 			if failed != nil {
 				failed(err, delay)
 			}
-			if !Sleep(ctx, delay) {
+			if !resilience.Sleep(ctx, delay) {
 				return
 			}
 			continue
@@ -115,19 +117,4 @@ func Backoff(n int) time.Duration {
 		d = min(BackoffMin<<(n-1), BackoffMax)
 	}
 	return d/2 + rand.N(d/2+1)
-}
-
-// Sleep waits d (nothing when d <= 0) and reports false if ctx ended first.
-func Sleep(ctx context.Context, d time.Duration) bool {
-	if d <= 0 {
-		return ctx.Err() == nil
-	}
-	t := time.NewTimer(d)
-	defer t.Stop()
-	select {
-	case <-t.C:
-		return true
-	case <-ctx.Done():
-		return false
-	}
 }

@@ -208,7 +208,7 @@ func (t *RetryTransport) RoundTrip(req *http.Request) (*http.Response, error) {
 				if cancel != nil {
 					cancel()
 				}
-				if !sleep(ctx, delay) {
+				if !Sleep(ctx, delay) {
 					return nil, ctx.Err()
 				}
 				continue
@@ -276,7 +276,9 @@ func discard(resp *http.Response) {
 	resp.Body.Close()
 }
 
-func sleep(ctx context.Context, d time.Duration) bool {
+// Sleep waits d (nothing when d <= 0) and reports false if ctx ended first: the one wait of every retry loop
+// (retries here, the watches and registration of the Consul agent, the admin's profiles).
+func Sleep(ctx context.Context, d time.Duration) bool {
 	if d <= 0 {
 		return ctx.Err() == nil
 	}
