@@ -34,7 +34,13 @@ func startProxyWith(t testing.TB, cfg Config, src discovery.Source) (*Proxy, *me
 	t.Helper()
 	m := metrics.New(prometheus.NewRegistry(), "test")
 	log := slog.New(slog.NewTextHandler(io.Discard, nil))
-	p, err := New(cfg, Options{Logger: log, Metrics: m, Discovery: src})
+	return startProxyOpts(t, cfg, Options{Logger: log, Metrics: m, Discovery: src}), m
+}
+
+// startProxyOpts runs a Proxy for cfg with opts, waits until it is ready, and shuts it down when the test ends.
+func startProxyOpts(t testing.TB, cfg Config, opts Options) *Proxy {
+	t.Helper()
+	p, err := New(cfg, opts)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -55,7 +61,7 @@ func startProxyWith(t testing.TB, cfg Config, src discovery.Source) (*Proxy, *me
 		}
 		time.Sleep(time.Millisecond)
 	}
-	return p, m
+	return p
 }
 
 // echoServer answers with the request body and the sha256 of it in a header.

@@ -2,7 +2,6 @@ package proxy
 
 import (
 	"bytes"
-	"context"
 	"errors"
 	"io"
 	"log/slog"
@@ -213,20 +212,9 @@ func TestPlaintextLogRateLimited(t *testing.T) {
 	app := startEcho(t)
 	var logs syncBuffer
 	m := metrics.New(prometheus.NewRegistry(), "test")
-	p, err := New(Config{Service: ServiceConfig{Name: "api", Address: app, Protocol: ProtocolTCP},
+	p := startProxyOpts(t, Config{Service: ServiceConfig{Name: "api", Address: app, Protocol: ProtocolTCP},
 		Inbound: InboundConfig{Listen: "127.0.0.1:0", TLS: InboundTLSConfig{Mode: mtls.ModePermissive}}},
 		Options{Logger: slog.New(slog.NewJSONHandler(&logs, nil)), Metrics: m, TLS: pki.source(t, "api")})
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := p.Start(); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() {
-		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-		defer cancel()
-		p.Shutdown(ctx)
-	})
 	const conns = 30
 	start := time.Now()
 	for range conns {

@@ -1,15 +1,12 @@
 package proxy
 
 import (
-	"bytes"
-	"context"
 	"encoding/json"
 	"io"
 	"log/slog"
 	"net/http"
 	"net/http/httptest"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
@@ -18,23 +15,10 @@ import (
 	"meshlet.dev/meshlet/metrics"
 )
 
-type lockedBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (l *lockedBuffer) Write(p []byte) (int, error) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.Write(p)
-}
-
-// accessLines returns the access-log lines written so far, decoded.
-func (l *lockedBuffer) accessLines(t *testing.T) []map[string]any {
-	l.mu.Lock()
-	defer l.mu.Unlock()
+// accessLines returns the access-log lines in buf so far, decoded.
+func accessLines(buf *syncBuffer) []map[string]any {
 	var out []map[string]any
-	for _, line := range strings.Split(strings.TrimSpace(l.b.String()), "\n") {
+	for _, line := range strings.Split(strings.TrimSpace(buf.String()), "\n") {
 		var m map[string]any
 		if json.Unmarshal([]byte(line), &m) == nil && m["msg"] == "access" {
 			out = append(out, m)
@@ -44,22 +28,10 @@ func (l *lockedBuffer) accessLines(t *testing.T) []map[string]any {
 }
 
 // startLogged runs a Proxy for cfg with its log (access log on) in buf.
-func startLogged(t *testing.T, cfg Config, buf *lockedBuffer) *Proxy {
+func startLogged(t *testing.T, cfg Config, buf *syncBuffer) *Proxy {
 	t.Helper()
-	p, err := New(cfg, Options{Logger: slog.New(slog.NewJSONHandler(buf, nil)), AccessLog: true,
+	return startProxyOpts(t, cfg, Options{Logger: slog.New(slog.NewJSONHandler(buf, nil)), AccessLog: true,
 		Metrics: metrics.New(prometheus.NewRegistry(), "test")})
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := p.Start(); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() {
-		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-		defer cancel()
-		p.Shutdown(ctx)
-	})
-	return p
 }
 
 // TestTraceCorrelation sends calls app → sidecar A → sidecar B → app: the trace headers (W3C and B3) arrive
@@ -71,7 +43,7 @@ func TestTraceCorrelation(t *testing.T) {
 		seen <- r.Header.Clone()
 	}))
 	defer app.Close()
-	var logA, logB lockedBuffer
+	var logA, logB syncBuffer
 	b := startLogged(t, Config{Service: ServiceConfig{Name: "api", Address: strings.TrimPrefix(app.URL, "http://")},
 		Inbound: InboundConfig{Listen: "127.0.0.1:0"}}, &logB)
 	a := startLogged(t, Config{Service: ServiceConfig{Name: "web"}, Upstreams: []UpstreamConfig{{Name: "api",
@@ -113,10 +85,10 @@ func TestTraceCorrelation(t *testing.T) {
 			t.Fatalf("X-Request-Id at the app %q (sent %q)", got[HeaderRequestID], sent)
 		}
 		// Each sidecar logs the call once it is done: wait for the line with this ID.
-		for _, log := range []*lockedBuffer{&logA, &logB} {
+		for _, log := range []*syncBuffer{&logA, &logB} {
 			var line map[string]any
 			for deadline := time.Now().Add(5 * time.Second); line == nil && time.Now().Before(deadline); time.Sleep(5 * time.Millisecond) {
-				for _, l := range log.accessLines(t) {
+				for _, l := range accessLines(log) {
 					if l["request_id"] == id {
 						line = l
 					}
