@@ -19,7 +19,13 @@ import (
 )
 
 // deployment is a Deployment "web" whose pod spec lines (indented under template.spec) are spec.
-func deployment(spec string) string {
+func deployment(spec string) string { return deploymentWith("", spec) }
+
+// deploymentWith is deployment with the template's annotations ann (YAML lines at their level; none when "").
+func deploymentWith(ann, spec string) string {
+	if ann != "" {
+		ann = "      annotations:\n" + ann
+	}
 	return `apiVersion: apps/v1
 kind: Deployment
 metadata:
@@ -30,7 +36,7 @@ spec:
   template:
     metadata:
       labels: {app: web}
-    spec:
+` + ann + `    spec:
 ` + spec
 }
 

@@ -14,22 +14,10 @@ import (
 )
 
 // transparentPod is a Deployment web with the annotations ann (YAML lines at the template's annotations level)
-// and the pod spec lines spec.
+// beside meshlet.dev/upstreams, and the pod spec lines spec.
 func transparentPod(ann, spec string) string {
-	return `apiVersion: apps/v1
-kind: Deployment
-metadata:
-  name: web
-spec:
-  selector:
-    matchLabels: {app: web}
-  template:
-    metadata:
-      labels: {app: web}
-      annotations:
-        meshlet.dev/upstreams: "api:9001"
-` + ann + `    spec:
-` + spec
+	return deploymentWith(`        meshlet.dev/upstreams: "api:9001"
+`+ann, spec)
 }
 
 // podSpec is the injected pod template's spec.
