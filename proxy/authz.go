@@ -19,10 +19,10 @@ const sourcePlaintext = "(plaintext)"
 
 // inboundRequest prepares an inbound request for the local app: its path normalized (normalizedRequest) and its
 // caller authorized on that path. It returns the request to forward (r itself, or a shallow copy with the
-// normalized URL) and the verified caller's service ("" without one), or false after answering the client
+// normalized URL) and the caller's verified identity (nil without one), or false after answering the client
 // itself: 400 for a path that cannot be normalized safely, 403 (gRPC: PERMISSION_DENIED) for a caller that may
 // not call.
-func (c *cluster) inboundRequest(w *responseWriter, r *http.Request, grpc bool) (*http.Request, string, bool) {
+func (c *cluster) inboundRequest(w *responseWriter, r *http.Request, grpc bool) (*http.Request, *mtls.ID, bool) {
 	in, err := normalizedRequest(r)
 	if err != nil {
 		var pe *pathError
@@ -32,28 +32,27 @@ func (c *cluster) inboundRequest(w *responseWriter, r *http.Request, grpc bool) 
 		c.m.RefusedRequests.WithLabelValues(c.direction, pe.reason).Inc()
 		c.refused.refused(c.direction, c.name, r.RemoteAddr, pe.reason, http.StatusBadRequest)
 		c.fail(w, r, grpc, http.StatusBadRequest, pe.reason, pe.msg)
-		return nil, "", false
+		return nil, nil, false
 	}
-	caller, ok := c.authorizeRequest(w, in, grpc)
+	peer, ok := c.authorizeRequest(w, in, grpc)
 	if !ok {
-		return nil, "", false
+		return nil, nil, false
 	}
-	return in, caller, true
+	return in, peer, true
 }
 
 // authorizeRequest checks the caller of an inbound request (r, its path normalized) against inbound.tls.allow and
 // the rules (decideCaller). It answers 403 (gRPC: PERMISSION_DENIED) itself and returns false when the caller may
-// not call; every refusal is counted and logged (rate limited). An allowed caller comes with its service when its
-// identity was verified ("" otherwise).
-func (c *cluster) authorizeRequest(w *responseWriter, r *http.Request, grpc bool) (string, bool) {
-	allowed, source, why := c.decideCaller(h1guard.TLSState(r), r)
-	if allowed {
-		return source, true
+// not call; every refusal is counted and logged (rate limited). An allowed caller comes with its verified identity
+// (nil without one).
+func (c *cluster) authorizeRequest(w *responseWriter, r *http.Request, grpc bool) (*mtls.ID, bool) {
+	d := c.decideCaller(h1guard.TLSState(r), r)
+	if d.allowed {
+		return d.peer, true
 	}
-	c.m.AuthzDenied.WithLabelValues(source).Inc()
-	c.refused.denied(c.direction, c.name, r.RemoteAddr, source, why)
-	c.fail(w, r, grpc, http.StatusForbidden, reasonDenied, "caller "+source+" is not allowed to call "+c.name+" ("+why+")")
-	return "", false
+	c.deny(r.RemoteAddr, d)
+	c.fail(w, r, grpc, http.StatusForbidden, reasonDenied, "caller "+d.source+" is not allowed to call "+c.name+" ("+d.why+")")
+	return nil, false
 }
 
 // authorizeConn checks the caller of an inbound TCP connection (decideCaller); a refused one is closed before any
@@ -64,38 +63,48 @@ func (c *cluster) authorizeConn(conn net.Conn) bool {
 		cs := tc.ConnectionState()
 		state = &cs
 	}
-	allowed, source, why := c.decideCaller(state, nil)
-	if allowed {
-		return true
+	d := c.decideCaller(state, nil)
+	if !d.allowed {
+		c.deny(conn.RemoteAddr().String(), d)
 	}
-	c.m.AuthzDenied.WithLabelValues(source).Inc()
-	c.refused.denied(c.direction, c.name, conn.RemoteAddr().String(), source, why)
-	return false
+	return d.allowed
+}
+
+// deny counts and logs (rate limited) a caller refused by decideCaller.
+func (c *cluster) deny(remote string, d callerDecision) {
+	c.m.AuthzDenied.WithLabelValues(d.source).Inc()
+	c.refused.denied(c.direction, c.name, remote, d.source, d.why)
+}
+
+// callerDecision is decideCaller's answer.
+type callerDecision struct {
+	allowed bool
+	peer    *mtls.ID // the caller's verified identity; nil without TLS or for a plaintext caller
+	source  string   // refused: meshlet_authz_denied_total's source label
+	why     string   // refused: the reason
 }
 
 // decideCaller decides whether an inbound caller may call: state is its TLS state (nil: plaintext), r its request
 // with the path normalized (nil: a TCP connection). Without TLS every caller may; a plaintext caller may unless
 // inbound.tls.allow or the rules decide who may call (plaintextDenied); a TLS caller needs an identity that the
-// trust domain, the allow list and the rules let through. A refused caller comes with the source label of
-// meshlet_authz_denied_total and the reason; an allowed one with its service when it was verified.
-func (c *cluster) decideCaller(state *tls.ConnectionState, r *http.Request) (allowed bool, source, why string) {
+// trust domain, the allow list and the rules let through.
+func (c *cluster) decideCaller(state *tls.ConnectionState, r *http.Request) callerDecision {
 	if c.tls == nil {
-		return true, "", ""
+		return callerDecision{allowed: true}
 	}
 	if state == nil {
 		if !c.tls.plaintextDenied() {
-			return true, "", ""
+			return callerDecision{allowed: true}
 		}
-		return false, sourcePlaintext, "plaintext caller: inbound.tls.allow or intentions need an identity (inbound.tls.allow_plaintext is false)"
+		return callerDecision{source: sourcePlaintext,
+			why: "plaintext caller: inbound.tls.allow or intentions need an identity (inbound.tls.allow_plaintext is false)"}
 	}
 	id, ok := mtls.PeerID(state)
 	if !ok {
-		return false, "unknown", "no identity"
+		return callerDecision{source: "unknown", why: "no identity"}
 	}
-	if allowed, why = c.tls.allowed(id, r); allowed {
-		return true, id.Service, ""
-	}
-	return false, id.Service, why
+	allowed, why := c.tls.allowed(id, r)
+	return callerDecision{allowed: allowed, peer: &id, source: id.Service, why: why}
 }
 
 // authorizer decides whether a verified caller may call the local service (inbound.tls.allow).
@@ -174,23 +183,19 @@ func (t *tlsState) local(id mtls.ID) (mtls.ID, bool) {
 // certificate) and URI (the caller's SPIFFE ID). meshlet removes any the caller sent, with or without TLS.
 const HeaderClientCert = "X-Forwarded-Client-Cert"
 
-// clientCertHeader is the X-Forwarded-Client-Cert value of an inbound request r: "" when it came without a
-// verified identity (plaintext, or no TLS at all).
-func (c *cluster) clientCertHeader(r *http.Request) string {
-	if c.tls == nil {
+// clientCertHeader is the X-Forwarded-Client-Cert value of an inbound request r whose caller authorization
+// verified as peer: "" without one (plaintext, or no TLS at all).
+func (c *cluster) clientCertHeader(r *http.Request, peer *mtls.ID) string {
+	if c.tls == nil || peer == nil {
 		return ""
 	}
 	state := h1guard.TLSState(r)
-	if state == nil || len(state.PeerCertificates) == 0 {
-		return ""
-	}
-	id, ok := mtls.PeerID(state)
 	b := c.tls.src.Bundle()
-	if !ok || b == nil {
+	if state == nil || len(state.PeerCertificates) == 0 || b == nil {
 		return ""
 	}
 	sum := sha256.Sum256(state.PeerCertificates[0].Raw)
-	return "By=" + b.ID.String() + ";Hash=" + hex.EncodeToString(sum[:]) + ";URI=" + id.String()
+	return "By=" + b.ID.String() + ";Hash=" + hex.EncodeToString(sum[:]) + ";URI=" + peer.String()
 }
 
 // denied logs one refused caller, rate limited with the refused-request lines of the same log.

@@ -81,14 +81,17 @@ func (c *cluster) rewrite(pr *httputil.ProxyRequest) {
 	if pr.In.Trailer != nil {
 		pr.Out.Trailer = pr.In.Trailer
 	}
-	if ex := exchangeFrom(pr.In.Context()); ex != nil && ex.requestID != "" {
+	ex := exchangeFrom(pr.In.Context())
+	if ex != nil && ex.requestID != "" {
 		pr.Out.Header[HeaderRequestID] = []string{ex.requestID}
 	}
 	if c.direction == metrics.Inbound {
 		// The verified caller, for the app; a value the caller sent itself is never passed on.
 		delete(pr.Out.Header, HeaderClientCert)
-		if v := c.clientCertHeader(pr.In); v != "" {
-			pr.Out.Header[HeaderClientCert] = []string{v}
+		if ex != nil {
+			if v := c.clientCertHeader(pr.In, ex.peer); v != "" {
+				pr.Out.Header[HeaderClientCert] = []string{v}
+			}
 		}
 	}
 }

@@ -12,6 +12,7 @@ import (
 
 	"meshlet.dev/meshlet/grpcwire"
 	"meshlet.dev/meshlet/metrics"
+	"meshlet.dev/meshlet/mtls"
 	"meshlet.dev/meshlet/proxy/h1guard"
 	"meshlet.dev/meshlet/resilience"
 )
@@ -29,7 +30,7 @@ type exchange struct {
 	idle      *streamIdle     // the request's stream_idle_timeout; nil when off
 	appPort   uint16          // inbound: the app port its connection was redirected to (service.ports); 0: the default
 	requestID string          // the X-Request-Id meshlet adds to the outbound copy; "": the request had one
-	caller    string          // inbound over mutual TLS: the verified caller's service; else ""
+	peer      *mtls.ID        // inbound over mutual TLS: the caller's verified identity; else nil
 	attempts  attemptLog
 }
 
@@ -79,11 +80,11 @@ func (c *cluster) serveHTTP(w http.ResponseWriter, r *http.Request, alog *slog.L
 		}
 	}()
 
-	in, caller, ok := c.checkRequest(rw, r, grpc)
+	in, peer, ok := c.checkRequest(rw, r, grpc)
 	if !ok {
 		return
 	}
-	ex.caller = caller
+	ex.peer = peer
 	release, err := c.acquire(r.Context())
 	if err != nil {
 		var oe *resilience.OverflowError
@@ -135,24 +136,24 @@ func (c *cluster) serveHTTP(w http.ResponseWriter, r *http.Request, alog *slog.L
 
 // checkRequest refuses what the cluster never forwards (CONNECT, a request target with a byte an HTTP/1.1
 // request line cannot carry) and, inbound, normalizes the path and authorizes the caller (inboundRequest). It
-// returns the request to forward and its verified caller's service (inbound over mutual TLS; else ""), or false
+// returns the request to forward and its caller's verified identity (inbound over mutual TLS; else nil), or false
 // after answering the client itself.
-func (c *cluster) checkRequest(rw *responseWriter, r *http.Request, grpc bool) (*http.Request, string, bool) {
+func (c *cluster) checkRequest(rw *responseWriter, r *http.Request, grpc bool) (*http.Request, *mtls.ID, bool) {
 	if r.Method == http.MethodConnect {
 		c.fail(rw, r, grpc, http.StatusMethodNotAllowed, reasonOther, "CONNECT is not supported")
-		return nil, "", false
+		return nil, nil, false
 	}
 	if !validTarget(r.URL.RawQuery) || !validTarget(r.URL.Opaque) {
 		// An HTTP/2 :path may carry a space or a control byte in its query, which an HTTP/1.1 request line
 		// cannot: forwarded as is, it would split the line at the endpoint.
 		c.m.RefusedRequests.WithLabelValues(c.direction, refusedTarget).Inc()
 		c.fail(rw, r, grpc, http.StatusBadRequest, refusedTarget, "invalid byte in the request target")
-		return nil, "", false
+		return nil, nil, false
 	}
 	if c.direction == metrics.Inbound {
 		return c.inboundRequest(rw, r, grpc)
 	}
-	return r, "", true
+	return r, nil, true
 }
 
 // timeout returns the request's timeout: the cluster's, or a gRPC call's grpc-timeout when shorter (a
@@ -186,7 +187,11 @@ func (c *cluster) done(rw *responseWriter, r *http.Request, ex *exchange, grpc b
 	if grpc {
 		grpcCode = rw.grpcStatus()
 	}
-	c.obs.record(code, grpcCode, time.Since(start), rx, rw.written, ex.caller)
+	var caller string
+	if ex.peer != nil {
+		caller = ex.peer.Service
+	}
+	c.obs.record(code, grpcCode, time.Since(start), rx, rw.written, caller)
 	if alog != nil {
 		trace, span := traceIDs(r.Header)
 		alog.LogAttrs(r.Context(), slog.LevelInfo, "access",
