@@ -43,7 +43,7 @@ func (l *appPortListener) Accept() (net.Conn, error) {
 		case slices.Contains(l.own, dst.Port()):
 			return c, nil
 		case slices.Contains(l.ports, dst.Port()):
-			return &appPortConn{Conn: c, port: dst.Port()}, nil
+			return &appPortConn{carriedConn{c}, dst.Port()}, nil
 		default:
 			l.refuse(c, "no app port", dst.String()+" is not in service.ports")
 		}
@@ -52,28 +52,14 @@ func (l *appPortListener) Accept() (net.Conn, error) {
 
 func (l *appPortListener) refuse(c net.Conn, why, detail string) {
 	l.refused.Inc()
-	if suppressed, ok := l.log.allow(); ok && l.log.log != nil {
-		l.log.log.Info("connection refused", "direction", metrics.Inbound, "listener", "inbound",
-			"remote", c.RemoteAddr().String(), "reason", why, "detail", detail, "suppressed_since_last", suppressed)
-	}
+	l.log.connection(metrics.Inbound, "inbound", c.RemoteAddr().String(), why, detail)
 	c.Close()
 }
 
 // appPortConn is an inbound connection redirected to another app port than service.address's.
 type appPortConn struct {
-	net.Conn
+	carriedConn
 	port uint16
-}
-
-// NetConn returns the wrapped connection.
-func (c *appPortConn) NetConn() net.Conn { return c.Conn }
-
-// CloseWrite half-closes the wrapped connection when it can.
-func (c *appPortConn) CloseWrite() error {
-	if cw, ok := c.Conn.(interface{ CloseWrite() error }); ok {
-		return cw.CloseWrite()
-	}
-	return c.Conn.Close()
 }
 
 // appPortOf finds the app port c was redirected to, through the wrappers above it (the guard, TLS); 0: the

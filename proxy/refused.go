@@ -78,6 +78,15 @@ type refusedLog struct {
 	logLimiter
 }
 
+// connection logs one connection refused at accept (transparent interception: no original destination, a
+// destination outside the mesh or meshlet's own, a port that is no app port), rate limited with the other lines.
+func (l *refusedLog) connection(direction, listener, remote, why, detail string) {
+	if suppressed, ok := l.allow(); ok && l.log != nil {
+		l.log.Info("connection refused", "direction", direction, "listener", listener, "remote", remote,
+			"reason", why, "detail", detail, "suppressed_since_last", suppressed)
+	}
+}
+
 func (l *refusedLog) refused(direction, listener, remote, reason string, status int) {
 	if suppressed, ok := l.allow(); ok && l.log != nil {
 		l.log.Info("request refused", "direction", direction, "listener", listener, "remote", remote,

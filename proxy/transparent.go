@@ -154,15 +154,20 @@ func (p *Proxy) newTransparentListener(lns []net.Listener, lim ListenerLimits) *
 // routedConn is a redirected connection handed to the HTTP server with the cluster its destination belongs to
 // (nil: routed by name).
 type routedConn struct {
-	net.Conn
+	carriedConn
 	cluster *cluster
 }
 
-// NetConn returns the wrapped connection.
-func (c *routedConn) NetConn() net.Conn { return c.Conn }
+// carriedConn wraps an accepted connection to carry a fact about it up to the HTTP server (routedConn,
+// appPortConn); the rest passes through: NetConn (for OriginalDst and appPortOf) and CloseWrite (upgraded tunnels,
+// the guard's lingering close).
+type carriedConn struct{ net.Conn }
 
-// CloseWrite half-closes the wrapped connection when it can (upgraded tunnels, the guard's lingering close).
-func (c *routedConn) CloseWrite() error {
+// NetConn returns the wrapped connection.
+func (c carriedConn) NetConn() net.Conn { return c.Conn }
+
+// CloseWrite half-closes the wrapped connection when it can, and else closes it.
+func (c carriedConn) CloseWrite() error {
 	if cw, ok := c.Conn.(interface{ CloseWrite() error }); ok {
 		return cw.CloseWrite()
 	}
@@ -268,23 +273,15 @@ func (t *transparentListener) take(c net.Conn) {
 
 // toHTTP hands c to the HTTP server, fixed to cluster cl (nil: routed by name).
 func (t *transparentListener) toHTTP(c net.Conn, cl *cluster) {
-	if !t.conns.put(&routedConn{Conn: c, cluster: cl}) {
+	if !t.conns.put(&routedConn{carriedConn: carriedConn{c}, cluster: cl}) {
 		c.Close() // shutting down
 	}
 }
 
 func (t *transparentListener) refuse(c net.Conn, why, detail string) {
 	t.outcomes.WithLabelValues(metrics.OutboundRefused).Inc()
-	t.p.refusedLog.connection(c.RemoteAddr().String(), why, detail)
+	t.p.refusedLog.connection(metrics.Outbound, "outbound", c.RemoteAddr().String(), why, detail)
 	c.Close()
-}
-
-// connection logs one refused redirected connection, rate limited with the refused-request lines.
-func (l *refusedLog) connection(remote, why, detail string) {
-	if suppressed, ok := l.allow(); ok && l.log != nil {
-		l.log.Info("connection refused", "direction", metrics.Outbound, "listener", "outbound", "remote", remote,
-			"reason", why, "detail", detail, "suppressed_since_last", suppressed)
-	}
 }
 
 // passthrough carries c to its original destination dst unchanged. meshlet's own connection is not redirected
