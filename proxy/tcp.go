@@ -35,19 +35,7 @@ func newTCPProxy(u *cluster, ln net.Listener, direction, label string, log *slog
 func (t *tcpProxy) serve() {
 	open := t.cluster.m.ConnectionsOpen.WithLabelValues(t.direction, t.label)
 	total := t.cluster.m.Connections.WithLabelValues(t.direction, t.label)
-	var delay time.Duration
-	for {
-		c, err := t.ln.Accept()
-		if err != nil {
-			if errors.Is(err, net.ErrClosed) {
-				return
-			}
-			delay = min(max(2*delay, 5*time.Millisecond), time.Second)
-			t.log.Warn("accept failed", "listener", t.label, "error", err, "retry_in", delay)
-			time.Sleep(delay)
-			continue
-		}
-		delay = 0
+	acceptEach(t.ln, t.label, t.log, func(c net.Conn) {
 		total.Inc()
 		open.Inc()
 		t.conns.add(c)
@@ -58,6 +46,26 @@ func (t *tcpProxy) serve() {
 			defer t.conns.remove(c)
 			t.handle(c)
 		}()
+	})
+}
+
+// acceptEach hands each connection ln accepts to take until ln is closed. Errors such as running out of file
+// descriptors pause accepting (5 ms, doubling up to 1 s) instead of ending it.
+func acceptEach(ln net.Listener, label string, log *slog.Logger, take func(net.Conn)) {
+	var delay time.Duration
+	for {
+		c, err := ln.Accept()
+		if err != nil {
+			if errors.Is(err, net.ErrClosed) {
+				return
+			}
+			delay = min(max(2*delay, 5*time.Millisecond), time.Second)
+			log.Warn("accept failed", "listener", label, "error", err, "retry_in", delay)
+			time.Sleep(delay)
+			continue
+		}
+		delay = 0
+		take(c)
 	}
 }
 

@@ -212,25 +212,13 @@ func (t *transparentListener) serve() {
 
 // accept takes connections from ln until it is closed.
 func (t *transparentListener) accept(ln net.Listener) {
-	var delay time.Duration
-	for {
-		c, err := ln.Accept()
-		if err != nil {
-			if errors.Is(err, net.ErrClosed) {
-				return
-			}
-			delay = min(max(2*delay, 5*time.Millisecond), time.Second)
-			t.log.Warn("accept failed", "listener", "outbound", "error", err, "retry_in", delay)
-			time.Sleep(delay)
-			continue
-		}
-		delay = 0
+	acceptEach(ln, "outbound", t.log, func(c net.Conn) {
 		t.open.wg.Add(1)
 		go func() {
 			defer t.open.wg.Done()
 			t.take(c)
 		}()
-	}
+	})
 }
 
 // take decides where one accepted connection goes.
