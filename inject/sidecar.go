@@ -383,12 +383,12 @@ func firstContainerPort(spec *yaml.Node) (int, error) {
 			continue
 		}
 		v := get(ports.Content[0], "containerPort")
-		if v == nil || v.Kind != yaml.ScalarNode || v.Tag != "!!int" || !decimalPort.MatchString(v.Value) {
-			return 0, fmt.Errorf("containers[%d].ports[0].containerPort %s must be a port number 1..65535 (or set the annotation)", i, describe(v))
-		}
-		n, _ := strconv.Atoi(v.Value)
-		if n > 65535 {
+		n, ok := portNumber(v)
+		switch {
+		case !ok && n > 65535:
 			return 0, fmt.Errorf("containers[%d].ports[0].containerPort %d must be a port number 1..65535 (or set the annotation)", i, n)
+		case !ok:
+			return 0, fmt.Errorf("containers[%d].ports[0].containerPort %s must be a port number 1..65535 (or set the annotation)", i, describe(v))
 		}
 		return n, nil
 	}
@@ -396,6 +396,17 @@ func firstContainerPort(spec *yaml.Node) (int, error) {
 }
 
 var decimalPort = regexp.MustCompile(`^[1-9][0-9]{0,4}$`)
+
+// portNumber reads v as a port written as a plain decimal number (no quotes, sign, leading zero, hex or
+// underscores, which kubectl's YAML 1.1 reader would read otherwise) in 1..65535; false otherwise, with the number
+// when it is one but too large.
+func portNumber(v *yaml.Node) (int, bool) {
+	if v == nil || v.Kind != yaml.ScalarNode || v.Tag != "!!int" || !decimalPort.MatchString(v.Value) {
+		return 0, false
+	}
+	n, err := strconv.Atoi(v.Value)
+	return n, err == nil && n <= 65535
+}
 
 // describe shows a scalar's value for an error, or says it is missing or not a scalar.
 func describe(n *yaml.Node) string {

@@ -155,9 +155,8 @@ func appContainerPorts(spec *yaml.Node) []int {
 			if proto := scalar(get(p, "protocol")); proto != "" && proto != "TCP" {
 				continue
 			}
-			v := get(p, "containerPort")
-			n, err := strconv.Atoi(scalar(v))
-			if v == nil || v.Tag != "!!int" || !decimalPort.MatchString(v.Value) || err != nil || n > 65535 {
+			n, ok := portNumber(get(p, "containerPort"))
+			if !ok {
 				continue
 			}
 			if !slices.Contains(ports, n) {
@@ -186,8 +185,8 @@ func (t *transparentParams) servicePorts(appPort int, cfg Config, inboundPort in
 // resolvePort reads a probe's port: a number, or the name of one of container c's ports.
 func resolvePort(c, port *yaml.Node) (int, error) {
 	if port.Kind == yaml.ScalarNode && port.Tag == "!!int" {
-		n, err := strconv.Atoi(port.Value)
-		if !decimalPort.MatchString(port.Value) || err != nil || n > 65535 {
+		n, ok := portNumber(port)
+		if !ok {
 			return 0, fmt.Errorf("%s must be a port number 1..65535 or a port name", describe(port))
 		}
 		return n, nil
@@ -199,8 +198,8 @@ func resolvePort(c, port *yaml.Node) (int, error) {
 				continue
 			}
 			v := get(p, "containerPort")
-			n, err := strconv.Atoi(scalar(v))
-			if v == nil || v.Tag != "!!int" || !decimalPort.MatchString(v.Value) || err != nil || n > 65535 {
+			n, ok := portNumber(v)
+			if !ok {
 				return 0, fmt.Errorf("%q: its containerPort %s must be a port number 1..65535", name, describe(v))
 			}
 			return n, nil
