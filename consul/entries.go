@@ -138,7 +138,7 @@ func (e *ConfigEntries) Settings(caller, upstream string) discovery.UpstreamSett
 	var s discovery.UpstreamSettings
 	if sd := e.defaults[upstream]; sd != nil {
 		switch sd.Protocol {
-		case "http", "http2", "grpc":
+		case "http", "http2", "grpc", "tcp":
 			s.Protocol = sd.Protocol
 		}
 	}

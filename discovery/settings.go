@@ -5,7 +5,7 @@ import "time"
 // UpstreamSettings are what Consul's config entries say about calls from one service (the caller) to one
 // upstream service; zero fields say nothing. See consul.ConfigEntries.Settings for where each comes from.
 type UpstreamSettings struct {
-	Protocol       string        // service-defaults/<upstream>.Protocol: http, http2 or grpc (tcp is left out)
+	Protocol       string        // service-defaults/<upstream>.Protocol: http, http2, grpc or tcp
 	ConnectTimeout time.Duration // service-defaults/<caller>.UpstreamConfig ConnectTimeoutMs
 	// Limits from UpstreamConfig.Limits; nil: not set.
 	MaxRequests, MaxPending, MaxConnections *int

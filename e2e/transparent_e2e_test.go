@@ -42,24 +42,31 @@ func newTransparentPod(t *testing.T) *transparentPod {
 	redirecttest.NeedRoot(t)
 	tp := &transparentPod{pod: redirecttest.NewNetns(t), peer: redirecttest.NewNetns(t)}
 	redirecttest.Link(t, tp.pod, tp.peer, "198.18.0.1/24", "198.18.0.2/24", "2001:db8::1/64", "2001:db8::2/64")
+	tp.dir, tp.bin = meshletCopy(t)
+	tp.client = &http.Client{Timeout: 5 * time.Second, Transport: &http.Transport{
+		DialContext: func(_ context.Context, network, addr string) (net.Conn, error) { return tp.dial(t, network, addr) },
+	}}
+	return tp
+}
+
+// meshletCopy copies the meshlet binary into a world-readable folder of the test's, for meshlet running as
+// meshletUID, and returns both.
+func meshletCopy(t *testing.T) (dir, bin string) {
 	dir, err := os.MkdirTemp("", "meshlet-transparent-")
 	if err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { os.RemoveAll(dir) })
 	os.Chmod(dir, 0o755)
-	tp.dir, tp.bin = dir, filepath.Join(dir, "meshlet")
+	bin = filepath.Join(dir, "meshlet")
 	b, err := os.ReadFile(meshlettest.Bin())
 	if err != nil {
 		t.Fatal(err)
 	}
-	if err := os.WriteFile(tp.bin, b, 0o755); err != nil {
+	if err := os.WriteFile(bin, b, 0o755); err != nil {
 		t.Fatal(err)
 	}
-	tp.client = &http.Client{Timeout: 5 * time.Second, Transport: &http.Transport{
-		DialContext: func(_ context.Context, network, addr string) (net.Conn, error) { return tp.dial(t, network, addr) },
-	}}
-	return tp
+	return dir, bin
 }
 
 // dial connects from inside the pod.
@@ -127,6 +134,11 @@ func (tp *transparentPod) start(t *testing.T, config string) *meshlettest.Proc {
 // startIn runs meshlet inside ns as meshletUID on config (its admin on 127.0.0.1:19000 there), and waits until
 // its /ready answers 200 to client, whose connections start inside ns.
 func (tp *transparentPod) startIn(t *testing.T, ns *redirecttest.Netns, client *http.Client, config string) *meshlettest.Proc {
+	return tp.startAt(t, ns, client, config, "127.0.0.1:19000")
+}
+
+// startAt is startIn with meshlet's admin listener at admin.
+func (tp *transparentPod) startAt(t *testing.T, ns *redirecttest.Netns, client *http.Client, config, admin string) *meshlettest.Proc {
 	path := filepath.Join(tp.dir, fmt.Sprintf("meshlet-%d.yaml", time.Now().UnixNano()))
 	if err := os.WriteFile(path, []byte(config), 0o644); err != nil {
 		t.Fatal(err)
@@ -139,7 +151,7 @@ func (tp *transparentPod) startIn(t *testing.T, ns *redirecttest.Netns, client *
 	ns.Do(t, func() { p = meshlettest.Command(t, path, cmd) }) // forked on a thread inside ns
 	deadline := time.Now().Add(meshlettest.ReadyTimeout)
 	for {
-		resp, err := client.Get("http://127.0.0.1:19000/ready")
+		resp, err := client.Get("http://" + admin + "/ready")
 		if err == nil {
 			resp.Body.Close()
 			if resp.StatusCode == 200 {

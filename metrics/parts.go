@@ -141,17 +141,30 @@ const (
 	OutboundDirect      = "direct"      // not redirected: the app called the listener itself (routed by name)
 )
 
-// RegisterTransparent registers meshlet_outbound_connections_total{outcome}, for a sidecar whose outbound listener
-// takes redirected connections (outbound.transparent), every outcome at 0, and returns it.
-func (m *Metrics) RegisterTransparent() *prometheus.CounterVec {
-	c := prometheus.NewCounterVec(prometheus.CounterOpts{
+// RegisterTransparent registers, for a sidecar whose outbound listener takes redirected connections
+// (outbound.transparent), meshlet_outbound_connections_total{outcome} and
+// meshlet_outbound_protocol_detections_total{result}, every label value at 0, and returns them.
+func (m *Metrics) RegisterTransparent() (outcomes, detections *prometheus.CounterVec) {
+	outcomes = prometheus.NewCounterVec(prometheus.CounterOpts{
 		Name: "meshlet_outbound_connections_total",
 		Help: "Connections the transparent outbound listener took, by outcome: mesh (to an upstream), passthrough " +
 			"(outside the mesh, carried to its destination), refused, direct (not redirected; routed by name).",
 	}, []string{"outcome"})
 	for _, o := range []string{OutboundMesh, OutboundPassthrough, OutboundRefused, OutboundDirect} {
-		c.WithLabelValues(o)
+		outcomes.WithLabelValues(o)
 	}
-	m.Registry.MustRegister(c)
-	return c
+	detections = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "meshlet_outbound_protocol_detections_total",
+		Help: "Redirected connections to upstreams of protocol auto, by what their first bytes were: http1, http2 " +
+			"(served as HTTP), tls, opaque, timeout (nothing within outbound.transparent.detect_timeout; these " +
+			"three relayed as TCP), closed (the client left before sending anything).",
+	}, []string{"result"})
+	for _, r := range DetectResults {
+		detections.WithLabelValues(r)
+	}
+	m.Registry.MustRegister(outcomes, detections)
+	return outcomes, detections
 }
+
+// DetectResults are the result label values of meshlet_outbound_protocol_detections_total (proxy.Detect*).
+var DetectResults = []string{"http1", "http2", "tls", "opaque", "timeout", "closed"}

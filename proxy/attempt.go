@@ -126,7 +126,7 @@ func (tr *transports) base(h http.Header, t *dialTarget, cfg *UpstreamConfig) ht
 		}
 		return tr.h2c
 	}
-	if cfg.Protocol == ProtocolHTTP {
+	if cfg.Protocol == ProtocolHTTP || cfg.Protocol == ProtocolAuto {
 		return tr.h1
 	}
 	return tr.h2c

@@ -140,11 +140,14 @@ type RecentOutcomes struct {
 
 // UpstreamInfo is one upstream in the /debug/upstreams view.
 type UpstreamInfo struct {
-	Name      string    `json:"name"`
-	Direction string    `json:"direction"`
-	Protocol  string    `json:"protocol"`
-	Listen    string    `json:"listen,omitempty"`
-	Peer      string    `json:"peer"`
+	Name      string `json:"name"`
+	Direction string `json:"direction"`
+	Protocol  string `json:"protocol"`
+	Listen    string `json:"listen,omitempty"`
+	Peer      string `json:"peer"`
+	// Implicit: a service of the Consul mesh, not in the config (outbound.transparent.consul_services).
+	Implicit  bool      `json:"implicit,omitempty"`
+	Addresses []string  `json:"addresses,omitempty"`
 	LB        string    `json:"lb"`
 	Timeout   string    `json:"timeout"`
 	Index     uint64    `json:"index"`
@@ -166,7 +169,7 @@ type UpstreamInfo struct {
 func (c *cluster) info() UpstreamInfo {
 	cfg := c.cfg.Load()
 	ui := UpstreamInfo{Name: c.name, Direction: c.direction, Protocol: cfg.Protocol, Listen: cfg.Listen,
-		Peer: cfg.Peer, LB: cfg.LB, Timeout: cfg.Timeout.String()}
+		Peer: cfg.Peer, LB: cfg.LB, Timeout: cfg.Timeout.String(), Implicit: cfg.Implicit, Addresses: cfg.Addresses}
 	c.endpoints.info(&ui)
 	ui.RetryBudget = c.retry.Budget().Remaining()
 	ui.LimitInUse = c.res.Load().limiter.InUse()

@@ -23,6 +23,10 @@ const (
 	ProtocolHTTP2 = "http2" // HTTP/2 over cleartext (h2c)
 	ProtocolGRPC  = "grpc"  // gRPC over h2c
 	ProtocolTCP   = "tcp"   // opaque byte stream
+	// ProtocolAuto detects the protocol of each redirected connection from its first bytes (HTTP/1.x and HTTP/2
+	// are served as http, anything else relayed as tcp); only for upstreams reached at addresses
+	// (outbound.transparent) without a listen address of their own. Calls routed by name are HTTP.
+	ProtocolAuto = "auto"
 )
 
 // Peer kinds: what an upstream's endpoints are.
@@ -248,6 +252,11 @@ type UpstreamConfig struct {
 	// MaxResponseHeaderBytes bounds the response headers an endpoint may send, in bytes (HTTP/1.1: the status
 	// line and headers; HTTP/2: the header list as HTTP/2 counts it). Larger: 502. Default 64 KiB.
 	MaxResponseHeaderBytes int `yaml:"max_response_header_bytes" json:"max_response_header_bytes"`
+
+	// Implicit marks an upstream the sidecar added for a service of the Consul mesh
+	// (outbound.transparent.consul_services), not written in the config: its endpoints are watched from its
+	// first redirected connection on, not from the start, and it does not hold up /ready.
+	Implicit bool `yaml:"-" json:"implicit,omitempty"`
 }
 
 // watchOptions are the discovery options of a discovered upstream. Call it on a config whose tls.mode is
@@ -289,6 +298,9 @@ func (c *Config) SetDefaults() {
 }
 
 var dnsLabel = regexp.MustCompile(`^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$`)
+
+// ValidName reports whether s can name an upstream (a lowercase DNS label).
+func ValidName(s string) bool { return dnsLabel.MatchString(s) }
 
 // Validate reports every problem in c, each prefixed with its field path. Call SetDefaults first.
 func (c *Config) Validate() error {
@@ -414,7 +426,7 @@ func checkProtocol(add func(string, string, ...any), path, p string) {
 	switch p {
 	case ProtocolHTTP, ProtocolHTTP2, ProtocolGRPC, ProtocolTCP:
 	default:
-		add(path, "%q must be one of http, http2, grpc, tcp", p)
+		add(path, "%q must be one of http, http2, grpc, tcp (upstreams: or auto)", p)
 	}
 }
 
@@ -442,7 +454,13 @@ func (u *UpstreamConfig) validate(p string, add func(string, string, ...any)) {
 	case !dnsLabel.MatchString(u.Name):
 		add(p+".name", "%q must be a lowercase DNS label (a-z, 0-9, -)", u.Name)
 	}
-	checkProtocol(add, p+".protocol", u.Protocol)
+	if u.Protocol == ProtocolAuto {
+		if u.Listen != "" || len(u.Addresses) == 0 {
+			add(p+".protocol", "auto is detected on redirected connections: needs addresses and no listen")
+		}
+	} else {
+		checkProtocol(add, p+".protocol", u.Protocol)
+	}
 	if u.Service != "" && !dnsLabel.MatchString(u.Service) {
 		add(p+".service", "%q must be a lowercase DNS label (a-z, 0-9, -)", u.Service)
 	}

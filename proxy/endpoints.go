@@ -113,6 +113,21 @@ func (s *endpointSet) setBreakers(breaker resilience.BreakerConfig, outlier resi
 	s.mu.Unlock()
 }
 
+// waitSnapshot waits up to d for the first snapshot.
+func (s *endpointSet) waitSnapshot(d time.Duration) {
+	select {
+	case <-s.seen:
+		return
+	default:
+	}
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-s.seen:
+	case <-t.C:
+	}
+}
+
 // hasSnapshot reports whether the first snapshot has arrived.
 func (s *endpointSet) hasSnapshot() bool {
 	select {

@@ -60,6 +60,7 @@ type Proxy struct {
 	addrs   atomic.Pointer[addrTable] // upstreams[].addresses, for the transparent listener
 	// transparentOutcomes is meshlet_outbound_connections_total; nil without outbound.transparent.
 	transparentOutcomes *prometheus.CounterVec
+	detections          *prometheus.CounterVec // meshlet_outbound_protocol_detections_total; nil likewise
 	draining            atomic.Bool
 
 	mu        sync.Mutex // guards the fields below
@@ -74,7 +75,11 @@ type Proxy struct {
 
 // upstreamEntry is a configured upstream with its watch.
 type upstreamEntry struct {
-	cluster     *cluster
+	cluster *cluster
+	// pending is the config of an implicit upstream whose watch has not started (nil once it has, and for the
+	// others): activate starts it at its first connection.
+	pending     *UpstreamConfig
+	active      atomic.Bool // the watch runs (always, but for an implicit upstream before its first connection)
 	cancelWatch context.CancelFunc
 	src         discovery.Source       // where the endpoints come from
 	service     string                 // the name watched on src
@@ -117,7 +122,7 @@ func New(cfg Config, opts Options) (*Proxy, error) {
 	p.routes.Store(&empty)
 	p.addrs.Store(&addrTable{})
 	if cfg.Outbound.Transparent.Enabled {
-		p.transparentOutcomes = opts.Metrics.RegisterTransparent()
+		p.transparentOutcomes, p.detections = opts.Metrics.RegisterTransparent()
 	}
 	return p, nil
 }
@@ -258,11 +263,31 @@ func (p *Proxy) serve(l listener) {
 	}()
 }
 
-// addUpstream registers u and starts watching its endpoints. Call with p.mu held.
+// addUpstream registers u and starts watching its endpoints (an implicit upstream: at its first connection,
+// activate). Call with p.mu held.
 func (p *Proxy) addUpstream(uc UpstreamConfig, u *cluster) {
 	e := &upstreamEntry{cluster: u}
 	p.upstreams[uc.Name] = e
+	if uc.Implicit {
+		e.pending = &uc
+		return
+	}
 	p.startWatch(e, uc)
+}
+
+// activate starts the watch of an implicit upstream that has none yet, and returns its cluster.
+func (p *Proxy) activate(e *upstreamEntry) *cluster {
+	if e.active.Load() {
+		return e.cluster
+	}
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if e.pending != nil && !p.stopped && p.upstreams[e.cluster.name] == e {
+		uc := *e.pending
+		e.pending = nil
+		p.startWatch(e, uc)
+	}
+	return e.cluster
 }
 
 // startWatch points e at the source of uc's endpoints: the config's static list, or the discovery source when
@@ -279,6 +304,7 @@ func (p *Proxy) startWatch(e *upstreamEntry, uc UpstreamConfig) {
 	}
 	ctx, cancel := context.WithCancel(context.Background())
 	e.cancelWatch, e.src, e.service, e.opts = cancel, src, service, opts
+	e.active.Store(true)
 	p.wg.Add(1)
 	go func() {
 		defer p.wg.Done()
@@ -311,7 +337,7 @@ func (p *Proxy) Ready() error {
 		return errors.New("listeners not bound yet")
 	}
 	for name, e := range p.upstreams {
-		if !e.cluster.endpoints.hasSnapshot() {
+		if e.active.Load() && !e.cluster.cfg.Load().Implicit && !e.cluster.endpoints.hasSnapshot() {
 			return fmt.Errorf("upstream %s: waiting for its first endpoints", name)
 		}
 	}
@@ -354,7 +380,7 @@ func (p *Proxy) Shutdown(ctx context.Context) error {
 	p.cancelBase() // ends hijacked (upgraded) connections that outlived the drain
 	p.mu.Lock()
 	for _, e := range p.upstreams {
-		e.cancelWatch()
+		e.stopWatch()
 		e.cluster.close()
 	}
 	if p.inbound != nil {

@@ -39,7 +39,7 @@ func (p *Proxy) Reload(cfg Config) (warnings []string, err error) {
 		warnings = append(warnings, "outbound.limits change only on restart; keeping the running ones")
 		cfg.Outbound.Limits = old.Outbound.Limits
 	}
-	if old.Outbound.Transparent != cfg.Outbound.Transparent {
+	if !reflect.DeepEqual(old.Outbound.Transparent, cfg.Outbound.Transparent) {
 		warnings = append(warnings, "outbound.transparent changes only on restart; keeping the running settings")
 		cfg.Outbound.Transparent = old.Outbound.Transparent
 	}
@@ -133,6 +133,10 @@ func (p *Proxy) bindAdded(old, cfg Config) ([]addedUpstream, error) {
 // list, or discovery with its service and options) restarted only when it changed. Call with p.mu held.
 func (p *Proxy) updateUpstream(e *upstreamEntry, uc UpstreamConfig) {
 	e.cluster.setConfig(uc)
+	if e.pending != nil { // an implicit upstream not used yet: its watch starts with the latest config
+		e.pending = &uc
+		return
+	}
 	if uc.Endpoints == nil && p.discovery != nil {
 		if e.src != p.discovery || e.service != uc.Service || e.opts != uc.watchOptions() {
 			e.cancelWatch()
@@ -162,11 +166,19 @@ func (p *Proxy) removeUpstream(name string, e *upstreamEntry) {
 			ctx, cancel := context.WithTimeout(p.baseCtx, removedListenerDrain)
 			defer cancel()
 			l.shutdown(ctx)
-			e.cancelWatch()
+			e.cancelWatch() // an upstream with a listener is not implicit: its watch runs
 			e.cluster.close()
 		}()
 		return
 	}
-	e.cancelWatch()
+	e.stopWatch()
 	e.cluster.close()
+}
+
+// stopWatch stops e's watch, if it has one. Call with p.mu held.
+func (e *upstreamEntry) stopWatch() {
+	e.pending = nil
+	if e.cancelWatch != nil {
+		e.cancelWatch()
+	}
 }

@@ -29,6 +29,13 @@ type TransparentConfig struct {
 	// MeshDestinationsOnly refuses a connection to a destination that is no upstream's address. Default false:
 	// it passes through to its destination unchanged (counted as passthrough).
 	MeshDestinationsOnly bool `yaml:"mesh_destinations_only" json:"mesh_destinations_only"`
+	// DetectTimeout bounds how long an upstream of protocol auto waits for a redirected connection's first
+	// bytes; a client that sends nothing by then (a server-first protocol) is relayed opaque. Default 1s.
+	DetectTimeout time.Duration `yaml:"detect_timeout" json:"detect_timeout"`
+	// ConsulServices makes every service of the Consul mesh (every service with a sidecar registered) an
+	// upstream, reached at its virtual IPs and its instances' addresses, unless an upstream of the config
+	// already is it. Default true with Consul discovery; the sidecar reads it (the proxy sees the upstreams).
+	ConsulServices *bool `yaml:"consul_services" json:"consul_services"`
 }
 
 // address is one entry of upstreams[].addresses: a network (a single IP is a /32 or /128) and a port (0: any).
@@ -56,6 +63,16 @@ func parseAddress(s string) (address, error) {
 	return address{}, fmt.Errorf("%q must be an IP, a CIDR or ip:port", s)
 }
 
+// CanonicalAddress is one spelling of an upstreams[].addresses entry: two entries that claim the same
+// destinations have the same one.
+func CanonicalAddress(s string) (string, error) {
+	a, err := parseAddress(s)
+	if err != nil {
+		return "", err
+	}
+	return a.String(), nil
+}
+
 func (a address) String() string {
 	if a.port == 0 {
 		return a.prefix.String()
@@ -66,10 +83,10 @@ func (a address) String() string {
 	return a.prefix.String() + " port " + strconv.Itoa(int(a.port))
 }
 
-// addrRoute sends connections to an address to a cluster.
+// addrRoute sends connections to an address to an upstream.
 type addrRoute struct {
 	address
-	cluster *cluster
+	entry *upstreamEntry
 }
 
 // addrTable finds the cluster of an original destination: the most specific address wins (a port over any port,
@@ -81,7 +98,7 @@ func newAddrTable(ups map[string]*upstreamEntry) addrTable {
 	for _, e := range ups {
 		for _, s := range e.cluster.cfg.Load().Addresses {
 			if a, err := parseAddress(s); err == nil { // validated already
-				t = append(t, addrRoute{a, e.cluster})
+				t = append(t, addrRoute{a, e})
 			}
 		}
 	}
@@ -95,17 +112,17 @@ func newAddrTable(ups map[string]*upstreamEntry) addrTable {
 		if c := cmp.Compare(y.prefix.Bits(), x.prefix.Bits()); c != 0 {
 			return c
 		}
-		return cmp.Compare(x.cluster.name, y.cluster.name)
+		return cmp.Compare(x.entry.cluster.name, y.entry.cluster.name)
 	})
 	return t
 }
 
-// lookup returns the cluster of dst, or nil when dst is no upstream's.
-func (t addrTable) lookup(dst netip.AddrPort) *cluster {
+// lookup returns the upstream of dst, or nil when dst is no upstream's.
+func (t addrTable) lookup(dst netip.AddrPort) *upstreamEntry {
 	a := dst.Addr().Unmap()
 	for _, r := range t {
 		if (r.port == 0 || r.port == dst.Port()) && r.prefix.Contains(a) {
-			return r.cluster
+			return r.entry
 		}
 	}
 	return nil
@@ -126,6 +143,7 @@ type transparentListener struct {
 	log      *slog.Logger
 	idle     time.Duration // tcp_idle_timeout of relayed and passed-through connections
 	meshOnly bool          // outbound.transparent.mesh_destinations_only (changes only on restart)
+	detect   time.Duration // outbound.transparent.detect_timeout
 
 	open connSet // relayed and passed-through connections; its wg counts every goroutine of the listener
 }
@@ -133,7 +151,11 @@ type transparentListener struct {
 func (p *Proxy) newTransparentListener(lns []net.Listener, lim ListenerLimits) *transparentListener {
 	q := newConnQueue(lns[0].Addr())
 	t := &transparentListener{p: p, lns: lns, conns: q, outcomes: p.transparentOutcomes, log: p.log,
-		idle: lim.TCPIdleTimeout, meshOnly: p.cfg.Outbound.Transparent.MeshDestinationsOnly}
+		idle: lim.TCPIdleTimeout, meshOnly: p.cfg.Outbound.Transparent.MeshDestinationsOnly,
+		detect: p.cfg.Outbound.Transparent.DetectTimeout}
+	if t.detect <= 0 {
+		t.detect = DefaultDetectTimeout
+	}
 	if t.idle <= 0 {
 		t.idle = DefaultTCPIdleTimeout
 	}
@@ -236,16 +258,9 @@ func (t *transparentListener) take(c net.Conn) {
 		t.refuse(c, "destination is meshlet's own listener", dst.String())
 		return
 	}
-	if cl := (*t.p.addrs.Load()).lookup(dst); cl != nil {
+	if e := (*t.p.addrs.Load()).lookup(dst); e != nil {
 		t.outcomes.WithLabelValues(metrics.OutboundMesh).Inc()
-		if cl.protocol == ProtocolTCP {
-			t.track(c, true)
-			defer t.track(c, false)
-			defer c.Close()
-			cl.relay(c, t.idle, t.log)
-			return
-		}
-		t.toHTTP(c, cl)
+		t.toUpstream(c, t.p.activate(e))
 		return
 	}
 	if t.meshOnly {
@@ -257,6 +272,32 @@ func (t *transparentListener) take(c net.Conn) {
 	defer t.track(c, false)
 	defer c.Close()
 	t.passthrough(c, dst)
+}
+
+// toUpstream carries c to cluster cl: relayed (tcp), to the HTTP server (the HTTP family), or by what its first
+// bytes say (auto). An upstream whose endpoints are not known yet (an implicit one, watched from its first
+// connection on) is waited for up to its connect timeout.
+func (t *transparentListener) toUpstream(c net.Conn, cl *cluster) {
+	cl.endpoints.waitSnapshot(cl.cfg.Load().ConnectTimeout)
+	relay := cl.protocol == ProtocolTCP
+	if cl.protocol == ProtocolAuto {
+		var kind string
+		kind, c = detect(c, t.detect)
+		t.p.detections.WithLabelValues(kind).Inc()
+		if kind == DetectClosed {
+			c.Close()
+			return
+		}
+		relay = kind != DetectHTTP1 && kind != DetectHTTP2
+	}
+	if relay {
+		t.track(c, true)
+		defer t.track(c, false)
+		defer c.Close()
+		cl.relay(c, t.idle, t.log)
+		return
+	}
+	t.toHTTP(c, cl)
 }
 
 // toHTTP hands c to the HTTP server, fixed to cluster cl (nil: routed by name).

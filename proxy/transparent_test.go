@@ -64,8 +64,8 @@ func TestAddrTableLookup(t *testing.T) {
 		"[2001:db9::1]:80":       "",
 	} {
 		got := ""
-		if c := table.lookup(netip.MustParseAddrPort(dst)); c != nil {
-			got = c.name
+		if e := table.lookup(netip.MustParseAddrPort(dst)); e != nil {
+			got = e.cluster.name
 		}
 		if got != want {
 			t.Errorf("lookup(%s) = %q, want %q", dst, got, want)
@@ -96,6 +96,17 @@ func TestTransparentConfigValidate(t *testing.T) {
 			"upstreams[1].addresses[0]: 198.18.0.5:80 is also upstreams[0].addresses[0]"},
 		{"tcp without listen or addresses", func(c *Config) { c.Upstreams[1].Addresses = nil },
 			"upstreams[1].listen: required for protocol tcp"},
+		{"valid: auto with addresses", func(c *Config) { c.Upstreams[0].Protocol = ProtocolAuto }, ""},
+		{"auto with a listen address", func(c *Config) {
+			c.Upstreams[0].Protocol = ProtocolAuto
+			c.Upstreams[0].Listen = "127.0.0.1:9000"
+		}, "upstreams[0].protocol: auto is detected on redirected connections: needs addresses and no listen"},
+		{"auto without addresses", func(c *Config) {
+			c.Upstreams[0].Protocol = ProtocolAuto
+			c.Upstreams[0].Addresses = nil
+		}, "upstreams[0].protocol: auto is detected"},
+		{"unknown protocol", func(c *Config) { c.Upstreams[0].Protocol = "h3" },
+			`upstreams[0].protocol: "h3" must be one of http, http2, grpc, tcp (upstreams: or auto)`},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			c := base()

@@ -92,6 +92,9 @@ func (c *fileConfig) validate() error {
 		errs = append(errs, errors.New("shutdown.drain_timeout: must not be negative"))
 	}
 	errs = append(errs, c.validateDiscovery()...)
+	if cs := c.Outbound.Transparent.ConsulServices; cs != nil && *cs && c.Discovery.Consul == nil {
+		errs = append(errs, errors.New("outbound.transparent.consul_services: needs discovery.consul"))
+	}
 	errs = append(errs, c.validateTLS()...)
 	errs = append(errs, c.adminClashes()...)
 	return errors.Join(errs...)

@@ -32,14 +32,19 @@ func (e entriesPart) Run(ctx context.Context) error {
 func (e entriesPart) Ready() error { return e.s.entries.Ready() }
 
 // withEntries returns cfg's proxy config with the config entries merged into every upstream found in Consul,
-// defaults applied. Without Consul it is cfg's.
+// and, in transparent mode, an implicit upstream for every other service of the mesh (consul.Mesh), defaults
+// applied. Without Consul it is cfg's.
 func (s *sidecar) withEntries(cfg *fileConfig) proxy.Config {
 	pc := cfg.Config
-	if s.entries == nil || cfg.explicit == nil {
+	if s.entries == nil {
 		return pc
 	}
-	pc.Upstreams = make([]proxy.UpstreamConfig, len(cfg.explicit))
-	for i, uc := range cfg.explicit {
+	explicit := cfg.explicit
+	if explicit == nil && len(cfg.Upstreams) > 0 {
+		explicit = cfg.Upstreams // a config not read from a file: as it is
+	}
+	pc.Upstreams = make([]proxy.UpstreamConfig, len(explicit))
+	for i, uc := range explicit {
 		if uc.Endpoints == nil {
 			svc := uc.Service
 			if svc == "" {
@@ -49,8 +54,61 @@ func (s *sidecar) withEntries(cfg *fileConfig) proxy.Config {
 		}
 		pc.Upstreams[i] = uc
 	}
+	if s.mesh != nil {
+		pc.Upstreams = append(pc.Upstreams, s.implicitUpstreams(cfg.Service.Name, pc.Upstreams)...)
+	}
 	pc.SetDefaults()
 	return pc
+}
+
+// implicitUpstreams are the services of the mesh that no upstream of the config is (by name or service), each
+// at its addresses that no upstream of the config claims (the config's win; among the mesh's services, the first
+// by name), with the protocol Consul's service-defaults gives it, else auto (detected per connection).
+func (s *sidecar) implicitUpstreams(caller string, explicit []proxy.UpstreamConfig) []proxy.UpstreamConfig {
+	taken, claimed := map[string]bool{}, map[string]string{}
+	for _, uc := range explicit {
+		taken[uc.Name] = true
+		if uc.Service != "" {
+			taken[uc.Service] = true
+		}
+		for _, a := range uc.Addresses {
+			if k, err := proxy.CanonicalAddress(a); err == nil {
+				claimed[k] = uc.Name
+			}
+		}
+	}
+	var out []proxy.UpstreamConfig
+	for _, svc := range s.mesh.Services() {
+		if taken[svc.Name] {
+			continue
+		}
+		if !proxy.ValidName(svc.Name) {
+			s.log.Debug("consul mesh service not an implicit upstream: its name is no lowercase DNS label", "service", svc.Name)
+			continue
+		}
+		uc := proxy.UpstreamConfig{Name: svc.Name, Service: svc.Name, Implicit: true, Protocol: proxy.ProtocolAuto}
+		for _, a := range svc.Addresses {
+			k, err := proxy.CanonicalAddress(a)
+			if err != nil {
+				continue
+			}
+			if prev, ok := claimed[k]; ok {
+				s.log.Debug("consul mesh address left to another upstream", "service", svc.Name, "address", a, "upstream", prev)
+				continue
+			}
+			claimed[k] = svc.Name
+			uc.Addresses = append(uc.Addresses, a)
+		}
+		if len(uc.Addresses) == 0 {
+			continue
+		}
+		settings := s.entries.Settings(caller, svc.Name)
+		if settings.Protocol != "" {
+			uc.Protocol = settings.Protocol // tcp too: Consul said so
+		}
+		out = append(out, uc.WithDiscovered(settings))
+	}
+	return out
 }
 
 // applyEntries re-applies the running config with the current entries.
@@ -65,6 +123,26 @@ func (s *sidecar) applyEntries() {
 	s.cfg.Upstreams = merged.Upstreams // /debug/config shows what runs
 	s.log.Info("consul config entries applied", "upstreams", len(merged.Upstreams))
 }
+
+// meshPart is the watch of the mesh's services (outbound.transparent.consul_services) with its applier: each
+// change makes the implicit upstreams anew. Ready is the mesh's readiness.
+type meshPart struct{ s *sidecar }
+
+func (m meshPart) Run(ctx context.Context) error {
+	var wg sync.WaitGroup
+	wg.Go(func() { m.s.mesh.Run(ctx) })
+	defer wg.Wait()
+	for {
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-m.s.mesh.Changed():
+			m.s.applyEntries()
+		}
+	}
+}
+
+func (m meshPart) Ready() error { return m.s.mesh.Ready() }
 
 // entriesErr says why the config entries are not known yet (for /ready); nil without Consul.
 func (s *sidecar) entriesErr() error {

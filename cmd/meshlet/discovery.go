@@ -74,6 +74,9 @@ func (s *sidecar) startDiscovery() error {
 	}
 	s.consul = c
 	s.entries = consul.NewConfigEntries(c)
+	if t := s.cfg.Outbound.Transparent; t.Enabled && (t.ConsulServices == nil || *t.ConsulServices) {
+		s.mesh = consul.NewMesh(c)
+	}
 	return nil
 }
 

@@ -11,6 +11,7 @@ import (
 // Names of the sidecar's parts (runGroup), in the order /ready asks them.
 const (
 	partEntries      = "config entries"
+	partMesh         = "mesh services"
 	partCertificates = "certificates"
 	partIntentions   = "intentions"
 	partRegistration = "registration"

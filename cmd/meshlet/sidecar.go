@@ -40,6 +40,7 @@ type sidecar struct {
 	registrar    atomic.Pointer[consul.Registrar] // nil unless service.register, until the listeners are bound
 	mustRegister bool                             // service.register with discovery.consul: not ready until registered
 	entries      *consul.ConfigEntries            // nil without discovery.consul
+	mesh         *consul.Mesh                     // nil unless outbound.transparent.consul_services
 
 	tls        mtls.Source        // nil without a tls section
 	intentions *consul.Intentions // nil unless mutual TLS inbound with Consul
@@ -73,6 +74,9 @@ func runSidecar(path string, stderr io.Writer) int {
 	if s.consul != nil {
 		src = s.consul
 		s.parts.add(partEntries, entriesPart{s})
+		if s.mesh != nil {
+			s.parts.add(partMesh, meshPart{s})
+		}
 	}
 	tlsSrc, err := s.startTLS()
 	if err != nil {

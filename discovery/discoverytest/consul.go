@@ -32,6 +32,12 @@ const ManagementToken = "d3b07384-d113-4ec6-8ab8-5d0c6e1e2f11"
 type Options struct {
 	// ACL turns ACLs on with default_policy deny; ManagementToken is the initial management token.
 	ACL bool
+	// Addr is the IP the agent binds and advertises, its HTTP API and DNS included; default 127.0.0.1.
+	Addr string
+	// Fork, when set, runs start (which forks the agent) where the agent should run: a network namespace's
+	// thread (redirecttest.Netns.Do). Dial then reaches it from the test (readiness, Client).
+	Fork func(start func())
+	Dial func(ctx context.Context, network, addr string) (net.Conn, error)
 }
 
 // Agent is a running (or stopped) Consul dev agent. Its ports stay the same across Stop and Start.
@@ -40,7 +46,8 @@ type Agent struct {
 	bin      string
 	config   string
 	opts     Options
-	HTTPAddr string // 127.0.0.1:port of the HTTP API
+	HTTPAddr string // 127.0.0.1:port (Options.Addr:port) of the HTTP API
+	DNSAddr  string // the same address's port of its DNS interface (UDP and TCP)
 
 	mu   sync.Mutex
 	cmd  *exec.Cmd
@@ -108,7 +115,8 @@ func StartConsul(t testing.TB, opts Options) *Agent {
 	// Then the agent exits at once, and it is started again on other ports (three times at most).
 	for attempt := 1; ; attempt++ {
 		ports := freePorts(t, 6)
-		a.HTTPAddr = net.JoinHostPort("127.0.0.1", strconv.Itoa(ports[0]))
+		a.HTTPAddr = net.JoinHostPort(opts.addr(), strconv.Itoa(ports[0]))
+		a.DNSAddr = net.JoinHostPort(opts.addr(), strconv.Itoa(ports[1]))
 		if err := os.WriteFile(a.config, []byte(agentConfig(ports, opts)), 0o600); err != nil {
 			t.Fatal(err)
 		}
@@ -127,24 +135,31 @@ func StartConsul(t testing.TB, opts Options) *Agent {
 	}
 }
 
+func (o Options) addr() string {
+	if o.Addr == "" {
+		return "127.0.0.1"
+	}
+	return o.Addr
+}
+
 // agentConfig is the agent's HCL config on ports (http, dns, serf_lan, serf_wan, server, grpc).
 func agentConfig(ports []int, opts Options) string {
 	hcl := fmt.Sprintf(`disable_update_check = true
 node_name = "meshlet-test"
-bind_addr = "127.0.0.1"
-client_addr = "127.0.0.1"
-advertise_addr = "127.0.0.1"
+bind_addr = "%[7]s"
+client_addr = "%[7]s"
+advertise_addr = "%[7]s"
 log_level = "warn"
 ports {
-  http = %d
-  dns = %d
-  serf_lan = %d
-  serf_wan = %d
-  server = %d
-  grpc = %d
+  http = %[1]d
+  dns = %[2]d
+  serf_lan = %[3]d
+  serf_wan = %[4]d
+  server = %[5]d
+  grpc = %[6]d
   grpc_tls = -1
 }
-`, ports[0], ports[1], ports[2], ports[3], ports[4], ports[5])
+`, ports[0], ports[1], ports[2], ports[3], ports[4], ports[5], opts.addr())
 	if opts.ACL {
 		hcl += fmt.Sprintf(`acl {
   enabled = true
@@ -176,7 +191,13 @@ func (a *Agent) start() error {
 	}
 	cmd := exec.Command(a.bin, "agent", "-dev", "-config-file", a.config)
 	cmd.Stdout, cmd.Stderr = a.out, a.out
-	if err := cmd.Start(); err != nil {
+	var err error
+	if a.opts.Fork != nil {
+		a.opts.Fork(func() { err = cmd.Start() })
+	} else {
+		err = cmd.Start()
+	}
+	if err != nil {
 		a.mu.Unlock()
 		return err
 	}
@@ -213,6 +234,9 @@ func (a *Agent) Stop() {
 func (a *Agent) Client() *api.Client {
 	a.t.Helper()
 	cfg := &api.Config{Address: a.HTTPAddr, Scheme: "http"}
+	if a.opts.Dial != nil {
+		cfg.Transport = &http.Transport{DialContext: a.opts.Dial}
+	}
 	if a.opts.ACL {
 		cfg.Token = ManagementToken
 	}
@@ -226,6 +250,9 @@ func (a *Agent) Client() *api.Client {
 // waitReady polls until a leader is elected and the server has registered itself in the catalog.
 func (a *Agent) waitReady(done <-chan struct{}, timeout time.Duration) error {
 	c := &http.Client{Timeout: time.Second}
+	if a.opts.Dial != nil {
+		c.Transport = &http.Transport{DialContext: a.opts.Dial}
+	}
 	deadline := time.Now().Add(timeout)
 	for time.Now().Before(deadline) {
 		select {

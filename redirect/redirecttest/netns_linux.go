@@ -115,3 +115,22 @@ func run(t testing.TB, name string, args ...string) string {
 	}
 	return string(out)
 }
+
+// Bridge joins members to a bridge in hub, as pods on a node's network: member i gets one end of a veth pair
+// with the IPv4 address addrs[i] (prefix length included), hub the bridge with hubAddr. No route leads out of
+// the namespaces.
+func Bridge(t testing.TB, hub *Netns, hubAddr string, members []*Netns, addrs []string) {
+	t.Helper()
+	br := hub.Name + "br"
+	hub.IP(t, "link", "add", br, "type", "bridge")
+	hub.IP(t, "addr", "add", hubAddr, "dev", br)
+	hub.IP(t, "link", "set", br, "up")
+	for i, m := range members {
+		vm, vh := m.Name+"v", fmt.Sprintf("%sp%d", hub.Name, i)
+		run(t, "ip", "link", "add", vm, "netns", m.Name, "type", "veth", "peer", "name", vh, "netns", hub.Name)
+		hub.IP(t, "link", "set", vh, "master", br)
+		hub.IP(t, "link", "set", vh, "up")
+		m.IP(t, "addr", "add", addrs[i], "dev", vm)
+		m.IP(t, "link", "set", vm, "up")
+	}
+}
