@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"slices"
 	"strconv"
+	"strings"
 	"sync"
 	"time"
 
@@ -13,7 +14,7 @@ import (
 	"meshlet.dev/meshlet/discovery"
 )
 
-// ConfigEntries watches the service-defaults and service-router config entries with one blocking query per kind
+// ConfigEntries watches the service-defaults, service-router and proxy-defaults config entries with one blocking query per kind
 // (/v1/config/<kind>) and turns them into discovery.UpstreamSettings. Changed is signalled after every change. It
 // is safe for concurrent use; Run owns its goroutines.
 type ConfigEntries struct {
@@ -22,13 +23,14 @@ type ConfigEntries struct {
 
 	mu       sync.Mutex
 	defaults map[string]*api.ServiceConfigEntry       // by service name
+	proxy    *api.ProxyConfigEntry                    // proxy-defaults/global; nil without one
 	routers  map[string]*api.ServiceRouterConfigEntry // by service name
 	answered map[string]bool                          // kinds that have answered once
 	errs     map[string]error                         // kinds whose latest query failed
 }
 
 // Config entry kinds meshlet reads.
-var entryKinds = []string{api.ServiceDefaults, api.ServiceRouter}
+var entryKinds = []string{api.ServiceDefaults, api.ServiceRouter, api.ProxyDefaults}
 
 // NewConfigEntries returns a watcher of c's config entries; nothing is queried before Run.
 func NewConfigEntries(c *Source) *ConfigEntries {
@@ -91,6 +93,16 @@ func (e *ConfigEntries) store(kind string, entries []api.ConfigEntry) {
 		}
 		changed = changed || len(next) != len(e.defaults)
 		e.defaults = next
+	case api.ProxyDefaults:
+		var next *api.ProxyConfigEntry
+		for _, en := range entries {
+			if pd, ok := en.(*api.ProxyConfigEntry); ok && pd.Name == api.ProxyConfigGlobal {
+				next = pd
+			}
+		}
+		old := e.proxy
+		changed = changed || (old == nil) != (next == nil) || (old != nil && next != nil && old.ModifyIndex != next.ModifyIndex)
+		e.proxy = next
 	case api.ServiceRouter:
 		next := map[string]*api.ServiceRouterConfigEntry{}
 		for _, en := range entries {
@@ -130,17 +142,23 @@ func (e *ConfigEntries) Ready() error {
 }
 
 // Settings returns what the entries say about calls from caller to the upstream service: service-defaults of
-// the upstream (Protocol), service-defaults of the caller (UpstreamConfig: the override named after the upstream,
-// field by field over Defaults), and service-router of the upstream (its catch-all route).
+// the upstream (Protocol; else proxy-defaults/global's Config.protocol, the mesh's default), service-defaults of
+// the caller (UpstreamConfig: the override named after the upstream, field by field over Defaults), and
+// service-router of the upstream (its catch-all route).
 func (e *ConfigEntries) Settings(caller, upstream string) discovery.UpstreamSettings {
 	e.mu.Lock()
 	defer e.mu.Unlock()
 	var s discovery.UpstreamSettings
-	if sd := e.defaults[upstream]; sd != nil {
-		switch sd.Protocol {
-		case "http", "http2", "grpc", "tcp":
-			s.Protocol = sd.Protocol
-		}
+	protocol := ""
+	if e.proxy != nil {
+		protocol, _ = e.proxy.Config["protocol"].(string) // the mesh's default
+	}
+	if sd := e.defaults[upstream]; sd != nil && sd.Protocol != "" {
+		protocol = sd.Protocol
+	}
+	switch protocol = strings.ToLower(protocol); protocol {
+	case "http", "http2", "grpc", "tcp":
+		s.Protocol = protocol
 	}
 	if sd := e.defaults[caller]; sd != nil && sd.UpstreamConfig != nil {
 		applyUpstreamConfig(&s, sd.UpstreamConfig.Defaults)

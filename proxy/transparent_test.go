@@ -4,6 +4,9 @@ import (
 	"net/netip"
 	"strings"
 	"testing"
+	"time"
+
+	"meshlet.dev/meshlet/discovery"
 )
 
 func TestParseAddress(t *testing.T) {
@@ -142,5 +145,55 @@ func TestIsOwnListener(t *testing.T) {
 		if got := p.isOwnListener(dst); got != want {
 			t.Errorf("isOwnListener(%s) = %v, want %v", dst, got, want)
 		}
+	}
+}
+
+// TestImplicitUpstreamLazy: an implicit upstream (a service of the Consul mesh) starts watching its endpoints at
+// its first connection, not at start or reload, and does not hold up /ready; an explicit one watches from the
+// start; a reload before the first connection keeps it idle, with the new settings.
+func TestImplicitUpstreamLazy(t *testing.T) {
+	src := &optionsRecorder{watched: make(chan discovery.WatchOptions, 8)}
+	cfg := Config{Service: ServiceConfig{Name: "web"}, Outbound: OutboundConfig{Listen: "127.0.0.1:0",
+		Transparent: TransparentConfig{Enabled: true}},
+		Upstreams: []UpstreamConfig{
+			{Name: "api", Addresses: []string{"198.18.0.5"}},
+			{Name: "db", Protocol: ProtocolAuto, Addresses: []string{"240.0.0.2"}, Implicit: true},
+		}}
+	p, _ := startProxyWith(t, cfg, src)
+	src.next(t) // api's
+	select {
+	case <-src.watched:
+		t.Fatal("the implicit upstream watches before its first connection")
+	case <-time.After(100 * time.Millisecond):
+	}
+	if err := p.Ready(); err != nil {
+		t.Fatalf("ready: %v", err)
+	}
+	cfg.Upstreams[1].Timeout = 3 * time.Second
+	if _, err := p.Reload(cfg); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case <-src.watched:
+		t.Fatal("a reload started the implicit upstream's watch")
+	case <-time.After(100 * time.Millisecond):
+	}
+	e := (*p.addrs.Load()).lookup(netip.MustParseAddrPort("240.0.0.2:7000"))
+	if e == nil || e.cluster.name != "db" {
+		t.Fatalf("240.0.0.2:7000 finds %v", e)
+	}
+	for range 3 {
+		if c := p.activate(e); c != e.cluster {
+			t.Fatal("activate returned another cluster")
+		}
+	}
+	src.next(t)
+	select {
+	case <-src.watched:
+		t.Fatal("activated twice")
+	case <-time.After(100 * time.Millisecond):
+	}
+	if info := upstreamInfo(t, p, "db"); !info.Implicit || info.Timeout != "3s" {
+		t.Fatalf("db after its first connection: %+v", info)
 	}
 }

@@ -6,8 +6,11 @@ package main
 
 import (
 	"context"
+	"log/slog"
 	"sync"
 
+	"meshlet.dev/meshlet/consul"
+	"meshlet.dev/meshlet/discovery"
 	"meshlet.dev/meshlet/proxy"
 )
 
@@ -55,7 +58,8 @@ func (s *sidecar) withEntries(cfg *fileConfig) proxy.Config {
 		pc.Upstreams[i] = uc
 	}
 	if s.mesh != nil {
-		pc.Upstreams = append(pc.Upstreams, s.implicitUpstreams(cfg.Service.Name, pc.Upstreams)...)
+		settings := func(svc string) discovery.UpstreamSettings { return s.entries.Settings(cfg.Service.Name, svc) }
+		pc.Upstreams = append(pc.Upstreams, implicitUpstreams(s.mesh.Services(), pc.Upstreams, settings, s.log)...)
 	}
 	pc.SetDefaults()
 	return pc
@@ -64,7 +68,8 @@ func (s *sidecar) withEntries(cfg *fileConfig) proxy.Config {
 // implicitUpstreams are the services of the mesh that no upstream of the config is (by name or service), each
 // at its addresses that no upstream of the config claims (the config's win; among the mesh's services, the first
 // by name), with the protocol Consul's service-defaults gives it, else auto (detected per connection).
-func (s *sidecar) implicitUpstreams(caller string, explicit []proxy.UpstreamConfig) []proxy.UpstreamConfig {
+func implicitUpstreams(mesh []consul.MeshService, explicit []proxy.UpstreamConfig,
+	settingsOf func(service string) discovery.UpstreamSettings, log *slog.Logger) []proxy.UpstreamConfig {
 	taken, claimed := map[string]bool{}, map[string]string{}
 	for _, uc := range explicit {
 		taken[uc.Name] = true
@@ -78,12 +83,12 @@ func (s *sidecar) implicitUpstreams(caller string, explicit []proxy.UpstreamConf
 		}
 	}
 	var out []proxy.UpstreamConfig
-	for _, svc := range s.mesh.Services() {
+	for _, svc := range mesh {
 		if taken[svc.Name] {
 			continue
 		}
 		if !proxy.ValidName(svc.Name) {
-			s.log.Debug("consul mesh service not an implicit upstream: its name is no lowercase DNS label", "service", svc.Name)
+			log.Debug("consul mesh service not an implicit upstream: its name is no lowercase DNS label", "service", svc.Name)
 			continue
 		}
 		uc := proxy.UpstreamConfig{Name: svc.Name, Service: svc.Name, Implicit: true, Protocol: proxy.ProtocolAuto}
@@ -93,7 +98,7 @@ func (s *sidecar) implicitUpstreams(caller string, explicit []proxy.UpstreamConf
 				continue
 			}
 			if prev, ok := claimed[k]; ok {
-				s.log.Debug("consul mesh address left to another upstream", "service", svc.Name, "address", a, "upstream", prev)
+				log.Debug("consul mesh address left to another upstream", "service", svc.Name, "address", a, "upstream", prev)
 				continue
 			}
 			claimed[k] = svc.Name
@@ -102,7 +107,7 @@ func (s *sidecar) implicitUpstreams(caller string, explicit []proxy.UpstreamConf
 		if len(uc.Addresses) == 0 {
 			continue
 		}
-		settings := s.entries.Settings(caller, svc.Name)
+		settings := settingsOf(svc.Name)
 		if settings.Protocol != "" {
 			uc.Protocol = settings.Protocol // tcp too: Consul said so
 		}

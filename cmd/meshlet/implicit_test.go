@@ -1,0 +1,97 @@
+package main
+
+import (
+	"fmt"
+	"io"
+	"log/slog"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+
+	"meshlet.dev/meshlet/consul"
+	"meshlet.dev/meshlet/discovery"
+	"meshlet.dev/meshlet/proxy"
+)
+
+// TestImplicitUpstreams: the services of the mesh become upstreams unless the config has them (by name or by
+// service); the config's addresses win, then the first service by name; a service left with no address, or whose
+// name cannot name an upstream, is left out; the protocol is Consul's (tcp too), else auto; and the merged config
+// always validates, whatever the mesh says.
+func TestImplicitUpstreams(t *testing.T) {
+	explicit := []proxy.UpstreamConfig{
+		{Name: "api", Addresses: []string{"198.18.0.5"}, Endpoints: []string{"198.18.0.2:80"}},
+		{Name: "payments", Service: "billing", Addresses: []string{"240.0.0.9/32"}},
+	}
+	mesh := []consul.MeshService{
+		{Name: "api", Addresses: []string{"240.0.0.1"}},                       // the config's upstream: left alone
+		{Name: "billing", Addresses: []string{"240.0.0.2"}},                   // the config's by service
+		{Name: "cache", Addresses: []string{"240.0.0.3", "198.18.0.5"}},       // one address is api's
+		{Name: "db", Addresses: []string{"240.0.0.4", "198.18.0.7:5432"}},     // Consul says tcp
+		{Name: "Legacy_Svc", Addresses: []string{"240.0.0.5"}},                // no DNS label
+		{Name: "orders", Addresses: []string{"240.0.0.9"}},                    // payments' address
+		{Name: "search", Addresses: []string{"240.0.0.6", "198.18.0.7:5432"}}, // db's instance address
+	}
+	settings := func(svc string) discovery.UpstreamSettings {
+		switch svc {
+		case "db":
+			return discovery.UpstreamSettings{Protocol: "tcp"}
+		case "search":
+			return discovery.UpstreamSettings{Protocol: "grpc", ConnectTimeout: 7e9}
+		}
+		return discovery.UpstreamSettings{}
+	}
+	got := implicitUpstreams(mesh, explicit, settings, slog.New(slog.NewTextHandler(io.Discard, nil)))
+	want := []string{
+		"cache auto [240.0.0.3]",
+		"db tcp [240.0.0.4 198.18.0.7:5432]",
+		"search grpc [240.0.0.6]",
+	}
+	if len(got) != len(want) {
+		t.Fatalf("got %d implicit upstreams: %+v", len(got), got)
+	}
+	for i, uc := range got {
+		if s := fmt.Sprintf("%s %s %v", uc.Name, uc.Protocol, uc.Addresses); s != want[i] || !uc.Implicit || uc.Service != uc.Name || uc.Endpoints != nil {
+			t.Errorf("implicit upstream %d: %s %+v, want %s", i, s, uc, want[i])
+		}
+	}
+	if got[2].ConnectTimeout != 7e9 {
+		t.Errorf("search's connect timeout from Consul: %v", got[2].ConnectTimeout)
+	}
+	cfg := proxy.Config{Service: proxy.ServiceConfig{Name: "web"}, Outbound: proxy.OutboundConfig{Listen: "127.0.0.1:15001",
+		Transparent: proxy.TransparentConfig{Enabled: true}}, Upstreams: append(explicit, got...)}
+	cfg.SetDefaults()
+	if err := cfg.Validate(); err != nil {
+		t.Fatalf("the merged config does not validate: %v", err)
+	}
+}
+
+// TestConsulServicesNeedsConsul: outbound.transparent.consul_services: true without discovery.consul is an error
+// that names the field; false, or unset, is not.
+func TestConsulServicesNeedsConsul(t *testing.T) {
+	for _, tc := range []struct{ value, want string }{{"true", "outbound.transparent.consul_services: needs discovery.consul"}, {"false", ""}, {"", ""}} {
+		line := ""
+		if tc.value != "" {
+			line = "\n    consul_services: " + tc.value
+		}
+		path := filepath.Join(t.TempDir(), "meshlet.yaml")
+		writeFile(t, path, "service:\n  name: web\noutbound:\n  listen: 127.0.0.1:15001\n  transparent:\n    enabled: true"+line+"\n")
+		_, err := loadConfig(path)
+		if tc.want == "" {
+			if err != nil {
+				t.Errorf("consul_services %q: %v", tc.value, err)
+			}
+			continue
+		}
+		if err == nil || !strings.Contains(err.Error(), tc.want) {
+			t.Errorf("consul_services %q: %v, want %q", tc.value, err, tc.want)
+		}
+	}
+}
+
+func writeFile(t *testing.T, path, content string) {
+	t.Helper()
+	if err := os.WriteFile(path, []byte(content), 0o600); err != nil {
+		t.Fatal(err)
+	}
+}

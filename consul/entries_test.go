@@ -1,0 +1,58 @@
+package consul_test
+
+import (
+	"context"
+	"testing"
+	"time"
+
+	"github.com/hashicorp/consul/api"
+
+	"meshlet.dev/meshlet/consul"
+	"meshlet.dev/meshlet/discovery/discoverytest"
+)
+
+// TestEntriesProtocol: an upstream's protocol is its service-defaults' (tcp included), else the mesh's default
+// from proxy-defaults/global, else unset; changes are followed.
+func TestEntriesProtocol(t *testing.T) {
+	agent := discoverytest.StartConsul(t, discoverytest.Options{})
+	entries := agent.Client().ConfigEntries()
+	e := consul.NewConfigEntries(newSource(t, consul.Config{Address: agent.HTTPAddr}))
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() { e.Run(ctx); close(done) }()
+	defer func() { cancel(); <-done }()
+	protocol := func(svc, want string) {
+		t.Helper()
+		deadline := time.Now().Add(10 * time.Second)
+		for {
+			got := e.Settings("web", svc).Protocol
+			if got == want && e.Ready() == nil {
+				return
+			}
+			if time.Now().After(deadline) {
+				t.Fatalf("protocol of %s = %q, want %q (ready: %v)", svc, got, want, e.Ready())
+			}
+			select {
+			case <-e.Changed():
+			case <-time.After(100 * time.Millisecond):
+			}
+		}
+	}
+	protocol("api", "")
+	if _, _, err := entries.Set(&api.ProxyConfigEntry{Kind: api.ProxyDefaults, Name: api.ProxyConfigGlobal,
+		Config: map[string]any{"protocol": "http"}}, nil); err != nil {
+		t.Fatal(err)
+	}
+	protocol("api", "http")
+	for _, p := range []string{"grpc", "tcp"} {
+		if _, _, err := entries.Set(&api.ServiceConfigEntry{Kind: api.ServiceDefaults, Name: "api", Protocol: p}, nil); err != nil {
+			t.Fatal(err)
+		}
+		protocol("api", p)
+	}
+	protocol("db", "http")
+	if _, err := entries.Delete(api.ProxyDefaults, api.ProxyConfigGlobal, nil); err != nil {
+		t.Fatal(err)
+	}
+	protocol("db", "")
+}
