@@ -85,7 +85,7 @@ consul:
 # built from tools/helm (its own module) once and cached like Consul, keyed by the sha256 of tools/helm/go.sum;
 # bin/helm is a copy of the cached binary. The version is stamped as Helm's own Makefile does for a release.
 HELM_KEY     = $(shell sha256sum tools/helm/go.sum | cut -c1-16)
-HELM_VERSION = $(shell cd tools/helm && $(GO) list -m -f '{{.Version}}' helm.sh/helm/v4)
+HELM_VERSION = $(shell awk '$$1 == "helm.sh/helm/v4" { print $$2 }' tools/helm/go.mod)
 helm:
 	@mkdir -p bin $(CONSUL_CACHE)
 	@if [ ! -x $(CONSUL_CACHE)/helm-$(HELM_KEY) ]; then \
