@@ -10,7 +10,7 @@ IMAGE      ?= $(IMAGE_REPO):$(shell echo '$(VERSION)' | tr -c 'A-Za-z0-9_.\n-' '
 PLATFORMS  ?= linux/amd64,linux/arm64
 BENCH_FLAGS ?=
 
-.PHONY: image image-multiarch all build test vet fuzz demo bench heads reqpath soak clean help consul
+.PHONY: image image-multiarch all build test vet fuzz demo bench heads reqpath soak clean help consul helm
 
 all: build
 
@@ -22,6 +22,7 @@ help:
 	@echo "make fuzz    run each fuzz target for FUZZTIME (default 10s), one after another"
 	@echo "make demo    run a local demo mesh on loopback (two services, two sidecars); DISCOVERY=consul: found through a Consul dev agent"
 	@echo "make consul  build a real Consul agent (tools/consul, MPL-2.0) once, cached, into bin/consul"
+	@echo "make helm    build Helm's CLI (tools/helm, Apache-2.0) once, cached, into bin/helm (for the chart tests)"
 	@echo "make bench   measure direct vs one vs two meshlets (HTTP/1.1, h2c, gRPC); BENCH_FLAGS=-quick for a short run"
 	@echo "make heads   hold HEADS (10000) connections with 60 KiB of an unfinished request head each; report meshlet's RSS"
 	@echo "make reqpath  list the files and functions one outbound HTTP call runs through (app → sidecar → sidecar → app)"
@@ -40,8 +41,8 @@ image-multiarch:
 vet:
 	$(GO) vet ./...
 
-# test builds Consul first (cached after the first time) so that the Consul tests run, never skip.
-test: vet consul
+# test builds Consul and Helm first (cached after the first time) so that the Consul and chart tests run, never skip.
+test: vet consul helm
 	$(GO) test -race -count=1 -timeout 20m ./...
 
 # fuzz runs each fuzz target (package:FuzzName) for FUZZTIME, one after another (tools/fuzz.sh, which runs a target
@@ -79,6 +80,23 @@ consul:
 	fi
 	cp $(CONSUL_CACHE)/consul-$(CONSUL_KEY) bin/consul
 	@bin/consul version | head -1
+
+# helm: Helm's CLI for the chart tests (helm lint and helm template of deploy/helm/meshlet; internal/helmtest),
+# built from tools/helm (its own module) once and cached like Consul, keyed by the sha256 of tools/helm/go.sum;
+# bin/helm is a copy of the cached binary. The version is stamped as Helm's own Makefile does for a release.
+HELM_KEY     = $(shell sha256sum tools/helm/go.sum | cut -c1-16)
+HELM_VERSION = $(shell awk '$$1 == "helm.sh/helm/v4" { print $$2 }' tools/helm/go.mod)
+helm:
+	@mkdir -p bin $(CONSUL_CACHE)
+	@if [ ! -x $(CONSUL_CACHE)/helm-$(HELM_KEY) ]; then \
+		echo "building Helm $(HELM_VERSION) (tools/helm, ~2 min on 2 cores) into $(CONSUL_CACHE)/helm-$(HELM_KEY)"; \
+		cd tools/helm && CGO_ENABLED=0 $(GO) build -trimpath \
+			-ldflags='-s -w -X helm.sh/helm/v4/internal/version.version=$(HELM_VERSION)' \
+			-o $(CONSUL_CACHE)/helm-$(HELM_KEY).tmp helm.sh/helm/v4/cmd/helm && \
+		mv $(CONSUL_CACHE)/helm-$(HELM_KEY).tmp $(CONSUL_CACHE)/helm-$(HELM_KEY); \
+	fi
+	cp $(CONSUL_CACHE)/helm-$(HELM_KEY) bin/helm
+	@bin/helm version --short
 
 bench: build
 	$(GO) run ./cmd/meshlet-bench -meshlet bin/meshlet $(BENCH_FLAGS)

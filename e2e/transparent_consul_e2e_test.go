@@ -191,7 +191,9 @@ func TestTransparentConsulMesh(t *testing.T) {
 	if !strings.HasPrefix(apiVIP, "240.") || !strings.HasPrefix(dbVIP, "240.") || apiVIP == dbVIP {
 		t.Fatalf("virtual IPs: api %s, db %s", apiVIP, dbVIP)
 	}
-	dial := func(_ context.Context, network, addr string) (net.Conn, error) { return dialIn(web.ns, t, network, addr) }
+	dial := func(_ context.Context, network, addr string) (net.Conn, error) {
+		return dialIn(web.ns, t, network, addr)
+	}
 	h1 := &http.Client{Timeout: 5 * time.Second, Transport: &http.Transport{DialContext: dial}}
 	get := func(c *http.Client, url string) (int, string) {
 		t.Helper()

@@ -69,13 +69,58 @@ func TestCLIWebhook(t *testing.T) {
 		}
 	})
 	client := &http.Client{Timeout: 5 * time.Second, Transport: &http.Transport{TLSClientConfig: &tls.Config{RootCAs: pool}}}
+	waitHealthy(t, client, addr, done)
+	patch, paths := admit(t, client, addr, `{"apiVersion":"v1","kind":"Pod","metadata":{"generateName":"web-5f-","labels":{"app":"web"},
+		"annotations":{"meshlet.dev/upstreams":"api:9001"}},"spec":{"containers":[{"name":"web","image":"web:1","ports":[{"containerPort":8080}]}]}}`)
+	if v := paths["/spec/initContainers"]; !strings.Contains(v, `"name":"meshlet"`) || !strings.Contains(v, `"restartPolicy":"Always"`) ||
+		!strings.Contains(v, goldenImage) {
+		t.Errorf("patch lacks the native sidecar: %s", patch)
+	}
+	if v := paths["/metadata/annotations"]; !strings.Contains(v, `"prometheus.io/scrape":"true"`) || !strings.Contains(v, `"meshlet.dev/upstreams":"api:9001"`) {
+		t.Errorf("annotations patch: %s", v)
+	}
+	if _, ok := paths["/spec/containers"]; ok {
+		t.Errorf("app containers patched: %s", patch)
+	}
+
+	if err := cmd.Process.Signal(syscall.SIGTERM); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case err := <-done:
+		if err != nil {
+			t.Fatalf("exit: %v", err)
+		}
+	case <-time.After(15 * time.Second):
+		t.Fatal("webhook did not stop on SIGTERM")
+	}
+	if !bytes.Contains([]byte(out.String()), []byte(`"msg":"pod injected"`)) {
+		t.Errorf("no log line for the injection:\n%s", out.String())
+	}
+	if out, code := meshlettest.Exec(t, "webhook", "-image", "x"); code != 2 || !strings.Contains(out, "-tls-cert, -tls-key and -image") {
+		t.Errorf("without a certificate: exit %d, %s", code, out)
+	}
+	if out, code := meshlettest.Exec(t, "webhook", "-image", "x", "-tls-cert", "/nonexistent", "-tls-key", "/nonexistent"); code != 1 || !strings.Contains(out, "cannot load the serving certificate") {
+		t.Errorf("missing certificate files: exit %d, %s", code, out)
+	}
+}
+
+// waitHealthy polls GET /healthz of the webhook at addr until it answers 200; it fails at once if the process
+// exits (a value on exited).
+func waitHealthy(t *testing.T, client *http.Client, addr string, exited <-chan error) {
+	t.Helper()
 	deadline := time.Now().Add(15 * time.Second)
 	for {
+		select {
+		case err := <-exited:
+			t.Fatalf("webhook exited: %v", err)
+		default:
+		}
 		resp, err := client.Get("https://" + addr + "/healthz")
 		if err == nil {
 			resp.Body.Close()
 			if resp.StatusCode == 200 {
-				break
+				return
 			}
 		}
 		if time.Now().After(deadline) {
@@ -83,11 +128,14 @@ func TestCLIWebhook(t *testing.T) {
 		}
 		time.Sleep(20 * time.Millisecond) // poll until it listens
 	}
+}
 
+// admit posts an AdmissionReview (CREATE, namespace shop) of pod to the webhook at addr, expects it allowed with a
+// JSON patch, and returns the patch and its values by path.
+func admit(t *testing.T, client *http.Client, addr, pod string) (patch []byte, paths map[string]string) {
+	t.Helper()
 	review := `{"apiVersion":"admission.k8s.io/v1","kind":"AdmissionReview","request":{"uid":"u-1",
-		"kind":{"group":"","version":"v1","kind":"Pod"},"namespace":"shop","operation":"CREATE",
-		"object":{"apiVersion":"v1","kind":"Pod","metadata":{"generateName":"web-5f-","labels":{"app":"web"},
-		"annotations":{"meshlet.dev/upstreams":"api:9001"}},"spec":{"containers":[{"name":"web","image":"web:1","ports":[{"containerPort":8080}]}]}}}}`
+		"kind":{"group":"","version":"v1","kind":"Pod"},"namespace":"shop","operation":"CREATE","object":` + pod + `}}`
 	resp, err := client.Post("https://"+addr+"/inject", "application/json", strings.NewReader(review))
 	if err != nil {
 		t.Fatal(err)
@@ -116,39 +164,9 @@ func TestCLIWebhook(t *testing.T) {
 	if err := json.Unmarshal(r.Patch, &ops); err != nil {
 		t.Fatalf("patch %s: %v", r.Patch, err)
 	}
-	paths := map[string]string{}
+	paths = map[string]string{}
 	for _, op := range ops {
 		paths[op.Path] = string(op.Value)
 	}
-	if v := paths["/spec/initContainers"]; !strings.Contains(v, `"name":"meshlet"`) || !strings.Contains(v, `"restartPolicy":"Always"`) ||
-		!strings.Contains(v, goldenImage) {
-		t.Errorf("patch lacks the native sidecar: %s", r.Patch)
-	}
-	if v := paths["/metadata/annotations"]; !strings.Contains(v, `"prometheus.io/scrape":"true"`) || !strings.Contains(v, `"meshlet.dev/upstreams":"api:9001"`) {
-		t.Errorf("annotations patch: %s", v)
-	}
-	if _, ok := paths["/spec/containers"]; ok {
-		t.Errorf("app containers patched: %s", r.Patch)
-	}
-
-	if err := cmd.Process.Signal(syscall.SIGTERM); err != nil {
-		t.Fatal(err)
-	}
-	select {
-	case err := <-done:
-		if err != nil {
-			t.Fatalf("exit: %v", err)
-		}
-	case <-time.After(15 * time.Second):
-		t.Fatal("webhook did not stop on SIGTERM")
-	}
-	if !bytes.Contains([]byte(out.String()), []byte(`"msg":"pod injected"`)) {
-		t.Errorf("no log line for the injection:\n%s", out.String())
-	}
-	if out, code := meshlettest.Exec(t, "webhook", "-image", "x"); code != 2 || !strings.Contains(out, "-tls-cert, -tls-key and -image") {
-		t.Errorf("without a certificate: exit %d, %s", code, out)
-	}
-	if out, code := meshlettest.Exec(t, "webhook", "-image", "x", "-tls-cert", "/nonexistent", "-tls-key", "/nonexistent"); code != 1 || !strings.Contains(out, "cannot load the serving certificate") {
-		t.Errorf("missing certificate files: exit %d, %s", code, out)
-	}
+	return r.Patch, paths
 }
