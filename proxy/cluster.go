@@ -39,6 +39,20 @@ type cluster struct {
 	// appPorts are the inbound cluster's targets for the app's other ports (service.ports), fixed at Start; nil
 	// for other clusters.
 	appPorts map[uint16]*dialTarget
+	// An implicit upstream (a service of the Consul mesh) costs no metric series and no watch until its first use:
+	// lazy (set before the cluster is published) makes it active; obs is nil until then.
+	lazy   func()
+	active atomic.Bool
+}
+
+// ensureActive makes an implicit upstream active before its first use (a redirected connection, a request routed
+// by name), and waits up to its connect timeout for its first endpoints.
+func (c *cluster) ensureActive() {
+	if c.lazy == nil || c.active.Load() {
+		return
+	}
+	c.lazy()
+	c.endpoints.waitSnapshot(c.cfg.Load().ConnectTimeout)
 }
 
 func newCluster(cfg UpstreamConfig, direction string, m *metrics.Metrics, log *slog.Logger, tls *tlsState) *cluster {
@@ -48,9 +62,11 @@ func newCluster(cfg UpstreamConfig, direction string, m *metrics.Metrics, log *s
 		protocol:  cfg.Protocol,
 		log:       log.With("upstream", cfg.Name, "direction", direction),
 		m:         m,
-		obs:       newObserver(m, direction, cfg.Name),
 		tls:       tls,
 		decisions: resilience.NewDecisions(decisionsKept),
+	}
+	if !cfg.Implicit {
+		c.obs = newObserver(m, direction, cfg.Name)
 	}
 	c.endpoints = newEndpointSet(cfg.Name, cfg.LB, cfg.Resilience, m, c.decisions, c.log)
 	c.refused.log = log

@@ -77,9 +77,8 @@ type Proxy struct {
 type upstreamEntry struct {
 	cluster *cluster
 	// pending is the config of an implicit upstream whose watch has not started (nil once it has, and for the
-	// others): activate starts it at its first connection.
+	// others): activate starts it at its first use.
 	pending     *UpstreamConfig
-	active      atomic.Bool // the watch runs (always, but for an implicit upstream before its first connection)
 	cancelWatch context.CancelFunc
 	src         discovery.Source       // where the endpoints come from
 	service     string                 // the name watched on src
@@ -263,31 +262,29 @@ func (p *Proxy) serve(l listener) {
 	}()
 }
 
-// addUpstream registers u and starts watching its endpoints (an implicit upstream: at its first connection,
-// activate). Call with p.mu held.
+// addUpstream registers u and starts watching its endpoints (an implicit upstream: at its first use, through
+// cluster.ensureActive). Call with p.mu held.
 func (p *Proxy) addUpstream(uc UpstreamConfig, u *cluster) {
 	e := &upstreamEntry{cluster: u}
 	p.upstreams[uc.Name] = e
 	if uc.Implicit {
 		e.pending = &uc
+		u.lazy = func() { p.activate(e) }
 		return
 	}
 	p.startWatch(e, uc)
 }
 
-// activate starts the watch of an implicit upstream that has none yet, and returns its cluster.
-func (p *Proxy) activate(e *upstreamEntry) *cluster {
-	if e.active.Load() {
-		return e.cluster
-	}
+// activate makes an implicit upstream that is not active yet ready for use: its metric series, then its watch.
+func (p *Proxy) activate(e *upstreamEntry) {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	if e.pending != nil && !p.stopped && p.upstreams[e.cluster.name] == e {
 		uc := *e.pending
 		e.pending = nil
+		e.cluster.obs = newObserver(p.m, metrics.Outbound, e.cluster.name)
 		p.startWatch(e, uc)
 	}
-	return e.cluster
 }
 
 // startWatch points e at the source of uc's endpoints: the config's static list, or the discovery source when
@@ -304,7 +301,7 @@ func (p *Proxy) startWatch(e *upstreamEntry, uc UpstreamConfig) {
 	}
 	ctx, cancel := context.WithCancel(context.Background())
 	e.cancelWatch, e.src, e.service, e.opts = cancel, src, service, opts
-	e.active.Store(true)
+	e.cluster.active.Store(true)
 	p.wg.Add(1)
 	go func() {
 		defer p.wg.Done()
@@ -337,7 +334,7 @@ func (p *Proxy) Ready() error {
 		return errors.New("listeners not bound yet")
 	}
 	for name, e := range p.upstreams {
-		if e.active.Load() && !e.cluster.cfg.Load().Implicit && !e.cluster.endpoints.hasSnapshot() {
+		if !e.cluster.cfg.Load().Implicit && !e.cluster.endpoints.hasSnapshot() {
 			return fmt.Errorf("upstream %s: waiting for its first endpoints", name)
 		}
 	}

@@ -155,6 +155,7 @@ func (rt routeTable) lookup(host string) *cluster {
 func (p *Proxy) serveRouted(w http.ResponseWriter, r *http.Request) {
 	u := (*p.routes.Load()).lookup(r.Host)
 	if u != nil {
+		u.ensureActive()
 		u.serveHTTP(w, r, p.accessLog)
 		return
 	}

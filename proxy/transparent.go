@@ -260,7 +260,7 @@ func (t *transparentListener) take(c net.Conn) {
 	}
 	if e := (*t.p.addrs.Load()).lookup(dst); e != nil {
 		t.outcomes.WithLabelValues(metrics.OutboundMesh).Inc()
-		t.toUpstream(c, t.p.activate(e))
+		t.toUpstream(c, e.cluster)
 		return
 	}
 	if t.meshOnly {
@@ -275,10 +275,9 @@ func (t *transparentListener) take(c net.Conn) {
 }
 
 // toUpstream carries c to cluster cl: relayed (tcp), to the HTTP server (the HTTP family), or by what its first
-// bytes say (auto). An upstream whose endpoints are not known yet (an implicit one, watched from its first
-// connection on) is waited for up to its connect timeout.
+// bytes say (auto). An implicit upstream becomes active at its first connection.
 func (t *transparentListener) toUpstream(c net.Conn, cl *cluster) {
-	cl.endpoints.waitSnapshot(cl.cfg.Load().ConnectTimeout)
+	cl.ensureActive()
 	relay := cl.protocol == ProtocolTCP
 	if cl.protocol == ProtocolAuto {
 		var kind string

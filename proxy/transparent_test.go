@@ -1,6 +1,7 @@
 package proxy
 
 import (
+	"net/http"
 	"net/netip"
 	"strings"
 	"testing"
@@ -158,6 +159,7 @@ func TestImplicitUpstreamLazy(t *testing.T) {
 		Upstreams: []UpstreamConfig{
 			{Name: "api", Addresses: []string{"198.18.0.5"}},
 			{Name: "db", Protocol: ProtocolAuto, Addresses: []string{"240.0.0.2"}, Implicit: true},
+			{Name: "cache", Protocol: ProtocolAuto, Addresses: []string{"240.0.0.3"}, Implicit: true},
 		}}
 	p, _ := startProxyWith(t, cfg, src)
 	src.next(t) // api's
@@ -182,12 +184,16 @@ func TestImplicitUpstreamLazy(t *testing.T) {
 	if e == nil || e.cluster.name != "db" {
 		t.Fatalf("240.0.0.2:7000 finds %v", e)
 	}
+	if e.cluster.obs != nil {
+		t.Fatal("an implicit upstream has metric series before its first use")
+	}
 	for range 3 {
-		if c := p.activate(e); c != e.cluster {
-			t.Fatal("activate returned another cluster")
-		}
+		e.cluster.ensureActive()
 	}
 	src.next(t)
+	if e.cluster.obs == nil || !e.cluster.active.Load() {
+		t.Fatal("not active after its first use")
+	}
 	select {
 	case <-src.watched:
 		t.Fatal("activated twice")
@@ -196,4 +202,24 @@ func TestImplicitUpstreamLazy(t *testing.T) {
 	if info := upstreamInfo(t, p, "db"); !info.Implicit || info.Timeout != "3s" {
 		t.Fatalf("db after its first connection: %+v", info)
 	}
+
+	// A request routed by name is a first use too: the watch starts, the request is served (no endpoint: 503).
+	resp, err := http.Get("http://" + p.Addrs()["outbound"] + "/")
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusNotFound {
+		t.Fatalf("no Host of an upstream: %d", resp.StatusCode)
+	}
+	req, _ := http.NewRequest("GET", "http://"+p.Addrs()["outbound"]+"/", nil)
+	req.Host = "cache"
+	if resp, err = http.DefaultClient.Do(req); err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusServiceUnavailable || resp.Header.Get("X-Meshlet-Error") != reasonNoEndpoint {
+		t.Fatalf("cache by name: %d %q", resp.StatusCode, resp.Header.Get("X-Meshlet-Error"))
+	}
+	src.next(t)
 }
