@@ -106,7 +106,7 @@ func runSidecar(path string, stderr io.Writer) int {
 		Config:    s.configView,
 		Reload:    s.reload,
 		Quit:      func() { notify(sigs, syscall.SIGTERM) }, // POST /quitquitquit: as if signalled
-		Drain:     s.drainRequest,                            // GET/POST /drain: the app's preStop hook
+		Drain:     s.drainRequest,                           // GET/POST /drain: the app's preStop hook
 		LogLevel:  s.level,
 		Refused:   s.m.AdminRefused,
 	})
