@@ -77,6 +77,11 @@ type Options struct {
 	// Quit is POST /quitquitquit (local clients only): it starts a graceful shutdown and must not block. Off when
 	// nil or when Config.EnableQuit is false.
 	Quit func()
+	// Drain is GET and POST /drain, for the preStop hook of the app's containers (the kubelet calls it from the
+	// node, so any client may: see guard.go's accessDrain). It starts the drain that SIGTERM starts (idempotent, no
+	// way back), blocks until the drain delay since the drain began has passed or ctx (the request's) ends, and
+	// returns the answer's text. Nil: 404.
+	Drain func(ctx context.Context) string
 	// LogLevel is the log's level: GET /debug/log-level reads it and POST /debug/log-level?level=debug sets it
 	// (local clients only) until the next config reload sets log.level again. Nil: 404.
 	LogLevel *slog.LevelVar
@@ -135,6 +140,10 @@ func New(cfg Config, opts Options) *Server {
 	}
 	if opts.Quit != nil && *cfg.EnableQuit {
 		mux.HandleFunc("POST /quitquitquit", s.guard(accessMutate, s.quit))
+	}
+	if opts.Drain != nil {
+		mux.HandleFunc("GET /drain", s.guard(accessDrain, s.drain))
+		mux.HandleFunc("POST /drain", s.guard(accessDrain, s.drain))
 	}
 	if opts.LogLevel != nil {
 		mux.HandleFunc("GET /debug/log-level", s.guard(accessLocalView, s.logLevel))
@@ -224,9 +233,15 @@ func (s *Server) quit(w http.ResponseWriter, r *http.Request) {
 	s.opts.Quit()
 }
 
+// drain answers what guard let through (accessDrain), once the drain delay has passed.
+func (s *Server) drain(w http.ResponseWriter, r *http.Request) {
+	s.log.Info("drain requested", "remote", r.RemoteAddr, "user_agent", r.UserAgent())
+	fmt.Fprintln(w, s.opts.Drain(r.Context()))
+}
+
 func (s *Server) index(w http.ResponseWriter, r *http.Request) {
 	fmt.Fprintln(w, "meshlet admin\n\n/live\n/ready\n/metrics\n/debug/config\n/debug/upstreams\n/debug/log-level\n"+
-		"POST /debug/log-level?level=debug\nPOST /debug/reload\nPOST /quitquitquit")
+		"POST /debug/log-level?level=debug\nPOST /debug/reload\nPOST /quitquitquit\nGET or POST /drain")
 	if s.cfg.Pprof {
 		fmt.Fprintln(w, "/debug/pprof/")
 	}

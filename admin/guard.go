@@ -10,6 +10,12 @@ package admin
 //   - mutate: POST /debug/reload and /quitquitquit answer local clients only, addressed to an allowed Host, that
 //     are not a browser (no Origin, no Sec-Fetch-*) and carry no body type an HTML form or a simple
 //     cross-origin request can have.
+//   - drain: GET and POST /drain answer any client (the kubelet runs the app's preStop httpGet from the node, not
+//     from the pod), addressed to an allowed Host, that is not a browser and carries no form body type. It is
+//     safe to leave open because it can only do what SIGTERM will do anyway, once: leave Consul, fail /ready,
+//     keep serving. It cannot be undone, reconfigures nothing and reveals nothing; the worst a caller on the pod
+//     network can do with it is take one instance out of rotation early (a NetworkPolicy on the admin port
+//     narrows who can). It never widens what the other levels allow.
 
 import (
 	"fmt"
@@ -32,6 +38,7 @@ const (
 	accessView      access = iota + 1 // Host checked
 	accessMutate                      // local client, Host, not a browser, no form body type
 	accessLocalView                   // local client, Host: views that say more than a remote caller may learn
+	accessDrain                       // any client, Host, not a browser, no form body type: /drain
 )
 
 // Reasons an admin request is refused: the reason label of meshlet_admin_requests_refused_total.
@@ -61,17 +68,17 @@ func (s *Server) guard(a access, h http.HandlerFunc) http.HandlerFunc {
 					"only (DNS rebinding protection); admin.allowed_hosts adds names", r.Host, r.URL.Path))
 			return
 		}
-		if a == accessMutate {
+		if a == accessMutate || a == accessDrain {
 			if h := browserHeader(r.Header); h != "" {
 				s.refuse(w, r, RefusedBrowser, http.StatusForbidden, fmt.Sprintf(
-					"POST %s refused: it carries %s, as a browser's request does (a web page must not stop or "+
-						"reconfigure meshlet); send it with curl or another non-browser client", r.URL.Path, h))
+					"%s %s refused: it carries %s, as a browser's request does (a web page must not stop, drain or "+
+						"reconfigure meshlet); send it with curl or another non-browser client", r.Method, r.URL.Path, h))
 				return
 			}
 			if ct, ok := simpleContentType(r.Header); !ok {
 				s.refuse(w, r, RefusedContentType, http.StatusUnsupportedMediaType, fmt.Sprintf(
-					"POST %s refused: Content-Type %q is one a web page can send cross-origin; send no body "+
-						"(curl -X POST URL) or Content-Type: application/json", r.URL.Path, ct))
+					"%s %s refused: Content-Type %q is one a web page can send cross-origin; send no body "+
+						"(curl -X POST URL) or Content-Type: application/json", r.Method, r.URL.Path, ct))
 				return
 			}
 		}

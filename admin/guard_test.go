@@ -23,6 +23,7 @@ type guardRig struct {
 	reg      *prometheus.Registry
 	reloads  int
 	quits    int
+	drains   int
 	podIP    string
 	handlers http.Handler
 	level    slog.LevelVar
@@ -43,6 +44,7 @@ func newGuardRig(t *testing.T, cfg Config) *guardRig {
 		Config:    func() any { return map[string]string{"k": "v"} },
 		Reload:    func() ([]string, error) { g.reloads++; return nil, nil },
 		Quit:      func() { g.quits++ },
+		Drain:     func(context.Context) string { g.drains++; return "draining" },
 		LogLevel:  &g.level,
 		Refused:   metrics.New(g.reg, "test").AdminRefused,
 	})
@@ -113,6 +115,16 @@ func TestAdminGuard(t *testing.T) {
 		{"pprof index from the pod", request{method: "GET", path: "/debug/pprof/"}, 200, "goroutine", ""},
 		{"pprof heap by kubectl port-forward", request{method: "GET", path: "/debug/pprof/heap?debug=1", remote: "127.0.0.1:5000", host: "localhost:8080"}, 200, "heap profile", ""},
 
+		// The kubelet runs the app's preStop httpGet from the node: /drain answers it (only what SIGTERM does).
+		{"kubelet preStop GET /drain from the node", request{method: "GET", path: "/drain", remote: "10.1.2.1:33000",
+			header: map[string]string{"User-Agent": "kube-lifecycle/1.31"}}, 200, "draining", ""},
+		{"POST /drain from the pod", request{method: "POST", path: "/drain"}, 200, "draining", ""},
+		{"drain by a rebound name", request{method: "GET", path: "/drain", remote: "127.0.0.1:5000", host: "evil.example"}, 403, "DNS rebinding", RefusedHost},
+		{"drain by a page", request{method: "GET", path: "/drain", remote: "127.0.0.1:5000", host: "127.0.0.1:15000",
+			header: map[string]string{"Sec-Fetch-Site": "cross-site"}}, 403, "browser", RefusedBrowser},
+		{"drain by a form", request{method: "POST", path: "/drain", remote: "10.1.2.1:33000",
+			header: map[string]string{"Content-Type": "text/plain"}}, 415, "cross-origin", RefusedContentType},
+
 		// Another pod or host.
 		{"reload from another pod", request{method: "POST", path: "/debug/reload", remote: otherPod}, 403, "local clients only", RefusedNotLocal},
 		{"quit from another pod", request{method: "POST", path: "/quitquitquit", remote: otherPod}, 403, "local clients only", RefusedNotLocal},
@@ -154,8 +166,11 @@ func TestAdminGuard(t *testing.T) {
 			if rec.Code != tt.status || !strings.Contains(rec.Body.String(), tt.body) {
 				t.Errorf("%s %s = %d %q, want %d containing %q", tt.rq.method, tt.rq.path, rec.Code, rec.Body.String(), tt.status, tt.body)
 			}
-			if tt.reason != "" && g.reloads+g.quits != 0 {
-				t.Errorf("refused, yet reload ran %d and quit %d times", g.reloads, g.quits)
+			if tt.reason != "" && g.reloads+g.quits+g.drains != 0 {
+				t.Errorf("refused, yet reload ran %d, quit %d and drain %d times", g.reloads, g.quits, g.drains)
+			}
+			if want := tt.rq.path == "/drain" && tt.reason == ""; (g.drains == 1) != want {
+				t.Errorf("drain ran %d times", g.drains)
 			}
 			for _, r := range []string{RefusedNotLocal, RefusedHost, RefusedBrowser, RefusedContentType} {
 				want := 0.0

@@ -1,10 +1,11 @@
-// Package appcheck is the local app's health check (service.check): its settings, one probe (HTTP GET or TCP
-// connect), and the Runner that runs it in meshlet for /ready when service.check.ready asks for it. The Consul
+// Package appcheck is the local app's health check (service.check): its settings, one probe (HTTP GET, TCP
+// connect or gRPC health check), and the Runner that runs it in meshlet for /ready when service.check.ready asks for it. The Consul
 // agent runs the same check for the registration (package consul gives it to the agent).
 package appcheck
 
 import (
 	"context"
+	"crypto/tls"
 	"errors"
 	"fmt"
 	"io"
@@ -15,15 +16,27 @@ import (
 	"strings"
 	"sync/atomic"
 	"time"
+
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials/insecure"
+	healthpb "google.golang.org/grpc/health/grpc_health_v1"
+	"google.golang.org/grpc/status"
 )
 
 // Check is the app's own health check (service.check), run by the Consul agent: an HTTP GET (2xx passing, 429
-// warning, anything else critical) or a TCP connect. Exactly one of HTTP and TCP is set.
+// warning, anything else critical), a TCP connect, or a gRPC health check (grpc.health.v1.Health/Check over
+// plaintext HTTP/2: SERVING passing, anything else critical). Exactly one of HTTP, TCP and GRPC is set.
 type Check struct {
-	HTTP     string        `yaml:"http" json:"http"`         // URL, e.g. http://127.0.0.1:8080/health
-	TCP      string        `yaml:"tcp" json:"tcp"`           // host:port, e.g. the app's address
-	Interval time.Duration `yaml:"interval" json:"interval"` // default 10s
-	Timeout  time.Duration `yaml:"timeout" json:"timeout"`   // default 2s
+	HTTP string `yaml:"http" json:"http"` // URL, e.g. http://127.0.0.1:8080/health
+	TCP  string `yaml:"tcp" json:"tcp"`   // host:port, e.g. the app's address
+	// GRPC is host:port, or host:port/service for the health of one gRPC service (Consul's form), e.g.
+	// 127.0.0.1:9090/shop.Cart; without /service the server's overall health ("").
+	GRPC string `yaml:"grpc" json:"grpc"`
+	// TLSSkipVerify makes an https:// HTTP check accept any server certificate, as the kubelet's HTTPS probes
+	// do (the app's certificate rarely names 127.0.0.1). Default false: verified.
+	TLSSkipVerify bool          `yaml:"tls_skip_verify" json:"tls_skip_verify"`
+	Interval      time.Duration `yaml:"interval" json:"interval"` // default 10s
+	Timeout       time.Duration `yaml:"timeout" json:"timeout"`   // default 2s
 	// Ready, when true, makes meshlet run the check itself as well (at once, then every Interval, see
 	// Runner): while it fails, meshlet's /ready answers 503 with the check's error, and it passes again with
 	// the first passing run. Only readiness follows it: the registrations stay in Consul (an app outage never
@@ -35,8 +48,8 @@ type Check struct {
 // Validate reports the check's problems with their field paths under prefix.
 func (c *Check) Validate(prefix string) error {
 	var errs []error
-	if (c.HTTP == "") == (c.TCP == "") {
-		errs = append(errs, fmt.Errorf("%s: set one of http and tcp", prefix))
+	if n := countSet(c.HTTP, c.TCP, c.GRPC); n != 1 {
+		errs = append(errs, fmt.Errorf("%s: set one of http, tcp and grpc (%d set)", prefix, n))
 	}
 	if c.HTTP != "" && !strings.HasPrefix(c.HTTP, "http://") && !strings.HasPrefix(c.HTTP, "https://") {
 		errs = append(errs, fmt.Errorf("%s.http: %q must be an http:// or https:// URL", prefix, c.HTTP))
@@ -49,6 +62,15 @@ func (c *Check) Validate(prefix string) error {
 			errs = append(errs, fmt.Errorf("%s.tcp: %q must be host:port", prefix, c.TCP))
 		}
 	}
+	if c.GRPC != "" {
+		addr, _, _ := strings.Cut(c.GRPC, "/")
+		if _, _, err := net.SplitHostPort(addr); err != nil {
+			errs = append(errs, fmt.Errorf("%s.grpc: %q must be host:port or host:port/service", prefix, c.GRPC))
+		}
+	}
+	if c.TLSSkipVerify && !strings.HasPrefix(c.HTTP, "https://") {
+		errs = append(errs, fmt.Errorf("%s.tls_skip_verify: only for an https:// http check", prefix))
+	}
 	if c.Interval != 0 && c.Interval < time.Second {
 		errs = append(errs, fmt.Errorf("%s.interval: must be at least 1s (Consul's shortest check interval)", prefix))
 	}
@@ -56,6 +78,16 @@ func (c *Check) Validate(prefix string) error {
 		errs = append(errs, fmt.Errorf("%s.timeout: must not be negative", prefix))
 	}
 	return errors.Join(errs...)
+}
+
+func countSet(vs ...string) int {
+	n := 0
+	for _, v := range vs {
+		if v != "" {
+			n++
+		}
+	}
+	return n
 }
 
 // Intervals returns Interval and Timeout with their defaults applied.
@@ -71,7 +103,7 @@ func (c *Check) Intervals() (interval, timeout time.Duration) {
 }
 
 // Probe runs the check once, within Timeout: an HTTP GET must answer 2xx (Consul's 429 "warning" fails here,
-// as it leaves passing-only routing too), a TCP check must connect. The error says what failed, with the start of
+// as it leaves passing-only routing too), a TCP check must connect, a gRPC check must answer SERVING. The error says what failed, with the start of
 // a failing response's body; it never blocks longer than Timeout or past ctx.
 func (c *Check) Probe(ctx context.Context) error {
 	_, timeout := c.Intervals()
@@ -85,12 +117,19 @@ func (c *Check) Probe(ctx context.Context) error {
 		}
 		return conn.Close()
 	}
+	if c.GRPC != "" {
+		return c.probeGRPC(ctx)
+	}
 	req, err := http.NewRequestWithContext(ctx, http.MethodGet, c.HTTP, nil)
 	if err != nil {
 		return fmt.Errorf("app check http %s: invalid URL", c.shownURL())
 	}
 	req.Header.Set("User-Agent", "meshlet app check")
-	resp, err := probeClient.Do(req)
+	client := probeClient
+	if c.TLSSkipVerify {
+		client = probeClientSkipVerify
+	}
+	resp, err := client.Do(req)
 	if err != nil {
 		var ue *url.Error // its URL holds the user name and the query
 		if errors.As(err, &ue) {
@@ -119,7 +158,35 @@ func (c *Check) shownURL() string {
 }
 
 // probeClient runs HTTP app checks: a new connection each time (a probe holds none to the app between runs).
-var probeClient = &http.Client{Transport: &http.Transport{DisableKeepAlives: true, Proxy: nil}}
+// probeClientSkipVerify is the same for tls_skip_verify.
+var (
+	probeClient           = &http.Client{Transport: &http.Transport{DisableKeepAlives: true, Proxy: nil}}
+	probeClientSkipVerify = &http.Client{Transport: &http.Transport{DisableKeepAlives: true, Proxy: nil,
+		TLSClientConfig: &tls.Config{InsecureSkipVerify: true}}} // the check's choice: tls_skip_verify
+)
+
+// probeGRPC runs grpc.health.v1.Health/Check on a connection of its own (closed after the probe) over plaintext
+// HTTP/2, as Consul's gRPC check does without TLS, and as the kubelet's grpc probe does.
+func (c *Check) probeGRPC(ctx context.Context) error {
+	addr, service, _ := strings.Cut(c.GRPC, "/")
+	conn, err := grpc.NewClient("passthrough:///"+addr, grpc.WithTransportCredentials(insecure.NewCredentials()),
+		grpc.WithUserAgent("meshlet app check"))
+	if err != nil {
+		return fmt.Errorf("app check grpc %s: %w", c.GRPC, err)
+	}
+	defer conn.Close()
+	resp, err := healthpb.NewHealthClient(conn).Check(ctx, &healthpb.HealthCheckRequest{Service: service})
+	if err != nil {
+		if st, ok := status.FromError(err); ok {
+			return fmt.Errorf("app check grpc %s: %s: %s", c.GRPC, st.Code(), st.Message())
+		}
+		return fmt.Errorf("app check grpc %s: %w", c.GRPC, err)
+	}
+	if s := resp.GetStatus(); s != healthpb.HealthCheckResponse_SERVING {
+		return fmt.Errorf("app check grpc %s: status %s", c.GRPC, s)
+	}
+	return nil
+}
 
 // Runner runs a Check in meshlet (Check.Ready) and keeps its latest result for /ready.
 type Runner struct {

@@ -53,10 +53,12 @@ type Registration struct {
 	ResyncInterval time.Duration
 }
 
-// agentCheck is c as the Consul agent runs it, named "app" on the registration.
+// agentCheck is c as the Consul agent runs it, named "app" on the registration: an HTTP, TCP or GRPC check
+// (GRPC "host:port/service", plaintext as appcheck probes it).
 func agentCheck(c *appcheck.Check) *api.AgentServiceCheck {
 	interval, timeout := c.Intervals()
-	return &api.AgentServiceCheck{Name: "app", HTTP: c.HTTP, TCP: c.TCP, Interval: interval.String(), Timeout: timeout.String()}
+	return &api.AgentServiceCheck{Name: "app", HTTP: c.HTTP, TCP: c.TCP, GRPC: c.GRPC, TLSSkipVerify: c.TLSSkipVerify,
+		Interval: interval.String(), Timeout: timeout.String()}
 }
 
 // Registrar keeps a Registration registered with the Consul agent until Deregister: it registers at start

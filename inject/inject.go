@@ -78,8 +78,9 @@ type Stats struct {
 	// Unmeshed are pod templates left unchanged because injecting them would be unsafe (hostNetwork: true); each
 	// has a line in Warnings.
 	Unmeshed int
-	// Warnings say, for each pod template left unchanged for a reason, where it is and why ("document 2:
-	// Deployment web: not injected: ...").
+	// Warnings say, for each pod template left unchanged for a reason, or injected with something left out or
+	// worth a look (no app check from an exec readinessProbe, an app's own preStop hook kept, a grace period
+	// shorter than meshlet's drain), where it is and why ("document 2: Deployment web: not injected: ...").
 	Warnings []string
 }
 
@@ -300,6 +301,17 @@ func injectPod(pod *yaml.Node, workload string, cfg Config, st *Stats) error {
 	}
 	if err := setTLSVolume(spec, p.tlsSecret); err != nil {
 		return err
+	}
+	st.Warnings = append(st.Warnings, p.warnings...)
+	if p.appPort != 0 { // registered in Consul: drain it before the app gets SIGTERM
+		w, err := addDrainHooks(spec, cfg)
+		if err != nil {
+			return err
+		}
+		st.Warnings = append(st.Warnings, w...)
+	}
+	if w := gracePeriodWarning(spec, p); w != "" {
+		st.Warnings = append(st.Warnings, w)
 	}
 	annMap := ensureMap(meta, "annotations")
 	if _, ok := ann[AnnotationDefaultContainer]; !ok && !p.native && appContainer != "" {

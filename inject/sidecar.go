@@ -124,7 +124,9 @@ type podParams struct {
 	cpuRequest, cpuLimit, memoryRequest, memoryLimit string
 	goMemLimit                                       string
 	accessLog                                        bool
-	drainDelay, drainTimeout                         string // Go durations; "": meshlet's defaults
+	drainDelay, drainTimeout                         string       // Go durations; "": meshlet's defaults
+	check                                            *checkConfig // service.check; nil: none
+	warnings                                         []string     // what injection does not do, and why
 }
 
 var dnsLabel = regexp.MustCompile(`^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$`)
@@ -233,6 +235,13 @@ func podParamsFrom(meta, spec *yaml.Node, ann map[string]string, workload string
 			continue
 		}
 		*d.to = v
+	}
+	if p.appPort != 0 {
+		check, warnings, cerrs := appCheckFrom(spec, ann, p.appPort)
+		p.check, p.warnings = check, warnings
+		errs = append(errs, cerrs...)
+	} else if _, ok := ann[AnnotationAppCheck]; ok {
+		bad(AnnotationAppCheck, "needs an app port (%s is none): nothing is registered in Consul", AnnotationAppPort)
 	}
 	t, terrs := transparentFrom(spec, ann, cfg)
 	errs = append(errs, terrs...)
@@ -423,11 +432,12 @@ func describe(n *yaml.Node) string {
 // Kubernetes has expanded $(POD_IP)).
 type meshletConfig struct {
 	Service struct {
-		Name     string `yaml:"name"`
-		Address  string `yaml:"address,omitempty"`
-		Ports    []int  `yaml:"ports,omitempty,flow"` // transparent pods: the app's other ports (service.ports)
-		Protocol string `yaml:"protocol,omitempty"`
-		Register bool   `yaml:"register,omitempty"`
+		Name     string       `yaml:"name"`
+		Address  string       `yaml:"address,omitempty"`
+		Ports    []int        `yaml:"ports,omitempty,flow"` // transparent pods: the app's other ports (service.ports)
+		Protocol string       `yaml:"protocol,omitempty"`
+		Register bool         `yaml:"register,omitempty"`
+		Check    *checkConfig `yaml:"check,omitempty"`
 	} `yaml:"service"`
 	Inbound *struct {
 		Listen string `yaml:"listen"`
@@ -475,6 +485,7 @@ func (p podParams) render(cfg Config) (string, error) {
 		c.Service.Address = fmt.Sprintf("127.0.0.1:%d", p.appPort)
 		c.Service.Protocol = p.appProtocol
 		c.Service.Register = true
+		c.Service.Check = p.check
 		c.Inbound = &struct {
 			Listen string `yaml:"listen"`
 		}{Listen: fmt.Sprintf("$(POD_IP):%d", p.inboundPort)}

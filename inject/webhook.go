@@ -65,7 +65,9 @@ const maxReviewBytes = 8 << 20
 // wrong annotations, an out-of-range containerPort, or a container of its own named meshlet, which injection
 // would replace. Denying fails closed: admitted with a warning, such a pod would run without its sidecar or
 // without its container, and warnings reach nobody when a controller (a ReplicaSet) creates the pod, while a
-// denial shows in the controller's events and at `kubectl apply` of a bare Pod.
+// denial shows in the controller's events and at `kubectl apply` of a bare Pod. An injected pod gets warnings too
+// for what is safe but worth a look (Stats.Warnings: a terminationGracePeriodSeconds shorter than meshlet's drain,
+// an app's own preStop hook kept, a readinessProbe no app check can follow); every warning is also logged.
 type Webhook struct {
 	Config Config
 	Log    *slog.Logger // nil: slog.Default()
@@ -102,7 +104,7 @@ func (h *Webhook) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		patch, warnings, err := h.patch(req.Object)
 		resp.Warnings = warnings
 		for _, w := range warnings {
-			log.Warn("pod admitted without the sidecar", "namespace", req.Namespace, "uid", req.UID, "reason", w)
+			log.Warn("injection warning", "namespace", req.Namespace, "uid", req.UID, "warning", w)
 		}
 		switch {
 		case err != nil:

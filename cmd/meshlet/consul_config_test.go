@@ -38,14 +38,14 @@ func TestConsulConfig(t *testing.T) {
 					t.Errorf("check %+v", ch)
 				}
 				b, _ := json.Marshal(c.view())
-				if !strings.Contains(string(b), `"check":{"http":"http://127.0.0.1:8080/health"`) {
+				if !strings.Contains(string(b), `"check":{"grpc":"","http":"http://127.0.0.1:8080/health"`) {
 					t.Errorf("view has no check: %s", b)
 				}
 			}},
 		{name: "app check strict", yaml: strings.Replace(api, "register: true}", "register: true, check: {htp: x}}", 1),
 			wantErr: "service.check.htp: unknown field"},
 		{name: "app check needs one kind", yaml: strings.Replace(api, "register: true}", "register: true, check: {interval: 5s}}", 1),
-			wantErr: "service.check: set one of http and tcp"},
+			wantErr: "service.check: set one of http, tcp and grpc (0 set)"},
 		{name: "app check needs register", yaml: "service: {name: api, check: {tcp: '127.0.0.1:8080'}}\n",
 			wantErr: "service.check: needs service.register"},
 		{name: "check interval under consul's minimum", yaml: "service: {name: web}\ndiscovery: {consul: {check_interval: 100ms}}\n",

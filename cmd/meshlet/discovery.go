@@ -88,13 +88,17 @@ type registration struct{ s *sidecar }
 func (p registration) Run(ctx context.Context) error {
 	// Register once routable (bounded), so that the /ready check starts passing: registered while still waiting
 	// for, say, the first config entries, it would start critical and pass only a check interval later.
+	// A drain that began meanwhile (GET /drain while the pod was still starting) means never registering.
 	deadline := time.Now().Add(registerWait)
-	for p.s.routable() != nil && time.Now().Before(deadline) {
+	for p.s.routable() != nil && time.Now().Before(deadline) && p.s.drainStart.Load() == nil {
 		select {
 		case <-ctx.Done():
 			return nil
 		case <-time.After(20 * time.Millisecond):
 		}
+	}
+	if p.s.drainStart.Load() != nil {
+		return nil
 	}
 	return p.s.registrar.Load().Run(ctx)
 }

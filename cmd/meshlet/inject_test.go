@@ -97,6 +97,17 @@ func TestCLIInject(t *testing.T) {
 			}
 		}
 	})
+	t.Run("warnings on stderr", func(t *testing.T) { // issue 12: a grace period shorter than meshlet's drain
+		cmd := exec.Command(meshlettest.Bin(), "inject", "-image", goldenImage, "../../inject/testdata/rollout.in.yaml")
+		var stdout, stderr bytes.Buffer
+		cmd.Stdout, cmd.Stderr = &stdout, &stderr
+		if err := cmd.Run(); err != nil {
+			t.Fatalf("%v: %s", err, stderr.String())
+		}
+		if want := "meshlet inject: warning: document 3: Pod grpc-probe: terminationGracePeriodSeconds 10 is shorter"; !strings.Contains(stderr.String(), want) {
+			t.Errorf("stderr lacks %q:\n%s", want, stderr.String())
+		}
+	})
 	t.Run("stdin, image from the environment", func(t *testing.T) {
 		cmd := exec.Command(meshlettest.Bin(), "inject")
 		cmd.Env = append(os.Environ(), "MESHLET_IMAGE="+goldenImage)

@@ -47,6 +47,9 @@ type sidecar struct {
 
 	mu  sync.Mutex // serializes reloads and guards cfg
 	cfg *fileConfig
+
+	drainOnce  sync.Once
+	drainStart atomic.Pointer[time.Time] // when the drain began (GET /drain or a signal); nil before
 }
 
 // runSidecar runs meshlet on the config at path until SIGTERM or SIGINT, and returns the exit code.
@@ -107,6 +110,7 @@ func runSidecar(path string, stderr io.Writer) int {
 		Config:    s.configView,
 		Reload:    s.reload,
 		Quit:      func() { notify(sigs, syscall.SIGTERM) }, // POST /quitquitquit: as if signalled
+		Drain:     s.drainRequest,                           // GET/POST /drain: the app's preStop hook
 		LogLevel:  s.level,
 		Refused:   s.m.AdminRefused,
 	})
@@ -183,18 +187,62 @@ func (s *sidecar) routable() error {
 	return s.entriesErr()
 }
 
-// shutdown drains: /ready fails at once; listeners keep accepting for the drain delay, then stop accepting and
-// in-flight requests get the drain timeout to finish. A second signal skips the rest of the delay.
+// startDrain begins the drain, once (GET /drain, the app's preStop hook, or a signal, whichever comes first):
+// /ready fails, the instance leaves Consul at once and meshlet stops running the app check, while the listeners
+// keep serving in-flight and new requests (callers may still hold this endpoint for a moment). Nothing turns it
+// back. Concurrent callers return once it has begun.
+func (s *sidecar) startDrain(cause string) {
+	s.drainOnce.Do(func() {
+		now := time.Now()
+		s.drainStart.Store(&now)
+		s.log.Info("draining: leaving Consul, /ready fails, listeners keep serving", "cause", cause)
+		s.proxy.Drain()
+		s.m.Ready.Set(0)
+		s.deregister()
+		s.parts.stop(partAppCheck)
+	})
+}
+
+// drainLeft is how much of the drain delay is left since the drain began; 0 when it has passed (or not begun).
+func (s *sidecar) drainLeft(delay time.Duration) time.Duration {
+	start := s.drainStart.Load()
+	if start == nil {
+		return 0
+	}
+	return max(0, delay-time.Since(*start))
+}
+
+// drainRequest is GET/POST /drain: it starts the drain and answers once the drain delay since the drain began has
+// passed (the kubelet holds the app's SIGTERM until the preStop hook answers, so the app keeps serving while callers
+// move away), or when the request ends. Calling it again waits for the same delay; SIGTERM later continues the
+// shutdown from there.
+func (s *sidecar) drainRequest(ctx context.Context) string {
+	s.startDrain("GET /drain")
+	s.mu.Lock()
+	delay := *s.cfg.Shutdown.DrainDelay
+	s.mu.Unlock()
+	if left := s.drainLeft(delay); left > 0 {
+		t := time.NewTimer(left)
+		defer t.Stop()
+		select {
+		case <-t.C:
+		case <-ctx.Done():
+			return "draining: the request ended before the drain delay did"
+		}
+	}
+	return "drained: out of Consul and not ready for " + delay.String() + "; still serving until SIGTERM"
+}
+
+// shutdown drains: /ready fails at once and the instance leaves Consul (unless /drain began that already);
+// listeners keep accepting for what is left of the drain delay, then stop accepting and in-flight requests get
+// the drain timeout to finish. A second signal skips the rest of the delay.
 func (s *sidecar) shutdown(sigs <-chan os.Signal) int {
 	s.mu.Lock()
 	cfg := s.cfg
 	s.mu.Unlock()
-	s.proxy.Drain()
-	s.m.Ready.Set(0)
-	s.deregister()
-	s.parts.stop(partAppCheck)
-	if d := *cfg.Shutdown.DrainDelay; d > 0 {
-		s.log.Info("draining: still accepting", "drain_delay", d.String())
+	s.startDrain("signal")
+	if d := s.drainLeft(*cfg.Shutdown.DrainDelay); d > 0 {
+		s.log.Info("draining: still accepting", "drain_delay_left", d.Round(time.Millisecond).String())
 		select {
 		case <-time.After(d):
 		case sig := <-sigs:

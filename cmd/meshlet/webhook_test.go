@@ -79,8 +79,9 @@ func TestCLIWebhook(t *testing.T) {
 	if v := paths["/metadata/annotations"]; !strings.Contains(v, `"prometheus.io/scrape":"true"`) || !strings.Contains(v, `"meshlet.dev/upstreams":"api:9001"`) {
 		t.Errorf("annotations patch: %s", v)
 	}
-	if _, ok := paths["/spec/containers"]; ok {
-		t.Errorf("app containers patched: %s", patch)
+	// The app container gets the preStop hook that drains the sidecar (issue 12), and nothing else.
+	if v, want := paths["/spec/containers"], `[{"image":"web:1","lifecycle":{"preStop":{"httpGet":{"path":"/drain","port":15000}}},"name":"web","ports":[{"containerPort":8080}]}]`; v != want {
+		t.Errorf("app containers patched to %s, want %s", v, want)
 	}
 
 	if err := cmd.Process.Signal(syscall.SIGTERM); err != nil {
