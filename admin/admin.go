@@ -34,7 +34,17 @@ type Config struct {
 	// Pprof serves Go's profiles under /debug/pprof/ (local clients only), for measuring a running sidecar.
 	// Default false: 404.
 	Pprof bool `yaml:"pprof" json:"pprof"`
+	// DrainToken lets a remote client (the kubelet running the app's preStop hook from the node) call /drain
+	// when it sends it in the X-Meshlet-Drain-Token header; injection sets a random one per pod, in the hook and
+	// here. Empty (default): /drain answers local clients only. Redacted in /debug/config.
+	DrainToken string `yaml:"drain_token" json:"drain_token"`
 }
+
+// MinDrainToken is the shortest admin.drain_token accepted: 16 characters (injection writes 32 hex digits).
+const MinDrainToken = 16
+
+// HeaderDrainToken carries admin.drain_token on a remote /drain request.
+const HeaderDrainToken = "X-Meshlet-Drain-Token"
 
 // SetDefaults fills zero fields.
 func (c *Config) SetDefaults() {
@@ -57,6 +67,9 @@ func (c *Config) Validate() error {
 		if !hostName.MatchString(h) {
 			errs = append(errs, fmt.Errorf("admin.allowed_hosts[%d]: %q must be a host name without a port (IP addresses and localhost are always allowed)", i, h))
 		}
+	}
+	if t := c.DrainToken; t != "" && (len(t) < MinDrainToken || strings.ContainsAny(t, " \t\r\n")) {
+		errs = append(errs, fmt.Errorf("admin.drain_token: must be at least %d characters, without spaces (injection makes a random one)", MinDrainToken))
 	}
 	return errors.Join(errs...)
 }

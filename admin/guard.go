@@ -10,14 +10,15 @@ package admin
 //   - mutate: POST /debug/reload and /quitquitquit answer local clients only, addressed to an allowed Host, that
 //     are not a browser (no Origin, no Sec-Fetch-*) and carry no body type an HTML form or a simple
 //     cross-origin request can have.
-//   - drain: GET and POST /drain answer any client (the kubelet runs the app's preStop httpGet from the node, not
-//     from the pod), addressed to an allowed Host, that is not a browser and carries no form body type. It is
-//     safe to leave open because it can only do what SIGTERM will do anyway, once: leave Consul, fail /ready,
-//     keep serving. It cannot be undone, reconfigures nothing and reveals nothing; the worst a caller on the pod
-//     network can do with it is take one instance out of rotation early (a NetworkPolicy on the admin port
-//     narrows who can). It never widens what the other levels allow.
+//   - drain: GET and POST /drain answer local clients, and remote ones (the kubelet runs the app's preStop
+//     httpGet from the node, not from the pod) that carry the pod's admin.drain_token in X-Meshlet-Drain-Token:
+//     without it, any pod that reaches the admin port could take every instance of the mesh out of rotation.
+//     Injection puts a random token per pod in the hook and in the sidecar's config; without one, remote callers
+//     are refused. Like mutate, addressed to an allowed Host, not a browser, no form body type. It never widens
+//     what the other levels allow.
 
 import (
+	"crypto/subtle"
 	"fmt"
 	"mime"
 	"net"
@@ -38,7 +39,7 @@ const (
 	accessView      access = iota + 1 // Host checked
 	accessMutate                      // local client, Host, not a browser, no form body type
 	accessLocalView                   // local client, Host: views that say more than a remote caller may learn
-	accessDrain                       // any client, Host, not a browser, no form body type: /drain
+	accessDrain                       // local client or the drain token, Host, not a browser, no form body type: /drain
 )
 
 // Reasons an admin request is refused: the reason label of meshlet_admin_requests_refused_total.
@@ -47,6 +48,7 @@ const (
 	RefusedHost        = metrics.AdminRefusedHost        // a Host that is not an IP address, localhost or an allowed name
 	RefusedBrowser     = metrics.AdminRefusedBrowser     // a mutating request with Origin or Sec-Fetch-* (a web page's)
 	RefusedContentType = metrics.AdminRefusedContentType // a mutating request with a body type a web page can send cross-origin
+	RefusedDrainToken  = metrics.AdminRefusedDrainToken  // a remote /drain without the right admin.drain_token
 )
 
 // formTypes are the Content-Types of CORS simple requests: what an HTML form or a no-cors fetch can send to any
@@ -60,6 +62,16 @@ func (s *Server) guard(a access, h http.HandlerFunc) http.HandlerFunc {
 			s.refuse(w, r, RefusedNotLocal, http.StatusForbidden, fmt.Sprintf(
 				"%s answers local clients only (loopback, or this host's or pod's own address); %s is not one",
 				r.URL.Path, remoteHost(r)))
+			return
+		}
+		if a == accessDrain && !localClient(r) && !s.drainTokenOK(r) {
+			msg := fmt.Sprintf("%s from %s refused: a remote caller must send admin.drain_token in %s "+
+				"(the injected preStop hook does)", r.URL.Path, remoteHost(r), HeaderDrainToken)
+			if s.cfg.DrainToken == "" {
+				msg = fmt.Sprintf("%s from %s refused: it answers local clients only, as admin.drain_token is not set",
+					r.URL.Path, remoteHost(r))
+			}
+			s.refuse(w, r, RefusedDrainToken, http.StatusForbidden, msg)
 			return
 		}
 		if !s.allowedHost(r.Host) {
@@ -84,6 +96,12 @@ func (s *Server) guard(a access, h http.HandlerFunc) http.HandlerFunc {
 		}
 		h(w, r)
 	}
+}
+
+// drainTokenOK reports whether r carries admin.drain_token (never true when none is set).
+func (s *Server) drainTokenOK(r *http.Request) bool {
+	got := r.Header.Get(HeaderDrainToken)
+	return s.cfg.DrainToken != "" && subtle.ConstantTimeCompare([]byte(got), []byte(s.cfg.DrainToken)) == 1
 }
 
 // allowedHost reports whether a Host header names this admin listener in a way DNS rebinding cannot forge: an IP

@@ -117,13 +117,20 @@ func TestAdminGuard(t *testing.T) {
 
 		// The kubelet runs the app's preStop httpGet from the node: /drain answers it (only what SIGTERM does).
 		{"kubelet preStop GET /drain from the node", request{method: "GET", path: "/drain", remote: "10.1.2.1:33000",
-			header: map[string]string{"User-Agent": "kube-lifecycle/1.31"}}, 200, "draining", ""},
+			header: map[string]string{"User-Agent": "kube-lifecycle/1.31", HeaderDrainToken: testDrainToken}}, 200, "draining", ""},
+		{"drain from another pod without the token", request{method: "GET", path: "/drain", remote: otherPod}, 403,
+			"must send admin.drain_token", RefusedDrainToken},
+		{"drain from another pod with a wrong token", request{method: "POST", path: "/drain", remote: otherPod,
+			header: map[string]string{HeaderDrainToken: testDrainToken[:31] + "x"}}, 403, "must send admin.drain_token", RefusedDrainToken},
+		{"drain from another pod with a prefix of the token", request{method: "POST", path: "/drain", remote: otherPod,
+			header: map[string]string{HeaderDrainToken: testDrainToken[:16]}}, 403, "must send admin.drain_token", RefusedDrainToken},
+		{"drain from loopback needs no token", request{method: "GET", path: "/drain", remote: "127.0.0.1:5000", host: "127.0.0.1:15000"}, 200, "draining", ""},
 		{"POST /drain from the pod", request{method: "POST", path: "/drain"}, 200, "draining", ""},
 		{"drain by a rebound name", request{method: "GET", path: "/drain", remote: "127.0.0.1:5000", host: "evil.example"}, 403, "DNS rebinding", RefusedHost},
 		{"drain by a page", request{method: "GET", path: "/drain", remote: "127.0.0.1:5000", host: "127.0.0.1:15000",
 			header: map[string]string{"Sec-Fetch-Site": "cross-site"}}, 403, "browser", RefusedBrowser},
 		{"drain by a form", request{method: "POST", path: "/drain", remote: "10.1.2.1:33000",
-			header: map[string]string{"Content-Type": "text/plain"}}, 415, "cross-origin", RefusedContentType},
+			header: map[string]string{"Content-Type": "text/plain", HeaderDrainToken: testDrainToken}}, 415, "cross-origin", RefusedContentType},
 
 		// Another pod or host.
 		{"reload from another pod", request{method: "POST", path: "/debug/reload", remote: otherPod}, 403, "local clients only", RefusedNotLocal},
@@ -161,7 +168,7 @@ func TestAdminGuard(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			g := newGuardRig(t, Config{AllowedHosts: []string{"debug.example"}, Pprof: true})
+			g := newGuardRig(t, Config{AllowedHosts: []string{"debug.example"}, Pprof: true, DrainToken: testDrainToken})
 			rec := g.do(tt.rq)
 			if rec.Code != tt.status || !strings.Contains(rec.Body.String(), tt.body) {
 				t.Errorf("%s %s = %d %q, want %d containing %q", tt.rq.method, tt.rq.path, rec.Code, rec.Body.String(), tt.status, tt.body)
@@ -172,7 +179,7 @@ func TestAdminGuard(t *testing.T) {
 			if want := tt.rq.path == "/drain" && tt.reason == ""; (g.drains == 1) != want {
 				t.Errorf("drain ran %d times", g.drains)
 			}
-			for _, r := range []string{RefusedNotLocal, RefusedHost, RefusedBrowser, RefusedContentType} {
+			for _, r := range []string{RefusedNotLocal, RefusedHost, RefusedBrowser, RefusedContentType, RefusedDrainToken} {
 				want := 0.0
 				if r == tt.reason {
 					want = 1
@@ -185,13 +192,39 @@ func TestAdminGuard(t *testing.T) {
 	}
 }
 
+const testDrainToken = "0123456789abcdef0123456789abcdef"
+
+// TestDrainWithoutToken: without admin.drain_token, /drain answers local clients only, whatever a remote caller
+// sends; a token too short to resist guessing is a config error.
+func TestDrainWithoutToken(t *testing.T) {
+	g := newGuardRig(t, Config{})
+	for _, tok := range []string{"", testDrainToken} {
+		rec := g.do(request{method: "GET", path: "/drain", remote: "10.1.2.1:33000", header: map[string]string{HeaderDrainToken: tok}})
+		if rec.Code != 403 || !strings.Contains(rec.Body.String(), "local clients only, as admin.drain_token is not set") {
+			t.Errorf("remote drain with %q and no token configured: %d %q", tok, rec.Code, rec.Body.String())
+		}
+	}
+	if g.drains != 0 {
+		t.Fatalf("drained %d times", g.drains)
+	}
+	if rec := g.do(request{method: "GET", path: "/drain"}); rec.Code != 200 || g.drains != 1 {
+		t.Fatalf("drain from the pod itself: %d, %d drains", rec.Code, g.drains)
+	}
+	for _, bad := range []string{"short", "0123456789abcdef 0123"} {
+		c := Config{Listen: "127.0.0.1:15000", DrainToken: bad}
+		if err := c.Validate(); err == nil || !strings.Contains(err.Error(), "admin.drain_token: must be at least 16 characters") {
+			t.Errorf("drain_token %q: %v", bad, err)
+		}
+	}
+}
+
 // TestAdminGuardRegistered: the refusals are exported on the registry given.
 func TestAdminGuardRegistered(t *testing.T) {
 	g := newGuardRig(t, Config{})
 	g.do(request{method: "POST", path: "/debug/reload", remote: "10.9.9.9:1"})
 	n, err := testutil.GatherAndCount(g.reg, "meshlet_admin_requests_refused_total")
-	if err != nil || n != 4 {
-		t.Fatalf("meshlet_admin_requests_refused_total: %d series, %v; want 4 (one per reason)", n, err)
+	if err != nil || n != 5 {
+		t.Fatalf("meshlet_admin_requests_refused_total: %d series, %v; want 5 (one per reason)", n, err)
 	}
 	if v := testutil.ToFloat64(g.s.refused.WithLabelValues(RefusedNotLocal)); v != 1 {
 		t.Errorf("not_local = %v, want 1", v)

@@ -266,6 +266,11 @@ func injectPod(pod *yaml.Node, workload string, cfg Config, st *Stats) error {
 	if err != nil {
 		return err
 	}
+	if p.appPort != 0 {
+		if p.drainToken = existingDrainToken(spec, cfg); p.drainToken == "" {
+			p.drainToken = newDrainToken()
+		}
+	}
 	c, err := sidecar(p, cfg)
 	if err != nil {
 		return err
@@ -304,7 +309,7 @@ func injectPod(pod *yaml.Node, workload string, cfg Config, st *Stats) error {
 	}
 	st.Warnings = append(st.Warnings, p.warnings...)
 	if p.appPort != 0 { // registered in Consul: drain it before the app gets SIGTERM
-		w, err := addDrainHooks(spec, cfg)
+		w, err := addDrainHooks(spec, cfg, p.drainToken)
 		if err != nil {
 			return err
 		}

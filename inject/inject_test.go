@@ -343,3 +343,8 @@ func TestConfigResources(t *testing.T) {
 		t.Errorf("request from the default above the pod's limit: err = %v", err)
 	}
 }
+
+// testDrainToken replaces the random drain token, so that the golden files stay the same from run to run.
+const testDrainToken = "0123456789abcdef0123456789abcdef"
+
+func init() { newDrainToken = func() string { return testDrainToken } }

@@ -6,6 +6,7 @@ package inject
 
 import (
 	"fmt"
+	"regexp"
 	"strconv"
 	"strings"
 	"time"
@@ -183,25 +184,35 @@ func appContainer(spec *yaml.Node, appPort int) (*yaml.Node, string) {
 }
 
 // drainHook is the preStop handler injected into the app containers: GET /drain on the sidecar's admin port (on
-// the pod IP, which the kubelet calls). It answers after the drain delay, and the kubelet sends the app SIGTERM
-// only then.
+// the pod IP, which the kubelet calls), with the pod's drain token (a remote /drain without it is refused). It
+// answers after the drain delay, and the kubelet sends the app SIGTERM only then.
 type drainHook struct {
 	HTTPGet struct {
-		Path string `yaml:"path"`
-		Port int    `yaml:"port"`
+		Path        string       `yaml:"path"`
+		Port        int          `yaml:"port"`
+		HTTPHeaders []hookHeader `yaml:"httpHeaders"`
 	} `yaml:"httpGet"`
 }
+
+type hookHeader struct {
+	Name  string `yaml:"name"`
+	Value string `yaml:"value"`
+}
+
+// HeaderDrainToken is the header of the drain token (admin.HeaderDrainToken; inject does not import admin).
+const HeaderDrainToken = "X-Meshlet-Drain-Token"
 
 // addDrainHooks gives every app container of spec.containers the preStop hook that drains the sidecar, and
 // returns a warning for each container that has a preStop hook of its own: it is kept (it may be what lets the
 // app stop cleanly), and the sidecar then drains only at its own SIGTERM, after the app has exited.
-func addDrainHooks(spec *yaml.Node, cfg Config) ([]string, error) {
+func addDrainHooks(spec *yaml.Node, cfg Config, token string) ([]string, error) {
 	cs := get(spec, "containers")
 	if cs == nil || cs.Kind != yaml.SequenceNode {
 		return nil, nil
 	}
 	var hook drainHook
 	hook.HTTPGet.Path, hook.HTTPGet.Port = DrainPath, cfg.AdminPort
+	hook.HTTPGet.HTTPHeaders = []hookHeader{{Name: HeaderDrainToken, Value: token}}
 	var warnings []string
 	for i, c := range cs.Content {
 		name := scalar(get(c, "name"))
@@ -224,6 +235,32 @@ func addDrainHooks(spec *yaml.Node, cfg Config) ([]string, error) {
 	}
 	return warnings, nil
 }
+
+// existingDrainToken is the drain token of a pod injected before (its app containers' drain hook), so that
+// injecting again changes nothing; "" when there is none.
+func existingDrainToken(spec *yaml.Node, cfg Config) string {
+	cs := get(spec, "containers")
+	if cs == nil || cs.Kind != yaml.SequenceNode {
+		return ""
+	}
+	for _, c := range cs.Content {
+		pre := get(get(c, "lifecycle"), "preStop")
+		if pre == nil || !isDrainHook(pre, cfg) {
+			continue
+		}
+		if hs := get(get(pre, "httpGet"), "httpHeaders"); hs != nil && hs.Kind == yaml.SequenceNode {
+			for _, h := range hs.Content {
+				if v := scalar(get(h, "value")); strings.EqualFold(scalar(get(h, "name")), HeaderDrainToken) && drainTokenRE.MatchString(v) {
+					return v
+				}
+			}
+		}
+	}
+	return ""
+}
+
+// drainTokenRE is a token injection made (32 hex digits), or one as long and as plain.
+var drainTokenRE = regexp.MustCompile(`^[0-9A-Za-z_-]{16,256}$`)
 
 // isDrainHook reports whether a preStop handler is the one injection adds: GET /drain on the admin port.
 func isDrainHook(pre *yaml.Node, cfg Config) bool {

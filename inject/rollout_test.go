@@ -2,10 +2,13 @@ package inject
 
 import (
 	"bytes"
+	"crypto/rand"
+	"encoding/hex"
 	"io"
 	"log/slog"
 	"net/http/httptest"
 	"os"
+	"regexp"
 	"strings"
 	"testing"
 )
@@ -113,7 +116,42 @@ func TestWebhookWarnsGracePeriod(t *testing.T) {
 		"than meshlet's drain delay (5s) + drain timeout (40s) = 45s") {
 		t.Errorf("warnings %q", resp.Warnings)
 	}
-	if !strings.Contains(string(resp.Patch), `"preStop":{"httpGet":{"path":"/drain","port":15000}}`) {
+	if !strings.Contains(string(resp.Patch), `"preStop":{"httpGet":{"httpHeaders":[{"name":"X-Meshlet-Drain-Token","value":"`+testDrainToken+`"}],"path":"/drain","port":15000}}`) ||
+		!strings.Contains(string(resp.Patch), `admin:\n  drain_token: `+testDrainToken) {
 		t.Errorf("patch lacks the drain hook: %s", resp.Patch)
+	}
+}
+
+// TestDrainTokenPerPod: each injected pod gets a random drain token of its own, in its hook and in its sidecar's
+// config; injecting the output again keeps it.
+func TestDrainTokenPerPod(t *testing.T) {
+	defer func(f func() string) { newDrainToken = f }(newDrainToken)
+	newDrainToken = func() string {
+		b := make([]byte, 16)
+		rand.Read(b)
+		return hex.EncodeToString(b)
+	}
+	pod := func(name string) string {
+		return "apiVersion: v1\nkind: Pod\nmetadata:\n  name: " + name + "\nspec:\n  containers:\n  - name: app\n    image: a\n    ports: [{containerPort: 80}]\n"
+	}
+	var out bytes.Buffer
+	if _, err := Inject(&out, strings.NewReader(pod("a")+"---\n"+pod("b")), testConfig); err != nil {
+		t.Fatal(err)
+	}
+	tokenRE := regexp.MustCompile(`(?:value|drain_token): ([0-9a-f]{32})\n`)
+	var toks []string
+	for _, m := range tokenRE.FindAllStringSubmatch(out.String(), -1) {
+		toks = append(toks, m[1])
+	}
+	// Per pod: the hook's, then the config's.
+	if len(toks) != 4 || toks[0] != toks[1] || toks[2] != toks[3] || toks[0] == toks[2] || toks[0] == testDrainToken {
+		t.Fatalf("tokens %q:\n%s", toks, out.String())
+	}
+	var again bytes.Buffer
+	if _, err := Inject(&again, bytes.NewReader(out.Bytes()), testConfig); err != nil {
+		t.Fatal(err)
+	}
+	if again.String() != out.String() {
+		t.Fatalf("injecting again changed the pods:\n%s", again.String())
 	}
 }

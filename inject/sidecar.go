@@ -1,6 +1,8 @@
 package inject
 
 import (
+	"crypto/rand"
+	"encoding/hex"
 	"errors"
 	"fmt"
 	"math/big"
@@ -127,6 +129,18 @@ type podParams struct {
 	drainDelay, drainTimeout                         string       // Go durations; "": meshlet's defaults
 	check                                            *checkConfig // service.check; nil: none
 	warnings                                         []string     // what injection does not do, and why
+	// drainToken is admin.drain_token, which the app containers' preStop hook sends to /drain; "" without an app
+	// port (no registration, no hook).
+	drainToken string
+}
+
+// newDrainToken makes a pod's drain token: 128 random bits in hex. Tests replace it to compare golden files.
+var newDrainToken = func() string {
+	b := make([]byte, 16)
+	if _, err := rand.Read(b); err != nil {
+		panic(err) // crypto/rand never fails on Linux
+	}
+	return hex.EncodeToString(b)
 }
 
 var dnsLabel = regexp.MustCompile(`^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$`)
@@ -453,6 +467,12 @@ type meshletConfig struct {
 		AccessLog bool   `yaml:"access_log,omitempty"`
 	} `yaml:"log"`
 	Shutdown *shutdownConfig `yaml:"shutdown,omitempty"`
+	Admin    *adminConfig    `yaml:"admin,omitempty"`
+}
+
+// adminConfig is the admin section: the drain token of the preStop hook.
+type adminConfig struct {
+	DrainToken string `yaml:"drain_token"`
 }
 
 // shutdownConfig is the shutdown section, written only when an annotation sets it.
@@ -508,6 +528,9 @@ func (p podParams) render(cfg Config) (string, error) {
 	c.Log.AccessLog = p.accessLog
 	if p.drainDelay != "" || p.drainTimeout != "" {
 		c.Shutdown = &shutdownConfig{DrainDelay: p.drainDelay, DrainTimeout: p.drainTimeout}
+	}
+	if p.drainToken != "" {
+		c.Admin = &adminConfig{DrainToken: p.drainToken}
 	}
 	var b strings.Builder
 	enc := yaml.NewEncoder(&b)

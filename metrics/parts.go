@@ -84,6 +84,7 @@ const (
 	AdminRefusedHost        = "host"
 	AdminRefusedBrowser     = "browser"
 	AdminRefusedContentType = "content_type"
+	AdminRefusedDrainToken  = "drain_token" // a remote /drain without the pod's admin.drain_token
 )
 
 // NewAdminRefused returns meshlet_admin_requests_refused_total with every reason at 0, not registered.
@@ -92,7 +93,7 @@ func NewAdminRefused() *prometheus.CounterVec {
 		Name: "meshlet_admin_requests_refused_total",
 		Help: "Admin requests refused, by reason (not_local, host, browser, content_type).",
 	}, []string{"reason"})
-	for _, r := range []string{AdminRefusedNotLocal, AdminRefusedHost, AdminRefusedBrowser, AdminRefusedContentType} {
+	for _, r := range []string{AdminRefusedNotLocal, AdminRefusedHost, AdminRefusedBrowser, AdminRefusedContentType, AdminRefusedDrainToken} {
 		c.WithLabelValues(r)
 	}
 	return c

@@ -24,6 +24,33 @@ import (
 
 const goldenImage = "registry.example.com/meshlet:v1.0.0" // the image inject's golden files were made with
 
+// goldenDrainToken is the drain token of inject's golden files (made with a fixed one; the binary makes a random one
+// per pod).
+const goldenDrainToken = "0123456789abcdef0123456789abcdef"
+
+// drainTokens finds the drain tokens of injected output: in the preStop hook (YAML or JSON) and in the sidecar's
+// config (admin.drain_token).
+var drainTokens = regexp.MustCompile(`(X-Meshlet-Drain-Token\n\s*value: |"X-Meshlet-Drain-Token","value":"|drain_token: )([0-9a-f]{32})`)
+
+// goldenTokens checks that every token a preStop hook sends is one a sidecar's config holds (its pod's), and
+// returns out with the golden files' token in their place.
+func goldenTokens(t *testing.T, out string) string {
+	t.Helper()
+	configs := map[string]bool{}
+	ms := drainTokens.FindAllStringSubmatch(out, -1)
+	for _, m := range ms {
+		if m[1] == "drain_token: " {
+			configs[m[2]] = true
+		}
+	}
+	for _, m := range ms {
+		if m[1] != "drain_token: " && !configs[m[2]] {
+			t.Errorf("a preStop hook sends drain token %s, which no sidecar's config holds", m[2])
+		}
+	}
+	return drainTokens.ReplaceAllString(out, "${1}"+goldenDrainToken)
+}
+
 func TestCLIInject(t *testing.T) {
 	in := "../../inject/testdata/multi-doc.in.yaml"
 	want, err := os.ReadFile("../../inject/testdata/multi-doc.golden.yaml")
@@ -37,7 +64,7 @@ func TestCLIInject(t *testing.T) {
 		if err := cmd.Run(); err != nil {
 			t.Fatalf("%v: %s", err, stderr.String())
 		}
-		if stdout.String() != string(want) {
+		if goldenTokens(t, stdout.String()) != string(want) {
 			t.Errorf("stdout differs from the golden file:\n%s", stdout.String())
 		}
 		if !strings.Contains(stderr.String(), "1 pod templates injected, 0 opted out") {
@@ -51,7 +78,7 @@ func TestCLIInject(t *testing.T) {
 		if err := cmd.Run(); err != nil {
 			t.Fatalf("%v: %s", err, stderr.String())
 		}
-		if stdout.String() != string(want) {
+		if goldenTokens(t, stdout.String()) != string(want) {
 			t.Errorf("stdout differs from the golden file:\n%s", stdout.String())
 		}
 	})

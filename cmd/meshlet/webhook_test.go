@@ -80,7 +80,7 @@ func TestCLIWebhook(t *testing.T) {
 		t.Errorf("annotations patch: %s", v)
 	}
 	// The app container gets the preStop hook that drains the sidecar (issue 12), and nothing else.
-	if v, want := paths["/spec/containers"], `[{"image":"web:1","lifecycle":{"preStop":{"httpGet":{"path":"/drain","port":15000}}},"name":"web","ports":[{"containerPort":8080}]}]`; v != want {
+	if v, want := goldenTokens(t, paths["/spec/containers"]+paths["/spec/initContainers"]), `[{"image":"web:1","lifecycle":{"preStop":{"httpGet":{"httpHeaders":[{"name":"X-Meshlet-Drain-Token","value":"`+goldenDrainToken+`"}],"path":"/drain","port":15000}}},"name":"web","ports":[{"containerPort":8080}]}]`; !strings.HasPrefix(v, want) {
 		t.Errorf("app containers patched to %s, want %s", v, want)
 	}
 
