@@ -20,12 +20,15 @@ const (
 	pathOne    pathKind = "one"      // app → meshlet (peer: app) → backend
 	pathTwo    pathKind = "two"      // app → meshlet A (peer: sidecar) → meshlet B inbound → backend
 	pathTwoTLS pathKind = "two-mtls" // the same with mutual TLS between A and B (certificates from meshlet certs)
+	// app → (nftables redirect) → meshlet's transparent outbound listener → backend: the app calls the backend's
+	// own address, in network namespaces of the bench's (intercept.go); root only.
+	pathIntercepted pathKind = "intercepted"
 )
 
 var (
-	allPaths   = []pathKind{pathDirect, pathOne, pathTwo, pathTwoTLS}
+	allPaths   = []pathKind{pathDirect, pathOne, pathIntercepted, pathTwo, pathTwoTLS}
 	pathLabels = map[pathKind]string{pathDirect: "direct", pathOne: "1 meshlet", pathTwo: "2 meshlets",
-		pathTwoTLS: "2 meshlets mTLS"}
+		pathTwoTLS: "2 meshlets mTLS", pathIntercepted: "intercepted"}
 )
 
 // bench runs the whole benchmark once.
@@ -34,6 +37,10 @@ type bench struct {
 	log  io.Writer // progress and diagnostics
 	dir  string    // work directory for configs and meshlet logs
 	rep  *report
+	// pod is the intercepted path's network (nil when the path is not run); podSkip says why the machine cannot
+	// run it (not root), podFailed why making it failed.
+	pod                *podNet
+	podSkip, podFailed string
 }
 
 // run measures every protocol × path and returns the report; failures are recorded in it, not returned.
@@ -47,6 +54,10 @@ func (b *bench) run(ctx context.Context) *report {
 	b.dir = dir
 	fmt.Fprintf(b.log, "meshlet-bench: %d protocol(s) × %d path(s), %s per phase; work directory %s\n",
 		len(b.opts.protocols), len(b.opts.paths), b.opts.duration, dir)
+	if slices.Contains(b.opts.paths, pathIntercepted) {
+		b.openPod()
+		defer b.closePod() // also on Ctrl-C: the signal ends ctx, the loops return and this runs
+	}
 	for _, p := range b.opts.protocols {
 		if ctx.Err() != nil {
 			b.rep.Problems = append(b.rep.Problems, "interrupted")
@@ -55,6 +66,7 @@ func (b *bench) run(ctx context.Context) *report {
 		b.runProtocol(ctx, p)
 	}
 	b.rep.Meta.LoadEnd = loadAvg()
+	b.rep.compareIntercepted()
 	if b.opts.keep || len(b.rep.problems()) > 0 {
 		fmt.Fprintf(b.log, "meshlet configs and logs kept in %s\n", dir)
 	} else {
@@ -85,7 +97,7 @@ func (b *bench) meta() meta {
 	return m
 }
 
-// runProtocol starts p's backend and the meshlets the chosen paths need, measures each path, then stops
+// runProtocol starts p's backends and the meshlets the chosen paths need, measures each path, then stops
 // everything and records what went wrong.
 func (b *bench) runProtocol(ctx context.Context, p protocol) {
 	results := make(map[pathKind]*pathResult)
@@ -102,14 +114,25 @@ func (b *bench) runProtocol(ctx context.Context, p protocol) {
 		return
 	}
 	defer be.close()
+	backends := map[pathKind]*backend{}
+	for k := range results {
+		backends[k] = be
+	}
+	if r := results[pathIntercepted]; r != nil {
+		ibe := b.podBackend(p, r)
+		if ibe != nil {
+			defer ibe.close()
+		}
+		backends[pathIntercepted] = ibe
+	}
 
-	targets, procs := b.startMeshlets(ctx, p, be.addr, results)
+	targets, procs := b.startMeshlets(ctx, p, backends, results)
 	defer b.stopMeshlets(p, procs)
 
 	for _, k := range b.opts.paths {
 		r := results[k]
-		if r.Failed != "" {
-			fmt.Fprintf(b.log, "[%s %s] skipped: %s\n", p, pathLabels[k], r.Failed)
+		if r.Failed != "" || r.Skipped != "" {
+			fmt.Fprintf(b.log, "[%s %s] skipped: %s%s\n", p, pathLabels[k], r.Failed, r.Skipped)
 			continue
 		}
 		if ctx.Err() != nil {
@@ -118,9 +141,9 @@ func (b *bench) runProtocol(ctx context.Context, p protocol) {
 		}
 		r.Target = targets[k]
 		r.Meshlets = procs[k]
-		conns := be.conns.Load()
+		conns := backends[k].conns.Load()
 		b.runPath(ctx, p, k, r)
-		r.BackendConns = be.conns.Load() - conns
+		r.BackendConns = backends[k].conns.Load() - conns
 	}
 	if d := results[pathDirect]; d != nil {
 		for _, r := range results {
@@ -132,7 +155,8 @@ func (b *bench) runProtocol(ctx context.Context, p protocol) {
 // startMeshlets starts the meshlets for the one and two paths, waits until they are ready and records their
 // idle memory. It returns each path's target address and processes; a path whose meshlets could not be
 // started is marked failed in results.
-func (b *bench) startMeshlets(ctx context.Context, p protocol, backendAddr string, results map[pathKind]*pathResult) (map[pathKind]string, map[pathKind][]*meshletStats) {
+func (b *bench) startMeshlets(ctx context.Context, p protocol, backends map[pathKind]*backend, results map[pathKind]*pathResult) (map[pathKind]string, map[pathKind][]*meshletStats) {
+	backendAddr := backends[pathDirect].addr // every path's but the intercepted one's
 	targets := map[pathKind]string{pathDirect: backendAddr}
 	procs := map[pathKind][]*meshletStats{}
 	start := func(k pathKind, name, role string, cfg meshletConfig) {
@@ -147,7 +171,18 @@ func (b *bench) startMeshlets(ctx context.Context, p protocol, backendAddr strin
 		procs[k] = append(procs[k], &meshletStats{Role: role, PID: m.PID(), proc: m})
 	}
 	for _, k := range b.opts.paths {
-		if k == pathDirect {
+		if k == pathDirect || results[k].Failed != "" || results[k].Skipped != "" {
+			continue
+		}
+		if k == pathIntercepted {
+			// The client calls the backend itself; only its connections' redirection reaches meshlet.
+			targets[k] = backends[k].addr
+			m, err := b.pod.startMeshlet(p, backends[k].addr)
+			if err != nil {
+				results[k].Failed = err.Error()
+				continue
+			}
+			procs[k] = append(procs[k], &meshletStats{Role: "meshlet", PID: m.PID(), proc: m})
 			continue
 		}
 		addrs, err := meshlettest.PickAddrs(4)
@@ -217,7 +252,11 @@ func (b *bench) stopMeshlets(p protocol, procs map[pathKind][]*meshletStats) {
 // closed-loop throughput phase, sampling the path's meshlet processes around the phases.
 func (b *bench) runPath(ctx context.Context, p protocol, k pathKind, r *pathResult) {
 	tag := fmt.Sprintf("[%s %s]", p, pathLabels[k])
-	inner, err := newCaller(p, r.Target, b.opts.concurrency)
+	var dial dialFunc
+	if k == pathIntercepted {
+		dial = b.pod.dial // from inside the pod, where its connections are redirected
+	}
+	inner, err := newCaller(p, r.Target, b.opts.concurrency, dial)
 	if err != nil {
 		r.Failed = "client: " + err.Error()
 		return
@@ -289,4 +328,47 @@ func (b *bench) note(s string) {
 func (b *bench) problem(s string) {
 	b.rep.Problems = append(b.rep.Problems, s)
 	fmt.Fprintln(b.log, "PROBLEM:", s)
+}
+
+// openPod makes the intercepted path's network, or records why it cannot (podSkip) or could not (podFailed).
+func (b *bench) openPod() {
+	if why := interceptUnavailable(); why != "" {
+		b.podSkip = why
+		fmt.Fprintf(b.log, "meshlet-bench: the intercepted path is skipped: %s\n", why)
+		return
+	}
+	pod, err := newPodNet(b.dir, b.opts.meshlet)
+	if err != nil {
+		b.podFailed = "making its network namespaces: " + err.Error()
+		return
+	}
+	b.pod = pod
+	fmt.Fprintf(b.log, "meshlet-bench: intercepted path: client and meshlet in network namespace %s, backend in %s\n",
+		pod.pod.Name, pod.peer.Name)
+}
+
+// closePod removes the intercepted path's network, once every meshlet in it has been stopped.
+func (b *bench) closePod() {
+	if b.pod != nil {
+		b.pod.close()
+		b.pod = nil
+	}
+}
+
+// podBackend starts p's backend for the intercepted path in the peer namespace; without one it marks r skipped
+// or failed and returns nil.
+func (b *bench) podBackend(p protocol, r *pathResult) *backend {
+	switch {
+	case b.podSkip != "":
+		r.Skipped = b.podSkip
+	case b.pod == nil:
+		r.Failed = b.podFailed
+	default:
+		be, err := b.pod.startBackend(p)
+		if err == nil {
+			return be
+		}
+		r.Failed = "starting backend in the peer namespace: " + err.Error()
+	}
+	return nil
 }
