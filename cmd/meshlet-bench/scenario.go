@@ -114,7 +114,7 @@ func (b *bench) runProtocol(ctx context.Context, p protocol) {
 		return
 	}
 	defer be.close()
-	backends := map[pathKind]*backend{}
+	backends := map[pathKind]*backend{pathDirect: be} // direct's even when not measured: the other paths use it
 	for k := range results {
 		backends[k] = be
 	}
@@ -152,11 +152,11 @@ func (b *bench) runProtocol(ctx context.Context, p protocol) {
 	}
 }
 
-// startMeshlets starts the meshlets for the one and two paths, waits until they are ready and records their
-// idle memory. It returns each path's target address and processes; a path whose meshlets could not be
+// startMeshlets starts the meshlets for the one, two and intercepted paths, waits until they are ready and
+// records their idle memory. It returns each path's target address and processes; a path whose meshlets could not be
 // started is marked failed in results.
 func (b *bench) startMeshlets(ctx context.Context, p protocol, backends map[pathKind]*backend, results map[pathKind]*pathResult) (map[pathKind]string, map[pathKind][]*meshletStats) {
-	backendAddr := backends[pathDirect].addr // every path's but the intercepted one's
+	backendAddr := backends[pathDirect].addr // every path's backend but the intercepted one's
 	targets := map[pathKind]string{pathDirect: backendAddr}
 	procs := map[pathKind][]*meshletStats{}
 	start := func(k pathKind, name, role string, cfg meshletConfig) {
@@ -174,15 +174,13 @@ func (b *bench) startMeshlets(ctx context.Context, p protocol, backends map[path
 		if k == pathDirect || results[k].Failed != "" || results[k].Skipped != "" {
 			continue
 		}
-		if k == pathIntercepted {
-			// The client calls the backend itself; only its connections' redirection reaches meshlet.
+		if k == pathIntercepted { // the client calls the backend itself: only redirection brings it to meshlet
 			targets[k] = backends[k].addr
-			m, err := b.pod.startMeshlet(p, backends[k].addr)
-			if err != nil {
+			if m, err := b.pod.startMeshlet(p, targets[k]); err != nil {
 				results[k].Failed = err.Error()
-				continue
+			} else {
+				procs[k] = []*meshletStats{{Role: "meshlet", PID: m.PID(), proc: m}}
 			}
-			procs[k] = append(procs[k], &meshletStats{Role: "meshlet", PID: m.PID(), proc: m})
 			continue
 		}
 		addrs, err := meshlettest.PickAddrs(4)
