@@ -25,15 +25,16 @@ import (
 const (
 	interceptUID      = 5995              // meshlet's UID in the pod: redirect-traffic leaves its own connections alone
 	podAddr           = "198.18.0.1"      // the pod's end of the veth pair (198.18.0.0/15: benchmarking, RFC 2544)
-	peerAddr          = "198.18.0.2"      // the peer's end, where the backend listens
+	peerAddr          = "198.18.0.2"      // the peer's end: the backend's address on the intercepted path
+	peerDirectAddr    = "198.18.0.3"      // the peer's second address, which the rules leave alone: netns-direct's
 	podAdmin          = "127.0.0.1:15000" // meshlet's admin listener, inside the pod
 	podOutboundListen = "127.0.0.1:15001" // meshlet's outbound listener, inside the pod: redirected connections arrive here
 )
 
 // podNet is the intercepted path's network, made once per run: a "pod" namespace where the load client and meshlet
 // run, with meshlet redirect-traffic's rules, and a "peer" namespace where the backend listens, joined by a veth
-// pair (198.18.0.1/24, 198.18.0.2/24). Neither namespace has another interface or route, so no packet leaves
-// them. close removes both.
+// pair (198.18.0.1/24; 198.18.0.2/24 and 198.18.0.3/24). Neither namespace has another interface or route, so no
+// packet leaves them. close removes both.
 type podNet struct {
 	pod, peer *redirecttest.Netns
 	thread    *nsThread    // an OS thread inside pod: the client's dials and meshlet's fork run on it
@@ -74,6 +75,9 @@ func newPodNet(workDir, bin string) (_ *podNet, err error) {
 	}
 	if err = redirecttest.LinkNetns(n.pod, n.peer, podAddr+"/24", peerAddr+"/24", "", ""); err != nil {
 		return nil, err
+	}
+	if out, err := exec.Command("ip", "-n", n.peer.Name, "addr", "add", peerDirectAddr+"/24", "dev", n.peer.Name+"v").CombinedOutput(); err != nil {
+		return nil, fmt.Errorf("ip addr add %s in %s: %v: %s", peerDirectAddr, n.peer.Name, err, strings.TrimSpace(string(out)))
 	}
 	if n.thread, err = startThread(n.pod); err != nil {
 		return nil, err
@@ -118,17 +122,27 @@ func (n *podNet) dial(ctx context.Context, network, addr string) (net.Conn, erro
 	return c, err
 }
 
-// startBackend starts p's backend on a free port of peerAddr, inside the peer namespace.
+// startBackend starts p's backend on a free port of every address of the peer namespace: the intercepted path
+// calls it at peerAddr, netns-direct at peerDirectAddr (podTarget).
 func (n *podNet) startBackend(p protocol) (*backend, error) {
 	var ln net.Listener
 	var err error
-	if rerr := n.peer.Run(func() { ln, err = net.Listen("tcp", net.JoinHostPort(peerAddr, "0")) }); rerr != nil {
+	if rerr := n.peer.Run(func() { ln, err = net.Listen("tcp4", "0.0.0.0:0") }); rerr != nil {
 		return nil, rerr
 	}
 	if err != nil {
 		return nil, err
 	}
 	return serveBackend(p, ln)
+}
+
+// podTarget is the address the client in the pod calls be at on path k (intercepted or netns-direct).
+func podTarget(be *backend, k pathKind) string {
+	_, port, _ := net.SplitHostPort(be.addr)
+	if k == pathNetnsDirect {
+		return net.JoinHostPort(peerDirectAddr, port)
+	}
+	return net.JoinHostPort(peerAddr, port)
 }
 
 // startMeshlet writes the pod meshlet's config for p (an upstream whose address and endpoint are backendAddr,
@@ -145,11 +159,13 @@ func (n *podNet) startMeshlet(p protocol, backendAddr string) (*meshletProc, err
 	if err := os.WriteFile(cfgPath, []byte(yaml), 0o644); err != nil {
 		return nil, err
 	}
-	// The rules come from the config (its outbound port; the admin port is left alone), replaced whole each time.
+	// The rules come from the config (its outbound port; the admin port is left alone), replaced whole each time;
+	// peerDirectAddr is left alone, for netns-direct.
 	var out []byte
 	err = errPodClosed
 	n.thread.do(func() {
-		out, err = exec.Command(n.bin, "redirect-traffic", "-proxy-uid", strconv.Itoa(interceptUID), "-config", cfgPath).CombinedOutput()
+		out, err = exec.Command(n.bin, "redirect-traffic", "-proxy-uid", strconv.Itoa(interceptUID), "-config", cfgPath,
+			"-exclude-outbound-cidr", peerDirectAddr+"/32").CombinedOutput()
 	})
 	if err != nil {
 		return nil, fmt.Errorf("meshlet redirect-traffic in %s: %v: %s", n.pod.Name, err, strings.TrimSpace(string(out)))

@@ -14,16 +14,16 @@ import (
 	"meshlet.dev/meshlet/redirect/redirecttest"
 )
 
-// TestInterceptedPath runs the intercepted path beside direct and the explicit listener for a short, bounded load,
-// for each protocol: every request succeeds, meshlet counted every one and took every connection as a redirected
-// one to the upstream (crossCheck makes anything else a problem), so the figure is meshlet's and not the direct
-// path's; and the comparison with the explicit listener is reported. Root only: it skips with a message
+// TestInterceptedPath runs the intercepted path beside direct, direct netns and the explicit listener for a short,
+// bounded load, for each protocol: every request succeeds, meshlet counted every one and took every connection as
+// a redirected one to the upstream (crossCheck makes anything else a problem), so the figure is meshlet's and not
+// the direct path's; and the comparison with the explicit listener is reported. Root only: it skips with a message
 // elsewhere, and fails under CI=true.
 func TestInterceptedPath(t *testing.T) {
 	redirecttest.NeedRoot(t)
 	b := &bench{log: t.Output(), opts: options{meshlet: meshletBin(t), rate: 200, duration: 300 * time.Millisecond,
 		warmup: 100 * time.Millisecond, concurrency: 4, timeout: 5 * time.Second,
-		protocols: []protocol{protoHTTP1, protoH2C, protoGRPC}, paths: []pathKind{pathDirect, pathOne, pathIntercepted}}}
+		protocols: []protocol{protoHTTP1, protoH2C, protoGRPC}, paths: []pathKind{pathDirect, pathOne, pathNetnsDirect, pathIntercepted}}}
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
 	rep := b.run(ctx)
@@ -47,6 +47,11 @@ func TestInterceptedPath(t *testing.T) {
 	}
 	if len(rep.Intercepted) != 3 {
 		t.Errorf("intercepted vs explicit: %+v, want one figure per protocol", rep.Intercepted)
+	}
+	for _, f := range rep.Intercepted {
+		if f.AddedP50usInterceptedNetns == nil || f.CPURatio == nil {
+			t.Errorf("%s: intercepted vs explicit %+v: want the figure against direct netns and the CPU ratio", f.Protocol, f)
+		}
 	}
 	if out, err := exec.Command("ip", "netns", "list").Output(); err != nil || strings.Contains(string(out), fmt.Sprintf("mlb%d-", os.Getpid())) {
 		t.Errorf("network namespaces left after the run (ip netns list: %v):\n%s", err, out)

@@ -23,13 +23,19 @@ const (
 	// app → (nftables redirect) → meshlet's transparent outbound listener → backend: the app calls the backend's
 	// own address, in network namespaces of the bench's (intercept.go); root only.
 	pathIntercepted pathKind = "intercepted"
+	// app → backend in the same namespaces, at an address the rules leave alone: intercepted's baseline (the veth
+	// hop, conntrack) as direct is the explicit listener's.
+	pathNetnsDirect pathKind = "netns-direct"
 )
 
 var (
-	allPaths   = []pathKind{pathDirect, pathOne, pathIntercepted, pathTwo, pathTwoTLS}
+	allPaths   = []pathKind{pathDirect, pathOne, pathNetnsDirect, pathIntercepted, pathTwo, pathTwoTLS}
 	pathLabels = map[pathKind]string{pathDirect: "direct", pathOne: "1 meshlet", pathTwo: "2 meshlets",
-		pathTwoTLS: "2 meshlets mTLS", pathIntercepted: "intercepted"}
+		pathTwoTLS: "2 meshlets mTLS", pathIntercepted: "intercepted", pathNetnsDirect: "direct netns"}
 )
+
+// inPod reports whether path k runs in the intercepted path's network namespaces.
+func inPod(k pathKind) bool { return k == pathIntercepted || k == pathNetnsDirect }
 
 // bench runs the whole benchmark once.
 type bench struct {
@@ -54,7 +60,7 @@ func (b *bench) run(ctx context.Context) *report {
 	b.dir = dir
 	fmt.Fprintf(b.log, "meshlet-bench: %d protocol(s) × %d path(s), %s per phase; work directory %s\n",
 		len(b.opts.protocols), len(b.opts.paths), b.opts.duration, dir)
-	if slices.Contains(b.opts.paths, pathIntercepted) {
+	if slices.ContainsFunc(b.opts.paths, inPod) {
 		b.openPod()
 		defer b.closePod() // also on Ctrl-C: the signal ends ctx, the loops return and this runs
 	}
@@ -118,12 +124,13 @@ func (b *bench) runProtocol(ctx context.Context, p protocol) {
 	for k := range results {
 		backends[k] = be
 	}
-	if r := results[pathIntercepted]; r != nil {
-		ibe := b.podBackend(p, r)
-		if ibe != nil {
-			defer ibe.close()
+	if pbe := b.podBackend(p, results); pbe != nil {
+		defer pbe.close()
+		for k := range results {
+			if inPod(k) {
+				backends[k] = pbe
+			}
 		}
-		backends[pathIntercepted] = ibe
 	}
 
 	targets, procs := b.startMeshlets(ctx, p, backends, results)
@@ -174,8 +181,13 @@ func (b *bench) startMeshlets(ctx context.Context, p protocol, backends map[path
 		if k == pathDirect || results[k].Failed != "" || results[k].Skipped != "" {
 			continue
 		}
+		if inPod(k) {
+			targets[k] = podTarget(backends[k], k)
+		}
+		if k == pathNetnsDirect {
+			continue
+		}
 		if k == pathIntercepted { // the client calls the backend itself: only redirection brings it to meshlet
-			targets[k] = backends[k].addr
 			if m, err := b.pod.startMeshlet(p, targets[k]); err != nil {
 				results[k].Failed = err.Error()
 			} else {
@@ -251,8 +263,8 @@ func (b *bench) stopMeshlets(p protocol, procs map[pathKind][]*meshletStats) {
 func (b *bench) runPath(ctx context.Context, p protocol, k pathKind, r *pathResult) {
 	tag := fmt.Sprintf("[%s %s]", p, pathLabels[k])
 	var dial dialFunc
-	if k == pathIntercepted {
-		dial = b.pod.dial // from inside the pod, where its connections are redirected
+	if inPod(k) {
+		dial = b.pod.dial // from inside the pod, where its connections are redirected (but netns-direct's)
 	}
 	inner, err := newCaller(p, r.Target, b.opts.concurrency, dial)
 	if err != nil {
@@ -328,11 +340,11 @@ func (b *bench) problem(s string) {
 	fmt.Fprintln(b.log, "PROBLEM:", s)
 }
 
-// openPod makes the intercepted path's network, or records why it cannot (podSkip) or could not (podFailed).
+// openPod makes the network of the intercepted and netns-direct paths, or records why it cannot (podSkip) or could not (podFailed).
 func (b *bench) openPod() {
 	if why := interceptUnavailable(); why != "" {
 		b.podSkip = why
-		fmt.Fprintf(b.log, "meshlet-bench: the intercepted path is skipped: %s\n", why)
+		fmt.Fprintf(b.log, "meshlet-bench: the paths in network namespaces (intercepted, netns-direct) are skipped: %s\n", why)
 		return
 	}
 	pod, err := newPodNet(b.dir, b.opts.meshlet)
@@ -341,7 +353,7 @@ func (b *bench) openPod() {
 		return
 	}
 	b.pod = pod
-	fmt.Fprintf(b.log, "meshlet-bench: intercepted path: client and meshlet in network namespace %s, backend in %s\n",
+	fmt.Fprintf(b.log, "meshlet-bench: intercepted and netns-direct paths: client and meshlet in network namespace %s, backend in %s\n",
 		pod.pod.Name, pod.peer.Name)
 }
 
@@ -353,20 +365,33 @@ func (b *bench) closePod() {
 	}
 }
 
-// podBackend starts p's backend for the intercepted path in the peer namespace; without one it marks r skipped
-// or failed and returns nil.
-func (b *bench) podBackend(p protocol, r *pathResult) *backend {
+// podBackend starts p's backend in the peer namespace for the paths of results that run in the pod (inPod), and
+// returns it (nil: no such path, or none could start); without one it marks those paths skipped or failed.
+func (b *bench) podBackend(p protocol, results map[pathKind]*pathResult) *backend {
+	var rs []*pathResult
+	for k, r := range results {
+		if inPod(k) {
+			rs = append(rs, r)
+		}
+	}
+	if len(rs) == 0 {
+		return nil
+	}
+	var skipped, failed string
 	switch {
 	case b.podSkip != "":
-		r.Skipped = b.podSkip
+		skipped = b.podSkip
 	case b.pod == nil:
-		r.Failed = b.podFailed
+		failed = b.podFailed
 	default:
 		be, err := b.pod.startBackend(p)
 		if err == nil {
 			return be
 		}
-		r.Failed = "starting backend in the peer namespace: " + err.Error()
+		failed = "starting backend in the peer namespace: " + err.Error()
+	}
+	for _, r := range rs {
+		r.Skipped, r.Failed = skipped, failed
 	}
 	return nil
 }
