@@ -29,6 +29,8 @@ const (
 	peerDirectAddr    = "198.18.0.3"      // the peer's second address, which the rules leave alone: netns-direct's
 	podAdmin          = "127.0.0.1:15000" // meshlet's admin listener, inside the pod
 	podOutboundListen = "127.0.0.1:15001" // meshlet's outbound listener, inside the pod: redirected connections arrive here
+	podExplicitAdmin  = "127.0.0.1:15010" // the netns-one meshlet's admin listener, inside the pod
+	podExplicitListen = "127.0.0.1:15011" // its upstream listener: the netns-one client calls it (loopback: not redirected)
 )
 
 // podNet is the intercepted path's network, made once per run: a "pod" namespace where the load client and meshlet
@@ -136,39 +138,43 @@ func (n *podNet) startBackend(p protocol) (*backend, error) {
 	return serveBackend(p, ln)
 }
 
-// podTarget is the address the client in the pod calls be at on path k (intercepted or netns-direct).
+// podTarget is the address the client in the pod calls on path k (inPod), whose backend is be.
 func podTarget(be *backend, k pathKind) string {
 	_, port, _ := net.SplitHostPort(be.addr)
-	if k == pathNetnsDirect {
+	switch k {
+	case pathNetnsDirect:
 		return net.JoinHostPort(peerDirectAddr, port)
+	case pathNetnsOne:
+		return podExplicitListen
 	}
 	return net.JoinHostPort(peerAddr, port)
 }
 
-// startMeshlet writes the pod meshlet's config for p (an upstream whose address and endpoint are backendAddr,
-// reached only through interception), installs redirect-traffic's rules for it in the pod, and starts meshlet
-// there as interceptUID. The process gets SIGKILL if the benchmark dies first.
-func (n *podNet) startMeshlet(p protocol, backendAddr string) (*meshletProc, error) {
+// podEndpoint is the backend's address for the pod's meshlets: peerAddr at be's port.
+func podEndpoint(be *backend) string { return podTarget(be, pathIntercepted) }
+
+// startMeshlet starts the meshlet of path k (intercepted or netns-one) for p in the pod, as interceptUID, with
+// backendAddr (peerAddr) as its upstream's endpoint. Intercepted's meshlet has the upstream at backendAddr too,
+// reached only through interception, and redirect-traffic's rules are installed for it; netns-one's has an
+// explicit upstream listener (podExplicitListen). The process gets SIGKILL if the benchmark dies first.
+func (n *podNet) startMeshlet(p protocol, k pathKind, backendAddr string) (*meshletProc, error) {
 	cfg := meshletConfig{protocol: p, admin: podAdmin, outbound: podOutboundListen, endpoints: backendAddr, peer: "app"}
+	if k == pathNetnsOne {
+		cfg = meshletConfig{protocol: p, admin: podExplicitAdmin, upstream: podExplicitListen, endpoints: backendAddr, peer: "app"}
+	}
 	yaml, err := cfg.yaml()
 	if err != nil {
 		return nil, err
 	}
-	name := string(p) + "-intercepted"
+	name := string(p) + "-" + string(k)
 	cfgPath, logPath := filepath.Join(n.dir, name+".yaml"), filepath.Join(n.dir, name+".log")
 	if err := os.WriteFile(cfgPath, []byte(yaml), 0o644); err != nil {
 		return nil, err
 	}
-	// The rules come from the config (its outbound port; the admin port is left alone), replaced whole each time;
-	// peerDirectAddr is left alone, for netns-direct.
-	var out []byte
-	err = errPodClosed
-	n.thread.do(func() {
-		out, err = exec.Command(n.bin, "redirect-traffic", "-proxy-uid", strconv.Itoa(interceptUID), "-config", cfgPath,
-			"-exclude-outbound-cidr", peerDirectAddr+"/32").CombinedOutput()
-	})
-	if err != nil {
-		return nil, fmt.Errorf("meshlet redirect-traffic in %s: %v: %s", n.pod.Name, err, strings.TrimSpace(string(out)))
+	if k == pathIntercepted {
+		if err := n.redirect(cfgPath); err != nil {
+			return nil, err
+		}
 	}
 	cmd := exec.Command(n.bin, "run", "-config", cfgPath)
 	cmd.Env = envWithoutMeshlet()
@@ -178,11 +184,26 @@ func (n *podNet) startMeshlet(p protocol, backendAddr string) (*meshletProc, err
 	}
 	var proc *meshlettest.Proc
 	err = errPodClosed
-	n.thread.do(func() { proc, err = meshlettest.StartCmd("meshlet", podAdmin, cfgPath, logPath, cmd) })
+	n.thread.do(func() { proc, err = meshlettest.StartCmd("meshlet", cfg.admin, cfgPath, logPath, cmd) })
 	if err != nil {
 		return nil, err
 	}
 	return &meshletProc{Proc: proc, admin: n.admin}, nil
+}
+
+// redirect installs meshlet redirect-traffic's rules in the pod for the config at cfgPath (its outbound port; the
+// admin port is left alone), replacing the table whole; peerDirectAddr is left alone, for netns-direct.
+func (n *podNet) redirect(cfgPath string) error {
+	var out []byte
+	err := errPodClosed
+	n.thread.do(func() {
+		out, err = exec.Command(n.bin, "redirect-traffic", "-proxy-uid", strconv.Itoa(interceptUID), "-config", cfgPath,
+			"-exclude-outbound-cidr", peerDirectAddr+"/32").CombinedOutput()
+	})
+	if err != nil {
+		return fmt.Errorf("meshlet redirect-traffic in %s: %v: %s", n.pod.Name, err, strings.TrimSpace(string(out)))
+	}
+	return nil
 }
 
 // envWithoutMeshlet is the environment less MESHLET_* (as meshlettest.StartConfig gives the other meshlets), so

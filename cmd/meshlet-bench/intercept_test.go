@@ -14,16 +14,16 @@ import (
 	"meshlet.dev/meshlet/redirect/redirecttest"
 )
 
-// TestInterceptedPath runs the intercepted path beside direct, direct netns and the explicit listener for a short,
-// bounded load, for each protocol: every request succeeds, meshlet counted every one and took every connection as
-// a redirected one to the upstream (crossCheck makes anything else a problem), so the figure is meshlet's and not
-// the direct path's; and the comparison with the explicit listener is reported. Root only: it skips with a message
+// TestInterceptedPath runs the intercepted path beside direct, the explicit listener and their counterparts in the
+// namespaces for a short, bounded load, for each protocol: every request succeeds, meshlet counted every one and
+// took every connection as a redirected one to the upstream (crossCheck makes anything else a problem), so the
+// figure is meshlet's and not the direct path's; and both comparisons with an explicit listener are reported. Root only: it skips with a message
 // elsewhere, and fails under CI=true.
 func TestInterceptedPath(t *testing.T) {
 	redirecttest.NeedRoot(t)
 	b := &bench{log: t.Output(), opts: options{meshlet: meshletBin(t), rate: 200, duration: 300 * time.Millisecond,
 		warmup: 100 * time.Millisecond, concurrency: 4, timeout: 5 * time.Second,
-		protocols: []protocol{protoHTTP1, protoH2C, protoGRPC}, paths: []pathKind{pathDirect, pathOne, pathNetnsDirect, pathIntercepted}}}
+		protocols: []protocol{protoHTTP1, protoH2C, protoGRPC}, paths: []pathKind{pathDirect, pathOne, pathNetnsDirect, pathNetnsOne, pathIntercepted}}}
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
 	rep := b.run(ctx)
@@ -45,12 +45,12 @@ func TestInterceptedPath(t *testing.T) {
 			t.Errorf("%s intercepted: no CPU time measured for meshlet", r.Protocol)
 		}
 	}
-	if len(rep.Intercepted) != 3 {
-		t.Errorf("intercepted vs explicit: %+v, want one figure per protocol", rep.Intercepted)
+	if len(rep.Intercepted) != 6 {
+		t.Errorf("intercepted vs explicit: %+v, want two figures per protocol (netns-one, one)", rep.Intercepted)
 	}
 	for _, f := range rep.Intercepted {
-		if f.AddedP50usInterceptedNetns == nil || f.CPURatio == nil {
-			t.Errorf("%s: intercepted vs explicit %+v: want the figure against direct netns and the CPU ratio", f.Protocol, f)
+		if f.CPURatio == nil {
+			t.Errorf("%s: intercepted vs %s: %+v: no CPU ratio", f.Protocol, f.Explicit, f)
 		}
 	}
 	if out, err := exec.Command("ip", "netns", "list").Output(); err != nil || strings.Contains(string(out), fmt.Sprintf("mlb%d-", os.Getpid())) {

@@ -22,21 +22,21 @@ type report struct {
 	Intercepted []interceptFigure `json:"intercepted_vs_explicit,omitempty"`
 }
 
-// interceptFigure is what transparent interception costs against the explicit localhost listener, for one
-// protocol: the added p50 (each path's p50 minus its baseline's) and meshlet's CPU time per request in the
-// throughput phase, each with its ratio intercepted/explicit (absent when the explicit figure is not positive).
-// The explicit listener's baseline is direct; the intercepted path's is netns-direct when it was measured (the
-// same client, namespaces, veth hop and rules, at an address the rules leave alone), else direct.
+// interceptFigure compares, for one protocol, the intercepted path with an explicit listener: the added p50 of
+// each (its p50 minus the baseline's) and meshlet's CPU time per request in the throughput phase, each with its
+// ratio intercepted/explicit (absent when the explicit figure is not positive). Explicit netns-one (baseline
+// netns-direct) is the explicit listener in the same namespaces: only the redirection differs. Explicit one
+// (baseline direct) is the host's explicit listener, as the table shows it.
 type interceptFigure struct {
-	Protocol              string  `json:"protocol"`
-	AddedP50usIntercepted float64 `json:"added_p50_us_intercepted"` // against direct
-	// AddedP50usInterceptedNetns is against netns-direct; absent when it was not measured.
-	AddedP50usInterceptedNetns *float64 `json:"added_p50_us_intercepted_vs_netns_direct,omitempty"`
-	AddedP50usExplicit         float64  `json:"added_p50_us_explicit"`
-	AddedP50Ratio              *float64 `json:"added_p50_ratio,omitempty"` // the intercepted figure against its baseline
-	CPUusPerReqIntercepted     float64  `json:"cpu_us_per_request_intercepted"`
-	CPUusPerReqExplicit        float64  `json:"cpu_us_per_request_explicit"`
-	CPURatio                   *float64 `json:"cpu_ratio,omitempty"`
+	Protocol               string   `json:"protocol"`
+	Explicit               string   `json:"explicit"` // the explicit path: netns-one or one
+	Baseline               string   `json:"baseline"` // netns-direct or direct
+	AddedP50usIntercepted  float64  `json:"added_p50_us_intercepted"`
+	AddedP50usExplicit     float64  `json:"added_p50_us_explicit"`
+	AddedP50Ratio          *float64 `json:"added_p50_ratio,omitempty"`
+	CPUusPerReqIntercepted float64  `json:"cpu_us_per_request_intercepted"`
+	CPUusPerReqExplicit    float64  `json:"cpu_us_per_request_explicit"`
+	CPURatio               *float64 `json:"cpu_ratio,omitempty"`
 }
 
 type meta struct {
@@ -301,33 +301,37 @@ func writeJSON(path string, rep *report) error {
 	return os.WriteFile(path, append(b, '\n'), 0o644)
 }
 
-// compareIntercepted fills rep.Intercepted from the protocols whose intercepted and explicit (1 meshlet) paths
-// both have latency against direct and a CPU figure.
+// compareIntercepted fills rep.Intercepted: per protocol, the intercepted path against netns-one and against one,
+// where the explicit path, its baseline and the intercepted path were measured.
 func (rep *report) compareIntercepted() {
 	byKey := map[[2]string]*pathResult{}
 	for _, r := range rep.Results {
 		byKey[[2]string{r.Protocol, r.Path}] = r
 	}
 	for _, r := range rep.Results {
-		if r.Path != string(pathIntercepted) {
+		if r.Path != string(pathIntercepted) || !oneMeshletMeasured(r) {
 			continue
 		}
-		e := byKey[[2]string{r.Protocol, string(pathOne)}]
-		if e == nil || r.AddedP50us == nil || e.AddedP50us == nil || len(r.Meshlets) != 1 || len(e.Meshlets) != 1 ||
-			r.Meshlets[0].CPUPer1k == 0 || e.Meshlets[0].CPUPer1k == 0 {
-			continue
+		for _, c := range []struct{ explicit, baseline pathKind }{{pathNetnsOne, pathNetnsDirect}, {pathOne, pathDirect}} {
+			e, base := byKey[[2]string{r.Protocol, string(c.explicit)}], byKey[[2]string{r.Protocol, string(c.baseline)}]
+			if !oneMeshletMeasured(e) || base == nil || base.Latency == nil || base.Latency.Count == 0 {
+				continue
+			}
+			f := interceptFigure{Protocol: r.Protocol, Explicit: string(c.explicit), Baseline: string(c.baseline),
+				AddedP50usIntercepted:  round1(r.Latency.P50us - base.Latency.P50us),
+				AddedP50usExplicit:     round1(e.Latency.P50us - base.Latency.P50us),
+				CPUusPerReqIntercepted: round1(r.Meshlets[0].CPUPer1k * 1000),
+				CPUusPerReqExplicit:    round1(e.Meshlets[0].CPUPer1k * 1000)}
+			f.AddedP50Ratio = ratio(f.AddedP50usIntercepted, f.AddedP50usExplicit)
+			f.CPURatio = ratio(f.CPUusPerReqIntercepted, f.CPUusPerReqExplicit)
+			rep.Intercepted = append(rep.Intercepted, f)
 		}
-		f := interceptFigure{Protocol: r.Protocol, AddedP50usIntercepted: *r.AddedP50us, AddedP50usExplicit: *e.AddedP50us,
-			CPUusPerReqIntercepted: round1(r.Meshlets[0].CPUPer1k * 1000), CPUusPerReqExplicit: round1(e.Meshlets[0].CPUPer1k * 1000)}
-		added := f.AddedP50usIntercepted
-		if n := byKey[[2]string{r.Protocol, string(pathNetnsDirect)}]; n != nil && n.Latency != nil && n.Latency.Count > 0 {
-			d := round1(r.Latency.P50us - n.Latency.P50us)
-			f.AddedP50usInterceptedNetns, added = &d, d
-		}
-		f.AddedP50Ratio = ratio(added, f.AddedP50usExplicit)
-		f.CPURatio = ratio(f.CPUusPerReqIntercepted, f.CPUusPerReqExplicit)
-		rep.Intercepted = append(rep.Intercepted, f)
 	}
+}
+
+// oneMeshletMeasured reports whether r is a path of one meshlet with a latency and a CPU figure.
+func oneMeshletMeasured(r *pathResult) bool {
+	return r != nil && r.Latency != nil && r.Latency.Count > 0 && len(r.Meshlets) == 1 && r.Meshlets[0].CPUPer1k > 0
 }
 
 // ratio returns a/b to two decimals, or nil when b is not positive.
@@ -339,29 +343,26 @@ func ratio(a, b float64) *float64 {
 	return &r
 }
 
-// writeIntercepted prints the intercepted path against the explicit listener, one line per protocol.
+// writeIntercepted prints the intercepted path against the explicit listeners, one line per protocol and
+// explicit path.
 func writeIntercepted(w io.Writer, rep *report) {
 	if len(rep.Intercepted) == 0 {
 		return
 	}
 	fmt.Fprintln(w, "\nintercepted (app calls the backend's address; nftables redirects it to meshlet's transparent outbound listener)\n"+
-		"vs explicit (app calls meshlet's upstream listener on 127.0.0.1), same run. +p50: explicit against direct; intercepted\n"+
-		"against direct netns (same namespaces and veth hop, an address the rules leave alone) and, in parentheses, against\n"+
-		"direct; the ratio takes the first measured. CPU: meshlet's utime+stime per request in the throughput phase.")
+		"vs explicit (app calls meshlet's upstream listener on 127.0.0.1), same run: +p50 against the baseline, CPU as meshlet's\n"+
+		"utime+stime per request in the throughput phase. 1 meshlet netns: the explicit listener in intercepted's namespaces.")
 	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', tabwriter.AlignRight)
-	fmt.Fprintln(tw, "PROTOCOL\t+p50 µs intercepted\t(vs direct)\t+p50 µs explicit\tratio\tCPU µs/req intercepted\tCPU µs/req explicit\tratio\t")
+	fmt.Fprintf(tw, "PROTOCOL\t%-33s\t+p50 µs intercepted\t+p50 µs explicit\tratio\tCPU µs/req intercepted\tCPU µs/req explicit\tratio\t\n", "EXPLICIT (BASELINE)")
 	for _, f := range rep.Intercepted {
-		netns := "-"
-		if f.AddedP50usInterceptedNetns != nil {
-			netns = fmt.Sprintf("%.1f", *f.AddedP50usInterceptedNetns)
-		}
-		fmt.Fprintf(tw, "%-8s\t%s\t(%.1f)\t%.1f\t%s\t%.1f\t%.1f\t%s\t\n", protocolInfo[protocol(f.Protocol)].label,
-			netns, f.AddedP50usIntercepted, f.AddedP50usExplicit, fmtRatio(f.AddedP50Ratio),
+		against := fmt.Sprintf("%s (%s)", pathLabels[pathKind(f.Explicit)], pathLabels[pathKind(f.Baseline)])
+		fmt.Fprintf(tw, "%-8s\t%-33s\t%.1f\t%.1f\t%s\t%.1f\t%.1f\t%s\t\n", protocolInfo[protocol(f.Protocol)].label, against,
+			f.AddedP50usIntercepted, f.AddedP50usExplicit, fmtRatio(f.AddedP50Ratio),
 			f.CPUusPerReqIntercepted, f.CPUusPerReqExplicit, fmtRatio(f.CPURatio))
 	}
 	tw.Flush()
-	fmt.Fprintln(w, "intercepted, direct netns: client and meshlet (UID 5995, meshlet redirect-traffic) in a network namespace, "+
-		"the backend in a second one across a veth pair; the other paths run on the host's loopback.")
+	fmt.Fprintln(w, "intercepted, direct netns, 1 meshlet netns: the client and meshlet (UID 5995; meshlet redirect-traffic) in a network "+
+		"namespace, the backend in a second one across a veth pair; the other paths run on the host's loopback.")
 }
 
 func fmtRatio(r *float64) string {

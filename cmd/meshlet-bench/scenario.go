@@ -23,19 +23,23 @@ const (
 	// app → (nftables redirect) → meshlet's transparent outbound listener → backend: the app calls the backend's
 	// own address, in network namespaces of the bench's (intercept.go); root only.
 	pathIntercepted pathKind = "intercepted"
-	// app → backend in the same namespaces, at an address the rules leave alone: intercepted's baseline (the veth
-	// hop, conntrack) as direct is the explicit listener's.
+	// app → backend in the same namespaces, at an address the rules leave alone: the baseline of the paths in
+	// the namespaces, as direct is the others'.
 	pathNetnsDirect pathKind = "netns-direct"
+	// app → meshlet's upstream listener on 127.0.0.1 → backend, in the same namespaces (loopback is never
+	// redirected): the explicit listener in intercepted's surroundings.
+	pathNetnsOne pathKind = "netns-one"
 )
 
 var (
-	allPaths   = []pathKind{pathDirect, pathOne, pathNetnsDirect, pathIntercepted, pathTwo, pathTwoTLS}
+	allPaths   = []pathKind{pathDirect, pathOne, pathNetnsDirect, pathNetnsOne, pathIntercepted, pathTwo, pathTwoTLS}
 	pathLabels = map[pathKind]string{pathDirect: "direct", pathOne: "1 meshlet", pathTwo: "2 meshlets",
-		pathTwoTLS: "2 meshlets mTLS", pathIntercepted: "intercepted", pathNetnsDirect: "direct netns"}
+		pathTwoTLS: "2 meshlets mTLS", pathIntercepted: "intercepted", pathNetnsDirect: "direct netns",
+		pathNetnsOne: "1 meshlet netns"}
 )
 
 // inPod reports whether path k runs in the intercepted path's network namespaces.
-func inPod(k pathKind) bool { return k == pathIntercepted || k == pathNetnsDirect }
+func inPod(k pathKind) bool { return k == pathIntercepted || k == pathNetnsDirect || k == pathNetnsOne }
 
 // bench runs the whole benchmark once.
 type bench struct {
@@ -159,7 +163,7 @@ func (b *bench) runProtocol(ctx context.Context, p protocol) {
 	}
 }
 
-// startMeshlets starts the meshlets for the one, two and intercepted paths, waits until they are ready and
+// startMeshlets starts the meshlets for the one, two, netns-one and intercepted paths, waits until they are ready and
 // records their idle memory. It returns each path's target address and processes; a path whose meshlets could not be
 // started is marked failed in results.
 func (b *bench) startMeshlets(ctx context.Context, p protocol, backends map[pathKind]*backend, results map[pathKind]*pathResult) (map[pathKind]string, map[pathKind][]*meshletStats) {
@@ -181,14 +185,12 @@ func (b *bench) startMeshlets(ctx context.Context, p protocol, backends map[path
 		if k == pathDirect || results[k].Failed != "" || results[k].Skipped != "" {
 			continue
 		}
-		if inPod(k) {
+		if inPod(k) { // intercepted: the client calls the backend itself, only redirection brings it to meshlet
 			targets[k] = podTarget(backends[k], k)
-		}
-		if k == pathNetnsDirect {
-			continue
-		}
-		if k == pathIntercepted { // the client calls the backend itself: only redirection brings it to meshlet
-			if m, err := b.pod.startMeshlet(p, targets[k]); err != nil {
+			if k == pathNetnsDirect {
+				continue
+			}
+			if m, err := b.pod.startMeshlet(p, k, podEndpoint(backends[k])); err != nil {
 				results[k].Failed = err.Error()
 			} else {
 				procs[k] = []*meshletStats{{Role: "meshlet", PID: m.PID(), proc: m}}
