@@ -342,11 +342,11 @@ func (b *bench) problem(s string) {
 	fmt.Fprintln(b.log, "PROBLEM:", s)
 }
 
-// openPod makes the network of the intercepted and netns-direct paths, or records why it cannot (podSkip) or could not (podFailed).
+// openPod makes the network of the paths in the namespaces (inPod), or records why it cannot (podSkip) or could not (podFailed).
 func (b *bench) openPod() {
 	if why := interceptUnavailable(); why != "" {
 		b.podSkip = why
-		fmt.Fprintf(b.log, "meshlet-bench: the paths in network namespaces (intercepted, netns-direct) are skipped: %s\n", why)
+		fmt.Fprintf(b.log, "meshlet-bench: the paths in network namespaces (netns-direct, netns-one, intercepted) are skipped: %s\n", why)
 		return
 	}
 	pod, err := newPodNet(b.dir, b.opts.meshlet)
@@ -355,7 +355,7 @@ func (b *bench) openPod() {
 		return
 	}
 	b.pod = pod
-	fmt.Fprintf(b.log, "meshlet-bench: intercepted and netns-direct paths: client and meshlet in network namespace %s, backend in %s\n",
+	fmt.Fprintf(b.log, "meshlet-bench: netns-direct, netns-one and intercepted paths: client and meshlets in network namespace %s, backend in %s\n",
 		pod.pod.Name, pod.peer.Name)
 }
 
