@@ -342,7 +342,8 @@ func (b *bench) problem(s string) {
 	fmt.Fprintln(b.log, "PROBLEM:", s)
 }
 
-// openPod makes the network of the paths in the namespaces (inPod), or records why it cannot (podSkip) or could not (podFailed).
+// openPod makes the network of the paths in the namespaces (inPod), or records why it cannot (podSkip) or could
+// not (podFailed).
 func (b *bench) openPod() {
 	if why := interceptUnavailable(); why != "" {
 		b.podSkip = why
