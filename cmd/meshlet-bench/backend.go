@@ -38,7 +38,8 @@ const bodySize = 64
 // responseBody is the fixed body every backend returns.
 var responseBody = bytes.Repeat([]byte("m"), bodySize)
 
-// backend is an in-process server on 127.0.0.1 answering every request with responseBody.
+// backend is an in-process server answering every request with responseBody: on 127.0.0.1, or for the
+// intercepted path at peerAddr in its namespace.
 type backend struct {
 	addr  string
 	conns *atomic.Int64 // connections accepted so far
@@ -66,6 +67,11 @@ func startBackend(p protocol) (*backend, error) {
 	if err != nil {
 		return nil, err
 	}
+	return serveBackend(p, ln)
+}
+
+// serveBackend serves p's backend on ln (startBackend) and closes ln on failure.
+func serveBackend(p protocol, ln net.Listener) (*backend, error) {
 	be := &backend{addr: ln.Addr().String(), conns: new(atomic.Int64)}
 	ln = countingListener{ln, be.conns}
 	switch p {

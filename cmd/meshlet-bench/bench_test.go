@@ -53,7 +53,7 @@ func TestDirectPath(t *testing.T) {
 				t.Fatal(err)
 			}
 			defer be.close()
-			c, err := newCaller(p, be.addr, 4)
+			c, err := newCaller(p, be.addr, 4, nil)
 			if err != nil {
 				t.Fatal(err)
 			}

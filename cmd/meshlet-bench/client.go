@@ -23,13 +23,17 @@ type caller interface {
 	close()
 }
 
-// newCaller returns a caller speaking p to addr (ip:port). conns sizes the HTTP/1.1 idle pool.
-func newCaller(p protocol, addr string, conns int) (caller, error) {
+// dialFunc makes a caller's connections (net.Dialer.DialContext's signature).
+type dialFunc func(ctx context.Context, network, addr string) (net.Conn, error)
+
+// newCaller returns a caller speaking p to addr (ip:port). conns sizes the HTTP/1.1 idle pool. dial makes its
+// connections (the intercepted path's dial inside the pod); nil is a plain net.Dialer.
+func newCaller(p protocol, addr string, conns int, dial dialFunc) (caller, error) {
 	switch p {
 	case protoHTTP1, protoH2C:
-		return newHTTPCaller(p, addr, conns), nil
+		return newHTTPCaller(p, addr, conns, dial), nil
 	case protoGRPC:
-		return newGRPCCaller(addr)
+		return newGRPCCaller(addr, dial)
 	}
 	return nil, fmt.Errorf("unknown protocol %q", p)
 }
@@ -47,7 +51,10 @@ type httpCaller struct {
 	wantMajor int
 }
 
-func newHTTPCaller(p protocol, addr string, conns int) *httpCaller {
+func newHTTPCaller(p protocol, addr string, conns int, dial dialFunc) *httpCaller {
+	if dial == nil {
+		dial = (&net.Dialer{Timeout: 5 * time.Second}).DialContext
+	}
 	var protos http.Protocols
 	wantMajor := 1
 	if p == protoH2C {
@@ -57,7 +64,7 @@ func newHTTPCaller(p protocol, addr string, conns int) *httpCaller {
 		protos.SetHTTP1(true)
 	}
 	tr := &http.Transport{
-		DialContext:         (&net.Dialer{Timeout: 5 * time.Second}).DialContext,
+		DialContext:         dial,
 		Protocols:           &protos,
 		MaxIdleConns:        conns + 16,
 		MaxIdleConnsPerHost: conns + 16,
@@ -107,9 +114,14 @@ type grpcCaller struct {
 	client testgrpc.TestServiceClient
 }
 
-func newGRPCCaller(addr string) (*grpcCaller, error) {
-	conn, err := grpc.NewClient("passthrough:///"+addr,
-		grpc.WithTransportCredentials(insecure.NewCredentials()))
+func newGRPCCaller(addr string, dial dialFunc) (*grpcCaller, error) {
+	opts := []grpc.DialOption{grpc.WithTransportCredentials(insecure.NewCredentials())}
+	if dial != nil {
+		opts = append(opts, grpc.WithContextDialer(func(ctx context.Context, addr string) (net.Conn, error) {
+			return dial(ctx, "tcp", addr)
+		}))
+	}
+	conn, err := grpc.NewClient("passthrough:///"+addr, opts...)
 	if err != nil {
 		return nil, err
 	}

@@ -1,15 +1,20 @@
 // Command meshlet-bench measures what meshlet adds to a call, side by side in one run.
 //
-// For each protocol (HTTP/1.1, h2c, gRPC unary) it calls an in-process backend three ways:
+// For each protocol (HTTP/1.1, h2c, gRPC unary) it calls an in-process backend several ways:
 //
-//	direct      app → backend
-//	1 meshlet   app → meshlet upstream listener (peer: app) → backend
-//	2 meshlets  app → meshlet A (peer: sidecar) → meshlet B inbound → backend   (the real mesh path)
+//	direct        app → backend
+//	1 meshlet     app → meshlet upstream listener (peer: app) → backend
+//	direct netns  app → backend, in the intercepted path's namespaces at an address the rules leave alone
+//	1 meshlet netns  app → meshlet upstream listener → backend, in the intercepted path's namespaces
+//	intercepted   app → backend's address, redirected by nftables → meshlet's transparent outbound listener → backend
+//	2 meshlets    app → meshlet A (peer: sidecar) → meshlet B inbound → backend   (the real mesh path)
 //
 // and reports latency at a fixed open-loop rate (measured from each request's scheduled time, so a stalled
 // proxy cannot hide behind coordinated omission), throughput at a fixed concurrency (closed loop), and each
-// meshlet process's RSS and CPU seconds per 1000 requests. All traffic stays on 127.0.0.1; every load loop is
-// bounded in count and time.
+// meshlet process's RSS and CPU seconds per 1000 requests, and the intercepted path against the explicit listener
+// (1 meshlet, on the host and in the same namespaces). All traffic stays on 127.0.0.1, but that of the intercepted,
+// direct netns and 1 meshlet netns paths: they run in two network namespaces the bench makes (root only; without
+// root they are skipped) and removes at the end, joined only to each other by a veth pair. Every load loop is bounded in count and time.
 //
 // Usage:
 //
@@ -99,7 +104,10 @@ func parseFlags(args []string, stderr io.Writer) (options, error) {
 	fs.IntVar(&o.concurrency, "concurrency", 32, "closed-loop workers for the throughput phase")
 	fs.DurationVar(&o.timeout, "timeout", 5*time.Second, "per-request timeout")
 	fs.StringVar(&protocols, "protocols", "http1,h2c,grpc", "comma-separated protocols: http1, h2c, grpc")
-	fs.StringVar(&paths, "paths", "direct,one,two,two-mtls", "comma-separated paths: direct, one (1 meshlet), two (2 meshlets), two-mtls (2 meshlets, mutual TLS between them)")
+	fs.StringVar(&paths, "paths", "direct,one,netns-direct,netns-one,intercepted,two,two-mtls", "comma-separated paths: direct, one (1 meshlet), "+
+		"intercepted (1 meshlet by transparent interception, in network namespaces; root only, skipped otherwise), "+
+		"netns-direct and netns-one (direct and 1 meshlet in intercepted's namespaces), two (2 meshlets), "+
+		"two-mtls (2 meshlets, mutual TLS between them)")
 	fs.StringVar(&o.jsonFile, "json", "", "write the results as JSON to this file")
 	fs.BoolVar(&o.keep, "keep", false, "keep the work directory with meshlet configs and logs")
 	fs.IntVar(&o.heads, "heads", 0, "instead of the paths: hold this many connections, each with 60 KiB of a request head that never ends, and report meshlet's RSS (needs -meshlet)")
@@ -186,7 +194,7 @@ func parsePaths(s string) ([]pathKind, error) {
 	for _, f := range strings.Split(s, ",") {
 		p := pathKind(strings.TrimSpace(f))
 		if _, ok := pathLabels[p]; !ok {
-			return nil, fmt.Errorf("-paths: unknown path %q (want direct, one, two)", p)
+			return nil, fmt.Errorf("-paths: unknown path %q (want direct, one, netns-direct, netns-one, intercepted, two, two-mtls)", p)
 		}
 		want[p] = true
 	}

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"fmt"
+	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -17,7 +18,8 @@ import (
 // meshletProc is one running meshlet process started by the benchmark.
 type meshletProc struct {
 	*meshlettest.Proc
-	failed bool // waitReady already reported the process's failure
+	failed bool         // waitReady already reported the process's failure
+	admin  *http.Client // reaches the admin listener; nil: a client of the benchmark's own network (loopback)
 }
 
 // meshletConfig is what differs between the generated configs.
@@ -27,6 +29,7 @@ type meshletConfig struct {
 	inbound   string // inbound.listen; service.address is then backend
 	backend   string
 	upstream  string // upstreams[0].listen
+	outbound  string // outbound.listen, transparent (mesh destinations only); upstreams[0].addresses is then endpoints
 	endpoints string // upstreams[0].endpoints[0]
 	peer      string // upstreams[0].peer: app | sidecar
 	certs     string // directory of certificates made by meshlet certs; empty: no TLS
@@ -43,9 +46,15 @@ func (c meshletConfig) yaml() (string, error) {
 		f.Inbound.Listen = c.inbound
 	}
 	f.Service.Name = name
-	if c.upstream != "" {
+	if c.upstream != "" || c.outbound != "" {
 		f.Upstreams = []proxy.UpstreamConfig{{Name: "bench-backend", Listen: c.upstream, Protocol: proto,
 			Endpoints: []string{c.endpoints}, Peer: c.peer}}
+	}
+	if c.outbound != "" {
+		// The app calls the backend at its own address; its redirected connections are the only way to meshlet.
+		f.Outbound.Listen = c.outbound
+		f.Outbound.Transparent = proxy.TransparentConfig{Enabled: true, MeshDestinationsOnly: true}
+		f.Upstreams[0].Addresses = []string{c.endpoints}
 	}
 	if c.certs != "" {
 		f.TLS.CertFile = c.certs + "/" + name + ".crt"
@@ -77,13 +86,25 @@ func startMeshlet(bin, dir, name, role string, cfg meshletConfig) (*meshletProc,
 	return &meshletProc{Proc: p}, nil
 }
 
-// waitReady waits for /ready (meshlettest.Proc.WaitReady) and remembers when the process failed on the way.
+// waitReady waits for /ready (as meshlettest.Proc.WaitReady, through adminClient) and remembers when the process failed on the way.
 func (m *meshletProc) waitReady(ctx context.Context) error {
-	err := m.WaitReady(ctx, meshlettest.ReadyTimeout)
+	client := m.adminClient()
+	defer client.CloseIdleConnections()
+	err := m.WaitFor(ctx, meshlettest.ReadyTimeout, func(ctx context.Context) error {
+		return meshlettest.HTTPOK(ctx, client, "http://"+m.Admin+"/ready")
+	})
 	if err != nil && !m.Alive() {
 		m.failed = true
 	}
 	return err
+}
+
+// adminClient returns the client that reaches m's admin listener.
+func (m *meshletProc) adminClient() *http.Client {
+	if m.admin != nil {
+		return m.admin
+	}
+	return &http.Client{Timeout: 2 * time.Second}
 }
 
 // stop stops the process (meshlettest.Proc.Stop); one whose failure waitReady already reported is not reported

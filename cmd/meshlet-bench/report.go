@@ -17,6 +17,26 @@ type report struct {
 	Results  []*pathResult `json:"results"`
 	Problems []string      `json:"problems,omitempty"` // failures outside requests: meshlet exits, setup
 	Notes    []string      `json:"notes,omitempty"`    // worth a look, not failures (meshlet warnings)
+	// Intercepted compares the intercepted path with the explicit listener (1 meshlet), per protocol where both
+	// were measured.
+	Intercepted []interceptFigure `json:"intercepted_vs_explicit,omitempty"`
+}
+
+// interceptFigure compares, for one protocol, the intercepted path with an explicit listener: the added p50 of
+// each (its p50 minus the baseline's) and meshlet's CPU time per request in the throughput phase, each with its
+// ratio intercepted/explicit (absent when the explicit figure is not positive). Explicit netns-one (baseline
+// netns-direct) is the explicit listener in the same namespaces: only the redirection differs. Explicit one
+// (baseline direct) is the host's explicit listener, as the table shows it.
+type interceptFigure struct {
+	Protocol               string   `json:"protocol"`
+	Explicit               string   `json:"explicit"` // the explicit path: netns-one or one
+	Baseline               string   `json:"baseline"` // netns-direct or direct
+	AddedP50usIntercepted  float64  `json:"added_p50_us_intercepted"`
+	AddedP50usExplicit     float64  `json:"added_p50_us_explicit"`
+	AddedP50Ratio          *float64 `json:"added_p50_ratio,omitempty"`
+	CPUusPerReqIntercepted float64  `json:"cpu_us_per_request_intercepted"`
+	CPUusPerReqExplicit    float64  `json:"cpu_us_per_request_explicit"`
+	CPURatio               *float64 `json:"cpu_ratio,omitempty"`
 }
 
 type meta struct {
@@ -42,7 +62,8 @@ type pathResult struct {
 	Protocol    string           `json:"protocol"`
 	Path        string           `json:"path"` // direct, one, two
 	Target      string           `json:"target,omitempty"`
-	Failed      string           `json:"failed,omitempty"` // why the path could not be measured
+	Failed      string           `json:"failed,omitempty"`  // why the path could not be measured
+	Skipped     string           `json:"skipped,omitempty"` // why the path was not run here (not a failure)
 	Latency     *latencyStats    `json:"latency,omitempty"`
 	AddedP50us  *float64         `json:"added_p50_us,omitempty"` // latency p50 minus direct's
 	AddedP99us  *float64         `json:"added_p99_us,omitempty"`
@@ -138,10 +159,19 @@ func writeTable(w io.Writer, rep *report) {
 		m.Rate, m.Duration, m.Concurrency, m.Duration, m.BodyBytes)
 
 	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', tabwriter.AlignRight)
-	fmt.Fprintln(tw, "PROTOCOL\tPATH      \tp50 ms\tp99 ms\tp99.9 ms\t+p50 ms\t+p99 ms\treq/s\tvs direct\terrors\tRSS idle MiB\tRSS load MiB\tCPU s/1k req\t")
+	// Padded to a fixed width, the text columns come out left-aligned in the right-aligned table.
+	pathWidth := 0
+	for _, l := range pathLabels {
+		pathWidth = max(pathWidth, len(l))
+	}
+	fmt.Fprintf(tw, "PROTOCOL\t%-*s\tp50 ms\tp99 ms\tp99.9 ms\t+p50 ms\t+p99 ms\treq/s\tvs direct\terrors\tRSS idle MiB\tRSS load MiB\tCPU s/1k req\t\n", pathWidth, "PATH")
 	for _, r := range rep.Results {
-		// Padded to a fixed width, the text columns come out left-aligned in the right-aligned table.
-		cols := []string{fmt.Sprintf("%-8s", protocolInfo[protocol(r.Protocol)].label), fmt.Sprintf("%-10s", pathLabels[pathKind(r.Path)])}
+		cols := []string{fmt.Sprintf("%-8s", protocolInfo[protocol(r.Protocol)].label), fmt.Sprintf("%-*s", pathWidth, pathLabels[pathKind(r.Path)])}
+		if r.Skipped != "" {
+			cols = append(cols, "-", "-", "-", "-", "-", "-", "-", "-", "-", "-", "-")
+			fmt.Fprintln(tw, strings.Join(cols, "\t")+"\t  skipped: "+r.Skipped)
+			continue
+		}
 		if r.Failed != "" && r.Latency == nil {
 			cols = append(cols, "-", "-", "-", "-", "-", "-", "-", fmt.Sprint(r.Errors), "-", "-", "-")
 			fmt.Fprintln(tw, strings.Join(cols, "\t")+"\t  FAILED")
@@ -157,6 +187,7 @@ func writeTable(w io.Writer, rep *report) {
 	fmt.Fprintln(w, "\n+p50/+p99: the path's percentile minus direct's. vs direct: throughput ratio. "+
 		"2 meshlets: resource columns are A/B (A: app-side sidecar, B: backend-side sidecar).\n"+
 		"RSS load: VmRSS after the throughput phase. CPU s/1k req: utime+stime per 1000 requests in the throughput phase.")
+	writeIntercepted(w, rep)
 	writeLagNote(w, rep.Results)
 	for _, n := range rep.Notes {
 		fmt.Fprintln(w, "note:", n)
@@ -268,4 +299,75 @@ func writeJSON(path string, rep *report) error {
 		return err
 	}
 	return os.WriteFile(path, append(b, '\n'), 0o644)
+}
+
+// compareIntercepted fills rep.Intercepted: per protocol, the intercepted path against netns-one and against one,
+// where the explicit path, its baseline and the intercepted path were measured.
+func (rep *report) compareIntercepted() {
+	byKey := map[[2]string]*pathResult{}
+	for _, r := range rep.Results {
+		byKey[[2]string{r.Protocol, r.Path}] = r
+	}
+	for _, r := range rep.Results {
+		if r.Path != string(pathIntercepted) || !oneMeshletMeasured(r) {
+			continue
+		}
+		for _, c := range []struct{ explicit, baseline pathKind }{{pathNetnsOne, pathNetnsDirect}, {pathOne, pathDirect}} {
+			e, base := byKey[[2]string{r.Protocol, string(c.explicit)}], byKey[[2]string{r.Protocol, string(c.baseline)}]
+			if !oneMeshletMeasured(e) || base == nil || base.Latency == nil || base.Latency.Count == 0 {
+				continue
+			}
+			f := interceptFigure{Protocol: r.Protocol, Explicit: string(c.explicit), Baseline: string(c.baseline),
+				AddedP50usIntercepted:  round1(r.Latency.P50us - base.Latency.P50us),
+				AddedP50usExplicit:     round1(e.Latency.P50us - base.Latency.P50us),
+				CPUusPerReqIntercepted: round1(r.Meshlets[0].CPUPer1k * 1000),
+				CPUusPerReqExplicit:    round1(e.Meshlets[0].CPUPer1k * 1000)}
+			f.AddedP50Ratio = ratio(f.AddedP50usIntercepted, f.AddedP50usExplicit)
+			f.CPURatio = ratio(f.CPUusPerReqIntercepted, f.CPUusPerReqExplicit)
+			rep.Intercepted = append(rep.Intercepted, f)
+		}
+	}
+}
+
+// oneMeshletMeasured reports whether r is a path of one meshlet with a latency and a CPU figure.
+func oneMeshletMeasured(r *pathResult) bool {
+	return r != nil && r.Latency != nil && r.Latency.Count > 0 && len(r.Meshlets) == 1 && r.Meshlets[0].CPUPer1k > 0
+}
+
+// ratio returns a/b to two decimals, or nil when b is not positive.
+func ratio(a, b float64) *float64 {
+	if b <= 0 {
+		return nil
+	}
+	r := math.Round(a/b*100) / 100
+	return &r
+}
+
+// writeIntercepted prints the intercepted path against the explicit listeners, one line per protocol and
+// explicit path.
+func writeIntercepted(w io.Writer, rep *report) {
+	if len(rep.Intercepted) == 0 {
+		return
+	}
+	fmt.Fprintln(w, "\nintercepted (app calls the backend's address; nftables redirects it to meshlet's transparent outbound listener)\n"+
+		"vs explicit (app calls meshlet's upstream listener on 127.0.0.1), same run: +p50 against the baseline, CPU as meshlet's\n"+
+		"utime+stime per request in the throughput phase. 1 meshlet netns: the explicit listener in intercepted's namespaces.")
+	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', tabwriter.AlignRight)
+	fmt.Fprintf(tw, "PROTOCOL\t%-33s\t+p50 µs intercepted\t+p50 µs explicit\tratio\tCPU µs/req intercepted\tCPU µs/req explicit\tratio\t\n", "EXPLICIT (BASELINE)")
+	for _, f := range rep.Intercepted {
+		against := fmt.Sprintf("%s (%s)", pathLabels[pathKind(f.Explicit)], pathLabels[pathKind(f.Baseline)])
+		fmt.Fprintf(tw, "%-8s\t%-33s\t%.1f\t%.1f\t%s\t%.1f\t%.1f\t%s\t\n", protocolInfo[protocol(f.Protocol)].label, against,
+			f.AddedP50usIntercepted, f.AddedP50usExplicit, fmtRatio(f.AddedP50Ratio),
+			f.CPUusPerReqIntercepted, f.CPUusPerReqExplicit, fmtRatio(f.CPURatio))
+	}
+	tw.Flush()
+	fmt.Fprintln(w, "intercepted, direct netns, 1 meshlet netns: the client and meshlet (UID 5995; meshlet redirect-traffic) in a network "+
+		"namespace, the backend in a second one across a veth pair; the other paths run on the host's loopback.")
+}
+
+func fmtRatio(r *float64) string {
+	if r == nil {
+		return "-"
+	}
+	return fmt.Sprintf("%.2f", *r)
 }

@@ -20,13 +20,26 @@ const (
 	pathOne    pathKind = "one"      // app → meshlet (peer: app) → backend
 	pathTwo    pathKind = "two"      // app → meshlet A (peer: sidecar) → meshlet B inbound → backend
 	pathTwoTLS pathKind = "two-mtls" // the same with mutual TLS between A and B (certificates from meshlet certs)
+	// app → (nftables redirect) → meshlet's transparent outbound listener → backend: the app calls the backend's
+	// own address, in network namespaces of the bench's (intercept.go); root only.
+	pathIntercepted pathKind = "intercepted"
+	// app → backend in the same namespaces, at an address the rules leave alone: the baseline of the paths in
+	// the namespaces, as direct is the others'.
+	pathNetnsDirect pathKind = "netns-direct"
+	// app → meshlet's upstream listener on 127.0.0.1 → backend, in the same namespaces (loopback is never
+	// redirected): the explicit listener in intercepted's surroundings.
+	pathNetnsOne pathKind = "netns-one"
 )
 
 var (
-	allPaths   = []pathKind{pathDirect, pathOne, pathTwo, pathTwoTLS}
+	allPaths   = []pathKind{pathDirect, pathOne, pathNetnsDirect, pathNetnsOne, pathIntercepted, pathTwo, pathTwoTLS}
 	pathLabels = map[pathKind]string{pathDirect: "direct", pathOne: "1 meshlet", pathTwo: "2 meshlets",
-		pathTwoTLS: "2 meshlets mTLS"}
+		pathTwoTLS: "2 meshlets mTLS", pathIntercepted: "intercepted", pathNetnsDirect: "direct netns",
+		pathNetnsOne: "1 meshlet netns"}
 )
+
+// inPod reports whether path k runs in the intercepted path's network namespaces.
+func inPod(k pathKind) bool { return k == pathIntercepted || k == pathNetnsDirect || k == pathNetnsOne }
 
 // bench runs the whole benchmark once.
 type bench struct {
@@ -34,6 +47,10 @@ type bench struct {
 	log  io.Writer // progress and diagnostics
 	dir  string    // work directory for configs and meshlet logs
 	rep  *report
+	// pod is the intercepted path's network (nil when the path is not run); podSkip says why the machine cannot
+	// run it (not root), podFailed why making it failed.
+	pod                *podNet
+	podSkip, podFailed string
 }
 
 // run measures every protocol × path and returns the report; failures are recorded in it, not returned.
@@ -47,6 +64,10 @@ func (b *bench) run(ctx context.Context) *report {
 	b.dir = dir
 	fmt.Fprintf(b.log, "meshlet-bench: %d protocol(s) × %d path(s), %s per phase; work directory %s\n",
 		len(b.opts.protocols), len(b.opts.paths), b.opts.duration, dir)
+	if slices.ContainsFunc(b.opts.paths, inPod) {
+		b.openPod()
+		defer b.closePod() // also on Ctrl-C: the signal ends ctx, the loops return and this runs
+	}
 	for _, p := range b.opts.protocols {
 		if ctx.Err() != nil {
 			b.rep.Problems = append(b.rep.Problems, "interrupted")
@@ -55,6 +76,7 @@ func (b *bench) run(ctx context.Context) *report {
 		b.runProtocol(ctx, p)
 	}
 	b.rep.Meta.LoadEnd = loadAvg()
+	b.rep.compareIntercepted()
 	if b.opts.keep || len(b.rep.problems()) > 0 {
 		fmt.Fprintf(b.log, "meshlet configs and logs kept in %s\n", dir)
 	} else {
@@ -85,7 +107,7 @@ func (b *bench) meta() meta {
 	return m
 }
 
-// runProtocol starts p's backend and the meshlets the chosen paths need, measures each path, then stops
+// runProtocol starts p's backends and the meshlets the chosen paths need, measures each path, then stops
 // everything and records what went wrong.
 func (b *bench) runProtocol(ctx context.Context, p protocol) {
 	results := make(map[pathKind]*pathResult)
@@ -102,14 +124,26 @@ func (b *bench) runProtocol(ctx context.Context, p protocol) {
 		return
 	}
 	defer be.close()
+	backends := map[pathKind]*backend{pathDirect: be} // direct's even when not measured: the other paths use it
+	for k := range results {
+		backends[k] = be
+	}
+	if pbe := b.podBackend(p, results); pbe != nil {
+		defer pbe.close()
+		for k := range results {
+			if inPod(k) {
+				backends[k] = pbe
+			}
+		}
+	}
 
-	targets, procs := b.startMeshlets(ctx, p, be.addr, results)
+	targets, procs := b.startMeshlets(ctx, p, backends, results)
 	defer b.stopMeshlets(p, procs)
 
 	for _, k := range b.opts.paths {
 		r := results[k]
-		if r.Failed != "" {
-			fmt.Fprintf(b.log, "[%s %s] skipped: %s\n", p, pathLabels[k], r.Failed)
+		if r.Failed != "" || r.Skipped != "" {
+			fmt.Fprintf(b.log, "[%s %s] skipped: %s%s\n", p, pathLabels[k], r.Failed, r.Skipped)
 			continue
 		}
 		if ctx.Err() != nil {
@@ -118,9 +152,9 @@ func (b *bench) runProtocol(ctx context.Context, p protocol) {
 		}
 		r.Target = targets[k]
 		r.Meshlets = procs[k]
-		conns := be.conns.Load()
+		conns := backends[k].conns.Load()
 		b.runPath(ctx, p, k, r)
-		r.BackendConns = be.conns.Load() - conns
+		r.BackendConns = backends[k].conns.Load() - conns
 	}
 	if d := results[pathDirect]; d != nil {
 		for _, r := range results {
@@ -129,10 +163,11 @@ func (b *bench) runProtocol(ctx context.Context, p protocol) {
 	}
 }
 
-// startMeshlets starts the meshlets for the one and two paths, waits until they are ready and records their
-// idle memory. It returns each path's target address and processes; a path whose meshlets could not be
+// startMeshlets starts the meshlets for the one, two, netns-one and intercepted paths, waits until they are ready and
+// records their idle memory. It returns each path's target address and processes; a path whose meshlets could not be
 // started is marked failed in results.
-func (b *bench) startMeshlets(ctx context.Context, p protocol, backendAddr string, results map[pathKind]*pathResult) (map[pathKind]string, map[pathKind][]*meshletStats) {
+func (b *bench) startMeshlets(ctx context.Context, p protocol, backends map[pathKind]*backend, results map[pathKind]*pathResult) (map[pathKind]string, map[pathKind][]*meshletStats) {
+	backendAddr := backends[pathDirect].addr // every path's backend but the intercepted one's
 	targets := map[pathKind]string{pathDirect: backendAddr}
 	procs := map[pathKind][]*meshletStats{}
 	start := func(k pathKind, name, role string, cfg meshletConfig) {
@@ -147,7 +182,19 @@ func (b *bench) startMeshlets(ctx context.Context, p protocol, backendAddr strin
 		procs[k] = append(procs[k], &meshletStats{Role: role, PID: m.PID(), proc: m})
 	}
 	for _, k := range b.opts.paths {
-		if k == pathDirect {
+		if k == pathDirect || results[k].Failed != "" || results[k].Skipped != "" {
+			continue
+		}
+		if inPod(k) { // intercepted: the client calls the backend itself, only redirection brings it to meshlet
+			targets[k] = podTarget(backends[k], k)
+			if k == pathNetnsDirect {
+				continue
+			}
+			if m, err := b.pod.startMeshlet(p, k, podEndpoint(backends[k])); err != nil {
+				results[k].Failed = err.Error()
+			} else {
+				procs[k] = []*meshletStats{{Role: "meshlet", PID: m.PID(), proc: m}}
+			}
 			continue
 		}
 		addrs, err := meshlettest.PickAddrs(4)
@@ -217,7 +264,11 @@ func (b *bench) stopMeshlets(p protocol, procs map[pathKind][]*meshletStats) {
 // closed-loop throughput phase, sampling the path's meshlet processes around the phases.
 func (b *bench) runPath(ctx context.Context, p protocol, k pathKind, r *pathResult) {
 	tag := fmt.Sprintf("[%s %s]", p, pathLabels[k])
-	inner, err := newCaller(p, r.Target, b.opts.concurrency)
+	var dial dialFunc
+	if inPod(k) {
+		dial = b.pod.dial // from inside the pod, where its connections are redirected (but netns-direct's)
+	}
+	inner, err := newCaller(p, r.Target, b.opts.concurrency, dial)
 	if err != nil {
 		r.Failed = "client: " + err.Error()
 		return
@@ -289,4 +340,61 @@ func (b *bench) note(s string) {
 func (b *bench) problem(s string) {
 	b.rep.Problems = append(b.rep.Problems, s)
 	fmt.Fprintln(b.log, "PROBLEM:", s)
+}
+
+// openPod makes the network of the paths in the namespaces (inPod), or records why it cannot (podSkip) or could
+// not (podFailed).
+func (b *bench) openPod() {
+	if why := interceptUnavailable(); why != "" {
+		b.podSkip = why
+		fmt.Fprintf(b.log, "meshlet-bench: the paths in network namespaces (netns-direct, netns-one, intercepted) are skipped: %s\n", why)
+		return
+	}
+	pod, err := newPodNet(b.dir, b.opts.meshlet)
+	if err != nil {
+		b.podFailed = "making its network namespaces: " + err.Error()
+		return
+	}
+	b.pod = pod
+	fmt.Fprintf(b.log, "meshlet-bench: netns-direct, netns-one and intercepted paths: client and meshlets in network namespace %s, backend in %s\n",
+		pod.pod.Name, pod.peer.Name)
+}
+
+// closePod removes the intercepted path's network, once every meshlet in it has been stopped.
+func (b *bench) closePod() {
+	if b.pod != nil {
+		b.pod.close()
+		b.pod = nil
+	}
+}
+
+// podBackend starts p's backend in the peer namespace for the paths of results that run in the pod (inPod), and
+// returns it (nil: no such path, or none could start); without one it marks those paths skipped or failed.
+func (b *bench) podBackend(p protocol, results map[pathKind]*pathResult) *backend {
+	var rs []*pathResult
+	for k, r := range results {
+		if inPod(k) {
+			rs = append(rs, r)
+		}
+	}
+	if len(rs) == 0 {
+		return nil
+	}
+	var skipped, failed string
+	switch {
+	case b.podSkip != "":
+		skipped = b.podSkip
+	case b.pod == nil:
+		failed = b.podFailed
+	default:
+		be, err := b.pod.startBackend(p)
+		if err == nil {
+			return be
+		}
+		failed = "starting backend in the peer namespace: " + err.Error()
+	}
+	for _, r := range rs {
+		r.Skipped, r.Failed = skipped, failed
+	}
+	return nil
 }

@@ -1,6 +1,7 @@
 // Package redirecttest makes network namespaces for tests of transparent interception: namespaces of the test's
 // own, joined by veth pairs, with code run inside them; they are deleted when the test ends. Every helper needs
-// root and the system's ip and nft tools (NeedRoot).
+// root and the system's ip and nft tools (NeedRoot). The functions that take a testing.TB are for tests; MakeNetns,
+// Netns.Run, Netns.Remove and LinkNetns return errors instead, for tools (make bench).
 package redirecttest
 
 import (
@@ -36,10 +37,11 @@ func NeedRoot(t testing.TB) {
 	t.Skip(why)
 }
 
-// Netns is a network namespace a test made; it is deleted when the test ends.
+// Netns is a network namespace a test (NewNetns: deleted when the test ends) or a tool (MakeNetns) made.
 type Netns struct {
 	Name string
-	FD   int // an open file of the namespace, for setns and nftables.WithNetNSFd
+	FD   int      // an open file of the namespace, for setns and nftables.WithNetNSFd
+	file *os.File // FD's file, closed by Remove
 }
 
 var netnsSeq atomic.Uint32
@@ -47,23 +49,55 @@ var netnsSeq atomic.Uint32
 // NewNetns makes a network namespace with its loopback up.
 func NewNetns(t testing.TB) *Netns {
 	t.Helper()
-	name := fmt.Sprintf("mlt%d-%d", os.Getpid()%100000, netnsSeq.Add(1))
-	run(t, "ip", "netns", "add", name)
-	t.Cleanup(func() { exec.Command("ip", "netns", "del", name).Run() })
-	f, err := os.Open("/var/run/netns/" + name)
+	n, err := MakeNetns(fmt.Sprintf("mlt%d-%d", os.Getpid()%100000, netnsSeq.Add(1)))
 	if err != nil {
 		t.Fatal(err)
 	}
-	t.Cleanup(func() { f.Close() })
-	n := &Netns{Name: name, FD: int(f.Fd())}
-	n.IP(t, "link", "set", "lo", "up")
+	t.Cleanup(func() { n.Remove() })
 	return n
+}
+
+// MakeNetns makes the network namespace name with its loopback up; the caller removes it (Remove). A name of 14
+// bytes or fewer leaves room for Link's veth names.
+func MakeNetns(name string) (*Netns, error) {
+	if _, err := command("ip", "netns", "add", name); err != nil {
+		return nil, err
+	}
+	f, err := os.Open("/var/run/netns/" + name)
+	if err != nil {
+		exec.Command("ip", "netns", "del", name).Run()
+		return nil, err
+	}
+	n := &Netns{Name: name, FD: int(f.Fd()), file: f}
+	if _, err := n.ip("link", "set", "lo", "up"); err != nil {
+		n.Remove()
+		return nil, err
+	}
+	return n, nil
+}
+
+// Remove deletes n (ip netns del); processes still inside keep it alive until they end. Interfaces in it go with
+// it, and so does the peer end of a veth pair in another namespace.
+func (n *Netns) Remove() error {
+	if n.file != nil {
+		n.file.Close()
+	}
+	_, err := command("ip", "netns", "del", n.Name)
+	return err
 }
 
 // IP runs the ip tool inside n and returns its output; a failure fails the test.
 func (n *Netns) IP(t testing.TB, args ...string) string {
 	t.Helper()
-	return run(t, "ip", append([]string{"-n", n.Name}, args...)...)
+	out, err := n.ip(args...)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return out
+}
+
+func (n *Netns) ip(args ...string) (string, error) {
+	return command("ip", append([]string{"-n", n.Name}, args...)...)
 }
 
 // NFT runs the system's nft inside n and returns its output.
@@ -76,44 +110,67 @@ func (n *Netns) NFT(args ...string) (string, error) {
 // returned to the Go runtime afterwards (it ends with the goroutine).
 func (n *Netns) Do(t testing.TB, f func()) {
 	t.Helper()
+	if err := n.Run(f); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// Run is Do for tools: it returns the error of entering n, in which case f did not run.
+func (n *Netns) Run(f func()) error {
 	errc := make(chan error, 1)
 	go func() {
 		runtime.LockOSThread() // never unlocked: the thread leaves with its namespace
 		if err := unix.Setns(n.FD, unix.CLONE_NEWNET); err != nil {
-			errc <- err
+			errc <- fmt.Errorf("entering network namespace %s: %w", n.Name, err)
 			return
 		}
 		f()
 		errc <- nil
 	}()
-	if err := <-errc; err != nil {
+	return <-errc
+}
+
+// Link joins a and b by a veth pair, with the given IPv4 and IPv6 addresses (prefix lengths included).
+// The interface in a is named a.Name+"v", the one in b b.Name+"v".
+func Link(t testing.TB, a, b *Netns, a4, b4, a6, b6 string) {
+	t.Helper()
+	if err := LinkNetns(a, b, a4, b4, a6, b6); err != nil {
 		t.Fatal(err)
 	}
 }
 
-// Link joins a and b by a veth pair, with the given IPv4 and IPv6 addresses (prefix lengths included).
-func Link(t testing.TB, a, b *Netns, a4, b4, a6, b6 string) {
-	t.Helper()
+// LinkNetns is Link for tools; empty IPv6 addresses are not added.
+func LinkNetns(a, b *Netns, a4, b4, a6, b6 string) error {
 	va, vb := a.Name+"v", b.Name+"v"
-	run(t, "ip", "link", "add", va, "netns", a.Name, "type", "veth", "peer", "name", vb, "netns", b.Name)
+	if _, err := command("ip", "link", "add", va, "netns", a.Name, "type", "veth", "peer", "name", vb, "netns", b.Name); err != nil {
+		return err
+	}
 	for _, s := range []struct {
 		n        *Netns
 		dev      string
 		ip4, ip6 string
 	}{{a, va, a4, a6}, {b, vb, b4, b6}} {
-		s.n.IP(t, "addr", "add", s.ip4, "dev", s.dev)
-		s.n.IP(t, "-6", "addr", "add", s.ip6, "dev", s.dev, "nodad")
-		s.n.IP(t, "link", "set", s.dev, "up")
+		steps := [][]string{{"addr", "add", s.ip4, "dev", s.dev}}
+		if s.ip6 != "" {
+			steps = append(steps, []string{"-6", "addr", "add", s.ip6, "dev", s.dev, "nodad"})
+		}
+		steps = append(steps, []string{"link", "set", s.dev, "up"})
+		for _, args := range steps {
+			if _, err := s.n.ip(args...); err != nil {
+				return err
+			}
+		}
 	}
+	return nil
 }
 
-func run(t testing.TB, name string, args ...string) string {
-	t.Helper()
+// command runs name with args and returns its output; its error names the command and includes the output.
+func command(name string, args ...string) (string, error) {
 	out, err := exec.Command(name, args...).CombinedOutput()
 	if err != nil {
-		t.Fatalf("%s %s: %v\n%s", name, strings.Join(args, " "), err, out)
+		return string(out), fmt.Errorf("%s %s: %v\n%s", name, strings.Join(args, " "), err, out)
 	}
-	return string(out)
+	return string(out), nil
 }
 
 // Bridge joins members to a bridge in hub, as pods on a node's network: member i gets one end of a veth pair
@@ -127,7 +184,9 @@ func Bridge(t testing.TB, hub *Netns, hubAddr string, members []*Netns, addrs []
 	hub.IP(t, "link", "set", br, "up")
 	for i, m := range members {
 		vm, vh := m.Name+"v", fmt.Sprintf("%sp%d", hub.Name, i)
-		run(t, "ip", "link", "add", vm, "netns", m.Name, "type", "veth", "peer", "name", vh, "netns", hub.Name)
+		if out, err := command("ip", "link", "add", vm, "netns", m.Name, "type", "veth", "peer", "name", vh, "netns", hub.Name); err != nil {
+			t.Fatalf("veth %s-%s: %v\n%s", vm, vh, err, out)
+		}
 		hub.IP(t, "link", "set", vh, "master", br)
 		hub.IP(t, "link", "set", vh, "up")
 		m.IP(t, "addr", "add", addrs[i], "dev", vm)
