@@ -159,6 +159,7 @@ func (p *Proxy) newTransparentListener(lns []net.Listener, lim ListenerLimits) *
 	if t.idle <= 0 {
 		t.idle = DefaultTCPIdleTimeout
 	}
+	t.open.wg.Add(len(lns)) // the HTTP server and the loopback twin's accept loop (serve)
 	t.http = p.newHTTPListener(q, metrics.Outbound, "outbound", lim, http.HandlerFunc(p.serveTransparent))
 	t.http.srv.ConnContext = func(ctx context.Context, c net.Conn) context.Context {
 		ctx = h1guard.ConnContext(ctx, c)
@@ -211,13 +212,19 @@ func (p *Proxy) serveTransparent(w http.ResponseWriter, r *http.Request) {
 func (t *transparentListener) addr() string { return t.lns[0].Addr().String() }
 
 func (t *transparentListener) closeUnserved() {
+	t.closeListeners()
+	t.open.wg.Add(-len(t.lns)) // the goroutines serve would have run
+}
+
+func (t *transparentListener) closeListeners() {
 	for _, ln := range t.lns {
 		ln.Close()
 	}
 }
 
+// serve runs the HTTP server and the accept loops; they were counted in open.wg when t was made, so that a
+// shutdown right after the start waits for them too (a WaitGroup's Add must not race with its Wait).
 func (t *transparentListener) serve() {
-	t.open.wg.Add(len(t.lns))
 	go func() {
 		defer t.open.wg.Done()
 		t.http.serve()
@@ -229,7 +236,8 @@ func (t *transparentListener) serve() {
 		}()
 	}
 	t.accept(t.lns[0])
-	t.conns.Close()
+	// The queue is the HTTP server's listener: its Shutdown closes it. Closing it here would race with that
+	// shutdown, and the server would report the closed listener as an error.
 }
 
 // accept takes connections from ln until it is closed.
@@ -346,7 +354,7 @@ func (t *transparentListener) track(c net.Conn, add bool) {
 // shutdown stops accepting, shuts the HTTP server down and waits for relayed connections until ctx ends, then
 // closes what is left.
 func (t *transparentListener) shutdown(ctx context.Context) error {
-	t.closeUnserved()
+	t.closeListeners()
 	err := t.http.shutdown(ctx)
 	return errors.Join(err, t.open.drain(ctx))
 }

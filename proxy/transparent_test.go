@@ -1,9 +1,16 @@
 package proxy
 
 import (
+	"bytes"
+	"context"
+	"github.com/prometheus/client_golang/prometheus"
+	"io"
+	"log/slog"
+	"meshlet.dev/meshlet/metrics"
 	"net/http"
 	"net/netip"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -222,4 +229,42 @@ func TestImplicitUpstreamLazy(t *testing.T) {
 		t.Fatalf("cache by name: %d %q", resp.StatusCode, resp.Header.Get("X-Meshlet-Error"))
 	}
 	src.next(t)
+}
+
+// TestTransparentShutdownQuiet: a transparent outbound listener shuts down without an error in the log (its
+// connection queue was closed by the accept loop as well as by the HTTP server's shutdown, which then reported the
+// closed listener as "listener stopped"). Repeated: it was a race.
+func TestTransparentShutdownQuiet(t *testing.T) {
+	for i := range 30 {
+		var logs bytes.Buffer
+		p, err := New(Config{Service: ServiceConfig{Name: "web"}, Outbound: OutboundConfig{Listen: "127.0.0.1:0",
+			Transparent: TransparentConfig{Enabled: true}}},
+			Options{Logger: slog.New(slog.NewTextHandler(&syncWriter{w: &logs}, nil)), Metrics: metrics.New(prometheus.NewRegistry(), "test")})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := p.Start(); err != nil {
+			t.Fatal(err)
+		}
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		err = p.Shutdown(ctx)
+		cancel()
+		if err != nil {
+			t.Fatal(err)
+		}
+		if strings.Contains(logs.String(), "level=ERROR") {
+			t.Fatalf("run %d: an error at shutdown:\n%s", i, logs.String())
+		}
+	}
+}
+
+type syncWriter struct {
+	mu sync.Mutex
+	w  io.Writer
+}
+
+func (s *syncWriter) Write(b []byte) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.w.Write(b)
 }

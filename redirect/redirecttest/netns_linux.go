@@ -184,8 +184,8 @@ func Bridge(t testing.TB, hub *Netns, hubAddr string, members []*Netns, addrs []
 	hub.IP(t, "link", "set", br, "up")
 	for i, m := range members {
 		vm, vh := m.Name+"v", fmt.Sprintf("%sp%d", hub.Name, i)
-		if out, err := command("ip", "link", "add", vm, "netns", m.Name, "type", "veth", "peer", "name", vh, "netns", hub.Name); err != nil {
-			t.Fatalf("veth %s-%s: %v\n%s", vm, vh, err, out)
+		if _, err := command("ip", "link", "add", vm, "netns", m.Name, "type", "veth", "peer", "name", vh, "netns", hub.Name); err != nil {
+			t.Fatal(err)
 		}
 		hub.IP(t, "link", "set", vh, "master", br)
 		hub.IP(t, "link", "set", vh, "up")
