@@ -38,6 +38,7 @@ type serviceWatch struct {
 	service string
 	tag, dc string // what the queries are narrowed to ("": none, the agent's datacenter)
 	mtls    bool   // the callers require mutual TLS: auto mode never offers plain instances
+	filter  string // a service-resolver subset's filter ("": every instance)
 	label   string // the service, with its tag and datacenter when not the defaults: for metrics and logs
 	ctx     context.Context
 	cancel  context.CancelFunc
@@ -56,7 +57,7 @@ type serviceWatch struct {
 
 func newServiceWatch(c *Source, key watchKey) *serviceWatch {
 	ctx, cancel := context.WithCancel(c.ctx)
-	return &serviceWatch{c: c, service: key.service, tag: key.tag, dc: key.dc, mtls: key.mtls, label: key.label(c.cfg),
+	return &serviceWatch{c: c, service: key.service, tag: key.tag, dc: key.dc, mtls: key.mtls, filter: key.filter, label: key.label(c.cfg),
 		ctx: ctx, cancel: cancel, subs: map[chan discovery.Snapshot]struct{}{}, results: map[string][]discovery.Endpoint{},
 		failing: map[string]error{}}
 }
@@ -152,6 +153,7 @@ func (w *serviceWatch) loop(kind string) {
 // how many instances the answer held, healthy or not.
 func (w *serviceWatch) query(kind string, q *api.QueryOptions) ([]discovery.Endpoint, int, *api.QueryMeta, error) {
 	h := w.c.client.Health()
+	q.Filter = w.filter
 	var entries []*api.ServiceEntry
 	var meta *api.QueryMeta
 	var err error

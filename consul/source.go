@@ -223,6 +223,7 @@ func (c *Source) Watch(ctx context.Context, service string) (<-chan discovery.Sn
 type watchKey struct {
 	service, tag, dc string
 	mtls             bool
+	filter, subset   string // a service-resolver subset's filter and its name
 }
 
 // label is how metrics, logs and errors name the watch: the service, with the tag and datacenter when they are
@@ -236,6 +237,9 @@ func (k watchKey) label(cfg Config) string {
 	if k.dc != cfg.Datacenter {
 		parts = append(parts, "dc="+k.dc)
 	}
+	if k.filter != "" {
+		parts = append(parts, "subset="+k.subset)
+	}
 	if len(parts) == 0 {
 		return k.service
 	}
@@ -247,7 +251,7 @@ func (k watchKey) label(cfg Config) string {
 // opts.MutualTLS is set. Watches with the same service, tag, datacenter and MutualTLS share one blocking-query
 // loop.
 func (c *Source) WatchWith(ctx context.Context, service string, opts discovery.WatchOptions) (<-chan discovery.Snapshot, error) {
-	key := watchKey{service: service, tag: opts.Tag, dc: opts.Datacenter, mtls: opts.MutualTLS}
+	key := watchKey{service: service, tag: opts.Tag, dc: opts.Datacenter, mtls: opts.MutualTLS, filter: opts.Filter, subset: opts.Subset}
 	if key.tag == "" {
 		key.tag = c.cfg.Tag
 	}

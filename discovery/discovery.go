@@ -57,6 +57,9 @@ type WatchOptions struct {
 	// the sidecars, never the plain instances, which speak no TLS and enforce no intentions. False: the plain
 	// instances are offered only while the service has no sidecar registered at all, healthy or not.
 	MutualTLS bool
+	// Filter keeps only the instances its expression matches, in the source's filter language (Consul: a
+	// service-resolver subset's Filter); Subset names it for logs and metrics. Empty: every instance.
+	Filter, Subset string
 }
 
 // OptionsSource is a Source whose watches can be narrowed by WatchOptions. consul.Source implements it; Static
@@ -75,8 +78,8 @@ func Watch(ctx context.Context, src Source, service string, opts WatchOptions) (
 	if o, ok := src.(OptionsSource); ok && opts != (WatchOptions{}) {
 		return o.WatchWith(ctx, service, opts)
 	}
-	if opts.Tag != "" || opts.Datacenter != "" {
-		return nil, fmt.Errorf("watch %s: the discovery source does not support tag or datacenter", service)
+	if opts.Tag != "" || opts.Datacenter != "" || opts.Filter != "" {
+		return nil, fmt.Errorf("watch %s: the discovery source does not support tag, datacenter or filter", service)
 	}
 	return src.Watch(ctx, service)
 }

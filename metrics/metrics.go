@@ -49,6 +49,9 @@ type Metrics struct {
 	TLSPlaintext         prometheus.Counter
 	AuthzDenied          *prometheus.CounterVec // source
 
+	RouteRequests *prometheus.CounterVec // upstream, route, code_class: requests by discovery-chain route
+	ChainRefused  *prometheus.GaugeVec   // upstream: 1 while its discovery chain is refused
+
 	Discovery    *Discovery             // Consul discovery and registration (parts.go)
 	AdminRefused *prometheus.CounterVec // reason: admin requests refused (parts.go)
 }
@@ -158,6 +161,15 @@ func New(reg *prometheus.Registry, version string) *Metrics {
 	m.Discovery, m.AdminRefused = NewDiscovery(), NewAdminRefused()
 	reg.MustRegister(m.Discovery.collectors()...)
 	reg.MustRegister(m.AdminRefused)
+	m.RouteRequests = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "meshlet_route_requests_total",
+		Help: "Requests of upstreams with a discovery chain (Consul's service-router), by route (its index in the chain, never the path) and status class.",
+	}, []string{"upstream", "route", "code_class"})
+	m.ChainRefused = prometheus.NewGaugeVec(prometheus.GaugeOpts{
+		Name: "meshlet_discovery_chain_refused",
+		Help: "1 while an upstream's discovery chain asks what meshlet cannot honour (the reasons are in /debug/upstreams); the last applied routing stays.",
+	}, []string{"upstream"})
+	reg.MustRegister(m.RouteRequests, m.ChainRefused)
 	reg.MustRegister(m.Retries, m.RetriesSuppressed, m.RetryBudget, m.BreakerEndpoints, m.BreakerTransitions,
 		m.Ejections, m.EjectedEndpoints, m.LimitOverflows)
 	buildInfo := prometheus.NewGauge(prometheus.GaugeOpts{

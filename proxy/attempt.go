@@ -1,6 +1,7 @@
 package proxy
 
 import (
+	"context"
 	"fmt"
 	"net/http"
 	"net/http/httptrace"
@@ -18,7 +19,7 @@ func (c *cluster) RoundTrip(req *http.Request) (*http.Response, error) {
 	if ex == nil {
 		ex = &exchange{} // a request that did not come through serveHTTP (tests): nothing to avoid, no client to watch
 	}
-	st, end, err := c.endpoints.choose(ex.attempts.tried)
+	st, end, err := c.choose(ex)
 	if err != nil {
 		return nil, fmt.Errorf("upstream %s: %w", c.name, err)
 	}
@@ -35,6 +36,9 @@ func (c *cluster) RoundTrip(req *http.Request) (*http.Response, error) {
 		}
 	}
 	out := withTarget(req, tgt)
+	if ex.split != nil && ex.split.connectTimeout > 0 {
+		out = out.WithContext(context.WithValue(out.Context(), connectTimeoutKey{}, ex.split.connectTimeout))
+	}
 	tr := c.transport.Load()
 	base := tr.base(req.Header, tgt, cfg)
 	if ex.abortBody != nil && base == http.RoundTripper(tr.h2c) && out.Body != nil {
@@ -85,12 +89,36 @@ func (c *cluster) RoundTrip(req *http.Request) (*http.Response, error) {
 	return resp, nil
 }
 
-// modifyResponse is the reverse proxy's ModifyResponse: dropBrokenRequest, then keepTrailersOnly.
+// choose picks the endpoint of an attempt: from the cluster's endpoints, or, with a discovery chain, from the
+// request's targets in order (the primary's, then its failover's when the primary has none available).
+func (c *cluster) choose(ex *exchange) (*endpointState, func(error), error) {
+	if ex.split == nil {
+		return c.endpoints.choose(ex.attempts.tried)
+	}
+	var err error
+	for _, set := range ex.split.targets {
+		var st *endpointState
+		var end func(error)
+		if st, end, err = set.choose(ex.attempts.tried); err == nil {
+			return st, end, nil
+		}
+	}
+	return nil, nil, err
+}
+
+// connectTimeoutKey carries a discovery-chain resolver's connect timeout to the dial function.
+type connectTimeoutKey struct{}
+
+// modifyResponse is the reverse proxy's ModifyResponse: dropBrokenRequest, then keepTrailersOnly, then the
+// discovery chain's response header changes.
 func modifyResponse(resp *http.Response) error {
 	if err := dropBrokenRequest(resp); err != nil {
 		return err
 	}
 	keepTrailersOnly(resp)
+	if ex := exchangeFrom(resp.Request.Context()); ex != nil && ex.split != nil {
+		applyMods(resp.Header, ex.split.respMods)
+	}
 	return nil
 }
 

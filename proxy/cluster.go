@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"log/slog"
 	"net/http/httputil"
+	"net/url"
 	"sync/atomic"
 	"time"
 
@@ -43,6 +44,9 @@ type cluster struct {
 	// lazy (set before the cluster is published) makes it active; obs is nil until then.
 	lazy   func()
 	active atomic.Bool
+	// plan is the discovery chain applied (chain.go); nil: the cluster's own endpoints for every request.
+	plan  atomic.Pointer[plan]
+	chain atomic.Pointer[chainState] // what /debug/upstreams shows of it; nil without a chain
 }
 
 // ensureActive makes an implicit upstream active before its first use (a redirected connection, a request routed
@@ -100,6 +104,19 @@ func (c *cluster) rewrite(pr *httputil.ProxyRequest) {
 	ex := exchangeFrom(pr.In.Context())
 	if ex != nil && ex.requestID != "" {
 		pr.Out.Header[HeaderRequestID] = []string{ex.requestID}
+	}
+	if ex != nil && ex.route != nil {
+		if ex.route.prefix != "" {
+			p := ex.route.rewritePath(pr.In.URL.EscapedPath())
+			u := *pr.Out.URL
+			if u.Path, _ = url.PathUnescape(p); u.Path != p {
+				u.RawPath = p
+			} else {
+				u.RawPath = ""
+			}
+			pr.Out.URL = &u
+		}
+		applyMods(pr.Out.Header, ex.split.reqMods)
 	}
 	if c.direction == metrics.Inbound {
 		// The verified caller, for the app; a value the caller sent itself is never passed on.
@@ -180,6 +197,8 @@ type UpstreamInfo struct {
 	LimitInUse int `json:"limit_in_use"`
 	// Decisions are the latest resilience decisions, newest first.
 	Decisions []resilience.Decision `json:"decisions"`
+	// Chain is the upstream's discovery chain (Consul): applied or refused, and why.
+	Chain *chainState `json:"chain,omitempty"`
 }
 
 func (c *cluster) info() UpstreamInfo {
@@ -190,6 +209,7 @@ func (c *cluster) info() UpstreamInfo {
 	ui.RetryBudget = c.retry.Budget().Remaining()
 	ui.LimitInUse = c.res.Load().limiter.InUse()
 	ui.Decisions = c.decisions.Latest()
+	ui.Chain = c.chain.Load()
 	return ui
 }
 

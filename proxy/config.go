@@ -39,6 +39,7 @@ const (
 const (
 	LBP2C        = "p2c"         // power of two choices over least outstanding requests
 	LBRoundRobin = "round_robin" // strict rotation
+	LBRandom     = "random"      // uniform random
 )
 
 // Defaults applied by Config.SetDefaults.

@@ -31,7 +31,10 @@ type exchange struct {
 	appPort   uint16          // inbound: the app port its connection was redirected to (service.ports); 0: the default
 	requestID string          // the X-Request-Id meshlet adds to the outbound copy; "": the request had one
 	peer      *mtls.ID        // inbound over mutual TLS: the caller's verified identity; else nil
-	attempts  attemptLog
+	// route and split are the discovery chain's picks for the request (chain.go); nil without a chain.
+	route    *planRoute
+	split    *planSplit
+	attempts attemptLog
 }
 
 // attemptLog is the endpoints a request's attempts went to, in order: the retry transport's attempts avoid them,
@@ -85,6 +88,13 @@ func (c *cluster) serveHTTP(w http.ResponseWriter, r *http.Request, alog *slog.L
 		return
 	}
 	ex.peer = peer
+	if pl := c.plan.Load(); pl != nil {
+		if ex.route, ex.split = pl.pick(in); ex.route == nil {
+			c.fail(rw, r, grpc, http.StatusServiceUnavailable, reasonNoEndpoint,
+				"upstream "+c.name+": no route of its discovery chain matches the request")
+			return
+		}
+	}
 	release, err := c.acquire(r.Context())
 	if err != nil {
 		var oe *resilience.OverflowError
@@ -100,7 +110,10 @@ func (c *cluster) serveHTTP(w http.ResponseWriter, r *http.Request, alog *slog.L
 	}
 	defer release()
 	ctx := context.WithValue(r.Context(), exchangeKey{}, ex)
-	if timeout, limited := c.timeout(r, grpc); limited {
+	if ex.route != nil && ex.route.retry != nil {
+		ctx = resilience.WithPolicy(ctx, ex.route.retry)
+	}
+	if timeout, limited := c.timeout(r, grpc, ex); limited {
 		var cancel context.CancelFunc
 		ctx, cancel = context.WithTimeout(ctx, timeout)
 		defer cancel()
@@ -118,9 +131,13 @@ func (c *cluster) serveHTTP(w http.ResponseWriter, r *http.Request, alog *slog.L
 			ex.abortBody = func() { body.Close() }
 		}
 	}
-	if c.streamIdle > 0 {
+	streamIdle := c.streamIdle
+	if ex.route != nil && ex.route.idle > 0 {
+		streamIdle = ex.route.idle
+	}
+	if streamIdle > 0 {
 		// When idle, a transport waiting for the client's HTTP/2 body must return too (abortBody).
-		ex.idle, ctx = newStreamIdle(ctx, c.streamIdle, ex.abortBody)
+		ex.idle, ctx = newStreamIdle(ctx, streamIdle, ex.abortBody)
 		defer ex.idle.stop()
 		rw.idle = ex.idle
 		if ex.body != nil {
@@ -156,11 +173,17 @@ func (c *cluster) checkRequest(rw *responseWriter, r *http.Request, grpc bool) (
 	return r, nil, true
 }
 
-// timeout returns the request's timeout: the cluster's, or a gRPC call's grpc-timeout when shorter (a
-// grpc-timeout of 0 is a deadline already past, not "no deadline"); false when there is none.
-func (c *cluster) timeout(r *http.Request, grpc bool) (time.Duration, bool) {
+// timeout returns the request's timeout: its discovery-chain route's or resolver's, else the cluster's, or a
+// gRPC call's grpc-timeout when shorter (a grpc-timeout of 0 is a deadline already past, not "no deadline");
+// false when there is none.
+func (c *cluster) timeout(r *http.Request, grpc bool, ex *exchange) (time.Duration, bool) {
 	cfg := c.cfg.Load()
 	timeout, limited := cfg.Timeout, cfg.Timeout > 0
+	if ex.route != nil {
+		if d := cmp.Or(ex.route.timeout, ex.split.requestTimeout); d > 0 {
+			timeout, limited = d, true
+		}
+	}
 	if grpc {
 		if d, ok := grpcwire.ParseTimeout(r.Header.Get(grpcwire.HeaderTimeout)); ok && (!limited || d < timeout) {
 			timeout, limited = d, true
@@ -192,6 +215,9 @@ func (c *cluster) done(rw *responseWriter, r *http.Request, ex *exchange, grpc b
 		caller = ex.peer.Service
 	}
 	c.obs.record(code, grpcCode, time.Since(start), rx, rw.written, caller)
+	if ex.route != nil {
+		ex.route.requests[min(max(code/100-1, 0), 4)].Inc()
+	}
 	if alog != nil {
 		trace, span := traceIDs(r.Header)
 		alog.LogAttrs(r.Context(), slog.LevelInfo, "access",

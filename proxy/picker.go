@@ -160,6 +160,9 @@ func newPicker(lb string, eps []*endpointState) *picker {
 			return eps[(next.Add(1)-1)%uint64(len(eps))]
 		}}
 	}
+	if lb == LBRandom {
+		return &picker{endpoints: eps, choose: func(eps []*endpointState) *endpointState { return eps[rand.IntN(len(eps))] }}
+	}
 	return &picker{endpoints: eps, choose: chooseP2C}
 }
 

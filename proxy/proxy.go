@@ -79,6 +79,7 @@ type upstreamEntry struct {
 	// pending is the config of an implicit upstream whose watch has not started (nil once it has, and for the
 	// others): activate starts it at its first use.
 	pending     *UpstreamConfig
+	targets     map[string]*targetWatch // the discovery chain's targets other than the cluster's own (chain.go)
 	cancelWatch context.CancelFunc
 	src         discovery.Source       // where the endpoints come from
 	service     string                 // the name watched on src
@@ -302,6 +303,12 @@ func (p *Proxy) startWatch(e *upstreamEntry, uc UpstreamConfig) {
 	ctx, cancel := context.WithCancel(context.Background())
 	e.cancelWatch, e.src, e.service, e.opts = cancel, src, service, opts
 	e.cluster.active.Store(true)
+	if cs, ok := src.(discovery.ChainSource); ok && src == p.discovery {
+		p.watchChain(ctx, e, cs, service) // its targets' watches end with ctx
+	} else {
+		e.cluster.plan.Store(nil)
+		e.cluster.chain.Store(nil)
+	}
 	p.wg.Add(1)
 	go func() {
 		defer p.wg.Done()

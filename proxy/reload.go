@@ -157,6 +157,10 @@ func (p *Proxy) updateUpstream(e *upstreamEntry, uc UpstreamConfig) {
 func (p *Proxy) removeUpstream(name string, e *upstreamEntry) {
 	delete(p.upstreams, name)
 	p.m.Endpoints.DeleteLabelValues(name)
+	for _, tw := range e.targets { // their watches end with the entry's
+		p.m.Endpoints.DeleteLabelValues(tw.set.name)
+	}
+	p.m.ChainRefused.DeleteLabelValues(name)
 	key := "upstream/" + name
 	if l, ok := p.listeners[key]; ok {
 		delete(p.listeners, key)

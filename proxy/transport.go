@@ -45,7 +45,11 @@ func newTransports(connectTimeout func() time.Duration, secure func(ctx context.
 			if err != nil {
 				return nil, err
 			}
-			d := net.Dialer{Timeout: connectTimeout(), KeepAlive: 30 * time.Second}
+			timeout := connectTimeout()
+			if d, ok := ctx.Value(connectTimeoutKey{}).(time.Duration); ok {
+				timeout = d // a discovery-chain resolver's
+			}
+			d := net.Dialer{Timeout: timeout, KeepAlive: 30 * time.Second}
 			c, err := d.DialContext(ctx, network, t.addr)
 			if err != nil {
 				return nil, &connectError{addr: t.addr, err: err}

@@ -149,9 +149,20 @@ func (t *RetryTransport) Set(p *RetryPolicy, b *Budget) {
 // Budget returns the budget in use.
 func (t *RetryTransport) Budget() *Budget { return t.budget.Load() }
 
+type policyKey struct{}
+
+// WithPolicy returns ctx with p as the retry policy of the request it carries, in place of the transport's (a
+// route's own retries); the budget stays the transport's.
+func WithPolicy(ctx context.Context, p *RetryPolicy) context.Context {
+	return context.WithValue(ctx, policyKey{}, p)
+}
+
 // RoundTrip implements http.RoundTripper.
 func (t *RetryTransport) RoundTrip(req *http.Request) (*http.Response, error) {
 	p, b := t.policy.Load(), t.budget.Load()
+	if rp, ok := req.Context().Value(policyKey{}).(*RetryPolicy); ok && rp != nil {
+		p = rp
+	}
 	b.Request()
 	grpc := grpcwire.IsGRPC(req.Header)
 	if p.maxAttempts <= 1 && p.perTryTimeout == 0 && !grpc {
