@@ -89,6 +89,21 @@ type rawChain struct {
 	StartNode   string
 	Nodes       map[string]*rawNode
 	Targets     map[string]*api.DiscoveryTarget
+	// peers are the targets' cluster peers (api.DiscoveryTarget has no Peer; decoded apart).
+	peers map[string]struct{ Peer string }
+}
+
+func (rc *rawChain) UnmarshalJSON(b []byte) error {
+	type plain rawChain
+	if err := json.Unmarshal(b, (*plain)(rc)); err != nil {
+		return err
+	}
+	var p struct{ Targets map[string]struct{ Peer string } }
+	if err := json.Unmarshal(b, &p); err != nil {
+		return err
+	}
+	rc.peers = p.Targets
+	return nil
 }
 
 type rawNode struct {
@@ -163,6 +178,11 @@ func (rc *rawChain) compile(localDC string) discovery.Chain {
 				if d := r.Definition.Destination; d != nil {
 					route.PrefixRewrite = d.PrefixRewrite
 					route.RequestTimeout, route.IdleTimeout = d.RequestTimeout, d.IdleTimeout
+					for _, c := range d.RetryOn {
+						if !slices.Contains(retryOnHonoured, c) {
+							refuse("route %d: retry condition %q", i, c)
+						}
+					}
 					if d.NumRetries > 0 || d.RetryOnConnectFailure || len(d.RetryOn) > 0 || len(d.RetryOnStatusCodes) > 0 {
 						route.Retry = routeSettings(d)
 						route.Retry.Timeout = 0
@@ -183,6 +203,10 @@ func (rc *rawChain) compile(localDC string) discovery.Chain {
 	ch.Unsupported = slices.Sorted(maps.Keys(unsupported))
 	return ch
 }
+
+// retryOnHonoured are the RetryOn conditions meshlet applies (routeSettings); another is refused, not dropped.
+var retryOnHonoured = []string{"5xx", "gateway-error", "reset", "connect-failure", "refused-stream", "unavailable",
+	"cancelled", "deadline-exceeded", "resource-exhausted"}
 
 // splits follows node (a splitter or a resolver) with weight (percent) to the resolvers it ends at.
 func (rc *rawChain) splits(name string, weight float64, depth int, refuse func(string, ...any)) []discovery.Split {
@@ -246,6 +270,9 @@ func (rc *rawChain) resolver(n *rawNode, refuse func(string, ...any)) discovery.
 		if t.Namespace != "" && t.Namespace != "default" {
 			refuse("target %s: namespace %q (Consul Enterprise)", id, t.Namespace)
 		}
+		if peer := rc.peers[id].Peer; peer != "" {
+			refuse("target %s: cluster peer %q (meshlet does not dial peered clusters)", id, peer)
+		}
 		r.Targets = append(r.Targets, discovery.Target{ID: id, Service: t.Service, Subset: t.ServiceSubset,
 			Datacenter: t.Datacenter, Filter: t.Subset.Filter})
 	}
@@ -255,6 +282,9 @@ func (rc *rawChain) resolver(n *rawNode, refuse func(string, ...any)) discovery.
 			r.LB = lb.Policy
 		default:
 			refuse("resolver %s: load balancer policy %q (not yet: round_robin, least_request, random)", n.Name, lb.Policy)
+		}
+		if c := lb.LeastRequestConfig; c != nil && c.ChoiceCount != 0 && c.ChoiceCount != 2 {
+			refuse("resolver %s: least_request choice count %d (meshlet picks the least loaded of 2)", n.Name, c.ChoiceCount)
 		}
 		if len(lb.HashPolicies) > 0 && lb.Policy != "ring_hash" && lb.Policy != "maglev" {
 			refuse("resolver %s: hash policies without a hashing load balancer", n.Name)
