@@ -98,7 +98,9 @@ func (rc *rawChain) UnmarshalJSON(b []byte) error {
 	if err := json.Unmarshal(b, (*plain)(rc)); err != nil {
 		return err
 	}
-	var p struct{ Targets map[string]struct{ Peer string } }
+	var p struct {
+		Targets map[string]struct{ Peer string }
+	}
 	if err := json.Unmarshal(b, &p); err != nil {
 		return err
 	}
