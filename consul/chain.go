@@ -130,7 +130,23 @@ type rawNode struct {
 			Policy  *api.ServiceResolverFailoverPolicy
 		}
 	}
-	LoadBalancer *api.LoadBalancer
+	LoadBalancer *rawLB
+}
+
+// rawLB is a resolver's LoadBalancer (api.LoadBalancer cannot read a cookie TTL written as a string).
+type rawLB struct {
+	Policy             string
+	RingHashConfig     *struct{ MinimumRingSize uint64 }
+	LeastRequestConfig *struct{ ChoiceCount uint32 }
+	HashPolicies       []struct {
+		Field, FieldValue  string
+		SourceIP, Terminal bool
+		CookieConfig       *struct {
+			Session bool
+			TTL     jsonDuration
+			Path    string
+		}
+	}
 }
 
 // jsonDuration reads a duration Consul writes as a string ("5s") or as nanoseconds (a number).
@@ -280,10 +296,25 @@ func (rc *rawChain) resolver(n *rawNode, refuse func(string, ...any)) discovery.
 	}
 	if lb := n.LoadBalancer; lb != nil {
 		switch lb.Policy {
-		case "", "round_robin", "least_request", "random":
+		case "", "round_robin", "least_request", "random", "ring_hash", "maglev":
 			r.LB = lb.Policy
 		default:
-			refuse("resolver %s: load balancer policy %q (not yet: round_robin, least_request, random)", n.Name, lb.Policy)
+			refuse("resolver %s: load balancer policy %q", n.Name, lb.Policy)
+		}
+		if rh := lb.RingHashConfig; rh != nil {
+			r.RingSize = rh.MinimumRingSize
+		}
+		for _, h := range lb.HashPolicies {
+			switch {
+			case h.SourceIP && h.Field == "":
+			case h.Field == "header" || h.Field == "query_parameter":
+			case h.Field == "cookie" && (h.CookieConfig == nil || !h.CookieConfig.Session && h.CookieConfig.TTL == 0 && h.CookieConfig.Path == ""):
+			case h.Field == "cookie":
+				refuse("resolver %s: a hash cookie meshlet would have to generate (cookie_config session or ttl)", n.Name)
+			default:
+				refuse("resolver %s: hash policy field %q", n.Name, h.Field)
+			}
+			r.Hash = append(r.Hash, discovery.HashPolicy{Field: h.Field, FieldValue: h.FieldValue, SourceIP: h.SourceIP, Terminal: h.Terminal})
 		}
 		if c := lb.LeastRequestConfig; c != nil && c.ChoiceCount != 0 && c.ChoiceCount != 2 {
 			refuse("resolver %s: least_request choice count %d (meshlet picks the least loaded of 2)", n.Name, c.ChoiceCount)

@@ -82,7 +82,19 @@ type Resolver struct {
 	Targets        []Target
 	ConnectTimeout time.Duration // 0: the upstream's
 	RequestTimeout time.Duration // 0: the upstream's
-	LB             string        // "" (the upstream's), round_robin, least_request, random
+	LB             string        // "" (the upstream's), round_robin, least_request, random, ring_hash, maglev
+	// Hash are the hash policies of ring_hash and maglev, in order; RingSize is ring_hash's minimum ring size
+	// (0: 1024).
+	Hash     []HashPolicy
+	RingSize uint64
+}
+
+// HashPolicy is one input of a request's hash: a header, a cookie or a query parameter (Field, with its name in
+// FieldValue), or the client's address (SourceIP). A Terminal policy that yields a value ends the computation.
+type HashPolicy struct {
+	Field, FieldValue string
+	SourceIP          bool
+	Terminal          bool
 }
 
 // Target is one set of instances: a service (in a datacenter), narrowed by a subset's filter.

@@ -3,7 +3,8 @@ package e2e_test
 // The discovery chain (issue 15): Consul's service-router, service-splitter and service-resolver drive the
 // caller's meshlet as they drive Envoy, against a real agent: routes by path, header, query and method (with a
 // prefix rewrite and header changes), a weighted split, subsets by filter, failover when every endpoint of the
-// primary is unhealthy and back, a redirect, a chain meshlet cannot honour reported and not applied, and a change
+// primary is unhealthy and back, a chain meshlet cannot honour reported and not applied, consistent hashing
+// (ring_hash: a user stays on one instance; a joining instance takes about 1/N of the users), and a redirect set
 // under traffic taking effect within a second with no failed request.
 
 import (
@@ -174,10 +175,12 @@ func TestConsulDiscoveryChain(t *testing.T) {
 	}
 	meshlettest.Eventually(t, 5*time.Second, "back to v1 when it recovers", func() bool { return who(20, "/")["api v1"] == 20 })
 
-	// A chain meshlet cannot honour (a hashing load balancer) is refused whole and reported; the last one stays.
+	// A chain meshlet cannot honour (a hash cookie it would have to generate) is refused whole and reported; the
+	// last one stays.
 	set(&api.ServiceResolverConfigEntry{Kind: api.ServiceResolver, Name: "api", DefaultSubset: "v2",
-		Subsets:      map[string]api.ServiceResolverSubset{"v1": {Filter: "Service.Meta.version == v1"}, "v2": {Filter: "Service.Meta.version == v2"}},
-		LoadBalancer: &api.LoadBalancer{Policy: "maglev", HashPolicies: []api.HashPolicy{{Field: "header", FieldValue: "x-user"}}}})
+		Subsets: map[string]api.ServiceResolverSubset{"v1": {Filter: "Service.Meta.version == v1"}, "v2": {Filter: "Service.Meta.version == v2"}},
+		LoadBalancer: &api.LoadBalancer{Policy: "maglev", HashPolicies: []api.HashPolicy{{Field: "cookie", FieldValue: "s",
+			CookieConfig: &api.CookieConfig{TTL: 10 * time.Second}}}}})
 	meshlettest.Eventually(t, 5*time.Second, "the refusal is counted", func() bool {
 		return web.MetricSum(t, "meshlet_discovery_chain_refused", map[string]string{"upstream": "api"}) == 1
 	})
@@ -185,9 +188,59 @@ func TestConsulDiscoveryChain(t *testing.T) {
 		t.Fatalf("a refused chain was applied in part: %v", w)
 	}
 	_, body := web.AdminGet(t, "/debug/upstreams?format=json")
-	if !strings.Contains(body, `"applied": false`) || !strings.Contains(body, `"resolver v2.api.default.default.dc1: load balancer policy \"maglev\"`) {
+	if !strings.Contains(body, `"applied": false`) || !strings.Contains(body, `"resolver v2.api.default.default.dc1: a hash cookie meshlet would have to generate`) {
 		t.Errorf("/debug/upstreams does not say why the chain is refused:\n%s", body)
 	}
+
+	// Consistent hashing: a user's calls stay on one instance while the set is stable; when a third instance
+	// joins, about a third of the users move, each to the new one.
+	set(&api.ServiceResolverConfigEntry{Kind: api.ServiceResolver, Name: "api",
+		LoadBalancer: &api.LoadBalancer{Policy: "ring_hash", HashPolicies: []api.HashPolicy{{Field: "header", FieldValue: "x-user"}}}})
+	home := func() map[string]string {
+		t.Helper()
+		out := map[string]string{}
+		for u := range 60 {
+			user := fmt.Sprint("user-", u)
+			for range 3 {
+				_, body := get("/", "X-User", user)
+				f := strings.Fields(body)
+				if len(f) < 2 || out[user] != "" && out[user] != f[1] {
+					t.Fatalf("%s answered by %q after %q", user, body, out[user])
+				}
+				out[user] = f[1]
+			}
+		}
+		return out
+	}
+	meshlettest.Eventually(t, 5*time.Second, "ring_hash applies", func() bool {
+		return web.MetricSum(t, "meshlet_discovery_chain_refused", map[string]string{"upstream": "api"}) == 0 &&
+			strings.Contains(func() string { _, b := web.AdminGet(t, "/debug/upstreams?format=json"); return b }(), "ring_hash")
+	})
+	before := home()
+	startChainApp(t, agent.HTTPAddr, "api", "v3", "v3")
+	meshlettest.Eventually(t, 10*time.Second, "the third instance takes users", func() bool {
+		n := 0
+		for u := range 60 {
+			if _, body := get("/", "X-User", fmt.Sprint("user-", u)); strings.HasPrefix(body, "api v3") {
+				n++
+			}
+		}
+		return n > 0
+	})
+	after := home()
+	moved := 0
+	for u, was := range before {
+		if after[u] != was {
+			moved++
+			if after[u] != "v3" {
+				t.Errorf("%s moved from %s to %s, not to the new instance", u, was, after[u])
+			}
+		}
+	}
+	if moved < 6 || moved > 36 {
+		t.Errorf("%d of 60 users moved when a third instance joined, want about 20", moved)
+	}
+	t.Logf("ring_hash: %d of 60 users moved when a third instance joined, each to it", moved)
 
 	// A redirect, set while calls flow: it takes effect within a second, and no call fails.
 	set(&api.ServiceResolverConfigEntry{Kind: api.ServiceResolver, Name: "api", DefaultSubset: "v1",

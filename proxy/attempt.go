@@ -99,7 +99,7 @@ func (c *cluster) choose(ex *exchange) (*endpointState, func(error), error) {
 	for _, set := range ex.split.targets {
 		var st *endpointState
 		var end func(error)
-		if st, end, err = set.choose(ex.attempts.tried); err == nil {
+		if st, end, err = set.chooseKey(ex.attempts.tried, ex.hashKey, ex.hasKey); err == nil {
 			return st, end, nil
 		}
 	}

@@ -49,6 +49,7 @@ type planSplit struct {
 	targetIDs         []string
 	connectTimeout    time.Duration
 	requestTimeout    time.Duration
+	hash              []discovery.HashPolicy // ring_hash and maglev: what the request's key is made of
 }
 
 // pick returns the route and split of r; nil when no route matches (Consul adds a catch-all, so only a chain
@@ -253,6 +254,9 @@ func describe(ch discovery.Chain) []string {
 				ids = append(ids, t.ID)
 			}
 			fmt.Fprintf(&b, " %s%% %s", strconv.FormatFloat(s.Weight, 'f', -1, 64), strings.Join(ids, " then "))
+			if s.Resolver.LB != "" {
+				fmt.Fprintf(&b, " (%s)", s.Resolver.LB)
+			}
 		}
 		out = append(out, b.String())
 	}
@@ -410,9 +414,9 @@ func (p *Proxy) planRoute(ctx context.Context, e *upstreamEntry, cfg *UpstreamCo
 	for _, s := range r.Splits {
 		ps := &planSplit{reqMods: mergeHeaderMods(r.RequestHeaders, s.RequestHeaders),
 			respMods:       mergeHeaderMods(r.ResponseHeaders, s.ResponseHeaders),
-			connectTimeout: s.Resolver.ConnectTimeout, requestTimeout: s.Resolver.RequestTimeout}
+			connectTimeout: s.Resolver.ConnectTimeout, requestTimeout: s.Resolver.RequestTimeout, hash: s.Resolver.Hash}
 		for _, t := range s.Resolver.Targets {
-			ps.targets = append(ps.targets, p.targetSet(ctx, e, cfg, dc, t, s.Resolver.LB, next))
+			ps.targets = append(ps.targets, p.targetSet(ctx, e, cfg, dc, t, s.Resolver, next))
 			ps.targetIDs = append(ps.targetIDs, t.ID)
 		}
 		if len(ps.targets) == 0 {
@@ -431,14 +435,14 @@ func (p *Proxy) planRoute(ctx context.Context, e *upstreamEntry, cfg *UpstreamCo
 // targetSet returns the endpoint set of target t: the cluster's own for the upstream's service itself (no subset,
 // its datacenter, its load balancing), else a set of its own, watched under ctx. dc is the chain's datacenter
 // (where it was compiled: the upstream's own).
-func (p *Proxy) targetSet(ctx context.Context, e *upstreamEntry, cfg *UpstreamConfig, dc string, t discovery.Target, lb string, next map[string]*targetWatch) *endpointSet {
+func (p *Proxy) targetSet(ctx context.Context, e *upstreamEntry, cfg *UpstreamConfig, dc string, t discovery.Target, res discovery.Resolver, next map[string]*targetWatch) *endpointSet {
 	c := e.cluster
-	lb = chainLB(lb, cfg.LB)
+	lb := chainLB(res.LB, cfg.LB)
 	sameDC := t.Datacenter == "" || t.Datacenter == dc
 	if t.Service == cfg.Service && t.Filter == "" && sameDC && lb == cfg.LB {
 		return c.endpoints
 	}
-	key := targetKey(t) + "\x00" + lb
+	key := targetKey(t) + "\x00" + lb + "\x00" + strconv.FormatUint(res.RingSize, 10)
 	if tw := next[key]; tw != nil {
 		return tw.set
 	}
@@ -448,6 +452,7 @@ func (p *Proxy) targetSet(ctx context.Context, e *upstreamEntry, cfg *UpstreamCo
 	}
 	name := c.name + "/" + t.ID
 	set := newEndpointSet(name, lb, cfg.Resilience, p.m, c.decisions, c.log.With("target", t.ID))
+	set.ringSize = res.RingSize
 	tctx, cancel := context.WithCancel(ctx)
 	next[key] = &targetWatch{set: set, cancel: cancel}
 	opts := cfg.watchOptions()
@@ -479,6 +484,10 @@ func chainLB(policy, def string) string {
 		return LBP2C
 	case "random":
 		return LBRandom
+	case "ring_hash":
+		return LBRingHash
+	case "maglev":
+		return LBMaglev
 	}
 	return def
 }

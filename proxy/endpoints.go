@@ -27,6 +27,7 @@ type endpointSet struct {
 
 	mu        sync.Mutex // guards lb, states, updatedAt, index, stale, contact
 	lb        string
+	ringSize  uint64 // ring_hash's minimum ring size (a discovery chain's resolver); 0: the default
 	states    map[string]*endpointState
 	updatedAt time.Time
 	index     uint64
@@ -78,7 +79,7 @@ func (s *endpointSet) update(snap discovery.Snapshot) {
 	s.updatedAt = time.Now()
 	s.index = snap.Index
 	s.stale, s.contact = snap.Stale, snap.LastContact
-	s.picker.Store(newPicker(s.lb, list))
+	s.picker.Store(s.newPicker(s.lb, list))
 	s.mu.Unlock()
 	s.m.Endpoints.WithLabelValues(s.name).Set(float64(len(list)))
 	s.seenOnce.Do(func() { close(s.seen) })
@@ -94,7 +95,7 @@ func (s *endpointSet) setLB(lb string) {
 	}
 	s.lb = lb
 	list := append([]*endpointState(nil), s.picker.Load().endpoints...)
-	s.picker.Store(newPicker(lb, list))
+	s.picker.Store(s.newPicker(lb, list))
 }
 
 // setBreakers applies changed breaker or outlier settings: every endpoint's breaker starts afresh (closed) and
@@ -128,6 +129,15 @@ func (s *endpointSet) waitSnapshot(d time.Duration) {
 	}
 }
 
+// newPicker is newPicker with the set's ring size.
+func (s *endpointSet) newPicker(lb string, list []*endpointState) *picker {
+	p := newPicker(lb, list)
+	if p.hashed != nil && s.ringSize != 0 && lb == LBRingHash {
+		p.hashed = newHashTable(lb, list, s.ringSize)
+	}
+	return p
+}
+
 // hasSnapshot reports whether the first snapshot has arrived.
 func (s *endpointSet) hasSnapshot() bool {
 	select {
@@ -145,6 +155,11 @@ func (s *endpointSet) hasSnapshot() bool {
 // mode) instead of none. done must be called once with the attempt's outcome (resilience.ErrExcluded: neither
 // success nor failure). The only error is ErrNoEndpoint.
 func (s *endpointSet) choose(tried []*endpointState) (st *endpointState, done func(error), err error) {
+	return s.chooseKey(tried, 0, false)
+}
+
+// chooseKey is choose for a request with a hash key (ring_hash and maglev sets; ignored by the others).
+func (s *endpointSet) chooseKey(tried []*endpointState, key uint64, hasKey bool) (st *endpointState, done func(error), err error) {
 	p := s.picker.Load()
 	var skip []*endpointState
 	var avoid func(*endpointState) bool // nil in the common case: nothing to avoid, no closure call per candidate
@@ -152,7 +167,7 @@ func (s *endpointSet) choose(tried []*endpointState) (st *endpointState, done fu
 		avoid = func(e *endpointState) bool { return slices.Contains(skip, e) || slices.Contains(tried, e) }
 	}
 	for i := 0; ; i++ {
-		st, err := p.pick(avoid)
+		st, err := p.pickKey(avoid, key, hasKey)
 		if err != nil {
 			return nil, nil, err
 		}

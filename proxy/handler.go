@@ -34,6 +34,8 @@ type exchange struct {
 	// route and split are the discovery chain's picks for the request (chain.go); nil without a chain.
 	route    *planRoute
 	split    *planSplit
+	hashKey  uint64 // the request's key for ring_hash and maglev (hasKey: its hash policies yielded one)
+	hasKey   bool
 	attempts attemptLog
 }
 
@@ -93,6 +95,9 @@ func (c *cluster) serveHTTP(w http.ResponseWriter, r *http.Request, alog *slog.L
 			c.fail(rw, r, grpc, http.StatusServiceUnavailable, reasonNoEndpoint,
 				"upstream "+c.name+": no route of its discovery chain matches the request")
 			return
+		}
+		if len(ex.split.hash) > 0 {
+			ex.hashKey, ex.hasKey = requestHash(in, ex.split.hash)
 		}
 	}
 	release, err := c.acquire(r.Context())

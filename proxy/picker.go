@@ -102,6 +102,28 @@ func (s *endpointState) recentCounts() (ok, failed int) {
 type picker struct {
 	endpoints []*endpointState
 	choose    func(eps []*endpointState) *endpointState
+	hashed    hashTable // ring_hash and maglev: a request's key picks; nil for the others
+}
+
+// maxHashAlternatives bounds how far pickKey walks a hash table for an eligible endpoint before the fallback.
+const maxHashAlternatives = 8
+
+// pickKey is pick for a request with a hash key (ring_hash, maglev): the key's endpoint, else its next
+// alternatives, else any eligible one. Without a table or a key it is pick.
+func (p *picker) pickKey(avoid func(*endpointState) bool, key uint64, hasKey bool) (*endpointState, error) {
+	if p.hashed == nil || !hasKey || len(p.endpoints) == 0 {
+		return p.pick(avoid)
+	}
+	first := p.endpoints[p.hashed.lookup(key, 0)]
+	s := first
+	for alt := 1; !s.eligible(avoid) && alt <= min(maxHashAlternatives, len(p.endpoints)); alt++ {
+		s = p.endpoints[p.hashed.lookup(key, alt)]
+	}
+	if !s.eligible(avoid) {
+		s = p.fallback(first, avoid)
+	}
+	s.inFlight.Add(1)
+	return s, nil
 }
 
 // pick returns an endpoint and counts a request in flight on it. It avoids ejected endpoints and those that
@@ -159,6 +181,13 @@ func newPicker(lb string, eps []*endpointState) *picker {
 		return &picker{endpoints: eps, choose: func(eps []*endpointState) *endpointState {
 			return eps[(next.Add(1)-1)%uint64(len(eps))]
 		}}
+	}
+	if lb == LBRingHash || lb == LBMaglev {
+		p := &picker{endpoints: eps, choose: func(eps []*endpointState) *endpointState { return eps[rand.IntN(len(eps))] }}
+		if len(eps) > 0 {
+			p.hashed = newHashTable(lb, eps, 0)
+		}
+		return p
 	}
 	if lb == LBRandom {
 		return &picker{endpoints: eps, choose: func(eps []*endpointState) *endpointState { return eps[rand.IntN(len(eps))] }}
