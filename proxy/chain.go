@@ -215,7 +215,10 @@ func applyMods(h http.Header, m discovery.HeaderMods) {
 
 // chainState is what /debug/upstreams shows of a cluster's chain.
 type chainState struct {
-	Applied     bool     `json:"applied"`
+	Applied bool `json:"applied"`
+	// FileWins names the settings of the config file that the chain does not override (its routes' and
+	// resolvers' timeouts, retries, load balancing).
+	FileWins    []string `json:"file_wins,omitempty"`
 	Default     bool     `json:"default,omitempty"`
 	Index       uint64   `json:"index,omitempty"`
 	Routes      []string `json:"routes,omitempty"`
@@ -296,6 +299,15 @@ func (p *Proxy) watchChain(ctx context.Context, e *upstreamEntry, src discovery.
 func (p *Proxy) applyChain(ctx context.Context, e *upstreamEntry, ch discovery.Chain) {
 	c := e.cluster
 	state := &chainState{Index: ch.Index, Default: ch.Default, Routes: describe(ch), Unsupported: ch.Unsupported}
+	for _, f := range []struct {
+		set  bool
+		name string
+	}{{c.cfg.Load().Pinned.Timeout, "timeout"}, {c.cfg.Load().Pinned.ConnectTimeout, "connect_timeout"},
+		{c.cfg.Load().Pinned.Retry, "retry"}, {c.cfg.Load().Pinned.LB, "lb"}} {
+		if f.set {
+			state.FileWins = append(state.FileWins, f.name)
+		}
+	}
 	refuse := func(reasons []string) {
 		state.Unsupported = reasons
 		c.chain.Store(state)
@@ -303,12 +315,15 @@ func (p *Proxy) applyChain(ctx context.Context, e *upstreamEntry, ch discovery.C
 		c.log.Warn("discovery chain refused: meshlet cannot honour all of it; the last applied routing stays",
 			"service", ch.Service, "index", ch.Index, "reasons", strings.Join(reasons, "; "))
 	}
-	current := func() bool { return !p.stopped && p.upstreams[c.name] == e && ctx.Err() == nil }
+	current := func() bool {
+		return !p.stopped && p.upstreams[c.name] == e && ctx.Err() == nil && ch.Index >= e.chainIndex
+	}
 	p.mu.Lock()
 	if !current() {
 		p.mu.Unlock()
 		return
 	}
+	e.lastChain, e.chainCtx, e.chainIndex = &ch, ctx, ch.Index
 	if len(ch.Unsupported) > 0 {
 		refuse(ch.Unsupported)
 		p.mu.Unlock()
@@ -381,6 +396,20 @@ func (p *Proxy) applyChain(ctx context.Context, e *upstreamEntry, ch discovery.C
 // chainTargetWait bounds how long a new chain waits for the first endpoints of targets it adds.
 const chainTargetWait = 5 * time.Second
 
+// reapplyChain applies e's latest chain again (its upstream's settings changed: what the file pins may have).
+// Call with p.mu held; it applies in the background.
+func (p *Proxy) reapplyChain(e *upstreamEntry) {
+	if e.lastChain == nil {
+		return
+	}
+	ch, ctx := *e.lastChain, e.chainCtx
+	p.wg.Add(1)
+	go func() {
+		defer p.wg.Done()
+		p.applyChain(ctx, e, ch)
+	}()
+}
+
 // planRoute compiles route i of a chain; the targets it needs are put in next (reused from e.targets when
 // watched already).
 func (p *Proxy) planRoute(ctx context.Context, e *upstreamEntry, cfg *UpstreamConfig, dc string, i int, r discovery.Route, next map[string]*targetWatch) (*planRoute, error) {
@@ -389,6 +418,9 @@ func (p *Proxy) planRoute(ctx context.Context, e *upstreamEntry, cfg *UpstreamCo
 		return nil, fmt.Errorf("route %d: %w", i, err)
 	}
 	pr := &planRoute{label: strconv.Itoa(i), match: rm, timeout: r.RequestTimeout, idle: r.IdleTimeout}
+	if cfg.Pinned.Timeout {
+		pr.timeout = 0 // the file's timeout wins
+	}
 	for class := range pr.requests {
 		pr.requests[class] = p.m.RouteRequests.WithLabelValues(e.cluster.name, pr.label, metrics.CodeClass((class+1)*100))
 	}
@@ -400,7 +432,7 @@ func (p *Proxy) planRoute(ctx context.Context, e *upstreamEntry, cfg *UpstreamCo
 			pr.prefix = r.Match.PathExact
 		}
 	}
-	if r.Retry != nil {
+	if r.Retry != nil && !cfg.Pinned.Retry { // the file's retries win
 		rc := cfg.Resilience.Retry
 		rc.MaxAttempts = r.Retry.MaxAttempts
 		if r.Retry.RetryOn != nil { // else meshlet's default conditions, as the upstream's
@@ -415,6 +447,15 @@ func (p *Proxy) planRoute(ctx context.Context, e *upstreamEntry, cfg *UpstreamCo
 		ps := &planSplit{reqMods: mergeHeaderMods(r.RequestHeaders, s.RequestHeaders),
 			respMods:       mergeHeaderMods(r.ResponseHeaders, s.ResponseHeaders),
 			connectTimeout: s.Resolver.ConnectTimeout, requestTimeout: s.Resolver.RequestTimeout, hash: s.Resolver.Hash}
+		if cfg.Pinned.Timeout {
+			ps.requestTimeout = 0
+		}
+		if cfg.Pinned.ConnectTimeout {
+			ps.connectTimeout = 0
+		}
+		if cfg.Pinned.LB {
+			ps.hash = nil
+		}
 		for _, t := range s.Resolver.Targets {
 			ps.targets = append(ps.targets, p.targetSet(ctx, e, cfg, dc, t, s.Resolver, next))
 			ps.targetIDs = append(ps.targetIDs, t.ID)
@@ -438,6 +479,9 @@ func (p *Proxy) planRoute(ctx context.Context, e *upstreamEntry, cfg *UpstreamCo
 func (p *Proxy) targetSet(ctx context.Context, e *upstreamEntry, cfg *UpstreamConfig, dc string, t discovery.Target, res discovery.Resolver, next map[string]*targetWatch) *endpointSet {
 	c := e.cluster
 	lb := chainLB(res.LB, cfg.LB)
+	if cfg.Pinned.LB {
+		lb = cfg.LB // the file's load balancing wins
+	}
 	sameDC := t.Datacenter == "" || t.Datacenter == dc
 	if t.Service == cfg.Service && t.Filter == "" && sameDC && lb == cfg.LB {
 		return c.endpoints

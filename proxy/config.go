@@ -258,6 +258,17 @@ type UpstreamConfig struct {
 	// (outbound.transparent.consul_services), not written in the config: its endpoints are watched from its
 	// first redirected connection on, not from the start, and it does not hold up /ready.
 	Implicit bool `yaml:"-" json:"implicit,omitempty"`
+	// Pinned are the settings the config file sets itself, which a discovery chain does not override (the
+	// file wins, as over Consul's config entries): filled by the sidecar from the file as written.
+	Pinned Pinned `yaml:"-" json:"pinned,omitzero"`
+}
+
+// Pinned says which of an upstream's settings the config file sets.
+type Pinned struct {
+	Timeout        bool `json:"timeout,omitempty"`
+	ConnectTimeout bool `json:"connect_timeout,omitempty"`
+	Retry          bool `json:"retry,omitempty"`
+	LB             bool `json:"lb,omitempty"`
 }
 
 // watchOptions are the discovery options of a discovered upstream. Call it on a config whose tls.mode is

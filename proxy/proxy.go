@@ -80,6 +80,9 @@ type upstreamEntry struct {
 	// others): activate starts it at its first use.
 	pending     *UpstreamConfig
 	targets     map[string]*targetWatch // the discovery chain's targets other than the cluster's own (chain.go)
+	lastChain   *discovery.Chain        // the latest chain received, applied again when the upstream's settings change
+	chainCtx    context.Context         // the context of the chain's watch
+	chainIndex  uint64                  // the index of the chain applied or refused last
 	cancelWatch context.CancelFunc
 	src         discovery.Source       // where the endpoints come from
 	service     string                 // the name watched on src

@@ -132,7 +132,11 @@ func (p *Proxy) bindAdded(old, cfg Config) ([]addedUpstream, error) {
 // updateUpstream applies uc to an upstream that stays: its settings in place, and its endpoint source (static
 // list, or discovery with its service and options) restarted only when it changed. Call with p.mu held.
 func (p *Proxy) updateUpstream(e *upstreamEntry, uc UpstreamConfig) {
+	old := e.cluster.cfg.Load()
 	e.cluster.setConfig(uc)
+	if !reflect.DeepEqual(*old, uc) {
+		defer p.reapplyChain(e) // the plan was built from the old settings (a restarted watch sends its own)
+	}
 	if e.pending != nil { // an implicit upstream not used yet: its watch starts with the latest config
 		e.pending = &uc
 		return

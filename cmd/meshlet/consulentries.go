@@ -48,6 +48,8 @@ func (s *sidecar) withEntries(cfg *fileConfig) proxy.Config {
 	}
 	pc.Upstreams = make([]proxy.UpstreamConfig, len(explicit))
 	for i, uc := range explicit {
+		uc.Pinned = proxy.Pinned{Timeout: uc.Timeout != 0, ConnectTimeout: uc.ConnectTimeout != 0,
+			Retry: uc.Resilience.Retry.MaxAttempts != 0 || uc.Resilience.Retry.RetryOn != nil, LB: uc.LB != ""}
 		if uc.Endpoints == nil {
 			svc := uc.Service
 			if svc == "" {

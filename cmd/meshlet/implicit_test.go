@@ -95,3 +95,40 @@ func writeFile(t *testing.T, path, content string) {
 		t.Fatal(err)
 	}
 }
+
+// TestPinnedByTheFile: the settings an upstream of the file sets are pinned (a discovery chain does not override
+// them); those it leaves unset are not.
+func TestPinnedByTheFile(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "meshlet.yaml")
+	writeFile(t, path, `service:
+  name: web
+outbound:
+  listen: 127.0.0.1:15001
+upstreams:
+  - name: api
+    timeout: 2s
+    retry:
+      max_attempts: 2
+  - name: db
+discovery:
+  consul:
+    address: 127.0.0.1:1
+`)
+	cfg, err := loadConfig(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	c, err := consul.NewSource(*cfg.Discovery.Consul, consul.SourceOptions{Logger: slog.New(slog.NewTextHandler(io.Discard, nil))})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	s := &sidecar{cfg: cfg, entries: consul.NewConfigEntries(c), log: slog.New(slog.NewTextHandler(io.Discard, nil))}
+	pc := s.withEntries(cfg)
+	if got := pc.Upstreams[0].Pinned; got != (proxy.Pinned{Timeout: true, Retry: true}) {
+		t.Errorf("api pinned %+v", got)
+	}
+	if got := pc.Upstreams[1].Pinned; got != (proxy.Pinned{}) {
+		t.Errorf("db pinned %+v", got)
+	}
+}
