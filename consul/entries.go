@@ -2,6 +2,7 @@ package consul
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"slices"
 	"strconv"
@@ -24,13 +25,14 @@ type ConfigEntries struct {
 	mu       sync.Mutex
 	defaults map[string]*api.ServiceConfigEntry       // by service name
 	proxy    *api.ProxyConfigEntry                    // proxy-defaults/global; nil without one
+	mesh     *api.MeshConfigEntry                     // the mesh entry; nil without one (or when the token may not read it)
 	routers  map[string]*api.ServiceRouterConfigEntry // by service name
 	answered map[string]bool                          // kinds that have answered once
 	errs     map[string]error                         // kinds whose latest query failed
 }
 
 // Config entry kinds meshlet reads.
-var entryKinds = []string{api.ServiceDefaults, api.ServiceRouter, api.ProxyDefaults}
+var entryKinds = []string{api.ServiceDefaults, api.ServiceRouter, api.ProxyDefaults, api.MeshConfig}
 
 // NewConfigEntries returns a watcher of c's config entries; nothing is queried before Run.
 func NewConfigEntries(c *Source) *ConfigEntries {
@@ -54,6 +56,19 @@ func (e *ConfigEntries) Run(ctx context.Context) error {
 func (e *ConfigEntries) loop(ctx context.Context, kind string) {
 	Watch(ctx, Options{Wait: e.c.cfg.WaitTime}, func(q *api.QueryOptions) (uint64, error) {
 		entries, meta, err := e.c.client.ConfigEntries().List(kind, q)
+		if err != nil && kind == api.MeshConfig && errors.Is(classify(err), ErrDenied) {
+			// Reading the mesh entry needs mesh:read, which a service's token often lacks: without it, the
+			// mesh's settings are the config file's, said once, and nothing waits for them.
+			e.mu.Lock()
+			first := !e.answered[kind]
+			e.mu.Unlock()
+			if first {
+				e.c.log.Warn("consul mesh config entry not readable (the token lacks mesh:read): its settings "+
+					"(transparent_proxy.mesh_destinations_only) do not apply", "error", classify(err).Error())
+			}
+			e.store(kind, nil)
+			return 0, classify(err) // retried with backoff: a token may gain the permission
+		}
 		if err != nil {
 			return 0, classify(err)
 		}
@@ -93,6 +108,16 @@ func (e *ConfigEntries) store(kind string, entries []api.ConfigEntry) {
 		}
 		changed = changed || len(next) != len(e.defaults)
 		e.defaults = next
+	case api.MeshConfig:
+		var next *api.MeshConfigEntry
+		for _, en := range entries {
+			if m, ok := en.(*api.MeshConfigEntry); ok {
+				next = m
+			}
+		}
+		old := e.mesh
+		changed = changed || (old == nil) != (next == nil) || (old != nil && next != nil && old.ModifyIndex != next.ModifyIndex)
+		e.mesh = next
 	case api.ProxyDefaults:
 		var next *api.ProxyConfigEntry
 		for _, en := range entries {
@@ -139,6 +164,13 @@ func (e *ConfigEntries) Ready() error {
 		return fmt.Errorf("consul config entries %s: no answer yet", kind)
 	}
 	return nil
+}
+
+// MeshDestinationsOnly is the mesh entry's TransparentProxy.MeshDestinationsOnly (false without the entry).
+func (e *ConfigEntries) MeshDestinationsOnly() bool {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	return e.mesh != nil && e.mesh.TransparentProxy.MeshDestinationsOnly
 }
 
 // Settings returns what the entries say about calls from caller to the upstream service: service-defaults of

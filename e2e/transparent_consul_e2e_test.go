@@ -302,6 +302,26 @@ func TestTransparentConsulMesh(t *testing.T) {
 		t.Fatalf("passthrough not counted: %v", n)
 	}
 
+	// Consul's mesh entry says the same at run time: with TransparentProxy.MeshDestinationsOnly, the outside is
+	// refused; once deleted, it passes through again.
+	if _, _, err := client.ConfigEntries().Set(&api.MeshConfigEntry{TransparentProxy: api.TransparentProxyMeshConfig{
+		MeshDestinationsOnly: true}}, nil); err != nil {
+		t.Fatal(err)
+	}
+	outside := func() bool {
+		h1.CloseIdleConnections()
+		resp, err := h1.Get("http://" + agent.HTTPAddr + "/v1/status/leader")
+		if err == nil {
+			resp.Body.Close()
+		}
+		return err == nil
+	}
+	meshlettest.Eventually(t, 10*time.Second, "the mesh entry refuses the outside", func() bool { return !outside() })
+	if _, err := client.ConfigEntries().Delete(api.MeshConfig, api.MeshConfigMesh, nil); err != nil {
+		t.Fatal(err)
+	}
+	meshlettest.Eventually(t, 10*time.Second, "without the mesh entry, the outside passes through", outside)
+
 	// Intentions decide who may call whom: a deny for web → api takes effect without a restart.
 	if _, err := client.Connect().IntentionUpsert(&api.Intention{SourceName: "web", DestinationName: "api",
 		Action: api.IntentionActionDeny}, nil); err != nil {

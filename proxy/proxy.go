@@ -62,6 +62,7 @@ type Proxy struct {
 	transparentOutcomes *prometheus.CounterVec
 	detections          *prometheus.CounterVec // meshlet_outbound_protocol_detections_total; nil likewise
 	draining            atomic.Bool
+	meshOnly            atomic.Bool // Consul's mesh entry says mesh_destinations_only (SetMeshDestinationsOnly)
 
 	mu        sync.Mutex // guards the fields below
 	cfg       Config

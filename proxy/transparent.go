@@ -271,8 +271,8 @@ func (t *transparentListener) take(c net.Conn) {
 		t.toUpstream(c, e.cluster)
 		return
 	}
-	if t.meshOnly {
-		t.refuse(c, "destination outside the mesh (outbound.transparent.mesh_destinations_only)", dst.String())
+	if t.meshOnly || t.p.meshOnly.Load() {
+		t.refuse(c, "destination outside the mesh (outbound.transparent.mesh_destinations_only, or Consul's mesh entry)", dst.String())
 		return
 	}
 	t.outcomes.WithLabelValues(metrics.OutboundPassthrough).Inc()
@@ -358,6 +358,11 @@ func (t *transparentListener) shutdown(ctx context.Context) error {
 	err := t.http.shutdown(ctx)
 	return errors.Join(err, t.open.drain(ctx))
 }
+
+// SetMeshDestinationsOnly refuses destinations outside the mesh as outbound.transparent.mesh_destinations_only
+// does, or stops doing so (the file's setting stays in force either way): Consul's mesh entry's
+// TransparentProxy.MeshDestinationsOnly, applied at run time.
+func (p *Proxy) SetMeshDestinationsOnly(v bool) { p.meshOnly.Store(v) }
 
 // isOwnListener reports whether dst is one of meshlet's listeners (its port, on a loopback or local address).
 func (p *Proxy) isOwnListener(dst netip.AddrPort) bool {

@@ -122,6 +122,7 @@ func implicitUpstreams(mesh []consul.MeshService, explicit []proxy.UpstreamConfi
 func (s *sidecar) applyEntries() {
 	s.mu.Lock()
 	defer s.mu.Unlock()
+	s.proxy.SetMeshDestinationsOnly(s.entries.MeshDestinationsOnly())
 	merged := s.withEntries(s.cfg)
 	if _, err := s.proxy.Reload(merged); err != nil {
 		s.log.Error("consul config entries not applied; the running settings stay", "error", err.Error())
