@@ -229,7 +229,7 @@ func (p *Proxy) bind(field, addr, direction, label string, u *cluster, h http.Ha
 	ln = limited
 	if direction == metrics.Inbound {
 		ln = p.appPortListener(ln, limited.refused)
-		if ln, err = p.secureInbound(ln, p.cfg.Inbound.TLS.Mode); err != nil {
+		if ln, err = p.secureInbound(ln, p.cfg.Inbound.TLS.Mode, u == nil || u.protocol != ProtocolTCP); err != nil {
 			return nil, err
 		}
 	}

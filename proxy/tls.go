@@ -58,7 +58,9 @@ func newTLSState(opts Options, in InboundTLSConfig) *tlsState {
 }
 
 // secureInbound wraps the inbound listener in the configured TLS mode.
-func (p *Proxy) secureInbound(ln net.Listener, mode string) (net.Listener, error) {
+// HTTP listeners (httpInbound) tell an HTTP/1.1 caller that offered ALPN h2 by its first bytes
+// (mtls.ListenerHooks.HTTP): Consul's built-in proxy does so.
+func (p *Proxy) secureInbound(ln net.Listener, mode string, httpInbound bool) (net.Listener, error) {
 	if p.tls == nil || mode == mtls.ModeDisabled {
 		return ln, nil
 	}
@@ -70,6 +72,7 @@ func (p *Proxy) secureInbound(ln net.Listener, mode string) (net.Listener, error
 	plaintext := p.m.TLSPlaintext
 	plaintextLog := &logLimiter{} // one line a second at most: every connection is in the metric
 	return mtls.NewListener(ln, cfg, mode, mtls.ListenerHooks{
+		HTTP: httpInbound,
 		Failed: func(reason string, remote net.Addr, err error) {
 			failures.WithLabelValues(metrics.Inbound, reason).Inc()
 			p.log.Debug("inbound handshake refused", "reason", reason, "remote", remote.String(), "error", err.Error())
