@@ -119,9 +119,19 @@ func TestConsulWatchFollowsInstances(t *testing.T) {
 		if !strings.HasPrefix(ep.Identity, "spiffe://") || !strings.HasSuffix(ep.Identity, "/ns/default/dc/dc1/svc/api") {
 			t.Errorf("identity %q, want spiffe://<trust-domain>/ns/default/dc/dc1/svc/api", ep.Identity)
 		}
-		if ep.Meta["peer"] != "sidecar" {
-			t.Errorf("meta %v, want peer=sidecar", ep.Meta)
+		if ep.Meta["peer"] != "sidecar" || ep.Meta[discovery.MetaProxy] != discovery.ProxyForeign {
+			t.Errorf("meta %v, want peer=sidecar and proxy=foreign (no meshlet marker)", ep.Meta)
 		}
+		// The same proxy registered again with meshlet's marker: a new snapshot says it is a meshlet.
+		if err := client.Agent().ServiceRegister(&api.AgentServiceRegistration{Kind: api.ServiceKindConnectProxy,
+			ID: "api-1-sidecar-proxy", Name: "api-sidecar-proxy", Address: "127.0.0.1", Port: 21001,
+			Meta:  map[string]string{consul.MetaMeshlet: "true"},
+			Proxy: &api.AgentServiceConnectProxyConfig{DestinationServiceName: "api", DestinationServiceID: "api-1"}}); err != nil {
+			t.Fatal(err)
+		}
+		next(t, ch, time.Second, "the marker read", func(s discovery.Snapshot) bool {
+			return addrs(s) == "127.0.0.1:21001" && s.Endpoints[0].Meta[discovery.MetaProxy] == discovery.ProxyMeshlet
+		})
 		client.Agent().ServiceDeregister("api-1-sidecar-proxy")
 		next(t, ch, time.Second, "fallback to plain instances", func(s discovery.Snapshot) bool {
 			return addrs(s) == "127.0.0.1:9101,127.0.0.1:9103"

@@ -39,6 +39,29 @@ func TestParseID(t *testing.T) {
 	}
 }
 
+// TestIDSNI: the SNI of an ID is Consul's (connect.ServiceSNI): the namespace always, the partition only when it
+// is not the default one, with internal-v1 then.
+func TestIDSNI(t *testing.T) {
+	td := "11111111-2222-3333-4444-555555555555.consul"
+	for _, tt := range []struct {
+		id   string
+		want string
+	}{
+		{"spiffe://" + td + "/ns/default/dc/dc1/svc/api", "api.default.dc1.internal." + td},
+		{"spiffe://" + td + "/ns/team-a/dc/eu-1/svc/web", "web.team-a.eu-1.internal." + td},
+		{"spiffe://" + td + "/ap/default/ns/ops/dc/dc1/svc/db", "db.ops.dc1.internal." + td},
+		{"spiffe://" + td + "/ap/billing/ns/ops/dc/dc2/svc/db", "db.ops.billing.dc2.internal-v1." + td},
+	} {
+		id, err := ParseID(tt.id)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if got := id.SNI(); got != tt.want {
+			t.Errorf("%s: SNI %q, want %q", tt.id, got, tt.want)
+		}
+	}
+}
+
 // testPKI is a trust domain with a CA, for tests.
 type testPKI struct {
 	ca  *CA

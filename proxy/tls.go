@@ -110,7 +110,14 @@ func (c *cluster) clientTLS(t *dialTarget, alpn string) (*tls.Config, error) {
 		}
 		return nil
 	}
-	return mtls.ClientConfig(c.tls.src, c.tls.minVersion, alpn, want)
+	cfg, err := mtls.ClientConfig(c.tls.src, c.tls.minVersion, alpn, want)
+	if err != nil {
+		return nil, err
+	}
+	// The name Consul gives the service (what its gateways route by; Envoy sends it too). meshlet's inbound
+	// also reads it: a caller that names no server may relay HTTP/1.1 after offering h2 (mtls.ListenerHooks).
+	cfg.ServerName = t.sni
+	return cfg, nil
 }
 
 // secureDial upgrades a new connection to target t to mutual TLS when clientTLS says so. A failed handshake is a
