@@ -28,10 +28,11 @@ type ListenerHooks struct {
 	Failed    func(reason string, remote net.Addr, err error)
 	Plaintext func(remote net.Addr)
 	// HTTP says that the listener's connections carry HTTP: a client that negotiated ALPN h2 without naming a
-	// server (SNI) may be one that offers h2 and then relays whatever its app sends, HTTP/1.1 included (Consul's
-	// built-in proxy, `consul connect proxy`, and Connect-native Go apps), so its first bytes are read before
-	// Accept and it is handed over as a *SniffedConn that replays them: HTTP/2 only when they are HTTP/2's
-	// connection preface. meshlet's own clients name the server, and Envoy speaks what it negotiates.
+	// server (SNI) may be one that offers h2 whatever it then sends, HTTP/1.1 included (Consul's connect package,
+	// which Connect-native Go apps use, offers h2 by default on every connection it dials; Consul's built-in
+	// proxy, built on it, offers no ALPN in the Consul the tests run, 1.14), so its first bytes are read before Accept and it is
+	// handed over as a *SniffedConn that replays them: HTTP/2 only when they are HTTP/2's connection preface.
+	// meshlet's own clients name the server, and Envoy speaks what it negotiates.
 	HTTP bool
 }
 

@@ -339,7 +339,7 @@ func TestExpiredLeafLoads(t *testing.T) {
 }
 
 // TestListenerSniffsH2WithoutSNI: on an HTTP listener, a client that negotiated h2 without naming a server (as
-// Consul's built-in proxy does) is handed over as a *SniffedConn that replays its first bytes and names no
+// Consul's connect package does by default) is handed over as a *SniffedConn that replays its first bytes and names no
 // protocol, whether they are HTTP/1.1 or HTTP/2's preface; a client that names a server, or asks for
 // http/1.1, is the *tls.Conn as before; without HTTP the listener reads nothing.
 func TestListenerSniffsH2WithoutSNI(t *testing.T) {
@@ -358,7 +358,7 @@ func TestListenerSniffsH2WithoutSNI(t *testing.T) {
 		sniffed  bool
 		protocol string // what the accepted connection's ConnectionState names
 	}{
-		{"built-in proxy: h2 offered, HTTP/1.1 sent", true, "h2", "", h1, true, ""},
+		{"Connect-native: h2 offered, HTTP/1.1 sent", true, "h2", "", h1, true, ""},
 		{"h2 offered and spoken, no SNI", true, "h2", "", h2Preface + "\x00\x00\x00\x04\x00\x00\x00\x00\x00", true, ""},
 		{"a short request that is not HTTP/2", true, "h2", "", "PUT", true, ""},
 		{"meshlet names the server", true, "h2", "api.default.dc1.internal.example.mesh", h2Preface, false, "h2"},

@@ -59,7 +59,7 @@ func newTLSState(opts Options, in InboundTLSConfig) *tlsState {
 
 // secureInbound wraps the inbound listener in the configured TLS mode.
 // HTTP listeners (httpInbound) tell an HTTP/1.1 caller that offered ALPN h2 by its first bytes
-// (mtls.ListenerHooks.HTTP): Consul's built-in proxy does so.
+// (mtls.ListenerHooks.HTTP): Connect-native apps on Consul's connect package do so.
 func (p *Proxy) secureInbound(ln net.Listener, mode string, httpInbound bool) (net.Listener, error) {
 	if p.tls == nil || mode == mtls.ModeDisabled {
 		return ln, nil
