@@ -2,6 +2,7 @@ package consul
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"slices"
 	"strconv"
@@ -14,9 +15,10 @@ import (
 	"meshlet.dev/meshlet/discovery"
 )
 
-// ConfigEntries watches the service-defaults, service-router and proxy-defaults config entries with one blocking query per kind
-// (/v1/config/<kind>) and turns them into discovery.UpstreamSettings. Changed is signalled after every change. It
-// is safe for concurrent use; Run owns its goroutines.
+// ConfigEntries watches the service-defaults, service-router, proxy-defaults and mesh config entries with one
+// blocking query per kind (/v1/config/<kind>) and turns them into discovery.UpstreamSettings, and the mesh entry
+// into the inbound TLS minimum (InboundTLSMinVersion). Changed is signalled after every change. It is safe for
+// concurrent use; Run owns its goroutines.
 type ConfigEntries struct {
 	c       *Source
 	changed chan struct{}
@@ -25,12 +27,13 @@ type ConfigEntries struct {
 	defaults map[string]*api.ServiceConfigEntry       // by service name
 	proxy    *api.ProxyConfigEntry                    // proxy-defaults/global; nil without one
 	routers  map[string]*api.ServiceRouterConfigEntry // by service name
+	mesh     *api.MeshConfigEntry                     // the mesh entry; nil without one (or when the token may not read it)
 	answered map[string]bool                          // kinds that have answered once
 	errs     map[string]error                         // kinds whose latest query failed
 }
 
 // Config entry kinds meshlet reads.
-var entryKinds = []string{api.ServiceDefaults, api.ServiceRouter, api.ProxyDefaults}
+var entryKinds = []string{api.ServiceDefaults, api.ServiceRouter, api.ProxyDefaults, api.MeshConfig}
 
 // NewConfigEntries returns a watcher of c's config entries; nothing is queried before Run.
 func NewConfigEntries(c *Source) *ConfigEntries {
@@ -55,7 +58,14 @@ func (e *ConfigEntries) loop(ctx context.Context, kind string) {
 	Watch(ctx, Options{Wait: e.c.cfg.WaitTime}, func(q *api.QueryOptions) (uint64, error) {
 		entries, meta, err := e.c.client.ConfigEntries().List(kind, q)
 		if err != nil {
-			return 0, classify(err)
+			err = classify(err)
+			if kind == api.MeshConfig && errors.Is(err, ErrDenied) {
+				// Reading the mesh entry needs mesh:read (or operator:read), which a service's token may lack:
+				// meshlet then keeps its own TLS minimum (tls.min_version), the stricter choice, and says so once.
+				e.meshDenied(err)
+				return 0, errMeshDenied
+			}
+			return 0, err
 		}
 		if ctx.Err() != nil {
 			return 0, ctx.Err()
@@ -63,6 +73,9 @@ func (e *ConfigEntries) loop(ctx context.Context, kind string) {
 		e.store(kind, entries)
 		return meta.LastIndex, nil
 	}, func(err error, _ time.Duration) {
+		if errors.Is(err, errMeshDenied) {
+			return
+		}
 		e.mu.Lock()
 		prev := e.errs[kind]
 		e.errs[kind] = err
@@ -103,6 +116,15 @@ func (e *ConfigEntries) store(kind string, entries []api.ConfigEntry) {
 		old := e.proxy
 		changed = changed || (old == nil) != (next == nil) || (old != nil && next != nil && old.ModifyIndex != next.ModifyIndex)
 		e.proxy = next
+	case api.MeshConfig:
+		var next *api.MeshConfigEntry
+		for _, en := range entries {
+			if m, ok := en.(*api.MeshConfigEntry); ok {
+				next = m
+			}
+		}
+		changed = changed || InboundTLSMin(e.mesh) != InboundTLSMin(next)
+		e.mesh = next
 	case api.ServiceRouter:
 		next := map[string]*api.ServiceRouterConfigEntry{}
 		for _, en := range entries {
@@ -122,6 +144,47 @@ func (e *ConfigEntries) store(kind string, entries []api.ConfigEntry) {
 		default:
 		}
 	}
+}
+
+// errMeshDenied fails a query of the mesh entry the token may not read (meshDenied said so): the watch tries
+// again after its backoff, so that a token given mesh:read later is noticed, and logs nothing more.
+var errMeshDenied = errors.New("the ACL token may not read the mesh config entry")
+
+// meshDenied records that the token may not read the mesh entry: as answered, without an entry.
+func (e *ConfigEntries) meshDenied(err error) {
+	e.mu.Lock()
+	first := !e.answered[api.MeshConfig]
+	e.answered[api.MeshConfig] = true
+	e.mesh = nil
+	e.mu.Unlock()
+	if first {
+		e.c.log.Warn("consul mesh config entry not readable (the token needs mesh:read); the inbound TLS minimum is tls.min_version",
+			"error", err.Error())
+	}
+}
+
+// InboundTLSMinVersion is the inbound TLS minimum the mesh config entry sets (InboundTLSMin); "" while it sets
+// none, or is not known.
+func (e *ConfigEntries) InboundTLSMinVersion() string {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	return InboundTLSMin(e.mesh)
+}
+
+// InboundTLSMin reads the minimum TLS version of incoming mesh connections from Consul's mesh config entry
+// (TLS.Incoming.TLSMinVersion) as meshlet names versions: "1.2" for TLSv1_2 and below (meshlet accepts nothing
+// below 1.2), "1.3" for TLSv1_3, "" for TLS_AUTO, an unknown value or no entry (meshlet's tls.min_version then).
+func InboundTLSMin(m *api.MeshConfigEntry) string {
+	if m == nil || m.TLS == nil || m.TLS.Incoming == nil {
+		return ""
+	}
+	switch m.TLS.Incoming.TLSMinVersion {
+	case "TLSv1_0", "TLSv1_1", "TLSv1_2":
+		return "1.2"
+	case "TLSv1_3":
+		return "1.3"
+	}
+	return ""
 }
 
 // Ready says why the entries are not known yet: nil once both kinds have answered (later failures keep the last

@@ -3,6 +3,7 @@ package e2e_test
 import (
 	"bytes"
 	"crypto/rand"
+	"crypto/tls"
 	"fmt"
 	"io"
 	"net"
@@ -332,5 +333,50 @@ func TestMeshletCallsBuiltinProxy(t *testing.T) {
 	}
 	if code, body, reason := post(); code != 200 || body != want {
 		t.Fatalf("echo, with no intention against it: %d %q %q", code, body, reason)
+	}
+}
+
+// TestConsulMeshTLSMinimum: meshlet's inbound takes its TLS minimum from Consul's mesh config entry
+// (TLS.Incoming.TLSMinVersion), as Consul's Envoy sidecars do: a TLS 1.2 client (Envoy 1.2x's default upstream
+// TLS) is refused under meshlet's default of 1.3, served once the mesh entry says TLSv1_2, and refused again when
+// it says TLSv1_3; TLS 1.3 clients are served throughout.
+func TestConsulMeshTLSMinimum(t *testing.T) {
+	agent := discoverytest.StartConsul(t, discoverytest.Options{})
+	client := agent.Client()
+	app := startAuthzApp(t)
+	_, apiInbound := consulAPISidecar(t, agent.HTTPAddr, "", app.addr)
+	tls12 := consulLeafTLS(t, client, "web")
+	tls12.MaxVersion = tls.VersionTLS12
+	tls13 := consulLeafTLS(t, client, "web")
+	handshake := func(cfg *tls.Config) error {
+		c, err := tls.DialWithDialer(&net.Dialer{Timeout: 5 * time.Second}, "tcp", apiInbound, cfg)
+		if err == nil {
+			c.Close()
+		}
+		return err
+	}
+	meshlettest.Eventually(t, 10*time.Second, "api's meshlet serves TLS 1.3", func() bool { return handshake(tls13) == nil })
+	if err := handshake(tls12); err == nil {
+		t.Fatal("a TLS 1.2 client was accepted with meshlet's default minimum and no mesh entry")
+	}
+	setMesh := func(v string) {
+		t.Helper()
+		if _, _, err := client.ConfigEntries().Set(&api.MeshConfigEntry{TLS: &api.MeshTLSConfig{
+			Incoming: &api.MeshDirectionalTLSConfig{TLSMinVersion: v}}}, nil); err != nil {
+			t.Fatal(err)
+		}
+	}
+	setMesh("TLSv1_2")
+	meshlettest.Eventually(t, 10*time.Second, "the mesh entry lets TLS 1.2 in", func() bool { return handshake(tls12) == nil })
+	if code, reason := tlsExchange(t, apiInbound, tls12, "GET /tls12"); code != 200 {
+		t.Fatalf("a request over TLS 1.2: %d %q", code, reason)
+	}
+	if got := app.targets(); got[len(got)-1] != "/tls12" {
+		t.Fatalf("the app saw %v", got)
+	}
+	setMesh("TLSv1_3")
+	meshlettest.Eventually(t, 10*time.Second, "the mesh entry's TLSv1_3 refuses TLS 1.2", func() bool { return handshake(tls12) != nil })
+	if err := handshake(tls13); err != nil {
+		t.Fatalf("TLS 1.3 under the mesh entry's TLSv1_3: %v", err)
 	}
 }

@@ -34,6 +34,9 @@ type Options struct {
 	TLS mtls.Source
 	// TLSMinVersion is "1.3" (default) or "1.2".
 	TLSMinVersion string
+	// InboundTLSMinVersion, when set, is asked at each inbound handshake for the minimum TLS version ("1.2" or
+	// "1.3"; "" means TLSMinVersion): Consul's mesh config entry (consul.ConfigEntries.InboundTLSMinVersion).
+	InboundTLSMinVersion func() string
 	// Authorizer, when set with TLS, decides on each inbound connection and request besides inbound.tls.allow
 	// (Consul's intentions).
 	Authorizer Authorizer

@@ -46,6 +46,7 @@ func validTLSMode(m string, modes ...string) bool {
 type tlsState struct {
 	src            mtls.Source
 	minVersion     string
+	inboundMin     func() string // Options.InboundTLSMinVersion; nil: minVersion
 	authz          *authorizer // inbound.tls.allow; nil: any identity
 	rules          Authorizer  // e.g. Consul intentions; nil: none
 	allowPlaintext bool        // inbound.tls.allow_plaintext
@@ -53,7 +54,7 @@ type tlsState struct {
 
 // newTLSState returns the proxy's TLS state for opts and the inbound.tls section.
 func newTLSState(opts Options, in InboundTLSConfig) *tlsState {
-	return &tlsState{src: opts.TLS, minVersion: opts.TLSMinVersion, authz: newAuthorizer(in.Allow),
+	return &tlsState{src: opts.TLS, minVersion: opts.TLSMinVersion, inboundMin: opts.InboundTLSMinVersion, authz: newAuthorizer(in.Allow),
 		rules: opts.Authorizer, allowPlaintext: in.AllowPlaintext}
 }
 
@@ -64,7 +65,7 @@ func (p *Proxy) secureInbound(ln net.Listener, mode string, httpInbound bool) (n
 	if p.tls == nil || mode == mtls.ModeDisabled {
 		return ln, nil
 	}
-	cfg, err := mtls.ServerConfig(p.tls.src, p.tls.minVersion)
+	cfg, err := mtls.InboundConfig(p.tls.src, p.tls.minVersion, p.tls.inboundMin)
 	if err != nil {
 		return nil, err
 	}
