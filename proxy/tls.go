@@ -47,9 +47,9 @@ type tlsState struct {
 	src            mtls.Source
 	minVersion     string
 	inboundMin     func() string // Options.InboundTLSMinVersion; nil: minVersion
-	authz          *authorizer // inbound.tls.allow; nil: any identity
-	rules          Authorizer  // e.g. Consul intentions; nil: none
-	allowPlaintext bool        // inbound.tls.allow_plaintext
+	authz          *authorizer   // inbound.tls.allow; nil: any identity
+	rules          Authorizer    // e.g. Consul intentions; nil: none
+	allowPlaintext bool          // inbound.tls.allow_plaintext
 }
 
 // newTLSState returns the proxy's TLS state for opts and the inbound.tls section.
