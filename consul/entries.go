@@ -15,9 +15,10 @@ import (
 	"meshlet.dev/meshlet/discovery"
 )
 
-// ConfigEntries watches the service-defaults, service-router and proxy-defaults config entries with one blocking query per kind
-// (/v1/config/<kind>) and turns them into discovery.UpstreamSettings. Changed is signalled after every change. It
-// is safe for concurrent use; Run owns its goroutines.
+// ConfigEntries watches the service-defaults, service-router, proxy-defaults and mesh config entries with one
+// blocking query per kind (/v1/config/<kind>) and turns them into discovery.UpstreamSettings, and the mesh entry
+// into the inbound TLS minimum (InboundTLSMinVersion). Changed is signalled after every change. It is safe for
+// concurrent use; Run owns its goroutines.
 type ConfigEntries struct {
 	c       *Source
 	changed chan struct{}
@@ -56,21 +57,15 @@ func (e *ConfigEntries) Run(ctx context.Context) error {
 func (e *ConfigEntries) loop(ctx context.Context, kind string) {
 	Watch(ctx, Options{Wait: e.c.cfg.WaitTime}, func(q *api.QueryOptions) (uint64, error) {
 		entries, meta, err := e.c.client.ConfigEntries().List(kind, q)
-		if err != nil && kind == api.MeshConfig && errors.Is(classify(err), ErrDenied) {
-			// Reading the mesh entry needs mesh:read, which a service's token often lacks: without it, the
-			// mesh's settings are the config file's, said once, and nothing waits for them.
-			e.mu.Lock()
-			first := !e.answered[kind]
-			e.mu.Unlock()
-			if first {
-				e.c.log.Warn("consul mesh config entry not readable (the token lacks mesh:read): its settings "+
-					"(transparent_proxy.mesh_destinations_only) do not apply", "error", classify(err).Error())
-			}
-			e.store(kind, nil)
-			return 0, classify(err) // retried with backoff: a token may gain the permission
-		}
 		if err != nil {
-			return 0, classify(err)
+			err = classify(err)
+			if kind == api.MeshConfig && errors.Is(err, ErrDenied) {
+				// Reading the mesh entry needs mesh:read (or operator:read), which a service's token may lack:
+				// meshlet then keeps its own TLS minimum (tls.min_version), the stricter choice, and says so once.
+				e.meshDenied(err)
+				return 0, errMeshDenied
+			}
+			return 0, err
 		}
 		if ctx.Err() != nil {
 			return 0, ctx.Err()
@@ -78,6 +73,9 @@ func (e *ConfigEntries) loop(ctx context.Context, kind string) {
 		e.store(kind, entries)
 		return meta.LastIndex, nil
 	}, func(err error, _ time.Duration) {
+		if errors.Is(err, errMeshDenied) {
+			return
+		}
 		e.mu.Lock()
 		prev := e.errs[kind]
 		e.errs[kind] = err
@@ -108,16 +106,6 @@ func (e *ConfigEntries) store(kind string, entries []api.ConfigEntry) {
 		}
 		changed = changed || len(next) != len(e.defaults)
 		e.defaults = next
-	case api.MeshConfig:
-		var next *api.MeshConfigEntry
-		for _, en := range entries {
-			if m, ok := en.(*api.MeshConfigEntry); ok {
-				next = m
-			}
-		}
-		old := e.mesh
-		changed = changed || (old == nil) != (next == nil) || (old != nil && next != nil && old.ModifyIndex != next.ModifyIndex)
-		e.mesh = next
 	case api.ProxyDefaults:
 		var next *api.ProxyConfigEntry
 		for _, en := range entries {
@@ -128,6 +116,16 @@ func (e *ConfigEntries) store(kind string, entries []api.ConfigEntry) {
 		old := e.proxy
 		changed = changed || (old == nil) != (next == nil) || (old != nil && next != nil && old.ModifyIndex != next.ModifyIndex)
 		e.proxy = next
+	case api.MeshConfig:
+		var next *api.MeshConfigEntry
+		for _, en := range entries {
+			if m, ok := en.(*api.MeshConfigEntry); ok {
+				next = m
+			}
+		}
+		changed = changed || InboundTLSMin(e.mesh) != InboundTLSMin(next) ||
+			meshDestinationsOnly(e.mesh) != meshDestinationsOnly(next)
+		e.mesh = next
 	case api.ServiceRouter:
 		next := map[string]*api.ServiceRouterConfigEntry{}
 		for _, en := range entries {
@@ -149,6 +147,47 @@ func (e *ConfigEntries) store(kind string, entries []api.ConfigEntry) {
 	}
 }
 
+// errMeshDenied fails a query of the mesh entry the token may not read (meshDenied said so): the watch tries
+// again after its backoff, so that a token given mesh:read later is noticed, and logs nothing more.
+var errMeshDenied = errors.New("the ACL token may not read the mesh config entry")
+
+// meshDenied records that the token may not read the mesh entry: as answered, without an entry.
+func (e *ConfigEntries) meshDenied(err error) {
+	e.mu.Lock()
+	first := !e.answered[api.MeshConfig]
+	e.answered[api.MeshConfig] = true
+	e.mesh = nil
+	e.mu.Unlock()
+	if first {
+		e.c.log.Warn("consul mesh config entry not readable (the token needs mesh:read); the inbound TLS minimum is tls.min_version and mesh_destinations_only the file's",
+			"error", err.Error())
+	}
+}
+
+// InboundTLSMinVersion is the inbound TLS minimum the mesh config entry sets (InboundTLSMin); "" while it sets
+// none, or is not known.
+func (e *ConfigEntries) InboundTLSMinVersion() string {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	return InboundTLSMin(e.mesh)
+}
+
+// InboundTLSMin reads the minimum TLS version of incoming mesh connections from Consul's mesh config entry
+// (TLS.Incoming.TLSMinVersion) as meshlet names versions: "1.2" for TLSv1_2 and below (meshlet accepts nothing
+// below 1.2), "1.3" for TLSv1_3, "" for TLS_AUTO, an unknown value or no entry (meshlet's tls.min_version then).
+func InboundTLSMin(m *api.MeshConfigEntry) string {
+	if m == nil || m.TLS == nil || m.TLS.Incoming == nil {
+		return ""
+	}
+	switch m.TLS.Incoming.TLSMinVersion {
+	case "TLSv1_0", "TLSv1_1", "TLSv1_2":
+		return "1.2"
+	case "TLSv1_3":
+		return "1.3"
+	}
+	return ""
+}
+
 // Ready says why the entries are not known yet: nil once both kinds have answered (later failures keep the last
 // known entries, like endpoints), the latest error otherwise, or that no answer has come yet.
 func (e *ConfigEntries) Ready() error {
@@ -166,11 +205,16 @@ func (e *ConfigEntries) Ready() error {
 	return nil
 }
 
-// MeshDestinationsOnly is the mesh entry's TransparentProxy.MeshDestinationsOnly (false without the entry).
+// MeshDestinationsOnly is the mesh entry's TransparentProxy.MeshDestinationsOnly (false without the entry, or
+// when the token may not read it).
 func (e *ConfigEntries) MeshDestinationsOnly() bool {
 	e.mu.Lock()
 	defer e.mu.Unlock()
-	return e.mesh != nil && e.mesh.TransparentProxy.MeshDestinationsOnly
+	return meshDestinationsOnly(e.mesh)
+}
+
+func meshDestinationsOnly(m *api.MeshConfigEntry) bool {
+	return m != nil && m.TransparentProxy.MeshDestinationsOnly
 }
 
 // Settings returns what the entries say about calls from caller to the upstream service: service-defaults of

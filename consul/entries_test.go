@@ -56,3 +56,53 @@ func TestEntriesProtocol(t *testing.T) {
 	}
 	protocol("db", "")
 }
+
+// TestEntriesMeshTLS: the inbound TLS minimum follows the mesh config entry's TLS.Incoming.TLSMinVersion ("1.2"
+// for TLSv1_2, "1.3" for TLSv1_3, "" for TLS_AUTO or no entry), also for a sidecar whose token has only its
+// service identity (Consul lets every token read the mesh entry).
+func TestEntriesMeshTLS(t *testing.T) {
+	agent := discoverytest.StartConsul(t, discoverytest.Options{ACL: true})
+	entries := agent.Client().ConfigEntries()
+	watch := func(token string) *consul.ConfigEntries {
+		e := consul.NewConfigEntries(newSource(t, consul.Config{Address: agent.HTTPAddr, Token: token}))
+		ctx, cancel := context.WithCancel(context.Background())
+		done := make(chan struct{})
+		go func() { e.Run(ctx); close(done) }()
+		t.Cleanup(func() { cancel(); <-done })
+		return e
+	}
+	e := watch(discoverytest.ManagementToken)
+	wait := func(e *consul.ConfigEntries, want string) {
+		t.Helper()
+		deadline := time.Now().Add(10 * time.Second)
+		for e.InboundTLSMinVersion() != want || e.Ready() != nil {
+			if time.Now().After(deadline) {
+				t.Fatalf("inbound TLS minimum %q, want %q (ready: %v)", e.InboundTLSMinVersion(), want, e.Ready())
+			}
+			select {
+			case <-e.Changed():
+			case <-time.After(100 * time.Millisecond):
+			}
+		}
+	}
+	wait(e, "")
+	for _, tt := range []struct{ consul, want string }{{"TLSv1_2", "1.2"}, {"TLSv1_3", "1.3"}, {"TLS_AUTO", ""}, {"TLSv1_2", "1.2"}} {
+		if _, _, err := entries.Set(&api.MeshConfigEntry{TLS: &api.MeshTLSConfig{
+			Incoming: &api.MeshDirectionalTLSConfig{TLSMinVersion: tt.consul}}}, nil); err != nil {
+			t.Fatal(err)
+		}
+		wait(e, tt.want)
+	}
+	tok, _, err := agent.Client().ACL().TokenCreate(&api.ACLToken{
+		ServiceIdentities: []*api.ACLServiceIdentity{{ServiceName: "api"}}}, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	withServiceToken := watch(tok.SecretID)
+	wait(withServiceToken, "1.2")
+	if _, err := entries.Delete(api.MeshConfig, api.MeshConfigMesh, nil); err != nil {
+		t.Fatal(err)
+	}
+	wait(e, "")
+	wait(withServiceToken, "")
+}

@@ -24,6 +24,11 @@ var osHostname = os.Hostname
 // moment between the two registrations.
 const MetaSidecar = "meshlet_sidecar"
 
+// MetaMeshlet is the meta key of meshlet's sidecar registration, with the value "true": the marker that tells
+// callers the sidecar is a meshlet. Any other Connect proxy of the mesh (Consul's built-in proxy, Envoy) is a
+// foreign one (discovery.ProxyForeign), spoken to in the service's own protocol.
+const MetaMeshlet = "meshlet"
+
 // Defaults of Registration (and of discovery.consul.check_interval and resync_interval).
 const (
 	DefaultCheckInterval  = 10 * time.Second
@@ -229,7 +234,7 @@ func (r *Registrar) register(ctx context.Context) error {
 	}
 	prx := &api.AgentServiceRegistration{
 		Kind: api.ServiceKindConnectProxy, ID: r.ProxyID(), Name: r.reg.Service + "-sidecar-proxy",
-		Address: inHost, Port: inPort, Tags: r.reg.Tags, Meta: withMeta(r.reg.Meta, "meshlet", "true"),
+		Address: inHost, Port: inPort, Tags: r.reg.Tags, Meta: withMeta(r.reg.Meta, MetaMeshlet, "true"),
 		Proxy: &api.AgentServiceConnectProxyConfig{DestinationServiceName: r.reg.Service,
 			DestinationServiceID: r.id, LocalServiceAddress: appHost, LocalServicePort: appPort},
 		Checks: api.AgentServiceChecks{

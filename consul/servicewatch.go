@@ -15,6 +15,7 @@ import (
 	"github.com/hashicorp/consul/api"
 
 	"meshlet.dev/meshlet/discovery"
+	"meshlet.dev/meshlet/mtls"
 )
 
 // Errors a Consul watch reports, to classify with errors.Is.
@@ -217,18 +218,32 @@ func (w *serviceWatch) endpoints(kind string, entries []*api.ServiceEntry, trust
 		}
 		if kind == kindConnect {
 			ep.Meta["peer"] = "sidecar"
+			ep.Meta[discovery.MetaProxy] = discovery.ProxyMeshlet
+			if e.Service.Meta[MetaMeshlet] != "true" {
+				ep.Meta[discovery.MetaProxy] = discovery.ProxyForeign
+			}
 			if trust != "" {
 				dc := e.Node.Datacenter
 				if dc == "" {
 					dc = w.dc
 				}
-				ep.Identity = SPIFFEID(trust, dc, w.service)
+				ep.Identity = serviceIdentity(trust, dc, w.service, e.Service)
 			}
 		}
 		eps = append(eps, ep)
 	}
 	slices.SortFunc(eps, func(a, b discovery.Endpoint) int { return strings.Compare(a.ID, b.ID) })
 	return eps, registered
+}
+
+// serviceIdentity is the SPIFFE ID of service's instance behind the connect entry svc: in svc's namespace and
+// admin partition (Consul Enterprise names them; empty, the default ones), as Consul's CA writes it.
+func serviceIdentity(trust, dc, service string, svc *api.AgentService) string {
+	id := mtls.ServiceID(trust, svc.Namespace, dc, service)
+	if p := svc.Partition; p != mtls.DefaultPartition {
+		id.Partition = p
+	}
+	return id.String()
 }
 
 // answered records a successful answer (eps healthy of registered instances) and publishes a snapshot when the
@@ -314,7 +329,8 @@ func sameEndpoints(a, b []discovery.Endpoint) bool {
 	}
 	for i := range a {
 		x, y := a[i], b[i]
-		if x.ID != y.ID || x.Addr != y.Addr || x.Identity != y.Identity || x.Weight != y.Weight {
+		if x.ID != y.ID || x.Addr != y.Addr || x.Identity != y.Identity || x.Weight != y.Weight ||
+			x.Meta[discovery.MetaProxy] != y.Meta[discovery.MetaProxy] {
 			return false
 		}
 	}

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"log/slog"
 	"os"
+	"regexp"
 	"strings"
 	"sync"
 	"time"
@@ -48,6 +49,11 @@ type Config struct {
 	TokenFile string `yaml:"token_file" json:"token_file"`
 	// Datacenter to query; empty means the agent's own.
 	Datacenter string `yaml:"datacenter" json:"datacenter"`
+	// Namespace and Partition (Consul Enterprise) are sent with every request to the agent (?ns=, ?partition=):
+	// queries, registration, certificates, intentions, config entries. Empty: not sent (the token's, else
+	// default). Consul's open-source agent refuses any request that names one, "default" included.
+	Namespace string `yaml:"namespace" json:"namespace"`
+	Partition string `yaml:"partition" json:"partition"`
 	// Mode is auto (default), connect or service; see ModeAuto.
 	Mode string `yaml:"mode" json:"mode"`
 	// Tag, when set, keeps only instances that carry it.
@@ -82,6 +88,8 @@ func (c *Config) ApplyEnv(getenv func(string) string) {
 		}
 	}
 	fill(&c.Address, api.HTTPAddrEnvName)
+	fill(&c.Namespace, api.HTTPNamespaceEnvName)
+	fill(&c.Partition, api.HTTPPartitionEnvName)
 	if c.Token == "" && c.TokenFile == "" {
 		fill(&c.Token, api.HTTPTokenEnvName)
 		if c.Token == "" {
@@ -124,6 +132,11 @@ func (c *Config) Validate(prefix string) error {
 	if c.Token != "" && c.TokenFile != "" {
 		bad("token_file", "set token or token_file, not both")
 	}
+	for _, f := range []struct{ name, v string }{{"namespace", c.Namespace}, {"partition", c.Partition}} {
+		if f.v != "" && !consulName.MatchString(f.v) {
+			bad(f.name, fmt.Sprintf("%q is not a Consul %s name (letters, digits and '-', at most 64, starting and ending with a letter or digit)", f.v, f.name))
+		}
+	}
 	if c.WaitTime < time.Second || c.WaitTime > 10*time.Minute {
 		bad("wait_time", "must be between 1s and 10m")
 	}
@@ -144,9 +157,13 @@ func (c *Config) Validate(prefix string) error {
 	return errors.Join(errs...)
 }
 
+// consulName is the form of a Consul namespace or admin partition name.
+var consulName = regexp.MustCompile(`^[a-zA-Z0-9]([a-zA-Z0-9-]{0,62}[a-zA-Z0-9])?$`)
+
 // apiConfig turns c into the client library's config, reading the token file.
 func (c *Config) apiConfig() (*api.Config, error) {
-	ac := &api.Config{Address: c.Address, Datacenter: c.Datacenter, Token: c.Token, Scheme: "http"}
+	ac := &api.Config{Address: c.Address, Datacenter: c.Datacenter, Token: c.Token, Scheme: "http",
+		Namespace: c.Namespace, Partition: c.Partition}
 	if rest, ok := strings.CutPrefix(c.Address, "https://"); ok {
 		ac.Address, ac.Scheme = rest, "https"
 	} else if rest, ok := strings.CutPrefix(c.Address, "http://"); ok {

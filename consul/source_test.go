@@ -119,9 +119,19 @@ func TestConsulWatchFollowsInstances(t *testing.T) {
 		if !strings.HasPrefix(ep.Identity, "spiffe://") || !strings.HasSuffix(ep.Identity, "/ns/default/dc/dc1/svc/api") {
 			t.Errorf("identity %q, want spiffe://<trust-domain>/ns/default/dc/dc1/svc/api", ep.Identity)
 		}
-		if ep.Meta["peer"] != "sidecar" {
-			t.Errorf("meta %v, want peer=sidecar", ep.Meta)
+		if ep.Meta["peer"] != "sidecar" || ep.Meta[discovery.MetaProxy] != discovery.ProxyForeign {
+			t.Errorf("meta %v, want peer=sidecar and proxy=foreign (no meshlet marker)", ep.Meta)
 		}
+		// The same proxy registered again with meshlet's marker: a new snapshot says it is a meshlet.
+		if err := client.Agent().ServiceRegister(&api.AgentServiceRegistration{Kind: api.ServiceKindConnectProxy,
+			ID: "api-1-sidecar-proxy", Name: "api-sidecar-proxy", Address: "127.0.0.1", Port: 21001,
+			Meta:  map[string]string{consul.MetaMeshlet: "true"},
+			Proxy: &api.AgentServiceConnectProxyConfig{DestinationServiceName: "api", DestinationServiceID: "api-1"}}); err != nil {
+			t.Fatal(err)
+		}
+		next(t, ch, time.Second, "the marker read", func(s discovery.Snapshot) bool {
+			return addrs(s) == "127.0.0.1:21001" && s.Endpoints[0].Meta[discovery.MetaProxy] == discovery.ProxyMeshlet
+		})
 		client.Agent().ServiceDeregister("api-1-sidecar-proxy")
 		next(t, ch, time.Second, "fallback to plain instances", func(s discovery.Snapshot) bool {
 			return addrs(s) == "127.0.0.1:9101,127.0.0.1:9103"
@@ -360,5 +370,51 @@ func waitFor(t *testing.T, timeout time.Duration, what string, cond func() bool)
 			t.Fatalf("%s: not within %v", what, timeout)
 		}
 		time.Sleep(20 * time.Millisecond)
+	}
+}
+
+// TestConsulNamespaceAndPartitionSent: discovery.consul.namespace and partition go with every query of the source
+// (?ns=, ?partition=). The open-source agent the tests run refuses both, which shows they were sent; the error
+// says why. Without them, the same watch works. Names that are not Consul names are refused by Validate.
+func TestConsulNamespaceAndPartitionSent(t *testing.T) {
+	agent := discoverytest.StartConsul(t, discoverytest.Options{})
+	registerInstance(t, agent.Client(), "api-1", "api", 9101)
+	for _, tc := range []struct {
+		name string
+		cfg  consul.Config
+		want string
+	}{
+		{"namespace", consul.Config{Address: agent.HTTPAddr, Namespace: "team-a"}, "Namespaces are a Consul Enterprise feature"},
+		{"partition", consul.Config{Address: agent.HTTPAddr, Partition: "eu"}, "Partitions are a Consul Enterprise feature"},
+		{"neither", consul.Config{Address: agent.HTTPAddr}, ""},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			tc.cfg.SetDefaults()
+			if err := tc.cfg.Validate("discovery.consul"); err != nil {
+				t.Fatal(err)
+			}
+			src := newSource(t, tc.cfg)
+			ch, err := src.Watch(t.Context(), "api")
+			if err != nil {
+				t.Fatal(err)
+			}
+			if tc.want == "" {
+				next(t, ch, 5*time.Second, "the instance", func(s discovery.Snapshot) bool { return addrs(s) == "127.0.0.1:9101" })
+				return
+			}
+			deadline := time.Now().Add(5 * time.Second)
+			for err = src.Err(); err == nil && time.Now().Before(deadline); err = src.Err() {
+				time.Sleep(20 * time.Millisecond)
+			}
+			if err == nil || !strings.Contains(err.Error(), tc.want) {
+				t.Fatalf("Err() = %v, want the agent's %q", err, tc.want)
+			}
+		})
+	}
+	for _, bad := range []consul.Config{{Namespace: "team/a"}, {Partition: "-eu"}, {Namespace: strings.Repeat("n", 65)}} {
+		bad.SetDefaults()
+		if err := bad.Validate("discovery.consul"); err == nil || !strings.Contains(err.Error(), "is not a Consul") {
+			t.Errorf("%+v: %v", bad, err)
+		}
 	}
 }

@@ -23,6 +23,16 @@ type Endpoint struct {
 	Meta map[string]string
 }
 
+// Meta keys and values a source may set on endpoints that are sidecars (Meta "peer" is "sidecar").
+const (
+	// MetaProxy says what kind of sidecar the endpoint is: ProxyMeshlet, or ProxyForeign for any other proxy of
+	// the mesh (Consul's built-in proxy, Envoy, a Connect-native app), which meshlet speaks to in the service's
+	// own protocol as Consul's Envoy does, never in meshlet's HTTP/2 between sidecars. Absent: a meshlet.
+	MetaProxy    = "proxy"
+	ProxyMeshlet = "meshlet"
+	ProxyForeign = "foreign"
+)
+
 // Snapshot is the complete set of endpoints of a service at one moment.
 type Snapshot struct {
 	Service   string

@@ -4,12 +4,16 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/hashicorp/consul/api"
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 )
 
 // FuzzParseID checks that ParseID never panics, accepts only what go-spiffe's spiffeid accepts as a SPIFFE ID,
 // normalizes nothing (an accepted string is its ID's String, but for an explicit /ap/default/ segment), and that
-// the String of a parsed ID parses back to the same ID.
+// the String of a parsed ID parses back to the same ID. Of an accepted ID it also checks Consul's rules: the
+// default partition is the zero Partition; the SNI is the service's, its namespace's and datacenter's, internal-v1
+// with the partition only outside the default one; an intention whose source is the ID's service, namespace and
+// partition matches it, and one for the service in default/default only when the ID is there too.
 func FuzzParseID(f *testing.F) {
 	for _, s := range []string{
 		"spiffe://example.org/ns/default/dc/dc1/svc/web",
@@ -54,6 +58,27 @@ func FuzzParseID(f *testing.F) {
 		}
 		if again != id {
 			t.Fatalf("ParseID(%q) = %+v, String %q parses to %+v", s, id, id.String(), again)
+		}
+		if id.Partition == DefaultPartition {
+			t.Fatalf("ParseID(%q) = %+v: the default partition kept as a name", s, id)
+		}
+		sni, head := id.SNI(), id.Service+"."+id.Namespace+"."
+		tail := "." + id.Datacenter + ".internal." + id.TrustDomain
+		if id.Partition != "" {
+			tail = "." + id.Partition + "." + id.Datacenter + ".internal-v1." + id.TrustDomain
+		}
+		if sni != head+strings.TrimPrefix(tail, ".") {
+			t.Fatalf("ParseID(%q): SNI %q", s, sni)
+		}
+		own := evaluator([]*api.Intention{{SourceName: id.Service, SourceNS: id.Namespace, SourcePartition: id.Partition,
+			Action: api.IntentionActionAllow}}, DefaultDeny)
+		if ok, why := own.Allowed(id, nil); !ok {
+			t.Fatalf("ParseID(%q) = %+v: the intention for its own source denies it: %s", s, id, why)
+		}
+		dflt := evaluator([]*api.Intention{{SourceName: id.Service, Action: api.IntentionActionAllow}}, DefaultDeny)
+		inDefault := id.Namespace == DefaultNamespace && id.PartitionName() == DefaultPartition
+		if ok, why := dflt.Allowed(id, nil); ok != inDefault {
+			t.Fatalf("ParseID(%q) = %+v: an intention for default/default/%s allowed=%v (%s)", s, id, id.Service, ok, why)
 		}
 	})
 }

@@ -70,6 +70,21 @@ func (id ID) String() string {
 	return "spiffe://" + id.TrustDomain + id.path()
 }
 
+// SNI is the TLS server name Consul gives the service of the ID, as its Envoy sidecars send it and its
+// terminating and mesh gateways route by it (Consul's connect.ServiceSNI, without a subset):
+// <service>.<namespace>.<datacenter>.internal.<trust-domain> in the default partition, and
+// <service>.<namespace>.<partition>.<datacenter>.internal-v1.<trust-domain> in another.
+func (id ID) SNI() string {
+	ns := id.Namespace
+	if ns == "" {
+		ns = DefaultNamespace
+	}
+	if p := id.PartitionName(); p != DefaultPartition {
+		return id.Service + "." + ns + "." + p + "." + id.Datacenter + ".internal-v1." + id.TrustDomain
+	}
+	return id.Service + "." + ns + "." + id.Datacenter + ".internal." + id.TrustDomain
+}
+
 // URL renders the SPIFFE URI as a *url.URL, for a certificate's URI SAN.
 func (id ID) URL() *url.URL {
 	return &url.URL{Scheme: "spiffe", Host: id.TrustDomain, Path: id.path()}

@@ -109,6 +109,7 @@ func TestIntentionSourceIdentity(t *testing.T) {
 	deny := api.IntentionActionDeny
 	withNS := func(ns, svc string) ID { id := callerID(svc); id.Namespace = ns; return id }
 	withAP := func(ap, svc string) ID { id := callerID(svc); id.Partition = ap; return id }
+	withNSAP := func(ap, ns, svc string) ID { id := withAP(ap, svc); id.Namespace = ns; return id }
 	tests := []struct {
 		name      string
 		intention api.Intention
@@ -125,6 +126,16 @@ func TestIntentionSourceIdentity(t *testing.T) {
 		{"wildcard name stays in its namespace", api.Intention{SourceName: "*", Action: allow}, withNS("team", "web"), false},
 		{"caller in another partition", api.Intention{SourceName: "web", Action: allow}, withAP("eu", "web"), false},
 		{"partition matches", api.Intention{SourceName: "web", SourcePartition: "eu", Action: allow}, withAP("eu", "web"), true},
+		{"default/default/web, caller team-a/web", api.Intention{SourceName: "web", SourceNS: "default",
+			SourcePartition: "default", Action: allow}, withNS("team-a", "web"), false},
+		{"partition and namespace match", api.Intention{SourceName: "web", SourceNS: "team-a", SourcePartition: "eu",
+			Action: allow}, withNSAP("eu", "team-a", "web"), true},
+		{"namespace matches, partition does not", api.Intention{SourceName: "web", SourceNS: "team-a", SourcePartition: "eu",
+			Action: allow}, withNS("team-a", "web"), false},
+		{"partition matches, namespace does not", api.Intention{SourceName: "web", SourceNS: "team-a", SourcePartition: "eu",
+			Action: allow}, withAP("eu", "web"), false},
+		{"parsed caller with /ap/ and /ns/", api.Intention{SourceName: "web", SourceNS: "ops", SourcePartition: "team-a",
+			Action: allow}, mustParseID(t, "spiffe://example.mesh/ap/team-a/ns/ops/dc/dc1/svc/web"), true},
 		{"peer intention, local caller", api.Intention{SourceName: "web", SourcePeer: "other-cluster", Action: allow}, callerID("web"), false},
 		{"wildcard of a peer, local caller", api.Intention{SourceName: "*", SourcePeer: "other-cluster", Action: allow}, callerID("web"), false},
 		{"sameness group allow", api.Intention{SourceName: "web", SourceSamenessGroup: "g", Action: allow}, callerID("web"), false},
@@ -224,4 +235,13 @@ func TestIntentionL7Readings(t *testing.T) {
 			}
 		})
 	}
+}
+
+func mustParseID(t *testing.T, s string) ID {
+	t.Helper()
+	id, err := ParseID(s)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return id
 }

@@ -5,6 +5,8 @@ import (
 	"context"
 	"crypto/tls"
 	"errors"
+	"fmt"
+	"io"
 	"net"
 	"sync"
 	"time"
@@ -25,6 +27,13 @@ const HandshakeTimeout = 10 * time.Second
 type ListenerHooks struct {
 	Failed    func(reason string, remote net.Addr, err error)
 	Plaintext func(remote net.Addr)
+	// HTTP says that the listener's connections carry HTTP: a client that negotiated ALPN h2 without naming a
+	// server (SNI) may be one that offers h2 whatever it then sends, HTTP/1.1 included (Consul's connect package,
+	// which Connect-native Go apps use, offers h2 by default on every connection it dials; Consul's built-in
+	// proxy, built on it, offers no ALPN in the Consul the tests run, 1.14), so its first bytes are read before Accept and it is
+	// handed over as a *SniffedConn that replays them: HTTP/2 only when they are HTTP/2's connection preface.
+	// meshlet's own clients name the server, and Envoy speaks what it negotiates.
+	HTTP bool
 }
 
 // Listener wraps a TCP listener with the inbound TLS mode: each new connection's first byte tells a TLS
@@ -116,6 +125,17 @@ func (l *Listener) handshake(c net.Conn) {
 			return
 		}
 		out = tc
+		if cs := tc.ConnectionState(); l.hooks.HTTP && cs.NegotiatedProtocol == "h2" && cs.ServerName == "" {
+			head, err := readHead(tc)
+			if err != nil {
+				if !errors.Is(err, io.EOF) && l.hooks.Failed != nil { // gone without a word: nothing to count
+					l.hooks.Failed(ReasonOther, c.RemoteAddr(), err)
+				}
+				c.Close()
+				return
+			}
+			out = &SniffedConn{Conn: tc, head: head}
+		}
 	} else if l.mode == ModePermissive {
 		if l.hooks.Plaintext != nil {
 			l.hooks.Plaintext(c.RemoteAddr())
@@ -166,6 +186,52 @@ func (l *Listener) Close() error {
 
 // Addr is the listening address.
 func (l *Listener) Addr() net.Addr { return l.inner.Addr() }
+
+// h2Preface is the start of every HTTP/2 connection.
+const h2Preface = "PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
+
+// readHead reads the first bytes of c: the whole HTTP/2 preface, or as much as tells that it is not one (within
+// the handshake's deadline).
+func readHead(c net.Conn) ([]byte, error) {
+	buf := make([]byte, 0, len(h2Preface))
+	for len(buf) < len(h2Preface) && string(buf) == h2Preface[:len(buf)] {
+		n, err := c.Read(buf[len(buf):cap(buf)])
+		buf = buf[:len(buf)+n]
+		if err != nil {
+			if len(buf) > 0 && string(buf) != h2Preface[:len(buf)] {
+				break // not HTTP/2, and the client said all it had to say: let the server answer it
+			}
+			return nil, fmt.Errorf("reading the first bytes after the handshake: %w", err)
+		}
+	}
+	return buf, nil
+}
+
+// SniffedConn is a mutual TLS connection that negotiated ALPN h2 and whose first bytes the Listener read to tell
+// what it carries (ListenerHooks.HTTP): Read replays them first. Its ConnectionState names no application
+// protocol, so that a server reads the protocol from the bytes (HTTP/2 by its preface, else HTTP/1.x), and
+// NetConn, CloseWrite and the rest are the *tls.Conn's.
+type SniffedConn struct {
+	*tls.Conn
+	head []byte
+}
+
+// Read returns the bytes read before Accept first, then the connection's.
+func (c *SniffedConn) Read(p []byte) (int, error) {
+	if len(c.head) > 0 {
+		n := copy(p, c.head)
+		c.head = c.head[n:]
+		return n, nil
+	}
+	return c.Conn.Read(p)
+}
+
+// ConnectionState is the TLS connection's, without the negotiated protocol.
+func (c *SniffedConn) ConnectionState() tls.ConnectionState {
+	cs := c.Conn.ConnectionState()
+	cs.NegotiatedProtocol = ""
+	return cs
+}
 
 // peekedConn reads through the buffered reader that holds the peeked byte. CloseWrite passes to the TCP conn.
 type peekedConn struct {

@@ -39,6 +39,29 @@ func TestParseID(t *testing.T) {
 	}
 }
 
+// TestIDSNI: the SNI of an ID is Consul's (connect.ServiceSNI): the namespace always, the partition only when it
+// is not the default one, with internal-v1 then.
+func TestIDSNI(t *testing.T) {
+	td := "11111111-2222-3333-4444-555555555555.consul"
+	for _, tt := range []struct {
+		id   string
+		want string
+	}{
+		{"spiffe://" + td + "/ns/default/dc/dc1/svc/api", "api.default.dc1.internal." + td},
+		{"spiffe://" + td + "/ns/team-a/dc/eu-1/svc/web", "web.team-a.eu-1.internal." + td},
+		{"spiffe://" + td + "/ap/default/ns/ops/dc/dc1/svc/db", "db.ops.dc1.internal." + td},
+		{"spiffe://" + td + "/ap/billing/ns/ops/dc/dc2/svc/db", "db.ops.billing.dc2.internal-v1." + td},
+	} {
+		id, err := ParseID(tt.id)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if got := id.SNI(); got != tt.want {
+			t.Errorf("%s: SNI %q, want %q", tt.id, got, tt.want)
+		}
+	}
+}
+
 // testPKI is a trust domain with a CA, for tests.
 type testPKI struct {
 	ca  *CA
@@ -312,5 +335,88 @@ func TestExpiredLeafLoads(t *testing.T) {
 		CAFile: filepath.Join(pki.dir, "ca.crt")})
 	if err != nil || !b.Leaf.NotAfter.Before(now) {
 		t.Fatalf("expired leaf: %v", err)
+	}
+}
+
+// TestListenerSniffsH2WithoutSNI: on an HTTP listener, a client that negotiated h2 without naming a server (as
+// Consul's connect package does by default) is handed over as a *SniffedConn that replays its first bytes and names no
+// protocol, whether they are HTTP/1.1 or HTTP/2's preface; a client that names a server, or asks for
+// http/1.1, is the *tls.Conn as before; without HTTP the listener reads nothing.
+func TestListenerSniffsH2WithoutSNI(t *testing.T) {
+	now := time.Now()
+	pki := newTestPKI(t, "example.mesh")
+	api := pki.bundle(t, "api", now.Add(-time.Minute), now.Add(time.Hour))
+	web := pki.bundle(t, "web", now.Add(-time.Minute), now.Add(time.Hour))
+	scfg, _ := ServerConfig(staticSource{api}, "1.2")
+	const h1 = "GET / HTTP/1.1\r\nHost: api\r\n\r\n"
+	tests := []struct {
+		name     string
+		http     bool
+		alpn     string
+		sni      string
+		send     string
+		sniffed  bool
+		protocol string // what the accepted connection's ConnectionState names
+	}{
+		{"Connect-native: h2 offered, HTTP/1.1 sent", true, "h2", "", h1, true, ""},
+		{"h2 offered and spoken, no SNI", true, "h2", "", h2Preface + "\x00\x00\x00\x04\x00\x00\x00\x00\x00", true, ""},
+		{"a short request that is not HTTP/2", true, "h2", "", "PUT", true, ""},
+		{"meshlet names the server", true, "h2", "api.default.dc1.internal.example.mesh", h2Preface, false, "h2"},
+		{"http/1.1 negotiated", true, "http/1.1", "", h1, false, "http/1.1"},
+		{"not an HTTP listener", false, "h2", "", h1, false, "h2"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			inner, err := net.Listen("tcp", "127.0.0.1:0")
+			if err != nil {
+				t.Fatal(err)
+			}
+			l := NewListener(inner, scfg, ModeMTLS, ListenerHooks{HTTP: tt.http,
+				Failed: func(r string, _ net.Addr, err error) { t.Errorf("refused: %s: %v", r, err) }})
+			defer l.Close()
+			ccfg, _ := ClientConfig(staticSource{web}, "1.2", tt.alpn, nil)
+			ccfg.ServerName = tt.sni
+			type result struct {
+				conn net.Conn
+				got  []byte
+			}
+			accepted := make(chan result, 1)
+			go func() {
+				c, err := l.Accept()
+				if err != nil {
+					accepted <- result{}
+					return
+				}
+				c.SetDeadline(time.Now().Add(5 * time.Second))
+				buf := make([]byte, len(tt.send))
+				n, _ := io.ReadFull(c, buf)
+				accepted <- result{c, buf[:n]}
+			}()
+			c, err := tls.DialWithDialer(&net.Dialer{Timeout: 5 * time.Second}, "tcp", inner.Addr().String(), ccfg)
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer c.Close()
+			if _, err := io.WriteString(c, tt.send); err != nil {
+				t.Fatal(err)
+			}
+			if tt.send == "PUT" {
+				c.CloseWrite() // the client says no more: the listener hands over what it has
+			}
+			r := <-accepted
+			if r.conn == nil {
+				t.Fatal("nothing accepted")
+			}
+			defer r.conn.Close()
+			_, sniffed := r.conn.(*SniffedConn)
+			cs := r.conn.(interface{ ConnectionState() tls.ConnectionState }).ConnectionState()
+			if sniffed != tt.sniffed || cs.NegotiatedProtocol != tt.protocol || string(r.got) != tt.send {
+				t.Fatalf("accepted %T (protocol %q) reading %q; want sniffed=%v, protocol %q, %q", r.conn,
+					cs.NegotiatedProtocol, r.got, tt.sniffed, tt.protocol, tt.send)
+			}
+			if id, ok := PeerID(&cs); !ok || id.Service != "web" {
+				t.Fatalf("peer %v %v", id, ok)
+			}
+		})
 	}
 }

@@ -109,6 +109,28 @@ func ServerConfig(src Source, minVersion string) (*tls.Config, error) {
 	}, nil
 }
 
+// InboundConfig is ServerConfig whose minimum TLS version is decided at each handshake: minVersion, unless
+// override (nil: never) names one ("1.2" or "1.3"; "" or anything else: none). Consul's mesh config entry
+// (TLS.Incoming.TLSMinVersion) is such an override: Envoy clients that stop at TLS 1.2 are accepted only where the
+// operator allows them.
+func InboundConfig(src Source, minVersion string, override func() string) (*tls.Config, error) {
+	base, err := ServerConfig(src, minVersion)
+	if err != nil || override == nil {
+		return base, err
+	}
+	byVersion := map[string]*tls.Config{}
+	for _, v := range []string{"1.2", "1.3"} {
+		byVersion[v], _ = ServerConfig(src, v)
+	}
+	base.GetConfigForClient = func(*tls.ClientHelloInfo) (*tls.Config, error) {
+		if c := byVersion[override()]; c != nil {
+			return c, nil
+		}
+		return nil, nil // base itself
+	}
+	return base, nil
+}
+
 // ClientConfig is the TLS of a connection to another sidecar: the current leaf as client certificate, the
 // server verified against the current roots at every handshake (full or resumed), and its identity checked by
 // want (nil: any identity of the local trust domain). alpn is the one protocol to offer ("h2", or "http/1.1" for upgrades; "" for none, raw TCP).

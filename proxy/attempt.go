@@ -145,10 +145,12 @@ func keepTrailersOnly(resp *http.Response) {
 	}
 }
 
-// base returns the transport for a request with header h to target t: sidecars (peer: sidecar, or an endpoint
-// discovery says is one) are spoken to over HTTP/2, apps in the upstream's protocol.
+// base returns the transport for a request with header h to target t: meshlet sidecars (peer: sidecar, or an
+// endpoint discovery says is one) are spoken to over HTTP/2, apps and foreign sidecars (Consul's built-in proxy
+// relays the bytes to its app as they are; Envoy expects the service's protocol) in the upstream's protocol, as
+// Consul's Envoy does: HTTP/1.1 for http, HTTP/2 for http2 and grpc.
 func (tr *transports) base(h http.Header, t *dialTarget, cfg *UpstreamConfig) http.RoundTripper {
-	if t.sidecar {
+	if t.sidecar && !t.foreign {
 		if isUpgrade(h) {
 			return tr.h1 // HTTP/2 has no Upgrade: tunnel it over HTTP/1.1 between sidecars
 		}

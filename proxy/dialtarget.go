@@ -22,10 +22,12 @@ import (
 type dialTarget struct {
 	cfg      *UpstreamConfig // the settings the target was computed from (a cache key, see targetOf)
 	addr     string          // ip:port to connect to
-	sidecar  bool            // the endpoint is another meshlet: spoken to over HTTP/2
+	sidecar  bool            // the endpoint is a sidecar: another meshlet is spoken to over HTTP/2
+	foreign  bool            // the sidecar is not a meshlet: spoken to in the upstream's protocol (base)
 	tls      bool            // mutual TLS is required; never false for a sidecar of an upstream with TLS
 	identity string          // the SPIFFE ID the endpoint must prove; "" means any identity of service
 	service  string          // the service the endpoint's identity must name when identity is ""
+	sni      string          // the TLS server name sent: Consul's name of the identity's service; "" without one
 	poolHost string          // a DNS name for the target, unique to it
 	poolAddr string          // poolHost:80: the URL host the transports see, key their pools by and dial
 }
@@ -67,16 +69,20 @@ func (c *cluster) targetOf(st *endpointState, cfg *UpstreamConfig) *dialTarget {
 }
 
 // newDialTarget decides how endpoint st is reached under cfg: an endpoint is a sidecar when the upstream says
-// so (peer: sidecar) or discovery does (Meta peer=sidecar); a sidecar is reached over mutual TLS when the
+// so (peer: sidecar) or discovery does (Meta peer=sidecar), and a foreign one when discovery says it is no
+// meshlet (Meta proxy=foreign); a sidecar is reached over mutual TLS when the
 // upstream's tls.mode is mtls (its default when this meshlet has TLS: withTLS). Apps are plaintext. A sidecar
 // of an upstream whose tls.mode says mtls when this meshlet has no TLS is not dialled at all (clientTLS).
 func newDialTarget(st *endpointState, cfg *UpstreamConfig, withTLS bool) *dialTarget {
 	t := &dialTarget{cfg: cfg, addr: st.hostport, sidecar: cfg.Peer == PeerSidecar || st.sidecar}
+	t.foreign = t.sidecar && st.foreign
 	t.tls = t.sidecar && upstreamTLSMode(cfg.TLS.Mode, withTLS) == mtls.ModeMTLS
 	if t.tls {
 		t.identity = st.ep.Identity
 		if t.identity == "" {
 			t.service = cfg.Service
+		} else if id, err := mtls.ParseID(t.identity); err == nil {
+			t.sni = id.SNI()
 		}
 	}
 	t.poolHost = poolHostOf(t)
@@ -116,7 +122,10 @@ func poolHostOf(t *dialTarget) string {
 	case t.sidecar:
 		mode = "sidecar"
 	}
-	for _, s := range []string{t.addr, mode, t.identity, t.service} {
+	if t.foreign {
+		mode += "-foreign"
+	}
+	for _, s := range []string{t.addr, mode, t.identity, t.service, t.sni} {
 		h.Write([]byte(s))
 		h.Write([]byte{0})
 	}

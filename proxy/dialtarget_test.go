@@ -362,3 +362,63 @@ func TestMTLSWithoutTLSFailsClosed(t *testing.T) {
 		}
 	}
 }
+
+// TestForeignSidecarProtocol: a sidecar discovery says is no meshlet (Meta proxy=foreign) is spoken to in the
+// upstream's protocol, as Consul's Envoy does (HTTP/1.1 with ALPN http/1.1 for http, HTTP/2 with ALPN h2 for
+// http2), a meshlet over HTTP/2 whatever the protocol; every mutual TLS dial names Consul's SNI of the service.
+func TestForeignSidecarProtocol(t *testing.T) {
+	pki := newTestPKI(t)
+	type seen struct{ proto, alpn, sni string }
+	got := make(chan seen, 1)
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	cfg, err := mtls.ServerConfig(pki.source(t, "api"), "1.3")
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv := &http.Server{Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		got <- seen{r.Proto, r.TLS.NegotiatedProtocol, r.TLS.ServerName}
+	}), ErrorLog: log.New(io.Discard, "", 0)}
+	srv.Protocols = new(http.Protocols)
+	srv.Protocols.SetHTTP1(true)
+	srv.Protocols.SetHTTP2(true)
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		srv.Serve(tls.NewListener(ln, cfg))
+	}()
+	t.Cleanup(func() {
+		srv.Close()
+		<-done
+	})
+	sni := "api.default.dc1.internal." + testTrustDomain
+	for _, tt := range []struct {
+		name     string
+		protocol string
+		proxy    string
+		want     seen
+	}{
+		{"foreign, http", ProtocolHTTP, discovery.ProxyForeign, seen{"HTTP/1.1", "http/1.1", sni}},
+		{"foreign, http2", ProtocolHTTP2, discovery.ProxyForeign, seen{"HTTP/2.0", "h2", sni}},
+		{"meshlet, http", ProtocolHTTP, discovery.ProxyMeshlet, seen{"HTTP/2.0", "h2", sni}},
+		{"no marker: a meshlet", ProtocolHTTP, "", seen{"HTTP/2.0", "h2", sni}},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			u := testCluster(t, UpstreamConfig{Name: "api", Protocol: tt.protocol}, pki.source(t, "web"))
+			meta := map[string]string{"peer": PeerSidecar}
+			if tt.proxy != "" {
+				meta[discovery.MetaProxy] = tt.proxy
+			}
+			u.endpoints.update(discovery.Snapshot{Service: "api", Index: 1, Endpoints: []discovery.Endpoint{{ID: "api-1",
+				Addr: netip.MustParseAddrPort(ln.Addr().String()), Identity: pki.id("api"), Meta: meta}}})
+			if code, err := roundTrip(t, u); err != nil || code != 200 {
+				t.Fatalf("round trip: %d %v", code, err)
+			}
+			if s := <-got; s != tt.want {
+				t.Fatalf("the endpoint saw %+v, want %+v", s, tt.want)
+			}
+		})
+	}
+}

@@ -26,7 +26,8 @@ type Picker interface {
 type endpointState struct {
 	ep       discovery.Endpoint
 	hostport string                     // ep.Addr as "ip:port", computed once
-	sidecar  bool                       // discovery says the endpoint is a meshlet (Meta "peer" is "sidecar")
+	sidecar  bool                       // discovery says the endpoint is a sidecar (Meta "peer" is "sidecar")
+	foreign  bool                       // discovery says that sidecar is not a meshlet (Meta "proxy" is "foreign")
 	target   atomic.Pointer[dialTarget] // how to reach it under the upstream's current settings (targetOf)
 
 	inFlight atomic.Int64
@@ -57,14 +58,16 @@ type endpointError struct {
 }
 
 func newEndpointState(ep discovery.Endpoint) *endpointState {
-	return &endpointState{ep: ep, hostport: ep.Addr.String(), sidecar: ep.Meta["peer"] == PeerSidecar}
+	return &endpointState{ep: ep, hostport: ep.Addr.String(), sidecar: ep.Meta["peer"] == PeerSidecar,
+		foreign: ep.Meta[discovery.MetaProxy] == discovery.ProxyForeign}
 }
 
 // sameTarget reports whether a and b (the same endpoint ID) are reached the same way: same address, identity and
-// kind (sidecar or not). Otherwise the endpoint gets a new state: its per-endpoint state and dial target are
+// kind (sidecar or not, meshlet or foreign). Otherwise the endpoint gets a new state: its per-endpoint state and dial target are
 // those of another endpoint.
 func sameTarget(a, b discovery.Endpoint) bool {
-	return a.Addr == b.Addr && a.Identity == b.Identity && (a.Meta["peer"] == PeerSidecar) == (b.Meta["peer"] == PeerSidecar)
+	return a.Addr == b.Addr && a.Identity == b.Identity && (a.Meta["peer"] == PeerSidecar) == (b.Meta["peer"] == PeerSidecar) &&
+		(a.Meta[discovery.MetaProxy] == discovery.ProxyForeign) == (b.Meta[discovery.MetaProxy] == discovery.ProxyForeign)
 }
 
 // finish records the outcome of one request that was counted in flight. resilience.ErrExcluded (the client went

@@ -34,6 +34,9 @@ type Options struct {
 	TLS mtls.Source
 	// TLSMinVersion is "1.3" (default) or "1.2".
 	TLSMinVersion string
+	// InboundTLSMinVersion, when set, is asked at each inbound handshake for the minimum TLS version ("1.2" or
+	// "1.3"; "" means TLSMinVersion): Consul's mesh config entry (consul.ConfigEntries.InboundTLSMinVersion).
+	InboundTLSMinVersion func() string
 	// Authorizer, when set with TLS, decides on each inbound connection and request besides inbound.tls.allow
 	// (Consul's intentions).
 	Authorizer Authorizer
@@ -234,7 +237,7 @@ func (p *Proxy) bind(field, addr, direction, label string, u *cluster, h http.Ha
 	ln = limited
 	if direction == metrics.Inbound {
 		ln = p.appPortListener(ln, limited.refused)
-		if ln, err = p.secureInbound(ln, p.cfg.Inbound.TLS.Mode); err != nil {
+		if ln, err = p.secureInbound(ln, p.cfg.Inbound.TLS.Mode, u == nil || u.protocol != ProtocolTCP); err != nil {
 			return nil, err
 		}
 	}

@@ -46,23 +46,26 @@ func validTLSMode(m string, modes ...string) bool {
 type tlsState struct {
 	src            mtls.Source
 	minVersion     string
-	authz          *authorizer // inbound.tls.allow; nil: any identity
-	rules          Authorizer  // e.g. Consul intentions; nil: none
-	allowPlaintext bool        // inbound.tls.allow_plaintext
+	inboundMin     func() string // Options.InboundTLSMinVersion; nil: minVersion
+	authz          *authorizer   // inbound.tls.allow; nil: any identity
+	rules          Authorizer    // e.g. Consul intentions; nil: none
+	allowPlaintext bool          // inbound.tls.allow_plaintext
 }
 
 // newTLSState returns the proxy's TLS state for opts and the inbound.tls section.
 func newTLSState(opts Options, in InboundTLSConfig) *tlsState {
-	return &tlsState{src: opts.TLS, minVersion: opts.TLSMinVersion, authz: newAuthorizer(in.Allow),
+	return &tlsState{src: opts.TLS, minVersion: opts.TLSMinVersion, inboundMin: opts.InboundTLSMinVersion, authz: newAuthorizer(in.Allow),
 		rules: opts.Authorizer, allowPlaintext: in.AllowPlaintext}
 }
 
 // secureInbound wraps the inbound listener in the configured TLS mode.
-func (p *Proxy) secureInbound(ln net.Listener, mode string) (net.Listener, error) {
+// HTTP listeners (httpInbound) tell an HTTP/1.1 caller that offered ALPN h2 by its first bytes
+// (mtls.ListenerHooks.HTTP): Connect-native apps on Consul's connect package do so.
+func (p *Proxy) secureInbound(ln net.Listener, mode string, httpInbound bool) (net.Listener, error) {
 	if p.tls == nil || mode == mtls.ModeDisabled {
 		return ln, nil
 	}
-	cfg, err := mtls.ServerConfig(p.tls.src, p.tls.minVersion)
+	cfg, err := mtls.InboundConfig(p.tls.src, p.tls.minVersion, p.tls.inboundMin)
 	if err != nil {
 		return nil, err
 	}
@@ -70,6 +73,7 @@ func (p *Proxy) secureInbound(ln net.Listener, mode string) (net.Listener, error
 	plaintext := p.m.TLSPlaintext
 	plaintextLog := &logLimiter{} // one line a second at most: every connection is in the metric
 	return mtls.NewListener(ln, cfg, mode, mtls.ListenerHooks{
+		HTTP: httpInbound,
 		Failed: func(reason string, remote net.Addr, err error) {
 			failures.WithLabelValues(metrics.Inbound, reason).Inc()
 			p.log.Debug("inbound handshake refused", "reason", reason, "remote", remote.String(), "error", err.Error())
@@ -107,7 +111,14 @@ func (c *cluster) clientTLS(t *dialTarget, alpn string) (*tls.Config, error) {
 		}
 		return nil
 	}
-	return mtls.ClientConfig(c.tls.src, c.tls.minVersion, alpn, want)
+	cfg, err := mtls.ClientConfig(c.tls.src, c.tls.minVersion, alpn, want)
+	if err != nil {
+		return nil, err
+	}
+	// The name Consul gives the service (what its gateways route by; Envoy sends it too). meshlet's inbound
+	// also reads it: a caller that names no server may relay HTTP/1.1 after offering h2 (mtls.ListenerHooks).
+	cfg.ServerName = t.sni
+	return cfg, nil
 }
 
 // secureDial upgrades a new connection to target t to mutual TLS when clientTLS says so. A failed handshake is a

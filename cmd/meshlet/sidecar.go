@@ -91,8 +91,12 @@ func runSidecar(path string, stderr io.Writer) int {
 		authz = it
 	}
 	s.addLateParts()
+	var inboundMin func() string // Consul's mesh config entry, when meshlet reads Consul's entries
+	if s.entries != nil {
+		inboundMin = s.entries.InboundTLSMinVersion
+	}
 	s.proxy, err = proxy.New(cfg.Config, proxy.Options{Logger: log, Metrics: s.m, AccessLog: cfg.Log.AccessLog,
-		Discovery: src, TLS: tlsSrc, TLSMinVersion: cfg.TLS.MinVersion, Authorizer: authz})
+		Discovery: src, TLS: tlsSrc, TLSMinVersion: cfg.TLS.MinVersion, InboundTLSMinVersion: inboundMin, Authorizer: authz})
 	if err != nil {
 		log.Error("invalid config", "config", path, "error", err.Error())
 		return 1

@@ -163,6 +163,11 @@ func (l *Listener) Accept() (net.Conn, error) {
 			return c, nil
 		}
 		g.tls = &cs
+	} else if sc, ok := c.(interface{ ConnectionState() tls.ConnectionState }); ok {
+		// A TLS connection whose protocol its first bytes tell (mtls.SniffedConn): guarded like plaintext, HTTP/2
+		// by its preface (prior knowledge), with the peer's certificates for its requests.
+		cs := sc.ConnectionState()
+		g.tls = &cs
 	}
 	return g, nil
 }
