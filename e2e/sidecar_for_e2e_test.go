@@ -1,0 +1,210 @@
+package e2e_test
+
+// meshlet run -sidecar-for (issue 15): a meshlet with no YAML of its own takes its service, inbound listener and
+// upstreams from a Consul service definition's connect { sidecar_service { ... } }, and follows changes to it;
+// a meshlet that registers itself writes its upstreams and mode into its proxy registration.
+
+import (
+	"context"
+	"net"
+	"net/http"
+	"os"
+	"os/exec"
+	"strconv"
+	"strings"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/hashicorp/consul/api"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials/insecure"
+	"google.golang.org/grpc/health"
+	healthpb "google.golang.org/grpc/health/grpc_health_v1"
+
+	"meshlet.dev/meshlet/discovery/discoverytest"
+	"meshlet.dev/meshlet/internal/meshlettest"
+	"meshlet.dev/meshlet/proxy"
+)
+
+// startSidecarFor starts `meshlet run -sidecar-for id` with no config file, the agent in CONSUL_HTTP_ADDR and the
+// admin listener on a free address (MESHLET_ADMIN_LISTEN), without waiting for anything.
+func startSidecarFor(t *testing.T, consulAddr, id string) *meshlettest.Proc {
+	t.Helper()
+	admin := meshlettest.FreeAddr(t)
+	cmd := exec.Command(meshlettest.Bin(), "run", "-sidecar-for", id)
+	for _, kv := range os.Environ() {
+		if !strings.HasPrefix(kv, "MESHLET_") && !strings.HasPrefix(kv, "CONSUL_") {
+			cmd.Env = append(cmd.Env, kv)
+		}
+	}
+	cmd.Env = append(cmd.Env, "CONSUL_HTTP_ADDR="+consulAddr, "MESHLET_ADMIN_LISTEN="+admin)
+	p := meshlettest.Command(t, "", cmd)
+	p.Admin = admin
+	grpcFailOnRace(t, id, p)
+	return p
+}
+
+// startGRPCSidecar starts a gRPC app serving grpc.health.v1 and its meshlet registered as service name, with
+// service.protocol grpc and certificates from Consul's CA.
+func startGRPCSidecar(t *testing.T, consulAddr, name string) {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	gs := grpc.NewServer()
+	healthpb.RegisterHealthServer(gs, health.NewServer())
+	go gs.Serve(ln)
+	t.Cleanup(gs.Stop)
+	f := consulTLSFile(t, name, consulAddr, "")
+	f.Service.Address, f.Service.Protocol, f.Service.Register, f.Inbound.Listen = ln.Addr().String(), "grpc", true, meshlettest.FreeAddr(t)
+	grpcFailOnRace(t, name, meshlettest.StartFile(t, f))
+}
+
+// startHTTPSidecar starts an HTTP app answering body and its meshlet registered as service name.
+func startHTTPSidecar(t *testing.T, consulAddr, name, body string) {
+	t.Helper()
+	app := meshlettest.StartBackend(t, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		w.Write([]byte(body))
+	}), false, nil)
+	consulAPISidecarNamed(t, consulAddr, name, meshlettest.HostOf(app))
+}
+
+// consulAPISidecarNamed is consulAPISidecar for a service of another name.
+func consulAPISidecarNamed(t *testing.T, consulAddr, name, app string) {
+	t.Helper()
+	f := consulTLSFile(t, name, consulAddr, "")
+	f.Service.Address, f.Service.Protocol, f.Service.Register, f.Inbound.Listen = app, "http", true, meshlettest.FreeAddr(t)
+	grpcFailOnRace(t, name, meshlettest.StartFile(t, f))
+}
+
+// portOfAddr is the port of host:port.
+func portOfAddr(t *testing.T, addr string) int {
+	t.Helper()
+	_, p, err := net.SplitHostPort(addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	n, _ := strconv.Atoi(p)
+	return n
+}
+
+// registerWeb registers service web-1 (web, at app) with a sidecar_service on inbound and upstreams ups.
+func registerWeb(t *testing.T, client *api.Client, app, inbound string, ups ...api.Upstream) {
+	t.Helper()
+	reg := &api.AgentServiceRegistration{ID: "web-1", Name: "web", Address: "127.0.0.1", Port: portOfAddr(t, app),
+		Connect: &api.AgentServiceConnect{SidecarService: &api.AgentServiceRegistration{Port: portOfAddr(t, inbound),
+			Proxy: &api.AgentServiceConnectProxyConfig{Upstreams: ups}}}}
+	if err := client.Agent().ServiceRegister(reg); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// grpcHealth calls grpc.health.v1 Check at addr (plaintext h2c, as an app calls its sidecar).
+func grpcHealth(addr string) error {
+	conn, err := grpc.NewClient(addr, grpc.WithTransportCredentials(insecure.NewCredentials()))
+	if err != nil {
+		return err
+	}
+	defer conn.Close()
+	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Second)
+	defer cancel()
+	resp, err := healthpb.NewHealthClient(conn).Check(ctx, &healthpb.HealthCheckRequest{})
+	if err == nil && resp.Status != healthpb.HealthCheckResponse_SERVING {
+		return &net.AddrError{Err: "status " + resp.Status.String(), Addr: addr}
+	}
+	return err
+}
+
+// TestSidecarForRegistration: web's service definition (connect { sidecar_service { proxy { upstreams } } }) names
+// api (http), pinger (grpc, in Config protocol) and a prepared query; meshlet runs with only -sidecar-for web-1:
+// calls to the upstreams' bind ports reach api and pinger through their own meshlets over mutual TLS, the prepared
+// query is refused with a warning, and web's own inbound listener (the sidecar's port) serves web's app. Then the
+// registration changes (pinger removed, billing added): meshlet follows within seconds without a restart, and a
+// connection open to api's bind port stays open and keeps working.
+func TestSidecarForRegistration(t *testing.T) {
+	agent := discoverytest.StartConsul(t, discoverytest.Options{})
+	client := agent.Client()
+	startHTTPSidecar(t, agent.HTTPAddr, "api", "from api")
+	startGRPCSidecar(t, agent.HTTPAddr, "pinger")
+	startHTTPSidecar(t, agent.HTTPAddr, "billing", "from billing")
+
+	webApp := meshlettest.StartBackend(t, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		w.Write([]byte("from web"))
+	}), false, nil)
+	binds := meshlettest.FreeAddrs(t, 4)
+	apiBind, pingerBind, billingBind, inbound := binds[0], binds[1], binds[2], binds[3]
+	upstream := func(name, bind string, cfg map[string]any) api.Upstream {
+		return api.Upstream{DestinationName: name, LocalBindAddress: "127.0.0.1", LocalBindPort: portOfAddr(t, bind), Config: cfg}
+	}
+	apiUp := upstream("api", apiBind, map[string]any{"protocol": "http", "connect_timeout_ms": 2000})
+	registerWeb(t, client, meshlettest.HostOf(webApp), inbound, apiUp,
+		upstream("pinger", pingerBind, map[string]any{"protocol": "grpc"}),
+		api.Upstream{DestinationType: api.UpstreamDestTypePreparedQuery, DestinationName: "nearest-db", LocalBindPort: 19999})
+
+	p := startSidecarFor(t, agent.HTTPAddr, "web-1")
+	if err := p.WaitReady(context.Background(), 20*time.Second); err != nil {
+		t.Fatalf("meshlet -sidecar-for web-1 not ready: %v", err)
+	}
+	log := p.Log()
+	for _, want := range []string{`"found":"connect-proxy web-1-sidecar-proxy, the sidecar of service web-1"`,
+		"destination_type prepared_query is not supported"} {
+		if !strings.Contains(log, want) {
+			t.Errorf("log lacks %q", want)
+		}
+	}
+
+	// (The upstreams' sidecars registered a moment ago: their checks may pass a moment after meshlet's first answer.)
+	meshlettest.Eventually(t, 10*time.Second, "api reachable at its bind port", func() bool {
+		code, body, _ := call("http://" + apiBind + "/")
+		return code == 200 && body == "from api"
+	})
+	var err error
+	meshlettest.Eventually(t, 10*time.Second, "pinger (grpc) reachable at its bind port", func() bool {
+		err = grpcHealth(pingerBind)
+		return err == nil
+	})
+	var dials atomic.Int64
+	c := meshlettest.H1Client(&dials)
+	if code, body := meshlettest.GetBody(t, c, "http://"+apiBind+"/"); code != 200 || body != "from api" {
+		t.Fatalf("api through its bind port: %d %q", code, body)
+	}
+	if _, err := net.DialTimeout("tcp", "127.0.0.1:19999", time.Second); err == nil {
+		t.Errorf("the prepared query upstream's port 19999 accepts connections")
+	}
+	// The inbound listener is the sidecar's registered port; callers' meshlets find it in Consul and call it over
+	// mutual TLS.
+	webCaller := meshlettest.FreeAddr(t)
+	f := consulTLSFile(t, "batch2", agent.HTTPAddr, "", proxy.UpstreamConfig{Name: "web", Listen: webCaller, Protocol: "http"})
+	meshlettest.StartFile(t, f)
+	meshlettest.Eventually(t, 10*time.Second, "web reachable through its -sidecar-for meshlet's inbound listener", func() bool {
+		code, body, _ := call("http://" + webCaller + "/")
+		return code == 200 && body == "from web"
+	})
+
+	// The registration changes: pinger removed, billing added; api stays (its connection too).
+	registerWeb(t, client, meshlettest.HostOf(webApp), inbound, apiUp, upstream("billing", billingBind, map[string]any{"protocol": "http"}))
+	start := time.Now()
+	meshlettest.Eventually(t, 10*time.Second, "billing reachable at its bind port", func() bool {
+		code, body, _ := call("http://" + billingBind + "/")
+		return code == 200 && body == "from billing"
+	})
+	meshlettest.Eventually(t, 10*time.Second, "pinger's bind port closed", func() bool {
+		conn, err := net.DialTimeout("tcp", pingerBind, time.Second)
+		if err == nil {
+			conn.Close()
+		}
+		return err != nil
+	})
+	t.Logf("registration change applied in %v", time.Since(start).Round(time.Millisecond))
+	if code, body := meshlettest.GetBody(t, c, "http://"+apiBind+"/"); code != 200 || body != "from api" {
+		t.Fatalf("api after the change: %d %q", code, body)
+	}
+	if n := dials.Load(); n != 1 {
+		t.Errorf("the client dialed api's bind port %d times: its connection did not survive the change", n)
+	}
+	if !p.Alive() {
+		t.Fatal("meshlet exited")
+	}
+}
