@@ -208,3 +208,142 @@ func TestSidecarForRegistration(t *testing.T) {
 		t.Fatal("meshlet exited")
 	}
 }
+
+// proxyRegistration returns the agent's connect-proxy registration of service name (merged with central config).
+func proxyRegistration(t *testing.T, client *api.Client, name string) *api.AgentService {
+	t.Helper()
+	proxies, err := client.Agent().ServicesWithFilter(`Kind == "connect-proxy" and Proxy.DestinationServiceName == "` + name + `"`)
+	if err != nil || len(proxies) != 1 {
+		t.Fatalf("connect-proxies of %s: %v (%d)", name, err, len(proxies))
+	}
+	for id := range proxies {
+		svc, _, err := client.Agent().Service(id, &api.QueryOptions{MergeCentralConfig: true})
+		if err != nil {
+			t.Fatal(err)
+		}
+		return svc
+	}
+	return nil
+}
+
+// TestSidecarRegistersUpstreams: a meshlet with service.register writes its upstreams (destination, datacenter,
+// bound local address and port) into its proxy registration, each destination once, and Mode transparent with
+// the outbound listener's port when outbound.transparent is on, as Consul's UI and topology views read them.
+func TestSidecarRegistersUpstreams(t *testing.T) {
+	agent := discoverytest.StartConsul(t, discoverytest.Options{})
+	client := agent.Client()
+	app := meshlettest.StartBackend(t, http.HandlerFunc(func(http.ResponseWriter, *http.Request) {}), false, nil)
+	binds := meshlettest.FreeAddrs(t, 3)
+
+	t.Run("direct", func(t *testing.T) {
+		f := consulTLSFile(t, "shop", agent.HTTPAddr, "",
+			proxy.UpstreamConfig{Name: "api", Listen: binds[0]},
+			proxy.UpstreamConfig{Name: "api-v2", Service: "api", Tag: "v2", Listen: binds[1]}, // api again: listed once
+			proxy.UpstreamConfig{Name: "ledger", Datacenter: "dc1", Listen: "127.0.0.1:0"}, // (an unknown dc would hold registration up)
+			proxy.UpstreamConfig{Name: "named"}) // routed by name: no bind port to list
+		f.Outbound.Listen = meshlettest.FreeAddr(t)
+		f.Service.Address, f.Service.Register, f.Inbound.Listen = meshlettest.HostOf(app), true, meshlettest.FreeAddr(t)
+		p := meshlettest.Launch(t, f.MustYAML(t))
+		p.Admin = f.Admin.Listen
+		meshlettest.Eventually(t, 15*time.Second, "shop registered", func() bool {
+			return strings.Contains(p.Log(), "registered with consul")
+		})
+		svc := proxyRegistration(t, client, "shop")
+		ups := svc.Proxy.Upstreams
+		if len(ups) != 2 {
+			t.Fatalf("registered upstreams: %+v, want api and ledger", ups)
+		}
+		if u := ups[0]; u.DestinationName != "api" || u.DestinationType != api.UpstreamDestTypeService ||
+			u.LocalBindAddress != "127.0.0.1" || u.LocalBindPort != portOfAddr(t, binds[0]) || u.Datacenter != "" {
+			t.Errorf("upstream api registered as %+v, want its bind address %s", u, binds[0])
+		}
+		if u := ups[1]; u.DestinationName != "ledger" || u.Datacenter != "dc1" || u.LocalBindPort == 0 {
+			t.Errorf("upstream ledger registered as %+v, want dc1 and its bound port", u)
+		}
+		if svc.Proxy.Mode != api.ProxyModeDefault || svc.Proxy.TransparentProxy != nil {
+			t.Errorf("mode %q, transparent proxy %+v: want neither", svc.Proxy.Mode, svc.Proxy.TransparentProxy)
+		}
+	})
+
+	t.Run("transparent", func(t *testing.T) {
+		f := consulTLSFile(t, "cart", agent.HTTPAddr, "", proxy.UpstreamConfig{Name: "api", Listen: binds[2]})
+		f.Outbound.Listen = meshlettest.FreeAddr(t)
+		f.Outbound.Transparent.Enabled = true
+		f.Service.Address, f.Service.Register, f.Inbound.Listen = meshlettest.HostOf(app), true, meshlettest.FreeAddr(t)
+		p := meshlettest.Launch(t, f.MustYAML(t))
+		p.Admin = f.Admin.Listen
+		meshlettest.Eventually(t, 15*time.Second, "cart registered", func() bool {
+			return strings.Contains(p.Log(), "registered with consul")
+		})
+		svc := proxyRegistration(t, client, "cart")
+		if svc.Proxy.Mode != api.ProxyModeTransparent || svc.Proxy.TransparentProxy == nil ||
+			svc.Proxy.TransparentProxy.OutboundListenerPort != portOfAddr(t, f.Outbound.Listen) {
+			t.Errorf("mode %q, transparent proxy %+v: want transparent, outbound port %s", svc.Proxy.Mode, svc.Proxy.TransparentProxy, f.Outbound.Listen)
+		}
+		if ups := svc.Proxy.Upstreams; len(ups) != 1 || ups[0].DestinationName != "api" || ups[0].LocalBindPort != portOfAddr(t, binds[2]) {
+			t.Errorf("registered upstreams: %+v, want api at %s", ups, binds[2])
+		}
+	})
+}
+
+// TestSidecarForBadRegistrations: an unknown ID, a plain service without a sidecar and a registration of another
+// kind stop meshlet at start with an error that says what to change.
+func TestSidecarForBadRegistrations(t *testing.T) {
+	agent := discoverytest.StartConsul(t, discoverytest.Options{})
+	reg := func(r *api.AgentServiceRegistration) {
+		if err := agent.Client().Agent().ServiceRegister(r); err != nil {
+			t.Fatal(err)
+		}
+	}
+	reg(&api.AgentServiceRegistration{ID: "plain-1", Name: "plain", Port: 8080})
+	reg(&api.AgentServiceRegistration{ID: "gw-1", Name: "gw", Kind: api.ServiceKindMeshGateway, Port: 8443})
+	for _, tc := range []struct{ id, want string }{
+		{"nope-1", `has no service or connect-proxy with ID \"nope-1\"`},
+		{"plain-1", "service plain-1 has no connect-proxy registered on this agent (add connect { sidecar_service {} } to its definition)"},
+		{"gw-1", "gw-1 is a mesh-gateway registration, not a connect-proxy"},
+	} {
+		t.Run(tc.id, func(t *testing.T) {
+			p := startSidecarFor(t, agent.HTTPAddr, tc.id)
+			if code := p.Wait(t, 10*time.Second); code != 1 {
+				t.Errorf("exit code %d, want 1", code)
+			}
+			if log := p.Log(); !strings.Contains(log, tc.want) {
+				t.Errorf("log lacks %q:\n%s", tc.want, log)
+			}
+		})
+	}
+}
+
+// TestSidecarForRegistrationDeleted: when the registration is deleted, meshlet keeps serving its last known config
+// and /ready fails saying why; registered again, /ready passes again.
+func TestSidecarForRegistrationDeleted(t *testing.T) {
+	agent := discoverytest.StartConsul(t, discoverytest.Options{})
+	client := agent.Client()
+	startHTTPSidecar(t, agent.HTTPAddr, "api", "from api")
+	webApp := meshlettest.StartBackend(t, http.HandlerFunc(func(http.ResponseWriter, *http.Request) {}), false, nil)
+	binds := meshlettest.FreeAddrs(t, 2)
+	apiUp := api.Upstream{DestinationName: "api", LocalBindPort: portOfAddr(t, binds[0]), Config: map[string]any{"protocol": "http"}}
+	registerWeb(t, client, meshlettest.HostOf(webApp), binds[1], apiUp)
+	p := startSidecarFor(t, agent.HTTPAddr, "web-1-sidecar-proxy") // the proxy's own ID
+	if err := p.WaitReady(context.Background(), 20*time.Second); err != nil {
+		t.Fatalf("not ready: %v", err)
+	}
+	if !strings.Contains(p.Log(), `"found":"connect-proxy web-1-sidecar-proxy"`) {
+		t.Errorf("log does not say it found the connect-proxy by its own ID")
+	}
+	if err := client.Agent().ServiceDeregister("web-1-sidecar-proxy"); err != nil {
+		t.Fatal(err)
+	}
+	meshlettest.Eventually(t, 10*time.Second, "/ready fails saying the registration was deleted", func() bool {
+		code, body, _ := call("http://" + p.Admin + "/ready")
+		return code == http.StatusServiceUnavailable && strings.Contains(body, "consul registration of web-1-sidecar-proxy was deleted from the agent")
+	})
+	meshlettest.Eventually(t, 10*time.Second, "api still reachable at its bind port", func() bool {
+		code, body, _ := call("http://" + binds[0] + "/")
+		return code == 200 && body == "from api"
+	})
+	registerWeb(t, client, meshlettest.HostOf(webApp), binds[1], apiUp)
+	if err := p.WaitReady(context.Background(), 15*time.Second); err != nil {
+		t.Fatalf("not ready again once registered again: %v", err)
+	}
+}
