@@ -239,8 +239,8 @@ func TestSidecarRegistersUpstreams(t *testing.T) {
 		f := consulTLSFile(t, "shop", agent.HTTPAddr, "",
 			proxy.UpstreamConfig{Name: "api", Listen: binds[0]},
 			proxy.UpstreamConfig{Name: "api-v2", Service: "api", Tag: "v2", Listen: binds[1]}, // api again: listed once
-			proxy.UpstreamConfig{Name: "ledger", Datacenter: "dc1", Listen: "127.0.0.1:0"}, // (an unknown dc would hold registration up)
-			proxy.UpstreamConfig{Name: "named"}) // routed by name: no bind port to list
+			proxy.UpstreamConfig{Name: "ledger", Datacenter: "dc1", Listen: "127.0.0.1:0"},    // (an unknown dc would hold registration up)
+			proxy.UpstreamConfig{Name: "named"})                                               // routed by name: no bind port to list
 		f.Outbound.Listen = meshlettest.FreeAddr(t)
 		f.Service.Address, f.Service.Register, f.Inbound.Listen = meshlettest.HostOf(app), true, meshlettest.FreeAddr(t)
 		p := meshlettest.Launch(t, f.MustYAML(t))
