@@ -170,3 +170,27 @@ func TestSidecarForFollows(t *testing.T) {
 	register(api.Upstream{DestinationName: "db", LocalBindPort: 9002})
 	waitFor("registered again", func() bool { return sf.Ready() == nil && len(sf.Config().Upstreams) == 1 })
 }
+
+// TestRegistrarUpstreamsAndMode: the Registrar writes its upstreams and transparent mode into the proxy
+// registration; a registration read back by SidecarFor gives them again.
+func TestRegistrarUpstreamsAndMode(t *testing.T) {
+	agent := discoverytest.StartConsul(t, discoverytest.Options{})
+	src := newSource(t, consul.Config{Address: agent.HTTPAddr})
+	r := consul.NewRegistrar(src, consul.Registration{Service: "shop", App: "127.0.0.1:8080", Inbound: "127.0.0.1:21002",
+		Admin: "127.0.0.1:1", Transparent: true, OutboundPort: 15001, Upstreams: []consul.RegisteredUpstream{
+			{Service: "api", Listen: "127.0.0.1:9001"}, {Service: "ledger", Datacenter: "dc1", Listen: "0.0.0.0:9002"}}})
+	ctx, cancel := context.WithCancel(t.Context())
+	done := make(chan error, 1)
+	go func() { done <- r.Run(ctx) }()
+	defer func() { cancel(); <-done }()
+	waitFor(t, 5*time.Second, "registered", func() bool { return r.Ready() == nil })
+
+	cfg, _, err := consul.NewSidecarFor(src, r.ServiceID()).Resolve(t.Context())
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := []consul.SidecarUpstream{{Name: "api", Listen: "127.0.0.1:9001"}, {Name: "ledger", Datacenter: "dc1", Listen: "0.0.0.0:9002"}}
+	if !reflect.DeepEqual(cfg.Upstreams, want) || !cfg.Transparent || cfg.OutboundPort != 15001 || cfg.Inbound != "127.0.0.1:21002" {
+		t.Errorf("registration read back: %+v\nwant upstreams %+v, transparent on 15001, inbound 127.0.0.1:21002", cfg, want)
+	}
+}
