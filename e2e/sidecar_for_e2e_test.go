@@ -12,6 +12,7 @@ import (
 	"os/exec"
 	"strconv"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -90,12 +91,12 @@ func portOfAddr(t *testing.T, addr string) int {
 	return n
 }
 
-// registerWeb registers service web-1 (web, at app) with a sidecar_service on inbound and upstreams ups.
-func registerWeb(t *testing.T, client *api.Client, app, inbound string, ups ...api.Upstream) {
+// registerWeb registers service web-1 (web, at app) with a sidecar_service on inbound with expose and upstreams ups.
+func registerWeb(t *testing.T, client *api.Client, app, inbound string, expose api.ExposeConfig, ups ...api.Upstream) {
 	t.Helper()
 	reg := &api.AgentServiceRegistration{ID: "web-1", Name: "web", Address: "127.0.0.1", Port: portOfAddr(t, app),
 		Connect: &api.AgentServiceConnect{SidecarService: &api.AgentServiceRegistration{Port: portOfAddr(t, inbound),
-			Proxy: &api.AgentServiceConnectProxyConfig{Upstreams: ups}}}}
+			Proxy: &api.AgentServiceConnectProxyConfig{Upstreams: ups, Expose: expose}}}}
 	if err := client.Agent().ServiceRegister(reg); err != nil {
 		t.Fatal(err)
 	}
@@ -120,7 +121,8 @@ func grpcHealth(addr string) error {
 // TestSidecarForRegistration: web's service definition (connect { sidecar_service { proxy { upstreams } } }) names
 // api (http), pinger (grpc, in Config protocol) and a prepared query; meshlet runs with only -sidecar-for web-1:
 // calls to the upstreams' bind ports reach api and pinger through their own meshlets over mutual TLS, the prepared
-// query is refused with a warning, and web's own inbound listener (the sidecar's port) serves web's app. Then the
+// query is refused with a warning, web's own inbound listener (the sidecar's port) serves web's app, and the expose
+// path /healthz reaches web's app in plaintext (that path only). Then the
 // registration changes (pinger removed, billing added): meshlet follows within seconds without a restart, and a
 // connection open to api's bind port stays open and keeps working.
 func TestSidecarForRegistration(t *testing.T) {
@@ -130,16 +132,20 @@ func TestSidecarForRegistration(t *testing.T) {
 	startGRPCSidecar(t, agent.HTTPAddr, "pinger")
 	startHTTPSidecar(t, agent.HTTPAddr, "billing", "from billing")
 
+	var webPaths sync.Map
 	webApp := meshlettest.StartBackend(t, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		webPaths.Store(r.URL.Path, true)
 		w.Write([]byte("from web"))
 	}), false, nil)
-	binds := meshlettest.FreeAddrs(t, 4)
-	apiBind, pingerBind, billingBind, inbound := binds[0], binds[1], binds[2], binds[3]
+	binds := meshlettest.FreeAddrs(t, 5)
+	apiBind, pingerBind, billingBind, inbound, exposed := binds[0], binds[1], binds[2], binds[3], binds[4]
+	expose := api.ExposeConfig{Paths: []api.ExposePath{{ListenerPort: portOfAddr(t, exposed), Path: "/healthz",
+		LocalPathPort: portOfAddr(t, meshlettest.HostOf(webApp))}}}
 	upstream := func(name, bind string, cfg map[string]any) api.Upstream {
 		return api.Upstream{DestinationName: name, LocalBindAddress: "127.0.0.1", LocalBindPort: portOfAddr(t, bind), Config: cfg}
 	}
 	apiUp := upstream("api", apiBind, map[string]any{"protocol": "http", "connect_timeout_ms": 2000})
-	registerWeb(t, client, meshlettest.HostOf(webApp), inbound, apiUp,
+	registerWeb(t, client, meshlettest.HostOf(webApp), inbound, expose, apiUp,
 		upstream("pinger", pingerBind, map[string]any{"protocol": "grpc"}),
 		api.Upstream{DestinationType: api.UpstreamDestTypePreparedQuery, DestinationName: "nearest-db", LocalBindPort: 19999})
 
@@ -183,8 +189,19 @@ func TestSidecarForRegistration(t *testing.T) {
 		return code == 200 && body == "from web"
 	})
 
+	// The expose path reaches web's app in plaintext, that path only (as a kubelet probe would).
+	if code, body, _ := call("http://127.0.0.1:" + strconv.Itoa(portOfAddr(t, exposed)) + "/healthz"); code != 200 || body != "from web" {
+		t.Errorf("expose path /healthz: %d %q", code, body)
+	}
+	if code, _, _ := call("http://127.0.0.1:" + strconv.Itoa(portOfAddr(t, exposed)) + "/private"); code != 404 {
+		t.Errorf("another path on the expose listener: %d, want 404", code)
+	}
+	if _, ok := webPaths.Load("/private"); ok {
+		t.Errorf("a path that is not exposed reached the app")
+	}
+
 	// The registration changes: pinger removed, billing added; api stays (its connection too).
-	registerWeb(t, client, meshlettest.HostOf(webApp), inbound, apiUp, upstream("billing", billingBind, map[string]any{"protocol": "http"}))
+	registerWeb(t, client, meshlettest.HostOf(webApp), inbound, expose, apiUp, upstream("billing", billingBind, map[string]any{"protocol": "http"}))
 	start := time.Now()
 	meshlettest.Eventually(t, 10*time.Second, "billing reachable at its bind port", func() bool {
 		code, body, _ := call("http://" + billingBind + "/")
@@ -323,7 +340,7 @@ func TestSidecarForRegistrationDeleted(t *testing.T) {
 	webApp := meshlettest.StartBackend(t, http.HandlerFunc(func(http.ResponseWriter, *http.Request) {}), false, nil)
 	binds := meshlettest.FreeAddrs(t, 2)
 	apiUp := api.Upstream{DestinationName: "api", LocalBindPort: portOfAddr(t, binds[0]), Config: map[string]any{"protocol": "http"}}
-	registerWeb(t, client, meshlettest.HostOf(webApp), binds[1], apiUp)
+	registerWeb(t, client, meshlettest.HostOf(webApp), binds[1], api.ExposeConfig{}, apiUp)
 	p := startSidecarFor(t, agent.HTTPAddr, "web-1-sidecar-proxy") // the proxy's own ID
 	if err := p.WaitReady(context.Background(), 20*time.Second); err != nil {
 		t.Fatalf("not ready: %v", err)
@@ -342,7 +359,7 @@ func TestSidecarForRegistrationDeleted(t *testing.T) {
 		code, body, _ := call("http://" + binds[0] + "/")
 		return code == 200 && body == "from api"
 	})
-	registerWeb(t, client, meshlettest.HostOf(webApp), binds[1], apiUp)
+	registerWeb(t, client, meshlettest.HostOf(webApp), binds[1], api.ExposeConfig{}, apiUp)
 	if err := p.WaitReady(context.Background(), 15*time.Second); err != nil {
 		t.Fatalf("not ready again once registered again: %v", err)
 	}

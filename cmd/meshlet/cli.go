@@ -55,8 +55,8 @@ protocol, connect_timeout_ms), transparent mode and its outbound port; it follow
 without a restart. What the file sets wins. The file is optional: the agent is $CONSUL_HTTP_ADDR (Consul's
 environment variables apply), certificates come from Consul's CA, and admin.listen is 127.0.0.1:19000 (Envoy's
 admin address; $MESHLET_ADMIN_LISTEN changes it). meshlet does not register anything then: point the
-registration's check at http://127.0.0.1:19000/ready. Expose paths and prepared-query upstreams are not served
-(a warning says so).
+registration's check at http://127.0.0.1:19000/ready. Expose paths are served as plain HTTP listeners that
+forward that one path to the app (for probes); prepared-query and peered upstreams are left out with a warning.
 
 Examples:
   meshlet run -config /etc/meshlet/meshlet.yaml

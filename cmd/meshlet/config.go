@@ -41,6 +41,8 @@ type fileConfig struct {
 	// fromRegistration names the upstreams that came from the registration (sidecar_for): without a protocol
 	// from the registration, the file or the config entries, theirs is Consul's default, tcp.
 	fromRegistration map[string]bool
+	// expose are the registration's expose paths (sidecar_for), served beside the proxy; set at start only.
+	expose []proxy.ExposePath
 }
 
 // logConfig is the log section.

@@ -7,6 +7,7 @@ import (
 	"log/slog"
 	"os"
 	"os/signal"
+	"reflect"
 	"slices"
 	"sync"
 	"sync/atomic"
@@ -53,6 +54,7 @@ type sidecar struct {
 
 	sidecarForFlag string             // -sidecar-for
 	sidecarFor     *consul.SidecarFor // nil without sidecar_for
+	expose         *proxy.Expose      // the registration's expose paths; nil without
 
 	drainOnce  sync.Once
 	drainStart atomic.Pointer[time.Time] // when the drain began (GET /drain or a signal); nil before
@@ -139,6 +141,12 @@ func runSidecar(path, sidecarFor string, stderr io.Writer) int {
 	}
 	if err := s.proxy.Start(); err != nil {
 		log.Error("cannot start", "error", err.Error())
+		s.admin.Shutdown(context.Background())
+		return 1
+	}
+	if err := s.startExpose(); err != nil {
+		log.Error("cannot start", "error", err.Error())
+		s.proxy.Shutdown(context.Background())
 		s.admin.Shutdown(context.Background())
 		return 1
 	}
@@ -273,6 +281,9 @@ func (s *sidecar) shutdown(sigs <-chan os.Signal) int {
 	if err := s.proxy.Shutdown(ctx); err != nil {
 		s.log.Warn("drain timeout: closed connections still in use", "drain_timeout", cfg.Shutdown.DrainTimeout.String(), "error", err.Error())
 	}
+	if s.expose != nil {
+		s.expose.Shutdown(ctx)
+	}
 	actx, acancel := context.WithTimeout(context.Background(), time.Second)
 	defer acancel()
 	s.admin.Shutdown(actx)
@@ -323,6 +334,10 @@ func (s *sidecar) applyLocked(cfg *fileConfig, before []string) ([]string, error
 		return nil, err
 	}
 	warnings = append(before, warnings...)
+	if !reflect.DeepEqual(cfg.expose, s.cfg.expose) {
+		warnings = append(warnings, "expose paths change only on restart; keeping the running ones")
+		cfg.expose = s.cfg.expose
+	}
 	if cfg.Admin.Listen != s.cfg.Admin.Listen {
 		warnings = append(warnings, "admin.listen changes only on restart")
 	}

@@ -94,9 +94,7 @@ func withRegistration(base *fileConfig, sc consul.SidecarConfig) (*fileConfig, [
 			cfg.Outbound.Listen = net.JoinHostPort("127.0.0.1", strconv.Itoa(sc.OutboundPort))
 		}
 	}
-	if len(sc.Expose) > 0 {
-		warnings = append(warnings, fmt.Sprintf("expose.paths (%d) are not served by meshlet: probes must reach the app directly", len(sc.Expose)))
-	}
+	cfg.expose = exposePaths(sc.Expose, cfg.Inbound.Listen, cfg.Service.Address)
 	cfg.explicit, cfg.fromRegistration = mergeUpstreams(base.explicit, sc.Upstreams, &warnings)
 	cfg.Upstreams = slices.Clone(cfg.explicit)
 	defaultTCP(cfg.Upstreams, cfg.fromRegistration)
@@ -165,6 +163,38 @@ func defaultTCP(ups []proxy.UpstreamConfig, fromRegistration map[string]bool) {
 			ups[i].Protocol = proxy.ProtocolTCP
 		}
 	}
+}
+
+// exposePaths are the registration's expose paths as the proxy serves them: each on its listener port at the
+// inbound listener's host (0.0.0.0 without one), forwarded to its local path port at the app's host (127.0.0.1
+// without one).
+func exposePaths(paths []consul.ExposePath, inbound, app string) []proxy.ExposePath {
+	listenHost, appHost := "0.0.0.0", "127.0.0.1"
+	if h, _, err := net.SplitHostPort(inbound); err == nil && h != "" {
+		listenHost = h
+	}
+	if h, _, err := net.SplitHostPort(app); err == nil && h != "" {
+		appHost = h
+	}
+	var out []proxy.ExposePath
+	for _, p := range paths {
+		out = append(out, proxy.ExposePath{Listen: net.JoinHostPort(listenHost, strconv.Itoa(p.ListenerPort)), Path: p.Path,
+			Target: net.JoinHostPort(appHost, strconv.Itoa(p.LocalPathPort)), Protocol: p.Protocol})
+	}
+	return out
+}
+
+// startExpose serves the registration's expose paths (sidecar_for), once the proxy's listeners are bound.
+func (s *sidecar) startExpose() error {
+	if len(s.cfg.expose) == 0 {
+		return nil
+	}
+	e, err := proxy.StartExpose(s.cfg.expose, s.log)
+	if err != nil {
+		return err
+	}
+	s.expose = e
+	return nil
 }
 
 // resolveSidecar finds the registration named by sidecar_for (retrying while the agent cannot be reached, up to

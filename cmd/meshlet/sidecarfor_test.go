@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"os"
 	"path/filepath"
+	"reflect"
 	"strings"
 	"testing"
 	"time"
@@ -119,10 +120,13 @@ upstreams:
 		}
 	}
 	for _, w := range []string{"service.name shop is not the registration's destination service web", "upstream Bad_Name: its name is no lowercase DNS label",
-		`upstream cache: protocol "redis" unknown`, "expose.paths (1) are not served"} {
+		`upstream cache: protocol "redis" unknown`} {
 		if !strings.Contains(strings.Join(warnings, "\n"), w) {
 			t.Errorf("warnings %q lack %q", warnings, w)
 		}
+	}
+	if want := []proxy.ExposePath{{Listen: "0.0.0.0:21500", Path: "/healthz", Target: "127.0.0.1:8080"}}; !reflect.DeepEqual(cfg.expose, want) {
+		t.Errorf("expose %+v, want %+v", cfg.expose, want)
 	}
 	if base.Service.Address != "" || len(base.Upstreams) != 1 || base.Outbound.Listen != "" {
 		t.Errorf("withRegistration changed its base: %+v", base.Config)
