@@ -239,13 +239,16 @@ type sidecarForPart struct{ s *sidecar }
 
 func (p sidecarForPart) Run(ctx context.Context) error {
 	var wg sync.WaitGroup
-	var err error
-	wg.Go(func() { err = p.s.sidecarFor.Run(ctx) })
+	wg.Go(func() {
+		if err := p.s.sidecarFor.Run(ctx); err != nil {
+			p.s.log.Error("sidecar-for: the registration is not followed", "error", err.Error())
+		}
+	})
 	defer wg.Wait()
 	for {
 		select {
 		case <-ctx.Done():
-			return err
+			return nil
 		case <-p.s.sidecarFor.Changed():
 			p.s.applyRegistration()
 		}
