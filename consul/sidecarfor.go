@@ -50,8 +50,7 @@ type SidecarConfig struct {
 type SidecarUpstream struct {
 	Name       string // DestinationName
 	Datacenter string
-	// Listen is LocalBindAddress (default 127.0.0.1) : LocalBindPort; "" when the upstream has no bind port
-	// (transparent mode: reached by its address or by name).
+	// Listen is LocalBindAddress (default 127.0.0.1) : LocalBindPort.
 	Listen string
 	// Protocol is Config["protocol"] (tcp, http, http2, grpc; merged from service-defaults with
 	// merge-central-config); "" when unset.
@@ -149,14 +148,15 @@ func parseUpstream(u api.Upstream, i int, transparent bool, warn func(string, ..
 	case u.LocalBindSocketPath != "":
 		warn("%s: local_bind_socket_path is not supported (TCP bind ports only): upstream left out", where)
 		return SidecarUpstream{}, false
-	case u.LocalBindPort <= 0 && !transparent:
+	case u.LocalBindPort <= 0 && transparent:
+		warn("%s: no local_bind_port: no listener of its own (transparent mode reaches it at its addresses, as every service of the mesh)", where)
+		return SidecarUpstream{}, false
+	case u.LocalBindPort <= 0:
 		warn("%s: no local_bind_port: upstream left out", where)
 		return SidecarUpstream{}, false
 	}
-	up := SidecarUpstream{Name: u.DestinationName, Datacenter: u.Datacenter, Protocol: stringOf(u.Config["protocol"])}
-	if u.LocalBindPort > 0 {
-		up.Listen = net.JoinHostPort(orDefault(u.LocalBindAddress, "127.0.0.1"), strconv.Itoa(u.LocalBindPort))
-	}
+	up := SidecarUpstream{Name: u.DestinationName, Datacenter: u.Datacenter, Protocol: stringOf(u.Config["protocol"]),
+		Listen: net.JoinHostPort(orDefault(u.LocalBindAddress, "127.0.0.1"), strconv.Itoa(u.LocalBindPort))}
 	if ms, ok := intOf(u.Config["connect_timeout_ms"]); ok && ms > 0 {
 		up.ConnectTimeout = time.Duration(ms) * time.Millisecond
 	}
