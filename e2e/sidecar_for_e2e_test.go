@@ -29,10 +29,9 @@ import (
 )
 
 // startSidecarFor starts `meshlet run -sidecar-for id` with no config file, the agent in CONSUL_HTTP_ADDR and the
-// admin listener on a free address (MESHLET_ADMIN_LISTEN), without waiting for anything.
-func startSidecarFor(t *testing.T, consulAddr, id string) *meshlettest.Proc {
+// admin listener on admin (MESHLET_ADMIN_LISTEN), without waiting for anything.
+func startSidecarFor(t *testing.T, consulAddr, id, admin string) *meshlettest.Proc {
 	t.Helper()
-	admin := meshlettest.FreeAddr(t)
 	cmd := exec.Command(meshlettest.Bin(), "run", "-sidecar-for", id)
 	for _, kv := range os.Environ() {
 		if !strings.HasPrefix(kv, "MESHLET_") && !strings.HasPrefix(kv, "CONSUL_") {
@@ -91,11 +90,13 @@ func portOfAddr(t *testing.T, addr string) int {
 	return n
 }
 
-// registerWeb registers service web-1 (web, at app) with a sidecar_service on inbound with expose and upstreams ups.
-func registerWeb(t *testing.T, client *api.Client, app, inbound string, expose api.ExposeConfig, ups ...api.Upstream) {
+// registerWeb registers service web-1 (web, at app) with a sidecar_service on inbound with expose and upstreams ups,
+// and an HTTP check of its meshlet's /ready at admin (as the README advises) in place of Consul's default TCP check.
+func registerWeb(t *testing.T, client *api.Client, app, inbound, admin string, expose api.ExposeConfig, ups ...api.Upstream) {
 	t.Helper()
 	reg := &api.AgentServiceRegistration{ID: "web-1", Name: "web", Address: "127.0.0.1", Port: portOfAddr(t, app),
 		Connect: &api.AgentServiceConnect{SidecarService: &api.AgentServiceRegistration{Port: portOfAddr(t, inbound),
+			Check: &api.AgentServiceCheck{HTTP: "http://" + admin + "/ready", Interval: "1s"},
 			Proxy: &api.AgentServiceConnectProxyConfig{Upstreams: ups, Expose: expose}}}}
 	if err := client.Agent().ServiceRegister(reg); err != nil {
 		t.Fatal(err)
@@ -145,11 +146,12 @@ func TestSidecarForRegistration(t *testing.T) {
 		return api.Upstream{DestinationName: name, LocalBindAddress: "127.0.0.1", LocalBindPort: portOfAddr(t, bind), Config: cfg}
 	}
 	apiUp := upstream("api", apiBind, map[string]any{"protocol": "http", "connect_timeout_ms": 2000})
-	registerWeb(t, client, meshlettest.HostOf(webApp), inbound, expose, apiUp,
+	admin := meshlettest.FreeAddr(t)
+	registerWeb(t, client, meshlettest.HostOf(webApp), inbound, admin, expose, apiUp,
 		upstream("pinger", pingerBind, map[string]any{"protocol": "grpc"}),
 		api.Upstream{DestinationType: api.UpstreamDestTypePreparedQuery, DestinationName: "nearest-db", LocalBindPort: 19999})
 
-	p := startSidecarFor(t, agent.HTTPAddr, "web-1")
+	p := startSidecarFor(t, agent.HTTPAddr, "web-1", admin)
 	if err := p.WaitReady(context.Background(), 20*time.Second); err != nil {
 		t.Fatalf("meshlet -sidecar-for web-1 not ready: %v", err)
 	}
@@ -201,7 +203,7 @@ func TestSidecarForRegistration(t *testing.T) {
 	}
 
 	// The registration changes: pinger removed, billing added; api stays (its connection too).
-	registerWeb(t, client, meshlettest.HostOf(webApp), inbound, expose, apiUp, upstream("billing", billingBind, map[string]any{"protocol": "http"}))
+	registerWeb(t, client, meshlettest.HostOf(webApp), inbound, admin, expose, apiUp, upstream("billing", billingBind, map[string]any{"protocol": "http"}))
 	start := time.Now()
 	meshlettest.Eventually(t, 10*time.Second, "billing reachable at its bind port", func() bool {
 		code, body, _ := call("http://" + billingBind + "/")
@@ -320,7 +322,7 @@ func TestSidecarForBadRegistrations(t *testing.T) {
 		{"gw-1", "gw-1 is a mesh-gateway registration, not a connect-proxy"},
 	} {
 		t.Run(tc.id, func(t *testing.T) {
-			p := startSidecarFor(t, agent.HTTPAddr, tc.id)
+			p := startSidecarFor(t, agent.HTTPAddr, tc.id, meshlettest.FreeAddr(t))
 			if code := p.Wait(t, 10*time.Second); code != 1 {
 				t.Errorf("exit code %d, want 1", code)
 			}
@@ -340,8 +342,9 @@ func TestSidecarForRegistrationDeleted(t *testing.T) {
 	webApp := meshlettest.StartBackend(t, http.HandlerFunc(func(http.ResponseWriter, *http.Request) {}), false, nil)
 	binds := meshlettest.FreeAddrs(t, 2)
 	apiUp := api.Upstream{DestinationName: "api", LocalBindPort: portOfAddr(t, binds[0]), Config: map[string]any{"protocol": "http"}}
-	registerWeb(t, client, meshlettest.HostOf(webApp), binds[1], api.ExposeConfig{}, apiUp)
-	p := startSidecarFor(t, agent.HTTPAddr, "web-1-sidecar-proxy") // the proxy's own ID
+	admin := meshlettest.FreeAddr(t)
+	registerWeb(t, client, meshlettest.HostOf(webApp), binds[1], admin, api.ExposeConfig{}, apiUp)
+	p := startSidecarFor(t, agent.HTTPAddr, "web-1-sidecar-proxy", admin) // the proxy's own ID
 	if err := p.WaitReady(context.Background(), 20*time.Second); err != nil {
 		t.Fatalf("not ready: %v", err)
 	}
@@ -359,7 +362,7 @@ func TestSidecarForRegistrationDeleted(t *testing.T) {
 		code, body, _ := call("http://" + binds[0] + "/")
 		return code == 200 && body == "from api"
 	})
-	registerWeb(t, client, meshlettest.HostOf(webApp), binds[1], api.ExposeConfig{}, apiUp)
+	registerWeb(t, client, meshlettest.HostOf(webApp), binds[1], admin, api.ExposeConfig{}, apiUp)
 	if err := p.WaitReady(context.Background(), 15*time.Second); err != nil {
 		t.Fatalf("not ready again once registered again: %v", err)
 	}
