@@ -56,6 +56,38 @@ type Registration struct {
 	// ResyncInterval is how often the Registrar checks that the agent still has both registrations
 	// (discovery.consul.resync_interval); 0 means DefaultResyncInterval.
 	ResyncInterval time.Duration
+	// Upstreams are written into the proxy registration (Proxy.Upstreams), so that Consul's UI and topology
+	// views show what this sidecar calls, as they do for Envoy; nil writes none.
+	Upstreams []RegisteredUpstream
+	// Transparent writes Mode transparent and TransparentProxy.OutboundListenerPort = OutboundPort (the port
+	// redirected connections arrive at; 0: Consul's default).
+	Transparent  bool
+	OutboundPort int
+}
+
+// RegisteredUpstream is an upstream as the proxy registration lists it.
+type RegisteredUpstream struct {
+	Service    string // the destination service
+	Datacenter string // "": the agent's
+	Listen     string // the upstream's local listener, ip:port (LocalBindAddress, LocalBindPort); "": none
+}
+
+// proxyConfig is the Proxy block of the sidecar's registration.
+func (reg *Registration) proxyConfig(id, appHost string, appPort int) *api.AgentServiceConnectProxyConfig {
+	pc := &api.AgentServiceConnectProxyConfig{DestinationServiceName: reg.Service, DestinationServiceID: id,
+		LocalServiceAddress: appHost, LocalServicePort: appPort}
+	for _, u := range reg.Upstreams {
+		host, port := splitHostPort(u.Listen)
+		pc.Upstreams = append(pc.Upstreams, api.Upstream{DestinationType: api.UpstreamDestTypeService,
+			DestinationName: u.Service, Datacenter: u.Datacenter, LocalBindAddress: host, LocalBindPort: port})
+	}
+	if reg.Transparent {
+		pc.Mode = api.ProxyModeTransparent
+		if reg.OutboundPort > 0 {
+			pc.TransparentProxy = &api.TransparentProxyConfig{OutboundListenerPort: reg.OutboundPort}
+		}
+	}
+	return pc
 }
 
 // agentCheck is c as the Consul agent runs it, named "app" on the registration: an HTTP, TCP or GRPC check
@@ -235,8 +267,7 @@ func (r *Registrar) register(ctx context.Context) error {
 	prx := &api.AgentServiceRegistration{
 		Kind: api.ServiceKindConnectProxy, ID: r.ProxyID(), Name: r.reg.Service + "-sidecar-proxy",
 		Address: inHost, Port: inPort, Tags: r.reg.Tags, Meta: withMeta(r.reg.Meta, MetaMeshlet, "true"),
-		Proxy: &api.AgentServiceConnectProxyConfig{DestinationServiceName: r.reg.Service,
-			DestinationServiceID: r.id, LocalServiceAddress: appHost, LocalServicePort: appPort},
+		Proxy: r.reg.proxyConfig(r.id, appHost, appPort),
 		Checks: api.AgentServiceChecks{
 			{Name: "meshlet /ready", HTTP: "http://" + admin + "/ready", Interval: interval, Timeout: "2s",
 				Status: status},

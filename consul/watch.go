@@ -1,8 +1,10 @@
 // Package consul is meshlet's home for talking to a Consul agent: the discovery source of upstream endpoints
 // (Source, with health queries; Config is the discovery.consul section), Consul's config entries (ConfigEntries),
-// the registration of the service and its sidecar (Registrar), and the one blocking-query loop and backoff that
-// every watch of the agent follows (Watch: health, config entries, the Connect CA source, intentions) and every
-// other retry of the agent (Backoff: registration, the default intention policy).
+// the registration of the service and its sidecar (Registrar), a sidecar's own connect-proxy registration read and
+// followed for meshlet run -sidecar-for (SidecarFor, ParseSidecar), and the one blocking-query loop and backoff
+// that every watch of the agent follows (Watch: health, config entries, the Connect CA source, intentions, the
+// sidecar's registration with hash-based blocking) and every other retry of the agent (Backoff: registration, the
+// default intention policy, the first read of the sidecar's registration).
 package consul
 
 import (

@@ -42,13 +42,27 @@ func printHelp(w io.Writer, fs *flag.FlagSet, help string) {
 }
 
 const runHelp = `Usage: meshlet run -config FILE
+       meshlet run -sidecar-for ID [-config FILE]
 
 Runs the sidecar on the config FILE (YAML; $MESHLET_CONFIG when -config is not given; env:NAME reads the config
 from the variable NAME) until SIGTERM or SIGINT, which drain it; SIGHUP reloads the config.
 
+With -sidecar-for ID (or sidecar_for: ID in the file), meshlet is the sidecar of the service ID registered with
+the local Consul agent (connect { sidecar_service { ... } }; ID may also be the connect-proxy's own ID): it reads
+the proxy's registration, merged with central config, and takes from it the service name and local address, the
+inbound listener (the proxy's address and port), the upstreams (name, datacenter, local bind address and port,
+protocol, connect_timeout_ms), transparent mode and its outbound port; it follows changes to the registration
+without a restart. What the file sets wins. The file is optional: the agent is $CONSUL_HTTP_ADDR (Consul's
+environment variables apply), certificates come from Consul's CA, and admin.listen is 127.0.0.1:19000 (Envoy's
+admin address; $MESHLET_ADMIN_LISTEN changes it). meshlet does not register anything then: point the
+registration's check at http://127.0.0.1:19000/ready. Expose paths are served as plain HTTP listeners that
+forward that one path to the app (for probes); prepared-query and peered upstreams are left out with a warning.
+
 Examples:
   meshlet run -config /etc/meshlet/meshlet.yaml
   MESHLET_CONFIG=meshlet.yaml meshlet run
+  CONSUL_HTTP_ADDR=127.0.0.1:8500 meshlet run -sidecar-for web-1
+  meshlet run -sidecar-for web-1 -config access-log.yaml
 `
 
 const checkHelp = `Usage: meshlet check -config FILE

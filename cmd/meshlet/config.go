@@ -30,10 +30,19 @@ type fileConfig struct {
 	Discovery    discoveryConfig `yaml:"discovery" json:"discovery"`
 	// TLS is this sidecar's certificate and trust roots (files); empty means no mutual TLS.
 	TLS mtls.FilesConfig `yaml:"tls" json:"tls"`
+	// SidecarFor is the ID of a service (or of its connect-proxy) registered with the local Consul agent: the
+	// service, inbound listener, upstreams and mode are taken from its sidecar's registration and followed
+	// (sidecarfor.go); the file's settings win. The -sidecar-for flag overrides it.
+	SidecarFor string `yaml:"sidecar_for" json:"sidecar_for"`
 
-	// explicit are the upstreams as the file writes them, before defaults: Consul's config entries fill only
-	// what they leave unset.
+	// explicit are the upstreams as the file writes them (with sidecar_for: merged with the registration's),
+	// before defaults: Consul's config entries fill only what they leave unset.
 	explicit []proxy.UpstreamConfig
+	// fromRegistration names the upstreams that came from the registration (sidecar_for): without a protocol
+	// from the registration, the file or the config entries, theirs is Consul's default, tcp.
+	fromRegistration map[string]bool
+	// expose are the registration's expose paths (sidecar_for), served beside the proxy; set at start only.
+	expose []proxy.ExposePath
 }
 
 // logConfig is the log section.
@@ -92,6 +101,9 @@ func (c *fileConfig) validate() error {
 		errs = append(errs, errors.New("shutdown.drain_timeout: must not be negative"))
 	}
 	errs = append(errs, c.validateDiscovery()...)
+	if c.SidecarFor != "" && c.Service.Register {
+		errs = append(errs, errors.New("service.register: not with sidecar_for (the sidecar's registration exists already: meshlet only reads it)"))
+	}
 	if cs := c.Outbound.Transparent.ConsulServices; cs != nil && *cs && c.Discovery.Consul == nil {
 		errs = append(errs, errors.New("outbound.transparent.consul_services: needs discovery.consul"))
 	}
@@ -163,6 +175,11 @@ func loadConfig(path string) (*fileConfig, error) {
 	if err != nil {
 		return nil, perLine(path, err)
 	}
+	return finishConfig(path, cfg)
+}
+
+// finishConfig applies environment overrides and defaults to a decoded config, and validates it.
+func finishConfig(path string, cfg *fileConfig) (*fileConfig, error) {
 	applyEnv(cfg, os.Getenv)
 	cfg.explicit = slices.Clone(cfg.Upstreams)
 	cfg.setDefaults()

@@ -63,6 +63,7 @@ func (s *sidecar) withEntries(cfg *fileConfig) proxy.Config {
 		settings := func(svc string) discovery.UpstreamSettings { return s.entries.Settings(cfg.Service.Name, svc) }
 		pc.Upstreams = append(pc.Upstreams, implicitUpstreams(s.mesh.Services(), pc.Upstreams, settings, s.log)...)
 	}
+	defaultTCP(pc.Upstreams, cfg.fromRegistration)
 	pc.SetDefaults()
 	return pc
 }

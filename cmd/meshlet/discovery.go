@@ -9,12 +9,14 @@ import (
 	"errors"
 	"fmt"
 	"net"
+	"strconv"
 	"strings"
 	"time"
 
 	"go.yaml.in/yaml/v3"
 
 	"meshlet.dev/meshlet/consul"
+	"meshlet.dev/meshlet/proxy"
 )
 
 // discoveryConfig is the discovery section: where upstreams without static endpoints are found.
@@ -74,10 +76,15 @@ func (s *sidecar) startDiscovery() error {
 	}
 	s.consul = c
 	s.entries = consul.NewConfigEntries(c)
-	if t := s.cfg.Outbound.Transparent; t.Enabled && (t.ConsulServices == nil || *t.ConsulServices) {
-		s.mesh = consul.NewMesh(c)
-	}
 	return nil
+}
+
+// startMesh creates the watch of the mesh's services (outbound.transparent.consul_services), once the config is
+// complete (with sidecar_for, the registration may make it transparent); it contacts nothing yet.
+func (s *sidecar) startMesh() {
+	if t := s.cfg.Outbound.Transparent; s.consul != nil && t.Enabled && (t.ConsulServices == nil || *t.ConsulServices) {
+		s.mesh = consul.NewMesh(s.consul)
+	}
 }
 
 // registration is the part that registers this instance (service.register), once the listeners are bound:
@@ -122,12 +129,43 @@ func (s *sidecar) prepareRegistration() {
 		_, p, _ := net.SplitHostPort(inbound)
 		inbound = net.JoinHostPort(h, p) // keep the configured host (0.0.0.0: the agent's address)
 	}
+	addrs := s.proxy.Addrs()
 	r := consul.NewRegistrar(s.consul, consul.Registration{
 		Service: s.cfg.Service.Name, App: s.cfg.Service.Address, Inbound: inbound, Admin: s.admin.Addr(),
 		Tags: s.cfg.Service.Tags, Meta: s.cfg.Service.Meta, AppCheck: s.cfg.Service.Check, Ready: s.routable,
 		CheckInterval: s.cfg.Discovery.Consul.CheckInterval, ResyncInterval: s.cfg.Discovery.Consul.ResyncInterval,
+		Upstreams: registeredUpstreams(s.cfg.Upstreams, addrs), Transparent: s.cfg.Outbound.Transparent.Enabled,
+		OutboundPort: portOf(addrs["outbound"]),
 	})
 	s.registrar.Store(r)
+}
+
+// registeredUpstreams are the upstreams the sidecar's registration lists (for Consul's UI and topology): those
+// with a listener of their own, at its bound address, each destination service and datacenter once (Consul
+// refuses a registration that lists one twice; an upstream routed by name has no bind port to list).
+func registeredUpstreams(ups []proxy.UpstreamConfig, addrs map[string]string) []consul.RegisteredUpstream {
+	var out []consul.RegisteredUpstream
+	seen := map[[2]string]bool{}
+	for _, u := range ups {
+		listen := addrs["upstream/"+u.Name]
+		key := [2]string{u.Service, u.Datacenter}
+		if u.Listen == "" || listen == "" || u.Endpoints != nil || seen[key] {
+			continue
+		}
+		seen[key] = true
+		out = append(out, consul.RegisteredUpstream{Service: u.Service, Datacenter: u.Datacenter, Listen: listen})
+	}
+	return out
+}
+
+// portOf is the port of addr (host:port), 0 when it has none.
+func portOf(addr string) int {
+	_, p, err := net.SplitHostPort(addr)
+	if err != nil {
+		return 0
+	}
+	n, _ := strconv.Atoi(p)
+	return n
 }
 
 // registerWait bounds how long registration waits for the sidecar to be routable; then it registers anyway (its

@@ -12,6 +12,7 @@ import (
 const (
 	partEntries      = "config entries"
 	partMesh         = "mesh services"
+	partSidecarFor   = "sidecar registration"
 	partCertificates = "certificates"
 	partIntentions   = "intentions"
 	partRegistration = "registration"

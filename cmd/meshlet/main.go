@@ -4,6 +4,7 @@
 // Usage:
 //
 //	meshlet run -config meshlet.yaml     run the sidecar
+//	meshlet run -sidecar-for web-1       run the sidecar of a service registered with Consul
 //	meshlet check -config meshlet.yaml   validate a config file and print every problem
 //	meshlet inject app.yaml              add the sidecar to Kubernetes YAML
 //	meshlet wait -admin 127.0.0.1:15000  block until a meshlet is ready
@@ -69,6 +70,7 @@ const usage = `meshlet is a service-mesh sidecar proxy.
 
 Usage:
   meshlet run -config FILE     run the sidecar (FILE defaults to $MESHLET_CONFIG; env:NAME reads $NAME)
+  meshlet run -sidecar-for ID  run the sidecar of Consul service ID, configured from its registration
   meshlet check -config FILE   validate FILE; print every problem with its field path
   meshlet certs ca|issue ...   make a local trust domain CA and SPIFFE certificates (meshlet certs for help)
   meshlet inject [FILE]        add the sidecar to Kubernetes YAML (FILE, -f FILE or stdin), write it to stdout
@@ -92,11 +94,11 @@ func run(args []string, stdout, stderr io.Writer) int {
 	}
 	switch args[0] {
 	case "run":
-		path, code, ok := configFlag("run", runHelp, args[1:], stdout, stderr)
+		path, sidecarFor, code, ok := runFlags(args[1:], stdout, stderr)
 		if !ok {
 			return code
 		}
-		return runSidecar(path, stderr)
+		return runSidecar(path, sidecarFor, stderr)
 	case "check":
 		path, code, ok := configFlag("check", checkHelp, args[1:], stdout, stderr)
 		if !ok {
@@ -149,10 +151,33 @@ func configFlag(name, help string, args []string, stdout, stderr io.Writer) (str
 	return *path, 0, true
 }
 
+// runFlags parses the flags of run: the config path and -sidecar-for (with which the config file is optional), or
+// the exit code and false (0 after -h).
+func runFlags(args []string, stdout, stderr io.Writer) (path, sidecarFor string, code int, ok bool) {
+	fs := newFlags("run", stderr)
+	p := fs.String("config", os.Getenv("MESHLET_CONFIG"), "config file (YAML); $MESHLET_CONFIG when not given; optional with -sidecar-for")
+	sf := fs.String("sidecar-for", "", "run as the sidecar of this service ID (or its connect-proxy's ID) registered with the local Consul agent:\nservice, inbound listener, upstreams and mode from its registration; wins over the file's sidecar_for")
+	if code, ok := parseFlags(fs, runHelp, args, stdout, stderr); !ok {
+		return "", "", code, false
+	}
+	if fs.NArg() > 0 {
+		fmt.Fprintf(stderr, "meshlet run: unexpected argument %q\n", fs.Arg(0))
+		return "", "", 2, false
+	}
+	if *p == "" && *sf == "" {
+		fmt.Fprintln(stderr, "meshlet run: -config is required (or set MESHLET_CONFIG), unless -sidecar-for is given")
+		return "", "", 2, false
+	}
+	return *p, *sf, 0, true
+}
+
 // check validates the config file at path, then the certificate files it names (checkTLSFiles): warnings go
 // to stderr and leave the exit code 0.
 func check(path string, stdout, stderr io.Writer) int {
-	cfg, err := loadConfig(path)
+	cfg, err := loadConfigFor(path, "")
+	if err == nil && cfg.SidecarFor != "" {
+		cfg, err = checkSidecarFor(cfg, stderr)
+	}
 	if err != nil {
 		fmt.Fprintln(stderr, err)
 		return 1

@@ -2,10 +2,12 @@ package main
 
 import (
 	"context"
+	"fmt"
 	"io"
 	"log/slog"
 	"os"
 	"os/signal"
+	"reflect"
 	"slices"
 	"sync"
 	"sync/atomic"
@@ -45,18 +47,25 @@ type sidecar struct {
 	tls        mtls.Source        // nil without a tls section
 	intentions *consul.Intentions // nil unless mutual TLS inbound with Consul
 
-	mu  sync.Mutex // serializes reloads and guards cfg
+	mu  sync.Mutex // serializes reloads and guards cfg and base
 	cfg *fileConfig
+	// base is the config as loaded (loadConfigFor), before the registration of sidecar_for is merged in.
+	base *fileConfig
+
+	sidecarForFlag string             // -sidecar-for
+	sidecarFor     *consul.SidecarFor // nil without sidecar_for
+	expose         *proxy.Expose      // the registration's expose paths; nil without
 
 	drainOnce  sync.Once
 	drainStart atomic.Pointer[time.Time] // when the drain began (GET /drain or a signal); nil before
 }
 
-// runSidecar runs meshlet on the config at path until SIGTERM or SIGINT, and returns the exit code.
-func runSidecar(path string, stderr io.Writer) int {
+// runSidecar runs meshlet on the config at path (with sidecarFor, the -sidecar-for flag: path may be "") until
+// SIGTERM or SIGINT, and returns the exit code.
+func runSidecar(path, sidecarFor string, stderr io.Writer) int {
 	level := new(slog.LevelVar)
 	log := slog.New(slog.NewJSONHandler(stderr, &slog.HandlerOptions{Level: level}))
-	cfg, err := loadConfig(path)
+	cfg, err := loadConfigFor(path, sidecarFor)
 	if err != nil {
 		log.Error("invalid config", "config", path, "error", err.Error())
 		return 1
@@ -64,7 +73,7 @@ func runSidecar(path string, stderr io.Writer) int {
 	lv, _ := parseLevel(cfg.Log.Level)
 	level.Set(lv)
 
-	s := &sidecar{path: path, log: log, level: level, cfg: cfg, parts: runGroup{log: log}}
+	s := &sidecar{path: path, log: log, level: level, cfg: cfg, base: cfg, sidecarForFlag: sidecarFor, parts: runGroup{log: log}}
 	s.m = metrics.New(prometheus.NewRegistry(), buildVersion())
 	if err := s.startDiscovery(); err != nil {
 		log.Error("invalid config", "config", path, "error", err.Error())
@@ -72,6 +81,14 @@ func runSidecar(path string, stderr io.Writer) int {
 	}
 	defer s.stopDiscovery()
 	defer s.parts.stopAll() // (before the Consul client closes)
+	if cfg.SidecarFor != "" {
+		if s.cfg, err = s.resolveSidecar(); err != nil {
+			log.Error("invalid config", "config", path, "error", err.Error())
+			return 1
+		}
+		cfg = s.cfg
+	}
+	s.startMesh()
 	s.mustRegister = cfg.Service.Register && s.consul != nil
 	var src discovery.Source // stays a nil interface without Consul
 	if s.consul != nil {
@@ -79,6 +96,9 @@ func runSidecar(path string, stderr io.Writer) int {
 		s.parts.add(partEntries, entriesPart{s})
 		if s.mesh != nil {
 			s.parts.add(partMesh, meshPart{s})
+		}
+		if s.sidecarFor != nil {
+			s.parts.add(partSidecarFor, sidecarForPart{s})
 		}
 	}
 	tlsSrc, err := s.startTLS()
@@ -125,6 +145,12 @@ func runSidecar(path string, stderr io.Writer) int {
 	}
 	if err := s.proxy.Start(); err != nil {
 		log.Error("cannot start", "error", err.Error())
+		s.admin.Shutdown(context.Background())
+		return 1
+	}
+	if err := s.startExpose(); err != nil {
+		log.Error("cannot start", "error", err.Error())
+		s.proxy.Shutdown(context.Background())
 		s.admin.Shutdown(context.Background())
 		return 1
 	}
@@ -259,6 +285,9 @@ func (s *sidecar) shutdown(sigs <-chan os.Signal) int {
 	if err := s.proxy.Shutdown(ctx); err != nil {
 		s.log.Warn("drain timeout: closed connections still in use", "drain_timeout", cfg.Shutdown.DrainTimeout.String(), "error", err.Error())
 	}
+	if s.expose != nil {
+		s.expose.Shutdown(ctx)
+	}
 	actx, acancel := context.WithTimeout(context.Background(), time.Second)
 	defer acancel()
 	s.admin.Shutdown(actx)
@@ -267,22 +296,51 @@ func (s *sidecar) shutdown(sigs <-chan os.Signal) int {
 	return code
 }
 
-// reload re-reads the config file and applies it. A bad file changes nothing.
+// reload re-reads the config file (with sidecar_for: merged with the latest registration) and applies it. A bad
+// file changes nothing.
 func (s *sidecar) reload() ([]string, error) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	cfg, err := loadConfig(s.path)
-	if err != nil {
+	fail := func(err error) ([]string, error) {
 		s.m.ConfigReloads.WithLabelValues("failure").Inc()
 		s.log.Error("config reload rejected; the running config stays", "config", s.path, "error", err.Error())
 		return nil, err
 	}
+	base, err := loadConfigFor(s.path, s.sidecarForFlag)
+	if err != nil {
+		return fail(err)
+	}
+	if base.SidecarFor != s.base.SidecarFor {
+		return fail(fmt.Errorf("sidecar_for changes only on restart (running: %q)", s.base.SidecarFor))
+	}
+	cfg, warnings := base, []string(nil)
+	if s.sidecarFor != nil {
+		if cfg, warnings, err = withRegistration(base, s.sidecarFor.Config()); err != nil {
+			return fail(err)
+		}
+	}
+	if warnings, err = s.applyLocked(cfg, warnings); err != nil {
+		return fail(err)
+	}
+	s.base = base
+	s.m.ConfigReloads.WithLabelValues("success").Inc()
+	s.log.Info("config reloaded", "config", s.path)
+	return warnings, nil
+}
+
+// applyLocked applies cfg (with the config entries merged) to the running proxy and makes it the running
+// config, less what changes only on restart; it returns the warnings (before, and the restart-only changes
+// kept), and logs them. Call with s.mu held.
+func (s *sidecar) applyLocked(cfg *fileConfig, before []string) ([]string, error) {
 	merged := s.withEntries(cfg)
 	warnings, err := s.proxy.Reload(merged)
 	if err != nil {
-		s.m.ConfigReloads.WithLabelValues("failure").Inc()
-		s.log.Error("config reload rejected; the running config stays", "config", s.path, "error", err.Error())
 		return nil, err
+	}
+	warnings = append(before, warnings...)
+	if !reflect.DeepEqual(cfg.expose, s.cfg.expose) {
+		warnings = append(warnings, "expose paths change only on restart; keeping the running ones")
+		cfg.expose = s.cfg.expose
 	}
 	if cfg.Admin.Listen != s.cfg.Admin.Listen {
 		warnings = append(warnings, "admin.listen changes only on restart")
@@ -310,8 +368,6 @@ func (s *sidecar) reload() ([]string, error) {
 	for _, w := range warnings {
 		s.log.Warn("config reload: " + w)
 	}
-	s.m.ConfigReloads.WithLabelValues("success").Inc()
-	s.log.Info("config reloaded", "config", s.path)
 	return warnings, nil
 }
 

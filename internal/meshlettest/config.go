@@ -28,6 +28,8 @@ type File struct {
 	Shutdown     Shutdown         `yaml:"shutdown"`
 	Discovery    Discovery        `yaml:"discovery"`
 	TLS          mtls.FilesConfig `yaml:"tls"`
+	// SidecarFor is cmd/meshlet's sidecar_for: the Consul service ID whose sidecar registration configures meshlet.
+	SidecarFor string `yaml:"sidecar_for"`
 }
 
 // Log is the log section (cmd/meshlet's logConfig).
