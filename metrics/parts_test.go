@@ -31,8 +31,8 @@ func TestPartsSeries(t *testing.T) {
 			t.Errorf("%s exported before its part uses it", absent)
 		}
 	}
-	if n := testutil.CollectAndCount(m.AdminRefused); n != 4 {
-		t.Errorf("admin refusals: %d series, want the 4 reasons at 0", n)
+	if n := testutil.CollectAndCount(m.AdminRefused); n != 5 {
+		t.Errorf("admin refusals: %d series, want the 5 reasons at 0", n)
 	}
 
 	m.Discovery.LastSuccess.Set("api", time.Now().Add(-3*time.Second))
