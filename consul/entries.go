@@ -13,6 +13,7 @@ import (
 	"github.com/hashicorp/consul/api"
 
 	"meshlet.dev/meshlet/discovery"
+	"meshlet.dev/meshlet/mtls"
 )
 
 // ConfigEntries watches the service-defaults, service-router, proxy-defaults and mesh config entries with one
@@ -123,8 +124,15 @@ func (e *ConfigEntries) store(kind string, entries []api.ConfigEntry) {
 				next = m
 			}
 		}
-		changed = changed || InboundTLSMin(e.mesh) != InboundTLSMin(next) ||
-			meshDestinationsOnly(e.mesh) != meshDestinationsOnly(next)
+		changed = changed || meshTLSChanged(e.mesh, next) || meshDestinationsOnly(e.mesh) != meshDestinationsOnly(next)
+		if meshTLSChanged(e.mesh, next) {
+			for _, in := range []bool{true, false} {
+				if _, problems := meshTLS(next, in); len(problems) > 0 {
+					e.c.log.Warn("consul mesh config entry: TLS settings meshlet cannot apply in full", "incoming", in,
+						"problems", strings.Join(problems, "; "))
+				}
+			}
+		}
 		e.mesh = next
 	case api.ServiceRouter:
 		next := map[string]*api.ServiceRouterConfigEntry{}
@@ -169,23 +177,70 @@ func (e *ConfigEntries) meshDenied(err error) {
 func (e *ConfigEntries) InboundTLSMinVersion() string {
 	e.mu.Lock()
 	defer e.mu.Unlock()
-	return InboundTLSMin(e.mesh)
+	m, _ := meshTLS(e.mesh, true)
+	return m.Min
 }
 
-// InboundTLSMin reads the minimum TLS version of incoming mesh connections from Consul's mesh config entry
-// (TLS.Incoming.TLSMinVersion) as meshlet names versions: "1.2" for TLSv1_2 and below (meshlet accepts nothing
-// below 1.2), "1.3" for TLSv1_3, "" for TLS_AUTO, an unknown value or no entry (meshlet's tls.min_version then).
-func InboundTLSMin(m *api.MeshConfigEntry) string {
-	if m == nil || m.TLS == nil || m.TLS.Incoming == nil {
-		return ""
+// InboundTLS and OutboundTLS are what the mesh config entry says of meshlet's inbound listeners and of its dials
+// to other sidecars (TLS.Incoming, TLS.Outgoing): versions and TLS 1.2 cipher suites; zero while it says nothing
+// or is not known.
+func (e *ConfigEntries) InboundTLS() mtls.MeshTLS {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	m, _ := meshTLS(e.mesh, true)
+	return m
+}
+
+func (e *ConfigEntries) OutboundTLS() mtls.MeshTLS {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	m, _ := meshTLS(e.mesh, false)
+	return m
+}
+
+// meshTLS reads one direction of the mesh entry's TLS, with what of it meshlet cannot apply (an unknown version
+// is ignored, an unknown or insecure cipher suite left out: both said by the caller).
+func meshTLS(m *api.MeshConfigEntry, incoming bool) (mtls.MeshTLS, []string) {
+	if m == nil || m.TLS == nil {
+		return mtls.MeshTLS{}, nil
 	}
-	switch m.TLS.Incoming.TLSMinVersion {
-	case "TLSv1_0", "TLSv1_1", "TLSv1_2":
-		return "1.2"
-	case "TLSv1_3":
-		return "1.3"
+	d := m.TLS.Outgoing
+	if incoming {
+		d = m.TLS.Incoming
 	}
-	return ""
+	if d == nil {
+		return mtls.MeshTLS{}, nil
+	}
+	var out mtls.MeshTLS
+	var problems []string
+	var err error
+	if out.Min, err = mtls.MeshVersion(d.TLSMinVersion); err != nil {
+		problems = append(problems, "TLSMinVersion: "+err.Error())
+	}
+	if out.Max, err = mtls.MeshVersion(d.TLSMaxVersion); err != nil {
+		problems = append(problems, "TLSMaxVersion: "+err.Error())
+	}
+	ids, unknown := mtls.CipherSuites(d.CipherSuites)
+	out.CipherSuites = ids
+	if len(unknown) > 0 {
+		problems = append(problems, "CipherSuites unknown or insecure in Go, left out: "+strings.Join(unknown, ", "))
+	}
+	if len(d.CipherSuites) > 0 && len(ids) == 0 {
+		problems = append(problems, "no cipher suite of CipherSuites is usable: Go's secure defaults apply")
+	}
+	return out, problems
+}
+
+// meshTLSChanged reports whether the TLS of the mesh entry differs between a and b.
+func meshTLSChanged(a, b *api.MeshConfigEntry) bool {
+	for _, in := range []bool{true, false} {
+		x, _ := meshTLS(a, in)
+		y, _ := meshTLS(b, in)
+		if fmt.Sprint(x) != fmt.Sprint(y) {
+			return true
+		}
+	}
+	return false
 }
 
 // Ready says why the entries are not known yet: nil once both kinds have answered (later failures keep the last

@@ -109,24 +109,23 @@ func ServerConfig(src Source, minVersion string) (*tls.Config, error) {
 	}, nil
 }
 
-// InboundConfig is ServerConfig whose minimum TLS version is decided at each handshake: minVersion, unless
-// override (nil: never) names one ("1.2" or "1.3"; "" or anything else: none). Consul's mesh config entry
-// (TLS.Incoming.TLSMinVersion) is such an override: Envoy clients that stop at TLS 1.2 are accepted only where the
-// operator allows them.
-func InboundConfig(src Source, minVersion string, override func() string) (*tls.Config, error) {
+// InboundConfig is ServerConfig whose versions and cipher suites are decided at each handshake: minVersion and
+// Go's, unless mesh (nil: never) says otherwise (MeshTLS). Consul's mesh config entry (TLS.Incoming) is such a
+// source: Envoy clients that stop at TLS 1.2 are accepted only where the operator allows them.
+func InboundConfig(src Source, minVersion string, mesh func() MeshTLS) (*tls.Config, error) {
 	base, err := ServerConfig(src, minVersion)
-	if err != nil || override == nil {
+	if err != nil || mesh == nil {
 		return base, err
 	}
-	byVersion := map[string]*tls.Config{}
-	for _, v := range []string{"1.2", "1.3"} {
-		byVersion[v], _ = ServerConfig(src, v)
-	}
+	fileMin := base.MinVersion
+	var cache meshConfigs
+	plain := base.Clone()
 	base.GetConfigForClient = func(*tls.ClientHelloInfo) (*tls.Config, error) {
-		if c := byVersion[override()]; c != nil {
-			return c, nil
+		m := mesh()
+		if m.Min == "" && m.Max == "" && len(m.CipherSuites) == 0 {
+			return nil, nil // base itself
 		}
-		return nil, nil // base itself
+		return cache.get(plain, fileMin, m), nil
 	}
 	return base, nil
 }
@@ -135,6 +134,11 @@ func InboundConfig(src Source, minVersion string, override func() string) (*tls.
 // server verified against the current roots at every handshake (full or resumed), and its identity checked by
 // want (nil: any identity of the local trust domain). alpn is the one protocol to offer ("h2", or "http/1.1" for upgrades; "" for none, raw TCP).
 func ClientConfig(src Source, minVersion, alpn string, want func(ID) error) (*tls.Config, error) {
+	return ClientConfigMesh(src, minVersion, MeshTLS{}, alpn, want)
+}
+
+// ClientConfigMesh is ClientConfig with what the mesh says of outgoing TLS (Consul's mesh entry, TLS.Outgoing).
+func ClientConfigMesh(src Source, minVersion string, mesh MeshTLS, alpn string, want func(ID) error) (*tls.Config, error) {
 	v, err := tlsVersion(minVersion)
 	if err != nil {
 		return nil, err
@@ -143,7 +147,7 @@ func ClientConfig(src Source, minVersion, alpn string, want func(ID) error) (*tl
 	if alpn != "" {
 		protos = []string{alpn}
 	}
-	return &tls.Config{
+	c := &tls.Config{
 		MinVersion: v,
 		NextProtos: protos,
 		// The chain and the SPIFFE identity are verified below against roots that rotate; host names mean
@@ -154,7 +158,9 @@ func ClientConfig(src Source, minVersion, alpn string, want func(ID) error) (*tl
 		VerifyConnection: func(cs tls.ConnectionState) error {
 			return verifyWith(src, cs.PeerCertificates, x509.ExtKeyUsageServerAuth, want)
 		},
-	}, nil
+	}
+	mesh.apply(c, v)
+	return c, nil
 }
 
 // PeerID returns the verified identity of the peer of an established connection.

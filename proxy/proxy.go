@@ -34,9 +34,10 @@ type Options struct {
 	TLS mtls.Source
 	// TLSMinVersion is "1.3" (default) or "1.2".
 	TLSMinVersion string
-	// InboundTLSMinVersion, when set, is asked at each inbound handshake for the minimum TLS version ("1.2" or
-	// "1.3"; "" means TLSMinVersion): Consul's mesh config entry (consul.ConfigEntries.InboundTLSMinVersion).
-	InboundTLSMinVersion func() string
+	// InboundTLS and OutboundTLS, when set, are asked at each inbound handshake and each dial to another sidecar
+	// for what the mesh says of TLS (versions, TLS 1.2 cipher suites; zero: TLSMinVersion and Go's defaults):
+	// Consul's mesh config entry (consul.ConfigEntries.InboundTLS, OutboundTLS).
+	InboundTLS, OutboundTLS func() mtls.MeshTLS
 	// Authorizer, when set with TLS, decides on each inbound connection and request besides inbound.tls.allow
 	// (Consul's intentions).
 	Authorizer Authorizer

@@ -46,15 +46,16 @@ func validTLSMode(m string, modes ...string) bool {
 type tlsState struct {
 	src            mtls.Source
 	minVersion     string
-	inboundMin     func() string // Options.InboundTLSMinVersion; nil: minVersion
-	authz          *authorizer   // inbound.tls.allow; nil: any identity
-	rules          Authorizer    // e.g. Consul intentions; nil: none
-	allowPlaintext bool          // inbound.tls.allow_plaintext
+	inbound        func() mtls.MeshTLS // Options.InboundTLS; nil: minVersion and Go's defaults
+	outbound       func() mtls.MeshTLS // Options.OutboundTLS; likewise
+	authz          *authorizer         // inbound.tls.allow; nil: any identity
+	rules          Authorizer          // e.g. Consul intentions; nil: none
+	allowPlaintext bool                // inbound.tls.allow_plaintext
 }
 
 // newTLSState returns the proxy's TLS state for opts and the inbound.tls section.
 func newTLSState(opts Options, in InboundTLSConfig) *tlsState {
-	return &tlsState{src: opts.TLS, minVersion: opts.TLSMinVersion, inboundMin: opts.InboundTLSMinVersion, authz: newAuthorizer(in.Allow),
+	return &tlsState{src: opts.TLS, minVersion: opts.TLSMinVersion, inbound: opts.InboundTLS, outbound: opts.OutboundTLS, authz: newAuthorizer(in.Allow),
 		rules: opts.Authorizer, allowPlaintext: in.AllowPlaintext}
 }
 
@@ -65,7 +66,7 @@ func (p *Proxy) secureInbound(ln net.Listener, mode string, httpInbound bool) (n
 	if p.tls == nil || mode == mtls.ModeDisabled {
 		return ln, nil
 	}
-	cfg, err := mtls.InboundConfig(p.tls.src, p.tls.minVersion, p.tls.inboundMin)
+	cfg, err := mtls.InboundConfig(p.tls.src, p.tls.minVersion, p.tls.inbound)
 	if err != nil {
 		return nil, err
 	}
@@ -111,7 +112,11 @@ func (c *cluster) clientTLS(t *dialTarget, alpn string) (*tls.Config, error) {
 		}
 		return nil
 	}
-	cfg, err := mtls.ClientConfig(c.tls.src, c.tls.minVersion, alpn, want)
+	var mesh mtls.MeshTLS
+	if c.tls.outbound != nil {
+		mesh = c.tls.outbound()
+	}
+	cfg, err := mtls.ClientConfigMesh(c.tls.src, c.tls.minVersion, mesh, alpn, want)
 	if err != nil {
 		return nil, err
 	}

@@ -111,12 +111,13 @@ func runSidecar(path, sidecarFor string, stderr io.Writer) int {
 		authz = it
 	}
 	s.addLateParts()
-	var inboundMin func() string // Consul's mesh config entry, when meshlet reads Consul's entries
+	var inboundTLS, outboundTLS func() mtls.MeshTLS // Consul's mesh config entry, when meshlet reads Consul's entries
 	if s.entries != nil {
-		inboundMin = s.entries.InboundTLSMinVersion
+		inboundTLS, outboundTLS = s.entries.InboundTLS, s.entries.OutboundTLS
 	}
 	s.proxy, err = proxy.New(cfg.Config, proxy.Options{Logger: log, Metrics: s.m, AccessLog: cfg.Log.AccessLog,
-		Discovery: src, TLS: tlsSrc, TLSMinVersion: cfg.TLS.MinVersion, InboundTLSMinVersion: inboundMin, Authorizer: authz})
+		Discovery: src, TLS: tlsSrc, TLSMinVersion: cfg.TLS.MinVersion, InboundTLS: inboundTLS, OutboundTLS: outboundTLS,
+		Authorizer: authz})
 	if err != nil {
 		log.Error("invalid config", "config", path, "error", err.Error())
 		return 1
