@@ -5,6 +5,8 @@ import (
 	"fmt"
 	"strings"
 	"testing"
+
+	"github.com/hashicorp/consul/api"
 )
 
 // chainJSON is a compiled chain as /v1/discovery-chain sends it, with the start node and nodes given.
@@ -92,5 +94,23 @@ func TestCompileChainRefuses(t *testing.T) {
 		if !strings.Contains(out, tc.want) {
 			t.Errorf("%s: %s, want a reason with %s", tc.name, out, tc.want)
 		}
+	}
+}
+
+// TestIgnoredFields: the fields of the entries meshlet reads field by field that it does not apply are named.
+func TestIgnoredFields(t *testing.T) {
+	got := ignoredFields(&api.ServiceConfigEntry{Kind: api.ServiceDefaults, Name: "api", Protocol: "http",
+		MaxInboundConnections: 10, Mode: api.ProxyModeTransparent})
+	if len(got) != 2 || !strings.HasPrefix(got[0], "MaxInboundConnections") || !strings.HasPrefix(got[1], "Mode") {
+		t.Errorf("service-defaults: %q", got)
+	}
+	if got := ignoredFields(&api.ProxyConfigEntry{Kind: api.ProxyDefaults, Config: map[string]any{"protocol": "http"}}); len(got) != 0 {
+		t.Errorf("proxy-defaults with its protocol only: %q", got)
+	}
+	if got := ignoredFields(&api.ProxyConfigEntry{Kind: api.ProxyDefaults, Config: map[string]any{"protocol": "http", "envoy_prometheus_bind_addr": "x"}}); len(got) != 1 {
+		t.Errorf("proxy-defaults with an Envoy key: %q", got)
+	}
+	if got := ignoredFields(&api.MeshConfigEntry{TLS: &api.MeshTLSConfig{}, TransparentProxy: api.TransparentProxyMeshConfig{MeshDestinationsOnly: true}}); len(got) != 0 {
+		t.Errorf("mesh with what meshlet applies: %q", got)
 	}
 }

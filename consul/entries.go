@@ -30,6 +30,7 @@ type ConfigEntries struct {
 	mesh     *api.MeshConfigEntry                     // the mesh entry; nil without one (or when the token may not read it)
 	routers  map[string]*api.ServiceRouterConfigEntry // by service name
 	answered map[string]bool                          // kinds that have answered once
+	warned   map[string]uint64                        // kind/name → the version whose ignored fields were logged
 	errs     map[string]error                         // kinds whose latest query failed
 }
 
@@ -39,7 +40,7 @@ var entryKinds = []string{api.ServiceDefaults, api.ServiceRouter, api.ProxyDefau
 // NewConfigEntries returns a watcher of c's config entries; nothing is queried before Run.
 func NewConfigEntries(c *Source) *ConfigEntries {
 	return &ConfigEntries{c: c, changed: make(chan struct{}, 1), defaults: map[string]*api.ServiceConfigEntry{},
-		routers: map[string]*api.ServiceRouterConfigEntry{}, answered: map[string]bool{}, errs: map[string]error{}}
+		routers: map[string]*api.ServiceRouterConfigEntry{}, answered: map[string]bool{}, errs: map[string]error{}, warned: map[string]uint64{}}
 }
 
 // Changed receives a value after each change of the entries (one-slot: changes in a burst coalesce).
@@ -92,6 +93,9 @@ func (e *ConfigEntries) store(kind string, entries []api.ConfigEntry) {
 	e.mu.Lock()
 	defer e.mu.Unlock()
 	delete(e.errs, kind)
+	for _, en := range entries {
+		e.warnIgnored(en)
+	}
 	changed := !e.answered[kind]
 	e.answered[kind] = true
 	switch kind {
