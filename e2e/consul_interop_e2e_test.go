@@ -11,7 +11,6 @@ import (
 	"os/exec"
 	"strconv"
 	"strings"
-	"sync"
 	"sync/atomic"
 	"syscall"
 	"testing"
@@ -39,7 +38,7 @@ func builtinProxy(t *testing.T, agent *discoverytest.Agent, args ...string) {
 		t.Fatalf("consul: %v", err) // the agent started: the binary is there
 	}
 	cmd := exec.Command(bin, append([]string{"connect", "proxy", "-http-addr", agent.HTTPAddr, "-log-level", "debug"}, args...)...)
-	out := &lockedBuffer{}
+	out := &discoverytest.LockedBuffer{}
 	cmd.Stdout, cmd.Stderr = out, out
 	if err := cmd.Start(); err != nil {
 		t.Fatalf("starting consul connect proxy: %v", err)
@@ -61,24 +60,6 @@ func builtinProxy(t *testing.T, agent *discoverytest.Agent, args ...string) {
 			t.Logf("consul connect proxy %s:\n%s", strings.Join(args, " "), out.String())
 		}
 	})
-}
-
-// lockedBuffer is a bytes.Buffer safe for a process's output and the test's reads.
-type lockedBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (l *lockedBuffer) Write(p []byte) (int, error) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.Write(p)
-}
-
-func (l *lockedBuffer) String() string {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.String()
 }
 
 // freshGet sends GET url on a new connection (so each request is a new connection through a built-in proxy) and

@@ -26,7 +26,6 @@ import (
 	"github.com/hashicorp/consul/api"
 	"golang.org/x/net/http2"
 	"google.golang.org/grpc"
-	"google.golang.org/grpc/credentials/insecure"
 	"google.golang.org/grpc/health"
 	healthpb "google.golang.org/grpc/health/grpc_health_v1"
 
@@ -224,17 +223,8 @@ func TestTransparentConsulMesh(t *testing.T) {
 		t.Fatalf("h2c web → api: %d %q", code, body)
 	}
 	// gRPC, by name: grpc-go's own resolver would ask the system's DNS, so the test resolves it.
-	conn, err := grpc.NewClient(apiVIP+":8080", grpc.WithTransportCredentials(insecure.NewCredentials()),
-		grpc.WithContextDialer(func(ctx context.Context, addr string) (net.Conn, error) { return dial(ctx, "tcp", addr) }))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer conn.Close()
-	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-	defer cancel()
-	if resp, err := healthpb.NewHealthClient(conn).Check(ctx, &healthpb.HealthCheckRequest{}); err != nil ||
-		resp.GetStatus() != healthpb.HealthCheckResponse_SERVING {
-		t.Fatalf("gRPC web → api: %v %v", resp, err)
+	if err := grpcHealthVia(apiVIP+":8080", func(addr string) (net.Conn, error) { return dialIn(web.ns, t, "tcp", addr) }); err != nil {
+		t.Fatalf("gRPC web → api: %v", err)
 	}
 
 	// Opaque TCP to db by its virtual IP: a client that waits for the server's greeting (detected after the

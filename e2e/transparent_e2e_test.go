@@ -480,17 +480,8 @@ shutdown:
 		t.Fatalf("web → api through both sidecars: %d %q %v", code, body, err)
 	}
 	// gRPC to api's other port, by its usual address: through both sidecars, to the app at that port.
-	conn, err := grpc.NewClient("198.18.0.2:9090", grpc.WithTransportCredentials(insecure.NewCredentials()),
-		grpc.WithContextDialer(func(_ context.Context, addr string) (net.Conn, error) { return tp.dial(t, "tcp", addr) }))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer conn.Close()
-	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-	defer cancel()
-	if resp, err := healthpb.NewHealthClient(conn).Check(ctx, &healthpb.HealthCheckRequest{}); err != nil ||
-		resp.GetStatus() != healthpb.HealthCheckResponse_SERVING {
-		t.Fatalf("gRPC web → api:9090 through both sidecars: %v %v", resp, err)
+	if err := grpcHealthVia("198.18.0.2:9090", func(addr string) (net.Conn, error) { return tp.dial(t, "tcp", addr) }); err != nil {
+		t.Fatalf("gRPC web → api:9090 through both sidecars: %v", err)
 	}
 	m, err := meshlettest.Scrape(context.Background(), clientIn(t, api), "http://127.0.0.1:19000/metrics")
 	if err != nil {
@@ -516,4 +507,22 @@ shutdown:
 	if code, _, err := get(tp.client, "http://198.18.0.2:8080/denied"); err != nil || code != http.StatusForbidden {
 		t.Fatalf("a caller api does not allow: %d %v, want 403", code, err)
 	}
+}
+
+// grpcHealthVia runs a gRPC health check against addr over connections dial makes (inside a test's namespace),
+// and returns why it did not answer SERVING.
+func grpcHealthVia(addr string, dial func(addr string) (net.Conn, error)) error {
+	conn, err := grpc.NewClient(addr, grpc.WithTransportCredentials(insecure.NewCredentials()),
+		grpc.WithContextDialer(func(_ context.Context, a string) (net.Conn, error) { return dial(a) }))
+	if err != nil {
+		return err
+	}
+	defer conn.Close()
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	resp, err := healthpb.NewHealthClient(conn).Check(ctx, &healthpb.HealthCheckRequest{})
+	if err == nil && resp.GetStatus() != healthpb.HealthCheckResponse_SERVING {
+		err = fmt.Errorf("status %v", resp.GetStatus())
+	}
+	return err
 }

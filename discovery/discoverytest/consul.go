@@ -52,7 +52,7 @@ type Agent struct {
 	mu   sync.Mutex
 	cmd  *exec.Cmd
 	done chan struct{}
-	out  *lockedBuffer
+	out  *LockedBuffer
 }
 
 // Binary returns the path of the Consul binary, or an error saying how to get one.
@@ -187,7 +187,7 @@ func (a *Agent) start() error {
 		return errors.New("already running")
 	}
 	if a.out == nil {
-		a.out = &lockedBuffer{}
+		a.out = &LockedBuffer{}
 	}
 	cmd := exec.Command(a.bin, "agent", "-dev", "-config-file", a.config)
 	cmd.Stdout, cmd.Stderr = a.out, a.out
@@ -320,19 +320,20 @@ func freePorts(t testing.TB, n int) []int {
 	return ports
 }
 
-// lockedBuffer is a bytes.Buffer safe for a process writing and a test reading.
-type lockedBuffer struct {
+// LockedBuffer is a bytes.Buffer safe for a process writing and a test reading (the agent's output; tests use it
+// for other processes' too).
+type LockedBuffer struct {
 	mu sync.Mutex
 	b  bytes.Buffer
 }
 
-func (l *lockedBuffer) Write(p []byte) (int, error) {
+func (l *LockedBuffer) Write(p []byte) (int, error) {
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	return l.b.Write(p)
 }
 
-func (l *lockedBuffer) String() string {
+func (l *LockedBuffer) String() string {
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	return l.b.String()
