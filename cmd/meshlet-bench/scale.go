@@ -1,0 +1,553 @@
+package main
+
+import (
+	"context"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"os"
+	"path/filepath"
+	"runtime"
+	"sync/atomic"
+	"text/tabwriter"
+	"time"
+
+	"golang.org/x/sys/unix"
+
+	"meshlet.dev/meshlet/internal/meshlettest"
+	"meshlet.dev/meshlet/proxy"
+)
+
+// The scale mode (-scale, `make scale`) prints each growth figure of issue 16 as one number beside its target:
+// what meshlet's memory grows by per configured idle upstream, per endpoint and per idle client connection, its
+// RSS idle and at 1k req/s, and its CPU per request at 10,000 endpoints against 1. Each figure comes from fresh
+// meshlet processes (pinned as in the paths' run), RSS read after a forced GC (admin.pprof's heap?gc=1) once it
+// has settled. It is a report: the exit status is 1 only when a figure could not be measured.
+
+const (
+	scaleUpstreams = 1000  // configured idle upstreams (name-routed, each with one static endpoint)
+	scaleEndpoints = 10000 // static endpoints of one upstream
+	scaleConns     = 1000  // idle client connections
+	scaleRate      = 1000  // req/s of the RSS-under-load figure
+	flatCPU        = 1.10  // "flat": CPU per request at scaleEndpoints at most this times that at 1
+)
+
+// scaleFigure is one growth figure: Value in Unit, at most Target to pass (0: no target), or Err when it could
+// not be measured.
+type scaleFigure struct {
+	Name   string  `json:"name"`
+	Value  float64 `json:"value"`
+	Unit   string  `json:"unit"`
+	Target float64 `json:"target,omitempty"`
+	Detail string  `json:"detail"` // the raw numbers it comes from
+	Err    string  `json:"error,omitempty"`
+}
+
+// result is PASS, FAIL, "-" without a target, or "NOT MEASURED".
+func (f scaleFigure) result() string {
+	switch {
+	case f.Err != "":
+		return "NOT MEASURED"
+	case f.Target == 0:
+		return "-"
+	case f.Value <= f.Target:
+		return "PASS"
+	}
+	return "FAIL"
+}
+
+// perItemKiB is the growth per item, in KiB to one decimal, from RSS base (KiB) to RSS with n items more.
+func perItemKiB(base, with int64, n int) float64 {
+	if n <= 0 {
+		return 0
+	}
+	return round1(float64(with-base) / float64(n))
+}
+
+// scaleRig starts the scale mode's meshlets and backends.
+type scaleRig struct {
+	bin   string
+	dir   string
+	pin   pinning
+	log   io.Writer
+	quick bool
+	n     int // meshlets started, for unique file names
+}
+
+// runScale measures every figure, prints the report and returns the exit status.
+func runScale(ctx context.Context, opts options, stdout, stderr io.Writer) int {
+	dir, err := os.MkdirTemp("", "meshlet-bench-scale-")
+	if err != nil {
+		fmt.Fprintln(stderr, "meshlet-bench:", err)
+		return 1
+	}
+	s := &scaleRig{bin: opts.meshlet, dir: dir, log: stderr, quick: opts.quick}
+	raiseNoFile(stderr)
+	if opts.pin {
+		if cpus, err := allowedCPUs(); err == nil {
+			if pin, why := planPinning(cpus); why == "" && pin.pinSelf() == nil {
+				s.pin = pin
+			}
+		}
+	}
+	fmt.Fprintf(stderr, "meshlet-bench -scale: work directory %s; pinning: %s\n", dir, s.pin)
+	var figs []scaleFigure
+	for _, measure := range []func(context.Context) []scaleFigure{s.idleAndLoad, s.perUpstream, s.perConn(protoH2C),
+		s.perConn(protoHTTP1), s.endpoints} {
+		if ctx.Err() != nil {
+			figs = append(figs, scaleFigure{Name: "the rest", Err: "interrupted"})
+			break
+		}
+		figs = append(figs, measure(ctx)...)
+	}
+	writeScale(stdout, opts.meshlet, s.pin, figs)
+	failed := false
+	for _, f := range figs {
+		failed = failed || f.Err != ""
+	}
+	if failed || opts.keep {
+		fmt.Fprintf(stderr, "meshlet configs and logs kept in %s\n", dir)
+	} else {
+		os.RemoveAll(dir)
+	}
+	if opts.jsonFile != "" {
+		if err := writeJSONValue(opts.jsonFile, figs); err != nil {
+			fmt.Fprintln(stderr, "meshlet-bench: writing json:", err)
+			return 1
+		}
+	}
+	if failed {
+		return 1
+	}
+	return 0
+}
+
+// raiseNoFile raises this process's open-files limit (inherited by the meshlets) for 10,000 backend listeners
+// and their connections.
+func raiseNoFile(stderr io.Writer) {
+	var lim unix.Rlimit
+	if err := unix.Getrlimit(unix.RLIMIT_NOFILE, &lim); err != nil {
+		return
+	}
+	want := uint64(4*scaleEndpoints + 4*scaleConns + 1024)
+	if lim.Cur >= want {
+		return
+	}
+	lim.Cur = max(lim.Cur, want)
+	lim.Max = max(lim.Max, want)
+	if err := unix.Setrlimit(unix.RLIMIT_NOFILE, &lim); err != nil {
+		fmt.Fprintf(stderr, "meshlet-bench -scale: raising the open-files limit to %d: %v\n", want, err)
+	}
+}
+
+// start starts a meshlet on f (admin listener, pprof, log level and shutdown filled in) and waits until it is ready.
+func (s *scaleRig) start(ctx context.Context, name string, f meshlettest.File) (*meshletProc, error) {
+	addrs, err := meshlettest.PickAddrs(1)
+	if err != nil {
+		return nil, err
+	}
+	s.n++
+	if f.Service.Name == "" {
+		f.Service.Name = "scale-client"
+	}
+	f.Admin.Listen, f.Admin.Pprof = addrs[0], true
+	f.Log.Level = "warn"
+	f.Shutdown = meshlettest.Shutdown{DrainDelay: meshlettest.Duration(0), DrainTimeout: 5 * time.Second}
+	yaml, err := f.YAML()
+	if err != nil {
+		return nil, err
+	}
+	file := fmt.Sprintf("%02d-%s", s.n, name)
+	var p *meshlettest.Proc
+	err = s.pin.start(func() (err error) {
+		p, err = meshlettest.StartConfig(s.bin, "meshlet "+name, addrs[0], filepath.Join(s.dir, file+".yaml"),
+			filepath.Join(s.dir, file+".log"), yaml)
+		return err
+	})
+	if err != nil {
+		return nil, err
+	}
+	m := &meshletProc{Proc: p}
+	if err := m.waitReady(ctx); err != nil {
+		m.Kill()
+		return nil, err
+	}
+	return m, nil
+}
+
+// stop stops m, logging a failure (the figures were read already).
+func (s *scaleRig) stop(m *meshletProc) {
+	if err := m.stop(); err != nil {
+		fmt.Fprintf(s.log, "meshlet-bench -scale: %v\n", err)
+	}
+}
+
+// settledRSS forces a GC in m (GET /debug/pprof/heap?gc=1) and returns its VmRSS in KiB once two readings 300ms
+// apart differ by at most 32 KiB (at most 10 rounds).
+func (s *scaleRig) settledRSS(ctx context.Context, m *meshletProc) (int64, error) {
+	client := &http.Client{Timeout: 10 * time.Second}
+	defer client.CloseIdleConnections()
+	var prev int64 = -1
+	for range 10 {
+		req, err := http.NewRequestWithContext(ctx, http.MethodGet, "http://"+m.Admin+"/debug/pprof/heap?gc=1", nil)
+		if err != nil {
+			return 0, err
+		}
+		resp, err := client.Do(req)
+		if err != nil {
+			return 0, fmt.Errorf("forcing a GC: %w", err)
+		}
+		io.Copy(io.Discard, resp.Body)
+		resp.Body.Close()
+		select {
+		case <-time.After(300 * time.Millisecond):
+		case <-ctx.Done():
+			return 0, ctx.Err()
+		}
+		ps, err := readProc(m.PID())
+		if err != nil {
+			return 0, err
+		}
+		if prev >= 0 && abs64(ps.RSSKiB-prev) <= 32 {
+			return ps.RSSKiB, nil
+		}
+		prev = ps.RSSKiB
+	}
+	return prev, nil
+}
+
+func abs64(v int64) int64 {
+	if v < 0 {
+		return -v
+	}
+	return v
+}
+
+func (s *scaleRig) phase() time.Duration {
+	if s.quick {
+		return 2 * time.Second
+	}
+	return 5 * time.Second
+}
+
+// upstream is an upstream named name of protocol p to endpoints, on its own listener at listen ("": by name only).
+func upstream(name string, p protocol, listen string, endpoints ...string) proxy.UpstreamConfig {
+	return proxy.UpstreamConfig{Name: name, Listen: listen, Protocol: protocolInfo[p].meshlet, Endpoints: endpoints}
+}
+
+// idleAndLoad measures the idle RSS of a meshlet with one HTTP/1.1 upstream on its own listener, then its RSS
+// after scaleRate req/s for a phase (two phases without -quick).
+func (s *scaleRig) idleAndLoad(ctx context.Context) []scaleFigure {
+	idle := scaleFigure{Name: "idle RSS", Unit: "MiB", Target: 10}
+	load := scaleFigure{Name: fmt.Sprintf("RSS at %d req/s (HTTP/1.1)", scaleRate), Unit: "MiB", Target: 20}
+	fail := func(err error) []scaleFigure {
+		idle.Err, load.Err = err.Error(), err.Error()
+		return []scaleFigure{idle, load}
+	}
+	be, err := startBackend(protoHTTP1)
+	if err != nil {
+		return fail(err)
+	}
+	defer be.close()
+	addrs, err := meshlettest.PickAddrs(1)
+	if err != nil {
+		return fail(err)
+	}
+	var f meshlettest.File
+	f.Upstreams = []proxy.UpstreamConfig{upstream("backend", protoHTTP1, addrs[0], be.addr)}
+	m, err := s.start(ctx, "idle", f)
+	if err != nil {
+		return fail(err)
+	}
+	defer s.stop(m)
+	rss, err := s.settledRSS(ctx, m)
+	if err != nil {
+		return fail(err)
+	}
+	idle.Value, idle.Detail = round1(float64(rss)/1024), "one HTTP/1.1 upstream on its own listener, ready, no request yet; after a forced GC"
+	c := newHTTPCaller(protoHTTP1, addrs[0], 64, nil)
+	defer c.close()
+	dur := 2 * s.phase()
+	lat, errs := openLoop(ctx, c, scaleRate, dur, 5*time.Second)
+	ps, err := readProc(m.PID())
+	if n, _ := errs.snapshot(""); err != nil || n > 0 {
+		load.Err = fmt.Sprintf("%d failed requests, reading /proc: %v", n, err)
+		return []scaleFigure{idle, load}
+	}
+	load.Value = round1(float64(ps.RSSKiB) / 1024)
+	load.Detail = fmt.Sprintf("VmRSS after %s of open loop at %d req/s (%d requests, p50 %.0f µs), no GC forced; peak %.1f MiB",
+		dur, scaleRate, lat.Count, lat.P50us, float64(ps.HWMKiB)/1024)
+	return []scaleFigure{idle, load}
+}
+
+// perUpstream compares a meshlet with the name-routed listener and no upstream with one with scaleUpstreams idle
+// upstreams reachable by name, each with one static endpoint.
+func (s *scaleRig) perUpstream(ctx context.Context) []scaleFigure {
+	fig := scaleFigure{Name: "RSS per configured idle upstream", Unit: "KiB", Target: 4}
+	rss := [2]int64{}
+	for i, n := range []int{0, scaleUpstreams} {
+		addrs, err := meshlettest.PickAddrs(1)
+		if err != nil {
+			fig.Err = err.Error()
+			return []scaleFigure{fig}
+		}
+		var f meshlettest.File
+		f.Outbound.Listen = addrs[0]
+		for j := range n {
+			f.Upstreams = append(f.Upstreams, upstream(fmt.Sprintf("up%04d", j), protoHTTP1, "", fmt.Sprintf("127.0.0.1:%d", 20000+j)))
+		}
+		m, err := s.start(ctx, fmt.Sprintf("upstreams-%d", n), f)
+		if err == nil {
+			rss[i], err = s.settledRSS(ctx, m)
+			s.stop(m)
+		}
+		if err != nil {
+			fig.Err = err.Error()
+			return []scaleFigure{fig}
+		}
+	}
+	fig.Value = perItemKiB(rss[0], rss[1], scaleUpstreams)
+	fig.Detail = fmt.Sprintf("RSS %d KiB with the name-routed listener and no upstream, %d KiB with %d upstreams (by name, 1 static endpoint each); after a forced GC",
+		rss[0], rss[1], scaleUpstreams)
+	return []scaleFigure{fig}
+}
+
+// perConn measures what an idle client connection of protocol p costs meshlet: scaleConns connections to its
+// upstream listener, one request each, then idle, against one such connection.
+func (s *scaleRig) perConn(p protocol) func(context.Context) []scaleFigure {
+	return func(ctx context.Context) []scaleFigure {
+		fig := scaleFigure{Name: fmt.Sprintf("RSS per idle %s client connection", protocolInfo[p].label), Unit: "KiB", Target: 10}
+		if p == protoHTTP1 {
+			fig.Target = 0 // the issue sets one for HTTP/2 only
+		}
+		fail := func(err error) []scaleFigure { fig.Err = err.Error(); return []scaleFigure{fig} }
+		be, err := startBackend(p)
+		if err != nil {
+			return fail(err)
+		}
+		defer be.close()
+		addrs, err := meshlettest.PickAddrs(1)
+		if err != nil {
+			return fail(err)
+		}
+		var f meshlettest.File
+		f.Upstreams = []proxy.UpstreamConfig{upstream("backend", p, addrs[0], be.addr)}
+		m, err := s.start(ctx, "conns-"+string(p), f)
+		if err != nil {
+			return fail(err)
+		}
+		defer s.stop(m)
+		var callers []*httpCaller
+		defer func() {
+			for _, c := range callers {
+				c.close()
+			}
+		}()
+		call := func() error {
+			c := newHTTPCaller(p, addrs[0], 1, nil)
+			callers = append(callers, c)
+			rctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+			defer cancel()
+			return c.call(rctx)
+		}
+		if err := call(); err != nil {
+			return fail(err)
+		}
+		base, err := s.settledRSS(ctx, m)
+		if err != nil {
+			return fail(err)
+		}
+		fds0 := countFDs(m.PID())
+		for range scaleConns {
+			if err := call(); err != nil {
+				return fail(err)
+			}
+		}
+		with, err := s.settledRSS(ctx, m)
+		if err != nil {
+			return fail(err)
+		}
+		fig.Value = perItemKiB(base, with, scaleConns)
+		fig.Detail = fmt.Sprintf("RSS %d KiB with 1 connection, %d KiB with %d more (one request each, then idle; meshlet's open files %+d, the backend accepted %d connections in all); after a forced GC",
+			base, with, scaleConns, countFDs(m.PID())-fds0, be.conns.Load())
+		if p == protoHTTP1 {
+			fig.Detail += "; no target set for HTTP/1.1"
+		}
+		return []scaleFigure{fig}
+	}
+}
+
+// countFDs returns how many files pid has open (-1 when it cannot be read).
+func countFDs(pid int) int {
+	e, err := os.ReadDir(fmt.Sprintf("/proc/%d/fd", pid))
+	if err != nil {
+		return -1
+	}
+	return len(e)
+}
+
+// endpoints compares a meshlet with one HTTP/1.1 upstream of 1 static endpoint with one of scaleEndpoints (every
+// one a live listener of the same backend): RSS per endpoint, and CPU per request at saturating closed-loop load,
+// the two meshlets measured in turn (1, N, 1, N).
+func (s *scaleRig) endpoints(ctx context.Context) []scaleFigure {
+	mem := scaleFigure{Name: "RSS per endpoint", Unit: "KiB", Target: 0.5}
+	cpu := scaleFigure{Name: fmt.Sprintf("CPU per request, %d endpoints vs 1 (HTTP/1.1)", scaleEndpoints), Unit: "×", Target: flatCPU}
+	fail := func(err error) []scaleFigure {
+		mem.Err, cpu.Err = err.Error(), err.Error()
+		return []scaleFigure{mem, cpu}
+	}
+	be, err := startManyBackend(scaleEndpoints)
+	if err != nil {
+		return fail(err)
+	}
+	defer be.close()
+	addrs, err := meshlettest.PickAddrs(2)
+	if err != nil {
+		return fail(err)
+	}
+	var ms [2]*meshletProc
+	var rss [2]int64
+	for i, eps := range [][]string{be.addrs[:1], be.addrs} {
+		var f meshlettest.File
+		f.Upstreams = []proxy.UpstreamConfig{upstream("backend", protoHTTP1, addrs[i], eps...)}
+		m, err := s.start(ctx, fmt.Sprintf("endpoints-%d", len(eps)), f)
+		if err != nil {
+			return fail(err)
+		}
+		defer s.stop(m)
+		ms[i] = m
+		if rss[i], err = s.settledRSS(ctx, m); err != nil {
+			return fail(err)
+		}
+	}
+	mem.Value = perItemKiB(rss[0], rss[1], scaleEndpoints-1)
+	mem.Detail = fmt.Sprintf("RSS %d KiB with 1 endpoint, %d KiB with %d (one upstream, static, no request yet); after a forced GC",
+		rss[0], rss[1], scaleEndpoints)
+
+	const workers = 32
+	var callers [2]*httpCaller
+	for i := range callers {
+		callers[i] = newHTTPCaller(protoHTTP1, addrs[i], workers, nil)
+		defer callers[i].close()
+	}
+	// Warm-up: every endpoint has been used (round robin: two requests each) before anything is counted.
+	for i, want := range []int64{2000, 2 * scaleEndpoints} {
+		deadline := time.Now().Add(30 * time.Second)
+		for done := int64(0); done < want && time.Now().Before(deadline) && ctx.Err() == nil; {
+			tp, errs := closedLoop(ctx, callers[i], workers, time.Second, 5*time.Second)
+			if n, causes := errs.snapshot("warm-up"); n > 0 {
+				return fail(fmt.Errorf("warm-up of meshlet %s: %d failed requests: %v", ms[i].Name, n, causes))
+			}
+			done += tp.Requests
+		}
+	}
+	var cpuTime [2]time.Duration
+	var reqs [2]int64
+	conns0 := be.conns.Load()
+	for range 2 {
+		for i := range ms {
+			before, err := readCPU(ms[i].PID())
+			if err != nil {
+				return fail(err)
+			}
+			tp, errs := closedLoop(ctx, callers[i], workers, s.phase(), 5*time.Second)
+			after, err := readCPU(ms[i].PID())
+			if err != nil {
+				return fail(err)
+			}
+			if n, causes := errs.snapshot("measure"); n > 0 {
+				return fail(fmt.Errorf("%d failed requests: %v", n, causes))
+			}
+			cpuTime[i] += after - before
+			reqs[i] += tp.Requests
+		}
+	}
+	var us [2]float64
+	for i := range us {
+		if reqs[i] == 0 {
+			return fail(fmt.Errorf("no request succeeded"))
+		}
+		us[i] = round1(float64(cpuTime[i].Microseconds()) / float64(reqs[i]))
+	}
+	if r := ratio(us[1], us[0]); r != nil {
+		cpu.Value = *r
+	}
+	cpu.Detail = fmt.Sprintf("meshlet CPU %.1f µs/request at 1 endpoint, %.1f µs at %d (closed loop, %d workers, 2×%s each, in turn, after a warm-up using every endpoint; %d backend connections opened while measuring); target: flat, within %.0f%%",
+		us[0], us[1], scaleEndpoints, workers, s.phase(), be.conns.Load()-conns0, (flatCPU-1)*100)
+	return []scaleFigure{mem, cpu}
+}
+
+// manyBackend is one HTTP/1.1 backend listening on many loopback addresses (a port each).
+type manyBackend struct {
+	addrs []string
+	conns *atomic.Int64 // connections accepted so far, on every listener
+	close func()
+}
+
+// startManyBackend serves the HTTP/1.1 backend on n listeners on 127.0.0.1.
+func startManyBackend(n int) (*manyBackend, error) {
+	srv := &http.Server{Handler: httpHandler(1), ReadHeaderTimeout: 10 * time.Second, IdleTimeout: 2 * time.Minute}
+	var protos http.Protocols
+	protos.SetHTTP1(true)
+	srv.Protocols = &protos
+	b := &manyBackend{conns: new(atomic.Int64)}
+	var lns []net.Listener
+	closeAll := func() {
+		for _, ln := range lns {
+			ln.Close()
+		}
+	}
+	for range n {
+		ln, err := net.Listen("tcp", "127.0.0.1:0")
+		if err != nil {
+			closeAll()
+			return nil, fmt.Errorf("listener %d of %d: %w", len(lns)+1, n, err)
+		}
+		lns = append(lns, ln)
+		b.addrs = append(b.addrs, ln.Addr().String())
+	}
+	done := make(chan struct{}, n)
+	for _, ln := range lns {
+		go func() {
+			srv.Serve(countingListener{ln, b.conns})
+			done <- struct{}{}
+		}()
+	}
+	b.close = func() {
+		srv.Close()
+		closeAll()
+		for range lns {
+			<-done
+		}
+	}
+	return b, nil
+}
+
+// writeScale prints the figures, one row each, then their details.
+func writeScale(w io.Writer, bin string, pin pinning, figs []scaleFigure) {
+	fmt.Fprintf(w, "\nmeshlet-bench -scale  %s %s  %d CPUs  %s\nmeshlet: %s (%s)\npinning: %s; load average %s\n\n",
+		runtime.Version(), runtime.GOOS+"/"+runtime.GOARCH, runtime.NumCPU(), time.Now().Format(time.RFC3339),
+		bin, meshletVersion(bin), pin, loadAvg())
+	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
+	fmt.Fprintln(tw, "FIGURE\tVALUE\tTARGET\tRESULT")
+	for _, f := range figs {
+		val, target := "-", "none"
+		if f.Err == "" {
+			val = fmt.Sprintf("%g %s", f.Value, f.Unit)
+		}
+		if f.Target > 0 {
+			target = fmt.Sprintf("≤ %g %s", f.Target, f.Unit)
+		}
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\n", f.Name, val, target, f.result())
+	}
+	tw.Flush()
+	fmt.Fprintln(w)
+	for _, f := range figs {
+		if f.Err != "" {
+			fmt.Fprintf(w, "%s: not measured: %s\n", f.Name, f.Err)
+		} else {
+			fmt.Fprintf(w, "%s: %s\n", f.Name, f.Detail)
+		}
+	}
+}
