@@ -55,6 +55,7 @@ type options struct {
 	pin         bool   // pin meshlets and nginx to a CPU of their own (pin.go)
 	profileDir  string // write CPU and allocation profiles of the meshlets' throughput phases here
 	scale       bool   // run the growth figures instead (scale.go)
+	serveMany   int    // internal to -scale: serve the HTTP/1.1 backend on this many listeners (scale.go)
 }
 
 func main() {
@@ -80,6 +81,9 @@ func run(args []string, stdout, stderr io.Writer) int {
 	}
 	if opts.scale {
 		return runScale(ctx, opts, stdout, stderr)
+	}
+	if opts.serveMany > 0 {
+		return serveMany(opts.serveMany, os.Stdin, stdout, stderr)
 	}
 	b := &bench{opts: opts, log: stderr}
 	rep := b.run(ctx)
@@ -121,6 +125,7 @@ func parseFlags(args []string, stderr io.Writer) (options, error) {
 	fs.BoolVar(&o.pin, "pin", true, "pin meshlets and nginx to the last allowed CPU and the benchmark (load generator, backends) to the others (needs 2 CPUs)")
 	fs.StringVar(&o.profileDir, "profile", "", "turn admin.pprof on and write each meshlet's CPU and allocation profile of the throughput phase (up to 10s) into this directory")
 	fs.BoolVar(&o.scale, "scale", false, "instead of the paths: measure meshlet's memory growth per upstream, endpoint and idle connection, RSS idle and at 1k req/s, and CPU per request at 1 and 10,000 endpoints, each against its target (needs -meshlet)")
+	fs.IntVar(&o.serveMany, "serve-many", 0, "internal to -scale: serve the HTTP/1.1 backend on this many loopback listeners, print their addresses, until stdin closes")
 	fs.BoolVar(&o.quick, "quick", false, "short run: 2s phases, 200ms warm-up (explicit -duration/-warmup win)")
 	if err := fs.Parse(args); err != nil {
 		return o, err
@@ -175,6 +180,9 @@ func (o options) validate() error {
 	}
 	if o.scale && (o.meshlet == "" || o.heads > 0) {
 		errs = append(errs, errors.New("-scale: needs -meshlet and excludes -heads"))
+	}
+	if o.serveMany < 0 || o.serveMany > 10000 {
+		errs = append(errs, fmt.Errorf("-serve-many: must be in 0..10000, got %d", o.serveMany))
 	}
 	if o.meshlet != "" {
 		if st, err := os.Stat(o.meshlet); err != nil {

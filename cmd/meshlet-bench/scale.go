@@ -1,19 +1,21 @@
 package main
 
 import (
+	"bufio"
 	"context"
 	"fmt"
 	"io"
+	"log"
 	"net"
 	"net/http"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"runtime"
-	"sync/atomic"
+	"strconv"
+	"syscall"
 	"text/tabwriter"
 	"time"
-
-	"golang.org/x/sys/unix"
 
 	"meshlet.dev/meshlet/internal/meshlettest"
 	"meshlet.dev/meshlet/proxy"
@@ -83,7 +85,6 @@ func runScale(ctx context.Context, opts options, stdout, stderr io.Writer) int {
 		return 1
 	}
 	s := &scaleRig{bin: opts.meshlet, dir: dir, log: stderr, quick: opts.quick}
-	raiseNoFile(stderr)
 	if opts.pin {
 		if cpus, err := allowedCPUs(); err == nil {
 			if pin, why := planPinning(cpus); why == "" && pin.pinSelf() == nil {
@@ -121,24 +122,6 @@ func runScale(ctx context.Context, opts options, stdout, stderr io.Writer) int {
 		return 1
 	}
 	return 0
-}
-
-// raiseNoFile raises this process's open-files limit (inherited by the meshlets) for 10,000 backend listeners
-// and their connections.
-func raiseNoFile(stderr io.Writer) {
-	var lim unix.Rlimit
-	if err := unix.Getrlimit(unix.RLIMIT_NOFILE, &lim); err != nil {
-		return
-	}
-	want := uint64(4*scaleEndpoints + 4*scaleConns + 1024)
-	if lim.Cur >= want {
-		return
-	}
-	lim.Cur = max(lim.Cur, want)
-	lim.Max = max(lim.Max, want)
-	if err := unix.Setrlimit(unix.RLIMIT_NOFILE, &lim); err != nil {
-		fmt.Fprintf(stderr, "meshlet-bench -scale: raising the open-files limit to %d: %v\n", want, err)
-	}
 }
 
 // start starts a meshlet on f (admin listener, pprof, log level and shutdown filled in) and waits until it is ready.
@@ -183,23 +166,19 @@ func (s *scaleRig) stop(m *meshletProc) {
 	}
 }
 
-// settledRSS forces a GC in m (GET /debug/pprof/heap?gc=1) and returns its VmRSS in KiB once two readings 300ms
-// apart differ by at most 32 KiB (at most 10 rounds).
-func (s *scaleRig) settledRSS(ctx context.Context, m *meshletProc) (int64, error) {
+// settledRSS returns m's VmRSS in KiB once two readings 300ms apart differ by at most 32 KiB (at most 10 rounds),
+// with gc a GC forced before each (GET /debug/pprof/heap?gc=1: the heap profile it writes costs some memory of
+// its own, the same in both processes of a growth figure).
+func (s *scaleRig) settledRSS(ctx context.Context, m *meshletProc, gc bool) (int64, error) {
 	client := &http.Client{Timeout: 10 * time.Second}
 	defer client.CloseIdleConnections()
 	var prev int64 = -1
 	for range 10 {
-		req, err := http.NewRequestWithContext(ctx, http.MethodGet, "http://"+m.Admin+"/debug/pprof/heap?gc=1", nil)
-		if err != nil {
-			return 0, err
+		if gc {
+			if err := forceGC(ctx, client, m.Admin); err != nil {
+				return 0, err
+			}
 		}
-		resp, err := client.Do(req)
-		if err != nil {
-			return 0, fmt.Errorf("forcing a GC: %w", err)
-		}
-		io.Copy(io.Discard, resp.Body)
-		resp.Body.Close()
 		select {
 		case <-time.After(300 * time.Millisecond):
 		case <-ctx.Done():
@@ -215,6 +194,24 @@ func (s *scaleRig) settledRSS(ctx context.Context, m *meshletProc) (int64, error
 		prev = ps.RSSKiB
 	}
 	return prev, nil
+}
+
+// forceGC has the meshlet with its admin listener at admin collect garbage (GET /debug/pprof/heap?gc=1).
+func forceGC(ctx context.Context, client *http.Client, admin string) error {
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, "http://"+admin+"/debug/pprof/heap?gc=1", nil)
+	if err != nil {
+		return err
+	}
+	resp, err := client.Do(req)
+	if err != nil {
+		return fmt.Errorf("forcing a GC: %w", err)
+	}
+	defer resp.Body.Close()
+	io.Copy(io.Discard, resp.Body)
+	if resp.StatusCode != http.StatusOK {
+		return fmt.Errorf("forcing a GC: GET /debug/pprof/heap: %s", resp.Status)
+	}
+	return nil
 }
 
 func abs64(v int64) int64 {
@@ -261,11 +258,17 @@ func (s *scaleRig) idleAndLoad(ctx context.Context) []scaleFigure {
 		return fail(err)
 	}
 	defer s.stop(m)
-	rss, err := s.settledRSS(ctx, m)
+	rss, err := s.settledRSS(ctx, m, false)
 	if err != nil {
 		return fail(err)
 	}
-	idle.Value, idle.Detail = round1(float64(rss)/1024), "one HTTP/1.1 upstream on its own listener, ready, no request yet; after a forced GC"
+	rssGC, err := s.settledRSS(ctx, m, true)
+	if err != nil {
+		return fail(err)
+	}
+	idle.Value = round1(float64(rss) / 1024)
+	idle.Detail = fmt.Sprintf("one HTTP/1.1 upstream on its own listener, ready, no request yet, settled; %.1f MiB after a forced GC (the heap profile that forces it costs memory of its own)",
+		float64(rssGC)/1024)
 	c := newHTTPCaller(protoHTTP1, addrs[0], 64, nil)
 	defer c.close()
 	dur := 2 * s.phase()
@@ -299,7 +302,7 @@ func (s *scaleRig) perUpstream(ctx context.Context) []scaleFigure {
 		}
 		m, err := s.start(ctx, fmt.Sprintf("upstreams-%d", n), f)
 		if err == nil {
-			rss[i], err = s.settledRSS(ctx, m)
+			rss[i], err = s.settledRSS(ctx, m, true)
 			s.stop(m)
 		}
 		if err != nil {
@@ -354,7 +357,7 @@ func (s *scaleRig) perConn(p protocol) func(context.Context) []scaleFigure {
 		if err := call(); err != nil {
 			return fail(err)
 		}
-		base, err := s.settledRSS(ctx, m)
+		base, err := s.settledRSS(ctx, m, true)
 		if err != nil {
 			return fail(err)
 		}
@@ -364,7 +367,7 @@ func (s *scaleRig) perConn(p protocol) func(context.Context) []scaleFigure {
 				return fail(err)
 			}
 		}
-		with, err := s.settledRSS(ctx, m)
+		with, err := s.settledRSS(ctx, m, true)
 		if err != nil {
 			return fail(err)
 		}
@@ -417,7 +420,7 @@ func (s *scaleRig) endpoints(ctx context.Context) []scaleFigure {
 		}
 		defer s.stop(m)
 		ms[i] = m
-		if rss[i], err = s.settledRSS(ctx, m); err != nil {
+		if rss[i], err = s.settledRSS(ctx, m, true); err != nil {
 			return fail(err)
 		}
 	}
@@ -444,7 +447,7 @@ func (s *scaleRig) endpoints(ctx context.Context) []scaleFigure {
 	}
 	var cpuTime [2]time.Duration
 	var reqs [2]int64
-	conns0 := be.conns.Load()
+	fds0 := countFDs(ms[1].PID())
 	for range 2 {
 		for i := range ms {
 			before, err := readCPU(ms[i].PID())
@@ -473,55 +476,103 @@ func (s *scaleRig) endpoints(ctx context.Context) []scaleFigure {
 	if r := ratio(us[1], us[0]); r != nil {
 		cpu.Value = *r
 	}
-	cpu.Detail = fmt.Sprintf("meshlet CPU %.1f µs/request at 1 endpoint, %.1f µs at %d (closed loop, %d workers, 2×%s each, in turn, after a warm-up using every endpoint; %d backend connections opened while measuring); target: flat, within %.0f%%",
-		us[0], us[1], scaleEndpoints, workers, s.phase(), be.conns.Load()-conns0, (flatCPU-1)*100)
+	cpu.Detail = fmt.Sprintf("meshlet CPU %.1f µs/request at 1 endpoint, %.1f µs at %d (closed loop, %d workers, 2×%s each, in turn, after a warm-up using every endpoint; the %d-endpoint meshlet's open files %d before measuring, %d after); target: flat, within %.0f%%",
+		us[0], us[1], scaleEndpoints, workers, s.phase(), scaleEndpoints, fds0, countFDs(ms[1].PID()), (flatCPU-1)*100)
 	return []scaleFigure{mem, cpu}
 }
 
-// manyBackend is one HTTP/1.1 backend listening on many loopback addresses (a port each).
+// manyBackend is the HTTP/1.1 backend on many loopback listeners, served by child processes of this program
+// (-serve-many), manyPerChild listeners each: one process could not hold 10,000 listeners and their connections
+// within a usual open-files limit. The children run on the benchmark's CPUs.
 type manyBackend struct {
 	addrs []string
-	conns *atomic.Int64 // connections accepted so far, on every listener
-	close func()
+	cmds  []*exec.Cmd
+	stdin []io.WriteCloser // closing one ends its child
 }
 
-// startManyBackend serves the HTTP/1.1 backend on n listeners on 127.0.0.1.
-func startManyBackend(n int) (*manyBackend, error) {
-	srv := &http.Server{Handler: httpHandler(1), ReadHeaderTimeout: 10 * time.Second, IdleTimeout: 2 * time.Minute}
-	var protos http.Protocols
-	protos.SetHTTP1(true)
-	srv.Protocols = &protos
-	b := &manyBackend{conns: new(atomic.Int64)}
-	var lns []net.Listener
-	closeAll := func() {
-		for _, ln := range lns {
-			ln.Close()
-		}
+const manyPerChild = 2500
+
+// startManyBackend starts children serving n listeners in all and returns once every listener is open.
+func startManyBackend(n int) (_ *manyBackend, err error) {
+	self, err := os.Executable()
+	if err != nil {
+		return nil, err
 	}
-	for range n {
-		ln, err := net.Listen("tcp", "127.0.0.1:0")
+	b := &manyBackend{}
+	defer func() {
 		if err != nil {
-			closeAll()
-			return nil, fmt.Errorf("listener %d of %d: %w", len(lns)+1, n, err)
+			b.close()
 		}
-		lns = append(lns, ln)
-		b.addrs = append(b.addrs, ln.Addr().String())
-	}
-	done := make(chan struct{}, n)
-	for _, ln := range lns {
-		go func() {
-			srv.Serve(countingListener{ln, b.conns})
-			done <- struct{}{}
-		}()
-	}
-	b.close = func() {
-		srv.Close()
-		closeAll()
-		for range lns {
-			<-done
+	}()
+	for left := n; left > 0; left -= manyPerChild {
+		k := min(manyPerChild, left)
+		cmd := exec.Command(self, "-serve-many", strconv.Itoa(k))
+		cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
+		cmd.Stderr = os.Stderr
+		stdin, err := cmd.StdinPipe()
+		if err != nil {
+			return nil, err
+		}
+		stdout, err := cmd.StdoutPipe()
+		if err != nil {
+			return nil, err
+		}
+		if err := cmd.Start(); err != nil {
+			return nil, err
+		}
+		b.cmds, b.stdin = append(b.cmds, cmd), append(b.stdin, stdin)
+		sc := bufio.NewScanner(stdout)
+		got := 0
+		for sc.Scan() && sc.Text() != "ready" {
+			b.addrs = append(b.addrs, sc.Text())
+			got++
+		}
+		if got != k {
+			return nil, fmt.Errorf("backend child: %d of %d listeners (%v)", got, k, sc.Err())
 		}
 	}
 	return b, nil
+}
+
+// close ends the children (stdin closed; killed after 5s) and waits for them.
+func (b *manyBackend) close() {
+	for _, w := range b.stdin {
+		w.Close()
+	}
+	for _, cmd := range b.cmds {
+		done := make(chan struct{})
+		go func() { cmd.Wait(); close(done) }()
+		select {
+		case <-done:
+		case <-time.After(5 * time.Second):
+			cmd.Process.Kill()
+			<-done
+		}
+	}
+}
+
+// serveMany is the child of startManyBackend: it serves the HTTP/1.1 backend on n listeners on 127.0.0.1, prints
+// their addresses one a line and then "ready", and serves until stdin closes.
+func serveMany(n int, stdin io.Reader, stdout, stderr io.Writer) int {
+	var protos http.Protocols
+	protos.SetHTTP1(true)
+	srv := &http.Server{Handler: httpHandler(1), Protocols: &protos, ReadHeaderTimeout: 10 * time.Second,
+		IdleTimeout: 2 * time.Minute, ErrorLog: log.New(io.Discard, "", 0)}
+	w := bufio.NewWriter(stdout)
+	for range n {
+		ln, err := net.Listen("tcp", "127.0.0.1:0")
+		if err != nil {
+			fmt.Fprintln(stderr, "meshlet-bench -serve-many:", err)
+			return 1
+		}
+		go srv.Serve(ln)
+		fmt.Fprintln(w, ln.Addr())
+	}
+	fmt.Fprintln(w, "ready")
+	w.Flush()
+	io.Copy(io.Discard, stdin)
+	srv.Close()
+	return 0
 }
 
 // writeScale prints the figures, one row each, then their details.
