@@ -74,7 +74,8 @@ type scaleRig struct {
 	pin   pinning
 	log   io.Writer
 	quick bool
-	n     int // meshlets started, for unique file names
+	n     int    // meshlets started, for unique file names
+	prof  string // -profile: write the CPU profiles of the endpoints figure's last phases here
 }
 
 // runScale measures every figure, prints the report and returns the exit status.
@@ -84,7 +85,7 @@ func runScale(ctx context.Context, opts options, stdout, stderr io.Writer) int {
 		fmt.Fprintln(stderr, "meshlet-bench:", err)
 		return 1
 	}
-	s := &scaleRig{bin: opts.meshlet, dir: dir, log: stderr, quick: opts.quick}
+	s := &scaleRig{bin: opts.meshlet, dir: dir, log: stderr, quick: opts.quick, prof: opts.profileDir}
 	if opts.pin {
 		if cpus, err := allowedCPUs(); err == nil {
 			if pin, why := planPinning(cpus); why == "" && pin.pinSelf() == nil {
@@ -381,6 +382,20 @@ func (s *scaleRig) perConn(p protocol) func(context.Context) []scaleFigure {
 	}
 }
 
+// profile writes a CPU profile of m of one phase less a second into s.prof as name; failures are logged.
+func (s *scaleRig) profile(m *meshletProc, name string) {
+	secs := max(1, int(s.phase().Seconds())-1)
+	client := &http.Client{Timeout: time.Duration(secs)*time.Second + 15*time.Second}
+	url := fmt.Sprintf("http://%s/debug/pprof/profile?seconds=%d", m.Admin, secs)
+	err := os.MkdirAll(s.prof, 0o755)
+	if err == nil {
+		err = fetchTo(client, url, filepath.Join(s.prof, name))
+	}
+	if err != nil {
+		fmt.Fprintf(s.log, "meshlet-bench -scale: profile %s: %v\n", name, err)
+	}
+}
+
 // countFDs returns how many files pid has open (-1 when it cannot be read).
 func countFDs(pid int) int {
 	e, err := os.ReadDir(fmt.Sprintf("/proc/%d/fd", pid))
@@ -434,27 +449,50 @@ func (s *scaleRig) endpoints(ctx context.Context) []scaleFigure {
 		callers[i] = newHTTPCaller(protoHTTP1, addrs[i], workers, nil)
 		defer callers[i].close()
 	}
-	// Warm-up: every endpoint has been used (round robin: two requests each) before anything is counted.
-	for i, want := range []int64{2000, 2 * scaleEndpoints} {
-		deadline := time.Now().Add(30 * time.Second)
-		for done := int64(0); done < want && time.Now().Before(deadline) && ctx.Err() == nil; {
+	// Warm-up: until meshlet has a connection to about every endpoint it picks (p2c picks at random, so this takes
+	// more than one request per endpoint): at least two requests per endpoint, then until its open files grow by
+	// less than one per thousand endpoints in a second; at most warmupMax.
+	const warmupMax = 60 * time.Second
+	for i, m := range ms {
+		n := len(be.addrs)
+		if i == 0 {
+			n = 1
+		}
+		deadline := time.Now().Add(warmupMax)
+		var done int64
+		for fds := countFDs(m.PID()); time.Now().Before(deadline) && ctx.Err() == nil; {
 			tp, errs := closedLoop(ctx, callers[i], workers, time.Second, 5*time.Second)
 			if n, causes := errs.snapshot("warm-up"); n > 0 {
-				return fail(fmt.Errorf("warm-up of meshlet %s: %d failed requests: %v", ms[i].Name, n, causes))
+				return fail(fmt.Errorf("warm-up of %s: %d failed requests: %v", m.Name, n, causes))
 			}
 			done += tp.Requests
+			now := countFDs(m.PID())
+			if done >= int64(2*n) && now-fds <= max(1, n/1000) {
+				break
+			}
+			fds = now
 		}
 	}
 	var cpuTime [2]time.Duration
 	var reqs [2]int64
 	fds0 := countFDs(ms[1].PID())
-	for range 2 {
+	for round := range 2 {
 		for i := range ms {
 			before, err := readCPU(ms[i].PID())
 			if err != nil {
 				return fail(err)
 			}
+			profiled := make(chan struct{})
+			if s.prof != "" && round == 1 {
+				go func() {
+					defer close(profiled)
+					s.profile(ms[i], fmt.Sprintf("scale-endpoints-%d-cpu.pprof", max(1, i*scaleEndpoints)))
+				}()
+			} else {
+				close(profiled)
+			}
 			tp, errs := closedLoop(ctx, callers[i], workers, s.phase(), 5*time.Second)
+			<-profiled
 			after, err := readCPU(ms[i].PID())
 			if err != nil {
 				return fail(err)
@@ -476,7 +514,7 @@ func (s *scaleRig) endpoints(ctx context.Context) []scaleFigure {
 	if r := ratio(us[1], us[0]); r != nil {
 		cpu.Value = *r
 	}
-	cpu.Detail = fmt.Sprintf("meshlet CPU %.1f µs/request at 1 endpoint, %.1f µs at %d (closed loop, %d workers, 2×%s each, in turn, after a warm-up using every endpoint; the %d-endpoint meshlet's open files %d before measuring, %d after); target: flat, within %.0f%%",
+	cpu.Detail = fmt.Sprintf("meshlet CPU %.1f µs/request at 1 endpoint, %.1f µs at %d (closed loop, %d workers, 2×%s each, in turn, after a warm-up until meshlet's connections stopped growing; lb p2c, the default; the %d-endpoint meshlet's open files %d before measuring, %d after); target: flat, within %.0f%%",
 		us[0], us[1], scaleEndpoints, workers, s.phase(), scaleEndpoints, fds0, countFDs(ms[1].PID()), (flatCPU-1)*100)
 	return []scaleFigure{mem, cpu}
 }
