@@ -108,7 +108,7 @@ func runScale(ctx context.Context, opts options, stdout, stderr io.Writer) int {
 	for _, f := range figs {
 		failed = failed || f.Err != ""
 	}
-	if failed || opts.keep {
+	if opts.keep || failed && ctx.Err() == nil { // an interrupted run (Ctrl-C) leaves nothing behind
 		fmt.Fprintf(stderr, "meshlet configs and logs kept in %s\n", dir)
 	} else {
 		os.RemoveAll(dir)

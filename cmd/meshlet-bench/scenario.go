@@ -85,7 +85,8 @@ func (b *bench) run(ctx context.Context) *report {
 	b.rep.Meta.LoadEnd = loadAvg()
 	b.rep.compareIntercepted()
 	b.rep.compareNginx()
-	if b.opts.keep || len(b.rep.problems()) > 0 {
+	// Kept to look at when something failed; an interrupted run (Ctrl-C) leaves nothing behind.
+	if b.opts.keep || len(b.rep.problems()) > 0 && ctx.Err() == nil {
 		fmt.Fprintf(b.log, "meshlet configs and logs kept in %s\n", dir)
 	} else {
 		os.RemoveAll(dir)
