@@ -4,6 +4,7 @@
 //
 //	direct        app → backend
 //	1 meshlet     app → meshlet upstream listener (peer: app) → backend
+//	nginx         app → nginx (one worker) → backend: the reference peer, when nginx is on PATH (nginx.go)
 //	direct netns  app → backend, in the intercepted path's namespaces at an address the rules leave alone
 //	1 meshlet netns  app → meshlet upstream listener → backend, in the intercepted path's namespaces
 //	intercepted   app → backend's address, redirected by nftables → meshlet's transparent outbound listener → backend
@@ -19,6 +20,10 @@
 // Usage:
 //
 //	go build -o bin/meshlet ./cmd/meshlet && go run ./cmd/meshlet-bench -meshlet bin/meshlet [-quick] [-json out.json]
+//
+// Meshlets and nginx run pinned to a CPU of their own, the benchmark to the others (-pin, pin.go); with nginx the
+// report compares 1 meshlet and 2 meshlets mTLS with it per protocol (vsnginx.go). -scale prints meshlet's growth
+// figures instead (scale.go), -profile writes profiles of the throughput phases (profile.go).
 //
 // Without -meshlet only the direct path runs. The exit status is 1 when any request failed, a path could not
 // be measured or a meshlet process misbehaved, 2 on bad flags.
