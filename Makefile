@@ -10,7 +10,7 @@ IMAGE      ?= $(IMAGE_REPO):$(shell echo '$(VERSION)' | tr -c 'A-Za-z0-9_.\n-' '
 PLATFORMS  ?= linux/amd64,linux/arm64
 BENCH_FLAGS ?=
 
-.PHONY: image image-multiarch all build test vet fuzz demo bench heads reqpath soak clean help consul helm
+.PHONY: image image-multiarch all build test vet fuzz demo bench scale heads reqpath soak clean help consul helm
 
 all: build
 
@@ -24,6 +24,7 @@ help:
 	@echo "make consul  build a real Consul agent (tools/consul, MPL-2.0) once, cached, into bin/consul"
 	@echo "make helm    build Helm's CLI (tools/helm, Apache-2.0) once, cached, into bin/helm (for the chart tests)"
 	@echo "make bench   measure direct vs one vs two meshlets (HTTP/1.1, h2c, gRPC), and as root one meshlet by transparent interception (intercepted) vs its explicit listener; BENCH_FLAGS=-quick for a short run"
+	@echo "make scale   meshlet's growth figures, each one number beside its target: RSS idle, at 1k req/s, per idle upstream, per endpoint, per idle h2c and HTTP/1.1 connection; CPU per request at 10,000 endpoints vs 1"
 	@echo "make heads   hold HEADS (10000) connections with 60 KiB of an unfinished request head each; report meshlet's RSS"
 	@echo "make reqpath  list the files and functions one outbound HTTP call runs through (app → sidecar → sidecar → app)"
 	@echo "make soak    SOAK_DURATION (default 10m) of mixed HTTP/gRPC traffic through two sidecars while endpoints churn, certificates rotate and the config reloads; fails on any error or unbounded memory growth"
@@ -98,8 +99,16 @@ helm:
 	cp $(CONSUL_CACHE)/helm-$(HELM_KEY) bin/helm
 	@bin/helm version --short
 
+# bench: with nginx on PATH (the Debian package nginx) also the nginx path, the reference peer (one hop, same
+# backend, load and run, pinned to the same CPU as meshlet), and meshlet against it per protocol.
 bench: build
 	$(GO) run ./cmd/meshlet-bench -meshlet bin/meshlet $(BENCH_FLAGS)
+
+# scale: the growth figures of issue 16, each one number with its target and PASS/FAIL (a report: exit status 0
+# unless a figure could not be measured). SCALE_FLAGS=-quick shortens the load phases.
+SCALE_FLAGS ?=
+scale: build
+	$(GO) run ./cmd/meshlet-bench -meshlet bin/meshlet -scale $(SCALE_FLAGS)
 
 # heads: what request heads that never end cost (10,000 connections with 60 KiB each; max_pending_header_bytes).
 HEADS ?= 10000

@@ -43,6 +43,7 @@ type podNet struct {
 	dir       string       // readable by interceptUID: the meshlet binary's copy, configs and logs
 	bin       string       // the copy of the meshlet binary in dir
 	admin     *http.Client // reaches meshlet's admin listener inside pod
+	pin       pinning      // where meshlet runs (pin.go)
 }
 
 // errPodClosed is a dial after the pod's thread ended.
@@ -184,7 +185,12 @@ func (n *podNet) startMeshlet(p protocol, k pathKind, backendAddr string) (*mesh
 	}
 	var proc *meshlettest.Proc
 	err = errPodClosed
-	n.thread.do(func() { proc, err = meshlettest.StartCmd("meshlet", cfg.admin, cfgPath, logPath, cmd) })
+	n.thread.do(func() {
+		err = n.pin.start(func() (err error) {
+			proc, err = meshlettest.StartCmd("meshlet", cfg.admin, cfgPath, logPath, cmd)
+			return err
+		})
+	})
 	if err != nil {
 		return nil, err
 	}

@@ -4,6 +4,7 @@
 //
 //	direct        app → backend
 //	1 meshlet     app → meshlet upstream listener (peer: app) → backend
+//	nginx         app → nginx (one worker) → backend: the reference peer, when nginx is on PATH (nginx.go)
 //	direct netns  app → backend, in the intercepted path's namespaces at an address the rules leave alone
 //	1 meshlet netns  app → meshlet upstream listener → backend, in the intercepted path's namespaces
 //	intercepted   app → backend's address, redirected by nftables → meshlet's transparent outbound listener → backend
@@ -20,6 +21,10 @@
 //
 //	go build -o bin/meshlet ./cmd/meshlet && go run ./cmd/meshlet-bench -meshlet bin/meshlet [-quick] [-json out.json]
 //
+// Meshlets and nginx run pinned to a CPU of their own, the benchmark to the others (-pin, pin.go); with nginx the
+// report compares 1 meshlet and 2 meshlets mTLS with it per protocol (vsnginx.go). -scale prints meshlet's growth
+// figures instead (scale.go), -profile writes profiles of the throughput phases (profile.go).
+//
 // Without -meshlet only the direct path runs. The exit status is 1 when any request failed, a path could not
 // be measured or a meshlet process misbehaved, 2 on bad flags.
 package main
@@ -30,6 +35,7 @@ import (
 	"flag"
 	"fmt"
 	"io"
+	"math"
 	"os"
 	"os/signal"
 	"runtime/debug"
@@ -51,7 +57,11 @@ type options struct {
 	jsonFile    string // write results here when set
 	keep        bool   // keep the work directory (configs, meshlet logs)
 	quick       bool
-	heads       int // run the heads scenario with this many connections instead (heads.go)
+	heads       int    // run the heads scenario with this many connections instead (heads.go)
+	pin         bool   // pin meshlets and nginx to a CPU of their own (pin.go)
+	profileDir  string // write CPU and allocation profiles of the meshlets' throughput phases here
+	scale       bool   // run the growth figures instead (scale.go)
+	serveMany   int    // internal to -scale: serve the HTTP/1.1 backend on this many listeners (scale.go)
 }
 
 func main() {
@@ -69,11 +79,20 @@ func run(args []string, stdout, stderr io.Writer) int {
 	}
 	// The generator allocates per request; fewer collections mean fewer pauses in the measured latencies.
 	debug.SetGCPercent(400)
+	// GOGC and GOMEMLIMIT in the environment are for the meshlets, which inherit it (to measure their GC
+	// settings); the benchmark's own collector keeps its setting above and no memory limit.
+	debug.SetMemoryLimit(math.MaxInt64)
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
 
 	if opts.heads > 0 {
 		return runHeads(ctx, opts.meshlet, opts.heads, stdout, stderr)
+	}
+	if opts.scale {
+		return runScale(ctx, opts, stdout, stderr)
+	}
+	if opts.serveMany > 0 {
+		return serveMany(opts.serveMany, os.Stdin, stdout, stderr)
 	}
 	b := &bench{opts: opts, log: stderr}
 	rep := b.run(ctx)
@@ -104,13 +123,18 @@ func parseFlags(args []string, stderr io.Writer) (options, error) {
 	fs.IntVar(&o.concurrency, "concurrency", 32, "closed-loop workers for the throughput phase")
 	fs.DurationVar(&o.timeout, "timeout", 5*time.Second, "per-request timeout")
 	fs.StringVar(&protocols, "protocols", "http1,h2c,grpc", "comma-separated protocols: http1, h2c, grpc")
-	fs.StringVar(&paths, "paths", "direct,one,netns-direct,netns-one,intercepted,two,two-mtls", "comma-separated paths: direct, one (1 meshlet), "+
+	fs.StringVar(&paths, "paths", "direct,one,nginx,netns-direct,netns-one,intercepted,two,two-mtls", "comma-separated paths: direct, one (1 meshlet), "+
+		"nginx (1 nginx, the reference peer; skipped when nginx is not on PATH), "+
 		"intercepted (1 meshlet by transparent interception, in network namespaces; root only, skipped otherwise), "+
 		"netns-direct and netns-one (direct and 1 meshlet in intercepted's namespaces), two (2 meshlets), "+
 		"two-mtls (2 meshlets, mutual TLS between them)")
 	fs.StringVar(&o.jsonFile, "json", "", "write the results as JSON to this file")
 	fs.BoolVar(&o.keep, "keep", false, "keep the work directory with meshlet configs and logs")
 	fs.IntVar(&o.heads, "heads", 0, "instead of the paths: hold this many connections, each with 60 KiB of a request head that never ends, and report meshlet's RSS (needs -meshlet)")
+	fs.BoolVar(&o.pin, "pin", true, "pin meshlets and nginx to the last allowed CPU and the benchmark (load generator, backends) to the others (needs 2 CPUs)")
+	fs.StringVar(&o.profileDir, "profile", "", "turn admin.pprof on and write each meshlet's CPU and allocation profile of the throughput phase (up to 10s) into this directory")
+	fs.BoolVar(&o.scale, "scale", false, "instead of the paths: measure meshlet's memory growth per upstream, endpoint and idle connection, RSS idle and at 1k req/s, and CPU per request at 1 and 10,000 endpoints, each against its target (needs -meshlet)")
+	fs.IntVar(&o.serveMany, "serve-many", 0, "internal to -scale: serve the HTTP/1.1 backend on this many loopback listeners, print their addresses, until stdin closes")
 	fs.BoolVar(&o.quick, "quick", false, "short run: 2s phases, 200ms warm-up (explicit -duration/-warmup win)")
 	if err := fs.Parse(args); err != nil {
 		return o, err
@@ -163,6 +187,12 @@ func (o options) validate() error {
 	if o.heads < 0 || o.heads > 100000 || o.heads > 0 && o.meshlet == "" {
 		errs = append(errs, fmt.Errorf("-heads: must be in 0..100000 and needs -meshlet, got %d", o.heads))
 	}
+	if o.scale && (o.meshlet == "" || o.heads > 0) {
+		errs = append(errs, errors.New("-scale: needs -meshlet and excludes -heads"))
+	}
+	if o.serveMany < 0 || o.serveMany > 10000 {
+		errs = append(errs, fmt.Errorf("-serve-many: must be in 0..10000, got %d", o.serveMany))
+	}
 	if o.meshlet != "" {
 		if st, err := os.Stat(o.meshlet); err != nil {
 			errs = append(errs, fmt.Errorf("-meshlet: %w", err))
@@ -194,7 +224,7 @@ func parsePaths(s string) ([]pathKind, error) {
 	for _, f := range strings.Split(s, ",") {
 		p := pathKind(strings.TrimSpace(f))
 		if _, ok := pathLabels[p]; !ok {
-			return nil, fmt.Errorf("-paths: unknown path %q (want direct, one, netns-direct, netns-one, intercepted, two, two-mtls)", p)
+			return nil, fmt.Errorf("-paths: unknown path %q (want direct, one, nginx, netns-direct, netns-one, intercepted, two, two-mtls)", p)
 		}
 		want[p] = true
 	}

@@ -33,6 +33,7 @@ type meshletConfig struct {
 	endpoints string // upstreams[0].endpoints[0]
 	peer      string // upstreams[0].peer: app | sidecar
 	certs     string // directory of certificates made by meshlet certs; empty: no TLS
+	pprof     bool   // admin.pprof: serve /debug/pprof/
 }
 
 // yaml renders c from meshlet's config types (meshlettest.File).
@@ -62,6 +63,7 @@ func (c meshletConfig) yaml() (string, error) {
 		f.TLS.CAFile = c.certs + "/ca.crt"
 	}
 	f.Admin.Listen = c.admin
+	f.Admin.Pprof = c.pprof
 	f.Log.Level = "warn"
 	f.Shutdown = meshlettest.Shutdown{DrainDelay: meshlettest.Duration(0), DrainTimeout: 5 * time.Second}
 	return f.YAML()

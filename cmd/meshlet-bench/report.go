@@ -20,6 +20,8 @@ type report struct {
 	// Intercepted compares the intercepted path with the explicit listener (1 meshlet), per protocol where both
 	// were measured.
 	Intercepted []interceptFigure `json:"intercepted_vs_explicit,omitempty"`
+	// VsNginx compares 1 meshlet and 2 meshlets mTLS with nginx, per protocol where nginx was measured.
+	VsNginx []nginxFigure `json:"vs_nginx,omitempty"`
 }
 
 // interceptFigure compares, for one protocol, the intercepted path with an explicit listener: the added p50 of
@@ -53,8 +55,10 @@ type meta struct {
 	Concurrency    int    `json:"concurrency"`
 	BodyBytes      int    `json:"body_bytes"`
 	Quick          bool   `json:"quick"`
-	LoadStart      string `json:"loadavg_start"` // /proc/loadavg 1, 5, 15 minutes, before the run
-	LoadEnd        string `json:"loadavg_end"`   // and after it
+	LoadStart      string `json:"loadavg_start"`           // /proc/loadavg 1, 5, 15 minutes, before the run
+	LoadEnd        string `json:"loadavg_end"`             // and after it
+	Pinning        string `json:"pinning"`                 // which CPUs the proxies and the benchmark ran on
+	Nginx          string `json:"nginx_version,omitempty"` // the reference peer's version, when it ran
 }
 
 // pathResult is one protocol × path.
@@ -93,6 +97,10 @@ type meshletStats struct {
 	// 1-meshlet path and A, inbound for B), read after the path's phases.
 	Counted *requestCount `json:"metrics_requests,omitempty"`
 	proc    *meshletProc
+	// nginx is the nginx of the nginx path (proc is nil then); extra are processes whose resources are added to
+	// PID's (nginx's worker).
+	nginx *nginxProc
+	extra []int
 }
 
 func (r *pathResult) addErrors(phase string, t *errorTally) {
@@ -155,8 +163,8 @@ func writeTable(w io.Writer, rep *report) {
 	}
 	fmt.Fprintln(w)
 	fmt.Fprintf(w, "latency: open loop at %d req/s for %s, measured from each request's scheduled time; "+
-		"throughput: closed loop, %d workers for %s; body %d B; load generator and backends share the CPUs with meshlet\n\n",
-		m.Rate, m.Duration, m.Concurrency, m.Duration, m.BodyBytes)
+		"throughput: closed loop, %d workers for %s; body %d B; pinning: %s\n\n",
+		m.Rate, m.Duration, m.Concurrency, m.Duration, m.BodyBytes, m.Pinning)
 
 	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', tabwriter.AlignRight)
 	// Padded to a fixed width, the text columns come out left-aligned in the right-aligned table.
@@ -186,8 +194,10 @@ func writeTable(w io.Writer, rep *report) {
 	tw.Flush()
 	fmt.Fprintln(w, "\n+p50/+p99: the path's percentile minus direct's. vs direct: throughput ratio. "+
 		"2 meshlets: resource columns are A/B (A: app-side sidecar, B: backend-side sidecar).\n"+
-		"RSS load: VmRSS after the throughput phase. CPU s/1k req: utime+stime per 1000 requests in the throughput phase.")
+		"RSS load: VmRSS after the throughput phase. CPU s/1k req: utime+stime per 1000 requests in the throughput phase. "+
+		"nginx: master+worker added up.")
 	writeIntercepted(w, rep)
+	writeVsNginx(w, rep)
 	writeLagNote(w, rep.Results)
 	for _, n := range rep.Notes {
 		fmt.Fprintln(w, "note:", n)
@@ -293,8 +303,11 @@ func writeProblems(w io.Writer, problems []string) {
 }
 
 // writeJSON writes rep to path, indented.
-func writeJSON(path string, rep *report) error {
-	b, err := json.MarshalIndent(rep, "", "  ")
+func writeJSON(path string, rep *report) error { return writeJSONValue(path, rep) }
+
+// writeJSONValue writes v to path as indented JSON.
+func writeJSONValue(path string, v any) error {
+	b, err := json.MarshalIndent(v, "", "  ")
 	if err != nil {
 		return err
 	}

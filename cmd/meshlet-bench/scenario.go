@@ -29,13 +29,16 @@ const (
 	// app → meshlet's upstream listener on 127.0.0.1 → backend, in the same namespaces (loopback is never
 	// redirected): the explicit listener in intercepted's surroundings.
 	pathNetnsOne pathKind = "netns-one"
+	// app → nginx (one worker, pinned like meshlet) → backend: the reference peer of one, when nginx is on PATH
+	// (nginx.go).
+	pathNginx pathKind = "nginx"
 )
 
 var (
-	allPaths   = []pathKind{pathDirect, pathOne, pathNetnsDirect, pathNetnsOne, pathIntercepted, pathTwo, pathTwoTLS}
+	allPaths   = []pathKind{pathDirect, pathOne, pathNginx, pathNetnsDirect, pathNetnsOne, pathIntercepted, pathTwo, pathTwoTLS}
 	pathLabels = map[pathKind]string{pathDirect: "direct", pathOne: "1 meshlet", pathTwo: "2 meshlets",
 		pathTwoTLS: "2 meshlets mTLS", pathIntercepted: "intercepted", pathNetnsDirect: "direct netns",
-		pathNetnsOne: "1 meshlet netns"}
+		pathNetnsOne: "1 meshlet netns", pathNginx: "nginx"}
 )
 
 // inPod reports whether path k runs in the intercepted path's network namespaces.
@@ -51,6 +54,9 @@ type bench struct {
 	// run it (not root), podFailed why making it failed.
 	pod                *podNet
 	podSkip, podFailed string
+	pin                pinning // where meshlets and nginx run, and the benchmark itself (pin.go)
+	nginx              string  // the nginx binary; "" skips the nginx path for nginxSkip
+	nginxSkip          string
 }
 
 // run measures every protocol × path and returns the report; failures are recorded in it, not returned.
@@ -64,6 +70,7 @@ func (b *bench) run(ctx context.Context) *report {
 	b.dir = dir
 	fmt.Fprintf(b.log, "meshlet-bench: %d protocol(s) × %d path(s), %s per phase; work directory %s\n",
 		len(b.opts.protocols), len(b.opts.paths), b.opts.duration, dir)
+	b.setUp()
 	if slices.ContainsFunc(b.opts.paths, inPod) {
 		b.openPod()
 		defer b.closePod() // also on Ctrl-C: the signal ends ctx, the loops return and this runs
@@ -77,12 +84,48 @@ func (b *bench) run(ctx context.Context) *report {
 	}
 	b.rep.Meta.LoadEnd = loadAvg()
 	b.rep.compareIntercepted()
-	if b.opts.keep || len(b.rep.problems()) > 0 {
+	b.rep.compareNginx()
+	// Kept to look at when something failed; an interrupted run (Ctrl-C) leaves nothing behind.
+	if b.opts.keep || len(b.rep.problems()) > 0 && ctx.Err() == nil {
 		fmt.Fprintf(b.log, "meshlet configs and logs kept in %s\n", dir)
 	} else {
 		os.RemoveAll(dir)
 	}
 	return b.rep
+}
+
+// setUp pins the benchmark's threads (b.pin) and finds nginx for the nginx path, saying what it did.
+func (b *bench) setUp() {
+	if b.opts.pin {
+		cpus, err := allowedCPUs()
+		why := ""
+		if err != nil {
+			why = "reading the allowed CPUs: " + err.Error()
+		} else if b.pin, why = planPinning(cpus); b.pin.enabled() {
+			if err := b.pin.pinSelf(); err != nil {
+				b.pin, why = pinning{}, err.Error()
+			}
+		}
+		if why != "" {
+			b.note("not pinned: " + why)
+		}
+	}
+	if b.opts.profileDir != "" {
+		if err := os.MkdirAll(b.opts.profileDir, 0o755); err != nil {
+			b.problem("-profile: " + err.Error())
+			b.opts.profileDir = ""
+		}
+	}
+	b.rep.Meta.Pinning = b.pin.String()
+	b.rep.Meta.GOMAXPROCS = runtime.GOMAXPROCS(0)
+	fmt.Fprintf(b.log, "meshlet-bench: pinning: %s\n", b.pin)
+	if slices.Contains(b.opts.paths, pathNginx) {
+		if b.nginx, b.nginxSkip = nginxPath(); b.nginx == "" {
+			fmt.Fprintf(b.log, "meshlet-bench: the nginx path is skipped: %s\n", b.nginxSkip)
+		} else {
+			b.rep.Meta.Nginx = nginxVersion(b.nginx)
+		}
+	}
 }
 
 func (b *bench) meta() meta {
@@ -137,6 +180,20 @@ func (b *bench) runProtocol(ctx context.Context, p protocol) {
 		}
 	}
 
+	if r := results[pathNginx]; r != nil {
+		switch {
+		case b.nginx == "":
+			r.Skipped = b.nginxSkip
+		case p == protoH2C: // nginx proxies plain HTTP to HTTP/1.1 only: an HTTP/1.1 backend of its own
+			h1, err := startBackend(protoHTTP1)
+			if err != nil {
+				r.Failed = "starting nginx's HTTP/1.1 backend: " + err.Error()
+				break
+			}
+			defer h1.close()
+			backends[pathNginx] = h1
+		}
+	}
 	targets, procs := b.startMeshlets(ctx, p, backends, results)
 	defer b.stopMeshlets(p, procs)
 
@@ -174,7 +231,12 @@ func (b *bench) startMeshlets(ctx context.Context, p protocol, backends map[path
 		if results[k].Failed != "" {
 			return
 		}
-		m, err := startMeshlet(b.opts.meshlet, b.dir, fmt.Sprintf("%s-%s-%s", p, k, name), role, cfg)
+		cfg.pprof = b.opts.profileDir != ""
+		var m *meshletProc
+		err := b.pin.start(func() (err error) {
+			m, err = startMeshlet(b.opts.meshlet, b.dir, fmt.Sprintf("%s-%s-%s", p, k, name), role, cfg)
+			return err
+		})
 		if err != nil {
 			results[k].Failed = err.Error()
 			return
@@ -206,6 +268,15 @@ func (b *bench) startMeshlets(ctx context.Context, p protocol, backends map[path
 		case pathOne:
 			targets[k] = addrs[1]
 			start(k, "meshlet", "meshlet", meshletConfig{protocol: p, admin: addrs[0], upstream: addrs[1], endpoints: backendAddr, peer: "app"})
+		case pathNginx:
+			targets[k] = addrs[1]
+			n, err := startNginx(ctx, b.nginx, b.dir, fmt.Sprintf("%s-nginx", p),
+				nginxConfig{protocol: p, listen: addrs[1], backend: backends[k].addr}, b.pin)
+			if err != nil {
+				results[k].Failed = "starting nginx: " + err.Error()
+				continue
+			}
+			procs[k] = []*meshletStats{{Role: "nginx", PID: n.PID(), extra: []int{n.worker}, nginx: n}}
 		case pathTwo, pathTwoTLS:
 			certs := ""
 			if k == pathTwoTLS {
@@ -225,11 +296,13 @@ func (b *bench) startMeshlets(ctx context.Context, p protocol, backends map[path
 			if results[k].Failed != "" {
 				break
 			}
-			if err := m.proc.waitReady(ctx); err != nil {
-				results[k].Failed = err.Error()
-				break
+			if m.proc != nil {
+				if err := m.proc.waitReady(ctx); err != nil {
+					results[k].Failed = err.Error()
+					break
+				}
 			}
-			if s, err := readProc(m.PID); err == nil {
+			if s := m.sample(); s.ok {
 				m.RSSIdleKiB = s.RSSKiB
 			}
 		}
@@ -242,6 +315,12 @@ func (b *bench) startMeshlets(ctx context.Context, p protocol, backends map[path
 func (b *bench) stopMeshlets(p protocol, procs map[pathKind][]*meshletStats) {
 	for _, k := range b.opts.paths {
 		for _, m := range procs[k] {
+			if m.nginx != nil {
+				if err := m.nginx.stop(); err != nil {
+					b.problem(fmt.Sprintf("%s %s: %v", protocolInfo[p].label, pathLabels[k], err))
+				}
+				continue
+			}
 			t0 := time.Now()
 			err := m.proc.stop()
 			m.StopSeconds = round1(time.Since(t0).Seconds()*10) / 10
@@ -297,7 +376,9 @@ func (b *bench) runPath(ctx context.Context, p protocol, k pathKind, r *pathResu
 	r.Latency = &lat
 	r.addErrors("latency", errs)
 	mid := sampleAll(r.Meshlets)
+	profiled := b.startProfiles(p, k, r.Meshlets, b.opts.duration)
 	tp, errs := closedLoop(ctx, c, b.opts.concurrency, b.opts.duration, b.opts.timeout)
+	profiled()
 	r.Throughput = &tp
 	r.addErrors("throughput", errs)
 	after := sampleAll(r.Meshlets)
@@ -325,11 +406,26 @@ func (b *bench) runPath(ctx context.Context, p protocol, k pathKind, r *pathResu
 func sampleAll(ms []*meshletStats) []procSample {
 	out := make([]procSample, len(ms))
 	for i, m := range ms {
-		s, err := readProc(m.PID)
-		s.ok = err == nil
-		out[i] = s
+		out[i] = m.sample()
 	}
 	return out
+}
+
+// sample reads m's resources: its process's, plus those of its extra processes (nginx's worker) added up; a
+// process that cannot be read gives a sample that is not ok.
+func (m *meshletStats) sample() procSample {
+	var sum procSample
+	for _, pid := range append([]int{m.PID}, m.extra...) {
+		s, err := readProc(pid)
+		if err != nil {
+			return procSample{}
+		}
+		sum.RSSKiB += s.RSSKiB
+		sum.HWMKiB += s.HWMKiB
+		sum.CPU += s.CPU
+	}
+	sum.ok = true
+	return sum
 }
 
 func (b *bench) note(s string) {
@@ -356,6 +452,7 @@ func (b *bench) openPod() {
 		return
 	}
 	b.pod = pod
+	pod.pin = b.pin
 	fmt.Fprintf(b.log, "meshlet-bench: netns-direct, netns-one and intercepted paths: client and meshlets in network namespace %s, backend in %s\n",
 		pod.pod.Name, pod.peer.Name)
 }

@@ -1,0 +1,642 @@
+package main
+
+import (
+	"bufio"
+	"context"
+	"fmt"
+	"io"
+	"log"
+	"net"
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"runtime"
+	"strconv"
+	"syscall"
+	"text/tabwriter"
+	"time"
+
+	"meshlet.dev/meshlet/internal/meshlettest"
+	"meshlet.dev/meshlet/proxy"
+)
+
+// The scale mode (-scale, `make scale`) prints each growth figure of issue 16 as one number beside its target:
+// what meshlet's memory grows by per configured idle upstream, per endpoint and per idle client connection, its
+// RSS idle and at 1k req/s, and its CPU per request at 10,000 endpoints against 1. Each figure comes from fresh
+// meshlet processes (pinned as in the paths' run), RSS read after a forced GC (admin.pprof's heap?gc=1) once it
+// has settled. It is a report: the exit status is 1 only when a figure could not be measured.
+
+const (
+	scaleUpstreams = 1000  // configured idle upstreams (name-routed, each with one static endpoint)
+	scaleEndpoints = 10000 // static endpoints of one upstream
+	scaleConns     = 1000  // idle client connections
+	scaleRate      = 1000  // req/s of the RSS-under-load figure
+	flatCPU        = 1.10  // "flat": CPU per request at scaleEndpoints at most this times that at 1
+)
+
+// scaleFigure is one growth figure: Value in Unit, at most Target to pass (0: no target), or Err when it could
+// not be measured.
+type scaleFigure struct {
+	Name   string  `json:"name"`
+	Value  float64 `json:"value"`
+	Unit   string  `json:"unit"`
+	Target float64 `json:"target,omitempty"`
+	Detail string  `json:"detail"` // the raw numbers it comes from
+	Err    string  `json:"error,omitempty"`
+}
+
+// result is PASS, FAIL, "-" without a target, or "NOT MEASURED".
+func (f scaleFigure) result() string {
+	switch {
+	case f.Err != "":
+		return "NOT MEASURED"
+	case f.Target == 0:
+		return "-"
+	case f.Value <= f.Target:
+		return "PASS"
+	}
+	return "FAIL"
+}
+
+// perItemKiB is the growth per item, in KiB to one decimal, from RSS base (KiB) to RSS with n items more.
+func perItemKiB(base, with int64, n int) float64 {
+	if n <= 0 {
+		return 0
+	}
+	return round1(float64(with-base) / float64(n))
+}
+
+// scaleRig starts the scale mode's meshlets and backends.
+type scaleRig struct {
+	bin   string
+	dir   string
+	pin   pinning
+	log   io.Writer
+	quick bool
+	n     int    // meshlets started, for unique file names
+	prof  string // -profile: write the CPU profiles of the endpoints figure's last phases here
+}
+
+// runScale measures every figure, prints the report and returns the exit status.
+func runScale(ctx context.Context, opts options, stdout, stderr io.Writer) int {
+	dir, err := os.MkdirTemp("", "meshlet-bench-scale-")
+	if err != nil {
+		fmt.Fprintln(stderr, "meshlet-bench:", err)
+		return 1
+	}
+	s := &scaleRig{bin: opts.meshlet, dir: dir, log: stderr, quick: opts.quick, prof: opts.profileDir}
+	if opts.pin {
+		if cpus, err := allowedCPUs(); err == nil {
+			if pin, why := planPinning(cpus); why == "" && pin.pinSelf() == nil {
+				s.pin = pin
+			}
+		}
+	}
+	fmt.Fprintf(stderr, "meshlet-bench -scale: work directory %s; pinning: %s\n", dir, s.pin)
+	var figs []scaleFigure
+	for _, measure := range []func(context.Context) []scaleFigure{s.idleAndLoad, s.perUpstream, s.perConn(protoH2C),
+		s.perConn(protoHTTP1), s.endpoints} {
+		if ctx.Err() != nil {
+			figs = append(figs, scaleFigure{Name: "the rest", Err: "interrupted"})
+			break
+		}
+		figs = append(figs, measure(ctx)...)
+	}
+	writeScale(stdout, opts.meshlet, s.pin, figs)
+	failed := false
+	for _, f := range figs {
+		failed = failed || f.Err != ""
+	}
+	if opts.keep || failed && ctx.Err() == nil { // an interrupted run (Ctrl-C) leaves nothing behind
+		fmt.Fprintf(stderr, "meshlet configs and logs kept in %s\n", dir)
+	} else {
+		os.RemoveAll(dir)
+	}
+	if opts.jsonFile != "" {
+		if err := writeJSONValue(opts.jsonFile, figs); err != nil {
+			fmt.Fprintln(stderr, "meshlet-bench: writing json:", err)
+			return 1
+		}
+	}
+	if failed {
+		return 1
+	}
+	return 0
+}
+
+// start starts a meshlet on f (admin listener, pprof, log level and shutdown filled in) and waits until it is ready.
+func (s *scaleRig) start(ctx context.Context, name string, f meshlettest.File) (*meshletProc, error) {
+	addrs, err := meshlettest.PickAddrs(1)
+	if err != nil {
+		return nil, err
+	}
+	s.n++
+	if f.Service.Name == "" {
+		f.Service.Name = "scale-client"
+	}
+	f.Admin.Listen, f.Admin.Pprof = addrs[0], true
+	f.Log.Level = "warn"
+	f.Shutdown = meshlettest.Shutdown{DrainDelay: meshlettest.Duration(0), DrainTimeout: 5 * time.Second}
+	yaml, err := f.YAML()
+	if err != nil {
+		return nil, err
+	}
+	file := fmt.Sprintf("%02d-%s", s.n, name)
+	var p *meshlettest.Proc
+	err = s.pin.start(func() (err error) {
+		p, err = meshlettest.StartConfig(s.bin, "meshlet "+name, addrs[0], filepath.Join(s.dir, file+".yaml"),
+			filepath.Join(s.dir, file+".log"), yaml)
+		return err
+	})
+	if err != nil {
+		return nil, err
+	}
+	m := &meshletProc{Proc: p}
+	if err := m.waitReady(ctx); err != nil {
+		m.Kill()
+		return nil, err
+	}
+	return m, nil
+}
+
+// stop stops m, logging a failure (the figures were read already).
+func (s *scaleRig) stop(m *meshletProc) {
+	if err := m.stop(); err != nil {
+		fmt.Fprintf(s.log, "meshlet-bench -scale: %v\n", err)
+	}
+}
+
+// settledRSS returns m's VmRSS in KiB once two readings 300ms apart differ by at most 32 KiB (at most 10 rounds),
+// with gc a GC forced before each (GET /debug/pprof/heap?gc=1: the heap profile it writes costs some memory of
+// its own, the same in both processes of a growth figure).
+func (s *scaleRig) settledRSS(ctx context.Context, m *meshletProc, gc bool) (int64, error) {
+	client := &http.Client{Timeout: 10 * time.Second}
+	defer client.CloseIdleConnections()
+	var prev int64 = -1
+	for range 10 {
+		if gc {
+			if err := forceGC(ctx, client, m.Admin); err != nil {
+				return 0, err
+			}
+		}
+		select {
+		case <-time.After(300 * time.Millisecond):
+		case <-ctx.Done():
+			return 0, ctx.Err()
+		}
+		ps, err := readProc(m.PID())
+		if err != nil {
+			return 0, err
+		}
+		if prev >= 0 && abs64(ps.RSSKiB-prev) <= 32 {
+			return ps.RSSKiB, nil
+		}
+		prev = ps.RSSKiB
+	}
+	return prev, nil
+}
+
+// forceGC has the meshlet with its admin listener at admin collect garbage (GET /debug/pprof/heap?gc=1).
+func forceGC(ctx context.Context, client *http.Client, admin string) error {
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, "http://"+admin+"/debug/pprof/heap?gc=1", nil)
+	if err != nil {
+		return err
+	}
+	resp, err := client.Do(req)
+	if err != nil {
+		return fmt.Errorf("forcing a GC: %w", err)
+	}
+	defer resp.Body.Close()
+	io.Copy(io.Discard, resp.Body)
+	if resp.StatusCode != http.StatusOK {
+		return fmt.Errorf("forcing a GC: GET /debug/pprof/heap: %s", resp.Status)
+	}
+	return nil
+}
+
+func abs64(v int64) int64 {
+	if v < 0 {
+		return -v
+	}
+	return v
+}
+
+func (s *scaleRig) phase() time.Duration {
+	if s.quick {
+		return 2 * time.Second
+	}
+	return 5 * time.Second
+}
+
+// upstream is an upstream named name of protocol p to endpoints, on its own listener at listen ("": by name only).
+func upstream(name string, p protocol, listen string, endpoints ...string) proxy.UpstreamConfig {
+	return proxy.UpstreamConfig{Name: name, Listen: listen, Protocol: protocolInfo[p].meshlet, Endpoints: endpoints}
+}
+
+// idleAndLoad measures the idle RSS of a meshlet with one HTTP/1.1 upstream on its own listener, then its RSS
+// after scaleRate req/s for a phase (two phases without -quick).
+func (s *scaleRig) idleAndLoad(ctx context.Context) []scaleFigure {
+	idle := scaleFigure{Name: "idle RSS", Unit: "MiB", Target: 10}
+	load := scaleFigure{Name: fmt.Sprintf("RSS at %d req/s (HTTP/1.1)", scaleRate), Unit: "MiB", Target: 20}
+	fail := func(err error) []scaleFigure {
+		idle.Err, load.Err = err.Error(), err.Error()
+		return []scaleFigure{idle, load}
+	}
+	be, err := startBackend(protoHTTP1)
+	if err != nil {
+		return fail(err)
+	}
+	defer be.close()
+	addrs, err := meshlettest.PickAddrs(1)
+	if err != nil {
+		return fail(err)
+	}
+	var f meshlettest.File
+	f.Upstreams = []proxy.UpstreamConfig{upstream("backend", protoHTTP1, addrs[0], be.addr)}
+	m, err := s.start(ctx, "idle", f)
+	if err != nil {
+		return fail(err)
+	}
+	defer s.stop(m)
+	rss, err := s.settledRSS(ctx, m, false)
+	if err != nil {
+		return fail(err)
+	}
+	rssGC, err := s.settledRSS(ctx, m, true)
+	if err != nil {
+		return fail(err)
+	}
+	idle.Value = round1(float64(rss) / 1024)
+	idle.Detail = fmt.Sprintf("one HTTP/1.1 upstream on its own listener, ready, no request yet, settled; %.1f MiB after a forced GC (the heap profile that forces it costs memory of its own)",
+		float64(rssGC)/1024)
+	c := newHTTPCaller(protoHTTP1, addrs[0], 64, nil)
+	defer c.close()
+	dur := 2 * s.phase()
+	lat, errs := openLoop(ctx, c, scaleRate, dur, 5*time.Second)
+	ps, err := readProc(m.PID())
+	if n, _ := errs.snapshot(""); err != nil || n > 0 {
+		load.Err = fmt.Sprintf("%d failed requests, reading /proc: %v", n, err)
+		return []scaleFigure{idle, load}
+	}
+	load.Value = round1(float64(ps.RSSKiB) / 1024)
+	load.Detail = fmt.Sprintf("VmRSS after %s of open loop at %d req/s (%d requests, p50 %.0f µs), no GC forced; peak %.1f MiB",
+		dur, scaleRate, lat.Count, lat.P50us, float64(ps.HWMKiB)/1024)
+	return []scaleFigure{idle, load}
+}
+
+// perUpstream compares a meshlet with the name-routed listener and no upstream with one with scaleUpstreams idle
+// upstreams reachable by name, each with one static endpoint.
+func (s *scaleRig) perUpstream(ctx context.Context) []scaleFigure {
+	fig := scaleFigure{Name: "RSS per configured idle upstream", Unit: "KiB", Target: 4}
+	rss := [2]int64{}
+	for i, n := range []int{0, scaleUpstreams} {
+		addrs, err := meshlettest.PickAddrs(1)
+		if err != nil {
+			fig.Err = err.Error()
+			return []scaleFigure{fig}
+		}
+		var f meshlettest.File
+		f.Outbound.Listen = addrs[0]
+		for j := range n {
+			f.Upstreams = append(f.Upstreams, upstream(fmt.Sprintf("up%04d", j), protoHTTP1, "", fmt.Sprintf("127.0.0.1:%d", 20000+j)))
+		}
+		m, err := s.start(ctx, fmt.Sprintf("upstreams-%d", n), f)
+		if err == nil {
+			rss[i], err = s.settledRSS(ctx, m, true)
+			s.stop(m)
+		}
+		if err != nil {
+			fig.Err = err.Error()
+			return []scaleFigure{fig}
+		}
+	}
+	fig.Value = perItemKiB(rss[0], rss[1], scaleUpstreams)
+	fig.Detail = fmt.Sprintf("RSS %d KiB with the name-routed listener and no upstream, %d KiB with %d upstreams (by name, 1 static endpoint each); after a forced GC",
+		rss[0], rss[1], scaleUpstreams)
+	return []scaleFigure{fig}
+}
+
+// perConn measures what an idle client connection of protocol p costs meshlet: scaleConns connections to its
+// upstream listener, one request each, then idle, against one such connection.
+func (s *scaleRig) perConn(p protocol) func(context.Context) []scaleFigure {
+	return func(ctx context.Context) []scaleFigure {
+		fig := scaleFigure{Name: fmt.Sprintf("RSS per idle %s client connection", protocolInfo[p].label), Unit: "KiB", Target: 10}
+		if p == protoHTTP1 {
+			fig.Target = 0 // the issue sets one for HTTP/2 only
+		}
+		fail := func(err error) []scaleFigure { fig.Err = err.Error(); return []scaleFigure{fig} }
+		be, err := startBackend(p)
+		if err != nil {
+			return fail(err)
+		}
+		defer be.close()
+		addrs, err := meshlettest.PickAddrs(1)
+		if err != nil {
+			return fail(err)
+		}
+		var f meshlettest.File
+		f.Upstreams = []proxy.UpstreamConfig{upstream("backend", p, addrs[0], be.addr)}
+		m, err := s.start(ctx, "conns-"+string(p), f)
+		if err != nil {
+			return fail(err)
+		}
+		defer s.stop(m)
+		var callers []*httpCaller
+		defer func() {
+			for _, c := range callers {
+				c.close()
+			}
+		}()
+		call := func() error {
+			c := newHTTPCaller(p, addrs[0], 1, nil)
+			callers = append(callers, c)
+			rctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+			defer cancel()
+			return c.call(rctx)
+		}
+		if err := call(); err != nil {
+			return fail(err)
+		}
+		base, err := s.settledRSS(ctx, m, true)
+		if err != nil {
+			return fail(err)
+		}
+		fds0 := countFDs(m.PID())
+		for range scaleConns {
+			if err := call(); err != nil {
+				return fail(err)
+			}
+		}
+		with, err := s.settledRSS(ctx, m, true)
+		if err != nil {
+			return fail(err)
+		}
+		fig.Value = perItemKiB(base, with, scaleConns)
+		fig.Detail = fmt.Sprintf("RSS %d KiB with 1 connection, %d KiB with %d more (one request each, then idle; meshlet's open files %+d, the backend accepted %d connections in all); after a forced GC",
+			base, with, scaleConns, countFDs(m.PID())-fds0, be.conns.Load())
+		if p == protoHTTP1 {
+			fig.Detail += "; no target set for HTTP/1.1"
+		}
+		return []scaleFigure{fig}
+	}
+}
+
+// profile writes a CPU profile of m of one phase less a second into s.prof as name; failures are logged.
+func (s *scaleRig) profile(m *meshletProc, name string) {
+	secs := max(1, int(s.phase().Seconds())-1)
+	client := &http.Client{Timeout: time.Duration(secs)*time.Second + 15*time.Second}
+	url := fmt.Sprintf("http://%s/debug/pprof/profile?seconds=%d", m.Admin, secs)
+	err := os.MkdirAll(s.prof, 0o755)
+	if err == nil {
+		err = fetchTo(client, url, filepath.Join(s.prof, name))
+	}
+	if err != nil {
+		fmt.Fprintf(s.log, "meshlet-bench -scale: profile %s: %v\n", name, err)
+	}
+}
+
+// countFDs returns how many files pid has open (-1 when it cannot be read).
+func countFDs(pid int) int {
+	e, err := os.ReadDir(fmt.Sprintf("/proc/%d/fd", pid))
+	if err != nil {
+		return -1
+	}
+	return len(e)
+}
+
+// endpoints compares a meshlet with one HTTP/1.1 upstream of 1 static endpoint with one of scaleEndpoints (every
+// one a live listener of the same backend): RSS per endpoint, and CPU per request at saturating closed-loop load,
+// the two meshlets measured in turn (1, N, 1, N).
+func (s *scaleRig) endpoints(ctx context.Context) []scaleFigure {
+	mem := scaleFigure{Name: "RSS per endpoint", Unit: "KiB", Target: 0.5}
+	cpu := scaleFigure{Name: fmt.Sprintf("CPU per request, %d endpoints vs 1 (HTTP/1.1)", scaleEndpoints), Unit: "×", Target: flatCPU}
+	fail := func(err error) []scaleFigure {
+		mem.Err, cpu.Err = err.Error(), err.Error()
+		return []scaleFigure{mem, cpu}
+	}
+	be, err := startManyBackend(scaleEndpoints)
+	if err != nil {
+		return fail(err)
+	}
+	defer be.close()
+	addrs, err := meshlettest.PickAddrs(2)
+	if err != nil {
+		return fail(err)
+	}
+	var ms [2]*meshletProc
+	var rss [2]int64
+	for i, eps := range [][]string{be.addrs[:1], be.addrs} {
+		var f meshlettest.File
+		f.Upstreams = []proxy.UpstreamConfig{upstream("backend", protoHTTP1, addrs[i], eps...)}
+		m, err := s.start(ctx, fmt.Sprintf("endpoints-%d", len(eps)), f)
+		if err != nil {
+			return fail(err)
+		}
+		defer s.stop(m)
+		ms[i] = m
+		if rss[i], err = s.settledRSS(ctx, m, true); err != nil {
+			return fail(err)
+		}
+	}
+	mem.Value = perItemKiB(rss[0], rss[1], scaleEndpoints-1)
+	mem.Detail = fmt.Sprintf("RSS %d KiB with 1 endpoint, %d KiB with %d (one upstream, static, no request yet); after a forced GC",
+		rss[0], rss[1], scaleEndpoints)
+
+	const workers = 32
+	var callers [2]*httpCaller
+	for i := range callers {
+		callers[i] = newHTTPCaller(protoHTTP1, addrs[i], workers, nil)
+		defer callers[i].close()
+	}
+	// Warm-up: until meshlet has a connection to about every endpoint it picks (p2c picks at random, so this takes
+	// more than one request per endpoint): at least two requests per endpoint, then until its open files grow by
+	// less than one per thousand endpoints in a second; at most warmupMax.
+	const warmupMax = 60 * time.Second
+	for i, m := range ms {
+		n := len(be.addrs)
+		if i == 0 {
+			n = 1
+		}
+		deadline := time.Now().Add(warmupMax)
+		var done int64
+		for fds := countFDs(m.PID()); time.Now().Before(deadline) && ctx.Err() == nil; {
+			tp, errs := closedLoop(ctx, callers[i], workers, time.Second, 5*time.Second)
+			if n, causes := errs.snapshot("warm-up"); n > 0 {
+				return fail(fmt.Errorf("warm-up of %s: %d failed requests: %v", m.Name, n, causes))
+			}
+			done += tp.Requests
+			now := countFDs(m.PID())
+			if done >= int64(2*n) && now-fds <= max(1, n/1000) {
+				break
+			}
+			fds = now
+		}
+	}
+	var cpuTime [2]time.Duration
+	var reqs [2]int64
+	fds0 := countFDs(ms[1].PID())
+	for round := range 2 {
+		for i := range ms {
+			before, err := readCPU(ms[i].PID())
+			if err != nil {
+				return fail(err)
+			}
+			profiled := make(chan struct{})
+			if s.prof != "" && round == 1 {
+				go func() {
+					defer close(profiled)
+					s.profile(ms[i], fmt.Sprintf("scale-endpoints-%d-cpu.pprof", max(1, i*scaleEndpoints)))
+				}()
+			} else {
+				close(profiled)
+			}
+			tp, errs := closedLoop(ctx, callers[i], workers, s.phase(), 5*time.Second)
+			<-profiled
+			after, err := readCPU(ms[i].PID())
+			if err != nil {
+				return fail(err)
+			}
+			if n, causes := errs.snapshot("measure"); n > 0 {
+				return fail(fmt.Errorf("%d failed requests: %v", n, causes))
+			}
+			cpuTime[i] += after - before
+			reqs[i] += tp.Requests
+		}
+	}
+	var us [2]float64
+	for i := range us {
+		if reqs[i] == 0 {
+			return fail(fmt.Errorf("no request succeeded"))
+		}
+		us[i] = round1(float64(cpuTime[i].Microseconds()) / float64(reqs[i]))
+	}
+	if r := ratio(us[1], us[0]); r != nil {
+		cpu.Value = *r
+	}
+	cpu.Detail = fmt.Sprintf("meshlet CPU %.1f µs/request at 1 endpoint, %.1f µs at %d (closed loop, %d workers, 2×%s each, in turn, after a warm-up until meshlet's connections stopped growing; lb p2c, the default; the %d-endpoint meshlet's open files %d before measuring, %d after); target: flat, within %.0f%%",
+		us[0], us[1], scaleEndpoints, workers, s.phase(), scaleEndpoints, fds0, countFDs(ms[1].PID()), (flatCPU-1)*100)
+	return []scaleFigure{mem, cpu}
+}
+
+// manyBackend is the HTTP/1.1 backend on many loopback listeners, served by child processes of this program
+// (-serve-many), manyPerChild listeners each: one process could not hold 10,000 listeners and their connections
+// within a usual open-files limit. The children run on the benchmark's CPUs.
+type manyBackend struct {
+	addrs []string
+	cmds  []*exec.Cmd
+	stdin []io.WriteCloser // closing one ends its child
+}
+
+const manyPerChild = 2500
+
+// startManyBackend starts children serving n listeners in all and returns once every listener is open.
+func startManyBackend(n int) (_ *manyBackend, err error) {
+	self, err := os.Executable()
+	if err != nil {
+		return nil, err
+	}
+	b := &manyBackend{}
+	defer func() {
+		if err != nil {
+			b.close()
+		}
+	}()
+	for left := n; left > 0; left -= manyPerChild {
+		k := min(manyPerChild, left)
+		cmd := exec.Command(self, "-serve-many", strconv.Itoa(k))
+		cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
+		cmd.Stderr = os.Stderr
+		stdin, err := cmd.StdinPipe()
+		if err != nil {
+			return nil, err
+		}
+		stdout, err := cmd.StdoutPipe()
+		if err != nil {
+			return nil, err
+		}
+		if err := cmd.Start(); err != nil {
+			return nil, err
+		}
+		b.cmds, b.stdin = append(b.cmds, cmd), append(b.stdin, stdin)
+		sc := bufio.NewScanner(stdout)
+		got := 0
+		for sc.Scan() && sc.Text() != "ready" {
+			b.addrs = append(b.addrs, sc.Text())
+			got++
+		}
+		if got != k {
+			return nil, fmt.Errorf("backend child: %d of %d listeners (%v)", got, k, sc.Err())
+		}
+	}
+	return b, nil
+}
+
+// close ends the children (stdin closed; killed after 5s) and waits for them.
+func (b *manyBackend) close() {
+	for _, w := range b.stdin {
+		w.Close()
+	}
+	for _, cmd := range b.cmds {
+		done := make(chan struct{})
+		go func() { cmd.Wait(); close(done) }()
+		select {
+		case <-done:
+		case <-time.After(5 * time.Second):
+			cmd.Process.Kill()
+			<-done
+		}
+	}
+}
+
+// serveMany is the child of startManyBackend: it serves the HTTP/1.1 backend on n listeners on 127.0.0.1, prints
+// their addresses one a line and then "ready", and serves until stdin closes.
+func serveMany(n int, stdin io.Reader, stdout, stderr io.Writer) int {
+	var protos http.Protocols
+	protos.SetHTTP1(true)
+	srv := &http.Server{Handler: httpHandler(1), Protocols: &protos, ReadHeaderTimeout: 10 * time.Second,
+		IdleTimeout: 2 * time.Minute, ErrorLog: log.New(io.Discard, "", 0)}
+	w := bufio.NewWriter(stdout)
+	for range n {
+		ln, err := net.Listen("tcp", "127.0.0.1:0")
+		if err != nil {
+			fmt.Fprintln(stderr, "meshlet-bench -serve-many:", err)
+			return 1
+		}
+		go srv.Serve(ln)
+		fmt.Fprintln(w, ln.Addr())
+	}
+	fmt.Fprintln(w, "ready")
+	w.Flush()
+	io.Copy(io.Discard, stdin)
+	srv.Close()
+	return 0
+}
+
+// writeScale prints the figures, one row each, then their details.
+func writeScale(w io.Writer, bin string, pin pinning, figs []scaleFigure) {
+	fmt.Fprintf(w, "\nmeshlet-bench -scale  %s %s  %d CPUs  %s\nmeshlet: %s (%s)\npinning: %s; load average %s\n\n",
+		runtime.Version(), runtime.GOOS+"/"+runtime.GOARCH, runtime.NumCPU(), time.Now().Format(time.RFC3339),
+		bin, meshletVersion(bin), pin, loadAvg())
+	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
+	fmt.Fprintln(tw, "FIGURE\tVALUE\tTARGET\tRESULT")
+	for _, f := range figs {
+		val, target := "-", "none"
+		if f.Err == "" {
+			val = fmt.Sprintf("%g %s", f.Value, f.Unit)
+		}
+		if f.Target > 0 {
+			target = fmt.Sprintf("≤ %g %s", f.Target, f.Unit)
+		}
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\n", f.Name, val, target, f.result())
+	}
+	tw.Flush()
+	fmt.Fprintln(w)
+	for _, f := range figs {
+		if f.Err != "" {
+			fmt.Fprintf(w, "%s: not measured: %s\n", f.Name, f.Err)
+		} else {
+			fmt.Fprintf(w, "%s: %s\n", f.Name, f.Detail)
+		}
+	}
+}
