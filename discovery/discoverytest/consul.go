@@ -23,6 +23,8 @@ import (
 	"time"
 
 	"github.com/hashicorp/consul/api"
+
+	"meshlet.dev/meshlet/internal/testports"
 )
 
 // ManagementToken is the ACL token with every permission of an agent started with Options.ACL.
@@ -293,7 +295,7 @@ func (a *Agent) output() string {
 	return a.out.String()
 }
 
-// freePorts returns n loopback ports that were free (TCP and UDP) a moment ago.
+// freePorts returns n loopback ports that were free (TCP and UDP) a moment ago, from below the ephemeral range.
 func freePorts(t testing.TB, n int) []int {
 	t.Helper()
 	var ports []int
@@ -303,10 +305,16 @@ func freePorts(t testing.TB, n int) []int {
 			c()
 		}
 	}()
-	for len(ports) < n {
-		l, err := net.Listen("tcp", "127.0.0.1:0")
+	for tries := 0; len(ports) < n; tries++ {
+		// From below the kernel's ephemeral range (meshlettest's picker): a port of that range can be taken by
+		// any client connection of the tests running beside this one before the agent binds it.
+		addrs, err := testports.Pick(1)
+		if err != nil || tries > 100*n {
+			t.Fatalf("no free port for consul: %v", err)
+		}
+		l, err := net.Listen("tcp", addrs[0])
 		if err != nil {
-			t.Fatal(err)
+			continue
 		}
 		closers = append(closers, l.Close)
 		port := l.Addr().(*net.TCPAddr).Port
