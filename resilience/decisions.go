@@ -14,21 +14,26 @@ type Decision struct {
 	Reason   string    `json:"reason"`
 }
 
-// Decisions keeps the latest decisions of an upstream in a ring. Safe for concurrent use; Add is cheap.
+// Decisions keeps the latest decisions of an upstream in a ring. Safe for concurrent use; Add is cheap. The
+// ring is made at the first decision: an upstream that never has one costs a few words.
 type Decisions struct {
 	mu   sync.Mutex
+	n    int
 	ring []Decision
 	next int
 	full bool
 }
 
 // NewDecisions keeps the latest n decisions.
-func NewDecisions(n int) *Decisions { return &Decisions{ring: make([]Decision, n)} }
+func NewDecisions(n int) *Decisions { return &Decisions{n: max(n, 1)} }
 
 // Add records a decision now.
 func (d *Decisions) Add(kind, endpoint, reason string) {
 	d.mu.Lock()
 	defer d.mu.Unlock()
+	if d.ring == nil {
+		d.ring = make([]Decision, d.n)
+	}
 	d.ring[d.next] = Decision{Time: time.Now(), Kind: kind, Endpoint: endpoint, Reason: reason}
 	d.next = (d.next + 1) % len(d.ring)
 	if d.next == 0 {
@@ -43,6 +48,9 @@ func (d *Decisions) Latest() []Decision {
 	n := d.next
 	if d.full {
 		n = len(d.ring)
+	}
+	if n == 0 {
+		return []Decision{}
 	}
 	out := make([]Decision, 0, n)
 	for i := 1; i <= n; i++ {
