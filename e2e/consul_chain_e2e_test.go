@@ -218,6 +218,10 @@ func TestConsulDiscoveryChain(t *testing.T) {
 	})
 	before := home()
 	startChainApp(t, agent.HTTPAddr, "api", "v3", "v3")
+	meshlettest.Eventually(t, 30*time.Second, "Consul has three healthy api sidecars", func() bool {
+		entries, _, err := client.Health().Connect("api", "", true, nil)
+		return err == nil && len(entries) == 3
+	})
 	meshlettest.Eventually(t, 10*time.Second, "the third instance takes users", func() bool {
 		n := 0
 		for u := range 60 {
