@@ -185,7 +185,10 @@ func (t *RetryTransport) RoundTrip(req *http.Request) (*http.Response, error) {
 			actx, cancel = context.WithCancel(ctx)
 			timer = time.AfterFunc(p.perTryTimeout, func() { expired.Store(true); cancel() })
 		}
-		areq := req.WithContext(actx)
+		areq := req
+		if actx != ctx || body != nil || grpc && hasDeadline {
+			areq = req.WithContext(actx) // a copy only when the attempt differs from the request
+		}
 		if body != nil {
 			areq.Body = body.attempt()
 			// The transports may resend a request themselves when they know the endpoint never processed it
