@@ -140,6 +140,11 @@ func TestConsulDiscoveryChain(t *testing.T) {
 		_, body := get("/admin/users", "X-Debug", "1")
 		return body == "canary c1 /internal/users canary=routed"
 	})
+	// /debug/upstreams says what each route applies and where each setting comes from.
+	if _, dbg := web.AdminGet(t, "/debug/upstreams?format=json"); !strings.Contains(dbg, `"settings"`) ||
+		!strings.Contains(dbg, "attempts (upstream)") || !strings.Contains(dbg, "lb p2c (upstream)") {
+		t.Errorf("/debug/upstreams lacks the chain's settings and their sources:\n%s", dbg)
+	}
 	for _, tc := range []struct {
 		path string
 		h    []string

@@ -50,6 +50,7 @@ type planSplit struct {
 	connectTimeout    time.Duration
 	requestTimeout    time.Duration
 	hash              []discovery.HashPolicy // ring_hash and maglev: what the request's key is made of
+	lbFrom            string                 // where the targets' load balancing comes from (/debug/upstreams)
 }
 
 // pick returns the route and split of r; nil when no route matches (Consul adds a catch-all, so only a chain
@@ -218,11 +219,58 @@ type chainState struct {
 	Applied bool `json:"applied"`
 	// FileWins names the settings of the config file that the chain does not override (its routes' and
 	// resolvers' timeouts, retries, load balancing).
-	FileWins    []string `json:"file_wins,omitempty"`
-	Default     bool     `json:"default,omitempty"`
-	Index       uint64   `json:"index,omitempty"`
-	Routes      []string `json:"routes,omitempty"`
+	FileWins []string `json:"file_wins,omitempty"`
+	Default  bool     `json:"default,omitempty"`
+	Index    uint64   `json:"index,omitempty"`
+	Routes   []string `json:"routes,omitempty"`
+	// Settings are, per route, the timeout, retries and per split the connect timeout and load balancing in
+	// effect, each with where it comes from: the route, the resolver, the config file, or the upstream (the file
+	// and Consul's service-defaults, merged).
+	Settings    []string `json:"settings,omitempty"`
 	Unsupported []string `json:"unsupported,omitempty"`
+}
+
+// describeSettings says, for each route of pl, what it applies and where each setting comes from.
+func describeSettings(pl *plan, cfg *UpstreamConfig) []string {
+	var out []string
+	for _, rt := range pl.routes {
+		var b strings.Builder
+		fmt.Fprintf(&b, "%s:", rt.label)
+		switch {
+		case cfg.Pinned.Timeout:
+			fmt.Fprintf(&b, " timeout %s (file)", cfg.Timeout)
+		case rt.timeout > 0:
+			fmt.Fprintf(&b, " timeout %s (route)", rt.timeout)
+		case rt.splits[0].requestTimeout > 0:
+			fmt.Fprintf(&b, " timeout %s (resolver)", rt.splits[0].requestTimeout)
+		case cfg.Timeout > 0:
+			fmt.Fprintf(&b, " timeout %s (upstream)", cfg.Timeout)
+		default:
+			b.WriteString(" no timeout")
+		}
+		switch {
+		case rt.retry != nil:
+			fmt.Fprintf(&b, ", %d attempts (route)", rt.retry.MaxAttempts())
+		case cfg.Pinned.Retry:
+			fmt.Fprintf(&b, ", %d attempts (file)", cfg.Resilience.Retry.MaxAttempts)
+		default:
+			fmt.Fprintf(&b, ", %d attempts (upstream)", cfg.Resilience.Retry.MaxAttempts)
+		}
+		if rt.idle > 0 {
+			fmt.Fprintf(&b, ", stream idle %s (route)", rt.idle)
+		}
+		for i, sp := range rt.splits {
+			ct, ctFrom := cfg.ConnectTimeout, "upstream"
+			if cfg.Pinned.ConnectTimeout {
+				ctFrom = "file"
+			} else if sp.connectTimeout > 0 {
+				ct, ctFrom = sp.connectTimeout, "resolver"
+			}
+			fmt.Fprintf(&b, "; split %d: connect timeout %s (%s), lb %s (%s)", i, ct, ctFrom, sp.targets[0].lbName(), sp.lbFrom)
+		}
+		out = append(out, b.String())
+	}
+	return out
 }
 
 // describe lists the routes of ch for /debug/upstreams: match, splits and targets.
@@ -388,6 +436,9 @@ func (p *Proxy) applyChain(ctx context.Context, e *upstreamEntry, ch discovery.C
 		c.plan.Store(pl)
 	}
 	state.Applied = true
+	if !ch.Default {
+		state.Settings = describeSettings(pl, cfg)
+	}
 	c.chain.Store(state)
 	p.m.ChainRefused.WithLabelValues(c.name).Set(0)
 	c.log.Info("discovery chain applied", "service", ch.Service, "index", ch.Index, "routes", len(pl.routes), "default", ch.Default)
@@ -453,8 +504,12 @@ func (p *Proxy) planRoute(ctx context.Context, e *upstreamEntry, cfg *UpstreamCo
 		if cfg.Pinned.ConnectTimeout {
 			ps.connectTimeout = 0
 		}
+		ps.lbFrom = "upstream"
+		if s.Resolver.LB != "" {
+			ps.lbFrom = "resolver"
+		}
 		if cfg.Pinned.LB {
-			ps.hash = nil
+			ps.hash, ps.lbFrom = nil, "file"
 		}
 		for _, t := range s.Resolver.Targets {
 			ps.targets = append(ps.targets, p.targetSet(ctx, e, cfg, dc, t, s.Resolver, next))

@@ -129,6 +129,13 @@ func (s *endpointSet) waitSnapshot(d time.Duration) {
 	}
 }
 
+// lbName is the set's load-balancing policy.
+func (s *endpointSet) lbName() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.lb
+}
+
 // newPicker is newPicker with the set's ring size.
 func (s *endpointSet) newPicker(lb string, list []*endpointState) *picker {
 	p := newPicker(lb, list)

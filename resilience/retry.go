@@ -63,6 +63,9 @@ func NewRetryPolicy(cfg RetryConfig) (*RetryPolicy, error) {
 }
 
 // match returns the retry_on condition that the outcome of an attempt meets, or "".
+// MaxAttempts is how many attempts the policy makes at most.
+func (p *RetryPolicy) MaxAttempts() int { return p.maxAttempts }
+
 func (p *RetryPolicy) match(resp *http.Response, err error, perTryExpired bool) string {
 	if err != nil {
 		k := ClassifyError(err)
