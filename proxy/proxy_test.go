@@ -215,6 +215,11 @@ func TestProxyReload(t *testing.T) {
 		t.Fatal(err)
 	}
 	before := p.Upstreams()
+	// The new endpoint list reaches the cluster through its watch, a moment after Reload returns.
+	eventuallyTrue(t, func() bool {
+		eps := upstreamInfo(t, p, "api").Endpoints
+		return len(eps) == 1 && eps[0].Address == addr(b)
+	}, "api's endpoint becomes b")
 	if s := get(apiURL, "api"); s != 200 {
 		t.Fatalf("after reload: %d", s)
 	}
