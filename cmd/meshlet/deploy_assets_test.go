@@ -29,6 +29,7 @@ import (
 
 	"meshlet.dev/meshlet/discovery/discoverytest"
 	"meshlet.dev/meshlet/internal/meshlettest"
+	"meshlet.dev/meshlet/internal/toolbin"
 )
 
 const (
@@ -362,10 +363,7 @@ func lookPrometheusTool(t *testing.T, name string) string {
 	t.Helper()
 	p, err := exec.LookPath(name)
 	if err != nil {
-		if os.Getenv("CI") == "true" {
-			t.Fatalf("%s not found (install the Debian package prometheus): %v", name, err)
-		}
-		t.Skipf("%s not found (apt-get install prometheus): %v", name, err)
+		toolbin.Missing(t, fmt.Sprintf("%s not found (the Debian package prometheus: apt-get install prometheus): %v", name, err))
 	}
 	return p
 }

@@ -25,6 +25,7 @@ import (
 	"github.com/hashicorp/consul/api"
 
 	"meshlet.dev/meshlet/internal/testports"
+	"meshlet.dev/meshlet/internal/toolbin"
 )
 
 // ManagementToken is the ACL token with every permission of an agent started with Options.ACL.
@@ -57,54 +58,15 @@ type Agent struct {
 	out  *LockedBuffer
 }
 
-// Binary returns the path of the Consul binary, or an error saying how to get one.
-func Binary() (string, error) {
-	if p := os.Getenv("MESHLET_CONSUL_BIN"); p != "" {
-		if _, err := os.Stat(p); err != nil {
-			return "", fmt.Errorf("MESHLET_CONSUL_BIN=%s: %w", p, err)
-		}
-		return p, nil
-	}
-	root, err := moduleRoot()
-	if err != nil {
-		return "", err
-	}
-	p := filepath.Join(root, "bin", "consul")
-	if _, err := os.Stat(p); err != nil {
-		return "", fmt.Errorf("no Consul binary at %s: run `make consul` (or set MESHLET_CONSUL_BIN)", p)
-	}
-	return p, nil
-}
-
-// moduleRoot finds the directory of meshlet's go.mod above the working directory.
-func moduleRoot() (string, error) {
-	dir, err := os.Getwd()
-	if err != nil {
-		return "", err
-	}
-	for {
-		if b, err := os.ReadFile(filepath.Join(dir, "go.mod")); err == nil && bytes.Contains(b, []byte("module meshlet.dev/meshlet\n")) {
-			return dir, nil
-		}
-		parent := filepath.Dir(dir)
-		if parent == dir {
-			return "", errors.New("meshlet's go.mod not found above the working directory")
-		}
-		dir = parent
-	}
-}
+// Binary returns the path of the Consul binary ($MESHLET_CONSUL_BIN, else bin/consul), or an error saying how to
+// get one.
+func Binary() (string, error) { return toolbin.Find("consul") }
 
 // StartConsul starts a dev agent and waits until it has a leader and has registered itself; it is stopped when
 // the test ends. Without a binary it skips the test (fails it with CI=true).
 func StartConsul(t testing.TB, opts Options) *Agent {
 	t.Helper()
-	bin, err := Binary()
-	if err != nil {
-		if os.Getenv("CI") == "true" {
-			t.Fatalf("consul: %v", err)
-		}
-		t.Skipf("consul: %v", err)
-	}
+	bin := toolbin.Need(t, "consul")
 	a := &Agent{t: t, bin: bin, opts: opts}
 	a.config = filepath.Join(t.TempDir(), "consul.hcl")
 	t.Cleanup(func() {

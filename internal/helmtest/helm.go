@@ -8,50 +8,17 @@ package helmtest
 
 import (
 	"bytes"
-	"errors"
-	"fmt"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"testing"
+
+	"meshlet.dev/meshlet/internal/toolbin"
 )
 
-// Binary returns the path of the helm binary, or an error saying how to get one.
-func Binary() (string, error) {
-	if p := os.Getenv("MESHLET_HELM_BIN"); p != "" {
-		if _, err := os.Stat(p); err != nil {
-			return "", fmt.Errorf("MESHLET_HELM_BIN=%s: %w", p, err)
-		}
-		return p, nil
-	}
-	root, err := ModuleRoot()
-	if err != nil {
-		return "", err
-	}
-	p := filepath.Join(root, "bin", "helm")
-	if _, err := os.Stat(p); err != nil {
-		return "", fmt.Errorf("no helm binary at %s: run `make helm` (or set MESHLET_HELM_BIN)", p)
-	}
-	return p, nil
-}
-
-// ModuleRoot finds the directory of meshlet's go.mod above the working directory.
-func ModuleRoot() (string, error) {
-	dir, err := os.Getwd()
-	if err != nil {
-		return "", err
-	}
-	for {
-		if b, err := os.ReadFile(filepath.Join(dir, "go.mod")); err == nil && bytes.Contains(b, []byte("module meshlet.dev/meshlet\n")) {
-			return dir, nil
-		}
-		parent := filepath.Dir(dir)
-		if parent == dir {
-			return "", errors.New("meshlet's go.mod not found above the working directory")
-		}
-		dir = parent
-	}
-}
+// Binary returns the path of the helm binary ($MESHLET_HELM_BIN, else bin/helm), or an error saying how to get
+// one.
+func Binary() (string, error) { return toolbin.Find("helm") }
 
 // Helm is a helm binary and the chart directory it is run on.
 type Helm struct {
@@ -62,14 +29,8 @@ type Helm struct {
 // New finds the helm binary and the chart; without a binary it skips the test (fails it with CI=true).
 func New(t testing.TB) *Helm {
 	t.Helper()
-	bin, err := Binary()
-	if err != nil {
-		if os.Getenv("CI") == "true" {
-			t.Fatalf("helm: %v", err)
-		}
-		t.Skipf("helm: %v", err)
-	}
-	root, err := ModuleRoot()
+	bin := toolbin.Need(t, "helm")
+	root, err := toolbin.ModuleRoot()
 	if err != nil {
 		t.Fatal(err)
 	}
