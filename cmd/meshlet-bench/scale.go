@@ -239,10 +239,7 @@ func upstream(name string, p protocol, listen string, endpoints ...string) proxy
 func (s *scaleRig) idleAndLoad(ctx context.Context) []scaleFigure {
 	idle := scaleFigure{Name: "idle RSS", Unit: "MiB", Target: 10}
 	load := scaleFigure{Name: fmt.Sprintf("RSS at %d req/s (HTTP/1.1)", scaleRate), Unit: "MiB", Target: 20}
-	fail := func(err error) []scaleFigure {
-		idle.Err, load.Err = err.Error(), err.Error()
-		return []scaleFigure{idle, load}
-	}
+	fail := func(err error) []scaleFigure { return failed(err, idle, load) }
 	be, err := startBackend(protoHTTP1)
 	if err != nil {
 		return fail(err)
@@ -325,7 +322,7 @@ func (s *scaleRig) perConn(p protocol) func(context.Context) []scaleFigure {
 		if p == protoHTTP1 {
 			fig.Target = 0 // the issue sets one for HTTP/2 only
 		}
-		fail := func(err error) []scaleFigure { fig.Err = err.Error(); return []scaleFigure{fig} }
+		fail := func(err error) []scaleFigure { return failed(err, fig) }
 		be, err := startBackend(p)
 		if err != nil {
 			return fail(err)
@@ -411,10 +408,7 @@ func countFDs(pid int) int {
 func (s *scaleRig) endpoints(ctx context.Context) []scaleFigure {
 	mem := scaleFigure{Name: "RSS per endpoint", Unit: "KiB", Target: 0.5}
 	cpu := scaleFigure{Name: fmt.Sprintf("CPU per request, %d endpoints vs 1 (HTTP/1.1)", scaleEndpoints), Unit: "×", Target: flatCPU}
-	fail := func(err error) []scaleFigure {
-		mem.Err, cpu.Err = err.Error(), err.Error()
-		return []scaleFigure{mem, cpu}
-	}
+	fail := func(err error) []scaleFigure { return failed(err, mem, cpu) }
 	be, err := startManyBackend(scaleEndpoints)
 	if err != nil {
 		return fail(err)
@@ -639,4 +633,12 @@ func writeScale(w io.Writer, bin string, pin pinning, figs []scaleFigure) {
 			fmt.Fprintf(w, "%s: %s\n", f.Name, f.Detail)
 		}
 	}
+}
+
+// failed returns figs, each with err as why it could not be measured.
+func failed(err error, figs ...scaleFigure) []scaleFigure {
+	for i := range figs {
+		figs[i].Err = err.Error()
+	}
+	return figs
 }
