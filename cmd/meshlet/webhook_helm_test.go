@@ -6,10 +6,8 @@ import (
 	"crypto/x509"
 	"net/http"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"strings"
-	"syscall"
 	"testing"
 	"time"
 
@@ -80,24 +78,7 @@ func TestHelmChartWebhook(t *testing.T) {
 	if !strings.Contains(strings.Join(args, " "), "-consul=$(HOST_IP):8500") {
 		t.Errorf("args %q: the sidecar's Consul address is not $(HOST_IP):8500", args)
 	}
-	cmd := exec.Command(meshlettest.Bin(), args...)
-	var log meshlettest.SyncBuffer
-	cmd.Stdout, cmd.Stderr = &log, &log
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	exited := make(chan error, 1)
-	go func() { exited <- cmd.Wait() }()
-	t.Cleanup(func() {
-		cmd.Process.Signal(syscall.SIGKILL)
-		select { // reaped, unless waitHealthy saw it exit
-		case <-exited:
-		case <-time.After(5 * time.Second):
-		}
-		if t.Failed() {
-			t.Logf("webhook %q output:\n%s", args, log.String())
-		}
-	})
+	w := startWebhook(t, args...)
 
 	svc := mwc.Webhooks[0].ClientConfig.Service
 	roots := x509.NewCertPool()
@@ -106,7 +87,7 @@ func TestHelmChartWebhook(t *testing.T) {
 	}
 	client := &http.Client{Timeout: 5 * time.Second, Transport: &http.Transport{
 		TLSClientConfig: &tls.Config{RootCAs: roots, ServerName: svc.Name + "." + svc.Namespace + ".svc"}}}
-	waitHealthy(t, client, addr, exited)
+	waitHealthy(t, client, addr, w)
 	patch, paths := admit(t, client, addr, `{"apiVersion":"v1","kind":"Pod","metadata":{"generateName":"web-5f-",
 		"labels":{"app.kubernetes.io/name":"web"}},"spec":{"containers":[{"name":"web","image":"web:1","ports":[{"containerPort":8080}]}]}}`)
 	init := paths["/spec/initContainers"]
@@ -115,7 +96,7 @@ func TestHelmChartWebhook(t *testing.T) {
 			t.Errorf("the injected init containers lack %s: %s", want, patch)
 		}
 	}
-	if !bytes.Contains([]byte(log.String()), []byte(`"msg":"pod injected"`)) {
-		t.Errorf("no log line for the injection:\n%s", log.String())
+	if !bytes.Contains([]byte(w.out.String()), []byte(`"msg":"pod injected"`)) {
+		t.Errorf("no log line for the injection:\n%s", w.out.String())
 	}
 }

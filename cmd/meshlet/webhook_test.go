@@ -54,22 +54,9 @@ func selfSigned(t *testing.T, dir string) (certFile, keyFile string, pool *x509.
 func TestCLIWebhook(t *testing.T) {
 	cert, key, pool := selfSigned(t, t.TempDir())
 	addr := meshlettest.FreeAddr(t)
-	cmd := exec.Command(meshlettest.Bin(), "webhook", "-listen", addr, "-tls-cert", cert, "-tls-key", key, "-image", goldenImage)
-	var out meshlettest.SyncBuffer
-	cmd.Stdout, cmd.Stderr = &out, &out
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	done := make(chan error, 1)
-	go func() { done <- cmd.Wait() }()
-	t.Cleanup(func() {
-		cmd.Process.Signal(syscall.SIGKILL)
-		if t.Failed() {
-			t.Logf("webhook output:\n%s", out.String())
-		}
-	})
+	w := startWebhook(t, "webhook", "-listen", addr, "-tls-cert", cert, "-tls-key", key, "-image", goldenImage)
 	client := &http.Client{Timeout: 5 * time.Second, Transport: &http.Transport{TLSClientConfig: &tls.Config{RootCAs: pool}}}
-	waitHealthy(t, client, addr, done)
+	waitHealthy(t, client, addr, w)
 	patch, paths := admit(t, client, addr, `{"apiVersion":"v1","kind":"Pod","metadata":{"generateName":"web-5f-","labels":{"app":"web"},
 		"annotations":{"meshlet.dev/upstreams":"api:9001"}},"spec":{"containers":[{"name":"web","image":"web:1","ports":[{"containerPort":8080}]}]}}`)
 	if v := paths["/spec/initContainers"]; !strings.Contains(v, `"name":"meshlet"`) || !strings.Contains(v, `"restartPolicy":"Always"`) ||
@@ -84,19 +71,19 @@ func TestCLIWebhook(t *testing.T) {
 		t.Errorf("app containers patched to %s, want %s", v, want)
 	}
 
-	if err := cmd.Process.Signal(syscall.SIGTERM); err != nil {
+	if err := w.cmd.Process.Signal(syscall.SIGTERM); err != nil {
 		t.Fatal(err)
 	}
 	select {
-	case err := <-done:
-		if err != nil {
-			t.Fatalf("exit: %v", err)
+	case <-w.done:
+		if w.err != nil {
+			t.Fatalf("exit: %v", w.err)
 		}
 	case <-time.After(15 * time.Second):
 		t.Fatal("webhook did not stop on SIGTERM")
 	}
-	if !bytes.Contains([]byte(out.String()), []byte(`"msg":"pod injected"`)) {
-		t.Errorf("no log line for the injection:\n%s", out.String())
+	if !bytes.Contains([]byte(w.out.String()), []byte(`"msg":"pod injected"`)) {
+		t.Errorf("no log line for the injection:\n%s", w.out.String())
 	}
 	if out, code := meshlettest.Exec(t, "webhook", "-image", "x"); code != 2 || !strings.Contains(out, "-tls-cert, -tls-key and -image") {
 		t.Errorf("without a certificate: exit %d, %s", code, out)
@@ -106,15 +93,49 @@ func TestCLIWebhook(t *testing.T) {
 	}
 }
 
+// webhookProc is a `meshlet webhook` process of a test: done is closed when it has exited, with err.
+type webhookProc struct {
+	cmd  *exec.Cmd
+	out  meshlettest.SyncBuffer
+	done chan struct{}
+	err  error
+}
+
+// startWebhook runs meshlet with args (webhook ...) until the test ends (SIGKILL then, and reaped); its output is
+// logged when the test fails.
+func startWebhook(t *testing.T, args ...string) *webhookProc {
+	t.Helper()
+	w := &webhookProc{cmd: exec.Command(meshlettest.Bin(), args...), done: make(chan struct{})}
+	w.cmd.Stdout, w.cmd.Stderr = &w.out, &w.out
+	if err := w.cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	go func() {
+		w.err = w.cmd.Wait()
+		close(w.done)
+	}()
+	t.Cleanup(func() {
+		w.cmd.Process.Signal(syscall.SIGKILL)
+		select {
+		case <-w.done:
+		case <-time.After(5 * time.Second):
+		}
+		if t.Failed() {
+			t.Logf("webhook %q output:\n%s", args, w.out.String())
+		}
+	})
+	return w
+}
+
 // waitHealthy polls GET /healthz of the webhook at addr until it answers 200; it fails at once if the process
-// exits (a value on exited).
-func waitHealthy(t *testing.T, client *http.Client, addr string, exited <-chan error) {
+// exits.
+func waitHealthy(t *testing.T, client *http.Client, addr string, w *webhookProc) {
 	t.Helper()
 	deadline := time.Now().Add(15 * time.Second)
 	for {
 		select {
-		case err := <-exited:
-			t.Fatalf("webhook exited: %v", err)
+		case <-w.done:
+			t.Fatalf("webhook exited: %v", w.err)
 		default:
 		}
 		resp, err := client.Get("https://" + addr + "/healthz")
