@@ -38,7 +38,7 @@ func builtinProxy(t *testing.T, agent *discoverytest.Agent, args ...string) {
 		t.Fatalf("consul: %v", err) // the agent started: the binary is there
 	}
 	cmd := exec.Command(bin, append([]string{"connect", "proxy", "-http-addr", agent.HTTPAddr, "-log-level", "debug"}, args...)...)
-	out := &discoverytest.LockedBuffer{}
+	out := &meshlettest.SyncBuffer{}
 	cmd.Stdout, cmd.Stderr = out, out
 	if err := cmd.Start(); err != nil {
 		t.Fatalf("starting consul connect proxy: %v", err)

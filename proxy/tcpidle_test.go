@@ -12,6 +12,8 @@ import (
 	"testing"
 	"time"
 
+	"meshlet.dev/meshlet/internal/syncbuf"
+
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/testutil"
 
@@ -210,7 +212,7 @@ func TestIdleWatchSplice(t *testing.T) {
 func TestPlaintextLogRateLimited(t *testing.T) {
 	pki := newTestPKI(t)
 	app := startEcho(t)
-	var logs syncBuffer
+	var logs syncbuf.Buffer
 	m := metrics.New(prometheus.NewRegistry(), "test")
 	p := startProxyOpts(t, Config{Service: ServiceConfig{Name: "api", Address: app, Protocol: ProtocolTCP},
 		Inbound: InboundConfig{Listen: "127.0.0.1:0", TLS: InboundTLSConfig{Mode: mtls.ModePermissive}}},
@@ -239,22 +241,4 @@ func TestPlaintextLogRateLimited(t *testing.T) {
 	if limit := int(elapsed/time.Second) + 2; lines < 1 || lines > limit {
 		t.Fatalf("%d log lines for %d plaintext connections in %v, want 1 to %d", lines, conns, elapsed.Round(time.Millisecond), limit)
 	}
-}
-
-// syncBuffer is a bytes.Buffer safe for a logger writing and a test reading.
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
 }

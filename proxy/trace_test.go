@@ -12,11 +12,12 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 
+	"meshlet.dev/meshlet/internal/syncbuf"
 	"meshlet.dev/meshlet/metrics"
 )
 
 // accessLines returns the access-log lines in buf so far, decoded.
-func accessLines(buf *syncBuffer) []map[string]any {
+func accessLines(buf *syncbuf.Buffer) []map[string]any {
 	var out []map[string]any
 	for _, line := range strings.Split(strings.TrimSpace(buf.String()), "\n") {
 		var m map[string]any
@@ -28,7 +29,7 @@ func accessLines(buf *syncBuffer) []map[string]any {
 }
 
 // startLogged runs a Proxy for cfg with its log (access log on) in buf.
-func startLogged(t *testing.T, cfg Config, buf *syncBuffer) *Proxy {
+func startLogged(t *testing.T, cfg Config, buf *syncbuf.Buffer) *Proxy {
 	t.Helper()
 	return startProxyOpts(t, cfg, Options{Logger: slog.New(slog.NewJSONHandler(buf, nil)), AccessLog: true,
 		Metrics: metrics.New(prometheus.NewRegistry(), "test")})
@@ -43,7 +44,7 @@ func TestTraceCorrelation(t *testing.T) {
 		seen <- r.Header.Clone()
 	}))
 	defer app.Close()
-	var logA, logB syncBuffer
+	var logA, logB syncbuf.Buffer
 	b := startLogged(t, Config{Service: ServiceConfig{Name: "api", Address: strings.TrimPrefix(app.URL, "http://")},
 		Inbound: InboundConfig{Listen: "127.0.0.1:0"}}, &logB)
 	a := startLogged(t, Config{Service: ServiceConfig{Name: "web"}, Upstreams: []UpstreamConfig{{Name: "api",
@@ -85,7 +86,7 @@ func TestTraceCorrelation(t *testing.T) {
 			t.Fatalf("X-Request-Id at the app %q (sent %q)", got[HeaderRequestID], sent)
 		}
 		// Each sidecar logs the call once it is done: wait for the line with this ID.
-		for _, log := range []*syncBuffer{&logA, &logB} {
+		for _, log := range []*syncbuf.Buffer{&logA, &logB} {
 			var line map[string]any
 			for deadline := time.Now().Add(5 * time.Second); line == nil && time.Now().Before(deadline); time.Sleep(5 * time.Millisecond) {
 				for _, l := range accessLines(log) {

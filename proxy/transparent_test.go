@@ -1,18 +1,17 @@
 package proxy
 
 import (
-	"bytes"
 	"context"
-	"github.com/prometheus/client_golang/prometheus"
-	"io"
 	"log/slog"
-	"meshlet.dev/meshlet/metrics"
 	"net/http"
 	"net/netip"
 	"strings"
-	"sync"
 	"testing"
 	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"meshlet.dev/meshlet/internal/syncbuf"
+	"meshlet.dev/meshlet/metrics"
 
 	"meshlet.dev/meshlet/discovery"
 )
@@ -236,10 +235,10 @@ func TestImplicitUpstreamLazy(t *testing.T) {
 // closed listener as "listener stopped"). Repeated: it was a race.
 func TestTransparentShutdownQuiet(t *testing.T) {
 	for i := range 30 {
-		var logs bytes.Buffer
+		var logs syncbuf.Buffer
 		p, err := New(Config{Service: ServiceConfig{Name: "web"}, Outbound: OutboundConfig{Listen: "127.0.0.1:0",
 			Transparent: TransparentConfig{Enabled: true}}},
-			Options{Logger: slog.New(slog.NewTextHandler(&syncWriter{w: &logs}, nil)), Metrics: metrics.New(prometheus.NewRegistry(), "test")})
+			Options{Logger: slog.New(slog.NewTextHandler(&logs, nil)), Metrics: metrics.New(prometheus.NewRegistry(), "test")})
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -256,15 +255,4 @@ func TestTransparentShutdownQuiet(t *testing.T) {
 			t.Fatalf("run %d: an error at shutdown:\n%s", i, logs.String())
 		}
 	}
-}
-
-type syncWriter struct {
-	mu sync.Mutex
-	w  io.Writer
-}
-
-func (s *syncWriter) Write(b []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.w.Write(b)
 }

@@ -24,6 +24,7 @@ import (
 
 	"github.com/hashicorp/consul/api"
 
+	"meshlet.dev/meshlet/internal/syncbuf"
 	"meshlet.dev/meshlet/internal/testports"
 	"meshlet.dev/meshlet/internal/toolbin"
 )
@@ -55,7 +56,7 @@ type Agent struct {
 	mu   sync.Mutex
 	cmd  *exec.Cmd
 	done chan struct{}
-	out  *LockedBuffer
+	out  *syncbuf.Buffer
 }
 
 // Binary returns the path of the Consul binary ($MESHLET_CONSUL_BIN, else bin/consul), or an error saying how to
@@ -151,7 +152,7 @@ func (a *Agent) start() error {
 		return errors.New("already running")
 	}
 	if a.out == nil {
-		a.out = &LockedBuffer{}
+		a.out = &syncbuf.Buffer{}
 	}
 	cmd := exec.Command(a.bin, "agent", "-dev", "-config-file", a.config)
 	cmd.Stdout, cmd.Stderr = a.out, a.out
@@ -288,23 +289,4 @@ func freePorts(t testing.TB, n int) []int {
 		ports = append(ports, port)
 	}
 	return ports
-}
-
-// LockedBuffer is a bytes.Buffer safe for a process writing and a test reading (the agent's output; tests use it
-// for other processes' too).
-type LockedBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (l *LockedBuffer) Write(p []byte) (int, error) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.Write(p)
-}
-
-func (l *LockedBuffer) String() string {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.String()
 }

@@ -1,7 +1,6 @@
 package meshlettest
 
 import (
-	"bytes"
 	"context"
 	"flag"
 	"fmt"
@@ -10,10 +9,11 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
-	"sync"
 	"syscall"
 	"testing"
 	"time"
+
+	"meshlet.dev/meshlet/internal/syncbuf"
 )
 
 // MeshletPkg is the package Main builds.
@@ -107,22 +107,7 @@ func WriteTemp(t testing.TB, name, content string) string {
 }
 
 // SyncBuffer is a bytes.Buffer safe for a process writing and a test reading.
-type SyncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *SyncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *SyncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
-}
+type SyncBuffer = syncbuf.Buffer
 
 // Command starts cmd (StartCmd), a meshlet that runs the config at path (directly, in another directory, or
 // wrapped), its output in a log file of the test's; it is killed when the test ends and its log written to the
