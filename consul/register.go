@@ -122,7 +122,8 @@ func NewRegistrar(c *Source, reg Registration) *Registrar {
 	if reg.ResyncInterval == 0 {
 		reg.ResyncInterval = DefaultResyncInterval
 	}
-	id := fmt.Sprintf("%s-%s-%d", reg.Service, hostID(), portOf(reg.Inbound))
+	_, inPort := splitHostPort(reg.Inbound)
+	id := fmt.Sprintf("%s-%s-%d", reg.Service, hostID(), inPort)
 	return &Registrar{c: c, reg: reg, id: id, log: c.log.With("component", "consul-register", "service_id", id)}
 }
 
