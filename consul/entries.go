@@ -18,8 +18,8 @@ import (
 
 // ConfigEntries watches the service-defaults, service-router, proxy-defaults and mesh config entries with one
 // blocking query per kind (/v1/config/<kind>) and turns them into discovery.UpstreamSettings, and the mesh entry
-// into the inbound TLS minimum (InboundTLSMinVersion). Changed is signalled after every change. It is safe for
-// concurrent use; Run owns its goroutines.
+// into the TLS settings of both directions (InboundTLS, OutboundTLS) and MeshDestinationsOnly. Changed is
+// signalled after every change. It is safe for concurrent use; Run owns its goroutines.
 type ConfigEntries struct {
 	c       *Source
 	changed chan struct{}
@@ -128,8 +128,9 @@ func (e *ConfigEntries) store(kind string, entries []api.ConfigEntry) {
 				next = m
 			}
 		}
-		changed = changed || meshTLSChanged(e.mesh, next) || meshDestinationsOnly(e.mesh) != meshDestinationsOnly(next)
-		if meshTLSChanged(e.mesh, next) {
+		tlsChanged := meshTLSChanged(e.mesh, next)
+		changed = changed || tlsChanged || meshDestinationsOnly(e.mesh) != meshDestinationsOnly(next)
+		if tlsChanged {
 			for _, in := range []bool{true, false} {
 				if _, problems := meshTLS(next, in); len(problems) > 0 {
 					e.c.log.Warn("consul mesh config entry: TLS settings meshlet cannot apply in full", "incoming", in,
@@ -174,15 +175,6 @@ func (e *ConfigEntries) meshDenied(err error) {
 		e.c.log.Warn("consul mesh config entry not readable (the token needs mesh:read); the inbound TLS minimum is tls.min_version and mesh_destinations_only the file's",
 			"error", err.Error())
 	}
-}
-
-// InboundTLSMinVersion is the inbound TLS minimum the mesh config entry sets (InboundTLSMin); "" while it sets
-// none, or is not known.
-func (e *ConfigEntries) InboundTLSMinVersion() string {
-	e.mu.Lock()
-	defer e.mu.Unlock()
-	m, _ := meshTLS(e.mesh, true)
-	return m.Min
 }
 
 // InboundTLS and OutboundTLS are what the mesh config entry says of meshlet's inbound listeners and of its dials

@@ -75,9 +75,9 @@ func TestEntriesMeshTLS(t *testing.T) {
 	wait := func(e *consul.ConfigEntries, want string) {
 		t.Helper()
 		deadline := time.Now().Add(10 * time.Second)
-		for e.InboundTLSMinVersion() != want || e.Ready() != nil {
+		for e.InboundTLS().Min != want || e.Ready() != nil {
 			if time.Now().After(deadline) {
-				t.Fatalf("inbound TLS minimum %q, want %q (ready: %v)", e.InboundTLSMinVersion(), want, e.Ready())
+				t.Fatalf("inbound TLS minimum %q, want %q (ready: %v)", e.InboundTLS().Min, want, e.Ready())
 			}
 			select {
 			case <-e.Changed():
