@@ -230,6 +230,20 @@ type chainState struct {
 	Unsupported []string `json:"unsupported,omitempty"`
 }
 
+// fileWins names the settings the config file pins, which the chain does not override.
+func fileWins(p Pinned) []string {
+	var out []string
+	for _, f := range []struct {
+		set  bool
+		name string
+	}{{p.Timeout, "timeout"}, {p.ConnectTimeout, "connect_timeout"}, {p.Retry, "retry"}, {p.LB, "lb"}} {
+		if f.set {
+			out = append(out, f.name)
+		}
+	}
+	return out
+}
+
 // describeSettings says, for each route of pl, what it applies and where each setting comes from.
 func describeSettings(pl *plan, cfg *UpstreamConfig) []string {
 	var out []string
@@ -347,15 +361,6 @@ func (p *Proxy) watchChain(ctx context.Context, e *upstreamEntry, src discovery.
 func (p *Proxy) applyChain(ctx context.Context, e *upstreamEntry, ch discovery.Chain) {
 	c := e.cluster
 	state := &chainState{Index: ch.Index, Default: ch.Default, Routes: describe(ch), Unsupported: ch.Unsupported}
-	for _, f := range []struct {
-		set  bool
-		name string
-	}{{c.cfg.Load().Pinned.Timeout, "timeout"}, {c.cfg.Load().Pinned.ConnectTimeout, "connect_timeout"},
-		{c.cfg.Load().Pinned.Retry, "retry"}, {c.cfg.Load().Pinned.LB, "lb"}} {
-		if f.set {
-			state.FileWins = append(state.FileWins, f.name)
-		}
-	}
 	refuse := func(reasons []string) {
 		state.Unsupported = reasons
 		c.chain.Store(state)
@@ -436,6 +441,7 @@ func (p *Proxy) applyChain(ctx context.Context, e *upstreamEntry, ch discovery.C
 		c.plan.Store(pl)
 	}
 	state.Applied = true
+	state.FileWins = fileWins(cfg.Pinned)
 	if !ch.Default {
 		state.Settings = describeSettings(pl, cfg)
 	}

@@ -1,7 +1,6 @@
 package proxy
 
 import (
-	"bytes"
 	"errors"
 	"io"
 	"net"
@@ -37,7 +36,7 @@ func classify(b []byte) string {
 	if len(b) == 0 {
 		return ""
 	}
-	if n := min(len(b), len(h2Preface)); bytes.Equal(b[:n], []byte(h2Preface[:n])) {
+	if n := min(len(b), len(h2Preface)); string(b[:n]) == h2Preface[:n] {
 		if n == len(h2Preface) {
 			return DetectHTTP2
 		}
@@ -56,7 +55,7 @@ func classify(b []byte) string {
 	undecided := false
 	for _, m := range httpMethods {
 		n := min(len(b), len(m))
-		if bytes.Equal(b[:n], []byte(m[:n])) {
+		if string(b[:n]) == m[:n] {
 			if n == len(m) {
 				return DetectHTTP1
 			}
