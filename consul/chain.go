@@ -197,7 +197,7 @@ func (rc *rawChain) compile(localDC string) discovery.Chain {
 					route.PrefixRewrite = d.PrefixRewrite
 					route.RequestTimeout, route.IdleTimeout = d.RequestTimeout, d.IdleTimeout
 					for _, c := range d.RetryOn {
-						if !slices.Contains(retryOnHonoured, c) {
+						if c != "5xx" && !slices.Contains(retryOnHonoured, c) {
 							refuse("route %d: retry condition %q", i, c)
 						}
 					}
@@ -222,8 +222,9 @@ func (rc *rawChain) compile(localDC string) discovery.Chain {
 	return ch
 }
 
-// retryOnHonoured are the RetryOn conditions meshlet applies (routeSettings); another is refused, not dropped.
-var retryOnHonoured = []string{"5xx", "gateway-error", "reset", "connect-failure", "refused-stream", "unavailable",
+// retryOnHonoured are the RetryOn conditions meshlet applies as they are (routeSettings; 5xx becomes
+// gateway-error and 500); a chain with another is refused, not applied without it.
+var retryOnHonoured = []string{"gateway-error", "reset", "connect-failure", "refused-stream", "unavailable",
 	"cancelled", "deadline-exceeded", "resource-exhausted"}
 
 // splits follows node (a splitter or a resolver) with weight (percent) to the resolvers it ends at.

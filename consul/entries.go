@@ -368,13 +368,12 @@ func routeSettings(d *api.ServiceRouteDestination) *discovery.RouteSettings {
 		}
 	}
 	for _, c := range d.RetryOn {
-		switch c {
-		case "connect-failure", "reset", "refused-stream", "gateway-error", "unavailable", "cancelled",
-			"deadline-exceeded", "resource-exhausted":
-			add(c)
-		case "5xx":
+		switch {
+		case c == "5xx":
 			add("gateway-error")
 			add("500")
+		case slices.Contains(retryOnHonoured, c):
+			add(c)
 		}
 	}
 	if d.RetryOnConnectFailure {
