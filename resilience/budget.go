@@ -1,6 +1,7 @@
 package resilience
 
 import (
+	"sync"
 	"sync/atomic"
 	"time"
 )
@@ -10,8 +11,11 @@ const budgetBuckets = 10
 
 // Budget limits retries to a share of recent traffic: within the window, retries may add at most Ratio of the
 // requests, plus MinPerSecond for every second of the window (so a quiet upstream can still retry a little).
-// It is safe for concurrent use and never blocks; counts are kept in a ring of buckets with atomics.
+// It is safe for concurrent use; counts are kept in a ring of buckets with atomics. Counting a request never
+// blocks; taking a retry is serialized (retries are the failure path), so that concurrent failures cannot all pass
+// the check before any of them is counted and overspend the budget.
 type Budget struct {
+	retryMu   sync.Mutex
 	ratio     float64
 	reserve   float64 // MinPerSecond * window seconds
 	bucketDur int64   // nanoseconds
@@ -63,6 +67,8 @@ func (b *Budget) Request() { b.bucket().requests.Add(1) }
 
 // TryRetry takes one retry from the budget; false means it is spent and the failure must stand.
 func (b *Budget) TryRetry() bool {
+	b.retryMu.Lock()
+	defer b.retryMu.Unlock()
 	req, ret := b.sums()
 	if float64(ret+1) > b.ratio*float64(req)+b.reserve {
 		return false

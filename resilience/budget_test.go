@@ -1,6 +1,8 @@
 package resilience
 
 import (
+	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 )
@@ -36,6 +38,36 @@ func TestBudget(t *testing.T) {
 	now = now.Add(11 * time.Second)
 	if got := b.Remaining(); got != 10 {
 		t.Fatalf("remaining after the window %v, want 10", got)
+	}
+}
+
+// TestBudgetConcurrent: failures racing for the last retries of a budget take exactly what it allows, never more
+// (checking and counting apart let every racer pass the check first; an e2e run overspent it by one).
+func TestBudgetConcurrent(t *testing.T) {
+	for round := range 200 {
+		b := NewBudget(BudgetConfig{Ratio: 0.2, MinPerSecond: 1, Window: 10 * time.Second})
+		for range 50 {
+			b.Request()
+		}
+		// Allowed: 0.2 × 50 + 1 × 10 = 20.
+		var granted atomic.Int64
+		var wg sync.WaitGroup
+		start := make(chan struct{})
+		for range 16 {
+			wg.Go(func() {
+				<-start
+				for range 5 {
+					if b.TryRetry() {
+						granted.Add(1)
+					}
+				}
+			})
+		}
+		close(start)
+		wg.Wait()
+		if got := granted.Load(); got != 20 {
+			t.Fatalf("round %d: 16 goroutines were granted %d retries, the budget allows 20", round, got)
+		}
 	}
 }
 
