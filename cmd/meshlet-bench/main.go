@@ -46,12 +46,13 @@ import (
 
 // options are the parsed command-line flags.
 type options struct {
-	meshlet     string        // path of the meshlet binary; empty runs the direct path only
-	rate        int           // open-loop requests per second in the latency phase
-	duration    time.Duration // length of each latency and each throughput phase
-	warmup      time.Duration // closed-loop warm-up before each path's measurements
-	concurrency int           // closed-loop workers in the throughput phase
-	timeout     time.Duration // per-request timeout
+	scaleOnly   map[string]bool // -scale-only: the -scale measurements to run; empty runs all
+	meshlet     string          // path of the meshlet binary; empty runs the direct path only
+	rate        int             // open-loop requests per second in the latency phase
+	duration    time.Duration   // length of each latency and each throughput phase
+	warmup      time.Duration   // closed-loop warm-up before each path's measurements
+	concurrency int             // closed-loop workers in the throughput phase
+	timeout     time.Duration   // per-request timeout
 	protocols   []protocol
 	paths       []pathKind
 	jsonFile    string // write results here when set
@@ -134,6 +135,8 @@ func parseFlags(args []string, stderr io.Writer) (options, error) {
 	fs.BoolVar(&o.pin, "pin", true, "pin meshlets and nginx to the last allowed CPU and the benchmark (load generator, backends) to the others (needs 2 CPUs)")
 	fs.StringVar(&o.profileDir, "profile", "", "turn admin.pprof on and write each meshlet's CPU and allocation profile of the throughput phase (up to 10s) into this directory")
 	fs.BoolVar(&o.scale, "scale", false, "instead of the paths: measure meshlet's memory growth per upstream, endpoint and idle connection, RSS idle and at 1k req/s, and CPU per request at 1 and 10,000 endpoints, each against its target (needs -meshlet)")
+	var scaleOnly string
+	fs.StringVar(&scaleOnly, "scale-only", "", "with -scale: only these comma-separated measurements: idle (idle RSS and RSS at 1k req/s), upstream, conn-h2c, conn-http1, endpoint (per endpoint and CPU at 10,000 endpoints)")
 	fs.IntVar(&o.serveMany, "serve-many", 0, "internal to -scale: serve the HTTP/1.1 backend on this many loopback listeners, print their addresses, until stdin closes")
 	fs.BoolVar(&o.quick, "quick", false, "short run: 2s phases, 200ms warm-up (explicit -duration/-warmup win)")
 	if err := fs.Parse(args); err != nil {
@@ -141,6 +144,19 @@ func parseFlags(args []string, stderr io.Writer) (options, error) {
 	}
 	if fs.NArg() > 0 {
 		return o, fmt.Errorf("unexpected arguments: %q", fs.Args())
+	}
+	if scaleOnly != "" {
+		o.scaleOnly = map[string]bool{}
+		for _, name := range strings.Split(scaleOnly, ",") {
+			known := false
+			for _, g := range scaleGroups {
+				known = known || g.name == name
+			}
+			if !known {
+				return o, fmt.Errorf("-scale-only: unknown measurement %q (idle, upstream, conn-h2c, conn-http1, endpoint)", name)
+			}
+			o.scaleOnly[name] = true
+		}
 	}
 	set := map[string]bool{}
 	fs.Visit(func(f *flag.Flag) { set[f.Name] = true })

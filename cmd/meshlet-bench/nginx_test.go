@@ -1,6 +1,7 @@
 package main
 
 import (
+	"io"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -125,5 +126,19 @@ func TestScaleArithmetic(t *testing.T) {
 		if got := tc.f.result(); got != tc.want {
 			t.Errorf("%+v: result %q, want %q", tc.f, got, tc.want)
 		}
+	}
+}
+
+func TestScaleOnlyFlag(t *testing.T) {
+	o, err := parseFlags([]string{"-meshlet", os.Args[0], "-scale", "-scale-only", "idle,endpoint"}, io.Discard)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(o.scaleOnly) != 2 || !o.scaleOnly["idle"] || !o.scaleOnly["endpoint"] {
+		t.Fatalf("scaleOnly = %v, want idle and endpoint", o.scaleOnly)
+	}
+	if _, err := parseFlags([]string{"-meshlet", os.Args[0], "-scale", "-scale-only", "idle,bogus"}, io.Discard); err == nil ||
+		!strings.Contains(err.Error(), `"bogus"`) {
+		t.Fatalf("an unknown measurement: err %v, want one naming it", err)
 	}
 }

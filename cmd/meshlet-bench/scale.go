@@ -79,6 +79,18 @@ type scaleRig struct {
 }
 
 // runScale measures every figure, prints the report and returns the exit status.
+// scaleGroups are -scale's measurements in the order they run; -scale-only picks some by name.
+var scaleGroups = []struct {
+	name    string
+	measure func(*scaleRig) func(context.Context) []scaleFigure
+}{
+	{"idle", func(s *scaleRig) func(context.Context) []scaleFigure { return s.idleAndLoad }},
+	{"upstream", func(s *scaleRig) func(context.Context) []scaleFigure { return s.perUpstream }},
+	{"conn-h2c", func(s *scaleRig) func(context.Context) []scaleFigure { return s.perConn(protoH2C) }},
+	{"conn-http1", func(s *scaleRig) func(context.Context) []scaleFigure { return s.perConn(protoHTTP1) }},
+	{"endpoint", func(s *scaleRig) func(context.Context) []scaleFigure { return s.endpoints }},
+}
+
 func runScale(ctx context.Context, opts options, stdout, stderr io.Writer) int {
 	dir, err := os.MkdirTemp("", "meshlet-bench-scale-")
 	if err != nil {
@@ -95,8 +107,11 @@ func runScale(ctx context.Context, opts options, stdout, stderr io.Writer) int {
 	}
 	fmt.Fprintf(stderr, "meshlet-bench -scale: work directory %s; pinning: %s\n", dir, s.pin)
 	var figs []scaleFigure
-	for _, measure := range []func(context.Context) []scaleFigure{s.idleAndLoad, s.perUpstream, s.perConn(protoH2C),
-		s.perConn(protoHTTP1), s.endpoints} {
+	for _, g := range scaleGroups {
+		if !opts.scaleOnly[g.name] && len(opts.scaleOnly) > 0 {
+			continue
+		}
+		measure := g.measure(s)
 		if ctx.Err() != nil {
 			figs = append(figs, scaleFigure{Name: "the rest", Err: "interrupted"})
 			break
