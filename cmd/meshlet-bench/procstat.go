@@ -19,6 +19,8 @@ type procSample struct {
 	RSSKiB int64         // VmRSS: resident set size now
 	HWMKiB int64         // VmHWM: peak resident set size so far
 	CPU    time.Duration // utime+stime: CPU time consumed so far
+	SysR   int64         // read syscalls so far (syscr of /proc/PID/io: read, recv and the like); -1 if unreadable
+	SysW   int64         // write syscalls so far (syscw: write, send and the like); -1 if unreadable
 	ok     bool          // the sample was read (set by sampleAll)
 }
 
@@ -46,7 +48,36 @@ func readProc(pid int) (procSample, error) {
 		}
 	}
 	s.CPU, err = readCPU(pid)
+	s.SysR, s.SysW = readSyscalls(pid)
 	return s, err
+}
+
+// readSyscalls returns the read and write syscalls pid made so far (syscr and syscw of /proc/PID/io: they count
+// every read/recv-like and write/send-like call, including those that would block); -1, -1 when the file cannot be
+// read (another user's process without privileges, or a kernel without task I/O accounting).
+func readSyscalls(pid int) (r, w int64) {
+	r, w = -1, -1
+	data, err := os.ReadFile(fmt.Sprintf("/proc/%d/io", pid))
+	if err != nil {
+		return r, w
+	}
+	for line := range strings.Lines(string(data)) {
+		key, val, ok := strings.Cut(strings.TrimSpace(line), ":")
+		if !ok {
+			continue
+		}
+		n, err := strconv.ParseInt(strings.TrimSpace(val), 10, 64)
+		if err != nil {
+			continue
+		}
+		switch key {
+		case "syscr":
+			r = n
+		case "syscw":
+			w = n
+		}
+	}
+	return r, w
 }
 
 // parseKiB parses a /proc/PID/status value such as "   12345 kB".

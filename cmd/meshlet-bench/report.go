@@ -91,8 +91,12 @@ type meshletStats struct {
 	CPUSeconds     float64 `json:"cpu_seconds_throughput"`
 	CPUPer1k       float64 `json:"cpu_seconds_per_1k_requests"`         // in the throughput phase
 	CPUPer1kAtRate float64 `json:"cpu_seconds_per_1k_requests_at_rate"` // in the open-loop phase
-	LogLines       int     `json:"log_lines"`                           // lines logged at level warn
-	StopSeconds    float64 `json:"stop_seconds"`                        // from SIGTERM to exit
+	// ReadsPerReq and WritesPerReq are the read and write syscalls per request in the throughput phase (from
+	// /proc/PID/io); 0 when they could not be read.
+	ReadsPerReq  float64 `json:"read_syscalls_per_request"`
+	WritesPerReq float64 `json:"write_syscalls_per_request"`
+	LogLines     int     `json:"log_lines"`    // lines logged at level warn
+	StopSeconds  float64 `json:"stop_seconds"` // from SIGTERM to exit
 	// Counted is the meshlet's own meshlet_requests_total for the path's direction (outbound for the
 	// 1-meshlet path and A, inbound for B), read after the path's phases.
 	Counted *requestCount `json:"metrics_requests,omitempty"`
@@ -172,16 +176,16 @@ func writeTable(w io.Writer, rep *report) {
 	for _, l := range pathLabels {
 		pathWidth = max(pathWidth, len(l))
 	}
-	fmt.Fprintf(tw, "PROTOCOL\t%-*s\tp50 ms\tp99 ms\tp99.9 ms\t+p50 ms\t+p99 ms\treq/s\tvs direct\terrors\tRSS idle MiB\tRSS load MiB\tCPU s/1k req\t\n", pathWidth, "PATH")
+	fmt.Fprintf(tw, "PROTOCOL\t%-*s\tp50 ms\tp99 ms\tp99.9 ms\t+p50 ms\t+p99 ms\treq/s\tvs direct\terrors\tRSS idle MiB\tRSS load MiB\tCPU s/1k req\tsyscalls/req r+w\t\n", pathWidth, "PATH")
 	for _, r := range rep.Results {
 		cols := []string{fmt.Sprintf("%-8s", protocolInfo[protocol(r.Protocol)].label), fmt.Sprintf("%-*s", pathWidth, pathLabels[pathKind(r.Path)])}
 		if r.Skipped != "" {
-			cols = append(cols, "-", "-", "-", "-", "-", "-", "-", "-", "-", "-", "-")
+			cols = append(cols, "-", "-", "-", "-", "-", "-", "-", "-", "-", "-", "-", "-")
 			fmt.Fprintln(tw, strings.Join(cols, "\t")+"\t  skipped: "+r.Skipped)
 			continue
 		}
 		if r.Failed != "" && r.Latency == nil {
-			cols = append(cols, "-", "-", "-", "-", "-", "-", "-", fmt.Sprint(r.Errors), "-", "-", "-")
+			cols = append(cols, "-", "-", "-", "-", "-", "-", "-", fmt.Sprint(r.Errors), "-", "-", "-", "-")
 			fmt.Fprintln(tw, strings.Join(cols, "\t")+"\t  FAILED")
 			continue
 		}
@@ -195,6 +199,8 @@ func writeTable(w io.Writer, rep *report) {
 	fmt.Fprintln(w, "\n+p50/+p99: the path's percentile minus direct's. vs direct: throughput ratio. "+
 		"2 meshlets: resource columns are A/B (A: app-side sidecar, B: backend-side sidecar).\n"+
 		"RSS load: VmRSS after the throughput phase. CPU s/1k req: utime+stime per 1000 requests in the throughput phase. "+
+		"syscalls/req r+w: read and write calls per request in the throughput phase (syscr/syscw of /proc/PID/io; "+
+		"recv/send-family calls, nginx's reads, are not counted).\n"+
 		"nginx: master+worker added up.")
 	writeIntercepted(w, rep)
 	writeVsNginx(w, rep)
@@ -258,12 +264,13 @@ func throughputCols(r *pathResult) []string {
 	return []string{fmt.Sprintf("%.0f", r.Throughput.RPS), ratio}
 }
 
-// resourceCols renders RSS idle, RSS at load and CPU per 1k requests, one value per process joined by "/".
+// resourceCols renders RSS idle, RSS at load, CPU per 1k requests and syscalls per request, one value per process
+// joined by "/".
 func resourceCols(ms []*meshletStats) []string {
 	if len(ms) == 0 {
-		return []string{"-", "-", "-"}
+		return []string{"-", "-", "-", "-"}
 	}
-	var idle, load, cpu []string
+	var idle, load, cpu, sys []string
 	for _, m := range ms {
 		idle = append(idle, fmtMiB(m.RSSIdleKiB))
 		load = append(load, fmtMiB(m.RSSLoadKiB))
@@ -272,8 +279,13 @@ func resourceCols(ms []*meshletStats) []string {
 		} else {
 			cpu = append(cpu, fmt.Sprintf("%.3f", m.CPUPer1k))
 		}
+		if m.ReadsPerReq == 0 && m.WritesPerReq == 0 {
+			sys = append(sys, "-")
+		} else {
+			sys = append(sys, fmt.Sprintf("%.1f+%.1f", m.ReadsPerReq, m.WritesPerReq))
+		}
 	}
-	return []string{strings.Join(idle, "/"), strings.Join(load, "/"), strings.Join(cpu, "/")}
+	return []string{strings.Join(idle, "/"), strings.Join(load, "/"), strings.Join(cpu, "/"), strings.Join(sys, "/")}
 }
 
 func fmtMiB(kib int64) string {

@@ -392,6 +392,10 @@ func (b *bench) runPath(ctx context.Context, p protocol, k pathKind, r *pathResu
 		m.CPUSeconds = (after[i].CPU - mid[i].CPU).Seconds()
 		if tp.Requests > 0 {
 			m.CPUPer1k = m.CPUSeconds / float64(tp.Requests) * 1000
+			if after[i].SysR >= 0 && mid[i].SysR >= 0 {
+				m.ReadsPerReq = float64(after[i].SysR-mid[i].SysR) / float64(tp.Requests)
+				m.WritesPerReq = float64(after[i].SysW-mid[i].SysW) / float64(tp.Requests)
+			}
 		}
 		if lat.Count > 0 {
 			m.CPUPer1kAtRate = (mid[i].CPU - before[i].CPU).Seconds() / float64(lat.Count) * 1000
@@ -423,6 +427,12 @@ func (m *meshletStats) sample() procSample {
 		sum.RSSKiB += s.RSSKiB
 		sum.HWMKiB += s.HWMKiB
 		sum.CPU += s.CPU
+		if s.SysR < 0 || sum.SysR < 0 {
+			sum.SysR, sum.SysW = -1, -1
+		} else {
+			sum.SysR += s.SysR
+			sum.SysW += s.SysW
+		}
 	}
 	sum.ok = true
 	return sum
