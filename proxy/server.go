@@ -104,7 +104,10 @@ func (l *httpListener) shutdown(ctx context.Context) error {
 func (l *httpListener) addr() string   { return l.ln.Addr().String() }
 func (l *httpListener) closeUnserved() { l.ln.Close() }
 func (t *tcpProxy) addr() string       { return t.ln.Addr().String() }
-func (t *tcpProxy) closeUnserved()     { t.ln.Close() }
+func (t *tcpProxy) closeUnserved() {
+	t.ln.Close()
+	t.conns.wg.Done() // the accept loop that will not run
+}
 
 // listen binds addr, naming the config field in the error.
 func listen(field, addr string) (net.Listener, error) {

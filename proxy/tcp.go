@@ -27,27 +27,36 @@ func newTCPProxy(u *cluster, ln net.Listener, direction, label string, log *slog
 	if idle <= 0 {
 		idle = DefaultTCPIdleTimeout
 	}
-	return &tcpProxy{cluster: u, ln: ln, direction: direction, label: label, log: log, idle: idle}
+	t := &tcpProxy{cluster: u, ln: ln, direction: direction, label: label, log: log, idle: idle}
+	t.conns.wg.Add(1) // the accept loop (serve), counted before it runs so that a shutdown right after waits for it
+	return t
 }
 
 // serve accepts connections until the listener is closed. Errors such as running out of file descriptors pause
 // accepting briefly instead of ending it.
 func (t *tcpProxy) serve() {
+	defer t.conns.wg.Done()
 	open := t.cluster.m.ConnectionsOpen.WithLabelValues(t.direction, t.label)
 	total := t.cluster.m.Connections.WithLabelValues(t.direction, t.label)
 	acceptEach(t.ln, t.label, t.log, func(c net.Conn) {
+		// Counted while the accept loop's own count holds the WaitGroup above zero: a shutdown waits for it.
+		if !t.conns.add(c) {
+			c.Close() // accepted as the shutdown closed the last connections
+			return
+		}
 		total.Inc()
 		open.Inc()
-		t.conns.add(c)
-		t.conns.wg.Add(1)
 		go func() {
-			defer t.conns.wg.Done()
+			defer t.conns.done(c)
 			defer open.Dec()
-			defer t.conns.remove(c)
 			t.handle(c)
 		}()
 	})
 }
+
+// testHookAccepted, when set (by tests, before the listener starts), runs after each Accept, before the connection
+// is taken.
+var testHookAccepted func()
 
 // acceptEach hands each connection ln accepts to take until ln is closed. Errors such as running out of file
 // descriptors pause accepting (5 ms, doubling up to 1 s) instead of ending it.
@@ -65,6 +74,9 @@ func acceptEach(ln net.Listener, label string, log *slog.Logger, take func(net.C
 			continue
 		}
 		delay = 0
+		if testHookAccepted != nil {
+			testHookAccepted()
+		}
 		take(c)
 	}
 }
@@ -166,24 +178,34 @@ func (t *tcpProxy) shutdown(ctx context.Context) error {
 // connSet is a listener's open connections and the goroutines serving them, for its shutdown. The zero value is
 // ready.
 type connSet struct {
-	wg   sync.WaitGroup // the goroutines serving the connections
-	mu   sync.Mutex
-	open map[net.Conn]struct{}
+	wg     sync.WaitGroup // the goroutines serving the connections (and whatever else the owner counts)
+	mu     sync.Mutex
+	open   map[net.Conn]struct{}
+	closed bool // drain closed the open connections: no more are taken
 }
 
-func (s *connSet) add(c net.Conn) {
+// add counts c and the goroutine that will serve it (which calls done); false, when drain already closed the open
+// connections, means c must be closed instead of served.
+func (s *connSet) add(c net.Conn) bool {
 	s.mu.Lock()
 	defer s.mu.Unlock()
+	if s.closed {
+		return false
+	}
 	if s.open == nil {
 		s.open = map[net.Conn]struct{}{}
 	}
 	s.open[c] = struct{}{}
+	s.wg.Add(1)
+	return true
 }
 
-func (s *connSet) remove(c net.Conn) {
+// done ends what add counted for c.
+func (s *connSet) done(c net.Conn) {
 	s.mu.Lock()
-	defer s.mu.Unlock()
 	delete(s.open, c)
+	s.mu.Unlock()
+	s.wg.Done()
 }
 
 // drain waits for the goroutines until ctx ends, then closes the connections still open and waits for the
@@ -200,6 +222,7 @@ func (s *connSet) drain(ctx context.Context) error {
 	case <-ctx.Done():
 	}
 	s.mu.Lock()
+	s.closed = true
 	for c := range s.open {
 		c.Close()
 	}

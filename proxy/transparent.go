@@ -276,9 +276,11 @@ func (t *transparentListener) take(c net.Conn) {
 		return
 	}
 	t.outcomes.WithLabelValues(metrics.OutboundPassthrough).Inc()
-	t.track(c, true)
-	defer t.track(c, false)
 	defer c.Close()
+	if !t.track(c) {
+		return
+	}
+	defer t.untrack(c)
 	t.passthrough(c, dst)
 }
 
@@ -298,9 +300,11 @@ func (t *transparentListener) toUpstream(c net.Conn, cl *cluster) {
 		relay = kind != DetectHTTP1 && kind != DetectHTTP2
 	}
 	if relay {
-		t.track(c, true)
-		defer t.track(c, false)
 		defer c.Close()
+		if !t.track(c) {
+			return
+		}
+		defer t.untrack(c)
 		cl.relay(c, t.idle, t.log)
 		return
 	}
@@ -339,16 +343,20 @@ func (t *transparentListener) passthrough(c net.Conn, dst netip.AddrPort) {
 }
 
 // track records a relayed or passed-through connection while it is open (the HTTP server counts its own in
-// meshlet_connections_open and meshlet_connections_total).
-func (t *transparentListener) track(c net.Conn, add bool) {
-	if add {
-		t.open.add(c)
-		t.p.m.Connections.WithLabelValues(metrics.Outbound, "outbound").Inc()
-		t.p.m.ConnectionsOpen.WithLabelValues(metrics.Outbound, "outbound").Inc()
-	} else {
-		t.open.remove(c)
-		t.p.m.ConnectionsOpen.WithLabelValues(metrics.Outbound, "outbound").Dec()
+// meshlet_connections_open and meshlet_connections_total); false: the listener's shutdown already closed the
+// open connections, and c is not served. untrack ends what track recorded.
+func (t *transparentListener) track(c net.Conn) bool {
+	if !t.open.add(c) {
+		return false
 	}
+	t.p.m.Connections.WithLabelValues(metrics.Outbound, "outbound").Inc()
+	t.p.m.ConnectionsOpen.WithLabelValues(metrics.Outbound, "outbound").Inc()
+	return true
+}
+
+func (t *transparentListener) untrack(c net.Conn) {
+	t.open.done(c)
+	t.p.m.ConnectionsOpen.WithLabelValues(metrics.Outbound, "outbound").Dec()
 }
 
 // shutdown stops accepting, shuts the HTTP server down and waits for relayed connections until ctx ends, then
