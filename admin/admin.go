@@ -11,6 +11,7 @@ import (
 	"net/http"
 	"regexp"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -64,7 +65,7 @@ func (c *Config) Validate() error {
 		errs = append(errs, fmt.Errorf("admin.listen: %q must be host:port", c.Listen))
 	}
 	for i, h := range c.AllowedHosts {
-		if !hostName.MatchString(h) {
+		if !hostName().MatchString(h) {
 			errs = append(errs, fmt.Errorf("admin.allowed_hosts[%d]: %q must be a host name without a port (IP addresses and localhost are always allowed)", i, h))
 		}
 	}
@@ -75,7 +76,9 @@ func (c *Config) Validate() error {
 }
 
 // hostName is a DNS name: labels of letters, digits and hyphens (underscores too, as some DNS names have them).
-var hostName = regexp.MustCompile(`^[A-Za-z0-9_]([A-Za-z0-9_-]{0,61}[A-Za-z0-9_])?(\.[A-Za-z0-9_]([A-Za-z0-9_-]{0,61}[A-Za-z0-9_])?)*\.?$`)
+var hostName = sync.OnceValue(func() *regexp.Regexp {
+	return regexp.MustCompile(`^[A-Za-z0-9_]([A-Za-z0-9_-]{0,61}[A-Za-z0-9_])?(\.[A-Za-z0-9_]([A-Za-z0-9_-]{0,61}[A-Za-z0-9_])?)*\.?$`)
+})
 
 // Options are the views and actions the admin server exposes. Nil functions turn their endpoint off (404).
 type Options struct {

@@ -16,11 +16,6 @@ import (
 	"strings"
 	"sync/atomic"
 	"time"
-
-	"google.golang.org/grpc"
-	"google.golang.org/grpc/credentials/insecure"
-	healthpb "google.golang.org/grpc/health/grpc_health_v1"
-	"google.golang.org/grpc/status"
 )
 
 // Check is the app's own health check (service.check), run by the Consul agent: an HTTP GET (2xx passing, 429
@@ -166,24 +161,16 @@ var (
 )
 
 // probeGRPC runs grpc.health.v1.Health/Check on a connection of its own (closed after the probe) over plaintext
-// HTTP/2, as Consul's gRPC check does without TLS, and as the kubelet's grpc probe does.
+// HTTP/2, as Consul's gRPC check does without TLS, and as the kubelet's grpc probe does. It speaks the call
+// itself (healthcheck.go): meshlet does not link a gRPC client for one unary call.
 func (c *Check) probeGRPC(ctx context.Context) error {
 	addr, service, _ := strings.Cut(c.GRPC, "/")
-	conn, err := grpc.NewClient("passthrough:///"+addr, grpc.WithTransportCredentials(insecure.NewCredentials()),
-		grpc.WithUserAgent("meshlet app check"))
+	st, err := healthCheck(ctx, addr, service)
 	if err != nil {
 		return fmt.Errorf("app check grpc %s: %w", c.GRPC, err)
 	}
-	defer conn.Close()
-	resp, err := healthpb.NewHealthClient(conn).Check(ctx, &healthpb.HealthCheckRequest{Service: service})
-	if err != nil {
-		if st, ok := status.FromError(err); ok {
-			return fmt.Errorf("app check grpc %s: %s: %s", c.GRPC, st.Code(), st.Message())
-		}
-		return fmt.Errorf("app check grpc %s: %w", c.GRPC, err)
-	}
-	if s := resp.GetStatus(); s != healthpb.HealthCheckResponse_SERVING {
-		return fmt.Errorf("app check grpc %s: status %s", c.GRPC, s)
+	if st != servingStatusServing {
+		return fmt.Errorf("app check grpc %s: status %s", c.GRPC, st)
 	}
 	return nil
 }

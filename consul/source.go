@@ -133,7 +133,7 @@ func (c *Config) Validate(prefix string) error {
 		bad("token_file", "set token or token_file, not both")
 	}
 	for _, f := range []struct{ name, v string }{{"namespace", c.Namespace}, {"partition", c.Partition}} {
-		if f.v != "" && !consulName.MatchString(f.v) {
+		if f.v != "" && !consulName().MatchString(f.v) {
 			bad(f.name, fmt.Sprintf("%q is not a Consul %s name (letters, digits and '-', at most 64, starting and ending with a letter or digit)", f.v, f.name))
 		}
 	}
@@ -158,7 +158,9 @@ func (c *Config) Validate(prefix string) error {
 }
 
 // consulName is the form of a Consul namespace or admin partition name.
-var consulName = regexp.MustCompile(`^[a-zA-Z0-9]([a-zA-Z0-9-]{0,62}[a-zA-Z0-9])?$`)
+var consulName = sync.OnceValue(func() *regexp.Regexp {
+	return regexp.MustCompile(`^[a-zA-Z0-9]([a-zA-Z0-9-]{0,62}[a-zA-Z0-9])?$`)
+})
 
 // apiConfig turns c into the client library's config, reading the token file.
 func (c *Config) apiConfig() (*api.Config, error) {

@@ -57,6 +57,9 @@ func FuzzEncodeMessage(f *testing.F) {
 		if dec != msg {
 			t.Fatalf("EncodeMessage(%q) = %q decodes to %q", msg, enc, dec)
 		}
+		if dec := DecodeMessage(enc); dec != msg {
+			t.Fatalf("EncodeMessage(%q) = %q: DecodeMessage gives %q", msg, enc, dec)
+		}
 	})
 }
 

@@ -8,8 +8,6 @@ import (
 	"strconv"
 	"strings"
 	"time"
-
-	"google.golang.org/grpc/codes"
 )
 
 // Header names of the gRPC protocol, in net/http's canonical form.
@@ -92,7 +90,7 @@ func EncodeTimeout(d time.Duration) string {
 
 // Status returns the gRPC status carried by a response's headers (a trailers-only response) or trailers, and
 // whether there was one.
-func Status(resp *http.Response) (codes.Code, bool) {
+func Status(resp *http.Response) (Code, bool) {
 	v := resp.Header.Get(HeaderStatus)
 	if v == "" && resp.Trailer != nil {
 		v = resp.Trailer.Get(HeaderStatus)
@@ -104,17 +102,17 @@ func Status(resp *http.Response) (codes.Code, bool) {
 }
 
 // ParseStatus parses a grpc-status value; a missing or malformed one is Unknown, as gRPC clients read it.
-func ParseStatus(v string) codes.Code {
+func ParseStatus(v string) Code {
 	n, err := strconv.Atoi(v)
-	if err != nil || n < 0 || n > int(codes.Unauthenticated) {
-		return codes.Unknown
+	if err != nil || n < 0 || n > int(Unauthenticated) {
+		return Unknown
 	}
-	return codes.Code(n)
+	return Code(n)
 }
 
 // WriteStatus answers a gRPC call with a trailers-only response: HTTP 200 and the status in the headers, msg
 // percent-encoded (EncodeMessage).
-func WriteStatus(w http.ResponseWriter, code codes.Code, msg string) {
+func WriteStatus(w http.ResponseWriter, code Code, msg string) {
 	h := w.Header()
 	h.Set("Content-Type", contentType)
 	h.Set(HeaderStatus, strconv.Itoa(int(code)))
@@ -137,4 +135,36 @@ func EncodeMessage(msg string) string {
 		b.WriteByte(hex[c&15])
 	}
 	return b.String()
+}
+
+// DecodeMessage decodes a percent-encoded grpc-message value (EncodeMessage's inverse), as gRPC clients do: a '%'
+// not followed by two hex digits stays as it is.
+func DecodeMessage(v string) string {
+	if !strings.Contains(v, "%") {
+		return v
+	}
+	var b strings.Builder
+	for i := 0; i < len(v); i++ {
+		if v[i] == '%' && i+2 < len(v) {
+			if hi, lo := unhex(v[i+1]), unhex(v[i+2]); hi >= 0 && lo >= 0 {
+				b.WriteByte(byte(hi<<4 | lo))
+				i += 2
+				continue
+			}
+		}
+		b.WriteByte(v[i])
+	}
+	return b.String()
+}
+
+func unhex(c byte) int {
+	switch {
+	case c >= '0' && c <= '9':
+		return int(c - '0')
+	case c >= 'a' && c <= 'f':
+		return int(c-'a') + 10
+	case c >= 'A' && c <= 'F':
+		return int(c-'A') + 10
+	}
+	return -1
 }

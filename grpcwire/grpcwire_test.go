@@ -58,6 +58,18 @@ func TestEncodeMessage(t *testing.T) {
 	}
 }
 
+// TestDecodeMessage: a grpc-message is percent-decoded; a '%' without two hex digits after it stays.
+func TestDecodeMessage(t *testing.T) {
+	for in, want := range map[string]string{
+		"plain": "plain", "100%25 sure": "100% sure", "%C3%BCn%c3%afcode": "ünïcode", "line%0Abreak": "line\nbreak",
+		"": "", "50%": "50%", "%4": "%4", "%zz%41": "%zzA", "%%41": "%A",
+	} {
+		if got := DecodeMessage(in); got != want {
+			t.Errorf("DecodeMessage(%q) = %q, want %q", in, got, want)
+		}
+	}
+}
+
 func TestIsGRPC(t *testing.T) {
 	for ct, want := range map[string]bool{
 		"application/grpc":               true,

@@ -14,6 +14,7 @@ import (
 	"io"
 	"regexp"
 	"strings"
+	"sync"
 
 	"go.yaml.in/yaml/v3"
 )
@@ -117,7 +118,7 @@ func Inject(w io.Writer, r io.Reader, cfg Config) (Stats, error) {
 	return st, err
 }
 
-var docSeparator = regexp.MustCompile(`^---(\s|$)`)
+var docSeparator = sync.OnceValue(func() *regexp.Regexp { return regexp.MustCompile(`^---(\s|$)`) })
 
 // splitDocuments cuts a YAML stream before each "---" line. Each part keeps its separator line, so that the parts
 // joined are the input.
@@ -131,7 +132,7 @@ func splitDocuments(in []byte) [][]byte {
 		} else {
 			end += off + 1
 		}
-		if off > start && docSeparator.Match(in[off:end]) {
+		if off > start && docSeparator().Match(in[off:end]) {
 			parts = append(parts, in[start:off])
 			start = off
 		}
@@ -171,7 +172,7 @@ func injectDocument(chunk []byte, cfg Config, st *Stats) ([]byte, error) {
 	if bytes.Equal(before, after) {
 		return chunk, nil
 	}
-	if docSeparator.Match(chunk) {
+	if docSeparator().Match(chunk) {
 		after = append([]byte("---\n"), after...)
 	}
 	return after, nil

@@ -9,6 +9,7 @@ import (
 	"regexp"
 	"strconv"
 	"strings"
+	"sync"
 	"time"
 
 	"go.yaml.in/yaml/v3"
@@ -250,7 +251,7 @@ func existingDrainToken(spec *yaml.Node, cfg Config) string {
 		}
 		if hs := get(get(pre, "httpGet"), "httpHeaders"); hs != nil && hs.Kind == yaml.SequenceNode {
 			for _, h := range hs.Content {
-				if v := scalar(get(h, "value")); strings.EqualFold(scalar(get(h, "name")), HeaderDrainToken) && drainTokenRE.MatchString(v) {
+				if v := scalar(get(h, "value")); strings.EqualFold(scalar(get(h, "name")), HeaderDrainToken) && drainTokenRE().MatchString(v) {
 					return v
 				}
 			}
@@ -260,7 +261,7 @@ func existingDrainToken(spec *yaml.Node, cfg Config) string {
 }
 
 // drainTokenRE is a token injection made (32 hex digits), or one as long and as plain.
-var drainTokenRE = regexp.MustCompile(`^[0-9A-Za-z_-]{16,256}$`)
+var drainTokenRE = sync.OnceValue(func() *regexp.Regexp { return regexp.MustCompile(`^[0-9A-Za-z_-]{16,256}$`) })
 
 // isDrainHook reports whether a preStop handler is the one injection adds: GET /drain on the admin port.
 func isDrainHook(pre *yaml.Node, cfg Config) bool {

@@ -9,6 +9,7 @@ import (
 	"regexp"
 	"strconv"
 	"strings"
+	"sync"
 	"time"
 
 	"go.yaml.in/yaml/v3"
@@ -143,9 +144,9 @@ var newDrainToken = func() string {
 	return hex.EncodeToString(b)
 }
 
-var dnsLabel = regexp.MustCompile(`^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$`)
+var dnsLabel = sync.OnceValue(func() *regexp.Regexp { return regexp.MustCompile(`^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$`) })
 
-var dnsSubdomain = regexp.MustCompile(`^[a-z0-9]([-a-z0-9.]{0,251}[a-z0-9])?$`)
+var dnsSubdomain = sync.OnceValue(func() *regexp.Regexp { return regexp.MustCompile(`^[a-z0-9]([-a-z0-9.]{0,251}[a-z0-9])?$`) })
 
 var protocols = map[string]bool{"http": true, "http2": true, "grpc": true, "tcp": true}
 
@@ -158,7 +159,7 @@ func podParamsFrom(meta, spec *yaml.Node, ann map[string]string, workload string
 	}
 	labels := get(meta, "labels")
 	p.service = firstNonEmpty(ann[AnnotationService], scalar(get(labels, "app.kubernetes.io/name")), scalar(get(labels, "app")), workload)
-	if !dnsLabel.MatchString(p.service) {
+	if !dnsLabel().MatchString(p.service) {
 		bad(AnnotationService, "%q must be a lowercase DNS label (set the annotation)", p.service)
 	}
 	switch v := ann[AnnotationAppPort]; v {
@@ -207,7 +208,7 @@ func podParamsFrom(meta, spec *yaml.Node, ann map[string]string, workload string
 		p.native = b
 	}
 	if v := ann[AnnotationTLSSecret]; v != "" {
-		if !dnsSubdomain.MatchString(v) {
+		if !dnsSubdomain().MatchString(v) {
 			bad(AnnotationTLSSecret, "%q must be a Secret name", v)
 		}
 		p.tlsSecret = v
@@ -357,7 +358,7 @@ func parseUpstreams(v string) ([]upstream, error) {
 			return nil, fmt.Errorf("%q must be name:port or name:port:protocol", item)
 		}
 		name := parts[0]
-		if !dnsLabel.MatchString(name) {
+		if !dnsLabel().MatchString(name) {
 			return nil, fmt.Errorf("%q: name must be a lowercase DNS label", item)
 		}
 		if seen[name] {
@@ -418,13 +419,13 @@ func firstContainerPort(spec *yaml.Node) (int, error) {
 	return 0, nil
 }
 
-var decimalPort = regexp.MustCompile(`^[1-9][0-9]{0,4}$`)
+var decimalPort = sync.OnceValue(func() *regexp.Regexp { return regexp.MustCompile(`^[1-9][0-9]{0,4}$`) })
 
 // portNumber reads v as a port written as a plain decimal number (no quotes, sign, leading zero, hex or
 // underscores, which kubectl's YAML 1.1 reader would read otherwise) in 1..65535; false otherwise, with the number
 // when it is one but too large.
 func portNumber(v *yaml.Node) (int, bool) {
-	if v == nil || v.Kind != yaml.ScalarNode || v.Tag != "!!int" || !decimalPort.MatchString(v.Value) {
+	if v == nil || v.Kind != yaml.ScalarNode || v.Tag != "!!int" || !decimalPort().MatchString(v.Value) {
 		return 0, false
 	}
 	n, err := strconv.Atoi(v.Value)

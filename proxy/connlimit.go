@@ -8,7 +8,7 @@ import (
 	"sync/atomic"
 	"time"
 
-	"google.golang.org/grpc/codes"
+	"meshlet.dev/meshlet/grpcwire"
 )
 
 // Connection limits: each data-plane listener (HTTP and TCP) holds at most its max_connections client connections
@@ -24,7 +24,7 @@ import (
 const fdReserve = 128
 
 // errFDBudget fails an upstream connection that the file-descriptor budget has no room for.
-var errFDBudget error = &clientFault{answer{reason: reasonFDBudget, status: http.StatusServiceUnavailable, code: codes.Unavailable,
+var errFDBudget error = &clientFault{answer{reason: reasonFDBudget, status: http.StatusServiceUnavailable, code: grpcwire.Unavailable,
 	msg: "meshlet: out of file descriptors for upstream connections (raise the open-file limit)"}}
 
 // connBudget counts connections against the file-descriptor budget.

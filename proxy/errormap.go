@@ -7,8 +7,6 @@ import (
 	"net/http"
 	"time"
 
-	"google.golang.org/grpc/codes"
-
 	"meshlet.dev/meshlet/grpcwire"
 	"meshlet.dev/meshlet/metrics"
 )
@@ -42,7 +40,7 @@ func (c *cluster) proxyError(w http.ResponseWriter, r *http.Request, err error) 
 		c.obs.errors[reasonIdle].Inc()
 		msg := fmt.Sprintf("upstream %s: no byte either way for %s (stream_idle_timeout)", c.name, c.streamIdle)
 		noteError(w, msg)
-		a := answer{reason: reasonIdle, status: http.StatusRequestTimeout, code: codes.DeadlineExceeded, msg: "meshlet: " + msg}
+		a := answer{reason: reasonIdle, status: http.StatusRequestTimeout, code: grpcwire.DeadlineExceeded, msg: "meshlet: " + msg}
 		a.write(w, grpc, true)
 		return
 	}
@@ -95,7 +93,7 @@ func (c *cluster) fail(w http.ResponseWriter, r *http.Request, grpc bool, status
 	noteError(w, msg)
 	a := answer{reason: reason, status: status, code: grpcCodeForHTTP(status), msg: "meshlet: " + msg}
 	if reason == reasonOverflow {
-		a.code = codes.ResourceExhausted
+		a.code = grpcwire.ResourceExhausted
 	}
 	a.write(w, grpc, false)
 }

@@ -3,7 +3,7 @@ package proxy
 import (
 	"net/http"
 
-	"google.golang.org/grpc/codes"
+	"meshlet.dev/meshlet/grpcwire"
 )
 
 // notGRPC stands for "no gRPC status" where a gRPC code is expected.
@@ -17,23 +17,23 @@ func grpcCodeName(code int) string {
 	if code == notGRPC {
 		return ""
 	}
-	return codes.Code(code).String()
+	return grpcwire.Code(code).String()
 }
 
 // grpcCodeForHTTP maps the HTTP status meshlet would have answered to the gRPC code it answers instead.
-func grpcCodeForHTTP(status int) codes.Code {
+func grpcCodeForHTTP(status int) grpcwire.Code {
 	switch status {
 	case http.StatusGatewayTimeout:
-		return codes.DeadlineExceeded
+		return grpcwire.DeadlineExceeded
 	case http.StatusNotFound, http.StatusMethodNotAllowed:
-		return codes.Unimplemented
+		return grpcwire.Unimplemented
 	case http.StatusBadRequest:
-		return codes.Internal
+		return grpcwire.Internal
 	case http.StatusTooManyRequests:
-		return codes.ResourceExhausted
+		return grpcwire.ResourceExhausted
 	case http.StatusForbidden:
-		return codes.PermissionDenied
+		return grpcwire.PermissionDenied
 	default:
-		return codes.Unavailable
+		return grpcwire.Unavailable
 	}
 }

@@ -15,7 +15,6 @@ import (
 	"time"
 
 	"golang.org/x/net/http/httpguts"
-	"google.golang.org/grpc/codes"
 
 	"meshlet.dev/meshlet/grpcwire"
 	"meshlet.dev/meshlet/proxy/h1guard"
@@ -36,8 +35,8 @@ func validTarget(s string) bool {
 // Every error answer meshlet writes itself is written by answer.write.
 type answer struct {
 	reason string
-	status int        // HTTP answer
-	code   codes.Code // gRPC answer
+	status int           // HTTP answer
+	code   grpcwire.Code // gRPC answer
 	msg    string
 }
 
@@ -67,7 +66,7 @@ func (e *clientFault) NotEndpointFault() bool { return true }
 
 // errMalformedBody is h1guard.ErrMalformedBody as the client's fault: a request whose chunked framing is broken
 // (the connection is not reused).
-var errMalformedBody error = &clientFault{answer{reason: h1guard.ReasonBrokenBody, status: http.StatusBadRequest, code: codes.Internal,
+var errMalformedBody error = &clientFault{answer{reason: h1guard.ReasonBrokenBody, status: http.StatusBadRequest, code: grpcwire.Internal,
 	msg: "meshlet: malformed chunked request body"}}
 
 // refusedLog logs refused requests and denied callers, at most one line per second (logLimiter): a client that
@@ -130,7 +129,7 @@ func (p *Proxy) guarded(direction, listener string, lim ListenerLimits, h http.H
 		if v := r.Header.Get(grpcwire.HeaderTimeout); grpc && v != "" {
 			if _, ok := grpcwire.ParseTimeout(v); !ok {
 				p.countRefused(r, direction, listener, refusedGRPCTimeout, http.StatusOK)
-				a := answer{reason: reasonMalformed, status: http.StatusBadRequest, code: codes.Internal,
+				a := answer{reason: reasonMalformed, status: http.StatusBadRequest, code: grpcwire.Internal,
 					msg: fmt.Sprintf("meshlet: malformed grpc-timeout %q", v)}
 				a.write(w, true, false)
 				return
@@ -273,7 +272,7 @@ func (b *stallBody) Read(p []byte) (int, error) {
 	case err == nil:
 	case errors.Is(err, os.ErrDeadlineExceeded) && !time.Now().Before(deadline):
 		// (A deadline that fired before ours is the handler ending the read: abortBody.)
-		f := &clientFault{answer{reason: refusedBodyTimeout, status: http.StatusRequestTimeout, code: codes.Canceled,
+		f := &clientFault{answer{reason: refusedBodyTimeout, status: http.StatusRequestTimeout, code: grpcwire.Canceled,
 			msg: fmt.Sprintf("meshlet: the request body stalled for %s (read_body_timeout)", b.d)}}
 		b.mu.Lock()
 		b.err = f
@@ -338,11 +337,11 @@ func (f *grpcFrames) Read(p []byte) (int, error) {
 		size := binary.BigEndian.Uint32(f.prefix[1:])
 		switch {
 		case f.prefix[0] > 1:
-			f.err = &clientFault{answer{reason: refusedGRPCFrame, status: http.StatusBadRequest, code: codes.Internal,
+			f.err = &clientFault{answer{reason: refusedGRPCFrame, status: http.StatusBadRequest, code: grpcwire.Internal,
 				msg: fmt.Sprintf("meshlet: invalid gRPC message prefix (compressed flag %d)", f.prefix[0])}}
 		case size > f.limit:
 			f.err = &clientFault{answer{reason: refusedGRPCTooLarge, status: http.StatusRequestEntityTooLarge,
-				code: codes.ResourceExhausted, msg: fmt.Sprintf("meshlet: gRPC message of %d bytes is larger "+
+				code: grpcwire.ResourceExhausted, msg: fmt.Sprintf("meshlet: gRPC message of %d bytes is larger "+
 					"than the limit of %d bytes (max_grpc_message_bytes)", size, f.limit)}}
 		}
 		if f.err != nil {
@@ -352,7 +351,7 @@ func (f *grpcFrames) Read(p []byte) (int, error) {
 		f.left = uint64(size)
 	}
 	if errors.Is(err, io.EOF) && (f.have > 0 || f.left > 0) {
-		f.err = &clientFault{answer{reason: refusedGRPCFrame, status: http.StatusBadRequest, code: codes.Internal,
+		f.err = &clientFault{answer{reason: refusedGRPCFrame, status: http.StatusBadRequest, code: grpcwire.Internal,
 			msg: "meshlet: the gRPC request body ends inside a message"}}
 		f.shared.Store(f.err)
 		return 0, f.err

@@ -12,7 +12,6 @@ import (
 	"syscall"
 
 	"golang.org/x/net/http2"
-	"google.golang.org/grpc/codes"
 
 	"meshlet.dev/meshlet/grpcwire"
 )
@@ -88,9 +87,9 @@ func ClassifyError(err error) Kind {
 
 // ServerFailed reports whether a gRPC code means the server failed (counted against the endpoint), rather than
 // the caller's request being wrong.
-func ServerFailed(c codes.Code) bool {
+func ServerFailed(c grpcwire.Code) bool {
 	switch c {
-	case codes.Unavailable, codes.Internal, codes.Unknown, codes.DataLoss, codes.DeadlineExceeded:
+	case grpcwire.Unavailable, grpcwire.Internal, grpcwire.Unknown, grpcwire.DataLoss, grpcwire.DeadlineExceeded:
 		return true
 	}
 	return false
@@ -120,22 +119,22 @@ var ErrExcluded = errors.New("outcome excluded: the client went away")
 // condition is one parsed retry_on entry.
 type condition struct {
 	name     string
-	kind     Kind       // for failure kinds
-	status   int        // for an HTTP status
-	grpcCode codes.Code // for a gRPC code
+	kind     Kind          // for failure kinds
+	status   int           // for an HTTP status
+	grpcCode grpcwire.Code // for a gRPC code
 	isGRPC   bool
 }
 
 // grpcCodeNames maps retry_on spellings of gRPC codes ("resource-exhausted", "resource_exhausted") to codes.
-func grpcCodeByName(name string) (codes.Code, bool) {
+func grpcCodeByName(name string) (grpcwire.Code, bool) {
 	n := strings.ReplaceAll(strings.ReplaceAll(strings.ToLower(name), "-", ""), "_", "")
-	for c := codes.OK; c <= codes.Unauthenticated; c++ {
+	for c := grpcwire.OK; c <= grpcwire.Unauthenticated; c++ {
 		if strings.ToLower(c.String()) == n {
 			return c, true
 		}
 	}
 	if n == "cancelled" {
-		return codes.Canceled, true
+		return grpcwire.Canceled, true
 	}
 	return 0, false
 }
@@ -157,7 +156,7 @@ func parseCondition(s string) (condition, error) {
 		}
 		return condition{name: s, status: n}, nil
 	}
-	if c, ok := grpcCodeByName(s); ok && c != codes.OK {
+	if c, ok := grpcCodeByName(s); ok && c != grpcwire.OK {
 		return condition{name: strings.ToLower(s), grpcCode: c, isGRPC: true}, nil
 	}
 	return condition{}, fmt.Errorf("%q is not a retry condition (connect-failure, reset, refused-stream, gateway-error, a status code such as 503, or a gRPC code such as unavailable)", s)

@@ -14,8 +14,6 @@ import (
 	"sync"
 	"sync/atomic"
 	"time"
-
-	"google.golang.org/grpc/codes"
 )
 
 // Why a retry was suppressed: the values of the why label of meshlet_retries_suppressed_total.
@@ -35,14 +33,14 @@ type RetryPolicy struct {
 	kinds         map[Kind]string
 	gatewayError  bool
 	statuses      map[int]string
-	grpcCodes     map[codes.Code]string
+	grpcCodes     map[grpcwire.Code]string
 }
 
 // NewRetryPolicy parses cfg (defaults applied).
 func NewRetryPolicy(cfg RetryConfig) (*RetryPolicy, error) {
 	p := &RetryPolicy{maxAttempts: cfg.MaxAttempts, perTryTimeout: cfg.PerTryTimeout, base: cfg.Backoff.Base,
 		max: cfg.Backoff.Max, maxBody: cfg.MaxBodyBytes, kinds: map[Kind]string{}, statuses: map[int]string{},
-		grpcCodes: map[codes.Code]string{}}
+		grpcCodes: map[grpcwire.Code]string{}}
 	for _, s := range cfg.RetryOn {
 		c, err := parseCondition(s)
 		if err != nil {

@@ -12,6 +12,7 @@ import (
 	"regexp"
 	"slices"
 	"strings"
+	"sync"
 	"time"
 
 	"go.yaml.in/yaml/v3"
@@ -189,7 +190,7 @@ func finishConfig(path string, cfg *fileConfig) (*fileConfig, error) {
 	return cfg, nil
 }
 
-var yamlNotFound = regexp.MustCompile(`field (\S+) not found in type \S+`)
+var yamlNotFound = sync.OnceValue(func() *regexp.Regexp { return regexp.MustCompile(`field (\S+) not found in type \S+`) })
 
 // decodeConfig decodes YAML strictly: unknown fields are errors that name the field and its line.
 func decodeConfig(data []byte) (*fileConfig, error) {

@@ -5,15 +5,16 @@ import (
 	"regexp"
 	"strconv"
 	"strings"
+	"sync"
 
 	"go.yaml.in/yaml/v3"
 )
 
 // yamlLine is a YAML decoder message: its line and the rest.
-var yamlLine = regexp.MustCompile(`^line (\d+): (.*)$`)
+var yamlLine = sync.OnceValue(func() *regexp.Regexp { return regexp.MustCompile(`^line (\d+): (.*)$`) })
 
 // yamlCannot is a type error of the YAML decoder: the YAML tag, the value and the Go type it could not fill.
-var yamlCannot = regexp.MustCompile("^cannot unmarshal (!!\\S+) `(.*)` into (\\S+)$")
+var yamlCannot = sync.OnceValue(func() *regexp.Regexp { return regexp.MustCompile("^cannot unmarshal (!!\\S+) `(.*)` into (\\S+)$") })
 
 // typeErrors rewrites the messages of a yaml.TypeError with the field path of each ("upstreams[0].timeout: 5 must
 // be a duration such as 5s (line 10)"), found in data's node tree by line.
@@ -23,21 +24,21 @@ func typeErrors(data []byte, msgs []string) []string {
 	out := make([]string, len(msgs))
 	for i, m := range msgs {
 		out[i] = m
-		lm := yamlLine.FindStringSubmatch(m)
+		lm := yamlLine().FindStringSubmatch(m)
 		if lm == nil {
 			continue
 		}
 		line, _ := strconv.Atoi(lm[1])
 		switch {
-		case yamlNotFound.MatchString(lm[2]):
-			field := yamlNotFound.FindStringSubmatch(lm[2])[1]
+		case yamlNotFound().MatchString(lm[2]):
+			field := yamlNotFound().FindStringSubmatch(lm[2])[1]
 			path := pathAtLine(&root, "", func(k, _ *yaml.Node) bool { return k.Line == line && k.Value == field })
 			if path == "" {
 				path = field
 			}
 			out[i] = fmt.Sprintf("%s: unknown field (line %d)", path, line)
-		case yamlCannot.MatchString(lm[2]):
-			c := yamlCannot.FindStringSubmatch(lm[2])
+		case yamlCannot().MatchString(lm[2]):
+			c := yamlCannot().FindStringSubmatch(lm[2])
 			path := pathAtLine(&root, "", func(_, v *yaml.Node) bool { return v.Line == line && v.Value == c[2] })
 			if path == "" {
 				path = pathAtLine(&root, "", func(_, v *yaml.Node) bool { return v.Line == line })
