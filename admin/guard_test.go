@@ -7,6 +7,7 @@ import (
 	"net"
 	"net/http"
 	"net/http/httptest"
+	"runtime"
 	"strings"
 	"testing"
 
@@ -312,5 +313,15 @@ func TestAdminPprof(t *testing.T) {
 		if rec.Code != tc.status || (tc.check != nil && !tc.check(rec.Body.Bytes())) {
 			t.Errorf("GET %s: %d, %d bytes: want %d", tc.path, rec.Code, rec.Body.Len(), tc.status)
 		}
+	}
+	// ?gc=1 collects before the heap profile (make scale's "after a forced GC" relies on it).
+	var before, after runtime.MemStats
+	runtime.ReadMemStats(&before)
+	if rec := g.do(request{method: "GET", path: "/debug/pprof/heap?gc=1"}); rec.Code != 200 {
+		t.Fatalf("GET /debug/pprof/heap?gc=1: %d", rec.Code)
+	}
+	runtime.ReadMemStats(&after)
+	if after.NumForcedGC <= before.NumForcedGC {
+		t.Errorf("GET /debug/pprof/heap?gc=1 forced no collection (NumForcedGC %d → %d)", before.NumForcedGC, after.NumForcedGC)
 	}
 }

@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"io"
 	"net/http"
+	"runtime"
 	"runtime/pprof"
 	"runtime/trace"
 	"strconv"
@@ -30,12 +31,17 @@ func pprofIndex(w http.ResponseWriter, r *http.Request) {
 }
 
 // pprofNamed writes the profile {name} (heap, goroutine, allocs, block, mutex, threadcreate): ?debug=1 or 2 as
-// text, else the protobuf that go tool pprof reads.
+// text, else the protobuf that go tool pprof reads. ?gc=1 runs a garbage collection before a heap profile, as
+// net/http/pprof does (the profile then shows the live heap as of that collection).
 func pprofNamed(w http.ResponseWriter, r *http.Request) {
-	p := pprof.Lookup(r.PathValue("name"))
+	name := r.PathValue("name")
+	p := pprof.Lookup(name)
 	if p == nil {
 		http.Error(w, "no such profile", http.StatusNotFound)
 		return
+	}
+	if gc, _ := strconv.Atoi(r.URL.Query().Get("gc")); gc > 0 && name == "heap" {
+		runtime.GC()
 	}
 	debug, _ := strconv.Atoi(r.URL.Query().Get("debug"))
 	if debug > 0 {
