@@ -6,6 +6,7 @@ import (
 	"log/slog"
 	"net/http/httputil"
 	"net/url"
+	"sync"
 	"sync/atomic"
 	"time"
 
@@ -32,6 +33,7 @@ type cluster struct {
 
 	cfg       atomic.Pointer[UpstreamConfig] // swapped on reload
 	endpoints *endpointSet
+	applyMu   sync.Mutex                 // orders the snapshots applied to endpoints (apply)
 	transport atomic.Pointer[transports] // replaced when a reload changes what the transports are built with
 	rp        *httputil.ReverseProxy
 	retry     *resilience.RetryTransport // the reverse proxy's transport: retries attempts through u
@@ -137,9 +139,20 @@ func (c *cluster) setConfig(cfg UpstreamConfig) {
 	c.endpoints.setLB(cfg.LB)
 }
 
-// watch applies the snapshots of ch until it closes.
-func (c *cluster) watch(ch <-chan discovery.Snapshot) {
+// watch applies the snapshots of ch until it closes; those that come after ctx ended are dropped (the upstream's
+// endpoints have another source now).
+func (c *cluster) watch(ctx context.Context, ch <-chan discovery.Snapshot) {
 	for snap := range ch {
+		c.apply(ctx, snap)
+	}
+}
+
+// apply replaces the endpoints with snap, unless ctx (the watch that sent it; nil: none) has ended: a watch
+// stopped by a reload may still be delivering while the endpoints' next source applies its own.
+func (c *cluster) apply(ctx context.Context, snap discovery.Snapshot) {
+	c.applyMu.Lock()
+	defer c.applyMu.Unlock()
+	if ctx == nil || ctx.Err() == nil {
 		c.endpoints.update(snap)
 	}
 }
@@ -219,6 +232,6 @@ func (c *cluster) runWatch(ctx context.Context, src discovery.Source, service st
 	if err != nil {
 		return fmt.Errorf("watch %s: %w", service, err)
 	}
-	c.watch(ch)
+	c.watch(ctx, ch)
 	return nil
 }

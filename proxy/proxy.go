@@ -52,9 +52,8 @@ type Proxy struct {
 	refusedLog refusedLog
 	budget     *connBudget                // file descriptors for client and upstream connections, shared by all
 	heads      map[string]*h1guard.Budget // memory for HTTP/1.1 request heads being received, by direction
-	static     *discovery.Static
-	discovery  discovery.Source // nil: static endpoints only
-	tls        *tlsState        // nil: no TLS
+	discovery  discovery.Source           // nil: static endpoints only
+	tls        *tlsState                  // nil: no TLS
 
 	baseCtx    context.Context // parent of every request; cancelled when Shutdown gives up waiting
 	cancelBase context.CancelFunc
@@ -68,14 +67,17 @@ type Proxy struct {
 	draining            atomic.Bool
 	meshOnly            atomic.Bool // Consul's mesh entry says mesh_destinations_only (SetMeshDestinationsOnly)
 
-	mu        sync.Mutex // guards the fields below
-	cfg       Config
-	started   bool
-	stopped   bool
-	inbound   *cluster
-	listeners map[string]listener // by config field path of the listen address ("inbound", "outbound", upstream name)
-	upstreams map[string]*upstreamEntry
-	wg        sync.WaitGroup // serving goroutines and watches
+	mu  sync.Mutex // guards the fields below
+	cfg Config
+	// staticIndex numbers the snapshots of the config's endpoint lists, one per upstream applied (at start and at
+	// each reload), as a watch's index numbers a source's.
+	staticIndex uint64
+	started     bool
+	stopped     bool
+	inbound     *cluster
+	listeners   map[string]listener // by config field path of the listen address ("inbound", "outbound", upstream name)
+	upstreams   map[string]*upstreamEntry
+	wg          sync.WaitGroup // serving goroutines and watches
 }
 
 // upstreamEntry is a configured upstream with its watch.
@@ -88,10 +90,10 @@ type upstreamEntry struct {
 	lastChain   *discovery.Chain        // the latest chain received, applied again when the upstream's settings change
 	chainCtx    context.Context         // the context of the chain's watch
 	chainIndex  uint64                  // the index of the chain applied or refused last
-	cancelWatch context.CancelFunc
-	src         discovery.Source       // where the endpoints come from
-	service     string                 // the name watched on src
-	opts        discovery.WatchOptions // tag and datacenter of a discovered upstream
+	cancelWatch context.CancelFunc      // nil without a watch (static endpoints)
+	src         discovery.Source        // where the endpoints come from; nil: the config's list (static)
+	service     string                  // the name watched on src
+	opts        discovery.WatchOptions  // tag and datacenter of a discovered upstream
 }
 
 // New validates cfg (after applying defaults) and returns a Proxy that has not bound anything yet.
@@ -104,7 +106,6 @@ func New(cfg Config, opts Options) (*Proxy, error) {
 	p := &Proxy{
 		log:        opts.Logger.With("component", "proxy"),
 		m:          opts.Metrics,
-		static:     discovery.NewStatic(),
 		discovery:  opts.Discovery,
 		baseCtx:    ctx,
 		cancelBase: cancel,
@@ -296,22 +297,22 @@ func (p *Proxy) activate(e *upstreamEntry) {
 	}
 }
 
-// startWatch points e at the source of uc's endpoints: the config's static list, or the discovery source when
-// the config lists none. Call with p.mu held.
+// startWatch points e at the source of uc's endpoints: the config's static list, applied here and at each reload
+// (no watch, no goroutine: an idle upstream costs none), or the discovery source when the config lists none. Call
+// with p.mu held.
 func (p *Proxy) startWatch(e *upstreamEntry, uc UpstreamConfig) {
-	var src discovery.Source = p.static
-	service := uc.Name
-	var opts discovery.WatchOptions
-	if uc.Endpoints == nil && p.discovery != nil {
-		src, service, opts = p.discovery, uc.Service, uc.watchOptions()
-	} else {
-		eps, _ := discovery.ParseAddrs(uc.Endpoints) // validated already
-		p.static.Set(uc.Name, eps)
+	e.cluster.active.Store(true)
+	if uc.Endpoints != nil || p.discovery == nil {
+		e.cancelWatch, e.src, e.service, e.opts = nil, nil, uc.Name, discovery.WatchOptions{}
+		e.cluster.plan.Store(nil)
+		e.cluster.chain.Store(nil)
+		p.setStatic(e, uc)
+		return
 	}
+	src, service, opts := p.discovery, uc.Service, uc.watchOptions()
 	ctx, cancel := context.WithCancel(context.Background())
 	e.cancelWatch, e.src, e.service, e.opts = cancel, src, service, opts
-	e.cluster.active.Store(true)
-	if cs, ok := src.(discovery.ChainSource); ok && src == p.discovery {
+	if cs, ok := src.(discovery.ChainSource); ok {
 		p.watchChain(ctx, e, cs, service) // its targets' watches end with ctx
 	} else {
 		e.cluster.plan.Store(nil)
@@ -324,6 +325,14 @@ func (p *Proxy) startWatch(e *upstreamEntry, uc UpstreamConfig) {
 			p.log.Error("watch failed", "upstream", uc.Name, "service", service, "error", err)
 		}
 	}()
+}
+
+// setStatic gives e the endpoints uc lists (validated already). Call with p.mu held, after stopping e's watch if it
+// had one.
+func (p *Proxy) setStatic(e *upstreamEntry, uc UpstreamConfig) {
+	eps, _ := discovery.ParseAddrs(uc.Endpoints)
+	p.staticIndex++
+	e.cluster.apply(nil, discovery.Snapshot{Service: uc.Name, Endpoints: eps, Index: p.staticIndex})
 }
 
 // storeRoutes rebuilds the name-routing table. Call with p.mu held.

@@ -7,7 +7,6 @@ import (
 	"reflect"
 	"time"
 
-	"meshlet.dev/meshlet/discovery"
 	"meshlet.dev/meshlet/metrics"
 )
 
@@ -143,18 +142,17 @@ func (p *Proxy) updateUpstream(e *upstreamEntry, uc UpstreamConfig) {
 	}
 	if uc.Endpoints == nil && p.discovery != nil {
 		if e.src != p.discovery || e.service != uc.Service || e.opts != uc.watchOptions() {
-			e.cancelWatch()
+			e.stopWatch()
 			p.startWatch(e, uc)
 		}
 		return
 	}
-	if e.src != p.static {
-		e.cancelWatch()
+	if e.src != nil {
+		e.stopWatch()
 		p.startWatch(e, uc)
 		return
 	}
-	eps, _ := discovery.ParseAddrs(uc.Endpoints)
-	p.static.Set(uc.Name, eps)
+	p.setStatic(e, uc)
 }
 
 // removeUpstream stops an upstream's listener (draining it in the background) and its watch. Call with p.mu held.
@@ -174,7 +172,9 @@ func (p *Proxy) removeUpstream(name string, e *upstreamEntry) {
 			ctx, cancel := context.WithTimeout(p.baseCtx, removedListenerDrain)
 			defer cancel()
 			l.shutdown(ctx)
-			e.cancelWatch() // an upstream with a listener is not implicit: its watch runs
+			if e.cancelWatch != nil { // an upstream with a listener is not implicit: it has a watch, or static endpoints
+				e.cancelWatch()
+			}
 			e.cluster.close()
 		}()
 		return
