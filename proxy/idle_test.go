@@ -2,7 +2,11 @@ package proxy
 
 import (
 	"fmt"
+	"io"
+	"net/http"
 	"runtime"
+	"slices"
+	"strings"
 	"testing"
 )
 
@@ -31,5 +35,73 @@ func TestStaticUpstreamsNoGoroutine(t *testing.T) {
 	// Applied by Reload itself: nothing to wait for.
 	if eps := upstreamInfo(t, p, "up7").Endpoints; len(eps) != 1 || eps[0].Address != "127.0.0.1:30007" {
 		t.Fatalf("up7 right after the reload: %+v, want 127.0.0.1:30007", eps)
+	}
+}
+
+// seriesOf returns the names of the metric families that have a series labelled upstream=name.
+func seriesOf(t *testing.T, p *Proxy, name string) []string {
+	t.Helper()
+	fams, err := p.m.Registry.Gather()
+	if err != nil {
+		t.Fatal(err)
+	}
+	var out []string
+	for _, f := range fams {
+	series:
+		for _, m := range f.GetMetric() {
+			for _, l := range m.GetLabel() {
+				if l.GetName() == "upstream" && l.GetValue() == name {
+					out = append(out, f.GetName())
+					break series
+				}
+			}
+		}
+	}
+	return out
+}
+
+// TestIdleUpstreamSeries: a configured upstream has the series that alerts and dashboards read before any traffic
+// (its endpoint count, its retry budget), and its per-request series (requests in flight, errors by reason, bytes,
+// requests and durations) only from its first request, all at once.
+func TestIdleUpstreamSeries(t *testing.T) {
+	backend := echoServer(t)
+	ep := strings.TrimPrefix(backend.URL, "http://")
+	cfg := Config{Service: ServiceConfig{Name: "web"}, Outbound: OutboundConfig{Listen: "127.0.0.1:0"},
+		Upstreams: []UpstreamConfig{{Name: "api", Endpoints: []string{ep}}, {Name: "idle", Endpoints: []string{ep}}}}
+	p, _ := startProxy(t, cfg)
+	perRequest := []string{"meshlet_requests_in_flight", "meshlet_upstream_errors_total", "meshlet_received_bytes_total",
+		"meshlet_sent_bytes_total", "meshlet_requests_total", "meshlet_request_duration_seconds"}
+	for _, name := range []string{"api", "idle"} {
+		got := seriesOf(t, p, name)
+		for _, want := range []string{"meshlet_upstream_endpoints", "meshlet_retry_budget_remaining"} {
+			if !slices.Contains(got, want) {
+				t.Errorf("%s before its first request: no %s (has %v)", name, want, got)
+			}
+		}
+		for _, f := range perRequest {
+			if slices.Contains(got, f) {
+				t.Errorf("%s before its first request: has %s", name, f)
+			}
+		}
+	}
+	req, _ := http.NewRequest("GET", "http://"+p.Addrs()["outbound"]+"/", nil)
+	req.Host = "api"
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	io.Copy(io.Discard, resp.Body)
+	resp.Body.Close()
+	if resp.StatusCode != 200 {
+		t.Fatalf("api: %d", resp.StatusCode)
+	}
+	eventuallyTrue(t, func() bool {
+		got := seriesOf(t, p, "api")
+		return !slices.ContainsFunc(perRequest, func(f string) bool { return !slices.Contains(got, f) })
+	}, "api has every per-request series after its first request")
+	for _, f := range perRequest {
+		if slices.Contains(seriesOf(t, p, "idle"), f) {
+			t.Errorf("idle, after another upstream's request: has %s", f)
+		}
 	}
 }
