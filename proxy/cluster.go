@@ -33,10 +33,12 @@ type cluster struct {
 
 	cfg       atomic.Pointer[UpstreamConfig] // swapped on reload
 	endpoints *endpointSet
-	applyMu   sync.Mutex                 // orders the snapshots applied to endpoints (apply)
-	transport atomic.Pointer[transports] // replaced when a reload changes what the transports are built with
+	applyMu   sync.Mutex    // orders the snapshots applied to endpoints (apply)
+	transport transportSlot // built at the first attempt; replaced when a reload changes what they are built with
 	rp        *httputil.ReverseProxy
-	retry     *resilience.RetryTransport // the reverse proxy's transport: retries attempts through u
+	// retry retries attempts through c: the reverse proxy's transport (retryOf), built at the first request.
+	retry     atomic.Pointer[resilience.RetryTransport]
+	lazyMu    sync.Mutex // guards building transport and retry, and their changes by reloads
 	res       atomic.Pointer[resState]
 	decisions *resilience.Decisions
 	// appPorts are the inbound cluster's targets for the app's other ports (service.ports), fixed at Start; nil
@@ -77,13 +79,13 @@ func newCluster(cfg UpstreamConfig, direction string, m *metrics.Metrics, log *s
 	c.endpoints = newEndpointSet(cfg.Name, cfg.LB, cfg.Resilience, m, c.decisions, c.log)
 	c.refused.log = log
 	c.cfg.Store(&cfg)
-	c.transport.Store(c.newTransports(&cfg))
+	c.transport.c = c
 	c.initResilience(cfg.Resilience)
 	// FlushInterval stays 0: the reverse proxy flushes every write of a response of unknown length (gRPC,
 	// streams, chunked) at once by itself, and buffers only responses whose length is known.
 	c.rp = &httputil.ReverseProxy{
 		Rewrite:        c.rewrite,
-		Transport:      c.retry,
+		Transport:      (*retryOf)(c),
 		BufferPool:     copyBuffers,
 		ErrorHandler:   c.proxyError,
 		ModifyResponse: modifyResponse,
@@ -159,7 +161,9 @@ func (c *cluster) apply(ctx context.Context, snap discovery.Snapshot) {
 
 // close releases pooled connections.
 func (c *cluster) close() {
-	c.transport.Load().closeIdle()
+	if tr := c.transport.p.Load(); tr != nil {
+		tr.closeIdle()
+	}
 }
 
 // EndpointInfo is one endpoint in the /debug/upstreams view.
@@ -219,7 +223,7 @@ func (c *cluster) info() UpstreamInfo {
 	ui := UpstreamInfo{Name: c.name, Direction: c.direction, Protocol: cfg.Protocol, Listen: cfg.Listen,
 		Peer: cfg.Peer, LB: cfg.LB, Timeout: cfg.Timeout.String(), Implicit: cfg.Implicit, Addresses: cfg.Addresses}
 	c.endpoints.info(&ui)
-	ui.RetryBudget = c.retry.Budget().Remaining()
+	ui.RetryBudget = c.retryBudgetRemaining()
 	ui.LimitInUse = c.res.Load().limiter.InUse()
 	ui.Decisions = c.decisions.Latest()
 	ui.Chain = c.chain.Load()

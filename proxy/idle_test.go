@@ -60,6 +60,29 @@ func seriesOf(t *testing.T, p *Proxy, name string) []string {
 	return out
 }
 
+// gaugeOf returns the value of the gauge family's series labelled upstream=name.
+func gaugeOf(t *testing.T, p *Proxy, family, name string) float64 {
+	t.Helper()
+	fams, err := p.m.Registry.Gather()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, f := range fams {
+		if f.GetName() != family {
+			continue
+		}
+		for _, m := range f.GetMetric() {
+			for _, l := range m.GetLabel() {
+				if l.GetName() == "upstream" && l.GetValue() == name {
+					return m.GetGauge().GetValue()
+				}
+			}
+		}
+	}
+	t.Fatalf("no %s{upstream=%q}", family, name)
+	return 0
+}
+
 // TestIdleUpstreamSeries: a configured upstream has the series that alerts and dashboards read before any traffic
 // (its endpoint count, its retry budget), and its per-request series (requests in flight, errors by reason, bytes,
 // requests and durations) only from its first request, all at once.
@@ -103,5 +126,60 @@ func TestIdleUpstreamSeries(t *testing.T) {
 		if slices.Contains(seriesOf(t, p, "idle"), f) {
 			t.Errorf("idle, after another upstream's request: has %s", f)
 		}
+	}
+}
+
+// TestIdleUpstreamLazy: a configured upstream builds its transports and its retry transport (policy, budget) at its
+// first request, with the settings it has then (a reload before it changes what they are built with); until then
+// /debug/upstreams and meshlet_retry_budget_remaining show a fresh budget.
+func TestIdleUpstreamLazy(t *testing.T) {
+	backend := echoServer(t)
+	ep := strings.TrimPrefix(backend.URL, "http://")
+	cfg := Config{Service: ServiceConfig{Name: "web"}, Outbound: OutboundConfig{Listen: "127.0.0.1:0"},
+		Upstreams: []UpstreamConfig{{Name: "api", Endpoints: []string{ep}}, {Name: "idle", Endpoints: []string{ep}}}}
+	p, _ := startProxy(t, cfg)
+	built := func(name string) (transports, retry bool) {
+		c := p.clusterOf(name)
+		return c.transport.p.Load() != nil, c.retry.Load() != nil
+	}
+	for _, name := range []string{"api", "idle"} {
+		if tr, rt := built(name); tr || rt {
+			t.Fatalf("%s before its first request: transports built %v, retry transport built %v", name, tr, rt)
+		}
+	}
+	fresh := upstreamInfo(t, p, "idle").RetryBudget
+	if metric := gaugeOf(t, p, "meshlet_retry_budget_remaining", "idle"); fresh <= 0 || fresh != metric {
+		t.Fatalf("idle's retry budget before its first request: %v in /debug/upstreams, %v in metrics; want a fresh budget's",
+			fresh, metric)
+	}
+	next := p.runningConfig()
+	next.Upstreams[1].MaxResponseHeaderBytes = 4096
+	if _, err := p.Reload(next); err != nil {
+		t.Fatal(err)
+	}
+	if tr, _ := built("idle"); tr {
+		t.Fatal("a reload built the idle upstream's transports")
+	}
+	for _, host := range []string{"api", "idle"} {
+		req, _ := http.NewRequest("GET", "http://"+p.Addrs()["outbound"]+"/", nil)
+		req.Host = host
+		resp, err := http.DefaultClient.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		io.Copy(io.Discard, resp.Body)
+		resp.Body.Close()
+		if resp.StatusCode != 200 {
+			t.Fatalf("%s: %d", host, resp.StatusCode)
+		}
+		if tr, rt := built(host); !tr || !rt {
+			t.Fatalf("%s after its first request: transports built %v, retry transport built %v", host, tr, rt)
+		}
+	}
+	if got := p.clusterOf("idle").transport.Load().maxHeader; got != 4096 {
+		t.Fatalf("idle's transports bound response headers to %d bytes, want the reloaded 4096", got)
+	}
+	if got := upstreamInfo(t, p, "idle").RetryBudget; got < fresh {
+		t.Fatalf("idle's retry budget after one request without retries: %v, want at least %v", got, fresh)
 	}
 }
