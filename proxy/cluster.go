@@ -68,7 +68,7 @@ func newCluster(cfg UpstreamConfig, direction string, m *metrics.Metrics, log *s
 		name:      cfg.Name,
 		direction: direction,
 		protocol:  cfg.Protocol,
-		log:       log.With("upstream", cfg.Name, "direction", direction),
+		log:       slog.New(&clusterHandler{h: log.Handler(), name: cfg.Name, direction: direction}),
 		m:         m,
 		tls:       tls,
 		decisions: resilience.NewDecisions(decisionsKept),
@@ -80,7 +80,7 @@ func newCluster(cfg UpstreamConfig, direction string, m *metrics.Metrics, log *s
 	c.refused.log = log
 	c.cfg.Store(&cfg)
 	c.transport.c = c
-	c.initResilience(cfg.Resilience)
+	c.initResilience()
 	// FlushInterval stays 0: the reverse proxy flushes every write of a response of unknown length (gRPC,
 	// streams, chunked) at once by itself, and buffers only responses whose length is known.
 	c.rp = &httputil.ReverseProxy{
@@ -92,6 +92,38 @@ func newCluster(cfg UpstreamConfig, direction string, m *metrics.Metrics, log *s
 		ErrorLog:       slog.NewLogLogger(c.log.Handler(), slog.LevelDebug),
 	}
 	return c
+}
+
+// clusterHandler is a cluster's log handler: the records of h with the upstream and direction attributes first, as
+// h.WithAttrs would give them; but they are added to each record as it is written instead of formatted ahead, so
+// that an upstream that logs nothing costs no handler copy and no buffer.
+type clusterHandler struct {
+	h               slog.Handler
+	name, direction string
+}
+
+func (c *clusterHandler) Enabled(ctx context.Context, l slog.Level) bool { return c.h.Enabled(ctx, l) }
+
+func (c *clusterHandler) Handle(ctx context.Context, r slog.Record) error {
+	out := slog.NewRecord(r.Time, r.Level, r.Message, r.PC)
+	out.AddAttrs(c.attrs()...)
+	r.Attrs(func(a slog.Attr) bool {
+		out.AddAttrs(a)
+		return true
+	})
+	return c.h.Handle(ctx, out)
+}
+
+func (c *clusterHandler) WithAttrs(as []slog.Attr) slog.Handler {
+	return c.h.WithAttrs(c.attrs()).WithAttrs(as)
+}
+
+func (c *clusterHandler) WithGroup(name string) slog.Handler {
+	return c.h.WithAttrs(c.attrs()).WithGroup(name)
+}
+
+func (c *clusterHandler) attrs() []slog.Attr {
+	return []slog.Attr{slog.String("upstream", c.name), slog.String("direction", c.direction)}
 }
 
 // rewrite edits the outbound copy of the request: the URL names the upstream (RoundTrip puts the endpoint's
@@ -136,7 +168,7 @@ func (c *cluster) rewrite(pr *httputil.ProxyRequest) {
 // setConfig swaps the settings that can change without replacing the upstream.
 func (c *cluster) setConfig(cfg UpstreamConfig) {
 	old := c.cfg.Swap(&cfg)
-	c.setResilience(cfg.Resilience)
+	c.setResilience(old.Resilience, cfg.Resilience)
 	c.reloadTransports(old, &cfg)
 	c.endpoints.setLB(cfg.LB)
 }
@@ -224,7 +256,9 @@ func (c *cluster) info() UpstreamInfo {
 		Peer: cfg.Peer, LB: cfg.LB, Timeout: cfg.Timeout.String(), Implicit: cfg.Implicit, Addresses: cfg.Addresses}
 	c.endpoints.info(&ui)
 	ui.RetryBudget = c.retryBudgetRemaining()
-	ui.LimitInUse = c.res.Load().limiter.InUse()
+	if rs := c.res.Load(); rs != nil {
+		ui.LimitInUse = rs.limiter.InUse()
+	}
 	ui.Decisions = c.decisions.Latest()
 	ui.Chain = c.chain.Load()
 	return ui

@@ -1,8 +1,10 @@
 package proxy
 
 import (
+	"bytes"
 	"fmt"
 	"io"
+	"log/slog"
 	"net/http"
 	"runtime"
 	"slices"
@@ -129,8 +131,8 @@ func TestIdleUpstreamSeries(t *testing.T) {
 	}
 }
 
-// TestIdleUpstreamLazy: a configured upstream builds its transports and its retry transport (policy, budget) at its
-// first request, with the settings it has then (a reload before it changes what they are built with); until then
+// TestIdleUpstreamLazy: a configured upstream builds its transports, its retry transport (policy, budget) and its
+// limiter at its first request, with the settings it has then (a reload before it changes what they are built with); until then
 // /debug/upstreams and meshlet_retry_budget_remaining show a fresh budget.
 func TestIdleUpstreamLazy(t *testing.T) {
 	backend := echoServer(t)
@@ -138,13 +140,13 @@ func TestIdleUpstreamLazy(t *testing.T) {
 	cfg := Config{Service: ServiceConfig{Name: "web"}, Outbound: OutboundConfig{Listen: "127.0.0.1:0"},
 		Upstreams: []UpstreamConfig{{Name: "api", Endpoints: []string{ep}}, {Name: "idle", Endpoints: []string{ep}}}}
 	p, _ := startProxy(t, cfg)
-	built := func(name string) (transports, retry bool) {
+	built := func(name string) (transports, retry, limiter bool) {
 		c := p.clusterOf(name)
-		return c.transport.p.Load() != nil, c.retry.Load() != nil
+		return c.transport.p.Load() != nil, c.retry.Load() != nil, c.res.Load() != nil
 	}
 	for _, name := range []string{"api", "idle"} {
-		if tr, rt := built(name); tr || rt {
-			t.Fatalf("%s before its first request: transports built %v, retry transport built %v", name, tr, rt)
+		if tr, rt, lim := built(name); tr || rt || lim {
+			t.Fatalf("%s before its first request: transports built %v, retry transport %v, limiter %v", name, tr, rt, lim)
 		}
 	}
 	fresh := upstreamInfo(t, p, "idle").RetryBudget
@@ -157,7 +159,7 @@ func TestIdleUpstreamLazy(t *testing.T) {
 	if _, err := p.Reload(next); err != nil {
 		t.Fatal(err)
 	}
-	if tr, _ := built("idle"); tr {
+	if tr, _, _ := built("idle"); tr {
 		t.Fatal("a reload built the idle upstream's transports")
 	}
 	for _, host := range []string{"api", "idle"} {
@@ -172,8 +174,8 @@ func TestIdleUpstreamLazy(t *testing.T) {
 		if resp.StatusCode != 200 {
 			t.Fatalf("%s: %d", host, resp.StatusCode)
 		}
-		if tr, rt := built(host); !tr || !rt {
-			t.Fatalf("%s after its first request: transports built %v, retry transport built %v", host, tr, rt)
+		if tr, rt, lim := built(host); !tr || !rt || !lim {
+			t.Fatalf("%s after its first request: transports built %v, retry transport %v, limiter %v", host, tr, rt, lim)
 		}
 	}
 	if got := p.clusterOf("idle").transport.Load().maxHeader; got != 4096 {
@@ -181,5 +183,32 @@ func TestIdleUpstreamLazy(t *testing.T) {
 	}
 	if got := upstreamInfo(t, p, "idle").RetryBudget; got < fresh {
 		t.Fatalf("idle's retry budget after one request without retries: %v, want at least %v", got, fresh)
+	}
+}
+
+// TestClusterLogLikeWith: a cluster's log lines are those of its logger's With("upstream", …, "direction", …),
+// byte for byte, whatever the record's attributes and however the logger is extended.
+func TestClusterLogLikeWith(t *testing.T) {
+	var want, got bytes.Buffer
+	opts := &slog.HandlerOptions{Level: slog.LevelDebug, ReplaceAttr: func(groups []string, a slog.Attr) slog.Attr {
+		if a.Key == slog.TimeKey && len(groups) == 0 {
+			return slog.Attr{}
+		}
+		return a
+	}}
+	base := func(w io.Writer) *slog.Logger {
+		return slog.New(slog.NewJSONHandler(w, opts)).With("component", "proxy")
+	}
+	with := base(&want).With("upstream", "api", "direction", "outbound")
+	lazy := slog.New(&clusterHandler{h: base(&got).Handler(), name: "api", direction: "outbound"})
+	for _, l := range []*slog.Logger{with, lazy} {
+		l.Info("endpoints updated", "endpoints", 3, "index", uint64(7), "stale", false)
+		l.Debug("failed", slog.Group("g", "a", 1), "error", "boom")
+		l.With("target", "t1").Warn("with", "n", 1)
+		l.WithGroup("grp").Error("grouped", "k", "v")
+		slog.NewLogLogger(l.Handler(), slog.LevelDebug).Print("from the reverse proxy")
+	}
+	if got.String() != want.String() {
+		t.Fatalf("cluster log:\n%s\nwant (With):\n%s", got.String(), want.String())
 	}
 }

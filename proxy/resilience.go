@@ -11,16 +11,15 @@ import (
 // decisionsKept is how many resilience decisions /debug/upstreams shows per upstream.
 const decisionsKept = 50
 
-// resState is an upstream's resilience settings and the parts built from them; swapped whole on reload.
+// resState is an upstream's limiter (nil: no limit), built at its first request and replaced whole when a reload
+// changes its limits.
 type resState struct {
-	cfg     resilience.Config
 	limiter *resilience.Limiter
 }
 
-// initResilience sets the upstream's resilience settings: its limiter now, its retry transport at its first request
-// (retryTransport).
-func (c *cluster) initResilience(cfg resilience.Config) {
-	c.res.Store(&resState{cfg: cfg, limiter: resilience.NewLimiter(cfg.Limits)})
+// initResilience publishes the upstream's retry budget; its limiter and its retry transport are built at its
+// first request (limits, retryTransport).
+func (c *cluster) initResilience() {
 	if c.direction == "outbound" {
 		c.m.RetryBudget.Set(c.name, c.retryBudgetRemaining)
 	}
@@ -37,7 +36,7 @@ func (c *cluster) retryTransport() *resilience.RetryTransport {
 	if rt := c.retry.Load(); rt != nil {
 		return rt
 	}
-	cfg := c.res.Load().cfg
+	cfg := c.cfg.Load().Resilience
 	policy, err := resilience.NewRetryPolicy(cfg.Retry)
 	if err != nil {
 		// Validate has already rejected such a config; fall back to no retries rather than fail.
@@ -68,7 +67,7 @@ func (c *cluster) retryBudgetRemaining() float64 {
 	if rt := c.retry.Load(); rt != nil {
 		return rt.Budget().Remaining()
 	}
-	return resilience.NewBudget(c.res.Load().cfg.Retry.Budget).Remaining()
+	return resilience.NewBudget(c.cfg.Load().Resilience.Retry.Budget).Remaining()
 }
 
 // retryOf is the reverse proxy's transport: the cluster's retry transport, built at the first request.
@@ -78,34 +77,46 @@ func (r *retryOf) RoundTrip(req *http.Request) (*http.Response, error) {
 	return (*cluster)(r).retryTransport().RoundTrip(req)
 }
 
-// setResilience applies changed resilience settings. Breakers start afresh (closed) when their settings change.
-func (c *cluster) setResilience(cfg resilience.Config) {
-	c.lazyMu.Lock()
-	old := c.res.Load()
-	if reflect.DeepEqual(old.cfg, cfg) {
-		c.lazyMu.Unlock()
+// setResilience applies changed resilience settings (old: those applied so far) to what is built of them.
+// Breakers start afresh (closed) when their settings change. Call after c.cfg holds cfg.
+func (c *cluster) setResilience(old, cfg resilience.Config) {
+	if reflect.DeepEqual(old, cfg) {
 		return
 	}
-	if rt := c.retry.Load(); rt != nil && !reflect.DeepEqual(old.cfg.Retry, cfg.Retry) {
+	c.lazyMu.Lock()
+	if rt := c.retry.Load(); rt != nil && !reflect.DeepEqual(old.Retry, cfg.Retry) {
 		policy, err := resilience.NewRetryPolicy(cfg.Retry)
 		if err == nil {
 			b := rt.Budget()
-			if old.cfg.Retry.Budget != cfg.Retry.Budget {
+			if old.Retry.Budget != cfg.Retry.Budget {
 				b = resilience.NewBudget(cfg.Retry.Budget)
 			}
 			rt.Set(policy, b)
 		}
 	}
-	next := &resState{cfg: cfg, limiter: old.limiter}
-	if !reflect.DeepEqual(old.cfg.Limits, cfg.Limits) {
-		next.limiter = resilience.NewLimiter(cfg.Limits)
+	if c.res.Load() != nil && !reflect.DeepEqual(old.Limits, cfg.Limits) {
+		c.res.Store(&resState{limiter: resilience.NewLimiter(cfg.Limits)})
 	}
-	c.res.Store(next) // under lazyMu: a retry transport built from now on has these settings
 	c.lazyMu.Unlock()
 	c.endpoints.setBreakers(cfg.Breaker, cfg.Outlier)
 }
 
+// limits returns the upstream's limiter state, built with the current settings at the first call.
+func (c *cluster) limits() *resState {
+	if rs := c.res.Load(); rs != nil {
+		return rs
+	}
+	c.lazyMu.Lock()
+	defer c.lazyMu.Unlock()
+	if rs := c.res.Load(); rs != nil {
+		return rs
+	}
+	rs := &resState{limiter: resilience.NewLimiter(c.cfg.Load().Resilience.Limits)}
+	c.res.Store(rs)
+	return rs
+}
+
 // acquire takes a slot of the upstream's limiter for one request.
 func (c *cluster) acquire(ctx context.Context) (func(), error) {
-	return c.res.Load().limiter.Acquire(ctx)
+	return c.limits().limiter.Acquire(ctx)
 }
