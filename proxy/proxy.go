@@ -278,7 +278,8 @@ func (p *Proxy) addUpstream(uc UpstreamConfig, u *cluster) {
 	e := &upstreamEntry{cluster: u}
 	p.upstreams[uc.Name] = e
 	if uc.Implicit {
-		e.pending = &uc
+		pending := uc // a copy only for those that need one: uc itself stays on the stack
+		e.pending = &pending
 		u.lazy = func() { p.activate(e) }
 		return
 	}
@@ -318,11 +319,12 @@ func (p *Proxy) startWatch(e *upstreamEntry, uc UpstreamConfig) {
 		e.cluster.plan.Store(nil)
 		e.cluster.chain.Store(nil)
 	}
+	name := uc.Name // not uc: the goroutine would move every upstream's uc to the heap
 	p.wg.Add(1)
 	go func() {
 		defer p.wg.Done()
 		if err := e.cluster.runWatch(ctx, src, service, opts); err != nil {
-			p.log.Error("watch failed", "upstream", uc.Name, "service", service, "error", err)
+			p.log.Error("watch failed", "upstream", name, "service", service, "error", err)
 		}
 	}()
 }

@@ -137,7 +137,8 @@ func (p *Proxy) updateUpstream(e *upstreamEntry, uc UpstreamConfig) {
 		defer p.reapplyChain(e) // the plan was built from the old settings (a restarted watch sends its own)
 	}
 	if e.pending != nil { // an implicit upstream not used yet: its watch starts with the latest config
-		e.pending = &uc
+		pending := uc
+		e.pending = &pending
 		return
 	}
 	if uc.Endpoints == nil && p.discovery != nil {
