@@ -212,3 +212,29 @@ func TestClusterLogLikeWith(t *testing.T) {
 		t.Fatalf("cluster log:\n%s\nwant (With):\n%s", got.String(), want.String())
 	}
 }
+
+// TestRemovedUpstreamSeries: a reload that removes an upstream removes its gauges (meshlet_upstream_endpoints,
+// meshlet_retry_budget_remaining, meshlet_breaker_endpoints), and the retry budget's no longer holds the removed cluster; a replaced
+// upstream's gauges read the new cluster.
+func TestRemovedUpstreamSeries(t *testing.T) {
+	cfg := Config{Service: ServiceConfig{Name: "web"}, Outbound: OutboundConfig{Listen: "127.0.0.1:0"},
+		Upstreams: []UpstreamConfig{{Name: "api", Endpoints: []string{"127.0.0.1:1"}},
+			{Name: "gone", Endpoints: []string{"127.0.0.1:2"}}, {Name: "moved", Endpoints: []string{"127.0.0.1:3"}}}}
+	p, _ := startProxy(t, cfg)
+	next := p.runningConfig()
+	next.Upstreams = []UpstreamConfig{next.Upstreams[0], next.Upstreams[2]}
+	next.Upstreams[1].Listen = freeLoopback(t) // replaced: a listener of its own
+	next.Upstreams[1].Resilience.Retry.Budget.MinPerSecond = 3
+	if _, err := p.Reload(next); err != nil {
+		t.Fatal(err)
+	}
+	if got := seriesOf(t, p, "gone"); len(got) != 0 {
+		t.Fatalf("the removed upstream still has %v", got)
+	}
+	if got, want := gaugeOf(t, p, "meshlet_retry_budget_remaining", "moved"), 3*10.0; got != want {
+		t.Fatalf("the replaced upstream's retry budget: %v, want the new cluster's %v", got, want)
+	}
+	if gaugeOf(t, p, "meshlet_upstream_endpoints", "moved") != 1 {
+		t.Fatal("the replaced upstream lost its endpoints' series")
+	}
+}

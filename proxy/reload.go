@@ -8,6 +8,7 @@ import (
 	"time"
 
 	"meshlet.dev/meshlet/metrics"
+	"meshlet.dev/meshlet/resilience"
 )
 
 // removedListenerDrain bounds how long a listener removed by a reload may take to finish its connections.
@@ -61,6 +62,16 @@ func (p *Proxy) Reload(cfg Config) (warnings []string, err error) {
 	for name, e := range p.upstreams {
 		if !newNames[name] || addedNames[name] {
 			p.removeUpstream(name, e)
+		}
+		if !newNames[name] {
+			// Gone: its gauges too (removeUpstream drops meshlet_upstream_endpoints), and with the retry budget's
+			// the gauge's hold on the cluster. (A replaced upstream's retry budget reads the new cluster already:
+			// newCluster set it.)
+			p.m.RetryBudget.Delete(name)
+			for _, state := range []string{resilience.StateClosed, resilience.StateHalfOpen, resilience.StateOpen} {
+				p.m.BreakerEndpoints.DeleteLabelValues(name, state)
+			}
+			p.m.EjectedEndpoints.DeleteLabelValues(name)
 		}
 	}
 	for _, uc := range cfg.Upstreams {
