@@ -38,8 +38,9 @@ type cluster struct {
 	rp        *httputil.ReverseProxy
 	// retry retries attempts through c: the reverse proxy's transport (retryOf), built at the first request.
 	retry     atomic.Pointer[resilience.RetryTransport]
-	lazyMu    sync.Mutex // guards building transport and retry, and their changes by reloads
-	res       atomic.Pointer[resState]
+	res       atomic.Pointer[resState] // built at the first request (limits)
+	lazyMu    sync.Mutex               // guards building transport, retry and res, and their changes by reloads
+	used      atomic.Bool              // transport or retry asked for since the last idle sweep (dropIdle)
 	decisions *resilience.Decisions
 	// appPorts are the inbound cluster's targets for the app's other ports (service.ports), fixed at Start; nil
 	// for other clusters.
@@ -188,6 +189,31 @@ func (c *cluster) apply(ctx context.Context, snap discovery.Snapshot) {
 	defer c.applyMu.Unlock()
 	if ctx == nil || ctx.Err() == nil {
 		c.endpoints.update(snap)
+	}
+}
+
+// touch notes a use of the parts built at the first request, for dropIdle; a read only, once set.
+func (c *cluster) touch() {
+	if !c.used.Load() {
+		c.used.Store(true)
+	}
+}
+
+// dropIdle drops the transports and the retry transport of a cluster that has not asked for them since the previous
+// call (Proxy.sweepIdle: at least idleConnTimeout, after which its pools would have closed every idle connection
+// anyway, and longer than a retry budget's window, after which a fresh budget is the same); its next request
+// builds them again. A request that took them just before keeps using them: its connections close when idle, its
+// retries count on the budget it has. The limiter stays: requests may still hold its slots.
+func (c *cluster) dropIdle() {
+	if c.used.Swap(false) {
+		return
+	}
+	c.lazyMu.Lock()
+	tr := c.transport.p.Swap(nil)
+	c.retry.Store(nil)
+	c.lazyMu.Unlock()
+	if tr != nil {
+		tr.closeIdle()
 	}
 }
 

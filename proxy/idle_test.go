@@ -2,14 +2,23 @@ package proxy
 
 import (
 	"bytes"
+	"context"
 	"fmt"
 	"io"
 	"log/slog"
+	"net"
 	"net/http"
+	"net/http/httptest"
 	"runtime"
 	"slices"
 	"strings"
+	"sync/atomic"
 	"testing"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+
+	"meshlet.dev/meshlet/metrics"
 )
 
 // TestStaticUpstreamsNoGoroutine: an upstream whose endpoints the config lists has them from Start and from each
@@ -236,5 +245,81 @@ func TestRemovedUpstreamSeries(t *testing.T) {
 	}
 	if gaugeOf(t, p, "meshlet_upstream_endpoints", "moved") != 1 {
 		t.Fatal("the replaced upstream lost its endpoints' series")
+	}
+}
+
+// TestIdleUpstreamDropped: an upstream that is not called for a whole sweep drops its transports and its retry
+// transport (its pools' connections are closed); one that is called keeps them; its next request builds them
+// again. Its limiter and its metric series stay.
+func TestIdleUpstreamDropped(t *testing.T) {
+	var open atomic.Int64 // the backend's connections not closed yet
+	backend := httptest.NewUnstartedServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {}))
+	backend.Config.ConnState = func(_ net.Conn, s http.ConnState) {
+		switch s {
+		case http.StateNew:
+			open.Add(1)
+		case http.StateClosed, http.StateHijacked:
+			open.Add(-1)
+		}
+	}
+	backend.Start()
+	t.Cleanup(backend.Close)
+	cfg := Config{Service: ServiceConfig{Name: "web"}, Outbound: OutboundConfig{Listen: "127.0.0.1:0"},
+		Upstreams: []UpstreamConfig{{Name: "api", Endpoints: []string{strings.TrimPrefix(backend.URL, "http://")}}}}
+	m := metrics.New(prometheus.NewRegistry(), "test")
+	p, err := New(cfg, Options{Logger: slog.New(slog.NewTextHandler(io.Discard, nil)), Metrics: m})
+	if err != nil {
+		t.Fatal(err)
+	}
+	p.idleSweep = 100 * time.Millisecond
+	if err := p.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		defer cancel()
+		p.Shutdown(ctx)
+	})
+	call := func() {
+		t.Helper()
+		req, _ := http.NewRequest("GET", "http://"+p.Addrs()["outbound"]+"/", nil)
+		req.Host = "api"
+		resp, err := http.DefaultClient.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		io.Copy(io.Discard, resp.Body)
+		resp.Body.Close()
+		if resp.StatusCode != 200 {
+			t.Fatalf("api: %d", resp.StatusCode)
+		}
+	}
+	c := p.clusterOf("api")
+	call()
+	tr, rt, lim := c.transport.p.Load(), c.retry.Load(), c.res.Load()
+	if tr == nil || rt == nil || lim == nil {
+		t.Fatal("not built by the first request")
+	}
+	for end := time.Now().Add(4 * p.idleSweep); time.Now().Before(end); time.Sleep(5 * time.Millisecond) {
+		call()
+	}
+	if c.transport.p.Load() != tr || c.retry.Load() != rt {
+		t.Fatal("dropped while called")
+	}
+	if open.Load() == 0 {
+		t.Fatal("no pooled connection to the backend")
+	}
+	eventuallyTrue(t, func() bool { return c.transport.p.Load() == nil && c.retry.Load() == nil },
+		"the transports and the retry transport are dropped once the upstream is idle")
+	eventuallyTrue(t, func() bool { return open.Load() == 0 }, "the dropped pool's connections are closed")
+	call()
+	if c.transport.p.Load() == nil || c.retry.Load() == nil {
+		t.Fatal("not built again by the next request")
+	}
+	if c.res.Load() != lim {
+		t.Fatal("the limiter was replaced")
+	}
+	if got := seriesOf(t, p, "api"); !slices.Contains(got, "meshlet_requests_total") {
+		t.Fatalf("api's series after the drop: %v", got)
 	}
 }

@@ -12,6 +12,7 @@ import (
 	"net/http"
 	"sync"
 	"sync/atomic"
+	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
 
@@ -65,7 +66,9 @@ type Proxy struct {
 	transparentOutcomes *prometheus.CounterVec
 	detections          *prometheus.CounterVec // meshlet_outbound_protocol_detections_total; nil likewise
 	draining            atomic.Bool
-	meshOnly            atomic.Bool // Consul's mesh entry says mesh_destinations_only (SetMeshDestinationsOnly)
+	// idleSweep is how often sweepIdle looks for upstreams not called since its last look (idleConnTimeout).
+	idleSweep time.Duration
+	meshOnly  atomic.Bool // Consul's mesh entry says mesh_destinations_only (SetMeshDestinationsOnly)
 
 	mu  sync.Mutex // guards the fields below
 	cfg Config
@@ -113,6 +116,7 @@ func New(cfg Config, opts Options) (*Proxy, error) {
 		listeners:  map[string]listener{},
 		upstreams:  map[string]*upstreamEntry{},
 		unknown:    newObserver(opts.Metrics, metrics.Outbound, ""),
+		idleSweep:  idleConnTimeout,
 	}
 	if opts.TLS != nil {
 		p.tls = newTLSState(opts, cfg.Inbound.TLS)
@@ -197,6 +201,11 @@ func (p *Proxy) Start() error {
 		p.listeners[key] = l
 		p.serve(l)
 	}
+	p.wg.Add(1)
+	go func() {
+		defer p.wg.Done()
+		p.sweepIdle(p.baseCtx)
+	}()
 	p.log.Info("proxy started", "listeners", len(bound), "upstreams", len(cfg.Upstreams))
 	return nil
 }
@@ -335,6 +344,32 @@ func (p *Proxy) setStatic(e *upstreamEntry, uc UpstreamConfig) {
 	eps, _ := discovery.ParseAddrs(uc.Endpoints)
 	p.staticIndex++
 	e.cluster.apply(nil, discovery.Snapshot{Service: uc.Name, Endpoints: eps, Index: p.staticIndex})
+}
+
+// sweepIdle drops, every idleSweep until ctx ends, what the upstreams not called since the previous sweep built
+// at their first request (dropIdle): an upstream called once, or once in a while, holds it only while it is used.
+func (p *Proxy) sweepIdle(ctx context.Context) {
+	t := time.NewTicker(p.idleSweep)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+		p.mu.Lock()
+		cs := make([]*cluster, 0, len(p.upstreams)+1)
+		for _, e := range p.upstreams {
+			cs = append(cs, e.cluster)
+		}
+		if p.inbound != nil {
+			cs = append(cs, p.inbound)
+		}
+		p.mu.Unlock()
+		for _, c := range cs {
+			c.dropIdle()
+		}
+	}
 }
 
 // storeRoutes rebuilds the name-routing table. Call with p.mu held.

@@ -28,6 +28,7 @@ func (c *cluster) initResilience() {
 // retryTransport returns the upstream's retry transport (retrying attempts through c), built with the current
 // settings at the first call: an upstream that is never called holds no policy, budget or hooks.
 func (c *cluster) retryTransport() *resilience.RetryTransport {
+	c.touch()
 	if rt := c.retry.Load(); rt != nil {
 		return rt
 	}

@@ -109,8 +109,8 @@ func (c *cluster) newTransports(cfg *UpstreamConfig) *transports {
 	return tr
 }
 
-// transportSlot holds a cluster's transports, built at the first Load: an upstream that is never called holds
-// no transport, TLS settings or pool.
+// transportSlot holds a cluster's transports, built at the first Load (and again after dropIdle): an upstream that
+// is not called holds no transport, TLS settings or pool.
 type transportSlot struct {
 	p atomic.Pointer[transports]
 	c *cluster
@@ -118,10 +118,11 @@ type transportSlot struct {
 
 // Load returns the transports, building them with the cluster's current settings at the first call.
 func (s *transportSlot) Load() *transports {
+	c := s.c
+	c.touch()
 	if tr := s.p.Load(); tr != nil {
 		return tr
 	}
-	c := s.c
 	c.lazyMu.Lock()
 	defer c.lazyMu.Unlock()
 	if tr := s.p.Load(); tr != nil {
