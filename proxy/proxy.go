@@ -86,9 +86,9 @@ type Proxy struct {
 // upstreamEntry is a configured upstream with its watch.
 type upstreamEntry struct {
 	cluster *cluster
-	// pending is the config of an implicit upstream whose watch has not started (nil once it has, and for the
-	// others): activate starts it at its first use.
-	pending     *UpstreamConfig
+	// pending marks an implicit upstream whose watch has not started (false once it has, and for the others):
+	// activate starts it at its first use, with the cluster's config.
+	pending     bool
 	targets     map[string]*targetWatch // the discovery chain's targets other than the cluster's own (chain.go)
 	lastChain   *discovery.Chain        // the latest chain received, applied again when the upstream's settings change
 	chainCtx    context.Context         // the context of the chain's watch
@@ -287,8 +287,7 @@ func (p *Proxy) addUpstream(uc UpstreamConfig, u *cluster) {
 	e := &upstreamEntry{cluster: u}
 	p.upstreams[uc.Name] = e
 	if uc.Implicit {
-		pending := uc // a copy only for those that need one: uc itself stays on the stack
-		e.pending = &pending
+		e.pending = true
 		u.lazy = func() { p.activate(e) }
 		return
 	}
@@ -299,9 +298,9 @@ func (p *Proxy) addUpstream(uc UpstreamConfig, u *cluster) {
 func (p *Proxy) activate(e *upstreamEntry) {
 	p.mu.Lock()
 	defer p.mu.Unlock()
-	if e.pending != nil && !p.stopped && p.upstreams[e.cluster.name] == e {
-		uc := *e.pending
-		e.pending = nil
+	if e.pending && !p.stopped && p.upstreams[e.cluster.name] == e {
+		uc := *e.cluster.cfg.Load() // the latest: a reload's setConfig keeps it current
+		e.pending = false
 		e.cluster.obs = newObserver(p.m, metrics.Outbound, e.cluster.name)
 		p.startWatch(e, uc)
 	}

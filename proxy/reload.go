@@ -147,9 +147,7 @@ func (p *Proxy) updateUpstream(e *upstreamEntry, uc UpstreamConfig) {
 	if !reflect.DeepEqual(*old, uc) {
 		defer p.reapplyChain(e) // the plan was built from the old settings (a restarted watch sends its own)
 	}
-	if e.pending != nil { // an implicit upstream not used yet: its watch starts with the latest config
-		pending := uc
-		e.pending = &pending
+	if e.pending { // an implicit upstream not used yet: its watch starts with the latest config (the cluster's)
 		return
 	}
 	if uc.Endpoints == nil && p.discovery != nil {
@@ -197,7 +195,7 @@ func (p *Proxy) removeUpstream(name string, e *upstreamEntry) {
 
 // stopWatch stops e's watch, if it has one. Call with p.mu held.
 func (e *upstreamEntry) stopWatch() {
-	e.pending = nil
+	e.pending = false
 	if e.cancelWatch != nil {
 		e.cancelWatch()
 	}
