@@ -29,7 +29,7 @@ type Metrics struct {
 	Connections      *prometheus.CounterVec   // direction, listener
 	ReceivedBytes    *prometheus.CounterVec   // direction, upstream
 	SentBytes        *prometheus.CounterVec   // direction, upstream
-	Endpoints        *prometheus.GaugeVec     // upstream
+	Endpoints        *Gauges                  // upstream
 	UpstreamErrors   *prometheus.CounterVec   // direction, upstream, reason
 	ConfigReloads    *prometheus.CounterVec   // result
 	Ready            prometheus.Gauge
@@ -37,7 +37,7 @@ type Metrics struct {
 	Retries            *prometheus.CounterVec // upstream, reason
 	RetriesSuppressed  *prometheus.CounterVec // upstream, why
 	RetryBudget        *FuncGauges            // upstream
-	BreakerEndpoints   *prometheus.GaugeVec   // upstream, state
+	BreakerEndpoints   *Gauges                // upstream, state
 	BreakerTransitions *prometheus.CounterVec // upstream, from, to
 	Ejections          *prometheus.CounterVec // upstream
 	EjectedEndpoints   *prometheus.GaugeVec   // upstream
@@ -98,10 +98,7 @@ func New(reg *prometheus.Registry, version string) *Metrics {
 			Name: "meshlet_sent_bytes_total",
 			Help: "Bytes sent to clients (response bodies; TCP streams), by direction and upstream.",
 		}, []string{"direction", "upstream"}),
-		Endpoints: prometheus.NewGaugeVec(prometheus.GaugeOpts{
-			Name: "meshlet_upstream_endpoints",
-			Help: "Endpoints known for each upstream.",
-		}, []string{"upstream"}),
+		Endpoints: NewGauges("meshlet_upstream_endpoints", "Endpoints known for each upstream.", "upstream"),
 		UpstreamErrors: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "meshlet_upstream_errors_total",
 			Help: "Requests and connections meshlet failed itself, by reason (no_endpoint, timeout, connect, canceled, other).",
@@ -125,10 +122,8 @@ func New(reg *prometheus.Registry, version string) *Metrics {
 	}, []string{"upstream", "why"})
 	m.RetryBudget = NewFuncGauges("meshlet_retry_budget_remaining",
 		"Retries the upstream's retry budget allows now.", "upstream")
-	m.BreakerEndpoints = prometheus.NewGaugeVec(prometheus.GaugeOpts{
-		Name: "meshlet_breaker_endpoints",
-		Help: "Endpoints by circuit breaker state (closed, half_open, open).",
-	}, []string{"upstream", "state"})
+	m.BreakerEndpoints = NewGauges("meshlet_breaker_endpoints",
+		"Endpoints by circuit breaker state (closed, half_open, open).", "upstream", "state")
 	m.BreakerTransitions = prometheus.NewCounterVec(prometheus.CounterOpts{
 		Name: "meshlet_breaker_transitions_total",
 		Help: "Circuit breaker state changes of the upstream's endpoints.",

@@ -6,6 +6,7 @@ import (
 	"log/slog"
 	"net/http/httputil"
 	"net/url"
+	"sync"
 	"sync/atomic"
 	"time"
 
@@ -32,10 +33,14 @@ type cluster struct {
 
 	cfg       atomic.Pointer[UpstreamConfig] // swapped on reload
 	endpoints *endpointSet
-	transport atomic.Pointer[transports] // replaced when a reload changes what the transports are built with
+	applyMu   sync.Mutex    // orders the snapshots applied to endpoints (apply)
+	transport transportSlot // built at the first attempt; replaced when a reload changes what they are built with
 	rp        *httputil.ReverseProxy
-	retry     *resilience.RetryTransport // the reverse proxy's transport: retries attempts through u
-	res       atomic.Pointer[resState]
+	// retry retries attempts through c: the reverse proxy's transport (retryOf), built at the first request.
+	retry     atomic.Pointer[resilience.RetryTransport]
+	res       atomic.Pointer[resState] // built at the first request (limits)
+	lazyMu    sync.Mutex               // guards building transport, retry and res, and their changes by reloads
+	used      atomic.Bool              // transport or retry asked for since the last idle sweep (dropIdle)
 	decisions *resilience.Decisions
 	// appPorts are the inbound cluster's targets for the app's other ports (service.ports), fixed at Start; nil
 	// for other clusters.
@@ -64,7 +69,7 @@ func newCluster(cfg UpstreamConfig, direction string, m *metrics.Metrics, log *s
 		name:      cfg.Name,
 		direction: direction,
 		protocol:  cfg.Protocol,
-		log:       log.With("upstream", cfg.Name, "direction", direction),
+		log:       slog.New(&clusterHandler{h: log.Handler(), name: cfg.Name, direction: direction}),
 		m:         m,
 		tls:       tls,
 		decisions: resilience.NewDecisions(decisionsKept),
@@ -75,19 +80,51 @@ func newCluster(cfg UpstreamConfig, direction string, m *metrics.Metrics, log *s
 	c.endpoints = newEndpointSet(cfg.Name, cfg.LB, cfg.Resilience, m, c.decisions, c.log)
 	c.refused.log = log
 	c.cfg.Store(&cfg)
-	c.transport.Store(c.newTransports(&cfg))
-	c.initResilience(cfg.Resilience)
+	c.transport.c = c
+	c.initResilience()
 	// FlushInterval stays 0: the reverse proxy flushes every write of a response of unknown length (gRPC,
 	// streams, chunked) at once by itself, and buffers only responses whose length is known.
 	c.rp = &httputil.ReverseProxy{
 		Rewrite:        c.rewrite,
-		Transport:      c.retry,
+		Transport:      (*retryOf)(c),
 		BufferPool:     copyBuffers,
 		ErrorHandler:   c.proxyError,
 		ModifyResponse: modifyResponse,
 		ErrorLog:       slog.NewLogLogger(c.log.Handler(), slog.LevelDebug),
 	}
 	return c
+}
+
+// clusterHandler is a cluster's log handler: the records of h with the upstream and direction attributes first, as
+// h.WithAttrs would give them; but they are added to each record as it is written instead of formatted ahead, so
+// that an upstream that logs nothing costs no handler copy and no buffer.
+type clusterHandler struct {
+	h               slog.Handler
+	name, direction string
+}
+
+func (c *clusterHandler) Enabled(ctx context.Context, l slog.Level) bool { return c.h.Enabled(ctx, l) }
+
+func (c *clusterHandler) Handle(ctx context.Context, r slog.Record) error {
+	out := slog.NewRecord(r.Time, r.Level, r.Message, r.PC)
+	out.AddAttrs(c.attrs()...)
+	r.Attrs(func(a slog.Attr) bool {
+		out.AddAttrs(a)
+		return true
+	})
+	return c.h.Handle(ctx, out)
+}
+
+func (c *clusterHandler) WithAttrs(as []slog.Attr) slog.Handler {
+	return c.h.WithAttrs(c.attrs()).WithAttrs(as)
+}
+
+func (c *clusterHandler) WithGroup(name string) slog.Handler {
+	return c.h.WithAttrs(c.attrs()).WithGroup(name)
+}
+
+func (c *clusterHandler) attrs() []slog.Attr {
+	return []slog.Attr{slog.String("upstream", c.name), slog.String("direction", c.direction)}
 }
 
 // rewrite edits the outbound copy of the request: the URL names the upstream (RoundTrip puts the endpoint's
@@ -132,21 +169,59 @@ func (c *cluster) rewrite(pr *httputil.ProxyRequest) {
 // setConfig swaps the settings that can change without replacing the upstream.
 func (c *cluster) setConfig(cfg UpstreamConfig) {
 	old := c.cfg.Swap(&cfg)
-	c.setResilience(cfg.Resilience)
+	c.setResilience(old.Resilience, cfg.Resilience)
 	c.reloadTransports(old, &cfg)
 	c.endpoints.setLB(cfg.LB)
 }
 
-// watch applies the snapshots of ch until it closes.
-func (c *cluster) watch(ch <-chan discovery.Snapshot) {
+// watch applies the snapshots of ch until it closes; those that come after ctx ended are dropped (the upstream's
+// endpoints have another source now).
+func (c *cluster) watch(ctx context.Context, ch <-chan discovery.Snapshot) {
 	for snap := range ch {
+		c.apply(ctx, snap)
+	}
+}
+
+// apply replaces the endpoints with snap, unless ctx (the watch that sent it; nil: none) has ended: a watch
+// stopped by a reload may still be delivering while the endpoints' next source applies its own.
+func (c *cluster) apply(ctx context.Context, snap discovery.Snapshot) {
+	c.applyMu.Lock()
+	defer c.applyMu.Unlock()
+	if ctx == nil || ctx.Err() == nil {
 		c.endpoints.update(snap)
+	}
+}
+
+// touch notes a use of the parts built at the first request, for dropIdle; a read only, once set.
+func (c *cluster) touch() {
+	if !c.used.Load() {
+		c.used.Store(true)
+	}
+}
+
+// dropIdle drops the transports and the retry transport of a cluster that has not asked for them since the previous
+// call (Proxy.sweepIdle: at least idleConnTimeout, after which its pools would have closed every idle connection
+// anyway, and longer than a retry budget's window, after which a fresh budget is the same); its next request
+// builds them again. A request that took them just before keeps using them: its connections close when idle, its
+// retries count on the budget it has. The limiter stays: requests may still hold its slots.
+func (c *cluster) dropIdle() {
+	if c.used.Swap(false) {
+		return
+	}
+	c.lazyMu.Lock()
+	tr := c.transport.p.Swap(nil)
+	c.retry.Store(nil)
+	c.lazyMu.Unlock()
+	if tr != nil {
+		tr.closeIdle()
 	}
 }
 
 // close releases pooled connections.
 func (c *cluster) close() {
-	c.transport.Load().closeIdle()
+	if tr := c.transport.p.Load(); tr != nil {
+		tr.closeIdle()
+	}
 }
 
 // EndpointInfo is one endpoint in the /debug/upstreams view.
@@ -206,8 +281,10 @@ func (c *cluster) info() UpstreamInfo {
 	ui := UpstreamInfo{Name: c.name, Direction: c.direction, Protocol: cfg.Protocol, Listen: cfg.Listen,
 		Peer: cfg.Peer, LB: cfg.LB, Timeout: cfg.Timeout.String(), Implicit: cfg.Implicit, Addresses: cfg.Addresses}
 	c.endpoints.info(&ui)
-	ui.RetryBudget = c.retry.Budget().Remaining()
-	ui.LimitInUse = c.res.Load().limiter.InUse()
+	ui.RetryBudget = c.retryBudgetRemaining()
+	if rs := c.res.Load(); rs != nil {
+		ui.LimitInUse = rs.limiter.InUse()
+	}
 	ui.Decisions = c.decisions.Latest()
 	ui.Chain = c.chain.Load()
 	return ui
@@ -219,6 +296,6 @@ func (c *cluster) runWatch(ctx context.Context, src discovery.Source, service st
 	if err != nil {
 		return fmt.Errorf("watch %s: %w", service, err)
 	}
-	c.watch(ch)
+	c.watch(ctx, ch)
 	return nil
 }

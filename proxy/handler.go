@@ -75,10 +75,10 @@ func (c *cluster) serveHTTP(w http.ResponseWriter, r *http.Request, alog *slog.L
 	if c.appPorts != nil {
 		ex.appPort = appPortFrom(r.Context())
 	}
-	c.obs.inFlight.Inc()
+	c.obs.begin()
 	defer func() {
 		p := recover()
-		c.obs.inFlight.Dec()
+		c.obs.end()
 		c.done(rw, r, ex, grpc, start, alog, p != nil)
 		if p != nil {
 			panic(p)

@@ -12,6 +12,7 @@ import (
 	"net/http"
 	"sync"
 	"sync/atomic"
+	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
 
@@ -52,9 +53,8 @@ type Proxy struct {
 	refusedLog refusedLog
 	budget     *connBudget                // file descriptors for client and upstream connections, shared by all
 	heads      map[string]*h1guard.Budget // memory for HTTP/1.1 request heads being received, by direction
-	static     *discovery.Static
-	discovery  discovery.Source // nil: static endpoints only
-	tls        *tlsState        // nil: no TLS
+	discovery  discovery.Source           // nil: static endpoints only
+	tls        *tlsState                  // nil: no TLS
 
 	baseCtx    context.Context // parent of every request; cancelled when Shutdown gives up waiting
 	cancelBase context.CancelFunc
@@ -66,32 +66,37 @@ type Proxy struct {
 	transparentOutcomes *prometheus.CounterVec
 	detections          *prometheus.CounterVec // meshlet_outbound_protocol_detections_total; nil likewise
 	draining            atomic.Bool
-	meshOnly            atomic.Bool // Consul's mesh entry says mesh_destinations_only (SetMeshDestinationsOnly)
+	// idleSweep is how often sweepIdle looks for upstreams not called since its last look (idleConnTimeout).
+	idleSweep time.Duration
+	meshOnly  atomic.Bool // Consul's mesh entry says mesh_destinations_only (SetMeshDestinationsOnly)
 
-	mu        sync.Mutex // guards the fields below
-	cfg       Config
-	started   bool
-	stopped   bool
-	inbound   *cluster
-	listeners map[string]listener // by config field path of the listen address ("inbound", "outbound", upstream name)
-	upstreams map[string]*upstreamEntry
-	wg        sync.WaitGroup // serving goroutines and watches
+	mu  sync.Mutex // guards the fields below
+	cfg Config
+	// staticIndex numbers the snapshots of the config's endpoint lists, one per upstream applied (at start and at
+	// each reload), as a watch's index numbers a source's.
+	staticIndex uint64
+	started     bool
+	stopped     bool
+	inbound     *cluster
+	listeners   map[string]listener // by config field path of the listen address ("inbound", "outbound", upstream name)
+	upstreams   map[string]*upstreamEntry
+	wg          sync.WaitGroup // serving goroutines and watches
 }
 
 // upstreamEntry is a configured upstream with its watch.
 type upstreamEntry struct {
 	cluster *cluster
-	// pending is the config of an implicit upstream whose watch has not started (nil once it has, and for the
-	// others): activate starts it at its first use.
-	pending     *UpstreamConfig
+	// pending marks an implicit upstream whose watch has not started (false once it has, and for the others):
+	// activate starts it at its first use, with the cluster's config.
+	pending     bool
 	targets     map[string]*targetWatch // the discovery chain's targets other than the cluster's own (chain.go)
 	lastChain   *discovery.Chain        // the latest chain received, applied again when the upstream's settings change
 	chainCtx    context.Context         // the context of the chain's watch
 	chainIndex  uint64                  // the index of the chain applied or refused last
-	cancelWatch context.CancelFunc
-	src         discovery.Source       // where the endpoints come from
-	service     string                 // the name watched on src
-	opts        discovery.WatchOptions // tag and datacenter of a discovered upstream
+	cancelWatch context.CancelFunc      // nil without a watch (static endpoints)
+	src         discovery.Source        // where the endpoints come from; nil: the config's list (static)
+	service     string                  // the name watched on src
+	opts        discovery.WatchOptions  // tag and datacenter of a discovered upstream
 }
 
 // New validates cfg (after applying defaults) and returns a Proxy that has not bound anything yet.
@@ -104,7 +109,6 @@ func New(cfg Config, opts Options) (*Proxy, error) {
 	p := &Proxy{
 		log:        opts.Logger.With("component", "proxy"),
 		m:          opts.Metrics,
-		static:     discovery.NewStatic(),
 		discovery:  opts.Discovery,
 		baseCtx:    ctx,
 		cancelBase: cancel,
@@ -112,6 +116,7 @@ func New(cfg Config, opts Options) (*Proxy, error) {
 		listeners:  map[string]listener{},
 		upstreams:  map[string]*upstreamEntry{},
 		unknown:    newObserver(opts.Metrics, metrics.Outbound, ""),
+		idleSweep:  idleConnTimeout,
 	}
 	if opts.TLS != nil {
 		p.tls = newTLSState(opts, cfg.Inbound.TLS)
@@ -196,6 +201,11 @@ func (p *Proxy) Start() error {
 		p.listeners[key] = l
 		p.serve(l)
 	}
+	p.wg.Add(1)
+	go func() {
+		defer p.wg.Done()
+		p.sweepIdle(p.baseCtx)
+	}()
 	p.log.Info("proxy started", "listeners", len(bound), "upstreams", len(cfg.Upstreams))
 	return nil
 }
@@ -277,7 +287,7 @@ func (p *Proxy) addUpstream(uc UpstreamConfig, u *cluster) {
 	e := &upstreamEntry{cluster: u}
 	p.upstreams[uc.Name] = e
 	if uc.Implicit {
-		e.pending = &uc
+		e.pending = true
 		u.lazy = func() { p.activate(e) }
 		return
 	}
@@ -288,42 +298,77 @@ func (p *Proxy) addUpstream(uc UpstreamConfig, u *cluster) {
 func (p *Proxy) activate(e *upstreamEntry) {
 	p.mu.Lock()
 	defer p.mu.Unlock()
-	if e.pending != nil && !p.stopped && p.upstreams[e.cluster.name] == e {
-		uc := *e.pending
-		e.pending = nil
+	if e.pending && !p.stopped && p.upstreams[e.cluster.name] == e {
+		uc := *e.cluster.cfg.Load() // the latest: a reload's setConfig keeps it current
+		e.pending = false
 		e.cluster.obs = newObserver(p.m, metrics.Outbound, e.cluster.name)
 		p.startWatch(e, uc)
 	}
 }
 
-// startWatch points e at the source of uc's endpoints: the config's static list, or the discovery source when
-// the config lists none. Call with p.mu held.
+// startWatch points e at the source of uc's endpoints: the config's static list, applied here and at each reload
+// (no watch, no goroutine: an idle upstream costs none), or the discovery source when the config lists none. Call
+// with p.mu held.
 func (p *Proxy) startWatch(e *upstreamEntry, uc UpstreamConfig) {
-	var src discovery.Source = p.static
-	service := uc.Name
-	var opts discovery.WatchOptions
-	if uc.Endpoints == nil && p.discovery != nil {
-		src, service, opts = p.discovery, uc.Service, uc.watchOptions()
-	} else {
-		eps, _ := discovery.ParseAddrs(uc.Endpoints) // validated already
-		p.static.Set(uc.Name, eps)
+	e.cluster.active.Store(true)
+	if uc.Endpoints != nil || p.discovery == nil {
+		e.cancelWatch, e.src, e.service, e.opts = nil, nil, uc.Name, discovery.WatchOptions{}
+		e.cluster.plan.Store(nil)
+		e.cluster.chain.Store(nil)
+		p.setStatic(e, uc)
+		return
 	}
+	src, service, opts := p.discovery, uc.Service, uc.watchOptions()
 	ctx, cancel := context.WithCancel(context.Background())
 	e.cancelWatch, e.src, e.service, e.opts = cancel, src, service, opts
-	e.cluster.active.Store(true)
-	if cs, ok := src.(discovery.ChainSource); ok && src == p.discovery {
+	if cs, ok := src.(discovery.ChainSource); ok {
 		p.watchChain(ctx, e, cs, service) // its targets' watches end with ctx
 	} else {
 		e.cluster.plan.Store(nil)
 		e.cluster.chain.Store(nil)
 	}
+	name := uc.Name // not uc: the goroutine would move every upstream's uc to the heap
 	p.wg.Add(1)
 	go func() {
 		defer p.wg.Done()
 		if err := e.cluster.runWatch(ctx, src, service, opts); err != nil {
-			p.log.Error("watch failed", "upstream", uc.Name, "service", service, "error", err)
+			p.log.Error("watch failed", "upstream", name, "service", service, "error", err)
 		}
 	}()
+}
+
+// setStatic gives e the endpoints uc lists (validated already). Call with p.mu held, after stopping e's watch if it
+// had one.
+func (p *Proxy) setStatic(e *upstreamEntry, uc UpstreamConfig) {
+	eps, _ := discovery.ParseAddrs(uc.Endpoints)
+	p.staticIndex++
+	e.cluster.apply(nil, discovery.Snapshot{Service: uc.Name, Endpoints: eps, Index: p.staticIndex})
+}
+
+// sweepIdle drops, every idleSweep until ctx ends, what the upstreams not called since the previous sweep built
+// at their first request (dropIdle): an upstream called once, or once in a while, holds it only while it is used.
+func (p *Proxy) sweepIdle(ctx context.Context) {
+	t := time.NewTicker(p.idleSweep)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+		p.mu.Lock()
+		cs := make([]*cluster, 0, len(p.upstreams)+1)
+		for _, e := range p.upstreams {
+			cs = append(cs, e.cluster)
+		}
+		if p.inbound != nil {
+			cs = append(cs, p.inbound)
+		}
+		p.mu.Unlock()
+		for _, c := range cs {
+			c.dropIdle()
+		}
+	}
 }
 
 // storeRoutes rebuilds the name-routing table. Call with p.mu held.

@@ -7,8 +7,8 @@ import (
 	"reflect"
 	"time"
 
-	"meshlet.dev/meshlet/discovery"
 	"meshlet.dev/meshlet/metrics"
+	"meshlet.dev/meshlet/resilience"
 )
 
 // removedListenerDrain bounds how long a listener removed by a reload may take to finish its connections.
@@ -62,6 +62,16 @@ func (p *Proxy) Reload(cfg Config) (warnings []string, err error) {
 	for name, e := range p.upstreams {
 		if !newNames[name] || addedNames[name] {
 			p.removeUpstream(name, e)
+		}
+		if !newNames[name] {
+			// Gone: its gauges too (removeUpstream drops meshlet_upstream_endpoints), and with the retry budget's
+			// the gauge's hold on the cluster. (A replaced upstream's retry budget reads the new cluster already:
+			// newCluster set it.)
+			p.m.RetryBudget.Delete(name)
+			for _, state := range []string{resilience.StateClosed, resilience.StateHalfOpen, resilience.StateOpen} {
+				p.m.BreakerEndpoints.DeleteLabelValues(name, state)
+			}
+			p.m.EjectedEndpoints.DeleteLabelValues(name)
 		}
 	}
 	for _, uc := range cfg.Upstreams {
@@ -137,24 +147,22 @@ func (p *Proxy) updateUpstream(e *upstreamEntry, uc UpstreamConfig) {
 	if !reflect.DeepEqual(*old, uc) {
 		defer p.reapplyChain(e) // the plan was built from the old settings (a restarted watch sends its own)
 	}
-	if e.pending != nil { // an implicit upstream not used yet: its watch starts with the latest config
-		e.pending = &uc
+	if e.pending { // an implicit upstream not used yet: its watch starts with the latest config (the cluster's)
 		return
 	}
 	if uc.Endpoints == nil && p.discovery != nil {
 		if e.src != p.discovery || e.service != uc.Service || e.opts != uc.watchOptions() {
-			e.cancelWatch()
+			e.stopWatch()
 			p.startWatch(e, uc)
 		}
 		return
 	}
-	if e.src != p.static {
-		e.cancelWatch()
+	if e.src != nil {
+		e.stopWatch()
 		p.startWatch(e, uc)
 		return
 	}
-	eps, _ := discovery.ParseAddrs(uc.Endpoints)
-	p.static.Set(uc.Name, eps)
+	p.setStatic(e, uc)
 }
 
 // removeUpstream stops an upstream's listener (draining it in the background) and its watch. Call with p.mu held.
@@ -174,7 +182,9 @@ func (p *Proxy) removeUpstream(name string, e *upstreamEntry) {
 			ctx, cancel := context.WithTimeout(p.baseCtx, removedListenerDrain)
 			defer cancel()
 			l.shutdown(ctx)
-			e.cancelWatch() // an upstream with a listener is not implicit: its watch runs
+			if e.cancelWatch != nil { // an upstream with a listener is not implicit: it has a watch, or static endpoints
+				e.cancelWatch()
+			}
 			e.cluster.close()
 		}()
 		return
@@ -185,7 +195,7 @@ func (p *Proxy) removeUpstream(name string, e *upstreamEntry) {
 
 // stopWatch stops e's watch, if it has one. Call with p.mu held.
 func (e *upstreamEntry) stopWatch() {
-	e.pending = nil
+	e.pending = false
 	if e.cancelWatch != nil {
 		e.cancelWatch()
 	}

@@ -2,6 +2,7 @@ package proxy
 
 import (
 	"context"
+	"net/http"
 	"reflect"
 
 	"meshlet.dev/meshlet/resilience"
@@ -10,14 +11,33 @@ import (
 // decisionsKept is how many resilience decisions /debug/upstreams shows per upstream.
 const decisionsKept = 50
 
-// resState is an upstream's resilience settings and the parts built from them; swapped whole on reload.
+// resState is an upstream's limiter (nil: no limit), built at its first request and replaced whole when a reload
+// changes its limits.
 type resState struct {
-	cfg     resilience.Config
 	limiter *resilience.Limiter
 }
 
-// initResilience builds the retry transport around c and the limiter.
-func (c *cluster) initResilience(cfg resilience.Config) {
+// initResilience publishes the upstream's retry budget; its limiter and its retry transport are built at its
+// first request (limits, retryTransport).
+func (c *cluster) initResilience() {
+	if c.direction == "outbound" {
+		c.m.RetryBudget.Set(c.name, c.retryBudgetRemaining)
+	}
+}
+
+// retryTransport returns the upstream's retry transport (retrying attempts through c), built with the current
+// settings at the first call: an upstream that is never called holds no policy, budget or hooks.
+func (c *cluster) retryTransport() *resilience.RetryTransport {
+	c.touch()
+	if rt := c.retry.Load(); rt != nil {
+		return rt
+	}
+	c.lazyMu.Lock()
+	defer c.lazyMu.Unlock()
+	if rt := c.retry.Load(); rt != nil {
+		return rt
+	}
+	cfg := c.cfg.Load().Resilience
 	policy, err := resilience.NewRetryPolicy(cfg.Retry)
 	if err != nil {
 		// Validate has already rejected such a config; fall back to no retries rather than fail.
@@ -37,38 +57,67 @@ func (c *cluster) initResilience(cfg resilience.Config) {
 			c.decisions.Add("exhausted", "", reason+" on the last attempt")
 		},
 	}
-	c.retry = resilience.NewRetryTransport(c, policy, resilience.NewBudget(cfg.Retry.Budget), hooks, c.log)
-	c.res.Store(&resState{cfg: cfg, limiter: resilience.NewLimiter(cfg.Limits)})
-	if c.direction == "outbound" {
-		c.m.RetryBudget.Set(c.name, func() float64 { return c.retry.Budget().Remaining() })
-	}
+	rt := resilience.NewRetryTransport(c, policy, resilience.NewBudget(cfg.Retry.Budget), hooks, c.log)
+	c.retry.Store(rt)
+	return rt
 }
 
-// setResilience applies changed resilience settings. Breakers start afresh (closed) when their settings change.
-func (c *cluster) setResilience(cfg resilience.Config) {
-	old := c.res.Load()
-	if reflect.DeepEqual(old.cfg, cfg) {
+// retryBudgetRemaining is the number of retries the upstream's budget allows now: a fresh budget's before the
+// first request.
+func (c *cluster) retryBudgetRemaining() float64 {
+	if rt := c.retry.Load(); rt != nil {
+		return rt.Budget().Remaining()
+	}
+	return resilience.NewBudget(c.cfg.Load().Resilience.Retry.Budget).Remaining()
+}
+
+// retryOf is the reverse proxy's transport: the cluster's retry transport, built at the first request.
+type retryOf cluster
+
+func (r *retryOf) RoundTrip(req *http.Request) (*http.Response, error) {
+	return (*cluster)(r).retryTransport().RoundTrip(req)
+}
+
+// setResilience applies changed resilience settings (old: those applied so far) to what is built of them.
+// Breakers start afresh (closed) when their settings change. Call after c.cfg holds cfg.
+func (c *cluster) setResilience(old, cfg resilience.Config) {
+	if reflect.DeepEqual(old, cfg) {
 		return
 	}
-	if !reflect.DeepEqual(old.cfg.Retry, cfg.Retry) {
+	c.lazyMu.Lock()
+	if rt := c.retry.Load(); rt != nil && !reflect.DeepEqual(old.Retry, cfg.Retry) {
 		policy, err := resilience.NewRetryPolicy(cfg.Retry)
 		if err == nil {
-			b := c.retry.Budget()
-			if old.cfg.Retry.Budget != cfg.Retry.Budget {
+			b := rt.Budget()
+			if old.Retry.Budget != cfg.Retry.Budget {
 				b = resilience.NewBudget(cfg.Retry.Budget)
 			}
-			c.retry.Set(policy, b)
+			rt.Set(policy, b)
 		}
 	}
-	next := &resState{cfg: cfg, limiter: old.limiter}
-	if !reflect.DeepEqual(old.cfg.Limits, cfg.Limits) {
-		next.limiter = resilience.NewLimiter(cfg.Limits)
+	if c.res.Load() != nil && !reflect.DeepEqual(old.Limits, cfg.Limits) {
+		c.res.Store(&resState{limiter: resilience.NewLimiter(cfg.Limits)})
 	}
-	c.res.Store(next)
+	c.lazyMu.Unlock()
 	c.endpoints.setBreakers(cfg.Breaker, cfg.Outlier)
+}
+
+// limits returns the upstream's limiter state, built with the current settings at the first call.
+func (c *cluster) limits() *resState {
+	if rs := c.res.Load(); rs != nil {
+		return rs
+	}
+	c.lazyMu.Lock()
+	defer c.lazyMu.Unlock()
+	if rs := c.res.Load(); rs != nil {
+		return rs
+	}
+	rs := &resState{limiter: resilience.NewLimiter(c.cfg.Load().Resilience.Limits)}
+	c.res.Store(rs)
+	return rs
 }
 
 // acquire takes a slot of the upstream's limiter for one request.
 func (c *cluster) acquire(ctx context.Context) (func(), error) {
-	return c.res.Load().limiter.Acquire(ctx)
+	return c.limits().limiter.Acquire(ctx)
 }

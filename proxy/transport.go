@@ -109,15 +109,49 @@ func (c *cluster) newTransports(cfg *UpstreamConfig) *transports {
 	return tr
 }
 
+// transportSlot holds a cluster's transports, built at the first Load (and again after dropIdle): an upstream that
+// is not called holds no transport, TLS settings or pool.
+type transportSlot struct {
+	p atomic.Pointer[transports]
+	c *cluster
+}
+
+// Load returns the transports, building them with the cluster's current settings at the first call.
+func (s *transportSlot) Load() *transports {
+	c := s.c
+	c.touch()
+	if tr := s.p.Load(); tr != nil {
+		return tr
+	}
+	c.lazyMu.Lock()
+	defer c.lazyMu.Unlock()
+	if tr := s.p.Load(); tr != nil {
+		return tr
+	}
+	tr := c.newTransports(c.cfg.Load())
+	s.p.Store(tr)
+	return tr
+}
+
+// Store replaces the transports.
+func (s *transportSlot) Store(tr *transports) { s.p.Store(tr) }
+
 // reloadTransports replaces the upstream's transports when a reload changed what they are built with (the
 // response header limit): new attempts use new connections; the old pools' idle connections are closed, and
-// those still in use close when idle (idleConnTimeout).
+// those still in use close when idle (idleConnTimeout). Transports not built yet will be built with cfg.
 func (c *cluster) reloadTransports(old, cfg *UpstreamConfig) {
 	if old.MaxResponseHeaderBytes == cfg.MaxResponseHeaderBytes {
 		return
 	}
-	prev := c.transport.Swap(c.newTransports(cfg))
-	prev.closeIdle()
+	c.lazyMu.Lock()
+	prev := c.transport.p.Load()
+	if prev != nil {
+		c.transport.p.Store(c.newTransports(cfg))
+	}
+	c.lazyMu.Unlock()
+	if prev != nil {
+		prev.closeIdle()
+	}
 }
 
 // closeIdle closes idle pooled connections of both transports.
