@@ -37,19 +37,25 @@ type endpointSet struct {
 	seenOnce  sync.Once
 }
 
-// breakerSettings are the settings every endpoint's breaker is built with, and the ejector that caps how many
-// endpoints an open breaker takes out of load balancing.
+// breakerSettings are the settings every endpoint's breaker is started with (and their policy, which the
+// breakers share), and the ejector that caps how many endpoints an open breaker takes out of load balancing.
 type breakerSettings struct {
 	breaker resilience.BreakerConfig
+	policy  *resilience.BreakerPolicy
 	outlier resilience.OutlierConfig
 	ejector *resilience.Ejector
+}
+
+func newBreakerSettings(breaker resilience.BreakerConfig, outlier resilience.OutlierConfig) *breakerSettings {
+	return &breakerSettings{breaker: breaker, policy: resilience.NewBreakerPolicy(breaker), outlier: outlier,
+		ejector: resilience.NewEjector(outlier)}
 }
 
 func newEndpointSet(name, lb string, cfg resilience.Config, m *metrics.Metrics, decisions *resilience.Decisions, log *slog.Logger) *endpointSet {
 	s := &endpointSet{name: name, m: m, decisions: decisions, log: log, lb: lb, states: map[string]*endpointState{},
 		seen: make(chan struct{})}
 	s.picker.Store(newPicker(lb, nil))
-	s.breakers.Store(&breakerSettings{breaker: cfg.Breaker, outlier: cfg.Outlier, ejector: resilience.NewEjector(cfg.Outlier)})
+	s.breakers.Store(newBreakerSettings(cfg.Breaker, cfg.Outlier))
 	return s
 }
 
@@ -105,7 +111,7 @@ func (s *endpointSet) setBreakers(breaker resilience.BreakerConfig, outlier resi
 	if old.breaker == breaker && old.outlier == outlier {
 		return
 	}
-	s.breakers.Store(&breakerSettings{breaker: breaker, outlier: outlier, ejector: resilience.NewEjector(outlier)})
+	s.breakers.Store(newBreakerSettings(breaker, outlier))
 	s.mu.Lock()
 	for _, st := range s.states {
 		s.dropBreaker(st)
@@ -178,14 +184,13 @@ func (s *endpointSet) chooseKey(tried []*endpointState, key uint64, hasKey bool)
 		if err != nil {
 			return nil, nil, err
 		}
-		b := st.breaker.Load()
-		if b == nil {
-			return st, st.finish, nil
-		}
-		breakerDone, err := b.Allow()
+		ticket, err := st.breaker.Allow(func(from, to string) { s.breakerChanged(st, from, to) })
 		if err == nil {
+			if ticket == 0 { // breakers are off
+				return st, st.finish, nil
+			}
 			return st, func(outcome error) {
-				breakerDone(outcome)
+				st.breaker.Done(ticket, outcome, func(from, to string) { s.breakerChanged(st, from, to) })
 				st.finish(outcome)
 			}, nil
 		}
@@ -200,25 +205,24 @@ func (s *endpointSet) chooseKey(tried []*endpointState, key uint64, hasKey bool)
 	}
 }
 
-// addBreaker gives a new endpoint its breaker. Call with s.mu held.
+// addBreaker starts a new endpoint's breaker (off when breakers are disabled). Call with s.mu held.
 func (s *endpointSet) addBreaker(st *endpointState) {
-	cfg := s.breakers.Load().breaker
-	if cfg.Disabled {
+	bs := s.breakers.Load()
+	if bs.breaker.Disabled {
 		return
 	}
-	b := resilience.NewBreaker(s.name+"/"+st.ep.ID, cfg, func(from, to string) { s.breakerChanged(st, from, to) })
-	st.breaker.Store(b)
+	st.breaker.Start(bs.policy)
 	s.m.BreakerEndpoints.WithLabelValues(s.name, resilience.StateClosed).Inc()
 }
 
 // dropBreaker removes an endpoint's breaker (the endpoint is gone, or the settings changed), giving back its
 // ejection slot. Call with s.mu held.
 func (s *endpointSet) dropBreaker(st *endpointState) {
-	b := st.breaker.Swap(nil)
-	if b == nil {
+	was, on := st.breaker.Stop()
+	if !on {
 		return
 	}
-	s.m.BreakerEndpoints.WithLabelValues(s.name, b.State()).Dec()
+	s.m.BreakerEndpoints.WithLabelValues(s.name, was).Dec()
 	if e := st.ejected.Swap(nil); e != nil {
 		e.Return()
 		s.m.EjectedEndpoints.WithLabelValues(s.name).Dec()
@@ -226,11 +230,9 @@ func (s *endpointSet) dropBreaker(st *endpointState) {
 }
 
 // breakerChanged follows an endpoint's breaker: an opened breaker ejects the endpoint from load balancing if the
-// ejection cap allows; half-open and closed put it back. Called under the breaker's lock: no breaker calls here.
+// ejection cap allows; half-open and closed put it back. Called under the breaker's lock (so never once the
+// breaker is stopped): no breaker calls here.
 func (s *endpointSet) breakerChanged(st *endpointState, from, to string) {
-	if st.breaker.Load() == nil {
-		return // replaced or removed meanwhile
-	}
 	s.m.BreakerEndpoints.WithLabelValues(s.name, from).Dec()
 	s.m.BreakerEndpoints.WithLabelValues(s.name, to).Inc()
 	s.m.BreakerTransitions.WithLabelValues(s.name, from, to).Inc()
@@ -274,9 +276,7 @@ func (s *endpointSet) info(ui *UpstreamInfo) {
 		ei := EndpointInfo{ID: st.ep.ID, Address: st.hostport, Identity: st.ep.Identity, Meta: st.ep.Meta,
 			InFlight: st.inFlight.Load(), Requests: st.requests.Load(), Failures: st.failures.Load()}
 		ei.Recent.Success, ei.Recent.Failure = st.recentCounts()
-		if b := st.breaker.Load(); b != nil {
-			ei.Breaker = b.State()
-		}
+		ei.Breaker = st.breaker.State(func(from, to string) { s.breakerChanged(st, from, to) })
 		ei.Ejected = st.ejected.Load() != nil
 		if le := st.lastErr.Load(); le != nil {
 			ei.LastError, ei.LastErrorAt = le.msg, &le.at

@@ -36,7 +36,7 @@ type endpointState struct {
 	lastErr  atomic.Pointer[endpointError]
 	recent   [recentOutcomes]atomic.Uint32 // ring of the latest outcomes: outcomeOK or outcomeFailed
 
-	breaker atomic.Pointer[resilience.Breaker] // nil when breakers are off
+	breaker resilience.EndpointBreaker         // off (its zero value) when breakers are disabled
 	ejected atomic.Pointer[resilience.Ejector] // the ejector whose slot it holds while ejected; nil when in
 	// ejectedUntil (Unix nanoseconds) is when the breaker's open timeout ends: from then on the endpoint is
 	// eligible again, so that a request reaches its breaker, which half-opens (gobreaker changes state only
