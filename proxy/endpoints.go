@@ -224,7 +224,7 @@ func (s *endpointSet) dropBreaker(st *endpointState) {
 	}
 	s.m.BreakerEndpoints.WithLabelValues(s.name, was).Dec()
 	if e := st.ejected.Swap(nil); e != nil {
-		e.Return()
+		e.by.Return()
 		s.m.EjectedEndpoints.WithLabelValues(s.name).Dec()
 	}
 }
@@ -241,8 +241,7 @@ func (s *endpointSet) breakerChanged(st *endpointState, from, to string) {
 		s.decisions.Add("opened", st.ep.ID, "breaker opened after failures")
 		bs := s.breakers.Load()
 		if bs.ejector.TryEject(len(s.picker.Load().endpoints)) {
-			st.ejectedUntil.Store(time.Now().Add(bs.breaker.OpenTimeout).UnixNano())
-			st.ejected.Store(bs.ejector)
+			st.ejected.Store(&ejection{by: bs.ejector, until: time.Now().Add(bs.breaker.OpenTimeout).UnixNano()})
 			s.m.Ejections.WithLabelValues(s.name).Inc()
 			s.m.EjectedEndpoints.WithLabelValues(s.name).Inc()
 			s.decisions.Add("ejected", st.ep.ID, "out of load balancing until its breaker half-opens")
@@ -251,7 +250,7 @@ func (s *endpointSet) breakerChanged(st *endpointState, from, to string) {
 		}
 	case resilience.StateHalfOpen, resilience.StateClosed:
 		if e := st.ejected.Swap(nil); e != nil {
-			e.Return()
+			e.by.Return()
 			s.m.EjectedEndpoints.WithLabelValues(s.name).Dec()
 		}
 		kind := "closed"
