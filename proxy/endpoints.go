@@ -27,8 +27,8 @@ type endpointSet struct {
 
 	mu        sync.Mutex // guards lb, states, updatedAt, index, stale, contact
 	lb        string
-	ringSize  uint64 // ring_hash's minimum ring size (a discovery chain's resolver); 0: the default
-	states    map[string]*endpointState
+	ringSize  uint64           // ring_hash's minimum ring size (a discovery chain's resolver); 0: the default
+	states    []*endpointState // the endpoints, one per ID, in the snapshot's order (the picker's, too)
 	updatedAt time.Time
 	index     uint64
 	stale     bool          // the source lost contact; the endpoints are the last known
@@ -52,23 +52,30 @@ func newBreakerSettings(breaker resilience.BreakerConfig, outlier resilience.Out
 }
 
 func newEndpointSet(name, lb string, cfg resilience.Config, m *metrics.Metrics, decisions *resilience.Decisions, log *slog.Logger) *endpointSet {
-	s := &endpointSet{name: name, m: m, decisions: decisions, log: log, lb: lb, states: map[string]*endpointState{},
-		seen: make(chan struct{})}
+	s := &endpointSet{name: name, m: m, decisions: decisions, log: log, lb: lb, seen: make(chan struct{})}
 	s.picker.Store(newPicker(lb, nil))
 	s.breakers.Store(newBreakerSettings(cfg.Breaker, cfg.Outlier))
 	return s
 }
 
-// update builds a new picker from snap, reusing the state of endpoints that stay.
+// update builds a new picker from snap, reusing the state of endpoints that stay. The endpoints are kept in a
+// list only: the maps by ID that match them up live for the update alone.
 func (s *endpointSet) update(snap discovery.Snapshot) {
 	s.mu.Lock()
+	var prev map[string]*endpointState
+	if len(s.states) > 0 {
+		prev = make(map[string]*endpointState, len(s.states))
+		for _, st := range s.states {
+			prev[st.ep.ID] = st
+		}
+	}
 	next := make(map[string]*endpointState, len(snap.Endpoints))
 	list := make([]*endpointState, 0, len(snap.Endpoints))
 	for _, ep := range snap.Endpoints {
 		if _, dup := next[ep.ID]; dup {
 			continue
 		}
-		st, ok := s.states[ep.ID]
+		st, ok := prev[ep.ID]
 		if !ok || !sameTarget(st.ep, ep) {
 			st = newEndpointState(ep)
 			s.addBreaker(st)
@@ -76,12 +83,12 @@ func (s *endpointSet) update(snap discovery.Snapshot) {
 		next[ep.ID] = st
 		list = append(list, st)
 	}
-	for id, st := range s.states {
-		if next[id] != st {
+	for _, st := range s.states {
+		if next[st.ep.ID] != st {
 			s.dropBreaker(st)
 		}
 	}
-	s.states = next
+	s.states = list
 	s.updatedAt = time.Now()
 	s.index = snap.Index
 	s.stale, s.contact = snap.Stale, snap.LastContact
@@ -100,8 +107,7 @@ func (s *endpointSet) setLB(lb string) {
 		return
 	}
 	s.lb = lb
-	list := append([]*endpointState(nil), s.picker.Load().endpoints...)
-	s.picker.Store(s.newPicker(lb, list))
+	s.picker.Store(s.newPicker(lb, s.states)) // pickers only read their list: the new one shares it
 }
 
 // setBreakers applies changed breaker or outlier settings: every endpoint's breaker starts afresh (closed) and
