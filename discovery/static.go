@@ -22,15 +22,21 @@ func NewStatic() *Static {
 	return &Static{services: map[string]Snapshot{}, watchers: map[string]map[chan Snapshot]struct{}{}}
 }
 
-// ParseAddrs turns "ip:port" strings into endpoints whose ID is the address.
+// ParseAddrs turns "ip:port" strings into endpoints whose ID is the address (in its canonical form: a string of
+// addrs itself when it is one, which the endpoints then share with it rather than hold a copy of).
 func ParseAddrs(addrs []string) ([]Endpoint, error) {
 	eps := make([]Endpoint, 0, len(addrs))
+	var buf [64]byte
 	for _, a := range addrs {
 		ap, err := netip.ParseAddrPort(a)
 		if err != nil {
 			return nil, fmt.Errorf("endpoint %q: must be ip:port", a)
 		}
-		eps = append(eps, Endpoint{ID: ap.String(), Addr: ap, Weight: 1})
+		id := a
+		if c := ap.AppendTo(buf[:0]); string(c) != a {
+			id = string(c)
+		}
+		eps = append(eps, Endpoint{ID: id, Addr: ap, Weight: 1})
 	}
 	return eps, nil
 }
