@@ -27,8 +27,6 @@ type Picker interface {
 type endpointState struct {
 	ep       discovery.Endpoint
 	hostport string                     // ep.Addr as "ip:port", computed once
-	sidecar  bool                       // discovery says the endpoint is a sidecar (Meta "peer" is "sidecar")
-	foreign  bool                       // discovery says that sidecar is not a meshlet (Meta "proxy" is "foreign")
 	target   atomic.Pointer[dialTarget] // how to reach it under the upstream's current settings (targetOf)
 
 	inFlight atomic.Int64
@@ -62,8 +60,7 @@ type endpointError struct {
 }
 
 func newEndpointState(ep discovery.Endpoint) *endpointState {
-	st := &endpointState{ep: ep, sidecar: ep.Meta["peer"] == PeerSidecar,
-		foreign: ep.Meta[discovery.MetaProxy] == discovery.ProxyForeign}
+	st := &endpointState{ep: ep}
 	var buf [len("[ffff:ffff:ffff:ffff:ffff:ffff:255.255.255.255%zone]:65535") + 16]byte
 	if hp := ep.Addr.AppendTo(buf[:0]); string(hp) == ep.ID {
 		st.hostport = ep.ID // static endpoints are named by their address: one string for both
@@ -77,8 +74,16 @@ func newEndpointState(ep discovery.Endpoint) *endpointState {
 // kind (sidecar or not, meshlet or foreign). Otherwise the endpoint gets a new state: its per-endpoint state and dial target are
 // those of another endpoint.
 func sameTarget(a, b discovery.Endpoint) bool {
-	return a.Addr == b.Addr && a.Identity == b.Identity && (a.Meta["peer"] == PeerSidecar) == (b.Meta["peer"] == PeerSidecar) &&
-		(a.Meta[discovery.MetaProxy] == discovery.ProxyForeign) == (b.Meta[discovery.MetaProxy] == discovery.ProxyForeign)
+	return a.Addr == b.Addr && a.Identity == b.Identity && isSidecar(&a) == isSidecar(&b) && isForeign(&a) == isForeign(&b)
+}
+
+// isSidecar reports whether discovery says that ep is a sidecar (Meta "peer" is "sidecar").
+func isSidecar(ep *discovery.Endpoint) bool { return ep.Meta["peer"] == PeerSidecar }
+
+// isForeign reports whether discovery says that ep is a sidecar that is not a meshlet (Meta "proxy" is
+// "foreign").
+func isForeign(ep *discovery.Endpoint) bool {
+	return ep.Meta[discovery.MetaProxy] == discovery.ProxyForeign
 }
 
 // finish records the outcome of one request that was counted in flight. resilience.ErrExcluded (the client went
