@@ -74,8 +74,8 @@ func (c *cluster) targetOf(st *endpointState, cfg *UpstreamConfig) *dialTarget {
 // upstream's tls.mode is mtls (its default when this meshlet has TLS: withTLS). Apps are plaintext. A sidecar
 // of an upstream whose tls.mode says mtls when this meshlet has no TLS is not dialled at all (clientTLS).
 func newDialTarget(st *endpointState, cfg *UpstreamConfig, withTLS bool) *dialTarget {
-	t := &dialTarget{cfg: cfg, addr: st.hostport, sidecar: cfg.Peer == PeerSidecar || st.sidecar}
-	t.foreign = t.sidecar && st.foreign
+	t := &dialTarget{cfg: cfg, addr: st.hostport, sidecar: cfg.Peer == PeerSidecar || isSidecar(&st.ep)}
+	t.foreign = t.sidecar && isForeign(&st.ep)
 	t.tls = t.sidecar && upstreamTLSMode(cfg.TLS.Mode, withTLS) == mtls.ModeMTLS
 	if t.tls {
 		t.identity = st.ep.Identity

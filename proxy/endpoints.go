@@ -27,8 +27,8 @@ type endpointSet struct {
 
 	mu        sync.Mutex // guards lb, states, updatedAt, index, stale, contact
 	lb        string
-	ringSize  uint64 // ring_hash's minimum ring size (a discovery chain's resolver); 0: the default
-	states    map[string]*endpointState
+	ringSize  uint64           // ring_hash's minimum ring size (a discovery chain's resolver); 0: the default
+	states    []*endpointState // the endpoints, one per ID, in the snapshot's order (the picker's, too)
 	updatedAt time.Time
 	index     uint64
 	stale     bool          // the source lost contact; the endpoints are the last known
@@ -37,32 +37,45 @@ type endpointSet struct {
 	seenOnce  sync.Once
 }
 
-// breakerSettings are the settings every endpoint's breaker is built with, and the ejector that caps how many
-// endpoints an open breaker takes out of load balancing.
+// breakerSettings are the settings every endpoint's breaker is started with (and their policy, which the
+// breakers share), and the ejector that caps how many endpoints an open breaker takes out of load balancing.
 type breakerSettings struct {
 	breaker resilience.BreakerConfig
+	policy  *resilience.BreakerPolicy
 	outlier resilience.OutlierConfig
 	ejector *resilience.Ejector
 }
 
+func newBreakerSettings(breaker resilience.BreakerConfig, outlier resilience.OutlierConfig) *breakerSettings {
+	return &breakerSettings{breaker: breaker, policy: resilience.NewBreakerPolicy(breaker), outlier: outlier,
+		ejector: resilience.NewEjector(outlier)}
+}
+
 func newEndpointSet(name, lb string, cfg resilience.Config, m *metrics.Metrics, decisions *resilience.Decisions, log *slog.Logger) *endpointSet {
-	s := &endpointSet{name: name, m: m, decisions: decisions, log: log, lb: lb, states: map[string]*endpointState{},
-		seen: make(chan struct{})}
+	s := &endpointSet{name: name, m: m, decisions: decisions, log: log, lb: lb, seen: make(chan struct{})}
 	s.picker.Store(newPicker(lb, nil))
-	s.breakers.Store(&breakerSettings{breaker: cfg.Breaker, outlier: cfg.Outlier, ejector: resilience.NewEjector(cfg.Outlier)})
+	s.breakers.Store(newBreakerSettings(cfg.Breaker, cfg.Outlier))
 	return s
 }
 
-// update builds a new picker from snap, reusing the state of endpoints that stay.
+// update builds a new picker from snap, reusing the state of endpoints that stay. The endpoints are kept in a
+// list only: the maps by ID that match them up live for the update alone.
 func (s *endpointSet) update(snap discovery.Snapshot) {
 	s.mu.Lock()
+	var prev map[string]*endpointState
+	if len(s.states) > 0 {
+		prev = make(map[string]*endpointState, len(s.states))
+		for _, st := range s.states {
+			prev[st.ep.ID] = st
+		}
+	}
 	next := make(map[string]*endpointState, len(snap.Endpoints))
 	list := make([]*endpointState, 0, len(snap.Endpoints))
 	for _, ep := range snap.Endpoints {
 		if _, dup := next[ep.ID]; dup {
 			continue
 		}
-		st, ok := s.states[ep.ID]
+		st, ok := prev[ep.ID]
 		if !ok || !sameTarget(st.ep, ep) {
 			st = newEndpointState(ep)
 			s.addBreaker(st)
@@ -70,12 +83,12 @@ func (s *endpointSet) update(snap discovery.Snapshot) {
 		next[ep.ID] = st
 		list = append(list, st)
 	}
-	for id, st := range s.states {
-		if next[id] != st {
+	for _, st := range s.states {
+		if next[st.ep.ID] != st {
 			s.dropBreaker(st)
 		}
 	}
-	s.states = next
+	s.states = list
 	s.updatedAt = time.Now()
 	s.index = snap.Index
 	s.stale, s.contact = snap.Stale, snap.LastContact
@@ -94,8 +107,7 @@ func (s *endpointSet) setLB(lb string) {
 		return
 	}
 	s.lb = lb
-	list := append([]*endpointState(nil), s.picker.Load().endpoints...)
-	s.picker.Store(s.newPicker(lb, list))
+	s.picker.Store(s.newPicker(lb, s.states)) // pickers only read their list: the new one shares it
 }
 
 // setBreakers applies changed breaker or outlier settings: every endpoint's breaker starts afresh (closed) and
@@ -105,7 +117,7 @@ func (s *endpointSet) setBreakers(breaker resilience.BreakerConfig, outlier resi
 	if old.breaker == breaker && old.outlier == outlier {
 		return
 	}
-	s.breakers.Store(&breakerSettings{breaker: breaker, outlier: outlier, ejector: resilience.NewEjector(outlier)})
+	s.breakers.Store(newBreakerSettings(breaker, outlier))
 	s.mu.Lock()
 	for _, st := range s.states {
 		s.dropBreaker(st)
@@ -178,14 +190,13 @@ func (s *endpointSet) chooseKey(tried []*endpointState, key uint64, hasKey bool)
 		if err != nil {
 			return nil, nil, err
 		}
-		b := st.breaker.Load()
-		if b == nil {
-			return st, st.finish, nil
-		}
-		breakerDone, err := b.Allow()
+		ticket, err := st.breaker.Allow(func(from, to string) { s.breakerChanged(st, from, to) })
 		if err == nil {
+			if ticket == 0 { // breakers are off
+				return st, st.finish, nil
+			}
 			return st, func(outcome error) {
-				breakerDone(outcome)
+				st.breaker.Done(ticket, outcome, func(from, to string) { s.breakerChanged(st, from, to) })
 				st.finish(outcome)
 			}, nil
 		}
@@ -200,37 +211,34 @@ func (s *endpointSet) chooseKey(tried []*endpointState, key uint64, hasKey bool)
 	}
 }
 
-// addBreaker gives a new endpoint its breaker. Call with s.mu held.
+// addBreaker starts a new endpoint's breaker (off when breakers are disabled). Call with s.mu held.
 func (s *endpointSet) addBreaker(st *endpointState) {
-	cfg := s.breakers.Load().breaker
-	if cfg.Disabled {
+	bs := s.breakers.Load()
+	if bs.breaker.Disabled {
 		return
 	}
-	b := resilience.NewBreaker(s.name+"/"+st.ep.ID, cfg, func(from, to string) { s.breakerChanged(st, from, to) })
-	st.breaker.Store(b)
+	st.breaker.Start(bs.policy)
 	s.m.BreakerEndpoints.WithLabelValues(s.name, resilience.StateClosed).Inc()
 }
 
 // dropBreaker removes an endpoint's breaker (the endpoint is gone, or the settings changed), giving back its
 // ejection slot. Call with s.mu held.
 func (s *endpointSet) dropBreaker(st *endpointState) {
-	b := st.breaker.Swap(nil)
-	if b == nil {
+	was, on := st.breaker.Stop()
+	if !on {
 		return
 	}
-	s.m.BreakerEndpoints.WithLabelValues(s.name, b.State()).Dec()
+	s.m.BreakerEndpoints.WithLabelValues(s.name, was).Dec()
 	if e := st.ejected.Swap(nil); e != nil {
-		e.Return()
+		e.by.Return()
 		s.m.EjectedEndpoints.WithLabelValues(s.name).Dec()
 	}
 }
 
 // breakerChanged follows an endpoint's breaker: an opened breaker ejects the endpoint from load balancing if the
-// ejection cap allows; half-open and closed put it back. Called under the breaker's lock: no breaker calls here.
+// ejection cap allows; half-open and closed put it back. Called under the breaker's lock (so never once the
+// breaker is stopped): no breaker calls here.
 func (s *endpointSet) breakerChanged(st *endpointState, from, to string) {
-	if st.breaker.Load() == nil {
-		return // replaced or removed meanwhile
-	}
 	s.m.BreakerEndpoints.WithLabelValues(s.name, from).Dec()
 	s.m.BreakerEndpoints.WithLabelValues(s.name, to).Inc()
 	s.m.BreakerTransitions.WithLabelValues(s.name, from, to).Inc()
@@ -239,8 +247,7 @@ func (s *endpointSet) breakerChanged(st *endpointState, from, to string) {
 		s.decisions.Add("opened", st.ep.ID, "breaker opened after failures")
 		bs := s.breakers.Load()
 		if bs.ejector.TryEject(len(s.picker.Load().endpoints)) {
-			st.ejectedUntil.Store(time.Now().Add(bs.breaker.OpenTimeout).UnixNano())
-			st.ejected.Store(bs.ejector)
+			st.ejected.Store(&ejection{by: bs.ejector, until: time.Now().Add(bs.breaker.OpenTimeout).UnixNano()})
 			s.m.Ejections.WithLabelValues(s.name).Inc()
 			s.m.EjectedEndpoints.WithLabelValues(s.name).Inc()
 			s.decisions.Add("ejected", st.ep.ID, "out of load balancing until its breaker half-opens")
@@ -249,7 +256,7 @@ func (s *endpointSet) breakerChanged(st *endpointState, from, to string) {
 		}
 	case resilience.StateHalfOpen, resilience.StateClosed:
 		if e := st.ejected.Swap(nil); e != nil {
-			e.Return()
+			e.by.Return()
 			s.m.EjectedEndpoints.WithLabelValues(s.name).Dec()
 		}
 		kind := "closed"
@@ -274,9 +281,7 @@ func (s *endpointSet) info(ui *UpstreamInfo) {
 		ei := EndpointInfo{ID: st.ep.ID, Address: st.hostport, Identity: st.ep.Identity, Meta: st.ep.Meta,
 			InFlight: st.inFlight.Load(), Requests: st.requests.Load(), Failures: st.failures.Load()}
 		ei.Recent.Success, ei.Recent.Failure = st.recentCounts()
-		if b := st.breaker.Load(); b != nil {
-			ei.Breaker = b.State()
-		}
+		ei.Breaker = st.breaker.State(func(from, to string) { s.breakerChanged(st, from, to) })
 		ei.Ejected = st.ejected.Load() != nil
 		if le := st.lastErr.Load(); le != nil {
 			ei.LastError, ei.LastErrorAt = le.msg, &le.at

@@ -2,6 +2,7 @@ package proxy
 
 import (
 	"errors"
+	"math/bits"
 	"math/rand/v2"
 	"net/http"
 	"sync/atomic"
@@ -26,31 +27,32 @@ type Picker interface {
 type endpointState struct {
 	ep       discovery.Endpoint
 	hostport string                     // ep.Addr as "ip:port", computed once
-	sidecar  bool                       // discovery says the endpoint is a sidecar (Meta "peer" is "sidecar")
-	foreign  bool                       // discovery says that sidecar is not a meshlet (Meta "proxy" is "foreign")
 	target   atomic.Pointer[dialTarget] // how to reach it under the upstream's current settings (targetOf)
 
 	inFlight atomic.Int64
 	requests atomic.Uint64
 	failures atomic.Uint64
 	lastErr  atomic.Pointer[endpointError]
-	recent   [recentOutcomes]atomic.Uint32 // ring of the latest outcomes: outcomeOK or outcomeFailed
+	// recent is a ring of the latest recentOutcomes outcomes, slot i a bit: bit i set for a success, bit
+	// 32+i for a failure, neither for a slot not yet used.
+	recent atomic.Uint64
 
-	breaker atomic.Pointer[resilience.Breaker] // nil when breakers are off
-	ejected atomic.Pointer[resilience.Ejector] // the ejector whose slot it holds while ejected; nil when in
-	// ejectedUntil (Unix nanoseconds) is when the breaker's open timeout ends: from then on the endpoint is
-	// eligible again, so that a request reaches its breaker, which half-opens (gobreaker changes state only
-	// when asked) and lets a probe through.
-	ejectedUntil atomic.Int64
+	breaker resilience.EndpointBreaker // off (its zero value) when breakers are disabled
+	ejected atomic.Pointer[ejection]   // nil when in load balancing
 }
 
-// recentOutcomes is how many of an endpoint's latest outcomes /debug/upstreams summarizes.
-const recentOutcomes = 32
+// ejection is an endpoint's time out of load balancing.
+type ejection struct {
+	by *resilience.Ejector // whose slot it holds
+	// until (Unix nanoseconds) is when the breaker's open timeout ends: from then on the endpoint is eligible
+	// again, so that a request reaches its breaker, which half-opens (breakers change state only when asked)
+	// and lets a probe through.
+	until int64
+}
 
-const (
-	outcomeOK     = 1
-	outcomeFailed = 2
-)
+// recentOutcomes is how many of an endpoint's latest outcomes /debug/upstreams summarizes (the bits of half of
+// endpointState.recent).
+const recentOutcomes = 32
 
 type endpointError struct {
 	msg string
@@ -58,16 +60,30 @@ type endpointError struct {
 }
 
 func newEndpointState(ep discovery.Endpoint) *endpointState {
-	return &endpointState{ep: ep, hostport: ep.Addr.String(), sidecar: ep.Meta["peer"] == PeerSidecar,
-		foreign: ep.Meta[discovery.MetaProxy] == discovery.ProxyForeign}
+	st := &endpointState{ep: ep}
+	var buf [len("[ffff:ffff:ffff:ffff:ffff:ffff:255.255.255.255%zone]:65535") + 16]byte
+	if hp := ep.Addr.AppendTo(buf[:0]); string(hp) == ep.ID {
+		st.hostport = ep.ID // static endpoints are named by their address: one string for both
+	} else {
+		st.hostport = string(hp)
+	}
+	return st
 }
 
 // sameTarget reports whether a and b (the same endpoint ID) are reached the same way: same address, identity and
 // kind (sidecar or not, meshlet or foreign). Otherwise the endpoint gets a new state: its per-endpoint state and dial target are
 // those of another endpoint.
 func sameTarget(a, b discovery.Endpoint) bool {
-	return a.Addr == b.Addr && a.Identity == b.Identity && (a.Meta["peer"] == PeerSidecar) == (b.Meta["peer"] == PeerSidecar) &&
-		(a.Meta[discovery.MetaProxy] == discovery.ProxyForeign) == (b.Meta[discovery.MetaProxy] == discovery.ProxyForeign)
+	return a.Addr == b.Addr && a.Identity == b.Identity && isSidecar(&a) == isSidecar(&b) && isForeign(&a) == isForeign(&b)
+}
+
+// isSidecar reports whether discovery says that ep is a sidecar (Meta "peer" is "sidecar").
+func isSidecar(ep *discovery.Endpoint) bool { return ep.Meta["peer"] == PeerSidecar }
+
+// isForeign reports whether discovery says that ep is a sidecar that is not a meshlet (Meta "proxy" is
+// "foreign").
+func isForeign(ep *discovery.Endpoint) bool {
+	return ep.Meta[discovery.MetaProxy] == discovery.ProxyForeign
 }
 
 // finish records the outcome of one request that was counted in flight. resilience.ErrExcluded (the client went
@@ -78,27 +94,25 @@ func (s *endpointState) finish(err error) {
 		return
 	}
 	n := s.requests.Add(1)
-	slot := &s.recent[(n-1)%recentOutcomes]
+	slot := uint64(1) << ((n - 1) % recentOutcomes)
+	set := slot
 	if err != nil {
 		s.failures.Add(1)
 		s.lastErr.Store(&endpointError{msg: err.Error(), at: time.Now()})
-		slot.Store(outcomeFailed)
-		return
+		set = slot << recentOutcomes
 	}
-	slot.Store(outcomeOK)
+	for {
+		old := s.recent.Load()
+		if s.recent.CompareAndSwap(old, old&^(slot|slot<<recentOutcomes)|set) {
+			return
+		}
+	}
 }
 
 // recentCounts returns how many of the latest outcomes (at most recentOutcomes) succeeded and failed.
 func (s *endpointState) recentCounts() (ok, failed int) {
-	for i := range s.recent {
-		switch s.recent[i].Load() {
-		case outcomeOK:
-			ok++
-		case outcomeFailed:
-			failed++
-		}
-	}
-	return ok, failed
+	r := s.recent.Load()
+	return bits.OnesCount32(uint32(r)), bits.OnesCount32(uint32(r >> recentOutcomes))
 }
 
 // picker is the shared shape of meshlet's pickers over a fixed set of endpoints.
@@ -145,7 +159,7 @@ func (p *picker) pick(avoid func(*endpointState) bool) (*endpointState, error) {
 }
 
 func (s *endpointState) eligible(avoid func(*endpointState) bool) bool {
-	if s.ejected.Load() != nil && time.Now().UnixNano() < s.ejectedUntil.Load() {
+	if e := s.ejected.Load(); e != nil && time.Now().UnixNano() < e.until {
 		return false
 	}
 	return avoid == nil || !avoid(s)
