@@ -1,6 +1,7 @@
 package proxy
 
 import (
+	"errors"
 	"fmt"
 	"io"
 	"log/slog"
@@ -102,5 +103,67 @@ func TestEndpointSetLiveHeap(t *testing.T) {
 		t.Fatalf("a set of %d endpoints holds %.0f B of heap per endpoint, want at most 256", len(eps), per)
 	} else {
 		t.Logf("%.0f B of heap per endpoint (%d → %d)", per, before.HeapAlloc, after.HeapAlloc)
+	}
+}
+
+// TestBreakerMadeAtFirstAttempt: an endpoint's gobreaker is made at its first attempt (an endpoint never called
+// holds none, and shows and counts as closed); it then trips as configured, and an endpoint leaving the set takes
+// its count with it.
+func TestBreakerMadeAtFirstAttempt(t *testing.T) {
+	m := metrics.New(prometheus.NewRegistry(), "test")
+	log := slog.New(slog.NewTextHandler(io.Discard, nil))
+	var cfg resilience.Config
+	cfg.SetDefaults()
+	cfg.Breaker.ConsecutiveFailures = 2
+	eps, err := discovery.ParseAddrs([]string{"198.18.0.1:80", "198.18.0.2:80", "198.18.0.3:80"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	s := newEndpointSet("api", LBRoundRobin, cfg, m, resilience.NewDecisions(decisionsKept), log)
+	s.update(discovery.Snapshot{Service: "api", Endpoints: eps, Index: 1})
+	gauge := func(state string) float64 { return m.BreakerEndpoints.WithLabelValues("api", state).Value() }
+	for _, st := range s.states {
+		if st.breaker.Load() != nil {
+			t.Fatalf("endpoint %s has a breaker before any attempt", st.ep.ID)
+		}
+	}
+	var ui UpstreamInfo
+	s.info(&ui)
+	for _, ei := range ui.Endpoints {
+		if ei.Breaker != resilience.StateClosed {
+			t.Fatalf("endpoint %s shows breaker %q before any attempt, want closed", ei.ID, ei.Breaker)
+		}
+	}
+	if got := gauge(resilience.StateClosed); got != 3 {
+		t.Fatalf("meshlet_breaker_endpoints{closed} = %v, want 3", got)
+	}
+	st, done, err := s.choose(nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	done(nil)
+	if st.breaker.Load() == nil {
+		t.Fatal("no breaker after the endpoint's first attempt")
+	}
+	// Two failures in a row open it (ConsecutiveFailures 2), counted by the gauges.
+	for range 2 {
+		b := s.breakerOf(st)
+		d, err := b.Allow()
+		if err != nil {
+			t.Fatal(err)
+		}
+		d(errors.New("boom"))
+	}
+	if st.breaker.Load().State() != resilience.StateOpen || gauge(resilience.StateOpen) != 1 || gauge(resilience.StateClosed) != 2 {
+		t.Fatalf("after 2 failures: state %s, gauges open %v closed %v; want open, 1, 2",
+			st.breaker.Load().State(), gauge(resilience.StateOpen), gauge(resilience.StateClosed))
+	}
+	// The endpoints leave: every count goes with them, and a breaker is never made for one that left.
+	s.update(discovery.Snapshot{Service: "api", Index: 2})
+	if gauge(resilience.StateOpen) != 0 || gauge(resilience.StateClosed) != 0 {
+		t.Fatalf("after the endpoints left: gauges open %v closed %v, want 0, 0", gauge(resilience.StateOpen), gauge(resilience.StateClosed))
+	}
+	if b := s.breakerOf(st); b != nil || st.breaker.Load() != nil {
+		t.Fatal("a breaker was made for an endpoint that left the set")
 	}
 }

@@ -37,7 +37,7 @@ type endpointSet struct {
 	seenOnce  sync.Once
 }
 
-// breakerSettings are the settings every endpoint's breaker is started with (and their policy, which the
+// breakerSettings are the settings every endpoint's breaker is made with (and their gobreaker policy, which the
 // breakers share), and the ejector that caps how many endpoints an open breaker takes out of load balancing.
 type breakerSettings struct {
 	breaker resilience.BreakerConfig
@@ -190,13 +190,14 @@ func (s *endpointSet) chooseKey(tried []*endpointState, key uint64, hasKey bool)
 		if err != nil {
 			return nil, nil, err
 		}
-		ticket, err := st.breaker.Allow(func(from, to string) { s.breakerChanged(st, from, to) })
+		b := s.breakerOf(st)
+		if b == nil {
+			return st, st.finish, nil
+		}
+		breakerDone, err := b.Allow()
 		if err == nil {
-			if ticket == 0 { // breakers are off
-				return st, st.finish, nil
-			}
 			return st, func(outcome error) {
-				st.breaker.Done(ticket, outcome, func(from, to string) { s.breakerChanged(st, from, to) })
+				breakerDone(outcome)
 				st.finish(outcome)
 			}, nil
 		}
@@ -211,24 +212,50 @@ func (s *endpointSet) chooseKey(tried []*endpointState, key uint64, hasKey bool)
 	}
 }
 
-// addBreaker starts a new endpoint's breaker (off when breakers are disabled). Call with s.mu held.
+// addBreaker arms a new endpoint's breaker (none when breakers are disabled), made at its first attempt
+// (breakerOf); until then the endpoint counts as closed. Call with s.mu held.
 func (s *endpointSet) addBreaker(st *endpointState) {
-	bs := s.breakers.Load()
-	if bs.breaker.Disabled {
+	if s.breakers.Load().breaker.Disabled {
 		return
 	}
-	st.breaker.Start(bs.policy)
+	st.brOn.Store(true)
 	s.m.BreakerEndpoints.WithLabelValues(s.name, resilience.StateClosed).Inc()
+}
+
+// breakerOf returns st's breaker, made now if st is armed and has none yet (its first attempt); nil when breakers
+// are off or st left the set. A breaker made at the first attempt decides as one made with the endpoint: an
+// endpoint never called has no counts.
+func (s *endpointSet) breakerOf(st *endpointState) *resilience.Breaker {
+	if b := st.breaker.Load(); b != nil || !st.brOn.Load() {
+		return b
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if b := st.breaker.Load(); b != nil || !st.brOn.Load() {
+		return b
+	}
+	var b *resilience.Breaker
+	b = resilience.NewPolicyBreaker(s.breakers.Load().policy, "", func(from, to string) {
+		if st.breaker.Load() == b { // not replaced or dropped meanwhile
+			s.breakerChanged(st, from, to)
+		}
+	})
+	st.breaker.Store(b)
+	return b
 }
 
 // dropBreaker removes an endpoint's breaker (the endpoint is gone, or the settings changed), giving back its
 // ejection slot. Call with s.mu held.
 func (s *endpointSet) dropBreaker(st *endpointState) {
-	was, on := st.breaker.Stop()
-	if !on {
+	if !st.brOn.Swap(false) {
 		return
 	}
-	s.m.BreakerEndpoints.WithLabelValues(s.name, was).Dec()
+	state := resilience.StateClosed
+	if b := st.breaker.Load(); b != nil {
+		state = b.State() // a change that is due happens now, and is counted, before the breaker goes
+		st.breaker.Store(nil)
+	}
+	s.m.BreakerEndpoints.WithLabelValues(s.name, state).Dec()
 	if e := st.ejected.Swap(nil); e != nil {
 		e.by.Return()
 		s.m.EjectedEndpoints.WithLabelValues(s.name).Dec()
@@ -236,8 +263,8 @@ func (s *endpointSet) dropBreaker(st *endpointState) {
 }
 
 // breakerChanged follows an endpoint's breaker: an opened breaker ejects the endpoint from load balancing if the
-// ejection cap allows; half-open and closed put it back. Called under the breaker's lock (so never once the
-// breaker is stopped): no breaker calls here.
+// ejection cap allows; half-open and closed put it back. Called under the breaker's lock, for the endpoint's
+// current breaker only: no breaker calls here.
 func (s *endpointSet) breakerChanged(st *endpointState, from, to string) {
 	s.m.BreakerEndpoints.WithLabelValues(s.name, from).Dec()
 	s.m.BreakerEndpoints.WithLabelValues(s.name, to).Inc()
@@ -281,7 +308,11 @@ func (s *endpointSet) info(ui *UpstreamInfo) {
 		ei := EndpointInfo{ID: st.ep.ID, Address: st.hostport, Identity: st.ep.Identity, Meta: st.ep.Meta,
 			InFlight: st.inFlight.Load(), Requests: st.requests.Load(), Failures: st.failures.Load()}
 		ei.Recent.Success, ei.Recent.Failure = st.recentCounts()
-		ei.Breaker = st.breaker.State(func(from, to string) { s.breakerChanged(st, from, to) })
+		if b := st.breaker.Load(); b != nil {
+			ei.Breaker = b.State()
+		} else if st.brOn.Load() {
+			ei.Breaker = resilience.StateClosed // not called yet: no breaker made
+		}
 		ei.Ejected = st.ejected.Load() != nil
 		if le := st.lastErr.Load(); le != nil {
 			ei.LastError, ei.LastErrorAt = le.msg, &le.at

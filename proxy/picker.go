@@ -37,8 +37,12 @@ type endpointState struct {
 	// 32+i for a failure, neither for a slot not yet used.
 	recent atomic.Uint64
 
-	breaker resilience.EndpointBreaker // off (its zero value) when breakers are disabled
-	ejected atomic.Pointer[ejection]   // nil when in load balancing
+	// breaker is the endpoint's circuit breaker, made at its first attempt (endpointSet.breakerOf): an endpoint
+	// never called holds none, and is counted closed. brOn says whether it is to have one (breakers on, and the
+	// endpoint in its set); set and cleared under the set's mu.
+	breaker atomic.Pointer[resilience.Breaker]
+	brOn    atomic.Bool
+	ejected atomic.Pointer[ejection] // nil when in load balancing
 }
 
 // ejection is an endpoint's time out of load balancing.

@@ -1,7 +1,7 @@
 // Package resilience keeps a failing endpoint from becoming a failing service without turning a blip into a
-// storm: retries with conditions, backoff and a retry budget, circuit breakers per endpoint (gobreaker v2's
-// state machine, kept inline in each endpoint's state) with capped outlier ejection, concurrency limits, and the
-// classification of failures they all share. Every part is on by default with safe settings.
+// storm: retries with conditions, backoff and a retry budget, circuit breakers per endpoint
+// (github.com/sony/gobreaker/v2) with capped outlier ejection, concurrency limits, and the classification of
+// failures they all share. Every part is on by default with safe settings.
 package resilience
 
 import (
