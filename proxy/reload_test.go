@@ -1,11 +1,12 @@
 package proxy
 
 import (
-	"net"
 	"reflect"
 	"strings"
 	"testing"
 	"time"
+
+	"meshlet.dev/meshlet/internal/testports"
 )
 
 // TestReloadDiff applies one change at a time to a running proxy, in process, and checks what the reload does
@@ -167,10 +168,11 @@ func eventuallyTrue(t *testing.T, cond func() bool, what string) {
 // freeLoopback returns a loopback address whose port was free a moment ago.
 func freeLoopback(t *testing.T) string {
 	t.Helper()
-	l, err := net.Listen("tcp", "127.0.0.1:0")
+	// Below the ephemeral range: a port 0 gave could be taken by another test's client connection before the
+	// reload binds it ("address already in use", seen with other tests running beside these).
+	addr, err := testports.Free()
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer l.Close()
-	return l.Addr().String()
+	return addr
 }
