@@ -118,17 +118,7 @@ func TestIdleUpstreamSeries(t *testing.T) {
 			}
 		}
 	}
-	req, _ := http.NewRequest("GET", "http://"+p.Addrs()["outbound"]+"/", nil)
-	req.Host = "api"
-	resp, err := http.DefaultClient.Do(req)
-	if err != nil {
-		t.Fatal(err)
-	}
-	io.Copy(io.Discard, resp.Body)
-	resp.Body.Close()
-	if resp.StatusCode != 200 {
-		t.Fatalf("api: %d", resp.StatusCode)
-	}
+	callByName(t, p, "api")
 	eventuallyTrue(t, func() bool {
 		got := seriesOf(t, p, "api")
 		return !slices.ContainsFunc(perRequest, func(f string) bool { return !slices.Contains(got, f) })
@@ -282,17 +272,7 @@ func TestIdleUpstreamDropped(t *testing.T) {
 	})
 	call := func() {
 		t.Helper()
-		req, _ := http.NewRequest("GET", "http://"+p.Addrs()["outbound"]+"/", nil)
-		req.Host = "api"
-		resp, err := http.DefaultClient.Do(req)
-		if err != nil {
-			t.Fatal(err)
-		}
-		io.Copy(io.Discard, resp.Body)
-		resp.Body.Close()
-		if resp.StatusCode != 200 {
-			t.Fatalf("api: %d", resp.StatusCode)
-		}
+		callByName(t, p, "api")
 	}
 	c := p.clusterOf("api")
 	call()
@@ -321,5 +301,21 @@ func TestIdleUpstreamDropped(t *testing.T) {
 	}
 	if got := seriesOf(t, p, "api"); !slices.Contains(got, "meshlet_requests_total") {
 		t.Fatalf("api's series after the drop: %v", got)
+	}
+}
+
+// callByName makes one GET to upstream name through p's name-routed outbound listener and wants a 200.
+func callByName(t *testing.T, p *Proxy, name string) {
+	t.Helper()
+	req, _ := http.NewRequest("GET", "http://"+p.Addrs()["outbound"]+"/", nil)
+	req.Host = name
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	io.Copy(io.Discard, resp.Body)
+	resp.Body.Close()
+	if resp.StatusCode != 200 {
+		t.Fatalf("%s: %d", name, resp.StatusCode)
 	}
 }
