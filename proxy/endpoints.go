@@ -41,14 +41,13 @@ type endpointSet struct {
 // breakers share), and the ejector that caps how many endpoints an open breaker takes out of load balancing.
 type breakerSettings struct {
 	breaker resilience.BreakerConfig
-	policy  *resilience.BreakerPolicy
+	policy  *resilience.BreakerPolicy // made with the first breaker (breakerOf, under the set's mu); nil until then
 	outlier resilience.OutlierConfig
 	ejector *resilience.Ejector
 }
 
 func newBreakerSettings(breaker resilience.BreakerConfig, outlier resilience.OutlierConfig) *breakerSettings {
-	return &breakerSettings{breaker: breaker, policy: resilience.NewBreakerPolicy(breaker), outlier: outlier,
-		ejector: resilience.NewEjector(outlier)}
+	return &breakerSettings{breaker: breaker, outlier: outlier, ejector: resilience.NewEjector(outlier)}
 }
 
 func newEndpointSet(name, lb string, cfg resilience.Config, m *metrics.Metrics, decisions *resilience.Decisions, log *slog.Logger) *endpointSet {
@@ -234,8 +233,12 @@ func (s *endpointSet) breakerOf(st *endpointState) *resilience.Breaker {
 	if b := st.breaker.Load(); b != nil || !st.brOn.Load() {
 		return b
 	}
+	bs := s.breakers.Load()
+	if bs.policy == nil { // the upstream's first breaker: an upstream never called holds no policy either
+		bs.policy = resilience.NewBreakerPolicy(bs.breaker)
+	}
 	var b *resilience.Breaker
-	b = resilience.NewPolicyBreaker(s.breakers.Load().policy, "", func(from, to string) {
+	b = resilience.NewPolicyBreaker(bs.policy, "", func(from, to string) {
 		if st.breaker.Load() == b { // not replaced or dropped meanwhile
 			s.breakerChanged(st, from, to)
 		}
