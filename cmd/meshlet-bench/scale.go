@@ -249,27 +249,36 @@ func upstream(name string, p protocol, listen string, endpoints ...string) proxy
 	return proxy.UpstreamConfig{Name: name, Listen: listen, Protocol: protocolInfo[p].meshlet, Endpoints: endpoints}
 }
 
+// startOneUpstream starts a backend speaking p and a meshlet (named name) with one upstream to it on a listener
+// of its own, at listen. The caller stops the meshlet (s.stop), then closes the backend.
+func (s *scaleRig) startOneUpstream(ctx context.Context, name string, p protocol) (m *meshletProc, be *backend, listen string, err error) {
+	if be, err = startBackend(p); err != nil {
+		return nil, nil, "", err
+	}
+	addrs, err := meshlettest.PickAddrs(1)
+	if err == nil {
+		var f meshlettest.File
+		f.Upstreams = []proxy.UpstreamConfig{upstream("backend", p, addrs[0], be.addr)}
+		m, err = s.start(ctx, name, f)
+	}
+	if err != nil {
+		be.close()
+		return nil, nil, "", err
+	}
+	return m, be, addrs[0], nil
+}
+
 // idleAndLoad measures the idle RSS of a meshlet with one HTTP/1.1 upstream on its own listener, then its RSS
 // after scaleRate req/s for a phase (two phases without -quick).
 func (s *scaleRig) idleAndLoad(ctx context.Context) []scaleFigure {
 	idle := scaleFigure{Name: "idle RSS", Unit: "MiB", Target: 10}
 	load := scaleFigure{Name: fmt.Sprintf("RSS at %d req/s (HTTP/1.1)", scaleRate), Unit: "MiB", Target: 20}
 	fail := func(err error) []scaleFigure { return failed(err, idle, load) }
-	be, err := startBackend(protoHTTP1)
+	m, be, listen, err := s.startOneUpstream(ctx, "idle", protoHTTP1)
 	if err != nil {
 		return fail(err)
 	}
 	defer be.close()
-	addrs, err := meshlettest.PickAddrs(1)
-	if err != nil {
-		return fail(err)
-	}
-	var f meshlettest.File
-	f.Upstreams = []proxy.UpstreamConfig{upstream("backend", protoHTTP1, addrs[0], be.addr)}
-	m, err := s.start(ctx, "idle", f)
-	if err != nil {
-		return fail(err)
-	}
 	defer s.stop(m)
 	rss, err := s.settledRSS(ctx, m, false)
 	if err != nil {
@@ -282,7 +291,7 @@ func (s *scaleRig) idleAndLoad(ctx context.Context) []scaleFigure {
 	idle.Value = round1(float64(rss) / 1024)
 	idle.Detail = fmt.Sprintf("one HTTP/1.1 upstream on its own listener, ready, no request yet, settled; %.1f MiB after a forced GC (the heap profile that forces it costs memory of its own)",
 		float64(rssGC)/1024)
-	c := newHTTPCaller(protoHTTP1, addrs[0], 64, nil)
+	c := newHTTPCaller(protoHTTP1, listen, 64, nil)
 	defer c.close()
 	dur := 2 * s.phase()
 	lat, errs := openLoop(ctx, c, scaleRate, dur, 5*time.Second)
@@ -338,21 +347,11 @@ func (s *scaleRig) perConn(p protocol) func(context.Context) []scaleFigure {
 			fig.Target = 0 // the issue sets one for HTTP/2 only
 		}
 		fail := func(err error) []scaleFigure { return failed(err, fig) }
-		be, err := startBackend(p)
+		m, be, listen, err := s.startOneUpstream(ctx, "conns-"+string(p), p)
 		if err != nil {
 			return fail(err)
 		}
 		defer be.close()
-		addrs, err := meshlettest.PickAddrs(1)
-		if err != nil {
-			return fail(err)
-		}
-		var f meshlettest.File
-		f.Upstreams = []proxy.UpstreamConfig{upstream("backend", p, addrs[0], be.addr)}
-		m, err := s.start(ctx, "conns-"+string(p), f)
-		if err != nil {
-			return fail(err)
-		}
 		defer s.stop(m)
 		var callers []*httpCaller
 		defer func() {
@@ -361,7 +360,7 @@ func (s *scaleRig) perConn(p protocol) func(context.Context) []scaleFigure {
 			}
 		}()
 		call := func() error {
-			c := newHTTPCaller(p, addrs[0], 1, nil)
+			c := newHTTPCaller(p, listen, 1, nil)
 			callers = append(callers, c)
 			rctx, cancel := context.WithTimeout(ctx, 5*time.Second)
 			defer cancel()
