@@ -3,16 +3,11 @@ package proxy
 import (
 	"context"
 	"errors"
-	"io"
-	"log/slog"
 	"net"
 	"os"
 	"sync"
 	"testing"
 	"time"
-
-	"github.com/prometheus/client_golang/prometheus"
-	"meshlet.dev/meshlet/metrics"
 )
 
 // TestConnSetDrain: drain waits for the counted connections, closes those still open when its context ends, and
@@ -62,14 +57,7 @@ func TestTCPShutdownWhileAccepting(t *testing.T) {
 	defer func() { testHookAccepted = nil }()
 	cfg := Config{Service: ServiceConfig{Name: "web"}, Upstreams: []UpstreamConfig{
 		{Name: "echo", Listen: "127.0.0.1:0", Protocol: ProtocolTCP, Endpoints: []string{echo}}}}
-	p, err := New(cfg, Options{Logger: slog.New(slog.NewTextHandler(io.Discard, nil)),
-		Metrics: metrics.New(prometheus.NewRegistry(), "test")})
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := p.Start(); err != nil {
-		t.Fatal(err)
-	}
+	p, _ := startProxy(t, cfg) // its cleanup's Shutdown finds the proxy stopped below
 	c, err := net.DialTimeout("tcp", p.Addrs()["upstream/echo"], time.Second)
 	if err != nil {
 		t.Fatal(err)
