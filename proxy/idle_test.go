@@ -162,17 +162,7 @@ func TestIdleUpstreamLazy(t *testing.T) {
 		t.Fatal("a reload built the idle upstream's transports")
 	}
 	for _, host := range []string{"api", "idle"} {
-		req, _ := http.NewRequest("GET", "http://"+p.Addrs()["outbound"]+"/", nil)
-		req.Host = host
-		resp, err := http.DefaultClient.Do(req)
-		if err != nil {
-			t.Fatal(err)
-		}
-		io.Copy(io.Discard, resp.Body)
-		resp.Body.Close()
-		if resp.StatusCode != 200 {
-			t.Fatalf("%s: %d", host, resp.StatusCode)
-		}
+		callByName(t, p, host)
 		if tr, rt, lim := built(host); !tr || !rt || !lim {
 			t.Fatalf("%s after its first request: transports built %v, retry transport %v, limiter %v", host, tr, rt, lim)
 		}
