@@ -4,6 +4,8 @@ import (
 	"context"
 	"net/http"
 	"reflect"
+	"sync"
+	"sync/atomic"
 
 	"meshlet.dev/meshlet/resilience"
 )
@@ -29,14 +31,11 @@ func (c *cluster) initResilience() {
 // settings at the first call: an upstream that is never called holds no policy, budget or hooks.
 func (c *cluster) retryTransport() *resilience.RetryTransport {
 	c.touch()
-	if rt := c.retry.Load(); rt != nil {
-		return rt
-	}
-	c.lazyMu.Lock()
-	defer c.lazyMu.Unlock()
-	if rt := c.retry.Load(); rt != nil {
-		return rt
-	}
+	return buildOnce(&c.lazyMu, &c.retry, c.newRetryTransport)
+}
+
+// newRetryTransport builds the retry transport with the current settings (retryTransport).
+func (c *cluster) newRetryTransport() *resilience.RetryTransport {
 	cfg := c.cfg.Load().Resilience
 	policy, err := resilience.NewRetryPolicy(cfg.Retry)
 	if err != nil {
@@ -57,9 +56,7 @@ func (c *cluster) retryTransport() *resilience.RetryTransport {
 			c.decisions.Add("exhausted", "", reason+" on the last attempt")
 		},
 	}
-	rt := resilience.NewRetryTransport(c, policy, resilience.NewBudget(cfg.Retry.Budget), hooks, c.log)
-	c.retry.Store(rt)
-	return rt
+	return resilience.NewRetryTransport(c, policy, resilience.NewBudget(cfg.Retry.Budget), hooks, c.log)
 }
 
 // retryBudgetRemaining is the number of retries the upstream's budget allows now: a fresh budget's before the
@@ -104,17 +101,25 @@ func (c *cluster) setResilience(old, cfg resilience.Config) {
 
 // limits returns the upstream's limiter state, built with the current settings at the first call.
 func (c *cluster) limits() *resState {
-	if rs := c.res.Load(); rs != nil {
-		return rs
+	return buildOnce(&c.lazyMu, &c.res, func() *resState {
+		return &resState{limiter: resilience.NewLimiter(c.cfg.Load().Resilience.Limits)}
+	})
+}
+
+// buildOnce returns p's value, built by build under mu (which whatever replaces or drops it holds too) if p holds
+// none yet: the parts of a cluster that only requests need, made at the first.
+func buildOnce[T any](mu *sync.Mutex, p *atomic.Pointer[T], build func() *T) *T {
+	if v := p.Load(); v != nil {
+		return v
 	}
-	c.lazyMu.Lock()
-	defer c.lazyMu.Unlock()
-	if rs := c.res.Load(); rs != nil {
-		return rs
+	mu.Lock()
+	defer mu.Unlock()
+	if v := p.Load(); v != nil {
+		return v
 	}
-	rs := &resState{limiter: resilience.NewLimiter(c.cfg.Load().Resilience.Limits)}
-	c.res.Store(rs)
-	return rs
+	v := build()
+	p.Store(v)
+	return v
 }
 
 // acquire takes a slot of the upstream's limiter for one request.

@@ -120,17 +120,7 @@ type transportSlot struct {
 func (s *transportSlot) Load() *transports {
 	c := s.c
 	c.touch()
-	if tr := s.p.Load(); tr != nil {
-		return tr
-	}
-	c.lazyMu.Lock()
-	defer c.lazyMu.Unlock()
-	if tr := s.p.Load(); tr != nil {
-		return tr
-	}
-	tr := c.newTransports(c.cfg.Load())
-	s.p.Store(tr)
-	return tr
+	return buildOnce(&c.lazyMu, &s.p, func() *transports { return c.newTransports(c.cfg.Load()) })
 }
 
 // Store replaces the transports.
