@@ -65,7 +65,7 @@ func (c *cluster) retryBudgetRemaining() float64 {
 	if rt := c.retry.Load(); rt != nil {
 		return rt.Budget().Remaining()
 	}
-	return resilience.NewBudget(c.cfg.Load().Resilience.Retry.Budget).Remaining()
+	return c.cfg.Load().Resilience.Retry.Budget.Reserve()
 }
 
 // retryOf is the reverse proxy's transport: the cluster's retry transport, built at the first request.

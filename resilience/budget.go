@@ -29,11 +29,15 @@ type budgetBucket struct {
 	retries  atomic.Int64
 }
 
+// Reserve is what a budget of cfg allows without traffic: MinPerSecond for every second of the window (what
+// Remaining gives before any request).
+func (cfg BudgetConfig) Reserve() float64 { return cfg.MinPerSecond * cfg.Window.Seconds() }
+
 // NewBudget returns a budget for cfg (defaults applied).
 func NewBudget(cfg BudgetConfig) *Budget {
 	return &Budget{
 		ratio:     cfg.Ratio,
-		reserve:   cfg.MinPerSecond * cfg.Window.Seconds(),
+		reserve:   cfg.Reserve(),
 		bucketDur: int64(cfg.Window) / budgetBuckets,
 		now:       time.Now,
 	}

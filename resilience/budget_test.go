@@ -20,6 +20,9 @@ func TestBudget(t *testing.T) {
 	if b.TryRetry() {
 		t.Fatal("retry beyond the reserve allowed")
 	}
+	if got := (BudgetConfig{Ratio: 0.2, MinPerSecond: 1, Window: 10 * time.Second}).Reserve(); got != 10 {
+		t.Fatalf("Reserve() = %v, want 10 (what a fresh budget allows)", got)
+	}
 	// 100 requests add 20 retries.
 	for range 100 {
 		b.Request()
