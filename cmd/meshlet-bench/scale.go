@@ -418,21 +418,24 @@ func countFDs(pid int) int {
 
 // endpoints compares a meshlet with one HTTP/1.1 upstream of 1 static endpoint with one of scaleEndpoints (every
 // one a live listener of the same backend): RSS per endpoint, and CPU per request at saturating closed-loop load,
-// the two meshlets measured in turn (1, N, 1, N).
+// the two meshlets measured in turn (1, N, 1, N). With nginx on PATH, nginx with an upstream of 1 and of
+// scaleEndpoints servers (random two least_conn: p2c as meshlet's default, every connection kept) is measured the
+// same way, in the same turns, as the reference: the cost of spreading requests over that many warm connections.
 func (s *scaleRig) endpoints(ctx context.Context) []scaleFigure {
 	mem := scaleFigure{Name: "RSS per endpoint", Unit: "KiB", Target: 0.5}
 	cpu := scaleFigure{Name: fmt.Sprintf("CPU per request, %d endpoints vs 1 (HTTP/1.1)", scaleEndpoints), Unit: "×", Target: flatCPU}
+	ref := scaleFigure{Name: fmt.Sprintf("nginx: CPU per request, %d servers vs 1 (reference)", scaleEndpoints), Unit: "×"}
 	fail := func(err error) []scaleFigure { return failed(err, mem, cpu) }
 	be, err := startManyBackend(scaleEndpoints)
 	if err != nil {
 		return fail(err)
 	}
 	defer be.close()
-	addrs, err := meshlettest.PickAddrs(2)
+	addrs, err := meshlettest.PickAddrs(4)
 	if err != nil {
 		return fail(err)
 	}
-	var ms [2]*meshletProc
+	var peers []*cpuPeer
 	var rss [2]int64
 	for i, eps := range [][]string{be.addrs[:1], be.addrs} {
 		var f meshlettest.File
@@ -442,7 +445,7 @@ func (s *scaleRig) endpoints(ctx context.Context) []scaleFigure {
 			return fail(err)
 		}
 		defer s.stop(m)
-		ms[i] = m
+		peers = append(peers, &cpuPeer{name: m.Name, pid: m.PID, endpoints: len(eps), admin: m})
 		if rss[i], err = s.settledRSS(ctx, m, true); err != nil {
 			return fail(err)
 		}
@@ -450,81 +453,156 @@ func (s *scaleRig) endpoints(ctx context.Context) []scaleFigure {
 	mem.Value = perItemKiB(rss[0], rss[1], scaleEndpoints-1)
 	mem.Detail = fmt.Sprintf("RSS %d KiB with 1 endpoint, %d KiB with %d (one upstream, static, no request yet); after a forced GC",
 		rss[0], rss[1], scaleEndpoints)
-
-	const workers = 32
-	var callers [2]*httpCaller
-	for i := range callers {
-		callers[i] = newHTTPCaller(protoHTTP1, addrs[i], workers, nil)
-		defer callers[i].close()
-	}
-	// Warm-up: until meshlet has a connection to about every endpoint it picks (p2c picks at random, so this takes
-	// more than one request per endpoint): at least two requests per endpoint, then until its open files grow by
-	// less than one per thousand endpoints in a second; at most warmupMax.
-	const warmupMax = 60 * time.Second
-	for i, m := range ms {
-		n := len(be.addrs)
-		if i == 0 {
-			n = 1
+	if bin, why := nginxPath(); why != "" {
+		ref.Err = why
+	} else {
+		for i, eps := range [][]string{be.addrs[:1], be.addrs} {
+			n, err := startNginx(ctx, bin, s.dir, fmt.Sprintf("nginx-endpoints-%d", len(eps)),
+				nginxConfig{protocol: protoHTTP1, listen: addrs[2+i], backends: eps}, s.pin)
+			if err != nil {
+				ref.Err = "starting nginx: " + err.Error()
+				break
+			}
+			defer n.stop()
+			peers = append(peers, &cpuPeer{name: fmt.Sprintf("nginx %d servers", len(eps)), pid: n.PID, extra: n.worker, endpoints: len(eps)})
 		}
+		if ref.Err != "" && len(peers) == 3 {
+			peers = peers[:2]
+		}
+	}
+	const workers = 32
+	for i, p := range peers {
+		p.caller = newHTTPCaller(protoHTTP1, addrs[i], workers, nil)
+		defer p.caller.close()
+	}
+	// Warm-up: until each peer has a connection to about every endpoint it picks (p2c picks at random, so this
+	// takes more than one request per endpoint): at least two requests per endpoint, then until its open files grow
+	// by less than one per thousand endpoints in a second; at most warmupMax.
+	const warmupMax = 60 * time.Second
+	for _, p := range peers {
 		deadline := time.Now().Add(warmupMax)
 		var done int64
-		for fds := countFDs(m.PID()); time.Now().Before(deadline) && ctx.Err() == nil; {
-			tp, errs := closedLoop(ctx, callers[i], workers, time.Second, 5*time.Second)
+		for fds := p.fds(); time.Now().Before(deadline) && ctx.Err() == nil; {
+			tp, errs := closedLoop(ctx, p.caller, workers, time.Second, 5*time.Second)
 			if n, causes := errs.snapshot("warm-up"); n > 0 {
-				return fail(fmt.Errorf("warm-up of %s: %d failed requests: %v", m.Name, n, causes))
+				return fail(fmt.Errorf("warm-up of %s: %d failed requests: %v", p.name, n, causes))
 			}
 			done += tp.Requests
-			now := countFDs(m.PID())
-			if done >= int64(2*n) && now-fds <= max(1, n/1000) {
+			now := p.fds()
+			if done >= int64(2*p.endpoints) && now-fds <= max(1, p.endpoints/1000) {
 				break
 			}
 			fds = now
 		}
 	}
-	var cpuTime [2]time.Duration
-	var reqs [2]int64
-	fds0 := countFDs(ms[1].PID())
+	fds0 := peers[1].fds()
 	for round := range 2 {
-		for i := range ms {
-			before, err := readCPU(ms[i].PID())
+		for i, p := range peers {
+			if s.prof != "" && round == 1 && p.admin != nil {
+				go s.profile(p.admin, fmt.Sprintf("scale-endpoints-%d-cpu.pprof", p.endpoints))
+			}
+			err := p.measure(func() (int64, *errorTally) {
+				tp, errs := closedLoop(ctx, p.caller, workers, s.phase(), 5*time.Second)
+				return tp.Requests, errs
+			})
 			if err != nil {
+				if i >= 2 { // nginx: the reference only
+					ref.Err = err.Error()
+					peers = peers[:2]
+					break
+				}
 				return fail(err)
 			}
-			profiled := make(chan struct{})
-			if s.prof != "" && round == 1 {
-				go func() {
-					defer close(profiled)
-					s.profile(ms[i], fmt.Sprintf("scale-endpoints-%d-cpu.pprof", max(1, i*scaleEndpoints)))
-				}()
-			} else {
-				close(profiled)
-			}
-			tp, errs := closedLoop(ctx, callers[i], workers, s.phase(), 5*time.Second)
-			<-profiled
-			after, err := readCPU(ms[i].PID())
-			if err != nil {
-				return fail(err)
-			}
-			if n, causes := errs.snapshot("measure"); n > 0 {
-				return fail(fmt.Errorf("%d failed requests: %v", n, causes))
-			}
-			cpuTime[i] += after - before
-			reqs[i] += tp.Requests
 		}
 	}
-	var us [2]float64
-	for i := range us {
-		if reqs[i] == 0 {
-			return fail(fmt.Errorf("no request succeeded"))
-		}
-		us[i] = round1(float64(cpuTime[i].Microseconds()) / float64(reqs[i]))
-	}
-	if r := ratio(us[1], us[0]); r != nil {
+	if r := ratio(peers[1].us(), peers[0].us()); r != nil {
 		cpu.Value = *r
 	}
-	cpu.Detail = fmt.Sprintf("meshlet CPU %.1f µs/request at 1 endpoint, %.1f µs at %d (closed loop, %d workers, 2×%s each, in turn, after a warm-up until meshlet's connections stopped growing; lb p2c, the default; the %d-endpoint meshlet's open files %d before measuring, %d after); target: flat, within %.0f%%",
-		us[0], us[1], scaleEndpoints, workers, s.phase(), scaleEndpoints, fds0, countFDs(ms[1].PID()), (flatCPU-1)*100)
-	return []scaleFigure{mem, cpu}
+	cpu.Detail = fmt.Sprintf("meshlet CPU %.1f µs/request at 1 endpoint, %.1f µs at %d; %.0f vs %.0f req/s, meshlet busy %.0f%% vs %.0f%% of its CPU "+
+		"(closed loop, %d workers, 2×%s each, in turn, after a warm-up until the connections stopped growing; lb p2c, the default; the %d-endpoint meshlet's open files %d before measuring, %d after); target: flat, within %.0f%%",
+		peers[0].us(), peers[1].us(), scaleEndpoints, peers[0].rps(), peers[1].rps(), peers[0].busy()*100, peers[1].busy()*100,
+		workers, s.phase(), scaleEndpoints, fds0, peers[1].fds(), (flatCPU-1)*100)
+	if len(peers) == 4 {
+		if r := ratio(peers[3].us(), peers[2].us()); r != nil {
+			ref.Value = *r
+		}
+		ref.Detail = fmt.Sprintf("nginx (master+worker) CPU %.1f µs/request with 1 server, %.1f µs with %d (random two least_conn, keepalive %d: every connection kept; the same backend, load and turns as meshlet's); %.0f vs %.0f req/s",
+			peers[2].us(), peers[3].us(), scaleEndpoints, scaleEndpoints, peers[2].rps(), peers[3].rps())
+	}
+	return []scaleFigure{mem, cpu, ref}
+}
+
+// cpuPeer is one proxy of the endpoints figure: a meshlet (admin set) or an nginx (extra: its worker's PID).
+type cpuPeer struct {
+	name      string
+	pid       func() int
+	extra     int // another process whose CPU time counts (nginx's worker); 0: none
+	endpoints int
+	admin     *meshletProc // a meshlet, for its profile; nil for nginx
+	caller    *httpCaller
+	cpuPerRequest
+}
+
+// cpuTime is the peer's processes' utime+stime.
+func (p *cpuPeer) cpuTime() (time.Duration, error) {
+	t, err := readCPU(p.pid())
+	if err == nil && p.extra > 0 {
+		var w time.Duration
+		w, err = readCPU(p.extra)
+		t += w
+	}
+	return t, err
+}
+
+// fds is the open files of the peer's processes (nginx's worker holds its connections).
+func (p *cpuPeer) fds() int {
+	if p.extra > 0 {
+		return countFDs(p.extra)
+	}
+	return countFDs(p.pid())
+}
+
+// measure runs one phase (run returns the requests that succeeded) and adds the peer's CPU time over it; a
+// failed request fails the measurement.
+func (p *cpuPeer) measure(run func() (int64, *errorTally)) error {
+	before, err := p.cpuTime()
+	if err != nil {
+		return err
+	}
+	start := time.Now()
+	n, errs := run()
+	wall := time.Since(start)
+	after, err := p.cpuTime()
+	if err != nil {
+		return err
+	}
+	if k, causes := errs.snapshot("measure"); k > 0 {
+		return fmt.Errorf("%s: %d failed requests: %v", p.name, k, causes)
+	}
+	p.cpu += after - before
+	p.wall += wall
+	p.reqs += n
+	return nil
+}
+
+// cpuPerRequest adds up a peer's CPU time, the requests it served and the wall time over measured phases.
+type cpuPerRequest struct {
+	cpu, wall time.Duration
+	reqs      int64
+}
+
+// us is the CPU time per request in µs, to one decimal (0 without a request).
+func (c *cpuPerRequest) us() float64 {
+	if c.reqs == 0 {
+		return 0
+	}
+	return round1(float64(c.cpu.Microseconds()) / float64(c.reqs))
+}
+
+// rps is the requests per second of wall time; busy the share of one CPU the process used.
+func (c *cpuPerRequest) rps() float64 { return float64(c.reqs) / max(c.wall.Seconds(), 1e-9) }
+func (c *cpuPerRequest) busy() float64 {
+	return c.cpu.Seconds() / max(c.wall.Seconds(), 1e-9)
 }
 
 // manyBackend is the HTTP/1.1 backend on many loopback listeners, served by child processes of this program
