@@ -129,6 +129,7 @@ type upstreamsDoc struct {
 		Listen    string `json:"listen"`
 		Peer      string `json:"peer"`
 		LB        string `json:"lb"`
+		Subset    int    `json:"subset_size"`
 		Endpoints []struct {
 			ID        string `json:"id"`
 			Address   string `json:"address"`
@@ -136,6 +137,7 @@ type upstreamsDoc struct {
 			Requests  int64  `json:"requests"`
 			Failures  int64  `json:"failures"`
 			LastError string `json:"last_error"`
+			InSubset  bool   `json:"in_subset"`
 		} `json:"endpoints"`
 	} `json:"upstreams"`
 }

@@ -40,6 +40,7 @@ type resUpstream struct {
 	name, protocol, lb string
 	endpoints          []string
 	res                resilience.Config
+	subset             int // subset_size
 }
 
 // resMesh is a started meshlet with per-upstream listeners.
@@ -60,7 +61,7 @@ func resStartMeshlet(t testing.TB, ups ...resUpstream) *resMesh {
 	for i, u := range ups {
 		m.listen[u.name] = addrs[i+1]
 		f.Upstreams = append(f.Upstreams, proxy.UpstreamConfig{Name: u.name, Listen: addrs[i+1], Peer: "app",
-			Endpoints: append([]string{}, u.endpoints...), Protocol: u.protocol, LB: u.lb, Resilience: u.res})
+			Endpoints: append([]string{}, u.endpoints...), Protocol: u.protocol, LB: u.lb, Resilience: u.res, SubsetSize: u.subset})
 	}
 	f.Admin.Listen = addrs[0]
 	f.Log.Level = "info"
@@ -270,6 +271,73 @@ func TestResilienceFlakyEndpoint(t *testing.T) {
 // TestResilienceDeadEndpoint: an endpoint that answers 503 to everything, or refuses connections, has its breaker
 // opened and is ejected; traffic goes to the others; after open_timeout it is probed, and once it has recovered
 // its breaker closes and it gets traffic again.
+// TestResilienceSubset: with subset_size 2 of 6 endpoints, every call goes to the same 2 (those /debug/upstreams
+// marks); when both fail, calls still succeed, on the other endpoints: retries leave the subset once its members
+// are tried, and their open breakers send attempts outside it at once.
+func TestResilienceSubset(t *testing.T) {
+	var failing [6]atomic.Bool
+	var servers []*resServer
+	var eps []string
+	for i := range failing {
+		s := resStartServer(t, func(n int64, w http.ResponseWriter, r *http.Request) {
+			if failing[i].Load() {
+				res503(n, w, r)
+				return
+			}
+			resOK(n, w, r)
+		})
+		servers, eps = append(servers, s), append(eps, s.addr)
+	}
+	m := resStartMeshlet(t, resUpstream{name: "api", endpoints: eps, subset: 2})
+	c := resClient(4)
+	for i := range 120 {
+		if code, body := meshlettest.GetBody(t, c, m.url("api")); code != http.StatusOK {
+			t.Fatalf("call %d: %d %q, want 200", i, code, body)
+		}
+	}
+	var called []int
+	for i, s := range servers {
+		if s.n.Load() > 0 {
+			called = append(called, i)
+		}
+	}
+	doc := debugUpstreams(t, m.p)
+	if len(doc.Upstreams) != 1 || doc.Upstreams[0].Subset != 2 {
+		t.Fatalf("/debug/upstreams: want upstream api with subset_size 2, got %+v", doc.Upstreams)
+	}
+	marked := map[string]bool{}
+	for _, e := range doc.Upstreams[0].Endpoints {
+		if e.InSubset {
+			marked[e.Address] = true
+		}
+	}
+	if len(called) != 2 || len(marked) != 2 || !marked[eps[called[0]]] || !marked[eps[called[1]]] {
+		t.Fatalf("120 calls reached endpoints %v, /debug/upstreams marks %v in the subset; want the same 2", called, marked)
+	}
+
+	for _, i := range called {
+		failing[i].Store(true)
+	}
+	before := map[int]int64{}
+	for i, s := range servers {
+		before[i] = s.n.Load()
+	}
+	for i := range 60 {
+		if code, body := meshlettest.GetBody(t, c, m.url("api")); code != http.StatusOK {
+			t.Fatalf("call %d with both subset members failing: %d %q, want 200 from another endpoint", i, code, body)
+		}
+	}
+	outside := int64(0)
+	for i, s := range servers {
+		if i != called[0] && i != called[1] {
+			outside += s.n.Load() - before[i]
+		}
+	}
+	if outside < 60 {
+		t.Fatalf("with both subset members failing, endpoints outside the subset answered %d of 60 calls", outside)
+	}
+}
+
 func TestResilienceDeadEndpoint(t *testing.T) {
 	for _, mode := range []string{"503", "refused"} {
 		t.Run(mode, func(t *testing.T) { resDeadEndpoint(t, mode) })

@@ -547,7 +547,7 @@ func (p *Proxy) targetSet(ctx context.Context, e *upstreamEntry, cfg *UpstreamCo
 	if t.Service == cfg.Service && t.Filter == "" && sameDC && lb == cfg.LB {
 		return c.endpoints
 	}
-	key := targetKey(t) + "\x00" + lb + "\x00" + strconv.FormatUint(res.RingSize, 10)
+	key := targetKey(t) + "\x00" + lb + "\x00" + strconv.FormatUint(res.RingSize, 10) + "\x00" + strconv.Itoa(cfg.SubsetSize)
 	if tw := next[key]; tw != nil {
 		return tw.set
 	}
@@ -556,7 +556,7 @@ func (p *Proxy) targetSet(ctx context.Context, e *upstreamEntry, cfg *UpstreamCo
 		return tw.set
 	}
 	name := c.name + "/" + t.ID
-	set := newEndpointSet(name, lb, cfg.Resilience, p.m, c.decisions, c.log.With("target", t.ID))
+	set := newEndpointSet(name, lb, cfg.SubsetSize, cfg.Resilience, p.m, c.decisions, c.log.With("target", t.ID))
 	set.ringSize = res.RingSize
 	tctx, cancel := context.WithCancel(ctx)
 	next[key] = &targetWatch{set: set, cancel: cancel}

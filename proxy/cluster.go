@@ -77,7 +77,7 @@ func newCluster(cfg UpstreamConfig, direction string, m *metrics.Metrics, log *s
 	if !cfg.Implicit {
 		c.obs = newObserver(m, direction, cfg.Name)
 	}
-	c.endpoints = newEndpointSet(cfg.Name, cfg.LB, cfg.Resilience, m, c.decisions, c.log)
+	c.endpoints = newEndpointSet(cfg.Name, cfg.LB, cfg.SubsetSize, cfg.Resilience, m, c.decisions, c.log)
 	c.refused.log = log
 	c.cfg.Store(&cfg)
 	c.transport.c = c
@@ -172,6 +172,7 @@ func (c *cluster) setConfig(cfg UpstreamConfig) {
 	c.setResilience(old.Resilience, cfg.Resilience)
 	c.reloadTransports(old, &cfg)
 	c.endpoints.setLB(cfg.LB)
+	c.endpoints.setSubset(cfg.SubsetSize)
 }
 
 // watch applies the snapshots of ch until it closes; those that come after ctx ended are dropped (the upstream's
@@ -238,6 +239,8 @@ type EndpointInfo struct {
 	Recent      RecentOutcomes    `json:"recent"`
 	Breaker     string            `json:"breaker,omitempty"` // closed, half_open, open; empty when breakers are off
 	Ejected     bool              `json:"ejected"`           // out of load balancing
+	// InSubset: one of the endpoints this sidecar calls (subset_size); false for all when there is no subset.
+	InSubset bool `json:"in_subset,omitempty"`
 }
 
 // RecentOutcomes summarizes an endpoint's latest requests (at most 32).
@@ -254,12 +257,14 @@ type UpstreamInfo struct {
 	Listen    string `json:"listen,omitempty"`
 	Peer      string `json:"peer"`
 	// Implicit: a service of the Consul mesh, not in the config (outbound.transparent.consul_services).
-	Implicit  bool      `json:"implicit,omitempty"`
-	Addresses []string  `json:"addresses,omitempty"`
-	LB        string    `json:"lb"`
-	Timeout   string    `json:"timeout"`
-	Index     uint64    `json:"index"`
-	UpdatedAt time.Time `json:"updated_at"`
+	Implicit  bool     `json:"implicit,omitempty"`
+	Addresses []string `json:"addresses,omitempty"`
+	LB        string   `json:"lb"`
+	// SubsetSize is how many endpoints this sidecar calls (subset_size) when that is fewer than all; 0: all.
+	SubsetSize int       `json:"subset_size,omitempty"`
+	Timeout    string    `json:"timeout"`
+	Index      uint64    `json:"index"`
+	UpdatedAt  time.Time `json:"updated_at"`
 	// Stale: discovery lost contact (Consul unreachable); the endpoints are the last known ones.
 	Stale bool `json:"stale"`
 	// LastContact is when discovery last heard from Consul; absent for static endpoints.

@@ -55,7 +55,7 @@ func BenchmarkEndpoints(b *testing.B) {
 			runtime.GC()
 			runtime.ReadMemStats(&before)
 		}
-		s := newEndpointSet(fmt.Sprint("api-", i), uc.LB, uc.Resilience, m, resilience.NewDecisions(decisionsKept), log)
+		s := newEndpointSet(fmt.Sprint("api-", i), uc.LB, 0, uc.Resilience, m, resilience.NewDecisions(decisionsKept), log)
 		s.update(discovery.Snapshot{Service: "api", Endpoints: eps, Index: 1})
 		if i == 0 {
 			runtime.GC()
@@ -95,7 +95,7 @@ func TestEndpointSetLiveHeap(t *testing.T) {
 	var before, after runtime.MemStats
 	runtime.GC()
 	runtime.ReadMemStats(&before)
-	s := newEndpointSet("api", LBP2C, cfg, m, resilience.NewDecisions(decisionsKept), log)
+	s := newEndpointSet("api", LBP2C, 0, cfg, m, resilience.NewDecisions(decisionsKept), log)
 	s.update(discovery.Snapshot{Service: "api", Endpoints: eps, Index: 1})
 	runtime.GC()
 	runtime.ReadMemStats(&after)
@@ -121,7 +121,7 @@ func TestBreakerMadeAtFirstAttempt(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	s := newEndpointSet("api", LBRoundRobin, cfg, m, resilience.NewDecisions(decisionsKept), log)
+	s := newEndpointSet("api", LBRoundRobin, 0, cfg, m, resilience.NewDecisions(decisionsKept), log)
 	s.update(discovery.Snapshot{Service: "api", Endpoints: eps, Index: 1})
 	gauge := func(state string) float64 { return m.BreakerEndpoints.WithLabelValues("api", state).Value() }
 	for _, st := range s.states {

@@ -44,6 +44,8 @@ func TestConfigValidate(t *testing.T) {
 		{"bad peer and lb", func(c *Config) { c.Upstreams[0].Peer, c.Upstreams[0].LB = "proxy", "random" },
 			[]string{"upstreams[0].peer", "upstreams[0].lb"}},
 		{"negative timeout", func(c *Config) { c.Upstreams[0].Timeout = -time.Second }, []string{"upstreams[0].timeout"}},
+		{"subset", func(c *Config) { c.Upstreams[0].SubsetSize = 100 }, nil},
+		{"negative subset", func(c *Config) { c.Upstreams[0].SubsetSize = -1 }, []string{"upstreams[0].subset_size: must not be negative"}},
 		{"bad listen", func(c *Config) { c.Inbound.Listen = "21000" }, []string{"inbound.listen"}},
 		{"hostname listen", func(c *Config) { c.Inbound.Listen = "example.com:21000" }, []string{"inbound.listen"}},
 		{"limits", func(c *Config) {

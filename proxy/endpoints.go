@@ -1,6 +1,8 @@
 package proxy
 
 import (
+	"cmp"
+	"hash/maphash"
 	"log/slog"
 	"slices"
 	"sort"
@@ -28,6 +30,8 @@ type endpointSet struct {
 	mu        sync.Mutex // guards lb, states, updatedAt, index, stale, contact
 	lb        string
 	ringSize  uint64           // ring_hash's minimum ring size (a discovery chain's resolver); 0: the default
+	subset    int              // subset_size: the endpoints the policy chooses from; 0: all
+	seed      maphash.Seed     // the subset's rendezvous hashing: this process's own
 	states    []*endpointState // the endpoints, one per ID, in the snapshot's order (the picker's, too)
 	updatedAt time.Time
 	index     uint64
@@ -50,8 +54,9 @@ func newBreakerSettings(breaker resilience.BreakerConfig, outlier resilience.Out
 	return &breakerSettings{breaker: breaker, outlier: outlier, ejector: resilience.NewEjector(outlier)}
 }
 
-func newEndpointSet(name, lb string, cfg resilience.Config, m *metrics.Metrics, decisions *resilience.Decisions, log *slog.Logger) *endpointSet {
-	s := &endpointSet{name: name, m: m, decisions: decisions, log: log, lb: lb, seen: make(chan struct{})}
+func newEndpointSet(name, lb string, subset int, cfg resilience.Config, m *metrics.Metrics, decisions *resilience.Decisions, log *slog.Logger) *endpointSet {
+	s := &endpointSet{name: name, m: m, decisions: decisions, log: log, lb: lb, subset: subset, seed: maphash.MakeSeed(),
+		seen: make(chan struct{})}
 	s.picker.Store(newPicker(lb, nil))
 	s.breakers.Store(newBreakerSettings(cfg.Breaker, cfg.Outlier))
 	return s
@@ -109,6 +114,17 @@ func (s *endpointSet) setLB(lb string) {
 	s.picker.Store(s.newPicker(lb, s.states)) // pickers only read their list: the new one shares it
 }
 
+// setSubset rebuilds the picker over the same endpoints when subset_size changed.
+func (s *endpointSet) setSubset(n int) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if n == s.subset {
+		return
+	}
+	s.subset = n
+	s.picker.Store(s.newPicker(s.lb, s.states))
+}
+
 // setBreakers applies changed breaker or outlier settings: every endpoint's breaker starts afresh (closed) and
 // the ejector is new.
 func (s *endpointSet) setBreakers(breaker resilience.BreakerConfig, outlier resilience.OutlierConfig) {
@@ -147,13 +163,38 @@ func (s *endpointSet) lbName() string {
 	return s.lb
 }
 
-// newPicker is newPicker with the set's ring size.
+// newPicker is newPicker with the set's ring size and subset. Call with s.mu held.
 func (s *endpointSet) newPicker(lb string, list []*endpointState) *picker {
 	p := newPicker(lb, list)
 	if p.hashed != nil && s.ringSize != 0 && lb == LBRingHash {
 		p.hashed = newHashTable(lb, list, s.ringSize)
 	}
+	if p.hashed == nil && s.subset > 0 && s.subset < len(list) {
+		p.endpoints, p.all = subsetOf(list, s.subset, s.seed), list
+	}
 	return p
+}
+
+// subsetOf returns the n endpoints of list (n < len(list)) whose IDs hash highest under seed (rendezvous
+// hashing), in list's order: when an endpoint leaves, only it is replaced; when one joins, it takes the place of
+// at most one.
+func subsetOf(list []*endpointState, n int, seed maphash.Seed) []*endpointState {
+	type scored struct {
+		score uint64
+		i     int
+	}
+	all := make([]scored, len(list))
+	for i, st := range list {
+		all[i] = scored{maphash.String(seed, st.ep.ID), i}
+	}
+	slices.SortFunc(all, func(a, b scored) int { return cmp.Compare(b.score, a.score) })
+	keep := all[:n]
+	slices.SortFunc(keep, func(a, b scored) int { return cmp.Compare(a.i, b.i) })
+	out := make([]*endpointState, n)
+	for j, k := range keep {
+		out[j] = list[k.i]
+	}
+	return out
 }
 
 // hasSnapshot reports whether the first snapshot has arrived.
@@ -307,6 +348,14 @@ func (s *endpointSet) info(ui *UpstreamInfo) {
 		ui.LastContact = &c
 	}
 	ui.Endpoints = make([]EndpointInfo, 0, len(s.states))
+	var in map[*endpointState]bool
+	if p := s.picker.Load(); p.all != nil {
+		ui.SubsetSize = len(p.endpoints)
+		in = make(map[*endpointState]bool, len(p.endpoints))
+		for _, st := range p.endpoints {
+			in[st] = true
+		}
+	}
 	for _, st := range s.states {
 		ei := EndpointInfo{ID: st.ep.ID, Address: st.hostport, Identity: st.ep.Identity, Meta: st.ep.Meta,
 			InFlight: st.inFlight.Load(), Requests: st.requests.Load(), Failures: st.failures.Load()}
@@ -317,6 +366,7 @@ func (s *endpointSet) info(ui *UpstreamInfo) {
 			ei.Breaker = resilience.StateClosed // not called yet: no breaker made
 		}
 		ei.Ejected = st.ejected.Load() != nil
+		ei.InSubset = in[st]
 		if le := st.lastErr.Load(); le != nil {
 			ei.LastError, ei.LastErrorAt = le.msg, &le.at
 		}

@@ -121,7 +121,8 @@ func (s *endpointState) recentCounts() (ok, failed int) {
 
 // picker is the shared shape of meshlet's pickers over a fixed set of endpoints.
 type picker struct {
-	endpoints []*endpointState
+	endpoints []*endpointState // what the policy chooses from: every endpoint, or the subset (subset_size)
+	all       []*endpointState // every endpoint when endpoints is a subset; nil otherwise
 	choose    func(eps []*endpointState) *endpointState
 	hashed    hashTable // ring_hash and maglev: a request's key picks; nil for the others
 }
@@ -169,21 +170,36 @@ func (s *endpointState) eligible(avoid func(*endpointState) bool) bool {
 	return avoid == nil || !avoid(s)
 }
 
-// fallback finds an eligible endpoint when the policy's choice was not; first is the policy's choice.
+// fallback finds an eligible endpoint when the policy's choice was not; first is the policy's choice. With a
+// subset, the rest of the upstream's endpoints come after the subset's.
 func (p *picker) fallback(first *endpointState, avoid func(*endpointState) bool) *endpointState {
-	n := len(p.endpoints)
-	start := rand.IntN(n)
-	for i := range n {
-		if s := p.endpoints[(start+i)%n]; s.eligible(avoid) {
+	lists := [2][]*endpointState{p.endpoints, p.all}
+	for _, eps := range lists {
+		if s := scan(eps, func(s *endpointState) bool { return s.eligible(avoid) }); s != nil {
 			return s
 		}
 	}
-	for i := range n { // every endpoint is ejected or tried: prefer one not yet tried
-		if s := p.endpoints[(start+i)%n]; avoid == nil || !avoid(s) {
+	for _, eps := range lists { // every endpoint is ejected or tried: prefer one not yet tried
+		if s := scan(eps, func(s *endpointState) bool { return avoid == nil || !avoid(s) }); s != nil {
 			return s
 		}
 	}
 	return first
+}
+
+// scan returns the first endpoint of eps that ok accepts, starting at a random one; nil when none.
+func scan(eps []*endpointState, ok func(*endpointState) bool) *endpointState {
+	n := len(eps)
+	if n == 0 {
+		return nil
+	}
+	start := rand.IntN(n)
+	for i := range n {
+		if s := eps[(start+i)%n]; ok(s) {
+			return s
+		}
+	}
+	return nil
 }
 
 // Pick implements Picker.

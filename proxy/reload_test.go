@@ -45,6 +45,20 @@ func TestReloadDiff(t *testing.T) {
 					t.Fatalf("lb %q after reload", lb)
 				}
 			}},
+		{name: "subset_size", want: inPlace, change: func(c *Config) {
+			c.Upstreams[0].Endpoints, c.Upstreams[0].SubsetSize = []string{ep, otherEP}, 1
+		}, check: func(t *testing.T, p *Proxy) {
+			eventuallyTrue(t, func() bool {
+				ui := upstreamInfo(t, p, "api")
+				in := 0
+				for _, e := range ui.Endpoints {
+					if e.InSubset {
+						in++
+					}
+				}
+				return ui.SubsetSize == 1 && len(ui.Endpoints) == 2 && in == 1
+			}, "the api upstream calls 1 of its 2 endpoints")
+		}},
 		{name: "timeout", want: inPlace, change: func(c *Config) { c.Upstreams[0].Timeout = 7 * time.Second },
 			check: func(t *testing.T, p *Proxy) {
 				if to := upstreamInfo(t, p, "api").Timeout; to != "7s" {

@@ -23,6 +23,8 @@ func TestDecodeConfig(t *testing.T) {
 		{"bad yaml", "service: [\n", "bad YAML"},
 		{"empty", "", "config is empty"},
 		{"two documents", "service: {name: web}\n---\nservice: {name: api}\n", "single YAML document"},
+		{"subset size", "service: {name: web}\nupstreams:\n  - {name: a, subset_size: 100}\n", ""},
+		{"bad subset size", "service: {name: web}\nupstreams:\n  - {name: a, subset_size: many}\n", "upstreams[0].subset_size"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -41,7 +43,7 @@ func TestDecodeConfig(t *testing.T) {
 }
 
 func TestConfigDefaultsAndEnv(t *testing.T) {
-	cfg, err := decodeConfig([]byte("service: {name: web}\nshutdown: {drain_delay: 0s}\nupstreams:\n  - {name: api, listen: 127.0.0.1:9001, timeout: 250ms}\n"))
+	cfg, err := decodeConfig([]byte("service: {name: web}\nshutdown: {drain_delay: 0s}\nupstreams:\n  - {name: api, listen: 127.0.0.1:9001, timeout: 250ms, subset_size: 100}\n"))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -56,6 +58,9 @@ func TestConfigDefaultsAndEnv(t *testing.T) {
 	}
 	if *cfg.Shutdown.DrainDelay != 0 || cfg.Shutdown.DrainTimeout != defaultDrainTimeout {
 		t.Fatalf("drain delay 0 must stay 0 and timeout default: %v %v", *cfg.Shutdown.DrainDelay, cfg.Shutdown.DrainTimeout)
+	}
+	if cfg.Upstreams[0].SubsetSize != 100 {
+		t.Fatalf("subset_size: 100 decoded as %d", cfg.Upstreams[0].SubsetSize)
 	}
 	if cfg.Upstreams[0].Timeout != 250*time.Millisecond || cfg.Upstreams[0].ConnectTimeout != 5*time.Second {
 		t.Fatalf("durations: %+v", cfg.Upstreams[0])

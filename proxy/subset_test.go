@@ -1,0 +1,189 @@
+package proxy
+
+import (
+	"io"
+	"log/slog"
+	"slices"
+	"testing"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+
+	"meshlet.dev/meshlet/discovery"
+	"meshlet.dev/meshlet/metrics"
+	"meshlet.dev/meshlet/resilience"
+)
+
+// newSubsetSet returns an endpoint set with policy lb and subset_size n over eps.
+func newSubsetSet(t *testing.T, lb string, n int, eps []discovery.Endpoint) *endpointSet {
+	t.Helper()
+	var cfg resilience.Config
+	cfg.SetDefaults()
+	s := newEndpointSet("api", lb, n, cfg, metrics.New(prometheus.NewRegistry(), "test"),
+		resilience.NewDecisions(decisionsKept), slog.New(slog.NewTextHandler(io.Discard, nil)))
+	s.update(discovery.Snapshot{Service: "api", Endpoints: eps, Index: 1})
+	return s
+}
+
+// subsetIDs returns the IDs /debug/upstreams shows in the subset, and the subset size it shows.
+func subsetIDs(s *endpointSet) ([]string, int) {
+	var ui UpstreamInfo
+	s.info(&ui)
+	var ids []string
+	for _, ei := range ui.Endpoints {
+		if ei.InSubset {
+			ids = append(ids, ei.ID)
+		}
+	}
+	return ids, ui.SubsetSize
+}
+
+// pickIDs makes n attempts (each finished at once) and returns the endpoints they went to.
+func pickIDs(t *testing.T, s *endpointSet, n int, tried []*endpointState) map[string]int {
+	t.Helper()
+	got := map[string]int{}
+	for range n {
+		st, done, err := s.choose(tried)
+		if err != nil {
+			t.Fatal(err)
+		}
+		got[st.ep.ID]++
+		done(nil)
+	}
+	return got
+}
+
+// TestSubsetPicksWithin: with subset_size 10 of 1,000 endpoints, every policy that takes a subset sends every
+// attempt to the same 10 endpoints, those /debug/upstreams marks, and spreads them over all 10.
+func TestSubsetPicksWithin(t *testing.T) {
+	eps := manyEndpoints(t, 1000)
+	for _, lb := range []string{LBP2C, LBRoundRobin, LBRandom} {
+		s := newSubsetSet(t, lb, 10, eps)
+		ids, size := subsetIDs(s)
+		if size != 10 || len(ids) != 10 {
+			t.Fatalf("%s: /debug/upstreams shows subset_size %d and %d endpoints in it, want 10 and 10", lb, size, len(ids))
+		}
+		got := pickIDs(t, s, 2000, nil)
+		if len(got) != 10 {
+			t.Fatalf("%s: 2,000 attempts went to %d endpoints, want the subset's 10", lb, len(got))
+		}
+		for id := range got {
+			if !slices.Contains(ids, id) {
+				t.Fatalf("%s: an attempt went to %s, not in the subset %v", lb, id, ids)
+			}
+		}
+	}
+}
+
+// TestSubsetUnderChurn: the subset is rendezvous hashing's: an endpoint leaving the upstream that is not in the
+// subset changes nothing, one in it is replaced by exactly one other, and endpoints joining enter it only by
+// taking the place of a member (never reshuffling the rest).
+func TestSubsetUnderChurn(t *testing.T) {
+	eps := manyEndpoints(t, 1100)
+	base := eps[:1000]
+	s := newSubsetSet(t, LBP2C, 10, base)
+	before, _ := subsetIDs(s)
+
+	var outside discovery.Endpoint
+	for _, ep := range base {
+		if !slices.Contains(before, ep.ID) {
+			outside = ep
+			break
+		}
+	}
+	without := func(id string) []discovery.Endpoint {
+		return slices.DeleteFunc(slices.Clone(base), func(ep discovery.Endpoint) bool { return ep.ID == id })
+	}
+	s.update(discovery.Snapshot{Service: "api", Endpoints: without(outside.ID), Index: 2})
+	if after, _ := subsetIDs(s); !slices.Equal(after, before) {
+		t.Fatalf("removing %s (not in the subset) changed the subset from %v to %v", outside.ID, before, after)
+	}
+
+	gone := before[3]
+	s.update(discovery.Snapshot{Service: "api", Endpoints: without(gone), Index: 3})
+	after, _ := subsetIDs(s)
+	kept := 0
+	for _, id := range after {
+		if slices.Contains(before, id) {
+			kept++
+		}
+	}
+	if len(after) != 10 || kept != 9 || slices.Contains(after, gone) {
+		t.Fatalf("removing subset member %s: subset %v → %v, want the other 9 kept and one new", gone, before, after)
+	}
+
+	s.update(discovery.Snapshot{Service: "api", Endpoints: eps, Index: 4}) // 100 join (and gone is back)
+	grown, _ := subsetIDs(s)
+	for _, id := range grown {
+		if !slices.Contains(after, id) && !slices.ContainsFunc(eps[1000:], func(ep discovery.Endpoint) bool { return ep.ID == id }) && id != gone {
+			t.Fatalf("after 100 endpoints joined, %s entered the subset though it was there before and out of it", id)
+		}
+	}
+}
+
+// TestSubsetPerSidecar: each set (each sidecar process, each upstream) hashes with a seed of its own, so two
+// sidecars calling the same 1,000 endpoints use different subsets.
+func TestSubsetPerSidecar(t *testing.T) {
+	eps := manyEndpoints(t, 1000)
+	a, _ := subsetIDs(newSubsetSet(t, LBP2C, 10, eps))
+	b, _ := subsetIDs(newSubsetSet(t, LBP2C, 10, eps))
+	if slices.Equal(a, b) {
+		t.Fatalf("two sets chose the same subset %v", a)
+	}
+}
+
+// TestSubsetFallback: when no endpoint of the subset can take an attempt (all ejected, or all tried by the
+// request), the attempt goes to another endpoint of the upstream rather than to an ejected or tried one.
+func TestSubsetFallback(t *testing.T) {
+	eps := manyEndpoints(t, 100)
+	s := newSubsetSet(t, LBP2C, 5, eps)
+	p := s.picker.Load()
+	members := slices.Clone(p.endpoints)
+
+	got := pickIDs(t, s, 200, members) // a retry that tried every member
+	for id := range got {
+		if slices.ContainsFunc(members, func(st *endpointState) bool { return st.ep.ID == id }) {
+			t.Fatalf("an attempt that had tried every subset member went to member %s again", id)
+		}
+	}
+
+	until := time.Now().Add(time.Hour).UnixNano()
+	for _, st := range members {
+		st.ejected.Store(&ejection{until: until})
+	}
+	got = pickIDs(t, s, 200, nil)
+	for id := range got {
+		if slices.ContainsFunc(members, func(st *endpointState) bool { return st.ep.ID == id }) {
+			t.Fatalf("with every subset member ejected, an attempt went to ejected member %s", id)
+		}
+	}
+}
+
+// TestSubsetNotApplied: no subset when the upstream has no more endpoints than subset_size, nor with a hash
+// policy (every caller must map a key to the same endpoint); a reload's subset_size applies in place.
+func TestSubsetNotApplied(t *testing.T) {
+	eps := manyEndpoints(t, 50)
+	if ids, size := subsetIDs(newSubsetSet(t, LBP2C, 50, eps)); size != 0 || len(ids) != 0 {
+		t.Fatalf("subset_size 50 of 50 endpoints: subset %d (%d marked), want none", size, len(ids))
+	}
+	if got := pickIDs(t, newSubsetSet(t, LBRoundRobin, 60, eps), 100, nil); len(got) != 50 {
+		t.Fatalf("subset_size 60 of 50 endpoints: 100 round-robin attempts went to %d endpoints, want 50", len(got))
+	}
+	for _, lb := range []string{LBRingHash, LBMaglev} {
+		if p := newSubsetSet(t, lb, 5, eps).picker.Load(); p.all != nil || len(p.endpoints) != 50 {
+			t.Fatalf("%s with subset_size 5: picker over %d endpoints (subset %v), want all 50 and no subset", lb, len(p.endpoints), p.all != nil)
+		}
+	}
+	s := newSubsetSet(t, LBP2C, 0, eps)
+	s.setSubset(5)
+	if _, size := subsetIDs(s); size != 5 {
+		t.Fatalf("after setSubset(5): subset_size %d, want 5", size)
+	}
+	if got := pickIDs(t, s, 200, nil); len(got) != 5 {
+		t.Fatalf("after setSubset(5): 200 attempts went to %d endpoints, want 5", len(got))
+	}
+	s.setSubset(0)
+	if _, size := subsetIDs(s); size != 0 {
+		t.Fatalf("after setSubset(0): subset_size %d, want none", size)
+	}
+}
