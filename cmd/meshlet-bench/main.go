@@ -63,6 +63,7 @@ type options struct {
 	profileDir  string // write CPU and allocation profiles of the meshlets' throughput phases here
 	scale       bool   // run the growth figures instead (scale.go)
 	serveMany   int    // internal to -scale: serve the HTTP/1.1 backend on this many listeners (scale.go)
+	serveShared string // internal to -scale: with serveMany, also serve on this address, shared (SO_REUSEPORT)
 }
 
 func main() {
@@ -93,7 +94,7 @@ func run(args []string, stdout, stderr io.Writer) int {
 		return runScale(ctx, opts, stdout, stderr)
 	}
 	if opts.serveMany > 0 {
-		return serveMany(opts.serveMany, os.Stdin, stdout, stderr)
+		return serveMany(opts.serveMany, opts.serveShared, os.Stdin, stdout, stderr)
 	}
 	b := &bench{opts: opts, log: stderr}
 	rep := b.run(ctx)
@@ -137,6 +138,7 @@ func parseFlags(args []string, stderr io.Writer) (options, error) {
 	fs.BoolVar(&o.scale, "scale", false, "instead of the paths: measure meshlet's memory growth per upstream, endpoint and idle connection, RSS idle and at 1k req/s, and CPU per request at 1 and 10,000 endpoints, each against its target (needs -meshlet)")
 	var scaleOnly string
 	fs.StringVar(&scaleOnly, "scale-only", "", "with -scale: only these comma-separated measurements: idle (idle RSS and RSS at 1k req/s), upstream, conn-h2c, conn-http1, endpoint (per endpoint and CPU at 10,000 endpoints)")
+	fs.StringVar(&o.serveShared, "serve-shared", "", "internal to -scale: with -serve-many, also serve on this address, shared with the other children (SO_REUSEPORT)")
 	fs.IntVar(&o.serveMany, "serve-many", 0, "internal to -scale: serve the HTTP/1.1 backend on this many loopback listeners, print their addresses, until stdin closes")
 	fs.BoolVar(&o.quick, "quick", false, "short run: 2s phases, 200ms warm-up (explicit -duration/-warmup win)")
 	if err := fs.Parse(args); err != nil {

@@ -17,6 +17,8 @@ import (
 	"text/tabwriter"
 	"time"
 
+	"golang.org/x/sys/unix"
+
 	"meshlet.dev/meshlet/internal/meshlettest"
 	"meshlet.dev/meshlet/proxy"
 )
@@ -33,6 +35,7 @@ const (
 	scaleConns     = 1000  // idle client connections
 	scaleRate      = 1000  // req/s of the RSS-under-load figure
 	flatCPU        = 1.10  // "flat": CPU per request at scaleEndpoints at most this times that at 1
+	scaleSubset    = 100   // subset_size of the third meshlet of the endpoints figure
 )
 
 // scaleFigure is one growth figure: Value in Unit, at most Target to pass (0: no target), or Err when it could
@@ -418,61 +421,75 @@ func countFDs(pid int) int {
 
 // endpoints compares a meshlet with one HTTP/1.1 upstream of 1 static endpoint with one of scaleEndpoints (every
 // one a live listener of the same backend): RSS per endpoint, and CPU per request at saturating closed-loop load,
-// the two meshlets measured in turn (1, N, 1, N). With nginx on PATH, nginx with an upstream of 1 and of
-// scaleEndpoints servers (random two least_conn: p2c as meshlet's default, every connection kept) is measured the
-// same way, in the same turns, as the reference: the cost of spreading requests over that many warm connections.
+// the meshlets measured in turn (1, N, 1, N). A third meshlet has the same scaleEndpoints with subset_size
+// scaleSubset. With nginx on PATH, nginx with an upstream of 1 and of scaleEndpoints servers (random two
+// least_conn: p2c as meshlet's default, every connection kept) is measured the same way, in the same turns, as the
+// reference: the cost of spreading requests over that many warm connections.
 func (s *scaleRig) endpoints(ctx context.Context) []scaleFigure {
 	mem := scaleFigure{Name: "RSS per endpoint", Unit: "KiB", Target: 0.5}
 	cpu := scaleFigure{Name: fmt.Sprintf("CPU per request, %d endpoints vs 1 (HTTP/1.1)", scaleEndpoints), Unit: "×", Target: flatCPU}
+	sub := scaleFigure{Name: fmt.Sprintf("  with subset_size: %d", scaleSubset), Unit: "×", Target: flatCPU}
 	ref := scaleFigure{Name: fmt.Sprintf("nginx: CPU per request, %d servers vs 1 (reference)", scaleEndpoints), Unit: "×"}
-	fail := func(err error) []scaleFigure { return failed(err, mem, cpu) }
+	fail := func(err error) []scaleFigure { return failed(err, mem, cpu, sub) }
 	be, err := startManyBackend(scaleEndpoints)
 	if err != nil {
 		return fail(err)
 	}
 	defer be.close()
-	addrs, err := meshlettest.PickAddrs(4)
-	if err != nil {
-		return fail(err)
-	}
-	var peers []*cpuPeer
+	var peers []*cpuPeer // one, all, subset, then nginx's one and all when it runs
 	var rss [2]int64
-	for i, eps := range [][]string{be.addrs[:1], be.addrs} {
+	for i, eps := range [][]string{{be.shared}, be.addrs, be.addrs} {
+		addrs, err := meshlettest.PickAddrs(1)
+		if err != nil {
+			return fail(err)
+		}
 		var f meshlettest.File
-		f.Upstreams = []proxy.UpstreamConfig{upstream("backend", protoHTTP1, addrs[i], eps...)}
-		m, err := s.start(ctx, fmt.Sprintf("endpoints-%d", len(eps)), f)
+		u := upstream("backend", protoHTTP1, addrs[0], eps...)
+		name := fmt.Sprintf("endpoints-%d", len(eps))
+		if i == 2 {
+			u.SubsetSize, name = scaleSubset, fmt.Sprintf("endpoints-%d-subset-%d", len(eps), scaleSubset)
+		}
+		f.Upstreams = []proxy.UpstreamConfig{u}
+		m, err := s.start(ctx, name, f)
 		if err != nil {
 			return fail(err)
 		}
 		defer s.stop(m)
-		peers = append(peers, &cpuPeer{name: m.Name, pid: m.PID, endpoints: len(eps), admin: m})
-		if rss[i], err = s.settledRSS(ctx, m, true); err != nil {
-			return fail(err)
+		peers = append(peers, &cpuPeer{name: m.Name, pid: m.PID, endpoints: len(eps), admin: m, listen: addrs[0]})
+		if i < 2 {
+			if rss[i], err = s.settledRSS(ctx, m, true); err != nil {
+				return fail(err)
+			}
 		}
 	}
+	one, all, subset := peers[0], peers[1], peers[2]
+	subset.endpoints = scaleSubset // what its warm-up waits for
 	mem.Value = perItemKiB(rss[0], rss[1], scaleEndpoints-1)
 	mem.Detail = fmt.Sprintf("RSS %d KiB with 1 endpoint, %d KiB with %d (one upstream, static, no request yet); after a forced GC",
 		rss[0], rss[1], scaleEndpoints)
 	if bin, why := nginxPath(); why != "" {
 		ref.Err = why
 	} else {
-		for i, eps := range [][]string{be.addrs[:1], be.addrs} {
-			n, err := startNginx(ctx, bin, s.dir, fmt.Sprintf("nginx-endpoints-%d", len(eps)),
-				nginxConfig{protocol: protoHTTP1, listen: addrs[2+i], backends: eps}, s.pin)
+		for _, eps := range [][]string{{be.shared}, be.addrs} {
+			addrs, err := meshlettest.PickAddrs(1)
+			var n *nginxProc
+			if err == nil {
+				n, err = startNginx(ctx, bin, s.dir, fmt.Sprintf("nginx-endpoints-%d", len(eps)),
+					nginxConfig{protocol: protoHTTP1, listen: addrs[0], backends: eps}, s.pin)
+			}
 			if err != nil {
 				ref.Err = "starting nginx: " + err.Error()
+				peers = peers[:3]
 				break
 			}
 			defer n.stop()
-			peers = append(peers, &cpuPeer{name: fmt.Sprintf("nginx %d servers", len(eps)), pid: n.PID, extra: n.worker, endpoints: len(eps)})
-		}
-		if ref.Err != "" && len(peers) == 3 {
-			peers = peers[:2]
+			peers = append(peers, &cpuPeer{name: fmt.Sprintf("nginx %d servers", len(eps)), pid: n.PID, extra: n.worker,
+				endpoints: len(eps), listen: addrs[0]})
 		}
 	}
 	const workers = 32
-	for i, p := range peers {
-		p.caller = newHTTPCaller(protoHTTP1, addrs[i], workers, nil)
+	for _, p := range peers {
+		p.caller = newHTTPCaller(protoHTTP1, p.listen, workers, nil)
 		defer p.caller.close()
 	}
 	// Warm-up: until each peer has a connection to about every endpoint it picks (p2c picks at random, so this
@@ -495,41 +512,52 @@ func (s *scaleRig) endpoints(ctx context.Context) []scaleFigure {
 			fds = now
 		}
 	}
-	fds0 := peers[1].fds()
+	fds0 := all.fds()
 	for round := range 2 {
 		for i, p := range peers {
 			if s.prof != "" && round == 1 && p.admin != nil {
-				go s.profile(p.admin, fmt.Sprintf("scale-endpoints-%d-cpu.pprof", p.endpoints))
+				go s.profile(p.admin, fmt.Sprintf("scale-%s-cpu.pprof", p.name[len("meshlet "):]))
 			}
 			err := p.measure(func() (int64, *errorTally) {
 				tp, errs := closedLoop(ctx, p.caller, workers, s.phase(), 5*time.Second)
 				return tp.Requests, errs
 			})
 			if err != nil {
-				if i >= 2 { // nginx: the reference only
+				if i >= 3 { // nginx: the reference only
 					ref.Err = err.Error()
-					peers = peers[:2]
+					peers = peers[:3]
 					break
 				}
 				return fail(err)
 			}
 		}
 	}
-	if r := ratio(peers[1].us(), peers[0].us()); r != nil {
+	var rssWarm [3]int64
+	for i, p := range peers[:3] {
+		if ps, err := readProc(p.pid()); err == nil {
+			rssWarm[i] = ps.RSSKiB
+		}
+	}
+	if r := ratio(all.us(), one.us()); r != nil {
 		cpu.Value = *r
 	}
 	cpu.Detail = fmt.Sprintf("meshlet CPU %.1f µs/request at 1 endpoint, %.1f µs at %d; %.0f vs %.0f req/s, meshlet busy %.0f%% vs %.0f%% of its CPU "+
-		"(closed loop, %d workers, 2×%s each, in turn, after a warm-up until the connections stopped growing; lb p2c, the default; the %d-endpoint meshlet's open files %d before measuring, %d after); target: flat, within %.0f%%",
-		peers[0].us(), peers[1].us(), scaleEndpoints, peers[0].rps(), peers[1].rps(), peers[0].busy()*100, peers[1].busy()*100,
-		workers, s.phase(), scaleEndpoints, fds0, peers[1].fds(), (flatCPU-1)*100)
-	if len(peers) == 4 {
-		if r := ratio(peers[3].us(), peers[2].us()); r != nil {
+		"(closed loop, %d workers, 2×%s each, in turn, after a warm-up until the connections stopped growing; lb p2c, the default; the %d-endpoint meshlet's open files %d before measuring, %d after, its RSS %.1f MiB, 1 endpoint's %.1f MiB); target: flat, within %.0f%%",
+		one.us(), all.us(), scaleEndpoints, one.rps(), all.rps(), one.busy()*100, all.busy()*100,
+		workers, s.phase(), scaleEndpoints, fds0, all.fds(), float64(rssWarm[1])/1024, float64(rssWarm[0])/1024, (flatCPU-1)*100)
+	if r := ratio(subset.us(), one.us()); r != nil {
+		sub.Value = *r
+	}
+	sub.Detail = fmt.Sprintf("meshlet CPU %.1f µs/request with %d endpoints and subset_size %d (against %.1f at 1 endpoint, the same turns); %.0f req/s; open files %d, RSS %.1f MiB after measuring",
+		subset.us(), scaleEndpoints, scaleSubset, one.us(), subset.rps(), subset.fds(), float64(rssWarm[2])/1024)
+	if len(peers) == 5 {
+		if r := ratio(peers[4].us(), peers[3].us()); r != nil {
 			ref.Value = *r
 		}
-		ref.Detail = fmt.Sprintf("nginx (master+worker) CPU %.1f µs/request with 1 server, %.1f µs with %d (random two least_conn, keepalive %d: every connection kept; the same backend, load and turns as meshlet's); %.0f vs %.0f req/s",
-			peers[2].us(), peers[3].us(), scaleEndpoints, scaleEndpoints, peers[2].rps(), peers[3].rps())
+		ref.Detail = fmt.Sprintf("nginx (master+worker) CPU %.1f µs/request with 1 server, %.1f µs with %d (random two least_conn, keepalive %d: every connection kept, nginx's cache of them searched in order; the same backend, load and turns as meshlet's); %.0f vs %.0f req/s",
+			peers[3].us(), peers[4].us(), scaleEndpoints, scaleEndpoints, peers[3].rps(), peers[4].rps())
 	}
-	return []scaleFigure{mem, cpu, ref}
+	return []scaleFigure{mem, cpu, sub, ref}
 }
 
 // cpuPeer is one proxy of the endpoints figure: a meshlet (admin set) or an nginx (extra: its worker's PID).
@@ -539,6 +567,7 @@ type cpuPeer struct {
 	extra     int // another process whose CPU time counts (nginx's worker); 0: none
 	endpoints int
 	admin     *meshletProc // a meshlet, for its profile; nil for nginx
+	listen    string       // where the load goes
 	caller    *httpCaller
 	cpuPerRequest
 }
@@ -607,11 +636,15 @@ func (c *cpuPerRequest) busy() float64 {
 
 // manyBackend is the HTTP/1.1 backend on many loopback listeners, served by child processes of this program
 // (-serve-many), manyPerChild listeners each: one process could not hold 10,000 listeners and their connections
-// within a usual open-files limit. The children run on the benchmark's CPUs.
+// within a usual open-files limit. The children run on the benchmark's CPUs. Every child also serves shared, one
+// address they all listen on (SO_REUSEPORT: the kernel spreads its connections over them), so that one endpoint
+// is served by the same processes as all of them: a comparison of 1 endpoint with many is not one of 1 backend
+// process with several (which costs the proxy more CPU per request by itself: about 1.2× with 4).
 type manyBackend struct {
-	addrs []string
-	cmds  []*exec.Cmd
-	stdin []io.WriteCloser // closing one ends its child
+	shared string
+	addrs  []string
+	cmds   []*exec.Cmd
+	stdin  []io.WriteCloser // closing one ends its child
 }
 
 const manyPerChild = 2500
@@ -622,7 +655,11 @@ func startManyBackend(n int) (_ *manyBackend, err error) {
 	if err != nil {
 		return nil, err
 	}
-	b := &manyBackend{}
+	shared, err := meshlettest.PickAddrs(1)
+	if err != nil {
+		return nil, err
+	}
+	b := &manyBackend{shared: shared[0]}
 	defer func() {
 		if err != nil {
 			b.close()
@@ -630,7 +667,7 @@ func startManyBackend(n int) (_ *manyBackend, err error) {
 	}()
 	for left := n; left > 0; left -= manyPerChild {
 		k := min(manyPerChild, left)
-		cmd := exec.Command(self, "-serve-many", strconv.Itoa(k))
+		cmd := exec.Command(self, "-serve-many", strconv.Itoa(k), "-serve-shared", b.shared)
 		cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
 		cmd.Stderr = os.Stderr
 		stdin, err := cmd.StdinPipe()
@@ -675,13 +712,31 @@ func (b *manyBackend) close() {
 	}
 }
 
-// serveMany is the child of startManyBackend: it serves the HTTP/1.1 backend on n listeners on 127.0.0.1, prints
-// their addresses one a line and then "ready", and serves until stdin closes.
-func serveMany(n int, stdin io.Reader, stdout, stderr io.Writer) int {
+// serveMany is the child of startManyBackend: it serves the HTTP/1.1 backend on n listeners on 127.0.0.1 and on
+// shared (if set) with SO_REUSEPORT, prints the n addresses one a line and then "ready", and serves until stdin
+// closes.
+func serveMany(n int, shared string, stdin io.Reader, stdout, stderr io.Writer) int {
 	var protos http.Protocols
 	protos.SetHTTP1(true)
 	srv := &http.Server{Handler: httpHandler(1), Protocols: &protos, ReadHeaderTimeout: 10 * time.Second,
 		IdleTimeout: 2 * time.Minute, ErrorLog: log.New(io.Discard, "", 0)}
+	if shared != "" {
+		lc := net.ListenConfig{Control: func(_, _ string, c syscall.RawConn) error {
+			var serr error
+			if err := c.Control(func(fd uintptr) {
+				serr = syscall.SetsockoptInt(int(fd), syscall.SOL_SOCKET, unix.SO_REUSEPORT, 1)
+			}); err != nil {
+				return err
+			}
+			return serr
+		}}
+		ln, err := lc.Listen(context.Background(), "tcp", shared)
+		if err != nil {
+			fmt.Fprintln(stderr, "meshlet-bench -serve-many: shared listener:", err)
+			return 1
+		}
+		go srv.Serve(ln)
+	}
 	w := bufio.NewWriter(stdout)
 	for range n {
 		ln, err := net.Listen("tcp", "127.0.0.1:0")
