@@ -394,8 +394,7 @@ func (p *Proxy) applyChain(ctx context.Context, e *upstreamEntry, ch discovery.C
 	dropNew := func() {
 		for k, tw := range next {
 			if e.targets[k] != tw {
-				tw.cancel()
-				p.m.Endpoints.DeleteLabelValues(tw.set.name)
+				p.dropTarget(tw)
 			}
 		}
 	}
@@ -430,8 +429,7 @@ func (p *Proxy) applyChain(ctx context.Context, e *upstreamEntry, ch discovery.C
 	}
 	for k, tw := range e.targets {
 		if next[k] != tw {
-			tw.cancel()
-			p.m.Endpoints.DeleteLabelValues(tw.set.name)
+			p.dropTarget(tw)
 		}
 	}
 	e.targets = next
@@ -532,6 +530,18 @@ func (p *Proxy) planRoute(ctx context.Context, e *upstreamEntry, cfg *UpstreamCo
 		return nil, fmt.Errorf("route %d: no split with a weight", i)
 	}
 	return pr, nil
+}
+
+// dropTarget stops a target's watch and takes its endpoint set's series away (its name is its own: the cluster's
+// name and the target's ID).
+func (p *Proxy) dropTarget(tw *targetWatch) {
+	tw.cancel()
+	tw.set.retire()
+	p.m.Endpoints.DeleteLabelValues(tw.set.name)
+	p.m.EjectedEndpoints.DeleteLabelValues(tw.set.name)
+	for _, state := range []string{resilience.StateClosed, resilience.StateHalfOpen, resilience.StateOpen} {
+		p.m.BreakerEndpoints.DeleteLabelValues(tw.set.name, state)
+	}
 }
 
 // targetSet returns the endpoint set of target t: the cluster's own for the upstream's service itself (no subset,

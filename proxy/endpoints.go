@@ -27,10 +27,14 @@ type endpointSet struct {
 	picker   atomic.Pointer[picker]
 	breakers atomic.Pointer[breakerSettings] // swapped by setBreakers
 
-	mu        sync.Mutex // guards lb, states, updatedAt, index, stale, contact
+	// mu guards lb, states, updatedAt, index, stale, contact, and the endpoints' breaker bookkeeping (counted,
+	// ejected): a breaker's state change takes it under the breaker's own lock, so no code calls into a breaker
+	// while holding mu.
+	mu        sync.Mutex
 	lb        string
 	ringSize  uint64           // ring_hash's minimum ring size (a discovery chain's resolver); 0: the default
 	subset    int              // subset_size: the endpoints the policy chooses from; 0: all
+	retired   bool             // the upstream was removed or replaced: its breakers are no longer counted (retire)
 	seed      maphash.Seed     // the subset's rendezvous hashing: this process's own
 	states    []*endpointState // the endpoints, one per ID, in the snapshot's order (the picker's, too)
 	updatedAt time.Time
@@ -258,20 +262,57 @@ func (s *endpointSet) addBreaker(st *endpointState) {
 	if s.breakers.Load().breaker.Disabled {
 		return
 	}
-	st.brOn.Store(true)
+	if s.retired {
+		return
+	}
+	st.counted.Store(countedClosed)
 	s.m.BreakerEndpoints.WithLabelValues(s.name, resilience.StateClosed).Inc()
+}
+
+// The states meshlet_breaker_endpoints counts an endpoint under (endpointState.counted).
+const (
+	notCounted int32 = iota
+	countedClosed
+	countedHalfOpen
+	countedOpen
+)
+
+var countedNames = [...]string{countedClosed: resilience.StateClosed, countedHalfOpen: resilience.StateHalfOpen,
+	countedOpen: resilience.StateOpen}
+
+// countedAs is the counted state of a breaker state name.
+func countedAs(state string) int32 {
+	switch state {
+	case resilience.StateHalfOpen:
+		return countedHalfOpen
+	case resilience.StateOpen:
+		return countedOpen
+	}
+	return countedClosed
+}
+
+// retire takes the set's endpoints out of meshlet_breaker_endpoints and meshlet_ejected_endpoints (their
+// breakers dropped), for an upstream that is removed or replaced: its successor under the same name counts its
+// own. The set keeps serving what is in flight, without breakers.
+func (s *endpointSet) retire() {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.retired = true
+	for _, st := range s.states {
+		s.dropBreaker(st)
+	}
 }
 
 // breakerOf returns st's breaker, made now if st is armed and has none yet (its first attempt); nil when breakers
 // are off or st left the set. A breaker made at the first attempt decides as one made with the endpoint: an
 // endpoint never called has no counts.
 func (s *endpointSet) breakerOf(st *endpointState) *resilience.Breaker {
-	if b := st.breaker.Load(); b != nil || !st.brOn.Load() {
+	if b := st.breaker.Load(); b != nil || st.counted.Load() == notCounted {
 		return b
 	}
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	if b := st.breaker.Load(); b != nil || !st.brOn.Load() {
+	if b := st.breaker.Load(); b != nil || st.counted.Load() == notCounted {
 		return b
 	}
 	bs := s.breakers.Load()
@@ -280,6 +321,10 @@ func (s *endpointSet) breakerOf(st *endpointState) *resilience.Breaker {
 	}
 	var b *resilience.Breaker
 	b = resilience.NewPolicyBreaker(bs.policy, "", func(from, to string) {
+		// Called under the breaker's own lock: mu is taken after it, so nothing may call into a breaker while
+		// holding mu.
+		s.mu.Lock()
+		defer s.mu.Unlock()
 		if st.breaker.Load() == b { // not replaced or dropped meanwhile
 			s.breakerChanged(st, from, to)
 		}
@@ -291,15 +336,12 @@ func (s *endpointSet) breakerOf(st *endpointState) *resilience.Breaker {
 // dropBreaker removes an endpoint's breaker (the endpoint is gone, or the settings changed), giving back its
 // ejection slot. Call with s.mu held.
 func (s *endpointSet) dropBreaker(st *endpointState) {
-	if !st.brOn.Swap(false) {
+	st.breaker.Store(nil) // its transitions from now on are not followed
+	c := st.counted.Swap(notCounted)
+	if c == notCounted {
 		return
 	}
-	state := resilience.StateClosed
-	if b := st.breaker.Load(); b != nil {
-		state = b.State() // a change that is due happens now, and is counted, before the breaker goes
-		st.breaker.Store(nil)
-	}
-	s.m.BreakerEndpoints.WithLabelValues(s.name, state).Dec()
+	s.m.BreakerEndpoints.WithLabelValues(s.name, countedNames[c]).Dec()
 	if e := st.ejected.Swap(nil); e != nil {
 		e.by.Return()
 		s.m.EjectedEndpoints.WithLabelValues(s.name).Dec()
@@ -307,11 +349,16 @@ func (s *endpointSet) dropBreaker(st *endpointState) {
 }
 
 // breakerChanged follows an endpoint's breaker: an opened breaker ejects the endpoint from load balancing if the
-// ejection cap allows; half-open and closed put it back. Called under the breaker's lock, for the endpoint's
-// current breaker only: no breaker calls here.
+// ejection cap allows; half-open and closed put it back. Called under the breaker's lock and s.mu, for the
+// endpoint's current breaker only: no breaker calls here.
 func (s *endpointSet) breakerChanged(st *endpointState, from, to string) {
-	s.m.BreakerEndpoints.WithLabelValues(s.name, from).Dec()
+	c := st.counted.Load()
+	if c == notCounted {
+		return
+	}
+	s.m.BreakerEndpoints.WithLabelValues(s.name, countedNames[c]).Dec()
 	s.m.BreakerEndpoints.WithLabelValues(s.name, to).Inc()
+	st.counted.Store(countedAs(to))
 	s.m.BreakerTransitions.WithLabelValues(s.name, from, to).Inc()
 	switch to {
 	case resilience.StateOpen:
@@ -341,13 +388,13 @@ func (s *endpointSet) breakerChanged(st *endpointState, from, to string) {
 // info fills the endpoint part of ui: the snapshot's index and age, staleness, and each endpoint's state.
 func (s *endpointSet) info(ui *UpstreamInfo) {
 	s.mu.Lock()
-	defer s.mu.Unlock()
 	ui.Index, ui.UpdatedAt, ui.Stale = s.index, s.updatedAt, s.stale
 	if !s.contact.IsZero() {
 		c := s.contact
 		ui.LastContact = &c
 	}
 	ui.Endpoints = make([]EndpointInfo, 0, len(s.states))
+	breakers := make([]*resilience.Breaker, 0, len(s.states)) // asked for their state once mu is released
 	var in map[*endpointState]bool
 	if p := s.picker.Load(); p.all != nil {
 		ui.SubsetSize = len(p.endpoints)
@@ -360,11 +407,11 @@ func (s *endpointSet) info(ui *UpstreamInfo) {
 		ei := EndpointInfo{ID: st.ep.ID, Address: st.hostport, Identity: st.ep.Identity, Meta: st.ep.Meta,
 			InFlight: st.inFlight.Load(), Requests: st.requests.Load(), Failures: st.failures.Load()}
 		ei.Recent.Success, ei.Recent.Failure = st.recentCounts()
-		if b := st.breaker.Load(); b != nil {
-			ei.Breaker = b.State()
-		} else if st.brOn.Load() {
+		b := st.breaker.Load()
+		if b == nil && st.counted.Load() != notCounted {
 			ei.Breaker = resilience.StateClosed // not called yet: no breaker made
 		}
+		breakers = append(breakers, b)
 		ei.Ejected = st.ejected.Load() != nil
 		ei.InSubset = in[st]
 		if le := st.lastErr.Load(); le != nil {
@@ -372,6 +419,12 @@ func (s *endpointSet) info(ui *UpstreamInfo) {
 		}
 		ui.InFlight += ei.InFlight
 		ui.Endpoints = append(ui.Endpoints, ei)
+	}
+	s.mu.Unlock()
+	for i, b := range breakers { // a state change due now happens here, and takes mu
+		if b != nil {
+			ui.Endpoints[i].Breaker = b.State()
+		}
 	}
 	sort.Slice(ui.Endpoints, func(i, j int) bool { return ui.Endpoints[i].ID < ui.Endpoints[j].ID })
 }

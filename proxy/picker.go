@@ -38,10 +38,12 @@ type endpointState struct {
 	recent atomic.Uint64
 
 	// breaker is the endpoint's circuit breaker, made at its first attempt (endpointSet.breakerOf): an endpoint
-	// never called holds none, and is counted closed. brOn says whether it is to have one (breakers on, and the
-	// endpoint in its set); set and cleared under the set's mu.
+	// never called holds none, and is counted closed.
 	breaker atomic.Pointer[resilience.Breaker]
-	brOn    atomic.Bool
+	// counted is the state meshlet_breaker_endpoints counts the endpoint under (countedClosed...), notCounted
+	// when it is to have no breaker (breakers off, or the endpoint left its set). Changed under the set's mu only
+	// (the breaker's transitions too), so that the gauge stays exact when a transition races the breaker's removal.
+	counted atomic.Int32
 	ejected atomic.Pointer[ejection] // nil when in load balancing
 }
 

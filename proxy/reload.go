@@ -169,8 +169,11 @@ func (p *Proxy) updateUpstream(e *upstreamEntry, uc UpstreamConfig) {
 func (p *Proxy) removeUpstream(name string, e *upstreamEntry) {
 	delete(p.upstreams, name)
 	p.m.Endpoints.DeleteLabelValues(name)
-	for _, tw := range e.targets { // their watches end with the entry's
-		p.m.Endpoints.DeleteLabelValues(tw.set.name)
+	// The cluster's breakers leave the gauges (a replacement counts its own under the same name); its targets' watches
+	// end with the entry's, and their series go.
+	e.cluster.endpoints.retire()
+	for _, tw := range e.targets {
+		p.dropTarget(tw)
 	}
 	p.m.ChainRefused.DeleteLabelValues(name)
 	key := "upstream/" + name

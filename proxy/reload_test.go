@@ -7,6 +7,7 @@ import (
 	"time"
 
 	"meshlet.dev/meshlet/internal/testports"
+	"meshlet.dev/meshlet/resilience"
 )
 
 // TestReloadDiff applies one change at a time to a running proxy, in process, and checks what the reload does
@@ -66,7 +67,13 @@ func TestReloadDiff(t *testing.T) {
 				}
 			}},
 		{name: "http to http2", want: inPlace, change: func(c *Config) { c.Upstreams[0].Protocol = ProtocolHTTP2 }},
-		{name: "listen address", want: replaced, change: func(c *Config) { c.Upstreams[0].Listen = freeLoopback(t) }},
+		{name: "listen address", want: replaced, change: func(c *Config) { c.Upstreams[0].Listen = freeLoopback(t) },
+			check: func(t *testing.T, p *Proxy) {
+				// The replaced cluster's endpoint leaves meshlet_breaker_endpoints; the new one's counts once.
+				if got := p.m.BreakerEndpoints.WithLabelValues("api", resilience.StateClosed).Value(); got != 1 {
+					t.Fatalf("meshlet_breaker_endpoints{upstream=api,state=closed} = %v after the upstream was replaced, want 1", got)
+				}
+			}},
 		{name: "http to tcp on another listener", want: replaced, change: func(c *Config) {
 			c.Upstreams[0].Protocol, c.Upstreams[0].Listen = ProtocolTCP, freeLoopback(t)
 		}},
