@@ -17,11 +17,15 @@ import (
 // kernel's ephemeral range: a port from that range (what port 0 gives) can be taken, between Free and the
 // meshlet that binds it, by any client connection of the tests running beside this one as its local port
 // ("address already in use", one CI run in a few). A process-wide counter from a random start keeps two calls
-// from trying the same port.
+// from trying the same port, and a lock file per port (claim) keeps two test processes (go test runs packages
+// side by side) from handing out the same one: a port stays this process's until it exits.
 func Free() (string, error) {
 	low, span := testPorts()
 	for range span {
 		port := low + int(nextTestPort.Add(1)%uint32(span))
+		if !claim(port) {
+			continue
+		}
 		l, err := net.Listen("tcp", net.JoinHostPort("127.0.0.1", strconv.Itoa(port)))
 		if err != nil {
 			continue
