@@ -39,6 +39,10 @@ func TestReadProcSelf(t *testing.T) {
 	if s.RSSKiB <= 0 || s.HWMKiB < s.RSSKiB {
 		t.Errorf("RSS %d KiB, peak %d KiB: want 0 < RSS <= peak", s.RSSKiB, s.HWMKiB)
 	}
+	// VmRSS is RssAnon + RssFile + RssShmem; a Go test binary has pages of both of the first two.
+	if s.AnonKiB <= 0 || s.FileKiB <= 0 || s.AnonKiB+s.FileKiB > s.RSSKiB {
+		t.Errorf("RssAnon %d KiB + RssFile %d KiB, VmRSS %d KiB: want both > 0 and their sum <= VmRSS", s.AnonKiB, s.FileKiB, s.RSSKiB)
+	}
 	if s.CPU < 0 {
 		t.Errorf("CPU %v < 0", s.CPU)
 	}

@@ -16,12 +16,14 @@ const clockTicks = 100
 
 // procSample is one reading of a process's resources.
 type procSample struct {
-	RSSKiB int64         // VmRSS: resident set size now
-	HWMKiB int64         // VmHWM: peak resident set size so far
-	CPU    time.Duration // utime+stime: CPU time consumed so far
-	SysR   int64         // read syscalls so far (syscr of /proc/PID/io: read, recv and the like); -1 if unreadable
-	SysW   int64         // write syscalls so far (syscw: write, send and the like); -1 if unreadable
-	ok     bool          // the sample was read (set by sampleAll)
+	RSSKiB  int64         // VmRSS: resident set size now
+	AnonKiB int64         // RssAnon: the anonymous part of VmRSS (heap, stacks, written data)
+	FileKiB int64         // RssFile: the file-backed part of VmRSS (for meshlet: pages of its binary)
+	HWMKiB  int64         // VmHWM: peak resident set size so far
+	CPU     time.Duration // utime+stime: CPU time consumed so far
+	SysR    int64         // read syscalls so far (syscr of /proc/PID/io: read, recv and the like); -1 if unreadable
+	SysW    int64         // write syscalls so far (syscw: write, send and the like); -1 if unreadable
+	ok      bool          // the sample was read (set by sampleAll)
 }
 
 // readProc reads pid's memory from /proc/PID/status and its CPU time from /proc/PID/stat.
@@ -40,6 +42,10 @@ func readProc(pid int) (procSample, error) {
 		switch key {
 		case "VmRSS":
 			s.RSSKiB, err = parseKiB(val)
+		case "RssAnon":
+			s.AnonKiB, err = parseKiB(val)
+		case "RssFile":
+			s.FileKiB, err = parseKiB(val)
 		case "VmHWM":
 			s.HWMKiB, err = parseKiB(val)
 		}

@@ -189,28 +189,34 @@ func (s *scaleRig) stop(m *meshletProc) {
 // with gc a GC forced before each (GET /debug/pprof/heap?gc=1: the heap profile it writes costs some memory of
 // its own, the same in both processes of a growth figure).
 func (s *scaleRig) settledRSS(ctx context.Context, m *meshletProc, gc bool) (int64, error) {
+	ps, err := s.settled(ctx, m, gc)
+	return ps.RSSKiB, err
+}
+
+// settled is settledRSS's last reading whole (its VmRSS with the RssAnon and RssFile it is made of).
+func (s *scaleRig) settled(ctx context.Context, m *meshletProc, gc bool) (procSample, error) {
 	client := &http.Client{Timeout: 10 * time.Second}
 	defer client.CloseIdleConnections()
-	var prev int64 = -1
+	prev := procSample{RSSKiB: -1}
 	for range 10 {
 		if gc {
 			if err := forceGC(ctx, client, m.Admin); err != nil {
-				return 0, err
+				return procSample{}, err
 			}
 		}
 		select {
 		case <-time.After(300 * time.Millisecond):
 		case <-ctx.Done():
-			return 0, ctx.Err()
+			return procSample{}, ctx.Err()
 		}
 		ps, err := readProc(m.PID())
 		if err != nil {
-			return 0, err
+			return procSample{}, err
 		}
-		if prev >= 0 && abs64(ps.RSSKiB-prev) <= 32 {
-			return ps.RSSKiB, nil
+		if prev.RSSKiB >= 0 && abs64(ps.RSSKiB-prev.RSSKiB) <= 32 {
+			return ps, nil
 		}
-		prev = ps.RSSKiB
+		prev = ps
 	}
 	return prev, nil
 }
@@ -283,7 +289,7 @@ func (s *scaleRig) idleAndLoad(ctx context.Context) []scaleFigure {
 	}
 	defer be.close()
 	defer s.stop(m)
-	rss, err := s.settledRSS(ctx, m, false)
+	rss, err := s.settled(ctx, m, false)
 	if err != nil {
 		return fail(err)
 	}
@@ -291,9 +297,9 @@ func (s *scaleRig) idleAndLoad(ctx context.Context) []scaleFigure {
 	if err != nil {
 		return fail(err)
 	}
-	idle.Value = round1(float64(rss) / 1024)
-	idle.Detail = fmt.Sprintf("one HTTP/1.1 upstream on its own listener, ready, no request yet, settled; %.1f MiB after a forced GC (the heap profile that forces it costs memory of its own)",
-		float64(rssGC)/1024)
+	idle.Value = round1(float64(rss.RSSKiB) / 1024)
+	idle.Detail = fmt.Sprintf("one HTTP/1.1 upstream on its own listener, ready, no request yet, settled: RssAnon %.1f MiB (heap, stacks, written data), RssFile %.1f MiB (pages of the binary); %.1f MiB after a forced GC (the heap profile that forces it costs memory of its own)",
+		float64(rss.AnonKiB)/1024, float64(rss.FileKiB)/1024, float64(rssGC)/1024)
 	c := newHTTPCaller(protoHTTP1, listen, 64, nil)
 	defer c.close()
 	dur := 2 * s.phase()
