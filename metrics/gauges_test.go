@@ -98,8 +98,8 @@ func TestGaugesSmall(t *testing.T) {
 	}
 	per := float64(heap()-before) / n
 	runtime.KeepAlive(g)
-	if per > 160 {
-		t.Fatalf("%.0f bytes per series, want at most 160", per)
+	if per > 100 {
+		t.Fatalf("%.0f bytes per series, want at most 100", per)
 	}
 	t.Logf("%.0f bytes per series", per)
 }

@@ -328,6 +328,17 @@ func describe(ch discovery.Chain) []string {
 	return out
 }
 
+// entryChain is what an upstream's discovery chain watch keeps (upstreamEntry.chain), from its first chain on.
+type entryChain struct {
+	targets map[string]*targetWatch // the chain's targets other than the cluster's own
+	last    *discovery.Chain        // the latest chain received, applied again when the upstream's settings change
+	ctx     context.Context         // the context of the chain's watch
+	index   uint64                  // the index of the chain applied or refused last
+}
+
+// fresh reports whether a chain of index is not older than the one applied or refused last (ec nil: none yet).
+func (ec *entryChain) fresh(index uint64) bool { return ec == nil || index >= ec.index }
+
 // targetWatch is one target's endpoint set and its watch.
 type targetWatch struct {
 	set    *endpointSet
@@ -369,14 +380,17 @@ func (p *Proxy) applyChain(ctx context.Context, e *upstreamEntry, ch discovery.C
 			"service", ch.Service, "index", ch.Index, "reasons", strings.Join(reasons, "; "))
 	}
 	current := func() bool {
-		return !p.stopped && p.upstreams[c.name] == e && ctx.Err() == nil && ch.Index >= e.chainIndex
+		return !p.stopped && p.upstreams[c.name] == e && ctx.Err() == nil && e.chain.fresh(ch.Index)
 	}
 	p.mu.Lock()
 	if !current() {
 		p.mu.Unlock()
 		return
 	}
-	e.lastChain, e.chainCtx, e.chainIndex = &ch, ctx, ch.Index
+	if e.chain == nil {
+		e.chain = &entryChain{}
+	}
+	e.chain.last, e.chain.ctx, e.chain.index = &ch, ctx, ch.Index
 	if len(ch.Unsupported) > 0 {
 		refuse(ch.Unsupported)
 		p.mu.Unlock()
@@ -393,7 +407,7 @@ func (p *Proxy) applyChain(ctx context.Context, e *upstreamEntry, ch discovery.C
 	// dropNew stops the watches next started that the entry does not hold.
 	dropNew := func() {
 		for k, tw := range next {
-			if e.targets[k] != tw {
+			if e.chain.targets[k] != tw {
 				p.dropTarget(tw)
 			}
 		}
@@ -412,7 +426,7 @@ func (p *Proxy) applyChain(ctx context.Context, e *upstreamEntry, ch discovery.C
 	}
 	var fresh []*endpointSet
 	for k, tw := range next {
-		if e.targets[k] != tw {
+		if e.chain.targets[k] != tw {
 			fresh = append(fresh, tw.set)
 		}
 	}
@@ -427,12 +441,12 @@ func (p *Proxy) applyChain(ctx context.Context, e *upstreamEntry, ch discovery.C
 		dropNew()
 		return
 	}
-	for k, tw := range e.targets {
+	for k, tw := range e.chain.targets {
 		if next[k] != tw {
 			p.dropTarget(tw)
 		}
 	}
-	e.targets = next
+	e.chain.targets = next
 	if ch.Default {
 		c.plan.Store(nil)
 	} else {
@@ -454,10 +468,10 @@ const chainTargetWait = 5 * time.Second
 // reapplyChain applies e's latest chain again (its upstream's settings changed: what the file pins may have).
 // Call with p.mu held; it applies in the background.
 func (p *Proxy) reapplyChain(e *upstreamEntry) {
-	if e.lastChain == nil {
+	if e.chain == nil {
 		return
 	}
-	ch, ctx := *e.lastChain, e.chainCtx
+	ch, ctx := *e.chain.last, e.chain.ctx
 	p.wg.Add(1)
 	go func() {
 		defer p.wg.Done()
@@ -561,7 +575,7 @@ func (p *Proxy) targetSet(ctx context.Context, e *upstreamEntry, cfg *UpstreamCo
 	if tw := next[key]; tw != nil {
 		return tw.set
 	}
-	if tw := e.targets[key]; tw != nil {
+	if tw := e.chain.targets[key]; tw != nil {
 		next[key] = tw
 		return tw.set
 	}

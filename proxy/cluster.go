@@ -22,31 +22,34 @@ import (
 type cluster struct {
 	name       string
 	direction  string
-	protocol   string // as created: tcp or one of the HTTP family; a change between tcp and HTTP replaces it
-	log        *slog.Logger
+	protocol   string       // as created: tcp or one of the HTTP family; a change between tcp and HTTP replaces it
+	log        *slog.Logger // writes to logTo through the cluster itself (clusterHandler)
+	logTo      slog.Handler // the proxy's log handler
 	m          *metrics.Metrics
-	obs        *observer
-	tls        *tlsState     // nil: no TLS
-	budget     *connBudget   // file descriptors; nil: none
-	streamIdle time.Duration // stream_idle_timeout of the upstream's direction; 0: none
-	refused    refusedLog    // refused and denied requests of the inbound direction, rate limited
+	obs        atomic.Pointer[observer] // made at the first request or connection (observe)
+	tls        *tlsState                // nil: no TLS
+	budget     *connBudget              // file descriptors; nil: none
+	streamIdle time.Duration            // stream_idle_timeout of the upstream's direction; 0: none
+	refused    *refusedLog              // refused and denied requests of the inbound direction, rate limited; nil outbound
 
-	cfg       atomic.Pointer[UpstreamConfig] // swapped on reload
+	// cfg is the upstream's entry of the running config's upstreams (Proxy.cfg), swapped for the next config's on
+	// reload: the settings are held once, not copied per cluster. Never written through.
+	cfg       atomic.Pointer[UpstreamConfig]
 	endpoints *endpointSet
-	applyMu   sync.Mutex    // orders the snapshots applied to endpoints (apply)
-	transport transportSlot // built at the first attempt; replaced when a reload changes what they are built with
-	rp        *httputil.ReverseProxy
+	applyMu   sync.Mutex                            // orders the snapshots applied to endpoints (apply)
+	transport transportSlot                         // built at the first attempt; replaced when a reload changes what they are built with
+	rp        atomic.Pointer[httputil.ReverseProxy] // built at the first request (reverseProxy)
 	// retry retries attempts through c: the reverse proxy's transport (retryOf), built at the first request.
 	retry     atomic.Pointer[resilience.RetryTransport]
 	res       atomic.Pointer[resState] // built at the first request (limits)
-	lazyMu    sync.Mutex               // guards building transport, retry and res, and their changes by reloads
+	lazyMu    sync.Mutex               // guards building transport, retry, res and rp, and their changes by reloads
 	used      atomic.Bool              // transport or retry asked for since the last idle sweep (dropIdle)
 	decisions *resilience.Decisions
 	// appPorts are the inbound cluster's targets for the app's other ports (service.ports), fixed at Start; nil
 	// for other clusters.
 	appPorts map[uint16]*dialTarget
-	// An implicit upstream (a service of the Consul mesh) costs no metric series and no watch until its first use:
-	// lazy (set before the cluster is published) makes it active; obs is nil until then.
+	// An implicit upstream (a service of the Consul mesh) costs no watch until its first use: lazy (set before the
+	// cluster is published) makes it active.
 	lazy   func()
 	active atomic.Bool
 	// plan is the discovery chain applied (chain.go); nil: the cluster's own endpoints for every request.
@@ -64,46 +67,63 @@ func (c *cluster) ensureActive() {
 	c.endpoints.waitSnapshot(c.cfg.Load().ConnectTimeout)
 }
 
-func newCluster(cfg UpstreamConfig, direction string, m *metrics.Metrics, log *slog.Logger, tls *tlsState) *cluster {
+// newCluster creates the cluster of cfg, which it keeps (and never changes): the caller does not change it either.
+func newCluster(cfg *UpstreamConfig, direction string, m *metrics.Metrics, log *slog.Logger, tls *tlsState) *cluster {
 	c := &cluster{
 		name:      cfg.Name,
 		direction: direction,
 		protocol:  cfg.Protocol,
-		log:       slog.New(&clusterHandler{h: log.Handler(), name: cfg.Name, direction: direction}),
+		logTo:     log.Handler(),
 		m:         m,
 		tls:       tls,
 		decisions: resilience.NewDecisions(decisionsKept),
 	}
-	if !cfg.Implicit {
-		c.obs = newObserver(m, direction, cfg.Name)
-	}
+	c.log = slog.New((*clusterHandler)(c))
 	c.endpoints = newEndpointSet(cfg.Name, cfg.LB, cfg.SubsetSize, cfg.Resilience, m, c.decisions, c.log)
-	c.refused.log = log
-	c.cfg.Store(&cfg)
+	if direction == metrics.Inbound {
+		c.refused = &refusedLog{log: log}
+	}
+	c.cfg.Store(cfg)
 	c.transport.c = c
 	c.initResilience()
-	// FlushInterval stays 0: the reverse proxy flushes every write of a response of unknown length (gRPC,
-	// streams, chunked) at once by itself, and buffers only responses whose length is known.
-	c.rp = &httputil.ReverseProxy{
-		Rewrite:        c.rewrite,
-		Transport:      (*retryOf)(c),
-		BufferPool:     copyBuffers,
-		ErrorHandler:   c.proxyError,
-		ModifyResponse: modifyResponse,
-		ErrorLog:       slog.NewLogLogger(c.log.Handler(), slog.LevelDebug),
-	}
 	return c
 }
 
-// clusterHandler is a cluster's log handler: the records of h with the upstream and direction attributes first, as
-// h.WithAttrs would give them; but they are added to each record as it is written instead of formatted ahead, so
-// that an upstream that logs nothing costs no handler copy and no buffer.
-type clusterHandler struct {
-	h               slog.Handler
-	name, direction string
+// observe returns the cluster's observer, made at the first call (its first request or connection): an upstream
+// never used has none (nor, the observer's own rule, any metric series).
+func (c *cluster) observe() *observer {
+	if o := c.obs.Load(); o != nil {
+		return o
+	}
+	return buildOnce(&c.lazyMu, &c.obs, func() *observer { return newObserver(c.m, c.direction, c.name) })
 }
 
-func (c *clusterHandler) Enabled(ctx context.Context, l slog.Level) bool { return c.h.Enabled(ctx, l) }
+// reverseProxy returns the cluster's reverse proxy, built at the first call (the first request): an upstream
+// never called holds none, nor its error logger. Once built it stays (it holds no connection).
+func (c *cluster) reverseProxy() *httputil.ReverseProxy {
+	return buildOnce(&c.lazyMu, &c.rp, func() *httputil.ReverseProxy {
+		// FlushInterval stays 0: the reverse proxy flushes every write of a response of unknown length (gRPC,
+		// streams, chunked) at once by itself, and buffers only responses whose length is known.
+		return &httputil.ReverseProxy{
+			Rewrite:        c.rewrite,
+			Transport:      (*retryOf)(c),
+			BufferPool:     copyBuffers,
+			ErrorHandler:   c.proxyError,
+			ModifyResponse: modifyResponse,
+			ErrorLog:       slog.NewLogLogger(c.log.Handler(), slog.LevelDebug),
+		}
+	})
+}
+
+// clusterHandler is a cluster's log handler (the cluster itself: no object of its own): the records of logTo with
+// the upstream and direction attributes first, as logTo.WithAttrs would give them; but they are added to each
+// record as it is written instead of formatted ahead, so that an upstream that logs nothing costs no handler copy
+// and no buffer.
+type clusterHandler cluster
+
+func (c *clusterHandler) Enabled(ctx context.Context, l slog.Level) bool {
+	return c.logTo.Enabled(ctx, l)
+}
 
 func (c *clusterHandler) Handle(ctx context.Context, r slog.Record) error {
 	out := slog.NewRecord(r.Time, r.Level, r.Message, r.PC)
@@ -112,15 +132,15 @@ func (c *clusterHandler) Handle(ctx context.Context, r slog.Record) error {
 		out.AddAttrs(a)
 		return true
 	})
-	return c.h.Handle(ctx, out)
+	return c.logTo.Handle(ctx, out)
 }
 
 func (c *clusterHandler) WithAttrs(as []slog.Attr) slog.Handler {
-	return c.h.WithAttrs(c.attrs()).WithAttrs(as)
+	return c.logTo.WithAttrs(c.attrs()).WithAttrs(as)
 }
 
 func (c *clusterHandler) WithGroup(name string) slog.Handler {
-	return c.h.WithAttrs(c.attrs()).WithGroup(name)
+	return c.logTo.WithAttrs(c.attrs()).WithGroup(name)
 }
 
 func (c *clusterHandler) attrs() []slog.Attr {
@@ -166,11 +186,11 @@ func (c *cluster) rewrite(pr *httputil.ProxyRequest) {
 	}
 }
 
-// setConfig swaps the settings that can change without replacing the upstream.
-func (c *cluster) setConfig(cfg UpstreamConfig) {
-	old := c.cfg.Swap(&cfg)
+// setConfig swaps the settings that can change without replacing the upstream; cfg is kept as newCluster's is.
+func (c *cluster) setConfig(cfg *UpstreamConfig) {
+	old := c.cfg.Swap(cfg)
 	c.setResilience(old.Resilience, cfg.Resilience)
-	c.reloadTransports(old, &cfg)
+	c.reloadTransports(old, cfg)
 	c.endpoints.setLB(cfg.LB)
 	c.endpoints.setSubset(cfg.SubsetSize)
 }

@@ -20,16 +20,16 @@ import (
 // connection serves only requests for a target equal to the one it was dialled for: the same address
 // re-registered with another identity, or switching between app and sidecar, gets new connections.
 type dialTarget struct {
-	cfg      *UpstreamConfig // the settings the target was computed from (a cache key, see targetOf)
-	addr     string          // ip:port to connect to
-	sidecar  bool            // the endpoint is a sidecar: another meshlet is spoken to over HTTP/2
-	foreign  bool            // the sidecar is not a meshlet: spoken to in the upstream's protocol (base)
-	tls      bool            // mutual TLS is required; never false for a sidecar of an upstream with TLS
-	identity string          // the SPIFFE ID the endpoint must prove; "" means any identity of service
-	service  string          // the service the endpoint's identity must name when identity is ""
-	sni      string          // the TLS server name sent: Consul's name of the identity's service; "" without one
-	poolHost string          // a DNS name for the target, unique to it
-	poolAddr string          // poolHost:80: the URL host the transports see, key their pools by and dial
+	from     targetSettings // the settings the target was computed from (a cache key, see targetOf)
+	addr     string         // ip:port to connect to
+	sidecar  bool           // the endpoint is a sidecar: another meshlet is spoken to over HTTP/2
+	foreign  bool           // the sidecar is not a meshlet: spoken to in the upstream's protocol (base)
+	tls      bool           // mutual TLS is required; never false for a sidecar of an upstream with TLS
+	identity string         // the SPIFFE ID the endpoint must prove; "" means any identity of service
+	service  string         // the service the endpoint's identity must name when identity is ""
+	sni      string         // the TLS server name sent: Consul's name of the identity's service; "" without one
+	poolHost string         // a DNS name for the target, unique to it
+	poolAddr string         // poolHost:80: the URL host the transports see, key their pools by and dial
 }
 
 // dialTargetKey is the context key of an attempt's *dialTarget.
@@ -57,10 +57,19 @@ type internalFault struct{ msg string }
 func (e *internalFault) Error() string          { return e.msg }
 func (e *internalFault) NotEndpointFault() bool { return true }
 
-// targetOf returns the dial target of endpoint st under the upstream's settings cfg. It is cached on st per cfg
-// (settings swap on reload), so that the hot path computes it once per endpoint and config.
+// targetSettings are the settings of an upstream that its dial targets are computed from (newDialTarget).
+type targetSettings struct{ peer, tlsMode, service string }
+
+func targetSettingsOf(cfg *UpstreamConfig) targetSettings {
+	return targetSettings{peer: cfg.Peer, tlsMode: cfg.TLS.Mode, service: cfg.Service}
+}
+
+// targetOf returns the dial target of endpoint st under the upstream's settings cfg. It is cached on st for the
+// settings it depends on (a reload may change them), so that the hot path computes it once per endpoint and
+// settings. The cache key is those settings' values, not cfg: a target kept by an endpoint not called since a
+// reload does not keep the previous config alive.
 func (c *cluster) targetOf(st *endpointState, cfg *UpstreamConfig) *dialTarget {
-	if t := st.target.Load(); t != nil && t.cfg == cfg {
+	if t := st.target.Load(); t != nil && t.from == targetSettingsOf(cfg) {
 		return t
 	}
 	t := newDialTarget(st, cfg, c.tls != nil)
@@ -74,7 +83,7 @@ func (c *cluster) targetOf(st *endpointState, cfg *UpstreamConfig) *dialTarget {
 // upstream's tls.mode is mtls (its default when this meshlet has TLS: withTLS). Apps are plaintext. A sidecar
 // of an upstream whose tls.mode says mtls when this meshlet has no TLS is not dialled at all (clientTLS).
 func newDialTarget(st *endpointState, cfg *UpstreamConfig, withTLS bool) *dialTarget {
-	t := &dialTarget{cfg: cfg, addr: st.hostport, sidecar: cfg.Peer == PeerSidecar || isSidecar(&st.ep)}
+	t := &dialTarget{from: targetSettingsOf(cfg), addr: st.hostport, sidecar: cfg.Peer == PeerSidecar || isSidecar(&st.ep)}
 	t.foreign = t.sidecar && isForeign(&st.ep)
 	t.tls = t.sidecar && upstreamTLSMode(cfg.TLS.Mode, withTLS) == mtls.ModeMTLS
 	if t.tls {

@@ -81,7 +81,7 @@ func testCluster(t testing.TB, cfg UpstreamConfig, src mtls.Source) *cluster {
 		ts = &tlsState{src: src, minVersion: "1.3"}
 	}
 	m := metrics.New(prometheus.NewRegistry(), "test")
-	u := newCluster(c.Upstreams[0], metrics.Outbound, m, slog.New(slog.NewTextHandler(io.Discard, nil)), ts)
+	u := newCluster(&c.Upstreams[0], metrics.Outbound, m, slog.New(slog.NewTextHandler(io.Discard, nil)), ts)
 	t.Cleanup(u.close)
 	return u
 }

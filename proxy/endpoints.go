@@ -27,22 +27,26 @@ type endpointSet struct {
 	picker   atomic.Pointer[picker]
 	breakers atomic.Pointer[breakerSettings] // swapped by setBreakers
 
-	// mu guards lb, states, updatedAt, index, stale, contact, and the endpoints' breaker bookkeeping (counted,
-	// ejected): a breaker's state change takes it under the breaker's own lock, so no code calls into a breaker
-	// while holding mu.
-	mu        sync.Mutex
-	lb        string
-	ringSize  uint64           // ring_hash's minimum ring size (a discovery chain's resolver); 0: the default
-	subset    int              // subset_size: the endpoints the policy chooses from; 0: all
-	retired   bool             // the upstream was removed or replaced: its breakers are no longer counted (retire)
-	seed      maphash.Seed     // the subset's rendezvous hashing: this process's own
-	states    []*endpointState // the endpoints, one per ID, in the snapshot's order (the picker's, too)
-	updatedAt time.Time
-	index     uint64
-	stale     bool          // the source lost contact; the endpoints are the last known
-	contact   time.Time     // when the source last heard from Consul; zero for static endpoints
-	seen      chan struct{} // closed at the first snapshot
-	seenOnce  sync.Once
+	seen atomic.Bool // the first snapshot has arrived (set under mu, once its gauge is)
+
+	// mu guards lb, states, updated, index, stale, contact, waitFirst, subset, retired, and the endpoints'
+	// breaker bookkeeping (counted, ejected): a breaker's state change takes it under the breaker's own lock, so
+	// no code calls into a breaker while holding mu.
+	mu       sync.Mutex
+	lb       string
+	ringSize uint64           // ring_hash's minimum ring size (a discovery chain's resolver); 0: the default
+	subset   int              // subset_size: the endpoints the policy chooses from; 0: all
+	retired  bool             // the upstream was removed or replaced: its breakers are no longer counted (retire)
+	seed     maphash.Seed     // the subset's rendezvous hashing: this process's own
+	states   []*endpointState // the endpoints, one per ID, in the snapshot's order (the picker's, too)
+	// updated and contact are times in Unix nanoseconds (a word each, not a time.Time's three): when the last
+	// snapshot came, and when its source last heard from Consul (0: never, and for static endpoints).
+	updated, contact int64
+	index            uint64
+	stale            bool // the source lost contact; the endpoints are the last known
+	// waitFirst is closed at the first snapshot; made by a waitSnapshot before it only (a set whose endpoints come
+	// at once, as static ones do, never has one).
+	waitFirst chan struct{}
 }
 
 // breakerSettings are the settings every endpoint's breaker is made with (and their gobreaker policy, which the
@@ -59,8 +63,7 @@ func newBreakerSettings(breaker resilience.BreakerConfig, outlier resilience.Out
 }
 
 func newEndpointSet(name, lb string, subset int, cfg resilience.Config, m *metrics.Metrics, decisions *resilience.Decisions, log *slog.Logger) *endpointSet {
-	s := &endpointSet{name: name, m: m, decisions: decisions, log: log, lb: lb, subset: subset, seed: maphash.MakeSeed(),
-		seen: make(chan struct{})}
+	s := &endpointSet{name: name, m: m, decisions: decisions, log: log, lb: lb, subset: subset, seed: maphash.MakeSeed()}
 	s.picker.Store(newPicker(lb, nil))
 	s.breakers.Store(newBreakerSettings(cfg.Breaker, cfg.Outlier))
 	return s
@@ -97,13 +100,22 @@ func (s *endpointSet) update(snap discovery.Snapshot) {
 		}
 	}
 	s.states = list
-	s.updatedAt = time.Now()
+	s.updated = time.Now().UnixNano()
 	s.index = snap.Index
-	s.stale, s.contact = snap.Stale, snap.LastContact
+	s.stale, s.contact = snap.Stale, 0
+	if !snap.LastContact.IsZero() {
+		s.contact = snap.LastContact.UnixNano()
+	}
 	s.picker.Store(s.newPicker(s.lb, list))
 	s.mu.Unlock()
 	s.m.Endpoints.WithLabelValues(s.name).Set(float64(len(list)))
-	s.seenOnce.Do(func() { close(s.seen) })
+	if !s.seen.Load() {
+		s.mu.Lock()
+		if !s.seen.Swap(true) && s.waitFirst != nil {
+			close(s.waitFirst)
+		}
+		s.mu.Unlock()
+	}
 	s.log.Info("endpoints updated", "endpoints", len(list), "index", snap.Index, "stale", snap.Stale)
 }
 
@@ -147,15 +159,23 @@ func (s *endpointSet) setBreakers(breaker resilience.BreakerConfig, outlier resi
 
 // waitSnapshot waits up to d for the first snapshot.
 func (s *endpointSet) waitSnapshot(d time.Duration) {
-	select {
-	case <-s.seen:
+	if s.seen.Load() {
 		return
-	default:
 	}
+	s.mu.Lock()
+	if s.seen.Load() {
+		s.mu.Unlock()
+		return
+	}
+	if s.waitFirst == nil {
+		s.waitFirst = make(chan struct{})
+	}
+	wait := s.waitFirst
+	s.mu.Unlock()
 	t := time.NewTimer(d)
 	defer t.Stop()
 	select {
-	case <-s.seen:
+	case <-wait:
 	case <-t.C:
 	}
 }
@@ -202,14 +222,7 @@ func subsetOf(list []*endpointState, n int, seed maphash.Seed) []*endpointState 
 }
 
 // hasSnapshot reports whether the first snapshot has arrived.
-func (s *endpointSet) hasSnapshot() bool {
-	select {
-	case <-s.seen:
-		return true
-	default:
-		return false
-	}
-}
+func (s *endpointSet) hasSnapshot() bool { return s.seen.Load() }
 
 // choose picks an endpoint for one attempt, avoiding those in tried (the attempts of the same request or
 // connection so far) unless nothing else is left, and passes its breaker. An endpoint whose breaker refuses (open,
@@ -388,9 +401,12 @@ func (s *endpointSet) breakerChanged(st *endpointState, from, to string) {
 // info fills the endpoint part of ui: the snapshot's index and age, staleness, and each endpoint's state.
 func (s *endpointSet) info(ui *UpstreamInfo) {
 	s.mu.Lock()
-	ui.Index, ui.UpdatedAt, ui.Stale = s.index, s.updatedAt, s.stale
-	if !s.contact.IsZero() {
-		c := s.contact
+	ui.Index, ui.Stale = s.index, s.stale
+	if s.updated != 0 {
+		ui.UpdatedAt = time.Unix(0, s.updated)
+	}
+	if s.contact != 0 {
+		c := time.Unix(0, s.contact)
 		ui.LastContact = &c
 	}
 	ui.Endpoints = make([]EndpointInfo, 0, len(s.states))

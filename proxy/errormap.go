@@ -30,14 +30,14 @@ func (c *cluster) proxyError(w http.ResponseWriter, r *http.Request, err error) 
 		return
 	case ex != nil && ex.clientCtx.Err() != nil:
 		// The client went away: nothing to answer, nothing to hold against the endpoint.
-		c.obs.failed(reasonCanceled)
+		c.observe().failed(reasonCanceled)
 		noteError(w, err.Error())
 		if rw, ok := w.(*responseWriter); ok {
 			rw.code = StatusClientClosedRequest
 		}
 		return
 	case idleFired(r.Context()):
-		c.obs.failed(reasonIdle)
+		c.observe().failed(reasonIdle)
 		msg := fmt.Sprintf("upstream %s: no byte either way for %s (stream_idle_timeout)", c.name, c.streamIdle)
 		noteError(w, msg)
 		a := answer{reason: reasonIdle, status: http.StatusRequestTimeout, code: grpcwire.DeadlineExceeded, msg: "meshlet: " + msg}
@@ -87,7 +87,7 @@ func deadlineNear(r *http.Request) bool {
 // fail answers a request that meshlet could not proxy: a gRPC status in a trailers-only response for gRPC calls,
 // an HTTP status with a one-line text body otherwise.
 func (c *cluster) fail(w http.ResponseWriter, r *http.Request, grpc bool, status int, reason, msg string) {
-	c.obs.failed(reason)
+	c.observe().failed(reason)
 	noteError(w, msg)
 	a := answer{reason: reason, status: status, code: grpcCodeForHTTP(status), msg: "meshlet: " + msg}
 	if reason == reasonOverflow {

@@ -69,7 +69,7 @@ func TestProxyErrorMapping(t *testing.T) {
 		for _, grpc := range []bool{false, true} {
 			t.Run(fmt.Sprintf("%s/grpc=%v", tc.name, grpc), func(t *testing.T) {
 				m := metrics.New(prometheus.NewRegistry(), "test")
-				c := newCluster(UpstreamConfig{Name: "api", Protocol: ProtocolHTTP}, tc.direction, m,
+				c := newCluster(&UpstreamConfig{Name: "api", Protocol: ProtocolHTTP}, tc.direction, m,
 					slog.New(slog.NewTextHandler(io.Discard, nil)), nil)
 				t.Cleanup(c.close)
 				ex := &exchange{clientCtx: context.Background()}

@@ -75,10 +75,10 @@ func (c *cluster) serveHTTP(w http.ResponseWriter, r *http.Request, alog *slog.L
 	if c.appPorts != nil {
 		ex.appPort = appPortFrom(r.Context())
 	}
-	c.obs.begin()
+	c.observe().begin()
 	defer func() {
 		p := recover()
-		c.obs.end()
+		c.observe().end()
 		c.done(rw, r, ex, grpc, start, alog, p != nil)
 		if p != nil {
 			panic(p)
@@ -153,7 +153,7 @@ func (c *cluster) serveHTTP(w http.ResponseWriter, r *http.Request, alog *slog.L
 	if ex.body != nil {
 		out.Body = ex.body
 	}
-	c.rp.ServeHTTP(rw, out)
+	c.reverseProxy().ServeHTTP(rw, out)
 }
 
 // checkRequest refuses what the cluster never forwards (CONNECT, a request target with a byte an HTTP/1.1
@@ -219,7 +219,7 @@ func (c *cluster) done(rw *responseWriter, r *http.Request, ex *exchange, grpc b
 	if ex.peer != nil {
 		caller = ex.peer.Service
 	}
-	c.obs.record(code, grpcCode, time.Since(start), rx, rw.written, caller)
+	c.observe().record(code, grpcCode, time.Since(start), rx, rw.written, caller)
 	if ex.route != nil {
 		ex.route.requests[min(max(code/100-1, 0), 4)].Inc()
 	}

@@ -189,7 +189,7 @@ func TestClusterLogLikeWith(t *testing.T) {
 		return slog.New(slog.NewJSONHandler(w, opts)).With("component", "proxy")
 	}
 	with := base(&want).With("upstream", "api", "direction", "outbound")
-	lazy := slog.New(&clusterHandler{h: base(&got).Handler(), name: "api", direction: "outbound"})
+	lazy := slog.New((*clusterHandler)(&cluster{logTo: base(&got).Handler(), name: "api", direction: "outbound"}))
 	for _, l := range []*slog.Logger{with, lazy} {
 		l.Info("endpoints updated", "endpoints", 3, "index", uint64(7), "stale", false)
 		l.Debug("failed", slog.Group("g", "a", 1), "error", "boom")

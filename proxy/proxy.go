@@ -10,6 +10,7 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"slices"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -70,7 +71,9 @@ type Proxy struct {
 	idleSweep time.Duration
 	meshOnly  atomic.Bool // Consul's mesh entry says mesh_destinations_only (SetMeshDestinationsOnly)
 
-	mu  sync.Mutex // guards the fields below
+	mu sync.Mutex // guards the fields below
+	// cfg is the running config. Its Upstreams are the proxy's own copy, never changed once running (a reload
+	// replaces the slice): each cluster's settings point into it (cluster.cfg), and UpstreamConfigs shares it.
 	cfg Config
 	// staticIndex numbers the snapshots of the config's endpoint lists, one per upstream applied (at start and at
 	// each reload), as a watch's index numbers a source's.
@@ -79,28 +82,35 @@ type Proxy struct {
 	stopped     bool
 	inbound     *cluster
 	listeners   map[string]listener // by config field path of the listen address ("inbound", "outbound", upstream name)
-	upstreams   map[string]*upstreamEntry
-	wg          sync.WaitGroup // serving goroutines and watches
+	// upstreams are the upstreams by name; routes (storeRoutes) shares the map, so it is never changed once
+	// published: Reload changes a copy.
+	upstreams map[string]*upstreamEntry
+	wg        sync.WaitGroup // serving goroutines and watches
 }
 
-// upstreamEntry is a configured upstream with its watch.
+// upstreamEntry is a configured upstream with its watch. An upstream with static endpoints has neither watch nor
+// chain: its entry is a few words (issue 16).
 type upstreamEntry struct {
 	cluster *cluster
 	// pending marks an implicit upstream whose watch has not started (false once it has, and for the others):
 	// activate starts it at its first use, with the cluster's config.
-	pending     bool
-	targets     map[string]*targetWatch // the discovery chain's targets other than the cluster's own (chain.go)
-	lastChain   *discovery.Chain        // the latest chain received, applied again when the upstream's settings change
-	chainCtx    context.Context         // the context of the chain's watch
-	chainIndex  uint64                  // the index of the chain applied or refused last
-	cancelWatch context.CancelFunc      // nil without a watch (static endpoints)
-	src         discovery.Source        // where the endpoints come from; nil: the config's list (static)
-	service     string                  // the name watched on src
-	opts        discovery.WatchOptions  // tag and datacenter of a discovered upstream
+	pending bool
+	watch   *entryWatch // where the endpoints come from; nil: the config's list (static)
+	chain   *entryChain // the discovery chain's state (chain.go); nil until the first chain
 }
 
-// New validates cfg (after applying defaults) and returns a Proxy that has not bound anything yet.
+// entryWatch is the discovery watch of an upstream's endpoints.
+type entryWatch struct {
+	cancel  context.CancelFunc
+	src     discovery.Source
+	service string                 // the name watched on src
+	opts    discovery.WatchOptions // tag and datacenter of a discovered upstream
+}
+
+// New validates cfg (after applying defaults) and returns a Proxy that has not bound anything yet. The proxy
+// keeps a copy of cfg.Upstreams (UpstreamConfigs): the caller's stays its own.
 func New(cfg Config, opts Options) (*Proxy, error) {
+	cfg.Upstreams = slices.Clone(cfg.Upstreams)
 	cfg.SetDefaults()
 	if err := cfg.Validate(); err != nil {
 		return nil, err
@@ -158,7 +168,7 @@ func (p *Proxy) Start() error {
 	}
 	if cfg.Inbound.Listen != "" {
 		ucfg := inboundUpstreamConfig(cfg)
-		p.inbound = p.newCluster(ucfg, metrics.Inbound)
+		p.inbound = p.newCluster(&ucfg, metrics.Inbound)
 		eps, err := discovery.ParseAddrs(ucfg.Endpoints)
 		if err != nil {
 			return err
@@ -180,7 +190,8 @@ func (p *Proxy) Start() error {
 		bound["outbound"] = l
 	}
 	ups := map[string]*cluster{}
-	for i, uc := range cfg.Upstreams {
+	for i := range cfg.Upstreams {
+		uc := &cfg.Upstreams[i]
 		u := p.newCluster(uc, metrics.Outbound)
 		ups[uc.Name] = u
 		if uc.Listen == "" {
@@ -193,8 +204,8 @@ func (p *Proxy) Start() error {
 		bound["upstream/"+uc.Name] = l
 	}
 	p.started = true
-	for _, uc := range cfg.Upstreams {
-		p.addUpstream(uc, ups[uc.Name])
+	for i := range cfg.Upstreams {
+		p.addUpstream(&cfg.Upstreams[i], ups[cfg.Upstreams[i].Name])
 	}
 	p.storeRoutes()
 	for key, l := range bound {
@@ -212,7 +223,7 @@ func (p *Proxy) Start() error {
 
 // newCluster creates the upstream of uc in direction, with the proxy's shared budgets and its direction's
 // stream_idle_timeout.
-func (p *Proxy) newCluster(uc UpstreamConfig, direction string) *cluster {
+func (p *Proxy) newCluster(uc *UpstreamConfig, direction string) *cluster {
 	u := newCluster(uc, direction, p.m, p.log, p.tls)
 	u.budget = p.budget
 	u.streamIdle = p.cfg.Outbound.Limits.StreamIdleTimeout
@@ -283,7 +294,7 @@ func (p *Proxy) serve(l listener) {
 
 // addUpstream registers u and starts watching its endpoints (an implicit upstream: at its first use, through
 // cluster.ensureActive). Call with p.mu held.
-func (p *Proxy) addUpstream(uc UpstreamConfig, u *cluster) {
+func (p *Proxy) addUpstream(uc *UpstreamConfig, u *cluster) {
 	e := &upstreamEntry{cluster: u}
 	p.upstreams[uc.Name] = e
 	if uc.Implicit {
@@ -294,25 +305,23 @@ func (p *Proxy) addUpstream(uc UpstreamConfig, u *cluster) {
 	p.startWatch(e, uc)
 }
 
-// activate makes an implicit upstream that is not active yet ready for use: its metric series, then its watch.
+// activate makes an implicit upstream that is not active yet ready for use: it starts its watch.
 func (p *Proxy) activate(e *upstreamEntry) {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	if e.pending && !p.stopped && p.upstreams[e.cluster.name] == e {
-		uc := *e.cluster.cfg.Load() // the latest: a reload's setConfig keeps it current
 		e.pending = false
-		e.cluster.obs = newObserver(p.m, metrics.Outbound, e.cluster.name)
-		p.startWatch(e, uc)
+		p.startWatch(e, e.cluster.cfg.Load()) // the latest: a reload's setConfig keeps it current
 	}
 }
 
 // startWatch points e at the source of uc's endpoints: the config's static list, applied here and at each reload
 // (no watch, no goroutine: an idle upstream costs none), or the discovery source when the config lists none. Call
 // with p.mu held.
-func (p *Proxy) startWatch(e *upstreamEntry, uc UpstreamConfig) {
+func (p *Proxy) startWatch(e *upstreamEntry, uc *UpstreamConfig) {
 	e.cluster.active.Store(true)
 	if uc.Endpoints != nil || p.discovery == nil {
-		e.cancelWatch, e.src, e.service, e.opts = nil, nil, uc.Name, discovery.WatchOptions{}
+		e.watch = nil
 		e.cluster.plan.Store(nil)
 		e.cluster.chain.Store(nil)
 		p.setStatic(e, uc)
@@ -320,14 +329,14 @@ func (p *Proxy) startWatch(e *upstreamEntry, uc UpstreamConfig) {
 	}
 	src, service, opts := p.discovery, uc.Service, uc.watchOptions()
 	ctx, cancel := context.WithCancel(context.Background())
-	e.cancelWatch, e.src, e.service, e.opts = cancel, src, service, opts
+	e.watch = &entryWatch{cancel: cancel, src: src, service: service, opts: opts}
 	if cs, ok := src.(discovery.ChainSource); ok {
 		p.watchChain(ctx, e, cs, service) // its targets' watches end with ctx
 	} else {
 		e.cluster.plan.Store(nil)
 		e.cluster.chain.Store(nil)
 	}
-	name := uc.Name // not uc: the goroutine would move every upstream's uc to the heap
+	name := uc.Name
 	p.wg.Add(1)
 	go func() {
 		defer p.wg.Done()
@@ -339,7 +348,7 @@ func (p *Proxy) startWatch(e *upstreamEntry, uc UpstreamConfig) {
 
 // setStatic gives e the endpoints uc lists (validated already). Call with p.mu held, after stopping e's watch if it
 // had one.
-func (p *Proxy) setStatic(e *upstreamEntry, uc UpstreamConfig) {
+func (p *Proxy) setStatic(e *upstreamEntry, uc *UpstreamConfig) {
 	eps, _ := discovery.ParseAddrs(uc.Endpoints)
 	p.staticIndex++
 	e.cluster.apply(nil, discovery.Snapshot{Service: uc.Name, Endpoints: eps, Index: p.staticIndex})
@@ -415,6 +424,15 @@ func (p *Proxy) Upstreams() []UpstreamInfo {
 		}
 	}
 	return out
+}
+
+// UpstreamConfigs returns the upstreams of the running config, defaults applied (tls.mode resolved too). The
+// slice is the proxy's own, shared: the caller must not change it; a reload replaces it (the next call returns
+// the new one) and never changes it.
+func (p *Proxy) UpstreamConfigs() []UpstreamConfig {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return p.cfg.Upstreams
 }
 
 // Shutdown stops accepting on every listener and waits for in-flight requests and connections until ctx ends;

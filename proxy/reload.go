@@ -4,7 +4,9 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"maps"
 	"reflect"
+	"slices"
 	"time"
 
 	"meshlet.dev/meshlet/metrics"
@@ -20,6 +22,7 @@ const removedListenerDrain = 30 * time.Second
 // they are reported in the returned warnings and otherwise ignored. If cfg is invalid or a new listener cannot
 // be bound, nothing changes and the error says why.
 func (p *Proxy) Reload(cfg Config) (warnings []string, err error) {
+	cfg.Upstreams = slices.Clone(cfg.Upstreams) // the proxy's own, as New's
 	cfg.SetDefaults()
 	if err := cfg.Validate(); err != nil {
 		return nil, err
@@ -58,6 +61,7 @@ func (p *Proxy) Reload(cfg Config) (warnings []string, err error) {
 	for _, c := range added {
 		addedNames[c.uc.Name] = true
 	}
+	p.upstreams = maps.Clone(p.upstreams) // the published one is the name-routing table's (storeRoutes)
 	// Remove upstreams that are gone or replaced.
 	for name, e := range p.upstreams {
 		if !newNames[name] || addedNames[name] {
@@ -74,8 +78,8 @@ func (p *Proxy) Reload(cfg Config) (warnings []string, err error) {
 			p.m.EjectedEndpoints.DeleteLabelValues(name)
 		}
 	}
-	for _, uc := range cfg.Upstreams {
-		if !addedNames[uc.Name] {
+	for i := range cfg.Upstreams {
+		if uc := &cfg.Upstreams[i]; !addedNames[uc.Name] {
 			p.updateUpstream(p.upstreams[uc.Name], uc)
 		}
 	}
@@ -94,7 +98,7 @@ func (p *Proxy) Reload(cfg Config) (warnings []string, err error) {
 
 // addedUpstream is an upstream a reload creates, with its listener bound but not serving yet.
 type addedUpstream struct {
-	uc      UpstreamConfig
+	uc      *UpstreamConfig // in the new config's upstreams
 	cluster *cluster
 	l       listener // nil without a listen address
 }
@@ -115,7 +119,8 @@ func (p *Proxy) bindAdded(old, cfg Config) ([]addedUpstream, error) {
 			}
 		}
 	}
-	for i, uc := range cfg.Upstreams {
+	for i := range cfg.Upstreams {
+		uc := &cfg.Upstreams[i]
 		prev, ok := oldByName[uc.Name]
 		// http, http2 and grpc switch in place (the transport is chosen per request); tcp is another listener.
 		if ok && prev.Listen == uc.Listen && (prev.Protocol == ProtocolTCP) == (uc.Protocol == ProtocolTCP) {
@@ -141,23 +146,23 @@ func (p *Proxy) bindAdded(old, cfg Config) ([]addedUpstream, error) {
 
 // updateUpstream applies uc to an upstream that stays: its settings in place, and its endpoint source (static
 // list, or discovery with its service and options) restarted only when it changed. Call with p.mu held.
-func (p *Proxy) updateUpstream(e *upstreamEntry, uc UpstreamConfig) {
+func (p *Proxy) updateUpstream(e *upstreamEntry, uc *UpstreamConfig) {
 	old := e.cluster.cfg.Load()
 	e.cluster.setConfig(uc)
-	if !reflect.DeepEqual(*old, uc) {
+	if !reflect.DeepEqual(old, uc) {
 		defer p.reapplyChain(e) // the plan was built from the old settings (a restarted watch sends its own)
 	}
 	if e.pending { // an implicit upstream not used yet: its watch starts with the latest config (the cluster's)
 		return
 	}
 	if uc.Endpoints == nil && p.discovery != nil {
-		if e.src != p.discovery || e.service != uc.Service || e.opts != uc.watchOptions() {
+		if w := e.watch; w == nil || w.src != p.discovery || w.service != uc.Service || w.opts != uc.watchOptions() {
 			e.stopWatch()
 			p.startWatch(e, uc)
 		}
 		return
 	}
-	if e.src != nil {
+	if e.watch != nil {
 		e.stopWatch()
 		p.startWatch(e, uc)
 		return
@@ -172,21 +177,24 @@ func (p *Proxy) removeUpstream(name string, e *upstreamEntry) {
 	// The cluster's breakers leave the gauges (a replacement counts its own under the same name); its targets' watches
 	// end with the entry's, and their series go.
 	e.cluster.endpoints.retire()
-	for _, tw := range e.targets {
-		p.dropTarget(tw)
+	if e.chain != nil {
+		for _, tw := range e.chain.targets {
+			p.dropTarget(tw)
+		}
 	}
 	p.m.ChainRefused.DeleteLabelValues(name)
 	key := "upstream/" + name
 	if l, ok := p.listeners[key]; ok {
 		delete(p.listeners, key)
+		w := e.watch // an upstream with a listener is not implicit: it has a watch, or static endpoints
 		p.wg.Add(1)
 		go func() {
 			defer p.wg.Done()
 			ctx, cancel := context.WithTimeout(p.baseCtx, removedListenerDrain)
 			defer cancel()
 			l.shutdown(ctx)
-			if e.cancelWatch != nil { // an upstream with a listener is not implicit: it has a watch, or static endpoints
-				e.cancelWatch()
+			if w != nil {
+				w.cancel()
 			}
 			e.cluster.close()
 		}()
@@ -199,7 +207,7 @@ func (p *Proxy) removeUpstream(name string, e *upstreamEntry) {
 // stopWatch stops e's watch, if it has one. Call with p.mu held.
 func (e *upstreamEntry) stopWatch() {
 	e.pending = false
-	if e.cancelWatch != nil {
-		e.cancelWatch()
+	if e.watch != nil {
+		e.watch.cancel()
 	}
 }

@@ -158,6 +158,9 @@ func TestResponseHeaderLimitReload(t *testing.T) {
 		Endpoints: []string{bomb.Addr()}}}}
 	p, _ := startProxy(t, cfg)
 	cfg.Upstreams[0].Listen = p.Addrs()["upstream/api"]
+	p.mu.Lock()
+	p.cfg.Upstreams[0].Listen = cfg.Upstreams[0].Listen // the running listener's real address (the proxy has its own copy)
+	p.mu.Unlock()
 	get := func() int {
 		t.Helper()
 		resp, err := http.Get("http://" + cfg.Upstreams[0].Listen + "/")

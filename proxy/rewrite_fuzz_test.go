@@ -63,7 +63,7 @@ func newRewriteRig(tb testing.TB) *rewriteRig {
 	}
 	m := metrics.New(prometheus.NewRegistry(), "test")
 	log := slog.New(slog.NewTextHandler(io.Discard, nil))
-	u := newCluster(cfg.Upstreams[0], metrics.Outbound, m, log, nil)
+	u := newCluster(&cfg.Upstreams[0], metrics.Outbound, m, log, nil)
 	u.endpoints.update(discovery.Snapshot{Service: "api", Index: 1,
 		Endpoints: []discovery.Endpoint{{ID: "e1", Addr: netip.MustParseAddrPort("192.0.2.10:8080")}}})
 	rig := &rewriteRig{u: u, wire: make(chan wireRequest, 16), deadline: make(chan time.Time, 4)}
@@ -77,8 +77,9 @@ func newRewriteRig(tb testing.TB) *rewriteRig {
 		go rig.serveOne(server, rig.gen.Load())
 		return client, nil
 	}
-	next := u.rp.Transport
-	u.rp.Transport = roundTripFunc(func(r *http.Request) (*http.Response, error) {
+	rp := u.reverseProxy()
+	next := rp.Transport
+	rp.Transport = roundTripFunc(func(r *http.Request) (*http.Response, error) {
 		dl, _ := r.Context().Deadline()
 		rig.deadline <- dl
 		return next.RoundTrip(r)

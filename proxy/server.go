@@ -7,6 +7,7 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"slices"
 	"strings"
 	"time"
 
@@ -127,30 +128,37 @@ func unwrapOpError(err error) error {
 	return err
 }
 
-// routeTable maps the host names an app may use for upstreams to the upstreams.
-type routeTable map[string]*cluster
+// routeTable finds the upstream an app names in a Host: its name, alone or followed by one of the domains. Its
+// names are the proxy's upstreams map itself, which is never changed once published (a reload changes a copy): no
+// key per name and domain, no copy of the names (issue 16).
+type routeTable struct {
+	names   map[string]*upstreamEntry // tcp upstreams too: lookup skips them
+	domains []string                  // lowercased
+}
 
 func newRouteTable(ups map[string]*upstreamEntry, domains []string) routeTable {
-	rt := routeTable{}
-	for name, e := range ups {
-		if e.cluster.protocol == ProtocolTCP {
-			continue
-		}
-		rt[name] = e.cluster
-		for _, d := range domains {
-			rt[name+"."+strings.ToLower(d)] = e.cluster
-		}
+	rt := routeTable{names: ups}
+	for _, d := range domains {
+		rt.domains = append(rt.domains, strings.ToLower(d))
 	}
 	return rt
 }
 
-// lookup finds the upstream named by a Host or :authority value, with or without port.
+// lookup finds the upstream named by a Host or :authority value, with or without port. An upstream's name is a
+// DNS label (no dot): what comes before the first dot is the name, what follows must be one of the domains.
 func (rt routeTable) lookup(host string) *cluster {
 	if h, _, err := net.SplitHostPort(host); err == nil {
 		host = h
 	}
 	host = strings.TrimSuffix(strings.ToLower(host), ".")
-	return rt[host]
+	name, domain, dotted := strings.Cut(host, ".")
+	if dotted && !slices.Contains(rt.domains, domain) {
+		return nil
+	}
+	if e := rt.names[name]; e != nil && e.cluster.protocol != ProtocolTCP {
+		return e.cluster
+	}
+	return nil
 }
 
 // serveRouted is the handler of the name-routed outbound listener. A name that is no upstream gets 404 (gRPC:

@@ -137,7 +137,7 @@ func (c *cluster) relay(client net.Conn, idle time.Duration, log *slog.Logger) {
 		if errors.Is(lastErr, ErrNoEndpoint) {
 			reason = reasonNoEndpoint
 		}
-		c.obs.failed(reason)
+		c.observe().failed(reason)
 		log.Debug("tcp connection refused", "upstream", c.name, "error", lastErr)
 		return
 	}
@@ -146,7 +146,7 @@ func (c *cluster) relay(client net.Conn, idle time.Duration, log *slog.Logger) {
 		log.Debug("tcp connection idle: closed", "upstream", c.name, "remote", client.RemoteAddr().String(),
 			"idle_timeout", idle.String())
 	})
-	c.obs.bytes(rx, tx)
+	c.observe().bytes(rx, tx)
 }
 
 // splice copies bytes both ways between client and backend until both directions end; when nothing moved either

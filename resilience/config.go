@@ -7,6 +7,7 @@ package resilience
 import (
 	"errors"
 	"fmt"
+	"slices"
 	"time"
 )
 
@@ -108,6 +109,11 @@ const (
 // DefaultRetryOn is the retry_on list when none is configured.
 var DefaultRetryOn = []string{CondConnectFailure, CondReset, CondRefusedStream, CondGatewayError, "unavailable"}
 
+// defaultRetryOn is the list SetDefaults gives: one for every config (a copy each was 80 bytes per upstream, issue
+// 16), apart from DefaultRetryOn so that nothing done to that one changes it. Lists in configs are only read;
+// it is clipped, so that an append copies.
+var defaultRetryOn = slices.Clip(slices.Clone(DefaultRetryOn))
+
 // SetDefaults fills zero fields.
 func (c *Config) SetDefaults() {
 	r := &c.Retry
@@ -121,7 +127,7 @@ func (c *Config) SetDefaults() {
 		r.Backoff.Max = max(DefaultBackoffMax, r.Backoff.Base)
 	}
 	if r.RetryOn == nil {
-		r.RetryOn = append([]string(nil), DefaultRetryOn...)
+		r.RetryOn = defaultRetryOn
 	}
 	if r.MaxBodyBytes == 0 {
 		r.MaxBodyBytes = DefaultMaxBodyBytes

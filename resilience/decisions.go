@@ -15,10 +15,15 @@ type Decision struct {
 }
 
 // Decisions keeps the latest decisions of an upstream in a ring. Safe for concurrent use; Add is cheap. The
-// ring is made at the first decision: an upstream that never has one costs a few words.
+// ring is made at the first decision: an upstream that never has one costs three words.
 type Decisions struct {
-	mu   sync.Mutex
-	n    int
+	mu sync.Mutex
+	n  int
+	r  *decisionRing // nil until the first decision
+}
+
+// decisionRing is the ring of Decisions.
+type decisionRing struct {
 	ring []Decision
 	next int
 	full bool
@@ -31,13 +36,14 @@ func NewDecisions(n int) *Decisions { return &Decisions{n: max(n, 1)} }
 func (d *Decisions) Add(kind, endpoint, reason string) {
 	d.mu.Lock()
 	defer d.mu.Unlock()
-	if d.ring == nil {
-		d.ring = make([]Decision, d.n)
+	if d.r == nil {
+		d.r = &decisionRing{ring: make([]Decision, d.n)}
 	}
-	d.ring[d.next] = Decision{Time: time.Now(), Kind: kind, Endpoint: endpoint, Reason: reason}
-	d.next = (d.next + 1) % len(d.ring)
-	if d.next == 0 {
-		d.full = true
+	r := d.r
+	r.ring[r.next] = Decision{Time: time.Now(), Kind: kind, Endpoint: endpoint, Reason: reason}
+	r.next = (r.next + 1) % len(r.ring)
+	if r.next == 0 {
+		r.full = true
 	}
 }
 
@@ -45,16 +51,17 @@ func (d *Decisions) Add(kind, endpoint, reason string) {
 func (d *Decisions) Latest() []Decision {
 	d.mu.Lock()
 	defer d.mu.Unlock()
-	n := d.next
-	if d.full {
-		n = len(d.ring)
-	}
-	if n == 0 {
+	r := d.r
+	if r == nil || r.next == 0 && !r.full {
 		return []Decision{}
+	}
+	n := r.next
+	if r.full {
+		n = len(r.ring)
 	}
 	out := make([]Decision, 0, n)
 	for i := 1; i <= n; i++ {
-		out = append(out, d.ring[(d.next-i+len(d.ring))%len(d.ring)])
+		out = append(out, r.ring[(r.next-i+len(r.ring))%len(r.ring)])
 	}
 	return out
 }

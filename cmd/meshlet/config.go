@@ -37,7 +37,8 @@ type fileConfig struct {
 	SidecarFor string `yaml:"sidecar_for" json:"sidecar_for"`
 
 	// explicit are the upstreams as the file writes them (with sidecar_for: merged with the registration's),
-	// before defaults: Consul's config entries fill only what they leave unset.
+	// before defaults: Consul's config entries fill only what they leave unset. Kept with discovery.consul only
+	// (config entries and sidecar_for, its only readers; keepExplicit): without, nil.
 	explicit []proxy.UpstreamConfig
 	// fromRegistration names the upstreams that came from the registration (sidecar_for): without a protocol
 	// from the registration, the file or the config entries, theirs is Consul's default, tcp.
@@ -147,7 +148,7 @@ func (c *fileConfig) endpointsProblems() (warnings []string, errs []error) {
 	if c.Discovery.Consul != nil {
 		return nil, nil
 	}
-	for i, u := range c.explicit {
+	for i, u := range c.Upstreams { // (defaults leave endpoints as written)
 		switch {
 		case u.Endpoints == nil:
 			errs = append(errs, fmt.Errorf("upstreams[%d]: %s has no endpoints and there is no discovery: every call would get 503 (list endpoints, configure discovery.consul, or write endpoints: [] if that is meant)", i, u.Name))
@@ -182,12 +183,21 @@ func loadConfig(path string) (*fileConfig, error) {
 // finishConfig applies environment overrides and defaults to a decoded config, and validates it.
 func finishConfig(path string, cfg *fileConfig) (*fileConfig, error) {
 	applyEnv(cfg, os.Getenv)
-	cfg.explicit = slices.Clone(cfg.Upstreams)
+	cfg.keepExplicit()
 	cfg.setDefaults()
 	if err := cfg.validate(); err != nil {
 		return nil, perLine(path, err)
 	}
 	return cfg, nil
+}
+
+// keepExplicit keeps the upstreams as written (explicit), before setDefaults, when something reads them later:
+// Consul's config entries and sidecar_for, both with discovery.consul. Without, a second copy of every
+// upstream's settings would live on for nothing (issue 16).
+func (c *fileConfig) keepExplicit() {
+	if c.Discovery.Consul != nil {
+		c.explicit = slices.Clone(c.Upstreams)
+	}
 }
 
 var yamlNotFound = sync.OnceValue(func() *regexp.Regexp { return regexp.MustCompile(`field (\S+) not found in type \S+`) })

@@ -129,7 +129,7 @@ func (s *sidecar) applyEntries() {
 		s.log.Error("consul config entries not applied; the running settings stay", "error", err.Error())
 		return
 	}
-	s.cfg.Upstreams = merged.Upstreams // /debug/config shows what runs
+	s.cfg.Upstreams = s.proxy.UpstreamConfigs() // /debug/config shows what runs (merged's, held once)
 	s.log.Info("consul config entries applied", "upstreams", len(merged.Upstreams))
 }
 

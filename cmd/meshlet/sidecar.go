@@ -122,6 +122,7 @@ func runSidecar(path, sidecarFor string, stderr io.Writer) int {
 		log.Error("invalid config", "config", path, "error", err.Error())
 		return 1
 	}
+	cfg.Upstreams = s.proxy.UpstreamConfigs() // the same settings (defaults and tls.mode resolved), held once
 	// Signals are caught before anything binds, so that a SIGTERM during start-up still drains cleanly.
 	sigs := make(chan os.Signal, 4)
 	signal.Notify(sigs, syscall.SIGTERM, syscall.SIGINT, syscall.SIGHUP)
@@ -337,6 +338,9 @@ func (s *sidecar) applyLocked(cfg *fileConfig, before []string) ([]string, error
 	warnings, err := s.proxy.Reload(merged)
 	if err != nil {
 		return nil, err
+	}
+	if s.entries == nil { // merged's upstreams are cfg's: the proxy's copy is the same settings, held once
+		cfg.Upstreams = s.proxy.UpstreamConfigs()
 	}
 	warnings = append(before, warnings...)
 	if !reflect.DeepEqual(cfg.expose, s.cfg.expose) {

@@ -66,7 +66,7 @@ func loadConfigFor(path, sidecarFor string) (*fileConfig, error) {
 	if cfg.Admin.Listen == "" {
 		cfg.Admin.Listen = defaultSidecarForAdmin
 	}
-	cfg.explicit = slices.Clone(cfg.Upstreams)
+	cfg.keepExplicit() // (discovery.consul is set above)
 	cfg.setDefaults()
 	return cfg, nil
 }
