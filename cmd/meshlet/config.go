@@ -196,8 +196,18 @@ func finishConfig(path string, cfg *fileConfig) (*fileConfig, error) {
 // upstream's settings would live on for nothing (issue 16).
 func (c *fileConfig) keepExplicit() {
 	if c.Discovery.Consul != nil {
-		c.explicit = slices.Clone(c.Upstreams)
+		c.explicit = writtenUpstreams(c.Upstreams)
 	}
+}
+
+// writtenUpstreams is a copy of the upstreams a file writes, never nil: a file with none has an empty list, which
+// withEntries must not take for a config not read from a file (whose running upstreams, Consul's implicit ones
+// among them after a merge, it would take for written ones).
+func writtenUpstreams(ups []proxy.UpstreamConfig) []proxy.UpstreamConfig {
+	if ups == nil {
+		return []proxy.UpstreamConfig{}
+	}
+	return slices.Clone(ups)
 }
 
 var yamlNotFound = sync.OnceValue(func() *regexp.Regexp { return regexp.MustCompile(`field (\S+) not found in type \S+`) })

@@ -132,3 +132,38 @@ discovery:
 		t.Errorf("db pinned %+v", got)
 	}
 }
+
+// TestNoWrittenUpstreamsStayNone: a file that writes no upstream (the usual transparent-mode config, every
+// upstream Consul's) has none written at every merge: the upstreams a previous merge made (the implicit ones,
+// now the running config's) are not taken for written ones, pinned and kept when the mesh no longer has them.
+func TestNoWrittenUpstreamsStayNone(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "meshlet.yaml")
+	writeFile(t, path, `service:
+  name: web
+outbound:
+  listen: 127.0.0.1:15001
+discovery:
+  consul:
+    address: 127.0.0.1:1
+`)
+	cfg, err := loadConfig(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	c, err := consul.NewSource(*cfg.Discovery.Consul, consul.SourceOptions{Logger: slog.New(slog.NewTextHandler(io.Discard, nil))})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	s := &sidecar{cfg: cfg, entries: consul.NewConfigEntries(c), log: slog.New(slog.NewTextHandler(io.Discard, nil))}
+	if pc := s.withEntries(cfg); len(pc.Upstreams) != 0 {
+		t.Fatalf("first merge: %d upstreams, want none", len(pc.Upstreams))
+	}
+	// What applyEntries leaves after a merge that had the mesh's services: the running upstreams.
+	cfg.Upstreams = []proxy.UpstreamConfig{{Name: "api", Implicit: true, Addresses: []string{"240.0.0.1"},
+		Protocol: proxy.ProtocolHTTP, ConnectTimeout: 5e9}}
+	if pc := s.withEntries(cfg); len(pc.Upstreams) != 0 {
+		t.Fatalf("second merge (the mesh has no service now): %d upstreams %+v, want none: a previous merge's upstreams are not written ones",
+			len(pc.Upstreams), pc.Upstreams)
+	}
+}

@@ -96,6 +96,7 @@ func withRegistration(base *fileConfig, sc consul.SidecarConfig) (*fileConfig, [
 	}
 	cfg.expose = exposePaths(sc.Expose, cfg.Inbound.Listen, cfg.Service.Address)
 	cfg.explicit, cfg.fromRegistration = mergeUpstreams(base.explicit, sc.Upstreams, &warnings)
+	cfg.explicit = writtenUpstreams(cfg.explicit)
 	cfg.Upstreams = slices.Clone(cfg.explicit)
 	defaultTCP(cfg.Upstreams, cfg.fromRegistration)
 	cfg.setDefaults()
