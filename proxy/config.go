@@ -311,6 +311,9 @@ func (c *Config) SetDefaults() {
 		if u.ConnectTimeout == 0 {
 			u.ConnectTimeout = DefaultConnectTimeout
 		}
+		if u.Implicit && u.SubsetSize == 0 {
+			u.SubsetSize = c.Outbound.Transparent.SubsetSize
+		}
 		u.Resilience.SetDefaults()
 	}
 	c.setTransportDefaults()
@@ -433,6 +436,9 @@ func (c *Config) Validate() error {
 func (c *Config) validateTransparent(add func(string, string, ...any)) {
 	if c.Outbound.Transparent.Enabled && c.Outbound.Listen == "" {
 		add("outbound.transparent.enabled", "needs outbound.listen (the port redirected connections arrive at)")
+	}
+	if c.Outbound.Transparent.SubsetSize < 0 {
+		add("outbound.transparent.subset_size", "must not be negative (0: every endpoint)")
 	}
 	claimed := map[address]string{}
 	for i, u := range c.Upstreams {

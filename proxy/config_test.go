@@ -46,6 +46,8 @@ func TestConfigValidate(t *testing.T) {
 		{"negative timeout", func(c *Config) { c.Upstreams[0].Timeout = -time.Second }, []string{"upstreams[0].timeout"}},
 		{"subset", func(c *Config) { c.Upstreams[0].SubsetSize = 100 }, nil},
 		{"negative subset", func(c *Config) { c.Upstreams[0].SubsetSize = -1 }, []string{"upstreams[0].subset_size: must not be negative"}},
+		{"negative implicit subset", func(c *Config) { c.Outbound.Transparent.SubsetSize = -1 },
+			[]string{"outbound.transparent.subset_size: must not be negative"}},
 		{"bad listen", func(c *Config) { c.Inbound.Listen = "21000" }, []string{"inbound.listen"}},
 		{"hostname listen", func(c *Config) { c.Inbound.Listen = "example.com:21000" }, []string{"inbound.listen"}},
 		{"limits", func(c *Config) {

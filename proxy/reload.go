@@ -42,9 +42,13 @@ func (p *Proxy) Reload(cfg Config) (warnings []string, err error) {
 		warnings = append(warnings, "outbound.limits change only on restart; keeping the running ones")
 		cfg.Outbound.Limits = old.Outbound.Limits
 	}
-	if !reflect.DeepEqual(old.Outbound.Transparent, cfg.Outbound.Transparent) {
-		warnings = append(warnings, "outbound.transparent changes only on restart; keeping the running settings")
-		cfg.Outbound.Transparent = old.Outbound.Transparent
+	// outbound.transparent changes only on restart, but for subset_size: the implicit upstreams took it above
+	// (SetDefaults), and it applies in place as an upstream's own does.
+	keptT := old.Outbound.Transparent
+	keptT.SubsetSize = cfg.Outbound.Transparent.SubsetSize
+	if !reflect.DeepEqual(keptT, cfg.Outbound.Transparent) {
+		warnings = append(warnings, "outbound.transparent changes only on restart (but for subset_size); keeping the running settings")
+		cfg.Outbound.Transparent = keptT
 	}
 	if old.Outbound.Listen != cfg.Outbound.Listen {
 		warnings = append(warnings, "outbound.listen changes only on restart; keeping "+old.Outbound.Listen)

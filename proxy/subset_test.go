@@ -3,6 +3,7 @@ package proxy
 import (
 	"io"
 	"log/slog"
+	"net/netip"
 	"slices"
 	"testing"
 	"time"
@@ -185,5 +186,44 @@ func TestSubsetNotApplied(t *testing.T) {
 	s.setSubset(0)
 	if _, size := subsetIDs(s); size != 0 {
 		t.Fatalf("after setSubset(0): subset_size %d, want none", size)
+	}
+}
+
+// TestImplicitSubsetSize: outbound.transparent.subset_size is the subset_size of the implicit upstreams (the
+// services of the Consul mesh, which the config cannot give one), not of the config's own; a reload applies a new
+// one in place, while the rest of outbound.transparent still waits for a restart.
+func TestImplicitSubsetSize(t *testing.T) {
+	eps := []string{"198.18.1.1:80", "198.18.1.2:80", "198.18.1.3:80", "198.18.1.4:80", "198.18.1.5:80"}
+	cfg := Config{Service: ServiceConfig{Name: "web"}, Outbound: OutboundConfig{Listen: "127.0.0.1:0",
+		Transparent: TransparentConfig{Enabled: true, SubsetSize: 2}},
+		Upstreams: []UpstreamConfig{
+			{Name: "api", Addresses: []string{"198.18.0.5"}, Endpoints: eps},
+			{Name: "db", Addresses: []string{"240.0.0.2"}, Endpoints: eps, Implicit: true},
+		}}
+	p, _ := startProxy(t, cfg)
+	e := (*p.addrs.Load()).lookup(netip.MustParseAddrPort("240.0.0.2:7000"))
+	if e == nil {
+		t.Fatal("no implicit upstream at 240.0.0.2")
+	}
+	e.cluster.ensureActive()
+	if got := upstreamInfo(t, p, "db").SubsetSize; got != 2 {
+		t.Fatalf("implicit upstream: subset_size %d, want outbound.transparent's 2", got)
+	}
+	if got := upstreamInfo(t, p, "api").SubsetSize; got != 0 {
+		t.Fatalf("the config's upstream: subset_size %d, want none (its own, 0)", got)
+	}
+	cfg.Outbound.Transparent.SubsetSize = 3
+	if warnings, err := p.Reload(cfg); err != nil || len(warnings) != 0 {
+		t.Fatalf("reload of outbound.transparent.subset_size: %v, warnings %q; want it applied", err, warnings)
+	}
+	if got := upstreamInfo(t, p, "db").SubsetSize; got != 3 {
+		t.Fatalf("after the reload: subset_size %d, want 3", got)
+	}
+	cfg.Outbound.Transparent.DetectTimeout = 2 * time.Second
+	if warnings, err := p.Reload(cfg); err != nil || len(warnings) != 1 {
+		t.Fatalf("reload of outbound.transparent.detect_timeout: %v, warnings %q; want one (restart only)", err, warnings)
+	}
+	if got := upstreamInfo(t, p, "db").SubsetSize; got != 3 {
+		t.Fatalf("after a reload kept for the restart: subset_size %d, want 3 still", got)
 	}
 }

@@ -36,6 +36,10 @@ type TransparentConfig struct {
 	// upstream, reached at its virtual IPs and its instances' addresses, unless an upstream of the config
 	// already is it. Default true with Consul discovery; the sidecar reads it (the proxy sees the upstreams).
 	ConsulServices *bool `yaml:"consul_services" json:"consul_services"`
+	// SubsetSize is the subset_size of the implicit upstreams (the services of the Consul mesh, which the config
+	// does not list and cannot give one): each is called at that many of its endpoints at most. 0 (default): every
+	// endpoint.
+	SubsetSize int `yaml:"subset_size" json:"subset_size,omitempty"`
 }
 
 // address is one entry of upstreams[].addresses: a network (a single IP is a /32 or /128) and a port (0: any).

@@ -24,6 +24,7 @@ func TestDecodeConfig(t *testing.T) {
 		{"empty", "", "config is empty"},
 		{"two documents", "service: {name: web}\n---\nservice: {name: api}\n", "single YAML document"},
 		{"subset size", "service: {name: web}\nupstreams:\n  - {name: a, subset_size: 100}\n", ""},
+		{"implicit subset size", "service: {name: web}\noutbound: {transparent: {subset_size: 50}}\n", ""},
 		{"bad subset size", "service: {name: web}\nupstreams:\n  - {name: a, subset_size: many}\n", "upstreams[0].subset_size"},
 	}
 	for _, tt := range tests {
