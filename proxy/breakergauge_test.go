@@ -2,17 +2,13 @@ package proxy
 
 import (
 	"errors"
-	"io"
-	"log/slog"
 	"sync"
 	"testing"
 	"time"
 
-	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/testutil"
 
 	"meshlet.dev/meshlet/discovery"
-	"meshlet.dev/meshlet/metrics"
 	"meshlet.dev/meshlet/resilience"
 )
 
@@ -21,19 +17,18 @@ import (
 // each endpoint of the set exactly once, and meshlet_ejected_endpoints the endpoints that are ejected. A retired
 // set (its upstream removed or replaced) counts nothing, whatever its breakers still do.
 func TestBreakerGaugeExactUnderRaces(t *testing.T) {
-	m := metrics.New(prometheus.NewRegistry(), "test")
-	var cfg resilience.Config
-	cfg.SetDefaults()
-	cfg.Breaker.ConsecutiveFailures = 1
-	cfg.Breaker.OpenTimeout = time.Millisecond
-	cfg.Outlier.MaxEjectionPercent = 100
-	eps, err := discovery.ParseAddrs([]string{"198.18.0.1:80", "198.18.0.2:80", "198.18.0.3:80"})
+	addrs := []string{"198.18.0.1:80", "198.18.0.2:80", "198.18.0.3:80"}
+	eps, err := discovery.ParseAddrs(addrs)
 	if err != nil {
 		t.Fatal(err)
 	}
-	s := newEndpointSet("api", LBRoundRobin, 0, cfg, m, resilience.NewDecisions(decisionsKept),
-		slog.New(slog.NewTextHandler(io.Discard, nil)))
-	s.update(discovery.Snapshot{Service: "api", Endpoints: eps, Index: 1})
+	var cfg resilience.Config
+	s, m := testSet(t, LBRoundRobin, 0, func(c *resilience.Config) {
+		c.Breaker.ConsecutiveFailures = 1
+		c.Breaker.OpenTimeout = time.Millisecond
+		c.Outlier.MaxEjectionPercent = 100
+		cfg = *c
+	}, addrs...)
 	counted := func() (sum float64) {
 		for _, state := range []string{resilience.StateClosed, resilience.StateHalfOpen, resilience.StateOpen} {
 			sum += m.BreakerEndpoints.WithLabelValues("api", state).Value()

@@ -114,17 +114,8 @@ func TestEndpointSetLiveHeap(t *testing.T) {
 // holds none, and shows and counts as closed); it then trips as configured, and an endpoint leaving the set takes
 // its count with it.
 func TestBreakerMadeAtFirstAttempt(t *testing.T) {
-	m := metrics.New(prometheus.NewRegistry(), "test")
-	log := slog.New(slog.NewTextHandler(io.Discard, nil))
-	var cfg resilience.Config
-	cfg.SetDefaults()
-	cfg.Breaker.ConsecutiveFailures = 2
-	eps, err := discovery.ParseAddrs([]string{"198.18.0.1:80", "198.18.0.2:80", "198.18.0.3:80"})
-	if err != nil {
-		t.Fatal(err)
-	}
-	s := newEndpointSet("api", LBRoundRobin, 0, cfg, m, resilience.NewDecisions(decisionsKept), log)
-	s.update(discovery.Snapshot{Service: "api", Endpoints: eps, Index: 1})
+	s, m := testSet(t, LBRoundRobin, 0, func(c *resilience.Config) { c.Breaker.ConsecutiveFailures = 2 },
+		"198.18.0.1:80", "198.18.0.2:80", "198.18.0.3:80")
 	gauge := func(state string) float64 { return m.BreakerEndpoints.WithLabelValues("api", state).Value() }
 	for _, st := range s.states {
 		if st.breaker.Load() != nil {

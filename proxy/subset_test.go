@@ -1,28 +1,22 @@
 package proxy
 
 import (
-	"io"
-	"log/slog"
 	"net/netip"
 	"slices"
 	"testing"
 	"time"
 
-	"github.com/prometheus/client_golang/prometheus"
-
 	"meshlet.dev/meshlet/discovery"
-	"meshlet.dev/meshlet/metrics"
-	"meshlet.dev/meshlet/resilience"
 )
 
 // newSubsetSet returns an endpoint set with policy lb and subset_size n over eps.
 func newSubsetSet(t *testing.T, lb string, n int, eps []discovery.Endpoint) *endpointSet {
 	t.Helper()
-	var cfg resilience.Config
-	cfg.SetDefaults()
-	s := newEndpointSet("api", lb, n, cfg, metrics.New(prometheus.NewRegistry(), "test"),
-		resilience.NewDecisions(decisionsKept), slog.New(slog.NewTextHandler(io.Discard, nil)))
-	s.update(discovery.Snapshot{Service: "api", Endpoints: eps, Index: 1})
+	addrs := make([]string, len(eps))
+	for i, ep := range eps {
+		addrs[i] = ep.ID
+	}
+	s, _ := testSet(t, lb, n, nil, addrs...)
 	return s
 }
 

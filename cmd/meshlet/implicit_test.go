@@ -114,16 +114,7 @@ discovery:
   consul:
     address: 127.0.0.1:1
 `)
-	cfg, err := loadConfig(path)
-	if err != nil {
-		t.Fatal(err)
-	}
-	c, err := consul.NewSource(*cfg.Discovery.Consul, consul.SourceOptions{Logger: slog.New(slog.NewTextHandler(io.Discard, nil))})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer c.Close()
-	s := &sidecar{cfg: cfg, entries: consul.NewConfigEntries(c), log: slog.New(slog.NewTextHandler(io.Discard, nil))}
+	cfg, s := entriesSidecar(t, path)
 	pc := s.withEntries(cfg)
 	if got := pc.Upstreams[0].Pinned; got != (proxy.Pinned{Timeout: true, Retry: true}) {
 		t.Errorf("api pinned %+v", got)
@@ -146,16 +137,7 @@ discovery:
   consul:
     address: 127.0.0.1:1
 `)
-	cfg, err := loadConfig(path)
-	if err != nil {
-		t.Fatal(err)
-	}
-	c, err := consul.NewSource(*cfg.Discovery.Consul, consul.SourceOptions{Logger: slog.New(slog.NewTextHandler(io.Discard, nil))})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer c.Close()
-	s := &sidecar{cfg: cfg, entries: consul.NewConfigEntries(c), log: slog.New(slog.NewTextHandler(io.Discard, nil))}
+	cfg, s := entriesSidecar(t, path)
 	if pc := s.withEntries(cfg); len(pc.Upstreams) != 0 {
 		t.Fatalf("first merge: %d upstreams, want none", len(pc.Upstreams))
 	}
@@ -166,4 +148,20 @@ discovery:
 		t.Fatalf("second merge (the mesh has no service now): %d upstreams %+v, want none: a previous merge's upstreams are not written ones",
 			len(pc.Upstreams), pc.Upstreams)
 	}
+}
+
+// entriesSidecar loads the config at path (with a discovery.consul section) and returns it with a sidecar that
+// merges Consul's config entries into it (none: the agent is not called).
+func entriesSidecar(t *testing.T, path string) (*fileConfig, *sidecar) {
+	t.Helper()
+	cfg, err := loadConfig(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	c, err := consul.NewSource(*cfg.Discovery.Consul, consul.SourceOptions{Logger: slog.New(slog.NewTextHandler(io.Discard, nil))})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { c.Close() })
+	return cfg, &sidecar{cfg: cfg, entries: consul.NewConfigEntries(c), log: slog.New(slog.NewTextHandler(io.Discard, nil))}
 }
