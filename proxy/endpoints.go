@@ -377,7 +377,7 @@ func (s *endpointSet) breakerChanged(st *endpointState, from, to string) {
 	case resilience.StateOpen:
 		s.decisions.Add("opened", st.ep.ID, "breaker opened after failures")
 		bs := s.breakers.Load()
-		if bs.ejector.TryEject(len(s.picker.Load().endpoints)) {
+		if bs.ejector.TryEject(len(s.states)) { // the upstream's endpoints, a subset's members or not
 			st.ejected.Store(&ejection{by: bs.ejector, until: time.Now().Add(bs.breaker.OpenTimeout).UnixNano()})
 			s.m.Ejections.WithLabelValues(s.name).Inc()
 			s.m.EjectedEndpoints.WithLabelValues(s.name).Inc()

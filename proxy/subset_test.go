@@ -1,12 +1,16 @@
 package proxy
 
 import (
+	"errors"
+	"fmt"
 	"net/netip"
 	"slices"
 	"testing"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus/testutil"
 	"meshlet.dev/meshlet/discovery"
+	"meshlet.dev/meshlet/resilience"
 )
 
 // newSubsetSet returns an endpoint set with policy lb and subset_size n over eps.
@@ -219,5 +223,49 @@ func TestImplicitSubsetSize(t *testing.T) {
 	}
 	if got := upstreamInfo(t, p, "db").SubsetSize; got != 3 {
 		t.Fatalf("after a reload kept for the restart: subset_size %d, want 3 still", got)
+	}
+}
+
+// TestSubsetEjectionCap: max_ejection_percent counts the upstream's endpoints, not the subset's: with a subset of
+// 2 of 10 and the default 50%, both members are ejected when their breakers open (a cap of 1 would keep one in),
+// and the attempts go to the other endpoints.
+func TestSubsetEjectionCap(t *testing.T) {
+	addrs := make([]string, 10)
+	for i := range addrs {
+		addrs[i] = fmt.Sprintf("198.18.2.%d:80", i+1)
+	}
+	s, m := testSet(t, LBP2C, 2, func(c *resilience.Config) {
+		c.Breaker.ConsecutiveFailures = 1
+		c.Breaker.OpenTimeout = time.Hour
+	}, addrs...)
+	members := slices.Clone(s.picker.Load().endpoints)
+	for _, want := range members {
+		for i := 0; ; i++ {
+			st, done, err := s.choose(nil)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if st == want {
+				done(errors.New("boom"))
+				break
+			}
+			done(nil)
+			if i == 1000 {
+				t.Fatalf("member %s never picked", want.ep.ID)
+			}
+		}
+	}
+	if got := testutil.ToFloat64(m.EjectedEndpoints.WithLabelValues("api")); got != 2 {
+		t.Fatalf("meshlet_ejected_endpoints = %v after both subset members failed, want 2", got)
+	}
+	for range 50 {
+		st, done, err := s.choose(nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if slices.Contains(members, st) {
+			t.Fatalf("an attempt went to ejected member %s", st.ep.ID)
+		}
+		done(nil)
 	}
 }
