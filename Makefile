@@ -24,7 +24,7 @@ help:
 	@echo "make consul  build a real Consul agent (tools/consul, MPL-2.0) once, cached, into bin/consul"
 	@echo "make helm    build Helm's CLI (tools/helm, Apache-2.0) once, cached, into bin/helm (for the chart tests)"
 	@echo "make bench   measure direct vs one vs two meshlets (HTTP/1.1, h2c, gRPC), and as root one meshlet by transparent interception (intercepted) vs its explicit listener; BENCH_FLAGS=-quick for a short run"
-	@echo "make scale   meshlet's growth figures, each one number beside its target: RSS idle, at 1k req/s, per idle upstream, per endpoint, per idle h2c and HTTP/1.1 connection; CPU per request at 10,000 endpoints vs 1"
+	@echo "make scale   meshlet's growth figures, each one number beside its target: RSS idle, at 1k req/s, per idle upstream, per endpoint, per idle h2c and HTTP/1.1 connection; CPU per request at 10,000 endpoints vs 1 (also with subset_size 100, and nginx's as the reference when nginx is on PATH)"
 	@echo "make heads   hold HEADS (10000) connections with 60 KiB of an unfinished request head each; report meshlet's RSS"
 	@echo "make reqpath  list the files and functions one outbound HTTP call runs through (app → sidecar → sidecar → app)"
 	@echo "make soak    SOAK_DURATION (default 10m) of mixed HTTP/gRPC traffic through two sidecars while endpoints churn, certificates rotate and the config reloads; fails on any error or unbounded memory growth"
