@@ -196,6 +196,19 @@ func healthResponse(t *testing.T, st healthpb.HealthCheckResponse_ServingStatus)
 	return b
 }
 
+// answerOK answers with content type ct, the bytes of each of bodies written in turn, and grpc-status 0 in the
+// trailers.
+func answerOK(ct string, bodies ...[]byte) http.HandlerFunc {
+	return func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("Content-Type", ct)
+		w.Header().Set("Trailer", "Grpc-Status")
+		for _, b := range bodies {
+			w.Write(b)
+		}
+		w.Header().Set("Grpc-Status", "0")
+	}
+}
+
 // TestGRPCProbeWire: answers a grpc-go server would not give, each read as a gRPC client reads it; every probe
 // closes its connection.
 func TestGRPCProbeWire(t *testing.T) {
@@ -207,18 +220,8 @@ func TestGRPCProbeWire(t *testing.T) {
 		h    http.HandlerFunc
 		want string // "" passes
 	}{
-		{"serving", func(w http.ResponseWriter, r *http.Request) {
-			w.Header().Set("Content-Type", "application/grpc")
-			w.Header().Set("Trailer", "Grpc-Status")
-			w.Write(grpcFrame(0, serving))
-			w.Header().Set("Grpc-Status", "0")
-		}, ""},
-		{"unknown fields are skipped", func(w http.ResponseWriter, r *http.Request) {
-			w.Header().Set("Content-Type", "application/grpc+proto")
-			w.Header().Set("Trailer", "Grpc-Status")
-			w.Write(grpcFrame(0, extended))
-			w.Header().Set("Grpc-Status", "0")
-		}, ""},
+		{"serving", answerOK("application/grpc", grpcFrame(0, serving)), ""},
+		{"unknown fields are skipped", answerOK("application/grpc+proto", grpcFrame(0, extended)), ""},
 		{"trailers-only error", func(w http.ResponseWriter, r *http.Request) {
 			w.Header().Set("Content-Type", "application/grpc")
 			w.Header().Set("Grpc-Status", "14")
@@ -252,31 +255,12 @@ func TestGRPCProbeWire(t *testing.T) {
 			w.Header().Set("Content-Type", "text/plain")
 			w.Write([]byte("hello"))
 		}, `Unknown: unexpected content-type "text/plain"`},
-		{"compressed message", func(w http.ResponseWriter, r *http.Request) {
-			w.Header().Set("Content-Type", "application/grpc")
-			w.Header().Set("Trailer", "Grpc-Status")
-			w.Write(grpcFrame(1, serving))
-			w.Header().Set("Grpc-Status", "0")
-		}, "Internal: compressed response message"},
-		{"two messages", func(w http.ResponseWriter, r *http.Request) {
-			w.Header().Set("Content-Type", "application/grpc")
-			w.Header().Set("Trailer", "Grpc-Status")
-			w.Write(grpcFrame(0, serving))
-			w.Write(grpcFrame(0, serving))
-			w.Header().Set("Grpc-Status", "0")
-		}, "Internal: received more than one response message"},
-		{"truncated message", func(w http.ResponseWriter, r *http.Request) {
-			w.Header().Set("Content-Type", "application/grpc")
-			w.Header().Set("Trailer", "Grpc-Status")
-			w.Write(grpcFrame(0, serving)[:6])
-			w.Header().Set("Grpc-Status", "0")
-		}, "Internal: response ends inside a message"},
-		{"malformed message", func(w http.ResponseWriter, r *http.Request) {
-			w.Header().Set("Content-Type", "application/grpc")
-			w.Header().Set("Trailer", "Grpc-Status")
-			w.Write(grpcFrame(0, []byte{1<<3 | 0, 0x80}))
-			w.Header().Set("Grpc-Status", "0")
-		}, "Internal: failed to unmarshal the response"},
+		{"compressed message", answerOK("application/grpc", grpcFrame(1, serving)), "Internal: compressed response message"},
+		{"two messages", answerOK("application/grpc", grpcFrame(0, serving), grpcFrame(0, serving)),
+			"Internal: received more than one response message"},
+		{"truncated message", answerOK("application/grpc", grpcFrame(0, serving)[:6]), "Internal: response ends inside a message"},
+		{"malformed message", answerOK("application/grpc", grpcFrame(0, []byte{1<<3 | 0, 0x80})),
+			"Internal: failed to unmarshal the response"},
 		{"oversized message", func(w http.ResponseWriter, r *http.Request) {
 			w.Header().Set("Content-Type", "application/grpc")
 			w.Write([]byte{0, 0xff, 0xff, 0xff, 0xff})
