@@ -75,14 +75,7 @@ func TestDiscoveryWatchRequiresTLS(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
-			if err := p.Start(); err != nil {
-				t.Fatal(err)
-			}
-			t.Cleanup(func() {
-				ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-				defer cancel()
-				p.Shutdown(ctx)
-			})
+			runProxy(t, p)
 			if got := src.next(t).MutualTLS; got != tc.wantMTLS {
 				t.Fatalf("WatchOptions.MutualTLS = %v, want %v", got, tc.wantMTLS)
 			}

@@ -2,7 +2,6 @@ package proxy
 
 import (
 	"bytes"
-	"context"
 	"fmt"
 	"io"
 	"log/slog"
@@ -252,14 +251,7 @@ func TestIdleUpstreamDropped(t *testing.T) {
 		t.Fatal(err)
 	}
 	p.idleSweep = 100 * time.Millisecond
-	if err := p.Start(); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() {
-		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-		defer cancel()
-		p.Shutdown(ctx)
-	})
+	runProxy(t, p)
 	call := func() {
 		t.Helper()
 		callByName(t, p, "api")

@@ -37,13 +37,9 @@ func startProxyWith(t testing.TB, cfg Config, src discovery.Source) (*Proxy, *me
 	return startProxyOpts(t, cfg, Options{Logger: log, Metrics: m, Discovery: src}), m
 }
 
-// startProxyOpts runs a Proxy for cfg with opts, waits until it is ready, and shuts it down when the test ends.
-func startProxyOpts(t testing.TB, cfg Config, opts Options) *Proxy {
+// runProxy starts p (made by New) and shuts it down when the test ends.
+func runProxy(t testing.TB, p *Proxy) {
 	t.Helper()
-	p, err := New(cfg, opts)
-	if err != nil {
-		t.Fatal(err)
-	}
 	if err := p.Start(); err != nil {
 		t.Fatal(err)
 	}
@@ -54,6 +50,16 @@ func startProxyOpts(t testing.TB, cfg Config, opts Options) *Proxy {
 			t.Errorf("shutdown: %v", err)
 		}
 	})
+}
+
+// startProxyOpts runs a Proxy for cfg with opts, waits until it is ready, and shuts it down when the test ends.
+func startProxyOpts(t testing.TB, cfg Config, opts Options) *Proxy {
+	t.Helper()
+	p, err := New(cfg, opts)
+	if err != nil {
+		t.Fatal(err)
+	}
+	runProxy(t, p)
 	deadline := time.Now().Add(5 * time.Second)
 	for p.Ready() != nil {
 		if time.Now().After(deadline) {
