@@ -93,15 +93,21 @@ func gaugeOf(t *testing.T, p *Proxy, family, name string) float64 {
 	return 0
 }
 
+// startAPIAndIdle starts a proxy with two upstreams by name, api and idle, on one echo backend.
+func startAPIAndIdle(t *testing.T) *Proxy {
+	t.Helper()
+	ep := strings.TrimPrefix(echoServer(t).URL, "http://")
+	cfg := Config{Service: ServiceConfig{Name: "web"}, Outbound: OutboundConfig{Listen: "127.0.0.1:0"},
+		Upstreams: []UpstreamConfig{{Name: "api", Endpoints: []string{ep}}, {Name: "idle", Endpoints: []string{ep}}}}
+	p, _ := startProxy(t, cfg)
+	return p
+}
+
 // TestIdleUpstreamSeries: a configured upstream has the series that alerts and dashboards read before any traffic
 // (its endpoint count, its retry budget), and its per-request series (requests in flight, errors by reason, bytes,
 // requests and durations) only from its first request, all at once.
 func TestIdleUpstreamSeries(t *testing.T) {
-	backend := echoServer(t)
-	ep := strings.TrimPrefix(backend.URL, "http://")
-	cfg := Config{Service: ServiceConfig{Name: "web"}, Outbound: OutboundConfig{Listen: "127.0.0.1:0"},
-		Upstreams: []UpstreamConfig{{Name: "api", Endpoints: []string{ep}}, {Name: "idle", Endpoints: []string{ep}}}}
-	p, _ := startProxy(t, cfg)
+	p := startAPIAndIdle(t)
 	perRequest := []string{"meshlet_requests_in_flight", "meshlet_upstream_errors_total", "meshlet_received_bytes_total",
 		"meshlet_sent_bytes_total", "meshlet_requests_total", "meshlet_request_duration_seconds"}
 	for _, name := range []string{"api", "idle"} {
@@ -133,11 +139,7 @@ func TestIdleUpstreamSeries(t *testing.T) {
 // limiter at its first request, with the settings it has then (a reload before it changes what they are built with); until then
 // /debug/upstreams and meshlet_retry_budget_remaining show a fresh budget.
 func TestIdleUpstreamLazy(t *testing.T) {
-	backend := echoServer(t)
-	ep := strings.TrimPrefix(backend.URL, "http://")
-	cfg := Config{Service: ServiceConfig{Name: "web"}, Outbound: OutboundConfig{Listen: "127.0.0.1:0"},
-		Upstreams: []UpstreamConfig{{Name: "api", Endpoints: []string{ep}}, {Name: "idle", Endpoints: []string{ep}}}}
-	p, _ := startProxy(t, cfg)
+	p := startAPIAndIdle(t)
 	built := func(name string) (transports, retry, limiter bool) {
 		c := p.clusterOf(name)
 		return c.transport.p.Load() != nil, c.retry.Load() != nil, c.res.Load() != nil
