@@ -1,9 +1,7 @@
 package proxy
 
 import (
-	"crypto/sha256"
 	"crypto/tls"
-	"encoding/hex"
 	"errors"
 	"net"
 	"net/http"
@@ -22,7 +20,7 @@ const sourcePlaintext = "(plaintext)"
 // normalized URL) and the caller's verified identity (nil without one), or false after answering the client
 // itself: 400 for a path that cannot be normalized safely, 403 (gRPC: PERMISSION_DENIED) for a caller that may
 // not call.
-func (c *cluster) inboundRequest(w *responseWriter, r *http.Request, grpc bool) (*http.Request, *mtls.ID, bool) {
+func (c *cluster) inboundRequest(w *responseWriter, r *http.Request, grpc bool) (*http.Request, *peerInfo, bool) {
 	in, err := normalizedRequest(r)
 	if err != nil {
 		var pe *pathError
@@ -45,7 +43,7 @@ func (c *cluster) inboundRequest(w *responseWriter, r *http.Request, grpc bool) 
 // the rules (decideCaller). It answers 403 (gRPC: PERMISSION_DENIED) itself and returns false when the caller may
 // not call; every refusal is counted and logged (rate limited). An allowed caller comes with its verified identity
 // (nil without one).
-func (c *cluster) authorizeRequest(w *responseWriter, r *http.Request, grpc bool) (*mtls.ID, bool) {
+func (c *cluster) authorizeRequest(w *responseWriter, r *http.Request, grpc bool) (*peerInfo, bool) {
 	d := c.decideCaller(h1guard.TLSState(r), r)
 	if d.allowed {
 		return d.peer, true
@@ -79,9 +77,9 @@ func (c *cluster) deny(remote string, d callerDecision) {
 // callerDecision is decideCaller's answer.
 type callerDecision struct {
 	allowed bool
-	peer    *mtls.ID // the caller's verified identity; nil without TLS or for a plaintext caller
-	source  string   // refused: meshlet_authz_denied_total's source label
-	why     string   // refused: the reason
+	peer    *peerInfo // the caller's verified identity (peer.ok); nil without TLS or for a plaintext caller
+	source  string    // refused: meshlet_authz_denied_total's source label
+	why     string    // refused: the reason
 }
 
 // decideCaller decides whether an inbound caller may call: state is its TLS state (nil: plaintext), r its request
@@ -99,12 +97,12 @@ func (c *cluster) decideCaller(state *tls.ConnectionState, r *http.Request) call
 		return callerDecision{source: sourcePlaintext,
 			why: "plaintext caller: inbound.tls.allow or intentions need an identity (inbound.tls.allow_plaintext is false)"}
 	}
-	id, ok := mtls.PeerID(state)
-	if !ok {
+	peer := c.tls.peers.of(state)
+	if peer == nil || !peer.ok {
 		return callerDecision{source: "unknown", why: "no identity"}
 	}
-	allowed, why := c.tls.allowed(id, r)
-	return callerDecision{allowed: allowed, peer: &id, source: id.Service, why: why}
+	allowed, why := c.tls.allowed(peer, r)
+	return callerDecision{allowed: allowed, peer: peer, source: peer.id.Service, why: why}
 }
 
 // authorizer decides whether a verified caller may call the local service (inbound.tls.allow).
@@ -131,12 +129,14 @@ func newAuthorizer(allow []string) *authorizer {
 	return a
 }
 
-// allowed reports whether id may call the sidecar whose own identity is self; a nil authorizer allows every
-// identity of the trust domain. A bare service name matches only a caller of self's namespace and partition.
-func (a *authorizer) allowed(id, self mtls.ID) bool {
-	if a == nil || a.ids[id.String()] {
+// allowed reports whether the caller peer may call the sidecar whose own identity is self; a nil authorizer
+// allows every identity of the trust domain. A bare service name matches only a caller of self's namespace and
+// partition.
+func (a *authorizer) allowed(peer *peerInfo, self mtls.ID) bool {
+	if a == nil || a.ids[peer.uri] {
 		return true
 	}
+	id := peer.id
 	return a.names[id.Service] && id.Namespace == self.Namespace && id.PartitionName() == self.PartitionName()
 }
 
@@ -147,17 +147,17 @@ type Authorizer interface {
 	Allowed(caller mtls.ID, r *http.Request) (bool, string)
 }
 
-// allowed applies the trust domain, the allow list and the rules, in that order.
-func (t *tlsState) allowed(id mtls.ID, r *http.Request) (bool, string) {
-	self, ok := t.local(id)
+// allowed applies the trust domain, the allow list and the rules, in that order, to the caller peer.
+func (t *tlsState) allowed(peer *peerInfo, r *http.Request) (bool, string) {
+	self, ok := t.local(peer.id)
 	if !ok {
 		return false, "not of the local trust domain"
 	}
-	if !t.authz.allowed(id, self) {
+	if !t.authz.allowed(peer, self) {
 		return false, "not in inbound.tls.allow"
 	}
 	if t.rules != nil {
-		return t.rules.Allowed(id, r)
+		return t.rules.Allowed(peer.id, r)
 	}
 	return true, ""
 }
@@ -183,19 +183,17 @@ func (t *tlsState) local(id mtls.ID) (mtls.ID, bool) {
 // certificate) and URI (the caller's SPIFFE ID). meshlet removes any the caller sent, with or without TLS.
 const HeaderClientCert = "X-Forwarded-Client-Cert"
 
-// clientCertHeader is the X-Forwarded-Client-Cert value of an inbound request r whose caller authorization
-// verified as peer: "" without one (plaintext, or no TLS at all).
-func (c *cluster) clientCertHeader(r *http.Request, peer *mtls.ID) string {
-	if c.tls == nil || peer == nil {
+// clientCertHeader is the X-Forwarded-Client-Cert value of an inbound request whose caller authorization
+// verified as peer (its leaf certificate's hash and SPIFFE ID): "" without one (plaintext, or no TLS at all).
+func (c *cluster) clientCertHeader(peer *peerInfo) string {
+	if c.tls == nil || peer == nil || !peer.ok {
 		return ""
 	}
-	state := h1guard.TLSState(r)
 	b := c.tls.src.Bundle()
-	if state == nil || len(state.PeerCertificates) == 0 || b == nil {
+	if b == nil {
 		return ""
 	}
-	sum := sha256.Sum256(state.PeerCertificates[0].Raw)
-	return "By=" + b.ID.String() + ";Hash=" + hex.EncodeToString(sum[:]) + ";URI=" + peer.String()
+	return "By=" + b.ID.String() + ";Hash=" + peer.hash + ";URI=" + peer.uri
 }
 
 // denied logs one refused caller, rate limited with the refused-request lines of the same log.

@@ -45,19 +45,22 @@ func TestInboundAllowIdentity(t *testing.T) {
 		{id("example.mesh", "", "default", "billing"), false},
 	}
 	for _, tt := range tests {
-		if got, why := st.allowed(tt.caller, nil); got != tt.want {
+		if got, why := st.allowed(peerWith(tt.caller), nil); got != tt.want {
 			t.Errorf("%s: allowed=%v (%s), want %v", tt.caller, got, why, tt.want)
 		}
 	}
 	// Without an allow list, any identity of the local trust domain, none of another.
 	open := &tlsState{src: st.src, rules: allowAll{}}
-	if ok, why := open.allowed(id("other.mesh", "", "default", "web"), nil); ok {
+	if ok, why := open.allowed(peerWith(id("other.mesh", "", "default", "web")), nil); ok {
 		t.Errorf("a caller of another trust domain was allowed: %s", why)
 	}
-	if ok, why := open.allowed(id("example.mesh", "", "team", "web"), nil); !ok {
+	if ok, why := open.allowed(peerWith(id("example.mesh", "", "team", "web")), nil); !ok {
 		t.Errorf("a caller of the trust domain was refused without an allow list: %s", why)
 	}
 }
+
+// peerWith is a caller whose certificate names id.
+func peerWith(id mtls.ID) *peerInfo { return &peerInfo{id: id, ok: true, uri: id.String()} }
 
 // TestPlaintextDenied: a plaintext caller is refused when inbound.tls.allow or rules decide who may call, unless
 // inbound.tls.allow_plaintext says otherwise.

@@ -179,7 +179,7 @@ func (c *cluster) rewrite(pr *httputil.ProxyRequest) {
 		// The verified caller, for the app; a value the caller sent itself is never passed on.
 		delete(pr.Out.Header, HeaderClientCert)
 		if ex != nil {
-			if v := c.clientCertHeader(pr.In, ex.peer); v != "" {
+			if v := c.clientCertHeader(ex.peer); v != "" {
 				pr.Out.Header[HeaderClientCert] = []string{v}
 			}
 		}

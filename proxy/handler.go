@@ -12,7 +12,6 @@ import (
 
 	"meshlet.dev/meshlet/grpcwire"
 	"meshlet.dev/meshlet/metrics"
-	"meshlet.dev/meshlet/mtls"
 	"meshlet.dev/meshlet/proxy/h1guard"
 	"meshlet.dev/meshlet/resilience"
 )
@@ -30,7 +29,7 @@ type exchange struct {
 	idle      *streamIdle     // the request's stream_idle_timeout; nil when off
 	appPort   uint16          // inbound: the app port its connection was redirected to (service.ports); 0: the default
 	requestID string          // the X-Request-Id meshlet adds to the outbound copy; "": the request had one
-	peer      *mtls.ID        // inbound over mutual TLS: the caller's verified identity; else nil
+	peer      *peerInfo       // inbound over mutual TLS: the caller's verified identity; else nil
 	// route and split are the discovery chain's picks for the request (chain.go); nil without a chain.
 	route    *planRoute
 	split    *planSplit
@@ -160,7 +159,7 @@ func (c *cluster) serveHTTP(w http.ResponseWriter, r *http.Request, alog *slog.L
 // request line cannot carry) and, inbound, normalizes the path and authorizes the caller (inboundRequest). It
 // returns the request to forward and its caller's verified identity (inbound over mutual TLS; else nil), or false
 // after answering the client itself.
-func (c *cluster) checkRequest(rw *responseWriter, r *http.Request, grpc bool) (*http.Request, *mtls.ID, bool) {
+func (c *cluster) checkRequest(rw *responseWriter, r *http.Request, grpc bool) (*http.Request, *peerInfo, bool) {
 	if r.Method == http.MethodConnect {
 		c.fail(rw, r, grpc, http.StatusMethodNotAllowed, reasonOther, "CONNECT is not supported")
 		return nil, nil, false
@@ -217,7 +216,7 @@ func (c *cluster) done(rw *responseWriter, r *http.Request, ex *exchange, grpc b
 	}
 	var caller string
 	if ex.peer != nil {
-		caller = ex.peer.Service
+		caller = ex.peer.id.Service
 	}
 	c.observe().record(code, grpcCode, time.Since(start), rx, rw.written, caller)
 	if ex.route != nil {

@@ -51,12 +51,13 @@ type tlsState struct {
 	authz          *authorizer         // inbound.tls.allow; nil: any identity
 	rules          Authorizer          // e.g. Consul intentions; nil: none
 	allowPlaintext bool                // inbound.tls.allow_plaintext
+	peers          *peerCache          // what the latest callers' certificates say
 }
 
 // newTLSState returns the proxy's TLS state for opts and the inbound.tls section.
 func newTLSState(opts Options, in InboundTLSConfig) *tlsState {
 	return &tlsState{src: opts.TLS, minVersion: opts.TLSMinVersion, inbound: opts.InboundTLS, outbound: opts.OutboundTLS, authz: newAuthorizer(in.Allow),
-		rules: opts.Authorizer, allowPlaintext: in.AllowPlaintext}
+		rules: opts.Authorizer, allowPlaintext: in.AllowPlaintext, peers: newPeerCache()}
 }
 
 // secureInbound wraps the inbound listener in the configured TLS mode.
