@@ -1,33 +1,25 @@
 package proxy
 
 import (
-	"bytes"
 	"errors"
-	"io"
-	"net"
 	"net/http"
 	"strings"
 	"testing"
 	"time"
 
-	"golang.org/x/net/http2"
 	"golang.org/x/net/http2/hpack"
+
+	"meshlet.dev/meshlet/proxy/proxytest"
 )
 
 // TestH2RequestHeadersNotIndexed: meshlet's HTTP/2 client encodes request headers without adding any to the
 // HPACK dynamic table (h2EncoderTableSize), so that per-request values (X-Request-Id) do not churn the tables of
 // both sides; the endpoint still decodes every field.
 func TestH2RequestHeadersNotIndexed(t *testing.T) {
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer ln.Close()
 	blocks := make(chan []byte, 8)
-	go serveRawH2(t, ln, blocks)
-
+	endpoint := proxytest.NewH2CRecorder(t, blocks)
 	p, _ := startProxy(t, Config{Service: ServiceConfig{Name: "web"}, Upstreams: []UpstreamConfig{{Name: "api",
-		Listen: "127.0.0.1:0", Protocol: ProtocolHTTP2, Endpoints: []string{ln.Addr().String()}}}})
+		Listen: "127.0.0.1:0", Protocol: ProtocolHTTP2, Endpoints: []string{endpoint.Addr()}}}})
 	const calls = 3
 	for range calls {
 		req, _ := http.NewRequestWithContext(t.Context(), "GET", "http://"+p.Addrs()["upstream/api"]+"/same/path", nil)
@@ -67,53 +59,6 @@ func TestH2RequestHeadersNotIndexed(t *testing.T) {
 		if got[":path"] != "/same/path" || got["x-app"] != "the same value every time" || len(got[strings.ToLower(HeaderRequestID)]) == 0 {
 			t.Errorf("request %d: fields %v", i, got)
 		}
-	}
-}
-
-// serveRawH2 serves HTTP/2 over cleartext on ln, one connection at a time, answering every request 200 with no
-// body, and sends each request's header block to blocks (every request's fits one HEADERS frame here).
-func serveRawH2(t *testing.T, ln net.Listener, blocks chan<- []byte) {
-	for {
-		c, err := ln.Accept()
-		if err != nil {
-			return
-		}
-		go func() {
-			defer c.Close()
-			preface := make([]byte, len(http2.ClientPreface))
-			if _, err := io.ReadFull(c, preface); err != nil || string(preface) != http2.ClientPreface {
-				return
-			}
-			fr := http2.NewFramer(c, c)
-			if fr.WriteSettings() != nil {
-				return
-			}
-			var out bytes.Buffer
-			enc := hpack.NewEncoder(&out)
-			for {
-				f, err := fr.ReadFrame()
-				if err != nil {
-					if !errors.Is(err, io.EOF) {
-						t.Logf("endpoint: %v", err)
-					}
-					return
-				}
-				switch f := f.(type) {
-				case *http2.SettingsFrame:
-					if !f.IsAck() && fr.WriteSettingsAck() != nil {
-						return
-					}
-				case *http2.HeadersFrame:
-					blocks <- append([]byte(nil), f.HeaderBlockFragment()...)
-					out.Reset()
-					_ = enc.WriteField(hpack.HeaderField{Name: ":status", Value: "200"})
-					if fr.WriteHeaders(http2.HeadersFrameParam{StreamID: f.StreamID, BlockFragment: out.Bytes(),
-						EndHeaders: true, EndStream: true}) != nil {
-						return
-					}
-				}
-			}
-		}()
 	}
 }
 

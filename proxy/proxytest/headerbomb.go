@@ -27,6 +27,9 @@ type HeaderBomb struct {
 	Size     int
 	H2C      bool
 	Requests atomic.Int64
+	// blocks receives, when not nil, each HTTP/2 request's header block as it came on the wire (its HEADERS
+	// frame's; NewH2CRecorder).
+	blocks chan<- []byte
 
 	ln net.Listener
 	wg sync.WaitGroup
@@ -37,11 +40,24 @@ type HeaderBomb struct {
 // NewHeaderBomb starts a HeaderBomb on loopback; it stops when the test ends.
 func NewHeaderBomb(t testing.TB, size int, h2c bool) *HeaderBomb {
 	t.Helper()
+	return start(t, &HeaderBomb{Size: size, H2C: h2c})
+}
+
+// NewH2CRecorder starts an HTTP/2 (h2c) endpoint on loopback that answers every request 200 with no body and
+// sends the header block of each, as the client encoded it, to blocks (which must have room for every request:
+// the endpoint waits on it); it stops when the test ends.
+func NewH2CRecorder(t testing.TB, blocks chan<- []byte) *HeaderBomb {
+	t.Helper()
+	return start(t, &HeaderBomb{H2C: true, blocks: blocks})
+}
+
+func start(t testing.TB, b *HeaderBomb) *HeaderBomb {
+	t.Helper()
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
 	}
-	b := &HeaderBomb{Size: size, H2C: h2c, ln: ln, cs: map[net.Conn]struct{}{}}
+	b.ln, b.cs = ln, map[net.Conn]struct{}{}
 	b.wg.Go(b.serve)
 	t.Cleanup(b.Close)
 	return b
@@ -133,7 +149,9 @@ func (b *HeaderBomb) serveH2C(c net.Conn) {
 	}
 	bw := bufio.NewWriter(c)
 	fr := http2.NewFramer(bw, c)
-	fr.ReadMetaHeaders = hpack.NewDecoder(4096, nil)
+	if b.blocks == nil {
+		fr.ReadMetaHeaders = hpack.NewDecoder(4096, nil)
+	}
 	fr.WriteSettings()
 	bw.Flush()
 	for {
@@ -151,6 +169,11 @@ func (b *HeaderBomb) serveH2C(c net.Conn) {
 				fr.WritePing(true, f.Data)
 			}
 		case *http2.MetaHeadersFrame:
+			if f.StreamEnded() {
+				b.respondH2(fr, f.StreamID, block.Bytes())
+			}
+		case *http2.HeadersFrame: // recording: the block undecoded (one frame, as requests this small come)
+			b.blocks <- bytes.Clone(f.HeaderBlockFragment())
 			if f.StreamEnded() {
 				b.respondH2(fr, f.StreamID, block.Bytes())
 			}
