@@ -191,8 +191,7 @@ func (c *cluster) setConfig(cfg *UpstreamConfig) {
 	old := c.cfg.Swap(cfg)
 	c.setResilience(old.Resilience, cfg.Resilience)
 	c.reloadTransports(old, cfg)
-	c.endpoints.setLB(cfg.LB)
-	c.endpoints.setSubset(cfg.SubsetSize)
+	c.endpoints.setPicking(cfg.LB, cfg.SubsetSize)
 }
 
 // watch applies the snapshots of ch until it closes; those that come after ctx ended are dropped (the upstream's

@@ -119,26 +119,16 @@ func (s *endpointSet) update(snap discovery.Snapshot) {
 	s.log.Info("endpoints updated", "endpoints", len(list), "index", snap.Index, "stale", snap.Stale)
 }
 
-// setLB rebuilds the picker over the same endpoints when the load-balancing policy changed.
-func (s *endpointSet) setLB(lb string) {
+// setPicking rebuilds the picker over the same endpoints, once, when the load-balancing policy or subset_size
+// changed.
+func (s *endpointSet) setPicking(lb string, subset int) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	if lb == s.lb {
+	if lb == s.lb && subset == s.subset {
 		return
 	}
-	s.lb = lb
+	s.lb, s.subset = lb, subset
 	s.picker.Store(s.newPicker(lb, s.states)) // pickers only read their list: the new one shares it
-}
-
-// setSubset rebuilds the picker over the same endpoints when subset_size changed.
-func (s *endpointSet) setSubset(n int) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	if n == s.subset {
-		return
-	}
-	s.subset = n
-	s.picker.Store(s.newPicker(s.lb, s.states))
 }
 
 // setBreakers applies changed breaker or outlier settings: every endpoint's breaker starts afresh (closed) and

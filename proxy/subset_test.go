@@ -174,16 +174,16 @@ func TestSubsetNotApplied(t *testing.T) {
 		}
 	}
 	s := newSubsetSet(t, LBP2C, 0, eps)
-	s.setSubset(5)
+	s.setPicking(LBP2C, 5)
 	if _, size := subsetIDs(s); size != 5 {
-		t.Fatalf("after setSubset(5): subset_size %d, want 5", size)
+		t.Fatalf("after setPicking(p2c, 5): subset_size %d, want 5", size)
 	}
 	if got := pickIDs(t, s, 200, nil); len(got) != 5 {
-		t.Fatalf("after setSubset(5): 200 attempts went to %d endpoints, want 5", len(got))
+		t.Fatalf("after setPicking(p2c, 5): 200 attempts went to %d endpoints, want 5", len(got))
 	}
-	s.setSubset(0)
+	s.setPicking(LBP2C, 0)
 	if _, size := subsetIDs(s); size != 0 {
-		t.Fatalf("after setSubset(0): subset_size %d, want none", size)
+		t.Fatalf("after setPicking(p2c, 0): subset_size %d, want none", size)
 	}
 }
 
