@@ -99,8 +99,9 @@ helm:
 	cp $(CONSUL_CACHE)/helm-$(HELM_KEY) bin/helm
 	@bin/helm version --short
 
-# bench: with nginx on PATH (the Debian package nginx) also the nginx path, the reference peer (one hop, same
-# backend, load and run, pinned to the same CPU as meshlet), and meshlet against it per protocol.
+# bench: with nginx on PATH (the Debian package nginx) also the nginx paths, the reference peers (one hop, and two
+# nginx over mutual TLS for the mesh path; same backend, load and run, pinned to the same CPU as meshlet), and
+# meshlet against them per protocol.
 bench: build
 	$(GO) run ./cmd/meshlet-bench -meshlet bin/meshlet $(BENCH_FLAGS)
 

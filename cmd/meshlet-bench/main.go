@@ -9,6 +9,8 @@
 //	1 meshlet netns  app → meshlet upstream listener → backend, in the intercepted path's namespaces
 //	intercepted   app → backend's address, redirected by nftables → meshlet's transparent outbound listener → backend
 //	2 meshlets    app → meshlet A (peer: sidecar) → meshlet B inbound → backend   (the real mesh path)
+//	2 meshlets mTLS  the same with mutual TLS between A and B
+//	2 nginx mTLS  app → nginx A → (mutual TLS) → nginx B → backend: two-mtls's reference peer (nginx.go)
 //
 // and reports latency at a fixed open-loop rate (measured from each request's scheduled time, so a stalled
 // proxy cannot hide behind coordinated omission), throughput at a fixed concurrency (closed loop), and each
@@ -22,7 +24,7 @@
 //	go build -o bin/meshlet ./cmd/meshlet && go run ./cmd/meshlet-bench -meshlet bin/meshlet [-quick] [-json out.json]
 //
 // Meshlets and nginx run pinned to a CPU of their own, the benchmark to the others (-pin, pin.go); with nginx the
-// report compares 1 meshlet and 2 meshlets mTLS with it per protocol (vsnginx.go). -scale prints meshlet's growth
+// report compares 1 meshlet and 2 meshlets mTLS with it per protocol, and 2 meshlets mTLS with 2 nginx mTLS (vsnginx.go). -scale prints meshlet's growth
 // figures instead (scale.go), -profile writes profiles of the throughput phases (profile.go).
 //
 // Without -meshlet only the direct path runs. The exit status is 1 when any request failed, a path could not
@@ -125,11 +127,11 @@ func parseFlags(args []string, stderr io.Writer) (options, error) {
 	fs.IntVar(&o.concurrency, "concurrency", 32, "closed-loop workers for the throughput phase")
 	fs.DurationVar(&o.timeout, "timeout", 5*time.Second, "per-request timeout")
 	fs.StringVar(&protocols, "protocols", "http1,h2c,grpc", "comma-separated protocols: http1, h2c, grpc")
-	fs.StringVar(&paths, "paths", "direct,one,nginx,netns-direct,netns-one,intercepted,two,two-mtls", "comma-separated paths: direct, one (1 meshlet), "+
+	fs.StringVar(&paths, "paths", "direct,one,nginx,netns-direct,netns-one,intercepted,two,two-mtls,nginx-mtls", "comma-separated paths: direct, one (1 meshlet), "+
 		"nginx (1 nginx, the reference peer; skipped when nginx is not on PATH), "+
 		"intercepted (1 meshlet by transparent interception, in network namespaces; root only, skipped otherwise), "+
 		"netns-direct and netns-one (direct and 1 meshlet in intercepted's namespaces), two (2 meshlets), "+
-		"two-mtls (2 meshlets, mutual TLS between them)")
+		"two-mtls (2 meshlets, mutual TLS between them), nginx-mtls (2 nginx, mutual TLS between them: two-mtls's reference peer)")
 	fs.StringVar(&o.jsonFile, "json", "", "write the results as JSON to this file")
 	fs.BoolVar(&o.keep, "keep", false, "keep the work directory with meshlet configs and logs")
 	fs.IntVar(&o.heads, "heads", 0, "instead of the paths: hold this many connections, each with 60 KiB of a request head that never ends, and report meshlet's RSS (needs -meshlet)")
@@ -242,7 +244,7 @@ func parsePaths(s string) ([]pathKind, error) {
 	for _, f := range strings.Split(s, ",") {
 		p := pathKind(strings.TrimSpace(f))
 		if _, ok := pathLabels[p]; !ok {
-			return nil, fmt.Errorf("-paths: unknown path %q (want direct, one, nginx, netns-direct, netns-one, intercepted, two, two-mtls)", p)
+			return nil, fmt.Errorf("-paths: unknown path %q (want direct, one, nginx, netns-direct, netns-one, intercepted, two, two-mtls, nginx-mtls)", p)
 		}
 		want[p] = true
 	}

@@ -36,6 +36,12 @@ type nginxConfig struct {
 	// backends, when set instead of backend, are the upstream's servers, picked by random two least_conn (p2c, as
 	// meshlet's default) with a connection to each kept (keepalive: as many as servers).
 	backends []string
+	// The nginx mTLS pair (the reference of the mesh path): tls is the directory of meshlet certs' files (ca.crt,
+	// bench-client.*, bench-backend.*). With tlsIn the listener is TLS 1.3 and asks for a client certificate
+	// signed by the CA (nginx B, the backend's side); with tlsOut the upstream is reached over TLS 1.3 with the
+	// client certificate, verifying the server's against the CA and the name bench-backend (nginx A).
+	tls           string
+	tlsIn, tlsOut bool
 }
 
 // text renders c as nginx.conf: one worker, access log off, errors to dir/error.log, keepalive on both sides
@@ -49,6 +55,12 @@ func (c nginxConfig) text() string {
 	case protoGRPC:
 		listen = "listen " + c.listen + " http2;"
 		pass = "grpc_pass grpc://backend;"
+	}
+	if c.tlsIn {
+		listen = strings.Replace(listen, c.listen, c.listen+" ssl", 1) + c.tlsListen()
+	}
+	if c.tlsOut {
+		pass = c.tlsPass()
 	}
 	d := c.dir
 	servers, keepalive, conns := "server "+c.backend+";", 256, 8192
@@ -93,6 +105,33 @@ http {
     }
 }
 `, d, servers, listen, pass, keepalive, conns, conns+64)
+}
+
+// tlsListen is nginx B's TLS: its server certificate and the client certificate it requires.
+func (c nginxConfig) tlsListen() string {
+	return fmt.Sprintf(`
+        ssl_protocols TLSv1.3;
+        ssl_certificate %[1]s/bench-backend.crt;
+        ssl_certificate_key %[1]s/bench-backend.key;
+        ssl_client_certificate %[1]s/ca.crt;
+        ssl_verify_client on;`, c.tls)
+}
+
+// tlsPass is nginx A's upstream over TLS: grpcs for gRPC, HTTP/1.1 over TLS otherwise (nginx proxies plain HTTP to
+// HTTP/1.1 only), with the client certificate, the server's verified, sessions reused.
+func (c nginxConfig) tlsPass() string {
+	pass, pre := "proxy_pass https://backend;\n            proxy_http_version 1.1;\n            proxy_set_header Connection \"\";", "proxy_ssl"
+	if c.protocol == protoGRPC {
+		pass, pre = "grpc_pass grpcs://backend;", "grpc_ssl"
+	}
+	return pass + fmt.Sprintf(`
+            %[2]s_protocols TLSv1.3;
+            %[2]s_certificate %[1]s/bench-client.crt;
+            %[2]s_certificate_key %[1]s/bench-client.key;
+            %[2]s_trusted_certificate %[1]s/ca.crt;
+            %[2]s_verify on;
+            %[2]s_name bench-backend;
+            %[2]s_session_reuse on;`, c.tls, pre)
 }
 
 // nginxProc is a running nginx: its master, and its worker once found.

@@ -7,6 +7,9 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
+	"time"
+
+	"meshlet.dev/meshlet/mtls"
 )
 
 func TestNginxConfig(t *testing.T) {
@@ -22,30 +25,90 @@ func TestNginxConfig(t *testing.T) {
 		t.Run(string(tc.p), func(t *testing.T) {
 			dir := t.TempDir()
 			c := nginxConfig{protocol: tc.p, dir: dir, listen: "127.0.0.1:8001", backend: "127.0.0.1:9001"}
-			text := c.text()
-			for _, s := range append(tc.want, tc.listenLine, "worker_processes 1;", "access_log off;",
-				"error_log "+dir+"/error.log", "server 127.0.0.1:9001;", "keepalive 256;", "daemon off;") {
-				if !strings.Contains(text, s) {
-					t.Errorf("config lacks %q:\n%s", s, text)
-				}
-			}
-			for _, s := range tc.not {
-				if strings.Contains(text, s) {
-					t.Errorf("config has %q:\n%s", s, text)
-				}
-			}
-			bin, err := exec.LookPath("nginx")
-			if err != nil {
-				return // nginx -t needs nginx; the bench skips its path without it
-			}
-			path := filepath.Join(dir, "nginx.conf")
-			if err := os.WriteFile(path, []byte(text), 0o644); err != nil {
-				t.Fatal(err)
-			}
-			if out, err := exec.Command(bin, "-t", "-p", dir, "-c", path, "-e", filepath.Join(dir, "error.log")).CombinedOutput(); err != nil {
-				t.Errorf("nginx -t: %v\n%s", err, out)
-			}
+			nginxCheck(t, c, append(tc.want, tc.listenLine, "worker_processes 1;", "access_log off;",
+				"error_log "+dir+"/error.log", "server 127.0.0.1:9001;", "keepalive 256;", "daemon off;"),
+				append(tc.not, "ssl"))
 		})
+	}
+}
+
+// TestNginxTLSConfig checks the configs of the nginx mTLS pair: A reaches B over TLS 1.3 with the client
+// certificate, verifying B's; B asks for the client certificate. nginx -t (when nginx is installed) loads the
+// certificates meshlet certs would make.
+func TestNginxTLSConfig(t *testing.T) {
+	certs := t.TempDir()
+	ca, err := mtls.NewCA("bench.mesh", time.Hour)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := ca.WriteCA(certs); err != nil {
+		t.Fatal(err)
+	}
+	for _, svc := range []string{"bench-client", "bench-backend"} {
+		cert, key, err := ca.Issue(mtls.ID{TrustDomain: "bench.mesh", Namespace: "default", Datacenter: "dc1", Service: svc},
+			time.Now().Add(-time.Minute), time.Now().Add(time.Hour))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := mtls.WriteLeaf(certs, svc, cert, key); err != nil {
+			t.Fatal(err)
+		}
+	}
+	for _, tc := range []struct {
+		name      string
+		c         nginxConfig
+		want, not []string
+	}{
+		{"A http1", nginxConfig{protocol: protoHTTP1, tlsOut: true},
+			[]string{"listen 127.0.0.1:8001;", "proxy_pass https://backend;", "proxy_http_version 1.1;", "proxy_ssl_protocols TLSv1.3;",
+				"proxy_ssl_certificate " + certs + "/bench-client.crt;", "proxy_ssl_certificate_key " + certs + "/bench-client.key;",
+				"proxy_ssl_trusted_certificate " + certs + "/ca.crt;", "proxy_ssl_verify on;", "proxy_ssl_name bench-backend;"},
+			[]string{"grpc_", "ssl_verify_client", " ssl;"}},
+		{"A grpc", nginxConfig{protocol: protoGRPC, tlsOut: true},
+			[]string{"listen 127.0.0.1:8001 http2;", "grpc_pass grpcs://backend;", "grpc_ssl_certificate " + certs + "/bench-client.crt;",
+				"grpc_ssl_verify on;", "grpc_ssl_name bench-backend;"},
+			[]string{"proxy_pass", "proxy_ssl", "ssl_verify_client"}},
+		{"B http1", nginxConfig{protocol: protoHTTP1, tlsIn: true},
+			[]string{"listen 127.0.0.1:8001 ssl;", "ssl_protocols TLSv1.3;", "ssl_certificate " + certs + "/bench-backend.crt;",
+				"ssl_client_certificate " + certs + "/ca.crt;", "ssl_verify_client on;", "proxy_pass http://backend;"},
+			[]string{"proxy_ssl", "https://"}},
+		{"B grpc", nginxConfig{protocol: protoGRPC, tlsIn: true},
+			[]string{"listen 127.0.0.1:8001 ssl http2;", "ssl_verify_client on;", "grpc_pass grpc://backend;"},
+			[]string{"grpc_ssl", "grpcs://"}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			dir := t.TempDir()
+			tc.c.dir, tc.c.listen, tc.c.backend, tc.c.tls = dir, "127.0.0.1:8001", "127.0.0.1:9001", certs
+			nginxCheck(t, tc.c, tc.want, tc.not)
+		})
+	}
+}
+
+// nginxCheck checks that c's text holds every string of want and none of not, and that nginx -t takes it when
+// nginx is installed.
+func nginxCheck(t *testing.T, c nginxConfig, want, not []string) {
+	t.Helper()
+	text := c.text()
+	for _, s := range want {
+		if !strings.Contains(text, s) {
+			t.Errorf("config lacks %q:\n%s", s, text)
+		}
+	}
+	for _, s := range not {
+		if strings.Contains(text, s) {
+			t.Errorf("config has %q:\n%s", s, text)
+		}
+	}
+	bin, err := exec.LookPath("nginx")
+	if err != nil {
+		return // nginx -t needs nginx; the bench skips its paths without it
+	}
+	path := filepath.Join(c.dir, "nginx.conf")
+	if err := os.WriteFile(path, []byte(text), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if out, err := exec.Command(bin, "-t", "-p", c.dir, "-c", path, "-e", filepath.Join(c.dir, "error.log")).CombinedOutput(); err != nil {
+		t.Errorf("nginx -t: %v\n%s", err, out)
 	}
 }
 
@@ -89,6 +152,7 @@ func TestCompareNginx(t *testing.T) {
 		path(pathNginx, 100, 0.010),
 		path(pathOne, 150, 0.025),
 		path(pathTwoTLS, 300, 0.030, 0.020),
+		path(pathNginxTLS, 200, 0.015, 0.010),
 	}}
 	rep.compareNginx()
 	if len(rep.VsNginx) != 1 {
@@ -98,6 +162,15 @@ func TestCompareNginx(t *testing.T) {
 	if g.NginxCPUus != 10 || g.OneCPUus != 25 || g.MeshCPUus != 50 || *g.OneCPURatio != 2.5 || *g.MeshCPURatio != 5 ||
 		*g.OneP50Ratio != 1.5 || *g.MeshP50Ratio != 3 {
 		t.Errorf("figure %+v", g)
+	}
+	if g.NginxMeshCPUus != 25 || *g.NginxMeshCPURatio != 2.5 || *g.MeshVsNginxMeshCPU != 2 ||
+		g.NginxMeshAddedP50us != 200 || *g.NginxMeshP50Ratio != 2 || *g.MeshVsNginxMeshP50us != 1.5 {
+		t.Errorf("nginx mesh figures %+v", g)
+	}
+	var out strings.Builder
+	writeVsNginx(&out, rep)
+	if !strings.Contains(out.String(), "2 nginx mTLS") || !strings.Contains(out.String(), "2.50") {
+		t.Errorf("report lacks the nginx mesh path:\n%s", out.String())
 	}
 	if v := verdict(g.OneP50Ratio, targetOneVsNginx); v != "1.50 (ok ≤2)" {
 		t.Errorf("verdict = %q", v)

@@ -32,14 +32,20 @@ const (
 	// app → nginx (one worker, pinned like meshlet) → backend: the reference peer of one, when nginx is on PATH
 	// (nginx.go).
 	pathNginx pathKind = "nginx"
+	// app → nginx A → (mutual TLS, TLS 1.3) → nginx B → backend: the reference peer of two-mtls, nginx's own mesh
+	// path, both pinned like the meshlets (nginx.go).
+	pathNginxTLS pathKind = "nginx-mtls"
 )
 
 var (
-	allPaths   = []pathKind{pathDirect, pathOne, pathNginx, pathNetnsDirect, pathNetnsOne, pathIntercepted, pathTwo, pathTwoTLS}
+	allPaths   = []pathKind{pathDirect, pathOne, pathNginx, pathNetnsDirect, pathNetnsOne, pathIntercepted, pathTwo, pathTwoTLS, pathNginxTLS}
 	pathLabels = map[pathKind]string{pathDirect: "direct", pathOne: "1 meshlet", pathTwo: "2 meshlets",
 		pathTwoTLS: "2 meshlets mTLS", pathIntercepted: "intercepted", pathNetnsDirect: "direct netns",
-		pathNetnsOne: "1 meshlet netns", pathNginx: "nginx"}
+		pathNetnsOne: "1 meshlet netns", pathNginx: "nginx", pathNginxTLS: "2 nginx mTLS"}
 )
+
+// isNginx reports whether path k is one of nginx's (the reference peer's).
+func isNginx(k pathKind) bool { return k == pathNginx || k == pathNginxTLS }
 
 // inPod reports whether path k runs in the intercepted path's network namespaces.
 func inPod(k pathKind) bool { return k == pathIntercepted || k == pathNetnsDirect || k == pathNetnsOne }
@@ -119,7 +125,7 @@ func (b *bench) setUp() {
 	b.rep.Meta.Pinning = b.pin.String()
 	b.rep.Meta.GOMAXPROCS = runtime.GOMAXPROCS(0)
 	fmt.Fprintf(b.log, "meshlet-bench: pinning: %s\n", b.pin)
-	if slices.Contains(b.opts.paths, pathNginx) {
+	if slices.ContainsFunc(b.opts.paths, isNginx) {
 		if b.nginx, b.nginxSkip = nginxPath(); b.nginx == "" {
 			fmt.Fprintf(b.log, "meshlet-bench: the nginx path is skipped: %s\n", b.nginxSkip)
 		} else {
@@ -180,18 +186,24 @@ func (b *bench) runProtocol(ctx context.Context, p protocol) {
 		}
 	}
 
-	if r := results[pathNginx]; r != nil {
+	var nginxH1 *backend // nginx proxies plain HTTP to HTTP/1.1 only: for h2c its paths have an HTTP/1.1 backend of their own
+	for _, k := range []pathKind{pathNginx, pathNginxTLS} {
+		r := results[k]
 		switch {
+		case r == nil:
 		case b.nginx == "":
 			r.Skipped = b.nginxSkip
-		case p == protoH2C: // nginx proxies plain HTTP to HTTP/1.1 only: an HTTP/1.1 backend of its own
-			h1, err := startBackend(protoHTTP1)
-			if err != nil {
-				r.Failed = "starting nginx's HTTP/1.1 backend: " + err.Error()
-				break
+		case p == protoH2C:
+			if nginxH1 == nil {
+				h1, err := startBackend(protoHTTP1)
+				if err != nil {
+					r.Failed = "starting nginx's HTTP/1.1 backend: " + err.Error()
+					break
+				}
+				defer h1.close()
+				nginxH1 = h1
 			}
-			defer h1.close()
-			backends[pathNginx] = h1
+			backends[k] = nginxH1
 		}
 	}
 	targets, procs := b.startMeshlets(ctx, p, backends, results)
@@ -277,6 +289,27 @@ func (b *bench) startMeshlets(ctx context.Context, p protocol, backends map[path
 				continue
 			}
 			procs[k] = []*meshletStats{{Role: "nginx", PID: n.PID(), extra: []int{n.worker}, nginx: n}}
+		case pathNginxTLS:
+			certs, err := b.makeCerts()
+			if err != nil {
+				results[k].Failed = "making certificates: " + err.Error()
+				continue
+			}
+			targets[k] = addrs[3]
+			for _, side := range []struct {
+				role string
+				cfg  nginxConfig
+			}{
+				{"A", nginxConfig{protocol: p, listen: addrs[3], backend: addrs[1], tls: certs, tlsOut: true}},
+				{"B", nginxConfig{protocol: p, listen: addrs[1], backend: backends[k].addr, tls: certs, tlsIn: true}},
+			} {
+				n, err := startNginx(ctx, b.nginx, b.dir, fmt.Sprintf("%s-nginx-%s", p, side.role), side.cfg, b.pin)
+				if err != nil {
+					results[k].Failed = fmt.Sprintf("starting nginx %s: %v", side.role, err)
+					break
+				}
+				procs[k] = append(procs[k], &meshletStats{Role: side.role, PID: n.PID(), extra: []int{n.worker}, nginx: n})
+			}
 		case pathTwo, pathTwoTLS:
 			certs := ""
 			if k == pathTwoTLS {

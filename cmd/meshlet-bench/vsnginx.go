@@ -29,6 +29,14 @@ type nginxFigure struct {
 	MeshCPURatio    *float64 `json:"mesh_cpu_ratio,omitempty"`
 	MeshAddedP50us  float64  `json:"mesh_added_p50_us,omitempty"`
 	MeshP50Ratio    *float64 `json:"mesh_added_p50_ratio,omitempty"`
+	// nginx's own mesh path (nginx-mtls, A+B): its ratio to nginx's one hop (what the mesh path target asks of
+	// meshlet, asked of nginx), and meshlet's mesh path against it.
+	NginxMeshCPUus       float64  `json:"nginx_mesh_cpu_us_per_request,omitempty"`
+	NginxMeshCPURatio    *float64 `json:"nginx_mesh_cpu_ratio,omitempty"`
+	MeshVsNginxMeshCPU   *float64 `json:"mesh_vs_nginx_mesh_cpu_ratio,omitempty"`
+	NginxMeshAddedP50us  float64  `json:"nginx_mesh_added_p50_us,omitempty"`
+	NginxMeshP50Ratio    *float64 `json:"nginx_mesh_added_p50_ratio,omitempty"`
+	MeshVsNginxMeshP50us *float64 `json:"mesh_vs_nginx_mesh_added_p50_ratio,omitempty"`
 }
 
 // cpuPerRequestUs is the CPU time per request of r's processes added up, in µs; false when one was not sampled.
@@ -72,6 +80,18 @@ func (rep *report) compareNginx() {
 				f.MeshCPUus, f.MeshCPURatio = c, ratio(c, f.NginxCPUus)
 			}
 			f.MeshAddedP50us, f.MeshP50Ratio = *mesh.AddedP50us, ratio(*mesh.AddedP50us, f.NginxAddedP50us)
+		}
+		if nm := byKey[[2]string{n.Protocol, string(pathNginxTLS)}]; nm != nil && nm.AddedP50us != nil {
+			if c, ok := cpuPerRequestUs(nm); ok {
+				f.NginxMeshCPUus, f.NginxMeshCPURatio = c, ratio(c, f.NginxCPUus)
+				if f.MeshCPUus != 0 {
+					f.MeshVsNginxMeshCPU = ratio(f.MeshCPUus, c)
+				}
+			}
+			f.NginxMeshAddedP50us, f.NginxMeshP50Ratio = *nm.AddedP50us, ratio(*nm.AddedP50us, f.NginxAddedP50us)
+			if f.MeshP50Ratio != nil {
+				f.MeshVsNginxMeshP50us = ratio(f.MeshAddedP50us, f.NginxMeshAddedP50us)
+			}
 		}
 		rep.VsNginx = append(rep.VsNginx, f)
 	}
@@ -117,4 +137,34 @@ func writeVsNginx(w io.Writer, rep *report) {
 	for _, f := range rep.VsNginx {
 		fmt.Fprintf(w, "nginx %s: %s\n", protocolInfo[protocol(f.Protocol)].label, nginxUpstreamNote[protocol(f.Protocol)])
 	}
+	writeVsNginxMesh(w, rep)
+}
+
+// writeVsNginxMesh prints, where nginx-mtls ran, nginx's own mesh path against its one hop (the mesh path target
+// asked of nginx) and meshlet's mesh path against nginx's.
+func writeVsNginxMesh(w io.Writer, rep *report) {
+	var rows []nginxFigure
+	for _, f := range rep.VsNginx {
+		if f.NginxMeshCPUus != 0 || f.NginxMeshP50Ratio != nil {
+			rows = append(rows, f)
+		}
+	}
+	if len(rows) == 0 {
+		return
+	}
+	fmt.Fprintf(w, "\nThe mesh path against nginx's own (2 nginx mTLS: app → nginx A → mutual TLS 1.3 → nginx B → backend, A+B):\n")
+	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', tabwriter.AlignRight)
+	fmt.Fprintln(tw, "PROTOCOL\tCPU µs/req 2 nginx mTLS\tvs nginx one hop\t2 meshlets mTLS vs 2 nginx mTLS\t+p50 µs 2 nginx mTLS\tvs nginx one hop\t2 meshlets mTLS vs 2 nginx mTLS\t")
+	x := func(r *float64) string {
+		if r == nil {
+			return "-"
+		}
+		return fmt.Sprintf("%.2f", *r)
+	}
+	for _, f := range rows {
+		fmt.Fprintf(tw, "%-8s\t%s\t%s\t%s\t%.1f\t%s\t%s\t\n", protocolInfo[protocol(f.Protocol)].label,
+			fmtUs(f.NginxMeshCPUus), x(f.NginxMeshCPURatio), x(f.MeshVsNginxMeshCPU),
+			f.NginxMeshAddedP50us, x(f.NginxMeshP50Ratio), x(f.MeshVsNginxMeshP50us))
+	}
+	tw.Flush()
 }
