@@ -40,6 +40,7 @@ type httpListener struct {
 	ln    net.Listener
 	guard *h1guard.Listener // ln's guard, whose lingering closes shutdown joins
 	srv   *http.Server
+	h1    *h1Server // the HTTP/1.1 loop in front of srv (h1serve.go)
 	log   *slog.Logger
 }
 
@@ -81,11 +82,11 @@ func (p *Proxy) newHTTPListener(ln net.Listener, direction, label string, lim Li
 	srv.Protocols.SetHTTP1(true)
 	srv.Protocols.SetUnencryptedHTTP2(true)
 	srv.Protocols.SetHTTP2(true) // over the mutual TLS connections the inbound listener hands over (ALPN h2)
-	return &httpListener{ln: guard, guard: guard, srv: srv, log: p.log}
+	return &httpListener{ln: guard, guard: guard, srv: srv, h1: newH1Server(srv, guard.Addr()), log: p.log}
 }
 
 func (l *httpListener) serve() {
-	if err := l.srv.Serve(l.ln); err != nil && !errors.Is(err, http.ErrServerClosed) {
+	if err := l.h1.serve(l.ln); err != nil && !errors.Is(err, http.ErrServerClosed) {
 		l.log.Error("listener stopped", "listen", l.ln.Addr().String(), "error", err)
 	}
 }
@@ -93,9 +94,17 @@ func (l *httpListener) serve() {
 // shutdown stops the server (Shutdown until ctx ends, then Close), and then waits for the lingering closes of
 // its connections (each at most a second).
 func (l *httpListener) shutdown(ctx context.Context) error {
+	l.h1.closing.Store(true)
+	l.ln.Close()
+	h1err := make(chan error, 1)
+	go func() { h1err <- l.h1.shutdown(ctx) }()
 	err := l.srv.Shutdown(ctx)
+	if e := <-h1err; err == nil {
+		err = e
+	}
 	if err != nil {
 		l.srv.Close()
+		l.h1.closeAll()
 		ctx = context.WithoutCancel(ctx) // the lingering closes end by themselves, within a second
 	}
 	_ = l.guard.Wait(ctx)

@@ -21,7 +21,9 @@
 //
 // Its interface to the proxy: NewListener wraps a listener (whose Wait joins the lingering closes); ConnContext and
 // Of find a request's guard, whose Admit, Rejection, BodyFailed, BrokenBody and UpgradeWriter are what the handler
-// asks and tells; TLSState; a Budget bounds the memory of the heads being received.
+// asks and tells; TLSState; Unread, for the listener's HTTP/1.1 loop (proxy/h1serve.go), which reads through the
+// guard as net/http does and hands a connection to net/http with what it read; a Budget bounds the memory of the
+// heads being received.
 package h1guard
 
 import (
@@ -127,6 +129,7 @@ type Conn struct {
 	excess  int64   // chunk-line overhead, as net/http's chunked reader counts it
 	started bool    // the connection is past its start (the HTTP/2 preface can no longer come)
 	err     error   // an error that came with data, returned by the next read
+	unread  []byte  // bytes given back by Unread, returned before anything else
 }
 
 // Options are the guard's settings for the connections of one listener.
@@ -216,6 +219,11 @@ func (g *Conn) Read(p []byte) (int, error) {
 	for {
 		if g.dead.Load() {
 			return 0, errGuardClosed
+		}
+		if len(g.unread) > 0 {
+			n := copy(p, g.unread)
+			g.unread = g.unread[n:]
+			return n, nil
 		}
 		if g.out > 0 {
 			return g.handOut(p), nil

@@ -1,10 +1,12 @@
 package h1guard
 
 import (
+	"bufio"
 	"bytes"
 	"errors"
 	"io"
 	"net"
+	"net/http"
 	"strings"
 	"testing"
 )
@@ -253,5 +255,35 @@ func readAll(g *Conn) ([]byte, error) {
 		if err != nil {
 			return out, err
 		}
+	}
+}
+
+// Unread's bytes come back first, before what the guard holds or reads next, and the requests after them are
+// checked as before: a reader that hands the connection over loses nothing and lets nothing through unchecked.
+func TestGuardUnread(t *testing.T) {
+	in := "GET /a HTTP/1.1\r\nHost: a\r\n\r\nGET /b HTTP/1.1\r\nHost: a\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\nxy"
+	g := &Conn{Conn: &chunkConn{data: []byte(in), k: 7}, maxHead: 64 << 10}
+	br := bufio.NewReader(g)
+	first, err := br.Peek(len("GET /a HTTP/1.1\r\nHost: a\r\n\r\n"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	g.Unread(bytes.Clone(first[:10]))
+	g.Unread(bytes.Clone(first[:5])) // given back in front of the first
+	var got bytes.Buffer
+	buf := make([]byte, 3)
+	for range 5 {
+		n, _ := g.Read(buf)
+		got.Write(buf[:n])
+	}
+	if want := string(first[:5]) + string(first[:10]); got.String() != want {
+		t.Fatalf("after Unread the reads gave %q, want %q", got.String(), want)
+	}
+	req, err := http.ReadRequest(bufio.NewReader(g)) // the rest of /a's head was br's: next is /b's
+	if err != nil {
+		t.Fatal(err)
+	}
+	if req.URL.Path != rejectedPath {
+		t.Errorf("the request after the given-back bytes is %q, want the guard's refusal (two Content-Lengths)", req.URL.Path)
 	}
 }

@@ -79,6 +79,15 @@ func (g *Conn) BrokenBody() bool {
 	return b
 }
 
+// Unread gives back bytes a reader took from the connection and did not use (they were checked already): the
+// next reads return them first. For a reader that hands the connection over to another (net/http's server).
+// Call it when no Read is under way.
+func (g *Conn) Unread(b []byte) {
+	if len(b) > 0 {
+		g.unread = append(b, g.unread...)
+	}
+}
+
 // BodyFailed tells the guard that a request body ended in an error (net/http's reader or a read deadline): the
 // connection reads nothing more, so net/http closes it instead of reading a next request from where its reader
 // stopped.
