@@ -188,8 +188,8 @@ func (s *h1Server) state(c net.Conn, st http.ConnState) {
 type h1Conn struct {
 	s      *h1Server
 	g      *h1guard.Conn
-	br     *bufio.Reader
-	bw     *bufio.Writer
+	br     *bufio.Reader // from h1Readers
+	bw     *bufio.Writer // from h1Writers, while a request is served
 	ctx    context.Context
 	remote string
 	idle   atomic.Bool // between requests: shutdown may close it
@@ -217,15 +217,14 @@ func (c *h1Conn) serve() {
 			buf = buf[:runtime.Stack(buf, false)]
 			s.srv.ErrorLog.Printf("http: panic serving %v: %v\n%s", c.remote, err, buf)
 		}
-		c.goneMu.Lock() // a handler that panicked left its watch armed
-		if c.goneTimer != nil {
-			c.goneTimer.Stop()
-		}
-		c.goneCancel = nil
-		c.goneMu.Unlock()
+		c.unwatchGone() // a handler that panicked left its watch armed, maybe reading
 		if !handedOff {
 			c.g.Close()
 			s.state(c.g, http.StateClosed)
+		}
+		if c.br != nil {
+			c.br.Reset(nil)
+			h1Readers.Put(c.br)
 		}
 		s.mu.Lock()
 		delete(s.conns, c)
@@ -239,8 +238,8 @@ func (c *h1Conn) serve() {
 		ctx = s.srv.ConnContext(ctx, c.g)
 	}
 	c.ctx = ctx
-	c.br = bufio.NewReaderSize(c.g, h1BufSize)
-	c.bw = bufio.NewWriterSize(c.g, h1BufSize)
+	c.br = h1Readers.Get().(*bufio.Reader)
+	c.br.Reset(c.g)
 	for first := true; ; first = false {
 		if !c.awaitRequest(first) {
 			return
@@ -329,7 +328,7 @@ func (c *h1Conn) fullHead() ([]byte, bool) {
 // handOff gives the connection, with what the loop read of it and has not used, to net/http's server.
 func (c *h1Conn) handOff() {
 	b, _ := c.br.Peek(c.br.Buffered())
-	c.g.Unread(bytes.Clone(b))
+	c.g.Unread(bytes.Clone(b)) // the reader goes back to its pool when serve returns
 	c.g.SetReadDeadline(time.Time{})
 	c.s.mu.Lock()
 	c.s.counted[c.g] = struct{}{}
@@ -409,14 +408,26 @@ func (c *h1Conn) serveRequest(h h1Head) bool {
 	ctx, cancel := context.WithCancelCause(c.ctx)
 	// The body fills in the trailers of the *Request ReadRequest made: the handler gets that one, with ctx.
 	*req = *req.WithContext(ctx)
+	c.bw = h1Writers.Get().(*bufio.Writer)
+	c.bw.Reset(c.g)
 	w := newH1Writer(c, req)
 	w.body = c.watchGone(cancel, req)
 	c.s.srv.Handler.ServeHTTP(w, req)
 	c.unwatchGone()
 	keep := w.finish()
 	cancel(nil)
+	c.bw.Reset(nil) // an idle connection holds no write buffer
+	h1Writers.Put(c.bw)
+	c.bw = nil
 	return keep
 }
+
+// The connections' read buffers (held from the first request to the end, given back when a connection ends or
+// goes to net/http) and write buffers (held for a request).
+var (
+	h1Readers = sync.Pool{New: func() any { return bufio.NewReaderSize(nil, h1BufSize) }}
+	h1Writers = sync.Pool{New: func() any { return bufio.NewWriterSize(nil, h1BufSize) }}
+)
 
 // checkServerRequest is what net/http's server checks of a request beyond its parser; "" when all pass.
 func checkServerRequest(req *http.Request, h h1Head) string {
@@ -456,7 +467,9 @@ func (c *h1Conn) badRequest(err error) {
 
 // writeError writes net/http's answer to a request it cannot read, straight to the connection.
 func (c *h1Conn) writeError(status, body string) {
-	c.bw.Flush()
+	if c.bw != nil {
+		c.bw.Flush()
+	}
 	io.WriteString(c.g, "HTTP/1.1 "+status+"\r\nContent-Type: text/plain; charset=utf-8\r\nConnection: close\r\n\r\n"+body)
 }
 
@@ -526,8 +539,11 @@ func (c *h1Conn) startWatchLocked() {
 // deadline in the past, waiting for it.
 func (c *h1Conn) unwatchGone() {
 	c.goneMu.Lock()
-	c.goneTimer.Stop()
+	if c.goneTimer != nil {
+		c.goneTimer.Stop()
+	}
 	done := c.goneDone
+	c.goneDone = nil
 	c.goneCancel = nil
 	c.goneMu.Unlock()
 	if done == nil {

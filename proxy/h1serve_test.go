@@ -423,3 +423,36 @@ func TestH1Shutdown(t *testing.T) {
 		t.Fatal("shutdown did not end after the last request")
 	}
 }
+
+// A handler that panics (http.ErrAbortHandler, as the reverse proxy does when a response breaks) after its watch
+// started ends its connection; the watch's read is ended and waited for before the connection's buffers are
+// given back (the race detector checks that), and the next connection is served.
+func TestH1PanicWithWatch(t *testing.T) {
+	r := startLoop(t, func(w http.ResponseWriter, req *http.Request) {
+		if req.URL.Path == "/panic" {
+			time.Sleep(3 * h1GoneAfter)
+			panic(http.ErrAbortHandler)
+		}
+		io.WriteString(w, "ok")
+	})
+	for round := range 10 {
+		c, err := net.Dial("tcp", r.addr)
+		if err != nil {
+			t.Fatal(err)
+		}
+		c.SetDeadline(time.Now().Add(5 * time.Second))
+		io.WriteString(c, "GET /panic HTTP/1.1\r\nHost: a\r\n\r\n")
+		if b, err := io.ReadAll(c); err != nil || len(b) != 0 {
+			t.Fatalf("round %d: read %q, %v; want the connection closed with no answer", round, b, err)
+		}
+		c.Close()
+		resp, err := http.Get("http://" + r.addr + "/")
+		if err != nil {
+			t.Fatal(err)
+		}
+		if b, _ := io.ReadAll(resp.Body); string(b) != "ok" {
+			t.Fatalf("round %d: next connection got %q", round, b)
+		}
+		resp.Body.Close()
+	}
+}

@@ -222,7 +222,9 @@ func (g *Conn) Read(p []byte) (int, error) {
 		}
 		if len(g.unread) > 0 {
 			n := copy(p, g.unread)
-			g.unread = g.unread[n:]
+			if g.unread = g.unread[n:]; len(g.unread) == 0 {
+				g.unread = nil
+			}
 			return n, nil
 		}
 		if g.out > 0 {
