@@ -619,8 +619,11 @@ func newH1Writer(c *h1Conn, req *http.Request) *h1Writer {
 
 func (w *h1Writer) Header() http.Header { return w.handler }
 
+// errAfterHandler answers a write to a response whose handler has returned (its buffers are reused by then).
+var errAfterHandler = errors.New("meshlet: response written after its handler returned")
+
 func (w *h1Writer) WriteHeader(code int) {
-	if w.wrote {
+	if w.wrote || w.w == nil {
 		return
 	}
 	if code < 100 || code > 999 {
@@ -648,6 +651,9 @@ func (w *h1Writer) WriteHeader(code int) {
 }
 
 func (w *h1Writer) Write(p []byte) (int, error) {
+	if w.w == nil {
+		return 0, errAfterHandler
+	}
 	if !w.wrote {
 		w.WriteHeader(http.StatusOK)
 	}
@@ -911,6 +917,9 @@ func (w *h1Writer) Flush() { _ = w.FlushError() }
 
 // FlushError is Flush with its error (http.ResponseController).
 func (w *h1Writer) FlushError() error {
+	if w.w == nil {
+		return errAfterHandler
+	}
 	if !w.wrote {
 		w.WriteHeader(http.StatusOK)
 	}

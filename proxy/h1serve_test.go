@@ -456,3 +456,27 @@ func TestH1PanicWithWatch(t *testing.T) {
 		resp.Body.Close()
 	}
 }
+
+// A write after the handler returned (a goroutine it left behind) gets an error, not the buffers of the next
+// request.
+func TestH1WriteAfterHandler(t *testing.T) {
+	late := make(chan http.ResponseWriter, 1)
+	r := startLoop(t, func(w http.ResponseWriter, req *http.Request) {
+		io.WriteString(w, "ok")
+		late <- w
+	})
+	resp, err := http.Get("http://" + r.addr + "/")
+	if err != nil {
+		t.Fatal(err)
+	}
+	io.ReadAll(resp.Body)
+	resp.Body.Close()
+	w := <-late
+	if _, err := w.Write([]byte("late")); err != errAfterHandler {
+		t.Errorf("Write after the handler: %v, want errAfterHandler", err)
+	}
+	if err := http.NewResponseController(w).Flush(); err != errAfterHandler {
+		t.Errorf("Flush after the handler: %v, want errAfterHandler", err)
+	}
+	w.WriteHeader(http.StatusTeapot) // ignored
+}
