@@ -91,8 +91,9 @@ func (l *httpListener) serve() {
 	}
 }
 
-// shutdown stops the server (Shutdown until ctx ends, then Close), and then waits for the lingering closes of
-// its connections (each at most a second).
+// shutdown stops the listener's HTTP/1.1 loop and net/http's server behind it (each lets requests under way end
+// until ctx ends, then closes what is left), and then waits for the lingering closes of its connections (each at
+// most a second).
 func (l *httpListener) shutdown(ctx context.Context) error {
 	l.h1.closing.Store(true)
 	l.ln.Close()
