@@ -4,6 +4,7 @@ import (
 	"bufio"
 	"bytes"
 	"context"
+	"errors"
 	"fmt"
 	"io"
 	"log"
@@ -205,6 +206,9 @@ func FuzzH1Agreement(f *testing.F) {
 	})
 }
 
+// rigHeadTimeout is the loop rig's read_header_timeout (its idle timeout is 10 s).
+const rigHeadTimeout = 300 * time.Millisecond
+
 // loopRig is an h1Server on a guarded loopback listener with handler h, counting connection states.
 type loopRig struct {
 	addr   string
@@ -221,10 +225,10 @@ func startLoop(t *testing.T, h http.HandlerFunc) *loopRig {
 	if err != nil {
 		t.Fatal(err)
 	}
-	guard := h1guard.NewListener(ln, h1guard.Options{MaxHead: 8 << 10})
+	guard := h1guard.NewListener(ln, h1guard.Options{MaxHead: 8 << 10, HeadTimeout: rigHeadTimeout})
 	r := &loopRig{addr: ln.Addr().String(), states: map[http.ConnState]int{}}
 	r.srv = &http.Server{Handler: h, ConnContext: h1guard.ConnContext, IdleTimeout: 10 * time.Second,
-		ErrorLog: log.New(io.Discard, "", 0), ConnState: func(_ net.Conn, s http.ConnState) {
+		ReadHeaderTimeout: rigHeadTimeout, ErrorLog: log.New(io.Discard, "", 0), ConnState: func(_ net.Conn, s http.ConnState) {
 			r.mu.Lock()
 			r.states[s]++
 			r.mu.Unlock()
@@ -479,4 +483,52 @@ func TestH1WriteAfterHandler(t *testing.T) {
 		t.Errorf("Flush after the handler: %v, want errAfterHandler", err)
 	}
 	w.WriteHeader(http.StatusTeapot) // ignored
+}
+
+// A head after a connection's first has read_header_timeout from its first byte, not the idle timeout (the guard
+// hands heads over whole, so neither the loop nor net/http can time it): on the loop, and on a connection handed
+// to net/http. A connection that sends nothing keeps the idle timeout.
+func TestH1SlowSecondHead(t *testing.T) {
+	r := startLoop(t, func(w http.ResponseWriter, req *http.Request) {
+		io.ReadAll(req.Body)
+		io.WriteString(w, "ok")
+	})
+	for _, first := range []string{
+		"GET / HTTP/1.1\r\nHost: a\r\n\r\n",                                                 // served by the loop
+		"POST / HTTP/1.1\r\nHost: a\r\nExpect: 100-continue\r\nContent-Length: 2\r\n\r\nhi", // net/http's
+	} {
+		for _, slow := range []bool{true, false} {
+			c, err := net.Dial("tcp", r.addr)
+			if err != nil {
+				t.Fatal(err)
+			}
+			c.SetDeadline(time.Now().Add(5 * time.Second))
+			io.WriteString(c, first)
+			br := bufio.NewReader(c)
+			for {
+				resp, err := http.ReadResponse(br, nil)
+				if err != nil {
+					t.Fatal(err)
+				}
+				io.ReadAll(resp.Body)
+				if resp.StatusCode != http.StatusContinue {
+					break
+				}
+			}
+			if slow {
+				io.WriteString(c, "GET /next HTTP/1.1\r\nHo")
+			}
+			start := time.Now()
+			c.SetReadDeadline(time.Now().Add(4 * rigHeadTimeout))
+			_, err = br.ReadByte()
+			var ne net.Error
+			switch {
+			case slow && err != io.EOF:
+				t.Errorf("%q then a head cut short: read %v after %v, want the connection closed after %v", first, err, time.Since(start), rigHeadTimeout)
+			case !slow && !(errors.As(err, &ne) && ne.Timeout()):
+				t.Errorf("%q then nothing: read %v after %v, want the connection kept (idle timeout 10 s)", first, err, time.Since(start))
+			}
+			c.Close()
+		}
+	}
 }

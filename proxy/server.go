@@ -48,7 +48,7 @@ func (p *Proxy) newHTTPListener(ln net.Listener, direction, label string, lim Li
 	open := p.m.ConnectionsOpen.WithLabelValues(direction, label)
 	total := p.m.Connections.WithLabelValues(direction, label)
 	guard := h1guard.NewListener(ln, h1guard.Options{MaxHead: lim.MaxHeaderBytes, WriteTimeout: lim.WriteTimeout,
-		Budget: p.heads[direction]})
+		HeadTimeout: lim.ReadHeaderTimeout, Budget: p.heads[direction]})
 	srv := &http.Server{
 		Handler:           p.guarded(direction, label, lim, h),
 		ConnContext:       h1guard.ConnContext,

@@ -100,6 +100,7 @@ type Conn struct {
 	net.Conn
 	maxHead      int                  // bytes a request head may take, request line included
 	writeTimeout time.Duration        // a write that makes no progress this long fails (0: none)
+	headTimeout  time.Duration        // a head after the first has this long from its start (0: no bound)
 	tls          *tls.ConnectionState // the handshake of a mutual TLS connection; nil for plaintext
 	budget       *Budget              // bytes all guards of a direction may buffer together; nil: no bound
 	lingers      *lingerGroup         // the listener's, which runs the lingering close; nil: uncounted
@@ -130,13 +131,19 @@ type Conn struct {
 	started bool    // the connection is past its start (the HTTP/2 preface can no longer come)
 	err     error   // an error that came with data, returned by the next read
 	unread  []byte  // bytes given back by Unread, returned before anything else
+	// headTimed: the head being received has its deadline, headBy (timeHead)
+	headTimed bool
+	headBy    time.Time
 }
 
 // Options are the guard's settings for the connections of one listener.
 type Options struct {
 	MaxHead      int           // bytes a request head may take, request line included
 	WriteTimeout time.Duration // a write that makes no progress this long fails (0: none)
-	Budget       *Budget       // bytes all guards of a direction may buffer together; nil: no bound
+	// HeadTimeout is the time a request head after a connection's first has from its first byte (the server's
+	// read_header_timeout; the first head has the server's own deadline); 0: no bound but the reader's.
+	HeadTimeout time.Duration
+	Budget      *Budget // bytes all guards of a direction may buffer together; nil: no bound
 }
 
 // NewListener wraps the connections ln accepts in a guard (a *Conn; HTTP/2 over TLS passes unwrapped).
@@ -155,7 +162,8 @@ func (l *Listener) Accept() (net.Conn, error) {
 	if err != nil {
 		return nil, err
 	}
-	g := &Conn{Conn: c, maxHead: l.o.MaxHead, writeTimeout: l.o.WriteTimeout, budget: l.o.Budget, lingers: &l.lingers}
+	g := &Conn{Conn: c, maxHead: l.o.MaxHead, writeTimeout: l.o.WriteTimeout, headTimeout: l.o.HeadTimeout,
+		budget: l.o.Budget, lingers: &l.lingers}
 	if tc, ok := c.(*tls.Conn); ok {
 		// The inbound listener hands over mutual TLS connections with the handshake done. HTTP/2 (ALPN h2) needs
 		// the *tls.Conn itself (net/http hands it to its HTTP/2 server); HTTP/1.1 is guarded like plaintext, and
@@ -244,8 +252,10 @@ func (g *Conn) Read(p []byte) (int, error) {
 		case gHead:
 			if g.buffered() {
 				if g.checkHead() {
+					g.headTimed = false
 					continue
 				}
+				g.timeHead()
 				if err := g.fill(); err != nil {
 					return 0, err
 				}
@@ -277,6 +287,22 @@ func (g *Conn) Read(p []byte) (int, error) {
 			}
 		}
 	}
+}
+
+// timeHead gives a head after the first, whose start has come and whose rest has not, headTimeout to complete:
+// the reader's deadline before it was the idle timeout (the guard hands a head over only once it is whole, so
+// the reader cannot tell when it started). The first head has the server's header deadline from the
+// connection's start. The reader sets its own deadlines again once the head is handed over.
+// The deadline is set again before each read of the head, as a reader may have set another meanwhile (a read in
+// the background that ended).
+func (g *Conn) timeHead() {
+	if g.headTimeout <= 0 || g.heads.Load() == 0 {
+		return
+	}
+	if !g.headTimed {
+		g.headTimed, g.headBy = true, time.Now().Add(g.headTimeout)
+	}
+	_ = g.Conn.SetReadDeadline(g.headBy)
 }
 
 // connRead reads from the connection; an error that comes with data is kept for the next call.
