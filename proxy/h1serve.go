@@ -483,7 +483,7 @@ func (c *h1Conn) watchGone(cancel context.CancelCauseFunc, req *http.Request) *h
 	c.goneCancel, c.goneDone, c.goneFired = cancel, nil, false
 	c.goneBodyOK = req.Body == nil || req.Body == http.NoBody
 	if !c.goneBodyOK {
-		body = &h1Body{ReadCloser: req.Body, c: c}
+		body = &h1Body{ReadCloser: req.Body, c: c, cl: req.ContentLength}
 		req.Body = body
 	}
 	if c.goneTimer == nil {
@@ -559,17 +559,30 @@ var aLongTimeAgo = time.Unix(1, 0)
 // h1Body tells the connection when the request body reached its end (the reader is then free for the watch).
 type h1Body struct {
 	io.ReadCloser
-	c     *h1Conn
-	ended bool
+	c      *h1Conn
+	ended  bool  // io.EOF came: the reader is free for the watch
+	sawEOF bool  // as net/http's body: its source ended (io.EOF, or a Content-Length body cut short)
+	closed bool  // the handler (or its transport) closed it
+	n      int64 // bytes read
+	cl     int64 // the declared Content-Length; -1: chunked
 }
 
 func (b *h1Body) Read(p []byte) (int, error) {
 	n, err := b.ReadCloser.Read(p)
+	b.n += int64(n)
+	if err == io.EOF || (err == io.ErrUnexpectedEOF && b.cl > 0) {
+		b.sawEOF = true
+	}
 	if err == io.EOF && !b.ended {
 		b.ended = true
 		b.c.bodyEnded()
 	}
 	return n, err
+}
+
+func (b *h1Body) Close() error {
+	b.closed = true
+	return b.ReadCloser.Close()
 }
 
 // h1Writer is a response of the loop: the http.ResponseWriter of net/http's server for HTTP/1.1, with its framing
@@ -592,7 +605,9 @@ type h1Writer struct {
 	// closeAfter: the connection ends after this response; fullDuplex: the handler reads the request body while
 	// it writes the response; done: the handler returned.
 	closeAfter, fullDuplex, done bool
-	werr                         error
+	// linger: the connection ends with the request body not read (more than h1MaxPostHandlerRead left)
+	linger bool
+	werr   error
 }
 
 // h1Frame writes the head at its first write (headWritten), then the body, chunked or not, into the connection's
@@ -749,8 +764,10 @@ func (f *h1Frame) writeHead(p []byte) {
 	}
 	// A handler that did not ask for full duplex and wrote its head before reading the request body: as net/http's
 	// server, read up to h1MaxPostHandlerRead of the body now, or close after the response.
-	if w.req.ContentLength != 0 && !w.closeAfter && !w.fullDuplex && w.drainBody() != drained {
-		w.closeAfter = true
+	if w.req.ContentLength != 0 && !w.closeAfter && !w.fullDuplex {
+		if r := w.drainBody(false); r != drained {
+			w.closeAfter, w.linger = true, r == tooBig
+		}
 	}
 	setCT := ""
 	if bodyAllowed(w.status) {
@@ -844,8 +861,11 @@ func (w *h1Writer) finish() bool {
 	// What the handler left of the request body (net/http: the body's Close). A read that fails leaves the
 	// connection to the next read, as net/http's server does: the guard fails it when the body's framing broke
 	// or the handler said the body failed (then a 400 answers, and the connection ends).
-	if w.req.ContentLength != 0 && w.werr == nil && !w.closeAfter && w.drainBody() == tooBig {
-		w.closeAfter = true
+	if w.req.ContentLength != 0 && w.werr == nil && !w.closeAfter && w.drainBody(true) == tooBig {
+		w.closeAfter, w.linger = true, true
+	}
+	if w.linger {
+		w.c.g.BodyFailed() // the client may still be sending: the guard's lingering close lets it read the answer
 	}
 	if !w.closeAfter && w.werr == nil && w.body != nil {
 		w.body.Close()
@@ -867,26 +887,43 @@ const (
 	failed             // reading it failed
 )
 
-// drainBody reads what is left of the request body, up to h1MaxPostHandlerRead, as net/http's server does. When
-// more is left the connection ends, and the client may still be sending: the guard closes it with a lingering
-// close, so that the client reads the answer rather than a reset (net/http's server: closeWriteAndWait).
-func (w *h1Writer) drainBody() int {
+// drainBody reads what is left of the request body as net/http's server does: when the head is written before
+// the handler read it all (atFinish false: writeHeader's discard, up to h1MaxPostHandlerRead), or when the handler
+// returned (the body's Close). tooBig when more is left, judged first by the declared length: the connection
+// ends after the response, and as the client may still be sending, finish has the guard close it with a
+// lingering close (the answer is read rather than lost to a reset; net/http's server: closeWriteAndWait). A read
+// that fails at the end is left to the next read of the connection, as net/http's server leaves it.
+func (w *h1Writer) drainBody(atFinish bool) int {
 	b := w.body
 	if b == nil {
 		return drained
 	}
-	_, err := io.CopyN(io.Discard, b, h1MaxPostHandlerRead+1)
 	switch {
-	case err == nil:
-		w.c.g.BodyFailed()
-		return tooBig
-	case err == io.EOF:
-		return drained
-	case errors.Is(err, http.ErrBodyReadAfterClose):
-		if b.ended {
+	case b.closed:
+		if b.sawEOF || atFinish {
 			return drained
 		}
 		return closedEarly
+	case atFinish && b.sawEOF:
+		return drained
+	}
+	if b.cl > 0 {
+		if left := b.cl - b.n; left > h1MaxPostHandlerRead || (!atFinish && left == h1MaxPostHandlerRead) {
+			return tooBig
+		}
+	}
+	limit := int64(h1MaxPostHandlerRead)
+	if !atFinish {
+		limit++ // writeHeader reads one byte more to tell; Close stops at the limit
+	}
+	_, err := io.CopyN(io.Discard, b, limit)
+	switch {
+	case err == nil:
+		return tooBig
+	case errors.Is(err, http.ErrBodyReadAfterClose) && !b.sawEOF && !atFinish:
+		return closedEarly // closed by its own reader: a trailer section that did not parse
+	case err == io.EOF, errors.Is(err, http.ErrBodyReadAfterClose), atFinish:
+		return drained
 	}
 	return failed
 }
