@@ -47,6 +47,7 @@ func (c *cluster) RoundTrip(req *http.Request) (*http.Response, error) {
 		out.Body = &abortableBody{ReadCloser: out.Body, abort: ex.abortBody}
 	}
 	send := out
+	h1c := base == http.RoundTripper(tr.h1) && h1Eligible(out, tgt)
 	if ex.abortBody != nil && base == http.RoundTripper(tr.h1) && out.Body != nil {
 		// Until the response headers come, a broken connection ends a Read blocked on the client (watchedConn).
 		var held atomic.Pointer[watchedConn]
@@ -65,7 +66,12 @@ func (c *cluster) RoundTrip(req *http.Request) (*http.Response, error) {
 			}
 		}()
 	}
-	resp, err := base.RoundTrip(send)
+	var resp *http.Response
+	if h1c {
+		resp, err = tr.h1c.roundTrip(send)
+	} else {
+		resp, err = base.RoundTrip(send)
+	}
 	if err != nil {
 		err = classifyHeaderOverflow(err, cfg)
 		outcome := resilience.Outcome(nil, err)

@@ -22,6 +22,7 @@ import (
 // HTTP/2 uses golang.org/x/net/http2, whose errors are exported types (a refused stream can be told from a reset).
 type transports struct {
 	h1        *http.Transport
+	h1c       *h1Client // the common HTTP/1.1 requests (h1Eligible)
 	h2c       *http2.Transport
 	maxHeader int // the response header limit both enforce, in bytes
 }
@@ -72,8 +73,21 @@ func newTransports(connectTimeout func() time.Duration, secure func(ctx context.
 		maxHeader = DefaultMaxResponseHeaderBytes
 	}
 	dial, dialH2 := dialer("http/1.1"), dialer("h2")
+	h1c := &h1Client{dial: dial, maxHeader: int64(maxHeader)}
 	h1 := &http.Transport{
 		DialContext: func(ctx context.Context, network, addr string) (net.Conn, error) {
+			if t, err := targetFor(ctx, addr); err == nil && !t.tls {
+				// A plaintext endpoint's connections are counted with h1Client's (limits.max_connections).
+				if _, err := h1c.acquire(ctx, addr, false); err != nil {
+					return nil, err
+				}
+				c, err := dial(ctx, network, addr)
+				if err != nil {
+					h1c.release(addr)
+					return nil, err
+				}
+				return &watchedConn{Conn: c, release: func() { h1c.release(addr) }}, nil
+			}
 			c, err := dial(ctx, network, addr)
 			if _, ok := c.(*tls.Conn); ok || err != nil {
 				return c, err // net/http reads a response's TLS state from a *tls.Conn (upgrades between sidecars)
@@ -107,14 +121,16 @@ func newTransports(connectTimeout func() time.Duration, secure func(ctx context.
 		// Request headers without indexing (h2EncoderTableSize).
 		MaxEncoderHeaderTableSize: h2EncoderTableSize,
 	}
-	return &transports{h1: h1, h2c: h2, maxHeader: maxHeader}
+	h1c.closeOther = h1.CloseIdleConnections
+	return &transports{h1: h1, h1c: h1c, h2c: h2, maxHeader: maxHeader}
 }
 
 // newTransports builds the upstream's transports for its settings cfg.
 func (c *cluster) newTransports(cfg *UpstreamConfig) *transports {
 	tr := newTransports(func() time.Duration { return c.cfg.Load().ConnectTimeout }, c.secureDial, cfg.MaxResponseHeaderBytes)
 	if mc := cfg.Resilience.Limits.MaxConnections; mc > 0 {
-		tr.h1.MaxConnsPerHost = mc
+		tr.h1.MaxConnsPerHost = mc // for endpoints spoken to over TLS, which h1Client does not count
+		tr.h1c.maxConns = mc
 	}
 	return tr
 }
@@ -154,9 +170,10 @@ func (c *cluster) reloadTransports(old, cfg *UpstreamConfig) {
 	}
 }
 
-// closeIdle closes idle pooled connections of both transports.
+// closeIdle closes the transports' idle pooled connections.
 func (t *transports) closeIdle() {
 	t.h1.CloseIdleConnections()
+	t.h1c.closeIdleConnections()
 	t.h2c.CloseIdleConnections()
 }
 
@@ -274,6 +291,16 @@ func (b *abortableBody) Close() error {
 type watchedConn struct {
 	net.Conn
 	onBroken atomic.Pointer[func()]
+	release  func() // gives back the connection's slot (h1Client.acquire) once closed; nil when not counted
+	closed   atomic.Bool
+}
+
+func (c *watchedConn) Close() error {
+	err := c.Conn.Close()
+	if c.release != nil && c.closed.CompareAndSwap(false, true) {
+		c.release()
+	}
+	return err
 }
 
 func (c *watchedConn) Read(p []byte) (int, error) {
