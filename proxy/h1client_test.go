@@ -250,8 +250,6 @@ func FuzzH1ClientAgreement(f *testing.F) {
 	})
 }
 
-
-
 // countingEndpoint is an HTTP/1.1 endpoint on loopback that counts the connections open to it at once.
 type countingEndpoint struct {
 	addr    string
