@@ -5,6 +5,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"net"
 	"net/http"
 	"os"
@@ -142,12 +143,17 @@ func serveGRPC(ln net.Listener) (stop func()) {
 	}
 }
 
-// httpHandler answers every request with responseBody, or 505 if it arrived in another HTTP major version.
+// httpHandler answers every request with responseBody, or 505 if it arrived in another HTTP major version, or
+// 400 if its body is not requestBody's length (-post).
 func httpHandler(wantMajor int) http.Handler {
 	clen := strconv.Itoa(bodySize)
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		if r.ProtoMajor != wantMajor {
 			http.Error(w, fmt.Sprintf("backend wants HTTP/%d, got %s", wantMajor, r.Proto), http.StatusHTTPVersionNotSupported)
+			return
+		}
+		if n, err := io.Copy(io.Discard, r.Body); err != nil || n != int64(len(requestBody)) {
+			http.Error(w, fmt.Sprintf("backend got a body of %d bytes (%v), want %d", n, err, len(requestBody)), http.StatusBadRequest)
 			return
 		}
 		h := w.Header()

@@ -1,7 +1,10 @@
 package main
 
 import (
+	"bytes"
 	"context"
+	"io"
+	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -123,5 +126,44 @@ func TestConfigsPassCheck(t *testing.T) {
 				t.Errorf("%s %s: meshlet check: %v\n%s\nconfig:\n%s", p, name, err, out, y)
 			}
 		}
+	}
+}
+
+// -post N: HTTP/1.1 and h2c requests are POSTs with an N-byte body, which the backend checks; out of range refused.
+func TestPostBody(t *testing.T) {
+	if o, err := parseFlags([]string{"-post", "256"}, io.Discard); err != nil || o.post != 256 {
+		t.Fatalf("-post 256: %+v, %v", o.post, err)
+	}
+	defer func() { requestBody = nil }()
+	for _, p := range []protocol{protoHTTP1, protoH2C} {
+		t.Run(string(p), func(t *testing.T) {
+			be, err := startBackend(p)
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer be.close()
+			c, err := newCaller(p, be.addr, 4, nil)
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer c.close()
+			requestBody = bytes.Repeat([]byte("p"), 256)
+			if err := c.call(context.Background()); err != nil {
+				t.Fatalf("POST with the body the backend expects: %v", err)
+			}
+			hc := c.(*httpCaller)
+			resp, err := hc.client.Post(hc.url, "text/plain", strings.NewReader("short"))
+			if err != nil {
+				t.Fatal(err)
+			}
+			resp.Body.Close()
+			if resp.StatusCode != http.StatusBadRequest {
+				t.Errorf("a body of 5 bytes when 256 are expected: status %d, want 400", resp.StatusCode)
+			}
+		})
+	}
+	var stderr strings.Builder
+	if code := run([]string{"-post", "-1"}, io.Discard, &stderr); code != 2 || !strings.Contains(stderr.String(), "-post") {
+		t.Errorf("-post -1: exit %d, %q; want 2 and a message naming -post", code, stderr.String())
 	}
 }

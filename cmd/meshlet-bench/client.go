@@ -1,6 +1,7 @@
 package main
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"fmt"
@@ -80,8 +81,15 @@ func newHTTPCaller(p protocol, addr string, conns int, dial dialFunc) *httpCalle
 	}
 }
 
+// requestBody is the body of every HTTP/1.1 and h2c request (-post); empty: GETs without one.
+var requestBody []byte
+
 func (c *httpCaller) call(ctx context.Context) error {
-	req, err := http.NewRequestWithContext(ctx, http.MethodGet, c.url, nil)
+	method, body := http.MethodGet, io.Reader(nil)
+	if len(requestBody) > 0 {
+		method, body = http.MethodPost, bytes.NewReader(requestBody)
+	}
+	req, err := http.NewRequestWithContext(ctx, method, c.url, body)
 	if err != nil {
 		return err
 	}

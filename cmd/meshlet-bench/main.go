@@ -32,6 +32,7 @@
 package main
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"flag"
@@ -66,6 +67,7 @@ type options struct {
 	scale       bool   // run the growth figures instead (scale.go)
 	serveMany   int    // internal to -scale: serve the HTTP/1.1 backend on this many listeners (scale.go)
 	serveShared string // internal to -scale: with serveMany, also serve on this address, shared (SO_REUSEPORT)
+	post        int    // HTTP/1.1 and h2c requests are POSTs with a body of this many bytes; 0: GETs
 }
 
 func main() {
@@ -89,6 +91,11 @@ func run(args []string, stdout, stderr io.Writer) int {
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
 
+	if opts.post < 0 || opts.post > 1<<20 {
+		fmt.Fprintln(stderr, "meshlet-bench: -post: a body of 0 to 1048576 bytes")
+		return 2
+	}
+	requestBody = bytes.Repeat([]byte("p"), opts.post)
 	if opts.heads > 0 {
 		return runHeads(ctx, opts.meshlet, opts.heads, stdout, stderr)
 	}
@@ -142,6 +149,7 @@ func parseFlags(args []string, stderr io.Writer) (options, error) {
 	fs.StringVar(&scaleOnly, "scale-only", "", "with -scale: only these comma-separated measurements: idle (idle RSS and RSS at 1k req/s), upstream, conn-h2c, conn-http1, endpoint (per endpoint and CPU at 10,000 endpoints)")
 	fs.StringVar(&o.serveShared, "serve-shared", "", "internal to -scale: with -serve-many, also serve on this address, shared with the other children (SO_REUSEPORT)")
 	fs.IntVar(&o.serveMany, "serve-many", 0, "internal to -scale: serve the HTTP/1.1 backend on this many loopback listeners, print their addresses, until stdin closes")
+	fs.IntVar(&o.post, "post", 0, "HTTP/1.1 and h2c requests are POSTs with a body of this many bytes (0: GETs without a body); gRPC is unchanged")
 	fs.BoolVar(&o.quick, "quick", false, "short run: 2s phases, 200ms warm-up (explicit -duration/-warmup win)")
 	if err := fs.Parse(args); err != nil {
 		return o, err

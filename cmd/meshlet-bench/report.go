@@ -54,6 +54,7 @@ type meta struct {
 	Warmup         string `json:"warmup"`
 	Concurrency    int    `json:"concurrency"`
 	BodyBytes      int    `json:"body_bytes"`
+	PostBytes      int    `json:"post_bytes,omitempty"` // -post: the request body of HTTP/1.1 and h2c requests
 	Quick          bool   `json:"quick"`
 	LoadStart      string `json:"loadavg_start"`           // /proc/loadavg 1, 5, 15 minutes, before the run
 	LoadEnd        string `json:"loadavg_end"`             // and after it
@@ -167,8 +168,8 @@ func writeTable(w io.Writer, rep *report) {
 	}
 	fmt.Fprintln(w)
 	fmt.Fprintf(w, "latency: open loop at %d req/s for %s, measured from each request's scheduled time; "+
-		"throughput: closed loop, %d workers for %s; body %d B; pinning: %s\n\n",
-		m.Rate, m.Duration, m.Concurrency, m.Duration, m.BodyBytes, m.Pinning)
+		"throughput: closed loop, %d workers for %s; body %d B%s; pinning: %s\n\n",
+		m.Rate, m.Duration, m.Concurrency, m.Duration, m.BodyBytes, postNote(m.PostBytes), m.Pinning)
 
 	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', tabwriter.AlignRight)
 	// Padded to a fixed width, the text columns come out left-aligned in the right-aligned table.
@@ -395,4 +396,12 @@ func fmtRatio(r *float64) string {
 		return "-"
 	}
 	return fmt.Sprintf("%.2f", *r)
+}
+
+// postNote says what -post made of HTTP requests; "" for GETs.
+func postNote(n int) string {
+	if n == 0 {
+		return ""
+	}
+	return fmt.Sprintf(" (HTTP/1.1 and h2c: POST with a %d B body)", n)
 }

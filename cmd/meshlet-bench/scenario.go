@@ -147,6 +147,7 @@ func (b *bench) meta() meta {
 		Warmup:      b.opts.warmup.String(),
 		Concurrency: b.opts.concurrency,
 		BodyBytes:   bodySize,
+		PostBytes:   len(requestBody),
 		Quick:       b.opts.quick,
 		LoadStart:   loadAvg(),
 	}
