@@ -47,7 +47,7 @@ func (c *cluster) RoundTrip(req *http.Request) (*http.Response, error) {
 		out.Body = &abortableBody{ReadCloser: out.Body, abort: ex.abortBody}
 	}
 	send := out
-	h1c := base == http.RoundTripper(tr.h1) && h1Eligible(out, tgt)
+	h1c := base == http.RoundTripper(tr.h1) && h1Eligible(out, tgt, ex.bodyWhole)
 	if ex.abortBody != nil && base == http.RoundTripper(tr.h1) && out.Body != nil {
 		// Until the response headers come, a broken connection ends a Read blocked on the client (watchedConn).
 		var held atomic.Pointer[watchedConn]

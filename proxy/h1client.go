@@ -2,6 +2,7 @@ package proxy
 
 import (
 	"bufio"
+	"bytes"
 	"context"
 	"errors"
 	"fmt"
@@ -22,11 +23,11 @@ import (
 
 // meshlet's own HTTP/1.1 client (issue 16). net/http's Transport gives every pooled connection two goroutines
 // (writeLoop, readLoop), hands each request to the first and its response from the second, and keeps a read
-// pending on every idle connection. For the common requests to an app endpoint (plaintext, no body, no upgrade:
-// h1Eligible), h1Client does the exchange on the caller's goroutine instead: it writes the request with
-// net/http's own writer (Request.Write, the bytes net/http's Transport sends), reads the response with
-// http.ReadResponse, and hands the connection back to its pool when the response ends; an idle connection holds
-// no goroutine and no buffer. What it does around that is net/http's Transport's: the header size limit, 1xx
+// pending on every idle connection. For the common requests to an app endpoint (plaintext, no upgrade, no body
+// or a small one the HTTP/1.1 loop holds whole: h1Eligible), h1Client does the exchange on the caller's goroutine
+// instead: it writes the request with net/http's own writer (Request.Write, the bytes net/http's Transport
+// sends), reads the response with http.ReadResponse, and hands the connection back to its pool when the response
+// ends; an idle connection holds no goroutine and no buffer. What it does around that is net/http's Transport's: the header size limit, 1xx
 // responses (to the request's httptrace), which connections are reused, the resend of a request on a reused
 // connection the endpoint had closed, cancellation, and the errors (FuzzH1ClientAgreement holds the two to the
 // same responses and errors). Every other request goes to net/http's Transport.
@@ -69,11 +70,13 @@ type h1cWaiter struct {
 	wantsConn bool
 }
 
-// h1Eligible reports whether req, bound for target t, is one h1Client sends: a request without a body, not an
-// upgrade nor CONNECT, to an endpoint spoken to in plaintext.
-func h1Eligible(req *http.Request, t *dialTarget) bool {
-	return (req.Body == nil || req.Body == http.NoBody) && !t.tls && req.Method != http.MethodConnect &&
-		req.Header["Upgrade"] == nil && req.URL.Scheme == "http"
+// h1Eligible reports whether req, bound for target t, is one h1Client sends: not an upgrade nor CONNECT, to an
+// endpoint spoken to in plaintext, and without a body, or with one of at most h1WholeBody bytes that the HTTP/1.1
+// loop held whole when the request came (whole: reading it never waits for the client, so that it is read before
+// the request is written, and written with its head).
+func h1Eligible(req *http.Request, t *dialTarget, whole bool) bool {
+	return (req.Body == nil || req.Body == http.NoBody || whole && req.ContentLength > 0 && req.ContentLength <= h1WholeBody) &&
+		!t.tls && req.Method != http.MethodConnect && req.Header["Upgrade"] == nil && req.URL.Scheme == "http"
 }
 
 // closeIdleConnections closes the idle connections, and from then on every connection when its response ends
@@ -354,6 +357,16 @@ func (c *h1Client) roundTrip(req *http.Request) (*http.Response, error) {
 	}
 	ctx := req.Context()
 	replayable := isReplayable(req)
+	var body []byte // a request body, read whole first (h1Eligible)
+	hasBody := req.Body != nil && req.Body != http.NoBody
+	if hasBody {
+		var err error
+		body, err = io.ReadAll(io.LimitReader(req.Body, req.ContentLength+1))
+		req.Body.Close() // as net/http's Transport does once it has sent the body
+		if err != nil {
+			return nil, err
+		}
+	}
 	for {
 		if ctx.Err() != nil {
 			return nil, context.Cause(ctx)
@@ -362,7 +375,14 @@ func (c *h1Client) roundTrip(req *http.Request) (*http.Response, error) {
 		if err != nil {
 			return nil, err
 		}
-		resp, err := pc.exchange(req)
+		send := req
+		if hasBody {
+			// A body in memory goes out with the head, in one write (net/http writes the head first for any other).
+			send = new(http.Request)
+			*send = *req
+			send.Body = io.NopCloser(bytes.NewReader(body))
+		}
+		resp, err := pc.exchange(send)
 		if err == nil {
 			return resp, nil
 		}
@@ -370,7 +390,7 @@ func (c *h1Client) roundTrip(req *http.Request) (*http.Response, error) {
 		var pe peekError
 		switch {
 		case errors.As(err, &nw):
-			if pc.reused {
+			if pc.reused && (!hasBody || req.GetBody != nil) {
 				continue
 			}
 			return nil, nw.error
@@ -430,9 +450,12 @@ func invalidHeader(h http.Header) string {
 	return ""
 }
 
-// isReplayable reports whether req may be sent twice (net/http's Request.isReplayable, for a request without a
-// body): an idempotent method, or a request marked as safe to repeat.
+// isReplayable reports whether req may be sent twice (net/http's Request.isReplayable): an idempotent method, or a
+// request marked as safe to repeat, without a body or with one its sender can give again (GetBody).
 func isReplayable(req *http.Request) bool {
+	if req.Body != nil && req.Body != http.NoBody && req.GetBody == nil {
+		return false
+	}
 	switch req.Method {
 	case "", http.MethodGet, http.MethodHead, http.MethodOptions, http.MethodTrace:
 		return true

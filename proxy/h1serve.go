@@ -406,6 +406,9 @@ func (c *h1Conn) serveRequest(h h1Head) bool {
 	c.g.SetReadDeadline(time.Time{}) // ReadTimeout is not used; the head is in
 	req.RemoteAddr = c.remote
 	ctx, cancel := context.WithCancelCause(c.ctx)
+	if req.ContentLength > 0 && req.ContentLength <= h1WholeBody && int64(c.br.Buffered()+c.g.Held()) >= req.ContentLength {
+		ctx = context.WithValue(ctx, wholeBodyKey{}, true) // no read of this body waits for the client
+	}
 	// The body fills in the trailers of the *Request ReadRequest made: the handler gets that one, with ctx.
 	*req = *req.WithContext(ctx)
 	c.bw = h1Writers.Get().(*bufio.Writer)
@@ -420,6 +423,19 @@ func (c *h1Conn) serveRequest(h h1Head) bool {
 	h1Writers.Put(c.bw)
 	c.bw = nil
 	return keep
+}
+
+// h1WholeBody is the largest request body the loop tells the handler it holds whole (wholeBody).
+const h1WholeBody = h1BufSize
+
+// wholeBodyKey marks the context of a request whose body the loop had whole in its buffer when the handler was
+// called: reading it never waits for the client.
+type wholeBodyKey struct{}
+
+// wholeBody reports whether ctx is that of a request whose body the loop held whole (wholeBodyKey).
+func wholeBody(ctx context.Context) bool {
+	_, ok := ctx.Value(wholeBodyKey{}).(bool)
+	return ok
 }
 
 // The connections' read buffers (held from the first request to the end, given back when a connection ends or

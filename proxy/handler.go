@@ -25,6 +25,7 @@ const StatusClientClosedRequest = 499
 type exchange struct {
 	clientCtx context.Context // the inbound request's context, without meshlet's timeout
 	body      *countingBody   // the inbound request's body; nil when it has none
+	bodyWhole bool            // body was whole in the HTTP/1.1 loop's buffer: reading it never waits (wholeBody)
 	abortBody func()          // ends a Read blocked on the inbound body (abortableBody, watchedConn); nil for HTTP/1.1
 	idle      *streamIdle     // the request's stream_idle_timeout; nil when off
 	appPort   uint16          // inbound: the app port its connection was redirected to (service.ports); 0: the default
@@ -124,6 +125,7 @@ func (c *cluster) serveHTTP(w http.ResponseWriter, r *http.Request, alog *slog.L
 	}
 	if r.Body != nil && r.Body != http.NoBody {
 		ex.body = &countingBody{ReadCloser: r.Body}
+		ex.bodyWhole = wholeBody(r.Context())
 		if r.ProtoMajor == 1 {
 			// Let the app stream its request body while the response streams back (bidirectional streams).
 			_ = http.NewResponseController(w).EnableFullDuplex()

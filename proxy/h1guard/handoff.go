@@ -88,6 +88,17 @@ func (g *Conn) Unread(b []byte) {
 	}
 }
 
+// Held reports how many bytes the guard has read from the connection and not yet handed on: the next reads
+// return them without reading the connection (the rest of a request body, or the start of the next head, that
+// came with a head). Call it when no Read is under way.
+func (g *Conn) Held() int {
+	n := len(g.unread)
+	if g.in != nil {
+		n += len(*g.in)
+	}
+	return n
+}
+
 // BodyFailed tells the guard that a request body ended in an error (net/http's reader or a read deadline): the
 // connection reads nothing more, so net/http closes it instead of reading a next request from where its reader
 // stopped.
