@@ -77,16 +77,7 @@ func TestReadProcSelf(t *testing.T) {
 func TestDirectPath(t *testing.T) {
 	for _, p := range []protocol{protoHTTP1, protoH2C, protoGRPC} {
 		t.Run(string(p), func(t *testing.T) {
-			be, err := startBackend(p)
-			if err != nil {
-				t.Fatal(err)
-			}
-			defer be.close()
-			c, err := newCaller(p, be.addr, 4, nil)
-			if err != nil {
-				t.Fatal(err)
-			}
-			defer c.close()
+			c := backendAndCaller(t, p)
 			ctx := context.Background()
 			lat, errs := openLoop(ctx, c, 500, 200*time.Millisecond, 5*time.Second)
 			if n, causes := errs.snapshot("latency"); n > 0 || lat.Count != 100 {
@@ -98,6 +89,22 @@ func TestDirectPath(t *testing.T) {
 			}
 		})
 	}
+}
+
+// backendAndCaller starts p's backend and a caller of it (4 connections), both closed when the test ends.
+func backendAndCaller(t *testing.T, p protocol) caller {
+	t.Helper()
+	be, err := startBackend(p)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(be.close)
+	c, err := newCaller(p, be.addr, 4, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(c.close)
+	return c
 }
 
 // TestConfigsPassCheck runs `meshlet check` on each generated config when MESHLET_BIN names a binary.
@@ -137,16 +144,7 @@ func TestPostBody(t *testing.T) {
 	defer func() { requestBody = nil }()
 	for _, p := range []protocol{protoHTTP1, protoH2C} {
 		t.Run(string(p), func(t *testing.T) {
-			be, err := startBackend(p)
-			if err != nil {
-				t.Fatal(err)
-			}
-			defer be.close()
-			c, err := newCaller(p, be.addr, 4, nil)
-			if err != nil {
-				t.Fatal(err)
-			}
-			defer c.close()
+			c := backendAndCaller(t, p)
 			requestBody = bytes.Repeat([]byte("p"), 256)
 			if err := c.call(context.Background()); err != nil {
 				t.Fatalf("POST with the body the backend expects: %v", err)
