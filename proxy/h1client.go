@@ -94,6 +94,7 @@ func (c *h1Client) closeIdleConnections() {
 	}
 	c.mu.Unlock()
 	for _, pc := range idle {
+		pc.timer.Stop()
 		pc.close()
 	}
 }
