@@ -361,12 +361,18 @@ func (c *h1Client) roundTrip(req *http.Request) (*http.Response, error) {
 	var body []byte // a request body, read whole first (h1Eligible)
 	hasBody := req.Body != nil && req.Body != http.NoBody
 	if hasBody {
-		var err error
-		body, err = io.ReadAll(io.LimitReader(req.Body, req.ContentLength+1))
+		// One byte past the declared length, so that Request.Write tells a body longer than declared, as it
+		// does for net/http's Transport.
+		body = make([]byte, req.ContentLength+1)
+		n, err := io.ReadFull(req.Body, body)
 		req.Body.Close() // as net/http's Transport does once it has sent the body
+		if err == io.EOF || err == io.ErrUnexpectedEOF {
+			err = nil
+		}
 		if err != nil {
 			return nil, err
 		}
+		body = body[:n]
 	}
 	for {
 		if ctx.Err() != nil {
