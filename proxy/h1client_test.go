@@ -217,7 +217,13 @@ func agreeRun(t *testing.T, ours bool, method string, hdr http.Header, closeReq,
 		rt = tr.RoundTrip
 	}
 	var out []exchangeResult
-	for range 2 {
+	for i := range 2 {
+		if i > 0 {
+			// net/http's Transport learns of bytes or a close on an idle connection from the read it keeps
+			// pending, which races with the next request; h1Client looks at a connection idle for h1cLookAfter.
+			// Between the two, both have seen what came.
+			time.Sleep(2 * h1cLookAfter)
+		}
 		out = append(out, doExchange(rt, addr, method, hdr, closeReq, body))
 	}
 	e.ln.Close()
@@ -445,8 +451,11 @@ func TestH1ClientMaxConns(t *testing.T) {
 			}
 		}()
 	}
-	time.Sleep(200 * time.Millisecond)
-	if _, maxOpen, _ := e.counts(); maxOpen != limit {
+	for deadline := time.Now().Add(3 * time.Second); cc.max() < limit && time.Now().Before(deadline); {
+		time.Sleep(5 * time.Millisecond)
+	}
+	time.Sleep(100 * time.Millisecond) // room for a third connection, if one were made
+	if maxOpen := cc.max(); maxOpen != limit {
 		t.Errorf("%d connections open at once while six requests were held, want %d", maxOpen, limit)
 	}
 	close(release)
@@ -499,7 +508,15 @@ func TestH1ClientMaxConns(t *testing.T) {
 			send(t, tr2, targetRequest(ctx, t, http.MethodGet, hold.addr, "/hold", nil))
 		}()
 	}
-	time.Sleep(100 * time.Millisecond)
+	for deadline := time.Now().Add(3 * time.Second); ; {
+		if open, _, _ := hold.counts(); open == limit {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("the two held requests did not both get a connection")
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
 	wctx, cancel := context.WithTimeout(ctx, 100*time.Millisecond)
 	if _, err := send(t, tr2, targetRequest(wctx, t, http.MethodGet, hold.addr, "/", nil)); !errors.Is(err, context.DeadlineExceeded) {
 		t.Errorf("a request waiting for a slot past its deadline: %v, want context.DeadlineExceeded", err)
