@@ -27,10 +27,11 @@ import (
 // or a small one the HTTP/1.1 loop holds whole: h1Eligible), h1Client does the exchange on the caller's goroutine
 // instead: it writes the request with net/http's own writer (Request.Write, the bytes net/http's Transport
 // sends), reads the response with http.ReadResponse, and hands the connection back to its pool when the response
-// ends; an idle connection holds no goroutine and no buffer. What it does around that is net/http's Transport's: the header size limit, 1xx
-// responses (to the request's httptrace), which connections are reused, the resend of a request on a reused
-// connection the endpoint had closed, cancellation, and the errors (FuzzH1ClientAgreement holds the two to the
-// same responses and errors). Every other request goes to net/http's Transport.
+// ends; an idle connection holds no goroutine and no buffer. What it does around that is net/http's
+// Transport's: the header size limit, 1xx responses (to the request's httptrace), which connections are reused,
+// the resend of a request on a reused connection the endpoint had closed, cancellation, and the errors
+// (FuzzH1ClientAgreement holds the two to the same responses and errors). Every other request goes to net/http's
+// Transport.
 
 // h1Client is the HTTP/1.1 client of one upstream's transports: a pool of idle connections per endpoint (the
 // request URL's host, which names the dial target: dialtarget.go), and the count of the connections open to each
