@@ -445,17 +445,30 @@ func checkClientRequest(req *http.Request) error {
 
 // invalidHeader names the first invalid field of h, as net/http's Transport does; "" when all are valid.
 func invalidHeader(h http.Header) string {
+	switch k, badName, found := invalidField(h); {
+	case !found:
+		return ""
+	case badName:
+		return fmt.Sprintf("field name %q", k)
+	default:
+		return fmt.Sprintf("field value for %q", k) // not the value: it may be a secret
+	}
+}
+
+// invalidField finds a field of h whose name (badName) or one of whose values is not valid HTTP, the check both
+// net/http's server and its Transport make of every field; found is false when all are valid.
+func invalidField(h http.Header) (name string, badName, found bool) {
 	for k, vv := range h {
 		if !httpguts.ValidHeaderFieldName(k) {
-			return fmt.Sprintf("field name %q", k)
+			return k, true, true
 		}
 		for _, v := range vv {
 			if !httpguts.ValidHeaderFieldValue(v) {
-				return fmt.Sprintf("field value for %q", k) // not the value: it may be a secret
+				return k, false, true
 			}
 		}
 	}
-	return ""
+	return "", false, false
 }
 
 // isReplayable reports whether req may be sent twice (net/http's Request.isReplayable): an idempotent method, or a

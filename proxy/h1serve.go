@@ -365,31 +365,15 @@ func scanHead(head []byte) h1Head {
 		}
 		name := field[:colon]
 		switch {
-		case asciiEqualFold(name, "expect"), asciiEqualFold(name, "upgrade"):
+		case h1guard.EqualFoldASCII(name, "expect"), h1guard.EqualFoldASCII(name, "upgrade"):
 			return h
-		case asciiEqualFold(name, "host"):
+		case h1guard.EqualFoldASCII(name, "host"):
 			h.hosts++
 			h.host = bytes.Trim(field[colon+1:], " \t")
 		}
 	}
 	h.eligible = true
 	return h
-}
-
-func asciiEqualFold(b []byte, lower string) bool {
-	if len(b) != len(lower) {
-		return false
-	}
-	for i := range b {
-		c := b[i]
-		if 'A' <= c && c <= 'Z' {
-			c += 'a' - 'A'
-		}
-		if c != lower[i] {
-			return false
-		}
-	}
-	return true
 }
 
 // serveRequest reads one request, runs the handler and finishes the response; false: close the connection.
@@ -453,17 +437,14 @@ func checkServerRequest(req *http.Request, h h1Head) string {
 	case h.hosts == 1 && !httpguts.ValidHostHeader(string(h.host)):
 		return "malformed Host header"
 	}
-	for k, vv := range req.Header {
-		if !httpguts.ValidHeaderFieldName(k) {
-			return "invalid header name"
-		}
-		for _, v := range vv {
-			if !httpguts.ValidHeaderFieldValue(v) {
-				return "invalid header value"
-			}
-		}
+	switch _, badName, found := invalidField(req.Header); {
+	case !found:
+		return ""
+	case badName:
+		return "invalid header name"
+	default:
+		return "invalid header value"
 	}
-	return ""
 }
 
 // badRequest answers a request net/http's server could not read, as it does: nothing when the connection ended
