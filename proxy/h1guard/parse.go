@@ -69,7 +69,7 @@ func parseHead(head []byte) (h headInfo, reason string, status int) {
 			return h, reason, http.StatusBadRequest
 		}
 		switch {
-		case asciiEqualFold(name, "content-length"):
+		case EqualFoldASCII(name, "content-length"):
 			if cls++; cls > 1 {
 				return h, malformedMultipleCL, http.StatusBadRequest
 			}
@@ -78,8 +78,8 @@ func parseHead(head []byte) (h headInfo, reason string, status int) {
 				return h, malformedCL, http.StatusBadRequest
 			}
 			h.length = n
-		case asciiEqualFold(name, "transfer-encoding"):
-			if tes++; tes > 1 || !asciiEqualFold(value, "chunked") {
+		case EqualFoldASCII(name, "transfer-encoding"):
+			if tes++; tes > 1 || !EqualFoldASCII(value, "chunked") {
 				return h, malformedTE, http.StatusNotImplemented
 			}
 			h.chunked = true
@@ -130,7 +130,7 @@ func framingLookalike(name []byte) bool {
 			b[i] = '-'
 		}
 	}
-	return asciiEqualFold(b[:n], "content-length") || asciiEqualFold(b[:n], "transfer-encoding")
+	return EqualFoldASCII(b[:n], "content-length") || EqualFoldASCII(b[:n], "transfer-encoding")
 }
 
 // parseContentLength reads a Content-Length value: 1 to 18 decimal digits, nothing else.
@@ -171,7 +171,8 @@ func visible(b []byte) bool {
 	return true
 }
 
-func asciiEqualFold(b []byte, lower string) bool {
+// EqualFoldASCII reports whether b is lower, ASCII letters compared without case (what header names are).
+func EqualFoldASCII(b []byte, lower string) bool {
 	if len(b) != len(lower) {
 		return false
 	}
