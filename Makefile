@@ -52,7 +52,8 @@ test: vet consul helm
 FUZZTIME ?= 10s
 FUZZ_TARGETS = ./cmd/meshlet:FuzzConfig ./proxy:FuzzRouteLookup ./grpcwire:FuzzParseTimeout ./grpcwire:FuzzEncodeMessage \
 	./grpcwire:FuzzTimeoutRoundTrip ./resilience:FuzzRetryCondition ./mtls:FuzzParseID ./proxy:FuzzHeaderRewrite ./proxy/h1guard:FuzzH1Guard \
-	./proxy/h1guard:FuzzH1GuardAgreement ./proxy:FuzzNormalizePath ./proxy:FuzzH1Agreement ./proxy:FuzzH1ClientAgreement
+	./proxy/h1guard:FuzzH1GuardAgreement ./proxy:FuzzNormalizePath ./proxy:FuzzH1Agreement ./proxy:FuzzH1ClientAgreement \
+	./proxy:FuzzForwardAgreement
 fuzz:
 	@set -e; for t in $(FUZZ_TARGETS); do \
 		GO=$(GO) tools/fuzz.sh $${t%%:*} $${t##*:} $(FUZZTIME); \

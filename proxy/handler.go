@@ -154,7 +154,7 @@ func (c *cluster) serveHTTP(w http.ResponseWriter, r *http.Request, alog *slog.L
 	if ex.body != nil {
 		out.Body = ex.body
 	}
-	c.reverseProxy().ServeHTTP(rw, out)
+	forward(c.reverseProxy(), rw, out)
 }
 
 // checkRequest refuses what the cluster never forwards (CONNECT, a request target with a byte an HTTP/1.1
