@@ -414,8 +414,11 @@ func TestListenerSniffsH2WithoutSNI(t *testing.T) {
 				t.Fatalf("accepted %T (protocol %q) reading %q; want sniffed=%v, protocol %q, %q", r.conn,
 					cs.NegotiatedProtocol, r.got, tt.sniffed, tt.protocol, tt.send)
 			}
-			if id, ok := PeerID(&cs); !ok || id.Service != "web" {
-				t.Fatalf("peer %v %v", id, ok)
+			if len(cs.PeerCertificates) == 0 {
+				t.Fatal("no peer certificate")
+			}
+			if id, err := CertID(cs.PeerCertificates[0]); err != nil || id.Service != "web" {
+				t.Fatalf("peer %v %v", id, err)
 			}
 		})
 	}

@@ -163,15 +163,6 @@ func ClientConfigMesh(src Source, minVersion string, mesh MeshTLS, alpn string, 
 	return c, nil
 }
 
-// PeerID returns the verified identity of the peer of an established connection.
-func PeerID(cs *tls.ConnectionState) (ID, bool) {
-	if cs == nil || len(cs.PeerCertificates) == 0 {
-		return ID{}, false
-	}
-	id, err := CertID(cs.PeerCertificates[0])
-	return id, err == nil
-}
-
 var errNoBundle = errors.New("no certificate loaded")
 
 // leaf is the current certificate of src, read at each handshake (so a rotation applies at once).
