@@ -129,6 +129,7 @@ const (
 	fwdNoServer                   // the request's context has no http.ServerContextKey (a copy error does not panic)
 	fwdModifyFails                // ModifyResponse fails
 	fwdReadBody                   // the transport reads the request body
+	fwdHTTP2                      // the request came over HTTP/2 (no Transfer-Encoding; a chunked body's length unknown)
 )
 
 func runForward(t *testing.T, u *cluster, useForward bool, rawReq, rawResp []byte, mode byte) forwardOutcome {
@@ -144,6 +145,10 @@ func runForward(t *testing.T, u *cluster, useForward bool, rawReq, rawResp []byt
 	}
 	req = req.WithContext(ctx)
 	req.RemoteAddr = "127.0.0.1:4000"
+	if mode&fwdHTTP2 != 0 {
+		req.Proto, req.ProtoMajor, req.ProtoMinor = "HTTP/2.0", 2, 0
+		req.TransferEncoding = nil
+	}
 
 	var logged bytes.Buffer
 	base := u.reverseProxy()
@@ -270,6 +275,9 @@ func FuzzForwardAgreement(f *testing.F) {
 		{"GET / HTTP/1.0\r\nHost: api\r\n\r\n", "HTTP/1.0 200 OK\r\n\r\nclose-delimited", 0},
 		{"GET / HTTP/1.1\r\nHost: api\r\nX-Request-Id: abc\r\nX-Empty:\r\n\r\n", ok, 0},
 		{get, "garbage", 0},
+		{"POST /p HTTP/1.1\r\nHost: api\r\nTransfer-Encoding: chunked\r\nTrailer: X-Sum\r\nContent-Type: application/grpc\r\nTE: trailers\r\n\r\n3\r\nabc\r\n0\r\nX-Sum: 9\r\n\r\n",
+			"HTTP/1.1 200 OK\r\nContent-Type: application/grpc\r\nTrailer: Grpc-Status, Grpc-Message\r\nTransfer-Encoding: chunked\r\n\r\n5\r\n\x00\x00\x00\x00\x00\r\n0\r\nGrpc-Status: 0\r\nGrpc-Message: \r\n\r\n", fwdHTTP2 | fwdReadBody},
+		{"GET / HTTP/1.1\r\nHost: api\r\nX-A: 1\r\n\r\n", "HTTP/1.1 200 OK\r\nContent-Type: application/grpc\r\nGrpc-Status: 5\r\nGrpc-Message: nope\r\n\r\n", fwdHTTP2},
 		{"GET / HTTP/1.1\r\nHost: api\r\nTE: gzip\r\nTrailer: X\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n", ok, 0},
 		{"GET / HTTP/1.1\r\nHost: api\r\nKeep-Alive: 5\r\nProxy-Connection: keep-alive\r\nUpgrade: h2c\r\n\r\n", ok, 0},
 		{get, "HTTP/1.1 200 OK\r\nX-T: h\r\nTrailer: X-T\r\nTransfer-Encoding: chunked\r\n\r\n1\r\na\r\n0\r\nX-T: v\r\n\r\n", 0},
