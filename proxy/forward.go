@@ -237,8 +237,8 @@ func outboundHeader(in http.Header) http.Header {
 	return out
 }
 
-// hopOrForwarding reports whether k is one of the reverse proxy's hop-by-hop fields or one of the forwarding fields
-// it strips in Rewrite mode.
+// hopOrForwarding reports whether k is one of the reverse proxy's hop-by-hop fields (hopHeaders) or one of the
+// forwarding fields it strips in Rewrite mode.
 func hopOrForwarding(k string) bool {
 	switch k {
 	case "Connection", "Proxy-Connection", "Keep-Alive", "Proxy-Authenticate", "Proxy-Authorization", "Te", "Trailer",
@@ -257,11 +257,15 @@ func stripHopByHop(h http.Header) {
 			}
 		}
 	}
-	for _, k := range [...]string{"Connection", "Proxy-Connection", "Keep-Alive", "Proxy-Authenticate",
-		"Proxy-Authorization", "Te", "Trailer", "Transfer-Encoding", "Upgrade"} {
+	for _, k := range hopHeaders {
 		delete(h, k)
 	}
 }
+
+// hopHeaders are the reverse proxy's hop-by-hop fields (RFC 2616's list, and Proxy-Connection); hopOrForwarding
+// has them in its switch.
+var hopHeaders = [...]string{"Connection", "Proxy-Connection", "Keep-Alive", "Proxy-Authenticate",
+	"Proxy-Authorization", "Te", "Trailer", "Transfer-Encoding", "Upgrade"}
 
 // moveHeader adds src's fields to dst, as Header.Add of each value would. A field dst does not have yet takes
 // src's value slice itself: src is a response's header or trailer, which nothing reads after forward.

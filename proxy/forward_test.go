@@ -299,6 +299,21 @@ func FuzzForwardAgreement(f *testing.F) {
 	})
 }
 
+// hopOrForwarding's switch has every field of hopHeaders and of the forwarding fields the fuzz test of the
+// rewrite checks, and no other.
+func TestHopOrForwarding(t *testing.T) {
+	for _, k := range append(hopHeaders[:], forwarding...) {
+		if !hopOrForwarding(k) {
+			t.Errorf("hopOrForwarding(%q) = false", k)
+		}
+	}
+	for _, k := range []string{"Content-Length", "Host", "X-Forwarded-Port", "Trailers", "Tе", "connection"} {
+		if hopOrForwarding(k) {
+			t.Errorf("hopOrForwarding(%q) = true", k)
+		}
+	}
+}
+
 // The common requests go through forward itself; upgrades and queries the reverse proxy re-encodes go to it.
 func TestForwardTakes(t *testing.T) {
 	u := forwardRig(t)
