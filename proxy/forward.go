@@ -30,9 +30,6 @@ import (
 	"golang.org/x/net/http/httpguts"
 )
 
-// forwardOff turns forward off: every request goes to the reverse proxy (tests compare the two).
-var forwardOff atomic.Bool
-
 // fwdState is one request's state in forward, allocated as one.
 type fwdState struct {
 	rw    http.ResponseWriter
@@ -49,7 +46,7 @@ func forward(p *httputil.ReverseProxy, rw http.ResponseWriter, req *http.Request
 	// The reverse proxy watches a CloseNotifier when the request's context cannot end: meshlet's servers give
 	// every request one that ends with its client.
 	ctx := req.Context()
-	if forwardOff.Load() || p.Rewrite == nil || p.Director != nil || p.Transport == nil || p.ErrorHandler == nil ||
+	if p.Rewrite == nil || p.Director != nil || p.Transport == nil || p.ErrorHandler == nil ||
 		p.ErrorLog == nil || upgradeType(req.Header) != "" || queryNeedsCleaning(req.URL.RawQuery) ||
 		req.Form != nil || req.PostForm != nil || req.MultipartForm != nil {
 		p.ServeHTTP(rw, req)
