@@ -108,7 +108,7 @@ func headerLines(h http.Header) string {
 }
 
 // forwardRig is an outbound cluster's reverse proxy with its transport replaced by the fuzzer's.
-func forwardRig(t *testing.T) *cluster {
+func forwardRig(t testing.TB) *cluster {
 	cfg := Config{Service: ServiceConfig{Name: "web"}, Upstreams: []UpstreamConfig{{Name: "api",
 		Listen: "127.0.0.1:0", Protocol: ProtocolHTTP, Endpoints: []string{"192.0.2.10:8080"}}}}
 	cfg.SetDefaults()
@@ -285,7 +285,7 @@ func FuzzForwardAgreement(f *testing.F) {
 	} {
 		f.Add([]byte(s.req), []byte(s.resp), s.mode)
 	}
-	u := forwardRig(&testing.T{})
+	u := forwardRig(f)
 	f.Fuzz(func(t *testing.T, rawReq, rawResp []byte, mode byte) {
 		if len(rawReq) > 16<<10 || len(rawResp) > 16<<10 {
 			return
@@ -345,7 +345,7 @@ func TestForwardTakes(t *testing.T) {
 // writer keeps nothing), through httputil.ReverseProxy.ServeHTTP and through forward: a GET as curl sends it,
 // and a response as a small JSON API answers.
 func BenchmarkForward(b *testing.B) {
-	u := forwardRig(&testing.T{})
+	u := forwardRig(b)
 	rp := u.reverseProxy()
 	body := []byte(`{"id":1,"name":"item"}`)
 	rp2 := *rp
