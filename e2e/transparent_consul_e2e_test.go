@@ -228,7 +228,13 @@ func TestTransparentConsulMesh(t *testing.T) {
 	}
 
 	// Opaque TCP to db by its virtual IP: a client that waits for the server's greeting (detected after the
-	// detection timeout) and one that speaks first (detected at once).
+	// detection timeout) and one that speaks first (detected at once). First, db's sidecar passes its checks:
+	// for a moment after it registered Consul has no healthy instance of db, web then has no endpoint for it and
+	// closes the connection.
+	meshlettest.Eventually(t, 10*time.Second, "db's sidecar passes its checks in Consul", func() bool {
+		entries, _, err := client.Health().Connect("db", "", true, nil)
+		return err == nil && len(entries) == 1
+	})
 	talk := func(first string) string {
 		t.Helper()
 		c, err := dial(context.Background(), "tcp", dbVIP+":7000")
