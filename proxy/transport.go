@@ -11,7 +11,6 @@ import (
 	"sync/atomic"
 	"time"
 
-	"golang.org/x/net/http/httpguts"
 	"golang.org/x/net/http2"
 
 	"meshlet.dev/meshlet/resilience"
@@ -189,9 +188,10 @@ func (e *connectError) Unwrap() error { return e.err }
 // ConnectFailure marks the error for resilience.ClassifyError: the request never reached the endpoint.
 func (e *connectError) ConnectFailure() bool { return true }
 
-// isUpgrade reports whether r asks for a protocol upgrade (WebSocket and the like).
+// isUpgrade reports whether a request with header h asks for a protocol upgrade (WebSocket and the like): the
+// reverse proxy's test (upgradeType).
 func isUpgrade(h http.Header) bool {
-	return httpguts.HeaderValuesContainsToken(h["Connection"], "Upgrade") && h.Get("Upgrade") != ""
+	return upgradeType(h) != ""
 }
 
 // doneBody wraps a response body so that the attempt's outcome is recorded (endpoint counts, breaker) when the
