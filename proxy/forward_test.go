@@ -132,7 +132,7 @@ const (
 	fwdHTTP2                      // the request came over HTTP/2 (no Transfer-Encoding; a chunked body's length unknown)
 )
 
-func runForward(t *testing.T, u *cluster, useForward bool, rawReq, rawResp []byte, mode byte) forwardOutcome {
+func runForward(u *cluster, useForward bool, rawReq, rawResp []byte, mode byte) forwardOutcome {
 	var out forwardOutcome
 	req, err := http.ReadRequest(bufio.NewReader(bytes.NewReader(rawReq)))
 	if err != nil {
@@ -290,8 +290,8 @@ func FuzzForwardAgreement(f *testing.F) {
 		if len(rawReq) > 16<<10 || len(rawResp) > 16<<10 {
 			return
 		}
-		want := runForward(t, u, false, rawReq, rawResp, mode)
-		got := runForward(t, u, true, rawReq, rawResp, mode)
+		want := runForward(u, false, rawReq, rawResp, mode)
+		got := runForward(u, true, rawReq, rawResp, mode)
 		want.fast, got.fast = false, false
 		if !reflect.DeepEqual(want, got) {
 			t.Errorf("request %q, response %q, mode %#x:\nreverse proxy: %#v\nforward:       %#v", rawReq, rawResp, mode, want, got)
@@ -328,14 +328,14 @@ func TestForwardTakes(t *testing.T) {
 		{"GET /a?b=1;c=2 HTTP/1.1\r\nHost: api\r\n\r\n", false},
 		{"GET /a?b=%4 HTTP/1.1\r\nHost: api\r\n\r\n", false},
 	} {
-		out := runForward(t, u, true, []byte(c.req), []byte("HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n"), 0)
+		out := runForward(u, true, []byte(c.req), []byte("HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n"), 0)
 		if len(out.Sent) == 0 {
 			t.Fatalf("%q: nothing sent", c.req)
 		}
 		if out.fast != c.fast {
 			t.Errorf("%q: served by forward itself %v, want %v", c.req, out.fast, c.fast)
 		}
-		if old := runForward(t, u, false, []byte(c.req), []byte("HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n"), 0); old.fast {
+		if old := runForward(u, false, []byte(c.req), []byte("HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n"), 0); old.fast {
 			t.Errorf("%q: the reverse proxy's Rewrite saw a trace", c.req)
 		}
 	}
