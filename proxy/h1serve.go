@@ -4,6 +4,7 @@ import (
 	"bufio"
 	"bytes"
 	"context"
+	"crypto/tls"
 	"errors"
 	"fmt"
 	"io"
@@ -17,6 +18,7 @@ import (
 	"time"
 
 	"golang.org/x/net/http/httpguts"
+	"golang.org/x/net/http2"
 
 	"meshlet.dev/meshlet/proxy/h1guard"
 )
@@ -57,11 +59,20 @@ type h1Server struct {
 	closing   atomic.Bool
 	wg        sync.WaitGroup
 	connState func(net.Conn, http.ConnState)
+
+	// HTTP/2 (h2serve.go): the connections served, and their settings (srv's).
+	h2c     bool // prior-knowledge HTTP/2 connections are served here, not by net/http (useH2Server)
+	h2tls   bool // and TLS connections with ALPN h2
+	h2cfg   h2Config
+	h2conns map[*h2Conn]struct{}
 }
 
 func newH1Server(srv *http.Server, addr net.Addr) *h1Server {
 	s := &h1Server{srv: srv, handoff: newConnQueue(addr), conns: map[*h1Conn]struct{}{}, counted: map[net.Conn]struct{}{},
-		connState: srv.ConnState}
+		connState: srv.ConnState, h2cfg: h2ConfigOf(srv), h2conns: map[*h2Conn]struct{}{}}
+	// HTTP/2 where net/http's server would speak it (srv.Protocols; nil: HTTP/1.1, and HTTP/2 over TLS).
+	s.h2c = useH2Server && srv.Protocols != nil && srv.Protocols.UnencryptedHTTP2()
+	s.h2tls = useH2Server && (srv.Protocols == nil || srv.Protocols.HTTP2())
 	srv.ConnState = func(c net.Conn, st http.ConnState) {
 		s.mu.Lock()
 		_, mine := s.counted[c]
@@ -110,7 +121,20 @@ func (s *h1Server) serve(ln net.Listener) error {
 		}
 		tempDelay = 0
 		g, ok := c.(*h1guard.Conn)
-		if !ok { // a *tls.Conn with ALPN h2: net/http's HTTP/2 server needs it itself
+		if !ok { // a *tls.Conn with ALPN h2
+			if tc, isTLS := c.(*tls.Conn); isTLS && s.h2tls && tc.ConnectionState().Version >= tls.VersionTLS13 {
+				s.mu.Lock()
+				if s.closing.Load() {
+					s.mu.Unlock()
+					c.Close()
+					continue
+				}
+				s.wg.Add(1)
+				s.mu.Unlock()
+				go s.serveH2TLS(tc)
+				continue
+			}
+			// net/http's HTTP/2 server checks TLS 1.2's cipher suites against HTTP/2's list itself
 			s.give(c)
 			continue
 		}
@@ -134,6 +158,16 @@ func (s *h1Server) serve(ln net.Listener) error {
 func (s *h1Server) shutdown(ctx context.Context) error {
 	s.closing.Store(true)
 	s.closeIdle()
+	s.mu.Lock()
+	h2 := make([]*h2Conn, 0, len(s.h2conns))
+	for c := range s.h2conns {
+		h2 = append(h2, c)
+	}
+	s.mu.Unlock()
+	for _, c := range h2 {
+		c.startGracefulShutdown() // GOAWAY; the connection closes once its streams have ended
+	}
+	s.closeIdleH2()
 	done := make(chan struct{})
 	go func() { s.wg.Wait(); close(done) }()
 	tick := time.NewTicker(50 * time.Millisecond)
@@ -144,6 +178,7 @@ func (s *h1Server) shutdown(ctx context.Context) error {
 			return nil
 		case <-tick.C:
 			s.closeIdle()
+			s.closeIdleH2()
 		case <-ctx.Done():
 			s.closeAll()
 			return ctx.Err()
@@ -161,6 +196,15 @@ func (s *h1Server) closeIdle() {
 	}
 }
 
+// closeIdleH2 closes the HTTP/2 connections without a stream (net/http's Shutdown closes its idle ones too).
+func (s *h1Server) closeIdleH2() {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	for c := range s.h2conns {
+		c.closeIfIdle()
+	}
+}
+
 // closeAll closes every connection of the loop (Server.Close).
 func (s *h1Server) closeAll() {
 	s.closing.Store(true)
@@ -168,6 +212,9 @@ func (s *h1Server) closeAll() {
 	defer s.mu.Unlock()
 	for c := range s.conns {
 		c.g.Close()
+	}
+	for c := range s.h2conns {
+		c.nc.Close()
 	}
 }
 
@@ -252,6 +299,14 @@ func (c *h1Conn) serve() {
 		if head != nil {
 			h = scanHead(head)
 		}
+		if head == nil && s.h2c && c.prefaced() {
+			// HTTP/2 with prior knowledge: served on this goroutine, from this buffer (h2serve.go).
+			c.idle.Store(false)
+			c.fresh.Store(false)
+			c.g.SetReadDeadline(time.Time{})
+			s.serveH2(c.g, c.br, c.ctx, true)
+			return
+		}
 		if !h.eligible {
 			c.handOff()
 			handedOff = true
@@ -323,6 +378,35 @@ func (c *h1Conn) fullHead() ([]byte, bool) {
 			return nil, false
 		}
 	}
+}
+
+// prefaced reports whether the connection goes on with HTTP/2's client preface, which net/http's server (the
+// connection handed to it) would take for HTTP/2 with prior knowledge.
+func (c *h1Conn) prefaced() bool {
+	b, _ := c.br.Peek(c.br.Buffered())
+	if !bytes.HasPrefix(b, []byte("PRI ")) {
+		return false
+	}
+	b, err := c.br.Peek(len(http2.ClientPreface))
+	return err == nil && string(b) == http2.ClientPreface
+}
+
+// serveH2TLS serves a mutual TLS connection whose client chose h2 (ALPN) as net/http's server would: the same
+// context, and every request's TLS field set.
+func (s *h1Server) serveH2TLS(tc *tls.Conn) {
+	defer s.wg.Done()
+	s.state(tc, http.StateNew)
+	ctx := context.WithValue(s.baseCtx, http.LocalAddrContextKey, tc.LocalAddr())
+	if s.srv.ConnContext != nil {
+		ctx = s.srv.ConnContext(ctx, tc)
+	}
+	br := h1Readers.Get().(*bufio.Reader)
+	br.Reset(tc)
+	s.serveH2(tc, br, ctx, false)
+	tc.Close()
+	br.Reset(nil)
+	h1Readers.Put(br)
+	s.state(tc, http.StateClosed)
 }
 
 // handOff gives the connection, with what the loop read of it and has not used, to net/http's server.

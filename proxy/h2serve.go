@@ -1,0 +1,1868 @@
+package proxy
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"crypto/tls"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"net/url"
+	"os"
+	"runtime"
+	"slices"
+	"strconv"
+	"strings"
+	"sync"
+	"time"
+
+	"golang.org/x/net/http/httpguts"
+	"golang.org/x/net/http2"
+	"golang.org/x/net/http2/hpack"
+)
+
+// meshlet's own HTTP/2 server connection (issue 16). net/http's HTTP/2 server passes every frame a connection
+// reads through a channel to its serve loop, and every frame a handler writes through another, waiting for the
+// write to finish; it writes a response's HEADERS on a goroutine of its own and flushes each frame with a write of
+// its own (three writes and six goroutines for a gRPC response). Here the connection's goroutine reads and
+// handles the frames itself, and a handler writes its frames itself under the connection's lock: the HEADERS,
+// DATA and trailers of a chunk go out in one write, and frames others queued meanwhile go with them. What the
+// server decides is net/http's, step by step (the functions below name the ones they follow):
+// the settings, the stream states and their errors, flow control both ways, the request built from the header
+// block (and refused as net/http refuses it), the response's header (Content-Length, Content-Type, Date,
+// trailers), the handler limit against rapid resets, graceful shutdown, the timeouts. FuzzH2Agreement holds the
+// two to the same answers.
+
+// The constants of net/http's HTTP/2 server.
+const (
+	h2InitialWindow        = 65535
+	h2InitialMaxFrame      = 16384
+	h2ChunkWriteSize       = 4 << 10 // a handler's writes are buffered up to this, as net/http's
+	h2InflowMinRefresh     = 4 << 10
+	h2MaxQueuedControl     = 10000 // control frames queued while the peer reads nothing: the connection is closed
+	h2PrefaceTimeout       = 10 * time.Second
+	h2FirstSettingsTimeout = 2 * time.Second
+	h2MaxOut               = 64 << 10 // queued bytes past which a handler waits for the write under way
+)
+
+// h2GoAwayTimeout is how long a connection lives after its last GOAWAY (net/http's goAwayTimeout): the peer reads
+// the GOAWAY before the close. A variable for tests.
+var h2GoAwayTimeout = time.Second
+
+var (
+	errH2ClientDisconnected = errors.New("client disconnected")
+	errH2StreamClosed       = errors.New("http2: stream closed")
+	errH2ClosedBody         = errors.New("body closed by handler")
+	errH2HandlerComplete    = errors.New("http2: request body closed due to handler exiting")
+	errH2HandlerPanicked    = errors.New("http2: handler panicked")
+	errH2TooMuchWritten     = errors.New("http2: handler wrote more than declared Content-Length")
+)
+
+// h2Config is what a connection is served with: net/http's settings for the listener's server.
+type h2Config struct {
+	maxStreams    uint32
+	maxReadFrame  uint32
+	maxHeaderList uint32
+	decoderTable  uint32
+	encoderTable  uint32
+	connWindow    int32
+	streamWindow  int32
+	writeTimeout  time.Duration // per write, extended while bytes move (WriteByteTimeout)
+	idleTimeout   time.Duration
+}
+
+// h2ConfigOf reads srv's HTTP/2 settings with net/http's defaults and bounds.
+func h2ConfigOf(srv *http.Server) h2Config {
+	c := h2Config{maxStreams: 250, maxReadFrame: 1 << 20, decoderTable: 4096, encoderTable: 4096,
+		connWindow: 1 << 20, streamWindow: 1 << 20}
+	if h := srv.HTTP2; h != nil {
+		if h.MaxConcurrentStreams > 0 {
+			c.maxStreams = uint32(h.MaxConcurrentStreams)
+		}
+		if h.MaxReadFrameSize >= 16<<10 && h.MaxReadFrameSize <= 1<<24-1 {
+			c.maxReadFrame = uint32(h.MaxReadFrameSize)
+		}
+		if h.MaxDecoderHeaderTableSize > 0 && h.MaxDecoderHeaderTableSize < 4<<20 {
+			c.decoderTable = uint32(h.MaxDecoderHeaderTableSize)
+		}
+		if h.MaxEncoderHeaderTableSize > 0 && h.MaxEncoderHeaderTableSize < 4<<20 {
+			c.encoderTable = uint32(h.MaxEncoderHeaderTableSize)
+		}
+		if h.MaxReceiveBufferPerConnection >= h2InitialWindow && h.MaxReceiveBufferPerConnection <= 1<<31-1 {
+			c.connWindow = int32(h.MaxReceiveBufferPerConnection)
+		}
+		if h.MaxReceiveBufferPerStream > 0 && h.MaxReceiveBufferPerStream <= 1<<31-1 {
+			c.streamWindow = int32(h.MaxReceiveBufferPerStream)
+		}
+		c.writeTimeout = h.WriteByteTimeout
+	}
+	n := srv.MaxHeaderBytes
+	if n <= 0 {
+		n = http.DefaultMaxHeaderBytes
+	}
+	c.maxHeaderList = uint32(n + 10*32) // net/http's adjustHTTP1MaxHeaderSize
+	c.idleTimeout = srv.IdleTimeout
+	if c.idleTimeout == 0 {
+		c.idleTimeout = srv.ReadTimeout
+	}
+	return c
+}
+
+type h2State uint8
+
+const (
+	h2Open h2State = iota
+	h2HalfClosedLocal
+	h2HalfClosedRemote
+	h2Closed
+)
+
+// h2Inflow is a receive window (net/http's inflow): what the peer may still send, and what was given back but not
+// announced yet.
+type h2Inflow struct{ avail, unsent int32 }
+
+// add gives n bytes back; it returns the WINDOW_UPDATE increment to send now (0: wait for more).
+func (f *h2Inflow) add(n int) int32 {
+	unsent := int64(f.unsent) + int64(n)
+	if unsent+int64(f.avail) > 1<<31-1 {
+		panic("flow control update exceeds maximum window size")
+	}
+	f.unsent = int32(unsent)
+	if f.unsent < h2InflowMinRefresh && f.unsent < f.avail {
+		return 0
+	}
+	f.avail += f.unsent
+	f.unsent = 0
+	return int32(unsent)
+}
+
+func takeInflows(a, b *h2Inflow, n uint32) bool {
+	if n > uint32(a.avail) || n > uint32(b.avail) {
+		return false
+	}
+	a.avail -= int32(n)
+	b.avail -= int32(n)
+	return true
+}
+
+// h2Conn is one HTTP/2 connection served. The connection's goroutine (serve) reads and handles its frames; the
+// handlers, one goroutine per stream, write their own frames. mu guards everything shared between them.
+type h2Conn struct {
+	s      *h1Server
+	cfg    *h2Config
+	nc     net.Conn
+	br     *bufio.Reader
+	fr     *http2.Framer
+	ctx    context.Context
+	cancel context.CancelFunc
+	remote string
+	tls    *tls.ConnectionState
+	h      http.Handler
+
+	// The reader's own.
+	sawFirstSettings bool
+	lastFrameHeader  http2.FrameHeader
+
+	mu                sync.Mutex
+	wcond             sync.Cond // with mu: send windows grew, a write ended, a stream closed
+	streams           map[uint32]*h2Stream
+	maxClientStreamID uint32
+	unackedSettings   int
+	inflow            h2Inflow
+	sendWindow        int32 // the peer's connection window
+	initialSendWindow int32
+	peerMaxFrame      int32
+	henc              *hpack.Encoder
+	hbuf              bytes.Buffer
+	out               []byte // frames to write
+	flushing          bool   // a goroutine is writing out; it writes what is added meanwhile
+	werr              error  // the connection failed to write: nothing more is written
+	queuedControl     int    // control frames the reader queued while a write was under way
+	closed            bool
+	inGoAway          bool
+	goAwayCode        http2.ErrCode
+	goAwaySent        bool
+	shutdownTimer     *time.Timer
+	idleTimer         *time.Timer
+	curHandlers       uint32
+	unstarted         []*h2Writer // handlers waiting for a slot (net/http's unstartedHandlers)
+	wroteTimer        bool
+}
+
+// h2Stream is a stream of a connection; its fields are guarded by the connection's mu.
+type h2Stream struct {
+	c                *h2Conn
+	id               uint32
+	state            h2State
+	resetQueued      bool
+	gotTrailerHeader bool
+	wroteHeaders     bool
+	ctx              context.Context
+	cancel           context.CancelFunc
+	sendWindow       int32
+	inflow           h2Inflow
+	body             *h2Pipe // nil: the request had no body
+	declBodyBytes    int64
+	bodyBytes        int64
+	trailer          http.Header // the request trailers received (only when some were declared)
+	reqTrailer       http.Header
+	closeErr         error
+	closedCh         chan struct{} // closed with the stream (CloseNotify); nil until asked for
+	readDeadline     *time.Timer
+	writeDeadline    *time.Timer
+}
+
+// serveH2 serves c as an HTTP/2 connection until it ends; br holds what was read of it already (the preface
+// included, when sawPreface). It is called on the connection's own goroutine, counted in s.wg.
+func (s *h1Server) serveH2(nc net.Conn, br *bufio.Reader, ctx context.Context, sawPreface bool) {
+	cfg := &s.h2cfg
+	ctx, cancel := context.WithCancel(ctx)
+	c := &h2Conn{s: s, cfg: cfg, nc: nc, br: br, ctx: ctx, cancel: cancel, remote: nc.RemoteAddr().String(),
+		h: s.srv.Handler, streams: map[uint32]*h2Stream{}, sendWindow: h2InitialWindow,
+		initialSendWindow: h2InitialWindow, peerMaxFrame: h2InitialMaxFrame}
+	c.wcond.L = &c.mu
+	c.inflow.avail = h2InitialWindow
+	if tc, ok := nc.(*tls.Conn); ok {
+		st := tc.ConnectionState()
+		c.tls = &st
+	}
+	c.henc = hpack.NewEncoder(&c.hbuf)
+	c.henc.SetMaxDynamicTableSizeLimit(cfg.encoderTable)
+	c.fr = http2.NewFramer(h2Out{c}, br)
+	c.fr.ReadMetaHeaders = hpack.NewDecoder(cfg.decoderTable, nil)
+	c.fr.MaxHeaderListSize = cfg.maxHeaderList
+	c.fr.SetMaxReadFrameSize(cfg.maxReadFrame)
+	s.mu.Lock()
+	s.h2conns[c] = struct{}{}
+	closing := s.closing.Load()
+	s.mu.Unlock()
+	defer func() {
+		s.mu.Lock()
+		delete(s.h2conns, c)
+		s.mu.Unlock()
+	}()
+	if closing {
+		c.startGracefulShutdown()
+	}
+	c.serve(sawPreface)
+}
+
+// h2Out is the framer's writer: frames are queued on the connection (under mu) and written by flushLocked.
+type h2Out struct{ c *h2Conn }
+
+func (o h2Out) Write(p []byte) (int, error) {
+	o.c.out = append(o.c.out, p...)
+	return len(p), nil
+}
+
+var h2OutPool = sync.Pool{New: func() any { return make([]byte, 0, 8<<10) }}
+
+// serve is net/http's serverConn.serve.
+func (c *h2Conn) serve(sawPreface bool) {
+	defer c.closeConn()
+	cfg := c.cfg
+	c.mu.Lock()
+	c.queueLocked()
+	settings := []http2.Setting{
+		{ID: http2.SettingMaxFrameSize, Val: cfg.maxReadFrame},
+		{ID: http2.SettingMaxConcurrentStreams, Val: cfg.maxStreams},
+		{ID: http2.SettingMaxHeaderListSize, Val: cfg.maxHeaderList},
+		{ID: http2.SettingHeaderTableSize, Val: cfg.decoderTable},
+		{ID: http2.SettingInitialWindowSize, Val: uint32(cfg.streamWindow)},
+	}
+	if h2ExtendedConnect {
+		settings = append(settings, http2.Setting{ID: http2.SettingEnableConnectProtocol, Val: 1})
+	}
+	c.fr.WriteSettings(settings...)
+	c.unackedSettings++
+	if diff := cfg.connWindow - h2InitialWindow; diff > 0 {
+		c.windowUpdateLocked(nil, int(diff))
+	}
+	c.flushLocked()
+	c.mu.Unlock()
+
+	if !sawPreface {
+		c.nc.SetReadDeadline(time.Now().Add(h2PrefaceTimeout))
+	}
+	// The preface is read from br: the HTTP/1.1 loop peeked it there (it is checked again all the same).
+	buf, err := c.br.Peek(len(http2.ClientPreface))
+	if err != nil || string(buf) != http2.ClientPreface {
+		if err == nil {
+			err = fmt.Errorf("bogus greeting %q", buf)
+		}
+		c.logf("http2: server: error reading preface from client %v: %v", c.remote, err)
+		return
+	}
+	c.br.Discard(len(buf))
+	c.s.state(c.nc, http.StateActive)
+	c.s.state(c.nc, http.StateIdle)
+	if d := cfg.idleTimeout; d > 0 {
+		c.mu.Lock()
+		c.idleTimer = time.AfterFunc(d, c.onIdle)
+		c.mu.Unlock()
+	}
+	c.nc.SetReadDeadline(time.Now().Add(h2FirstSettingsTimeout))
+	first := true
+	for {
+		if !c.wholeFrameBuffered() {
+			c.mu.Lock()
+			c.flushLocked()
+			c.mu.Unlock()
+		}
+		f, err := c.fr.ReadFrame()
+		if first && err == nil {
+			first = false
+			c.nc.SetReadDeadline(time.Time{})
+		}
+		if !c.processFrameFromReader(f, err) {
+			return
+		}
+		if c.tooManyControlFrames() {
+			c.logf("http2: too many control frames in send queue, closing connection")
+			return
+		}
+	}
+}
+
+// wholeFrameBuffered reports whether the next frame is whole in the read buffer (reading it does not block).
+func (c *h2Conn) wholeFrameBuffered() bool {
+	n := c.br.Buffered()
+	if n < 9 {
+		return false
+	}
+	h, _ := c.br.Peek(9)
+	return n >= 9+int(h[0])<<16|int(h[1])<<8|int(h[2])
+}
+
+func (c *h2Conn) tooManyControlFrames() bool {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.queuedControl > h2MaxQueuedControl
+}
+
+// processFrameFromReader is net/http's; it reports whether the connection goes on.
+func (c *h2Conn) processFrameFromReader(f http2.Frame, err error) bool {
+	if err != nil {
+		if err == http2.ErrFrameTooLarge {
+			c.goAway(http2.ErrCodeFrameSize)
+			return true
+		}
+		if err == io.EOF || err == io.ErrUnexpectedEOF || isClosedConnError(err) {
+			return false
+		}
+	} else {
+		c.lastFrameHeader = f.Header()
+		err = c.processFrame(f)
+		if err == nil {
+			return true
+		}
+	}
+	switch ev := err.(type) {
+	case http2.StreamError:
+		c.resetStream(ev)
+		return true
+	case h2GoAwayFlowError:
+		c.goAway(http2.ErrCodeFlowControl)
+		return true
+	case http2.ConnectionError:
+		if f != nil {
+			c.mu.Lock()
+			if id := f.Header().StreamID; id > c.maxClientStreamID {
+				c.maxClientStreamID = id
+			}
+			c.mu.Unlock()
+		}
+		c.logf("http2: server connection error from %v: %v", c.remote, ev)
+		c.goAway(http2.ErrCode(ev))
+		return true
+	default:
+		if f == nil {
+			c.logf("http2: server closing client connection; error reading frame from client %s: %v", c.remote, err)
+		} else {
+			c.logf("http2: server closing client connection: %v", err)
+		}
+		return false
+	}
+}
+
+type h2GoAwayFlowError struct{}
+
+func (h2GoAwayFlowError) Error() string { return "connection exceeded flow control window size" }
+
+func isClosedConnError(err error) bool {
+	return errors.Is(err, net.ErrClosed) || errors.Is(err, os.ErrDeadlineExceeded) ||
+		strings.Contains(err.Error(), "use of closed network connection") ||
+		strings.Contains(err.Error(), "connection reset by peer")
+}
+
+func (c *h2Conn) processFrame(f http2.Frame) error {
+	if !c.sawFirstSettings {
+		if _, ok := f.(*http2.SettingsFrame); !ok {
+			return http2.ConnectionError(http2.ErrCodeProtocol)
+		}
+		c.sawFirstSettings = true
+	}
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.inGoAway && (c.goAwayCode != http2.ErrCodeNo || f.Header().StreamID > c.maxClientStreamID) {
+		if f, ok := f.(*http2.DataFrame); ok {
+			if f.Length > uint32(c.inflow.avail) {
+				return http2.StreamError{StreamID: f.StreamID, Code: http2.ErrCodeFlowControl}
+			}
+			c.inflow.avail -= int32(f.Length)
+			c.windowUpdateLocked(nil, int(f.Length))
+		}
+		return nil
+	}
+	switch f := f.(type) {
+	case *http2.SettingsFrame:
+		return c.processSettings(f)
+	case *http2.MetaHeadersFrame:
+		return c.processHeaders(f)
+	case *http2.WindowUpdateFrame:
+		return c.processWindowUpdate(f)
+	case *http2.PingFrame:
+		if f.IsAck() {
+			return nil
+		}
+		if f.StreamID != 0 {
+			return http2.ConnectionError(http2.ErrCodeProtocol)
+		}
+		c.queueLocked()
+		c.fr.WritePing(true, f.Data)
+		return nil
+	case *http2.DataFrame:
+		return c.processData(f)
+	case *http2.RSTStreamFrame:
+		state, st := c.state(f.StreamID)
+		if state == h2StateIdle {
+			return http2.ConnectionError(http2.ErrCodeProtocol)
+		}
+		if st != nil {
+			st.cancel()
+			c.closeStream(st, http2.StreamError{StreamID: f.StreamID, Code: f.ErrCode})
+		}
+		return nil
+	case *http2.PriorityFrame:
+		if f.StreamID == f.StreamDep {
+			return http2.StreamError{StreamID: f.StreamID, Code: http2.ErrCodeProtocol}
+		}
+		return nil
+	case *http2.GoAwayFrame:
+		c.logf("http2: received GOAWAY %+v, starting graceful shutdown", f)
+		c.goAwayLocked(http2.ErrCodeNo)
+		return nil
+	case *http2.PushPromiseFrame:
+		return http2.ConnectionError(http2.ErrCodeProtocol)
+	default:
+		return nil
+	}
+}
+
+// The states state reports beyond the stream's own (net/http's stateIdle, stateClosed for an unknown id).
+const (
+	h2StateIdle h2State = 10 + iota
+	h2StateGone
+)
+
+// state is net/http's serverConn.state: a stream's state by its id, and the stream when open. mu held.
+func (c *h2Conn) state(id uint32) (h2State, *h2Stream) {
+	if st, ok := c.streams[id]; ok {
+		return st.state, st
+	}
+	if id%2 == 1 {
+		if id <= c.maxClientStreamID {
+			return h2StateGone, nil
+		}
+	} else if id != 0 {
+		return h2StateGone, nil // no pushes: an even id was never opened
+	}
+	return h2StateIdle, nil
+}
+
+func (c *h2Conn) processSettings(f *http2.SettingsFrame) error {
+	if f.IsAck() {
+		c.unackedSettings--
+		if c.unackedSettings < 0 {
+			return http2.ConnectionError(http2.ErrCodeProtocol)
+		}
+		return nil
+	}
+	if f.NumSettings() > 100 || f.HasDuplicates() {
+		return http2.ConnectionError(http2.ErrCodeProtocol)
+	}
+	if err := f.ForeachSetting(c.processSetting); err != nil {
+		return err
+	}
+	c.queueLocked()
+	c.fr.WriteSettingsAck()
+	return nil
+}
+
+func (c *h2Conn) processSetting(s http2.Setting) error {
+	if err := s.Valid(); err != nil {
+		return err
+	}
+	switch s.ID {
+	case http2.SettingHeaderTableSize:
+		c.henc.SetMaxDynamicTableSize(s.Val)
+	case http2.SettingInitialWindowSize:
+		growth := int32(s.Val) - c.initialSendWindow
+		c.initialSendWindow = int32(s.Val)
+		for _, st := range c.streams {
+			if !addWindow(&st.sendWindow, growth) {
+				return http2.ConnectionError(http2.ErrCodeFlowControl)
+			}
+		}
+		c.wcond.Broadcast()
+	case http2.SettingMaxFrameSize:
+		c.peerMaxFrame = int32(s.Val)
+	}
+	return nil
+}
+
+// addWindow adds n to a send window, false if it would pass 2^31-1.
+func addWindow(w *int32, n int32) bool {
+	sum := *w + n
+	if (sum > n) == (*w > 0) {
+		*w = sum
+		return true
+	}
+	return false
+}
+
+func (c *h2Conn) processWindowUpdate(f *http2.WindowUpdateFrame) error {
+	if f.StreamID != 0 {
+		state, st := c.state(f.StreamID)
+		if state == h2StateIdle {
+			return http2.ConnectionError(http2.ErrCodeProtocol)
+		}
+		if st == nil {
+			return nil
+		}
+		if !addWindow(&st.sendWindow, int32(f.Increment)) {
+			return http2.StreamError{StreamID: f.StreamID, Code: http2.ErrCodeFlowControl}
+		}
+	} else if !addWindow(&c.sendWindow, int32(f.Increment)) {
+		return h2GoAwayFlowError{}
+	}
+	c.wcond.Broadcast()
+	return nil
+}
+
+func (c *h2Conn) processData(f *http2.DataFrame) error {
+	id := f.StreamID
+	data := f.Data()
+	state, st := c.state(id)
+	if id == 0 || state == h2StateIdle {
+		return http2.ConnectionError(http2.ErrCodeProtocol)
+	}
+	if st == nil || state != h2Open || st.gotTrailerHeader || st.resetQueued {
+		if f.Length > uint32(c.inflow.avail) {
+			return http2.StreamError{StreamID: id, Code: http2.ErrCodeFlowControl}
+		}
+		c.inflow.avail -= int32(f.Length)
+		c.windowUpdateLocked(nil, int(f.Length))
+		if st != nil && st.resetQueued {
+			return nil
+		}
+		return http2.StreamError{StreamID: id, Code: http2.ErrCodeStreamClosed}
+	}
+	if st.declBodyBytes != -1 && st.bodyBytes+int64(len(data)) > st.declBodyBytes {
+		if f.Length > uint32(c.inflow.avail) {
+			return http2.StreamError{StreamID: id, Code: http2.ErrCodeFlowControl}
+		}
+		c.inflow.avail -= int32(f.Length)
+		c.windowUpdateLocked(nil, int(f.Length))
+		st.body.closeWithError(fmt.Errorf("sender tried to send more than declared Content-Length of %d bytes", st.declBodyBytes), nil)
+		return http2.StreamError{StreamID: id, Code: http2.ErrCodeProtocol}
+	}
+	if f.Length > 0 {
+		if !takeInflows(&c.inflow, &st.inflow, f.Length) {
+			return http2.StreamError{StreamID: id, Code: http2.ErrCodeFlowControl}
+		}
+		if len(data) > 0 {
+			st.bodyBytes += int64(len(data))
+			if !st.body.write(data) {
+				c.windowUpdateLocked(nil, int(f.Length)) // the handler closed the body
+				return nil
+			}
+		}
+		pad := int(f.Length) - len(data)
+		c.windowUpdateLocked(nil, pad)
+		c.windowUpdateLocked(st, pad)
+	}
+	if f.StreamEnded() {
+		st.endStream()
+	}
+	return nil
+}
+
+// endStream ends the request body: its last DATA frame or its trailers came. mu held.
+func (st *h2Stream) endStream() {
+	if st.declBodyBytes != -1 && st.declBodyBytes != st.bodyBytes {
+		st.body.closeWithError(fmt.Errorf("request declared a Content-Length of %d but only wrote %d bytes",
+			st.declBodyBytes, st.bodyBytes), nil)
+	} else {
+		st.body.closeWithError(io.EOF, st.copyTrailers)
+	}
+	st.state = h2HalfClosedRemote
+}
+
+// copyTrailers runs in the handler's Read just before io.EOF: the declared trailers that came.
+func (st *h2Stream) copyTrailers() {
+	for k, vv := range st.trailer {
+		if _, ok := st.reqTrailer[k]; ok {
+			st.reqTrailer[k] = vv
+		}
+	}
+}
+
+var h2ConnHeaders = []string{"Connection", "Keep-Alive", "Proxy-Connection", "Transfer-Encoding", "Upgrade"}
+
+// processHeaders is net/http's: a new stream, or trailers. mu held.
+func (c *h2Conn) processHeaders(f *http2.MetaHeadersFrame) error {
+	id := f.StreamID
+	if id%2 != 1 {
+		return http2.ConnectionError(http2.ErrCodeProtocol)
+	}
+	if st := c.streams[id]; st != nil {
+		if st.resetQueued {
+			return nil
+		}
+		if st.state == h2HalfClosedRemote {
+			return http2.StreamError{StreamID: id, Code: http2.ErrCodeStreamClosed}
+		}
+		return st.processTrailerHeaders(f)
+	}
+	if id <= c.maxClientStreamID {
+		return http2.ConnectionError(http2.ErrCodeProtocol)
+	}
+	c.maxClientStreamID = id
+	if c.idleTimer != nil {
+		c.idleTimer.Stop()
+	}
+	if uint32(len(c.streams))+1 > c.cfg.maxStreams {
+		if c.unackedSettings == 0 {
+			return http2.StreamError{StreamID: id, Code: http2.ErrCodeProtocol}
+		}
+		return http2.StreamError{StreamID: id, Code: http2.ErrCodeRefusedStream}
+	}
+	state := h2Open
+	if f.StreamEnded() {
+		state = h2HalfClosedRemote
+	}
+	st := c.newStream(id, state)
+	if f.HasPriority() && f.Priority.StreamDep == id {
+		return http2.StreamError{StreamID: id, Code: http2.ErrCodeProtocol}
+	}
+	w, req, err := c.newWriterAndRequest(st, f)
+	if err != nil {
+		return err
+	}
+	st.reqTrailer = req.Trailer
+	if st.reqTrailer != nil {
+		st.trailer = make(http.Header)
+	}
+	st.body = req.Body.(*h2Body).pipe
+	st.declBodyBytes = req.ContentLength
+	if f.Truncated {
+		w.handler = http.HandlerFunc(h2HeaderListTooLong)
+	} else if err := checkValidH2RequestHeaders(req.Header); err != nil {
+		w.handler = http.HandlerFunc(func(rw http.ResponseWriter, _ *http.Request) {
+			http.Error(rw, err.Error(), http.StatusBadRequest)
+		})
+	}
+	return c.scheduleHandler(w)
+}
+
+// globalOptions is net/http's globalOptionsHandler.
+func globalOptions(w http.ResponseWriter, r *http.Request) {
+	w.Header().Set("Content-Length", "0")
+	if r.ContentLength != 0 {
+		io.Copy(io.Discard, http.MaxBytesReader(w, r.Body, 4<<10))
+	}
+}
+
+func h2HeaderListTooLong(w http.ResponseWriter, _ *http.Request) {
+	w.WriteHeader(http.StatusRequestHeaderFieldsTooLarge)
+	io.WriteString(w, "<h1>HTTP Error 431</h1><p>Request Header Field(s) Too Large</p>")
+}
+
+func checkValidH2RequestHeaders(h http.Header) error {
+	for _, k := range h2ConnHeaders {
+		if _, ok := h[k]; ok {
+			return fmt.Errorf("request header %q is not valid in HTTP/2", k)
+		}
+	}
+	te := h["Te"]
+	if len(te) > 0 && (len(te) > 1 || (te[0] != "trailers" && te[0] != "")) {
+		return errors.New(`request header "TE" may only be "trailers" in HTTP/2`)
+	}
+	return nil
+}
+
+func (st *h2Stream) processTrailerHeaders(f *http2.MetaHeadersFrame) error {
+	if st.gotTrailerHeader {
+		return http2.ConnectionError(http2.ErrCodeProtocol)
+	}
+	st.gotTrailerHeader = true
+	if !f.StreamEnded() {
+		return http2.StreamError{StreamID: st.id, Code: http2.ErrCodeProtocol}
+	}
+	if len(f.PseudoFields()) > 0 {
+		return http2.StreamError{StreamID: st.id, Code: http2.ErrCodeProtocol}
+	}
+	if st.trailer != nil {
+		for _, hf := range f.RegularFields() {
+			key := http.CanonicalHeaderKey(hf.Name)
+			if !httpguts.ValidTrailerHeader(key) {
+				return http2.StreamError{StreamID: st.id, Code: http2.ErrCodeProtocol}
+			}
+			st.trailer[key] = append(st.trailer[key], hf.Value)
+		}
+	}
+	st.endStream()
+	return nil
+}
+
+// newStream opens stream id. mu held.
+func (c *h2Conn) newStream(id uint32, state h2State) *h2Stream {
+	ctx, cancel := context.WithCancel(c.ctx)
+	st := &h2Stream{c: c, id: id, state: state, ctx: ctx, cancel: cancel, sendWindow: c.initialSendWindow}
+	st.inflow.avail = c.cfg.streamWindow
+	c.streams[id] = st
+	if len(c.streams) == 1 {
+		c.s.state(c.nc, http.StateActive)
+	}
+	return st
+}
+
+// newWriterAndRequest is net/http's (with httpcommon.NewServerRequest). mu held.
+func (c *h2Conn) newWriterAndRequest(st *h2Stream, f *http2.MetaHeadersFrame) (*h2Writer, *http.Request, error) {
+	method, scheme := f.PseudoValue("method"), f.PseudoValue("scheme")
+	authority, path, protocol := f.PseudoValue("authority"), f.PseudoValue("path"), f.PseudoValue("protocol")
+	bad := http2.StreamError{StreamID: f.StreamID, Code: http2.ErrCodeProtocol}
+	if !h2ExtendedConnect && protocol != "" {
+		return nil, nil, bad
+	}
+	if method == "CONNECT" {
+		if protocol == "" && (path != "" || scheme != "" || authority == "") {
+			return nil, nil, bad
+		}
+	} else if method == "" || path == "" || (scheme != "https" && scheme != "http") {
+		return nil, nil, bad
+	}
+	regular := f.RegularFields()
+	header := make(http.Header, len(regular))
+	for _, hf := range regular {
+		k := http.CanonicalHeaderKey(hf.Name)
+		header[k] = append(header[k], hf.Value)
+	}
+	if authority == "" {
+		authority = header.Get("Host")
+	}
+	if protocol != "" {
+		header.Set(":protocol", protocol)
+	}
+	needsContinue := httpguts.HeaderValuesContainsToken(header["Expect"], "100-continue")
+	if needsContinue {
+		delete(header, "Expect")
+	}
+	if cookies := header["Cookie"]; len(cookies) > 1 {
+		header["Cookie"] = []string{strings.Join(cookies, "; ")}
+	}
+	var trailer http.Header
+	for _, v := range header["Trailer"] {
+		for _, key := range strings.Split(v, ",") {
+			key = http.CanonicalHeaderKey(textprotoTrim(key))
+			switch key {
+			case "Transfer-Encoding", "Trailer", "Content-Length":
+			default:
+				if trailer == nil {
+					trailer = make(http.Header)
+				}
+				trailer[key] = nil
+			}
+		}
+	}
+	delete(header, "Trailer")
+	if strings.IndexByte(authority, '@') != -1 && (scheme == "http" || scheme == "https") {
+		return nil, nil, bad
+	}
+	var u *url.URL
+	var requestURI string
+	if method == "CONNECT" && protocol == "" {
+		u = &url.URL{Host: authority}
+		requestURI = authority
+	} else {
+		var err error
+		if u, err = url.ParseRequestURI(path); err != nil {
+			return nil, nil, bad
+		}
+		requestURI = path
+	}
+	// net/http sets TLS for https, and for every request of a connection it got with ALPN h2 (initALPNRequest):
+	// c.tls is set for those only.
+	tlsState := c.tls
+	body := &h2Body{st: st, needsContinue: needsContinue}
+	req := (&http.Request{
+		Method:     method,
+		URL:        u,
+		RemoteAddr: c.remote,
+		Header:     header,
+		RequestURI: requestURI,
+		Proto:      "HTTP/2.0",
+		ProtoMajor: 2,
+		TLS:        tlsState,
+		Host:       authority,
+		Body:       body,
+		Trailer:    trailer,
+	}).WithContext(st.ctx)
+	if !f.StreamEnded() {
+		if vv, ok := header["Content-Length"]; ok {
+			if cl, err := strconv.ParseUint(vv[0], 10, 63); err == nil {
+				req.ContentLength = int64(cl)
+			} else {
+				req.ContentLength = 0
+			}
+		} else {
+			req.ContentLength = -1
+		}
+		body.pipe = &h2Pipe{st: st}
+	}
+	w := &h2Writer{st: st, req: req, handler: c.h}
+	if requestURI == "*" && method == http.MethodOptions {
+		w.handler = http.HandlerFunc(globalOptions) // net/http's serverHandler answers these itself
+	}
+	return w, req, nil
+}
+
+// textprotoTrim is textproto.TrimString: ASCII space and tab cut at both ends.
+func textprotoTrim(s string) string {
+	for len(s) > 0 && (s[0] == ' ' || s[0] == '\t' || s[0] == '\n' || s[0] == '\r') {
+		s = s[1:]
+	}
+	for len(s) > 0 && (s[len(s)-1] == ' ' || s[len(s)-1] == '\t' || s[len(s)-1] == '\n' || s[len(s)-1] == '\r') {
+		s = s[:len(s)-1]
+	}
+	return s
+}
+
+// scheduleHandler starts the stream's handler, or queues it while as many handlers run as streams may be open
+// (net/http's defence against rapid resets). mu held.
+func (c *h2Conn) scheduleHandler(w *h2Writer) error {
+	if c.curHandlers < c.cfg.maxStreams {
+		c.curHandlers++
+		go c.runHandler(w)
+		return nil
+	}
+	if len(c.unstarted) > int(4*c.cfg.maxStreams) {
+		return http2.ConnectionError(http2.ErrCodeEnhanceYourCalm)
+	}
+	c.unstarted = append(c.unstarted, w)
+	return nil
+}
+
+// handlerDone frees the handler's slot and starts the queued handlers whose streams are still open.
+func (c *h2Conn) handlerDone() {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.curHandlers--
+	i := 0
+	for ; i < len(c.unstarted); i++ {
+		w := c.unstarted[i]
+		if c.streams[w.st.id] == nil {
+			continue
+		}
+		if c.curHandlers >= c.cfg.maxStreams {
+			break
+		}
+		c.curHandlers++
+		go c.runHandler(w)
+		c.unstarted[i] = nil
+	}
+	c.unstarted = c.unstarted[i:]
+	if len(c.unstarted) == 0 {
+		c.unstarted = nil
+	}
+}
+
+func (c *h2Conn) runHandler(w *h2Writer) {
+	defer c.handlerDone()
+	didPanic := true
+	defer func() {
+		w.st.cancel()
+		if didPanic {
+			e := recover()
+			c.mu.Lock()
+			if st, ok := c.streams[w.st.id]; ok && st == w.st {
+				c.queueLocked()
+				c.fr.WriteRSTStream(w.st.id, http2.ErrCodeInternal)
+				c.closeStream(w.st, errH2HandlerPanicked)
+				c.flushLocked()
+			}
+			c.mu.Unlock()
+			if e != nil && e != http.ErrAbortHandler {
+				const size = 64 << 10
+				buf := make([]byte, size)
+				buf = buf[:runtime.Stack(buf, false)]
+				c.logf("http2: panic serving %v: %v\n%s", c.remote, e, buf)
+			}
+			return
+		}
+		w.handlerDone()
+	}()
+	w.handler.ServeHTTP(w, w.req)
+	didPanic = false
+}
+
+// closeStream is net/http's: the stream leaves the connection; its body and its writer learn err. mu held.
+func (c *h2Conn) closeStream(st *h2Stream, err error) {
+	if st.state == h2Closed {
+		return
+	}
+	st.state = h2Closed
+	if st.readDeadline != nil {
+		st.readDeadline.Stop()
+	}
+	if st.writeDeadline != nil {
+		st.writeDeadline.Stop()
+	}
+	delete(c.streams, st.id)
+	if len(c.streams) == 0 {
+		c.s.state(c.nc, http.StateIdle)
+		if c.idleTimer != nil && !c.closed {
+			c.idleTimer.Reset(c.cfg.idleTimeout)
+		}
+		if c.inGoAway && c.goAwayCode == http2.ErrCodeNo && c.goAwaySent {
+			c.shutDownIn(h2GoAwayTimeout)
+		}
+	}
+	if p := st.body; p != nil {
+		c.windowUpdateLocked(nil, p.len()) // what the handler did not read, given back to the connection
+		p.closeWithError(err, nil)
+	}
+	if e, ok := err.(http2.StreamError); ok {
+		if e.Cause != nil {
+			err = e.Cause
+		} else {
+			err = errH2StreamClosed
+		}
+	}
+	st.closeErr = err
+	st.cancel()
+	if st.closedCh != nil {
+		close(st.closedCh)
+	}
+	c.wcond.Broadcast()
+}
+
+// resetStream writes RST_STREAM for se and closes the stream.
+func (c *h2Conn) resetStream(se http2.StreamError) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.resetLocked(se)
+}
+
+func (c *h2Conn) resetLocked(se http2.StreamError) {
+	if c.inGoAway && c.goAwayCode != http2.ErrCodeNo {
+		return // after an error GOAWAY, no stream frame is written (net/http's scheduler)
+	}
+	c.queueLocked()
+	c.fr.WriteRSTStream(se.StreamID, se.Code)
+	if st, ok := c.streams[se.StreamID]; ok {
+		st.resetQueued = true
+		c.closeStream(st, se)
+	}
+}
+
+// windowUpdateLocked gives n bytes back to the peer's window of st (nil: the connection's), writing a
+// WINDOW_UPDATE when net/http would. mu held.
+func (c *h2Conn) windowUpdateLocked(st *h2Stream, n int) {
+	if n <= 0 {
+		return
+	}
+	var id uint32
+	var send int32
+	if st == nil {
+		send = c.inflow.add(n)
+	} else {
+		id = st.id
+		send = st.inflow.add(n)
+	}
+	if send == 0 || c.closed {
+		return
+	}
+	if st != nil && st.state == h2Closed {
+		return
+	}
+	c.queueLocked()
+	c.fr.WriteWindowUpdate(id, uint32(send))
+}
+
+// queueLocked is called before a control frame is queued: it counts the ones queued while a write is under
+// way (the peer reads nothing: net/http's maxQueuedControlFrames), and takes an out buffer. mu held.
+func (c *h2Conn) queueLocked() {
+	if c.flushing {
+		c.queuedControl++
+	}
+	if c.out == nil {
+		c.out = h2OutPool.Get().([]byte)[:0]
+	}
+}
+
+// flushLocked writes the queued frames, unless another goroutine is writing (it writes what was queued meanwhile
+// before it stops). mu held; released while writing.
+func (c *h2Conn) flushLocked() {
+	if c.flushing {
+		return
+	}
+	if c.werr != nil {
+		c.releaseOut()
+		return
+	}
+	c.flushing = true
+	for len(c.out) > 0 && c.werr == nil {
+		b := c.out
+		c.out = nil
+		c.queuedControl = 0
+		c.mu.Unlock()
+		err := c.write(b)
+		c.mu.Lock()
+		if c.out == nil {
+			c.out = b[:0]
+		} else {
+			h2OutPool.Put(b[:0]) //nolint:staticcheck // a slice header, as h2OutPool holds
+		}
+		if err != nil && c.werr == nil {
+			c.werr = err
+			c.nc.Close()
+		}
+	}
+	c.flushing = false
+	c.releaseOut()
+	c.wcond.Broadcast()
+}
+
+// releaseOut gives an empty out buffer back to the pool: an idle connection holds none.
+func (c *h2Conn) releaseOut() {
+	if c.out != nil && (len(c.out) == 0 || c.werr != nil) {
+		h2OutPool.Put(c.out[:0]) //nolint:staticcheck
+		c.out = nil
+	}
+}
+
+// write writes b with net/http's WriteByteTimeout: each write may take that long, and bytes moving extend it.
+func (c *h2Conn) write(b []byte) error {
+	d := c.cfg.writeTimeout
+	if d <= 0 {
+		_, err := c.nc.Write(b)
+		return err
+	}
+	for len(b) > 0 {
+		c.nc.SetWriteDeadline(time.Now().Add(d))
+		n, err := c.nc.Write(b)
+		b = b[n:]
+		if err != nil && (n == 0 || !errors.Is(err, os.ErrDeadlineExceeded)) {
+			return err
+		}
+	}
+	c.nc.SetWriteDeadline(time.Time{})
+	return nil
+}
+
+// goAway is net/http's: GOAWAY with code, then the connection closes (an error code: after h2GoAwayTimeout; no
+// error: once its streams have ended, and that timeout).
+func (c *h2Conn) goAway(code http2.ErrCode) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.goAwayLocked(code)
+}
+
+func (c *h2Conn) goAwayLocked(code http2.ErrCode) {
+	if c.inGoAway {
+		if c.goAwayCode == http2.ErrCodeNo {
+			c.goAwayCode = code
+		}
+		return
+	}
+	c.inGoAway = true
+	c.goAwayCode = code
+	c.queueLocked()
+	c.fr.WriteGoAway(c.maxClientStreamID, code, nil)
+	c.goAwaySent = true
+	if code != http2.ErrCodeNo || len(c.streams) == 0 {
+		c.shutDownIn(h2GoAwayTimeout)
+	}
+	c.flushLocked()
+}
+
+func (c *h2Conn) shutDownIn(d time.Duration) {
+	if c.shutdownTimer == nil {
+		c.shutdownTimer = time.AfterFunc(d, func() { c.nc.Close() })
+	}
+}
+
+// startGracefulShutdown is net/http's: GOAWAY without error; the streams under way end first.
+func (c *h2Conn) startGracefulShutdown() { c.goAway(http2.ErrCodeNo) }
+
+// closeIfIdle closes the connection if no stream is open (after the GOAWAY of a shutdown).
+func (c *h2Conn) closeIfIdle() {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if len(c.streams) == 0 && c.inGoAway && !c.flushing {
+		c.nc.Close()
+	}
+}
+
+func (c *h2Conn) onIdle() {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if len(c.streams) == 0 && !c.closed {
+		c.goAwayLocked(http2.ErrCodeNo)
+	}
+}
+
+// closeConn ends the connection when its reader stops.
+func (c *h2Conn) closeConn() {
+	if e := recover(); e != nil {
+		const size = 64 << 10
+		buf := make([]byte, size)
+		buf = buf[:runtime.Stack(buf, false)]
+		c.logf("http2: panic serving %v: %v\n%s", c.remote, e, buf)
+	}
+	c.mu.Lock()
+	c.closed = true
+	for _, st := range c.streams {
+		c.closeStream(st, errH2ClientDisconnected)
+	}
+	if c.werr == nil {
+		c.werr = errH2ClientDisconnected
+	}
+	if c.idleTimer != nil {
+		c.idleTimer.Stop()
+	}
+	if c.shutdownTimer != nil {
+		c.shutdownTimer.Stop()
+	}
+	c.unstarted = nil
+	if !c.flushing {
+		c.releaseOut()
+	}
+	c.wcond.Broadcast()
+	c.mu.Unlock()
+	c.cancel()
+	c.nc.Close()
+}
+
+func (c *h2Conn) logf(format string, args ...any) {
+	if l := c.s.srv.ErrorLog; l != nil {
+		l.Printf(format, args...)
+	}
+}
+
+// h2Pipe is a request body: what DATA frames brought, read by the handler (net/http's pipe). Guarded by the
+// connection's mu.
+type h2Pipe struct {
+	st       *h2Stream
+	buf      []byte
+	r        int
+	unread   int    // bytes dropped when the handler closed the body
+	err      error  // after the data: io.EOF or why the body ended
+	onErr    func() // runs before err is returned (the trailers' copy)
+	breakErr error  // the handler closed the body: returned at once, data dropped
+	wait     sync.Cond
+}
+
+func (p *h2Pipe) len() int { return len(p.buf) - p.r + p.unread }
+
+// write adds DATA; false: the body has ended or the handler closed it.
+func (p *h2Pipe) write(d []byte) bool {
+	if p.err != nil || p.breakErr != nil {
+		return false
+	}
+	if p.r == len(p.buf) {
+		p.buf, p.r = p.buf[:0], 0
+	}
+	p.buf = append(p.buf, d...)
+	p.signal()
+	return true
+}
+
+func (p *h2Pipe) signal() {
+	if p.wait.L != nil {
+		p.wait.Signal()
+	}
+}
+
+// closeWithError ends the body after its data (the first error wins); fn runs before the reader gets err. mu held.
+func (p *h2Pipe) closeWithError(err error, fn func()) {
+	if err == nil {
+		panic("err must be non-nil")
+	}
+	if p.err != nil {
+		return
+	}
+	p.err, p.onErr = err, fn
+	p.signal()
+}
+
+// breakWithError ends the body at once: its unread data is dropped. mu held.
+func (p *h2Pipe) breakWithError(err error) {
+	if p.breakErr != nil {
+		return
+	}
+	p.unread += len(p.buf) - p.r
+	p.buf, p.r = nil, 0
+	p.breakErr = err
+	p.signal()
+}
+
+// h2Body is the request's Body.
+type h2Body struct {
+	st            *h2Stream
+	pipe          *h2Pipe
+	needsContinue bool
+	sawEOF        bool
+	closeOnce     sync.Once
+}
+
+func (b *h2Body) Close() error {
+	b.closeOnce.Do(func() {
+		if b.pipe == nil {
+			return
+		}
+		// The unread data is dropped; its window goes back to the connection when the stream closes.
+		c := b.st.c
+		c.mu.Lock()
+		b.pipe.breakWithError(errH2ClosedBody)
+		c.mu.Unlock()
+	})
+	return nil
+}
+
+func (b *h2Body) Read(d []byte) (int, error) {
+	st := b.st
+	c := st.c
+	if b.needsContinue {
+		b.needsContinue = false
+		c.mu.Lock()
+		if !st.wroteHeaders && st.state != h2Closed && !(c.inGoAway && c.goAwayCode != http2.ErrCodeNo) {
+			c.queueLocked()
+			c.hbuf.Reset()
+			c.henc.WriteField(hpack.HeaderField{Name: ":status", Value: "100"})
+			c.fr.WriteHeaders(http2.HeadersFrameParam{StreamID: st.id, BlockFragment: c.hbuf.Bytes(), EndHeaders: true})
+			c.flushLocked()
+		}
+		c.mu.Unlock()
+	}
+	if b.pipe == nil || b.sawEOF {
+		return 0, io.EOF
+	}
+	p := b.pipe
+	c.mu.Lock()
+	for {
+		if p.breakErr != nil {
+			c.mu.Unlock()
+			return 0, p.breakErr
+		}
+		if p.r < len(p.buf) {
+			break
+		}
+		if p.err != nil {
+			err := p.err
+			if fn := p.onErr; fn != nil {
+				p.onErr = nil
+				fn()
+			}
+			c.mu.Unlock()
+			if err == io.EOF {
+				b.sawEOF = true
+			}
+			return 0, err
+		}
+		if p.wait.L == nil {
+			p.wait.L = &c.mu
+		}
+		p.wait.Wait()
+	}
+	n := copy(d, p.buf[p.r:])
+	p.r += n
+	if p.r == len(p.buf) {
+		p.buf, p.r = p.buf[:0], 0
+		if cap(p.buf) > 64<<10 {
+			p.buf = nil // a large body's buffer is not kept
+		}
+	}
+	// net/http's noteBodyRead: the window given back (the stream's unless the client is done sending).
+	c.windowUpdateLocked(nil, n)
+	if st.state != h2HalfClosedRemote && st.state != h2Closed {
+		c.windowUpdateLocked(st, n)
+	}
+	if c.out != nil && len(c.out) > 0 {
+		c.flushLocked()
+	}
+	c.mu.Unlock()
+	return n, nil
+}
+
+// h2Writer is the stream's http.ResponseWriter: net/http's responseWriter and responseWriterState.
+type h2Writer struct {
+	st      *h2Stream
+	req     *http.Request
+	handler http.Handler
+	bw      *bufio.Writer // h2ChunkWriteSize, to chunkWriter; from h2Writers
+
+	handlerHeader  http.Header
+	snapHeader     http.Header
+	trailers       []string
+	status         int
+	wroteHeader    bool
+	sentHeader     bool
+	handlerDoneNow bool
+	sentContentLen int64
+	wroteBytes     int64
+}
+
+var h2Writers = sync.Pool{New: func() any { return bufio.NewWriterSize(nil, h2ChunkWriteSize) }}
+
+type h2ChunkWriter struct{ w *h2Writer }
+
+func (cw h2ChunkWriter) Write(p []byte) (int, error) {
+	n, err := cw.w.writeChunk(p)
+	if err == errH2StreamClosed {
+		c := cw.w.st.c
+		c.mu.Lock()
+		err = cw.w.st.closeErr
+		c.mu.Unlock()
+	}
+	return n, err
+}
+
+func (w *h2Writer) buffer() *bufio.Writer {
+	if w.bw == nil {
+		w.bw = h2Writers.Get().(*bufio.Writer)
+		w.bw.Reset(h2ChunkWriter{w})
+	}
+	return w.bw
+}
+
+func (w *h2Writer) Header() http.Header {
+	if w.handlerHeader == nil {
+		w.handlerHeader = make(http.Header)
+	}
+	return w.handlerHeader
+}
+
+func (w *h2Writer) WriteHeader(code int) {
+	if w.wroteHeader {
+		return
+	}
+	if code < 100 || code > 999 {
+		panic(fmt.Sprintf("invalid WriteHeader code %v", code))
+	}
+	if code >= 100 && code <= 199 {
+		h := w.handlerHeader
+		_, cl := h["Content-Length"]
+		_, te := h["Transfer-Encoding"]
+		if cl || te {
+			h = h.Clone()
+			h.Del("Content-Length")
+			h.Del("Transfer-Encoding")
+		}
+		c := w.st.c
+		c.mu.Lock()
+		c.writeHeadersLocked(w.st, code, h, nil, w.handlerDoneNow && len(w.trailers) == 0, "", "", "")
+		c.flushLocked()
+		c.mu.Unlock()
+		return
+	}
+	w.wroteHeader = true
+	w.status = code
+	if len(w.handlerHeader) > 0 {
+		w.snapHeader = w.handlerHeader.Clone()
+	}
+}
+
+func (w *h2Writer) Write(p []byte) (int, error) { return w.write(len(p), p, "") }
+
+func (w *h2Writer) WriteString(s string) (int, error) { return w.write(len(s), nil, s) }
+
+func (w *h2Writer) write(n int, b []byte, s string) (int, error) {
+	if !w.wroteHeader {
+		w.WriteHeader(http.StatusOK)
+	}
+	if !bodyAllowed(w.status) {
+		return 0, http.ErrBodyNotAllowed
+	}
+	w.wroteBytes += int64(n)
+	if w.sentContentLen != 0 && w.wroteBytes > w.sentContentLen {
+		return 0, errH2TooMuchWritten
+	}
+	if b != nil {
+		return w.buffer().Write(b)
+	}
+	return w.buffer().WriteString(s)
+}
+
+func (w *h2Writer) Flush() { _ = w.FlushError() }
+
+func (w *h2Writer) FlushError() error {
+	var err error
+	if w.bw != nil && w.bw.Buffered() > 0 {
+		err = w.bw.Flush()
+	} else {
+		_, err = h2ChunkWriter{w}.Write(nil)
+		if err == nil {
+			c := w.st.c
+			c.mu.Lock()
+			if w.st.state == h2Closed {
+				err = w.st.closeErr
+			}
+			c.mu.Unlock()
+		}
+	}
+	return err
+}
+
+func (w *h2Writer) EnableFullDuplex() error { return nil }
+
+func (w *h2Writer) SetReadDeadline(deadline time.Time) error {
+	st := w.st
+	c := st.c
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if !deadline.IsZero() && deadline.Before(time.Now()) {
+		st.onReadTimeoutLocked()
+		return nil
+	}
+	if st.readDeadline != nil {
+		if !st.readDeadline.Stop() {
+			return nil
+		}
+	}
+	if deadline.IsZero() {
+		st.readDeadline = nil
+	} else if st.readDeadline == nil {
+		st.readDeadline = time.AfterFunc(time.Until(deadline), st.onReadTimeout)
+	} else {
+		st.readDeadline.Reset(time.Until(deadline))
+	}
+	return nil
+}
+
+func (st *h2Stream) onReadTimeout() {
+	st.c.mu.Lock()
+	st.onReadTimeoutLocked()
+	st.c.mu.Unlock()
+}
+
+func (st *h2Stream) onReadTimeoutLocked() {
+	if st.body != nil {
+		st.body.closeWithError(fmt.Errorf("%w", os.ErrDeadlineExceeded), nil)
+	}
+}
+
+func (w *h2Writer) SetWriteDeadline(deadline time.Time) error {
+	st := w.st
+	c := st.c
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if !deadline.IsZero() && deadline.Before(time.Now()) {
+		st.onWriteTimeoutLocked()
+		return nil
+	}
+	if st.writeDeadline != nil {
+		if !st.writeDeadline.Stop() {
+			return nil
+		}
+	}
+	if deadline.IsZero() {
+		st.writeDeadline = nil
+	} else if st.writeDeadline == nil {
+		st.writeDeadline = time.AfterFunc(time.Until(deadline), st.onWriteTimeout)
+	} else {
+		st.writeDeadline.Reset(time.Until(deadline))
+	}
+	return nil
+}
+
+func (st *h2Stream) onWriteTimeout() {
+	c := st.c
+	c.mu.Lock()
+	st.onWriteTimeoutLocked()
+	c.flushLocked()
+	c.mu.Unlock()
+}
+
+func (st *h2Stream) onWriteTimeoutLocked() {
+	if st.state == h2Closed {
+		return
+	}
+	st.c.resetLocked(http2.StreamError{StreamID: st.id, Code: http2.ErrCodeInternal, Cause: os.ErrDeadlineExceeded})
+}
+
+// CloseNotify is net/http's (deprecated; the request's context ends as well).
+func (w *h2Writer) CloseNotify() <-chan bool {
+	st := w.st
+	c := st.c
+	c.mu.Lock()
+	if st.closedCh == nil {
+		st.closedCh = make(chan struct{})
+		if st.state == h2Closed {
+			close(st.closedCh)
+		}
+	}
+	closed := st.closedCh
+	c.mu.Unlock()
+	ch := make(chan bool, 1)
+	go func() {
+		<-closed
+		ch <- true
+	}()
+	return ch
+}
+
+// handlerDone ends the response: net/http's responseWriter.handlerDone.
+func (w *h2Writer) handlerDone() {
+	w.handlerDoneNow = true
+	w.Flush()
+	if w.bw != nil {
+		w.bw.Reset(nil)
+		h2Writers.Put(w.bw)
+		w.bw = nil
+	}
+}
+
+func (w *h2Writer) declareTrailer(k string) {
+	k = http.CanonicalHeaderKey(k)
+	if !httpguts.ValidTrailerHeader(k) {
+		w.st.c.logf("ignoring invalid trailer %q", k)
+		return
+	}
+	if !slices.Contains(w.trailers, k) {
+		w.trailers = append(w.trailers, k)
+	}
+}
+
+func (w *h2Writer) promoteUndeclaredTrailers() {
+	for k, vv := range w.handlerHeader {
+		if !strings.HasPrefix(k, http.TrailerPrefix) {
+			continue
+		}
+		trailerKey := strings.TrimPrefix(k, http.TrailerPrefix)
+		w.declareTrailer(trailerKey)
+		w.handlerHeader[http.CanonicalHeaderKey(trailerKey)] = vv
+	}
+	if len(w.trailers) > 1 {
+		slices.Sort(w.trailers)
+	}
+}
+
+func (w *h2Writer) hasNonemptyTrailers() bool {
+	for _, t := range w.trailers {
+		if _, ok := w.handlerHeader[t]; ok {
+			return true
+		}
+	}
+	return false
+}
+
+// writeChunk is net/http's responseWriterState.writeChunk; the frames of one chunk (the header, the data, the
+// trailers) go out in one write.
+func (w *h2Writer) writeChunk(p []byte) (int, error) {
+	if !w.wroteHeader {
+		w.WriteHeader(http.StatusOK)
+	}
+	if w.handlerDoneNow {
+		w.promoteUndeclaredTrailers()
+	}
+	st := w.st
+	c := st.c
+	isHeadResp := w.req.Method == http.MethodHead
+	var (
+		sendHeader                bool
+		ctype, clen, date         string
+		headerEndStream, graceful bool
+	)
+	if !w.sentHeader {
+		w.sentHeader = true
+		sendHeader = true
+		if clen = w.snapHeader.Get("Content-Length"); clen != "" {
+			w.snapHeader.Del("Content-Length")
+			if cl, err := strconv.ParseUint(clen, 10, 63); err == nil {
+				w.sentContentLen = int64(cl)
+			} else {
+				clen = ""
+			}
+		}
+		_, hasContentLength := w.snapHeader["Content-Length"]
+		if !hasContentLength && clen == "" && w.handlerDoneNow && bodyAllowed(w.status) && (len(p) > 0 || !isHeadResp) {
+			clen = strconv.Itoa(len(p))
+		}
+		_, hasContentType := w.snapHeader["Content-Type"]
+		hasCE := w.snapHeader.Get("Content-Encoding") != ""
+		if !hasCE && !hasContentType && bodyAllowed(w.status) && len(p) > 0 {
+			ctype = http.DetectContentType(p)
+		}
+		if _, ok := w.snapHeader["Date"]; !ok {
+			date = time.Now().UTC().Format(http.TimeFormat)
+		}
+		for _, v := range w.snapHeader["Trailer"] {
+			foreachHeaderElement(v, w.declareTrailer)
+		}
+		if _, ok := w.snapHeader["Connection"]; ok {
+			v := w.snapHeader.Get("Connection")
+			delete(w.snapHeader, "Connection")
+			graceful = v == "close"
+		}
+		headerEndStream = (w.handlerDoneNow && len(w.trailers) == 0 && len(p) == 0) || isHeadResp
+	}
+	if graceful {
+		c.startGracefulShutdown()
+	}
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if sendHeader {
+		if err := c.writeHeadersLocked(st, w.status, w.snapHeader, nil, headerEndStream, ctype, clen, date); err != nil {
+			return 0, err
+		}
+		if headerEndStream {
+			c.flushLocked()
+			return 0, nil
+		}
+	}
+	if isHeadResp {
+		c.flushLocked()
+		return len(p), nil
+	}
+	if len(p) == 0 && !w.handlerDoneNow {
+		c.flushLocked()
+		return 0, nil
+	}
+	hasNonemptyTrailers := w.hasNonemptyTrailers()
+	endStream := w.handlerDoneNow && !hasNonemptyTrailers
+	if len(p) > 0 || endStream {
+		if err := c.writeDataLocked(st, p, endStream); err != nil {
+			return 0, err
+		}
+	}
+	if w.handlerDoneNow && hasNonemptyTrailers {
+		err := c.writeHeadersLocked(st, 0, w.handlerHeader, w.trailers, true, "", "", "")
+		c.flushLocked()
+		return len(p), err
+	}
+	c.flushLocked()
+	return len(p), nil
+}
+
+func foreachHeaderElement(v string, fn func(string)) {
+	v = textprotoTrim(v)
+	if v == "" {
+		return
+	}
+	if !strings.Contains(v, ",") {
+		fn(v)
+		return
+	}
+	for _, f := range strings.Split(v, ",") {
+		if f = textprotoTrim(f); f != "" {
+			fn(f)
+		}
+	}
+}
+
+// streamWritable reports whether frames may be written on st: nil, or the error its writer gets. mu held.
+func (c *h2Conn) streamWritable(st *h2Stream) error {
+	if c.werr != nil || c.closed {
+		return errH2ClientDisconnected
+	}
+	if st.state == h2Closed {
+		return errH2StreamClosed
+	}
+	if c.inGoAway && c.goAwayCode != http2.ErrCodeNo {
+		return errH2ClientDisconnected // net/http writes no stream frame after an error GOAWAY
+	}
+	return nil
+}
+
+// writeHeadersLocked queues a HEADERS frame (and CONTINUATIONs) with the response header h (status 0: trailers,
+// keys the trailers to send). mu held.
+func (c *h2Conn) writeHeadersLocked(st *h2Stream, status int, h http.Header, keys []string, endStream bool, ctype, clen, date string) error {
+	if err := c.streamWritable(st); err != nil {
+		return err
+	}
+	st.wroteHeaders = true
+	c.queueLocked()
+	c.hbuf.Reset()
+	if status != 0 {
+		c.henc.WriteField(hpack.HeaderField{Name: ":status", Value: statusString(status)})
+	}
+	encodeH2Header(c.henc, h, keys)
+	if ctype != "" {
+		c.henc.WriteField(hpack.HeaderField{Name: "content-type", Value: ctype})
+	}
+	if clen != "" {
+		c.henc.WriteField(hpack.HeaderField{Name: "content-length", Value: clen})
+	}
+	if date != "" {
+		c.henc.WriteField(hpack.HeaderField{Name: "date", Value: date})
+	}
+	block := c.hbuf.Bytes()
+	if len(block) == 0 && keys == nil {
+		panic("unexpected empty hpack")
+	}
+	const maxFrag = 16384 // net/http's splitHeaderBlock: the size every peer takes
+	first := true
+	for first || len(block) > 0 {
+		frag := block
+		if len(frag) > maxFrag {
+			frag = frag[:maxFrag]
+		}
+		block = block[len(frag):]
+		if first {
+			c.fr.WriteHeaders(http2.HeadersFrameParam{StreamID: st.id, BlockFragment: frag, EndStream: endStream,
+				EndHeaders: len(block) == 0})
+			first = false
+		} else {
+			c.fr.WriteContinuation(st.id, len(block) == 0, frag)
+		}
+	}
+	if endStream {
+		c.endedStream(st)
+	}
+	return nil
+}
+
+// endedStream is net/http's wroteFrame for a frame that ended the response: a stream whose request is not over
+// is reset with NO_ERROR (the client may stop sending), then closed. mu held.
+func (c *h2Conn) endedStream(st *h2Stream) {
+	switch st.state {
+	case h2Open:
+		st.state = h2HalfClosedLocal
+		c.resetLocked(http2.StreamError{StreamID: st.id, Code: http2.ErrCodeNo})
+	case h2HalfClosedRemote:
+		c.closeStream(st, errH2HandlerComplete)
+	}
+}
+
+// writeDataLocked queues p as DATA frames within the send windows and the peer's frame size, waiting for the
+// windows to open when they are shut. mu held (released while waiting).
+func (c *h2Conn) writeDataLocked(st *h2Stream, p []byte, endStream bool) error {
+	for {
+		if err := c.streamWritable(st); err != nil {
+			return err
+		}
+		if len(p) == 0 {
+			c.queueLocked()
+			c.fr.WriteData(st.id, endStream, nil)
+			c.endedStream(st)
+			return nil
+		}
+		n := min(int32(len(p)), c.peerMaxFrame, st.sendWindow, c.sendWindow)
+		if n <= 0 || (len(c.out) >= h2MaxOut && c.flushing) {
+			if len(c.out) > 0 && !c.flushing {
+				c.flushLocked() // what is queued goes first (mu is released meanwhile: look again after)
+				continue
+			}
+			c.wcond.Wait() // for a window update, or the write under way
+			continue
+		}
+		c.queueLocked()
+		st.sendWindow -= n
+		c.sendWindow -= n
+		last := int(n) == len(p)
+		c.fr.WriteData(st.id, endStream && last, p[:n])
+		p = p[n:]
+		if last {
+			if endStream {
+				c.endedStream(st)
+			}
+			return nil
+		}
+		if len(c.out) >= h2MaxOut {
+			c.flushLocked()
+		}
+	}
+}
+
+// encodeH2Header is net/http's encodeHeaders: h's fields, lowercased, in key order (or keys'), without names that
+// are not valid, values that are not valid, and Transfer-Encoding other than "trailers".
+func encodeH2Header(enc *hpack.Encoder, h http.Header, keys []string) {
+	if keys == nil {
+		keys = make([]string, 0, len(h))
+		for k := range h {
+			keys = append(keys, k)
+		}
+		slices.Sort(keys)
+	}
+	for _, k := range keys {
+		vv := h[k]
+		k, ascii := lowerHeader(k)
+		if !ascii || !validWireHeaderFieldName(k) {
+			continue
+		}
+		isTE := k == "transfer-encoding"
+		for _, v := range vv {
+			if !httpguts.ValidHeaderFieldValue(v) {
+				continue
+			}
+			if isTE && v != "trailers" {
+				continue
+			}
+			enc.WriteField(hpack.HeaderField{Name: k, Value: v})
+		}
+	}
+}
+
+// lowerHeader lowercases an ASCII name; false if it is not ASCII.
+func lowerHeader(v string) (string, bool) {
+	upper := false
+	for i := 0; i < len(v); i++ {
+		b := v[i]
+		if b >= 0x80 {
+			return "", false
+		}
+		if 'A' <= b && b <= 'Z' {
+			upper = true
+		}
+	}
+	if !upper {
+		return v, true
+	}
+	return strings.ToLower(v), true
+}
+
+// validWireHeaderFieldName is x/net's: a token without uppercase letters.
+func validWireHeaderFieldName(v string) bool {
+	if len(v) == 0 {
+		return false
+	}
+	for i := 0; i < len(v); i++ {
+		b := v[i]
+		if !httpguts.IsTokenRune(rune(b)) || ('A' <= b && b <= 'Z') {
+			return false
+		}
+	}
+	return true
+}
+
+func statusString(code int) string {
+	switch code {
+	case 200:
+		return "200"
+	case 404:
+		return "404"
+	}
+	return strconv.Itoa(code)
+}
+
+// h2ExtendedConnect is net/http's switch for extended CONNECT (RFC 8441): off unless GODEBUG has http2xconnect=1.
+var h2ExtendedConnect = strings.Contains(os.Getenv("GODEBUG"), "http2xconnect=1")
+
+// useH2Server: HTTP/2 connections are served by h2Conn rather than net/http's server.
+var useH2Server = os.Getenv("MESHLET_H2_SERVER") != "go"

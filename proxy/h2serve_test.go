@@ -1,0 +1,742 @@
+package proxy
+
+import (
+	"bytes"
+	"context"
+	"crypto/sha256"
+	"errors"
+	"fmt"
+	"io"
+	"log"
+	"maps"
+	"net"
+	"net/http"
+	"slices"
+	"strconv"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"golang.org/x/net/http2"
+	"golang.org/x/net/http2/hpack"
+
+	"meshlet.dev/meshlet/proxy/h1guard"
+)
+
+// The HTTP/2 server (h2serve.go) is held to net/http's: a client sends the same frames to each (a script the
+// fuzzer writes), and what each answers, stream by stream, must be the same.
+
+// h2AgreeHandler reads the whole request body first (so that every answer depends on all the frames of its
+// stream), then answers by path.
+func h2AgreeHandler(w http.ResponseWriter, r *http.Request) {
+	if r.URL.Path == "/late" { // the request body closed by the handler before its end
+		r.Body.Close()
+		io.WriteString(w, "late")
+		return
+	}
+	body, err := io.ReadAll(r.Body)
+	q := r.URL.Query()
+	switch r.URL.Path {
+	case "/big": // more than the client's window: flow control
+		n, _ := strconv.Atoi(q.Get("n"))
+		chunk := bytes.Repeat([]byte("0123456789"), 100)
+		for i := 0; n > 0; i++ {
+			k := min(n, len(chunk))
+			if _, err := w.Write(chunk[:k]); err != nil {
+				return
+			}
+			n -= k
+			if i%10 == 9 {
+				w.(http.Flusher).Flush()
+			}
+		}
+	case "/trailers":
+		w.Header().Set("Trailer", "X-A, x-bad\x00, Content-Length")
+		w.Header().Set("Content-Type", "text/plain")
+		io.WriteString(w, "body")
+		w.(http.Flusher).Flush()
+		w.Header().Set("X-A", "1")
+		w.Header().Set(http.TrailerPrefix+"X-B", "2")
+	case "/emptytrailers":
+		w.Header().Set("Trailer", "X-A")
+	case "/1xx":
+		w.Header().Set("Link", "</a>")
+		w.Header().Set("Content-Length", "3")
+		w.WriteHeader(http.StatusEarlyHints)
+		w.Header().Del("Link")
+		io.WriteString(w, "abc")
+	case "/panic":
+		io.WriteString(w, "partial")
+		w.(http.Flusher).Flush()
+		panic(http.ErrAbortHandler)
+	case "/panicearly":
+		panic(http.ErrAbortHandler)
+	case "/close":
+		w.Header().Set("Connection", "close")
+		io.WriteString(w, "bye")
+	case "/status":
+		c, _ := strconv.Atoi(q.Get("c"))
+		if c < 100 || c > 999 {
+			c = 500
+		}
+		w.WriteHeader(c)
+		_, err := io.WriteString(w, "x")
+		fmt.Fprintf(w, "%v", err)
+	case "/sniff":
+		io.WriteString(w, "<html><body>hi</body></html>")
+	case "/headers":
+		h := w.Header()
+		h.Set("X-Upper", "v")
+		h["x-lower-raw"] = []string{"a"}
+		h["Bad Name"] = []string{"b"}
+		h.Set("X-Bad-Value", "a\x00b")
+		h.Set("Transfer-Encoding", "chunked")
+		h.Add("Te", "trailers")
+		h.Set("Content-Length", "not a number")
+		h.Set("Date", "fixed")
+		io.WriteString(w, "hello")
+	case "/toolong":
+		w.Header().Set("Content-Length", "2")
+		_, err := io.WriteString(w, "abc")
+		io.WriteString(w, fmt.Sprint(err))
+	default:
+		keys := slices.Sorted(func(yield func(string) bool) {
+			for k := range r.Header {
+				if !yield(k) {
+					return
+				}
+			}
+		})
+		var b strings.Builder
+		fmt.Fprintf(&b, "%s %s host=%q uri=%q proto=%s cl=%d tls=%v\n", r.Method, r.URL, r.Host, r.RequestURI, r.Proto,
+			r.ContentLength, r.TLS != nil)
+		for _, k := range keys {
+			fmt.Fprintf(&b, "%s: %q\n", k, r.Header[k])
+		}
+		fmt.Fprintf(&b, "body %d %x err=%v trailer=%v\n", len(body), sha256.Sum256(body), err, r.Trailer)
+		w.Header().Set("Content-Type", "text/plain")
+		io.WriteString(w, b.String())
+	}
+}
+
+// h2Templates are the requests a script's HEADERS frames carry (pseudo fields first, as written).
+var h2Templates = [][][2]string{
+	{{":method", "GET"}, {":scheme", "http"}, {":authority", "a.test"}, {":path", "/echo?x=1"}},
+	{{":method", "POST"}, {":scheme", "http"}, {":authority", "a.test"}, {":path", "/echo"}, {"content-length", "5"}},
+	{{":method", "POST"}, {":scheme", "https"}, {":authority", "a.test"}, {":path", "/echo"}, {"te", "trailers"}, {"trailer", "X-T, Content-Length"}},
+	{{":method", "GET"}, {":scheme", "http"}, {":authority", "a.test"}, {":path", "/big?n=70000"}},
+	{{":method", "GET"}, {":scheme", "http"}, {":authority", "a.test"}, {":path", "/trailers"}},
+	{{":method", "GET"}, {":scheme", "http"}, {":authority", "a.test"}, {":path", "/1xx"}},
+	{{":method", "GET"}, {":scheme", "http"}, {":authority", "a.test"}, {":path", "/panic"}},
+	{{":method", "HEAD"}, {":scheme", "http"}, {":authority", "a.test"}, {":path", "/echo"}},
+	{{":method", "GET"}, {":scheme", "http"}, {":authority", "a.test"}, {":path", "/status?c=204"}},
+	{{":method", "CONNECT"}, {":authority", "a.test:443"}},
+	{{":method", "GET"}, {":scheme", "http"}, {":authority", "a.test"}},
+	{{":method", "GET"}, {":scheme", "ftp"}, {":authority", "a.test"}, {":path", "/"}},
+	{{":method", "GET"}, {":scheme", "http"}, {":authority", "a.test"}, {":path", "/"}, {"connection", "close"}},
+	{{":method", "GET"}, {":scheme", "http"}, {":authority", "a.test"}, {":path", "/"}, {"te", "gzip"}},
+	{{":method", "GET"}, {":scheme", "http"}, {":authority", "u@a.test"}, {":path", "/"}},
+	{{":method", "OPTIONS"}, {":scheme", "http"}, {":authority", "a.test"}, {":path", "*"}},
+	{{":method", "POST"}, {":scheme", "http"}, {":authority", "a.test"}, {":path", "/echo"}, {"expect", "100-continue"}, {"content-length", "3"}},
+	{{":method", "GET"}, {":scheme", "http"}, {":authority", "a.test"}, {":path", "/"}, {"cookie", "a=1"}, {"cookie", "b=2"}},
+	{{":method", "GET"}, {":scheme", "http"}, {":path", "/"}, {"host", "h.test"}},
+	{{":method", "GET"}, {":scheme", "http"}, {":authority", "a.test"}, {":path", "/%zz"}},
+	{{":method", "GET"}, {":scheme", "http"}, {":authority", "a.test"}, {":path", "/close"}},
+	{{":method", "GET"}, {":scheme", "http"}, {":authority", "a.test"}, {":path", "/sniff"}},
+	{{":method", "GET"}, {":scheme", "http"}, {":authority", "a.test"}, {":path", "/headers"}},
+	{{":method", "GET"}, {":scheme", "http"}, {":authority", "a.test"}, {":path", "/"}, {"x-big", strings.Repeat("v", 5000)}},
+	{{":method", "GET"}, {":scheme", "http"}, {":authority", "a.test"}, {":path", "/"}, {"Upper", "x"}},
+	{{":method", "GET"}, {":scheme", "http"}, {":authority", "a.test"}, {":path", "/"}, {"x-v", "a\x01b"}},
+	{{":method", "GET"}, {":path", "/"}, {":scheme", "http"}, {"x-a", "1"}, {":authority", "late"}},
+	{{":method", "POST"}, {":scheme", "http"}, {":authority", "a.test"}, {":path", "/late"}, {"content-length", "100000"}},
+	{{":method", "GET"}, {":scheme", "http"}, {":authority", "a.test"}, {":path", "/toolong"}},
+	{{":method", "GET"}, {":scheme", "http"}, {":authority", "a.test"}, {":path", "/panicearly"}},
+	{{":method", "CONNECT"}, {":protocol", "websocket"}, {":scheme", "http"}, {":authority", "a.test"}, {":path", "/ws"}},
+	{{":method", "POST"}, {":scheme", "http"}, {":authority", "a.test"}, {":path", "/echo"}, {"content-length", "x"}},
+	{{":method", "GET"}, {":scheme", "http"}, {":authority", "a.test"}, {":path", "/emptytrailers"}},
+}
+
+// h2Script turns fuzzer bytes into the frames a client sends after its preface and first SETTINGS, and notes
+// the streams it opened.
+type h2Script struct {
+	ops     [][]byte   // the frames of each step; the client waits for the server to handle one before the next
+	ends    [][]uint32 // per step, the streams whose request it ended: the client waits for their answers
+	buf     bytes.Buffer
+	fr      *http2.Framer
+	enc     *hpack.Encoder
+	hbuf    bytes.Buffer
+	nextID  uint32
+	cur     uint32
+	open    map[uint32]bool // opened by the client, not ended by it
+	opened  []uint32
+	resetBy map[uint32]bool // streams the client reset: their answers race with the reset
+	ended   []uint32
+}
+
+func newH2Script() *h2Script {
+	s := &h2Script{nextID: 1, open: map[uint32]bool{}, resetBy: map[uint32]bool{}}
+	s.fr = http2.NewFramer(&s.buf, nil)
+	s.fr.AllowIllegalWrites = true
+	s.enc = hpack.NewEncoder(&s.hbuf)
+	s.buf.WriteString(http2.ClientPreface)
+	s.fr.WriteSettings()
+	s.cut()
+	return s
+}
+
+// cut ends a step.
+func (s *h2Script) cut() {
+	s.ops = append(s.ops, bytes.Clone(s.buf.Bytes()))
+	s.ends = append(s.ends, s.ended)
+	s.ended = nil
+	s.buf.Reset()
+}
+
+// end notes that the step ends the request of stream id.
+func (s *h2Script) end(id uint32) {
+	if id%2 == 1 {
+		s.ended = append(s.ended, id)
+	}
+}
+
+func (s *h2Script) block(t int) []byte {
+	s.hbuf.Reset()
+	for _, f := range h2Templates[t%len(h2Templates)] {
+		s.enc.WriteField(hpack.HeaderField{Name: f[0], Value: f[1]})
+	}
+	return bytes.Clone(s.hbuf.Bytes())
+}
+
+// build interprets in: each op takes its byte and the argument bytes it needs (0 past the end).
+func (s *h2Script) build(in []byte) {
+	arg := func() byte {
+		if len(in) == 0 {
+			return 0
+		}
+		b := in[0]
+		in = in[1:]
+		return b
+	}
+	for ops := 0; len(in) > 0 && ops < 64; ops++ {
+		if ops > 0 {
+			s.cut()
+		}
+		switch op := arg(); op % 13 {
+		case 0, 12: // a new stream
+			t, flags := int(arg()), arg()
+			id := s.nextID
+			if flags&0x40 != 0 && s.cur != 0 {
+				id = s.cur // an id used already
+			} else if flags&0x80 != 0 {
+				id++ // an even id
+			} else {
+				s.nextID += 2
+			}
+			block := s.block(t)
+			end := flags&1 != 0
+			p := http2.HeadersFrameParam{StreamID: id, BlockFragment: block, EndStream: end, EndHeaders: flags&2 == 0}
+			if flags&4 != 0 {
+				p.Priority = http2.PriorityParam{StreamDep: id}
+				if flags&8 != 0 {
+					p.Priority.StreamDep = id + 2
+				}
+			}
+			if flags&2 != 0 && len(block) > 1 { // the block split with a CONTINUATION
+				p.BlockFragment, p.EndHeaders = block[:len(block)/2], false
+				s.fr.WriteHeaders(p)
+				s.fr.WriteContinuation(id, true, block[len(block)/2:])
+			} else {
+				p.EndHeaders = true
+				s.fr.WriteHeaders(p)
+			}
+			if id%2 == 1 && !slices.Contains(s.opened, id) {
+				s.opened = append(s.opened, id)
+				s.open[id] = !end
+				if end {
+					s.end(id)
+				}
+			}
+			s.cur = id
+		case 1: // DATA
+			n, flags := int(arg()), arg()
+			end := flags&1 != 0
+			id := s.cur
+			if flags&2 != 0 {
+				id = 0
+			}
+			data := bytes.Repeat([]byte{'d'}, n)
+			if flags&4 != 0 {
+				s.fr.WriteDataPadded(id, end, data, make([]byte, int(flags>>4)))
+			} else {
+				s.fr.WriteData(id, end, data)
+			}
+			if end {
+				s.open[id] = false
+				s.end(id)
+			}
+		case 2: // RST_STREAM
+			code := http2.ErrCode(arg() % 15)
+			s.fr.WriteRSTStream(s.cur, code)
+			s.resetBy[s.cur] = true
+			s.open[s.cur] = false
+		case 3: // WINDOW_UPDATE
+			which, b := arg(), arg()
+			incr := []uint32{0, 1, 1000, 1 << 20, 1<<31 - 1, 70000}[int(b)%6]
+			id := uint32(0)
+			if which&1 != 0 {
+				id = s.cur
+			}
+			if which&2 != 0 {
+				id = s.nextID + 10 // an idle stream
+			}
+			s.fr.WriteWindowUpdate(id, incr)
+		case 4: // PING
+			b := arg()
+			id := uint32(0)
+			if b&2 != 0 {
+				id = 1
+			}
+			if id == 0 {
+				s.fr.WritePing(b&1 != 0, [8]byte{b})
+			} else {
+				s.fr.WriteRawFrame(http2.FramePing, 0, id, make([]byte, 8))
+			}
+		case 5: // SETTINGS
+			b, v := arg(), arg()
+			vals := []uint32{0, 1, 10, 100, 16384, 65535, 1 << 20, 1<<31 - 1, 1 << 31, 1<<24 - 1}
+			ids := []http2.SettingID{http2.SettingInitialWindowSize, http2.SettingMaxFrameSize,
+				http2.SettingHeaderTableSize, http2.SettingEnablePush, http2.SettingMaxConcurrentStreams, 0x99,
+				http2.SettingEnableConnectProtocol, http2.SettingMaxHeaderListSize}
+			switch {
+			case b&0x80 != 0:
+				s.fr.WriteSettingsAck()
+			case b&0x40 != 0: // a duplicate
+				id := ids[int(b)%len(ids)]
+				s.fr.WriteSettings(http2.Setting{ID: id, Val: 1}, http2.Setting{ID: id, Val: 1})
+			default:
+				s.fr.WriteSettings(http2.Setting{ID: ids[int(b)%len(ids)], Val: vals[int(v)%len(vals)]})
+			}
+		case 6: // a CONTINUATION on its own
+			s.fr.WriteContinuation(s.cur, arg()&1 == 0, s.block(int(arg())))
+		case 7: // PRIORITY
+			b := arg()
+			id := s.cur
+			if b&1 != 0 {
+				id = s.nextID + 4
+			}
+			dep := uint32(0)
+			if b&2 != 0 {
+				dep = id
+			}
+			s.fr.WritePriority(id, http2.PriorityParam{StreamDep: dep, Weight: b})
+		case 8: // trailers
+			b := arg()
+			s.hbuf.Reset()
+			s.enc.WriteField(hpack.HeaderField{Name: "x-t", Value: "tv"})
+			if b&2 != 0 {
+				s.enc.WriteField(hpack.HeaderField{Name: ":path", Value: "/p"})
+			}
+			if b&4 != 0 {
+				s.enc.WriteField(hpack.HeaderField{Name: "content-length", Value: "1"})
+			}
+			s.fr.WriteHeaders(http2.HeadersFrameParam{StreamID: s.cur, BlockFragment: bytes.Clone(s.hbuf.Bytes()),
+				EndStream: b&1 == 0, EndHeaders: true})
+			if b&1 == 0 {
+				s.open[s.cur] = false
+				s.end(s.cur)
+			}
+		case 9: // GOAWAY from the client
+			s.fr.WriteGoAway(s.nextID, http2.ErrCode(arg()%3), nil)
+		case 10: // raw HPACK bytes as a header block
+			n := int(arg() % 16)
+			raw := make([]byte, n)
+			for i := range raw {
+				raw[i] = arg()
+			}
+			id := s.nextID
+			s.nextID += 2
+			s.fr.WriteHeaders(http2.HeadersFrameParam{StreamID: id, BlockFragment: raw, EndStream: true, EndHeaders: true})
+			s.opened = append(s.opened, id)
+			s.cur = id
+		case 11: // an unknown frame type, or a frame on the wrong stream
+			b := arg()
+			if b&1 != 0 {
+				s.fr.WriteRawFrame(0x20, 0, s.cur, []byte{b})
+			} else {
+				s.fr.WriteRawFrame(http2.FrameSettings, 0, 1, nil)
+			}
+		}
+	}
+	// The streams left open are ended, so that each handler (which reads its body to the end) answers; then a
+	// PING, whose ACK says the server has handled every frame before it.
+	for _, id := range s.opened {
+		if s.open[id] {
+			s.fr.WriteData(id, true, nil)
+		}
+	}
+	s.fr.WritePing(false, h2Sentinel)
+	s.cut()
+}
+
+var h2Sentinel = [8]byte{'s', 'e', 'n', 't', 'i', 'n', 'e', 'l'}
+
+// h2Outcome is what a server answered: per stream, and for the connection.
+type h2Outcome struct {
+	streams map[uint32]*strings.Builder
+	ended   map[uint32]bool
+	goAway  string
+	pings   int
+}
+
+func (o *h2Outcome) String(skip map[uint32]bool) string {
+	var b strings.Builder
+	fmt.Fprintf(&b, "goaway %s pings %d\n", o.goAway, o.pings)
+	ids := slices.Sorted(func(yield func(uint32) bool) {
+		for id := range o.streams {
+			if !yield(id) {
+				return
+			}
+		}
+	})
+	for _, id := range ids {
+		if skip[id] {
+			continue
+		}
+		fmt.Fprintf(&b, "stream %d: %s\n", id, o.streams[id].String())
+	}
+	return b.String()
+}
+
+// runH2 serves one connection with net/http's server (own false) or h2Conn, sends script, and reads the answers
+// until each stream the script opened has ended, the server sent GOAWAY and ended the streams it will serve, or
+// the connection closed (at most 3 s).
+func runH2(t testing.TB, own bool, s *h2Script) *h2Outcome {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	guard := h1guard.NewListener(ln, h1guard.Options{MaxHead: 8 << 10})
+	srv := &http.Server{Handler: http.HandlerFunc(h2AgreeHandler), ConnContext: h1guard.ConnContext,
+		ReadHeaderTimeout: 5 * time.Second, MaxHeaderBytes: 4096, ErrorLog: log.New(h2TestLog, "", 0),
+		HTTP2: &http.HTTP2Config{MaxConcurrentStreams: 4, MaxReadFrameSize: 16 << 10, MaxDecoderHeaderTableSize: 4096,
+			MaxEncoderHeaderTableSize: 4096, MaxReceiveBufferPerConnection: 1 << 20, MaxReceiveBufferPerStream: 1 << 20}}
+	srv.Protocols = new(http.Protocols)
+	srv.Protocols.SetHTTP1(true)
+	srv.Protocols.SetUnencryptedHTTP2(true)
+	closed := make(chan struct{}, 1)
+	srv.ConnState = func(_ net.Conn, st http.ConnState) {
+		if st == http.StateClosed {
+			closed <- struct{}{}
+			if !own {
+				h2NetHTTPConns.Done()
+			}
+		}
+	}
+	if !own {
+		h2NetHTTPConns.Add(1)
+	}
+	hs := newH1Server(srv, ln.Addr())
+	hs.h2c = own
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		hs.serve(guard)
+	}()
+	defer func() {
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		defer cancel()
+		ln.Close()
+		hs.closeAll()
+		srv.Close()
+		<-done
+		if own { // the connection's goroutines have ended (net/http's: awaitH2Closes)
+			select {
+			case <-closed:
+			case <-ctx.Done():
+				t.Errorf("the server's connection did not close")
+			}
+		}
+		guard.Wait(ctx)
+	}()
+	c, err := net.Dial("tcp", ln.Addr().String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	c.SetDeadline(time.Now().Add(3 * time.Second))
+	// The client writes each step, then a PING, and waits for its ACK (the server has handled the step: net/http
+	// writes a stream's RST_STREAM before the ACK) before the next: what a server does with frames that come
+	// together depends on when its writes happen, in net/http's server.
+	// Window updates (for the DATA the client reads) are sent once the script is written: until then, held.
+	var wuMu sync.Mutex
+	wfr := http2.NewFramer(c, nil)
+	scriptDone := false
+	held := map[uint32]uint32{}
+	windowUpdate := func(id, n uint32) {
+		wuMu.Lock()
+		defer wuMu.Unlock()
+		if scriptDone {
+			wfr.WriteWindowUpdate(id, n)
+		} else {
+			held[id] += n
+		}
+	}
+	acks := make(chan struct{}, 1)
+	endedCh := make(chan uint32, 1024)
+	endedSet := map[uint32]bool{}
+	stop := make(chan struct{})
+	defer close(stop)
+	go func() {
+		defer func() {
+			wuMu.Lock()
+			defer wuMu.Unlock()
+			scriptDone = true
+			for id, n := range held {
+				wfr.WriteWindowUpdate(id, n)
+			}
+		}()
+		for i, op := range s.ops {
+			if _, err := c.Write(op); err != nil || i == len(s.ops)-1 {
+				return
+			}
+			var ping [8]byte
+			copy(ping[:], "barrier")
+			if _, err := c.Write(append([]byte{0, 0, 8, 6, 0, 0, 0, 0, 0}, ping[:]...)); err != nil {
+				return
+			}
+			select {
+			case <-acks:
+			case <-stop:
+				return
+			}
+			// A request this step ended is answered before the next step (what comes next on its stream would
+			// race with the answer), unless the server goes quiet (the answer waits for a window update).
+			for _, id := range s.ends[i] {
+				for !endedSet[id] {
+					select {
+					case e := <-endedCh:
+						endedSet[e] = true
+						continue
+					case <-stop:
+						return
+					case <-time.After(100 * time.Millisecond):
+					}
+					break
+				}
+			}
+		}
+	}()
+	o := &h2Outcome{streams: map[uint32]*strings.Builder{}, ended: map[uint32]bool{}, goAway: "none"}
+	fr := http2.NewFramer(c, c)
+	fr.ReadMetaHeaders = hpack.NewDecoder(4096, nil)
+	fr.MaxHeaderListSize = 1 << 20
+	var lastServed uint32 = 1<<31 - 1
+	acked := false
+	data := map[uint32]*bytes.Buffer{}
+	flushData := func(id uint32) {
+		if d := data[id]; d != nil && d.Len() > 0 {
+			fmt.Fprintf(o.streams[id], "data %q; ", d.Bytes())
+			d.Reset()
+		}
+	}
+	pending := func() bool {
+		if !acked {
+			return true
+		}
+		for _, id := range s.opened {
+			if !o.ended[id] && id <= lastServed {
+				return true
+			}
+		}
+		return false
+	}
+	for pending() && lastServed != 0 {
+		f, err := fr.ReadFrame()
+		if err != nil {
+			var se http2.StreamError
+			if errors.As(err, &se) {
+				continue
+			}
+			break
+		}
+		id := f.Header().StreamID
+		sb := o.streams[id]
+		if sb == nil && id != 0 {
+			sb = new(strings.Builder)
+			o.streams[id] = sb
+		}
+		if _, isData := f.(*http2.DataFrame); !isData && id != 0 {
+			flushData(id)
+		}
+		switch f := f.(type) {
+		case *http2.MetaHeadersFrame:
+			var fields []string
+			for _, hf := range f.Fields {
+				if hf.Name == "date" && hf.Value != "fixed" {
+					continue
+				}
+				fields = append(fields, hf.Name+"="+hf.Value)
+			}
+			fmt.Fprintf(sb, "headers%v end=%v; ", fields, f.StreamEnded())
+			if f.StreamEnded() {
+				o.ended[id] = true
+				select {
+				case endedCh <- id:
+				default:
+				}
+			}
+		case *http2.DataFrame:
+			if data[id] == nil {
+				data[id] = new(bytes.Buffer)
+			}
+			data[id].Write(f.Data())
+			if f.StreamEnded() {
+				flushData(id)
+				fmt.Fprintf(sb, "end; ")
+				o.ended[id] = true
+				select {
+				case endedCh <- id:
+				default:
+				}
+			}
+			if n := f.Length; n > 0 {
+				windowUpdate(0, n)
+				if !o.ended[id] {
+					windowUpdate(id, n)
+				}
+			}
+		case *http2.RSTStreamFrame:
+			if !o.ended[id] {
+				fmt.Fprintf(sb, "rst %v; ", f.ErrCode)
+			}
+			o.ended[id] = true
+			select {
+			case endedCh <- id:
+			default:
+			}
+		case *http2.GoAwayFrame:
+			if o.goAway == "none" {
+				o.goAway = fmt.Sprintf("%v last=%d", f.ErrCode, f.LastStreamID)
+			}
+			lastServed = min(lastServed, f.LastStreamID)
+			if f.ErrCode != http2.ErrCodeNo {
+				lastServed = 0 // after an error, what the streams were answered races with the GOAWAY
+			}
+		case *http2.PingFrame:
+			if f.IsAck() && f.Data == h2Sentinel {
+				acked = true
+			} else if f.IsAck() && string(f.Data[:7]) == "barrier" {
+				acks <- struct{}{}
+			} else if f.IsAck() {
+				o.pings++
+			}
+		}
+	}
+	for id := range data {
+		flushData(id)
+	}
+	return o
+}
+
+func h2Agree(t testing.TB, in []byte) {
+	s := newH2Script()
+	s.build(in)
+	a := runH2(t, false, s)
+	b := runH2(t, true, s)
+	skip := maps.Clone(s.resetBy)
+	if a.goAway != "none" && !strings.HasPrefix(a.goAway, "NO_ERROR") {
+		skip = nil
+		a.streams, b.streams = nil, nil // after an error GOAWAY, the streams' answers race with it
+	}
+	if x, y := a.String(skip), b.String(skip); x != y {
+		t.Errorf("input %q:\nnet/http: %s\nh2Conn:   %s", in, truncate(x, 3000), truncate(y, 3000))
+	}
+}
+
+// h2Seeds: each template alone, with a body, and the error cases by name.
+func h2Seeds() [][]byte {
+	var seeds [][]byte
+	for i := range h2Templates {
+		seeds = append(seeds, []byte{0, byte(i), 1})                   // HEADERS with END_STREAM
+		seeds = append(seeds, []byte{0, byte(i), 0, 1, 5, 1})          // a 5-byte body
+		seeds = append(seeds, []byte{0, byte(i), 2, 1, 3, 0, 8, 0})    // CONTINUATION, a body, trailers
+		seeds = append(seeds, []byte{5, 0, 2, 0, byte(i), 1, 5, 0x80}) // the client's window is 10 bytes
+	}
+	seeds = append(seeds,
+		[]byte{0, 0, 0x81},                // an even stream id
+		[]byte{0, 0, 1, 0, 0, 0x41},       // an id used again
+		[]byte{0, 0, 5},                   // a stream depending on itself
+		[]byte{1, 5, 0},                   // DATA on an idle stream
+		[]byte{0, 0, 1, 1, 5, 0},          // DATA on a half-closed stream
+		[]byte{0, 1, 0, 1, 9, 1},          // more DATA than its Content-Length
+		[]byte{0, 1, 0, 1, 2, 1},          // less
+		[]byte{0, 0, 1, 2, 8},             // RST_STREAM
+		[]byte{2, 0},                      // RST_STREAM on an idle stream
+		[]byte{3, 0, 0},                   // WINDOW_UPDATE of 0 on the connection
+		[]byte{3, 0, 4, 3, 0, 4},          // the connection's window overflows
+		[]byte{0, 3, 0, 3, 1, 4, 3, 1, 4}, // a stream's window overflows
+		[]byte{3, 2, 1},                   // WINDOW_UPDATE on an idle stream
+		[]byte{4, 0, 4, 1, 4, 2},          // PINGs, an ACK, one on a stream
+		[]byte{5, 0x80},                   // an ACK for nothing
+		[]byte{5, 0x40},                   // duplicate settings
+		[]byte{5, 0, 8},                   // an initial window too large
+		[]byte{5, 1, 0},                   // a max frame size too small
+		[]byte{5, 3, 3},                   // ENABLE_PUSH=100
+		[]byte{5, 2, 0, 0, 0, 1},          // header table size 0
+		[]byte{6, 0, 0},                   // a CONTINUATION with no HEADERS
+		[]byte{7, 2},                      // PRIORITY on itself
+		[]byte{7, 1},                      // PRIORITY on an idle stream
+		[]byte{0, 0, 0, 8, 0, 8, 0},       // trailers twice
+		[]byte{0, 2, 0, 8, 1},             // trailers without END_STREAM
+		[]byte{0, 2, 0, 8, 2},             // trailers with a pseudo field
+		[]byte{0, 2, 0, 1, 3, 0, 8, 0},    // declared trailers
+		[]byte{9, 0, 0, 0, 1},             // GOAWAY, then a stream
+		[]byte{10, 3, 0x82, 0x86, 0x84},   // raw HPACK: no :authority
+		[]byte{10, 2, 0xff, 0xff},         // raw HPACK garbage
+		[]byte{11, 1},                     // an unknown frame type
+		[]byte{11, 0},                     // SETTINGS on a stream
+		[]byte{0, 0, 1, 0, 0, 1, 0, 0, 1, 0, 0, 1, 0, 0, 1, 0, 0, 1}, // past MaxConcurrentStreams (4)
+		[]byte{5, 0x80, 0, 0, 1, 0, 0, 1, 0, 0, 1, 0, 0, 1, 0, 0, 1}, // the same with the settings acknowledged
+		[]byte{0, 3, 1, 0, 3, 1, 0, 3, 1},                            // three /big answers, each more than the window
+		[]byte{0, 27, 0, 1, 200, 0, 1, 200, 0, 1, 5, 1},              // a body the handler closes
+	)
+	return seeds
+}
+
+// h2NetHTTPConns counts the connections net/http's server has not closed yet: after a connection error its frame
+// reader stops, and the connection closes after its GOAWAY timeout (1 s), not when the client closes it.
+var h2NetHTTPConns sync.WaitGroup
+
+// awaitH2Closes waits (at most 3 s) for net/http's connections to close: no goroutine outlives the test.
+func awaitH2Closes(t testing.TB) {
+	done := make(chan struct{})
+	go func() { h2NetHTTPConns.Wait(); close(done) }()
+	select {
+	case <-done:
+	case <-time.After(3 * time.Second):
+		t.Errorf("net/http's connections did not close")
+	}
+}
+
+func TestH2Agreement(t *testing.T) {
+	defer awaitH2Closes(t)
+	for _, in := range h2Seeds() {
+		h2Agree(t, in)
+	}
+}
+
+func FuzzH2Agreement(f *testing.F) {
+	f.Cleanup(func() { awaitH2Closes(f) })
+	for _, in := range h2Seeds() {
+		f.Add(in)
+	}
+	f.Fuzz(func(t *testing.T, in []byte) {
+		if len(in) > 200 {
+			return
+		}
+		h2Agree(t, in)
+	})
+}
+
+var h2TestLog io.Writer = io.Discard
