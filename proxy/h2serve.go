@@ -162,9 +162,7 @@ type h2Conn struct {
 	tls    *tls.ConnectionState
 	h      http.Handler
 
-	// The reader's own.
-	sawFirstSettings bool
-	lastFrameHeader  http2.FrameHeader
+	sawFirstSettings bool // the reader's own
 
 	mu                sync.Mutex
 	wcond             sync.Cond // with mu: send windows grew, a write ended, a stream closed
@@ -235,6 +233,7 @@ func (s *h1Server) serveH2(nc net.Conn, br *bufio.Reader, ctx context.Context, s
 	c.fr.ReadMetaHeaders = hpack.NewDecoder(cfg.decoderTable, nil)
 	c.fr.MaxHeaderListSize = cfg.maxHeaderList
 	c.fr.SetMaxReadFrameSize(cfg.maxReadFrame)
+	c.fr.SetReuseFrames() // a DATA frame's payload is copied before the next read
 	s.mu.Lock()
 	s.h2conns[c] = struct{}{}
 	closing := s.closing.Load()
@@ -354,7 +353,6 @@ func (c *h2Conn) processFrameFromReader(f http2.Frame, err error) bool {
 			return false
 		}
 	} else {
-		c.lastFrameHeader = f.Header()
 		err = c.processFrame(f)
 		if err == nil {
 			return true
@@ -477,8 +475,8 @@ func (c *h2Conn) state(id uint32) (h2State, *h2Stream) {
 		if id <= c.maxClientStreamID {
 			return h2StateGone, nil
 		}
-	} else if id != 0 {
-		return h2StateGone, nil // no pushes: an even id was never opened
+	} else if id == 0 {
+		return h2StateGone, nil // net/http's: 0 is not above the last pushed stream's id (it pushes none)
 	}
 	return h2StateIdle, nil
 }

@@ -265,6 +265,9 @@ func (s *h2Script) build(in []byte) {
 			if flags&2 != 0 {
 				id = 0
 			}
+			if flags&8 != 0 {
+				id = s.cur + 1 // an even stream
+			}
 			data := bytes.Repeat([]byte{'d'}, n)
 			if flags&4 != 0 {
 				s.fr.WriteDataPadded(id, end, data, make([]byte, int(flags>>4)))
@@ -276,7 +279,12 @@ func (s *h2Script) build(in []byte) {
 				s.end(id)
 			}
 		case 2: // RST_STREAM
-			code := http2.ErrCode(arg() % 15)
+			b := arg()
+			code := http2.ErrCode(b % 15)
+			if b&0x80 != 0 { // on an even (never opened) stream
+				s.fr.WriteRSTStream(s.cur+1, code)
+				break
+			}
 			s.fr.WriteRSTStream(s.cur, code)
 			s.resetBy[s.cur] = true
 			s.open[s.cur] = false
@@ -289,6 +297,9 @@ func (s *h2Script) build(in []byte) {
 			}
 			if which&2 != 0 {
 				id = s.nextID + 10 // an idle stream
+			}
+			if which&4 != 0 {
+				id = s.cur + 1 // an even one
 			}
 			s.fr.WriteWindowUpdate(id, incr)
 		case 4: // PING
@@ -673,6 +684,9 @@ func h2Seeds() [][]byte {
 		[]byte{0, 1, 0, 1, 2, 1},          // less
 		[]byte{0, 0, 1, 2, 8},             // RST_STREAM
 		[]byte{2, 0},                      // RST_STREAM on an idle stream
+		[]byte{0, 0, 1, 2, 0x88},          // RST_STREAM on an even stream
+		[]byte{0, 0, 1, 3, 4, 2},          // WINDOW_UPDATE on an even stream
+		[]byte{0, 0, 1, 1, 3, 8},          // DATA on an even stream
 		[]byte{3, 0, 0},                   // WINDOW_UPDATE of 0 on the connection
 		[]byte{3, 0, 4, 3, 0, 4},          // the connection's window overflows
 		[]byte{0, 3, 0, 3, 1, 4, 3, 1, 4}, // a stream's window overflows
