@@ -1078,18 +1078,24 @@ func writeH1StatusLine(bw *bufio.Writer, code int) {
 
 // appendHTTPDate appends the current time in the Date format, formatted once per second.
 func appendHTTPDate(b []byte) []byte {
+	return append(b, currentDate().text...)
+}
+
+// currentDate is the Date of a response sent now, formatted once a second.
+func currentDate() *cachedDate {
 	now := time.Now().Unix()
 	if d := httpDate.Load(); d != nil && d.sec == now {
-		return append(b, d.text...)
+		return d
 	}
-	d := &cachedDate{sec: now, text: time.Unix(now, 0).UTC().AppendFormat(nil, http.TimeFormat)}
+	text := time.Unix(now, 0).UTC().Format(http.TimeFormat)
+	d := &cachedDate{sec: now, text: text}
 	httpDate.Store(d)
-	return append(b, d.text...)
+	return d
 }
 
 type cachedDate struct {
 	sec  int64
-	text []byte
+	text string
 }
 
 var httpDate atomic.Pointer[cachedDate]

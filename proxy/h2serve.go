@@ -1608,7 +1608,7 @@ func (w *h2Writer) writeChunk(p []byte) (int, error) {
 			ctype = http.DetectContentType(p)
 		}
 		if _, ok := w.snapHeader["Date"]; !ok {
-			date = time.Now().UTC().Format(http.TimeFormat)
+			date = currentDate().text
 		}
 		for _, v := range w.snapHeader["Trailer"] {
 			foreachHeaderElement(v, w.declareTrailer)
@@ -1792,7 +1792,8 @@ func (c *h2Conn) writeDataLocked(st *h2Stream, p []byte, endStream bool) error {
 // are not valid, values that are not valid, and Transfer-Encoding other than "trailers".
 func encodeH2Header(enc *hpack.Encoder, h http.Header, keys []string) {
 	if keys == nil {
-		keys = make([]string, 0, len(h))
+		var arr [16]string
+		keys = arr[:0]
 		for k := range h {
 			keys = append(keys, k)
 		}
