@@ -304,7 +304,9 @@ func (c *h1Conn) serve() {
 			c.idle.Store(false)
 			c.fresh.Store(false)
 			c.g.SetReadDeadline(time.Time{})
-			s.serveH2(c.g, c.br, c.ctx, true)
+			br := c.br
+			c.br = nil // serveH2's now
+			s.serveH2(c.g, br, c.ctx, true)
 			return
 		}
 		if !h.eligible {
@@ -404,8 +406,6 @@ func (s *h1Server) serveH2TLS(tc *tls.Conn) {
 	br.Reset(tc)
 	s.serveH2(tc, br, ctx, false)
 	tc.Close()
-	br.Reset(nil)
-	h1Readers.Put(br)
 	s.state(tc, http.StateClosed)
 }
 

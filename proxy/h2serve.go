@@ -8,6 +8,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"math"
 	"net"
 	"net/http"
 	"net/url"
@@ -22,6 +23,8 @@ import (
 	"golang.org/x/net/http/httpguts"
 	"golang.org/x/net/http2"
 	"golang.org/x/net/http2/hpack"
+
+	"meshlet.dev/meshlet/proxy/h1guard"
 )
 
 // meshlet's own HTTP/2 server connection (issue 16). net/http's HTTP/2 server passes every frame a connection
@@ -74,30 +77,35 @@ type h2Config struct {
 	idleTimeout   time.Duration
 }
 
-// h2ConfigOf reads srv's HTTP/2 settings with net/http's defaults and bounds.
+// h2ConfigOf reads srv's HTTP/2 settings as net/http does (fillNetHTTPConfig, then setConfigDefaults: a value out
+// of its range is the default).
 func h2ConfigOf(srv *http.Server) h2Config {
-	c := h2Config{maxStreams: 250, maxReadFrame: 1 << 20, decoderTable: 4096, encoderTable: 4096,
-		connWindow: 1 << 20, streamWindow: 1 << 20}
+	var c h2Config
+	var connWindow, streamWindow int32
 	if h := srv.HTTP2; h != nil {
-		if h.MaxConcurrentStreams > 0 {
-			c.maxStreams = uint32(h.MaxConcurrentStreams)
-		}
-		if h.MaxReadFrameSize >= 16<<10 && h.MaxReadFrameSize <= 1<<24-1 {
-			c.maxReadFrame = uint32(h.MaxReadFrameSize)
-		}
-		if h.MaxDecoderHeaderTableSize > 0 && h.MaxDecoderHeaderTableSize < 4<<20 {
-			c.decoderTable = uint32(h.MaxDecoderHeaderTableSize)
-		}
-		if h.MaxEncoderHeaderTableSize > 0 && h.MaxEncoderHeaderTableSize < 4<<20 {
-			c.encoderTable = uint32(h.MaxEncoderHeaderTableSize)
-		}
-		if h.MaxReceiveBufferPerConnection >= h2InitialWindow && h.MaxReceiveBufferPerConnection <= 1<<31-1 {
-			c.connWindow = int32(h.MaxReceiveBufferPerConnection)
-		}
-		if h.MaxReceiveBufferPerStream > 0 && h.MaxReceiveBufferPerStream <= 1<<31-1 {
-			c.streamWindow = int32(h.MaxReceiveBufferPerStream)
-		}
+		c.maxStreams = uint32(h.MaxConcurrentStreams)
+		c.encoderTable = uint32(h.MaxEncoderHeaderTableSize)
+		c.decoderTable = uint32(h.MaxDecoderHeaderTableSize)
+		c.maxReadFrame = uint32(h.MaxReadFrameSize)
+		connWindow = int32(h.MaxReceiveBufferPerConnection)
+		streamWindow = int32(h.MaxReceiveBufferPerStream)
 		c.writeTimeout = h.WriteByteTimeout
+	}
+	inRange := func(v *uint32, lo, hi, def uint32) {
+		if *v < lo || *v > hi {
+			*v = def
+		}
+	}
+	inRange(&c.maxStreams, 1, math.MaxUint32, 250)
+	inRange(&c.encoderTable, 1, math.MaxUint32, 4096)
+	inRange(&c.decoderTable, 1, math.MaxUint32, 4096)
+	inRange(&c.maxReadFrame, 16384, 1<<24-1, 1<<20)
+	c.connWindow, c.streamWindow = 1<<20, 1<<20
+	if connWindow >= h2InitialWindow {
+		c.connWindow = connWindow
+	}
+	if streamWindow >= 1 {
+		c.streamWindow = streamWindow
 	}
 	n := srv.MaxHeaderBytes
 	if n <= 0 {
@@ -151,16 +159,19 @@ func takeInflows(a, b *h2Inflow, n uint32) bool {
 // h2Conn is one HTTP/2 connection served. The connection's goroutine (serve) reads and handles its frames; the
 // handlers, one goroutine per stream, write their own frames. mu guards everything shared between them.
 type h2Conn struct {
-	s      *h1Server
-	cfg    *h2Config
-	nc     net.Conn
-	br     *bufio.Reader
-	fr     *http2.Framer
-	ctx    context.Context
-	cancel context.CancelFunc
-	remote string
-	tls    *tls.ConnectionState
-	h      http.Handler
+	s    *h1Server
+	cfg  *h2Config
+	nc   net.Conn
+	br   *bufio.Reader // from h1Readers; nil while an idle connection waits (waitFrame)
+	fr   *http2.Framer // reads only: the server writes its frames itself
+	hdec *hpack.Decoder
+	// bigRead: a frame larger than h2BigFrame was read since the framer was made
+	bigRead bool
+	ctx     context.Context
+	cancel  context.CancelFunc
+	remote  string
+	tls     *tls.ConnectionState
+	h       http.Handler
 
 	sawFirstSettings bool // the reader's own
 
@@ -213,12 +224,14 @@ type h2Stream struct {
 	writeDeadline    *time.Timer
 }
 
-// serveH2 serves c as an HTTP/2 connection until it ends; br holds what was read of it already (the preface
-// included, when sawPreface). It is called on the connection's own goroutine, counted in s.wg.
+// serveH2 serves c as an HTTP/2 connection until it ends; br (from h1Readers, which serveH2 gives back) holds what
+// was read of it already (the preface included, when sawPreface). It is called on the connection's own goroutine,
+// counted in s.wg.
 func (s *h1Server) serveH2(nc net.Conn, br *bufio.Reader, ctx context.Context, sawPreface bool) {
 	cfg := &s.h2cfg
-	ctx, cancel := context.WithCancel(ctx)
-	c := &h2Conn{s: s, cfg: cfg, nc: nc, br: br, ctx: ctx, cancel: cancel, remote: nc.RemoteAddr().String(),
+	// The streams' contexts derive from ctx itself, not from a cancelable one of the connection's (which would keep
+	// a map of them): when the connection ends, closeConn cancels each stream open.
+	c := &h2Conn{s: s, cfg: cfg, nc: nc, br: br, ctx: ctx, remote: nc.RemoteAddr().String(),
 		h: s.srv.Handler, streams: map[uint32]*h2Stream{}, sendWindow: h2InitialWindow,
 		initialSendWindow: h2InitialWindow, peerMaxFrame: h2InitialMaxFrame}
 	c.wcond.L = &c.mu
@@ -229,11 +242,8 @@ func (s *h1Server) serveH2(nc net.Conn, br *bufio.Reader, ctx context.Context, s
 	}
 	c.henc = hpack.NewEncoder(&c.hbuf)
 	c.henc.SetMaxDynamicTableSizeLimit(cfg.encoderTable)
-	c.fr = http2.NewFramer(h2Out{c}, br)
-	c.fr.ReadMetaHeaders = hpack.NewDecoder(cfg.decoderTable, nil)
-	c.fr.MaxHeaderListSize = cfg.maxHeaderList
-	c.fr.SetMaxReadFrameSize(cfg.maxReadFrame)
-	c.fr.SetReuseFrames() // a DATA frame's payload is copied before the next read
+	c.hdec = hpack.NewDecoder(cfg.decoderTable, nil)
+	c.newFramer()
 	s.mu.Lock()
 	s.h2conns[c] = struct{}{}
 	closing := s.closing.Load()
@@ -249,12 +259,82 @@ func (s *h1Server) serveH2(nc net.Conn, br *bufio.Reader, ctx context.Context, s
 	c.serve(sawPreface)
 }
 
-// h2Out is the framer's writer: frames are queued on the connection (under mu) and written by flushLocked.
-type h2Out struct{ c *h2Conn }
+// newFramer makes the connection's frame reader (x/net's Framer, with the connection's HPACK decoder), anew after
+// a large frame: a Framer keeps the buffer of the largest frame it read.
+func (c *h2Conn) newFramer() {
+	fr := http2.NewFramer(nil, h2In{c})
+	fr.ReadMetaHeaders = c.hdec
+	fr.MaxHeaderListSize = c.cfg.maxHeaderList
+	fr.SetMaxReadFrameSize(c.cfg.maxReadFrame)
+	fr.SetReuseFrames() // a DATA frame's payload is copied before the next read
+	c.fr = fr
+	c.bigRead = false
+}
 
-func (o h2Out) Write(p []byte) (int, error) {
-	o.c.out = append(o.c.out, p...)
-	return len(p), nil
+// h2In is what the framer reads: the connection's read buffer, which an idle connection gives back (waitFrame).
+type h2In struct{ c *h2Conn }
+
+func (i h2In) Read(p []byte) (int, error) { return i.c.br.Read(p) }
+
+// The frames the server writes, appended to out (mu held, queueLocked called).
+
+func (c *h2Conn) frameHeader(length int, t http2.FrameType, flags http2.Flags, id uint32) {
+	c.out = append(c.out, byte(length>>16), byte(length>>8), byte(length), byte(t), byte(flags),
+		byte(id>>24)&0x7f, byte(id>>16), byte(id>>8), byte(id))
+}
+
+func (c *h2Conn) appendUint32(v uint32) {
+	c.out = append(c.out, byte(v>>24), byte(v>>16), byte(v>>8), byte(v))
+}
+
+func (c *h2Conn) writeSettings(settings []http2.Setting) {
+	c.frameHeader(6*len(settings), http2.FrameSettings, 0, 0)
+	for _, st := range settings {
+		c.out = append(c.out, byte(st.ID>>8), byte(st.ID))
+		c.appendUint32(st.Val)
+	}
+}
+
+func (c *h2Conn) writePingAck(data [8]byte) {
+	c.frameHeader(8, http2.FramePing, http2.FlagPingAck, 0)
+	c.out = append(c.out, data[:]...)
+}
+
+func (c *h2Conn) writeRSTStream(id uint32, code http2.ErrCode) {
+	c.frameHeader(4, http2.FrameRSTStream, 0, id)
+	c.appendUint32(uint32(code))
+}
+
+func (c *h2Conn) writeWindowUpdate(id, incr uint32) {
+	c.frameHeader(4, http2.FrameWindowUpdate, 0, id)
+	c.appendUint32(incr & 0x7fffffff)
+}
+
+func (c *h2Conn) writeGoAway(last uint32, code http2.ErrCode) {
+	c.frameHeader(8, http2.FrameGoAway, 0, 0)
+	c.appendUint32(last & 0x7fffffff)
+	c.appendUint32(uint32(code))
+}
+
+func (c *h2Conn) writeHeaderFrame(t http2.FrameType, id uint32, frag []byte, endStream, endHeaders bool) {
+	var flags http2.Flags
+	if endStream {
+		flags |= http2.FlagHeadersEndStream
+	}
+	if endHeaders {
+		flags |= http2.FlagHeadersEndHeaders // CONTINUATION's END_HEADERS is the same bit
+	}
+	c.frameHeader(len(frag), t, flags, id)
+	c.out = append(c.out, frag...)
+}
+
+func (c *h2Conn) writeData(id uint32, endStream bool, p []byte) {
+	var flags http2.Flags
+	if endStream {
+		flags = http2.FlagDataEndStream
+	}
+	c.frameHeader(len(p), http2.FrameData, flags, id)
+	c.out = append(c.out, p...)
 }
 
 var h2OutPool = sync.Pool{New: func() any { return make([]byte, 0, 8<<10) }}
@@ -275,7 +355,7 @@ func (c *h2Conn) serve(sawPreface bool) {
 	if h2ExtendedConnect {
 		settings = append(settings, http2.Setting{ID: http2.SettingEnableConnectProtocol, Val: 1})
 	}
-	c.fr.WriteSettings(settings...)
+	c.writeSettings(settings)
 	c.unackedSettings++
 	if diff := cfg.connWindow - h2InitialWindow; diff > 0 {
 		c.windowUpdateLocked(nil, int(diff))
@@ -311,7 +391,13 @@ func (c *h2Conn) serve(sawPreface bool) {
 			c.flushLocked()
 			c.mu.Unlock()
 		}
+		if c.br.Buffered() == 0 {
+			c.waitFrame()
+		}
 		f, err := c.fr.ReadFrame()
+		if err == nil && f.Header().Length > h2BigFrame {
+			c.bigRead = true
+		}
 		if first && err == nil {
 			first = false
 			c.nc.SetReadDeadline(time.Time{})
@@ -324,6 +410,28 @@ func (c *h2Conn) serve(sawPreface bool) {
 			return
 		}
 	}
+}
+
+// h2BigFrame: after a frame larger than this, the connection's framer is made anew before the connection waits
+// (it keeps the buffer of the largest frame it read).
+const h2BigFrame = 4 << 10
+
+// waitFrame waits for the next frame's first bytes with no read buffer held (a guarded plaintext connection with
+// nothing buffered): an idle connection holds none.
+func (c *h2Conn) waitFrame() {
+	if c.bigRead {
+		c.newFramer()
+	}
+	g, ok := c.nc.(*h1guard.Conn)
+	if !ok || !g.Drained() {
+		return
+	}
+	c.br.Reset(nil)
+	h1Readers.Put(c.br)
+	c.br = nil
+	waitReadable(g.Conn)
+	c.br = h1Readers.Get().(*bufio.Reader)
+	c.br.Reset(c.nc)
 }
 
 // wholeFrameBuffered reports whether the next frame is whole in the read buffer (reading it does not block).
@@ -430,7 +538,7 @@ func (c *h2Conn) processFrame(f http2.Frame) error {
 			return http2.ConnectionError(http2.ErrCodeProtocol)
 		}
 		c.queueLocked()
-		c.fr.WritePing(true, f.Data)
+		c.writePingAck(f.Data)
 		return nil
 	case *http2.DataFrame:
 		return c.processData(f)
@@ -496,7 +604,7 @@ func (c *h2Conn) processSettings(f *http2.SettingsFrame) error {
 		return err
 	}
 	c.queueLocked()
-	c.fr.WriteSettingsAck()
+	c.frameHeader(0, http2.FrameSettings, http2.FlagSettingsAck, 0)
 	return nil
 }
 
@@ -899,7 +1007,7 @@ func (c *h2Conn) runHandler(w *h2Writer) {
 			c.mu.Lock()
 			if st, ok := c.streams[w.st.id]; ok && st == w.st {
 				c.queueLocked()
-				c.fr.WriteRSTStream(w.st.id, http2.ErrCodeInternal)
+				c.writeRSTStream(w.st.id, http2.ErrCodeInternal)
 				c.closeStream(w.st, errH2HandlerPanicked)
 				c.flushLocked()
 			}
@@ -971,7 +1079,7 @@ func (c *h2Conn) resetLocked(se http2.StreamError) {
 		return // after an error GOAWAY, no stream frame is written (net/http's scheduler)
 	}
 	c.queueLocked()
-	c.fr.WriteRSTStream(se.StreamID, se.Code)
+	c.writeRSTStream(se.StreamID, se.Code)
 	if st, ok := c.streams[se.StreamID]; ok {
 		st.resetQueued = true
 		c.closeStream(st, se)
@@ -999,7 +1107,7 @@ func (c *h2Conn) windowUpdateLocked(st *h2Stream, n int) {
 		return
 	}
 	c.queueLocked()
-	c.fr.WriteWindowUpdate(id, uint32(send))
+	c.writeWindowUpdate(id, uint32(send))
 }
 
 // queueLocked is called before a control frame is queued: it counts the ones queued while a write is under
@@ -1091,7 +1199,7 @@ func (c *h2Conn) goAwayLocked(code http2.ErrCode) {
 	c.inGoAway = true
 	c.goAwayCode = code
 	c.queueLocked()
-	c.fr.WriteGoAway(c.maxClientStreamID, code, nil)
+	c.writeGoAway(c.maxClientStreamID, code)
 	c.goAwaySent = true
 	if code != http2.ErrCodeNo || len(c.streams) == 0 {
 		c.shutDownIn(h2GoAwayTimeout)
@@ -1153,8 +1261,12 @@ func (c *h2Conn) closeConn() {
 	}
 	c.wcond.Broadcast()
 	c.mu.Unlock()
-	c.cancel()
 	c.nc.Close()
+	if c.br != nil {
+		c.br.Reset(nil)
+		h1Readers.Put(c.br)
+		c.br = nil
+	}
 }
 
 func (c *h2Conn) logf(format string, args ...any) {
@@ -1253,7 +1365,7 @@ func (b *h2Body) Read(d []byte) (int, error) {
 			c.queueLocked()
 			c.hbuf.Reset()
 			c.henc.WriteField(hpack.HeaderField{Name: ":status", Value: "100"})
-			c.fr.WriteHeaders(http2.HeadersFrameParam{StreamID: st.id, BlockFragment: c.hbuf.Bytes(), EndHeaders: true})
+			c.writeHeaderFrame(http2.FrameHeaders, st.id, c.hbuf.Bytes(), false, true)
 			c.flushLocked()
 		}
 		c.mu.Unlock()
@@ -1723,11 +1835,10 @@ func (c *h2Conn) writeHeadersLocked(st *h2Stream, status int, h http.Header, key
 		}
 		block = block[len(frag):]
 		if first {
-			c.fr.WriteHeaders(http2.HeadersFrameParam{StreamID: st.id, BlockFragment: frag, EndStream: endStream,
-				EndHeaders: len(block) == 0})
+			c.writeHeaderFrame(http2.FrameHeaders, st.id, frag, endStream, len(block) == 0)
 			first = false
 		} else {
-			c.fr.WriteContinuation(st.id, len(block) == 0, frag)
+			c.writeHeaderFrame(http2.FrameContinuation, st.id, frag, false, len(block) == 0)
 		}
 	}
 	if endStream {
@@ -1757,7 +1868,7 @@ func (c *h2Conn) writeDataLocked(st *h2Stream, p []byte, endStream bool) error {
 		}
 		if len(p) == 0 {
 			c.queueLocked()
-			c.fr.WriteData(st.id, endStream, nil)
+			c.writeData(st.id, endStream, nil)
 			c.endedStream(st)
 			return nil
 		}
@@ -1774,7 +1885,7 @@ func (c *h2Conn) writeDataLocked(st *h2Stream, p []byte, endStream bool) error {
 		st.sendWindow -= n
 		c.sendWindow -= n
 		last := int(n) == len(p)
-		c.fr.WriteData(st.id, endStream && last, p[:n])
+		c.writeData(st.id, endStream && last, p[:n])
 		p = p[n:]
 		if last {
 			if endStream {

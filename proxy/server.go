@@ -60,10 +60,13 @@ func (p *Proxy) newHTTPListener(ln net.Listener, direction, label string, lim Li
 		// HTTP/2 settings, explicit where they are Go's defaults too so that a Go release does not change them
 		// unnoticed (README: Security and limits).
 		HTTP2: &http.HTTP2Config{
-			MaxConcurrentStreams:          lim.MaxConcurrentStreams,
-			MaxReadFrameSize:              maxReadFrameSize,
-			MaxDecoderHeaderTableSize:     4 << 10,
-			MaxEncoderHeaderTableSize:     4 << 10,
+			MaxConcurrentStreams:      lim.MaxConcurrentStreams,
+			MaxReadFrameSize:          maxReadFrameSize,
+			MaxDecoderHeaderTableSize: 4 << 10,
+			// Responses without HPACK indexing, as the transports' requests (h2EncoderTableSize): no table of
+			// response fields kept per connection (the client's decoder keeps the default 4 KiB one, which it may
+			// use before our SETTINGS arrive).
+			MaxEncoderHeaderTableSize:     h2EncoderTableSize,
 			MaxReceiveBufferPerConnection: 1 << 20,
 			MaxReceiveBufferPerStream:     1 << 20,
 			WriteByteTimeout:              lim.WriteTimeout,

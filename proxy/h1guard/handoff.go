@@ -157,3 +157,10 @@ func (w *upgradeWriter) Hijack() (net.Conn, *bufio.ReadWriter, error) {
 
 // Unwrap returns the server's writer.
 func (w *upgradeWriter) Unwrap() http.ResponseWriter { return w.ResponseWriter }
+
+// Drained reports whether a read would go straight to the socket: the connection passes its bytes through
+// unchecked (HTTP/2 after its preface) and holds none of them. Its reader may then wait for the socket to become
+// readable without a buffer of its own.
+func (g *Conn) Drained() bool {
+	return g.state == gOpaque && len(g.unread) == 0 && g.out == 0 && !g.buffered() && g.err == nil && !g.dead.Load()
+}
