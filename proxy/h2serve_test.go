@@ -3,14 +3,21 @@ package proxy
 import (
 	"bytes"
 	"context"
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/rand"
 	"crypto/sha256"
+	"crypto/tls"
+	"crypto/x509"
 	"errors"
 	"fmt"
 	"io"
 	"log"
 	"maps"
+	"math/big"
 	"net"
 	"net/http"
+	"net/http/httptest"
 	"slices"
 	"strconv"
 	"strings"
@@ -758,3 +765,83 @@ func FuzzH2Agreement(f *testing.F) {
 }
 
 var h2TestLog io.Writer = io.Discard
+
+// handshakeListener completes each TLS handshake before Accept returns, as the inbound listener (mtls.Listener)
+// does: the guard then hands a connection that chose h2 over as it is.
+type handshakeListener struct{ net.Listener }
+
+func (l handshakeListener) Accept() (net.Conn, error) {
+	for {
+		c, err := l.Listener.Accept()
+		if err != nil {
+			return nil, err
+		}
+		tc := c.(*tls.Conn)
+		if err := tc.Handshake(); err != nil {
+			c.Close()
+			continue
+		}
+		return tc, nil
+	}
+}
+
+// A TLS 1.3 connection that chose h2 is served by h2Conn, with each request's TLS state; a TLS 1.2 one by net/http's
+// server (which checks TLS 1.2's cipher suite against HTTP/2's list).
+func TestH2OverTLS(t *testing.T) {
+	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		t.Fatal(err)
+	}
+	tmpl := &x509.Certificate{SerialNumber: big.NewInt(1), NotBefore: time.Now().Add(-time.Hour),
+		NotAfter: time.Now().Add(time.Hour), IPAddresses: []net.IP{net.IPv4(127, 0, 0, 1)}}
+	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, &key.PublicKey, key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cert := tls.Certificate{Certificate: [][]byte{der}, PrivateKey: key}
+	for _, tc := range []struct {
+		version uint16
+		want    string
+	}{{tls.VersionTLS13, "tls=true h2conns=1"}, {tls.VersionTLS12, "tls=true h2conns=0"}} {
+		ln, err := net.Listen("tcp", "127.0.0.1:0")
+		if err != nil {
+			t.Fatal(err)
+		}
+		tln := tls.NewListener(ln, &tls.Config{Certificates: []tls.Certificate{cert}, NextProtos: []string{"h2", "http/1.1"},
+			MaxVersion: tc.version})
+		guard := h1guard.NewListener(handshakeListener{tln}, h1guard.Options{MaxHead: 8 << 10})
+		var hs *h1Server
+		srv := &http.Server{ConnContext: h1guard.ConnContext, ErrorLog: log.New(io.Discard, "", 0),
+			Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+				hs.mu.Lock()
+				n := len(hs.h2conns)
+				hs.mu.Unlock()
+				fmt.Fprintf(w, "tls=%v h2conns=%d", r.TLS != nil, n)
+			})}
+		srv.Protocols = new(http.Protocols)
+		srv.Protocols.SetHTTP1(true)
+		srv.Protocols.SetHTTP2(true)
+		hs = newH1Server(srv, ln.Addr())
+		hs.h2tls = true
+		done := make(chan struct{})
+		go func() { defer close(done); hs.serve(guard) }()
+		tr := &http2.Transport{TLSClientConfig: &tls.Config{InsecureSkipVerify: true, MaxVersion: tc.version}}
+		resp, err := tr.RoundTrip(httptest.NewRequest("GET", "https://"+ln.Addr().String()+"/", nil).WithContext(context.Background()))
+		if err != nil {
+			t.Fatal(err)
+		}
+		body, _ := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		if string(body) != tc.want || resp.ProtoMajor != 2 {
+			t.Errorf("TLS %x: %s %q, want HTTP/2 %q", tc.version, resp.Proto, body, tc.want)
+		}
+		tr.CloseIdleConnections()
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		ln.Close()
+		hs.shutdown(ctx)
+		srv.Shutdown(ctx)
+		<-done
+		guard.Wait(ctx)
+		cancel()
+	}
+}
