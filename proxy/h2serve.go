@@ -18,6 +18,8 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
+	"syscall"
 	"time"
 
 	"golang.org/x/net/http/httpguts"
@@ -167,6 +169,7 @@ type h2Conn struct {
 	hdec *hpack.Decoder
 	// bigRead: a frame larger than h2BigFrame was read since the framer was made
 	bigRead bool
+	waiting atomic.Bool // the reader waits for the socket with no read buffer (waitFrame)
 	ctx     context.Context
 	cancel  context.CancelFunc
 	remote  string
@@ -198,7 +201,6 @@ type h2Conn struct {
 	idleTimer         *time.Timer
 	curHandlers       uint32
 	unstarted         []*h2Writer // handlers waiting for a slot (net/http's unstartedHandlers)
-	wroteTimer        bool
 }
 
 // h2Stream is a stream of a connection; its fields are guarded by the connection's mu.
@@ -426,12 +428,40 @@ func (c *h2Conn) waitFrame() {
 	if !ok || !g.Drained() {
 		return
 	}
+	sc := socketOf(g.Conn)
+	if sc == nil {
+		return
+	}
 	c.br.Reset(nil)
 	h1Readers.Put(c.br)
 	c.br = nil
-	waitReadable(g.Conn)
+	c.waiting.Store(true)
+	waitReadable(sc)
+	c.waiting.Store(false)
 	c.br = h1Readers.Get().(*bufio.Reader)
 	c.br.Reset(c.nc)
+}
+
+// socketOf returns the TCP connection under c's wrappers when none of them holds bytes of its own (the
+// connection limit's, the transparent and inbound listeners' carriers), else nil: waiting on the socket would not
+// see bytes a wrapper holds.
+func socketOf(c net.Conn) syscall.Conn {
+	for {
+		switch w := c.(type) {
+		case *net.TCPConn:
+			return w
+		case *limitedConn:
+			c = w.Conn
+		case carriedConn:
+			c = w.Conn
+		case *routedConn:
+			c = w.Conn
+		case *appPortConn:
+			c = w.Conn
+		default:
+			return nil
+		}
+	}
 }
 
 // wholeFrameBuffered reports whether the next frame is whole in the read buffer (reading it does not block).

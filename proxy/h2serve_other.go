@@ -2,7 +2,7 @@
 
 package proxy
 
-import "net"
+import "syscall"
 
 // waitReadable cannot wait for a socket here: the caller reads as usual.
-func waitReadable(net.Conn) bool { return false }
+func waitReadable(syscall.Conn) {}

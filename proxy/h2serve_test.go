@@ -845,3 +845,111 @@ func TestH2OverTLS(t *testing.T) {
 		cancel()
 	}
 }
+
+// limitListener wraps each connection as the listeners' connection limit does (limitedConn).
+type limitListener struct{ net.Listener }
+
+func (l limitListener) Accept() (net.Conn, error) {
+	c, err := l.Listener.Accept()
+	if err != nil {
+		return nil, err
+	}
+	return &limitedConn{Conn: c, budget: &connBudget{}}, nil
+}
+
+// An idle HTTP/2 connection waits for its next frame without a read buffer (under the connection limit's wrapper
+// too), and takes one again for the next request.
+func TestH2IdleHoldsNoReadBuffer(t *testing.T) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	guard := h1guard.NewListener(limitListener{ln}, h1guard.Options{MaxHead: 8 << 10})
+	srv := &http.Server{ConnContext: h1guard.ConnContext, ErrorLog: log.New(io.Discard, "", 0),
+		Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { io.WriteString(w, "hello") })}
+	srv.Protocols = new(http.Protocols)
+	srv.Protocols.SetHTTP1(true)
+	srv.Protocols.SetUnencryptedHTTP2(true)
+	hs := newH1Server(srv, ln.Addr())
+	hs.h2c = true
+	done := make(chan struct{})
+	go func() { defer close(done); hs.serve(guard) }()
+	defer func() {
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		defer cancel()
+		ln.Close()
+		hs.shutdown(ctx)
+		srv.Shutdown(ctx)
+		<-done
+		guard.Wait(ctx)
+	}()
+	c, err := net.Dial("tcp", ln.Addr().String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	cc, err := (&http2.Transport{AllowHTTP: true}).NewClientConn(c)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer cc.Close()
+	waiting := func() bool {
+		for deadline := time.Now().Add(2 * time.Second); time.Now().Before(deadline); time.Sleep(time.Millisecond) {
+			hs.mu.Lock()
+			n, idle := len(hs.h2conns), 0
+			for hc := range hs.h2conns {
+				if hc.waiting.Load() {
+					idle++
+				}
+			}
+			hs.mu.Unlock()
+			if n == 1 && idle == 1 {
+				return true
+			}
+		}
+		return false
+	}
+	for i := range 3 {
+		resp, err := cc.RoundTrip(httptest.NewRequest("GET", "http://"+ln.Addr().String()+"/", nil).WithContext(context.Background()))
+		if err != nil {
+			t.Fatal(err)
+		}
+		body, _ := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		if string(body) != "hello" {
+			t.Fatalf("request %d: %q", i, body)
+		}
+		if !waiting() {
+			t.Fatalf("after request %d the connection does not wait without its read buffer", i)
+		}
+	}
+}
+
+// socketOf looks under the wrappers that hold no bytes of their own, and only those.
+func TestSocketOf(t *testing.T) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	c, err := net.Dial("tcp", ln.Addr().String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	tcp := c.(*net.TCPConn)
+	for _, tc := range []struct {
+		c    net.Conn
+		want bool
+	}{
+		{tcp, true},
+		{&limitedConn{Conn: tcp}, true},
+		{&appPortConn{carriedConn{&limitedConn{Conn: tcp}}, 80}, true},
+		{&routedConn{carriedConn: carriedConn{tcp}}, true},
+		{struct{ net.Conn }{tcp}, false}, // a wrapper it does not know may hold bytes
+		{&limitedConn{Conn: struct{ net.Conn }{tcp}}, false},
+	} {
+		if got := socketOf(tc.c) != nil; got != tc.want {
+			t.Errorf("socketOf(%T) found a socket: %v, want %v", tc.c, got, tc.want)
+		}
+	}
+}

@@ -2,22 +2,14 @@
 
 package proxy
 
-import (
-	"net"
-	"syscall"
-)
+import "syscall"
 
-// waitReadable waits until c's socket has bytes to read, its end or an error (or c's read deadline passes, or c is
-// closed), without reading: an idle connection's reader holds no buffer meanwhile. false: c has no socket to wait
-// on, and the caller reads as usual.
-func waitReadable(c net.Conn) bool {
-	sc, ok := c.(syscall.Conn)
-	if !ok {
-		return false
-	}
+// waitReadable waits until socket sc has bytes to read, its end or an error (or its read deadline passes, or it is
+// closed), without reading: an idle connection's reader holds no buffer meanwhile.
+func waitReadable(sc syscall.Conn) {
 	rc, err := sc.SyscallConn()
 	if err != nil {
-		return false
+		return
 	}
 	var buf [1]byte
 	rc.Read(func(fd uintptr) bool {
@@ -29,5 +21,4 @@ func waitReadable(c net.Conn) bool {
 			return err != syscall.EAGAIN && err != syscall.EWOULDBLOCK // false: wait for the socket
 		}
 	})
-	return true
 }
