@@ -483,7 +483,11 @@ func (c *h1Conn) serveRequest(h h1Head) bool {
 	c.bw.Reset(c.g)
 	w := newH1Writer(c, req)
 	w.body = c.watchGone(cancel, req)
-	c.s.srv.Handler.ServeHTTP(w, req)
+	handler := c.s.srv.Handler
+	if req.RequestURI == "*" && req.Method == http.MethodOptions && !c.s.srv.DisableGeneralOptionsHandler {
+		handler = http.HandlerFunc(globalOptions) // net/http's serverHandler answers these itself
+	}
+	handler.ServeHTTP(w, req)
 	c.unwatchGone()
 	keep := w.finish()
 	cancel(nil)

@@ -159,6 +159,9 @@ func agreeSeeds() []string {
 			"HEAD "+p+" HTTP/1.1\r\nHost: a\r\n\r\n")
 	}
 	return append(seeds,
+		"OPTIONS * HTTP/1.1\r\nHost: a\r\n\r\n", // net/http answers it itself (globalOptionsHandler)
+		"OPTIONS * HTTP/1.1\r\nHost: a\r\nContent-Length: 3\r\n\r\nabcGET / HTTP/1.1\r\nHost: a\r\n\r\n",
+		"GET * HTTP/1.1\r\nHost: a\r\n\r\n",
 		"GET / HTTP/1.1\r\nHost: a\r\n\r\nGET /cl HTTP/1.1\r\nHost: b\r\nX-A: 1\r\nX-A: 2\r\n\r\n", // pipelined
 		"GET / HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\nGET / HTTP/1.1\r\nHost: a\r\n\r\n",
 		"GET / HTTP/1.1\r\n\r\n",                       // no Host

@@ -971,7 +971,7 @@ func (c *h2Conn) newWriterAndRequest(st *h2Stream, f *http2.MetaHeadersFrame) (*
 		body.pipe = &h2Pipe{st: st}
 	}
 	w := &h2Writer{st: st, req: req, handler: c.h}
-	if requestURI == "*" && method == http.MethodOptions {
+	if requestURI == "*" && method == http.MethodOptions && !c.s.srv.DisableGeneralOptionsHandler {
 		w.handler = http.HandlerFunc(globalOptions) // net/http's serverHandler answers these itself
 	}
 	return w, req, nil
