@@ -165,14 +165,17 @@ var h2Templates = [][][2]string{
 }
 
 // h2AnswerEarly are the templates answered before their body ends (the server's 400 and 431, a handler that
-// closes the body): the client waits for the answer before the next step, which would race with it.
-var h2AnswerEarly = []int{12, 13, 23, 27}
+// closes the body, 100 Continue): the client waits for the answer to begin before the next step, which would race
+// with it.
+var h2AnswerEarly = []int{12, 13, 16, 23, 27}
 
 // h2Script turns fuzzer bytes into the frames a client sends after its preface and first SETTINGS, and notes
 // the streams it opened.
 type h2Script struct {
 	ops     [][]byte   // the frames of each step; the client waits for the server to handle one before the next
 	ends    [][]uint32 // per step, the streams whose request it ended: the client waits for their answers
+	early   [][]uint32 // per step, the streams answered before their request ends: the client waits for a first frame
+	earlies []uint32
 	buf     bytes.Buffer
 	fr      *http2.Framer
 	enc     *hpack.Encoder
@@ -200,7 +203,8 @@ func newH2Script() *h2Script {
 func (s *h2Script) cut() {
 	s.ops = append(s.ops, bytes.Clone(s.buf.Bytes()))
 	s.ends = append(s.ends, s.ended)
-	s.ended = nil
+	s.early = append(s.early, s.earlies)
+	s.ended, s.earlies = nil, nil
 	s.buf.Reset()
 }
 
@@ -264,8 +268,10 @@ func (s *h2Script) build(in []byte) {
 			if id%2 == 1 && !slices.Contains(s.opened, id) {
 				s.opened = append(s.opened, id)
 				s.open[id] = !end
-				if end || slices.Contains(h2AnswerEarly, t%len(h2Templates)) {
+				if end {
 					s.end(id)
+				} else if slices.Contains(h2AnswerEarly, t%len(h2Templates)) {
+					s.earlies = append(s.earlies, id)
 				}
 			}
 			s.cur = id
@@ -507,6 +513,8 @@ func runH2(t testing.TB, own bool, s *h2Script) *h2Outcome {
 	acks := make(chan struct{}, 1)
 	endedCh := make(chan uint32, 1024)
 	endedSet := map[uint32]bool{}
+	seenCh := make(chan uint32, 1024) // a stream's first HEADERS (1xx included) or RST_STREAM
+	seenSet := map[uint32]bool{}
 	stop := make(chan struct{})
 	defer close(stop)
 	go func() {
@@ -534,6 +542,19 @@ func runH2(t testing.TB, own bool, s *h2Script) *h2Outcome {
 			}
 			// A request this step ended is answered before the next step (what comes next on its stream would
 			// race with the answer), unless the server goes quiet (the answer waits for a window update).
+			for _, id := range s.early[i] {
+				for !seenSet[id] {
+					select {
+					case e := <-seenCh:
+						seenSet[e] = true
+						continue
+					case <-stop:
+						return
+					case <-time.After(100 * time.Millisecond):
+					}
+					break
+				}
+			}
 			for _, id := range s.ends[i] {
 				for !endedSet[id] {
 					select {
@@ -601,6 +622,10 @@ func runH2(t testing.TB, own bool, s *h2Script) *h2Outcome {
 				fields = append(fields, hf.Name+"="+hf.Value)
 			}
 			fmt.Fprintf(sb, "headers%v end=%v; ", fields, f.StreamEnded())
+			select {
+			case seenCh <- id:
+			default:
+			}
 			if f.StreamEnded() {
 				o.ended[id] = true
 				select {
@@ -633,6 +658,10 @@ func runH2(t testing.TB, own bool, s *h2Script) *h2Outcome {
 				fmt.Fprintf(sb, "rst %v; ", f.ErrCode)
 			}
 			o.ended[id] = true
+			select {
+			case seenCh <- id:
+			default:
+			}
 			select {
 			case endedCh <- id:
 			default:
