@@ -138,7 +138,9 @@ type h2Inflow struct{ avail, unsent int32 }
 func (f *h2Inflow) add(n int) int32 {
 	unsent := int64(f.unsent) + int64(n)
 	if unsent+int64(f.avail) > 1<<31-1 {
-		panic("flow control update exceeds maximum window size")
+		// A window never passes 2^31-1. net/http panics here; this server gives each byte back once, so this is
+		// only a guard (a panic here would hold the connection's lock).
+		unsent = 1<<31 - 1 - int64(f.avail)
 	}
 	f.unsent = int32(unsent)
 	if f.unsent < h2InflowMinRefresh && f.unsent < f.avail {
@@ -588,7 +590,9 @@ func (c *h2Conn) processFrame(f http2.Frame) error {
 		}
 		return nil
 	case *http2.GoAwayFrame:
-		c.logf("http2: received GOAWAY %+v, starting graceful shutdown", f)
+		if f.ErrCode != http2.ErrCodeNo { // net/http logs the others only when verbose
+			c.logf("http2: received GOAWAY %+v, starting graceful shutdown", f)
+		}
 		c.goAwayLocked(http2.ErrCodeNo)
 		return nil
 	case *http2.PushPromiseFrame:
@@ -1438,8 +1442,11 @@ func (b *h2Body) Read(d []byte) (int, error) {
 			p.buf = nil // a large body's buffer is not kept
 		}
 	}
-	// net/http's noteBodyRead: the window given back (the stream's unless the client is done sending).
-	c.windowUpdateLocked(nil, n)
+	// net/http's noteBodyRead: the window given back (the stream's unless the client is done sending). Not the
+	// connection's for a closed stream: closeStream gave back what its body held (net/http gives it twice).
+	if st.state != h2Closed {
+		c.windowUpdateLocked(nil, n)
+	}
 	if st.state != h2HalfClosedRemote && st.state != h2Closed {
 		c.windowUpdateLocked(st, n)
 	}
