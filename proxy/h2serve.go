@@ -181,16 +181,17 @@ type h2Conn struct {
 	sawFirstSettings bool // the reader's own
 
 	mu                sync.Mutex
-	wcond             sync.Cond // with mu: send windows grew, a write ended, a stream closed
-	streams           map[uint32]*h2Stream
+	wcond             sync.Cond            // with mu: send windows grew, a write ended, a stream closed
+	streams           map[uint32]*h2Stream // nil while no stream is open
 	maxClientStreamID uint32
 	unackedSettings   int
 	inflow            h2Inflow
 	sendWindow        int32 // the peer's connection window
 	initialSendWindow int32
 	peerMaxFrame      int32
-	henc              *hpack.Encoder
+	henc              *hpack.Encoder // nil until a header block is written, and while idle (encoder)
 	hbuf              bytes.Buffer
+	peerTableSize     uint32 // the client's SETTINGS_HEADER_TABLE_SIZE
 	out               []byte // frames to write
 	flushing          bool   // a goroutine is writing out; it writes what is added meanwhile
 	werr              error  // the connection failed to write: nothing more is written
@@ -236,16 +237,14 @@ func (s *h1Server) serveH2(nc net.Conn, br *bufio.Reader, ctx context.Context, s
 	// The streams' contexts derive from ctx itself, not from a cancelable one of the connection's (which would keep
 	// a map of them): when the connection ends, closeConn cancels each stream open.
 	c := &h2Conn{s: s, cfg: cfg, nc: nc, br: br, ctx: ctx, remote: nc.RemoteAddr().String(),
-		h: s.srv.Handler, streams: map[uint32]*h2Stream{}, sendWindow: h2InitialWindow,
-		initialSendWindow: h2InitialWindow, peerMaxFrame: h2InitialMaxFrame}
+		h: s.srv.Handler, sendWindow: h2InitialWindow,
+		initialSendWindow: h2InitialWindow, peerMaxFrame: h2InitialMaxFrame, peerTableSize: 4096}
 	c.wcond.L = &c.mu
 	c.inflow.avail = h2InitialWindow
 	if tc, ok := nc.(*tls.Conn); ok {
 		st := tc.ConnectionState()
 		c.tls = &st
 	}
-	c.henc = hpack.NewEncoder(&c.hbuf)
-	c.henc.SetMaxDynamicTableSizeLimit(cfg.encoderTable)
 	c.hdec = hpack.NewDecoder(cfg.decoderTable, nil)
 	c.newFramer()
 	s.mu.Lock()
@@ -279,6 +278,17 @@ func (c *h2Conn) newFramer() {
 type h2In struct{ c *h2Conn }
 
 func (i h2In) Read(p []byte) (int, error) { return i.c.br.Read(p) }
+
+// encoder returns the connection's HPACK encoder, made at its first header block (and again after an idle time,
+// closeStream). mu held.
+func (c *h2Conn) encoder() *hpack.Encoder {
+	if c.henc == nil {
+		c.henc = hpack.NewEncoder(&c.hbuf)
+		c.henc.SetMaxDynamicTableSizeLimit(c.cfg.encoderTable)
+		c.henc.SetMaxDynamicTableSize(c.peerTableSize)
+	}
+	return c.henc
+}
 
 // The frames the server writes, appended to out (mu held, queueLocked called).
 
@@ -648,7 +658,10 @@ func (c *h2Conn) processSetting(s http2.Setting) error {
 	}
 	switch s.ID {
 	case http2.SettingHeaderTableSize:
-		c.henc.SetMaxDynamicTableSize(s.Val)
+		c.peerTableSize = s.Val
+		if c.henc != nil {
+			c.henc.SetMaxDynamicTableSize(s.Val)
+		}
 	case http2.SettingInitialWindowSize:
 		growth := int32(s.Val) - c.initialSendWindow
 		c.initialSendWindow = int32(s.Val)
@@ -874,6 +887,9 @@ func (c *h2Conn) newStream(id uint32, state h2State) *h2Stream {
 	ctx, cancel := context.WithCancel(c.ctx)
 	st := &h2Stream{c: c, id: id, state: state, ctx: ctx, cancel: cancel, sendWindow: c.initialSendWindow}
 	st.inflow.avail = c.cfg.streamWindow
+	if c.streams == nil {
+		c.streams = make(map[uint32]*h2Stream, 1)
+	}
 	c.streams[id] = st
 	if len(c.streams) == 1 {
 		c.s.state(c.nc, http.StateActive)
@@ -1074,6 +1090,12 @@ func (c *h2Conn) closeStream(st *h2Stream, err error) {
 	}
 	delete(c.streams, st.id)
 	if len(c.streams) == 0 {
+		if c.cfg.encoderTable < 32 {
+			// An encoder whose table holds no entry (each takes 32 bytes and more) has no state to keep: an idle
+			// connection holds none, nor its buffer.
+			c.henc, c.hbuf = nil, bytes.Buffer{}
+		}
+		c.streams = nil // an idle connection holds no map (a map keeps its largest size)
 		c.s.state(c.nc, http.StateIdle)
 		if c.idleTimer != nil && !c.closed {
 			c.idleTimer.Reset(c.cfg.idleTimeout)
@@ -1397,8 +1419,9 @@ func (b *h2Body) Read(d []byte) (int, error) {
 		c.mu.Lock()
 		if !st.wroteHeaders && st.state != h2Closed && !(c.inGoAway && c.goAwayCode != http2.ErrCodeNo) {
 			c.queueLocked()
+			enc := c.encoder()
 			c.hbuf.Reset()
-			c.henc.WriteField(hpack.HeaderField{Name: ":status", Value: "100"})
+			enc.WriteField(hpack.HeaderField{Name: ":status", Value: "100"})
 			c.writeHeaderFrame(http2.FrameHeaders, st.id, c.hbuf.Bytes(), false, true)
 			c.flushLocked()
 		}
@@ -1845,19 +1868,20 @@ func (c *h2Conn) writeHeadersLocked(st *h2Stream, status int, h http.Header, key
 	}
 	st.wroteHeaders = true
 	c.queueLocked()
+	enc := c.encoder()
 	c.hbuf.Reset()
 	if status != 0 {
-		c.henc.WriteField(hpack.HeaderField{Name: ":status", Value: statusString(status)})
+		enc.WriteField(hpack.HeaderField{Name: ":status", Value: statusString(status)})
 	}
-	encodeH2Header(c.henc, h, keys)
+	encodeH2Header(enc, h, keys)
 	if ctype != "" {
-		c.henc.WriteField(hpack.HeaderField{Name: "content-type", Value: ctype})
+		enc.WriteField(hpack.HeaderField{Name: "content-type", Value: ctype})
 	}
 	if clen != "" {
-		c.henc.WriteField(hpack.HeaderField{Name: "content-length", Value: clen})
+		enc.WriteField(hpack.HeaderField{Name: "content-length", Value: clen})
 	}
 	if date != "" {
-		c.henc.WriteField(hpack.HeaderField{Name: "date", Value: date})
+		enc.WriteField(hpack.HeaderField{Name: "date", Value: date})
 	}
 	block := c.hbuf.Bytes()
 	if len(block) == 0 && keys == nil {

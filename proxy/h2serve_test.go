@@ -448,7 +448,7 @@ func runH2(t testing.TB, own bool, s *h2Script) *h2Outcome {
 	srv := &http.Server{Handler: http.HandlerFunc(h2AgreeHandler), ConnContext: h1guard.ConnContext,
 		ReadHeaderTimeout: 5 * time.Second, MaxHeaderBytes: 4096, ErrorLog: log.New(h2TestLog, "", 0),
 		HTTP2: &http.HTTP2Config{MaxConcurrentStreams: 4, MaxReadFrameSize: 16 << 10, MaxDecoderHeaderTableSize: 4096,
-			MaxEncoderHeaderTableSize: 4096, MaxReceiveBufferPerConnection: 1 << 20, MaxReceiveBufferPerStream: 1 << 20}}
+			MaxEncoderHeaderTableSize: h2EncoderTableSize, MaxReceiveBufferPerConnection: 1 << 20, MaxReceiveBufferPerStream: 1 << 20}}
 	srv.Protocols = new(http.Protocols)
 	srv.Protocols.SetHTTP1(true)
 	srv.Protocols.SetUnencryptedHTTP2(true)
