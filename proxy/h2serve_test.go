@@ -982,3 +982,130 @@ func TestSocketOf(t *testing.T) {
 		}
 	}
 }
+
+// h2RawClient speaks HTTP/2 frames to a server for the tests that watch the connection itself.
+type h2RawClient struct {
+	c    net.Conn
+	fr   *http2.Framer
+	enc  *hpack.Encoder
+	hbuf bytes.Buffer
+}
+
+func dialH2Raw(t *testing.T, addr string) *h2RawClient {
+	t.Helper()
+	c, err := net.Dial("tcp", addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { c.Close() })
+	c.SetDeadline(time.Now().Add(10 * time.Second))
+	rc := &h2RawClient{c: c, fr: http2.NewFramer(c, c)}
+	rc.fr.ReadMetaHeaders = hpack.NewDecoder(4096, nil)
+	rc.enc = hpack.NewEncoder(&rc.hbuf)
+	io.WriteString(c, http2.ClientPreface)
+	rc.fr.WriteSettings()
+	return rc
+}
+
+func (rc *h2RawClient) get(id uint32, path string) {
+	rc.hbuf.Reset()
+	for _, f := range [][2]string{{":method", "GET"}, {":scheme", "http"}, {":authority", "a.test"}, {":path", path}} {
+		rc.enc.WriteField(hpack.HeaderField{Name: f[0], Value: f[1]})
+	}
+	rc.fr.WriteHeaders(http2.HeadersFrameParam{StreamID: id, BlockFragment: rc.hbuf.Bytes(), EndStream: true, EndHeaders: true})
+}
+
+// next returns the next frame that is not SETTINGS, WINDOW_UPDATE or PING, or the read error.
+func (rc *h2RawClient) next() (http2.Frame, error) {
+	for {
+		f, err := rc.fr.ReadFrame()
+		if err != nil {
+			return nil, err
+		}
+		switch f := f.(type) {
+		case *http2.SettingsFrame:
+			if !f.IsAck() {
+				rc.fr.WriteSettingsAck()
+			}
+			continue
+		case *http2.WindowUpdateFrame, *http2.PingFrame:
+			continue
+		}
+		return f, nil
+	}
+}
+
+// answer reads stream id's answer to its end: its status and body.
+func (rc *h2RawClient) answer(t *testing.T, id uint32) (string, string) {
+	t.Helper()
+	var status, body string
+	for {
+		f, err := rc.next()
+		if err != nil {
+			t.Fatalf("stream %d: %v", id, err)
+		}
+		if f.Header().StreamID != id {
+			t.Fatalf("stream %d: got %v", id, f)
+		}
+		switch f := f.(type) {
+		case *http2.MetaHeadersFrame:
+			status = f.PseudoValue("status")
+			if f.StreamEnded() {
+				return status, body
+			}
+		case *http2.DataFrame:
+			body += string(f.Data())
+			if f.StreamEnded() {
+				return status, body
+			}
+		default:
+			t.Fatalf("stream %d: got %v", id, f)
+		}
+	}
+}
+
+// Shutdown: an idle HTTP/2 connection gets GOAWAY and is closed; a busy one gets GOAWAY (the streams it names still
+// served, later ones ignored), its stream under way is answered, and then it is closed.
+func TestH2Shutdown(t *testing.T) {
+	started := make(chan struct{})
+	release := make(chan struct{})
+	r := startLoop(t, func(w http.ResponseWriter, req *http.Request) {
+		if req.URL.Path == "/hold" {
+			close(started)
+			<-release
+		}
+		io.WriteString(w, "ok")
+	})
+	idle := dialH2Raw(t, r.addr)
+	idle.get(1, "/")
+	if st, body := idle.answer(t, 1); st != "200" || body != "ok" {
+		t.Fatalf("idle connection's request: %s %q", st, body)
+	}
+	busy := dialH2Raw(t, r.addr)
+	busy.get(1, "/hold")
+	<-started
+	stopped := make(chan struct{})
+	go func() { r.stop(); close(stopped) }()
+	for _, rc := range []*h2RawClient{idle, busy} {
+		f, err := rc.next()
+		if ga, ok := f.(*http2.GoAwayFrame); err != nil || !ok || ga.ErrCode != http2.ErrCodeNo || ga.LastStreamID != 1 {
+			t.Fatalf("got %v, %v; want GOAWAY NO_ERROR with last stream 1", f, err)
+		}
+	}
+	if f, err := idle.next(); err == nil {
+		t.Errorf("idle connection: got %v after GOAWAY, want it closed", f)
+	}
+	busy.get(3, "/") // after the GOAWAY: not served
+	close(release)
+	if st, body := busy.answer(t, 1); st != "200" || body != "ok" {
+		t.Errorf("stream under way: %s %q, want 200 ok", st, body)
+	}
+	if f, err := busy.next(); err == nil {
+		t.Errorf("busy connection: got %v after its last stream, want it closed", f)
+	}
+	select {
+	case <-stopped:
+	case <-time.After(5 * time.Second):
+		t.Fatal("shutdown did not end after the last stream")
+	}
+}
