@@ -588,7 +588,7 @@ func runH2(t testing.TB, own bool, s *h2Script) *h2Outcome {
 			return true
 		}
 		for _, id := range s.opened {
-			if !o.ended[id] && id <= lastServed {
+			if !o.ended[id] && id <= lastServed && !s.resetBy[id] { // a stream the client reset gets no answer
 				return true
 			}
 		}
