@@ -165,7 +165,9 @@ func (s *h1Server) shutdown(ctx context.Context) error {
 	}
 	s.mu.Unlock()
 	for _, c := range h2 {
-		c.startGracefulShutdown() // GOAWAY; the connection closes once its streams have ended
+		// GOAWAY; the connection closes once its streams have ended. On a goroutine each, as net/http's
+		// shutdown hooks: a write to a client that does not read waits for the write timeout.
+		go c.startGracefulShutdown()
 	}
 	s.closeIdleH2()
 	done := make(chan struct{})
