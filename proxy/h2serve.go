@@ -1602,27 +1602,36 @@ func (w *h2Writer) FlushError() error {
 func (w *h2Writer) EnableFullDuplex() error { return nil }
 
 func (w *h2Writer) SetReadDeadline(deadline time.Time) error {
-	st := w.st
+	w.st.setDeadline(&w.st.readDeadline, deadline, w.st.onReadTimeout, w.st.onReadTimeoutLocked)
+	return nil
+}
+
+func (w *h2Writer) SetWriteDeadline(deadline time.Time) error {
+	w.st.setDeadline(&w.st.writeDeadline, deadline, w.st.onWriteTimeout, w.st.onWriteTimeoutLocked)
+	return nil
+}
+
+// setDeadline is net/http's Set{Read,Write}Deadline of a stream: expire runs at deadline (at once, with the lock
+// held, for one already past); a zero deadline clears it; a timer that fired already is left alone.
+func (st *h2Stream) setDeadline(timer **time.Timer, deadline time.Time, expire, expireLocked func()) {
 	c := st.c
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	if !deadline.IsZero() && deadline.Before(time.Now()) {
-		st.onReadTimeoutLocked()
-		return nil
+		expireLocked()
+		return
 	}
-	if st.readDeadline != nil {
-		if !st.readDeadline.Stop() {
-			return nil
-		}
+	if *timer != nil && !(*timer).Stop() {
+		return
 	}
-	if deadline.IsZero() {
-		st.readDeadline = nil
-	} else if st.readDeadline == nil {
-		st.readDeadline = time.AfterFunc(time.Until(deadline), st.onReadTimeout)
-	} else {
-		st.readDeadline.Reset(time.Until(deadline))
+	switch {
+	case deadline.IsZero():
+		*timer = nil
+	case *timer == nil:
+		*timer = time.AfterFunc(time.Until(deadline), expire)
+	default:
+		(*timer).Reset(time.Until(deadline))
 	}
-	return nil
 }
 
 func (st *h2Stream) onReadTimeout() {
@@ -1635,30 +1644,6 @@ func (st *h2Stream) onReadTimeoutLocked() {
 	if st.body != nil {
 		st.body.closeWithError(fmt.Errorf("%w", os.ErrDeadlineExceeded), nil)
 	}
-}
-
-func (w *h2Writer) SetWriteDeadline(deadline time.Time) error {
-	st := w.st
-	c := st.c
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	if !deadline.IsZero() && deadline.Before(time.Now()) {
-		st.onWriteTimeoutLocked()
-		return nil
-	}
-	if st.writeDeadline != nil {
-		if !st.writeDeadline.Stop() {
-			return nil
-		}
-	}
-	if deadline.IsZero() {
-		st.writeDeadline = nil
-	} else if st.writeDeadline == nil {
-		st.writeDeadline = time.AfterFunc(time.Until(deadline), st.onWriteTimeout)
-	} else {
-		st.writeDeadline.Reset(time.Until(deadline))
-	}
-	return nil
 }
 
 func (st *h2Stream) onWriteTimeout() {

@@ -543,29 +543,13 @@ func runH2(t testing.TB, own bool, s *h2Script) *h2Outcome {
 			// A request this step ended is answered before the next step (what comes next on its stream would
 			// race with the answer), unless the server goes quiet (the answer waits for a window update).
 			for _, id := range s.early[i] {
-				for !seenSet[id] {
-					select {
-					case e := <-seenCh:
-						seenSet[e] = true
-						continue
-					case <-stop:
-						return
-					case <-time.After(100 * time.Millisecond):
-					}
-					break
+				if !awaitStream(seenCh, seenSet, id, stop) {
+					return
 				}
 			}
 			for _, id := range s.ends[i] {
-				for !endedSet[id] {
-					select {
-					case e := <-endedCh:
-						endedSet[e] = true
-						continue
-					case <-stop:
-						return
-					case <-time.After(100 * time.Millisecond):
-					}
-					break
+				if !awaitStream(endedCh, endedSet, id, stop) {
+					return
 				}
 			}
 		}
@@ -756,6 +740,21 @@ func h2Seeds() [][]byte {
 		[]byte{0, 27, 0, 1, 200, 0, 1, 200, 0, 1, 5, 1},              // a body the handler closes
 	)
 	return seeds
+}
+
+// awaitStream waits until id is in set, which ch's ids go into, or until nothing came for 100 ms; false: stop.
+func awaitStream(ch <-chan uint32, set map[uint32]bool, id uint32, stop <-chan struct{}) bool {
+	for !set[id] {
+		select {
+		case e := <-ch:
+			set[e] = true
+		case <-stop:
+			return false
+		case <-time.After(100 * time.Millisecond):
+			return true
+		}
+	}
+	return true
 }
 
 // h2NetHTTPConns counts the connections net/http's server has not closed yet: after a connection error its frame
