@@ -2,6 +2,7 @@ package proxy
 
 import (
 	"context"
+	"io"
 	"net"
 	"testing"
 
@@ -49,4 +50,70 @@ func BenchmarkProxyGRPC(b *testing.B) {
 			}
 		}
 	})
+}
+
+func (benchTestService) StreamingOutputCall(in *testgrpc.StreamingOutputCallRequest, stream testgrpc.TestService_StreamingOutputCallServer) error {
+	for _, p := range in.ResponseParameters {
+		if err := stream.Send(&testgrpc.StreamingOutputCallResponse{Payload: &testgrpc.Payload{Body: make([]byte, p.Size)}}); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// BenchmarkProxyGRPCStreaming measures a server-streaming gRPC call (1,000 messages of 1 KiB) through one
+// in-process proxy, with the listeners' HTTP/2 served by net/http's server and by h2Conn (issue 16: streaming no
+// worse than before): compare the two in one run.
+func BenchmarkProxyGRPCStreaming(b *testing.B) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		b.Fatal(err)
+	}
+	srv := grpc.NewServer()
+	testgrpc.RegisterTestServiceServer(srv, benchTestService{})
+	go srv.Serve(ln)
+	defer srv.Stop()
+	req := &testgrpc.StreamingOutputCallRequest{}
+	for range 1000 {
+		req.ResponseParameters = append(req.ResponseParameters, &testgrpc.ResponseParameters{Size: 1024})
+	}
+	defer func(v bool) { useH2Server = v }(useH2Server)
+	for _, server := range []struct {
+		name string
+		own  bool
+	}{{"net-http", false}, {"h2Conn", true}} {
+		b.Run(server.name, func(b *testing.B) {
+			useH2Server = server.own
+			cfg := Config{Service: ServiceConfig{Name: "bench"}, Upstreams: []UpstreamConfig{{
+				Name: "api", Listen: "127.0.0.1:0", Protocol: ProtocolGRPC, Endpoints: []string{ln.Addr().String()}}}}
+			p, _ := startProxy(b, cfg)
+			conn, err := grpc.NewClient(p.Addrs()["upstream/api"], grpc.WithTransportCredentials(insecure.NewCredentials()))
+			if err != nil {
+				b.Fatal(err)
+			}
+			defer conn.Close()
+			client := testgrpc.NewTestServiceClient(conn)
+			b.ReportAllocs()
+			b.ResetTimer()
+			for range b.N {
+				stream, err := client.StreamingOutputCall(context.Background(), req)
+				if err != nil {
+					b.Fatal(err)
+				}
+				n := 0
+				for {
+					if _, err := stream.Recv(); err != nil {
+						if err != io.EOF {
+							b.Fatal(err)
+						}
+						break
+					}
+					n++
+				}
+				if n != 1000 {
+					b.Fatalf("%d messages, want 1000", n)
+				}
+			}
+		})
+	}
 }

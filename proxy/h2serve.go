@@ -434,7 +434,14 @@ const h2BigFrame = 4 << 10
 // nothing buffered): an idle connection holds none.
 func (c *h2Conn) waitFrame() {
 	if c.bigRead {
-		c.newFramer()
+		// A connection under way keeps its framer (a body's upload waits between its frames: a new framer would
+		// allocate its buffer again for each).
+		c.mu.Lock()
+		idle := len(c.streams) == 0
+		c.mu.Unlock()
+		if idle {
+			c.newFramer()
+		}
 	}
 	g, ok := c.nc.(*h1guard.Conn)
 	if !ok || !g.Drained() {
@@ -988,7 +995,7 @@ func (c *h2Conn) newWriterAndRequest(st *h2Stream, f *http2.MetaHeadersFrame) (*
 		} else {
 			req.ContentLength = -1
 		}
-		body.pipe = &h2Pipe{st: st}
+		body.pipe = &h2Pipe{st: st, expected: req.ContentLength}
 	}
 	w := &h2Writer{st: st, req: req, handler: c.h}
 	if requestURI == "*" && method == http.MethodOptions && !c.s.srv.DisableGeneralOptionsHandler {
@@ -1331,32 +1338,112 @@ func (c *h2Conn) logf(format string, args ...any) {
 	}
 }
 
-// h2Pipe is a request body: what DATA frames brought, read by the handler (net/http's pipe). Guarded by the
-// connection's mu.
+// h2Pipe is a request body: what DATA frames brought, read by the handler (net/http's pipe). Its bytes are kept in
+// chunks of 1 to 16 KiB from pools (net/http's dataBuffer): a body read as it comes holds one chunk, and one that
+// waits holds what the window lets the client send, with no copy as it grows. Guarded by the connection's mu.
 type h2Pipe struct {
 	st       *h2Stream
-	buf      []byte
+	chunks   [][]byte // unread data: chunks[head][r:], then the others whole
+	head     int
 	r        int
+	n        int    // unread bytes in chunks
 	unread   int    // bytes dropped when the handler closed the body
+	expected int64  // bytes still to come by the request's Content-Length (-1: unknown), to size chunks
 	err      error  // after the data: io.EOF or why the body ended
 	onErr    func() // runs before err is returned (the trailers' copy)
 	breakErr error  // the handler closed the body: returned at once, data dropped
 	wait     sync.Cond
 }
 
-func (p *h2Pipe) len() int { return len(p.buf) - p.r + p.unread }
+// The chunk sizes and their pools (net/http's dataChunkSizes).
+var (
+	h2ChunkSizes = [...]int{1 << 10, 2 << 10, 4 << 10, 8 << 10, 16 << 10}
+	h2ChunkPools [len(h2ChunkSizes)]sync.Pool
+)
+
+// h2Chunk returns an empty chunk for about want bytes: the smallest size that holds them, at most 16 KiB.
+func h2Chunk(want int64) []byte {
+	i := 0
+	for i < len(h2ChunkSizes)-1 && int64(h2ChunkSizes[i]) < want {
+		i++
+	}
+	if b, ok := h2ChunkPools[i].Get().(*[]byte); ok {
+		return (*b)[:0]
+	}
+	return make([]byte, 0, h2ChunkSizes[i])
+}
+
+func putH2Chunk(b []byte) {
+	for i, size := range h2ChunkSizes {
+		if cap(b) == size {
+			b = b[:0]
+			h2ChunkPools[i].Put(&b)
+			return
+		}
+	}
+}
+
+func (p *h2Pipe) len() int { return p.n + p.unread }
 
 // write adds DATA; false: the body has ended or the handler closed it.
 func (p *h2Pipe) write(d []byte) bool {
 	if p.err != nil || p.breakErr != nil {
 		return false
 	}
-	if p.r == len(p.buf) {
-		p.buf, p.r = p.buf[:0], 0
+	p.n += len(d)
+	for len(d) > 0 {
+		last := len(p.chunks) - 1
+		if last < 0 || len(p.chunks[last]) == cap(p.chunks[last]) {
+			want := int64(len(d))
+			if p.expected > want {
+				want = p.expected
+			}
+			p.chunks = append(p.chunks, h2Chunk(want))
+			last++
+		}
+		b := p.chunks[last]
+		k := min(len(d), cap(b)-len(b))
+		p.chunks[last] = append(b, d[:k]...)
+		d = d[k:]
+		if p.expected > 0 {
+			p.expected = max(p.expected-int64(k), 0)
+		}
 	}
-	p.buf = append(p.buf, d...)
 	p.signal()
 	return true
+}
+
+// read copies unread data into d; the chunks read whole go back to their pools.
+func (p *h2Pipe) read(d []byte) int {
+	n := 0
+	for n < len(d) && p.head < len(p.chunks) {
+		b := p.chunks[p.head]
+		k := copy(d[n:], b[p.r:])
+		n += k
+		p.r += k
+		if p.r == len(b) {
+			putH2Chunk(b)
+			p.chunks[p.head] = nil
+			p.head++
+			p.r = 0
+		}
+	}
+	p.n -= n
+	if p.head == len(p.chunks) {
+		p.chunks, p.head = p.chunks[:0], 0
+		if cap(p.chunks) > 16 {
+			p.chunks = nil // a long wait's list is not kept
+		}
+	}
+	return n
+}
+
+// drop gives every chunk back.
+func (p *h2Pipe) drop() {
+	for _, b := range p.chunks[p.head:] {
+		putH2Chunk(b)
+	}
+	p.chunks, p.head, p.r, p.n = nil, 0, 0, 0
 }
 
 func (p *h2Pipe) signal() {
@@ -1382,8 +1469,8 @@ func (p *h2Pipe) breakWithError(err error) {
 	if p.breakErr != nil {
 		return
 	}
-	p.unread += len(p.buf) - p.r
-	p.buf, p.r = nil, 0
+	p.unread += p.n
+	p.drop()
 	p.breakErr = err
 	p.signal()
 }
@@ -1437,7 +1524,7 @@ func (b *h2Body) Read(d []byte) (int, error) {
 			c.mu.Unlock()
 			return 0, p.breakErr
 		}
-		if p.r < len(p.buf) {
+		if p.n > 0 {
 			break
 		}
 		if p.err != nil {
@@ -1457,14 +1544,7 @@ func (b *h2Body) Read(d []byte) (int, error) {
 		}
 		p.wait.Wait()
 	}
-	n := copy(d, p.buf[p.r:])
-	p.r += n
-	if p.r == len(p.buf) {
-		p.buf, p.r = p.buf[:0], 0
-		if cap(p.buf) > 64<<10 {
-			p.buf = nil // a large body's buffer is not kept
-		}
-	}
+	n := p.read(d)
 	// net/http's noteBodyRead: the window given back (the stream's unless the client is done sending). Not the
 	// connection's for a closed stream: closeStream gave back what its body held (net/http gives it twice).
 	if st.state != h2Closed {

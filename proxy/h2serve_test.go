@@ -1108,3 +1108,78 @@ func TestH2Shutdown(t *testing.T) {
 		t.Fatal("shutdown did not end after the last stream")
 	}
 }
+
+// h2Pipe keeps what it is given in chunks and hands it back in order, whatever the sizes written and read.
+func TestH2PipeChunks(t *testing.T) {
+	var mu sync.Mutex
+	mu.Lock()
+	defer mu.Unlock()
+	for _, expected := range []int64{-1, 100, 70000} {
+		p := &h2Pipe{expected: expected}
+		var in, out []byte
+		buf := make([]byte, 50000)
+		for i := range 300 {
+			d := bytes.Repeat([]byte{byte(i)}, (i*7919)%17000)
+			in = append(in, d...)
+			if !p.write(d) {
+				t.Fatal("write refused")
+			}
+			if i%3 == 0 {
+				n := p.read(buf[:(i*104729)%50000])
+				out = append(out, buf[:n]...)
+			}
+			if p.len() != len(in)-len(out) {
+				t.Fatalf("len %d, want %d", p.len(), len(in)-len(out))
+			}
+		}
+		for p.len() > 0 {
+			n := p.read(buf)
+			out = append(out, buf[:n]...)
+		}
+		if !bytes.Equal(in, out) {
+			t.Fatalf("expected %d: %d bytes read back differ from the %d written", expected, len(out), len(in))
+		}
+		p.closeWithError(io.EOF, nil)
+		if p.write([]byte("x")) {
+			t.Error("write after the end taken")
+		}
+	}
+}
+
+// A large request body and a large response pass through h2Conn whole, in both directions at once.
+func TestH2LargeBodies(t *testing.T) {
+	r := startLoop(t, func(w http.ResponseWriter, req *http.Request) {
+		h := sha256.New()
+		n, err := io.Copy(h, req.Body)
+		w.Header().Set("X-Sum", fmt.Sprintf("%d %x %v", n, h.Sum(nil), err))
+		w.Write(bytes.Repeat([]byte("0123456789abcdef"), 1<<16)) // 1 MiB
+	})
+	c, err := net.Dial("tcp", r.addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cc, err := (&http2.Transport{AllowHTTP: true}).NewClientConn(c)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer cc.Close()
+	body := make([]byte, 3<<20+12345)
+	for i := range body {
+		body[i] = byte(i * 31)
+	}
+	for range 3 {
+		req := httptest.NewRequest("POST", "http://"+r.addr+"/", bytes.NewReader(body)).WithContext(context.Background())
+		resp, err := cc.RoundTrip(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		got, err := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		if want := fmt.Sprintf("%d %x <nil>", len(body), sha256.Sum256(body)); resp.Header.Get("X-Sum") != want || err != nil {
+			t.Errorf("request body at the handler: %q, want %q (%v)", resp.Header.Get("X-Sum"), want, err)
+		}
+		if !bytes.Equal(got, bytes.Repeat([]byte("0123456789abcdef"), 1<<16)) {
+			t.Errorf("response body: %d bytes, not the 1 MiB sent", len(got))
+		}
+	}
+}
