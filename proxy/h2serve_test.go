@@ -164,6 +164,10 @@ var h2Templates = [][][2]string{
 	{{":method", "GET"}, {":scheme", "http"}, {":authority", "a.test"}, {":path", "/emptytrailers"}},
 }
 
+// h2CloseTemplate is the template whose handler answers with Connection: close, so that the server sends GOAWAY as
+// the handler writes: after its stream's end, even after its stream was reset.
+const h2CloseTemplate = 20
+
 // h2AnswerEarly are the templates answered before their body ends (the server's 400 and 431, a handler that
 // closes the body, 100 Continue): the client waits for the answer to begin before the next step, which would race
 // with it.
@@ -186,6 +190,7 @@ type h2Script struct {
 	opened  []uint32
 	resetBy map[uint32]bool // streams the client reset: their answers race with the reset
 	ended   []uint32
+	closes  bool // a request the handler answers with Connection: close (a GOAWAY)
 }
 
 func newH2Script() *h2Script {
@@ -249,6 +254,9 @@ func (s *h2Script) build(in []byte) {
 				s.nextID += 2
 			}
 			block := s.block(t)
+			if t%len(h2Templates) == h2CloseTemplate {
+				s.closes = true
+			}
 			end := flags&1 != 0
 			p := http2.HeadersFrameParam{StreamID: id, BlockFragment: block, EndStream: end, EndHeaders: flags&2 == 0}
 			if flags&4 != 0 {
@@ -670,6 +678,21 @@ func runH2(t testing.TB, own bool, s *h2Script) *h2Outcome {
 	}
 	for id := range data {
 		flushData(id)
+	}
+	if s.closes && o.goAway == "none" && lastServed != 0 {
+		// The GOAWAY of a handler's Connection: close comes when it writes, which may be after everything else
+		// (its stream reset, its answer dropped): wait for it a while.
+		c.SetReadDeadline(time.Now().Add(300 * time.Millisecond))
+		for {
+			f, err := fr.ReadFrame()
+			if err != nil {
+				break
+			}
+			if ga, ok := f.(*http2.GoAwayFrame); ok {
+				o.goAway = fmt.Sprintf("%v last=%d", ga.ErrCode, ga.LastStreamID)
+				break
+			}
+		}
 	}
 	return o
 }
