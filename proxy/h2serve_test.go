@@ -173,6 +173,12 @@ const h2CloseTemplate = 20
 // with it.
 var h2AnswerEarly = []int{12, 13, 16, 23, 27}
 
+// h2AnswerWhole are those of h2AnswerEarly answered whole (all but 100 Continue): the server resets the stream after
+// the answer (RST_STREAM NO_ERROR, the request's body unread), and the client waits for that reset too. net/http's
+// server queues it behind the answer and may acknowledge the next PING first; what it does with a frame on the stream
+// depends on whether the reset was written (ignored before, an error after), so the client waits for the reset.
+var h2AnswerWhole = []int{12, 13, 23, 27}
+
 // h2Script turns fuzzer bytes into the frames a client sends after its preface and first SETTINGS, and notes
 // the streams it opened.
 type h2Script struct {
@@ -180,6 +186,7 @@ type h2Script struct {
 	ends    [][]uint32 // per step, the streams whose request it ended: the client waits for their answers
 	early   [][]uint32 // per step, the streams answered before their request ends: the client waits for a first frame
 	earlies []uint32
+	whole   map[uint32]bool // streams answered whole before their request ends: the client waits for their reset
 	buf     bytes.Buffer
 	fr      *http2.Framer
 	enc     *hpack.Encoder
@@ -194,7 +201,7 @@ type h2Script struct {
 }
 
 func newH2Script() *h2Script {
-	s := &h2Script{nextID: 1, open: map[uint32]bool{}, resetBy: map[uint32]bool{}}
+	s := &h2Script{nextID: 1, open: map[uint32]bool{}, resetBy: map[uint32]bool{}, whole: map[uint32]bool{}}
 	s.fr = http2.NewFramer(&s.buf, nil)
 	s.fr.AllowIllegalWrites = true
 	s.enc = hpack.NewEncoder(&s.hbuf)
@@ -280,6 +287,7 @@ func (s *h2Script) build(in []byte) {
 					s.end(id)
 				} else if slices.Contains(h2AnswerEarly, t%len(h2Templates)) {
 					s.earlies = append(s.earlies, id)
+					s.whole[id] = slices.Contains(h2AnswerWhole, t%len(h2Templates))
 				}
 			}
 			s.cur = id
@@ -501,9 +509,10 @@ func runH2(t testing.TB, own bool, s *h2Script) *h2Outcome {
 	}
 	defer c.Close()
 	c.SetDeadline(time.Now().Add(3 * time.Second))
-	// The client writes each step, then a PING, and waits for its ACK (the server has handled the step: net/http
-	// writes a stream's RST_STREAM before the ACK) before the next: what a server does with frames that come
-	// together depends on when its writes happen, in net/http's server.
+	// The client writes each step, then a PING, and waits for its ACK (the server has read the step's frames) before
+	// the next: what a server does with frames that come together depends on when its writes happen, in net/http's
+	// server. Answers (and the resets that follow an early one) are written by handlers, maybe after the ACK: the
+	// client waits for those a step ended or answered early (s.ends, s.early, s.whole).
 	// Window updates (for the DATA the client reads) are sent once the script is written: until then, held.
 	var wuMu sync.Mutex
 	wfr := http2.NewFramer(c, nil)
@@ -523,6 +532,8 @@ func runH2(t testing.TB, own bool, s *h2Script) *h2Outcome {
 	endedSet := map[uint32]bool{}
 	seenCh := make(chan uint32, 1024) // a stream's first HEADERS (1xx included) or RST_STREAM
 	seenSet := map[uint32]bool{}
+	rstCh := make(chan uint32, 1024) // a stream's RST_STREAM
+	rstSet := map[uint32]bool{}
 	stop := make(chan struct{})
 	defer close(stop)
 	go func() {
@@ -552,6 +563,9 @@ func runH2(t testing.TB, own bool, s *h2Script) *h2Outcome {
 			// race with the answer), unless the server goes quiet (the answer waits for a window update).
 			for _, id := range s.early[i] {
 				if !awaitStream(seenCh, seenSet, id, stop) {
+					return
+				}
+				if s.whole[id] && !awaitStream(rstCh, rstSet, id, stop) {
 					return
 				}
 			}
@@ -656,6 +670,10 @@ func runH2(t testing.TB, own bool, s *h2Script) *h2Outcome {
 			}
 			select {
 			case endedCh <- id:
+			default:
+			}
+			select {
+			case rstCh <- id:
 			default:
 			}
 		case *http2.GoAwayFrame:
