@@ -1556,8 +1556,19 @@ func (b *h2Body) Read(d []byte) (int, error) {
 	if c.out != nil && len(c.out) > 0 {
 		c.flushLocked()
 	}
+	// The last bytes of a body whose END_STREAM has come go with io.EOF (net/http's body returns it on the next
+	// Read): the HTTP/2 transport then sends them with END_STREAM in one DATA frame, and one write, instead of
+	// following them with an empty DATA frame of its own; the HTTP/1.1 transport ends a chunked body at once.
+	var err error
+	if p.n == 0 && p.err == io.EOF {
+		if fn := p.onErr; fn != nil {
+			p.onErr = nil
+			fn()
+		}
+		b.sawEOF, err = true, io.EOF
+	}
 	c.mu.Unlock()
-	return n, nil
+	return n, err
 }
 
 // h2Writer is the stream's http.ResponseWriter: net/http's responseWriter and responseWriterState.

@@ -1224,3 +1224,57 @@ func TestH2LargeBodies(t *testing.T) {
 		}
 	}
 }
+
+// The last bytes of a request body whose END_STREAM has come are read with io.EOF, so that the HTTP/2 transport
+// sends them with END_STREAM in one DATA frame (one write) instead of following them with an empty one.
+func TestH2BodyEOFWithLastData(t *testing.T) {
+	r := startLoop(t, func(w http.ResponseWriter, req *http.Request) {
+		buf := make([]byte, 4096)
+		var reads []string
+		for {
+			n, err := req.Body.Read(buf)
+			reads = append(reads, fmt.Sprintf("%d %v", n, err))
+			if err != nil {
+				break
+			}
+		}
+		w.Header().Set("X-Reads", strings.Join(reads, ", "))
+	})
+	c, err := net.Dial("tcp", r.addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cc, err := (&http2.Transport{AllowHTTP: true}).NewClientConn(c)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer cc.Close()
+	for _, size := range []int{1, 1000, 4096} {
+		// A known length: the transport sends the body in one DATA frame with END_STREAM.
+		req := httptest.NewRequest("POST", "http://"+r.addr+"/", bytes.NewReader(make([]byte, size))).WithContext(context.Background())
+		resp, err := cc.RoundTrip(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		resp.Body.Close()
+		if got, want := resp.Header.Get("X-Reads"), fmt.Sprintf("%d EOF", size); got != want {
+			t.Errorf("%d bytes: the handler's reads were %q, want %q", size, got, want)
+		}
+	}
+	// A body the client has not ended: its bytes come without io.EOF.
+	pr, pw := io.Pipe()
+	req := httptest.NewRequest("POST", "http://"+r.addr+"/", pr).WithContext(context.Background())
+	go func() {
+		pw.Write([]byte("abc"))
+		time.Sleep(50 * time.Millisecond)
+		pw.Close()
+	}()
+	resp, err := cc.RoundTrip(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	if got, want := resp.Header.Get("X-Reads"), "3 <nil>, 0 EOF"; got != want {
+		t.Errorf("a body ended later: the handler's reads were %q, want %q", got, want)
+	}
+}
