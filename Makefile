@@ -49,10 +49,11 @@ test: vet consul helm
 # fuzz runs each fuzz target (package:FuzzName) for FUZZTIME, one after another (tools/fuzz.sh, which runs a target
 # again once after a bare deadline error of Go's fuzz coordinator); the seed corpora (f.Add and testdata/fuzz)
 # also run as plain tests under `make test`. CI runs `make fuzz FUZZTIME=5s`. The slow targets (each input serves
-# a connection with two servers; their seeds alone take about 5 s) run for FUZZTIME_SLOW.
+# a connection with two servers, or a server with two clients; their seeds alone take 5 to 15 s) run for
+# FUZZTIME_SLOW.
 FUZZTIME ?= 10s
 FUZZTIME_SLOW ?= 30s
-FUZZ_SLOW_TARGETS = ./proxy:FuzzH2Agreement
+FUZZ_SLOW_TARGETS = ./proxy:FuzzH2Agreement ./proxy:FuzzH2ClientAgreement
 FUZZ_TARGETS = ./cmd/meshlet:FuzzConfig ./proxy:FuzzRouteLookup ./grpcwire:FuzzParseTimeout ./grpcwire:FuzzEncodeMessage \
 	./grpcwire:FuzzTimeoutRoundTrip ./resilience:FuzzRetryCondition ./mtls:FuzzParseID ./proxy:FuzzHeaderRewrite ./proxy/h1guard:FuzzH1Guard \
 	./proxy/h1guard:FuzzH1GuardAgreement ./proxy:FuzzNormalizePath ./proxy:FuzzH1Agreement ./proxy:FuzzH1ClientAgreement \

@@ -48,6 +48,7 @@ func (c *cluster) RoundTrip(req *http.Request) (*http.Response, error) {
 	}
 	send := out
 	h1c := base == http.RoundTripper(tr.h1) && h1Eligible(out, tgt, ex.bodyWhole)
+	h2own := base == http.RoundTripper(tr.h2c) && h2Eligible(out, ex.wholeBody())
 	if ex.abortBody != nil && base == http.RoundTripper(tr.h1) && out.Body != nil {
 		// Until the response headers come, a broken connection ends a Read blocked on the client (watchedConn).
 		var held atomic.Pointer[watchedConn]
@@ -67,9 +68,12 @@ func (c *cluster) RoundTrip(req *http.Request) (*http.Response, error) {
 		}()
 	}
 	var resp *http.Response
-	if h1c {
+	switch {
+	case h1c:
 		resp, err = tr.h1c.roundTrip(send)
-	} else {
+	case h2own:
+		resp, err = tr.h2.roundTrip(send)
+	default:
 		resp, err = base.RoundTrip(send)
 	}
 	if err != nil {

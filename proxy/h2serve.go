@@ -204,6 +204,7 @@ type h2Conn struct {
 	idleTimer         *time.Timer
 	curHandlers       uint32
 	unstarted         []*h2Writer // handlers waiting for a slot (net/http's unstartedHandlers)
+	starting          []*h2Writer // handlers given a slot, started before the reader waits (startHandlers)
 }
 
 // h2Stream is a stream of a connection; its fields are guarded by the connection's mu.
@@ -293,44 +294,73 @@ func (c *h2Conn) encoder() *hpack.Encoder {
 // The frames the server writes, appended to out (mu held, queueLocked called).
 
 func (c *h2Conn) frameHeader(length int, t http2.FrameType, flags http2.Flags, id uint32) {
-	c.out = append(c.out, byte(length>>16), byte(length>>8), byte(length), byte(t), byte(flags),
-		byte(id>>24)&0x7f, byte(id>>16), byte(id>>8), byte(id))
+	c.out = appendH2FrameHeader(c.out, length, t, flags, id)
 }
 
-func (c *h2Conn) appendUint32(v uint32) {
-	c.out = append(c.out, byte(v>>24), byte(v>>16), byte(v>>8), byte(v))
-}
+func (c *h2Conn) writeSettings(settings []http2.Setting) { c.out = appendH2Settings(c.out, settings) }
 
-func (c *h2Conn) writeSettings(settings []http2.Setting) {
-	c.frameHeader(6*len(settings), http2.FrameSettings, 0, 0)
-	for _, st := range settings {
-		c.out = append(c.out, byte(st.ID>>8), byte(st.ID))
-		c.appendUint32(st.Val)
-	}
-}
-
-func (c *h2Conn) writePingAck(data [8]byte) {
-	c.frameHeader(8, http2.FramePing, http2.FlagPingAck, 0)
-	c.out = append(c.out, data[:]...)
-}
+func (c *h2Conn) writePingAck(data [8]byte) { c.out = appendH2Ping(c.out, true, data) }
 
 func (c *h2Conn) writeRSTStream(id uint32, code http2.ErrCode) {
-	c.frameHeader(4, http2.FrameRSTStream, 0, id)
-	c.appendUint32(uint32(code))
+	c.out = appendH2RSTStream(c.out, id, code)
 }
 
-func (c *h2Conn) writeWindowUpdate(id, incr uint32) {
-	c.frameHeader(4, http2.FrameWindowUpdate, 0, id)
-	c.appendUint32(incr & 0x7fffffff)
-}
+func (c *h2Conn) writeWindowUpdate(id, incr uint32) { c.out = appendH2WindowUpdate(c.out, id, incr) }
 
 func (c *h2Conn) writeGoAway(last uint32, code http2.ErrCode) {
-	c.frameHeader(8, http2.FrameGoAway, 0, 0)
-	c.appendUint32(last & 0x7fffffff)
-	c.appendUint32(uint32(code))
+	c.out = appendH2GoAway(c.out, last, code)
 }
 
 func (c *h2Conn) writeHeaderFrame(t http2.FrameType, id uint32, frag []byte, endStream, endHeaders bool) {
+	c.out = appendH2HeaderFrame(c.out, t, id, frag, endStream, endHeaders)
+}
+
+func (c *h2Conn) writeData(id uint32, endStream bool, p []byte) {
+	c.out = appendH2Data(c.out, id, endStream, p)
+}
+
+// HTTP/2 frames appended to a write buffer (the server's and the client's).
+
+func appendH2FrameHeader(b []byte, length int, t http2.FrameType, flags http2.Flags, id uint32) []byte {
+	return append(b, byte(length>>16), byte(length>>8), byte(length), byte(t), byte(flags),
+		byte(id>>24)&0x7f, byte(id>>16), byte(id>>8), byte(id))
+}
+
+func appendUint32(b []byte, v uint32) []byte {
+	return append(b, byte(v>>24), byte(v>>16), byte(v>>8), byte(v))
+}
+
+func appendH2Settings(b []byte, settings []http2.Setting) []byte {
+	b = appendH2FrameHeader(b, 6*len(settings), http2.FrameSettings, 0, 0)
+	for _, st := range settings {
+		b = append(b, byte(st.ID>>8), byte(st.ID))
+		b = appendUint32(b, st.Val)
+	}
+	return b
+}
+
+func appendH2Ping(b []byte, ack bool, data [8]byte) []byte {
+	var flags http2.Flags
+	if ack {
+		flags = http2.FlagPingAck
+	}
+	return append(appendH2FrameHeader(b, 8, http2.FramePing, flags, 0), data[:]...)
+}
+
+func appendH2RSTStream(b []byte, id uint32, code http2.ErrCode) []byte {
+	return appendUint32(appendH2FrameHeader(b, 4, http2.FrameRSTStream, 0, id), uint32(code))
+}
+
+func appendH2WindowUpdate(b []byte, id, incr uint32) []byte {
+	return appendUint32(appendH2FrameHeader(b, 4, http2.FrameWindowUpdate, 0, id), incr&0x7fffffff)
+}
+
+func appendH2GoAway(b []byte, last uint32, code http2.ErrCode) []byte {
+	b = appendH2FrameHeader(b, 8, http2.FrameGoAway, 0, 0)
+	return appendUint32(appendUint32(b, last&0x7fffffff), uint32(code))
+}
+
+func appendH2HeaderFrame(b []byte, t http2.FrameType, id uint32, frag []byte, endStream, endHeaders bool) []byte {
 	var flags http2.Flags
 	if endStream {
 		flags |= http2.FlagHeadersEndStream
@@ -338,17 +368,15 @@ func (c *h2Conn) writeHeaderFrame(t http2.FrameType, id uint32, frag []byte, end
 	if endHeaders {
 		flags |= http2.FlagHeadersEndHeaders // CONTINUATION's END_HEADERS is the same bit
 	}
-	c.frameHeader(len(frag), t, flags, id)
-	c.out = append(c.out, frag...)
+	return append(appendH2FrameHeader(b, len(frag), t, flags, id), frag...)
 }
 
-func (c *h2Conn) writeData(id uint32, endStream bool, p []byte) {
+func appendH2Data(b []byte, id uint32, endStream bool, p []byte) []byte {
 	var flags http2.Flags
 	if endStream {
 		flags = http2.FlagDataEndStream
 	}
-	c.frameHeader(len(p), http2.FrameData, flags, id)
-	c.out = append(c.out, p...)
+	return append(appendH2FrameHeader(b, len(p), http2.FrameData, flags, id), p...)
 }
 
 var h2OutPool = sync.Pool{New: func() any { return make([]byte, 0, 8<<10) }}
@@ -399,9 +427,15 @@ func (c *h2Conn) serve(sawPreface bool) {
 	}
 	c.nc.SetReadDeadline(time.Now().Add(h2FirstSettingsTimeout))
 	first := true
+	defer func() {
+		c.mu.Lock()
+		c.startHandlers()
+		c.mu.Unlock()
+	}()
 	for {
 		if !c.wholeFrameBuffered() {
 			c.mu.Lock()
+			c.startHandlers()
 			c.flushLocked()
 			c.mu.Unlock()
 		}
@@ -1020,7 +1054,7 @@ func textprotoTrim(s string) string {
 func (c *h2Conn) scheduleHandler(w *h2Writer) error {
 	if c.curHandlers < c.cfg.maxStreams {
 		c.curHandlers++
-		go c.runHandler(w)
+		c.starting = append(c.starting, w)
 		return nil
 	}
 	if len(c.unstarted) > int(4*c.cfg.maxStreams) {
@@ -1028,6 +1062,21 @@ func (c *h2Conn) scheduleHandler(w *h2Writer) error {
 	}
 	c.unstarted = append(c.unstarted, w)
 	return nil
+}
+
+// startHandlers starts the handlers of the streams whose headers the reader took since it last waited: they
+// start once the frames read together are handled, so that a request whose body came with its headers finds it
+// whole (h2Body.whole). A stream closed meanwhile starts none. mu held.
+func (c *h2Conn) startHandlers() {
+	for i, w := range c.starting {
+		c.starting[i] = nil
+		if c.streams[w.st.id] != w.st {
+			c.curHandlers--
+			continue
+		}
+		go c.runHandler(w)
+	}
+	c.starting = c.starting[:0]
 }
 
 // handlerDone frees the handler's slot and starts the queued handlers whose streams are still open.
@@ -1482,6 +1531,22 @@ type h2Body struct {
 	needsContinue bool
 	sawEOF        bool
 	closeOnce     sync.Once
+}
+
+// whole reports whether the body's END_STREAM has come, with at most h2cMaxWholeBody bytes unread: reading it to
+// its end never waits for the client.
+func (b *h2Body) whole() bool {
+	if b.pipe == nil {
+		return true
+	}
+	if b.needsContinue {
+		return false
+	}
+	c := b.st.c
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	p := b.pipe
+	return p.err == io.EOF && p.breakErr == nil && p.n <= h2cMaxWholeBody
 }
 
 func (b *h2Body) Close() error {

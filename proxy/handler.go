@@ -39,6 +39,19 @@ type exchange struct {
 	attempts attemptLog
 }
 
+// wholeBody reports whether reading the request's body to its end never waits for the client: it has none, or
+// the HTTP/1.1 loop held it whole, or its HTTP/2 stream has ended (h2Body.whole).
+func (ex *exchange) wholeBody() bool {
+	if ex.body == nil || ex.bodyWhole {
+		return true
+	}
+	b, ok := ex.body.ReadCloser.(wholer)
+	return ok && b.whole()
+}
+
+// wholer is a request body that can tell whether it is all here (h2Body, and the bodies over one).
+type wholer interface{ whole() bool }
+
 // attemptLog is the endpoints a request's attempts went to, in order: the retry transport's attempts avoid them,
 // and the access log names the last.
 type attemptLog struct{ tried []*endpointState }

@@ -363,3 +363,8 @@ func (f *grpcFrames) Read(p []byte) (int, error) {
 }
 
 func (f *grpcFrames) fault() *clientFault { return f.shared.Load() }
+
+func (f *grpcFrames) whole() bool {
+	w, ok := f.ReadCloser.(wholer)
+	return ok && w.whole()
+}

@@ -23,7 +23,8 @@ type transports struct {
 	h1        *http.Transport
 	h1c       *h1Client // the common HTTP/1.1 requests (h1Eligible)
 	h2c       *http2.Transport
-	maxHeader int // the response header limit both enforce, in bytes
+	h2        *h2Client // the common HTTP/2 requests (h2Eligible); h2c does the others
+	maxHeader int       // the response header limit both enforce, in bytes
 }
 
 // Connection-pool settings shared by all upstreams.
@@ -102,14 +103,25 @@ func newTransports(connectTimeout func() time.Duration, secure func(ctx context.
 	}
 	h1.Protocols = new(http.Protocols)
 	h1.Protocols.SetHTTP1(true)
+	dialH2Guarded := func(ctx context.Context, network, addr string) (net.Conn, error) {
+		c, err := dialH2(ctx, network, addr)
+		if err != nil {
+			return nil, err
+		}
+		return guardH2(c, maxHeader), nil
+	}
+	h1c.closeOther = h1.CloseIdleConnections
+	h2, h2own := newH2Transports(dialH2Guarded, maxHeader)
+	return &transports{h1: h1, h1c: h1c, h2c: h2, h2: h2own, maxHeader: maxHeader}
+}
+
+// newH2Transports returns x/net's HTTP/2 transport and meshlet's client over it (h2Client), both dialing with
+// dial; maxHeader bounds the response header list.
+func newH2Transports(dial func(ctx context.Context, network, addr string) (net.Conn, error), maxHeader int) (*http2.Transport, *h2Client) {
 	h2 := &http2.Transport{
 		AllowHTTP: true,
 		DialTLSContext: func(ctx context.Context, network, addr string, _ *tls.Config) (net.Conn, error) {
-			c, err := dialH2(ctx, network, addr)
-			if err != nil {
-				return nil, err
-			}
-			return guardH2(c, maxHeader), nil
+			return dial(ctx, network, addr)
 		},
 		DisableCompression: true,
 		IdleConnTimeout:    idleConnTimeout,
@@ -120,8 +132,7 @@ func newTransports(connectTimeout func() time.Duration, secure func(ctx context.
 		// Request headers without indexing (h2EncoderTableSize).
 		MaxEncoderHeaderTableSize: h2EncoderTableSize,
 	}
-	h1c.closeOther = h1.CloseIdleConnections
-	return &transports{h1: h1, h1c: h1c, h2c: h2, maxHeader: maxHeader}
+	return h2, &h2Client{dial: dial, maxHeader: maxHeader, fallback: h2}
 }
 
 // newTransports builds the upstream's transports for its settings cfg.
@@ -174,6 +185,7 @@ func (t *transports) closeIdle() {
 	t.h1.CloseIdleConnections()
 	t.h1c.closeIdleConnections()
 	t.h2c.CloseIdleConnections()
+	t.h2.closeIdleConnections()
 }
 
 // connectError is a failure to open a connection to an endpoint: the request never reached it.
