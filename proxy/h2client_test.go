@@ -159,6 +159,10 @@ func buildH2cScript(in []byte) *h2cScript {
 			code := http2.ErrCode(arg() % 14)
 			fr.WriteRSTStream(1, code)
 			s.retry = s.retry || code == http2.ErrCodeRefusedStream
+			// What comes on the stream after its reset races, in x/net, with the caller's wake-up (an answer that
+			// comes before the caller sees the reset is taken: golang.org/issue/49645).
+			s.ops = append(s.ops, bytes.Clone(buf.Bytes()))
+			return s
 		case 4: // GOAWAY
 			last, code := arg(), arg()
 			fr.WriteGoAway(uint32(last%2), http2.ErrCode(code%14), []byte("bye"))
