@@ -416,14 +416,14 @@ func (c *h2cConn) roundTrip(req *http.Request, body []byte, hasBody bool) (*http
 			return nil, errH2Fallback // x/net's to send as the windows open
 		}
 	}
+	if err := ctx.Err(); err != nil {
+		c.mu.Unlock()
+		return nil, err
+	}
 	c.hbuf.Reset()
 	if !c.encodeHeaders(req, contentLength) {
 		c.mu.Unlock()
 		return nil, errH2Fallback
-	}
-	if err := ctx.Err(); err != nil {
-		c.mu.Unlock()
-		return nil, err
 	}
 	st := &h2cStream{c: c, id: c.nextID, isHead: req.Method == http.MethodHead,
 		sendWindow: c.peerInitialWindow, ready: make(chan struct{})}
@@ -472,10 +472,12 @@ func (c *h2cConn) roundTrip(req *http.Request, body []byte, hasBody bool) (*http
 		c.mu.Unlock()
 		<-st.ready
 	}
-	if st.err != nil && st.res == nil {
+	// res is set before ready is closed and never after; err, when res is nil, before it too (an abort after
+	// the response's headers leaves res to the caller, its body ending with the error).
+	res := st.res
+	if res == nil {
 		return nil, st.err
 	}
-	res := st.res
 	res.Request = req
 	res.TLS = c.tls
 	if res.Body == http.NoBody && !hasBody {
