@@ -11,6 +11,7 @@ import (
 	"math"
 	"net"
 	"net/http"
+	"net/textproto"
 	"net/url"
 	"os"
 	"runtime"
@@ -212,7 +213,6 @@ type h2Stream struct {
 	c                *h2Conn
 	id               uint32
 	state            h2State
-	resetQueued      bool
 	gotTrailerHeader bool
 	wroteHeaders     bool
 	ctx              context.Context
@@ -582,9 +582,7 @@ type h2GoAwayFlowError struct{}
 func (h2GoAwayFlowError) Error() string { return "connection exceeded flow control window size" }
 
 func isClosedConnError(err error) bool {
-	return errors.Is(err, net.ErrClosed) || errors.Is(err, os.ErrDeadlineExceeded) ||
-		strings.Contains(err.Error(), "use of closed network connection") ||
-		strings.Contains(err.Error(), "connection reset by peer")
+	return errors.Is(err, net.ErrClosed) || errors.Is(err, os.ErrDeadlineExceeded) || errors.Is(err, syscall.ECONNRESET)
 }
 
 func (c *h2Conn) processFrame(f http2.Frame) error {
@@ -754,15 +752,14 @@ func (c *h2Conn) processData(f *http2.DataFrame) error {
 	if id == 0 || state == h2StateIdle {
 		return http2.ConnectionError(http2.ErrCodeProtocol)
 	}
-	if st == nil || state != h2Open || st.gotTrailerHeader || st.resetQueued {
+	if st == nil || state != h2Open || st.gotTrailerHeader {
 		if f.Length > uint32(c.inflow.avail) {
 			return http2.StreamError{StreamID: id, Code: http2.ErrCodeFlowControl}
 		}
 		c.inflow.avail -= int32(f.Length)
 		c.windowUpdateLocked(nil, int(f.Length))
-		if st != nil && st.resetQueued {
-			return nil
-		}
+		// (net/http also returns nil for a stream whose reset is queued: h2Conn closes a stream as it queues its
+		// reset, so it is not found here.)
 		return http2.StreamError{StreamID: id, Code: http2.ErrCodeStreamClosed}
 	}
 	if st.declBodyBytes != -1 && st.bodyBytes+int64(len(data)) > st.declBodyBytes {
@@ -824,9 +821,6 @@ func (c *h2Conn) processHeaders(f *http2.MetaHeadersFrame) error {
 		return http2.ConnectionError(http2.ErrCodeProtocol)
 	}
 	if st := c.streams[id]; st != nil {
-		if st.resetQueued {
-			return nil
-		}
 		if st.state == h2HalfClosedRemote {
 			return http2.StreamError{StreamID: id, Code: http2.ErrCodeStreamClosed}
 		}
@@ -975,7 +969,7 @@ func (c *h2Conn) newWriterAndRequest(st *h2Stream, f *http2.MetaHeadersFrame) (*
 	var trailer http.Header
 	for _, v := range header["Trailer"] {
 		for _, key := range strings.Split(v, ",") {
-			key = http.CanonicalHeaderKey(textprotoTrim(key))
+			key = http.CanonicalHeaderKey(textproto.TrimString(key))
 			switch key {
 			case "Transfer-Encoding", "Trailer", "Content-Length":
 			default:
@@ -1036,17 +1030,6 @@ func (c *h2Conn) newWriterAndRequest(st *h2Stream, f *http2.MetaHeadersFrame) (*
 		w.handler = http.HandlerFunc(globalOptions) // net/http's serverHandler answers these itself
 	}
 	return w, req, nil
-}
-
-// textprotoTrim is textproto.TrimString: ASCII space and tab cut at both ends.
-func textprotoTrim(s string) string {
-	for len(s) > 0 && (s[0] == ' ' || s[0] == '\t' || s[0] == '\n' || s[0] == '\r') {
-		s = s[1:]
-	}
-	for len(s) > 0 && (s[len(s)-1] == ' ' || s[len(s)-1] == '\t' || s[len(s)-1] == '\n' || s[len(s)-1] == '\r') {
-		s = s[:len(s)-1]
-	}
-	return s
 }
 
 // scheduleHandler starts the stream's handler, or queues it while as many handlers run as streams may be open
@@ -1193,7 +1176,6 @@ func (c *h2Conn) resetLocked(se http2.StreamError) {
 	c.queueLocked()
 	c.writeRSTStream(se.StreamID, se.Code)
 	if st, ok := c.streams[se.StreamID]; ok {
-		st.resetQueued = true
 		c.closeStream(st, se)
 	}
 }
@@ -1972,7 +1954,7 @@ func (w *h2Writer) writeChunk(p []byte) (int, error) {
 }
 
 func foreachHeaderElement(v string, fn func(string)) {
-	v = textprotoTrim(v)
+	v = textproto.TrimString(v)
 	if v == "" {
 		return
 	}
@@ -1981,7 +1963,7 @@ func foreachHeaderElement(v string, fn func(string)) {
 		return
 	}
 	for _, f := range strings.Split(v, ",") {
-		if f = textprotoTrim(f); f != "" {
+		if f = textproto.TrimString(f); f != "" {
 			fn(f)
 		}
 	}
@@ -2115,7 +2097,7 @@ func encodeH2Header(enc *hpack.Encoder, h http.Header, keys []string) {
 	for _, k := range keys {
 		vv := h[k]
 		k, ascii := lowerHeader(k)
-		if !ascii || !validWireHeaderFieldName(k) {
+		if !ascii || !httpguts.ValidHeaderFieldName(k) { // lower case by now: x/net's validWireHeaderFieldName
 			continue
 		}
 		isTE := k == "transfer-encoding"
@@ -2147,20 +2129,6 @@ func lowerHeader(v string) (string, bool) {
 		return v, true
 	}
 	return strings.ToLower(v), true
-}
-
-// validWireHeaderFieldName is x/net's: a token without uppercase letters.
-func validWireHeaderFieldName(v string) bool {
-	if len(v) == 0 {
-		return false
-	}
-	for i := 0; i < len(v); i++ {
-		b := v[i]
-		if !httpguts.IsTokenRune(rune(b)) || ('A' <= b && b <= 'Z') {
-			return false
-		}
-	}
-	return true
 }
 
 func statusString(code int) string {
