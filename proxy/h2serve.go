@@ -2128,8 +2128,34 @@ func lowerHeader(v string) (string, bool) {
 	if !upper {
 		return v, true
 	}
+	if l, ok := h2CommonLower[v]; ok {
+		return l, true
+	}
 	return strings.ToLower(v), true
 }
+
+// h2CommonLower maps the canonical form of common field names to their lower case (x/net's commonLowerHeader,
+// with gRPC's and meshlet's own): lowerHeader allocates for the others.
+var h2CommonLower = func() map[string]string {
+	m := map[string]string{}
+	for _, k := range []string{"accept", "accept-charset", "accept-encoding", "accept-language", "accept-ranges",
+		"age", "access-control-allow-credentials", "access-control-allow-headers", "access-control-allow-methods",
+		"access-control-allow-origin", "access-control-expose-headers", "access-control-max-age",
+		"access-control-request-headers", "access-control-request-method", "allow", "authorization",
+		"cache-control", "content-disposition", "content-encoding", "content-language", "content-length",
+		"content-location", "content-range", "content-type", "cookie", "date", "etag", "expect", "expires", "from",
+		"host", "if-match", "if-modified-since", "if-none-match", "if-unmodified-since", "last-modified", "link",
+		"location", "max-forwards", "origin", "proxy-authenticate", "proxy-authorization", "range", "referer",
+		"refresh", "retry-after", "server", "set-cookie", "strict-transport-security", "trailer",
+		"transfer-encoding", "user-agent", "vary", "via", "www-authenticate", "x-forwarded-for",
+		"x-forwarded-proto", "x-forwarded-host", "x-forwarded-client-cert", "x-request-id",
+		"te", "grpc-status", "grpc-message", "grpc-timeout", "grpc-encoding", "grpc-accept-encoding",
+		"grpc-status-details-bin", "traceparent", "tracestate", "b3", "x-b3-traceid", "x-b3-spanid",
+		"x-b3-parentspanid", "x-b3-sampled", "x-content-type-options"} {
+		m[http.CanonicalHeaderKey(k)] = k
+	}
+	return m
+}()
 
 func statusString(code int) string {
 	switch code {

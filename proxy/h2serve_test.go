@@ -1278,3 +1278,20 @@ func TestH2BodyEOFWithLastData(t *testing.T) {
 		t.Errorf("a body ended later: the handler's reads were %q, want %q", got, want)
 	}
 }
+
+// lowerHeader lowers a name from its table of common names or by strings.ToLower, the same either way.
+func TestLowerHeader(t *testing.T) {
+	for k, v := range h2CommonLower {
+		if got, ok := lowerHeader(k); !ok || got != v || v != strings.ToLower(k) {
+			t.Errorf("lowerHeader(%q) = %q, %v; table %q", k, got, ok, v)
+		}
+	}
+	for _, tc := range []struct{ in, want string }{{"X-Odd-Name", "x-odd-name"}, {"lower", "lower"}, {"Grpc-Status", "grpc-status"}} {
+		if got, ok := lowerHeader(tc.in); !ok || got != tc.want {
+			t.Errorf("lowerHeader(%q) = %q, %v", tc.in, got, ok)
+		}
+	}
+	if _, ok := lowerHeader("X-\u00e9"); ok {
+		t.Error("a name that is not ASCII was lowered")
+	}
+}
