@@ -57,7 +57,7 @@ FUZZ_SLOW_TARGETS = ./proxy:FuzzH2Agreement ./proxy:FuzzH2ClientAgreement
 FUZZ_TARGETS = ./cmd/meshlet:FuzzConfig ./proxy:FuzzRouteLookup ./grpcwire:FuzzParseTimeout ./grpcwire:FuzzEncodeMessage \
 	./grpcwire:FuzzTimeoutRoundTrip ./resilience:FuzzRetryCondition ./mtls:FuzzParseID ./proxy:FuzzHeaderRewrite ./proxy/h1guard:FuzzH1Guard \
 	./proxy/h1guard:FuzzH1GuardAgreement ./proxy:FuzzNormalizePath ./proxy:FuzzH1Agreement ./proxy:FuzzH1ClientAgreement \
-	./proxy:FuzzForwardAgreement
+	./proxy:FuzzForwardAgreement ./proxy:FuzzH2HeadersAgreement
 fuzz:
 	@set -e; for t in $(FUZZ_TARGETS); do \
 		GO=$(GO) tools/fuzz.sh $${t%%:*} $${t##*:} $(FUZZTIME); \

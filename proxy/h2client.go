@@ -287,11 +287,12 @@ func (cl *h2Client) closeIdleConnections() {
 // h2cConn is one connection of h2Client. Its reader goroutine (readLoop) reads and handles the frames; the
 // callers write their requests' frames themselves. mu guards everything below it.
 type h2cConn struct {
-	cl  *h2Client
-	key string
-	nc  net.Conn
-	tls *tls.ConnectionState
-	fr  *http2.Framer // the reader's
+	cl   *h2Client
+	key  string
+	nc   net.Conn
+	tls  *tls.ConnectionState
+	fr   *http2.Framer // the reader's
+	hdrs *h2Headers    // reads the header blocks from fr
 
 	mu                sync.Mutex
 	streams           map[uint32]*h2cStream
@@ -359,8 +360,7 @@ func (cl *h2Client) newConn(ctx context.Context, addr string) (*h2cConn, error) 
 	}
 	c.fr = http2.NewFramer(nil, bufio.NewReader(nc))
 	c.fr.SetMaxReadFrameSize(maxReadFrameSize)
-	c.fr.MaxHeaderListSize = uint32(cl.maxHeader)
-	c.fr.ReadMetaHeaders = hpack.NewDecoder(4096, nil)
+	c.hdrs = newH2Headers(hpack.NewDecoder(4096, nil), uint32(cl.maxHeader))
 	c.enc = hpack.NewEncoder(&c.hbuf)
 	c.enc.SetMaxDynamicTableSizeLimit(h2EncoderTableSize)
 	b := append([]byte(nil), http2.ClientPreface...)
@@ -768,7 +768,7 @@ func isEOFOrNetReadError(err error) bool {
 
 func (c *h2cConn) readFrames() error {
 	for {
-		f, err := c.fr.ReadFrame()
+		f, err := c.hdrs.readFrame(c.fr)
 		if err != nil {
 			var se http2.StreamError
 			if errors.As(err, &se) {

@@ -170,6 +170,7 @@ type h2Conn struct {
 	br   *bufio.Reader // from h1Readers; nil while an idle connection waits (waitFrame)
 	fr   *http2.Framer // reads only: the server writes its frames itself
 	hdec *hpack.Decoder
+	hdrs *h2Headers // reads header blocks with hdec
 	// bigRead: a frame larger than h2BigFrame was read since the framer was made
 	bigRead bool
 	waiting atomic.Bool // the reader waits for the socket with no read buffer (waitFrame)
@@ -247,6 +248,7 @@ func (s *h1Server) serveH2(nc net.Conn, br *bufio.Reader, ctx context.Context, s
 		c.tls = &st
 	}
 	c.hdec = hpack.NewDecoder(cfg.decoderTable, nil)
+	c.hdrs = newH2Headers(c.hdec, cfg.maxHeaderList)
 	c.newFramer()
 	s.mu.Lock()
 	s.h2conns[c] = struct{}{}
@@ -263,12 +265,10 @@ func (s *h1Server) serveH2(nc net.Conn, br *bufio.Reader, ctx context.Context, s
 	c.serve(sawPreface)
 }
 
-// newFramer makes the connection's frame reader (x/net's Framer, with the connection's HPACK decoder), anew after
-// a large frame: a Framer keeps the buffer of the largest frame it read.
+// newFramer makes the connection's frame reader (x/net's Framer; header blocks are read by hdrs), anew after a
+// large frame: a Framer keeps the buffer of the largest frame it read.
 func (c *h2Conn) newFramer() {
 	fr := http2.NewFramer(nil, h2In{c})
-	fr.ReadMetaHeaders = c.hdec
-	fr.MaxHeaderListSize = c.cfg.maxHeaderList
 	fr.SetMaxReadFrameSize(c.cfg.maxReadFrame)
 	fr.SetReuseFrames() // a DATA frame's payload is copied before the next read
 	c.fr = fr
@@ -442,7 +442,7 @@ func (c *h2Conn) serve(sawPreface bool) {
 		if c.br.Buffered() == 0 {
 			c.waitFrame()
 		}
-		f, err := c.fr.ReadFrame()
+		f, err := c.hdrs.readFrame(c.fr)
 		if err == nil && f.Header().Length > h2BigFrame {
 			c.bigRead = true
 		}
@@ -1135,6 +1135,7 @@ func (c *h2Conn) closeStream(st *h2Stream, err error) {
 			c.henc, c.hbuf = nil, bytes.Buffer{}
 		}
 		c.streams = nil // an idle connection holds no map (a map keeps its largest size)
+		c.hdrs.release()
 		c.s.state(c.nc, http.StateIdle)
 		if c.idleTimer != nil && !c.closed {
 			c.idleTimer.Reset(c.cfg.idleTimeout)
