@@ -4,6 +4,7 @@ import (
 	"errors"
 	"fmt"
 	"strings"
+	"sync"
 
 	"golang.org/x/net/http/httpguts"
 	"golang.org/x/net/http2"
@@ -20,6 +21,7 @@ type h2Headers struct {
 	dec            *hpack.Decoder
 	maxList        uint32 // the header list limit (x/net's Framer.MaxHeaderListSize; 0: 16 MiB)
 	fields         []hpack.HeaderField
+	buf            *[]hpack.HeaderField // what fields came from (h2FieldPool); nil after release
 	mh             http2.MetaHeadersFrame
 	headersRemain  uint32
 	trailersRemain uint32
@@ -51,11 +53,23 @@ func (h *h2Headers) readFrame(fr *http2.Framer) (http2.Frame, error) {
 	return f, nil
 }
 
-// release drops the fields and the frame of the last block (an idle connection keeps neither).
+// release gives the field slice back to its pool and drops the last block's frame: a connection waiting for its
+// next frame keeps neither. Called by the connection's reader, as read is: h2Headers has no lock.
 func (h *h2Headers) release() {
-	h.fields = nil
+	if h.buf != nil {
+		clear(h.fields[:cap(h.fields)]) // no string of a block is kept alive by the pool
+		*h.buf = h.fields[:0]
+		h2FieldPool.Put(h.buf)
+		h.buf, h.fields = nil, nil
+	}
 	h.mh = http2.MetaHeadersFrame{}
 }
+
+// h2FieldPool holds field slices of the connections that wait (h2Headers.release).
+var h2FieldPool = sync.Pool{New: func() any {
+	s := make([]hpack.HeaderField, 0, 16)
+	return &s
+}}
 
 // emit takes a decoded field (x/net's readMetaFrame's emit function).
 func (h *h2Headers) emit(hf hpack.HeaderField) {
@@ -97,6 +111,10 @@ func (h *h2Headers) emit(hf hpack.HeaderField) {
 
 // read decodes the block that first starts, reading its CONTINUATION frames from fr.
 func (h *h2Headers) read(fr *http2.Framer, first *http2.HeadersFrame) (http2.Frame, error) {
+	if h.buf == nil {
+		h.buf = h2FieldPool.Get().(*[]hpack.HeaderField)
+		h.fields = *h.buf
+	}
 	clear(h.fields[:cap(h.fields)]) // no string of an earlier block is kept alive
 	h.fields = h.fields[:0]
 	h.mh = http2.MetaHeadersFrame{HeadersFrame: first}

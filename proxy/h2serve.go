@@ -440,6 +440,7 @@ func (c *h2Conn) serve(sawPreface bool) {
 			c.mu.Unlock()
 		}
 		if c.br.Buffered() == 0 {
+			c.hdrs.release() // a connection that waits keeps no header block (its fields go back to their pool)
 			c.waitFrame()
 		}
 		f, err := c.hdrs.readFrame(c.fr)
@@ -1135,7 +1136,6 @@ func (c *h2Conn) closeStream(st *h2Stream, err error) {
 			c.henc, c.hbuf = nil, bytes.Buffer{}
 		}
 		c.streams = nil // an idle connection holds no map (a map keeps its largest size)
-		c.hdrs.release()
 		c.s.state(c.nc, http.StateIdle)
 		if c.idleTimer != nil && !c.closed {
 			c.idleTimer.Reset(c.cfg.idleTimeout)
