@@ -19,8 +19,8 @@ func (benchTestService) UnaryCall(_ context.Context, in *testgrpc.SimpleRequest)
 	return &testgrpc.SimpleResponse{Payload: &testgrpc.Payload{Body: make([]byte, 64)}}, nil
 }
 
-// BenchmarkProxyGRPC measures a unary gRPC call through one in-process proxy to a grpc-go server.
-func BenchmarkProxyGRPC(b *testing.B) {
+// startGRPCBenchBackend serves benchTestService with grpc-go until the benchmark ends; it returns its address.
+func startGRPCBenchBackend(b *testing.B) string {
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		b.Fatal(err)
@@ -28,17 +28,26 @@ func BenchmarkProxyGRPC(b *testing.B) {
 	srv := grpc.NewServer()
 	testgrpc.RegisterTestServiceServer(srv, benchTestService{})
 	go srv.Serve(ln)
-	defer srv.Stop()
+	b.Cleanup(srv.Stop)
+	return ln.Addr().String()
+}
 
+// grpcThroughProxy starts an in-process proxy with a gRPC upstream to backend and returns a client of it.
+func grpcThroughProxy(b *testing.B, backend string) testgrpc.TestServiceClient {
 	cfg := Config{Service: ServiceConfig{Name: "bench"}, Upstreams: []UpstreamConfig{{
-		Name: "api", Listen: "127.0.0.1:0", Protocol: ProtocolGRPC, Endpoints: []string{ln.Addr().String()}}}}
+		Name: "api", Listen: "127.0.0.1:0", Protocol: ProtocolGRPC, Endpoints: []string{backend}}}}
 	p, _ := startProxy(b, cfg)
 	conn, err := grpc.NewClient(p.Addrs()["upstream/api"], grpc.WithTransportCredentials(insecure.NewCredentials()))
 	if err != nil {
 		b.Fatal(err)
 	}
-	defer conn.Close()
-	client := testgrpc.NewTestServiceClient(conn)
+	b.Cleanup(func() { conn.Close() })
+	return testgrpc.NewTestServiceClient(conn)
+}
+
+// BenchmarkProxyGRPC measures a unary gRPC call through one in-process proxy to a grpc-go server.
+func BenchmarkProxyGRPC(b *testing.B) {
+	client := grpcThroughProxy(b, startGRPCBenchBackend(b))
 	req := &testgrpc.SimpleRequest{Payload: &testgrpc.Payload{Body: make([]byte, 64)}}
 	b.ReportAllocs()
 	b.ResetTimer()
@@ -65,14 +74,7 @@ func (benchTestService) StreamingOutputCall(in *testgrpc.StreamingOutputCallRequ
 // in-process proxy, with the listeners' HTTP/2 served by net/http's server and by h2Conn (issue 16: streaming no
 // worse than before): compare the two in one run.
 func BenchmarkProxyGRPCStreaming(b *testing.B) {
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		b.Fatal(err)
-	}
-	srv := grpc.NewServer()
-	testgrpc.RegisterTestServiceServer(srv, benchTestService{})
-	go srv.Serve(ln)
-	defer srv.Stop()
+	backend := startGRPCBenchBackend(b)
 	req := &testgrpc.StreamingOutputCallRequest{}
 	for range 1000 {
 		req.ResponseParameters = append(req.ResponseParameters, &testgrpc.ResponseParameters{Size: 1024})
@@ -84,15 +86,7 @@ func BenchmarkProxyGRPCStreaming(b *testing.B) {
 	}{{"net-http", false}, {"h2Conn", true}} {
 		b.Run(server.name, func(b *testing.B) {
 			useH2Server = server.own
-			cfg := Config{Service: ServiceConfig{Name: "bench"}, Upstreams: []UpstreamConfig{{
-				Name: "api", Listen: "127.0.0.1:0", Protocol: ProtocolGRPC, Endpoints: []string{ln.Addr().String()}}}}
-			p, _ := startProxy(b, cfg)
-			conn, err := grpc.NewClient(p.Addrs()["upstream/api"], grpc.WithTransportCredentials(insecure.NewCredentials()))
-			if err != nil {
-				b.Fatal(err)
-			}
-			defer conn.Close()
-			client := testgrpc.NewTestServiceClient(conn)
+			client := grpcThroughProxy(b, backend)
 			b.ReportAllocs()
 			b.ResetTimer()
 			for range b.N {
