@@ -952,15 +952,7 @@ func TestH2IdleHoldsNoReadBuffer(t *testing.T) {
 		<-done
 		guard.Wait(ctx)
 	}()
-	c, err := net.Dial("tcp", ln.Addr().String())
-	if err != nil {
-		t.Fatal(err)
-	}
-	cc, err := (&http2.Transport{AllowHTTP: true}).NewClientConn(c)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer cc.Close()
+	cc := dialH2C(t, ln.Addr().String())
 	waiting := func() bool {
 		for deadline := time.Now().Add(2 * time.Second); time.Now().Before(deadline); time.Sleep(time.Millisecond) {
 			hs.mu.Lock()
@@ -1195,15 +1187,7 @@ func TestH2LargeBodies(t *testing.T) {
 		w.Header().Set("X-Sum", fmt.Sprintf("%d %x %v", n, h.Sum(nil), err))
 		w.Write(bytes.Repeat([]byte("0123456789abcdef"), 1<<16)) // 1 MiB
 	})
-	c, err := net.Dial("tcp", r.addr)
-	if err != nil {
-		t.Fatal(err)
-	}
-	cc, err := (&http2.Transport{AllowHTTP: true}).NewClientConn(c)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer cc.Close()
+	cc := dialH2C(t, r.addr)
 	body := make([]byte, 3<<20+12345)
 	for i := range body {
 		body[i] = byte(i * 31)
@@ -1240,15 +1224,7 @@ func TestH2BodyEOFWithLastData(t *testing.T) {
 		}
 		w.Header().Set("X-Reads", strings.Join(reads, ", "))
 	})
-	c, err := net.Dial("tcp", r.addr)
-	if err != nil {
-		t.Fatal(err)
-	}
-	cc, err := (&http2.Transport{AllowHTTP: true}).NewClientConn(c)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer cc.Close()
+	cc := dialH2C(t, r.addr)
 	for _, size := range []int{1, 1000, 4096} {
 		// A known length: the transport sends the body in one DATA frame with END_STREAM.
 		req := httptest.NewRequest("POST", "http://"+r.addr+"/", bytes.NewReader(make([]byte, size))).WithContext(context.Background())
@@ -1294,4 +1270,20 @@ func TestLowerHeader(t *testing.T) {
 	if _, ok := lowerHeader("X-\u00e9"); ok {
 		t.Error("a name that is not ASCII was lowered")
 	}
+}
+
+// dialH2C opens an h2c (prior knowledge) client connection to addr with x/net's client, closed when the test ends.
+func dialH2C(t *testing.T, addr string) *http2.ClientConn {
+	t.Helper()
+	c, err := net.Dial("tcp", addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cc, err := (&http2.Transport{AllowHTTP: true}).NewClientConn(c)
+	if err != nil {
+		c.Close()
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { cc.Close() })
+	return cc
 }
