@@ -90,14 +90,7 @@ type h2cScript struct {
 }
 
 func buildH2cScript(in []byte) *h2cScript {
-	arg := func() byte {
-		if len(in) == 0 {
-			return 0
-		}
-		b := in[0]
-		in = in[1:]
-		return b
-	}
+	arg := func() byte { return nextFuzzByte(&in) }
 	s := &h2cScript{req: int(arg()) % len(h2cReqTemplates)}
 	var buf bytes.Buffer
 	fr := http2.NewFramer(&buf, nil)

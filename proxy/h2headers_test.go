@@ -59,14 +59,7 @@ func h2HeaderFrames(in []byte) []byte {
 	fr.AllowIllegalWrites = true
 	var hbuf bytes.Buffer
 	enc := hpack.NewEncoder(&hbuf)
-	arg := func() byte {
-		if len(in) == 0 {
-			return 0
-		}
-		b := in[0]
-		in = in[1:]
-		return b
-	}
+	arg := func() byte { return nextFuzzByte(&in) }
 	for n := 0; len(in) > 0 && n < 20; n++ {
 		switch arg() % 5 {
 		case 0, 1: // a block of a field set, maybe split; maybe without its end

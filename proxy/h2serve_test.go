@@ -237,14 +237,7 @@ func (s *h2Script) block(t int) []byte {
 
 // build interprets in: each op takes its byte and the argument bytes it needs (0 past the end).
 func (s *h2Script) build(in []byte) {
-	arg := func() byte {
-		if len(in) == 0 {
-			return 0
-		}
-		b := in[0]
-		in = in[1:]
-		return b
-	}
+	arg := func() byte { return nextFuzzByte(&in) }
 	for ops := 0; len(in) > 0 && ops < 64; ops++ {
 		if ops > 0 {
 			s.cut()
@@ -1286,4 +1279,14 @@ func dialH2C(t *testing.T, addr string) *http2.ClientConn {
 	}
 	t.Cleanup(func() { cc.Close() })
 	return cc
+}
+
+// nextFuzzByte takes the next of a fuzzer's bytes from *in: 0 past the end (the frame scripts' arguments).
+func nextFuzzByte(in *[]byte) byte {
+	if len(*in) == 0 {
+		return 0
+	}
+	b := (*in)[0]
+	*in = (*in)[1:]
+	return b
 }
