@@ -222,28 +222,21 @@ func runH2Client(t testing.TB, s *h2cScript, mk func(dial func(ctx context.Conte
 		}
 		srvConn <- c
 		defer c.Close()
-		c.SetDeadline(time.Now().Add(5 * time.Second)) // longer than the client's: it ends first
-		preface := make([]byte, len(http2.ClientPreface))
-		if _, err := io.ReadFull(c, preface); err != nil {
+		// Longer than the client's deadline: it ends first.
+		fr := h2TestServerConn(c, 5*time.Second, http2.Setting{ID: http2.SettingMaxHeaderListSize, Val: 8000})
+		if fr == nil {
 			return
 		}
-		fr := http2.NewFramer(c, c)
-		fr.ReadMetaHeaders = hpack.NewDecoder(4096, nil)
-		fr.WriteSettings(http2.Setting{ID: http2.SettingMaxHeaderListSize, Val: 8000})
 		// The request: its header fields (sorted: x/net writes them in map order), its body and its end.
 		var fields []string
 		var body bytes.Buffer
 		for ended := false; !ended; {
-			f, err := fr.ReadFrame()
+			f, err := nextH2Frame(fr)
 			if err != nil {
 				fmt.Fprintf(&server, "read error %v", err)
 				return
 			}
 			switch f := f.(type) {
-			case *http2.SettingsFrame:
-				if !f.IsAck() {
-					fr.WriteSettingsAck()
-				}
 			case *http2.MetaHeadersFrame:
 				for _, hf := range f.Fields {
 					fields = append(fields, hf.Name+"="+hf.Value)
@@ -661,25 +654,18 @@ func TestH2ClientRefusedStream(t *testing.T) {
 			}
 			go func() {
 				defer c.Close()
-				c.SetDeadline(time.Now().Add(10 * time.Second))
-				if _, err := io.ReadFull(c, make([]byte, len(http2.ClientPreface))); err != nil {
+				fr := h2TestServerConn(c, 10*time.Second)
+				if fr == nil {
 					return
 				}
-				fr := http2.NewFramer(c, c)
-				fr.ReadMetaHeaders = hpack.NewDecoder(4096, nil)
-				fr.WriteSettings()
 				var hbuf bytes.Buffer
 				enc := hpack.NewEncoder(&hbuf)
 				for {
-					f, err := fr.ReadFrame()
+					f, err := nextH2Frame(fr)
 					if err != nil {
 						return
 					}
 					switch f := f.(type) {
-					case *http2.SettingsFrame:
-						if !f.IsAck() {
-							fr.WriteSettingsAck()
-						}
 					case *http2.MetaHeadersFrame:
 						if refused.CompareAndSwap(false, true) {
 							fr.WriteRSTStream(f.StreamID, http2.ErrCodeRefusedStream)
@@ -713,5 +699,34 @@ func TestH2ClientRefusedStream(t *testing.T) {
 		if string(b) != "ok" || !refused.Load() {
 			t.Errorf("h2Client %v: body %q, refused %v", own, b, refused.Load())
 		}
+	}
+}
+
+// h2TestServerConn reads a client's preface on c (within d) and answers with SETTINGS; nil if no preface came.
+func h2TestServerConn(c net.Conn, d time.Duration, settings ...http2.Setting) *http2.Framer {
+	c.SetDeadline(time.Now().Add(d))
+	if _, err := io.ReadFull(c, make([]byte, len(http2.ClientPreface))); err != nil {
+		return nil
+	}
+	fr := http2.NewFramer(c, c)
+	fr.ReadMetaHeaders = hpack.NewDecoder(4096, nil)
+	fr.WriteSettings(settings...)
+	return fr
+}
+
+// nextH2Frame reads the next frame that is not SETTINGS, acknowledging those.
+func nextH2Frame(fr *http2.Framer) (http2.Frame, error) {
+	for {
+		f, err := fr.ReadFrame()
+		if err != nil {
+			return nil, err
+		}
+		if sf, ok := f.(*http2.SettingsFrame); ok {
+			if !sf.IsAck() {
+				fr.WriteSettingsAck()
+			}
+			continue
+		}
+		return f, nil
 	}
 }
