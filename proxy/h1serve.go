@@ -65,6 +65,8 @@ type h1Server struct {
 	h2tls   bool // and TLS connections with ALPN h2
 	h2cfg   h2Config
 	h2conns map[*h2Conn]struct{}
+	// handlers runs the HTTP/2 connections' handlers (h2workers.go)
+	handlers handlerPool
 }
 
 func newH1Server(srv *http.Server, addr net.Addr) *h1Server {
@@ -177,6 +179,7 @@ func (s *h1Server) shutdown(ctx context.Context) error {
 	for {
 		select {
 		case <-done:
+			s.handlers.close()
 			return nil
 		case <-tick.C:
 			s.closeIdle()
@@ -210,6 +213,7 @@ func (s *h1Server) closeIdleH2() {
 // closeAll closes every connection of the loop (Server.Close).
 func (s *h1Server) closeAll() {
 	s.closing.Store(true)
+	s.handlers.close()
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	for c := range s.conns {

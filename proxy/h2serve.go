@@ -1058,7 +1058,7 @@ func (c *h2Conn) startHandlers() {
 			c.curHandlers--
 			continue
 		}
-		go c.runHandler(w)
+		c.s.handlers.run(w)
 	}
 	c.starting = c.starting[:0]
 }
@@ -1078,7 +1078,7 @@ func (c *h2Conn) handlerDone() {
 			break
 		}
 		c.curHandlers++
-		go c.runHandler(w)
+		c.s.handlers.run(w)
 		c.unstarted[i] = nil
 	}
 	c.unstarted = c.unstarted[i:]

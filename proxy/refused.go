@@ -105,8 +105,8 @@ func (p *Proxy) countRefused(r *http.Request, direction, listener, reason string
 // bodies (stall timeout, gRPC message size); each refusal is counted.
 func (p *Proxy) guarded(direction, listener string, lim ListenerLimits, h http.Handler) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		if r.ProtoMajor == 2 {
-			presizeStack(r.ProtoMajor) // each HTTP/2 request runs on a goroutine of its own
+		if r.ProtoMajor == 2 && !useH2Server {
+			presizeStack(r.ProtoMajor) // net/http's server runs each HTTP/2 request on a goroutine of its own
 		}
 		g := h1guard.Of(r)
 		if g != nil {
