@@ -65,13 +65,19 @@ type h1Server struct {
 	h2tls   bool // and TLS connections with ALPN h2
 	h2cfg   h2Config
 	h2conns map[*h2Conn]struct{}
+	// the sweep of the connections that wait long (sweepH2): h2sweep is guarded by mu
+	h2epoch      atomic.Uint64
+	h2sweepArmed atomic.Bool
+	h2sweep      *time.Timer
+	h2sweepEvery time.Duration // h2ShrinkSweep
+	h2moved      atomic.Int64  // connections moved to a goroutine of their own (serveParked), for the tests
 	// handlers runs the HTTP/2 connections' handlers (h2workers.go)
 	handlers handlerPool
 }
 
 func newH1Server(srv *http.Server, addr net.Addr) *h1Server {
 	s := &h1Server{srv: srv, handoff: newConnQueue(addr), conns: map[*h1Conn]struct{}{}, counted: map[net.Conn]struct{}{},
-		connState: srv.ConnState, h2cfg: h2ConfigOf(srv), h2conns: map[*h2Conn]struct{}{}}
+		connState: srv.ConnState, h2cfg: h2ConfigOf(srv), h2conns: map[*h2Conn]struct{}{}, h2sweepEvery: h2ShrinkSweep}
 	// HTTP/2 where net/http's server would speak it (srv.Protocols; nil: HTTP/1.1, and HTTP/2 over TLS).
 	s.h2c = useH2Server && srv.Protocols != nil && srv.Protocols.UnencryptedHTTP2()
 	s.h2tls = useH2Server && (srv.Protocols == nil || srv.Protocols.HTTP2())
@@ -151,7 +157,7 @@ func (s *h1Server) serve(ln net.Listener) error {
 		s.conns[hc] = struct{}{}
 		s.wg.Add(1)
 		s.mu.Unlock()
-		go hc.serve()
+		go hc.run()
 	}
 }
 
@@ -180,6 +186,11 @@ func (s *h1Server) shutdown(ctx context.Context) error {
 		select {
 		case <-done:
 			s.handlers.close()
+			s.mu.Lock()
+			if s.h2sweep != nil {
+				s.h2sweep.Stop()
+			}
+			s.mu.Unlock()
 			return nil
 		case <-tick.C:
 			s.closeIdle()
@@ -216,6 +227,9 @@ func (s *h1Server) closeAll() {
 	s.handlers.close()
 	s.mu.Lock()
 	defer s.mu.Unlock()
+	if s.h2sweep != nil {
+		s.h2sweep.Stop()
+	}
 	for c := range s.conns {
 		c.g.Close()
 	}
@@ -260,7 +274,17 @@ type h1Conn struct {
 	goneDone   chan struct{}           // closed when the watch's read returns; nil: no watch started
 }
 
-func (c *h1Conn) serve() {
+// run is the connection's goroutine. An HTTP/2 connection that waits for its socket is waited for here, at the
+// bottom of the stack (serveH2).
+func (c *h1Conn) run() {
+	if h2 := c.serve(); h2 != nil && serveParked(h2) {
+		c.finish(false)
+	}
+}
+
+// serve serves the connection until it ends, or until it is an HTTP/2 connection that waits for its socket (then
+// returned, and the connection's end is run's).
+func (c *h1Conn) serve() (h2 *h2Conn) {
 	s := c.s
 	handedOff := false
 	defer func() {
@@ -270,19 +294,9 @@ func (c *h1Conn) serve() {
 			buf = buf[:runtime.Stack(buf, false)]
 			s.srv.ErrorLog.Printf("http: panic serving %v: %v\n%s", c.remote, err, buf)
 		}
-		c.unwatchGone() // a handler that panicked left its watch armed, maybe reading
-		if !handedOff {
-			c.g.Close()
-			s.state(c.g, http.StateClosed)
+		if h2 == nil {
+			c.finish(handedOff)
 		}
-		if c.br != nil {
-			c.br.Reset(nil)
-			h1Readers.Put(c.br)
-		}
-		s.mu.Lock()
-		delete(s.conns, c)
-		s.mu.Unlock()
-		s.wg.Done()
 	}()
 	s.state(c.g, http.StateNew)
 	c.remote = c.g.RemoteAddr().String()
@@ -312,8 +326,7 @@ func (c *h1Conn) serve() {
 			c.g.SetReadDeadline(time.Time{})
 			br := c.br
 			c.br = nil // serveH2's now
-			s.serveH2(c.g, br, c.ctx, true)
-			return
+			return s.serveH2(c.g, br, c.ctx, true, func() { c.finish(false) })
 		}
 		if !h.eligible {
 			c.handOff()
@@ -330,6 +343,24 @@ func (c *h1Conn) serve() {
 		c.idle.Store(true)
 		s.state(c.g, http.StateIdle)
 	}
+}
+
+// finish ends the connection (closed unless handed off) and takes it off the server.
+func (c *h1Conn) finish(handedOff bool) {
+	s := c.s
+	c.unwatchGone() // a handler that panicked left its watch armed, maybe reading
+	if !handedOff {
+		c.g.Close()
+		s.state(c.g, http.StateClosed)
+	}
+	if c.br != nil {
+		c.br.Reset(nil)
+		h1Readers.Put(c.br)
+	}
+	s.mu.Lock()
+	delete(s.conns, c)
+	s.mu.Unlock()
+	s.wg.Done()
 }
 
 // awaitRequest waits for the next request: the first one for at most the header timeout from the connection's
@@ -410,7 +441,7 @@ func (s *h1Server) serveH2TLS(tc *tls.Conn) {
 	}
 	br := h1Readers.Get().(*bufio.Reader)
 	br.Reset(tc)
-	s.serveH2(tc, br, ctx, false)
+	serveParked(s.serveH2(tc, br, ctx, false, nil)) // (a TLS connection waits in its reader: never parked)
 	tc.Close()
 	s.state(tc, http.StateClosed)
 }

@@ -167,18 +167,29 @@ type h2Conn struct {
 	s    *h1Server
 	cfg  *h2Config
 	nc   net.Conn
-	br   *bufio.Reader // from h1Readers; nil while an idle connection waits (waitFrame)
+	br   *bufio.Reader // from h1Readers; nil while an idle connection waits (park)
 	fr   *http2.Framer // reads only: the server writes its frames itself
 	hdec *hpack.Decoder
 	hdrs *h2Headers // reads header blocks with hdec
 	// bigRead: a frame larger than h2BigFrame was read since the framer was made
 	bigRead bool
-	waiting atomic.Bool // the reader waits for the socket with no read buffer (waitFrame)
-	ctx     context.Context
-	cancel  context.CancelFunc
-	remote  string
-	tls     *tls.ConnectionState
-	h       http.Handler
+	// waitSock: the socket the connection's owner waits for, with no read buffer held, while nothing is to be
+	// read (park); nil while the reader reads
+	waitSock syscall.Conn
+	waiting  atomic.Bool // waitSock is set (for the tests to see)
+	// idle: h2Parked while the connection waits and may be moved to a goroutine of its own (h2Shrink: the sweep
+	// asked for that, and set the read deadline to wake the wait); parkEpoch: the server's h2epoch then
+	idle      atomic.Int32
+	parkEpoch atomic.Uint64
+	// end: the owner's end of the connection, for a goroutine the connection was moved to (nil: not moved)
+	end func()
+	// gotFrame: a frame has been read (the first is read under h2FirstSettingsTimeout)
+	gotFrame bool
+	ctx      context.Context
+	cancel   context.CancelFunc
+	remote   string
+	tls      *tls.ConnectionState
+	h        http.Handler
 
 	sawFirstSettings bool // the reader's own
 
@@ -231,15 +242,18 @@ type h2Stream struct {
 	writeDeadline    *time.Timer
 }
 
-// serveH2 serves c as an HTTP/2 connection until it ends; br (from h1Readers, which serveH2 gives back) holds what
-// was read of it already (the preface included, when sawPreface). It is called on the connection's own goroutine,
-// counted in s.wg.
-func (s *h1Server) serveH2(nc net.Conn, br *bufio.Reader, ctx context.Context, sawPreface bool) {
+// serveH2 serves c as an HTTP/2 connection until it ends (nil) or waits for its socket with nothing to read: it
+// returns the connection then, for its owner to wait in serveParked, at the bottom of its stack. br (from
+// h1Readers, which the connection gives back) holds what was read of it already (the preface included, when
+// sawPreface). end is the owner's end of the connection, run by the goroutine the connection is moved to when it
+// has waited long (serveParked); nil: it is never moved. It is called on the connection's own goroutine, counted
+// in s.wg.
+func (s *h1Server) serveH2(nc net.Conn, br *bufio.Reader, ctx context.Context, sawPreface bool, end func()) *h2Conn {
 	cfg := &s.h2cfg
 	// The streams' contexts derive from ctx itself, not from a cancelable one of the connection's (which would keep
 	// a map of them): when the connection ends, closeConn cancels each stream open.
 	c := &h2Conn{s: s, cfg: cfg, nc: nc, br: br, ctx: ctx, remote: nc.RemoteAddr().String(),
-		h: s.srv.Handler, sendWindow: h2InitialWindow,
+		h: s.srv.Handler, end: end, sendWindow: h2InitialWindow,
 		initialSendWindow: h2InitialWindow, peerMaxFrame: h2InitialMaxFrame, peerTableSize: 4096}
 	c.wcond.L = &c.mu
 	c.inflow.avail = h2InitialWindow
@@ -254,15 +268,122 @@ func (s *h1Server) serveH2(nc net.Conn, br *bufio.Reader, ctx context.Context, s
 	s.h2conns[c] = struct{}{}
 	closing := s.closing.Load()
 	s.mu.Unlock()
-	defer func() {
-		s.mu.Lock()
-		delete(s.h2conns, c)
-		s.mu.Unlock()
-	}()
 	if closing {
 		c.startGracefulShutdown()
 	}
-	c.serve(sawPreface)
+	if c.begin(sawPreface) && c.loop(false) {
+		return c
+	}
+	c.ended()
+	return nil
+}
+
+// resume serves the connection again once its socket has something to read (or has ended): nil when the
+// connection has ended, else c, waiting again (as serveH2).
+func (c *h2Conn) resume() *h2Conn {
+	c.waitSock = nil
+	c.waiting.Store(false)
+	c.br = h1Readers.Get().(*bufio.Reader)
+	c.br.Reset(c.nc)
+	if c.loop(true) {
+		return c
+	}
+	c.ended()
+	return nil
+}
+
+// serveParked waits for the socket of c, a connection serveH2 or resume returned, and serves it again, until it
+// ends (true; c nil: at once). A connection that has waited long (sweepH2) is moved to a new goroutine, which
+// waits on a stack of its own size and runs c.end when the connection ends (false). The garbage collector leaves
+// a waiting goroutine at least 4 KiB of the stack it grew (it shrinks a stack only to four times what is used
+// plus 800 bytes); a new goroutine that only waits keeps 2 KiB.
+func serveParked(c *h2Conn) bool {
+	for c != nil {
+		waitReadable(c.waitSock)
+		if !c.idle.CompareAndSwap(h2Parked, h2Active) && c.idle.Load() == h2Shrink {
+			c.mu.Lock() // the sweep has set its deadline
+			c.mu.Unlock()
+			c.nc.SetReadDeadline(time.Time{})
+			c.idle.Store(h2Active)
+			c.s.h2moved.Add(1)
+			go c.waitMoved()
+			return false
+		}
+		c = c.resume()
+	}
+	return true
+}
+
+// waitMoved waits for a connection moved off its owner's goroutine (serveParked), and serves it.
+func (c *h2Conn) waitMoved() {
+	if end := c.end; serveParked(c) {
+		end()
+	}
+}
+
+// The states of h2Conn.idle.
+const (
+	h2Active = iota
+	h2Parked
+	h2Shrink
+)
+
+// h2ShrinkSweep is h1Server.h2sweepEvery's default: a connection that has waited for its socket through a whole
+// sweep interval (so for one to two) is moved to a goroutine of its own (serveParked).
+const h2ShrinkSweep = 250 * time.Millisecond
+
+// armH2Sweep makes sure a sweep comes while connections wait.
+func (s *h1Server) armH2Sweep() {
+	if s.h2sweepArmed.Load() || !s.h2sweepArmed.CompareAndSwap(false, true) {
+		return
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.closing.Load() {
+		return
+	}
+	if s.h2sweep == nil {
+		s.h2sweep = time.AfterFunc(s.h2sweepEvery, s.sweepH2)
+	} else {
+		s.h2sweep.Reset(s.h2sweepEvery)
+	}
+}
+
+// sweepH2 wakes the connections that have waited since before the previous sweep, for serveParked to move them.
+func (s *h1Server) sweepH2() {
+	s.h2sweepArmed.Store(false)
+	epoch := s.h2epoch.Add(1)
+	var long []*h2Conn
+	waiting := false
+	s.mu.Lock()
+	for c := range s.h2conns {
+		if c.idle.Load() != h2Parked {
+			continue
+		}
+		if c.parkEpoch.Load()+2 > epoch {
+			waiting = true
+		} else {
+			long = append(long, c)
+		}
+	}
+	s.mu.Unlock()
+	for _, c := range long {
+		c.mu.Lock() // not under s.mu: closeStream takes s.mu with c.mu held (ConnState)
+		if c.idle.CompareAndSwap(h2Parked, h2Shrink) {
+			c.nc.SetReadDeadline(time.Now())
+		}
+		c.mu.Unlock()
+	}
+	if waiting {
+		s.armH2Sweep()
+	}
+}
+
+// ended takes the ended connection off its server's list.
+func (c *h2Conn) ended() {
+	c.s.mu.Lock()
+	delete(c.s.h2conns, c)
+	c.s.mu.Unlock()
 }
 
 // newFramer makes the connection's frame reader (x/net's Framer; header blocks are read by hdrs), anew after a
@@ -275,7 +396,7 @@ func (c *h2Conn) newFramer() {
 	c.bigRead = false
 }
 
-// h2In is what the framer reads: the connection's read buffer, which an idle connection gives back (waitFrame).
+// h2In is what the framer reads: the connection's read buffer, which an idle connection gives back (park).
 type h2In struct{ c *h2Conn }
 
 func (i h2In) Read(p []byte) (int, error) { return i.c.br.Read(p) }
@@ -381,9 +502,14 @@ func appendH2Data(b []byte, id uint32, endStream bool, p []byte) []byte {
 
 var h2OutPool = sync.Pool{New: func() any { return make([]byte, 0, 8<<10) }}
 
-// serve is net/http's serverConn.serve.
-func (c *h2Conn) serve(sawPreface bool) {
-	defer c.closeConn()
+// begin and loop are net/http's serverConn.serve. begin writes the server's SETTINGS and reads the client's
+// preface; false (the connection closed) when it fails.
+func (c *h2Conn) begin(sawPreface bool) (ok bool) {
+	defer func() {
+		if !ok {
+			c.closeConn(recover())
+		}
+	}()
 	cfg := c.cfg
 	c.mu.Lock()
 	c.queueLocked()
@@ -415,7 +541,7 @@ func (c *h2Conn) serve(sawPreface bool) {
 			err = fmt.Errorf("bogus greeting %q", buf)
 		}
 		c.logf("http2: server: error reading preface from client %v: %v", c.remote, err)
-		return
+		return false
 	}
 	c.br.Discard(len(buf))
 	c.s.state(c.nc, http.StateActive)
@@ -426,11 +552,23 @@ func (c *h2Conn) serve(sawPreface bool) {
 		c.mu.Unlock()
 	}
 	c.nc.SetReadDeadline(time.Now().Add(h2FirstSettingsTimeout))
-	first := true
+	return true
+}
+
+// loop reads and handles the connection's frames until it ends (false: closed) or has nothing to read and can be
+// waited for on its socket (true: park set waitSock). woke: the socket has just been found readable (resume), so
+// the first read does not park.
+func (c *h2Conn) loop(woke bool) (parked bool) {
 	defer func() {
+		e := recover()
+		if parked && e == nil {
+			return // the handlers of what was read have started (the loop's top, before park)
+		}
+		parked = false
 		c.mu.Lock()
 		c.startHandlers()
 		c.mu.Unlock()
+		c.closeConn(e)
 	}()
 	for {
 		if !c.wholeFrameBuffered() {
@@ -439,24 +577,27 @@ func (c *h2Conn) serve(sawPreface bool) {
 			c.flushLocked()
 			c.mu.Unlock()
 		}
-		if c.br.Buffered() == 0 {
+		if c.br.Buffered() == 0 && !woke {
 			c.hdrs.release() // a connection that waits keeps no header block (its fields go back to their pool)
-			c.waitFrame()
+			if c.park() {
+				return true
+			}
 		}
+		woke = false
 		f, err := c.hdrs.readFrame(c.fr)
 		if err == nil && f.Header().Length > h2BigFrame {
 			c.bigRead = true
 		}
-		if first && err == nil {
-			first = false
+		if !c.gotFrame && err == nil {
+			c.gotFrame = true
 			c.nc.SetReadDeadline(time.Time{})
 		}
 		if !c.processFrameFromReader(f, err) {
-			return
+			return false
 		}
 		if c.tooManyControlFrames() {
 			c.logf("http2: too many control frames in send queue, closing connection")
-			return
+			return false
 		}
 	}
 }
@@ -465,9 +606,10 @@ func (c *h2Conn) serve(sawPreface bool) {
 // (it keeps the buffer of the largest frame it read).
 const h2BigFrame = 4 << 10
 
-// waitFrame waits for the next frame's first bytes with no read buffer held (a guarded plaintext connection with
-// nothing buffered): an idle connection holds none.
-func (c *h2Conn) waitFrame() {
+// park readies the connection to wait for its next frame's first bytes with no read buffer held (a guarded
+// plaintext connection with nothing buffered): an idle connection holds none, and its owner waits on a shallow
+// stack (serveH2). False: the reader reads on.
+func (c *h2Conn) park() bool {
 	if c.bigRead {
 		// A connection under way keeps its framer (a body's upload waits between its frames: a new framer would
 		// allocate its buffer again for each).
@@ -480,20 +622,23 @@ func (c *h2Conn) waitFrame() {
 	}
 	g, ok := c.nc.(*h1guard.Conn)
 	if !ok || !g.Drained() {
-		return
+		return false
 	}
 	sc := socketOf(g.Conn)
 	if sc == nil {
-		return
+		return false
 	}
 	c.br.Reset(nil)
 	h1Readers.Put(c.br)
 	c.br = nil
+	c.waitSock = sc
 	c.waiting.Store(true)
-	waitReadable(sc)
-	c.waiting.Store(false)
-	c.br = h1Readers.Get().(*bufio.Reader)
-	c.br.Reset(c.nc)
+	if c.end != nil && c.gotFrame { // (the first frame is read under a deadline of its own)
+		c.parkEpoch.Store(c.s.h2epoch.Load())
+		c.idle.Store(h2Parked)
+		c.s.armH2Sweep()
+	}
+	return true
 }
 
 // socketOf returns the TCP connection under c's wrappers when none of them holds bytes of its own (the
@@ -1328,9 +1473,9 @@ func (c *h2Conn) onIdle() {
 	}
 }
 
-// closeConn ends the connection when its reader stops.
-func (c *h2Conn) closeConn() {
-	if e := recover(); e != nil {
+// closeConn ends the connection: its streams, its timers, its socket; e is what the reader recovered (logged).
+func (c *h2Conn) closeConn(e any) {
+	if e != nil {
 		const size = 64 << 10
 		buf := make([]byte, size)
 		buf = buf[:runtime.Stack(buf, false)]

@@ -15,6 +15,7 @@ import (
 	"log"
 	"maps"
 	"math/big"
+	mrand "math/rand/v2"
 	"net"
 	"net/http"
 	"net/http/httptest"
@@ -919,33 +920,62 @@ func (l limitListener) Accept() (net.Conn, error) {
 	return &limitedConn{Conn: c, budget: &connBudget{}}, nil
 }
 
-// An idle HTTP/2 connection waits for its next frame without a read buffer (under the connection limit's wrapper
-// too), and takes one again for the next request.
-func TestH2IdleHoldsNoReadBuffer(t *testing.T) {
+// startGuardedH2C serves h on a loopback listener behind the HTTP/1.1 guard and the connection limit's wrapper,
+// HTTP/1.1 and h2c, as the proxy's listeners do; tweak (nil: none) adjusts the server before it starts. It returns
+// the server and its address; the test's end shuts it down.
+func startGuardedH2C(t *testing.T, h http.Handler, tweak func(*h1Server)) (*h1Server, string) {
+	t.Helper()
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
 	}
 	guard := h1guard.NewListener(limitListener{ln}, h1guard.Options{MaxHead: 8 << 10})
-	srv := &http.Server{ConnContext: h1guard.ConnContext, ErrorLog: log.New(io.Discard, "", 0),
-		Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { io.WriteString(w, "hello") })}
+	srv := &http.Server{ConnContext: h1guard.ConnContext, ErrorLog: log.New(io.Discard, "", 0), Handler: h}
 	srv.Protocols = new(http.Protocols)
 	srv.Protocols.SetHTTP1(true)
 	srv.Protocols.SetUnencryptedHTTP2(true)
 	hs := newH1Server(srv, ln.Addr())
 	hs.h2c = true
+	if tweak != nil {
+		tweak(hs)
+	}
 	done := make(chan struct{})
 	go func() { defer close(done); hs.serve(guard) }()
-	defer func() {
+	t.Cleanup(func() {
 		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 		defer cancel()
 		ln.Close()
-		hs.shutdown(ctx)
+		if err := hs.shutdown(ctx); err != nil {
+			t.Errorf("shutdown: %v", err)
+		}
 		srv.Shutdown(ctx)
 		<-done
 		guard.Wait(ctx)
-	}()
-	cc := dialH2C(t, ln.Addr().String())
+	})
+	return hs, ln.Addr().String()
+}
+
+var helloHandler = http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { io.WriteString(w, "hello") })
+
+// getHello sends a GET on cc and checks that the answer is helloHandler's.
+func getHello(cc *http2.ClientConn, addr string) error {
+	resp, err := cc.RoundTrip(httptest.NewRequest("GET", "http://"+addr+"/", nil).WithContext(context.Background()))
+	if err != nil {
+		return err
+	}
+	body, err := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	if err != nil || string(body) != "hello" {
+		return fmt.Errorf("answer %q, %v; want hello", body, err)
+	}
+	return nil
+}
+
+// An idle HTTP/2 connection waits for its next frame without a read buffer (under the connection limit's wrapper
+// too), and takes one again for the next request.
+func TestH2IdleHoldsNoReadBuffer(t *testing.T) {
+	hs, addr := startGuardedH2C(t, helloHandler, nil)
+	cc := dialH2C(t, addr)
 	waiting := func() bool {
 		for deadline := time.Now().Add(2 * time.Second); time.Now().Before(deadline); time.Sleep(time.Millisecond) {
 			hs.mu.Lock()
@@ -963,17 +993,49 @@ func TestH2IdleHoldsNoReadBuffer(t *testing.T) {
 		return false
 	}
 	for i := range 3 {
-		resp, err := cc.RoundTrip(httptest.NewRequest("GET", "http://"+ln.Addr().String()+"/", nil).WithContext(context.Background()))
-		if err != nil {
-			t.Fatal(err)
-		}
-		body, _ := io.ReadAll(resp.Body)
-		resp.Body.Close()
-		if string(body) != "hello" {
-			t.Fatalf("request %d: %q", i, body)
+		if err := getHello(cc, addr); err != nil {
+			t.Fatalf("request %d: %v", i, err)
 		}
 		if !waiting() {
 			t.Fatalf("after request %d the connection does not wait without its read buffer", i)
+		}
+	}
+}
+
+// A connection that waits long is moved to a goroutine of its own (serveParked) and served there as before: with
+// the sweep every 3 ms and requests 0 to 8 ms apart on eight connections, the moves race with the requests (a
+// request arriving as the sweep sets its deadline must not fail), and the connections end with their clients.
+func TestH2IdleConnMoved(t *testing.T) {
+	hs, addr := startGuardedH2C(t, helloHandler, func(s *h1Server) { s.h2sweepEvery = 3 * time.Millisecond })
+	var wg sync.WaitGroup
+	for i := range 8 {
+		wg.Go(func() {
+			cc := dialH2C(t, addr)
+			rnd := mrand.New(mrand.NewPCG(uint64(i), 7))
+			for j := range 150 {
+				if err := getHello(cc, addr); err != nil {
+					t.Errorf("connection %d, request %d: %v", i, j, err)
+					break
+				}
+				time.Sleep(time.Duration(rnd.IntN(8000)) * time.Microsecond)
+			}
+			cc.Close()
+		})
+	}
+	wg.Wait()
+	t.Logf("%d moves", hs.h2moved.Load())
+	if n := hs.h2moved.Load(); n < 8 {
+		t.Errorf("%d moves of a waiting connection, want at least one per connection", n)
+	}
+	for deadline := time.Now().Add(5 * time.Second); ; time.Sleep(time.Millisecond) {
+		hs.mu.Lock()
+		n := len(hs.h2conns)
+		hs.mu.Unlock()
+		if n == 0 {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("%d connections still served 5 s after their clients closed them", n)
 		}
 	}
 }
