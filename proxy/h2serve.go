@@ -1372,6 +1372,15 @@ func (c *h2Conn) flushLocked() {
 		return
 	}
 	c.flushing = true
+	if len(c.streams) > 1 {
+		// Other streams' handlers may be about to write: let the goroutines that can run go first, so that what
+		// they queue meanwhile goes out in this write (flushing is set: they leave it to this one). A response a
+		// write instead of one each: writes per h2c request 2.0 -> 1.1 at saturation, gRPC 3.1 -> 1.2. (The
+		// same yield in h2Client's flush cost gRPC CPU: not there.)
+		c.mu.Unlock()
+		runtime.Gosched()
+		c.mu.Lock()
+	}
 	for len(c.out) > 0 && c.werr == nil {
 		b := c.out
 		c.out = nil
