@@ -1145,8 +1145,11 @@ func (c *h2Conn) newWriterAndRequest(st *h2Stream, f *http2.MetaHeadersFrame) (*
 	// net/http sets TLS for https, and for every request of a connection it got with ALPN h2 (initALPNRequest):
 	// c.tls is set for those only.
 	tlsState := c.tls
-	body := &h2Body{st: st, needsContinue: needsContinue}
-	req := (&http.Request{
+	// The writer, the request and its body in one allocation; the request is given its context in place (the copy
+	// WithContext makes stays on the stack).
+	a := &h2StreamAlloc{body: h2Body{st: st, needsContinue: needsContinue}}
+	body, req := &a.body, &a.req
+	*req = http.Request{
 		Method:     method,
 		URL:        u,
 		RemoteAddr: c.remote,
@@ -1158,7 +1161,8 @@ func (c *h2Conn) newWriterAndRequest(st *h2Stream, f *http2.MetaHeadersFrame) (*
 		Host:       authority,
 		Body:       body,
 		Trailer:    trailer,
-	}).WithContext(st.ctx)
+	}
+	*req = *req.WithContext(st.ctx)
 	if !f.StreamEnded() {
 		if vv, ok := header["Content-Length"]; ok {
 			if cl, err := strconv.ParseUint(vv[0], 10, 63); err == nil {
@@ -1171,11 +1175,19 @@ func (c *h2Conn) newWriterAndRequest(st *h2Stream, f *http2.MetaHeadersFrame) (*
 		}
 		body.pipe = &h2Pipe{st: st, expected: req.ContentLength}
 	}
-	w := &h2Writer{st: st, req: req, handler: c.h}
+	w := &a.w
+	*w = h2Writer{st: st, req: req, handler: c.h}
 	if requestURI == "*" && method == http.MethodOptions && !c.s.srv.DisableGeneralOptionsHandler {
 		w.handler = http.HandlerFunc(globalOptions) // net/http's serverHandler answers these itself
 	}
 	return w, req, nil
+}
+
+// h2StreamAlloc is what newWriterAndRequest allocates for a stream, as one.
+type h2StreamAlloc struct {
+	w    h2Writer
+	req  http.Request
+	body h2Body
 }
 
 // scheduleHandler starts the stream's handler, or queues it while as many handlers run as streams may be open
