@@ -158,7 +158,7 @@ func (c *cluster) rewrite(pr *httputil.ProxyRequest) {
 	if pr.In.Trailer != nil {
 		pr.Out.Trailer = pr.In.Trailer
 	}
-	ex := exchangeFrom(pr.In.Context())
+	ex := exchangeFrom(pr.Out.Context()) // (In's context is the server's: forwardAs)
 	if ex != nil && ex.requestID != "" {
 		pr.Out.Header[HeaderRequestID] = []string{ex.requestID}
 	}

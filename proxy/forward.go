@@ -43,18 +43,29 @@ type fwdState struct {
 
 // forward serves req as p.ServeHTTP would.
 func forward(p *httputil.ReverseProxy, rw http.ResponseWriter, req *http.Request) {
+	forwardAs(p, rw, req, req.Context(), req.Body)
+}
+
+// forwardAs is forward of req with context ctx and body body: what p.ServeHTTP would do with
+// req.WithContext(ctx) whose Body is body, without that copy (the outbound request is the only one made; the
+// Rewrite function's In is req, whose context is not ctx: it reads ctx from Out).
+func forwardAs(p *httputil.ReverseProxy, rw http.ResponseWriter, req *http.Request, ctx context.Context, body io.ReadCloser) {
 	// The reverse proxy watches a CloseNotifier when the request's context cannot end: meshlet's servers give
 	// every request one that ends with its client.
-	ctx := req.Context()
 	if p.Rewrite == nil || p.Director != nil || p.Transport == nil || p.ErrorHandler == nil ||
 		p.ErrorLog == nil || upgradeType(req.Header) != "" || queryNeedsCleaning(req.URL.RawQuery) ||
 		req.Form != nil || req.PostForm != nil || req.MultipartForm != nil {
+		if ctx != req.Context() || body != req.Body {
+			req = req.WithContext(ctx)
+			req.Body = body
+		}
 		p.ServeHTTP(rw, req)
 		return
 	}
 	f := &fwdState{rw: rw}
 	f.trace.Got1xxResponse = f.got1xx
 	outreq := req.WithContext(httptrace.WithClientTrace(ctx, &f.trace))
+	outreq.Body = body
 	f.url = *req.URL
 	if req.URL.User != nil {
 		u := *req.URL.User

@@ -163,11 +163,11 @@ func (c *cluster) serveHTTP(w http.ResponseWriter, r *http.Request, alog *slog.L
 			ex.body.idle = ex.idle
 		}
 	}
-	out := in.WithContext(ctx)
+	body := in.Body
 	if ex.body != nil {
-		out.Body = ex.body
+		body = ex.body
 	}
-	forward(c.reverseProxy(), rw, out)
+	forwardAs(c.reverseProxy(), rw, in, ctx, body)
 }
 
 // checkRequest refuses what the cluster never forwards (CONNECT, a request target with a byte an HTTP/1.1
