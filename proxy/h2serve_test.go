@@ -1038,6 +1038,26 @@ func TestH2IdleConnMoved(t *testing.T) {
 			t.Fatalf("%d connections still served 5 s after their clients closed them", n)
 		}
 	}
+	// A connection moved while idle is still the server's: its shutdown (the cleanup's, which fails the test if it
+	// times out) closes it, and its goroutine ends (goleak, at the package's end).
+	cc := dialH2C(t, addr)
+	if err := getHello(cc, addr); err != nil {
+		t.Fatal(err)
+	}
+	moved := hs.h2moved.Load()
+	for deadline := time.Now().Add(5 * time.Second); hs.h2moved.Load() == moved; time.Sleep(time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatal("an idle connection not moved in 5 s")
+		}
+	}
+	if err := getHello(cc, addr); err != nil {
+		t.Fatalf("after the move: %v", err)
+	}
+	for deadline := time.Now().Add(5 * time.Second); hs.h2moved.Load() == moved+1; time.Sleep(time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatal("the connection not moved again in 5 s")
+		}
+	}
 }
 
 // socketOf looks under the wrappers that hold no bytes of their own, and only those.
