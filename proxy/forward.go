@@ -55,10 +55,8 @@ func forwardAs(p *httputil.ReverseProxy, rw http.ResponseWriter, req *http.Reque
 	if p.Rewrite == nil || p.Director != nil || p.Transport == nil || p.ErrorHandler == nil ||
 		p.ErrorLog == nil || upgradeType(req.Header) != "" || queryNeedsCleaning(req.URL.RawQuery) ||
 		req.Form != nil || req.PostForm != nil || req.MultipartForm != nil {
-		if ctx != req.Context() || body != req.Body {
-			req = req.WithContext(ctx)
-			req.Body = body
-		}
+		req = req.WithContext(ctx) // (rare: upgrades, queries to clean)
+		req.Body = body
 		p.ServeHTTP(rw, req)
 		return
 	}

@@ -21,7 +21,7 @@ type handlerPool struct {
 	mu      sync.Mutex
 	idle    []*handlerWorker // parked, the longest parked first
 	epoch   uint64           // sweeps so far
-	sweep   *time.Timer      // sweepIdle, pending while sweeping is true
+	sweep   *time.Timer      // runs sweepIdle; armed while pending
 	pending bool
 	closed  bool
 }
