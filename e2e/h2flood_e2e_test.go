@@ -231,6 +231,10 @@ type bystander struct {
 	stop, done chan struct{}
 }
 
+// bystanderWindow: a flood shorter than this must still let the bystander have an answer within this much of its
+// start (it asks every 50 ms: a flood meshlet ends in 37 ms may see none of its requests).
+const bystanderWindow = 500 * time.Millisecond
+
 func startBystander(url string) *bystander {
 	b := &bystander{stop: make(chan struct{}), done: make(chan struct{})}
 	c := meshlettest.H2CClient(nil)
@@ -682,6 +686,15 @@ func runFlood(t *testing.T, ft *floodTarget, tc floodCase) {
 	o := f.drain(quiet, tc.drainDone)
 	read := time.Since(start)
 	servedDuring := by.ok.Load() - servedBefore
+	if servedDuring == 0 && read < bystanderWindow {
+		// meshlet ended the flood sooner than the bystander asks again (every 50 ms, after its answer): its next
+		// answer must come within bystanderWindow of the flood's start all the same.
+		for servedDuring == 0 && time.Since(start) < bystanderWindow {
+			time.Sleep(time.Millisecond)
+			servedDuring = by.ok.Load() - servedBefore
+		}
+		read = time.Since(start)
+	}
 	rss, heap, gor := w.finish()
 	ok, failed, berr := by.finish()
 	mib := func(n int64) float64 { return float64(n) / (1 << 20) }
@@ -703,7 +716,8 @@ func runFlood(t *testing.T, ft *floodTarget, tc floodCase) {
 		t.Errorf("the bystander client failed %d times (first: %v)", failed, berr)
 	}
 	if servedDuring == 0 {
-		t.Errorf("the bystander client was not served during the flood (%v)", read.Round(time.Millisecond))
+		t.Errorf("the bystander client was not served during the flood (%v, and %v from its start)",
+			read.Round(time.Millisecond), bystanderWindow)
 	}
 	f.Conn.Close()
 	select {
