@@ -196,7 +196,10 @@ type h2Script struct {
 	cur     uint32
 	open    map[uint32]bool // opened by the client, not ended by it
 	opened  []uint32
-	resetBy map[uint32]bool // streams the client reset: their answers race with the reset
+	// resetBy: streams the client reset (their answers race with the reset), and idle streams the server resets
+	// before the client opens them (net/http closes the stream that has the id when its RST_STREAM's write
+	// completes, which may be the one opened since: its answer races with that write)
+	resetBy map[uint32]bool
 	ended   []uint32
 	closes  bool // a request the handler answers with Connection: close (a GOAWAY)
 }
@@ -329,6 +332,9 @@ func (s *h2Script) build(in []byte) {
 				id = s.cur + 1 // an even one
 			}
 			s.fr.WriteWindowUpdate(id, incr)
+			if incr == 0 && id%2 == 1 && !slices.Contains(s.opened, id) { // a stream error on an idle stream
+				s.resetBy[id] = true
+			}
 		case 4: // PING
 			b := arg()
 			id := uint32(0)
@@ -368,6 +374,9 @@ func (s *h2Script) build(in []byte) {
 				dep = id
 			}
 			s.fr.WritePriority(id, http2.PriorityParam{StreamDep: dep, Weight: b})
+			if dep == id && id%2 == 1 && !slices.Contains(s.opened, id) { // a stream error on an idle stream
+				s.resetBy[id] = true
+			}
 		case 8: // trailers
 			b := arg()
 			s.hbuf.Reset()
