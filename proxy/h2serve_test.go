@@ -1018,8 +1018,8 @@ func TestH2IdleConnMoved(t *testing.T) {
 	hs, addr := startGuardedH2C(t, helloHandler, func(s *h1Server) { s.h2sweepEvery = 3 * time.Millisecond })
 	var wg sync.WaitGroup
 	for i := range 8 {
+		cc := dialH2C(t, addr) // (t.Fatal only on the test's goroutine)
 		wg.Go(func() {
-			cc := dialH2C(t, addr)
 			rnd := mrand.New(mrand.NewPCG(uint64(i), 7))
 			for j := range 150 {
 				if err := getHello(cc, addr); err != nil {
