@@ -185,12 +185,7 @@ func (s *h1Server) shutdown(ctx context.Context) error {
 	for {
 		select {
 		case <-done:
-			s.handlers.close()
-			s.mu.Lock()
-			if s.h2sweep != nil {
-				s.h2sweep.Stop()
-			}
-			s.mu.Unlock()
+			s.stopH2Background()
 			return nil
 		case <-tick.C:
 			s.closeIdle()
@@ -221,15 +216,23 @@ func (s *h1Server) closeIdleH2() {
 	}
 }
 
-// closeAll closes every connection of the loop (Server.Close).
-func (s *h1Server) closeAll() {
-	s.closing.Store(true)
+// stopH2Background ends what HTTP/2 keeps running beside the connections: the handler pool's parked workers and
+// the sweep of waiting connections (the server's end).
+func (s *h1Server) stopH2Background() {
 	s.handlers.close()
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if s.h2sweep != nil {
 		s.h2sweep.Stop()
 	}
+}
+
+// closeAll closes every connection of the loop (Server.Close).
+func (s *h1Server) closeAll() {
+	s.closing.Store(true)
+	s.stopH2Background()
+	s.mu.Lock()
+	defer s.mu.Unlock()
 	for c := range s.conns {
 		c.g.Close()
 	}
