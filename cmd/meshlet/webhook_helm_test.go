@@ -96,7 +96,12 @@ func TestHelmChartWebhook(t *testing.T) {
 			t.Errorf("the injected init containers lack %s: %s", want, patch)
 		}
 	}
-	if !bytes.Contains([]byte(w.out.String()), []byte(`"msg":"pod injected"`)) {
-		t.Errorf("no log line for the injection:\n%s", w.out.String())
+	// The webhook logs the injection after it has answered: the line may come a moment after the answer.
+	logged := func() bool { return bytes.Contains([]byte(w.out.String()), []byte(`"msg":"pod injected"`)) }
+	for deadline := time.Now().Add(5 * time.Second); !logged() && time.Now().Before(deadline); {
+		time.Sleep(10 * time.Millisecond)
+	}
+	if !logged() {
+		t.Errorf("no log line for the injection within 5 s of the answer:\n%s", w.out.String())
 	}
 }
