@@ -165,3 +165,39 @@ func TestPostBody(t *testing.T) {
 		t.Errorf("-post -1: exit %d, %q; want 2 and a message naming -post", code, stderr.String())
 	}
 }
+
+// TestIdleFloors builds rssfloor plain and with client_golang, and measures both as make scale's idle RSS
+// reference rows: each is measured, and the one with client_golang is the larger binary with more of it resident
+// (it links and initializes the metrics library and protobuf; the plain one does not).
+func TestIdleFloors(t *testing.T) {
+	if testing.Short() {
+		t.Skip("builds two binaries")
+	}
+	var log bytes.Buffer
+	s := &scaleRig{dir: t.TempDir(), log: &log}
+	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
+	defer cancel()
+	figs := s.idleFloors(ctx)
+	if len(figs) != 2 {
+		t.Fatalf("%d reference rows, want 2; log: %s", len(figs), log.String())
+	}
+	for _, f := range figs {
+		if f.Err != "" || f.Value <= 0 || f.Target != 0 || f.result() != "-" {
+			t.Errorf("%+v: want a value, no error, no target", f)
+		}
+	}
+	if figs[1].Value <= figs[0].Value {
+		t.Errorf("with client_golang %v MiB, without %v MiB: want more with it", figs[1].Value, figs[0].Value)
+	}
+	plain, err := os.Stat(filepath.Join(s.dir, "rssfloor-plain"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	prom, err := os.Stat(filepath.Join(s.dir, "rssfloor-prom"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if prom.Size() <= plain.Size()+1<<20 {
+		t.Errorf("binary with client_golang %d bytes, without %d: want over 1 MiB more (the tag did not link it?)", prom.Size(), plain.Size())
+	}
+}

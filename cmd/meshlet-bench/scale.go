@@ -2,6 +2,7 @@ package main
 
 import (
 	"bufio"
+	"cmp"
 	"context"
 	"fmt"
 	"io"
@@ -13,6 +14,7 @@ import (
 	"path/filepath"
 	"runtime"
 	"strconv"
+	"strings"
 	"syscall"
 	"text/tabwriter"
 	"time"
@@ -197,10 +199,20 @@ func (s *scaleRig) settledRSS(ctx context.Context, m *meshletProc, gc bool) (int
 func (s *scaleRig) settled(ctx context.Context, m *meshletProc, gc bool) (procSample, error) {
 	client := &http.Client{Timeout: 10 * time.Second}
 	defer client.CloseIdleConnections()
+	var before func() error
+	if gc {
+		before = func() error { return forceGC(ctx, client, m.Admin) }
+	}
+	return settlePID(ctx, m.PID(), before)
+}
+
+// settlePID returns pid's reading once its VmRSS has settled (settledRSS), calling before (nil: nothing) ahead of
+// each reading.
+func settlePID(ctx context.Context, pid int, before func() error) (procSample, error) {
 	prev := procSample{RSSKiB: -1}
 	for range 10 {
-		if gc {
-			if err := forceGC(ctx, client, m.Admin); err != nil {
+		if before != nil {
+			if err := before(); err != nil {
 				return procSample{}, err
 			}
 		}
@@ -209,7 +221,7 @@ func (s *scaleRig) settled(ctx context.Context, m *meshletProc, gc bool) (procSa
 		case <-ctx.Done():
 			return procSample{}, ctx.Err()
 		}
-		ps, err := readProc(m.PID())
+		ps, err := readProc(pid)
 		if err != nil {
 			return procSample{}, err
 		}
@@ -298,8 +310,8 @@ func (s *scaleRig) idleAndLoad(ctx context.Context) []scaleFigure {
 		return fail(err)
 	}
 	idle.Value = round1(float64(rss.RSSKiB) / 1024)
-	idle.Detail = fmt.Sprintf("one HTTP/1.1 upstream on its own listener, ready, no request yet, settled: RssAnon %.1f MiB (heap, stacks, written data), RssFile %.1f MiB (pages of the binary); %.1f MiB after a forced GC (the heap profile that forces it costs memory of its own)",
-		float64(rss.AnonKiB)/1024, float64(rss.FileKiB)/1024, float64(rssGC)/1024)
+	idle.Detail = fmt.Sprintf("one HTTP/1.1 upstream on its own listener, ready, no request yet, settled: RssAnon %.1f MiB (heap, stacks, written data), RssFile %.1f MiB (pages of the binary, %s); %.1f MiB after a forced GC (the heap profile that forces it costs memory of its own)",
+		float64(rss.AnonKiB)/1024, float64(rss.FileKiB)/1024, binarySize(s.bin), float64(rssGC)/1024)
 	c := newHTTPCaller(protoHTTP1, listen, 64, nil)
 	defer c.close()
 	dur := 2 * s.phase()
@@ -312,7 +324,91 @@ func (s *scaleRig) idleAndLoad(ctx context.Context) []scaleFigure {
 	load.Value = round1(float64(ps.RSSKiB) / 1024)
 	load.Detail = fmt.Sprintf("VmRSS after %s of open loop at %d req/s (%d requests, p50 %.0f µs), no GC forced; peak %.1f MiB",
 		dur, scaleRate, lat.Count, lat.P50us, float64(ps.HWMKiB)/1024)
-	return []scaleFigure{idle, load}
+	return append([]scaleFigure{idle, load}, s.idleFloors(ctx)...)
+}
+
+// rssFloorPkg is the idle RSS figure's reference program (rssfloor/main.go).
+const rssFloorPkg = "meshlet.dev/meshlet/cmd/meshlet-bench/rssfloor"
+
+// idleFloors measures, as the idle RSS figure measures meshlet, the idle RSS of rssfloor built with meshlet's
+// flags: plain (a Go HTTP server) and with -tags prom (and client_golang's /metrics). References without a target:
+// the part of meshlet's idle RSS that any Go HTTP server, and then its metrics library, cost by themselves. None
+// when rssfloor cannot be built here (no go command, or not run from meshlet's module: make scale is).
+func (s *scaleRig) idleFloors(ctx context.Context) []scaleFigure {
+	goBin, err := exec.LookPath("go")
+	if err == nil {
+		var out []byte
+		if out, err = exec.CommandContext(ctx, goBin, "list", "-m").Output(); err == nil && strings.TrimSpace(string(out)) != "meshlet.dev/meshlet" {
+			err = fmt.Errorf("the working directory is in module %q", strings.TrimSpace(string(out)))
+		}
+	}
+	if err != nil {
+		fmt.Fprintf(s.log, "meshlet-bench -scale: no reference rows for the idle RSS (rssfloor is built from meshlet's module: run from the repository): %v\n", err)
+		return nil
+	}
+	var figs []scaleFigure
+	for _, v := range []struct{ name, tags string }{
+		{"  reference: Go HTTP server", ""},
+		{"  reference: + client_golang /metrics", "prom"},
+	} {
+		fig := scaleFigure{Name: v.name, Unit: "MiB"}
+		ps, size, err := s.idleFloor(ctx, goBin, v.tags)
+		if err != nil {
+			fig.Err = err.Error()
+		} else {
+			fig.Value = round1(float64(ps.RSSKiB) / 1024)
+			fig.Detail = fmt.Sprintf("rssfloor (cmd/meshlet-bench/rssfloor, -tags %q) built as meshlet is, listening, after one GET /ready, settled: RssAnon %.1f MiB, RssFile %.1f MiB (binary %s)",
+				v.tags, float64(ps.AnonKiB)/1024, float64(ps.FileKiB)/1024, size)
+		}
+		figs = append(figs, fig)
+	}
+	return figs
+}
+
+// idleFloor builds rssfloor with tags, starts it (pinned as meshlet is), waits for its /ready and returns its
+// settled reading and the size of its binary.
+func (s *scaleRig) idleFloor(ctx context.Context, goBin, tags string) (procSample, string, error) {
+	bin := filepath.Join(s.dir, "rssfloor-"+cmp.Or(tags, "plain"))
+	build := exec.CommandContext(ctx, goBin, "build", "-trimpath", "-ldflags", "-s -w", "-tags", tags, "-o", bin, rssFloorPkg)
+	build.Env = append(os.Environ(), "CGO_ENABLED=0") // as the Makefile builds meshlet
+	if out, err := build.CombinedOutput(); err != nil {
+		return procSample{}, "", fmt.Errorf("building rssfloor: %v: %s", err, out)
+	}
+	addrs, err := meshlettest.PickAddrs(1)
+	if err != nil {
+		return procSample{}, "", err
+	}
+	cmd := exec.Command(bin, "-listen", addrs[0])
+	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
+	var p *meshlettest.Proc
+	err = s.pin.start(func() (err error) {
+		p, err = meshlettest.StartCmd("rssfloor", "", "", bin+".log", cmd)
+		return err
+	})
+	if err != nil {
+		return procSample{}, "", err
+	}
+	defer p.Stop()
+	client := &http.Client{Timeout: 5 * time.Second}
+	defer client.CloseIdleConnections()
+	err = p.WaitFor(ctx, meshlettest.ReadyTimeout, func(ctx context.Context) error {
+		return meshlettest.HTTPOK(ctx, client, "http://"+addrs[0]+"/ready")
+	})
+	if err != nil {
+		return procSample{}, "", err
+	}
+	client.CloseIdleConnections() // meshlet's readiness check leaves no connection open either
+	ps, err := settlePID(ctx, p.PID(), nil)
+	return ps, binarySize(bin), err
+}
+
+// binarySize is the size of the file at path in MB (10^6 bytes), or "size unknown".
+func binarySize(path string) string {
+	fi, err := os.Stat(path)
+	if err != nil {
+		return "size unknown"
+	}
+	return fmt.Sprintf("%.1f MB", float64(fi.Size())/1e6)
 }
 
 // perUpstream compares a meshlet with the name-routed listener and no upstream with one with scaleUpstreams idle
