@@ -68,6 +68,8 @@ type options struct {
 	serveMany   int    // internal to -scale: serve the HTTP/1.1 backend on this many listeners (scale.go)
 	serveShared string // internal to -scale: with serveMany, also serve on this address, shared (SO_REUSEPORT)
 	post        int    // HTTP/1.1 and h2c requests are POSTs with a body of this many bytes; 0: GETs
+	vs          string // a baseline meshlet binary: alternated rounds against it instead of one run (vs.go)
+	rounds      int    // -vs's rounds
 }
 
 func main() {
@@ -101,6 +103,9 @@ func run(args []string, stdout, stderr io.Writer) int {
 	}
 	if opts.scale {
 		return runScale(ctx, opts, stdout, stderr)
+	}
+	if opts.vs != "" {
+		return runVs(ctx, opts, stdout, stderr)
 	}
 	if opts.serveMany > 0 {
 		return serveMany(opts.serveMany, opts.serveShared, os.Stdin, stdout, stderr)
@@ -150,6 +155,8 @@ func parseFlags(args []string, stderr io.Writer) (options, error) {
 	fs.StringVar(&o.serveShared, "serve-shared", "", "internal to -scale: with -serve-many, also serve on this address, shared with the other children (SO_REUSEPORT)")
 	fs.IntVar(&o.serveMany, "serve-many", 0, "internal to -scale: serve the HTTP/1.1 backend on this many loopback listeners, print their addresses, until stdin closes")
 	fs.IntVar(&o.post, "post", 0, "HTTP/1.1 and h2c requests are POSTs with a body of this many bytes (0: GETs without a body); gRPC is unchanged")
+	fs.StringVar(&o.vs, "vs", "", "a baseline meshlet binary: run the paths with it and with -meshlet in turn, -rounds times, and print the median of the rounds' ratios of each meshlet's CPU per request (nginx's paths left out)")
+	fs.IntVar(&o.rounds, "rounds", 5, "with -vs: the rounds (each runs both binaries)")
 	fs.BoolVar(&o.quick, "quick", false, "short run: 2s phases, 200ms warm-up (explicit -duration/-warmup win)")
 	if err := fs.Parse(args); err != nil {
 		return o, err
@@ -218,14 +225,23 @@ func (o options) validate() error {
 	if o.scale && (o.meshlet == "" || o.heads > 0) {
 		errs = append(errs, errors.New("-scale: needs -meshlet and excludes -heads"))
 	}
+	if o.vs != "" && (o.meshlet == "" || o.scale || o.heads > 0) {
+		errs = append(errs, errors.New("-vs: needs -meshlet and excludes -scale and -heads"))
+	}
+	if o.vs != "" && (o.rounds < 1 || o.rounds > 50) {
+		errs = append(errs, fmt.Errorf("-rounds: must be in 1..50, got %d", o.rounds))
+	}
 	if o.serveMany < 0 || o.serveMany > 10000 {
 		errs = append(errs, fmt.Errorf("-serve-many: must be in 0..10000, got %d", o.serveMany))
 	}
-	if o.meshlet != "" {
-		if st, err := os.Stat(o.meshlet); err != nil {
-			errs = append(errs, fmt.Errorf("-meshlet: %w", err))
+	for _, b := range []struct{ flag, path string }{{"-meshlet", o.meshlet}, {"-vs", o.vs}} {
+		if b.path == "" {
+			continue
+		}
+		if st, err := os.Stat(b.path); err != nil {
+			errs = append(errs, fmt.Errorf("%s: %w", b.flag, err))
 		} else if st.IsDir() || st.Mode()&0o111 == 0 {
-			errs = append(errs, fmt.Errorf("-meshlet: %s is not an executable file", o.meshlet))
+			errs = append(errs, fmt.Errorf("%s: %s is not an executable file", b.flag, b.path))
 		}
 	}
 	return errors.Join(errs...)

@@ -63,6 +63,9 @@ type bench struct {
 	pin                pinning // where meshlets and nginx run, and the benchmark itself (pin.go)
 	nginx              string  // the nginx binary; "" skips the nginx path for nginxSkip
 	nginxSkip          string
+	// cpus, when set, are the CPUs to plan the pinning with instead of those the process may run on now: a
+	// run after another (-vs) finds the process pinned already, to the benchmark's CPUs.
+	cpus []int
 }
 
 // run measures every protocol × path and returns the report; failures are recorded in it, not returned.
@@ -103,7 +106,10 @@ func (b *bench) run(ctx context.Context) *report {
 // setUp pins the benchmark's threads (b.pin) and finds nginx for the nginx path, saying what it did.
 func (b *bench) setUp() {
 	if b.opts.pin {
-		cpus, err := allowedCPUs()
+		cpus, err := b.cpus, error(nil)
+		if cpus == nil {
+			cpus, err = allowedCPUs()
+		}
 		why := ""
 		if err != nil {
 			why = "reading the allowed CPUs: " + err.Error()
