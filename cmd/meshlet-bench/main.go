@@ -25,7 +25,8 @@
 //
 // Meshlets and nginx run pinned to a CPU of their own, the benchmark to the others (-pin, pin.go); with nginx the
 // report compares 1 meshlet and 2 meshlets mTLS with it per protocol, and 2 meshlets mTLS with 2 nginx mTLS (vsnginx.go). -scale prints meshlet's growth
-// figures instead (scale.go), -profile writes profiles of the throughput phases (profile.go).
+// figures instead (scale.go), -profile writes profiles of the throughput phases (profile.go), -vs BASELINE runs
+// the paths with -meshlet and with a baseline binary in alternated rounds and prints their CPU ratios (vs.go).
 //
 // Without -meshlet only the direct path runs. The exit status is 1 when any request failed, a path could not
 // be measured or a meshlet process misbehaved, 2 on bad flags.
