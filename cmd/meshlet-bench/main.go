@@ -68,6 +68,7 @@ type options struct {
 	scale       bool   // run the growth figures instead (scale.go)
 	serveMany   int    // internal to -scale: serve the HTTP/1.1 backend on this many listeners (scale.go)
 	serveShared string // internal to -scale: with serveMany, also serve on this address, shared (SO_REUSEPORT)
+	serveH2C    bool   // internal to -scale: with serveMany, serve h2c (prior knowledge) instead of HTTP/1.1
 	post        int    // HTTP/1.1 and h2c requests are POSTs with a body of this many bytes; 0: GETs
 	vs          string // a baseline meshlet binary: alternated rounds against it instead of one run (vs.go)
 	rounds      int    // -vs's rounds
@@ -109,7 +110,7 @@ func run(args []string, stdout, stderr io.Writer) int {
 		return runVs(ctx, opts, stdout, stderr)
 	}
 	if opts.serveMany > 0 {
-		return serveMany(opts.serveMany, opts.serveShared, os.Stdin, stdout, stderr)
+		return serveMany(opts.serveMany, opts.serveShared, opts.serveH2C, os.Stdin, stdout, stderr)
 	}
 	b := &bench{opts: opts, log: stderr}
 	rep := b.run(ctx)
@@ -152,7 +153,9 @@ func parseFlags(args []string, stderr io.Writer) (options, error) {
 	fs.StringVar(&o.profileDir, "profile", "", "turn admin.pprof on and write each meshlet's CPU and allocation profile of the throughput phase (up to 10s) into this directory")
 	fs.BoolVar(&o.scale, "scale", false, "instead of the paths: measure meshlet's memory growth per upstream, endpoint and idle connection, RSS idle and at 1k req/s, and CPU per request at 1 and 10,000 endpoints, each against its target (needs -meshlet)")
 	var scaleOnly string
-	fs.StringVar(&scaleOnly, "scale-only", "", "with -scale: only these comma-separated measurements: idle (idle RSS and RSS at 1k req/s), upstream, conn-h2c, conn-http1, endpoint (per endpoint and CPU at 10,000 endpoints)")
+	fs.StringVar(&scaleOnly, "scale-only", "", "with -scale: only these comma-separated measurements: "+scaleGroupNames()+
+		" (idle: idle RSS and RSS at 1k req/s; endpoint: per endpoint and CPU at 10,000 endpoints)")
+	fs.BoolVar(&o.serveH2C, "serve-h2c", false, "internal to -scale: with -serve-many, serve h2c (prior knowledge) instead of HTTP/1.1")
 	fs.StringVar(&o.serveShared, "serve-shared", "", "internal to -scale: with -serve-many, also serve on this address, shared with the other children (SO_REUSEPORT)")
 	fs.IntVar(&o.serveMany, "serve-many", 0, "internal to -scale: serve the HTTP/1.1 backend on this many loopback listeners, print their addresses, until stdin closes")
 	fs.IntVar(&o.post, "post", 0, "HTTP/1.1 and h2c requests are POSTs with a body of this many bytes (0: GETs without a body); gRPC is unchanged")
@@ -173,7 +176,7 @@ func parseFlags(args []string, stderr io.Writer) (options, error) {
 				known = known || g.name == name
 			}
 			if !known {
-				return o, fmt.Errorf("-scale-only: unknown measurement %q (idle, upstream, conn-h2c, conn-http1, endpoint)", name)
+				return o, fmt.Errorf("-scale-only: unknown measurement %q (%s)", name, scaleGroupNames())
 			}
 			o.scaleOnly[name] = true
 		}

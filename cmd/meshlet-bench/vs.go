@@ -24,10 +24,11 @@ type vsKey struct {
 
 // vsSample is one run's figures of one meshlet.
 type vsSample struct {
-	CPUus  float64 `json:"cpu_us_per_request"` // the throughput phase's CPU per request
-	Reads  float64 `json:"read_syscalls_per_request"`
-	Writes float64 `json:"write_syscalls_per_request"`
-	P50us  float64 `json:"p50_us"` // the path's p50 at the open-loop rate
+	CPUus       float64 `json:"cpu_us_per_request"`         // the throughput phase's CPU per request
+	CPUAtRateUs float64 `json:"cpu_us_per_request_at_rate"` // the open-loop phase's
+	Reads       float64 `json:"read_syscalls_per_request"`
+	Writes      float64 `json:"write_syscalls_per_request"`
+	P50us       float64 `json:"p50_us"` // the path's p50 at the open-loop rate
 }
 
 // vsRow is one meshlet's comparison: the samples of each build, round by round, and the median of the rounds'
@@ -87,7 +88,8 @@ func runVs(ctx context.Context, opts options, stdout, stderr io.Writer) int {
 						rows[k] = row
 						res.Rows = append(res.Rows, row)
 					}
-					s := vsSample{CPUus: m.CPUPer1k * 1000, Reads: m.ReadsPerReq, Writes: m.WritesPerReq, P50us: pr.Latency.P50us}
+					s := vsSample{CPUus: m.CPUPer1k * 1000, CPUAtRateUs: m.CPUPer1kAtRate * 1000, Reads: m.ReadsPerReq,
+						Writes: m.WritesPerReq, P50us: pr.Latency.P50us}
 					if w == 0 {
 						row.Baseline = append(row.Baseline, s)
 					} else {
@@ -160,11 +162,12 @@ func medianOf(samples []vsSample, f func(vsSample) float64) float64 {
 func writeVs(w io.Writer, res *vsResult) {
 	fmt.Fprintf(w, "\nmeshlet-bench -vs: %d alternated rounds\nbaseline:  %s\ncandidate: %s\n\n", res.Rounds, res.Baseline, res.Candidate)
 	tw := tabwriter.NewWriter(w, 2, 4, 2, ' ', 0)
-	fmt.Fprintln(tw, "PROTOCOL\tPATH\tMESHLET\tCPU µs/req baseline\tcandidate\tcandidate/baseline\tround ratios\twrites/req\treads/req\tp50 µs")
+	fmt.Fprintln(tw, "PROTOCOL\tPATH\tMESHLET\tCPU µs/req baseline\tcandidate\tcandidate/baseline\tround ratios\tat the rate\twrites/req\treads/req\tp50 µs")
 	cpu := func(s vsSample) float64 { return s.CPUus }
 	wr := func(s vsSample) float64 { return s.Writes }
 	rd := func(s vsSample) float64 { return s.Reads }
 	p50 := func(s vsSample) float64 { return s.P50us }
+	atRate := func(s vsSample) float64 { return s.CPUAtRateUs }
 	for _, r := range res.Rows {
 		ratio := "-"
 		spread := "-"
@@ -172,12 +175,13 @@ func writeVs(w io.Writer, res *vsResult) {
 			ratio = fmt.Sprintf("%.3f", r.Ratio)
 			spread = fmt.Sprintf("%.3f-%.3f", r.RatioMin, r.RatioMax)
 		}
-		fmt.Fprintf(tw, "%s\t%s\t%s\t%.1f\t%.1f\t%s\t%s\t%.2f -> %.2f\t%.2f -> %.2f\t%.0f -> %.0f\n",
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%.1f\t%.1f\t%s\t%s\t%.1f -> %.1f\t%.2f -> %.2f\t%.2f -> %.2f\t%.0f -> %.0f\n",
 			protocolInfo[protocol(r.Protocol)].label, pathLabels[pathKind(r.Path)], r.Role,
 			medianOf(r.Baseline, cpu), medianOf(r.Candidate, cpu), ratio, spread,
+			medianOf(r.Baseline, atRate), medianOf(r.Candidate, atRate),
 			medianOf(r.Baseline, wr), medianOf(r.Candidate, wr), medianOf(r.Baseline, rd), medianOf(r.Candidate, rd),
 			medianOf(r.Baseline, p50), medianOf(r.Candidate, p50))
 	}
 	tw.Flush()
-	fmt.Fprintln(w, "\ncandidate/baseline: the median of the rounds' ratios of the meshlet's CPU per request in the throughput phase (each round runs both builds, in turn); the other columns are medians of each build's runs.")
+	fmt.Fprintln(w, "\ncandidate/baseline: the median of the rounds' ratios of the meshlet's CPU per request in the throughput phase (each round runs both builds, in turn); the other columns are medians of each build's runs (at the rate: CPU µs per request in the open-loop phase).")
 }
