@@ -17,6 +17,8 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
+	"syscall"
 	"time"
 
 	"golang.org/x/net/http/httpguts"
@@ -291,8 +293,18 @@ type h2cConn struct {
 	key  string
 	nc   net.Conn
 	tls  *tls.ConnectionState
-	fr   *http2.Framer // the reader's
+	fr   *http2.Framer // the reader's; it reads br through h2cIn
 	hdrs *h2Headers    // reads the header blocks from fr
+	// Owned by the reader. br is the read buffer, given back to its pool while the connection waits with no
+	// stream (idleWait; nil also while the reader moves to a new goroutine, waitMoved); sock is the plain socket it then
+	// waits for (nil for TLS, whose buffered records the socket does not show: such a connection keeps its
+	// buffer); bigRead: fr read a frame larger than h2BigFrame, whose buffer it keeps (a new Framer drops it when
+	// the connection goes idle).
+	br      *bufio.Reader
+	sock    syscall.Conn
+	bigRead bool
+	waiting atomic.Bool  // the reader waits in idleWait, its buffers given back (for the tests to see)
+	moves   atomic.Int64 // the reader moved to a new goroutine (idleWait)
 
 	mu                sync.Mutex
 	streams           map[uint32]*h2cStream
@@ -358,8 +370,12 @@ func (cl *h2Client) newConn(ctx context.Context, addr string) (*h2cConn, error) 
 		st := cs.ConnectionState()
 		c.tls = &st
 	}
-	c.fr = http2.NewFramer(nil, bufio.NewReader(nc))
-	c.fr.SetMaxReadFrameSize(maxReadFrameSize)
+	c.br = h1Readers.Get().(*bufio.Reader)
+	c.br.Reset(nc)
+	if c.tls == nil {
+		c.sock = plainSocket(nc)
+	}
+	c.newFramer()
 	c.hdrs = newH2Headers(hpack.NewDecoder(4096, nil), uint32(cl.maxHeader))
 	c.enc = hpack.NewEncoder(&c.hbuf)
 	c.enc.SetMaxDynamicTableSizeLimit(h2EncoderTableSize)
@@ -737,6 +753,11 @@ var h2cHealthPing = [8]byte{'m', 'e', 's', 'h', 'l', 'e', 't', 0}
 // readLoop reads the connection's frames until it fails, then ends its streams (x/net's readLoop and cleanup).
 func (c *h2cConn) readLoop() {
 	err := c.readFrames()
+	if err == errH2cMove {
+		c.moves.Add(1)
+		go c.waitMoved()
+		return
+	}
 	c.mu.Lock()
 	if ce, ok := err.(http2.ConnectionError); ok && c.werr == nil && !c.closed {
 		c.out = appendH2GoAway(c.out, 0, http2.ErrCode(ce))
@@ -768,7 +789,13 @@ func isEOFOrNetReadError(err error) bool {
 
 func (c *h2cConn) readFrames() error {
 	for {
+		if c.idleWait() {
+			return errH2cMove
+		}
 		f, err := c.hdrs.readFrame(c.fr)
+		if f != nil && f.Header().Length > h2BigFrame {
+			c.bigRead = true
+		}
 		if err != nil {
 			var se http2.StreamError
 			if errors.As(err, &se) {
@@ -793,6 +820,95 @@ func (c *h2cConn) readFrames() error {
 		if err != nil {
 			return err
 		}
+	}
+}
+
+// h2cIn is what the reader's Framer reads: the connection's read buffer, which an idle connection gives back.
+type h2cIn struct{ c *h2cConn }
+
+func (i h2cIn) Read(p []byte) (int, error) { return i.c.br.Read(p) }
+
+// newFramer makes the reader's Framer, anew after a large frame: a Framer keeps the buffer of the largest frame
+// it read.
+func (c *h2cConn) newFramer() {
+	c.fr = http2.NewFramer(nil, h2cIn{c})
+	c.fr.SetMaxReadFrameSize(maxReadFrameSize)
+	c.bigRead = false
+}
+
+// errH2cMove ends readFrames for the reader to go on in a new goroutine (idleWait).
+var errH2cMove = errors.New("the reader moves to a new goroutine")
+
+// h2cIdleMove is how long an idle connection's reader waits on the stack it grew before it moves to a new
+// goroutine, whose stack holds only the wait: the garbage collector leaves a waiting goroutine at least 4 KiB of
+// the stack it grew (it shrinks a stack only to four times what is used plus 800 bytes), a new one keeps 2 KiB.
+const h2cIdleMove = 250 * time.Millisecond
+
+// idleWait is the reader's, before each frame: a plain connection with no stream and nothing buffered waits for
+// its socket to become readable holding no read or write buffer, no header fields and no large frame buffer
+// (what an idle connection to an upstream costs is what it keeps while waiting; the server's connections do the
+// same, park). A request sent meanwhile makes the socket readable when its answer comes. A wait longer than
+// h2cIdleMove ends with true: the reader moves to a new goroutine, which waits again (readLoop).
+func (c *h2cConn) idleWait() (move bool) {
+	if c.sock == nil || c.br.Buffered() > 0 {
+		return false
+	}
+	c.mu.Lock()
+	idle := len(c.streams) == 0 && c.reserved == 0
+	if idle && !c.flushing && len(c.out) == 0 {
+		c.out, c.hbuf = nil, bytes.Buffer{} // the write buffers too (the encoder writes to &c.hbuf)
+	}
+	c.mu.Unlock()
+	if !idle {
+		return false
+	}
+	c.hdrs.release()
+	if c.bigRead {
+		c.newFramer()
+	}
+	c.br.Reset(nil)
+	h1Readers.Put(c.br)
+	c.br = nil
+	c.waiting.Store(true)
+	c.nc.SetReadDeadline(time.Now().Add(h2cIdleMove))
+	err := waitReadable(c.sock)
+	c.nc.SetReadDeadline(time.Time{})
+	if errors.Is(err, os.ErrDeadlineExceeded) {
+		return true // br stays nil: the new goroutine waits on (waitMoved)
+	}
+	c.takeReadBuffer()
+	return false
+}
+
+// waitMoved is the reader moved off the stack it grew (idleWait): it waits for the socket in frames of its own,
+// small enough for the new goroutine's first stack, then reads on.
+func (c *h2cConn) waitMoved() {
+	waitReadable(c.sock)
+	c.takeReadBuffer()
+	c.readLoop()
+}
+
+// takeReadBuffer gives the reader a read buffer again after a wait.
+func (c *h2cConn) takeReadBuffer() {
+	c.waiting.Store(false)
+	c.br = h1Readers.Get().(*bufio.Reader)
+	c.br.Reset(c.nc)
+}
+
+// plainSocket returns the socket under nc's wrappers, or nil when a layer is TLS or none is a socket.
+func plainSocket(nc net.Conn) syscall.Conn {
+	for {
+		if _, ok := nc.(interface{ ConnectionState() tls.ConnectionState }); ok {
+			return nil
+		}
+		if sc, ok := nc.(syscall.Conn); ok {
+			return sc
+		}
+		u, ok := nc.(interface{ NetConn() net.Conn })
+		if !ok {
+			return nil
+		}
+		nc = u.NetConn()
 	}
 }
 

@@ -730,3 +730,95 @@ func nextH2Frame(fr *http2.Framer) (http2.Frame, error) {
 		return f, nil
 	}
 }
+
+// An idle connection to a plain upstream waits for its socket holding no read buffer, no header fields and no
+// large frame buffer, and serves the next request as before, on the same connection: after small and large
+// responses (a 5 MiB one reads frames of 16 KiB) alike; idle for longer, its reader moves to a new goroutine (a
+// small stack), which serves as before too.
+func TestH2ClientIdleWait(t *testing.T) {
+	r := startLoop(t, func(w http.ResponseWriter, req *http.Request) {
+		n, _ := strconv.Atoi(req.URL.Query().Get("n"))
+		w.Header().Set("X-N", strconv.Itoa(n))
+		w.Write(bytes.Repeat([]byte("x"), n))
+	})
+	rt, fell := newTestH2Client(t, r.addr)
+	var first *h2cConn
+	for i, n := range []int{10, 70000, 0, 5 << 20, 100, 100} {
+		req, _ := http.NewRequestWithContext(context.Background(), "GET", fmt.Sprintf("http://%s/?n=%d", r.addr, n), nil)
+		resp, err := rt.RoundTrip(req)
+		if err != nil {
+			t.Fatalf("request %d: %v", i, err)
+		}
+		got, err := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		if err != nil || len(got) != n || resp.Header.Get("X-N") != strconv.Itoa(n) {
+			t.Fatalf("request %d: %d bytes (%v), X-N %q; want %d", i, len(got), err, resp.Header.Get("X-N"), n)
+		}
+		rt.cl.mu.Lock()
+		var conns []*h2cConn
+		for _, h := range rt.cl.hosts {
+			conns = append(conns, h.conns...)
+		}
+		rt.cl.mu.Unlock()
+		if len(conns) != 1 || first != nil && conns[0] != first {
+			t.Fatalf("request %d: %d connections (the first one kept: %v), want the first one alone", i, len(conns), first != nil && len(conns) > 0 && conns[0] == first)
+		}
+		c := conns[0]
+		first = c
+		deadline := time.Now().Add(2 * time.Second)
+		for !c.waiting.Load() && time.Now().Before(deadline) {
+			time.Sleep(time.Millisecond)
+		}
+		if !c.waiting.Load() {
+			t.Fatalf("request %d: the idle connection's reader does not wait without its buffers", i)
+		}
+		// Written by the reader before it set waiting: no race.
+		if c.br != nil || c.bigRead || c.hdrs.buf != nil {
+			t.Errorf("request %d: waiting with read buffer %v, large frame buffer %v, header fields %v; want none", i, c.br != nil, c.bigRead, c.hdrs.buf != nil)
+		}
+	}
+	// Idle past h2cIdleMove, the reader moves to a new goroutine, which waits and then serves as before.
+	deadline := time.Now().Add(2 * time.Second)
+	for first.moves.Load() == 0 && time.Now().Before(deadline) {
+		time.Sleep(10 * time.Millisecond)
+	}
+	if first.moves.Load() == 0 {
+		t.Fatalf("the reader of a connection idle for over %v did not move", h2cIdleMove)
+	}
+	for i := range 3 {
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		req, _ := http.NewRequestWithContext(ctx, "GET", fmt.Sprintf("http://%s/?n=%d", r.addr, 70000), nil)
+		resp, err := rt.RoundTrip(req)
+		if err != nil {
+			cancel()
+			t.Fatalf("request %d after the move: %v", i, err)
+		}
+		got, err := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		cancel()
+		if err != nil || len(got) != 70000 {
+			t.Fatalf("request %d after the move: %d bytes (%v), want 70000", i, len(got), err)
+		}
+		moves := first.moves.Load()
+		for first.moves.Load() == moves && time.Now().Before(deadline.Add(time.Duration(i+1)*time.Second)) {
+			time.Sleep(10 * time.Millisecond) // it moves again once idle again
+		}
+	}
+	rt.cl.mu.Lock()
+	n := 0
+	for _, h := range rt.cl.hosts {
+		for _, c := range h.conns {
+			n++
+			if c != first {
+				t.Errorf("a new connection after the moves")
+			}
+		}
+	}
+	rt.cl.mu.Unlock()
+	if n != 1 || first.moves.Load() < 3 {
+		t.Errorf("%d connections, %d moves: want the first one alone, moved after each idle time", n, first.moves.Load())
+	}
+	if n := fell.Load(); n != 0 {
+		t.Errorf("%d requests were left to x/net", n)
+	}
+}

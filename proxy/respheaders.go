@@ -84,6 +84,10 @@ type h2HeaderGuardTLS struct {
 // ConnectionState is the TLS connection's.
 func (c *h2HeaderGuardTLS) ConnectionState() tls.ConnectionState { return c.tc.ConnectionState() }
 
+// NetConn is the connection under the guard, which reads nothing ahead: the HTTP/2 client's idle reader waits
+// for its socket (plainSocket).
+func (c *h2HeaderGuard) NetConn() net.Conn { return c.Conn }
+
 func (c *h2HeaderGuard) Read(p []byte) (int, error) {
 	if c.err != nil {
 		return 0, c.err
