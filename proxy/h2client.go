@@ -296,10 +296,10 @@ type h2cConn struct {
 	fr   *http2.Framer // the reader's; it reads br through h2cIn
 	hdrs *h2Headers    // reads the header blocks from fr
 	// Owned by the reader. br is the read buffer, given back to its pool while the connection waits with no
-	// stream (idleWait; nil also while the reader moves to a new goroutine, waitMoved); sock is the plain socket it then
-	// waits for (nil for TLS, whose buffered records the socket does not show: such a connection keeps its
-	// buffer); bigRead: fr read a frame larger than h2BigFrame, whose buffer it keeps (a new Framer drops it when
-	// the connection goes idle).
+	// stream (idleWait; nil also while the reader moves to a new goroutine, waitMoved); sock is the plain socket
+	// it then waits for (nil for TLS, whose buffered records the socket does not show: such a connection keeps
+	// its buffer); bigRead: fr read a frame larger than h2BigFrame, whose buffer it keeps (a new Framer drops it
+	// when the connection goes idle).
 	br      *bufio.Reader
 	sock    syscall.Conn
 	bigRead bool
@@ -848,7 +848,7 @@ const h2cIdleMove = 250 * time.Millisecond
 // its socket to become readable holding no read or write buffer, no header fields and no large frame buffer
 // (what an idle connection to an upstream costs is what it keeps while waiting; the server's connections do the
 // same, park). A request sent meanwhile makes the socket readable when its answer comes. A wait longer than
-// h2cIdleMove ends with true: the reader moves to a new goroutine, which waits again (readLoop).
+// h2cIdleMove ends with true: the reader moves to a new goroutine, which waits on (waitMoved).
 func (c *h2cConn) idleWait() (move bool) {
 	if c.sock == nil || c.br.Buffered() > 0 {
 		return false
