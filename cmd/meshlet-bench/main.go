@@ -69,6 +69,7 @@ type options struct {
 	serveMany   int    // internal to -scale: serve the HTTP/1.1 backend on this many listeners (scale.go)
 	serveShared string // internal to -scale: with serveMany, also serve on this address, shared (SO_REUSEPORT)
 	serveH2C    bool   // internal to -scale: with serveMany, serve h2c (prior knowledge) instead of HTTP/1.1
+	serveTLS    string // internal to -scale: with serveMany, serve HTTP/2 over TLS with DIR/bench-backend.{crt,key}
 	post        int    // HTTP/1.1 and h2c requests are POSTs with a body of this many bytes; 0: GETs
 	vs          string // a baseline meshlet binary: alternated rounds against it instead of one run (vs.go)
 	rounds      int    // -vs's rounds
@@ -110,7 +111,7 @@ func run(args []string, stdout, stderr io.Writer) int {
 		return runVs(ctx, opts, stdout, stderr)
 	}
 	if opts.serveMany > 0 {
-		return serveMany(opts.serveMany, opts.serveShared, opts.serveH2C, os.Stdin, stdout, stderr)
+		return serveMany(opts.serveMany, opts.serveShared, manyMode{h2c: opts.serveH2C, tlsDir: opts.serveTLS}, os.Stdin, stdout, stderr)
 	}
 	b := &bench{opts: opts, log: stderr}
 	rep := b.run(ctx)
@@ -156,6 +157,7 @@ func parseFlags(args []string, stderr io.Writer) (options, error) {
 	fs.StringVar(&scaleOnly, "scale-only", "", "with -scale: only these comma-separated measurements: "+scaleGroupNames()+
 		" (idle: idle RSS and RSS at 1k req/s; endpoint: per endpoint and CPU at 10,000 endpoints)")
 	fs.BoolVar(&o.serveH2C, "serve-h2c", false, "internal to -scale: with -serve-many, serve h2c (prior knowledge) instead of HTTP/1.1")
+	fs.StringVar(&o.serveTLS, "serve-tls", "", "internal to -scale: with -serve-many, serve HTTP/2 over TLS with the certificate DIR/bench-backend.crt and its key")
 	fs.StringVar(&o.serveShared, "serve-shared", "", "internal to -scale: with -serve-many, also serve on this address, shared with the other children (SO_REUSEPORT)")
 	fs.IntVar(&o.serveMany, "serve-many", 0, "internal to -scale: serve the HTTP/1.1 backend on this many loopback listeners, print their addresses, until stdin closes")
 	fs.IntVar(&o.post, "post", 0, "HTTP/1.1 and h2c requests are POSTs with a body of this many bytes (0: GETs without a body); gRPC is unchanged")

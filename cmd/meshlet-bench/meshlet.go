@@ -154,7 +154,11 @@ func meshletVersion(bin string) string {
 // makeCerts creates (once per run) a trust domain and the two services' certificates with `meshlet certs`,
 // and returns their directory.
 func (b *bench) makeCerts() (string, error) {
-	dir := filepath.Join(b.dir, "certs")
+	return makeCertsIn(b.opts.meshlet, filepath.Join(b.dir, "certs"))
+}
+
+// makeCertsIn makes them with meshlet binary bin in dir, unless they are there.
+func makeCertsIn(bin, dir string) (string, error) {
 	if _, err := os.Stat(filepath.Join(dir, "ca.crt")); err == nil {
 		return dir, nil
 	}
@@ -163,7 +167,7 @@ func (b *bench) makeCerts() (string, error) {
 		{"certs", "issue", "-dir", dir, "-service", "bench-backend"},
 		{"certs", "issue", "-dir", dir, "-service", "bench-client"},
 	} {
-		if out, err := exec.Command(b.opts.meshlet, args...).CombinedOutput(); err != nil {
+		if out, err := exec.Command(bin, args...).CombinedOutput(); err != nil {
 			return "", fmt.Errorf("meshlet %s: %v: %s", strings.Join(args, " "), err, out)
 		}
 	}

@@ -4,6 +4,7 @@ import (
 	"bufio"
 	"cmp"
 	"context"
+	"crypto/tls"
 	"fmt"
 	"io"
 	"log"
@@ -93,8 +94,9 @@ var scaleGroups = []struct {
 	{"upstream", func(s *scaleRig) func(context.Context) []scaleFigure { return s.perUpstream }},
 	{"conn-h2c", func(s *scaleRig) func(context.Context) []scaleFigure { return s.perConn(protoH2C) }},
 	{"conn-http1", func(s *scaleRig) func(context.Context) []scaleFigure { return s.perConn(protoHTTP1) }},
-	{"upstream-conn-h2c", func(s *scaleRig) func(context.Context) []scaleFigure { return s.perUpstreamConn(protoH2C) }},
-	{"upstream-conn-http1", func(s *scaleRig) func(context.Context) []scaleFigure { return s.perUpstreamConn(protoHTTP1) }},
+	{"upstream-conn-h2c", func(s *scaleRig) func(context.Context) []scaleFigure { return s.perUpstreamConn(protoH2C, false) }},
+	{"upstream-conn-mtls", func(s *scaleRig) func(context.Context) []scaleFigure { return s.perUpstreamConn(protoH2C, true) }},
+	{"upstream-conn-http1", func(s *scaleRig) func(context.Context) []scaleFigure { return s.perUpstreamConn(protoHTTP1, false) }},
 	{"endpoint", func(s *scaleRig) func(context.Context) []scaleFigure { return s.endpoints }},
 }
 
@@ -514,14 +516,26 @@ func (s *scaleRig) perConn(p protocol) func(context.Context) []scaleFigure {
 // once, then once per other endpoint, so that each holds one idle connection to the meshlet's client. The figure
 // counts what the endpoint's first attempt made besides the connection (its breaker): what a sidecar keeps for an
 // upstream it called once, until the connection has been idle for 90 s. HTTP/2 has the issue's 10 KiB target.
-func (s *scaleRig) perUpstreamConn(p protocol) func(context.Context) []scaleFigure {
+// mtls: the endpoints are sidecars (HTTP/2 over mutual TLS, certificates from meshlet certs), as between meshlets.
+func (s *scaleRig) perUpstreamConn(p protocol, mtls bool) func(context.Context) []scaleFigure {
 	return func(ctx context.Context) []scaleFigure {
 		fig := scaleFigure{Name: fmt.Sprintf("RSS per idle %s upstream connection", protocolInfo[p].label), Unit: "KiB", Target: 10}
+		if mtls {
+			fig.Name = "RSS per idle HTTP/2 mTLS upstream connection"
+		}
 		if p == protoHTTP1 {
 			fig.Target = 0 // the issue sets one for HTTP/2 only
 		}
 		fail := func(err error) []scaleFigure { return failed(err, fig) }
-		be, err := startManyBackend(1+scaleConns, p == protoH2C)
+		mode := manyMode{h2c: p == protoH2C}
+		if mtls {
+			certs, err := s.makeCerts()
+			if err != nil {
+				return fail(err)
+			}
+			mode = manyMode{tlsDir: certs}
+		}
+		be, err := startManyBackend(1+scaleConns, mode)
 		if err != nil {
 			return fail(err)
 		}
@@ -533,8 +547,16 @@ func (s *scaleRig) perUpstreamConn(p protocol) func(context.Context) []scaleFigu
 		u := upstream("backend", p, addrs[0], be.addrs...)
 		u.LB = proxy.LBRoundRobin // consecutive requests, distinct endpoints
 		var f meshlettest.File
+		name := "upstream-conns-" + string(p)
+		if mtls {
+			// meshlet certs' identities, as on the mesh path: the endpoints are sidecars of bench-backend.
+			u.Name, u.Peer = "bench-backend", "sidecar"
+			f.Service.Name = "bench-client"
+			f.TLS.CertFile, f.TLS.KeyFile, f.TLS.CAFile = mode.tlsDir+"/bench-client.crt", mode.tlsDir+"/bench-client.key", mode.tlsDir+"/ca.crt"
+			name += "-mtls"
+		}
 		f.Upstreams = []proxy.UpstreamConfig{u}
-		m, err := s.start(ctx, "upstream-conns-"+string(p), f)
+		m, err := s.start(ctx, name, f)
 		if err != nil {
 			return fail(err)
 		}
@@ -612,7 +634,7 @@ func (s *scaleRig) endpoints(ctx context.Context) []scaleFigure {
 	sub := scaleFigure{Name: fmt.Sprintf("  with subset_size: %d", scaleSubset), Unit: "×", Target: flatCPU}
 	ref := scaleFigure{Name: fmt.Sprintf("nginx: CPU per request, %d servers vs 1 (reference)", scaleEndpoints), Unit: "×"}
 	fail := func(err error) []scaleFigure { return failed(err, mem, cpu, sub) }
-	be, err := startManyBackend(scaleEndpoints, false)
+	be, err := startManyBackend(scaleEndpoints, manyMode{})
 	if err != nil {
 		return fail(err)
 	}
@@ -834,9 +856,22 @@ type manyBackend struct {
 
 const manyPerChild = 2500
 
+// manyMode is what startManyBackend's children serve: HTTP/1.1, h2c with prior knowledge (h2c), or HTTP/2 over
+// TLS with tlsDir's bench-backend certificate (meshlet certs).
+type manyMode struct {
+	h2c    bool
+	tlsDir string
+}
+
+// makeCerts makes the trust domain and the certificates of the mesh path (bench.makeCerts) in the work directory,
+// once.
+func (s *scaleRig) makeCerts() (string, error) {
+	return makeCertsIn(s.bin, filepath.Join(s.dir, "certs"))
+}
+
 // startManyBackend starts children serving n listeners in all (HTTP/1.1, or h2c with prior knowledge) and returns
 // once every listener is open.
-func startManyBackend(n int, h2c bool) (_ *manyBackend, err error) {
+func startManyBackend(n int, mode manyMode) (_ *manyBackend, err error) {
 	self, err := os.Executable()
 	if err != nil {
 		return nil, err
@@ -854,8 +889,11 @@ func startManyBackend(n int, h2c bool) (_ *manyBackend, err error) {
 	for left := n; left > 0; left -= manyPerChild {
 		k := min(manyPerChild, left)
 		args := []string{"-serve-many", strconv.Itoa(k), "-serve-shared", b.shared}
-		if h2c {
+		if mode.h2c {
 			args = append(args, "-serve-h2c")
+		}
+		if mode.tlsDir != "" {
+			args = append(args, "-serve-tls", mode.tlsDir)
 		}
 		cmd := exec.Command(self, args...)
 		cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
@@ -905,15 +943,32 @@ func (b *manyBackend) close() {
 // serveMany is the child of startManyBackend: it serves the HTTP/1.1 (h2c: h2c) backend on n listeners on 127.0.0.1 and on
 // shared (if set) with SO_REUSEPORT, prints the n addresses one a line and then "ready", and serves until stdin
 // closes.
-func serveMany(n int, shared string, h2c bool, stdin io.Reader, stdout, stderr io.Writer) int {
+func serveMany(n int, shared string, mode manyMode, stdin io.Reader, stdout, stderr io.Writer) int {
 	var protos http.Protocols
-	protos.SetHTTP1(!h2c)
-	protos.SetUnencryptedHTTP2(h2c)
+	protos.SetHTTP1(!mode.h2c && mode.tlsDir == "")
+	protos.SetUnencryptedHTTP2(mode.h2c)
+	protos.SetHTTP2(mode.tlsDir != "")
 	major := 1
-	if h2c {
+	if mode.h2c || mode.tlsDir != "" {
 		major = 2
 	}
-	srv := &http.Server{Handler: httpHandler(major), Protocols: &protos, ReadHeaderTimeout: 10 * time.Second,
+	var tlsConf *tls.Config
+	if mode.tlsDir != "" {
+		cert, err := tls.LoadX509KeyPair(mode.tlsDir+"/bench-backend.crt", mode.tlsDir+"/bench-backend.key")
+		if err != nil {
+			fmt.Fprintln(stderr, "meshlet-bench -serve-many:", err)
+			return 1
+		}
+		// The client's certificate is asked for and not checked: the figure is the client's.
+		tlsConf = &tls.Config{Certificates: []tls.Certificate{cert}, ClientAuth: tls.RequestClientCert, NextProtos: []string{"h2"}}
+	}
+	serve := func(srv *http.Server, ln net.Listener) {
+		if tlsConf != nil {
+			ln = tls.NewListener(ln, tlsConf)
+		}
+		srv.Serve(ln)
+	}
+	srv := &http.Server{Handler: httpHandler(major), Protocols: &protos, TLSConfig: tlsConf, ReadHeaderTimeout: 10 * time.Second,
 		IdleTimeout: 2 * time.Minute, ErrorLog: log.New(io.Discard, "", 0)}
 	if shared != "" {
 		lc := net.ListenConfig{Control: func(_, _ string, c syscall.RawConn) error {
@@ -930,7 +985,7 @@ func serveMany(n int, shared string, h2c bool, stdin io.Reader, stdout, stderr i
 			fmt.Fprintln(stderr, "meshlet-bench -serve-many: shared listener:", err)
 			return 1
 		}
-		go srv.Serve(ln)
+		go serve(srv, ln)
 	}
 	w := bufio.NewWriter(stdout)
 	for range n {
@@ -939,7 +994,7 @@ func serveMany(n int, shared string, h2c bool, stdin io.Reader, stdout, stderr i
 			fmt.Fprintln(stderr, "meshlet-bench -serve-many:", err)
 			return 1
 		}
-		go srv.Serve(ln)
+		go serve(srv, ln)
 		fmt.Fprintln(w, ln.Addr())
 	}
 	fmt.Fprintln(w, "ready")
