@@ -297,14 +297,19 @@ type h2cConn struct {
 	hdrs *h2Headers    // reads the header blocks from fr
 	// Owned by the reader. br is the read buffer, given back to its pool while the connection waits with no
 	// stream (idleWait; nil also while the reader moves to a new goroutine, waitMoved); sock is the plain socket
-	// it then waits for (nil for TLS, whose buffered records the socket does not show: such a connection keeps
-	// its buffer); bigRead: fr read a frame larger than h2BigFrame, whose buffer it keeps (a new Framer drops it
-	// when the connection goes idle).
+	// it then waits for (nil for TLS: its records are read ahead of the socket, so it waits in a read of one
+	// byte, waitData); bigRead: fr read a frame larger than h2BigFrame, whose buffer it keeps (a new Framer drops
+	// it when the connection goes idle).
 	br      *bufio.Reader
 	sock    syscall.Conn
 	bigRead bool
-	waiting atomic.Bool  // the reader waits in idleWait, its buffers given back (for the tests to see)
-	moves   atomic.Int64 // the reader moved to a new goroutine (idleWait)
+	// one holds the byte a TLS connection's idle wait read (pending), which br reads first, then pendingErr,
+	// the error that read returned (h2cPending).
+	one        [1]byte
+	pending    bool
+	pendingErr error
+	waiting    atomic.Bool  // the reader waits in idleWait, its buffers given back (for the tests to see)
+	moves      atomic.Int64 // the reader moved to a new goroutine (idleWait)
 
 	mu                sync.Mutex
 	streams           map[uint32]*h2cStream
@@ -371,7 +376,7 @@ func (cl *h2Client) newConn(ctx context.Context, addr string) (*h2cConn, error) 
 		c.tls = &st
 	}
 	c.br = h1Readers.Get().(*bufio.Reader)
-	c.br.Reset(nc)
+	c.br.Reset(h2cPending{c})
 	if c.tls == nil {
 		c.sock = plainSocket(nc)
 	}
@@ -844,13 +849,14 @@ var errH2cMove = errors.New("the reader moves to a new goroutine")
 // the stack it grew (it shrinks a stack only to four times what is used plus 800 bytes), a new one keeps 2 KiB.
 const h2cIdleMove = 250 * time.Millisecond
 
-// idleWait is the reader's, before each frame: a plain connection with no stream and nothing buffered waits for
-// its socket to become readable holding no read or write buffer, no header fields and no large frame buffer
-// (what an idle connection to an upstream costs is what it keeps while waiting; the server's connections do the
-// same, park). A request sent meanwhile makes the socket readable when its answer comes. A wait longer than
-// h2cIdleMove ends with true: the reader moves to a new goroutine, which waits on (waitMoved).
+// idleWait is the reader's, before each frame: a connection with no stream and nothing buffered waits for data
+// (waitData) holding no read or write buffer, no header fields and no large frame buffer (what an idle connection
+// to an upstream costs is what it keeps while waiting; the server's connections do the same, park). A request
+// sent meanwhile makes the connection readable when its answer comes. A wait longer than h2cIdleMove ends with
+// true: the reader moves to a new goroutine, which waits on (waitMoved). A connection that is neither TLS nor on
+// a socket meshlet can see (net.Pipe in tests) reads as before.
 func (c *h2cConn) idleWait() (move bool) {
-	if c.sock == nil || c.br.Buffered() > 0 {
+	if c.sock == nil && c.tls == nil || c.br.Buffered() > 0 {
 		return false
 	}
 	c.mu.Lock()
@@ -871,7 +877,7 @@ func (c *h2cConn) idleWait() (move bool) {
 	c.br = nil
 	c.waiting.Store(true)
 	c.nc.SetReadDeadline(time.Now().Add(h2cIdleMove))
-	err := waitReadable(c.sock)
+	err := c.waitData()
 	c.nc.SetReadDeadline(time.Time{})
 	if errors.Is(err, os.ErrDeadlineExceeded) {
 		return true // br stays nil: the new goroutine waits on (waitMoved)
@@ -880,10 +886,48 @@ func (c *h2cConn) idleWait() (move bool) {
 	return false
 }
 
-// waitMoved is the reader moved off the stack it grew (idleWait): it waits for the socket in frames of its own,
-// small enough for the new goroutine's first stack, then reads on.
+// waitData waits until the connection has something to read: its plain socket readable, or, over TLS (whose
+// records are read ahead of the socket), one byte read through the connection, kept for the read buffer with the
+// read's error (pending, pendingErr). It returns the read deadline's error, when that is what ended the wait.
+func (c *h2cConn) waitData() error {
+	if c.sock != nil {
+		return waitReadable(c.sock)
+	}
+	n, err := c.nc.Read(c.one[:])
+	if errors.Is(err, os.ErrDeadlineExceeded) {
+		if n == 0 {
+			return err // crypto/tls keeps a record read in part: the next read goes on with it
+		}
+		err = nil // the deadline was the wait's own
+	}
+	c.pending, c.pendingErr = n > 0, err
+	return nil
+}
+
+// h2cPending is what the read buffer reads: the byte an idle wait read over TLS and its error first, then the
+// connection.
+type h2cPending struct{ c *h2cConn }
+
+func (p h2cPending) Read(b []byte) (int, error) {
+	c := p.c
+	if c.pending {
+		if len(b) == 0 {
+			return 0, nil
+		}
+		b[0], c.pending = c.one[0], false
+		return 1, nil
+	}
+	if err := c.pendingErr; err != nil {
+		c.pendingErr = nil
+		return 0, err
+	}
+	return c.nc.Read(b)
+}
+
+// waitMoved is the reader moved off the stack it grew (idleWait): it waits for data in frames of its own (for a
+// plain socket, small enough for the new goroutine's first stack), then reads on.
 func (c *h2cConn) waitMoved() {
-	waitReadable(c.sock)
+	c.waitData()
 	c.takeReadBuffer()
 	c.readLoop()
 }
@@ -892,7 +936,7 @@ func (c *h2cConn) waitMoved() {
 func (c *h2cConn) takeReadBuffer() {
 	c.waiting.Store(false)
 	c.br = h1Readers.Get().(*bufio.Reader)
-	c.br.Reset(c.nc)
+	c.br.Reset(h2cPending{c})
 }
 
 // plainSocket returns the socket under nc's wrappers, or nil when a layer is TLS or none is a socket.

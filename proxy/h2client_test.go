@@ -4,11 +4,13 @@ import (
 	"bytes"
 	"context"
 	"crypto/sha256"
+	"crypto/tls"
 	"errors"
 	"fmt"
 	"io"
 	"net"
 	"net/http"
+	"net/http/httptest"
 	"net/http/httptrace"
 	"net/textproto"
 	"slices"
@@ -493,9 +495,13 @@ func FuzzH2ClientAgreement(f *testing.F) {
 
 // newTestH2Client is an h2Client (and its x/net fallback) to addr, and a counter of the requests it left to x/net.
 func newTestH2Client(t *testing.T, addr string) (h2ClientRT, *atomic.Int64) {
-	dial := func(ctx context.Context, network, _ string) (net.Conn, error) {
+	return newTestH2ClientDial(t, func(ctx context.Context, network, _ string) (net.Conn, error) {
 		return (&net.Dialer{}).DialContext(ctx, network, addr)
-	}
+	})
+}
+
+// newTestH2ClientDial is newTestH2Client with a dial function of its own.
+func newTestH2ClientDial(t *testing.T, dial func(ctx context.Context, network, addr string) (net.Conn, error)) (h2ClientRT, *atomic.Int64) {
 	tr, cl := newH2Transports(dial, 64<<10)
 	var fell atomic.Int64
 	cl.fallback = roundTripFunc(func(r *http.Request) (*http.Response, error) {
@@ -731,20 +737,48 @@ func nextH2Frame(fr *http2.Framer) (http2.Frame, error) {
 	}
 }
 
-// An idle connection to a plain upstream waits for its socket holding no read buffer, no header fields and no
-// large frame buffer, and serves the next request as before, on the same connection: after small and large
-// responses (a 5 MiB one reads frames of 16 KiB) alike; idle for longer, its reader moves to a new goroutine (a
-// small stack), which serves as before too.
+// An idle connection to an upstream waits for data holding no read buffer, no header fields and no large frame
+// buffer, and serves the next request as before, on the same connection: after small and large responses (a 5 MiB
+// one reads frames of 16 KiB) alike; idle for longer, its reader moves to a new goroutine (a small stack), which
+// serves as before too. A plain connection waits for its socket; one over TLS, whose records are read ahead of
+// the socket, in a read of one byte, which the next frame's read gets first.
 func TestH2ClientIdleWait(t *testing.T) {
-	r := startLoop(t, func(w http.ResponseWriter, req *http.Request) {
+	handler := http.HandlerFunc(func(w http.ResponseWriter, req *http.Request) {
 		n, _ := strconv.Atoi(req.URL.Query().Get("n"))
 		w.Header().Set("X-N", strconv.Itoa(n))
 		w.Write(bytes.Repeat([]byte("x"), n))
 	})
-	rt, fell := newTestH2Client(t, r.addr)
+	t.Run("plain", func(t *testing.T) {
+		r := startLoop(t, handler)
+		rt, fell := newTestH2Client(t, r.addr)
+		checkIdleWait(t, rt, fell, r.addr)
+	})
+	t.Run("tls", func(t *testing.T) {
+		srv := httptest.NewUnstartedServer(handler)
+		srv.EnableHTTP2 = true
+		srv.StartTLS()
+		t.Cleanup(srv.Close)
+		addr := srv.Listener.Addr().String()
+		rt, fell := newTestH2ClientDial(t, func(ctx context.Context, network, _ string) (net.Conn, error) {
+			c, err := (&net.Dialer{}).DialContext(ctx, network, addr)
+			if err != nil {
+				return nil, err
+			}
+			tc := tls.Client(c, &tls.Config{InsecureSkipVerify: true, NextProtos: []string{"h2"}})
+			if err := tc.HandshakeContext(ctx); err != nil {
+				c.Close()
+				return nil, err
+			}
+			return tc, nil
+		})
+		checkIdleWait(t, rt, fell, addr)
+	})
+}
+
+func checkIdleWait(t *testing.T, rt h2ClientRT, fell *atomic.Int64, addr string) {
 	var first *h2cConn
 	for i, n := range []int{10, 70000, 0, 5 << 20, 100, 100} {
-		req, _ := http.NewRequestWithContext(context.Background(), "GET", fmt.Sprintf("http://%s/?n=%d", r.addr, n), nil)
+		req, _ := http.NewRequestWithContext(context.Background(), "GET", fmt.Sprintf("http://%s/?n=%d", addr, n), nil)
 		resp, err := rt.RoundTrip(req)
 		if err != nil {
 			t.Fatalf("request %d: %v", i, err)
@@ -773,8 +807,8 @@ func TestH2ClientIdleWait(t *testing.T) {
 			t.Fatalf("request %d: the idle connection's reader does not wait without its buffers", i)
 		}
 		// Written by the reader before it set waiting: no race.
-		if c.br != nil || c.bigRead || c.hdrs.buf != nil {
-			t.Errorf("request %d: waiting with read buffer %v, large frame buffer %v, header fields %v; want none", i, c.br != nil, c.bigRead, c.hdrs.buf != nil)
+		if c.br != nil || c.bigRead || c.hdrs.buf != nil || (c.tls != nil) != (c.sock == nil) {
+			t.Errorf("request %d: waiting with read buffer %v, large frame buffer %v, header fields %v, TLS %v, socket %v; want none, and a socket without TLS", i, c.br != nil, c.bigRead, c.hdrs.buf != nil, c.tls != nil, c.sock != nil)
 		}
 	}
 	// Idle past h2cIdleMove, the reader moves to a new goroutine, which waits and then serves as before.
@@ -787,7 +821,7 @@ func TestH2ClientIdleWait(t *testing.T) {
 	}
 	for i := range 3 {
 		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-		req, _ := http.NewRequestWithContext(ctx, "GET", fmt.Sprintf("http://%s/?n=%d", r.addr, 70000), nil)
+		req, _ := http.NewRequestWithContext(ctx, "GET", fmt.Sprintf("http://%s/?n=%d", addr, 70000), nil)
 		resp, err := rt.RoundTrip(req)
 		if err != nil {
 			cancel()
