@@ -856,8 +856,8 @@ const h2cIdleMove = 250 * time.Millisecond
 // true: the reader moves to a new goroutine, which waits on (waitMoved). A connection that is neither TLS nor on
 // a socket meshlet can see (net.Pipe in tests) reads as before.
 func (c *h2cConn) idleWait() (move bool) {
-	if c.sock == nil && c.tls == nil || c.br.Buffered() > 0 {
-		return false
+	if c.sock == nil && c.tls == nil || c.br.Buffered() > 0 || c.pending || c.pendingErr != nil {
+		return false // a byte an earlier wait read (waitMoved's) is still to be read
 	}
 	c.mu.Lock()
 	idle := len(c.streams) == 0 && c.reserved == 0

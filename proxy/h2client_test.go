@@ -856,3 +856,135 @@ func checkIdleWait(t *testing.T, rt h2ClientRT, fell *atomic.Int64, addr string)
 		t.Errorf("%d requests were left to x/net", n)
 	}
 }
+
+// Frames a server sends while a connection has no stream (PINGs here) reach a reader that waits idle, moved or
+// not, and are answered; requests after them are served on the same connection. Over TLS the idle wait reads the
+// first byte of such a frame itself: the frame must still be read whole, and the next wait must not begin before
+// that byte is read.
+func TestH2ClientIdlePing(t *testing.T) {
+	borrowed := httptest.NewUnstartedServer(nil) // for its certificate
+	borrowed.StartTLS()
+	defer borrowed.Close()
+	for _, useTLS := range []bool{false, true} {
+		t.Run(map[bool]string{false: "plain", true: "tls"}[useTLS], func(t *testing.T) {
+			ln, err := net.Listen("tcp", "127.0.0.1:0")
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer ln.Close()
+			acks := make(chan [8]byte, 10)
+			answered := make(chan struct{}, 10)
+			frames := make(chan *http2.Framer, 1)
+			var wmu sync.Mutex // the server's writes: its answers, and the test's pings
+			go func() {
+				c, err := ln.Accept()
+				if err != nil {
+					return
+				}
+				defer c.Close()
+				if useTLS {
+					cfg := borrowed.TLS.Clone()
+					cfg.NextProtos = []string{"h2"}
+					c = tls.Server(c, cfg)
+				}
+				fr := h2TestServerConn(c, 20*time.Second)
+				if fr == nil {
+					return
+				}
+				frames <- fr
+				var hbuf bytes.Buffer
+				enc := hpack.NewEncoder(&hbuf)
+				for {
+					f, err := nextH2Frame(fr)
+					if err != nil {
+						return
+					}
+					switch f := f.(type) {
+					case *http2.MetaHeadersFrame:
+						hbuf.Reset()
+						enc.WriteField(hpack.HeaderField{Name: ":status", Value: "200"})
+						wmu.Lock()
+						fr.WriteHeaders(http2.HeadersFrameParam{StreamID: f.StreamID, BlockFragment: hbuf.Bytes(), EndHeaders: true})
+						fr.WriteData(f.StreamID, true, []byte("ok"))
+						wmu.Unlock()
+						answered <- struct{}{}
+					case *http2.PingFrame:
+						if f.IsAck() {
+							acks <- f.Data
+						}
+					}
+				}
+			}()
+			addr := ln.Addr().String()
+			rt, fell := newTestH2ClientDial(t, func(ctx context.Context, network, _ string) (net.Conn, error) {
+				c, err := (&net.Dialer{}).DialContext(ctx, network, addr)
+				if err != nil || !useTLS {
+					return c, err
+				}
+				tc := tls.Client(c, &tls.Config{InsecureSkipVerify: true, NextProtos: []string{"h2"}})
+				if err := tc.HandshakeContext(ctx); err != nil {
+					c.Close()
+					return nil, err
+				}
+				return tc, nil
+			})
+			get := func(i int) {
+				t.Helper()
+				ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+				defer cancel()
+				req, _ := http.NewRequestWithContext(ctx, "GET", "http://"+addr+"/", nil)
+				resp, err := rt.RoundTrip(req)
+				if err != nil {
+					t.Fatalf("request %d: %v", i, err)
+				}
+				b, err := io.ReadAll(resp.Body)
+				resp.Body.Close()
+				if err != nil || string(b) != "ok" {
+					t.Fatalf("request %d: %q, %v", i, b, err)
+				}
+			}
+			get(0)
+			<-answered
+			sfr := <-frames
+			rt.cl.mu.Lock()
+			var c *h2cConn
+			for _, h := range rt.cl.hosts {
+				c = h.conns[0]
+			}
+			rt.cl.mu.Unlock()
+			// The server pings the idle connection: once before its reader moves, then after each of two moves.
+			for i := range 3 {
+				if i > 0 {
+					moves := c.moves.Load()
+					deadline := time.Now().Add(2 * time.Second)
+					for c.moves.Load() == moves && time.Now().Before(deadline) {
+						time.Sleep(10 * time.Millisecond)
+					}
+					if c.moves.Load() == moves {
+						t.Fatalf("ping %d: the idle reader did not move", i)
+					}
+				}
+				data := [8]byte{'p', 'i', 'n', 'g', byte('0' + i)}
+				wmu.Lock()
+				err := sfr.WritePing(false, data)
+				wmu.Unlock()
+				if err != nil {
+					t.Fatalf("ping %d: %v", i, err)
+				}
+				select {
+				case got := <-acks:
+					if got != data {
+						t.Fatalf("ping %d: ACK with %q, want %q", i, got, data)
+					}
+				case <-time.After(5 * time.Second):
+					t.Fatalf("ping %d: no ACK", i)
+				}
+			}
+			get(1)
+			get(2)
+			if n := fell.Load(); n != 0 {
+				t.Errorf("%d requests were left to x/net", n)
+			}
+		})
+	}
+}
