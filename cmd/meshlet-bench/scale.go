@@ -484,26 +484,13 @@ func (s *scaleRig) perConn(p protocol) func(context.Context) []scaleFigure {
 			defer cancel()
 			return c.call(rctx)
 		}
-		if err := call(); err != nil {
-			return fail(err)
-		}
-		base, err := s.settledRSS(ctx, m, true)
-		if err != nil {
-			return fail(err)
-		}
-		fds0 := countFDs(m.PID())
-		for range scaleConns {
-			if err := call(); err != nil {
-				return fail(err)
-			}
-		}
-		with, err := s.settledRSS(ctx, m, true)
+		base, with, fds, err := s.callGrowth(ctx, m, call)
 		if err != nil {
 			return fail(err)
 		}
 		fig.Value = perItemKiB(base, with, scaleConns)
 		fig.Detail = fmt.Sprintf("RSS %d KiB with 1 connection, %d KiB with %d more (one request each, then idle; meshlet's open files %+d, the backend accepted %d connections in all); after a forced GC",
-			base, with, scaleConns, countFDs(m.PID())-fds0, be.conns.Load())
+			base, with, scaleConns, fds, be.conns.Load())
 		if p == protoHTTP1 {
 			fig.Detail += "; no target set for HTTP/1.1"
 		}
@@ -568,24 +555,10 @@ func (s *scaleRig) perUpstreamConn(p protocol, mtls bool) func(context.Context) 
 			defer cancel()
 			return c.call(rctx)
 		}
-		if err := call(); err != nil { // the upstream's transports, and the caller's connection
-			return fail(err)
-		}
-		base, err := s.settledRSS(ctx, m, true)
+		base, with, fds, err := s.callGrowth(ctx, m, call) // the first call: the upstream's transports, the caller's connection
 		if err != nil {
 			return fail(err)
 		}
-		fds0 := countFDs(m.PID())
-		for range scaleConns {
-			if err := call(); err != nil {
-				return fail(err)
-			}
-		}
-		with, err := s.settledRSS(ctx, m, true)
-		if err != nil {
-			return fail(err)
-		}
-		fds := countFDs(m.PID()) - fds0
 		if fds < scaleConns*9/10 {
 			return fail(fmt.Errorf("meshlet's open files grew by %d for %d endpoints called: the connections were not kept", fds, scaleConns))
 		}
@@ -597,6 +570,27 @@ func (s *scaleRig) perUpstreamConn(p protocol, mtls bool) func(context.Context) 
 		}
 		return []scaleFigure{fig}
 	}
+}
+
+// callGrowth calls once (what every item shares), reads m's settled RSS after a forced GC, calls scaleConns times
+// more (an item each) and reads it again: the two readings in KiB and the files m opened meanwhile.
+func (s *scaleRig) callGrowth(ctx context.Context, m *meshletProc, call func() error) (base, with int64, fds int, err error) {
+	if err = call(); err != nil {
+		return 0, 0, 0, err
+	}
+	if base, err = s.settledRSS(ctx, m, true); err != nil {
+		return 0, 0, 0, err
+	}
+	fds0 := countFDs(m.PID())
+	for range scaleConns {
+		if err = call(); err != nil {
+			return 0, 0, 0, err
+		}
+	}
+	if with, err = s.settledRSS(ctx, m, true); err != nil {
+		return 0, 0, 0, err
+	}
+	return base, with, countFDs(m.PID()) - fds0, nil
 }
 
 // profile writes a CPU profile of m of one phase less a second into s.prof as name; failures are logged.
