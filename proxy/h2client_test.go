@@ -664,8 +664,7 @@ func TestH2ClientRefusedStream(t *testing.T) {
 				if fr == nil {
 					return
 				}
-				var hbuf bytes.Buffer
-				enc := hpack.NewEncoder(&hbuf)
+				ok := newH2OKAnswer()
 				for {
 					f, err := nextH2Frame(fr)
 					if err != nil {
@@ -677,10 +676,7 @@ func TestH2ClientRefusedStream(t *testing.T) {
 							fr.WriteRSTStream(f.StreamID, http2.ErrCodeRefusedStream)
 							continue
 						}
-						hbuf.Reset()
-						enc.WriteField(hpack.HeaderField{Name: ":status", Value: "200"})
-						fr.WriteHeaders(http2.HeadersFrameParam{StreamID: f.StreamID, BlockFragment: hbuf.Bytes(), EndHeaders: true})
-						fr.WriteData(f.StreamID, true, []byte("ok"))
+						ok.write(fr, f.StreamID)
 					}
 				}
 			}()
@@ -721,6 +717,42 @@ func h2TestServerConn(c net.Conn, d time.Duration, settings ...http2.Setting) *h
 }
 
 // nextH2Frame reads the next frame that is not SETTINGS, acknowledging those.
+// dialH2TLS is a dial function to addr over TLS offering h2, the server's certificate not checked (a test
+// server's).
+func dialH2TLS(addr string) func(ctx context.Context, network, _ string) (net.Conn, error) {
+	return func(ctx context.Context, network, _ string) (net.Conn, error) {
+		c, err := (&net.Dialer{}).DialContext(ctx, network, addr)
+		if err != nil {
+			return nil, err
+		}
+		tc := tls.Client(c, &tls.Config{InsecureSkipVerify: true, NextProtos: []string{"h2"}})
+		if err := tc.HandshakeContext(ctx); err != nil {
+			c.Close()
+			return nil, err
+		}
+		return tc, nil
+	}
+}
+
+// h2OKAnswer writes a raw test server's answer to a request: 200 with the body "ok".
+type h2OKAnswer struct {
+	hbuf bytes.Buffer
+	enc  *hpack.Encoder
+}
+
+func newH2OKAnswer() *h2OKAnswer {
+	a := &h2OKAnswer{}
+	a.enc = hpack.NewEncoder(&a.hbuf)
+	return a
+}
+
+func (a *h2OKAnswer) write(fr *http2.Framer, id uint32) {
+	a.hbuf.Reset()
+	a.enc.WriteField(hpack.HeaderField{Name: ":status", Value: "200"})
+	fr.WriteHeaders(http2.HeadersFrameParam{StreamID: id, BlockFragment: a.hbuf.Bytes(), EndHeaders: true})
+	fr.WriteData(id, true, []byte("ok"))
+}
+
 func nextH2Frame(fr *http2.Framer) (http2.Frame, error) {
 	for {
 		f, err := fr.ReadFrame()
@@ -759,18 +791,7 @@ func TestH2ClientIdleWait(t *testing.T) {
 		srv.StartTLS()
 		t.Cleanup(srv.Close)
 		addr := srv.Listener.Addr().String()
-		rt, fell := newTestH2ClientDial(t, func(ctx context.Context, network, _ string) (net.Conn, error) {
-			c, err := (&net.Dialer{}).DialContext(ctx, network, addr)
-			if err != nil {
-				return nil, err
-			}
-			tc := tls.Client(c, &tls.Config{InsecureSkipVerify: true, NextProtos: []string{"h2"}})
-			if err := tc.HandshakeContext(ctx); err != nil {
-				c.Close()
-				return nil, err
-			}
-			return tc, nil
-		})
+		rt, fell := newTestH2ClientDial(t, dialH2TLS(addr))
 		checkIdleWait(t, rt, fell, addr)
 	})
 }
@@ -892,8 +913,7 @@ func TestH2ClientIdlePing(t *testing.T) {
 					return
 				}
 				frames <- fr
-				var hbuf bytes.Buffer
-				enc := hpack.NewEncoder(&hbuf)
+				ok := newH2OKAnswer()
 				for {
 					f, err := nextH2Frame(fr)
 					if err != nil {
@@ -901,11 +921,8 @@ func TestH2ClientIdlePing(t *testing.T) {
 					}
 					switch f := f.(type) {
 					case *http2.MetaHeadersFrame:
-						hbuf.Reset()
-						enc.WriteField(hpack.HeaderField{Name: ":status", Value: "200"})
 						wmu.Lock()
-						fr.WriteHeaders(http2.HeadersFrameParam{StreamID: f.StreamID, BlockFragment: hbuf.Bytes(), EndHeaders: true})
-						fr.WriteData(f.StreamID, true, []byte("ok"))
+						ok.write(fr, f.StreamID)
 						wmu.Unlock()
 						answered <- struct{}{}
 					case *http2.PingFrame:
@@ -916,18 +933,13 @@ func TestH2ClientIdlePing(t *testing.T) {
 				}
 			}()
 			addr := ln.Addr().String()
-			rt, fell := newTestH2ClientDial(t, func(ctx context.Context, network, _ string) (net.Conn, error) {
-				c, err := (&net.Dialer{}).DialContext(ctx, network, addr)
-				if err != nil || !useTLS {
-					return c, err
-				}
-				tc := tls.Client(c, &tls.Config{InsecureSkipVerify: true, NextProtos: []string{"h2"}})
-				if err := tc.HandshakeContext(ctx); err != nil {
-					c.Close()
-					return nil, err
-				}
-				return tc, nil
-			})
+			var rt h2ClientRT
+			var fell *atomic.Int64
+			if useTLS {
+				rt, fell = newTestH2ClientDial(t, dialH2TLS(addr))
+			} else {
+				rt, fell = newTestH2Client(t, addr)
+			}
 			get := func(i int) {
 				t.Helper()
 				ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
