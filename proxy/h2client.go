@@ -293,7 +293,7 @@ type h2cConn struct {
 	key  string
 	nc   net.Conn
 	tls  *tls.ConnectionState
-	fr   *http2.Framer // the reader's; it reads br through h2cIn
+	fr   *http2.Framer // the reader's; it reads br through bufIn
 	hdrs *h2Headers    // reads the header blocks from fr
 	// Owned by the reader. br is the read buffer, given back to its pool while the connection waits with no
 	// stream (idleWait; nil also while the reader moves to a new goroutine, waitMoved); sock is the plain socket
@@ -828,15 +828,10 @@ func (c *h2cConn) readFrames() error {
 	}
 }
 
-// h2cIn is what the reader's Framer reads: the connection's read buffer, which an idle connection gives back.
-type h2cIn struct{ c *h2cConn }
-
-func (i h2cIn) Read(p []byte) (int, error) { return i.c.br.Read(p) }
-
 // newFramer makes the reader's Framer, anew after a large frame: a Framer keeps the buffer of the largest frame
 // it read.
 func (c *h2cConn) newFramer() {
-	c.fr = http2.NewFramer(nil, h2cIn{c})
+	c.fr = http2.NewFramer(nil, bufIn{&c.br})
 	c.fr.SetMaxReadFrameSize(maxReadFrameSize)
 	c.bigRead = false
 }

@@ -389,17 +389,18 @@ func (c *h2Conn) ended() {
 // newFramer makes the connection's frame reader (x/net's Framer; header blocks are read by hdrs), anew after a
 // large frame: a Framer keeps the buffer of the largest frame it read.
 func (c *h2Conn) newFramer() {
-	fr := http2.NewFramer(nil, h2In{c})
+	fr := http2.NewFramer(nil, bufIn{&c.br})
 	fr.SetMaxReadFrameSize(c.cfg.maxReadFrame)
 	fr.SetReuseFrames() // a DATA frame's payload is copied before the next read
 	c.fr = fr
 	c.bigRead = false
 }
 
-// h2In is what the framer reads: the connection's read buffer, which an idle connection gives back (park).
-type h2In struct{ c *h2Conn }
+// bufIn is what an HTTP/2 connection's framer reads, the server's and the client's: the connection's read buffer
+// at the time of the read, which an idle connection gives back and takes again (park, idleWait).
+type bufIn struct{ br **bufio.Reader }
 
-func (i h2In) Read(p []byte) (int, error) { return i.c.br.Read(p) }
+func (i bufIn) Read(p []byte) (int, error) { return (*i.br).Read(p) }
 
 // encoder returns the connection's HPACK encoder, made at its first header block (and again after an idle time,
 // closeStream). mu held.
