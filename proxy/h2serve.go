@@ -741,6 +741,18 @@ func (c *h2Conn) processFrame(f http2.Frame) error {
 	}
 	c.mu.Lock()
 	defer c.mu.Unlock()
+	err := c.processFrameLocked(f)
+	if se, ok := err.(http2.StreamError); ok {
+		// Reset under the same hold of mu as the frame's work: a handler woken by it (a body closed with an error)
+		// must not answer before the reset, as under net/http, whose one goroutine does both in turn.
+		c.resetLocked(se)
+		return nil
+	}
+	return err
+}
+
+// processFrameLocked handles one frame. mu held.
+func (c *h2Conn) processFrameLocked(f http2.Frame) error {
 	if c.inGoAway && (c.goAwayCode != http2.ErrCodeNo || f.Header().StreamID > c.maxClientStreamID) {
 		if f, ok := f.(*http2.DataFrame); ok {
 			if f.Length > uint32(c.inflow.avail) {
