@@ -471,9 +471,17 @@ func runH2(t testing.TB, own bool, s *h2Script) *h2Outcome {
 	srv.Protocols = new(http.Protocols)
 	srv.Protocols.SetHTTP1(true)
 	srv.Protocols.SetUnencryptedHTTP2(true)
+	// Only the test's own connection counts: a stray one (a dial meant for an earlier listener on this port) must
+	// neither block the hook nor end h2NetHTTPConns twice. Its address is known once the dial returns (ours).
 	closed := make(chan struct{}, 1)
-	srv.ConnState = func(_ net.Conn, st http.ConnState) {
+	ours := make(chan string, 1)
+	srv.ConnState = func(nc net.Conn, st http.ConnState) {
 		if st == http.StateClosed {
+			addr := <-ours
+			ours <- addr
+			if nc.RemoteAddr().String() != addr {
+				return
+			}
 			closed <- struct{}{}
 			if !own {
 				h2NetHTTPConns.Done()
@@ -508,8 +516,10 @@ func runH2(t testing.TB, own bool, s *h2Script) *h2Outcome {
 	}()
 	c, err := net.Dial("tcp", ln.Addr().String())
 	if err != nil {
+		ours <- ""
 		t.Fatal(err)
 	}
+	ours <- c.LocalAddr().String()
 	defer c.Close()
 	c.SetDeadline(time.Now().Add(3 * time.Second))
 	// The client writes each step, then a PING, and waits for its ACK (the server has read the step's frames) before
