@@ -8,8 +8,9 @@ import (
 )
 
 // Restartable is a server that a test can kill, as if its process died (listener closed, every connection it
-// accepted reset), and start again on the same address. serve serves the listener it is given until the function it
-// returns is called, which stops it and waits for its goroutines.
+// accepted reset), and start again on the same address. While killed, a dial to it is refused and its port stays
+// bound, so that another server of the test binary cannot take it (on Linux: holdPort). serve serves the listener
+// it is given until the function it returns is called, which stops it and waits for its goroutines.
 type Restartable struct {
 	serve func(net.Listener) (stop func())
 
@@ -18,13 +19,19 @@ type Restartable struct {
 	ln    net.Listener
 	conns map[net.Conn]struct{} // nil while killed
 	stop  func()
+	hold  func() // while killed: releases the port (holdPort)
 }
 
 // NewRestartable returns a Restartable for serve on addr ("": a new loopback port when it first starts), not yet
 // started; it is killed when the test ends.
 func NewRestartable(t testing.TB, addr string, serve func(net.Listener) (stop func())) *Restartable {
 	r := &Restartable{serve: serve, addr: addr}
-	t.Cleanup(r.Kill)
+	t.Cleanup(func() {
+		r.Kill()
+		r.mu.Lock()
+		defer r.mu.Unlock()
+		r.release()
+	})
 	return r
 }
 
@@ -34,6 +41,7 @@ func (r *Restartable) Start(t testing.TB) {
 	t.Helper()
 	r.mu.Lock()
 	defer r.mu.Unlock()
+	r.release()
 	addr := r.addr
 	if addr == "" {
 		addr = "127.0.0.1:0"
@@ -53,7 +61,7 @@ func (r *Restartable) Start(t testing.TB) {
 	r.stop = r.serve(&restartableListener{Listener: ln, r: r})
 }
 
-// Kill closes the listener and resets every connection, then stops the server. Idempotent.
+// Kill closes the listener and resets every connection, then stops the server and holds its port. Idempotent.
 func (r *Restartable) Kill() {
 	r.mu.Lock()
 	if r.conns == nil {
@@ -71,6 +79,20 @@ func (r *Restartable) Kill() {
 	stop := r.stop
 	r.mu.Unlock()
 	stop()
+	// The listener's socket closes once its Accept has returned (stop waited for it). Then hold the port: a dial is
+	// refused, and no other server of the test takes it meanwhile.
+	hold := holdPort(r.Addr())
+	r.mu.Lock()
+	r.hold = hold
+	r.mu.Unlock()
+}
+
+// release frees the port that Kill held, if any. mu held.
+func (r *Restartable) release() {
+	if r.hold != nil {
+		r.hold()
+		r.hold = nil
+	}
 }
 
 // Addr is the address r serves on ("" before a first start on a new port).
