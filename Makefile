@@ -46,11 +46,11 @@ vet:
 test: vet consul helm
 	$(GO) test -race -count=1 -timeout 20m ./...
 
-# fuzz runs each fuzz target (package:FuzzName) for FUZZTIME, one after another (tools/fuzz.sh, which runs a target
-# again, up to four runs, after a bare deadline error of Go's fuzz coordinator); the seed corpora (f.Add and
-# testdata/fuzz) also run as plain tests under `make test`. CI runs `make fuzz FUZZTIME=5s`. The slow targets (each
-# input serves a connection with two servers, or a server with two clients; their seeds alone take 5 to 15 s) run
-# for FUZZTIME_SLOW.
+# fuzz runs each fuzz target (package:FuzzName) for FUZZTIME, one after another (tools/fuzz.sh, which bounds
+# minimizing by FUZZMINIMIZETIME, default 2s, and runs a target again, up to four runs, after a bare deadline error
+# of Go's fuzz coordinator); the seed corpora (f.Add and testdata/fuzz) also run as plain tests under `make test`.
+# CI runs `make fuzz FUZZTIME=5s`. The slow targets (each input serves a connection with two servers, or a server
+# with two clients; their seeds alone take 5 to 15 s) run for FUZZTIME_SLOW.
 FUZZTIME ?= 10s
 FUZZTIME_SLOW ?= 30s
 FUZZ_SLOW_TARGETS = ./proxy:FuzzH2Agreement ./proxy:FuzzH2ClientAgreement
