@@ -5,9 +5,7 @@ import (
 	"context"
 	"io"
 	"net/http"
-	"net/http/httptest"
 	"strconv"
-	"strings"
 	"testing"
 )
 
@@ -17,7 +15,7 @@ import (
 func BenchmarkProxyStream(b *testing.B) {
 	const size = 64 << 20
 	chunk := bytes.Repeat([]byte("0123456789abcdef"), 2<<10)
-	backend := httptest.NewUnstartedServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+	backendAddr := startH2CBackend(b, func(w http.ResponseWriter, r *http.Request) {
 		if r.Method == http.MethodPost {
 			n, err := io.Copy(io.Discard, r.Body)
 			if err != nil {
@@ -32,14 +30,7 @@ func BenchmarkProxyStream(b *testing.B) {
 				return
 			}
 		}
-	}))
-	backend.Config.Protocols = new(http.Protocols)
-	backend.Config.Protocols.SetHTTP1(true)
-	backend.Config.Protocols.SetUnencryptedHTTP2(true)
-	backend.Start()
-	defer backend.Close()
-	backendAddr := strings.TrimPrefix(backend.URL, "http://")
-
+	})
 	h1 := &http.Transport{}
 	h2 := &http.Transport{Protocols: new(http.Protocols)}
 	h2.Protocols.SetUnencryptedHTTP2(true)

@@ -4,7 +4,6 @@ import (
 	"context"
 	"io"
 	"net/http"
-	"net/http/httptest"
 	"strings"
 	"testing"
 )
@@ -14,16 +13,10 @@ import (
 // the cost of meshlet's hot path plus two loopback hops.
 func BenchmarkProxy(b *testing.B) {
 	payload := strings.Repeat("x", 128)
-	backend := httptest.NewUnstartedServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+	backendAddr := startH2CBackend(b, func(w http.ResponseWriter, r *http.Request) {
 		io.Copy(io.Discard, r.Body)
 		io.WriteString(w, payload)
-	}))
-	backend.Config.Protocols = new(http.Protocols)
-	backend.Config.Protocols.SetHTTP1(true)
-	backend.Config.Protocols.SetUnencryptedHTTP2(true)
-	backend.Start()
-	defer backend.Close()
-	backendAddr := strings.TrimPrefix(backend.URL, "http://")
+	})
 
 	h1 := &http.Transport{MaxIdleConnsPerHost: 64}
 	h2 := &http.Transport{Protocols: new(http.Protocols)}

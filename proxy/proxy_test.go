@@ -29,6 +29,19 @@ func startProxy(t testing.TB, cfg Config) (*Proxy, *metrics.Metrics) {
 	return startProxyWith(t, cfg, nil)
 }
 
+// startH2CBackend serves h on loopback with HTTP/1.1 and prior-knowledge h2c until the test ends; it returns the
+// server's host:port.
+func startH2CBackend(t testing.TB, h http.HandlerFunc) string {
+	t.Helper()
+	backend := httptest.NewUnstartedServer(h)
+	backend.Config.Protocols = new(http.Protocols)
+	backend.Config.Protocols.SetHTTP1(true)
+	backend.Config.Protocols.SetUnencryptedHTTP2(true)
+	backend.Start()
+	t.Cleanup(backend.Close)
+	return strings.TrimPrefix(backend.URL, "http://")
+}
+
 // startProxyWith is startProxy with a discovery source for upstreams that list no endpoints.
 func startProxyWith(t testing.TB, cfg Config, src discovery.Source) (*Proxy, *metrics.Metrics) {
 	t.Helper()
@@ -330,14 +343,9 @@ func TestProxyDiscoverySource(t *testing.T) {
 // peer setting is app (HTTP/1.1 for protocol http).
 func TestProxyDiscoveredSidecar(t *testing.T) {
 	var proto atomic.Int32
-	backend := httptest.NewUnstartedServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+	backendAddr := startH2CBackend(t, func(w http.ResponseWriter, r *http.Request) {
 		proto.Store(int32(r.ProtoMajor))
-	}))
-	backend.Config.Protocols = new(http.Protocols)
-	backend.Config.Protocols.SetHTTP1(true)
-	backend.Config.Protocols.SetUnencryptedHTTP2(true)
-	backend.Start()
-	t.Cleanup(backend.Close)
+	})
 	src := discovery.NewStatic()
 	cfg := Config{Service: ServiceConfig{Name: "web"}, Upstreams: []UpstreamConfig{{Name: "api", Listen: "127.0.0.1:0"}}}
 	p, _ := startProxyWith(t, cfg, src)
@@ -345,7 +353,7 @@ func TestProxyDiscoveredSidecar(t *testing.T) {
 		meta map[string]string
 		want int32
 	}{{nil, 1}, {map[string]string{"peer": "sidecar"}, 2}} {
-		ap := netip.MustParseAddrPort(strings.TrimPrefix(backend.URL, "http://"))
+		ap := netip.MustParseAddrPort(backendAddr)
 		src.Set("api", []discovery.Endpoint{{ID: fmt.Sprint(tc.want), Addr: ap, Meta: tc.meta}})
 		deadline := time.Now().Add(5 * time.Second)
 		for {
@@ -369,15 +377,10 @@ func TestProxyDiscoveredSidecar(t *testing.T) {
 // transport in place, on the same listener.
 func TestProxyProtocolSwitch(t *testing.T) {
 	var proto atomic.Int32
-	backend := httptest.NewUnstartedServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+	backendAddr := startH2CBackend(t, func(w http.ResponseWriter, r *http.Request) {
 		proto.Store(int32(r.ProtoMajor))
-	}))
-	backend.Config.Protocols = new(http.Protocols)
-	backend.Config.Protocols.SetHTTP1(true)
-	backend.Config.Protocols.SetUnencryptedHTTP2(true)
-	backend.Start()
-	t.Cleanup(backend.Close)
-	ep := strings.TrimPrefix(backend.URL, "http://")
+	})
+	ep := backendAddr
 	cfg := Config{Service: ServiceConfig{Name: "web"}, Upstreams: []UpstreamConfig{{Name: "api", Listen: "127.0.0.1:0", Endpoints: []string{ep}}}}
 	p, _ := startProxy(t, cfg)
 	addr := p.Addrs()["upstream/api"]
