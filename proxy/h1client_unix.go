@@ -9,19 +9,11 @@ import (
 
 // connAlive reports whether idle connection c is still open and silent: a peek that does not wait finds neither
 // the endpoint's end of the stream nor bytes it sent unasked (either closes the connection, as net/http's
-// Transport does). A connection it cannot look at (no socket under its wrappers) is not alive: not knowing, it
-// is not used again.
+// Transport does). A connection it cannot look at (no plain socket under its wrappers: plainSocket) is not
+// alive: not knowing, it is not used again.
 func connAlive(c net.Conn) bool {
-	for {
-		if sc, ok := c.(syscall.Conn); ok {
-			return socketAlive(sc)
-		}
-		u, ok := c.(interface{ NetConn() net.Conn })
-		if !ok {
-			return false
-		}
-		c = u.NetConn()
-	}
+	sc := plainSocket(c)
+	return sc != nil && socketAlive(sc)
 }
 
 func socketAlive(sc syscall.Conn) bool {

@@ -934,7 +934,9 @@ func (c *h2cConn) takeReadBuffer() {
 	c.br.Reset(h2cPending{c})
 }
 
-// plainSocket returns the socket under nc's wrappers, or nil when a layer is TLS or none is a socket.
+// plainSocket returns the socket under nc's wrappers (those that give it by NetConn), or nil when a layer is TLS
+// (its records are read ahead of the socket) or none is a socket: the HTTP/2 client's idle wait and h1Client's
+// look at an idle connection (connAlive) watch it.
 func plainSocket(nc net.Conn) syscall.Conn {
 	for {
 		if _, ok := nc.(interface{ ConnectionState() tls.ConnectionState }); ok {
