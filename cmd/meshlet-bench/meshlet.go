@@ -58,15 +58,18 @@ func (c meshletConfig) yaml() (string, error) {
 		f.Upstreams[0].Addresses = []string{c.endpoints}
 	}
 	if c.certs != "" {
-		f.TLS.CertFile = c.certs + "/" + name + ".crt"
-		f.TLS.KeyFile = c.certs + "/" + name + ".key"
-		f.TLS.CAFile = c.certs + "/ca.crt"
+		useCerts(&f, c.certs, name)
 	}
 	f.Admin.Listen = c.admin
 	f.Admin.Pprof = c.pprof
 	f.Log.Level = "warn"
 	f.Shutdown = meshlettest.Shutdown{DrainDelay: meshlettest.Duration(0), DrainTimeout: 5 * time.Second}
 	return f.YAML()
+}
+
+// useCerts gives f the certificate and key that meshlet certs issued in certs for service name, and its CA.
+func useCerts(f *meshlettest.File, certs, name string) {
+	f.TLS.CertFile, f.TLS.KeyFile, f.TLS.CAFile = certs+"/"+name+".crt", certs+"/"+name+".key", certs+"/ca.crt"
 }
 
 // startMeshlet writes cfg to dir and starts `bin run -config` with its output in a log file beside it.

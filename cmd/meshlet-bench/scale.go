@@ -539,7 +539,7 @@ func (s *scaleRig) perUpstreamConn(p protocol, mtls bool) func(context.Context) 
 			// meshlet certs' identities, as on the mesh path: the endpoints are sidecars of bench-backend.
 			u.Name, u.Peer = "bench-backend", "sidecar"
 			f.Service.Name = "bench-client"
-			f.TLS.CertFile, f.TLS.KeyFile, f.TLS.CAFile = mode.tlsDir+"/bench-client.crt", mode.tlsDir+"/bench-client.key", mode.tlsDir+"/ca.crt"
+			useCerts(&f, mode.tlsDir, f.Service.Name)
 			name += "-mtls"
 		}
 		f.Upstreams = []proxy.UpstreamConfig{u}
@@ -863,8 +863,8 @@ func (s *scaleRig) makeCerts() (string, error) {
 	return makeCertsIn(s.bin, filepath.Join(s.dir, "certs"))
 }
 
-// startManyBackend starts children serving n listeners in all (HTTP/1.1, or h2c with prior knowledge) and returns
-// once every listener is open.
+// startManyBackend starts children serving n listeners in all, as mode says, and returns once every listener is
+// open.
 func startManyBackend(n int, mode manyMode) (_ *manyBackend, err error) {
 	self, err := os.Executable()
 	if err != nil {
@@ -934,9 +934,9 @@ func (b *manyBackend) close() {
 	}
 }
 
-// serveMany is the child of startManyBackend: it serves the HTTP/1.1 (h2c: h2c) backend on n listeners on 127.0.0.1 and on
-// shared (if set) with SO_REUSEPORT, prints the n addresses one a line and then "ready", and serves until stdin
-// closes.
+// serveMany is the child of startManyBackend: it serves the backend as mode says (HTTP/1.1, h2c or HTTP/2 over
+// TLS) on n listeners on 127.0.0.1 and on shared (if set) with SO_REUSEPORT, prints the n addresses one a line and
+// then "ready", and serves until stdin closes.
 func serveMany(n int, shared string, mode manyMode, stdin io.Reader, stdout, stderr io.Writer) int {
 	var protos http.Protocols
 	protos.SetHTTP1(!mode.h2c && mode.tlsDir == "")
