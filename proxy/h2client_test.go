@@ -632,13 +632,7 @@ func TestH2ClientCloseAndCancel(t *testing.T) {
 		t.Fatal("the canceled stream was not reset")
 	}
 	// All of it on one connection.
-	rt.cl.mu.Lock()
-	n := 0
-	for _, h := range rt.cl.hosts {
-		n += len(h.conns)
-	}
-	rt.cl.mu.Unlock()
-	if n != 1 {
+	if n := len(h2ClientConns(rt)); n != 1 {
 		t.Errorf("%d connections, want 1", n)
 	}
 }
@@ -716,7 +710,6 @@ func h2TestServerConn(c net.Conn, d time.Duration, settings ...http2.Setting) *h
 	return fr
 }
 
-// nextH2Frame reads the next frame that is not SETTINGS, acknowledging those.
 // dialH2TLS is a dial function to addr over TLS offering h2, the server's certificate not checked (a test
 // server's).
 func dialH2TLS(addr string) func(ctx context.Context, network, _ string) (net.Conn, error) {
@@ -753,6 +746,7 @@ func (a *h2OKAnswer) write(fr *http2.Framer, id uint32) {
 	fr.WriteData(id, true, []byte("ok"))
 }
 
+// nextH2Frame reads the next frame that is not SETTINGS, acknowledging those.
 func nextH2Frame(fr *http2.Framer) (http2.Frame, error) {
 	for {
 		f, err := fr.ReadFrame()
@@ -796,6 +790,26 @@ func TestH2ClientIdleWait(t *testing.T) {
 	})
 }
 
+// h2ClientConns lists the connections rt's client holds.
+func h2ClientConns(rt h2ClientRT) []*h2cConn {
+	rt.cl.mu.Lock()
+	defer rt.cl.mu.Unlock()
+	var conns []*h2cConn
+	for _, h := range rt.cl.hosts {
+		conns = append(conns, h.conns...)
+	}
+	return conns
+}
+
+// awaitMove waits (at most 2 s) for c's reader to move once more than the moves counted; false: it did not.
+func awaitMove(c *h2cConn, moves int64) bool {
+	deadline := time.Now().Add(2 * time.Second)
+	for c.moves.Load() == moves && time.Now().Before(deadline) {
+		time.Sleep(10 * time.Millisecond)
+	}
+	return c.moves.Load() != moves
+}
+
 func checkIdleWait(t *testing.T, rt h2ClientRT, fell *atomic.Int64, addr string) {
 	var first *h2cConn
 	for i, n := range []int{10, 70000, 0, 5 << 20, 100, 100} {
@@ -809,12 +823,7 @@ func checkIdleWait(t *testing.T, rt h2ClientRT, fell *atomic.Int64, addr string)
 		if err != nil || len(got) != n || resp.Header.Get("X-N") != strconv.Itoa(n) {
 			t.Fatalf("request %d: %d bytes (%v), X-N %q; want %d", i, len(got), err, resp.Header.Get("X-N"), n)
 		}
-		rt.cl.mu.Lock()
-		var conns []*h2cConn
-		for _, h := range rt.cl.hosts {
-			conns = append(conns, h.conns...)
-		}
-		rt.cl.mu.Unlock()
+		conns := h2ClientConns(rt)
 		if len(conns) != 1 || first != nil && conns[0] != first {
 			t.Fatalf("request %d: %d connections (the first one kept: %v), want the first one alone", i, len(conns), first != nil && len(conns) > 0 && conns[0] == first)
 		}
@@ -833,11 +842,7 @@ func checkIdleWait(t *testing.T, rt h2ClientRT, fell *atomic.Int64, addr string)
 		}
 	}
 	// Idle past h2cIdleMove, the reader moves to a new goroutine, which waits and then serves as before.
-	deadline := time.Now().Add(2 * time.Second)
-	for first.moves.Load() == 0 && time.Now().Before(deadline) {
-		time.Sleep(10 * time.Millisecond)
-	}
-	if first.moves.Load() == 0 {
+	if !awaitMove(first, 0) {
 		t.Fatalf("the reader of a connection idle for over %v did not move", h2cIdleMove)
 	}
 	for i := range 3 {
@@ -854,23 +859,15 @@ func checkIdleWait(t *testing.T, rt h2ClientRT, fell *atomic.Int64, addr string)
 		if err != nil || len(got) != 70000 {
 			t.Fatalf("request %d after the move: %d bytes (%v), want 70000", i, len(got), err)
 		}
-		moves := first.moves.Load()
-		for first.moves.Load() == moves && time.Now().Before(deadline.Add(time.Duration(i+1)*time.Second)) {
-			time.Sleep(10 * time.Millisecond) // it moves again once idle again
+		awaitMove(first, first.moves.Load()) // it moves again once idle again
+	}
+	conns := h2ClientConns(rt)
+	for _, c := range conns {
+		if c != first {
+			t.Errorf("a new connection after the moves")
 		}
 	}
-	rt.cl.mu.Lock()
-	n := 0
-	for _, h := range rt.cl.hosts {
-		for _, c := range h.conns {
-			n++
-			if c != first {
-				t.Errorf("a new connection after the moves")
-			}
-		}
-	}
-	rt.cl.mu.Unlock()
-	if n != 1 || first.moves.Load() < 3 {
+	if n := len(conns); n != 1 || first.moves.Load() < 3 {
 		t.Errorf("%d connections, %d moves: want the first one alone, moved after each idle time", n, first.moves.Load())
 	}
 	if n := fell.Load(); n != 0 {
@@ -958,21 +955,11 @@ func TestH2ClientIdlePing(t *testing.T) {
 			get(0)
 			<-answered
 			sfr := <-frames
-			rt.cl.mu.Lock()
-			var c *h2cConn
-			for _, h := range rt.cl.hosts {
-				c = h.conns[0]
-			}
-			rt.cl.mu.Unlock()
+			c := h2ClientConns(rt)[0]
 			// The server pings the idle connection: once before its reader moves, then after each of two moves.
 			for i := range 3 {
 				if i > 0 {
-					moves := c.moves.Load()
-					deadline := time.Now().Add(2 * time.Second)
-					for c.moves.Load() == moves && time.Now().Before(deadline) {
-						time.Sleep(10 * time.Millisecond)
-					}
-					if c.moves.Load() == moves {
+					if !awaitMove(c, c.moves.Load()) {
 						t.Fatalf("ping %d: the idle reader did not move", i)
 					}
 				}
